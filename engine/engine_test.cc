@@ -1,0 +1,217 @@
+#include "engine/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <future>
+
+#include "engine/volume/volume_test_util.h"
+
+namespace shale {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::Pattern;
+using testing::RunVolumeIo;
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/shale-engine-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    engine_.reset();
+    fs::remove_all(dir_);
+  }
+  EngineOptions Options() {
+    EngineOptions o;
+    o.data_dir = dir_ + "/data";
+    o.default_pool_size = 512 * kMiB;
+    o.commit_interval_ms = 0;
+    return o;
+  }
+  void Start() {
+    auto e = Engine::Open(Options());
+    ASSERT_TRUE(e.ok()) << e.status();
+    engine_ = std::move(e).value();
+  }
+  std::string dir_;
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(EngineTest, FirstStartCreatesTheDefaultPool) {
+  Start();
+  auto pools = engine_->ListPools();
+  ASSERT_EQ(pools.size(), 1u);
+  EXPECT_EQ(pools[0].name, "default");
+  EXPECT_EQ(pools[0].state, "online");
+  EXPECT_EQ(pools[0].cluster_size, kDefaultClusterSize);
+  EXPECT_TRUE(fs::exists(dir_ + "/data/default-pool.img"));
+  // Sparse: the file takes (almost) no space.
+  struct stat st;
+  ASSERT_EQ(stat((dir_ + "/data/default-pool.img").c_str(), &st), 0);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 4 * kMiB);
+}
+
+TEST_F(EngineTest, VolumesSurviveRestartWithTheirData) {
+  Start();
+  ASSERT_TRUE(engine_->CreateVolume({.name = "a", .size_bytes = 64 * kMiB}).ok());
+  auto b = engine_->CreateVolume({.name = "b", .size_bytes = 1000, .labels = {{"k", "v"}}});
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->size_bytes, 4096u) << "sizes round up to 4 KiB";
+  auto p = Pattern(1 * kMiB, 5);
+  {
+    auto h = engine_->OpenVolume("a");
+    ASSERT_TRUE(h.ok());
+    AlignedBuffer buf = AllocateAligned(p.size());
+    std::memcpy(buf.get(), p.data(), p.size());
+    ASSERT_TRUE(RunVolumeIo((*h)->volume(), VolumeOp::kWrite, 4 * kMiB, p.size(), buf.get()).ok());
+    EXPECT_EQ(engine_->DeleteVolume("a").code(), StatusCode::kBusy);
+  }
+  ASSERT_TRUE(engine_->ResizeVolume("a", 128 * kMiB).ok());
+  ASSERT_TRUE(engine_->Shutdown().ok());
+  engine_.reset();
+  Start();
+  auto vols = engine_->ListVolumes();
+  ASSERT_EQ(vols.size(), 2u);
+  auto a = engine_->GetVolume("a");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->size_bytes, 128 * kMiB);
+  EXPECT_EQ(a->allocated_bytes, 1 * kMiB);
+  EXPECT_EQ(engine_->GetVolume("b")->labels.at("k"), "v");
+  auto h = engine_->OpenVolume("a");
+  ASSERT_TRUE(h.ok());
+  AlignedBuffer buf = AllocateAligned(p.size());
+  ASSERT_TRUE(RunVolumeIo((*h)->volume(), VolumeOp::kRead, 4 * kMiB, p.size(), buf.get()).ok());
+  EXPECT_EQ(std::vector<uint8_t>(buf.get(), buf.get() + p.size()), p);
+}
+
+TEST_F(EngineTest, ControlOperationsRejectBadInput) {
+  Start();
+  EXPECT_EQ(engine_->CreateVolume({.name = "x/y", .size_bytes = kMiB}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->CreateVolume({.name = std::string(300, 'a'), .size_bytes = kMiB}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = 0}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = 1ull << 62}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = kMiB, .pool = "nope"}).status().code(), StatusCode::kNotFound);
+  ASSERT_TRUE(engine_->CreateVolume({.name = "z", .size_bytes = 2 * kMiB}).ok());
+  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = kMiB}).status().code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(engine_->ResizeVolume("z", kMiB).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->ResizeVolume("missing", kMiB).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(engine_->DeleteVolume("missing").code(), StatusCode::kNotFound);
+  EXPECT_EQ(engine_->GetPool("missing").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(engine_->CreatePool({.name = "p", .device_path = dir_ + "/nofile"}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->CreatePool({.name = "p", .device_path = dir_ + "/f", .size_bytes = 64 * kMiB, .cluster_size = 3000})
+                .status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_FALSE(fs::exists(dir_ + "/f")) << "a failed create must not leave a file behind";
+}
+
+TEST_F(EngineTest, PoolLifecycleAndDeleteSemantics) {
+  Start();
+  auto p = engine_->CreatePool({.name = "fast", .device_path = dir_ + "/fast.img", .size_bytes = 256 * kMiB,
+                                .cluster_size = 128 * kKiB});
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->cluster_size, 128 * kKiB);
+  EXPECT_EQ(engine_->CreatePool({.name = "fast", .device_path = dir_ + "/other.img", .size_bytes = 64 * kMiB})
+                .status().code(),
+            StatusCode::kAlreadyExists);
+  EXPECT_EQ(engine_->CreatePool({.name = "again", .device_path = dir_ + "/fast.img"}).status().code(),
+            StatusCode::kAlreadyExists);
+  ASSERT_TRUE(engine_->CreateVolume({.name = "v1", .size_bytes = 8 * kMiB, .pool = "fast"}).ok());
+  Status s = engine_->DeletePool("fast", false);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("v1"), std::string_view::npos);
+  {
+    auto h = engine_->OpenVolume("v1");
+    EXPECT_EQ(engine_->DeletePool("fast", true).code(), StatusCode::kBusy);
+  }
+  ASSERT_TRUE(engine_->DeletePool("fast", true).ok());
+  EXPECT_FALSE(fs::exists(dir_ + "/fast.img"));
+  EXPECT_FALSE(engine_->GetVolume("v1").ok());
+  engine_.reset();
+  Start();
+  EXPECT_EQ(engine_->ListPools().size(), 1u);
+}
+
+TEST_F(EngineTest, ExistingDeviceOfAnotherPoolIsNeverReformatted) {
+  Start();
+  ASSERT_TRUE(engine_->CreatePool({.name = "p1", .device_path = dir_ + "/p.img", .size_bytes = 64 * kMiB}).ok());
+  engine_.reset();
+  // A different data dir sees a device holding an unknown pool.
+  EngineOptions o = Options();
+  o.data_dir = dir_ + "/data2";
+  auto other = Engine::Open(o);
+  ASSERT_TRUE(other.ok());
+  auto r = (*other)->CreatePool({.name = "p2", .device_path = dir_ + "/p.img"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kAlreadyExists);
+  EXPECT_NE(r.status().message().find("refusing to overwrite"), std::string_view::npos);
+  EXPECT_TRUE(fs::exists(dir_ + "/p.img"));
+}
+
+TEST_F(EngineTest, LostRegistryIsAClearErrorNotAReformat) {
+  Start();
+  engine_.reset();
+  fs::remove_all(dir_ + "/data/registry");
+  auto e = Engine::Open(Options());
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("does not know it"), std::string_view::npos);
+}
+
+TEST_F(EngineTest, PoolWithMissingMetadataIsReportedOffline) {
+  Start();
+  ASSERT_TRUE(engine_->CreatePool({.name = "p1", .device_path = dir_ + "/p.img", .size_bytes = 64 * kMiB}).ok());
+  auto p1 = engine_->GetPool("p1");
+  ASSERT_TRUE(p1.ok());
+  std::string p1_uuid = p1->uuid;
+  engine_.reset();
+  fs::remove_all(dir_ + "/data/pools/" + p1_uuid);
+  Start();
+  p1 = engine_->GetPool("p1");
+  ASSERT_TRUE(p1.ok());
+  EXPECT_EQ(p1->state, "error");
+  EXPECT_NE(p1->error.find("metadata is missing"), std::string::npos);
+  EXPECT_EQ(engine_->GetPool("default")->state, "online");
+  EXPECT_EQ(engine_->CreateVolume({.name = "x", .size_bytes = kMiB, .pool = "p1"}).status().code(),
+            StatusCode::kFailedPrecondition);
+}
+
+TEST_F(EngineTest, SecondEngineOnTheSameDataDirIsRefused) {
+  Start();
+  auto second = Engine::Open(Options());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kBusy);
+}
+
+TEST_F(EngineTest, CheckPoolIsCleanAfterWritesDiscardsAndDeletes) {
+  Start();
+  ASSERT_TRUE(engine_->CreateVolume({.name = "a", .size_bytes = 32 * kMiB}).ok());
+  ASSERT_TRUE(engine_->CreateVolume({.name = "b", .size_bytes = 32 * kMiB}).ok());
+  {
+    auto a = engine_->OpenVolume("a");
+    auto b = engine_->OpenVolume("b");
+    AlignedBuffer buf = AllocateAligned(4 * kMiB);
+    std::memset(buf.get(), 1, 4 * kMiB);
+    ASSERT_TRUE(RunVolumeIo((*a)->volume(), VolumeOp::kWrite, 0, 4 * kMiB, buf.get()).ok());
+    ASSERT_TRUE(RunVolumeIo((*b)->volume(), VolumeOp::kWrite, 8 * kMiB, 4 * kMiB, buf.get()).ok());
+    ASSERT_TRUE(RunVolumeIo((*a)->volume(), VolumeOp::kDiscard, 1 * kMiB, 1 * kMiB, nullptr).ok());
+  }
+  auto report = engine_->CheckPool("default");
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->clean()) << report->problems.front();
+  EXPECT_EQ(report->referenced_clusters, 48u + 64u);
+  const uint64_t free_before = engine_->GetPool("default")->free_bytes;
+  ASSERT_TRUE(engine_->DeleteVolume("b").ok());
+  EXPECT_EQ(engine_->GetPool("default")->free_bytes, free_before + 4 * kMiB);
+  report = engine_->CheckPool("default");
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->clean());
+  EXPECT_EQ(report->referenced_clusters, 48u);
+}
+
+}  // namespace
+}  // namespace shale

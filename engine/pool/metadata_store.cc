@@ -1,0 +1,137 @@
+#include "engine/pool/metadata_store.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+#include <unistd.h>
+
+namespace shale {
+
+namespace {
+Status FromRocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return Status::Ok();
+  std::string msg = std::string(what) + ": " + s.ToString();
+  if (s.IsNotFound()) return Status::NotFound(msg);
+  if (s.IsCorruption()) return Status::Corruption(msg);
+  if (s.IsInvalidArgument()) return Status::InvalidArgument(msg);
+  if (s.IsNoSpace()) return Status::NoSpace(msg);
+  if (s.IsBusy() || s.ToString().find("lock") != std::string::npos) {
+    return Status::Busy(msg + " (is another shaled using this data directory?)");
+  }
+  return Status::IoError(msg);
+}
+}  // namespace
+
+MetaBatch::MetaBatch() : batch_(std::make_unique<rocksdb::WriteBatch>()) {}
+MetaBatch::~MetaBatch() = default;
+MetaBatch::MetaBatch(MetaBatch&&) noexcept = default;
+MetaBatch& MetaBatch::operator=(MetaBatch&&) noexcept = default;
+void MetaBatch::Put(std::string_view key, std::string_view value) {
+  batch_->Put(rocksdb::Slice(key.data(), key.size()), rocksdb::Slice(value.data(), value.size()))
+      .PermitUncheckedError();
+}
+void MetaBatch::Delete(std::string_view key) {
+  batch_->Delete(rocksdb::Slice(key.data(), key.size())).PermitUncheckedError();
+}
+void MetaBatch::DeleteRange(std::string_view begin, std::string_view end) {
+  batch_->DeleteRange(rocksdb::Slice(begin.data(), begin.size()), rocksdb::Slice(end.data(), end.size()))
+      .PermitUncheckedError();
+}
+namespace {
+// Replays another batch's records into a target batch (RocksDB has no public append).
+class AppendHandler final : public rocksdb::WriteBatch::Handler {
+ public:
+  explicit AppendHandler(rocksdb::WriteBatch* target) : target_(target) {}
+  void Put(const rocksdb::Slice& key, const rocksdb::Slice& value) override {
+    target_->Put(key, value).PermitUncheckedError();
+  }
+  void Delete(const rocksdb::Slice& key) override { target_->Delete(key).PermitUncheckedError(); }
+  rocksdb::Status DeleteRangeCF(uint32_t cf, const rocksdb::Slice& begin,
+                                const rocksdb::Slice& end) override {
+    if (cf != 0) return rocksdb::Status::InvalidArgument("unexpected column family");
+    return target_->DeleteRange(begin, end);
+  }
+
+ private:
+  rocksdb::WriteBatch* target_;
+};
+}  // namespace
+
+void MetaBatch::Append(const MetaBatch& other) {
+  AppendHandler handler(batch_.get());
+  rocksdb::Status s = other.batch_->Iterate(&handler);
+  SHALE_CHECK(s.ok(), "MetaBatch::Append: ", s.ToString());
+}
+size_t MetaBatch::count() const { return static_cast<size_t>(batch_->Count()); }
+
+MetadataStore::MetadataStore(std::string dir, rocksdb::DB* db) : dir_(std::move(dir)), db_(db) {}
+
+MetadataStore::~MetadataStore() {
+  if (db_) db_->Close().PermitUncheckedError();
+}
+
+Result<std::unique_ptr<MetadataStore>> MetadataStore::Open(const std::string& dir,
+                                                           const Options& options) {
+  if (!options.create_if_missing && access((dir + "/CURRENT").c_str(), F_OK) != 0) {
+    return Status::NotFound("metadata database " + dir + " does not exist");
+  }
+  rocksdb::Options ro;
+  ro.create_if_missing = options.create_if_missing;
+  ro.error_if_exists = options.error_if_exists;
+  ro.paranoid_checks = true;
+  ro.use_fsync = false;  // fdatasync is enough for the WAL
+  ro.max_open_files = 256;
+  ro.keep_log_file_num = 3;
+  ro.write_buffer_size = 16 << 20;
+  ro.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(ro, dir, &db);
+  if (!s.ok()) {
+    if (s.IsInvalidArgument() && s.ToString().find("does not exist") != std::string::npos) {
+      return Status::NotFound("metadata database " + dir + " does not exist");
+    }
+    return FromRocks(s, "open metadata " + dir);
+  }
+  return std::unique_ptr<MetadataStore>(new MetadataStore(dir, db));
+}
+
+Result<std::optional<std::string>> MetadataStore::Get(std::string_view key) const {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), rocksdb::Slice(key.data(), key.size()), &value);
+  if (s.IsNotFound()) return std::optional<std::string>();
+  if (!s.ok()) return FromRocks(s, "metadata read");
+  return std::optional<std::string>(std::move(value));
+}
+
+Status MetadataStore::Write(const MetaBatch& batch) {
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  SHALE_RETURN_IF_ERROR(FromRocks(db_->Write(wo, batch.batch_.get()), "metadata write"));
+  write_count_.fetch_add(1, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+Status MetadataStore::Put(std::string_view key, std::string_view value) {
+  MetaBatch b;
+  b.Put(key, value);
+  return Write(b);
+}
+
+Status MetadataStore::Scan(
+    std::string_view prefix,
+    const std::function<bool(std::string_view key, std::string_view value)>& fn) const {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(rocksdb::Slice(prefix.data(), prefix.size())); it->Valid(); it->Next()) {
+    rocksdb::Slice k = it->key();
+    if (!k.starts_with(rocksdb::Slice(prefix.data(), prefix.size()))) break;
+    rocksdb::Slice v = it->value();
+    if (!fn(std::string_view(k.data(), k.size()), std::string_view(v.data(), v.size()))) break;
+  }
+  return FromRocks(it->status(), "metadata scan");
+}
+
+Status DestroyMetadataStore(const std::string& dir) {
+  return FromRocks(rocksdb::DestroyDB(dir, rocksdb::Options()), "destroy metadata " + dir);
+}
+
+}  // namespace shale

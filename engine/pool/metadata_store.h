@@ -1,0 +1,79 @@
+// MetadataStore: a RocksDB database with Shale's conventions. Every write is synced (WAL fsync)
+// before it returns, so whatever a write committed survives a crash; that is what the pool's
+// crash-consistency argument relies on (docs/crash-consistency.md).
+// Thread-safe (RocksDB is).
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "engine/common/result.h"
+
+namespace rocksdb {
+class DB;
+class WriteBatch;
+}  // namespace rocksdb
+
+namespace shale {
+
+// A set of changes applied atomically by MetadataStore::Write.
+class MetaBatch {
+ public:
+  MetaBatch();
+  ~MetaBatch();
+  MetaBatch(MetaBatch&&) noexcept;
+  MetaBatch& operator=(MetaBatch&&) noexcept;
+
+  void Put(std::string_view key, std::string_view value);
+  void Delete(std::string_view key);
+  // Deletes every key in [begin, end).
+  void DeleteRange(std::string_view begin, std::string_view end);
+  // Appends all of other's changes after this batch's.
+  void Append(const MetaBatch& other);
+  size_t count() const;
+  bool empty() const { return count() == 0; }
+
+ private:
+  friend class MetadataStore;
+  std::unique_ptr<rocksdb::WriteBatch> batch_;
+};
+
+class MetadataStore {
+ public:
+  struct Options {
+    bool create_if_missing = false;
+    bool error_if_exists = false;
+  };
+  // Busy when another process holds the database; NotFound when it does not exist and
+  // create_if_missing is false.
+  static Result<std::unique_ptr<MetadataStore>> Open(const std::string& dir, const Options& options);
+  ~MetadataStore();
+  MetadataStore(const MetadataStore&) = delete;
+  MetadataStore& operator=(const MetadataStore&) = delete;
+
+  Result<std::optional<std::string>> Get(std::string_view key) const;
+  // Atomic and durable (synced) when it returns OK.
+  Status Write(const MetaBatch& batch);
+  Status Put(std::string_view key, std::string_view value);
+  // Calls fn(key, value) for every key starting with prefix, in key order, until fn returns false.
+  Status Scan(std::string_view prefix,
+              const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+  // Number of successful Write() calls (for tests of group commit).
+  uint64_t write_count() const { return write_count_; }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  MetadataStore(std::string dir, rocksdb::DB* db);
+  std::string dir_;
+  std::unique_ptr<rocksdb::DB> db_;
+  std::atomic<uint64_t> write_count_{0};
+};
+
+// Removes a metadata directory created by MetadataStore (the store must be closed).
+Status DestroyMetadataStore(const std::string& dir);
+
+}  // namespace shale

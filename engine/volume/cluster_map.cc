@@ -1,0 +1,112 @@
+#include "engine/volume/cluster_map.h"
+
+#include "engine/common/assert.h"
+
+namespace shale {
+
+ClusterMap::ClusterMap(uint64_t vclusters) { Grow(vclusters); }
+
+void ClusterMap::Grow(uint64_t vclusters) {
+  if (vclusters <= vclusters_) return;
+  vclusters_ = vclusters;
+  pages_.resize((vclusters + kPageSlots - 1) >> kPageShift);
+}
+
+Fragment* ClusterMap::SlotFor(uint64_t v, bool create) {
+  SHALE_CHECK(v < vclusters_, "virtual cluster ", v, " beyond map size ", vclusters_);
+  auto& page = pages_[v >> kPageShift];
+  if (!page) {
+    if (!create) return nullptr;
+    page.reset(new Fragment[kPageSlots]);
+  }
+  return &page[v & (kPageSlots - 1)];
+}
+
+const Fragment* ClusterMap::SlotFor(uint64_t v) const {
+  SHALE_CHECK(v < vclusters_, "virtual cluster ", v, " beyond map size ", vclusters_);
+  const auto& page = pages_[v >> kPageShift];
+  return page ? &page[v & (kPageSlots - 1)] : nullptr;
+}
+
+std::span<Fragment> ClusterMap::Fragments(uint64_t v) {
+  Fragment* slot = SlotFor(v, false);
+  if (slot == nullptr || slot->pcluster == kNoCluster) return {};
+  if (slot->pcluster == kMulti) return std::span<Fragment>(multi_[slot->image]);
+  return std::span<Fragment>(slot, 1);
+}
+
+std::span<const Fragment> ClusterMap::Fragments(uint64_t v) const {
+  const Fragment* slot = SlotFor(v);
+  if (slot == nullptr || slot->pcluster == kNoCluster) return {};
+  if (slot->pcluster == kMulti) return std::span<const Fragment>(multi_[slot->image]);
+  return std::span<const Fragment>(slot, 1);
+}
+
+Fragment& ClusterMap::Add(uint64_t v, const Fragment& f) {
+  SHALE_CHECK(f.pcluster != kNoCluster && f.pcluster != kMulti, "adding an invalid fragment");
+  Fragment* slot = SlotFor(v, true);
+  if (slot->pcluster == kNoCluster) {
+    *slot = f;
+    return *slot;
+  }
+  if (slot->pcluster != kMulti) {
+    uint32_t idx;
+    if (!multi_free_.empty()) {
+      idx = multi_free_.back();
+      multi_free_.pop_back();
+    } else {
+      idx = static_cast<uint32_t>(multi_.size());
+      multi_.emplace_back();
+    }
+    multi_[idx].clear();
+    multi_[idx].push_back(*slot);
+    *slot = Fragment{};
+    slot->pcluster = kMulti;
+    slot->image = idx;
+  }
+  auto& vec = multi_[slot->image];
+  SHALE_CHECK(vec.size() < 130, "too many fragments in one virtual cluster");
+  vec.push_back(f);
+  return vec.back();
+}
+
+void ClusterMap::RemoveIf(uint64_t v, const std::function<bool(const Fragment&)>& pred) {
+  Fragment* slot = SlotFor(v, false);
+  if (slot == nullptr || slot->pcluster == kNoCluster) return;
+  if (slot->pcluster != kMulti) {
+    if (pred(*slot)) *slot = Fragment{};
+    return;
+  }
+  uint32_t idx = slot->image;
+  auto& vec = multi_[idx];
+  std::erase_if(vec, pred);
+  if (vec.size() <= 1) {
+    *slot = vec.empty() ? Fragment{} : vec.front();
+    vec.clear();
+    vec.shrink_to_fit();
+    multi_free_.push_back(idx);
+  }
+}
+
+void ClusterMap::ForEach(const std::function<void(uint64_t, std::span<const Fragment>)>& fn) const {
+  for (uint64_t p = 0; p < pages_.size(); ++p) {
+    if (!pages_[p]) continue;
+    for (uint64_t i = 0; i < kPageSlots; ++i) {
+      uint64_t v = (p << kPageShift) + i;
+      if (v >= vclusters_) return;
+      auto frags = Fragments(v);
+      if (!frags.empty()) fn(v, frags);
+    }
+  }
+}
+
+size_t ClusterMap::memory_bytes() const {
+  size_t bytes = pages_.size() * sizeof(void*);
+  for (const auto& p : pages_) {
+    if (p) bytes += kPageSlots * sizeof(Fragment);
+  }
+  for (const auto& m : multi_) bytes += m.capacity() * sizeof(Fragment);
+  return bytes;
+}
+
+}  // namespace shale

@@ -1,0 +1,923 @@
+#include "engine/volume/volume.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+
+#include "engine/common/log.h"
+#include "engine/io/reactor.h"
+#include "engine/pool/keys.h"
+#include "engine/pool/pool.h"
+
+namespace shale {
+
+namespace {
+constexpr uint32_t kBlockShift = 12;
+constexpr uint64_t kBlock = 1ull << kBlockShift;
+constexpr uint64_t kBlockMask = kBlock - 1;
+// Set on internal requests of the read-modify-write machinery: skip range locks and counters.
+constexpr uint32_t kInternal = 1u << 31;
+constexpr uint64_t kMaxMergedDeviceIo = 4 * kMiB;
+constexpr uint64_t kZeroChunk = 1 * kMiB;
+
+inline uint64_t BlockMask(uint32_t first, uint32_t count) {
+  return count >= 64 ? ~0ull << first : ((1ull << count) - 1) << first;
+}
+const uint8_t* ZeroBuffer() {
+  static const AlignedBuffer zeros = [] {
+    AlignedBuffer b = AllocateAligned(kZeroChunk);
+    std::memset(b.get(), 0, kZeroChunk);
+    return b;
+  }();
+  return zeros.get();
+}
+}  // namespace
+
+std::string_view VolumeOpName(VolumeOp op) {
+  switch (op) {
+    case VolumeOp::kRead: return "read";
+    case VolumeOp::kWrite: return "write";
+    case VolumeOp::kFlush: return "flush";
+    case VolumeOp::kDiscard: return "discard";
+    case VolumeOp::kWriteZeroes: return "write-zeroes";
+  }
+  return "unknown";
+}
+
+// Per-request state of the core layer, recycled through a free list.
+struct Volume::Request {
+  Volume* vol = nullptr;
+  VolumeIo* io = nullptr;
+  bool is_write = false;
+  uint32_t pending = 0;
+  Status status;
+  std::vector<Seg> segs;
+  std::vector<IoRequest> ops;
+  Request* next_free = nullptr;
+};
+
+// Internal multi-step operation for requests that are not 4 KiB-aligned, and for zero-writes
+// that must keep allocation: an explicit state machine whose steps are internal, aligned
+// VolumeIos through Submit(); each completion calls Volume::StepUnaligned.
+struct Volume::Unaligned {
+  enum class Kind { kRead, kWrite, kZeroUnmap, kZeroFill };
+  Volume* vol = nullptr;
+  VolumeIo* client = nullptr;
+  Kind kind = Kind::kRead;
+  uint64_t begin = 0, end = 0;  // 4 KiB-aligned window covering the client's range
+  AlignedBuffer bounce;
+  VolumeIo inner;
+  int step = 0;
+  bool locked = false;
+  uint64_t cursor = 0;         // kZeroFill: next chunk; kZeroUnmap: edge block being zeroed
+  uint64_t chunk_len = 0;      // kZeroFill: length of the current edge chunk
+  std::vector<uint64_t> edges;  // kZeroUnmap: partial edge blocks to zero
+  size_t edge_index = 0;
+
+  uint64_t client_end() const { return client->offset + client->length; }
+};
+
+Volume::Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vector<uint64_t> chain,
+               ClusterMap map, const Options& options)
+    : pool_(pool),
+      reactor_(reactor),
+      id_(record.id()),
+      name_(record.name()),
+      read_only_(record.read_only()),
+      created_unix_ns_(record.created_unix_ns()),
+      cluster_size_(pool->cluster_size()),
+      cluster_shift_(static_cast<uint32_t>(std::countr_zero(pool->cluster_size()))),
+      blocks_per_cluster_(pool->cluster_size() / static_cast<uint32_t>(kBlock)),
+      data_offset_(pool->superblock().data_offset),
+      options_(options),
+      chain_(std::move(chain)),
+      size_bytes_(record.size_bytes()),
+      map_(std::move(map)) {
+  SHALE_CHECK(!chain_.empty() && chain_.back() == record.head_image(), "chain must end at the head");
+  SHALE_CHECK(chain_.back() <= UINT32_MAX, "image id too large");
+  head_ = static_cast<uint32_t>(chain_.back());
+  uint64_t owned = 0;
+  map_.ForEach([&](uint64_t, std::span<const Fragment> frags) {
+    for (const auto& f : frags) {
+      if (f.image == head_ && !f.is_zero()) ++owned;
+    }
+  });
+  owned_clusters_ = owned;
+  dirty_bits_.assign((map_.size() + 63) / 64, 0);
+}
+
+Volume::~Volume() {
+  while (free_requests_ != nullptr) {
+    Request* r = free_requests_;
+    free_requests_ = r->next_free;
+    delete r;
+  }
+}
+
+uint64_t Volume::allocated_bytes() const {
+  return owned_clusters_.load(std::memory_order_relaxed) * cluster_size_;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chain,
+                                   uint64_t size_bytes, uint64_t* owned_clusters) {
+  const uint64_t cs = pool.cluster_size();
+  const uint64_t vclusters = (size_bytes + cs - 1) / cs;
+  ClusterMap map(vclusters);
+  uint64_t owned = 0;
+  // Top (head) first: an image's blocks are visible where no image above it already claimed them.
+  for (size_t level = chain.size(); level-- > 0;) {
+    const uint64_t image = chain[level];
+    Status err;
+    SHALE_RETURN_IF_ERROR(pool.meta().Scan(keys::MapImagePrefix(image), [&](std::string_view k,
+                                                                           std::string_view v) {
+      if (k.size() != 17) {
+        err = Status::Corruption("malformed mapping key");
+        return false;
+      }
+      uint64_t vc = keys::DecodeU64At(k, 9);
+      auto entry = MapEntry::Decode(v);
+      if (!entry.ok()) {
+        err = entry.status().WithContext("image " + std::to_string(image) + " cluster " + std::to_string(vc));
+        return false;
+      }
+      if (vc >= vclusters) {
+        // Blocks past the logical end (possible after a crash during a shrink, which Shale never
+        // does) would be unreachable; treat as corruption.
+        err = Status::Corruption("mapping beyond the volume size");
+        return false;
+      }
+      uint64_t covered = 0;
+      for (const auto& f : map.Fragments(vc)) covered |= f.blocks;
+      for (const auto& sf : entry->fragments) {
+        if (sf.pcluster >= pool.cluster_count()) {
+          err = Status::Corruption("mapping references cluster " + std::to_string(sf.pcluster) +
+                                   " beyond the pool");
+          return false;
+        }
+        Fragment f;
+        f.pcluster = sf.pcluster;
+        f.image = static_cast<uint32_t>(image);
+        f.blocks = sf.blocks & ~covered;
+        // The head keeps its fragments even when empty: they hold an allocated cluster.
+        if (f.blocks != 0 || level + 1 == chain.size()) map.Add(vc, f);
+        if (level + 1 == chain.size()) ++owned;
+      }
+      uint64_t zeros = entry->zero_blocks & ~covered;
+      if (zeros != 0) {
+        Fragment z;
+        z.pcluster = kZeroCluster;
+        z.image = static_cast<uint32_t>(image);
+        z.blocks = zeros;
+        map.Add(vc, z);
+      }
+      return true;
+    }));
+    SHALE_RETURN_IF_ERROR(err);
+  }
+  if (owned_clusters) *owned_clusters = owned;
+  return map;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Submission
+
+Status Volume::Validate(const VolumeIo& io) const {
+  if (io.op == VolumeOp::kFlush) return Status::Ok();
+  if (io.length == 0) return Status::InvalidArgument("zero-length request");
+  if (io.offset % kSectorSize != 0 || io.length % kSectorSize != 0) {
+    return Status::InvalidArgument("request at offset " + std::to_string(io.offset) + " length " +
+                                   std::to_string(io.length) + " is not 512-byte aligned");
+  }
+  const uint64_t size = size_bytes();
+  if (io.offset > size || io.length > size - io.offset) {
+    return Status::OutOfRange("request at offset " + std::to_string(io.offset) + " length " +
+                              std::to_string(io.length) + " ends beyond the volume size " +
+                              std::to_string(size));
+  }
+  if ((io.op == VolumeOp::kRead || io.op == VolumeOp::kWrite)) {
+    if (io.length > kMaxVolumeIoBytes) {
+      return Status::InvalidArgument("request of " + std::to_string(io.length) +
+                                     " bytes exceeds the maximum of " +
+                                     std::to_string(kMaxVolumeIoBytes));
+    }
+    if (io.buf == nullptr) return Status::InvalidArgument("request without a buffer");
+  }
+  if (read_only_ && io.op != VolumeOp::kRead) {
+    return Status::PermissionDenied("volume '" + name_ + "' is read-only");
+  }
+  return Status::Ok();
+}
+
+void Volume::Complete(VolumeIo* io, Status status) {
+  if (!(io->flags & kInternal)) {
+    if (!status.ok()) counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    --requests_in_flight_;
+  }
+  io->status = std::move(status);
+  io->done(io);
+  if (closing_) CheckCloseDone();
+}
+
+void Volume::CompleteLater(VolumeIo* io, Status status) {
+  reactor_->Defer([this, io, st = std::move(status)]() mutable { Complete(io, std::move(st)); });
+}
+
+void Volume::Submit(VolumeIo* io) {
+  SHALE_CHECK(reactor_->IsCurrent(), "Volume::Submit off the volume's reactor");
+  const bool internal = io->flags & kInternal;
+  if (!internal) {
+    ++requests_in_flight_;
+    Status st = Validate(*io);
+    if (!st.ok()) return CompleteLater(io, std::move(st));
+    if (failed_ && io->op != VolumeOp::kRead) {
+      return CompleteLater(io, Status::IoError("volume '" + name_ + "' failed: " + failure_.ToString() +
+                                               " (restart shaled to recover)"));
+    }
+    switch (io->op) {
+      case VolumeOp::kRead:
+        counters_.reads.fetch_add(1, std::memory_order_relaxed);
+        counters_.bytes_read.fetch_add(io->length, std::memory_order_relaxed);
+        break;
+      case VolumeOp::kWrite:
+        counters_.writes.fetch_add(1, std::memory_order_relaxed);
+        counters_.bytes_written.fetch_add(io->length, std::memory_order_relaxed);
+        break;
+      case VolumeOp::kFlush: counters_.flushes.fetch_add(1, std::memory_order_relaxed); break;
+      case VolumeOp::kDiscard: counters_.discards.fetch_add(1, std::memory_order_relaxed); break;
+      case VolumeOp::kWriteZeroes: counters_.write_zeroes.fetch_add(1, std::memory_order_relaxed); break;
+    }
+  }
+  const bool aligned = ((io->offset | io->length) & kBlockMask) == 0;
+  switch (io->op) {
+    case VolumeOp::kFlush: return SubmitFlush(io);
+    case VolumeOp::kRead:
+      if (aligned && (reinterpret_cast<uintptr_t>(io->buf) & kBlockMask) == 0) return SubmitRead(io);
+      return SubmitUnaligned(io);
+    case VolumeOp::kWrite:
+      if (aligned && (reinterpret_cast<uintptr_t>(io->buf) & kBlockMask) == 0) {
+        if (!internal && ParkIfLocked(io)) return;
+        return SubmitWrite(io);
+      }
+      return SubmitUnaligned(io);
+    case VolumeOp::kDiscard: return SubmitUnmap(io);
+    case VolumeOp::kWriteZeroes:
+      if (aligned && !(io->flags & kVolumeNoUnmap)) return SubmitUnmap(io);
+      return SubmitUnaligned(io);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests and device ops
+
+Volume::Request* Volume::NewRequest(VolumeIo* io) {
+  Request* r = free_requests_;
+  if (r != nullptr) {
+    free_requests_ = r->next_free;
+  } else {
+    r = new Request();
+    r->vol = this;
+  }
+  r->io = io;
+  r->is_write = false;
+  r->pending = 0;
+  r->status = Status::Ok();
+  r->segs.clear();
+  r->ops.clear();
+  return r;
+}
+
+void Volume::FreeRequest(Request* r) {
+  r->io = nullptr;
+  if (r->ops.capacity() > 64) r->ops = {};
+  if (r->segs.capacity() > 64) r->segs = {};
+  r->next_free = free_requests_;
+  free_requests_ = r;
+}
+
+void Volume::AddDeviceOp(Request* r, IoOp op, uint64_t dev_offset, uint8_t* buf, uint64_t len) {
+  if (!r->ops.empty()) {
+    IoRequest& last = r->ops.back();
+    if (last.op == op && last.offset + last.length == dev_offset &&
+        static_cast<uint8_t*>(last.buf) + last.length == buf &&
+        last.length + len <= kMaxMergedDeviceIo) {
+      last.length += len;
+      return;
+    }
+  }
+  IoRequest& d = r->ops.emplace_back();
+  d.op = op;
+  d.offset = dev_offset;
+  d.length = len;
+  d.buf = buf;
+  d.ctx = r;
+  d.done = &Volume::OnDeviceDone;
+}
+
+void Volume::SubmitDeviceOps(Request* r) {
+  r->pending = static_cast<uint32_t>(r->ops.size());
+  if (r->pending == 0) {
+    // Nothing to read from the device (all zeros): finish on the next loop turn.
+    reactor_->Defer([this, r] { FinishRequest(r); });
+    return;
+  }
+  BlockDevice& dev = pool_->device();
+  // ops must not move while in flight: the vector is complete before the first submit.
+  for (IoRequest& d : r->ops) dev.Submit(&d);
+}
+
+void Volume::OnDeviceDone(IoRequest* op) {
+  auto* r = static_cast<Request*>(op->ctx);
+  if (!op->status.ok() && r->status.ok()) r->status = op->status;
+  if (--r->pending == 0) r->vol->FinishRequest(r);
+}
+
+Fragment* Volume::FindFragment(uint64_t v, uint32_t pcluster) {
+  for (Fragment& f : map_.Fragments(v)) {
+    if (f.pcluster == pcluster) return &f;
+  }
+  return nullptr;
+}
+
+void Volume::HoldSeg(Request* r, uint64_t v, uint32_t pcluster, uint64_t blocks) {
+  Fragment* f = FindFragment(v, pcluster);
+  SHALE_CHECK(f != nullptr, "segment without fragment");
+  ++f->inflight;
+  r->segs.push_back(Seg{v, pcluster, blocks});
+}
+
+void Volume::MarkDirty(uint64_t v) {
+  uint64_t& word = dirty_bits_[v >> 6];
+  uint64_t bit = 1ull << (v & 63);
+  if (word & bit) return;
+  word |= bit;
+  dirty_list_.push_back(v);
+}
+
+// Drops fragments of v that hold nothing and have no I/O in flight. An owned data fragment
+// dropped this way frees its cluster (released by the pipeline once the free is durable).
+void Volume::ReapEmpty(uint64_t v) {
+  bool owned_freed = false;
+  map_.RemoveIf(v, [&](const Fragment& f) {
+    if (f.blocks != 0 || f.inflight != 0) return false;
+    if (f.image == head_ && !f.is_zero()) {
+      freed_.push_back(f.pcluster);
+      owned_clusters_.fetch_sub(1, std::memory_order_relaxed);
+      owned_freed = true;
+    } else if (f.image == head_) {
+      owned_freed = true;  // an owned zero fragment disappeared: the stored entry changes
+    }
+    return true;
+  });
+  if (owned_freed) MarkDirty(v);
+}
+
+void Volume::FinishRequest(Request* r) {
+  VolumeIo* io = r->io;
+  const bool ok = r->status.ok();
+  for (const Seg& s : r->segs) {
+    Fragment* f = FindFragment(s.v, s.pcluster);
+    SHALE_CHECK(f != nullptr && f->inflight > 0, "fragment vanished while I/O was in flight");
+    --f->inflight;
+    if (r->is_write && ok) {
+      bool changed = (s.blocks & ~f->blocks) != 0;
+      f->blocks |= s.blocks;
+      // The written blocks now live here only: hide them everywhere else in the view.
+      for (Fragment& g : map_.Fragments(s.v)) {
+        if (&g == f || !(g.blocks & s.blocks)) continue;
+        g.blocks &= ~s.blocks;
+        if (g.image == head_) changed = true;
+      }
+      if (changed) MarkDirty(s.v);
+      ReapEmpty(s.v);  // other fragments may have become empty
+    } else if (f->blocks == 0 && f->inflight == 0) {
+      ReapEmpty(s.v);
+    }
+  }
+  Status st = std::move(r->status);
+  const bool fua = r->is_write && (io->flags & kVolumeFua);
+  FreeRequest(r);
+  if (fua && st.ok()) return FlushAfter(io, Status::Ok());
+  Complete(io, std::move(st));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read
+
+void Volume::SubmitRead(VolumeIo* io) {
+  Request* r = NewRequest(io);
+  const uint64_t end = io->offset + io->length;
+  uint64_t pos = io->offset;
+  while (pos < end) {
+    const uint64_t v = pos >> cluster_shift_;
+    const uint64_t cluster_end = std::min(end, (v + 1) << cluster_shift_);
+    const uint32_t b0 = static_cast<uint32_t>((pos >> kBlockShift) & (blocks_per_cluster_ - 1));
+    const uint32_t nb = static_cast<uint32_t>((cluster_end - pos) >> kBlockShift);
+    uint8_t* dst = io->buf + (pos - io->offset);
+    auto frags = map_.Fragments(v);
+    uint64_t want = BlockMask(b0, nb);
+    for (const Fragment& f : frags) {
+      if (f.is_zero()) continue;
+      uint64_t here = f.blocks & want;
+      if (here == 0) continue;
+      HoldSeg(r, v, f.pcluster, here);
+      // Runs of consecutive blocks become one device read each (merged across clusters).
+      while (here != 0) {
+        uint32_t first = static_cast<uint32_t>(std::countr_zero(here));
+        uint32_t run = static_cast<uint32_t>(std::countr_one(here >> first));
+        uint64_t dev = data_offset_ + (static_cast<uint64_t>(f.pcluster) << cluster_shift_) +
+                       (static_cast<uint64_t>(first) << kBlockShift);
+        AddDeviceOp(r, IoOp::kRead, dev, dst + (static_cast<uint64_t>(first - b0) << kBlockShift),
+                    static_cast<uint64_t>(run) << kBlockShift);
+        here &= ~BlockMask(first, run);
+      }
+      want &= ~f.blocks;
+    }
+    // Blocks in no data fragment read as zeros.
+    while (want != 0) {
+      uint32_t first = static_cast<uint32_t>(std::countr_zero(want));
+      uint32_t run = static_cast<uint32_t>(std::countr_one(want >> first));
+      std::memset(dst + (static_cast<uint64_t>(first - b0) << kBlockShift), 0,
+                  static_cast<uint64_t>(run) << kBlockShift);
+      want &= ~BlockMask(first, run);
+    }
+    pos = cluster_end;
+  }
+  SubmitDeviceOps(r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write
+
+void Volume::SubmitWrite(VolumeIo* io) {
+  Request* r = NewRequest(io);
+  r->is_write = true;
+  const uint64_t end = io->offset + io->length;
+  uint64_t pos = io->offset;
+  const size_t allocated_mark = allocated_.size();
+  std::vector<std::pair<uint64_t, uint32_t>> new_fragments;  // rolled back on ENOSPC
+  while (pos < end) {
+    const uint64_t v = pos >> cluster_shift_;
+    const uint64_t cluster_end = std::min(end, (v + 1) << cluster_shift_);
+    const uint32_t b0 = static_cast<uint32_t>((pos >> kBlockShift) & (blocks_per_cluster_ - 1));
+    const uint32_t nb = static_cast<uint32_t>((cluster_end - pos) >> kBlockShift);
+    uint8_t* src = io->buf + (pos - io->offset);
+    uint64_t want = BlockMask(b0, nb);
+
+    // Blocks already in an owned fragment are overwritten in place; the rest go to the first
+    // owned data fragment's free slots, or to a newly allocated cluster.
+    uint32_t primary = kNoCluster;
+    struct Target {
+      uint32_t pcluster;
+      uint64_t blocks;
+    };
+    Target targets[4];
+    int ntargets = 0;
+    for (const Fragment& f : map_.Fragments(v)) {
+      if (f.image != head_ || f.is_zero()) continue;
+      if (primary == kNoCluster) primary = f.pcluster;
+      uint64_t here = f.blocks & want;
+      if (here != 0 && ntargets < 3) {
+        targets[ntargets++] = {f.pcluster, here};
+        want &= ~here;
+      }
+    }
+    if (want != 0) {
+      if (primary == kNoCluster) {
+        auto c = pool_->allocator().Allocate(alloc_hint_);
+        if (!c.ok()) {
+          // Out of space: undo this request's effects; nothing was submitted yet.
+          for (const Seg& s : r->segs) {
+            Fragment* f = FindFragment(s.v, s.pcluster);
+            SHALE_CHECK(f != nullptr, "held fragment vanished");
+            --f->inflight;
+          }
+          for (auto& [vv, pc] : new_fragments) {
+            map_.RemoveIf(vv, [pc = pc](const Fragment& f) { return f.pcluster == pc; });
+            owned_clusters_.fetch_sub(1, std::memory_order_relaxed);
+          }
+          std::vector<uint32_t> undo(allocated_.begin() + static_cast<long>(allocated_mark), allocated_.end());
+          allocated_.resize(allocated_mark);
+          pool_->allocator().Release(undo);
+          FreeRequest(r);
+          return CompleteLater(io, c.TakeStatus().WithContext("write to volume '" + name_ + "'"));
+        }
+        primary = *c;
+        alloc_hint_ = static_cast<uint64_t>(primary) + 1;
+        Fragment nf;
+        nf.pcluster = primary;
+        nf.image = head_;
+        map_.Add(v, nf);
+        allocated_.push_back(primary);
+        new_fragments.emplace_back(v, primary);
+        owned_clusters_.fetch_add(1, std::memory_order_relaxed);
+        MarkDirty(v);
+      }
+      // Merge with an existing target for the same cluster.
+      bool merged = false;
+      for (int i = 0; i < ntargets; ++i) {
+        if (targets[i].pcluster == primary) {
+          targets[i].blocks |= want;
+          merged = true;
+        }
+      }
+      if (!merged) targets[ntargets++] = {primary, want};
+    }
+    // Device writes in block order (so adjacent clusters merge into one device write).
+    for (int i = 1; i < ntargets; ++i) {  // insertion sort of at most 4 targets
+      for (int j = i; j > 0 && std::countr_zero(targets[j].blocks) < std::countr_zero(targets[j - 1].blocks); --j) {
+        std::swap(targets[j], targets[j - 1]);
+      }
+    }
+    for (int i = 0; i < ntargets; ++i) {
+      HoldSeg(r, v, targets[i].pcluster, targets[i].blocks);
+      uint64_t here = targets[i].blocks;
+      while (here != 0) {
+        uint32_t first = static_cast<uint32_t>(std::countr_zero(here));
+        uint32_t run = static_cast<uint32_t>(std::countr_one(here >> first));
+        uint64_t dev = data_offset_ + (static_cast<uint64_t>(targets[i].pcluster) << cluster_shift_) +
+                       (static_cast<uint64_t>(first) << kBlockShift);
+        AddDeviceOp(r, IoOp::kWrite, dev, src + (static_cast<uint64_t>(first - b0) << kBlockShift),
+                    static_cast<uint64_t>(run) << kBlockShift);
+        here &= ~BlockMask(first, run);
+      }
+    }
+    pos = cluster_end;
+  }
+  SubmitDeviceOps(r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Discard / write-zeroes (metadata only)
+
+void Volume::SubmitUnmap(VolumeIo* io) {
+  // Discard may ignore partial blocks (TRIM is advisory); write-zeroes reaching here is aligned.
+  const uint64_t begin = (io->offset + kBlockMask) & ~kBlockMask;
+  const uint64_t end = (io->offset + io->length) & ~kBlockMask;
+  const bool has_parents = chain_.size() > 1;
+  for (uint64_t pos = begin; pos < end;) {
+    const uint64_t v = pos >> cluster_shift_;
+    const uint64_t cluster_end = std::min(end, (v + 1) << cluster_shift_);
+    const uint32_t b0 = static_cast<uint32_t>((pos >> kBlockShift) & (blocks_per_cluster_ - 1));
+    const uint32_t nb = static_cast<uint32_t>((cluster_end - pos) >> kBlockShift);
+    const uint64_t mask = BlockMask(b0, nb);
+    uint64_t visible = 0;
+    bool changed = false;
+    Fragment* zero = nullptr;
+    for (Fragment& f : map_.Fragments(v)) {
+      if (f.is_zero() && f.image == head_) {
+        zero = &f;
+        continue;
+      }
+      uint64_t hit = f.blocks & mask;
+      if (hit == 0) continue;
+      visible |= hit;
+      f.blocks &= ~hit;
+      if (f.image == head_) changed = true;
+    }
+    if (has_parents && visible != 0) {
+      // Parent images may hold (hidden or visible) data for these blocks: mark them zero.
+      if (zero == nullptr) {
+        Fragment z;
+        z.pcluster = kZeroCluster;
+        z.image = head_;
+        z.blocks = visible;
+        map_.Add(v, z);
+      } else {
+        zero->blocks |= visible;
+      }
+      changed = true;
+    }
+    if (changed) MarkDirty(v);
+    ReapEmpty(v);
+    pos = cluster_end;
+  }
+  if (io->flags & kVolumeFua) return FlushAfter(io, Status::Ok());
+  CompleteLater(io, Status::Ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unaligned requests (read-modify-write) and zero-writes that keep allocation
+
+bool Volume::ParkIfLocked(VolumeIo* io) {
+  if (rmw_locks_.empty()) return false;
+  const uint64_t begin = io->offset & ~kBlockMask;
+  const uint64_t end = (io->offset + io->length + kBlockMask) & ~kBlockMask;
+  for (const Range& l : rmw_locks_) {
+    if (begin < l.end && l.begin < end) {
+      parked_.push_back(io);
+      return true;
+    }
+  }
+  return false;
+}
+
+void Volume::UnlockRange(uint64_t begin, uint64_t end) {
+  for (auto it = rmw_locks_.begin(); it != rmw_locks_.end(); ++it) {
+    if (it->begin == begin && it->end == end) {
+      rmw_locks_.erase(it);
+      break;
+    }
+  }
+  if (parked_.empty()) return;
+  std::deque<VolumeIo*> retry;
+  retry.swap(parked_);
+  // Re-dispatch without re-counting: they are already counted in requests_in_flight_.
+  for (VolumeIo* io : retry) {
+    if (ParkIfLocked(io)) continue;
+    const bool aligned = ((io->offset | io->length) & kBlockMask) == 0 &&
+                         (reinterpret_cast<uintptr_t>(io->buf) & kBlockMask) == 0;
+    if (io->op == VolumeOp::kWrite && aligned) {
+      SubmitWrite(io);
+    } else {
+      SubmitUnaligned(io);
+    }
+  }
+}
+
+void Volume::SubmitUnaligned(VolumeIo* io) {
+  const uint64_t begin = io->offset & ~kBlockMask;
+  const uint64_t end = (io->offset + io->length + kBlockMask) & ~kBlockMask;
+  if (io->op != VolumeOp::kRead) {
+    // Lock the covering blocks so concurrent partial writes of one block keep each other's bytes.
+    for (const Range& l : rmw_locks_) {
+      if (begin < l.end && l.begin < end) {
+        parked_.push_back(io);
+        return;
+      }
+    }
+  }
+  auto* u = new Unaligned();
+  u->vol = this;
+  u->client = io;
+  u->begin = begin;
+  u->end = end;
+  if (io->op == VolumeOp::kRead) {
+    u->kind = Unaligned::Kind::kRead;
+  } else if (io->op == VolumeOp::kWrite) {
+    u->kind = Unaligned::Kind::kWrite;
+  } else if (io->flags & kVolumeNoUnmap) {
+    u->kind = Unaligned::Kind::kZeroFill;
+    u->cursor = begin;
+  } else {
+    u->kind = Unaligned::Kind::kZeroUnmap;
+    const uint64_t mid_begin = (io->offset + kBlockMask) & ~kBlockMask;
+    const uint64_t mid_end = (io->offset + io->length) & ~kBlockMask;
+    if (io->offset != mid_begin) u->edges.push_back(begin);
+    if (u->client_end() != mid_end && (u->edges.empty() || end - kBlock != begin)) {
+      u->edges.push_back(end - kBlock);
+    }
+  }
+  if (io->op != VolumeOp::kRead) {
+    rmw_locks_.push_back(Range{begin, end});
+    u->locked = true;
+  }
+  StepUnaligned(u, Status::Ok());
+}
+
+void Volume::RunInner(Unaligned* u, VolumeOp op, uint64_t off, uint64_t len, uint8_t* buf) {
+  u->inner = VolumeIo{};
+  u->inner.op = op;
+  u->inner.offset = off;
+  u->inner.length = len;
+  u->inner.buf = buf;
+  u->inner.flags = kInternal;
+  u->inner.io_class = u->client->io_class;
+  u->inner.ctx = u;
+  u->inner.done = [](VolumeIo* inner) {
+    auto* self = static_cast<Unaligned*>(inner->ctx);
+    self->vol->StepUnaligned(self, inner->status);
+  };
+  Submit(&u->inner);
+}
+
+void Volume::FinishUnaligned(Unaligned* u, const Status& st) {
+  if (u->locked) UnlockRange(u->begin, u->end);
+  VolumeIo* client = u->client;
+  delete u;
+  if (st.ok() && client->op != VolumeOp::kRead && (client->flags & kVolumeFua)) {
+    return FlushAfter(client, st);
+  }
+  Complete(client, st);
+}
+
+void Volume::StepUnaligned(Unaligned* u, const Status& st) {
+  if (!st.ok()) return FinishUnaligned(u, st);
+  const int step = u->step++;
+  switch (u->kind) {
+    case Unaligned::Kind::kRead:
+      if (step == 0) {
+        u->bounce = AllocateAligned(u->end - u->begin);
+        return RunInner(u, VolumeOp::kRead, u->begin, u->end - u->begin, u->bounce.get());
+      }
+      std::memcpy(u->client->buf, u->bounce.get() + (u->client->offset - u->begin), u->client->length);
+      return FinishUnaligned(u, Status::Ok());
+
+    case Unaligned::Kind::kWrite: {
+      const bool head_partial = u->client->offset != u->begin;
+      const bool tail_partial = u->client_end() != u->end;
+      if (step == 0) {
+        u->bounce = AllocateAligned(u->end - u->begin);
+        if (head_partial) return RunInner(u, VolumeOp::kRead, u->begin, kBlock, u->bounce.get());
+        return StepUnaligned(u, Status::Ok());
+      }
+      if (step == 1) {
+        if (tail_partial && !(head_partial && u->end - kBlock == u->begin)) {
+          return RunInner(u, VolumeOp::kRead, u->end - kBlock, kBlock,
+                          u->bounce.get() + (u->end - kBlock - u->begin));
+        }
+        return StepUnaligned(u, Status::Ok());
+      }
+      if (step == 2) {
+        std::memcpy(u->bounce.get() + (u->client->offset - u->begin), u->client->buf, u->client->length);
+        return RunInner(u, VolumeOp::kWrite, u->begin, u->end - u->begin, u->bounce.get());
+      }
+      return FinishUnaligned(u, Status::Ok());
+    }
+
+    case Unaligned::Kind::kZeroUnmap: {
+      if (step == 0) {
+        const uint64_t mid_begin = (u->client->offset + kBlockMask) & ~kBlockMask;
+        const uint64_t mid_end = u->client_end() & ~kBlockMask;
+        if (mid_end > mid_begin) return RunInner(u, VolumeOp::kDiscard, mid_begin, mid_end - mid_begin, nullptr);
+        return StepUnaligned(u, Status::Ok());
+      }
+      // Odd steps read an edge block, even steps write it back with the client's part zeroed.
+      if (step % 2 == 1) {
+        if (u->edge_index >= u->edges.size()) return FinishUnaligned(u, Status::Ok());
+        if (!u->bounce) u->bounce = AllocateAligned(kBlock);
+        u->cursor = u->edges[u->edge_index++];
+        return RunInner(u, VolumeOp::kRead, u->cursor, kBlock, u->bounce.get());
+      }
+      const uint64_t zb = std::max(u->cursor, u->client->offset);
+      const uint64_t ze = std::min(u->cursor + kBlock, u->client_end());
+      std::memset(u->bounce.get() + (zb - u->cursor), 0, ze - zb);
+      return RunInner(u, VolumeOp::kWrite, u->cursor, kBlock, u->bounce.get());
+    }
+
+    case Unaligned::Kind::kZeroFill: {
+      // NO_UNMAP: really write zeros, chunk by chunk, so the blocks stay allocated. A chunk that
+      // only partly belongs to the client is read, patched with zeros and written back.
+      if (u->chunk_len != 0) {  // the read of a partial chunk just completed
+        const uint64_t off = u->cursor - u->chunk_len;
+        const uint64_t zb = std::max(off, u->client->offset);
+        const uint64_t ze = std::min(u->cursor, u->client_end());
+        std::memset(u->bounce.get() + (zb - off), 0, ze - zb);
+        const uint64_t len = u->chunk_len;
+        u->chunk_len = 0;
+        return RunInner(u, VolumeOp::kWrite, off, len, u->bounce.get());
+      }
+      if (u->cursor >= u->end) return FinishUnaligned(u, Status::Ok());
+      const uint64_t off = u->cursor;
+      const uint64_t len = std::min<uint64_t>(kZeroChunk, u->end - off);
+      u->cursor = off + len;
+      if (off >= u->client->offset && off + len <= u->client_end()) {
+        return RunInner(u, VolumeOp::kWrite, off, len, const_cast<uint8_t*>(ZeroBuffer()));
+      }
+      if (!u->bounce) u->bounce = AllocateAligned(kZeroChunk);
+      u->chunk_len = len;
+      return RunInner(u, VolumeOp::kRead, off, len, u->bounce.get());
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flush and commit
+
+MapEntry Volume::StoredEntry(uint64_t v) const {
+  MapEntry e;
+  for (const Fragment& f : map_.Fragments(v)) {
+    if (f.image != head_) continue;
+    if (f.is_zero()) {
+      e.zero_blocks |= f.blocks;
+    } else {
+      e.fragments.push_back(StoredFragment{f.pcluster, f.blocks});
+    }
+  }
+  return e;
+}
+
+void Volume::Commit(std::function<void(const Status&)> done) {
+  SHALE_CHECK(reactor_->IsCurrent(), "Volume::Commit off the reactor");
+  CommitPipeline::Request req;
+  for (uint64_t v : dirty_list_) {
+    dirty_bits_[v >> 6] &= ~(1ull << (v & 63));
+    MapEntry e = StoredEntry(v);
+    if (e.empty()) {
+      req.batch.Delete(keys::Map(head_, v));
+    } else {
+      req.batch.Put(keys::Map(head_, v), e.Encode());
+    }
+  }
+  dirty_list_.clear();
+  req.allocated.swap(allocated_);
+  req.freed.swap(freed_);
+  req.flush_device = true;
+  ++commits_in_flight_;
+  counters_.commits.fetch_add(1, std::memory_order_relaxed);
+  Reactor* reactor = reactor_;
+  req.done = [this, reactor, done = std::move(done)](const Status& st) mutable {
+    reactor->Post([this, st, done = std::move(done)]() mutable {
+      OnCommitted({}, st, std::move(done));
+    });
+  };
+  pool_->pipeline().Submit(std::move(req));
+}
+
+void Volume::OnCommitted(std::vector<VolumeIo*> /*waiters*/, const Status& st,
+                         std::function<void(const Status&)> done) {
+  --commits_in_flight_;
+  if (!st.ok() && !failed_) {
+    failed_ = true;
+    failure_ = st;
+    SHALE_LOG_ERROR("volume commit failed; writes now fail until restart", {"volume", name_},
+                    {"error", st.ToString()});
+  }
+  if (done) done(st);
+  if (closing_) CheckCloseDone();
+}
+
+void Volume::FlushAfter(VolumeIo* io, Status /*write_status*/) {
+  // Fast path: nothing to commit and no earlier commit pending -> a plain device flush.
+  if (dirty_list_.empty() && allocated_.empty() && freed_.empty() && commits_in_flight_ == 0) {
+    Request* r = NewRequest(io);
+    IoRequest& d = r->ops.emplace_back();
+    d.op = IoOp::kFlush;
+    d.ctx = r;
+    d.done = &Volume::OnDeviceDone;
+    r->pending = 1;
+    pool_->device().Submit(&d);
+    return;
+  }
+  Commit([this, io](const Status& st) { Complete(io, st); });
+}
+
+void Volume::SubmitFlush(VolumeIo* io) { FlushAfter(io, Status::Ok()); }
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle
+
+void Volume::Start() {
+  SHALE_CHECK(reactor_->IsCurrent(), "Volume::Start off the reactor");
+  ArmCommitTimer();
+}
+
+void Volume::ArmCommitTimer() {
+  if (options_.commit_interval_ns == 0 || closing_) return;
+  timer_id_ = reactor_->AddTimer(options_.commit_interval_ns, [this] {
+    timer_id_ = 0;
+    if (closing_) return;
+    if (!failed_ && (!dirty_list_.empty() || !freed_.empty() || !allocated_.empty())) Commit(nullptr);
+    ArmCommitTimer();
+  });
+}
+
+void Volume::Grow(uint64_t new_size) {
+  SHALE_CHECK(reactor_->IsCurrent(), "Volume::Grow off the reactor");
+  if (new_size <= size_bytes()) return;
+  map_.Grow((new_size + cluster_size_ - 1) / cluster_size_);
+  dirty_bits_.resize((map_.size() + 63) / 64, 0);
+  size_bytes_.store(new_size, std::memory_order_release);
+}
+
+void Volume::Close(std::function<void(const Status&)> done) {
+  SHALE_CHECK(reactor_->IsCurrent(), "Volume::Close off the reactor");
+  closing_ = true;
+  if (timer_id_ != 0) {
+    reactor_->CancelTimer(timer_id_);
+    timer_id_ = 0;
+  }
+  close_done_ = std::move(done);
+  CheckCloseDone();
+}
+
+void Volume::CheckCloseDone() {
+  if (!close_done_ || requests_in_flight_ != 0) return;
+  if (!dirty_list_.empty() || !allocated_.empty() || !freed_.empty()) {
+    if (failed_) {
+      auto done = std::move(close_done_);
+      close_done_ = nullptr;
+      return done(failure_);
+    }
+    Commit(nullptr);
+    return;
+  }
+  if (commits_in_flight_ != 0) return;
+  auto done = std::move(close_done_);
+  close_done_ = nullptr;
+  done(failed_ ? failure_ : Status::Ok());
+}
+
+std::vector<uint32_t> Volume::OwnedClusters() const {
+  std::vector<uint32_t> out;
+  map_.ForEach([&](uint64_t, std::span<const Fragment> frags) {
+    for (const auto& f : frags) {
+      if (f.image == head_ && !f.is_zero()) out.push_back(f.pcluster);
+    }
+  });
+  return out;
+}
+
+}  // namespace shale

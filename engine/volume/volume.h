@@ -1,0 +1,165 @@
+// Volume: a thin-provisioned volume's core mapping layer, the bottom of its I/O chain.
+//
+// Data lives in clusters of its pool; a ClusterMap (flat, in memory) says where each 4 KiB
+// block is. Space is allocated on the first write to a virtual cluster; blocks never written
+// read as zeros (their cluster bits are clear, so old data of a freed cluster is never visible).
+// Requests aligned to 4 KiB take the fast path; 512-byte-aligned ones use read-modify-write of
+// the edge blocks under a range lock.
+//
+// Durability (docs/crash-consistency.md): a write is acknowledged when its data is on the device;
+// the mapping change it caused stays in memory ("dirty") until a commit: FLUSH, a FUA write, the
+// periodic commit timer, or Close(). A commit goes through the pool's CommitPipeline (device
+// flush, then one synced RocksDB batch), so metadata never references data that is not durable.
+//
+// Threading: everything but the const accessors marked "any thread" runs on reactor().
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/io/block_device.h"
+#include "engine/pool/map_entry.h"
+#include "engine/pool/metadata.pb.h"
+#include "engine/volume/cluster_map.h"
+#include "engine/volume/volume_io.h"
+
+namespace shale {
+
+class Pool;
+class Reactor;
+
+struct VolumeCounters {
+  std::atomic<uint64_t> reads{0}, writes{0}, flushes{0}, discards{0}, write_zeroes{0};
+  std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, errors{0}, commits{0};
+};
+
+class Volume final : public VolumeLayer {
+ public:
+  struct Options {
+    uint64_t commit_interval_ns = 5'000'000'000;  // periodic commit of dirty mappings
+  };
+
+  // `chain` lists image ids root first, head last; `map` is their merged view (see Loader).
+  Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vector<uint64_t> chain,
+         ClusterMap map, const Options& options);
+  ~Volume() override;
+  Volume(const Volume&) = delete;
+  Volume& operator=(const Volume&) = delete;
+
+  // Builds the merged view of `chain` from the pool's metadata (control thread).
+  static Result<ClusterMap> LoadMap(Pool& pool, const std::vector<uint64_t>& chain,
+                                    uint64_t size_bytes, uint64_t* owned_clusters);
+
+  void Submit(VolumeIo* io) override;
+
+  // --- any thread ---
+  uint64_t id() const { return id_; }
+  const std::string& name() const { return name_; }
+  Reactor* reactor() const { return reactor_; }
+  Pool* pool() const { return pool_; }
+  uint64_t head_image() const { return chain_.back(); }
+  uint64_t size_bytes() const { return size_bytes_.load(std::memory_order_acquire); }
+  bool read_only() const { return read_only_; }
+  uint64_t created_unix_ns() const { return created_unix_ns_; }
+  // Pool space this volume's head image holds (clusters x cluster size).
+  uint64_t allocated_bytes() const;
+  const VolumeCounters& counters() const { return counters_; }
+
+  // --- reactor thread ---
+  void Start();  // arms the periodic commit
+  // Commits every dirty mapping; done(status) runs on the reactor once it is durable.
+  void Commit(std::function<void(const Status&)> done);
+  // Grows the logical size (the record is committed by the caller).
+  void Grow(uint64_t new_size);
+  // Stops the timer, waits for I/O in flight, commits; done(status) runs on the reactor.
+  void Close(std::function<void(const Status&)> done);
+  // Physical clusters owned by the head image (used by delete; volume must be closed).
+  std::vector<uint32_t> OwnedClusters() const;
+  uint64_t requests_in_flight() const { return requests_in_flight_; }
+  const ClusterMap& map() const { return map_; }
+
+ private:
+  struct Request;
+  struct Unaligned;
+  struct Seg {
+    uint64_t v;
+    uint32_t pcluster;
+    uint64_t blocks;
+  };
+
+  Status Validate(const VolumeIo& io) const;
+  void Complete(VolumeIo* io, Status status);
+  void CompleteLater(VolumeIo* io, Status status);
+  void SubmitRead(VolumeIo* io);
+  void SubmitWrite(VolumeIo* io);
+  void SubmitUnmap(VolumeIo* io);
+  void SubmitFlush(VolumeIo* io);
+  void SubmitUnaligned(VolumeIo* io);
+  void StepUnaligned(Unaligned* u, const Status& st);
+  void RunInner(Unaligned* u, VolumeOp op, uint64_t off, uint64_t len, uint8_t* buf);
+  void FinishUnaligned(Unaligned* u, const Status& st);
+  void ArmCommitTimer();
+  bool ParkIfLocked(VolumeIo* io);
+  void UnlockRange(uint64_t begin, uint64_t end);
+
+  Request* NewRequest(VolumeIo* io);
+  void FreeRequest(Request* r);
+  static void OnDeviceDone(IoRequest* op);
+  void AddDeviceOp(Request* r, IoOp op, uint64_t dev_offset, uint8_t* buf, uint64_t len);
+  void SubmitDeviceOps(Request* r);
+  void FinishRequest(Request* r);
+  Fragment* FindFragment(uint64_t v, uint32_t pcluster);
+  void HoldSeg(Request* r, uint64_t v, uint32_t pcluster, uint64_t blocks);
+  void ReapEmpty(uint64_t v);
+  void MarkDirty(uint64_t v);
+  MapEntry StoredEntry(uint64_t v) const;
+  void FlushAfter(VolumeIo* io, Status write_status);
+  void OnCommitted(std::vector<VolumeIo*> waiters, const Status& st,
+                   std::function<void(const Status&)> done);
+  void CheckCloseDone();
+
+  Pool* const pool_;
+  Reactor* const reactor_;
+  const uint64_t id_;
+  const std::string name_;
+  const bool read_only_;
+  const uint64_t created_unix_ns_;
+  const uint32_t cluster_size_;
+  const uint32_t cluster_shift_;
+  const uint32_t blocks_per_cluster_;
+  const uint64_t data_offset_;
+  const Options options_;
+  std::vector<uint64_t> chain_;  // root .. head
+  uint32_t head_;                // chain_.back(), narrowed for fragment comparisons
+  std::atomic<uint64_t> size_bytes_;
+  std::atomic<uint64_t> owned_clusters_{0};
+  VolumeCounters counters_;
+
+  ClusterMap map_;
+  std::vector<uint64_t> dirty_bits_;
+  std::vector<uint64_t> dirty_list_;
+  std::vector<uint32_t> allocated_;  // since the last commit capture
+  std::vector<uint32_t> freed_;      // since the last commit capture
+  uint64_t alloc_hint_ = 0;
+  uint64_t commits_in_flight_ = 0;
+  bool failed_ = false;
+  Status failure_;
+
+  Request* free_requests_ = nullptr;
+  uint64_t requests_in_flight_ = 0;
+  uint64_t timer_id_ = 0;
+  bool closing_ = false;
+  std::function<void(const Status&)> close_done_;
+
+  struct Range {
+    uint64_t begin, end;
+  };
+  std::vector<Range> rmw_locks_;
+  std::deque<VolumeIo*> parked_;
+};
+
+}  // namespace shale

@@ -1,0 +1,52 @@
+// VolumeIo and VolumeLayer: the I/O path of a volume is an ordered chain of layers
+// (queue -> QoS -> replication -> snapshot -> core mapping -> device). Each layer implements
+// VolumeLayer and passes requests to the next; the engine's Volume is the bottom one.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "engine/common/status.h"
+#include "engine/common/units.h"
+
+namespace shale {
+
+enum class VolumeOp : uint8_t { kRead = 0, kWrite, kFlush, kDiscard, kWriteZeroes };
+std::string_view VolumeOpName(VolumeOp op);
+
+inline constexpr uint32_t kVolumeFua = 1u << 0;      // write/zeroes: durable on completion
+inline constexpr uint32_t kVolumeNoUnmap = 1u << 1;  // write-zeroes: keep blocks allocated
+inline constexpr uint32_t kSectorSize = 512;         // smallest I/O unit a volume accepts
+inline constexpr uint64_t kMaxVolumeIoBytes = 32 * kMiB;
+
+// Who issued an I/O; QoS schedules background work in a lower class.
+enum class IoClass : uint8_t { kClient = 0, kBackground = 1 };
+
+struct VolumeIo {
+  // Set by the submitter.
+  VolumeOp op = VolumeOp::kRead;
+  uint32_t flags = 0;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint8_t* buf = nullptr;  // read/write; 4 KiB-aligned buffers avoid a bounce copy
+  IoClass io_class = IoClass::kClient;
+  void (*done)(VolumeIo* io) = nullptr;
+  void* ctx = nullptr;
+
+  // Result, set before done().
+  Status status;
+
+  // Scratch for the layers (each layer documents the slot it uses); no per-I/O allocation.
+  void* layer_state[4] = {};
+  uint64_t layer_value[2] = {};
+};
+
+class VolumeLayer {
+ public:
+  virtual ~VolumeLayer() = default;
+  // Called on the volume's reactor. io->done runs later on that reactor, exactly once, never
+  // from inside Submit.
+  virtual void Submit(VolumeIo* io) = 0;
+};
+
+}  // namespace shale
