@@ -101,12 +101,12 @@ Status Engine::OpenRegisteredPools() {
     slot->reg = reg;
     Uuid uuid;
     if (reg.uuid().size() == 16) std::memcpy(uuid.bytes.data(), reg.uuid().data(), 16);
-    auto dev = OpenBlockDevice(reg.device_path(), options_.device);
+    auto dev = OpenDevice(reg.device_path());
     Status st;
     if (!dev.ok()) {
       st = dev.status().WithContext("open device " + reg.device_path());
     } else {
-      auto pool = Pool::Open(std::shared_ptr<BlockDevice>(std::move(dev).value()),
+      auto pool = Pool::Open(std::move(dev).value(),
                              {.name = reg.name(), .metadata_dir = reg.metadata_dir(), .expected_uuid = uuid});
       if (pool.ok()) {
         slot->pool = std::move(pool).value();
@@ -212,6 +212,12 @@ Status Engine::LoadVolumes(PoolSlot& slot) {
   return Status::Ok();
 }
 
+Result<std::shared_ptr<BlockDevice>> Engine::OpenDevice(const std::string& path) {
+  if (options_.device_factory) return options_.device_factory(path);
+  SHALE_ASSIGN_OR_RETURN(auto dev, OpenBlockDevice(path, options_.device));
+  return std::shared_ptr<BlockDevice>(std::move(dev));
+}
+
 Reactor* Engine::PickReactor(uint64_t volume_id) {
   return reactors_[volume_id % reactors_.size()].get();
 }
@@ -309,12 +315,12 @@ Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool m
   auto cleanup = [&] {
     if (created_file) fs::remove(params.device_path);
   };
-  auto dev = OpenBlockDevice(params.device_path, options_.device);
+  auto dev = OpenDevice(params.device_path);
   if (!dev.ok()) {
     cleanup();
     return dev.status().WithContext("open device " + params.device_path);
   }
-  std::shared_ptr<BlockDevice> device(std::move(dev).value());
+  std::shared_ptr<BlockDevice> device = std::move(dev).value();
   // The metadata directory is named after the pool's UUID, known only once formatted: format
   // into a temporary name, then rename.
   const std::string tmp_meta = (fs::path(options_.data_dir) / "pools" / (".new-" + params.name)).string();

@@ -10,6 +10,7 @@
 // keys::Extension(namespace, key).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -25,6 +26,10 @@
 namespace shale {
 
 struct EngineOptions {
+  // Opens a pool device by path. Tests substitute fault-injecting devices here; empty means
+  // OpenBlockDevice(path, device).
+  using DeviceFactory = std::function<Result<std::shared_ptr<BlockDevice>>(const std::string& path)>;
+
   std::string data_dir = "./shale-data";
   unsigned reactors = 1;          // data-path threads, each with an io_uring ring
   DeviceOptions device;           // backend (io_uring | libaio) and O_DIRECT for pool devices
@@ -33,6 +38,7 @@ struct EngineOptions {
   std::string default_pool_name = "default";
   uint64_t default_pool_size = 8 * kGiB;
   uint32_t default_cluster_size = kDefaultClusterSize;
+  DeviceFactory device_factory;
 };
 
 struct PoolInfo {
@@ -157,6 +163,7 @@ class Engine {
   Status DeleteVolumeLocked(VolumeSlot& slot);
   Status CloseVolume(Volume& volume);
   Reactor* PickReactor(uint64_t volume_id);
+  Result<std::shared_ptr<BlockDevice>> OpenDevice(const std::string& path);
   void ReleaseHandle(Volume* volume);
 
   EngineOptions options_;

@@ -693,7 +693,7 @@ void Volume::RunInner(Unaligned* u, VolumeOp op, uint64_t off, uint64_t len, uin
   Submit(&u->inner);
 }
 
-void Volume::FinishUnaligned(Unaligned* u, const Status& st) {
+void Volume::FinishUnaligned(Unaligned* u, Status st) {  // by value: st may live in *u
   if (u->locked) UnlockRange(u->begin, u->end);
   VolumeIo* client = u->client;
   delete u;
@@ -704,7 +704,7 @@ void Volume::FinishUnaligned(Unaligned* u, const Status& st) {
 }
 
 void Volume::StepUnaligned(Unaligned* u, const Status& st) {
-  if (!st.ok()) return FinishUnaligned(u, st);
+  if (!st.ok()) return FinishUnaligned(u, Status(st));
   const int step = u->step++;
   switch (u->kind) {
     case Unaligned::Kind::kRead:

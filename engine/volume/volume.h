@@ -101,7 +101,7 @@ class Volume final : public VolumeLayer {
   void SubmitUnaligned(VolumeIo* io);
   void StepUnaligned(Unaligned* u, const Status& st);
   void RunInner(Unaligned* u, VolumeOp op, uint64_t off, uint64_t len, uint8_t* buf);
-  void FinishUnaligned(Unaligned* u, const Status& st);
+  void FinishUnaligned(Unaligned* u, Status st);
   void ArmCommitTimer();
   bool ParkIfLocked(VolumeIo* io);
   void UnlockRange(uint64_t begin, uint64_t end);
