@@ -41,6 +41,7 @@ class CompletionHandler {
 struct UringFeatures {
   uint32_t setup_flags = 0;  // flags the ring was created with
   uint32_t features = 0;     // IORING_FEAT_* reported by the kernel
+  bool ring_fd_registered = false;
   std::vector<bool> op_supported;
   bool Supports(int opcode) const {
     return opcode >= 0 && static_cast<size_t>(opcode) < op_supported.size() && op_supported[opcode];

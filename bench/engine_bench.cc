@@ -1,0 +1,294 @@
+// Engine-level benchmark: drives a volume through the volume API (no network) and fio with
+// io_uring on the same pool file, in turn, in the same run, and prints IOPS, p99 latency and the
+// median ratio engine/raw per workload (see ../../shared/BENCH.md for why ratios).
+//
+//   shale-engine-bench [--dir DIR] [--volume-size 2G] [--runtime 5] [--reps 3]
+//                      [--cluster-size 64K] [--io-backend io_uring] [--workloads ...] [--json FILE]
+//
+// The generator runs on the volume's reactor thread itself (like fio's single job on one core),
+// keeping `iodepth` requests in flight; every completion resubmits until the deadline.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "engine/common/log.h"
+#include "engine/engine.h"
+
+namespace shale {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct Workload {
+  std::string name;
+  std::string rw;  // fio --rw
+  uint64_t bs;
+  unsigned iodepth;
+};
+
+struct Sample {
+  double iops = 0;
+  double p99_us = 0;
+};
+
+uint64_t NowNs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+// Keeps iodepth requests in flight on the volume's reactor until the deadline.
+class Generator {
+ public:
+  // runtime_ns == 0: issue exactly span / bs requests (a sequential fill), then stop.
+  Generator(Volume& vol, const Workload& w, uint64_t span, uint64_t runtime_ns)
+      : vol_(vol), w_(w), span_(span), runtime_ns_(runtime_ns), rng_(42) {
+    op_limit_ = runtime_ns == 0 ? span / w.bs : UINT64_MAX;
+    slots_.resize(w.iodepth);
+    for (auto& s : slots_) {
+      s.buf = AllocateAligned(w.bs);
+      std::memset(s.buf.get(), 0x5a, w.bs);
+      s.gen = this;
+    }
+    lat_ns_.reserve(4'000'000);
+  }
+
+  Sample Run() {
+    std::promise<void> done;
+    done_ = &done;
+    vol_.reactor()->Post([this] {
+      start_ = NowNs();
+      deadline_ = runtime_ns_ == 0 ? UINT64_MAX : start_ + runtime_ns_;
+      for (auto& s : slots_) {
+        if (issued_ < op_limit_) Issue(s);
+      }
+    });
+    done.get_future().wait();
+    Sample out;
+    out.iops = static_cast<double>(completed_) / (static_cast<double>(end_ - start_) / 1e9);
+    if (!lat_ns_.empty()) {
+      size_t k = lat_ns_.size() * 99 / 100;
+      std::nth_element(lat_ns_.begin(), lat_ns_.begin() + static_cast<long>(k), lat_ns_.end());
+      out.p99_us = static_cast<double>(lat_ns_[k]) / 1000.0;
+    }
+    return out;
+  }
+
+ private:
+  struct Slot {
+    VolumeIo io;
+    AlignedBuffer buf;
+    uint64_t issued_ns = 0;
+    Generator* gen = nullptr;
+  };
+
+  void Issue(Slot& s) {
+    s.io = VolumeIo{};
+    const bool read = w_.rw == "randread" || w_.rw == "read";
+    s.io.op = read ? VolumeOp::kRead : VolumeOp::kWrite;
+    s.io.length = w_.bs;
+    s.io.buf = s.buf.get();
+    if (w_.rw == "randread" || w_.rw == "randwrite") {
+      s.io.offset = (rng_() % (span_ / w_.bs)) * w_.bs;
+    } else {
+      s.io.offset = cursor_;
+      cursor_ = (cursor_ + w_.bs) % span_;
+    }
+    s.io.ctx = &s;
+    s.io.done = [](VolumeIo* io) {
+      auto* slot = static_cast<Slot*>(io->ctx);
+      slot->gen->OnDone(*slot);
+    };
+    ++inflight_;
+    ++issued_;
+    s.issued_ns = NowNs();
+    vol_.Submit(&s.io);
+  }
+
+  void OnDone(Slot& s) {
+    --inflight_;
+    const uint64_t now = NowNs();
+    if (!s.io.status.ok()) {
+      std::fprintf(stderr, "I/O error: %s\n", s.io.status.ToString().c_str());
+      std::exit(1);
+    }
+    ++completed_;
+    lat_ns_.push_back(now - s.issued_ns);
+    if (now < deadline_ && issued_ < op_limit_) {
+      Issue(s);
+    } else if (inflight_ == 0) {
+      end_ = now;
+      done_->set_value();
+    }
+  }
+
+  Volume& vol_;
+  Workload w_;
+  uint64_t span_;
+  uint64_t runtime_ns_;
+  std::mt19937_64 rng_;
+  std::vector<Slot> slots_;
+  std::vector<uint64_t> lat_ns_;
+  uint64_t cursor_ = 0;
+  uint64_t inflight_ = 0, completed_ = 0, issued_ = 0, op_limit_ = UINT64_MAX;
+  uint64_t start_ = 0, deadline_ = 0, end_ = 0;
+  std::promise<void>* done_ = nullptr;
+};
+
+// fio with io_uring, O_DIRECT, on the pool file's data area (where the volume's clusters are).
+Sample RunFio(const std::string& file, uint64_t offset, uint64_t span, const Workload& w, unsigned runtime_s) {
+  std::string out = fs::temp_directory_path() / ("shale-bench-fio-" + std::to_string(getpid()) + ".json");
+  std::string cmd = "fio --name=raw --filename=" + file + " --offset=" + std::to_string(offset) +
+                    " --size=" + std::to_string(span) + " --rw=" + w.rw + " --bs=" + std::to_string(w.bs) +
+                    " --iodepth=" + std::to_string(w.iodepth) +
+                    " --ioengine=io_uring --direct=1 --time_based --runtime=" + std::to_string(runtime_s) +
+                    " --randrepeat=0 --norandommap --output-format=json --output=" + out + " > /dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) {
+    std::fprintf(stderr, "fio failed: %s\n", cmd.c_str());
+    std::exit(1);
+  }
+  std::ifstream in(out);
+  json j = json::parse(in);
+  fs::remove(out);
+  const json& job = j["jobs"][0];
+  const json& side = (w.rw == "randread" || w.rw == "read") ? job["read"] : job["write"];
+  Sample s;
+  s.iops = side["iops"].get<double>();
+  s.p99_us = side["clat_ns"]["percentile"]["99.000000"].get<double>() / 1000.0;
+  return s;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"Shale engine benchmark: volume API vs fio io_uring on the same pool file"};
+  std::string dir = "/var/tmp/shale-engine-bench";
+  std::string volume_size_s = "2G", cluster_size_s = "64K", backend = "io_uring", json_out;
+  unsigned runtime = 5, reps = 3;
+  std::vector<std::string> names = {"randread-4k", "randwrite-4k", "read-1m", "write-1m"};
+  app.add_option("--dir", dir, "work directory (pool file and metadata; removed at the end)");
+  app.add_option("--volume-size", volume_size_s, "volume size (preconditioned fully)");
+  app.add_option("--cluster-size", cluster_size_s, "pool cluster size");
+  app.add_option("--io-backend", backend, "io_uring or libaio");
+  app.add_option("--runtime", runtime, "seconds per measurement");
+  app.add_option("--reps", reps, "repetitions (median of ratios is reported)");
+  app.add_option("--workloads", names, "subset of randread-4k randwrite-4k read-1m write-1m");
+  app.add_option("--json", json_out, "also write results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
+
+  std::map<std::string, Workload> all = {
+      {"randread-4k", {"randread-4k", "randread", 4096, 32}},
+      {"randwrite-4k", {"randwrite-4k", "randwrite", 4096, 32}},
+      {"read-1m", {"read-1m", "read", 1 * kMiB, 8}},
+      {"write-1m", {"write-1m", "write", 1 * kMiB, 8}},
+  };
+  auto vsize = ParseSize(volume_size_s);
+  auto csize = ParseSize(cluster_size_s);
+  auto be = ParseIoBackend(backend);
+  if (!vsize.ok() || !csize.ok() || !be.ok()) {
+    std::fprintf(stderr, "bad option\n");
+    return 2;
+  }
+  log::Init("warn");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string pool_file = dir + "/pool.img";
+  EngineOptions o;
+  o.data_dir = dir + "/data";
+  o.create_default_pool = false;
+  o.device.backend = *be;
+  auto engine_or = Engine::Open(o);
+  if (!engine_or.ok()) {
+    std::fprintf(stderr, "%s\n", engine_or.status().ToString().c_str());
+    return 1;
+  }
+  auto engine = std::move(engine_or).value();
+  const uint64_t pool_size = *vsize + *vsize / 8 + 64 * kMiB;
+  auto pool = engine->CreatePool({.name = "bench", .device_path = pool_file, .size_bytes = pool_size,
+                                  .cluster_size = static_cast<uint32_t>(*csize)});
+  if (!pool.ok()) {
+    std::fprintf(stderr, "%s\n", pool.status().ToString().c_str());
+    return 1;
+  }
+  if (!engine->CreateVolume({.name = "bench", .size_bytes = *vsize, .pool = "bench"}).ok()) return 1;
+  auto handle = std::move(engine->OpenVolume("bench")).value();
+  Volume& vol = handle->volume();
+
+  std::printf("# precondition: writing %s sequentially through the volume\n", FormatSize(*vsize).c_str());
+  Sample fill = Generator(vol, {"fill", "write", 1 * kMiB, 8}, *vsize, 0).Run();
+  std::printf("# precondition: %.0f MiB/s\n", fill.iops);
+  // The volume's clusters were allocated in order from the start of the data area, so fio on
+  // [data_offset, data_offset + size) of the pool file touches the same bytes.
+  const uint64_t data_offset = kPoolDataOffset;
+  if (vol.allocated_bytes() != *vsize) {
+    std::fprintf(stderr, "precondition left the volume partly unallocated\n");
+    return 1;
+  }
+
+  struct Row {
+    std::vector<Sample> engine, raw;
+  };
+  std::map<std::string, Row> rows;
+  for (unsigned rep = 0; rep < reps; ++rep) {
+    for (const auto& n : names) {
+      auto it = all.find(n);
+      if (it == all.end()) {
+        std::fprintf(stderr, "unknown workload %s\n", n.c_str());
+        return 2;
+      }
+      const Workload& w = it->second;
+      Sample e = Generator(vol, w, *vsize, static_cast<uint64_t>(runtime) * 1'000'000'000).Run();
+      // Make sure the engine is idle and its data durable before fio touches the file.
+      std::promise<Status> flushed;
+      vol.reactor()->Post([&] { vol.Commit([&](const Status& s) { flushed.set_value(s); }); });
+      if (!flushed.get_future().get().ok()) return 1;
+      Sample r = RunFio(pool_file, data_offset, *vsize, w, runtime);
+      rows[n].engine.push_back(e);
+      rows[n].raw.push_back(r);
+      std::printf("# rep %u %-13s engine %9.0f IOPS p99 %7.1f us | fio io_uring %9.0f IOPS p99 %7.1f us | ratio %.3f\n",
+                  rep + 1, n.c_str(), e.iops, e.p99_us, r.iops, r.p99_us, e.iops / r.iops);
+      std::fflush(stdout);
+    }
+  }
+  json results = json::array();
+  std::printf("\n| workload | shale engine IOPS | p99 us | fio io_uring IOPS | p99 us | engine/raw (median of %u) |\n", reps);
+  std::printf("|---|---|---|---|---|---|\n");
+  for (const auto& n : names) {
+    const Row& row = rows[n];
+    std::vector<double> ei, ep, ri, rp, ratio;
+    for (size_t i = 0; i < row.engine.size(); ++i) {
+      ei.push_back(row.engine[i].iops);
+      ep.push_back(row.engine[i].p99_us);
+      ri.push_back(row.raw[i].iops);
+      rp.push_back(row.raw[i].p99_us);
+      ratio.push_back(row.engine[i].iops / row.raw[i].iops);
+    }
+    std::printf("| %s | %.0f | %.1f | %.0f | %.1f | %.3f |\n", n.c_str(), Median(ei), Median(ep), Median(ri),
+                Median(rp), Median(ratio));
+    results.push_back({{"workload", n}, {"engine_iops", Median(ei)}, {"engine_p99_us", Median(ep)},
+                       {"raw_iops", Median(ri)}, {"raw_p99_us", Median(rp)}, {"ratio", Median(ratio)}});
+  }
+  if (!json_out.empty()) std::ofstream(json_out) << results.dump(2) << "\n";
+  handle.reset();
+  engine.reset();
+  fs::remove_all(dir);
+  return 0;
+}
+
+}  // namespace
+}  // namespace shale
+
+int main(int argc, char** argv) { return shale::Main(argc, argv); }
