@@ -51,9 +51,13 @@ uint64_t NowNs() {
 class Generator {
  public:
   // runtime_ns == 0: issue exactly span / bs requests (a sequential fill), then stop.
-  Generator(Volume& vol, const Workload& w, uint64_t span, uint64_t runtime_ns)
-      : vol_(vol), w_(w), span_(span), runtime_ns_(runtime_ns), rng_(42) {
-    op_limit_ = runtime_ns == 0 ? span / w.bs : UINT64_MAX;
+  // flush_every > 0: a FLUSH after every flush_every completed requests (like a journaling
+  // filesystem committing), at most one in flight.
+  // op_limit > 0: stop after that many requests.
+  Generator(Volume& vol, const Workload& w, uint64_t span, uint64_t runtime_ns, uint64_t flush_every = 0,
+            uint64_t op_limit = 0)
+      : vol_(vol), w_(w), span_(span), runtime_ns_(runtime_ns), flush_every_(flush_every), rng_(42) {
+    op_limit_ = op_limit != 0 ? op_limit : (runtime_ns == 0 ? span / w.bs : UINT64_MAX);
     slots_.resize(w.iodepth);
     for (auto& s : slots_) {
       s.buf = AllocateAligned(w.bs);
@@ -124,6 +128,23 @@ class Generator {
     }
     ++completed_;
     lat_ns_.push_back(now - s.issued_ns);
+    if (flush_every_ != 0 && !flush_inflight_ && completed_ % flush_every_ == 0) {
+      flush_inflight_ = true;
+      ++inflight_;
+      flush_io_ = VolumeIo{};
+      flush_io_.op = VolumeOp::kFlush;
+      flush_io_.ctx = this;
+      flush_io_.done = [](VolumeIo* io) {
+        auto* g = static_cast<Generator*>(io->ctx);
+        g->flush_inflight_ = false;
+        --g->inflight_;
+        if (g->inflight_ == 0 && (NowNs() >= g->deadline_ || g->issued_ >= g->op_limit_)) {
+          g->end_ = NowNs();
+          g->done_->set_value();
+        }
+      };
+      vol_.Submit(&flush_io_);
+    }
     if (now < deadline_ && issued_ < op_limit_) {
       Issue(s);
     } else if (inflight_ == 0) {
@@ -136,6 +157,9 @@ class Generator {
   Workload w_;
   uint64_t span_;
   uint64_t runtime_ns_;
+  uint64_t flush_every_ = 0;
+  bool flush_inflight_ = false;
+  VolumeIo flush_io_;
   std::mt19937_64 rng_;
   std::vector<Slot> slots_;
   std::vector<uint64_t> lat_ns_;
@@ -168,6 +192,59 @@ Sample RunFio(const std::string& file, uint64_t offset, uint64_t span, const Wor
   return s;
 }
 
+uint64_t DirBytes(const std::string& dir) {
+  uint64_t total = 0;
+  for (auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) total += e.file_size();
+  }
+  return total;
+}
+
+// For each cluster size: first-write sequential throughput, first-touch random 4 KiB writes
+// with a flush every 256 writes, space amplification of those random writes, and the metadata
+// cost (in-memory map, RocksDB) of a fully written volume.
+int ClusterStudy(const std::string& dir, uint64_t vsize, unsigned runtime, IoBackend backend) {
+  std::printf("| cluster | seq first write MiB/s | sparse rand 4K write IOPS (flush/256) | space used / written (128 MiB over 16 GiB) | map RAM per GiB | RocksDB per GiB | randread 4K IOPS |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (uint64_t cs : {16 * kKiB, 64 * kKiB, 256 * kKiB}) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    EngineOptions o;
+    o.data_dir = dir + "/data";
+    o.create_default_pool = false;
+    o.device.backend = backend;
+    auto engine = std::move(Engine::Open(o)).value();
+    const uint64_t sparse_size = 16 * kGiB, sparse_writes = 32768;  // 128 MiB spread over 16 GiB
+    const uint64_t pool_size = vsize + sparse_writes * cs + 64 * kMiB;
+    if (!engine->CreatePool({.name = "p", .device_path = dir + "/pool.img", .size_bytes = pool_size,
+                             .cluster_size = static_cast<uint32_t>(cs)}).ok()) return 1;
+    if (!engine->CreateVolume({.name = "seq", .size_bytes = vsize, .pool = "p"}).ok()) return 1;
+    if (!engine->CreateVolume({.name = "rand", .size_bytes = sparse_size, .pool = "p"}).ok()) return 1;
+    auto seq = std::move(engine->OpenVolume("seq")).value();
+    auto rnd = std::move(engine->OpenVolume("rand")).value();
+    Sample fill = Generator(seq->volume(), {"fill", "write", 1 * kMiB, 8}, vsize, 0, 64).Run();
+    std::promise<Status> c1;
+    seq->reactor()->Post([&] { seq->volume().Commit([&](const Status& s) { c1.set_value(s); }); });
+    (void)c1.get_future().get();
+    size_t map_bytes = 0;
+    seq->reactor()->RunSync([&] { map_bytes = seq->volume().map().memory_bytes(); });
+    const uint64_t meta_bytes = DirBytes(o.data_dir + "/pools");
+    Generator rg(rnd->volume(), {"randwrite", "randwrite", 4096, 32}, sparse_size, 0, 256, sparse_writes);
+    Sample r = rg.Run();
+    const double written = static_cast<double>(sparse_writes) * 4096.0;
+    const double amp = static_cast<double>(rnd->volume().allocated_bytes()) / std::max(written, 1.0);
+    Sample rr = Generator(seq->volume(), {"randread", "randread", 4096, 32}, vsize,
+                          static_cast<uint64_t>(runtime) * 1'000'000'000).Run();
+    const double gib = static_cast<double>(vsize) / static_cast<double>(kGiB);
+    std::printf("| %s | %.0f | %.0f | %.2f | %.2f MiB | %.2f MiB | %.0f |\n", FormatSize(cs).c_str(), fill.iops,
+                r.iops, amp, static_cast<double>(map_bytes) / gib / kMiB,
+                static_cast<double>(meta_bytes) / gib / kMiB, rr.iops);
+    std::fflush(stdout);
+  }
+  fs::remove_all(dir);
+  return 0;
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
@@ -187,6 +264,8 @@ int Main(int argc, char** argv) {
   app.add_option("--reps", reps, "repetitions (median of ratios is reported)");
   app.add_option("--workloads", names, "subset of randread-4k randwrite-4k read-1m write-1m");
   app.add_option("--json", json_out, "also write results as JSON to this file");
+  std::string study;
+  app.add_option("--study", study, "run a study instead: cluster-size");
   CLI11_PARSE(app, argc, argv);
 
   std::map<std::string, Workload> all = {
@@ -203,6 +282,11 @@ int Main(int argc, char** argv) {
     return 2;
   }
   log::Init("warn");
+  if (study == "cluster-size") return ClusterStudy(dir, *vsize, runtime, *be);
+  if (!study.empty()) {
+    std::fprintf(stderr, "unknown study %s\n", study.c_str());
+    return 2;
+  }
   fs::remove_all(dir);
   fs::create_directories(dir);
   const std::string pool_file = dir + "/pool.img";
