@@ -910,6 +910,36 @@ void Volume::CheckCloseDone() {
   done(failed_ ? failure_ : Status::Ok());
 }
 
+std::vector<Volume::Extent> Volume::QueryAllocation(uint64_t offset, uint64_t length,
+                                                    size_t max_extents) const {
+  std::vector<Extent> out;
+  const uint64_t size = size_bytes();
+  if (offset >= size || length == 0 || max_extents == 0) return out;
+  const uint64_t end = std::min(size, offset + length);
+  uint64_t pos = offset;
+  while (pos < end) {
+    const uint64_t v = pos >> cluster_shift_;
+    const uint32_t b = static_cast<uint32_t>((pos >> kBlockShift) & (blocks_per_cluster_ - 1));
+    bool zero = true;
+    for (const Fragment& f : map_.Fragments(v)) {
+      if (!f.is_zero() && (f.blocks >> b) & 1) {
+        zero = false;
+        break;
+      }
+    }
+    const uint64_t next = std::min(end, ((pos >> kBlockShift) + 1) << kBlockShift);
+    const uint64_t len = next - pos;
+    if (!out.empty() && out.back().zero == zero) {
+      out.back().length += len;
+    } else {
+      if (out.size() == max_extents) break;
+      out.push_back(Extent{len, zero});
+    }
+    pos = next;
+  }
+  return out;
+}
+
 std::vector<uint32_t> Volume::OwnedClusters() const {
   std::vector<uint32_t> out;
   map_.ForEach([&](uint64_t, std::span<const Fragment> frags) {

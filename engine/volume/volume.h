@@ -70,6 +70,16 @@ class Volume final : public VolumeLayer {
   const VolumeCounters& counters() const { return counters_; }
 
   // --- reactor thread ---
+  // Allocation status of [offset, offset + length) as runs of blocks: `zero` runs read as zeros
+  // without touching the device (never written, discarded or zeroed); the others hold data.
+  // At most max_extents runs; the last may end before offset + length. Offsets are in bytes,
+  // at 4 KiB granularity inside the range (partial first/last blocks report their block).
+  struct Extent {
+    uint64_t length;
+    bool zero;
+  };
+  std::vector<Extent> QueryAllocation(uint64_t offset, uint64_t length, size_t max_extents) const;
+
   void Start();  // arms the periodic commit
   // Commits every dirty mapping; done(status) runs on the reactor once it is durable.
   void Commit(std::function<void(const Status&)> done);

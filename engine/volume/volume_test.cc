@@ -215,6 +215,28 @@ TEST_F(VolumeTest, ResizeGrowsAndNewSpaceReadsZeros) {
   EXPECT_EQ(Read(v, 3 * kMiB - 8192, 8192), p);
 }
 
+TEST_F(VolumeTest, QueryAllocationReportsDataAndZeroRuns) {
+  Volume* v = CreateVolume("v", 1 * kMiB);
+  ASSERT_TRUE(Write(v, 64 * kKiB, Pattern(8192, 1)).ok());
+  ASSERT_TRUE(Write(v, 128 * kKiB, Pattern(4096, 2)).ok());
+  ASSERT_TRUE(RunVolumeIo(*v, VolumeOp::kDiscard, 68 * kKiB, 4096, nullptr).ok());
+  std::vector<Volume::Extent> ext;
+  reactor_->RunSync([&] { ext = v->QueryAllocation(0, 1 * kMiB, 100); });
+  std::vector<std::pair<uint64_t, bool>> got;
+  for (auto& e : ext) got.emplace_back(e.length, e.zero);
+  std::vector<std::pair<uint64_t, bool>> want = {
+      {64 * kKiB, true}, {4096, false}, {60 * kKiB, true}, {4096, false}, {1 * kMiB - 132 * kKiB, true}};
+  EXPECT_EQ(got, want);
+  reactor_->RunSync([&] { ext = v->QueryAllocation(64 * kKiB + 512, 1024, 10); });
+  ASSERT_EQ(ext.size(), 1u);
+  EXPECT_EQ(ext[0].length, 1024u);
+  EXPECT_FALSE(ext[0].zero);
+  reactor_->RunSync([&] { ext = v->QueryAllocation(0, 1 * kMiB, 2); });
+  EXPECT_EQ(ext.size(), 2u);
+  reactor_->RunSync([&] { ext = v->QueryAllocation(2 * kMiB, 4096, 2); });
+  EXPECT_TRUE(ext.empty());
+}
+
 class SmallPoolVolumeTest : public testing::VolumeFixture {
  protected:
   void SetUp() override {
