@@ -42,8 +42,8 @@ Engine::Engine(EngineOptions options) : options_(std::move(options)) {}
 Engine::~Engine() { Shutdown().IgnoreError(); }
 
 Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
-  if (options.reactors == 0 || options.reactors > 16) {
-    return Status::InvalidArgument("reactors must be between 1 and 16");
+  if (options.reactors == 0 || options.reactors > kMaxEngineReactors) {
+    return Status::InvalidArgument("reactors must be between 1 and " + std::to_string(kMaxEngineReactors));
   }
   std::unique_ptr<Engine> engine(new Engine(options));
   Status st = engine->Init();
@@ -588,15 +588,15 @@ Result<VolumeInfo> Engine::ResizeVolume(std::string_view name, uint64_t new_size
   auto it = volumes_.find(name);
   if (it == volumes_.end()) return Status::NotFound("volume '" + std::string(name) + "' not found");
   VolumeSlot& vs = *it->second;
+  if (new_size_bytes == 0) return Status::InvalidArgument("volume size must be greater than 0");
+  if (new_size_bytes > kMaxVolumeSize) {
+    return Status::InvalidArgument("volume size exceeds the maximum of " + FormatSize(kMaxVolumeSize));
+  }
   const uint64_t size = (new_size_bytes + 4095) / 4096 * 4096;
   const uint64_t current = vs.volume->size_bytes();
-  if (new_size_bytes == 0) return Status::InvalidArgument("volume size must be greater than 0");
   if (size < current) {
     return Status::InvalidArgument("volume '" + std::string(name) + "' is " + FormatSize(current) +
                                    "; shrinking is not supported (it would discard data)");
-  }
-  if (size > kMaxVolumeSize) {
-    return Status::InvalidArgument("volume size exceeds the maximum of " + FormatSize(kMaxVolumeSize));
   }
   if (size == current) return DescribeVolume(vs);
   meta::VolumeRecord rec = vs.record;

@@ -25,13 +25,15 @@
 
 namespace shale {
 
+inline constexpr unsigned kMaxEngineReactors = 16;
+
 struct EngineOptions {
   // Opens a pool device by path. Tests substitute fault-injecting devices here; empty means
   // OpenBlockDevice(path, device).
   using DeviceFactory = std::function<Result<std::shared_ptr<BlockDevice>>(const std::string& path)>;
 
   std::string data_dir = "./shale-data";
-  unsigned reactors = 1;          // data-path threads, each with an io_uring ring
+  unsigned reactors = 1;          // data-path threads, each with an io_uring ring (1..16)
   DeviceOptions device;           // backend (io_uring | libaio) and O_DIRECT for pool devices
   uint64_t commit_interval_ms = 5000;  // periodic commit of unflushed mapping changes
   bool create_default_pool = true;     // create "default" on first start

@@ -99,6 +99,8 @@ TEST_F(EngineTest, ControlOperationsRejectBadInput) {
   ASSERT_TRUE(engine_->CreateVolume({.name = "z", .size_bytes = 2 * kMiB}).ok());
   EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = kMiB}).status().code(), StatusCode::kAlreadyExists);
   EXPECT_EQ(engine_->ResizeVolume("z", kMiB).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->ResizeVolume("z", UINT64_MAX - 1).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(engine_->ResizeVolume("z", UINT64_MAX - 1).status().message().find("maximum"), std::string_view::npos);
   EXPECT_EQ(engine_->ResizeVolume("missing", kMiB).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(engine_->DeleteVolume("missing").code(), StatusCode::kNotFound);
   EXPECT_EQ(engine_->GetPool("missing").status().code(), StatusCode::kNotFound);

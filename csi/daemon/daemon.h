@@ -1,0 +1,76 @@
+// Daemon: what shaled is — the Engine of this node plus the frontends that serve it.
+//
+// Start() opens the Engine (which takes the data-dir lock and recovers every pool and volume),
+// then starts the frontends in order; Stop() stops them in reverse order, so no request is in
+// flight, and then shuts the Engine down. Today the one frontend is the control API (gRPC on a
+// UNIX socket); the NBD server and the CSI endpoint are further Frontends added in Start().
+//
+// Threading: Start/Stop from one thread (main); RequestStop() from any thread; Wait() blocks the
+// caller until RequestStop().
+#pragma once
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "csi/daemon/daemon_options.h"
+#include "engine/common/status.h"
+
+namespace shale {
+
+class Engine;
+
+// A server the daemon runs on top of the Engine.
+class Frontend {
+ public:
+  virtual ~Frontend() = default;
+  // For logs: "control", "nbd", "csi".
+  virtual std::string_view name() const = 0;
+  // Where it serves, for logs ("unix:///.../shaled.sock").
+  virtual std::string endpoint() const = 0;
+  // Starts serving. Called once, after the Engine is open.
+  virtual Status Start() = 0;
+  // Stops accepting requests and returns once none is in flight; the Engine is still open.
+  // Idempotent; called even if Start() failed.
+  virtual void Stop() = 0;
+};
+
+class Daemon {
+ public:
+  explicit Daemon(DaemonOptions options);
+  ~Daemon();  // Stop()s, ignoring the status (call Stop() yourself to see it)
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // Opens the engine and starts every frontend. On error, whatever started is stopped again
+  // and the error says what failed (e.g. Busy when another shaled holds the data dir).
+  Status Start();
+  // Asks Wait() to return. Thread-safe, but not async-signal-safe (call it from a thread that
+  // waits for signals, not from a signal handler).
+  void RequestStop();
+  // Blocks until RequestStop() has been called.
+  void Wait();
+  // Stops the frontends, then shuts the engine down (committing every volume). Idempotent.
+  Status Stop();
+
+  const DaemonOptions& options() const { return options_; }
+  // Null before Start() and after Stop().
+  Engine* engine() { return engine_.get(); }
+
+ private:
+  const DaemonOptions options_;
+  std::unique_ptr<Engine> engine_;
+  std::vector<std::unique_ptr<Frontend>> frontends_;  // in start order
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_requested_ = false;  // guarded by mu_
+};
+
+// Sends gRPC's own diagnostics to the structured log instead of raw stderr. Call once at start.
+void RouteGrpcLogsToShaleLog();
+
+}  // namespace shale

@@ -1,0 +1,105 @@
+// End-to-end harness: runs the real build/bin/shaled and build/bin/shale as child processes.
+//
+// A Harness owns a fresh temporary directory (its root) and at most one shaled child. The daemon
+// writes its logs to <root>/shaled.log (appended across restarts; printed when a test fails).
+// Waiting is always "poll with a deadline" (never a bare sleep): StartDaemon() returns once
+// `shale status` answers. Children get PR_SET_PDEATHSIG, so a test killed by a ctest timeout
+// leaves no daemon behind; the destructor kills a daemon still running and removes the root.
+//
+// Threading: one Harness per test, used from the test's thread only.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace shale::e2e {
+
+// The whole content of a file ("" if it cannot be read).
+std::string ReadTextFile(const std::string& path);
+
+// Absolute paths of the binaries under test (from the build: SHALE_BIN_DIR).
+std::string ShaledBinary();
+std::string ShaleBinary();
+
+struct CommandResult {
+  int exit_code = -1;  // exit status; 128 + signal number if killed by a signal
+  std::string out;
+  std::string err;
+
+  // stdout parsed as JSON; records a test failure (and returns null) if it is not JSON.
+  nlohmann::json Json() const;
+  // The lines of stderr (without newlines).
+  std::vector<std::string> ErrLines() const;
+  // For failure messages: exit code, stdout and stderr.
+  std::string Describe() const;
+};
+
+struct RunOptions {
+  std::string cwd;  // empty: the test's cwd
+  // Environment changes: a value sets the variable, nullopt removes it. SHALE_ENDPOINT is
+  // removed by default so the developer's environment cannot leak into tests.
+  std::map<std::string, std::optional<std::string>> env;
+  std::chrono::seconds timeout{60};  // the child is killed (and the test fails) after this
+};
+
+// Checks the error contract of both binaries: non-zero exit, nothing on stdout, and stderr is
+// exactly one line that starts with `prefix` ("shale: ", "shaled: ") and contains `needle`.
+void ExpectOneLineError(const CommandResult& result, const std::string& needle,
+                        const std::string& prefix = "shale: ");
+
+// Runs argv[0] (a path) to completion, capturing stdout and stderr.
+CommandResult RunProcess(const std::vector<std::string>& argv, const RunOptions& options = {});
+
+class Harness {
+ public:
+  Harness();
+  ~Harness();
+  Harness(const Harness&) = delete;
+  Harness& operator=(const Harness&) = delete;
+
+  // Temporary directory of this test (short, under /tmp, so socket paths stay short).
+  const std::string& root() const { return root_; }
+  // Data dir used by StartDaemon(): <root>/data.
+  std::string data_dir() const { return root_ + "/data"; }
+  // Control endpoint of a daemon on data_dir(): "unix://<root>/data/shaled.sock".
+  std::string endpoint() const { return "unix://" + data_dir() + "/shaled.sock"; }
+  std::string socket_path() const { return data_dir() + "/shaled.sock"; }
+
+  // Starts shaled with --data-dir data_dir() --default-pool-size 1G plus `extra` and waits until
+  // it answers. False (with the test failure recorded) if it exits or does not answer in time.
+  [[nodiscard]] bool StartDaemon(const std::vector<std::string>& extra = {});
+  // Starts shaled with exactly `args` in `cwd` (default: root) and waits until `shale status`
+  // answers on `endpoint`.
+  [[nodiscard]] bool StartDaemonRaw(const std::vector<std::string>& args,
+                                    const std::string& endpoint, const std::string& cwd = {});
+  // Sends `signal` and waits for the daemon to exit; returns its CommandResult-style exit code
+  // (128 + signal if it died of one), or -1 if it did not exit in time (then it is killed).
+  int StopDaemon(int signal);
+  // kill -9, then reap.
+  void KillDaemon();
+  bool daemon_running();
+  pid_t daemon_pid() const { return daemon_pid_; }
+  // Everything shaled wrote to stdout/stderr so far.
+  std::string DaemonLog() const;
+
+  // `shale --endpoint endpoint() args...`.
+  CommandResult Shale(const std::vector<std::string>& args);
+  // `shale args...` exactly as given, with `options` (cwd, environment).
+  CommandResult ShaleRaw(const std::vector<std::string>& args, const RunOptions& options = {});
+
+ private:
+  pid_t Spawn(const std::vector<std::string>& argv, const std::string& cwd);
+  // Reaps the daemon if it has exited; returns its exit code then.
+  std::optional<int> ReapDaemon(bool block, std::chrono::milliseconds timeout);
+
+  std::string root_;
+  pid_t daemon_pid_ = -1;
+};
+
+}  // namespace shale::e2e
