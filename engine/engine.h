@@ -87,6 +87,30 @@ struct CreateVolumeParams {
   std::map<std::string, std::string> labels;
 };
 
+// Adds records that must commit atomically with an image operation (e.g. a snapshot's name).
+using ExtraRecords = std::function<void(uint64_t image_id, MetaBatch* batch)>;
+
+// One layer of mappings: a volume's head (writable) or a frozen image (a snapshot).
+struct ImageInfo {
+  uint64_t id = 0;
+  uint64_t parent = 0;  // 0 = none
+  std::string pool;
+  uint64_t volume_id = 0;   // the volume whose head it is or was
+  std::string volume;       // that volume's name, empty if it was deleted
+  bool frozen = false;
+  bool deleted = false;     // deleted, but kept until its children stop needing it
+  uint64_t created_unix_ns = 0;
+  uint64_t size_bytes = 0;  // logical size when frozen
+  std::vector<uint64_t> children;
+  uint32_t depth = 0;       // images from the root down to this one, itself included
+};
+
+struct ImageUsage {
+  uint64_t data_bytes = 0;       // blocks with data stored in this image's clusters
+  uint64_t exclusive_bytes = 0;  // clusters nothing else reads: freed if the image is deleted
+  uint64_t shared_bytes = 0;     // data of this image that child images still read
+};
+
 // Result of a pool consistency check (pool check command).
 struct PoolCheckReport {
   uint64_t referenced_clusters = 0;
@@ -148,6 +172,41 @@ class Engine {
   // Opens a volume for I/O. Submit requests on handle->reactor().
   Result<std::shared_ptr<VolumeHandle>> OpenVolume(std::string_view name);
 
+  // --- Layered images: the mechanism under snapshots and clones (docs/snapshots.md) ---
+
+  // Freezes the volume's current content as an immutable image and continues the volume on a
+  // new head (redirect-on-write: nothing is copied). Writes acknowledged before the call are in
+  // the image, writes issued after it returns are not. Returns the frozen image's id.
+  Result<uint64_t> FreezeVolume(std::string_view volume, const ExtraRecords& extra = nullptr);
+  // Creates a volume whose head reads through frozen `image_id` (a clone). params.pool must be
+  // empty or the image's pool; the size must be at least the image's.
+  Result<VolumeInfo> CreateVolumeFromImage(const CreateVolumeParams& params, uint64_t image_id,
+                                           const ExtraRecords& extra = nullptr);
+  // Opens a read-only view of a frozen image (for exports). Busy-protects the image.
+  Result<std::shared_ptr<VolumeHandle>> OpenImage(std::string_view pool, uint64_t image_id);
+  // Deletes a frozen image: merged into its only child (which takes over what it still reads),
+  // freed when nothing reads through it, or kept hidden ("deleted") while several children
+  // still read through it, until they go. Busy while a view of it is open.
+  Status DeleteImage(std::string_view pool, uint64_t image_id, const ExtraRecords& extra = nullptr);
+  // Rolls the volume back to frozen ancestor `image_id` (content and size). The volume must
+  // not be open.
+  Status RevertVolume(std::string_view volume, uint64_t image_id, const ExtraRecords& extra = nullptr);
+  // Copies everything the volume still reads through parent images into its own clusters,
+  // then detaches it from them. Clients may keep using the volume meanwhile.
+  Status FlattenVolume(std::string_view volume,
+                       const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr);
+  std::vector<ImageInfo> ListImages(std::string_view pool);
+  Result<ImageInfo> GetImage(std::string_view pool, uint64_t image_id);
+  Result<ImageUsage> GetImageUsage(std::string_view pool, uint64_t image_id);
+  Result<Volume::SpaceUsage> GetVolumeUsage(std::string_view volume);
+  Result<uint64_t> VolumeHeadImage(std::string_view volume);
+
+  // Records of upper layers in a pool's metadata (keys::Extension). Writes commit durably.
+  Result<std::optional<std::string>> GetRecord(std::string_view pool, std::string_view key);
+  Status ScanRecords(std::string_view pool, std::string_view prefix,
+                     const std::function<bool(std::string_view key, std::string_view value)>& fn);
+  Status WriteRecords(std::string_view pool, MetaBatch batch);
+
   const EngineOptions& options() const { return options_; }
   const std::vector<std::unique_ptr<Reactor>>& reactors() const { return reactors_; }
 
@@ -163,6 +222,18 @@ class Engine {
   PoolInfo DescribePool(const PoolSlot& slot) const;
   VolumeInfo DescribeVolume(const VolumeSlot& slot) const;
   Status DeleteVolumeLocked(VolumeSlot& slot);
+  struct ImageSlot;
+  PoolSlot* FindPool(std::string_view name);
+  Result<PoolSlot*> OnlinePool(std::string_view name);
+  std::vector<uint64_t> ChildrenOf(const PoolSlot& slot, uint64_t image) const;
+  std::vector<uint64_t> ChainOf(const PoolSlot& slot, uint64_t image) const;
+  VolumeSlot* VolumeWithHead(const PoolSlot& slot, uint64_t image);
+  Result<std::vector<std::pair<uint64_t, MapEntry>>> ReadImageEntries(Pool& pool, uint64_t image);
+  Status FreeImageLocked(PoolSlot& slot, uint64_t image, const ExtraRecords& extra);
+  Status MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child, const ExtraRecords& extra);
+  Status CollectImagesLocked(PoolSlot& slot);
+  Status RunOnVolume(Volume& volume, const std::function<void(std::function<void(const Status&)>)>& op);
+  ImageInfo DescribeImage(const PoolSlot& slot, uint64_t image) const;
   Status CloseVolume(Volume& volume);
   Reactor* PickReactor(uint64_t volume_id);
   Result<std::shared_ptr<BlockDevice>> OpenDevice(const std::string& path);
@@ -174,6 +245,8 @@ class Engine {
   std::vector<std::unique_ptr<Reactor>> reactors_;
   std::map<std::string, std::unique_ptr<PoolSlot>, std::less<>> pools_;
   std::map<std::string, std::unique_ptr<VolumeSlot>, std::less<>> volumes_;
+  // Open read-only views of frozen images, by (pool, image).
+  std::map<std::pair<std::string, uint64_t>, std::unique_ptr<ImageSlot>> views_;
   bool shut_down_ = false;
   friend class VolumeHandle;
 };

@@ -20,6 +20,9 @@ constexpr uint32_t kInternal = 1u << 31;
 constexpr uint64_t kMaxMergedDeviceIo = 4 * kMiB;
 constexpr uint64_t kZeroChunk = 1 * kMiB;
 
+bool IsMutating(VolumeOp op) {
+  return op == VolumeOp::kWrite || op == VolumeOp::kDiscard || op == VolumeOp::kWriteZeroes;
+}
 inline uint64_t BlockMask(uint32_t first, uint32_t count) {
   return count >= 64 ? ~0ull << first : ((1ull << count) - 1) << first;
 }
@@ -83,7 +86,7 @@ Volume::Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vec
       reactor_(reactor),
       id_(record.id()),
       name_(record.name()),
-      read_only_(record.read_only()),
+      read_only_(record.read_only() || options.view_only),
       created_unix_ns_(record.created_unix_ns()),
       cluster_size_(pool->cluster_size()),
       cluster_shift_(static_cast<uint32_t>(std::countr_zero(pool->cluster_size()))),
@@ -95,7 +98,8 @@ Volume::Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vec
       map_(std::move(map)) {
   SHALE_CHECK(!chain_.empty() && chain_.back() == record.head_image(), "chain must end at the head");
   SHALE_CHECK(chain_.back() <= UINT32_MAX, "image id too large");
-  head_ = static_cast<uint32_t>(chain_.back());
+  // A view owns nothing: no fragment matches head 0, so it never writes, frees or commits.
+  head_ = options_.view_only ? 0 : static_cast<uint32_t>(chain_.back());
   uint64_t owned = 0;
   map_.ForEach([&](uint64_t, std::span<const Fragment> frags) {
     for (const auto& f : frags) {
@@ -212,12 +216,19 @@ Status Volume::Validate(const VolumeIo& io) const {
 }
 
 void Volume::Complete(VolumeIo* io, Status status) {
+  bool drained = false;
   if (!(io->flags & kInternal)) {
     if (!status.ok()) counters_.errors.fetch_add(1, std::memory_order_relaxed);
     --requests_in_flight_;
+    if (IsMutating(io->op)) --mutating_in_flight_;
+    if (io->op == VolumeOp::kRead) --reads_in_flight_;
+    if (!drain_waiters_.empty() && mutating_in_flight_ == 0 && (!gate_all_ || reads_in_flight_ == 0)) {
+      drained = true;
+    }
   }
   io->status = std::move(status);
   io->done(io);
+  if (drained) RunDrainWaiters();
   if (closing_) CheckCloseDone();
 }
 
@@ -227,29 +238,44 @@ void Volume::CompleteLater(VolumeIo* io, Status status) {
 
 void Volume::Submit(VolumeIo* io) {
   SHALE_CHECK(reactor_->IsCurrent(), "Volume::Submit off the volume's reactor");
-  const bool internal = io->flags & kInternal;
-  if (!internal) {
-    ++requests_in_flight_;
-    Status st = Validate(*io);
-    if (!st.ok()) return CompleteLater(io, std::move(st));
-    if (failed_ && io->op != VolumeOp::kRead) {
-      return CompleteLater(io, Status::IoError("volume '" + name_ + "' failed: " + failure_.ToString() +
-                                               " (restart shaled to recover)"));
-    }
-    switch (io->op) {
-      case VolumeOp::kRead:
-        counters_.reads.fetch_add(1, std::memory_order_relaxed);
-        counters_.bytes_read.fetch_add(io->length, std::memory_order_relaxed);
-        break;
-      case VolumeOp::kWrite:
-        counters_.writes.fetch_add(1, std::memory_order_relaxed);
-        counters_.bytes_written.fetch_add(io->length, std::memory_order_relaxed);
-        break;
-      case VolumeOp::kFlush: counters_.flushes.fetch_add(1, std::memory_order_relaxed); break;
-      case VolumeOp::kDiscard: counters_.discards.fetch_add(1, std::memory_order_relaxed); break;
-      case VolumeOp::kWriteZeroes: counters_.write_zeroes.fetch_add(1, std::memory_order_relaxed); break;
-    }
+  if (io->flags & kInternal) return Dispatch(io);
+  ++requests_in_flight_;
+  // Counted from here so Complete() can uncount them uniformly.
+  if (IsMutating(io->op)) ++mutating_in_flight_;
+  if (io->op == VolumeOp::kRead) ++reads_in_flight_;
+  Status st = Validate(*io);
+  if (!st.ok()) return CompleteLater(io, std::move(st));
+  if (failed_ && io->op != VolumeOp::kRead) {
+    return CompleteLater(io, Status::IoError("volume '" + name_ + "' failed: " + failure_.ToString() +
+                                             " (restart shaled to recover)"));
   }
+  switch (io->op) {
+    case VolumeOp::kRead:
+      counters_.reads.fetch_add(1, std::memory_order_relaxed);
+      counters_.bytes_read.fetch_add(io->length, std::memory_order_relaxed);
+      break;
+    case VolumeOp::kWrite:
+      counters_.writes.fetch_add(1, std::memory_order_relaxed);
+      counters_.bytes_written.fetch_add(io->length, std::memory_order_relaxed);
+      break;
+    case VolumeOp::kFlush: counters_.flushes.fetch_add(1, std::memory_order_relaxed); break;
+    case VolumeOp::kDiscard: counters_.discards.fetch_add(1, std::memory_order_relaxed); break;
+    case VolumeOp::kWriteZeroes: counters_.write_zeroes.fetch_add(1, std::memory_order_relaxed); break;
+  }
+  const bool gated = write_gate_ && (IsMutating(io->op) || (gate_all_ && io->op == VolumeOp::kRead));
+  if (gated) {
+    // Parked, not in flight; counted again when resumed by UngateWrites().
+    if (IsMutating(io->op)) --mutating_in_flight_;
+    if (io->op == VolumeOp::kRead) --reads_in_flight_;
+    gated_.push_back(io);
+    if (!drain_waiters_.empty()) RunDrainWaiters();
+    return;
+  }
+  Dispatch(io);
+}
+
+void Volume::Dispatch(VolumeIo* io) {
+  const bool internal = io->flags & kInternal;
   const bool aligned = ((io->offset | io->length) & kBlockMask) == 0;
   switch (io->op) {
     case VolumeOp::kFlush: return SubmitFlush(io);
@@ -266,6 +292,39 @@ void Volume::Submit(VolumeIo* io) {
     case VolumeOp::kWriteZeroes:
       if (aligned && !(io->flags & kVolumeNoUnmap)) return SubmitUnmap(io);
       return SubmitUnaligned(io);
+  }
+}
+
+void Volume::GateWrites(std::function<void()> when_drained, bool all_io) {
+  write_gate_ = true;
+  gate_all_ = gate_all_ || all_io;
+  drain_waiters_.push_back(std::move(when_drained));
+  RunDrainWaiters();
+}
+
+void Volume::RunDrainWaiters() {
+  // Deferred so a waiter never runs inside a completion callback chain.
+  reactor_->Defer([this] {
+    if (drain_waiters_.empty()) return;
+    if (mutating_in_flight_ != 0 || (gate_all_ && reads_in_flight_ != 0)) return;
+    auto waiters = std::move(drain_waiters_);
+    drain_waiters_.clear();
+    for (auto& w : waiters) w();
+  });
+}
+
+void Volume::UngateWrites() {
+  write_gate_ = false;
+  gate_all_ = false;
+  std::deque<VolumeIo*> resume;
+  resume.swap(gated_);
+  for (VolumeIo* io : resume) {
+    if (IsMutating(io->op)) {
+      ++mutating_in_flight_;
+    } else {
+      ++reads_in_flight_;
+    }
+    Dispatch(io);
   }
 }
 
@@ -362,11 +421,11 @@ void Volume::ReapEmpty(uint64_t v) {
   bool owned_freed = false;
   map_.RemoveIf(v, [&](const Fragment& f) {
     if (f.blocks != 0 || f.inflight != 0) return false;
-    if (f.image == head_ && !f.is_zero()) {
+    if (StoredOwned(f) && !f.is_zero()) {
       freed_.push_back(f.pcluster);
-      owned_clusters_.fetch_sub(1, std::memory_order_relaxed);
+      if (f.image == head_) owned_clusters_.fetch_sub(1, std::memory_order_relaxed);
       owned_freed = true;
-    } else if (f.image == head_) {
+    } else if (StoredOwned(f)) {
       owned_freed = true;  // an owned zero fragment disappeared: the stored entry changes
     }
     return true;
@@ -388,7 +447,7 @@ void Volume::FinishRequest(Request* r) {
       for (Fragment& g : map_.Fragments(s.v)) {
         if (&g == f || !(g.blocks & s.blocks)) continue;
         g.blocks &= ~s.blocks;
-        if (g.image == head_) changed = true;
+        if (StoredOwned(g)) changed = true;
       }
       if (changed) MarkDirty(s.v);
       ReapEmpty(s.v);  // other fragments may have become empty
@@ -575,7 +634,7 @@ void Volume::SubmitUnmap(VolumeIo* io) {
       if (hit == 0) continue;
       visible |= hit;
       f.blocks &= ~hit;
-      if (f.image == head_) changed = true;
+      if (StoredOwned(f)) changed = true;
     }
     if (has_parents && visible != 0) {
       // Parent images may hold (hidden or visible) data for these blocks: mark them zero.
@@ -789,7 +848,7 @@ void Volume::StepUnaligned(Unaligned* u, const Status& st) {
 MapEntry Volume::StoredEntry(uint64_t v) const {
   MapEntry e;
   for (const Fragment& f : map_.Fragments(v)) {
-    if (f.image != head_) continue;
+    if (!StoredOwned(f)) continue;
     if (f.is_zero()) {
       e.zero_blocks |= f.blocks;
     } else {
@@ -800,8 +859,14 @@ MapEntry Volume::StoredEntry(uint64_t v) const {
 }
 
 void Volume::Commit(std::function<void(const Status&)> done) {
+  CommitWith(MetaBatch(), {}, {}, std::move(done));
+}
+
+void Volume::CommitWith(MetaBatch extra, std::vector<uint32_t> extra_freed,
+                        std::vector<uint32_t> extra_allocated, std::function<void(const Status&)> done) {
   SHALE_CHECK(reactor_->IsCurrent(), "Volume::Commit off the reactor");
   CommitPipeline::Request req;
+  SHALE_CHECK(!options_.view_only || (dirty_list_.empty() && extra.empty()), "a view never commits");
   for (uint64_t v : dirty_list_) {
     dirty_bits_[v >> 6] &= ~(1ull << (v & 63));
     MapEntry e = StoredEntry(v);
@@ -814,6 +879,9 @@ void Volume::Commit(std::function<void(const Status&)> done) {
   dirty_list_.clear();
   req.allocated.swap(allocated_);
   req.freed.swap(freed_);
+  req.allocated.insert(req.allocated.end(), extra_allocated.begin(), extra_allocated.end());
+  req.freed.insert(req.freed.end(), extra_freed.begin(), extra_freed.end());
+  if (!extra.empty()) req.batch.Append(extra);
   req.flush_device = true;
   ++commits_in_flight_;
   counters_.commits.fetch_add(1, std::memory_order_relaxed);
@@ -865,7 +933,7 @@ void Volume::Start() {
 }
 
 void Volume::ArmCommitTimer() {
-  if (options_.commit_interval_ns == 0 || closing_) return;
+  if (options_.commit_interval_ns == 0 || closing_ || options_.view_only) return;
   timer_id_ = reactor_->AddTimer(options_.commit_interval_ns, [this] {
     timer_id_ = 0;
     if (closing_) return;
@@ -908,6 +976,266 @@ void Volume::CheckCloseDone() {
   auto done = std::move(close_done_);
   close_done_ = nullptr;
   done(failed_ ? failure_ : Status::Ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image mechanics
+
+void Volume::Freeze(uint64_t new_head, MetaBatch records, std::function<void(const Status&)> done) {
+  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Freeze misuse");
+  SHALE_CHECK(new_head <= UINT32_MAX, "image id too large");
+  auto batch = std::make_shared<MetaBatch>(std::move(records));
+  GateWrites([this, new_head, batch, done = std::move(done)]() mutable {
+    // Every write admitted before the gate has completed: the head's dirty mappings are the
+    // frozen image's final state. Capture them with the records, then switch heads.
+    CommitWith(std::move(*batch), {}, {}, std::move(done));
+    chain_.push_back(new_head);
+    head_ = static_cast<uint32_t>(new_head);
+    owned_clusters_.store(0, std::memory_order_relaxed);
+    UngateWrites();
+  });
+}
+
+void Volume::MergeParentIntoHead(uint64_t from, std::vector<std::pair<uint64_t, MapEntry>> from_entries,
+                                 MetaBatch records, std::function<void(const Status&)> done) {
+  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::MergeParentIntoHead misuse");
+  SHALE_CHECK(chain_.size() >= 2 && chain_[chain_.size() - 2] == from, "merge of an image that is not the head's parent");
+  const uint32_t src = static_cast<uint32_t>(from);
+  // From now on the parent's fragments belong to the head's stored entries (so any commit
+  // keeps them) but are not write targets until the merge is durable.
+  merging_from_ = src;
+  std::vector<uint32_t> freed;
+  auto touched = std::make_shared<std::vector<uint64_t>>();
+  for (const auto& [v, entry] : from_entries) {
+    bool shows = false;
+    for (const StoredFragment& sf : entry.fragments) {
+      if (v < map_.size() && FindFragment(v, sf.pcluster) != nullptr) {
+        shows = true;
+      } else {
+        freed.push_back(sf.pcluster);  // hidden by the head everywhere: nothing shows it any more
+      }
+    }
+    if (v < map_.size()) {
+      for (const Fragment& f : map_.Fragments(v)) shows = shows || f.image == src;
+    }
+    if (shows) {
+      touched->push_back(v);
+      MarkDirty(v);
+    }
+  }
+  CommitWith(std::move(records), std::move(freed), {},
+             [this, src, touched, done = std::move(done)](const Status& st) {
+               if (st.ok()) {
+                 uint64_t gained = 0;
+                 for (uint64_t v : *touched) {
+                   for (Fragment& f : map_.Fragments(v)) {
+                     if (f.image != src) continue;
+                     f.image = head_;
+                     if (!f.is_zero()) ++gained;
+                   }
+                 }
+                 owned_clusters_.fetch_add(gained, std::memory_order_relaxed);
+                 std::erase(chain_, static_cast<uint64_t>(src));
+               }
+               merging_from_ = 0;
+               done(st);
+             });
+}
+
+void Volume::RelabelImage(uint64_t from, uint64_t to, const std::vector<uint64_t>& vclusters) {
+  SHALE_CHECK(reactor_->IsCurrent(), "Volume::RelabelImage off the reactor");
+  SHALE_CHECK(to != head_ || options_.view_only, "use MergeParentIntoHead to merge into the head");
+  const uint32_t f32 = static_cast<uint32_t>(from), t32 = static_cast<uint32_t>(to);
+  for (uint64_t v : vclusters) {
+    if (v >= map_.size()) continue;
+    for (Fragment& f : map_.Fragments(v)) {
+      if (f.image == f32) f.image = t32;
+    }
+  }
+  std::erase(chain_, from);
+}
+
+void Volume::ReplaceHead(std::vector<uint64_t> chain, ClusterMap map, uint64_t new_size, MetaBatch records,
+                         std::function<void(const Status&)> done) {
+  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::ReplaceHead misuse");
+  SHALE_CHECK(chain.back() <= UINT32_MAX, "image id too large");
+  auto state = std::make_shared<std::tuple<std::vector<uint64_t>, ClusterMap, MetaBatch>>(
+      std::move(chain), std::move(map), std::move(records));
+  GateWrites(
+      [this, state, new_size, done = std::move(done)]() mutable {
+        // No I/O references the old map now. Everything the old head owned is freed (clusters
+        // allocated since the last commit are in allocated_ too: set then cleared).
+        std::vector<uint32_t> freed = OwnedClusters();
+        for (uint64_t v : dirty_list_) dirty_bits_[v >> 6] &= ~(1ull << (v & 63));
+        dirty_list_.clear();
+        auto& [new_chain, new_map, batch] = *state;
+        chain_ = std::move(new_chain);
+        head_ = static_cast<uint32_t>(chain_.back());
+        map_ = std::move(new_map);
+        map_.Grow((new_size + cluster_size_ - 1) / cluster_size_);
+        size_bytes_.store(new_size, std::memory_order_release);
+        dirty_bits_.assign((map_.size() + 63) / 64, 0);
+        owned_clusters_.store(0, std::memory_order_relaxed);
+        CommitWith(std::move(batch), std::move(freed), {}, std::move(done));
+        UngateWrites();
+      },
+      /*all_io=*/true);
+}
+
+struct Volume::FlattenJob {
+  std::vector<uint64_t> todo;  // virtual clusters that read blocks through parents
+  size_t next = 0;
+  std::function<void(uint64_t, uint64_t)> progress;
+  std::function<void(const Status&)> done;
+  // The batch being copied: one read then one write per run of parent blocks.
+  struct Copy {
+    uint64_t offset = 0, length = 0;
+    AlignedBuffer buf;
+    VolumeIo io;
+    FlattenJob* job = nullptr;
+  };
+  std::vector<std::unique_ptr<Copy>> copies;
+  size_t pending = 0;
+  bool writing = false;
+  Status status;
+  Volume* vol = nullptr;
+  std::shared_ptr<FlattenJob> self;  // kept alive while I/O is in flight
+};
+
+void Volume::Flatten(std::function<void(uint64_t, uint64_t)> progress, std::function<void(const Status&)> done) {
+  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Flatten misuse");
+  auto job = std::make_shared<FlattenJob>();
+  job->vol = this;
+  job->progress = std::move(progress);
+  job->done = std::move(done);
+  map_.ForEach([&](uint64_t v, std::span<const Fragment> frags) {
+    for (const Fragment& f : frags) {
+      if (f.image != head_ && !f.is_zero() && f.blocks != 0) {
+        job->todo.push_back(v);
+        return;
+      }
+    }
+  });
+  FlattenNextBatch(job);
+}
+
+void Volume::FlattenNextBatch(std::shared_ptr<FlattenJob> job) {
+  if (job->progress) job->progress(job->next, job->todo.size());
+  if (!job->status.ok() || job->next >= job->todo.size()) {
+    if (!job->status.ok()) return job->done(job->status);
+    // Make the copies durable before the caller detaches the volume from its parents.
+    return Commit([job](const Status& st) { job->done(st); });
+  }
+  GateWrites([this, job]() {
+    // No client write is in flight: copy up to 32 clusters' parent blocks.
+    job->copies.clear();
+    const size_t end = std::min(job->next + 32, job->todo.size());
+    for (; job->next < end; ++job->next) {
+      const uint64_t v = job->todo[job->next];
+      uint64_t parent_blocks = 0;
+      for (const Fragment& f : map_.Fragments(v)) {
+        if (f.image != head_ && !f.is_zero()) parent_blocks |= f.blocks;
+      }
+      while (parent_blocks != 0) {
+        const uint32_t first = static_cast<uint32_t>(std::countr_zero(parent_blocks));
+        const uint32_t run = static_cast<uint32_t>(std::countr_one(parent_blocks >> first));
+        auto c = std::make_unique<FlattenJob::Copy>();
+        c->offset = (v << cluster_shift_) + (static_cast<uint64_t>(first) << kBlockShift);
+        c->length = std::min<uint64_t>(static_cast<uint64_t>(run) << kBlockShift, size_bytes() - c->offset);
+        c->buf = AllocateAligned(c->length);
+        c->job = job.get();
+        job->copies.push_back(std::move(c));
+        parent_blocks &= ~BlockMask(first, run);
+      }
+    }
+    job->writing = false;
+    job->self = job;
+    auto issue = [this](FlattenJob* j, VolumeOp op) {
+      j->pending = j->copies.size();
+      for (auto& c : j->copies) {
+        c->io = VolumeIo{};
+        c->io.op = op;
+        c->io.offset = c->offset;
+        c->io.length = c->length;
+        c->io.buf = c->buf.get();
+        c->io.flags = kInternal;
+        c->io.io_class = IoClass::kBackground;
+        c->io.ctx = c.get();
+        c->io.done = [](VolumeIo* io) {
+          auto* copy = static_cast<FlattenJob::Copy*>(io->ctx);
+          FlattenJob* jb = copy->job;
+          if (!io->status.ok() && jb->status.ok()) jb->status = io->status;
+          if (--jb->pending != 0) return;
+          Volume* self_vol = jb->vol;
+          if (!jb->writing && jb->status.ok()) {
+            jb->writing = true;  // all parent blocks read: write them into our own clusters
+            jb->pending = jb->copies.size();
+            for (auto& cc : jb->copies) {
+              cc->io.op = VolumeOp::kWrite;
+              cc->io.status = Status::Ok();
+              self_vol->Submit(&cc->io);
+            }
+            return;
+          }
+          std::shared_ptr<FlattenJob> keep = std::move(jb->self);
+          self_vol->UngateWrites();
+          self_vol->reactor_->Defer([self_vol, keep] { self_vol->FlattenNextBatch(keep); });
+        };
+        Submit(&c->io);
+      }
+    };
+    if (job->copies.empty()) {
+      std::shared_ptr<FlattenJob> keep = std::move(job->self);
+      UngateWrites();
+      reactor_->Defer([this, keep] { FlattenNextBatch(keep); });
+      return;
+    }
+    issue(job.get(), VolumeOp::kRead);
+  });
+}
+
+void Volume::DetachFromParents(MetaBatch records, std::function<void(const Status&)> done) {
+  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::DetachFromParents misuse");
+  std::vector<uint64_t> touched;
+  map_.ForEach([&](uint64_t v, std::span<const Fragment> frags) {
+    for (const Fragment& f : frags) {
+      if (f.is_zero() || f.image != head_) {
+        touched.push_back(v);
+        return;
+      }
+    }
+  });
+  for (uint64_t v : touched) {
+    bool owned_zero = false;
+    // Parents' data is all hidden after Flatten; zero marks mean nothing without parents.
+    map_.RemoveIf(v, [&](const Fragment& f) {
+      if (f.is_zero()) {
+        owned_zero = owned_zero || f.image == head_;
+        return true;
+      }
+      return f.image != head_ && f.blocks == 0 && f.inflight == 0;
+    });
+    if (owned_zero) MarkDirty(v);
+  }
+  chain_ = {chain_.back()};
+  CommitWith(std::move(records), {}, {}, std::move(done));
+}
+
+Volume::SpaceUsage Volume::Usage() const {
+  SpaceUsage u;
+  map_.ForEach([&](uint64_t, std::span<const Fragment> frags) {
+    for (const Fragment& f : frags) {
+      if (f.is_zero()) continue;
+      const uint64_t bytes = static_cast<uint64_t>(std::popcount(f.blocks)) * kBlock;
+      if (f.image == head_) {
+        u.owned_bytes += cluster_size_;
+        u.written_bytes += bytes;
+      } else {
+        u.shared_bytes += bytes;
+      }
+    }
+  });
+  return u;
 }
 
 std::vector<Volume::Extent> Volume::QueryAllocation(uint64_t offset, uint64_t length,

@@ -24,6 +24,7 @@
 #include "engine/io/block_device.h"
 #include "engine/pool/map_entry.h"
 #include "engine/pool/metadata.pb.h"
+#include "engine/pool/metadata_store.h"
 #include "engine/volume/cluster_map.h"
 #include "engine/volume/volume_io.h"
 
@@ -41,7 +42,12 @@ class Volume final : public VolumeLayer {
  public:
   struct Options {
     uint64_t commit_interval_ns = 5'000'000'000;  // periodic commit of dirty mappings
+    // A read-only view of a frozen image (snapshot export): owns nothing, never commits.
+    bool view_only = false;
   };
+
+  // Longest image chain (head included) a volume may have; 127 snapshots deep.
+  static constexpr size_t kMaxChainDepth = 128;
 
   // `chain` lists image ids root first, head last; `map` is their merged view (see Loader).
   Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vector<uint64_t> chain,
@@ -69,7 +75,45 @@ class Volume final : public VolumeLayer {
   uint64_t allocated_bytes() const;
   const VolumeCounters& counters() const { return counters_; }
 
-  // --- reactor thread ---
+  // --- reactor thread: image (snapshot) mechanics, driven by the Engine ---
+
+  // Freezes the head: parks new writes, waits for writes in flight, then commits the head's
+  // dirty mappings together with `records` (which must make the head a frozen image and
+  // new_head the volume's head) and continues on new_head. Writes acknowledged before the call
+  // are in the frozen image; writes admitted after it are not. The pause lasts only the drain:
+  // the commit completes in the background (pipeline order keeps later commits after it), and
+  // done(status) runs when it is durable.
+  void Freeze(uint64_t new_head, MetaBatch records, std::function<void(const Status&)> done);
+  // The frozen parent image `from` (direct parent of the head, which is its only child) is
+  // merged into the head: its fragments (from_entries: its stored entries) become the
+  // head's, clusters of it that nothing shows any more are freed. One commit carries the head's
+  // entries, the freed clusters and `records` (which must delete `from`'s mappings and record).
+  // Until that commit is durable the parent's clusters are never written in place.
+  void MergeParentIntoHead(uint64_t from, std::vector<std::pair<uint64_t, MapEntry>> from_entries,
+                           MetaBatch records, std::function<void(const Status&)> done);
+  // `from` (an ancestor other than the head's parent) was merged into `to`, durably: relabel.
+  void RelabelImage(uint64_t from, uint64_t to, const std::vector<uint64_t>& vclusters);
+  // Replaces the head with an empty one on top of `chain` (revert): parks all I/O, frees every
+  // cluster the old head owned, commits `records` with that, continues on the new map.
+  void ReplaceHead(std::vector<uint64_t> chain, ClusterMap map, uint64_t new_size, MetaBatch records,
+                   std::function<void(const Status&)> done);
+  // Copies every block the volume reads through parent images into clusters it owns, in
+  // batches of up to 32 clusters; writes are parked only while a batch is copied, so a client
+  // write is never overwritten by the parent's older data. Background I/O class.
+  // progress(done, total) counts clusters; done(status) after the copies are committed.
+  void Flatten(std::function<void(uint64_t, uint64_t)> progress, std::function<void(const Status&)> done);
+  // After Flatten: forgets the parent images (zero marks are meaningless without them) and
+  // commits `records` (which must clear the head's parent).
+  void DetachFromParents(MetaBatch records, std::function<void(const Status&)> done);
+  const std::vector<uint64_t>& chain() const { return chain_; }
+
+  struct SpaceUsage {
+    uint64_t owned_bytes = 0;   // clusters the head owns (what deleting the volume frees)
+    uint64_t shared_bytes = 0;  // data read through parent images (shared with snapshots)
+    uint64_t written_bytes = 0; // blocks with data the head owns
+  };
+  SpaceUsage Usage() const;
+
   // Allocation status of [offset, offset + length) as runs of blocks: `zero` runs read as zeros
   // without touching the device (never written, discarded or zeroed); the others hold data.
   // At most max_extents runs; the last may end before offset + length. Offsets are in bytes,
@@ -83,6 +127,9 @@ class Volume final : public VolumeLayer {
   void Start();  // arms the periodic commit
   // Commits every dirty mapping; done(status) runs on the reactor once it is durable.
   void Commit(std::function<void(const Status&)> done);
+  // The same, with extra metadata changes and freed clusters in the same atomic commit.
+  void CommitWith(MetaBatch extra, std::vector<uint32_t> extra_freed, std::vector<uint32_t> extra_allocated,
+                  std::function<void(const Status&)> done);
   // Grows the logical size (the record is committed by the caller).
   void Grow(uint64_t new_size);
   // Stops the timer, waits for I/O in flight, commits; done(status) runs on the reactor.
@@ -95,6 +142,8 @@ class Volume final : public VolumeLayer {
  private:
   struct Request;
   struct Unaligned;
+  struct FlattenJob;
+  void FlattenNextBatch(std::shared_ptr<FlattenJob> job);
   struct Seg {
     uint64_t v;
     uint32_t pcluster;
@@ -102,6 +151,15 @@ class Volume final : public VolumeLayer {
   };
 
   Status Validate(const VolumeIo& io) const;
+  void Dispatch(VolumeIo* io);
+  // Stops admitting mutating requests (and, with all_io, every request); when_drained runs
+  // once none of them is in flight. UngateWrites() resumes the parked ones.
+  void GateWrites(std::function<void()> when_drained, bool all_io = false);
+  void RunDrainWaiters();
+  void UngateWrites();
+  bool StoredOwned(const Fragment& f) const {
+    return f.image == head_ || (merging_from_ != 0 && f.image == merging_from_);
+  }
   void Complete(VolumeIo* io, Status status);
   void CompleteLater(VolumeIo* io, Status status);
   void SubmitRead(VolumeIo* io);
@@ -170,6 +228,17 @@ class Volume final : public VolumeLayer {
   };
   std::vector<Range> rmw_locks_;
   std::deque<VolumeIo*> parked_;
+
+  // Write gate (freeze, merge, revert).
+  bool write_gate_ = false;
+  bool gate_all_ = false;
+  uint64_t mutating_in_flight_ = 0;  // admitted mutating client requests not yet completed
+  uint64_t reads_in_flight_ = 0;     // admitted read requests not yet completed
+  std::deque<VolumeIo*> gated_;
+  std::vector<std::function<void()>> drain_waiters_;
+  // Image being merged into the head: its fragments count as the head's in stored entries but
+  // are not written in place until the merge is durable.
+  uint32_t merging_from_ = 0;
 };
 
 }  // namespace shale
