@@ -752,6 +752,19 @@ Result<Engine::PoolSlot*> Engine::OnlinePool(std::string_view name) {
   return slot;
 }
 
+namespace {
+// The committed record of an image. A miss means the in-memory volume moved past what is
+// committed: only after a failed commit, which has failed the pool.
+Result<meta::ImageRecord> ImageRecordOf(const std::map<uint64_t, meta::ImageRecord>& images, uint64_t id) {
+  auto it = images.find(id);
+  if (it == images.end()) {
+    return Status::FailedPrecondition("image " + std::to_string(id) +
+                                      " has no committed record (an earlier commit failed; restart shaled)");
+  }
+  return it->second;
+}
+}  // namespace
+
 std::vector<uint64_t> Engine::ChildrenOf(const PoolSlot& slot, uint64_t image) const {
   std::vector<uint64_t> out;
   for (const auto& [id, rec] : slot.images) {
@@ -840,7 +853,7 @@ Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecord
   }
   MetaBatch batch;
   const uint64_t new_head = pool.ReserveImageId(&batch);
-  meta::ImageRecord frozen = ps.images.at(old_head);
+  SHALE_ASSIGN_OR_RETURN(meta::ImageRecord frozen, ImageRecordOf(ps.images, old_head));
   frozen.set_kind(meta::IMAGE_FROZEN);
   frozen.set_size_bytes(vol.size_bytes());
   frozen.set_created_unix_ns(Clock::Real()->WallNanos());
@@ -878,7 +891,7 @@ Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& param
     if (ps->pool && ps->images.count(image_id) && (params.pool.empty() || params.pool == n)) slot = ps.get();
   }
   if (slot == nullptr) return Status::NotFound("image " + std::to_string(image_id) + " not found");
-  const meta::ImageRecord& parent = slot->images.at(image_id);
+  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord parent, ImageRecordOf(slot->images, image_id));
   if (parent.kind() != meta::IMAGE_FROZEN) {
     return Status::FailedPrecondition("image " + std::to_string(image_id) + " is not frozen");
   }
@@ -988,8 +1001,8 @@ Status Engine::FreeImageLocked(PoolSlot& slot, uint64_t image, const ExtraRecord
 
 Status Engine::MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child, const ExtraRecords& extra) {
   Pool& pool = *slot.pool;
-  const meta::ImageRecord parent_rec = slot.images.at(image);
-  meta::ImageRecord child_rec = slot.images.at(child);
+  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord parent_rec, ImageRecordOf(slot.images, image));
+  SHALE_ASSIGN_OR_RETURN(meta::ImageRecord child_rec, ImageRecordOf(slot.images, child));
   child_rec.set_parent(parent_rec.parent());
   SHALE_ASSIGN_OR_RETURN(auto entries, ReadImageEntries(pool, image));
   MetaBatch records;
@@ -1137,7 +1150,7 @@ Status Engine::RevertVolume(std::string_view volume, uint64_t image_id, const Ex
     return Status::InvalidArgument("image " + std::to_string(image_id) + " is not an ancestor of volume '" +
                                    std::string(volume) + "'");
   }
-  const meta::ImageRecord& target = ps.images.at(image_id);
+  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord target, ImageRecordOf(ps.images, image_id));
   const uint64_t old_head = vol.head_image();
   MetaBatch batch;
   const uint64_t new_head = pool.ReserveImageId(&batch);
@@ -1200,7 +1213,7 @@ Status Engine::FlattenVolume(std::string_view volume,
   vs.busy.clear();
   SHALE_RETURN_IF_ERROR(st.WithContext("flatten volume '" + std::string(volume) + "'"));
   // Everything it reads is its own now: detach it from its parent.
-  meta::ImageRecord head = ps->images.at(vol->head_image());
+  SHALE_ASSIGN_OR_RETURN(meta::ImageRecord head, ImageRecordOf(ps->images, vol->head_image()));
   head.set_parent(0);
   auto batch = std::make_shared<MetaBatch>();
   batch->Put(keys::Image(head.id()), head.SerializeAsString());

@@ -190,6 +190,66 @@ TEST_F(EngineImageTest, SixtyFourSnapshotsReadTheirOwnContentThroughRandomDelete
   EXPECT_EQ(FreeBytes(), free_at_start);
 }
 
+// Point-in-time: a writer fills block i with value i, one write after another, while snapshots
+// are taken. Snapshot S must hold every write acknowledged before FreezeVolume was called and
+// none issued after it returned, and it must read the same later.
+TEST_F(EngineImageTest, SnapshotsArePointInTimeUnderConcurrentWrites) {
+  constexpr uint64_t kBlocks = 4096;
+  ASSERT_TRUE(engine_->CreateVolume({.name = "v", .size_bytes = kBlocks * 4096}).ok());
+  auto h = Open("v");
+  std::atomic<uint64_t> acked{0}, issued{0};
+  std::thread writer([&] {
+    AlignedBuffer buf = AllocateAligned(4096);
+    for (uint64_t i = 0; i < kBlocks; ++i) {
+      std::memset(buf.get(), 0, 4096);
+      std::memcpy(buf.get(), &i, sizeof(i));
+      buf.get()[4095] = 1;
+      issued.store(i + 1);
+      ASSERT_TRUE(RunVolumeIo(h->volume(), VolumeOp::kWrite, i * 4096, 4096, buf.get()).ok());
+      acked.store(i + 1);
+    }
+  });
+  struct Snap {
+    uint64_t id, acked_before, issued_after;
+  };
+  std::vector<Snap> snaps;
+  while (acked.load() < kBlocks && snaps.size() < 40) {
+    const uint64_t before = acked.load();
+    auto id = engine_->FreezeVolume("v");
+    ASSERT_TRUE(id.ok()) << id.status();
+    snaps.push_back({*id, before, issued.load()});
+  }
+  writer.join();
+  ASSERT_GE(snaps.size(), 3u);
+  std::map<uint64_t, std::vector<uint8_t>> first_read;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const Snap& s : snaps) {
+      auto view = engine_->OpenImage("default", s.id);
+      ASSERT_TRUE(view.ok());
+      auto content = Read((*view)->volume(), 0, kBlocks * 4096);
+      uint64_t written = 0;
+      for (uint64_t i = 0; i < kBlocks; ++i) {
+        const bool has = content[i * 4096 + 4095] == 1;
+        if (has) {
+          uint64_t v;
+          std::memcpy(&v, &content[i * 4096], sizeof(v));
+          ASSERT_EQ(v, i);
+          ASSERT_EQ(written, i) << "snapshot " << s.id << " is not a prefix of the write order";
+          ++written;
+        }
+      }
+      EXPECT_GE(written, s.acked_before) << "an acknowledged write is missing from snapshot " << s.id;
+      EXPECT_LE(written, s.issued_after) << "a write issued after the snapshot is in snapshot " << s.id;
+      if (pass == 0) {
+        first_read[s.id] = std::move(content);
+      } else {
+        EXPECT_EQ(first_read[s.id], content) << "snapshot " << s.id << " changed";
+      }
+    }
+  }
+  ExpectClean();
+}
+
 TEST_F(EngineImageTest, ChainDepthIsLimitedWithAClearError) {
   ASSERT_TRUE(engine_->CreateVolume({.name = "v", .size_bytes = kMiB}).ok());
   for (size_t i = 0; i + 1 < Volume::kMaxChainDepth; ++i) ASSERT_TRUE(engine_->FreezeVolume("v").ok()) << i;

@@ -243,12 +243,12 @@ void Volume::Submit(VolumeIo* io) {
   // Counted from here so Complete() can uncount them uniformly.
   if (IsMutating(io->op)) ++mutating_in_flight_;
   if (io->op == VolumeOp::kRead) ++reads_in_flight_;
-  Status st = Validate(*io);
-  if (!st.ok()) return CompleteLater(io, std::move(st));
   if (failed_ && io->op != VolumeOp::kRead) {
     return CompleteLater(io, Status::IoError("volume '" + name_ + "' failed: " + failure_.ToString() +
                                              " (restart shaled to recover)"));
   }
+  Status st = Validate(*io);
+  if (!st.ok()) return CompleteLater(io, std::move(st));
   switch (io->op) {
     case VolumeOp::kRead:
       counters_.reads.fetch_add(1, std::memory_order_relaxed);
@@ -999,7 +999,11 @@ void Volume::Freeze(uint64_t new_head, MetaBatch records, std::function<void(con
 void Volume::MergeParentIntoHead(uint64_t from, std::vector<std::pair<uint64_t, MapEntry>> from_entries,
                                  MetaBatch records, std::function<void(const Status&)> done) {
   SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::MergeParentIntoHead misuse");
-  SHALE_CHECK(chain_.size() >= 2 && chain_[chain_.size() - 2] == from, "merge of an image that is not the head's parent");
+  if (!(chain_.size() >= 2 && chain_[chain_.size() - 2] == from)) {
+    std::string c;
+    for (uint64_t id : chain_) c += std::to_string(id) + " ";
+    SHALE_CHECK(false, "merge of image ", from, " that is not the head's parent; chain: ", c);
+  }
   const uint32_t src = static_cast<uint32_t>(from);
   // From now on the parent's fragments belong to the head's stored entries (so any commit
   // keeps them) but are not write targets until the merge is durable.
@@ -1064,20 +1068,28 @@ void Volume::ReplaceHead(std::vector<uint64_t> chain, ClusterMap map, uint64_t n
   GateWrites(
       [this, state, new_size, done = std::move(done)]() mutable {
         // No I/O references the old map now. Everything the old head owned is freed (clusters
-        // allocated since the last commit are in allocated_ too: set then cleared).
+        // allocated since the last commit are in allocated_ too: set then cleared). The old
+        // head's dirty mappings are dropped: its entries are deleted by `records`.
         std::vector<uint32_t> freed = OwnedClusters();
         for (uint64_t v : dirty_list_) dirty_bits_[v >> 6] &= ~(1ull << (v & 63));
         dirty_list_.clear();
-        auto& [new_chain, new_map, batch] = *state;
-        chain_ = std::move(new_chain);
-        head_ = static_cast<uint32_t>(chain_.back());
-        map_ = std::move(new_map);
-        map_.Grow((new_size + cluster_size_ - 1) / cluster_size_);
-        size_bytes_.store(new_size, std::memory_order_release);
-        dirty_bits_.assign((map_.size() + 63) / 64, 0);
-        owned_clusters_.store(0, std::memory_order_relaxed);
-        CommitWith(std::move(batch), std::move(freed), {}, std::move(done));
-        UngateWrites();
+        auto& batch = std::get<2>(*state);
+        // I/O stays parked until the new head is durable, so a failed revert changes nothing.
+        CommitWith(std::move(batch), std::move(freed), {},
+                   [this, state, new_size, done = std::move(done)](const Status& st) {
+                     if (st.ok()) {
+                       auto& [new_chain, new_map, unused] = *state;
+                       chain_ = std::move(new_chain);
+                       head_ = static_cast<uint32_t>(chain_.back());
+                       map_ = std::move(new_map);
+                       map_.Grow((new_size + cluster_size_ - 1) / cluster_size_);
+                       size_bytes_.store(new_size, std::memory_order_release);
+                       dirty_bits_.assign((map_.size() + 63) / 64, 0);
+                       owned_clusters_.store(0, std::memory_order_relaxed);
+                     }
+                     UngateWrites();
+                     done(st);
+                   });
       },
       /*all_io=*/true);
 }
@@ -1196,29 +1208,40 @@ void Volume::FlattenNextBatch(std::shared_ptr<FlattenJob> job) {
 
 void Volume::DetachFromParents(MetaBatch records, std::function<void(const Status&)> done) {
   SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::DetachFromParents misuse");
-  std::vector<uint64_t> touched;
+  // Zero marks mean nothing without parents: store the head's entries without them, in the same
+  // commit as `records`. Memory changes only once that commit is durable, so a failed detach
+  // leaves the volume exactly as it was.
+  auto touched = std::make_shared<std::vector<uint64_t>>();
   map_.ForEach([&](uint64_t v, std::span<const Fragment> frags) {
     for (const Fragment& f : frags) {
       if (f.is_zero() || f.image != head_) {
-        touched.push_back(v);
+        touched->push_back(v);
         return;
       }
     }
   });
-  for (uint64_t v : touched) {
-    bool owned_zero = false;
-    // Parents' data is all hidden after Flatten; zero marks mean nothing without parents.
-    map_.RemoveIf(v, [&](const Fragment& f) {
-      if (f.is_zero()) {
-        owned_zero = owned_zero || f.image == head_;
-        return true;
-      }
-      return f.image != head_ && f.blocks == 0 && f.inflight == 0;
-    });
-    if (owned_zero) MarkDirty(v);
+  for (uint64_t v : *touched) {
+    MapEntry e = StoredEntry(v);
+    e.zero_blocks = 0;
+    if (e.empty()) {
+      records.Delete(keys::Map(head_, v));
+    } else {
+      records.Put(keys::Map(head_, v), e.Encode());
+    }
   }
-  chain_ = {chain_.back()};
-  CommitWith(std::move(records), {}, {}, std::move(done));
+  CommitWith(std::move(records), {}, {}, [this, touched, done = std::move(done)](const Status& st) {
+    if (st.ok()) {
+      for (uint64_t v : *touched) {
+        // Parents' data is all hidden after Flatten; empty leftovers with I/O in flight are
+        // reaped when it completes.
+        map_.RemoveIf(v, [&](const Fragment& f) {
+          return f.is_zero() || (f.image != head_ && f.blocks == 0 && f.inflight == 0);
+        });
+      }
+      chain_ = {chain_.back()};
+    }
+    done(st);
+  });
 }
 
 Volume::SpaceUsage Volume::Usage() const {

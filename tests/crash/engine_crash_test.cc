@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <future>
 #include <random>
+#include <set>
 
 #include "engine/engine.h"
 #include "engine/io/fault_device.h"
@@ -29,13 +30,14 @@ constexpr uint64_t kSector = 512;
 constexpr uint64_t kPoolSize = 96 * kMiB;
 constexpr uint64_t kVolumeSize = 8 * kMiB;
 
-// Sector content for a write tag: distinct for every (tag, volume, sector); tag 0 = zeros.
-void FillSector(uint8_t* out, uint64_t tag, uint64_t volume_key, uint64_t sector) {
+// Sector content for a write tag: distinct for every (tag, sector); tag 0 = zeros. Tags are
+// unique across volumes, so a clone holding its source's data holds the source's tags.
+void FillSector(uint8_t* out, uint64_t tag, uint64_t /*unused*/, uint64_t sector) {
   if (tag == 0) {
     std::memset(out, 0, kSector);
     return;
   }
-  uint64_t x = tag * 0x9E3779B97F4A7C15ull ^ (volume_key << 40) ^ sector;
+  uint64_t x = tag * 0x9E3779B97F4A7C15ull ^ sector;
   for (size_t i = 0; i < kSector; i += 8) {
     x ^= x << 13;
     x ^= x >> 7;
@@ -63,6 +65,22 @@ struct VolumeModel {
     }
   }
   void FlushAll() { Durable(0, size); }
+  std::vector<uint64_t> Latest() const {
+    std::vector<uint64_t> out;
+    for (const auto& c : sectors) out.push_back(c.back());
+    return out;
+  }
+  // The volume now durably holds exactly `content` (revert, clone).
+  void Become(const std::vector<uint64_t>& content) {
+    size = content.size() * kSector;
+    sectors.clear();
+    for (uint64_t t : content) sectors.push_back({t});
+  }
+};
+
+struct SnapshotModel {
+  std::string volume;              // source volume at freeze time
+  std::vector<uint64_t> content;   // exact tag of every sector
 };
 
 class Harness {
@@ -104,12 +122,21 @@ class Harness {
   std::shared_ptr<FaultDevice> fault_;
 };
 
+// A control operation failed: only a dead disk (an I/O error, then the pool refusing further
+// commits) may explain that.
+void ExpectDeviceDeath(const Status& st, bool* device_dead) {
+  ASSERT_TRUE(st.code() == StatusCode::kIoError || *device_dead) << st;
+  *device_dead = true;
+}
+
 void RunSeed(const std::string& dir, uint64_t seed) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   Harness h(dir, seed);
   auto& rng = h.rng_;
   std::map<std::string, VolumeModel> models;
-  uint64_t next_tag = 1, next_key = 1;
+  std::map<uint64_t, SnapshotModel> snapshots;  // live frozen images
+  std::set<uint64_t> deleted_snapshots;
+  uint64_t next_tag = 1, next_key = 1, next_clone = 1;
   bool device_dead = false;
 
   {
@@ -139,7 +166,11 @@ void RunSeed(const std::string& dir, uint64_t seed) {
       ASSERT_TRUE(handle.ok());
       Volume& vol = (*handle)->volume();
       const unsigned kind = rng() % 100;
-      if (kind < 55) {  // write
+      if (std::getenv("SHALE_CRASH_VERBOSE")) {
+        std::fprintf(stderr, "op %d kind %u on %s (next tag %llu, dead %d)\n", i, kind, m.name.c_str(),
+                     static_cast<unsigned long long>(next_tag), device_dead);
+      }
+      if (kind < 50) {  // write
         const bool sector_aligned = rng() % 4 == 0;
         const uint64_t unit = sector_aligned ? kSector : 4096;
         const uint64_t len = unit * (1 + rng() % (sector_aligned ? 16 : 64));
@@ -154,7 +185,7 @@ void RunSeed(const std::string& dir, uint64_t seed) {
           ASSERT_TRUE(st.code() == StatusCode::kIoError || st.code() == StatusCode::kNoSpace) << st;
           device_dead = true;
         }
-      } else if (kind < 70) {  // flush
+      } else if (kind < 60) {  // flush
         Status st = h.Io(vol, VolumeOp::kFlush, 0, 0, nullptr, 0);
         if (st.ok()) {
           ASSERT_FALSE(device_dead) << "a flush succeeded after the device died";
@@ -162,7 +193,7 @@ void RunSeed(const std::string& dir, uint64_t seed) {
         } else {
           device_dead = true;
         }
-      } else if (kind < 80) {  // discard (advisory for partial blocks) or write-zeroes (exact)
+      } else if (kind < 68) {  // discard (advisory for partial blocks) or write-zeroes (exact)
         const bool zeroes = rng() % 2;
         const uint64_t len = kSector * (1 + rng() % 512);
         const uint64_t off = (rng() % ((m.size - len) / kSector + 1)) * kSector;
@@ -174,7 +205,7 @@ void RunSeed(const std::string& dir, uint64_t seed) {
         }
         if (ze > zb) m.Wrote(zb, ze - zb, 0);
         if (!st.ok()) device_dead = true;
-      } else if (kind < 85) {  // grow
+      } else if (kind < 71) {  // grow
         const uint64_t new_size = m.size + 4096 * (1 + rng() % 256);
         handle->reset();
         auto r = engine->ResizeVolume(m.name, new_size);
@@ -182,21 +213,87 @@ void RunSeed(const std::string& dir, uint64_t seed) {
         if (r.ok()) {
           m.Resize(new_size);
         } else {
-          ASSERT_TRUE(device_dead) << r.status();
+          ExpectDeviceDeath(r.status(), &device_dead);
         }
-      } else if (kind < 92) {  // create or delete the scratch volume
+      } else if (kind < 82) {  // snapshot: freeze the volume (also makes its writes durable)
+        handle->reset();
+        auto id = engine->FreezeVolume(m.name);
+        if (id.ok()) {
+          ASSERT_FALSE(device_dead) << "a freeze succeeded after the device died";
+          m.FlushAll();
+          snapshots[*id] = SnapshotModel{m.name, m.Latest()};
+        } else {
+          if (id.status().code() == StatusCode::kFailedPrecondition) continue;  // chain limit
+          ExpectDeviceDeath(id.status(), &device_dead);
+        }
+      } else if (kind < 86) {  // delete a snapshot
+        handle->reset();
+        if (snapshots.empty()) continue;
+        auto it = std::next(snapshots.begin(), static_cast<long>(rng() % snapshots.size()));
+        Status st = engine->DeleteImage("default", it->first);
+        if (st.ok()) {
+          deleted_snapshots.insert(it->first);
+          snapshots.erase(it);
+        } else {
+          ExpectDeviceDeath(st, &device_dead);
+        }
+      } else if (kind < 89) {  // clone a snapshot (writable or read-only)
+        handle->reset();
+        if (snapshots.empty() || models.size() >= 6) continue;
+        auto it = std::next(snapshots.begin(), static_cast<long>(rng() % snapshots.size()));
+        const std::string name = "clone" + std::to_string(next_clone++);
+        auto c = engine->CreateVolumeFromImage({.name = name}, it->first);
+        if (!c.ok()) {
+          if (c.status().code() != StatusCode::kFailedPrecondition) ExpectDeviceDeath(c.status(), &device_dead);
+          continue;
+        }
+        VolumeModel cm;
+        cm.name = name;
+        cm.key = next_key++;
+        cm.Become(it->second.content);
+        models[name] = cm;
+      } else if (kind < 92) {  // revert the volume to one of its ancestor snapshots
+        handle->reset();
+        std::vector<uint64_t> ancestors;
+        auto head = engine->VolumeHeadImage(m.name);
+        ASSERT_TRUE(head.ok());
+        for (auto img = engine->GetImage("default", *head); img.ok() && img->parent != 0;
+             img = engine->GetImage("default", img->parent)) {
+          if (snapshots.count(img->parent)) ancestors.push_back(img->parent);
+        }
+        if (ancestors.empty()) continue;
+        const uint64_t target = ancestors[rng() % ancestors.size()];
+        Status st = engine->RevertVolume(m.name, target);
+        if (st.ok()) {
+          m.Become(snapshots[target].content);
+        } else {
+          ExpectDeviceDeath(st, &device_dead);
+        }
+      } else if (kind < 94) {  // flatten (a clone's copy commits: its state becomes durable)
+        handle->reset();
+        auto head = engine->VolumeHeadImage(m.name);
+        ASSERT_TRUE(head.ok());
+        auto img = engine->GetImage("default", *head);
+        const bool has_parent = img.ok() && img->parent != 0;  // else flatten is a no-op
+        Status st = engine->FlattenVolume(m.name);
+        if (st.ok()) {
+          if (has_parent) m.FlushAll();
+        } else {
+          ExpectDeviceDeath(st, &device_dead);
+        }
+      } else if (kind < 96) {  // create or delete the scratch volume
         handle->reset();
         if (models.count("scratch")) {
           Status st = engine->DeleteVolume("scratch");
           if (st.ok()) {
             models.erase("scratch");
           } else {
-            ASSERT_TRUE(device_dead) << st;
+            ExpectDeviceDeath(st, &device_dead);
           }
         } else {
           auto created = engine->CreateVolume({.name = "scratch", .size_bytes = 4 * kMiB});
           if (!created.ok()) {
-            ASSERT_TRUE(device_dead) << created.status();
+            ExpectDeviceDeath(created.status(), &device_dead);
             continue;
           }
           VolumeModel s;
@@ -231,7 +328,7 @@ void RunSeed(const std::string& dir, uint64_t seed) {
   auto engine = std::move(engine_or).value();
   auto vols = engine->ListVolumes();
   ASSERT_EQ(vols.size(), models.size());
-  AlignedBuffer buf = AllocateAligned(kVolumeSize * 2);
+  AlignedBuffer buf = AllocateAligned(kVolumeSize * 4);
   for (auto& [name, m] : models) {
     auto info = engine->GetVolume(name);
     ASSERT_TRUE(info.ok()) << name;
@@ -256,6 +353,25 @@ void RunSeed(const std::string& dir, uint64_t seed) {
                << "} (durable value first)";
       }
     }
+  }
+  // Snapshots never change: each reads exactly what it held when it was taken.
+  for (auto& [id, snap] : snapshots) {
+    auto view = engine->OpenImage("default", id);
+    ASSERT_TRUE(view.ok()) << "snapshot image " << id << ": " << view.status();
+    Volume& v = (*view)->volume();
+    const uint64_t size = snap.content.size() * kSector;
+    ASSERT_EQ(v.size_bytes(), size);
+    ASSERT_TRUE(h.Io(v, VolumeOp::kRead, 0, size, buf.get(), 0).ok());
+    uint8_t expect[kSector];
+    for (uint64_t s = 0; s < snap.content.size(); ++s) {
+      FillSector(expect, snap.content[s], 0, s);
+      ASSERT_EQ(std::memcmp(expect, buf.get() + s * kSector, kSector), 0)
+          << "snapshot image " << id << " of " << snap.volume << " changed at sector " << s;
+    }
+  }
+  for (uint64_t id : deleted_snapshots) {
+    auto img = engine->GetImage("default", id);
+    ASSERT_TRUE(!img.ok() || img->deleted) << "deleted snapshot image " << id << " came back";
   }
   auto report = engine->CheckPool("default");
   ASSERT_TRUE(report.ok()) << report.status();
