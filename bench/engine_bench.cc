@@ -245,6 +245,145 @@ int ClusterStudy(const std::string& dir, uint64_t vsize, unsigned runtime, IoBac
   return 0;
 }
 
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t k = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
+  return v[k];
+}
+
+// Snapshot costs: freeze latency and write pause on 1 GiB and 64 GiB volumes, empty and fully
+// mapped; 4 KiB random writes right after a snapshot vs before, with write amplification; 4 KiB
+// random reads with 64 snapshots in the chain vs none.
+int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, bool preallocate) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  EngineOptions o;
+  o.data_dir = dir + "/data";
+  o.create_default_pool = false;
+  o.device.backend = backend;
+  auto engine = std::move(Engine::Open(o)).value();
+  // Sparse: 72 GiB so that a fully mapped 64 GiB volume fits (only written blocks use disk).
+  // Preallocated: 8 GiB of real disk space, so the 64 GiB fully mapped case is skipped.
+  const uint64_t pool_size = preallocate ? 8 * kGiB : 72 * kGiB;
+  if (preallocate) {
+    // Written zeros, not fallocate: fallocate leaves "unwritten" extents that ext4 converts on
+    // every first write, which would be measured as Shale's cost.
+    std::string cmd = "dd if=/dev/zero of=" + dir + "/pool.img bs=4M count=" + std::to_string(pool_size / (4 * kMiB)) +
+                      " oflag=direct status=none";
+    if (std::system(cmd.c_str()) != 0) return 1;
+  }
+  if (!engine->CreatePool({.name = "p", .device_path = dir + "/pool.img", .size_bytes = preallocate ? 0 : pool_size})
+           .ok()) {
+    return 1;
+  }
+
+  std::printf("## freeze latency (50 snapshots each, 256 random 4 KiB writes before each), %s pool file\n\n",
+              preallocate ? "preallocated" : "sparse");
+  std::printf("| volume | state | freeze p50 ms | freeze p99 ms | write pause p99 ms |\n|---|---|---|---|---|\n");
+  struct Case {
+    const char* label;
+    uint64_t size;
+    bool fill;
+  };
+  for (Case c : {Case{"1 GiB", 1 * kGiB, false}, Case{"1 GiB", 1 * kGiB, true}, Case{"64 GiB", 64 * kGiB, false},
+                 Case{"64 GiB", 64 * kGiB, true}}) {
+    if (preallocate && c.fill && c.size > kGiB) continue;
+    std::string name = std::string("lat-") + (c.size > kGiB ? "64g" : "1g") + (c.fill ? "-full" : "-empty");
+    if (!engine->CreateVolume({.name = name, .size_bytes = c.size, .pool = "p"}).ok()) return 1;
+    auto h = std::move(engine->OpenVolume(name)).value();
+    if (c.fill) {
+      // Every cluster mapped: 1 GiB fully written; 64 GiB with one 4 KiB block per 64 KiB
+      // cluster (4 GiB of data) — a freeze's cost depends on the mapping state, not the bytes.
+      if (c.size <= kGiB) {
+        Generator(h->volume(), {"fill", "write", 1 * kMiB, 8}, c.size, 0).Run();
+      } else {
+        // A strided fill: block 0 of every cluster.
+        Generator(h->volume(), {"fill", "write", 4096, 32}, c.size, 0, 0, 0).Run();
+      }
+      std::promise<Status> flushed;  // a writer flushes; the freezes measure steady state
+      h->reactor()->Post([&] { h->volume().Commit([&](const Status& st) { flushed.set_value(st); }); });
+      if (!flushed.get_future().get().ok()) return 1;
+    }
+    std::vector<double> lat, pause;
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 50; ++i) {
+      // Some fresh writes before each snapshot, so every freeze has dirty mappings to commit.
+      Generator(h->volume(), {"dirty", "randwrite", 4096, 32}, c.size, 0, 0, 256).Run();
+      const uint64_t t0 = NowNs();
+      auto id = engine->FreezeVolume(name);
+      const uint64_t t1 = NowNs();
+      if (!id.ok()) return 1;
+      ids.push_back(*id);
+      lat.push_back(static_cast<double>(t1 - t0) / 1e6);
+      pause.push_back(static_cast<double>(h->volume().counters().last_write_pause_ns.load()) / 1e6);
+    }
+    std::printf("| %s | %s | %.2f | %.2f | %.3f |\n", c.label, c.fill ? "fully mapped" : "empty",
+                Percentile(lat, 0.5), Percentile(lat, 0.99), Percentile(pause, 0.99));
+    std::fflush(stdout);
+    h.reset();
+    for (uint64_t id : ids) {
+      Status st = engine->DeleteImage("p", id);
+      if (!st.ok()) {
+        std::fprintf(stderr, "delete snapshot: %s\n", st.ToString().c_str());
+        return 1;
+      }
+    }
+    Status st = engine->DeleteVolume(name);
+    if (!st.ok()) {
+      std::fprintf(stderr, "delete volume: %s\n", st.ToString().c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "# pool free after %s: %s\n", name.c_str(), FormatSize(engine->GetPool("p")->free_bytes).c_str());
+  }
+
+  const uint64_t size = 1 * kGiB;
+  const uint64_t rt = static_cast<uint64_t>(runtime) * 1'000'000'000;
+  if (!engine->CreateVolume({.name = "cow", .size_bytes = size, .pool = "p"}).ok()) return 1;
+  auto h = std::move(engine->OpenVolume("cow")).value();
+  Volume& vol = h->volume();
+  Generator(vol, {"fill", "write", 1 * kMiB, 8}, size, 0).Run();
+  Sample before = Generator(vol, {"randwrite", "randwrite", 4096, 32}, size, rt, 256).Run();
+  const uint64_t meta_before = engine->GetPool("p")->metadata_bytes_written;
+  const uint64_t dev_before = vol.counters().device_bytes_written.load();
+  const uint64_t client_before = vol.counters().bytes_written.load();
+  auto snap = engine->FreezeVolume("cow");
+  if (!snap.ok()) return 1;
+  Sample after = Generator(vol, {"randwrite", "randwrite", 4096, 32}, size, rt, 256).Run();
+  std::promise<Status> committed;
+  vol.reactor()->Post([&] { vol.Commit([&](const Status& st) { committed.set_value(st); }); });
+  (void)committed.get_future().get();
+  const double dev = static_cast<double>(vol.counters().device_bytes_written.load() - dev_before);
+  const double client = static_cast<double>(vol.counters().bytes_written.load() - client_before);
+  const double meta = static_cast<double>(engine->GetPool("p")->metadata_bytes_written - meta_before);
+  std::printf("\n## 4 KiB random writes (QD 32, flush every 256) on a fully written 1 GiB volume\n\n");
+  std::printf("| phase | IOPS | p99 us |\n|---|---|---|\n");
+  std::printf("| before the snapshot | %.0f | %.1f |\n| first %u s after it | %.0f | %.1f |\n", before.iops,
+              before.p99_us, runtime, after.iops, after.p99_us);
+  std::printf("\nafter/before = %.3f; write amplification after the snapshot: data %.3f (device bytes / client "
+              "bytes), data + metadata written %.3f\n",
+              after.iops / before.iops, dev / client, (dev + meta) / client);
+
+  // Reads with a 64-deep chain: every snapshot preceded by rewriting a random 1/64 of the volume,
+  // so the map's fragments come from all 65 images.
+  Sample flat = Generator(vol, {"randread", "randread", 4096, 32}, size, rt).Run();
+  for (int i = 0; i < 63; ++i) {
+    // 1024 random blocks per generation: ~4 images per cluster on average at the end, within
+    // the pool (each generation's first write to a cluster takes a fresh cluster).
+    Generator(vol, {"scatter", "randwrite", 4096, 32}, size, 0, 0, 1024).Run();
+    if (!engine->FreezeVolume("cow").ok()) return 1;
+  }
+  Sample deep = Generator(vol, {"randread", "randread", 4096, 32}, size, rt).Run();
+  std::printf("\n## 4 KiB random reads (QD 32), 1 GiB volume\n\n| chain | IOPS | p99 us |\n|---|---|---|\n");
+  std::printf("| no snapshot | %.0f | %.1f |\n| 64 snapshots | %.0f | %.1f |\n", flat.iops, flat.p99_us, deep.iops,
+              deep.p99_us);
+  std::printf("\n64 snapshots / none = %.3f\n", deep.iops / flat.iops);
+  h.reset();
+  engine.reset();
+  fs::remove_all(dir);
+  return 0;
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
@@ -265,7 +404,9 @@ int Main(int argc, char** argv) {
   app.add_option("--workloads", names, "subset of randread-4k randwrite-4k read-1m write-1m");
   app.add_option("--json", json_out, "also write results as JSON to this file");
   std::string study;
-  app.add_option("--study", study, "run a study instead: cluster-size");
+  bool preallocate = false;
+  app.add_flag("--preallocate", preallocate, "snapshot study: preallocate the pool file");
+  app.add_option("--study", study, "run a study instead: cluster-size | snapshots");
   CLI11_PARSE(app, argc, argv);
 
   std::map<std::string, Workload> all = {
@@ -283,6 +424,7 @@ int Main(int argc, char** argv) {
   }
   log::Init("warn");
   if (study == "cluster-size") return ClusterStudy(dir, *vsize, runtime, *be);
+  if (study == "snapshots") return SnapshotStudy(dir, runtime, *be, preallocate);
   if (!study.empty()) {
     std::fprintf(stderr, "unknown study %s\n", study.c_str());
     return 2;

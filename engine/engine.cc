@@ -288,6 +288,7 @@ PoolInfo Engine::DescribePool(const PoolSlot& slot) const {
   info.free_bytes = free * pool.cluster_size();
   info.used_bytes = info.capacity_bytes - info.free_bytes;
   info.backend = const_cast<Pool&>(pool).device().kind();
+  info.metadata_bytes_written = const_cast<Pool&>(pool).pipeline().stats().metadata_bytes;
   for (const auto& [n, vs] : volumes_) {
     if (vs->pool == &slot) ++info.volume_count;
   }
@@ -320,6 +321,13 @@ Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool m
     }
     SHALE_RETURN_IF_ERROR(CreateSparseFile(params.device_path, params.size_bytes));
     created_file = true;
+    if (params.preallocate) {
+      Status st = PreallocateFile(params.device_path, params.size_bytes);
+      if (!st.ok()) {
+        fs::remove(params.device_path);
+        return st;
+      }
+    }
   } else if (params.size_bytes != 0 && fs::is_regular_file(params.device_path) &&
              fs::file_size(params.device_path) != params.size_bytes) {
     return Status::InvalidArgument("file " + params.device_path + " exists with a different size (" +

@@ -55,6 +55,7 @@ struct PoolInfo {
   uint32_t cluster_size = 0;
   uint64_t cluster_count = 0;
   uint32_t volume_count = 0;
+  uint64_t metadata_bytes_written = 0;  // since the pool was opened (commit pipeline)
   std::string backend;  // device kind ("io_uring", "libaio", ...)
 };
 
@@ -77,6 +78,8 @@ struct CreatePoolParams {
   uint64_t size_bytes = 0;  // for a new file; 0 = use the existing device's size
   uint32_t cluster_size = kDefaultClusterSize;
   bool force = false;       // format a device that is not blank
+  bool preallocate = false; // new file: allocate all its blocks now (no filesystem allocation
+                            // work on first writes; costs the space up front)
 };
 
 struct CreateVolumeParams {

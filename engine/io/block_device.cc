@@ -85,6 +85,16 @@ Status CreateSparseFile(const std::string& path, uint64_t size) {
   return Status::Ok();
 }
 
+Status PreallocateFile(const std::string& path, uint64_t size) {
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  int rc = posix_fallocate(fd, 0, static_cast<off_t>(size));
+  if (rc == 0 && fsync(fd) != 0) rc = errno;
+  close(fd);
+  if (rc != 0) return Status::FromErrno(rc, "preallocate " + path);
+  return Status::Ok();
+}
+
 void AlignedFree::operator()(void* p) const { std::free(p); }
 
 AlignedBuffer AllocateAligned(size_t size) {

@@ -92,6 +92,8 @@ Result<std::unique_ptr<BlockDevice>> OpenBlockDevice(const std::string& path,
 
 // Creates a sparse file of the given size (fails if it exists).
 Status CreateSparseFile(const std::string& path, uint64_t size);
+// Allocates every block of an existing file (posix_fallocate); NoSpace if the filesystem is full.
+Status PreallocateFile(const std::string& path, uint64_t size);
 
 // Aligned buffer for device I/O.
 struct AlignedFree {

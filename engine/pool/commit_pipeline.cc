@@ -151,7 +151,10 @@ Status CommitPipeline::RunRound(std::vector<Request>& round, std::vector<uint32_
   stats_.rounds++;
   stats_.requests += round.size();
   if (flush) stats_.device_flushes++;
-  if (!merged.empty()) stats_.metadata_writes++;
+  if (!merged.empty()) {
+    stats_.metadata_writes++;
+    stats_.metadata_bytes += merged.data_bytes();
+  }
   return Status::Ok();
 }
 

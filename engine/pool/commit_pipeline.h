@@ -44,6 +44,7 @@ class CommitPipeline {
     uint64_t requests = 0;
     uint64_t device_flushes = 0;
     uint64_t metadata_writes = 0;
+    uint64_t metadata_bytes = 0;  // encoded bytes of the RocksDB batches written
   };
 
   // `committed` is the allocation bitmap as stored in `meta` (loaded at pool open).

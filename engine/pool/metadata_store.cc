@@ -63,6 +63,7 @@ void MetaBatch::Append(const MetaBatch& other) {
   SHALE_CHECK(s.ok(), "MetaBatch::Append: ", s.ToString());
 }
 size_t MetaBatch::count() const { return static_cast<size_t>(batch_->Count()); }
+size_t MetaBatch::data_bytes() const { return batch_->GetDataSize(); }
 
 MetadataStore::MetadataStore(std::string dir, rocksdb::DB* db) : dir_(std::move(dir)), db_(db) {}
 

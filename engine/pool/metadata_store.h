@@ -35,6 +35,7 @@ class MetaBatch {
   // Appends all of other's changes after this batch's.
   void Append(const MetaBatch& other);
   size_t count() const;
+  size_t data_bytes() const;  // encoded size
   bool empty() const { return count() == 0; }
 
  private:

@@ -4,6 +4,7 @@
 #include <bit>
 #include <cstring>
 
+#include "engine/common/clock.h"
 #include "engine/common/log.h"
 #include "engine/io/reactor.h"
 #include "engine/pool/keys.h"
@@ -19,6 +20,8 @@ constexpr uint64_t kBlockMask = kBlock - 1;
 constexpr uint32_t kInternal = 1u << 31;
 constexpr uint64_t kMaxMergedDeviceIo = 4 * kMiB;
 constexpr uint64_t kZeroChunk = 1 * kMiB;
+// Dirty clusters above which a freeze commits first, outside its write pause.
+constexpr size_t kFreezePrecommitThreshold = 256;
 
 bool IsMutating(VolumeOp op) {
   return op == VolumeOp::kWrite || op == VolumeOp::kDiscard || op == VolumeOp::kWriteZeroes;
@@ -296,6 +299,7 @@ void Volume::Dispatch(VolumeIo* io) {
 }
 
 void Volume::GateWrites(std::function<void()> when_drained, bool all_io) {
+  if (!write_gate_) gate_start_ns_ = Clock::Real()->NowNanos();
   write_gate_ = true;
   gate_all_ = gate_all_ || all_io;
   drain_waiters_.push_back(std::move(when_drained));
@@ -314,6 +318,7 @@ void Volume::RunDrainWaiters() {
 }
 
 void Volume::UngateWrites() {
+  counters_.last_write_pause_ns.store(Clock::Real()->NowNanos() - gate_start_ns_, std::memory_order_relaxed);
   write_gate_ = false;
   gate_all_ = false;
   std::deque<VolumeIo*> resume;
@@ -383,6 +388,11 @@ void Volume::SubmitDeviceOps(Request* r) {
     return;
   }
   BlockDevice& dev = pool_->device();
+  if (r->is_write) {
+    uint64_t bytes = 0;
+    for (const IoRequest& d : r->ops) bytes += d.length;
+    counters_.device_bytes_written.fetch_add(bytes, std::memory_order_relaxed);
+  }
   // ops must not move while in flight: the vector is complete before the first submit.
   for (IoRequest& d : r->ops) dev.Submit(&d);
 }
@@ -985,6 +995,15 @@ void Volume::Freeze(uint64_t new_head, MetaBatch records, std::function<void(con
   SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Freeze misuse");
   SHALE_CHECK(new_head <= UINT32_MAX, "image id too large");
   auto batch = std::make_shared<MetaBatch>(std::move(records));
+  if (dirty_list_.size() > kFreezePrecommitThreshold) {
+    // Much is dirty: commit it first without parking writes, so the capture inside the gate
+    // (which the pause waits for) stays small.
+    auto d = std::make_shared<std::function<void(const Status&)>>(std::move(done));
+    return Commit([this, new_head, batch, d](const Status& st) {
+      if (!st.ok()) return (*d)(st);
+      Freeze(new_head, std::move(*batch), std::move(*d));
+    });
+  }
   GateWrites([this, new_head, batch, done = std::move(done)]() mutable {
     // Every write admitted before the gate has completed: the head's dirty mappings are the
     // frozen image's final state. Capture them with the records, then switch heads.

@@ -36,6 +36,10 @@ class Reactor;
 struct VolumeCounters {
   std::atomic<uint64_t> reads{0}, writes{0}, flushes{0}, discards{0}, write_zeroes{0};
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, errors{0}, commits{0};
+  // Bytes this volume wrote to the pool device (data only; metadata goes to RocksDB).
+  std::atomic<uint64_t> device_bytes_written{0};
+  // Longest time writes were parked by a snapshot/merge/revert gate, and the last one (ns).
+  std::atomic<uint64_t> last_write_pause_ns{0};
 };
 
 class Volume final : public VolumeLayer {
@@ -232,6 +236,7 @@ class Volume final : public VolumeLayer {
   // Write gate (freeze, merge, revert).
   bool write_gate_ = false;
   bool gate_all_ = false;
+  uint64_t gate_start_ns_ = 0;
   uint64_t mutating_in_flight_ = 0;  // admitted mutating client requests not yet completed
   uint64_t reads_in_flight_ = 0;     // admitted read requests not yet completed
   std::deque<VolumeIo*> gated_;
