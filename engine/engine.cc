@@ -1233,6 +1233,53 @@ Status Engine::FlattenVolume(std::string_view volume,
   return CollectImagesLocked(*ps);
 }
 
+Result<std::vector<std::pair<uint64_t, uint64_t>>> Engine::ChangedRanges(std::string_view pool_name, uint64_t older,
+                                                                         uint64_t newer) {
+  std::lock_guard lock(mu_);
+  SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
+  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord old_rec, ImageRecordOf(slot->images, older));
+  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord new_rec, ImageRecordOf(slot->images, newer));
+  if (old_rec.kind() != meta::IMAGE_FROZEN || new_rec.kind() != meta::IMAGE_FROZEN) {
+    return Status::InvalidArgument("changed ranges are defined between frozen images");
+  }
+  std::vector<uint64_t> chain = ChainOf(*slot, newer);
+  auto pos = std::find(chain.begin(), chain.end(), older);
+  if (pos == chain.end()) {
+    return Status::InvalidArgument("image " + std::to_string(older) + " is not an ancestor of image " +
+                                   std::to_string(newer));
+  }
+  Pool& pool = *slot->pool;
+  const uint64_t cs = pool.cluster_size();
+  std::map<uint64_t, uint64_t> blocks;  // vcluster -> changed block bits
+  for (auto it = pos + 1; it != chain.end(); ++it) {
+    SHALE_ASSIGN_OR_RETURN(auto entries, ReadImageEntries(pool, *it));
+    for (const auto& [v, e] : entries) {
+      uint64_t bits = e.zero_blocks;
+      for (const auto& f : e.fragments) bits |= f.blocks;
+      blocks[v] |= bits;
+    }
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  auto add = [&](uint64_t off, uint64_t len) {
+    if (!out.empty() && out.back().first + out.back().second == off) {
+      out.back().second += len;
+    } else {
+      out.emplace_back(off, len);
+    }
+  };
+  const uint64_t old_end = (old_rec.size_bytes() + 4095) / 4096 * 4096;
+  for (const auto& [v, bits] : blocks) {
+    for (uint64_t b = 0; b < cs / 4096; ++b) {
+      const uint64_t off = v * cs + b * 4096;
+      if (((bits >> b) & 1) && off < old_end) add(off, 4096);
+    }
+  }
+  const uint64_t new_end = (new_rec.size_bytes() + 4095) / 4096 * 4096;
+  if (new_end > old_end) add(old_end, new_end - old_end);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::vector<ImageInfo> Engine::ListImages(std::string_view pool_name) {
   std::lock_guard lock(mu_);
   std::vector<ImageInfo> out;

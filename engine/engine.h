@@ -198,6 +198,12 @@ class Engine {
   // then detaches it from them. Clients may keep using the volume meanwhile.
   Status FlattenVolume(std::string_view volume,
                        const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr);
+  // Byte ranges (4 KiB granular, sorted, merged) whose content may differ between frozen image
+  // `older` and frozen image `newer`, where older is an ancestor of newer: the blocks that the
+  // images after `older` up to `newer` store data or zero marks for. InvalidArgument if older is
+  // not an ancestor. Ranges past the older image's size count as changed.
+  Result<std::vector<std::pair<uint64_t, uint64_t>>> ChangedRanges(std::string_view pool, uint64_t older,
+                                                                   uint64_t newer);
   std::vector<ImageInfo> ListImages(std::string_view pool);
   Result<ImageInfo> GetImage(std::string_view pool, uint64_t image_id);
   Result<ImageUsage> GetImageUsage(std::string_view pool, uint64_t image_id);

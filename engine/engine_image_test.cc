@@ -250,6 +250,30 @@ TEST_F(EngineImageTest, SnapshotsArePointInTimeUnderConcurrentWrites) {
   ExpectClean();
 }
 
+TEST_F(EngineImageTest, ChangedRangesBetweenSnapshots) {
+  ASSERT_TRUE(engine_->CreateVolume({.name = "v", .size_bytes = 4 * kMiB}).ok());
+  auto h = Open("v");
+  ASSERT_TRUE(Write(h->volume(), 0, Pattern(4 * kMiB, 1)).ok());
+  auto s1 = engine_->FreezeVolume("v");
+  ASSERT_TRUE(Write(h->volume(), 8192, Pattern(8192, 2)).ok());
+  ASSERT_TRUE(RunVolumeIo(h->volume(), VolumeOp::kDiscard, 1 * kMiB, 64 * kKiB, nullptr).ok());
+  auto s2 = engine_->FreezeVolume("v");
+  ASSERT_TRUE(Write(h->volume(), 2 * kMiB, Pattern(4096, 3)).ok());
+  h.reset();
+  ASSERT_TRUE(engine_->ResizeVolume("v", 5 * kMiB).ok());
+  auto s3 = engine_->FreezeVolume("v");
+  ASSERT_TRUE(s1.ok() && s2.ok() && s3.ok());
+  auto r = engine_->ChangedRanges("default", *s1, *s2);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<std::pair<uint64_t, uint64_t>> want = {{8192, 8192}, {1 * kMiB, 64 * kKiB}};
+  EXPECT_EQ(*r, want);
+  r = engine_->ChangedRanges("default", *s1, *s3);
+  ASSERT_TRUE(r.ok());
+  want = {{8192, 8192}, {1 * kMiB, 64 * kKiB}, {2 * kMiB, 4096}, {4 * kMiB, 1 * kMiB}};
+  EXPECT_EQ(*r, want);
+  EXPECT_EQ(engine_->ChangedRanges("default", *s2, *s1).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST_F(EngineImageTest, ChainDepthIsLimitedWithAClearError) {
   ASSERT_TRUE(engine_->CreateVolume({.name = "v", .size_bytes = kMiB}).ok());
   for (size_t i = 0; i + 1 < Volume::kMaxChainDepth; ++i) ASSERT_TRUE(engine_->FreezeVolume("v").ok()) << i;
