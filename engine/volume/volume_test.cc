@@ -4,6 +4,7 @@
 
 #include <atomic>
 
+#include "engine/io/fault_device.h"
 #include "engine/volume/volume_test_util.h"
 
 namespace shale {
@@ -235,6 +236,33 @@ TEST_F(VolumeTest, QueryAllocationReportsDataAndZeroRuns) {
   EXPECT_EQ(ext.size(), 2u);
   reactor_->RunSync([&] { ext = v->QueryAllocation(2 * kMiB, 4096, 2); });
   EXPECT_TRUE(ext.empty());
+}
+
+class CountingVolumeTest : public testing::VolumeFixture {
+ protected:
+  std::shared_ptr<BlockDevice> MakeDevice() override {
+    fault_ = std::make_shared<FaultDevice>(std::make_shared<MemoryDevice>(pool_size_));
+    return fault_;
+  }
+  std::shared_ptr<FaultDevice> fault_;
+};
+
+TEST_F(CountingVolumeTest, SequentialDataIsReadAndWrittenInOneDeviceOpPerMegabyte) {
+  Volume* v = CreateVolume("v", 16 * kMiB);
+  const uint64_t w0 = fault_->ops(IoOp::kWrite);
+  const auto p = Pattern(4 * kMiB, 1);
+  ASSERT_TRUE(Write(v, 0, p).ok());
+  // Clusters are allocated contiguously, so a 4 MiB write is one device op (merges are capped
+  // at 4 MiB).
+  EXPECT_EQ(fault_->ops(IoOp::kWrite) - w0, 1u);
+  const uint64_t r0 = fault_->ops(IoOp::kRead);
+  auto data = Read(v, 1 * kMiB, 1 * kMiB);
+  EXPECT_EQ(fault_->ops(IoOp::kRead) - r0, 1u) << "a 1 MiB read of contiguous clusters is one device read";
+  EXPECT_EQ(data, std::vector<uint8_t>(p.begin() + kMiB, p.begin() + 2 * kMiB));
+  // A read mixing data and never-written blocks reads only the data.
+  const uint64_t r1 = fault_->ops(IoOp::kRead);
+  (void)Read(v, 4 * kMiB - 8192, 16384);
+  EXPECT_EQ(fault_->ops(IoOp::kRead) - r1, 1u);
 }
 
 class SmallPoolVolumeTest : public testing::VolumeFixture {
