@@ -192,7 +192,6 @@ Status Engine::LoadVolumes(PoolSlot& slot) {
   }));
   SHALE_RETURN_IF_ERROR(parse);
 
-  std::set<uint32_t> referenced;
   for (auto& rec : records) {
     if (volumes_.count(rec.name())) {
       return Status::Corruption("volume name '" + rec.name() + "' exists in two pools");
@@ -211,16 +210,8 @@ Status Engine::LoadVolumes(PoolSlot& slot) {
       }
       img = it->second.parent();
     }
-    uint64_t owned = 0;
-    SHALE_ASSIGN_OR_RETURN(ClusterMap map, Volume::LoadMap(pool, chain, rec.size_bytes(), &owned));
-    auto vol = std::make_shared<Volume>(&pool, PickReactor(rec.id()), rec, chain, std::move(map),
-                                        Volume::Options{.commit_interval_ns = options_.commit_interval_ms * 1'000'000});
-    vol->reactor()->RunSync([&] { vol->Start(); });
-    auto vs = std::make_unique<VolumeSlot>();
-    vs->pool = &slot;
-    vs->volume = std::move(vol);
-    vs->record = rec;
-    volumes_[rec.name()] = std::move(vs);
+    SHALE_ASSIGN_OR_RETURN(ClusterMap map, Volume::LoadMap(pool, chain, rec.size_bytes(), nullptr));
+    AddVolume(slot, rec, std::move(chain), std::move(map));
   }
   return Status::Ok();
 }
@@ -603,40 +594,53 @@ Result<VolumeInfo> Engine::CreateVolume(const CreateVolumeParams& params) {
   const uint64_t size = (params.size_bytes + 4095) / 4096 * 4096;
 
   MetaBatch batch;
-  meta::VolumeRecord rec;
-  rec.set_id(pool.ReserveVolumeId(&batch));
-  rec.set_name(params.name);
-  rec.set_size_bytes(size);
-  rec.set_head_image(pool.ReserveImageId(&batch));
-  rec.set_read_only(params.read_only);
-  rec.set_created_unix_ns(Clock::Real()->WallNanos());
-  for (const auto& [k, v] : params.labels) (*rec.mutable_labels())[k] = v;
-  meta::ImageRecord img;
-  img.set_id(rec.head_image());
-  img.set_volume_id(rec.id());
-  img.set_kind(meta::IMAGE_HEAD);
-  img.set_created_unix_ns(rec.created_unix_ns());
-  batch.Put(keys::Volume(rec.id()), rec.SerializeAsString());
-  batch.Put(keys::VolumeName(rec.name()), keys::Volume(rec.id()).substr(1));
-  batch.Put(keys::Image(img.id()), img.SerializeAsString());
+  auto [rec, img] = NewVolumeRecords(pool, params, size, /*parent_image=*/0, &batch);
   CommitPipeline::Request req;
   req.batch = std::move(batch);
   req.flush_device = false;
   SHALE_RETURN_IF_ERROR(pool.pipeline().CommitSync(std::move(req)).WithContext("create volume '" + params.name + "'"));
   slot->images[img.id()] = img;
+  VolumeSlot* raw = AddVolume(*slot, rec, {rec.head_image()},
+                              ClusterMap((size + pool.cluster_size() - 1) / pool.cluster_size()));
+  SHALE_LOG_INFO("volume created", {"volume", params.name}, {"pool", slot->reg.name()}, {"size", size});
+  return DescribeVolume(*raw);
+}
 
-  auto vol = std::make_shared<Volume>(&pool, PickReactor(rec.id()), rec, std::vector<uint64_t>{rec.head_image()},
-                                      ClusterMap((size + pool.cluster_size() - 1) / pool.cluster_size()),
+std::pair<meta::VolumeRecord, meta::ImageRecord> Engine::NewVolumeRecords(Pool& pool, const CreateVolumeParams& params,
+                                                                          uint64_t size, uint64_t parent_image,
+                                                                          MetaBatch* batch) {
+  meta::VolumeRecord rec;
+  rec.set_id(pool.ReserveVolumeId(batch));
+  rec.set_name(params.name);
+  rec.set_size_bytes(size);
+  rec.set_head_image(pool.ReserveImageId(batch));
+  rec.set_read_only(params.read_only);
+  rec.set_created_unix_ns(Clock::Real()->WallNanos());
+  for (const auto& [k, v] : params.labels) (*rec.mutable_labels())[k] = v;
+  meta::ImageRecord img;
+  img.set_id(rec.head_image());
+  img.set_parent(parent_image);
+  img.set_volume_id(rec.id());
+  img.set_kind(meta::IMAGE_HEAD);
+  img.set_created_unix_ns(rec.created_unix_ns());
+  batch->Put(keys::Volume(rec.id()), rec.SerializeAsString());
+  batch->Put(keys::VolumeName(rec.name()), keys::Volume(rec.id()).substr(1));
+  batch->Put(keys::Image(img.id()), img.SerializeAsString());
+  return {rec, img};
+}
+
+Engine::VolumeSlot* Engine::AddVolume(PoolSlot& slot, const meta::VolumeRecord& rec, std::vector<uint64_t> chain,
+                                      ClusterMap map) {
+  auto vol = std::make_shared<Volume>(slot.pool.get(), PickReactor(rec.id()), rec, std::move(chain), std::move(map),
                                       Volume::Options{.commit_interval_ns = options_.commit_interval_ms * 1'000'000});
   vol->reactor()->RunSync([&] { vol->Start(); });
   auto vs = std::make_unique<VolumeSlot>();
-  vs->pool = slot;
+  vs->pool = &slot;
   vs->volume = std::move(vol);
   vs->record = rec;
   VolumeSlot* raw = vs.get();
-  volumes_[params.name] = std::move(vs);
-  SHALE_LOG_INFO("volume created", {"volume", params.name}, {"pool", slot->reg.name()}, {"size", size});
-  return DescribeVolume(*raw);
+  volumes_[rec.name()] = std::move(vs);
+  return raw;
 }
 
 std::vector<VolumeInfo> Engine::ListVolumes() {
@@ -915,44 +919,18 @@ Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& param
   }
   if (size > kMaxVolumeSize) return Status::InvalidArgument("volume size exceeds the maximum of " + FormatSize(kMaxVolumeSize));
   Pool& pool = *slot->pool;
-  MetaBatch batch;
-  meta::VolumeRecord rec;
-  rec.set_id(pool.ReserveVolumeId(&batch));
-  rec.set_name(params.name);
-  rec.set_size_bytes(size);
-  rec.set_head_image(pool.ReserveImageId(&batch));
-  rec.set_read_only(params.read_only);
-  rec.set_created_unix_ns(Clock::Real()->WallNanos());
-  for (const auto& [k, v] : params.labels) (*rec.mutable_labels())[k] = v;
-  meta::ImageRecord img;
-  img.set_id(rec.head_image());
-  img.set_parent(image_id);
-  img.set_volume_id(rec.id());
-  img.set_kind(meta::IMAGE_HEAD);
-  img.set_created_unix_ns(rec.created_unix_ns());
-  chain.push_back(img.id());
   // The map is built from committed entries; the parent is frozen, so they cannot change.
-  uint64_t owned = 0;
-  SHALE_ASSIGN_OR_RETURN(ClusterMap map, Volume::LoadMap(pool, std::vector<uint64_t>(chain.begin(), chain.end() - 1),
-                                                         size, &owned));
-  batch.Put(keys::Volume(rec.id()), rec.SerializeAsString());
-  batch.Put(keys::VolumeName(rec.name()), keys::Volume(rec.id()).substr(1));
-  batch.Put(keys::Image(img.id()), img.SerializeAsString());
+  SHALE_ASSIGN_OR_RETURN(ClusterMap map, Volume::LoadMap(pool, chain, size, nullptr));
+  MetaBatch batch;
+  auto [rec, img] = NewVolumeRecords(pool, params, size, image_id, &batch);
+  chain.push_back(img.id());
   if (extra) extra(img.id(), &batch);
   CommitPipeline::Request req;
   req.batch = std::move(batch);
   req.flush_device = false;
   SHALE_RETURN_IF_ERROR(pool.pipeline().CommitSync(std::move(req)).WithContext("clone into '" + params.name + "'"));
   slot->images[img.id()] = img;
-  auto vol = std::make_shared<Volume>(&pool, PickReactor(rec.id()), rec, chain, std::move(map),
-                                      Volume::Options{.commit_interval_ns = options_.commit_interval_ms * 1'000'000});
-  vol->reactor()->RunSync([&] { vol->Start(); });
-  auto vs = std::make_unique<VolumeSlot>();
-  vs->pool = slot;
-  vs->volume = std::move(vol);
-  vs->record = rec;
-  VolumeSlot* raw = vs.get();
-  volumes_[params.name] = std::move(vs);
+  VolumeSlot* raw = AddVolume(*slot, rec, chain, std::move(map));
   SHALE_LOG_INFO("volume cloned", {"volume", params.name}, {"from_image", image_id}, {"size", size});
   return DescribeVolume(*raw);
 }

@@ -245,6 +245,12 @@ class Engine {
   ImageInfo DescribeImage(const PoolSlot& slot, uint64_t image) const;
   Status CloseVolume(Volume& volume);
   Reactor* PickReactor(uint64_t volume_id);
+  // Records of a new volume and its head image (parent_image 0 = none), put into batch.
+  std::pair<meta::VolumeRecord, meta::ImageRecord> NewVolumeRecords(Pool& pool, const CreateVolumeParams& params,
+                                                                    uint64_t size, uint64_t parent_image,
+                                                                    MetaBatch* batch);
+  // Starts the live volume for committed records and registers it.
+  VolumeSlot* AddVolume(PoolSlot& slot, const meta::VolumeRecord& rec, std::vector<uint64_t> chain, ClusterMap map);
   Result<std::shared_ptr<BlockDevice>> OpenDevice(const std::string& path);
   void ReleaseHandle(Volume* volume);
 
