@@ -255,7 +255,9 @@ Result<std::string> ResolveEndpoint(std::string_view text) {
 int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream& err) {
   gpr_set_log_function(DropGrpcLog);
 
-  CLI::App app("shale: admin CLI of Shale; manages pools and thin volumes through shaled", "shale");
+  CLI::App app(
+      "shale: admin CLI of Shale; manages pools, thin volumes and their NBD exports through shaled",
+      "shale");
   app.set_version_flag("--version", std::string("shale ") + SHALE_VERSION);
   app.require_subcommand(1);
   // Global options may also follow the command: `shale volume list -o json`.
@@ -502,19 +504,42 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
     };
   });
 
+  bool volume_force = false;
   CLI::App* volume_delete = volume_cmd->add_subcommand(
-      "delete", "Delete a volume and free its space (refused while it is open)");
+      "delete",
+      "Delete a volume and free its space (refused while NBD clients use it, unless --force)");
   volume_delete->add_option("NAME", volume_name, "Volume name")->required();
+  volume_delete->add_flag("--force", volume_force,
+                          "Disconnect the volume's NBD clients first (their requests in flight "
+                          "complete), then delete");
   volume_delete->callback([&] {
     action = [&](ControlClient& client, Format format) {
       v1::DeleteVolumeRequest req;
       req.set_name(volume_name);
+      req.set_force(volume_force);
       return RunRpc(
           client, &v1::Control::Stub::DeleteVolume, req, err, [&](const v1::DeleteVolumeResponse&) {
             format == Format::kJson ? print_json({{"name", volume_name}, {"deleted", true}})
                                     : void(out << "volume '" << volume_name << "' deleted\n");
             return kExitOk;
           });
+    };
+  });
+
+  // --- export ---
+  CLI::App* export_cmd =
+      app.add_subcommand("export", "NBD exports (every volume, under its name) and their clients");
+  export_cmd->require_subcommand(1);
+  CLI::App* export_list = export_cmd->add_subcommand(
+      "list", "List every export with its connected clients (peer, since, requests served)");
+  export_list->callback([&] {
+    action = [&](ControlClient& client, Format format) {
+      return RunRpc(client, &v1::Control::Stub::ListExports, v1::ListExportsRequest(), err,
+                    [&](const v1::ListExportsResponse& resp) {
+                      format == Format::kJson ? print_json(ToJson(resp))
+                                              : void(out << ExportTable(resp));
+                      return kExitOk;
+                    });
     };
   });
 

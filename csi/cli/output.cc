@@ -114,6 +114,14 @@ nlohmann::ordered_json ToJson(const v1::GetStatusResponse& s) {
       {"io_backend", s.io_backend()},
       {"pool_count", s.pool_count()},
       {"volume_count", s.volume_count()},
+      {"nbd",
+       {
+           {"enabled", s.nbd().enabled()},
+           {"tcp_address", s.nbd().tcp_address()},
+           {"unix_socket", s.nbd().unix_socket()},
+           {"connections", s.nbd().connections()},
+           {"max_connections", s.nbd().max_connections()},
+       }},
   };
 }
 
@@ -148,6 +156,8 @@ nlohmann::ordered_json ToJson(const v1::Volume& v) {
       {"read_only", v.read_only()},
       {"created_unix_ns", v.created_unix_ns()},
       {"open_count", v.open_count()},
+      {"export_uri", v.export_uri()},
+      {"nbd_clients", v.nbd_clients()},
       {"labels", labels},
       {"stats",
        {
@@ -174,7 +184,7 @@ nlohmann::ordered_json ToJson(const std::string& pool, const v1::CheckPoolRespon
 }
 
 std::string StatusView(const v1::GetStatusResponse& s) {
-  return RenderKeyValues({
+  std::vector<std::pair<std::string, std::string>> rows = {
       {"Version", s.version()},
       {"Endpoint", s.control_endpoint()},
       {"Data dir", s.data_dir()},
@@ -184,7 +194,18 @@ std::string StatusView(const v1::GetStatusResponse& s) {
       {"I/O backend", s.io_backend()},
       {"Pools", std::to_string(s.pool_count())},
       {"Volumes", std::to_string(s.volume_count())},
-  });
+  };
+  if (!s.nbd().enabled()) {
+    rows.emplace_back("NBD", "off");
+  } else {
+    rows.emplace_back("NBD TCP", s.nbd().tcp_address().empty()
+                                     ? "off"
+                                     : "nbd://" + s.nbd().tcp_address() + "/VOLUME");
+    rows.emplace_back("NBD socket", s.nbd().unix_socket().empty() ? "off" : s.nbd().unix_socket());
+    rows.emplace_back("NBD connections", std::to_string(s.nbd().connections()) + " (max " +
+                                             std::to_string(s.nbd().max_connections()) + ")");
+  }
+  return RenderKeyValues(rows);
 }
 
 std::string PoolView(const v1::Pool& p) {
@@ -228,6 +249,8 @@ std::string VolumeView(const v1::Volume& v) {
       {"Read-only", YesNo(v.read_only())},
       {"Created", FormatUnixNanos(v.created_unix_ns())},
       {"Open handles", std::to_string(v.open_count())},
+      {"Export", v.export_uri().empty() ? "-" : v.export_uri()},
+      {"NBD clients", std::to_string(v.nbd_clients())},
       {"Labels", FormatLabels(v.labels())},
       {"Reads", std::to_string(st.reads()) + " (" + FormatSize(st.bytes_read()) + ")"},
       {"Writes", std::to_string(st.writes()) + " (" + FormatSize(st.bytes_written()) + ")"},
@@ -254,6 +277,56 @@ std::string CheckView(const std::string& pool, const v1::CheckPoolResponse& c) {
       {"Allocated clusters", std::to_string(c.committed_clusters())},
   });
   for (const std::string& problem : c.problems()) out += "problem: " + problem + "\n";
+  return out;
+}
+
+}  // namespace shale::cli
+
+namespace shale::cli {
+
+nlohmann::ordered_json ToJson(const v1::ListExportsResponse& r) {
+  nlohmann::ordered_json exports = nlohmann::ordered_json::array();
+  for (const v1::Export& e : r.exports()) {
+    nlohmann::ordered_json clients = nlohmann::ordered_json::array();
+    for (const v1::NbdClient& c : e.clients()) {
+      clients.push_back({
+          {"id", c.id()},
+          {"transport", c.transport()},
+          {"peer", c.peer()},
+          {"connected_unix_ns", c.connected_unix_ns()},
+          {"requests", c.requests()},
+          {"bytes_read", c.bytes_read()},
+          {"bytes_written", c.bytes_written()},
+          {"errors", c.errors()},
+      });
+    }
+    exports.push_back({
+        {"name", e.name()},
+        {"uri", e.uri()},
+        {"size_bytes", e.size_bytes()},
+        {"read_only", e.read_only()},
+        {"clients", clients},
+    });
+  }
+  return {{"exports", exports}, {"handshaking", r.handshaking()}};
+}
+
+std::string ExportTable(const v1::ListExportsResponse& r) {
+  Table table({"EXPORT", "MODE", "SIZE", "CLIENT", "CONNECTED", "REQUESTS", "URI"});
+  for (const v1::Export& e : r.exports()) {
+    const std::string mode = e.read_only() ? "ro" : "rw";
+    if (e.clients().empty()) {
+      table.AddRow({e.name(), mode, FormatSize(e.size_bytes()), "-", "-", "-", e.uri()});
+    }
+    for (const v1::NbdClient& c : e.clients()) {
+      table.AddRow({e.name(), mode, FormatSize(e.size_bytes()), c.transport() + " " + c.peer(),
+                    FormatUnixNanos(c.connected_unix_ns()), std::to_string(c.requests()), e.uri()});
+    }
+  }
+  std::string out = table.Render();
+  if (r.handshaking() > 0) {
+    out += std::to_string(r.handshaking()) + " connection(s) still negotiating\n";
+  }
   return out;
 }
 

@@ -43,6 +43,7 @@ nlohmann::ordered_json ToJson(const v1::GetStatusResponse& status);
 nlohmann::ordered_json ToJson(const v1::Pool& pool);
 nlohmann::ordered_json ToJson(const v1::Volume& volume);
 nlohmann::ordered_json ToJson(const std::string& pool, const v1::CheckPoolResponse& check);
+nlohmann::ordered_json ToJson(const v1::ListExportsResponse& exports);
 
 // Human views; each ends with a newline.
 std::string StatusView(const v1::GetStatusResponse& status);
@@ -51,5 +52,7 @@ std::string PoolTable(const v1::ListPoolsResponse& pools);
 std::string VolumeView(const v1::Volume& volume);
 std::string VolumeTable(const v1::ListVolumesResponse& volumes);
 std::string CheckView(const std::string& pool, const v1::CheckPoolResponse& check);
+// One row per NBD client; an export without clients gets one row with "-".
+std::string ExportTable(const v1::ListExportsResponse& exports);
 
 }  // namespace shale::cli

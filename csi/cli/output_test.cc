@@ -117,5 +117,87 @@ TEST(Views, VolumeShowsHumanAndExactSizes) {
   EXPECT_NE(table.find("data  default  10 GiB  3 MiB      ro"), std::string::npos) << table;
 }
 
+TEST(Views, VolumeShowsItsExport) {
+  v1::Volume v = SampleVolume();
+  std::string view = VolumeView(v);
+  EXPECT_NE(view.find("Export:        -\n"), std::string::npos) << view;
+  v.set_export_uri("nbd://127.0.0.1:10809/data");
+  v.set_nbd_clients(2);
+  view = VolumeView(v);
+  EXPECT_NE(view.find("Export:        nbd://127.0.0.1:10809/data\n"), std::string::npos) << view;
+  EXPECT_NE(view.find("NBD clients:   2\n"), std::string::npos) << view;
+  const nlohmann::ordered_json j = ToJson(v);
+  EXPECT_EQ(j["export_uri"], "nbd://127.0.0.1:10809/data");
+  EXPECT_EQ(j["nbd_clients"], 2u);
+}
+
+v1::ListExportsResponse SampleExports() {
+  v1::ListExportsResponse r;
+  v1::Export* idle = r.add_exports();
+  idle->set_name("idle");
+  idle->set_uri("nbd://127.0.0.1:10809/idle");
+  idle->set_size_bytes(kGiB);
+  idle->set_read_only(true);
+  v1::Export* busy = r.add_exports();
+  busy->set_name("busy");
+  busy->set_uri("nbd://127.0.0.1:10809/busy");
+  busy->set_size_bytes(2 * kGiB);
+  for (const auto& [transport, peer] :
+       {std::pair<std::string, std::string>{"tcp", "127.0.0.1:40000"}, {"unix", "pid 42"}}) {
+    v1::NbdClient* c = busy->add_clients();
+    c->set_id(9);
+    c->set_transport(transport);
+    c->set_peer(peer);
+    c->set_connected_unix_ns(1'700'000'000'123'456'789ull);
+    c->set_requests(1234);
+    c->set_bytes_read(4096);
+    c->set_bytes_written(8192);
+    c->set_errors(1);
+  }
+  r.set_handshaking(3);
+  return r;
+}
+
+TEST(Views, ExportTableHasARowPerClient) {
+  const std::string table = ExportTable(SampleExports());
+  EXPECT_EQ(table,
+            "EXPORT  MODE  SIZE   CLIENT               CONNECTED             REQUESTS  URI\n"
+            "idle    ro    1 GiB  -                    -                     -         "
+            "nbd://127.0.0.1:10809/idle\n"
+            "busy    rw    2 GiB  tcp 127.0.0.1:40000  2023-11-14T22:13:20Z  1234      "
+            "nbd://127.0.0.1:10809/busy\n"
+            "busy    rw    2 GiB  unix pid 42          2023-11-14T22:13:20Z  1234      "
+            "nbd://127.0.0.1:10809/busy\n"
+            "3 connection(s) still negotiating\n");
+}
+
+TEST(Json, ExportsAndStatusNbd) {
+  const nlohmann::ordered_json j = ToJson(SampleExports());
+  EXPECT_EQ(j["handshaking"], 3u);
+  ASSERT_EQ(j["exports"].size(), 2u);
+  EXPECT_EQ(j["exports"][0]["clients"].size(), 0u);
+  const auto& c = j["exports"][1]["clients"][1];
+  for (const char* key : {"id", "transport", "peer", "connected_unix_ns", "requests", "bytes_read",
+                          "bytes_written", "errors"}) {
+    EXPECT_TRUE(c.contains(key)) << key;
+  }
+  EXPECT_EQ(c["peer"], "pid 42");
+  EXPECT_EQ(j["exports"][1]["size_bytes"], 2 * kGiB);
+
+  v1::GetStatusResponse s;
+  s.mutable_nbd()->set_enabled(true);
+  s.mutable_nbd()->set_tcp_address("127.0.0.1:10809");
+  s.mutable_nbd()->set_unix_socket("/d/nbd.sock");
+  s.mutable_nbd()->set_max_connections(128);
+  const nlohmann::ordered_json sj = ToJson(s);
+  EXPECT_EQ(sj["nbd"]["tcp_address"], "127.0.0.1:10809");
+  EXPECT_EQ(sj["nbd"]["unix_socket"], "/d/nbd.sock");
+  const std::string view = StatusView(s);
+  EXPECT_NE(view.find("NBD TCP:          nbd://127.0.0.1:10809/VOLUME\n"), std::string::npos)
+      << view;
+  const std::string off = StatusView(v1::GetStatusResponse());
+  EXPECT_NE(off.find("NBD:          off\n"), std::string::npos) << off;
+}
+
 }  // namespace
 }  // namespace shale::cli

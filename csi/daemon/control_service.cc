@@ -4,6 +4,7 @@
 
 #include <cctype>
 
+#include "csi/nbd/server.h"
 #include "engine/common/log.h"
 #include "engine/common/units.h"
 #include "engine/engine.h"
@@ -151,8 +152,21 @@ Status ValidateLabel(std::string_view key, std::string_view value) {
   return Status::Ok();
 }
 
-ControlService::ControlService(Engine* engine, DaemonInfo info)
-    : engine_(engine), info_(std::move(info)), started_(std::chrono::steady_clock::now()) {}
+ControlService::ControlService(Engine* engine, DaemonInfo info, nbd::NbdServer* nbd)
+    : engine_(engine),
+      nbd_(nbd),
+      info_(std::move(info)),
+      started_(std::chrono::steady_clock::now()) {}
+
+void ControlService::AddExportInfo(v1::Volume* volume) const {
+  if (nbd_ == nullptr) return;
+  volume->set_export_uri(nbd_->ExportUri(volume->name()));
+  uint32_t clients = 0;
+  for (const nbd::NbdClientInfo& c : nbd_->Clients()) {
+    if (c.export_name == volume->name()) ++clients;
+  }
+  volume->set_nbd_clients(clients);
+}
 
 grpc::Status ControlService::GetStatus(grpc::ServerContext* /*ctx*/,
                                        const v1::GetStatusRequest* /*req*/,
@@ -169,6 +183,14 @@ grpc::Status ControlService::GetStatus(grpc::ServerContext* /*ctx*/,
   resp->set_volume_count(static_cast<uint32_t>(engine_->ListVolumes().size()));
   resp->set_control_endpoint(info_.control_endpoint);
   resp->set_pid(static_cast<uint32_t>(getpid()));
+  if (nbd_ != nullptr) {
+    v1::NbdStatus* nbd = resp->mutable_nbd();
+    nbd->set_enabled(true);
+    nbd->set_tcp_address(nbd_->tcp_address());
+    nbd->set_unix_socket(nbd_->unix_socket());
+    nbd->set_connections(static_cast<uint32_t>(nbd_->Clients().size()));
+    nbd->set_max_connections(nbd_->max_connections());
+  }
   return grpc::Status::OK;
 }
 
@@ -269,6 +291,7 @@ grpc::Status ControlService::CreateVolume(grpc::ServerContext* ctx,
   Result<VolumeInfo> volume = engine_->CreateVolume(params);
   if (!volume.ok()) return Fail(ctx, volume.status());
   ToProto(*volume, resp);
+  AddExportInfo(resp);
   return grpc::Status::OK;
 }
 
@@ -284,7 +307,9 @@ grpc::Status ControlService::ListVolumes(grpc::ServerContext* ctx,
   }
   for (const VolumeInfo& volume : engine_->ListVolumes()) {
     if (!req->pool().empty() && volume.pool != req->pool()) continue;
-    ToProto(volume, resp->add_volumes());
+    v1::Volume* out = resp->add_volumes();
+    ToProto(volume, out);
+    AddExportInfo(out);
   }
   return grpc::Status::OK;
 }
@@ -296,6 +321,7 @@ grpc::Status ControlService::GetVolume(grpc::ServerContext* ctx, const v1::GetVo
   Result<VolumeInfo> volume = engine_->GetVolume(req->name());
   if (!volume.ok()) return Fail(ctx, volume.status());
   ToProto(*volume, resp);
+  AddExportInfo(resp);
   return grpc::Status::OK;
 }
 
@@ -314,6 +340,7 @@ grpc::Status ControlService::ResizeVolume(grpc::ServerContext* ctx,
   Result<VolumeInfo> volume = engine_->ResizeVolume(req->name(), req->size_bytes());
   if (!volume.ok()) return Fail(ctx, volume.status());
   ToProto(*volume, resp);
+  AddExportInfo(resp);
   return grpc::Status::OK;
 }
 
@@ -322,8 +349,68 @@ grpc::Status ControlService::DeleteVolume(grpc::ServerContext* ctx,
                                           v1::DeleteVolumeResponse* /*resp*/) {
   Status valid = ValidateName("volume", req->name());
   if (!valid.ok()) return Fail(ctx, valid);
-  Status deleted = engine_->DeleteVolume(req->name());
+  const std::string& name = req->name();
+  Status deleted;
+  if (req->force() && nbd_ != nullptr) {
+    deleted = nbd_->WithExportClosed(name, kForceDisconnectTimeout,
+                                     [&] { return engine_->DeleteVolume(name); });
+    if (deleted.ok()) {
+      SHALE_LOG_INFO("volume deleted after disconnecting its NBD clients", {"volume", name});
+    }
+  } else {
+    deleted = engine_->DeleteVolume(name);
+  }
+  if (deleted.code() == StatusCode::kBusy && nbd_ != nullptr) {
+    // Say who holds it, and how to go ahead anyway.
+    std::string clients;
+    size_t count = 0;
+    for (const nbd::NbdClientInfo& c : nbd_->Clients()) {
+      if (c.export_name != name) continue;
+      if (++count <= 8) clients += (clients.empty() ? "" : ", ") + c.transport + " " + c.peer;
+    }
+    if (count > 8) clients += ", ...";
+    if (count > 0) {
+      deleted = Status::Busy("volume '" + name + "' has " + std::to_string(count) +
+                             " connected NBD client(s): " + clients +
+                             "; disconnect them, or use --force to disconnect them and delete");
+    }
+  }
   if (!deleted.ok()) return Fail(ctx, deleted);
+  return grpc::Status::OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exports
+
+grpc::Status ControlService::ListExports(grpc::ServerContext* /*ctx*/,
+                                         const v1::ListExportsRequest* /*req*/,
+                                         v1::ListExportsResponse* resp) {
+  if (nbd_ == nullptr) return grpc::Status::OK;
+  const std::vector<nbd::NbdClientInfo> clients = nbd_->Clients();
+  uint32_t handshaking = 0;
+  for (const nbd::NbdClientInfo& c : clients) {
+    if (c.export_name.empty()) ++handshaking;
+  }
+  resp->set_handshaking(handshaking);
+  for (const VolumeInfo& volume : engine_->ListVolumes()) {
+    v1::Export* e = resp->add_exports();
+    e->set_name(volume.name);
+    e->set_uri(nbd_->ExportUri(volume.name));
+    e->set_size_bytes(volume.size_bytes);
+    e->set_read_only(volume.read_only);
+    for (const nbd::NbdClientInfo& c : clients) {
+      if (c.export_name != volume.name) continue;
+      v1::NbdClient* out = e->add_clients();
+      out->set_id(c.id);
+      out->set_transport(c.transport);
+      out->set_peer(c.peer);
+      out->set_connected_unix_ns(c.connected_unix_ns);
+      out->set_requests(c.requests);
+      out->set_bytes_read(c.bytes_read);
+      out->set_bytes_written(c.bytes_written);
+      out->set_errors(c.errors);
+    }
+  }
   return grpc::Status::OK;
 }
 

@@ -21,6 +21,9 @@
 namespace shale {
 
 class Engine;
+namespace nbd {
+class NbdServer;
+}
 
 // Maps a Shale status to a gRPC status carrying the same message.
 grpc::StatusCode ToGrpcCode(StatusCode code);
@@ -44,8 +47,10 @@ class ControlService final : public v1::Control::Service {
     std::string control_endpoint;  // "unix:///..."
   };
 
-  // `engine` must outlive the service (the daemon stops the gRPC server before the engine).
-  ControlService(Engine* engine, DaemonInfo info);
+  // `engine` (and `nbd`, the NBD server, if any) must outlive the service (the daemon stops the
+  // gRPC server before the NBD server and the engine). Without `nbd`, volumes show no export
+  // and ListExports lists none.
+  ControlService(Engine* engine, DaemonInfo info, nbd::NbdServer* nbd = nullptr);
   ControlService(const ControlService&) = delete;
   ControlService& operator=(const ControlService&) = delete;
 
@@ -74,8 +79,17 @@ class ControlService final : public v1::Control::Service {
   grpc::Status DeleteVolume(grpc::ServerContext* ctx, const v1::DeleteVolumeRequest* req,
                             v1::DeleteVolumeResponse* resp) override;
 
+  grpc::Status ListExports(grpc::ServerContext* ctx, const v1::ListExportsRequest* req,
+                           v1::ListExportsResponse* resp) override;
+
+  // How long `volume delete --force` waits for NBD clients to let go of the volume.
+  static constexpr std::chrono::seconds kForceDisconnectTimeout{30};
+
  private:
+  void AddExportInfo(v1::Volume* volume) const;
+
   Engine* const engine_;
+  nbd::NbdServer* const nbd_;
   const DaemonInfo info_;
   const std::chrono::steady_clock::time_point started_;
 };

@@ -3,12 +3,19 @@
 // a crash), engine errors map to the documented gRPC codes, and results mirror the engine.
 #include "csi/daemon/control_service.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
 
+#include "csi/nbd/export.h"
+#include "csi/nbd/protocol.h"
+#include "csi/nbd/server.h"
 #include "engine/common/units.h"
 #include "engine/engine.h"
 
@@ -194,6 +201,126 @@ TEST_F(ControlServiceTest, ErrorsCarryTheShaleErrorTrailer) {
     EXPECT_EQ(ctx.GetServerTrailingMetadata().count(kShaleErrorMetadataKey), 0u);
   }
   server->Shutdown();
+}
+
+// Connects to an NBD server and negotiates `name` with NBD_OPT_GO; returns the socket (or -1).
+int ConnectNbdClient(const std::string& address, const std::string& name, uint16_t* port) {
+  const size_t colon = address.rfind(':');
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+  inet_pton(AF_INET, address.substr(0, colon).c_str(), &a.sin_addr);
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  timeval tv{20, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in local{};
+  socklen_t len = sizeof(local);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len);
+  *port = ntohs(local.sin_port);
+  auto read_exact = [fd](size_t n) {
+    std::string out(n, '\0');
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = recv(fd, out.data() + got, n - got, 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return std::string();
+      got += static_cast<size_t>(r);
+    }
+    return out;
+  };
+  if (read_exact(nbd::kGreetingSize).empty()) return close(fd), -1;
+  std::string msg;
+  nbd::AppendU32(&msg, nbd::kClientFlagFixedNewstyle | nbd::kClientFlagNoZeroes);
+  nbd::AppendU64(&msg, nbd::kOptionMagic);
+  nbd::AppendU32(&msg, nbd::kOptGo);
+  nbd::AppendU32(&msg, static_cast<uint32_t>(4 + name.size() + 2));
+  nbd::AppendU32(&msg, static_cast<uint32_t>(name.size()));
+  msg += name;
+  nbd::AppendU16(&msg, 0);
+  if (send(fd, msg.data(), msg.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(msg.size())) {
+    return close(fd), -1;
+  }
+  while (true) {
+    const std::string header = read_exact(nbd::kOptionReplyHeaderSize);
+    if (header.empty()) return close(fd), -1;
+    const auto* p = reinterpret_cast<const uint8_t*>(header.data());
+    read_exact(nbd::GetU32(p + 16));
+    if (nbd::GetU32(p + 12) == nbd::kRepAck) return fd;
+    if (nbd::GetU32(p + 12) & nbd::kRepFlagError) return close(fd), -1;
+  }
+}
+
+// With an NBD server: volumes show their export and clients, ListExports lists them, and a
+// volume with clients is only deleted with force (the refusal names the clients).
+TEST_F(ControlServiceTest, NbdExportsAndDeletingVolumesWithClients) {
+  std::vector<Reactor*> reactors;
+  for (const auto& r : engine_->reactors()) reactors.push_back(r.get());
+  nbd::EngineExportResolver resolver(engine_.get());
+  nbd::NbdServerOptions options;
+  options.tcp_address = "127.0.0.1:0";
+  options.unix_socket = "";
+  nbd::NbdServer server(reactors, &resolver, options);
+  ASSERT_TRUE(server.Start().ok());
+  service_ = std::make_unique<ControlService>(
+      engine_.get(), ControlService::DaemonInfo{.version = "9.9.9", .control_endpoint = "x"},
+      &server);
+  ASSERT_TRUE(CreateVolume("v", 64 * kMiB).ok());
+  ASSERT_TRUE(CreateVolume("w", kMiB).ok());
+  uint16_t port = 0;
+  const int fd = ConnectNbdClient(server.tcp_address(), "v", &port);
+  ASSERT_GE(fd, 0);
+
+  v1::GetVolumeRequest get;
+  get.set_name("v");
+  v1::Volume volume;
+  grpc::ServerContext ctx1;
+  ASSERT_TRUE(service_->GetVolume(&ctx1, &get, &volume).ok());
+  EXPECT_EQ(volume.export_uri(), "nbd://" + server.tcp_address() + "/v");
+  EXPECT_EQ(volume.nbd_clients(), 1u);
+
+  v1::ListExportsResponse exports;
+  grpc::ServerContext ctx2;
+  ASSERT_TRUE(service_->ListExports(&ctx2, nullptr, &exports).ok());
+  ASSERT_EQ(exports.exports_size(), 2);
+  EXPECT_EQ(exports.exports(0).name(), "v");
+  ASSERT_EQ(exports.exports(0).clients_size(), 1);
+  EXPECT_EQ(exports.exports(0).clients(0).peer(), "127.0.0.1:" + std::to_string(port));
+  EXPECT_EQ(exports.exports(1).clients_size(), 0);
+
+  v1::GetStatusResponse status;
+  grpc::ServerContext ctx3;
+  ASSERT_TRUE(service_->GetStatus(&ctx3, nullptr, &status).ok());
+  EXPECT_TRUE(status.nbd().enabled());
+  EXPECT_EQ(status.nbd().tcp_address(), server.tcp_address());
+  EXPECT_EQ(status.nbd().connections(), 1u);
+
+  v1::DeleteVolumeRequest del;
+  del.set_name("v");
+  v1::DeleteVolumeResponse deleted;
+  grpc::ServerContext ctx4;
+  grpc::Status st = service_->DeleteVolume(&ctx4, &del, &deleted);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(
+      st.error_message().find("1 connected NBD client(s): tcp 127.0.0.1:" + std::to_string(port)),
+      std::string::npos)
+      << st.error_message();
+  EXPECT_NE(st.error_message().find("--force"), std::string::npos) << st.error_message();
+
+  del.set_force(true);
+  grpc::ServerContext ctx5;
+  st = service_->DeleteVolume(&ctx5, &del, &deleted);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  char byte;
+  EXPECT_EQ(recv(fd, &byte, 1, 0), 0) << "the client was disconnected";
+  close(fd);
+  grpc::ServerContext ctx6;
+  EXPECT_EQ(service_->GetVolume(&ctx6, &get, &volume).error_code(), grpc::StatusCode::NOT_FOUND);
+  service_.reset();
+  server.Stop();
 }
 
 TEST_F(ControlServiceTest, CreateVolumeRejectsBadFields) {

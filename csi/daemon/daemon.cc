@@ -13,6 +13,8 @@
 #include <filesystem>
 
 #include "csi/daemon/control_service.h"
+#include "csi/nbd/export.h"
+#include "csi/nbd/server.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 
@@ -26,26 +28,27 @@ constexpr int kControlMaxMessageBytes = 4 * 1024 * 1024;
 // How long Stop() lets in-flight control requests finish before cancelling them.
 constexpr auto kControlDrainTimeout = std::chrono::seconds(10);
 
-// Makes `path` free for a new listening socket. A socket file nobody accepts on is a leftover
-// of a killed daemon and is removed; a live socket or a file of another kind is never touched.
-Status PrepareSocketPath(const std::string& path) {
+// Makes `path` free for a new listening socket (`kind`: "control", "NBD"). A socket file nobody
+// accepts on is a leftover of a killed daemon and is removed; a live socket or a file of another
+// kind is never touched.
+Status PrepareSocketPath(const std::string& path, const std::string& kind) {
   if (path.empty() || path.size() > MaxUnixSocketPath()) {
-    return Status::InvalidArgument("control socket path '" + path + "' must be 1.." +
+    return Status::InvalidArgument(kind + " socket path '" + path + "' must be 1.." +
                                    std::to_string(MaxUnixSocketPath()) + " bytes long");
   }
   std::error_code ec;
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!std::filesystem::is_directory(parent, ec)) {
-    return Status::NotFound("directory " + parent.string() + " of the control socket " + path +
+    return Status::NotFound("directory " + parent.string() + " of the " + kind + " socket " + path +
                             " does not exist");
   }
   struct stat st;
   if (lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return Status::Ok();
-    return Status::FromErrno(errno, "control socket " + path);
+    return Status::FromErrno(errno, kind + " socket " + path);
   }
   if (!S_ISSOCK(st.st_mode)) {
-    return Status::FailedPrecondition("control socket path " + path +
+    return Status::FailedPrecondition(kind + " socket path " + path +
                                       " exists and is not a socket; refusing to replace it");
   }
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -57,33 +60,69 @@ Status PrepareSocketPath(const std::string& path) {
   const int err = errno;
   close(fd);
   if (rc == 0) {
-    return Status::Busy("control socket " + path +
+    return Status::Busy(kind + " socket " + path +
                         " is in use by another process (is another shaled running?)");
   }
   if (err != ECONNREFUSED) {
-    return Status::FromErrno(err, "probe control socket " + path);
+    return Status::FromErrno(err, "probe " + kind + " socket " + path);
   }
   if (unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return Status::FromErrno(errno, "remove stale control socket " + path);
+    return Status::FromErrno(errno, "remove stale " + kind + " socket " + path);
   }
-  SHALE_LOG_INFO("removed stale control socket", {"path", path});
+  SHALE_LOG_INFO("removed stale " + kind + " socket", {"path", path});
   return Status::Ok();
 }
+
+// The NBD server: every volume exported under its name (csi/nbd, docs/nbd.md).
+class NbdEndpoint final : public Frontend {
+ public:
+  NbdEndpoint(Engine* engine, nbd::NbdServerOptions options)
+      : resolver_(engine), server_(ReactorsOf(*engine), &resolver_, std::move(options)) {}
+  ~NbdEndpoint() override { Stop(); }
+
+  std::string_view name() const override { return "nbd"; }
+  std::string endpoint() const override {
+    std::string out;
+    if (!server_.tcp_address().empty()) out = "nbd://" + server_.tcp_address();
+    if (!server_.unix_socket().empty()) {
+      out += (out.empty() ? "" : " ") + std::string("nbd+unix://?socket=") + server_.unix_socket();
+    }
+    return out;
+  }
+  Status Start() override {
+    if (!server_.unix_socket().empty()) {
+      SHALE_RETURN_IF_ERROR(PrepareSocketPath(server_.unix_socket(), "NBD"));
+    }
+    return server_.Start();
+  }
+  void Stop() override { server_.Stop(); }
+  nbd::NbdServer* server() { return &server_; }
+
+ private:
+  static std::vector<Reactor*> ReactorsOf(Engine& engine) {
+    std::vector<Reactor*> out;
+    for (const auto& r : engine.reactors()) out.push_back(r.get());
+    return out;
+  }
+
+  nbd::EngineExportResolver resolver_;
+  nbd::NbdServer server_;
+};
 
 // The control API: shale.v1.Control on a UNIX socket only its owner can use (mode 0600).
 class ControlEndpoint final : public Frontend {
  public:
-  ControlEndpoint(Engine* engine, std::string socket_path)
+  ControlEndpoint(Engine* engine, std::string socket_path, nbd::NbdServer* nbd)
       : socket_path_(std::move(socket_path)),
-        service_(engine, {.version = SHALE_VERSION, .control_endpoint = "unix://" + socket_path_}) {
-  }
+        service_(engine, {.version = SHALE_VERSION, .control_endpoint = "unix://" + socket_path_},
+                 nbd) {}
   ~ControlEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "control"; }
   std::string endpoint() const override { return "unix://" + socket_path_; }
 
   Status Start() override {
-    SHALE_RETURN_IF_ERROR(PrepareSocketPath(socket_path_));
+    SHALE_RETURN_IF_ERROR(PrepareSocketPath(socket_path_, "control"));
     grpc::ServerBuilder builder;
     builder.AddListeningPort(endpoint(), grpc::InsecureServerCredentials());
     builder.RegisterService(&service_);
@@ -170,9 +209,22 @@ Status Daemon::Start() {
   }
   engine_ = std::move(engine).value();
 
-  // More frontends (NBD, CSI) are added here, after the engine and in the order they should
-  // start; they stop in reverse.
-  frontends_.push_back(std::make_unique<ControlEndpoint>(engine_.get(), options_.control_socket));
+  // Frontends start in this order and stop in reverse. NBD comes first so the control API
+  // can report its bound address from its first answer, and stops last, after the control API
+  // can no longer ask it for anything. (The CSI endpoint will be added here.)
+  nbd::NbdServer* nbd = nullptr;
+  if (!options_.nbd_listen.empty() || !options_.nbd_socket.empty()) {
+    nbd::NbdServerOptions nbd_options;
+    nbd_options.tcp_address = options_.nbd_listen;
+    nbd_options.unix_socket = options_.nbd_socket;
+    nbd_options.max_connections = options_.nbd_max_connections;
+    nbd_options.handshake_timeout = std::chrono::seconds(options_.nbd_handshake_timeout_s);
+    auto endpoint = std::make_unique<NbdEndpoint>(engine_.get(), std::move(nbd_options));
+    nbd = endpoint->server();
+    frontends_.push_back(std::move(endpoint));
+  }
+  frontends_.push_back(
+      std::make_unique<ControlEndpoint>(engine_.get(), options_.control_socket, nbd));
 
   for (const auto& frontend : frontends_) {
     Status st = frontend->Start();

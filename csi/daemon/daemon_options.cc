@@ -3,10 +3,12 @@
 #include <sys/un.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <filesystem>
 #include <string_view>
 
 #include "csi/common/control_api.h"
+#include "csi/nbd/server.h"
 #include "engine/common/units.h"
 #include "engine/io/reactor.h"
 #include "engine/pool/superblock.h"
@@ -20,6 +22,8 @@ namespace shale {
 namespace {
 
 constexpr uint64_t kMaxCommitIntervalMs = 3600 * 1000;  // an hour; longer risks a huge replay
+constexpr unsigned kMaxNbdConnections = 65536;
+constexpr unsigned kMaxNbdHandshakeTimeoutS = 3600;
 
 // Absolute, normalized, without a trailing slash ("./a/../data/" -> "/cwd/data").
 std::string Absolute(const std::string& path) {
@@ -103,8 +107,10 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
 
   CLI::App app(
       "shaled: the Shale node daemon. Owns pools and thin volumes and serves the control API "
-      "(gRPC) on a UNIX socket. With no options it runs the embedded default: data in "
-      "./shale-data with a sparse file-backed pool named \"default\" created on first start.",
+      "(gRPC) on a UNIX socket, and every volume as an NBD export (export name = volume name) "
+      "on 127.0.0.1:10809 and <data-dir>/nbd.sock. With no options it runs the embedded "
+      "default: data in ./shale-data with a sparse file-backed pool named \"default\" created "
+      "on first start.",
       "shaled");
   app.set_version_flag("--version", std::string("shaled ") + SHALE_VERSION);
   app.get_formatter()->column_width(34);
@@ -126,6 +132,12 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   std::string log_level = "info";
   std::string log_file;
   std::string control_socket;
+  std::string nbd_listen = nbd::kDefaultNbdListen;
+  std::string nbd_socket;
+  const nbd::NbdServerOptions nbd_defaults;
+  unsigned nbd_max_connections = nbd_defaults.max_connections;
+  unsigned nbd_handshake_timeout_s = static_cast<unsigned>(
+      std::chrono::duration_cast<std::chrono::seconds>(nbd_defaults.handshake_timeout).count());
 
   app.set_config("--config", "", "Read options from this TOML/INI file (see below)", false)
       ->type_name("FILE");
@@ -173,6 +185,32 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   app.add_option("--control-socket", control_socket,
                  "UNIX socket of the control API (mode 0600); default: <data-dir>/shaled.sock")
       ->type_name("PATH");
+  app.add_option("--nbd-listen", nbd_listen,
+                 "TCP address of the NBD server: IPv4:PORT, [IPv6]:PORT or localhost:PORT "
+                 "(port 0 picks a free port; `shale status` shows it), or \"none\"")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            if (text == "none") return {};
+            Status valid = nbd::ValidateListenAddress(text);
+            return valid.ok() ? std::string() : std::string(valid.message());
+          },
+          /*validator_desc=*/""))
+      ->type_name("ADDR:PORT")
+      ->capture_default_str();
+  app.add_option("--nbd-socket", nbd_socket,
+                 "UNIX socket of the NBD server (mode 0600), or \"none\"; default: "
+                 "<data-dir>/nbd.sock")
+      ->type_name("PATH");
+  app.add_option("--nbd-max-connections", nbd_max_connections,
+                 "NBD connections served at once; more are closed at once")
+      ->check(CLI::Range(1u, kMaxNbdConnections))
+      ->type_name("N")
+      ->capture_default_str();
+  app.add_option("--nbd-handshake-timeout", nbd_handshake_timeout_s,
+                 "Seconds an NBD client gets to choose an export before it is disconnected")
+      ->check(CLI::Range(1u, kMaxNbdHandshakeTimeoutS))
+      ->type_name("SECONDS")
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -220,6 +258,25 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
         std::to_string(o.control_socket.size()) + " bytes long; UNIX sockets allow at most " +
         std::to_string(MaxUnixSocketPath()) + " (choose a shorter --data-dir or --control-socket)");
   }
+  o.nbd_listen = nbd_listen == "none" ? std::string() : nbd_listen;
+  if (nbd_socket == "none") {
+    o.nbd_socket.clear();
+  } else {
+    if (std::string_view(nbd_socket).starts_with("unix://")) nbd_socket = nbd_socket.substr(7);
+    o.nbd_socket =
+        nbd_socket.empty() ? o.data_dir + "/" + nbd::kNbdSocketName : Absolute(nbd_socket);
+    if (o.nbd_socket.size() > MaxUnixSocketPath()) {
+      return usage_error(
+          "NBD socket path '" + o.nbd_socket + "' is " + std::to_string(o.nbd_socket.size()) +
+          " bytes long; UNIX sockets allow at most " + std::to_string(MaxUnixSocketPath()) +
+          " (choose a shorter --data-dir or --nbd-socket, or --nbd-socket none)");
+    }
+    if (o.nbd_socket == o.control_socket) {
+      return usage_error("--nbd-socket and --control-socket must differ");
+    }
+  }
+  o.nbd_max_connections = nbd_max_connections;
+  o.nbd_handshake_timeout_s = nbd_handshake_timeout_s;
   CLI::Option* config = app.get_config_ptr();
   if (config != nullptr && config->count() > 0) o.config_file = Absolute(config->as<std::string>());
   result.run = true;

@@ -48,6 +48,10 @@ TEST(DaemonOptions, DefaultsAreTheEmbeddedDefault) {
   EXPECT_EQ(o.commit_interval_ms, 5000u);
   EXPECT_EQ(o.log_level, "info");
   EXPECT_TRUE(o.log_file.empty());
+  EXPECT_EQ(o.nbd_listen, "127.0.0.1:10809");
+  EXPECT_EQ(o.nbd_socket, Cwd() + "/shale-data/nbd.sock");
+  EXPECT_EQ(o.nbd_max_connections, 128u);
+  EXPECT_EQ(o.nbd_handshake_timeout_s, 10u);
 
   EngineOptions e = o.ToEngineOptions();
   EXPECT_EQ(e.data_dir, o.data_dir);
@@ -81,6 +85,24 @@ TEST(DaemonOptions, FlagsOverrideDefaults) {
   EXPECT_FALSE(e.create_default_pool);
 }
 
+TEST(DaemonOptions, NbdOptions) {
+  DaemonCommandLine cl =
+      Parse({"--data-dir", "/srv/shale", "--nbd-listen", "[::1]:0", "--nbd-socket",
+             "unix://nbd.sock", "--nbd-max-connections", "7", "--nbd-handshake-timeout", "3"});
+  ASSERT_TRUE(cl.run) << cl.err;
+  EXPECT_EQ(cl.options.nbd_listen, "[::1]:0");
+  EXPECT_EQ(cl.options.nbd_socket, Cwd() + "/nbd.sock");
+  EXPECT_EQ(cl.options.nbd_max_connections, 7u);
+  EXPECT_EQ(cl.options.nbd_handshake_timeout_s, 3u);
+  cl = Parse({"--nbd-listen", "none", "--nbd-socket", "none"});
+  ASSERT_TRUE(cl.run) << cl.err;
+  EXPECT_EQ(cl.options.nbd_listen, "");
+  EXPECT_EQ(cl.options.nbd_socket, "");
+  cl = Parse({"--nbd-listen", "localhost:10900"});
+  ASSERT_TRUE(cl.run) << cl.err;
+  EXPECT_EQ(cl.options.nbd_listen, "localhost:10900");
+}
+
 TEST(DaemonOptions, RelativePathsBecomeAbsolute) {
   DaemonCommandLine cl = Parse({"--data-dir", "./a/../data/", "--control-socket", "c.sock"});
   ASSERT_TRUE(cl.run) << cl.err;
@@ -99,7 +121,8 @@ TEST(DaemonOptions, HelpDocumentsEveryOption) {
   for (const char* flag :
        {"--data-dir", "--default-pool-size", "--default-cluster-size", "--no-default-pool",
         "--reactors", "--io-backend", "--commit-interval-ms", "--log-level", "--log-file",
-        "--control-socket", "--config", "--version"}) {
+        "--control-socket", "--config", "--version", "--nbd-listen", "--nbd-socket",
+        "--nbd-max-connections", "--nbd-handshake-timeout"}) {
     EXPECT_NE(cl.out.find(flag), std::string::npos) << flag << " missing from:\n" << cl.out;
   }
   EXPECT_NE(cl.out.find("8G"), std::string::npos) << "defaults are shown";
@@ -129,6 +152,15 @@ TEST(DaemonOptions, BadInputIsOneLineUsageError) {
       {{"--control-socket", "/" + std::string(200, 's')}, "107"},
       {{"--config", "/nonexistent/shaled.toml"}, "shaled.toml"},
       {{"positional"}, "positional"},
+      {{"--nbd-listen", "10809"}, "no port"},
+      {{"--nbd-listen", "example.com:10809"}, "invalid IPv4 address"},
+      {{"--nbd-listen", "127.0.0.1:65536"}, "port out of range"},
+      {{"--nbd-listen", "127.0.0.1:x"}, "invalid port"},
+      {{"--nbd-listen", "[::zz]:1"}, "invalid IPv6 address"},
+      {{"--nbd-socket", "/" + std::string(200, 'n')}, "NBD socket path"},
+      {{"--nbd-socket", "/x.sock", "--control-socket", "/x.sock"}, "must differ"},
+      {{"--nbd-max-connections", "0"}, "--nbd-max-connections"},
+      {{"--nbd-handshake-timeout", "0"}, "--nbd-handshake-timeout"},
   };
   for (const auto& [args, needle] : cases) {
     DaemonCommandLine cl = Parse(args);

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -197,6 +198,83 @@ CommandResult RunProcess(const std::vector<std::string>& argv, const RunOptions&
   return result;
 }
 
+bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  return done();
+}
+
+std::string FindProgram(const std::string& name) {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): tests do not change the environment concurrently.
+  const char* path_env = std::getenv("PATH");
+  std::string dirs = std::string(path_env != nullptr ? path_env : "") + ":/usr/sbin:/sbin";
+  std::istringstream in(dirs);
+  for (std::string dir; std::getline(in, dir, ':');) {
+    if (dir.empty()) continue;
+    const std::string candidate = dir + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+ChildProcess::ChildProcess(const std::vector<std::string>& argv, const std::string& log_path)
+    : log_path_(log_path) {
+  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (log_fd < 0) {
+    ADD_FAILURE() << "open " << log_path << ": " << std::generic_category().message(errno);
+    return;
+  }
+  pid_ = ForkExec(argv, ChildEnvironment({}), "", log_fd, log_fd);
+  close(log_fd);
+  if (pid_ < 0) ADD_FAILURE() << "fork: " << std::generic_category().message(errno);
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0) Stop(SIGKILL);
+}
+
+bool ChildProcess::running() {
+  if (pid_ <= 0) return false;
+  int status = 0;
+  const pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_ || (r < 0 && errno != EINTR)) {
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+int ChildProcess::Stop(int signal, std::chrono::seconds timeout) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, signal);
+  const auto deadline = Clock::now() + timeout;
+  while (true) {
+    int status = 0;
+    const pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      return ExitCodeOf(status);
+    }
+    if (r < 0 && errno != EINTR) {
+      pid_ = -1;
+      return -1;
+    }
+    if (Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  kill(pid_, SIGKILL);
+  int status = 0;
+  while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+  }
+  pid_ = -1;
+  return -1;
+}
+
+std::string ChildProcess::Log() const { return ReadTextFile(log_path_); }
+
 Harness::Harness() {
   std::string tmpl = "/tmp/shale-e2e-XXXXXX";
   if (mkdtemp(tmpl.data()) == nullptr) {
@@ -238,8 +316,30 @@ pid_t Harness::Spawn(const std::vector<std::string>& argv, const std::string& cw
 
 bool Harness::StartDaemon(const std::vector<std::string>& extra) {
   std::vector<std::string> args = {"--data-dir", data_dir(), "--default-pool-size", "1G"};
+  if (std::find(extra.begin(), extra.end(), "--nbd-listen") == extra.end()) {
+    args.insert(args.end(), {"--nbd-listen", "127.0.0.1:0"});
+  }
   args.insert(args.end(), extra.begin(), extra.end());
   return StartDaemonRaw(args, endpoint());
+}
+
+std::string Harness::NbdAddress() {
+  CommandResult status = Shale({"status", "-o", "json"});
+  if (status.exit_code != 0) {
+    ADD_FAILURE() << "shale status failed: " << status.Describe();
+    return "";
+  }
+  const nlohmann::json j = status.Json();
+  if (!j.is_object() || !j.contains("nbd") || !j["nbd"]["tcp_address"].is_string() ||
+      j["nbd"]["tcp_address"].get<std::string>().empty()) {
+    ADD_FAILURE() << "shale status reports no NBD TCP address: " << status.Describe();
+    return "";
+  }
+  return j["nbd"]["tcp_address"].get<std::string>();
+}
+
+std::string Harness::NbdUri(const std::string& export_name) {
+  return "nbd://" + NbdAddress() + "/" + export_name;
 }
 
 bool Harness::StartDaemonRaw(const std::vector<std::string>& args, const std::string& endpoint,

@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -56,6 +57,34 @@ void ExpectOneLineError(const CommandResult& result, const std::string& needle,
 // Runs argv[0] (a path) to completion, capturing stdout and stderr.
 CommandResult RunProcess(const std::vector<std::string>& argv, const RunOptions& options = {});
 
+// Polls `done` every few milliseconds until it is true or `timeout` passes; returns its last value.
+bool WaitFor(const std::function<bool()>& done,
+             std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+// Absolute path of a program found in $PATH (or /usr/sbin, /sbin), or "" if there is none.
+std::string FindProgram(const std::string& name);
+
+// A long-running helper (nbdfuse, ...) whose stdout and stderr go to a log file. The destructor
+// kills (SIGKILL) and reaps it if it still runs; it also dies with the test (PDEATHSIG).
+class ChildProcess {
+ public:
+  ChildProcess(const std::vector<std::string>& argv, const std::string& log_path);
+  ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  // Sends `signal` and waits for the exit; returns the exit code (128 + signal if killed by
+  // one), or -1 if it did not exit in time (then it is killed).
+  int Stop(int signal, std::chrono::seconds timeout = std::chrono::seconds(30));
+  std::string Log() const;
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_path_;
+};
+
 class Harness {
  public:
   Harness();
@@ -72,7 +101,9 @@ class Harness {
   std::string socket_path() const { return data_dir() + "/shaled.sock"; }
 
   // Starts shaled with --data-dir data_dir() --default-pool-size 1G plus `extra` and waits until
-  // it answers. False (with the test failure recorded) if it exits or does not answer in time.
+  // it answers. Unless `extra` says otherwise, the NBD server listens on 127.0.0.1:0 (a free
+  // port: ctest runs tests in parallel); NbdAddress() tells where. False (with the test failure
+  // recorded) if it exits or does not answer in time.
   [[nodiscard]] bool StartDaemon(const std::vector<std::string>& extra = {});
   // Starts shaled with exactly `args` in `cwd` (default: root) and waits until `shale status`
   // answers on `endpoint`.
@@ -87,6 +118,14 @@ class Harness {
   pid_t daemon_pid() const { return daemon_pid_; }
   // Everything shaled wrote to stdout/stderr so far.
   std::string DaemonLog() const;
+
+  // The NBD server's TCP address as bound ("127.0.0.1:41234"), from `shale status -o json`;
+  // empty (with a test failure) if the daemon does not report one.
+  std::string NbdAddress();
+  // "nbd://<NbdAddress()>/<export_name>".
+  std::string NbdUri(const std::string& export_name);
+  // The NBD UNIX socket of a daemon on data_dir().
+  std::string nbd_socket_path() const { return data_dir() + "/nbd.sock"; }
 
   // `shale --endpoint endpoint() args...`.
   CommandResult Shale(const std::vector<std::string>& args);

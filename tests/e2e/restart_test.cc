@@ -29,9 +29,13 @@ nlohmann::json PopulateVolumes(Harness& h) {
   return volumes;
 }
 
-// What must survive a restart: everything but the per-run I/O counters.
+// What must survive a restart: everything but the per-run I/O counters and the export URI
+// (the harness gives each run a free NBD port).
 nlohmann::json Durable(nlohmann::json volumes) {
-  for (auto& v : volumes) v.erase("stats");
+  for (auto& v : volumes) {
+    v.erase("stats");
+    v.erase("export_uri");
+  }
   return volumes;
 }
 

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""NBD benchmark: shaled's export against raw io_uring, qemu-nbd and nbdkit (../../shared/BENCH.md).
+
+In one run and in turn, on files of the same size on the same filesystem, with the same client:
+  raw       fio --ioengine=io_uring --direct=1 on a preconditioned raw file (the limit)
+  qemu-nbd  qemu-nbd -f raw -t --cache=none --aio=io_uring on that file
+  nbdkit    nbdkit file on that file
+  shaled    shaled's NBD export of a preconditioned volume of the same size
+The client of every NBD server is fio --ioengine=nbd --uri=nbd://127.0.0.1:PORT/EXPORT.
+Workloads: 4 KiB randread/randwrite at iodepth 32, 1 MiB sequential read/write at iodepth 8.
+Each is repeated --reps times (servers in turn within a repetition); the table shows the median
+IOPS and p99 latency per server and the median of the per-repetition ratios shaled/qemu-nbd and
+shaled/raw (absolute figures are noisy on shared machines; ratios are what to compare).
+
+    bench/nbd_bench.py [--build-dir build] [--size 2G] [--runtime 5] [--reps 3] [--warmup 2]
+                       [--workloads randread,randwrite,read,write]
+                       [--servers raw,qemu-nbd,nbdkit,shaled[,threaded]] [--dir DIR] [--json FILE]
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+WORKLOADS = {
+    "randread": dict(label="randread 4k qd32", rw="randread", bs="4k", iodepth=32),
+    "randwrite": dict(label="randwrite 4k qd32", rw="randwrite", bs="4k", iodepth=32),
+    "read": dict(label="read 1M qd8", rw="read", bs="1M", iodepth=8),
+    "write": dict(label="write 1M qd8", rw="write", bs="1M", iodepth=8),
+}
+SERVERS = ["raw", "qemu-nbd", "nbdkit", "shaled"]
+# Also available: "threaded", the thread-per-connection experiment (bench/nbd_threaded_experiment.cc)
+# that docs/nbd.md compares with shaled's reactor data path.
+ALL_SERVERS = SERVERS + ["threaded"]
+
+
+def parse_size(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper()
+    if text and text[-1] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            sys.exit(f"nbd_bench: {what} exited early (code {proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nbd_bench: {what} does not accept connections on port {port}")
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, stdout=subprocess.PIPE, **kw).stdout
+
+
+def fio(args, target_args):
+    cmd = ["fio", "--output-format=json", "--name=bench"] + args + target_args
+    out = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if out.returncode != 0:
+        sys.exit(f"nbd_bench: fio failed: {' '.join(cmd)}\n{out.stderr}")
+    # fio's nbd engine prints "fio: connected to NBD server" before the JSON.
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def fio_sample(result, rw):
+    job = result["jobs"][0]
+    side = job["read"] if "read" in rw else job["write"]
+    p99 = side["clat_ns"].get("percentile", {}).get("99.000000", 0) / 1000.0
+    return side["iops"], p99
+
+
+class Servers:
+    """Starts and stops every peer; remembers each one's fio target arguments."""
+
+    def __init__(self, args, work):
+        self.args = args
+        self.work = work
+        self.procs = []
+        self.targets = {}
+
+    def start(self, raw_file, size):
+        a = self.args
+        self.targets["raw"] = ["--ioengine=io_uring", "--direct=1", f"--filename={raw_file}"]
+
+        port = free_port()
+        p = subprocess.Popen(["qemu-nbd", "-f", "raw", "-t", "--cache=none", "--aio=io_uring",
+                              "-b", "127.0.0.1", "-p", str(port), "-x", "bench", raw_file],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        wait_port(port, p, "qemu-nbd")
+        self.targets["qemu-nbd"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/bench"]
+
+        port = free_port()
+        p = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "file",
+                              raw_file], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        wait_port(port, p, "nbdkit")
+        self.targets["nbdkit"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/"]
+
+        data = os.path.join(self.work, "shale")
+        shaled = os.path.join(a.build_dir, "bin", "shaled")
+        shale = os.path.join(a.build_dir, "bin", "shale")
+        pool = size + max(size // 16, 256 << 20)  # clusters for the volume plus metadata room
+        port = free_port()
+        log = open(os.path.join(self.work, "shaled.log"), "w")
+        p = subprocess.Popen([shaled, "--data-dir", data, "--default-pool-size", str(pool),
+                              "--nbd-listen", f"127.0.0.1:{port}", "--nbd-socket", "none",
+                              "--reactors", str(a.reactors)], stdout=log, stderr=log)
+        self.procs.append(p)
+        wait_port(port, p, "shaled")
+        endpoint = f"unix://{data}/shaled.sock"
+        deadline = time.monotonic() + 30
+        while subprocess.run([shale, "--endpoint", endpoint, "status"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+            if time.monotonic() > deadline:
+                sys.exit("nbd_bench: shaled does not answer")
+            time.sleep(0.05)
+        run([shale, "--endpoint", endpoint, "volume", "create", "bench", "--size", str(size)])
+        self.targets["shaled"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/bench"]
+
+        if "threaded" in a.servers.split(","):
+            exe = os.path.join(a.build_dir, "bin", "shale-nbd-threaded-experiment")
+            port = free_port()
+            p = subprocess.Popen([exe, "--data-dir", os.path.join(self.work, "threaded"),
+                                  "--size", str(size), "--port", str(port)],
+                                 stdout=log, stderr=log)
+            self.procs.append(p)
+            wait_port(port, p, "the threaded experiment")
+            self.targets["threaded"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/bench"]
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build-dir", default=os.path.join(os.path.dirname(__file__), "..", "build"))
+    ap.add_argument("--dir", help="work directory (a fresh one under /var/tmp by default)")
+    ap.add_argument("--size", default="2G", help="size of the raw file and of the volume")
+    ap.add_argument("--runtime", type=int, default=5, help="seconds per fio run")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="seconds per workload and server of an untimed first pass")
+    ap.add_argument("--reactors", type=int, default=1, help="shaled --reactors")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--servers", default=",".join(SERVERS))
+    ap.add_argument("--json", help="also write every sample to this file")
+    a = ap.parse_args()
+    a.build_dir = os.path.abspath(a.build_dir)
+    size = parse_size(a.size)
+    workloads = a.workloads.split(",")
+    servers = a.servers.split(",")
+    for s in servers:
+        if s not in ALL_SERVERS:
+            sys.exit(f"nbd_bench: unknown server {s} (choose from {', '.join(ALL_SERVERS)})")
+    if "shaled" not in servers:
+        sys.exit("nbd_bench: --servers must include shaled")
+    for w in workloads:
+        if w not in WORKLOADS:
+            sys.exit(f"nbd_bench: unknown workload {w} (choose from {', '.join(WORKLOADS)})")
+    for tool in ["fio", "qemu-nbd", "nbdkit"]:
+        if shutil.which(tool) is None:
+            sys.exit(f"nbd_bench: {tool} is missing (scripts/deps installs it)")
+
+    work = a.dir or tempfile.mkdtemp(prefix="shale-nbd-bench-", dir="/var/tmp")
+    os.makedirs(work, exist_ok=True)
+    servers_proc = Servers(a, work)
+    samples = {w: {s: [] for s in servers} for w in workloads}
+    try:
+        raw_file = os.path.join(work, "raw.img")
+        print(f"# work dir {work}; size {size >> 20} MiB; runtime {a.runtime}s; reps {a.reps}",
+              flush=True)
+        print("# preconditioning the raw file", flush=True)
+        fio(["--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}", "--end_fsync=1"],
+            ["--ioengine=io_uring", "--direct=1", f"--filename={raw_file}"])
+        servers_proc.start(raw_file, size)
+        for s in ("shaled", "threaded"):
+            if s in servers:
+                print(f"# preconditioning the {s} volume (written end to end through NBD)",
+                      flush=True)
+                fio(["--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}"],
+                    servers_proc.targets[s])
+        def workload_args(spec, runtime):
+            return [f"--rw={spec['rw']}", f"--bs={spec['bs']}", f"--iodepth={spec['iodepth']}",
+                    f"--size={size}", "--time_based", f"--runtime={runtime}", "--ramp_time=1",
+                    "--norandommap", "--randrepeat=0"]
+
+        if a.warmup > 0:
+            print("# warm-up pass (not measured)", flush=True)
+            for w in workloads:
+                for s in servers:
+                    fio(workload_args(WORKLOADS[w], a.warmup), servers_proc.targets[s])
+        for rep in range(a.reps):
+            for w in workloads:
+                spec = WORKLOADS[w]
+                common = workload_args(spec, a.runtime)
+                line = []
+                for s in servers:
+                    iops, p99 = fio_sample(fio(common, servers_proc.targets[s]), spec["rw"])
+                    samples[w][s].append({"iops": iops, "p99_us": p99})
+                    line.append(f"{s} {iops:9.0f} IOPS p99 {p99:8.1f} us")
+                print(f"# rep {rep + 1} {spec['label']:<18} | " + " | ".join(line), flush=True)
+    finally:
+        servers_proc.stop()
+        if not a.dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def med(values):
+        return statistics.median(values) if values else float("nan")
+
+    head = "| workload |" + "".join(f" {s} IOPS | p99 us |" for s in servers)
+    ratios = [(num, den) for num, den in (("shaled", "qemu-nbd"), ("shaled", "raw"),
+                                          ("shaled", "threaded"))
+              if num in servers and den in servers]
+    head += "".join(f" {n}/{d} |" for n, d in ratios)
+    print()
+    print(head)
+    print("|---" * (1 + 2 * len(servers) + len(ratios)) + "|")
+    for w in workloads:
+        row = f"| {WORKLOADS[w]['label']} |"
+        for s in servers:
+            row += f" {med([x['iops'] for x in samples[w][s]]):.0f} |"
+            row += f" {med([x['p99_us'] for x in samples[w][s]]):.0f} |"
+        for n, d in ratios:
+            per_rep = [x["iops"] / y["iops"] for x, y in zip(samples[w][n], samples[w][d])
+                       if y["iops"] > 0]
+            row += f" {med(per_rep):.2f}x |"
+        print(row)
+    print(f"\n(median of {a.reps} repetitions; ratios are medians of per-repetition ratios)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"size": size, "runtime": a.runtime, "reps": a.reps, "samples": samples},
+                      f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+// A minimal NBD client for end-to-end tests that need to hold a connection open, or to see
+// exactly what the server answers: fixed newstyle handshake with NBD_OPT_GO, simple replies.
+// Written from the protocol document, independent of Shale's own codec (csi/nbd). Blocking
+// sockets with a timeout, so a broken server fails a test instead of hanging it.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace shale::e2e {
+
+class NbdRawClient {
+ public:
+  static constexpr uint16_t kCmdRead = 0, kCmdWrite = 1, kCmdDisc = 2, kCmdFlush = 3;
+
+  // "127.0.0.1:10809".
+  static std::unique_ptr<NbdRawClient> Tcp(const std::string& address) {
+    const size_t colon = address.rfind(':');
+    if (colon == std::string::npos) return nullptr;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+    if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &a.sin_addr) != 1) return nullptr;
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+      close(fd);
+      return nullptr;
+    }
+    const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return std::unique_ptr<NbdRawClient>(new NbdRawClient(fd));
+  }
+  static std::unique_ptr<NbdRawClient> Unix(const std::string& path) {
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+      close(fd);
+      return nullptr;
+    }
+    return std::unique_ptr<NbdRawClient>(new NbdRawClient(fd));
+  }
+  ~NbdRawClient() {
+    if (fd_ >= 0) close(fd_);
+  }
+  NbdRawClient(const NbdRawClient&) = delete;
+  NbdRawClient& operator=(const NbdRawClient&) = delete;
+
+  // Negotiates `name` with NBD_OPT_GO; returns the export size, or nullopt on any refusal.
+  std::optional<uint64_t> Go(const std::string& name) {
+    auto greeting = Read(18);
+    if (!greeting || Get64(*greeting, 0) != 0x4e42444d41474943ull) return std::nullopt;
+    std::string msg = Put32(3);  // FIXED_NEWSTYLE | NO_ZEROES
+    const std::string data = Put32(static_cast<uint32_t>(name.size())) + name + Put16(0);
+    msg +=
+        Put64(0x49484156454F5054ull) + Put32(7) + Put32(static_cast<uint32_t>(data.size())) + data;
+    if (!Send(msg)) return std::nullopt;
+    std::optional<uint64_t> size;
+    while (true) {
+      auto header = Read(20);
+      if (!header || Get64(*header, 0) != 0x0003e889045565a9ull) return std::nullopt;
+      const uint32_t type = Get32(*header, 12);
+      auto payload = Read(Get32(*header, 16));
+      if (!payload) return std::nullopt;
+      if (type == 1) return size;                   // NBD_REP_ACK
+      if (type & 0x80000000u) return std::nullopt;  // an error reply
+      if (type == 3 && payload->size() == 12 && Get16(*payload, 0) == 0) {
+        size = Get64(*payload, 2);  // NBD_INFO_EXPORT
+      }
+    }
+  }
+
+  // One request, waiting for its simple reply; returns the NBD error (0 = success) or -1 if
+  // the connection failed. A successful read fills *data.
+  int64_t Request(uint16_t type, uint64_t offset, uint32_t length, const std::string& payload = "",
+                  std::string* data = nullptr) {
+    std::string msg = Put32(0x25609513) + Put16(0) + Put16(type) + Put64(++handle_) +
+                      Put64(offset) + Put32(length);
+    if (!Send(msg + payload)) return -1;
+    if (type == kCmdDisc) return 0;
+    auto reply = Read(16);
+    if (!reply || Get32(*reply, 0) != 0x67446698 || Get64(*reply, 8) != handle_) return -1;
+    const uint32_t error = Get32(*reply, 4);
+    if (type == kCmdRead && error == 0) {
+      auto d = Read(length);
+      if (!d) return -1;
+      if (data != nullptr) *data = *d;
+    }
+    return error;
+  }
+
+  // True once the server has closed the connection (within `timeout`).
+  bool WaitClosed(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buf[4096];
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 50) <= 0) continue;
+      const ssize_t r = recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
+      if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) return true;
+    }
+    return false;
+  }
+
+  // The local port of a TCP connection (how the server names this client).
+  uint16_t local_port() const {
+    sockaddr_in a{};
+    socklen_t len = sizeof(a);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    return ntohs(a.sin_port);
+  }
+
+ private:
+  explicit NbdRawClient(int fd) : fd_(fd) {
+    timeval tv{30, 0};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  }
+  static std::string Put16(uint16_t v) { return {char(v >> 8), char(v)}; }
+  static std::string Put32(uint32_t v) { return Put16(uint16_t(v >> 16)) + Put16(uint16_t(v)); }
+  static std::string Put64(uint64_t v) { return Put32(uint32_t(v >> 32)) + Put32(uint32_t(v)); }
+  static uint16_t Get16(const std::string& s, size_t at) {
+    return static_cast<uint16_t>((uint8_t(s[at]) << 8) | uint8_t(s[at + 1]));
+  }
+  static uint32_t Get32(const std::string& s, size_t at) {
+    return (uint32_t{Get16(s, at)} << 16) | Get16(s, at + 2);
+  }
+  static uint64_t Get64(const std::string& s, size_t at) {
+    return (uint64_t{Get32(s, at)} << 32) | Get32(s, at + 4);
+  }
+  bool Send(const std::string& bytes) {
+    size_t sent = 0;
+    while (sent < bytes.size()) {
+      const ssize_t n = send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      sent += static_cast<size_t>(n);
+    }
+    return true;
+  }
+  std::optional<std::string> Read(size_t n) {
+    std::string out(n, '\0');
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = recv(fd_, out.data() + got, n - got, 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return std::nullopt;
+      got += static_cast<size_t>(r);
+    }
+    return out;
+  }
+
+  int fd_;
+  uint64_t handle_ = 0;
+};
+
+}  // namespace shale::e2e
