@@ -1,0 +1,128 @@
+// QosManager: the QoS of one daemon — per-volume settings (persisted in each pool's metadata),
+// one PoolScheduler per pool, and the live QosLayer of every volume opened through it.
+//
+// The daemon owns one, next to the Engine:
+//   - volume create with QoS:  settings.Validate() first, Engine::CreateVolume, then Set();
+//   - `shale volume qos set/get`: Set() / Get() (Set applies to an open volume before it returns);
+//   - `shale volume stats`:     Stats();
+//   - frontends (NBD, ...):     Wrap(handle) and submit to the returned QosVolume instead of the
+//                               handle's Volume; every frontend of a volume shares one QosLayer;
+//   - volume delete:            OnVolumeDeleted() after Engine::DeleteVolume succeeded.
+// Records: Extension("qos", "volume/" u64) -> pb::VolumeRecord, Extension("qos", "pool") ->
+// pb::PoolRecord (docs/qos.md, "Records").
+//
+// Thread-safe; every method blocks (metadata commits, a hop to the volume's reactor), so call
+// them off the reactors. The Engine must outlive the manager, and every QosVolume must be
+// released before Engine::Shutdown.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "engine/common/clock.h"
+#include "engine/common/result.h"
+#include "engine/volume/volume_io.h"
+#include "qos/pool_scheduler.h"
+#include "qos/qos_layer.h"
+#include "qos/settings.h"
+#include "qos/stats.h"
+
+namespace shale {
+class Engine;
+class Reactor;
+class Volume;
+class VolumeHandle;
+}  // namespace shale
+
+namespace shale::qos {
+
+struct QosManagerOptions {
+  Clock* clock = nullptr;                             // nullptr: Clock::Real()
+  uint32_t default_pool_budget = kDefaultPoolBudget;  // pools without their own record
+  uint32_t background_weight = kDefaultBackgroundWeight;
+  uint32_t max_queued_per_volume = kDefaultMaxQueued;
+  uint64_t timer_slack_ns = 1'000'000;  // see QosLayer::Options
+};
+
+// A volume opened through QoS: submit here (on reactor()) instead of to the Volume. Holds the
+// VolumeHandle, so the volume stays open (and undeletable) while this object lives.
+class QosVolume final : public VolumeLayer {
+ public:
+  QosVolume(std::shared_ptr<VolumeHandle> handle, std::shared_ptr<QosLayer> layer);
+  ~QosVolume() override;
+  QosVolume(const QosVolume&) = delete;
+  QosVolume& operator=(const QosVolume&) = delete;
+
+  void Submit(VolumeIo* io) override { layer_->Submit(io); }
+  Volume& volume();
+  Reactor* reactor() const { return layer_->reactor(); }
+  QosLayer& layer() { return *layer_; }
+
+ private:
+  std::shared_ptr<QosLayer> layer_;  // released first: it must not outlive the handle's use
+  std::shared_ptr<VolumeHandle> handle_;
+};
+
+class QosManager {
+ public:
+  // Loads every online pool's QoS records; records of volumes that no longer exist (deleted
+  // while the daemon was down or between DeleteVolume and OnVolumeDeleted) are removed.
+  // A record that does not validate is logged and ignored (the volume runs unlimited).
+  static Result<std::unique_ptr<QosManager>> Open(Engine* engine, const QosManagerOptions& options);
+  ~QosManager();
+  QosManager(const QosManager&) = delete;
+  QosManager& operator=(const QosManager&) = delete;
+
+  // Validates (InvalidArgument), persists durably, and applies to the open volume before
+  // returning (in place: no request fails or is drained). NotFound for an unknown volume.
+  // Replaces all settings: to change one field, Get(), modify, Set().
+  Status Set(std::string_view volume, const QosSettings& settings);
+  // The settings in force, normalized (defaults filled in). NotFound for an unknown volume.
+  Result<QosSettings> Get(std::string_view volume);
+  // Live figures when the volume is open through QoS, else settings and pool figures only
+  // (open = false). NotFound for an unknown volume.
+  Result<QosStats> Stats(std::string_view volume);
+  // Opens I/O through QoS for a handle from Engine::OpenVolume (or OpenImage: a read-only view
+  // of a snapshot is scheduled as a default client of its pool and has no settings).
+  Result<std::shared_ptr<QosVolume>> Wrap(std::shared_ptr<VolumeHandle> handle);
+  // Forgets a deleted volume's settings (deletes its record). OK if it had none.
+  Status OnVolumeDeleted(std::string_view volume);
+
+  // Pool scheduler budget (dispatched-but-not-completed requests, 1..4096), persisted per
+  // pool; takes effect at once. NotFound for an unknown pool.
+  Status SetPoolBudget(std::string_view pool, uint32_t budget);
+  Result<uint32_t> GetPoolBudget(std::string_view pool);
+
+ private:
+  struct Entry {
+    std::string pool;
+    uint64_t id = 0;
+    QosSettings settings;  // normalized
+  };
+  struct Live {
+    std::weak_ptr<QosLayer> layer;
+    std::string name;
+    std::string pool;
+    uint64_t id = 0;  // 0: a view of a frozen image
+  };
+  QosManager(Engine* engine, const QosManagerOptions& options);
+  Status Load();
+  std::shared_ptr<PoolScheduler> SchedulerLocked(const std::string& pool);
+  std::shared_ptr<QosLayer> LiveLayerLocked(std::string_view name, uint64_t id);
+  QosSettings SettingsLocked(std::string_view name, uint64_t id) const;
+
+  Engine* const engine_;
+  const QosManagerOptions options_;
+  Clock* const clock_;
+  std::mutex control_mu_;  // serializes Set/OnVolumeDeleted/SetPoolBudget (persist + apply)
+  std::mutex mu_;          // guards the maps; never held across blocking calls
+  std::map<std::string, Entry, std::less<>> entries_;     // by volume name: volumes with a record
+  std::map<std::string, uint32_t, std::less<>> budgets_;  // by pool: pools with a record
+  std::map<std::string, std::shared_ptr<PoolScheduler>, std::less<>> schedulers_;
+  std::map<const Volume*, Live> live_;
+};
+
+}  // namespace shale::qos
