@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "engine/common/log.h"
+#include "engine/io/bounded_slots.h"
 #include "engine/io/device_file.h"
 
 namespace shale {
@@ -25,16 +26,14 @@ struct AioDevice::Queue {
   uint64_t event_buf = 0;  // target of the armed eventfd read
   EventHandler handler;
   bool armed = false;  // an eventfd read is in the reactor's ring
-  std::unique_ptr<Slot[]> slots;
-  Slot* free_list = nullptr;
+  explicit Queue(unsigned max_in_flight) : slots(max_in_flight) {}
+  BoundedSlots<Slot> slots;  // max_in_flight slots; requests beyond them wait in its FIFO
   std::vector<iocb*> pending;      // prepared, not yet io_submit()ed (<= max_in_flight)
   bool submit_scheduled = false;   // SubmitPending is deferred
   uint32_t submit_retries = 0;     // consecutive io_submit EAGAINs
   std::vector<io_event> events;    // io_getevents target, max_in_flight entries
   uint64_t aio_in_flight = 0;      // iocbs in the kernel
-  IoRequest* wait_head = nullptr;  // FIFO of requests beyond max_in_flight
-  IoRequest* wait_tail = nullptr;
-  QueueStats stats;
+  uint64_t iocbs = 0;               // iocbs accepted by io_submit
 };
 
 Result<std::unique_ptr<AioDevice>> AioDevice::Open(const std::string& path,
@@ -64,7 +63,7 @@ AioDevice::~AioDevice() {
   // The owner guarantees every request completed (and so happened-before this).
   for (const auto& q : queues_) {
     if (q == nullptr) continue;
-    SHALE_CHECK(q->stats.in_flight == 0 && q->wait_head == nullptr && !q->armed,
+    SHALE_CHECK(q->slots.idle() && !q->armed,
                 "AioDevice destroyed with I/O in flight on ", file_->path());
     io_destroy(q->ctx);
     close(q->event_fd);
@@ -78,14 +77,18 @@ AioDevice::QueueStats AioDevice::queue_stats() const {
   Reactor* reactor = Reactor::Current();
   SHALE_CHECK(reactor != nullptr, "queue_stats() outside a reactor thread");
   const auto& q = queues_[static_cast<size_t>(reactor->id())];
-  return q == nullptr ? QueueStats{} : q->stats;
+  if (q == nullptr) return QueueStats{};
+  return {.in_flight = q->slots.in_flight(),
+          .waiting = q->slots.waiting(),
+          .peak_in_flight = q->slots.peak_in_flight(),
+          .iocbs = q->iocbs};
 }
 
 Result<AioDevice::Queue*> AioDevice::QueueFor(Reactor* reactor) {
   auto& q = queues_[static_cast<size_t>(reactor->id())];
   if (q == nullptr) {
     // Once per reactor, not per I/O.
-    auto fresh = std::make_unique<Queue>();
+    auto fresh = std::make_unique<Queue>(max_in_flight_);
     int rc = io_setup(static_cast<int>(max_in_flight_), &fresh->ctx);
     if (rc < 0) {
       return Status::FromErrno(-rc, "libaio io_setup(" + std::to_string(max_in_flight_) +
@@ -99,12 +102,7 @@ Result<AioDevice::Queue*> AioDevice::QueueFor(Reactor* reactor) {
     }
     fresh->device = this;
     fresh->handler.queue = fresh.get();
-    fresh->slots = std::make_unique<Slot[]>(max_in_flight_);
-    for (unsigned i = 0; i < max_in_flight_; ++i) {
-      fresh->slots[i].queue = fresh.get();
-      fresh->slots[i].next_free = i + 1 < max_in_flight_ ? &fresh->slots[i + 1] : nullptr;
-    }
-    fresh->free_list = &fresh->slots[0];
+    for (unsigned i = 0; i < fresh->slots.size(); ++i) fresh->slots[i].queue = fresh.get();
     fresh->pending.reserve(max_in_flight_);
     fresh->events.resize(max_in_flight_);
     q = std::move(fresh);
@@ -137,28 +135,13 @@ void AioDevice::Submit(IoRequest* req) {
     reactor->Defer([req] { req->done(req); });
     return;
   }
-  if (q->free_list == nullptr) {
-    if (q->wait_tail == nullptr) {
-      q->wait_head = req;
-    } else {
-      q->wait_tail->next_waiting = req;
-    }
-    q->wait_tail = req;
-    ++q->stats.waiting;
-    return;
-  }
-  Slot* slot = q->free_list;
-  q->free_list = slot->next_free;
-  Start(*q, slot, req);
+  if (Slot* slot = q->slots.Acquire(req)) Start(*q, slot, req);
 }
 
 void AioDevice::Start(Queue& q, Slot* slot, IoRequest* req) {
-  slot->req = req;
-  slot->next_free = nullptr;
+  // The slot already holds `req` (BoundedSlots::Acquire/Release).
   slot->fua_by_flush = false;
   req->device_private = slot;
-  ++q.stats.in_flight;
-  q.stats.peak_in_flight = std::max(q.stats.peak_in_flight, q.stats.in_flight);
   switch (req->op) {
     case IoOp::kRead:
       slot->stage = Stage::kRead;
@@ -217,7 +200,7 @@ void AioDevice::SubmitPending(Queue& q) {
     if (rc > 0) {
       i += static_cast<size_t>(rc);
       q.aio_in_flight += static_cast<uint64_t>(rc);
-      q.stats.iocbs += static_cast<uint64_t>(rc);
+      q.iocbs += static_cast<uint64_t>(rc);
       q.submit_retries = 0;
       continue;
     }
@@ -366,19 +349,7 @@ void AioDevice::Finish(Slot* slot, Status status) {
   if (status.ok()) req->transferred = req->length;
   req->status = std::move(status);
   req->device_private = nullptr;
-  --q.stats.in_flight;
-  if (q.wait_head != nullptr) {
-    IoRequest* next = q.wait_head;
-    q.wait_head = next->next_waiting;
-    if (q.wait_head == nullptr) q.wait_tail = nullptr;
-    next->next_waiting = nullptr;
-    --q.stats.waiting;
-    Start(q, slot, next);
-  } else {
-    slot->req = nullptr;
-    slot->next_free = q.free_list;
-    q.free_list = slot;
-  }
+  if (IoRequest* next = q.slots.Release(slot)) Start(q, slot, next);
   // Last: once the caller has seen its last completion it may destroy the device.
   req->done(req);
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "engine/io/bounded_slots.h"
 #include "engine/io/device_file.h"
 
 namespace shale {
@@ -14,11 +15,9 @@ namespace shale {
 struct UringDevice::Queue {
   UringDevice* device = nullptr;
   Reactor* reactor = nullptr;  // refreshed on every Submit (reactor ids are reused)
-  std::unique_ptr<Slot[]> slots;
-  Slot* free_list = nullptr;
-  IoRequest* wait_head = nullptr;  // FIFO of requests beyond max_in_flight
-  IoRequest* wait_tail = nullptr;
-  QueueStats stats;
+  explicit Queue(unsigned max_in_flight) : slots(max_in_flight) {}
+  BoundedSlots<Slot> slots;  // max_in_flight slots; requests beyond them wait in its FIFO
+  uint64_t sqes = 0;
 };
 
 Result<std::unique_ptr<UringDevice>> UringDevice::Open(const std::string& path,
@@ -60,7 +59,7 @@ UringDevice::~UringDevice() {
   // The owner guarantees every request completed (and so happened-before this).
   for (const auto& q : queues_) {
     if (q == nullptr) continue;
-    SHALE_CHECK(q->stats.in_flight == 0 && q->wait_head == nullptr,
+    SHALE_CHECK(q->slots.idle(),
                 "UringDevice destroyed with I/O in flight on ", file_->path());
   }
 }
@@ -72,21 +71,20 @@ UringDevice::QueueStats UringDevice::queue_stats() const {
   Reactor* reactor = Reactor::Current();
   SHALE_CHECK(reactor != nullptr, "queue_stats() outside a reactor thread");
   const auto& q = queues_[static_cast<size_t>(reactor->id())];
-  return q == nullptr ? QueueStats{} : q->stats;
+  if (q == nullptr) return QueueStats{};
+  return {.in_flight = q->slots.in_flight(),
+          .waiting = q->slots.waiting(),
+          .peak_in_flight = q->slots.peak_in_flight(),
+          .sqes = q->sqes};
 }
 
 UringDevice::Queue& UringDevice::QueueFor(Reactor* reactor) {
   auto& q = queues_[static_cast<size_t>(reactor->id())];
   if (q == nullptr) {
     // Once per reactor, not per I/O: the slots live as long as the device.
-    q = std::make_unique<Queue>();
+    q = std::make_unique<Queue>(max_in_flight_);
     q->device = this;
-    q->slots = std::make_unique<Slot[]>(max_in_flight_);
-    for (unsigned i = 0; i < max_in_flight_; ++i) {
-      q->slots[i].queue = q.get();
-      q->slots[i].next_free = i + 1 < max_in_flight_ ? &q->slots[i + 1] : nullptr;
-    }
-    q->free_list = &q->slots[0];
+    for (unsigned i = 0; i < q->slots.size(); ++i) q->slots[i].queue = q.get();
   }
   q->reactor = reactor;
   return *q;
@@ -109,27 +107,12 @@ void UringDevice::Submit(IoRequest* req) {
     return;
   }
   Queue& q = QueueFor(reactor);
-  if (q.free_list == nullptr) {
-    if (q.wait_tail == nullptr) {
-      q.wait_head = req;
-    } else {
-      q.wait_tail->next_waiting = req;
-    }
-    q.wait_tail = req;
-    ++q.stats.waiting;
-    return;
-  }
-  Slot* slot = q.free_list;
-  q.free_list = slot->next_free;
-  Start(q, slot, req);
+  if (Slot* slot = q.slots.Acquire(req)) Start(q, slot, req);
 }
 
 void UringDevice::Start(Queue& q, Slot* slot, IoRequest* req) {
-  slot->req = req;
-  slot->next_free = nullptr;
+  // The slot already holds `req` (BoundedSlots::Acquire/Release).
   req->device_private = slot;
-  ++q.stats.in_flight;
-  q.stats.peak_in_flight = std::max(q.stats.peak_in_flight, q.stats.in_flight);
   switch (req->op) {
     case IoOp::kRead:
       slot->stage = Stage::kRead;
@@ -157,7 +140,7 @@ void UringDevice::Issue(Queue& q, Slot* slot) {
   IoRequest* req = slot->req;
   const int fd = file_->fd();
   io_uring_sqe* sqe = q.reactor->PrepareSqe(slot);
-  ++q.stats.sqes;
+  ++q.sqes;
   const uint64_t done = req->transferred;
   const uint64_t remaining = req->length - done;
   switch (slot->stage) {
@@ -259,19 +242,7 @@ void UringDevice::Finish(Slot* slot, Status status) {
   if (status.ok()) req->transferred = req->length;
   req->status = std::move(status);
   req->device_private = nullptr;
-  --q.stats.in_flight;
-  if (q.wait_head != nullptr) {
-    IoRequest* next = q.wait_head;
-    q.wait_head = next->next_waiting;
-    if (q.wait_head == nullptr) q.wait_tail = nullptr;
-    next->next_waiting = nullptr;
-    --q.stats.waiting;
-    Start(q, slot, next);
-  } else {
-    slot->req = nullptr;
-    slot->next_free = q.free_list;
-    q.free_list = slot;
-  }
+  if (IoRequest* next = q.slots.Release(slot)) Start(q, slot, next);
   // Last: once the caller has seen its last completion it may destroy the device.
   req->done(req);
 }
