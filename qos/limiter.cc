@@ -100,16 +100,17 @@ void Limiter::Configure(const QosSettings& in, uint64_t now_ns) {
   }
 }
 
-uint64_t Limiter::Admit(const RequestCost& cost, uint64_t now_ns) {
+uint64_t Limiter::Admit(const RequestCost& cost, uint64_t now_ns, uint64_t late_ns) {
   if (active_count_ == 0) return 0;
   uint64_t wait = 0;
+  const Int128 late = static_cast<Int128>(late_ns);
   for (int k = 0; k < kKinds; ++k) {
     Limit& l = limits_[k];
     if (!l.active || ChargeOf(k, cost) == 0) continue;
-    l.credit.Refill(now_ns);
+    l.credit.Refill(now_ns, static_cast<Int128>(l.rate) * late);
     wait = std::max(wait, l.credit.NanosUntilAbove(0, now_ns));
     if (l.has_peak) {
-      l.peak.Refill(now_ns);
+      l.peak.Refill(now_ns, static_cast<Int128>(l.burst) * late);
       wait = std::max(wait, l.peak.NanosUntilAbove(0, now_ns));
     }
   }
@@ -122,6 +123,14 @@ uint64_t Limiter::Admit(const RequestCost& cost, uint64_t now_ns) {
     if (l.has_peak) l.peak.Charge(charge);
   }
   return 0;
+}
+
+void Limiter::ClampToCapacity() {
+  for (Limit& l : limits_) {
+    if (!l.active) continue;
+    l.credit.ClampToCapacity();
+    if (l.has_peak) l.peak.ClampToCapacity();
+  }
 }
 
 uint64_t Limiter::NanosUntil(const RequestCost& cost, uint64_t count, uint64_t now_ns) const {

@@ -51,7 +51,15 @@ class Limiter {
 
   // 0: the request may pass and has been charged. Otherwise the nanoseconds after which it
   // could pass (nothing charged). A request no limit applies to always passes.
-  uint64_t Admit(const RequestCost& cost, uint64_t now_ns);
+  //
+  // `late_ns`: how long after the moment it was due the caller got to run (a reactor timer
+  // that fired late). Requests were waiting all that time, so an ideal limiter would have
+  // admitted them as the tokens arrived; each bucket may refill beyond its capacity by what
+  // it earned in those `late_ns` (rate x late_ns), so a stalled reactor catches up instead of
+  // losing the tokens above r*q. Call ClampToCapacity() once the waiting requests are through.
+  uint64_t Admit(const RequestCost& cost, uint64_t now_ns, uint64_t late_ns = 0);
+  // Drops credit above each bucket's capacity (what a late catch-up did not spend).
+  void ClampToCapacity();
   // Nanoseconds until `count` (>= 1) requests costing `cost` could pass back to back;
   // UINT64_MAX if the buckets cannot hold that much. For batching timer wake-ups.
   uint64_t NanosUntil(const RequestCost& cost, uint64_t count, uint64_t now_ns) const;

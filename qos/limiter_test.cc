@@ -9,6 +9,7 @@ namespace shale::qos {
 namespace {
 
 constexpr uint64_t kMs = 1'000'000;
+constexpr uint64_t kSecond = 1'000'000'000;
 constexpr uint64_t kSec = 1'000'000'000;
 constexpr uint64_t kT0 = 5 * kSec;
 
@@ -69,6 +70,32 @@ TEST(LimiterTest, ExactAdmissionSequenceAtTheRate) {
   for (int i = 0; i < 10; ++i) EXPECT_EQ(t[i], kT0) << i;
   EXPECT_EQ(t[10], kT0 + 1);
   for (int i = 11; i < 16; ++i) EXPECT_EQ(t[i], kT0 + 1 + static_cast<uint64_t>(i - 10) * kMs) << i;
+}
+
+TEST(LimiterTest, ALateWakeUpCatchesUpInsteadOfLosingTokens) {
+  Limiter l = Make({.iops = 1000});
+  // Drain the full bucket (10 tokens) and one more: the level is at -1 token at kT0 + 1.
+  ASSERT_EQ(Saturate(l, kRead4k, kT0, kT0 + 2).size(), 11u);
+  // The next request was due 2 ms later (level back above 0); the caller runs 50 ms late.
+  const uint64_t now = kT0 + 2 + 52 * kMs;
+  // On time, a request that waited would find at most r*q = 10 tokens; 50 ms late it gets all
+  // the rate earned since the bucket was at -1 (+1e-6): 52 tokens, so 52 requests pass (the
+  // last at a level of 2e-6), no more.
+  int passed = 0;
+  while (l.Admit(kRead4k, now, 50 * kMs) == 0) ++passed;
+  EXPECT_EQ(passed, 52);
+  l.ClampToCapacity();
+  // Without the catch-up, the same stall loses 41 of them.
+  Limiter strict = Make({.iops = 1000});
+  ASSERT_EQ(Saturate(strict, kRead4k, kT0, kT0 + 2).size(), 11u);
+  passed = 0;
+  while (strict.Admit(kRead4k, now) == 0) ++passed;
+  EXPECT_EQ(passed, 10);
+  // Unspent catch-up credit does not stay beyond the capacity: 1009 tokens left, clamped to 10.
+  Limiter idle = Make({.iops = 1000});
+  ASSERT_EQ(idle.Admit(kRead4k, kT0 + kSecond, kSecond), 0u);
+  idle.ClampToCapacity();
+  EXPECT_EQ(Saturate(idle, kRead4k, kT0 + kSecond, kT0 + kSecond + 1).size(), 10u);
 }
 
 TEST(LimiterTest, LongRunIopsRateIsExact) {

@@ -97,6 +97,8 @@ class QosLayer final : public VolumeLayer,
   void Enqueue(VolumeIo* io, uint64_t now);
   void ArmTimer(uint64_t now);
   void OnTimer();
+  // Poll() after a wake-up `late_ns` past its deadline (Limiter::Admit's catch-up).
+  void PollLate(uint64_t late_ns);
   void RecordCompletion(const VolumeIo* io, uint64_t now);
   uint32_t Waiting() const;
 

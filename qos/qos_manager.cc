@@ -35,6 +35,15 @@ void RunOn(Reactor* reactor, const std::function<void()>& fn) {
   }
 }
 
+// `s` without its limits (and bursts): what a volume runs with once throttling stopped.
+QosSettings WithoutLimits(const QosSettings& s) {
+  QosSettings out;
+  out.iops_unit = s.iops_unit;
+  out.weight = s.weight;
+  out.reservation_iops = s.reservation_iops;
+  return out;
+}
+
 }  // namespace
 
 QosVolume::QosVolume(std::shared_ptr<VolumeHandle> handle, std::shared_ptr<QosLayer> layer)
@@ -185,7 +194,14 @@ Status QosManager::Set(std::string_view volume, const QosSettings& settings) {
     entries_[std::string(volume)] = Entry{info->pool, info->id, norm};
     layer = LiveLayerLocked(volume, info->id);
   }
-  if (layer != nullptr) RunOn(layer->reactor(), [&] { layer->Apply(norm); });
+  if (layer != nullptr) {
+    QosSettings live;
+    {
+      std::lock_guard lock(mu_);
+      live = LiveSettingsLocked(volume, norm);
+    }
+    RunOn(layer->reactor(), [&] { layer->Apply(live); });
+  }
   SHALE_LOG_INFO("qos: settings changed", {"volume", std::string(volume)},
                  {"settings", norm.ToString()}, {"live", layer != nullptr ? "yes" : "no"});
   return Status::Ok();
@@ -242,8 +258,9 @@ Result<std::shared_ptr<QosVolume>> QosManager::Wrap(std::shared_ptr<VolumeHandle
       lo.clock = clock_;
       lo.max_queued = options_.max_queued_per_volume;
       lo.timer_slack_ns = options_.timer_slack_ns;
-      layer = QosLayer::Create(&vol, vol.reactor(), SchedulerLocked(pool),
-                               SettingsLocked(vol.name(), vol.id()), lo);
+      layer = QosLayer::Create(
+          &vol, vol.reactor(), SchedulerLocked(pool),
+          LiveSettingsLocked(vol.name(), SettingsLocked(vol.name(), vol.id())), lo);
       live_[&vol] = Live{layer, vol.name(), pool, vol.id()};
     }
   }
@@ -255,6 +272,7 @@ Status QosManager::OnVolumeDeleted(std::string_view volume) {
   Entry entry;
   {
     std::lock_guard lock(mu_);
+    if (auto s = suspended_.find(volume); s != suspended_.end()) suspended_.erase(s);
     auto it = entries_.find(volume);
     if (it == entries_.end()) return Status::Ok();
     entry = it->second;
@@ -295,6 +313,67 @@ Status QosManager::SetPoolBudget(std::string_view pool, uint32_t budget) {
   }
   if (sched != nullptr) sched->SetBudget(budget);
   return Status::Ok();
+}
+
+void QosManager::StopThrottling() {
+  std::vector<std::shared_ptr<QosLayer>> layers;
+  {
+    std::lock_guard lock(mu_);
+    throttling_stopped_ = true;
+    for (auto& [vol, live] : live_) {
+      if (std::shared_ptr<QosLayer> layer = live.layer.lock()) layers.push_back(std::move(layer));
+    }
+  }
+  for (const std::shared_ptr<QosLayer>& layer : layers) {
+    RunOn(layer->reactor(), [&] {
+      if (layer->settings().has_limits()) layer->Apply(WithoutLimits(layer->settings()));
+    });
+  }
+  if (!layers.empty()) {
+    SHALE_LOG_INFO("qos: limits lifted for shutdown", {"open_volumes", layers.size()});
+  }
+}
+
+QosSettings QosManager::LiveSettingsLocked(std::string_view name,
+                                           const QosSettings& settings) const {
+  if (throttling_stopped_ || suspended_.contains(name)) return WithoutLimits(settings);
+  return settings;
+}
+
+void QosManager::Reapply(std::string_view volume) {
+  auto info = engine_->GetVolume(volume);
+  if (!info.ok()) return;  // gone: nothing to apply to
+  std::shared_ptr<QosLayer> layer;
+  QosSettings live;
+  {
+    std::lock_guard lock(mu_);
+    layer = LiveLayerLocked(volume, info->id);
+    live = LiveSettingsLocked(volume, SettingsLocked(volume, info->id));
+  }
+  if (layer != nullptr) RunOn(layer->reactor(), [&] { layer->Apply(live); });
+}
+
+Status QosManager::SuspendLimits(std::string_view volume) {
+  std::lock_guard control(control_mu_);
+  auto info = engine_->GetVolume(volume);
+  if (!info.ok()) return info.status().IsNotFound() ? VolumeNotFound(volume) : info.status();
+  {
+    std::lock_guard lock(mu_);
+    suspended_.emplace(volume);
+  }
+  Reapply(volume);
+  return Status::Ok();
+}
+
+void QosManager::ResumeLimits(std::string_view volume) {
+  std::lock_guard control(control_mu_);
+  {
+    std::lock_guard lock(mu_);
+    auto it = suspended_.find(volume);
+    if (it == suspended_.end()) return;
+    suspended_.erase(it);
+  }
+  Reapply(volume);
 }
 
 Result<uint32_t> QosManager::GetPoolBudget(std::string_view pool) {

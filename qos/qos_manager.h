@@ -19,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -96,6 +97,18 @@ class QosManager {
   Status SetPoolBudget(std::string_view pool, uint32_t budget);
   Result<uint32_t> GetPoolBudget(std::string_view pool);
 
+  // For a daemon that is stopping: lifts the limits of every open volume (the requests they
+  // hold pass at once) and of volumes opened later, keeping weights and reservations and the
+  // stored settings. Frontends then drain at device speed: NBD waits for every request in
+  // flight before it closes a connection, and a volume at 10 IOPS with 256 requests queued
+  // would otherwise hold the stop for 25 s. Irreversible.
+  void StopThrottling();
+  // The same for one volume while its frontends are being disconnected (`volume delete
+  // --force`); ResumeLimits() puts its settings back in force (e.g. when the delete failed).
+  // NotFound for an unknown volume.
+  Status SuspendLimits(std::string_view volume);
+  void ResumeLimits(std::string_view volume);
+
  private:
   struct Entry {
     std::string pool;
@@ -113,12 +126,19 @@ class QosManager {
   std::shared_ptr<PoolScheduler> SchedulerLocked(const std::string& pool);
   std::shared_ptr<QosLayer> LiveLayerLocked(std::string_view name, uint64_t id);
   QosSettings SettingsLocked(std::string_view name, uint64_t id) const;
+  // What a volume's layer runs with: its settings, without limits while throttling is stopped
+  // or suspended for it.
+  QosSettings LiveSettingsLocked(std::string_view name, const QosSettings& settings) const;
+  // Re-applies the live settings of an open volume.
+  void Reapply(std::string_view volume);
 
   Engine* const engine_;
   const QosManagerOptions options_;
   Clock* const clock_;
   std::mutex control_mu_;  // serializes Set/OnVolumeDeleted/SetPoolBudget (persist + apply)
   std::mutex mu_;          // guards the maps; never held across blocking calls
+  bool throttling_stopped_ = false;  // guarded by mu_; StopThrottling()
+  std::set<std::string, std::less<>> suspended_;  // guarded by mu_; SuspendLimits()
   std::map<std::string, Entry, std::less<>> entries_;     // by volume name: volumes with a record
   std::map<std::string, uint32_t, std::less<>> budgets_;  // by pool: pools with a record
   std::map<std::string, std::shared_ptr<PoolScheduler>, std::less<>> schedulers_;

@@ -254,6 +254,34 @@ TEST_F(QosManagerTest, FrontendsShareOneLayerAndLiveChangesApplyAtOnce) {
   EXPECT_TRUE(qos_->OnVolumeDeleted("a").ok());
 }
 
+TEST_F(QosManagerTest, StopThrottlingReleasesHeldRequestsAndKeepsTheSettings) {
+  Start();
+  ASSERT_TRUE(engine_->CreateVolume({.name = "a", .size_bytes = 16 * kMiB}).ok());
+  ASSERT_TRUE(qos_->Set("a", {.iops = 5, .weight = 300}).ok());
+  auto w = Open("a");
+  Reader r(w.get(), w->reactor(), 16);
+  r.Start();
+  ASSERT_TRUE(Eventually([&] { return qos_->Stats("a")->queue_depth >= 10; }));
+  // At 5 IOPS the held requests would take seconds; lifted, they pass at once.
+  qos_->StopThrottling();
+  EXPECT_TRUE(Eventually([&] { return r.completed.load() >= 1000; }, 10s));
+  auto st = qos_->Stats("a");
+  ASSERT_TRUE(st.ok());
+  EXPECT_TRUE(st->buckets.empty()) << "no limit in force";
+  EXPECT_EQ(st->settings.weight, 300) << "the weight stays";
+  r.Stop();
+  EXPECT_EQ(r.errors.load(), 0u);
+  // Stored settings are unchanged, and a volume opened afterwards is not limited either.
+  EXPECT_EQ(qos_->Get("a")->iops, 5);
+  w.reset();
+  auto again = Open("a");
+  EXPECT_TRUE(qos_->Stats("a")->buckets.empty());
+  ASSERT_TRUE(qos_->Set("a", {.iops = 7}).ok());
+  EXPECT_TRUE(qos_->Stats("a")->buckets.empty());
+  EXPECT_EQ(qos_->Get("a")->iops, 7);
+  again.reset();
+}
+
 TEST_F(QosManagerTest, VolumesOnDifferentReactorsShareThePoolByWeight) {
   Start(/*reactors=*/2);
   ASSERT_TRUE(qos_->SetPoolBudget("default", 1).ok());

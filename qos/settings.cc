@@ -1,6 +1,7 @@
 #include "qos/settings.h"
 
 #include <initializer_list>
+#include <string_view>
 
 #include "engine/volume/volume_io.h"
 #include "qos/qos.pb.h"
@@ -56,7 +57,8 @@ Status QosSettings::Validate() const {
         Field{"burst_bps", burst_bps, kMaxBps}, Field{"burst_read_bps", burst_read_bps, kMaxBps},
         Field{"burst_write_bps", burst_write_bps, kMaxBps}}) {
     SHALE_RETURN_IF_ERROR(
-        CheckRange(f.name, f.value, f.max, f.name[0] == 'b' ? "no burst" : "unlimited"));
+        CheckRange(f.name, f.value, f.max,
+                   std::string_view(f.name).starts_with("burst_") ? "no burst" : "unlimited"));
   }
   SHALE_RETURN_IF_ERROR(CheckRange("reservation_iops", reservation_iops, kMaxIops, "none"));
   SHALE_RETURN_IF_ERROR(

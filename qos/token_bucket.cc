@@ -26,9 +26,13 @@ Int128 TokenBucket::LevelAt(uint64_t now_ns) const {
   return std::min(capacity_, level_ + gained);
 }
 
-void TokenBucket::Refill(uint64_t now_ns) {
+void TokenBucket::Refill(uint64_t now_ns, Int128 extra_nt) {
   if (now_ns <= last_ns_) return;
-  level_ = LevelAt(now_ns);
+  const Int128 cap = capacity_ + std::max<Int128>(0, extra_nt);
+  if (level_ < cap) {
+    const Int128 gained = static_cast<Int128>(rate_) * static_cast<Int128>(now_ns - last_ns_);
+    level_ = std::min(cap, level_ + gained);
+  }
   last_ns_ = now_ns;
 }
 

@@ -33,8 +33,11 @@ class TokenBucket {
   // old rate are kept, then the level is clamped to the new capacity. Debt (a negative level)
   // is kept as it is.
   void Reconfigure(uint64_t rate, Int128 capacity_nt, uint64_t now_ns);
-  // Brings the level up to now. Time going backwards is ignored.
-  void Refill(uint64_t now_ns);
+  // Brings the level up to now. Time going backwards is ignored. `extra_nt` lets this refill
+  // go that far above the capacity (catch-up after a late wake-up, see Limiter::Admit); a level
+  // above the capacity gains nothing more and stays until spent or ClampToCapacity().
+  void Refill(uint64_t now_ns, Int128 extra_nt = 0);
+  void ClampToCapacity() { level_ = level_ < capacity_ ? level_ : capacity_; }
   // Level after Refill(now) without changing the bucket.
   Int128 LevelAt(uint64_t now_ns) const;
   // Nanoseconds from now until the level exceeds `threshold_nt` (0 if it already does);

@@ -376,7 +376,7 @@ Result<std::string> SnapshotManager::Verify(std::string_view ref) {
   SHALE_ASSIGN_OR_RETURN(std::shared_ptr<VolumeHandle> view,
                          engine_->OpenImage(found.pool, found.rec.image_id()));
   lock.unlock();
-  auto computed = ComputeDigest(*view, nullptr, nullptr);
+  auto computed = ComputeDigest(view, nullptr, nullptr);
   view.reset();
   lock.lock();
   if (!computed.ok()) return computed.status().WithContext("verify snapshot '" + found.key + "'");
@@ -754,7 +754,7 @@ void SnapshotManager::WorkerMain() {
     std::shared_ptr<VolumeHandle> handle = std::move(view).value();
     current_ = job;
     lock.unlock();
-    auto digest = ComputeDigest(*handle, &job->cancel, job.get());
+    auto digest = ComputeDigest(handle, &job->cancel, job.get());
     handle.reset();  // before anyone waiting for the cancel deletes the image
     lock.lock();
     current_.reset();
@@ -779,13 +779,24 @@ void SnapshotManager::WorkerMain() {
   cv_.notify_all();
 }
 
-Result<Hash128> SnapshotManager::ComputeDigest(VolumeHandle& view, const std::atomic<bool>* cancel,
+std::shared_ptr<VolumeLayer> SnapshotManager::BackgroundTarget(
+    const std::shared_ptr<VolumeHandle>& handle) const {
+  if (!options_.background_io || handle == nullptr) return nullptr;
+  return options_.background_io(handle);
+}
+
+Result<Hash128> SnapshotManager::ComputeDigest(const std::shared_ptr<VolumeHandle>& handle,
+                                               const std::atomic<bool>* cancel,
                                                DigestJob* job) {
+  VolumeHandle& view = *handle;
   const uint64_t size = view.volume().size_bytes();
+  // Released when the digest is done, with the caller's handle.
+  const std::shared_ptr<VolumeLayer> target = BackgroundTarget(handle);
   if (job != nullptr) job->total_bytes.store(size, std::memory_order_relaxed);
   DigestBuilder builder(size);
   ScanOptions scan;
   scan.cancel = cancel;
+  scan.target = target.get();
   SHALE_RETURN_IF_ERROR(ScanContent(view, {{0, size}}, scan, [&](const ScanPiece& piece) {
     if (piece.data != nullptr) {
       builder.AddData(piece.data, piece.length);
@@ -808,7 +819,7 @@ Result<Hash128> SnapshotManager::EnsureDigestLocked(Lock& lock, const Found& fou
   SHALE_ASSIGN_OR_RETURN(std::shared_ptr<VolumeHandle> view,
                          engine_->OpenImage(found.pool, found.rec.image_id()));
   lock.unlock();
-  auto computed = ComputeDigest(*view, nullptr, nullptr);
+  auto computed = ComputeDigest(view, nullptr, nullptr);
   view.reset();
   lock.lock();
   if (!computed.ok()) {

@@ -164,6 +164,12 @@ class SnapshotManager {
     // Test seam: called by the digest worker after each piece it hashed, with the bytes done
     // and the job's cancel flag (tests park the worker mid-job with it). Null in production.
     std::function<void(uint64_t done, const std::atomic<bool>& cancelled)> digest_hook;
+    // Where the background I/O of digests, verify, export and import goes: given a handle the
+    // manager opened (a volume, or a snapshot's view), the layer to submit to on its reactor,
+    // held while the job runs; null (or a null result) submits straight to the volume. The
+    // daemon routes it through QoS (QosManager::Wrap), where IoClass::kBackground requests are
+    // scheduled in the pool's low class. Called from the manager's threads.
+    std::function<std::shared_ptr<VolumeLayer>(std::shared_ptr<VolumeHandle>)> background_io;
   };
 
   // `engine` must outlive the manager.
@@ -306,8 +312,10 @@ class SnapshotManager {
                            const Hash128& digest, MetaBatch extra = MetaBatch());
   Status StoreDigestFailureLocked(const std::string& pool, const std::string& key,
                                   uint64_t image_id, const Status& error);
-  Result<Hash128> ComputeDigest(VolumeHandle& view, const std::atomic<bool>* cancel,
-                                DigestJob* job);
+  Result<Hash128> ComputeDigest(const std::shared_ptr<VolumeHandle>& view,
+                                const std::atomic<bool>* cancel, DigestJob* job);
+  // Options::background_io for `handle`, or null (submit to the volume).
+  std::shared_ptr<VolumeLayer> BackgroundTarget(const std::shared_ptr<VolumeHandle>& handle) const;
 
   // Streams (stream_ops.cc).
   Result<ExportResult> ExportIncremental(Lock& lock, const Found& target, const Found& base,

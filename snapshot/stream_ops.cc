@@ -80,7 +80,10 @@ Result<ExportResult> SnapshotManager::Export(std::string_view ref, StreamSink* s
   // A full stream carries only data; everything else reads as zeros in a new volume. The digest
   // is computed from exactly the bytes written.
   DigestBuilder builder(size);
-  Status st = ScanContent(*view, {{0, size}}, ScanOptions{}, [&](const ScanPiece& p) -> Status {
+  const std::shared_ptr<VolumeLayer> io_target = BackgroundTarget(view);
+  ScanOptions scan;
+  scan.target = io_target.get();
+  Status st = ScanContent(*view, {{0, size}}, scan, [&](const ScanPiece& p) -> Status {
     if (p.data != nullptr) {
       builder.AddData(p.data, p.length);
       SHALE_RETURN_IF_ERROR(writer.WriteData(p.offset, p.data, static_cast<uint32_t>(p.length)));
@@ -182,8 +185,12 @@ Result<ExportResult> SnapshotManager::ExportIncremental(Lock& lock, const Found&
     return writer.WriteZeros(offset, length);
   };
   Status st;
+  const std::shared_ptr<VolumeLayer> io_target = BackgroundTarget(view);
+  const std::shared_ptr<VolumeLayer> base_io_target = BackgroundTarget(base_view);
+  ScanOptions scan;
+  scan.target = io_target.get();
   if (!compare) {
-    st = ScanContent(*view, ranges, ScanOptions{}, [&](const ScanPiece& p) -> Status {
+    st = ScanContent(*view, ranges, scan, [&](const ScanPiece& p) -> Status {
       SHALE_RETURN_IF_ERROR(write_piece(p.offset, p.length, p.data));
       if (options.progress) options.progress(p.offset + p.length, size);
       return Status::Ok();
@@ -191,13 +198,14 @@ Result<ExportResult> SnapshotManager::ExportIncremental(Lock& lock, const Found&
   } else {
     // Compare block by block with the base; past the base's end everything is new.
     AlignedBuffer base_buf = AllocateAligned(ScanOptions{}.window);
-    st = ScanContent(*view, {{0, size}}, ScanOptions{}, [&](const ScanPiece& p) -> Status {
+    st = ScanContent(*view, {{0, size}}, scan, [&](const ScanPiece& p) -> Status {
       const uint64_t end = p.offset + p.length;
       const uint64_t split = std::clamp(base_size, p.offset, end);
       if (split > p.offset) {
         const uint64_t len = split - p.offset;
         if (p.data != nullptr) {
-          SHALE_RETURN_IF_ERROR(RunIo(*base_view, VolumeOp::kRead, p.offset, len, base_buf.get()));
+          SHALE_RETURN_IF_ERROR(RunIo(*base_view, VolumeOp::kRead, p.offset, len, base_buf.get(),
+                                      IoClass::kBackground, 0, base_io_target.get()));
           uint64_t run = len;  // start of a run of differing blocks; len = none
           for (uint64_t b = 0; b <= len; b += kDigestBlockSize) {
             const bool differs =
@@ -400,7 +408,8 @@ Result<ImportResult> SnapshotManager::ImportLocked(Lock& lock, StreamReader& rea
   Status st;
   Hash128 stream_digest;
   {
-    WriteQueue queue(handle.get(), kImportDepth);
+    const std::shared_ptr<VolumeLayer> io_target = BackgroundTarget(handle);
+    WriteQueue queue(handle.get(), kImportDepth, IoClass::kBackground, io_target.get());
     for (;;) {
       auto rec = reader.Next();
       if (!rec.ok()) {
@@ -435,7 +444,7 @@ Result<ImportResult> SnapshotManager::ImportLocked(Lock& lock, StreamReader& rea
   if (!view.ok()) return fail(view.status());
   std::shared_ptr<VolumeHandle> view_handle = std::move(view).value();
   lock.unlock();
-  auto computed = ComputeDigest(*view_handle, nullptr, nullptr);
+  auto computed = ComputeDigest(view_handle, nullptr, nullptr);
   view_handle.reset();
   lock.lock();
   if (!computed.ok()) return fail(computed.status().WithContext("digest of the imported snapshot"));

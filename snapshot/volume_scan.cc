@@ -19,7 +19,7 @@ struct InFlight {
   std::future<Status> future = promise.get_future();
 
   void Submit(VolumeHandle& h, VolumeOp op, uint64_t offset, uint64_t length, uint8_t* data,
-              IoClass io_class, uint32_t flags) {
+              IoClass io_class, uint32_t flags, VolumeLayer* target) {
     io.op = op;
     io.offset = offset;
     io.length = length;
@@ -30,18 +30,18 @@ struct InFlight {
     io.done = [](VolumeIo* done) {
       static_cast<InFlight*>(done->ctx)->promise.set_value(done->status);
     };
-    Volume* vol = &h.volume();
+    VolumeLayer* dst = target != nullptr ? target : &h.volume();
     VolumeIo* req = &io;
-    h.reactor()->Post([vol, req] { vol->Submit(req); });
+    h.reactor()->Post([dst, req] { dst->Submit(req); });
   }
 };
 
 }  // namespace
 
 Status RunIo(VolumeHandle& handle, VolumeOp op, uint64_t offset, uint64_t length, uint8_t* buf,
-             IoClass io_class, uint32_t flags) {
+             IoClass io_class, uint32_t flags, VolumeLayer* target) {
   InFlight f;
-  f.Submit(handle, op, offset, length, buf, io_class, flags);
+  f.Submit(handle, op, offset, length, buf, io_class, flags, target);
   return f.future.get();
 }
 
@@ -132,7 +132,7 @@ Status ScanContent(VolumeHandle& handle, const ByteRanges& ranges, const ScanOpt
         item.read = std::make_unique<InFlight>();
         item.read->buf = AllocateAligned(item.seg.length);
         item.read->Submit(handle, VolumeOp::kRead, item.seg.offset, item.seg.length,
-                          item.read->buf.get(), options.io_class, 0);
+                          item.read->buf.get(), options.io_class, 0, options.target);
         ++reads;
       }
       queue.push_back(std::move(item));
@@ -167,8 +167,9 @@ struct WriteQueue::Op {
   InFlight f;
 };
 
-WriteQueue::WriteQueue(VolumeHandle* handle, unsigned depth, IoClass io_class)
-    : handle_(handle), depth_(std::max(1u, depth)), io_class_(io_class) {}
+WriteQueue::WriteQueue(VolumeHandle* handle, unsigned depth, IoClass io_class,
+                       VolumeLayer* target)
+    : handle_(handle), depth_(std::max(1u, depth)), io_class_(io_class), target_(target) {}
 
 WriteQueue::~WriteQueue() {
   while (!in_flight_.empty()) WaitOldest().IgnoreError();  // buffers must outlive the I/O
@@ -196,7 +197,8 @@ Status WriteQueue::Write(uint64_t offset, const uint8_t* data, uint64_t length) 
   auto op = std::make_unique<Op>();
   op->f.buf = AllocateAligned(length);
   std::memcpy(op->f.buf.get(), data, length);
-  op->f.Submit(*handle_, VolumeOp::kWrite, offset, length, op->f.buf.get(), io_class_, 0);
+  op->f.Submit(*handle_, VolumeOp::kWrite, offset, length, op->f.buf.get(), io_class_, 0,
+               target_);
   return Start(std::move(op));
 }
 
@@ -206,7 +208,7 @@ Status WriteQueue::WriteZeros(uint64_t offset, uint64_t length) {
     SHALE_RETURN_IF_ERROR(error_);
     const uint64_t n = std::min(length, kPiece);
     auto op = std::make_unique<Op>();
-    op->f.Submit(*handle_, VolumeOp::kWriteZeroes, offset, n, nullptr, io_class_, 0);
+    op->f.Submit(*handle_, VolumeOp::kWriteZeroes, offset, n, nullptr, io_class_, 0, target_);
     SHALE_RETURN_IF_ERROR(Start(std::move(op)));
     offset += n;
     length -= n;
@@ -217,7 +219,7 @@ Status WriteQueue::WriteZeros(uint64_t offset, uint64_t length) {
 Status WriteQueue::Drain() {
   while (!in_flight_.empty()) WaitOldest().IgnoreError();
   SHALE_RETURN_IF_ERROR(error_);
-  return RunIo(*handle_, VolumeOp::kFlush, 0, 0, nullptr, io_class_);
+  return RunIo(*handle_, VolumeOp::kFlush, 0, 0, nullptr, io_class_, 0, target_);
 }
 
 }  // namespace shale::snapshot

@@ -1,7 +1,8 @@
 // I/O on a volume or a frozen image's read-only view from a control thread (digest worker,
 // export, import, verify): requests are submitted on the handle's reactor and waited for here.
 // Never call these on a reactor thread. All I/O defaults to IoClass::kBackground so QoS can
-// schedule it below client I/O.
+// schedule it below client I/O: given a `target` layer (the volume's QoS layer), requests go
+// there instead of straight to the volume.
 #pragma once
 
 #include <atomic>
@@ -20,8 +21,10 @@ namespace shale::snapshot {
 using ByteRanges = std::vector<std::pair<uint64_t, uint64_t>>;  // (offset, length), sorted
 
 // Runs one request and waits for it.
+// `target` (if not null) receives the request on the handle's reactor instead of the volume.
 Status RunIo(VolumeHandle& handle, VolumeOp op, uint64_t offset, uint64_t length, uint8_t* buf,
-             IoClass io_class = IoClass::kBackground, uint32_t flags = 0);
+             IoClass io_class = IoClass::kBackground, uint32_t flags = 0,
+             VolumeLayer* target = nullptr);
 
 // Allocation of [offset, offset + length) with complete coverage, as (offset, length, zero)
 // runs. Queried in spans of at most 64 MiB, so a reactor is never held for long.
@@ -46,6 +49,7 @@ struct ScanOptions {
   unsigned depth = 4;         // reads in flight (read-ahead)
   IoClass io_class = IoClass::kBackground;
   const std::atomic<bool>* cancel = nullptr;  // checked between pieces: Aborted when set
+  VolumeLayer* target = nullptr;  // reads go here (on the handle's reactor); null: the volume
 };
 
 // Visits the content of `ranges` (sorted, disjoint, 4 KiB aligned, inside the volume) in order,
@@ -58,7 +62,8 @@ Status ScanContent(VolumeHandle& handle, const ByteRanges& ranges, const ScanOpt
 // reported by the next call or by Drain(); the destructor waits for requests in flight.
 class WriteQueue {
  public:
-  WriteQueue(VolumeHandle* handle, unsigned depth, IoClass io_class = IoClass::kBackground);
+  WriteQueue(VolumeHandle* handle, unsigned depth, IoClass io_class = IoClass::kBackground,
+             VolumeLayer* target = nullptr);
   ~WriteQueue();
   WriteQueue(const WriteQueue&) = delete;
   WriteQueue& operator=(const WriteQueue&) = delete;
@@ -75,6 +80,7 @@ class WriteQueue {
   VolumeHandle* handle_;
   const unsigned depth_;
   const IoClass io_class_;
+  VolumeLayer* const target_;
   std::deque<std::unique_ptr<Op>> in_flight_;
   Status error_;
 };

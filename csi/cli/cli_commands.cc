@@ -3,17 +3,22 @@
 #include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <vector>
 
+#include "csi/cli/control_client.h"
 #include "csi/cli/output.h"
+#include "csi/cli/qos_commands.h"
+#include "csi/cli/snapshot_commands.h"
 #include "csi/common/control_api.h"
 #include "csi/proto/control.grpc.pb.h"
 #include "engine/common/units.h"
@@ -31,8 +36,6 @@ constexpr unsigned kDefaultTimeoutSeconds = 60;
 constexpr char kStartHint[] =
     "start it with scripts/quickstart or build/bin/shaled, or point --endpoint or "
     "$SHALE_ENDPOINT at a running shaled";
-
-enum class Format { kTable, kJson };
 
 std::string OneLine(std::string_view text) {
   std::string out;
@@ -54,7 +57,8 @@ bool Contains(std::string_view haystack, std::string_view needle) {
 // The CLI prints its own errors; gRPC's internal diagnostics would only add noise to them.
 void DropGrpcLog(gpr_log_func_args* /*args*/) {}
 
-// Turns a failed RPC into the line shown to the user (without the "shale: " prefix).
+}  // namespace
+
 std::string DescribeRpcError(const grpc::Status& status, const grpc::ClientContext& ctx,
                              const std::string& endpoint, unsigned timeout_seconds) {
   const auto& trailers = ctx.GetServerTrailingMetadata();
@@ -85,49 +89,7 @@ std::string DescribeRpcError(const grpc::Status& status, const grpc::ClientConte
   }
 }
 
-template <typename Request, typename Response>
-using Rpc = grpc::Status (v1::Control::Stub::*)(grpc::ClientContext*, const Request&, Response*);
-
-class ControlClient {
- public:
-  ControlClient(std::string endpoint, unsigned timeout_seconds)
-      : endpoint_(std::move(endpoint)),
-        timeout_seconds_(timeout_seconds),
-        stub_(v1::Control::NewStub(
-            grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials()))) {}
-
-  // Runs one unary RPC with the deadline. Returns "" on success, else the error line.
-  template <typename Request, typename Response>
-  std::string Call(Rpc<Request, Response> rpc, const Request& request, Response* response) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_seconds_));
-    grpc::Status status = ((*stub_).*rpc)(&ctx, request, response);
-    if (status.ok()) return {};
-    return DescribeRpcError(status, ctx, endpoint_, timeout_seconds_);
-  }
-
- private:
-  const std::string endpoint_;
-  const unsigned timeout_seconds_;
-  std::unique_ptr<v1::Control::Stub> stub_;
-};
-
-// Runs one RPC: on success `print(response)` writes the result and returns the exit code; on
-// failure the error line goes to `err`.
-template <typename Request, typename Response, typename Print>
-int RunRpc(ControlClient& client, Rpc<Request, Response> rpc, const Request& request,
-           std::ostream& err, Print print) {
-  Response response;
-  const std::string error = client.Call(rpc, request, &response);
-  if (!error.empty()) {
-    err << "shale: " << error << "\n";
-    return kExitFailure;
-  }
-  return print(response);
-}
-
-// Accepts what ParseSize accepts, but not 0 and nothing above `max`.
-CLI::Validator SizeValidator(uint64_t max = UINT64_MAX) {
+CLI::Validator SizeValidator(uint64_t max) {
   return CLI::Validator(
       [max](std::string& text) -> std::string {
         Result<uint64_t> size = ParseSize(text);
@@ -140,8 +102,9 @@ CLI::Validator SizeValidator(uint64_t max = UINT64_MAX) {
       /*validator_desc=*/"");
 }
 
-// Called after a successful parse, so the validators already accepted the text.
 uint64_t SizeOf(const std::string& text) { return ParseSize(text).value(); }
+
+namespace {
 
 // The most deeply selected (sub)command and its words after "shale" ("volume create").
 const CLI::App* DeepestSelected(const CLI::App& app, std::string* words) {
@@ -205,7 +168,8 @@ std::string FormatParseError(const CLI::App& app, const CLI::ParseError& e) {
   return line;
 }
 
-// Splits "KEY=VALUE" labels; the daemon validates the characters.
+}  // namespace
+
 bool ParseLabels(const std::vector<std::string>& specs, std::map<std::string, std::string>* out,
                  std::string* error) {
   for (const std::string& spec : specs) {
@@ -222,8 +186,6 @@ bool ParseLabels(const std::vector<std::string>& specs, std::map<std::string, st
   }
   return true;
 }
-
-}  // namespace
 
 Result<std::string> ResolveEndpoint(std::string_view text) {
   std::string path;
@@ -256,7 +218,8 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
   gpr_set_log_function(DropGrpcLog);
 
   CLI::App app(
-      "shale: admin CLI of Shale; manages pools, thin volumes and their NBD exports through shaled",
+      "shale: admin CLI of Shale; manages pools, thin volumes, snapshots, clones and their NBD "
+      "exports through shaled",
       "shale");
   app.set_version_flag("--version", std::string("shale ") + SHALE_VERSION);
   app.require_subcommand(1);
@@ -413,6 +376,13 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
     };
   });
 
+  // QoS: `qos ...`, `volume stats` and the QoS flags of `volume create` (qos_commands.cc).
+  QosCommands qos_commands(&action, out, err);
+  // Snapshots and clones: `snapshot ...`, `clone ...`, `volume flatten|revert`
+  // (snapshot_commands.cc). Flatten draws progress only on a terminal.
+  SnapshotCommands snapshot_commands(&action, out, err,
+                                     &err == &std::cerr && isatty(STDERR_FILENO) == 1);
+
   // --- volume ---
   CLI::App* volume_cmd = app.add_subcommand("volume", "Manage thin volumes");
   volume_cmd->require_subcommand(1);
@@ -439,6 +409,7 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
   volume_create->add_flag("--read-only", volume_read_only, "Refuse writes to the volume");
   volume_create->add_option("--label", volume_labels, "Attach a label; repeatable")
       ->type_name("KEY=VALUE");
+  qos_commands.AddCreateFlags(volume_create);
   volume_create->callback([&] {
     action = [&](ControlClient& client, Format format) {
       std::map<std::string, std::string> labels;
@@ -453,6 +424,10 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
       req.set_pool(volume_pool);
       req.set_read_only(volume_read_only);
       req.mutable_labels()->insert(labels.begin(), labels.end());
+      if (!qos_commands.FillCreate(&req, &error)) {
+        err << "shale: volume create: " << error << "\n";
+        return kExitUsage;
+      }
       return RunRpc(client, &v1::Control::Stub::CreateVolume, req, err, print_volume(format));
     };
   });
@@ -525,10 +500,14 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
           });
     };
   });
+  qos_commands.AddVolumeCommands(volume_cmd);
+  snapshot_commands.AddVolumeCommands(volume_cmd);
 
   // --- export ---
   CLI::App* export_cmd =
-      app.add_subcommand("export", "NBD exports (every volume, under its name) and their clients");
+      app.add_subcommand("export",
+                         "NBD exports (every volume under its name, every snapshot read-only as "
+                         "VOLUME@SNAP) and their clients");
   export_cmd->require_subcommand(1);
   CLI::App* export_list = export_cmd->add_subcommand(
       "list", "List every export with its connected clients (peer, since, requests served)");
@@ -542,6 +521,9 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
                     });
     };
   });
+
+  qos_commands.AddQosCommand(app);
+  snapshot_commands.AddCommands(app);
 
   try {
     app.parse(argc, argv);

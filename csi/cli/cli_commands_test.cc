@@ -47,8 +47,8 @@ TEST(ResolveEndpoint, UnixPathsBecomeAbsolute) {
 TEST(Cli, HelpListsCommandsAndExitsZero) {
   CliRun r = Shale({"--help"});
   EXPECT_EQ(r.code, 0);
-  for (const char* word :
-       {"status", "pool", "volume", "--endpoint", "--output", "SHALE_ENDPOINT"}) {
+  for (const char* word : {"status", "pool", "volume", "snapshot", "clone", "--endpoint",
+                           "--output", "SHALE_ENDPOINT"}) {
     EXPECT_NE(r.out.find(word), std::string::npos) << word << "\n" << r.out;
   }
   r = Shale({"volume", "create", "--help"});
@@ -66,7 +66,7 @@ TEST(Cli, UsageErrorsAreOneLine) {
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
       {{}, "missing command"},
       {{"frob"}, "unknown command 'frob'"},
-      {{"volume"}, "missing command (choose one of: create, list, show, resize, delete)"},
+      {{"volume"}, "missing command (choose one of: create, list, show, resize, delete"},
       {{"volume", "frob"}, "unknown command 'frob'"},
       {{"volume", "create"}, "NAME is required"},
       {{"volume", "create", "v"}, "--size is required"},
@@ -83,6 +83,23 @@ TEST(Cli, UsageErrorsAreOneLine) {
       {{"-o", "yaml", "status"}, "yaml"},
       {{"--timeout", "0", "status"}, "--timeout"},
       {{"--endpoint", "unix://", "status"}, "no socket path"},
+      // Snapshots and clones.
+      {{"snapshot"},
+       "missing command (choose one of: create, list, show, delete, verify, "
+       "export, import)"},
+      {{"snapshot", "create"}, "VOLUME is required"},
+      {{"snapshot", "create", "v"}, "SNAP is required"},
+      {{"snapshot", "create", "v", "s", "--label", "novalue"}, "KEY=VALUE"},
+      {{"snapshot", "create", "v@s", "--label", "a=1", "--label", "a=2"}, "'a'"},
+      {{"snapshot", "show"}, "VOLUME@SNAP is required"},
+      {{"snapshot", "delete", "v@s", "extra"}, "extra"},
+      {{"snapshot", "export", "v@s"}, "FILE is required"},
+      {{"snapshot", "import", "f"}, "VOLUME is required"},
+      {{"clone"}, "missing command (choose one of: create, list)"},
+      {{"clone", "create", "v@s"}, "NEWVOL is required"},
+      {{"clone", "create", "v@s", "c", "--label", "x"}, "KEY=VALUE"},
+      {{"volume", "revert", "v"}, "--to is required"},
+      {{"volume", "flatten"}, "NAME is required"},
   };
   for (const auto& [args, needle] : cases) {
     CliRun r = Shale(args);

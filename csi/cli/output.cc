@@ -142,12 +142,21 @@ nlohmann::ordered_json ToJson(const v1::Pool& p) {
   };
 }
 
-nlohmann::ordered_json ToJson(const v1::Volume& v) {
+namespace {
+
+nlohmann::ordered_json LabelsJson(const google::protobuf::Map<std::string, std::string>& in) {
   nlohmann::ordered_json labels = nlohmann::ordered_json::object();
-  std::map<std::string, std::string> sorted(v.labels().begin(), v.labels().end());
+  std::map<std::string, std::string> sorted(in.begin(), in.end());
   for (const auto& [key, value] : sorted) labels[key] = value;
+  return labels;
+}
+
+}  // namespace
+
+nlohmann::ordered_json ToJson(const v1::Volume& v) {
+  nlohmann::ordered_json labels = LabelsJson(v.labels());
   const v1::VolumeStats& st = v.stats();
-  return {
+  nlohmann::ordered_json out = {
       {"name", v.name()},
       {"pool", v.pool()},
       {"id", v.id()},
@@ -169,6 +178,22 @@ nlohmann::ordered_json ToJson(const v1::Volume& v) {
            {"errors", st.errors()},
        }},
   };
+  // Only answers about one volume carry its space (ListVolumes does not compute it).
+  if (v.has_space()) {
+    const v1::VolumeSpace& sp = v.space();
+    out["space"] = {
+        {"owned_bytes", sp.owned_bytes()},
+        {"shared_bytes", sp.shared_bytes()},
+        {"written_bytes", sp.written_bytes()},
+        {"snapshot_count", sp.snapshot_count()},
+        {"snapshot_data_bytes", sp.snapshot_data_bytes()},
+        {"snapshot_exclusive_bytes", sp.snapshot_exclusive_bytes()},
+    };
+  }
+  out["clone"] = v.has_clone() ? ToJson(v.clone()) : nlohmann::ordered_json(nullptr);
+  // Only answers about one volume carry its QoS settings (ListVolumes does not look them up).
+  if (v.has_qos()) out["qos"] = ToJson(v.qos());
+  return out;
 }
 
 nlohmann::ordered_json ToJson(const std::string& pool, const v1::CheckPoolResponse& c) {
@@ -238,9 +263,26 @@ std::string PoolTable(const v1::ListPoolsResponse& pools) {
   return table.Render();
 }
 
+namespace {
+
+// "v@s (read-only; source snapshot deleted)": where a clone came from and what became of it.
+std::string CloneText(const v1::CloneInfo& c) {
+  std::string out = c.source();
+  std::vector<std::string> notes;
+  notes.emplace_back(c.read_only() ? "read-only" : "writable");
+  if (c.implicit_source()) notes.emplace_back("implicit snapshot of the live volume");
+  if (!c.source_exists()) notes.emplace_back("source snapshot deleted");
+  if (c.detached()) notes.emplace_back("flattened: reads nothing through it");
+  out += " (";
+  for (size_t i = 0; i < notes.size(); ++i) out += (i > 0 ? "; " : "") + notes[i];
+  return out + ")";
+}
+
+}  // namespace
+
 std::string VolumeView(const v1::Volume& v) {
   const v1::VolumeStats& st = v.stats();
-  return RenderKeyValues({
+  std::vector<std::pair<std::string, std::string>> rows = {
       {"Name", v.name()},
       {"Pool", v.pool()},
       {"ID", std::to_string(v.id())},
@@ -256,15 +298,40 @@ std::string VolumeView(const v1::Volume& v) {
       {"Writes", std::to_string(st.writes()) + " (" + FormatSize(st.bytes_written()) + ")"},
       {"Flushes", std::to_string(st.flushes())},
       {"I/O errors", std::to_string(st.errors())},
-  });
+  };
+  if (v.has_space()) {
+    const v1::VolumeSpace& sp = v.space();
+    rows.insert(
+        rows.end(),
+        {
+            {"Owned", SizeWithBytes(sp.owned_bytes()) + " (only this volume holds it)"},
+            {"Shared", SizeWithBytes(sp.shared_bytes()) + " (read through snapshots)"},
+            {"Written", FormatSize(sp.written_bytes()) + " since its newest snapshot"},
+            {"Snapshots", std::to_string(sp.snapshot_count()) + " (holding " +
+                              FormatSize(sp.snapshot_data_bytes()) + ", " +
+                              FormatSize(sp.snapshot_exclusive_bytes()) + " of it only theirs)"},
+        });
+  }
+  if (v.has_clone()) {
+    const v1::CloneInfo& c = v.clone();
+    rows.emplace_back("Clone of", CloneText(c));
+    rows.emplace_back("Source digest", c.source_digest().empty() ? "pending" : c.source_digest());
+  } else {
+    rows.emplace_back("Clone of", "-");
+  }
+  if (v.has_qos()) rows.emplace_back("QoS", QosSummary(v.qos()));
+  return RenderKeyValues(rows);
 }
 
 std::string VolumeTable(const v1::ListVolumesResponse& volumes) {
-  Table table({"NAME", "POOL", "SIZE", "ALLOCATED", "MODE", "OPEN", "CREATED", "LABELS"});
+  Table table(
+      {"NAME", "POOL", "SIZE", "ALLOCATED", "MODE", "OPEN", "CREATED", "CLONE OF", "LABELS"});
   for (const v1::Volume& v : volumes.volumes()) {
+    const bool clone = v.has_clone() && !v.clone().detached();
     table.AddRow({v.name(), v.pool(), FormatSize(v.size_bytes()), FormatSize(v.allocated_bytes()),
                   v.read_only() ? "ro" : "rw", std::to_string(v.open_count()),
-                  FormatUnixNanos(v.created_unix_ns()), FormatLabels(v.labels())});
+                  FormatUnixNanos(v.created_unix_ns()), clone ? v.clone().source() : "-",
+                  FormatLabels(v.labels())});
   }
   return table.Render();
 }
@@ -305,6 +372,7 @@ nlohmann::ordered_json ToJson(const v1::ListExportsResponse& r) {
         {"uri", e.uri()},
         {"size_bytes", e.size_bytes()},
         {"read_only", e.read_only()},
+        {"snapshot", e.snapshot()},
         {"clients", clients},
     });
   }
@@ -314,7 +382,7 @@ nlohmann::ordered_json ToJson(const v1::ListExportsResponse& r) {
 std::string ExportTable(const v1::ListExportsResponse& r) {
   Table table({"EXPORT", "MODE", "SIZE", "CLIENT", "CONNECTED", "REQUESTS", "URI"});
   for (const v1::Export& e : r.exports()) {
-    const std::string mode = e.read_only() ? "ro" : "rw";
+    const std::string mode = e.snapshot() ? "ro (snapshot)" : e.read_only() ? "ro" : "rw";
     if (e.clients().empty()) {
       table.AddRow({e.name(), mode, FormatSize(e.size_bytes()), "-", "-", "-", e.uri()});
     }
@@ -328,6 +396,161 @@ std::string ExportTable(const v1::ListExportsResponse& r) {
     out += std::to_string(r.handshaking()) + " connection(s) still negotiating\n";
   }
   return out;
+}
+
+}  // namespace shale::cli
+
+namespace shale::cli {
+
+std::string DigestStateName(v1::DigestState state) {
+  switch (state) {
+    case v1::DIGEST_STATE_PENDING:
+      return "pending";
+    case v1::DIGEST_STATE_READY:
+      return "ready";
+    case v1::DIGEST_STATE_FAILED:
+      return "failed";
+    default:
+      return "unknown";
+  }
+}
+
+std::string DigestText(const v1::Snapshot& s) {
+  switch (s.digest_state()) {
+    case v1::DIGEST_STATE_READY:
+      return s.digest();
+    case v1::DIGEST_STATE_FAILED:
+      return "failed: " + s.digest_error();
+    case v1::DIGEST_STATE_PENDING: {
+      if (s.digest_done_bytes() == 0 || s.digest_total_bytes() == 0) return "pending";
+      const uint64_t percent = s.digest_done_bytes() * 100 / s.digest_total_bytes();
+      return "pending " + std::to_string(percent) + "% (" + FormatSize(s.digest_done_bytes()) +
+             " of " + FormatSize(s.digest_total_bytes()) + ")";
+    }
+    default:
+      return "unknown";
+  }
+}
+
+nlohmann::ordered_json ToJson(const v1::CloneInfo& c) {
+  return {
+      {"volume", c.volume()},
+      {"source", c.source()},
+      {"source_volume", c.source_volume()},
+      {"source_snapshot", c.source_snapshot()},
+      {"implicit_source", c.implicit_source()},
+      {"source_exists", c.source_exists()},
+      {"read_only", c.read_only()},
+      {"source_digest", c.source_digest()},
+      {"created_unix_ns", c.created_unix_ns()},
+      {"detached", c.detached()},
+      {"detached_unix_ns", c.detached_unix_ns()},
+  };
+}
+
+nlohmann::ordered_json ToJson(const v1::Snapshot& s) {
+  nlohmann::ordered_json clones = nlohmann::ordered_json::array();
+  for (const std::string& c : s.clones()) clones.push_back(c);
+  return {
+      {"name", s.name()},
+      {"volume", s.volume()},
+      {"snapshot", s.snapshot()},
+      {"pool", s.pool()},
+      {"volume_exists", s.volume_exists()},
+      {"size_bytes", s.size_bytes()},
+      {"created_unix_ns", s.created_unix_ns()},
+      {"labels", LabelsJson(s.labels())},
+      {"implicit", s.implicit()},
+      {"implicit_for", s.implicit_for()},
+      {"digest_state", DigestStateName(s.digest_state())},
+      {"digest", s.digest()},
+      {"digest_error", s.digest_error()},
+      {"digest_done_bytes", s.digest_done_bytes()},
+      {"digest_total_bytes", s.digest_total_bytes()},
+      {"data_bytes", s.data_bytes()},
+      {"exclusive_bytes", s.exclusive_bytes()},
+      {"shared_bytes", s.shared_bytes()},
+      {"clones", clones},
+      {"export_uri", s.export_uri()},
+      {"nbd_clients", s.nbd_clients()},
+  };
+}
+
+nlohmann::ordered_json ToJson(const v1::ExportSnapshotResponse& e) {
+  return {
+      {"name", e.name()},
+      {"path", e.path()},
+      {"base", e.base()},
+      {"incremental", !e.base().empty()},
+      {"content_compared", e.content_compared()},
+      {"stream_bytes", e.stream_bytes()},
+      {"data_bytes", e.data_bytes()},
+      {"records", e.records()},
+      {"digest", e.digest()},
+  };
+}
+
+nlohmann::ordered_json ToJson(const v1::ImportSnapshotResponse& i) {
+  return {
+      {"snapshot", ToJson(i.snapshot())},
+      {"incremental", i.incremental()},
+      {"created_volume", i.created_volume()},
+      {"stream_bytes", i.stream_bytes()},
+  };
+}
+
+std::string SnapshotView(const v1::Snapshot& s) {
+  std::vector<std::pair<std::string, std::string>> rows = {
+      {"Name", s.name()},
+      {"Volume", s.volume() + (s.volume_exists() ? "" : " (deleted since)")},
+      {"Pool", s.pool()},
+      {"Created", FormatUnixNanos(s.created_unix_ns())},
+      {"Size", SizeWithBytes(s.size_bytes())},
+      {"Labels", FormatLabels(s.labels())},
+      {"Digest", DigestText(s)},
+      {"Digest state", DigestStateName(s.digest_state()) + " (XXH3-128 Merkle root of its blocks)"},
+      {"Data", SizeWithBytes(s.data_bytes()) + " (stored in its own clusters)"},
+      {"Owned", SizeWithBytes(s.exclusive_bytes()) + " (only it holds this: deleting it frees it)"},
+      {"Shared",
+       SizeWithBytes(s.shared_bytes()) + " (also read by the volume, later snapshots or clones)"},
+  };
+  std::string clones;
+  for (const std::string& c : s.clones()) clones += (clones.empty() ? "" : ", ") + c;
+  rows.emplace_back("Clones", clones.empty() ? "-" : clones);
+  if (s.implicit()) rows.emplace_back("Implicit", "yes, taken for clone " + s.implicit_for());
+  rows.emplace_back("Export", s.export_uri().empty() ? "-" : s.export_uri() + " (read-only)");
+  rows.emplace_back("NBD clients", std::to_string(s.nbd_clients()));
+  return RenderKeyValues(rows);
+}
+
+std::string SnapshotTable(const v1::ListSnapshotsResponse& r) {
+  Table table(
+      {"SNAPSHOT", "SIZE", "CREATED", "DIGEST", "OWNED", "SHARED", "CLONES", "LABELS", "NOTES"});
+  for (const v1::Snapshot& s : r.snapshots()) {
+    std::string notes;
+    if (s.implicit()) notes = "implicit (clone " + s.implicit_for() + ")";
+    if (!s.volume_exists()) notes += std::string(notes.empty() ? "" : "; ") + "volume deleted";
+    std::string digest = s.digest_state() == v1::DIGEST_STATE_READY ? s.digest() : DigestText(s);
+    table.AddRow({s.name(), FormatSize(s.size_bytes()), FormatUnixNanos(s.created_unix_ns()),
+                  digest, FormatSize(s.exclusive_bytes()), FormatSize(s.shared_bytes()),
+                  std::to_string(s.clones_size()), FormatLabels(s.labels()),
+                  notes.empty() ? "-" : notes});
+  }
+  return table.Render();
+}
+
+std::string CloneTable(const v1::ListClonesResponse& r) {
+  Table table({"CLONE", "SOURCE", "MODE", "SOURCE DIGEST", "CREATED", "NOTES"});
+  for (const v1::CloneInfo& c : r.clones()) {
+    std::string notes;
+    if (c.implicit_source()) notes = "implicit source";
+    if (!c.source_exists()) notes += std::string(notes.empty() ? "" : "; ") + "source deleted";
+    if (c.detached()) notes += std::string(notes.empty() ? "" : "; ") + "flattened";
+    table.AddRow({c.volume(), c.source(), c.read_only() ? "ro" : "rw",
+                  c.source_digest().empty() ? "pending" : c.source_digest(),
+                  FormatUnixNanos(c.created_unix_ns()), notes.empty() ? "-" : notes});
+  }
+  return table.Render();
 }
 
 }  // namespace shale::cli

@@ -44,6 +44,15 @@ nlohmann::ordered_json ToJson(const v1::Pool& pool);
 nlohmann::ordered_json ToJson(const v1::Volume& volume);
 nlohmann::ordered_json ToJson(const std::string& pool, const v1::CheckPoolResponse& check);
 nlohmann::ordered_json ToJson(const v1::ListExportsResponse& exports);
+nlohmann::ordered_json ToJson(const v1::Snapshot& snapshot);
+nlohmann::ordered_json ToJson(const v1::CloneInfo& clone);
+nlohmann::ordered_json ToJson(const v1::ExportSnapshotResponse& exported);
+nlohmann::ordered_json ToJson(const v1::ImportSnapshotResponse& imported);
+
+// "pending", "ready", "failed", "unknown".
+std::string DigestStateName(v1::DigestState state);
+// The digest for people: the 32 hex digits; "pending 45% (12 MiB of 26 MiB)"; "failed: why".
+std::string DigestText(const v1::Snapshot& snapshot);
 
 // Human views; each ends with a newline.
 std::string StatusView(const v1::GetStatusResponse& status);
@@ -54,5 +63,21 @@ std::string VolumeTable(const v1::ListVolumesResponse& volumes);
 std::string CheckView(const std::string& pool, const v1::CheckPoolResponse& check);
 // One row per NBD client; an export without clients gets one row with "-".
 std::string ExportTable(const v1::ListExportsResponse& exports);
+std::string SnapshotView(const v1::Snapshot& snapshot);
+std::string SnapshotTable(const v1::ListSnapshotsResponse& snapshots);
+std::string CloneTable(const v1::ListClonesResponse& clones);
+
+// --- QoS (qos_output.cc) ---
+// Every settings field, snake_case as in the API (0 = unlimited / none).
+nlohmann::ordered_json ToJson(const v1::QosSettings& qos);
+nlohmann::ordered_json ToJson(const v1::VolumeQos& qos);
+nlohmann::ordered_json ToJson(const v1::VolumeIoStats& stats);
+nlohmann::ordered_json ToJson(const v1::PoolQos& pool);
+// For people: "iops=2000 burst_iops=5000 burst_seconds=10, weight 100" (the limits set, or
+// "unlimited"; then the weight, and reservation / iops unit when set).
+std::string QosSummary(const v1::QosSettings& qos);
+std::string QosView(const v1::VolumeQos& qos);
+std::string VolumeStatsView(const v1::VolumeIoStats& stats);
+std::string PoolQosView(const v1::PoolQos& pool);
 
 }  // namespace shale::cli

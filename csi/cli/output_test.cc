@@ -113,7 +113,7 @@ TEST(Views, VolumeShowsHumanAndExactSizes) {
   *list.add_volumes() = SampleVolume();
   const std::string table = VolumeTable(list);
   EXPECT_EQ(table.substr(0, table.find('\n')),
-            "NAME  POOL     SIZE    ALLOCATED  MODE  OPEN  CREATED               LABELS");
+            "NAME  POOL     SIZE    ALLOCATED  MODE  OPEN  CREATED               CLONE OF  LABELS");
   EXPECT_NE(table.find("data  default  10 GiB  3 MiB      ro"), std::string::npos) << table;
 }
 
@@ -197,6 +197,96 @@ TEST(Json, ExportsAndStatusNbd) {
       << view;
   const std::string off = StatusView(v1::GetStatusResponse());
   EXPECT_NE(off.find("NBD:          off\n"), std::string::npos) << off;
+}
+
+v1::Snapshot SampleSnapshot() {
+  v1::Snapshot s;
+  s.set_name("data@v1");
+  s.set_volume("data");
+  s.set_snapshot("v1");
+  s.set_pool("default");
+  s.set_volume_exists(true);
+  s.set_size_bytes(kGiB);
+  s.set_created_unix_ns(1'700'000'000'000'000'000ull);
+  (*s.mutable_labels())["source"] = "https://example.com/d.csv";
+  s.set_digest_state(v1::DIGEST_STATE_READY);
+  s.set_digest("0123456789abcdef0123456789abcdef");
+  s.set_data_bytes(3 * kMiB);
+  s.set_exclusive_bytes(kMiB);
+  s.set_shared_bytes(2 * kMiB);
+  s.add_clones("ro-1");
+  s.add_clones("ro-2");
+  s.set_export_uri("nbd://127.0.0.1:10809/data@v1");
+  return s;
+}
+
+TEST(Views, SnapshotShowsProvenanceSpaceAndClones) {
+  v1::Snapshot s = SampleSnapshot();
+  std::string view = SnapshotView(s);
+  for (const char* needle :
+       {"Name:          data@v1\n", "Volume:        data\n", "Created:       2023-11-14T22:13:20Z",
+        "source=https://example.com/d.csv", "Digest:        0123456789abcdef0123456789abcdef\n",
+        "Digest state:  ready", "Owned:         1 MiB (1048576 bytes)",
+        "Shared:        2 MiB (2097152 bytes)", "Clones:        ro-1, ro-2\n",
+        "Export:        nbd://127.0.0.1:10809/data@v1 (read-only)"}) {
+    EXPECT_NE(view.find(needle), std::string::npos) << needle << "\n" << view;
+  }
+  s.set_digest_state(v1::DIGEST_STATE_PENDING);
+  s.set_digest("");
+  s.set_digest_done_bytes(256 * kMiB);
+  s.set_digest_total_bytes(kGiB);
+  EXPECT_EQ(DigestText(s), "pending 25% (256 MiB of 1 GiB)");
+  s.set_volume_exists(false);
+  view = SnapshotView(s);
+  EXPECT_NE(view.find("data (deleted since)"), std::string::npos) << view;
+
+  const nlohmann::ordered_json j = ToJson(SampleSnapshot());
+  EXPECT_EQ(j["name"], "data@v1");
+  EXPECT_EQ(j["digest_state"], "ready");
+  EXPECT_EQ(j["digest"], "0123456789abcdef0123456789abcdef");
+  EXPECT_EQ(j["labels"]["source"], "https://example.com/d.csv");
+  EXPECT_EQ(j["exclusive_bytes"], kMiB);
+  EXPECT_EQ(j["shared_bytes"], 2 * kMiB);
+  EXPECT_EQ(j["clones"].size(), 2u);
+
+  v1::ListSnapshotsResponse list;
+  *list.add_snapshots() = SampleSnapshot();
+  const std::string table = SnapshotTable(list);
+  EXPECT_EQ(table.substr(0, table.find('\n')),
+            "SNAPSHOT  SIZE   CREATED               DIGEST                            OWNED  "
+            "SHARED  CLONES  LABELS                            NOTES");
+  EXPECT_NE(table.find("data@v1   1 GiB"), std::string::npos) << table;
+}
+
+TEST(Views, VolumeShowsSpaceAndCloneProvenance) {
+  v1::Volume v = SampleVolume();
+  v.mutable_space()->set_owned_bytes(kMiB);
+  v.mutable_space()->set_shared_bytes(2 * kMiB);
+  v1::CloneInfo* c = v.mutable_clone();
+  c->set_volume("data");
+  c->set_source("src@v1");
+  c->set_source_exists(true);
+  c->set_read_only(true);
+  c->set_source_digest("0123456789abcdef0123456789abcdef");
+  const std::string view = VolumeView(v);
+  for (const char* needle : {"Owned:", "1 MiB (1048576 bytes)", "Shared:", "2 MiB (2097152 bytes)",
+                             "Clone of:       src@v1 (read-only)\n",
+                             "Source digest:  0123456789abcdef0123456789abcdef\n"}) {
+    EXPECT_NE(view.find(needle), std::string::npos) << needle << "\n" << view;
+  }
+  const nlohmann::ordered_json j = ToJson(v);
+  EXPECT_EQ(j["space"]["owned_bytes"], kMiB);
+  EXPECT_EQ(j["space"]["shared_bytes"], 2 * kMiB);
+  EXPECT_EQ(j["clone"]["source"], "src@v1");
+  EXPECT_EQ(j["clone"]["read_only"], true);
+  EXPECT_EQ(j["clone"]["source_digest"], "0123456789abcdef0123456789abcdef");
+  EXPECT_TRUE(ToJson(SampleVolume())["clone"].is_null());
+
+  v1::ListClonesResponse clones;
+  *clones.add_clones() = *c;
+  const std::string table = CloneTable(clones);
+  EXPECT_NE(table.find("data   src@v1  ro    0123456789abcdef0123456789abcdef"), std::string::npos)
+      << table;
 }
 
 }  // namespace

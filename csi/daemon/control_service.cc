@@ -2,26 +2,25 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <map>
+#include <optional>
 
+#include "csi/daemon/control_service_internal.h"
 #include "csi/nbd/server.h"
+#include "engine/common/assert.h"
 #include "engine/common/log.h"
 #include "engine/common/units.h"
 #include "engine/engine.h"
 #include "engine/pool/superblock.h"
+#include "snapshot/snapshot_manager.h"
 
 namespace shale {
 
 namespace {
 
 // Names are validated on lookups too: "invalid name" says more than "not found" for `a/b`.
-
-// Every error leaves the service through here: the one conversion, plus the trailing metadata
-// that marks it as shaled's own.
-grpc::Status Fail(grpc::ServerContext* ctx, const Status& status) {
-  ctx->AddTrailingMetadata(kShaleErrorMetadataKey, std::string(StatusCodeName(status.code())));
-  return ToGrpcStatus(status);
-}
 
 Status CheckDevicePath(std::string_view path) {
   if (path.empty()) return Status::InvalidArgument("pool needs a device path");
@@ -61,6 +60,15 @@ void ToProto(const PoolInfo& in, v1::Pool* out) {
   out->set_backend(in.backend);
 }
 
+}  // namespace
+
+namespace control_internal {
+
+grpc::Status Fail(grpc::ServerContext* ctx, const Status& status) {
+  ctx->AddTrailingMetadata(kShaleErrorMetadataKey, std::string(StatusCodeName(status.code())));
+  return ToGrpcStatus(status);
+}
+
 void ToProto(const VolumeInfo& in, v1::Volume* out) {
   out->set_name(in.name);
   out->set_pool(in.pool);
@@ -80,7 +88,10 @@ void ToProto(const VolumeInfo& in, v1::Volume* out) {
   stats->set_errors(in.errors);
 }
 
-}  // namespace
+}  // namespace control_internal
+
+using control_internal::Fail;
+using control_internal::ToProto;
 
 grpc::StatusCode ToGrpcCode(StatusCode code) {
   switch (code) {
@@ -152,20 +163,94 @@ Status ValidateLabel(std::string_view key, std::string_view value) {
   return Status::Ok();
 }
 
-ControlService::ControlService(Engine* engine, DaemonInfo info, nbd::NbdServer* nbd)
+ControlService::ControlService(Engine* engine, snapshot::SnapshotManager* snapshots,
+                               DaemonInfo info, nbd::NbdServer* nbd, qos::QosManager* qos)
     : engine_(engine),
+      snapshots_(snapshots),
       nbd_(nbd),
+      qos_(qos),
       info_(std::move(info)),
-      started_(std::chrono::steady_clock::now()) {}
+      started_(std::chrono::steady_clock::now()) {
+  SHALE_CHECK(engine_ != nullptr && snapshots_ != nullptr,
+              "ControlService needs an engine and a snapshot manager");
+}
+
+std::string ControlService::DescribeNbdClients(const std::string& name) const {
+  if (nbd_ == nullptr) return "";
+  std::string clients;
+  size_t count = 0;
+  for (const nbd::NbdClientInfo& c : nbd_->Clients()) {
+    if (c.export_name != name) continue;
+    if (++count <= 8) clients += (clients.empty() ? "" : ", ") + c.transport + " " + c.peer;
+  }
+  if (count == 0) return "";
+  if (count > 8) clients += ", ...";
+  return std::to_string(count) + " connected NBD client(s): " + clients;
+}
+
+Status ControlService::ExplainBusy(const Status& status, const std::string& kind,
+                                   const std::string& name, const std::string& action,
+                                   bool force_hint) const {
+  if (status.code() != StatusCode::kBusy) return status;
+  const std::string clients = DescribeNbdClients(name);
+  if (clients.empty()) return status;
+  return Status::Busy(kind + " '" + name + "' has " + clients + "; disconnect them" +
+                      (force_hint ? ", or use --force to disconnect them and " + action
+                                  : " before you " + action + " it"));
+}
+
+Status ControlService::AddSnapshotInfo(v1::Volume* volume, bool with_space) {
+  Result<std::optional<snapshot::CloneInfo>> clone = snapshots_->GetCloneInfo(volume->name());
+  if (!clone.ok()) return clone.status();
+  if (*clone) control_internal::ToProto(**clone, volume->mutable_clone());
+  if (!with_space) return Status::Ok();
+  Result<snapshot::VolumeSpace> space = snapshots_->GetVolumeSpace(volume->name());
+  if (!space.ok()) return space.status();
+  v1::VolumeSpace* out = volume->mutable_space();
+  out->set_owned_bytes(space->owned_bytes);
+  out->set_shared_bytes(space->shared_bytes);
+  out->set_written_bytes(space->written_bytes);
+  out->set_snapshot_count(space->snapshot_count);
+  out->set_snapshot_data_bytes(space->snapshot_data_bytes);
+  out->set_snapshot_exclusive_bytes(space->snapshot_exclusive_bytes);
+  return Status::Ok();
+}
+
+Status ControlService::DescribeVolume(const std::string& name, v1::Volume* out) {
+  Result<VolumeInfo> volume = engine_->GetVolume(name);
+  if (!volume.ok()) return volume.status();
+  ToProto(*volume, out);
+  AddExportInfo(out);
+  SHALE_RETURN_IF_ERROR(AddQosInfo(out));
+  return AddSnapshotInfo(out, /*with_space=*/true);
+}
+
+namespace {
+
+// (export URI, connected clients) of export `name`.
+std::pair<std::string, uint32_t> ExportFacts(const nbd::NbdServer* nbd, const std::string& name) {
+  if (nbd == nullptr) return {"", 0};
+  uint32_t clients = 0;
+  for (const nbd::NbdClientInfo& c : nbd->Clients()) {
+    if (c.export_name == name) ++clients;
+  }
+  return {nbd->ExportUri(name), clients};
+}
+
+}  // namespace
 
 void ControlService::AddExportInfo(v1::Volume* volume) const {
   if (nbd_ == nullptr) return;
-  volume->set_export_uri(nbd_->ExportUri(volume->name()));
-  uint32_t clients = 0;
-  for (const nbd::NbdClientInfo& c : nbd_->Clients()) {
-    if (c.export_name == volume->name()) ++clients;
-  }
+  auto [uri, clients] = ExportFacts(nbd_, volume->name());
+  volume->set_export_uri(uri);
   volume->set_nbd_clients(clients);
+}
+
+void ControlService::AddExportInfo(v1::Snapshot* snapshot) const {
+  if (nbd_ == nullptr) return;
+  auto [uri, clients] = ExportFacts(nbd_, snapshot->name());
+  snapshot->set_export_uri(uri);
+  snapshot->set_nbd_clients(clients);
 }
 
 grpc::Status ControlService::GetStatus(grpc::ServerContext* /*ctx*/,
@@ -238,8 +323,15 @@ grpc::Status ControlService::DeletePool(grpc::ServerContext* ctx, const v1::Dele
                                         v1::DeletePoolResponse* /*resp*/) {
   Status valid = ValidateName("pool", req->name());
   if (!valid.ok()) return Fail(ctx, valid);
+  // With force its volumes go too; their QoS records go with the pool's metadata, and the
+  // QoS layer forgets them afterwards.
+  std::vector<std::string> volumes;
+  for (const VolumeInfo& v : engine_->ListVolumes()) {
+    if (v.pool == req->name()) volumes.push_back(v.name);
+  }
   Status deleted = engine_->DeletePool(req->name(), req->force());
   if (!deleted.ok()) return Fail(ctx, deleted);
+  for (const std::string& v : volumes) ForgetQos(v);
   return grpc::Status::OK;
 }
 
@@ -280,6 +372,7 @@ grpc::Status ControlService::CreateVolume(grpc::ServerContext* ctx,
       if (!valid.ok()) break;
     }
   }
+  if (valid.ok()) valid = ValidateCreateQos(*req);
   if (!valid.ok()) return Fail(ctx, valid);
 
   CreateVolumeParams params;
@@ -290,8 +383,11 @@ grpc::Status ControlService::CreateVolume(grpc::ServerContext* ctx,
   params.labels.insert(req->labels().begin(), req->labels().end());
   Result<VolumeInfo> volume = engine_->CreateVolume(params);
   if (!volume.ok()) return Fail(ctx, volume.status());
+  if (Status st = ApplyCreateQos(*req, volume->name); !st.ok()) return Fail(ctx, st);
   ToProto(*volume, resp);
   AddExportInfo(resp);
+  if (Status st = AddQosInfo(resp); !st.ok()) return Fail(ctx, st);
+  if (Status st = AddSnapshotInfo(resp, /*with_space=*/true); !st.ok()) return Fail(ctx, st);
   return grpc::Status::OK;
 }
 
@@ -305,11 +401,19 @@ grpc::Status ControlService::ListVolumes(grpc::ServerContext* ctx,
     Result<PoolInfo> pool = engine_->GetPool(req->pool());
     if (!pool.ok()) return Fail(ctx, pool.status());
   }
+  // Clone provenance for every volume from one scan; space is left to GetVolume (it reads every
+  // snapshot's mappings).
+  Result<std::vector<snapshot::CloneInfo>> clones = snapshots_->ListClones();
+  if (!clones.ok()) return Fail(ctx, clones.status());
+  std::map<std::string, const snapshot::CloneInfo*> clone_of;
+  for (const snapshot::CloneInfo& c : *clones) clone_of[c.volume] = &c;
   for (const VolumeInfo& volume : engine_->ListVolumes()) {
     if (!req->pool().empty() && volume.pool != req->pool()) continue;
     v1::Volume* out = resp->add_volumes();
     ToProto(volume, out);
     AddExportInfo(out);
+    auto it = clone_of.find(volume.name);
+    if (it != clone_of.end()) control_internal::ToProto(*it->second, out->mutable_clone());
   }
   return grpc::Status::OK;
 }
@@ -318,10 +422,7 @@ grpc::Status ControlService::GetVolume(grpc::ServerContext* ctx, const v1::GetVo
                                        v1::Volume* resp) {
   Status valid = ValidateName("volume", req->name());
   if (!valid.ok()) return Fail(ctx, valid);
-  Result<VolumeInfo> volume = engine_->GetVolume(req->name());
-  if (!volume.ok()) return Fail(ctx, volume.status());
-  ToProto(*volume, resp);
-  AddExportInfo(resp);
+  if (Status st = DescribeVolume(req->name(), resp); !st.ok()) return Fail(ctx, st);
   return grpc::Status::OK;
 }
 
@@ -341,6 +442,7 @@ grpc::Status ControlService::ResizeVolume(grpc::ServerContext* ctx,
   if (!volume.ok()) return Fail(ctx, volume.status());
   ToProto(*volume, resp);
   AddExportInfo(resp);
+  if (Status st = AddSnapshotInfo(resp, /*with_space=*/true); !st.ok()) return Fail(ctx, st);
   return grpc::Status::OK;
 }
 
@@ -350,39 +452,30 @@ grpc::Status ControlService::DeleteVolume(grpc::ServerContext* ctx,
   Status valid = ValidateName("volume", req->name());
   if (!valid.ok()) return Fail(ctx, valid);
   const std::string& name = req->name();
+  // Through the snapshot layer, so its records about the volume (clone provenance, an implicit
+  // source snapshot no other clone needs) go with it.
   Status deleted;
   if (req->force() && nbd_ != nullptr) {
+    SuspendQos(name);
     deleted = nbd_->WithExportClosed(name, kForceDisconnectTimeout,
-                                     [&] { return engine_->DeleteVolume(name); });
+                                     [&] { return snapshots_->DeleteVolume(name); });
+    if (!deleted.ok()) ResumeQos(name);
     if (deleted.ok()) {
       SHALE_LOG_INFO("volume deleted after disconnecting its NBD clients", {"volume", name});
     }
   } else {
-    deleted = engine_->DeleteVolume(name);
+    deleted = snapshots_->DeleteVolume(name);
   }
-  if (deleted.code() == StatusCode::kBusy && nbd_ != nullptr) {
-    // Say who holds it, and how to go ahead anyway.
-    std::string clients;
-    size_t count = 0;
-    for (const nbd::NbdClientInfo& c : nbd_->Clients()) {
-      if (c.export_name != name) continue;
-      if (++count <= 8) clients += (clients.empty() ? "" : ", ") + c.transport + " " + c.peer;
-    }
-    if (count > 8) clients += ", ...";
-    if (count > 0) {
-      deleted = Status::Busy("volume '" + name + "' has " + std::to_string(count) +
-                             " connected NBD client(s): " + clients +
-                             "; disconnect them, or use --force to disconnect them and delete");
-    }
-  }
+  deleted = ExplainBusy(deleted, "volume", name, "delete", /*force_hint=*/true);
   if (!deleted.ok()) return Fail(ctx, deleted);
+  ForgetQos(name);
   return grpc::Status::OK;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Exports
 
-grpc::Status ControlService::ListExports(grpc::ServerContext* /*ctx*/,
+grpc::Status ControlService::ListExports(grpc::ServerContext* ctx,
                                          const v1::ListExportsRequest* /*req*/,
                                          v1::ListExportsResponse* resp) {
   if (nbd_ == nullptr) return grpc::Status::OK;
@@ -392,14 +485,9 @@ grpc::Status ControlService::ListExports(grpc::ServerContext* /*ctx*/,
     if (c.export_name.empty()) ++handshaking;
   }
   resp->set_handshaking(handshaking);
-  for (const VolumeInfo& volume : engine_->ListVolumes()) {
-    v1::Export* e = resp->add_exports();
-    e->set_name(volume.name);
-    e->set_uri(nbd_->ExportUri(volume.name));
-    e->set_size_bytes(volume.size_bytes);
-    e->set_read_only(volume.read_only);
+  auto add_clients = [&](const std::string& name, v1::Export* e) {
     for (const nbd::NbdClientInfo& c : clients) {
-      if (c.export_name != volume.name) continue;
+      if (c.export_name != name) continue;
       v1::NbdClient* out = e->add_clients();
       out->set_id(c.id);
       out->set_transport(c.transport);
@@ -410,7 +498,35 @@ grpc::Status ControlService::ListExports(grpc::ServerContext* /*ctx*/,
       out->set_bytes_written(c.bytes_written);
       out->set_errors(c.errors);
     }
+  };
+  std::vector<v1::Export> exports;
+  for (const VolumeInfo& volume : engine_->ListVolumes()) {
+    v1::Export& e = exports.emplace_back();
+    e.set_name(volume.name);
+    e.set_uri(nbd_->ExportUri(volume.name));
+    e.set_size_bytes(volume.size_bytes);
+    e.set_read_only(volume.read_only);
+    add_clients(volume.name, &e);
   }
+  // Every snapshot is a read-only export; implicit ones are listed only while a client reads one.
+  Result<std::vector<snapshot::SnapshotInfo>> snaps =
+      snapshots_->List({.include_implicit = true, .with_space = false});
+  if (!snaps.ok()) return Fail(ctx, snaps.status());
+  for (const snapshot::SnapshotInfo& snap : *snaps) {
+    const std::string name = snap.full_name();
+    v1::Export e;
+    e.set_name(name);
+    e.set_uri(nbd_->ExportUri(name));
+    e.set_size_bytes(snap.size_bytes);
+    e.set_read_only(true);
+    e.set_snapshot(true);
+    add_clients(name, &e);
+    if (snap.implicit && e.clients().empty()) continue;
+    exports.push_back(std::move(e));
+  }
+  std::sort(exports.begin(), exports.end(),
+            [](const v1::Export& a, const v1::Export& b) { return a.name() < b.name(); });
+  for (v1::Export& e : exports) *resp->add_exports() = std::move(e);
   return grpc::Status::OK;
 }
 

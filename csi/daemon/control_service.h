@@ -1,12 +1,19 @@
-// ControlService: the shale.v1.Control gRPC service (csi/proto/control.proto) on top of an Engine.
+// ControlService: the shale.v1.Control gRPC service (csi/proto/control.proto) on top of an Engine
+// and its SnapshotManager.
 //
 // It validates every request field before the engine sees it (a request the CLI would never
-// send still gets INVALID_ARGUMENT, never a crash), calls the Engine, and converts results to
-// proto messages. This file is the one place where shale::StatusCode becomes a gRPC code; every
-// error also carries the kShaleErrorMetadataKey trailer (csi/common/control_api.h).
+// send still gets INVALID_ARGUMENT, never a crash), calls the Engine (pools, volume creation and
+// resizing) or the SnapshotManager (snapshots, clones, revert, flatten, streams, and volume
+// deletion, so the snapshot layer's records follow), and converts results to proto messages.
+// This file is the one place where shale::StatusCode becomes a gRPC code; every error also
+// carries the kShaleErrorMetadataKey trailer (csi/common/control_api.h). Handlers of snapshots
+// and clones live in control_service_snapshots.cc.
 //
 // Threading: the gRPC server calls the handlers from its thread pool, concurrently; the Engine
-// serializes control operations itself, so the service keeps no mutable state.
+// and the SnapshotManager serialize control operations themselves, so the service keeps no
+// mutable state. FlattenVolume runs the copy on a thread of its own and streams its progress
+// from the handler's thread; the handler returns only after the flatten finished, also when
+// the client went away (a flatten cannot be cancelled halfway).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -24,6 +31,12 @@ class Engine;
 namespace nbd {
 class NbdServer;
 }
+namespace snapshot {
+class SnapshotManager;
+}
+namespace qos {
+class QosManager;
+}
 
 // Maps a Shale status to a gRPC status carrying the same message.
 grpc::StatusCode ToGrpcCode(StatusCode code);
@@ -34,6 +47,7 @@ inline constexpr size_t kMaxLabels = 64;
 inline constexpr size_t kMaxLabelKeyLength = 128;
 inline constexpr size_t kMaxLabelValueLength = 256;
 inline constexpr size_t kMaxDevicePathLength = 4095;  // PATH_MAX without the NUL
+inline constexpr size_t kMaxStreamPathLength = 4095;  // snapshot stream files, likewise
 
 // Label keys: 1..128 bytes of [A-Za-z0-9._/-] starting with a letter or digit; values: up to
 // 256 bytes without control characters.
@@ -47,10 +61,14 @@ class ControlService final : public v1::Control::Service {
     std::string control_endpoint;  // "unix:///..."
   };
 
-  // `engine` (and `nbd`, the NBD server, if any) must outlive the service (the daemon stops the
-  // gRPC server before the NBD server and the engine). Without `nbd`, volumes show no export
-  // and ListExports lists none.
-  ControlService(Engine* engine, DaemonInfo info, nbd::NbdServer* nbd = nullptr);
+  // `engine`, `snapshots` (not null, started) and `nbd` (the NBD server, if any) must outlive
+  // the service (the daemon stops the gRPC server before the NBD server, the snapshot manager
+  // and the engine). Without `nbd`, volumes and snapshots show no export and ListExports lists
+  // none.
+  // `qos` (if not null) likewise; without it the QoS RPCs answer FAILED_PRECONDITION and
+  // volumes carry no QoS settings.
+  ControlService(Engine* engine, snapshot::SnapshotManager* snapshots, DaemonInfo info,
+                 nbd::NbdServer* nbd = nullptr, qos::QosManager* qos = nullptr);
   ControlService(const ControlService&) = delete;
   ControlService& operator=(const ControlService&) = delete;
 
@@ -82,14 +100,79 @@ class ControlService final : public v1::Control::Service {
   grpc::Status ListExports(grpc::ServerContext* ctx, const v1::ListExportsRequest* req,
                            v1::ListExportsResponse* resp) override;
 
-  // How long `volume delete --force` waits for NBD clients to let go of the volume.
+  // Snapshots and clones (control_service_snapshots.cc).
+  grpc::Status CreateSnapshot(grpc::ServerContext* ctx, const v1::CreateSnapshotRequest* req,
+                              v1::Snapshot* resp) override;
+  grpc::Status ListSnapshots(grpc::ServerContext* ctx, const v1::ListSnapshotsRequest* req,
+                             v1::ListSnapshotsResponse* resp) override;
+  grpc::Status GetSnapshot(grpc::ServerContext* ctx, const v1::GetSnapshotRequest* req,
+                           v1::Snapshot* resp) override;
+  grpc::Status DeleteSnapshot(grpc::ServerContext* ctx, const v1::DeleteSnapshotRequest* req,
+                              v1::DeleteSnapshotResponse* resp) override;
+  grpc::Status VerifySnapshot(grpc::ServerContext* ctx, const v1::VerifySnapshotRequest* req,
+                              v1::VerifySnapshotResponse* resp) override;
+  grpc::Status ExportSnapshot(grpc::ServerContext* ctx, const v1::ExportSnapshotRequest* req,
+                              v1::ExportSnapshotResponse* resp) override;
+  grpc::Status ImportSnapshot(grpc::ServerContext* ctx, const v1::ImportSnapshotRequest* req,
+                              v1::ImportSnapshotResponse* resp) override;
+  grpc::Status CloneVolume(grpc::ServerContext* ctx, const v1::CloneVolumeRequest* req,
+                           v1::Volume* resp) override;
+  grpc::Status ListClones(grpc::ServerContext* ctx, const v1::ListClonesRequest* req,
+                          v1::ListClonesResponse* resp) override;
+  grpc::Status RevertVolume(grpc::ServerContext* ctx, const v1::RevertVolumeRequest* req,
+                            v1::Volume* resp) override;
+  grpc::Status FlattenVolume(grpc::ServerContext* ctx, const v1::FlattenVolumeRequest* req,
+                             grpc::ServerWriter<v1::FlattenVolumeProgress>* writer) override;
+
+  // QoS (control_service_qos.cc).
+  grpc::Status SetVolumeQos(grpc::ServerContext* ctx, const v1::SetVolumeQosRequest* req,
+                            v1::VolumeQos* resp) override;
+  grpc::Status GetVolumeQos(grpc::ServerContext* ctx, const v1::GetVolumeQosRequest* req,
+                            v1::VolumeQos* resp) override;
+  grpc::Status GetVolumeStats(grpc::ServerContext* ctx, const v1::GetVolumeStatsRequest* req,
+                              v1::VolumeIoStats* resp) override;
+  grpc::Status SetPoolQos(grpc::ServerContext* ctx, const v1::SetPoolQosRequest* req,
+                          v1::PoolQos* resp) override;
+  grpc::Status GetPoolQos(grpc::ServerContext* ctx, const v1::GetPoolQosRequest* req,
+                          v1::PoolQos* resp) override;
+
+  // How long `volume delete --force` (and `snapshot delete --force`) waits for NBD clients to
+  // let go of the export.
   static constexpr std::chrono::seconds kForceDisconnectTimeout{30};
+  // How often FlattenVolume reports progress.
+  static constexpr std::chrono::milliseconds kFlattenProgressInterval{250};
 
  private:
   void AddExportInfo(v1::Volume* volume) const;
+  void AddExportInfo(v1::Snapshot* snapshot) const;
+  // Fills the snapshot layer's view of one volume: space and clone provenance.
+  Status AddSnapshotInfo(v1::Volume* volume, bool with_space);
+  // A volume answer: engine facts, export, space, clone provenance.
+  Status DescribeVolume(const std::string& name, v1::Volume* out);
+  // "2 connected NBD client(s): tcp 127.0.0.1:4000, unix pid 12" for export `name`; empty when
+  // it has none.
+  std::string DescribeNbdClients(const std::string& name) const;
+  // Rewrites a Busy status about export `name` so it names the NBD clients that hold it and
+  // what to do (`action`: "delete", "revert"; `force_hint`: whether --force would help).
+  Status ExplainBusy(const Status& status, const std::string& kind, const std::string& name,
+                     const std::string& action, bool force_hint) const;
+  // QoS parts of the volume handlers (control_service_qos.cc): the settings in force into a
+  // volume answer; the request's settings checked before a create; applied after it (the
+  // volume is deleted again if they cannot be persisted); the record dropped after a delete.
+  Status AddQosInfo(v1::Volume* volume);
+  Status ValidateCreateQos(const v1::CreateVolumeRequest& req) const;
+  Status ApplyCreateQos(const v1::CreateVolumeRequest& req, const std::string& name);
+  void ForgetQos(const std::string& name);
+  // Around `volume delete --force`: the volume's limits are lifted while its NBD clients drain
+  // (requests held at a low rate would outlast the disconnect timeout), and put back if the
+  // delete fails.
+  void SuspendQos(const std::string& name);
+  void ResumeQos(const std::string& name);
 
   Engine* const engine_;
+  snapshot::SnapshotManager* const snapshots_;
   nbd::NbdServer* const nbd_;
+  qos::QosManager* const qos_;
   const DaemonInfo info_;
   const std::chrono::steady_clock::time_point started_;
 };

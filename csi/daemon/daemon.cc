@@ -7,16 +7,20 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 
 #include "csi/daemon/control_service.h"
+#include "csi/driver/driver.h"
 #include "csi/nbd/export.h"
 #include "csi/nbd/server.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
+#include "qos/qos_manager.h"
+#include "snapshot/snapshot_manager.h"
 
 namespace shale {
 
@@ -73,11 +77,14 @@ Status PrepareSocketPath(const std::string& path, const std::string& kind) {
   return Status::Ok();
 }
 
-// The NBD server: every volume exported under its name (csi/nbd, docs/nbd.md).
+// The NBD server: every volume exported under its name, every snapshot read-only as
+// VOLUME@SNAP (csi/nbd, docs/nbd.md).
 class NbdEndpoint final : public Frontend {
  public:
-  NbdEndpoint(Engine* engine, nbd::NbdServerOptions options)
-      : resolver_(engine), server_(ReactorsOf(*engine), &resolver_, std::move(options)) {}
+  NbdEndpoint(Engine* engine, snapshot::SnapshotManager* snapshots, qos::QosManager* qos,
+              nbd::NbdServerOptions options)
+      : resolver_(engine, snapshots, qos),
+        server_(ReactorsOf(*engine), &resolver_, std::move(options)) {}
   ~NbdEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "nbd"; }
@@ -112,10 +119,12 @@ class NbdEndpoint final : public Frontend {
 // The control API: shale.v1.Control on a UNIX socket only its owner can use (mode 0600).
 class ControlEndpoint final : public Frontend {
  public:
-  ControlEndpoint(Engine* engine, std::string socket_path, nbd::NbdServer* nbd)
+  ControlEndpoint(Engine* engine, snapshot::SnapshotManager* snapshots, std::string socket_path,
+                  nbd::NbdServer* nbd, qos::QosManager* qos)
       : socket_path_(std::move(socket_path)),
-        service_(engine, {.version = SHALE_VERSION, .control_endpoint = "unix://" + socket_path_},
-                 nbd) {}
+        service_(engine, snapshots,
+                 {.version = SHALE_VERSION, .control_endpoint = "unix://" + socket_path_}, nbd,
+                 qos) {}
   ~ControlEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "control"; }
@@ -166,6 +175,61 @@ class ControlEndpoint final : public Frontend {
   std::unique_ptr<grpc::Server> server_;
 };
 
+// The CSI driver csi.shale.io (csi/driver, docs/csi.md): Identity, Controller and Node on one
+// UNIX socket (mode 0600: the sidecars and kubelet run as root on the node).
+class CsiEndpoint final : public Frontend {
+ public:
+  CsiEndpoint(csi::DriverOptions options, Engine* engine, snapshot::SnapshotManager* snapshots,
+              qos::QosManager* qos, std::string socket_path)
+      : socket_path_(std::move(socket_path)),
+        identity_(options),
+        controller_(options, engine, snapshots, qos),
+        node_(options, engine) {}
+  ~CsiEndpoint() override { Stop(); }
+
+  std::string_view name() const override { return "csi"; }
+  std::string endpoint() const override { return "unix://" + socket_path_; }
+
+  Status Start() override {
+    SHALE_RETURN_IF_ERROR(PrepareSocketPath(socket_path_, "CSI"));
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(endpoint(), grpc::InsecureServerCredentials());
+    builder.RegisterService(&identity_);
+    builder.RegisterService(&controller_);
+    builder.RegisterService(&node_);
+    builder.SetMaxReceiveMessageSize(kControlMaxMessageBytes);
+    grpc::ResourceQuota quota("shaled-csi");
+    quota.SetMaxThreads(kControlMaxThreads);
+    builder.SetResourceQuota(quota);
+    const mode_t old_umask = umask(0077);
+    server_ = builder.BuildAndStart();
+    umask(old_umask);
+    if (!server_) {
+      return Status::Unavailable("cannot listen on CSI socket " + socket_path_ +
+                                 " (see the log for gRPC's reason)");
+    }
+    return Status::Ok();
+  }
+
+  void Stop() override {
+    if (!server_) return;
+    server_->Shutdown(std::chrono::system_clock::now() + kControlDrainTimeout);
+    server_->Wait();
+    server_.reset();
+    if (unlink(socket_path_.c_str()) != 0 && errno != ENOENT) {
+      SHALE_LOG_WARN("could not remove CSI socket", {"path", socket_path_},
+                     {"error", Status::FromErrno(errno, "unlink").ToString()});
+    }
+  }
+
+ private:
+  const std::string socket_path_;
+  csi::IdentityService identity_;
+  csi::ControllerService controller_;
+  csi::NodeService node_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
 void GrpcLogToShaleLog(gpr_log_func_args* args) {
   const char* message = args->message != nullptr ? args->message : "";
   const std::string where =
@@ -209,9 +273,55 @@ Status Daemon::Start() {
   }
   engine_ = std::move(engine).value();
 
+  // The snapshot layer repairs what a crash interrupted (clone records, implicit snapshots,
+  // imports) before any frontend can reach it, and starts computing pending digests.
+  // Its background I/O (digests, verify, export, import) goes through QoS once QoS is open:
+  // scheduled in each pool's low class, so it cannot starve client I/O (docs/qos.md).
+  snapshot::SnapshotManager::Options snapshot_options;
+  snapshot_options.background_io =
+      [this](std::shared_ptr<VolumeHandle> handle) -> std::shared_ptr<VolumeLayer> {
+    qos::QosManager* qos = background_qos_.load(std::memory_order_acquire);
+    if (qos == nullptr) return nullptr;
+    Result<std::shared_ptr<qos::QosVolume>> wrapped = qos->Wrap(std::move(handle));
+    if (!wrapped.ok()) return nullptr;  // only for a null handle; the I/O goes direct then
+    return std::move(wrapped).value();
+  };
+  snapshots_ = std::make_unique<snapshot::SnapshotManager>(engine_.get(), snapshot_options);
+  if (Status st = snapshots_->Start(); !st.ok()) {
+    st = st.WithContext("start the snapshot layer");
+    Status stopped = Stop();
+    if (!stopped.ok()) {
+      SHALE_LOG_ERROR("shutdown after a failed start was not clean", {"error", stopped.ToString()});
+    }
+    return st;
+  }
+
+  // QoS: settings of every volume (records of volumes deleted meanwhile are dropped) and the
+  // pool schedulers; the NBD server submits through it. Its per-volume queue bound is set above
+  // what the NBD server can have in flight for one volume (every connection at its own bound),
+  // so a client that pipelines within NBD's limits never sees "qos queue full".
+  {
+    qos::QosManagerOptions qos_options;
+    const uint64_t nbd_bound = uint64_t{options_.nbd_max_connections} *
+                               nbd::NbdServerOptions{}.max_requests_in_flight;
+    qos_options.max_queued_per_volume = static_cast<uint32_t>(
+        std::clamp<uint64_t>(nbd_bound, qos::kDefaultMaxQueued, UINT32_MAX));
+    Result<std::unique_ptr<qos::QosManager>> qos = qos::QosManager::Open(engine_.get(), qos_options);
+    if (!qos.ok()) {
+      Status st = qos.status().WithContext("start QoS");
+      Status stopped = Stop();
+      if (!stopped.ok()) {
+        SHALE_LOG_ERROR("shutdown after a failed start was not clean", {"error", stopped.ToString()});
+      }
+      return st;
+    }
+    qos_ = std::move(qos).value();
+    background_qos_.store(qos_.get(), std::memory_order_release);
+  }
+
   // Frontends start in this order and stop in reverse. NBD comes first so the control API
   // can report its bound address from its first answer, and stops last, after the control API
-  // can no longer ask it for anything. (The CSI endpoint will be added here.)
+  // can no longer ask it for anything. The CSI endpoint comes last (see below).
   nbd::NbdServer* nbd = nullptr;
   if (!options_.nbd_listen.empty() || !options_.nbd_socket.empty()) {
     nbd::NbdServerOptions nbd_options;
@@ -219,12 +329,25 @@ Status Daemon::Start() {
     nbd_options.unix_socket = options_.nbd_socket;
     nbd_options.max_connections = options_.nbd_max_connections;
     nbd_options.handshake_timeout = std::chrono::seconds(options_.nbd_handshake_timeout_s);
-    auto endpoint = std::make_unique<NbdEndpoint>(engine_.get(), std::move(nbd_options));
+    auto endpoint = std::make_unique<NbdEndpoint>(engine_.get(), snapshots_.get(), qos_.get(),
+                                                  std::move(nbd_options));
     nbd = endpoint->server();
     frontends_.push_back(std::move(endpoint));
   }
-  frontends_.push_back(
-      std::make_unique<ControlEndpoint>(engine_.get(), options_.control_socket, nbd));
+  frontends_.push_back(std::make_unique<ControlEndpoint>(engine_.get(), snapshots_.get(),
+                                                         options_.control_socket, nbd, qos_.get()));
+
+  // CSI last: it attaches volumes through the NBD server and must stop before it.
+  if (!options_.csi_endpoint.empty()) {
+    csi::DriverOptions csi_options;
+    csi_options.version = SHALE_VERSION;
+    csi_options.node_id = options_.node_id.empty() ? csi::DefaultNodeId() : options_.node_id;
+    csi_options.data_dir = options_.data_dir;
+    csi_options.nbd_socket = options_.nbd_socket;
+    frontends_.push_back(std::make_unique<CsiEndpoint>(std::move(csi_options), engine_.get(),
+                                                       snapshots_.get(), qos_.get(),
+                                                       options_.csi_endpoint));
+  }
 
   for (const auto& frontend : frontends_) {
     Status st = frontend->Start();
@@ -259,8 +382,21 @@ void Daemon::Wait() {
 }
 
 Status Daemon::Stop() {
+  // Requests held by QoS limits pass now, so frontends drain at device speed rather than at
+  // the slowest volume's rate.
+  if (qos_) qos_->StopThrottling();
   for (auto it = frontends_.rbegin(); it != frontends_.rend(); ++it) (*it)->Stop();
   frontends_.clear();
+  // No frontend calls it any more; its digest worker must let go of image views before the
+  // engine closes (a cancelled digest stays pending and restarts at the next start).
+  if (snapshots_) {
+    snapshots_->Stop();
+    snapshots_.reset();
+  }
+  // Every QosVolume (held by NBD exports and snapshot jobs) is gone with the frontends and the
+  // snapshot layer; the layers and pool schedulers go before the engine they submit to.
+  background_qos_.store(nullptr, std::memory_order_release);
+  qos_.reset();
   if (!engine_) return Status::Ok();
   Status st = engine_->Shutdown();
   engine_.reset();

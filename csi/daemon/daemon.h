@@ -1,14 +1,18 @@
 // Daemon: what shaled is — the Engine of this node plus the frontends that serve it.
 //
 // Start() opens the Engine (which takes the data-dir lock and recovers every pool and volume),
-// then starts the frontends in order; Stop() stops them in reverse order, so no request is in
-// flight, and then shuts the Engine down. Today the one frontend is the control API (gRPC on a
-// UNIX socket); the NBD server and the CSI endpoint are further Frontends added in Start().
+// starts the SnapshotManager on it (crash repair of the snapshot layer, background digests),
+// opens the QosManager (per-volume QoS settings; NBD I/O goes through it), then starts the
+// frontends in order: the NBD server, then the control API (gRPC on a UNIX
+// socket), then the CSI endpoint (--csi-endpoint, csi/driver). Stop() stops the frontends in reverse
+// order, so no request is in flight, then stops the SnapshotManager (its digest worker),
+// releases the QosManager, then shuts the Engine down.
 //
 // Threading: Start/Stop from one thread (main); RequestStop() from any thread; Wait() blocks the
 // caller until RequestStop().
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -22,6 +26,12 @@
 namespace shale {
 
 class Engine;
+namespace snapshot {
+class SnapshotManager;
+}
+namespace qos {
+class QosManager;
+}
 
 // A server the daemon runs on top of the Engine.
 class Frontend {
@@ -53,16 +63,27 @@ class Daemon {
   void RequestStop();
   // Blocks until RequestStop() has been called.
   void Wait();
-  // Stops the frontends, then shuts the engine down (committing every volume). Idempotent.
+  // Stops the frontends and the snapshot manager, then shuts the engine down (committing every
+  // volume). Idempotent.
   Status Stop();
 
   const DaemonOptions& options() const { return options_; }
   // Null before Start() and after Stop().
   Engine* engine() { return engine_.get(); }
+  snapshot::SnapshotManager* snapshots() { return snapshots_.get(); }
+  // Per-volume QoS (qos/qos_manager.h): settings, stats, and Wrap() for frontends' I/O. Opened
+  // after the SnapshotManager (so records of volumes its crash repair removed are dropped),
+  // released after the frontends stopped and before the engine shuts down.
+  qos::QosManager* qos() { return qos_.get(); }
 
  private:
   const DaemonOptions options_;
   std::unique_ptr<Engine> engine_;
+  std::unique_ptr<snapshot::SnapshotManager> snapshots_;  // after engine_: destroyed first
+  std::unique_ptr<qos::QosManager> qos_;                   // after engine_: destroyed first
+  // qos_ while the snapshot layer may route its background I/O through it (set once QoS is
+  // open, cleared after the snapshot layer stopped); read by the snapshot layer's threads.
+  std::atomic<qos::QosManager*> background_qos_{nullptr};
   std::vector<std::unique_ptr<Frontend>> frontends_;  // in start order
 
   std::mutex mu_;

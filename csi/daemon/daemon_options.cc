@@ -136,6 +136,8 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   std::string nbd_socket;
   const nbd::NbdServerOptions nbd_defaults;
   unsigned nbd_max_connections = nbd_defaults.max_connections;
+  std::string csi_endpoint;
+  std::string node_id;
   unsigned nbd_handshake_timeout_s = static_cast<unsigned>(
       std::chrono::duration_cast<std::chrono::seconds>(nbd_defaults.handshake_timeout).count());
 
@@ -212,6 +214,15 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
       ->type_name("SECONDS")
       ->capture_default_str();
 
+  app.add_option("--csi-endpoint", csi_endpoint,
+                 "Serve the CSI driver csi.shale.io (Identity, Controller, Node) on this UNIX "
+                 "socket, e.g. unix:///csi/csi.sock (docs/csi.md); default: off")
+      ->type_name("unix:///PATH");
+  app.add_option("--node-id", node_id,
+                 "CSI node id, also the value of the topology key topology.csi.shale.io/node; "
+                 "default: the host name")
+      ->type_name("ID");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -277,6 +288,28 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   }
   o.nbd_max_connections = nbd_max_connections;
   o.nbd_handshake_timeout_s = nbd_handshake_timeout_s;
+  if (!csi_endpoint.empty()) {
+    std::string_view path = csi_endpoint;
+    if (path.starts_with("unix://")) {
+      path.remove_prefix(7);
+    } else if (path.find("://") != std::string_view::npos) {
+      return usage_error("--csi-endpoint '" + csi_endpoint +
+                         "' must be a UNIX socket: unix:///path/csi.sock");
+    }
+    if (path.empty()) return usage_error("--csi-endpoint needs a socket path");
+    o.csi_endpoint = Absolute(std::string(path));
+    if (o.csi_endpoint.size() > MaxUnixSocketPath()) {
+      return usage_error("CSI socket path '" + o.csi_endpoint + "' is " +
+                         std::to_string(o.csi_endpoint.size()) +
+                         " bytes long; UNIX sockets allow at most " +
+                         std::to_string(MaxUnixSocketPath()));
+    }
+    if (o.csi_endpoint == o.control_socket || o.csi_endpoint == o.nbd_socket) {
+      return usage_error("--csi-endpoint must differ from the control and NBD sockets");
+    }
+  }
+  if (node_id.size() > 128) return usage_error("--node-id must be at most 128 bytes long");
+  o.node_id = node_id;
   CLI::Option* config = app.get_config_ptr();
   if (config != nullptr && config->count() > 0) o.config_file = Absolute(config->as<std::string>());
   result.run = true;

@@ -29,6 +29,9 @@ struct DaemonOptions {
   std::string nbd_socket;      // absolute path; default <data-dir>/nbd.sock
   unsigned nbd_max_connections = 128;
   unsigned nbd_handshake_timeout_s = 10;
+  // CSI driver csi.shale.io (docs/csi.md). Empty endpoint: not served.
+  std::string csi_endpoint;  // absolute path of the CSI UNIX socket (given as unix:///path)
+  std::string node_id;       // CSI node id and topology value; default: the host name
 
   // gRPC address of the control socket: "unix://" + control_socket.
   std::string ControlEndpoint() const;

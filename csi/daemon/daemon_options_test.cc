@@ -103,6 +103,27 @@ TEST(DaemonOptions, NbdOptions) {
   EXPECT_EQ(cl.options.nbd_listen, "localhost:10900");
 }
 
+TEST(DaemonOptions, CsiEndpointAndNodeId) {
+  DaemonCommandLine cl = Parse({});
+  ASSERT_TRUE(cl.run);
+  EXPECT_EQ(cl.options.csi_endpoint, "") << "off by default";
+  cl = Parse({"--data-dir", "/srv/shale", "--csi-endpoint", "unix:///csi/csi.sock", "--node-id",
+              "node-7"});
+  ASSERT_TRUE(cl.run) << cl.err;
+  EXPECT_EQ(cl.options.csi_endpoint, "/csi/csi.sock");
+  EXPECT_EQ(cl.options.node_id, "node-7");
+  for (const char* bad : {"tcp://127.0.0.1:1", "unix://"}) {
+    cl = Parse({"--csi-endpoint", bad});
+    EXPECT_FALSE(cl.run) << bad;
+    EXPECT_EQ(cl.exit_code, 2);
+    EXPECT_NE(cl.err.find("--csi-endpoint"), std::string::npos) << cl.err;
+  }
+  cl = Parse({"--data-dir", "/srv/shale", "--csi-endpoint", "unix:///srv/shale/shaled.sock"});
+  EXPECT_FALSE(cl.run) << "must differ from the control socket";
+  cl = Parse({"--node-id", std::string(200, 'n')});
+  EXPECT_FALSE(cl.run);
+}
+
 TEST(DaemonOptions, RelativePathsBecomeAbsolute) {
   DaemonCommandLine cl = Parse({"--data-dir", "./a/../data/", "--control-socket", "c.sock"});
   ASSERT_TRUE(cl.run) << cl.err;

@@ -2,10 +2,10 @@
 //
 // The server never talks to the Engine directly: it asks an ExportResolver to open the export a
 // client names and gets an Export — something with a size, a read-only bit, a reactor and an I/O
-// entry point. Today EngineExportResolver maps a name to a volume (Engine::OpenVolume; the
-// VolumeHandle inside the Export keeps the volume from being deleted while a client uses it).
-// The snapshot layer will add "VOLUME@SNAP" exports (always read-only) by wrapping or replacing
-// the resolver; nothing in the server changes.
+// entry point. EngineExportResolver maps a volume name to the volume (Engine::OpenVolume) and
+// "VOLUME@SNAP" to a read-only view of the snapshot (SnapshotManager::OpenSnapshot). The
+// VolumeHandle inside the Export keeps the volume (or the snapshot) from being deleted while a
+// client uses it.
 #pragma once
 
 #include <memory>
@@ -20,6 +20,12 @@ namespace shale {
 class Engine;
 class Reactor;
 class VolumeHandle;
+namespace snapshot {
+class SnapshotManager;
+}
+namespace qos {
+class QosManager;
+}
 }  // namespace shale
 
 namespace shale::nbd {
@@ -54,20 +60,38 @@ class ExportResolver {
   // Opens the export a client named. Blocking: call it off the reactors. NotFound for names
   // that name nothing (including the empty "default export", which Shale does not have).
   virtual Result<std::unique_ptr<Export>> Open(std::string_view name) = 0;
-  // Names of every export, for NBD_OPT_LIST and `shale export list` (blocking, off reactors).
+  // Names of every export, for NBD_OPT_LIST (blocking, off reactors).
   virtual std::vector<std::string> List() = 0;
 };
 
-// Exports every volume of an Engine under its own name.
+// Exports every volume of an Engine under its own name and, given a SnapshotManager, every
+// snapshot as "VOLUME@SNAP": always read-only (NBD_FLAG_READ_ONLY, and the engine refuses writes
+// to the view with PermissionDenied). While a snapshot is exported it cannot be deleted (Busy).
+// Given a QosManager, every export's I/O goes through QosManager::Wrap: the volume's limits and
+// its pool's scheduler apply, and every connection to one volume (or snapshot view) shares one
+// QosLayer, so limits are per volume, not per connection.
 class EngineExportResolver final : public ExportResolver {
  public:
-  // `engine` must outlive the resolver and every Export it opened.
-  explicit EngineExportResolver(Engine* engine) : engine_(engine) {}
+  // `engine` (and `snapshots`, `qos`, if not null) must outlive the resolver and every Export it
+  // opened. Without `snapshots`, names with '@' are NotFound; without `qos`, I/O goes straight
+  // to the volume.
+  explicit EngineExportResolver(Engine* engine, snapshot::SnapshotManager* snapshots = nullptr,
+                                qos::QosManager* qos = nullptr)
+      : engine_(engine), snapshots_(snapshots), qos_(qos) {}
   Result<std::unique_ptr<Export>> Open(std::string_view name) override;
+  // Volumes, then snapshots (implicit ones are not listed, but can be opened by name).
   std::vector<std::string> List() override;
 
  private:
+  Result<std::unique_ptr<Export>> OpenSnapshot(std::string_view name);
+  // The Export of an open handle: through QoS when the resolver has a QosManager.
+  Result<std::unique_ptr<Export>> MakeExport(std::shared_ptr<VolumeHandle> handle,
+                                             std::string name, bool force_read_only,
+                                             std::string description);
+
   Engine* const engine_;
+  snapshot::SnapshotManager* const snapshots_;
+  qos::QosManager* const qos_;
 };
 
 }  // namespace shale::nbd

@@ -1,0 +1,670 @@
+// Controller service of csi.shale.io (docs/csi.md, "Controller").
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "csi/driver/driver.h"
+#include "csi/driver/driver_internal.h"
+#include "csi/driver/params.h"
+#include "engine/common/units.h"
+#include "engine/engine.h"
+#include "engine/pool/keys.h"
+#include "engine/pool/metadata_store.h"
+#include "qos/qos_manager.h"
+#include "snapshot/snapshot_manager.h"
+
+namespace shale::csi {
+
+namespace v1 = ::csi::v1;
+
+namespace {
+
+std::string RecordKey(std::string_view volume) {
+  return keys::Extension("csi", "volume/" + std::string(volume));
+}
+
+google::protobuf::Timestamp TimestampOf(uint64_t unix_ns) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(static_cast<int64_t>(unix_ns));
+}
+
+std::optional<uint64_t> ParseU64(const std::string& text) {
+  if (text.empty() || text.size() > 20) return std::nullopt;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + static_cast<uint64_t>(c - '0');
+  }
+  return v;
+}
+
+}  // namespace
+
+// The CSI capacity: the driver's record, else the capacity label set at creation, else the
+// engine size (volumes not made through CSI have no headroom).
+uint64_t CsiCapacity(Engine* engine, const VolumeInfo& info) {
+  auto rec = engine->GetRecord(info.pool, RecordKey(info.name));
+  if (rec.ok() && rec->has_value()) {
+    nlohmann::json j = nlohmann::json::parse(**rec, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("capacity") && j["capacity"].is_number_unsigned()) {
+      return j["capacity"].get<uint64_t>();
+    }
+  }
+  auto it = info.labels.find(std::string(kLabelCapacity));
+  if (it != info.labels.end()) {
+    if (auto v = ParseU64(it->second)) return std::min(*v, info.size_bytes);
+  }
+  return info.size_bytes;
+}
+
+
+// What the controller knows about a volume beyond the engine's VolumeInfo.
+struct ControllerService::Impl {
+  static uint64_t CapacityOf(Engine* engine, const VolumeInfo& info) {
+    return CsiCapacity(engine, info);
+  }
+
+  static Status WriteRecord(Engine* engine, const VolumeInfo& info, const std::string& csi_name,
+                            uint64_t capacity, const std::string& source) {
+    nlohmann::json j;
+    // The CSI name as given (it may not be a valid label value: control characters, length).
+    j["csi_name"] = csi_name;
+    j["capacity"] = capacity;
+    j["source"] = source;
+    MetaBatch batch;
+    batch.Put(RecordKey(info.name), j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    return engine->WriteRecords(info.pool, std::move(batch));
+  }
+
+  static void FillVolume(const DriverOptions& options, Engine* engine, const VolumeInfo& info,
+                         v1::Volume* out) {
+    out->set_volume_id(info.name);
+    out->set_capacity_bytes(static_cast<int64_t>(CapacityOf(engine, info)));
+    if (info.read_only) (*out->mutable_volume_context())["readOnly"] = "true";
+    (*out->mutable_volume_context())["pool"] = info.pool;
+    (*out->mutable_accessible_topology()->Add()->mutable_segments())[std::string(kTopologyKey)] =
+        options.node_id;
+  }
+
+  static void FillCondition(Engine* engine, const VolumeInfo& info, v1::VolumeCondition* out) {
+    auto pool = engine->GetPool(info.pool);
+    if (!pool.ok() || pool->state != "online") {
+      out->set_abnormal(true);
+      out->set_message("pool " + info.pool + " is not online" +
+                       (pool.ok() && !pool->error.empty() ? ": " + pool->error : std::string()));
+    } else if (info.errors > 0) {
+      out->set_abnormal(true);
+      out->set_message(std::to_string(info.errors) + " I/O errors since the daemon started");
+    } else {
+      out->set_abnormal(false);
+      out->set_message("volume is healthy");
+    }
+  }
+
+  static uint64_t SnapshotCapacity(const snapshot::SnapshotInfo& s) {
+    auto it = s.labels.find(std::string(kLabelCapacity));
+    if (it != s.labels.end()) {
+      if (auto v = ParseU64(it->second)) return std::min(*v, s.size_bytes);
+    }
+    return s.size_bytes;
+  }
+
+  static void FillSnapshot(const snapshot::SnapshotInfo& s, v1::Snapshot* out) {
+    out->set_snapshot_id(s.full_name());
+    out->set_source_volume_id(s.volume);
+    out->set_size_bytes(static_cast<int64_t>(SnapshotCapacity(s)));
+    *out->mutable_creation_time() = TimestampOf(s.created_unix_ns);
+    // Redirect-on-write: a snapshot is complete when Create returns (the digest is extra).
+    out->set_ready_to_use(true);
+  }
+};
+
+grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
+                                             const v1::CreateVolumeRequest* request,
+                                             v1::CreateVolumeResponse* response) {
+  if (request->name().empty()) return Invalid("CreateVolume: name is required");
+  if (request->volume_capabilities().empty()) {
+    return Invalid("CreateVolume: volume_capabilities are required");
+  }
+  std::map<std::string, std::string> params = ToMap(request->parameters());
+  Result<VolumeParams> parsed = ParseVolumeParams(params);
+  if (!parsed.ok()) return ToGrpc(parsed.status());
+  VolumeParams vp = std::move(parsed).value();
+  // VolumeAttributesClass parameters at creation: QoS only, taking precedence.
+  if (!request->mutable_parameters().empty()) {
+    Status st = ApplyQosParams(ToMap(request->mutable_parameters()), &vp.qos, &vp.has_qos);
+    if (!st.ok()) return ToGrpc(st);
+  }
+  if (vp.has_qos && qos_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "QoS parameters given but this shaled has no QoS manager");
+  }
+
+  // Source.
+  std::string source;
+  const bool has_source = request->has_volume_content_source();
+  if (has_source) {
+    const auto& src = request->volume_content_source();
+    if (src.has_snapshot()) {
+      if (src.snapshot().snapshot_id().empty()) return Invalid("snapshot source without an id");
+      source = "snapshot:" + src.snapshot().snapshot_id();
+    } else if (src.has_volume()) {
+      if (src.volume().volume_id().empty()) return Invalid("volume source without an id");
+      source = "volume:" + src.volume().volume_id();
+    } else {
+      return Invalid("volume_content_source without a snapshot or volume");
+    }
+  }
+  // Read-only: asked for, or implied by a clone only ever read by many pods.
+  bool all_multi_reader = true;
+  for (const auto& cap : request->volume_capabilities()) {
+    if (cap.access_mode().mode() != v1::VolumeCapability::AccessMode::MULTI_NODE_READER_ONLY) {
+      all_multi_reader = false;
+    }
+  }
+  if (vp.read_only_clone && !has_source) {
+    return Invalid("readOnlyClone=true needs a volume content source (a snapshot or a volume)");
+  }
+  const bool read_only = has_source && (vp.read_only_clone || all_multi_reader);
+  for (const auto& cap : request->volume_capabilities()) {
+    Status st = CheckCapability(cap, read_only);
+    if (!st.ok()) return ToGrpc(st);
+  }
+
+  // Topology: this node is the only place the volume can live.
+  if (request->has_accessibility_requirements() &&
+      !request->accessibility_requirements().requisite().empty()) {
+    bool ours = false;
+    for (const auto& topo : request->accessibility_requirements().requisite()) {
+      auto it = topo.segments().find(std::string(kTopologyKey));
+      if (it != topo.segments().end() && it->second == options_.node_id) ours = true;
+    }
+    if (!ours) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "no requisite topology names this node (" + std::string(kTopologyKey) +
+                              "=" + options_.node_id + ")");
+    }
+  }
+
+  const std::string name = ShaleNameFor(request->name());
+  std::map<std::string, std::string> fp_params = params;
+  for (const auto& [k, v] : request->mutable_parameters()) fp_params["mutable:" + k] = v;
+  const std::string fingerprint = Fingerprint(request->name(), fp_params, source, read_only);
+  const int64_t required = request->capacity_range().required_bytes();
+  const int64_t limit = request->capacity_range().limit_bytes();
+
+  std::lock_guard lock(mu_);
+  if (auto existing = engine_->GetVolume(name); existing.ok()) {
+    auto it = existing->labels.find(std::string(kLabelFingerprint));
+    if (it == existing->labels.end() || it->second != fingerprint) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          "volume " + name + " exists with different parameters or source");
+    }
+    const uint64_t capacity = Impl::CapacityOf(engine_, *existing);
+    if ((required > 0 && capacity < static_cast<uint64_t>(required)) ||
+        (limit > 0 && capacity > static_cast<uint64_t>(limit))) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          "volume " + name + " exists with capacity " + std::to_string(capacity) +
+                              " outside the requested range");
+    }
+    // A retry after a crash between create and record: complete the record now.
+    auto rec = engine_->GetRecord(existing->pool, RecordKey(name));
+    if (rec.ok() && !rec->has_value()) {
+      Impl::WriteRecord(engine_, *existing, request->name(), capacity, source).IgnoreError();
+    }
+    Impl::FillVolume(options_, engine_, *existing, response->mutable_volume());
+    if (has_source) *response->mutable_volume()->mutable_content_source() =
+        request->volume_content_source();
+    return grpc::Status::OK;
+  } else if (!existing.status().IsNotFound()) {
+    return ToGrpc(existing.status());
+  }
+
+  // Resolve the source: the clone starts from a frozen image ("VOLUME@SNAP") or the live volume.
+  std::string clone_from;
+  uint64_t minimum = 0;
+  uint64_t source_engine_size = 0;
+  std::string source_pool;
+  if (has_source) {
+    const auto& src = request->volume_content_source();
+    if (src.has_snapshot()) {
+      auto snap = snapshots_->Get(src.snapshot().snapshot_id());
+      if (!snap.ok()) {
+        return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                            "source snapshot " + src.snapshot().snapshot_id() +
+                                " not found: " + std::string(snap.status().message()));
+      }
+      clone_from = snap->full_name();
+      minimum = Impl::SnapshotCapacity(*snap);
+      source_engine_size = snap->size_bytes;
+      source_pool = snap->pool;
+    } else {
+      auto vol = engine_->GetVolume(src.volume().volume_id());
+      if (!vol.ok()) {
+        return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                            "source volume " + src.volume().volume_id() + " not found");
+      }
+      clone_from = vol->name;
+      minimum = Impl::CapacityOf(engine_, *vol);
+      source_engine_size = vol->size_bytes;
+      source_pool = vol->pool;
+    }
+    if (!vp.pool.empty() && vp.pool != source_pool) {
+      return Invalid("parameter pool=" + vp.pool + " differs from the source's pool " +
+                     source_pool + " (clones live in their source's pool)");
+    }
+  }
+  Result<uint64_t> capacity = SizeForRange(required, limit, minimum);
+  if (!capacity.ok()) return ToGrpc(capacity.status());
+  const uint64_t engine_size = std::max(EngineSizeFor(*capacity), source_engine_size);
+
+  std::map<std::string, std::string> labels = vp.provenance;
+  labels[std::string(kLabelFingerprint)] = fingerprint;
+  labels[std::string(kLabelCapacity)] = std::to_string(*capacity);
+
+  Result<VolumeInfo> created = Status::Internal("unreachable");
+  if (!has_source) {
+    CreateVolumeParams p;
+    p.name = name;
+    p.size_bytes = engine_size;
+    p.pool = vp.pool;
+    p.labels = labels;
+    created = engine_->CreateVolume(p);
+  } else {
+    snapshot::CloneOptions o;
+    o.read_only = read_only;
+    o.labels = labels;
+    auto clone = snapshots_->Clone(clone_from, name, o);
+    if (!clone.ok()) {
+      created = clone.status();
+    } else if (clone->volume.size_bytes < engine_size) {
+      created = engine_->ResizeVolume(name, engine_size);
+    } else {
+      created = clone->volume;
+    }
+  }
+  if (!created.ok()) {
+    Status st = created.status();
+    if (has_source && engine_->GetVolume(name).ok()) snapshots_->DeleteVolume(name).IgnoreError();
+    if (st.code() == StatusCode::kNotFound && !vp.pool.empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "pool " + vp.pool + " not found: " + std::string(st.message()));
+    }
+    return ToGrpc(st.WithContext("create volume " + name));
+  }
+  if (vp.has_qos) {
+    Status st = qos_->Set(name, vp.qos);
+    if (!st.ok()) {
+      snapshots_->DeleteVolume(name).IgnoreError();
+      return ToGrpc(st.WithContext("set QoS of " + name));
+    }
+  }
+  Status recorded = Impl::WriteRecord(engine_, *created, request->name(), *capacity, source);
+  if (!recorded.ok()) {
+    snapshots_->DeleteVolume(name).IgnoreError();
+    return ToGrpc(recorded.WithContext("record CSI volume " + name));
+  }
+  Impl::FillVolume(options_, engine_, *created, response->mutable_volume());
+  if (has_source) *response->mutable_volume()->mutable_content_source() =
+      request->volume_content_source();
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
+                                             const v1::DeleteVolumeRequest* request,
+                                             v1::DeleteVolumeResponse*) {
+  if (request->volume_id().empty()) return Invalid("DeleteVolume: volume_id is required");
+  std::lock_guard lock(mu_);
+  auto info = engine_->GetVolume(request->volume_id());
+  if (!info.ok()) {
+    // Gone already (or never a valid id): deleting is idempotent.
+    if (info.status().IsNotFound() || info.status().code() == StatusCode::kInvalidArgument) {
+      return grpc::Status::OK;
+    }
+    return ToGrpc(info.status());
+  }
+  Status st = snapshots_->DeleteVolume(info->name);
+  if (!st.ok() && !st.IsNotFound()) {
+    if (st.code() == StatusCode::kBusy) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "volume " + info->name + " is in use (attached on the node?): " +
+                              std::string(st.message()));
+    }
+    return ToGrpc(st);
+  }
+  if (qos_ != nullptr) qos_->OnVolumeDeleted(info->name).IgnoreError();
+  MetaBatch batch;
+  batch.Delete(RecordKey(info->name));
+  engine_->WriteRecords(info->pool, std::move(batch)).IgnoreError();
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ValidateVolumeCapabilities(
+    grpc::ServerContext*, const v1::ValidateVolumeCapabilitiesRequest* request,
+    v1::ValidateVolumeCapabilitiesResponse* response) {
+  if (request->volume_id().empty()) return Invalid("volume_id is required");
+  if (request->volume_capabilities().empty()) return Invalid("volume_capabilities are required");
+  auto info = engine_->GetVolume(request->volume_id());
+  if (!info.ok()) {
+    if (info.status().IsNotFound() || info.status().code() == StatusCode::kInvalidArgument) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "volume " + request->volume_id() + " not found");
+    }
+    return ToGrpc(info.status());
+  }
+  for (const auto& cap : request->volume_capabilities()) {
+    Status st = CheckCapability(cap, info->read_only);
+    if (!st.ok()) {
+      response->set_message(std::string(st.message()));
+      return grpc::Status::OK;
+    }
+  }
+  if (!request->parameters().empty()) {
+    auto parsed = ParseVolumeParams(ToMap(request->parameters()));
+    if (!parsed.ok()) {
+      response->set_message(std::string(parsed.status().message()));
+      return grpc::Status::OK;
+    }
+  }
+  auto* confirmed = response->mutable_confirmed();
+  *confirmed->mutable_volume_context() = request->volume_context();
+  *confirmed->mutable_volume_capabilities() = request->volume_capabilities();
+  *confirmed->mutable_parameters() = request->parameters();
+  *confirmed->mutable_mutable_parameters() = request->mutable_parameters();
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ListVolumes(grpc::ServerContext*,
+                                            const v1::ListVolumesRequest* request,
+                                            v1::ListVolumesResponse* response) {
+  if (request->max_entries() < 0) return Invalid("max_entries must not be negative");
+  std::string after;
+  if (!request->starting_token().empty()) {
+    std::optional<std::string> parsed = ParseToken(request->starting_token());
+    if (!parsed) {
+      return grpc::Status(grpc::StatusCode::ABORTED,
+                          "starting_token \"" + request->starting_token() +
+                              "\" was not issued by this driver");
+    }
+    after = *parsed;
+  }
+  std::vector<VolumeInfo> volumes = engine_->ListVolumes();
+  std::sort(volumes.begin(), volumes.end(),
+            [](const VolumeInfo& a, const VolumeInfo& b) { return a.name < b.name; });
+  // Names after the token's: a volume deleted between pages does not invalidate the token,
+  // one created after it shows up if its name sorts later.
+  const size_t max = request->max_entries() > 0 ? static_cast<size_t>(request->max_entries())
+                                                : volumes.size();
+  for (const VolumeInfo& v : volumes) {
+    if (!after.empty() && v.name <= after) continue;
+    if (static_cast<size_t>(response->entries_size()) == max) {
+      response->set_next_token(MakeToken(response->entries().rbegin()->volume().volume_id()));
+      break;
+    }
+    auto* entry = response->add_entries();
+    Impl::FillVolume(options_, engine_, v, entry->mutable_volume());
+    Impl::FillCondition(engine_, v, entry->mutable_status()->mutable_volume_condition());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::GetCapacity(grpc::ServerContext*,
+                                            const v1::GetCapacityRequest* request,
+                                            v1::GetCapacityResponse* response) {
+  for (const auto& cap : request->volume_capabilities()) {
+    Status st = CheckCapability(cap, /*read_only=*/false);
+    // A capability this driver cannot serve has no capacity (not an error: spec).
+    if (!st.ok() && !IsReaderOnlyMode(cap.access_mode().mode())) return grpc::Status::OK;
+  }
+  auto parsed = ParseVolumeParams(ToMap(request->parameters()));
+  if (!parsed.ok()) return ToGrpc(parsed.status());
+  if (request->has_accessible_topology()) {
+    auto it = request->accessible_topology().segments().find(std::string(kTopologyKey));
+    if (it == request->accessible_topology().segments().end() || it->second != options_.node_id) {
+      return grpc::Status::OK;  // 0: no space of this node is reachable from there
+    }
+  }
+  std::string pool = parsed->pool;
+  if (pool.empty()) {
+    std::vector<PoolInfo> pools = engine_->ListPools();
+    bool has_default = false;
+    for (const PoolInfo& p : pools) has_default |= p.name == engine_->options().default_pool_name;
+    if (has_default) {
+      pool = engine_->options().default_pool_name;
+    } else if (pools.size() == 1) {
+      pool = pools[0].name;
+    } else {
+      return Invalid("parameter pool is required: this node has " + std::to_string(pools.size()) +
+                     " pools and none is named " + engine_->options().default_pool_name);
+    }
+  }
+  auto info = engine_->GetPool(pool);
+  if (!info.ok()) {
+    if (info.status().IsNotFound()) return Invalid("pool " + pool + " not found");
+    return ToGrpc(info.status());
+  }
+  if (info->state == "online") response->set_available_capacity(static_cast<int64_t>(info->free_bytes));
+  // Volumes are thin: their size is not bounded by the free space, only by the engine.
+  response->mutable_maximum_volume_size()->set_value(static_cast<int64_t>(kMaxVolumeSize));
+  response->mutable_minimum_volume_size()->set_value(static_cast<int64_t>(kSizeGranularity));
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ControllerGetCapabilities(
+    grpc::ServerContext*, const v1::ControllerGetCapabilitiesRequest*,
+    v1::ControllerGetCapabilitiesResponse* response) {
+  using Rpc = v1::ControllerServiceCapability::RPC;
+  for (Rpc::Type t : {Rpc::CREATE_DELETE_VOLUME, Rpc::LIST_VOLUMES, Rpc::GET_CAPACITY,
+                      Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS, Rpc::CLONE_VOLUME,
+                      Rpc::EXPAND_VOLUME, Rpc::VOLUME_CONDITION, Rpc::GET_VOLUME,
+                      Rpc::SINGLE_NODE_MULTI_WRITER}) {
+    response->add_capabilities()->mutable_rpc()->set_type(t);
+  }
+  if (qos_ != nullptr) {
+    response->add_capabilities()->mutable_rpc()->set_type(Rpc::MODIFY_VOLUME);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
+                                               const v1::CreateSnapshotRequest* request,
+                                               v1::CreateSnapshotResponse* response) {
+  if (request->name().empty()) return Invalid("CreateSnapshot: name is required");
+  if (request->source_volume_id().empty()) {
+    return Invalid("CreateSnapshot: source_volume_id is required");
+  }
+  snapshot::Labels labels = ToMap(request->parameters());
+  Status valid = snapshot::ValidateLabels(labels);
+  if (!valid.ok()) {
+    return Invalid("snapshot parameters become labels: " + std::string(valid.message()));
+  }
+  const std::string name = ShaleNameFor(request->name());
+  std::lock_guard lock(mu_);
+  snapshot::ListOptions lo;
+  lo.with_space = false;
+  auto all = snapshots_->List(lo);
+  if (!all.ok()) return ToGrpc(all.status());
+  for (const snapshot::SnapshotInfo& s : *all) {
+    if (s.name != name) continue;
+    if (s.volume != request->source_volume_id()) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          "snapshot name " + request->name() + " is taken by " + s.full_name());
+    }
+    Impl::FillSnapshot(s, response->mutable_snapshot());
+    return grpc::Status::OK;
+  }
+  auto volume = engine_->GetVolume(request->source_volume_id());
+  if (!volume.ok()) {
+    if (volume.status().IsNotFound() || volume.status().code() == StatusCode::kInvalidArgument) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "source volume " + request->source_volume_id() + " not found");
+    }
+    return ToGrpc(volume.status());
+  }
+  labels[std::string(kLabelManaged)] = "true";
+  labels[std::string(kLabelCapacity)] = std::to_string(Impl::CapacityOf(engine_, *volume));
+  snapshot::CreateSnapshotOptions o;
+  o.labels = labels;
+  auto created = snapshots_->Create(volume->name, name, o);
+  if (!created.ok()) return ToGrpc(created.status().WithContext("snapshot " + volume->name));
+  Impl::FillSnapshot(*created, response->mutable_snapshot());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::DeleteSnapshot(grpc::ServerContext*,
+                                               const v1::DeleteSnapshotRequest* request,
+                                               v1::DeleteSnapshotResponse*) {
+  if (request->snapshot_id().empty()) return Invalid("DeleteSnapshot: snapshot_id is required");
+  if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
+  std::lock_guard lock(mu_);
+  auto deleted = snapshots_->Delete(request->snapshot_id());
+  if (!deleted.ok() && !deleted.status().IsNotFound()) return ToGrpc(deleted.status());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
+                                              const v1::ListSnapshotsRequest* request,
+                                              v1::ListSnapshotsResponse* response) {
+  if (request->max_entries() < 0) return Invalid("max_entries must not be negative");
+  std::string after;
+  if (!request->starting_token().empty()) {
+    std::optional<std::string> parsed = ParseToken(request->starting_token());
+    if (!parsed) {
+      return grpc::Status(grpc::StatusCode::ABORTED,
+                          "starting_token \"" + request->starting_token() +
+                              "\" was not issued by this driver");
+    }
+    after = *parsed;
+  }
+  std::vector<snapshot::SnapshotInfo> snaps;
+  if (!request->snapshot_id().empty()) {
+    if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
+    auto s = snapshots_->Get(request->snapshot_id());
+    if (!s.ok()) {
+      if (s.status().IsNotFound()) return grpc::Status::OK;
+      return ToGrpc(s.status());
+    }
+    if (!s->implicit && (request->source_volume_id().empty() ||
+                         s->volume == request->source_volume_id())) {
+      snaps.push_back(*s);
+    }
+  } else {
+    snapshot::ListOptions lo;
+    lo.with_space = false;
+    if (!request->source_volume_id().empty()) {
+      if (!ValidateName("volume", request->source_volume_id()).ok()) return grpc::Status::OK;
+      lo.volume = request->source_volume_id();
+    }
+    auto all = snapshots_->List(lo);
+    if (!all.ok()) {
+      if (all.status().IsNotFound()) return grpc::Status::OK;
+      return ToGrpc(all.status());
+    }
+    snaps = std::move(all).value();
+  }
+  std::sort(snaps.begin(), snaps.end(),
+            [](const snapshot::SnapshotInfo& a, const snapshot::SnapshotInfo& b) {
+              return a.full_name() < b.full_name();
+            });
+  const size_t max = request->max_entries() > 0 ? static_cast<size_t>(request->max_entries())
+                                                : snaps.size();
+  for (const snapshot::SnapshotInfo& s : snaps) {
+    if (!after.empty() && s.full_name() <= after) continue;
+    if (static_cast<size_t>(response->entries_size()) == max) {
+      response->set_next_token(MakeToken(response->entries().rbegin()->snapshot().snapshot_id()));
+      break;
+    }
+    Impl::FillSnapshot(s, response->add_entries()->mutable_snapshot());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ControllerExpandVolume(
+    grpc::ServerContext*, const v1::ControllerExpandVolumeRequest* request,
+    v1::ControllerExpandVolumeResponse* response) {
+  if (request->volume_id().empty()) return Invalid("volume_id is required");
+  if (!request->has_capacity_range()) return Invalid("capacity_range is required");
+  std::lock_guard lock(mu_);
+  auto info = engine_->GetVolume(request->volume_id());
+  if (!info.ok()) {
+    if (info.status().IsNotFound() || info.status().code() == StatusCode::kInvalidArgument) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "volume " + request->volume_id() + " not found");
+    }
+    return ToGrpc(info.status());
+  }
+  const uint64_t current = Impl::CapacityOf(engine_, *info);
+  Result<uint64_t> wanted = SizeForRange(request->capacity_range().required_bytes(),
+                                         request->capacity_range().limit_bytes(), current);
+  if (!wanted.ok()) return ToGrpc(wanted.status());
+  if (*wanted > current) {
+    if (info->read_only) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "volume " + info->name + " is a read-only clone and cannot grow");
+    }
+    if (*wanted > info->size_bytes) {
+      auto resized = engine_->ResizeVolume(info->name, EngineSizeFor(*wanted));
+      if (!resized.ok()) return ToGrpc(resized.status());
+    }
+    // Keep the CSI name and source of the existing record; only the capacity changes.
+    std::string csi_name = info->name, source;
+    if (auto rec = engine_->GetRecord(info->pool, RecordKey(info->name)); rec.ok() && rec->has_value()) {
+      nlohmann::json j = nlohmann::json::parse(**rec, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.contains("csi_name") && j["csi_name"].is_string()) {
+        csi_name = j["csi_name"].get<std::string>();
+      }
+      if (j.is_object() && j.contains("source") && j["source"].is_string()) {
+        source = j["source"].get<std::string>();
+      }
+    }
+    Status st = Impl::WriteRecord(engine_, *info, csi_name, *wanted, source);
+    if (!st.ok()) return ToGrpc(st);
+  }
+  response->set_capacity_bytes(static_cast<int64_t>(std::max(*wanted, current)));
+  // The node grows its attachment (loop size limit) and, for mounts, the filesystem.
+  response->set_node_expansion_required(true);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ControllerGetVolume(grpc::ServerContext*,
+                                                    const v1::ControllerGetVolumeRequest* request,
+                                                    v1::ControllerGetVolumeResponse* response) {
+  if (request->volume_id().empty()) return Invalid("volume_id is required");
+  auto info = engine_->GetVolume(request->volume_id());
+  if (!info.ok()) {
+    if (info.status().IsNotFound() || info.status().code() == StatusCode::kInvalidArgument) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "volume " + request->volume_id() + " not found");
+    }
+    return ToGrpc(info.status());
+  }
+  Impl::FillVolume(options_, engine_, *info, response->mutable_volume());
+  Impl::FillCondition(engine_, *info, response->mutable_status()->mutable_volume_condition());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ControllerModifyVolume(
+    grpc::ServerContext*, const v1::ControllerModifyVolumeRequest* request,
+    v1::ControllerModifyVolumeResponse*) {
+  if (request->volume_id().empty()) return Invalid("volume_id is required");
+  if (request->mutable_parameters().empty()) return Invalid("mutable_parameters are required");
+  if (qos_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this shaled has no QoS manager");
+  }
+  std::lock_guard lock(mu_);
+  auto current = qos_->Get(request->volume_id());
+  if (!current.ok()) {
+    if (current.status().IsNotFound() || current.status().code() == StatusCode::kInvalidArgument) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "volume " + request->volume_id() + " not found");
+    }
+    return ToGrpc(current.status());
+  }
+  qos::QosSettings settings = *current;
+  bool any = false;
+  Status st = ApplyQosParams(ToMap(request->mutable_parameters()), &settings, &any);
+  if (!st.ok()) return ToGrpc(st);
+  return ToGrpc(qos_->Set(request->volume_id(), settings));
+}
+
+}  // namespace shale::csi
