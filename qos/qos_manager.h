@@ -3,7 +3,7 @@
 //
 // The daemon owns one, next to the Engine:
 //   - volume create with QoS:  settings.Validate() first, Engine::CreateVolume, then Set();
-//   - `shale volume qos set/get`: Set() / Get() (Set applies to an open volume before it returns);
+//   - `shale qos set/show`:    Set() / Get() (Set applies to an open volume before it returns);
 //   - `shale volume stats`:     Stats();
 //   - frontends (NBD, ...):     Wrap(handle) and submit to the returned QosVolume instead of the
 //                               handle's Volume; every frontend of a volume shares one QosLayer;

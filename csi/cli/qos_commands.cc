@@ -171,8 +171,8 @@ class WatchSignals {
     while (!stopped()) {
       const auto now = std::chrono::steady_clock::now();
       if (now >= deadline) return;
-      std::this_thread::sleep_for(
-          std::min<std::chrono::steady_clock::duration>(deadline - now, std::chrono::milliseconds(20)));
+      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+          deadline - now, std::chrono::milliseconds(20)));
     }
   }
 
@@ -208,12 +208,11 @@ void QosCommands::AddQosCommand(CLI::App& app) {
     *action = [this, print_json](ControlClient& client, Format format) {
       v1::GetVolumeQosRequest req;
       req.set_name(volume_);
-      return RunRpc(client, &v1::Control::Stub::GetVolumeQos, req, err_,
-                    [&](const v1::VolumeQos& resp) {
-                      format == Format::kJson ? print_json(ToJson(resp))
-                                              : void(out_ << QosView(resp));
-                      return kExitOk;
-                    });
+      return RunRpc(
+          client, &v1::Control::Stub::GetVolumeQos, req, err_, [&](const v1::VolumeQos& resp) {
+            format == Format::kJson ? print_json(ToJson(resp)) : void(out_ << QosView(resp));
+            return kExitOk;
+          });
     };
   });
 
@@ -246,7 +245,6 @@ void QosCommands::AddQosCommand(CLI::App& app) {
       return RunRpc(client, &v1::Control::Stub::SetPoolQos, req, err_, print);
     };
   });
-
 }
 
 void QosCommands::AddVolumeCommands(CLI::App* volume_cmd) {

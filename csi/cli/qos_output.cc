@@ -201,12 +201,11 @@ std::string VolumeStatsView(const v1::VolumeIoStats& s) {
                                        Seconds(s.contended_wait_ns()) + " in total)");
     rows.emplace_back("Queue", std::to_string(s.queue_depth()) + " waiting, " +
                                    std::to_string(s.in_flight()) + " in flight");
-    rows.emplace_back("Totals", "reads " + std::to_string(s.reads()) + " (" +
-                                    FormatSize(s.bytes_read()) + "), writes " +
-                                    std::to_string(s.writes()) + " (" +
-                                    FormatSize(s.bytes_written()) + "), errors " +
-                                    std::to_string(s.errors()) + ", rejected " +
-                                    std::to_string(s.rejected()));
+    rows.emplace_back(
+        "Totals", "reads " + std::to_string(s.reads()) + " (" + FormatSize(s.bytes_read()) +
+                      "), writes " + std::to_string(s.writes()) + " (" +
+                      FormatSize(s.bytes_written()) + "), errors " + std::to_string(s.errors()) +
+                      ", rejected " + std::to_string(s.rejected()));
   }
   rows.emplace_back("Pool", "budget " + std::to_string(s.pool_budget()) + ", " +
                                 std::to_string(s.pool_outstanding()) + " outstanding, " +

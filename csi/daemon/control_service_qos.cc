@@ -120,9 +120,7 @@ Status DescribeQos(Engine* engine, qos::QosManager* qos, const std::string& name
   return Status::Ok();
 }
 
-Status QosDisabled() {
-  return Status::FailedPrecondition("QoS is not enabled in this shaled");
-}
+Status QosDisabled() { return Status::FailedPrecondition("QoS is not enabled in this shaled"); }
 
 }  // namespace
 
@@ -143,8 +141,7 @@ Status ControlService::ValidateCreateQos(const v1::CreateVolumeRequest& req) con
   return FromProto(req.qos()).Validate();
 }
 
-Status ControlService::ApplyCreateQos(const v1::CreateVolumeRequest& req,
-                                      const std::string& name) {
+Status ControlService::ApplyCreateQos(const v1::CreateVolumeRequest& req, const std::string& name) {
   if (!req.has_qos() || qos_ == nullptr) return Status::Ok();
   const qos::QosSettings settings = FromProto(req.qos());
   // All defaults: nothing to persist (a volume without a record runs unlimited at weight 100).
@@ -192,8 +189,7 @@ void ControlService::ResumeQos(const std::string& name) {
 // QoS RPCs
 
 grpc::Status ControlService::SetVolumeQos(grpc::ServerContext* ctx,
-                                          const v1::SetVolumeQosRequest* req,
-                                          v1::VolumeQos* resp) {
+                                          const v1::SetVolumeQosRequest* req, v1::VolumeQos* resp) {
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   if (qos_ == nullptr) return Fail(ctx, QosDisabled());
   if (Status st = qos_->Set(req->name(), FromProto(req->qos())); !st.ok()) return Fail(ctx, st);
@@ -202,8 +198,7 @@ grpc::Status ControlService::SetVolumeQos(grpc::ServerContext* ctx,
 }
 
 grpc::Status ControlService::GetVolumeQos(grpc::ServerContext* ctx,
-                                          const v1::GetVolumeQosRequest* req,
-                                          v1::VolumeQos* resp) {
+                                          const v1::GetVolumeQosRequest* req, v1::VolumeQos* resp) {
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   if (qos_ == nullptr) return Fail(ctx, QosDisabled());
   if (Status st = DescribeQos(engine_, qos_, req->name(), resp); !st.ok()) return Fail(ctx, st);

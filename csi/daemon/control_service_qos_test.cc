@@ -39,9 +39,9 @@ class ControlServiceQosTest : public ::testing::Test {
     Result<std::unique_ptr<qos::QosManager>> qos = qos::QosManager::Open(engine_.get(), {});
     ASSERT_TRUE(qos.ok()) << qos.status();
     qos_ = std::move(qos).value();
-    service_ = std::make_unique<ControlService>(
-        engine_.get(), snapshots_.get(), ControlService::DaemonInfo{.version = "9.9.9"},
-        /*nbd=*/nullptr, qos_.get());
+    service_ = std::make_unique<ControlService>(engine_.get(), snapshots_.get(),
+                                                ControlService::DaemonInfo{.version = "9.9.9"},
+                                                /*nbd=*/nullptr, qos_.get());
   }
   void Close() {
     service_.reset();
@@ -178,8 +178,7 @@ TEST_F(ControlServiceQosTest, UnknownNamesAndPools) {
   v1::GetVolumeStatsRequest stats;
   stats.set_name("nope");
   v1::VolumeIoStats s;
-  EXPECT_EQ(service_->GetVolumeStats(&ctx2, &stats, &s).error_code(),
-            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(service_->GetVolumeStats(&ctx2, &stats, &s).error_code(), grpc::StatusCode::NOT_FOUND);
 
   grpc::ServerContext ctx3;
   v1::SetPoolQosRequest pool;

@@ -35,9 +35,9 @@ namespace shale::e2e {
 namespace {
 
 // The tool, or a skip naming the package (scripts/deps installs them all).
-#define REQUIRE_FIO()                                                                        \
-  const std::string fio = FindProgram("fio");                                                \
-  if (fio.empty()) {                                                                         \
+#define REQUIRE_FIO()                                                                      \
+  const std::string fio = FindProgram("fio");                                              \
+  if (fio.empty()) {                                                                       \
     GTEST_SKIP() << "fio is not installed (Debian package fio; scripts/deps installs it)"; \
   }
 
@@ -174,9 +174,9 @@ class QosTest : public ::testing::Test {
 
   // Writes the first `mib` MiB of a volume, so reads go to the device rather than to holes.
   void Prefill(const std::string& fio, const std::string& volume, int mib = 64) {
-    nlohmann::json j = RunFio(fio, {{"fill", volume}},
-                              {"--rw=write", "--bs=1M", "--iodepth=8",
-                               "--size=" + std::to_string(mib) + "M"});
+    nlohmann::json j =
+        RunFio(fio, {{"fill", volume}},
+               {"--rw=write", "--bs=1M", "--iodepth=8", "--size=" + std::to_string(mib) + "M"});
     std::vector<FioJob> jobs = JobsOf(j);
     ASSERT_EQ(jobs.size(), 1u);
     ASSERT_EQ(jobs[0].error, 0);
@@ -186,16 +186,20 @@ class QosTest : public ::testing::Test {
 };
 
 // 4 KiB random reads at queue depth 32: the workload of every limit test.
-std::vector<std::string> RandRead(const std::string& bs, int seconds, const std::string& size = "256M") {
-  return {"--rw=randread", "--bs=" + bs, "--iodepth=32", "--size=" + size, "--time_based",
-          "--runtime=" + std::to_string(seconds), "--randrepeat=0"};
+std::vector<std::string> RandRead(const std::string& bs, int seconds,
+                                  const std::string& size = "256M") {
+  return {"--rw=randread",  "--bs=" + bs,   "--iodepth=32",
+          "--size=" + size, "--time_based", "--runtime=" + std::to_string(seconds),
+          "--randrepeat=0"};
 }
 
 // Two volumes saturating a pool with budget 2: 4 KiB random reads of their prefilled 64 MiB,
 // IOPS logged per job in 500 ms windows (<log>_iops.<job>.log).
 std::vector<std::string> PoolLoad(int seconds, const std::string& log) {
-  return {"--rw=randread", "--bs=4k", "--iodepth=128", "--size=64M", "--time_based",
-          "--runtime=" + std::to_string(seconds), "--randrepeat=0", "--write_iops_log=" + log,
+  return {"--rw=randread",     "--bs=4k",
+          "--iodepth=128",     "--size=64M",
+          "--time_based",      "--runtime=" + std::to_string(seconds),
+          "--randrepeat=0",    "--write_iops_log=" + log,
           "--log_avg_msec=500"};
 }
 
@@ -307,7 +311,6 @@ TEST_F(QosTest, BurstRunsAtTheBurstRateThenAtTheBaseRate) {
   // Totals agree: 2000 * 3.003 + 500 * (8 - 3.003) requests.
   ExpectWithin(static_cast<double>(jobs[0].read_ios), 2000 * 3.003 + 500 * 4.997, 0.06,
                "requests in 8 s");
-
 }
 
 TEST_F(QosTest, LiveChangeIsVisibleInVolumeStatsWithinASecond) {
@@ -401,8 +404,8 @@ TEST_F(QosTest, WeightsShareAContendedPoolThreeToOne) {
   Prefill(fio, "heavy");
   Prefill(fio, "light");
   const std::string log = h_.root() + "/weights";
-  BackgroundFio run = StartFio(fio, "weights", {{"heavy", "heavy"}, {"light", "light"}},
-                               PoolLoad(6, log));
+  BackgroundFio run =
+      StartFio(fio, "weights", {{"heavy", "heavy"}, {"light", "light"}}, PoolLoad(6, log));
   // The scheduler does the sharing: both wait for the pool budget and are picked by weight.
   nlohmann::json s = StatsOfARunningVolume("light");
   EXPECT_GT(s["contended_requests"].get<uint64_t>(), 0u) << s.dump();
@@ -471,8 +474,8 @@ TEST_F(QosTest, AReservationHoldsWhileANeighbourRunsFlatOut) {
 
 TEST_F(QosTest, SettingsSurviveARestart) {
   REQUIRE_FIO();
-  CreateVolume("kept", {"--iops", "1000", "--burst-iops", "3000", "--burst-seconds", "2",
-                        "--bps", "64M", "--weight", "250"});
+  CreateVolume("kept", {"--iops", "1000", "--burst-iops", "3000", "--burst-seconds", "2", "--bps",
+                        "64M", "--weight", "250"});
   Shale({"qos", "set", "kept", "--reservation-iops", "200", "--read-bps", "32M"});
   Shale({"qos", "pool-budget", "default", "12"});
   CreateVolume("gone", {"--iops", "777"});
