@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <initializer_list>
 
 #include "csi/daemon/control_service.h"
 #include "csi/driver/driver.h"
@@ -116,27 +117,25 @@ class NbdEndpoint final : public Frontend {
   nbd::NbdServer server_;
 };
 
-// The control API: shale.v1.Control on a UNIX socket only its owner can use (mode 0600).
-class ControlEndpoint final : public Frontend {
+// A gRPC server on a UNIX socket only its owner can use (mode 0600): the control API and the
+// CSI driver (whose sidecars and kubelet run as root on the node). The services must outlive
+// it: owners call Stop() in their destructor.
+class UnixGrpcServer {
  public:
-  ControlEndpoint(Engine* engine, snapshot::SnapshotManager* snapshots, std::string socket_path,
-                  nbd::NbdServer* nbd, qos::QosManager* qos)
-      : socket_path_(std::move(socket_path)),
-        service_(engine, snapshots,
-                 {.version = SHALE_VERSION, .control_endpoint = "unix://" + socket_path_}, nbd,
-                 qos) {}
-  ~ControlEndpoint() override { Stop(); }
+  // `kind` names the server in errors and logs ("control", "CSI").
+  UnixGrpcServer(std::string socket_path, std::string kind)
+      : socket_path_(std::move(socket_path)), kind_(std::move(kind)) {}
+  ~UnixGrpcServer() { Stop(); }
 
-  std::string_view name() const override { return "control"; }
-  std::string endpoint() const override { return "unix://" + socket_path_; }
+  std::string endpoint() const { return "unix://" + socket_path_; }
 
-  Status Start() override {
-    SHALE_RETURN_IF_ERROR(PrepareSocketPath(socket_path_, "control"));
+  Status Start(std::initializer_list<grpc::Service*> services) {
+    SHALE_RETURN_IF_ERROR(PrepareSocketPath(socket_path_, kind_));
     grpc::ServerBuilder builder;
     builder.AddListeningPort(endpoint(), grpc::InsecureServerCredentials());
-    builder.RegisterService(&service_);
+    for (grpc::Service* service : services) builder.RegisterService(service);
     builder.SetMaxReceiveMessageSize(kControlMaxMessageBytes);
-    grpc::ResourceQuota quota("shaled-control");
+    grpc::ResourceQuota quota("shaled-" + kind_);
     quota.SetMaxThreads(kControlMaxThreads);
     builder.SetResourceQuota(quota);
     // The socket is created inside BuildAndStart: a restrictive umask closes the window in
@@ -146,33 +145,53 @@ class ControlEndpoint final : public Frontend {
     server_ = builder.BuildAndStart();
     umask(old_umask);
     if (!server_) {
-      return Status::Unavailable("cannot listen on control socket " + socket_path_ +
+      return Status::Unavailable("cannot listen on " + kind_ + " socket " + socket_path_ +
                                  " (see the log for gRPC's reason)");
     }
     if (chmod(socket_path_.c_str(), 0600) != 0) {
       const int err = errno;
       Stop();
-      return Status::FromErrno(err, "chmod 0600 control socket " + socket_path_);
+      return Status::FromErrno(err, "chmod 0600 " + kind_ + " socket " + socket_path_);
     }
     return Status::Ok();
   }
 
-  void Stop() override {
+  void Stop() {
     if (!server_) return;
     server_->Shutdown(std::chrono::system_clock::now() + kControlDrainTimeout);
     server_->Wait();
     server_.reset();
     // Ours: we bound it and nobody else can have replaced it while we held the path.
     if (unlink(socket_path_.c_str()) != 0 && errno != ENOENT) {
-      SHALE_LOG_WARN("could not remove control socket", {"path", socket_path_},
+      SHALE_LOG_WARN("could not remove " + kind_ + " socket", {"path", socket_path_},
                      {"error", Status::FromErrno(errno, "unlink").ToString()});
     }
   }
 
  private:
   const std::string socket_path_;
-  ControlService service_;
+  const std::string kind_;
   std::unique_ptr<grpc::Server> server_;
+};
+
+// The control API: shale.v1.Control on a UNIX socket only its owner can use (mode 0600).
+class ControlEndpoint final : public Frontend {
+ public:
+  ControlEndpoint(Engine* engine, snapshot::SnapshotManager* snapshots, std::string socket_path,
+                  nbd::NbdServer* nbd, qos::QosManager* qos)
+      : server_(std::move(socket_path), "control"),
+        service_(engine, snapshots,
+                 {.version = SHALE_VERSION, .control_endpoint = server_.endpoint()}, nbd, qos) {}
+  ~ControlEndpoint() override { Stop(); }
+
+  std::string_view name() const override { return "control"; }
+  std::string endpoint() const override { return server_.endpoint(); }
+  Status Start() override { return server_.Start({&service_}); }
+  void Stop() override { server_.Stop(); }
+
+ private:
+  UnixGrpcServer server_;
+  ControlService service_;
 };
 
 // The CSI driver csi.shale.io (csi/driver, docs/csi.md): Identity, Controller and Node on one
@@ -181,53 +200,22 @@ class CsiEndpoint final : public Frontend {
  public:
   CsiEndpoint(csi::DriverOptions options, Engine* engine, snapshot::SnapshotManager* snapshots,
               qos::QosManager* qos, std::string socket_path)
-      : socket_path_(std::move(socket_path)),
+      : server_(std::move(socket_path), "CSI"),
         identity_(options),
         controller_(options, engine, snapshots, qos),
         node_(options, engine) {}
   ~CsiEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "csi"; }
-  std::string endpoint() const override { return "unix://" + socket_path_; }
-
-  Status Start() override {
-    SHALE_RETURN_IF_ERROR(PrepareSocketPath(socket_path_, "CSI"));
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort(endpoint(), grpc::InsecureServerCredentials());
-    builder.RegisterService(&identity_);
-    builder.RegisterService(&controller_);
-    builder.RegisterService(&node_);
-    builder.SetMaxReceiveMessageSize(kControlMaxMessageBytes);
-    grpc::ResourceQuota quota("shaled-csi");
-    quota.SetMaxThreads(kControlMaxThreads);
-    builder.SetResourceQuota(quota);
-    const mode_t old_umask = umask(0077);
-    server_ = builder.BuildAndStart();
-    umask(old_umask);
-    if (!server_) {
-      return Status::Unavailable("cannot listen on CSI socket " + socket_path_ +
-                                 " (see the log for gRPC's reason)");
-    }
-    return Status::Ok();
-  }
-
-  void Stop() override {
-    if (!server_) return;
-    server_->Shutdown(std::chrono::system_clock::now() + kControlDrainTimeout);
-    server_->Wait();
-    server_.reset();
-    if (unlink(socket_path_.c_str()) != 0 && errno != ENOENT) {
-      SHALE_LOG_WARN("could not remove CSI socket", {"path", socket_path_},
-                     {"error", Status::FromErrno(errno, "unlink").ToString()});
-    }
-  }
+  std::string endpoint() const override { return server_.endpoint(); }
+  Status Start() override { return server_.Start({&identity_, &controller_, &node_}); }
+  void Stop() override { server_.Stop(); }
 
  private:
-  const std::string socket_path_;
+  UnixGrpcServer server_;
   csi::IdentityService identity_;
   csi::ControllerService controller_;
   csi::NodeService node_;
-  std::unique_ptr<grpc::Server> server_;
 };
 
 void GrpcLogToShaleLog(gpr_log_func_args* args) {
@@ -286,6 +274,15 @@ Status Daemon::Start() {
     if (!wrapped.ok()) return nullptr;  // only for a null handle; the I/O goes direct then
     return std::move(wrapped).value();
   };
+  // Flatten's copy batches likewise, admitted one by one in the pool's low class.
+  snapshot_options.background_admission =
+      [this](std::shared_ptr<VolumeHandle> handle) -> std::shared_ptr<BackgroundAdmission> {
+    qos::QosManager* qos = background_qos_.load(std::memory_order_acquire);
+    if (qos == nullptr) return nullptr;
+    Result<std::shared_ptr<BackgroundAdmission>> admission =
+        qos->OpenBackgroundAdmission(std::move(handle));
+    return admission.ok() ? std::move(admission).value() : nullptr;
+  };
   snapshots_ = std::make_unique<snapshot::SnapshotManager>(engine_.get(), snapshot_options);
   if (Status st = snapshots_->Start(); !st.ok()) {
     st = st.WithContext("start the snapshot layer");
@@ -306,12 +303,14 @@ Status Daemon::Start() {
                                nbd::NbdServerOptions{}.max_requests_in_flight;
     qos_options.max_queued_per_volume = static_cast<uint32_t>(
         std::clamp<uint64_t>(nbd_bound, qos::kDefaultMaxQueued, UINT32_MAX));
-    Result<std::unique_ptr<qos::QosManager>> qos = qos::QosManager::Open(engine_.get(), qos_options);
+    Result<std::unique_ptr<qos::QosManager>> qos =
+        qos::QosManager::Open(engine_.get(), qos_options);
     if (!qos.ok()) {
       Status st = qos.status().WithContext("start QoS");
       Status stopped = Stop();
       if (!stopped.ok()) {
-        SHALE_LOG_ERROR("shutdown after a failed start was not clean", {"error", stopped.ToString()});
+        SHALE_LOG_ERROR("shutdown after a failed start was not clean",
+                        {"error", stopped.ToString()});
       }
       return st;
     }

@@ -38,48 +38,100 @@ std::optional<uint64_t> ParseU64(const std::string& text) {
   return v;
 }
 
+// A capacity label (kLabelCapacity) of a volume or snapshot, capped at its engine size.
+uint64_t LabelledCapacity(const std::map<std::string, std::string>& labels, uint64_t size_bytes) {
+  auto it = labels.find(std::string(kLabelCapacity));
+  if (it != labels.end()) {
+    if (auto v = ParseU64(it->second)) return std::min(*v, size_bytes);
+  }
+  return size_bytes;
+}
+
+// Where a ListVolumes/ListSnapshots page starts: after the id in `token` ("" = the start).
+// A token this driver did not issue is ABORTED (spec).
+grpc::Status PageStart(int32_t max_entries, const std::string& token, std::string* after) {
+  if (max_entries < 0) return Invalid("max_entries must not be negative");
+  if (token.empty()) return grpc::Status::OK;
+  std::optional<std::string> parsed = ParseToken(token);
+  if (!parsed) {
+    return grpc::Status(grpc::StatusCode::ABORTED,
+                        "starting_token \"" + token + "\" was not issued by this driver");
+  }
+  *after = *parsed;
+  return grpc::Status::OK;
+}
+
+// One page of `items` sorted by id: those after `after`, at most `max_entries` (0: all), each
+// passed to `add`. Returns the next token, "" after the last page. Ids after the token's: an
+// item deleted between pages does not invalidate the token, one created after it shows up if
+// its id sorts later.
+template <typename T, typename IdOf, typename Add>
+std::string Page(std::vector<T> items, const std::string& after, int32_t max_entries, IdOf id_of,
+                 Add add) {
+  std::sort(items.begin(), items.end(),
+            [&](const T& a, const T& b) { return id_of(a) < id_of(b); });
+  const size_t max = max_entries > 0 ? static_cast<size_t>(max_entries) : items.size();
+  size_t added = 0;
+  std::string last;
+  for (const T& item : items) {
+    if (!after.empty() && id_of(item) <= after) continue;
+    if (added == max) return MakeToken(last);
+    add(item);
+    last = id_of(item);
+    ++added;
+  }
+  return std::string();
+}
+
 }  // namespace
 
-// The CSI capacity: the driver's record, else the capacity label set at creation, else the
-// engine size (volumes not made through CSI have no headroom).
-uint64_t CsiCapacity(Engine* engine, const VolumeInfo& info) {
+std::optional<CsiRecord> ReadCsiRecord(Engine* engine, const VolumeInfo& info) {
   auto rec = engine->GetRecord(info.pool, RecordKey(info.name));
-  if (rec.ok() && rec->has_value()) {
-    nlohmann::json j = nlohmann::json::parse(**rec, nullptr, /*allow_exceptions=*/false);
-    if (j.is_object() && j.contains("capacity") && j["capacity"].is_number_unsigned()) {
-      return j["capacity"].get<uint64_t>();
-    }
+  if (!rec.ok() || !rec->has_value()) return std::nullopt;
+  nlohmann::json j = nlohmann::json::parse(**rec, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return std::nullopt;
+  CsiRecord out;
+  if (j.contains("csi_name") && j["csi_name"].is_string()) out.csi_name = j["csi_name"];
+  if (j.contains("capacity") && j["capacity"].is_number_unsigned()) out.capacity = j["capacity"];
+  if (j.contains("source") && j["source"].is_string()) out.source = j["source"];
+  return out;
+}
+
+Status WriteCsiRecord(Engine* engine, const VolumeInfo& info, const CsiRecord& record) {
+  nlohmann::json j;
+  j["csi_name"] = record.csi_name;
+  j["capacity"] = record.capacity;
+  j["source"] = record.source;
+  MetaBatch batch;
+  batch.Put(RecordKey(info.name), j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  return engine->WriteRecords(info.pool, std::move(batch));
+}
+
+uint64_t CsiCapacity(Engine* engine, const VolumeInfo& info) {
+  std::optional<CsiRecord> rec = ReadCsiRecord(engine, info);
+  if (rec && rec->capacity > 0) return rec->capacity;
+  return LabelledCapacity(info.labels, info.size_bytes);
+}
+
+bool IsMissingVolume(const Status& status) {
+  return status.IsNotFound() || status.code() == StatusCode::kInvalidArgument;
+}
+
+Result<VolumeInfo> FindVolume(Engine* engine, const std::string& id, std::string_view what) {
+  Result<VolumeInfo> info = engine->GetVolume(id);
+  if (!info.ok() && IsMissingVolume(info.status())) {
+    return Status::NotFound(std::string(what) + " " + id + " not found");
   }
-  auto it = info.labels.find(std::string(kLabelCapacity));
-  if (it != info.labels.end()) {
-    if (auto v = ParseU64(it->second)) return std::min(*v, info.size_bytes);
-  }
-  return info.size_bytes;
+  return info;
 }
 
 
 // What the controller knows about a volume beyond the engine's VolumeInfo.
 struct ControllerService::Impl {
-  static uint64_t CapacityOf(Engine* engine, const VolumeInfo& info) {
-    return CsiCapacity(engine, info);
-  }
-
-  static Status WriteRecord(Engine* engine, const VolumeInfo& info, const std::string& csi_name,
-                            uint64_t capacity, const std::string& source) {
-    nlohmann::json j;
-    // The CSI name as given (it may not be a valid label value: control characters, length).
-    j["csi_name"] = csi_name;
-    j["capacity"] = capacity;
-    j["source"] = source;
-    MetaBatch batch;
-    batch.Put(RecordKey(info.name), j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-    return engine->WriteRecords(info.pool, std::move(batch));
-  }
-
   static void FillVolume(const DriverOptions& options, Engine* engine, const VolumeInfo& info,
                          v1::Volume* out) {
     out->set_volume_id(info.name);
-    out->set_capacity_bytes(static_cast<int64_t>(CapacityOf(engine, info)));
+    out->set_capacity_bytes(static_cast<int64_t>(CsiCapacity(engine, info)));
     if (info.read_only) (*out->mutable_volume_context())["readOnly"] = "true";
     (*out->mutable_volume_context())["pool"] = info.pool;
     (*out->mutable_accessible_topology()->Add()->mutable_segments())[std::string(kTopologyKey)] =
@@ -102,11 +154,7 @@ struct ControllerService::Impl {
   }
 
   static uint64_t SnapshotCapacity(const snapshot::SnapshotInfo& s) {
-    auto it = s.labels.find(std::string(kLabelCapacity));
-    if (it != s.labels.end()) {
-      if (auto v = ParseU64(it->second)) return std::min(*v, s.size_bytes);
-    }
-    return s.size_bytes;
+    return LabelledCapacity(s.labels, s.size_bytes);
   }
 
   static void FillSnapshot(const snapshot::SnapshotInfo& s, v1::Snapshot* out) {
@@ -122,9 +170,12 @@ struct ControllerService::Impl {
 grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
                                              const v1::CreateVolumeRequest* request,
                                              v1::CreateVolumeResponse* response) {
-  if (request->name().empty()) return Invalid("CreateVolume: name is required");
-  if (request->volume_capabilities().empty()) {
-    return Invalid("CreateVolume: volume_capabilities are required");
+  if (grpc::Status st = RequireFields("CreateVolume",
+                                      {{"name", !request->name().empty()},
+                                       {"volume_capabilities",
+                                        !request->volume_capabilities().empty()}});
+      !st.ok()) {
+    return st;
   }
   std::map<std::string, std::string> params = ToMap(request->parameters());
   Result<VolumeParams> parsed = ParseVolumeParams(params);
@@ -136,8 +187,7 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
     if (!st.ok()) return ToGrpc(st);
   }
   if (vp.has_qos && qos_ == nullptr) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        "QoS parameters given but this shaled has no QoS manager");
+    return Precondition("QoS parameters given but this shaled has no QoS manager");
   }
 
   // Source.
@@ -192,6 +242,13 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
   const std::string fingerprint = Fingerprint(request->name(), fp_params, source, read_only);
   const int64_t required = request->capacity_range().required_bytes();
   const int64_t limit = request->capacity_range().limit_bytes();
+  auto respond = [&](const VolumeInfo& info) {
+    Impl::FillVolume(options_, engine_, info, response->mutable_volume());
+    if (has_source) {
+      *response->mutable_volume()->mutable_content_source() = request->volume_content_source();
+    }
+    return grpc::Status::OK;
+  };
 
   std::lock_guard lock(mu_);
   if (auto existing = engine_->GetVolume(name); existing.ok()) {
@@ -200,7 +257,7 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
       return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
                           "volume " + name + " exists with different parameters or source");
     }
-    const uint64_t capacity = Impl::CapacityOf(engine_, *existing);
+    const uint64_t capacity = CsiCapacity(engine_, *existing);
     if ((required > 0 && capacity < static_cast<uint64_t>(required)) ||
         (limit > 0 && capacity > static_cast<uint64_t>(limit))) {
       return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
@@ -210,12 +267,9 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
     // A retry after a crash between create and record: complete the record now.
     auto rec = engine_->GetRecord(existing->pool, RecordKey(name));
     if (rec.ok() && !rec->has_value()) {
-      Impl::WriteRecord(engine_, *existing, request->name(), capacity, source).IgnoreError();
+      WriteCsiRecord(engine_, *existing, {request->name(), capacity, source}).IgnoreError();
     }
-    Impl::FillVolume(options_, engine_, *existing, response->mutable_volume());
-    if (has_source) *response->mutable_volume()->mutable_content_source() =
-        request->volume_content_source();
-    return grpc::Status::OK;
+    return respond(*existing);
   } else if (!existing.status().IsNotFound()) {
     return ToGrpc(existing.status());
   }
@@ -239,13 +293,10 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
       source_engine_size = snap->size_bytes;
       source_pool = snap->pool;
     } else {
-      auto vol = engine_->GetVolume(src.volume().volume_id());
-      if (!vol.ok()) {
-        return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                            "source volume " + src.volume().volume_id() + " not found");
-      }
+      auto vol = FindVolume(engine_, src.volume().volume_id(), "source volume");
+      if (!vol.ok()) return ToGrpc(vol.status());
       clone_from = vol->name;
-      minimum = Impl::CapacityOf(engine_, *vol);
+      minimum = CsiCapacity(engine_, *vol);
       source_engine_size = vol->size_bytes;
       source_pool = vol->pool;
     }
@@ -299,36 +350,33 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
       return ToGrpc(st.WithContext("set QoS of " + name));
     }
   }
-  Status recorded = Impl::WriteRecord(engine_, *created, request->name(), *capacity, source);
+  Status recorded = WriteCsiRecord(engine_, *created, {request->name(), *capacity, source});
   if (!recorded.ok()) {
     snapshots_->DeleteVolume(name).IgnoreError();
     return ToGrpc(recorded.WithContext("record CSI volume " + name));
   }
-  Impl::FillVolume(options_, engine_, *created, response->mutable_volume());
-  if (has_source) *response->mutable_volume()->mutable_content_source() =
-      request->volume_content_source();
-  return grpc::Status::OK;
+  return respond(*created);
 }
 
 grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
                                              const v1::DeleteVolumeRequest* request,
                                              v1::DeleteVolumeResponse*) {
-  if (request->volume_id().empty()) return Invalid("DeleteVolume: volume_id is required");
+  if (grpc::Status st = RequireFields("DeleteVolume", {{"volume_id", !request->volume_id().empty()}});
+      !st.ok()) {
+    return st;
+  }
   std::lock_guard lock(mu_);
   auto info = engine_->GetVolume(request->volume_id());
   if (!info.ok()) {
     // Gone already (or never a valid id): deleting is idempotent.
-    if (info.status().IsNotFound() || info.status().code() == StatusCode::kInvalidArgument) {
-      return grpc::Status::OK;
-    }
+    if (IsMissingVolume(info.status())) return grpc::Status::OK;
     return ToGrpc(info.status());
   }
   Status st = snapshots_->DeleteVolume(info->name);
   if (!st.ok() && !st.IsNotFound()) {
     if (st.code() == StatusCode::kBusy) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          "volume " + info->name + " is in use (attached on the node?): " +
-                              std::string(st.message()));
+      return Precondition("volume " + info->name + " is in use (attached on the node?): " +
+                          std::string(st.message()));
     }
     return ToGrpc(st);
   }
@@ -342,16 +390,15 @@ grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
 grpc::Status ControllerService::ValidateVolumeCapabilities(
     grpc::ServerContext*, const v1::ValidateVolumeCapabilitiesRequest* request,
     v1::ValidateVolumeCapabilitiesResponse* response) {
-  if (request->volume_id().empty()) return Invalid("volume_id is required");
-  if (request->volume_capabilities().empty()) return Invalid("volume_capabilities are required");
-  auto info = engine_->GetVolume(request->volume_id());
-  if (!info.ok()) {
-    if (info.status().IsNotFound() || info.status().code() == StatusCode::kInvalidArgument) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          "volume " + request->volume_id() + " not found");
-    }
-    return ToGrpc(info.status());
+  if (grpc::Status st = RequireFields("ValidateVolumeCapabilities",
+                                      {{"volume_id", !request->volume_id().empty()},
+                                       {"volume_capabilities",
+                                        !request->volume_capabilities().empty()}});
+      !st.ok()) {
+    return st;
   }
+  auto info = FindVolume(engine_, request->volume_id());
+  if (!info.ok()) return ToGrpc(info.status());
   for (const auto& cap : request->volume_capabilities()) {
     Status st = CheckCapability(cap, info->read_only);
     if (!st.ok()) {
@@ -377,34 +424,19 @@ grpc::Status ControllerService::ValidateVolumeCapabilities(
 grpc::Status ControllerService::ListVolumes(grpc::ServerContext*,
                                             const v1::ListVolumesRequest* request,
                                             v1::ListVolumesResponse* response) {
-  if (request->max_entries() < 0) return Invalid("max_entries must not be negative");
   std::string after;
-  if (!request->starting_token().empty()) {
-    std::optional<std::string> parsed = ParseToken(request->starting_token());
-    if (!parsed) {
-      return grpc::Status(grpc::StatusCode::ABORTED,
-                          "starting_token \"" + request->starting_token() +
-                              "\" was not issued by this driver");
-    }
-    after = *parsed;
+  if (grpc::Status st = PageStart(request->max_entries(), request->starting_token(), &after);
+      !st.ok()) {
+    return st;
   }
-  std::vector<VolumeInfo> volumes = engine_->ListVolumes();
-  std::sort(volumes.begin(), volumes.end(),
-            [](const VolumeInfo& a, const VolumeInfo& b) { return a.name < b.name; });
-  // Names after the token's: a volume deleted between pages does not invalidate the token,
-  // one created after it shows up if its name sorts later.
-  const size_t max = request->max_entries() > 0 ? static_cast<size_t>(request->max_entries())
-                                                : volumes.size();
-  for (const VolumeInfo& v : volumes) {
-    if (!after.empty() && v.name <= after) continue;
-    if (static_cast<size_t>(response->entries_size()) == max) {
-      response->set_next_token(MakeToken(response->entries().rbegin()->volume().volume_id()));
-      break;
-    }
-    auto* entry = response->add_entries();
-    Impl::FillVolume(options_, engine_, v, entry->mutable_volume());
-    Impl::FillCondition(engine_, v, entry->mutable_status()->mutable_volume_condition());
-  }
+  response->set_next_token(Page(
+      engine_->ListVolumes(), after, request->max_entries(),
+      [](const VolumeInfo& v) { return v.name; },
+      [&](const VolumeInfo& v) {
+        auto* entry = response->add_entries();
+        Impl::FillVolume(options_, engine_, v, entry->mutable_volume());
+        Impl::FillCondition(engine_, v, entry->mutable_status()->mutable_volume_condition());
+      }));
   return grpc::Status::OK;
 }
 
@@ -469,9 +501,12 @@ grpc::Status ControllerService::ControllerGetCapabilities(
 grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
                                                const v1::CreateSnapshotRequest* request,
                                                v1::CreateSnapshotResponse* response) {
-  if (request->name().empty()) return Invalid("CreateSnapshot: name is required");
-  if (request->source_volume_id().empty()) {
-    return Invalid("CreateSnapshot: source_volume_id is required");
+  if (grpc::Status st = RequireFields("CreateSnapshot",
+                                      {{"name", !request->name().empty()},
+                                       {"source_volume_id",
+                                        !request->source_volume_id().empty()}});
+      !st.ok()) {
+    return st;
   }
   snapshot::Labels labels = ToMap(request->parameters());
   Status valid = snapshot::ValidateLabels(labels);
@@ -493,16 +528,10 @@ grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
     Impl::FillSnapshot(s, response->mutable_snapshot());
     return grpc::Status::OK;
   }
-  auto volume = engine_->GetVolume(request->source_volume_id());
-  if (!volume.ok()) {
-    if (volume.status().IsNotFound() || volume.status().code() == StatusCode::kInvalidArgument) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          "source volume " + request->source_volume_id() + " not found");
-    }
-    return ToGrpc(volume.status());
-  }
+  auto volume = FindVolume(engine_, request->source_volume_id(), "source volume");
+  if (!volume.ok()) return ToGrpc(volume.status());
   labels[std::string(kLabelManaged)] = "true";
-  labels[std::string(kLabelCapacity)] = std::to_string(Impl::CapacityOf(engine_, *volume));
+  labels[std::string(kLabelCapacity)] = std::to_string(CsiCapacity(engine_, *volume));
   snapshot::CreateSnapshotOptions o;
   o.labels = labels;
   auto created = snapshots_->Create(volume->name, name, o);
@@ -514,7 +543,11 @@ grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
 grpc::Status ControllerService::DeleteSnapshot(grpc::ServerContext*,
                                                const v1::DeleteSnapshotRequest* request,
                                                v1::DeleteSnapshotResponse*) {
-  if (request->snapshot_id().empty()) return Invalid("DeleteSnapshot: snapshot_id is required");
+  if (grpc::Status st =
+          RequireFields("DeleteSnapshot", {{"snapshot_id", !request->snapshot_id().empty()}});
+      !st.ok()) {
+    return st;
+  }
   if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
   std::lock_guard lock(mu_);
   auto deleted = snapshots_->Delete(request->snapshot_id());
@@ -525,16 +558,10 @@ grpc::Status ControllerService::DeleteSnapshot(grpc::ServerContext*,
 grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
                                               const v1::ListSnapshotsRequest* request,
                                               v1::ListSnapshotsResponse* response) {
-  if (request->max_entries() < 0) return Invalid("max_entries must not be negative");
   std::string after;
-  if (!request->starting_token().empty()) {
-    std::optional<std::string> parsed = ParseToken(request->starting_token());
-    if (!parsed) {
-      return grpc::Status(grpc::StatusCode::ABORTED,
-                          "starting_token \"" + request->starting_token() +
-                              "\" was not issued by this driver");
-    }
-    after = *parsed;
+  if (grpc::Status st = PageStart(request->max_entries(), request->starting_token(), &after);
+      !st.ok()) {
+    return st;
   }
   std::vector<snapshot::SnapshotInfo> snaps;
   if (!request->snapshot_id().empty()) {
@@ -562,63 +589,44 @@ grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
     }
     snaps = std::move(all).value();
   }
-  std::sort(snaps.begin(), snaps.end(),
-            [](const snapshot::SnapshotInfo& a, const snapshot::SnapshotInfo& b) {
-              return a.full_name() < b.full_name();
-            });
-  const size_t max = request->max_entries() > 0 ? static_cast<size_t>(request->max_entries())
-                                                : snaps.size();
-  for (const snapshot::SnapshotInfo& s : snaps) {
-    if (!after.empty() && s.full_name() <= after) continue;
-    if (static_cast<size_t>(response->entries_size()) == max) {
-      response->set_next_token(MakeToken(response->entries().rbegin()->snapshot().snapshot_id()));
-      break;
-    }
-    Impl::FillSnapshot(s, response->add_entries()->mutable_snapshot());
-  }
+  response->set_next_token(Page(
+      std::move(snaps), after, request->max_entries(),
+      [](const snapshot::SnapshotInfo& s) { return s.full_name(); },
+      [&](const snapshot::SnapshotInfo& s) {
+        Impl::FillSnapshot(s, response->add_entries()->mutable_snapshot());
+      }));
   return grpc::Status::OK;
 }
 
 grpc::Status ControllerService::ControllerExpandVolume(
     grpc::ServerContext*, const v1::ControllerExpandVolumeRequest* request,
     v1::ControllerExpandVolumeResponse* response) {
-  if (request->volume_id().empty()) return Invalid("volume_id is required");
-  if (!request->has_capacity_range()) return Invalid("capacity_range is required");
-  std::lock_guard lock(mu_);
-  auto info = engine_->GetVolume(request->volume_id());
-  if (!info.ok()) {
-    if (info.status().IsNotFound() || info.status().code() == StatusCode::kInvalidArgument) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          "volume " + request->volume_id() + " not found");
-    }
-    return ToGrpc(info.status());
+  if (grpc::Status st = RequireFields("ControllerExpandVolume",
+                                      {{"volume_id", !request->volume_id().empty()},
+                                       {"capacity_range", request->has_capacity_range()}});
+      !st.ok()) {
+    return st;
   }
-  const uint64_t current = Impl::CapacityOf(engine_, *info);
+  std::lock_guard lock(mu_);
+  auto info = FindVolume(engine_, request->volume_id());
+  if (!info.ok()) return ToGrpc(info.status());
+  const uint64_t current = CsiCapacity(engine_, *info);
   Result<uint64_t> wanted = SizeForRange(request->capacity_range().required_bytes(),
                                          request->capacity_range().limit_bytes(), current);
   if (!wanted.ok()) return ToGrpc(wanted.status());
   if (*wanted > current) {
     if (info->read_only) {
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          "volume " + info->name + " is a read-only clone and cannot grow");
+      return Precondition("volume " + info->name + " is a read-only clone and cannot grow");
     }
     if (*wanted > info->size_bytes) {
       auto resized = engine_->ResizeVolume(info->name, EngineSizeFor(*wanted));
       if (!resized.ok()) return ToGrpc(resized.status());
     }
     // Keep the CSI name and source of the existing record; only the capacity changes.
-    std::string csi_name = info->name, source;
-    if (auto rec = engine_->GetRecord(info->pool, RecordKey(info->name)); rec.ok() && rec->has_value()) {
-      nlohmann::json j = nlohmann::json::parse(**rec, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.contains("csi_name") && j["csi_name"].is_string()) {
-        csi_name = j["csi_name"].get<std::string>();
-      }
-      if (j.is_object() && j.contains("source") && j["source"].is_string()) {
-        source = j["source"].get<std::string>();
-      }
-    }
-    Status st = Impl::WriteRecord(engine_, *info, csi_name, *wanted, source);
-    if (!st.ok()) return ToGrpc(st);
+    CsiRecord record = ReadCsiRecord(engine_, *info).value_or(CsiRecord{info->name, 0, ""});
+    if (record.csi_name.empty()) record.csi_name = info->name;
+    record.capacity = *wanted;
+    if (Status st = WriteCsiRecord(engine_, *info, record); !st.ok()) return ToGrpc(st);
   }
   response->set_capacity_bytes(static_cast<int64_t>(std::max(*wanted, current)));
   // The node grows its attachment (loop size limit) and, for mounts, the filesystem.
@@ -629,15 +637,13 @@ grpc::Status ControllerService::ControllerExpandVolume(
 grpc::Status ControllerService::ControllerGetVolume(grpc::ServerContext*,
                                                     const v1::ControllerGetVolumeRequest* request,
                                                     v1::ControllerGetVolumeResponse* response) {
-  if (request->volume_id().empty()) return Invalid("volume_id is required");
-  auto info = engine_->GetVolume(request->volume_id());
-  if (!info.ok()) {
-    if (info.status().IsNotFound() || info.status().code() == StatusCode::kInvalidArgument) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          "volume " + request->volume_id() + " not found");
-    }
-    return ToGrpc(info.status());
+  if (grpc::Status st =
+          RequireFields("ControllerGetVolume", {{"volume_id", !request->volume_id().empty()}});
+      !st.ok()) {
+    return st;
   }
+  auto info = FindVolume(engine_, request->volume_id());
+  if (!info.ok()) return ToGrpc(info.status());
   Impl::FillVolume(options_, engine_, *info, response->mutable_volume());
   Impl::FillCondition(engine_, *info, response->mutable_status()->mutable_volume_condition());
   return grpc::Status::OK;
@@ -646,15 +652,20 @@ grpc::Status ControllerService::ControllerGetVolume(grpc::ServerContext*,
 grpc::Status ControllerService::ControllerModifyVolume(
     grpc::ServerContext*, const v1::ControllerModifyVolumeRequest* request,
     v1::ControllerModifyVolumeResponse*) {
-  if (request->volume_id().empty()) return Invalid("volume_id is required");
-  if (request->mutable_parameters().empty()) return Invalid("mutable_parameters are required");
+  if (grpc::Status st = RequireFields("ControllerModifyVolume",
+                                      {{"volume_id", !request->volume_id().empty()},
+                                       {"mutable_parameters",
+                                        !request->mutable_parameters().empty()}});
+      !st.ok()) {
+    return st;
+  }
   if (qos_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this shaled has no QoS manager");
   }
   std::lock_guard lock(mu_);
   auto current = qos_->Get(request->volume_id());
   if (!current.ok()) {
-    if (current.status().IsNotFound() || current.status().code() == StatusCode::kInvalidArgument) {
+    if (IsMissingVolume(current.status())) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
                           "volume " + request->volume_id() + " not found");
     }

@@ -56,6 +56,13 @@ grpc::Status ToGrpc(const Status& status) {
   return grpc::Status(code, std::string(status.message()));
 }
 
+grpc::Status RequireFields(std::string_view rpc, std::initializer_list<RequiredField> fields) {
+  for (const RequiredField& f : fields) {
+    if (!f.present) return Invalid(std::string(rpc) + ": " + std::string(f.name) + " is required");
+  }
+  return grpc::Status::OK;
+}
+
 bool IsReaderOnlyMode(v1::VolumeCapability::AccessMode::Mode mode) {
   return mode == v1::VolumeCapability::AccessMode::SINGLE_NODE_READER_ONLY ||
          mode == v1::VolumeCapability::AccessMode::MULTI_NODE_READER_ONLY;

@@ -1,5 +1,6 @@
 // Node service of csi.shale.io (docs/csi.md, "Node"): attach a volume as a block device
-// (nbdfuse on the daemon's NBD UNIX socket + a loop device), format it if blank, mount it at the
+// (kernel nbd where the host has it, else nbdfuse, on the daemon's NBD UNIX socket; a loop
+// device on top limits it to the CSI capacity), format it if blank, mount it at the
 // staging path, bind-mount it to each target. Everything done is written to a small JSON state
 // file per volume (<data-dir>/csi/node/<volume>.json) before the next step, so that unstaging
 // after a daemon restart still knows what to undo.
@@ -16,10 +17,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
+#include "csi/driver/attach.h"
 #include "csi/driver/driver.h"
 #include "csi/driver/driver_internal.h"
 #include "csi/driver/exec.h"
@@ -42,20 +45,32 @@ constexpr auto kToolTimeout = std::chrono::seconds(60);
 struct NodeState {
   std::string volume;
   std::string staging;
+  AttachMethod method = AttachMethod::kNbdfuseLoop;
   std::string attach_dir;  // nbdfuse mount point; the device file is attach_dir + "/nbd"
-  int pid = 0;             // nbdfuse
+  std::string nbd_device;  // kernel nbd: /dev/nbdN
+  int pid = 0;             // nbdfuse; kernel nbd: the client pid in /sys/block/nbdN/pid
   std::string loop;        // /dev/loopN
   bool block = false;
   std::string fs_type;
   bool read_only = false;
   uint64_t capacity = 0;
-  std::vector<std::string> targets;
+  std::string capability;  // CapabilityKey it was staged with ("" in older state files)
+  std::map<std::string, std::string> targets;  // target path -> PublishKey ("" = unknown)
 };
 
 nlohmann::json ToJson(const NodeState& s) {
-  return {{"volume", s.volume},     {"staging", s.staging},   {"attach_dir", s.attach_dir},
-          {"pid", s.pid},           {"loop", s.loop},         {"block", s.block},
-          {"fs_type", s.fs_type},   {"read_only", s.read_only}, {"capacity", s.capacity},
+  return {{"volume", s.volume},
+          {"staging", s.staging},
+          {"method", std::string(AttachMethodName(s.method))},
+          {"attach_dir", s.attach_dir},
+          {"nbd_device", s.nbd_device},
+          {"pid", s.pid},
+          {"loop", s.loop},
+          {"block", s.block},
+          {"fs_type", s.fs_type},
+          {"read_only", s.read_only},
+          {"capacity", s.capacity},
+          {"capability", s.capability},
           {"targets", s.targets}};
 }
 
@@ -68,8 +83,13 @@ std::optional<NodeState> FromJson(const nlohmann::json& j) {
   s.volume = str("volume");
   s.staging = str("staging");
   s.attach_dir = str("attach_dir");
+  s.nbd_device = str("nbd_device");
   s.loop = str("loop");
   s.fs_type = str("fs_type");
+  s.capability = str("capability");
+  std::optional<AttachMethod> method = ParseAttachMethod(str("method"));
+  if (!method) return std::nullopt;  // written by a newer driver: do not guess how to undo it
+  s.method = *method;
   if (j.contains("pid") && j["pid"].is_number_integer()) s.pid = j["pid"].get<int>();
   if (j.contains("block") && j["block"].is_boolean()) s.block = j["block"].get<bool>();
   if (j.contains("read_only") && j["read_only"].is_boolean()) {
@@ -78,9 +98,13 @@ std::optional<NodeState> FromJson(const nlohmann::json& j) {
   if (j.contains("capacity") && j["capacity"].is_number_unsigned()) {
     s.capacity = j["capacity"].get<uint64_t>();
   }
-  if (j.contains("targets") && j["targets"].is_array()) {
+  if (j.contains("targets") && j["targets"].is_object()) {
+    for (const auto& [target, key] : j["targets"].items()) {
+      s.targets[target] = key.is_string() ? key.get<std::string>() : std::string();
+    }
+  } else if (j.contains("targets") && j["targets"].is_array()) {  // older state files
     for (const auto& t : j["targets"]) {
-      if (t.is_string()) s.targets.push_back(t.get<std::string>());
+      if (t.is_string()) s.targets[t.get<std::string>()] = "";
     }
   }
   if (s.volume.empty()) return std::nullopt;
@@ -138,6 +162,41 @@ Status SaveState(const DriverOptions& o, const NodeState& s) {
 void RemoveState(const DriverOptions& o, const std::string& volume) {
   std::error_code ec;
   fs::remove(StatePath(o, volume), ec);
+}
+
+// The state of a staged volume `id`; nullopt when it is not staged here (or not a valid name).
+std::optional<NodeState> LoadStaged(const DriverOptions& o, const std::string& id) {
+  if (!ValidateName("volume", id).ok()) return std::nullopt;
+  return LoadState(o, id);
+}
+
+grpc::Status NotStaged(const std::string& id) {
+  return grpc::Status(grpc::StatusCode::NOT_FOUND, "volume " + id + " is not staged on this node");
+}
+
+std::string TrimRight(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+// What a capability asks of a staged volume, to tell a retry (same key: OK) from an
+// incompatible request (ALREADY_EXISTS, spec "Volume published but is incompatible"). `fs_type`
+// is the requested one (after the volume context default), not the one found on the device.
+std::string CapabilityKey(const v1::VolumeCapability& cap, const std::string& fs_type) {
+  std::vector<std::string> flags(cap.mount().mount_flags().begin(),
+                                 cap.mount().mount_flags().end());
+  std::sort(flags.begin(), flags.end());
+  std::string key = "mode=" + std::to_string(cap.access_mode().mode()) +
+                    (cap.has_block() ? ";block" : ";mount;fs=" + fs_type);
+  for (const std::string& f : flags) key += ";" + f;
+  return key;
+}
+std::string PublishKey(const v1::VolumeCapability& cap, bool readonly) {
+  return CapabilityKey(cap, cap.mount().fs_type()) + (readonly ? ";ro" : ";rw");
+}
+bool IsSingleWriterKey(const std::string& key) {
+  return key.starts_with(
+      "mode=" + std::to_string(v1::VolumeCapability::AccessMode::SINGLE_NODE_SINGLE_WRITER) + ";");
 }
 
 // Undoes the octal escapes of /proc/self/mountinfo ("\040" for a space).
@@ -198,6 +257,27 @@ bool ProcessIsNbdfuse(int pid) {
   return cmd.find("nbdfuse") != std::string::npos;
 }
 
+// The file or device under the loop device.
+std::string BackingFile(const NodeState& s) {
+  return s.method == AttachMethod::kKernelNbd ? s.nbd_device : s.attach_dir + "/nbd";
+}
+
+// The kernel nbd device still connected by the client we started (a restart may have let
+// another attachment reuse it).
+bool NbdDeviceIsOurs(const NodeState& s) {
+  return !s.nbd_device.empty() && s.pid > 0 && NbdDevicePid(s.nbd_device) == s.pid;
+}
+
+// Whether the NBD connection under the staged volume is still there.
+bool AttachmentAlive(const NodeState& s) {
+  return s.method == AttachMethod::kKernelNbd ? NbdDeviceIsOurs(s) : ProcessIsNbdfuse(s.pid);
+}
+
+std::string NbdClientTool() {
+  std::string path = FindTool("nbd-client");
+  return path.empty() ? "nbd-client" : path;
+}
+
 // The loop device still bound to our nbdfuse file (it may have been reused after a restart).
 bool LoopBacksFile(const std::string& loop, const std::string& file) {
   if (loop.rfind("/dev/loop", 0) != 0) return false;
@@ -207,17 +287,25 @@ bool LoopBacksFile(const std::string& loop, const std::string& file) {
   return !backing.empty() && Canonical(backing) == Canonical(file);
 }
 
-// Undoes an attachment, tolerating every step already undone. Order: filesystem, loop, FUSE,
-// nbdfuse process (which exits on its own once its FUSE mount is gone).
+// Undoes an attachment, tolerating every step already undone. Order: filesystem, loop, then
+// the NBD connection: kernel nbd (nbd-client -d), or FUSE and the nbdfuse process (which exits
+// on its own once its FUSE mount is gone).
 Status Detach(const NodeState& s) {
   if (!s.block && !s.staging.empty()) SHALE_RETURN_IF_ERROR(Unmount(s.staging));
-  const std::string file = s.attach_dir + "/nbd";
-  if (!s.loop.empty() && LoopBacksFile(s.loop, file)) {
+  const std::string file = BackingFile(s);
+  if (!s.loop.empty() && !file.empty() && LoopBacksFile(s.loop, file)) {
     SHALE_RETURN_IF_ERROR(Run({"losetup", "-d", s.loop}));
     // Detach is asynchronous in the kernel; wait until the loop lets go of the file, else the
     // FUSE unmount below finds it busy.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (LoopBacksFile(s.loop, file) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  if (s.method == AttachMethod::kKernelNbd && NbdDeviceIsOurs(s)) {
+    SHALE_RETURN_IF_ERROR(Run(NbdClientDisconnectArgv(NbdClientTool(), s.nbd_device)));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (NbdDeviceIsOurs(s) && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
@@ -276,13 +364,27 @@ Result<std::string> ProbeFilesystem(const std::string& dev) {
   if (!r.ok()) return r.status();
   if (r->exit_code == 2) return std::string();
   if (r->exit_code != 0) return Status::Internal(r->Describe("blkid"));
-  std::string t = r->out;
-  while (!t.empty() && (t.back() == '\n' || t.back() == ' ')) t.pop_back();
-  return t;
+  return TrimRight(r->out);
 }
 
-grpc::Status Precondition(const std::string& message) {
-  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, message);
+// A capability NodeStage/NodePublish cannot serve: INVALID_ARGUMENT when it is invalid in
+// itself, FAILED_PRECONDITION (spec "Exceeds capabilities") when it is valid but this volume
+// cannot do it (a writer mode on a read-only clone).
+grpc::Status CheckNodeCapability(const v1::VolumeCapability& cap, bool read_only) {
+  if (Status st = CheckCapability(cap, /*read_only=*/false); !st.ok()) return ToGrpc(st);
+  if (Status st = CheckCapability(cap, read_only); !st.ok()) {
+    return Precondition(std::string(st.message()));
+  }
+  return grpc::Status::OK;
+}
+
+// The size of the NBD attachment under the loop device: the export's size when it connected.
+Result<uint64_t> AttachedSize(const NodeState& s) {
+  if (s.method == AttachMethod::kKernelNbd) return BlockDeviceSize(s.nbd_device);
+  std::error_code ec;
+  const uint64_t size = fs::file_size(BackingFile(s), ec);
+  if (ec) return Status::FromErrno(ec.value(), "size of " + BackingFile(s));
+  return size;
 }
 
 }  // namespace
@@ -290,23 +392,18 @@ grpc::Status Precondition(const std::string& message) {
 grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
                                           const v1::NodeStageVolumeRequest* request,
                                           v1::NodeStageVolumeResponse*) {
-  if (request->volume_id().empty()) return Invalid("NodeStageVolume: volume_id is required");
-  if (request->staging_target_path().empty()) {
-    return Invalid("NodeStageVolume: staging_target_path is required");
+  if (grpc::Status st =
+          RequireFields("NodeStageVolume",
+                        {{"volume_id", !request->volume_id().empty()},
+                         {"staging_target_path", !request->staging_target_path().empty()},
+                         {"volume_capability", request->has_volume_capability()}});
+      !st.ok()) {
+    return st;
   }
-  if (!request->has_volume_capability()) {
-    return Invalid("NodeStageVolume: volume_capability is required");
-  }
-  auto info = engine_->GetVolume(request->volume_id());
-  if (!info.ok()) {
-    if (info.status().IsNotFound() || info.status().code() == StatusCode::kInvalidArgument) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          "volume " + request->volume_id() + " not found");
-    }
-    return ToGrpc(info.status());
-  }
+  auto info = FindVolume(engine_, request->volume_id());
+  if (!info.ok()) return ToGrpc(info.status());
   const auto& cap = request->volume_capability();
-  if (Status st = CheckCapability(cap, info->read_only); !st.ok()) return ToGrpc(st);
+  if (grpc::Status st = CheckNodeCapability(cap, info->read_only); !st.ok()) return st;
   const bool block = cap.has_block();
   std::string fs_type = block ? "" : cap.mount().fs_type();
   if (!block && fs_type.empty()) {
@@ -317,6 +414,7 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
     return Invalid("fsType \"" + fs_type + "\" is not supported (ext4 or xfs)");
   }
   const std::string staging = request->staging_target_path();
+  const std::string capability = CapabilityKey(cap, fs_type);
 
   std::lock_guard lock(mu_);
   if (std::optional<NodeState> existing = LoadState(options_, info->name)) {
@@ -324,9 +422,11 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
       return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
                           "volume " + info->name + " is staged at " + existing->staging);
     }
-    if (existing->block != block) {
+    if (existing->block != block ||
+        (!existing->capability.empty() && existing->capability != capability)) {
       return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                          "volume " + info->name + " is staged with another access type");
+                          "volume " + info->name + " is staged at " + staging +
+                              " with another capability (" + existing->capability + ")");
     }
     if (block || IsMountPoint(staging)) return grpc::Status::OK;  // already done
     // A half-done stage (crash, restart): undo it and start over.
@@ -346,6 +446,9 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
   s.fs_type = fs_type;
   s.read_only = info->read_only;
   s.capacity = CsiCapacity(engine_, *info);
+  s.capability = capability;
+  const KernelNbdProbe probe = ProbeKernelNbd();
+  s.method = ChooseAttachMethod(probe);
   auto fail = [&](const Status& st, const std::string& what) {
     Status undone = Detach(s);
     if (!undone.ok()) {
@@ -365,38 +468,76 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
     if (ec) return ToGrpc(Status::FromErrno(ec.value(), "create " + staging));
   }
   if (Status st = SaveState(options_, s); !st.ok()) return ToGrpc(st);
+  // Each step is recorded before the next, so that a failure or a restart knows what to undo.
+  auto save_or_fail = [&](const char* step) {
+    Status st = SaveState(options_, s);
+    return st.ok() ? grpc::Status::OK : fail(st, std::string("save node state after ") + step);
+  };
 
-  // 1. nbdfuse: the export as a file (<attach_dir>/nbd), over the daemon's own NBD socket.
-  const std::string pidfile = s.attach_dir + ".pid";
-  fs::remove(pidfile, ec);
-  std::vector<std::string> argv = {"nbdfuse"};
-  if (s.read_only) argv.push_back("-r");
-  argv.insert(argv.end(), {"-P", pidfile, s.attach_dir,
-                           "nbd+unix:///" + info->name + "?socket=" + options_.nbd_socket});
-  Result<pid_t> pid = SpawnDetached(argv, s.attach_dir + ".log");
-  if (!pid.ok()) return fail(pid.status(), "start nbdfuse");
-  s.pid = *pid;
-  if (Status st = SaveState(options_, s); !st.ok()) return fail(st, "save node state");
-  const std::string file = s.attach_dir + "/nbd";
+  // 1. Attach the export: kernel nbd where the host has it, else nbdfuse (docs/csi.md).
   const auto deadline = std::chrono::steady_clock::now() + kAttachTimeout;
-  bool up = false;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::error_code size_ec;
-    if (fs::exists(pidfile, size_ec) && fs::file_size(file, size_ec) == info->size_bytes) {
-      up = true;
-      break;
+  if (s.method == AttachMethod::kKernelNbd) {
+    std::optional<std::string> device = PickFreeNbdDevice(ListNbdDevices());
+    if (!device) return fail(Status::NoSpace("every /dev/nbdN is in use"), "attach");
+    s.nbd_device = *device;
+    if (grpc::Status st = save_or_fail("picking the nbd device"); !st.ok()) return st;
+    if (Status st = Run(NbdClientConnectArgv(probe.nbd_client, {.unix_socket = options_.nbd_socket},
+                                             info->name, s.nbd_device, s.read_only));
+        !st.ok()) {
+      return fail(st, "nbd-client");
     }
-    if (kill(s.pid, 0) != 0 || !ProcessIsNbdfuse(s.pid)) break;
-    ReapIfExited(s.pid);
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  if (!up) {
-    std::ifstream log(s.attach_dir + ".log");
-    std::string last, line;
-    while (std::getline(log, line)) last = line;
-    return fail(Status::Unavailable("nbdfuse did not attach " + info->name +
-                                    (last.empty() ? std::string() : ": " + last)),
-                "attach");
+    // nbd-client returns once the device is configured; its pid (in sysfs while connected)
+    // tells our connection from a later one on the same device.
+    while ((s.pid = NbdDevicePid(s.nbd_device)) == 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (s.pid == 0) {
+      Run(NbdClientDisconnectArgv(probe.nbd_client, s.nbd_device)).IgnoreError();
+      return fail(Status::Unavailable(s.nbd_device + " has no client after nbd-client"), "attach");
+    }
+    if (grpc::Status st = save_or_fail("nbd-client"); !st.ok()) return st;
+    bool sized = false;
+    while (!sized && std::chrono::steady_clock::now() < deadline) {
+      auto size = BlockDeviceSize(s.nbd_device);
+      sized = size.ok() && *size == info->size_bytes;
+      if (!sized) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!sized) {
+      return fail(Status::Unavailable(s.nbd_device + " did not get the size of " + info->name),
+                  "attach");
+    }
+  } else {
+    // nbdfuse: the export as a file (<attach_dir>/nbd).
+    const std::string pidfile = s.attach_dir + ".pid";
+    fs::remove(pidfile, ec);
+    std::vector<std::string> argv = {"nbdfuse"};
+    if (s.read_only) argv.push_back("-r");
+    argv.insert(argv.end(), {"-P", pidfile, s.attach_dir,
+                             "nbd+unix:///" + info->name + "?socket=" + options_.nbd_socket});
+    Result<pid_t> pid = SpawnDetached(argv, s.attach_dir + ".log");
+    if (!pid.ok()) return fail(pid.status(), "start nbdfuse");
+    s.pid = *pid;
+    if (grpc::Status st = save_or_fail("nbdfuse"); !st.ok()) return st;
+    bool up = false;
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::error_code size_ec;
+      if (fs::exists(pidfile, size_ec) && fs::file_size(BackingFile(s), size_ec) == info->size_bytes) {
+        up = true;
+        break;
+      }
+      if (kill(s.pid, 0) != 0 || !ProcessIsNbdfuse(s.pid)) break;
+      ReapIfExited(s.pid);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!up) {
+      std::ifstream log(s.attach_dir + ".log");
+      std::string last, line;
+      while (std::getline(log, line)) last = line;
+      return fail(Status::Unavailable("nbdfuse did not attach " + info->name +
+                                      (last.empty() ? std::string() : ": " + last)),
+                  "attach");
+    }
   }
 
   // 2. A loop device over it, limited to the CSI capacity (the engine volume has headroom for
@@ -404,13 +545,12 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
   std::vector<std::string> losetup = {"losetup", "--find", "--show", "--sizelimit",
                                       std::to_string(s.capacity)};
   if (s.read_only) losetup.push_back("--read-only");
-  losetup.push_back(file);
+  losetup.push_back(BackingFile(s));
   Result<ExecResult> loop = Exec(losetup, kToolTimeout);
   if (!loop.ok()) return fail(loop.status(), "losetup");
   if (loop->exit_code != 0) return fail(Status::Internal(loop->Describe("losetup")), "attach");
-  s.loop = loop->out;
-  while (!s.loop.empty() && (s.loop.back() == '\n' || s.loop.back() == ' ')) s.loop.pop_back();
-  if (Status st = SaveState(options_, s); !st.ok()) return fail(st, "save node state");
+  s.loop = TrimRight(loop->out);
+  if (grpc::Status st = save_or_fail("losetup"); !st.ok()) return st;
   if (block) return grpc::Status::OK;
 
   // 3. Format only a blank device: an existing filesystem (a clone's, a restaged volume's)
@@ -453,8 +593,9 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
   }
   mount.insert(mount.end(), {s.loop, staging});
   if (Status st = Run(mount); !st.ok()) return fail(st, "mount");
-  if (Status st = SaveState(options_, s); !st.ok()) return fail(st, "save node state");
-  SHALE_LOG_INFO("csi: volume staged", {"volume", s.volume}, {"loop", s.loop},
+  if (grpc::Status st = save_or_fail("mount"); !st.ok()) return st;
+  SHALE_LOG_INFO("csi: volume staged", {"volume", s.volume},
+                 {"method", std::string(AttachMethodName(s.method))}, {"loop", s.loop},
                  {"fs", s.fs_type}, {"staging", staging});
   return grpc::Status::OK;
 }
@@ -462,18 +603,21 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
 grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
                                             const v1::NodeUnstageVolumeRequest* request,
                                             v1::NodeUnstageVolumeResponse*) {
-  if (request->volume_id().empty()) return Invalid("NodeUnstageVolume: volume_id is required");
-  if (request->staging_target_path().empty()) {
-    return Invalid("NodeUnstageVolume: staging_target_path is required");
+  if (grpc::Status st =
+          RequireFields("NodeUnstageVolume",
+                        {{"volume_id", !request->volume_id().empty()},
+                         {"staging_target_path", !request->staging_target_path().empty()}});
+      !st.ok()) {
+    return st;
   }
   if (!ValidateName("volume", request->volume_id()).ok()) return grpc::Status::OK;
   std::lock_guard lock(mu_);
-  std::optional<NodeState> s = LoadState(options_, request->volume_id());
+  std::optional<NodeState> s = LoadStaged(options_, request->volume_id());
   if (!s) {
     // Nothing of ours; a mount left at the staging path is still unmounted (idempotent).
     return ToGrpc(Unmount(request->staging_target_path()));
   }
-  for (const std::string& t : s->targets) {
+  for (const auto& [t, key] : s->targets) {
     if (IsMountPoint(t)) {
       return Precondition("volume " + s->volume + " is still published at " + t);
     }
@@ -501,24 +645,20 @@ grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
 grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
                                             const v1::NodePublishVolumeRequest* request,
                                             v1::NodePublishVolumeResponse*) {
-  if (request->volume_id().empty()) return Invalid("NodePublishVolume: volume_id is required");
-  if (request->staging_target_path().empty()) {
-    return Invalid("NodePublishVolume: staging_target_path is required");
-  }
-  if (request->target_path().empty()) return Invalid("NodePublishVolume: target_path is required");
-  if (!request->has_volume_capability()) {
-    return Invalid("NodePublishVolume: volume_capability is required");
-  }
-  if (!ValidateName("volume", request->volume_id()).ok()) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND, "volume " + request->volume_id() +
-                                                         " not found");
+  if (grpc::Status st =
+          RequireFields("NodePublishVolume",
+                        {{"volume_id", !request->volume_id().empty()},
+                         {"staging_target_path", !request->staging_target_path().empty()},
+                         {"target_path", !request->target_path().empty()},
+                         {"volume_capability", request->has_volume_capability()}});
+      !st.ok()) {
+    return st;
   }
   std::lock_guard lock(mu_);
-  std::optional<NodeState> s = LoadState(options_, request->volume_id());
+  std::optional<NodeState> s = LoadStaged(options_, request->volume_id());
   if (!s) {
-    if (!engine_->GetVolume(request->volume_id()).ok()) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          "volume " + request->volume_id() + " not found");
+    if (auto info = FindVolume(engine_, request->volume_id()); !info.ok()) {
+      return ToGrpc(info.status());
     }
     return Precondition("volume " + request->volume_id() + " is not staged on this node");
   }
@@ -527,18 +667,36 @@ grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
                         request->staging_target_path());
   }
   const auto& cap = request->volume_capability();
-  if (Status st = CheckCapability(cap, s->read_only); !st.ok()) return ToGrpc(st);
+  if (grpc::Status st = CheckNodeCapability(cap, s->read_only); !st.ok()) return st;
   if (cap.has_block() != s->block) {
     return Invalid("access type differs from the one the volume was staged with");
   }
   const bool read_only =
       request->readonly() || s->read_only || IsReaderOnlyMode(cap.access_mode().mode());
   const std::string target = request->target_path();
+  const std::string key = PublishKey(cap, request->readonly());
   if (IsMountPoint(target)) {
-    if (std::find(s->targets.begin(), s->targets.end(), target) != s->targets.end()) {
-      return grpc::Status::OK;
+    auto it = s->targets.find(target);
+    if (it == s->targets.end()) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, target + " is already a mount point");
     }
-    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, target + " is already a mount point");
+    // Spec: the same target with other arguments (capability, readonly) is ALREADY_EXISTS.
+    if (!it->second.empty() && it->second != key) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          "volume " + s->volume + " is published at " + target +
+                              " with another capability or readonly flag (" + it->second + ")");
+    }
+    return grpc::Status::OK;
+  }
+  // SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod): one target at a time (spec: a second target
+  // is FAILED_PRECONDITION). SINGLE_NODE_WRITER keeps Kubernetes' ReadWriteOnce meaning: any
+  // number of pods on this node.
+  for (const auto& [other, other_key] : s->targets) {
+    if (other == target || !IsMountPoint(other)) continue;
+    if (IsSingleWriterKey(key) || IsSingleWriterKey(other_key)) {
+      return Precondition("volume " + s->volume + " is SINGLE_NODE_SINGLE_WRITER and already "
+                          "published at " + other);
+    }
   }
   std::error_code ec;
   const std::string source = s->block ? s->loop : s->staging;
@@ -560,7 +718,7 @@ grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
       return ToGrpc(st);
     }
   }
-  s->targets.push_back(target);
+  s->targets[target] = key;
   if (Status st = SaveState(options_, *s); !st.ok()) {
     Unmount(target).IgnoreError();
     return ToGrpc(st);
@@ -571,21 +729,20 @@ grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
 grpc::Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
                                               const v1::NodeUnpublishVolumeRequest* request,
                                               v1::NodeUnpublishVolumeResponse*) {
-  if (request->volume_id().empty()) return Invalid("NodeUnpublishVolume: volume_id is required");
-  if (request->target_path().empty()) {
-    return Invalid("NodeUnpublishVolume: target_path is required");
+  if (grpc::Status st = RequireFields("NodeUnpublishVolume",
+                                      {{"volume_id", !request->volume_id().empty()},
+                                       {"target_path", !request->target_path().empty()}});
+      !st.ok()) {
+    return st;
   }
   std::lock_guard lock(mu_);
   const std::string target = request->target_path();
   if (Status st = Unmount(target); !st.ok()) return ToGrpc(st);
   std::error_code ec;
   fs::remove(target, ec);  // the plugin created it; an empty directory or a file
-  if (ValidateName("volume", request->volume_id()).ok()) {
-    if (std::optional<NodeState> s = LoadState(options_, request->volume_id())) {
-      s->targets.erase(std::remove(s->targets.begin(), s->targets.end(), target),
-                       s->targets.end());
-      if (Status st = SaveState(options_, *s); !st.ok()) return ToGrpc(st);
-    }
+  if (std::optional<NodeState> s = LoadStaged(options_, request->volume_id());
+      s && s->targets.erase(target) > 0) {
+    if (Status st = SaveState(options_, *s); !st.ok()) return ToGrpc(st);
   }
   return grpc::Status::OK;
 }
@@ -593,32 +750,29 @@ grpc::Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
 grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
                                              const v1::NodeGetVolumeStatsRequest* request,
                                              v1::NodeGetVolumeStatsResponse* response) {
-  if (request->volume_id().empty()) return Invalid("NodeGetVolumeStats: volume_id is required");
-  if (request->volume_path().empty()) {
-    return Invalid("NodeGetVolumeStats: volume_path is required");
+  if (grpc::Status st = RequireFields("NodeGetVolumeStats",
+                                      {{"volume_id", !request->volume_id().empty()},
+                                       {"volume_path", !request->volume_path().empty()}});
+      !st.ok()) {
+    return st;
   }
   std::error_code ec;
   if (!fs::exists(request->volume_path(), ec)) {
     return grpc::Status(grpc::StatusCode::NOT_FOUND,
                         "volume path " + request->volume_path() + " does not exist");
   }
-  std::optional<NodeState> s;
-  if (ValidateName("volume", request->volume_id()).ok()) {
-    s = LoadState(options_, request->volume_id());
-  }
-  if (!s) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        "volume " + request->volume_id() + " is not staged on this node");
-  }
+  std::optional<NodeState> s = LoadStaged(options_, request->volume_id());
+  if (!s) return NotStaged(request->volume_id());
   auto* condition = response->mutable_volume_condition();
   condition->set_abnormal(false);
   condition->set_message("volume is healthy");
   if (!IsMountPoint(request->volume_path())) {
     condition->set_abnormal(true);
     condition->set_message(request->volume_path() + " is not mounted");
-  } else if (!ProcessIsNbdfuse(s->pid)) {
+  } else if (!AttachmentAlive(*s)) {
     condition->set_abnormal(true);
-    condition->set_message("the attachment (nbdfuse) of " + s->volume + " is gone; restage it");
+    condition->set_message("the attachment (" + std::string(AttachMethodName(s->method)) +
+                           ") of " + s->volume + " is gone; restage it");
   }
   if (s->block) {
     auto size = BlockDeviceSize(s->loop);
@@ -649,30 +803,34 @@ grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
 grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
                                            const v1::NodeExpandVolumeRequest* request,
                                            v1::NodeExpandVolumeResponse* response) {
-  if (request->volume_id().empty()) return Invalid("NodeExpandVolume: volume_id is required");
-  if (request->volume_path().empty()) return Invalid("NodeExpandVolume: volume_path is required");
+  if (grpc::Status st = RequireFields("NodeExpandVolume",
+                                      {{"volume_id", !request->volume_id().empty()},
+                                       {"volume_path", !request->volume_path().empty()}});
+      !st.ok()) {
+    return st;
+  }
   std::lock_guard lock(mu_);
-  std::optional<NodeState> s;
-  if (ValidateName("volume", request->volume_id()).ok()) {
-    s = LoadState(options_, request->volume_id());
-  }
-  if (!s) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        "volume " + request->volume_id() + " is not staged on this node");
-  }
+  std::optional<NodeState> s = LoadStaged(options_, request->volume_id());
+  if (!s) return NotStaged(request->volume_id());
   auto info = engine_->GetVolume(s->volume);
   if (!info.ok()) return ToGrpc(info.status());
   uint64_t wanted = CsiCapacity(engine_, *info);
+  const int64_t limit = request->capacity_range().limit_bytes();
   if (request->capacity_range().required_bytes() > 0) {
     wanted = std::max<uint64_t>(
         wanted, (static_cast<uint64_t>(request->capacity_range().required_bytes()) +
                  kSizeGranularity - 1) / kSizeGranularity * kSizeGranularity);
   }
-  // The attachment was sized when nbdfuse connected: growth within the headroom is online;
-  // beyond it the volume must be restaged (the new connection sees the new size).
-  std::error_code ec;
-  const uint64_t attached = fs::file_size(s->attach_dir + "/nbd", ec);
-  if (ec || attached < wanted) {
+  if (limit > 0 && wanted > static_cast<uint64_t>(limit)) {
+    return grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                        "volume " + s->volume + " has " + std::to_string(wanted) +
+                            " bytes, more than limit_bytes " + std::to_string(limit));
+  }
+  // The attachment was sized when it connected: growth within the headroom is online; beyond
+  // it the volume must be restaged (the new connection sees the new size).
+  Result<uint64_t> attached_size = AttachedSize(*s);
+  const uint64_t attached = attached_size.ok() ? *attached_size : 0;
+  if (attached < wanted) {
     return Precondition("volume " + s->volume + " is attached with " + std::to_string(attached) +
                         " bytes, less than " + std::to_string(wanted) +
                         "; unstage and stage it again to use the new size");

@@ -10,6 +10,7 @@
 
 #include "tests/e2e/csi_client.h"
 #include "tests/e2e/harness.h"
+#include "tests/e2e/nbd_attach.h"
 
 namespace shale::e2e {
 namespace {
@@ -158,6 +159,21 @@ TEST_F(CsiConformanceTest, CreateVolumeRequiredFieldsAndBadInput) {
                   .ok());
   EXPECT_EQ(list.entries_size(), 0);
   EXPECT_TRUE(h_.daemon_running());
+}
+
+// MULTI_NODE_READER_ONLY without a content source is served (docs/csi.md, "Access modes"): a
+// blank writable volume, published read-only. Only a clone becomes read-only in the engine.
+TEST_F(CsiConformanceTest, ReaderOnlyModeWithoutSourceIsAWritableVolume) {
+  auto req = CsiClient::VolumeRequest("pvc-rox-blank", 4 * kMiB);
+  req.mutable_volume_capabilities(0)->mutable_access_mode()->set_mode(
+      AccessMode::MULTI_NODE_READER_ONLY);
+  const csiv1::Volume v = MustCreate(req);
+  EXPECT_EQ(v.volume_context().count("readOnly"), 0u);
+  CommandResult show = h_.Shale({"volume", "show", "pvc-rox-blank", "-o", "json"});
+  ASSERT_EQ(show.exit_code, 0) << show.Describe();
+  EXPECT_FALSE(show.Json()["read_only"].get<bool>());
+  EXPECT_EQ(MustCreate(req).volume_id(), "pvc-rox-blank") << "idempotent";
+  EXPECT_TRUE(c_.DeleteVolume("pvc-rox-blank").ok());
 }
 
 TEST_F(CsiConformanceTest, CapacityArithmetic) {
@@ -424,6 +440,10 @@ TEST_F(CsiConformanceTest, SnapshotsAndClones) {
   auto from_volume = CsiClient::VolumeRequest("pvc-vclone", 0);
   from_volume.mutable_volume_content_source()->mutable_volume()->set_volume_id("pvc-other");
   EXPECT_EQ(MustCreate(from_volume).capacity_bytes(), 4 * kMiB);
+  // Spec CreateVolume "Unsupported capacity": a source larger than limit_bytes is OUT_OF_RANGE.
+  auto vclone_small = CsiClient::VolumeRequest("pvc-vclone-small", 0, 2 * kMiB);
+  *vclone_small.mutable_volume_content_source() = from_volume.volume_content_source();
+  EXPECT_EQ(CreateCode(vclone_small), StatusCode::OUT_OF_RANGE);
 
   auto ro = CsiClient::VolumeRequest("pvc-roclone", 0);
   ro.mutable_volume_capabilities(0)->mutable_access_mode()->set_mode(
@@ -446,6 +466,20 @@ TEST_F(CsiConformanceTest, SnapshotsAndClones) {
                       vreq, &vresp)
                   .ok());
   EXPECT_FALSE(vresp.has_confirmed());
+  // Spec NodeStage/NodePublish "Exceeds capabilities": a valid writer mode that this read-only
+  // clone cannot serve is FAILED_PRECONDITION (an invalid capability stays INVALID_ARGUMENT).
+  csiv1::NodeStageVolumeRequest ro_stage;
+  ro_stage.set_volume_id("pvc-roclone");
+  ro_stage.set_staging_target_path(h_.root() + "/ro-staging");
+  *ro_stage.mutable_volume_capability() = MountCap(AccessMode::SINGLE_NODE_WRITER);
+  csiv1::NodeStageVolumeResponse ro_stage_resp;
+  EXPECT_EQ(c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeStageVolume, ro_stage, &ro_stage_resp)
+                .error_code(),
+            StatusCode::FAILED_PRECONDITION);
+  *ro_stage.mutable_volume_capability() = MountCap(AccessMode::MULTI_NODE_MULTI_WRITER);
+  EXPECT_EQ(c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeStageVolume, ro_stage, &ro_stage_resp)
+                .error_code(),
+            StatusCode::INVALID_ARGUMENT);
 
   // Snapshots outlive their volume's deletion; deleting them is idempotent.
   EXPECT_EQ(c_.DeleteSnapshot("").error_code(), StatusCode::INVALID_ARGUMENT);
@@ -454,6 +488,16 @@ TEST_F(CsiConformanceTest, SnapshotsAndClones) {
   EXPECT_TRUE(c_.DeleteSnapshot("garbage").ok());
   EXPECT_TRUE(c_.DeleteVolume("pvc-other").ok());
   EXPECT_EQ(list({}).entries_size(), 2);
+  // DeleteVolume keeps the volume's snapshots (docs/csi.md): still listed under their source
+  // volume id, and still a content source.
+  by_source.set_source_volume_id("pvc-other");
+  ASSERT_EQ(list(by_source).entries_size(), 1);
+  EXPECT_EQ(list(by_source).entries(0).snapshot().snapshot_id(), "pvc-other@snap-c");
+  auto orphan_clone = CsiClient::VolumeRequest("pvc-orphan-clone", 0);
+  orphan_clone.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(
+      "pvc-other@snap-c");
+  EXPECT_EQ(MustCreate(orphan_clone).capacity_bytes(), 4 * kMiB);
+  EXPECT_TRUE(c_.DeleteVolume("pvc-orphan-clone").ok());
   for (const char* v : {"pvc-clone", "pvc-clone-big", "pvc-vclone", "pvc-roclone", "pvc-src"}) {
     EXPECT_TRUE(c_.DeleteVolume(v).ok()) << v;
   }
@@ -612,6 +656,90 @@ TEST_F(CsiConformanceTest, NodeRequiredFieldsAndUnknownVolumes) {
   EXPECT_EQ(c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeExpandVolume, expand, &expand_resp)
                 .error_code(),
             StatusCode::NOT_FOUND);
+}
+
+// Node idempotency and compatibility on a really staged volume (block access: no filesystem
+// needed, but nbdfuse + loop, so root): CSI spec "NodeStageVolume Errors", "NodePublishVolume"
+// (the second-publish table) and "NodeExpandVolume Errors".
+TEST_F(CsiConformanceTest, NodeRepeatsAndIncompatibleRequests) {
+  const std::string why = NbdfuseLoopUnavailable({"nbdfuse", "fusermount3", "losetup", "mount",
+                                                  "umount", "blkid"},
+                                                 "libnbd-bin, fuse3, util-linux");
+  if (!why.empty()) GTEST_SKIP() << why;
+  auto vreq = CsiClient::VolumeRequest("pvc-node-rules", 8 * kMiB);
+  *vreq.mutable_volume_capabilities(0) = BlockCap(AccessMode::SINGLE_NODE_SINGLE_WRITER);
+  MustCreate(vreq);
+  const std::string staging = h_.root() + "/rules-staging";
+  const std::string target_a = h_.root() + "/rules-a";
+  const std::string target_b = h_.root() + "/rules-b";
+
+  csiv1::NodeStageVolumeRequest stage;
+  stage.set_volume_id("pvc-node-rules");
+  stage.set_staging_target_path(staging);
+  *stage.mutable_volume_capability() = BlockCap(AccessMode::SINGLE_NODE_SINGLE_WRITER);
+  csiv1::NodeStageVolumeResponse stage_resp;
+  auto do_stage = [&] {
+    return c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeStageVolume, stage, &stage_resp);
+  };
+  ASSERT_TRUE(do_stage().ok()) << Describe(do_stage());
+  EXPECT_TRUE(do_stage().ok()) << "idempotent";
+  *stage.mutable_volume_capability() = BlockCap(AccessMode::SINGLE_NODE_WRITER);
+  EXPECT_EQ(do_stage().error_code(), StatusCode::ALREADY_EXISTS) << "another capability";
+  *stage.mutable_volume_capability() = BlockCap(AccessMode::SINGLE_NODE_SINGLE_WRITER);
+
+  csiv1::NodePublishVolumeRequest pub;
+  pub.set_volume_id("pvc-node-rules");
+  pub.set_staging_target_path(staging);
+  pub.set_target_path(target_a);
+  *pub.mutable_volume_capability() = BlockCap(AccessMode::SINGLE_NODE_SINGLE_WRITER);
+  csiv1::NodePublishVolumeResponse pub_resp;
+  auto do_pub = [&] {
+    return c_.Call(c_.node.get(), &csiv1::Node::Stub::NodePublishVolume, pub, &pub_resp);
+  };
+  ASSERT_TRUE(do_pub().ok()) << Describe(do_pub());
+  EXPECT_TRUE(do_pub().ok()) << "idempotent";
+  pub.set_readonly(true);
+  EXPECT_EQ(do_pub().error_code(), StatusCode::ALREADY_EXISTS) << "same target, readonly differs";
+  pub.set_readonly(false);
+  pub.set_target_path(target_b);
+  EXPECT_EQ(do_pub().error_code(), StatusCode::FAILED_PRECONDITION)
+      << "SINGLE_NODE_SINGLE_WRITER at a second target";
+
+  csiv1::NodeExpandVolumeRequest expand;
+  expand.set_volume_id("pvc-node-rules");
+  expand.set_volume_path(target_a);
+  expand.mutable_capacity_range()->set_limit_bytes(4096);
+  csiv1::NodeExpandVolumeResponse expand_resp;
+  EXPECT_EQ(c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeExpandVolume, expand, &expand_resp)
+                .error_code(),
+            StatusCode::OUT_OF_RANGE)
+      << "the volume is larger than limit_bytes";
+
+  csiv1::NodeUnpublishVolumeRequest unpub;
+  unpub.set_volume_id("pvc-node-rules");
+  unpub.set_target_path(target_a);
+  csiv1::NodeUnpublishVolumeResponse unpub_resp;
+  auto do_unpub = [&] {
+    return c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeUnpublishVolume, unpub, &unpub_resp);
+  };
+  EXPECT_TRUE(do_unpub().ok());
+  EXPECT_TRUE(do_unpub().ok()) << "idempotent";
+  unpub.set_target_path(h_.root() + "/never-published");
+  EXPECT_TRUE(do_unpub().ok()) << "a target that was never published";
+  // With target A gone, B is the only target: allowed now.
+  EXPECT_TRUE(do_pub().ok()) << Describe(do_pub());
+  unpub.set_target_path(target_b);
+  EXPECT_TRUE(do_unpub().ok());
+
+  csiv1::NodeUnstageVolumeRequest unstage;
+  unstage.set_volume_id("pvc-node-rules");
+  unstage.set_staging_target_path(staging);
+  csiv1::NodeUnstageVolumeResponse unstage_resp;
+  EXPECT_TRUE(
+      c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeUnstageVolume, unstage, &unstage_resp).ok());
+  EXPECT_TRUE(
+      c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeUnstageVolume, unstage, &unstage_resp).ok());
+  EXPECT_TRUE(c_.DeleteVolume("pvc-node-rules").ok());
 }
 
 TEST(CsiFlags, BadEndpointIsOneLineUsageError) {

@@ -19,6 +19,7 @@
 
 #include "tests/e2e/csi_client.h"
 #include "tests/e2e/harness.h"
+#include "tests/e2e/nbd_attach.h"
 
 namespace shale::e2e {
 namespace {
@@ -84,19 +85,11 @@ bool HasCapSysResource() {
 class CsiNodeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (geteuid() != 0) GTEST_SKIP() << "needs root (loop devices and mounts)";
-    if (access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "needs /dev/fuse (FUSE)";
-    if (access("/dev/loop-control", R_OK | W_OK) != 0) GTEST_SKIP() << "needs loop devices";
-    for (const char* tool : {"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "mkfs.xfs", "blkid",
-                             "resize2fs", "xfs_growfs", "mount", "umount", "fsfreeze"}) {
-      if (FindProgram(tool).empty()) {
-        GTEST_SKIP() << tool << " is not installed (scripts/deps installs libnbd-bin, fuse3, "
-                     << "util-linux, e2fsprogs, xfsprogs)";
-      }
-    }
-    if (RunProcess({FindProgram("losetup"), "--find"}).exit_code != 0) {
-      GTEST_SKIP() << "no free loop device";
-    }
+    const std::string why = NbdfuseLoopUnavailable(
+        {"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "mkfs.xfs", "blkid", "resize2fs",
+         "xfs_growfs", "mount", "umount", "fsfreeze"},
+        "libnbd-bin, fuse3, util-linux, e2fsprogs, xfsprogs");
+    if (!why.empty()) GTEST_SKIP() << why;
     ASSERT_TRUE(c_.Start(h_));
   }
 

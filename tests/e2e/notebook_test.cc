@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/e2e/nbd_attach.h"
 #include "tests/e2e/snapshot_e2e_util.h"
 
 namespace shale::e2e {
@@ -25,11 +26,6 @@ namespace {
 
 constexpr uint64_t kDataVolumeSize = 256 * kMiB;
 constexpr int kFiles = 20;
-
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
 
 // Deterministic "dataset" file `i`: CSV-like rows of pseudo-random numbers, 1 KiB..2 MiB.
 std::string DatasetFile(int i) {
@@ -49,32 +45,15 @@ std::string DatasetPath(int i) {
          ".csv";
 }
 
-// One export attached as a block device and (maybe) mounted.
-struct Attachment {
-  std::string export_name;
-  std::string fuse_dir, mnt, loop;
-  std::unique_ptr<ChildProcess> nbdfuse;
-  bool mounted = false;
-};
+using Attachment = NbdAttachment;
 
 class NotebookTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (geteuid() != 0) GTEST_SKIP() << "needs root (loop devices and mounts)";
-    if (access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "needs /dev/fuse (FUSE)";
-    if (access("/dev/loop-control", R_OK | W_OK) != 0) {
-      GTEST_SKIP() << "needs loop devices (/dev/loop-control)";
-    }
-    for (const char* tool :
-         {"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "mount", "umount", "qemu-io"}) {
-      tools_[tool] = FindProgram(tool);
-      if (tools_[tool].empty()) {
-        GTEST_SKIP() << tool << " is not installed (scripts/deps installs libnbd-bin, fuse3, "
-                     << "util-linux, e2fsprogs, qemu-utils)";
-      }
-    }
-    CommandResult free_loop = RunProcess({tools_["losetup"], "--find"});
-    if (free_loop.exit_code != 0) GTEST_SKIP() << "no free loop device: " << free_loop.Describe();
+    const std::string why = NbdfuseLoopUnavailable(
+        {"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "mount", "umount", "qemu-io"},
+        "libnbd-bin, fuse3, util-linux, e2fsprogs, qemu-utils", &tools_);
+    if (!why.empty()) GTEST_SKIP() << why;
     ASSERT_TRUE(h_.StartDaemon());
   }
 
@@ -84,33 +63,7 @@ class NotebookTest : public ::testing::Test {
     attached_.clear();
   }
 
-  void Release(Attachment& a, bool check) {
-    if (a.mounted) {
-      CommandResult r = RunProcess({tools_["umount"], a.mnt});
-      if (check) {
-        EXPECT_EQ(r.exit_code, 0) << r.Describe();
-      }
-      if (r.exit_code != 0) RunProcess({tools_["umount"], "-l", a.mnt});
-      a.mounted = false;
-    }
-    if (!a.loop.empty()) {
-      CommandResult r = RunProcess({tools_["losetup"], "-d", a.loop});
-      if (check) {
-        EXPECT_EQ(r.exit_code, 0) << r.Describe();
-      }
-      a.loop.clear();
-    }
-    if (a.nbdfuse) {
-      CommandResult r = RunProcess({tools_["fusermount3"], "-u", a.fuse_dir});
-      if (r.exit_code != 0) RunProcess({tools_["fusermount3"], "-uz", a.fuse_dir});
-      // nbdfuse exits (flushing and closing its connections) once unmounted.
-      if (check) {
-        EXPECT_TRUE(WaitFor([&] { return !a.nbdfuse->running(); })) << a.nbdfuse->Log();
-      }
-      a.nbdfuse->Stop(SIGTERM);
-      a.nbdfuse.reset();
-    }
-  }
+  void Release(Attachment& a, bool check) { ReleaseNbdAttachment(a, check); }
 
   // nbdfuse on the export (read-only with -r), then a loop device over its file.
   Attachment* Attach(const std::string& export_name, bool read_only) {
@@ -121,46 +74,16 @@ class NotebookTest : public ::testing::Test {
     raw->export_name = export_name;
     raw->fuse_dir = h_.root() + "/fuse-" + tag;
     raw->mnt = h_.root() + "/mnt-" + tag;
-    std::filesystem::create_directories(raw->fuse_dir);
-    std::filesystem::create_directories(raw->mnt);
-    const std::string pidfile = h_.root() + "/nbdfuse-" + tag + ".pid";
-    std::filesystem::remove(pidfile);
-    std::vector<std::string> argv = {tools_["nbdfuse"], "-P", pidfile};
-    if (read_only) argv.push_back("-r");
-    argv.push_back(raw->fuse_dir);
-    argv.push_back(h_.NbdUri(export_name));
-    raw->nbdfuse = std::make_unique<ChildProcess>(argv, h_.root() + "/nbdfuse-" + tag + ".log");
-    const std::string file = raw->fuse_dir + "/nbd";
-    if (!WaitFor([&] {
-          std::error_code ec;
-          return std::filesystem::exists(pidfile) &&
-                 std::filesystem::file_size(file, ec) == kDataVolumeSize;
-        })) {
-      ADD_FAILURE() << "nbdfuse did not come up for " << export_name << ": " << raw->nbdfuse->Log();
+    const std::string failed =
+        AttachNbdfuseLoop(h_, raw, h_.root() + "/nbdfuse-" + tag, kDataVolumeSize, read_only);
+    if (!failed.empty()) {
+      ADD_FAILURE() << failed;
       return nullptr;
     }
-    std::vector<std::string> losetup = {tools_["losetup"], "--find", "--show"};
-    if (read_only) losetup.push_back("-r");
-    losetup.push_back(file);
-    CommandResult loop = RunProcess(losetup);
-    if (loop.exit_code != 0 || Trim(loop.out).rfind("/dev/loop", 0) != 0) {
-      ADD_FAILURE() << loop.Describe();
-      return nullptr;
-    }
-    raw->loop = Trim(loop.out);
     return raw;
   }
 
-  bool Mount(Attachment* a, bool read_only) {
-    std::vector<std::string> argv = {tools_["mount"], "-t", "ext4"};
-    // noload: a read-only device must not be asked to replay the journal.
-    if (read_only) argv.insert(argv.end(), {"-o", "ro,noload"});
-    argv.insert(argv.end(), {a->loop, a->mnt});
-    CommandResult r = RunProcess(argv);
-    EXPECT_EQ(r.exit_code, 0) << r.Describe();
-    a->mounted = r.exit_code == 0;
-    return a->mounted;
-  }
+  bool Mount(Attachment* a, bool read_only) { return MountExt4(a, read_only); }
 
   void Ok(const std::vector<std::string>& args) {
     CommandResult r = h_.Shale(args);

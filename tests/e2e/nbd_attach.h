@@ -1,0 +1,131 @@
+// nbdfuse + loop attachments for end-to-end tests on machines whose kernel has no nbd module
+// (nbd_fs_test.cc, notebook_test.cc), and the checks every test of that kind starts with (also
+// csi_node_test.cc, whose driver attaches the same way).
+#pragma once
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/e2e/harness.h"
+
+namespace shale::e2e {
+
+inline std::string TrimOutput(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+// Why this machine cannot run a test of nbdfuse + loop devices, "" when it can: root, /dev/fuse,
+// loop devices with a free one, and every program in `tools` (their paths go to *found).
+// `packages` names what scripts/deps installs for them, for the skip message.
+inline std::string NbdfuseLoopUnavailable(const std::vector<std::string>& tools,
+                                          const std::string& packages,
+                                          std::map<std::string, std::string>* found = nullptr) {
+  if (geteuid() != 0) return "needs root (loop devices and mounts)";
+  if (access("/dev/fuse", R_OK | W_OK) != 0) return "needs /dev/fuse (FUSE)";
+  if (access("/dev/loop-control", R_OK | W_OK) != 0) {
+    return "needs loop devices (/dev/loop-control)";
+  }
+  for (const std::string& tool : tools) {
+    const std::string path = FindProgram(tool);
+    if (path.empty()) return tool + " is not installed (scripts/deps installs " + packages + ")";
+    if (found != nullptr) (*found)[tool] = path;
+  }
+  CommandResult free_loop = RunProcess({FindProgram("losetup"), "--find"});
+  if (free_loop.exit_code != 0) return "no free loop device: " + free_loop.Describe();
+  return "";
+}
+
+// One export attached as a block device (nbdfuse's file under a loop device), maybe mounted.
+struct NbdAttachment {
+  std::string export_name;
+  std::string fuse_dir, mnt, loop;
+  std::unique_ptr<ChildProcess> nbdfuse;
+  bool mounted = false;
+};
+
+// nbdfuse (-r when `read_only`) on the daemon's export `a->export_name`, mounted at
+// `a->fuse_dir` (pid file and log: `files_prefix`.pid / .log), waits until its file has `size`
+// bytes, then a loop device over it (read-only too). "" on success, else what went wrong.
+inline std::string AttachNbdfuseLoop(Harness& h, NbdAttachment* a, const std::string& files_prefix,
+                                     uint64_t size, bool read_only) {
+  std::filesystem::create_directories(a->fuse_dir);
+  if (!a->mnt.empty()) std::filesystem::create_directories(a->mnt);
+  const std::string pidfile = files_prefix + ".pid";
+  std::filesystem::remove(pidfile);
+  std::vector<std::string> argv = {FindProgram("nbdfuse"), "-P", pidfile};
+  if (read_only) argv.push_back("-r");
+  argv.insert(argv.end(), {a->fuse_dir, h.NbdUri(a->export_name)});
+  a->nbdfuse = std::make_unique<ChildProcess>(argv, files_prefix + ".log");
+  const std::string file = a->fuse_dir + "/nbd";
+  if (!WaitFor([&] {
+        std::error_code ec;
+        return std::filesystem::exists(pidfile) && std::filesystem::file_size(file, ec) == size;
+      })) {
+    return "nbdfuse did not come up for " + a->export_name + ": " + a->nbdfuse->Log();
+  }
+  std::vector<std::string> losetup = {FindProgram("losetup"), "--find", "--show"};
+  if (read_only) losetup.push_back("-r");
+  losetup.push_back(file);
+  CommandResult loop = RunProcess(losetup);
+  if (loop.exit_code != 0 || TrimOutput(loop.out).rfind("/dev/loop", 0) != 0) {
+    return loop.Describe();
+  }
+  a->loop = TrimOutput(loop.out);
+  return "";
+}
+
+// Mounts the attachment's ext4 at a->mnt (read-only with noload: a read-only device must not be
+// asked to replay the journal). Fails the test (EXPECT) when mount does.
+inline bool MountExt4(NbdAttachment* a, bool read_only) {
+  std::vector<std::string> argv = {FindProgram("mount"), "-t", "ext4"};
+  if (read_only) argv.insert(argv.end(), {"-o", "ro,noload"});
+  argv.insert(argv.end(), {a->loop, a->mnt});
+  CommandResult r = RunProcess(argv);
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+  a->mounted = r.exit_code == 0;
+  return a->mounted;
+}
+
+// Whatever is set up, newest first: unmount, detach the loop device, unmount FUSE, stop
+// nbdfuse. With `check`, every step must succeed (EXPECT); without (TearDown after a failed
+// check), failures fall back to lazy unmounts.
+inline void ReleaseNbdAttachment(NbdAttachment& a, bool check) {
+  if (a.mounted) {
+    CommandResult r = RunProcess({FindProgram("umount"), a.mnt});
+    if (check) {
+      EXPECT_EQ(r.exit_code, 0) << r.Describe();  // braces: EXPECT is an if/else macro
+    }
+    if (r.exit_code != 0) RunProcess({FindProgram("umount"), "-l", a.mnt});
+    a.mounted = false;
+  }
+  if (!a.loop.empty()) {
+    CommandResult r = RunProcess({FindProgram("losetup"), "-d", a.loop});
+    if (check) {
+      EXPECT_EQ(r.exit_code, 0) << r.Describe();
+    }
+    a.loop.clear();
+  }
+  if (a.nbdfuse) {
+    CommandResult r = RunProcess({FindProgram("fusermount3"), "-u", a.fuse_dir});
+    if (check) {
+      EXPECT_EQ(r.exit_code, 0) << r.Describe();
+    }
+    if (r.exit_code != 0) RunProcess({FindProgram("fusermount3"), "-uz", a.fuse_dir});
+    // nbdfuse exits (flushing and closing its connections) once unmounted.
+    if (check) {
+      EXPECT_TRUE(WaitFor([&] { return !a.nbdfuse->running(); })) << a.nbdfuse->Log();
+    }
+    a.nbdfuse->Stop(SIGTERM);
+    a.nbdfuse.reset();
+  }
+}
+
+}  // namespace shale::e2e
