@@ -1173,7 +1173,8 @@ Status Engine::RevertVolume(std::string_view volume, uint64_t image_id, const Ex
 }
 
 Status Engine::FlattenVolume(std::string_view volume,
-                             const std::function<void(uint64_t done, uint64_t total)>& progress) {
+                             const std::function<void(uint64_t done, uint64_t total)>& progress,
+                             BackgroundAdmission* admission) {
   std::shared_ptr<Volume> vol;
   PoolSlot* ps = nullptr;
   {
@@ -1190,7 +1191,7 @@ Status Engine::FlattenVolume(std::string_view volume,
   // Copying runs without the control lock (it can take long); `busy` keeps conflicting
   // operations (delete, revert, snapshot, another flatten) away meanwhile.
   Status st = RunOnVolume(*vol, [&](std::function<void(const Status&)> done) {
-    vol->Flatten(progress, std::move(done));
+    vol->Flatten(progress, std::move(done), admission);
   });
   std::lock_guard lock(mu_);
   auto it = volumes_.find(volume);

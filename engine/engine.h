@@ -195,9 +195,11 @@ class Engine {
   // not be open.
   Status RevertVolume(std::string_view volume, uint64_t image_id, const ExtraRecords& extra = nullptr);
   // Copies everything the volume still reads through parent images into its own clusters,
-  // then detaches it from them. Clients may keep using the volume meanwhile.
+  // then detaches it from them. Clients may keep using the volume meanwhile. With `admission`
+  // (valid for the call), every copy batch is paced by it (Volume::Flatten); null: unpaced.
   Status FlattenVolume(std::string_view volume,
-                       const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr);
+                       const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr,
+                       BackgroundAdmission* admission = nullptr);
   // Byte ranges (4 KiB granular, sorted, merged) whose content may differ between frozen image
   // `older` and frozen image `newer`, where older is an ancestor of newer: the blocks that the
   // images after `older` up to `newer` store data or zero marks for. InvalidArgument if older is

@@ -2,6 +2,8 @@
 // revert, flatten, space accounting and the pool check, through the Engine API.
 #include <gtest/gtest.h>
 
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
 #include <random>
 
@@ -422,6 +424,101 @@ TEST_F(EngineImageTest, FlattenDetachesAClonePreservingConcurrentWrites) {
   h.reset();
   ASSERT_TRUE(engine_->DeleteVolume("c").ok());
   EXPECT_EQ(FreeBytes(), free_at_start);
+  ExpectClean();
+}
+
+// A BackgroundAdmission test double: records each Admit and keeps its `go` until the test
+// releases it, counting the done() calls the engine makes.
+class QueuedAdmission final : public BackgroundAdmission {
+ public:
+  void Admit(uint64_t bytes, std::function<void(Done done)> go) override {
+    std::lock_guard lock(mu);
+    asked.push_back(bytes);
+    asked_while_running += running;  // a batch must report done() before the next asks
+    waiting.push_back(std::move(go));
+    cv.notify_all();
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<uint64_t> asked;
+  std::deque<std::function<void(Done)>> waiting;
+  int running = 0;  // admitted, done() not yet called
+  int asked_while_running = 0;
+  int released = 0;
+};
+
+TEST_F(EngineImageTest, FlattenAsksAnAdmissionPerBatchAndWaitsForIt) {
+  // 64 KiB clusters, 32 per batch: 81 clusters with data are 3 batches of parent bytes.
+  ASSERT_EQ(engine_->GetPool("default")->cluster_size, 64 * kKiB);
+  ASSERT_TRUE(engine_->CreateVolume({.name = "src", .size_bytes = 16 * kMiB}).ok());
+  auto a = Pattern(5 * kMiB, 1), tail = Pattern(4096, 2);
+  {
+    auto h = Open("src");
+    ASSERT_TRUE(Write(h->volume(), 0, a).ok());
+    ASSERT_TRUE(Write(h->volume(), 12 * kMiB, tail).ok());
+  }
+  auto snap = engine_->FreezeVolume("src");
+  ASSERT_TRUE(snap.ok());
+  ASSERT_TRUE(engine_->CreateVolumeFromImage({.name = "c"}, *snap).ok());
+  auto h = Open("c");
+  QueuedAdmission adm;
+  std::atomic<bool> finished{false};
+  Status st;
+  std::thread flatten([&] {
+    st = engine_->FlattenVolume("c", nullptr, &adm);
+    finished = true;
+    adm.cv.notify_all();
+  });
+  std::vector<uint8_t> expect(16 * kMiB, 0);
+  std::copy(a.begin(), a.end(), expect.begin());
+  std::copy(tail.begin(), tail.end(), expect.begin() + 12 * kMiB);
+  size_t batches = 0;
+  for (;;) {
+    std::function<void(BackgroundAdmission::Done)> go;
+    {
+      std::unique_lock lock(adm.mu);
+      ASSERT_TRUE(adm.cv.wait_for(lock, std::chrono::seconds(30),
+                                  [&] { return !adm.waiting.empty() || finished.load(); }))
+          << "flatten neither asked for admission nor finished";
+      if (adm.waiting.empty()) break;
+      go = std::move(adm.waiting.front());
+      adm.waiting.pop_front();
+    }
+    ++batches;
+    // While a batch waits for its turn, client writes are not parked by it.
+    auto p = Pattern(4096, 50 + batches);
+    const uint64_t off = (batches - 1) * 2 * kMiB + 8192;
+    ASSERT_TRUE(Write(h->volume(), off, p).ok());
+    std::copy(p.begin(), p.end(), expect.begin() + static_cast<long>(off));
+    EXPECT_FALSE(finished.load()) << "flatten went on without its admission";
+    h->reactor()->RunSync([&] {
+      {
+        std::lock_guard lock(adm.mu);
+        ++adm.running;
+      }
+      go([&adm] {
+        std::lock_guard lock(adm.mu);
+        --adm.running;
+        ++adm.released;
+      });
+    });
+  }
+  flatten.join();
+  ASSERT_TRUE(st.ok()) << st;
+  std::lock_guard lock(adm.mu);
+  EXPECT_EQ(batches, 3u);
+  EXPECT_EQ(adm.asked, (std::vector<uint64_t>{2 * kMiB, 2 * kMiB, 1 * kMiB + 4096}));
+  EXPECT_EQ(adm.released, 3) << "done() once per admitted batch";
+  EXPECT_EQ(adm.running, 0);
+  EXPECT_EQ(adm.asked_while_running, 0);
+  EXPECT_EQ(engine_->GetImage("default", *engine_->VolumeHeadImage("c"))->parent, 0u);
+  EXPECT_EQ(Read(h->volume(), 0, 16 * kMiB), expect);
+  h.reset();
+  ASSERT_TRUE(engine_->DeleteImage("default", *snap).ok());
+  ASSERT_TRUE(engine_->DeleteVolume("src").ok());
+  h = Open("c");
+  EXPECT_EQ(Read(h->volume(), 0, 16 * kMiB), expect);
+  h.reset();
   ExpectClean();
 }
 

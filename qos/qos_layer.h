@@ -12,6 +12,11 @@
 // is scheduled in the pool's low class; FLUSH is never held (it only covers writes that have
 // completed, which no longer need QoS) and passes straight down.
 //
+// Background work the core Volume does below every layer (flatten's copy batches) is paced
+// through the layer's BackgroundAdmission: each unit is scheduled like one background request
+// of its size (cost ceil(bytes / iops_unit), the volume's limits skipped) and holds its pool
+// budget slot until the engine reports it done.
+//
 // Bound: at most Options::max_queued requests wait in QoS per volume; beyond, a request
 // completes at once (deferred, never inside Submit) with Busy ("qos queue full"). Frontends are
 // expected to keep fewer requests in flight per volume than that (NBD's per-connection limit).
@@ -46,6 +51,7 @@ namespace shale::qos {
 inline constexpr uint32_t kDefaultMaxQueued = 16384;
 
 class QosLayer final : public VolumeLayer,
+                       public BackgroundAdmission,
                        public PoolScheduler::Sink,
                        public std::enable_shared_from_this<QosLayer> {
  public:
@@ -71,6 +77,9 @@ class QosLayer final : public VolumeLayer,
 
   // VolumeLayer: on reactor(). io->done runs later on reactor(), exactly once.
   void Submit(VolumeIo* io) override;
+  // BackgroundAdmission: on reactor(). `go` runs from a deferred task (never inside the
+  // scheduler); the layer stays alive until `done()`.
+  void Admit(uint64_t bytes, std::function<void(Done done)> go) override;
 
   // --- reactor thread ---
   // Live change: buckets are reconfigured in place (levels kept, clamped to the new
@@ -93,6 +102,10 @@ class QosLayer final : public VolumeLayer,
   // PoolScheduler::Sink: sends io below with its completion intercepted.
   void DispatchReady(VolumeIo* io) override;
   static void OnDone(VolumeIo* io);
+  // io->done of an admission's placeholder request: never called, it only marks one.
+  struct Admission;
+  static void AdmissionMarker(VolumeIo* io);
+  void Admitted(VolumeIo* io);
   void Reject(VolumeIo* io);
   void Enqueue(VolumeIo* io, uint64_t now);
   void ArmTimer(uint64_t now);
@@ -120,6 +133,7 @@ class QosLayer final : public VolumeLayer,
   uint64_t throttled_since_ = 0;  // clock time the FIFO became non-empty
 
   uint32_t in_flight_ = 0;
+  uint32_t admitted_ = 0;  // background admissions holding a budget slot
   // Completions per 100 ms slot over the last second (rates), and totals.
   struct Slot {
     uint64_t epoch = UINT64_MAX;

@@ -39,6 +39,26 @@ class Recorder final : public VolumeLayer {
   VolumeLayer* next_;
 };
 
+// Holds every request it receives until the test completes it (reactor thread); logs the
+// order in which requests and background admissions got through QoS.
+class Holder final : public VolumeLayer {
+ public:
+  static constexpr uint64_t kAdmitted = UINT64_MAX;  // log entry of an admission's go
+  void Submit(VolumeIo* io) override {
+    log.push_back(io->offset);
+    held.push_back(io);
+  }
+  void CompleteOldest() {
+    if (held.empty()) return;
+    VolumeIo* io = held.front();
+    held.erase(held.begin());
+    io->status = Status::Ok();
+    io->done(io);
+  }
+  std::vector<VolumeIo*> held;
+  std::vector<uint64_t> log;
+};
+
 // One request with its buffer; completion is observable from the test thread.
 struct Req {
   VolumeIo io;
@@ -392,6 +412,102 @@ TEST_F(QosLayerTest, AReservationHoldsWhileAHeavyWeightSaturatesThePool) {
   EXPECT_GE(static_cast<double>(got), 0.5 * 200 * 0.5) << secs;
   EXPECT_GT(StatsOf(reserved).reservation_dispatches, 0u);
   EXPECT_GT(lh.completed.load(), got) << "the heavy volume still gets the rest";
+}
+
+TEST_F(QosLayerTest, ABackgroundAdmissionWaitsForTheBudgetAndHoldsItsSlotUntilDone) {
+  Holder below;
+  QosLayer* layer = MakeManual(&below, {.iops = 1}, /*budget=*/1, 4096, /*solo_bypass=*/false);
+  Req first(VolumeOp::kWrite, 0, 4096), next(VolumeOp::kWrite, 4096, 4096);
+  bool admitted = false;
+  BackgroundAdmission::Done release;
+  reactor_->RunSync([&] {
+    layer->Submit(&first.io);  // takes the pool's only slot
+    layer->Admit(64 * 1024, [&](BackgroundAdmission::Done done) {
+      admitted = true;
+      release = std::move(done);
+    });
+  });
+  reactor_->RunSync([] {});
+  QosStats s = StatsOf(layer);
+  reactor_->RunSync([&] { EXPECT_FALSE(admitted) << "the budget is full"; });
+  EXPECT_EQ(s.queue_depth, 1u);
+  EXPECT_EQ(s.in_flight, 1u);
+  // The client request completes: the admission takes the slot, not the client's next one
+  // (which is held by the volume's 1 IOPS limit anyway; the admission skips that limit).
+  reactor_->RunSync([&] { below.CompleteOldest(); });
+  ASSERT_TRUE(Eventually([&] {
+    bool a = false;
+    reactor_->RunSync([&] { a = admitted; });
+    return a;
+  }));
+  EXPECT_TRUE(first.done.load());
+  s = StatsOf(layer);
+  EXPECT_EQ(s.in_flight, 1u) << "the admitted batch counts until done()";
+  EXPECT_EQ(s.queue_depth, 0u);
+  // While the batch runs it holds the slot: a client request waits in the pool queue.
+  reactor_->RunSync([&] { layer->Apply({}); });
+  reactor_->RunSync([&] { layer->Submit(&next.io); });
+  s = StatsOf(layer);
+  EXPECT_EQ(s.queue_depth, 1u);
+  EXPECT_EQ(s.in_flight, 1u);
+  reactor_->RunSync([&] { release(); });
+  reactor_->RunSync([&] {
+    ASSERT_EQ(below.held.size(), 1u) << "done() freed the slot for the client request";
+    EXPECT_EQ(below.held[0], &next.io);
+    below.CompleteOldest();
+  });
+  ASSERT_TRUE(Eventually([&] { return next.done.load(); }));
+  s = StatsOf(layer);
+  EXPECT_EQ(s.in_flight, 0u);
+  EXPECT_EQ(s.queue_depth, 0u);
+}
+
+TEST_F(QosLayerTest, BackgroundAdmissionsShareAContendedPoolByWeightAndCost) {
+  // Budget 1: every dispatch is an mClock pick between the client class (weight 100) and the
+  // background class (kDefaultBackgroundWeight = 10); a unit's cost is ceil(bytes / 4 KiB).
+  for (const uint64_t unit_bytes : {uint64_t{4096}, uint64_t{5 * 4096}}) {
+    SCOPED_TRACE(unit_bytes);
+    Holder below;
+    QosLayer* layer = MakeManual(&below, {}, /*budget=*/1, 4096, /*solo_bypass=*/false);
+    std::vector<std::unique_ptr<Req>> reqs;
+    for (int i = 0; i < 200; ++i)
+      reqs.push_back(std::make_unique<Req>(VolumeOp::kWrite, i * 4096, 4096));
+    constexpr int kUnits = 20;
+    reactor_->RunSync([&] {
+      for (auto& r : reqs) layer->Submit(&r->io);
+      for (int i = 0; i < kUnits; ++i) {
+        layer->Admit(unit_bytes, [&below](BackgroundAdmission::Done done) {
+          below.log.push_back(Holder::kAdmitted);
+          done();  // the unit is over at once: the next pick happens now
+        });
+      }
+    });
+    // Complete client requests one at a time; each completion frees the slot for one pick.
+    ASSERT_TRUE(Eventually([&] {
+      bool all = false;
+      reactor_->RunSync([&] {
+        below.CompleteOldest();
+        all = below.held.empty() && DoneCount(reqs) == reqs.size();
+      });
+      return all;
+    }));
+    std::vector<uint64_t> log;
+    reactor_->RunSync([&] { log = below.log; });
+    ASSERT_EQ(log.size(), reqs.size() + kUnits);
+    // In the first 110 picks after the first request: 100 client requests for every
+    // 10 / cost units of background work.
+    const uint64_t cost = unit_bytes / 4096;
+    size_t units = 0;
+    for (size_t i = 1; i <= 110; ++i) units += log[i] == Holder::kAdmitted;
+    const double expected = 110.0 * 10.0 / (100.0 * static_cast<double>(cost) + 10.0);
+    EXPECT_NEAR(static_cast<double>(units), expected, 1.0);
+    // Client requests still pass in their order.
+    std::vector<uint64_t> client;
+    for (uint64_t off : log)
+      if (off != Holder::kAdmitted) client.push_back(off);
+    for (size_t i = 0; i < client.size(); ++i) ASSERT_EQ(client[i], i * 4096);
+    layers_.clear();
+  }
 }
 
 }  // namespace

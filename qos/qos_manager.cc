@@ -267,6 +267,12 @@ Result<std::shared_ptr<QosVolume>> QosManager::Wrap(std::shared_ptr<VolumeHandle
   return std::make_shared<QosVolume>(std::move(handle), std::move(layer));
 }
 
+Result<std::shared_ptr<BackgroundAdmission>> QosManager::OpenBackgroundAdmission(
+    std::shared_ptr<VolumeHandle> handle) {
+  SHALE_ASSIGN_OR_RETURN(std::shared_ptr<QosVolume> wrapped, Wrap(std::move(handle)));
+  return std::shared_ptr<BackgroundAdmission>(std::move(wrapped));
+}
+
 Status QosManager::OnVolumeDeleted(std::string_view volume) {
   std::lock_guard control(control_mu_);
   Entry entry;

@@ -49,8 +49,9 @@ struct QosManagerOptions {
 };
 
 // A volume opened through QoS: submit here (on reactor()) instead of to the Volume. Holds the
-// VolumeHandle, so the volume stays open (and undeletable) while this object lives.
-class QosVolume final : public VolumeLayer {
+// VolumeHandle, so the volume stays open (and undeletable) while this object lives. As a
+// BackgroundAdmission it paces the engine's own background work on the volume (flatten).
+class QosVolume final : public VolumeLayer, public BackgroundAdmission {
  public:
   QosVolume(std::shared_ptr<VolumeHandle> handle, std::shared_ptr<QosLayer> layer);
   ~QosVolume() override;
@@ -58,6 +59,9 @@ class QosVolume final : public VolumeLayer {
   QosVolume& operator=(const QosVolume&) = delete;
 
   void Submit(VolumeIo* io) override { layer_->Submit(io); }
+  void Admit(uint64_t bytes, std::function<void(Done done)> go) override {
+    layer_->Admit(bytes, std::move(go));
+  }
   Volume& volume();
   Reactor* reactor() const { return layer_->reactor(); }
   QosLayer& layer() { return *layer_; }
@@ -89,6 +93,11 @@ class QosManager {
   // Opens I/O through QoS for a handle from Engine::OpenVolume (or OpenImage: a read-only view
   // of a snapshot is scheduled as a default client of its pool and has no settings).
   Result<std::shared_ptr<QosVolume>> Wrap(std::shared_ptr<VolumeHandle> handle);
+  // The admission that schedules the engine's background work on the volume (flatten batches,
+  // Engine::FlattenVolume) in its pool's low class: Wrap(handle), so the volume's layer exists
+  // and lives (with the handle) while the result is held.
+  Result<std::shared_ptr<BackgroundAdmission>> OpenBackgroundAdmission(
+      std::shared_ptr<VolumeHandle> handle);
   // Forgets a deleted volume's settings (deletes its record). OK if it had none.
   Status OnVolumeDeleted(std::string_view volume);
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -327,6 +328,43 @@ TEST_F(QosManagerTest, SnapshotViewsAreScheduledAsDefaultClients) {
   ASSERT_TRUE(Eventually([&] { return r.completed.load() >= 200; }));
   r.Stop();
   EXPECT_EQ(r.errors.load(), 0u);
+}
+
+TEST_F(QosManagerTest, AFlattenIsAdmittedThroughTheVolumesLayerWithoutItsLimits) {
+  Start();
+  ASSERT_TRUE(engine_->CreateVolume({.name = "a", .size_bytes = 4 * kMiB}).ok());
+  const auto data = testing::Pattern(4 * kMiB, 9);
+  {
+    auto h = engine_->OpenVolume("a");
+    ASSERT_TRUE(h.ok());
+    AlignedBuffer buf = AllocateAligned(data.size());
+    std::memcpy(buf.get(), data.data(), data.size());
+    ASSERT_TRUE(testing::RunVolumeIo((*h)->volume(), VolumeOp::kWrite, 0, data.size(), buf.get()).ok());
+  }
+  auto image = engine_->FreezeVolume("a");
+  ASSERT_TRUE(image.ok()) << image.status();
+  ASSERT_TRUE(engine_->CreateVolumeFromImage({.name = "c"}, *image).ok());
+  // At 1 IOPS the two 2 MiB batches (512 units each) would take ~17 minutes if they were charged.
+  ASSERT_TRUE(qos_->Set("c", {.iops = 1}).ok());
+  auto h = engine_->OpenVolume("c");
+  ASSERT_TRUE(h.ok());
+  auto admission = qos_->OpenBackgroundAdmission(std::move(h).value());
+  ASSERT_TRUE(admission.ok()) << admission.status();
+  EXPECT_TRUE(qos_->Stats("c")->open) << "the admission opened the volume's layer";
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(engine_->FlattenVolume("c", nullptr, admission->get()).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 20s);
+  const QosStats during = *qos_->Stats("c");
+  EXPECT_EQ(during.in_flight, 0u);
+  EXPECT_EQ(during.queue_depth, 0u);
+  admission->reset();
+  EXPECT_FALSE(qos_->Stats("c")->open) << "the layer and handle go with the admission";
+  EXPECT_EQ(qos_->OpenBackgroundAdmission(nullptr).status().code(), StatusCode::kInvalidArgument);
+  auto c = engine_->OpenVolume("c");
+  ASSERT_TRUE(c.ok());
+  AlignedBuffer out = AllocateAligned(data.size());
+  ASSERT_TRUE(testing::RunVolumeIo((*c)->volume(), VolumeOp::kRead, 0, data.size(), out.get()).ok());
+  EXPECT_EQ(std::memcmp(out.get(), data.data(), data.size()), 0);
 }
 
 }  // namespace

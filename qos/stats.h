@@ -47,8 +47,10 @@ struct QosStats {
   uint64_t reservation_dispatches = 0;  // pool scheduler picks by reservation (R tag <= now)
   uint64_t weight_dispatches = 0;       // pool scheduler picks by weight (smallest P tag)
 
-  uint32_t queue_depth = 0;  // requests waiting in QoS (limits + pool scheduler)
-  uint32_t in_flight = 0;    // dispatched below QoS, not completed
+  // Requests waiting in QoS (limits + pool scheduler) / dispatched below QoS, not completed;
+  // a flatten batch paced by QoS (BackgroundAdmission) counts as one request in each.
+  uint32_t queue_depth = 0;
+  uint32_t in_flight = 0;
 
   std::vector<QosBucketStats> buckets;
 

@@ -571,7 +571,13 @@ Status SnapshotManager::Flatten(
   }
   // Copying can take long: the control mutex is not held (the engine keeps conflicting engine
   // operations away; busy_ keeps ours away).
-  Status st = engine_->FlattenVolume(volume, progress);
+  std::shared_ptr<BackgroundAdmission> admission;
+  if (options_.background_admission) {
+    Result<std::shared_ptr<VolumeHandle>> handle = engine_->OpenVolume(volume);
+    if (handle.ok()) admission = options_.background_admission(std::move(handle).value());
+  }
+  Status st = engine_->FlattenVolume(volume, progress, admission.get());
+  admission.reset();  // before busy_ goes: the volume is not held open past the flatten
   Lock lock(mu_);
   busy_.erase(name);
   SHALE_RETURN_IF_ERROR(st);

@@ -170,6 +170,13 @@ class SnapshotManager {
     // daemon routes it through QoS (QosManager::Wrap), where IoClass::kBackground requests are
     // scheduled in the pool's low class. Called from the manager's threads.
     std::function<std::shared_ptr<VolumeLayer>(std::shared_ptr<VolumeHandle>)> background_io;
+    // What paces flatten's copy batches (Engine::FlattenVolume's admission): given a handle of
+    // the volume the manager opened, the admission to use, held while the flatten runs; null
+    // (or a null result) copies unpaced. The daemon routes it through QoS
+    // (QosManager::OpenBackgroundAdmission: the pool's low class). Called from the caller's
+    // thread.
+    std::function<std::shared_ptr<BackgroundAdmission>(std::shared_ptr<VolumeHandle>)>
+        background_admission;
   };
 
   // `engine` must outlive the manager.

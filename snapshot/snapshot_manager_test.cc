@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "engine/io/reactor.h"
 #include "snapshot/snapshot_test_util.h"
 #include "snapshot/stream_format.h"
 
@@ -711,6 +712,56 @@ TEST_F(DigestWorkerTest, StopCancelsAndTheJobResumesAfterARestart) {
   EXPECT_EQ(mgr_->Get("v@s1")->digest_state, DigestState::kPending);
   Restart();
   EXPECT_EQ(WaitDigest("v@s1"), DigestHexOf(Pattern(8 * kMiB, 2)));
+}
+
+// Flatten is paced by the manager's background_admission hook (the daemon's QoS there).
+class PacedFlattenTest : public testing::SnapshotTest {
+ protected:
+  // Admits every batch from a deferred task; holds the handle like QosVolume does.
+  class Counting final : public BackgroundAdmission {
+   public:
+    Counting(PacedFlattenTest* test, std::shared_ptr<VolumeHandle> handle)
+        : test_(test), handle_(std::move(handle)) {}
+    void Admit(uint64_t bytes, std::function<void(Done)> go) override {
+      test_->admits_.fetch_add(1);
+      test_->bytes_.fetch_add(bytes);
+      Reactor::Current()->Defer([this, go = std::move(go)] {
+        go([this] { test_->dones_.fetch_add(1); });
+      });
+    }
+
+   private:
+    PacedFlattenTest* test_;
+    std::shared_ptr<VolumeHandle> handle_;
+  };
+  SnapshotManager::Options ManagerOptions() override {
+    SnapshotManager::Options o;
+    o.background_admission =
+        [this](std::shared_ptr<VolumeHandle> h) -> std::shared_ptr<BackgroundAdmission> {
+      volumes_.push_back(h->volume().name());
+      return std::make_shared<Counting>(this, std::move(h));
+    };
+    return o;
+  }
+  std::atomic<uint64_t> admits_{0}, bytes_{0}, dones_{0};
+  std::vector<std::string> volumes_;  // the thread calling Flatten
+};
+
+TEST_F(PacedFlattenTest, FlattenAsksTheHooksAdmissionForEveryBatch) {
+  CreateVolume("v", 4 * kMiB);
+  const auto a = Pattern(4 * kMiB, 7);
+  ASSERT_TRUE(Write("v", 0, a).ok());
+  ASSERT_TRUE(mgr_->Clone("v", "c").ok());
+  ASSERT_TRUE(mgr_->Flatten("c").ok());
+  EXPECT_EQ(volumes_, (std::vector<std::string>{"c"}));
+  EXPECT_EQ(admits_.load(), 2u) << "64 clusters of 64 KiB, 32 per batch";
+  EXPECT_EQ(bytes_.load(), 4 * kMiB);
+  EXPECT_EQ(dones_.load(), 2u);
+  EXPECT_EQ(Read("c", 0, a.size()), a);
+  EXPECT_TRUE(mgr_->GetCloneInfo("c")->value().detached);
+  // The admission (and the handle it held) is gone with the flatten: the volume can be deleted.
+  ASSERT_TRUE(mgr_->DeleteVolume("c").ok());
+  ExpectClean();
 }
 
 TEST_F(SnapshotManagerTest, ControlCallsFromManyThreads) {

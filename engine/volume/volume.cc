@@ -1118,6 +1118,8 @@ struct Volume::FlattenJob {
   size_t next = 0;
   std::function<void(uint64_t, uint64_t)> progress;
   std::function<void(const Status&)> done;
+  BackgroundAdmission* admission = nullptr;  // null: batches run unpaced
+  BackgroundAdmission::Done admitted;        // the running batch's admission, until it ends
   // The batch being copied: one read then one write per run of parent blocks.
   struct Copy {
     uint64_t offset = 0, length = 0;
@@ -1133,10 +1135,16 @@ struct Volume::FlattenJob {
   std::shared_ptr<FlattenJob> self;  // kept alive while I/O is in flight
 };
 
-void Volume::Flatten(std::function<void(uint64_t, uint64_t)> progress, std::function<void(const Status&)> done) {
+namespace {
+constexpr size_t kFlattenBatchClusters = 32;
+}  // namespace
+
+void Volume::Flatten(std::function<void(uint64_t, uint64_t)> progress, std::function<void(const Status&)> done,
+                     BackgroundAdmission* admission) {
   SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Flatten misuse");
   auto job = std::make_shared<FlattenJob>();
   job->vol = this;
+  job->admission = admission;
   job->progress = std::move(progress);
   job->done = std::move(done);
   map_.ForEach([&](uint64_t v, std::span<const Fragment> frags) {
@@ -1157,10 +1165,44 @@ void Volume::FlattenNextBatch(std::shared_ptr<FlattenJob> job) {
     // Make the copies durable before the caller detaches the volume from its parents.
     return Commit([job](const Status& st) { job->done(st); });
   }
+  if (job->admission == nullptr) return FlattenCopyBatch(std::move(job));
+  // Admission first, the write gate after it: client writes are never parked while the batch
+  // waits for its turn (which may take long on a busy pool).
+  const uint64_t bytes = FlattenBatchBytes(*job);
+  job->admission->Admit(bytes, [this, job](BackgroundAdmission::Done admitted) {
+    job->admitted = std::move(admitted);
+    FlattenCopyBatch(job);
+  });
+}
+
+uint64_t Volume::FlattenBatchBytes(const FlattenJob& job) const {
+  uint64_t blocks = 0;
+  const size_t end = std::min(job.next + kFlattenBatchClusters, job.todo.size());
+  for (size_t i = job.next; i < end; ++i) {
+    uint64_t parent_blocks = 0;
+    for (const Fragment& f : map_.Fragments(job.todo[i])) {
+      if (f.image != head_ && !f.is_zero()) parent_blocks |= f.blocks;
+    }
+    blocks += static_cast<uint64_t>(std::popcount(parent_blocks));
+  }
+  return blocks << kBlockShift;
+}
+
+void Volume::FlattenBatchEnded(std::shared_ptr<FlattenJob> job) {
+  UngateWrites();
+  if (job->admitted) {
+    BackgroundAdmission::Done admitted = std::move(job->admitted);
+    job->admitted = nullptr;
+    admitted();
+  }
+  reactor_->Defer([this, job = std::move(job)] { FlattenNextBatch(job); });
+}
+
+void Volume::FlattenCopyBatch(std::shared_ptr<FlattenJob> job) {
   GateWrites([this, job]() {
     // No client write is in flight: copy up to 32 clusters' parent blocks.
     job->copies.clear();
-    const size_t end = std::min(job->next + 32, job->todo.size());
+    const size_t end = std::min(job->next + kFlattenBatchClusters, job->todo.size());
     for (; job->next < end; ++job->next) {
       const uint64_t v = job->todo[job->next];
       uint64_t parent_blocks = 0;
@@ -1208,17 +1250,13 @@ void Volume::FlattenNextBatch(std::shared_ptr<FlattenJob> job) {
             }
             return;
           }
-          std::shared_ptr<FlattenJob> keep = std::move(jb->self);
-          self_vol->UngateWrites();
-          self_vol->reactor_->Defer([self_vol, keep] { self_vol->FlattenNextBatch(keep); });
+          self_vol->FlattenBatchEnded(std::move(jb->self));
         };
         Submit(&c->io);
       }
     };
     if (job->copies.empty()) {
-      std::shared_ptr<FlattenJob> keep = std::move(job->self);
-      UngateWrites();
-      reactor_->Defer([this, keep] { FlattenNextBatch(keep); });
+      FlattenBatchEnded(std::move(job->self));
       return;
     }
     issue(job.get(), VolumeOp::kRead);

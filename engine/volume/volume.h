@@ -105,7 +105,10 @@ class Volume final : public VolumeLayer {
   // batches of up to 32 clusters; writes are parked only while a batch is copied, so a client
   // write is never overwritten by the parent's older data. Background I/O class.
   // progress(done, total) counts clusters; done(status) after the copies are committed.
-  void Flatten(std::function<void(uint64_t, uint64_t)> progress, std::function<void(const Status&)> done);
+  // With `admission` (which must outlive the flatten), each batch waits for its Admit before
+  // writes are parked for it, and reports done() once its copies completed.
+  void Flatten(std::function<void(uint64_t, uint64_t)> progress, std::function<void(const Status&)> done,
+               BackgroundAdmission* admission = nullptr);
   // After Flatten: forgets the parent images (zero marks are meaningless without them) and
   // commits `records` (which must clear the head's parent).
   void DetachFromParents(MetaBatch records, std::function<void(const Status&)> done);
@@ -148,6 +151,11 @@ class Volume final : public VolumeLayer {
   struct Unaligned;
   struct FlattenJob;
   void FlattenNextBatch(std::shared_ptr<FlattenJob> job);
+  void FlattenCopyBatch(std::shared_ptr<FlattenJob> job);
+  // Parent bytes the next batch would copy (as the map stands now).
+  uint64_t FlattenBatchBytes(const FlattenJob& job) const;
+  // The batch's copies are over (or it had none): releases its admission, resumes writes.
+  void FlattenBatchEnded(std::shared_ptr<FlattenJob> job);
   struct Seg {
     uint64_t v;
     uint32_t pcluster;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string_view>
 
 #include "engine/common/status.h"
@@ -47,6 +48,21 @@ class VolumeLayer {
   // Called on the volume's reactor. io->done runs later on that reactor, exactly once, never
   // from inside Submit.
   virtual void Submit(VolumeIo* io) = 0;
+};
+
+// Paces background work the core Volume does by itself, below every layer (flatten's copy
+// batches), from a layer above it (QoS schedules it in the pool's low class). The engine asks
+// before each unit of work and starts it only when told, so a unit waiting for its turn holds
+// nothing (flatten parks no client write while it waits).
+class BackgroundAdmission {
+ public:
+  using Done = std::function<void()>;
+  virtual ~BackgroundAdmission() = default;
+  // Called on the volume's reactor. `bytes`: what the unit moves (flatten: the parent data the
+  // batch copies, each byte read once and written once). `go(done)` runs on the same reactor,
+  // never inside Admit, once the unit may start; the engine calls `done()` exactly once, on that
+  // reactor, when the unit's I/O has completed (so the unit counts as in flight until then).
+  virtual void Admit(uint64_t bytes, std::function<void(Done done)> go) = 0;
 };
 
 }  // namespace shale
