@@ -115,7 +115,7 @@ Status QosManager::Load() {
                            {"volume", it->second});
             return true;
           }
-          const QosSettings s = FromProto(rec.settings());
+          const QosSettings s = SettingsFromMessage(rec.settings());
           if (Status v = s.Validate(); !v.ok()) {
             SHALE_LOG_WARN("qos: ignoring invalid volume record", {"pool", p.name},
                            {"volume", it->second}, {"error", v.ToString()});
@@ -175,7 +175,7 @@ Status QosManager::Set(std::string_view volume, const QosSettings& settings) {
   pb::VolumeRecord rec;
   rec.set_volume_id(info->id);
   rec.set_volume_name(info->name);
-  ToProto(norm, rec.mutable_settings());
+  SettingsToMessage(norm, rec.mutable_settings());
   MetaBatch batch;
   {
     std::lock_guard lock(mu_);

@@ -4,7 +4,6 @@
 #include <string_view>
 
 #include "engine/volume/volume_io.h"
-#include "qos/qos.pb.h"
 
 namespace shale::qos {
 namespace {
@@ -131,46 +130,6 @@ std::string QosSettings::ToString() const {
   add("weight", weight);
   add("reservation_iops", reservation_iops);
   return out.empty() ? "unlimited" : out;
-}
-
-void ToProto(const QosSettings& s, pb::Settings* out) {
-  out->set_iops(s.iops);
-  out->set_read_iops(s.read_iops);
-  out->set_write_iops(s.write_iops);
-  out->set_bps(s.bps);
-  out->set_read_bps(s.read_bps);
-  out->set_write_bps(s.write_bps);
-  out->set_burst_iops(s.burst_iops);
-  out->set_burst_read_iops(s.burst_read_iops);
-  out->set_burst_write_iops(s.burst_write_iops);
-  out->set_burst_bps(s.burst_bps);
-  out->set_burst_read_bps(s.burst_read_bps);
-  out->set_burst_write_bps(s.burst_write_bps);
-  out->set_burst_seconds(s.burst_seconds);
-  out->set_iops_unit(s.iops_unit);
-  out->set_weight(s.weight);
-  out->set_reservation_iops(s.reservation_iops);
-}
-
-QosSettings FromProto(const pb::Settings& p) {
-  QosSettings s;
-  s.iops = p.iops();
-  s.read_iops = p.read_iops();
-  s.write_iops = p.write_iops();
-  s.bps = p.bps();
-  s.read_bps = p.read_bps();
-  s.write_bps = p.write_bps();
-  s.burst_iops = p.burst_iops();
-  s.burst_read_iops = p.burst_read_iops();
-  s.burst_write_iops = p.burst_write_iops();
-  s.burst_bps = p.burst_bps();
-  s.burst_read_bps = p.burst_read_bps();
-  s.burst_write_bps = p.burst_write_bps();
-  s.burst_seconds = p.burst_seconds();
-  s.iops_unit = p.iops_unit();
-  s.weight = p.weight();
-  s.reservation_iops = p.reservation_iops();
-  return s;
 }
 
 }  // namespace shale::qos

@@ -14,10 +14,6 @@
 
 namespace shale::qos {
 
-namespace pb {
-class Settings;
-}
-
 // Bounds beyond which a value is treated as a typo rather than a wish.
 inline constexpr int64_t kMaxIops = 100'000'000;      // 100 M operations/s
 inline constexpr int64_t kMaxBps = int64_t{1} << 40;  // 1 TiB/s
@@ -58,7 +54,49 @@ struct QosSettings {
   bool operator==(const QosSettings&) const = default;
 };
 
-void ToProto(const QosSettings& s, pb::Settings* out);
-QosSettings FromProto(const pb::Settings& p);
+// Copies every field to and from a protobuf message with the same field names: qos.proto's
+// pb::Settings (records) and control.proto's shale.v1.QosSettings (the API). Values stay signed
+// both ways, so a negative value from a client reaches Validate() unchanged and is refused there.
+template <typename Message>
+void SettingsToMessage(const QosSettings& s, Message* out) {
+  out->set_iops(s.iops);
+  out->set_read_iops(s.read_iops);
+  out->set_write_iops(s.write_iops);
+  out->set_bps(s.bps);
+  out->set_read_bps(s.read_bps);
+  out->set_write_bps(s.write_bps);
+  out->set_burst_iops(s.burst_iops);
+  out->set_burst_read_iops(s.burst_read_iops);
+  out->set_burst_write_iops(s.burst_write_iops);
+  out->set_burst_bps(s.burst_bps);
+  out->set_burst_read_bps(s.burst_read_bps);
+  out->set_burst_write_bps(s.burst_write_bps);
+  out->set_burst_seconds(s.burst_seconds);
+  out->set_iops_unit(s.iops_unit);
+  out->set_weight(s.weight);
+  out->set_reservation_iops(s.reservation_iops);
+}
+
+template <typename Message>
+QosSettings SettingsFromMessage(const Message& p) {
+  QosSettings s;
+  s.iops = p.iops();
+  s.read_iops = p.read_iops();
+  s.write_iops = p.write_iops();
+  s.bps = p.bps();
+  s.read_bps = p.read_bps();
+  s.write_bps = p.write_bps();
+  s.burst_iops = p.burst_iops();
+  s.burst_read_iops = p.burst_read_iops();
+  s.burst_write_iops = p.burst_write_iops();
+  s.burst_bps = p.burst_bps();
+  s.burst_read_bps = p.burst_read_bps();
+  s.burst_write_bps = p.burst_write_bps();
+  s.burst_seconds = p.burst_seconds();
+  s.iops_unit = p.iops_unit();
+  s.weight = p.weight();
+  s.reservation_iops = p.reservation_iops();
+  return s;
+}
 
 }  // namespace shale::qos

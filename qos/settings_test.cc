@@ -95,10 +95,10 @@ TEST(QosSettingsTest, ProtoRoundTripKeepsEveryField) {
                 .weight = 15,
                 .reservation_iops = -16};
   pb::Settings p;
-  ToProto(s, &p);
+  SettingsToMessage(s, &p);
   pb::Settings parsed;
   ASSERT_TRUE(parsed.ParseFromString(p.SerializeAsString()));
-  EXPECT_EQ(FromProto(parsed), s) << "negative values survive so Validate can refuse them";
+  EXPECT_EQ(SettingsFromMessage(parsed), s) << "negative values survive so Validate can refuse them";
   EXPECT_EQ(s.ToString().find("iops=1 "), 0u);
   EXPECT_EQ(QosSettings{}.ToString(), "unlimited");
 }

@@ -17,52 +17,10 @@ using control_internal::Fail;
 
 namespace {
 
-// Both directions keep every field signed, so a negative value from a client reaches
-// QosSettings::Validate unchanged and is refused with a message naming it.
-qos::QosSettings FromProto(const v1::QosSettings& p) {
-  qos::QosSettings s;
-  s.iops = p.iops();
-  s.read_iops = p.read_iops();
-  s.write_iops = p.write_iops();
-  s.bps = p.bps();
-  s.read_bps = p.read_bps();
-  s.write_bps = p.write_bps();
-  s.burst_iops = p.burst_iops();
-  s.burst_read_iops = p.burst_read_iops();
-  s.burst_write_iops = p.burst_write_iops();
-  s.burst_bps = p.burst_bps();
-  s.burst_read_bps = p.burst_read_bps();
-  s.burst_write_bps = p.burst_write_bps();
-  s.burst_seconds = p.burst_seconds();
-  s.iops_unit = p.iops_unit();
-  s.weight = p.weight();
-  s.reservation_iops = p.reservation_iops();
-  return s;
-}
-
-void ToProto(const qos::QosSettings& s, v1::QosSettings* out) {
-  out->set_iops(s.iops);
-  out->set_read_iops(s.read_iops);
-  out->set_write_iops(s.write_iops);
-  out->set_bps(s.bps);
-  out->set_read_bps(s.read_bps);
-  out->set_write_bps(s.write_bps);
-  out->set_burst_iops(s.burst_iops);
-  out->set_burst_read_iops(s.burst_read_iops);
-  out->set_burst_write_iops(s.burst_write_iops);
-  out->set_burst_bps(s.burst_bps);
-  out->set_burst_read_bps(s.burst_read_bps);
-  out->set_burst_write_bps(s.burst_write_bps);
-  out->set_burst_seconds(s.burst_seconds);
-  out->set_iops_unit(s.iops_unit);
-  out->set_weight(s.weight);
-  out->set_reservation_iops(s.reservation_iops);
-}
-
 void ToProto(const qos::QosStats& s, v1::VolumeIoStats* out) {
   out->set_name(s.volume);
   out->set_pool(s.pool);
-  ToProto(s.settings, out->mutable_qos());
+  qos::SettingsToMessage(s.settings, out->mutable_qos());
   out->set_open(s.open);
   out->set_window_ns(s.window_ns);
   out->set_iops(s.iops);
@@ -116,7 +74,7 @@ Status DescribeQos(Engine* engine, qos::QosManager* qos, const std::string& name
   if (!settings.ok()) return settings.status();
   out->set_name(volume->name);
   out->set_pool(volume->pool);
-  ToProto(*settings, out->mutable_qos());
+  qos::SettingsToMessage(*settings, out->mutable_qos());
   return Status::Ok();
 }
 
@@ -131,19 +89,19 @@ Status ControlService::AddQosInfo(v1::Volume* volume) {
   if (qos_ == nullptr) return Status::Ok();
   Result<qos::QosSettings> settings = qos_->Get(volume->name());
   if (!settings.ok()) return settings.status();
-  ToProto(*settings, volume->mutable_qos());
+  qos::SettingsToMessage(*settings, volume->mutable_qos());
   return Status::Ok();
 }
 
 Status ControlService::ValidateCreateQos(const v1::CreateVolumeRequest& req) const {
   if (!req.has_qos()) return Status::Ok();
   if (qos_ == nullptr) return QosDisabled();
-  return FromProto(req.qos()).Validate();
+  return qos::SettingsFromMessage(req.qos()).Validate();
 }
 
 Status ControlService::ApplyCreateQos(const v1::CreateVolumeRequest& req, const std::string& name) {
   if (!req.has_qos() || qos_ == nullptr) return Status::Ok();
-  const qos::QosSettings settings = FromProto(req.qos());
+  const qos::QosSettings settings = qos::SettingsFromMessage(req.qos());
   // All defaults: nothing to persist (a volume without a record runs unlimited at weight 100).
   if (settings.Normalized() == qos::QosSettings{}.Normalized()) return Status::Ok();
   Status set = qos_->Set(name, settings);
@@ -192,7 +150,7 @@ grpc::Status ControlService::SetVolumeQos(grpc::ServerContext* ctx,
                                           const v1::SetVolumeQosRequest* req, v1::VolumeQos* resp) {
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   if (qos_ == nullptr) return Fail(ctx, QosDisabled());
-  if (Status st = qos_->Set(req->name(), FromProto(req->qos())); !st.ok()) return Fail(ctx, st);
+  if (Status st = qos_->Set(req->name(), qos::SettingsFromMessage(req->qos())); !st.ok()) return Fail(ctx, st);
   if (Status st = DescribeQos(engine_, qos_, req->name(), resp); !st.ok()) return Fail(ctx, st);
   return grpc::Status::OK;
 }
