@@ -7,24 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "csi/nbd/wire_testing.h"
+
 namespace shale::nbd {
 namespace {
 
-std::string U16(uint16_t v) {
-  std::string s;
-  AppendU16(&s, v);
-  return s;
-}
-std::string U32(uint32_t v) {
-  std::string s;
-  AppendU32(&s, v);
-  return s;
-}
-std::string U64(uint64_t v) {
-  std::string s;
-  AppendU64(&s, v);
-  return s;
-}
+using wire_testing::U16;
+using wire_testing::U32;
+using wire_testing::U64;
 
 std::string Opt(uint32_t option, const std::string& data = "") {
   return U64(kOptionMagic) + U32(option) + U32(static_cast<uint32_t>(data.size())) + data;

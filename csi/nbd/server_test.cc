@@ -25,6 +25,7 @@
 #include <set>
 #include <thread>
 
+#include "csi/nbd/wire_testing.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 #include "engine/io/fault_device.h"
@@ -36,30 +37,12 @@ using namespace std::chrono_literals;
 
 // --- wire helpers -------------------------------------------------------------------------------
 
-std::string U16(uint16_t v) {
-  std::string s;
-  AppendU16(&s, v);
-  return s;
-}
-std::string U32(uint32_t v) {
-  std::string s;
-  AppendU32(&s, v);
-  return s;
-}
-std::string U64(uint64_t v) {
-  std::string s;
-  AppendU64(&s, v);
-  return s;
-}
-uint32_t GetU32s(const std::string& s, size_t at) {
-  return GetU32(reinterpret_cast<const uint8_t*>(s.data()) + at);
-}
-uint64_t GetU64s(const std::string& s, size_t at) {
-  return GetU64(reinterpret_cast<const uint8_t*>(s.data()) + at);
-}
-uint16_t GetU16s(const std::string& s, size_t at) {
-  return GetU16(reinterpret_cast<const uint8_t*>(s.data()) + at);
-}
+using wire_testing::GetU16s;
+using wire_testing::GetU32s;
+using wire_testing::GetU64s;
+using wire_testing::U16;
+using wire_testing::U32;
+using wire_testing::U64;
 
 std::string Opt(uint32_t option, const std::string& data = "") {
   return U64(kOptionMagic) + U32(option) + U32(static_cast<uint32_t>(data.size())) + data;
@@ -132,28 +115,8 @@ class RawClient {
   }
   ~RawClient() { Close(); }
 
-  bool Send(const std::string& bytes) {
-    size_t sent = 0;
-    while (sent < bytes.size()) {
-      const ssize_t n = send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      sent += static_cast<size_t>(n);
-    }
-    return true;
-  }
-  std::optional<std::string> Read(size_t n) {
-    std::string out(n, '\0');
-    size_t got = 0;
-    while (got < n) {
-      // EINTR: io_uring task work of the engine's threads can interrupt a timed recv.
-      const ssize_t r = recv(fd_, out.data() + got, n - got, 0);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return std::nullopt;
-      got += static_cast<size_t>(r);
-    }
-    return out;
-  }
+  bool Send(const std::string& bytes) { return wire_testing::SendAll(fd_, bytes); }
+  std::optional<std::string> Read(size_t n) { return wire_testing::RecvExact(fd_, n); }
   // True once the server has closed the connection (EOF or reset) within `timeout`.
   bool WaitClosed(std::chrono::milliseconds timeout = 20s) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -20,6 +20,8 @@
 #include <optional>
 #include <string>
 
+#include "csi/nbd/wire_testing.h"
+
 namespace shale::e2e {
 
 class NbdRawClient {
@@ -130,39 +132,20 @@ class NbdRawClient {
     setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   }
-  static std::string Put16(uint16_t v) { return {char(v >> 8), char(v)}; }
-  static std::string Put32(uint32_t v) { return Put16(uint16_t(v >> 16)) + Put16(uint16_t(v)); }
-  static std::string Put64(uint64_t v) { return Put32(uint32_t(v >> 32)) + Put32(uint32_t(v)); }
+  static std::string Put16(uint16_t v) { return nbd::wire_testing::U16(v); }
+  static std::string Put32(uint32_t v) { return nbd::wire_testing::U32(v); }
+  static std::string Put64(uint64_t v) { return nbd::wire_testing::U64(v); }
   static uint16_t Get16(const std::string& s, size_t at) {
-    return static_cast<uint16_t>((uint8_t(s[at]) << 8) | uint8_t(s[at + 1]));
+    return nbd::wire_testing::GetU16s(s, at);
   }
   static uint32_t Get32(const std::string& s, size_t at) {
-    return (uint32_t{Get16(s, at)} << 16) | Get16(s, at + 2);
+    return nbd::wire_testing::GetU32s(s, at);
   }
   static uint64_t Get64(const std::string& s, size_t at) {
-    return (uint64_t{Get32(s, at)} << 32) | Get32(s, at + 4);
+    return nbd::wire_testing::GetU64s(s, at);
   }
-  bool Send(const std::string& bytes) {
-    size_t sent = 0;
-    while (sent < bytes.size()) {
-      const ssize_t n = send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      sent += static_cast<size_t>(n);
-    }
-    return true;
-  }
-  std::optional<std::string> Read(size_t n) {
-    std::string out(n, '\0');
-    size_t got = 0;
-    while (got < n) {
-      const ssize_t r = recv(fd_, out.data() + got, n - got, 0);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return std::nullopt;
-      got += static_cast<size_t>(r);
-    }
-    return out;
-  }
+  bool Send(const std::string& bytes) { return nbd::wire_testing::SendAll(fd_, bytes); }
+  std::optional<std::string> Read(size_t n) { return nbd::wire_testing::RecvExact(fd_, n); }
 
   int fd_;
   uint64_t handle_ = 0;
