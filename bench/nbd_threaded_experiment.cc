@@ -1,6 +1,6 @@
 // Experiment, not shipped in shaled: the alternative NBD data path weighed in docs/nbd.md.
 //
-// Same engine, same protocol codec (csi/nbd/protocol.h, handshake.h) as shaled's NbdServer, but
+// Same engine, same protocol codec (nbd/protocol.h, handshake.h) as shaled's NbdServer, but
 // sockets are served by plain threads with blocking system calls, as in nbdkit or a classic
 // thread-per-connection server: per connection one receive thread (reads and parses requests,
 // receives write payloads straight into aligned buffers, hands each batch of requests to the
@@ -27,8 +27,8 @@
 #include <thread>
 #include <vector>
 
-#include "csi/nbd/handshake.h"
-#include "csi/nbd/protocol.h"
+#include "nbd/handshake.h"
+#include "nbd/protocol.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 

@@ -566,7 +566,7 @@ VolumeInfo Engine::DescribeVolume(const VolumeSlot& slot) const {
   return info;
 }
 
-Result<VolumeInfo> Engine::CreateVolume(const CreateVolumeParams& params) {
+Result<VolumeInfo> Engine::CreateVolume(const CreateVolumeParams& params, const VolumeRecords& extra) {
   std::lock_guard lock(mu_);
   if (shut_down_) return Status::Unavailable("engine is shut down");
   SHALE_RETURN_IF_ERROR(ValidateName("volume", params.name));
@@ -595,6 +595,7 @@ Result<VolumeInfo> Engine::CreateVolume(const CreateVolumeParams& params) {
 
   MetaBatch batch;
   auto [rec, img] = NewVolumeRecords(pool, params, size, /*parent_image=*/0, &batch);
+  if (extra) extra(rec.id(), &batch);
   CommitPipeline::Request req;
   req.batch = std::move(batch);
   req.flush_device = false;
@@ -657,7 +658,8 @@ Result<VolumeInfo> Engine::GetVolume(std::string_view name) {
   return DescribeVolume(*it->second);
 }
 
-Result<VolumeInfo> Engine::ResizeVolume(std::string_view name, uint64_t new_size_bytes) {
+Result<VolumeInfo> Engine::ResizeVolume(std::string_view name, uint64_t new_size_bytes,
+                                        const VolumeRecords& extra) {
   std::lock_guard lock(mu_);
   auto it = volumes_.find(name);
   if (it == volumes_.end()) return Status::NotFound("volume '" + std::string(name) + "' not found");
@@ -672,20 +674,21 @@ Result<VolumeInfo> Engine::ResizeVolume(std::string_view name, uint64_t new_size
     return Status::InvalidArgument("volume '" + std::string(name) + "' is " + FormatSize(current) +
                                    "; shrinking is not supported (it would discard data)");
   }
-  if (size == current) return DescribeVolume(vs);
+  if (size == current && !extra) return DescribeVolume(vs);
   meta::VolumeRecord rec = vs.record;
   rec.set_size_bytes(size);
   CommitPipeline::Request req;
   req.batch.Put(keys::Volume(rec.id()), rec.SerializeAsString());
+  if (extra) extra(rec.id(), &req.batch);
   req.flush_device = false;
   SHALE_RETURN_IF_ERROR(vs.pool->pool->pipeline().CommitSync(std::move(req)));
   vs.record = rec;
-  vs.volume->reactor()->RunSync([&] { vs.volume->Grow(size); });
+  if (size != current) vs.volume->reactor()->RunSync([&] { vs.volume->Grow(size); });
   SHALE_LOG_INFO("volume resized", {"volume", std::string(name)}, {"size", size});
   return DescribeVolume(vs);
 }
 
-Status Engine::DeleteVolume(std::string_view name) {
+Status Engine::DeleteVolume(std::string_view name, const VolumeRecords& extra) {
   std::lock_guard lock(mu_);
   auto it = volumes_.find(name);
   if (it == volumes_.end()) return Status::NotFound("volume '" + std::string(name) + "' not found");
@@ -696,10 +699,10 @@ Status Engine::DeleteVolume(std::string_view name) {
   if (!it->second->busy.empty()) {
     return Status::FailedPrecondition("volume '" + std::string(name) + "' is busy: " + it->second->busy);
   }
-  return DeleteVolumeLocked(*it->second);
+  return DeleteVolumeLocked(*it->second, extra);
 }
 
-Status Engine::DeleteVolumeLocked(VolumeSlot& slot) {
+Status Engine::DeleteVolumeLocked(VolumeSlot& slot, const VolumeRecords& extra) {
   Volume& vol = *slot.volume;
   Pool& pool = *slot.pool->pool;
   const std::string name = vol.name();
@@ -711,6 +714,7 @@ Status Engine::DeleteVolumeLocked(VolumeSlot& slot) {
   req.batch.Delete(keys::VolumeName(name));
   req.batch.Delete(keys::Image(vol.head_image()));
   req.batch.DeleteRange(keys::MapImagePrefix(vol.head_image()), keys::MapImagePrefix(vol.head_image() + 1));
+  if (extra) extra(vol.id(), &req.batch);
   req.freed = std::move(owned);
   req.flush_device = false;
   SHALE_RETURN_IF_ERROR(pool.pipeline().CommitSync(std::move(req)).WithContext("delete volume '" + name + "'"));
@@ -893,7 +897,7 @@ Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecord
 }
 
 Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& params, uint64_t image_id,
-                                                 const ExtraRecords& extra) {
+                                                 const VolumeRecords& extra) {
   std::lock_guard lock(mu_);
   if (shut_down_) return Status::Unavailable("engine is shut down");
   SHALE_RETURN_IF_ERROR(ValidateName("volume", params.name));
@@ -924,7 +928,7 @@ Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& param
   MetaBatch batch;
   auto [rec, img] = NewVolumeRecords(pool, params, size, image_id, &batch);
   chain.push_back(img.id());
-  if (extra) extra(img.id(), &batch);
+  if (extra) extra(rec.id(), &batch);
   CommitPipeline::Request req;
   req.batch = std::move(batch);
   req.flush_device = false;

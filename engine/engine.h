@@ -92,6 +92,10 @@ struct CreateVolumeParams {
 
 // Adds records that must commit atomically with an image operation (e.g. a snapshot's name).
 using ExtraRecords = std::function<void(uint64_t image_id, MetaBatch* batch)>;
+// Adds records of upper layers (QoS settings, clone provenance, frontend records) that must
+// commit atomically with a volume operation, given the volume's id (never reused in a pool).
+// Runs under the engine's control lock: it must only add to the batch, never call the Engine.
+using VolumeRecords = std::function<void(uint64_t volume_id, MetaBatch* batch)>;
 
 // One layer of mappings: a volume's head (writable) or a frozen image (a snapshot).
 struct ImageInfo {
@@ -164,13 +168,19 @@ class Engine {
   // no cluster referenced twice, every referenced cluster allocated, no allocated cluster leaked.
   Result<PoolCheckReport> CheckPool(std::string_view name);
 
-  Result<VolumeInfo> CreateVolume(const CreateVolumeParams& params);
+  // `extra` (optional) commits with the volume's records.
+  Result<VolumeInfo> CreateVolume(const CreateVolumeParams& params,
+                                  const VolumeRecords& extra = nullptr);
   std::vector<VolumeInfo> ListVolumes();
   Result<VolumeInfo> GetVolume(std::string_view name);
   // Grows a volume (shrinking is refused). Clients connected see the new size on reconnect.
-  Result<VolumeInfo> ResizeVolume(std::string_view name, uint64_t new_size_bytes);
+  // `extra` (optional) commits with the new size, also when the size does not change.
+  Result<VolumeInfo> ResizeVolume(std::string_view name, uint64_t new_size_bytes,
+                                  const VolumeRecords& extra = nullptr);
   // Busy while the volume is open; space returns to the pool once the delete is durable.
-  Status DeleteVolume(std::string_view name);
+  // `extra` (optional) commits with the removal of the volume's records (it deletes the upper
+  // layers' records of the volume).
+  Status DeleteVolume(std::string_view name, const VolumeRecords& extra = nullptr);
 
   // Opens a volume for I/O. Submit requests on handle->reactor().
   Result<std::shared_ptr<VolumeHandle>> OpenVolume(std::string_view name);
@@ -182,9 +192,10 @@ class Engine {
   // the image, writes issued after it returns are not. Returns the frozen image's id.
   Result<uint64_t> FreezeVolume(std::string_view volume, const ExtraRecords& extra = nullptr);
   // Creates a volume whose head reads through frozen `image_id` (a clone). params.pool must be
-  // empty or the image's pool; the size must be at least the image's.
+  // empty or the image's pool; the size must be at least the image's. `extra` gets the new
+  // volume's id.
   Result<VolumeInfo> CreateVolumeFromImage(const CreateVolumeParams& params, uint64_t image_id,
-                                           const ExtraRecords& extra = nullptr);
+                                           const VolumeRecords& extra = nullptr);
   // Opens a read-only view of a frozen image (for exports). Busy-protects the image.
   Result<std::shared_ptr<VolumeHandle>> OpenImage(std::string_view pool, uint64_t image_id);
   // Deletes a frozen image: merged into its only child (which takes over what it still reads),
@@ -232,7 +243,7 @@ class Engine {
   Result<PoolInfo> CreatePoolLocked(const CreatePoolParams& params, bool mark_created_file);
   PoolInfo DescribePool(const PoolSlot& slot) const;
   VolumeInfo DescribeVolume(const VolumeSlot& slot) const;
-  Status DeleteVolumeLocked(VolumeSlot& slot);
+  Status DeleteVolumeLocked(VolumeSlot& slot, const VolumeRecords& extra = nullptr);
   struct ImageSlot;
   PoolSlot* FindPool(std::string_view name);
   Result<PoolSlot*> OnlinePool(std::string_view name);

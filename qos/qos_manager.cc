@@ -295,6 +295,42 @@ Status QosManager::OnVolumeDeleted(std::string_view volume) {
   return Status::Ok();
 }
 
+Status QosManager::AddVolumeRecord(const QosSettings& settings, uint64_t volume_id,
+                                   std::string_view volume, MetaBatch* batch) {
+  SHALE_RETURN_IF_ERROR(settings.Validate());
+  const QosSettings norm = settings.Normalized();
+  if (norm == QosSettings{}.Normalized()) return Status::Ok();
+  pb::VolumeRecord rec;
+  rec.set_volume_id(volume_id);
+  rec.set_volume_name(std::string(volume));
+  SettingsToMessage(norm, rec.mutable_settings());
+  batch->Put(VolumeKey(volume_id), rec.SerializeAsString());
+  return Status::Ok();
+}
+
+void QosManager::AdoptVolume(std::string_view volume, const std::string& pool, uint64_t volume_id,
+                             const QosSettings& settings) {
+  const QosSettings norm = settings.Normalized();
+  std::lock_guard lock(mu_);
+  if (norm == QosSettings{}.Normalized()) {
+    auto it = entries_.find(volume);
+    if (it != entries_.end()) entries_.erase(it);
+    return;
+  }
+  entries_[std::string(volume)] = Entry{pool, volume_id, norm};
+}
+
+void QosManager::DeleteVolumeRecord(uint64_t volume_id, MetaBatch* batch) {
+  batch->Delete(VolumeKey(volume_id));
+}
+
+void QosManager::ForgetVolume(std::string_view volume, uint64_t volume_id) {
+  std::lock_guard lock(mu_);
+  if (auto s = suspended_.find(volume); s != suspended_.end()) suspended_.erase(s);
+  auto it = entries_.find(volume);
+  if (it != entries_.end() && it->second.id == volume_id) entries_.erase(it);
+}
+
 Status QosManager::SetPoolBudget(std::string_view pool, uint32_t budget) {
   if (budget < 1 || budget > kMaxPoolBudget) {
     return Status::InvalidArgument("qos: pool budget must be between 1 and " +

@@ -33,6 +33,7 @@
 
 namespace shale {
 class Engine;
+class MetaBatch;
 class Reactor;
 class Volume;
 class VolumeHandle;
@@ -100,6 +101,20 @@ class QosManager {
       std::shared_ptr<VolumeHandle> handle);
   // Forgets a deleted volume's settings (deletes its record). OK if it had none.
   Status OnVolumeDeleted(std::string_view volume);
+
+  // For the daemon's volume-lifecycle service, which commits a volume's QoS record in the same
+  // metadata batch as the volume itself:
+  // - AddVolumeRecord validates `settings` and puts the record of volume `volume_id` into
+  //   `batch` (nothing when they are all defaults: a volume without a record runs unlimited);
+  //   after the batch committed, AdoptVolume makes them the volume's settings in memory.
+  // - DeleteVolumeRecord puts the deletion of the record into the batch that deletes the
+  //   volume; after it committed, ForgetVolume drops the settings from memory.
+  static Status AddVolumeRecord(const QosSettings& settings, uint64_t volume_id,
+                                std::string_view volume, MetaBatch* batch);
+  void AdoptVolume(std::string_view volume, const std::string& pool, uint64_t volume_id,
+                   const QosSettings& settings);
+  static void DeleteVolumeRecord(uint64_t volume_id, MetaBatch* batch);
+  void ForgetVolume(std::string_view volume, uint64_t volume_id);
 
   // Pool scheduler budget (dispatched-but-not-completed requests, 1..4096), persisted per
   // pool; takes effect at once. NotFound for an unknown pool.

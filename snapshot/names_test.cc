@@ -31,26 +31,5 @@ TEST(SnapshotRefTest, ParsesAndExplainsMistakes) {
   EXPECT_TRUE(ParseSnapshotRef(std::string(128, 'v') + "@" + std::string(128, 's')).ok());
 }
 
-TEST(LabelTest, ParsesAndValidates) {
-  auto kv = ParseLabel("source=https://example.com/data.csv?x=1");
-  ASSERT_TRUE(kv.ok()) << kv.status();
-  EXPECT_EQ(kv->first, "source");
-  EXPECT_EQ(kv->second, "https://example.com/data.csv?x=1");
-  auto empty = ParseLabel("notebook.example.com/id=");
-  ASSERT_TRUE(empty.ok());
-  EXPECT_EQ(empty->second, "");
-  EXPECT_FALSE(ParseLabel("novalue").ok());
-  EXPECT_FALSE(ParseLabel("=v").ok());
-  EXPECT_FALSE(ParseLabel("bad key=v").ok());
-  EXPECT_FALSE(ParseLabel("k=line\nbreak").ok());
-  EXPECT_FALSE(ParseLabel(std::string(129, 'k') + "=v").ok());
-  EXPECT_FALSE(ParseLabel("k=" + std::string(1025, 'v')).ok());
-  Labels many;
-  for (size_t i = 0; i <= kMaxLabels; ++i) many["k" + std::to_string(i)] = "v";
-  EXPECT_EQ(ValidateLabels(many).code(), StatusCode::kInvalidArgument);
-  many.erase("k0");
-  EXPECT_TRUE(ValidateLabels(many).ok());
-}
-
 }  // namespace
 }  // namespace shale::snapshot

@@ -465,10 +465,13 @@ Result<CloneResult> SnapshotManager::Clone(std::string_view source, std::string_
   params.pool = src.pool;
   params.read_only = options.read_only;
   params.labels = options.labels;
-  // The clone record commits with the clone's volume.
-  auto vol =
-      engine_->CreateVolumeFromImage(params, src.rec.image_id(), [&](uint64_t, MetaBatch* batch) {
+  params.size_bytes = options.size_bytes;
+  // The clone record (and the other layers' records) commit with the clone's volume.
+  auto vol = engine_->CreateVolumeFromImage(
+      params, src.rec.image_id(), [&](uint64_t volume_id, MetaBatch* batch) {
+        rec.set_volume_id(volume_id);
         batch->Put(CloneKey(rec.volume()), rec.SerializeAsString());
+        if (options.extra) options.extra(volume_id, batch);
       });
   if (!vol.ok()) {
     if (!from_snapshot) {
@@ -480,15 +483,6 @@ Result<CloneResult> SnapshotManager::Clone(std::string_view source, std::string_
     }
     return vol.status().WithContext("clone '" + std::string(source) + "' into '" +
                                     std::string(new_volume) + "'");
-  }
-  rec.set_volume_id(vol->id);
-  MetaBatch batch;
-  batch.Put(CloneKey(rec.volume()), rec.SerializeAsString());
-  Status st = engine_->WriteRecords(src.pool, std::move(batch));
-  if (!st.ok()) {
-    // The record without the id still works; Start() fills it in.
-    SHALE_LOG_WARN("snapshot: could not record the clone's volume id", {"volume", rec.volume()},
-                   {"error", st.ToString()});
   }
   SHALE_LOG_INFO("clone created", {"volume", rec.volume()}, {"source", src.key},
                  {"read_only", options.read_only ? 1 : 0});
@@ -599,15 +593,24 @@ Status SnapshotManager::Flatten(
   return Status::Ok();
 }
 
-Status SnapshotManager::DeleteVolume(std::string_view volume) {
+Status SnapshotManager::DeleteVolume(std::string_view volume, const VolumeRecords& extra) {
   SHALE_RETURN_IF_ERROR(ValidateName("volume", volume));
   const std::string name(volume);
   Lock lock(mu_);
   SHALE_RETURN_IF_ERROR(CheckNotBusyLocked(volume));
   SHALE_ASSIGN_OR_RETURN(VolumeInfo vol, engine_->GetVolume(volume));
-  SHALE_RETURN_IF_ERROR(engine_->DeleteVolume(volume));
-  // Its clone record (and with it, perhaps, an implicit source snapshot) goes too; CollectLocked
-  // drops records of volumes that no longer exist.
+  // Its clone record goes in the same commit, if it is this volume's (not an earlier one's).
+  // Read here: the callback below runs under the engine's lock.
+  SHALE_ASSIGN_OR_RETURN(std::optional<std::string> clone, engine_->GetRecord(vol.pool, CloneKey(volume)));
+  CloneRecord rec;
+  const bool own_clone_record = clone.has_value() && rec.ParseFromString(*clone) &&
+                                (rec.volume_id() == 0 || rec.volume_id() == vol.id);
+  SHALE_RETURN_IF_ERROR(engine_->DeleteVolume(volume, [&](uint64_t volume_id, MetaBatch* batch) {
+    if (own_clone_record && volume_id == vol.id) batch->Delete(CloneKey(volume));
+    if (extra) extra(volume_id, batch);
+  }));
+  // An implicit source snapshot no other clone needs goes too; CollectLocked also drops records
+  // of volumes that no longer exist.
   CollectLocked(lock);
   SHALE_LOG_INFO("volume deleted (snapshot layer)", {"volume", name}, {"id", vol.id});
   return Status::Ok();

@@ -121,6 +121,9 @@ struct ListOptions {
 struct CloneOptions {
   bool read_only = false;  // enforced by the engine: writes fail with PermissionDenied
   Labels labels;           // labels of the new volume
+  uint64_t size_bytes = 0;  // 0: the source's size; larger grows the clone in the same commit
+  // Records of other layers (QoS, frontends) committed with the clone, given its volume id.
+  VolumeRecords extra;
 };
 
 struct DeleteSnapshotResult {
@@ -235,8 +238,9 @@ class SnapshotManager {
   Status Flatten(std::string_view volume,
                  const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr);
   // Deletes the volume (Engine::DeleteVolume) and this layer's records about it: its clone
-  // record and an implicit source snapshot no other clone needs. Its own snapshots stay.
-  Status DeleteVolume(std::string_view volume);
+  // record (in the same commit, with `extra`: other layers' records of the volume) and then an
+  // implicit source snapshot no other clone needs. Its own snapshots stay.
+  Status DeleteVolume(std::string_view volume, const VolumeRecords& extra = nullptr);
   Result<VolumeSpace> GetVolumeSpace(std::string_view volume);
 
   // --- streams (docs/format/snapshot-stream.md) ---

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "engine/common/block.h"
 #include "engine/common/result.h"
 #include "engine/common/units.h"
 #include "engine/common/uuid.h"
@@ -18,7 +19,7 @@ inline constexpr uint32_t kSuperblockFormatVersion = 1;
 inline constexpr uint64_t kSuperblockSize = 4096;
 inline constexpr uint64_t kSuperblockBackupOffset = 64 * kKiB;
 inline constexpr uint64_t kPoolDataOffset = 1 * kMiB;  // clusters start here
-inline constexpr uint32_t kBlockSize = 4096;          // mapping granularity inside clusters
+// kBlockSize (mapping granularity inside clusters): engine/common/block.h
 inline constexpr uint32_t kMinClusterSize = 4 * kKiB;
 inline constexpr uint32_t kMaxClusterSize = 256 * kKiB;  // 64 blocks: one uint64_t bitmap
 inline constexpr uint32_t kDefaultClusterSize = 64 * kKiB;

@@ -7,15 +7,15 @@
 #include "engine/common/clock.h"
 #include "engine/common/log.h"
 #include "engine/io/reactor.h"
+#include "engine/common/block.h"
 #include "engine/pool/keys.h"
 #include "engine/pool/pool.h"
 
 namespace shale {
 
 namespace {
-constexpr uint32_t kBlockShift = 12;
-constexpr uint64_t kBlock = 1ull << kBlockShift;
-constexpr uint64_t kBlockMask = kBlock - 1;
+// Block constants: engine/common/block.h.
+constexpr uint64_t kBlock = kBlockSize;
 // Set on internal requests of the read-modify-write machinery: skip range locks and counters.
 constexpr uint32_t kInternal = 1u << 31;
 constexpr uint64_t kMaxMergedDeviceIo = 4 * kMiB;

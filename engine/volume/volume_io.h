@@ -1,6 +1,8 @@
-// VolumeIo and VolumeLayer: the I/O path of a volume is an ordered chain of layers
-// (queue -> QoS -> replication -> snapshot -> core mapping -> device). Each layer implements
-// VolumeLayer and passes requests to the next; the engine's Volume is the bottom one.
+// VolumeIo and VolumeLayer: the I/O path of a volume is an ordered chain of layers. Each layer
+// implements VolumeLayer and passes requests to the next; the engine's Volume is the bottom one.
+// As built: frontend (an NBD connection) -> QosLayer (qos/) -> Volume (core mapping; snapshots
+// and clones are layered images inside it, docs/snapshots.md) -> BlockDevice. The replication
+// layer will sit between QoS and the Volume.
 #pragma once
 
 #include <cstdint>

@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "csi/proto/csi.grpc.pb.h"
+#include "csi/csi.grpc.pb.h"
 #include "tests/e2e/harness.h"
 
 namespace shale::e2e {

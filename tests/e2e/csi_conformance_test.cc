@@ -202,6 +202,35 @@ TEST_F(CsiConformanceTest, CapacityArithmetic) {
   EXPECT_EQ(got.volume().capacity_bytes(), 8192);
 }
 
+// A volume deleted through the CLI takes its CSI record with it: a later volume of the same name
+// made outside CSI reports its own size, not the deleted volume's capacity (the lifecycle
+// service commits every layer's records of a volume together, docs/lifecycle.md).
+TEST_F(CsiConformanceTest, CliDeleteTakesTheCsiRecordWithIt) {
+  EXPECT_EQ(MustCreate(CsiClient::VolumeRequest("pvc-reused", 8192)).capacity_bytes(), 8192);
+  ASSERT_EQ(h_.Shale({"volume", "delete", "pvc-reused"}).exit_code, 0);
+  ASSERT_EQ(h_.Shale({"volume", "create", "pvc-reused", "--size", "64M"}).exit_code, 0);
+  csiv1::ControllerGetVolumeRequest get;
+  get.set_volume_id("pvc-reused");
+  csiv1::ControllerGetVolumeResponse got;
+  ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerGetVolume, get,
+                      &got)
+                  .ok());
+  EXPECT_EQ(got.volume().capacity_bytes(), 64 * kMiB)
+      << "the new volume inherited the deleted CSI volume's record";
+  // Expanding it through CSI starts from its own size.
+  csiv1::ControllerExpandVolumeRequest expand;
+  expand.set_volume_id("pvc-reused");
+  expand.mutable_capacity_range()->set_required_bytes(128 * kMiB);
+  csiv1::ControllerExpandVolumeResponse expanded;
+  ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerExpandVolume,
+                      expand, &expanded)
+                  .ok());
+  EXPECT_EQ(expanded.capacity_bytes(), 128 * kMiB);
+  CommandResult show = h_.Shale({"volume", "show", "pvc-reused", "-o", "json"});
+  ASSERT_EQ(show.exit_code, 0) << show.Describe();
+  EXPECT_GE(show.Json()["size_bytes"].get<int64_t>(), 128 * kMiB);
+}
+
 TEST_F(CsiConformanceTest, IdempotencyAndNameMapping) {
   auto req = CsiClient::VolumeRequest("pvc-idem", 32 * kMiB);
   (*req.mutable_parameters())["fsType"] = "xfs";

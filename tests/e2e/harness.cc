@@ -102,8 +102,17 @@ std::string ReadTextFile(const std::string& path) {
   return ss.str();
 }
 
-std::string ShaledBinary() { return std::string(SHALE_BIN_DIR) + "/shaled"; }
-std::string ShaleBinary() { return std::string(SHALE_BIN_DIR) + "/shale"; }
+namespace {
+// The build's binaries, or those of $SHALE_E2E_BIN_DIR (e.g. an older build, to show that a new
+// test fails against the code before a fix).
+std::string BinDir() {
+  const char* dir = std::getenv("SHALE_E2E_BIN_DIR");
+  return dir != nullptr && *dir != '\0' ? std::string(dir) : std::string(SHALE_BIN_DIR);
+}
+}  // namespace
+
+std::string ShaledBinary() { return BinDir() + "/shaled"; }
+std::string ShaleBinary() { return BinDir() + "/shale"; }
 
 nlohmann::json CommandResult::Json() const {
   nlohmann::json j = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);

@@ -24,7 +24,8 @@ namespace shale::e2e {
 // The whole content of a file ("" if it cannot be read).
 std::string ReadTextFile(const std::string& path);
 
-// Absolute paths of the binaries under test (from the build: SHALE_BIN_DIR).
+// Absolute paths of the binaries under test: the build's (SHALE_BIN_DIR), or those in
+// $SHALE_E2E_BIN_DIR when it is set.
 std::string ShaledBinary();
 std::string ShaleBinary();
 

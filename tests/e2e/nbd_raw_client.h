@@ -1,6 +1,6 @@
 // A minimal NBD client for end-to-end tests that need to hold a connection open, or to see
 // exactly what the server answers: fixed newstyle handshake with NBD_OPT_GO, simple replies.
-// Written from the protocol document, independent of Shale's own codec (csi/nbd). Blocking
+// Written from the protocol document, independent of Shale's own codec (nbd/). Blocking
 // sockets with a timeout, so a broken server fails a test instead of hanging it.
 #pragma once
 
@@ -20,7 +20,7 @@
 #include <optional>
 #include <string>
 
-#include "csi/nbd/wire_testing.h"
+#include "nbd/wire_testing.h"
 
 namespace shale::e2e {
 

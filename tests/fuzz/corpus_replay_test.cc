@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "csi/nbd/handshake.h"
+#include "nbd/handshake.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 

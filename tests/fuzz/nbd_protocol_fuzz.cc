@@ -1,4 +1,4 @@
-// libFuzzer target for the NBD protocol codec (csi/nbd/protocol.h, csi/nbd/handshake.h).
+// libFuzzer target for the NBD protocol codec (nbd/protocol.h, nbd/handshake.h).
 //
 // The input is what a client sends on a fresh connection, preceded by one byte that sets how
 // many bytes arrive per read (1..64), so partial headers and options are exercised too. The
@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "csi/nbd/handshake.h"
-#include "csi/nbd/protocol.h"
+#include "nbd/handshake.h"
+#include "nbd/protocol.h"
 
 namespace shale::nbd {
 namespace {

@@ -1,0 +1,98 @@
+// The control-API client of the shale CLI and the helpers every command file shares
+// (cli_commands.cc for status, pools, volumes and exports; qos_commands.cc for QoS;
+// snapshot_commands.cc for snapshots and clones).
+// Not part of the CLI's interface (cli_commands.h).
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "cli/cli_commands.h"
+#include "api/control.grpc.pb.h"
+
+namespace shale::cli {
+
+enum class Format { kTable, kJson };
+
+// Turns a failed RPC into the line shown to the user (without the "shale: " prefix).
+std::string DescribeRpcError(const grpc::Status& status, const grpc::ClientContext& ctx,
+                             const std::string& endpoint, unsigned timeout_seconds);
+
+template <typename Request, typename Response>
+using Rpc = grpc::Status (v1::Control::Stub::*)(grpc::ClientContext*, const Request&, Response*);
+template <typename Request, typename Response>
+using StreamRpc = std::unique_ptr<grpc::ClientReader<Response>> (v1::Control::Stub::*)(
+    grpc::ClientContext*, const Request&);
+
+class ControlClient {
+ public:
+  ControlClient(std::string endpoint, unsigned timeout_seconds)
+      : endpoint_(std::move(endpoint)),
+        timeout_seconds_(timeout_seconds),
+        stub_(v1::Control::NewStub(
+            grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials()))) {}
+
+  // Runs one unary RPC with the deadline. Returns "" on success, else the error line.
+  template <typename Request, typename Response>
+  std::string Call(Rpc<Request, Response> rpc, const Request& request, Response* response) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_seconds_));
+    grpc::Status status = ((*stub_).*rpc)(&ctx, request, response);
+    if (status.ok()) return {};
+    return DescribeRpcError(status, ctx, endpoint_, timeout_seconds_);
+  }
+
+  // Runs one server-streaming RPC; `on_message(const Response&)` sees every message as it
+  // arrives. No deadline: such RPCs (flatten) run as long as the data takes and report progress
+  // all along. Returns "" on success, else the error line.
+  template <typename Request, typename Response, typename OnMessage>
+  std::string Stream(StreamRpc<Request, Response> rpc, const Request& request,
+                     OnMessage on_message) {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<Response>> reader = ((*stub_).*rpc)(&ctx, request);
+    Response message;
+    while (reader->Read(&message)) on_message(message);
+    grpc::Status status = reader->Finish();
+    if (status.ok()) return {};
+    return DescribeRpcError(status, ctx, endpoint_, timeout_seconds_);
+  }
+
+ private:
+  const std::string endpoint_;
+  const unsigned timeout_seconds_;
+  std::unique_ptr<v1::Control::Stub> stub_;
+};
+
+// Runs one RPC: on success `print(response)` writes the result and returns the exit code; on
+// failure the error line goes to `err`.
+template <typename Request, typename Response, typename Print>
+int RunRpc(ControlClient& client, Rpc<Request, Response> rpc, const Request& request,
+           std::ostream& err, Print print) {
+  Response response;
+  const std::string error = client.Call(rpc, request, &response);
+  if (!error.empty()) {
+    err << "shale: " << error << "\n";
+    return kExitFailure;
+  }
+  return print(response);
+}
+
+// Accepts what ParseSize accepts, but not 0 and nothing above `max`.
+CLI::Validator SizeValidator(uint64_t max = UINT64_MAX);
+// Called after a successful parse, so the validators already accepted the text.
+uint64_t SizeOf(const std::string& text);
+
+// Splits repeated "KEY=VALUE" --label values into `out`; false with `error` when one has no
+// '=' or a key repeats. The daemon validates the characters.
+bool ParseLabels(const std::vector<std::string>& specs, std::map<std::string, std::string>* out,
+                 std::string* error);
+
+}  // namespace shale::cli

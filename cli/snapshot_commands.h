@@ -1,0 +1,58 @@
+// Snapshot commands of the shale CLI: `snapshot create|list|show|delete|verify|export|import`,
+// `clone create|list`, and `volume flatten|revert`. RunShale() owns one SnapshotCommands for
+// the parse and the run (docs/snapshots.md, "CLI and control API").
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "cli/control_client.h"
+
+namespace shale::cli {
+
+class SnapshotCommands {
+ public:
+  // What the selected command does once the command line is parsed.
+  using Action = std::function<int(ControlClient&, Format)>;
+
+  // A selected command sets `*action`. Everything passed must outlive the object. Flatten
+  // progress goes to `err` only when `err_is_terminal`.
+  SnapshotCommands(Action* action, std::ostream& out, std::ostream& err, bool err_is_terminal)
+      : action_(action), out_(out), err_(err), err_is_terminal_(err_is_terminal) {}
+  SnapshotCommands(const SnapshotCommands&) = delete;
+  SnapshotCommands& operator=(const SnapshotCommands&) = delete;
+
+  // Adds `snapshot ...` and `clone ...` under `app`.
+  void AddCommands(CLI::App& app);
+  // Adds `flatten` and `revert` under `volume`.
+  void AddVolumeCommands(CLI::App* volume_cmd);
+
+ private:
+  int RunCreate(ControlClient& client, Format format);
+  int RunDelete(ControlClient& client, Format format);
+  int RunExport(ControlClient& client, Format format);
+  int RunImport(ControlClient& client, Format format);
+  int RunClone(ControlClient& client, Format format);
+  int RunFlatten(ControlClient& client, Format format);
+  int RunRevert(ControlClient& client, Format format);
+  void PrintJson(const nlohmann::ordered_json& json);
+
+  Action* const action_;
+  std::ostream& out_;
+  std::ostream& err_;
+  const bool err_is_terminal_;
+  // Parsed arguments (one command runs per invocation).
+  std::string volume_, snapshot_, ref_, file_, base_, pool_, target_;
+  std::vector<std::string> labels_;
+  bool wait_digest_ = false;
+  bool force_ = false;
+  bool all_ = false;
+  bool overwrite_ = false;
+  bool read_only_ = false;
+};
+
+}  // namespace shale::cli

@@ -1,0 +1,713 @@
+// Controller service of csi.shale.io (docs/csi.md, "Controller").
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "csi/driver.h"
+#include "csi/driver_internal.h"
+#include "csi/params.h"
+#include "daemon/lifecycle/volume_lifecycle.h"
+#include "engine/common/log.h"
+#include "engine/common/units.h"
+#include "engine/engine.h"
+#include "engine/pool/keys.h"
+#include "engine/pool/metadata_store.h"
+#include "qos/qos_manager.h"
+#include "snapshot/snapshot_manager.h"
+
+namespace shale::csi {
+
+namespace v1 = ::csi::v1;
+
+namespace {
+
+// Where versions before the lifecycle service kept a CSI volume's record: keyed by name, and
+// not removed by `shale volume delete` (docs/lifecycle.md, "Upgrading a data dir").
+constexpr std::string_view kLegacyRecordNamespace = "csi";
+constexpr std::string_view kLegacyRecordPrefix = "volume/";
+
+google::protobuf::Timestamp TimestampOf(uint64_t unix_ns) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(static_cast<int64_t>(unix_ns));
+}
+
+std::optional<uint64_t> ParseU64(const std::string& text) {
+  if (text.empty() || text.size() > 20) return std::nullopt;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + static_cast<uint64_t>(c - '0');
+  }
+  return v;
+}
+
+// A capacity label (kLabelCapacity) of a volume or snapshot, capped at its engine size.
+uint64_t LabelledCapacity(const std::map<std::string, std::string>& labels, uint64_t size_bytes) {
+  auto it = labels.find(std::string(kLabelCapacity));
+  if (it != labels.end()) {
+    if (auto v = ParseU64(it->second)) return std::min(*v, size_bytes);
+  }
+  return size_bytes;
+}
+
+// Where a ListVolumes/ListSnapshots page starts: after the id in `token` ("" = the start).
+// A token this driver did not issue is ABORTED (spec).
+grpc::Status PageStart(int32_t max_entries, const std::string& token, std::string* after) {
+  if (max_entries < 0) return Invalid("max_entries must not be negative");
+  if (token.empty()) return grpc::Status::OK;
+  std::optional<std::string> parsed = ParseToken(token);
+  if (!parsed) {
+    return grpc::Status(grpc::StatusCode::ABORTED,
+                        "starting_token \"" + token + "\" was not issued by this driver");
+  }
+  *after = *parsed;
+  return grpc::Status::OK;
+}
+
+// One page of `items` sorted by id: those after `after`, at most `max_entries` (0: all), each
+// passed to `add`. Returns the next token, "" after the last page. Ids after the token's: an
+// item deleted between pages does not invalidate the token, one created after it shows up if
+// its id sorts later.
+template <typename T, typename IdOf, typename Add>
+std::string Page(std::vector<T> items, const std::string& after, int32_t max_entries, IdOf id_of,
+                 Add add) {
+  std::sort(items.begin(), items.end(),
+            [&](const T& a, const T& b) { return id_of(a) < id_of(b); });
+  const size_t max = max_entries > 0 ? static_cast<size_t>(max_entries) : items.size();
+  size_t added = 0;
+  std::string last;
+  for (const T& item : items) {
+    if (!after.empty() && id_of(item) <= after) continue;
+    if (added == max) return MakeToken(last);
+    add(item);
+    last = id_of(item);
+    ++added;
+  }
+  return std::string();
+}
+
+}  // namespace
+
+std::optional<CsiRecord> ReadCsiRecord(Engine* engine, const VolumeInfo& info) {
+  auto rec = engine->GetRecord(info.pool, daemon::FrontendRecordKey(info.id, kCsiRecordFrontend));
+  if (!rec.ok() || !rec->has_value()) return std::nullopt;
+  nlohmann::json j = nlohmann::json::parse(**rec, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return std::nullopt;
+  CsiRecord out;
+  if (j.contains("csi_name") && j["csi_name"].is_string()) out.csi_name = j["csi_name"];
+  if (j.contains("capacity") && j["capacity"].is_number_unsigned()) out.capacity = j["capacity"];
+  if (j.contains("source") && j["source"].is_string()) out.source = j["source"];
+  return out;
+}
+
+std::string EncodeCsiRecord(const CsiRecord& record) {
+  nlohmann::json j;
+  j["csi_name"] = record.csi_name;
+  j["capacity"] = record.capacity;
+  j["source"] = record.source;
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+uint64_t CsiCapacity(Engine* engine, const VolumeInfo& info) {
+  std::optional<CsiRecord> rec = ReadCsiRecord(engine, info);
+  if (rec && rec->capacity > 0) return rec->capacity;
+  return LabelledCapacity(info.labels, info.size_bytes);
+}
+
+bool IsMissingVolume(const Status& status) {
+  return status.IsNotFound() || status.code() == StatusCode::kInvalidArgument;
+}
+
+Result<VolumeInfo> FindVolume(Engine* engine, const std::string& id, std::string_view what) {
+  Result<VolumeInfo> info = engine->GetVolume(id);
+  if (!info.ok() && IsMissingVolume(info.status())) {
+    return Status::NotFound(std::string(what) + " " + id + " not found");
+  }
+  return info;
+}
+
+
+// What the controller knows about a volume beyond the engine's VolumeInfo.
+struct ControllerService::Impl {
+  static void FillVolume(const DriverOptions& options, Engine* engine, const VolumeInfo& info,
+                         v1::Volume* out) {
+    out->set_volume_id(info.name);
+    out->set_capacity_bytes(static_cast<int64_t>(CsiCapacity(engine, info)));
+    if (info.read_only) (*out->mutable_volume_context())["readOnly"] = "true";
+    (*out->mutable_volume_context())["pool"] = info.pool;
+    (*out->mutable_accessible_topology()->Add()->mutable_segments())[std::string(kTopologyKey)] =
+        options.node_id;
+  }
+
+  static void FillCondition(Engine* engine, const VolumeInfo& info, v1::VolumeCondition* out) {
+    auto pool = engine->GetPool(info.pool);
+    if (!pool.ok() || pool->state != "online") {
+      out->set_abnormal(true);
+      out->set_message("pool " + info.pool + " is not online" +
+                       (pool.ok() && !pool->error.empty() ? ": " + pool->error : std::string()));
+    } else if (info.errors > 0) {
+      out->set_abnormal(true);
+      out->set_message(std::to_string(info.errors) + " I/O errors since the daemon started");
+    } else {
+      out->set_abnormal(false);
+      out->set_message("volume is healthy");
+    }
+  }
+
+  static uint64_t SnapshotCapacity(const snapshot::SnapshotInfo& s) {
+    return LabelledCapacity(s.labels, s.size_bytes);
+  }
+
+  static void FillSnapshot(const snapshot::SnapshotInfo& s, v1::Snapshot* out) {
+    out->set_snapshot_id(s.full_name());
+    out->set_source_volume_id(s.volume);
+    out->set_size_bytes(static_cast<int64_t>(SnapshotCapacity(s)));
+    *out->mutable_creation_time() = TimestampOf(s.created_unix_ns);
+    // Redirect-on-write: a snapshot is complete when Create returns (the digest is extra).
+    out->set_ready_to_use(true);
+  }
+};
+
+ControllerService::ControllerService(const DriverOptions& options,
+                                     daemon::VolumeLifecycle* lifecycle)
+    : options_(options),
+      lifecycle_(lifecycle),
+      engine_(lifecycle->engine()),
+      snapshots_(lifecycle->snapshots()),
+      qos_(lifecycle->qos()) {}
+
+Status ControllerService::UpgradeRecords() {
+  for (const PoolInfo& pool : engine_->ListPools()) {
+    if (pool.state != "online") continue;
+    const std::string prefix = keys::Extension(kLegacyRecordNamespace, kLegacyRecordPrefix);
+    std::vector<std::pair<std::string, std::string>> legacy;  // (key, value)
+    SHALE_RETURN_IF_ERROR(
+        engine_->ScanRecords(pool.name, prefix, [&](std::string_view key, std::string_view value) {
+          legacy.emplace_back(std::string(key), std::string(value));
+          return true;
+        }));
+    for (const auto& [key, value] : legacy) {
+      const std::string volume = key.substr(prefix.size());
+      Result<VolumeInfo> info = engine_->GetVolume(volume);
+      // Only a volume CSI made carries the fingerprint; a record next to any other volume of
+      // that name was left by a CSI volume deleted through the CLI.
+      const bool ours = info.ok() && info->pool == pool.name &&
+                        info->labels.count(std::string(kLabelFingerprint)) > 0;
+      if (ours) {
+        SHALE_RETURN_IF_ERROR(lifecycle_->PutFrontendRecord(*info, kCsiRecordFrontend, value));
+      }
+      MetaBatch batch;
+      batch.Delete(key);
+      SHALE_RETURN_IF_ERROR(engine_->WriteRecords(pool.name, std::move(batch)));
+      SHALE_LOG_INFO(ours ? "csi: record upgraded" : "csi: stale record removed",
+                     {"pool", pool.name}, {"volume", volume});
+    }
+  }
+  return Status::Ok();
+}
+
+grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
+                                             const v1::CreateVolumeRequest* request,
+                                             v1::CreateVolumeResponse* response) {
+  if (grpc::Status st = RequireFields("CreateVolume",
+                                      {{"name", !request->name().empty()},
+                                       {"volume_capabilities",
+                                        !request->volume_capabilities().empty()}});
+      !st.ok()) {
+    return st;
+  }
+  std::map<std::string, std::string> params = ToMap(request->parameters());
+  Result<VolumeParams> parsed = ParseVolumeParams(params);
+  if (!parsed.ok()) return ToGrpc(parsed.status());
+  VolumeParams vp = std::move(parsed).value();
+  // VolumeAttributesClass parameters at creation: QoS only, taking precedence.
+  if (!request->mutable_parameters().empty()) {
+    Status st = ApplyQosParams(ToMap(request->mutable_parameters()), &vp.qos, &vp.has_qos);
+    if (!st.ok()) return ToGrpc(st);
+  }
+  if (vp.has_qos && qos_ == nullptr) {
+    return Precondition("QoS parameters given but this shaled has no QoS manager");
+  }
+
+  // Source.
+  std::string source;
+  const bool has_source = request->has_volume_content_source();
+  if (has_source) {
+    const auto& src = request->volume_content_source();
+    if (src.has_snapshot()) {
+      if (src.snapshot().snapshot_id().empty()) return Invalid("snapshot source without an id");
+      source = "snapshot:" + src.snapshot().snapshot_id();
+    } else if (src.has_volume()) {
+      if (src.volume().volume_id().empty()) return Invalid("volume source without an id");
+      source = "volume:" + src.volume().volume_id();
+    } else {
+      return Invalid("volume_content_source without a snapshot or volume");
+    }
+  }
+  // Read-only: asked for, or implied by a clone only ever read by many pods.
+  bool all_multi_reader = true;
+  for (const auto& cap : request->volume_capabilities()) {
+    if (cap.access_mode().mode() != v1::VolumeCapability::AccessMode::MULTI_NODE_READER_ONLY) {
+      all_multi_reader = false;
+    }
+  }
+  if (vp.read_only_clone && !has_source) {
+    return Invalid("readOnlyClone=true needs a volume content source (a snapshot or a volume)");
+  }
+  const bool read_only = has_source && (vp.read_only_clone || all_multi_reader);
+  for (const auto& cap : request->volume_capabilities()) {
+    Status st = CheckCapability(cap, read_only);
+    if (!st.ok()) return ToGrpc(st);
+  }
+
+  // Topology: this node is the only place the volume can live.
+  if (request->has_accessibility_requirements() &&
+      !request->accessibility_requirements().requisite().empty()) {
+    bool ours = false;
+    for (const auto& topo : request->accessibility_requirements().requisite()) {
+      auto it = topo.segments().find(std::string(kTopologyKey));
+      if (it != topo.segments().end() && it->second == options_.node_id) ours = true;
+    }
+    if (!ours) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "no requisite topology names this node (" + std::string(kTopologyKey) +
+                              "=" + options_.node_id + ")");
+    }
+  }
+
+  const std::string name = ShaleNameFor(request->name());
+  std::map<std::string, std::string> fp_params = params;
+  for (const auto& [k, v] : request->mutable_parameters()) fp_params["mutable:" + k] = v;
+  const std::string fingerprint = Fingerprint(request->name(), fp_params, source, read_only);
+  const int64_t required = request->capacity_range().required_bytes();
+  const int64_t limit = request->capacity_range().limit_bytes();
+  auto respond = [&](const VolumeInfo& info) {
+    Impl::FillVolume(options_, engine_, info, response->mutable_volume());
+    if (has_source) {
+      *response->mutable_volume()->mutable_content_source() = request->volume_content_source();
+    }
+    return grpc::Status::OK;
+  };
+
+  std::lock_guard lock(mu_);
+  if (auto existing = engine_->GetVolume(name); existing.ok()) {
+    auto it = existing->labels.find(std::string(kLabelFingerprint));
+    if (it == existing->labels.end() || it->second != fingerprint) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          "volume " + name + " exists with different parameters or source");
+    }
+    const uint64_t capacity = CsiCapacity(engine_, *existing);
+    if ((required > 0 && capacity < static_cast<uint64_t>(required)) ||
+        (limit > 0 && capacity > static_cast<uint64_t>(limit))) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          "volume " + name + " exists with capacity " + std::to_string(capacity) +
+                              " outside the requested range");
+    }
+    // The record commits with the volume; one may be missing only on a volume upgraded from an
+    // older version that lost it. Complete it now.
+    if (!ReadCsiRecord(engine_, *existing)) {
+      lifecycle_
+          ->PutFrontendRecord(*existing, kCsiRecordFrontend,
+                              EncodeCsiRecord({request->name(), capacity, source}))
+          .IgnoreError();
+    }
+    return respond(*existing);
+  } else if (!existing.status().IsNotFound()) {
+    return ToGrpc(existing.status());
+  }
+
+  // Resolve the source: the clone starts from a frozen image ("VOLUME@SNAP") or the live volume.
+  std::string clone_from;
+  uint64_t minimum = 0;
+  uint64_t source_engine_size = 0;
+  std::string source_pool;
+  if (has_source) {
+    const auto& src = request->volume_content_source();
+    if (src.has_snapshot()) {
+      auto snap = snapshots_->Get(src.snapshot().snapshot_id());
+      if (!snap.ok()) {
+        return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                            "source snapshot " + src.snapshot().snapshot_id() +
+                                " not found: " + std::string(snap.status().message()));
+      }
+      clone_from = snap->full_name();
+      minimum = Impl::SnapshotCapacity(*snap);
+      source_engine_size = snap->size_bytes;
+      source_pool = snap->pool;
+    } else {
+      auto vol = FindVolume(engine_, src.volume().volume_id(), "source volume");
+      if (!vol.ok()) return ToGrpc(vol.status());
+      clone_from = vol->name;
+      minimum = CsiCapacity(engine_, *vol);
+      source_engine_size = vol->size_bytes;
+      source_pool = vol->pool;
+    }
+    if (!vp.pool.empty() && vp.pool != source_pool) {
+      return Invalid("parameter pool=" + vp.pool + " differs from the source's pool " +
+                     source_pool + " (clones live in their source's pool)");
+    }
+  }
+  Result<uint64_t> capacity = SizeForRange(required, limit, minimum);
+  if (!capacity.ok()) return ToGrpc(capacity.status());
+  const uint64_t engine_size = std::max(EngineSizeFor(*capacity), source_engine_size);
+
+  std::map<std::string, std::string> labels = vp.provenance;
+  labels[std::string(kLabelFingerprint)] = fingerprint;
+  labels[std::string(kLabelCapacity)] = std::to_string(*capacity);
+
+  // The volume, its QoS settings and its CSI record commit together (docs/lifecycle.md).
+  const std::vector<daemon::FrontendRecord> records = {
+      {std::string(kCsiRecordFrontend), EncodeCsiRecord({request->name(), *capacity, source})}};
+  std::optional<qos::QosSettings> qos;
+  if (vp.has_qos) qos = vp.qos;
+  Result<VolumeInfo> created = Status::Internal("unreachable");
+  if (!has_source) {
+    daemon::VolumeSpec spec;
+    spec.params.name = name;
+    spec.params.size_bytes = engine_size;
+    spec.params.pool = vp.pool;
+    spec.params.labels = labels;
+    spec.qos = qos;
+    spec.records = records;
+    created = lifecycle_->Create(spec);
+  } else {
+    daemon::CloneSpec spec;
+    spec.source = clone_from;
+    spec.name = name;
+    spec.read_only = read_only;
+    spec.labels = labels;
+    spec.size_bytes = engine_size;
+    spec.qos = qos;
+    spec.records = records;
+    auto clone = lifecycle_->Clone(spec);
+    created = clone.ok() ? Result<VolumeInfo>(clone->volume) : Result<VolumeInfo>(clone.status());
+  }
+  if (!created.ok()) {
+    Status st = created.status();
+    if (st.code() == StatusCode::kNotFound && !vp.pool.empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "pool " + vp.pool + " not found: " + std::string(st.message()));
+    }
+    return ToGrpc(st.WithContext("create volume " + name));
+  }
+  return respond(*created);
+}
+
+grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
+                                             const v1::DeleteVolumeRequest* request,
+                                             v1::DeleteVolumeResponse*) {
+  if (grpc::Status st = RequireFields("DeleteVolume", {{"volume_id", !request->volume_id().empty()}});
+      !st.ok()) {
+    return st;
+  }
+  std::lock_guard lock(mu_);
+  auto info = engine_->GetVolume(request->volume_id());
+  if (!info.ok()) {
+    // Gone already (or never a valid id): deleting is idempotent.
+    if (IsMissingVolume(info.status())) return grpc::Status::OK;
+    return ToGrpc(info.status());
+  }
+  // Through the lifecycle: the volume's QoS settings and CSI record go in the same commit.
+  Status st = lifecycle_->Delete(info->name);
+  if (!st.ok() && !st.IsNotFound()) {
+    if (st.code() == StatusCode::kBusy) {
+      return Precondition("volume " + info->name + " is in use (attached on the node?): " +
+                          std::string(st.message()));
+    }
+    return ToGrpc(st);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ValidateVolumeCapabilities(
+    grpc::ServerContext*, const v1::ValidateVolumeCapabilitiesRequest* request,
+    v1::ValidateVolumeCapabilitiesResponse* response) {
+  if (grpc::Status st = RequireFields("ValidateVolumeCapabilities",
+                                      {{"volume_id", !request->volume_id().empty()},
+                                       {"volume_capabilities",
+                                        !request->volume_capabilities().empty()}});
+      !st.ok()) {
+    return st;
+  }
+  auto info = FindVolume(engine_, request->volume_id());
+  if (!info.ok()) return ToGrpc(info.status());
+  for (const auto& cap : request->volume_capabilities()) {
+    Status st = CheckCapability(cap, info->read_only);
+    if (!st.ok()) {
+      response->set_message(std::string(st.message()));
+      return grpc::Status::OK;
+    }
+  }
+  if (!request->parameters().empty()) {
+    auto parsed = ParseVolumeParams(ToMap(request->parameters()));
+    if (!parsed.ok()) {
+      response->set_message(std::string(parsed.status().message()));
+      return grpc::Status::OK;
+    }
+  }
+  auto* confirmed = response->mutable_confirmed();
+  *confirmed->mutable_volume_context() = request->volume_context();
+  *confirmed->mutable_volume_capabilities() = request->volume_capabilities();
+  *confirmed->mutable_parameters() = request->parameters();
+  *confirmed->mutable_mutable_parameters() = request->mutable_parameters();
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ListVolumes(grpc::ServerContext*,
+                                            const v1::ListVolumesRequest* request,
+                                            v1::ListVolumesResponse* response) {
+  std::string after;
+  if (grpc::Status st = PageStart(request->max_entries(), request->starting_token(), &after);
+      !st.ok()) {
+    return st;
+  }
+  response->set_next_token(Page(
+      engine_->ListVolumes(), after, request->max_entries(),
+      [](const VolumeInfo& v) { return v.name; },
+      [&](const VolumeInfo& v) {
+        auto* entry = response->add_entries();
+        Impl::FillVolume(options_, engine_, v, entry->mutable_volume());
+        Impl::FillCondition(engine_, v, entry->mutable_status()->mutable_volume_condition());
+      }));
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::GetCapacity(grpc::ServerContext*,
+                                            const v1::GetCapacityRequest* request,
+                                            v1::GetCapacityResponse* response) {
+  for (const auto& cap : request->volume_capabilities()) {
+    Status st = CheckCapability(cap, /*read_only=*/false);
+    // A capability this driver cannot serve has no capacity (not an error: spec).
+    if (!st.ok() && !IsReaderOnlyMode(cap.access_mode().mode())) return grpc::Status::OK;
+  }
+  auto parsed = ParseVolumeParams(ToMap(request->parameters()));
+  if (!parsed.ok()) return ToGrpc(parsed.status());
+  if (request->has_accessible_topology()) {
+    auto it = request->accessible_topology().segments().find(std::string(kTopologyKey));
+    if (it == request->accessible_topology().segments().end() || it->second != options_.node_id) {
+      return grpc::Status::OK;  // 0: no space of this node is reachable from there
+    }
+  }
+  std::string pool = parsed->pool;
+  if (pool.empty()) {
+    std::vector<PoolInfo> pools = engine_->ListPools();
+    bool has_default = false;
+    for (const PoolInfo& p : pools) has_default |= p.name == engine_->options().default_pool_name;
+    if (has_default) {
+      pool = engine_->options().default_pool_name;
+    } else if (pools.size() == 1) {
+      pool = pools[0].name;
+    } else {
+      return Invalid("parameter pool is required: this node has " + std::to_string(pools.size()) +
+                     " pools and none is named " + engine_->options().default_pool_name);
+    }
+  }
+  auto info = engine_->GetPool(pool);
+  if (!info.ok()) {
+    if (info.status().IsNotFound()) return Invalid("pool " + pool + " not found");
+    return ToGrpc(info.status());
+  }
+  if (info->state == "online") response->set_available_capacity(static_cast<int64_t>(info->free_bytes));
+  // Volumes are thin: their size is not bounded by the free space, only by the engine.
+  response->mutable_maximum_volume_size()->set_value(static_cast<int64_t>(kMaxVolumeSize));
+  response->mutable_minimum_volume_size()->set_value(static_cast<int64_t>(kSizeGranularity));
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ControllerGetCapabilities(
+    grpc::ServerContext*, const v1::ControllerGetCapabilitiesRequest*,
+    v1::ControllerGetCapabilitiesResponse* response) {
+  using Rpc = v1::ControllerServiceCapability::RPC;
+  for (Rpc::Type t : {Rpc::CREATE_DELETE_VOLUME, Rpc::LIST_VOLUMES, Rpc::GET_CAPACITY,
+                      Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS, Rpc::CLONE_VOLUME,
+                      Rpc::EXPAND_VOLUME, Rpc::VOLUME_CONDITION, Rpc::GET_VOLUME,
+                      Rpc::SINGLE_NODE_MULTI_WRITER}) {
+    response->add_capabilities()->mutable_rpc()->set_type(t);
+  }
+  if (qos_ != nullptr) {
+    response->add_capabilities()->mutable_rpc()->set_type(Rpc::MODIFY_VOLUME);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
+                                               const v1::CreateSnapshotRequest* request,
+                                               v1::CreateSnapshotResponse* response) {
+  if (grpc::Status st = RequireFields("CreateSnapshot",
+                                      {{"name", !request->name().empty()},
+                                       {"source_volume_id",
+                                        !request->source_volume_id().empty()}});
+      !st.ok()) {
+    return st;
+  }
+  snapshot::Labels labels = ToMap(request->parameters());
+  Status valid = snapshot::ValidateLabels(labels);
+  if (!valid.ok()) {
+    return Invalid("snapshot parameters become labels: " + std::string(valid.message()));
+  }
+  const std::string name = ShaleNameFor(request->name());
+  std::lock_guard lock(mu_);
+  snapshot::ListOptions lo;
+  lo.with_space = false;
+  auto all = snapshots_->List(lo);
+  if (!all.ok()) return ToGrpc(all.status());
+  for (const snapshot::SnapshotInfo& s : *all) {
+    if (s.name != name) continue;
+    if (s.volume != request->source_volume_id()) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          "snapshot name " + request->name() + " is taken by " + s.full_name());
+    }
+    Impl::FillSnapshot(s, response->mutable_snapshot());
+    return grpc::Status::OK;
+  }
+  auto volume = FindVolume(engine_, request->source_volume_id(), "source volume");
+  if (!volume.ok()) return ToGrpc(volume.status());
+  labels[std::string(kLabelManaged)] = "true";
+  labels[std::string(kLabelCapacity)] = std::to_string(CsiCapacity(engine_, *volume));
+  snapshot::CreateSnapshotOptions o;
+  o.labels = labels;
+  auto created = lifecycle_->Snapshot(volume->name, name, o);
+  if (!created.ok()) return ToGrpc(created.status().WithContext("snapshot " + volume->name));
+  Impl::FillSnapshot(*created, response->mutable_snapshot());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::DeleteSnapshot(grpc::ServerContext*,
+                                               const v1::DeleteSnapshotRequest* request,
+                                               v1::DeleteSnapshotResponse*) {
+  if (grpc::Status st =
+          RequireFields("DeleteSnapshot", {{"snapshot_id", !request->snapshot_id().empty()}});
+      !st.ok()) {
+    return st;
+  }
+  if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
+  std::lock_guard lock(mu_);
+  auto deleted = lifecycle_->DeleteSnapshot(request->snapshot_id());
+  if (!deleted.ok() && !deleted.status().IsNotFound()) return ToGrpc(deleted.status());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
+                                              const v1::ListSnapshotsRequest* request,
+                                              v1::ListSnapshotsResponse* response) {
+  std::string after;
+  if (grpc::Status st = PageStart(request->max_entries(), request->starting_token(), &after);
+      !st.ok()) {
+    return st;
+  }
+  std::vector<snapshot::SnapshotInfo> snaps;
+  if (!request->snapshot_id().empty()) {
+    if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
+    auto s = snapshots_->Get(request->snapshot_id());
+    if (!s.ok()) {
+      if (s.status().IsNotFound()) return grpc::Status::OK;
+      return ToGrpc(s.status());
+    }
+    if (!s->implicit && (request->source_volume_id().empty() ||
+                         s->volume == request->source_volume_id())) {
+      snaps.push_back(*s);
+    }
+  } else {
+    snapshot::ListOptions lo;
+    lo.with_space = false;
+    if (!request->source_volume_id().empty()) {
+      if (!ValidateName("volume", request->source_volume_id()).ok()) return grpc::Status::OK;
+      lo.volume = request->source_volume_id();
+    }
+    auto all = snapshots_->List(lo);
+    if (!all.ok()) {
+      if (all.status().IsNotFound()) return grpc::Status::OK;
+      return ToGrpc(all.status());
+    }
+    snaps = std::move(all).value();
+  }
+  response->set_next_token(Page(
+      std::move(snaps), after, request->max_entries(),
+      [](const snapshot::SnapshotInfo& s) { return s.full_name(); },
+      [&](const snapshot::SnapshotInfo& s) {
+        Impl::FillSnapshot(s, response->add_entries()->mutable_snapshot());
+      }));
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ControllerExpandVolume(
+    grpc::ServerContext*, const v1::ControllerExpandVolumeRequest* request,
+    v1::ControllerExpandVolumeResponse* response) {
+  if (grpc::Status st = RequireFields("ControllerExpandVolume",
+                                      {{"volume_id", !request->volume_id().empty()},
+                                       {"capacity_range", request->has_capacity_range()}});
+      !st.ok()) {
+    return st;
+  }
+  std::lock_guard lock(mu_);
+  auto info = FindVolume(engine_, request->volume_id());
+  if (!info.ok()) return ToGrpc(info.status());
+  const uint64_t current = CsiCapacity(engine_, *info);
+  Result<uint64_t> wanted = SizeForRange(request->capacity_range().required_bytes(),
+                                         request->capacity_range().limit_bytes(), current);
+  if (!wanted.ok()) return ToGrpc(wanted.status());
+  if (*wanted > current) {
+    if (info->read_only) {
+      return Precondition("volume " + info->name + " is a read-only clone and cannot grow");
+    }
+    // Keep the CSI name and source of the existing record; only the capacity changes, in the
+    // same commit as the engine size.
+    CsiRecord record = ReadCsiRecord(engine_, *info).value_or(CsiRecord{info->name, 0, ""});
+    if (record.csi_name.empty()) record.csi_name = info->name;
+    record.capacity = *wanted;
+    auto resized = lifecycle_->Resize(
+        info->name, std::max(EngineSizeFor(*wanted), info->size_bytes),
+        {{std::string(kCsiRecordFrontend), EncodeCsiRecord(record)}});
+    if (!resized.ok()) return ToGrpc(resized.status());
+  }
+  response->set_capacity_bytes(static_cast<int64_t>(std::max(*wanted, current)));
+  // The node grows its attachment (loop size limit) and, for mounts, the filesystem.
+  response->set_node_expansion_required(true);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ControllerGetVolume(grpc::ServerContext*,
+                                                    const v1::ControllerGetVolumeRequest* request,
+                                                    v1::ControllerGetVolumeResponse* response) {
+  if (grpc::Status st =
+          RequireFields("ControllerGetVolume", {{"volume_id", !request->volume_id().empty()}});
+      !st.ok()) {
+    return st;
+  }
+  auto info = FindVolume(engine_, request->volume_id());
+  if (!info.ok()) return ToGrpc(info.status());
+  Impl::FillVolume(options_, engine_, *info, response->mutable_volume());
+  Impl::FillCondition(engine_, *info, response->mutable_status()->mutable_volume_condition());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControllerService::ControllerModifyVolume(
+    grpc::ServerContext*, const v1::ControllerModifyVolumeRequest* request,
+    v1::ControllerModifyVolumeResponse*) {
+  if (grpc::Status st = RequireFields("ControllerModifyVolume",
+                                      {{"volume_id", !request->volume_id().empty()},
+                                       {"mutable_parameters",
+                                        !request->mutable_parameters().empty()}});
+      !st.ok()) {
+    return st;
+  }
+  if (qos_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this shaled has no QoS manager");
+  }
+  std::lock_guard lock(mu_);
+  auto current = qos_->Get(request->volume_id());
+  if (!current.ok()) {
+    if (IsMissingVolume(current.status())) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "volume " + request->volume_id() + " not found");
+    }
+    return ToGrpc(current.status());
+  }
+  qos::QosSettings settings = *current;
+  bool any = false;
+  Status st = ApplyQosParams(ToMap(request->mutable_parameters()), &settings, &any);
+  if (!st.ok()) return ToGrpc(st);
+  return ToGrpc(qos_->Set(request->volume_id(), settings));
+}
+
+}  // namespace shale::csi

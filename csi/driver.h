@@ -1,0 +1,151 @@
+// The CSI driver `csi.shale.io` (docs/csi.md): the Identity, Controller and Node services of CSI
+// spec v1.10 (csi/csi.proto) on top of the Engine, the SnapshotManager and the QosManager
+// of this shaled. The daemon serves all three on --csi-endpoint (CsiEndpoint in daemon.cc).
+//
+// One shaled is both the controller and the node plugin of its node: volumes live in this
+// node's pools, so every volume is accessible from this node only (topology key
+// topology.csi.shale.io/node = node id).
+//
+// Threading: gRPC calls the handlers from many threads. Controller operations that change state
+// are serialized by one mutex (CreateVolume's check-then-create must be atomic for idempotency);
+// node operations by another (stage/unstage run external tools for up to a few seconds).
+// Lifetime: the Engine, SnapshotManager and QosManager must outlive the services.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "csi/csi.grpc.pb.h"
+#include "engine/common/status.h"
+
+namespace shale {
+class Engine;
+namespace snapshot {
+class SnapshotManager;
+}
+namespace qos {
+class QosManager;
+}
+namespace daemon {
+class VolumeLifecycle;
+}
+}  // namespace shale
+
+namespace shale::csi {
+
+struct DriverOptions {
+  std::string version;      // vendor_version (SHALE_VERSION)
+  std::string node_id;      // NodeGetInfo / topology; default: the host name
+  std::string data_dir;     // node state lives in <data_dir>/csi/
+  std::string nbd_socket;   // the daemon's NBD UNIX socket (nbdfuse connects here)
+  int64_t max_volumes_per_node = 0;  // 0: no limit reported
+};
+
+class IdentityService final : public ::csi::v1::Identity::Service {
+ public:
+  explicit IdentityService(const DriverOptions& options) : options_(options) {}
+  grpc::Status GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
+                             ::csi::v1::GetPluginInfoResponse* response) override;
+  grpc::Status GetPluginCapabilities(grpc::ServerContext*,
+                                     const ::csi::v1::GetPluginCapabilitiesRequest*,
+                                     ::csi::v1::GetPluginCapabilitiesResponse* response) override;
+  grpc::Status Probe(grpc::ServerContext*, const ::csi::v1::ProbeRequest*,
+                     ::csi::v1::ProbeResponse* response) override;
+
+ private:
+  const DriverOptions options_;
+};
+
+class ControllerService final : public ::csi::v1::Controller::Service {
+ public:
+  // Every change of a volume goes through `lifecycle` (docs/lifecycle.md); it must outlive the
+  // service.
+  ControllerService(const DriverOptions& options, daemon::VolumeLifecycle* lifecycle);
+
+  // Moves CSI records written by older versions (keyed by volume name) to the lifecycle's
+  // frontend records, dropping those of volumes not made by CSI (docs/lifecycle.md,
+  // "Upgrading a data dir"). Call once before serving.
+  Status UpgradeRecords();
+
+  grpc::Status CreateVolume(grpc::ServerContext*, const ::csi::v1::CreateVolumeRequest* request,
+                            ::csi::v1::CreateVolumeResponse* response) override;
+  grpc::Status DeleteVolume(grpc::ServerContext*, const ::csi::v1::DeleteVolumeRequest* request,
+                            ::csi::v1::DeleteVolumeResponse* response) override;
+  grpc::Status ValidateVolumeCapabilities(
+      grpc::ServerContext*, const ::csi::v1::ValidateVolumeCapabilitiesRequest* request,
+      ::csi::v1::ValidateVolumeCapabilitiesResponse* response) override;
+  grpc::Status ListVolumes(grpc::ServerContext*, const ::csi::v1::ListVolumesRequest* request,
+                           ::csi::v1::ListVolumesResponse* response) override;
+  grpc::Status GetCapacity(grpc::ServerContext*, const ::csi::v1::GetCapacityRequest* request,
+                           ::csi::v1::GetCapacityResponse* response) override;
+  grpc::Status ControllerGetCapabilities(
+      grpc::ServerContext*, const ::csi::v1::ControllerGetCapabilitiesRequest*,
+      ::csi::v1::ControllerGetCapabilitiesResponse* response) override;
+  grpc::Status CreateSnapshot(grpc::ServerContext*,
+                              const ::csi::v1::CreateSnapshotRequest* request,
+                              ::csi::v1::CreateSnapshotResponse* response) override;
+  grpc::Status DeleteSnapshot(grpc::ServerContext*,
+                              const ::csi::v1::DeleteSnapshotRequest* request,
+                              ::csi::v1::DeleteSnapshotResponse* response) override;
+  grpc::Status ListSnapshots(grpc::ServerContext*, const ::csi::v1::ListSnapshotsRequest* request,
+                             ::csi::v1::ListSnapshotsResponse* response) override;
+  grpc::Status ControllerExpandVolume(grpc::ServerContext*,
+                                      const ::csi::v1::ControllerExpandVolumeRequest* request,
+                                      ::csi::v1::ControllerExpandVolumeResponse* response) override;
+  grpc::Status ControllerGetVolume(grpc::ServerContext*,
+                                   const ::csi::v1::ControllerGetVolumeRequest* request,
+                                   ::csi::v1::ControllerGetVolumeResponse* response) override;
+  grpc::Status ControllerModifyVolume(grpc::ServerContext*,
+                                      const ::csi::v1::ControllerModifyVolumeRequest* request,
+                                      ::csi::v1::ControllerModifyVolumeResponse* response) override;
+
+ private:
+  struct Impl;
+  const DriverOptions options_;
+  daemon::VolumeLifecycle* const lifecycle_;
+  Engine* const engine_;
+  snapshot::SnapshotManager* const snapshots_;
+  qos::QosManager* const qos_;  // may be null: QoS parameters are then refused
+  std::mutex mu_;
+};
+
+class NodeService final : public ::csi::v1::Node::Service {
+ public:
+  NodeService(const DriverOptions& options, Engine* engine) : options_(options), engine_(engine) {}
+
+  grpc::Status NodeStageVolume(grpc::ServerContext*,
+                               const ::csi::v1::NodeStageVolumeRequest* request,
+                               ::csi::v1::NodeStageVolumeResponse* response) override;
+  grpc::Status NodeUnstageVolume(grpc::ServerContext*,
+                                 const ::csi::v1::NodeUnstageVolumeRequest* request,
+                                 ::csi::v1::NodeUnstageVolumeResponse* response) override;
+  grpc::Status NodePublishVolume(grpc::ServerContext*,
+                                 const ::csi::v1::NodePublishVolumeRequest* request,
+                                 ::csi::v1::NodePublishVolumeResponse* response) override;
+  grpc::Status NodeUnpublishVolume(grpc::ServerContext*,
+                                   const ::csi::v1::NodeUnpublishVolumeRequest* request,
+                                   ::csi::v1::NodeUnpublishVolumeResponse* response) override;
+  grpc::Status NodeGetVolumeStats(grpc::ServerContext*,
+                                  const ::csi::v1::NodeGetVolumeStatsRequest* request,
+                                  ::csi::v1::NodeGetVolumeStatsResponse* response) override;
+  grpc::Status NodeExpandVolume(grpc::ServerContext*,
+                                const ::csi::v1::NodeExpandVolumeRequest* request,
+                                ::csi::v1::NodeExpandVolumeResponse* response) override;
+  grpc::Status NodeGetCapabilities(grpc::ServerContext*,
+                                   const ::csi::v1::NodeGetCapabilitiesRequest*,
+                                   ::csi::v1::NodeGetCapabilitiesResponse* response) override;
+  grpc::Status NodeGetInfo(grpc::ServerContext*, const ::csi::v1::NodeGetInfoRequest*,
+                           ::csi::v1::NodeGetInfoResponse* response) override;
+
+ private:
+  const DriverOptions options_;
+  Engine* const engine_;
+  std::mutex mu_;
+};
+
+// The host name, for the default node id.
+std::string DefaultNodeId();
+
+}  // namespace shale::csi

@@ -1,0 +1,76 @@
+// Helpers shared by the driver's service files; not part of its interface.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <initializer_list>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "csi/csi.pb.h"
+#include "engine/common/status.h"
+
+#include "engine/common/result.h"
+
+namespace shale {
+class Engine;
+struct VolumeInfo;
+}  // namespace shale
+
+namespace shale::csi {
+
+// The driver's engine extension record of a CSI volume (docs/csi.md, "Names and ids").
+struct CsiRecord {
+  std::string csi_name;  // the CSI name as given (it may not be a valid label value)
+  uint64_t capacity = 0;
+  std::string source;  // "snapshot:ID", "volume:ID" or ""
+};
+// The record of `info` (the lifecycle's frontend record "csi", keyed by the volume's id), nullopt
+// when there is none (a volume made outside CSI) or it is unreadable.
+std::optional<CsiRecord> ReadCsiRecord(Engine* engine, const VolumeInfo& info);
+// The record as the lifecycle stores it with the volume's operations.
+std::string EncodeCsiRecord(const CsiRecord& record);
+inline constexpr std::string_view kCsiRecordFrontend = "csi";
+
+// The CSI capacity of a volume: the driver's record, else the capacity label set at creation,
+// else the engine size (volumes not made through CSI have no expansion headroom).
+uint64_t CsiCapacity(Engine* engine, const VolumeInfo& info);
+
+// An id that names no volume: not found, or not even a valid volume name (no volume can have
+// it). Deletes treat it as done, lookups as NOT_FOUND.
+bool IsMissingVolume(const Status& status);
+// Volume `id` for an RPC that needs it; NotFound ("<what> ID not found") when IsMissingVolume.
+Result<VolumeInfo> FindVolume(Engine* engine, const std::string& id,
+                              std::string_view what = "volume");
+
+// A Shale status as a gRPC status: the one table of api/grpc_status.h (docs/csi.md, "Errors").
+grpc::Status ToGrpc(const Status& status);
+inline grpc::Status Invalid(const std::string& message) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message);
+}
+inline grpc::Status Precondition(const std::string& message) {
+  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, message);
+}
+
+// A REQUIRED field of a request: its name and whether the request has it.
+struct RequiredField {
+  std::string_view name;
+  bool present;
+};
+// INVALID_ARGUMENT "<rpc>: <field> is required" for the first missing field, else OK.
+grpc::Status RequireFields(std::string_view rpc, std::initializer_list<RequiredField> fields);
+
+// Access modes Shale serves (all on this one node). Writers need a writable volume.
+bool IsReaderOnlyMode(::csi::v1::VolumeCapability::AccessMode::Mode mode);
+// InvalidArgument for a capability without access mode/type, an unknown or multi-node writer
+// mode, an unsupported fsType; and for writer modes when `read_only`.
+Status CheckCapability(const ::csi::v1::VolumeCapability& cap, bool read_only);
+
+inline std::map<std::string, std::string> ToMap(
+    const google::protobuf::Map<std::string, std::string>& m) {
+  return {m.begin(), m.end()};
+}
+
+}  // namespace shale::csi

@@ -1,0 +1,157 @@
+// ControlService: the shale.v1.Control gRPC service (api/control.proto), a thin translator
+// between protobuf and the daemon's services.
+//
+// It validates request fields the services do not see (paths, enums), hands every change of a
+// volume to the VolumeLifecycle (create, clone, resize, delete, snapshot, revert: each with
+// the records of every layer in one commit, docs/lifecycle.md), reads from the Engine, the
+// SnapshotManager and QoS, and converts results to proto messages. A request the CLI would
+// never send still gets INVALID_ARGUMENT, never a crash. Errors become gRPC codes through the
+// one table in api/grpc_status.h; every error also carries the kShaleErrorMetadataKey trailer
+// (api/control_api.h). Handlers of snapshots and clones live in control_service_snapshots.cc,
+// those of QoS in control_service_qos.cc.
+//
+// Threading: the gRPC server calls the handlers from its thread pool, concurrently; the Engine
+// and the SnapshotManager serialize control operations themselves, so the service keeps no
+// mutable state. FlattenVolume runs the copy on a thread of its own and streams its progress
+// from the handler's thread; the handler returns only after the flatten finished, also when
+// the client went away (a flatten cannot be cancelled halfway).
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <string>
+
+#include "api/control_api.h"
+#include "api/control.grpc.pb.h"
+#include "engine/common/status.h"
+
+namespace shale {
+
+class Engine;
+namespace nbd {
+class NbdServer;
+}
+namespace snapshot {
+class SnapshotManager;
+}
+namespace qos {
+class QosManager;
+}
+}  // namespace shale
+
+namespace shale::daemon {
+
+class VolumeLifecycle;
+
+// Limits on request fields that the engine does not bound itself (labels: engine/common/labels.h).
+inline constexpr size_t kMaxDevicePathLength = 4095;  // PATH_MAX without the NUL
+inline constexpr size_t kMaxStreamPathLength = 4095;  // snapshot stream files, likewise
+
+class ControlService final : public v1::Control::Service {
+ public:
+  // Facts about the daemon reported by GetStatus.
+  struct DaemonInfo {
+    std::string version;
+    std::string control_endpoint;  // "unix:///..."
+  };
+
+  // `lifecycle` (not null; its engine, snapshot manager and QoS manager are the ones this
+  // service reads) and `nbd` (the NBD server, if any) must outlive the service (the daemon stops
+  // the gRPC server before the NBD server, the snapshot manager and the engine). Without `nbd`,
+  // volumes and snapshots show no export and ListExports lists none. Without a QoS manager in
+  // the lifecycle, the QoS RPCs answer FAILED_PRECONDITION and volumes carry no QoS settings.
+  ControlService(VolumeLifecycle* lifecycle, DaemonInfo info, nbd::NbdServer* nbd = nullptr);
+  ControlService(const ControlService&) = delete;
+  ControlService& operator=(const ControlService&) = delete;
+
+  grpc::Status GetStatus(grpc::ServerContext* ctx, const v1::GetStatusRequest* req,
+                         v1::GetStatusResponse* resp) override;
+
+  grpc::Status CreatePool(grpc::ServerContext* ctx, const v1::CreatePoolRequest* req,
+                          v1::Pool* resp) override;
+  grpc::Status ListPools(grpc::ServerContext* ctx, const v1::ListPoolsRequest* req,
+                         v1::ListPoolsResponse* resp) override;
+  grpc::Status GetPool(grpc::ServerContext* ctx, const v1::GetPoolRequest* req,
+                       v1::Pool* resp) override;
+  grpc::Status DeletePool(grpc::ServerContext* ctx, const v1::DeletePoolRequest* req,
+                          v1::DeletePoolResponse* resp) override;
+  grpc::Status CheckPool(grpc::ServerContext* ctx, const v1::CheckPoolRequest* req,
+                         v1::CheckPoolResponse* resp) override;
+
+  grpc::Status CreateVolume(grpc::ServerContext* ctx, const v1::CreateVolumeRequest* req,
+                            v1::Volume* resp) override;
+  grpc::Status ListVolumes(grpc::ServerContext* ctx, const v1::ListVolumesRequest* req,
+                           v1::ListVolumesResponse* resp) override;
+  grpc::Status GetVolume(grpc::ServerContext* ctx, const v1::GetVolumeRequest* req,
+                         v1::Volume* resp) override;
+  grpc::Status ResizeVolume(grpc::ServerContext* ctx, const v1::ResizeVolumeRequest* req,
+                            v1::Volume* resp) override;
+  grpc::Status DeleteVolume(grpc::ServerContext* ctx, const v1::DeleteVolumeRequest* req,
+                            v1::DeleteVolumeResponse* resp) override;
+
+  grpc::Status ListExports(grpc::ServerContext* ctx, const v1::ListExportsRequest* req,
+                           v1::ListExportsResponse* resp) override;
+
+  // Snapshots and clones (control_service_snapshots.cc).
+  grpc::Status CreateSnapshot(grpc::ServerContext* ctx, const v1::CreateSnapshotRequest* req,
+                              v1::Snapshot* resp) override;
+  grpc::Status ListSnapshots(grpc::ServerContext* ctx, const v1::ListSnapshotsRequest* req,
+                             v1::ListSnapshotsResponse* resp) override;
+  grpc::Status GetSnapshot(grpc::ServerContext* ctx, const v1::GetSnapshotRequest* req,
+                           v1::Snapshot* resp) override;
+  grpc::Status DeleteSnapshot(grpc::ServerContext* ctx, const v1::DeleteSnapshotRequest* req,
+                              v1::DeleteSnapshotResponse* resp) override;
+  grpc::Status VerifySnapshot(grpc::ServerContext* ctx, const v1::VerifySnapshotRequest* req,
+                              v1::VerifySnapshotResponse* resp) override;
+  grpc::Status ExportSnapshot(grpc::ServerContext* ctx, const v1::ExportSnapshotRequest* req,
+                              v1::ExportSnapshotResponse* resp) override;
+  grpc::Status ImportSnapshot(grpc::ServerContext* ctx, const v1::ImportSnapshotRequest* req,
+                              v1::ImportSnapshotResponse* resp) override;
+  grpc::Status CloneVolume(grpc::ServerContext* ctx, const v1::CloneVolumeRequest* req,
+                           v1::Volume* resp) override;
+  grpc::Status ListClones(grpc::ServerContext* ctx, const v1::ListClonesRequest* req,
+                          v1::ListClonesResponse* resp) override;
+  grpc::Status RevertVolume(grpc::ServerContext* ctx, const v1::RevertVolumeRequest* req,
+                            v1::Volume* resp) override;
+  grpc::Status FlattenVolume(grpc::ServerContext* ctx, const v1::FlattenVolumeRequest* req,
+                             grpc::ServerWriter<v1::FlattenVolumeProgress>* writer) override;
+
+  // QoS (control_service_qos.cc).
+  grpc::Status SetVolumeQos(grpc::ServerContext* ctx, const v1::SetVolumeQosRequest* req,
+                            v1::VolumeQos* resp) override;
+  grpc::Status GetVolumeQos(grpc::ServerContext* ctx, const v1::GetVolumeQosRequest* req,
+                            v1::VolumeQos* resp) override;
+  grpc::Status GetVolumeStats(grpc::ServerContext* ctx, const v1::GetVolumeStatsRequest* req,
+                              v1::VolumeIoStats* resp) override;
+  grpc::Status SetPoolQos(grpc::ServerContext* ctx, const v1::SetPoolQosRequest* req,
+                          v1::PoolQos* resp) override;
+  grpc::Status GetPoolQos(grpc::ServerContext* ctx, const v1::GetPoolQosRequest* req,
+                          v1::PoolQos* resp) override;
+
+  // How long `volume delete --force` (and `snapshot delete --force`) waits for NBD clients to
+  // let go of the export.
+  static constexpr std::chrono::seconds kForceDisconnectTimeout{30};
+  // How often FlattenVolume reports progress.
+  static constexpr std::chrono::milliseconds kFlattenProgressInterval{250};
+
+ private:
+  void AddExportInfo(v1::Volume* volume) const;
+  void AddExportInfo(v1::Snapshot* snapshot) const;
+  // Fills the snapshot layer's view of one volume: space and clone provenance.
+  Status AddSnapshotInfo(v1::Volume* volume, bool with_space);
+  // A volume answer: engine facts, export, space, clone provenance.
+  Status DescribeVolume(const std::string& name, v1::Volume* out);
+  // The settings in force into a volume answer (control_service_qos.cc).
+  Status AddQosInfo(v1::Volume* volume);
+
+  VolumeLifecycle* const lifecycle_;
+  Engine* const engine_;
+  snapshot::SnapshotManager* const snapshots_;
+  nbd::NbdServer* const nbd_;
+  qos::QosManager* const qos_;
+  const DaemonInfo info_;
+  const std::chrono::steady_clock::time_point started_;
+};
+
+}  // namespace shale::daemon

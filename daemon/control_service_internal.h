@@ -1,0 +1,23 @@
+// Helpers shared by the ControlService handler files (control_service.cc for status, pools,
+// volumes and exports; control_service_snapshots.cc for snapshots and clones). Not part of the
+// service's interface.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include "api/control.pb.h"
+#include "engine/common/status.h"
+#include "engine/engine.h"
+#include "snapshot/snapshot_manager.h"
+
+namespace shale::daemon::internal {
+
+// Every error leaves the service through here: the one conversion, plus the trailing metadata
+// that marks it as shaled's own.
+grpc::Status Fail(grpc::ServerContext* ctx, const Status& status);
+
+void ToProto(const VolumeInfo& in, v1::Volume* out);
+void ToProto(const snapshot::CloneInfo& in, v1::CloneInfo* out);
+void ToProto(const snapshot::SnapshotInfo& in, v1::Snapshot* out);
+
+}  // namespace shale::daemon::internal

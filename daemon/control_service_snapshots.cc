@@ -1,0 +1,317 @@
+// ControlService handlers for snapshots and clones: thin, validating wrappers around
+// snapshot::SnapshotManager (docs/snapshots.md, "User-level semantics").
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "daemon/control_service.h"
+#include "daemon/control_service_internal.h"
+#include "daemon/lifecycle/volume_lifecycle.h"
+#include "engine/common/log.h"
+#include "engine/common/units.h"
+#include "snapshot/names.h"
+
+namespace shale::daemon {
+
+using internal::Fail;
+using internal::ToProto;
+
+namespace {
+
+v1::DigestState ToProtoDigestState(snapshot::DigestState state) {
+  switch (state) {
+    case snapshot::DigestState::kPending:
+      return v1::DIGEST_STATE_PENDING;
+    case snapshot::DigestState::kReady:
+      return v1::DIGEST_STATE_READY;
+    case snapshot::DigestState::kFailed:
+      return v1::DIGEST_STATE_FAILED;
+  }
+  return v1::DIGEST_STATE_UNSPECIFIED;
+}
+
+// "VOLUME@SNAP" fields: the snapshot layer's parser names what is wrong ("missing '@'", ...).
+Status CheckSnapshotRef(std::string_view ref) { return snapshot::ParseSnapshotRef(ref).status(); }
+
+// Stream files live on shaled's host; the daemon's working directory means nothing to a caller.
+Status CheckStreamPath(std::string_view path) {
+  if (path.empty()) return Status::InvalidArgument("stream file path must not be empty");
+  if (path.size() > kMaxStreamPathLength) {
+    return Status::InvalidArgument("stream file path is " + std::to_string(path.size()) +
+                                   " bytes long; the limit is " +
+                                   std::to_string(kMaxStreamPathLength));
+  }
+  if (path.find('\0') != std::string_view::npos) {
+    return Status::InvalidArgument("stream file path contains a NUL byte");
+  }
+  if (path.front() != '/') {
+    return Status::InvalidArgument("stream file path '" + std::string(path) +
+                                   "' must be absolute (it is a path on shaled's host)");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+namespace internal {
+
+void ToProto(const snapshot::CloneInfo& in, v1::CloneInfo* out) {
+  out->set_volume(in.volume);
+  out->set_source(in.source);
+  out->set_source_volume(in.source_volume);
+  out->set_source_snapshot(in.source_snapshot);
+  out->set_implicit_source(in.implicit_source);
+  out->set_source_exists(in.source_exists);
+  out->set_read_only(in.read_only);
+  out->set_source_digest(in.source_digest);
+  out->set_created_unix_ns(in.created_unix_ns);
+  out->set_detached(in.detached);
+  out->set_detached_unix_ns(in.detached_unix_ns);
+}
+
+void ToProto(const snapshot::SnapshotInfo& in, v1::Snapshot* out) {
+  out->set_name(in.full_name());
+  out->set_volume(in.volume);
+  out->set_snapshot(in.name);
+  out->set_pool(in.pool);
+  out->set_volume_exists(in.source_volume_live);
+  out->set_size_bytes(in.size_bytes);
+  out->set_created_unix_ns(in.created_unix_ns);
+  out->mutable_labels()->insert(in.labels.begin(), in.labels.end());
+  out->set_implicit(in.implicit);
+  out->set_implicit_for(in.implicit_for);
+  out->set_digest_state(ToProtoDigestState(in.digest_state));
+  out->set_digest(in.digest);
+  out->set_digest_error(in.digest_error);
+  out->set_digest_done_bytes(in.digest_done_bytes);
+  out->set_digest_total_bytes(in.digest_total_bytes);
+  out->set_data_bytes(in.data_bytes);
+  out->set_exclusive_bytes(in.exclusive_bytes);
+  out->set_shared_bytes(in.shared_bytes);
+  for (const std::string& clone : in.clones) out->add_clones(clone);
+}
+
+}  // namespace internal
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots
+
+grpc::Status ControlService::CreateSnapshot(grpc::ServerContext* ctx,
+                                            const v1::CreateSnapshotRequest* req,
+                                            v1::Snapshot* resp) {
+  Labels labels(req->labels().begin(), req->labels().end());
+  Status valid = ValidateName("volume", req->volume());
+  if (valid.ok()) valid = ValidateName("snapshot", req->name());
+  if (!valid.ok()) return Fail(ctx, valid);
+  Result<snapshot::SnapshotInfo> snap = lifecycle_->Snapshot(
+      req->volume(), req->name(), {.labels = std::move(labels), .wait_digest = req->wait_digest()});
+  if (!snap.ok()) return Fail(ctx, snap.status());
+  ToProto(*snap, resp);
+  AddExportInfo(resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::ListSnapshots(grpc::ServerContext* ctx,
+                                           const v1::ListSnapshotsRequest* req,
+                                           v1::ListSnapshotsResponse* resp) {
+  if (!req->volume().empty()) {
+    Status valid = ValidateName("volume", req->volume());
+    if (!valid.ok()) return Fail(ctx, valid);
+  }
+  // A volume that no longer exists may still have snapshots, so an unknown name is not an
+  // error here: it lists what there is.
+  Result<std::vector<snapshot::SnapshotInfo>> snaps = snapshots_->List(
+      {.volume = req->volume(), .include_implicit = req->include_implicit(), .with_space = true});
+  if (!snaps.ok()) return Fail(ctx, snaps.status());
+  for (const snapshot::SnapshotInfo& snap : *snaps) {
+    v1::Snapshot* out = resp->add_snapshots();
+    ToProto(snap, out);
+    AddExportInfo(out);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::GetSnapshot(grpc::ServerContext* ctx,
+                                         const v1::GetSnapshotRequest* req, v1::Snapshot* resp) {
+  if (Status valid = CheckSnapshotRef(req->name()); !valid.ok()) return Fail(ctx, valid);
+  Result<snapshot::SnapshotInfo> snap = snapshots_->Get(req->name());
+  if (!snap.ok()) return Fail(ctx, snap.status());
+  ToProto(*snap, resp);
+  AddExportInfo(resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::DeleteSnapshot(grpc::ServerContext* ctx,
+                                            const v1::DeleteSnapshotRequest* req,
+                                            v1::DeleteSnapshotResponse* resp) {
+  Result<snapshot::DeleteSnapshotResult> result = lifecycle_->DeleteSnapshot(
+      req->name(), {.force = req->force(), .disconnect_timeout = kForceDisconnectTimeout});
+  if (!result.ok()) return Fail(ctx, result.status());
+  for (const std::string& clone : result->still_read_by) resp->add_still_read_by(clone);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::VerifySnapshot(grpc::ServerContext* ctx,
+                                            const v1::VerifySnapshotRequest* req,
+                                            v1::VerifySnapshotResponse* resp) {
+  if (Status valid = CheckSnapshotRef(req->name()); !valid.ok()) return Fail(ctx, valid);
+  Result<std::string> digest = snapshots_->Verify(req->name());
+  if (!digest.ok()) return Fail(ctx, digest.status());
+  resp->set_name(snapshot::ParseSnapshotRef(req->name())->ToString());
+  resp->set_digest(*digest);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::ExportSnapshot(grpc::ServerContext* ctx,
+                                            const v1::ExportSnapshotRequest* req,
+                                            v1::ExportSnapshotResponse* resp) {
+  Status valid = CheckSnapshotRef(req->name());
+  if (valid.ok()) valid = CheckStreamPath(req->path());
+  if (valid.ok() && !req->base().empty()) valid = CheckSnapshotRef(req->base());
+  if (!valid.ok()) return Fail(ctx, valid);
+  Result<snapshot::ExportResult> exported = snapshots_->Export(
+      req->name(), req->path(), {.base = req->base(), .overwrite = req->overwrite()});
+  if (!exported.ok()) {
+    Status st = exported.status();
+    if (st.code() == StatusCode::kAlreadyExists) {
+      st = Status::AlreadyExists(std::string(st.message()) +
+                                 "; choose another file or overwrite it (--overwrite)");
+    }
+    return Fail(ctx, st);
+  }
+  resp->set_name(exported->snapshot);
+  resp->set_path(req->path());
+  resp->set_base(exported->base);
+  resp->set_content_compared(exported->content_compared);
+  resp->set_stream_bytes(exported->stream_bytes);
+  resp->set_data_bytes(exported->data_bytes);
+  resp->set_records(exported->records);
+  resp->set_digest(exported->digest);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::ImportSnapshot(grpc::ServerContext* ctx,
+                                            const v1::ImportSnapshotRequest* req,
+                                            v1::ImportSnapshotResponse* resp) {
+  Status valid = CheckStreamPath(req->path());
+  if (valid.ok()) valid = ValidateName("volume", req->volume());
+  if (valid.ok() && !req->pool().empty()) valid = ValidateName("pool", req->pool());
+  if (!valid.ok()) return Fail(ctx, valid);
+  Result<snapshot::ImportResult> imported =
+      snapshots_->Import(req->path(), req->volume(), {.pool = req->pool()});
+  if (!imported.ok()) return Fail(ctx, imported.status());
+  ToProto(imported->snapshot, resp->mutable_snapshot());
+  AddExportInfo(resp->mutable_snapshot());
+  resp->set_incremental(imported->incremental);
+  resp->set_created_volume(imported->created_volume);
+  resp->set_stream_bytes(imported->stream_bytes);
+  return grpc::Status::OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clones, revert, flatten
+
+grpc::Status ControlService::CloneVolume(grpc::ServerContext* ctx,
+                                         const v1::CloneVolumeRequest* req, v1::Volume* resp) {
+  Status valid = req->source().find('@') != std::string::npos
+                     ? CheckSnapshotRef(req->source())
+                     : ValidateName("source volume", req->source());
+  if (!valid.ok()) return Fail(ctx, valid);
+  CloneSpec spec;
+  spec.source = req->source();
+  spec.name = req->name();
+  spec.read_only = req->read_only();
+  spec.labels.insert(req->labels().begin(), req->labels().end());
+  Result<snapshot::CloneResult> clone = lifecycle_->Clone(spec);
+  if (!clone.ok()) return Fail(ctx, clone.status());
+  if (Status st = DescribeVolume(req->name(), resp); !st.ok()) return Fail(ctx, st);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::ListClones(grpc::ServerContext* ctx,
+                                        const v1::ListClonesRequest* /*req*/,
+                                        v1::ListClonesResponse* resp) {
+  Result<std::vector<snapshot::CloneInfo>> clones = snapshots_->ListClones();
+  if (!clones.ok()) return Fail(ctx, clones.status());
+  std::sort(clones->begin(), clones->end(),
+            [](const snapshot::CloneInfo& a, const snapshot::CloneInfo& b) {
+              return a.volume < b.volume;
+            });
+  for (const snapshot::CloneInfo& c : *clones) ToProto(c, resp->add_clones());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::RevertVolume(grpc::ServerContext* ctx,
+                                          const v1::RevertVolumeRequest* req, v1::Volume* resp) {
+  Status valid = ValidateName("volume", req->name());
+  if (valid.ok()) {
+    if (req->snapshot().empty()) {
+      valid = Status::InvalidArgument("revert needs the snapshot to return to");
+    } else if (req->snapshot().find('@') != std::string::npos) {
+      valid = CheckSnapshotRef(req->snapshot());
+    } else {
+      valid = ValidateName("snapshot", req->snapshot());
+    }
+  }
+  if (!valid.ok()) return Fail(ctx, valid);
+  Status reverted = lifecycle_->Revert(req->name(), req->snapshot());
+  if (!reverted.ok()) return Fail(ctx, reverted);
+  if (Status st = DescribeVolume(req->name(), resp); !st.ok()) return Fail(ctx, st);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::FlattenVolume(grpc::ServerContext* ctx,
+                                           const v1::FlattenVolumeRequest* req,
+                                           grpc::ServerWriter<v1::FlattenVolumeProgress>* writer) {
+  if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
+  // The progress callback runs on the volume's reactor and must not block: it only stores.
+  std::atomic<uint64_t> done{0}, total{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool finished = false;
+  Status result;
+  const std::string name = req->name();
+  std::thread worker([&] {
+    Status st = snapshots_->Flatten(name, [&](uint64_t d, uint64_t t) {
+      total.store(t, std::memory_order_relaxed);
+      done.store(d, std::memory_order_relaxed);
+    });
+    std::lock_guard lock(mu);
+    result = std::move(st);
+    finished = true;
+    cv.notify_all();
+  });
+  // Stream progress until the copy ends. A client that went away only stops the messages: the
+  // flatten itself runs to its end (it cannot stop halfway), so the handler always waits.
+  uint64_t sent_done = UINT64_MAX;
+  bool client_gone = false;
+  {
+    std::unique_lock lock(mu);
+    while (!cv.wait_for(lock, kFlattenProgressInterval, [&] { return finished; })) {
+      const uint64_t d = done.load(std::memory_order_relaxed);
+      const uint64_t t = total.load(std::memory_order_relaxed);
+      if (client_gone || t == 0 || d == sent_done) continue;
+      v1::FlattenVolumeProgress progress;
+      progress.set_done_clusters(d);
+      progress.set_total_clusters(t);
+      lock.unlock();
+      client_gone = !writer->Write(progress);
+      lock.lock();
+      sent_done = d;
+    }
+  }
+  worker.join();
+  if (!result.ok()) return Fail(ctx, result);
+  SHALE_LOG_INFO("volume flattened (control API)", {"volume", name},
+                 {"clusters", total.load(std::memory_order_relaxed)});
+  v1::FlattenVolumeProgress last;
+  last.set_done_clusters(total.load(std::memory_order_relaxed));
+  last.set_total_clusters(total.load(std::memory_order_relaxed));
+  last.set_finished(true);
+  writer->Write(last);
+  return grpc::Status::OK;
+}
+
+}  // namespace shale::daemon

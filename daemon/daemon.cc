@@ -1,0 +1,420 @@
+#include "daemon/daemon.h"
+
+#include <grpc/support/log.h>
+#include <grpcpp/grpcpp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <initializer_list>
+
+#include "daemon/control_service.h"
+#include "daemon/lifecycle/volume_lifecycle.h"
+#include "daemon/nbd_export_gate.h"
+#include "csi/driver.h"
+#include "nbd/export.h"
+#include "nbd/server.h"
+#include "engine/common/log.h"
+#include "engine/engine.h"
+#include "qos/qos_manager.h"
+#include "snapshot/snapshot_manager.h"
+
+namespace shale::daemon {
+
+namespace {
+
+// Bounds on the control server: it serves a handful of admins and sidecars, not a data path.
+constexpr int kControlMaxThreads = 16;
+constexpr int kControlMaxMessageBytes = 4 * 1024 * 1024;
+// How long Stop() lets in-flight control requests finish before cancelling them.
+constexpr auto kControlDrainTimeout = std::chrono::seconds(10);
+
+// Makes `path` free for a new listening socket (`kind`: "control", "NBD"). A socket file nobody
+// accepts on is a leftover of a killed daemon and is removed; a live socket or a file of another
+// kind is never touched.
+Status PrepareSocketPath(const std::string& path, const std::string& kind) {
+  if (path.empty() || path.size() > MaxUnixSocketPath()) {
+    return Status::InvalidArgument(kind + " socket path '" + path + "' must be 1.." +
+                                   std::to_string(MaxUnixSocketPath()) + " bytes long");
+  }
+  std::error_code ec;
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!std::filesystem::is_directory(parent, ec)) {
+    return Status::NotFound("directory " + parent.string() + " of the " + kind + " socket " + path +
+                            " does not exist");
+  }
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, kind + " socket " + path);
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return Status::FailedPrecondition(kind + " socket path " + path +
+                                      " exists and is not a socket; refusing to replace it");
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::FromErrno(errno, "socket");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);  // length checked above
+  const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  const int err = errno;
+  close(fd);
+  if (rc == 0) {
+    return Status::Busy(kind + " socket " + path +
+                        " is in use by another process (is another shaled running?)");
+  }
+  if (err != ECONNREFUSED) {
+    return Status::FromErrno(err, "probe " + kind + " socket " + path);
+  }
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return Status::FromErrno(errno, "remove stale " + kind + " socket " + path);
+  }
+  SHALE_LOG_INFO("removed stale " + kind + " socket", {"path", path});
+  return Status::Ok();
+}
+
+// The NBD server: every volume exported under its name, every snapshot read-only as
+// VOLUME@SNAP (nbd/, docs/nbd.md). It is the lifecycle's ExportGate while it serves: `volume
+// delete --force` closes exports through it, Busy errors name its clients.
+class NbdEndpoint final : public Frontend {
+ public:
+  NbdEndpoint(VolumeLifecycle* lifecycle, nbd::NbdServerOptions options)
+      : lifecycle_(lifecycle),
+        resolver_(lifecycle->engine(), lifecycle->snapshots(), lifecycle->qos()),
+        server_(ReactorsOf(*lifecycle->engine()), &resolver_, std::move(options)),
+        gate_(&server_) {}
+  ~NbdEndpoint() override { Stop(); }
+
+  std::string_view name() const override { return "nbd"; }
+  std::string endpoint() const override {
+    std::string out;
+    if (!server_.tcp_address().empty()) out = "nbd://" + server_.tcp_address();
+    if (!server_.unix_socket().empty()) {
+      out += (out.empty() ? "" : " ") + std::string("nbd+unix://?socket=") + server_.unix_socket();
+    }
+    return out;
+  }
+  Status Start() override {
+    if (!server_.unix_socket().empty()) {
+      SHALE_RETURN_IF_ERROR(PrepareSocketPath(server_.unix_socket(), "NBD"));
+    }
+    SHALE_RETURN_IF_ERROR(server_.Start());
+    lifecycle_->SetExportGate(&gate_);
+    return Status::Ok();
+  }
+  void Stop() override {
+    lifecycle_->SetExportGate(nullptr);
+    server_.Stop();
+  }
+  nbd::NbdServer* server() { return &server_; }
+
+ private:
+  static std::vector<Reactor*> ReactorsOf(Engine& engine) {
+    std::vector<Reactor*> out;
+    for (const auto& r : engine.reactors()) out.push_back(r.get());
+    return out;
+  }
+
+  VolumeLifecycle* const lifecycle_;
+  nbd::EngineExportResolver resolver_;
+  nbd::NbdServer server_;
+  NbdExportGate gate_;
+};
+
+// A gRPC server on a UNIX socket only its owner can use (mode 0600): the control API and the
+// CSI driver (whose sidecars and kubelet run as root on the node). The services must outlive
+// it: owners call Stop() in their destructor.
+class UnixGrpcServer {
+ public:
+  // `kind` names the server in errors and logs ("control", "CSI").
+  UnixGrpcServer(std::string socket_path, std::string kind)
+      : socket_path_(std::move(socket_path)), kind_(std::move(kind)) {}
+  ~UnixGrpcServer() { Stop(); }
+
+  std::string endpoint() const { return "unix://" + socket_path_; }
+
+  Status Start(std::initializer_list<grpc::Service*> services) {
+    SHALE_RETURN_IF_ERROR(PrepareSocketPath(socket_path_, kind_));
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(endpoint(), grpc::InsecureServerCredentials());
+    for (grpc::Service* service : services) builder.RegisterService(service);
+    builder.SetMaxReceiveMessageSize(kControlMaxMessageBytes);
+    grpc::ResourceQuota quota("shaled-" + kind_);
+    quota.SetMaxThreads(kControlMaxThreads);
+    builder.SetResourceQuota(quota);
+    // The socket is created inside BuildAndStart: a restrictive umask closes the window in
+    // which it would be reachable with default permissions; chmod below makes sure. (umask is
+    // per process: files other threads create meanwhile only get stricter modes.)
+    const mode_t old_umask = umask(0077);
+    server_ = builder.BuildAndStart();
+    umask(old_umask);
+    if (!server_) {
+      return Status::Unavailable("cannot listen on " + kind_ + " socket " + socket_path_ +
+                                 " (see the log for gRPC's reason)");
+    }
+    if (chmod(socket_path_.c_str(), 0600) != 0) {
+      const int err = errno;
+      Stop();
+      return Status::FromErrno(err, "chmod 0600 " + kind_ + " socket " + socket_path_);
+    }
+    return Status::Ok();
+  }
+
+  void Stop() {
+    if (!server_) return;
+    server_->Shutdown(std::chrono::system_clock::now() + kControlDrainTimeout);
+    server_->Wait();
+    server_.reset();
+    // Ours: we bound it and nobody else can have replaced it while we held the path.
+    if (unlink(socket_path_.c_str()) != 0 && errno != ENOENT) {
+      SHALE_LOG_WARN("could not remove " + kind_ + " socket", {"path", socket_path_},
+                     {"error", Status::FromErrno(errno, "unlink").ToString()});
+    }
+  }
+
+ private:
+  const std::string socket_path_;
+  const std::string kind_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+// The control API: shale.v1.Control on a UNIX socket only its owner can use (mode 0600).
+class ControlEndpoint final : public Frontend {
+ public:
+  ControlEndpoint(VolumeLifecycle* lifecycle, std::string socket_path, nbd::NbdServer* nbd)
+      : server_(std::move(socket_path), "control"),
+        service_(lifecycle, {.version = SHALE_VERSION, .control_endpoint = server_.endpoint()},
+                 nbd) {}
+  ~ControlEndpoint() override { Stop(); }
+
+  std::string_view name() const override { return "control"; }
+  std::string endpoint() const override { return server_.endpoint(); }
+  Status Start() override { return server_.Start({&service_}); }
+  void Stop() override { server_.Stop(); }
+
+ private:
+  UnixGrpcServer server_;
+  ControlService service_;
+};
+
+// The CSI driver csi.shale.io (csi, docs/csi.md): Identity, Controller and Node on one
+// UNIX socket (mode 0600: the sidecars and kubelet run as root on the node).
+class CsiEndpoint final : public Frontend {
+ public:
+  CsiEndpoint(csi::DriverOptions options, VolumeLifecycle* lifecycle, std::string socket_path)
+      : server_(std::move(socket_path), "CSI"),
+        identity_(options),
+        controller_(options, lifecycle),
+        node_(options, lifecycle->engine()) {}
+  ~CsiEndpoint() override { Stop(); }
+
+  std::string_view name() const override { return "csi"; }
+  std::string endpoint() const override { return server_.endpoint(); }
+  Status Start() override {
+    // Records of older versions are upgraded before the first request (docs/lifecycle.md).
+    SHALE_RETURN_IF_ERROR(controller_.UpgradeRecords());
+    return server_.Start({&identity_, &controller_, &node_});
+  }
+  void Stop() override { server_.Stop(); }
+
+ private:
+  UnixGrpcServer server_;
+  csi::IdentityService identity_;
+  csi::ControllerService controller_;
+  csi::NodeService node_;
+};
+
+void GrpcLogToShaleLog(gpr_log_func_args* args) {
+  const char* message = args->message != nullptr ? args->message : "";
+  const std::string where =
+      std::string(args->file != nullptr ? args->file : "?") + ":" + std::to_string(args->line);
+  switch (args->severity) {
+    case GPR_LOG_SEVERITY_DEBUG:
+      SHALE_LOG_DEBUG("grpc", {"detail", message}, {"at", where});
+      break;
+    case GPR_LOG_SEVERITY_INFO:
+      SHALE_LOG_INFO("grpc", {"detail", message}, {"at", where});
+      break;
+    case GPR_LOG_SEVERITY_ERROR:
+      SHALE_LOG_ERROR("grpc", {"detail", message}, {"at", where});
+      break;
+  }
+}
+
+}  // namespace
+
+void RouteGrpcLogsToShaleLog() { gpr_set_log_function(GrpcLogToShaleLog); }
+
+Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {}
+
+Daemon::~Daemon() { Stop().IgnoreError(); }
+
+Status Daemon::Start() {
+  SHALE_LOG_INFO("shaled starting", {"version", SHALE_VERSION}, {"pid", getpid()},
+                 {"data_dir", options_.data_dir}, {"reactors", options_.reactors},
+                 {"io_backend", std::string(IoBackendName(options_.io_backend))},
+                 {"config", options_.config_file});
+  Status st = StartEngine();
+  if (st.ok()) st = StartSnapshots();
+  if (st.ok()) st = StartQos();
+  if (st.ok()) {
+    lifecycle_ = std::make_unique<VolumeLifecycle>(engine_.get(), snapshots_.get(), qos_.get());
+    AddFrontends();
+    st = StartFrontends();
+  }
+  if (!st.ok()) {
+    // Stop() destroys whatever started (frontends included): nothing may touch them after it.
+    Status stopped = Stop();
+    if (!stopped.ok()) {
+      SHALE_LOG_ERROR("shutdown after a failed start was not clean", {"error", stopped.ToString()});
+    }
+    return st;
+  }
+  SHALE_LOG_INFO("shaled ready", {"control", options_.ControlEndpoint()},
+                 {"pools", engine_->ListPools().size()},
+                 {"volumes", engine_->ListVolumes().size()});
+  return Status::Ok();
+}
+
+Status Daemon::StartEngine() {
+  Result<std::unique_ptr<Engine>> engine = Engine::Open(options_.ToEngineOptions());
+  if (!engine.ok()) {
+    if (engine.status().code() == StatusCode::kBusy) {
+      // The engine's detail (RocksDB's lock error) goes to the log; people get the meaning.
+      SHALE_LOG_ERROR("data dir is locked", {"data_dir", options_.data_dir},
+                      {"error", engine.status().ToString()});
+      return Status::Busy("data dir " + options_.data_dir +
+                          " is in use by another shaled; stop it or choose another --data-dir");
+    }
+    return engine.status();
+  }
+  engine_ = std::move(engine).value();
+  return Status::Ok();
+}
+
+Status Daemon::StartSnapshots() {
+  // The snapshot layer repairs what a crash interrupted (clone records, implicit snapshots,
+  // imports) before any frontend can reach it, and starts computing pending digests.
+  // Its background I/O (digests, verify, export, import) goes through QoS once QoS is open:
+  // scheduled in each pool's low class, so it cannot starve client I/O (docs/qos.md).
+  snapshot::SnapshotManager::Options snapshot_options;
+  snapshot_options.background_io =
+      [this](std::shared_ptr<VolumeHandle> handle) -> std::shared_ptr<VolumeLayer> {
+    qos::QosManager* qos = background_qos_.load(std::memory_order_acquire);
+    if (qos == nullptr) return nullptr;
+    Result<std::shared_ptr<qos::QosVolume>> wrapped = qos->Wrap(std::move(handle));
+    if (!wrapped.ok()) return nullptr;  // only for a null handle; the I/O goes direct then
+    return std::move(wrapped).value();
+  };
+  // Flatten's copy batches likewise, admitted one by one in the pool's low class.
+  snapshot_options.background_admission =
+      [this](std::shared_ptr<VolumeHandle> handle) -> std::shared_ptr<BackgroundAdmission> {
+    qos::QosManager* qos = background_qos_.load(std::memory_order_acquire);
+    if (qos == nullptr) return nullptr;
+    Result<std::shared_ptr<BackgroundAdmission>> admission =
+        qos->OpenBackgroundAdmission(std::move(handle));
+    return admission.ok() ? std::move(admission).value() : nullptr;
+  };
+  snapshots_ = std::make_unique<snapshot::SnapshotManager>(engine_.get(), snapshot_options);
+  return snapshots_->Start().WithContext("start the snapshot layer");
+}
+
+Status Daemon::StartQos() {
+  // QoS: settings of every volume (records of volumes deleted meanwhile are dropped) and the
+  // pool schedulers; the NBD server submits through it. Its per-volume queue bound is set above
+  // what the NBD server can have in flight for one volume (every connection at its own bound),
+  // so a client that pipelines within NBD's limits never sees "qos queue full".
+  qos::QosManagerOptions qos_options;
+  const uint64_t nbd_bound =
+      uint64_t{options_.nbd_max_connections} * nbd::NbdServerOptions{}.max_requests_in_flight;
+  qos_options.max_queued_per_volume =
+      static_cast<uint32_t>(std::clamp<uint64_t>(nbd_bound, qos::kDefaultMaxQueued, UINT32_MAX));
+  Result<std::unique_ptr<qos::QosManager>> qos = qos::QosManager::Open(engine_.get(), qos_options);
+  if (!qos.ok()) return qos.status().WithContext("start QoS");
+  qos_ = std::move(qos).value();
+  background_qos_.store(qos_.get(), std::memory_order_release);
+  return Status::Ok();
+}
+
+void Daemon::AddFrontends() {
+  // Frontends start in this order and stop in reverse. NBD comes first so the control API
+  // can report its bound address from its first answer, and stops last, after the control API
+  // can no longer ask it for anything. The CSI endpoint comes last (see below).
+  nbd::NbdServer* nbd = nullptr;
+  if (!options_.nbd_listen.empty() || !options_.nbd_socket.empty()) {
+    nbd::NbdServerOptions nbd_options;
+    nbd_options.tcp_address = options_.nbd_listen;
+    nbd_options.unix_socket = options_.nbd_socket;
+    nbd_options.max_connections = options_.nbd_max_connections;
+    nbd_options.handshake_timeout = std::chrono::seconds(options_.nbd_handshake_timeout_s);
+    auto endpoint = std::make_unique<NbdEndpoint>(lifecycle_.get(), std::move(nbd_options));
+    nbd = endpoint->server();
+    frontends_.push_back(std::move(endpoint));
+  }
+  frontends_.push_back(
+      std::make_unique<ControlEndpoint>(lifecycle_.get(), options_.control_socket, nbd));
+
+  // CSI last: it attaches volumes through the NBD server and must stop before it.
+  if (!options_.csi_endpoint.empty()) {
+    csi::DriverOptions csi_options;
+    csi_options.version = SHALE_VERSION;
+    csi_options.node_id = options_.node_id.empty() ? csi::DefaultNodeId() : options_.node_id;
+    csi_options.data_dir = options_.data_dir;
+    csi_options.nbd_socket = options_.nbd_socket;
+    frontends_.push_back(std::make_unique<CsiEndpoint>(std::move(csi_options), lifecycle_.get(),
+                                                       options_.csi_endpoint));
+  }
+}
+
+Status Daemon::StartFrontends() {
+  for (const auto& frontend : frontends_) {
+    Status st = frontend->Start();
+    if (!st.ok()) return st.WithContext("start " + std::string(frontend->name()) + " server");
+    SHALE_LOG_INFO("frontend serving", {"frontend", std::string(frontend->name())},
+                   {"endpoint", frontend->endpoint()});
+  }
+  return Status::Ok();
+}
+
+void Daemon::RequestStop() {
+  std::lock_guard lock(mu_);
+  stop_requested_ = true;
+  cv_.notify_all();
+}
+
+void Daemon::Wait() {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [this] { return stop_requested_; });
+}
+
+Status Daemon::Stop() {
+  // Requests held by QoS limits pass now, so frontends drain at device speed rather than at
+  // the slowest volume's rate.
+  if (qos_) qos_->StopThrottling();
+  for (auto it = frontends_.rbegin(); it != frontends_.rend(); ++it) (*it)->Stop();
+  frontends_.clear();
+  lifecycle_.reset();
+  // No frontend calls it any more; its digest worker must let go of image views before the
+  // engine closes (a cancelled digest stays pending and restarts at the next start).
+  if (snapshots_) {
+    snapshots_->Stop();
+    snapshots_.reset();
+  }
+  // Every QosVolume (held by NBD exports and snapshot jobs) is gone with the frontends and the
+  // snapshot layer; the layers and pool schedulers go before the engine they submit to.
+  background_qos_.store(nullptr, std::memory_order_release);
+  qos_.reset();
+  if (!engine_) return Status::Ok();
+  Status st = engine_->Shutdown();
+  engine_.reset();
+  return st;
+}
+
+}  // namespace shale::daemon

@@ -1,0 +1,112 @@
+// Daemon: what shaled is — the Engine of this node plus the frontends that serve it.
+//
+// Start() opens the Engine (which takes the data-dir lock and recovers every pool and volume),
+// starts the SnapshotManager on it (crash repair of the snapshot layer, background digests),
+// opens the QosManager (per-volume QoS settings; NBD I/O goes through it), then starts the
+// frontends in order: the NBD server, then the control API (gRPC on a UNIX
+// socket), then the CSI endpoint (--csi-endpoint, csi). Stop() stops the frontends in reverse
+// order, so no request is in flight, then stops the SnapshotManager (its digest worker),
+// releases the QosManager, then shuts the Engine down.
+//
+// Threading: Start/Stop from one thread (main); RequestStop() from any thread; Wait() blocks the
+// caller until RequestStop().
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/daemon_options.h"
+#include "engine/common/status.h"
+
+namespace shale {
+
+class Engine;
+namespace snapshot {
+class SnapshotManager;
+}
+namespace qos {
+class QosManager;
+}
+}  // namespace shale
+
+namespace shale::daemon {
+
+class VolumeLifecycle;
+
+// A server the daemon runs on top of the Engine.
+class Frontend {
+ public:
+  virtual ~Frontend() = default;
+  // For logs: "control", "nbd", "csi".
+  virtual std::string_view name() const = 0;
+  // Where it serves, for logs ("unix:///.../shaled.sock").
+  virtual std::string endpoint() const = 0;
+  // Starts serving. Called once, after the Engine is open.
+  virtual Status Start() = 0;
+  // Stops accepting requests and returns once none is in flight; the Engine is still open.
+  // Idempotent; called even if Start() failed.
+  virtual void Stop() = 0;
+};
+
+class Daemon {
+ public:
+  explicit Daemon(DaemonOptions options);
+  ~Daemon();  // Stop()s, ignoring the status (call Stop() yourself to see it)
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // Opens the engine and starts every frontend. On error, whatever started is stopped again
+  // and the error says what failed (e.g. Busy when another shaled holds the data dir).
+  Status Start();
+  // Asks Wait() to return. Thread-safe, but not async-signal-safe (call it from a thread that
+  // waits for signals, not from a signal handler).
+  void RequestStop();
+  // Blocks until RequestStop() has been called.
+  void Wait();
+  // Stops the frontends and the snapshot manager, then shuts the engine down (committing every
+  // volume). Idempotent.
+  Status Stop();
+
+  const DaemonOptions& options() const { return options_; }
+  // Null before Start() and after Stop().
+  Engine* engine() { return engine_.get(); }
+  snapshot::SnapshotManager* snapshots() { return snapshots_.get(); }
+  // Per-volume QoS (qos/qos_manager.h): settings, stats, and Wrap() for frontends' I/O. Opened
+  // after the SnapshotManager (so records of volumes its crash repair removed are dropped),
+  // released after the frontends stopped and before the engine shuts down.
+  qos::QosManager* qos() { return qos_.get(); }
+  // Every change of a volume goes through it (docs/lifecycle.md). Null before Start().
+  VolumeLifecycle* lifecycle() { return lifecycle_.get(); }
+
+ private:
+  // Steps of Start(), in order; each returns what failed (Start() then stops what started).
+  Status StartEngine();
+  Status StartSnapshots();
+  Status StartQos();
+  void AddFrontends();
+  Status StartFrontends();
+
+  const DaemonOptions options_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<snapshot::SnapshotManager> snapshots_;  // after engine_: destroyed first
+  std::unique_ptr<qos::QosManager> qos_;                   // after engine_: destroyed first
+  // qos_ while the snapshot layer may route its background I/O through it (set once QoS is
+  // open, cleared after the snapshot layer stopped); read by the snapshot layer's threads.
+  std::atomic<qos::QosManager*> background_qos_{nullptr};
+  std::unique_ptr<VolumeLifecycle> lifecycle_;        // after the subsystems it calls
+  std::vector<std::unique_ptr<Frontend>> frontends_;  // in start order
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_requested_ = false;  // guarded by mu_
+};
+
+// Sends gRPC's own diagnostics to the structured log instead of raw stderr. Call once at start.
+void RouteGrpcLogsToShaleLog();
+
+}  // namespace shale::daemon

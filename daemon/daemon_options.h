@@ -1,0 +1,56 @@
+// DaemonOptions: every setting of shaled, from flags and an optional TOML/INI config file.
+//
+// Defaults come from EngineOptions (one source of truth), so `shaled` with no options runs the
+// embedded default: --data-dir ./shale-data with an 8 GiB sparse file-backed pool. Paths are made
+// absolute at parse time, relative to the working directory shaled was started in.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/engine.h"
+
+namespace shale::daemon {
+
+struct DaemonOptions {
+  std::string data_dir;  // absolute
+  bool create_default_pool = true;
+  uint64_t default_pool_size = 0;
+  uint32_t default_cluster_size = 0;
+  unsigned reactors = 0;
+  IoBackend io_backend = IoBackend::kIoUring;
+  uint64_t commit_interval_ms = 0;
+  std::string log_level;       // debug | info | warn | error
+  std::string log_file;        // empty: log to stderr
+  std::string control_socket;  // absolute path of the control API's UNIX socket
+  std::string config_file;     // the config file that was read, if any
+  // NBD server (docs/nbd.md). Empty address/socket: that listener is off.
+  std::string nbd_listen;      // "127.0.0.1:10809" (port 0: any free port)
+  std::string nbd_socket;      // absolute path; default <data-dir>/nbd.sock
+  unsigned nbd_max_connections = 128;
+  unsigned nbd_handshake_timeout_s = 10;
+  // CSI driver csi.shale.io (docs/csi.md). Empty endpoint: not served.
+  std::string csi_endpoint;  // absolute path of the CSI UNIX socket (given as unix:///path)
+  std::string node_id;       // CSI node id and topology value; default: the host name
+
+  // gRPC address of the control socket: "unix://" + control_socket.
+  std::string ControlEndpoint() const;
+  EngineOptions ToEngineOptions() const;
+};
+
+// What shaled should do after reading its command line.
+struct DaemonCommandLine {
+  bool run = false;   // true: start with `options`; false: print and exit with exit_code
+  int exit_code = 0;  // 0 for --help/--version, 2 for a usage error
+  DaemonOptions options;
+  std::string out;  // text for stdout (help, version)
+  std::string err;  // one line for stderr (usage error), without the trailing newline
+};
+
+// Parses flags and the --config file. Never throws; errors become a one-line `err`.
+DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv);
+
+// Longest path a UNIX socket address can hold (sun_path minus the terminating NUL).
+size_t MaxUnixSocketPath();
+
+}  // namespace shale::daemon

@@ -1,0 +1,147 @@
+// VolumeLifecycle: the one place that orchestrates a volume's life — create, clone, resize,
+// snapshot, delete — together with the records other layers keep about it (snapshot layer,
+// QoS, frontends), each operation in one metadata commit (docs/lifecycle.md).
+//
+// Frontends (the control service, the CSI controller) translate their protocol into calls on
+// this service; they never change a volume through the Engine, the SnapshotManager or the
+// QosManager themselves. Reads (list, get, stats) may go to those directly.
+//
+// Threading: every method is thread-safe and blocking (metadata commits); call it from control
+// threads, never from a reactor. The subsystems serialize their own operations.
+//
+// Lifetime: the Engine, SnapshotManager and QosManager given to the constructor must outlive the
+// service; the ExportGate (if set) must stay valid until it is cleared with SetExportGate(null).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/common/labels.h"
+#include "engine/common/result.h"
+#include "engine/engine.h"
+#include "qos/settings.h"
+#include "snapshot/snapshot_manager.h"
+
+namespace shale::qos {
+class QosManager;
+}
+
+namespace shale::daemon {
+
+// What the lifecycle needs from a frontend that serves volumes to clients (the NBD server):
+// closing an export while a volume or snapshot is deleted with --force, and naming its clients
+// in a Busy error.
+class ExportGate {
+ public:
+  virtual ~ExportGate() = default;
+  // Refuses new clients of export `name`, disconnects its clients, runs fn once none holds the
+  // export, then admits clients again. Unavailable if they did not let go within `timeout`.
+  virtual Status WithExportClosed(const std::string& name, std::chrono::milliseconds timeout,
+                                  const std::function<Status()>& fn) = 0;
+  // "2 connected NBD client(s): tcp 127.0.0.1:4000, unix pid 12"; empty when it has none.
+  virtual std::string DescribeClients(const std::string& name) const = 0;
+};
+
+// A record a frontend keeps about a volume, committed with the volume's operations and deleted
+// with it. `frontend` names it ("csi"): [a-z0-9-]{1,32}. The value is opaque here.
+struct FrontendRecord {
+  std::string frontend;
+  std::string value;
+};
+
+struct VolumeSpec {
+  CreateVolumeParams params;
+  std::optional<qos::QosSettings> qos;  // none: no QoS record (unlimited, weight 100)
+  std::vector<FrontendRecord> records;
+};
+
+struct CloneSpec {
+  std::string source;  // "VOLUME@SNAP", or "VOLUME" (through an implicit snapshot)
+  std::string name;
+  bool read_only = false;
+  Labels labels;
+  uint64_t size_bytes = 0;  // 0: the source's size; larger grows the clone in the same commit
+  std::optional<qos::QosSettings> qos;
+  std::vector<FrontendRecord> records;
+};
+
+struct DeleteOptions {
+  bool force = false;  // disconnect the export's clients first (through the ExportGate)
+  std::chrono::milliseconds disconnect_timeout{std::chrono::seconds(30)};
+};
+
+class VolumeLifecycle {
+ public:
+  // `engine` and `snapshots` (started) are required; `qos` may be null (then QoS settings in a
+  // spec are refused with FailedPrecondition).
+  VolumeLifecycle(Engine* engine, snapshot::SnapshotManager* snapshots, qos::QosManager* qos);
+  VolumeLifecycle(const VolumeLifecycle&) = delete;
+  VolumeLifecycle& operator=(const VolumeLifecycle&) = delete;
+
+  // The frontend whose exports WithExportClosed closes; null clears it (before it stops).
+  void SetExportGate(ExportGate* gate) { gate_.store(gate); }
+
+  // Volumes. Every request field is validated before anything is written.
+  Result<VolumeInfo> Create(const VolumeSpec& spec);
+  Result<snapshot::CloneResult> Clone(const CloneSpec& spec);
+  // Grows the volume (shrinking is refused) and puts `records` (e.g. a new CSI capacity) in the
+  // same commit; a resize to the current size still writes them.
+  Result<VolumeInfo> Resize(std::string_view name, uint64_t size_bytes,
+                            const std::vector<FrontendRecord>& records = {});
+  // Deletes the volume with its clone record, QoS record and every frontend record in one
+  // commit. Busy while clients hold it (the message names them), unless options.force.
+  Status Delete(std::string_view name, const DeleteOptions& options = {});
+  // Deletes a pool (with its volumes when force); their records go with the pool's metadata.
+  Status DeletePool(std::string_view name, bool force);
+
+  // Snapshots.
+  Result<snapshot::SnapshotInfo> Snapshot(std::string_view volume, std::string_view name,
+                                          const snapshot::CreateSnapshotOptions& options = {});
+  Result<snapshot::DeleteSnapshotResult> DeleteSnapshot(std::string_view ref,
+                                                        const DeleteOptions& options = {});
+  // Rolls the volume back to its snapshot ("SNAP" or "VOLUME@SNAP"). Busy while clients hold
+  // the volume (the message names them).
+  Status Revert(std::string_view volume, std::string_view snapshot);
+
+  // The frontend record of a live volume; nullopt when it has none.
+  Result<std::optional<std::string>> GetFrontendRecord(const VolumeInfo& volume,
+                                                       std::string_view frontend);
+  // Writes (replaces) the frontend record of a live volume on its own (a retried CSI create
+  // completing a record lost to a crash, a record upgraded from an older format).
+  Status PutFrontendRecord(const VolumeInfo& volume, std::string_view frontend,
+                           std::string_view value);
+
+  Engine* engine() const { return engine_; }
+  snapshot::SnapshotManager* snapshots() const { return snapshots_; }
+  qos::QosManager* qos() const { return qos_; }
+
+ private:
+  Status CheckSpecQos(const std::optional<qos::QosSettings>& settings) const;
+  static Status CheckRecords(const std::vector<FrontendRecord>& records);
+  // Puts the QoS and frontend records of new volume `volume_id` into the batch; QoS settings
+  // were validated before (CheckSpecQos).
+  static void AddRecords(const std::optional<qos::QosSettings>& settings,
+                         const std::vector<FrontendRecord>& records, uint64_t volume_id,
+                         std::string_view name, MetaBatch* batch);
+  void AdoptQos(const VolumeInfo& volume, const std::optional<qos::QosSettings>& settings);
+  // Busy errors name the export's clients and what would help (`force_hint`: whether --force
+  // would).
+  Status ExplainBusy(const Status& status, const std::string& kind, const std::string& name,
+                     const std::string& action, bool force_hint) const;
+
+  Engine* const engine_;
+  snapshot::SnapshotManager* const snapshots_;
+  qos::QosManager* const qos_;
+  std::atomic<ExportGate*> gate_{nullptr};
+};
+
+// Record keys (pool metadata): Extension("frontend", hex16(volume id) "/" frontend). Exposed
+// for tests and docs/format/metadata.md.
+std::string FrontendRecordKey(uint64_t volume_id, std::string_view frontend);
+
+}  // namespace shale::daemon
