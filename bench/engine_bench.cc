@@ -14,8 +14,8 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -57,9 +57,14 @@ class Generator {
   // flush_every > 0: a FLUSH after every flush_every completed requests (like a journaling
   // filesystem committing), at most one in flight.
   // op_limit > 0: stop after that many requests.
-  Generator(Volume& vol, const Workload& w, uint64_t span, uint64_t runtime_ns, uint64_t flush_every = 0,
-            uint64_t op_limit = 0)
-      : vol_(vol), w_(w), span_(span), runtime_ns_(runtime_ns), flush_every_(flush_every), rng_(42) {
+  Generator(Volume& vol, const Workload& w, uint64_t span, uint64_t runtime_ns,
+            uint64_t flush_every = 0, uint64_t op_limit = 0)
+      : vol_(vol),
+        w_(w),
+        span_(span),
+        runtime_ns_(runtime_ns),
+        flush_every_(flush_every),
+        rng_(42) {
     op_limit_ = op_limit != 0 ? op_limit : (runtime_ns == 0 ? span / w.bs : UINT64_MAX);
     slots_.resize(w.iodepth);
     // One buffer region for all slots, like fio's (iodepth x bs in one allocation), 2 MiB aligned
@@ -187,13 +192,16 @@ class Generator {
 };
 
 // fio with io_uring, O_DIRECT, on the pool file's data area (where the volume's clusters are).
-Sample RunFio(const std::string& file, uint64_t offset, uint64_t span, const Workload& w, unsigned runtime_s) {
-  std::string out = fs::temp_directory_path() / ("shale-bench-fio-" + std::to_string(getpid()) + ".json");
-  std::string cmd = "fio --name=raw --filename=" + file + " --offset=" + std::to_string(offset) +
-                    " --size=" + std::to_string(span) + " --rw=" + w.rw + " --bs=" + std::to_string(w.bs) +
-                    " --iodepth=" + std::to_string(w.iodepth) +
-                    " --ioengine=io_uring --direct=1 --time_based --runtime=" + std::to_string(runtime_s) +
-                    " --randrepeat=0 --norandommap --output-format=json --output=" + out + " > /dev/null 2>&1";
+Sample RunFio(const std::string& file, uint64_t offset, uint64_t span, const Workload& w,
+              unsigned runtime_s) {
+  std::string out =
+      fs::temp_directory_path() / ("shale-bench-fio-" + std::to_string(getpid()) + ".json");
+  std::string cmd =
+      "fio --name=raw --filename=" + file + " --offset=" + std::to_string(offset) +
+      " --size=" + std::to_string(span) + " --rw=" + w.rw + " --bs=" + std::to_string(w.bs) +
+      " --iodepth=" + std::to_string(w.iodepth) +
+      " --ioengine=io_uring --direct=1 --time_based --runtime=" + std::to_string(runtime_s) +
+      " --randrepeat=0 --norandommap --output-format=json --output=" + out + " > /dev/null 2>&1";
   if (std::system(cmd.c_str()) != 0) {
     std::fprintf(stderr, "fio failed: %s\n", cmd.c_str());
     std::exit(1);
@@ -221,7 +229,9 @@ uint64_t DirBytes(const std::string& dir) {
 // with a flush every 256 writes, space amplification of those random writes, and the metadata
 // cost (in-memory map, RocksDB) of a fully written volume.
 int ClusterStudy(const std::string& dir, uint64_t vsize, unsigned runtime, IoBackend backend) {
-  std::printf("| cluster | seq first write MiB/s | sparse rand 4K write IOPS (flush/256) | space used / written (128 MiB over 16 GiB) | map RAM per GiB | RocksDB per GiB | randread 4K IOPS |\n");
+  std::printf(
+      "| cluster | seq first write MiB/s | sparse rand 4K write IOPS (flush/256) | space used / "
+      "written (128 MiB over 16 GiB) | map RAM per GiB | RocksDB per GiB | randread 4K IOPS |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   for (uint64_t cs : {16 * kKiB, 64 * kKiB, 256 * kKiB}) {
     fs::remove_all(dir);
@@ -233,10 +243,16 @@ int ClusterStudy(const std::string& dir, uint64_t vsize, unsigned runtime, IoBac
     auto engine = std::move(Engine::Open(o)).value();
     const uint64_t sparse_size = 16 * kGiB, sparse_writes = 32768;  // 128 MiB spread over 16 GiB
     const uint64_t pool_size = vsize + sparse_writes * cs + 64 * kMiB;
-    if (!engine->CreatePool({.name = "p", .device_path = dir + "/pool.img", .size_bytes = pool_size,
-                             .cluster_size = static_cast<uint32_t>(cs)}).ok()) return 1;
+    if (!engine
+             ->CreatePool({.name = "p",
+                           .device_path = dir + "/pool.img",
+                           .size_bytes = pool_size,
+                           .cluster_size = static_cast<uint32_t>(cs)})
+             .ok())
+      return 1;
     if (!engine->CreateVolume({.name = "seq", .size_bytes = vsize, .pool = "p"}).ok()) return 1;
-    if (!engine->CreateVolume({.name = "rand", .size_bytes = sparse_size, .pool = "p"}).ok()) return 1;
+    if (!engine->CreateVolume({.name = "rand", .size_bytes = sparse_size, .pool = "p"}).ok())
+      return 1;
     auto seq = std::move(engine->OpenVolume("seq")).value();
     auto rnd = std::move(engine->OpenVolume("rand")).value();
     Sample fill = Generator(seq->volume(), {"fill", "write", 1 * kMiB, 8}, vsize, 0, 64).Run();
@@ -246,15 +262,19 @@ int ClusterStudy(const std::string& dir, uint64_t vsize, unsigned runtime, IoBac
     size_t map_bytes = 0;
     seq->reactor()->RunSync([&] { map_bytes = seq->volume().map().memory_bytes(); });
     const uint64_t meta_bytes = DirBytes(o.data_dir + "/pools");
-    Generator rg(rnd->volume(), {"randwrite", "randwrite", 4096, 32}, sparse_size, 0, 256, sparse_writes);
+    Generator rg(rnd->volume(), {"randwrite", "randwrite", 4096, 32}, sparse_size, 0, 256,
+                 sparse_writes);
     Sample r = rg.Run();
     const double written = static_cast<double>(sparse_writes) * 4096.0;
-    const double amp = static_cast<double>(rnd->volume().allocated_bytes()) / std::max(written, 1.0);
+    const double amp =
+        static_cast<double>(rnd->volume().allocated_bytes()) / std::max(written, 1.0);
     Sample rr = Generator(seq->volume(), {"randread", "randread", 4096, 32}, vsize,
-                          static_cast<uint64_t>(runtime) * 1'000'000'000).Run();
+                          static_cast<uint64_t>(runtime) * 1'000'000'000)
+                    .Run();
     const double gib = static_cast<double>(vsize) / static_cast<double>(kGiB);
-    std::printf("| %s | %.0f | %.0f | %.2f | %.2f MiB | %.2f MiB | %.0f |\n", FormatSize(cs).c_str(), fill.iops,
-                r.iops, amp, static_cast<double>(map_bytes) / gib / kMiB,
+    std::printf("| %s | %.0f | %.0f | %.2f | %.2f MiB | %.2f MiB | %.0f |\n",
+                FormatSize(cs).c_str(), fill.iops, r.iops, amp,
+                static_cast<double>(map_bytes) / gib / kMiB,
                 static_cast<double>(meta_bytes) / gib / kMiB, rr.iops);
     std::fflush(stdout);
   }
@@ -286,27 +306,36 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
   if (preallocate) {
     // Written zeros, not fallocate: fallocate leaves "unwritten" extents that ext4 converts on
     // every first write, which would be measured as Shale's cost.
-    std::string cmd = "dd if=/dev/zero of=" + dir + "/pool.img bs=4M count=" + std::to_string(pool_size / (4 * kMiB)) +
+    std::string cmd = "dd if=/dev/zero of=" + dir +
+                      "/pool.img bs=4M count=" + std::to_string(pool_size / (4 * kMiB)) +
                       " oflag=direct status=none";
     if (std::system(cmd.c_str()) != 0) return 1;
   }
-  if (!engine->CreatePool({.name = "p", .device_path = dir + "/pool.img", .size_bytes = preallocate ? 0 : pool_size})
+  if (!engine
+           ->CreatePool({.name = "p",
+                         .device_path = dir + "/pool.img",
+                         .size_bytes = preallocate ? 0 : pool_size})
            .ok()) {
     return 1;
   }
 
-  std::printf("## freeze latency (50 snapshots each, 256 random 4 KiB writes before each), %s pool file\n\n",
-              preallocate ? "preallocated" : "sparse");
-  std::printf("| volume | state | freeze p50 ms | freeze p99 ms | write pause p99 ms |\n|---|---|---|---|---|\n");
+  std::printf(
+      "## freeze latency (50 snapshots each, 256 random 4 KiB writes before each), %s pool "
+      "file\n\n",
+      preallocate ? "preallocated" : "sparse");
+  std::printf(
+      "| volume | state | freeze p50 ms | freeze p99 ms | write pause p99 ms "
+      "|\n|---|---|---|---|---|\n");
   struct Case {
     const char* label;
     uint64_t size;
     bool fill;
   };
-  for (Case c : {Case{"1 GiB", 1 * kGiB, false}, Case{"1 GiB", 1 * kGiB, true}, Case{"64 GiB", 64 * kGiB, false},
-                 Case{"64 GiB", 64 * kGiB, true}}) {
+  for (Case c : {Case{"1 GiB", 1 * kGiB, false}, Case{"1 GiB", 1 * kGiB, true},
+                 Case{"64 GiB", 64 * kGiB, false}, Case{"64 GiB", 64 * kGiB, true}}) {
     if (preallocate && c.fill && c.size > kGiB) continue;
-    std::string name = std::string("lat-") + (c.size > kGiB ? "64g" : "1g") + (c.fill ? "-full" : "-empty");
+    std::string name =
+        std::string("lat-") + (c.size > kGiB ? "64g" : "1g") + (c.fill ? "-full" : "-empty");
     if (!engine->CreateVolume({.name = name, .size_bytes = c.size, .pool = "p"}).ok()) return 1;
     auto h = std::move(engine->OpenVolume(name)).value();
     if (c.fill) {
@@ -319,7 +348,8 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
         Generator(h->volume(), {"fill", "write", 4096, 32}, c.size, 0, 0, 0).Run();
       }
       std::promise<Status> flushed;  // a writer flushes; the freezes measure steady state
-      h->reactor()->Post([&] { h->volume().Commit([&](const Status& st) { flushed.set_value(st); }); });
+      h->reactor()->Post(
+          [&] { h->volume().Commit([&](const Status& st) { flushed.set_value(st); }); });
       if (!flushed.get_future().get().ok()) return 1;
     }
     std::vector<double> lat, pause;
@@ -351,7 +381,8 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
       std::fprintf(stderr, "delete volume: %s\n", st.ToString().c_str());
       return 1;
     }
-    std::fprintf(stderr, "# pool free after %s: %s\n", name.c_str(), FormatSize(engine->GetPool("p")->free_bytes).c_str());
+    std::fprintf(stderr, "# pool free after %s: %s\n", name.c_str(),
+                 FormatSize(engine->GetPool("p")->free_bytes).c_str());
   }
 
   const uint64_t size = 1 * kGiB;
@@ -372,14 +403,18 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
   (void)committed.get_future().get();
   const double dev = static_cast<double>(vol.counters().device_bytes_written.load() - dev_before);
   const double client = static_cast<double>(vol.counters().bytes_written.load() - client_before);
-  const double meta = static_cast<double>(engine->GetPool("p")->metadata_bytes_written - meta_before);
-  std::printf("\n## 4 KiB random writes (QD 32, flush every 256) on a fully written 1 GiB volume\n\n");
+  const double meta =
+      static_cast<double>(engine->GetPool("p")->metadata_bytes_written - meta_before);
+  std::printf(
+      "\n## 4 KiB random writes (QD 32, flush every 256) on a fully written 1 GiB volume\n\n");
   std::printf("| phase | IOPS | p99 us |\n|---|---|---|\n");
-  std::printf("| before the snapshot | %.0f | %.1f |\n| first %u s after it | %.0f | %.1f |\n", before.iops,
-              before.p99_us, runtime, after.iops, after.p99_us);
-  std::printf("\nafter/before = %.3f; write amplification after the snapshot: data %.3f (device bytes / client "
-              "bytes), data + metadata written %.3f\n",
-              after.iops / before.iops, dev / client, (dev + meta) / client);
+  std::printf("| before the snapshot | %.0f | %.1f |\n| first %u s after it | %.0f | %.1f |\n",
+              before.iops, before.p99_us, runtime, after.iops, after.p99_us);
+  std::printf(
+      "\nafter/before = %.3f; write amplification after the snapshot: data %.3f (device bytes / "
+      "client "
+      "bytes), data + metadata written %.3f\n",
+      after.iops / before.iops, dev / client, (dev + meta) / client);
 
   // Reads with a 64-deep chain: every snapshot preceded by rewriting a random 1/64 of the volume,
   // so the map's fragments come from all 65 images.
@@ -391,9 +426,11 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
     if (!engine->FreezeVolume("cow").ok()) return 1;
   }
   Sample deep = Generator(vol, {"randread", "randread", 4096, 32}, size, rt).Run();
-  std::printf("\n## 4 KiB random reads (QD 32), 1 GiB volume\n\n| chain | IOPS | p99 us |\n|---|---|---|\n");
-  std::printf("| no snapshot | %.0f | %.1f |\n| 64 snapshots | %.0f | %.1f |\n", flat.iops, flat.p99_us, deep.iops,
-              deep.p99_us);
+  std::printf(
+      "\n## 4 KiB random reads (QD 32), 1 GiB volume\n\n| chain | IOPS | p99 us "
+      "|\n|---|---|---|\n");
+  std::printf("| no snapshot | %.0f | %.1f |\n| 64 snapshots | %.0f | %.1f |\n", flat.iops,
+              flat.p99_us, deep.iops, deep.p99_us);
   std::printf("\n64 snapshots / none = %.3f\n", deep.iops / flat.iops);
   h.reset();
   engine.reset();
@@ -460,17 +497,21 @@ int Main(int argc, char** argv) {
   }
   auto engine = std::move(engine_or).value();
   const uint64_t pool_size = *vsize + *vsize / 8 + 64 * kMiB;
-  auto pool = engine->CreatePool({.name = "bench", .device_path = pool_file, .size_bytes = pool_size,
+  auto pool = engine->CreatePool({.name = "bench",
+                                  .device_path = pool_file,
+                                  .size_bytes = pool_size,
                                   .cluster_size = static_cast<uint32_t>(*csize)});
   if (!pool.ok()) {
     std::fprintf(stderr, "%s\n", pool.status().ToString().c_str());
     return 1;
   }
-  if (!engine->CreateVolume({.name = "bench", .size_bytes = *vsize, .pool = "bench"}).ok()) return 1;
+  if (!engine->CreateVolume({.name = "bench", .size_bytes = *vsize, .pool = "bench"}).ok())
+    return 1;
   auto handle = std::move(engine->OpenVolume("bench")).value();
   Volume& vol = handle->volume();
 
-  std::printf("# precondition: writing %s sequentially through the volume\n", FormatSize(*vsize).c_str());
+  std::printf("# precondition: writing %s sequentially through the volume\n",
+              FormatSize(*vsize).c_str());
   Sample fill = Generator(vol, {"fill", "write", 1 * kMiB, 8}, *vsize, 0).Run();
   std::printf("# precondition: %.0f MiB/s\n", fill.iops);
   // The volume's clusters were allocated in order from the start of the data area, so fio on
@@ -501,13 +542,18 @@ int Main(int argc, char** argv) {
       Sample r = RunFio(pool_file, data_offset, *vsize, w, runtime);
       rows[n].engine.push_back(e);
       rows[n].raw.push_back(r);
-      std::printf("# rep %u %-13s engine %9.0f IOPS p99 %7.1f us | fio io_uring %9.0f IOPS p99 %7.1f us | ratio %.3f\n",
-                  rep + 1, n.c_str(), e.iops, e.p99_us, r.iops, r.p99_us, e.iops / r.iops);
+      std::printf(
+          "# rep %u %-13s engine %9.0f IOPS p99 %7.1f us | fio io_uring %9.0f IOPS p99 %7.1f us | "
+          "ratio %.3f\n",
+          rep + 1, n.c_str(), e.iops, e.p99_us, r.iops, r.p99_us, e.iops / r.iops);
       std::fflush(stdout);
     }
   }
   json results = json::array();
-  std::printf("\n| workload | shale engine IOPS | p99 us | fio io_uring IOPS | p99 us | engine/raw (median of %u) |\n", reps);
+  std::printf(
+      "\n| workload | shale engine IOPS | p99 us | fio io_uring IOPS | p99 us | engine/raw (median "
+      "of %u) |\n",
+      reps);
   std::printf("|---|---|---|---|---|---|\n");
   for (const auto& n : names) {
     const Row& row = rows[n];
@@ -519,10 +565,14 @@ int Main(int argc, char** argv) {
       rp.push_back(row.raw[i].p99_us);
       ratio.push_back(row.engine[i].iops / row.raw[i].iops);
     }
-    std::printf("| %s | %.0f | %.1f | %.0f | %.1f | %.3f |\n", n.c_str(), Median(ei), Median(ep), Median(ri),
-                Median(rp), Median(ratio));
-    results.push_back({{"workload", n}, {"engine_iops", Median(ei)}, {"engine_p99_us", Median(ep)},
-                       {"raw_iops", Median(ri)}, {"raw_p99_us", Median(rp)}, {"ratio", Median(ratio)}});
+    std::printf("| %s | %.0f | %.1f | %.0f | %.1f | %.3f |\n", n.c_str(), Median(ei), Median(ep),
+                Median(ri), Median(rp), Median(ratio));
+    results.push_back({{"workload", n},
+                       {"engine_iops", Median(ei)},
+                       {"engine_p99_us", Median(ep)},
+                       {"raw_iops", Median(ri)},
+                       {"raw_p99_us", Median(rp)},
+                       {"ratio", Median(ratio)}});
   }
   if (!json_out.empty()) std::ofstream(json_out) << results.dump(2) << "\n";
   handle.reset();

@@ -27,10 +27,10 @@
 #include <thread>
 #include <vector>
 
-#include "nbd/handshake.h"
-#include "nbd/protocol.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
+#include "nbd/handshake.h"
+#include "nbd/protocol.h"
 
 namespace shale::nbd {
 namespace {

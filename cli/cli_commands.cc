@@ -15,13 +15,13 @@
 #include <memory>
 #include <vector>
 
+#include "api/control.grpc.pb.h"
+#include "api/control_api.h"
 #include "cli/control_client.h"
 #include "cli/output.h"
 #include "cli/qos_commands.h"
 #include "cli/snapshot_commands.h"
-#include "api/control_api.h"
 #include "engine/common/labels.h"
-#include "api/control.grpc.pb.h"
 #include "engine/common/units.h"
 
 #ifndef SHALE_VERSION

@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "cli/cli_commands.h"
 #include "api/control.grpc.pb.h"
+#include "cli/cli_commands.h"
 
 namespace shale::cli {
 

@@ -8,8 +8,8 @@
 #include <ostream>
 #include <string>
 
-#include "cli/control_client.h"
 #include "api/control.pb.h"
+#include "cli/control_client.h"
 
 namespace shale::cli {
 

@@ -45,9 +45,8 @@ KernelNbdProbe ProbeKernelNbd(const std::string& dev_root, const std::string& sy
 }
 
 AttachMethod ChooseAttachMethod(const KernelNbdProbe& probe) {
-  return probe.dev_nbd0 && probe.sys_nbd0 && !probe.nbd_client.empty()
-             ? AttachMethod::kKernelNbd
-             : AttachMethod::kNbdfuseLoop;
+  return probe.dev_nbd0 && probe.sys_nbd0 && !probe.nbd_client.empty() ? AttachMethod::kKernelNbd
+                                                                       : AttachMethod::kNbdfuseLoop;
 }
 
 std::vector<NbdDeviceState> ListNbdDevices(const std::string& sys_root) {

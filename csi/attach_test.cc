@@ -15,8 +15,8 @@ namespace fs = std::filesystem;
 class FakeHost {
  public:
   FakeHost() {
-    root_ = fs::temp_directory_path() / ("shale-attach-test-" + std::to_string(getpid()) + "-" +
-                                         std::to_string(counter_++));
+    root_ = fs::temp_directory_path() /
+            ("shale-attach-test-" + std::to_string(getpid()) + "-" + std::to_string(counter_++));
     fs::create_directories(root_ / "dev");
     fs::create_directories(root_ / "sys/block");
   }
@@ -73,10 +73,8 @@ TEST(CsiAttach, PicksLowestFreeDevice) {
   EXPECT_EQ(PickFreeNbdDevice({}), std::nullopt);
   EXPECT_EQ(PickFreeNbdDevice({{"nbd0", true}, {"nbd1", true}}), std::nullopt);
   // Numeric, not lexical, order: nbd2 before nbd10.
-  EXPECT_EQ(PickFreeNbdDevice({{"nbd10", false}, {"nbd0", true}, {"nbd2", false}}),
-            "/dev/nbd2");
-  EXPECT_EQ(PickFreeNbdDevice({{"loop0", false}, {"nbdx", false}, {"nbd1", false}}),
-            "/dev/nbd1");
+  EXPECT_EQ(PickFreeNbdDevice({{"nbd10", false}, {"nbd0", true}, {"nbd2", false}}), "/dev/nbd2");
+  EXPECT_EQ(PickFreeNbdDevice({{"loop0", false}, {"nbdx", false}, {"nbd1", false}}), "/dev/nbd1");
 
   FakeHost host;
   host.AddDevice("nbd0", 4242);

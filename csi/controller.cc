@@ -126,7 +126,6 @@ Result<VolumeInfo> FindVolume(Engine* engine, const std::string& id, std::string
   return info;
 }
 
-
 // What the controller knows about a volume beyond the engine's VolumeInfo.
 struct ControllerService::Impl {
   static void FillVolume(const DriverOptions& options, Engine* engine, const VolumeInfo& info,
@@ -209,10 +208,9 @@ Status ControllerService::UpgradeRecords() {
 grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
                                              const v1::CreateVolumeRequest* request,
                                              v1::CreateVolumeResponse* response) {
-  if (grpc::Status st = RequireFields("CreateVolume",
-                                      {{"name", !request->name().empty()},
-                                       {"volume_capabilities",
-                                        !request->volume_capabilities().empty()}});
+  if (grpc::Status st = RequireFields(
+          "CreateVolume", {{"name", !request->name().empty()},
+                           {"volume_capabilities", !request->volume_capabilities().empty()}});
       !st.ok()) {
     return st;
   }
@@ -396,7 +394,8 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
 grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
                                              const v1::DeleteVolumeRequest* request,
                                              v1::DeleteVolumeResponse*) {
-  if (grpc::Status st = RequireFields("DeleteVolume", {{"volume_id", !request->volume_id().empty()}});
+  if (grpc::Status st =
+          RequireFields("DeleteVolume", {{"volume_id", !request->volume_id().empty()}});
       !st.ok()) {
     return st;
   }
@@ -411,8 +410,8 @@ grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
   Status st = lifecycle_->Delete(info->name);
   if (!st.ok() && !st.IsNotFound()) {
     if (st.code() == StatusCode::kBusy) {
-      return Precondition("volume " + info->name + " is in use (attached on the node?): " +
-                          std::string(st.message()));
+      return Precondition("volume " + info->name +
+                          " is in use (attached on the node?): " + std::string(st.message()));
     }
     return ToGrpc(st);
   }
@@ -422,10 +421,10 @@ grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
 grpc::Status ControllerService::ValidateVolumeCapabilities(
     grpc::ServerContext*, const v1::ValidateVolumeCapabilitiesRequest* request,
     v1::ValidateVolumeCapabilitiesResponse* response) {
-  if (grpc::Status st = RequireFields("ValidateVolumeCapabilities",
-                                      {{"volume_id", !request->volume_id().empty()},
-                                       {"volume_capabilities",
-                                        !request->volume_capabilities().empty()}});
+  if (grpc::Status st =
+          RequireFields("ValidateVolumeCapabilities",
+                        {{"volume_id", !request->volume_id().empty()},
+                         {"volume_capabilities", !request->volume_capabilities().empty()}});
       !st.ok()) {
     return st;
   }
@@ -507,7 +506,8 @@ grpc::Status ControllerService::GetCapacity(grpc::ServerContext*,
     if (info.status().IsNotFound()) return Invalid("pool " + pool + " not found");
     return ToGrpc(info.status());
   }
-  if (info->state == "online") response->set_available_capacity(static_cast<int64_t>(info->free_bytes));
+  if (info->state == "online")
+    response->set_available_capacity(static_cast<int64_t>(info->free_bytes));
   // Volumes are thin: their size is not bounded by the free space, only by the engine.
   response->mutable_maximum_volume_size()->set_value(static_cast<int64_t>(kMaxVolumeSize));
   response->mutable_minimum_volume_size()->set_value(static_cast<int64_t>(kSizeGranularity));
@@ -518,10 +518,10 @@ grpc::Status ControllerService::ControllerGetCapabilities(
     grpc::ServerContext*, const v1::ControllerGetCapabilitiesRequest*,
     v1::ControllerGetCapabilitiesResponse* response) {
   using Rpc = v1::ControllerServiceCapability::RPC;
-  for (Rpc::Type t : {Rpc::CREATE_DELETE_VOLUME, Rpc::LIST_VOLUMES, Rpc::GET_CAPACITY,
-                      Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS, Rpc::CLONE_VOLUME,
-                      Rpc::EXPAND_VOLUME, Rpc::VOLUME_CONDITION, Rpc::GET_VOLUME,
-                      Rpc::SINGLE_NODE_MULTI_WRITER}) {
+  for (Rpc::Type t :
+       {Rpc::CREATE_DELETE_VOLUME, Rpc::LIST_VOLUMES, Rpc::GET_CAPACITY,
+        Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS, Rpc::CLONE_VOLUME, Rpc::EXPAND_VOLUME,
+        Rpc::VOLUME_CONDITION, Rpc::GET_VOLUME, Rpc::SINGLE_NODE_MULTI_WRITER}) {
     response->add_capabilities()->mutable_rpc()->set_type(t);
   }
   if (qos_ != nullptr) {
@@ -535,8 +535,7 @@ grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
                                                v1::CreateSnapshotResponse* response) {
   if (grpc::Status st = RequireFields("CreateSnapshot",
                                       {{"name", !request->name().empty()},
-                                       {"source_volume_id",
-                                        !request->source_volume_id().empty()}});
+                                       {"source_volume_id", !request->source_volume_id().empty()}});
       !st.ok()) {
     return st;
   }
@@ -603,8 +602,8 @@ grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
       if (s.status().IsNotFound()) return grpc::Status::OK;
       return ToGrpc(s.status());
     }
-    if (!s->implicit && (request->source_volume_id().empty() ||
-                         s->volume == request->source_volume_id())) {
+    if (!s->implicit &&
+        (request->source_volume_id().empty() || s->volume == request->source_volume_id())) {
       snaps.push_back(*s);
     }
   } else {
@@ -655,9 +654,9 @@ grpc::Status ControllerService::ControllerExpandVolume(
     CsiRecord record = ReadCsiRecord(engine_, *info).value_or(CsiRecord{info->name, 0, ""});
     if (record.csi_name.empty()) record.csi_name = info->name;
     record.capacity = *wanted;
-    auto resized = lifecycle_->Resize(
-        info->name, std::max(EngineSizeFor(*wanted), info->size_bytes),
-        {{std::string(kCsiRecordFrontend), EncodeCsiRecord(record)}});
+    auto resized =
+        lifecycle_->Resize(info->name, std::max(EngineSizeFor(*wanted), info->size_bytes),
+                           {{std::string(kCsiRecordFrontend), EncodeCsiRecord(record)}});
     if (!resized.ok()) return ToGrpc(resized.status());
   }
   response->set_capacity_bytes(static_cast<int64_t>(std::max(*wanted, current)));
@@ -684,10 +683,10 @@ grpc::Status ControllerService::ControllerGetVolume(grpc::ServerContext*,
 grpc::Status ControllerService::ControllerModifyVolume(
     grpc::ServerContext*, const v1::ControllerModifyVolumeRequest* request,
     v1::ControllerModifyVolumeResponse*) {
-  if (grpc::Status st = RequireFields("ControllerModifyVolume",
-                                      {{"volume_id", !request->volume_id().empty()},
-                                       {"mutable_parameters",
-                                        !request->mutable_parameters().empty()}});
+  if (grpc::Status st =
+          RequireFields("ControllerModifyVolume",
+                        {{"volume_id", !request->volume_id().empty()},
+                         {"mutable_parameters", !request->mutable_parameters().empty()}});
       !st.ok()) {
     return st;
   }

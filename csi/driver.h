@@ -36,10 +36,10 @@ class VolumeLifecycle;
 namespace shale::csi {
 
 struct DriverOptions {
-  std::string version;      // vendor_version (SHALE_VERSION)
-  std::string node_id;      // NodeGetInfo / topology; default: the host name
-  std::string data_dir;     // node state lives in <data_dir>/csi/
-  std::string nbd_socket;   // the daemon's NBD UNIX socket (nbdfuse connects here)
+  std::string version;               // vendor_version (SHALE_VERSION)
+  std::string node_id;               // NodeGetInfo / topology; default: the host name
+  std::string data_dir;              // node state lives in <data_dir>/csi/
+  std::string nbd_socket;            // the daemon's NBD UNIX socket (nbdfuse connects here)
   int64_t max_volumes_per_node = 0;  // 0: no limit reported
 };
 
@@ -83,11 +83,9 @@ class ControllerService final : public ::csi::v1::Controller::Service {
   grpc::Status ControllerGetCapabilities(
       grpc::ServerContext*, const ::csi::v1::ControllerGetCapabilitiesRequest*,
       ::csi::v1::ControllerGetCapabilitiesResponse* response) override;
-  grpc::Status CreateSnapshot(grpc::ServerContext*,
-                              const ::csi::v1::CreateSnapshotRequest* request,
+  grpc::Status CreateSnapshot(grpc::ServerContext*, const ::csi::v1::CreateSnapshotRequest* request,
                               ::csi::v1::CreateSnapshotResponse* response) override;
-  grpc::Status DeleteSnapshot(grpc::ServerContext*,
-                              const ::csi::v1::DeleteSnapshotRequest* request,
+  grpc::Status DeleteSnapshot(grpc::ServerContext*, const ::csi::v1::DeleteSnapshotRequest* request,
                               ::csi::v1::DeleteSnapshotResponse* response) override;
   grpc::Status ListSnapshots(grpc::ServerContext*, const ::csi::v1::ListSnapshotsRequest* request,
                              ::csi::v1::ListSnapshotsResponse* response) override;

@@ -10,9 +10,8 @@
 #include <string_view>
 
 #include "csi/csi.pb.h"
-#include "engine/common/status.h"
-
 #include "engine/common/result.h"
+#include "engine/common/status.h"
 
 namespace shale {
 class Engine;

@@ -150,8 +150,8 @@ Status SaveState(const DriverOptions& o, const NodeState& s) {
   const std::string text = ToJson(s).dump(2);
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return Status::FromErrno(errno, "write " + tmp);
-  const bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-                  fsync(fd) == 0;
+  const bool ok =
+      write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && fsync(fd) == 0;
   const int err = errno;
   close(fd);
   if (!ok) return Status::FromErrno(err, "write " + tmp);
@@ -205,9 +205,8 @@ std::string Unescape(const std::string& s) {
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] == '\\' && i + 3 < s.size()) {
       const std::string oct = s.substr(i + 1, 3);
-      if (oct.size() == 3 && std::all_of(oct.begin(), oct.end(), [](char c) {
-            return c >= '0' && c <= '7';
-          })) {
+      if (oct.size() == 3 &&
+          std::all_of(oct.begin(), oct.end(), [](char c) { return c >= '0' && c <= '7'; })) {
         out += static_cast<char>(std::stoi(oct, nullptr, 8));
         i += 3;
         continue;
@@ -392,11 +391,10 @@ Result<uint64_t> AttachedSize(const NodeState& s) {
 grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
                                           const v1::NodeStageVolumeRequest* request,
                                           v1::NodeStageVolumeResponse*) {
-  if (grpc::Status st =
-          RequireFields("NodeStageVolume",
-                        {{"volume_id", !request->volume_id().empty()},
-                         {"staging_target_path", !request->staging_target_path().empty()},
-                         {"volume_capability", request->has_volume_capability()}});
+  if (grpc::Status st = RequireFields(
+          "NodeStageVolume", {{"volume_id", !request->volume_id().empty()},
+                              {"staging_target_path", !request->staging_target_path().empty()},
+                              {"volume_capability", request->has_volume_capability()}});
       !st.ok()) {
     return st;
   }
@@ -434,8 +432,9 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
     RemoveState(options_, info->name);
   }
   if (options_.nbd_socket.empty()) {
-    return Precondition("shaled runs without an NBD UNIX socket (--nbd-socket none); the node "
-                        "service attaches volumes through it");
+    return Precondition(
+        "shaled runs without an NBD UNIX socket (--nbd-socket none); the node "
+        "service attaches volumes through it");
   }
 
   NodeState s;
@@ -522,7 +521,8 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
     bool up = false;
     while (std::chrono::steady_clock::now() < deadline) {
       std::error_code size_ec;
-      if (fs::exists(pidfile, size_ec) && fs::file_size(BackingFile(s), size_ec) == info->size_bytes) {
+      if (fs::exists(pidfile, size_ec) &&
+          fs::file_size(BackingFile(s), size_ec) == info->size_bytes) {
         up = true;
         break;
       }
@@ -564,9 +564,10 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
                   "stage");
     }
     std::vector<std::string> mkfs =
-        fs_type == "xfs" ? std::vector<std::string>{"mkfs.xfs", "-q", "-f", "-K", s.loop}
-                         : std::vector<std::string>{"mkfs.ext4", "-q", "-F", "-E",
-                                                    "nodiscard,lazy_itable_init=1", s.loop};
+        fs_type == "xfs"
+            ? std::vector<std::string>{"mkfs.xfs", "-q", "-f", "-K", s.loop}
+            : std::vector<std::string>{
+                  "mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1", s.loop};
     if (Status st = Run(mkfs, kMkfsTimeout); !st.ok()) return fail(st, "format");
   } else if (*existing_fs != "ext4" && *existing_fs != "xfs") {
     return fail(Status::FailedPrecondition("volume " + s.volume + " holds a " + *existing_fs +
@@ -603,10 +604,9 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
 grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
                                             const v1::NodeUnstageVolumeRequest* request,
                                             v1::NodeUnstageVolumeResponse*) {
-  if (grpc::Status st =
-          RequireFields("NodeUnstageVolume",
-                        {{"volume_id", !request->volume_id().empty()},
-                         {"staging_target_path", !request->staging_target_path().empty()}});
+  if (grpc::Status st = RequireFields(
+          "NodeUnstageVolume", {{"volume_id", !request->volume_id().empty()},
+                                {"staging_target_path", !request->staging_target_path().empty()}});
       !st.ok()) {
     return st;
   }
@@ -645,12 +645,11 @@ grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
 grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
                                             const v1::NodePublishVolumeRequest* request,
                                             v1::NodePublishVolumeResponse*) {
-  if (grpc::Status st =
-          RequireFields("NodePublishVolume",
-                        {{"volume_id", !request->volume_id().empty()},
-                         {"staging_target_path", !request->staging_target_path().empty()},
-                         {"target_path", !request->target_path().empty()},
-                         {"volume_capability", request->has_volume_capability()}});
+  if (grpc::Status st = RequireFields(
+          "NodePublishVolume", {{"volume_id", !request->volume_id().empty()},
+                                {"staging_target_path", !request->staging_target_path().empty()},
+                                {"target_path", !request->target_path().empty()},
+                                {"volume_capability", request->has_volume_capability()}});
       !st.ok()) {
     return st;
   }
@@ -694,8 +693,10 @@ grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
   for (const auto& [other, other_key] : s->targets) {
     if (other == target || !IsMountPoint(other)) continue;
     if (IsSingleWriterKey(key) || IsSingleWriterKey(other_key)) {
-      return Precondition("volume " + s->volume + " is SINGLE_NODE_SINGLE_WRITER and already "
-                          "published at " + other);
+      return Precondition("volume " + s->volume +
+                          " is SINGLE_NODE_SINGLE_WRITER and already "
+                          "published at " +
+                          other);
     }
   }
   std::error_code ec;
@@ -729,9 +730,9 @@ grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
 grpc::Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
                                               const v1::NodeUnpublishVolumeRequest* request,
                                               v1::NodeUnpublishVolumeResponse*) {
-  if (grpc::Status st = RequireFields("NodeUnpublishVolume",
-                                      {{"volume_id", !request->volume_id().empty()},
-                                       {"target_path", !request->target_path().empty()}});
+  if (grpc::Status st =
+          RequireFields("NodeUnpublishVolume", {{"volume_id", !request->volume_id().empty()},
+                                                {"target_path", !request->target_path().empty()}});
       !st.ok()) {
     return st;
   }
@@ -750,9 +751,9 @@ grpc::Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
 grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
                                              const v1::NodeGetVolumeStatsRequest* request,
                                              v1::NodeGetVolumeStatsResponse* response) {
-  if (grpc::Status st = RequireFields("NodeGetVolumeStats",
-                                      {{"volume_id", !request->volume_id().empty()},
-                                       {"volume_path", !request->volume_path().empty()}});
+  if (grpc::Status st =
+          RequireFields("NodeGetVolumeStats", {{"volume_id", !request->volume_id().empty()},
+                                               {"volume_path", !request->volume_path().empty()}});
       !st.ok()) {
     return st;
   }
@@ -771,8 +772,8 @@ grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
     condition->set_message(request->volume_path() + " is not mounted");
   } else if (!AttachmentAlive(*s)) {
     condition->set_abnormal(true);
-    condition->set_message("the attachment (" + std::string(AttachMethodName(s->method)) +
-                           ") of " + s->volume + " is gone; restage it");
+    condition->set_message("the attachment (" + std::string(AttachMethodName(s->method)) + ") of " +
+                           s->volume + " is gone; restage it");
   }
   if (s->block) {
     auto size = BlockDeviceSize(s->loop);
@@ -803,9 +804,9 @@ grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
 grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
                                            const v1::NodeExpandVolumeRequest* request,
                                            v1::NodeExpandVolumeResponse* response) {
-  if (grpc::Status st = RequireFields("NodeExpandVolume",
-                                      {{"volume_id", !request->volume_id().empty()},
-                                       {"volume_path", !request->volume_path().empty()}});
+  if (grpc::Status st =
+          RequireFields("NodeExpandVolume", {{"volume_id", !request->volume_id().empty()},
+                                             {"volume_path", !request->volume_path().empty()}});
       !st.ok()) {
     return st;
   }
@@ -818,8 +819,9 @@ grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
   const int64_t limit = request->capacity_range().limit_bytes();
   if (request->capacity_range().required_bytes() > 0) {
     wanted = std::max<uint64_t>(
-        wanted, (static_cast<uint64_t>(request->capacity_range().required_bytes()) +
-                 kSizeGranularity - 1) / kSizeGranularity * kSizeGranularity);
+        wanted,
+        (static_cast<uint64_t>(request->capacity_range().required_bytes()) + kSizeGranularity - 1) /
+            kSizeGranularity * kSizeGranularity);
   }
   if (limit > 0 && wanted > static_cast<uint64_t>(limit)) {
     return grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
@@ -841,9 +843,9 @@ grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
     if (Status st = SetLoopSizeLimit(s->loop, wanted); !st.ok()) return ToGrpc(st);
   }
   if (!s->block) {
-    const std::vector<std::string> grow =
-        s->fs_type == "xfs" ? std::vector<std::string>{"xfs_growfs", s->staging}
-                            : std::vector<std::string>{"resize2fs", s->loop};
+    const std::vector<std::string> grow = s->fs_type == "xfs"
+                                              ? std::vector<std::string>{"xfs_growfs", s->staging}
+                                              : std::vector<std::string>{"resize2fs", s->loop};
     Result<ExecResult> r = Exec(grow, kMkfsTimeout);
     if (!r.ok()) return ToGrpc(r.status());
     if (r->exit_code != 0) {
@@ -852,7 +854,8 @@ grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
       if ((r->out + r->err).find("Permission denied") != std::string::npos) {
         return Precondition("growing the mounted " + s->fs_type + " of " + s->volume +
                             " was refused (EPERM): shaled needs CAP_SYS_RESOURCE for online "
-                            "resize; " + r->Describe(grow[0]));
+                            "resize; " +
+                            r->Describe(grow[0]));
       }
       return ToGrpc(Status::Internal(r->Describe(grow[0])).WithContext("grow fs"));
     }

@@ -68,8 +68,8 @@ Result<uint64_t> SizeForRange(int64_t required, int64_t limit, uint64_t minimum)
     size = minimum;  // a clone without a range: the source's size
   } else if (limit > 0) {
     // Only a limit: the default size if it fits, else the largest size under the limit.
-    size = std::min<uint64_t>(kDefaultVolumeSize, static_cast<uint64_t>(limit) /
-                                                      kSizeGranularity * kSizeGranularity);
+    size = std::min<uint64_t>(kDefaultVolumeSize,
+                              static_cast<uint64_t>(limit) / kSizeGranularity * kSizeGranularity);
   } else {
     size = kDefaultVolumeSize;
   }
@@ -81,16 +81,15 @@ Result<uint64_t> SizeForRange(int64_t required, int64_t limit, uint64_t minimum)
   if (limit > 0 && size > static_cast<uint64_t>(limit)) {
     return Status::OutOfRange(
         "no volume size fits: the size would be " + std::to_string(size) +
-        " bytes (multiples of 4096" + (minimum > 0 ? ", at least the source's " +
-                                                         std::to_string(minimum) : std::string()) +
+        " bytes (multiples of 4096" +
+        (minimum > 0 ? ", at least the source's " + std::to_string(minimum) : std::string()) +
         ") but limit_bytes is " + std::to_string(limit));
   }
   return size;
 }
 
 uint64_t EngineSizeFor(uint64_t capacity) {
-  const uint64_t headroom =
-      std::min(capacity * (kHeadroomFactor - 1), kMaxHeadroomBytes);
+  const uint64_t headroom = std::min(capacity * (kHeadroomFactor - 1), kMaxHeadroomBytes);
   return std::min(capacity + headroom, std::max(capacity, kMaxVolumeSize));
 }
 

@@ -59,14 +59,11 @@ TEST(CsiParams, ParsesKnownKeysAndRejectsOthers) {
   EXPECT_EQ(p->qos.weight, 200);
   EXPECT_EQ(p->provenance.at("csi.storage.k8s.io/pvc/name"), "data");
   EXPECT_EQ(ParseVolumeParams({{"replicas", "3"}}).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(ParseVolumeParams({{"fsType", "btrfs"}}).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseVolumeParams({{"fsType", "btrfs"}}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseVolumeParams({{"iops", "-1"}}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseVolumeParams({{"iops", "ten"}}).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(ParseVolumeParams({{"colour", "blue"}}).status().code(),
-            StatusCode::kInvalidArgument);
-  EXPECT_EQ(ParseVolumeParams({{"burstIops", "10"}}).status().code(),
-            StatusCode::kInvalidArgument)
+  EXPECT_EQ(ParseVolumeParams({{"colour", "blue"}}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseVolumeParams({{"burstIops", "10"}}).status().code(), StatusCode::kInvalidArgument)
       << "a burst without its base limit";
 }
 

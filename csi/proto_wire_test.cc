@@ -32,7 +32,7 @@ const DescriptorPool* Pool() {
 
 struct Rpc {
   const char* method;
-  const char* input;   // short names in package csi.v1
+  const char* input;  // short names in package csi.v1
   const char* output;
   bool server_streaming;
 };
@@ -68,59 +68,68 @@ TEST(CsiProtoWire, PackageAndServices) {
 }
 
 TEST(CsiProtoWire, RpcPathsAndTypes) {
-  ExpectService("Identity", {
-      {"GetPluginInfo", "GetPluginInfoRequest", "GetPluginInfoResponse", false},
-      {"GetPluginCapabilities", "GetPluginCapabilitiesRequest", "GetPluginCapabilitiesResponse",
-       false},
-      {"Probe", "ProbeRequest", "ProbeResponse", false},
-  });
-  ExpectService("Controller", {
-      {"CreateVolume", "CreateVolumeRequest", "CreateVolumeResponse", false},
-      {"DeleteVolume", "DeleteVolumeRequest", "DeleteVolumeResponse", false},
-      {"ControllerPublishVolume", "ControllerPublishVolumeRequest",
-       "ControllerPublishVolumeResponse", false},
-      {"ControllerUnpublishVolume", "ControllerUnpublishVolumeRequest",
-       "ControllerUnpublishVolumeResponse", false},
-      {"ValidateVolumeCapabilities", "ValidateVolumeCapabilitiesRequest",
-       "ValidateVolumeCapabilitiesResponse", false},
-      {"ListVolumes", "ListVolumesRequest", "ListVolumesResponse", false},
-      {"GetCapacity", "GetCapacityRequest", "GetCapacityResponse", false},
-      {"ControllerGetCapabilities", "ControllerGetCapabilitiesRequest",
-       "ControllerGetCapabilitiesResponse", false},
-      {"CreateSnapshot", "CreateSnapshotRequest", "CreateSnapshotResponse", false},
-      {"DeleteSnapshot", "DeleteSnapshotRequest", "DeleteSnapshotResponse", false},
-      {"ListSnapshots", "ListSnapshotsRequest", "ListSnapshotsResponse", false},
-      {"ControllerExpandVolume", "ControllerExpandVolumeRequest",
-       "ControllerExpandVolumeResponse", false},
-      {"ControllerGetVolume", "ControllerGetVolumeRequest", "ControllerGetVolumeResponse", false},
-      {"ControllerModifyVolume", "ControllerModifyVolumeRequest",
-       "ControllerModifyVolumeResponse", false},
-  });
-  ExpectService("GroupController", {
-      {"GroupControllerGetCapabilities", "GroupControllerGetCapabilitiesRequest",
-       "GroupControllerGetCapabilitiesResponse", false},
-      {"CreateVolumeGroupSnapshot", "CreateVolumeGroupSnapshotRequest",
-       "CreateVolumeGroupSnapshotResponse", false},
-      {"DeleteVolumeGroupSnapshot", "DeleteVolumeGroupSnapshotRequest",
-       "DeleteVolumeGroupSnapshotResponse", false},
-      {"GetVolumeGroupSnapshot", "GetVolumeGroupSnapshotRequest",
-       "GetVolumeGroupSnapshotResponse", false},
-  });
+  ExpectService("Identity",
+                {
+                    {"GetPluginInfo", "GetPluginInfoRequest", "GetPluginInfoResponse", false},
+                    {"GetPluginCapabilities", "GetPluginCapabilitiesRequest",
+                     "GetPluginCapabilitiesResponse", false},
+                    {"Probe", "ProbeRequest", "ProbeResponse", false},
+                });
+  ExpectService("Controller",
+                {
+                    {"CreateVolume", "CreateVolumeRequest", "CreateVolumeResponse", false},
+                    {"DeleteVolume", "DeleteVolumeRequest", "DeleteVolumeResponse", false},
+                    {"ControllerPublishVolume", "ControllerPublishVolumeRequest",
+                     "ControllerPublishVolumeResponse", false},
+                    {"ControllerUnpublishVolume", "ControllerUnpublishVolumeRequest",
+                     "ControllerUnpublishVolumeResponse", false},
+                    {"ValidateVolumeCapabilities", "ValidateVolumeCapabilitiesRequest",
+                     "ValidateVolumeCapabilitiesResponse", false},
+                    {"ListVolumes", "ListVolumesRequest", "ListVolumesResponse", false},
+                    {"GetCapacity", "GetCapacityRequest", "GetCapacityResponse", false},
+                    {"ControllerGetCapabilities", "ControllerGetCapabilitiesRequest",
+                     "ControllerGetCapabilitiesResponse", false},
+                    {"CreateSnapshot", "CreateSnapshotRequest", "CreateSnapshotResponse", false},
+                    {"DeleteSnapshot", "DeleteSnapshotRequest", "DeleteSnapshotResponse", false},
+                    {"ListSnapshots", "ListSnapshotsRequest", "ListSnapshotsResponse", false},
+                    {"ControllerExpandVolume", "ControllerExpandVolumeRequest",
+                     "ControllerExpandVolumeResponse", false},
+                    {"ControllerGetVolume", "ControllerGetVolumeRequest",
+                     "ControllerGetVolumeResponse", false},
+                    {"ControllerModifyVolume", "ControllerModifyVolumeRequest",
+                     "ControllerModifyVolumeResponse", false},
+                });
+  ExpectService("GroupController",
+                {
+                    {"GroupControllerGetCapabilities", "GroupControllerGetCapabilitiesRequest",
+                     "GroupControllerGetCapabilitiesResponse", false},
+                    {"CreateVolumeGroupSnapshot", "CreateVolumeGroupSnapshotRequest",
+                     "CreateVolumeGroupSnapshotResponse", false},
+                    {"DeleteVolumeGroupSnapshot", "DeleteVolumeGroupSnapshotRequest",
+                     "DeleteVolumeGroupSnapshotResponse", false},
+                    {"GetVolumeGroupSnapshot", "GetVolumeGroupSnapshotRequest",
+                     "GetVolumeGroupSnapshotResponse", false},
+                });
   ExpectService("SnapshotMetadata", {
-      {"GetMetadataAllocated", "GetMetadataAllocatedRequest", "GetMetadataAllocatedResponse",
-       true},
-      {"GetMetadataDelta", "GetMetadataDeltaRequest", "GetMetadataDeltaResponse", true},
-  });
-  ExpectService("Node", {
-      {"NodeStageVolume", "NodeStageVolumeRequest", "NodeStageVolumeResponse", false},
-      {"NodeUnstageVolume", "NodeUnstageVolumeRequest", "NodeUnstageVolumeResponse", false},
-      {"NodePublishVolume", "NodePublishVolumeRequest", "NodePublishVolumeResponse", false},
-      {"NodeUnpublishVolume", "NodeUnpublishVolumeRequest", "NodeUnpublishVolumeResponse", false},
-      {"NodeGetVolumeStats", "NodeGetVolumeStatsRequest", "NodeGetVolumeStatsResponse", false},
-      {"NodeExpandVolume", "NodeExpandVolumeRequest", "NodeExpandVolumeResponse", false},
-      {"NodeGetCapabilities", "NodeGetCapabilitiesRequest", "NodeGetCapabilitiesResponse", false},
-      {"NodeGetInfo", "NodeGetInfoRequest", "NodeGetInfoResponse", false},
-  });
+                                        {"GetMetadataAllocated", "GetMetadataAllocatedRequest",
+                                         "GetMetadataAllocatedResponse", true},
+                                        {"GetMetadataDelta", "GetMetadataDeltaRequest",
+                                         "GetMetadataDeltaResponse", true},
+                                    });
+  ExpectService(
+      "Node",
+      {
+          {"NodeStageVolume", "NodeStageVolumeRequest", "NodeStageVolumeResponse", false},
+          {"NodeUnstageVolume", "NodeUnstageVolumeRequest", "NodeUnstageVolumeResponse", false},
+          {"NodePublishVolume", "NodePublishVolumeRequest", "NodePublishVolumeResponse", false},
+          {"NodeUnpublishVolume", "NodeUnpublishVolumeRequest", "NodeUnpublishVolumeResponse",
+           false},
+          {"NodeGetVolumeStats", "NodeGetVolumeStatsRequest", "NodeGetVolumeStatsResponse", false},
+          {"NodeExpandVolume", "NodeExpandVolumeRequest", "NodeExpandVolumeResponse", false},
+          {"NodeGetCapabilities", "NodeGetCapabilitiesRequest", "NodeGetCapabilitiesResponse",
+           false},
+          {"NodeGetInfo", "NodeGetInfoRequest", "NodeGetInfoResponse", false},
+      });
 }
 
 // One expected field: number, wire-relevant type and shape. `type_name` is the short name of a
@@ -144,7 +153,8 @@ constexpr auto kEnum = FieldDescriptor::TYPE_ENUM;
 void ExpectMessage(const char* message, const std::vector<Field>& fields) {
   const Descriptor* d = Pool()->FindMessageTypeByName(std::string("csi.v1.") + message);
   ASSERT_NE(d, nullptr) << message;
-  EXPECT_EQ(d->field_count(), static_cast<int>(fields.size())) << message << ": field added/removed";
+  EXPECT_EQ(d->field_count(), static_cast<int>(fields.size()))
+      << message << ": field added/removed";
   for (const Field& f : fields) {
     SCOPED_TRACE(std::string(message) + "." + f.name);
     const FieldDescriptor* fd = d->FindFieldByName(f.name);
@@ -163,10 +173,9 @@ void ExpectMessage(const char* message, const std::vector<Field>& fields) {
       std::string actual;
       if (fd->message_type() != nullptr) actual = fd->message_type()->full_name();
       if (fd->enum_type() != nullptr) actual = fd->enum_type()->full_name();
-      const std::string expected =
-          type_name.empty() ? ""
-          : type_name.rfind("google.", 0) == 0 ? type_name
-                                               : "csi.v1." + type_name;
+      const std::string expected = type_name.empty()                    ? ""
+                                   : type_name.rfind("google.", 0) == 0 ? type_name
+                                                                        : "csi.v1." + type_name;
       EXPECT_EQ(actual, expected);
     }
     const auto* oneof = fd->real_containing_oneof();
@@ -175,171 +184,190 @@ void ExpectMessage(const char* message, const std::vector<Field>& fields) {
 }
 
 TEST(CsiProtoWire, ControllerMessages) {
-  ExpectMessage("CreateVolumeRequest", {
-      {"name", 1, kString, false, "", ""},
-      {"capacity_range", 2, kMsg, false, "CapacityRange", ""},
-      {"volume_capabilities", 3, kMsg, true, "VolumeCapability", ""},
-      {"parameters", 4, kMsg, true, "map", ""},
-      {"secrets", 5, kMsg, true, "map", ""},
-      {"volume_content_source", 6, kMsg, false, "VolumeContentSource", ""},
-      {"accessibility_requirements", 7, kMsg, false, "TopologyRequirement", ""},
-      {"mutable_parameters", 8, kMsg, true, "map", ""},
-  });
-  ExpectMessage("VolumeContentSource", {
-      {"snapshot", 1, kMsg, false, "VolumeContentSource.SnapshotSource", "type"},
-      {"volume", 2, kMsg, false, "VolumeContentSource.VolumeSource", "type"},
-  });
+  ExpectMessage("CreateVolumeRequest",
+                {
+                    {"name", 1, kString, false, "", ""},
+                    {"capacity_range", 2, kMsg, false, "CapacityRange", ""},
+                    {"volume_capabilities", 3, kMsg, true, "VolumeCapability", ""},
+                    {"parameters", 4, kMsg, true, "map", ""},
+                    {"secrets", 5, kMsg, true, "map", ""},
+                    {"volume_content_source", 6, kMsg, false, "VolumeContentSource", ""},
+                    {"accessibility_requirements", 7, kMsg, false, "TopologyRequirement", ""},
+                    {"mutable_parameters", 8, kMsg, true, "map", ""},
+                });
+  ExpectMessage("VolumeContentSource",
+                {
+                    {"snapshot", 1, kMsg, false, "VolumeContentSource.SnapshotSource", "type"},
+                    {"volume", 2, kMsg, false, "VolumeContentSource.VolumeSource", "type"},
+                });
   ExpectMessage("VolumeContentSource.SnapshotSource", {{"snapshot_id", 1, kString, false, "", ""}});
   ExpectMessage("VolumeContentSource.VolumeSource", {{"volume_id", 1, kString, false, "", ""}});
   ExpectMessage("CapacityRange", {
-      {"required_bytes", 1, kInt64, false, "", ""},
-      {"limit_bytes", 2, kInt64, false, "", ""},
-  });
+                                     {"required_bytes", 1, kInt64, false, "", ""},
+                                     {"limit_bytes", 2, kInt64, false, "", ""},
+                                 });
   ExpectMessage("Volume", {
-      {"capacity_bytes", 1, kInt64, false, "", ""},
-      {"volume_id", 2, kString, false, "", ""},
-      {"volume_context", 3, kMsg, true, "map", ""},
-      {"content_source", 4, kMsg, false, "VolumeContentSource", ""},
-      {"accessible_topology", 5, kMsg, true, "Topology", ""},
-  });
+                              {"capacity_bytes", 1, kInt64, false, "", ""},
+                              {"volume_id", 2, kString, false, "", ""},
+                              {"volume_context", 3, kMsg, true, "map", ""},
+                              {"content_source", 4, kMsg, false, "VolumeContentSource", ""},
+                              {"accessible_topology", 5, kMsg, true, "Topology", ""},
+                          });
   ExpectMessage("Topology", {{"segments", 1, kMsg, true, "map", ""}});
   ExpectMessage("TopologyRequirement", {
-      {"requisite", 1, kMsg, true, "Topology", ""},
-      {"preferred", 2, kMsg, true, "Topology", ""},
-  });
+                                           {"requisite", 1, kMsg, true, "Topology", ""},
+                                           {"preferred", 2, kMsg, true, "Topology", ""},
+                                       });
   ExpectMessage("DeleteVolumeRequest", {
-      {"volume_id", 1, kString, false, "", ""},
-      {"secrets", 2, kMsg, true, "map", ""},
-  });
+                                           {"volume_id", 1, kString, false, "", ""},
+                                           {"secrets", 2, kMsg, true, "map", ""},
+                                       });
   ExpectMessage("ListVolumesRequest", {
-      {"max_entries", 1, kInt32, false, "", ""},
-      {"starting_token", 2, kString, false, "", ""},
-  });
-  ExpectMessage("ListVolumesResponse", {
-      {"entries", 1, kMsg, true, "ListVolumesResponse.Entry", ""},
-      {"next_token", 2, kString, false, "", ""},
-  });
-  ExpectMessage("ListVolumesResponse.Entry", {
-      {"volume", 1, kMsg, false, "Volume", ""},
-      {"status", 2, kMsg, false, "ListVolumesResponse.VolumeStatus", ""},
-  });
-  ExpectMessage("ListVolumesResponse.VolumeStatus", {
-      {"published_node_ids", 1, kString, true, "", ""},
-      {"volume_condition", 2, kMsg, false, "VolumeCondition", ""},
-  });
-  ExpectMessage("ControllerModifyVolumeRequest", {
-      {"volume_id", 1, kString, false, "", ""},
-      {"secrets", 2, kMsg, true, "map", ""},
-      {"mutable_parameters", 3, kMsg, true, "map", ""},
-  });
-  ExpectMessage("ControllerExpandVolumeRequest", {
-      {"volume_id", 1, kString, false, "", ""},
-      {"capacity_range", 2, kMsg, false, "CapacityRange", ""},
-      {"secrets", 3, kMsg, true, "map", ""},
-      {"volume_capability", 4, kMsg, false, "VolumeCapability", ""},
-  });
-  ExpectMessage("ControllerExpandVolumeResponse", {
-      {"capacity_bytes", 1, kInt64, false, "", ""},
-      {"node_expansion_required", 2, kBool, false, "", ""},
-  });
-  ExpectMessage("GetCapacityResponse", {
-      {"available_capacity", 1, kInt64, false, "", ""},
-      {"maximum_volume_size", 2, kMsg, false, "google.protobuf.Int64Value", ""},
-      {"minimum_volume_size", 3, kMsg, false, "google.protobuf.Int64Value", ""},
-  });
+                                          {"max_entries", 1, kInt32, false, "", ""},
+                                          {"starting_token", 2, kString, false, "", ""},
+                                      });
+  ExpectMessage("ListVolumesResponse",
+                {
+                    {"entries", 1, kMsg, true, "ListVolumesResponse.Entry", ""},
+                    {"next_token", 2, kString, false, "", ""},
+                });
+  ExpectMessage("ListVolumesResponse.Entry",
+                {
+                    {"volume", 1, kMsg, false, "Volume", ""},
+                    {"status", 2, kMsg, false, "ListVolumesResponse.VolumeStatus", ""},
+                });
+  ExpectMessage("ListVolumesResponse.VolumeStatus",
+                {
+                    {"published_node_ids", 1, kString, true, "", ""},
+                    {"volume_condition", 2, kMsg, false, "VolumeCondition", ""},
+                });
+  ExpectMessage("ControllerModifyVolumeRequest",
+                {
+                    {"volume_id", 1, kString, false, "", ""},
+                    {"secrets", 2, kMsg, true, "map", ""},
+                    {"mutable_parameters", 3, kMsg, true, "map", ""},
+                });
+  ExpectMessage("ControllerExpandVolumeRequest",
+                {
+                    {"volume_id", 1, kString, false, "", ""},
+                    {"capacity_range", 2, kMsg, false, "CapacityRange", ""},
+                    {"secrets", 3, kMsg, true, "map", ""},
+                    {"volume_capability", 4, kMsg, false, "VolumeCapability", ""},
+                });
+  ExpectMessage("ControllerExpandVolumeResponse",
+                {
+                    {"capacity_bytes", 1, kInt64, false, "", ""},
+                    {"node_expansion_required", 2, kBool, false, "", ""},
+                });
+  ExpectMessage("GetCapacityResponse",
+                {
+                    {"available_capacity", 1, kInt64, false, "", ""},
+                    {"maximum_volume_size", 2, kMsg, false, "google.protobuf.Int64Value", ""},
+                    {"minimum_volume_size", 3, kMsg, false, "google.protobuf.Int64Value", ""},
+                });
 }
 
 TEST(CsiProtoWire, SnapshotMessages) {
   ExpectMessage("CreateSnapshotRequest", {
-      {"source_volume_id", 1, kString, false, "", ""},
-      {"name", 2, kString, false, "", ""},
-      {"secrets", 3, kMsg, true, "map", ""},
-      {"parameters", 4, kMsg, true, "map", ""},
-  });
+                                             {"source_volume_id", 1, kString, false, "", ""},
+                                             {"name", 2, kString, false, "", ""},
+                                             {"secrets", 3, kMsg, true, "map", ""},
+                                             {"parameters", 4, kMsg, true, "map", ""},
+                                         });
   ExpectMessage("CreateSnapshotResponse", {{"snapshot", 1, kMsg, false, "Snapshot", ""}});
   ExpectMessage("Snapshot", {
-      {"size_bytes", 1, kInt64, false, "", ""},
-      {"snapshot_id", 2, kString, false, "", ""},
-      {"source_volume_id", 3, kString, false, "", ""},
-      {"creation_time", 4, kMsg, false, "google.protobuf.Timestamp", ""},
-      {"ready_to_use", 5, kBool, false, "", ""},
-      {"group_snapshot_id", 6, kString, false, "", ""},
-  });
+                                {"size_bytes", 1, kInt64, false, "", ""},
+                                {"snapshot_id", 2, kString, false, "", ""},
+                                {"source_volume_id", 3, kString, false, "", ""},
+                                {"creation_time", 4, kMsg, false, "google.protobuf.Timestamp", ""},
+                                {"ready_to_use", 5, kBool, false, "", ""},
+                                {"group_snapshot_id", 6, kString, false, "", ""},
+                            });
   ExpectMessage("ListSnapshotsRequest", {
-      {"max_entries", 1, kInt32, false, "", ""},
-      {"starting_token", 2, kString, false, "", ""},
-      {"source_volume_id", 3, kString, false, "", ""},
-      {"snapshot_id", 4, kString, false, "", ""},
-      {"secrets", 5, kMsg, true, "map", ""},
-  });
-  ExpectMessage("ListSnapshotsResponse", {
-      {"entries", 1, kMsg, true, "ListSnapshotsResponse.Entry", ""},
-      {"next_token", 2, kString, false, "", ""},
-  });
+                                            {"max_entries", 1, kInt32, false, "", ""},
+                                            {"starting_token", 2, kString, false, "", ""},
+                                            {"source_volume_id", 3, kString, false, "", ""},
+                                            {"snapshot_id", 4, kString, false, "", ""},
+                                            {"secrets", 5, kMsg, true, "map", ""},
+                                        });
+  ExpectMessage("ListSnapshotsResponse",
+                {
+                    {"entries", 1, kMsg, true, "ListSnapshotsResponse.Entry", ""},
+                    {"next_token", 2, kString, false, "", ""},
+                });
   ExpectMessage("GetMetadataDeltaRequest", {
-      {"base_snapshot_id", 1, kString, false, "", ""},
-      {"target_snapshot_id", 2, kString, false, "", ""},
-      {"starting_offset", 3, kInt64, false, "", ""},
-      {"max_results", 4, kInt32, false, "", ""},
-      {"secrets", 5, kMsg, true, "map", ""},
-  });
-  ExpectMessage("GetMetadataAllocatedResponse", {
-      {"block_metadata_type", 1, kEnum, false, "BlockMetadataType", ""},
-      {"volume_capacity_bytes", 2, kInt64, false, "", ""},
-      {"block_metadata", 3, kMsg, true, "BlockMetadata", ""},
-  });
+                                               {"base_snapshot_id", 1, kString, false, "", ""},
+                                               {"target_snapshot_id", 2, kString, false, "", ""},
+                                               {"starting_offset", 3, kInt64, false, "", ""},
+                                               {"max_results", 4, kInt32, false, "", ""},
+                                               {"secrets", 5, kMsg, true, "map", ""},
+                                           });
+  ExpectMessage("GetMetadataAllocatedResponse",
+                {
+                    {"block_metadata_type", 1, kEnum, false, "BlockMetadataType", ""},
+                    {"volume_capacity_bytes", 2, kInt64, false, "", ""},
+                    {"block_metadata", 3, kMsg, true, "BlockMetadata", ""},
+                });
 }
 
 TEST(CsiProtoWire, VolumeCapabilityAndNodeMessages) {
-  ExpectMessage("VolumeCapability", {
-      {"block", 1, kMsg, false, "VolumeCapability.BlockVolume", "access_type"},
-      {"mount", 2, kMsg, false, "VolumeCapability.MountVolume", "access_type"},
-      {"access_mode", 3, kMsg, false, "VolumeCapability.AccessMode", ""},
-  });
+  ExpectMessage("VolumeCapability",
+                {
+                    {"block", 1, kMsg, false, "VolumeCapability.BlockVolume", "access_type"},
+                    {"mount", 2, kMsg, false, "VolumeCapability.MountVolume", "access_type"},
+                    {"access_mode", 3, kMsg, false, "VolumeCapability.AccessMode", ""},
+                });
   ExpectMessage("VolumeCapability.BlockVolume", {});
-  ExpectMessage("VolumeCapability.MountVolume", {
-      {"fs_type", 1, kString, false, "", ""},
-      {"mount_flags", 2, kString, true, "", ""},
-      {"volume_mount_group", 3, kString, false, "", ""},
-  });
-  ExpectMessage("VolumeCapability.AccessMode", {
-      {"mode", 1, kEnum, false, "VolumeCapability.AccessMode.Mode", ""},
-  });
-  ExpectMessage("NodeStageVolumeRequest", {
-      {"volume_id", 1, kString, false, "", ""},
-      {"publish_context", 2, kMsg, true, "map", ""},
-      {"staging_target_path", 3, kString, false, "", ""},
-      {"volume_capability", 4, kMsg, false, "VolumeCapability", ""},
-      {"secrets", 5, kMsg, true, "map", ""},
-      {"volume_context", 6, kMsg, true, "map", ""},
-  });
-  ExpectMessage("NodePublishVolumeRequest", {
-      {"volume_id", 1, kString, false, "", ""},
-      {"publish_context", 2, kMsg, true, "map", ""},
-      {"staging_target_path", 3, kString, false, "", ""},
-      {"target_path", 4, kString, false, "", ""},
-      {"volume_capability", 5, kMsg, false, "VolumeCapability", ""},
-      {"readonly", 6, kBool, false, "", ""},
-      {"secrets", 7, kMsg, true, "map", ""},
-      {"volume_context", 8, kMsg, true, "map", ""},
-  });
+  ExpectMessage("VolumeCapability.MountVolume",
+                {
+                    {"fs_type", 1, kString, false, "", ""},
+                    {"mount_flags", 2, kString, true, "", ""},
+                    {"volume_mount_group", 3, kString, false, "", ""},
+                });
+  ExpectMessage("VolumeCapability.AccessMode",
+                {
+                    {"mode", 1, kEnum, false, "VolumeCapability.AccessMode.Mode", ""},
+                });
+  ExpectMessage("NodeStageVolumeRequest",
+                {
+                    {"volume_id", 1, kString, false, "", ""},
+                    {"publish_context", 2, kMsg, true, "map", ""},
+                    {"staging_target_path", 3, kString, false, "", ""},
+                    {"volume_capability", 4, kMsg, false, "VolumeCapability", ""},
+                    {"secrets", 5, kMsg, true, "map", ""},
+                    {"volume_context", 6, kMsg, true, "map", ""},
+                });
+  ExpectMessage("NodePublishVolumeRequest",
+                {
+                    {"volume_id", 1, kString, false, "", ""},
+                    {"publish_context", 2, kMsg, true, "map", ""},
+                    {"staging_target_path", 3, kString, false, "", ""},
+                    {"target_path", 4, kString, false, "", ""},
+                    {"volume_capability", 5, kMsg, false, "VolumeCapability", ""},
+                    {"readonly", 6, kBool, false, "", ""},
+                    {"secrets", 7, kMsg, true, "map", ""},
+                    {"volume_context", 8, kMsg, true, "map", ""},
+                });
   ExpectMessage("NodeGetInfoResponse", {
-      {"node_id", 1, kString, false, "", ""},
-      {"max_volumes_per_node", 2, kInt64, false, "", ""},
-      {"accessible_topology", 3, kMsg, false, "Topology", ""},
-  });
-  ExpectMessage("NodeExpandVolumeRequest", {
-      {"volume_id", 1, kString, false, "", ""},
-      {"volume_path", 2, kString, false, "", ""},
-      {"capacity_range", 3, kMsg, false, "CapacityRange", ""},
-      {"staging_target_path", 4, kString, false, "", ""},
-      {"volume_capability", 5, kMsg, false, "VolumeCapability", ""},
-      {"secrets", 6, kMsg, true, "map", ""},
-  });
-  ExpectMessage("PluginCapability", {
-      {"service", 1, kMsg, false, "PluginCapability.Service", "type"},
-      {"volume_expansion", 2, kMsg, false, "PluginCapability.VolumeExpansion", "type"},
-  });
+                                           {"node_id", 1, kString, false, "", ""},
+                                           {"max_volumes_per_node", 2, kInt64, false, "", ""},
+                                           {"accessible_topology", 3, kMsg, false, "Topology", ""},
+                                       });
+  ExpectMessage("NodeExpandVolumeRequest",
+                {
+                    {"volume_id", 1, kString, false, "", ""},
+                    {"volume_path", 2, kString, false, "", ""},
+                    {"capacity_range", 3, kMsg, false, "CapacityRange", ""},
+                    {"staging_target_path", 4, kString, false, "", ""},
+                    {"volume_capability", 5, kMsg, false, "VolumeCapability", ""},
+                    {"secrets", 6, kMsg, true, "map", ""},
+                });
+  ExpectMessage(
+      "PluginCapability",
+      {
+          {"service", 1, kMsg, false, "PluginCapability.Service", "type"},
+          {"volume_expansion", 2, kMsg, false, "PluginCapability.VolumeExpansion", "type"},
+      });
 }
 
 void ExpectEnum(const char* name, const std::vector<std::pair<const char*, int>>& values) {
@@ -354,27 +382,43 @@ void ExpectEnum(const char* name, const std::vector<std::pair<const char*, int>>
 }
 
 TEST(CsiProtoWire, EnumValues) {
-  ExpectEnum("PluginCapability.Service.Type",
-             {{"UNKNOWN", 0}, {"CONTROLLER_SERVICE", 1}, {"VOLUME_ACCESSIBILITY_CONSTRAINTS", 2},
-              {"GROUP_CONTROLLER_SERVICE", 3}, {"SNAPSHOT_METADATA_SERVICE", 4}});
+  ExpectEnum("PluginCapability.Service.Type", {{"UNKNOWN", 0},
+                                               {"CONTROLLER_SERVICE", 1},
+                                               {"VOLUME_ACCESSIBILITY_CONSTRAINTS", 2},
+                                               {"GROUP_CONTROLLER_SERVICE", 3},
+                                               {"SNAPSHOT_METADATA_SERVICE", 4}});
   ExpectEnum("PluginCapability.VolumeExpansion.Type",
              {{"UNKNOWN", 0}, {"ONLINE", 1}, {"OFFLINE", 2}});
-  ExpectEnum("VolumeCapability.AccessMode.Mode",
-             {{"UNKNOWN", 0}, {"SINGLE_NODE_WRITER", 1}, {"SINGLE_NODE_READER_ONLY", 2},
-              {"MULTI_NODE_READER_ONLY", 3}, {"MULTI_NODE_SINGLE_WRITER", 4},
-              {"MULTI_NODE_MULTI_WRITER", 5}, {"SINGLE_NODE_SINGLE_WRITER", 6},
-              {"SINGLE_NODE_MULTI_WRITER", 7}});
-  ExpectEnum("ControllerServiceCapability.RPC.Type",
-             {{"UNKNOWN", 0}, {"CREATE_DELETE_VOLUME", 1}, {"PUBLISH_UNPUBLISH_VOLUME", 2},
-              {"LIST_VOLUMES", 3}, {"GET_CAPACITY", 4}, {"CREATE_DELETE_SNAPSHOT", 5},
-              {"LIST_SNAPSHOTS", 6}, {"CLONE_VOLUME", 7}, {"PUBLISH_READONLY", 8},
-              {"EXPAND_VOLUME", 9}, {"LIST_VOLUMES_PUBLISHED_NODES", 10},
-              {"VOLUME_CONDITION", 11}, {"GET_VOLUME", 12}, {"SINGLE_NODE_MULTI_WRITER", 13},
-              {"MODIFY_VOLUME", 14}});
-  ExpectEnum("NodeServiceCapability.RPC.Type",
-             {{"UNKNOWN", 0}, {"STAGE_UNSTAGE_VOLUME", 1}, {"GET_VOLUME_STATS", 2},
-              {"EXPAND_VOLUME", 3}, {"VOLUME_CONDITION", 4}, {"SINGLE_NODE_MULTI_WRITER", 5},
-              {"VOLUME_MOUNT_GROUP", 6}});
+  ExpectEnum("VolumeCapability.AccessMode.Mode", {{"UNKNOWN", 0},
+                                                  {"SINGLE_NODE_WRITER", 1},
+                                                  {"SINGLE_NODE_READER_ONLY", 2},
+                                                  {"MULTI_NODE_READER_ONLY", 3},
+                                                  {"MULTI_NODE_SINGLE_WRITER", 4},
+                                                  {"MULTI_NODE_MULTI_WRITER", 5},
+                                                  {"SINGLE_NODE_SINGLE_WRITER", 6},
+                                                  {"SINGLE_NODE_MULTI_WRITER", 7}});
+  ExpectEnum("ControllerServiceCapability.RPC.Type", {{"UNKNOWN", 0},
+                                                      {"CREATE_DELETE_VOLUME", 1},
+                                                      {"PUBLISH_UNPUBLISH_VOLUME", 2},
+                                                      {"LIST_VOLUMES", 3},
+                                                      {"GET_CAPACITY", 4},
+                                                      {"CREATE_DELETE_SNAPSHOT", 5},
+                                                      {"LIST_SNAPSHOTS", 6},
+                                                      {"CLONE_VOLUME", 7},
+                                                      {"PUBLISH_READONLY", 8},
+                                                      {"EXPAND_VOLUME", 9},
+                                                      {"LIST_VOLUMES_PUBLISHED_NODES", 10},
+                                                      {"VOLUME_CONDITION", 11},
+                                                      {"GET_VOLUME", 12},
+                                                      {"SINGLE_NODE_MULTI_WRITER", 13},
+                                                      {"MODIFY_VOLUME", 14}});
+  ExpectEnum("NodeServiceCapability.RPC.Type", {{"UNKNOWN", 0},
+                                                {"STAGE_UNSTAGE_VOLUME", 1},
+                                                {"GET_VOLUME_STATS", 2},
+                                                {"EXPAND_VOLUME", 3},
+                                                {"VOLUME_CONDITION", 4},
+                                                {"SINGLE_NODE_MULTI_WRITER", 5},
+                                                {"VOLUME_MOUNT_GROUP", 6}});
   ExpectEnum("GroupControllerServiceCapability.RPC.Type",
              {{"UNKNOWN", 0}, {"CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT", 1}});
   ExpectEnum("VolumeUsage.Unit", {{"UNKNOWN", 0}, {"BYTES", 1}, {"INODES", 2}});
@@ -386,10 +430,10 @@ TEST(CsiProtoWire, EnumValues) {
 TEST(CsiProtoWire, DecodesHandEncodedCreateVolumeRequest) {
   using namespace std::string_literals;  // the bytes contain NULs
   std::string wire;
-  wire += "\x0a\x03pvc"s;              // 1: name = "pvc"
-  wire += "\x12\x02\x08\x40"s;         // 2: capacity_range { required_bytes: 64 }
+  wire += "\x0a\x03pvc"s;                       // 1: name = "pvc"
+  wire += "\x12\x02\x08\x40"s;                  // 2: capacity_range { required_bytes: 64 }
   wire += "\x1a\x06\x0a\x00\x1a\x02\x08\x01"s;  // 3: volume_capabilities { block {}
-                                              //    access_mode { mode: SINGLE_NODE_WRITER } }
+                                                //    access_mode { mode: SINGLE_NODE_WRITER } }
   ::csi::v1::CreateVolumeRequest req;
   ASSERT_TRUE(req.ParseFromString(wire));
   EXPECT_EQ(req.name(), "pvc");

@@ -10,12 +10,12 @@
 #include "api/grpc_status.h"
 #include "daemon/control_service_internal.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
-#include "nbd/server.h"
 #include "engine/common/assert.h"
 #include "engine/common/log.h"
 #include "engine/common/units.h"
 #include "engine/engine.h"
 #include "engine/pool/superblock.h"
+#include "nbd/server.h"
 #include "qos/settings.h"
 #include "snapshot/snapshot_manager.h"
 

@@ -22,8 +22,8 @@
 #include <chrono>
 #include <string>
 
-#include "api/control_api.h"
 #include "api/control.grpc.pb.h"
+#include "api/control_api.h"
 #include "engine/common/status.h"
 
 namespace shale {

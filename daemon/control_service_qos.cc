@@ -100,7 +100,8 @@ grpc::Status ControlService::SetVolumeQos(grpc::ServerContext* ctx,
                                           const v1::SetVolumeQosRequest* req, v1::VolumeQos* resp) {
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   if (qos_ == nullptr) return Fail(ctx, QosDisabled());
-  if (Status st = qos_->Set(req->name(), qos::SettingsFromMessage(req->qos())); !st.ok()) return Fail(ctx, st);
+  if (Status st = qos_->Set(req->name(), qos::SettingsFromMessage(req->qos())); !st.ok())
+    return Fail(ctx, st);
   if (Status st = DescribeQos(engine_, qos_, req->name(), resp); !st.ok()) return Fail(ctx, st);
   return grpc::Status::OK;
 }

@@ -2,8 +2,6 @@
 // request field is validated (bad input is INVALID_ARGUMENT with the shale-error trailer, never
 // a crash), engine errors map to the documented gRPC codes, and results mirror the engine.
 #include "daemon/control_service.h"
-#include "daemon/lifecycle/volume_lifecycle.h"
-#include "daemon/nbd_export_gate.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -18,14 +16,16 @@
 #include <string>
 #include <vector>
 
-#include "nbd/export.h"
-#include "nbd/protocol.h"
-#include "nbd/server.h"
+#include "daemon/lifecycle/volume_lifecycle.h"
+#include "daemon/nbd_export_gate.h"
 #include "engine/common/units.h"
 #include "engine/engine.h"
 #include "engine/pool/keys.h"
 #include "engine/pool/metadata_store.h"
 #include "engine/volume/volume_test_util.h"
+#include "nbd/export.h"
+#include "nbd/protocol.h"
+#include "nbd/server.h"
 #include "snapshot/snapshot_manager.h"
 
 namespace shale::daemon {

@@ -14,14 +14,14 @@
 #include <filesystem>
 #include <initializer_list>
 
+#include "csi/driver.h"
 #include "daemon/control_service.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
 #include "daemon/nbd_export_gate.h"
-#include "csi/driver.h"
-#include "nbd/export.h"
-#include "nbd/server.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
+#include "nbd/export.h"
+#include "nbd/server.h"
 #include "qos/qos_manager.h"
 #include "snapshot/snapshot_manager.h"
 

@@ -94,7 +94,7 @@ class Daemon {
   const DaemonOptions options_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<snapshot::SnapshotManager> snapshots_;  // after engine_: destroyed first
-  std::unique_ptr<qos::QosManager> qos_;                   // after engine_: destroyed first
+  std::unique_ptr<qos::QosManager> qos_;                  // after engine_: destroyed first
   // qos_ while the snapshot layer may route its background I/O through it (set once QoS is
   // open, cleared after the snapshot layer stopped); read by the snapshot layer's threads.
   std::atomic<qos::QosManager*> background_qos_{nullptr};

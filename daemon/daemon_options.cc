@@ -8,10 +8,10 @@
 #include <string_view>
 
 #include "api/control_api.h"
-#include "nbd/server.h"
 #include "engine/common/units.h"
 #include "engine/io/reactor.h"
 #include "engine/pool/superblock.h"
+#include "nbd/server.h"
 
 #ifndef SHALE_VERSION
 #error "SHALE_VERSION must be defined by the build"
@@ -261,8 +261,8 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   if (std::string_view(control_socket).starts_with("unix://")) {
     control_socket = control_socket.substr(7);
   }
-  o.control_socket =
-      control_socket.empty() ? o.data_dir + "/" + api::kControlSocketName : Absolute(control_socket);
+  o.control_socket = control_socket.empty() ? o.data_dir + "/" + api::kControlSocketName
+                                            : Absolute(control_socket);
   if (o.control_socket.size() > MaxUnixSocketPath()) {
     return usage_error(
         "control socket path '" + o.control_socket + "' is " +
@@ -299,10 +299,9 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
     if (path.empty()) return usage_error("--csi-endpoint needs a socket path");
     o.csi_endpoint = Absolute(std::string(path));
     if (o.csi_endpoint.size() > MaxUnixSocketPath()) {
-      return usage_error("CSI socket path '" + o.csi_endpoint + "' is " +
-                         std::to_string(o.csi_endpoint.size()) +
-                         " bytes long; UNIX sockets allow at most " +
-                         std::to_string(MaxUnixSocketPath()));
+      return usage_error(
+          "CSI socket path '" + o.csi_endpoint + "' is " + std::to_string(o.csi_endpoint.size()) +
+          " bytes long; UNIX sockets allow at most " + std::to_string(MaxUnixSocketPath()));
     }
     if (o.csi_endpoint == o.control_socket || o.csi_endpoint == o.nbd_socket) {
       return usage_error("--csi-endpoint must differ from the control and NBD sockets");

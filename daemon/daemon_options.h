@@ -25,8 +25,8 @@ struct DaemonOptions {
   std::string control_socket;  // absolute path of the control API's UNIX socket
   std::string config_file;     // the config file that was read, if any
   // NBD server (docs/nbd.md). Empty address/socket: that listener is off.
-  std::string nbd_listen;      // "127.0.0.1:10809" (port 0: any free port)
-  std::string nbd_socket;      // absolute path; default <data-dir>/nbd.sock
+  std::string nbd_listen;  // "127.0.0.1:10809" (port 0: any free port)
+  std::string nbd_socket;  // absolute path; default <data-dir>/nbd.sock
   unsigned nbd_max_connections = 128;
   unsigned nbd_handshake_timeout_s = 10;
   // CSI driver csi.shale.io (docs/csi.md). Empty endpoint: not served.

@@ -3,9 +3,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <algorithm>
 #include <future>
 #include <set>
 
@@ -53,7 +53,8 @@ Engine::~Engine() { Shutdown().IgnoreError(); }
 
 Result<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
   if (options.reactors == 0 || options.reactors > kMaxEngineReactors) {
-    return Status::InvalidArgument("reactors must be between 1 and " + std::to_string(kMaxEngineReactors));
+    return Status::InvalidArgument("reactors must be between 1 and " +
+                                   std::to_string(kMaxEngineReactors));
   }
   std::unique_ptr<Engine> engine(new Engine(options));
   Status st = engine->Init();
@@ -116,8 +117,9 @@ Status Engine::OpenRegisteredPools() {
     if (!dev.ok()) {
       st = dev.status().WithContext("open device " + reg.device_path());
     } else {
-      auto pool = Pool::Open(std::move(dev).value(),
-                             {.name = reg.name(), .metadata_dir = reg.metadata_dir(), .expected_uuid = uuid});
+      auto pool = Pool::Open(
+          std::move(dev).value(),
+          {.name = reg.name(), .metadata_dir = reg.metadata_dir(), .expected_uuid = uuid});
       if (pool.ok()) {
         slot->pool = std::move(pool).value();
         st = LoadVolumes(*slot);
@@ -169,27 +171,29 @@ Status Engine::LoadVolumes(PoolSlot& slot) {
   Pool& pool = *slot.pool;
   std::map<uint64_t, meta::ImageRecord> images;
   Status parse;
-  SHALE_RETURN_IF_ERROR(pool.meta().Scan(keys::ImagePrefix(), [&](std::string_view, std::string_view v) {
-    meta::ImageRecord img;
-    if (!img.ParseFromArray(v.data(), static_cast<int>(v.size()))) {
-      parse = Status::Corruption("unreadable image record");
-      return false;
-    }
-    images[img.id()] = img;
-    return true;
-  }));
+  SHALE_RETURN_IF_ERROR(
+      pool.meta().Scan(keys::ImagePrefix(), [&](std::string_view, std::string_view v) {
+        meta::ImageRecord img;
+        if (!img.ParseFromArray(v.data(), static_cast<int>(v.size()))) {
+          parse = Status::Corruption("unreadable image record");
+          return false;
+        }
+        images[img.id()] = img;
+        return true;
+      }));
   SHALE_RETURN_IF_ERROR(parse);
   slot.images = images;
   std::vector<meta::VolumeRecord> records;
-  SHALE_RETURN_IF_ERROR(pool.meta().Scan(keys::VolumePrefix(), [&](std::string_view, std::string_view v) {
-    meta::VolumeRecord rec;
-    if (!rec.ParseFromArray(v.data(), static_cast<int>(v.size()))) {
-      parse = Status::Corruption("unreadable volume record");
-      return false;
-    }
-    records.push_back(std::move(rec));
-    return true;
-  }));
+  SHALE_RETURN_IF_ERROR(
+      pool.meta().Scan(keys::VolumePrefix(), [&](std::string_view, std::string_view v) {
+        meta::VolumeRecord rec;
+        if (!rec.ParseFromArray(v.data(), static_cast<int>(v.size()))) {
+          parse = Status::Corruption("unreadable volume record");
+          return false;
+        }
+        records.push_back(std::move(rec));
+        return true;
+      }));
   SHALE_RETURN_IF_ERROR(parse);
 
   for (auto& rec : records) {
@@ -202,7 +206,8 @@ Status Engine::LoadVolumes(PoolSlot& slot) {
     while (img != 0) {
       auto it = images.find(img);
       if (it == images.end()) {
-        return Status::Corruption("volume '" + rec.name() + "' references missing image " + std::to_string(img));
+        return Status::Corruption("volume '" + rec.name() + "' references missing image " +
+                                  std::to_string(img));
       }
       chain.insert(chain.begin(), img);
       if (chain.size() > Volume::kMaxChainDepth) {
@@ -295,13 +300,15 @@ Result<PoolInfo> Engine::CreatePool(const CreatePoolParams& params) {
 Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool mark_created_file) {
   SHALE_RETURN_IF_ERROR(ValidateName("pool", params.name));
   SHALE_RETURN_IF_ERROR(ValidateClusterSize(params.cluster_size));
-  if (pools_.count(params.name)) return Status::AlreadyExists("pool '" + params.name + "' already exists");
+  if (pools_.count(params.name))
+    return Status::AlreadyExists("pool '" + params.name + "' already exists");
   if (params.device_path.empty()) return Status::InvalidArgument("pool needs a device path");
   for (const auto& [n, slot] : pools_) {
     std::error_code ec;
     if (fs::exists(params.device_path) &&
         fs::equivalent(slot->reg.device_path(), params.device_path, ec)) {
-      return Status::AlreadyExists("device " + params.device_path + " is already used by pool '" + n + "'");
+      return Status::AlreadyExists("device " + params.device_path + " is already used by pool '" +
+                                   n + "'");
     }
   }
   bool created_file = false;
@@ -321,7 +328,8 @@ Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool m
     }
   } else if (params.size_bytes != 0 && fs::is_regular_file(params.device_path) &&
              fs::file_size(params.device_path) != params.size_bytes) {
-    return Status::InvalidArgument("file " + params.device_path + " exists with a different size (" +
+    return Status::InvalidArgument("file " + params.device_path +
+                                   " exists with a different size (" +
                                    FormatSize(fs::file_size(params.device_path)) + ")");
   }
   auto cleanup = [&] {
@@ -335,11 +343,14 @@ Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool m
   std::shared_ptr<BlockDevice> device = std::move(dev).value();
   // The metadata directory is named after the pool's UUID, known only once formatted: format
   // into a temporary name, then rename.
-  const std::string tmp_meta = (fs::path(options_.data_dir) / "pools" / (".new-" + params.name)).string();
+  const std::string tmp_meta =
+      (fs::path(options_.data_dir) / "pools" / (".new-" + params.name)).string();
   std::error_code ec;
   fs::remove_all(tmp_meta, ec);
-  auto pool_or = Pool::Create(device, {.name = params.name, .metadata_dir = tmp_meta,
-                                       .cluster_size = params.cluster_size, .force = params.force});
+  auto pool_or = Pool::Create(device, {.name = params.name,
+                                       .metadata_dir = tmp_meta,
+                                       .cluster_size = params.cluster_size,
+                                       .force = params.force});
   if (!pool_or.ok()) {
     fs::remove_all(tmp_meta, ec);
     cleanup();
@@ -347,7 +358,8 @@ Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool m
   }
   Uuid uuid = (*pool_or)->uuid();
   pool_or.value().reset();  // close to move the metadata directory
-  const std::string meta_dir = (fs::path(options_.data_dir) / "pools" / uuid.ToString() / "meta").string();
+  const std::string meta_dir =
+      (fs::path(options_.data_dir) / "pools" / uuid.ToString() / "meta").string();
   fs::create_directories(fs::path(meta_dir).parent_path(), ec);
   fs::rename(tmp_meta, meta_dir, ec);
   if (ec) {
@@ -361,7 +373,8 @@ Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool m
   reg.set_metadata_dir(fs::absolute(meta_dir).string());
   reg.set_created_file(created_file || mark_created_file);
   SHALE_RETURN_IF_ERROR(registry_->Put(RegistryKey(params.name), reg.SerializeAsString()));
-  auto pool = Pool::Open(device, {.name = params.name, .metadata_dir = meta_dir, .expected_uuid = uuid});
+  auto pool =
+      Pool::Open(device, {.name = params.name, .metadata_dir = meta_dir, .expected_uuid = uuid});
   if (!pool.ok()) return pool.status().WithContext("reopen new pool");
   auto slot = std::make_unique<PoolSlot>();
   slot->reg = reg;
@@ -405,7 +418,8 @@ Status Engine::DeletePool(std::string_view name, bool force) {
   }
   for (VolumeSlot* vs : vols) {
     if (vs->open_count > 0) {
-      return Status::Busy("volume '" + vs->record.name() + "' of pool '" + std::string(name) + "' is in use");
+      return Status::Busy("volume '" + vs->record.name() + "' of pool '" + std::string(name) +
+                          "' is in use");
     }
   }
   for (VolumeSlot* vs : vols) SHALE_RETURN_IF_ERROR(DeleteVolumeLocked(*vs));
@@ -423,7 +437,8 @@ Status Engine::DeletePool(std::string_view name, bool force) {
   // an unregistered metadata directory is never opened).
   if (device) {
     Status st = Pool::WipeSuperblock(*device);
-    if (!st.ok()) SHALE_LOG_WARN("could not wipe superblock", {"pool", reg.name()}, {"error", st.ToString()});
+    if (!st.ok())
+      SHALE_LOG_WARN("could not wipe superblock", {"pool", reg.name()}, {"error", st.ToString()});
     device.reset();
   }
   std::error_code ec;
@@ -438,7 +453,9 @@ Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
   auto it = pools_.find(name);
   if (it == pools_.end()) return Status::NotFound("pool '" + std::string(name) + "' not found");
   PoolSlot* slot = it->second.get();
-  if (!slot->pool) return Status::FailedPrecondition("pool '" + std::string(name) + "' is offline: " + slot->error);
+  if (!slot->pool)
+    return Status::FailedPrecondition("pool '" + std::string(name) +
+                                      "' is offline: " + slot->error);
   Pool& pool = *slot->pool;
   // Make every volume's in-memory mapping durable so the stored state is complete.
   for (auto& [n, vs] : volumes_) {
@@ -451,10 +468,11 @@ Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
   PoolCheckReport report;
   std::map<uint32_t, std::string> owner;
   std::set<uint64_t> images;
-  SHALE_RETURN_IF_ERROR(pool.meta().Scan(keys::ImagePrefix(), [&](std::string_view k, std::string_view) {
-    images.insert(keys::DecodeU64At(k, 1));
-    return true;
-  }));
+  SHALE_RETURN_IF_ERROR(
+      pool.meta().Scan(keys::ImagePrefix(), [&](std::string_view k, std::string_view) {
+        images.insert(keys::DecodeU64At(k, 1));
+        return true;
+      }));
   Status scan = pool.meta().Scan(keys::MapPrefix(), [&](std::string_view k, std::string_view v) {
     uint64_t image = keys::DecodeU64At(k, 1), vc = keys::DecodeU64At(k, 9);
     std::string where = "image " + std::to_string(image) + " cluster " + std::to_string(vc);
@@ -466,13 +484,14 @@ Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
     }
     for (const auto& f : e->fragments) {
       if (f.pcluster >= pool.cluster_count()) {
-        report.problems.push_back(where + ": references cluster " + std::to_string(f.pcluster) + " beyond the pool");
+        report.problems.push_back(where + ": references cluster " + std::to_string(f.pcluster) +
+                                  " beyond the pool");
         continue;
       }
       auto [pos, inserted] = owner.emplace(f.pcluster, where);
       if (!inserted) {
-        report.problems.push_back("cluster " + std::to_string(f.pcluster) + " owned twice: by " + pos->second +
-                                  " and by " + where);
+        report.problems.push_back("cluster " + std::to_string(f.pcluster) + " owned twice: by " +
+                                  pos->second + " and by " + where);
       }
     }
     return true;
@@ -481,17 +500,20 @@ Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
   // The image tree: parents exist and are frozen, every head belongs to one volume, a deleted
   // image is kept only while at least two children read through it, chains stay in bounds.
   std::map<uint64_t, meta::ImageRecord> stored_images;
-  SHALE_RETURN_IF_ERROR(pool.meta().Scan(keys::ImagePrefix(), [&](std::string_view, std::string_view v) {
-    meta::ImageRecord rec;
-    if (rec.ParseFromArray(v.data(), static_cast<int>(v.size()))) stored_images[rec.id()] = rec;
-    return true;
-  }));
+  SHALE_RETURN_IF_ERROR(
+      pool.meta().Scan(keys::ImagePrefix(), [&](std::string_view, std::string_view v) {
+        meta::ImageRecord rec;
+        if (rec.ParseFromArray(v.data(), static_cast<int>(v.size()))) stored_images[rec.id()] = rec;
+        return true;
+      }));
   std::map<uint64_t, std::string> head_of;
-  SHALE_RETURN_IF_ERROR(pool.meta().Scan(keys::VolumePrefix(), [&](std::string_view, std::string_view v) {
-    meta::VolumeRecord rec;
-    if (rec.ParseFromArray(v.data(), static_cast<int>(v.size()))) head_of[rec.head_image()] = rec.name();
-    return true;
-  }));
+  SHALE_RETURN_IF_ERROR(
+      pool.meta().Scan(keys::VolumePrefix(), [&](std::string_view, std::string_view v) {
+        meta::VolumeRecord rec;
+        if (rec.ParseFromArray(v.data(), static_cast<int>(v.size())))
+          head_of[rec.head_image()] = rec.name();
+        return true;
+      }));
   for (const auto& [id, rec] : stored_images) {
     const std::string who = "image " + std::to_string(id);
     if (rec.parent() != 0) {
@@ -499,7 +521,8 @@ Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
       if (p == stored_images.end()) {
         report.problems.push_back(who + ": parent " + std::to_string(rec.parent()) + " is missing");
       } else if (p->second.kind() != meta::IMAGE_FROZEN) {
-        report.problems.push_back(who + ": parent " + std::to_string(rec.parent()) + " is not frozen");
+        report.problems.push_back(who + ": parent " + std::to_string(rec.parent()) +
+                                  " is not frozen");
       }
     }
     if (rec.kind() == meta::IMAGE_HEAD && !head_of.count(id)) {
@@ -510,7 +533,8 @@ Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
       auto c = stored_images.find(cur);
       cur = c == stored_images.end() ? 0 : c->second.parent();
     }
-    if (depth > Volume::kMaxChainDepth) report.problems.push_back(who + ": chain too long or cyclic");
+    if (depth > Volume::kMaxChainDepth)
+      report.problems.push_back(who + ": chain too long or cyclic");
     if (rec.deleted()) {
       size_t children = 0;
       for (const auto& [cid, crec] : stored_images) children += crec.parent() == id;
@@ -523,18 +547,22 @@ Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
   for (const auto& [head, vol_name] : head_of) {
     auto h = stored_images.find(head);
     if (h == stored_images.end() || h->second.kind() != meta::IMAGE_HEAD) {
-      report.problems.push_back("volume '" + vol_name + "': head image " + std::to_string(head) + " missing or not a head");
+      report.problems.push_back("volume '" + vol_name + "': head image " + std::to_string(head) +
+                                " missing or not a head");
     }
   }
   ClusterBitmap committed = pool.pipeline().committed_bitmap();
   report.referenced_clusters = owner.size();
   report.committed_clusters = committed.Count();
   for (const auto& [c, where] : owner) {
-    if (!committed.Test(c)) report.problems.push_back("cluster " + std::to_string(c) + " used by " + where + " is marked free");
+    if (!committed.Test(c))
+      report.problems.push_back("cluster " + std::to_string(c) + " used by " + where +
+                                " is marked free");
   }
   for (uint64_t c = 0; c < pool.cluster_count(); ++c) {
     if (committed.Test(c) && !owner.count(static_cast<uint32_t>(c))) {
-      report.problems.push_back("cluster " + std::to_string(c) + " is allocated but unreferenced (leak)");
+      report.problems.push_back("cluster " + std::to_string(c) +
+                                " is allocated but unreferenced (leak)");
       if (report.problems.size() > 1000) break;
     }
   }
@@ -566,16 +594,18 @@ VolumeInfo Engine::DescribeVolume(const VolumeSlot& slot) const {
   return info;
 }
 
-Result<VolumeInfo> Engine::CreateVolume(const CreateVolumeParams& params, const VolumeRecords& extra) {
+Result<VolumeInfo> Engine::CreateVolume(const CreateVolumeParams& params,
+                                        const VolumeRecords& extra) {
   std::lock_guard lock(mu_);
   if (shut_down_) return Status::Unavailable("engine is shut down");
   SHALE_RETURN_IF_ERROR(ValidateName("volume", params.name));
   if (params.size_bytes == 0) return Status::InvalidArgument("volume size must be greater than 0");
   if (params.size_bytes > kMaxVolumeSize) {
-    return Status::InvalidArgument("volume size " + FormatSize(params.size_bytes) + " exceeds the maximum of " +
-                                   FormatSize(kMaxVolumeSize));
+    return Status::InvalidArgument("volume size " + FormatSize(params.size_bytes) +
+                                   " exceeds the maximum of " + FormatSize(kMaxVolumeSize));
   }
-  if (volumes_.count(params.name)) return Status::AlreadyExists("volume '" + params.name + "' already exists");
+  if (volumes_.count(params.name))
+    return Status::AlreadyExists("volume '" + params.name + "' already exists");
   PoolSlot* slot = nullptr;
   if (!params.pool.empty()) {
     auto it = pools_.find(params.pool);
@@ -589,7 +619,8 @@ Result<VolumeInfo> Engine::CreateVolume(const CreateVolumeParams& params, const 
     return Status::InvalidArgument(pools_.empty() ? "there is no pool; create one first"
                                                   : "several pools exist; choose one with --pool");
   }
-  if (!slot->pool) return Status::FailedPrecondition("pool '" + slot->reg.name() + "' is offline: " + slot->error);
+  if (!slot->pool)
+    return Status::FailedPrecondition("pool '" + slot->reg.name() + "' is offline: " + slot->error);
   Pool& pool = *slot->pool;
   const uint64_t size = (params.size_bytes + 4095) / 4096 * 4096;
 
@@ -599,17 +630,20 @@ Result<VolumeInfo> Engine::CreateVolume(const CreateVolumeParams& params, const 
   CommitPipeline::Request req;
   req.batch = std::move(batch);
   req.flush_device = false;
-  SHALE_RETURN_IF_ERROR(pool.pipeline().CommitSync(std::move(req)).WithContext("create volume '" + params.name + "'"));
+  SHALE_RETURN_IF_ERROR(pool.pipeline()
+                            .CommitSync(std::move(req))
+                            .WithContext("create volume '" + params.name + "'"));
   slot->images[img.id()] = img;
   VolumeSlot* raw = AddVolume(*slot, rec, {rec.head_image()},
                               ClusterMap((size + pool.cluster_size() - 1) / pool.cluster_size()));
-  SHALE_LOG_INFO("volume created", {"volume", params.name}, {"pool", slot->reg.name()}, {"size", size});
+  SHALE_LOG_INFO("volume created", {"volume", params.name}, {"pool", slot->reg.name()},
+                 {"size", size});
   return DescribeVolume(*raw);
 }
 
-std::pair<meta::VolumeRecord, meta::ImageRecord> Engine::NewVolumeRecords(Pool& pool, const CreateVolumeParams& params,
-                                                                          uint64_t size, uint64_t parent_image,
-                                                                          MetaBatch* batch) {
+std::pair<meta::VolumeRecord, meta::ImageRecord> Engine::NewVolumeRecords(
+    Pool& pool, const CreateVolumeParams& params, uint64_t size, uint64_t parent_image,
+    MetaBatch* batch) {
   meta::VolumeRecord rec;
   rec.set_id(pool.ReserveVolumeId(batch));
   rec.set_name(params.name);
@@ -630,10 +664,11 @@ std::pair<meta::VolumeRecord, meta::ImageRecord> Engine::NewVolumeRecords(Pool& 
   return {rec, img};
 }
 
-Engine::VolumeSlot* Engine::AddVolume(PoolSlot& slot, const meta::VolumeRecord& rec, std::vector<uint64_t> chain,
-                                      ClusterMap map) {
-  auto vol = std::make_shared<Volume>(slot.pool.get(), PickReactor(rec.id()), rec, std::move(chain), std::move(map),
-                                      Volume::Options{.commit_interval_ns = options_.commit_interval_ms * 1'000'000});
+Engine::VolumeSlot* Engine::AddVolume(PoolSlot& slot, const meta::VolumeRecord& rec,
+                                      std::vector<uint64_t> chain, ClusterMap map) {
+  auto vol = std::make_shared<Volume>(
+      slot.pool.get(), PickReactor(rec.id()), rec, std::move(chain), std::move(map),
+      Volume::Options{.commit_interval_ns = options_.commit_interval_ms * 1'000'000});
   vol->reactor()->RunSync([&] { vol->Start(); });
   auto vs = std::make_unique<VolumeSlot>();
   vs->pool = &slot;
@@ -666,7 +701,8 @@ Result<VolumeInfo> Engine::ResizeVolume(std::string_view name, uint64_t new_size
   VolumeSlot& vs = *it->second;
   if (new_size_bytes == 0) return Status::InvalidArgument("volume size must be greater than 0");
   if (new_size_bytes > kMaxVolumeSize) {
-    return Status::InvalidArgument("volume size exceeds the maximum of " + FormatSize(kMaxVolumeSize));
+    return Status::InvalidArgument("volume size exceeds the maximum of " +
+                                   FormatSize(kMaxVolumeSize));
   }
   const uint64_t size = (new_size_bytes + 4095) / 4096 * 4096;
   const uint64_t current = vs.volume->size_bytes();
@@ -697,7 +733,8 @@ Status Engine::DeleteVolume(std::string_view name, const VolumeRecords& extra) {
                         std::to_string(it->second->open_count) + " client(s)");
   }
   if (!it->second->busy.empty()) {
-    return Status::FailedPrecondition("volume '" + std::string(name) + "' is busy: " + it->second->busy);
+    return Status::FailedPrecondition("volume '" + std::string(name) +
+                                      "' is busy: " + it->second->busy);
   }
   return DeleteVolumeLocked(*it->second, extra);
 }
@@ -713,11 +750,13 @@ Status Engine::DeleteVolumeLocked(VolumeSlot& slot, const VolumeRecords& extra) 
   req.batch.Delete(keys::Volume(vol.id()));
   req.batch.Delete(keys::VolumeName(name));
   req.batch.Delete(keys::Image(vol.head_image()));
-  req.batch.DeleteRange(keys::MapImagePrefix(vol.head_image()), keys::MapImagePrefix(vol.head_image() + 1));
+  req.batch.DeleteRange(keys::MapImagePrefix(vol.head_image()),
+                        keys::MapImagePrefix(vol.head_image() + 1));
   if (extra) extra(vol.id(), &req.batch);
   req.freed = std::move(owned);
   req.flush_device = false;
-  SHALE_RETURN_IF_ERROR(pool.pipeline().CommitSync(std::move(req)).WithContext("delete volume '" + name + "'"));
+  SHALE_RETURN_IF_ERROR(
+      pool.pipeline().CommitSync(std::move(req)).WithContext("delete volume '" + name + "'"));
   PoolSlot* ps = slot.pool;
   ps->images.erase(vol.head_image());
   volumes_.erase(name);
@@ -764,18 +803,22 @@ Engine::PoolSlot* Engine::FindPool(std::string_view name) {
 Result<Engine::PoolSlot*> Engine::OnlinePool(std::string_view name) {
   PoolSlot* slot = FindPool(name);
   if (slot == nullptr) return Status::NotFound("pool '" + std::string(name) + "' not found");
-  if (!slot->pool) return Status::FailedPrecondition("pool '" + std::string(name) + "' is offline: " + slot->error);
+  if (!slot->pool)
+    return Status::FailedPrecondition("pool '" + std::string(name) +
+                                      "' is offline: " + slot->error);
   return slot;
 }
 
 namespace {
 // The committed record of an image. A miss means the in-memory volume moved past what is
 // committed: only after a failed commit, which has failed the pool.
-Result<meta::ImageRecord> ImageRecordOf(const std::map<uint64_t, meta::ImageRecord>& images, uint64_t id) {
+Result<meta::ImageRecord> ImageRecordOf(const std::map<uint64_t, meta::ImageRecord>& images,
+                                        uint64_t id) {
   auto it = images.find(id);
   if (it == images.end()) {
-    return Status::FailedPrecondition("image " + std::to_string(id) +
-                                      " has no committed record (an earlier commit failed; restart shaled)");
+    return Status::FailedPrecondition(
+        "image " + std::to_string(id) +
+        " has no committed record (an earlier commit failed; restart shaled)");
   }
   return it->second;
 }
@@ -815,18 +858,20 @@ Status Engine::RunOnVolume(Volume& volume,
   return done.get_future().get();
 }
 
-Result<std::vector<std::pair<uint64_t, MapEntry>>> Engine::ReadImageEntries(Pool& pool, uint64_t image) {
+Result<std::vector<std::pair<uint64_t, MapEntry>>> Engine::ReadImageEntries(Pool& pool,
+                                                                            uint64_t image) {
   std::vector<std::pair<uint64_t, MapEntry>> out;
   Status err;
-  SHALE_RETURN_IF_ERROR(pool.meta().Scan(keys::MapImagePrefix(image), [&](std::string_view k, std::string_view v) {
-    auto e = MapEntry::Decode(v);
-    if (!e.ok()) {
-      err = e.status().WithContext("image " + std::to_string(image));
-      return false;
-    }
-    out.emplace_back(keys::DecodeU64At(k, 9), std::move(e).value());
-    return true;
-  }));
+  SHALE_RETURN_IF_ERROR(
+      pool.meta().Scan(keys::MapImagePrefix(image), [&](std::string_view k, std::string_view v) {
+        auto e = MapEntry::Decode(v);
+        if (!e.ok()) {
+          err = e.status().WithContext("image " + std::to_string(image));
+          return false;
+        }
+        out.emplace_back(keys::DecodeU64At(k, 9), std::move(e).value());
+        return true;
+      }));
   SHALE_RETURN_IF_ERROR(err);
   return out;
 }
@@ -855,16 +900,19 @@ ImageInfo Engine::DescribeImage(const PoolSlot& slot, uint64_t image) const {
 Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecords& extra) {
   std::lock_guard lock(mu_);
   auto it = volumes_.find(volume);
-  if (it == volumes_.end()) return Status::NotFound("volume '" + std::string(volume) + "' not found");
+  if (it == volumes_.end())
+    return Status::NotFound("volume '" + std::string(volume) + "' not found");
   VolumeSlot& vs = *it->second;
-  if (!vs.busy.empty()) return Status::FailedPrecondition("volume '" + std::string(volume) + "' is busy: " + vs.busy);
+  if (!vs.busy.empty())
+    return Status::FailedPrecondition("volume '" + std::string(volume) + "' is busy: " + vs.busy);
   PoolSlot& ps = *vs.pool;
   Pool& pool = *ps.pool;
   Volume& vol = *vs.volume;
   const uint64_t old_head = vol.head_image();
   if (ChainOf(ps, old_head).size() >= Volume::kMaxChainDepth) {
     return Status::FailedPrecondition(
-        "volume '" + std::string(volume) + "' has reached the limit of " + std::to_string(Volume::kMaxChainDepth - 1) +
+        "volume '" + std::string(volume) + "' has reached the limit of " +
+        std::to_string(Volume::kMaxChainDepth - 1) +
         " snapshots in its chain; delete older snapshots (they merge away) or flatten the volume");
   }
   MetaBatch batch;
@@ -896,32 +944,40 @@ Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecord
   return old_head;
 }
 
-Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& params, uint64_t image_id,
-                                                 const VolumeRecords& extra) {
+Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& params,
+                                                 uint64_t image_id, const VolumeRecords& extra) {
   std::lock_guard lock(mu_);
   if (shut_down_) return Status::Unavailable("engine is shut down");
   SHALE_RETURN_IF_ERROR(ValidateName("volume", params.name));
-  if (volumes_.count(params.name)) return Status::AlreadyExists("volume '" + params.name + "' already exists");
+  if (volumes_.count(params.name))
+    return Status::AlreadyExists("volume '" + params.name + "' already exists");
   PoolSlot* slot = nullptr;
   for (auto& [n, ps] : pools_) {
-    if (ps->pool && ps->images.count(image_id) && (params.pool.empty() || params.pool == n)) slot = ps.get();
+    if (ps->pool && ps->images.count(image_id) && (params.pool.empty() || params.pool == n))
+      slot = ps.get();
   }
   if (slot == nullptr) return Status::NotFound("image " + std::to_string(image_id) + " not found");
   SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord parent, ImageRecordOf(slot->images, image_id));
   if (parent.kind() != meta::IMAGE_FROZEN) {
     return Status::FailedPrecondition("image " + std::to_string(image_id) + " is not frozen");
   }
-  if (parent.deleted()) return Status::NotFound("image " + std::to_string(image_id) + " was deleted");
+  if (parent.deleted())
+    return Status::NotFound("image " + std::to_string(image_id) + " was deleted");
   std::vector<uint64_t> chain = ChainOf(*slot, image_id);
   if (chain.size() + 1 > Volume::kMaxChainDepth) {
-    return Status::FailedPrecondition("clone chains are limited to " + std::to_string(Volume::kMaxChainDepth) +
+    return Status::FailedPrecondition("clone chains are limited to " +
+                                      std::to_string(Volume::kMaxChainDepth) +
                                       " images; flatten the source first");
   }
-  uint64_t size = params.size_bytes == 0 ? parent.size_bytes() : (params.size_bytes + 4095) / 4096 * 4096;
+  uint64_t size =
+      params.size_bytes == 0 ? parent.size_bytes() : (params.size_bytes + 4095) / 4096 * 4096;
   if (size < parent.size_bytes()) {
-    return Status::InvalidArgument("a clone cannot be smaller than its source (" + FormatSize(parent.size_bytes()) + ")");
+    return Status::InvalidArgument("a clone cannot be smaller than its source (" +
+                                   FormatSize(parent.size_bytes()) + ")");
   }
-  if (size > kMaxVolumeSize) return Status::InvalidArgument("volume size exceeds the maximum of " + FormatSize(kMaxVolumeSize));
+  if (size > kMaxVolumeSize)
+    return Status::InvalidArgument("volume size exceeds the maximum of " +
+                                   FormatSize(kMaxVolumeSize));
   Pool& pool = *slot->pool;
   // The map is built from committed entries; the parent is frozen, so they cannot change.
   SHALE_ASSIGN_OR_RETURN(ClusterMap map, Volume::LoadMap(pool, chain, size, nullptr));
@@ -932,14 +988,17 @@ Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& param
   CommitPipeline::Request req;
   req.batch = std::move(batch);
   req.flush_device = false;
-  SHALE_RETURN_IF_ERROR(pool.pipeline().CommitSync(std::move(req)).WithContext("clone into '" + params.name + "'"));
+  SHALE_RETURN_IF_ERROR(
+      pool.pipeline().CommitSync(std::move(req)).WithContext("clone into '" + params.name + "'"));
   slot->images[img.id()] = img;
   VolumeSlot* raw = AddVolume(*slot, rec, chain, std::move(map));
-  SHALE_LOG_INFO("volume cloned", {"volume", params.name}, {"from_image", image_id}, {"size", size});
+  SHALE_LOG_INFO("volume cloned", {"volume", params.name}, {"from_image", image_id},
+                 {"size", size});
   return DescribeVolume(*raw);
 }
 
-Result<std::shared_ptr<VolumeHandle>> Engine::OpenImage(std::string_view pool_name, uint64_t image_id) {
+Result<std::shared_ptr<VolumeHandle>> Engine::OpenImage(std::string_view pool_name,
+                                                        uint64_t image_id) {
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
   auto it = slot->images.find(image_id);
@@ -947,21 +1006,24 @@ Result<std::shared_ptr<VolumeHandle>> Engine::OpenImage(std::string_view pool_na
     return Status::NotFound("image " + std::to_string(image_id) + " not found");
   }
   if (it->second.kind() != meta::IMAGE_FROZEN) {
-    return Status::FailedPrecondition("image " + std::to_string(image_id) + " is a volume's head, not frozen");
+    return Status::FailedPrecondition("image " + std::to_string(image_id) +
+                                      " is a volume's head, not frozen");
   }
   auto key = std::make_pair(std::string(pool_name), image_id);
   auto vit = views_.find(key);
   if (vit == views_.end()) {
     std::vector<uint64_t> chain = ChainOf(*slot, image_id);
-    SHALE_ASSIGN_OR_RETURN(ClusterMap map, Volume::LoadMap(*slot->pool, chain, it->second.size_bytes(), nullptr));
+    SHALE_ASSIGN_OR_RETURN(ClusterMap map,
+                           Volume::LoadMap(*slot->pool, chain, it->second.size_bytes(), nullptr));
     meta::VolumeRecord rec;
     rec.set_name("image-" + std::to_string(image_id));
     rec.set_size_bytes(it->second.size_bytes());
     rec.set_head_image(image_id);
     rec.set_read_only(true);
     rec.set_created_unix_ns(it->second.created_unix_ns());
-    auto view = std::make_shared<Volume>(slot->pool.get(), PickReactor(image_id), rec, chain, std::move(map),
-                                         Volume::Options{.commit_interval_ns = 0, .view_only = true});
+    auto view = std::make_shared<Volume>(
+        slot->pool.get(), PickReactor(image_id), rec, chain, std::move(map),
+        Volume::Options{.commit_interval_ns = 0, .view_only = true});
     auto is = std::make_unique<ImageSlot>();
     is->pool = slot;
     is->image = image_id;
@@ -983,13 +1045,16 @@ Status Engine::FreeImageLocked(PoolSlot& slot, uint64_t image, const ExtraRecord
   req.batch.Delete(keys::Image(image));
   if (extra) extra(image, &req.batch);
   req.flush_device = false;
-  SHALE_RETURN_IF_ERROR(pool.pipeline().CommitSync(std::move(req)).WithContext("free image " + std::to_string(image)));
+  SHALE_RETURN_IF_ERROR(pool.pipeline()
+                            .CommitSync(std::move(req))
+                            .WithContext("free image " + std::to_string(image)));
   slot.images.erase(image);
   SHALE_LOG_INFO("image freed", {"pool", slot.reg.name()}, {"image", image});
   return Status::Ok();
 }
 
-Status Engine::MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child, const ExtraRecords& extra) {
+Status Engine::MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child,
+                                const ExtraRecords& extra) {
   Pool& pool = *slot.pool;
   SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord parent_rec, ImageRecordOf(slot.images, image));
   SHALE_ASSIGN_OR_RETURN(meta::ImageRecord child_rec, ImageRecordOf(slot.images, child));
@@ -1003,12 +1068,18 @@ Status Engine::MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child, 
 
   if (VolumeSlot* head_slot = VolumeWithHead(slot, child)) {
     // The child is a live head: the volume merges in memory and commits on its reactor.
-    auto shared_entries = std::make_shared<std::vector<std::pair<uint64_t, MapEntry>>>(std::move(entries));
+    auto shared_entries =
+        std::make_shared<std::vector<std::pair<uint64_t, MapEntry>>>(std::move(entries));
     auto shared_records = std::make_shared<MetaBatch>(std::move(records));
     Volume& vol = *head_slot->volume;
-    SHALE_RETURN_IF_ERROR(RunOnVolume(vol, [&](std::function<void(const Status&)> done) {
-      vol.MergeParentIntoHead(image, std::move(*shared_entries), std::move(*shared_records), std::move(done));
-    }).WithContext("merge image " + std::to_string(image) + " into volume '" + vol.name() + "'"));
+    SHALE_RETURN_IF_ERROR(RunOnVolume(vol,
+                                      [&](std::function<void(const Status&)> done) {
+                                        vol.MergeParentIntoHead(image, std::move(*shared_entries),
+                                                                std::move(*shared_records),
+                                                                std::move(done));
+                                      })
+                              .WithContext("merge image " + std::to_string(image) +
+                                           " into volume '" + vol.name() + "'"));
   } else {
     // Both frozen: merge the stored entries; the result reads exactly as before through the child.
     CommitPipeline::Request req;
@@ -1041,7 +1112,9 @@ Status Engine::MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child, 
     }
     req.batch.Append(records);
     req.flush_device = false;
-    SHALE_RETURN_IF_ERROR(pool.pipeline().CommitSync(std::move(req)).WithContext("merge image " + std::to_string(image)));
+    SHALE_RETURN_IF_ERROR(pool.pipeline()
+                              .CommitSync(std::move(req))
+                              .WithContext("merge image " + std::to_string(image)));
     // Volumes and views reading through the merged image: their fragments are now the child's.
     for (auto& [n, vs] : volumes_) {
       if (vs->pool != &slot) continue;
@@ -1060,7 +1133,8 @@ Status Engine::MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child, 
   }
   slot.images.erase(image);
   slot.images[child] = child_rec;
-  SHALE_LOG_INFO("image merged into its child", {"pool", slot.reg.name()}, {"image", image}, {"child", child});
+  SHALE_LOG_INFO("image merged into its child", {"pool", slot.reg.name()}, {"image", image},
+                 {"child", child});
   return Status::Ok();
 }
 
@@ -1081,7 +1155,8 @@ Status Engine::CollectImagesLocked(PoolSlot& slot) {
   return Status::Ok();
 }
 
-Status Engine::DeleteImage(std::string_view pool_name, uint64_t image_id, const ExtraRecords& extra) {
+Status Engine::DeleteImage(std::string_view pool_name, uint64_t image_id,
+                           const ExtraRecords& extra) {
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
   auto it = slot->images.find(image_id);
@@ -1092,7 +1167,8 @@ Status Engine::DeleteImage(std::string_view pool_name, uint64_t image_id, const 
     return Status::FailedPrecondition("image " + std::to_string(image_id) + " is a volume's head");
   }
   if (views_.count({std::string(pool_name), image_id})) {
-    return Status::Busy("image " + std::to_string(image_id) + " is open (exported); disconnect its clients first");
+    return Status::Busy("image " + std::to_string(image_id) +
+                        " is open (exported); disconnect its clients first");
   }
   auto children = ChildrenOf(*slot, image_id);
   for (uint64_t c : children) {
@@ -1124,21 +1200,25 @@ Status Engine::DeleteImage(std::string_view pool_name, uint64_t image_id, const 
 Status Engine::RevertVolume(std::string_view volume, uint64_t image_id, const ExtraRecords& extra) {
   std::lock_guard lock(mu_);
   auto it = volumes_.find(volume);
-  if (it == volumes_.end()) return Status::NotFound("volume '" + std::string(volume) + "' not found");
+  if (it == volumes_.end())
+    return Status::NotFound("volume '" + std::string(volume) + "' not found");
   VolumeSlot& vs = *it->second;
   if (vs.open_count > 0) {
-    return Status::Busy("volume '" + std::string(volume) + "' is in use by " + std::to_string(vs.open_count) +
+    return Status::Busy("volume '" + std::string(volume) + "' is in use by " +
+                        std::to_string(vs.open_count) +
                         " client(s); disconnect them before reverting");
   }
-  if (!vs.busy.empty()) return Status::FailedPrecondition("volume '" + std::string(volume) + "' is busy: " + vs.busy);
-  if (vs.volume->read_only()) return Status::PermissionDenied("volume '" + std::string(volume) + "' is read-only");
+  if (!vs.busy.empty())
+    return Status::FailedPrecondition("volume '" + std::string(volume) + "' is busy: " + vs.busy);
+  if (vs.volume->read_only())
+    return Status::PermissionDenied("volume '" + std::string(volume) + "' is read-only");
   PoolSlot& ps = *vs.pool;
   Pool& pool = *ps.pool;
   Volume& vol = *vs.volume;
   const auto& chain = vol.chain();
   if (std::find(chain.begin(), chain.end() - 1, image_id) == chain.end() - 1) {
-    return Status::InvalidArgument("image " + std::to_string(image_id) + " is not an ancestor of volume '" +
-                                   std::string(volume) + "'");
+    return Status::InvalidArgument("image " + std::to_string(image_id) +
+                                   " is not an ancestor of volume '" + std::string(volume) + "'");
   }
   SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord target, ImageRecordOf(ps.images, image_id));
   const uint64_t old_head = vol.head_image();
@@ -1146,7 +1226,8 @@ Status Engine::RevertVolume(std::string_view volume, uint64_t image_id, const Ex
   const uint64_t new_head = pool.ReserveImageId(&batch);
   std::vector<uint64_t> new_chain = ChainOf(ps, image_id);
   uint64_t owned = 0;
-  SHALE_ASSIGN_OR_RETURN(ClusterMap map, Volume::LoadMap(pool, new_chain, target.size_bytes(), &owned));
+  SHALE_ASSIGN_OR_RETURN(ClusterMap map,
+                         Volume::LoadMap(pool, new_chain, target.size_bytes(), &owned));
   new_chain.push_back(new_head);
   meta::ImageRecord head;
   head.set_id(new_head);
@@ -1184,9 +1265,11 @@ Status Engine::FlattenVolume(std::string_view volume,
   {
     std::lock_guard lock(mu_);
     auto it = volumes_.find(volume);
-    if (it == volumes_.end()) return Status::NotFound("volume '" + std::string(volume) + "' not found");
+    if (it == volumes_.end())
+      return Status::NotFound("volume '" + std::string(volume) + "' not found");
     VolumeSlot& vs = *it->second;
-    if (!vs.busy.empty()) return Status::FailedPrecondition("volume '" + std::string(volume) + "' is busy: " + vs.busy);
+    if (!vs.busy.empty())
+      return Status::FailedPrecondition("volume '" + std::string(volume) + "' is busy: " + vs.busy);
     if (vs.volume->chain().size() == 1) return Status::Ok();  // nothing to detach from
     vs.busy = "flatten in progress";
     vol = vs.volume;
@@ -1216,7 +1299,8 @@ Status Engine::FlattenVolume(std::string_view volume,
   return CollectImagesLocked(*ps);
 }
 
-Result<std::vector<std::pair<uint64_t, uint64_t>>> Engine::ChangedRanges(std::string_view pool_name, uint64_t older,
+Result<std::vector<std::pair<uint64_t, uint64_t>>> Engine::ChangedRanges(std::string_view pool_name,
+                                                                         uint64_t older,
                                                                          uint64_t newer) {
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
@@ -1228,8 +1312,8 @@ Result<std::vector<std::pair<uint64_t, uint64_t>>> Engine::ChangedRanges(std::st
   std::vector<uint64_t> chain = ChainOf(*slot, newer);
   auto pos = std::find(chain.begin(), chain.end(), older);
   if (pos == chain.end()) {
-    return Status::InvalidArgument("image " + std::to_string(older) + " is not an ancestor of image " +
-                                   std::to_string(newer));
+    return Status::InvalidArgument("image " + std::to_string(older) +
+                                   " is not an ancestor of image " + std::to_string(newer));
   }
   Pool& pool = *slot->pool;
   const uint64_t cs = pool.cluster_size();
@@ -1275,14 +1359,16 @@ std::vector<ImageInfo> Engine::ListImages(std::string_view pool_name) {
 Result<ImageInfo> Engine::GetImage(std::string_view pool_name, uint64_t image_id) {
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-  if (!slot->images.count(image_id)) return Status::NotFound("image " + std::to_string(image_id) + " not found");
+  if (!slot->images.count(image_id))
+    return Status::NotFound("image " + std::to_string(image_id) + " not found");
   return DescribeImage(*slot, image_id);
 }
 
 Result<ImageUsage> Engine::GetImageUsage(std::string_view pool_name, uint64_t image_id) {
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-  if (!slot->images.count(image_id)) return Status::NotFound("image " + std::to_string(image_id) + " not found");
+  if (!slot->images.count(image_id))
+    return Status::NotFound("image " + std::to_string(image_id) + " not found");
   Pool& pool = *slot->pool;
   SHALE_ASSIGN_OR_RETURN(auto entries, ReadImageEntries(pool, image_id));
   const auto children = ChildrenOf(*slot, image_id);
@@ -1318,7 +1404,8 @@ Result<ImageUsage> Engine::GetImageUsage(std::string_view pool_name, uint64_t im
 Result<Volume::SpaceUsage> Engine::GetVolumeUsage(std::string_view volume) {
   std::lock_guard lock(mu_);
   auto it = volumes_.find(volume);
-  if (it == volumes_.end()) return Status::NotFound("volume '" + std::string(volume) + "' not found");
+  if (it == volumes_.end())
+    return Status::NotFound("volume '" + std::string(volume) + "' not found");
   Volume::SpaceUsage u;
   Volume& vol = *it->second->volume;
   vol.reactor()->RunSync([&] { u = vol.Usage(); });
@@ -1328,18 +1415,21 @@ Result<Volume::SpaceUsage> Engine::GetVolumeUsage(std::string_view volume) {
 Result<uint64_t> Engine::VolumeHeadImage(std::string_view volume) {
   std::lock_guard lock(mu_);
   auto it = volumes_.find(volume);
-  if (it == volumes_.end()) return Status::NotFound("volume '" + std::string(volume) + "' not found");
+  if (it == volumes_.end())
+    return Status::NotFound("volume '" + std::string(volume) + "' not found");
   return it->second->volume->head_image();
 }
 
-Result<std::optional<std::string>> Engine::GetRecord(std::string_view pool_name, std::string_view key) {
+Result<std::optional<std::string>> Engine::GetRecord(std::string_view pool_name,
+                                                     std::string_view key) {
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
   return slot->pool->meta().Get(key);
 }
 
-Status Engine::ScanRecords(std::string_view pool_name, std::string_view prefix,
-                           const std::function<bool(std::string_view key, std::string_view value)>& fn) {
+Status Engine::ScanRecords(
+    std::string_view pool_name, std::string_view prefix,
+    const std::function<bool(std::string_view key, std::string_view value)>& fn) {
   Pool* pool = nullptr;
   {
     std::lock_guard lock(mu_);

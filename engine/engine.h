@@ -30,11 +30,12 @@ inline constexpr unsigned kMaxEngineReactors = 16;
 struct EngineOptions {
   // Opens a pool device by path. Tests substitute fault-injecting devices here; empty means
   // OpenBlockDevice(path, device).
-  using DeviceFactory = std::function<Result<std::shared_ptr<BlockDevice>>(const std::string& path)>;
+  using DeviceFactory =
+      std::function<Result<std::shared_ptr<BlockDevice>>(const std::string& path)>;
 
   std::string data_dir = "./shale-data";
-  unsigned reactors = 1;          // data-path threads, each with an io_uring ring (1..16)
-  DeviceOptions device;           // backend (io_uring | libaio) and O_DIRECT for pool devices
+  unsigned reactors = 1;               // data-path threads, each with an io_uring ring (1..16)
+  DeviceOptions device;                // backend (io_uring | libaio) and O_DIRECT for pool devices
   uint64_t commit_interval_ms = 5000;  // periodic commit of unflushed mapping changes
   bool create_default_pool = true;     // create "default" on first start
   std::string default_pool_name = "default";
@@ -47,8 +48,8 @@ struct PoolInfo {
   std::string name;
   std::string uuid;
   std::string device_path;
-  std::string state;  // "online" or "error"
-  std::string error;  // why the pool is not online
+  std::string state;            // "online" or "error"
+  std::string error;            // why the pool is not online
   uint64_t capacity_bytes = 0;  // data area: clusters x cluster size
   uint64_t used_bytes = 0;
   uint64_t free_bytes = 0;
@@ -56,7 +57,7 @@ struct PoolInfo {
   uint64_t cluster_count = 0;
   uint32_t volume_count = 0;
   uint64_t metadata_bytes_written = 0;  // since the pool was opened (commit pipeline)
-  std::string backend;  // device kind ("io_uring", "libaio", ...)
+  std::string backend;                  // device kind ("io_uring", "libaio", ...)
 };
 
 struct VolumeInfo {
@@ -77,9 +78,9 @@ struct CreatePoolParams {
   std::string device_path;  // block device or file; a missing file is created (needs size)
   uint64_t size_bytes = 0;  // for a new file; 0 = use the existing device's size
   uint32_t cluster_size = kDefaultClusterSize;
-  bool force = false;       // format a device that is not blank
-  bool preallocate = false; // new file: allocate all its blocks now (no filesystem allocation
-                            // work on first writes; costs the space up front)
+  bool force = false;        // format a device that is not blank
+  bool preallocate = false;  // new file: allocate all its blocks now (no filesystem allocation
+                             // work on first writes; costs the space up front)
 };
 
 struct CreateVolumeParams {
@@ -102,14 +103,14 @@ struct ImageInfo {
   uint64_t id = 0;
   uint64_t parent = 0;  // 0 = none
   std::string pool;
-  uint64_t volume_id = 0;   // the volume whose head it is or was
-  std::string volume;       // that volume's name, empty if it was deleted
+  uint64_t volume_id = 0;  // the volume whose head it is or was
+  std::string volume;      // that volume's name, empty if it was deleted
   bool frozen = false;
-  bool deleted = false;     // deleted, but kept until its children stop needing it
+  bool deleted = false;  // deleted, but kept until its children stop needing it
   uint64_t created_unix_ns = 0;
   uint64_t size_bytes = 0;  // logical size when frozen
   std::vector<uint64_t> children;
-  uint32_t depth = 0;       // images from the root down to this one, itself included
+  uint32_t depth = 0;  // images from the root down to this one, itself included
 };
 
 struct ImageUsage {
@@ -204,7 +205,8 @@ class Engine {
   Status DeleteImage(std::string_view pool, uint64_t image_id, const ExtraRecords& extra = nullptr);
   // Rolls the volume back to frozen ancestor `image_id` (content and size). The volume must
   // not be open.
-  Status RevertVolume(std::string_view volume, uint64_t image_id, const ExtraRecords& extra = nullptr);
+  Status RevertVolume(std::string_view volume, uint64_t image_id,
+                      const ExtraRecords& extra = nullptr);
   // Copies everything the volume still reads through parent images into its own clusters,
   // then detaches it from them. Clients may keep using the volume meanwhile. With `admission`
   // (valid for the call), every copy batch is paced by it (Volume::Flatten); null: unpaced.
@@ -215,8 +217,8 @@ class Engine {
   // `older` and frozen image `newer`, where older is an ancestor of newer: the blocks that the
   // images after `older` up to `newer` store data or zero marks for. InvalidArgument if older is
   // not an ancestor. Ranges past the older image's size count as changed.
-  Result<std::vector<std::pair<uint64_t, uint64_t>>> ChangedRanges(std::string_view pool, uint64_t older,
-                                                                   uint64_t newer);
+  Result<std::vector<std::pair<uint64_t, uint64_t>>> ChangedRanges(std::string_view pool,
+                                                                   uint64_t older, uint64_t newer);
   std::vector<ImageInfo> ListImages(std::string_view pool);
   Result<ImageInfo> GetImage(std::string_view pool, uint64_t image_id);
   Result<ImageUsage> GetImageUsage(std::string_view pool, uint64_t image_id);
@@ -252,18 +254,21 @@ class Engine {
   VolumeSlot* VolumeWithHead(const PoolSlot& slot, uint64_t image);
   Result<std::vector<std::pair<uint64_t, MapEntry>>> ReadImageEntries(Pool& pool, uint64_t image);
   Status FreeImageLocked(PoolSlot& slot, uint64_t image, const ExtraRecords& extra);
-  Status MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child, const ExtraRecords& extra);
+  Status MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child,
+                          const ExtraRecords& extra);
   Status CollectImagesLocked(PoolSlot& slot);
-  Status RunOnVolume(Volume& volume, const std::function<void(std::function<void(const Status&)>)>& op);
+  Status RunOnVolume(Volume& volume,
+                     const std::function<void(std::function<void(const Status&)>)>& op);
   ImageInfo DescribeImage(const PoolSlot& slot, uint64_t image) const;
   Status CloseVolume(Volume& volume);
   Reactor* PickReactor(uint64_t volume_id);
   // Records of a new volume and its head image (parent_image 0 = none), put into batch.
-  std::pair<meta::VolumeRecord, meta::ImageRecord> NewVolumeRecords(Pool& pool, const CreateVolumeParams& params,
-                                                                    uint64_t size, uint64_t parent_image,
-                                                                    MetaBatch* batch);
+  std::pair<meta::VolumeRecord, meta::ImageRecord> NewVolumeRecords(
+      Pool& pool, const CreateVolumeParams& params, uint64_t size, uint64_t parent_image,
+      MetaBatch* batch);
   // Starts the live volume for committed records and registers it.
-  VolumeSlot* AddVolume(PoolSlot& slot, const meta::VolumeRecord& rec, std::vector<uint64_t> chain, ClusterMap map);
+  VolumeSlot* AddVolume(PoolSlot& slot, const meta::VolumeRecord& rec, std::vector<uint64_t> chain,
+                        ClusterMap map);
   Result<std::shared_ptr<BlockDevice>> OpenDevice(const std::string& path);
   void ReleaseHandle(Volume* volume);
 

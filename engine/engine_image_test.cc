@@ -84,7 +84,8 @@ TEST_F(EngineImageTest, SnapshotKeepsOldDataWhileTheVolumeAndClonesDiverge) {
   AlignedBuffer buf = AllocateAligned(4096);
   EXPECT_EQ(RunVolumeIo((*view)->volume(), VolumeOp::kWrite, 0, 4096, buf.get()).code(),
             StatusCode::kPermissionDenied);
-  EXPECT_EQ(engine_->DeleteImage("default", *snap).code(), StatusCode::kBusy) << "exported images stay";
+  EXPECT_EQ(engine_->DeleteImage("default", *snap).code(), StatusCode::kBusy)
+      << "exported images stay";
   view->reset();
   // A writable clone reads A, diverges, and the snapshot does not change.
   ASSERT_TRUE(engine_->CreateVolumeFromImage({.name = "clone"}, *snap).ok());
@@ -100,7 +101,8 @@ TEST_F(EngineImageTest, SnapshotKeepsOldDataWhileTheVolumeAndClonesDiverge) {
     std::copy(c.begin(), c.end(), expect.begin() + 512 * kKiB);
     EXPECT_EQ(Read(h->volume(), 0, a.size()), expect);
     auto r = Open("ro");
-    EXPECT_EQ(RunVolumeIo(r->volume(), VolumeOp::kWrite, 0, 4096, buf.get()).code(), StatusCode::kPermissionDenied);
+    EXPECT_EQ(RunVolumeIo(r->volume(), VolumeOp::kWrite, 0, 4096, buf.get()).code(),
+              StatusCode::kPermissionDenied);
     EXPECT_EQ(Read(r->volume(), 0, a.size()), a);
   }
   view = engine_->OpenImage("default", *snap);
@@ -157,7 +159,9 @@ TEST_F(EngineImageTest, SixtyFourSnapshotsReadTheirOwnContentThroughRandomDelete
         std::copy(p.begin(), p.end(), current.begin() + static_cast<long>(off));
       }
       if (i % 9 == 4) {  // some discards too
-        ASSERT_TRUE(RunVolumeIo(h->volume(), VolumeOp::kDiscard, 64 * kKiB * (rng() % 60), 64 * kKiB, nullptr).ok());
+        ASSERT_TRUE(RunVolumeIo(h->volume(), VolumeOp::kDiscard, 64 * kKiB * (rng() % 60),
+                                64 * kKiB, nullptr)
+                        .ok());
       }
       current = Read(h->volume(), 0, kSize);  // discard granularity is the block: reread
       auto id = engine_->FreezeVolume("v");
@@ -240,8 +244,10 @@ TEST_F(EngineImageTest, SnapshotsArePointInTimeUnderConcurrentWrites) {
           ++written;
         }
       }
-      EXPECT_GE(written, s.acked_before) << "an acknowledged write is missing from snapshot " << s.id;
-      EXPECT_LE(written, s.issued_after) << "a write issued after the snapshot is in snapshot " << s.id;
+      EXPECT_GE(written, s.acked_before)
+          << "an acknowledged write is missing from snapshot " << s.id;
+      EXPECT_LE(written, s.issued_after)
+          << "a write issued after the snapshot is in snapshot " << s.id;
       if (pass == 0) {
         first_read[s.id] = std::move(content);
       } else {
@@ -273,12 +279,14 @@ TEST_F(EngineImageTest, ChangedRangesBetweenSnapshots) {
   ASSERT_TRUE(r.ok());
   want = {{8192, 8192}, {1 * kMiB, 64 * kKiB}, {2 * kMiB, 4096}, {4 * kMiB, 1 * kMiB}};
   EXPECT_EQ(*r, want);
-  EXPECT_EQ(engine_->ChangedRanges("default", *s2, *s1).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->ChangedRanges("default", *s2, *s1).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 TEST_F(EngineImageTest, ChainDepthIsLimitedWithAClearError) {
   ASSERT_TRUE(engine_->CreateVolume({.name = "v", .size_bytes = kMiB}).ok());
-  for (size_t i = 0; i + 1 < Volume::kMaxChainDepth; ++i) ASSERT_TRUE(engine_->FreezeVolume("v").ok()) << i;
+  for (size_t i = 0; i + 1 < Volume::kMaxChainDepth; ++i)
+    ASSERT_TRUE(engine_->FreezeVolume("v").ok()) << i;
   auto r = engine_->FreezeVolume("v");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
@@ -354,7 +362,8 @@ TEST_F(EngineImageTest, RevertRollsBackContentAndSize) {
   {
     auto h = Open("v");
     ASSERT_TRUE(Write(h->volume(), 0, Pattern(8 * kMiB, 2)).ok());
-    EXPECT_EQ(engine_->RevertVolume("v", *s1).code(), StatusCode::kBusy) << "open volumes are not reverted";
+    EXPECT_EQ(engine_->RevertVolume("v", *s1).code(), StatusCode::kBusy)
+        << "open volumes are not reverted";
   }
   auto s2 = engine_->FreezeVolume("v");
   ASSERT_TRUE(s2.ok());
@@ -405,14 +414,16 @@ TEST_F(EngineImageTest, FlattenDetachesAClonePreservingConcurrentWrites) {
     }
   });
   std::vector<uint64_t> progress;
-  Status st = engine_->FlattenVolume("c", [&](uint64_t done, uint64_t) { progress.push_back(done); });
+  Status st =
+      engine_->FlattenVolume("c", [&](uint64_t done, uint64_t) { progress.push_back(done); });
   stop = true;
   writer.join();
   ASSERT_TRUE(st.ok()) << st;
   EXPECT_GT(progress.size(), 2u);
   EXPECT_EQ(engine_->GetImage("default", *engine_->VolumeHeadImage("c"))->parent, 0u);
   auto expect = a;
-  for (auto& [off, p] : written) std::copy(p.begin(), p.end(), expect.begin() + static_cast<long>(off));
+  for (auto& [off, p] : written)
+    std::copy(p.begin(), p.end(), expect.begin() + static_cast<long>(off));
   EXPECT_EQ(Read(h->volume(), 0, 16 * kMiB), expect);
   h.reset();
   // Source and snapshot can go; the flattened clone keeps everything.
@@ -477,9 +488,9 @@ TEST_F(EngineImageTest, FlattenAsksAnAdmissionPerBatchAndWaitsForIt) {
     std::function<void(BackgroundAdmission::Done)> go;
     {
       std::unique_lock lock(adm.mu);
-      ASSERT_TRUE(adm.cv.wait_for(lock, std::chrono::seconds(30),
-                                  [&] { return !adm.waiting.empty() || finished.load(); }))
-          << "flatten neither asked for admission nor finished";
+      ASSERT_TRUE(adm.cv.wait_for(lock, std::chrono::seconds(30), [&] {
+        return !adm.waiting.empty() || finished.load();
+      })) << "flatten neither asked for admission nor finished";
       if (adm.waiting.empty()) break;
       go = std::move(adm.waiting.front());
       adm.waiting.pop_front();

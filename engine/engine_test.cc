@@ -90,39 +90,59 @@ TEST_F(EngineTest, VolumesSurviveRestartWithTheirData) {
 
 TEST_F(EngineTest, ControlOperationsRejectBadInput) {
   Start();
-  EXPECT_EQ(engine_->CreateVolume({.name = "x/y", .size_bytes = kMiB}).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine_->CreateVolume({.name = std::string(300, 'a'), .size_bytes = kMiB}).status().code(),
+  EXPECT_EQ(engine_->CreateVolume({.name = "x/y", .size_bytes = kMiB}).status().code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = 0}).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = 1ull << 62}).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = kMiB, .pool = "nope"}).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(
+      engine_->CreateVolume({.name = std::string(300, 'a'), .size_bytes = kMiB}).status().code(),
+      StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = 0}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = 1ull << 62}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      engine_->CreateVolume({.name = "z", .size_bytes = kMiB, .pool = "nope"}).status().code(),
+      StatusCode::kNotFound);
   ASSERT_TRUE(engine_->CreateVolume({.name = "z", .size_bytes = 2 * kMiB}).ok());
-  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = kMiB}).status().code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(engine_->CreateVolume({.name = "z", .size_bytes = kMiB}).status().code(),
+            StatusCode::kAlreadyExists);
   EXPECT_EQ(engine_->ResizeVolume("z", kMiB).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine_->ResizeVolume("z", UINT64_MAX - 1).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(engine_->ResizeVolume("z", UINT64_MAX - 1).status().message().find("maximum"), std::string_view::npos);
+  EXPECT_EQ(engine_->ResizeVolume("z", UINT64_MAX - 1).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_NE(engine_->ResizeVolume("z", UINT64_MAX - 1).status().message().find("maximum"),
+            std::string_view::npos);
   EXPECT_EQ(engine_->ResizeVolume("missing", kMiB).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(engine_->DeleteVolume("missing").code(), StatusCode::kNotFound);
   EXPECT_EQ(engine_->GetPool("missing").status().code(), StatusCode::kNotFound);
   EXPECT_EQ(engine_->CreatePool({.name = "p", .device_path = dir_ + "/nofile"}).status().code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine_->CreatePool({.name = "p", .device_path = dir_ + "/f", .size_bytes = 64 * kMiB, .cluster_size = 3000})
-                .status().code(),
+  EXPECT_EQ(engine_
+                ->CreatePool({.name = "p",
+                              .device_path = dir_ + "/f",
+                              .size_bytes = 64 * kMiB,
+                              .cluster_size = 3000})
+                .status()
+                .code(),
             StatusCode::kInvalidArgument);
   EXPECT_FALSE(fs::exists(dir_ + "/f")) << "a failed create must not leave a file behind";
 }
 
 TEST_F(EngineTest, PoolLifecycleAndDeleteSemantics) {
   Start();
-  auto p = engine_->CreatePool({.name = "fast", .device_path = dir_ + "/fast.img", .size_bytes = 256 * kMiB,
+  auto p = engine_->CreatePool({.name = "fast",
+                                .device_path = dir_ + "/fast.img",
+                                .size_bytes = 256 * kMiB,
                                 .cluster_size = 128 * kKiB});
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->cluster_size, 128 * kKiB);
-  EXPECT_EQ(engine_->CreatePool({.name = "fast", .device_path = dir_ + "/other.img", .size_bytes = 64 * kMiB})
-                .status().code(),
+  EXPECT_EQ(engine_
+                ->CreatePool(
+                    {.name = "fast", .device_path = dir_ + "/other.img", .size_bytes = 64 * kMiB})
+                .status()
+                .code(),
             StatusCode::kAlreadyExists);
-  EXPECT_EQ(engine_->CreatePool({.name = "again", .device_path = dir_ + "/fast.img"}).status().code(),
-            StatusCode::kAlreadyExists);
+  EXPECT_EQ(
+      engine_->CreatePool({.name = "again", .device_path = dir_ + "/fast.img"}).status().code(),
+      StatusCode::kAlreadyExists);
   ASSERT_TRUE(engine_->CreateVolume({.name = "v1", .size_bytes = 8 * kMiB, .pool = "fast"}).ok());
   Status s = engine_->DeletePool("fast", false);
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
@@ -141,7 +161,9 @@ TEST_F(EngineTest, PoolLifecycleAndDeleteSemantics) {
 
 TEST_F(EngineTest, ExistingDeviceOfAnotherPoolIsNeverReformatted) {
   Start();
-  ASSERT_TRUE(engine_->CreatePool({.name = "p1", .device_path = dir_ + "/p.img", .size_bytes = 64 * kMiB}).ok());
+  ASSERT_TRUE(
+      engine_->CreatePool({.name = "p1", .device_path = dir_ + "/p.img", .size_bytes = 64 * kMiB})
+          .ok());
   engine_.reset();
   // A different data dir sees a device holding an unknown pool.
   EngineOptions o = Options();
@@ -166,7 +188,9 @@ TEST_F(EngineTest, LostRegistryIsAClearErrorNotAReformat) {
 
 TEST_F(EngineTest, PoolWithMissingMetadataIsReportedOffline) {
   Start();
-  ASSERT_TRUE(engine_->CreatePool({.name = "p1", .device_path = dir_ + "/p.img", .size_bytes = 64 * kMiB}).ok());
+  ASSERT_TRUE(
+      engine_->CreatePool({.name = "p1", .device_path = dir_ + "/p.img", .size_bytes = 64 * kMiB})
+          .ok());
   auto p1 = engine_->GetPool("p1");
   ASSERT_TRUE(p1.ok());
   std::string p1_uuid = p1->uuid;

@@ -76,9 +76,8 @@ Result<std::unique_ptr<Export>> EngineExportResolver::MakeExport(
     if (!wrapped.ok()) return wrapped.status();
     qos = std::move(wrapped).value();
   }
-  return std::unique_ptr<Export>(new VolumeExport(std::move(handle), std::move(qos),
-                                                  std::move(name), force_read_only,
-                                                  std::move(description)));
+  return std::unique_ptr<Export>(new VolumeExport(
+      std::move(handle), std::move(qos), std::move(name), force_read_only, std::move(description)));
 }
 
 Result<std::unique_ptr<Export>> EngineExportResolver::OpenSnapshot(std::string_view name) {

@@ -85,9 +85,8 @@ class EngineExportResolver final : public ExportResolver {
  private:
   Result<std::unique_ptr<Export>> OpenSnapshot(std::string_view name);
   // The Export of an open handle: through QoS when the resolver has a QosManager.
-  Result<std::unique_ptr<Export>> MakeExport(std::shared_ptr<VolumeHandle> handle,
-                                             std::string name, bool force_read_only,
-                                             std::string description);
+  Result<std::unique_ptr<Export>> MakeExport(std::shared_ptr<VolumeHandle> handle, std::string name,
+                                             bool force_read_only, std::string description);
 
   Engine* const engine_;
   snapshot::SnapshotManager* const snapshots_;

@@ -30,8 +30,8 @@
 #include <string_view>
 #include <vector>
 
-#include "nbd/protocol.h"
 #include "engine/common/result.h"
+#include "nbd/protocol.h"
 
 namespace shale::nbd {
 

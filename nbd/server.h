@@ -28,10 +28,10 @@
 #include <string_view>
 #include <vector>
 
-#include "nbd/export.h"
-#include "nbd/handshake.h"
 #include "engine/common/status.h"
 #include "engine/common/units.h"
+#include "nbd/export.h"
+#include "nbd/handshake.h"
 
 namespace shale {
 class Reactor;

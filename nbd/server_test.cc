@@ -25,10 +25,10 @@
 #include <set>
 #include <thread>
 
-#include "nbd/wire_testing.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 #include "engine/io/fault_device.h"
+#include "nbd/wire_testing.h"
 
 namespace shale::nbd {
 namespace {

@@ -103,8 +103,8 @@ void QosLayer::PollLate(uint64_t late_ns) {
   const uint64_t now = clock_->NowNanos();
   while (head_ != nullptr) {
     VolumeIo* io = head_;
-    if (limiter_.Admit(CostOf(io->op, io->flags, io->length, limiter_.iops_unit()), now,
-                       late_ns) != 0)
+    if (limiter_.Admit(CostOf(io->op, io->flags, io->length, limiter_.iops_unit()), now, late_ns) !=
+        0)
       break;
     head_ = static_cast<VolumeIo*>(io->layer_state[0]);
     if (head_ == nullptr) {

@@ -258,9 +258,9 @@ Result<std::shared_ptr<QosVolume>> QosManager::Wrap(std::shared_ptr<VolumeHandle
       lo.clock = clock_;
       lo.max_queued = options_.max_queued_per_volume;
       lo.timer_slack_ns = options_.timer_slack_ns;
-      layer = QosLayer::Create(
-          &vol, vol.reactor(), SchedulerLocked(pool),
-          LiveSettingsLocked(vol.name(), SettingsLocked(vol.name(), vol.id())), lo);
+      layer = QosLayer::Create(&vol, vol.reactor(), SchedulerLocked(pool),
+                               LiveSettingsLocked(vol.name(), SettingsLocked(vol.name(), vol.id())),
+                               lo);
       live_[&vol] = Live{layer, vol.name(), pool, vol.id()};
     }
   }

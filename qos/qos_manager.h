@@ -161,8 +161,8 @@ class QosManager {
   Clock* const clock_;
   std::mutex control_mu_;  // serializes Set/OnVolumeDeleted/SetPoolBudget (persist + apply)
   std::mutex mu_;          // guards the maps; never held across blocking calls
-  bool throttling_stopped_ = false;  // guarded by mu_; StopThrottling()
-  std::set<std::string, std::less<>> suspended_;  // guarded by mu_; SuspendLimits()
+  bool throttling_stopped_ = false;                       // guarded by mu_; StopThrottling()
+  std::set<std::string, std::less<>> suspended_;          // guarded by mu_; SuspendLimits()
   std::map<std::string, Entry, std::less<>> entries_;     // by volume name: volumes with a record
   std::map<std::string, uint32_t, std::less<>> budgets_;  // by pool: pools with a record
   std::map<std::string, std::shared_ptr<PoolScheduler>, std::less<>> schedulers_;

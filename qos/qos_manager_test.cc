@@ -339,7 +339,8 @@ TEST_F(QosManagerTest, AFlattenIsAdmittedThroughTheVolumesLayerWithoutItsLimits)
     ASSERT_TRUE(h.ok());
     AlignedBuffer buf = AllocateAligned(data.size());
     std::memcpy(buf.get(), data.data(), data.size());
-    ASSERT_TRUE(testing::RunVolumeIo((*h)->volume(), VolumeOp::kWrite, 0, data.size(), buf.get()).ok());
+    ASSERT_TRUE(
+        testing::RunVolumeIo((*h)->volume(), VolumeOp::kWrite, 0, data.size(), buf.get()).ok());
   }
   auto image = engine_->FreezeVolume("a");
   ASSERT_TRUE(image.ok()) << image.status();
@@ -363,7 +364,8 @@ TEST_F(QosManagerTest, AFlattenIsAdmittedThroughTheVolumesLayerWithoutItsLimits)
   auto c = engine_->OpenVolume("c");
   ASSERT_TRUE(c.ok());
   AlignedBuffer out = AllocateAligned(data.size());
-  ASSERT_TRUE(testing::RunVolumeIo((*c)->volume(), VolumeOp::kRead, 0, data.size(), out.get()).ok());
+  ASSERT_TRUE(
+      testing::RunVolumeIo((*c)->volume(), VolumeOp::kRead, 0, data.size(), out.get()).ok());
   EXPECT_EQ(std::memcmp(out.get(), data.data(), data.size()), 0);
 }
 

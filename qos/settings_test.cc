@@ -98,7 +98,8 @@ TEST(QosSettingsTest, ProtoRoundTripKeepsEveryField) {
   SettingsToMessage(s, &p);
   pb::Settings parsed;
   ASSERT_TRUE(parsed.ParseFromString(p.SerializeAsString()));
-  EXPECT_EQ(SettingsFromMessage(parsed), s) << "negative values survive so Validate can refuse them";
+  EXPECT_EQ(SettingsFromMessage(parsed), s)
+      << "negative values survive so Validate can refuse them";
   EXPECT_EQ(s.ToString().find("iops=1 "), 0u);
   EXPECT_EQ(QosSettings{}.ToString(), "unlimited");
 }

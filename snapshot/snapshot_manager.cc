@@ -601,7 +601,8 @@ Status SnapshotManager::DeleteVolume(std::string_view volume, const VolumeRecord
   SHALE_ASSIGN_OR_RETURN(VolumeInfo vol, engine_->GetVolume(volume));
   // Its clone record goes in the same commit, if it is this volume's (not an earlier one's).
   // Read here: the callback below runs under the engine's lock.
-  SHALE_ASSIGN_OR_RETURN(std::optional<std::string> clone, engine_->GetRecord(vol.pool, CloneKey(volume)));
+  SHALE_ASSIGN_OR_RETURN(std::optional<std::string> clone,
+                         engine_->GetRecord(vol.pool, CloneKey(volume)));
   CloneRecord rec;
   const bool own_clone_record = clone.has_value() && rec.ParseFromString(*clone) &&
                                 (rec.volume_id() == 0 || rec.volume_id() == vol.id);
@@ -795,8 +796,7 @@ std::shared_ptr<VolumeLayer> SnapshotManager::BackgroundTarget(
 }
 
 Result<Hash128> SnapshotManager::ComputeDigest(const std::shared_ptr<VolumeHandle>& handle,
-                                               const std::atomic<bool>* cancel,
-                                               DigestJob* job) {
+                                               const std::atomic<bool>* cancel, DigestJob* job) {
   VolumeHandle& view = *handle;
   const uint64_t size = view.volume().size_bytes();
   // Released when the digest is done, with the caller's handle.

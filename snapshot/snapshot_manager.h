@@ -119,8 +119,8 @@ struct ListOptions {
 };
 
 struct CloneOptions {
-  bool read_only = false;  // enforced by the engine: writes fail with PermissionDenied
-  Labels labels;           // labels of the new volume
+  bool read_only = false;   // enforced by the engine: writes fail with PermissionDenied
+  Labels labels;            // labels of the new volume
   uint64_t size_bytes = 0;  // 0: the source's size; larger grows the clone in the same commit
   // Records of other layers (QoS, frontends) committed with the clone, given its volume id.
   VolumeRecords extra;

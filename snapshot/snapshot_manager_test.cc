@@ -725,9 +725,8 @@ class PacedFlattenTest : public testing::SnapshotTest {
     void Admit(uint64_t bytes, std::function<void(Done)> go) override {
       test_->admits_.fetch_add(1);
       test_->bytes_.fetch_add(bytes);
-      Reactor::Current()->Defer([this, go = std::move(go)] {
-        go([this] { test_->dones_.fetch_add(1); });
-      });
+      Reactor::Current()->Defer(
+          [this, go = std::move(go)] { go([this] { test_->dones_.fetch_add(1); }); });
     }
 
    private:

@@ -167,8 +167,7 @@ struct WriteQueue::Op {
   InFlight f;
 };
 
-WriteQueue::WriteQueue(VolumeHandle* handle, unsigned depth, IoClass io_class,
-                       VolumeLayer* target)
+WriteQueue::WriteQueue(VolumeHandle* handle, unsigned depth, IoClass io_class, VolumeLayer* target)
     : handle_(handle), depth_(std::max(1u, depth)), io_class_(io_class), target_(target) {}
 
 WriteQueue::~WriteQueue() {
@@ -197,8 +196,7 @@ Status WriteQueue::Write(uint64_t offset, const uint8_t* data, uint64_t length) 
   auto op = std::make_unique<Op>();
   op->f.buf = AllocateAligned(length);
   std::memcpy(op->f.buf.get(), data, length);
-  op->f.Submit(*handle_, VolumeOp::kWrite, offset, length, op->f.buf.get(), io_class_, 0,
-               target_);
+  op->f.Submit(*handle_, VolumeOp::kWrite, offset, length, op->f.buf.get(), io_class_, 0, target_);
   return Start(std::move(op));
 }
 

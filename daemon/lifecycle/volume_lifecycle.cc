@@ -89,7 +89,8 @@ void VolumeLifecycle::AddRecords(const std::optional<qos::QosSettings>& settings
 
 void VolumeLifecycle::AdoptQos(const VolumeInfo& volume,
                                const std::optional<qos::QosSettings>& settings) {
-  if (qos_ != nullptr && settings) qos_->AdoptVolume(volume.name, volume.pool, volume.id, *settings);
+  if (qos_ != nullptr && settings)
+    qos_->AdoptVolume(volume.name, volume.pool, volume.id, *settings);
 }
 
 Status VolumeLifecycle::ExplainBusy(const Status& status, const std::string& kind,
@@ -198,7 +199,8 @@ Status VolumeLifecycle::DeletePool(std::string_view name, bool force) {
 }
 
 Result<snapshot::SnapshotInfo> VolumeLifecycle::Snapshot(
-    std::string_view volume, std::string_view name, const snapshot::CreateSnapshotOptions& options) {
+    std::string_view volume, std::string_view name,
+    const snapshot::CreateSnapshotOptions& options) {
   return snapshots_->Create(volume, name, options);
 }
 

@@ -178,8 +178,8 @@ TEST_F(VolumeLifecycleTest, CloneGrowsInTheSameCommit) {
 }
 
 TEST_F(VolumeLifecycleTest, ResizeWritesFrontendRecordsWithTheSize) {
-  auto v = lifecycle_->Create({.params = {.name = "v", .size_bytes = 8 * kMiB},
-                               .records = {{"csi", "old"}}});
+  auto v = lifecycle_->Create(
+      {.params = {.name = "v", .size_bytes = 8 * kMiB}, .records = {{"csi", "old"}}});
   ASSERT_TRUE(v.ok());
   auto grown = lifecycle_->Resize("v", 16 * kMiB, {{"csi", "new"}});
   ASSERT_TRUE(grown.ok()) << grown.status();
@@ -220,11 +220,9 @@ TEST_F(VolumeLifecycleTest, ForceDeleteClosesTheExportAndBusyNamesItsClients) {
 }
 
 TEST_F(VolumeLifecycleTest, DeletePoolForgetsItsVolumesQos) {
-  ASSERT_TRUE(engine_
-                  ->CreatePool({.name = "p2",
-                                .device_path = dir_ + "/p2.img",
-                                .size_bytes = 64 * kMiB})
-                  .ok());
+  ASSERT_TRUE(
+      engine_->CreatePool({.name = "p2", .device_path = dir_ + "/p2.img", .size_bytes = 64 * kMiB})
+          .ok());
   VolumeSpec spec;
   spec.params = {.name = "w", .size_bytes = 4 * kMiB, .pool = "p2"};
   spec.qos = Limited();

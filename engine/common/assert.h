@@ -16,9 +16,9 @@ std::string CheckMessage(const Args&... args) {
 }  // namespace shale::internal
 
 // SHALE_CHECK(cond, message parts...): aborts with file:line and the message when cond is false.
-#define SHALE_CHECK(cond, ...)                                                             \
-  do {                                                                                     \
-    if (__builtin_expect(!(cond), 0))                                                      \
-      ::shale::internal::CheckFailed(__FILE__, __LINE__, #cond,                            \
-                                     ::shale::internal::CheckMessage(__VA_ARGS__));        \
+#define SHALE_CHECK(cond, ...)                                                      \
+  do {                                                                              \
+    if (__builtin_expect(!(cond), 0))                                               \
+      ::shale::internal::CheckFailed(__FILE__, __LINE__, #cond,                     \
+                                     ::shale::internal::CheckMessage(__VA_ARGS__)); \
   } while (0)

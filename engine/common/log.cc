@@ -50,7 +50,8 @@ void Init(std::string_view level, std::string_view file) {
   } else {
     logger = spdlog::basic_logger_mt("shale", std::string(file));
   }
-  logger->set_pattern("ts=%Y-%m-%dT%H:%M:%S.%fZ level=%l thread=%t %v", spdlog::pattern_time_type::utc);
+  logger->set_pattern("ts=%Y-%m-%dT%H:%M:%S.%fZ level=%l thread=%t %v",
+                      spdlog::pattern_time_type::utc);
   logger->set_level(spdlog::level::from_str(std::string(level)));
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);

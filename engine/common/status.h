@@ -15,20 +15,20 @@ namespace shale {
 
 enum class StatusCode : uint8_t {
   kOk = 0,
-  kInvalidArgument,    // the caller's input is wrong (bad size, bad name, unaligned I/O)
-  kNotFound,           // a named thing does not exist
-  kAlreadyExists,      // a name is taken
-  kNoSpace,            // the pool is full (ENOSPC to clients)
-  kIoError,            // the device failed (EIO to clients)
-  kCorruption,         // on-disk or metadata content is inconsistent (checksum, magic, version)
-  kPermissionDenied,   // write to a read-only volume (EPERM to clients)
-  kFailedPrecondition, // the system is not in a state that allows the operation
-  kOutOfRange,         // offset/length beyond the end of a volume or device
-  kNotSupported,       // the operation is not available on this backend/kernel
-  kBusy,               // in use (e.g. volume has connected clients)
-  kUnavailable,        // shutting down, or a dependency is not reachable
-  kAborted,            // cancelled (e.g. reactor stopped while the request was queued)
-  kInternal,           // a bug: an invariant was broken
+  kInvalidArgument,     // the caller's input is wrong (bad size, bad name, unaligned I/O)
+  kNotFound,            // a named thing does not exist
+  kAlreadyExists,       // a name is taken
+  kNoSpace,             // the pool is full (ENOSPC to clients)
+  kIoError,             // the device failed (EIO to clients)
+  kCorruption,          // on-disk or metadata content is inconsistent (checksum, magic, version)
+  kPermissionDenied,    // write to a read-only volume (EPERM to clients)
+  kFailedPrecondition,  // the system is not in a state that allows the operation
+  kOutOfRange,          // offset/length beyond the end of a volume or device
+  kNotSupported,        // the operation is not available on this backend/kernel
+  kBusy,                // in use (e.g. volume has connected clients)
+  kUnavailable,         // shutting down, or a dependency is not reachable
+  kAborted,             // cancelled (e.g. reactor stopped while the request was queued)
+  kInternal,            // a bug: an invariant was broken
 };
 
 std::string_view StatusCodeName(StatusCode code);
@@ -43,14 +43,22 @@ class [[nodiscard]] Status {
   ~Status() = default;
 
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string_view msg) { return {StatusCode::kInvalidArgument, msg}; }
+  static Status InvalidArgument(std::string_view msg) {
+    return {StatusCode::kInvalidArgument, msg};
+  }
   static Status NotFound(std::string_view msg) { return {StatusCode::kNotFound, msg}; }
   static Status AlreadyExists(std::string_view msg) { return {StatusCode::kAlreadyExists, msg}; }
   static Status NoSpace(std::string_view msg) { return {StatusCode::kNoSpace, msg}; }
-  static Status IoError(std::string_view msg, int err = 0) { return {StatusCode::kIoError, msg, err}; }
+  static Status IoError(std::string_view msg, int err = 0) {
+    return {StatusCode::kIoError, msg, err};
+  }
   static Status Corruption(std::string_view msg) { return {StatusCode::kCorruption, msg}; }
-  static Status PermissionDenied(std::string_view msg) { return {StatusCode::kPermissionDenied, msg}; }
-  static Status FailedPrecondition(std::string_view msg) { return {StatusCode::kFailedPrecondition, msg}; }
+  static Status PermissionDenied(std::string_view msg) {
+    return {StatusCode::kPermissionDenied, msg};
+  }
+  static Status FailedPrecondition(std::string_view msg) {
+    return {StatusCode::kFailedPrecondition, msg};
+  }
   static Status OutOfRange(std::string_view msg) { return {StatusCode::kOutOfRange, msg}; }
   static Status NotSupported(std::string_view msg) { return {StatusCode::kNotSupported, msg}; }
   static Status Busy(std::string_view msg) { return {StatusCode::kBusy, msg}; }
@@ -65,7 +73,9 @@ class [[nodiscard]] Status {
   // errno carried by the status (0 if none). ToErrno() picks one for any code.
   int sys_errno() const { return rep_ ? rep_->err : 0; }
   int ToErrno() const;
-  std::string_view message() const { return rep_ ? std::string_view(rep_->msg) : std::string_view(); }
+  std::string_view message() const {
+    return rep_ ? std::string_view(rep_->msg) : std::string_view();
+  }
   std::string ToString() const;
 
   bool IsNotFound() const { return code() == StatusCode::kNotFound; }
@@ -91,8 +101,8 @@ std::ostream& operator<<(std::ostream& os, const Status& s);
 
 }  // namespace shale
 
-#define SHALE_RETURN_IF_ERROR(expr)            \
-  do {                                         \
-    ::shale::Status shale_status_ = (expr);    \
+#define SHALE_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::shale::Status shale_status_ = (expr);        \
     if (!shale_status_.ok()) return shale_status_; \
   } while (0)

@@ -25,13 +25,26 @@ Result<uint64_t> ParseSize(std::string_view text) {
   if (!suffix.empty()) {
     char c = static_cast<char>(std::toupper(static_cast<unsigned char>(suffix[0])));
     switch (c) {
-      case 'B': mult = 1; break;
-      case 'K': mult = kKiB; break;
-      case 'M': mult = kMiB; break;
-      case 'G': mult = kGiB; break;
-      case 'T': mult = kTiB; break;
-      case 'P': mult = kTiB * 1024; break;
-      default: return bad("unknown suffix");
+      case 'B':
+        mult = 1;
+        break;
+      case 'K':
+        mult = kKiB;
+        break;
+      case 'M':
+        mult = kMiB;
+        break;
+      case 'G':
+        mult = kGiB;
+        break;
+      case 'T':
+        mult = kTiB;
+        break;
+      case 'P':
+        mult = kTiB * 1024;
+        break;
+      default:
+        return bad("unknown suffix");
     }
     std::string_view rest = suffix.substr(1);
     if (c != 'B' && !rest.empty()) {

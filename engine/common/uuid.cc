@@ -45,7 +45,8 @@ Result<Uuid> Uuid::Parse(std::string_view text) {
     }
     if (i + 1 >= text.size() || out >= 16) break;
     int hi = hex(text[i]), lo = hex(text[i + 1]);
-    if (hi < 0 || lo < 0) return Status::InvalidArgument("malformed UUID '" + std::string(text) + "'");
+    if (hi < 0 || lo < 0)
+      return Status::InvalidArgument("malformed UUID '" + std::string(text) + "'");
     u.bytes[out++] = static_cast<uint8_t>(hi * 16 + lo);
     i += 2;
   }

@@ -27,13 +27,13 @@ struct AioDevice::Queue {
   EventHandler handler;
   bool armed = false;  // an eventfd read is in the reactor's ring
   explicit Queue(unsigned max_in_flight) : slots(max_in_flight) {}
-  BoundedSlots<Slot> slots;  // max_in_flight slots; requests beyond them wait in its FIFO
-  std::vector<iocb*> pending;      // prepared, not yet io_submit()ed (<= max_in_flight)
-  bool submit_scheduled = false;   // SubmitPending is deferred
-  uint32_t submit_retries = 0;     // consecutive io_submit EAGAINs
-  std::vector<io_event> events;    // io_getevents target, max_in_flight entries
-  uint64_t aio_in_flight = 0;      // iocbs in the kernel
-  uint64_t iocbs = 0;               // iocbs accepted by io_submit
+  BoundedSlots<Slot> slots;       // max_in_flight slots; requests beyond them wait in its FIFO
+  std::vector<iocb*> pending;     // prepared, not yet io_submit()ed (<= max_in_flight)
+  bool submit_scheduled = false;  // SubmitPending is deferred
+  uint32_t submit_retries = 0;    // consecutive io_submit EAGAINs
+  std::vector<io_event> events;   // io_getevents target, max_in_flight entries
+  uint64_t aio_in_flight = 0;     // iocbs in the kernel
+  uint64_t iocbs = 0;             // iocbs accepted by io_submit
 };
 
 Result<std::unique_ptr<AioDevice>> AioDevice::Open(const std::string& path,
@@ -63,8 +63,8 @@ AioDevice::~AioDevice() {
   // The owner guarantees every request completed (and so happened-before this).
   for (const auto& q : queues_) {
     if (q == nullptr) continue;
-    SHALE_CHECK(q->slots.idle() && !q->armed,
-                "AioDevice destroyed with I/O in flight on ", file_->path());
+    SHALE_CHECK(q->slots.idle() && !q->armed, "AioDevice destroyed with I/O in flight on ",
+                file_->path());
     io_destroy(q->ctx);
     close(q->event_fd);
   }

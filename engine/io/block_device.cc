@@ -11,12 +11,18 @@ namespace shale {
 
 std::string_view IoOpName(IoOp op) {
   switch (op) {
-    case IoOp::kRead: return "read";
-    case IoOp::kWrite: return "write";
-    case IoOp::kFlush: return "flush";
-    case IoOp::kDiscard: return "discard";
-    case IoOp::kWriteZeroes: return "write-zeroes";
-    case IoOp::kCount: break;
+    case IoOp::kRead:
+      return "read";
+    case IoOp::kWrite:
+      return "write";
+    case IoOp::kFlush:
+      return "flush";
+    case IoOp::kDiscard:
+      return "discard";
+    case IoOp::kWriteZeroes:
+      return "write-zeroes";
+    case IoOp::kCount:
+      break;
   }
   return "unknown";
 }
@@ -38,7 +44,8 @@ Status ValidateRange(const DeviceGeometry& geometry, uint64_t offset, uint64_t l
 
 Status ValidateIo(const DeviceGeometry& geometry, const IoRequest& req) {
   switch (req.op) {
-    case IoOp::kFlush: return Status::Ok();
+    case IoOp::kFlush:
+      return Status::Ok();
     case IoOp::kRead:
     case IoOp::kWrite:
       if (req.buf == nullptr) return Status::InvalidArgument("I/O without a buffer");
@@ -51,7 +58,8 @@ Status ValidateIo(const DeviceGeometry& geometry, const IoRequest& req) {
     case IoOp::kWriteZeroes:
       if (req.length == 0) return Status::InvalidArgument("zero-length I/O");
       return ValidateRange(geometry, req.offset, req.length);
-    case IoOp::kCount: break;
+    case IoOp::kCount:
+      break;
   }
   return Status::InvalidArgument("unknown I/O operation");
 }

@@ -19,8 +19,7 @@ namespace shale {
 template <typename Slot>
 class BoundedSlots {
  public:
-  explicit BoundedSlots(unsigned count)
-      : slots_(std::make_unique<Slot[]>(count)), count_(count) {
+  explicit BoundedSlots(unsigned count) : slots_(std::make_unique<Slot[]>(count)), count_(count) {
     for (unsigned i = 0; i < count; ++i) {
       slots_[i].next_free = i + 1 < count ? &slots_[i + 1] : nullptr;
     }

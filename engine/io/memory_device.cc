@@ -69,14 +69,19 @@ void MemoryDevice::Submit(IoRequest* req) {
   if (req->status.ok()) {
     std::lock_guard lock(mu_);
     switch (req->op) {
-      case IoOp::kRead: ReadLocked(req->offset, static_cast<uint8_t*>(req->buf), req->length); break;
+      case IoOp::kRead:
+        ReadLocked(req->offset, static_cast<uint8_t*>(req->buf), req->length);
+        break;
       case IoOp::kWrite:
         WriteLocked(req->offset, static_cast<const uint8_t*>(req->buf), req->length);
         break;
       case IoOp::kDiscard:
-      case IoOp::kWriteZeroes: ZeroLocked(req->offset, req->length); break;
+      case IoOp::kWriteZeroes:
+        ZeroLocked(req->offset, req->length);
+        break;
       case IoOp::kFlush:
-      case IoOp::kCount: break;
+      case IoOp::kCount:
+        break;
     }
     req->transferred = req->length;
   }

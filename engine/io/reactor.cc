@@ -93,8 +93,9 @@ Status Reactor::InitRing() {
     rc = io_uring_queue_init_params(options_.ring_entries, &ring_, &params);
   }
   if (rc < 0) {
-    return Status::FromErrno(-rc, "io_uring_queue_init (is io_uring disabled by "
-                                  "kernel.io_uring_disabled or seccomp?)");
+    return Status::FromErrno(-rc,
+                             "io_uring_queue_init (is io_uring disabled by "
+                             "kernel.io_uring_disabled or seccomp?)");
   }
   ring_ready_ = true;
   features_.setup_flags = params.flags;

@@ -59,8 +59,7 @@ UringDevice::~UringDevice() {
   // The owner guarantees every request completed (and so happened-before this).
   for (const auto& q : queues_) {
     if (q == nullptr) continue;
-    SHALE_CHECK(q->slots.idle(),
-                "UringDevice destroyed with I/O in flight on ", file_->path());
+    SHALE_CHECK(q->slots.idle(), "UringDevice destroyed with I/O in flight on ", file_->path());
   }
 }
 

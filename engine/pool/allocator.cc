@@ -40,15 +40,18 @@ std::string ClusterBitmap::EncodeChunk(uint64_t chunk, uint64_t chunk_bits) cons
 
 Status ClusterBitmap::DecodeChunk(uint64_t chunk, uint64_t chunk_bits, std::string_view bytes) {
   uint64_t first_word = chunk * chunk_bits / 64, nwords = chunk_bits / 64;
-  if (bytes.size() != nwords * 8) return Status::Corruption("allocation bitmap chunk has wrong size");
-  if (first_word >= words_.size()) return Status::Corruption("allocation bitmap chunk beyond the pool");
+  if (bytes.size() != nwords * 8)
+    return Status::Corruption("allocation bitmap chunk has wrong size");
+  if (first_word >= words_.size())
+    return Status::Corruption("allocation bitmap chunk beyond the pool");
   for (uint64_t i = 0; i < nwords && first_word + i < words_.size(); ++i) {
     std::memcpy(&words_[first_word + i], bytes.data() + i * 8, 8);
   }
   // Bits past the end of the pool must be clear.
   if (bits_ % 64 != 0 && !words_.empty()) {
     uint64_t tail_mask = ~((1ull << (bits_ % 64)) - 1);
-    if (words_.back() & tail_mask) return Status::Corruption("allocation bitmap marks clusters beyond the pool");
+    if (words_.back() & tail_mask)
+      return Status::Corruption("allocation bitmap marks clusters beyond the pool");
   }
   return Status::Ok();
 }
@@ -82,7 +85,8 @@ Result<uint32_t> ClusterAllocator::Allocate(uint64_t hint) {
 void ClusterAllocator::Release(const std::vector<uint32_t>& clusters) {
   std::lock_guard lock(mu_);
   for (uint32_t c : clusters) {
-    SHALE_CHECK(c < cluster_count_ && used_.Test(c), "release of cluster ", c, " that is not in use");
+    SHALE_CHECK(c < cluster_count_ && used_.Test(c), "release of cluster ", c,
+                " that is not in use");
     used_.Clear(c);
     --used_count_;
   }

@@ -141,7 +141,8 @@ Status CommitPipeline::RunRound(std::vector<Request>& round, std::vector<uint32_
   std::function<void()> hook = before_metadata_write_;
   lock.unlock();
   if (flush) {
-    SHALE_RETURN_IF_ERROR(device_->FlushSync().WithContext("pool " + pool_name_ + ": device flush"));
+    SHALE_RETURN_IF_ERROR(
+        device_->FlushSync().WithContext("pool " + pool_name_ + ": device flush"));
   }
   if (hook) hook();
   if (!merged.empty()) {
@@ -171,7 +172,8 @@ void CommitPipeline::DiscardClusters(std::vector<uint32_t> clusters) {
     uint64_t len = static_cast<uint64_t>(j - i) * cluster_size_;
     Status s = device_->DiscardSync(off, len);
     if (!s.ok()) {
-      SHALE_LOG_WARN("discard of freed clusters failed", {"pool", pool_name_}, {"error", s.ToString()});
+      SHALE_LOG_WARN("discard of freed clusters failed", {"pool", pool_name_},
+                     {"error", s.ToString()});
     }
     i = j;
   }

@@ -32,10 +32,10 @@ namespace shale {
 class CommitPipeline {
  public:
   struct Request {
-    MetaBatch batch;                  // metadata changes; may be empty (flush only)
-    std::vector<uint32_t> allocated;  // clusters `batch` makes referenced
-    std::vector<uint32_t> freed;      // clusters `batch` makes unreferenced
-    bool flush_device = true;         // false for pure metadata changes (no new data)
+    MetaBatch batch;                          // metadata changes; may be empty (flush only)
+    std::vector<uint32_t> allocated;          // clusters `batch` makes referenced
+    std::vector<uint32_t> freed;              // clusters `batch` makes unreferenced
+    bool flush_device = true;                 // false for pure metadata changes (no new data)
     std::function<void(const Status&)> done;  // called on the pipeline thread
   };
 

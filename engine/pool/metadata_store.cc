@@ -34,7 +34,9 @@ void MetaBatch::Delete(std::string_view key) {
   batch_->Delete(rocksdb::Slice(key.data(), key.size())).PermitUncheckedError();
 }
 void MetaBatch::DeleteRange(std::string_view begin, std::string_view end) {
-  batch_->DeleteRange(rocksdb::Slice(begin.data(), begin.size()), rocksdb::Slice(end.data(), end.size()))
+  batch_
+      ->DeleteRange(rocksdb::Slice(begin.data(), begin.size()),
+                    rocksdb::Slice(end.data(), end.size()))
       .PermitUncheckedError();
 }
 namespace {
@@ -98,7 +100,8 @@ Result<std::unique_ptr<MetadataStore>> MetadataStore::Open(const std::string& di
 
 Result<std::optional<std::string>> MetadataStore::Get(std::string_view key) const {
   std::string value;
-  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), rocksdb::Slice(key.data(), key.size()), &value);
+  rocksdb::Status s =
+      db_->Get(rocksdb::ReadOptions(), rocksdb::Slice(key.data(), key.size()), &value);
   if (s.IsNotFound()) return std::optional<std::string>();
   if (!s.ok()) return FromRocks(s, "metadata read");
   return std::optional<std::string>(std::move(value));

@@ -51,7 +51,8 @@ class MetadataStore {
   };
   // Busy when another process holds the database; NotFound when it does not exist and
   // create_if_missing is false.
-  static Result<std::unique_ptr<MetadataStore>> Open(const std::string& dir, const Options& options);
+  static Result<std::unique_ptr<MetadataStore>> Open(const std::string& dir,
+                                                     const Options& options);
   ~MetadataStore();
   MetadataStore(const MetadataStore&) = delete;
   MetadataStore& operator=(const MetadataStore&) = delete;

@@ -69,7 +69,8 @@ Result<std::unique_ptr<Pool>> Pool::Create(std::shared_ptr<BlockDevice> device,
                                            const PoolCreateOptions& options) {
   SHALE_RETURN_IF_ERROR(ValidateName("pool", options.name));
   SHALE_RETURN_IF_ERROR(ValidateClusterSize(options.cluster_size));
-  if (options.metadata_dir.empty()) return Status::InvalidArgument("pool needs a metadata directory");
+  if (options.metadata_dir.empty())
+    return Status::InvalidArgument("pool needs a metadata directory");
 
   // Never silently overwrite: a device holding a pool or other data needs force.
   if (!options.force) {
@@ -92,8 +93,9 @@ Result<std::unique_ptr<Pool>> Pool::Create(std::shared_ptr<BlockDevice> device,
   SHALE_ASSIGN_OR_RETURN(Superblock sb,
                          Superblock::ForNewPool(options.name, device->geometry().size_bytes,
                                                 options.cluster_size, Clock::Real()->WallNanos()));
-  SHALE_ASSIGN_OR_RETURN(auto meta, MetadataStore::Open(options.metadata_dir,
-                                                        {.create_if_missing = true, .error_if_exists = true}));
+  SHALE_ASSIGN_OR_RETURN(auto meta,
+                         MetadataStore::Open(options.metadata_dir,
+                                             {.create_if_missing = true, .error_if_exists = true}));
   meta::PoolRecord rec;
   rec.set_name(sb.pool_name);
   rec.set_uuid(UuidBytes(sb.pool_uuid));
@@ -110,7 +112,8 @@ Result<std::unique_ptr<Pool>> Pool::Create(std::shared_ptr<BlockDevice> device,
   rec.set_state(meta::POOL_READY);
   SHALE_RETURN_IF_ERROR(meta->Put(keys::Pool(), rec.SerializeAsString()));
 
-  std::unique_ptr<Pool> pool(new Pool(std::move(device), std::move(meta), std::move(sb), std::move(rec)));
+  std::unique_ptr<Pool> pool(
+      new Pool(std::move(device), std::move(meta), std::move(sb), std::move(rec)));
   SHALE_RETURN_IF_ERROR(pool->LoadAllocation(options.discard_freed));
   SHALE_LOG_INFO("pool created", {"pool", pool->name()}, {"uuid", pool->uuid().ToString()},
                  {"clusters", pool->cluster_count()}, {"cluster_size", pool->cluster_size()},
@@ -124,9 +127,9 @@ Result<std::unique_ptr<Pool>> Pool::Open(std::shared_ptr<BlockDevice> device,
   auto meta_or = MetadataStore::Open(options.metadata_dir, {});
   if (!meta_or.ok()) {
     if (meta_or.status().IsNotFound()) {
-      return Status::FailedPrecondition(
-          who + ": its metadata is missing at " + options.metadata_dir +
-          "; refusing to open the device (it is left untouched)");
+      return Status::FailedPrecondition(who + ": its metadata is missing at " +
+                                        options.metadata_dir +
+                                        "; refusing to open the device (it is left untouched)");
     }
     return meta_or.status().WithContext(who);
   }
@@ -139,9 +142,9 @@ Result<std::unique_ptr<Pool>> Pool::Open(std::shared_ptr<BlockDevice> device,
   if (rec.uuid().size() != 16) return Status::Corruption(who + ": pool record has a bad UUID");
   std::memcpy(meta_uuid.bytes.data(), rec.uuid().data(), 16);
   if (!options.expected_uuid.IsNil() && !(options.expected_uuid == meta_uuid)) {
-    return Status::FailedPrecondition(who + ": metadata at " + options.metadata_dir +
-                                      " belongs to pool " + meta_uuid.ToString() +
-                                      ", not to the registered " + options.expected_uuid.ToString());
+    return Status::FailedPrecondition(
+        who + ": metadata at " + options.metadata_dir + " belongs to pool " + meta_uuid.ToString() +
+        ", not to the registered " + options.expected_uuid.ToString());
   }
 
   auto sb_read = ReadSuperblock(*device);
@@ -159,7 +162,8 @@ Result<std::unique_ptr<Pool>> Pool::Open(std::shared_ptr<BlockDevice> device,
       SHALE_RETURN_IF_ERROR(WriteSuperblocks(*device, sb).WithContext(who));
       SHALE_LOG_WARN("finished an interrupted pool creation", {"pool", rec.name()});
     } else if (sb_read.status().code() == StatusCode::kNotFound) {
-      return Status::FailedPrecondition(who + ": device has no Shale superblock (wrong device, or "
+      return Status::FailedPrecondition(who +
+                                        ": device has no Shale superblock (wrong device, or "
                                         "it was overwritten); refusing to open it");
     } else {
       return sb_read.status().WithContext(who + ": cannot read superblock");
@@ -180,7 +184,8 @@ Result<std::unique_ptr<Pool>> Pool::Open(std::shared_ptr<BlockDevice> device,
                                         " to " + FormatSize(device->geometry().size_bytes));
     }
     if (sb_read->primary_damaged) {
-      SHALE_LOG_WARN("primary superblock damaged; repaired from the backup copy", {"pool", sb.pool_name});
+      SHALE_LOG_WARN("primary superblock damaged; repaired from the backup copy",
+                     {"pool", sb.pool_name});
       SHALE_RETURN_IF_ERROR(WriteSuperblocks(*device, sb).WithContext(who));
     }
   }
@@ -188,7 +193,8 @@ Result<std::unique_ptr<Pool>> Pool::Open(std::shared_ptr<BlockDevice> device,
     rec.set_state(meta::POOL_READY);
     SHALE_RETURN_IF_ERROR(meta->Put(keys::Pool(), rec.SerializeAsString()));
   }
-  std::unique_ptr<Pool> pool(new Pool(std::move(device), std::move(meta), std::move(sb), std::move(rec)));
+  std::unique_ptr<Pool> pool(
+      new Pool(std::move(device), std::move(meta), std::move(sb), std::move(rec)));
   SHALE_RETURN_IF_ERROR(pool->LoadAllocation(options.discard_freed).WithContext(who));
   return pool;
 }
@@ -197,23 +203,23 @@ Status Pool::LoadAllocation(bool discard_freed) {
   const uint64_t n = superblock_.cluster_count;
   ClusterBitmap committed(n);
   Status parse;
-  SHALE_RETURN_IF_ERROR(meta_->Scan(keys::BitmapPrefix(), [&](std::string_view k, std::string_view v) {
-    if (k.size() != 9) {
-      parse = Status::Corruption("malformed bitmap key");
-      return false;
-    }
-    parse = committed.DecodeChunk(keys::DecodeU64At(k, 1), keys::kClustersPerBitmapChunk, v);
-    return parse.ok();
-  }));
+  SHALE_RETURN_IF_ERROR(
+      meta_->Scan(keys::BitmapPrefix(), [&](std::string_view k, std::string_view v) {
+        if (k.size() != 9) {
+          parse = Status::Corruption("malformed bitmap key");
+          return false;
+        }
+        parse = committed.DecodeChunk(keys::DecodeU64At(k, 1), keys::kClustersPerBitmapChunk, v);
+        return parse.ok();
+      }));
   SHALE_RETURN_IF_ERROR(parse);
   allocator_ = std::make_unique<ClusterAllocator>(n);
   for (uint64_t i = 0; i < n; ++i) {
     if (committed.Test(i)) allocator_->MarkUsed(i);
   }
-  pipeline_ = std::make_unique<CommitPipeline>(superblock_.pool_name, device_.get(), meta_.get(),
-                                               allocator_.get(), std::move(committed),
-                                               superblock_.cluster_size, superblock_.data_offset,
-                                               discard_freed);
+  pipeline_ = std::make_unique<CommitPipeline>(
+      superblock_.pool_name, device_.get(), meta_.get(), allocator_.get(), std::move(committed),
+      superblock_.cluster_size, superblock_.data_offset, discard_freed);
   return Status::Ok();
 }
 

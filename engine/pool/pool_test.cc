@@ -164,7 +164,8 @@ TEST_F(PoolTest, PipelineGroupsCommitsAndReleasesFreedClustersOnlyAfterDurable) 
   EXPECT_TRUE(pool.pipeline().committed_bitmap().Test(a));
   // Free `a`: before the commit runs, the allocator must not hand it out again.
   bool released_before_write = true;
-  pool.pipeline().SetBeforeMetadataWriteHook([&] { released_before_write = !pool.allocator().IsUsed(a); });
+  pool.pipeline().SetBeforeMetadataWriteHook(
+      [&] { released_before_write = !pool.allocator().IsUsed(a); });
   CommitPipeline::Request req;
   req.freed = {a};
   ASSERT_TRUE(pool.pipeline().CommitSync(std::move(req)).ok());

@@ -60,8 +60,8 @@ Result<Superblock> Superblock::ForNewPool(std::string name, uint64_t device_size
   sb.cluster_size = cluster_size;
   sb.cluster_count = (device_size - kPoolDataOffset) / cluster_size;
   if (sb.cluster_count > UINT32_MAX - 16) {
-    return Status::InvalidArgument("device too large for cluster size " +
-                                   FormatSize(cluster_size) + "; choose a larger cluster size");
+    return Status::InvalidArgument("device too large for cluster size " + FormatSize(cluster_size) +
+                                   "; choose a larger cluster size");
   }
   return sb;
 }

@@ -4,10 +4,10 @@
 #include <bit>
 #include <cstring>
 
+#include "engine/common/block.h"
 #include "engine/common/clock.h"
 #include "engine/common/log.h"
 #include "engine/io/reactor.h"
-#include "engine/common/block.h"
 #include "engine/pool/keys.h"
 #include "engine/pool/pool.h"
 
@@ -41,11 +41,16 @@ const uint8_t* ZeroBuffer() {
 
 std::string_view VolumeOpName(VolumeOp op) {
   switch (op) {
-    case VolumeOp::kRead: return "read";
-    case VolumeOp::kWrite: return "write";
-    case VolumeOp::kFlush: return "flush";
-    case VolumeOp::kDiscard: return "discard";
-    case VolumeOp::kWriteZeroes: return "write-zeroes";
+    case VolumeOp::kRead:
+      return "read";
+    case VolumeOp::kWrite:
+      return "write";
+    case VolumeOp::kFlush:
+      return "flush";
+    case VolumeOp::kDiscard:
+      return "discard";
+    case VolumeOp::kWriteZeroes:
+      return "write-zeroes";
   }
   return "unknown";
 }
@@ -75,8 +80,8 @@ struct Volume::Unaligned {
   VolumeIo inner;
   int step = 0;
   bool locked = false;
-  uint64_t cursor = 0;         // kZeroFill: next chunk; kZeroUnmap: edge block being zeroed
-  uint64_t chunk_len = 0;      // kZeroFill: length of the current edge chunk
+  uint64_t cursor = 0;          // kZeroFill: next chunk; kZeroUnmap: edge block being zeroed
+  uint64_t chunk_len = 0;       // kZeroFill: length of the current edge chunk
   std::vector<uint64_t> edges;  // kZeroUnmap: partial edge blocks to zero
   size_t edge_index = 0;
 
@@ -99,7 +104,8 @@ Volume::Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vec
       chain_(std::move(chain)),
       size_bytes_(record.size_bytes()),
       map_(std::move(map)) {
-  SHALE_CHECK(!chain_.empty() && chain_.back() == record.head_image(), "chain must end at the head");
+  SHALE_CHECK(!chain_.empty() && chain_.back() == record.head_image(),
+              "chain must end at the head");
   SHALE_CHECK(chain_.back() <= UINT32_MAX, "image id too large");
   // A view owns nothing: no fragment matches head 0, so it never writes, frees or commits.
   head_ = options_.view_only ? 0 : static_cast<uint32_t>(chain_.back());
@@ -138,50 +144,51 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
   for (size_t level = chain.size(); level-- > 0;) {
     const uint64_t image = chain[level];
     Status err;
-    SHALE_RETURN_IF_ERROR(pool.meta().Scan(keys::MapImagePrefix(image), [&](std::string_view k,
-                                                                           std::string_view v) {
-      if (k.size() != 17) {
-        err = Status::Corruption("malformed mapping key");
-        return false;
-      }
-      uint64_t vc = keys::DecodeU64At(k, 9);
-      auto entry = MapEntry::Decode(v);
-      if (!entry.ok()) {
-        err = entry.status().WithContext("image " + std::to_string(image) + " cluster " + std::to_string(vc));
-        return false;
-      }
-      if (vc >= vclusters) {
-        // Blocks past the logical end (possible after a crash during a shrink, which Shale never
-        // does) would be unreachable; treat as corruption.
-        err = Status::Corruption("mapping beyond the volume size");
-        return false;
-      }
-      uint64_t covered = 0;
-      for (const auto& f : map.Fragments(vc)) covered |= f.blocks;
-      for (const auto& sf : entry->fragments) {
-        if (sf.pcluster >= pool.cluster_count()) {
-          err = Status::Corruption("mapping references cluster " + std::to_string(sf.pcluster) +
-                                   " beyond the pool");
-          return false;
-        }
-        Fragment f;
-        f.pcluster = sf.pcluster;
-        f.image = static_cast<uint32_t>(image);
-        f.blocks = sf.blocks & ~covered;
-        // The head keeps its fragments even when empty: they hold an allocated cluster.
-        if (f.blocks != 0 || level + 1 == chain.size()) map.Add(vc, f);
-        if (level + 1 == chain.size()) ++owned;
-      }
-      uint64_t zeros = entry->zero_blocks & ~covered;
-      if (zeros != 0) {
-        Fragment z;
-        z.pcluster = kZeroCluster;
-        z.image = static_cast<uint32_t>(image);
-        z.blocks = zeros;
-        map.Add(vc, z);
-      }
-      return true;
-    }));
+    SHALE_RETURN_IF_ERROR(
+        pool.meta().Scan(keys::MapImagePrefix(image), [&](std::string_view k, std::string_view v) {
+          if (k.size() != 17) {
+            err = Status::Corruption("malformed mapping key");
+            return false;
+          }
+          uint64_t vc = keys::DecodeU64At(k, 9);
+          auto entry = MapEntry::Decode(v);
+          if (!entry.ok()) {
+            err = entry.status().WithContext("image " + std::to_string(image) + " cluster " +
+                                             std::to_string(vc));
+            return false;
+          }
+          if (vc >= vclusters) {
+            // Blocks past the logical end (possible after a crash during a shrink, which Shale
+            // never does) would be unreachable; treat as corruption.
+            err = Status::Corruption("mapping beyond the volume size");
+            return false;
+          }
+          uint64_t covered = 0;
+          for (const auto& f : map.Fragments(vc)) covered |= f.blocks;
+          for (const auto& sf : entry->fragments) {
+            if (sf.pcluster >= pool.cluster_count()) {
+              err = Status::Corruption("mapping references cluster " + std::to_string(sf.pcluster) +
+                                       " beyond the pool");
+              return false;
+            }
+            Fragment f;
+            f.pcluster = sf.pcluster;
+            f.image = static_cast<uint32_t>(image);
+            f.blocks = sf.blocks & ~covered;
+            // The head keeps its fragments even when empty: they hold an allocated cluster.
+            if (f.blocks != 0 || level + 1 == chain.size()) map.Add(vc, f);
+            if (level + 1 == chain.size()) ++owned;
+          }
+          uint64_t zeros = entry->zero_blocks & ~covered;
+          if (zeros != 0) {
+            Fragment z;
+            z.pcluster = kZeroCluster;
+            z.image = static_cast<uint32_t>(image);
+            z.blocks = zeros;
+            map.Add(vc, z);
+          }
+          return true;
+        }));
     SHALE_RETURN_IF_ERROR(err);
   }
   if (owned_clusters) *owned_clusters = owned;
@@ -225,7 +232,8 @@ void Volume::Complete(VolumeIo* io, Status status) {
     --requests_in_flight_;
     if (IsMutating(io->op)) --mutating_in_flight_;
     if (io->op == VolumeOp::kRead) --reads_in_flight_;
-    if (!drain_waiters_.empty() && mutating_in_flight_ == 0 && (!gate_all_ || reads_in_flight_ == 0)) {
+    if (!drain_waiters_.empty() && mutating_in_flight_ == 0 &&
+        (!gate_all_ || reads_in_flight_ == 0)) {
       drained = true;
     }
   }
@@ -247,8 +255,8 @@ void Volume::Submit(VolumeIo* io) {
   if (IsMutating(io->op)) ++mutating_in_flight_;
   if (io->op == VolumeOp::kRead) ++reads_in_flight_;
   if (failed_ && io->op != VolumeOp::kRead) {
-    return CompleteLater(io, Status::IoError("volume '" + name_ + "' failed: " + failure_.ToString() +
-                                             " (restart shaled to recover)"));
+    return CompleteLater(io, Status::IoError("volume '" + name_ + "' failed: " +
+                                             failure_.ToString() + " (restart shaled to recover)"));
   }
   Status st = Validate(*io);
   if (!st.ok()) return CompleteLater(io, std::move(st));
@@ -261,11 +269,18 @@ void Volume::Submit(VolumeIo* io) {
       counters_.writes.fetch_add(1, std::memory_order_relaxed);
       counters_.bytes_written.fetch_add(io->length, std::memory_order_relaxed);
       break;
-    case VolumeOp::kFlush: counters_.flushes.fetch_add(1, std::memory_order_relaxed); break;
-    case VolumeOp::kDiscard: counters_.discards.fetch_add(1, std::memory_order_relaxed); break;
-    case VolumeOp::kWriteZeroes: counters_.write_zeroes.fetch_add(1, std::memory_order_relaxed); break;
+    case VolumeOp::kFlush:
+      counters_.flushes.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case VolumeOp::kDiscard:
+      counters_.discards.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case VolumeOp::kWriteZeroes:
+      counters_.write_zeroes.fetch_add(1, std::memory_order_relaxed);
+      break;
   }
-  const bool gated = write_gate_ && (IsMutating(io->op) || (gate_all_ && io->op == VolumeOp::kRead));
+  const bool gated =
+      write_gate_ && (IsMutating(io->op) || (gate_all_ && io->op == VolumeOp::kRead));
   if (gated) {
     // Parked, not in flight; counted again when resumed by UngateWrites().
     if (IsMutating(io->op)) --mutating_in_flight_;
@@ -281,9 +296,11 @@ void Volume::Dispatch(VolumeIo* io) {
   const bool internal = io->flags & kInternal;
   const bool aligned = ((io->offset | io->length) & kBlockMask) == 0;
   switch (io->op) {
-    case VolumeOp::kFlush: return SubmitFlush(io);
+    case VolumeOp::kFlush:
+      return SubmitFlush(io);
     case VolumeOp::kRead:
-      if (aligned && (reinterpret_cast<uintptr_t>(io->buf) & kBlockMask) == 0) return SubmitRead(io);
+      if (aligned && (reinterpret_cast<uintptr_t>(io->buf) & kBlockMask) == 0)
+        return SubmitRead(io);
       return SubmitUnaligned(io);
     case VolumeOp::kWrite:
       if (aligned && (reinterpret_cast<uintptr_t>(io->buf) & kBlockMask) == 0) {
@@ -291,7 +308,8 @@ void Volume::Dispatch(VolumeIo* io) {
         return SubmitWrite(io);
       }
       return SubmitUnaligned(io);
-    case VolumeOp::kDiscard: return SubmitUnmap(io);
+    case VolumeOp::kDiscard:
+      return SubmitUnmap(io);
     case VolumeOp::kWriteZeroes:
       if (aligned && !(io->flags & kVolumeNoUnmap)) return SubmitUnmap(io);
       return SubmitUnaligned(io);
@@ -318,7 +336,8 @@ void Volume::RunDrainWaiters() {
 }
 
 void Volume::UngateWrites() {
-  counters_.last_write_pause_ns.store(Clock::Real()->NowNanos() - gate_start_ns_, std::memory_order_relaxed);
+  counters_.last_write_pause_ns.store(Clock::Real()->NowNanos() - gate_start_ns_,
+                                      std::memory_order_relaxed);
   write_gate_ = false;
   gate_all_ = false;
   std::deque<VolumeIo*> resume;
@@ -567,7 +586,8 @@ void Volume::SubmitWrite(VolumeIo* io) {
             map_.RemoveIf(vv, [pc = pc](const Fragment& f) { return f.pcluster == pc; });
             owned_clusters_.fetch_sub(1, std::memory_order_relaxed);
           }
-          std::vector<uint32_t> undo(allocated_.begin() + static_cast<long>(allocated_mark), allocated_.end());
+          std::vector<uint32_t> undo(allocated_.begin() + static_cast<long>(allocated_mark),
+                                     allocated_.end());
           allocated_.resize(allocated_mark);
           pool_->allocator().Release(undo);
           FreeRequest(r);
@@ -596,7 +616,9 @@ void Volume::SubmitWrite(VolumeIo* io) {
     }
     // Device writes in block order (so adjacent clusters merge into one device write).
     for (int i = 1; i < ntargets; ++i) {  // insertion sort of at most 4 targets
-      for (int j = i; j > 0 && std::countr_zero(targets[j].blocks) < std::countr_zero(targets[j - 1].blocks); --j) {
+      for (int j = i;
+           j > 0 && std::countr_zero(targets[j].blocks) < std::countr_zero(targets[j - 1].blocks);
+           --j) {
         std::swap(targets[j], targets[j - 1]);
       }
     }
@@ -606,7 +628,8 @@ void Volume::SubmitWrite(VolumeIo* io) {
       while (here != 0) {
         uint32_t first = static_cast<uint32_t>(std::countr_zero(here));
         uint32_t run = static_cast<uint32_t>(std::countr_one(here >> first));
-        uint64_t dev = data_offset_ + (static_cast<uint64_t>(targets[i].pcluster) << cluster_shift_) +
+        uint64_t dev = data_offset_ +
+                       (static_cast<uint64_t>(targets[i].pcluster) << cluster_shift_) +
                        (static_cast<uint64_t>(first) << kBlockShift);
         AddDeviceOp(r, IoOp::kWrite, dev, src + (static_cast<uint64_t>(first - b0) << kBlockShift),
                     static_cast<uint64_t>(run) << kBlockShift);
@@ -781,7 +804,8 @@ void Volume::StepUnaligned(Unaligned* u, const Status& st) {
         u->bounce = AllocateAligned(u->end - u->begin);
         return RunInner(u, VolumeOp::kRead, u->begin, u->end - u->begin, u->bounce.get());
       }
-      std::memcpy(u->client->buf, u->bounce.get() + (u->client->offset - u->begin), u->client->length);
+      std::memcpy(u->client->buf, u->bounce.get() + (u->client->offset - u->begin),
+                  u->client->length);
       return FinishUnaligned(u, Status::Ok());
 
     case Unaligned::Kind::kWrite: {
@@ -800,7 +824,8 @@ void Volume::StepUnaligned(Unaligned* u, const Status& st) {
         return StepUnaligned(u, Status::Ok());
       }
       if (step == 2) {
-        std::memcpy(u->bounce.get() + (u->client->offset - u->begin), u->client->buf, u->client->length);
+        std::memcpy(u->bounce.get() + (u->client->offset - u->begin), u->client->buf,
+                    u->client->length);
         return RunInner(u, VolumeOp::kWrite, u->begin, u->end - u->begin, u->bounce.get());
       }
       return FinishUnaligned(u, Status::Ok());
@@ -810,7 +835,8 @@ void Volume::StepUnaligned(Unaligned* u, const Status& st) {
       if (step == 0) {
         const uint64_t mid_begin = (u->client->offset + kBlockMask) & ~kBlockMask;
         const uint64_t mid_end = u->client_end() & ~kBlockMask;
-        if (mid_end > mid_begin) return RunInner(u, VolumeOp::kDiscard, mid_begin, mid_end - mid_begin, nullptr);
+        if (mid_end > mid_begin)
+          return RunInner(u, VolumeOp::kDiscard, mid_begin, mid_end - mid_begin, nullptr);
         return StepUnaligned(u, Status::Ok());
       }
       // Odd steps read an edge block, even steps write it back with the client's part zeroed.
@@ -873,10 +899,12 @@ void Volume::Commit(std::function<void(const Status&)> done) {
 }
 
 void Volume::CommitWith(MetaBatch extra, std::vector<uint32_t> extra_freed,
-                        std::vector<uint32_t> extra_allocated, std::function<void(const Status&)> done) {
+                        std::vector<uint32_t> extra_allocated,
+                        std::function<void(const Status&)> done) {
   SHALE_CHECK(reactor_->IsCurrent(), "Volume::Commit off the reactor");
   CommitPipeline::Request req;
-  SHALE_CHECK(!options_.view_only || (dirty_list_.empty() && extra.empty()), "a view never commits");
+  SHALE_CHECK(!options_.view_only || (dirty_list_.empty() && extra.empty()),
+              "a view never commits");
   for (uint64_t v : dirty_list_) {
     dirty_bits_[v >> 6] &= ~(1ull << (v & 63));
     MapEntry e = StoredEntry(v);
@@ -897,9 +925,8 @@ void Volume::CommitWith(MetaBatch extra, std::vector<uint32_t> extra_freed,
   counters_.commits.fetch_add(1, std::memory_order_relaxed);
   Reactor* reactor = reactor_;
   req.done = [this, reactor, done = std::move(done)](const Status& st) mutable {
-    reactor->Post([this, st, done = std::move(done)]() mutable {
-      OnCommitted({}, st, std::move(done));
-    });
+    reactor->Post(
+        [this, st, done = std::move(done)]() mutable { OnCommitted({}, st, std::move(done)); });
   };
   pool_->pipeline().Submit(std::move(req));
 }
@@ -947,7 +974,8 @@ void Volume::ArmCommitTimer() {
   timer_id_ = reactor_->AddTimer(options_.commit_interval_ns, [this] {
     timer_id_ = 0;
     if (closing_) return;
-    if (!failed_ && (!dirty_list_.empty() || !freed_.empty() || !allocated_.empty())) Commit(nullptr);
+    if (!failed_ && (!dirty_list_.empty() || !freed_.empty() || !allocated_.empty()))
+      Commit(nullptr);
     ArmCommitTimer();
   });
 }
@@ -1015,7 +1043,8 @@ void Volume::Freeze(uint64_t new_head, MetaBatch records, std::function<void(con
   });
 }
 
-void Volume::MergeParentIntoHead(uint64_t from, std::vector<std::pair<uint64_t, MapEntry>> from_entries,
+void Volume::MergeParentIntoHead(uint64_t from,
+                                 std::vector<std::pair<uint64_t, MapEntry>> from_entries,
                                  MetaBatch records, std::function<void(const Status&)> done) {
   SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::MergeParentIntoHead misuse");
   if (!(chain_.size() >= 2 && chain_[chain_.size() - 2] == from)) {
@@ -1078,8 +1107,8 @@ void Volume::RelabelImage(uint64_t from, uint64_t to, const std::vector<uint64_t
   std::erase(chain_, from);
 }
 
-void Volume::ReplaceHead(std::vector<uint64_t> chain, ClusterMap map, uint64_t new_size, MetaBatch records,
-                         std::function<void(const Status&)> done) {
+void Volume::ReplaceHead(std::vector<uint64_t> chain, ClusterMap map, uint64_t new_size,
+                         MetaBatch records, std::function<void(const Status&)> done) {
   SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::ReplaceHead misuse");
   SHALE_CHECK(chain.back() <= UINT32_MAX, "image id too large");
   auto state = std::make_shared<std::tuple<std::vector<uint64_t>, ClusterMap, MetaBatch>>(
@@ -1139,8 +1168,8 @@ namespace {
 constexpr size_t kFlattenBatchClusters = 32;
 }  // namespace
 
-void Volume::Flatten(std::function<void(uint64_t, uint64_t)> progress, std::function<void(const Status&)> done,
-                     BackgroundAdmission* admission) {
+void Volume::Flatten(std::function<void(uint64_t, uint64_t)> progress,
+                     std::function<void(const Status&)> done, BackgroundAdmission* admission) {
   SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Flatten misuse");
   auto job = std::make_shared<FlattenJob>();
   job->vol = this;
@@ -1214,7 +1243,8 @@ void Volume::FlattenCopyBatch(std::shared_ptr<FlattenJob> job) {
         const uint32_t run = static_cast<uint32_t>(std::countr_one(parent_blocks >> first));
         auto c = std::make_unique<FlattenJob::Copy>();
         c->offset = (v << cluster_shift_) + (static_cast<uint64_t>(first) << kBlockShift);
-        c->length = std::min<uint64_t>(static_cast<uint64_t>(run) << kBlockShift, size_bytes() - c->offset);
+        c->length =
+            std::min<uint64_t>(static_cast<uint64_t>(run) << kBlockShift, size_bytes() - c->offset);
         c->buf = AllocateAligned(c->length);
         c->job = job.get();
         job->copies.push_back(std::move(c));

@@ -99,25 +99,25 @@ class Volume final : public VolumeLayer {
   void RelabelImage(uint64_t from, uint64_t to, const std::vector<uint64_t>& vclusters);
   // Replaces the head with an empty one on top of `chain` (revert): parks all I/O, frees every
   // cluster the old head owned, commits `records` with that, continues on the new map.
-  void ReplaceHead(std::vector<uint64_t> chain, ClusterMap map, uint64_t new_size, MetaBatch records,
-                   std::function<void(const Status&)> done);
+  void ReplaceHead(std::vector<uint64_t> chain, ClusterMap map, uint64_t new_size,
+                   MetaBatch records, std::function<void(const Status&)> done);
   // Copies every block the volume reads through parent images into clusters it owns, in
   // batches of up to 32 clusters; writes are parked only while a batch is copied, so a client
   // write is never overwritten by the parent's older data. Background I/O class.
   // progress(done, total) counts clusters; done(status) after the copies are committed.
   // With `admission` (which must outlive the flatten), each batch waits for its Admit before
   // writes are parked for it, and reports done() once its copies completed.
-  void Flatten(std::function<void(uint64_t, uint64_t)> progress, std::function<void(const Status&)> done,
-               BackgroundAdmission* admission = nullptr);
+  void Flatten(std::function<void(uint64_t, uint64_t)> progress,
+               std::function<void(const Status&)> done, BackgroundAdmission* admission = nullptr);
   // After Flatten: forgets the parent images (zero marks are meaningless without them) and
   // commits `records` (which must clear the head's parent).
   void DetachFromParents(MetaBatch records, std::function<void(const Status&)> done);
   const std::vector<uint64_t>& chain() const { return chain_; }
 
   struct SpaceUsage {
-    uint64_t owned_bytes = 0;   // clusters the head owns (what deleting the volume frees)
-    uint64_t shared_bytes = 0;  // data read through parent images (shared with snapshots)
-    uint64_t written_bytes = 0; // blocks with data the head owns
+    uint64_t owned_bytes = 0;    // clusters the head owns (what deleting the volume frees)
+    uint64_t shared_bytes = 0;   // data read through parent images (shared with snapshots)
+    uint64_t written_bytes = 0;  // blocks with data the head owns
   };
   SpaceUsage Usage() const;
 
@@ -135,8 +135,8 @@ class Volume final : public VolumeLayer {
   // Commits every dirty mapping; done(status) runs on the reactor once it is durable.
   void Commit(std::function<void(const Status&)> done);
   // The same, with extra metadata changes and freed clusters in the same atomic commit.
-  void CommitWith(MetaBatch extra, std::vector<uint32_t> extra_freed, std::vector<uint32_t> extra_allocated,
-                  std::function<void(const Status&)> done);
+  void CommitWith(MetaBatch extra, std::vector<uint32_t> extra_freed,
+                  std::vector<uint32_t> extra_allocated, std::function<void(const Status&)> done);
   // Grows the logical size (the record is committed by the caller).
   void Grow(uint64_t new_size);
   // Stops the timer, waits for I/O in flight, commits; done(status) runs on the reactor.

@@ -26,7 +26,10 @@ TEST_F(VolumeTest, WritesReadBackAcrossClustersAndAtTheEnd) {
   Volume* v = CreateVolume("v", 16 * kMiB);
   struct Case {
     uint64_t off, len;
-  } cases[] = {{0, 4096}, {60 * kKiB, 8 * kKiB}, {1 * kMiB, 1 * kMiB}, {16 * kMiB - 4096, 4096},
+  } cases[] = {{0, 4096},
+               {60 * kKiB, 8 * kKiB},
+               {1 * kMiB, 1 * kMiB},
+               {16 * kMiB - 4096, 4096},
                {3 * kMiB + 4096, 200 * kKiB}};
   uint32_t seed = 1;
   for (auto c : cases) {
@@ -202,7 +205,8 @@ TEST_F(VolumeTest, ConcurrentFlushesShareCommits) {
   ASSERT_TRUE(CloseVolume("v").ok());
   v = OpenVolume("v");
   for (int i = 0; i < kN; i += 17) {
-    EXPECT_EQ(Read(v, static_cast<uint64_t>(i) * 256 * kKiB, 4096), std::vector<uint8_t>(4096, static_cast<uint8_t>(i)));
+    EXPECT_EQ(Read(v, static_cast<uint64_t>(i) * 256 * kKiB, 4096),
+              std::vector<uint8_t>(4096, static_cast<uint8_t>(i)));
   }
 }
 
@@ -225,8 +229,11 @@ TEST_F(VolumeTest, QueryAllocationReportsDataAndZeroRuns) {
   reactor_->RunSync([&] { ext = v->QueryAllocation(0, 1 * kMiB, 100); });
   std::vector<std::pair<uint64_t, bool>> got;
   for (auto& e : ext) got.emplace_back(e.length, e.zero);
-  std::vector<std::pair<uint64_t, bool>> want = {
-      {64 * kKiB, true}, {4096, false}, {60 * kKiB, true}, {4096, false}, {1 * kMiB - 132 * kKiB, true}};
+  std::vector<std::pair<uint64_t, bool>> want = {{64 * kKiB, true},
+                                                 {4096, false},
+                                                 {60 * kKiB, true},
+                                                 {4096, false},
+                                                 {1 * kMiB - 132 * kKiB, true}};
   EXPECT_EQ(got, want);
   reactor_->RunSync([&] { ext = v->QueryAllocation(64 * kKiB + 512, 1024, 10); });
   ASSERT_EQ(ext.size(), 1u);
@@ -257,7 +264,8 @@ TEST_F(CountingVolumeTest, SequentialDataIsReadAndWrittenInOneDeviceOpPerMegabyt
   EXPECT_EQ(fault_->ops(IoOp::kWrite) - w0, 1u);
   const uint64_t r0 = fault_->ops(IoOp::kRead);
   auto data = Read(v, 1 * kMiB, 1 * kMiB);
-  EXPECT_EQ(fault_->ops(IoOp::kRead) - r0, 1u) << "a 1 MiB read of contiguous clusters is one device read";
+  EXPECT_EQ(fault_->ops(IoOp::kRead) - r0, 1u)
+      << "a 1 MiB read of contiguous clusters is one device read";
   EXPECT_EQ(data, std::vector<uint8_t>(p.begin() + kMiB, p.begin() + 2 * kMiB));
   // A read mixing data and never-written blocks reads only the data.
   const uint64_t r1 = fault_->ops(IoOp::kRead);
@@ -304,7 +312,8 @@ TEST_F(SmallPoolVolumeTest, ReusedClustersNeverShowTheirOldData) {
   EXPECT_EQ(pool_->allocator().free_count(), 32u);
   Volume* b = CreateVolume("b", 16 * kMiB);
   // One block per cluster: every cluster of the pool is reused, the rest must read zeros.
-  for (uint64_t c = 0; c < 32; ++c) ASSERT_TRUE(Write(b, c * 64 * kKiB, std::vector<uint8_t>(4096, 0xbb)).ok());
+  for (uint64_t c = 0; c < 32; ++c)
+    ASSERT_TRUE(Write(b, c * 64 * kKiB, std::vector<uint8_t>(4096, 0xbb)).ok());
   auto all = Read(b, 0, 2 * kMiB);
   for (uint64_t i = 0; i < all.size(); ++i) {
     uint8_t expect = (i % (64 * kKiB)) < 4096 ? 0xbb : 0x00;

@@ -55,7 +55,8 @@ class VolumeFixture : public ::testing::Test {
     ASSERT_TRUE(r.ok()) << r.status();
     reactor_ = std::move(r).value();
     device_ = MakeDevice();
-    auto pool = Pool::Create(device_, {.name = "tank", .metadata_dir = dir_ + "/meta", .cluster_size = cluster_size_});
+    auto pool = Pool::Create(
+        device_, {.name = "tank", .metadata_dir = dir_ + "/meta", .cluster_size = cluster_size_});
     ASSERT_TRUE(pool.ok()) << pool.status();
     pool_ = std::move(pool).value();
   }
@@ -65,7 +66,9 @@ class VolumeFixture : public ::testing::Test {
     reactor_.reset();
     std::filesystem::remove_all(dir_);
   }
-  virtual std::shared_ptr<BlockDevice> MakeDevice() { return std::make_shared<MemoryDevice>(pool_size_); }
+  virtual std::shared_ptr<BlockDevice> MakeDevice() {
+    return std::make_shared<MemoryDevice>(pool_size_);
+  }
 
   // Creates and commits the records of a new volume, returns the live object.
   Volume* CreateVolume(const std::string& name, uint64_t size, bool read_only = false) {
@@ -92,9 +95,9 @@ class VolumeFixture : public ::testing::Test {
     uint64_t owned = 0;
     auto map = Volume::LoadMap(*pool_, {rec.head_image()}, rec.size_bytes(), &owned);
     EXPECT_TRUE(map.ok()) << map.status();
-    auto vol = std::make_unique<Volume>(pool_.get(), reactor_.get(), rec,
-                                        std::vector<uint64_t>{rec.head_image()}, std::move(map).value(),
-                                        Volume::Options{.commit_interval_ns = 0});
+    auto vol = std::make_unique<Volume>(
+        pool_.get(), reactor_.get(), rec, std::vector<uint64_t>{rec.head_image()},
+        std::move(map).value(), Volume::Options{.commit_interval_ns = 0});
     reactor_->RunSync([&] { vol->Start(); });
     Volume* raw = vol.get();
     volumes_[name] = std::move(vol);

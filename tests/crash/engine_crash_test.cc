@@ -79,8 +79,8 @@ struct VolumeModel {
 };
 
 struct SnapshotModel {
-  std::string volume;              // source volume at freeze time
-  std::vector<uint64_t> content;   // exact tag of every sector
+  std::string volume;             // source volume at freeze time
+  std::vector<uint64_t> content;  // exact tag of every sector
 };
 
 class Harness {
@@ -167,8 +167,8 @@ void RunSeed(const std::string& dir, uint64_t seed) {
       Volume& vol = (*handle)->volume();
       const unsigned kind = rng() % 100;
       if (std::getenv("SHALE_CRASH_VERBOSE")) {
-        std::fprintf(stderr, "op %d kind %u on %s (next tag %llu, dead %d)\n", i, kind, m.name.c_str(),
-                     static_cast<unsigned long long>(next_tag), device_dead);
+        std::fprintf(stderr, "op %d kind %u on %s (next tag %llu, dead %d)\n", i, kind,
+                     m.name.c_str(), static_cast<unsigned long long>(next_tag), device_dead);
       }
       if (kind < 50) {  // write
         const bool sector_aligned = rng() % 4 == 0;
@@ -176,7 +176,8 @@ void RunSeed(const std::string& dir, uint64_t seed) {
         const uint64_t len = unit * (1 + rng() % (sector_aligned ? 16 : 64));
         const uint64_t off = (rng() % ((m.size - len) / unit + 1)) * unit;
         const uint64_t tag = next_tag++;
-        for (uint64_t s = 0; s < len / kSector; ++s) FillSector(buf.get() + s * kSector, tag, m.key, off / kSector + s);
+        for (uint64_t s = 0; s < len / kSector; ++s)
+          FillSector(buf.get() + s * kSector, tag, m.key, off / kSector + s);
         const bool fua = rng() % 10 == 0;
         Status st = h.Io(vol, VolumeOp::kWrite, off, len, buf.get(), fua ? kVolumeFua : 0);
         m.Wrote(off, len, tag);
@@ -197,7 +198,8 @@ void RunSeed(const std::string& dir, uint64_t seed) {
         const bool zeroes = rng() % 2;
         const uint64_t len = kSector * (1 + rng() % 512);
         const uint64_t off = (rng() % ((m.size - len) / kSector + 1)) * kSector;
-        Status st = h.Io(vol, zeroes ? VolumeOp::kWriteZeroes : VolumeOp::kDiscard, off, len, nullptr, 0);
+        Status st =
+            h.Io(vol, zeroes ? VolumeOp::kWriteZeroes : VolumeOp::kDiscard, off, len, nullptr, 0);
         uint64_t zb = off, ze = off + len;
         if (!zeroes) {
           zb = (off + 4095) / 4096 * 4096;
@@ -244,7 +246,8 @@ void RunSeed(const std::string& dir, uint64_t seed) {
         const std::string name = "clone" + std::to_string(next_clone++);
         auto c = engine->CreateVolumeFromImage({.name = name}, it->first);
         if (!c.ok()) {
-          if (c.status().code() != StatusCode::kFailedPrecondition) ExpectDeviceDeath(c.status(), &device_dead);
+          if (c.status().code() != StatusCode::kFailedPrecondition)
+            ExpectDeviceDeath(c.status(), &device_dead);
           continue;
         }
         VolumeModel cm;
@@ -349,8 +352,8 @@ void RunSeed(const std::string& dir, uint64_t seed) {
       if (!matched) {
         std::string cands;
         for (uint64_t t : m.sectors[s]) cands += std::to_string(t) + " ";
-        FAIL() << "volume " << name << " sector " << s << " holds none of its possible values {" << cands
-               << "} (durable value first)";
+        FAIL() << "volume " << name << " sector " << s << " holds none of its possible values {"
+               << cands << "} (durable value first)";
       }
     }
   }
@@ -383,7 +386,9 @@ TEST(EngineCrashTest, RandomWorkloadsSurvivePowerCuts) {
   ASSERT_NE(mkdtemp(tmpl), nullptr);
   const char* env = std::getenv("SHALE_CRASH_SEEDS");
   const uint64_t seeds = env ? std::strtoull(env, nullptr, 10) : 300;
-  const uint64_t first = std::getenv("SHALE_CRASH_FIRST_SEED") ? std::strtoull(std::getenv("SHALE_CRASH_FIRST_SEED"), nullptr, 10) : 1;
+  const uint64_t first = std::getenv("SHALE_CRASH_FIRST_SEED")
+                             ? std::strtoull(std::getenv("SHALE_CRASH_FIRST_SEED"), nullptr, 10)
+                             : 1;
   for (uint64_t seed = first; seed < first + seeds; ++seed) {
     const std::string dir = std::string(tmpl) + "/" + std::to_string(seed);
     fs::create_directories(dir);

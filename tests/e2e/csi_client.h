@@ -58,8 +58,7 @@ class CsiClient {
 
   // Calls stub method `fn` with a fresh context and a deadline.
   template <typename Stub, typename Req, typename Resp>
-  grpc::Status Call(Stub* stub,
-                    grpc::Status (Stub::*fn)(grpc::ClientContext*, const Req&, Resp*),
+  grpc::Status Call(Stub* stub, grpc::Status (Stub::*fn)(grpc::ClientContext*, const Req&, Resp*),
                     const Req& req, Resp* resp) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));

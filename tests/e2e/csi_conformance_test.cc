@@ -65,9 +65,9 @@ TEST_F(CsiConformanceTest, Identity) {
   EXPECT_TRUE(online_expansion);
 
   csiv1::ProbeResponse probe;
-  ASSERT_TRUE(c_.Call(c_.identity.get(), &csiv1::Identity::Stub::Probe, csiv1::ProbeRequest(),
-                      &probe)
-                  .ok());
+  ASSERT_TRUE(
+      c_.Call(c_.identity.get(), &csiv1::Identity::Stub::Probe, csiv1::ProbeRequest(), &probe)
+          .ok());
   EXPECT_TRUE(probe.ready().value());
 }
 
@@ -79,10 +79,10 @@ TEST_F(CsiConformanceTest, CapabilitiesAndNodeInfo) {
   std::set<int> rpcs;
   for (const auto& cap : ccaps.capabilities()) rpcs.insert(cap.rpc().type());
   using Rpc = csiv1::ControllerServiceCapability::RPC;
-  for (Rpc::Type t : {Rpc::CREATE_DELETE_VOLUME, Rpc::LIST_VOLUMES, Rpc::GET_CAPACITY,
-                      Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS, Rpc::CLONE_VOLUME,
-                      Rpc::EXPAND_VOLUME, Rpc::VOLUME_CONDITION, Rpc::GET_VOLUME,
-                      Rpc::MODIFY_VOLUME}) {
+  for (Rpc::Type t :
+       {Rpc::CREATE_DELETE_VOLUME, Rpc::LIST_VOLUMES, Rpc::GET_CAPACITY,
+        Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS, Rpc::CLONE_VOLUME, Rpc::EXPAND_VOLUME,
+        Rpc::VOLUME_CONDITION, Rpc::GET_VOLUME, Rpc::MODIFY_VOLUME}) {
     EXPECT_TRUE(rpcs.count(t)) << Rpc::Type_Name(t);
   }
   // Not implemented, so not advertised.
@@ -109,9 +109,9 @@ TEST_F(CsiConformanceTest, CapabilitiesAndNodeInfo) {
   }
 
   csiv1::NodeGetInfoResponse info;
-  ASSERT_TRUE(c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeGetInfo, csiv1::NodeGetInfoRequest(),
-                      &info)
-                  .ok());
+  ASSERT_TRUE(
+      c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeGetInfo, csiv1::NodeGetInfoRequest(), &info)
+          .ok());
   EXPECT_EQ(info.node_id(), "test-node");
   EXPECT_EQ(info.accessible_topology().segments().at("topology.csi.shale.io/node"), "test-node");
 }
@@ -180,9 +180,9 @@ TEST_F(CsiConformanceTest, CapacityArithmetic) {
   EXPECT_EQ(MustCreate(CsiClient::VolumeRequest("pvc-default")).capacity_bytes(), 1024 * kMiB);
   EXPECT_EQ(MustCreate(CsiClient::VolumeRequest("pvc-one", 1)).capacity_bytes(), 4096);
   EXPECT_EQ(MustCreate(CsiClient::VolumeRequest("pvc-round", 4097, 8192)).capacity_bytes(), 8192);
-  EXPECT_EQ(MustCreate(CsiClient::VolumeRequest("pvc-exact", 64 * kMiB, 64 * kMiB))
-                .capacity_bytes(),
-            64 * kMiB);
+  EXPECT_EQ(
+      MustCreate(CsiClient::VolumeRequest("pvc-exact", 64 * kMiB, 64 * kMiB)).capacity_bytes(),
+      64 * kMiB);
   EXPECT_EQ(MustCreate(CsiClient::VolumeRequest("pvc-limit", 0, 10000)).capacity_bytes(), 8192);
   EXPECT_EQ(CreateCode(CsiClient::VolumeRequest("pvc-tight", 1, 2)), StatusCode::OUT_OF_RANGE);
   EXPECT_EQ(CreateCode(CsiClient::VolumeRequest("pvc-huge", int64_t{300} << 40)),
@@ -196,9 +196,8 @@ TEST_F(CsiConformanceTest, CapacityArithmetic) {
   csiv1::ControllerGetVolumeRequest get;
   get.set_volume_id("pvc-round");
   csiv1::ControllerGetVolumeResponse got;
-  ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerGetVolume, get,
-                      &got)
-                  .ok());
+  ASSERT_TRUE(
+      c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerGetVolume, get, &got).ok());
   EXPECT_EQ(got.volume().capacity_bytes(), 8192);
 }
 
@@ -212,9 +211,8 @@ TEST_F(CsiConformanceTest, CliDeleteTakesTheCsiRecordWithIt) {
   csiv1::ControllerGetVolumeRequest get;
   get.set_volume_id("pvc-reused");
   csiv1::ControllerGetVolumeResponse got;
-  ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerGetVolume, get,
-                      &got)
-                  .ok());
+  ASSERT_TRUE(
+      c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerGetVolume, get, &got).ok());
   EXPECT_EQ(got.volume().capacity_bytes(), 64 * kMiB)
       << "the new volume inherited the deleted CSI volume's record";
   // Expanding it through CSI starts from its own size.
@@ -222,8 +220,8 @@ TEST_F(CsiConformanceTest, CliDeleteTakesTheCsiRecordWithIt) {
   expand.set_volume_id("pvc-reused");
   expand.mutable_capacity_range()->set_required_bytes(128 * kMiB);
   csiv1::ControllerExpandVolumeResponse expanded;
-  ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerExpandVolume,
-                      expand, &expanded)
+  ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerExpandVolume, expand,
+                      &expanded)
                   .ok());
   EXPECT_EQ(expanded.capacity_bytes(), 128 * kMiB);
   CommandResult show = h_.Shale({"volume", "show", "pvc-reused", "-o", "json"});
@@ -241,8 +239,7 @@ TEST_F(CsiConformanceTest, IdempotencyAndNameMapping) {
   EXPECT_EQ(first.volume_id(), "pvc-idem");
   EXPECT_EQ(second.volume_id(), first.volume_id());
   EXPECT_EQ(second.capacity_bytes(), first.capacity_bytes());
-  EXPECT_EQ(first.accessible_topology(0).segments().at("topology.csi.shale.io/node"),
-            "test-node");
+  EXPECT_EQ(first.accessible_topology(0).segments().at("topology.csi.shale.io/node"), "test-node");
   // Provenance from the sidecar's extra metadata is kept as labels.
   CommandResult show = h_.Shale({"volume", "show", "pvc-idem", "-o", "json"});
   ASSERT_EQ(show.exit_code, 0) << show.Describe();
@@ -265,8 +262,7 @@ TEST_F(CsiConformanceTest, IdempotencyAndNameMapping) {
   const std::string long_name = "pvc with spaces, ünïcødé and / slashes " + std::string(200, 'x');
   const csiv1::Volume mapped = MustCreate(CsiClient::VolumeRequest(long_name, 4096));
   EXPECT_EQ(mapped.volume_id().rfind("csi-", 0), 0u) << mapped.volume_id();
-  EXPECT_EQ(MustCreate(CsiClient::VolumeRequest(long_name, 4096)).volume_id(),
-            mapped.volume_id());
+  EXPECT_EQ(MustCreate(CsiClient::VolumeRequest(long_name, 4096)).volume_id(), mapped.volume_id());
   EXPECT_TRUE(c_.DeleteVolume(mapped.volume_id()).ok());
 
   // Delete: required id, idempotent, unknown ids succeed.
@@ -308,8 +304,8 @@ TEST_F(CsiConformanceTest, ValidateVolumeCapabilities) {
 TEST_F(CsiConformanceTest, ListVolumesPaginates) {
   std::set<std::string> want;
   for (int i = 0; i < 7; ++i) {
-    want.insert(MustCreate(CsiClient::VolumeRequest("pvc-list-" + std::to_string(i), 4096))
-                    .volume_id());
+    want.insert(
+        MustCreate(CsiClient::VolumeRequest("pvc-list-" + std::to_string(i), 4096)).volume_id());
   }
   std::set<std::string> seen;
   csiv1::ListVolumesRequest req;
@@ -339,14 +335,14 @@ TEST_F(CsiConformanceTest, ListVolumesPaginates) {
 
   req.set_starting_token("invalid-token");
   csiv1::ListVolumesResponse resp;
-  EXPECT_EQ(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ListVolumes, req, &resp)
-                .error_code(),
-            StatusCode::ABORTED);
+  EXPECT_EQ(
+      c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ListVolumes, req, &resp).error_code(),
+      StatusCode::ABORTED);
   req.set_starting_token("");
   req.set_max_entries(-1);
-  EXPECT_EQ(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ListVolumes, req, &resp)
-                .error_code(),
-            StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(
+      c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ListVolumes, req, &resp).error_code(),
+      StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(CsiConformanceTest, GetCapacityAndTopology) {
@@ -362,16 +358,18 @@ TEST_F(CsiConformanceTest, GetCapacityAndTopology) {
   EXPECT_EQ(resp.available_capacity(), 0);
   req.clear_accessible_topology();
   (*req.mutable_parameters())["pool"] = "nosuchpool";
-  EXPECT_EQ(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::GetCapacity, req, &resp)
-                .error_code(),
-            StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(
+      c_.Call(c_.controller.get(), &csiv1::Controller::Stub::GetCapacity, req, &resp).error_code(),
+      StatusCode::INVALID_ARGUMENT);
 
   auto vreq = CsiClient::VolumeRequest("pvc-topo", 4096);
-  (*vreq.mutable_accessibility_requirements()->add_requisite()->mutable_segments())
-      ["topology.csi.shale.io/node"] = "other-node";
+  (*vreq.mutable_accessibility_requirements()
+        ->add_requisite()
+        ->mutable_segments())["topology.csi.shale.io/node"] = "other-node";
   EXPECT_EQ(CreateCode(vreq), StatusCode::RESOURCE_EXHAUSTED);
-  (*vreq.mutable_accessibility_requirements()->add_requisite()->mutable_segments())
-      ["topology.csi.shale.io/node"] = "test-node";
+  (*vreq.mutable_accessibility_requirements()
+        ->add_requisite()
+        ->mutable_segments())["topology.csi.shale.io/node"] = "test-node";
   EXPECT_EQ(MustCreate(vreq).accessible_topology(0).segments().at("topology.csi.shale.io/node"),
             "test-node");
 }
@@ -691,9 +689,9 @@ TEST_F(CsiConformanceTest, NodeRequiredFieldsAndUnknownVolumes) {
 // needed, but nbdfuse + loop, so root): CSI spec "NodeStageVolume Errors", "NodePublishVolume"
 // (the second-publish table) and "NodeExpandVolume Errors".
 TEST_F(CsiConformanceTest, NodeRepeatsAndIncompatibleRequests) {
-  const std::string why = NbdfuseLoopUnavailable({"nbdfuse", "fusermount3", "losetup", "mount",
-                                                  "umount", "blkid"},
-                                                 "libnbd-bin, fuse3, util-linux");
+  const std::string why =
+      NbdfuseLoopUnavailable({"nbdfuse", "fusermount3", "losetup", "mount", "umount", "blkid"},
+                             "libnbd-bin, fuse3, util-linux");
   if (!why.empty()) GTEST_SKIP() << why;
   auto vreq = CsiClient::VolumeRequest("pvc-node-rules", 8 * kMiB);
   *vreq.mutable_volume_capabilities(0) = BlockCap(AccessMode::SINGLE_NODE_SINGLE_WRITER);

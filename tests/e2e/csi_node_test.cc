@@ -66,7 +66,8 @@ void WriteFile(const std::string& path, const std::string& data) {
 
 std::string Contents(int i) {
   std::string s = "file " + std::to_string(i) + "\n";
-  while (s.size() < static_cast<size_t>(1000 * (i + 1))) s += static_cast<char>('a' + (i + s.size()) % 26);
+  while (s.size() < static_cast<size_t>(1000 * (i + 1)))
+    s += static_cast<char>('a' + (i + s.size()) % 26);
   return s;
 }
 
@@ -85,10 +86,10 @@ bool HasCapSysResource() {
 class CsiNodeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string why = NbdfuseLoopUnavailable(
-        {"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "mkfs.xfs", "blkid", "resize2fs",
-         "xfs_growfs", "mount", "umount", "fsfreeze"},
-        "libnbd-bin, fuse3, util-linux, e2fsprogs, xfsprogs");
+    const std::string why =
+        NbdfuseLoopUnavailable({"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "mkfs.xfs",
+                                "blkid", "resize2fs", "xfs_growfs", "mount", "umount", "fsfreeze"},
+                               "libnbd-bin, fuse3, util-linux, e2fsprogs, xfsprogs");
     if (!why.empty()) GTEST_SKIP() << why;
     ASSERT_TRUE(c_.Start(h_));
   }
@@ -235,9 +236,9 @@ class CsiNodeTest : public ::testing::Test {
     creq.set_volume_id(vol);
     creq.mutable_capacity_range()->set_required_bytes(640 * kMiB);
     csiv1::ControllerExpandVolumeResponse cresp;
-    ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerExpandVolume, creq,
-                        &cresp)
-                    .ok());
+    ASSERT_TRUE(
+        c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerExpandVolume, creq, &cresp)
+            .ok());
     ASSERT_TRUE(cresp.node_expansion_required());
     csiv1::NodeExpandVolumeRequest nreq;
     nreq.set_volume_id(vol);
@@ -254,15 +255,15 @@ class CsiNodeTest : public ::testing::Test {
       EXPECT_NE(expanded.error_message().find("CAP_SYS_RESOURCE"), std::string::npos);
       std::cout << "[ note ] ext4 online resize not checked: no CAP_SYS_RESOURCE here\n";
     } else {
-    ASSERT_TRUE(expanded.ok()) << Describe(expanded);
-    EXPECT_EQ(nresp.capacity_bytes(), 640 * kMiB);
-    const uint64_t after = FsTotalBytes(t1);
-    EXPECT_GT(after, before + 250 * static_cast<uint64_t>(kMiB)) << before << " -> " << after;
-    CommandResult df = RunProcess({FindProgram("df"), "-B1", t1});
-    EXPECT_EQ(df.exit_code, 0);
-    for (int i = 0; i < 5; ++i) {
-      EXPECT_EQ(ReadTextFile(t1 + "/f" + std::to_string(i)), Contents(i)) << "after expansion";
-    }
+      ASSERT_TRUE(expanded.ok()) << Describe(expanded);
+      EXPECT_EQ(nresp.capacity_bytes(), 640 * kMiB);
+      const uint64_t after = FsTotalBytes(t1);
+      EXPECT_GT(after, before + 250 * static_cast<uint64_t>(kMiB)) << before << " -> " << after;
+      CommandResult df = RunProcess({FindProgram("df"), "-B1", t1});
+      EXPECT_EQ(df.exit_code, 0);
+      for (int i = 0; i < 5; ++i) {
+        EXPECT_EQ(ReadTextFile(t1 + "/f" + std::to_string(i)), Contents(i)) << "after expansion";
+      }
     }
 
     // Unstage refuses while published; everything undone is idempotent.
@@ -319,9 +320,9 @@ TEST_F(CsiNodeTest, RawBlockAccess) {
   creq.set_volume_id("pvc-block");
   creq.mutable_capacity_range()->set_required_bytes(48 * kMiB);
   csiv1::ControllerExpandVolumeResponse cresp;
-  ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerExpandVolume, creq,
-                      &cresp)
-                  .ok());
+  ASSERT_TRUE(
+      c_.Call(c_.controller.get(), &csiv1::Controller::Stub::ControllerExpandVolume, creq, &cresp)
+          .ok());
   csiv1::NodeExpandVolumeRequest nreq;
   nreq.set_volume_id("pvc-block");
   nreq.set_volume_path(target);
@@ -368,11 +369,12 @@ TEST_F(CsiNodeTest, NotebookFlow) {
   ASSERT_NO_FATAL_FAILURE(WriteFile(loader + "/dataset/late", "after the snapshot"));
 
   // 3. A read-only clone, staged once, published to two notebook pods at once.
-  ASSERT_NO_FATAL_FAILURE(
-      Create("pvc-nb-ro", 0, "ext4", snap.snapshot().snapshot_id(), AccessMode::MULTI_NODE_READER_ONLY));
+  ASSERT_NO_FATAL_FAILURE(Create("pvc-nb-ro", 0, "ext4", snap.snapshot().snapshot_id(),
+                                 AccessMode::MULTI_NODE_READER_ONLY));
   const std::string ro_staging = Path("st-ro"), nb1 = Path("pods/nb1/data"),
                     nb2 = Path("pods/nb2/data");
-  ASSERT_TRUE(Stage("pvc-nb-ro", ro_staging, ro).ok()) << Describe(Stage("pvc-nb-ro", ro_staging, ro));
+  ASSERT_TRUE(Stage("pvc-nb-ro", ro_staging, ro).ok())
+      << Describe(Stage("pvc-nb-ro", ro_staging, ro));
   ASSERT_TRUE(Publish("pvc-nb-ro", ro_staging, nb1, ro, true).ok());
   ASSERT_TRUE(Publish("pvc-nb-ro", ro_staging, nb2, ro, true).ok());
   for (int i = 0; i < 8; ++i) {

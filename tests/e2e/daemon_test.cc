@@ -91,9 +91,9 @@ TEST(Shaled, RefusesToReplaceAFileAtTheSocketPath) {
   Harness h;
   std::filesystem::create_directories(h.data_dir());
   std::ofstream(h.socket_path()) << "not a socket";
-  CommandResult r = RunProcess({ShaledBinary(), "--data-dir", h.data_dir(), "--default-pool-size",
-                                "1G", "--log-file", h.root() + "/refused.log", "--nbd-listen",
-                                "127.0.0.1:0"});
+  CommandResult r =
+      RunProcess({ShaledBinary(), "--data-dir", h.data_dir(), "--default-pool-size", "1G",
+                  "--log-file", h.root() + "/refused.log", "--nbd-listen", "127.0.0.1:0"});
   ExpectOneLineError(r, "exists and is not a socket", "shaled: ");
   EXPECT_EQ(ReadTextFile(h.socket_path()), "not a socket");
   // The failed start released the data dir: a daemon with a free socket path starts on it.

@@ -78,13 +78,14 @@ class NbdFilesystemTest : public ::testing::Test {
 TEST_F(NbdFilesystemTest, Ext4RoundTripThroughNbdfuseAndLoop) {
   constexpr int kFiles = 24;
   ASSERT_NO_FATAL_FAILURE(Attach());
-  CommandResult mkfs =
-      RunProcess({tools_["mkfs.ext4"], "-q", "-F", a_.loop}, {.timeout = std::chrono::seconds(120)});
+  CommandResult mkfs = RunProcess({tools_["mkfs.ext4"], "-q", "-F", a_.loop},
+                                  {.timeout = std::chrono::seconds(120)});
   ASSERT_EQ(mkfs.exit_code, 0) << mkfs.Describe();
   ASSERT_NO_FATAL_FAILURE(Mount());
   std::filesystem::create_directories(a_.mnt + "/data/nested");
   for (int i = 0; i < kFiles; ++i) {
-    const std::string path = a_.mnt + (i % 3 == 0 ? "/data/nested/f" : "/data/f") + std::to_string(i);
+    const std::string path =
+        a_.mnt + (i % 3 == 0 ? "/data/nested/f" : "/data/f") + std::to_string(i);
     std::ofstream out(path, std::ios::binary);
     const std::string contents = FileContents(i);
     out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
@@ -103,12 +104,13 @@ TEST_F(NbdFilesystemTest, Ext4RoundTripThroughNbdfuseAndLoop) {
 
   // Everything again through a new connection: a clean filesystem with every file intact.
   ASSERT_NO_FATAL_FAILURE(Attach());
-  CommandResult fsck =
-      RunProcess({tools_["fsck.ext4"], "-n", "-f", a_.loop}, {.timeout = std::chrono::seconds(120)});
+  CommandResult fsck = RunProcess({tools_["fsck.ext4"], "-n", "-f", a_.loop},
+                                  {.timeout = std::chrono::seconds(120)});
   EXPECT_EQ(fsck.exit_code, 0) << fsck.Describe();
   ASSERT_NO_FATAL_FAILURE(Mount());
   for (int i = 0; i < kFiles; ++i) {
-    const std::string path = a_.mnt + (i % 3 == 0 ? "/data/nested/f" : "/data/f") + std::to_string(i);
+    const std::string path =
+        a_.mnt + (i % 3 == 0 ? "/data/nested/f" : "/data/f") + std::to_string(i);
     EXPECT_TRUE(ReadTextFile(path) == FileContents(i)) << path << " differs after remount";
   }
   ASSERT_NO_FATAL_FAILURE(Unmount());
