@@ -205,188 +205,235 @@ Status ControllerService::UpgradeRecords() {
   return Status::Ok();
 }
 
-grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
-                                             const v1::CreateVolumeRequest* request,
-                                             v1::CreateVolumeResponse* response) {
+namespace {
+
+// What CreateVolume decided from the request alone, before it looks at existing volumes.
+struct CreatePlan {
+  std::map<std::string, std::string> params;  // StorageClass parameters
+  VolumeParams vp;
+  std::string name;    // the engine volume's name (ShaleNameFor)
+  std::string source;  // "snapshot:ID", "volume:ID" or ""
+  bool has_source = false;
+  bool read_only = false;
+  std::string fingerprint;
+  int64_t required = 0;
+  int64_t limit = 0;
+};
+
+// Where a clone starts and what it must hold.
+struct SourcePlan {
+  std::string clone_from;  // "VOLUME@SNAP" or a live volume
+  uint64_t minimum = 0;    // the source's CSI capacity
+  uint64_t engine_size = 0;
+  std::string pool;
+};
+
+// The content source as recorded ("snapshot:ID" / "volume:ID"); INVALID_ARGUMENT without an id.
+grpc::Status SourceOf(const v1::CreateVolumeRequest& request, std::string* source) {
+  if (!request.has_volume_content_source()) return grpc::Status::OK;
+  const auto& src = request.volume_content_source();
+  if (src.has_snapshot()) {
+    if (src.snapshot().snapshot_id().empty()) return Invalid("snapshot source without an id");
+    *source = "snapshot:" + src.snapshot().snapshot_id();
+  } else if (src.has_volume()) {
+    if (src.volume().volume_id().empty()) return Invalid("volume source without an id");
+    *source = "volume:" + src.volume().volume_id();
+  } else {
+    return Invalid("volume_content_source without a snapshot or volume");
+  }
+  return grpc::Status::OK;
+}
+
+// Topology: this node is the only place a volume can live (RESOURCE_EXHAUSTED otherwise).
+grpc::Status CheckRequisiteTopology(const v1::CreateVolumeRequest& request,
+                                    const std::string& node_id) {
+  if (!request.has_accessibility_requirements() ||
+      request.accessibility_requirements().requisite().empty()) {
+    return grpc::Status::OK;
+  }
+  for (const auto& topo : request.accessibility_requirements().requisite()) {
+    auto it = topo.segments().find(std::string(kTopologyKey));
+    if (it != topo.segments().end() && it->second == node_id) return grpc::Status::OK;
+  }
+  return grpc::Status(
+      grpc::StatusCode::RESOURCE_EXHAUSTED,
+      "no requisite topology names this node (" + std::string(kTopologyKey) + "=" + node_id + ")");
+}
+
+// Validates the request and decides names, source, read-only and the fingerprint.
+grpc::Status PlanCreate(const v1::CreateVolumeRequest& request, const std::string& node_id,
+                        bool has_qos_manager, CreatePlan* plan) {
   if (grpc::Status st = RequireFields(
-          "CreateVolume", {{"name", !request->name().empty()},
-                           {"volume_capabilities", !request->volume_capabilities().empty()}});
+          "CreateVolume", {{"name", !request.name().empty()},
+                           {"volume_capabilities", !request.volume_capabilities().empty()}});
       !st.ok()) {
     return st;
   }
-  std::map<std::string, std::string> params = ToMap(request->parameters());
-  Result<VolumeParams> parsed = ParseVolumeParams(params);
+  plan->params = ToMap(request.parameters());
+  Result<VolumeParams> parsed = ParseVolumeParams(plan->params);
   if (!parsed.ok()) return ToGrpc(parsed.status());
-  VolumeParams vp = std::move(parsed).value();
+  plan->vp = std::move(parsed).value();
   // VolumeAttributesClass parameters at creation: QoS only, taking precedence.
-  if (!request->mutable_parameters().empty()) {
-    Status st = ApplyQosParams(ToMap(request->mutable_parameters()), &vp.qos, &vp.has_qos);
+  if (!request.mutable_parameters().empty()) {
+    Status st =
+        ApplyQosParams(ToMap(request.mutable_parameters()), &plan->vp.qos, &plan->vp.has_qos);
     if (!st.ok()) return ToGrpc(st);
   }
-  if (vp.has_qos && qos_ == nullptr) {
+  if (plan->vp.has_qos && !has_qos_manager) {
     return Precondition("QoS parameters given but this shaled has no QoS manager");
   }
-
-  // Source.
-  std::string source;
-  const bool has_source = request->has_volume_content_source();
-  if (has_source) {
-    const auto& src = request->volume_content_source();
-    if (src.has_snapshot()) {
-      if (src.snapshot().snapshot_id().empty()) return Invalid("snapshot source without an id");
-      source = "snapshot:" + src.snapshot().snapshot_id();
-    } else if (src.has_volume()) {
-      if (src.volume().volume_id().empty()) return Invalid("volume source without an id");
-      source = "volume:" + src.volume().volume_id();
-    } else {
-      return Invalid("volume_content_source without a snapshot or volume");
-    }
-  }
+  if (grpc::Status st = SourceOf(request, &plan->source); !st.ok()) return st;
+  plan->has_source = request.has_volume_content_source();
   // Read-only: asked for, or implied by a clone only ever read by many pods.
   bool all_multi_reader = true;
-  for (const auto& cap : request->volume_capabilities()) {
+  for (const auto& cap : request.volume_capabilities()) {
     if (cap.access_mode().mode() != v1::VolumeCapability::AccessMode::MULTI_NODE_READER_ONLY) {
       all_multi_reader = false;
     }
   }
-  if (vp.read_only_clone && !has_source) {
+  if (plan->vp.read_only_clone && !plan->has_source) {
     return Invalid("readOnlyClone=true needs a volume content source (a snapshot or a volume)");
   }
-  const bool read_only = has_source && (vp.read_only_clone || all_multi_reader);
-  for (const auto& cap : request->volume_capabilities()) {
-    Status st = CheckCapability(cap, read_only);
+  plan->read_only = plan->has_source && (plan->vp.read_only_clone || all_multi_reader);
+  for (const auto& cap : request.volume_capabilities()) {
+    Status st = CheckCapability(cap, plan->read_only);
     if (!st.ok()) return ToGrpc(st);
   }
+  if (grpc::Status st = CheckRequisiteTopology(request, node_id); !st.ok()) return st;
+  plan->name = ShaleNameFor(request.name());
+  std::map<std::string, std::string> fp_params = plan->params;
+  for (const auto& [k, v] : request.mutable_parameters()) fp_params["mutable:" + k] = v;
+  plan->fingerprint = Fingerprint(request.name(), fp_params, plan->source, plan->read_only);
+  plan->required = request.capacity_range().required_bytes();
+  plan->limit = request.capacity_range().limit_bytes();
+  return grpc::Status::OK;
+}
 
-  // Topology: this node is the only place the volume can live.
-  if (request->has_accessibility_requirements() &&
-      !request->accessibility_requirements().requisite().empty()) {
-    bool ours = false;
-    for (const auto& topo : request->accessibility_requirements().requisite()) {
-      auto it = topo.segments().find(std::string(kTopologyKey));
-      if (it != topo.segments().end() && it->second == options_.node_id) ours = true;
+// The clone's source: a frozen image ("VOLUME@SNAP") or the live volume, and its capacity.
+grpc::Status ResolveSource(Engine* engine, snapshot::SnapshotManager* snapshots,
+                           const v1::CreateVolumeRequest& request, const CreatePlan& plan,
+                           SourcePlan* out) {
+  const auto& src = request.volume_content_source();
+  if (src.has_snapshot()) {
+    auto snap = snapshots->Get(src.snapshot().snapshot_id());
+    if (!snap.ok()) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "source snapshot " + src.snapshot().snapshot_id() +
+                              " not found: " + std::string(snap.status().message()));
     }
-    if (!ours) {
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "no requisite topology names this node (" + std::string(kTopologyKey) +
-                              "=" + options_.node_id + ")");
-    }
+    out->clone_from = snap->full_name();
+    out->minimum = LabelledCapacity(snap->labels, snap->size_bytes);
+    out->engine_size = snap->size_bytes;
+    out->pool = snap->pool;
+  } else {
+    auto vol = FindVolume(engine, src.volume().volume_id(), "source volume");
+    if (!vol.ok()) return ToGrpc(vol.status());
+    out->clone_from = vol->name;
+    out->minimum = CsiCapacity(engine, *vol);
+    out->engine_size = vol->size_bytes;
+    out->pool = vol->pool;
   }
+  if (!plan.vp.pool.empty() && plan.vp.pool != out->pool) {
+    return Invalid("parameter pool=" + plan.vp.pool + " differs from the source's pool " +
+                   out->pool + " (clones live in their source's pool)");
+  }
+  return grpc::Status::OK;
+}
 
-  const std::string name = ShaleNameFor(request->name());
-  std::map<std::string, std::string> fp_params = params;
-  for (const auto& [k, v] : request->mutable_parameters()) fp_params["mutable:" + k] = v;
-  const std::string fingerprint = Fingerprint(request->name(), fp_params, source, read_only);
-  const int64_t required = request->capacity_range().required_bytes();
-  const int64_t limit = request->capacity_range().limit_bytes();
+// A repeated CreateVolume of an existing volume: the same volume when the fingerprint and the
+// capacity fit (completing a record an upgraded volume lost), ALREADY_EXISTS otherwise.
+grpc::Status CreateExisting(Engine* engine, daemon::VolumeLifecycle* lifecycle,
+                            const v1::CreateVolumeRequest& request, const CreatePlan& plan,
+                            const VolumeInfo& existing) {
+  auto it = existing.labels.find(std::string(kLabelFingerprint));
+  if (it == existing.labels.end() || it->second != plan.fingerprint) {
+    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                        "volume " + plan.name + " exists with different parameters or source");
+  }
+  const uint64_t capacity = CsiCapacity(engine, existing);
+  if ((plan.required > 0 && capacity < static_cast<uint64_t>(plan.required)) ||
+      (plan.limit > 0 && capacity > static_cast<uint64_t>(plan.limit))) {
+    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                        "volume " + plan.name + " exists with capacity " +
+                            std::to_string(capacity) + " outside the requested range");
+  }
+  if (!ReadCsiRecord(engine, existing)) {
+    lifecycle
+        ->PutFrontendRecord(existing, kCsiRecordFrontend,
+                            EncodeCsiRecord({request.name(), capacity, plan.source}))
+        .IgnoreError();
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
+                                             const v1::CreateVolumeRequest* request,
+                                             v1::CreateVolumeResponse* response) {
+  CreatePlan plan;
+  if (grpc::Status st = PlanCreate(*request, options_.node_id, qos_ != nullptr, &plan); !st.ok()) {
+    return st;
+  }
   auto respond = [&](const VolumeInfo& info) {
     Impl::FillVolume(options_, engine_, info, response->mutable_volume());
-    if (has_source) {
+    if (plan.has_source) {
       *response->mutable_volume()->mutable_content_source() = request->volume_content_source();
     }
     return grpc::Status::OK;
   };
 
   std::lock_guard lock(mu_);
-  if (auto existing = engine_->GetVolume(name); existing.ok()) {
-    auto it = existing->labels.find(std::string(kLabelFingerprint));
-    if (it == existing->labels.end() || it->second != fingerprint) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                          "volume " + name + " exists with different parameters or source");
-    }
-    const uint64_t capacity = CsiCapacity(engine_, *existing);
-    if ((required > 0 && capacity < static_cast<uint64_t>(required)) ||
-        (limit > 0 && capacity > static_cast<uint64_t>(limit))) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                          "volume " + name + " exists with capacity " + std::to_string(capacity) +
-                              " outside the requested range");
-    }
-    // The record commits with the volume; one may be missing only on a volume upgraded from an
-    // older version that lost it. Complete it now.
-    if (!ReadCsiRecord(engine_, *existing)) {
-      lifecycle_
-          ->PutFrontendRecord(*existing, kCsiRecordFrontend,
-                              EncodeCsiRecord({request->name(), capacity, source}))
-          .IgnoreError();
-    }
-    return respond(*existing);
+  if (auto existing = engine_->GetVolume(plan.name); existing.ok()) {
+    grpc::Status st = CreateExisting(engine_, lifecycle_, *request, plan, *existing);
+    return st.ok() ? respond(*existing) : st;
   } else if (!existing.status().IsNotFound()) {
     return ToGrpc(existing.status());
   }
-
-  // Resolve the source: the clone starts from a frozen image ("VOLUME@SNAP") or the live volume.
-  std::string clone_from;
-  uint64_t minimum = 0;
-  uint64_t source_engine_size = 0;
-  std::string source_pool;
-  if (has_source) {
-    const auto& src = request->volume_content_source();
-    if (src.has_snapshot()) {
-      auto snap = snapshots_->Get(src.snapshot().snapshot_id());
-      if (!snap.ok()) {
-        return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                            "source snapshot " + src.snapshot().snapshot_id() +
-                                " not found: " + std::string(snap.status().message()));
-      }
-      clone_from = snap->full_name();
-      minimum = Impl::SnapshotCapacity(*snap);
-      source_engine_size = snap->size_bytes;
-      source_pool = snap->pool;
-    } else {
-      auto vol = FindVolume(engine_, src.volume().volume_id(), "source volume");
-      if (!vol.ok()) return ToGrpc(vol.status());
-      clone_from = vol->name;
-      minimum = CsiCapacity(engine_, *vol);
-      source_engine_size = vol->size_bytes;
-      source_pool = vol->pool;
-    }
-    if (!vp.pool.empty() && vp.pool != source_pool) {
-      return Invalid("parameter pool=" + vp.pool + " differs from the source's pool " +
-                     source_pool + " (clones live in their source's pool)");
+  SourcePlan src;
+  if (plan.has_source) {
+    if (grpc::Status st = ResolveSource(engine_, snapshots_, *request, plan, &src); !st.ok()) {
+      return st;
     }
   }
-  Result<uint64_t> capacity = SizeForRange(required, limit, minimum);
+  Result<uint64_t> capacity = SizeForRange(plan.required, plan.limit, src.minimum);
   if (!capacity.ok()) return ToGrpc(capacity.status());
-  const uint64_t engine_size = std::max(EngineSizeFor(*capacity), source_engine_size);
-
-  std::map<std::string, std::string> labels = vp.provenance;
-  labels[std::string(kLabelFingerprint)] = fingerprint;
+  const uint64_t engine_size = std::max(EngineSizeFor(*capacity), src.engine_size);
+  std::map<std::string, std::string> labels = plan.vp.provenance;
+  labels[std::string(kLabelFingerprint)] = plan.fingerprint;
   labels[std::string(kLabelCapacity)] = std::to_string(*capacity);
 
   // The volume, its QoS settings and its CSI record commit together (docs/lifecycle.md).
   const std::vector<daemon::FrontendRecord> records = {
-      {std::string(kCsiRecordFrontend), EncodeCsiRecord({request->name(), *capacity, source})}};
+      {std::string(kCsiRecordFrontend),
+       EncodeCsiRecord({request->name(), *capacity, plan.source})}};
   std::optional<qos::QosSettings> qos;
-  if (vp.has_qos) qos = vp.qos;
+  if (plan.vp.has_qos) qos = plan.vp.qos;
   Result<VolumeInfo> created = Status::Internal("unreachable");
-  if (!has_source) {
-    daemon::VolumeSpec spec;
-    spec.params.name = name;
-    spec.params.size_bytes = engine_size;
-    spec.params.pool = vp.pool;
-    spec.params.labels = labels;
-    spec.qos = qos;
-    spec.records = records;
-    created = lifecycle_->Create(spec);
+  if (!plan.has_source) {
+    created = lifecycle_->Create({.params = {.name = plan.name,
+                                             .size_bytes = engine_size,
+                                             .pool = plan.vp.pool,
+                                             .labels = labels},
+                                  .qos = qos,
+                                  .records = records});
   } else {
-    daemon::CloneSpec spec;
-    spec.source = clone_from;
-    spec.name = name;
-    spec.read_only = read_only;
-    spec.labels = labels;
-    spec.size_bytes = engine_size;
-    spec.qos = qos;
-    spec.records = records;
-    auto clone = lifecycle_->Clone(spec);
+    auto clone = lifecycle_->Clone({.source = src.clone_from,
+                                    .name = plan.name,
+                                    .read_only = plan.read_only,
+                                    .labels = labels,
+                                    .size_bytes = engine_size,
+                                    .qos = qos,
+                                    .records = records});
     created = clone.ok() ? Result<VolumeInfo>(clone->volume) : Result<VolumeInfo>(clone.status());
   }
   if (!created.ok()) {
     Status st = created.status();
-    if (st.code() == StatusCode::kNotFound && !vp.pool.empty()) {
+    if (st.code() == StatusCode::kNotFound && !plan.vp.pool.empty()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "pool " + vp.pool + " not found: " + std::string(st.message()));
+                          "pool " + plan.vp.pool + " not found: " + std::string(st.message()));
     }
-    return ToGrpc(st.WithContext("create volume " + name));
+    return ToGrpc(st.WithContext("create volume " + plan.name));
   }
   return respond(*created);
 }
