@@ -41,6 +41,7 @@ namespace shale::snapshot {
 
 class StreamReader;
 class StreamSink;
+struct StreamInfo;
 class StreamSource;
 
 enum class DigestState : uint8_t { kPending, kReady, kFailed };
@@ -331,8 +332,34 @@ class SnapshotManager {
   // Streams (stream_ops.cc).
   Result<ExportResult> ExportIncremental(Lock& lock, const Found& target, const Found& base,
                                          StreamSink* sink, const ExportOptions& options);
+  // Import, in phases: plan (check the stream against the target; nothing changes), write the
+  // marker, prepare the volume, apply the records without the lock, finish (snapshot, check the
+  // digest, commit with the marker's removal). After the marker, every failure undoes the
+  // import through FailImportLocked.
+  struct ImportPlan;
   Result<ImportResult> ImportLocked(Lock& lock, StreamReader& reader, const std::string& volume,
                                     const ImportOptions& options);
+  // Full: the volume must not exist. Incremental: the volume must hold the stream's base (see
+  // CheckImportBaseLocked). May release the lock while it hashes the base.
+  Result<ImportPlan> PlanImportLocked(Lock& lock, const StreamReader& reader,
+                                      const std::string& volume, const ImportOptions& options);
+  // The volume's snapshot named like the stream's base, taken from this volume, with the size
+  // and digest the stream was made against.
+  Result<Found> CheckImportBaseLocked(Lock& lock, const StreamReader& reader,
+                                      const VolumeInfo& vol);
+  // Full: creates the volume (and records its id in the marker). Incremental: reverts the volume
+  // to the base and grows it to the stream's size.
+  Status PrepareImportVolumeLocked(Lock& lock, const StreamInfo& info, ImportPlan& plan);
+  // Writes the stream's records to the volume; returns the digest its end record carries. Runs
+  // without the lock.
+  Result<Hash128> ApplyImportRecords(const std::shared_ptr<VolumeHandle>& handle,
+                                     StreamReader& reader, const ImportOptions& options);
+  // Snapshots the volume, checks the imported data against `stream_digest`, records the digest
+  // and removes the marker in one commit.
+  Result<ImportResult> FinishImportLocked(Lock& lock, const StreamReader& reader,
+                                          const ImportPlan& plan, const Hash128& stream_digest);
+  // Undoes the import (an incomplete undo is logged and retried by Start()); returns `st`.
+  Status FailImportLocked(Lock& lock, const ImportPlan& plan, Status st);
   Result<std::string> ResolvePoolLocked(const std::string& pool);
   // Removes what an import left behind (its snapshot; the volume of a full import, or the
   // applied changes of an incremental one) and its marker.

@@ -575,35 +575,88 @@ std::vector<uint8_t> SeqBlock(uint64_t i) {
   return b;
 }
 
-// The content is what a prefix of the writer's sequence wrote, for some prefix length in
-// [lo, hi]: point-in-time, nothing torn.
-void ExpectPrefixOfWrites(const std::vector<uint8_t>& content, uint64_t blocks, uint64_t lo,
-                          uint64_t hi) {
-  std::vector<int64_t> seen(blocks, -1);
+// The writer's sequence writes block i to block i % blocks, one write at a time. The content
+// of a point-in-time copy is what the first k writes left, for one k: returns that k, or a
+// description of why the content is no such prefix (a torn block, a block from the wrong write).
+Result<uint64_t> PrefixOfWrites(const std::vector<uint8_t>& content, uint64_t blocks) {
+  std::vector<int64_t> seen(blocks, -1);  // index of the write each block holds; -1: zeros
+  int64_t newest = -1;
   for (uint64_t j = 0; j < blocks; ++j) {
     const uint8_t* p = content.data() + j * 4096;
     if (std::all_of(p, p + 4096, [](uint8_t x) { return x == 0; })) continue;
     uint64_t i;
     std::memcpy(&i, p, sizeof(i));
-    ASSERT_EQ(i % blocks, j) << "block " << j;
-    ASSERT_TRUE(std::equal(p, p + 4096, SeqBlock(i).begin())) << "block " << j << " is torn";
-    seen[j] = static_cast<int64_t>(i);
-  }
-  for (uint64_t k = lo; k <= hi; ++k) {
-    bool match = true;
-    for (uint64_t j = 0; j < blocks && match; ++j) {
-      const int64_t want = k > j ? static_cast<int64_t>(j + blocks * ((k - 1 - j) / blocks)) : -1;
-      match = seen[j] == want;
+    if (i % blocks != j) {
+      return Status::Corruption("block " + std::to_string(j) + " holds write " + std::to_string(i) +
+                                ", which went to block " + std::to_string(i % blocks));
     }
-    if (match) return;
+    if (!std::equal(p, p + 4096, SeqBlock(i).begin())) {
+      return Status::Corruption("block " + std::to_string(j) + " (write " + std::to_string(i) +
+                                ") is torn");
+    }
+    seen[j] = static_cast<int64_t>(i);
+    newest = std::max(newest, seen[j]);
   }
-  ADD_FAILURE() << "content matches no prefix of the writes in [" << lo << ", " << hi << "]";
+  // Only the newest write found can end the prefix; every other block must agree with it.
+  const uint64_t k = static_cast<uint64_t>(newest + 1);
+  for (uint64_t j = 0; j < blocks; ++j) {
+    const int64_t want = k > j ? static_cast<int64_t>(j + blocks * ((k - 1 - j) / blocks)) : -1;
+    if (seen[j] != want) {
+      return Status::Corruption("the newest write found is " + std::to_string(newest) +
+                                ", but block " + std::to_string(j) + " holds write " +
+                                std::to_string(seen[j]) + " instead of " + std::to_string(want) +
+                                " (-1: zeros)");
+    }
+  }
+  return k;
+}
+
+// Point-in-time, nothing torn: the content is the prefix of k writes with lo <= k <= hi, where
+// writes [0, lo) were acknowledged before the copy was requested (surely in) and writes from hi
+// on were submitted after it returned (surely not in).
+void ExpectPrefixOfWrites(const std::vector<uint8_t>& content, uint64_t blocks, uint64_t lo,
+                          uint64_t hi) {
+  auto k = PrefixOfWrites(content, blocks);
+  if (!k.ok()) {
+    ADD_FAILURE() << "content matches no prefix of the writes: " << k.status().message()
+                  << "; expected the prefix of between " << lo << " and " << hi << " writes";
+    return;
+  }
+  EXPECT_TRUE(lo <= *k && *k <= hi) << "content matches the prefix of " << *k
+                                    << " writes; expected between " << lo << " and " << hi;
+}
+
+// The checker itself: it finds the prefix, and rejects a lost write and a torn block.
+TEST(PrefixOfWritesTest, FindsThePrefixAndRejectsWhatIsNone) {
+  constexpr uint64_t kBlocks = 4;
+  auto content_of = [&](uint64_t k) {
+    std::vector<uint8_t> c(kBlocks * 4096, 0);
+    for (uint64_t i = 0; i < k; ++i) {
+      const auto b = SeqBlock(i);
+      std::copy(b.begin(), b.end(), c.begin() + static_cast<long>((i % kBlocks) * 4096));
+    }
+    return c;
+  };
+  EXPECT_EQ(PrefixOfWrites(content_of(0), kBlocks).value(), 0u);
+  EXPECT_EQ(PrefixOfWrites(content_of(3), kBlocks).value(), 3u);
+  EXPECT_EQ(PrefixOfWrites(content_of(10), kBlocks).value(), 10u);
+  auto lost = content_of(10);  // block 3 still holds write 3: write 7 is missing
+  const auto old = SeqBlock(3);
+  std::copy(old.begin(), old.end(), lost.begin() + 3 * 4096);
+  EXPECT_EQ(PrefixOfWrites(lost, kBlocks).status().code(), StatusCode::kCorruption);
+  auto torn = content_of(10);
+  torn[2 * 4096 + 100] ^= 1;
+  EXPECT_EQ(PrefixOfWrites(torn, kBlocks).status().code(), StatusCode::kCorruption);
 }
 
 TEST_F(SnapshotManagerTest, SnapshotsClonesAndDeletesWhileAnotherThreadWrites) {
   constexpr uint64_t kBlocks = 64;
   CreateVolume("v", kBlocks * 4096);
-  std::atomic<uint64_t> acked{0};
+  // Write i is counted in `submitted` before it is issued and in `acked` once it completed.
+  // The engine acknowledges a write before this thread can count it, so a write can be in a
+  // snapshot taken before `acked` shows it: a snapshot holds at least `acked` writes (read before
+  // the call) and at most `submitted` (read after it returned).
+  std::atomic<uint64_t> submitted{0}, acked{0};
   std::atomic<bool> stop{false};
   Status writer_status;
   std::thread writer([&] {
@@ -613,6 +666,7 @@ TEST_F(SnapshotManagerTest, SnapshotsClonesAndDeletesWhileAnotherThreadWrites) {
       return;
     }
     for (uint64_t i = 0; !stop.load(); ++i) {
+      submitted.store(i + 1);
       Status st = WriteTo(**h, (i % kBlocks) * 4096, SeqBlock(i));
       if (!st.ok()) {
         writer_status = st;
@@ -632,11 +686,11 @@ TEST_F(SnapshotManagerTest, SnapshotsClonesAndDeletesWhileAnotherThreadWrites) {
     if (k % 3 == 2) {
       const std::string clone = "c" + std::to_string(k);
       ASSERT_TRUE(mgr_->Clone("v", clone).ok());
-      taken.push_back({clone, lo, acked.load()});
+      taken.push_back({clone, lo, submitted.load()});
     } else {
       const std::string snap = "v@s" + std::to_string(k);
       ASSERT_TRUE(mgr_->Create("v", "s" + std::to_string(k)).ok());
-      taken.push_back({snap, lo, acked.load()});
+      taken.push_back({snap, lo, submitted.load()});
     }
     if (k % 4 == 3) {  // delete the oldest snapshot while writes go on
       auto oldest = std::find_if(taken.begin(), taken.end(), [](const Taken& t) {

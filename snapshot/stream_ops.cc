@@ -41,6 +41,13 @@ Status CheckStreamMeta(const StreamMeta& meta, bool incremental) {
   return Status::Ok();
 }
 
+// Records (or updates) the marker of an import in progress: Start() undoes what it names.
+Status WriteImportMarker(Engine& engine, const std::string& pool, const ImportRecord& marker) {
+  MetaBatch batch;
+  batch.Put(ImportKey(marker.volume()), marker.SerializeAsString());
+  return engine.WriteRecords(pool, std::move(batch));
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -296,9 +303,39 @@ Result<ImportResult> SnapshotManager::Import(StreamSource* source, std::string_v
   return result;
 }
 
+// What an import checked before it changes anything, and the marker that lets Start() undo it.
+struct SnapshotManager::ImportPlan {
+  std::string volume;
+  std::string pool;
+  Found base;  // incremental: the volume's copy of the stream's base
+  ImportRecord marker;
+};
+
 Result<ImportResult> SnapshotManager::ImportLocked(Lock& lock, StreamReader& reader,
                                                    const std::string& volume,
                                                    const ImportOptions& options) {
+  SHALE_ASSIGN_OR_RETURN(ImportPlan plan, PlanImportLocked(lock, reader, volume, options));
+  plan.marker.set_started_unix_ns(Clock::Real()->WallNanos());
+  SHALE_RETURN_IF_ERROR(WriteImportMarker(*engine_, plan.pool, plan.marker));
+  // From here on, a failure undoes everything (and a crash is undone by Start()).
+  SHALE_RETURN_IF_ERROR(PrepareImportVolumeLocked(lock, reader.info(), plan));
+  auto opened = engine_->OpenVolume(volume);
+  if (!opened.ok()) return FailImportLocked(lock, plan, opened.status());
+  std::shared_ptr<VolumeHandle> handle = std::move(opened).value();
+  lock.unlock();
+  auto stream_digest = ApplyImportRecords(handle, reader, options);
+  handle.reset();
+  lock.lock();
+  if (!stream_digest.ok()) {
+    return FailImportLocked(
+        lock, plan, stream_digest.status().WithContext("import into volume '" + volume + "'"));
+  }
+  return FinishImportLocked(lock, reader, plan, *stream_digest);
+}
+
+Result<SnapshotManager::ImportPlan> SnapshotManager::PlanImportLocked(
+    Lock& lock, const StreamReader& reader, const std::string& volume,
+    const ImportOptions& options) {
   const StreamInfo& info = reader.info();
   const StreamMeta& meta = reader.meta();
   const SnapshotRef ref{volume, meta.snapshot()};
@@ -308,158 +345,170 @@ Result<ImportResult> SnapshotManager::ImportLocked(Lock& lock, StreamReader& rea
                                  "' already exists; the stream's snapshot '" + meta.snapshot() +
                                  "' cannot be imported into volume '" + volume + "'");
   }
-  ImportRecord marker;
-  marker.set_volume(volume);
-  marker.set_incremental(info.incremental);
-  marker.set_snapshot(meta.snapshot());
-  marker.set_base_snapshot(meta.base_snapshot());
-  std::string pool;
-  Found base;
+  ImportPlan plan;
+  plan.volume = volume;
+  plan.marker.set_volume(volume);
+  plan.marker.set_incremental(info.incremental);
+  plan.marker.set_snapshot(meta.snapshot());
+  plan.marker.set_base_snapshot(meta.base_snapshot());
   if (!info.incremental) {
     if (engine_->GetVolume(volume).ok()) {
       return Status::AlreadyExists("volume '" + volume +
                                    "' already exists; a full stream is imported into a new volume");
     }
-    SHALE_ASSIGN_OR_RETURN(pool, ResolvePoolLocked(options.pool));
-  } else {
-    const std::string base_key = volume + "@" + meta.base_snapshot();
-    auto vol = engine_->GetVolume(volume);
-    if (!vol.ok()) {
-      return vol.status().WithContext(
-          "an incremental stream applies to the volume holding its base '" + base_key + "'");
-    }
-    pool = vol->pool;
-    marker.set_volume_id(vol->id);
-    SHALE_ASSIGN_OR_RETURN(auto found_base,
-                           LookupLocked(SnapshotRef{volume, meta.base_snapshot()}));
-    if (!found_base) {
-      return Status::FailedPrecondition(
-          "volume '" + volume + "' has no snapshot '" + meta.base_snapshot() +
-          "', the base of this incremental stream; import the base first");
-    }
-    base = std::move(*found_base);
-    if (base.pool != pool || base.rec.source_volume_id() != vol->id) {
-      return Status::FailedPrecondition("snapshot '" + base_key +
-                                        "' was taken from an earlier volume named '" + volume +
-                                        "'; the stream cannot be applied to this one");
-    }
-    SHALE_ASSIGN_OR_RETURN(ImageInfo base_image, engine_->GetImage(pool, base.rec.image_id()));
-    if (base_image.size_bytes != info.base_size_bytes) {
-      return Status::FailedPrecondition(
-          "snapshot '" + base_key + "' is " + FormatSize(base_image.size_bytes) +
-          " but the stream's base was " + FormatSize(info.base_size_bytes) +
-          "; refusing to apply it");
-    }
-    SHALE_ASSIGN_OR_RETURN(const Hash128 have, EnsureDigestLocked(lock, base));
-    if (have != info.base_digest) {
-      return Status::FailedPrecondition("snapshot '" + base_key + "' has digest " + have.ToHex() +
-                                        " but the stream was made against a base with digest " +
-                                        info.base_digest.ToHex() + "; refusing to apply it");
-    }
-    auto again = engine_->GetVolume(volume);  // the lock was released while hashing
-    if (!again.ok() || again->id != vol->id) {
-      return Status::FailedPrecondition("volume '" + volume + "' changed during the import; retry");
-    }
+    SHALE_ASSIGN_OR_RETURN(plan.pool, ResolvePoolLocked(options.pool));
+    return plan;
   }
-  marker.set_started_unix_ns(Clock::Real()->WallNanos());
-  auto write_marker = [&]() {
-    MetaBatch batch;
-    batch.Put(ImportKey(volume), marker.SerializeAsString());
-    return engine_->WriteRecords(pool, std::move(batch));
-  };
-  SHALE_RETURN_IF_ERROR(write_marker());
-  // From here on, a failure undoes everything (and a crash is undone by Start()).
-  auto fail = [&](const Status& st) -> Status {
-    Status undo = UndoImportLocked(lock, marker, pool);
-    if (!undo.ok()) {
-      SHALE_LOG_ERROR("import: undo incomplete (retried at the next start)", {"volume", volume},
-                      {"error", undo.ToString()});
-    }
-    return st;
-  };
+  const std::string base_key = volume + "@" + meta.base_snapshot();
+  auto vol = engine_->GetVolume(volume);
+  if (!vol.ok()) {
+    return vol.status().WithContext(
+        "an incremental stream applies to the volume holding its base '" + base_key + "'");
+  }
+  plan.pool = vol->pool;
+  plan.marker.set_volume_id(vol->id);
+  SHALE_ASSIGN_OR_RETURN(plan.base, CheckImportBaseLocked(lock, reader, *vol));
+  auto again = engine_->GetVolume(volume);  // the lock was released while hashing
+  if (!again.ok() || again->id != vol->id) {
+    return Status::FailedPrecondition("volume '" + volume + "' changed during the import; retry");
+  }
+  return plan;
+}
+
+Result<SnapshotManager::Found> SnapshotManager::CheckImportBaseLocked(Lock& lock,
+                                                                      const StreamReader& reader,
+                                                                      const VolumeInfo& vol) {
+  const StreamInfo& info = reader.info();
+  const std::string& base_name = reader.meta().base_snapshot();
+  const std::string base_key = vol.name + "@" + base_name;
+  SHALE_ASSIGN_OR_RETURN(auto found, LookupLocked(SnapshotRef{vol.name, base_name}));
+  if (!found) {
+    return Status::FailedPrecondition(
+        "volume '" + vol.name + "' has no snapshot '" + base_name +
+        "', the base of this incremental stream; import the base first");
+  }
+  Found base = std::move(*found);
+  if (base.pool != vol.pool || base.rec.source_volume_id() != vol.id) {
+    return Status::FailedPrecondition("snapshot '" + base_key +
+                                      "' was taken from an earlier volume named '" + vol.name +
+                                      "'; the stream cannot be applied to this one");
+  }
+  SHALE_ASSIGN_OR_RETURN(ImageInfo base_image, engine_->GetImage(vol.pool, base.rec.image_id()));
+  if (base_image.size_bytes != info.base_size_bytes) {
+    return Status::FailedPrecondition("snapshot '" + base_key + "' is " +
+                                      FormatSize(base_image.size_bytes) +
+                                      " but the stream's base was " +
+                                      FormatSize(info.base_size_bytes) + "; refusing to apply it");
+  }
+  SHALE_ASSIGN_OR_RETURN(const Hash128 have, EnsureDigestLocked(lock, base));
+  if (have != info.base_digest) {
+    return Status::FailedPrecondition("snapshot '" + base_key + "' has digest " + have.ToHex() +
+                                      " but the stream was made against a base with digest " +
+                                      info.base_digest.ToHex() + "; refusing to apply it");
+  }
+  return base;
+}
+
+Status SnapshotManager::PrepareImportVolumeLocked(Lock& lock, const StreamInfo& info,
+                                                  ImportPlan& plan) {
+  const std::string& volume = plan.volume;
   if (!info.incremental) {
     CreateVolumeParams params;
     params.name = volume;
     params.size_bytes = info.size_bytes;
-    params.pool = pool;
+    params.pool = plan.pool;
     auto created = engine_->CreateVolume(params);
-    if (!created.ok()) return fail(created.status().WithContext("import"));
-    marker.set_volume_id(created->id);
-    if (Status st = write_marker(); !st.ok()) return fail(st);
-  } else {
-    if (Status st = engine_->RevertVolume(volume, base.rec.image_id()); !st.ok()) {
-      // A failed revert changes nothing (engine contract): only the marker must go, or the
-      // next start would revert the volume.
-      MetaBatch batch;
-      batch.Delete(ImportKey(volume));
-      engine_->WriteRecords(pool, std::move(batch)).IgnoreError();
-      return st.WithContext("import: revert '" + volume + "' to its snapshot '" + base.rec.name() +
-                            "'");
+    if (!created.ok()) return FailImportLocked(lock, plan, created.status().WithContext("import"));
+    plan.marker.set_volume_id(created->id);
+    if (Status st = WriteImportMarker(*engine_, plan.pool, plan.marker); !st.ok()) {
+      return FailImportLocked(lock, plan, st);
     }
-    if (info.size_bytes > info.base_size_bytes) {
-      auto grown = engine_->ResizeVolume(volume, info.size_bytes);
-      if (!grown.ok()) return fail(grown.status().WithContext("import"));
-    }
+    return Status::Ok();
   }
-  auto opened = engine_->OpenVolume(volume);
-  if (!opened.ok()) return fail(opened.status());
-  std::shared_ptr<VolumeHandle> handle = std::move(opened).value();
-  lock.unlock();
+  if (Status st = engine_->RevertVolume(volume, plan.base.rec.image_id()); !st.ok()) {
+    // A failed revert changes nothing (engine contract): only the marker must go, or the
+    // next start would revert the volume.
+    MetaBatch batch;
+    batch.Delete(ImportKey(volume));
+    engine_->WriteRecords(plan.pool, std::move(batch)).IgnoreError();
+    return st.WithContext("import: revert '" + volume + "' to its snapshot '" +
+                          plan.base.rec.name() + "'");
+  }
+  if (info.size_bytes > info.base_size_bytes) {
+    auto grown = engine_->ResizeVolume(volume, info.size_bytes);
+    if (!grown.ok()) return FailImportLocked(lock, plan, grown.status().WithContext("import"));
+  }
+  return Status::Ok();
+}
+
+Result<Hash128> SnapshotManager::ApplyImportRecords(const std::shared_ptr<VolumeHandle>& handle,
+                                                    StreamReader& reader,
+                                                    const ImportOptions& options) {
+  const bool incremental = reader.info().incremental;
+  const std::shared_ptr<VolumeLayer> io_target = BackgroundTarget(handle);
+  WriteQueue queue(handle.get(), kImportDepth, IoClass::kBackground, io_target.get());
   Status st;
   Hash128 stream_digest;
-  {
-    const std::shared_ptr<VolumeLayer> io_target = BackgroundTarget(handle);
-    WriteQueue queue(handle.get(), kImportDepth, IoClass::kBackground, io_target.get());
-    for (;;) {
-      auto rec = reader.Next();
-      if (!rec.ok()) {
-        st = rec.TakeStatus();
-        break;
-      }
-      if (rec->type == RecordType::kEnd) {
-        stream_digest = rec->digest;
-        break;
-      }
-      if (rec->type == RecordType::kData) {
-        st = queue.Write(rec->offset, rec->data, rec->length);
-      } else if (info.incremental) {  // a new volume reads zeros already
-        st = queue.WriteZeros(rec->offset, rec->length);
-      }
-      if (!st.ok()) break;
-      if (options.progress) options.progress(reader.bytes_read());
+  for (;;) {
+    auto rec = reader.Next();
+    if (!rec.ok()) {
+      st = rec.TakeStatus();
+      break;
     }
-    Status drained = queue.Drain();
-    if (st.ok()) st = drained;
+    if (rec->type == RecordType::kEnd) {
+      stream_digest = rec->digest;
+      break;
+    }
+    if (rec->type == RecordType::kData) {
+      st = queue.Write(rec->offset, rec->data, rec->length);
+    } else if (incremental) {  // a new volume reads zeros already
+      st = queue.WriteZeros(rec->offset, rec->length);
+    }
+    if (!st.ok()) break;
+    if (options.progress) options.progress(reader.bytes_read());
   }
-  handle.reset();
-  lock.lock();
-  if (!st.ok()) return fail(st.WithContext("import into volume '" + volume + "'"));
-  auto vol = engine_->GetVolume(volume);
-  if (!vol.ok()) return fail(vol.status());
+  Status drained = queue.Drain();
+  if (st.ok()) st = drained;
+  if (!st.ok()) return st;
+  return stream_digest;
+}
+
+Result<ImportResult> SnapshotManager::FinishImportLocked(Lock& lock, const StreamReader& reader,
+                                                         const ImportPlan& plan,
+                                                         const Hash128& stream_digest) {
+  const StreamInfo& info = reader.info();
+  const StreamMeta& meta = reader.meta();
+  auto vol = engine_->GetVolume(plan.volume);
+  if (!vol.ok()) return FailImportLocked(lock, plan, vol.status());
   Labels labels(meta.labels().begin(), meta.labels().end());
   auto snap = CreateLocked(*vol, meta.snapshot(), labels, false, "", false);
-  if (!snap.ok()) return fail(snap.status());
+  if (!snap.ok()) return FailImportLocked(lock, plan, snap.status());
   // The imported data, read back from disk, must hash to the stream's digest.
-  auto view = engine_->OpenImage(pool, snap->rec.image_id());
-  if (!view.ok()) return fail(view.status());
+  auto view = engine_->OpenImage(plan.pool, snap->rec.image_id());
+  if (!view.ok()) return FailImportLocked(lock, plan, view.status());
   std::shared_ptr<VolumeHandle> view_handle = std::move(view).value();
   lock.unlock();
   auto computed = ComputeDigest(view_handle, nullptr, nullptr);
   view_handle.reset();
   lock.lock();
-  if (!computed.ok()) return fail(computed.status().WithContext("digest of the imported snapshot"));
+  if (!computed.ok()) {
+    return FailImportLocked(lock, plan,
+                            computed.status().WithContext("digest of the imported snapshot"));
+  }
   if (*computed != stream_digest) {
-    return fail(Status::Corruption("snapshot stream: the imported data hashes to " +
-                                   computed->ToHex() + " but the stream's digest is " +
-                                   stream_digest.ToHex() + "; the import was undone"));
+    return FailImportLocked(lock, plan,
+                            Status::Corruption("snapshot stream: the imported data hashes to " +
+                                               computed->ToHex() + " but the stream's digest is " +
+                                               stream_digest.ToHex() + "; the import was undone"));
   }
   MetaBatch finished;
-  finished.Delete(ImportKey(volume));  // the import completes atomically with its digest
-  if (Status s =
-          StoreDigestLocked(pool, snap->key, snap->rec.image_id(), *computed, std::move(finished));
+  finished.Delete(ImportKey(plan.volume));  // the import completes atomically with its digest
+  if (Status s = StoreDigestLocked(plan.pool, snap->key, snap->rec.image_id(), *computed,
+                                   std::move(finished));
       !s.ok()) {
-    return fail(s);
+    return FailImportLocked(lock, plan, s);
   }
+  const SnapshotRef ref{plan.volume, meta.snapshot()};
   SHALE_ASSIGN_OR_RETURN(Found done, FindLocked(ref));
   ImportResult result;
   SHALE_ASSIGN_OR_RETURN(result.snapshot, DescribeLocked(done, true, {}));
@@ -469,6 +518,15 @@ Result<ImportResult> SnapshotManager::ImportLocked(Lock& lock, StreamReader& rea
   SHALE_LOG_INFO("snapshot imported", {"snapshot", ref.ToString()},
                  {"incremental", info.incremental ? 1 : 0}, {"digest", computed->ToHex()});
   return result;
+}
+
+Status SnapshotManager::FailImportLocked(Lock& lock, const ImportPlan& plan, Status st) {
+  Status undo = UndoImportLocked(lock, plan.marker, plan.pool);
+  if (!undo.ok()) {
+    SHALE_LOG_ERROR("import: undo incomplete (retried at the next start)", {"volume", plan.volume},
+                    {"error", undo.ToString()});
+  }
+  return st;
 }
 
 Status SnapshotManager::UndoImportLocked(Lock& lock, const ImportRecord& marker,
