@@ -19,8 +19,10 @@
 #include "api/control_api.h"
 #include "cli/control_client.h"
 #include "cli/output.h"
+#include "cli/pool_commands.h"
 #include "cli/qos_commands.h"
 #include "cli/snapshot_commands.h"
+#include "cli/volume_commands.h"
 #include "engine/common/labels.h"
 #include "engine/common/units.h"
 
@@ -220,13 +222,17 @@ Result<std::string> ResolveEndpoint(std::string_view text) {
   return "unix://" + path;
 }
 
-int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream& err) {
-  gpr_set_log_function(DropGrpcLog);
+namespace {
 
-  CLI::App app(
-      "shale: admin CLI of Shale; manages pools, thin volumes, snapshots, clones and their NBD "
-      "exports through shaled",
-      "shale");
+// The options every command takes (they may also follow the command).
+struct GlobalFlags {
+  std::string endpoint;
+  std::string output = "table";
+  unsigned timeout_seconds = kDefaultTimeoutSeconds;
+};
+
+// Everything of `app` but its commands: version, help layout, footer, the global flags.
+void ConfigureApp(CLI::App& app, GlobalFlags* flags) {
   app.set_version_flag("--version", std::string("shale ") + SHALE_VERSION);
   app.require_subcommand(1);
   // Global options may also follow the command: `shale volume list -o json`.
@@ -238,22 +244,49 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
       "scripts/quickstart).\nSizes take K, M, G, T suffixes (powers of 1024).\n"
       "Exit codes: 0 success, 1 the operation failed or shaled is unreachable, 2 usage error.");
 
-  std::string endpoint_flag;
-  std::string output = "table";
-  unsigned timeout_seconds = kDefaultTimeoutSeconds;
-  app.add_option("--endpoint", endpoint_flag, "Control endpoint of shaled (unix://PATH)")
+  app.add_option("--endpoint", flags->endpoint, "Control endpoint of shaled (unix://PATH)")
       ->type_name("ENDPOINT");
-  app.add_option("-o,--output", output, "Output format")
+  app.add_option("-o,--output", flags->output, "Output format")
       ->check(CLI::IsMember({"table", "json"}))
       ->type_name("FORMAT")
       ->capture_default_str();
-  app.add_option("--timeout", timeout_seconds, "Seconds to wait for shaled's answer")
+  app.add_option("--timeout", flags->timeout_seconds, "Seconds to wait for shaled's answer")
       ->check(CLI::Range(1u, 86400u))
       ->type_name("SECONDS")
       ->capture_default_str();
+}
+
+// After a successful parse: resolves the endpoint and runs the selected command.
+int RunAction(const Action& action, const GlobalFlags& flags, std::ostream& err) {
+  std::string endpoint_text = flags.endpoint;
+  if (endpoint_text.empty()) {
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing sets the environment concurrently.
+    const char* env = std::getenv(kEndpointEnvVar);
+    endpoint_text = env != nullptr && env[0] != '\0' ? env : kDefaultEndpoint;
+  }
+  Result<std::string> endpoint = ResolveEndpoint(endpoint_text);
+  if (!endpoint.ok()) {
+    err << "shale: " << endpoint.status().message() << "\n";
+    return kExitUsage;
+  }
+  ControlClient client(*endpoint, flags.timeout_seconds);
+  return action(client, flags.output == "json" ? Format::kJson : Format::kTable);
+}
+
+}  // namespace
+
+int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream& err) {
+  gpr_set_log_function(DropGrpcLog);
+
+  CLI::App app(
+      "shale: admin CLI of Shale; manages pools, thin volumes, snapshots, clones and their NBD "
+      "exports through shaled",
+      "shale");
+  GlobalFlags flags;
+  ConfigureApp(app, &flags);
 
   // What the selected command does once the command line is parsed; set by exactly one leaf.
-  std::function<int(ControlClient&, Format)> action;
+  Action action;
   auto print_json = [&out](const nlohmann::ordered_json& json) { out << json.dump(2) << "\n"; };
 
   // --- status ---
@@ -270,242 +303,18 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
     };
   });
 
-  // --- pool ---
-  CLI::App* pool_cmd =
-      app.add_subcommand("pool", "Manage pools (block devices or files holding volumes)");
-  pool_cmd->require_subcommand(1);
-  std::string pool_name, pool_device, pool_size, pool_cluster_size;
-  bool pool_force = false;
-  auto print_pool = [&](Format format) {
-    return [&, format](const v1::Pool& pool) {
-      format == Format::kJson ? print_json(ToJson(pool)) : void(out << PoolView(pool));
-      return kExitOk;
-    };
-  };
-
-  CLI::App* pool_create = pool_cmd->add_subcommand(
-      "create", "Create a pool on a block device or a file (a missing file is created sparse)");
-  pool_create->add_option("NAME", pool_name, "Pool name")->required();
-  pool_create->add_option("--device", pool_device, "Block device or file backing the pool")
-      ->required()
-      ->type_name("PATH");
-  pool_create
-      ->add_option("--size", pool_size,
-                   "Size of the file to create (default: the existing device's size)")
-      ->check(SizeValidator())
-      ->type_name("SIZE");
-  pool_create
-      ->add_option("--cluster-size", pool_cluster_size,
-                   "Allocation unit: a power of two from 4K to 256K (default 64K)")
-      ->check(SizeValidator(UINT32_MAX))
-      ->type_name("SIZE");
-  pool_create->add_flag("--force", pool_force,
-                        "Format the device even if it holds data or another pool");
-  pool_create->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      v1::CreatePoolRequest req;
-      req.set_name(pool_name);
-      // shaled has its own working directory: a relative path means the caller's.
-      std::error_code ec;
-      const std::filesystem::path device = std::filesystem::absolute(pool_device, ec);
-      req.set_device_path(ec ? pool_device : device.lexically_normal().string());
-      if (!pool_size.empty()) req.set_size_bytes(SizeOf(pool_size));
-      if (!pool_cluster_size.empty()) {
-        req.set_cluster_size(static_cast<uint32_t>(SizeOf(pool_cluster_size)));
-      }
-      req.set_force(pool_force);
-      return RunRpc(client, &v1::Control::Stub::CreatePool, req, err, print_pool(format));
-    };
-  });
-
-  CLI::App* pool_list = pool_cmd->add_subcommand("list", "List pools");
-  pool_list->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      return RunRpc(client, &v1::Control::Stub::ListPools, v1::ListPoolsRequest(), err,
-                    [&](const v1::ListPoolsResponse& resp) {
-                      if (format == Format::kJson) {
-                        nlohmann::ordered_json pools = nlohmann::ordered_json::array();
-                        for (const v1::Pool& p : resp.pools()) pools.push_back(ToJson(p));
-                        print_json({{"pools", pools}});
-                      } else {
-                        out << PoolTable(resp);
-                      }
-                      return kExitOk;
-                    });
-    };
-  });
-
-  CLI::App* pool_show = pool_cmd->add_subcommand("show", "Show one pool");
-  pool_show->add_option("NAME", pool_name, "Pool name")->required();
-  pool_show->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      v1::GetPoolRequest req;
-      req.set_name(pool_name);
-      return RunRpc(client, &v1::Control::Stub::GetPool, req, err, print_pool(format));
-    };
-  });
-
-  CLI::App* pool_delete = pool_cmd->add_subcommand(
-      "delete", "Delete a pool (wipes its superblock; removes the file if shaled created it)");
-  pool_delete->add_option("NAME", pool_name, "Pool name")->required();
-  pool_delete->add_flag("--force", pool_force, "Also delete the pool's volumes");
-  pool_delete->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      v1::DeletePoolRequest req;
-      req.set_name(pool_name);
-      req.set_force(pool_force);
-      return RunRpc(client, &v1::Control::Stub::DeletePool, req, err,
-                    [&](const v1::DeletePoolResponse&) {
-                      format == Format::kJson ? print_json({{"name", pool_name}, {"deleted", true}})
-                                              : void(out << "pool '" << pool_name << "' deleted\n");
-                      return kExitOk;
-                    });
-    };
-  });
-
-  CLI::App* pool_check = pool_cmd->add_subcommand(
-      "check", "Check a pool's mappings against its allocation bitmap (exit 1 on problems)");
-  pool_check->add_option("NAME", pool_name, "Pool name")->required();
-  pool_check->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      v1::CheckPoolRequest req;
-      req.set_name(pool_name);
-      return RunRpc(client, &v1::Control::Stub::CheckPool, req, err,
-                    [&](const v1::CheckPoolResponse& resp) {
-                      format == Format::kJson ? print_json(ToJson(pool_name, resp))
-                                              : void(out << CheckView(pool_name, resp));
-                      if (resp.clean()) return kExitOk;
-                      err << "shale: pool '" << pool_name << "' has " << resp.problems_size()
-                          << " problem(s)\n";
-                      return kExitFailure;
-                    });
-    };
-  });
-
-  // QoS: `qos ...`, `volume stats` and the QoS flags of `volume create` (qos_commands.cc).
+  // The command groups, each in its own file. Snapshots and clones: flatten draws progress only
+  // on a terminal.
+  PoolCommands pool_commands(&action, out, err);
   QosCommands qos_commands(&action, out, err);
-  // Snapshots and clones: `snapshot ...`, `clone ...`, `volume flatten|revert`
-  // (snapshot_commands.cc). Flatten draws progress only on a terminal.
   SnapshotCommands snapshot_commands(&action, out, err,
                                      &err == &std::cerr && isatty(STDERR_FILENO) == 1);
+  VolumeCommands volume_commands(&action, out, err, &qos_commands);
 
-  // --- volume ---
-  CLI::App* volume_cmd = app.add_subcommand("volume", "Manage thin volumes");
-  volume_cmd->require_subcommand(1);
-  std::string volume_name, volume_size, volume_pool;
-  bool volume_read_only = false;
-  std::vector<std::string> volume_labels;
-  auto print_volume = [&](Format format) {
-    return [&, format](const v1::Volume& volume) {
-      format == Format::kJson ? print_json(ToJson(volume)) : void(out << VolumeView(volume));
-      return kExitOk;
-    };
-  };
-
-  CLI::App* volume_create = volume_cmd->add_subcommand("create", "Create a thin volume");
-  volume_create->add_option("NAME", volume_name, "Volume name")->required();
-  volume_create->add_option("--size", volume_size, "Size seen by clients (rounded up to 4K)")
-      ->required()
-      ->check(SizeValidator())
-      ->type_name("SIZE");
-  volume_create
-      ->add_option("--pool", volume_pool,
-                   "Pool to carve it from (default: \"default\", or the only pool)")
-      ->type_name("POOL");
-  volume_create->add_flag("--read-only", volume_read_only, "Refuse writes to the volume");
-  volume_create->add_option("--label", volume_labels, "Attach a label; repeatable")
-      ->type_name("KEY=VALUE");
-  qos_commands.AddCreateFlags(volume_create);
-  volume_create->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      std::map<std::string, std::string> labels;
-      std::string error;
-      if (!ParseLabels(volume_labels, &labels, &error)) {
-        err << "shale: volume create: " << error << "\n";
-        return kExitUsage;
-      }
-      v1::CreateVolumeRequest req;
-      req.set_name(volume_name);
-      req.set_size_bytes(SizeOf(volume_size));
-      req.set_pool(volume_pool);
-      req.set_read_only(volume_read_only);
-      req.mutable_labels()->insert(labels.begin(), labels.end());
-      if (!qos_commands.FillCreate(&req, &error)) {
-        err << "shale: volume create: " << error << "\n";
-        return kExitUsage;
-      }
-      return RunRpc(client, &v1::Control::Stub::CreateVolume, req, err, print_volume(format));
-    };
-  });
-
-  CLI::App* volume_list = volume_cmd->add_subcommand("list", "List volumes");
-  volume_list->add_option("--pool", volume_pool, "Only the volumes of this pool")
-      ->type_name("POOL");
-  volume_list->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      v1::ListVolumesRequest req;
-      req.set_pool(volume_pool);
-      return RunRpc(client, &v1::Control::Stub::ListVolumes, req, err,
-                    [&](const v1::ListVolumesResponse& resp) {
-                      if (format == Format::kJson) {
-                        nlohmann::ordered_json volumes = nlohmann::ordered_json::array();
-                        for (const v1::Volume& v : resp.volumes()) volumes.push_back(ToJson(v));
-                        print_json({{"volumes", volumes}});
-                      } else {
-                        out << VolumeTable(resp);
-                      }
-                      return kExitOk;
-                    });
-    };
-  });
-
-  CLI::App* volume_show = volume_cmd->add_subcommand("show", "Show one volume");
-  volume_show->add_option("NAME", volume_name, "Volume name")->required();
-  volume_show->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      v1::GetVolumeRequest req;
-      req.set_name(volume_name);
-      return RunRpc(client, &v1::Control::Stub::GetVolume, req, err, print_volume(format));
-    };
-  });
-
-  CLI::App* volume_resize =
-      volume_cmd->add_subcommand("resize", "Grow a volume (shrinking is refused)");
-  volume_resize->add_option("NAME", volume_name, "Volume name")->required();
-  volume_resize->add_option("--size", volume_size, "New size (rounded up to 4K)")
-      ->required()
-      ->check(SizeValidator())
-      ->type_name("SIZE");
-  volume_resize->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      v1::ResizeVolumeRequest req;
-      req.set_name(volume_name);
-      req.set_size_bytes(SizeOf(volume_size));
-      return RunRpc(client, &v1::Control::Stub::ResizeVolume, req, err, print_volume(format));
-    };
-  });
-
-  bool volume_force = false;
-  CLI::App* volume_delete = volume_cmd->add_subcommand(
-      "delete",
-      "Delete a volume and free its space (refused while NBD clients use it, unless --force)");
-  volume_delete->add_option("NAME", volume_name, "Volume name")->required();
-  volume_delete->add_flag("--force", volume_force,
-                          "Disconnect the volume's NBD clients first (their requests in flight "
-                          "complete), then delete");
-  volume_delete->callback([&] {
-    action = [&](ControlClient& client, Format format) {
-      v1::DeleteVolumeRequest req;
-      req.set_name(volume_name);
-      req.set_force(volume_force);
-      return RunRpc(
-          client, &v1::Control::Stub::DeleteVolume, req, err, [&](const v1::DeleteVolumeResponse&) {
-            format == Format::kJson ? print_json({{"name", volume_name}, {"deleted", true}})
-                                    : void(out << "volume '" << volume_name << "' deleted\n");
-            return kExitOk;
-          });
-    };
-  });
+  pool_commands.AddCommands(app);
+  // `volume ...`: create|list|show|resize|delete, then `stats` (QoS), `flatten|revert`
+  // (snapshots); `volume create` also takes the QoS flags.
+  CLI::App* volume_cmd = volume_commands.AddCommands(app);
   qos_commands.AddVolumeCommands(volume_cmd);
   snapshot_commands.AddVolumeCommands(volume_cmd);
 
@@ -528,6 +337,7 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
     };
   });
 
+  // `qos ...`, `snapshot ...`, `clone ...`.
   qos_commands.AddQosCommand(app);
   snapshot_commands.AddCommands(app);
 
@@ -552,19 +362,7 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
     return kExitUsage;
   }
 
-  std::string endpoint_text = endpoint_flag;
-  if (endpoint_text.empty()) {
-    // NOLINTNEXTLINE(concurrency-mt-unsafe): nothing sets the environment concurrently.
-    const char* env = std::getenv(kEndpointEnvVar);
-    endpoint_text = env != nullptr && env[0] != '\0' ? env : kDefaultEndpoint;
-  }
-  Result<std::string> endpoint = ResolveEndpoint(endpoint_text);
-  if (!endpoint.ok()) {
-    err << "shale: " << endpoint.status().message() << "\n";
-    return kExitUsage;
-  }
-  ControlClient client(*endpoint, timeout_seconds);
-  return action(client, output == "json" ? Format::kJson : Format::kTable);
+  return RunAction(action, flags, err);
 }
 
 }  // namespace shale::cli

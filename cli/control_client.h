@@ -1,6 +1,6 @@
 // The control-API client of the shale CLI and the helpers every command file shares
-// (cli_commands.cc for status, pools, volumes and exports; qos_commands.cc for QoS;
-// snapshot_commands.cc for snapshots and clones).
+// (cli_commands.cc for status and exports; pool_commands.cc, volume_commands.cc,
+// qos_commands.cc, snapshot_commands.cc for their command groups).
 // Not part of the CLI's interface (cli_commands.h).
 #pragma once
 
@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <ostream>
@@ -70,6 +71,22 @@ class ControlClient {
   const unsigned timeout_seconds_;
   std::unique_ptr<v1::Control::Stub> stub_;
 };
+
+// What the selected command does once the command line is parsed; set by exactly one leaf
+// command, run by RunShale().
+using Action = std::function<int(ControlClient&, Format)>;
+
+// A CLI11 callback that makes `(commands->*run)(client, format)` the action. `commands` must
+// outlive the action.
+template <typename Commands>
+std::function<void()> SelectAction(Action* action, Commands* commands,
+                                   int (Commands::*run)(ControlClient&, Format)) {
+  return [action, commands, run] {
+    *action = [commands, run](ControlClient& client, Format format) {
+      return (commands->*run)(client, format);
+    };
+  };
+}
 
 // Runs one RPC: on success `print(response)` writes the result and returns the exit code; on
 // failure the error line goes to `err`.

@@ -4,7 +4,6 @@
 
 #include <CLI/CLI.hpp>
 #include <array>
-#include <functional>
 #include <ostream>
 #include <string>
 
@@ -12,9 +11,6 @@
 #include "cli/control_client.h"
 
 namespace shale::cli {
-
-// What the selected command does once the command line is parsed.
-using Action = std::function<int(ControlClient&, Format)>;
 
 class QosCommands {
  public:

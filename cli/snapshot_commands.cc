@@ -31,22 +31,11 @@ void SnapshotCommands::PrintJson(const nlohmann::ordered_json& json) {
 }
 
 void SnapshotCommands::AddCommands(CLI::App& app) {
-  Action* action = action_;
-  auto set = [this, action](int (SnapshotCommands::*run)(ControlClient&, Format)) {
-    return [this, action, run] {
-      *action = [this, run](ControlClient& client, Format format) {
-        return (this->*run)(client, format);
-      };
-    };
-  };
-  auto print_snapshot = [this](Format format) {
-    return [this, format](const v1::Snapshot& s) {
-      format == Format::kJson ? PrintJson(ToJson(s)) : void(out_ << SnapshotView(s));
-      return kExitOk;
-    };
-  };
+  AddSnapshotCommand(app);
+  AddCloneCommand(app);
+}
 
-  // --- snapshot ---
+void SnapshotCommands::AddSnapshotCommand(CLI::App& app) {
   CLI::App* snapshot_cmd = app.add_subcommand(
       "snapshot", "Manage snapshots: frozen, read-only copies of a volume named VOLUME@SNAP");
   snapshot_cmd->require_subcommand(1);
@@ -61,40 +50,17 @@ void SnapshotCommands::AddCommands(CLI::App& app) {
   create->add_flag("--wait-digest", wait_digest_,
                    "Answer once the content digest is computed (it reads the whole snapshot; "
                    "raise --timeout for large volumes)");
-  create->callback(set(&SnapshotCommands::RunCreate));
+  create->callback(SelectAction(action_, this, &SnapshotCommands::RunCreate));
 
   CLI::App* list = snapshot_cmd->add_subcommand("list", "List snapshots (of one volume, or all)");
   list->add_option("VOLUME", volume_, "Only this volume's snapshots");
   list->add_flag("--all", all_, "Also the implicit snapshots taken for clones of live volumes");
-  list->callback([this, action] {
-    *action = [this](ControlClient& client, Format format) {
-      v1::ListSnapshotsRequest req;
-      req.set_volume(volume_);
-      req.set_include_implicit(all_);
-      return RunRpc(client, &v1::Control::Stub::ListSnapshots, req, err_,
-                    [&](const v1::ListSnapshotsResponse& resp) {
-                      if (format == Format::kJson) {
-                        nlohmann::ordered_json snaps = nlohmann::ordered_json::array();
-                        for (const v1::Snapshot& s : resp.snapshots()) snaps.push_back(ToJson(s));
-                        PrintJson({{"snapshots", snaps}});
-                      } else {
-                        out_ << SnapshotTable(resp);
-                      }
-                      return kExitOk;
-                    });
-    };
-  });
+  list->callback(SelectAction(action_, this, &SnapshotCommands::RunList));
 
   CLI::App* show = snapshot_cmd->add_subcommand(
       "show", "Show a snapshot: source, labels, digest, space, clones, export");
   show->add_option("VOLUME@SNAP", ref_, "The snapshot")->required();
-  show->callback([this, action, print_snapshot] {
-    *action = [this, print_snapshot](ControlClient& client, Format format) {
-      v1::GetSnapshotRequest req;
-      req.set_name(ref_);
-      return RunRpc(client, &v1::Control::Stub::GetSnapshot, req, err_, print_snapshot(format));
-    };
-  });
+  show->callback(SelectAction(action_, this, &SnapshotCommands::RunShow));
 
   CLI::App* del = snapshot_cmd->add_subcommand(
       "delete",
@@ -102,27 +68,12 @@ void SnapshotCommands::AddCommands(CLI::App& app) {
       "of them is deleted or flattened)");
   del->add_option("VOLUME@SNAP", ref_, "The snapshot")->required();
   del->add_flag("--force", force_, "Disconnect the snapshot's NBD clients first");
-  del->callback(set(&SnapshotCommands::RunDelete));
+  del->callback(SelectAction(action_, this, &SnapshotCommands::RunDelete));
 
   CLI::App* verify = snapshot_cmd->add_subcommand(
       "verify", "Recompute the digest from the data on disk; exit 1 on a mismatch");
   verify->add_option("VOLUME@SNAP", ref_, "The snapshot")->required();
-  verify->callback([this, action] {
-    *action = [this](ControlClient& client, Format format) {
-      v1::VerifySnapshotRequest req;
-      req.set_name(ref_);
-      return RunRpc(
-          client, &v1::Control::Stub::VerifySnapshot, req, err_,
-          [&](const v1::VerifySnapshotResponse& resp) {
-            if (format == Format::kJson) {
-              PrintJson({{"name", resp.name()}, {"digest", resp.digest()}, {"verified", true}});
-            } else {
-              out_ << "snapshot '" << resp.name() << "' verified: digest " << resp.digest() << "\n";
-            }
-            return kExitOk;
-          });
-    };
-  });
+  verify->callback(SelectAction(action_, this, &SnapshotCommands::RunVerify));
 
   CLI::App* exp = snapshot_cmd->add_subcommand(
       "export",
@@ -132,7 +83,7 @@ void SnapshotCommands::AddCommands(CLI::App& app) {
   exp->add_option("--base", base_, "Write only what changed since this older snapshot")
       ->type_name("VOLUME@SNAP");
   exp->add_flag("--overwrite", overwrite_, "Replace FILE if it exists");
-  exp->callback(set(&SnapshotCommands::RunExport));
+  exp->callback(SelectAction(action_, this, &SnapshotCommands::RunExport));
 
   CLI::App* imp = snapshot_cmd->add_subcommand(
       "import",
@@ -142,9 +93,10 @@ void SnapshotCommands::AddCommands(CLI::App& app) {
   imp->add_option("VOLUME", volume_, "Volume to create (full) or update (incremental)")->required();
   imp->add_option("--pool", pool_, "Pool of a new volume (default: \"default\", or the only one)")
       ->type_name("POOL");
-  imp->callback(set(&SnapshotCommands::RunImport));
+  imp->callback(SelectAction(action_, this, &SnapshotCommands::RunImport));
+}
 
-  // --- clone ---
+void SnapshotCommands::AddCloneCommand(CLI::App& app) {
   CLI::App* clone_cmd = app.add_subcommand(
       "clone", "Manage clones: volumes that share a snapshot's data until they write");
   clone_cmd->require_subcommand(1);
@@ -158,37 +110,20 @@ void SnapshotCommands::AddCommands(CLI::App& app) {
                          "exact content and digest");
   clone_create->add_option("--label", labels_, "Attach a label to the new volume; repeatable")
       ->type_name("KEY=VALUE");
-  clone_create->callback(set(&SnapshotCommands::RunClone));
+  clone_create->callback(SelectAction(action_, this, &SnapshotCommands::RunClone));
 
   CLI::App* clone_list =
       clone_cmd->add_subcommand("list", "List clones with their source and its digest");
-  clone_list->callback([this, action] {
-    *action = [this](ControlClient& client, Format format) {
-      return RunRpc(client, &v1::Control::Stub::ListClones, v1::ListClonesRequest(), err_,
-                    [&](const v1::ListClonesResponse& resp) {
-                      if (format == Format::kJson) {
-                        nlohmann::ordered_json clones = nlohmann::ordered_json::array();
-                        for (const v1::CloneInfo& c : resp.clones()) clones.push_back(ToJson(c));
-                        PrintJson({{"clones", clones}});
-                      } else {
-                        out_ << CloneTable(resp);
-                      }
-                      return kExitOk;
-                    });
-    };
-  });
+  clone_list->callback(SelectAction(action_, this, &SnapshotCommands::RunListClones));
 }
 
 void SnapshotCommands::AddVolumeCommands(CLI::App* volume_cmd) {
-  Action* action = action_;
   CLI::App* flatten = volume_cmd->add_subcommand(
       "flatten",
       "Copy what a volume still reads through snapshots into its own space (detaches a clone "
       "from its source); clients may keep using it");
   flatten->add_option("NAME", volume_, "Volume name")->required();
-  flatten->callback([this, action] {
-    *action = [this](ControlClient& client, Format format) { return RunFlatten(client, format); };
-  });
+  flatten->callback(SelectAction(action_, this, &SnapshotCommands::RunFlatten));
 
   CLI::App* revert = volume_cmd->add_subcommand(
       "revert",
@@ -198,9 +133,7 @@ void SnapshotCommands::AddVolumeCommands(CLI::App* volume_cmd) {
   revert->add_option("--to", snapshot_, "Snapshot to return to (SNAP or NAME@SNAP)")
       ->required()
       ->type_name("SNAP");
-  revert->callback([this, action] {
-    *action = [this](ControlClient& client, Format format) { return RunRevert(client, format); };
-  });
+  revert->callback(SelectAction(action_, this, &SnapshotCommands::RunRevert));
 }
 
 int SnapshotCommands::RunCreate(ControlClient& client, Format format) {
@@ -234,6 +167,32 @@ int SnapshotCommands::RunCreate(ControlClient& client, Format format) {
   });
 }
 
+int SnapshotCommands::RunList(ControlClient& client, Format format) {
+  v1::ListSnapshotsRequest req;
+  req.set_volume(volume_);
+  req.set_include_implicit(all_);
+  return RunRpc(client, &v1::Control::Stub::ListSnapshots, req, err_,
+                [&](const v1::ListSnapshotsResponse& resp) {
+                  if (format == Format::kJson) {
+                    nlohmann::ordered_json snaps = nlohmann::ordered_json::array();
+                    for (const v1::Snapshot& s : resp.snapshots()) snaps.push_back(ToJson(s));
+                    PrintJson({{"snapshots", snaps}});
+                  } else {
+                    out_ << SnapshotTable(resp);
+                  }
+                  return kExitOk;
+                });
+}
+
+int SnapshotCommands::RunShow(ControlClient& client, Format format) {
+  v1::GetSnapshotRequest req;
+  req.set_name(ref_);
+  return RunRpc(client, &v1::Control::Stub::GetSnapshot, req, err_, [&](const v1::Snapshot& s) {
+    format == Format::kJson ? PrintJson(ToJson(s)) : void(out_ << SnapshotView(s));
+    return kExitOk;
+  });
+}
+
 int SnapshotCommands::RunDelete(ControlClient& client, Format format) {
   v1::DeleteSnapshotRequest req;
   req.set_name(ref_);
@@ -253,6 +212,21 @@ int SnapshotCommands::RunDelete(ControlClient& client, Format format) {
                   }
                   return kExitOk;
                 });
+}
+
+int SnapshotCommands::RunVerify(ControlClient& client, Format format) {
+  v1::VerifySnapshotRequest req;
+  req.set_name(ref_);
+  return RunRpc(
+      client, &v1::Control::Stub::VerifySnapshot, req, err_,
+      [&](const v1::VerifySnapshotResponse& resp) {
+        if (format == Format::kJson) {
+          PrintJson({{"name", resp.name()}, {"digest", resp.digest()}, {"verified", true}});
+        } else {
+          out_ << "snapshot '" << resp.name() << "' verified: digest " << resp.digest() << "\n";
+        }
+        return kExitOk;
+      });
 }
 
 int SnapshotCommands::RunExport(ControlClient& client, Format format) {
@@ -320,6 +294,20 @@ int SnapshotCommands::RunClone(ControlClient& client, Format format) {
     format == Format::kJson ? PrintJson(ToJson(v)) : void(out_ << VolumeView(v));
     return kExitOk;
   });
+}
+
+int SnapshotCommands::RunListClones(ControlClient& client, Format format) {
+  return RunRpc(client, &v1::Control::Stub::ListClones, v1::ListClonesRequest(), err_,
+                [&](const v1::ListClonesResponse& resp) {
+                  if (format == Format::kJson) {
+                    nlohmann::ordered_json clones = nlohmann::ordered_json::array();
+                    for (const v1::CloneInfo& c : resp.clones()) clones.push_back(ToJson(c));
+                    PrintJson({{"clones", clones}});
+                  } else {
+                    out_ << CloneTable(resp);
+                  }
+                  return kExitOk;
+                });
 }
 
 int SnapshotCommands::RunFlatten(ControlClient& client, Format format) {

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-#include <functional>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
@@ -16,9 +15,6 @@ namespace shale::cli {
 
 class SnapshotCommands {
  public:
-  // What the selected command does once the command line is parsed.
-  using Action = std::function<int(ControlClient&, Format)>;
-
   // A selected command sets `*action`. Everything passed must outlive the object. Flatten
   // progress goes to `err` only when `err_is_terminal`.
   SnapshotCommands(Action* action, std::ostream& out, std::ostream& err, bool err_is_terminal)
@@ -32,11 +28,17 @@ class SnapshotCommands {
   void AddVolumeCommands(CLI::App* volume_cmd);
 
  private:
+  void AddSnapshotCommand(CLI::App& app);  // `snapshot create|list|show|delete|verify|...`
+  void AddCloneCommand(CLI::App& app);     // `clone create|list`
   int RunCreate(ControlClient& client, Format format);
+  int RunList(ControlClient& client, Format format);
+  int RunShow(ControlClient& client, Format format);
   int RunDelete(ControlClient& client, Format format);
+  int RunVerify(ControlClient& client, Format format);
   int RunExport(ControlClient& client, Format format);
   int RunImport(ControlClient& client, Format format);
   int RunClone(ControlClient& client, Format format);
+  int RunListClones(ControlClient& client, Format format);
   int RunFlatten(ControlClient& client, Format format);
   int RunRevert(ControlClient& client, Format format);
   void PrintJson(const nlohmann::ordered_json& json);

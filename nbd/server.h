@@ -10,7 +10,8 @@
 // flight, which keeps the byte stream in order. Copies of large payloads (sends of 64 KiB or
 // more, direct receives) run on io_uring's workers (IOSQE_ASYNC), overlapping the reactor's
 // device work. In-flight requests and bytes per connection are bounded; at the bound the
-// connection stops receiving until replies drain (backpressure).
+// connection stops receiving until replies drain (backpressure). That per-connection state
+// machine is `Connection` (connection.h, internal to the server).
 //
 // The handshake runs as a state machine (handshake.h) on the first reactor with a timeout;
 // looking an export up (which may block on the engine's control lock) happens on the server's

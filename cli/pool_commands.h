@@ -1,0 +1,43 @@
+// Pool commands of the shale CLI: `pool create|list|show|delete|check`. RunShale() owns one
+// PoolCommands for the parse and the run.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <string>
+
+#include "cli/control_client.h"
+
+namespace shale::cli {
+
+class PoolCommands {
+ public:
+  // A selected command sets `*action`. Everything passed must outlive the object.
+  PoolCommands(Action* action, std::ostream& out, std::ostream& err)
+      : action_(action), out_(out), err_(err) {}
+  PoolCommands(const PoolCommands&) = delete;
+  PoolCommands& operator=(const PoolCommands&) = delete;
+
+  // Adds `pool ...` under `app`.
+  void AddCommands(CLI::App& app);
+
+ private:
+  int RunCreate(ControlClient& client, Format format);
+  int RunList(ControlClient& client, Format format);
+  int RunShow(ControlClient& client, Format format);
+  int RunDelete(ControlClient& client, Format format);
+  int RunCheck(ControlClient& client, Format format);
+  // Prints one pool (create, show) and returns the exit code.
+  int PrintPool(Format format, const v1::Pool& pool);
+  void PrintJson(const nlohmann::ordered_json& json);
+
+  Action* const action_;
+  std::ostream& out_;
+  std::ostream& err_;
+  // Parsed arguments (one command runs per invocation).
+  std::string name_, device_, size_, cluster_size_;
+  bool force_ = false;
+};
+
+}  // namespace shale::cli

@@ -1,0 +1,127 @@
+#include "cli/volume_commands.h"
+
+#include <map>
+
+#include "cli/output.h"
+#include "cli/qos_commands.h"
+
+namespace shale::cli {
+
+void VolumeCommands::PrintJson(const nlohmann::ordered_json& json) { out_ << json.dump(2) << "\n"; }
+
+int VolumeCommands::PrintVolume(Format format, const v1::Volume& volume) {
+  format == Format::kJson ? PrintJson(ToJson(volume)) : void(out_ << VolumeView(volume));
+  return kExitOk;
+}
+
+CLI::App* VolumeCommands::AddCommands(CLI::App& app) {
+  CLI::App* volume_cmd = app.add_subcommand("volume", "Manage thin volumes");
+  volume_cmd->require_subcommand(1);
+
+  CLI::App* create = volume_cmd->add_subcommand("create", "Create a thin volume");
+  create->add_option("NAME", name_, "Volume name")->required();
+  create->add_option("--size", size_, "Size seen by clients (rounded up to 4K)")
+      ->required()
+      ->check(SizeValidator())
+      ->type_name("SIZE");
+  create
+      ->add_option("--pool", pool_,
+                   "Pool to carve it from (default: \"default\", or the only pool)")
+      ->type_name("POOL");
+  create->add_flag("--read-only", read_only_, "Refuse writes to the volume");
+  create->add_option("--label", labels_, "Attach a label; repeatable")->type_name("KEY=VALUE");
+  qos_->AddCreateFlags(create);
+  create->callback(SelectAction(action_, this, &VolumeCommands::RunCreate));
+
+  CLI::App* list = volume_cmd->add_subcommand("list", "List volumes");
+  list->add_option("--pool", pool_, "Only the volumes of this pool")->type_name("POOL");
+  list->callback(SelectAction(action_, this, &VolumeCommands::RunList));
+
+  CLI::App* show = volume_cmd->add_subcommand("show", "Show one volume");
+  show->add_option("NAME", name_, "Volume name")->required();
+  show->callback(SelectAction(action_, this, &VolumeCommands::RunShow));
+
+  CLI::App* resize = volume_cmd->add_subcommand("resize", "Grow a volume (shrinking is refused)");
+  resize->add_option("NAME", name_, "Volume name")->required();
+  resize->add_option("--size", size_, "New size (rounded up to 4K)")
+      ->required()
+      ->check(SizeValidator())
+      ->type_name("SIZE");
+  resize->callback(SelectAction(action_, this, &VolumeCommands::RunResize));
+
+  CLI::App* del = volume_cmd->add_subcommand(
+      "delete",
+      "Delete a volume and free its space (refused while NBD clients use it, unless --force)");
+  del->add_option("NAME", name_, "Volume name")->required();
+  del->add_flag("--force", force_,
+                "Disconnect the volume's NBD clients first (their requests in flight "
+                "complete), then delete");
+  del->callback(SelectAction(action_, this, &VolumeCommands::RunDelete));
+  return volume_cmd;
+}
+
+int VolumeCommands::RunCreate(ControlClient& client, Format format) {
+  std::map<std::string, std::string> labels;
+  std::string error;
+  if (!ParseLabels(labels_, &labels, &error)) {
+    err_ << "shale: volume create: " << error << "\n";
+    return kExitUsage;
+  }
+  v1::CreateVolumeRequest req;
+  req.set_name(name_);
+  req.set_size_bytes(SizeOf(size_));
+  req.set_pool(pool_);
+  req.set_read_only(read_only_);
+  req.mutable_labels()->insert(labels.begin(), labels.end());
+  if (!qos_->FillCreate(&req, &error)) {
+    err_ << "shale: volume create: " << error << "\n";
+    return kExitUsage;
+  }
+  return RunRpc(client, &v1::Control::Stub::CreateVolume, req, err_,
+                [&](const v1::Volume& volume) { return PrintVolume(format, volume); });
+}
+
+int VolumeCommands::RunList(ControlClient& client, Format format) {
+  v1::ListVolumesRequest req;
+  req.set_pool(pool_);
+  return RunRpc(client, &v1::Control::Stub::ListVolumes, req, err_,
+                [&](const v1::ListVolumesResponse& resp) {
+                  if (format == Format::kJson) {
+                    nlohmann::ordered_json volumes = nlohmann::ordered_json::array();
+                    for (const v1::Volume& v : resp.volumes()) volumes.push_back(ToJson(v));
+                    PrintJson({{"volumes", volumes}});
+                  } else {
+                    out_ << VolumeTable(resp);
+                  }
+                  return kExitOk;
+                });
+}
+
+int VolumeCommands::RunShow(ControlClient& client, Format format) {
+  v1::GetVolumeRequest req;
+  req.set_name(name_);
+  return RunRpc(client, &v1::Control::Stub::GetVolume, req, err_,
+                [&](const v1::Volume& volume) { return PrintVolume(format, volume); });
+}
+
+int VolumeCommands::RunResize(ControlClient& client, Format format) {
+  v1::ResizeVolumeRequest req;
+  req.set_name(name_);
+  req.set_size_bytes(SizeOf(size_));
+  return RunRpc(client, &v1::Control::Stub::ResizeVolume, req, err_,
+                [&](const v1::Volume& volume) { return PrintVolume(format, volume); });
+}
+
+int VolumeCommands::RunDelete(ControlClient& client, Format format) {
+  v1::DeleteVolumeRequest req;
+  req.set_name(name_);
+  req.set_force(force_);
+  return RunRpc(client, &v1::Control::Stub::DeleteVolume, req, err_,
+                [&](const v1::DeleteVolumeResponse&) {
+                  format == Format::kJson ? PrintJson({{"name", name_}, {"deleted", true}})
+                                          : void(out_ << "volume '" << name_ << "' deleted\n");
+                  return kExitOk;
+                });
+}
+
+}  // namespace shale::cli
