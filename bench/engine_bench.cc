@@ -289,10 +289,11 @@ double Percentile(std::vector<double> v, double p) {
   return v[k];
 }
 
-// Snapshot costs: freeze latency and write pause on 1 GiB and 64 GiB volumes, empty and fully
-// mapped; 4 KiB random writes right after a snapshot vs before, with write amplification; 4 KiB
-// random reads with 64 snapshots in the chain vs none.
-int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, bool preallocate) {
+// A fresh engine on `dir` with pool "p" for the snapshot study: sparse 72 GiB so that a fully
+// mapped 64 GiB volume fits (only written blocks use disk), or preallocated 8 GiB of real disk
+// space (the 64 GiB fully mapped case is then skipped). nullptr on failure.
+std::unique_ptr<Engine> OpenSnapshotPool(const std::string& dir, IoBackend backend,
+                                         bool preallocate) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   EngineOptions o;
@@ -300,8 +301,6 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
   o.create_default_pool = false;
   o.device.backend = backend;
   auto engine = std::move(Engine::Open(o)).value();
-  // Sparse: 72 GiB so that a fully mapped 64 GiB volume fits (only written blocks use disk).
-  // Preallocated: 8 GiB of real disk space, so the 64 GiB fully mapped case is skipped.
   const uint64_t pool_size = preallocate ? 8 * kGiB : 72 * kGiB;
   if (preallocate) {
     // Written zeros, not fallocate: fallocate leaves "unwritten" extents that ext4 converts on
@@ -309,93 +308,89 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
     std::string cmd = "dd if=/dev/zero of=" + dir +
                       "/pool.img bs=4M count=" + std::to_string(pool_size / (4 * kMiB)) +
                       " oflag=direct status=none";
-    if (std::system(cmd.c_str()) != 0) return 1;
+    if (std::system(cmd.c_str()) != 0) return nullptr;
   }
   if (!engine
            ->CreatePool({.name = "p",
                          .device_path = dir + "/pool.img",
                          .size_bytes = preallocate ? 0 : pool_size})
            .ok()) {
-    return 1;
+    return nullptr;
   }
+  return engine;
+}
 
-  std::printf(
-      "## freeze latency (50 snapshots each, 256 random 4 KiB writes before each), %s pool "
-      "file\n\n",
-      preallocate ? "preallocated" : "sparse");
-  std::printf(
-      "| volume | state | freeze p50 ms | freeze p99 ms | write pause p99 ms "
-      "|\n|---|---|---|---|---|\n");
-  struct Case {
-    const char* label;
-    uint64_t size;
-    bool fill;
-  };
-  for (Case c : {Case{"1 GiB", 1 * kGiB, false}, Case{"1 GiB", 1 * kGiB, true},
-                 Case{"64 GiB", 64 * kGiB, false}, Case{"64 GiB", 64 * kGiB, true}}) {
-    if (preallocate && c.fill && c.size > kGiB) continue;
-    std::string name =
-        std::string("lat-") + (c.size > kGiB ? "64g" : "1g") + (c.fill ? "-full" : "-empty");
-    if (!engine->CreateVolume({.name = name, .size_bytes = c.size, .pool = "p"}).ok()) return 1;
-    auto h = std::move(engine->OpenVolume(name)).value();
-    if (c.fill) {
-      // Every cluster mapped: 1 GiB fully written; 64 GiB with one 4 KiB block per 64 KiB
-      // cluster (4 GiB of data) — a freeze's cost depends on the mapping state, not the bytes.
-      if (c.size <= kGiB) {
-        Generator(h->volume(), {"fill", "write", 1 * kMiB, 8}, c.size, 0).Run();
-      } else {
-        // A strided fill: block 0 of every cluster.
-        Generator(h->volume(), {"fill", "write", 4096, 32}, c.size, 0, 0, 0).Run();
-      }
-      std::promise<Status> flushed;  // a writer flushes; the freezes measure steady state
-      h->reactor()->Post(
-          [&] { h->volume().Commit([&](const Status& st) { flushed.set_value(st); }); });
-      if (!flushed.get_future().get().ok()) return 1;
+struct FreezeCase {
+  const char* label;
+  uint64_t size;
+  bool fill;
+};
+
+// One row of the freeze latency table: a volume of c.size (fully mapped when c.fill), 50
+// snapshots each after 256 random 4 KiB writes; then the snapshots and the volume are deleted.
+// 1 on failure.
+int FreezeLatencyRow(Engine& engine, const FreezeCase& c) {
+  std::string name =
+      std::string("lat-") + (c.size > kGiB ? "64g" : "1g") + (c.fill ? "-full" : "-empty");
+  if (!engine.CreateVolume({.name = name, .size_bytes = c.size, .pool = "p"}).ok()) return 1;
+  auto h = std::move(engine.OpenVolume(name)).value();
+  if (c.fill) {
+    // Every cluster mapped: 1 GiB fully written; 64 GiB with one 4 KiB block per 64 KiB
+    // cluster (4 GiB of data) — a freeze's cost depends on the mapping state, not the bytes.
+    if (c.size <= kGiB) {
+      Generator(h->volume(), {"fill", "write", 1 * kMiB, 8}, c.size, 0).Run();
+    } else {
+      // A strided fill: block 0 of every cluster.
+      Generator(h->volume(), {"fill", "write", 4096, 32}, c.size, 0, 0, 0).Run();
     }
-    std::vector<double> lat, pause;
-    std::vector<uint64_t> ids;
-    for (int i = 0; i < 50; ++i) {
-      // Some fresh writes before each snapshot, so every freeze has dirty mappings to commit.
-      Generator(h->volume(), {"dirty", "randwrite", 4096, 32}, c.size, 0, 0, 256).Run();
-      const uint64_t t0 = NowNs();
-      auto id = engine->FreezeVolume(name);
-      const uint64_t t1 = NowNs();
-      if (!id.ok()) return 1;
-      ids.push_back(*id);
-      lat.push_back(static_cast<double>(t1 - t0) / 1e6);
-      pause.push_back(static_cast<double>(h->volume().counters().last_write_pause_ns.load()) / 1e6);
-    }
-    std::printf("| %s | %s | %.2f | %.2f | %.3f |\n", c.label, c.fill ? "fully mapped" : "empty",
-                Percentile(lat, 0.5), Percentile(lat, 0.99), Percentile(pause, 0.99));
-    std::fflush(stdout);
-    h.reset();
-    for (uint64_t id : ids) {
-      Status st = engine->DeleteImage("p", id);
-      if (!st.ok()) {
-        std::fprintf(stderr, "delete snapshot: %s\n", st.ToString().c_str());
-        return 1;
-      }
-    }
-    Status st = engine->DeleteVolume(name);
+    std::promise<Status> flushed;  // a writer flushes; the freezes measure steady state
+    h->reactor()->Post(
+        [&] { h->volume().Commit([&](const Status& st) { flushed.set_value(st); }); });
+    if (!flushed.get_future().get().ok()) return 1;
+  }
+  std::vector<double> lat, pause;
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 50; ++i) {
+    // Some fresh writes before each snapshot, so every freeze has dirty mappings to commit.
+    Generator(h->volume(), {"dirty", "randwrite", 4096, 32}, c.size, 0, 0, 256).Run();
+    const uint64_t t0 = NowNs();
+    auto id = engine.FreezeVolume(name);
+    const uint64_t t1 = NowNs();
+    if (!id.ok()) return 1;
+    ids.push_back(*id);
+    lat.push_back(static_cast<double>(t1 - t0) / 1e6);
+    pause.push_back(static_cast<double>(h->volume().counters().last_write_pause_ns.load()) / 1e6);
+  }
+  std::printf("| %s | %s | %.2f | %.2f | %.3f |\n", c.label, c.fill ? "fully mapped" : "empty",
+              Percentile(lat, 0.5), Percentile(lat, 0.99), Percentile(pause, 0.99));
+  std::fflush(stdout);
+  h.reset();
+  for (uint64_t id : ids) {
+    Status st = engine.DeleteImage("p", id);
     if (!st.ok()) {
-      std::fprintf(stderr, "delete volume: %s\n", st.ToString().c_str());
+      std::fprintf(stderr, "delete snapshot: %s\n", st.ToString().c_str());
       return 1;
     }
-    std::fprintf(stderr, "# pool free after %s: %s\n", name.c_str(),
-                 FormatSize(engine->GetPool("p")->free_bytes).c_str());
   }
+  Status st = engine.DeleteVolume(name);
+  if (!st.ok()) {
+    std::fprintf(stderr, "delete volume: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "# pool free after %s: %s\n", name.c_str(),
+               FormatSize(engine.GetPool("p")->free_bytes).c_str());
+  return 0;
+}
 
-  const uint64_t size = 1 * kGiB;
+// 4 KiB random writes (QD 32, flush every 256) on the fully written volume "cow" of `size`
+// bytes, before and right after a snapshot, with the write amplification after it. 1 on failure.
+int SnapshotWriteCost(Engine& engine, Volume& vol, uint64_t size, unsigned runtime) {
   const uint64_t rt = static_cast<uint64_t>(runtime) * 1'000'000'000;
-  if (!engine->CreateVolume({.name = "cow", .size_bytes = size, .pool = "p"}).ok()) return 1;
-  auto h = std::move(engine->OpenVolume("cow")).value();
-  Volume& vol = h->volume();
-  Generator(vol, {"fill", "write", 1 * kMiB, 8}, size, 0).Run();
   Sample before = Generator(vol, {"randwrite", "randwrite", 4096, 32}, size, rt, 256).Run();
-  const uint64_t meta_before = engine->GetPool("p")->metadata_bytes_written;
+  const uint64_t meta_before = engine.GetPool("p")->metadata_bytes_written;
   const uint64_t dev_before = vol.counters().device_bytes_written.load();
   const uint64_t client_before = vol.counters().bytes_written.load();
-  auto snap = engine->FreezeVolume("cow");
+  auto snap = engine.FreezeVolume("cow");
   if (!snap.ok()) return 1;
   Sample after = Generator(vol, {"randwrite", "randwrite", 4096, 32}, size, rt, 256).Run();
   std::promise<Status> committed;
@@ -404,7 +399,7 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
   const double dev = static_cast<double>(vol.counters().device_bytes_written.load() - dev_before);
   const double client = static_cast<double>(vol.counters().bytes_written.load() - client_before);
   const double meta =
-      static_cast<double>(engine->GetPool("p")->metadata_bytes_written - meta_before);
+      static_cast<double>(engine.GetPool("p")->metadata_bytes_written - meta_before);
   std::printf(
       "\n## 4 KiB random writes (QD 32, flush every 256) on a fully written 1 GiB volume\n\n");
   std::printf("| phase | IOPS | p99 us |\n|---|---|---|\n");
@@ -415,15 +410,20 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
       "client "
       "bytes), data + metadata written %.3f\n",
       after.iops / before.iops, dev / client, (dev + meta) / client);
+  return 0;
+}
 
-  // Reads with a 64-deep chain: every snapshot preceded by rewriting a random 1/64 of the volume,
-  // so the map's fragments come from all 65 images.
+// 4 KiB random reads of the volume "cow" (`size` bytes, one snapshot so far), then again after
+// 63 more (a 64-deep chain), each preceded by rewriting 1024 random 4 KiB blocks, so that the
+// map's fragments come from all 65 images. 1 on failure.
+int SnapshotChainReads(Engine& engine, Volume& vol, uint64_t size, unsigned runtime) {
+  const uint64_t rt = static_cast<uint64_t>(runtime) * 1'000'000'000;
   Sample flat = Generator(vol, {"randread", "randread", 4096, 32}, size, rt).Run();
   for (int i = 0; i < 63; ++i) {
     // 1024 random blocks per generation: ~4 images per cluster on average at the end, within
     // the pool (each generation's first write to a cluster takes a fresh cluster).
     Generator(vol, {"scatter", "randwrite", 4096, 32}, size, 0, 0, 1024).Run();
-    if (!engine->FreezeVolume("cow").ok()) return 1;
+    if (!engine.FreezeVolume("cow").ok()) return 1;
   }
   Sample deep = Generator(vol, {"randread", "randread", 4096, 32}, size, rt).Run();
   std::printf(
@@ -432,6 +432,35 @@ int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, b
   std::printf("| no snapshot | %.0f | %.1f |\n| 64 snapshots | %.0f | %.1f |\n", flat.iops,
               flat.p99_us, deep.iops, deep.p99_us);
   std::printf("\n64 snapshots / none = %.3f\n", deep.iops / flat.iops);
+  return 0;
+}
+
+// Snapshot costs: freeze latency and write pause on 1 GiB and 64 GiB volumes, empty and fully
+// mapped; 4 KiB random writes right after a snapshot vs before, with write amplification; 4 KiB
+// random reads with 64 snapshots in the chain vs none.
+int SnapshotStudy(const std::string& dir, unsigned runtime, IoBackend backend, bool preallocate) {
+  std::unique_ptr<Engine> engine = OpenSnapshotPool(dir, backend, preallocate);
+  if (engine == nullptr) return 1;
+  std::printf(
+      "## freeze latency (50 snapshots each, 256 random 4 KiB writes before each), %s pool "
+      "file\n\n",
+      preallocate ? "preallocated" : "sparse");
+  std::printf(
+      "| volume | state | freeze p50 ms | freeze p99 ms | write pause p99 ms "
+      "|\n|---|---|---|---|---|\n");
+  for (FreezeCase c :
+       {FreezeCase{"1 GiB", 1 * kGiB, false}, FreezeCase{"1 GiB", 1 * kGiB, true},
+        FreezeCase{"64 GiB", 64 * kGiB, false}, FreezeCase{"64 GiB", 64 * kGiB, true}}) {
+    if (preallocate && c.fill && c.size > kGiB) continue;
+    if (FreezeLatencyRow(*engine, c) != 0) return 1;
+  }
+
+  const uint64_t size = 1 * kGiB;
+  if (!engine->CreateVolume({.name = "cow", .size_bytes = size, .pool = "p"}).ok()) return 1;
+  auto h = std::move(engine->OpenVolume("cow")).value();
+  Generator(h->volume(), {"fill", "write", 1 * kMiB, 8}, size, 0).Run();
+  if (SnapshotWriteCost(*engine, h->volume(), size, runtime) != 0) return 1;
+  if (SnapshotChainReads(*engine, h->volume(), size, runtime) != 0) return 1;
   h.reset();
   engine.reset();
   fs::remove_all(dir);
@@ -443,103 +472,42 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-int Main(int argc, char** argv) {
-  CLI::App app{"Shale engine benchmark: volume API vs fio io_uring on the same pool file"};
-  std::string dir = "/var/tmp/shale-engine-bench";
-  std::string volume_size_s = "2G", cluster_size_s = "64K", backend = "io_uring", json_out;
-  unsigned runtime = 5, reps = 3;
-  std::vector<std::string> names = {"randread-4k", "randwrite-4k", "read-1m", "write-1m"};
-  app.add_option("--dir", dir, "work directory (pool file and metadata; removed at the end)");
-  app.add_option("--volume-size", volume_size_s, "volume size (preconditioned fully)");
-  app.add_option("--cluster-size", cluster_size_s, "pool cluster size");
-  app.add_option("--io-backend", backend, "io_uring or libaio");
-  app.add_option("--runtime", runtime, "seconds per measurement");
-  app.add_option("--reps", reps, "repetitions (median of ratios is reported)");
-  app.add_option("--workloads", names, "subset of randread-4k randwrite-4k read-1m write-1m");
-  app.add_option("--json", json_out, "also write results as JSON to this file");
-  std::string study;
-  bool preallocate = false;
-  app.add_flag("--preallocate", preallocate, "snapshot study: preallocate the pool file");
-  app.add_option("--study", study, "run a study instead: cluster-size | snapshots");
-  CLI11_PARSE(app, argc, argv);
-
-  std::map<std::string, Workload> all = {
+// The workloads --workloads names; nullptr for an unknown name.
+const Workload* FindWorkload(const std::string& name) {
+  static const std::map<std::string, Workload> all = {
       {"randread-4k", {"randread-4k", "randread", 4096, 32}},
       {"randwrite-4k", {"randwrite-4k", "randwrite", 4096, 32}},
       {"read-1m", {"read-1m", "read", 1 * kMiB, 8}},
       {"write-1m", {"write-1m", "write", 1 * kMiB, 8}},
   };
-  auto vsize = ParseSize(volume_size_s);
-  auto csize = ParseSize(cluster_size_s);
-  auto be = ParseIoBackend(backend);
-  if (!vsize.ok() || !csize.ok() || !be.ok()) {
-    std::fprintf(stderr, "bad option\n");
-    return 2;
-  }
-  log::Init("warn");
-  if (study == "cluster-size") return ClusterStudy(dir, *vsize, runtime, *be);
-  if (study == "snapshots") return SnapshotStudy(dir, runtime, *be, preallocate);
-  if (!study.empty()) {
-    std::fprintf(stderr, "unknown study %s\n", study.c_str());
-    return 2;
-  }
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  const std::string pool_file = dir + "/pool.img";
-  EngineOptions o;
-  o.data_dir = dir + "/data";
-  o.create_default_pool = false;
-  o.device.backend = *be;
-  auto engine_or = Engine::Open(o);
-  if (!engine_or.ok()) {
-    std::fprintf(stderr, "%s\n", engine_or.status().ToString().c_str());
-    return 1;
-  }
-  auto engine = std::move(engine_or).value();
-  const uint64_t pool_size = *vsize + *vsize / 8 + 64 * kMiB;
-  auto pool = engine->CreatePool({.name = "bench",
-                                  .device_path = pool_file,
-                                  .size_bytes = pool_size,
-                                  .cluster_size = static_cast<uint32_t>(*csize)});
-  if (!pool.ok()) {
-    std::fprintf(stderr, "%s\n", pool.status().ToString().c_str());
-    return 1;
-  }
-  if (!engine->CreateVolume({.name = "bench", .size_bytes = *vsize, .pool = "bench"}).ok())
-    return 1;
-  auto handle = std::move(engine->OpenVolume("bench")).value();
-  Volume& vol = handle->volume();
+  auto it = all.find(name);
+  return it == all.end() ? nullptr : &it->second;
+}
 
-  std::printf("# precondition: writing %s sequentially through the volume\n",
-              FormatSize(*vsize).c_str());
-  Sample fill = Generator(vol, {"fill", "write", 1 * kMiB, 8}, *vsize, 0).Run();
-  std::printf("# precondition: %.0f MiB/s\n", fill.iops);
-  // The volume's clusters were allocated in order from the start of the data area, so fio on
-  // [data_offset, data_offset + size) of the pool file touches the same bytes.
-  const uint64_t data_offset = kPoolDataOffset;
-  if (vol.allocated_bytes() != *vsize) {
-    std::fprintf(stderr, "precondition left the volume partly unallocated\n");
-    return 1;
-  }
+// One sample per rep of a workload, through the engine and through fio.
+struct Row {
+  std::vector<Sample> engine, raw;
+};
 
-  struct Row {
-    std::vector<Sample> engine, raw;
-  };
-  std::map<std::string, Row> rows;
+// `reps` rounds of every workload of `names`, the engine on `vol` then fio on the same bytes of
+// `pool_file` (from `data_offset`), one progress line each. 2 for an unknown workload, 1 when
+// the engine's data cannot be made durable before fio runs.
+int CompareWithFio(Volume& vol, const std::string& pool_file, uint64_t data_offset, uint64_t vsize,
+                   const std::vector<std::string>& names, unsigned runtime, unsigned reps,
+                   std::map<std::string, Row>& rows) {
   for (unsigned rep = 0; rep < reps; ++rep) {
     for (const auto& n : names) {
-      auto it = all.find(n);
-      if (it == all.end()) {
+      const Workload* w = FindWorkload(n);
+      if (w == nullptr) {
         std::fprintf(stderr, "unknown workload %s\n", n.c_str());
         return 2;
       }
-      const Workload& w = it->second;
-      Sample e = Generator(vol, w, *vsize, static_cast<uint64_t>(runtime) * 1'000'000'000).Run();
+      Sample e = Generator(vol, *w, vsize, static_cast<uint64_t>(runtime) * 1'000'000'000).Run();
       // Make sure the engine is idle and its data durable before fio touches the file.
       std::promise<Status> flushed;
       vol.reactor()->Post([&] { vol.Commit([&](const Status& s) { flushed.set_value(s); }); });
       if (!flushed.get_future().get().ok()) return 1;
-      Sample r = RunFio(pool_file, data_offset, *vsize, w, runtime);
+      Sample r = RunFio(pool_file, data_offset, vsize, *w, runtime);
       rows[n].engine.push_back(e);
       rows[n].raw.push_back(r);
       std::printf(
@@ -549,6 +517,12 @@ int Main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
+  return 0;
+}
+
+// Prints the table of medians of `rows` (in the order of `names`) and returns it as JSON.
+json PrintComparison(const std::vector<std::string>& names, std::map<std::string, Row>& rows,
+                     unsigned reps) {
   json results = json::array();
   std::printf(
       "\n| workload | shale engine IOPS | p99 us | fio io_uring IOPS | p99 us | engine/raw (median "
@@ -574,11 +548,100 @@ int Main(int argc, char** argv) {
                        {"raw_p99_us", Median(rp)},
                        {"ratio", Median(ratio)}});
   }
+  return results;
+}
+
+// The default run: a fresh pool on `dir` (cluster size `csize`) with one volume of `vsize`,
+// preconditioned by a sequential fill, measured against fio on the same pool file; writes the
+// JSON to `json_out` when given. Exit code.
+int EngineVsFio(const std::string& dir, uint64_t vsize, uint64_t csize, IoBackend backend,
+                const std::vector<std::string>& names, unsigned runtime, unsigned reps,
+                const std::string& json_out) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string pool_file = dir + "/pool.img";
+  EngineOptions o;
+  o.data_dir = dir + "/data";
+  o.create_default_pool = false;
+  o.device.backend = backend;
+  auto engine_or = Engine::Open(o);
+  if (!engine_or.ok()) {
+    std::fprintf(stderr, "%s\n", engine_or.status().ToString().c_str());
+    return 1;
+  }
+  auto engine = std::move(engine_or).value();
+  const uint64_t pool_size = vsize + vsize / 8 + 64 * kMiB;
+  auto pool = engine->CreatePool({.name = "bench",
+                                  .device_path = pool_file,
+                                  .size_bytes = pool_size,
+                                  .cluster_size = static_cast<uint32_t>(csize)});
+  if (!pool.ok()) {
+    std::fprintf(stderr, "%s\n", pool.status().ToString().c_str());
+    return 1;
+  }
+  if (!engine->CreateVolume({.name = "bench", .size_bytes = vsize, .pool = "bench"}).ok()) return 1;
+  auto handle = std::move(engine->OpenVolume("bench")).value();
+  Volume& vol = handle->volume();
+
+  std::printf("# precondition: writing %s sequentially through the volume\n",
+              FormatSize(vsize).c_str());
+  Sample fill = Generator(vol, {"fill", "write", 1 * kMiB, 8}, vsize, 0).Run();
+  std::printf("# precondition: %.0f MiB/s\n", fill.iops);
+  // The volume's clusters were allocated in order from the start of the data area, so fio on
+  // [data_offset, data_offset + size) of the pool file touches the same bytes.
+  const uint64_t data_offset = kPoolDataOffset;
+  if (vol.allocated_bytes() != vsize) {
+    std::fprintf(stderr, "precondition left the volume partly unallocated\n");
+    return 1;
+  }
+  std::map<std::string, Row> rows;
+  if (int rc = CompareWithFio(vol, pool_file, data_offset, vsize, names, runtime, reps, rows);
+      rc != 0) {
+    return rc;
+  }
+  json results = PrintComparison(names, rows, reps);
   if (!json_out.empty()) std::ofstream(json_out) << results.dump(2) << "\n";
   handle.reset();
   engine.reset();
   fs::remove_all(dir);
   return 0;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"Shale engine benchmark: volume API vs fio io_uring on the same pool file"};
+  std::string dir = "/var/tmp/shale-engine-bench";
+  std::string volume_size_s = "2G", cluster_size_s = "64K", backend = "io_uring", json_out;
+  unsigned runtime = 5, reps = 3;
+  std::vector<std::string> names = {"randread-4k", "randwrite-4k", "read-1m", "write-1m"};
+  app.add_option("--dir", dir, "work directory (pool file and metadata; removed at the end)");
+  app.add_option("--volume-size", volume_size_s, "volume size (preconditioned fully)");
+  app.add_option("--cluster-size", cluster_size_s, "pool cluster size");
+  app.add_option("--io-backend", backend, "io_uring or libaio");
+  app.add_option("--runtime", runtime, "seconds per measurement");
+  app.add_option("--reps", reps, "repetitions (median of ratios is reported)");
+  app.add_option("--workloads", names, "subset of randread-4k randwrite-4k read-1m write-1m");
+  app.add_option("--json", json_out, "also write results as JSON to this file");
+  std::string study;
+  bool preallocate = false;
+  app.add_flag("--preallocate", preallocate, "snapshot study: preallocate the pool file");
+  app.add_option("--study", study, "run a study instead: cluster-size | snapshots");
+  CLI11_PARSE(app, argc, argv);
+
+  auto vsize = ParseSize(volume_size_s);
+  auto csize = ParseSize(cluster_size_s);
+  auto be = ParseIoBackend(backend);
+  if (!vsize.ok() || !csize.ok() || !be.ok()) {
+    std::fprintf(stderr, "bad option\n");
+    return 2;
+  }
+  log::Init("warn");
+  if (study == "cluster-size") return ClusterStudy(dir, *vsize, runtime, *be);
+  if (study == "snapshots") return SnapshotStudy(dir, runtime, *be, preallocate);
+  if (!study.empty()) {
+    std::fprintf(stderr, "unknown study %s\n", study.c_str());
+    return 2;
+  }
+  return EngineVsFio(dir, *vsize, *csize, *be, names, runtime, reps, json_out);
 }
 
 }  // namespace

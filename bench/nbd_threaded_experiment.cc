@@ -179,17 +179,20 @@ void SendThread(Conn* c) {
   }
 }
 
-void ServeConnection(int fd, Volume* volume) {
-  pthread_setname_np(pthread_self(), "nbd-recv");
-  const int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  Handshake hs(HandshakeLimits{});
+// Bytes received from a connection: [0, have) of data, not yet consumed.
+struct RecvBuffer {
+  std::vector<uint8_t> data = std::vector<uint8_t>(kRecvBuffer);
+  size_t have = 0;
+};
+
+// The NBD handshake on `fd` with `volume` as the only export: true once the client has entered
+// the transmission phase (hs.session() is what was negotiated; `in` keeps any bytes already
+// received after it), false when the connection is to be closed.
+bool RunHandshake(int fd, Volume* volume, Handshake& hs, RecvBuffer& in) {
   std::string out;
   AppendGreeting(&out);
-  std::vector<uint8_t> buf(kRecvBuffer);
-  size_t have = 0;
   while (true) {
-    if (!out.empty() && !SendAll(fd, out.data(), out.size())) return (void)close(fd);
+    if (!out.empty() && !SendAll(fd, out.data(), out.size())) return false;
     out.clear();
     if (hs.state() == Handshake::State::kNeedExport) {
       if (hs.export_name() == volume->name()) {
@@ -203,113 +206,153 @@ void ServeConnection(int fd, Volume* volume) {
       hs.ProvideExportList({volume->name()}, &out);
       continue;
     }
-    if (hs.state() == Handshake::State::kDone) break;
-    if (hs.state() == Handshake::State::kClosed) return (void)close(fd);
-    const size_t used = hs.Consume({buf.data(), have}, &out);
-    std::memmove(buf.data(), buf.data() + used, have - used);
-    have -= used;
+    if (hs.state() == Handshake::State::kDone) return true;
+    if (hs.state() == Handshake::State::kClosed) return false;
+    const size_t used = hs.Consume({in.data.data(), in.have}, &out);
+    std::memmove(in.data.data(), in.data.data() + used, in.have - used);
+    in.have -= used;
     if (out.empty() && hs.state() == Handshake::State::kReading) {
-      const ssize_t n = recv(fd, buf.data() + have, buf.size() - have, 0);
-      if (n <= 0) return (void)close(fd);
-      have += static_cast<size_t>(n);
+      const ssize_t n = recv(fd, in.data.data() + in.have, in.data.size() - in.have, 0);
+      if (n <= 0) return false;
+      in.have += static_cast<size_t>(n);
     }
   }
+}
+
+// Fills r->io for its checked request header: r->h.length bytes at r->h.offset through r->buf,
+// completing in OnDone.
+void PrepareIo(Req* r) {
+  VolumeIo& io = r->io;
+  io.offset = r->h.offset;
+  io.length = r->h.length;
+  io.buf = r->buf.get();
+  io.ctx = r;
+  io.done = &OnDone;
+  switch (r->h.type) {
+    case kCmdRead:
+      io.op = VolumeOp::kRead;
+      break;
+    case kCmdWrite:
+      io.op = VolumeOp::kWrite;
+      break;
+    case kCmdFlush:
+      io.op = VolumeOp::kFlush;
+      break;
+    case kCmdTrim:
+      io.op = VolumeOp::kDiscard;
+      break;
+    default:
+      io.op = VolumeOp::kWriteZeroes;
+      break;
+  }
+  if (r->h.flags & kCmdFlagFua) io.flags |= kVolumeFua;
+}
+
+struct Parsed {
+  size_t consumed = 0;  // bytes of the buffer used
+  bool open = true;     // false: the connection must close
+};
+
+// Parses every complete request in `in`, receiving write payloads that go past it straight from
+// the socket into the request's buffer. Requests to execute go to `batch`; refused ones are
+// answered at once. Closes (open = false) on a bad header, a check that disconnects, a payload
+// over 64 MiB or a payload cut short.
+Parsed ParseRequests(Conn& conn, const RecvBuffer& in, std::vector<Req*>& batch) {
+  Parsed p;
+  size_t& pos = p.consumed;
+  while (in.have - pos >= kRequestHeaderSize) {
+    Req* r = conn.NewReq();
+    r->conn = &conn;
+    if (!DecodeRequestHeader(
+            std::span<const uint8_t, kRequestHeaderSize>(in.data.data() + pos, kRequestHeaderSize),
+            &r->h)) {
+      p.open = false;
+      break;
+    }
+    pos += kRequestHeaderSize;
+    const RequestCheck check = CheckRequest(r->h, conn.params);
+    if (check.action == RequestCheck::Action::kDisconnect || check.payload > (64u << 20)) {
+      p.open = false;
+      break;
+    }
+    r->io = VolumeIo{};
+    const uint32_t len = r->h.length;
+    if (r->cap < len) {
+      r->buf = AllocateAligned(std::max<size_t>(len, 4096));
+      r->cap = std::max<size_t>(len, 4096);
+    }
+    if (check.payload > 0) {
+      const size_t in_buf = std::min<size_t>(in.have - pos, len);
+      std::memcpy(r->buf.get(), in.data.data() + pos, in_buf);
+      pos += in_buf;
+      if (in_buf < len && !RecvAll(conn.fd, r->buf.get() + in_buf, len - in_buf)) {
+        p.open = false;
+        break;
+      }
+    }
+    if (check.action != RequestCheck::Action::kExecute) {
+      EncodeReply(r, check.error, std::string(check.reason));
+      {
+        std::lock_guard lock(conn.mu);
+        conn.ready.push_back(r);
+      }
+      conn.cv.notify_one();
+      continue;
+    }
+    PrepareIo(r);
+    batch.push_back(r);
+  }
+  return p;
+}
+
+// Hands `batch` to the volume's reactor with one Post (counted in flight) and clears it.
+void SubmitBatch(Conn& conn, std::vector<Req*>& batch) {
+  if (batch.empty()) return;
+  {
+    std::lock_guard lock(conn.mu);
+    conn.in_flight += batch.size();
+  }
+  // One hand-off per batch of requests read together.
+  conn.volume->reactor()->Post([volume = conn.volume, reqs = batch] {
+    for (Req* r : reqs) volume->Submit(&r->io);
+  });
+  batch.clear();
+}
+
+// The transmission phase on the receive side: reads, parses and submits requests until the
+// client disconnects or breaks the protocol; the send thread answers them.
+void ServeRequests(Conn& conn, RecvBuffer& in) {
+  std::vector<Req*> batch;
+  bool open = true;
+  while (open) {
+    const Parsed parsed = ParseRequests(conn, in, batch);
+    open = parsed.open;
+    std::memmove(in.data.data(), in.data.data() + parsed.consumed, in.have - parsed.consumed);
+    in.have -= parsed.consumed;
+    SubmitBatch(conn, batch);
+    if (!open) break;
+    const ssize_t n = recv(conn.fd, in.data.data() + in.have, in.data.size() - in.have, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    in.have += static_cast<size_t>(n);
+  }
+}
+
+// Serves one client on `fd` (this thread receives, a second one sends) and closes it.
+void ServeConnection(int fd, Volume* volume) {
+  pthread_setname_np(pthread_self(), "nbd-recv");
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  Handshake hs(HandshakeLimits{});
+  RecvBuffer in;
+  if (!RunHandshake(fd, volume, hs, in)) return (void)close(fd);
   Conn conn;
   conn.fd = fd;
   conn.volume = volume;
   conn.structured = hs.session().structured_replies;
   conn.params = hs.session().params;
   std::thread sender(SendThread, &conn);
-  Reactor* reactor = volume->reactor();
-  std::vector<Req*> batch;
-  bool open = true;
-  while (open) {
-    // Parse every complete request in the buffer; receive write payloads in place.
-    size_t pos = 0;
-    while (have - pos >= kRequestHeaderSize) {
-      Req* r = conn.NewReq();
-      r->conn = &conn;
-      if (!DecodeRequestHeader(
-              std::span<const uint8_t, kRequestHeaderSize>(buf.data() + pos, kRequestHeaderSize),
-              &r->h)) {
-        open = false;
-        break;
-      }
-      pos += kRequestHeaderSize;
-      const RequestCheck check = CheckRequest(r->h, conn.params);
-      if (check.action == RequestCheck::Action::kDisconnect || check.payload > (64u << 20)) {
-        open = false;
-        break;
-      }
-      r->io = VolumeIo{};
-      const uint32_t len = r->h.length;
-      if (r->cap < len) {
-        r->buf = AllocateAligned(std::max<size_t>(len, 4096));
-        r->cap = std::max<size_t>(len, 4096);
-      }
-      if (check.payload > 0) {
-        const size_t in_buf = std::min<size_t>(have - pos, len);
-        std::memcpy(r->buf.get(), buf.data() + pos, in_buf);
-        pos += in_buf;
-        if (in_buf < len && !RecvAll(fd, r->buf.get() + in_buf, len - in_buf)) {
-          open = false;
-          break;
-        }
-      }
-      if (check.action != RequestCheck::Action::kExecute) {
-        EncodeReply(r, check.error, std::string(check.reason));
-        {
-          std::lock_guard lock(conn.mu);
-          conn.ready.push_back(r);
-        }
-        conn.cv.notify_one();
-        continue;
-      }
-      VolumeIo& io = r->io;
-      io.offset = r->h.offset;
-      io.length = len;
-      io.buf = r->buf.get();
-      io.ctx = r;
-      io.done = &OnDone;
-      switch (r->h.type) {
-        case kCmdRead:
-          io.op = VolumeOp::kRead;
-          break;
-        case kCmdWrite:
-          io.op = VolumeOp::kWrite;
-          break;
-        case kCmdFlush:
-          io.op = VolumeOp::kFlush;
-          break;
-        case kCmdTrim:
-          io.op = VolumeOp::kDiscard;
-          break;
-        default:
-          io.op = VolumeOp::kWriteZeroes;
-          break;
-      }
-      if (r->h.flags & kCmdFlagFua) io.flags |= kVolumeFua;
-      batch.push_back(r);
-    }
-    std::memmove(buf.data(), buf.data() + pos, have - pos);
-    have -= pos;
-    if (!batch.empty()) {
-      {
-        std::lock_guard lock(conn.mu);
-        conn.in_flight += batch.size();
-      }
-      // One hand-off per batch of requests read together.
-      reactor->Post([volume, reqs = batch] {
-        for (Req* r : reqs) volume->Submit(&r->io);
-      });
-      batch.clear();
-    }
-    if (!open) break;
-    const ssize_t n = recv(fd, buf.data() + have, buf.size() - have, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    have += static_cast<size_t>(n);
-  }
+  ServeRequests(conn, in);
   {
     std::lock_guard lock(conn.mu);
     conn.receiver_done = true;

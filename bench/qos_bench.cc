@@ -306,59 +306,268 @@ int BudgetStudy(Bench& b, uint64_t runtime_ns, const std::vector<uint32_t>& budg
   return 0;
 }
 
-int Main(int argc, char** argv) {
-  CLI::App app{
-      "Shale QoS benchmark: limits, bursts, overhead, weights and reservations through the volume "
-      "API"};
-  std::string dir = "/var/tmp/shale-qos-bench", volume_size_s = "1G", backend = "io_uring",
-              json_out, study;
+const Workload kRandRead4k{"randread-4k", true, true, 4096, 32};
+const Workload kRandWrite4k{"randwrite-4k", false, true, 4096, 32};
+
+// Overhead of QoS that does not limit: off / on (no settings) / on (limits never reached), on
+// volume a, alternating; prints the table and fills results["overhead"]. Returns the median
+// IOPS of random reads without QoS (the device's capacity).
+double OverheadSection(Bench& b, uint64_t rt, unsigned reps, json& results) {
+  json overhead = json::array();
+  double capacity = 0;
+  std::printf(
+      "\n## overhead: QoS on but not limiting vs off (same volume, alternating, %u reps)\n\n",
+      reps);
+  std::printf(
+      "| workload | off IOPS | on, no limits IOPS | on/off | on, limit not reached IOPS | on/off "
+      "| off p99 us | on p99 us |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  for (const Workload& w : {kRandRead4k, kRandWrite4k}) {
+    std::vector<double> off, on, onl, r_on, r_onl, p_off, p_on;
+    for (unsigned rep = 0; rep < reps; ++rep) {
+      // 0: QoS off (the Volume itself), 1: on without settings, 2: on with limits that are
+      // never reached (the limiter runs for every request). Order rotated per rep.
+      double iops[3] = {0, 0, 0}, p99[3] = {0, 0, 0};
+      for (unsigned k = 0; k < 3; ++k) {
+        const unsigned config = (rep + k) % 3;
+        Check(config == 2 ? b.qos->Set("a", {.iops = qos::kMaxIops, .bps = qos::kMaxBps})
+                          : b.qos->Set("a", {}),
+              "set");
+        VolumeLayer* target = config == 0 ? static_cast<VolumeLayer*>(&b.ha->volume())
+                                          : static_cast<VolumeLayer*>(b.qa.get());
+        Generator g(target, b.ha->reactor(), b.vsize, w);
+        g.Start(rt);
+        g.Wait();
+        iops[config] = g.iops();
+        p99[config] = g.p99_us();
+      }
+      off.push_back(iops[0]);
+      on.push_back(iops[1]);
+      onl.push_back(iops[2]);
+      r_on.push_back(iops[1] / iops[0]);
+      r_onl.push_back(iops[2] / iops[0]);
+      p_off.push_back(p99[0]);
+      p_on.push_back(p99[1]);
+      std::printf("# rep %u %s off %.0f on %.0f (%.3f) limited-high %.0f (%.3f)\n", rep + 1,
+                  w.name.c_str(), iops[0], iops[1], r_on.back(), iops[2], r_onl.back());
+      std::fflush(stdout);
+    }
+    if (w.read) capacity = Median(off);
+    std::printf("| %s QD%u | %.0f | %.0f | %.3f | %.0f | %.3f | %.0f | %.0f |\n", w.name.c_str(),
+                w.iodepth, Median(off), Median(on), Median(r_on), Median(onl), Median(r_onl),
+                Median(p_off), Median(p_on));
+    overhead.push_back({{"workload", w.name},
+                        {"off_iops", Median(off)},
+                        {"on_iops", Median(on)},
+                        {"on_ratio", Median(r_on)},
+                        {"on_limited_iops", Median(onl)},
+                        {"on_limited_ratio", Median(r_onl)}});
+  }
+  results["overhead"] = overhead;
+  Check(b.qos->Set("a", {}), "set");
+  return capacity;
+}
+
+// One limiter-accuracy measurement: `workload` on volume a through QoS with `settings`.
+struct AccuracyCase {
+  const char* kind;  // "iops" or "bps" (the JSON "limit")
+  QosSettings settings;
+  double limit;              // the limit set, in units per second
+  double units_per_request;  // 1 for an IOPS limit, the block size for a bandwidth limit
+  Workload workload;
+  std::string label;           // the table's "limit" column
+  const char* workload_label;  // the table's "workload" column
+};
+
+// Runs `c`, prints its table row, returns its JSON.
+json RunAccuracyCase(Bench& b, const AccuracyCase& c, uint64_t rt) {
+  Check(b.qos->Set("a", c.settings), "set");
+  Generator g(b.qa.get(), b.qa->reactor(), b.vsize, c.workload);
+  g.Start(rt);
+  g.Wait();
+  Accuracy a = Measure(g, c.limit, c.units_per_request, rt);
+  std::printf("| %s | %s | %.3f | %.3f..%.3f | %.3f / %.3f / %.3f |\n", c.label.c_str(),
+              c.workload_label, a.whole, a.w1_min, a.w1_max, a.w100_min, a.w100_med, a.w100_max);
+  return {{"limit", c.kind},       {"value", c.limit},   {"whole", a.whole},
+          {"w1_min", a.w1_min},    {"w1_max", a.w1_max}, {"w100_min", a.w100_min},
+          {"w100_max", a.w100_max}};
+}
+
+// Limiter accuracy of an IOPS and a bandwidth limit; prints the table and fills
+// results["accuracy"].
+void AccuracySection(Bench& b, double iops_limit, double bps_limit, uint64_t rt, json& results) {
+  std::printf("\n## limiter accuracy: delivered / limit (1.000 = exact)\n\n");
+  std::printf(
+      "| limit | workload | whole run | 1 s windows min..max | 100 ms windows min / median / max "
+      "|\n");
+  std::printf("|---|---|---|---|---|\n");
+  char iops_label[64];
+  std::snprintf(iops_label, sizeof(iops_label), "iops=%.0f", iops_limit);
+  json accuracy = json::array();
+  accuracy.push_back(RunAccuracyCase(b,
+                                     {.kind = "iops",
+                                      .settings = {.iops = static_cast<int64_t>(iops_limit)},
+                                      .limit = iops_limit,
+                                      .units_per_request = 1,
+                                      .workload = kRandRead4k,
+                                      .label = iops_label,
+                                      .workload_label = "randread 4K QD32"},
+                                     rt));
+  Check(b.qos->Set("a", {}), "set");
+  accuracy.push_back(RunAccuracyCase(b,
+                                     {.kind = "bps",
+                                      .settings = {.bps = static_cast<int64_t>(bps_limit)},
+                                      .limit = bps_limit,
+                                      .units_per_request = 128 * 1024,
+                                      .workload = {"randread-128k", true, true, 128 * 1024, 8},
+                                      .label = "bps=20 MiB/s",
+                                      .workload_label = "randread 128K QD8"},
+                                     rt));
+  results["accuracy"] = accuracy;
+}
+
+// Burst profile from full credit (base iops_limit / 4, burst iops_limit for 2 s), IOPS per
+// 250 ms window against the expected profile; prints the table and fills results["burst"].
+void BurstSection(Bench& b, double iops_limit, json& results) {
+  const int64_t base = static_cast<int64_t>(iops_limit / 4),
+                burst = static_cast<int64_t>(iops_limit);
+  const int64_t secs = 2;
+  Check(b.qos->Set("a", {}), "set");  // fresh buckets start full: as after a long idle
+  Check(b.qos->Set("a", {.iops = base, .burst_iops = burst, .burst_seconds = secs}), "set");
+  Generator g(b.qa.get(), b.qa->reactor(), b.vsize, kRandRead4k);
+  const uint64_t span = 3 * static_cast<uint64_t>(secs) * 1'000'000'000;
+  g.Start(span);
+  g.Wait();
+  auto win = g.Windows(250'000'000, span);
+  std::printf(
+      "\n## burst: iops=%lld burst_iops=%lld burst_seconds=%lld, from full credit (IOPS per 250 "
+      "ms "
+      "window)\n\n",
+      static_cast<long long>(base), static_cast<long long>(burst), static_cast<long long>(secs));
+  std::printf("| t (s) | IOPS | expected |\n|---|---|---|\n");
+  // Expected: B until the credit (B - r) * T + r * q runs out at T + r*q/(B - r), then r.
+  const double t_end = static_cast<double>(secs) +
+                       static_cast<double>(base) * 0.01 / static_cast<double>(burst - base);
+  json prof = json::array();
+  double burst_sum = 0, base_sum = 0;
+  int burst_n = 0, base_n = 0;
+  for (size_t i = 0; i < win.size(); ++i) {
+    const double t0 = static_cast<double>(i) * 0.25;
+    const double iops = static_cast<double>(win[i]) * 4;
+    const double expected = t0 + 0.25 <= t_end ? static_cast<double>(burst)
+                                               : (t0 >= t_end ? static_cast<double>(base) : -1);
+    if (expected == static_cast<double>(burst)) burst_sum += iops, ++burst_n;
+    if (expected == static_cast<double>(base)) base_sum += iops, ++base_n;
+    std::printf(
+        "| %.2f | %.0f | %s |\n", t0, iops,
+        expected < 0 ? "transition" : std::to_string(static_cast<int64_t>(expected)).c_str());
+    prof.push_back({{"t", t0}, {"iops", iops}});
+  }
+  std::printf("\nburst phase: %.3f of B; base phase: %.3f of r\n",
+              burst_sum / burst_n / static_cast<double>(burst),
+              base_sum / base_n / static_cast<double>(base));
+  results["burst"] = {{"profile", prof},
+                      {"burst_ratio", burst_sum / burst_n / static_cast<double>(burst)},
+                      {"base_ratio", base_sum / base_n / static_cast<double>(base)}};
+  Check(b.qos->Set("a", {}), "set");
+}
+
+// Weights and reservation, two volumes saturating the pool. Rounds of: no QoS; weights 3:1; a
+// weight 1 vs b weight 10000; the same with a reserving 30% of what the pool delivered under QoS
+// in the first round. Prints the medians over the rounds and fills results["sharing"].
+void SharingSection(Bench& b, unsigned reps, uint64_t rt, json& results) {
+  const unsigned rounds = std::max(1u, std::min(reps, 3u));
+  std::printf(
+      "\n## sharing the pool: two volumes, 4 KiB random reads at QD 32 each, default budget %u "
+      "(medians of %u rounds)\n\n",
+      qos::kDefaultPoolBudget, rounds);
+  std::vector<double> raw_a, raw_b, w_a, w_b, w_ratio, n_a, n_b, r_a, r_b;
+  int64_t reservation = 0;
+  for (unsigned round = 0; round < rounds; ++round) {
+    Check(b.qos->Set("a", {}), "set");
+    Check(b.qos->Set("b", {}), "set");
+    Pair raw = RunPair(&b.ha->volume(), b.ha->reactor(), &b.hb->volume(), b.hb->reactor(), b.vsize,
+                       kRandRead4k, rt);
+    Check(b.qos->Set("a", {.weight = 300}), "set");
+    Check(b.qos->Set("b", {.weight = 100}), "set");
+    Pair p =
+        RunPair(b.qa.get(), b.qa->reactor(), b.qb.get(), b.qb->reactor(), b.vsize, kRandRead4k, rt);
+    PrintStats(*b.qos, "a");
+    PrintStats(*b.qos, "b");
+    if (round == 0) reservation = static_cast<int64_t>((p.a + p.b) * 0.3 / 100) * 100;
+    Check(b.qos->Set("a", {.weight = 1}), "set");
+    Check(b.qos->Set("b", {.weight = 10000}), "set");
+    Pair nores =
+        RunPair(b.qa.get(), b.qa->reactor(), b.qb.get(), b.qb->reactor(), b.vsize, kRandRead4k, rt);
+    Check(b.qos->Set("a", {.weight = 1, .reservation_iops = reservation}), "set");
+    Pair res =
+        RunPair(b.qa.get(), b.qa->reactor(), b.qb.get(), b.qb->reactor(), b.vsize, kRandRead4k, rt);
+    PrintStats(*b.qos, "a");
+    PrintStats(*b.qos, "b");
+    raw_a.push_back(raw.a);
+    raw_b.push_back(raw.b);
+    w_a.push_back(p.a);
+    w_b.push_back(p.b);
+    w_ratio.push_back(p.a / p.b);
+    n_a.push_back(nores.a);
+    n_b.push_back(nores.b);
+    r_a.push_back(res.a);
+    r_b.push_back(res.b);
+    std::printf(
+        "# round %u: no QoS %.0f/%.0f; weights %.0f/%.0f (%.2f); 1:10000 %.0f/%.0f; reserved "
+        "%.0f/%.0f (%.3f of %lld)\n",
+        round + 1, raw.a, raw.b, p.a, p.b, p.a / p.b, nores.a, nores.b, res.a, res.b,
+        res.a / static_cast<double>(reservation), static_cast<long long>(reservation));
+    std::fflush(stdout);
+  }
+  const double res_d = static_cast<double>(reservation);
+  std::vector<double> r_ratio, n_ratio;
+  for (double x : r_a) r_ratio.push_back(x / res_d);
+  for (double x : n_a) n_ratio.push_back(x / res_d);
+  std::printf("\n| setting | a IOPS | b IOPS | result | target |\n|---|---|---|---|---|\n");
+  std::printf("| no QoS | %.0f | %.0f | a/b = %.2f | - |\n", Median(raw_a), Median(raw_b),
+              Median(raw_a) / Median(raw_b));
+  std::printf("| weights 300:100 | %.0f | %.0f | a/b = %.2f | 3.00 |\n", Median(w_a), Median(w_b),
+              Median(w_ratio));
+  std::printf("| a weight 1, b weight 10000 | %.0f | %.0f | a = %.3f of %lld | - |\n", Median(n_a),
+              Median(n_b), Median(n_ratio), static_cast<long long>(reservation));
+  std::printf("| + a reservation %lld | %.0f | %.0f | a = %.3f of reservation | >= 0.90 |\n",
+              static_cast<long long>(reservation), Median(r_a), Median(r_b), Median(r_ratio));
+  results["sharing"] = {{"weight_ratio", Median(w_ratio)},
+                        {"reservation", reservation},
+                        {"reserved_ratio", Median(r_ratio)},
+                        {"unreserved_ratio", Median(n_ratio)}};
+  Check(b.qos->Set("a", {}), "set");
+  Check(b.qos->Set("b", {}), "set");
+}
+
+// The command line; the defaults are the ones --help shows.
+struct Options {
+  std::string dir = "/var/tmp/shale-qos-bench", volume_size = "1G", backend = "io_uring", json_out,
+              study, device = "file";
   unsigned runtime = 3, reps = 5, reactors = 2;
-  app.add_option("--dir", dir, "work directory (pool file and metadata; removed at the end)");
-  app.add_option("--volume-size", volume_size_s,
-                 "size of each of the two volumes (preconditioned fully)");
-  app.add_option("--runtime", runtime, "seconds per measurement");
-  app.add_option("--reps", reps, "repetitions of the overhead measurement (median of ratios)");
-  app.add_option("--reactors", reactors,
-                 "engine reactors (2: the two volumes live on different reactors)");
-  app.add_option("--io-backend", backend, "io_uring or libaio");
-  std::string device = "file";
-  app.add_option("--device", device,
-                 "file (a pool file on disk) or memory (an in-memory device: the run is CPU-bound, "
-                 "which isolates QoS's CPU cost per request)");
-  app.add_option("--study", study, "run a study instead: budget");
   std::vector<uint32_t> budgets = {8, 16, 32, 64, 128};
   unsigned study_qd = 32;
-  app.add_option("--study-qd", study_qd, "budget study: queue depth of each of the two volumes");
-  app.add_option("--budgets", budgets, "budget study: budgets to measure")->delimiter(',');
   std::vector<std::string> sections = {"overhead", "accuracy", "burst", "sharing"};
-  app.add_option("--sections", sections, "subset of overhead accuracy burst sharing")
-      ->delimiter(',');
-  app.add_option("--json", json_out, "also write results as JSON to this file");
-  app.add_flag("--verbose", g_verbose, "print QoS stats of both volumes after each sharing run");
-  CLI11_PARSE(app, argc, argv);
-  auto vsize = ParseSize(volume_size_s);
-  auto be = ParseIoBackend(backend);
-  if (!vsize.ok() || !be.ok()) {
-    std::fprintf(stderr, "bad option\n");
-    return 2;
-  }
-  log::Init("warn");
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  Bench b;
-  b.vsize = *vsize;
+};
+
+// Opens an engine on a fresh opt.dir with pool "bench" and volumes a and b of b.vsize (raw and
+// through QoS), preconditioned by a sequential fill. 2 for a bad --device; exits on other errors.
+int OpenBench(const Options& opt, IoBackend backend, Bench& b) {
+  fs::remove_all(opt.dir);
+  fs::create_directories(opt.dir);
   EngineOptions o;
-  o.data_dir = dir + "/data";
+  o.data_dir = opt.dir + "/data";
   o.create_default_pool = false;
-  o.device.backend = *be;
-  o.reactors = reactors;
+  o.device.backend = backend;
+  o.reactors = opt.reactors;
   const uint64_t pool_size = 2 * b.vsize + b.vsize / 4 + 64 * kMiB;
-  if (device == "memory") {
+  if (opt.device == "memory") {
     auto mem = std::make_shared<MemoryDevice>(pool_size);
     o.device_factory = [mem](const std::string&) -> Result<std::shared_ptr<BlockDevice>> {
       return std::shared_ptr<BlockDevice>(mem);
     };
-  } else if (device != "file") {
+  } else if (opt.device != "file") {
     std::fprintf(stderr, "--device must be file or memory\n");
     return 2;
   }
@@ -366,7 +575,7 @@ int Main(int argc, char** argv) {
   Check(engine.ok() ? Status::Ok() : engine.status(), "open engine");
   b.engine = std::move(engine).value();
   auto pool = b.engine->CreatePool(
-      {.name = "bench", .device_path = dir + "/pool.img", .size_bytes = pool_size});
+      {.name = "bench", .device_path = opt.dir + "/pool.img", .size_bytes = pool_size});
   Check(pool.ok() ? Status::Ok() : pool.status(), "create pool");
   for (const char* n : {"a", "b"}) {
     auto v = b.engine->CreateVolume({.name = n, .size_bytes = b.vsize, .pool = "bench"});
@@ -386,256 +595,11 @@ int Main(int argc, char** argv) {
     fill.Start(0, b.vsize / kMiB);
     fill.Wait();
   }
-  const uint64_t rt = static_cast<uint64_t>(runtime) * 1'000'000'000;
-  const Workload rr4k{"randread-4k", true, true, 4096, 32};
-  const Workload rw4k{"randwrite-4k", false, true, 4096, 32};
-  json results;
-  if (study == "budget") {
-    json rows = json::array();
-    int rc = BudgetStudy(b, rt, budgets, study_qd, reps, rows);
-    results["budget_study"] = rows;
-    if (!json_out.empty()) std::ofstream(json_out) << results.dump(2) << "\n";
-    b.qa.reset();
-    b.qb.reset();
-    b.ha.reset();
-    b.hb.reset();
-    b.qos.reset();
-    b.engine.reset();
-    fs::remove_all(dir);
-    return rc;
-  }
-  if (!study.empty()) {
-    std::fprintf(stderr, "unknown study %s\n", study.c_str());
-    return 2;
-  }
+  return 0;
+}
 
-  auto want = [&](const char* name) {
-    return std::find(sections.begin(), sections.end(), name) != sections.end();
-  };
-  json overhead = json::array();
-  double capacity = 0;
-  // --- Overhead of QoS that does not limit: off / on (no settings) / on (limits never reached) ---
-  if (want("overhead")) {
-    std::printf(
-        "\n## overhead: QoS on but not limiting vs off (same volume, alternating, %u reps)\n\n",
-        reps);
-    std::printf(
-        "| workload | off IOPS | on, no limits IOPS | on/off | on, limit not reached IOPS | on/off "
-        "| off p99 us | on p99 us |\n");
-    std::printf("|---|---|---|---|---|---|---|---|\n");
-    for (const Workload& w : {rr4k, rw4k}) {
-      std::vector<double> off, on, onl, r_on, r_onl, p_off, p_on;
-      for (unsigned rep = 0; rep < reps; ++rep) {
-        // 0: QoS off (the Volume itself), 1: on without settings, 2: on with limits that are
-        // never reached (the limiter runs for every request). Order rotated per rep.
-        double iops[3] = {0, 0, 0}, p99[3] = {0, 0, 0};
-        for (unsigned k = 0; k < 3; ++k) {
-          const unsigned config = (rep + k) % 3;
-          Check(config == 2 ? b.qos->Set("a", {.iops = qos::kMaxIops, .bps = qos::kMaxBps})
-                            : b.qos->Set("a", {}),
-                "set");
-          VolumeLayer* target = config == 0 ? static_cast<VolumeLayer*>(&b.ha->volume())
-                                            : static_cast<VolumeLayer*>(b.qa.get());
-          Generator g(target, b.ha->reactor(), b.vsize, w);
-          g.Start(rt);
-          g.Wait();
-          iops[config] = g.iops();
-          p99[config] = g.p99_us();
-        }
-        off.push_back(iops[0]);
-        on.push_back(iops[1]);
-        onl.push_back(iops[2]);
-        r_on.push_back(iops[1] / iops[0]);
-        r_onl.push_back(iops[2] / iops[0]);
-        p_off.push_back(p99[0]);
-        p_on.push_back(p99[1]);
-        std::printf("# rep %u %s off %.0f on %.0f (%.3f) limited-high %.0f (%.3f)\n", rep + 1,
-                    w.name.c_str(), iops[0], iops[1], r_on.back(), iops[2], r_onl.back());
-        std::fflush(stdout);
-      }
-      if (w.read) capacity = Median(off);
-      std::printf("| %s QD%u | %.0f | %.0f | %.3f | %.0f | %.3f | %.0f | %.0f |\n", w.name.c_str(),
-                  w.iodepth, Median(off), Median(on), Median(r_on), Median(onl), Median(r_onl),
-                  Median(p_off), Median(p_on));
-      overhead.push_back({{"workload", w.name},
-                          {"off_iops", Median(off)},
-                          {"on_iops", Median(on)},
-                          {"on_ratio", Median(r_on)},
-                          {"on_limited_iops", Median(onl)},
-                          {"on_limited_ratio", Median(r_onl)}});
-    }
-    results["overhead"] = overhead;
-    Check(b.qos->Set("a", {}), "set");
-  }
-  if (capacity == 0) {  // the limits below are chosen against the device's capacity
-    Generator g(&b.ha->volume(), b.ha->reactor(), b.vsize, rr4k);
-    g.Start(rt);
-    g.Wait();
-    capacity = g.iops();
-  }
-  std::printf("\n# randread 4K QD32 without QoS: %.0f IOPS (limits below are set from it)\n",
-              capacity);
-
-  // --- Limiter accuracy ---
-  const double iops_limit = std::max(500.0, std::min(5000.0, std::floor(capacity / 4 / 100) * 100));
-  const double bps_limit = 20.0 * kMiB;
-  if (want("accuracy")) {
-    std::printf("\n## limiter accuracy: delivered / limit (1.000 = exact)\n\n");
-    std::printf(
-        "| limit | workload | whole run | 1 s windows min..max | 100 ms windows min / median / max "
-        "|\n");
-    std::printf("|---|---|---|---|---|\n");
-    json accuracy = json::array();
-    {
-      Check(b.qos->Set("a", {.iops = static_cast<int64_t>(iops_limit)}), "set");
-      Generator g(b.qa.get(), b.qa->reactor(), b.vsize, rr4k);
-      g.Start(rt);
-      g.Wait();
-      Accuracy a = Measure(g, iops_limit, 1, rt);
-      std::printf("| iops=%.0f | randread 4K QD32 | %.3f | %.3f..%.3f | %.3f / %.3f / %.3f |\n",
-                  iops_limit, a.whole, a.w1_min, a.w1_max, a.w100_min, a.w100_med, a.w100_max);
-      accuracy.push_back({{"limit", "iops"},
-                          {"value", iops_limit},
-                          {"whole", a.whole},
-                          {"w1_min", a.w1_min},
-                          {"w1_max", a.w1_max},
-                          {"w100_min", a.w100_min},
-                          {"w100_max", a.w100_max}});
-    }
-    {
-      Check(b.qos->Set("a", {}), "set");
-      Check(b.qos->Set("a", {.bps = static_cast<int64_t>(bps_limit)}), "set");
-      const Workload rr128k{"randread-128k", true, true, 128 * 1024, 8};
-      Generator g(b.qa.get(), b.qa->reactor(), b.vsize, rr128k);
-      g.Start(rt);
-      g.Wait();
-      Accuracy a = Measure(g, bps_limit, 128 * 1024, rt);
-      std::printf("| bps=20 MiB/s | randread 128K QD8 | %.3f | %.3f..%.3f | %.3f / %.3f / %.3f |\n",
-                  a.whole, a.w1_min, a.w1_max, a.w100_min, a.w100_med, a.w100_max);
-      accuracy.push_back({{"limit", "bps"},
-                          {"value", bps_limit},
-                          {"whole", a.whole},
-                          {"w1_min", a.w1_min},
-                          {"w1_max", a.w1_max},
-                          {"w100_min", a.w100_min},
-                          {"w100_max", a.w100_max}});
-    }
-    results["accuracy"] = accuracy;
-  }
-
-  // --- Burst profile ---
-  if (want("burst")) {
-    const int64_t base = static_cast<int64_t>(iops_limit / 4),
-                  burst = static_cast<int64_t>(iops_limit);
-    const int64_t secs = 2;
-    Check(b.qos->Set("a", {}), "set");  // fresh buckets start full: as after a long idle
-    Check(b.qos->Set("a", {.iops = base, .burst_iops = burst, .burst_seconds = secs}), "set");
-    Generator g(b.qa.get(), b.qa->reactor(), b.vsize, rr4k);
-    const uint64_t span = 3 * static_cast<uint64_t>(secs) * 1'000'000'000;
-    g.Start(span);
-    g.Wait();
-    auto win = g.Windows(250'000'000, span);
-    std::printf(
-        "\n## burst: iops=%lld burst_iops=%lld burst_seconds=%lld, from full credit (IOPS per 250 "
-        "ms "
-        "window)\n\n",
-        static_cast<long long>(base), static_cast<long long>(burst), static_cast<long long>(secs));
-    std::printf("| t (s) | IOPS | expected |\n|---|---|---|\n");
-    // Expected: B until the credit (B - r) * T + r * q runs out at T + r*q/(B - r), then r.
-    const double t_end = static_cast<double>(secs) +
-                         static_cast<double>(base) * 0.01 / static_cast<double>(burst - base);
-    json prof = json::array();
-    double burst_sum = 0, base_sum = 0;
-    int burst_n = 0, base_n = 0;
-    for (size_t i = 0; i < win.size(); ++i) {
-      const double t0 = static_cast<double>(i) * 0.25;
-      const double iops = static_cast<double>(win[i]) * 4;
-      const double expected = t0 + 0.25 <= t_end ? static_cast<double>(burst)
-                                                 : (t0 >= t_end ? static_cast<double>(base) : -1);
-      if (expected == static_cast<double>(burst)) burst_sum += iops, ++burst_n;
-      if (expected == static_cast<double>(base)) base_sum += iops, ++base_n;
-      std::printf(
-          "| %.2f | %.0f | %s |\n", t0, iops,
-          expected < 0 ? "transition" : std::to_string(static_cast<int64_t>(expected)).c_str());
-      prof.push_back({{"t", t0}, {"iops", iops}});
-    }
-    std::printf("\nburst phase: %.3f of B; base phase: %.3f of r\n",
-                burst_sum / burst_n / static_cast<double>(burst),
-                base_sum / base_n / static_cast<double>(base));
-    results["burst"] = {{"profile", prof},
-                        {"burst_ratio", burst_sum / burst_n / static_cast<double>(burst)},
-                        {"base_ratio", base_sum / base_n / static_cast<double>(base)}};
-    Check(b.qos->Set("a", {}), "set");
-  }
-
-  // --- Weights and reservation, two volumes saturating the pool ---
-  if (want("sharing")) {
-    // Rounds of: no QoS; weights 3:1; a weight 1 vs b weight 10000; the same with a reserving
-    // 30% of what the pool delivered under QoS in the first round. Medians over the rounds.
-    const unsigned rounds = std::max(1u, std::min(reps, 3u));
-    std::printf(
-        "\n## sharing the pool: two volumes, 4 KiB random reads at QD 32 each, default budget %u "
-        "(medians of %u rounds)\n\n",
-        qos::kDefaultPoolBudget, rounds);
-    std::vector<double> raw_a, raw_b, w_a, w_b, w_ratio, n_a, n_b, r_a, r_b;
-    int64_t reservation = 0;
-    for (unsigned round = 0; round < rounds; ++round) {
-      Check(b.qos->Set("a", {}), "set");
-      Check(b.qos->Set("b", {}), "set");
-      Pair raw = RunPair(&b.ha->volume(), b.ha->reactor(), &b.hb->volume(), b.hb->reactor(),
-                         b.vsize, rr4k, rt);
-      Check(b.qos->Set("a", {.weight = 300}), "set");
-      Check(b.qos->Set("b", {.weight = 100}), "set");
-      Pair p = RunPair(b.qa.get(), b.qa->reactor(), b.qb.get(), b.qb->reactor(), b.vsize, rr4k, rt);
-      PrintStats(*b.qos, "a");
-      PrintStats(*b.qos, "b");
-      if (round == 0) reservation = static_cast<int64_t>((p.a + p.b) * 0.3 / 100) * 100;
-      Check(b.qos->Set("a", {.weight = 1}), "set");
-      Check(b.qos->Set("b", {.weight = 10000}), "set");
-      Pair nores =
-          RunPair(b.qa.get(), b.qa->reactor(), b.qb.get(), b.qb->reactor(), b.vsize, rr4k, rt);
-      Check(b.qos->Set("a", {.weight = 1, .reservation_iops = reservation}), "set");
-      Pair res =
-          RunPair(b.qa.get(), b.qa->reactor(), b.qb.get(), b.qb->reactor(), b.vsize, rr4k, rt);
-      PrintStats(*b.qos, "a");
-      PrintStats(*b.qos, "b");
-      raw_a.push_back(raw.a);
-      raw_b.push_back(raw.b);
-      w_a.push_back(p.a);
-      w_b.push_back(p.b);
-      w_ratio.push_back(p.a / p.b);
-      n_a.push_back(nores.a);
-      n_b.push_back(nores.b);
-      r_a.push_back(res.a);
-      r_b.push_back(res.b);
-      std::printf(
-          "# round %u: no QoS %.0f/%.0f; weights %.0f/%.0f (%.2f); 1:10000 %.0f/%.0f; reserved "
-          "%.0f/%.0f (%.3f of %lld)\n",
-          round + 1, raw.a, raw.b, p.a, p.b, p.a / p.b, nores.a, nores.b, res.a, res.b,
-          res.a / static_cast<double>(reservation), static_cast<long long>(reservation));
-      std::fflush(stdout);
-    }
-    const double res_d = static_cast<double>(reservation);
-    std::vector<double> r_ratio, n_ratio;
-    for (double x : r_a) r_ratio.push_back(x / res_d);
-    for (double x : n_a) n_ratio.push_back(x / res_d);
-    std::printf("\n| setting | a IOPS | b IOPS | result | target |\n|---|---|---|---|---|\n");
-    std::printf("| no QoS | %.0f | %.0f | a/b = %.2f | - |\n", Median(raw_a), Median(raw_b),
-                Median(raw_a) / Median(raw_b));
-    std::printf("| weights 300:100 | %.0f | %.0f | a/b = %.2f | 3.00 |\n", Median(w_a), Median(w_b),
-                Median(w_ratio));
-    std::printf("| a weight 1, b weight 10000 | %.0f | %.0f | a = %.3f of %lld | - |\n",
-                Median(n_a), Median(n_b), Median(n_ratio), static_cast<long long>(reservation));
-    std::printf("| + a reservation %lld | %.0f | %.0f | a = %.3f of reservation | >= 0.90 |\n",
-                static_cast<long long>(reservation), Median(r_a), Median(r_b), Median(r_ratio));
-    results["sharing"] = {{"weight_ratio", Median(w_ratio)},
-                          {"reservation", reservation},
-                          {"reserved_ratio", Median(r_ratio)},
-                          {"unreserved_ratio", Median(n_ratio)}};
-    Check(b.qos->Set("a", {}), "set");
-    Check(b.qos->Set("b", {}), "set");
-  }
-  if (!json_out.empty()) std::ofstream(json_out) << results.dump(2) << "\n";
+// Closes the volumes, QoS and the engine, and removes `dir`.
+void CloseBench(Bench& b, const std::string& dir) {
   b.qa.reset();
   b.qb.reset();
   b.ha.reset();
@@ -643,6 +607,77 @@ int Main(int argc, char** argv) {
   b.qos.reset();
   b.engine.reset();
   fs::remove_all(dir);
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{
+      "Shale QoS benchmark: limits, bursts, overhead, weights and reservations through the volume "
+      "API"};
+  Options opt;
+  app.add_option("--dir", opt.dir, "work directory (pool file and metadata; removed at the end)");
+  app.add_option("--volume-size", opt.volume_size,
+                 "size of each of the two volumes (preconditioned fully)");
+  app.add_option("--runtime", opt.runtime, "seconds per measurement");
+  app.add_option("--reps", opt.reps, "repetitions of the overhead measurement (median of ratios)");
+  app.add_option("--reactors", opt.reactors,
+                 "engine reactors (2: the two volumes live on different reactors)");
+  app.add_option("--io-backend", opt.backend, "io_uring or libaio");
+  app.add_option("--device", opt.device,
+                 "file (a pool file on disk) or memory (an in-memory device: the run is CPU-bound, "
+                 "which isolates QoS's CPU cost per request)");
+  app.add_option("--study", opt.study, "run a study instead: budget");
+  app.add_option("--study-qd", opt.study_qd,
+                 "budget study: queue depth of each of the two volumes");
+  app.add_option("--budgets", opt.budgets, "budget study: budgets to measure")->delimiter(',');
+  app.add_option("--sections", opt.sections, "subset of overhead accuracy burst sharing")
+      ->delimiter(',');
+  app.add_option("--json", opt.json_out, "also write results as JSON to this file");
+  app.add_flag("--verbose", g_verbose, "print QoS stats of both volumes after each sharing run");
+  CLI11_PARSE(app, argc, argv);
+  auto vsize = ParseSize(opt.volume_size);
+  auto be = ParseIoBackend(opt.backend);
+  if (!vsize.ok() || !be.ok()) {
+    std::fprintf(stderr, "bad option\n");
+    return 2;
+  }
+  log::Init("warn");
+  Bench b;
+  b.vsize = *vsize;
+  if (int rc = OpenBench(opt, *be, b); rc != 0) return rc;
+  const uint64_t rt = static_cast<uint64_t>(opt.runtime) * 1'000'000'000;
+  json results;
+  if (opt.study == "budget") {
+    json rows = json::array();
+    int rc = BudgetStudy(b, rt, opt.budgets, opt.study_qd, opt.reps, rows);
+    results["budget_study"] = rows;
+    if (!opt.json_out.empty()) std::ofstream(opt.json_out) << results.dump(2) << "\n";
+    CloseBench(b, opt.dir);
+    return rc;
+  }
+  if (!opt.study.empty()) {
+    std::fprintf(stderr, "unknown study %s\n", opt.study.c_str());
+    return 2;
+  }
+
+  auto want = [&](const char* name) {
+    return std::find(opt.sections.begin(), opt.sections.end(), name) != opt.sections.end();
+  };
+  double capacity = want("overhead") ? OverheadSection(b, rt, opt.reps, results) : 0;
+  if (capacity == 0) {  // the limits below are chosen against the device's capacity
+    Generator g(&b.ha->volume(), b.ha->reactor(), b.vsize, kRandRead4k);
+    g.Start(rt);
+    g.Wait();
+    capacity = g.iops();
+  }
+  std::printf("\n# randread 4K QD32 without QoS: %.0f IOPS (limits below are set from it)\n",
+              capacity);
+  const double iops_limit = std::max(500.0, std::min(5000.0, std::floor(capacity / 4 / 100) * 100));
+  const double bps_limit = 20.0 * kMiB;
+  if (want("accuracy")) AccuracySection(b, iops_limit, bps_limit, rt, results);
+  if (want("burst")) BurstSection(b, iops_limit, results);
+  if (want("sharing")) SharingSection(b, opt.reps, rt, results);
+  if (!opt.json_out.empty()) std::ofstream(opt.json_out) << results.dump(2) << "\n";
+  CloseBench(b, opt.dir);
   return 0;
 }
 

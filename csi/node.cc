@@ -2,8 +2,8 @@
 // (kernel nbd where the host has it, else nbdfuse, on the daemon's NBD UNIX socket; a loop
 // device on top limits it to the CSI capacity), format it if blank, mount it at the
 // staging path, bind-mount it to each target. Everything done is written to a small JSON state
-// file per volume (<data-dir>/csi/node/<volume>.json) before the next step, so that unstaging
-// after a daemon restart still knows what to undo.
+// file per volume (<data-dir>/csi/node/<volume>.json, node_state.h) before the next step, so that
+// unstaging after a daemon restart still knows what to undo.
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
@@ -17,8 +17,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <map>
-#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
@@ -26,6 +24,7 @@
 #include "csi/driver.h"
 #include "csi/driver_internal.h"
 #include "csi/exec.h"
+#include "csi/node_state.h"
 #include "csi/params.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
@@ -40,135 +39,6 @@ namespace {
 constexpr auto kAttachTimeout = std::chrono::seconds(20);
 constexpr auto kMkfsTimeout = std::chrono::minutes(5);
 constexpr auto kToolTimeout = std::chrono::seconds(60);
-
-// What a staged volume is made of; persisted as JSON.
-struct NodeState {
-  std::string volume;
-  std::string staging;
-  AttachMethod method = AttachMethod::kNbdfuseLoop;
-  std::string attach_dir;  // nbdfuse mount point; the device file is attach_dir + "/nbd"
-  std::string nbd_device;  // kernel nbd: /dev/nbdN
-  int pid = 0;             // nbdfuse; kernel nbd: the client pid in /sys/block/nbdN/pid
-  std::string loop;        // /dev/loopN
-  bool block = false;
-  std::string fs_type;
-  bool read_only = false;
-  uint64_t capacity = 0;
-  std::string capability;  // CapabilityKey it was staged with ("" in older state files)
-  std::map<std::string, std::string> targets;  // target path -> PublishKey ("" = unknown)
-};
-
-nlohmann::json ToJson(const NodeState& s) {
-  return {{"volume", s.volume},
-          {"staging", s.staging},
-          {"method", std::string(AttachMethodName(s.method))},
-          {"attach_dir", s.attach_dir},
-          {"nbd_device", s.nbd_device},
-          {"pid", s.pid},
-          {"loop", s.loop},
-          {"block", s.block},
-          {"fs_type", s.fs_type},
-          {"read_only", s.read_only},
-          {"capacity", s.capacity},
-          {"capability", s.capability},
-          {"targets", s.targets}};
-}
-
-std::optional<NodeState> FromJson(const nlohmann::json& j) {
-  if (!j.is_object()) return std::nullopt;
-  NodeState s;
-  auto str = [&j](const char* k) {
-    return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : std::string();
-  };
-  s.volume = str("volume");
-  s.staging = str("staging");
-  s.attach_dir = str("attach_dir");
-  s.nbd_device = str("nbd_device");
-  s.loop = str("loop");
-  s.fs_type = str("fs_type");
-  s.capability = str("capability");
-  std::optional<AttachMethod> method = ParseAttachMethod(str("method"));
-  if (!method) return std::nullopt;  // written by a newer driver: do not guess how to undo it
-  s.method = *method;
-  if (j.contains("pid") && j["pid"].is_number_integer()) s.pid = j["pid"].get<int>();
-  if (j.contains("block") && j["block"].is_boolean()) s.block = j["block"].get<bool>();
-  if (j.contains("read_only") && j["read_only"].is_boolean()) {
-    s.read_only = j["read_only"].get<bool>();
-  }
-  if (j.contains("capacity") && j["capacity"].is_number_unsigned()) {
-    s.capacity = j["capacity"].get<uint64_t>();
-  }
-  if (j.contains("targets") && j["targets"].is_object()) {
-    for (const auto& [target, key] : j["targets"].items()) {
-      s.targets[target] = key.is_string() ? key.get<std::string>() : std::string();
-    }
-  } else if (j.contains("targets") && j["targets"].is_array()) {  // older state files
-    for (const auto& t : j["targets"]) {
-      if (t.is_string()) s.targets[t.get<std::string>()] = "";
-    }
-  }
-  if (s.volume.empty()) return std::nullopt;
-  return s;
-}
-
-// The whole (small) file, "" if unreadable. POSIX read: iostreams' buffer iterators trip
-// -Wnull-dereference in libstdc++ 12.
-std::string ReadSmallFile(const std::string& path) {
-  std::string out;
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0 && out.size() < (1 << 20)) {
-    out.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  return out;
-}
-
-std::string StateDir(const DriverOptions& o) { return o.data_dir + "/csi/node"; }
-std::string StatePath(const DriverOptions& o, const std::string& volume) {
-  return StateDir(o) + "/" + volume + ".json";
-}
-std::string AttachDir(const DriverOptions& o, const std::string& volume) {
-  return o.data_dir + "/csi/attach/" + volume;
-}
-
-std::optional<NodeState> LoadState(const DriverOptions& o, const std::string& volume) {
-  const std::string text = ReadSmallFile(StatePath(o, volume));
-  if (text.empty()) return std::nullopt;
-  return FromJson(nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false));
-}
-
-// Write-then-rename, synced: a crash leaves the old or the new state, never half of one.
-Status SaveState(const DriverOptions& o, const NodeState& s) {
-  std::error_code ec;
-  fs::create_directories(StateDir(o), ec);
-  if (ec) return Status::FromErrno(ec.value(), "create " + StateDir(o));
-  const std::string path = StatePath(o, s.volume);
-  const std::string tmp = path + ".tmp";
-  const std::string text = ToJson(s).dump(2);
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::FromErrno(errno, "write " + tmp);
-  const bool ok =
-      write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && fsync(fd) == 0;
-  const int err = errno;
-  close(fd);
-  if (!ok) return Status::FromErrno(err, "write " + tmp);
-  if (rename(tmp.c_str(), path.c_str()) != 0) return Status::FromErrno(errno, "rename " + path);
-  return Status::Ok();
-}
-
-void RemoveState(const DriverOptions& o, const std::string& volume) {
-  std::error_code ec;
-  fs::remove(StatePath(o, volume), ec);
-}
-
-// The state of a staged volume `id`; nullopt when it is not staged here (or not a valid name).
-std::optional<NodeState> LoadStaged(const DriverOptions& o, const std::string& id) {
-  if (!ValidateName("volume", id).ok()) return std::nullopt;
-  return LoadState(o, id);
-}
 
 grpc::Status NotStaged(const std::string& id) {
   return grpc::Status(grpc::StatusCode::NOT_FOUND, "volume " + id + " is not staged on this node");
@@ -386,6 +256,191 @@ Result<uint64_t> AttachedSize(const NodeState& s) {
   return size;
 }
 
+// The filesystem a mount capability asks for: its fs_type, else the volume context's fsType
+// (the StorageClass parameter), else ext4; "" for block access.
+std::string RequestedFsType(const v1::NodeStageVolumeRequest& request) {
+  const auto& cap = request.volume_capability();
+  if (cap.has_block()) return "";
+  if (!cap.mount().fs_type().empty()) return cap.mount().fs_type();
+  auto it = request.volume_context().find("fsType");
+  return it != request.volume_context().end() && !it->second.empty() ? it->second : "ext4";
+}
+
+// The stage `existing` recorded for `volume`: OK for a retry of a complete one, ALREADY_EXISTS
+// for another path or capability, nullopt after undoing a half-done one (crash, restart) so that
+// the caller starts over.
+std::optional<grpc::Status> ResumeStage(const DriverOptions& o, const std::string& volume,
+                                        const NodeState& existing, const std::string& staging,
+                                        bool block, const std::string& capability) {
+  if (Canonical(existing.staging) != Canonical(staging)) {
+    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                        "volume " + volume + " is staged at " + existing.staging);
+  }
+  if (existing.block != block ||
+      (!existing.capability.empty() && existing.capability != capability)) {
+    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                        "volume " + volume + " is staged at " + staging +
+                            " with another capability (" + existing.capability + ")");
+  }
+  if (block || IsMountPoint(staging)) return grpc::Status::OK;  // already done
+  if (Status st = Detach(existing); !st.ok()) return ToGrpc(st);
+  RemoveState(o, volume);
+  return std::nullopt;
+}
+
+// Undoes a failed stage as far as `s` records it (keeping the state file when the undo is
+// incomplete, for unstage to finish) and returns `error`.
+grpc::Status FailStage(const DriverOptions& o, const NodeState& s, const Status& error) {
+  Status undone = Detach(s);
+  if (!undone.ok()) {
+    SHALE_LOG_WARN("csi: cleanup after a failed stage was incomplete", {"volume", s.volume},
+                   {"error", undone.ToString()});
+  } else {
+    RemoveState(o, s.volume);
+  }
+  return ToGrpc(error);
+}
+
+// Records `s` after `step`: each step is saved before the next, so that a failure or a restart
+// knows what to undo (docs/csi.md, "State files").
+Status SaveStep(const DriverOptions& o, const NodeState& s, const std::string& step) {
+  return SaveState(o, s).WithContext("save node state after " + step);
+}
+
+// Stage step 1, kernel nbd: connects s.volume with `nbd_client` to the first free /dev/nbdN and
+// waits until it has `size` bytes; records the device, then the client pid, in `s` and its file.
+Status AttachKernelNbd(const DriverOptions& o, const std::string& nbd_client, uint64_t size,
+                       NodeState& s) {
+  const auto deadline = std::chrono::steady_clock::now() + kAttachTimeout;
+  std::optional<std::string> device = PickFreeNbdDevice(ListNbdDevices());
+  if (!device) return Status::NoSpace("every /dev/nbdN is in use").WithContext("attach");
+  s.nbd_device = *device;
+  SHALE_RETURN_IF_ERROR(SaveStep(o, s, "picking the nbd device"));
+  if (Status st = Run(NbdClientConnectArgv(nbd_client, {.unix_socket = o.nbd_socket}, s.volume,
+                                           s.nbd_device, s.read_only));
+      !st.ok()) {
+    return st.WithContext("nbd-client");
+  }
+  // nbd-client returns once the device is configured; its pid (in sysfs while connected)
+  // tells our connection from a later one on the same device.
+  while ((s.pid = NbdDevicePid(s.nbd_device)) == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (s.pid == 0) {
+    Run(NbdClientDisconnectArgv(nbd_client, s.nbd_device)).IgnoreError();
+    return Status::Unavailable(s.nbd_device + " has no client after nbd-client")
+        .WithContext("attach");
+  }
+  SHALE_RETURN_IF_ERROR(SaveStep(o, s, "nbd-client"));
+  bool sized = false;
+  while (!sized && std::chrono::steady_clock::now() < deadline) {
+    auto dev_size = BlockDeviceSize(s.nbd_device);
+    sized = dev_size.ok() && *dev_size == size;
+    if (!sized) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (!sized) {
+    return Status::Unavailable(s.nbd_device + " did not get the size of " + s.volume)
+        .WithContext("attach");
+  }
+  return Status::Ok();
+}
+
+// Stage step 1, nbdfuse: serves s.volume as the file <attach_dir>/nbd and waits until it has
+// `size` bytes; records the nbdfuse pid in `s` and its file.
+Status AttachNbdfuse(const DriverOptions& o, uint64_t size, NodeState& s) {
+  const auto deadline = std::chrono::steady_clock::now() + kAttachTimeout;
+  const std::string pidfile = s.attach_dir + ".pid";
+  std::error_code ec;
+  fs::remove(pidfile, ec);
+  std::vector<std::string> argv = {"nbdfuse"};
+  if (s.read_only) argv.push_back("-r");
+  argv.insert(argv.end(),
+              {"-P", pidfile, s.attach_dir, "nbd+unix:///" + s.volume + "?socket=" + o.nbd_socket});
+  Result<pid_t> pid = SpawnDetached(argv, s.attach_dir + ".log");
+  if (!pid.ok()) return pid.status().WithContext("start nbdfuse");
+  s.pid = *pid;
+  SHALE_RETURN_IF_ERROR(SaveStep(o, s, "nbdfuse"));
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::error_code size_ec;
+    if (fs::exists(pidfile, size_ec) && fs::file_size(BackingFile(s), size_ec) == size) {
+      return Status::Ok();
+    }
+    if (kill(s.pid, 0) != 0 || !ProcessIsNbdfuse(s.pid)) break;
+    ReapIfExited(s.pid);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::ifstream log(s.attach_dir + ".log");
+  std::string last, line;
+  while (std::getline(log, line)) last = line;
+  return Status::Unavailable("nbdfuse did not attach " + s.volume +
+                             (last.empty() ? std::string() : ": " + last))
+      .WithContext("attach");
+}
+
+// Stage step 2: a loop device over the attachment, limited to s.capacity (the engine volume has
+// headroom for online expansion: docs/csi.md, "Expansion"); records it in `s` and its file.
+Status AttachLoop(const DriverOptions& o, NodeState& s) {
+  std::vector<std::string> losetup = {"losetup", "--find", "--show", "--sizelimit",
+                                      std::to_string(s.capacity)};
+  if (s.read_only) losetup.push_back("--read-only");
+  losetup.push_back(BackingFile(s));
+  Result<ExecResult> loop = Exec(losetup, kToolTimeout);
+  if (!loop.ok()) return loop.status().WithContext("losetup");
+  if (loop->exit_code != 0)
+    return Status::Internal(loop->Describe("losetup")).WithContext("attach");
+  s.loop = TrimRight(loop->out);
+  return SaveStep(o, s, "losetup");
+}
+
+// Stage step 3: makes an s.fs_type filesystem on s.loop only when it is blank; an existing one
+// (a clone's, a restaged volume's) is data and sets s.fs_type. FailedPrecondition for a type
+// other than ext4/xfs, or a read-only volume without a filesystem.
+Status FormatIfBlank(NodeState& s) {
+  Result<std::string> existing_fs = ProbeFilesystem(s.loop);
+  if (!existing_fs.ok()) return existing_fs.status().WithContext("probe filesystem");
+  if (existing_fs->empty()) {
+    if (s.read_only) {
+      return Status::FailedPrecondition("read-only volume " + s.volume +
+                                        " has no filesystem to mount")
+          .WithContext("stage");
+    }
+    std::vector<std::string> mkfs =
+        s.fs_type == "xfs"
+            ? std::vector<std::string>{"mkfs.xfs", "-q", "-f", "-K", s.loop}
+            : std::vector<std::string>{
+                  "mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1", s.loop};
+    return Run(mkfs, kMkfsTimeout).WithContext("format");
+  }
+  if (*existing_fs != "ext4" && *existing_fs != "xfs") {
+    return Status::FailedPrecondition("volume " + s.volume + " holds a " + *existing_fs +
+                                      " filesystem; only ext4 and xfs are mounted")
+        .WithContext("stage");
+  }
+  s.fs_type = *existing_fs;
+  return Status::Ok();
+}
+
+// Stage step 4: mounts s.loop at s.staging with `cap`'s mount flags. Clones share their
+// source's filesystem UUID: xfs must be told (nouuid). Read-only clones cannot replay a
+// journal: skip it (noload / norecovery).
+Status MountStaging(const NodeState& s, const v1::VolumeCapability& cap) {
+  std::vector<std::string> opts;
+  if (s.fs_type == "xfs") opts.push_back("nouuid");
+  if (s.read_only) {
+    opts.push_back("ro");
+    opts.push_back(s.fs_type == "xfs" ? "norecovery" : "noload");
+  }
+  for (const std::string& flag : cap.mount().mount_flags()) opts.push_back(flag);
+  std::vector<std::string> mount = {"mount", "-t", s.fs_type};
+  if (!opts.empty()) {
+    std::string joined;
+    for (const std::string& o : opts) joined += (joined.empty() ? "" : ",") + o;
+    mount.insert(mount.end(), {"-o", joined});
+  }
+  mount.insert(mount.end(), {s.loop, s.staging});
+  return Run(mount).WithContext("mount");
+}
+
 }  // namespace
 
 grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
@@ -403,11 +458,7 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
   const auto& cap = request->volume_capability();
   if (grpc::Status st = CheckNodeCapability(cap, info->read_only); !st.ok()) return st;
   const bool block = cap.has_block();
-  std::string fs_type = block ? "" : cap.mount().fs_type();
-  if (!block && fs_type.empty()) {
-    auto it = request->volume_context().find("fsType");
-    fs_type = it != request->volume_context().end() && !it->second.empty() ? it->second : "ext4";
-  }
+  const std::string fs_type = RequestedFsType(*request);
   if (!block && fs_type != "ext4" && fs_type != "xfs") {
     return Invalid("fsType \"" + fs_type + "\" is not supported (ext4 or xfs)");
   }
@@ -416,20 +467,8 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
 
   std::lock_guard lock(mu_);
   if (std::optional<NodeState> existing = LoadState(options_, info->name)) {
-    if (Canonical(existing->staging) != Canonical(staging)) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                          "volume " + info->name + " is staged at " + existing->staging);
-    }
-    if (existing->block != block ||
-        (!existing->capability.empty() && existing->capability != capability)) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                          "volume " + info->name + " is staged at " + staging +
-                              " with another capability (" + existing->capability + ")");
-    }
-    if (block || IsMountPoint(staging)) return grpc::Status::OK;  // already done
-    // A half-done stage (crash, restart): undo it and start over.
-    if (Status st = Detach(*existing); !st.ok()) return ToGrpc(st);
-    RemoveState(options_, info->name);
+    if (auto done = ResumeStage(options_, info->name, *existing, staging, block, capability))
+      return *done;
   }
   if (options_.nbd_socket.empty()) {
     return Precondition(
@@ -448,16 +487,6 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
   s.capability = capability;
   const KernelNbdProbe probe = ProbeKernelNbd();
   s.method = ChooseAttachMethod(probe);
-  auto fail = [&](const Status& st, const std::string& what) {
-    Status undone = Detach(s);
-    if (!undone.ok()) {
-      SHALE_LOG_WARN("csi: cleanup after a failed stage was incomplete", {"volume", s.volume},
-                     {"error", undone.ToString()});
-    } else {
-      RemoveState(options_, s.volume);
-    }
-    return ToGrpc(st.WithContext(what));
-  };
 
   std::error_code ec;
   fs::create_directories(s.attach_dir, ec);
@@ -467,134 +496,19 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
     if (ec) return ToGrpc(Status::FromErrno(ec.value(), "create " + staging));
   }
   if (Status st = SaveState(options_, s); !st.ok()) return ToGrpc(st);
-  // Each step is recorded before the next, so that a failure or a restart knows what to undo.
-  auto save_or_fail = [&](const char* step) {
-    Status st = SaveState(options_, s);
-    return st.ok() ? grpc::Status::OK : fail(st, std::string("save node state after ") + step);
-  };
 
   // 1. Attach the export: kernel nbd where the host has it, else nbdfuse (docs/csi.md).
-  const auto deadline = std::chrono::steady_clock::now() + kAttachTimeout;
-  if (s.method == AttachMethod::kKernelNbd) {
-    std::optional<std::string> device = PickFreeNbdDevice(ListNbdDevices());
-    if (!device) return fail(Status::NoSpace("every /dev/nbdN is in use"), "attach");
-    s.nbd_device = *device;
-    if (grpc::Status st = save_or_fail("picking the nbd device"); !st.ok()) return st;
-    if (Status st = Run(NbdClientConnectArgv(probe.nbd_client, {.unix_socket = options_.nbd_socket},
-                                             info->name, s.nbd_device, s.read_only));
-        !st.ok()) {
-      return fail(st, "nbd-client");
-    }
-    // nbd-client returns once the device is configured; its pid (in sysfs while connected)
-    // tells our connection from a later one on the same device.
-    while ((s.pid = NbdDevicePid(s.nbd_device)) == 0 &&
-           std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    if (s.pid == 0) {
-      Run(NbdClientDisconnectArgv(probe.nbd_client, s.nbd_device)).IgnoreError();
-      return fail(Status::Unavailable(s.nbd_device + " has no client after nbd-client"), "attach");
-    }
-    if (grpc::Status st = save_or_fail("nbd-client"); !st.ok()) return st;
-    bool sized = false;
-    while (!sized && std::chrono::steady_clock::now() < deadline) {
-      auto size = BlockDeviceSize(s.nbd_device);
-      sized = size.ok() && *size == info->size_bytes;
-      if (!sized) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    if (!sized) {
-      return fail(Status::Unavailable(s.nbd_device + " did not get the size of " + info->name),
-                  "attach");
-    }
-  } else {
-    // nbdfuse: the export as a file (<attach_dir>/nbd).
-    const std::string pidfile = s.attach_dir + ".pid";
-    fs::remove(pidfile, ec);
-    std::vector<std::string> argv = {"nbdfuse"};
-    if (s.read_only) argv.push_back("-r");
-    argv.insert(argv.end(), {"-P", pidfile, s.attach_dir,
-                             "nbd+unix:///" + info->name + "?socket=" + options_.nbd_socket});
-    Result<pid_t> pid = SpawnDetached(argv, s.attach_dir + ".log");
-    if (!pid.ok()) return fail(pid.status(), "start nbdfuse");
-    s.pid = *pid;
-    if (grpc::Status st = save_or_fail("nbdfuse"); !st.ok()) return st;
-    bool up = false;
-    while (std::chrono::steady_clock::now() < deadline) {
-      std::error_code size_ec;
-      if (fs::exists(pidfile, size_ec) &&
-          fs::file_size(BackingFile(s), size_ec) == info->size_bytes) {
-        up = true;
-        break;
-      }
-      if (kill(s.pid, 0) != 0 || !ProcessIsNbdfuse(s.pid)) break;
-      ReapIfExited(s.pid);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    if (!up) {
-      std::ifstream log(s.attach_dir + ".log");
-      std::string last, line;
-      while (std::getline(log, line)) last = line;
-      return fail(Status::Unavailable("nbdfuse did not attach " + info->name +
-                                      (last.empty() ? std::string() : ": " + last)),
-                  "attach");
-    }
-  }
-
-  // 2. A loop device over it, limited to the CSI capacity (the engine volume has headroom for
-  //    online expansion: docs/csi.md, "Expansion").
-  std::vector<std::string> losetup = {"losetup", "--find", "--show", "--sizelimit",
-                                      std::to_string(s.capacity)};
-  if (s.read_only) losetup.push_back("--read-only");
-  losetup.push_back(BackingFile(s));
-  Result<ExecResult> loop = Exec(losetup, kToolTimeout);
-  if (!loop.ok()) return fail(loop.status(), "losetup");
-  if (loop->exit_code != 0) return fail(Status::Internal(loop->Describe("losetup")), "attach");
-  s.loop = TrimRight(loop->out);
-  if (grpc::Status st = save_or_fail("losetup"); !st.ok()) return st;
+  Status attached = s.method == AttachMethod::kKernelNbd
+                        ? AttachKernelNbd(options_, probe.nbd_client, info->size_bytes, s)
+                        : AttachNbdfuse(options_, info->size_bytes, s);
+  if (!attached.ok()) return FailStage(options_, s, attached);
+  // 2. A loop device over it; for block access that is all.
+  if (Status st = AttachLoop(options_, s); !st.ok()) return FailStage(options_, s, st);
   if (block) return grpc::Status::OK;
-
-  // 3. Format only a blank device: an existing filesystem (a clone's, a restaged volume's)
-  //    is data.
-  Result<std::string> existing_fs = ProbeFilesystem(s.loop);
-  if (!existing_fs.ok()) return fail(existing_fs.status(), "probe filesystem");
-  if (existing_fs->empty()) {
-    if (s.read_only) {
-      return fail(Status::FailedPrecondition("read-only volume " + s.volume +
-                                             " has no filesystem to mount"),
-                  "stage");
-    }
-    std::vector<std::string> mkfs =
-        fs_type == "xfs"
-            ? std::vector<std::string>{"mkfs.xfs", "-q", "-f", "-K", s.loop}
-            : std::vector<std::string>{
-                  "mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1", s.loop};
-    if (Status st = Run(mkfs, kMkfsTimeout); !st.ok()) return fail(st, "format");
-  } else if (*existing_fs != "ext4" && *existing_fs != "xfs") {
-    return fail(Status::FailedPrecondition("volume " + s.volume + " holds a " + *existing_fs +
-                                           " filesystem; only ext4 and xfs are mounted"),
-                "stage");
-  } else {
-    s.fs_type = *existing_fs;
-  }
-
-  // 4. Mount. Clones share their source's filesystem UUID: xfs must be told (nouuid).
-  //    Read-only clones cannot replay a journal: skip it (noload / norecovery).
-  std::vector<std::string> opts;
-  if (s.fs_type == "xfs") opts.push_back("nouuid");
-  if (s.read_only) {
-    opts.push_back("ro");
-    opts.push_back(s.fs_type == "xfs" ? "norecovery" : "noload");
-  }
-  for (const std::string& flag : cap.mount().mount_flags()) opts.push_back(flag);
-  std::vector<std::string> mount = {"mount", "-t", s.fs_type};
-  if (!opts.empty()) {
-    std::string joined;
-    for (const std::string& o : opts) joined += (joined.empty() ? "" : ",") + o;
-    mount.insert(mount.end(), {"-o", joined});
-  }
-  mount.insert(mount.end(), {s.loop, staging});
-  if (Status st = Run(mount); !st.ok()) return fail(st, "mount");
-  if (grpc::Status st = save_or_fail("mount"); !st.ok()) return st;
+  // 3. Format it if blank, 4. mount it at the staging path.
+  if (Status st = FormatIfBlank(s); !st.ok()) return FailStage(options_, s, st);
+  if (Status st = MountStaging(s, cap); !st.ok()) return FailStage(options_, s, st);
+  if (Status st = SaveStep(options_, s, "mount"); !st.ok()) return FailStage(options_, s, st);
   SHALE_LOG_INFO("csi: volume staged", {"volume", s.volume},
                  {"method", std::string(AttachMethodName(s.method))}, {"loop", s.loop},
                  {"fs", s.fs_type}, {"staging", staging});
