@@ -1,49 +1,35 @@
+// Engine: start-up and shutdown, pools, volumes, handles and upper layers' records. The layered
+// images are in engine_images.cc, the pool check in engine_pool_check.cc; the state they share
+// is in engine_internal.h.
 #include "engine/engine.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <future>
-#include <set>
 
+#include "engine/common/block.h"
 #include "engine/common/clock.h"
 #include "engine/common/log.h"
+#include "engine/engine_internal.h"
 #include "engine/pool/keys.h"
 
 namespace shale {
 
 namespace fs = std::filesystem;
 
+using internal::kMaxVolumeSize;
+
 namespace {
-constexpr uint64_t kMaxVolumeSize = 256 * kTiB;
 std::string UuidBytes(const Uuid& u) { return std::string(u.bytes.begin(), u.bytes.end()); }
 std::string RegistryKey(std::string_view pool) { return "pool/" + std::string(pool); }
+// The metadata file system for a pool's metadata dir (EngineOptions::metadata_fs_factory).
+std::shared_ptr<rocksdb::FileSystem> MetadataFs(const EngineOptions& o, const std::string& dir) {
+  return o.metadata_fs_factory ? o.metadata_fs_factory(dir) : nullptr;
+}
 }  // namespace
-
-struct Engine::PoolSlot {
-  meta::PoolRegistration reg;
-  std::unique_ptr<Pool> pool;  // null when the pool failed to open
-  std::string error;
-  std::map<uint64_t, meta::ImageRecord> images;  // as committed
-};
-
-struct Engine::VolumeSlot {
-  PoolSlot* pool = nullptr;
-  std::shared_ptr<Volume> volume;
-  meta::VolumeRecord record;  // as committed
-  uint32_t open_count = 0;
-  std::string busy;  // a long operation (flatten) in progress; blocks conflicting ones
-};
-
-struct Engine::ImageSlot {
-  PoolSlot* pool = nullptr;
-  uint64_t image = 0;
-  std::shared_ptr<Volume> view;
-  uint32_t open_count = 0;
-};
 
 VolumeHandle::~VolumeHandle() { engine_->ReleaseHandle(volume_.get()); }
 
@@ -117,9 +103,11 @@ Status Engine::OpenRegisteredPools() {
     if (!dev.ok()) {
       st = dev.status().WithContext("open device " + reg.device_path());
     } else {
-      auto pool = Pool::Open(
-          std::move(dev).value(),
-          {.name = reg.name(), .metadata_dir = reg.metadata_dir(), .expected_uuid = uuid});
+      auto pool = Pool::Open(std::move(dev).value(),
+                             {.name = reg.name(),
+                              .metadata_dir = reg.metadata_dir(),
+                              .expected_uuid = uuid,
+                              .metadata_fs = MetadataFs(options_, reg.metadata_dir())});
       if (pool.ok()) {
         slot->pool = std::move(pool).value();
         st = LoadVolumes(*slot);
@@ -261,7 +249,21 @@ Status Engine::CloseVolume(Volume& volume) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pools
+// Pools (CheckPool: engine_pool_check.cc)
+
+Engine::PoolSlot* Engine::FindPool(std::string_view name) {
+  auto it = pools_.find(name);
+  return it == pools_.end() ? nullptr : it->second.get();
+}
+
+Result<Engine::PoolSlot*> Engine::OnlinePool(std::string_view name) {
+  PoolSlot* slot = FindPool(name);
+  if (slot == nullptr) return Status::NotFound("pool '" + std::string(name) + "' not found");
+  if (!slot->pool)
+    return Status::FailedPrecondition("pool '" + std::string(name) +
+                                      "' is offline: " + slot->error);
+  return slot;
+}
 
 PoolInfo Engine::DescribePool(const PoolSlot& slot) const {
   PoolInfo info;
@@ -277,6 +279,12 @@ PoolInfo Engine::DescribePool(const PoolSlot& slot) const {
   }
   const Pool& pool = *slot.pool;
   info.state = "online";
+  if (pool.pipeline().failed()) {
+    // A failed commit: the pool keeps serving reads but refuses writes until it is reopened.
+    info.state = "error";
+    info.error = "metadata commit failed, the pool refuses writes until shaled restarts: " +
+                 pool.pipeline().failure().ToString();
+  }
   info.cluster_size = pool.cluster_size();
   info.cluster_count = pool.cluster_count();
   info.capacity_bytes = pool.cluster_count() * pool.cluster_size();
@@ -350,7 +358,8 @@ Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool m
   auto pool_or = Pool::Create(device, {.name = params.name,
                                        .metadata_dir = tmp_meta,
                                        .cluster_size = params.cluster_size,
-                                       .force = params.force});
+                                       .force = params.force,
+                                       .metadata_fs = MetadataFs(options_, tmp_meta)});
   if (!pool_or.ok()) {
     fs::remove_all(tmp_meta, ec);
     cleanup();
@@ -373,8 +382,10 @@ Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool m
   reg.set_metadata_dir(fs::absolute(meta_dir).string());
   reg.set_created_file(created_file || mark_created_file);
   SHALE_RETURN_IF_ERROR(registry_->Put(RegistryKey(params.name), reg.SerializeAsString()));
-  auto pool =
-      Pool::Open(device, {.name = params.name, .metadata_dir = meta_dir, .expected_uuid = uuid});
+  auto pool = Pool::Open(device, {.name = params.name,
+                                  .metadata_dir = meta_dir,
+                                  .expected_uuid = uuid,
+                                  .metadata_fs = MetadataFs(options_, meta_dir)});
   if (!pool.ok()) return pool.status().WithContext("reopen new pool");
   auto slot = std::make_unique<PoolSlot>();
   slot->reg = reg;
@@ -448,127 +459,6 @@ Status Engine::DeletePool(std::string_view name, bool force) {
   return Status::Ok();
 }
 
-Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
-  std::lock_guard lock(mu_);
-  auto it = pools_.find(name);
-  if (it == pools_.end()) return Status::NotFound("pool '" + std::string(name) + "' not found");
-  PoolSlot* slot = it->second.get();
-  if (!slot->pool)
-    return Status::FailedPrecondition("pool '" + std::string(name) +
-                                      "' is offline: " + slot->error);
-  Pool& pool = *slot->pool;
-  // Make every volume's in-memory mapping durable so the stored state is complete.
-  for (auto& [n, vs] : volumes_) {
-    if (vs->pool != slot) continue;
-    std::promise<Status> done;
-    Volume* v = vs->volume.get();
-    v->reactor()->Post([&] { v->Commit([&](const Status& s) { done.set_value(s); }); });
-    SHALE_RETURN_IF_ERROR(done.get_future().get().WithContext("commit volume '" + n + "'"));
-  }
-  PoolCheckReport report;
-  std::map<uint32_t, std::string> owner;
-  std::set<uint64_t> images;
-  SHALE_RETURN_IF_ERROR(
-      pool.meta().Scan(keys::ImagePrefix(), [&](std::string_view k, std::string_view) {
-        images.insert(keys::DecodeU64At(k, 1));
-        return true;
-      }));
-  Status scan = pool.meta().Scan(keys::MapPrefix(), [&](std::string_view k, std::string_view v) {
-    uint64_t image = keys::DecodeU64At(k, 1), vc = keys::DecodeU64At(k, 9);
-    std::string where = "image " + std::to_string(image) + " cluster " + std::to_string(vc);
-    if (!images.count(image)) report.problems.push_back(where + ": mapping of a missing image");
-    auto e = MapEntry::Decode(v);
-    if (!e.ok()) {
-      report.problems.push_back(where + ": " + e.status().ToString());
-      return true;
-    }
-    for (const auto& f : e->fragments) {
-      if (f.pcluster >= pool.cluster_count()) {
-        report.problems.push_back(where + ": references cluster " + std::to_string(f.pcluster) +
-                                  " beyond the pool");
-        continue;
-      }
-      auto [pos, inserted] = owner.emplace(f.pcluster, where);
-      if (!inserted) {
-        report.problems.push_back("cluster " + std::to_string(f.pcluster) + " owned twice: by " +
-                                  pos->second + " and by " + where);
-      }
-    }
-    return true;
-  });
-  SHALE_RETURN_IF_ERROR(scan);
-  // The image tree: parents exist and are frozen, every head belongs to one volume, a deleted
-  // image is kept only while at least two children read through it, chains stay in bounds.
-  std::map<uint64_t, meta::ImageRecord> stored_images;
-  SHALE_RETURN_IF_ERROR(
-      pool.meta().Scan(keys::ImagePrefix(), [&](std::string_view, std::string_view v) {
-        meta::ImageRecord rec;
-        if (rec.ParseFromArray(v.data(), static_cast<int>(v.size()))) stored_images[rec.id()] = rec;
-        return true;
-      }));
-  std::map<uint64_t, std::string> head_of;
-  SHALE_RETURN_IF_ERROR(
-      pool.meta().Scan(keys::VolumePrefix(), [&](std::string_view, std::string_view v) {
-        meta::VolumeRecord rec;
-        if (rec.ParseFromArray(v.data(), static_cast<int>(v.size())))
-          head_of[rec.head_image()] = rec.name();
-        return true;
-      }));
-  for (const auto& [id, rec] : stored_images) {
-    const std::string who = "image " + std::to_string(id);
-    if (rec.parent() != 0) {
-      auto p = stored_images.find(rec.parent());
-      if (p == stored_images.end()) {
-        report.problems.push_back(who + ": parent " + std::to_string(rec.parent()) + " is missing");
-      } else if (p->second.kind() != meta::IMAGE_FROZEN) {
-        report.problems.push_back(who + ": parent " + std::to_string(rec.parent()) +
-                                  " is not frozen");
-      }
-    }
-    if (rec.kind() == meta::IMAGE_HEAD && !head_of.count(id)) {
-      report.problems.push_back(who + ": a head image that no volume uses (leak)");
-    }
-    size_t depth = 0;
-    for (uint64_t cur = id; cur != 0 && depth <= Volume::kMaxChainDepth; ++depth) {
-      auto c = stored_images.find(cur);
-      cur = c == stored_images.end() ? 0 : c->second.parent();
-    }
-    if (depth > Volume::kMaxChainDepth)
-      report.problems.push_back(who + ": chain too long or cyclic");
-    if (rec.deleted()) {
-      size_t children = 0;
-      for (const auto& [cid, crec] : stored_images) children += crec.parent() == id;
-      if (children < 2) {
-        report.problems.push_back(who + ": deleted with " + std::to_string(children) +
-                                  " children but not collected");
-      }
-    }
-  }
-  for (const auto& [head, vol_name] : head_of) {
-    auto h = stored_images.find(head);
-    if (h == stored_images.end() || h->second.kind() != meta::IMAGE_HEAD) {
-      report.problems.push_back("volume '" + vol_name + "': head image " + std::to_string(head) +
-                                " missing or not a head");
-    }
-  }
-  ClusterBitmap committed = pool.pipeline().committed_bitmap();
-  report.referenced_clusters = owner.size();
-  report.committed_clusters = committed.Count();
-  for (const auto& [c, where] : owner) {
-    if (!committed.Test(c))
-      report.problems.push_back("cluster " + std::to_string(c) + " used by " + where +
-                                " is marked free");
-  }
-  for (uint64_t c = 0; c < pool.cluster_count(); ++c) {
-    if (committed.Test(c) && !owner.count(static_cast<uint32_t>(c))) {
-      report.problems.push_back("cluster " + std::to_string(c) +
-                                " is allocated but unreferenced (leak)");
-      if (report.problems.size() > 1000) break;
-    }
-  }
-  return report;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Volumes
 
@@ -622,7 +512,7 @@ Result<VolumeInfo> Engine::CreateVolume(const CreateVolumeParams& params,
   if (!slot->pool)
     return Status::FailedPrecondition("pool '" + slot->reg.name() + "' is offline: " + slot->error);
   Pool& pool = *slot->pool;
-  const uint64_t size = (params.size_bytes + 4095) / 4096 * 4096;
+  const uint64_t size = RoundUpToBlock(params.size_bytes);
 
   MetaBatch batch;
   auto [rec, img] = NewVolumeRecords(pool, params, size, /*parent_image=*/0, &batch);
@@ -704,7 +594,7 @@ Result<VolumeInfo> Engine::ResizeVolume(std::string_view name, uint64_t new_size
     return Status::InvalidArgument("volume size exceeds the maximum of " +
                                    FormatSize(kMaxVolumeSize));
   }
-  const uint64_t size = (new_size_bytes + 4095) / 4096 * 4096;
+  const uint64_t size = RoundUpToBlock(new_size_bytes);
   const uint64_t current = vs.volume->size_bytes();
   if (size < current) {
     return Status::InvalidArgument("volume '" + std::string(name) + "' is " + FormatSize(current) +
@@ -793,632 +683,7 @@ void Engine::ReleaseHandle(Volume* volume) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Layered images
-
-Engine::PoolSlot* Engine::FindPool(std::string_view name) {
-  auto it = pools_.find(name);
-  return it == pools_.end() ? nullptr : it->second.get();
-}
-
-Result<Engine::PoolSlot*> Engine::OnlinePool(std::string_view name) {
-  PoolSlot* slot = FindPool(name);
-  if (slot == nullptr) return Status::NotFound("pool '" + std::string(name) + "' not found");
-  if (!slot->pool)
-    return Status::FailedPrecondition("pool '" + std::string(name) +
-                                      "' is offline: " + slot->error);
-  return slot;
-}
-
-namespace {
-// The committed record of an image. A miss means the in-memory volume moved past what is
-// committed: only after a failed commit, which has failed the pool.
-Result<meta::ImageRecord> ImageRecordOf(const std::map<uint64_t, meta::ImageRecord>& images,
-                                        uint64_t id) {
-  auto it = images.find(id);
-  if (it == images.end()) {
-    return Status::FailedPrecondition(
-        "image " + std::to_string(id) +
-        " has no committed record (an earlier commit failed; restart shaled)");
-  }
-  return it->second;
-}
-}  // namespace
-
-std::vector<uint64_t> Engine::ChildrenOf(const PoolSlot& slot, uint64_t image) const {
-  std::vector<uint64_t> out;
-  for (const auto& [id, rec] : slot.images) {
-    if (rec.parent() == image) out.push_back(id);
-  }
-  return out;
-}
-
-std::vector<uint64_t> Engine::ChainOf(const PoolSlot& slot, uint64_t image) const {
-  std::vector<uint64_t> chain;  // head first while walking, reversed at the end
-  for (uint64_t id = image; id != 0;) {
-    auto it = slot.images.find(id);
-    if (it == slot.images.end() || chain.size() > Volume::kMaxChainDepth) break;
-    chain.push_back(id);
-    id = it->second.parent();
-  }
-  std::reverse(chain.begin(), chain.end());
-  return chain;
-}
-
-Engine::VolumeSlot* Engine::VolumeWithHead(const PoolSlot& slot, uint64_t image) {
-  for (auto& [n, vs] : volumes_) {
-    if (vs->pool == &slot && vs->volume->head_image() == image) return vs.get();
-  }
-  return nullptr;
-}
-
-Status Engine::RunOnVolume(Volume& volume,
-                           const std::function<void(std::function<void(const Status&)>)>& op) {
-  std::promise<Status> done;
-  volume.reactor()->Post([&] { op([&done](const Status& st) { done.set_value(st); }); });
-  return done.get_future().get();
-}
-
-Result<std::vector<std::pair<uint64_t, MapEntry>>> Engine::ReadImageEntries(Pool& pool,
-                                                                            uint64_t image) {
-  std::vector<std::pair<uint64_t, MapEntry>> out;
-  Status err;
-  SHALE_RETURN_IF_ERROR(
-      pool.meta().Scan(keys::MapImagePrefix(image), [&](std::string_view k, std::string_view v) {
-        auto e = MapEntry::Decode(v);
-        if (!e.ok()) {
-          err = e.status().WithContext("image " + std::to_string(image));
-          return false;
-        }
-        out.emplace_back(keys::DecodeU64At(k, 9), std::move(e).value());
-        return true;
-      }));
-  SHALE_RETURN_IF_ERROR(err);
-  return out;
-}
-
-ImageInfo Engine::DescribeImage(const PoolSlot& slot, uint64_t image) const {
-  ImageInfo info;
-  auto it = slot.images.find(image);
-  if (it == slot.images.end()) return info;
-  const meta::ImageRecord& rec = it->second;
-  info.id = rec.id();
-  info.parent = rec.parent();
-  info.pool = slot.reg.name();
-  info.volume_id = rec.volume_id();
-  for (const auto& [n, vs] : volumes_) {
-    if (vs->pool == &slot && vs->volume->id() == rec.volume_id()) info.volume = n;
-  }
-  info.frozen = rec.kind() == meta::IMAGE_FROZEN;
-  info.deleted = rec.deleted();
-  info.created_unix_ns = rec.created_unix_ns();
-  info.size_bytes = rec.size_bytes();
-  info.children = ChildrenOf(slot, image);
-  info.depth = static_cast<uint32_t>(ChainOf(slot, image).size());
-  return info;
-}
-
-Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecords& extra) {
-  std::lock_guard lock(mu_);
-  auto it = volumes_.find(volume);
-  if (it == volumes_.end())
-    return Status::NotFound("volume '" + std::string(volume) + "' not found");
-  VolumeSlot& vs = *it->second;
-  if (!vs.busy.empty())
-    return Status::FailedPrecondition("volume '" + std::string(volume) + "' is busy: " + vs.busy);
-  PoolSlot& ps = *vs.pool;
-  Pool& pool = *ps.pool;
-  Volume& vol = *vs.volume;
-  const uint64_t old_head = vol.head_image();
-  if (ChainOf(ps, old_head).size() >= Volume::kMaxChainDepth) {
-    return Status::FailedPrecondition(
-        "volume '" + std::string(volume) + "' has reached the limit of " +
-        std::to_string(Volume::kMaxChainDepth - 1) +
-        " snapshots in its chain; delete older snapshots (they merge away) or flatten the volume");
-  }
-  MetaBatch batch;
-  const uint64_t new_head = pool.ReserveImageId(&batch);
-  SHALE_ASSIGN_OR_RETURN(meta::ImageRecord frozen, ImageRecordOf(ps.images, old_head));
-  frozen.set_kind(meta::IMAGE_FROZEN);
-  frozen.set_size_bytes(vol.size_bytes());
-  frozen.set_created_unix_ns(Clock::Real()->WallNanos());
-  meta::ImageRecord head;
-  head.set_id(new_head);
-  head.set_parent(old_head);
-  head.set_volume_id(vol.id());
-  head.set_kind(meta::IMAGE_HEAD);
-  head.set_created_unix_ns(frozen.created_unix_ns());
-  meta::VolumeRecord rec = vs.record;
-  rec.set_head_image(new_head);
-  batch.Put(keys::Image(old_head), frozen.SerializeAsString());
-  batch.Put(keys::Image(new_head), head.SerializeAsString());
-  batch.Put(keys::Volume(rec.id()), rec.SerializeAsString());
-  if (extra) extra(old_head, &batch);
-  auto shared = std::make_shared<MetaBatch>(std::move(batch));
-  Status st = RunOnVolume(vol, [&](std::function<void(const Status&)> done) {
-    vol.Freeze(new_head, std::move(*shared), std::move(done));
-  });
-  if (!st.ok()) return st.WithContext("freeze volume '" + std::string(volume) + "'");
-  ps.images[old_head] = frozen;
-  ps.images[new_head] = head;
-  vs.record = rec;
-  return old_head;
-}
-
-Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& params,
-                                                 uint64_t image_id, const VolumeRecords& extra) {
-  std::lock_guard lock(mu_);
-  if (shut_down_) return Status::Unavailable("engine is shut down");
-  SHALE_RETURN_IF_ERROR(ValidateName("volume", params.name));
-  if (volumes_.count(params.name))
-    return Status::AlreadyExists("volume '" + params.name + "' already exists");
-  PoolSlot* slot = nullptr;
-  for (auto& [n, ps] : pools_) {
-    if (ps->pool && ps->images.count(image_id) && (params.pool.empty() || params.pool == n))
-      slot = ps.get();
-  }
-  if (slot == nullptr) return Status::NotFound("image " + std::to_string(image_id) + " not found");
-  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord parent, ImageRecordOf(slot->images, image_id));
-  if (parent.kind() != meta::IMAGE_FROZEN) {
-    return Status::FailedPrecondition("image " + std::to_string(image_id) + " is not frozen");
-  }
-  if (parent.deleted())
-    return Status::NotFound("image " + std::to_string(image_id) + " was deleted");
-  std::vector<uint64_t> chain = ChainOf(*slot, image_id);
-  if (chain.size() + 1 > Volume::kMaxChainDepth) {
-    return Status::FailedPrecondition("clone chains are limited to " +
-                                      std::to_string(Volume::kMaxChainDepth) +
-                                      " images; flatten the source first");
-  }
-  uint64_t size =
-      params.size_bytes == 0 ? parent.size_bytes() : (params.size_bytes + 4095) / 4096 * 4096;
-  if (size < parent.size_bytes()) {
-    return Status::InvalidArgument("a clone cannot be smaller than its source (" +
-                                   FormatSize(parent.size_bytes()) + ")");
-  }
-  if (size > kMaxVolumeSize)
-    return Status::InvalidArgument("volume size exceeds the maximum of " +
-                                   FormatSize(kMaxVolumeSize));
-  Pool& pool = *slot->pool;
-  // The map is built from committed entries; the parent is frozen, so they cannot change.
-  SHALE_ASSIGN_OR_RETURN(ClusterMap map, Volume::LoadMap(pool, chain, size, nullptr));
-  MetaBatch batch;
-  auto [rec, img] = NewVolumeRecords(pool, params, size, image_id, &batch);
-  chain.push_back(img.id());
-  if (extra) extra(rec.id(), &batch);
-  CommitPipeline::Request req;
-  req.batch = std::move(batch);
-  req.flush_device = false;
-  SHALE_RETURN_IF_ERROR(
-      pool.pipeline().CommitSync(std::move(req)).WithContext("clone into '" + params.name + "'"));
-  slot->images[img.id()] = img;
-  VolumeSlot* raw = AddVolume(*slot, rec, chain, std::move(map));
-  SHALE_LOG_INFO("volume cloned", {"volume", params.name}, {"from_image", image_id},
-                 {"size", size});
-  return DescribeVolume(*raw);
-}
-
-Result<std::shared_ptr<VolumeHandle>> Engine::OpenImage(std::string_view pool_name,
-                                                        uint64_t image_id) {
-  std::lock_guard lock(mu_);
-  SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-  auto it = slot->images.find(image_id);
-  if (it == slot->images.end() || it->second.deleted()) {
-    return Status::NotFound("image " + std::to_string(image_id) + " not found");
-  }
-  if (it->second.kind() != meta::IMAGE_FROZEN) {
-    return Status::FailedPrecondition("image " + std::to_string(image_id) +
-                                      " is a volume's head, not frozen");
-  }
-  auto key = std::make_pair(std::string(pool_name), image_id);
-  auto vit = views_.find(key);
-  if (vit == views_.end()) {
-    std::vector<uint64_t> chain = ChainOf(*slot, image_id);
-    SHALE_ASSIGN_OR_RETURN(ClusterMap map,
-                           Volume::LoadMap(*slot->pool, chain, it->second.size_bytes(), nullptr));
-    meta::VolumeRecord rec;
-    rec.set_name("image-" + std::to_string(image_id));
-    rec.set_size_bytes(it->second.size_bytes());
-    rec.set_head_image(image_id);
-    rec.set_read_only(true);
-    rec.set_created_unix_ns(it->second.created_unix_ns());
-    auto view = std::make_shared<Volume>(
-        slot->pool.get(), PickReactor(image_id), rec, chain, std::move(map),
-        Volume::Options{.commit_interval_ns = 0, .view_only = true});
-    auto is = std::make_unique<ImageSlot>();
-    is->pool = slot;
-    is->image = image_id;
-    is->view = std::move(view);
-    vit = views_.emplace(key, std::move(is)).first;
-  }
-  ++vit->second->open_count;
-  return std::shared_ptr<VolumeHandle>(new VolumeHandle(this, vit->second->view));
-}
-
-Status Engine::FreeImageLocked(PoolSlot& slot, uint64_t image, const ExtraRecords& extra) {
-  Pool& pool = *slot.pool;
-  SHALE_ASSIGN_OR_RETURN(auto entries, ReadImageEntries(pool, image));
-  CommitPipeline::Request req;
-  for (const auto& [v, e] : entries) {
-    for (const auto& f : e.fragments) req.freed.push_back(f.pcluster);
-  }
-  req.batch.DeleteRange(keys::MapImagePrefix(image), keys::MapImagePrefix(image + 1));
-  req.batch.Delete(keys::Image(image));
-  if (extra) extra(image, &req.batch);
-  req.flush_device = false;
-  SHALE_RETURN_IF_ERROR(pool.pipeline()
-                            .CommitSync(std::move(req))
-                            .WithContext("free image " + std::to_string(image)));
-  slot.images.erase(image);
-  SHALE_LOG_INFO("image freed", {"pool", slot.reg.name()}, {"image", image});
-  return Status::Ok();
-}
-
-Status Engine::MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child,
-                                const ExtraRecords& extra) {
-  Pool& pool = *slot.pool;
-  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord parent_rec, ImageRecordOf(slot.images, image));
-  SHALE_ASSIGN_OR_RETURN(meta::ImageRecord child_rec, ImageRecordOf(slot.images, child));
-  child_rec.set_parent(parent_rec.parent());
-  SHALE_ASSIGN_OR_RETURN(auto entries, ReadImageEntries(pool, image));
-  MetaBatch records;
-  records.DeleteRange(keys::MapImagePrefix(image), keys::MapImagePrefix(image + 1));
-  records.Delete(keys::Image(image));
-  records.Put(keys::Image(child), child_rec.SerializeAsString());
-  if (extra) extra(image, &records);
-
-  if (VolumeSlot* head_slot = VolumeWithHead(slot, child)) {
-    // The child is a live head: the volume merges in memory and commits on its reactor.
-    auto shared_entries =
-        std::make_shared<std::vector<std::pair<uint64_t, MapEntry>>>(std::move(entries));
-    auto shared_records = std::make_shared<MetaBatch>(std::move(records));
-    Volume& vol = *head_slot->volume;
-    SHALE_RETURN_IF_ERROR(RunOnVolume(vol,
-                                      [&](std::function<void(const Status&)> done) {
-                                        vol.MergeParentIntoHead(image, std::move(*shared_entries),
-                                                                std::move(*shared_records),
-                                                                std::move(done));
-                                      })
-                              .WithContext("merge image " + std::to_string(image) +
-                                           " into volume '" + vol.name() + "'"));
-  } else {
-    // Both frozen: merge the stored entries; the result reads exactly as before through the child.
-    CommitPipeline::Request req;
-    std::vector<uint64_t> vclusters;
-    for (const auto& [v, pe] : entries) {
-      vclusters.push_back(v);
-      SHALE_ASSIGN_OR_RETURN(auto cbytes, pool.meta().Get(keys::Map(child, v)));
-      MapEntry ce;
-      if (cbytes) {
-        SHALE_ASSIGN_OR_RETURN(ce, MapEntry::Decode(*cbytes));
-      }
-      uint64_t covered = ce.zero_blocks;
-      for (const auto& f : ce.fragments) covered |= f.blocks;
-      bool changed = false;
-      for (const auto& f : pe.fragments) {
-        const uint64_t visible = f.blocks & ~covered;
-        if (visible == 0) {
-          req.freed.push_back(f.pcluster);
-        } else {
-          ce.fragments.push_back(StoredFragment{f.pcluster, visible});
-          changed = true;
-        }
-      }
-      const uint64_t zeros = pe.zero_blocks & ~covered;
-      if (zeros != 0 && parent_rec.parent() != 0) {  // without a parent, zero marks mean nothing
-        ce.zero_blocks |= zeros;
-        changed = true;
-      }
-      if (changed) req.batch.Put(keys::Map(child, v), ce.Encode());
-    }
-    req.batch.Append(records);
-    req.flush_device = false;
-    SHALE_RETURN_IF_ERROR(pool.pipeline()
-                              .CommitSync(std::move(req))
-                              .WithContext("merge image " + std::to_string(image)));
-    // Volumes and views reading through the merged image: their fragments are now the child's.
-    for (auto& [n, vs] : volumes_) {
-      if (vs->pool != &slot) continue;
-      const auto& chain = vs->volume->chain();
-      if (std::find(chain.begin(), chain.end(), image) == chain.end()) continue;
-      Volume& vol = *vs->volume;
-      vol.reactor()->RunSync([&] { vol.RelabelImage(image, child, vclusters); });
-    }
-    for (auto& [key, is] : views_) {
-      if (is->pool != &slot) continue;
-      const auto& chain = is->view->chain();
-      if (std::find(chain.begin(), chain.end(), image) == chain.end()) continue;
-      Volume& vol = *is->view;
-      vol.reactor()->RunSync([&] { vol.RelabelImage(image, child, vclusters); });
-    }
-  }
-  slot.images.erase(image);
-  slot.images[child] = child_rec;
-  SHALE_LOG_INFO("image merged into its child", {"pool", slot.reg.name()}, {"image", image},
-                 {"child", child});
-  return Status::Ok();
-}
-
-Status Engine::CollectImagesLocked(PoolSlot& slot) {
-  // Deleted images that fewer than two children read through: merge or free, until stable.
-  for (bool progress = true; progress;) {
-    progress = false;
-    for (const auto& [id, rec] : slot.images) {
-      if (!rec.deleted()) continue;
-      auto children = ChildrenOf(slot, id);
-      if (children.size() >= 2) continue;
-      SHALE_RETURN_IF_ERROR(children.empty() ? FreeImageLocked(slot, id, nullptr)
-                                             : MergeImageLocked(slot, id, children[0], nullptr));
-      progress = true;
-      break;  // the map changed
-    }
-  }
-  return Status::Ok();
-}
-
-Status Engine::DeleteImage(std::string_view pool_name, uint64_t image_id,
-                           const ExtraRecords& extra) {
-  std::lock_guard lock(mu_);
-  SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-  auto it = slot->images.find(image_id);
-  if (it == slot->images.end() || it->second.deleted()) {
-    return Status::NotFound("image " + std::to_string(image_id) + " not found");
-  }
-  if (it->second.kind() != meta::IMAGE_FROZEN) {
-    return Status::FailedPrecondition("image " + std::to_string(image_id) + " is a volume's head");
-  }
-  if (views_.count({std::string(pool_name), image_id})) {
-    return Status::Busy("image " + std::to_string(image_id) +
-                        " is open (exported); disconnect its clients first");
-  }
-  auto children = ChildrenOf(*slot, image_id);
-  for (uint64_t c : children) {
-    VolumeSlot* vs = VolumeWithHead(*slot, c);
-    if (vs != nullptr && !vs->busy.empty()) {
-      return Status::FailedPrecondition("volume '" + vs->volume->name() + "' is busy: " + vs->busy);
-    }
-  }
-  if (children.empty()) {
-    SHALE_RETURN_IF_ERROR(FreeImageLocked(*slot, image_id, extra));
-  } else if (children.size() == 1) {
-    SHALE_RETURN_IF_ERROR(MergeImageLocked(*slot, image_id, children[0], extra));
-  } else {
-    // Several children read through it: keep its data, hide it, collect it when they go.
-    meta::ImageRecord rec = it->second;
-    rec.set_deleted(true);
-    CommitPipeline::Request req;
-    req.batch.Put(keys::Image(image_id), rec.SerializeAsString());
-    if (extra) extra(image_id, &req.batch);
-    req.flush_device = false;
-    SHALE_RETURN_IF_ERROR(slot->pool->pipeline().CommitSync(std::move(req)));
-    slot->images[image_id] = rec;
-    SHALE_LOG_INFO("image deleted; space kept while children read through it", {"image", image_id},
-                   {"children", children.size()});
-  }
-  return CollectImagesLocked(*slot);
-}
-
-Status Engine::RevertVolume(std::string_view volume, uint64_t image_id, const ExtraRecords& extra) {
-  std::lock_guard lock(mu_);
-  auto it = volumes_.find(volume);
-  if (it == volumes_.end())
-    return Status::NotFound("volume '" + std::string(volume) + "' not found");
-  VolumeSlot& vs = *it->second;
-  if (vs.open_count > 0) {
-    return Status::Busy("volume '" + std::string(volume) + "' is in use by " +
-                        std::to_string(vs.open_count) +
-                        " client(s); disconnect them before reverting");
-  }
-  if (!vs.busy.empty())
-    return Status::FailedPrecondition("volume '" + std::string(volume) + "' is busy: " + vs.busy);
-  if (vs.volume->read_only())
-    return Status::PermissionDenied("volume '" + std::string(volume) + "' is read-only");
-  PoolSlot& ps = *vs.pool;
-  Pool& pool = *ps.pool;
-  Volume& vol = *vs.volume;
-  const auto& chain = vol.chain();
-  if (std::find(chain.begin(), chain.end() - 1, image_id) == chain.end() - 1) {
-    return Status::InvalidArgument("image " + std::to_string(image_id) +
-                                   " is not an ancestor of volume '" + std::string(volume) + "'");
-  }
-  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord target, ImageRecordOf(ps.images, image_id));
-  const uint64_t old_head = vol.head_image();
-  MetaBatch batch;
-  const uint64_t new_head = pool.ReserveImageId(&batch);
-  std::vector<uint64_t> new_chain = ChainOf(ps, image_id);
-  uint64_t owned = 0;
-  SHALE_ASSIGN_OR_RETURN(ClusterMap map,
-                         Volume::LoadMap(pool, new_chain, target.size_bytes(), &owned));
-  new_chain.push_back(new_head);
-  meta::ImageRecord head;
-  head.set_id(new_head);
-  head.set_parent(image_id);
-  head.set_volume_id(vol.id());
-  head.set_kind(meta::IMAGE_HEAD);
-  head.set_created_unix_ns(Clock::Real()->WallNanos());
-  meta::VolumeRecord rec = vs.record;
-  rec.set_head_image(new_head);
-  rec.set_size_bytes(target.size_bytes());
-  batch.Put(keys::Image(new_head), head.SerializeAsString());
-  batch.Delete(keys::Image(old_head));
-  batch.DeleteRange(keys::MapImagePrefix(old_head), keys::MapImagePrefix(old_head + 1));
-  batch.Put(keys::Volume(rec.id()), rec.SerializeAsString());
-  if (extra) extra(image_id, &batch);
-  auto state = std::make_shared<std::tuple<std::vector<uint64_t>, ClusterMap, MetaBatch>>(
-      std::move(new_chain), std::move(map), std::move(batch));
-  Status st = RunOnVolume(vol, [&](std::function<void(const Status&)> done) {
-    auto& [c, m, b] = *state;
-    vol.ReplaceHead(std::move(c), std::move(m), target.size_bytes(), std::move(b), std::move(done));
-  });
-  SHALE_RETURN_IF_ERROR(st.WithContext("revert volume '" + std::string(volume) + "'"));
-  ps.images.erase(old_head);
-  ps.images[new_head] = head;
-  vs.record = rec;
-  SHALE_LOG_INFO("volume reverted", {"volume", std::string(volume)}, {"to_image", image_id});
-  return CollectImagesLocked(ps);
-}
-
-Status Engine::FlattenVolume(std::string_view volume,
-                             const std::function<void(uint64_t done, uint64_t total)>& progress,
-                             BackgroundAdmission* admission) {
-  std::shared_ptr<Volume> vol;
-  PoolSlot* ps = nullptr;
-  {
-    std::lock_guard lock(mu_);
-    auto it = volumes_.find(volume);
-    if (it == volumes_.end())
-      return Status::NotFound("volume '" + std::string(volume) + "' not found");
-    VolumeSlot& vs = *it->second;
-    if (!vs.busy.empty())
-      return Status::FailedPrecondition("volume '" + std::string(volume) + "' is busy: " + vs.busy);
-    if (vs.volume->chain().size() == 1) return Status::Ok();  // nothing to detach from
-    vs.busy = "flatten in progress";
-    vol = vs.volume;
-    ps = vs.pool;
-  }
-  // Copying runs without the control lock (it can take long); `busy` keeps conflicting
-  // operations (delete, revert, snapshot, another flatten) away meanwhile.
-  Status st = RunOnVolume(*vol, [&](std::function<void(const Status&)> done) {
-    vol->Flatten(progress, std::move(done), admission);
-  });
-  std::lock_guard lock(mu_);
-  auto it = volumes_.find(volume);
-  SHALE_CHECK(it != volumes_.end() && it->second->volume == vol, "flattened volume vanished");
-  VolumeSlot& vs = *it->second;
-  vs.busy.clear();
-  SHALE_RETURN_IF_ERROR(st.WithContext("flatten volume '" + std::string(volume) + "'"));
-  // Everything it reads is its own now: detach it from its parent.
-  SHALE_ASSIGN_OR_RETURN(meta::ImageRecord head, ImageRecordOf(ps->images, vol->head_image()));
-  head.set_parent(0);
-  auto batch = std::make_shared<MetaBatch>();
-  batch->Put(keys::Image(head.id()), head.SerializeAsString());
-  SHALE_RETURN_IF_ERROR(RunOnVolume(*vol, [&](std::function<void(const Status&)> done) {
-    vol->DetachFromParents(std::move(*batch), std::move(done));
-  }));
-  ps->images[head.id()] = head;
-  SHALE_LOG_INFO("volume flattened", {"volume", std::string(volume)});
-  return CollectImagesLocked(*ps);
-}
-
-Result<std::vector<std::pair<uint64_t, uint64_t>>> Engine::ChangedRanges(std::string_view pool_name,
-                                                                         uint64_t older,
-                                                                         uint64_t newer) {
-  std::lock_guard lock(mu_);
-  SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord old_rec, ImageRecordOf(slot->images, older));
-  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord new_rec, ImageRecordOf(slot->images, newer));
-  if (old_rec.kind() != meta::IMAGE_FROZEN || new_rec.kind() != meta::IMAGE_FROZEN) {
-    return Status::InvalidArgument("changed ranges are defined between frozen images");
-  }
-  std::vector<uint64_t> chain = ChainOf(*slot, newer);
-  auto pos = std::find(chain.begin(), chain.end(), older);
-  if (pos == chain.end()) {
-    return Status::InvalidArgument("image " + std::to_string(older) +
-                                   " is not an ancestor of image " + std::to_string(newer));
-  }
-  Pool& pool = *slot->pool;
-  const uint64_t cs = pool.cluster_size();
-  std::map<uint64_t, uint64_t> blocks;  // vcluster -> changed block bits
-  for (auto it = pos + 1; it != chain.end(); ++it) {
-    SHALE_ASSIGN_OR_RETURN(auto entries, ReadImageEntries(pool, *it));
-    for (const auto& [v, e] : entries) {
-      uint64_t bits = e.zero_blocks;
-      for (const auto& f : e.fragments) bits |= f.blocks;
-      blocks[v] |= bits;
-    }
-  }
-  std::vector<std::pair<uint64_t, uint64_t>> out;
-  auto add = [&](uint64_t off, uint64_t len) {
-    if (!out.empty() && out.back().first + out.back().second == off) {
-      out.back().second += len;
-    } else {
-      out.emplace_back(off, len);
-    }
-  };
-  const uint64_t old_end = (old_rec.size_bytes() + 4095) / 4096 * 4096;
-  for (const auto& [v, bits] : blocks) {
-    for (uint64_t b = 0; b < cs / 4096; ++b) {
-      const uint64_t off = v * cs + b * 4096;
-      if (((bits >> b) & 1) && off < old_end) add(off, 4096);
-    }
-  }
-  const uint64_t new_end = (new_rec.size_bytes() + 4095) / 4096 * 4096;
-  if (new_end > old_end) add(old_end, new_end - old_end);
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-std::vector<ImageInfo> Engine::ListImages(std::string_view pool_name) {
-  std::lock_guard lock(mu_);
-  std::vector<ImageInfo> out;
-  PoolSlot* slot = FindPool(pool_name);
-  if (slot == nullptr) return out;
-  for (const auto& [id, rec] : slot->images) out.push_back(DescribeImage(*slot, id));
-  return out;
-}
-
-Result<ImageInfo> Engine::GetImage(std::string_view pool_name, uint64_t image_id) {
-  std::lock_guard lock(mu_);
-  SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-  if (!slot->images.count(image_id))
-    return Status::NotFound("image " + std::to_string(image_id) + " not found");
-  return DescribeImage(*slot, image_id);
-}
-
-Result<ImageUsage> Engine::GetImageUsage(std::string_view pool_name, uint64_t image_id) {
-  std::lock_guard lock(mu_);
-  SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-  if (!slot->images.count(image_id))
-    return Status::NotFound("image " + std::to_string(image_id) + " not found");
-  Pool& pool = *slot->pool;
-  SHALE_ASSIGN_OR_RETURN(auto entries, ReadImageEntries(pool, image_id));
-  const auto children = ChildrenOf(*slot, image_id);
-  ImageUsage u;
-  for (const auto& [v, e] : entries) {
-    // What each child hides of this image at v (committed state).
-    std::vector<uint64_t> covers;
-    for (uint64_t c : children) {
-      SHALE_ASSIGN_OR_RETURN(auto cbytes, pool.meta().Get(keys::Map(c, v)));
-      uint64_t covered = 0;
-      if (cbytes) {
-        SHALE_ASSIGN_OR_RETURN(MapEntry ce, MapEntry::Decode(*cbytes));
-        covered = ce.zero_blocks;
-        for (const auto& f : ce.fragments) covered |= f.blocks;
-      }
-      covers.push_back(covered);
-    }
-    for (const auto& f : e.fragments) {
-      const uint64_t data = static_cast<uint64_t>(std::popcount(f.blocks)) * 4096;
-      u.data_bytes += data;
-      uint64_t read_by_children = 0;
-      for (uint64_t covered : covers) read_by_children |= f.blocks & ~covered;
-      if (read_by_children == 0) {
-        u.exclusive_bytes += pool.cluster_size();
-      } else {
-        u.shared_bytes += static_cast<uint64_t>(std::popcount(read_by_children)) * 4096;
-      }
-    }
-  }
-  return u;
-}
-
-Result<Volume::SpaceUsage> Engine::GetVolumeUsage(std::string_view volume) {
-  std::lock_guard lock(mu_);
-  auto it = volumes_.find(volume);
-  if (it == volumes_.end())
-    return Status::NotFound("volume '" + std::string(volume) + "' not found");
-  Volume::SpaceUsage u;
-  Volume& vol = *it->second->volume;
-  vol.reactor()->RunSync([&] { u = vol.Usage(); });
-  return u;
-}
-
-Result<uint64_t> Engine::VolumeHeadImage(std::string_view volume) {
-  std::lock_guard lock(mu_);
-  auto it = volumes_.find(volume);
-  if (it == volumes_.end())
-    return Status::NotFound("volume '" + std::string(volume) + "' not found");
-  return it->second->volume->head_image();
-}
+// Records of upper layers (keys::Extension)
 
 Result<std::optional<std::string>> Engine::GetRecord(std::string_view pool_name,
                                                      std::string_view key) {

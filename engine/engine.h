@@ -32,6 +32,12 @@ struct EngineOptions {
   // OpenBlockDevice(path, device).
   using DeviceFactory =
       std::function<Result<std::shared_ptr<BlockDevice>>(const std::string& path)>;
+  // The RocksDB file system of a pool's metadata store, asked each time one is opened (pool
+  // create, pool open) with its directory. Tests substitute a FaultInjectingFs
+  // (engine/pool/fault_fs.h) here; empty, or a null result, means the default file system. The
+  // registry store always uses the default.
+  using MetadataFsFactory =
+      std::function<std::shared_ptr<rocksdb::FileSystem>(const std::string& metadata_dir)>;
 
   std::string data_dir = "./shale-data";
   unsigned reactors = 1;               // data-path threads, each with an io_uring ring (1..16)
@@ -42,6 +48,7 @@ struct EngineOptions {
   uint64_t default_pool_size = 8 * kGiB;
   uint32_t default_cluster_size = kDefaultClusterSize;
   DeviceFactory device_factory;
+  MetadataFsFactory metadata_fs_factory;
 };
 
 struct PoolInfo {

@@ -87,6 +87,15 @@ TEST_F(EngineImageTest, SnapshotKeepsOldDataWhileTheVolumeAndClonesDiverge) {
   EXPECT_EQ(engine_->DeleteImage("default", *snap).code(), StatusCode::kBusy)
       << "exported images stay";
   view->reset();
+  // Sizes out of range are refused with what is wrong (a size near UINT64_MAX must not wrap
+  // into "smaller than its source").
+  auto huge = engine_->CreateVolumeFromImage({.name = "huge", .size_bytes = UINT64_MAX}, *snap);
+  EXPECT_EQ(huge.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(huge.status().message().find("exceeds the maximum"), std::string_view::npos)
+      << huge.status();
+  EXPECT_EQ(
+      engine_->CreateVolumeFromImage({.name = "tiny", .size_bytes = 4096}, *snap).status().code(),
+      StatusCode::kInvalidArgument);
   // A writable clone reads A, diverges, and the snapshot does not change.
   ASSERT_TRUE(engine_->CreateVolumeFromImage({.name = "clone"}, *snap).ok());
   auto ro = engine_->CreateVolumeFromImage({.name = "ro", .read_only = true}, *snap);

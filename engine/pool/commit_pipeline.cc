@@ -99,10 +99,13 @@ void CommitPipeline::ThreadMain() {
     std::vector<uint32_t> to_release;
     Status st = failed.ok() ? RunRound(round, &to_release) : failed;
     if (!st.ok() && failed.ok()) {
-      SHALE_LOG_ERROR("metadata commit failed; pool refuses further writes until reopened",
-                      {"pool", pool_name_}, {"error", st.ToString()});
+      SHALE_LOG_ERROR(
+          "metadata commit failed; the pool is in error: its volumes refuse writes and flushes "
+          "until shaled restarts and reopens it from its durable state",
+          {"pool", pool_name_}, {"error", st.ToString()}, {"requests", round.size()});
       std::lock_guard lock(mu_);
       failure_ = st;
+      failed_.store(true, std::memory_order_release);
     }
     if (st.ok() && !to_release.empty()) {
       if (discard_freed_) DiscardClusters(to_release);

@@ -14,8 +14,14 @@
 //
 // Any failure in (2) or (3) puts the pipeline in a failed state: that round and every later
 // request fail with the same error (the pool must be reopened, which recovers from durable state).
+// The pipeline never retries: after a failed fsync the kernel may have dropped the dirty data, and
+// after a failed WAL write or sync RocksDB refuses every later write (a background error),
+// so a retry could only claim durability it does not have. A failed round's outcome is unknown
+// (its batch may or may not be found after a restart); that is safe because its data was flushed
+// before the batch was written and the clusters it frees were not released.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -62,6 +68,8 @@ class CommitPipeline {
   void Stop();
 
   Status failure() const;
+  // Whether failure() is set: lock-free, for the I/O path (volumes refuse writes once it is).
+  bool failed() const { return failed_.load(std::memory_order_acquire); }
   Stats stats() const;
   // Test hook, runs on the pipeline thread between the device flush and the metadata write.
   void SetBeforeMetadataWriteHook(std::function<void()> hook);
@@ -86,6 +94,7 @@ class CommitPipeline {
   std::deque<Request> queue_;
   bool stopping_ = false;
   Status failure_;
+  std::atomic<bool> failed_{false};  // set with failure_
   Stats stats_;
   std::function<void()> before_metadata_write_;
   ClusterBitmap committed_;  // guarded by mu_ for snapshots; mutated only on the thread

@@ -1,6 +1,8 @@
 #include "engine/pool/metadata_store.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 #include <unistd.h>
@@ -15,7 +17,11 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.IsCorruption()) return Status::Corruption(msg);
   if (s.IsInvalidArgument()) return Status::InvalidArgument(msg);
   if (s.IsNoSpace()) return Status::NoSpace(msg);
-  if (s.IsBusy() || s.ToString().find("lock") != std::string::npos) {
+  // RocksDB reports a held LOCK file as an IOError ("While lock file: ..." from another process,
+  // "lock hold by current process" from this one).
+  const std::string text = s.ToString();
+  if (s.IsBusy() || text.find("While lock file") != std::string::npos ||
+      text.find("lock hold by current process") != std::string::npos) {
     return Status::Busy(msg + " (is another shaled using this data directory?)");
   }
   return Status::IoError(msg);
@@ -67,7 +73,8 @@ void MetaBatch::Append(const MetaBatch& other) {
 size_t MetaBatch::count() const { return static_cast<size_t>(batch_->Count()); }
 size_t MetaBatch::data_bytes() const { return batch_->GetDataSize(); }
 
-MetadataStore::MetadataStore(std::string dir, rocksdb::DB* db) : dir_(std::move(dir)), db_(db) {}
+MetadataStore::MetadataStore(std::string dir, std::unique_ptr<rocksdb::Env> env, rocksdb::DB* db)
+    : dir_(std::move(dir)), env_(std::move(env)), db_(db) {}
 
 MetadataStore::~MetadataStore() {
   if (db_) db_->Close().PermitUncheckedError();
@@ -87,6 +94,11 @@ Result<std::unique_ptr<MetadataStore>> MetadataStore::Open(const std::string& di
   ro.keep_log_file_num = 3;
   ro.write_buffer_size = 16 << 20;
   ro.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  std::unique_ptr<rocksdb::Env> env;
+  if (options.file_system) {
+    env = rocksdb::NewCompositeEnv(options.file_system);
+    ro.env = env.get();
+  }
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(ro, dir, &db);
   if (!s.ok()) {
@@ -95,7 +107,7 @@ Result<std::unique_ptr<MetadataStore>> MetadataStore::Open(const std::string& di
     }
     return FromRocks(s, "open metadata " + dir);
   }
-  return std::unique_ptr<MetadataStore>(new MetadataStore(dir, db));
+  return std::unique_ptr<MetadataStore>(new MetadataStore(dir, std::move(env), db));
 }
 
 Result<std::optional<std::string>> MetadataStore::Get(std::string_view key) const {

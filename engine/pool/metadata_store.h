@@ -2,6 +2,10 @@
 // before it returns, so whatever a write committed survives a crash; that is what the pool's
 // crash-consistency argument relies on (docs/crash-consistency.md).
 // Thread-safe (RocksDB is).
+//
+// A failed write has an unknown outcome: it may or may not be found after a restart (its WAL
+// record may have reached the disk before the sync failed). RocksDB then refuses every later
+// write of this store (a background error) until it is reopened; reads keep working.
 #pragma once
 
 #include <atomic>
@@ -15,6 +19,8 @@
 
 namespace rocksdb {
 class DB;
+class Env;
+class FileSystem;
 class WriteBatch;
 }  // namespace rocksdb
 
@@ -48,6 +54,9 @@ class MetadataStore {
   struct Options {
     bool create_if_missing = false;
     bool error_if_exists = false;
+    // The file system RocksDB runs on; null = the default (local files). Tests pass a
+    // FaultInjectingFs (fault_fs.h) here. Shared: it must outlive the store.
+    std::shared_ptr<rocksdb::FileSystem> file_system;
   };
   // Busy when another process holds the database; NotFound when it does not exist and
   // create_if_missing is false.
@@ -69,8 +78,9 @@ class MetadataStore {
   const std::string& dir() const { return dir_; }
 
  private:
-  MetadataStore(std::string dir, rocksdb::DB* db);
+  MetadataStore(std::string dir, std::unique_ptr<rocksdb::Env> env, rocksdb::DB* db);
   std::string dir_;
+  std::unique_ptr<rocksdb::Env> env_;  // wraps Options::file_system; null = default; outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   std::atomic<uint64_t> write_count_{0};
 };

@@ -93,9 +93,10 @@ Result<std::unique_ptr<Pool>> Pool::Create(std::shared_ptr<BlockDevice> device,
   SHALE_ASSIGN_OR_RETURN(Superblock sb,
                          Superblock::ForNewPool(options.name, device->geometry().size_bytes,
                                                 options.cluster_size, Clock::Real()->WallNanos()));
-  SHALE_ASSIGN_OR_RETURN(auto meta,
-                         MetadataStore::Open(options.metadata_dir,
-                                             {.create_if_missing = true, .error_if_exists = true}));
+  SHALE_ASSIGN_OR_RETURN(
+      auto meta, MetadataStore::Open(options.metadata_dir, {.create_if_missing = true,
+                                                            .error_if_exists = true,
+                                                            .file_system = options.metadata_fs}));
   meta::PoolRecord rec;
   rec.set_name(sb.pool_name);
   rec.set_uuid(UuidBytes(sb.pool_uuid));
@@ -124,7 +125,7 @@ Result<std::unique_ptr<Pool>> Pool::Create(std::shared_ptr<BlockDevice> device,
 Result<std::unique_ptr<Pool>> Pool::Open(std::shared_ptr<BlockDevice> device,
                                          const PoolOpenOptions& options) {
   const std::string who = "pool '" + options.name + "'";
-  auto meta_or = MetadataStore::Open(options.metadata_dir, {});
+  auto meta_or = MetadataStore::Open(options.metadata_dir, {.file_system = options.metadata_fs});
   if (!meta_or.ok()) {
     if (meta_or.status().IsNotFound()) {
       return Status::FailedPrecondition(who + ": its metadata is missing at " +

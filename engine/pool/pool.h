@@ -28,6 +28,8 @@ struct PoolCreateOptions {
   uint32_t cluster_size = kDefaultClusterSize;
   bool force = false;  // overwrite a device that is not blank (foreign data or another pool)
   bool discard_freed = true;
+  // File system of the metadata store; null = the default (MetadataStore::Options::file_system).
+  std::shared_ptr<rocksdb::FileSystem> metadata_fs;
 };
 
 struct PoolOpenOptions {
@@ -35,6 +37,8 @@ struct PoolOpenOptions {
   std::string metadata_dir;
   Uuid expected_uuid;  // from the registry; nil = accept the metadata's
   bool discard_freed = true;
+  // File system of the metadata store; null = the default (MetadataStore::Options::file_system).
+  std::shared_ptr<rocksdb::FileSystem> metadata_fs;
 };
 
 class Pool {
@@ -68,6 +72,7 @@ class Pool {
   MetadataStore& meta() { return *meta_; }
   ClusterAllocator& allocator() { return *allocator_; }
   CommitPipeline& pipeline() { return *pipeline_; }
+  const CommitPipeline& pipeline() const { return *pipeline_; }
   uint32_t cluster_size() const { return superblock_.cluster_size; }
   uint64_t cluster_count() const { return superblock_.cluster_count; }
 

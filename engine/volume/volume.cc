@@ -1,3 +1,6 @@
+// Volume: submission and validation, the write gate, the aligned data path (read, write,
+// discard / write-zeroes as metadata), flush and commit, lifecycle and space queries.
+// Unaligned requests: volume_rmw.cc. Map loading and image mechanics: volume_images.cc.
 #include "engine/volume/volume.h"
 
 #include <algorithm>
@@ -10,32 +13,18 @@
 #include "engine/io/reactor.h"
 #include "engine/pool/keys.h"
 #include "engine/pool/pool.h"
+#include "engine/volume/volume_internal.h"
 
 namespace shale {
 
+using internal::BlockMask;
+using internal::kInternal;
+
 namespace {
-// Block constants: engine/common/block.h.
-constexpr uint64_t kBlock = kBlockSize;
-// Set on internal requests of the read-modify-write machinery: skip range locks and counters.
-constexpr uint32_t kInternal = 1u << 31;
 constexpr uint64_t kMaxMergedDeviceIo = 4 * kMiB;
-constexpr uint64_t kZeroChunk = 1 * kMiB;
-// Dirty clusters above which a freeze commits first, outside its write pause.
-constexpr size_t kFreezePrecommitThreshold = 256;
 
 bool IsMutating(VolumeOp op) {
   return op == VolumeOp::kWrite || op == VolumeOp::kDiscard || op == VolumeOp::kWriteZeroes;
-}
-inline uint64_t BlockMask(uint32_t first, uint32_t count) {
-  return count >= 64 ? ~0ull << first : ((1ull << count) - 1) << first;
-}
-const uint8_t* ZeroBuffer() {
-  static const AlignedBuffer zeros = [] {
-    AlignedBuffer b = AllocateAligned(kZeroChunk);
-    std::memset(b.get(), 0, kZeroChunk);
-    return b;
-  }();
-  return zeros.get();
 }
 }  // namespace
 
@@ -67,27 +56,6 @@ struct Volume::Request {
   Request* next_free = nullptr;
 };
 
-// Internal multi-step operation for requests that are not 4 KiB-aligned, and for zero-writes
-// that must keep allocation: an explicit state machine whose steps are internal, aligned
-// VolumeIos through Submit(); each completion calls Volume::StepUnaligned.
-struct Volume::Unaligned {
-  enum class Kind { kRead, kWrite, kZeroUnmap, kZeroFill };
-  Volume* vol = nullptr;
-  VolumeIo* client = nullptr;
-  Kind kind = Kind::kRead;
-  uint64_t begin = 0, end = 0;  // 4 KiB-aligned window covering the client's range
-  AlignedBuffer bounce;
-  VolumeIo inner;
-  int step = 0;
-  bool locked = false;
-  uint64_t cursor = 0;          // kZeroFill: next chunk; kZeroUnmap: edge block being zeroed
-  uint64_t chunk_len = 0;       // kZeroFill: length of the current edge chunk
-  std::vector<uint64_t> edges;  // kZeroUnmap: partial edge blocks to zero
-  size_t edge_index = 0;
-
-  uint64_t client_end() const { return client->offset + client->length; }
-};
-
 Volume::Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vector<uint64_t> chain,
                ClusterMap map, const Options& options)
     : pool_(pool),
@@ -98,7 +66,7 @@ Volume::Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vec
       created_unix_ns_(record.created_unix_ns()),
       cluster_size_(pool->cluster_size()),
       cluster_shift_(static_cast<uint32_t>(std::countr_zero(pool->cluster_size()))),
-      blocks_per_cluster_(pool->cluster_size() / static_cast<uint32_t>(kBlock)),
+      blocks_per_cluster_(pool->cluster_size() / kBlockSize),
       data_offset_(pool->superblock().data_offset),
       options_(options),
       chain_(std::move(chain)),
@@ -129,70 +97,6 @@ Volume::~Volume() {
 
 uint64_t Volume::allocated_bytes() const {
   return owned_clusters_.load(std::memory_order_relaxed) * cluster_size_;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Loading
-
-Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chain,
-                                   uint64_t size_bytes, uint64_t* owned_clusters) {
-  const uint64_t cs = pool.cluster_size();
-  const uint64_t vclusters = (size_bytes + cs - 1) / cs;
-  ClusterMap map(vclusters);
-  uint64_t owned = 0;
-  // Top (head) first: an image's blocks are visible where no image above it already claimed them.
-  for (size_t level = chain.size(); level-- > 0;) {
-    const uint64_t image = chain[level];
-    Status err;
-    SHALE_RETURN_IF_ERROR(
-        pool.meta().Scan(keys::MapImagePrefix(image), [&](std::string_view k, std::string_view v) {
-          if (k.size() != 17) {
-            err = Status::Corruption("malformed mapping key");
-            return false;
-          }
-          uint64_t vc = keys::DecodeU64At(k, 9);
-          auto entry = MapEntry::Decode(v);
-          if (!entry.ok()) {
-            err = entry.status().WithContext("image " + std::to_string(image) + " cluster " +
-                                             std::to_string(vc));
-            return false;
-          }
-          if (vc >= vclusters) {
-            // Blocks past the logical end (possible after a crash during a shrink, which Shale
-            // never does) would be unreachable; treat as corruption.
-            err = Status::Corruption("mapping beyond the volume size");
-            return false;
-          }
-          uint64_t covered = 0;
-          for (const auto& f : map.Fragments(vc)) covered |= f.blocks;
-          for (const auto& sf : entry->fragments) {
-            if (sf.pcluster >= pool.cluster_count()) {
-              err = Status::Corruption("mapping references cluster " + std::to_string(sf.pcluster) +
-                                       " beyond the pool");
-              return false;
-            }
-            Fragment f;
-            f.pcluster = sf.pcluster;
-            f.image = static_cast<uint32_t>(image);
-            f.blocks = sf.blocks & ~covered;
-            // The head keeps its fragments even when empty: they hold an allocated cluster.
-            if (f.blocks != 0 || level + 1 == chain.size()) map.Add(vc, f);
-            if (level + 1 == chain.size()) ++owned;
-          }
-          uint64_t zeros = entry->zero_blocks & ~covered;
-          if (zeros != 0) {
-            Fragment z;
-            z.pcluster = kZeroCluster;
-            z.image = static_cast<uint32_t>(image);
-            z.blocks = zeros;
-            map.Add(vc, z);
-          }
-          return true;
-        }));
-    SHALE_RETURN_IF_ERROR(err);
-  }
-  if (owned_clusters) *owned_clusters = owned;
-  return map;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,6 +158,11 @@ void Volume::Submit(VolumeIo* io) {
   // Counted from here so Complete() can uncount them uniformly.
   if (IsMutating(io->op)) ++mutating_in_flight_;
   if (io->op == VolumeOp::kRead) ++reads_in_flight_;
+  if (!failed_ && pool_->pipeline().failed()) {
+    // A commit of the pool failed (maybe another volume's): the whole pool refuses writes.
+    failed_ = true;
+    failure_ = pool_->pipeline().failure();
+  }
   if (failed_ && io->op != VolumeOp::kRead) {
     return CompleteLater(io, Status::IoError("volume '" + name_ + "' failed: " +
                                              failure_.ToString() + " (restart shaled to recover)"));
@@ -294,16 +203,15 @@ void Volume::Submit(VolumeIo* io) {
 
 void Volume::Dispatch(VolumeIo* io) {
   const bool internal = io->flags & kInternal;
-  const bool aligned = ((io->offset | io->length) & kBlockMask) == 0;
+  const bool aligned = IsBlockAligned(io->offset | io->length);
   switch (io->op) {
     case VolumeOp::kFlush:
       return SubmitFlush(io);
     case VolumeOp::kRead:
-      if (aligned && (reinterpret_cast<uintptr_t>(io->buf) & kBlockMask) == 0)
-        return SubmitRead(io);
+      if (aligned && IsBlockAligned(reinterpret_cast<uintptr_t>(io->buf))) return SubmitRead(io);
       return SubmitUnaligned(io);
     case VolumeOp::kWrite:
-      if (aligned && (reinterpret_cast<uintptr_t>(io->buf) & kBlockMask) == 0) {
+      if (aligned && IsBlockAligned(reinterpret_cast<uintptr_t>(io->buf))) {
         if (!internal && ParkIfLocked(io)) return;
         return SubmitWrite(io);
       }
@@ -646,8 +554,8 @@ void Volume::SubmitWrite(VolumeIo* io) {
 
 void Volume::SubmitUnmap(VolumeIo* io) {
   // Discard may ignore partial blocks (TRIM is advisory); write-zeroes reaching here is aligned.
-  const uint64_t begin = (io->offset + kBlockMask) & ~kBlockMask;
-  const uint64_t end = (io->offset + io->length) & ~kBlockMask;
+  const uint64_t begin = RoundUpToBlock(io->offset);
+  const uint64_t end = RoundDownToBlock(io->offset + io->length);
   const bool has_parents = chain_.size() > 1;
   for (uint64_t pos = begin; pos < end;) {
     const uint64_t v = pos >> cluster_shift_;
@@ -688,194 +596,6 @@ void Volume::SubmitUnmap(VolumeIo* io) {
   }
   if (io->flags & kVolumeFua) return FlushAfter(io, Status::Ok());
   CompleteLater(io, Status::Ok());
-}
-
-// ---------------------------------------------------------------------------------------------
-// Unaligned requests (read-modify-write) and zero-writes that keep allocation
-
-bool Volume::ParkIfLocked(VolumeIo* io) {
-  if (rmw_locks_.empty()) return false;
-  const uint64_t begin = io->offset & ~kBlockMask;
-  const uint64_t end = (io->offset + io->length + kBlockMask) & ~kBlockMask;
-  for (const Range& l : rmw_locks_) {
-    if (begin < l.end && l.begin < end) {
-      parked_.push_back(io);
-      return true;
-    }
-  }
-  return false;
-}
-
-void Volume::UnlockRange(uint64_t begin, uint64_t end) {
-  for (auto it = rmw_locks_.begin(); it != rmw_locks_.end(); ++it) {
-    if (it->begin == begin && it->end == end) {
-      rmw_locks_.erase(it);
-      break;
-    }
-  }
-  if (parked_.empty()) return;
-  std::deque<VolumeIo*> retry;
-  retry.swap(parked_);
-  // Re-dispatch without re-counting: they are already counted in requests_in_flight_.
-  for (VolumeIo* io : retry) {
-    if (ParkIfLocked(io)) continue;
-    const bool aligned = ((io->offset | io->length) & kBlockMask) == 0 &&
-                         (reinterpret_cast<uintptr_t>(io->buf) & kBlockMask) == 0;
-    if (io->op == VolumeOp::kWrite && aligned) {
-      SubmitWrite(io);
-    } else {
-      SubmitUnaligned(io);
-    }
-  }
-}
-
-void Volume::SubmitUnaligned(VolumeIo* io) {
-  const uint64_t begin = io->offset & ~kBlockMask;
-  const uint64_t end = (io->offset + io->length + kBlockMask) & ~kBlockMask;
-  if (io->op != VolumeOp::kRead) {
-    // Lock the covering blocks so concurrent partial writes of one block keep each other's bytes.
-    for (const Range& l : rmw_locks_) {
-      if (begin < l.end && l.begin < end) {
-        parked_.push_back(io);
-        return;
-      }
-    }
-  }
-  auto* u = new Unaligned();
-  u->vol = this;
-  u->client = io;
-  u->begin = begin;
-  u->end = end;
-  if (io->op == VolumeOp::kRead) {
-    u->kind = Unaligned::Kind::kRead;
-  } else if (io->op == VolumeOp::kWrite) {
-    u->kind = Unaligned::Kind::kWrite;
-  } else if (io->flags & kVolumeNoUnmap) {
-    u->kind = Unaligned::Kind::kZeroFill;
-    u->cursor = begin;
-  } else {
-    u->kind = Unaligned::Kind::kZeroUnmap;
-    const uint64_t mid_begin = (io->offset + kBlockMask) & ~kBlockMask;
-    const uint64_t mid_end = (io->offset + io->length) & ~kBlockMask;
-    if (io->offset != mid_begin) u->edges.push_back(begin);
-    if (u->client_end() != mid_end && (u->edges.empty() || end - kBlock != begin)) {
-      u->edges.push_back(end - kBlock);
-    }
-  }
-  if (io->op != VolumeOp::kRead) {
-    rmw_locks_.push_back(Range{begin, end});
-    u->locked = true;
-  }
-  StepUnaligned(u, Status::Ok());
-}
-
-void Volume::RunInner(Unaligned* u, VolumeOp op, uint64_t off, uint64_t len, uint8_t* buf) {
-  u->inner = VolumeIo{};
-  u->inner.op = op;
-  u->inner.offset = off;
-  u->inner.length = len;
-  u->inner.buf = buf;
-  u->inner.flags = kInternal;
-  u->inner.io_class = u->client->io_class;
-  u->inner.ctx = u;
-  u->inner.done = [](VolumeIo* inner) {
-    auto* self = static_cast<Unaligned*>(inner->ctx);
-    self->vol->StepUnaligned(self, inner->status);
-  };
-  Submit(&u->inner);
-}
-
-void Volume::FinishUnaligned(Unaligned* u, Status st) {  // by value: st may live in *u
-  if (u->locked) UnlockRange(u->begin, u->end);
-  VolumeIo* client = u->client;
-  delete u;
-  if (st.ok() && client->op != VolumeOp::kRead && (client->flags & kVolumeFua)) {
-    return FlushAfter(client, st);
-  }
-  Complete(client, st);
-}
-
-void Volume::StepUnaligned(Unaligned* u, const Status& st) {
-  if (!st.ok()) return FinishUnaligned(u, Status(st));
-  const int step = u->step++;
-  switch (u->kind) {
-    case Unaligned::Kind::kRead:
-      if (step == 0) {
-        u->bounce = AllocateAligned(u->end - u->begin);
-        return RunInner(u, VolumeOp::kRead, u->begin, u->end - u->begin, u->bounce.get());
-      }
-      std::memcpy(u->client->buf, u->bounce.get() + (u->client->offset - u->begin),
-                  u->client->length);
-      return FinishUnaligned(u, Status::Ok());
-
-    case Unaligned::Kind::kWrite: {
-      const bool head_partial = u->client->offset != u->begin;
-      const bool tail_partial = u->client_end() != u->end;
-      if (step == 0) {
-        u->bounce = AllocateAligned(u->end - u->begin);
-        if (head_partial) return RunInner(u, VolumeOp::kRead, u->begin, kBlock, u->bounce.get());
-        return StepUnaligned(u, Status::Ok());
-      }
-      if (step == 1) {
-        if (tail_partial && !(head_partial && u->end - kBlock == u->begin)) {
-          return RunInner(u, VolumeOp::kRead, u->end - kBlock, kBlock,
-                          u->bounce.get() + (u->end - kBlock - u->begin));
-        }
-        return StepUnaligned(u, Status::Ok());
-      }
-      if (step == 2) {
-        std::memcpy(u->bounce.get() + (u->client->offset - u->begin), u->client->buf,
-                    u->client->length);
-        return RunInner(u, VolumeOp::kWrite, u->begin, u->end - u->begin, u->bounce.get());
-      }
-      return FinishUnaligned(u, Status::Ok());
-    }
-
-    case Unaligned::Kind::kZeroUnmap: {
-      if (step == 0) {
-        const uint64_t mid_begin = (u->client->offset + kBlockMask) & ~kBlockMask;
-        const uint64_t mid_end = u->client_end() & ~kBlockMask;
-        if (mid_end > mid_begin)
-          return RunInner(u, VolumeOp::kDiscard, mid_begin, mid_end - mid_begin, nullptr);
-        return StepUnaligned(u, Status::Ok());
-      }
-      // Odd steps read an edge block, even steps write it back with the client's part zeroed.
-      if (step % 2 == 1) {
-        if (u->edge_index >= u->edges.size()) return FinishUnaligned(u, Status::Ok());
-        if (!u->bounce) u->bounce = AllocateAligned(kBlock);
-        u->cursor = u->edges[u->edge_index++];
-        return RunInner(u, VolumeOp::kRead, u->cursor, kBlock, u->bounce.get());
-      }
-      const uint64_t zb = std::max(u->cursor, u->client->offset);
-      const uint64_t ze = std::min(u->cursor + kBlock, u->client_end());
-      std::memset(u->bounce.get() + (zb - u->cursor), 0, ze - zb);
-      return RunInner(u, VolumeOp::kWrite, u->cursor, kBlock, u->bounce.get());
-    }
-
-    case Unaligned::Kind::kZeroFill: {
-      // NO_UNMAP: really write zeros, chunk by chunk, so the blocks stay allocated. A chunk that
-      // only partly belongs to the client is read, patched with zeros and written back.
-      if (u->chunk_len != 0) {  // the read of a partial chunk just completed
-        const uint64_t off = u->cursor - u->chunk_len;
-        const uint64_t zb = std::max(off, u->client->offset);
-        const uint64_t ze = std::min(u->cursor, u->client_end());
-        std::memset(u->bounce.get() + (zb - off), 0, ze - zb);
-        const uint64_t len = u->chunk_len;
-        u->chunk_len = 0;
-        return RunInner(u, VolumeOp::kWrite, off, len, u->bounce.get());
-      }
-      if (u->cursor >= u->end) return FinishUnaligned(u, Status::Ok());
-      const uint64_t off = u->cursor;
-      const uint64_t len = std::min<uint64_t>(kZeroChunk, u->end - off);
-      u->cursor = off + len;
-      if (off >= u->client->offset && off + len <= u->client_end()) {
-        return RunInner(u, VolumeOp::kWrite, off, len, const_cast<uint8_t*>(ZeroBuffer()));
-      }
-      if (!u->bounce) u->bounce = AllocateAligned(kZeroChunk);
-      u->chunk_len = len;
-      return RunInner(u, VolumeOp::kRead, off, len, u->bounce.get());
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1017,326 +737,14 @@ void Volume::CheckCloseDone() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Image mechanics
-
-void Volume::Freeze(uint64_t new_head, MetaBatch records, std::function<void(const Status&)> done) {
-  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Freeze misuse");
-  SHALE_CHECK(new_head <= UINT32_MAX, "image id too large");
-  auto batch = std::make_shared<MetaBatch>(std::move(records));
-  if (dirty_list_.size() > kFreezePrecommitThreshold) {
-    // Much is dirty: commit it first without parking writes, so the capture inside the gate
-    // (which the pause waits for) stays small.
-    auto d = std::make_shared<std::function<void(const Status&)>>(std::move(done));
-    return Commit([this, new_head, batch, d](const Status& st) {
-      if (!st.ok()) return (*d)(st);
-      Freeze(new_head, std::move(*batch), std::move(*d));
-    });
-  }
-  GateWrites([this, new_head, batch, done = std::move(done)]() mutable {
-    // Every write admitted before the gate has completed: the head's dirty mappings are the
-    // frozen image's final state. Capture them with the records, then switch heads.
-    CommitWith(std::move(*batch), {}, {}, std::move(done));
-    chain_.push_back(new_head);
-    head_ = static_cast<uint32_t>(new_head);
-    owned_clusters_.store(0, std::memory_order_relaxed);
-    UngateWrites();
-  });
-}
-
-void Volume::MergeParentIntoHead(uint64_t from,
-                                 std::vector<std::pair<uint64_t, MapEntry>> from_entries,
-                                 MetaBatch records, std::function<void(const Status&)> done) {
-  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::MergeParentIntoHead misuse");
-  if (!(chain_.size() >= 2 && chain_[chain_.size() - 2] == from)) {
-    std::string c;
-    for (uint64_t id : chain_) c += std::to_string(id) + " ";
-    SHALE_CHECK(false, "merge of image ", from, " that is not the head's parent; chain: ", c);
-  }
-  const uint32_t src = static_cast<uint32_t>(from);
-  // From now on the parent's fragments belong to the head's stored entries (so any commit
-  // keeps them) but are not write targets until the merge is durable.
-  merging_from_ = src;
-  std::vector<uint32_t> freed;
-  auto touched = std::make_shared<std::vector<uint64_t>>();
-  for (const auto& [v, entry] : from_entries) {
-    bool shows = false;
-    for (const StoredFragment& sf : entry.fragments) {
-      if (v < map_.size() && FindFragment(v, sf.pcluster) != nullptr) {
-        shows = true;
-      } else {
-        freed.push_back(sf.pcluster);  // hidden by the head everywhere: nothing shows it any more
-      }
-    }
-    if (v < map_.size()) {
-      for (const Fragment& f : map_.Fragments(v)) shows = shows || f.image == src;
-    }
-    if (shows) {
-      touched->push_back(v);
-      MarkDirty(v);
-    }
-  }
-  CommitWith(std::move(records), std::move(freed), {},
-             [this, src, touched, done = std::move(done)](const Status& st) {
-               if (st.ok()) {
-                 uint64_t gained = 0;
-                 for (uint64_t v : *touched) {
-                   for (Fragment& f : map_.Fragments(v)) {
-                     if (f.image != src) continue;
-                     f.image = head_;
-                     if (!f.is_zero()) ++gained;
-                   }
-                 }
-                 owned_clusters_.fetch_add(gained, std::memory_order_relaxed);
-                 std::erase(chain_, static_cast<uint64_t>(src));
-               }
-               merging_from_ = 0;
-               done(st);
-             });
-}
-
-void Volume::RelabelImage(uint64_t from, uint64_t to, const std::vector<uint64_t>& vclusters) {
-  SHALE_CHECK(reactor_->IsCurrent(), "Volume::RelabelImage off the reactor");
-  SHALE_CHECK(to != head_ || options_.view_only, "use MergeParentIntoHead to merge into the head");
-  const uint32_t f32 = static_cast<uint32_t>(from), t32 = static_cast<uint32_t>(to);
-  for (uint64_t v : vclusters) {
-    if (v >= map_.size()) continue;
-    for (Fragment& f : map_.Fragments(v)) {
-      if (f.image == f32) f.image = t32;
-    }
-  }
-  std::erase(chain_, from);
-}
-
-void Volume::ReplaceHead(std::vector<uint64_t> chain, ClusterMap map, uint64_t new_size,
-                         MetaBatch records, std::function<void(const Status&)> done) {
-  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::ReplaceHead misuse");
-  SHALE_CHECK(chain.back() <= UINT32_MAX, "image id too large");
-  auto state = std::make_shared<std::tuple<std::vector<uint64_t>, ClusterMap, MetaBatch>>(
-      std::move(chain), std::move(map), std::move(records));
-  GateWrites(
-      [this, state, new_size, done = std::move(done)]() mutable {
-        // No I/O references the old map now. Everything the old head owned is freed (clusters
-        // allocated since the last commit are in allocated_ too: set then cleared). The old
-        // head's dirty mappings are dropped: its entries are deleted by `records`.
-        std::vector<uint32_t> freed = OwnedClusters();
-        for (uint64_t v : dirty_list_) dirty_bits_[v >> 6] &= ~(1ull << (v & 63));
-        dirty_list_.clear();
-        auto& batch = std::get<2>(*state);
-        // I/O stays parked until the new head is durable, so a failed revert changes nothing.
-        CommitWith(std::move(batch), std::move(freed), {},
-                   [this, state, new_size, done = std::move(done)](const Status& st) {
-                     if (st.ok()) {
-                       auto& [new_chain, new_map, unused] = *state;
-                       chain_ = std::move(new_chain);
-                       head_ = static_cast<uint32_t>(chain_.back());
-                       map_ = std::move(new_map);
-                       map_.Grow((new_size + cluster_size_ - 1) / cluster_size_);
-                       size_bytes_.store(new_size, std::memory_order_release);
-                       dirty_bits_.assign((map_.size() + 63) / 64, 0);
-                       owned_clusters_.store(0, std::memory_order_relaxed);
-                     }
-                     UngateWrites();
-                     done(st);
-                   });
-      },
-      /*all_io=*/true);
-}
-
-struct Volume::FlattenJob {
-  std::vector<uint64_t> todo;  // virtual clusters that read blocks through parents
-  size_t next = 0;
-  std::function<void(uint64_t, uint64_t)> progress;
-  std::function<void(const Status&)> done;
-  BackgroundAdmission* admission = nullptr;  // null: batches run unpaced
-  BackgroundAdmission::Done admitted;        // the running batch's admission, until it ends
-  // The batch being copied: one read then one write per run of parent blocks.
-  struct Copy {
-    uint64_t offset = 0, length = 0;
-    AlignedBuffer buf;
-    VolumeIo io;
-    FlattenJob* job = nullptr;
-  };
-  std::vector<std::unique_ptr<Copy>> copies;
-  size_t pending = 0;
-  bool writing = false;
-  Status status;
-  Volume* vol = nullptr;
-  std::shared_ptr<FlattenJob> self;  // kept alive while I/O is in flight
-};
-
-namespace {
-constexpr size_t kFlattenBatchClusters = 32;
-}  // namespace
-
-void Volume::Flatten(std::function<void(uint64_t, uint64_t)> progress,
-                     std::function<void(const Status&)> done, BackgroundAdmission* admission) {
-  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Flatten misuse");
-  auto job = std::make_shared<FlattenJob>();
-  job->vol = this;
-  job->admission = admission;
-  job->progress = std::move(progress);
-  job->done = std::move(done);
-  map_.ForEach([&](uint64_t v, std::span<const Fragment> frags) {
-    for (const Fragment& f : frags) {
-      if (f.image != head_ && !f.is_zero() && f.blocks != 0) {
-        job->todo.push_back(v);
-        return;
-      }
-    }
-  });
-  FlattenNextBatch(job);
-}
-
-void Volume::FlattenNextBatch(std::shared_ptr<FlattenJob> job) {
-  if (job->progress) job->progress(job->next, job->todo.size());
-  if (!job->status.ok() || job->next >= job->todo.size()) {
-    if (!job->status.ok()) return job->done(job->status);
-    // Make the copies durable before the caller detaches the volume from its parents.
-    return Commit([job](const Status& st) { job->done(st); });
-  }
-  if (job->admission == nullptr) return FlattenCopyBatch(std::move(job));
-  // Admission first, the write gate after it: client writes are never parked while the batch
-  // waits for its turn (which may take long on a busy pool).
-  const uint64_t bytes = FlattenBatchBytes(*job);
-  job->admission->Admit(bytes, [this, job](BackgroundAdmission::Done admitted) {
-    job->admitted = std::move(admitted);
-    FlattenCopyBatch(job);
-  });
-}
-
-uint64_t Volume::FlattenBatchBytes(const FlattenJob& job) const {
-  uint64_t blocks = 0;
-  const size_t end = std::min(job.next + kFlattenBatchClusters, job.todo.size());
-  for (size_t i = job.next; i < end; ++i) {
-    uint64_t parent_blocks = 0;
-    for (const Fragment& f : map_.Fragments(job.todo[i])) {
-      if (f.image != head_ && !f.is_zero()) parent_blocks |= f.blocks;
-    }
-    blocks += static_cast<uint64_t>(std::popcount(parent_blocks));
-  }
-  return blocks << kBlockShift;
-}
-
-void Volume::FlattenBatchEnded(std::shared_ptr<FlattenJob> job) {
-  UngateWrites();
-  if (job->admitted) {
-    BackgroundAdmission::Done admitted = std::move(job->admitted);
-    job->admitted = nullptr;
-    admitted();
-  }
-  reactor_->Defer([this, job = std::move(job)] { FlattenNextBatch(job); });
-}
-
-void Volume::FlattenCopyBatch(std::shared_ptr<FlattenJob> job) {
-  GateWrites([this, job]() {
-    // No client write is in flight: copy up to 32 clusters' parent blocks.
-    job->copies.clear();
-    const size_t end = std::min(job->next + kFlattenBatchClusters, job->todo.size());
-    for (; job->next < end; ++job->next) {
-      const uint64_t v = job->todo[job->next];
-      uint64_t parent_blocks = 0;
-      for (const Fragment& f : map_.Fragments(v)) {
-        if (f.image != head_ && !f.is_zero()) parent_blocks |= f.blocks;
-      }
-      while (parent_blocks != 0) {
-        const uint32_t first = static_cast<uint32_t>(std::countr_zero(parent_blocks));
-        const uint32_t run = static_cast<uint32_t>(std::countr_one(parent_blocks >> first));
-        auto c = std::make_unique<FlattenJob::Copy>();
-        c->offset = (v << cluster_shift_) + (static_cast<uint64_t>(first) << kBlockShift);
-        c->length =
-            std::min<uint64_t>(static_cast<uint64_t>(run) << kBlockShift, size_bytes() - c->offset);
-        c->buf = AllocateAligned(c->length);
-        c->job = job.get();
-        job->copies.push_back(std::move(c));
-        parent_blocks &= ~BlockMask(first, run);
-      }
-    }
-    job->writing = false;
-    job->self = job;
-    auto issue = [this](FlattenJob* j, VolumeOp op) {
-      j->pending = j->copies.size();
-      for (auto& c : j->copies) {
-        c->io = VolumeIo{};
-        c->io.op = op;
-        c->io.offset = c->offset;
-        c->io.length = c->length;
-        c->io.buf = c->buf.get();
-        c->io.flags = kInternal;
-        c->io.io_class = IoClass::kBackground;
-        c->io.ctx = c.get();
-        c->io.done = [](VolumeIo* io) {
-          auto* copy = static_cast<FlattenJob::Copy*>(io->ctx);
-          FlattenJob* jb = copy->job;
-          if (!io->status.ok() && jb->status.ok()) jb->status = io->status;
-          if (--jb->pending != 0) return;
-          Volume* self_vol = jb->vol;
-          if (!jb->writing && jb->status.ok()) {
-            jb->writing = true;  // all parent blocks read: write them into our own clusters
-            jb->pending = jb->copies.size();
-            for (auto& cc : jb->copies) {
-              cc->io.op = VolumeOp::kWrite;
-              cc->io.status = Status::Ok();
-              self_vol->Submit(&cc->io);
-            }
-            return;
-          }
-          self_vol->FlattenBatchEnded(std::move(jb->self));
-        };
-        Submit(&c->io);
-      }
-    };
-    if (job->copies.empty()) {
-      FlattenBatchEnded(std::move(job->self));
-      return;
-    }
-    issue(job.get(), VolumeOp::kRead);
-  });
-}
-
-void Volume::DetachFromParents(MetaBatch records, std::function<void(const Status&)> done) {
-  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::DetachFromParents misuse");
-  // Zero marks mean nothing without parents: store the head's entries without them, in the same
-  // commit as `records`. Memory changes only once that commit is durable, so a failed detach
-  // leaves the volume exactly as it was.
-  auto touched = std::make_shared<std::vector<uint64_t>>();
-  map_.ForEach([&](uint64_t v, std::span<const Fragment> frags) {
-    for (const Fragment& f : frags) {
-      if (f.is_zero() || f.image != head_) {
-        touched->push_back(v);
-        return;
-      }
-    }
-  });
-  for (uint64_t v : *touched) {
-    MapEntry e = StoredEntry(v);
-    e.zero_blocks = 0;
-    if (e.empty()) {
-      records.Delete(keys::Map(head_, v));
-    } else {
-      records.Put(keys::Map(head_, v), e.Encode());
-    }
-  }
-  CommitWith(std::move(records), {}, {}, [this, touched, done = std::move(done)](const Status& st) {
-    if (st.ok()) {
-      for (uint64_t v : *touched) {
-        // Parents' data is all hidden after Flatten; empty leftovers with I/O in flight are
-        // reaped when it completes.
-        map_.RemoveIf(v, [&](const Fragment& f) {
-          return f.is_zero() || (f.image != head_ && f.blocks == 0 && f.inflight == 0);
-        });
-      }
-      chain_ = {chain_.back()};
-    }
-    done(st);
-  });
-}
+// Space queries
 
 Volume::SpaceUsage Volume::Usage() const {
   SpaceUsage u;
   map_.ForEach([&](uint64_t, std::span<const Fragment> frags) {
     for (const Fragment& f : frags) {
       if (f.is_zero()) continue;
-      const uint64_t bytes = static_cast<uint64_t>(std::popcount(f.blocks)) * kBlock;
+      const uint64_t bytes = static_cast<uint64_t>(std::popcount(f.blocks)) * kBlockSize;
       if (f.image == head_) {
         u.owned_bytes += cluster_size_;
         u.written_bytes += bytes;
@@ -1365,7 +773,7 @@ std::vector<Volume::Extent> Volume::QueryAllocation(uint64_t offset, uint64_t le
         break;
       }
     }
-    const uint64_t next = std::min(end, ((pos >> kBlockShift) + 1) << kBlockShift);
+    const uint64_t next = std::min(end, RoundDownToBlock(pos) + kBlockSize);
     const uint64_t len = next - pos;
     if (!out.empty() && out.back().zero == zero) {
       out.back().length += len;

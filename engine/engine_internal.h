@@ -1,0 +1,48 @@
+// The Engine's private state, shared by the files that implement it: engine.cc (start-up,
+// pools, volumes, records), engine_images.cc (layered images) and engine_pool_check.cc (the
+// pool consistency check). Not part of the engine's API: nothing outside engine/engine*.cc
+// includes it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "engine/common/units.h"
+#include "engine/engine.h"
+#include "engine/pool/metadata.pb.h"
+
+namespace shale {
+
+namespace internal {
+// Largest volume (create, resize, clone); csi/params.h repeats it.
+inline constexpr uint64_t kMaxVolumeSize = 256 * kTiB;
+}  // namespace internal
+
+// One registered pool; guarded by Engine::mu_ like every slot.
+struct Engine::PoolSlot {
+  meta::PoolRegistration reg;
+  std::unique_ptr<Pool> pool;  // null when the pool failed to open
+  std::string error;
+  std::map<uint64_t, meta::ImageRecord> images;  // as committed
+};
+
+// One live volume.
+struct Engine::VolumeSlot {
+  PoolSlot* pool = nullptr;
+  std::shared_ptr<Volume> volume;
+  meta::VolumeRecord record;  // as committed
+  uint32_t open_count = 0;
+  std::string busy;  // a long operation (flatten) in progress; blocks conflicting ones
+};
+
+// One open read-only view of a frozen image (Engine::OpenImage).
+struct Engine::ImageSlot {
+  PoolSlot* pool = nullptr;
+  uint64_t image = 0;
+  std::shared_ptr<Volume> view;
+  uint32_t open_count = 0;
+};
+
+}  // namespace shale
