@@ -1,0 +1,81 @@
+#include "replication/replica_target.h"
+
+#include "engine/common/assert.h"
+#include "engine/volume/volume.h"
+
+namespace shale::replication {
+
+void LocalReplica::Submit(ChildIo* child) {
+  child->target = this;
+  child->fenced = false;
+  child->io.ctx = child;
+  child->io.done = &LocalReplica::OnDone;
+  volume_->Submit(&child->io);
+}
+
+void LocalReplica::OnDone(VolumeIo* io) {
+  auto* child = static_cast<ChildIo*>(io->ctx);
+  child->done(child);
+}
+
+RemoteReplica::~RemoteReplica() {
+  if (client_) client_->Close();
+}
+
+namespace {
+
+ReplicaOp RemoteOp(VolumeOp op) {
+  switch (op) {
+    case VolumeOp::kRead:
+      return ReplicaOp::kRead;
+    case VolumeOp::kWrite:
+      return ReplicaOp::kWrite;
+    case VolumeOp::kWriteZeroes:
+      return ReplicaOp::kWriteZeroes;
+    case VolumeOp::kDiscard:
+      return ReplicaOp::kDiscard;
+    case VolumeOp::kFlush:
+      return ReplicaOp::kFlush;
+  }
+  return ReplicaOp::kFlush;
+}
+
+}  // namespace
+
+void RemoteReplica::Submit(ChildIo* child) {
+  child->target = this;
+  child->fenced = false;
+  ReplicaRequest& r = child->remote;
+  r = ReplicaRequest();
+  r.op = RemoteOp(child->io.op);
+  r.flags = child->io.flags;
+  r.offset = child->io.offset;
+  r.length = child->io.op == VolumeOp::kFlush ? 0 : child->io.length;
+  r.buf = child->io.buf;
+  r.ctx = child;
+  r.done = &RemoteReplica::OnDone;
+  client_->Submit(&r);
+}
+
+void RemoteReplica::OnDone(ReplicaRequest* r) {
+  auto* child = static_cast<ChildIo*>(r->ctx);
+  switch (r->outcome) {
+    case ReplicaOutcome::kOk:
+      child->io.status = Status::Ok();
+      break;
+    case ReplicaOutcome::kStaleEpoch:
+      child->fenced = true;
+      child->io.status = r->status.ok() ? Status::IoError("replica has a newer epoch: fenced")
+                                        : r->status;
+      break;
+    default:
+      child->io.status =
+          r->status.ok() ? Status::IoError(std::string("replica request failed: ") +
+                                           std::string(ReplicaOutcomeName(r->outcome)))
+                         : r->status;
+      break;
+  }
+  child->done(child);
+}
+
+}  // namespace shale::replication
