@@ -95,7 +95,10 @@ std::pair<uint32_t, uint32_t> OkReplyBounds(MsgType t) {
       return {sizeof(WireInfoReply), sizeof(WireInfoReply) + kMaxInfoExtents * sizeof(WireExtent)};
     case MsgType::kSetGeneration:
       return {sizeof(WireStateReply), sizeof(WireStateReply)};
-    default:  // WRITE, WRITE_ZEROES, DISCARD, FLUSH, SNAPSHOT
+    case MsgType::kCreateReplica:
+    case MsgType::kStatReplica:
+      return {sizeof(WireReplicaStat), sizeof(WireReplicaStat)};
+    default:  // WRITE, WRITE_ZEROES, DISCARD, FLUSH, SNAPSHOT, DELETE_REPLICA
       return {0, 0};
   }
 }
@@ -125,6 +128,12 @@ std::pair<uint32_t, uint32_t> RequestBounds(MsgType t) {
       return {sizeof(WireSetGeneration), sizeof(WireSetGeneration)};
     case MsgType::kSnapshot:
       return {sizeof(WireString) + 1, sizeof(WireString) + kMaxSnapshotNameLength};
+    case MsgType::kCreateReplica:
+      return {sizeof(WireCreateReplica) + 1,
+              sizeof(WireCreateReplica) + kMaxVolumeNameLength + kMaxPoolNameLength};
+    case MsgType::kDeleteReplica:
+    case MsgType::kStatReplica:
+      return {sizeof(WireReplicaRef) + 1, sizeof(WireReplicaRef) + kMaxVolumeNameLength};
   }
   return {0, 0};
 }
@@ -178,6 +187,12 @@ std::string_view MsgTypeName(MsgType type) {
       return "SET_GENERATION";
     case MsgType::kSnapshot:
       return "SNAPSHOT";
+    case MsgType::kCreateReplica:
+      return "CREATE_REPLICA";
+    case MsgType::kDeleteReplica:
+      return "DELETE_REPLICA";
+    case MsgType::kStatReplica:
+      return "STAT_REPLICA";
   }
   return "UNKNOWN";
 }
@@ -225,6 +240,7 @@ WireStatus WireStatusFromStatus(const Status& status) {
       return WireStatus::kNotSupported;
     case StatusCode::kUnavailable:
     case StatusCode::kAborted:
+    case StatusCode::kBusy:  // e.g. DELETE_REPLICA of a volume that is open
       return WireStatus::kUnavailable;
     default:
       return WireStatus::kIoError;
@@ -637,6 +653,81 @@ void Encode(const SnapshotRequest& m, std::string* out) {
 
 Status Decode(std::span<const uint8_t> p, SnapshotRequest* m) {
   return TakeWireString(p, kMaxSnapshotNameLength, false, "SNAPSHOT name", &m->name);
+}
+
+void Encode(const CreateReplicaRequest& m, std::string* out) {
+  uint8_t* w = Tail(out, sizeof(WireCreateReplica));
+  std::memcpy(w + FIELD(WireCreateReplica, volume_uuid), m.volume_uuid.data(), 16);
+  PutU64(w + FIELD(WireCreateReplica, size_bytes), m.size_bytes);
+  PutU16(w + FIELD(WireCreateReplica, volume_name_length), static_cast<uint16_t>(m.volume.size()));
+  PutU16(w + FIELD(WireCreateReplica, pool_name_length), static_cast<uint16_t>(m.pool.size()));
+  out->append(m.volume);
+  out->append(m.pool);
+}
+
+Status Decode(std::span<const uint8_t> p, CreateReplicaRequest* m) {
+  if (p.size() < sizeof(WireCreateReplica)) return Malformed("CREATE_REPLICA payload too short");
+  const uint8_t* r = p.data();
+  SHALE_RETURN_IF_ERROR(
+      ReservedZero(GetU32(r + FIELD(WireCreateReplica, reserved)), "CREATE_REPLICA"));
+  std::memcpy(m->volume_uuid.data(), r + FIELD(WireCreateReplica, volume_uuid), 16);
+  m->size_bytes = GetU64(r + FIELD(WireCreateReplica, size_bytes));
+  const uint16_t name_length = GetU16(r + FIELD(WireCreateReplica, volume_name_length));
+  const uint16_t pool_length = GetU16(r + FIELD(WireCreateReplica, pool_name_length));
+  if (name_length == 0 || name_length > kMaxVolumeNameLength || pool_length > kMaxPoolNameLength) {
+    return Malformed("CREATE_REPLICA name lengths out of range");
+  }
+  if (p.size() != sizeof(WireCreateReplica) + name_length + pool_length) {
+    return Malformed("CREATE_REPLICA name lengths do not match the payload");
+  }
+  if (m->size_bytes == 0) return Malformed("CREATE_REPLICA of size 0");
+  const auto* names = reinterpret_cast<const char*>(r + sizeof(WireCreateReplica));
+  m->volume.assign(names, name_length);
+  m->pool.assign(names + name_length, pool_length);
+  return Status::Ok();
+}
+
+void Encode(const ReplicaRef& m, std::string* out) {
+  uint8_t* w = Tail(out, sizeof(WireReplicaRef));
+  std::memcpy(w + FIELD(WireReplicaRef, volume_uuid), m.volume_uuid.data(), 16);
+  PutU16(w + FIELD(WireReplicaRef, volume_name_length), static_cast<uint16_t>(m.volume.size()));
+  out->append(m.volume);
+}
+
+Status Decode(std::span<const uint8_t> p, ReplicaRef* m) {
+  if (p.size() < sizeof(WireReplicaRef)) return Malformed("replica reference too short");
+  const uint8_t* r = p.data();
+  SHALE_RETURN_IF_ERROR(ReservedZero(
+      GetU16(r + FIELD(WireReplicaRef, reserved)) | GetU32(r + FIELD(WireReplicaRef, reserved2)),
+      "replica reference"));
+  std::memcpy(m->volume_uuid.data(), r + FIELD(WireReplicaRef, volume_uuid), 16);
+  return TakeString(p, sizeof(WireReplicaRef),
+                    GetU16(r + FIELD(WireReplicaRef, volume_name_length)), kMaxVolumeNameLength,
+                    false, "replica volume name", &m->volume);
+}
+
+void Encode(const ReplicaStat& m, std::string* out) {
+  uint8_t* w = Tail(out, sizeof(WireReplicaStat));
+  PutU64(w + FIELD(WireReplicaStat, size_bytes), m.size_bytes);
+  PutU64(w + FIELD(WireReplicaStat, allocated_bytes), m.allocated_bytes);
+  PutU64(w + FIELD(WireReplicaStat, epoch), m.epoch);
+  PutU64(w + FIELD(WireReplicaStat, generation), m.generation);
+  PutU32(w + FIELD(WireReplicaStat, flags), m.created ? kStatCreated : 0);
+}
+
+Status Decode(std::span<const uint8_t> p, ReplicaStat* m) {
+  SHALE_RETURN_IF_ERROR(Exactly(p, sizeof(WireReplicaStat), "replica stat"));
+  const uint8_t* r = p.data();
+  SHALE_RETURN_IF_ERROR(ReservedZero(GetU32(r + FIELD(WireReplicaStat, reserved)), "replica stat"));
+  const uint32_t flags = GetU32(r + FIELD(WireReplicaStat, flags));
+  if ((flags & ~kStatCreated) != 0) return Malformed("replica stat: unknown flags");
+  m->size_bytes = GetU64(r + FIELD(WireReplicaStat, size_bytes));
+  m->allocated_bytes = GetU64(r + FIELD(WireReplicaStat, allocated_bytes));
+  m->epoch = GetU64(r + FIELD(WireReplicaStat, epoch));
+  m->generation = GetU64(r + FIELD(WireReplicaStat, generation));
+  m->created = (flags & kStatCreated) != 0;
+  if (m->generation > m->epoch) return Malformed("replica stat: generation above the epoch");
+  return Status::Ok();
 }
 
 void Encode(const ErrorReply& m, std::string* out) {

@@ -36,6 +36,7 @@ inline constexpr size_t kNonceSize = 32;
 inline constexpr size_t kMacSize = 32;  // HMAC-SHA256
 inline constexpr size_t kMaxNodeNameLength = 128;
 inline constexpr size_t kMaxVolumeNameLength = 128;
+inline constexpr size_t kMaxPoolNameLength = 128;
 inline constexpr size_t kMaxSnapshotNameLength = 128;
 inline constexpr size_t kMaxErrorMessageLength = 1024;
 inline constexpr uint32_t kMaxHashRegions = 1024;         // per HASH_RANGES request
@@ -58,9 +59,13 @@ enum class MsgType : uint8_t {
   kGetInfo = 10,        // InfoRequest; reply: InfoReply
   kSetGeneration = 11,  // SetGenerationRequest; reply: StateReply
   kSnapshot = 12,       // snapshot name; reply: empty
+  // Replica placement, before OPEN on a connection (any number of them, then OPEN or close).
+  kCreateReplica = 13,  // CreateReplicaRequest; reply: ReplicaStat (idempotent by uuid)
+  kDeleteReplica = 14,  // ReplicaRef; reply: empty (idempotent: a missing replica is OK)
+  kStatReplica = 15,    // ReplicaRef; reply: ReplicaStat
 };
 inline constexpr uint8_t kReplyBit = 0x80;
-inline constexpr uint8_t kMaxMsgType = 12;
+inline constexpr uint8_t kMaxMsgType = 15;
 std::string_view MsgTypeName(MsgType type);
 
 // Request flags (header.flags). Replies carry none.
@@ -317,6 +322,53 @@ static_assert(sizeof(WireStateReply) == 16);
 struct SnapshotRequest {  // kSnapshot
   std::string name;
 };
+// CREATE_REPLICA: makes volume `volume` in `pool` (empty: the server's replica pool) of
+// `size_bytes`, labelled as a replica of `volume_uuid`, with the header's epoch persisted.
+// Idempotent: an existing replica of the same uuid, size (and pool, if named) is OK.
+struct CreateReplicaRequest {
+  std::array<uint8_t, 16> volume_uuid{};
+  uint64_t size_bytes = 0;
+  std::string volume;
+  std::string pool;
+};
+struct WireCreateReplica {  // followed by the volume name, then the pool name
+  uint8_t volume_uuid[16];
+  uint64_t size_bytes;
+  uint16_t volume_name_length;  // 1..128
+  uint16_t pool_name_length;    // 0..128
+  uint32_t reserved;
+};
+static_assert(sizeof(WireCreateReplica) == 32);
+// DELETE_REPLICA and STAT_REPLICA: the replica volume `volume` of `volume_uuid`.
+struct ReplicaRef {
+  std::array<uint8_t, 16> volume_uuid{};
+  std::string volume;
+};
+struct WireReplicaRef {  // followed by the volume name
+  uint8_t volume_uuid[16];
+  uint16_t volume_name_length;  // 1..128
+  uint16_t reserved;
+  uint32_t reserved2;
+};
+static_assert(sizeof(WireReplicaRef) == 24);
+struct ReplicaStat {  // CREATE_REPLICA and STAT_REPLICA replies, OK
+  uint64_t size_bytes = 0;
+  uint64_t allocated_bytes = 0;
+  uint64_t epoch = 0;       // persisted
+  uint64_t generation = 0;  // persisted
+  bool created = false;     // CREATE_REPLICA: made by this request (false: it existed)
+};
+struct WireReplicaStat {
+  uint64_t size_bytes;
+  uint64_t allocated_bytes;
+  uint64_t epoch;
+  uint64_t generation;
+  uint32_t flags;  // bit 0: created
+  uint32_t reserved;
+};
+static_assert(sizeof(WireReplicaStat) == 40);
+inline constexpr uint32_t kStatCreated = 1;
+
 struct ErrorReply {  // any reply with a status other than OK
   std::string message;
 };
@@ -340,6 +392,9 @@ void Encode(const InfoReply& m, std::string* out);
 void Encode(const SetGenerationRequest& m, std::string* out);
 void Encode(const StateReply& m, std::string* out);
 void Encode(const SnapshotRequest& m, std::string* out);
+void Encode(const CreateReplicaRequest& m, std::string* out);
+void Encode(const ReplicaRef& m, std::string* out);
+void Encode(const ReplicaStat& m, std::string* out);
 void Encode(const ErrorReply& m, std::string* out);  // truncates to kMaxErrorMessageLength
 
 Status Decode(std::span<const uint8_t> p, Hello* m);
@@ -358,6 +413,9 @@ Status Decode(std::span<const uint8_t> p, InfoReply* m);
 Status Decode(std::span<const uint8_t> p, SetGenerationRequest* m);
 Status Decode(std::span<const uint8_t> p, StateReply* m);
 Status Decode(std::span<const uint8_t> p, SnapshotRequest* m);
+Status Decode(std::span<const uint8_t> p, CreateReplicaRequest* m);
+Status Decode(std::span<const uint8_t> p, ReplicaRef* m);
+Status Decode(std::span<const uint8_t> p, ReplicaStat* m);
 Status Decode(std::span<const uint8_t> p, ErrorReply* m);
 
 // Semantic checks of decoded requests (the server runs them before any I/O; the reply is

@@ -69,7 +69,7 @@ TEST(ReplicaProtocol, HeaderRejectsEveryBadField) {
   bad = h;
   bad.version = 2;
   EXPECT_FALSE(DecodeOnly(bad).ok());
-  for (uint8_t t : {0, 13, 0x7f, 0x80, 0x8d, 0xff, 0x81 /* HELLO reply */}) {
+  for (uint8_t t : {0, 16, 0x7f, 0x80, 0x90, 0xff, 0x81 /* HELLO reply */}) {
     bad = h;
     bad.type = t;
     EXPECT_FALSE(DecodeOnly(bad).ok()) << int{t};
@@ -108,6 +108,14 @@ TEST(ReplicaProtocol, HeaderBoundsEveryLength) {
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kOpen, sizeof(WireOpenRequest))).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kOpen, sizeof(WireOpenRequest) + 129)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kAuth, sizeof(WireAuthRequest) + 129)).ok());
+  EXPECT_FALSE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica))).ok());
+  EXPECT_TRUE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica) + 256)).ok());
+  EXPECT_FALSE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica) + 257)).ok());
+  EXPECT_FALSE(DecodeOnly(Req(MsgType::kDeleteReplica, sizeof(WireReplicaRef) + 129)).ok());
+  EXPECT_FALSE(DecodeOnly(Req(MsgType::kStatReplica, sizeof(WireReplicaRef))).ok());
+  EXPECT_FALSE(DecodeOnly(Rep(MsgType::kDeleteReplica, 1)).ok());
+  EXPECT_FALSE(DecodeOnly(Rep(MsgType::kStatReplica, sizeof(WireReplicaStat) - 1)).ok());
+  EXPECT_TRUE(DecodeOnly(Rep(MsgType::kCreateReplica, sizeof(WireReplicaStat))).ok());
   // Replies: READ data up to 8 MiB, nothing for WRITE, bounded error messages.
   EXPECT_TRUE(DecodeOnly(Rep(MsgType::kRead, kMaxIoBytes)).ok());
   EXPECT_FALSE(DecodeOnly(Rep(MsgType::kRead, kMaxIoBytes + 1)).ok());
@@ -233,6 +241,31 @@ TEST(ReplicaProtocol, PayloadRoundTrips) {
   EXPECT_EQ(RoundTrip(StateReply{7, 6}).generation, 6u);
   EXPECT_EQ(RoundTrip(SnapshotRequest{"snap-1"}).name, "snap-1");
   EXPECT_EQ(RoundTrip(ErrorReply{"disk on fire"}).message, "disk on fire");
+
+  CreateReplicaRequest create;
+  create.volume_uuid.fill(3);
+  create.size_bytes = 1 << 30;
+  create.volume = "data";
+  create.pool = "fast";
+  CreateReplicaRequest c2 = RoundTrip(create);
+  EXPECT_EQ(c2.volume_uuid, create.volume_uuid);
+  EXPECT_EQ(c2.size_bytes, create.size_bytes);
+  EXPECT_EQ(c2.volume, "data");
+  EXPECT_EQ(c2.pool, "fast");
+  create.pool.clear();
+  EXPECT_EQ(RoundTrip(create).pool, "");
+  ReplicaRef ref;
+  ref.volume_uuid.fill(4);
+  ref.volume = "data";
+  EXPECT_EQ(RoundTrip(ref).volume_uuid, ref.volume_uuid);
+  ReplicaStat stat{1 << 30, 8192, 7, 5, true};
+  ReplicaStat s2 = RoundTrip(stat);
+  EXPECT_EQ(s2.allocated_bytes, 8192u);
+  EXPECT_EQ(s2.epoch, 7u);
+  EXPECT_EQ(s2.generation, 5u);
+  EXPECT_TRUE(s2.created);
+  stat.created = false;
+  EXPECT_FALSE(RoundTrip(stat).created);
 }
 
 TEST(ReplicaProtocol, PayloadDecodersNeverTrustLengths) {
@@ -286,6 +319,45 @@ TEST(ReplicaProtocol, PayloadDecodersNeverTrustLengths) {
   Encode(StateReply{3, 4}, &sb);
   StateReply so;
   EXPECT_FALSE(Decode(AsBytes(sb), &so).ok());
+  // Placement: names that disagree with the payload, size 0, unknown flags, generation > epoch.
+  std::string create;
+  Encode(CreateReplicaRequest{{}, 4096, "vol", "pool"}, &create);
+  CreateReplicaRequest co;
+  ASSERT_TRUE(Decode(AsBytes(create), &co).ok());
+  for (size_t field : {offsetof(WireCreateReplica, volume_name_length),
+                       offsetof(WireCreateReplica, pool_name_length)}) {
+    bad = create;
+    bad[field] = static_cast<char>(bad[field] + 1);
+    EXPECT_FALSE(Decode(AsBytes(bad), &co).ok()) << field;
+  }
+  bad = create;
+  bad[offsetof(WireCreateReplica, reserved)] = 1;
+  EXPECT_FALSE(Decode(AsBytes(bad), &co).ok());
+  std::string nameless;
+  Encode(CreateReplicaRequest{{}, 4096, "", "pool"}, &nameless);
+  EXPECT_FALSE(Decode(AsBytes(nameless), &co).ok());
+  std::string sizeless;
+  Encode(CreateReplicaRequest{{}, 0, "vol", ""}, &sizeless);
+  EXPECT_FALSE(Decode(AsBytes(sizeless), &co).ok());
+  std::string ref;
+  Encode(ReplicaRef{{}, "vol"}, &ref);
+  ReplicaRef ro;
+  bad = ref;
+  bad[offsetof(WireReplicaRef, volume_name_length)] = 2;
+  EXPECT_FALSE(Decode(AsBytes(bad), &ro).ok());
+  bad = ref;
+  bad[offsetof(WireReplicaRef, reserved2)] = 1;
+  EXPECT_FALSE(Decode(AsBytes(bad), &ro).ok());
+  std::string stat;
+  Encode(ReplicaStat{4096, 0, 3, 4, false}, &stat);
+  ReplicaStat st;
+  EXPECT_FALSE(Decode(AsBytes(stat), &st).ok());
+  stat.clear();
+  Encode(ReplicaStat{4096, 0, 3, 3, false}, &stat);
+  ASSERT_TRUE(Decode(AsBytes(stat), &st).ok());
+  stat[offsetof(WireReplicaStat, flags)] = 2;
+  EXPECT_FALSE(Decode(AsBytes(stat), &st).ok());
+
   for (uint32_t len : {0u, kMaxIoBytes + 1}) {
     std::string io;
     Encode(IoRange{0, len}, &io);

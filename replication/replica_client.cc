@@ -9,6 +9,7 @@
 #include "engine/common/log.h"
 #include "engine/io/reactor.h"
 #include "engine/volume/volume_io.h"
+#include "replication/replica_admin.h"
 
 namespace shale::replication {
 
@@ -149,19 +150,10 @@ Result<std::unique_ptr<ReplicaClient>> ReplicaClient::Connect(ReplicaClientOptio
 
 // HELLO, AUTH both ways, OPEN.
 Status ReplicaClient::Handshake(Deadline deadline) {
-  SHALE_ASSIGN_OR_RETURN(const Nonce nonce, RandomNonce());
-  ClientHandshake hs(options_.secret, options_.node_name, nonce);
-  SHALE_ASSIGN_OR_RETURN(FrameReader::Frame f, reader_->Next(deadline));
-  std::string frame;
-  SHALE_RETURN_IF_ERROR(hs.OnHello(f.header, f.payload, &frame));
-  server_node_ = hs.hello().server_node;
-  SHALE_RETURN_IF_ERROR(SendBytes(conn_.get(), frame, deadline));
-  SHALE_ASSIGN_OR_RETURN(f, reader_->Next(deadline));
-  if (Status st = hs.OnAuthReply(f.header, f.payload); !st.ok()) {
-    SHALE_LOG_WARN("replica server failed authentication", {"address", options_.address},
-                   {"error", st.ToString()});
-    return st;
-  }
+  SHALE_ASSIGN_OR_RETURN(const Hello hello,
+                         AuthenticateToServer(conn_.get(), reader_.get(), options_.secret,
+                                              options_.node_name, options_.address, deadline));
+  server_node_ = hello.server_node;
   OpenRequest open;
   std::memcpy(open.volume_uuid.data(), options_.volume_uuid.bytes.data(), 16);
   open.size_bytes = options_.size_bytes;
@@ -172,7 +164,7 @@ Status ReplicaClient::Handshake(Deadline deadline) {
   h.type = static_cast<uint8_t>(MsgType::kOpen);
   h.epoch = epoch_.load();
   SHALE_RETURN_IF_ERROR(SendBytes(conn_.get(), EncodeFrame(h, body), deadline));
-  SHALE_ASSIGN_OR_RETURN(f, reader_->Next(deadline));
+  SHALE_ASSIGN_OR_RETURN(const FrameReader::Frame f, reader_->Next(deadline));
   if (!f.header.is_reply() || f.header.msg() != MsgType::kOpen) {
     return Status::Corruption("replica protocol: expected the OPEN reply");
   }

@@ -12,6 +12,7 @@
 #include "engine/common/uuid.h"
 #include "engine/engine.h"
 #include "engine/pool/keys.h"
+#include "replication/replica_state.h"
 
 namespace shale::replication {
 
@@ -113,49 +114,6 @@ Result<ReplicaState> LoadReplicaState(Engine* engine, std::string_view pool, uin
   if (!rec) return ReplicaState{};
   return DecodeReplicaState(*rec);
 }
-
-struct ReplicaServer::VolumeState {
-  Engine* engine;
-  std::string pool;
-  uint64_t volume_id;
-  std::mutex mu;                   // serializes changes of the persisted state
-  ReplicaState persisted;          // under mu
-  std::atomic<uint64_t> fence{0};  // == persisted.epoch; read on the reactor
-  std::atomic<uint64_t> generation{0};
-
-  // Persists `next` (under mu) and publishes it.
-  Status Persist(const ReplicaState& next) {
-    MetaBatch batch;
-    batch.Put(ReplicaStateKey(volume_id), EncodeReplicaState(next));
-    SHALE_RETURN_IF_ERROR(engine->WriteRecords(pool, std::move(batch)));
-    persisted = next;
-    generation.store(next.generation, std::memory_order_release);
-    fence.store(next.epoch, std::memory_order_release);
-    return Status::Ok();
-  }
-  // Makes `epoch` durable before anything carrying it is accepted. No-op if not higher.
-  Status Raise(uint64_t epoch, const std::string& volume) {
-    std::lock_guard lock(mu);
-    if (epoch <= persisted.epoch) return Status::Ok();
-    ReplicaState next = persisted;
-    next.epoch = epoch;
-    SHALE_RETURN_IF_ERROR(Persist(next));
-    SHALE_LOG_INFO("replica epoch raised", {"volume", volume}, {"epoch", epoch});
-    return Status::Ok();
-  }
-  Status SetGeneration(uint64_t gen, uint64_t epoch, const std::string& volume) {
-    std::lock_guard lock(mu);
-    if (epoch < persisted.epoch) return Status::FromErrno(ESTALE, "stale epoch");
-    if (gen > epoch) return Status::InvalidArgument("generation above the request's epoch");
-    ReplicaState next = persisted;
-    next.epoch = std::max(next.epoch, epoch);
-    next.generation = gen;
-    SHALE_RETURN_IF_ERROR(Persist(next));
-    SHALE_LOG_INFO("replica generation set", {"volume", volume}, {"generation", gen},
-                   {"epoch", next.epoch});
-    return Status::Ok();
-  }
-};
 
 // --- a connection --------------------------------------------------------------------------------
 
@@ -750,7 +708,20 @@ Result<bool> ReplicaServer::Handshake(Conn* c, FrameReader* reader, Deadline dea
 }
 
 Result<bool> ReplicaServer::Open(Conn* c, FrameReader* reader, Deadline deadline) {
-  SHALE_ASSIGN_OR_RETURN(const FrameReader::Frame f, reader->Next(deadline));
+  // Placement requests first (any number up to kMaxAdminRequests), then OPEN or the end.
+  constexpr int kMaxAdminRequests = 64;
+  FrameReader::Frame f;
+  for (int n = 0;; ++n) {
+    Result<FrameReader::Frame> next = reader->Next(deadline);
+    if (!next.ok()) {
+      if (n > 0 && next.status().code() == StatusCode::kUnavailable) return false;  // done
+      return next.status();
+    }
+    f = *next;
+    if (f.header.is_reply() || !IsAdmin(f.header.msg())) break;
+    if (n == kMaxAdminRequests) return Status::Corruption("too many placement requests");
+    SHALE_RETURN_IF_ERROR(Admin(c->connection.get(), c->peer, c->client_node, f, deadline));
+  }
   if (f.header.is_reply() || f.header.msg() != MsgType::kOpen) {
     return Status::Corruption("expected OPEN, got " + std::string(MsgTypeName(f.header.msg())));
   }

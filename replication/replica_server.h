@@ -36,12 +36,14 @@
 #include <vector>
 
 #include "engine/common/result.h"
+#include "engine/common/uuid.h"
 #include "replication/auth.h"
 #include "replication/transport.h"
 
 namespace shale {
 class Engine;
-}
+struct VolumeInfo;
+}  // namespace shale
 
 namespace shale::replication {
 
@@ -83,6 +85,9 @@ struct ReplicaServerOptions {
   // replication/). Runs on the connection's receiver thread once every earlier request of the
   // connection has completed; may block. Null: NOT_SUPPORTED.
   std::function<Status(const std::string& volume, const std::string& snapshot)> snapshot;
+  // CREATE_REPLICA that names no pool creates the replica volume here ("": the engine's
+  // default pool, else its only pool).
+  std::string replica_pool;
 };
 
 struct ReplicaServerStats {
@@ -123,6 +128,20 @@ class ReplicaServer {
   Result<bool> Handshake(Conn* c, FrameReader* reader, Deadline deadline);
   Result<bool> Open(Conn* c, FrameReader* reader, Deadline deadline);
   Result<std::shared_ptr<VolumeState>> StateOf(const std::string& pool, uint64_t volume_id);
+
+  // Placement before OPEN (replica_server_admin.cc): CREATE/DELETE/STAT_REPLICA.
+  struct Refusal {  // a wire status other than OK and why; OK: none
+    WireStatus status = WireStatus::kOk;
+    std::string why;
+  };
+  static bool IsAdmin(MsgType type);
+  static Refusal CheckReplica(const VolumeInfo& info, const Uuid& uuid);
+  Status Admin(Connection* conn, const std::string& peer, const std::string& client_node,
+               const FrameReader::Frame& f, Deadline deadline);
+  Refusal CreateReplica(const CreateReplicaRequest& m, uint64_t epoch, ReplicaStat* stat);
+  Refusal DeleteReplica(const ReplicaRef& m, uint64_t epoch);
+  Refusal StatReplica(const ReplicaRef& m, ReplicaStat* stat);
+  Refusal ExistingReplica(const VolumeInfo& info, uint64_t epoch, ReplicaStat* stat);
 
   Engine* const engine_;
   Transport* const transport_;

@@ -12,7 +12,7 @@ import struct
 
 MAGIC = 0x50524853
 (HELLO, AUTH, OPEN, READ, WRITE, WRITE_ZEROES, DISCARD, FLUSH, HASH_RANGES, GET_INFO,
- SET_GENERATION, SNAPSHOT) = range(1, 13)
+ SET_GENERATION, SNAPSHOT, CREATE_REPLICA, DELETE_REPLICA, STAT_REPLICA) = range(1, 16)
 REPLY = 0x80
 FUA, NO_UNMAP = 1, 2
 OK, EIO, ENOSPC, STALE_EPOCH = 0, 1, 2, 3
@@ -37,6 +37,19 @@ def auth(node="node-a"):
 
 def open_req(vol="vol", size=1 << 30):
     return frame(OPEN, bytes(16) + struct.pack("<QHHI", size, len(vol), 0, 0) + vol.encode(), rid=2)
+
+
+def create_replica(vol="vol", pool="", size=1 << 30, rid=3):
+    return frame(CREATE_REPLICA, bytes(range(16)) + struct.pack("<QHHI", size, len(vol), len(pool), 0)
+                 + vol.encode() + pool.encode(), rid=rid)
+
+
+def replica_ref(typ, vol="vol", rid=4):
+    return frame(typ, bytes(range(16)) + struct.pack("<HHI", len(vol), 0, 0) + vol.encode(), rid=rid)
+
+
+def replica_stat(typ, created, rid):
+    return frame(typ | REPLY, struct.pack("<QQQQII", 1 << 30, 65536, 7, 6, created, 0), rid=rid)
 
 
 def io(offset, length):
@@ -105,6 +118,17 @@ SEEDS = {
     "oversized": bytes([FIX | 63]) + frame(WRITE, io(0, 4096), length=0xFFFFFFF0),
     "truncated": bytes([FIX | 63]) + frame(WRITE, io(0, 4096) + bytes(4096))[:3000],
     "garbage": bytes([FIX | 63]) + b"GET / HTTP/1.1\r\nHost: replica\r\n\r\n" + bytes(range(256)),
+    "placement": bytes([FIX | 31]) + auth() + create_replica() + create_replica("vol", "fast", rid=5)
+    + replica_ref(STAT_REPLICA) + replica_ref(DELETE_REPLICA, rid=6) + open_req(),
+    "placement_replies": bytes([FIX | 63]) + hello() + frame(AUTH | REPLY, bytes(32), rid=0)
+    + replica_stat(CREATE_REPLICA, 1, 3) + replica_stat(STAT_REPLICA, 0, 4)
+    + frame(DELETE_REPLICA | REPLY, rid=5)
+    + frame(CREATE_REPLICA | REPLY, string("volume 'vol' exists and is not a replica"), status=5,
+            rid=6),
+    "bad_placement": bytes([FIX | 63])
+    + frame(CREATE_REPLICA, bytes(16) + struct.pack("<QHHI", 4096, 3, 200, 0) + b"volpool")
+    + frame(CREATE_REPLICA, bytes(16) + struct.pack("<QHHI", 0, 3, 0, 0) + b"vol")
+    + frame(STAT_REPLICA | REPLY, struct.pack("<QQQQII", 4096, 0, 3, 4, 2, 0)),
     "bad_names": bytes([FIX | 63])
     + frame(OPEN, bytes(16) + struct.pack("<QHHI", 4096, 200, 0, 0) + b"vol")
     + frame(SNAPSHOT, struct.pack("<II", 0, 0)),

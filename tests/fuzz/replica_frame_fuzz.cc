@@ -139,6 +139,17 @@ void CheckRequest(const FrameHeader& h, std::span<const uint8_t> payload, size_t
     case MsgType::kFlush:
       FUZZ_CHECK(payload.empty());
       return;
+    case MsgType::kCreateReplica: {
+      CreateReplicaRequest r;
+      if (Decode(payload, &r).ok()) {
+        FUZZ_CHECK(!r.volume.empty() && r.volume.size() <= kMaxVolumeNameLength);
+        FUZZ_CHECK(r.pool.size() <= kMaxPoolNameLength && r.size_bytes > 0);
+      }
+      return RoundTrip<CreateReplicaRequest>(payload);
+    }
+    case MsgType::kDeleteReplica:
+    case MsgType::kStatReplica:
+      return RoundTrip<ReplicaRef>(payload);
   }
 }
 
@@ -155,6 +166,9 @@ void CheckReply(const FrameHeader& h, std::span<const uint8_t> payload) {
       return RoundTrip<InfoReply>(payload);
     case MsgType::kSetGeneration:
       return RoundTrip<StateReply>(payload);
+    case MsgType::kCreateReplica:
+    case MsgType::kStatReplica:
+      return RoundTrip<ReplicaStat>(payload);
     case MsgType::kRead:
       FUZZ_CHECK(!payload.empty() && payload.size() <= kMaxIoBytes);
       return;
