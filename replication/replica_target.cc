@@ -1,9 +1,14 @@
 #include "replication/replica_target.h"
 
 #include "engine/common/assert.h"
+#include "engine/io/reactor.h"
 #include "engine/volume/volume.h"
 
 namespace shale::replication {
+
+void ReplicaTarget::SubmitHash(ChildIo*, uint32_t) {
+  SHALE_CHECK(false, "SubmitHash on a replica that cannot hash");
+}
 
 void LocalReplica::Submit(ChildIo* child) {
   child->target = this;
@@ -11,6 +16,15 @@ void LocalReplica::Submit(ChildIo* child) {
   child->io.ctx = child;
   child->io.done = &LocalReplica::OnDone;
   volume_->Submit(&child->io);
+}
+
+void LocalReplica::SubmitSetGeneration(ChildIo* child, uint64_t) {
+  child->target = this;
+  child->fenced = false;
+  volume_->reactor()->Post([child] {
+    child->io.status = Status::Ok();
+    child->done(child);
+  });
 }
 
 void LocalReplica::OnDone(VolumeIo* io) {
@@ -42,18 +56,37 @@ ReplicaOp RemoteOp(VolumeOp op) {
 
 }  // namespace
 
-void RemoteReplica::Submit(ChildIo* child) {
+ReplicaRequest& RemoteReplica::Prepare(ChildIo* child, ReplicaOp op) {
   child->target = this;
   child->fenced = false;
   ReplicaRequest& r = child->remote;
   r = ReplicaRequest();
-  r.op = RemoteOp(child->io.op);
-  r.flags = child->io.flags;
+  r.op = op;
   r.offset = child->io.offset;
-  r.length = child->io.op == VolumeOp::kFlush ? 0 : child->io.length;
-  r.buf = child->io.buf;
+  r.length = child->io.length;
   r.ctx = child;
   r.done = &RemoteReplica::OnDone;
+  return r;
+}
+
+void RemoteReplica::Submit(ChildIo* child) {
+  ReplicaRequest& r = Prepare(child, RemoteOp(child->io.op));
+  r.flags = child->io.flags;
+  if (child->io.op == VolumeOp::kFlush) r.length = 0;
+  r.buf = child->io.buf;
+  client_->Submit(&r);
+}
+
+void RemoteReplica::SubmitHash(ChildIo* child, uint32_t block) {
+  ReplicaRequest& r = Prepare(child, ReplicaOp::kHashRanges);
+  r.region_size = block;
+  client_->Submit(&r);
+}
+
+void RemoteReplica::SubmitSetGeneration(ChildIo* child, uint64_t generation) {
+  ReplicaRequest& r = Prepare(child, ReplicaOp::kSetGeneration);
+  r.offset = r.length = 0;
+  r.generation = generation;
   client_->Submit(&r);
 }
 
@@ -65,14 +98,14 @@ void RemoteReplica::OnDone(ReplicaRequest* r) {
       break;
     case ReplicaOutcome::kStaleEpoch:
       child->fenced = true;
-      child->io.status = r->status.ok() ? Status::IoError("replica has a newer epoch: fenced")
-                                        : r->status;
+      child->io.status =
+          r->status.ok() ? Status::IoError("replica has a newer epoch: fenced") : r->status;
       break;
     default:
-      child->io.status =
-          r->status.ok() ? Status::IoError(std::string("replica request failed: ") +
-                                           std::string(ReplicaOutcomeName(r->outcome)))
-                         : r->status;
+      child->io.status = r->status.ok()
+                             ? Status::IoError(std::string("replica request failed: ") +
+                                               std::string(ReplicaOutcomeName(r->outcome)))
+                             : r->status;
       break;
   }
   child->done(child);

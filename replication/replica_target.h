@@ -45,6 +45,13 @@ class ReplicaTarget {
   virtual void SetEpoch(uint64_t epoch) = 0;
   // Whether the connection is gone for good (a new target must be connected).
   virtual bool broken() const = 0;
+  // Whether SubmitHash works (a remote replica hashes on its own node).
+  virtual bool can_hash() const { return false; }
+  // XXH3-128 of every `block`-byte block of [child->io.offset, + child->io.length) into
+  // child->remote.hashes (HASH_RANGES); child->io.status as for Submit.
+  virtual void SubmitHash(ChildIo* child, uint32_t block);
+  // Persists the replica's generation (SET_GENERATION at the target's epoch).
+  virtual void SubmitSetGeneration(ChildIo* child, uint64_t generation) = 0;
 };
 
 // The replica on this node: the engine volume itself (its handle keeps it open).
@@ -56,6 +63,9 @@ class LocalReplica final : public ReplicaTarget {
   void Submit(ChildIo* child) override;
   void SetEpoch(uint64_t) override {}
   bool broken() const override { return false; }
+  // Completes at once: the local replica's generation is the owner's to persist (it has the
+  // engine; a reactor must not block on a metadata write).
+  void SubmitSetGeneration(ChildIo* child, uint64_t generation) override;
 
  private:
   static void OnDone(VolumeIo* io);
@@ -75,9 +85,14 @@ class RemoteReplica final : public ReplicaTarget {
   void Submit(ChildIo* child) override;
   void SetEpoch(uint64_t epoch) override { client_->SetEpoch(epoch); }
   bool broken() const override { return client_->failed(); }
+  bool can_hash() const override { return true; }
+  void SubmitHash(ChildIo* child, uint32_t block) override;
+  void SubmitSetGeneration(ChildIo* child, uint64_t generation) override;
   ReplicaClient& client() { return *client_; }
 
  private:
+  // child->remote reset for `op` (range from child->io, completion to OnDone).
+  ReplicaRequest& Prepare(ChildIo* child, ReplicaOp op);
   static void OnDone(ReplicaRequest* r);
   const std::string node_;
   std::unique_ptr<ReplicaClient> client_;

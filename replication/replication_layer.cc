@@ -9,15 +9,16 @@
 
 namespace shale::replication {
 
-std::string_view ReplicaStateName(ReplicaState state) {
+std::string_view MemberStateName(MemberState state) {
   switch (state) {
-    case ReplicaState::kInSync:
+    case MemberState::kInSync:
       return "healthy";
-    case ReplicaState::kRebuilding:
+    case MemberState::kRebuilding:
+    case MemberState::kJoining:
       return "rebuilding";
-    case ReplicaState::kLeaving:
+    case MemberState::kLeaving:
       return "faulted";
-    case ReplicaState::kOut:
+    case MemberState::kOut:
       return "faulted";
   }
   return "unknown";
@@ -67,14 +68,14 @@ ReplicationLayer::~ReplicationLayer() {
 
 size_t ReplicationLayer::InSyncCount() const {
   size_t n = 0;
-  for (const Slot& s : slots_) n += s.state == ReplicaState::kInSync ? 1 : 0;
+  for (const Slot& s : slots_) n += s.state == MemberState::kInSync ? 1 : 0;
   return n;
 }
 
 std::vector<std::string> ReplicationLayer::OutNodes() const {
   std::vector<std::string> out;
   for (const Slot& s : slots_) {
-    if (s.state == ReplicaState::kOut || s.state == ReplicaState::kLeaving) {
+    if (s.state == MemberState::kOut || s.state == MemberState::kLeaving) {
       out.push_back(s.target->node());
     }
   }
@@ -98,7 +99,7 @@ bool ReplicationLayer::Overlaps(const VolumeIo* io) const {
 
 bool ReplicationLayer::WritesBlocked() const {
   for (const Slot& s : slots_) {
-    if (s.state == ReplicaState::kLeaving) return true;
+    if (s.state == MemberState::kLeaving) return true;
   }
   return false;
 }
@@ -125,7 +126,7 @@ void ReplicationLayer::StartWrite(VolumeIo* io) {
   if (WritesBlocked()) {
     // A leave is being recorded. Past the membership timeout, fail rather than wait.
     for (const Slot& s : slots_) {
-      if (s.state == ReplicaState::kLeaving &&
+      if (s.state == MemberState::kLeaving &&
           std::chrono::steady_clock::now() - s.leaving_since > options_.membership_timeout) {
         return Fail(io, Status::IoError("replica " + s.target->node() +
                                         " failed and the cluster store cannot record it; "
@@ -140,15 +141,15 @@ void ReplicationLayer::StartWrite(VolumeIo* io) {
     return;
   }
   if (InSyncCount() < std::max<uint32_t>(options_.min_in_sync, 1)) {
-    return Fail(io, Status::IoError("volume " + volume_ + " has " +
-                                    std::to_string(InSyncCount()) +
+    return Fail(io, Status::IoError("volume " + volume_ + " has " + std::to_string(InSyncCount()) +
                                     " in-sync replica(s), fewer than --min-in-sync " +
                                     std::to_string(options_.min_in_sync)));
   }
   const std::vector<std::string> out = OutNodes();
   bool covered = true;
   if (IsWriteOp(io->op)) {
-    for (const std::string& n : out) covered = covered && changed_->Covered(n, io->offset, io->length);
+    for (const std::string& n : out)
+      covered = covered && changed_->Covered(n, io->offset, io->length);
   }
   if (covered) return DispatchWrite(io);
   // The regions must be durably marked for every out replica before the write goes out.
@@ -170,8 +171,8 @@ void ReplicationLayer::DispatchWrite(VolumeIo* io) {
   const bool flush = io->op == VolumeOp::kFlush;
   size_t children = 0;
   for (const Slot& s : slots_) {
-    const bool gets = s.state == ReplicaState::kInSync ||
-                      (!flush && s.state == ReplicaState::kRebuilding);
+    const bool gets = s.state == MemberState::kInSync || s.state == MemberState::kJoining ||
+                      (!flush && s.state == MemberState::kRebuilding);
     if (!gets) continue;
     children += s.target->local() || flush
                     ? 1
@@ -180,11 +181,11 @@ void ReplicationLayer::DispatchWrite(VolumeIo* io) {
   f->children.reserve(children);
   for (size_t i = 0; i < slots_.size(); ++i) {
     const Slot& s = slots_[i];
-    const bool gets = s.state == ReplicaState::kInSync ||
-                      (!flush && s.state == ReplicaState::kRebuilding);
+    const bool gets = s.state == MemberState::kInSync || s.state == MemberState::kJoining ||
+                      (!flush && s.state == MemberState::kRebuilding);
     if (!gets) continue;
-    const uint64_t piece = s.target->local() || flush ? std::max<uint64_t>(io->length, 1)
-                                                       : uint64_t{kMaxIoBytes};
+    const uint64_t piece =
+        s.target->local() || flush ? std::max<uint64_t>(io->length, 1) : uint64_t{kMaxIoBytes};
     for (uint64_t done = 0; done == 0 || done < io->length; done += piece) {
       ChildIo& c = f->children.emplace_back();
       c.io.op = io->op;
@@ -233,19 +234,19 @@ void ReplicationLayer::FinishChild(Fanout* f, ChildIo* child) {
       Fence(child->io.status);
     } else {
       Slot& s = slots_[child->slot];
-      const ReplicaState before = s.state;
-      if (before == ReplicaState::kInSync || before == ReplicaState::kRebuilding ||
-          before == ReplicaState::kLeaving) {
-        if (before != ReplicaState::kLeaving) ReplicaFailed(child->slot, child->io.status.ToString());
-        if (s.state == ReplicaState::kLeaving && !f->waiting_on[child->slot]) {
+      const MemberState before = s.state;
+      if (before == MemberState::kInSync || before == MemberState::kRebuilding ||
+          before == MemberState::kJoining || before == MemberState::kLeaving) {
+        if (before != MemberState::kLeaving)
+          ReplicaFailed(child->slot, child->io.status.ToString());
+        if (s.state == MemberState::kLeaving && !f->waiting_on[child->slot]) {
           f->waiting_on[child->slot] = true;
           ++f->waits;
           s.waiting.push_back(f);
-        } else if (s.state == ReplicaState::kInSync && f->status.ok()) {
+        } else if (s.state == MemberState::kInSync && f->status.ok()) {
           // The last in-sync replica failed: nothing may acknowledge this write.
           f->status = Status::IoError("write failed on " + s.target->node() +
-                                      ", the last in-sync replica: " +
-                                      child->io.status.ToString());
+                                      ", the last in-sync replica: " + child->io.status.ToString());
         }
       }
     }
@@ -255,7 +256,15 @@ void ReplicationLayer::FinishChild(Fanout* f, ChildIo* child) {
 
 void ReplicationLayer::MaybeComplete(Fanout* f) {
   if (f->pending > 0 || f->waits > 0) return;
-  Complete(f, fenced_ ? fence_status_ : f->status);
+  Status st = fenced_ ? fence_status_ : f->status;
+  // Every in-sync replica has the write (a failed one has left first), so the write is on
+  // InSyncCount() replicas: fewer than min_in_sync must not be acknowledged.
+  if (st.ok() && InSyncCount() < std::max<uint32_t>(options_.min_in_sync, 1)) {
+    st = Status::IoError("volume " + volume_ + " has " + std::to_string(InSyncCount()) +
+                         " in-sync replica(s), fewer than --min-in-sync " +
+                         std::to_string(options_.min_in_sync));
+  }
+  Complete(f, std::move(st));
 }
 
 void ReplicationLayer::Complete(Fanout* f, Status status) {
@@ -284,7 +293,7 @@ void ReplicationLayer::Complete(Fanout* f, Status status) {
 
 int ReplicationLayer::PickReader(size_t) const {
   for (size_t i = 0; i < slots_.size(); ++i) {
-    if (slots_[i].state == ReplicaState::kInSync && slots_[i].target->local()) {
+    if (slots_[i].state == MemberState::kInSync && slots_[i].target->local()) {
       return static_cast<int>(i);
     }
   }
@@ -306,7 +315,7 @@ void ReplicationLayer::StartRead(VolumeIo* io, Fanout* retry) {
     // Round-robin over the in-sync replicas not tried yet.
     for (size_t n = 0; n < slots_.size(); ++n) {
       const size_t i = (next_reader_ + n) % slots_.size();
-      if (slots_[i].state == ReplicaState::kInSync && !f->read_tried[i]) {
+      if (slots_[i].state == MemberState::kInSync && !f->read_tried[i]) {
         slot = static_cast<int>(i);
         next_reader_ = i + 1;
         break;
@@ -322,8 +331,8 @@ void ReplicationLayer::StartRead(VolumeIo* io, Fanout* retry) {
   f->read_tried[static_cast<size_t>(slot)] = true;
   f->read_slot = slot;
   const Slot& s = slots_[static_cast<size_t>(slot)];
-  const uint64_t piece = s.target->local() ? std::max<uint64_t>(io->length, 1)
-                                           : uint64_t{kMaxIoBytes};
+  const uint64_t piece =
+      s.target->local() ? std::max<uint64_t>(io->length, 1) : uint64_t{kMaxIoBytes};
   f->children.clear();
   f->children.reserve(std::max<uint64_t>(1, (io->length + piece - 1) / piece));
   for (uint64_t done = 0; done == 0 || done < io->length; done += piece) {
@@ -349,17 +358,20 @@ void ReplicationLayer::ReplicaFailed(size_t index, const std::string& reason) {
   Slot& s = slots_[index];
   ++s.errors;
   s.last_error = reason;
-  if (s.state == ReplicaState::kInSync && InSyncCount() == 1) {
+  if (s.state == MemberState::kInSync && InSyncCount() == 1) {
     SHALE_LOG_ERROR("replication: the last in-sync replica failed; writes fail until it returns",
                     {"volume", volume_}, {"node", s.target->node()}, {"error", reason});
     return;
   }
-  if (s.state != ReplicaState::kInSync && s.state != ReplicaState::kRebuilding) return;
-  const bool was_in_sync = s.state == ReplicaState::kInSync;
+  if (s.state != MemberState::kInSync && s.state != MemberState::kRebuilding &&
+      s.state != MemberState::kJoining) {
+    return;
+  }
+  // A joining replica may be in the recorded set already: its leave is recorded too.
+  const bool was_in_sync = s.state == MemberState::kInSync || s.state == MemberState::kJoining;
   SHALE_LOG_WARN("replication: replica failed, taking it out", {"volume", volume_},
-                 {"node", s.target->node()}, {"in_sync", was_in_sync ? 1 : 0},
-                 {"error", reason});
-  s.state = ReplicaState::kLeaving;
+                 {"node", s.target->node()}, {"in_sync", was_in_sync ? 1 : 0}, {"error", reason});
+  s.state = MemberState::kLeaving;
   s.leaving_since = std::chrono::steady_clock::now();
   // Every write in flight may have reached the others and not this one: mark their regions
   // for it before anything is acknowledged.
@@ -393,7 +405,7 @@ void ReplicationLayer::RecordLeave(size_t index) {
 
 void ReplicationLayer::LeaveRecorded(size_t index, Result<uint64_t> epoch) {
   Slot& s = slots_[index];
-  if (s.state != ReplicaState::kLeaving) return;
+  if (s.state != MemberState::kLeaving) return;
   if (!epoch.ok()) {
     const bool expired =
         std::chrono::steady_clock::now() - s.leaving_since > options_.membership_timeout;
@@ -403,9 +415,9 @@ void ReplicationLayer::LeaveRecorded(size_t index, Result<uint64_t> epoch) {
       s.waiting.clear();
       for (Fanout* f : waiting) {
         if (f->status.ok()) {
-          f->status = Status::IoError("replica " + s.target->node() +
-                                      " failed and the cluster store could not record it: " +
-                                      epoch.status().ToString());
+          f->status = Status::IoError(
+              "replica " + s.target->node() +
+              " failed and the cluster store could not record it: " + epoch.status().ToString());
         }
         f->waiting_on[index] = false;
         --f->waits;
@@ -414,15 +426,15 @@ void ReplicationLayer::LeaveRecorded(size_t index, Result<uint64_t> epoch) {
       // Held writes fail too (StartWrite sees the expired leave).
       ResumeHeld();
     }
-    SHALE_LOG_WARN("replication: recording a replica's leave failed; retrying",
-                   {"volume", volume_}, {"node", s.target->node()},
-                   {"error", epoch.status().ToString()});
-    reactor_->AddTimer(kMembershipRetryNs, [this, index] {
-      if (slots_[index].state == ReplicaState::kLeaving) RecordLeave(index);
+    SHALE_LOG_WARN("replication: recording a replica's leave failed; retrying", {"volume", volume_},
+                   {"node", s.target->node()}, {"error", epoch.status().ToString()});
+    reactor_->AddTimer(kMembershipRetryNs, [this, alive = std::weak_ptr<int>(alive_), index] {
+      if (alive.expired()) return;  // the layer is gone
+      if (slots_[index].state == MemberState::kLeaving) RecordLeave(index);
     });
     return;
   }
-  s.state = ReplicaState::kOut;
+  s.state = MemberState::kOut;
   if (*epoch != epoch_) SetEpoch(*epoch);
   SHALE_LOG_INFO("replication: replica is out", {"volume", volume_}, {"node", s.target->node()},
                  {"epoch", epoch_});
@@ -459,11 +471,11 @@ void ReplicationLayer::ResumeHeld() {
 // ---------------------------------------------------------------------------------------------
 // Control
 
-void ReplicationLayer::SetReplica(std::shared_ptr<ReplicaTarget> target, ReplicaState state) {
+void ReplicationLayer::SetReplica(std::shared_ptr<ReplicaTarget> target, MemberState state) {
   target->SetEpoch(epoch_);
   size_t index = 0;
   if (Slot* s = FindSlot(target->node(), &index)) {
-    SHALE_CHECK(s->waiting.empty() || state == ReplicaState::kLeaving,
+    SHALE_CHECK(s->waiting.empty() || state == MemberState::kLeaving,
                 "replacing a replica with writes waiting on it");
     s->target = std::move(target);
     s->state = state;
@@ -478,9 +490,73 @@ void ReplicationLayer::SetReplica(std::shared_ptr<ReplicaTarget> target, Replica
   ResumeHeld();
 }
 
-void ReplicationLayer::SetState(const std::string& node, ReplicaState state) {
+void ReplicationLayer::SetState(const std::string& node, MemberState state) {
   if (Slot* s = FindSlot(node)) s->state = state;
   ResumeHeld();
+}
+
+void ReplicationLayer::Join(const std::string& node, std::function<void(Status)> done) {
+  const auto fail = [this, &done](Status st) {
+    reactor_->Post([done = std::move(done), st = std::move(st)] { done(st); });
+  };
+  size_t index = 0;
+  Slot* s = FindSlot(node, &index);
+  if (s == nullptr || s->state != MemberState::kRebuilding) {
+    return fail(Status::FailedPrecondition("replica " + node + " is not rebuilding"));
+  }
+  if (changed_->RegionCount(node) > 0) {
+    return fail(Status::FailedPrecondition("replica " + node + " has regions left to rebuild"));
+  }
+  // From now on a write is acknowledged only once the joining replica has it too, and a failure
+  // of it is recorded as a leave, so no write is ever acknowledged on fewer replicas than the
+  // set the store may already record. It is not read before the join is recorded.
+  s->state = MemberState::kJoining;
+  membership_->ReplicaRebuilt(node, [this, alive = std::weak_ptr<int>(alive_), index, node,
+                                     done = std::move(done)](Result<uint64_t> epoch) mutable {
+    if (alive.expired()) return;
+    Slot& slot = slots_[index];
+    if (!epoch.ok()) {
+      if (slot.state == MemberState::kJoining) slot.state = MemberState::kRebuilding;
+      return done(epoch.status().WithContext("record the join of " + node));
+    }
+    if (*epoch > epoch_) SetEpoch(*epoch);
+    if (slot.state != MemberState::kJoining) {
+      return done(Status::Aborted("replica " + node + " failed while joining"));
+    }
+    // Its generation: the epoch under which it joined (docs/replication.md, rule 2).
+    auto* gen = new ChildIo();
+    struct Ctx {
+      ReplicationLayer* layer;
+      std::weak_ptr<int> alive;
+      size_t index;
+      std::function<void(Status)> done;
+    };
+    gen->owner = new Ctx{this, alive, index, std::move(done)};
+    gen->done = [](ChildIo* c) {
+      std::unique_ptr<ChildIo> owned(c);
+      std::unique_ptr<Ctx> ctx(static_cast<Ctx*>(c->owner));
+      if (ctx->alive.expired()) return;
+      ctx->layer->Joined(ctx->index, c->io.status, std::move(ctx->done));
+    };
+    slot.target->SubmitSetGeneration(gen, epoch_);
+  });
+}
+
+void ReplicationLayer::Joined(size_t index, const Status& generation,
+                              std::function<void(Status)> done) {
+  Slot& s = slots_[index];
+  const std::string node = s.target->node();
+  if (!generation.ok()) {
+    if (s.state == MemberState::kJoining) ReplicaFailed(index, generation.ToString());
+    return done(generation.WithContext("persist the generation of " + node));
+  }
+  if (s.state != MemberState::kJoining) {
+    return done(Status::Aborted("replica " + node + " failed while joining"));
+  }
+  s.state = MemberState::kInSync;
+  SHALE_LOG_INFO("replication: replica rebuilt and in sync", {"volume", volume_}, {"node", node},
+                 {"epoch", epoch_});
+  changed_->Drop(node, std::move(done));
 }
 
 void ReplicationLayer::SetEpoch(uint64_t epoch) {
@@ -520,7 +596,8 @@ void ReplicationLayer::LockRange(uint64_t offset, uint64_t length, std::function
   bool busy = false;
   for (Fanout* f : writes_in_flight_) {
     const VolumeIo* c = f->client;
-    busy = busy || (IsWriteOp(c->op) && c->offset < offset + length && offset < c->offset + c->length);
+    busy =
+        busy || (IsWriteOp(c->op) && c->offset < offset + length && offset < c->offset + c->length);
   }
   if (!busy) {
     reactor_->Post(std::move(go));

@@ -47,13 +47,14 @@ namespace shale::replication {
 
 class ChangedRegions;
 
-enum class ReplicaState : uint8_t {
+enum class MemberState : uint8_t {
   kInSync,      // receives writes, may be read, must acknowledge every write
-  kRebuilding,  // receives writes, never read, its acknowledgement is not waited for
+  kRebuilding,  // receives writes, never read; its failure fails no write (it only leaves)
   kLeaving,     // failed; its removal from the in-sync set is being recorded
+  kJoining,     // rebuilt; its join is being recorded: must acknowledge writes, never read
   kOut,         // gets nothing; what changed is in ChangedRegions
 };
-std::string_view ReplicaStateName(ReplicaState state);
+std::string_view MemberStateName(MemberState state);
 
 // The membership changes the layer asks for. Called on the reactor; the implementation works
 // off the reactor (an etcd Txn) and runs `done` on the reactor.
@@ -63,11 +64,14 @@ class MembershipClient {
   // Records that `node` left the in-sync set; done(the new epoch) or the error.
   virtual void ReplicaFailed(const std::string& node, const std::string& reason,
                              std::function<void(Result<uint64_t>)> done) = 0;
+  // Records that `node`, rebuilt, joined the in-sync set (state healthy); done(the new epoch).
+  virtual void ReplicaRebuilt(const std::string& node,
+                              std::function<void(Result<uint64_t>)> done) = 0;
 };
 
 struct ReplicaStatus {
   std::string node;
-  ReplicaState state = ReplicaState::kOut;
+  MemberState state = MemberState::kOut;
   bool local = false;
   uint64_t writes_in_flight = 0;
   uint64_t errors = 0;
@@ -94,11 +98,17 @@ class ReplicationLayer final : public VolumeLayer {
 
   // --- control, on the reactor ---
   // Adds a replica (or replaces the target of a known node, e.g. after a reconnect).
-  void SetReplica(std::shared_ptr<ReplicaTarget> target, ReplicaState state);
+  void SetReplica(std::shared_ptr<ReplicaTarget> target, MemberState state);
   // Changes a replica's state without a membership change (the caller recorded it: a rebuild
   // started, or finished and the replica joined the in-sync set at `epoch`).
-  void SetState(const std::string& node, ReplicaState state);
+  void SetState(const std::string& node, MemberState state);
   void SetEpoch(uint64_t epoch);
+  // The rebuild of `node` (kRebuilding, nothing left in ChangedRegions) finished: it becomes
+  // kJoining (writes wait for it, a failure is a recorded leave, no reads), its join is recorded
+  // (MembershipClient::ReplicaRebuilt, epoch + 1), its generation set to that epoch
+  // (SET_GENERATION), then it is in sync and its marks are dropped. done(OK) or why not (back to
+  // kRebuilding if the store refused; out if it failed meanwhile).
+  void Join(const std::string& node, std::function<void(Status)> done);
   uint64_t epoch() const { return epoch_; }
   bool fenced() const { return fenced_; }
   std::vector<ReplicaStatus> Replicas() const;
@@ -122,7 +132,7 @@ class ReplicationLayer final : public VolumeLayer {
   struct Fanout;
   struct Slot {
     std::shared_ptr<ReplicaTarget> target;
-    ReplicaState state = ReplicaState::kOut;
+    MemberState state = MemberState::kOut;
     uint64_t errors = 0;
     std::string last_error;
     std::vector<Fanout*> waiting;  // writes whose acknowledgement waits for its removal
@@ -140,6 +150,7 @@ class ReplicationLayer final : public VolumeLayer {
   void Fail(VolumeIo* io, Status status);
   void ReplicaFailed(size_t slot, const std::string& reason);
   void RecordLeave(size_t slot);
+  void Joined(size_t slot, const Status& generation, std::function<void(Status)> done);
   void LeaveRecorded(size_t slot, Result<uint64_t> epoch);
   void Fence(const Status& why);
   void ResumeHeld();
@@ -168,6 +179,7 @@ class ReplicationLayer final : public VolumeLayer {
   size_t next_reader_ = 0;
   std::function<void()> on_fenced_;
   std::function<void(const std::string&)> on_out_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // timers hold it weakly
 };
 
 }  // namespace shale::replication
