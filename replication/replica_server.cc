@@ -21,6 +21,7 @@ namespace {
 constexpr size_t kBatchRequests = 64;            // requests per Reactor::Post
 constexpr size_t kRepliesPerSend = 256;          // replies per writev (2 iovecs each)
 constexpr size_t kBufferCacheBytes = 32 * kMiB;  // idle data buffers kept per connection
+constexpr uint64_t kHashChunkBytes = 1 * kMiB;   // HASH_RANGES reads this much at a time
 
 void NameThread(const char* name) { pthread_setname_np(pthread_self(), name); }
 
@@ -223,8 +224,13 @@ void OnVolumeIoDone(VolumeIo* io) {
 void OnHashRead(VolumeIo* io) {
   auto* r = static_cast<Request*>(io->ctx);
   if (!io->status.ok()) return r->conn->ReplyStatus(r, io->status);
-  r->hashes.hashes.push_back(HashContent128(r->data, io->length));
-  ++r->hash_index;
+  // The chunk read holds whole regions (the last one of the range may be shorter).
+  const uint32_t region = r->hash.region_size;
+  for (uint64_t at = 0; at < io->length; at += region) {
+    r->hashes.hashes.push_back(
+        HashContent128(r->data + at, std::min<uint64_t>(region, io->length - at)));
+    ++r->hash_index;
+  }
   r->conn->HashStep(r);
 }
 
@@ -336,7 +342,7 @@ void ReplicaServer::Conn::HashStep(Request* r) {
   io = VolumeIo{};
   io.op = VolumeOp::kRead;
   io.offset = at;
-  io.length = std::min<uint64_t>(r->hash.region_size, end - at);
+  io.length = std::min<uint64_t>(r->data_size, end - at);
   io.buf = r->data;
   io.io_class = IoClass::kBackground;
   io.ctx = r;
@@ -505,7 +511,14 @@ Status ReplicaServer::Conn::HandleFrame(const FrameReader::Frame& f, uint8_t* da
       HashRangesRequest m;
       SHALE_RETURN_IF_ERROR(Decode(f.payload, &m));
       check = CheckHashRanges(m, size);
-      r = NewRequest(h, check.ok() ? m.region_size : 0);
+      // Read in chunks of whole regions, up to kHashChunkBytes (or one region if larger).
+      uint64_t chunk = 0;
+      if (check.ok()) {
+        const uint64_t whole = uint64_t{HashRegionCount(m)} * m.region_size;
+        chunk = std::min(whole, std::max<uint64_t>(m.region_size, kHashChunkBytes / m.region_size *
+                                                                      m.region_size));
+      }
+      r = NewRequest(h, chunk);
       r->hash = m;
       break;
     }

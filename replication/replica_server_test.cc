@@ -304,6 +304,15 @@ TEST_F(ReplicaServiceTest, ReadWriteFlushDiscardZeroes) {
   for (size_t i = 0; i < 8; ++i) {
     EXPECT_EQ(hash.r.hashes[i], HashContent128(big.data() + i * kMiB, kMiB)) << i;
   }
+  // Small regions, read in larger chunks by the server; the range may end inside a region.
+  Op blocks(ReplicaOp::kHashRanges, 16 * kMiB, 4 * kMiB - 512);
+  blocks.r.region_size = 4096;
+  ASSERT_EQ(Do(c.get(), &blocks), ReplicaOutcome::kOk) << blocks.r.status;
+  ASSERT_EQ(blocks.r.hashes.size(), 1024u);
+  for (size_t i = 0; i < 1024; ++i) {
+    const size_t len = i == 1023 ? 4096 - 512 : 4096;
+    ASSERT_EQ(blocks.r.hashes[i], HashContent128(big.data() + i * 4096, len)) << i;
+  }
   // GET_INFO: size, epoch, allocated ranges (the discarded 64 KiB is a hole).
   Op info(ReplicaOp::kGetInfo, 0, kVolSize);
   ASSERT_EQ(Do(c.get(), &info), ReplicaOutcome::kOk) << info.r.status;
