@@ -97,7 +97,9 @@ class ReplicationLayer final : public VolumeLayer {
   void Submit(VolumeIo* io) override;
 
   // --- control, on the reactor ---
-  // Adds a replica (or replaces the target of a known node, e.g. after a reconnect).
+  // Adds a replica (or replaces the target of a known node, e.g. after a reconnect). A replaced
+  // RemoteReplica must not be destroyed on the reactor (closing its client joins threads): the
+  // caller takes a reference (Target) first and drops it on a control thread.
   void SetReplica(std::shared_ptr<ReplicaTarget> target, MemberState state);
   // Changes a replica's state without a membership change (the caller recorded it: a rebuild
   // started, or finished and the replica joined the in-sync set at `epoch`).

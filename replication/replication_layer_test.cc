@@ -82,7 +82,8 @@ TEST_F(ReplicationLayerTest, ACutReplicaLeavesInTheStoreBeforeTheWriteIsAcknowle
 }
 
 TEST_F(ReplicationLayerTest, APartitionedReplicaTimesOutAndLeavesWithoutAClientError) {
-  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);  // request timeout 2 s
+  request_timeout_ = 2000ms;
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
   fault_.Partition({servers_[1]->address()});
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_TRUE(Write(kMiB, Pattern(8192, 1)).ok());

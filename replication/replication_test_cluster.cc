@@ -110,8 +110,7 @@ void ReplicationCluster::CloseTarget() {
   engines_[0].reset();
 }
 
-std::unique_ptr<ReplicaClient> ReplicationCluster::Connect(int node, uint64_t epoch,
-                                                           std::chrono::milliseconds timeout) {
+std::unique_ptr<ReplicaClient> ReplicationCluster::Connect(int node, uint64_t epoch) {
   ReplicaClientOptions o;
   o.address = servers_[node]->address();
   o.node_name = "node-a";
@@ -123,7 +122,7 @@ std::unique_ptr<ReplicaClient> ReplicationCluster::Connect(int node, uint64_t ep
   o.transport = &fault_;
   o.completion_reactor = reactor_;
   o.connect_timeout = 5000ms;
-  o.request_timeout = timeout;
+  o.request_timeout = request_timeout_;
   auto c = ReplicaClient::Connect(std::move(o));
   EXPECT_TRUE(c.ok()) << c.status();
   return c.ok() ? std::move(c).value() : nullptr;
@@ -151,7 +150,12 @@ void ReplicationCluster::MakeLayer(uint32_t min_in_sync, bool local, MemberState
 
 void ReplicationCluster::Reconnect(int node, MemberState state) {
   auto target = std::make_shared<RemoteReplica>(kNodes[node], Connect(node, membership_->epoch()));
-  reactor_->RunSync([&] { layer_->SetReplica(target, state); });
+  std::shared_ptr<ReplicaTarget> old;
+  reactor_->RunSync([&] {
+    old = layer_->Target(kNodes[node]);
+    layer_->SetReplica(target, state);
+  });
+  old.reset();  // here, not on the reactor: closing a client joins its threads
 }
 
 Status ReplicationCluster::Write(uint64_t offset, const std::vector<uint8_t>& data) {

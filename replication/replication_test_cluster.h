@@ -172,8 +172,7 @@ class ReplicationCluster : public ::testing::Test {
   // Without `c`: node-c is not part of the layer (a replica placed later).
   void MakeLayer(uint32_t min_in_sync, bool local, MemberState b, std::optional<MemberState> c);
   // Connects a client for a remote node at `epoch`.
-  std::unique_ptr<ReplicaClient> Connect(int node, uint64_t epoch,
-                                         std::chrono::milliseconds timeout = 2000ms);
+  std::unique_ptr<ReplicaClient> Connect(int node, uint64_t epoch);
   // Replaces node's target in the layer by a fresh connection, in `state`.
   void Reconnect(int node, MemberState state);
 
@@ -208,6 +207,9 @@ class ReplicationCluster : public ::testing::Test {
   std::unique_ptr<FakeMembership> membership_;
   std::unique_ptr<ReplicationLayer> layer_;
   std::vector<uint8_t> oracle_;  // what the volume must read as
+  // --replica-timeout of the clients Connect makes: long, so a loaded machine (several builds
+  // on 2 cores) never times a healthy replica out; tests of timeouts set it short.
+  std::chrono::milliseconds request_timeout_ = 10000ms;
 };
 
 }  // namespace shale::replication::testing
