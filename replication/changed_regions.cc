@@ -211,8 +211,10 @@ void ChangedRegions::OnCommitted(Status st, std::vector<Pending> waiters,
     }
     persist_waiters_.clear();
   }
-  for (Pending& p : waiters) p.done(st);
   if (st.ok()) StartCommit();
+  // Last: a waiter may destroy this object (found by ASan: the next round touched it after a
+  // test, woken by its Persist, had deleted it).
+  for (Pending& p : waiters) p.done(st);
 }
 
 std::vector<std::pair<uint64_t, uint64_t>> ChangedRegions::Ranges(const std::string& node) const {

@@ -12,6 +12,9 @@
 // bitmap of 32768 regions (4096 bytes), one key per chunk that has a bit set.
 //
 // Threading: Load/ForgetVolume on control threads; everything else on the volume's reactor.
+// Destroy it only with no commit in flight: once the callback of the last Mark/Persist/Drop has
+// run (or from inside it) with nothing marked or cleared since; a callback is the last thing a
+// commit round does.
 // Commits go through the `commit` function given at Load (the pool's commit pipeline in the
 // daemon), whose completion this class posts back to the reactor.
 #pragma once

@@ -99,6 +99,8 @@ void ReplicationCluster::OpenTarget() {
 }
 
 void ReplicationCluster::CloseTarget() {
+  // The reactor task that completed the last request may still be inside the layer.
+  if (reactor_ != nullptr) reactor_->RunSync([] {});
   layer_.reset();  // closes the remote clients (blocking: never on the reactor)
   if (reactor_ != nullptr) reactor_->RunSync([] {});  // completions posted meanwhile ran
   changed_.reset();
@@ -130,6 +132,10 @@ std::unique_ptr<ReplicaClient> ReplicationCluster::Connect(int node, uint64_t ep
 
 void ReplicationCluster::MakeLayer(uint32_t min_in_sync, bool local, MemberState b,
                                    std::optional<MemberState> c) {
+  if (layer_) {
+    reactor_->RunSync([] {});  // a task that completed a request may still be in the layer
+    layer_.reset();
+  }
   ReplicationLayer::Options o;
   o.min_in_sync = min_in_sync;
   o.epoch = membership_->epoch();
