@@ -1,0 +1,45 @@
+// What a node publishes about itself in etcd: the value of /shale/v1/nodes/<node> (under the
+// node's lease) and of /shale/v1/node-info/<node> (the last known copy, kept while it is down).
+// Decoding is strict, as for the membership (membership.h).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/common/result.h"
+
+namespace shale::cluster {
+
+struct PoolCapacity {
+  std::string name;
+  uint64_t free_bytes = 0;  // <= capacity_bytes
+  uint64_t capacity_bytes = 0;
+
+  bool operator==(const PoolCapacity&) const = default;
+};
+
+struct NodeInfo {
+  static constexpr size_t kMaxPools = 64;
+  static constexpr size_t kMaxAddressLength = 256;
+  static constexpr size_t kMaxEncodedBytes = 64 * 1024;
+  // The format version written in the record ("version"); a newer one is refused.
+  static constexpr uint64_t kFormatVersion = 1;
+
+  std::string replica_address;      // HOST:PORT of the node's replica listener
+  std::vector<PoolCapacity> pools;  // distinct valid pool names, at most kMaxPools
+
+  // InvalidArgument naming the first broken rule.
+  Status Validate() const;
+  bool operator==(const NodeInfo&) const = default;
+};
+
+// {"replica_address": ..., "pools": [{"name", "free_bytes", "capacity_bytes"}], "version": 1};
+// validates first.
+Result<std::string> EncodeNodeInfo(const NodeInfo& info);
+// Corruption naming `what` and the field for anything but a valid record.
+Result<NodeInfo> DecodeNodeInfo(std::string_view json, std::string_view what = "node record");
+
+}  // namespace shale::cluster

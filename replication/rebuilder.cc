@@ -1,0 +1,292 @@
+#include "replication/rebuilder.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "engine/common/assert.h"
+#include "engine/common/checksum.h"
+#include "engine/common/log.h"
+#include "engine/io/reactor.h"
+#include "engine/volume/volume.h"
+#include "replication/changed_regions.h"
+#include "replication/replication_layer.h"
+
+namespace shale::replication {
+
+// One region of the window in flight: a read of the source and (remote target) the target's
+// block hashes, then writes of the blocks that differ.
+struct Rebuilder::RegionCopy {
+  Copy* copy = nullptr;
+  ChildIo read;
+  ChildIo hash;
+  std::vector<std::unique_ptr<ChildIo>> writes;
+  uint32_t pending = 0;
+  bool sending = false;
+};
+
+// One window in flight (regions copied in parallel under one range lock).
+struct Rebuilder::Copy {
+  Rebuilder* owner = nullptr;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  AlignedBuffer buf;
+  std::vector<RegionCopy> regions;
+  uint32_t pending = 0;  // regions not done
+  Status status;
+};
+
+Rebuilder::Rebuilder(Reactor* reactor, ReplicationLayer* layer, ChangedRegions* changed,
+                     std::string source, std::string target, Options options)
+    : reactor_(reactor),
+      layer_(layer),
+      changed_(changed),
+      source_(std::move(source)),
+      target_(std::move(target)),
+      options_(options) {}
+
+Rebuilder::~Rebuilder() { SHALE_CHECK(!running_, "Rebuilder destroyed while copying"); }
+
+void Rebuilder::MarkAllocated(Volume* source, ChangedRegions* changed, const std::string& node,
+                              std::function<void(Status)> done) {
+  // The regions with a data block, as region-aligned byte ranges.
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  const uint64_t size = source->size_bytes();
+  uint64_t pos = 0;
+  for (int rounds = 0; pos < size && rounds < (1 << 20); ++rounds) {
+    const std::vector<Volume::Extent> extents = source->QueryAllocation(pos, size - pos, 4096);
+    if (extents.empty()) break;
+    for (const Volume::Extent& e : extents) {
+      if (!e.zero && e.length > 0) {
+        const uint64_t first = pos / kRegionBytes * kRegionBytes;
+        const uint64_t end =
+            std::min(size, (pos + e.length + kRegionBytes - 1) / kRegionBytes * kRegionBytes);
+        if (!ranges.empty() && ranges.back().first + ranges.back().second >= first) {
+          ranges.back().second = std::max(ranges.back().second, end - ranges.back().first);
+        } else {
+          ranges.emplace_back(first, end - first);
+        }
+      }
+      pos += e.length;
+    }
+  }
+  struct Marks {
+    size_t pending = 1;
+    Status first;
+    std::function<void(Status)> done;
+  };
+  auto marks = std::make_shared<Marks>();
+  marks->done = std::move(done);
+  auto one = [marks](Status st) {
+    if (!st.ok() && marks->first.ok()) marks->first = st;
+    if (--marks->pending == 0) marks->done(marks->first);
+  };
+  marks->pending += ranges.size();
+  for (const auto& [off, len] : ranges) changed->Mark({node}, off, len, one);
+  source->reactor()->Post([one] { one(Status::Ok()); });
+}
+
+void Rebuilder::Start(std::function<void(Status)> done) {
+  SHALE_CHECK(reactor_->IsCurrent() && !running_, "Rebuilder::Start");
+  done_ = std::move(done);
+  ranges_ = changed_->Ranges(target_);
+  progress_ = {};
+  for (const auto& [off, len] : ranges_) progress_.total_bytes += len;
+  range_index_ = 0;
+  range_done_ = 0;
+  since_persist_ = 0;
+  started_ = std::chrono::steady_clock::now();
+  running_ = true;
+  SHALE_LOG_INFO("replication: rebuild started", {"from", source_}, {"to", target_},
+                 {"bytes", progress_.total_bytes}, {"ranges", ranges_.size()});
+  reactor_->Post([this] { Next(); });
+}
+
+void Rebuilder::Cancel() { cancelled_ = true; }
+
+void Rebuilder::Next() {
+  if (cancelled_) return Finish(Status::Aborted("rebuild cancelled"));
+  while (range_index_ < ranges_.size() && range_done_ >= ranges_[range_index_].second) {
+    ++range_index_;
+    range_done_ = 0;
+  }
+  if (range_index_ == ranges_.size()) {
+    return Persist([this] { Finish(Status::Ok()); });
+  }
+  // Pacing: not ahead of bps since the start.
+  if (options_.bps > 0) {
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    const double allowed = elapsed * static_cast<double>(options_.bps);
+    if (static_cast<double>(progress_.done_bytes) > allowed) {
+      const double wait_s =
+          (static_cast<double>(progress_.done_bytes) - allowed) / static_cast<double>(options_.bps);
+      const uint64_t wait_ns = static_cast<uint64_t>(std::min(wait_s, 1.0) * 1e9);
+      reactor_->AddTimer(wait_ns, [this] { Next(); });
+      return;
+    }
+  }
+  const auto& [off, len] = ranges_[range_index_];
+  const uint64_t window = uint64_t{options_.window_regions} * kRegionBytes;
+  const uint64_t start = off + range_done_;
+  const uint64_t length = std::min(window, len - range_done_);
+  range_done_ += length;
+  CopyWindow(start, length);
+}
+
+void Rebuilder::CopyWindow(uint64_t offset, uint64_t length) {
+  auto* copy = new Copy();
+  copy->owner = this;
+  copy->offset = offset;
+  copy->length = length;
+  copy->buf = AllocateAligned(length);
+  copy->regions = std::vector<RegionCopy>((length + kRegionBytes - 1) / kRegionBytes);
+  layer_->LockRange(offset, length, [this, copy] {
+    std::shared_ptr<ReplicaTarget> target = layer_->Target(target_);
+    const bool hash = target != nullptr && target->can_hash();
+    copy->pending = static_cast<uint32_t>(copy->regions.size());
+    for (size_t i = 0; i < copy->regions.size(); ++i) {
+      RegionCopy& rc = copy->regions[i];
+      rc.copy = copy;
+      rc.pending = hash ? 2 : 1;
+      rc.read.io.op = VolumeOp::kRead;
+      rc.read.io.offset = copy->offset + i * kRegionBytes;
+      rc.read.io.length = std::min<uint64_t>(kRegionBytes, copy->length - i * kRegionBytes);
+      rc.read.io.buf = copy->buf.get() + i * kRegionBytes;
+      rc.read.io.io_class = IoClass::kBackground;
+      rc.read.owner = &rc;
+      rc.read.done = &Rebuilder::OnChild;
+      rc.hash.io = rc.read.io;
+      rc.hash.io.buf = nullptr;
+      rc.hash.owner = &rc;
+      rc.hash.done = &Rebuilder::OnChild;
+    }
+    // Submitted after every region is set up: a completion may finish the window.
+    for (RegionCopy& rc : copy->regions) {
+      if (hash) target->SubmitHash(&rc.hash, kRebuildBlockBytes);
+      layer_->SubmitTo(source_, &rc.read);
+    }
+  });
+}
+
+void Rebuilder::OnChild(ChildIo* child) {
+  auto* rc = static_cast<RegionCopy*>(child->owner);
+  Copy* copy = rc->copy;
+  Rebuilder* self = copy->owner;
+  if (!child->io.status.ok() && copy->status.ok()) {
+    const std::string what = child == &rc->read   ? "read from " + self->source_
+                             : child == &rc->hash ? "hash on " + self->target_
+                                                  : "write to " + self->target_;
+    copy->status = child->io.status.WithContext(what);
+  }
+  if (--rc->pending > 0) return;
+  if (!rc->sending && copy->status.ok()) {
+    rc->sending = true;
+    self->SendDiff(rc);
+    if (rc->pending > 0) return;
+  }
+  if (--copy->pending > 0) return;
+  self->WindowDone(copy);
+}
+
+// Sends the blocks of the region that differ on the target (all of them when the target cannot
+// hash): runs of differing blocks, a run of zeros as WRITE_ZEROES (no data, no space).
+void Rebuilder::SendDiff(RegionCopy* rc) {
+  const VolumeIo& read = rc->read.io;
+  const uint64_t blocks = (read.length + kRebuildBlockBytes - 1) / kRebuildBlockBytes;
+  const std::vector<Hash128>& theirs = rc->hash.remote.hashes;
+  const bool compare = rc->hash.target != nullptr && theirs.size() == blocks;
+  const auto differs = [&](uint64_t b) {
+    if (!compare) return true;
+    const uint64_t at = b * kRebuildBlockBytes;
+    return !(HashContent128(read.buf + at,
+                            std::min<uint64_t>(kRebuildBlockBytes, read.length - at)) == theirs[b]);
+  };
+  const auto zero = [&](uint64_t from, uint64_t len) {
+    for (uint64_t k = 0; k + 8 <= len; k += 8) {
+      uint64_t w;
+      std::memcpy(&w, read.buf + from + k, sizeof(w));
+      if (w != 0) return false;
+    }
+    return true;
+  };
+  for (uint64_t b = 0; b < blocks;) {
+    if (!differs(b)) {
+      ++b;
+      continue;
+    }
+    uint64_t e = b + 1;
+    while (e < blocks && differs(e)) ++e;
+    const uint64_t from = b * kRebuildBlockBytes;
+    const uint64_t len = std::min(e * kRebuildBlockBytes, read.length) - from;
+    auto w = std::make_unique<ChildIo>();
+    w->io.op = zero(from, len) ? VolumeOp::kWriteZeroes : VolumeOp::kWrite;
+    w->io.offset = read.offset + from;
+    w->io.length = len;
+    w->io.buf = w->io.op == VolumeOp::kWrite ? read.buf + from : nullptr;
+    w->io.io_class = IoClass::kBackground;
+    w->owner = rc;
+    w->done = &Rebuilder::OnChild;
+    if (w->io.op == VolumeOp::kWrite) progress_.sent_bytes += len;
+    rc->writes.push_back(std::move(w));
+    b = e;
+  }
+  rc->pending = static_cast<uint32_t>(rc->writes.size());
+  for (auto& w : rc->writes) layer_->SubmitTo(target_, w.get());
+}
+
+void Rebuilder::WindowDone(Copy* copy) {
+  layer_->UnlockRange();
+  std::unique_ptr<Copy> owned(copy);
+  if (!copy->status.ok()) return Finish(copy->status);
+  const uint64_t first = copy->offset / kRegionBytes;
+  const uint64_t last = (copy->offset + copy->length - 1) / kRegionBytes;
+  for (uint64_t r = first; r <= last; ++r) changed_->Clear(target_, r);
+  progress_.done_bytes += copy->length;
+  since_persist_ += copy->length;
+  if (since_persist_ >= options_.persist_bytes) {
+    since_persist_ = 0;
+    return Persist([this] { Next(); });
+  }
+  Next();
+}
+
+void Rebuilder::Persist(std::function<void()> then) {
+  // The target must hold the copied data durably before the record says it does.
+  auto* flush = new ChildIo();
+  flush->io.op = VolumeOp::kFlush;
+  struct Ctx {
+    Rebuilder* self;
+    std::function<void()> then;
+  };
+  flush->owner = new Ctx{this, std::move(then)};
+  flush->done = [](ChildIo* c) {
+    std::unique_ptr<ChildIo> owned(c);
+    std::unique_ptr<Ctx> ctx(static_cast<Ctx*>(c->owner));
+    Rebuilder* self = ctx->self;
+    if (!c->io.status.ok()) return self->Finish(c->io.status.WithContext("flush " + self->target_));
+    self->changed_->Persist([self, next = std::move(ctx->then)](Status st) {
+      if (!st.ok()) return self->Finish(st.WithContext("record rebuild progress"));
+      next();
+    });
+  };
+  layer_->SubmitTo(target_, flush);
+}
+
+void Rebuilder::Finish(Status status) {
+  if (!running_) return;
+  running_ = false;
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  if (status.ok()) {
+    SHALE_LOG_INFO("replication: rebuild finished", {"from", source_}, {"to", target_},
+                   {"bytes", progress_.done_bytes}, {"seconds", secs});
+  } else {
+    SHALE_LOG_WARN("replication: rebuild stopped", {"from", source_}, {"to", target_},
+                   {"bytes", progress_.done_bytes}, {"error", status.ToString()});
+  }
+  auto done = std::move(done_);
+  done_ = nullptr;
+  if (done) done(status);
+}
+
+}  // namespace shale::replication

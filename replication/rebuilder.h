@@ -1,0 +1,106 @@
+// Rebuilder: copies regions of a replicated volume from an in-sync replica (the source) to a
+// replica that missed them (the target), while client I/O continues (docs/replication.md,
+// "Rebuild").
+//
+// Regions are copied in LBA order, a window of up to `window_regions` at a time under the
+// layer's range lock (writes to the window wait while it is copied, so a client write is never
+// overwritten by older data; writes elsewhere, which also reach the target, proceed). Each region
+// is read from the source while a remote target hashes its copy of it in 4 KiB blocks
+// (HASH_RANGES); only the blocks that differ are sent, a run of zeros as WRITE_ZEROES (no space
+// on the target). So a replica that missed a few 4 KiB writes in a region receives those blocks,
+// not the whole 1 MiB region; a local target gets every block. After each
+// copied window the regions are cleared in ChangedRegions; every `persist_bytes` (and at the end)
+// the target is flushed and the clears committed, so a rebuild resumes where it was after a
+// restart of either end. Copies are paced by `bps` (0: unlimited), changeable while running.
+//
+// Threading: everything on the volume's reactor.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/common/result.h"
+#include "engine/io/block_device.h"
+#include "replication/replica_target.h"
+
+namespace shale {
+class Reactor;
+class Volume;
+}  // namespace shale
+
+namespace shale::replication {
+
+class ChangedRegions;
+class ReplicationLayer;
+
+// Blocks compared by hash within a region (a remote target hashes its own copy: HASH_RANGES).
+inline constexpr uint32_t kRebuildBlockBytes = 4096;
+
+class Rebuilder {
+ public:
+  struct Options {
+    uint64_t bps = 0;             // copy rate cap in bytes/s; 0: none
+    uint32_t window_regions = 8;  // regions copied at once
+    uint64_t persist_bytes = 64ull << 20;
+  };
+  struct Progress {
+    uint64_t done_bytes = 0;   // of the regions to rebuild, copied
+    uint64_t total_bytes = 0;  // the regions to rebuild
+    uint64_t sent_bytes = 0;   // data written to the target (blocks that differed)
+  };
+
+  // Copies the regions ChangedRegions has marked for `target` at Start().
+  Rebuilder(Reactor* reactor, ReplicationLayer* layer, ChangedRegions* changed, std::string source,
+            std::string target, Options options);
+  ~Rebuilder();
+  Rebuilder(const Rebuilder&) = delete;
+  Rebuilder& operator=(const Rebuilder&) = delete;
+
+  // A new replica: marks every region of `source` (the local in-sync replica) that holds data
+  // as changed for `node`, so the rebuild copies what is allocated and skips holes (and resumes
+  // like any other after a restart). done (posted on the reactor) once the marks are durable.
+  static void MarkAllocated(Volume* source, ChangedRegions* changed, const std::string& node,
+                            std::function<void(Status)> done);
+
+  // Starts copying; done(OK) once every region is copied, flushed and the clears committed, or
+  // the first error (the regions not yet cleared stay marked). On the reactor.
+  void Start(std::function<void(Status)> done);
+  // Stops after the window in flight; done(Aborted).
+  void Cancel();
+  void SetRate(uint64_t bps) { options_.bps = bps; }
+  Progress progress() const { return progress_; }
+  const std::string& target() const { return target_; }
+
+ private:
+  struct Copy;
+  struct RegionCopy;
+  void Next();
+  void SendDiff(RegionCopy* rc);
+  void CopyWindow(uint64_t offset, uint64_t length);
+  void WindowDone(Copy* copy);
+  void Persist(std::function<void()> then);
+  void Finish(Status status);
+  static void OnChild(ChildIo* child);
+
+  Reactor* const reactor_;
+  ReplicationLayer* const layer_;
+  ChangedRegions* const changed_;
+  const std::string source_, target_;
+  Options options_;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;  // what to copy (byte ranges)
+  size_t range_index_ = 0;
+  uint64_t range_done_ = 0;  // bytes of ranges_[range_index_] already copied
+  Progress progress_;
+  uint64_t since_persist_ = 0;
+  std::chrono::steady_clock::time_point started_;
+  std::function<void(Status)> done_;
+  bool cancelled_ = false;
+  bool running_ = false;
+};
+
+}  // namespace shale::replication

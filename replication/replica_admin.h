@@ -1,0 +1,56 @@
+// Replica placement from a target (or the daemon's lifecycle service) on a peer's ReplicaServer:
+// CREATE_REPLICA, DELETE_REPLICA, STAT_REPLICA (docs/format/replica-protocol.md, "Placing
+// replicas"). Each call opens one authenticated connection, sends one request, reads its reply
+// and closes. Blocking with a deadline: call from control threads, never from a reactor.
+//
+// Every call carries the caller's epoch: a replica that persisted a newer epoch refuses it with
+// STALE_EPOCH (IsStaleEpoch), so a fenced target cannot delete or recreate a replica either.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "engine/common/result.h"
+#include "engine/common/uuid.h"
+#include "replication/auth.h"
+#include "replication/protocol.h"
+#include "replication/transport.h"
+
+namespace shale::replication {
+
+struct ReplicaAdminOptions {
+  std::string address;    // the peer's replica server, "HOST:PORT"
+  std::string node_name;  // this node, sent in AUTH
+  ClusterSecret secret;
+  Transport* transport = nullptr;
+  std::chrono::milliseconds timeout{5000};  // connect + authenticate + request + reply
+};
+
+// What a target places: the replicated volume's name, uuid and size, and the peer's pool
+// (empty: the server's replica pool).
+struct ReplicaSpec {
+  std::string volume;
+  Uuid uuid;
+  uint64_t size_bytes = 0;  // a multiple of 4096
+  std::string pool;
+};
+
+// Creates the replica volume (epoch persisted with it, generation 0). Idempotent: an existing
+// replica of the same uuid and size (and pool, if named) is returned with created = false.
+// InvalidArgument: the name is taken by another volume or replica, or the size differs.
+Result<ReplicaStat> CreateReplica(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
+                                  uint64_t epoch);
+// Deletes the replica volume. Idempotent: OK when it does not exist. InvalidArgument when the
+// volume is not a replica of spec.uuid (nothing is deleted); Unavailable while it is open.
+Status DeleteReplica(const ReplicaAdminOptions& options, const ReplicaSpec& spec, uint64_t epoch);
+// The replica's size, allocation and persisted epoch and generation; NotFound if missing.
+Result<ReplicaStat> StatReplica(const ReplicaAdminOptions& options, const ReplicaSpec& spec);
+
+// The client's side of HELLO and AUTH on a fresh connection (shared with ReplicaClient): reads
+// HELLO, proves the secret, checks the server's proof. Returns the HELLO.
+Result<Hello> AuthenticateToServer(Connection* connection, FrameReader* reader,
+                                   const ClusterSecret& secret, const std::string& node_name,
+                                   const std::string& address, Deadline deadline);
+
+}  // namespace shale::replication

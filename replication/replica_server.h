@@ -1,0 +1,167 @@
+// ReplicaServer: serves this node's replica volumes to targets over the replica protocol
+// (docs/format/replica-protocol.md). It runs inside every shaled started with
+// --replica-listen. A replica is an ordinary engine volume of the same name, labelled with the
+// replicated volume's uuid (kReplicaUuidLabel); OPEN checks that label and the size.
+//
+// Fencing (docs/replication.md, rules 2 and 3): per replica volume the server persists, in its
+// pool's metadata (ReplicaStateKey), the highest epoch it has seen and the replica's generation.
+// A request carrying a higher epoch is accepted only after that epoch is durable; a request
+// carrying a lower one is answered STALE_EPOCH. The comparison happens on the volume's reactor
+// at submission, so a request admitted before a newer target's OPEN returned is older than
+// everything that target sends.
+//
+// Threads: one accept thread; per connection a receiver thread (handshake, OPEN, parsing and
+// checking frames, persisting epochs, submitting batches of requests to the volume's reactor with
+// one Reactor::Post each) and a sender thread (replies, many per writev, checksummed there).
+// Requests run on the volume's reactor and complete out of order; nothing blocks a reactor.
+// A connection holds at most max_requests_in_flight requests and max_bytes_in_flight (plus one
+// request) of data buffers; at the bound it stops reading (the peer sees TCP backpressure).
+// Frames that fail any check (size, magic, version, type, flags, checksum, truncation, garbage)
+// close that connection and are logged; other connections are not affected.
+//
+// Threading of the API: Start/Stop from a control thread; address/stats from any thread.
+// Stop() before Engine::Shutdown().
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "engine/common/result.h"
+#include "engine/common/uuid.h"
+#include "replication/auth.h"
+#include "replication/transport.h"
+
+namespace shale {
+class Engine;
+struct VolumeInfo;
+}  // namespace shale
+
+namespace shale::replication {
+
+// Volume label that makes a local volume a replica: the replicated volume's uuid.
+inline constexpr char kReplicaUuidLabel[] = "shale.io/replica-uuid";
+// keys::Extension namespace of the persisted replica state.
+inline constexpr char kReplicaStateNamespace[] = "replica";
+
+// What a replica persists about itself (docs/replication.md, rule 2).
+struct ReplicaState {
+  uint64_t epoch = 0;       // highest epoch seen
+  uint64_t generation = 0;  // epoch under which it last joined in_sync
+};
+struct WireReplicaState {
+  uint32_t version;  // 1
+  uint32_t reserved;
+  uint64_t epoch;
+  uint64_t generation;
+};
+static_assert(sizeof(WireReplicaState) == 24);
+
+// keys::Extension("replica", big-endian u64 volume id).
+std::string ReplicaStateKey(uint64_t volume_id);
+std::string EncodeReplicaState(const ReplicaState& s);
+Result<ReplicaState> DecodeReplicaState(std::string_view bytes);
+// The persisted state of a volume (zeros when none was written). Blocking (control threads).
+Result<ReplicaState> LoadReplicaState(Engine* engine, std::string_view pool, uint64_t volume_id);
+
+struct ReplicaServerOptions {
+  std::string listen_address;  // "HOST:PORT"; port 0 picks one (see address())
+  std::string node_name;       // this node, sent in HELLO
+  ClusterSecret secret;
+  unsigned max_connections = 64;             // beyond it, new connections are closed at once
+  uint32_t max_requests_in_flight = 256;     // per connection
+  uint64_t max_bytes_in_flight = 32 * kMiB;  // per connection (data buffers)
+  std::chrono::milliseconds handshake_timeout{10000};  // accept to OPEN done
+  std::chrono::milliseconds send_timeout{30000};       // a peer that stops reading replies is cut
+  // SNAPSHOT(name) of a replica volume: the daemon supplies it (snapshot/ is above
+  // replication/). Runs on the connection's receiver thread once every earlier request of the
+  // connection has completed; may block. Null: NOT_SUPPORTED.
+  std::function<Status(const std::string& volume, const std::string& snapshot)> snapshot;
+  // CREATE_REPLICA that names no pool creates the replica volume here ("": the engine's
+  // default pool, else its only pool).
+  std::string replica_pool;
+};
+
+struct ReplicaServerStats {
+  uint64_t connections_accepted = 0;
+  uint64_t connections_refused = 0;  // over max_connections
+  uint64_t connections_active = 0;
+  uint64_t auth_failures = 0;
+  uint64_t protocol_errors = 0;  // connections closed for a bad frame
+  uint64_t requests = 0;         // requests answered
+  uint64_t stale_epoch_replies = 0;
+};
+
+class ReplicaServer {
+ public:
+  // `engine` and `transport` must outlive the server.
+  ReplicaServer(Engine* engine, Transport* transport, ReplicaServerOptions options);
+  ~ReplicaServer();  // Stop()s
+  ReplicaServer(const ReplicaServer&) = delete;
+  ReplicaServer& operator=(const ReplicaServer&) = delete;
+
+  // Binds and starts accepting. On error nothing is left listening.
+  Status Start();
+  // Stops accepting, cuts every connection, waits until no request is in flight on any volume
+  // and every connection has released its volume. Idempotent.
+  void Stop();
+
+  std::string address() const;  // as bound
+  ReplicaServerStats stats() const;
+
+  struct Conn;         // one connection (replica_server.cc)
+  struct VolumeState;  // per replica volume: the persisted epoch and generation
+
+ private:
+  void AcceptLoop();
+  void ReapFinished();
+  void Serve(Conn* c);
+  // false: the peer was refused (and told so); errors: the connection broke or misbehaved.
+  Result<bool> Handshake(Conn* c, FrameReader* reader, Deadline deadline);
+  Result<bool> Open(Conn* c, FrameReader* reader, Deadline deadline);
+  Result<std::shared_ptr<VolumeState>> StateOf(const std::string& pool, uint64_t volume_id);
+
+  // Placement before OPEN (replica_server_admin.cc): CREATE/DELETE/STAT_REPLICA.
+  struct Refusal {  // a wire status other than OK and why; OK: none
+    WireStatus status = WireStatus::kOk;
+    std::string why;
+  };
+  static bool IsAdmin(MsgType type);
+  static Refusal CheckReplica(const VolumeInfo& info, const Uuid& uuid);
+  Status Admin(Connection* conn, const std::string& peer, const std::string& client_node,
+               const FrameReader::Frame& f, Deadline deadline);
+  Refusal CreateReplica(const CreateReplicaRequest& m, uint64_t epoch, ReplicaStat* stat);
+  Refusal DeleteReplica(const ReplicaRef& m, uint64_t epoch);
+  Refusal StatReplica(const ReplicaRef& m, ReplicaStat* stat);
+  Refusal ExistingReplica(const VolumeInfo& info, uint64_t epoch, ReplicaStat* stat);
+
+  Engine* const engine_;
+  Transport* const transport_;
+  const ReplicaServerOptions options_;
+  std::unique_ptr<Listener> listener_;
+  std::string address_;
+  std::thread accept_thread_;
+  std::atomic<bool> stopping_{false};
+  bool started_ = false;
+
+  mutable std::mutex mu_;  // guards conns_ and states_
+  std::vector<std::unique_ptr<Conn>> conns_;
+  std::map<std::pair<std::string, uint64_t>, std::weak_ptr<VolumeState>> states_;
+
+  struct Counters {
+    std::atomic<uint64_t> accepted{0}, refused{0}, auth_failures{0}, protocol_errors{0},
+        requests{0}, stale{0};
+  };
+  Counters counters_;
+  friend struct Conn;
+};
+
+}  // namespace shale::replication

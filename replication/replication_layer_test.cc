@@ -1,0 +1,152 @@
+// ReplicationLayer over real ReplicaServers on TCP loopback (replication_test_cluster.h): writes
+// fan out and read back identically from every replica; a cut replica leaves the in-sync set
+// through the membership store before the write that failed on it is acknowledged, and I/O goes
+// on without a client-visible error (also when a partitioned one times out); below --min-in-sync
+// writes fail with EIO; a membership store that cannot be reached fails the write rather than
+// acknowledging it on fewer replicas; a target whose epoch is older than a replica's is fenced
+// (EIO, no membership change).
+#include "replication/replication_test_cluster.h"
+
+namespace shale::replication::testing {
+namespace {
+
+class ReplicationLayerTest : public ReplicationCluster {};
+
+TEST_F(ReplicationLayerTest, WritesFanOutAndReadBackIdenticallyFromEveryReplica) {
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+  ASSERT_TRUE(Write(0, Pattern(4096, 1)).ok());
+  ASSERT_TRUE(Write(3 * kMiB + 512, Pattern(3 * kMiB, 2)).ok());
+  // Larger than one replica frame: split into several requests per remote replica.
+  ASSERT_TRUE(Write(16 * kMiB, Pattern(kMaxIoBytes + 2 * kMiB, 3)).ok());
+  // Zeroes and a discard over written data read back as zeros everywhere.
+  {
+    LayerIo z(VolumeOp::kWriteZeroes, 17 * kMiB, 64 * kKiB);
+    Submit(&z);
+    ASSERT_TRUE(z.Wait().ok());
+    LayerIo d(VolumeOp::kDiscard, 20 * kMiB, kMiB);
+    Submit(&d);
+    ASSERT_TRUE(d.Wait().ok());
+    std::memset(oracle_.data() + 17 * kMiB, 0, 64 * kKiB);
+    std::memset(oracle_.data() + 20 * kMiB, 0, kMiB);
+  }
+  ASSERT_TRUE(Flush().ok());
+  for (uint64_t off = 0; off < 32 * kMiB; off += 8 * kMiB) {
+    const std::vector<uint8_t> expect(oracle_.begin() + off, oracle_.begin() + off + 8 * kMiB);
+    ExpectReplicas({"node-a", "node-b", "node-c"}, off, expect);
+    auto got = Read(off, 8 * kMiB);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(*got == expect) << "layer read at " << off;
+  }
+  EXPECT_TRUE(membership_->calls().empty());
+}
+
+TEST_F(ReplicationLayerTest, ACutReplicaLeavesInTheStoreBeforeTheWriteIsAcknowledged) {
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+  ASSERT_TRUE(Write(0, Pattern(kMiB, 1)).ok());
+  membership_->Hold(true);
+  fault_.Cut(servers_[2]->address());
+  LayerIo w(VolumeOp::kWrite, 5 * kMiB, 64 * kKiB);
+  w.buf = Pattern(64 * kKiB, 2);
+  w.io.buf = w.buf.data();
+  Submit(&w);
+  ASSERT_TRUE(WaitFor([&] { return membership_->calls().size() == 1; }));
+  EXPECT_EQ(membership_->calls()[0], "node-c");
+  // The leave is not recorded yet: the write that failed on node-c is not acknowledged, and a
+  // new write waits behind it.
+  LayerIo later(VolumeOp::kWrite, 9 * kMiB, 4096);
+  later.buf = Pattern(4096, 3);
+  later.io.buf = later.buf.data();
+  Submit(&later);
+  EXPECT_FALSE(w.Done(300ms));
+  EXPECT_FALSE(later.Done());
+  EXPECT_EQ(StateOf("node-c"), MemberState::kLeaving);
+  // The regions of the write in flight are marked for node-c before anything is acknowledged.
+  EXPECT_FALSE(ChangedRanges("node-c").empty());
+  membership_->Release();
+  ASSERT_TRUE(w.Wait().ok()) << "no client-visible error";
+  ASSERT_TRUE(later.Wait().ok());
+  std::memcpy(oracle_.data() + 5 * kMiB, w.buf.data(), w.buf.size());
+  std::memcpy(oracle_.data() + 9 * kMiB, later.buf.data(), later.buf.size());
+  EXPECT_EQ(StateOf("node-c"), MemberState::kOut);
+  EXPECT_EQ(layer_->epoch(), 2u);
+  // I/O goes on, on the other two; what node-c missed is recorded.
+  ASSERT_TRUE(Write(12 * kMiB + 4096, Pattern(8192, 4)).ok());
+  ASSERT_TRUE(Flush().ok());
+  const auto changed = ChangedRanges("node-c");
+  const std::vector<std::pair<uint64_t, uint64_t>> expect = {
+      {5 * kMiB, kMiB}, {9 * kMiB, kMiB}, {12 * kMiB, kMiB}};
+  EXPECT_EQ(changed, expect);
+  const std::vector<uint8_t> head(oracle_.begin(), oracle_.begin() + 16 * kMiB);
+  ExpectReplicas({"node-a", "node-b"}, 0, head);
+  EXPECT_EQ(membership_->calls().size(), 1u);
+}
+
+TEST_F(ReplicationLayerTest, APartitionedReplicaTimesOutAndLeavesWithoutAClientError) {
+  request_timeout_ = 2000ms;
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+  fault_.Partition({servers_[1]->address()});
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(Write(kMiB, Pattern(8192, 1)).ok());
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(took, 1900ms) << "the write waited for node-b's timeout";
+  EXPECT_LT(took, 10s);
+  EXPECT_EQ(membership_->calls(), std::vector<std::string>{"node-b"});
+  EXPECT_EQ(StateOf("node-b"), MemberState::kOut);
+  // Later writes go to the others only.
+  ASSERT_TRUE(Write(2 * kMiB, Pattern(8192, 2)).ok());
+  EXPECT_EQ(membership_->calls().size(), 1u);
+  ExpectReplicas({"node-a", "node-c"}, kMiB,
+                 std::vector<uint8_t>(oracle_.begin() + kMiB, oracle_.begin() + 2 * kMiB + 8192));
+}
+
+TEST_F(ReplicationLayerTest, BelowMinInSyncWritesFailWithEio) {
+  MakeLayer(2, true, MemberState::kInSync, MemberState::kInSync);
+  fault_.Cut(servers_[2]->address());
+  ASSERT_TRUE(Write(0, Pattern(4096, 1)).ok());  // three -> two: still >= 2
+  fault_.Cut(servers_[1]->address());
+  const Status st = Write(kMiB, Pattern(4096, 2));
+  EXPECT_EQ(st.code(), StatusCode::kIoError) << st;
+  EXPECT_EQ(Write(2 * kMiB, Pattern(4096, 3)).code(), StatusCode::kIoError);
+  EXPECT_EQ(Flush().code(), StatusCode::kIoError);
+  // Reads still come from the in-sync replica.
+  auto got = Read(0, 4096);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, Pattern(4096, 1));
+}
+
+TEST_F(ReplicationLayerTest, AnUnreachableStoreFailsTheWriteInsteadOfAcknowledgingIt) {
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+  membership_->Fail(true);
+  fault_.Cut(servers_[1]->address());
+  const auto t0 = std::chrono::steady_clock::now();
+  const Status st = Write(0, Pattern(4096, 1));
+  EXPECT_EQ(st.code(), StatusCode::kIoError) << st;
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 2500ms) << "waited for the store, bounded";
+  EXPECT_GE(membership_->calls().size(), 2u) << "the change is retried";
+  EXPECT_EQ(StateOf("node-b"), MemberState::kLeaving);
+  // Once the store answers again the leave is recorded and writes succeed.
+  membership_->Fail(false);
+  ASSERT_TRUE(WaitFor([&] { return StateOf("node-b") == MemberState::kOut; }));
+  EXPECT_TRUE(Write(kMiB, Pattern(4096, 2)).ok());
+}
+
+TEST_F(ReplicationLayerTest, AReplicaWithANewerEpochFencesTheOldTarget) {
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+  ASSERT_TRUE(Write(0, Pattern(4096, 1)).ok());
+  // A new target takes the volume over: its OPEN persists epoch 5 on node-b.
+  auto newer = Connect(1, 5);
+  ASSERT_NE(newer, nullptr);
+  const Status st = Write(kMiB, Pattern(4096, 2));
+  EXPECT_EQ(st.code(), StatusCode::kIoError) << st;
+  EXPECT_TRUE(layer_->fenced());
+  EXPECT_EQ(Write(2 * kMiB, Pattern(4096, 3)).code(), StatusCode::kIoError);
+  EXPECT_FALSE(Read(0, 4096).ok()) << "a fenced target serves nothing";
+  EXPECT_TRUE(membership_->calls().empty()) << "fencing is not a replica failure";
+  EXPECT_GE(servers_[1]->stats().stale_epoch_replies, 1u);
+  // node-b refuses the fenced target's requests of every kind.
+  EXPECT_FALSE(ReadReplica("node-b", 0, 4096).ok());
+  newer->Close();
+}
+
+}  // namespace
+}  // namespace shale::replication::testing

@@ -1,0 +1,107 @@
+// Runs the replica frame fuzz entry point (replica_frame_fuzz.cc) in the normal build: over
+// every seed of its corpus, then over deterministic mutations of them, under the build's
+// sanitizers. The libFuzzer run itself is the ctest entry replica_frame_fuzz (run_fuzz.sh).
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace shale::replication {
+size_t RunReplicaFrameInput(const uint8_t* data, size_t size);  // replica_frame_fuzz.cc
+}
+
+namespace shale::replication {
+namespace {
+
+#ifndef SHALE_REPLICA_CORPUS_DIR
+#error "SHALE_REPLICA_CORPUS_DIR must be defined by the build"
+#endif
+
+std::map<std::string, std::vector<uint8_t>> LoadSeeds() {
+  std::map<std::string, std::vector<uint8_t>> seeds;
+  for (const auto& entry : std::filesystem::directory_iterator(SHALE_REPLICA_CORPUS_DIR)) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    seeds[entry.path().filename().string()] =
+        std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+  }
+  return seeds;
+}
+
+size_t Frames(const std::vector<uint8_t>& seed) {
+  return RunReplicaFrameInput(seed.data(), seed.size());
+}
+
+TEST(ReplicaFrameCorpus, SeedsParseAsWritten) {
+  auto seeds = LoadSeeds();
+  ASSERT_GE(seeds.size(), 14u) << "seed corpus missing: " << SHALE_REPLICA_CORPUS_DIR;
+  EXPECT_EQ(Frames(seeds.at("handshake")), 4u);
+  EXPECT_EQ(Frames(seeds.at("auth_then_requests")), 14u);
+  EXPECT_EQ(Frames(seeds.at("requests_direct")), 12u);
+  EXPECT_EQ(Frames(seeds.at("requests_bytewise")), 12u);
+  EXPECT_EQ(Frames(seeds.at("replies_direct")), 13u);
+  EXPECT_EQ(Frames(seeds.at("replies_discard")), 12u);
+  EXPECT_EQ(Frames(seeds.at("auth_failed")), 2u);
+  // A well-framed OPEN whose name length runs past its payload (its decoder refuses it), then a
+  // SNAPSHOT too short for its header: the reader stops there.
+  EXPECT_EQ(Frames(seeds.at("bad_names")), 1u);
+  for (const char* rejected :
+       {"bad_checksum", "bad_magic", "bad_version", "oversized", "truncated", "garbage"}) {
+    EXPECT_EQ(Frames(seeds.at(rejected)), 0u) << rejected;
+  }
+}
+
+// A small in-process mutator: the same kinds of edits libFuzzer makes, reproducible.
+TEST(ReplicaFrameCorpus, MutatedSeedsRunClean) {
+  const auto seeds = LoadSeeds();
+  std::vector<std::vector<uint8_t>> pool;
+  for (const auto& [name, data] : seeds) {
+    if (data.size() < 16 * 1024) pool.push_back(data);  // the large ones run once above
+  }
+  std::mt19937_64 rng(20261205);
+  constexpr int kIterations = 100000;
+  for (int i = 0; i < kIterations; ++i) {
+    std::vector<uint8_t> input = pool[rng() % pool.size()];
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits && !input.empty(); ++e) {
+      const size_t at = rng() % input.size();
+      switch (rng() % 6) {
+        case 0:
+          input[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
+          break;
+        case 1:
+          input[at] = static_cast<uint8_t>(rng());
+          break;
+        case 2:
+          input.erase(input.begin() + static_cast<std::ptrdiff_t>(at));
+          break;
+        case 3:
+          input.insert(input.begin() + static_cast<std::ptrdiff_t>(at),
+                       static_cast<uint8_t>(rng()));
+          break;
+        case 4:
+          input.resize(at);
+          break;
+        case 5: {  // an interesting little-endian 32-bit value (lengths, counts, statuses)
+          static constexpr uint32_t kValues[] = {
+              0, 1, 15, 16, 40, 512, 4096, 65536, 0x7fffffff, 0x80000000, 0xffffffff, 8u << 20};
+          const uint32_t v = kValues[rng() % std::size(kValues)];
+          for (int b = 0; b < 4 && at + static_cast<size_t>(b) < input.size(); ++b) {
+            input[at + static_cast<size_t>(b)] = static_cast<uint8_t>(v >> (8 * b));
+          }
+          break;
+        }
+      }
+    }
+    RunReplicaFrameInput(input.data(), input.size());
+    if (rng() % 8 == 0) pool.push_back(std::move(input));
+  }
+}
+
+}  // namespace
+}  // namespace shale::replication
