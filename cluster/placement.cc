@@ -114,6 +114,7 @@ Result<std::vector<ReplicaPlacement>> PlaceReplicas(const std::vector<NodeRecord
 }
 
 Result<Membership> NewMembership(std::string uuid, uint64_t size_bytes, uint32_t min_in_sync,
+                                 std::string target,
                                  const std::vector<ReplicaPlacement>& placement) {
   if (min_in_sync < 1 || min_in_sync > placement.size()) {
     return Status::InvalidArgument("--min-in-sync must be 1.." + std::to_string(placement.size()) +
@@ -124,7 +125,7 @@ Result<Membership> NewMembership(std::string uuid, uint64_t size_bytes, uint32_t
   m.size_bytes = size_bytes;
   m.min_in_sync = min_in_sync;
   m.epoch = 1;
-  m.target = placement.empty() ? std::string() : placement.front().node;
+  m.target = std::move(target);
   for (const ReplicaPlacement& p : placement) {
     m.replicas.push_back({p.node, ReplicaState::kHealthy, 1});
     m.in_sync.push_back(p.node);

@@ -44,10 +44,12 @@ struct ReplicaPlacement {
 Result<std::vector<ReplicaPlacement>> PlaceReplicas(const std::vector<NodeRecord>& nodes,
                                                     const PlacementRequest& request);
 
-// The first membership record of a new volume placed on `placement` (the first node is the
-// target): epoch 1, every replica healthy and in sync (a new volume has no data to copy),
-// history holding the creation. InvalidArgument when min_in_sync is not 1..replicas.
+// The first membership record of a new volume placed on `placement`, served by `target` (the
+// node where it was created; it need not hold a replica): epoch 1, every replica healthy and in
+// sync (a new volume has no data to copy), history holding the creation. InvalidArgument when
+// min_in_sync is not 1..replicas (or the record is otherwise invalid).
 Result<Membership> NewMembership(std::string uuid, uint64_t size_bytes, uint32_t min_in_sync,
+                                 std::string target,
                                  const std::vector<ReplicaPlacement>& placement);
 
 }  // namespace shale::cluster

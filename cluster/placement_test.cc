@@ -124,10 +124,10 @@ TEST(Placement, BadRequestsAreInvalidArguments) {
 TEST(Placement, NewMembershipIsEpochOneAllInSync) {
   const std::vector<ReplicaPlacement> placement = {{"a", "big"}, {"b", "p1"}, {"c", "p1"}};
   Result<Membership> m =
-      NewMembership("123e4567-e89b-12d3-a456-426614174000", 10 * kGiB, 2, placement);
+      NewMembership("123e4567-e89b-12d3-a456-426614174000", 10 * kGiB, 2, "t", placement);
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->epoch, 1u);
-  EXPECT_EQ(m->target, "a");
+  EXPECT_EQ(m->target, "t") << "the creating node, with or without a replica";
   EXPECT_EQ(m->min_in_sync, 2u);
   EXPECT_EQ(m->in_sync, (std::vector<std::string>{"a", "b", "c"}));
   ASSERT_EQ(m->replicas.size(), 3u);
@@ -135,13 +135,17 @@ TEST(Placement, NewMembershipIsEpochOneAllInSync) {
   ASSERT_EQ(m->history.size(), 1u);
   EXPECT_EQ(m->history[0].epoch, 1u);
   EXPECT_TRUE(DecodeMembership(EncodeMembership(*m).value()).ok());
+  EXPECT_EQ(NewMembership("not-a-uuid", kGiB, 1, "a", placement).status().code(),
+            StatusCode::kInvalidArgument);
 
-  EXPECT_EQ(
-      NewMembership("123e4567-e89b-12d3-a456-426614174000", kGiB, 4, placement).status().code(),
-      StatusCode::kInvalidArgument);
-  EXPECT_EQ(
-      NewMembership("123e4567-e89b-12d3-a456-426614174000", kGiB, 0, placement).status().code(),
-      StatusCode::kInvalidArgument);
+  EXPECT_EQ(NewMembership("123e4567-e89b-12d3-a456-426614174000", kGiB, 4, "a", placement)
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(NewMembership("123e4567-e89b-12d3-a456-426614174000", kGiB, 0, "a", placement)
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);
 }
 
 }  // namespace
