@@ -18,6 +18,7 @@
 #include "api/control.grpc.pb.h"
 #include "api/control_api.h"
 #include "cli/control_client.h"
+#include "cli/node_commands.h"
 #include "cli/output.h"
 #include "cli/pool_commands.h"
 #include "cli/qos_commands.h"
@@ -337,9 +338,11 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
     };
   });
 
-  // `qos ...`, `snapshot ...`, `clone ...`.
+  // `qos ...`, `snapshot ...`, `clone ...`, `node ...` (cluster mode).
   qos_commands.AddQosCommand(app);
   snapshot_commands.AddCommands(app);
+  NodeCommands node_commands(&action, out, err);
+  node_commands.AddCommands(app);
 
   try {
     app.parse(argc, argv);

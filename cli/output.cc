@@ -104,7 +104,7 @@ std::string FormatLabels(const google::protobuf::Map<std::string, std::string>& 
 }
 
 nlohmann::ordered_json ToJson(const v1::GetStatusResponse& s) {
-  return {
+  nlohmann::ordered_json json = {
       {"version", s.version()},
       {"data_dir", s.data_dir()},
       {"control_endpoint", s.control_endpoint()},
@@ -123,6 +123,15 @@ nlohmann::ordered_json ToJson(const v1::GetStatusResponse& s) {
            {"max_connections", s.nbd().max_connections()},
        }},
   };
+  if (s.has_cluster()) {
+    json["cluster"] = {
+        {"store", s.cluster().store()},
+        {"node_name", s.cluster().node_name()},
+        {"replica_address", s.cluster().replica_address()},
+        {"registered", s.cluster().registered()},
+    };
+  }
+  return json;
 }
 
 nlohmann::ordered_json ToJson(const v1::Pool& p) {
@@ -229,6 +238,15 @@ std::string StatusView(const v1::GetStatusResponse& s) {
     rows.emplace_back("NBD socket", s.nbd().unix_socket().empty() ? "off" : s.nbd().unix_socket());
     rows.emplace_back("NBD connections", std::to_string(s.nbd().connections()) + " (max " +
                                              std::to_string(s.nbd().max_connections()) + ")");
+  }
+  if (s.has_cluster()) {
+    rows.emplace_back("Cluster", s.cluster().store());
+    rows.emplace_back("Node",
+                      s.cluster().node_name() +
+                          (s.cluster().registered() ? " (registered)" : " (not registered now)"));
+    rows.emplace_back("Replica listener", s.cluster().replica_address().empty()
+                                              ? "off"
+                                              : s.cluster().replica_address());
   }
   return RenderKeyValues(rows);
 }

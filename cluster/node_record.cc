@@ -11,12 +11,10 @@ using internal::Json;
 using internal::JsonObject;
 
 Status NodeInfo::Validate() const {
-  if (replica_address.empty()) {
-    return Status::InvalidArgument("node record: replica_address is empty");
-  }
-  if (replica_address.size() > kMaxAddressLength ||
-      replica_address.find_first_of(" \t\r\n/") != std::string::npos ||
-      replica_address.rfind(':') == std::string::npos) {
+  // Empty: the node runs no replica listener (it holds no replicas of other nodes' volumes).
+  if (!replica_address.empty() && (replica_address.size() > kMaxAddressLength ||
+                                   replica_address.find_first_of(" \t\r\n/") != std::string::npos ||
+                                   replica_address.rfind(':') == std::string::npos)) {
     return Status::InvalidArgument("node record: replica_address '" + replica_address +
                                    "' is not HOST:PORT");
   }

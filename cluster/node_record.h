@@ -28,7 +28,8 @@ struct NodeInfo {
   // The format version written in the record ("version"); a newer one is refused.
   static constexpr uint64_t kFormatVersion = 1;
 
-  std::string replica_address;      // HOST:PORT of the node's replica listener
+  // HOST:PORT of the node's replica listener; empty when it runs none (no --replica-listen).
+  std::string replica_address;
   std::vector<PoolCapacity> pools;  // distinct valid pool names, at most kMaxPools
 
   // InvalidArgument naming the first broken rule.

@@ -96,12 +96,14 @@ void ToProto(const VolumeInfo& in, v1::Volume* out) {
 using internal::Fail;
 using internal::ToProto;
 
-ControlService::ControlService(VolumeLifecycle* lifecycle, DaemonInfo info, nbd::NbdServer* nbd)
+ControlService::ControlService(VolumeLifecycle* lifecycle, DaemonInfo info, nbd::NbdServer* nbd,
+                               ClusterNode* cluster)
     : lifecycle_(lifecycle),
       engine_(lifecycle->engine()),
       snapshots_(lifecycle->snapshots()),
       nbd_(nbd),
       qos_(lifecycle->qos()),
+      cluster_(cluster),
       info_(std::move(info)),
       started_(std::chrono::steady_clock::now()) {
   SHALE_CHECK(engine_ != nullptr && snapshots_ != nullptr,
@@ -185,6 +187,7 @@ grpc::Status ControlService::GetStatus(grpc::ServerContext* /*ctx*/,
     nbd->set_connections(static_cast<uint32_t>(nbd_->Clients().size()));
     nbd->set_max_connections(nbd_->max_connections());
   }
+  AddClusterStatus(resp);
   return grpc::Status::OK;
 }
 

@@ -43,6 +43,7 @@ class QosManager;
 namespace shale::daemon {
 
 class VolumeLifecycle;
+class ClusterNode;
 
 // Limits on request fields that the engine does not bound itself (labels: engine/common/labels.h).
 inline constexpr size_t kMaxDevicePathLength = 4095;  // PATH_MAX without the NUL
@@ -61,7 +62,10 @@ class ControlService final : public v1::Control::Service {
   // the gRPC server before the NBD server, the snapshot manager and the engine). Without `nbd`,
   // volumes and snapshots show no export and ListExports lists none. Without a QoS manager in
   // the lifecycle, the QoS RPCs answer FAILED_PRECONDITION and volumes carry no QoS settings.
-  ControlService(VolumeLifecycle* lifecycle, DaemonInfo info, nbd::NbdServer* nbd = nullptr);
+  // `cluster` (the daemon's ClusterNode, in cluster mode only) must outlive the service too;
+  // without it the cluster RPCs answer FAILED_PRECONDITION.
+  ControlService(VolumeLifecycle* lifecycle, DaemonInfo info, nbd::NbdServer* nbd = nullptr,
+                 ClusterNode* cluster = nullptr);
   ControlService(const ControlService&) = delete;
   ControlService& operator=(const ControlService&) = delete;
 
@@ -129,6 +133,10 @@ class ControlService final : public v1::Control::Service {
   grpc::Status GetPoolQos(grpc::ServerContext* ctx, const v1::GetPoolQosRequest* req,
                           v1::PoolQos* resp) override;
 
+  // Cluster (control_service_cluster.cc; issue 11).
+  grpc::Status ListNodes(grpc::ServerContext* ctx, const v1::ListNodesRequest* req,
+                         v1::ListNodesResponse* resp) override;
+
   // How long `volume delete --force` (and `snapshot delete --force`) waits for NBD clients to
   // let go of the export.
   static constexpr std::chrono::seconds kForceDisconnectTimeout{30};
@@ -144,12 +152,15 @@ class ControlService final : public v1::Control::Service {
   Status DescribeVolume(const std::string& name, v1::Volume* out);
   // The settings in force into a volume answer (control_service_qos.cc).
   Status AddQosInfo(v1::Volume* volume);
+  // This node's part in the cluster into a status answer (control_service_cluster.cc).
+  void AddClusterStatus(v1::GetStatusResponse* resp) const;
 
   VolumeLifecycle* const lifecycle_;
   Engine* const engine_;
   snapshot::SnapshotManager* const snapshots_;
   nbd::NbdServer* const nbd_;
   qos::QosManager* const qos_;
+  ClusterNode* const cluster_;
   const DaemonInfo info_;
   const std::chrono::steady_clock::time_point started_;
 };

@@ -15,6 +15,7 @@
 #include <initializer_list>
 
 #include "csi/driver.h"
+#include "daemon/cluster_node.h"
 #include "daemon/control_service.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
 #include "daemon/nbd_export_gate.h"
@@ -188,10 +189,11 @@ class UnixGrpcServer {
 // The control API: shale.v1.Control on a UNIX socket only its owner can use (mode 0600).
 class ControlEndpoint final : public Frontend {
  public:
-  ControlEndpoint(VolumeLifecycle* lifecycle, std::string socket_path, nbd::NbdServer* nbd)
+  ControlEndpoint(VolumeLifecycle* lifecycle, std::string socket_path, nbd::NbdServer* nbd,
+                  ClusterNode* cluster)
       : server_(std::move(socket_path), "control"),
-        service_(lifecycle, {.version = SHALE_VERSION, .control_endpoint = server_.endpoint()},
-                 nbd) {}
+        service_(lifecycle, {.version = SHALE_VERSION, .control_endpoint = server_.endpoint()}, nbd,
+                 cluster) {}
   ~ControlEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "control"; }
@@ -261,7 +263,8 @@ Status Daemon::Start() {
                  {"data_dir", options_.data_dir}, {"reactors", options_.reactors},
                  {"io_backend", std::string(IoBackendName(options_.io_backend))},
                  {"config", options_.config_file});
-  Status st = StartEngine();
+  Status st = LoadClusterSecret();
+  if (st.ok()) st = StartEngine();
   if (st.ok()) st = StartSnapshots();
   if (st.ok()) st = StartQos();
   if (st.ok()) {
@@ -280,6 +283,28 @@ Status Daemon::Start() {
   SHALE_LOG_INFO("shaled ready", {"control", options_.ControlEndpoint()},
                  {"pools", engine_->ListPools().size()},
                  {"volumes", engine_->ListVolumes().size()});
+  return Status::Ok();
+}
+
+Status Daemon::LoadClusterSecret() {
+  if (options_.cluster_store.empty()) return Status::Ok();
+  if (!options_.replica_listen.empty()) {
+    // Until then no node may publish an address nobody serves (placement would pick it).
+    return Status::NotSupported(
+        "--replica-listen: the replica service is not wired into this shaled yet (replication/ "
+        "does not build at this commit; docs/replication.md, \"Cluster mode in shaled\")");
+  }
+  Result<replication::ClusterSecret> secret =
+      replication::ClusterSecret::ReadFile(options_.cluster_secret_file);
+  if (!secret.ok()) {
+    Status s = secret.status().WithContext("--cluster-secret-file");
+    if (s.code() == StatusCode::kPermissionDenied) {
+      return Status::PermissionDenied(std::string(s.message()) + "; run: chmod 600 " +
+                                      options_.cluster_secret_file);
+    }
+    return s;
+  }
+  cluster_secret_ = std::move(secret).value();
   return Status::Ok();
 }
 
@@ -358,8 +383,21 @@ void Daemon::AddFrontends() {
     nbd = endpoint->server();
     frontends_.push_back(std::move(endpoint));
   }
+  // Cluster mode: the node registers in etcd once its replica listener (when asked) is bound,
+  // and leaves (revokes its lease) after the control API stopped.
+  ClusterNode* cluster = nullptr;
+  if (!options_.cluster_store.empty()) {
+    ClusterNodeOptions cluster_options;
+    cluster_options.cluster_store = options_.cluster_store;
+    cluster_options.node_name = options_.node_name;
+    cluster_options.replica_address = [address = options_.replica_listen] { return address; };
+    cluster_options.lease = std::chrono::seconds(options_.node_lease_seconds);
+    auto node = std::make_unique<ClusterNode>(engine_.get(), std::move(cluster_options));
+    cluster = node.get();
+    frontends_.push_back(std::move(node));
+  }
   frontends_.push_back(
-      std::make_unique<ControlEndpoint>(lifecycle_.get(), options_.control_socket, nbd));
+      std::make_unique<ControlEndpoint>(lifecycle_.get(), options_.control_socket, nbd, cluster));
 
   // CSI last: it attaches volumes through the NBD server and must stop before it.
   if (!options_.csi_endpoint.empty()) {

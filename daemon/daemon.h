@@ -22,6 +22,7 @@
 
 #include "daemon/daemon_options.h"
 #include "engine/common/status.h"
+#include "replication/auth.h"
 
 namespace shale {
 
@@ -85,6 +86,8 @@ class Daemon {
 
  private:
   // Steps of Start(), in order; each returns what failed (Start() then stops what started).
+  // Cluster mode: reads --cluster-secret-file (mode 0600, 16..4096 bytes) before anything starts.
+  Status LoadClusterSecret();
   Status StartEngine();
   Status StartSnapshots();
   Status StartQos();
@@ -92,6 +95,7 @@ class Daemon {
   Status StartFrontends();
 
   const DaemonOptions options_;
+  replication::ClusterSecret cluster_secret_;  // valid in cluster mode, after Start()
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<snapshot::SnapshotManager> snapshots_;  // after engine_: destroyed first
   std::unique_ptr<qos::QosManager> qos_;                  // after engine_: destroyed first

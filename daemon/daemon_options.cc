@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "api/control_api.h"
+#include "cluster/endpoints.h"
 #include "engine/common/units.h"
 #include "engine/io/reactor.h"
 #include "engine/pool/superblock.h"
@@ -24,6 +25,7 @@ namespace {
 constexpr uint64_t kMaxCommitIntervalMs = 3600 * 1000;  // an hour; longer risks a huge replay
 constexpr unsigned kMaxNbdConnections = 65536;
 constexpr unsigned kMaxNbdHandshakeTimeoutS = 3600;
+constexpr unsigned kMaxNodeLeaseSeconds = 3600;
 
 // Absolute, normalized, without a trailing slash ("./a/../data/" -> "/cwd/data").
 std::string Absolute(const std::string& path) {
@@ -102,6 +104,11 @@ struct Flags {
   unsigned nbd_handshake_timeout_s = 0;
   std::string csi_endpoint;
   std::string node_id;
+  std::string cluster_store;
+  std::string node_name;
+  std::string replica_listen;
+  std::string cluster_secret_file;
+  unsigned node_lease_seconds = 10;
 };
 
 // Defaults from EngineOptions and NbdServerOptions (one source of truth).
@@ -229,6 +236,71 @@ void AddCsiOptions(CLI::App& app, Flags& f) {
       ->type_name("ID");
 }
 
+// Cluster mode: --cluster-store, --node-name, --replica-listen, --cluster-secret-file,
+// --node-lease-seconds (docs/replication.md).
+void AddClusterOptions(CLI::App& app, Flags& f) {
+  app.add_option("--cluster-store", f.cluster_store,
+                 "Join a cluster whose membership lives in etcd (v3 API): register this node "
+                 "under a lease and hold replicas; default: off (a single-node daemon)")
+      ->type_name("etcd://HOST:PORT[,HOST:PORT...]");
+  app.add_option("--node-name", f.node_name,
+                 "This node's name in the cluster (letters, digits, '.', '_', '-'); required "
+                 "with --cluster-store")
+      ->type_name("NAME");
+  app.add_option("--replica-listen", f.replica_listen,
+                 "TCP address of the replica service peers connect to (IPv4:PORT, [IPv6]:PORT "
+                 "or localhost:PORT); default: off")
+      ->type_name("ADDR:PORT");
+  app.add_option("--cluster-secret-file", f.cluster_secret_file,
+                 "File holding the secret peers authenticate with (16 to 4096 bytes, mode "
+                 "0600); required with --cluster-store")
+      ->type_name("FILE");
+  app.add_option("--node-lease-seconds", f.node_lease_seconds,
+                 "TTL of this node's etcd lease: the node is listed as down this long after it "
+                 "stops renewing it (etcd may raise a TTL below its minimum)")
+      ->check(CLI::Range(1u, kMaxNodeLeaseSeconds))
+      ->type_name("N")
+      ->capture_default_str();
+}
+
+// Fills the cluster settings of `o`; InvalidArgument (a usage error) for a malformed store URL,
+// a bad node name or address, a cluster flag without --cluster-store, or a missing required one.
+// The secret file's content and mode are checked when the daemon starts.
+Status ResolveCluster(const Flags& f, DaemonOptions& o, bool lease_given) {
+  if (f.cluster_store.empty()) {
+    if (!f.node_name.empty() || !f.replica_listen.empty() || !f.cluster_secret_file.empty() ||
+        lease_given) {
+      return Status::InvalidArgument(
+          "--node-name, --replica-listen, --cluster-secret-file and --node-lease-seconds need "
+          "--cluster-store");
+    }
+    return Status::Ok();
+  }
+  Result<std::vector<cluster::EtcdEndpoint>> endpoints =
+      cluster::ParseEtcdEndpoints(f.cluster_store);
+  if (!endpoints.ok()) {
+    return Status::InvalidArgument("--cluster-store: " + std::string(endpoints.status().message()));
+  }
+  o.cluster_store = cluster::FormatEtcdEndpoints(*endpoints);
+  if (f.node_name.empty()) return Status::InvalidArgument("--cluster-store needs --node-name");
+  if (Status valid = ValidateName("node", f.node_name); !valid.ok()) {
+    return Status::InvalidArgument("--node-name: " + std::string(valid.message()));
+  }
+  o.node_name = f.node_name;
+  if (!f.replica_listen.empty()) {
+    if (Status valid = nbd::ValidateListenAddress(f.replica_listen); !valid.ok()) {
+      return Status::InvalidArgument("--replica-listen: " + std::string(valid.message()));
+    }
+    o.replica_listen = f.replica_listen;
+  }
+  if (f.cluster_secret_file.empty()) {
+    return Status::InvalidArgument("--cluster-store needs --cluster-secret-file");
+  }
+  o.cluster_secret_file = Absolute(f.cluster_secret_file);
+  o.node_lease_seconds = f.node_lease_seconds;
+  return Status::Ok();
+}
+
 // Fills the data dir, pool, engine and logging settings of `o`; InvalidArgument (a usage error)
 // for an empty --data-dir.
 Status ResolveStorage(const Flags& f, DaemonOptions& o) {
@@ -345,6 +417,7 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   AddLoggingOptions(app, flags);
   AddSocketOptions(app, flags);
   AddCsiOptions(app, flags);
+  AddClusterOptions(app, flags);
 
   try {
     app.parse(argc, argv);
@@ -367,6 +440,9 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   Status valid = ResolveStorage(flags, o);
   if (valid.ok()) valid = ResolveSockets(flags, o);
   if (valid.ok()) valid = ResolveCsi(flags, o);
+  if (valid.ok()) {
+    valid = ResolveCluster(flags, o, app.get_option("--node-lease-seconds")->count() > 0);
+  }
   if (!valid.ok()) {
     result.exit_code = 2;
     result.err = "shaled: " + std::string(valid.message()) + " (see 'shaled --help')";

@@ -32,6 +32,13 @@ struct DaemonOptions {
   // CSI driver csi.shale.io (docs/csi.md). Empty endpoint: not served.
   std::string csi_endpoint;  // absolute path of the CSI UNIX socket (given as unix:///path)
   std::string node_id;       // CSI node id and topology value; default: the host name
+  // Cluster mode (issue 11, docs/replication.md). Empty cluster_store: the single-node daemon,
+  // and the other cluster settings are empty too.
+  std::string cluster_store;         // "etcd://HOST:PORT[,HOST:PORT...]", syntax checked
+  std::string node_name;             // this node's name in etcd (required in cluster mode)
+  std::string replica_listen;        // "ADDR:PORT" of the replica service; empty: off
+  std::string cluster_secret_file;   // absolute (required in cluster mode; mode 0600 at start)
+  unsigned node_lease_seconds = 10;  // TTL of the node's etcd lease
 
   // gRPC address of the control socket: "unix://" + control_socket.
   std::string ControlEndpoint() const;

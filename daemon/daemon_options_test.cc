@@ -139,11 +139,27 @@ TEST(DaemonOptions, HelpDocumentsEveryOption) {
   EXPECT_FALSE(cl.run);
   EXPECT_EQ(cl.exit_code, 0);
   EXPECT_TRUE(cl.err.empty());
-  for (const char* flag :
-       {"--data-dir", "--default-pool-size", "--default-cluster-size", "--no-default-pool",
-        "--reactors", "--io-backend", "--commit-interval-ms", "--log-level", "--log-file",
-        "--control-socket", "--config", "--version", "--nbd-listen", "--nbd-socket",
-        "--nbd-max-connections", "--nbd-handshake-timeout"}) {
+  for (const char* flag : {"--data-dir",
+                           "--default-pool-size",
+                           "--default-cluster-size",
+                           "--no-default-pool",
+                           "--reactors",
+                           "--io-backend",
+                           "--commit-interval-ms",
+                           "--log-level",
+                           "--log-file",
+                           "--control-socket",
+                           "--config",
+                           "--version",
+                           "--nbd-listen",
+                           "--nbd-socket",
+                           "--nbd-max-connections",
+                           "--nbd-handshake-timeout",
+                           "--cluster-store",
+                           "--node-name",
+                           "--replica-listen",
+                           "--cluster-secret-file",
+                           "--node-lease-seconds"}) {
     EXPECT_NE(cl.out.find(flag), std::string::npos) << flag << " missing from:\n" << cl.out;
   }
   EXPECT_NE(cl.out.find("8G"), std::string::npos) << "defaults are shown";
@@ -191,6 +207,61 @@ TEST(DaemonOptions, BadInputIsOneLineUsageError) {
     EXPECT_EQ(cl.err.rfind("shaled: ", 0), 0u) << cl.err;
     EXPECT_EQ(cl.err.find('\n'), std::string::npos) << cl.err;
     EXPECT_NE(cl.err.find(needle), std::string::npos) << cl.err;
+  }
+}
+
+TEST(DaemonOptions, ClusterMode) {
+  DaemonCommandLine single = Parse({});
+  ASSERT_TRUE(single.run) << single.err;
+  EXPECT_EQ(single.options.cluster_store, "") << "single node unless asked";
+  EXPECT_EQ(single.options.replica_listen, "") << "the replica listener is off unless asked";
+
+  DaemonCommandLine cl = Parse({"--cluster-store", "etcd://10.0.0.1:2379,etcd-b:2379",
+                                "--node-name", "node-a", "--replica-listen", "127.0.0.1:7480",
+                                "--cluster-secret-file", "secret", "--node-lease-seconds", "2"});
+  ASSERT_TRUE(cl.run) << cl.err;
+  EXPECT_EQ(cl.options.cluster_store, "etcd://10.0.0.1:2379,etcd-b:2379");
+  EXPECT_EQ(cl.options.node_name, "node-a");
+  EXPECT_EQ(cl.options.replica_listen, "127.0.0.1:7480");
+  EXPECT_EQ(cl.options.cluster_secret_file, Cwd() + "/secret");
+  EXPECT_EQ(cl.options.node_lease_seconds, 2u);
+
+  DaemonCommandLine defaults = Parse({"--cluster-store", "etcd://127.0.0.1:2379", "--node-name",
+                                      "n", "--cluster-secret-file", "/s"});
+  ASSERT_TRUE(defaults.run) << defaults.err;
+  EXPECT_EQ(defaults.options.node_lease_seconds, 10u);
+  EXPECT_EQ(defaults.options.replica_listen, "");
+
+  const std::vector<std::string> ok = {"--node-name", "n", "--cluster-secret-file", "/s"};
+  auto with = [&](std::vector<std::string> args) {
+    args.insert(args.end(), ok.begin(), ok.end());
+    return args;
+  };
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {with({"--cluster-store", "http://127.0.0.1:2379"}), "--cluster-store"},
+      {with({"--cluster-store", "etcd://127.0.0.1"}), "--cluster-store"},
+      {with({"--cluster-store", "etcd://127.0.0.1:0"}), "--cluster-store"},
+      {with({"--cluster-store", "etcd://a:1,,b:2"}), "--cluster-store"},
+      {with({"--cluster-store", "etcd://a:1,a:1"}), "--cluster-store"},
+      {{"--cluster-store", "etcd://a:1", "--cluster-secret-file", "/s"}, "needs --node-name"},
+      {{"--cluster-store", "etcd://a:1", "--node-name", "n"}, "needs --cluster-secret-file"},
+      {{"--cluster-store", "etcd://a:1", "--node-name", "a/b", "--cluster-secret-file", "/s"},
+       "--node-name"},
+      {with({"--cluster-store", "etcd://a:1", "--replica-listen", "7480"}), "--replica-listen"},
+      {with({"--cluster-store", "etcd://a:1", "--node-lease-seconds", "0"}),
+       "--node-lease-seconds"},
+      {{"--node-name", "n"}, "need --cluster-store"},
+      {{"--replica-listen", "127.0.0.1:7480"}, "need --cluster-store"},
+      {{"--cluster-secret-file", "/s"}, "need --cluster-store"},
+      {{"--node-lease-seconds", "5"}, "need --cluster-store"},
+  };
+  for (const auto& [args, needle] : cases) {
+    DaemonCommandLine bad = Parse(args);
+    SCOPED_TRACE(testing::PrintToString(args));
+    EXPECT_FALSE(bad.run);
+    EXPECT_EQ(bad.exit_code, 2);
+    EXPECT_EQ(bad.err.find('\n'), std::string::npos) << bad.err;
+    EXPECT_NE(bad.err.find(needle), std::string::npos) << bad.err;
   }
 }
 

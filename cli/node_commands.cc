@@ -1,0 +1,73 @@
+#include "cli/node_commands.h"
+
+#include "cli/output.h"
+#include "engine/common/units.h"
+
+namespace shale::cli {
+
+std::string NodeTable(const v1::ListNodesResponse& nodes) {
+  Table table({"NAME", "STATE", "REPLICA ADDRESS", "FREE", "POOLS"});
+  for (const v1::Node& n : nodes.nodes()) {
+    const std::string name = n.local() ? n.name() + " (this node)" : n.name();
+    if (!n.error().empty()) {
+      table.AddRow({name, n.state(), "-", "-", "malformed record: " + n.error()});
+      continue;
+    }
+    std::string pools;
+    for (const v1::NodePool& p : n.pools()) {
+      if (!pools.empty()) pools += ", ";
+      pools += p.name() + " " + FormatSize(p.free_bytes()) + "/" + FormatSize(p.capacity_bytes());
+    }
+    table.AddRow({name, n.state(), n.replica_address().empty() ? "-" : n.replica_address(),
+                  FormatSize(n.free_bytes()), pools.empty() ? "-" : pools});
+  }
+  return table.Render();
+}
+
+nlohmann::ordered_json ToJson(const v1::ListNodesResponse& nodes) {
+  nlohmann::ordered_json list = nlohmann::ordered_json::array();
+  for (const v1::Node& n : nodes.nodes()) {
+    nlohmann::ordered_json pools = nlohmann::ordered_json::array();
+    for (const v1::NodePool& p : n.pools()) {
+      pools.push_back({{"name", p.name()},
+                       {"free_bytes", p.free_bytes()},
+                       {"capacity_bytes", p.capacity_bytes()}});
+    }
+    nlohmann::ordered_json node = {
+        {"name", n.name()},
+        {"state", n.state()},
+        {"replica_address", n.replica_address()},
+        {"free_bytes", n.free_bytes()},
+        {"local", n.local()},
+        {"pools", pools},
+    };
+    if (!n.error().empty()) node["error"] = n.error();
+    list.push_back(std::move(node));
+  }
+  return {{"nodes", list}};
+}
+
+void NodeCommands::AddCommands(CLI::App& app) {
+  CLI::App* node_cmd =
+      app.add_subcommand("node", "Nodes of the cluster (shaled started with --cluster-store)");
+  node_cmd->require_subcommand(1);
+  CLI::App* list = node_cmd->add_subcommand(
+      "list",
+      "List every node registered in etcd: replica address, state (up while its lease "
+      "lives), pools' free bytes");
+  list->callback(SelectAction(action_, this, &NodeCommands::RunList));
+}
+
+int NodeCommands::RunList(ControlClient& client, Format format) {
+  return RunRpc(client, &v1::Control::Stub::ListNodes, v1::ListNodesRequest(), err_,
+                [&](const v1::ListNodesResponse& resp) {
+                  if (format == Format::kJson) {
+                    out_ << ToJson(resp).dump(2) << "\n";
+                  } else {
+                    out_ << NodeTable(resp);
+                  }
+                  return kExitOk;
+                });
+}
+
+}  // namespace shale::cli
