@@ -367,6 +367,15 @@ void Session::OutputSent(size_t n) {
   }
 }
 
+void Session::TakeOutput(std::vector<uint8_t>* dst) {
+  if (out_pos_ > 0) {
+    out_.erase(out_.begin(), out_.begin() + static_cast<std::ptrdiff_t>(out_pos_));
+    out_pos_ = 0;
+  }
+  dst->clear();
+  std::swap(*dst, out_);
+}
+
 std::string Session::Description() const {
   char* desc = gnutls_session_get_desc(G(session_));
   if (desc == nullptr) return "TLS";

@@ -93,6 +93,10 @@ class Session {
   }
   bool has_output() const { return out_pos_ < out_.size(); }
   void OutputSent(size_t n);
+  // Moves every unsent byte of output() into *dst (whose old content is dropped and whose
+  // memory the session reuses): for a caller whose send may still be running when the session
+  // produces more output (an io_uring SEND reads the buffer until it completes).
+  void TakeOutput(std::vector<uint8_t>* dst);
 
   const PeerIdentity& peer() const { return peer_; }
   Role role() const { return role_; }
