@@ -50,8 +50,6 @@ class Reactor;
 namespace shale::nbd {
 
 inline constexpr uint16_t kDefaultNbdPort = 10809;
-// The address shaled listened on by default before TCP became opt-in (kept for old callers).
-inline constexpr char kDefaultNbdListen[] = "127.0.0.1:10809";
 inline constexpr char kNbdSocketName[] = "nbd.sock";
 
 struct NbdServerOptions {
