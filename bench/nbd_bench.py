@@ -7,6 +7,14 @@ In one run and in turn, on files of the same size on the same filesystem, with t
   nbdkit    nbdkit file on that file
   shaled    shaled's NBD export of a preconditioned volume of the same size
 The client of every NBD server is fio --ioengine=nbd --uri=nbd://127.0.0.1:PORT/EXPORT.
+With --tls (docs/security.md): shaled plain (--nbd-insecure-tcp) vs shaled over TLS
+(--nbd-tls-x509-dir) vs qemu-nbd over TLS (--object tls-creds-x509, with shaled's TLS
+priorities so both negotiate the same cipher) with the same certificates
+(made with certtool: a CA and a server certificate for 127.0.0.1); fio connects with
+nbds://127.0.0.1:PORT/bench?tls-verify-peer=false URIs. Neither server asks for a client
+certificate and fio does not check the server's: fio's nbd engine may not read local files
+(tls-certificates=), and libnbd running as root looks only in /etc/pki/libnbd. The record layer,
+which is what the figures measure, is the same as with mutual certificates.
 Workloads: 4 KiB randread/randwrite at iodepth 32, 1 MiB sequential read/write at iodepth 8.
 Each is repeated --reps times (servers in turn within a repetition); the table shows the median
 IOPS and p99 latency per server and the median of the per-repetition ratios shaled/qemu-nbd and
@@ -15,6 +23,7 @@ shaled/raw (absolute figures are noisy on shared machines; ratios are what to co
     bench/nbd_bench.py [--build-dir build] [--size 2G] [--runtime 5] [--reps 3] [--warmup 2]
                        [--workloads randread,randwrite,read,write]
                        [--servers raw,qemu-nbd,nbdkit,shaled[,threaded]] [--dir DIR] [--json FILE]
+    bench/nbd_bench.py --tls     (servers shaled,shaled-tls,qemu-nbd-tls)
 """
 import argparse
 import json
@@ -37,7 +46,12 @@ WORKLOADS = {
 SERVERS = ["raw", "qemu-nbd", "nbdkit", "shaled"]
 # Also available: "threaded", the thread-per-connection experiment (bench/nbd_threaded_experiment.cc)
 # that docs/nbd.md compares with shaled's reactor data path.
-ALL_SERVERS = SERVERS + ["threaded"]
+ALL_SERVERS = SERVERS + ["threaded", "shaled-tls", "qemu-nbd-tls"]
+TLS_SERVERS = ["shaled", "shaled-tls", "qemu-nbd-tls"]
+# qemu-nbd gets shaled's GnuTLS priorities (tls/credentials.cc) so both negotiate the same cipher:
+# GnuTLS's defaults pick ChaCha20-Poly1305 on some VMs with AES-NI.
+TLS_PRIORITY = ("NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"
+                "+CHACHA20-POLY1305:+AES-256-CCM:+AES-128-CCM:%SERVER_PRECEDENCE")
 
 
 def parse_size(text):
@@ -87,6 +101,44 @@ def fio_sample(result, rw):
     return side["iops"], p99
 
 
+def make_pki(work):
+    """A CA and a server certificate for 127.0.0.1 (certtool) in two server directories: qemu-nbd's
+    (qemu wants ca-cert.pem; verify-peer=off) and shaled's (without ca-cert.pem, so shaled asks no
+    client certificate either). Returns both."""
+    pki = os.path.join(work, "pki")
+    server = os.path.join(work, "tls-server-qemu")
+    client = os.path.join(work, "tls-server-shaled")
+    for d in (pki, server, client):
+        os.makedirs(d, exist_ok=True)
+
+    def cert(name, template, ca=True):
+        key = os.path.join(pki, f"{name}-key.pem")
+        crt = os.path.join(pki, f"{name}-cert.pem")
+        info = os.path.join(pki, f"{name}.info")
+        with open(info, "w") as f:
+            f.write(template)
+        run(["certtool", "--generate-privkey", "--key-type=ecdsa", "--sec-param=high",
+             "--outfile", key], stderr=subprocess.DEVNULL)
+        if name == "ca":
+            run(["certtool", "--generate-self-signed", "--load-privkey", key, "--template", info,
+                 "--outfile", crt], stderr=subprocess.DEVNULL)
+        else:
+            run(["certtool", "--generate-certificate", "--load-privkey", key,
+                 "--load-ca-certificate", os.path.join(pki, "ca-cert.pem"),
+                 "--load-ca-privkey", os.path.join(pki, "ca-key.pem"), "--template", info,
+                 "--outfile", crt], stderr=subprocess.DEVNULL)
+        return crt, key
+
+    ca, _ = cert("ca", 'cn = "bench CA"\nca\ncert_signing_key\nexpiration_days = 2\n')
+    scrt, skey = cert("server", 'cn = "localhost"\nip_address = "127.0.0.1"\n'
+                      'tls_www_server\nsigning_key\nexpiration_days = 2\n')
+    for src, dst in ((ca, "ca-cert.pem"), (scrt, "server-cert.pem"), (skey, "server-key.pem")):
+        shutil.copy(src, os.path.join(server, dst))
+    for src, dst in ((scrt, "server-cert.pem"), (skey, "server-key.pem")):
+        shutil.copy(src, os.path.join(client, dst))
+    return server, client
+
+
 class Servers:
     """Starts and stops every peer; remembers each one's fio target arguments."""
 
@@ -96,8 +148,33 @@ class Servers:
         self.procs = []
         self.targets = {}
 
+    def start_shaled(self, name, size, listen_args):
+        a = self.args
+        data = os.path.join(self.work, name)
+        shaled = os.path.join(a.build_dir, "bin", "shaled")
+        shale = os.path.join(a.build_dir, "bin", "shale")
+        pool = size + max(size // 16, 256 << 20)  # clusters for the volume plus metadata room
+        port = free_port()
+        log = open(os.path.join(self.work, f"{name}.log"), "w")
+        p = subprocess.Popen([shaled, "--data-dir", data, "--default-pool-size", str(pool),
+                              "--nbd-listen", f"127.0.0.1:{port}", "--nbd-socket", "none",
+                              "--reactors", str(a.reactors)] + listen_args,
+                             stdout=log, stderr=log)
+        self.procs.append(p)
+        wait_port(port, p, name)
+        endpoint = f"unix://{data}/shaled.sock"
+        deadline = time.monotonic() + 30
+        while subprocess.run([shale, "--endpoint", endpoint, "status"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+            if time.monotonic() > deadline:
+                sys.exit(f"nbd_bench: {name} does not answer")
+            time.sleep(0.05)
+        run([shale, "--endpoint", endpoint, "volume", "create", "bench", "--size", str(size)])
+        return port, log
+
     def start(self, raw_file, size):
         a = self.args
+        servers = a.servers.split(",")
         self.targets["raw"] = ["--ioengine=io_uring", "--direct=1", f"--filename={raw_file}"]
 
         port = free_port()
@@ -115,28 +192,34 @@ class Servers:
         wait_port(port, p, "nbdkit")
         self.targets["nbdkit"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/"]
 
-        data = os.path.join(self.work, "shale")
-        shaled = os.path.join(a.build_dir, "bin", "shaled")
-        shale = os.path.join(a.build_dir, "bin", "shale")
-        pool = size + max(size // 16, 256 << 20)  # clusters for the volume plus metadata room
-        port = free_port()
-        log = open(os.path.join(self.work, "shaled.log"), "w")
-        p = subprocess.Popen([shaled, "--data-dir", data, "--default-pool-size", str(pool),
-                              "--nbd-listen", f"127.0.0.1:{port}", "--nbd-socket", "none",
-                              "--reactors", str(a.reactors)], stdout=log, stderr=log)
-        self.procs.append(p)
-        wait_port(port, p, "shaled")
-        endpoint = f"unix://{data}/shaled.sock"
-        deadline = time.monotonic() + 30
-        while subprocess.run([shale, "--endpoint", endpoint, "status"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
-            if time.monotonic() > deadline:
-                sys.exit("nbd_bench: shaled does not answer")
-            time.sleep(0.05)
-        run([shale, "--endpoint", endpoint, "volume", "create", "bench", "--size", str(size)])
+        port, log = self.start_shaled("shaled", size, ["--nbd-insecure-tcp"])
         self.targets["shaled"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/bench"]
 
-        if "threaded" in a.servers.split(","):
+        if "shaled-tls" in servers or "qemu-nbd-tls" in servers:
+            qemu_dir, shaled_dir = make_pki(self.work)
+            query = "?tls-verify-peer=false"
+        if "shaled-tls" in servers:
+            port, _ = self.start_shaled("shaled-tls", size, ["--nbd-tls-x509-dir", shaled_dir])
+            self.targets["shaled-tls"] = ["--ioengine=nbd",
+                                          f"--uri=nbds://127.0.0.1:{port}/bench{query}"]
+        if "qemu-nbd-tls" in servers:
+            # Its own file: qemu-nbd locks the image it serves.
+            tls_file = raw_file + ".tls"
+            fio(["--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}", "--end_fsync=1"],
+                ["--ioengine=io_uring", "--direct=1", f"--filename={tls_file}"])
+            port = free_port()
+            p = subprocess.Popen(["qemu-nbd", "-f", "raw", "-t", "--cache=none", "--aio=io_uring",
+                                  "--object", "tls-creds-x509,id=tls0,endpoint=server,dir="
+                                  f"{qemu_dir},verify-peer=off,priority={TLS_PRIORITY}",
+                                  "--tls-creds", "tls0",
+                                  "-b", "127.0.0.1", "-p", str(port), "-x", "bench", tls_file],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.append(p)
+            wait_port(port, p, "qemu-nbd (TLS)")
+            self.targets["qemu-nbd-tls"] = ["--ioengine=nbd",
+                                            f"--uri=nbds://127.0.0.1:{port}/bench{query}"]
+
+        if "threaded" in servers:
             exe = os.path.join(a.build_dir, "bin", "shale-nbd-threaded-experiment")
             port = free_port()
             p = subprocess.Popen([exe, "--data-dir", os.path.join(self.work, "threaded"),
@@ -169,10 +252,15 @@ def main():
                     help="seconds per workload and server of an untimed first pass")
     ap.add_argument("--reactors", type=int, default=1, help="shaled --reactors")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--servers", default=",".join(SERVERS))
+    ap.add_argument("--servers", default=None,
+                    help=f"default {','.join(SERVERS)}; with --tls {','.join(TLS_SERVERS)}")
+    ap.add_argument("--tls", action="store_true",
+                    help="compare shaled plain, shaled over TLS and qemu-nbd over TLS")
     ap.add_argument("--json", help="also write every sample to this file")
     a = ap.parse_args()
     a.build_dir = os.path.abspath(a.build_dir)
+    if a.servers is None:
+        a.servers = ",".join(TLS_SERVERS if a.tls else SERVERS)
     size = parse_size(a.size)
     workloads = a.workloads.split(",")
     servers = a.servers.split(",")
@@ -184,7 +272,7 @@ def main():
     for w in workloads:
         if w not in WORKLOADS:
             sys.exit(f"nbd_bench: unknown workload {w} (choose from {', '.join(WORKLOADS)})")
-    for tool in ["fio", "qemu-nbd", "nbdkit"]:
+    for tool in ["fio", "qemu-nbd", "nbdkit", "certtool"]:
         if shutil.which(tool) is None:
             sys.exit(f"nbd_bench: {tool} is missing (scripts/deps installs it)")
 
@@ -200,7 +288,7 @@ def main():
         fio(["--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}", "--end_fsync=1"],
             ["--ioengine=io_uring", "--direct=1", f"--filename={raw_file}"])
         servers_proc.start(raw_file, size)
-        for s in ("shaled", "threaded"):
+        for s in ("shaled", "threaded", "shaled-tls"):
             if s in servers:
                 print(f"# preconditioning the {s} volume (written end to end through NBD)",
                       flush=True)
@@ -236,7 +324,8 @@ def main():
 
     head = "| workload |" + "".join(f" {s} IOPS | p99 us |" for s in servers)
     ratios = [(num, den) for num, den in (("shaled", "qemu-nbd"), ("shaled", "raw"),
-                                          ("shaled", "threaded"))
+                                          ("shaled", "threaded"), ("shaled-tls", "shaled"),
+                                          ("shaled-tls", "qemu-nbd-tls"))
               if num in servers and den in servers]
     head += "".join(f" {n}/{d} |" for n, d in ratios)
     print()

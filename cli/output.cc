@@ -103,6 +103,32 @@ std::string FormatLabels(const google::protobuf::Map<std::string, std::string>& 
   return out;
 }
 
+namespace {
+
+nlohmann::ordered_json ListenersJson(const v1::NbdStatus& nbd) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const v1::NbdListener& l : nbd.listeners()) {
+    out.push_back({{"transport", l.transport()},
+                   {"address", l.address()},
+                   {"tls", l.tls()},
+                   {"client_certificates", l.client_certificates()},
+                   {"authz", l.authz()}});
+  }
+  return out;
+}
+
+// "TLS required (x509, client certificates, per-export authorization)", "no TLS (insecure)".
+std::string ListenerAccess(const v1::NbdListener& l) {
+  if (l.transport() == "unix") return "mode 0600 (owner only)";
+  if (l.tls().empty()) return "no TLS: open to anyone who can connect";
+  std::string out = "TLS required (" + l.tls();
+  if (l.client_certificates()) out += ", client certificates";
+  if (l.authz()) out += ", per-export authorization";
+  return out + ")";
+}
+
+}  // namespace
+
 nlohmann::ordered_json ToJson(const v1::GetStatusResponse& s) {
   nlohmann::ordered_json json = {
       {"version", s.version()},
@@ -121,6 +147,7 @@ nlohmann::ordered_json ToJson(const v1::GetStatusResponse& s) {
            {"unix_socket", s.nbd().unix_socket()},
            {"connections", s.nbd().connections()},
            {"max_connections", s.nbd().max_connections()},
+           {"listeners", ListenersJson(s.nbd())},
        }},
   };
   if (s.has_cluster()) {
@@ -232,10 +259,22 @@ std::string StatusView(const v1::GetStatusResponse& s) {
   if (!s.nbd().enabled()) {
     rows.emplace_back("NBD", "off");
   } else {
-    rows.emplace_back("NBD TCP", s.nbd().tcp_address().empty()
-                                     ? "off"
-                                     : "nbd://" + s.nbd().tcp_address() + "/VOLUME");
-    rows.emplace_back("NBD socket", s.nbd().unix_socket().empty() ? "off" : s.nbd().unix_socket());
+    std::string tcp = "off", unix = "off";
+    for (const v1::NbdListener& l : s.nbd().listeners()) {
+      const std::string access = " — " + ListenerAccess(l);
+      if (l.transport() == "tcp") {
+        tcp = (l.tls().empty() ? "nbd://" : "nbds://") + l.address() + "/VOLUME" + access;
+      } else {
+        unix = l.address() + access;
+      }
+    }
+    // Daemons without listener details (older versions) still show their addresses.
+    if (s.nbd().listeners().empty()) {
+      if (!s.nbd().tcp_address().empty()) tcp = "nbd://" + s.nbd().tcp_address() + "/VOLUME";
+      if (!s.nbd().unix_socket().empty()) unix = s.nbd().unix_socket();
+    }
+    rows.emplace_back("NBD TCP", tcp);
+    rows.emplace_back("NBD socket", unix);
     rows.emplace_back("NBD connections", std::to_string(s.nbd().connections()) + " (max " +
                                              std::to_string(s.nbd().max_connections()) + ")");
   }
@@ -378,6 +417,7 @@ nlohmann::ordered_json ToJson(const v1::ListExportsResponse& r) {
           {"id", c.id()},
           {"transport", c.transport()},
           {"peer", c.peer()},
+          {"tls_identity", c.tls_identity()},
           {"connected_unix_ns", c.connected_unix_ns()},
           {"requests", c.requests()},
           {"bytes_read", c.bytes_read()},
@@ -405,7 +445,9 @@ std::string ExportTable(const v1::ListExportsResponse& r) {
       table.AddRow({e.name(), mode, FormatSize(e.size_bytes()), "-", "-", "-", e.uri()});
     }
     for (const v1::NbdClient& c : e.clients()) {
-      table.AddRow({e.name(), mode, FormatSize(e.size_bytes()), c.transport() + " " + c.peer(),
+      std::string client = c.transport() + " " + c.peer();
+      if (!c.tls_identity().empty()) client += " (TLS " + c.tls_identity() + ")";
+      table.AddRow({e.name(), mode, FormatSize(e.size_bytes()), client,
                     FormatUnixNanos(c.connected_unix_ns()), std::to_string(c.requests()), e.uri()});
     }
   }

@@ -199,6 +199,39 @@ TEST(Json, ExportsAndStatusNbd) {
   EXPECT_NE(off.find("NBD:          off\n"), std::string::npos) << off;
 }
 
+TEST(OutputTest, StatusSaysWhichNbdListenersAreOpenAndWhetherTheyRequireTls) {
+  v1::GetStatusResponse s;
+  s.mutable_nbd()->set_enabled(true);
+  s.mutable_nbd()->set_tcp_address("127.0.0.1:10809");
+  v1::NbdListener* tcp = s.mutable_nbd()->add_listeners();
+  tcp->set_transport("tcp");
+  tcp->set_address("127.0.0.1:10809");
+  tcp->set_tls("x509");
+  tcp->set_client_certificates(true);
+  tcp->set_authz(true);
+  v1::NbdListener* unix = s.mutable_nbd()->add_listeners();
+  unix->set_transport("unix");
+  unix->set_address("/d/nbd.sock");
+  std::string view = StatusView(s);
+  EXPECT_NE(view.find("nbds://127.0.0.1:10809/VOLUME — TLS required (x509, client certificates, "
+                      "per-export authorization)"),
+            std::string::npos)
+      << view;
+  EXPECT_NE(view.find("/d/nbd.sock — mode 0600 (owner only)"), std::string::npos) << view;
+  const nlohmann::ordered_json j = ToJson(s);
+  ASSERT_EQ(j["nbd"]["listeners"].size(), 2u);
+  EXPECT_EQ(j["nbd"]["listeners"][0]["tls"], "x509");
+  EXPECT_EQ(j["nbd"]["listeners"][0]["client_certificates"], true);
+  EXPECT_EQ(j["nbd"]["listeners"][1]["transport"], "unix");
+  tcp->set_tls("");
+  tcp->set_client_certificates(false);
+  tcp->set_authz(false);
+  view = StatusView(s);
+  EXPECT_NE(view.find("nbd://127.0.0.1:10809/VOLUME — no TLS: open to anyone who can connect"),
+            std::string::npos)
+      << view;
+}
+
 v1::Snapshot SampleSnapshot() {
   v1::Snapshot s;
   s.set_name("data@v1");

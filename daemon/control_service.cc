@@ -186,6 +186,14 @@ grpc::Status ControlService::GetStatus(grpc::ServerContext* /*ctx*/,
     nbd->set_unix_socket(nbd_->unix_socket());
     nbd->set_connections(static_cast<uint32_t>(nbd_->Clients().size()));
     nbd->set_max_connections(nbd_->max_connections());
+    for (const nbd::NbdListenerInfo& l : nbd_->Listeners()) {
+      v1::NbdListener* out = nbd->add_listeners();
+      out->set_transport(l.transport);
+      out->set_address(l.address);
+      out->set_tls(l.tls);
+      out->set_client_certificates(l.client_certificates);
+      out->set_authz(l.authz);
+    }
   }
   AddClusterStatus(resp);
   return grpc::Status::OK;
@@ -352,6 +360,7 @@ grpc::Status ControlService::ListExports(grpc::ServerContext* ctx,
       out->set_id(c.id);
       out->set_transport(c.transport);
       out->set_peer(c.peer);
+      out->set_tls_identity(c.tls);
       out->set_connected_unix_ns(c.connected_unix_ns);
       out->set_requests(c.requests);
       out->set_bytes_read(c.bytes_read);

@@ -25,6 +25,7 @@
 #include "nbd/server.h"
 #include "qos/qos_manager.h"
 #include "snapshot/snapshot_manager.h"
+#include "tls/credentials.h"
 
 namespace shale::daemon {
 
@@ -269,9 +270,9 @@ Status Daemon::Start() {
   if (st.ok()) st = StartQos();
   if (st.ok()) {
     lifecycle_ = std::make_unique<VolumeLifecycle>(engine_.get(), snapshots_.get(), qos_.get());
-    AddFrontends();
-    st = StartFrontends();
+    st = AddFrontends();
   }
+  if (st.ok()) st = StartFrontends();
   if (!st.ok()) {
     // Stop() destroys whatever started (frontends included): nothing may touch them after it.
     Status stopped = Stop();
@@ -368,7 +369,44 @@ Status Daemon::StartQos() {
   return Status::Ok();
 }
 
-void Daemon::AddFrontends() {
+namespace {
+
+// TLS credentials and authorization of the NBD TCP listener (docs/security.md), checked here so
+// a wrong file stops shaled at start with a message that names it.
+Status LoadNbdAccess(const DaemonOptions& o, nbd::NbdServerOptions* nbd_options) {
+  if (!o.nbd_tls_x509_dir.empty()) {
+    auto creds = tls::Credentials::X509ServerDir(o.nbd_tls_x509_dir);
+    if (!creds.ok()) return creds.status().WithContext("--nbd-tls-x509-dir");
+    nbd_options->tls = *creds;
+  }
+  if (!o.nbd_tls_psk_file.empty()) {
+    auto creds = tls::Credentials::PskServerFile(o.nbd_tls_psk_file);
+    if (!creds.ok()) return creds.status().WithContext("--nbd-tls-psk-file");
+    nbd_options->tls = *creds;
+  }
+  if (!o.nbd_tls_authz.empty()) {
+    if (nbd_options->tls->kind() == tls::CredentialKind::kX509 &&
+        !nbd_options->tls->requires_peer_certificate()) {
+      return Status::InvalidArgument(
+          "--nbd-tls-authz needs client certificates: put the CA that signs them in " +
+          o.nbd_tls_x509_dir + "/ca-cert.pem");
+    }
+    auto authz = nbd::ExportAuthz::Load(o.nbd_tls_authz);
+    if (!authz.ok()) return authz.status().WithContext("--nbd-tls-authz");
+    nbd_options->authz = *authz;
+  }
+  if (!o.nbd_listen.empty() && o.nbd_insecure_tcp) {
+    SHALE_LOG_WARN(
+        "NBD TCP listener without TLS (--nbd-insecure-tcp): anyone who can connect to "
+        "it can read and write every volume",
+        {"address", o.nbd_listen});
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status Daemon::AddFrontends() {
   // Frontends start in this order and stop in reverse. NBD comes first so the control API
   // can report its bound address from its first answer, and stops last, after the control API
   // can no longer ask it for anything. The CSI endpoint comes last (see below).
@@ -379,6 +417,7 @@ void Daemon::AddFrontends() {
     nbd_options.unix_socket = options_.nbd_socket;
     nbd_options.max_connections = options_.nbd_max_connections;
     nbd_options.handshake_timeout = std::chrono::seconds(options_.nbd_handshake_timeout_s);
+    SHALE_RETURN_IF_ERROR(LoadNbdAccess(options_, &nbd_options));
     auto endpoint = std::make_unique<NbdEndpoint>(lifecycle_.get(), std::move(nbd_options));
     nbd = endpoint->server();
     frontends_.push_back(std::move(endpoint));
@@ -409,6 +448,7 @@ void Daemon::AddFrontends() {
     frontends_.push_back(std::make_unique<CsiEndpoint>(std::move(csi_options), lifecycle_.get(),
                                                        options_.csi_endpoint));
   }
+  return Status::Ok();
 }
 
 Status Daemon::StartFrontends() {

@@ -91,7 +91,7 @@ class Daemon {
   Status StartEngine();
   Status StartSnapshots();
   Status StartQos();
-  void AddFrontends();
+  Status AddFrontends();
   Status StartFrontends();
 
   const DaemonOptions options_;

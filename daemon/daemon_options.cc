@@ -98,10 +98,14 @@ struct Flags {
   std::string log_level = "info";
   std::string log_file;
   std::string control_socket;
-  std::string nbd_listen = nbd::kDefaultNbdListen;
+  std::string nbd_listen;  // off unless asked (docs/security.md)
   std::string nbd_socket;
   unsigned nbd_max_connections = 0;
   unsigned nbd_handshake_timeout_s = 0;
+  std::string nbd_tls_x509_dir;
+  std::string nbd_tls_psk_file;
+  std::string nbd_tls_authz;
+  bool nbd_insecure_tcp = false;
   std::string csi_endpoint;
   std::string node_id;
   std::string cluster_store;
@@ -197,8 +201,9 @@ void AddSocketOptions(CLI::App& app, Flags& f) {
                  "UNIX socket of the control API (mode 0600); default: <data-dir>/shaled.sock")
       ->type_name("PATH");
   app.add_option("--nbd-listen", f.nbd_listen,
-                 "TCP address of the NBD server: IPv4:PORT, [IPv6]:PORT or localhost:PORT "
-                 "(port 0 picks a free port; `shale status` shows it), or \"none\"")
+                 "Serve NBD on this TCP address too: IPv4:PORT, [IPv6]:PORT or localhost:PORT "
+                 "(port 0 picks a free port; `shale status` shows it); needs --nbd-tls-x509-dir, "
+                 "--nbd-tls-psk-file or --nbd-insecure-tcp; default: off (UNIX socket only)")
       ->check(CLI::Validator(
           [](std::string& text) -> std::string {
             if (text == "none") return {};
@@ -206,8 +211,7 @@ void AddSocketOptions(CLI::App& app, Flags& f) {
             return valid.ok() ? std::string() : std::string(valid.message());
           },
           /*validator_desc=*/""))
-      ->type_name("ADDR:PORT")
-      ->capture_default_str();
+      ->type_name("ADDR:PORT");
   app.add_option("--nbd-socket", f.nbd_socket,
                  "UNIX socket of the NBD server (mode 0600), or \"none\"; default: "
                  "<data-dir>/nbd.sock")
@@ -222,6 +226,28 @@ void AddSocketOptions(CLI::App& app, Flags& f) {
       ->check(CLI::Range(1u, kMaxNbdHandshakeTimeoutS))
       ->type_name("SECONDS")
       ->capture_default_str();
+}
+
+// Access to the NBD TCP listener: --nbd-tls-x509-dir, --nbd-tls-psk-file, --nbd-tls-authz,
+// --nbd-insecure-tcp (docs/security.md).
+void AddNbdTlsOptions(CLI::App& app, Flags& f) {
+  app.add_option("--nbd-tls-x509-dir", f.nbd_tls_x509_dir,
+                 "Require TLS with X.509 on the NBD TCP listener: DIR holds server-cert.pem and "
+                 "server-key.pem, and ca-cert.pem to require client certificates signed by it "
+                 "(qemu's tls-creds-x509 layout)")
+      ->type_name("DIR");
+  app.add_option("--nbd-tls-psk-file", f.nbd_tls_psk_file,
+                 "Require TLS with pre-shared keys on the NBD TCP listener: FILE as psktool "
+                 "writes it (username:hexkey per line)")
+      ->type_name("FILE");
+  app.add_option("--nbd-tls-authz", f.nbd_tls_authz,
+                 "Which TLS clients may open and list which exports: lines of IDENTITY "
+                 "PATTERN..., identities cn:, dns:, ip:, email:, uri: (certificate) or psk: "
+                 "(docs/security.md); default: every authenticated client, every export")
+      ->type_name("FILE");
+  app.add_flag("--nbd-insecure-tcp", f.nbd_insecure_tcp,
+               "Serve the NBD TCP listener without TLS: anyone who can connect to it can read "
+               "and write every volume (logged as a warning)");
 }
 
 // The CSI driver: --csi-endpoint, --node-id.
@@ -354,6 +380,42 @@ Status ResolveSockets(const Flags& f, DaemonOptions& o) {
   return Status::Ok();
 }
 
+// Fills the NBD TCP access settings of `o` (after the sockets); InvalidArgument (a usage error)
+// unless a TCP listener has exactly one of X.509, PSK or the explicit insecure choice.
+Status ResolveNbdTls(const Flags& f, DaemonOptions& o) {
+  const bool x509 = !f.nbd_tls_x509_dir.empty(), psk = !f.nbd_tls_psk_file.empty();
+  const bool tls = x509 || psk;
+  if (o.nbd_listen.empty()) {
+    if (tls || !f.nbd_tls_authz.empty() || f.nbd_insecure_tcp) {
+      return Status::InvalidArgument(
+          "--nbd-tls-* and --nbd-insecure-tcp apply to the NBD TCP listener: add --nbd-listen "
+          "ADDR:PORT (the UNIX socket is guarded by its mode, 0600)");
+    }
+    return Status::Ok();
+  }
+  if (x509 && psk) {
+    return Status::InvalidArgument("choose one of --nbd-tls-x509-dir and --nbd-tls-psk-file");
+  }
+  if (tls && f.nbd_insecure_tcp) {
+    return Status::InvalidArgument("--nbd-insecure-tcp contradicts --nbd-tls-*: choose one");
+  }
+  if (!tls && !f.nbd_insecure_tcp) {
+    return Status::InvalidArgument(
+        "--nbd-listen " + o.nbd_listen +
+        " would serve every volume unencrypted to anyone who can connect: add "
+        "--nbd-tls-x509-dir DIR or --nbd-tls-psk-file FILE, or --nbd-insecure-tcp to accept that");
+  }
+  if (!f.nbd_tls_authz.empty() && !tls) {
+    return Status::InvalidArgument(
+        "--nbd-tls-authz needs TLS (--nbd-tls-x509-dir or --nbd-tls-psk-file)");
+  }
+  o.nbd_tls_x509_dir = x509 ? Absolute(f.nbd_tls_x509_dir) : std::string();
+  o.nbd_tls_psk_file = psk ? Absolute(f.nbd_tls_psk_file) : std::string();
+  o.nbd_tls_authz = f.nbd_tls_authz.empty() ? std::string() : Absolute(f.nbd_tls_authz);
+  o.nbd_insecure_tcp = f.nbd_insecure_tcp;
+  return Status::Ok();
+}
+
 // Fills the CSI settings of `o` (after the sockets); InvalidArgument (a usage error) for an
 // endpoint that is not a usable UNIX socket path, or a node id over 128 bytes.
 Status ResolveCsi(const Flags& f, DaemonOptions& o) {
@@ -406,7 +468,8 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   CLI::App app(
       "shaled: the Shale node daemon. Owns pools and thin volumes and serves the control API "
       "(gRPC) on a UNIX socket, and every volume as an NBD export (export name = volume name) "
-      "on 127.0.0.1:10809 and <data-dir>/nbd.sock. With no options it runs the embedded "
+      "on <data-dir>/nbd.sock (and on TCP with --nbd-listen: TLS required unless "
+      "--nbd-insecure-tcp). With no options it runs the embedded "
       "default: data in ./shale-data with a sparse file-backed pool named \"default\" created "
       "on first start.",
       "shaled");
@@ -416,6 +479,7 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   AddStorageOptions(app, flags);
   AddLoggingOptions(app, flags);
   AddSocketOptions(app, flags);
+  AddNbdTlsOptions(app, flags);
   AddCsiOptions(app, flags);
   AddClusterOptions(app, flags);
 
@@ -439,6 +503,7 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   DaemonOptions& o = result.options;
   Status valid = ResolveStorage(flags, o);
   if (valid.ok()) valid = ResolveSockets(flags, o);
+  if (valid.ok()) valid = ResolveNbdTls(flags, o);
   if (valid.ok()) valid = ResolveCsi(flags, o);
   if (valid.ok()) {
     valid = ResolveCluster(flags, o, app.get_option("--node-lease-seconds")->count() > 0);

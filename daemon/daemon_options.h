@@ -25,10 +25,17 @@ struct DaemonOptions {
   std::string control_socket;  // absolute path of the control API's UNIX socket
   std::string config_file;     // the config file that was read, if any
   // NBD server (docs/nbd.md). Empty address/socket: that listener is off.
-  std::string nbd_listen;  // "127.0.0.1:10809" (port 0: any free port)
+  std::string nbd_listen;  // "127.0.0.1:10809" (port 0: any free port); default: off
   std::string nbd_socket;  // absolute path; default <data-dir>/nbd.sock
   unsigned nbd_max_connections = 128;
   unsigned nbd_handshake_timeout_s = 10;
+  // Access to the NBD TCP listener (docs/security.md): exactly one of TLS with X.509 (a directory
+  // in qemu's tls-creds-x509 layout), TLS with PSK (a psktool file), or the explicit insecure
+  // choice. Absolute paths; empty when not given.
+  std::string nbd_tls_x509_dir;
+  std::string nbd_tls_psk_file;
+  std::string nbd_tls_authz;  // per-export authorization of TLS clients
+  bool nbd_insecure_tcp = false;
   // CSI driver csi.shale.io (docs/csi.md). Empty endpoint: not served.
   std::string csi_endpoint;  // absolute path of the CSI UNIX socket (given as unix:///path)
   std::string node_id;       // CSI node id and topology value; default: the host name

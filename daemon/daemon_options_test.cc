@@ -48,7 +48,9 @@ TEST(DaemonOptions, DefaultsAreTheEmbeddedDefault) {
   EXPECT_EQ(o.commit_interval_ms, 5000u);
   EXPECT_EQ(o.log_level, "info");
   EXPECT_TRUE(o.log_file.empty());
-  EXPECT_EQ(o.nbd_listen, "127.0.0.1:10809");
+  EXPECT_EQ(o.nbd_listen, "") << "no NBD TCP listener unless asked (docs/security.md)";
+  EXPECT_FALSE(o.nbd_insecure_tcp);
+  EXPECT_TRUE(o.nbd_tls_x509_dir.empty() && o.nbd_tls_psk_file.empty());
   EXPECT_EQ(o.nbd_socket, Cwd() + "/shale-data/nbd.sock");
   EXPECT_EQ(o.nbd_max_connections, 128u);
   EXPECT_EQ(o.nbd_handshake_timeout_s, 10u);
@@ -86,9 +88,9 @@ TEST(DaemonOptions, FlagsOverrideDefaults) {
 }
 
 TEST(DaemonOptions, NbdOptions) {
-  DaemonCommandLine cl =
-      Parse({"--data-dir", "/srv/shale", "--nbd-listen", "[::1]:0", "--nbd-socket",
-             "unix://nbd.sock", "--nbd-max-connections", "7", "--nbd-handshake-timeout", "3"});
+  DaemonCommandLine cl = Parse({"--data-dir", "/srv/shale", "--nbd-listen", "[::1]:0",
+                                "--nbd-insecure-tcp", "--nbd-socket", "unix://nbd.sock",
+                                "--nbd-max-connections", "7", "--nbd-handshake-timeout", "3"});
   ASSERT_TRUE(cl.run) << cl.err;
   EXPECT_EQ(cl.options.nbd_listen, "[::1]:0");
   EXPECT_EQ(cl.options.nbd_socket, Cwd() + "/nbd.sock");
@@ -98,9 +100,16 @@ TEST(DaemonOptions, NbdOptions) {
   ASSERT_TRUE(cl.run) << cl.err;
   EXPECT_EQ(cl.options.nbd_listen, "");
   EXPECT_EQ(cl.options.nbd_socket, "");
-  cl = Parse({"--nbd-listen", "localhost:10900"});
+  cl = Parse({"--nbd-listen", "localhost:10900", "--nbd-tls-psk-file", "keys.psk"});
   ASSERT_TRUE(cl.run) << cl.err;
   EXPECT_EQ(cl.options.nbd_listen, "localhost:10900");
+  EXPECT_EQ(cl.options.nbd_tls_psk_file, Cwd() + "/keys.psk");
+  EXPECT_FALSE(cl.options.nbd_insecure_tcp);
+  cl = Parse({"--nbd-listen", "127.0.0.1:0", "--nbd-tls-x509-dir", "/etc/shale/tls/",
+              "--nbd-tls-authz", "authz.conf"});
+  ASSERT_TRUE(cl.run) << cl.err;
+  EXPECT_EQ(cl.options.nbd_tls_x509_dir, "/etc/shale/tls");
+  EXPECT_EQ(cl.options.nbd_tls_authz, Cwd() + "/authz.conf");
 }
 
 TEST(DaemonOptions, CsiEndpointAndNodeId) {
@@ -159,7 +168,11 @@ TEST(DaemonOptions, HelpDocumentsEveryOption) {
                            "--node-name",
                            "--replica-listen",
                            "--cluster-secret-file",
-                           "--node-lease-seconds"}) {
+                           "--node-lease-seconds",
+                           "--nbd-tls-x509-dir",
+                           "--nbd-tls-psk-file",
+                           "--nbd-tls-authz",
+                           "--nbd-insecure-tcp"}) {
     EXPECT_NE(cl.out.find(flag), std::string::npos) << flag << " missing from:\n" << cl.out;
   }
   EXPECT_NE(cl.out.find("8G"), std::string::npos) << "defaults are shown";
@@ -198,6 +211,16 @@ TEST(DaemonOptions, BadInputIsOneLineUsageError) {
       {{"--nbd-socket", "/x.sock", "--control-socket", "/x.sock"}, "must differ"},
       {{"--nbd-max-connections", "0"}, "--nbd-max-connections"},
       {{"--nbd-handshake-timeout", "0"}, "--nbd-handshake-timeout"},
+      // Plain TCP only when asked for explicitly; TLS settings only with a TCP listener.
+      {{"--nbd-listen", "127.0.0.1:0"}, "--nbd-insecure-tcp"},
+      {{"--nbd-insecure-tcp"}, "add --nbd-listen"},
+      {{"--nbd-tls-psk-file", "k.psk"}, "add --nbd-listen"},
+      {{"--nbd-listen", "127.0.0.1:0", "--nbd-tls-psk-file", "k", "--nbd-tls-x509-dir", "d"},
+       "choose one"},
+      {{"--nbd-listen", "127.0.0.1:0", "--nbd-tls-psk-file", "k", "--nbd-insecure-tcp"},
+       "contradicts"},
+      {{"--nbd-listen", "127.0.0.1:0", "--nbd-insecure-tcp", "--nbd-tls-authz", "a"},
+       "--nbd-tls-authz needs TLS"},
   };
   for (const auto& [args, needle] : cases) {
     DaemonCommandLine cl = Parse(args);

@@ -18,73 +18,14 @@
 #include "engine/common/log.h"
 #include "engine/io/block_device.h"
 #include "engine/io/reactor.h"
+#include "nbd/connection_parts.h"
 #include "nbd/handshake.h"
 #include "nbd/protocol.h"
+#include "nbd/tls_channel.h"
 
 namespace shale::nbd {
 
 namespace {
-
-// Write payloads with at least this much still to come are received straight into the
-// request's buffer (no copy through the receive buffer).
-constexpr uint64_t kDirectRecvThreshold = 64 * kKiB;
-// Sends of at least this many bytes (and direct receives) are punted to io_uring's workers.
-constexpr uint64_t kAsyncCopyThreshold = 64 * kKiB;
-// iovecs per SENDMSG (the kernel's IOV_MAX is 1024).
-constexpr size_t kMaxIov = 512;
-// One NBD_CMD_BLOCK_STATUS looks at most this far and returns at most this many extents;
-// clients ask again from where the reply ended (the protocol allows short replies).
-constexpr uint64_t kMaxBlockStatusSpan = 1 * kGiB;
-constexpr size_t kMaxBlockStatusExtents = 2048;
-// Buffers a connection keeps for reuse (power-of-two size classes, 4 KiB .. 32 MiB).
-constexpr uint64_t kMaxCachedBufferBytes = 32 * kMiB;
-constexpr int kBufferClasses = 14;
-
-// Calls a Connection member for one kind of SQE completion.
-template <typename Owner>
-class MemberHandler final : public CompletionHandler {
- public:
-  using Fn = void (Owner::*)(int32_t res);
-  MemberHandler(Owner* owner, Fn fn) : owner_(owner), fn_(fn) {}
-  void OnCompletion(int32_t res, uint32_t /*flags*/) override { (owner_->*fn_)(res); }
-
- private:
-  Owner* owner_;
-  Fn fn_;
-};
-
-// Aligned I/O buffers of one connection, recycled by power-of-two size class.
-class BufferCache {
- public:
-  // A buffer of at least `len` bytes (4 KiB-aligned); *cap receives its real size.
-  AlignedBuffer Get(uint64_t len, uint64_t* cap) {
-    const int c = ClassOf(len);
-    *cap = ClassSize(c);
-    if (!free_[c].empty()) {
-      AlignedBuffer b = std::move(free_[c].back());
-      free_[c].pop_back();
-      cached_ -= *cap;
-      return b;
-    }
-    return AllocateAligned(*cap);
-  }
-  void Put(AlignedBuffer buf, uint64_t cap) {
-    if (!buf || cached_ + cap > kMaxCachedBufferBytes) return;  // freed
-    free_[ClassOf(cap)].push_back(std::move(buf));
-    cached_ += cap;
-  }
-
- private:
-  static int ClassOf(uint64_t len) {
-    int c = 0;
-    while (c + 1 < kBufferClasses && ClassSize(c) < len) ++c;
-    return c;
-  }
-  static uint64_t ClassSize(int c) { return (4 * kKiB) << c; }
-
-  std::vector<AlignedBuffer> free_[kBufferClasses];
-  uint64_t cached_ = 0;
-};
 
 class ConnectionImpl;
 
@@ -108,18 +49,20 @@ struct Request {
 class ConnectionImpl final : public Connection {
  public:
   ConnectionImpl(ConnectionHost* host, uint64_t id, int fd, Reactor* reactor,
-                 std::shared_ptr<ConnStats> stats)
+                 std::shared_ptr<ConnStats> stats, bool tcp)
       : host_(host),
         options_(host->options()),
         id_(id),
         fd_(fd),
+        tls_offered_(tcp && options_.tls != nullptr),
+        check_authz_(tcp && options_.authz != nullptr),
         reactor_(reactor),
         stats_(std::move(stats)),
         rbuf_(AllocateAligned(kRecvBufferSize)) {}
 
   // On the accept reactor.
   void Start() override {
-    hs_ = std::make_unique<Handshake>(options_.handshake);
+    hs_ = std::make_unique<Handshake>(options_.handshake, tls_offered_);
     AppendGreeting(&hs_out_);
     const auto timeout = options_.handshake_timeout;
     timer_ = reactor_->AddTimer(
@@ -161,9 +104,18 @@ class ConnectionImpl final : public Connection {
           return PostRecv();
         }
         case Handshake::State::kNeedExport:
+          if (!Allowed(hs_->export_name())) {
+            // Decided by name alone, before any lookup: the client cannot tell whether it exists.
+            hs_->ProvideExport(Status::PermissionDenied("export '" + hs_->export_name() +
+                                                        "' is not permitted for " + ClientName()),
+                               &hs_out_);
+            continue;
+          }
           return StartLookup();
         case Handshake::State::kNeedExportList:
           return StartList();
+        case Handshake::State::kStartTls:
+          return StartTls();
         case Handshake::State::kDone:
           return EnterTransmission();
         case Handshake::State::kClosed:
@@ -174,6 +126,10 @@ class ConnectionImpl final : public Connection {
   }
 
   void PostHandshakeSend() {
+    if (tls_ != nullptr && tls_->ready) {
+      const iovec plain{hs_out_.data() + hs_sent_, hs_out_.size() - hs_sent_};
+      return TlsSend(&plain, 1);
+    }
     io_uring_sqe* sqe = reactor_->PrepareSqe(&send_handler_);
     io_uring_prep_send(sqe, fd_, hs_out_.data() + hs_sent_, hs_out_.size() - hs_sent_,
                        MSG_NOSIGNAL);
@@ -223,11 +179,22 @@ class ConnectionImpl final : public Connection {
     HsPump();
   }
 
+  std::string ClientName() const {
+    return tls_ != nullptr && tls_->ready ? tls_->identity() : "a client without TLS";
+  }
+
+  // TLS clients see and open only what --nbd-tls-authz grants them (UNIX socket clients: all).
+  bool Allowed(const std::string& name) const {
+    if (!check_authz_) return true;
+    return tls_ != nullptr && tls_->ready && options_.authz->Allows(tls_->peer_names(), name);
+  }
+
   void StartList() {
     lookup_pending_ = true;
     Reactor* home = reactor_;
     host_->PostToWorker([this, home] {
       auto names = std::make_shared<std::vector<std::string>>(host_->ListExports());
+      if (check_authz_) std::erase_if(*names, [this](const std::string& n) { return !Allowed(n); });
       home->Post([this, names] {
         lookup_pending_ = false;
         if (read_closed_ || close_requested_.load(std::memory_order_acquire)) return StopReading();
@@ -442,6 +409,8 @@ class ConnectionImpl final : public Connection {
       rpos_ = 0;
     }
     SHALE_CHECK(rend_ < kRecvBufferSize, "receive buffer full without a complete unit");
+    recv_direct_ = false;
+    if (tls_ != nullptr && tls_->ready) return PostTlsRecv();
     io_uring_sqe* sqe = reactor_->PrepareSqe(&recv_handler_);
     io_uring_prep_recv(sqe, fd_, rbuf_.get() + rend_, kRecvBufferSize - rend_, 0);
     recv_in_flight_ = true;
@@ -452,6 +421,10 @@ class ConnectionImpl final : public Connection {
   void PostDirectRecv() {
     SHALE_CHECK(!recv_in_flight_ && rpos_ == rend_, "direct receive with data pending");
     rpos_ = rend_ = 0;
+    if (tls_ != nullptr && tls_->ready) {
+      recv_direct_ = true;  // decrypted straight into the request's buffer
+      return PostTlsRecv();
+    }
     Request* r = payload_req_;
     io_uring_sqe* sqe = reactor_->PrepareSqe(&recv_handler_);
     io_uring_prep_recv(sqe, fd_, r->buf.get() + payload_got_, r->h.length - payload_got_,
@@ -464,8 +437,16 @@ class ConnectionImpl final : public Connection {
   void OnRecv(int32_t res) {
     recv_in_flight_ = false;
     if (res == -EINTR || res == -EAGAIN) {
+      if (tls_ != nullptr) return PostCipherRecv();
       return recv_direct_ ? PostDirectRecv() : PostRecv();
     }
+    if (tls_ != nullptr) return OnCipherRecv(res);
+    Delivered(res);
+  }
+
+  // `res` bytes of the NBD stream arrived (in rbuf_, or in the payload buffer for a direct
+  // receive), or the stream ended (0) or failed (< 0).
+  void Delivered(int32_t res) {
     if (res <= 0) {
       if (res < 0 && res != -ECONNRESET && !close_requested_.load(std::memory_order_acquire)) {
         SHALE_LOG_DEBUG("nbd receive failed", {"conn", id_}, {"error", ErrnoText(-res)});
@@ -601,6 +582,7 @@ class ConnectionImpl final : public Connection {
         ++n;
       }
     }
+    if (tls_ != nullptr && tls_->ready) return TlsSend(iov_, n);
     msg_ = msghdr{};
     msg_.msg_iov = iov_;
     msg_.msg_iovlen = n;
@@ -618,6 +600,13 @@ class ConnectionImpl final : public Connection {
   void OnSend(int32_t res) {
     send_in_flight_ = false;
     if (res == -EINTR || res == -EAGAIN) res = 0;  // nothing sent: try again below
+    if (res >= 0 && tls_ != nullptr) {
+      // Ciphertext went out: go on with the batch, or account for the plaintext it carried.
+      size_t plain = 0;
+      if (!tls_->Sent(static_cast<size_t>(res), &plain)) return PostTlsSend();
+      if (tls_->handshaking || tls_->bye_sent) return OnTlsRecordsSent();
+      res = static_cast<int32_t>(plain);
+    }
     if (res < 0) {
       if (res != -EPIPE && res != -ECONNRESET) {
         SHALE_LOG_DEBUG("nbd send failed", {"conn", id_}, {"error", ErrnoText(-res)});
@@ -669,17 +658,146 @@ class ConnectionImpl final : public Connection {
   }
 
   // ------------------------------------------------------------------------------------------
+  // TLS (docs/security.md). The handshake's computation runs on the server's TLS worker, one
+  // step per client flight (the connection does no I/O meanwhile); records are encrypted and
+  // decrypted here, on the reactor, in bounded pieces (TlsChannel).
+
+  // NBD_OPT_STARTTLS was acknowledged and the ACK sent: the rest of the stream is TLS.
+  void StartTls() {
+    Result<std::unique_ptr<TlsChannel>> channel =
+        TlsChannel::Start(options_.tls, {rbuf_.get() + rpos_, rend_ - rpos_});
+    if (!channel.ok()) {
+      SHALE_LOG_WARN("nbd TLS session could not be created", {"conn", id_},
+                     {"error", channel.status().ToString()});
+      return Abort();
+    }
+    tls_ = std::move(channel).value();
+    rpos_ = rend_ = 0;
+    StartTlsStep();
+  }
+
+  void StartTlsStep() {
+    tls_->step_pending = true;
+    Reactor* home = reactor_;
+    tls::Session* session = &tls_->session();
+    host_->PostToTlsWorker([this, home, session] {
+      auto result = std::make_shared<Result<bool>>(session->Handshake());
+      home->Post([this, result] { OnTlsStep(*result); });
+    });
+  }
+
+  void OnTlsStep(const Result<bool>& result) {
+    tls_->step_pending = false;
+    if (read_closed_ || close_requested_.load(std::memory_order_acquire)) return StopReading();
+    if (!result.ok()) {
+      // Refused before any option was read inside TLS: no export data has moved.
+      SHALE_LOG_INFO("nbd TLS handshake refused", {"conn", id_},
+                     {"error", result.status().ToString()});
+      tls_->failed = true;
+    }
+    tls_->TakeSessionOutput();  // the handshake's records, or the alert explaining a refusal
+    if (!tls_->unsent().empty()) return PostTlsSend();
+    OnTlsRecordsSent();
+  }
+
+  // Handshake records (or the close_notify) are out.
+  void OnTlsRecordsSent() {
+    if (tls_->bye_sent) return MaybeFinish();
+    if (tls_->failed) return Abort();
+    if (!tls_->session().handshake_done()) return PostCipherRecv();
+    tls_->Established();
+    host_->SetTlsIdentity(id_, tls_->identity());
+    SHALE_LOG_DEBUG("nbd TLS established", {"conn", id_}, {"peer", tls_->identity()},
+                    {"session", tls_->session().Description()});
+    hs_->TlsEstablished();
+    HsPump();
+  }
+
+  // Receives ciphertext into the session's input buffer.
+  void PostCipherRecv() {
+    const std::span<uint8_t> space = tls_->session().InputSpace();
+    io_uring_sqe* sqe = reactor_->PrepareSqe(&recv_handler_);
+    io_uring_prep_recv(sqe, fd_, space.data(), space.size(), 0);
+    recv_in_flight_ = true;
+  }
+
+  void OnCipherRecv(int32_t res) {
+    if (res < 0) return Delivered(res);
+    if (res == 0) {
+      tls_->session().InputClosed();
+    } else {
+      tls_->session().InputReceived(static_cast<size_t>(res));
+    }
+    if (tls_->ready) return TlsDeliver();
+    if (res == 0) return Delivered(0);  // the client left mid-handshake
+    StartTlsStep();
+  }
+
+  // The NBD stream wants bytes: decrypt what is buffered (a deferred task, so the work per turn
+  // is bounded), or receive more ciphertext.
+  void PostTlsRecv() {
+    if (!tls_->session().ReadReady()) return PostCipherRecv();
+    recv_in_flight_ = true;  // a "receive" from the session's buffer is pending
+    reactor_->Defer([this] { TlsDeliver(); });
+  }
+
+  void TlsDeliver() {
+    recv_in_flight_ = false;
+    if (read_closed_ || close_requested_.load(std::memory_order_acquire)) return Delivered(0);
+    std::span<uint8_t> dst{rbuf_.get() + rend_, kRecvBufferSize - rend_};
+    if (recv_direct_) {
+      const uint64_t left = payload_req_->h.length - payload_got_;
+      dst = {payload_req_->buf.get() + payload_got_,
+             static_cast<size_t>(std::min<uint64_t>(left, kTlsDecryptBudget))};
+    }
+    Result<size_t> n = tls_->session().Read(dst);
+    if (!n.ok()) {
+      SHALE_LOG_INFO("nbd TLS record refused; disconnecting", {"conn", id_},
+                     {"error", n.status().ToString()});
+      return Delivered(-EPROTO);
+    }
+    if (*n > 0) return Delivered(static_cast<int32_t>(*n));
+    if (tls_->session().eof()) return Delivered(0);
+    PostCipherRecv();
+  }
+
+  // Encrypts (a bounded part of) the plaintext of `iov` and sends the records.
+  void TlsSend(const iovec* iov, size_t n) {
+    Status st = tls_->Encrypt(iov, n);
+    if (!st.ok()) {
+      SHALE_LOG_INFO("nbd TLS send failed", {"conn", id_}, {"error", st.ToString()});
+      return OnSend(-EPROTO);
+    }
+    PostTlsSend();
+  }
+
+  void PostTlsSend() {
+    const std::span<const uint8_t> out = tls_->unsent();
+    io_uring_sqe* sqe = reactor_->PrepareSqe(&send_handler_);
+    io_uring_prep_send(sqe, fd_, out.data(), out.size(), MSG_NOSIGNAL | MSG_WAITALL);
+    if (out.size() >= kAsyncCopyThreshold) sqe->flags |= IOSQE_ASYNC;
+    send_in_flight_ = true;
+  }
+
+  // ------------------------------------------------------------------------------------------
   // Closing
 
   void MaybeFinish() {
     if (!read_closed_ || finish_scheduled_) return;
     if (recv_in_flight_ || send_in_flight_ || flush_scheduled_ || lookup_pending_ || moving_ ||
-        volume_ios_ > 0) {
+        volume_ios_ > 0 || (tls_ != nullptr && tls_->step_pending)) {
       return;
     }
     if (!replies_.empty() && !send_failed_) return FlushReplies();
     if (phase_ == Phase::kHandshake && hs_sent_ < hs_out_.size() && !send_failed_) {
       return PostHandshakeSend();  // e.g. the ACK of NBD_OPT_ABORT
+    }
+    if (tls_ != nullptr && tls_->ready && !tls_->bye_sent && !send_failed_) {
+      // The protocol: close the TLS session, then the connection (close_notify).
+      tls_->bye_sent = true;
+      tls_->session().Close();
+      tls_->TakeSessionOutput();
+      if (!tls_->unsent().empty()) return PostTlsSend();
     }
     finish_scheduled_ = true;
     reactor_->Defer([this] { Finish(); });
@@ -713,7 +831,9 @@ class ConnectionImpl final : public Connection {
   const NbdServerOptions& options_;  // the host's: read on every request, without a virtual call
   const uint64_t id_;
   const int fd_;
-  Reactor* reactor_;  // the reactor the connection lives on now
+  const bool tls_offered_;  // TCP with --nbd-tls-*: FORCEDTLS
+  const bool check_authz_;  // TCP with --nbd-tls-authz
+  Reactor* reactor_;        // the reactor the connection lives on now
   std::shared_ptr<ConnStats> stats_;
   Phase phase_ = Phase::kHandshake;
   std::atomic<bool> close_requested_{false};
@@ -760,13 +880,16 @@ class ConnectionImpl final : public Connection {
   bool flush_scheduled_ = false;
   iovec iov_[kMaxIov];
   msghdr msg_{};
+
+  // TLS: null until NBD_OPT_STARTTLS (always null on the UNIX socket).
+  std::unique_ptr<TlsChannel> tls_;
 };
 
 }  // namespace
 
 Connection* Connection::Create(ConnectionHost* host, uint64_t id, int fd, Reactor* reactor,
-                               std::shared_ptr<ConnStats> stats) {
-  return new ConnectionImpl(host, id, fd, reactor, std::move(stats));
+                               std::shared_ptr<ConnStats> stats, bool tcp) {
+  return new ConnectionImpl(host, id, fd, reactor, std::move(stats), tcp);
 }
 
 }  // namespace shale::nbd

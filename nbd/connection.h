@@ -60,6 +60,10 @@ class ConnectionHost {
   virtual void ReleaseExport(std::unique_ptr<Export> exp) = 0;
   // Runs `fn` on the worker thread, after what was posted before it.
   virtual void PostToWorker(std::function<void()> fn) = 0;
+  // Runs `fn` on the TLS worker thread (TLS handshakes: computation a reactor must not do).
+  virtual void PostToTlsWorker(std::function<void()> fn) = 0;
+  // The connection `id` proved this TLS identity ("psk:alice", "cn:web").
+  virtual void SetTlsIdentity(uint64_t id, const std::string& identity) = 0;
   // The connection `id` now serves export `name` (for `shale export list`, `volume delete`).
   virtual void SetExportName(uint64_t id, const std::string& name) = 0;
   // The connection is gone: after this nothing touches it (or its fd) from other threads.
@@ -73,9 +77,10 @@ class Connection {
  public:
   // A connection for the accepted socket `fd` (which it owns and closes), registered with `host`
   // as `id`; `stats` is shared with that registry entry. It runs on `reactor` until Start().
+  // `tcp`: accepted on the TCP listener (TLS and authorization apply, when configured).
   // Self-owned: it deletes itself after it has unregistered.
   static Connection* Create(ConnectionHost* host, uint64_t id, int fd, Reactor* reactor,
-                            std::shared_ptr<ConnStats> stats);
+                            std::shared_ptr<ConnStats> stats, bool tcp);
 
   // On the accept reactor: sends the greeting and starts the handshake and its timeout.
   virtual void Start() = 0;

@@ -28,7 +28,8 @@ bool ReadString(std::span<const uint8_t> data, size_t* pos, std::string_view* ou
 
 }  // namespace
 
-Handshake::Handshake(const HandshakeLimits& limits) : limits_(limits) {}
+Handshake::Handshake(const HandshakeLimits& limits, bool tls_required)
+    : limits_(limits), tls_required_(tls_required) {}
 
 size_t Handshake::bytes_wanted() const {
   switch (phase_) {
@@ -79,6 +80,12 @@ size_t Handshake::Consume(std::span<const uint8_t> in, std::string* out) {
           Close("client sent unknown handshake flags " + std::to_string(flags));
           return used;
         }
+        // TLS needs fixed newstyle (the protocol); a server that requires TLS cannot serve a
+        // client without it.
+        if (tls_required_ && !(flags & kClientFlagFixedNewstyle)) {
+          Close("TLS is required and the client does not use fixed newstyle negotiation");
+          return used;
+        }
         no_zeroes_ = flags & kClientFlagNoZeroes;
         phase_ = Phase::kOptionHeader;
         break;
@@ -104,6 +111,7 @@ size_t Handshake::Consume(std::span<const uint8_t> in, std::string* out) {
           const bool known = option_ >= kOptExportName && option_ <= kOptSetMetaContext &&
                              option_ != kOptPeekExport;
           skip_reply_ = known ? kRepErrTooBig : kRepErrUnsup;
+          if (tls_required_ && !tls_active_) skip_reply_ = kRepErrTlsReqd;
           skip_left_ = option_length_;
           phase_ = Phase::kSkip;
         } else {
@@ -124,7 +132,9 @@ size_t Handshake::Consume(std::span<const uint8_t> in, std::string* out) {
         skip_left_ -= n;
         if (skip_left_ > 0) return used;
         Reply(out, skip_reply_,
-              skip_reply_ == kRepErrTooBig ? "option data too long" : "unsupported option");
+              skip_reply_ == kRepErrTooBig    ? "option data too long"
+              : skip_reply_ == kRepErrTlsReqd ? "TLS is required: send NBD_OPT_STARTTLS first"
+                                              : "unsupported option");
         phase_ = Phase::kOptionHeader;
         break;
       }
@@ -133,7 +143,36 @@ size_t Handshake::Consume(std::span<const uint8_t> in, std::string* out) {
   return used;
 }
 
+// FORCEDTLS before STARTTLS: nothing but STARTTLS and ABORT is answered, so nothing about the
+// exports leaks to a client that has not authenticated.
+void Handshake::HandleOptionBeforeTls(std::span<const uint8_t> data, std::string* out) {
+  switch (option_) {
+    case kOptStartTls:
+      if (!data.empty()) return Reply(out, kRepErrInvalid, "NBD_OPT_STARTTLS takes no data");
+      Reply(out, kRepAck);
+      state_ = State::kStartTls;
+      return;
+    case kOptAbort:
+      Reply(out, kRepAck);
+      Close("client aborted the handshake");
+      return;
+    case kOptExportName:
+      // No error reply exists for it: the protocol's answer is a hard disconnect.
+      Close("NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS; TLS is required");
+      return;
+    default:
+      return Reply(out, kRepErrTlsReqd, "TLS is required: send NBD_OPT_STARTTLS first");
+  }
+}
+
+void Handshake::TlsEstablished() {
+  if (state_ != State::kStartTls) return;
+  tls_active_ = true;
+  state_ = State::kReading;
+}
+
 void Handshake::HandleOption(std::span<const uint8_t> data, std::string* out) {
+  if (tls_required_ && !tls_active_) return HandleOptionBeforeTls(data, out);
   switch (option_) {
     case kOptExportName: {
       const std::string_view name = AsText(data);
@@ -158,8 +197,9 @@ void Handshake::HandleOption(std::span<const uint8_t> data, std::string* out) {
       state_ = State::kNeedExportList;
       return;
     case kOptStartTls:
+      if (tls_active_) return Reply(out, kRepErrInvalid, "TLS is already active");
       if (!data.empty()) return Reply(out, kRepErrInvalid, "NBD_OPT_STARTTLS takes no data");
-      return Reply(out, kRepErrUnsup, "TLS is not supported by this server");
+      return Reply(out, kRepErrUnsup, "TLS is not offered on this listener");
     case kOptInfo:
     case kOptGo:
       return HandleInfoOrGo(data, out);
@@ -279,8 +319,10 @@ void Handshake::ProvideExport(const Result<ExportInfo>& info, std::string* out) 
     AppendExportNameReply(out, info->size_bytes, session_.transmission_flags, no_zeroes_);
   } else {
     if (!info.ok()) {
-      const uint32_t type =
-          info.status().code() == StatusCode::kUnavailable ? kRepErrShutdown : kRepErrUnknown;
+      const StatusCode code = info.status().code();
+      const uint32_t type = code == StatusCode::kUnavailable        ? kRepErrShutdown
+                            : code == StatusCode::kPermissionDenied ? kRepErrPolicy
+                                                                    : kRepErrUnknown;
       return Reply(out, type, info.status().message().substr(0, kMaxErrorMessage));
     }
     const uint16_t flags = TransmissionFlags(info->read_only);

@@ -7,6 +7,9 @@
 //   kNeedExport     an option names an export: look export_name() up (off the data path) and
 //                   call ProvideExport() with the result
 //   kNeedExportList NBD_OPT_LIST: call ProvideExportList()
+//   kStartTls       NBD_OPT_STARTTLS acknowledged: send `out`, run the TLS handshake (bytes not
+//                   yet consumed are the client's first TLS records), then call TlsEstablished()
+//                   and go on feeding the decrypted bytes
 //   kDone           transmission phase agreed (NBD_OPT_GO acknowledged or NBD_OPT_EXPORT_NAME
 //                   answered): send `out`, then serve session(); bytes not yet consumed belong
 //                   to the transmission phase
@@ -15,8 +18,11 @@
 // Supported options: EXPORT_NAME, ABORT, LIST, INFO, GO (with NBD_INFO_EXPORT, _NAME,
 // _DESCRIPTION and _BLOCK_SIZE; the block-size constraints are always sent because they are not
 // the protocol's defaults), STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT (the one
-// context base:allocation). STARTTLS gets NBD_REP_ERR_UNSUP (no TLS), every other option
-// NBD_REP_ERR_UNSUP; malformed ones NBD_REP_ERR_INVALID; options longer than
+// context base:allocation). Without TLS, STARTTLS gets NBD_REP_ERR_UNSUP; with `tls_required`
+// the machine runs the protocol's FORCEDTLS mode: before TLS every option but STARTTLS and
+// ABORT gets NBD_REP_ERR_TLS_REQD (EXPORT_NAME, which has no error reply, and a client without
+// fixed newstyle are disconnected), after it a second STARTTLS gets NBD_REP_ERR_INVALID. Every
+// other option gets NBD_REP_ERR_UNSUP; malformed ones NBD_REP_ERR_INVALID; options longer than
 // max_option_length are skipped and get NBD_REP_ERR_TOO_BIG. Hard disconnects (kClosed) only
 // where the protocol leaves no other way: unknown client flags, a bad option magic, an
 // NBD_OPT_EXPORT_NAME that cannot be satisfied, or more than max_options options.
@@ -68,9 +74,10 @@ struct Session {
 
 class Handshake {
  public:
-  enum class State { kReading, kNeedExport, kNeedExportList, kDone, kClosed };
+  enum class State { kReading, kNeedExport, kNeedExportList, kStartTls, kDone, kClosed };
 
-  explicit Handshake(const HandshakeLimits& limits);
+  // `tls_required`: FORCEDTLS mode (the connection can run TLS and must).
+  explicit Handshake(const HandshakeLimits& limits, bool tls_required = false);
   Handshake(const Handshake&) = delete;
   Handshake& operator=(const Handshake&) = delete;
 
@@ -84,10 +91,13 @@ class Handshake {
 
   // In kNeedExport: the result of looking up export_name(). NotFound (and any lookup error) is
   // NBD_REP_ERR_UNKNOWN for INFO/GO and a hard disconnect for EXPORT_NAME; Unavailable is
-  // NBD_REP_ERR_SHUTDOWN.
+  // NBD_REP_ERR_SHUTDOWN; PermissionDenied (the client may not open it) NBD_REP_ERR_POLICY.
   void ProvideExport(const Result<ExportInfo>& info, std::string* out);
-  // In kNeedExportList: the names of every export.
+  // In kNeedExportList: the names of every export (the client may see).
   void ProvideExportList(const std::vector<std::string>& names, std::string* out);
+  // In kStartTls: the TLS handshake succeeded; negotiation goes on inside TLS.
+  void TlsEstablished();
+  bool tls_active() const { return tls_active_; }
 
   State state() const { return state_; }
   const std::string& export_name() const { return pending_name_; }
@@ -104,6 +114,7 @@ class Handshake {
   enum class Phase { kClientFlags, kOptionHeader, kOptionData, kSkip };
 
   void HandleOption(std::span<const uint8_t> data, std::string* out);
+  void HandleOptionBeforeTls(std::span<const uint8_t> data, std::string* out);
   void HandleInfoOrGo(std::span<const uint8_t> data, std::string* out);
   void HandleMetaContext(std::span<const uint8_t> data, std::string* out);
   void Reply(std::string* out, uint32_t type, std::string_view payload = {});
@@ -111,6 +122,8 @@ class Handshake {
   uint16_t TransmissionFlags(bool read_only) const;
 
   const HandshakeLimits limits_;
+  const bool tls_required_;
+  bool tls_active_ = false;
   State state_ = State::kReading;
   Phase phase_ = Phase::kClientFlags;
   bool no_zeroes_ = false;

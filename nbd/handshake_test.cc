@@ -59,8 +59,9 @@ std::vector<Reply> ParseReplies(const std::string& out) {
 // A handshake after the client flags, with exports "vol" (1 MiB) and "ro" (read-only).
 class HandshakeTest : public ::testing::Test {
  protected:
-  explicit HandshakeTest(uint32_t client_flags = kClientFlagFixedNewstyle | kClientFlagNoZeroes)
-      : hs_(Limits()) {
+  explicit HandshakeTest(uint32_t client_flags = kClientFlagFixedNewstyle | kClientFlagNoZeroes,
+                         bool tls_required = false)
+      : hs_(Limits(), tls_required) {
     std::string out;
     const std::string flags = U32(client_flags);
     EXPECT_EQ(hs_.Consume(AsBytes(flags), &out), 4u);
@@ -101,6 +102,10 @@ class HandshakeTest : public ::testing::Test {
         case Handshake::State::kNeedExportList:
           hs_.ProvideExportList({"ro", "vol"}, &out);
           break;
+        case Handshake::State::kStartTls:
+          ++starttls_;
+          leftover_ = std::string(reinterpret_cast<const char*>(in.data()), in.size());
+          return out;
         default:
           leftover_ = std::string(reinterpret_cast<const char*>(in.data()), in.size());
           return out;
@@ -110,6 +115,7 @@ class HandshakeTest : public ::testing::Test {
 
   Handshake hs_;
   int lookups_ = 0;
+  int starttls_ = 0;
   std::string leftover_;
 };
 
@@ -398,6 +404,83 @@ TEST(Handshake, OutputIsBoundedPerConsume) {
   EXPECT_LT(used, input.size());
   EXPECT_LE(out.size(), Handshake::kOutputHighWater + kOptionReplyHeaderSize);
   EXPECT_EQ(hs.state(), Handshake::State::kReading);
+}
+
+// FORCEDTLS (shaled with --nbd-tls-*): nothing but STARTTLS and ABORT before TLS.
+class ForcedTlsHandshakeTest : public HandshakeTest {
+ protected:
+  ForcedTlsHandshakeTest()
+      : HandshakeTest(kClientFlagFixedNewstyle | kClientFlagNoZeroes, /*tls_required=*/true) {}
+};
+
+TEST_F(ForcedTlsHandshakeTest, EveryOptionBeforeStartTlsGetsTlsRequired) {
+  const std::vector<Reply> r =
+      ParseReplies(Run(Opt(kOptList) + Opt(kOptGo, GoData("vol")) + Opt(kOptInfo, GoData("vol")) +
+                       Opt(kOptStructuredReply) + Opt(kOptListMetaContext, MetaData("vol", {})) +
+                       Opt(42, "x") + Opt(kOptInfo, std::string(5000, 'a'))));
+  ASSERT_EQ(r.size(), 7u);
+  for (const Reply& reply : r) EXPECT_EQ(reply.type, kRepErrTlsReqd) << reply.option;
+  EXPECT_EQ(lookups_, 0) << "no export was looked up, listed or described";
+  EXPECT_EQ(hs_.state(), Handshake::State::kReading);
+  EXPECT_FALSE(hs_.tls_active());
+}
+
+TEST_F(ForcedTlsHandshakeTest, StartTlsIsAcknowledgedAndNegotiationContinuesInsideTls) {
+  std::vector<Reply> r = ParseReplies(Run(Opt(kOptStartTls, "x") + Opt(kOptStartTls) + "\x16\x03"));
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[0].type, kRepErrInvalid) << "STARTTLS takes no data";
+  EXPECT_EQ(r[1].option, kOptStartTls);
+  EXPECT_EQ(r[1].type, kRepAck);
+  ASSERT_EQ(hs_.state(), Handshake::State::kStartTls);
+  EXPECT_EQ(starttls_, 1);
+  EXPECT_EQ(leftover_, "\x16\x03") << "bytes after STARTTLS are the client's TLS records";
+  hs_.TlsEstablished();
+  EXPECT_TRUE(hs_.tls_active());
+  r = ParseReplies(Run(Opt(kOptStartTls) + Opt(kOptList) + Opt(kOptGo, GoData("vol"))));
+  ASSERT_EQ(r.size(), 7u);
+  EXPECT_EQ(r[0].type, kRepErrInvalid) << "a second STARTTLS";
+  EXPECT_EQ(r[1].type, kRepServer);
+  EXPECT_EQ(r[3].type, kRepAck);
+  EXPECT_EQ(r[4].type, kRepInfo);
+  EXPECT_EQ(r[6].type, kRepAck);
+  EXPECT_EQ(hs_.state(), Handshake::State::kDone);
+}
+
+TEST_F(ForcedTlsHandshakeTest, ExportNameBeforeTlsDisconnectsAndAbortIsAcknowledged) {
+  Run(Opt(kOptExportName, "vol"));
+  EXPECT_EQ(hs_.state(), Handshake::State::kClosed);
+  EXPECT_EQ(lookups_, 0);
+  Handshake other(Limits(), /*tls_required=*/true);
+  std::string out;
+  const std::string flags = U32(kClientFlagFixedNewstyle);
+  other.Consume(AsBytes(flags), &out);
+  const std::string abort = Opt(kOptAbort);
+  other.Consume(AsBytes(abort), &out);
+  const std::vector<Reply> r = ParseReplies(out);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].type, kRepAck);
+  EXPECT_EQ(other.state(), Handshake::State::kClosed);
+}
+
+TEST(ForcedTlsHandshake, ClientWithoutFixedNewstyleIsDisconnected) {
+  Handshake hs(HandshakeLimits{}, /*tls_required=*/true);
+  std::string out;
+  const std::string flags = U32(kClientFlagNoZeroes);
+  hs.Consume({reinterpret_cast<const uint8_t*>(flags.data()), flags.size()}, &out);
+  EXPECT_EQ(hs.state(), Handshake::State::kClosed);
+  EXPECT_NE(hs.close_reason().find("fixed newstyle"), std::string::npos);
+}
+
+TEST_F(HandshakeTest, ForbiddenExportGetsPolicyErrorAndTheHandshakeGoesOn) {
+  std::string out;
+  const std::string go = Opt(kOptGo, GoData("secret"));
+  hs_.Consume(AsBytes(go), &out);
+  ASSERT_EQ(hs_.state(), Handshake::State::kNeedExport);
+  hs_.ProvideExport(Status::PermissionDenied("not allowed"), &out);
+  const std::vector<Reply> r = ParseReplies(out);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].type, kRepErrPolicy);
+  EXPECT_EQ(hs_.state(), Handshake::State::kReading);
 }
 
 }  // namespace

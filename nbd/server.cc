@@ -103,7 +103,7 @@ std::string FormatAddress(const sockaddr_storage& addr) {
 // Runs blocking work (export lookups, export releases) off the reactors, in posting order.
 class Worker {
  public:
-  Worker() : thread_([this] { Run(); }) {}
+  explicit Worker(const char* name) : name_(name), thread_([this] { Run(); }) {}
   ~Worker() { Stop(); }
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -128,7 +128,7 @@ class Worker {
 
  private:
   void Run() {
-    pthread_setname_np(pthread_self(), "nbd-worker");
+    pthread_setname_np(pthread_self(), name_);
     std::unique_lock lock(mu_);
     while (true) {
       cv_.wait(lock, [this] { return stop_ || !tasks_.empty(); });
@@ -141,6 +141,7 @@ class Worker {
     }
   }
 
+  const char* const name_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> tasks_;
@@ -166,6 +167,7 @@ class NbdServer::Core final : public ConnectionHost {
   void Stop();
 
   std::string tcp_address() const { return tcp_bound_; }
+  std::vector<NbdListenerInfo> Listeners() const;
   const std::string& unix_socket() const { return options_.unix_socket; }
   std::string ExportUri(std::string_view name) const;
   unsigned max_connections() const { return options_.max_connections; }
@@ -185,6 +187,8 @@ class NbdServer::Core final : public ConnectionHost {
   std::vector<std::string> ListExports() override { return resolver_->List(); }
   void ReleaseExport(std::unique_ptr<Export> exp) override;
   void PostToWorker(std::function<void()> fn) override { worker_->Post(std::move(fn)); }
+  void PostToTlsWorker(std::function<void()> fn) override { tls_worker_->Post(std::move(fn)); }
+  void SetTlsIdentity(uint64_t id, const std::string& identity) override;
   void SetExportName(uint64_t id, const std::string& name) override;
   void Unregister(uint64_t id) override;
 
@@ -204,6 +208,7 @@ class NbdServer::Core final : public ConnectionHost {
   std::string tcp_bound_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::unique_ptr<Worker> worker_;
+  std::unique_ptr<Worker> tls_worker_;  // TLS handshakes (only with options_.tls)
   std::atomic<bool> stopping_{false};
   bool started_ = false;
   bool stopped_ = false;
@@ -322,6 +327,12 @@ Status NbdServer::Core::Start() {
   if (options_.max_connections == 0 || options_.max_requests_in_flight == 0) {
     return Status::InvalidArgument("NBD connection and request limits must be at least 1");
   }
+  if (options_.tls != nullptr && !options_.tls->CanServe(tls::Role::kServer)) {
+    return Status::InvalidArgument("NBD TLS credentials are not server credentials");
+  }
+  if (options_.authz != nullptr && options_.tls == nullptr) {
+    return Status::InvalidArgument("NBD export authorization needs TLS on the TCP listener");
+  }
   // Every socket operation is an SQE: make sure the kernel has them all.
   Reactor* acceptor = reactors_.front();
   Status probe;
@@ -383,7 +394,8 @@ Status NbdServer::Core::Start() {
       return st;
     }
   }
-  worker_ = std::make_unique<Worker>();
+  worker_ = std::make_unique<Worker>("nbd-worker");
+  if (options_.tls != nullptr) tls_worker_ = std::make_unique<Worker>("nbd-tls");
   listeners_running_ = static_cast<int>(fds.size());
   for (const auto& [fd, tcp] : fds) {
     listeners_.push_back(std::make_unique<Listener>(this, acceptor, fd, tcp));
@@ -392,9 +404,16 @@ Status NbdServer::Core::Start() {
     for (auto& l : listeners_) l->Arm();
   });
   started_ = true;
-  SHALE_LOG_INFO("nbd server listening", {"tcp", tcp_bound_.empty() ? "-" : tcp_bound_},
-                 {"unix", options_.unix_socket.empty() ? "-" : options_.unix_socket},
-                 {"max_connections", options_.max_connections});
+  for (const NbdListenerInfo& l : Listeners()) {
+    std::string access = "socket mode 0600 (owner only)";
+    if (l.transport == "tcp") {
+      access = l.tls.empty() ? "no TLS: open to anyone who can connect"
+                             : "TLS required: " + options_.tls->Describe();
+      if (l.authz) access += ", per-export authorization";
+    }
+    SHALE_LOG_INFO("nbd listener open", {"transport", l.transport}, {"address", l.address},
+                   {"access", access}, {"max_connections", options_.max_connections});
+  }
   return Status::Ok();
 }
 
@@ -435,7 +454,7 @@ void NbdServer::Core::OnAccepted(Reactor* reactor, int fd, const sockaddr_storag
     }
     const uint64_t id = next_id_++;
     auto stats = std::make_shared<ConnStats>();
-    conn = Connection::Create(this, id, fd, reactor, stats);
+    conn = Connection::Create(this, id, fd, reactor, stats, tcp);
     Entry& e = conns_[id];
     e.conn = conn;
     e.stats = std::move(stats);
@@ -480,6 +499,29 @@ void NbdServer::Core::SetExportName(uint64_t id, const std::string& name) {
   if (it != conns_.end()) it->second.info.export_name = name;
 }
 
+void NbdServer::Core::SetTlsIdentity(uint64_t id, const std::string& identity) {
+  std::lock_guard lock(mu_);
+  auto it = conns_.find(id);
+  if (it != conns_.end()) it->second.info.tls = identity;
+}
+
+std::vector<NbdListenerInfo> NbdServer::Core::Listeners() const {
+  std::vector<NbdListenerInfo> out;
+  if (!tcp_bound_.empty()) {
+    NbdListenerInfo l{.transport = "tcp", .address = tcp_bound_};
+    if (options_.tls != nullptr) {
+      l.tls = options_.tls->kind() == tls::CredentialKind::kPsk ? "psk" : "x509";
+      l.client_certificates = options_.tls->requires_peer_certificate();
+      l.authz = options_.authz != nullptr;
+    }
+    out.push_back(std::move(l));
+  }
+  if (!options_.unix_socket.empty()) {
+    out.push_back({.transport = "unix", .address = options_.unix_socket});
+  }
+  return out;
+}
+
 void NbdServer::Core::Unregister(uint64_t id) {
   std::lock_guard lock(mu_);
   conns_.erase(id);
@@ -520,12 +562,15 @@ void NbdServer::Core::Stop() {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [this] { return conns_.empty(); });
   }
+  if (tls_worker_) tls_worker_->Stop();
   worker_->Stop();  // runs the last export releases
   SHALE_LOG_INFO("nbd server stopped");
 }
 
 std::string NbdServer::Core::ExportUri(std::string_view name) const {
-  if (!tcp_bound_.empty()) return "nbd://" + tcp_bound_ + "/" + std::string(name);
+  if (!tcp_bound_.empty()) {
+    return (options_.tls != nullptr ? "nbds://" : "nbd://") + tcp_bound_ + "/" + std::string(name);
+  }
   if (!options_.unix_socket.empty()) {
     return "nbd+unix:///" + std::string(name) + "?socket=" + options_.unix_socket;
   }
@@ -592,6 +637,7 @@ NbdServer::~NbdServer() { Stop(); }
 Status NbdServer::Start() { return core_->Start(); }
 void NbdServer::Stop() { core_->Stop(); }
 std::string NbdServer::tcp_address() const { return core_->tcp_address(); }
+std::vector<NbdListenerInfo> NbdServer::Listeners() const { return core_->Listeners(); }
 const std::string& NbdServer::unix_socket() const { return core_->unix_socket(); }
 std::string NbdServer::ExportUri(std::string_view name) const { return core_->ExportUri(name); }
 unsigned NbdServer::max_connections() const { return core_->max_connections(); }

@@ -17,6 +17,13 @@
 // looking an export up (which may block on the engine's control lock) happens on the server's
 // worker thread, never on a reactor, as does releasing an export.
 //
+// TLS (docs/security.md): with `tls` set, every TCP client must negotiate NBD_OPT_STARTTLS
+// (FORCEDTLS); the TLS handshake's computation runs on a TLS worker thread, the record layer on
+// the connection's reactor over memory buffers (tls::Session), decrypting at most a receive
+// buffer and encrypting at most kTlsSendBudget per turn, so one fast client cannot hold a
+// reactor. The handshake timeout bounds the TLS handshake too. `authz` limits which exports a
+// TLS client may open and list.
+//
 // Threading: Start/Stop/WithExportClosed from control threads; Clients/ExportUri/addresses
 // from any thread.
 #pragma once
@@ -31,8 +38,10 @@
 
 #include "engine/common/status.h"
 #include "engine/common/units.h"
+#include "nbd/authz.h"
 #include "nbd/export.h"
 #include "nbd/handshake.h"
+#include "tls/credentials.h"
 
 namespace shale {
 class Reactor;
@@ -41,13 +50,12 @@ class Reactor;
 namespace shale::nbd {
 
 inline constexpr uint16_t kDefaultNbdPort = 10809;
-inline constexpr char kDefaultNbdListen[] = "127.0.0.1:10809";
 inline constexpr char kNbdSocketName[] = "nbd.sock";
 
 struct NbdServerOptions {
   // TCP address to listen on: "IPv4:PORT", "[IPv6]:PORT" or "localhost:PORT"; port 0 picks a
-  // free one (see tcp_address()). Empty: no TCP listener.
-  std::string tcp_address = kDefaultNbdListen;
+  // free one (see tcp_address()). Empty (the default): no TCP listener.
+  std::string tcp_address;
   // UNIX socket path (created mode 0600; the caller removes stale files). Empty: none.
   std::string unix_socket;
   unsigned max_connections = 128;  // beyond it new connections are closed at once
@@ -56,6 +64,21 @@ struct NbdServerOptions {
   uint32_t max_requests_in_flight = 256;
   uint64_t max_bytes_in_flight = 64 * kMiB;  // at least one request of max_block always fits
   HandshakeLimits handshake;
+  // TLS on the TCP listener: null serves plain TCP. Server credentials (tls::Credentials).
+  // The UNIX socket never uses TLS: its mode (0600) is its access control.
+  std::shared_ptr<const tls::Credentials> tls;
+  // Which exports TLS clients may open and list (null: all). Needs `tls`; TCP clients without
+  // TLS identity get nothing when it is set.
+  std::shared_ptr<const ExportAuthz> authz;
+};
+
+// A listener, for `shale status` and the startup log.
+struct NbdListenerInfo {
+  std::string transport;             // "tcp" or "unix"
+  std::string address;               // "127.0.0.1:10809" as bound, or the socket path
+  std::string tls;                   // "x509", "psk", or "" (none)
+  bool client_certificates = false;  // X.509: clients must present a certificate of the CA
+  bool authz = false;                // per-export authorization applies
 };
 
 // One client connection, for `shale export list` and `shale volume show`.
@@ -64,6 +87,7 @@ struct NbdClientInfo {
   std::string transport;    // "tcp" or "unix"
   std::string peer;         // "127.0.0.1:41234", "pid 1234"
   std::string export_name;  // empty while the handshake is in progress
+  std::string tls;          // TLS clients: the identity they proved ("psk:alice", "cn:web")
   uint64_t connected_unix_ns = 0;
   uint64_t requests = 0;  // requests replied to
   uint64_t bytes_read = 0;
@@ -91,9 +115,11 @@ class NbdServer {
 
   // "127.0.0.1:10809" as bound (the real port when 0 was asked); empty without TCP.
   std::string tcp_address() const;
+  // The listeners, TCP first (valid after Start()).
+  std::vector<NbdListenerInfo> Listeners() const;
   const std::string& unix_socket() const;
-  // How a client reaches an export: "nbd://127.0.0.1:10809/NAME", or with only the UNIX
-  // socket "nbd+unix:///NAME?socket=PATH".
+  // How a client reaches an export: "nbd://127.0.0.1:10809/NAME" ("nbds://" with TLS), or
+  // with only the UNIX socket "nbd+unix:///NAME?socket=PATH".
   std::string ExportUri(std::string_view name) const;
   unsigned max_connections() const;
 

@@ -88,18 +88,8 @@ bool PollUntil(const std::function<bool()>& done, std::chrono::milliseconds time
 class RawClient {
  public:
   static std::unique_ptr<RawClient> Tcp(const std::string& address) {
-    const size_t colon = address.rfind(':');
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
-    inet_pton(AF_INET, address.substr(0, colon).c_str(), &a.sin_addr);
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-      close(fd);
-      return nullptr;
-    }
-    const int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    const int fd = wire_testing::ConnectTcp(address, 0);
+    if (fd < 0) return nullptr;
     return std::unique_ptr<RawClient>(new RawClient(fd));
   }
   static std::unique_ptr<RawClient> Unix(const std::string& path) {

@@ -1,13 +1,18 @@
 // Test-only helpers for speaking raw NBD bytes over a socket: big-endian encoders/decoders on
-// std::string and blocking send/receive of exact byte counts.
+// std::string, a TCP connect with timeouts, and blocking send/receive of exact byte counts.
 //
 // Header-only and self-contained (no link to shale_nbd_protocol), so the NBD unit tests and the
 // end-to-end raw client (tests/e2e/nbd_raw_client.h) share one implementation, and it stays an
 // encoder independent of the server's own codec.
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstddef>
@@ -47,6 +52,32 @@ inline bool SendAll(int fd, const std::string& bytes) {
     sent += static_cast<size_t>(n);
   }
   return true;
+}
+
+// A blocking TCP connection to "IPv4:PORT" with TCP_NODELAY and, unless 0, send and receive
+// timeouts of `timeout_s` seconds (so a broken server fails a test instead of hanging it); -1
+// when the address is malformed or nothing answers.
+inline int ConnectTcp(const std::string& address, int timeout_s = 20) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return -1;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &a.sin_addr) != 1) return -1;
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (timeout_s > 0) {
+    const timeval tv{timeout_s, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  }
+  return fd;
 }
 
 // Exactly `n` bytes, or nullopt on EOF, error or receive timeout. EINTR is retried: io_uring

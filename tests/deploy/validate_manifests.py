@@ -1072,8 +1072,9 @@ class ManifestTest(unittest.TestCase):
                 a = ENV_REF.sub(lambda m: values[m.group(1)], a)
                 a = a.replace("unix:///csi/csi.sock", f"unix://{tmp}/csi.sock")
                 args.append(a.replace("/var/lib/shale", f"{tmp}/data"))
-            # Tests run in parallel: no fixed NBD port.
-            cmd = [ARGS.shaled] + args + ["--nbd-listen=127.0.0.1:0", "--default-pool-size=64M"]
+            # The DaemonSet's arguments as they are: no NBD TCP listener (shaled's default; the
+            # CSI node attaches through the UNIX socket), so parallel tests cannot collide.
+            cmd = [ARGS.shaled] + args + ["--default-pool-size=64M"]
             log_path = f"{tmp}/shaled.log"
             with open(log_path, "w") as log:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=log)

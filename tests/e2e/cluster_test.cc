@@ -169,7 +169,7 @@ TEST_F(ClusterE2eTest, BadClusterFlagsAreRefused) {
   const std::string good_secret = WriteSecret(h.root(), 0600);
   auto run = [&](std::vector<std::string> flags) {
     std::vector<std::string> argv = {
-        ShaledBinary(),        "--data-dir", data, "--nbd-listen", "127.0.0.1:0", "--log-file", log,
+        ShaledBinary(),        "--data-dir", data, "--nbd-listen", "none", "--log-file", log,
         "--default-pool-size", "1G"};
     argv.insert(argv.end(), flags.begin(), flags.end());
     RunOptions options;

@@ -325,9 +325,19 @@ pid_t Harness::Spawn(const std::vector<std::string>& argv, const std::string& cw
 
 bool Harness::StartDaemon(const std::vector<std::string>& extra) {
   std::vector<std::string> args = {"--data-dir", data_dir(), "--default-pool-size", "1G"};
-  if (std::find(extra.begin(), extra.end(), "--nbd-listen") == extra.end()) {
+  const auto has = [&](const char* flag) {
+    return std::find(extra.begin(), extra.end(), flag) != extra.end();
+  };
+  const auto listen = std::find(extra.begin(), extra.end(), "--nbd-listen");
+  const bool tls = has("--nbd-tls-x509-dir") || has("--nbd-tls-psk-file");
+  if (listen == extra.end()) {
     args.insert(args.end(), {"--nbd-listen", "127.0.0.1:0"});
   }
+  // Plain TCP is asked for explicitly (shaled refuses it otherwise) unless the test set up TLS
+  // or turned TCP off.
+  const bool tcp_off =
+      listen != extra.end() && listen + 1 != extra.end() && *(listen + 1) == "none";
+  if (!tls && !tcp_off && !has("--nbd-insecure-tcp")) args.push_back("--nbd-insecure-tcp");
   args.insert(args.end(), extra.begin(), extra.end());
   return StartDaemonRaw(args, endpoint());
 }

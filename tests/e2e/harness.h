@@ -103,8 +103,10 @@ class Harness {
 
   // Starts shaled with --data-dir data_dir() --default-pool-size 1G plus `extra` and waits until
   // it answers. Unless `extra` says otherwise, the NBD server listens on 127.0.0.1:0 (a free
-  // port: ctest runs tests in parallel); NbdAddress() tells where. False (with the test failure
-  // recorded) if it exits or does not answer in time.
+  // port: ctest runs tests in parallel); NbdAddress() tells where. shaled serves TCP only when
+  // asked (docs/security.md): the harness asks for plain TCP explicitly (--nbd-insecure-tcp)
+  // unless `extra` configures TLS (--nbd-tls-*) or turns TCP off (--nbd-listen none). False
+  // (with the test failure recorded) if it exits or does not answer in time.
   [[nodiscard]] bool StartDaemon(const std::vector<std::string>& extra = {});
   // Starts shaled with exactly `args` in `cwd` (default: root) and waits until `shale status`
   // answers on `endpoint`.

@@ -208,8 +208,9 @@ TEST(NbdCli, PortInUseIsAClearStartupError) {
   ASSERT_TRUE(a.StartDaemon());
   const std::string taken = a.NbdAddress();
   Harness b;
-  CommandResult r = RunProcess({ShaledBinary(), "--data-dir", b.data_dir(), "--default-pool-size",
-                                "1G", "--nbd-listen", taken, "--log-file", b.root() + "/log"});
+  CommandResult r =
+      RunProcess({ShaledBinary(), "--data-dir", b.data_dir(), "--default-pool-size", "1G",
+                  "--nbd-listen", taken, "--nbd-insecure-tcp", "--log-file", b.root() + "/log"});
   ExpectOneLineError(r, "cannot listen for NBD on " + taken, "shaled: ");
   EXPECT_NE(r.err.find("--nbd-listen"), std::string::npos) << r.Describe();
 }

@@ -30,19 +30,8 @@ class NbdRawClient {
 
   // "127.0.0.1:10809".
   static std::unique_ptr<NbdRawClient> Tcp(const std::string& address) {
-    const size_t colon = address.rfind(':');
-    if (colon == std::string::npos) return nullptr;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
-    if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &a.sin_addr) != 1) return nullptr;
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-      close(fd);
-      return nullptr;
-    }
-    const int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    const int fd = nbd::wire_testing::ConnectTcp(address, 0);
+    if (fd < 0) return nullptr;
     return std::unique_ptr<NbdRawClient>(new NbdRawClient(fd));
   }
   static std::unique_ptr<NbdRawClient> Unix(const std::string& path) {

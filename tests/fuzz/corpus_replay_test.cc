@@ -35,7 +35,7 @@ std::map<std::string, std::vector<uint8_t>> LoadSeeds() {
 
 // Runs a seed's handshake (after its chunking byte) with the fuzz target's fake exports.
 Handshake::State Negotiate(const std::vector<uint8_t>& seed, Session* session) {
-  Handshake hs(HandshakeLimits{});
+  Handshake hs(HandshakeLimits{}, /*tls_required=*/(seed[0] & 0x80) != 0);
   std::string out;
   std::span<const uint8_t> in(seed.data() + 1, seed.size() - 1);
   while (true) {
@@ -56,6 +56,9 @@ Handshake::State Negotiate(const std::vector<uint8_t>& seed, Session* session) {
         break;
       case Handshake::State::kNeedExportList:
         hs.ProvideExportList({"vol", "ro"}, &out);
+        break;
+      case Handshake::State::kStartTls:
+        hs.TlsEstablished();  // as if the TLS handshake succeeded
         break;
       default:
         *session = hs.session();
@@ -80,6 +83,16 @@ TEST(NbdProtocolCorpus, SeedsReachTheStatesTheyAreFor) {
   EXPECT_EQ(Negotiate(seeds.at("info_list_meta"), &s), Handshake::State::kClosed);  // ABORT
   EXPECT_EQ(Negotiate(seeds.at("bad_option_magic"), &s), Handshake::State::kClosed);
   EXPECT_EQ(Negotiate(seeds.at("unknown_client_flags"), &s), Handshake::State::kClosed);
+  // FORCEDTLS seeds.
+  EXPECT_EQ(Negotiate(seeds.at("tls_starttls_then_go"), &s), Handshake::State::kDone);
+  EXPECT_TRUE(s.structured_replies);
+  EXPECT_EQ(Negotiate(seeds.at("tls_options_before_starttls"), &s), Handshake::State::kDone);
+  EXPECT_TRUE(s.params.transmission_flags & kTxReadOnly);
+  EXPECT_EQ(Negotiate(seeds.at("tls_export_name_before_starttls"), &s), Handshake::State::kClosed);
+  EXPECT_EQ(Negotiate(seeds.at("tls_starttls_twice"), &s), Handshake::State::kDone);
+  EXPECT_TRUE(s.via_export_name);
+  EXPECT_EQ(Negotiate(seeds.at("tls_abort_before_starttls"), &s), Handshake::State::kClosed);
+  EXPECT_EQ(Negotiate(seeds.at("tls_without_fixed_newstyle"), &s), Handshake::State::kClosed);
 }
 
 TEST(NbdProtocolCorpus, EverySeedRunsClean) {

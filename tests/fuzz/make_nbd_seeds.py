@@ -2,7 +2,8 @@
 """Writes the seed corpus of nbd_protocol_fuzz (tests/fuzz/corpus/nbd_protocol/).
 
 Each seed is what a client sends on a fresh connection, preceded by one byte that the fuzz
-target uses to choose how many bytes arrive per read (byte % 64 + 1). The fake server knows the
+target uses to choose how many bytes arrive per read (byte % 64 + 1) and, with its top bit,
+whether the server requires TLS (FORCEDTLS). The fake server knows the
 exports "vol" (read-write, 1 MiB) and "ro" (read-only). Re-run after changing the seeds:
     tests/fuzz/make_nbd_seeds.py
 """
@@ -15,6 +16,7 @@ REQ_MAGIC = 0x25609513
 READ, WRITE, DISC, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS = range(8)
 FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO = 1, 2, 4, 8, 16
 INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 1, 2, 3
+TLS = 0x80  # first byte: the server requires TLS (FORCEDTLS)
 
 
 def client_flags(flags=3):
@@ -101,6 +103,18 @@ SEEDS = {
     + struct.pack(">IHHQQI", 0x12345678, 0, READ, 1, 0, 512),
     "write_payload_skip": bytes([63]) + client_flags() + opt(STRUCTURED) + go("vol")
     + req(WRITE, 1 << 20, 4096) + req(WRITE, 3, 4096) + req(READ, 0, 512) + req(DISC),
+    # FORCEDTLS (first byte's top bit): options before STARTTLS get NBD_REP_ERR_TLS_REQD, then
+    # STARTTLS, then negotiation "inside TLS".
+    "tls_starttls_then_go": bytes([TLS | 63]) + client_flags() + opt(STARTTLS) + opt(STRUCTURED)
+    + go("vol", (INFO_BLOCK_SIZE,)) + req(READ, 0, 4096) + req(DISC),
+    "tls_options_before_starttls": bytes([TLS | 7]) + client_flags() + opt(LIST) + go("vol")
+    + go("vol", option=INFO) + opt(STRUCTURED) + meta(LIST_META, "vol", []) + opt(42, b"x")
+    + opt(INFO, b"a" * 5000) + opt(STARTTLS) + opt(LIST) + go("ro"),
+    "tls_export_name_before_starttls": bytes([TLS | 63]) + client_flags() + opt(EXPORT_NAME, b"vol"),
+    "tls_starttls_twice": bytes([TLS | 3]) + client_flags() + opt(STARTTLS, b"x") + opt(STARTTLS)
+    + opt(STARTTLS) + opt(EXPORT_NAME, b"vol") + req(WRITE, 0, 512) + b"\0" * 512,
+    "tls_abort_before_starttls": bytes([TLS | 63]) + client_flags() + opt(ABORT),
+    "tls_without_fixed_newstyle": bytes([TLS | 63]) + client_flags(2) + opt(STARTTLS),
 }
 
 

@@ -1,7 +1,12 @@
 // libFuzzer target for the NBD protocol codec (nbd/protocol.h, nbd/handshake.h).
 //
 // The input is what a client sends on a fresh connection, preceded by one byte that sets how
-// many bytes arrive per read (1..64), so partial headers and options are exercised too. The
+// many bytes arrive per read (1..64, its low six bits), so partial headers and options are
+// exercised too, and whether the server requires TLS (its top bit: FORCEDTLS, as shaled's TCP
+// listener with --nbd-tls-*). In that mode nothing may be looked up or listed before
+// NBD_OPT_STARTTLS, every reply before it must be NBD_REP_ERR_TLS_REQD, NBD_REP_ACK (STARTTLS,
+// ABORT) or NBD_REP_ERR_INVALID (STARTTLS with data); at STARTTLS the target plays a completed
+// TLS handshake and the rest of the input is what the client sends inside TLS. The
 // handshake machine negotiates against two fake exports ("vol", read-write, and "ro",
 // read-only; any other name is unknown); once it reaches the transmission phase, the rest of
 // the input is parsed as requests, each checked by CheckRequest and answered by the reply
@@ -80,6 +85,20 @@ void CheckHandshakeOutput(const std::string& out, const Handshake& hs) {
     return;
   }
   FUZZ_CHECK(WalkOptionReplies(p, kGreetingSize, size));
+}
+
+// FORCEDTLS before STARTTLS: the option replies in `out` (after the greeting) say nothing but
+// "TLS required", acknowledge STARTTLS or ABORT, or refuse a malformed STARTTLS.
+void CheckRepliesBeforeTls(const std::string& out) {
+  const auto* p = reinterpret_cast<const uint8_t*>(out.data());
+  for (size_t pos = kGreetingSize; pos + kOptionReplyHeaderSize <= out.size();) {
+    const uint32_t option = GetU32(p + pos + 8);
+    const uint32_t type = GetU32(p + pos + 12);
+    FUZZ_CHECK(type == kRepErrTlsReqd ||
+               (type == kRepAck && (option == kOptStartTls || option == kOptAbort)) ||
+               (type == kRepErrInvalid && option == kOptStartTls));
+    pos += kOptionReplyHeaderSize + GetU32(p + pos + 16);
+  }
 }
 
 // The transmission phase: parse requests, check them, encode replies.
@@ -164,13 +183,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace shale::nbd;  // NOLINT(google-build-using-namespace)
   if (size == 0) return 0;
   const size_t chunk = data[0] % 64 + 1;
+  const bool tls_required = (data[0] & 0x80) != 0;
   ++data;
   --size;
 
   HandshakeLimits limits;
   limits.max_option_length = 4096;  // small, so the fuzzer reaches the skip path too
   limits.max_options = 64;
-  Handshake hs(limits);
+  Handshake hs(limits, tls_required);
   std::string out;
   AppendGreeting(&out);
   std::vector<uint8_t> buf;
@@ -178,6 +198,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   while (true) {
     const Handshake::State state = hs.state();
     if (state == Handshake::State::kDone || state == Handshake::State::kClosed) break;
+    // FORCEDTLS: no export is looked up or listed before TLS.
+    if (state == Handshake::State::kNeedExport || state == Handshake::State::kNeedExportList) {
+      FUZZ_CHECK(!tls_required || hs.tls_active());
+    }
+    if (state == Handshake::State::kStartTls) {
+      FUZZ_CHECK(tls_required && !hs.tls_active());
+      CheckRepliesBeforeTls(out);
+      hs.TlsEstablished();
+      FUZZ_CHECK(hs.state() == Handshake::State::kReading && hs.tls_active());
+      continue;
+    }
     if (state == Handshake::State::kNeedExport) {
       const std::string& name = hs.export_name();
       if (name == "vol" || name == "ro") {
@@ -210,7 +241,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (n == 0 && used == 0 && hs.state() == Handshake::State::kReading) break;  // input is over
   }
   CheckHandshakeOutput(out, hs);
+  if (tls_required && !hs.tls_active()) CheckRepliesBeforeTls(out);
   if (hs.state() == Handshake::State::kDone) {
+    FUZZ_CHECK(!tls_required || hs.tls_active());
     // What is left (buffered and not yet read) is the transmission stream.
     buf.insert(buf.end(), data + fed, data + size);
     RunTransmission(hs.session(), buf.data(), buf.size());
