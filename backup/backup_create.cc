@@ -1,7 +1,9 @@
 // BackupManager::Create: plan (base, changed chunks, what the bucket holds), read and upload the
 // chunks with several in flight, write the manifest last (docs/backup.md, "Creating a backup").
-#include <future>
+#include <algorithm>
 #include <deque>
+#include <future>
+#include <mutex>
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
@@ -47,6 +49,72 @@ Result<Hash128> HashFromChunkKey(std::string_view name) {
   return h;
 }
 
+using PresentMap = std::unordered_map<Hash128, uint64_t, HashOf>;
+
+// Hashes a complete chunk (`buf`, chunk `index`) and uploads it unless it is all zeros, the place
+// holds it already, or another worker of this backup is uploading it. `present` (guarded by `mu`)
+// maps the chunks in the place to their object sizes (0 while this backup uploads one).
+Result<Outcome> UploadChunk(S3Client& s3, const Location& loc, std::mutex& mu, PresentMap& present,
+                            int level, const std::string& buf, uint64_t index) {
+  Outcome o{.index = index};
+  const auto* data = reinterpret_cast<const uint8_t*>(buf.data());
+  if (IsZero(data, buf.size())) {
+    o.zero = true;
+    return o;
+  }
+  o.hash = HashContent128(data, buf.size());
+  uint64_t listed = 0;
+  {
+    std::lock_guard lock(mu);
+    auto [it, fresh] = present.emplace(o.hash, 0);
+    if (!fresh && it->second == 0) return o;  // this backup is uploading it already
+    listed = it->second;
+    it->second = 0;  // claimed: other workers with the same chunk reuse ours
+  }
+  const std::string object = CompressChunk(data, buf.size(), level);
+  // A listed object of the size this chunk compresses to is the chunk (zstd is deterministic);
+  // any other size (a foreign object, or one cut short by a server that died mid-upload) is
+  // replaced.
+  if (listed == object.size()) {
+    std::lock_guard lock(mu);
+    present[o.hash] = listed;
+    return o;
+  }
+  Status st = s3.Put(loc.Key(ChunkName(o.hash)), object);
+  std::lock_guard lock(mu);
+  if (!st.ok()) {
+    present.erase(o.hash);
+    return st.WithContext("upload chunk " + ChunkName(o.hash));
+  }
+  present[o.hash] = object.size();
+  o.uploaded = object.size();
+  return o;
+}
+
+// The manifest's chunk list: the base's unchanged chunks and the stored ones just handled, by
+// index; counts what was uploaded, reused and zero.
+void AddOutcomes(const std::vector<Outcome>& outcomes, const std::vector<ChunkRef>& carried,
+                 const PresentMap& present, Manifest* m, CreateResult* result) {
+  std::vector<ChunkRef> chunks = carried;
+  for (const Outcome& o : outcomes) {
+    if (o.zero) {
+      ++result->zero_chunks;
+      continue;
+    }
+    if (o.uploaded > 0) {
+      ++m->uploaded_chunks;
+      m->uploaded_bytes += o.uploaded;
+    } else {
+      ++result->reused_chunks;
+    }
+    chunks.push_back({o.index, o.hash, present.at(o.hash)});
+  }
+  std::sort(chunks.begin(), chunks.end(),
+            [](const ChunkRef& a, const ChunkRef& b) { return a.index < b.index; });
+  m->chunks = std::move(chunks);
+  result->reused_chunks += carried.size();
+}
+
 }  // namespace
 
 struct SnapshotFacts {
@@ -58,7 +126,7 @@ struct BackupManager::UploadState {
   std::mutex mu;
   // Chunks in the bucket (listed at the start) or uploaded by this backup: hash -> object size
   // (0 while its upload is in flight).
-  std::unordered_map<Hash128, uint64_t, HashOf> present;
+  PresentMap present;
 };
 
 struct BackupManager::Plan {
@@ -152,7 +220,6 @@ Status BackupManager::RunChunks(Session& s, const std::shared_ptr<VolumeHandle>&
   Progress p{.phase = "uploading", .total_bytes = total, .chunks_total = plan.todo.size()};
   auto last_lock = std::chrono::steady_clock::now();
   const std::string lock_key = s.loc().Key(std::string(kLocksDir) + "backup-" + m.id + ".lock");
-  Status failed;
   auto finish_one = [&]() -> Status {
     Result<Outcome> o = inflight.front().get();
     inflight.pop_front();
@@ -172,35 +239,17 @@ Status BackupManager::RunChunks(Session& s, const std::shared_ptr<VolumeHandle>&
     return internal::Report(progress, p, stopping_);
   };
   auto upload = [this, &s, &plan](std::shared_ptr<std::string> buf, uint64_t index) {
-    return [this, &s, &plan, buf, index]() -> Result<Outcome> {
-      Outcome o{.index = index};
-      const auto* data = reinterpret_cast<const uint8_t*>(buf->data());
-      if (IsZero(data, buf->size())) {
-        o.zero = true;
-        return o;
-      }
-      o.hash = HashContent128(data, buf->size());
-      {
-        std::lock_guard lock(plan.upload.mu);
-        if (!plan.upload.present.emplace(o.hash, 0).second) return o;  // held or in flight
-      }
-      const std::string object = CompressChunk(data, buf->size(), options_.compression_level);
-      Status st = s.s3->Put(s.loc().Key(ChunkName(o.hash)), object);
-      std::lock_guard lock(plan.upload.mu);
-      if (!st.ok()) {
-        plan.upload.present.erase(o.hash);
-        return st.WithContext("upload chunk " + ChunkName(o.hash));
-      }
-      plan.upload.present[o.hash] = object.size();
-      o.uploaded = object.size();
-      return o;
+    return [this, &s, &plan, buf, index]() {
+      return UploadChunk(*s.s3, s.loc(), plan.upload.mu, plan.upload.present,
+                         options_.compression_level, *buf, index);
     };
   };
 
   // The chunk being assembled from the scan's pieces.
   uint64_t cur = UINT64_MAX, cur_filled = 0;
   std::shared_ptr<std::string> cur_buf;
-  std::shared_ptr<VolumeLayer> layer = options_.background_io ? options_.background_io(view) : nullptr;
+  std::shared_ptr<VolumeLayer> layer =
+      options_.background_io ? options_.background_io(view) : nullptr;
   snapshot::ScanOptions so;
   so.cancel = &stopping_;
   so.target = layer.get();
@@ -252,23 +301,7 @@ Status BackupManager::RunChunks(Session& s, const std::shared_ptr<VolumeHandle>&
                                 "; nothing was backed up (run `shale snapshot verify`)");
     }
   }
-  std::vector<ChunkRef> chunks = plan.carried;
-  for (const Outcome& o : outcomes) {
-    if (o.zero) {
-      ++result->zero_chunks;
-      continue;
-    }
-    if (o.uploaded > 0) {
-      ++m.uploaded_chunks;
-      m.uploaded_bytes += o.uploaded;
-    } else {
-      ++result->reused_chunks;
-    }
-    chunks.push_back({o.index, o.hash, plan.upload.present.at(o.hash)});
-  }
-  std::sort(chunks.begin(), chunks.end(),
-            [](const ChunkRef& a, const ChunkRef& b) { return a.index < b.index; });
-  m.chunks = std::move(chunks);
+  AddOutcomes(outcomes, plan.carried, plan.upload.present, &m, result);
   m.read_bytes = total;
   result->reused_chunks += plan.carried.size();
   return Status::Ok();

@@ -34,8 +34,8 @@ Result<std::vector<std::string>> BackupManager::TakeLock(Session& s, const std::
                                                          std::string_view kind_to_check) {
   const std::string dir = s.loc().Key(kLocksDir);
   const std::string body = "{\"lock\":\"" + name + "\",\"host\":\"" + options_.host +
-                           "\",\"pid\":" + std::to_string(getpid()) + ",\"since_unix_ns\":" +
-                           std::to_string(internal::NowNs()) + "}";
+                           "\",\"pid\":" + std::to_string(getpid()) +
+                           ",\"since_unix_ns\":" + std::to_string(internal::NowNs()) + "}";
   SHALE_RETURN_IF_ERROR(s.s3->Put(dir + name + ".lock", body).WithContext("write lock " + name));
   SHALE_ASSIGN_OR_RETURN(S3Listing locks, s.s3->List(dir));
   std::vector<std::string> live;
@@ -57,14 +57,19 @@ Status BackupManager::AcquireBackupLock(Session& s, const std::string& id,
                                         const ProgressFn& progress) {
   const std::string name = "backup-" + id;
   const auto deadline = std::chrono::steady_clock::now() + options_.gc_wait;
-  while (true) {
+  for (bool logged = false;; logged = true) {
     SHALE_ASSIGN_OR_RETURN(std::vector<std::string> sweeps, TakeLock(s, name, "gc"));
     if (sweeps.empty()) return Status::Ok();
     s.s3->Delete(s.loc().Key(std::string(kLocksDir) + name + ".lock")).IgnoreError();
+    if (!logged) {
+      SHALE_LOG_INFO("backup: waiting for a sweep to finish", {"backup", id},
+                     {"sweep", sweeps.front()}, {"place", s.loc().ToString()});
+    }
     if (std::chrono::steady_clock::now() > deadline) {
-      return Status::Unavailable("a garbage collection (" + sweeps.front() + ") has been running in " +
-                                 s.loc().ToString() + " for longer than " +
-                                 std::to_string(options_.gc_wait.count()) + "s; try again later");
+      return Status::Unavailable("a garbage collection (" + sweeps.front() +
+                                 ") has been running in " + s.loc().ToString() +
+                                 " for longer than " + std::to_string(options_.gc_wait.count()) +
+                                 "s; try again later");
     }
     SHALE_RETURN_IF_ERROR(internal::Report(progress, {.phase = "waiting for a sweep"}, stopping_));
     for (int i = 0; i < 50 && !stopping_.load(); ++i) {
@@ -98,8 +103,7 @@ Status BackupManager::Sweep(Session& s, GcResult* result) {
       if (m.status().IsNotFound()) continue;  // deleted meanwhile
       if (!m.ok()) {
         return Status::Corruption("manifest of backup " + h.id + " cannot be read (" +
-                                  std::string(m.status().message()) +
-                                  "); no chunk was swept");
+                                  std::string(m.status().message()) + "); no chunk was swept");
       }
       for (const ChunkRef& c : m->chunks) referenced.insert(c.hash.ToHex());
     }
@@ -130,8 +134,9 @@ Result<GcResult> BackupManager::DeleteManifests(Session& s, const std::vector<st
     result.deleted.push_back(id);
     SHALE_LOG_INFO("backup deleted", {"id", id}, {"place", s.loc().ToString()});
   }
-  SHALE_RETURN_IF_ERROR(Sweep(s, &result).WithContext(
-      std::to_string(ids.size()) + " manifest(s) deleted, but the sweep failed"));
+  SHALE_RETURN_IF_ERROR(
+      Sweep(s, &result)
+          .WithContext(std::to_string(ids.size()) + " manifest(s) deleted, but the sweep failed"));
   return result;
 }
 
@@ -139,8 +144,8 @@ Result<GcResult> BackupManager::Delete(const Target& target, std::string_view id
   SHALE_RETURN_IF_ERROR(ValidateBackupId(id));
   SHALE_ASSIGN_OR_RETURN(std::unique_ptr<Session> s, Open(target));
   // Refuse to delete what does not exist (a typo would otherwise look like success).
-  Result<std::string> head = s->s3->Get(s->loc().Key(ManifestName(id)),
-                                        std::make_pair(uint64_t{0}, uint64_t{0}));
+  Result<std::string> head =
+      s->s3->Get(s->loc().Key(ManifestName(id)), std::make_pair(uint64_t{0}, uint64_t{0}));
   if (!head.ok()) {
     if (head.status().IsNotFound() && head.status().message().find("bucket") == std::string::npos) {
       return Status::NotFound("backup " + s->loc().ToString() + "/" + std::string(id) +
@@ -154,8 +159,9 @@ Result<GcResult> BackupManager::Delete(const Target& target, std::string_view id
 Result<GcResult> BackupManager::Prune(const Target& target, uint32_t keep,
                                       std::string_view volume) {
   if (keep == 0) {
-    return Status::InvalidArgument("--keep must be at least 1 (delete single backups with "
-                                   "`shale backup delete`)");
+    return Status::InvalidArgument(
+        "--keep must be at least 1 (delete single backups with "
+        "`shale backup delete`)");
   }
   if (!volume.empty()) SHALE_RETURN_IF_ERROR(ValidateName("volume", volume));
   SHALE_ASSIGN_OR_RETURN(std::unique_ptr<Session> s, Open(target));

@@ -20,8 +20,7 @@ Status Report(const ProgressFn& progress, const Progress& p, const std::atomic<b
 
 }  // namespace internal
 
-BackupManager::BackupManager(Engine* engine, snapshot::SnapshotManager* snapshots,
-                             Options options)
+BackupManager::BackupManager(Engine* engine, snapshot::SnapshotManager* snapshots, Options options)
     : engine_(engine), snapshots_(snapshots), options_(std::move(options)) {}
 
 BackupManager::~BackupManager() { Stop(); }

@@ -71,9 +71,9 @@ struct CreateOptions {
 };
 
 struct CreateResult {
-  Manifest manifest;         // chunks cleared (chunk_count etc. set)
-  std::string location;      // "s3://BUCKET/PREFIX"
-  std::string full_reason;   // why the backup is not incremental (when base is empty)
+  Manifest manifest;           // chunks cleared (chunk_count etc. set)
+  std::string location;        // "s3://BUCKET/PREFIX"
+  std::string full_reason;     // why the backup is not incremental (when base is empty)
   uint64_t reused_chunks = 0;  // data chunks the bucket already held (not uploaded)
   uint64_t zero_chunks = 0;    // chunks that read as zeros (not stored)
   uint64_t requests = 0;       // S3 requests, retries included
@@ -81,7 +81,7 @@ struct CreateResult {
 };
 
 struct VerifyResult {
-  Manifest manifest;  // chunks cleared
+  Manifest manifest;   // chunks cleared
   std::string digest;  // recomputed; equal to manifest.digest
   uint64_t chunks_checked = 0;
 };
@@ -90,8 +90,8 @@ struct GcResult {
   std::vector<std::string> deleted;  // backup ids whose manifests were deleted
   uint64_t chunks_deleted = 0;
   uint64_t bytes_freed = 0;
-  uint64_t chunks_kept = 0;          // referenced by a remaining manifest
-  bool sweep_deferred = false;       // a backup was running: chunks left for the next sweep
+  uint64_t chunks_kept = 0;     // referenced by a remaining manifest
+  bool sweep_deferred = false;  // a backup was running: chunks left for the next sweep
   std::string deferred_reason;
 };
 
@@ -114,11 +114,11 @@ class BackupManager {
     Endpoint default_endpoint;     // when a request names none (region defaults likewise)
     std::string credentials_file;  // "" = the environment (credentials.h)
     std::string credentials_profile;
-    std::string ca_file;         // custom CA bundle for https endpoints
-    unsigned parallel = 4;       // chunk transfers in flight (1..64)
-    int compression_level = 3;   // zstd
-    std::string host;            // provenance: this node
-    std::string version;         // provenance: shaled's version
+    std::string ca_file;                    // custom CA bundle for https endpoints
+    unsigned parallel = 4;                  // chunk transfers in flight (1..64)
+    int compression_level = 3;              // zstd
+    std::string host;                       // provenance: this node
+    std::string version;                    // provenance: shaled's version
     std::chrono::seconds lock_refresh{60};  // a running backup rewrites its lock this often
     std::chrono::seconds lock_stale{600};   // a lock not rewritten for this long is ignored
     std::chrono::seconds gc_wait{300};      // a backup waits this long for a running sweep

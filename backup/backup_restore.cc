@@ -98,9 +98,8 @@ Result<VerifyResult> BackupManager::Verify(const Target& target, std::string_vie
   return r;
 }
 
-Status BackupManager::RestoreInto(const std::shared_ptr<VolumeHandle>& handle,
-                                  const Manifest& m, const Target& target,
-                                  const RestoreOptions& options) {
+Status BackupManager::RestoreInto(const std::shared_ptr<VolumeHandle>& handle, const Manifest& m,
+                                  const Target& target, const RestoreOptions& options) {
   if (handle->volume().size_bytes() < m.size_bytes) {
     return Status::InvalidArgument("the volume is smaller than backup " + m.id);
   }
@@ -123,7 +122,8 @@ Status BackupManager::RestoreInto(const std::shared_ptr<VolumeHandle>& handle,
           continue;
         }
         uint64_t j = i + kBlock;
-        while (j < data.size() && !IsZero(bytes + j, std::min(kBlock, data.size() - j))) j += kBlock;
+        while (j < data.size() && !IsZero(bytes + j, std::min(kBlock, data.size() - j)))
+          j += kBlock;
         j = std::min<uint64_t>(j, data.size());
         SHALE_RETURN_IF_ERROR(writes.Write(off + i, bytes + i, j - i));
         i = j;

@@ -66,8 +66,7 @@ Result<Credentials> ParseCredentialsFile(const std::string& text, const std::str
 
 Result<Credentials> LoadCredentials(const std::string& file, const std::string& profile) {
   if (file.empty()) {
-    Credentials c{Env("AWS_ACCESS_KEY_ID"), Env("AWS_SECRET_ACCESS_KEY"),
-                  Env("AWS_SESSION_TOKEN")};
+    Credentials c{Env("AWS_ACCESS_KEY_ID"), Env("AWS_SECRET_ACCESS_KEY"), Env("AWS_SESSION_TOKEN")};
     if (c.access_key_id.empty() || c.secret_access_key.empty()) {
       return Status::FailedPrecondition(
           "shaled has no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in its "
@@ -77,15 +76,16 @@ Result<Credentials> LoadCredentials(const std::string& file, const std::string& 
   }
   struct stat st;
   if (stat(file.c_str(), &st) != 0) {
-    return Status::FailedPrecondition("S3 credentials file " + file + " cannot be read: " +
-                                      std::string(strerror(errno)));
+    return Status::FailedPrecondition("S3 credentials file " + file +
+                                      " cannot be read: " + std::string(strerror(errno)));
   }
   if ((st.st_mode & 077) != 0) {
     char mode[8];
     snprintf(mode, sizeof(mode), "%04o", st.st_mode & 07777);
     return Status::FailedPrecondition("S3 credentials file " + file + " is mode " + mode +
                                       "; it holds secrets and must be readable by its owner "
-                                      "only (chmod 600 " + file + ")");
+                                      "only (chmod 600 " +
+                                      file + ")");
   }
   std::ifstream in(file);
   if (!in) return Status::FailedPrecondition("S3 credentials file " + file + " cannot be read");

@@ -64,7 +64,8 @@ Result<uint64_t> ParseU64(std::string_view text, std::string_view what) {
 template <typename T>
 Result<T> Field(const Json& j, const char* key) {
   auto it = j.find(key);
-  if (it == j.end()) return Status::Corruption(std::string("manifest: missing field '") + key + "'");
+  if (it == j.end())
+    return Status::Corruption(std::string("manifest: missing field '") + key + "'");
   if constexpr (std::is_same_v<T, std::string>) {
     if (!it->is_string()) {
       return Status::Corruption(std::string("manifest: field '") + key + "' is not a string");
@@ -230,7 +231,8 @@ Result<Manifest> DecodeManifest(std::string_view text, bool header_only) {
     const size_t a = line.find(' ');
     const size_t b = a == std::string_view::npos ? a : line.find(' ', a + 1);
     if (b == std::string_view::npos) {
-      return Status::Corruption("manifest: chunk line " + std::to_string(line_no) + " is malformed");
+      return Status::Corruption("manifest: chunk line " + std::to_string(line_no) +
+                                " is malformed");
     }
     ChunkRef c;
     SHALE_ASSIGN_OR_RETURN(c.index, ParseU64(line.substr(0, a), "chunk index"));
@@ -284,9 +286,9 @@ Result<std::string> DecompressChunk(std::string_view object, const Hash128& expe
   std::string out(size, '\0');
   const size_t n = ZSTD_decompress(out.data(), out.size(), object.data(), object.size());
   if (ZSTD_isError(n) || n != size) {
-    return Status::Corruption("chunk " + name + " is corrupt: " +
-                              (ZSTD_isError(n) ? std::string(ZSTD_getErrorName(n))
-                                               : std::string("short frame")));
+    return Status::Corruption(
+        "chunk " + name + " is corrupt: " +
+        (ZSTD_isError(n) ? std::string(ZSTD_getErrorName(n)) : std::string("short frame")));
   }
   const Hash128 got = HashContent128(out.data(), out.size());
   if (!(got == expected)) {

@@ -32,8 +32,8 @@ inline constexpr size_t kMaxManifestHeaderBytes = 256 * 1024;
 inline constexpr size_t kMaxChunkObjectBytes = kChunkSize + (kChunkSize >> 4) + 4096;
 
 // Object names under a place's prefix.
-std::string ChunkName(const Hash128& hash);              // "chunks/<hex>"
-std::string ManifestName(std::string_view id);           // "backups/<id>.manifest"
+std::string ChunkName(const Hash128& hash);     // "chunks/<hex>"
+std::string ManifestName(std::string_view id);  // "backups/<id>.manifest"
 inline constexpr std::string_view kChunksDir = "chunks/";
 inline constexpr std::string_view kManifestsDir = "backups/";
 inline constexpr std::string_view kManifestSuffix = ".manifest";
@@ -63,8 +63,8 @@ struct Manifest {
   std::string snapshot;  // the part after '@'
   uint64_t size_bytes = 0;
   uint64_t chunk_size = kChunkSize;
-  std::string digest;  // the snapshot's digest (docs/format/snapshot-digest.md), 32 hex
-  uint64_t created_unix_ns = 0;           // when the backup completed
+  std::string digest;            // the snapshot's digest (docs/format/snapshot-digest.md), 32 hex
+  uint64_t created_unix_ns = 0;  // when the backup completed
   uint64_t snapshot_created_unix_ns = 0;  // when the snapshot was taken
   Labels labels;                          // the snapshot's labels
   Provenance provenance;

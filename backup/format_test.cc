@@ -56,7 +56,7 @@ TEST(ManifestTest, EveryChangedByteOfTheChunkListIsDetected) {
     EXPECT_FALSE(DecodeManifest(bad).ok()) << "byte " << i;
   }
   EXPECT_FALSE(DecodeManifest(text.substr(0, text.size() - 1)).ok());  // truncated
-  EXPECT_FALSE(DecodeManifest(text.substr(0, start - 1)).ok());         // no newline
+  EXPECT_FALSE(DecodeManifest(text.substr(0, start - 1)).ok());        // no newline
 }
 
 TEST(ManifestTest, RefusesBadHeaders) {
@@ -69,8 +69,7 @@ TEST(ManifestTest, RefusesBadHeaders) {
   };
   EXPECT_EQ(with("\"version\":1", "\"version\":2").code(), StatusCode::kNotSupported);
   EXPECT_EQ(with("\"volume\":\"data\"", "\"volume\":\"other\"").code(), StatusCode::kCorruption);
-  EXPECT_EQ(with("\"chunk_size\":4194304", "\"chunk_size\":4096").code(),
-            StatusCode::kCorruption);
+  EXPECT_EQ(with("\"chunk_size\":4194304", "\"chunk_size\":4096").code(), StatusCode::kCorruption);
   EXPECT_EQ(with("\"digest\":\"0268", "\"digest\":\"zz68").code(), StatusCode::kCorruption);
   EXPECT_EQ(with("\"format\":\"shale-backup-manifest\"", "\"format\":\"x\"").code(),
             StatusCode::kCorruption);

@@ -44,9 +44,9 @@ TEST(LocationTest, BackupIds) {
   EXPECT_EQ(id.substr(0, 26), "my.vol-1.20261205T153838Z.");
   EXPECT_EQ(VolumeOfBackupId(id).value(), "my.vol-1");
   EXPECT_NE(NewBackupId("v", 0), NewBackupId("v", 0));  // random tail
-  for (const char* bad : {"", "v", "v.20261205T173838Z", ".20261205T173838Z.3fa9c1",
-                          "v.20261205T173838Z.3FA9C1", "v.2026120XT173838Z.3fa9c1",
-                          "-v.20261205T173838Z.3fa9c1"}) {
+  for (const char* bad :
+       {"", "v", "v.20261205T173838Z", ".20261205T173838Z.3fa9c1", "v.20261205T173838Z.3FA9C1",
+        "v.2026120XT173838Z.3fa9c1", "-v.20261205T173838Z.3fa9c1"}) {
     EXPECT_FALSE(ValidateBackupId(bad).ok()) << bad;
   }
 }

@@ -217,7 +217,8 @@ Result<S3Client::Response> S3Client::PerformOnce(void* handle, const Request& r)
   }
   std::string range;
   if (r.range) {
-    range = "Range: bytes=" + std::to_string(r.range->first) + "-" + std::to_string(r.range->second);
+    range =
+        "Range: bytes=" + std::to_string(r.range->first) + "-" + std::to_string(r.range->second);
     headers = curl_slist_append(headers, range.c_str());
   }
   if (r.method == "PUT") {
@@ -240,7 +241,8 @@ Result<S3Client::Response> S3Client::PerformOnce(void* handle, const Request& r)
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &resp.body);
   curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, OnHeader);
   curl_easy_setopt(curl, CURLOPT_HEADERDATA, &resp.date);
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, static_cast<long>(config_.connect_timeout.count()));
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT,
+                   static_cast<long>(config_.connect_timeout.count()));
   curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, static_cast<long>(config_.stall_timeout.count()));
   curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -294,8 +296,8 @@ Result<S3Client::Response> S3Client::Perform(const Request& r) {
                                         " failed: " + last.curl_error +
                                         " (trust its CA with shaled --backup-ca-file)");
     }
-    return Status::Unavailable("cannot reach S3 endpoint " + where + ": " + last.curl_error +
-                               " (" + std::to_string(attempts) + " attempts)");
+    return Status::Unavailable("cannot reach S3 endpoint " + where + ": " + last.curl_error + " (" +
+                               std::to_string(attempts) + " attempts)");
   }
   return last;  // a retryable HTTP error that persisted: Explain() words it
 }
@@ -315,7 +317,8 @@ Status S3Client::Explain(const Request& r, const Response& resp) const {
   if (resp.http == 404) return Status::NotFound(object + " does not exist");
   if (resp.http == 403) {
     return Status::PermissionDenied("S3 at " + where + " refused " + r.method + " " + object +
-                                    ": " + detail + "; check shaled's S3 credentials and the "
+                                    ": " + detail +
+                                    "; check shaled's S3 credentials and the "
                                     "bucket's policy");
   }
   if (resp.http >= 500 || resp.http == 429) {
@@ -372,7 +375,8 @@ Result<S3Listing> S3Client::List(const std::string& prefix) {
       if (keys.empty() || sizes.empty()) continue;
       obj.key = keys.front();
       obj.size = std::strtoull(sizes.front().c_str(), nullptr, 10);
-      if (!times.empty()) obj.last_modified_unix = s3internal::ParseIsoTime(times.front()).value_or(0);
+      if (!times.empty())
+        obj.last_modified_unix = s3internal::ParseIsoTime(times.front()).value_or(0);
       out.objects.push_back(std::move(obj));
     }
     if (!resp.date.empty()) {

@@ -35,11 +35,11 @@ namespace shale::backup {
 struct S3Config {
   Endpoint endpoint;
   Credentials credentials;
-  std::string ca_file;         // PEM bundle to trust instead of the system's (custom CAs)
-  unsigned max_attempts = 5;   // per request, the first one included
+  std::string ca_file;        // PEM bundle to trust instead of the system's (custom CAs)
+  unsigned max_attempts = 5;  // per request, the first one included
   std::chrono::milliseconds first_backoff{200};  // doubled per retry, capped at 5 s
   std::chrono::seconds connect_timeout{10};
-  std::chrono::seconds stall_timeout{60};  // abort a transfer that moves nothing for this long
+  std::chrono::seconds stall_timeout{60};     // abort a transfer that moves nothing for this long
   const std::atomic<bool>* cancel = nullptr;  // checked before every attempt and while waiting
 };
 

@@ -32,6 +32,13 @@ struct DaemonOptions {
   // CSI driver csi.shale.io (docs/csi.md). Empty endpoint: not served.
   std::string csi_endpoint;  // absolute path of the CSI UNIX socket (given as unix:///path)
   std::string node_id;       // CSI node id and topology value; default: the host name
+  // Backups to S3 (docs/backup.md).
+  std::string backup_endpoint;          // default S3 endpoint ("" = AWS)
+  std::string backup_region;            // default region ("" = us-east-1)
+  std::string backup_credentials_file;  // absolute; "" = AWS_* environment variables
+  std::string backup_credentials_profile;
+  std::string backup_ca_file;    // absolute; "" = the system's CAs
+  unsigned backup_parallel = 4;  // chunk transfers in flight
 
   // gRPC address of the control socket: "unix://" + control_socket.
   std::string ControlEndpoint() const;
