@@ -17,6 +17,7 @@
 
 #include "api/control.grpc.pb.h"
 #include "api/control_api.h"
+#include "cli/backup_commands.h"
 #include "cli/control_client.h"
 #include "cli/node_commands.h"
 #include "cli/output.h"
@@ -338,11 +339,14 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
     };
   });
 
-  // `qos ...`, `snapshot ...`, `clone ...`, `node ...` (cluster mode).
+  // `qos ...`, `snapshot ...`, `clone ...`, `node ...` (cluster mode), `backup ...`.
   qos_commands.AddQosCommand(app);
   snapshot_commands.AddCommands(app);
   NodeCommands node_commands(&action, out, err);
   node_commands.AddCommands(app);
+  BackupCommands backup_commands(&action, out, err,
+                                 &err == &std::cerr && isatty(STDERR_FILENO) == 1);
+  backup_commands.AddCommands(app);
 
   try {
     app.parse(argc, argv);

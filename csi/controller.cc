@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "csi/backup_params.h"
 #include "csi/driver.h"
 #include "csi/driver_internal.h"
 #include "csi/params.h"
@@ -222,8 +223,9 @@ struct CreatePlan {
 
 // Where a clone starts and what it must hold.
 struct SourcePlan {
-  std::string clone_from;  // "VOLUME@SNAP" or a live volume
-  uint64_t minimum = 0;    // the source's CSI capacity
+  std::string clone_from;    // "VOLUME@SNAP" or a live volume
+  std::string restore_from;  // a backup handle "s3://BUCKET/PREFIX/ID" (restored, not cloned)
+  uint64_t minimum = 0;      // the source's CSI capacity
   uint64_t engine_size = 0;
   std::string pool;
 };
@@ -294,7 +296,14 @@ grpc::Status PlanCreate(const v1::CreateVolumeRequest& request, const std::strin
   if (plan->vp.read_only_clone && !plan->has_source) {
     return Invalid("readOnlyClone=true needs a volume content source (a snapshot or a volume)");
   }
-  plan->read_only = plan->has_source && (plan->vp.read_only_clone || all_multi_reader);
+  // A volume restored from a backup is written by the restore: never read-only in the engine
+  // (pods still get it read-only through their access mode).
+  const bool from_backup = plan->source.starts_with("snapshot:s3://");
+  if (from_backup && plan->vp.read_only_clone) {
+    return Invalid("readOnlyClone=true does not apply to a restore from a backup");
+  }
+  plan->read_only =
+      plan->has_source && !from_backup && (plan->vp.read_only_clone || all_multi_reader);
   for (const auto& cap : request.volume_capabilities()) {
     Status st = CheckCapability(cap, plan->read_only);
     if (!st.ok()) return ToGrpc(st);
@@ -311,9 +320,25 @@ grpc::Status PlanCreate(const v1::CreateVolumeRequest& request, const std::strin
 
 // The clone's source: a frozen image ("VOLUME@SNAP") or the live volume, and its capacity.
 grpc::Status ResolveSource(Engine* engine, snapshot::SnapshotManager* snapshots,
-                           const v1::CreateVolumeRequest& request, const CreatePlan& plan,
-                           SourcePlan* out) {
+                           backup::BackupManager* backups, const v1::CreateVolumeRequest& request,
+                           const CreatePlan& plan, SourcePlan* out) {
   const auto& src = request.volume_content_source();
+  if (src.has_snapshot() && IsBackupHandle(src.snapshot().snapshot_id())) {
+    auto manifest = ReadBackupHandle(backups, src.snapshot().snapshot_id());
+    if (!manifest.ok()) {
+      if (manifest.status().IsNotFound()) {
+        return grpc::Status(grpc::StatusCode::NOT_FOUND, std::string(manifest.status().message()));
+      }
+      return ToGrpc(manifest.status());
+    }
+    v1::Snapshot described;
+    FillBackupSnapshot(*manifest, src.snapshot().snapshot_id(), &described);
+    out->restore_from = src.snapshot().snapshot_id();
+    out->minimum = static_cast<uint64_t>(described.size_bytes());
+    out->engine_size = manifest->size_bytes;
+    out->pool = plan.vp.pool;
+    return grpc::Status::OK;
+  }
   if (src.has_snapshot()) {
     auto snap = snapshots->Get(src.snapshot().snapshot_id());
     if (!snap.ok()) {
@@ -392,7 +417,9 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
   }
   SourcePlan src;
   if (plan.has_source) {
-    if (grpc::Status st = ResolveSource(engine_, snapshots_, *request, plan, &src); !st.ok()) {
+    if (grpc::Status st =
+            ResolveSource(engine_, snapshots_, lifecycle_->backups(), *request, plan, &src);
+        !st.ok()) {
       return st;
     }
   }
@@ -417,6 +444,18 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
                                              .labels = labels},
                                   .qos = qos,
                                   .records = records});
+  } else if (!src.restore_from.empty()) {
+    // Restores take as long as the data does; a provisioner retry waits on mu_ and then finds
+    // the complete volume (a crash meanwhile: shaled deletes the half-restored volume at start).
+    daemon::RestoreSpec spec;
+    spec.backup = src.restore_from;
+    spec.volume = {.params = {.name = plan.name,
+                              .size_bytes = engine_size,
+                              .pool = plan.vp.pool,
+                              .labels = labels},
+                   .qos = qos,
+                   .records = records};
+    created = lifecycle_->Restore(spec);
   } else {
     auto clone = lifecycle_->Clone({.source = src.clone_from,
                                     .name = plan.name,
@@ -587,6 +626,11 @@ grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
     return st;
   }
   snapshot::Labels labels = ToMap(request->parameters());
+  Result<std::optional<backup::Target>> backup_to = TakeBackupParams(&labels);
+  if (!backup_to.ok()) return ToGrpc(backup_to.status());
+  if (*backup_to && lifecycle_->backups() == nullptr) {
+    return Precondition("backupTo given but backups are not enabled in this shaled");
+  }
   Status valid = snapshot::ValidateLabels(labels);
   if (!valid.ok()) {
     return Invalid("snapshot parameters become labels: " + std::string(valid.message()));
@@ -604,17 +648,33 @@ grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
                           "snapshot name " + request->name() + " is taken by " + s.full_name());
     }
     Impl::FillSnapshot(s, response->mutable_snapshot());
-    return grpc::Status::OK;
+    return BackUp(s.full_name(), *backup_to, response);
   }
   auto volume = FindVolume(engine_, request->source_volume_id(), "source volume");
   if (!volume.ok()) return ToGrpc(volume.status());
   labels[std::string(kLabelManaged)] = "true";
   labels[std::string(kLabelCapacity)] = std::to_string(CsiCapacity(engine_, *volume));
+  if (*backup_to) labels[std::string(kLabelBackupTo)] = (*backup_to)->location.ToString();
   snapshot::CreateSnapshotOptions o;
   o.labels = labels;
   auto created = lifecycle_->Snapshot(volume->name, name, o);
   if (!created.ok()) return ToGrpc(created.status().WithContext("snapshot " + volume->name));
   Impl::FillSnapshot(*created, response->mutable_snapshot());
+  return BackUp(created->full_name(), *backup_to, response);
+}
+
+grpc::Status ControllerService::BackUp(const std::string& ref,
+                                       const std::optional<backup::Target>& to,
+                                       v1::CreateSnapshotResponse* response) {
+  if (!to) return grpc::Status::OK;
+  // Ready once the upload has finished: the snapshotter calls again until then. A failed
+  // backup is reported once; the next call starts it again.
+  Result<backup::BackupJob> job = lifecycle_->backups()->EnsureBackup(ref, *to);
+  if (!job.ok()) return ToGrpc(job.status().WithContext("back up " + ref));
+  if (job->state == backup::BackupJob::State::kFailed) {
+    return ToGrpc(job->error.WithContext("back up " + ref + " to " + to->location.ToString()));
+  }
+  response->mutable_snapshot()->set_ready_to_use(job->state == backup::BackupJob::State::kDone);
   return grpc::Status::OK;
 }
 
@@ -625,6 +685,15 @@ grpc::Status ControllerService::DeleteSnapshot(grpc::ServerContext*,
           RequireFields("DeleteSnapshot", {{"snapshot_id", !request->snapshot_id().empty()}});
       !st.ok()) {
     return st;
+  }
+  if (IsBackupHandle(request->snapshot_id())) {
+    // A pre-provisioned backup with deletionPolicy Delete: the backup goes (and its chunks no
+    // other backup uses).
+    Result<backup::BackupRef> ref = backup::ParseBackupRef(request->snapshot_id());
+    if (!ref.ok() || lifecycle_->backups() == nullptr) return grpc::Status::OK;
+    auto gone = lifecycle_->backups()->Delete({ref->location, {}}, ref->id);
+    if (!gone.ok() && !gone.status().IsNotFound()) return ToGrpc(gone.status());
+    return grpc::Status::OK;
   }
   if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
   std::lock_guard lock(mu_);
@@ -642,6 +711,19 @@ grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
     return st;
   }
   std::vector<snapshot::SnapshotInfo> snaps;
+  if (IsBackupHandle(request->snapshot_id())) {
+    auto m = ReadBackupHandle(lifecycle_->backups(), request->snapshot_id());
+    if (!m.ok()) {
+      if (m.status().IsNotFound() || m.status().code() == StatusCode::kInvalidArgument) {
+        return grpc::Status::OK;
+      }
+      return ToGrpc(m.status());
+    }
+    if (request->source_volume_id().empty() || request->source_volume_id() == m->volume) {
+      FillBackupSnapshot(*m, request->snapshot_id(), response->add_entries()->mutable_snapshot());
+    }
+    return grpc::Status::OK;
+  }
   if (!request->snapshot_id().empty()) {
     if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
     auto s = snapshots_->Get(request->snapshot_id());

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "csi/csi.grpc.pb.h"
@@ -30,6 +31,9 @@ class QosManager;
 }
 namespace daemon {
 class VolumeLifecycle;
+}
+namespace backup {
+struct Target;
 }
 }  // namespace shale
 
@@ -101,6 +105,10 @@ class ControllerService final : public ::csi::v1::Controller::Service {
 
  private:
   struct Impl;
+  // With a backupTo target: starts (or checks) the snapshot's backup and sets ready_to_use
+  // to whether it has finished (controller.cc).
+  grpc::Status BackUp(const std::string& ref, const std::optional<backup::Target>& to,
+                      ::csi::v1::CreateSnapshotResponse* response);
   const DriverOptions options_;
   daemon::VolumeLifecycle* const lifecycle_;
   Engine* const engine_;

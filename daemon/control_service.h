@@ -137,6 +137,22 @@ class ControlService final : public v1::Control::Service {
   grpc::Status ListNodes(grpc::ServerContext* ctx, const v1::ListNodesRequest* req,
                          v1::ListNodesResponse* resp) override;
 
+  // Backups to S3 (control_service_backup.cc).
+  grpc::Status CreateBackup(grpc::ServerContext* ctx, const v1::CreateBackupRequest* req,
+                            grpc::ServerWriter<v1::BackupProgress>* writer) override;
+  grpc::Status ListBackups(grpc::ServerContext* ctx, const v1::ListBackupsRequest* req,
+                           v1::ListBackupsResponse* resp) override;
+  grpc::Status GetBackup(grpc::ServerContext* ctx, const v1::GetBackupRequest* req,
+                         v1::Backup* resp) override;
+  grpc::Status VerifyBackup(grpc::ServerContext* ctx, const v1::VerifyBackupRequest* req,
+                            grpc::ServerWriter<v1::BackupProgress>* writer) override;
+  grpc::Status DeleteBackup(grpc::ServerContext* ctx, const v1::DeleteBackupRequest* req,
+                            v1::GcBackupsResponse* resp) override;
+  grpc::Status PruneBackups(grpc::ServerContext* ctx, const v1::PruneBackupsRequest* req,
+                            v1::GcBackupsResponse* resp) override;
+  grpc::Status RestoreBackup(grpc::ServerContext* ctx, const v1::RestoreBackupRequest* req,
+                             grpc::ServerWriter<v1::BackupProgress>* writer) override;
+
   // How long `volume delete --force` (and `snapshot delete --force`) waits for NBD clients to
   // let go of the export.
   static constexpr std::chrono::seconds kForceDisconnectTimeout{30};

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <initializer_list>
 
+#include "backup/backup_manager.h"
 #include "csi/driver.h"
 #include "daemon/cluster_node.h"
 #include "daemon/control_service.h"
@@ -268,8 +269,14 @@ Status Daemon::Start() {
   if (st.ok()) st = StartEngine();
   if (st.ok()) st = StartSnapshots();
   if (st.ok()) st = StartQos();
+  if (st.ok()) st = StartBackups();
   if (st.ok()) {
     lifecycle_ = std::make_unique<VolumeLifecycle>(engine_.get(), snapshots_.get(), qos_.get());
+    lifecycle_->SetBackups(backups_.get());
+    // A restore cut short by a crash leaves a marked volume: deleted before anyone sees it.
+    st = lifecycle_->RecoverRestores().WithContext("recover interrupted restores");
+  }
+  if (st.ok()) {
     st = AddFrontends();
   }
   if (st.ok()) st = StartFrontends();
@@ -367,6 +374,28 @@ Status Daemon::StartQos() {
   qos_ = std::move(qos).value();
   background_qos_.store(qos_.get(), std::memory_order_release);
   return Status::Ok();
+}
+
+Status Daemon::StartBackups() {
+  // Backups read snapshots and write restored volumes as background I/O through QoS, like the
+  // snapshot layer's jobs (docs/qos.md).
+  backup::BackupManager::Options o;
+  o.default_endpoint = {options_.backup_endpoint, options_.backup_region};
+  o.credentials_file = options_.backup_credentials_file;
+  o.credentials_profile = options_.backup_credentials_profile;
+  o.ca_file = options_.backup_ca_file;
+  o.parallel = options_.backup_parallel;
+  o.host = csi::DefaultNodeId();
+  if (!options_.node_id.empty()) o.host = options_.node_id;
+  o.version = SHALE_VERSION;
+  o.background_io = [this](std::shared_ptr<VolumeHandle> handle) -> std::shared_ptr<VolumeLayer> {
+    qos::QosManager* qos = background_qos_.load(std::memory_order_acquire);
+    if (qos == nullptr) return nullptr;
+    Result<std::shared_ptr<qos::QosVolume>> wrapped = qos->Wrap(std::move(handle));
+    return wrapped.ok() ? std::move(wrapped).value() : nullptr;
+  };
+  backups_ = std::make_unique<backup::BackupManager>(engine_.get(), snapshots_.get(), o);
+  return backups_->CheckConfig().WithContext("backups");
 }
 
 namespace {
@@ -476,9 +505,13 @@ Status Daemon::Stop() {
   // Requests held by QoS limits pass now, so frontends drain at device speed rather than at
   // the slowest volume's rate.
   if (qos_) qos_->StopThrottling();
+  // Backups and restores in flight end with Aborted now, so their requests drain at once.
+  if (backups_) backups_->Stop();
   for (auto it = frontends_.rbegin(); it != frontends_.rend(); ++it) (*it)->Stop();
   frontends_.clear();
+  if (lifecycle_) lifecycle_->SetBackups(nullptr);
   lifecycle_.reset();
+  backups_.reset();
   // No frontend calls it any more; its digest worker must let go of image views before the
   // engine closes (a cancelled digest stays pending and restarts at the next start).
   if (snapshots_) {

@@ -33,6 +33,9 @@ class SnapshotManager;
 namespace qos {
 class QosManager;
 }
+namespace backup {
+class BackupManager;
+}
 }  // namespace shale
 
 namespace shale::daemon {
@@ -83,6 +86,8 @@ class Daemon {
   qos::QosManager* qos() { return qos_.get(); }
   // Every change of a volume goes through it (docs/lifecycle.md). Null before Start().
   VolumeLifecycle* lifecycle() { return lifecycle_.get(); }
+  // Backups to S3 (docs/backup.md); started after QoS, stopped before the frontends drain.
+  backup::BackupManager* backups() { return backups_.get(); }
 
  private:
   // Steps of Start(), in order; each returns what failed (Start() then stops what started).
@@ -91,6 +96,7 @@ class Daemon {
   Status StartEngine();
   Status StartSnapshots();
   Status StartQos();
+  Status StartBackups();
   Status AddFrontends();
   Status StartFrontends();
 
@@ -102,6 +108,7 @@ class Daemon {
   // qos_ while the snapshot layer may route its background I/O through it (set once QoS is
   // open, cleared after the snapshot layer stopped); read by the snapshot layer's threads.
   std::atomic<qos::QosManager*> background_qos_{nullptr};
+  std::unique_ptr<backup::BackupManager> backups_;    // after engine_: destroyed first
   std::unique_ptr<VolumeLifecycle> lifecycle_;        // after the subsystems it calls
   std::vector<std::unique_ptr<Frontend>> frontends_;  // in start order
 

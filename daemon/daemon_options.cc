@@ -113,6 +113,12 @@ struct Flags {
   std::string replica_listen;
   std::string cluster_secret_file;
   unsigned node_lease_seconds = 10;
+  std::string backup_endpoint;
+  std::string backup_region;
+  std::string backup_credentials_file;
+  std::string backup_credentials_profile;
+  std::string backup_ca_file;
+  unsigned backup_parallel = 4;
 };
 
 // Defaults from EngineOptions and NbdServerOptions (one source of truth).
@@ -289,6 +295,33 @@ void AddClusterOptions(CLI::App& app, Flags& f) {
       ->capture_default_str();
 }
 
+// Backups to S3: --backup-endpoint ... --backup-parallel (docs/backup.md).
+void AddBackupOptions(CLI::App& app, Flags& f) {
+  app.add_option("--backup-endpoint", f.backup_endpoint,
+                 "S3 endpoint of backups whose command names none, e.g. http://minio:9000 "
+                 "(path-style); default: AWS")
+      ->type_name("URL");
+  app.add_option("--backup-region", f.backup_region,
+                 "S3 region of backups whose command names none; default: us-east-1")
+      ->type_name("REGION");
+  app.add_option("--backup-credentials-file", f.backup_credentials_file,
+                 "S3 credentials in the AWS credentials-file format, mode 0600; default: "
+                 "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN) from the "
+                 "environment")
+      ->type_name("FILE");
+  app.add_option("--backup-credentials-profile", f.backup_credentials_profile,
+                 "Profile of --backup-credentials-file; default: default")
+      ->type_name("NAME");
+  app.add_option("--backup-ca-file", f.backup_ca_file,
+                 "PEM file of the CAs to trust for https S3 endpoints instead of the system's")
+      ->type_name("FILE");
+  app.add_option("--backup-parallel", f.backup_parallel,
+                 "S3 chunk transfers in flight per backup, restore or verify")
+      ->check(CLI::Range(1u, 64u))
+      ->type_name("N")
+      ->capture_default_str();
+}
+
 // Fills the cluster settings of `o`; InvalidArgument (a usage error) for a malformed store URL,
 // a bad node name or address, a cluster flag without --cluster-store, or a missing required one.
 // The secret file's content and mode are checked when the daemon starts.
@@ -325,6 +358,17 @@ Status ResolveCluster(const Flags& f, DaemonOptions& o, bool lease_given) {
   o.cluster_secret_file = Absolute(f.cluster_secret_file);
   o.node_lease_seconds = f.node_lease_seconds;
   return Status::Ok();
+}
+
+// Fills the backup settings of `o`: paths made absolute; endpoint syntax is checked at start.
+void ResolveBackup(const Flags& f, DaemonOptions& o) {
+  o.backup_endpoint = f.backup_endpoint;
+  o.backup_region = f.backup_region;
+  o.backup_credentials_file =
+      f.backup_credentials_file.empty() ? std::string() : Absolute(f.backup_credentials_file);
+  o.backup_credentials_profile = f.backup_credentials_profile;
+  o.backup_ca_file = f.backup_ca_file.empty() ? std::string() : Absolute(f.backup_ca_file);
+  o.backup_parallel = f.backup_parallel;
 }
 
 // Fills the data dir, pool, engine and logging settings of `o`; InvalidArgument (a usage error)
@@ -482,6 +526,7 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   AddNbdTlsOptions(app, flags);
   AddCsiOptions(app, flags);
   AddClusterOptions(app, flags);
+  AddBackupOptions(app, flags);
 
   try {
     app.parse(argc, argv);
@@ -508,6 +553,7 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   if (valid.ok()) {
     valid = ResolveCluster(flags, o, app.get_option("--node-lease-seconds")->count() > 0);
   }
+  if (valid.ok()) ResolveBackup(flags, o);
   if (!valid.ok()) {
     result.exit_code = 2;
     result.err = "shaled: " + std::string(valid.message()) + " (see 'shaled --help')";

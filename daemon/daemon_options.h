@@ -47,6 +47,14 @@ struct DaemonOptions {
   std::string cluster_secret_file;   // absolute (required in cluster mode; mode 0600 at start)
   unsigned node_lease_seconds = 10;  // TTL of the node's etcd lease
 
+  // Backups to S3 (docs/backup.md).
+  std::string backup_endpoint;          // default S3 endpoint ("" = AWS)
+  std::string backup_region;            // default region ("" = us-east-1)
+  std::string backup_credentials_file;  // absolute; "" = AWS_* environment variables
+  std::string backup_credentials_profile;
+  std::string backup_ca_file;    // absolute; "" = the system's CAs
+  unsigned backup_parallel = 4;  // chunk transfers in flight
+
   // gRPC address of the control socket: "unix://" + control_socket.
   std::string ControlEndpoint() const;
   EngineOptions ToEngineOptions() const;

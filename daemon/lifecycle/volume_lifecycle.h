@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "backup/backup_manager.h"
 #include "engine/common/labels.h"
 #include "engine/common/result.h"
 #include "engine/engine.h"
@@ -70,6 +71,16 @@ struct CloneSpec {
   std::vector<FrontendRecord> records;
 };
 
+// A volume restored from a backup (docs/backup.md, "Restoring"): `volume` as for Create, with
+// params.size_bytes 0 meaning the backup's size (larger: the volume is grown, the rest reads
+// zeros).
+struct RestoreSpec {
+  std::string backup;         // "s3://BUCKET/PREFIX/ID"
+  backup::Endpoint endpoint;  // empty fields: shaled's defaults
+  VolumeSpec volume;
+  backup::ProgressFn progress;
+};
+
 struct DeleteOptions {
   bool force = false;  // disconnect the export's clients first (through the ExportGate)
   std::chrono::milliseconds disconnect_timeout{std::chrono::seconds(30)};
@@ -96,6 +107,20 @@ class VolumeLifecycle {
   // Deletes the volume with its clone record, QoS record and every frontend record in one
   // commit. Busy while clients hold it (the message names them), unless options.force.
   Status Delete(std::string_view name, const DeleteOptions& options = {});
+  // Restores a backup as a new volume: creates it (with a "backup" frontend record marking it
+  // as being restored, in the same commit), writes the backup's stored chunks, checks the
+  // digest of what the volume holds against the manifest, then marks it restored. Any failure
+  // deletes the half-restored volume and returns the error (naming the missing or corrupt
+  // chunk); a crash meanwhile leaves a marked volume, which RecoverRestores() deletes.
+  // FailedPrecondition without a backup manager (SetBackups).
+  Result<VolumeInfo> Restore(const RestoreSpec& spec);
+  // Deletes volumes whose restore was cut short by a crash. Call once at start, before serving.
+  Status RecoverRestores();
+  // The backup manager restores and the frontends use; null: backups are off. Set before
+  // serving, cleared after the frontends stopped.
+  void SetBackups(backup::BackupManager* backups) { backups_.store(backups); }
+  backup::BackupManager* backups() const { return backups_.load(); }
+
   // Deletes a pool (with its volumes when force); their records go with the pool's metadata.
   Status DeletePool(std::string_view name, bool force);
 
@@ -138,7 +163,11 @@ class VolumeLifecycle {
   snapshot::SnapshotManager* const snapshots_;
   qos::QosManager* const qos_;
   std::atomic<ExportGate*> gate_{nullptr};
+  std::atomic<backup::BackupManager*> backups_{nullptr};
 };
+
+// The frontend record of a volume made by Restore ("restoring" until it completed).
+inline constexpr std::string_view kRestoreRecordFrontend = "backup";
 
 // Record keys (pool metadata): Extension("frontend", hex16(volume id) "/" frontend). Exposed
 // for tests and docs/format/metadata.md.
