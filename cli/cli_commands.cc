@@ -18,6 +18,7 @@
 #include "api/control.grpc.pb.h"
 #include "api/control_api.h"
 #include "cli/control_client.h"
+#include "cli/ops_commands.h"
 #include "cli/output.h"
 #include "cli/pool_commands.h"
 #include "cli/qos_commands.h"
@@ -306,6 +307,7 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
   // The command groups, each in its own file. Snapshots and clones: flatten draws progress only
   // on a terminal.
   PoolCommands pool_commands(&action, out, err);
+  OpsCommands ops_commands(&action, out, err);
   QosCommands qos_commands(&action, out, err);
   SnapshotCommands snapshot_commands(&action, out, err,
                                      &err == &std::cerr && isatty(STDERR_FILENO) == 1);
@@ -340,6 +342,8 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
   // `qos ...`, `snapshot ...`, `clone ...`.
   qos_commands.AddQosCommand(app);
   snapshot_commands.AddCommands(app);
+  // `usage` (docs/operations.md).
+  ops_commands.AddCommands(app);
 
   try {
     app.parse(argc, argv);

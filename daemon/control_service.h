@@ -20,6 +20,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 
 #include "api/control.grpc.pb.h"
@@ -54,6 +55,8 @@ class ControlService final : public v1::Control::Service {
   struct DaemonInfo {
     std::string version;
     std::string control_endpoint;  // "unix:///..."
+    // The metrics endpoint's bound address ("127.0.0.1:9580"); null: metrics are off.
+    std::function<std::string()> metrics_address;
   };
 
   // `lifecycle` (not null; its engine, snapshot manager and QoS manager are the ones this
@@ -129,6 +132,14 @@ class ControlService final : public v1::Control::Service {
   grpc::Status GetPoolQos(grpc::ServerContext* ctx, const v1::GetPoolQosRequest* req,
                           v1::PoolQos* resp) override;
 
+  // Operability (control_service_ops.cc, docs/operations.md).
+  grpc::Status SetPoolCapacity(grpc::ServerContext* ctx, const v1::SetPoolCapacityRequest* req,
+                               v1::Pool* resp) override;
+  grpc::Status ExpandPool(grpc::ServerContext* ctx, const v1::ExpandPoolRequest* req,
+                          v1::Pool* resp) override;
+  grpc::Status GetUsage(grpc::ServerContext* ctx, const v1::GetUsageRequest* req,
+                        v1::GetUsageResponse* resp) override;
+
   // How long `volume delete --force` (and `snapshot delete --force`) waits for NBD clients to
   // let go of the export.
   static constexpr std::chrono::seconds kForceDisconnectTimeout{30};
@@ -144,6 +155,8 @@ class ControlService final : public v1::Control::Service {
   Status DescribeVolume(const std::string& name, v1::Volume* out);
   // The settings in force into a volume answer (control_service_qos.cc).
   Status AddQosInfo(v1::Volume* volume);
+  // Thresholds, overcommit limit and fill level into a pool answer (control_service_ops.cc).
+  void AddCapacityInfo(v1::Pool* pool);
 
   VolumeLifecycle* const lifecycle_;
   Engine* const engine_;

@@ -8,6 +8,8 @@
 #include <string_view>
 
 #include "api/control_api.h"
+#include "daemon/ops/http_server.h"
+#include "engine/common/labels.h"
 #include "engine/common/units.h"
 #include "engine/io/reactor.h"
 #include "engine/pool/superblock.h"
@@ -102,6 +104,8 @@ struct Flags {
   unsigned nbd_handshake_timeout_s = 0;
   std::string csi_endpoint;
   std::string node_id;
+  std::string metrics_listen = ops::kDefaultMetricsListen;
+  std::string metrics_usage_label;
 };
 
 // Defaults from EngineOptions and NbdServerOptions (one source of truth).
@@ -229,6 +233,31 @@ void AddCsiOptions(CLI::App& app, Flags& f) {
       ->type_name("ID");
 }
 
+// Prometheus metrics: --metrics-listen, --metrics-usage-label.
+void AddMetricsOptions(CLI::App& app, Flags& f) {
+  app.add_option("--metrics-listen", f.metrics_listen,
+                 "TCP address serving Prometheus metrics at /metrics: IPv4:PORT, [IPv6]:PORT or "
+                 "localhost:PORT (port 0 picks a free port; `shale status` shows it), or \"none\"")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            Status valid = ops::ValidateMetricsListen(text);
+            return valid.ok() ? std::string() : std::string(valid.message());
+          },
+          /*validator_desc=*/""))
+      ->type_name("ADDR:PORT")
+      ->capture_default_str();
+  app.add_option("--metrics-usage-label", f.metrics_usage_label,
+                 "Volume label KEY: label the per-volume metrics with it and export usage sums "
+                 "per value (shale_usage_*), e.g. team")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            Status valid = ValidateLabel(text, "x");
+            return valid.ok() ? std::string() : std::string(valid.message());
+          },
+          /*validator_desc=*/""))
+      ->type_name("KEY");
+}
+
 // Fills the data dir, pool, engine and logging settings of `o`; InvalidArgument (a usage error)
 // for an empty --data-dir.
 Status ResolveStorage(const Flags& f, DaemonOptions& o) {
@@ -308,6 +337,8 @@ Status ResolveCsi(const Flags& f, DaemonOptions& o) {
     return Status::InvalidArgument("--node-id must be at most 128 bytes long");
   }
   o.node_id = f.node_id;
+  o.metrics_listen = f.metrics_listen == "none" ? std::string() : f.metrics_listen;
+  o.metrics_usage_label = f.metrics_usage_label;
   return Status::Ok();
 }
 
@@ -345,6 +376,7 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   AddLoggingOptions(app, flags);
   AddSocketOptions(app, flags);
   AddCsiOptions(app, flags);
+  AddMetricsOptions(app, flags);
 
   try {
     app.parse(argc, argv);

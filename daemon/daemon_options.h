@@ -32,6 +32,9 @@ struct DaemonOptions {
   // CSI driver csi.shale.io (docs/csi.md). Empty endpoint: not served.
   std::string csi_endpoint;  // absolute path of the CSI UNIX socket (given as unix:///path)
   std::string node_id;       // CSI node id and topology value; default: the host name
+  // Prometheus metrics (docs/operations.md). Empty address: not served.
+  std::string metrics_listen;       // "127.0.0.1:9580" (port 0: any free port)
+  std::string metrics_usage_label;  // volume label whose values label the usage metrics
 
   // gRPC address of the control socket: "unix://" + control_socket.
   std::string ControlEndpoint() const;

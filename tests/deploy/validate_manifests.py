@@ -72,6 +72,10 @@ KINDS = {
     ("batch/v1", "Job"): True,
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"): False,
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"): True,
+    ("v1", "Service"): True,
+    ("v1", "ConfigMap"): True,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): True,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): True,
 }
 WORKLOADS = ("DaemonSet", "Deployment", "Job")
 
@@ -1071,8 +1075,10 @@ class ManifestTest(unittest.TestCase):
             for a in c["args"]:
                 a = ENV_REF.sub(lambda m: values[m.group(1)], a)
                 a = a.replace("unix:///csi/csi.sock", f"unix://{tmp}/csi.sock")
+                if a.startswith("--metrics-listen="):
+                    a = "--metrics-listen=127.0.0.1:0"
                 args.append(a.replace("/var/lib/shale", f"{tmp}/data"))
-            # Tests run in parallel: no fixed NBD port.
+            # Tests run in parallel: no fixed NBD or metrics port.
             cmd = [ARGS.shaled] + args + ["--nbd-listen=127.0.0.1:0", "--default-pool-size=64M"]
             log_path = f"{tmp}/shaled.log"
             with open(log_path, "w") as log:
