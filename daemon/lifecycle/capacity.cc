@@ -267,8 +267,9 @@ Status CapacityPolicy::CheckProvision(std::string_view pool, uint64_t bytes,
   const uint64_t after = c.provisioned_bytes + bytes;
   const U128 needed = (static_cast<U128>(after) * 100 + c.capacity_bytes - 1) /
                       std::max<uint64_t>(1, c.capacity_bytes);
-  const std::string raise_to =
-      needed > kMaxOvercommitPercent ? "none" : std::to_string(static_cast<uint64_t>(needed)) + "%";
+  const std::string raise_to = needed > kMaxOvercommitPercent
+                                   ? "unlimited"
+                                   : std::to_string(static_cast<uint64_t>(needed)) + "%";
   return Status::NoSpace("pool '" + c.pool + "' cannot provision " + std::string(what) +
                          ": its volumes are promised " + FormatSize(c.provisioned_bytes) +
                          " already and " + FormatSize(after) + " would exceed its overcommit " +

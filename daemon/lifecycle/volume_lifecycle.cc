@@ -36,6 +36,13 @@ Status CheckSize(uint64_t size_bytes) {
   if (size_bytes > UINT64_MAX - kBlockSize) {
     return Status::InvalidArgument("volume size " + std::to_string(size_bytes) + " is too large");
   }
+  // The engine's limit (kMaxVolumeSize, engine_internal.h), checked here too so that a size no
+  // volume can have is refused as such, before the overcommit check could name it.
+  constexpr uint64_t kMaxVolumeSize = uint64_t{256} << 40;
+  if (size_bytes > kMaxVolumeSize) {
+    return Status::InvalidArgument("volume size " + FormatSize(size_bytes) +
+                                   " exceeds the maximum of " + FormatSize(kMaxVolumeSize));
+  }
   return Status::Ok();
 }
 
