@@ -105,7 +105,7 @@ class Rig:
         self.env.pop("SHALE_ENDPOINT", None)
         pool = max(2 << 30, args.size * (2 * args.reps + 4))
         d = subprocess.Popen([f"{self.bin}/shaled", "--data-dir", f"{work}/data",
-                              "--default-pool-size", str(pool), "--nbd-listen", "127.0.0.1:0", "--nbd-insecure-tcp",
+                              "--default-pool-size", str(pool), "--nbd-listen", "127.0.0.1:0", "--nbd-insecure-tcp", "--metrics-listen", "none",
                               "--backup-endpoint", self.url, "--backup-parallel",
                               str(args.parallel), "--log-file", f"{work}/shaled.log"],
                              env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -158,6 +158,7 @@ class Servers:
         log = open(os.path.join(self.work, f"{name}.log"), "w")
         p = subprocess.Popen([shaled, "--data-dir", data, "--default-pool-size", str(pool),
                               "--nbd-listen", f"127.0.0.1:{port}", "--nbd-socket", "none",
+                              "--metrics-listen", "none",
                               "--reactors", str(a.reactors)] + listen_args,
                              stdout=log, stderr=log)
         self.procs.append(p)

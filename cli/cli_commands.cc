@@ -20,6 +20,7 @@
 #include "cli/backup_commands.h"
 #include "cli/control_client.h"
 #include "cli/node_commands.h"
+#include "cli/ops_commands.h"
 #include "cli/output.h"
 #include "cli/pool_commands.h"
 #include "cli/qos_commands.h"
@@ -308,6 +309,7 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
   // The command groups, each in its own file. Snapshots and clones: flatten draws progress only
   // on a terminal.
   PoolCommands pool_commands(&action, out, err);
+  OpsCommands ops_commands(&action, out, err);
   QosCommands qos_commands(&action, out, err);
   SnapshotCommands snapshot_commands(&action, out, err,
                                      &err == &std::cerr && isatty(STDERR_FILENO) == 1);
@@ -347,6 +349,8 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
   BackupCommands backup_commands(&action, out, err,
                                  &err == &std::cerr && isatty(STDERR_FILENO) == 1);
   backup_commands.AddCommands(app);
+  // `usage` (docs/operations.md).
+  ops_commands.AddCommands(app);
 
   try {
     app.parse(argc, argv);

@@ -127,6 +127,35 @@ std::string ListenerAccess(const v1::NbdListener& l) {
   return out + ")";
 }
 
+// "ok", "warning", "critical" (JSON) or "-" when shaled did not say.
+std::string FillLevelName(v1::FillLevel level) {
+  switch (level) {
+    case v1::FILL_LEVEL_WARNING:
+      return "warning";
+    case v1::FILL_LEVEL_CRITICAL:
+      return "critical";
+    case v1::FILL_LEVEL_OK:
+      return "ok";
+    default:
+      return "-";
+  }
+}
+
+// "42% ok", "85% WARN", "93% CRITICAL": what people should see at a glance.
+std::string FillText(const v1::Pool& p) {
+  std::string level = FillLevelName(p.fill_level());
+  if (p.fill_level() == v1::FILL_LEVEL_WARNING) level = "WARN";
+  if (p.fill_level() == v1::FILL_LEVEL_CRITICAL) level = "CRITICAL";
+  if (p.capacity_bytes() == 0) return level;
+  return std::to_string(p.used_bytes() * 100 / p.capacity_bytes()) + "% " + level;
+}
+
+std::string OvercommitText(const v1::Pool& p) {
+  if (p.overcommit_unlimited()) return "unlimited";
+  return "limit " + std::to_string(p.overcommit_percent()) + " % of capacity, " +
+         FormatSize(p.provisionable_bytes()) + " left to provision";
+}
+
 }  // namespace
 
 nlohmann::ordered_json ToJson(const v1::GetStatusResponse& s) {
@@ -149,6 +178,18 @@ nlohmann::ordered_json ToJson(const v1::GetStatusResponse& s) {
            {"max_connections", s.nbd().max_connections()},
            {"listeners", ListenersJson(s.nbd())},
        }},
+      {"metrics",
+       {
+           {"enabled", s.metrics().enabled()},
+           {"address", s.metrics().address()},
+           {"url", s.metrics().url()},
+       }},
+      {"pools",
+       [&] {
+         nlohmann::ordered_json pools = nlohmann::ordered_json::array();
+         for (const v1::Pool& p : s.pools()) pools.push_back(ToJson(p));
+         return pools;
+       }()},
   };
   if (s.has_cluster()) {
     json["cluster"] = {
@@ -175,6 +216,13 @@ nlohmann::ordered_json ToJson(const v1::Pool& p) {
       {"cluster_size", p.cluster_size()},
       {"cluster_count", p.cluster_count()},
       {"volume_count", p.volume_count()},
+      {"provisioned_bytes", p.provisioned_bytes()},
+      {"fill", FillLevelName(p.fill_level())},
+      {"warn_percent", p.warn_percent()},
+      {"critical_percent", p.critical_percent()},
+      {"overcommit_percent", p.overcommit_percent()},
+      {"overcommit_unlimited", p.overcommit_unlimited()},
+      {"provisionable_bytes", p.provisionable_bytes()},
   };
 }
 
@@ -287,6 +335,13 @@ std::string StatusView(const v1::GetStatusResponse& s) {
                                               ? "off"
                                               : s.cluster().replica_address());
   }
+  rows.emplace_back("Metrics", s.metrics().enabled() ? s.metrics().url() : "off");
+  for (const v1::Pool& p : s.pools()) {
+    if (p.fill_level() == v1::FILL_LEVEL_WARNING || p.fill_level() == v1::FILL_LEVEL_CRITICAL) {
+      rows.emplace_back("Pool " + p.name(), FillText(p) + ": " + FormatSize(p.free_bytes()) +
+                                                " free of " + FormatSize(p.capacity_bytes()));
+    }
+  }
   return RenderKeyValues(rows);
 }
 
@@ -297,25 +352,33 @@ std::string PoolView(const v1::Pool& p) {
       {"State", PoolStateName(p.state())},
   };
   if (!p.error().empty()) rows.emplace_back("Error", p.error());
-  rows.insert(rows.end(), {
-                              {"Device", p.device_path()},
-                              {"Backend", p.backend().empty() ? "-" : p.backend()},
-                              {"Capacity", SizeWithBytes(p.capacity_bytes())},
-                              {"Used", SizeWithBytes(p.used_bytes())},
-                              {"Free", SizeWithBytes(p.free_bytes())},
-                              {"Cluster size", FormatSize(p.cluster_size())},
-                              {"Clusters", std::to_string(p.cluster_count())},
-                              {"Volumes", std::to_string(p.volume_count())},
-                          });
+  rows.insert(rows.end(),
+              {
+                  {"Device", p.device_path()},
+                  {"Backend", p.backend().empty() ? "-" : p.backend()},
+                  {"Capacity", SizeWithBytes(p.capacity_bytes())},
+                  {"Used", SizeWithBytes(p.used_bytes())},
+                  {"Free", SizeWithBytes(p.free_bytes())},
+                  {"Cluster size", FormatSize(p.cluster_size())},
+                  {"Clusters", std::to_string(p.cluster_count())},
+                  {"Volumes", std::to_string(p.volume_count())},
+                  {"Fill", FillText(p)},
+                  {"Thresholds", "warn " + std::to_string(p.warn_percent()) + " %, critical " +
+                                     std::to_string(p.critical_percent()) + " %"},
+                  {"Provisioned", SizeWithBytes(p.provisioned_bytes())},
+                  {"Overcommit", OvercommitText(p)},
+              });
   return RenderKeyValues(rows);
 }
 
 std::string PoolTable(const v1::ListPoolsResponse& pools) {
-  Table table({"NAME", "STATE", "CAPACITY", "USED", "FREE", "CLUSTER", "VOLUMES", "DEVICE"});
+  Table table({"NAME", "STATE", "FILL", "CAPACITY", "USED", "FREE", "PROVISIONED", "CLUSTER",
+               "VOLUMES", "DEVICE"});
   for (const v1::Pool& p : pools.pools()) {
-    table.AddRow({p.name(), PoolStateName(p.state()), FormatSize(p.capacity_bytes()),
+    table.AddRow({p.name(), PoolStateName(p.state()), FillText(p), FormatSize(p.capacity_bytes()),
                   FormatSize(p.used_bytes()), FormatSize(p.free_bytes()),
-                  FormatSize(p.cluster_size()), std::to_string(p.volume_count()), p.device_path()});
+                  FormatSize(p.provisioned_bytes()), FormatSize(p.cluster_size()),
+                  std::to_string(p.volume_count()), p.device_path()});
   }
   return table.Render();
 }

@@ -195,6 +195,13 @@ TEST(Json, ExportsAndStatusNbd) {
   const std::string view = StatusView(s);
   EXPECT_NE(view.find("NBD TCP:          nbd://127.0.0.1:10809/VOLUME\n"), std::string::npos)
       << view;
+  EXPECT_NE(view.find("Metrics:          off\n"), std::string::npos) << view;
+  s.mutable_metrics()->set_enabled(true);
+  s.mutable_metrics()->set_url("http://127.0.0.1:9580/metrics");
+  EXPECT_EQ(ToJson(s)["metrics"]["url"], "http://127.0.0.1:9580/metrics");
+  EXPECT_NE(StatusView(s).find("Metrics:          http://127.0.0.1:9580/metrics\n"),
+            std::string::npos)
+      << StatusView(s);
   const std::string off = StatusView(v1::GetStatusResponse());
   EXPECT_NE(off.find("NBD:          off\n"), std::string::npos) << off;
 }

@@ -54,6 +54,73 @@ void PoolCommands::AddCommands(CLI::App& app) {
       "check", "Check a pool's mappings against its allocation bitmap (exit 1 on problems)");
   check->add_option("NAME", name_, "Pool name")->required();
   check->callback(SelectAction(action_, this, &PoolCommands::RunCheck));
+
+  CLI::App* set = pool_cmd->add_subcommand(
+      "set", "Change a pool's fill thresholds and overcommit limit (docs/operations.md)");
+  set->add_option("NAME", name_, "Pool name")->required();
+  set->add_option("--warn", warn_, "Warning threshold of used space, percent (default 80)")
+      ->check(CLI::Range(1u, 99u))
+      ->type_name("PERCENT");
+  set->add_option("--critical", critical_, "Critical threshold of used space, percent (default 90)")
+      ->check(CLI::Range(2u, 100u))
+      ->type_name("PERCENT");
+  set->add_option(
+         "--overcommit", overcommit_,
+         "Limit of the volumes' sizes summed, as a share of the capacity, e.g. 500% (default "
+         "300%), or unlimited")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            return OvercommitPercent(text).has_value() || text == "unlimited"
+                       ? std::string()
+                       : "expected a percentage like 300% (1%..100000%) or unlimited";
+          },
+          /*validator_desc=*/""))
+      ->type_name("PERCENT|unlimited");
+  set->callback(SelectAction(action_, this, &PoolCommands::RunSet));
+
+  CLI::App* expand = pool_cmd->add_subcommand(
+      "expand",
+      "Grow a pool online into its device: a file is extended to --size first; a block "
+      "device that grew is taken in as it is");
+  expand->add_option("NAME", name_, "Pool name")->required();
+  expand->add_option("--size", size_, "New size of the pool's file (default: its size now)")
+      ->check(SizeValidator())
+      ->type_name("SIZE");
+  expand->callback(SelectAction(action_, this, &PoolCommands::RunExpand));
+}
+
+std::optional<uint32_t> PoolCommands::OvercommitPercent(std::string_view text) {
+  if (text.ends_with('%')) text.remove_suffix(1);
+  if (text.empty() || text.size() > 6) return std::nullopt;
+  uint32_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    value = value * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (value < 1 || value > 100000) return std::nullopt;
+  return value;
+}
+
+int PoolCommands::RunSet(ControlClient& client, Format format) {
+  v1::SetPoolCapacityRequest req;
+  req.set_name(name_);
+  if (warn_ != 0) req.set_warn_percent(warn_);
+  if (critical_ != 0) req.set_critical_percent(critical_);
+  if (overcommit_ == "unlimited") {
+    req.set_overcommit_unlimited(true);
+  } else if (!overcommit_.empty()) {
+    req.set_overcommit_percent(*OvercommitPercent(overcommit_));
+  }
+  return RunRpc(client, &v1::Control::Stub::SetPoolCapacity, req, err_,
+                [&](const v1::Pool& pool) { return PrintPool(format, pool); });
+}
+
+int PoolCommands::RunExpand(ControlClient& client, Format format) {
+  v1::ExpandPoolRequest req;
+  req.set_name(name_);
+  if (!size_.empty()) req.set_size_bytes(SizeOf(size_));
+  return RunRpc(client, &v1::Control::Stub::ExpandPool, req, err_,
+                [&](const v1::Pool& pool) { return PrintPool(format, pool); });
 }
 
 int PoolCommands::RunCreate(ControlClient& client, Format format) {

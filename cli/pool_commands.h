@@ -1,9 +1,10 @@
-// Pool commands of the shale CLI: `pool create|list|show|delete|check`. RunShale() owns one
-// PoolCommands for the parse and the run.
+// Pool commands of the shale CLI: `pool create|list|show|delete|check|set|expand`. RunShale() owns
+// one PoolCommands for the parse and the run.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <ostream>
 #include <string>
 
@@ -28,6 +29,10 @@ class PoolCommands {
   int RunShow(ControlClient& client, Format format);
   int RunDelete(ControlClient& client, Format format);
   int RunCheck(ControlClient& client, Format format);
+  int RunSet(ControlClient& client, Format format);
+  int RunExpand(ControlClient& client, Format format);
+  // "300%" or "300" -> 300 (1..100000); nullopt otherwise.
+  static std::optional<uint32_t> OvercommitPercent(std::string_view text);
   // Prints one pool (create, show) and returns the exit code.
   int PrintPool(Format format, const v1::Pool& pool);
   void PrintJson(const nlohmann::ordered_json& json);
@@ -37,6 +42,8 @@ class PoolCommands {
   std::ostream& err_;
   // Parsed arguments (one command runs per invocation).
   std::string name_, device_, size_, cluster_size_;
+  uint32_t warn_ = 0, critical_ = 0;  // 0: unchanged
+  std::string overcommit_;            // "300%", "300" or "unlimited"; empty: unchanged
   bool force_ = false;
 };
 

@@ -10,6 +10,10 @@ namespace shale::cli {
 void VolumeCommands::PrintJson(const nlohmann::ordered_json& json) { out_ << json.dump(2) << "\n"; }
 
 int VolumeCommands::PrintVolume(Format format, const v1::Volume& volume) {
+  // Advice about a request that succeeded (the pool is filling up): on stderr, so scripts
+  // reading stdout are not disturbed.
+  for (const std::string& warning : volume.warnings())
+    err_ << "shale: warning: " << warning << "\n";
   format == Format::kJson ? PrintJson(ToJson(volume)) : void(out_ << VolumeView(volume));
   return kExitOk;
 }

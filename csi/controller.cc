@@ -203,6 +203,14 @@ Status ControllerService::UpgradeRecords() {
                      {"pool", pool.name}, {"volume", volume});
     }
   }
+  // Volumes of older versions count their engine size (capacity plus expansion headroom)
+  // toward the pool's overcommit limit: record their CSI capacity instead, once.
+  for (const VolumeInfo& info : engine_->ListVolumes()) {
+    if (info.labels.count(std::string(kLabelFingerprint)) == 0) continue;
+    const uint64_t capacity = info.read_only ? 0 : CsiCapacity(engine_, info);
+    if (lifecycle_->capacity()->Promised(info) == capacity) continue;
+    SHALE_RETURN_IF_ERROR(lifecycle_->SetProvisioned(info, capacity));
+  }
   return Status::Ok();
 }
 
@@ -438,12 +446,15 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
   if (plan.vp.has_qos) qos = plan.vp.qos;
   Result<VolumeInfo> created = Status::Internal("unreachable");
   if (!plan.has_source) {
+    // The PVC's capacity, not the engine size (which has expansion headroom), counts toward
+    // the pool's overcommit limit.
     created = lifecycle_->Create({.params = {.name = plan.name,
                                              .size_bytes = engine_size,
                                              .pool = plan.vp.pool,
                                              .labels = labels},
                                   .qos = qos,
-                                  .records = records});
+                                  .records = records,
+                                  .provisioned_bytes = *capacity});
   } else if (!src.restore_from.empty()) {
     // Restores take as long as the data does; a provisioner retry waits on mu_ and then finds
     // the complete volume (a crash meanwhile: shaled deletes the half-restored volume at start).
@@ -454,7 +465,8 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
                               .pool = plan.vp.pool,
                               .labels = labels},
                    .qos = qos,
-                   .records = records};
+                   .records = records,
+                   .provisioned_bytes = *capacity};
     created = lifecycle_->Restore(spec);
   } else {
     auto clone = lifecycle_->Clone({.source = src.clone_from,
@@ -463,7 +475,8 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
                                     .labels = labels,
                                     .size_bytes = engine_size,
                                     .qos = qos,
-                                    .records = records});
+                                    .records = records,
+                                    .provisioned_bytes = plan.read_only ? 0 : *capacity});
     created = clone.ok() ? Result<VolumeInfo>(clone->volume) : Result<VolumeInfo>(clone.status());
   }
   if (!created.ok()) {
@@ -592,10 +605,24 @@ grpc::Status ControllerService::GetCapacity(grpc::ServerContext*,
     if (info.status().IsNotFound()) return Invalid("pool " + pool + " not found");
     return ToGrpc(info.status());
   }
-  if (info->state == "online")
-    response->set_available_capacity(static_cast<int64_t>(info->free_bytes));
-  // Volumes are thin: their size is not bounded by the free space, only by the engine.
-  response->mutable_maximum_volume_size()->set_value(static_cast<int64_t>(kMaxVolumeSize));
+  // Volumes are thin: what can still be provisioned is what the pool's overcommit limit leaves
+  // (docs/operations.md, "Capacity"); without a limit, the free space.
+  uint64_t available = 0;
+  uint64_t largest = kMaxVolumeSize;
+  if (info->state == "online") {
+    auto capacity = lifecycle_->capacity()->Describe(pool);
+    if (!capacity.ok()) return ToGrpc(capacity.status());
+    if (capacity->provisionable_bytes == UINT64_MAX) {
+      available = info->free_bytes;
+    } else {
+      available = capacity->provisionable_bytes;
+      largest = std::min(largest, available);
+    }
+  } else {
+    largest = 0;
+  }
+  response->set_available_capacity(static_cast<int64_t>(std::min<uint64_t>(available, INT64_MAX)));
+  response->mutable_maximum_volume_size()->set_value(static_cast<int64_t>(largest));
   response->mutable_minimum_volume_size()->set_value(static_cast<int64_t>(kSizeGranularity));
   return grpc::Status::OK;
 }
@@ -785,7 +812,7 @@ grpc::Status ControllerService::ControllerExpandVolume(
     record.capacity = *wanted;
     auto resized =
         lifecycle_->Resize(info->name, std::max(EngineSizeFor(*wanted), info->size_bytes),
-                           {{std::string(kCsiRecordFrontend), EncodeCsiRecord(record)}});
+                           {{std::string(kCsiRecordFrontend), EncodeCsiRecord(record)}}, *wanted);
     if (!resized.ok()) return ToGrpc(resized.status());
   }
   response->set_capacity_bytes(static_cast<int64_t>(std::max(*wanted, current)));

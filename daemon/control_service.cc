@@ -48,6 +48,10 @@ v1::PoolState ToProtoState(const std::string& state) {
   return v1::POOL_STATE_UNSPECIFIED;
 }
 
+}  // namespace
+
+namespace internal {
+
 void ToProto(const PoolInfo& in, v1::Pool* out) {
   out->set_name(in.name);
   out->set_uuid(in.uuid);
@@ -62,10 +66,6 @@ void ToProto(const PoolInfo& in, v1::Pool* out) {
   out->set_volume_count(in.volume_count);
   out->set_backend(in.backend);
 }
-
-}  // namespace
-
-namespace internal {
 
 grpc::Status Fail(grpc::ServerContext* ctx, const Status& status) {
   ctx->AddTrailingMetadata(api::kShaleErrorMetadataKey, std::string(StatusCodeName(status.code())));
@@ -196,6 +196,17 @@ grpc::Status ControlService::GetStatus(grpc::ServerContext* /*ctx*/,
     }
   }
   AddClusterStatus(resp);
+  if (info_.metrics_address) {
+    v1::MetricsStatus* metrics = resp->mutable_metrics();
+    metrics->set_enabled(true);
+    metrics->set_address(info_.metrics_address());
+    metrics->set_url("http://" + metrics->address() + "/metrics");
+  }
+  for (const PoolInfo& pool : engine_->ListPools()) {
+    v1::Pool* out = resp->add_pools();
+    ToProto(pool, out);
+    AddCapacityInfo(out);
+  }
   return grpc::Status::OK;
 }
 
@@ -218,6 +229,7 @@ grpc::Status ControlService::CreatePool(grpc::ServerContext* ctx, const v1::Crea
   Result<PoolInfo> pool = engine_->CreatePool(params);
   if (!pool.ok()) return Fail(ctx, pool.status());
   ToProto(*pool, resp);
+  AddCapacityInfo(resp);
   return grpc::Status::OK;
 }
 
@@ -225,7 +237,11 @@ grpc::Status ControlService::ListPools(grpc::ServerContext* /*ctx*/,
                                        const v1::ListPoolsRequest* /*req*/,
                                        v1::ListPoolsResponse* resp) {
   // The engine lists pools in name order (its map is sorted).
-  for (const PoolInfo& pool : engine_->ListPools()) ToProto(pool, resp->add_pools());
+  for (const PoolInfo& pool : engine_->ListPools()) {
+    v1::Pool* out = resp->add_pools();
+    ToProto(pool, out);
+    AddCapacityInfo(out);
+  }
   return grpc::Status::OK;
 }
 
@@ -236,6 +252,7 @@ grpc::Status ControlService::GetPool(grpc::ServerContext* ctx, const v1::GetPool
   Result<PoolInfo> pool = engine_->GetPool(req->name());
   if (!pool.ok()) return Fail(ctx, pool.status());
   ToProto(*pool, resp);
+  AddCapacityInfo(resp);
   return grpc::Status::OK;
 }
 
@@ -276,9 +293,11 @@ grpc::Status ControlService::CreateVolume(grpc::ServerContext* ctx,
   spec.params.read_only = req->read_only();
   spec.params.labels.insert(req->labels().begin(), req->labels().end());
   if (req->has_qos()) spec.qos = qos::SettingsFromMessage(req->qos());
-  Result<VolumeInfo> volume = lifecycle_->Create(spec);
+  std::vector<std::string> advice;
+  Result<VolumeInfo> volume = lifecycle_->Create(spec, &advice);
   if (!volume.ok()) return Fail(ctx, volume.status());
   ToProto(*volume, resp);
+  for (std::string& line : advice) resp->add_warnings(std::move(line));
   AddExportInfo(resp);
   if (Status st = AddQosInfo(resp); !st.ok()) return Fail(ctx, st);
   if (Status st = AddSnapshotInfo(resp, /*with_space=*/true); !st.ok()) return Fail(ctx, st);
@@ -322,9 +341,12 @@ grpc::Status ControlService::GetVolume(grpc::ServerContext* ctx, const v1::GetVo
 
 grpc::Status ControlService::ResizeVolume(grpc::ServerContext* ctx,
                                           const v1::ResizeVolumeRequest* req, v1::Volume* resp) {
-  Result<VolumeInfo> volume = lifecycle_->Resize(req->name(), req->size_bytes());
+  std::vector<std::string> advice;
+  Result<VolumeInfo> volume =
+      lifecycle_->Resize(req->name(), req->size_bytes(), {}, /*provisioned_bytes=*/0, &advice);
   if (!volume.ok()) return Fail(ctx, volume.status());
   ToProto(*volume, resp);
+  for (std::string& line : advice) resp->add_warnings(std::move(line));
   AddExportInfo(resp);
   if (Status st = AddSnapshotInfo(resp, /*with_space=*/true); !st.ok()) return Fail(ctx, st);
   return grpc::Status::OK;

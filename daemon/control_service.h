@@ -20,6 +20,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 
 #include "api/control.grpc.pb.h"
@@ -55,6 +56,8 @@ class ControlService final : public v1::Control::Service {
   struct DaemonInfo {
     std::string version;
     std::string control_endpoint;  // "unix:///..."
+    // The metrics endpoint's bound address ("127.0.0.1:9580"); null: metrics are off.
+    std::function<std::string()> metrics_address;
   };
 
   // `lifecycle` (not null; its engine, snapshot manager and QoS manager are the ones this
@@ -153,6 +156,14 @@ class ControlService final : public v1::Control::Service {
   grpc::Status RestoreBackup(grpc::ServerContext* ctx, const v1::RestoreBackupRequest* req,
                              grpc::ServerWriter<v1::BackupProgress>* writer) override;
 
+  // Operability (control_service_ops.cc, docs/operations.md).
+  grpc::Status SetPoolCapacity(grpc::ServerContext* ctx, const v1::SetPoolCapacityRequest* req,
+                               v1::Pool* resp) override;
+  grpc::Status ExpandPool(grpc::ServerContext* ctx, const v1::ExpandPoolRequest* req,
+                          v1::Pool* resp) override;
+  grpc::Status GetUsage(grpc::ServerContext* ctx, const v1::GetUsageRequest* req,
+                        v1::GetUsageResponse* resp) override;
+
   // How long `volume delete --force` (and `snapshot delete --force`) waits for NBD clients to
   // let go of the export.
   static constexpr std::chrono::seconds kForceDisconnectTimeout{30};
@@ -170,6 +181,8 @@ class ControlService final : public v1::Control::Service {
   Status AddQosInfo(v1::Volume* volume);
   // This node's part in the cluster into a status answer (control_service_cluster.cc).
   void AddClusterStatus(v1::GetStatusResponse* resp) const;
+  // Thresholds, overcommit limit and fill level into a pool answer (control_service_ops.cc).
+  void AddCapacityInfo(v1::Pool* pool);
 
   VolumeLifecycle* const lifecycle_;
   Engine* const engine_;

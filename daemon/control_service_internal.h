@@ -6,6 +6,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "api/control.pb.h"
+#include "daemon/lifecycle/capacity.h"
 #include "engine/common/status.h"
 #include "engine/engine.h"
 #include "snapshot/snapshot_manager.h"
@@ -16,7 +17,10 @@ namespace shale::daemon::internal {
 // that marks it as shaled's own.
 grpc::Status Fail(grpc::ServerContext* ctx, const Status& status);
 
+void ToProto(const PoolInfo& in, v1::Pool* out);
 void ToProto(const VolumeInfo& in, v1::Volume* out);
+// A pool's thresholds, overcommit limit and fill level (control_service_ops.cc).
+void AddCapacity(const PoolCapacity& in, v1::Pool* out);
 void ToProto(const snapshot::CloneInfo& in, v1::CloneInfo* out);
 void ToProto(const snapshot::SnapshotInfo& in, v1::Snapshot* out);
 

@@ -224,9 +224,11 @@ grpc::Status ControlService::CloneVolume(grpc::ServerContext* ctx,
   spec.name = req->name();
   spec.read_only = req->read_only();
   spec.labels.insert(req->labels().begin(), req->labels().end());
-  Result<snapshot::CloneResult> clone = lifecycle_->Clone(spec);
+  std::vector<std::string> advice;
+  Result<snapshot::CloneResult> clone = lifecycle_->Clone(spec, &advice);
   if (!clone.ok()) return Fail(ctx, clone.status());
   if (Status st = DescribeVolume(req->name(), resp); !st.ok()) return Fail(ctx, st);
+  for (std::string& line : advice) resp->add_warnings(std::move(line));
   return grpc::Status::OK;
 }
 

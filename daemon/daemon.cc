@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <initializer_list>
+#include <thread>
 
 #include "backup/backup_manager.h"
 #include "csi/driver.h"
@@ -20,6 +21,8 @@
 #include "daemon/control_service.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
 #include "daemon/nbd_export_gate.h"
+#include "daemon/ops/http_server.h"
+#include "daemon/ops/metrics_collector.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 #include "nbd/export.h"
@@ -188,14 +191,88 @@ class UnixGrpcServer {
   std::unique_ptr<grpc::Server> server_;
 };
 
+// Capacity care (docs/operations.md, "Capacity"): re-evaluates every pool's fill level about
+// once a second on a thread of its own, so a threshold crossing is logged once, soon after the
+// writes that crossed it (never on the data path), and status and metrics show the level.
+class CapacityWatch final : public Frontend {
+ public:
+  static constexpr auto kInterval = std::chrono::seconds(1);
+  explicit CapacityWatch(VolumeLifecycle* lifecycle) : lifecycle_(lifecycle) {}
+  ~CapacityWatch() override { Stop(); }
+
+  std::string_view name() const override { return "capacity"; }
+  std::string endpoint() const override { return "pool fill checked every second"; }
+  Status Start() override {
+    lifecycle_->capacity()->Evaluate();  // logs what pools are above at start
+    thread_ = std::thread([this] { Loop(); });
+    return Status::Ok();
+  }
+  void Stop() override {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock lock(mu_);
+    while (!cv_.wait_for(lock, kInterval, [this] { return stopping_; })) {
+      lock.unlock();
+      lifecycle_->capacity()->Evaluate();
+      lock.lock();
+    }
+  }
+
+  VolumeLifecycle* const lifecycle_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;  // guarded by mu_
+  std::thread thread_;
+};
+
+// Prometheus metrics (--metrics-listen, docs/operations.md): GET /metrics on a thread of its
+// own, which collects from the engine, QoS and the capacity policy (never on a reactor).
+class MetricsEndpoint final : public Frontend {
+ public:
+  MetricsEndpoint(VolumeLifecycle* lifecycle, std::string listen, ops::CollectorOptions options)
+      : listen_(std::move(listen)), metrics_(lifecycle, std::move(options)) {}
+  ~MetricsEndpoint() override { Stop(); }
+
+  std::string_view name() const override { return "metrics"; }
+  std::string endpoint() const override { return "http://" + address() + "/metrics"; }
+  Status Start() override {
+    Result<std::unique_ptr<ops::MetricsHttpServer>> server =
+        ops::MetricsHttpServer::Start({.listen = listen_}, [this] { return metrics_.Scrape(); });
+    if (!server.ok()) return server.status();
+    server_ = std::move(server).value();
+    return Status::Ok();
+  }
+  void Stop() override {
+    if (server_) server_->Stop();
+  }
+  // As bound ("127.0.0.1:9580"); empty before Start().
+  std::string address() const { return server_ ? server_->address() : std::string(); }
+
+ private:
+  const std::string listen_;
+  ops::DaemonMetrics metrics_;
+  std::unique_ptr<ops::MetricsHttpServer> server_;
+};
+
 // The control API: shale.v1.Control on a UNIX socket only its owner can use (mode 0600).
 class ControlEndpoint final : public Frontend {
  public:
   ControlEndpoint(VolumeLifecycle* lifecycle, std::string socket_path, nbd::NbdServer* nbd,
-                  ClusterNode* cluster)
+                  ClusterNode* cluster, const MetricsEndpoint* metrics)
       : server_(std::move(socket_path), "control"),
-        service_(lifecycle, {.version = SHALE_VERSION, .control_endpoint = server_.endpoint()}, nbd,
-                 cluster) {}
+        service_(lifecycle,
+                 {.version = SHALE_VERSION,
+                  .control_endpoint = server_.endpoint(),
+                  .metrics_address = MetricsAddress(metrics)},
+                 nbd, cluster) {}
   ~ControlEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "control"; }
@@ -204,6 +281,11 @@ class ControlEndpoint final : public Frontend {
   void Stop() override { server_.Stop(); }
 
  private:
+  static std::function<std::string()> MetricsAddress(const MetricsEndpoint* metrics) {
+    if (metrics == nullptr) return nullptr;
+    return [metrics] { return metrics->address(); };
+  }
+
   UnixGrpcServer server_;
   ControlService service_;
 };
@@ -439,6 +521,7 @@ Status Daemon::AddFrontends() {
   // Frontends start in this order and stop in reverse. NBD comes first so the control API
   // can report its bound address from its first answer, and stops last, after the control API
   // can no longer ask it for anything. The CSI endpoint comes last (see below).
+  frontends_.push_back(std::make_unique<CapacityWatch>(lifecycle_.get()));
   nbd::NbdServer* nbd = nullptr;
   if (!options_.nbd_listen.empty() || !options_.nbd_socket.empty()) {
     nbd::NbdServerOptions nbd_options;
@@ -464,8 +547,25 @@ Status Daemon::AddFrontends() {
     cluster = node.get();
     frontends_.push_back(std::move(node));
   }
-  frontends_.push_back(
-      std::make_unique<ControlEndpoint>(lifecycle_.get(), options_.control_socket, nbd, cluster));
+  // Metrics before the control API, which reports their address.
+  MetricsEndpoint* metrics = nullptr;
+  if (!options_.metrics_listen.empty()) {
+    ops::CollectorOptions metrics_options;
+    metrics_options.node = options_.node_id.empty() ? csi::DefaultNodeId() : options_.node_id;
+    metrics_options.version = SHALE_VERSION;
+    metrics_options.usage_label = options_.metrics_usage_label;
+    if (nbd != nullptr) {
+      metrics_options.nbd_connections = [nbd] {
+        return static_cast<uint32_t>(nbd->Clients().size());
+      };
+    }
+    auto endpoint = std::make_unique<MetricsEndpoint>(lifecycle_.get(), options_.metrics_listen,
+                                                      std::move(metrics_options));
+    metrics = endpoint.get();
+    frontends_.push_back(std::move(endpoint));
+  }
+  frontends_.push_back(std::make_unique<ControlEndpoint>(lifecycle_.get(), options_.control_socket,
+                                                         nbd, cluster, metrics));
 
   // CSI last: it attaches volumes through the NBD server and must stop before it.
   if (!options_.csi_endpoint.empty()) {

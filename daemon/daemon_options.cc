@@ -9,6 +9,8 @@
 
 #include "api/control_api.h"
 #include "cluster/endpoints.h"
+#include "daemon/ops/http_server.h"
+#include "engine/common/labels.h"
 #include "engine/common/units.h"
 #include "engine/io/reactor.h"
 #include "engine/pool/superblock.h"
@@ -119,6 +121,8 @@ struct Flags {
   std::string backup_credentials_profile;
   std::string backup_ca_file;
   unsigned backup_parallel = 4;
+  std::string metrics_listen = ops::kDefaultMetricsListen;
+  std::string metrics_usage_label;
 };
 
 // Defaults from EngineOptions and NbdServerOptions (one source of truth).
@@ -371,6 +375,31 @@ void ResolveBackup(const Flags& f, DaemonOptions& o) {
   o.backup_parallel = f.backup_parallel;
 }
 
+// Prometheus metrics: --metrics-listen, --metrics-usage-label.
+void AddMetricsOptions(CLI::App& app, Flags& f) {
+  app.add_option("--metrics-listen", f.metrics_listen,
+                 "TCP address serving Prometheus metrics at /metrics: IPv4:PORT, [IPv6]:PORT or "
+                 "localhost:PORT (port 0 picks a free port; `shale status` shows it), or \"none\"")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            Status valid = ops::ValidateMetricsListen(text);
+            return valid.ok() ? std::string() : std::string(valid.message());
+          },
+          /*validator_desc=*/""))
+      ->type_name("ADDR:PORT")
+      ->capture_default_str();
+  app.add_option("--metrics-usage-label", f.metrics_usage_label,
+                 "Volume label KEY: label the per-volume metrics with it and export usage sums "
+                 "per value (shale_usage_*), e.g. team")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            Status valid = ValidateLabel(text, "x");
+            return valid.ok() ? std::string() : std::string(valid.message());
+          },
+          /*validator_desc=*/""))
+      ->type_name("KEY");
+}
+
 // Fills the data dir, pool, engine and logging settings of `o`; InvalidArgument (a usage error)
 // for an empty --data-dir.
 Status ResolveStorage(const Flags& f, DaemonOptions& o) {
@@ -486,6 +515,8 @@ Status ResolveCsi(const Flags& f, DaemonOptions& o) {
     return Status::InvalidArgument("--node-id must be at most 128 bytes long");
   }
   o.node_id = f.node_id;
+  o.metrics_listen = f.metrics_listen == "none" ? std::string() : f.metrics_listen;
+  o.metrics_usage_label = f.metrics_usage_label;
   return Status::Ok();
 }
 
@@ -527,6 +558,7 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   AddCsiOptions(app, flags);
   AddClusterOptions(app, flags);
   AddBackupOptions(app, flags);
+  AddMetricsOptions(app, flags);
 
   try {
     app.parse(argc, argv);

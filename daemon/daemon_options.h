@@ -55,6 +55,10 @@ struct DaemonOptions {
   std::string backup_ca_file;    // absolute; "" = the system's CAs
   unsigned backup_parallel = 4;  // chunk transfers in flight
 
+  // Prometheus metrics (docs/operations.md). Empty address: not served.
+  std::string metrics_listen;       // "127.0.0.1:9580" (port 0: any free port)
+  std::string metrics_usage_label;  // volume label whose values label the usage metrics
+
   // gRPC address of the control socket: "unix://" + control_socket.
   std::string ControlEndpoint() const;
   EngineOptions ToEngineOptions() const;

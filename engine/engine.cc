@@ -395,6 +395,19 @@ Result<PoolInfo> Engine::CreatePoolLocked(const CreatePoolParams& params, bool m
   return DescribePool(*raw);
 }
 
+Result<PoolInfo> Engine::ExpandPool(std::string_view name, uint64_t size_bytes) {
+  std::lock_guard lock(mu_);
+  if (shut_down_) return Status::Unavailable("engine is shut down");
+  SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(name));
+  Pool& pool = *slot->pool;
+  const uint64_t before = pool.cluster_count() * pool.cluster_size();
+  SHALE_ASSIGN_OR_RETURN(uint64_t added, pool.Expand(size_bytes));
+  SHALE_LOG_INFO("pool expanded", {"pool", std::string(name)}, {"capacity_before", before},
+                 {"capacity", pool.cluster_count() * pool.cluster_size()},
+                 {"clusters_added", added}, {"device", slot->reg.device_path()});
+  return DescribePool(*slot);
+}
+
 std::vector<PoolInfo> Engine::ListPools() {
   std::lock_guard lock(mu_);
   std::vector<PoolInfo> out;
@@ -481,6 +494,13 @@ VolumeInfo Engine::DescribeVolume(const VolumeSlot& slot) const {
   info.bytes_written = c.bytes_written.load();
   info.flushes = c.flushes.load();
   info.errors = c.errors.load();
+  info.discards = c.discards.load();
+  info.write_zeroes = c.write_zeroes.load();
+  info.bytes_discarded = c.bytes_discarded.load();
+  info.bytes_zeroed = c.bytes_zeroed.load();
+  info.read_latency = c.read_latency.Take();
+  info.write_latency = c.write_latency.Take();
+  info.flush_latency = c.flush_latency.Take();
   return info;
 }
 

@@ -78,6 +78,9 @@ struct VolumeInfo {
   uint32_t open_count = 0;  // handles held by frontends (NBD exports, ...)
   std::map<std::string, std::string> labels;
   uint64_t reads = 0, writes = 0, bytes_read = 0, bytes_written = 0, flushes = 0, errors = 0;
+  uint64_t discards = 0, write_zeroes = 0, bytes_discarded = 0, bytes_zeroed = 0;
+  // Client request latency since the daemon started (VolumeCounters).
+  LatencyHistogram::Snapshot read_latency, write_latency, flush_latency;
 };
 
 struct CreatePoolParams {
@@ -126,6 +129,15 @@ struct ImageUsage {
   uint64_t shared_bytes = 0;     // data of this image that child images still read
 };
 
+// Progress and cancellation of a pool check. Both run on the checking thread.
+struct PoolCheckOptions {
+  // Units of work done and the total (mapping entries and bitmap words; the total is an
+  // estimate until the end).
+  std::function<void(uint64_t done, uint64_t total)> progress;
+  // Polled between units; true stops the check with Aborted (nothing is changed by a check).
+  std::function<bool()> cancelled;
+};
+
 // Result of a pool consistency check (pool check command).
 struct PoolCheckReport {
   uint64_t referenced_clusters = 0;
@@ -172,9 +184,15 @@ class Engine {
   // Refuses while the pool holds volumes unless force (then deletes them; none may be open).
   // Wipes the superblock, removes the metadata, and deletes the backing file if Shale made it.
   Status DeletePool(std::string_view name, bool force);
+  // Grows an online pool into the space its device has now: a block device that grew, or a
+  // file first extended to `size_bytes` (0: as it is). Volumes keep serving I/O meanwhile; the
+  // new clusters are free. Crash-safe (Pool::Expand). FailedPrecondition when there is no room
+  // to add a cluster.
+  Result<PoolInfo> ExpandPool(std::string_view name, uint64_t size_bytes);
   // Commits every volume of the pool, then checks mappings against the allocation bitmap:
   // no cluster referenced twice, every referenced cluster allocated, no allocated cluster leaked.
-  Result<PoolCheckReport> CheckPool(std::string_view name);
+  // `options` (optional) reports progress and lets the caller stop the check (Aborted).
+  Result<PoolCheckReport> CheckPool(std::string_view name, const PoolCheckOptions& options = {});
 
   // `extra` (optional) commits with the volume's records.
   Result<VolumeInfo> CreateVolume(const CreateVolumeParams& params,

@@ -1,5 +1,6 @@
 // Engine::CheckPool: the pool consistency check (`shale pool check`). It reads only committed
 // metadata (after committing every volume of the pool) and reports; it never repairs.
+#include <algorithm>
 #include <future>
 #include <map>
 #include <set>
@@ -12,15 +13,53 @@ namespace shale {
 
 namespace {
 
+// Progress of one check: units of work (mapping fragments, then clusters of the bitmap) against
+// an estimate of their total; reports and polls for cancellation every kStep units.
+class CheckProgress {
+ public:
+  static constexpr uint64_t kStep = 4096;
+  CheckProgress(const PoolCheckOptions& options, uint64_t total)
+      : options_(options), total_(total) {}
+  // False once the caller asked to stop.
+  bool Step(uint64_t units) {
+    done_ += units;
+    pending_ += units;
+    if (pending_ < kStep) return true;
+    pending_ = 0;
+    Report();
+    return !(options_.cancelled && options_.cancelled());
+  }
+  void Report() {
+    total_ = std::max(total_, done_);
+    if (options_.progress) options_.progress(done_, total_);
+  }
+  void Finish() {
+    total_ = done_;
+    Report();
+  }
+
+ private:
+  const PoolCheckOptions& options_;
+  uint64_t total_;
+  uint64_t done_ = 0;
+  uint64_t pending_ = 0;
+};
+
+Status Cancelled(Pool& pool) {
+  return Status::Aborted("check of pool '" + pool.name() + "' cancelled (nothing was changed)");
+}
+
 // Every stored mapping: of an existing image, decodable, inside the pool, and no cluster owned
 // twice. Fills `owner` (cluster -> "image I cluster V").
-Status CheckMappings(Pool& pool, std::map<uint32_t, std::string>* owner, PoolCheckReport* report) {
+Status CheckMappings(Pool& pool, std::map<uint32_t, std::string>* owner, PoolCheckReport* report,
+                     CheckProgress* progress) {
   std::set<uint64_t> images;
   SHALE_RETURN_IF_ERROR(
       pool.meta().Scan(keys::ImagePrefix(), [&](std::string_view k, std::string_view) {
         images.insert(keys::DecodeU64At(k, 1));
         return true;
       }));
+  bool stopped = false;
   Status scan = pool.meta().Scan(keys::MapPrefix(), [&](std::string_view k, std::string_view v) {
     uint64_t image = keys::DecodeU64At(k, 1), vc = keys::DecodeU64At(k, 9);
     std::string where = "image " + std::to_string(image) + " cluster " + std::to_string(vc);
@@ -42,8 +81,10 @@ Status CheckMappings(Pool& pool, std::map<uint32_t, std::string>* owner, PoolChe
                                    pos->second + " and by " + where);
       }
     }
-    return true;
+    stopped = !progress->Step(std::max<size_t>(1, e->fragments.size()));
+    return !stopped;
   });
+  if (scan.ok() && stopped) return Cancelled(pool);
   return scan;
 }
 
@@ -108,8 +149,8 @@ Status CheckImageTree(Pool& pool, PoolCheckReport* report) {
 
 // The committed allocation bitmap against the referenced clusters: every referenced cluster is
 // allocated, no allocated cluster is unreferenced (reports at most ~1000 leaks).
-void CheckBitmap(Pool& pool, const std::map<uint32_t, std::string>& owner,
-                 PoolCheckReport* report) {
+Status CheckBitmap(Pool& pool, const std::map<uint32_t, std::string>& owner,
+                   PoolCheckReport* report, CheckProgress* progress) {
   ClusterBitmap committed = pool.pipeline().committed_bitmap();
   report->referenced_clusters = owner.size();
   report->committed_clusters = committed.Count();
@@ -119,17 +160,21 @@ void CheckBitmap(Pool& pool, const std::map<uint32_t, std::string>& owner,
                                  " is marked free");
   }
   for (uint64_t c = 0; c < pool.cluster_count(); ++c) {
+    if (c % CheckProgress::kStep == 0 && c != 0 && !progress->Step(CheckProgress::kStep)) {
+      return Cancelled(pool);
+    }
     if (committed.Test(c) && !owner.count(static_cast<uint32_t>(c))) {
       report->problems.push_back("cluster " + std::to_string(c) +
                                  " is allocated but unreferenced (leak)");
       if (report->problems.size() > 1000) break;
     }
   }
+  return Status::Ok();
 }
 
 }  // namespace
 
-Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
+Result<PoolCheckReport> Engine::CheckPool(std::string_view name, const PoolCheckOptions& options) {
   std::lock_guard lock(mu_);
   auto it = pools_.find(name);
   if (it == pools_.end()) return Status::NotFound("pool '" + std::string(name) + "' not found");
@@ -148,9 +193,14 @@ Result<PoolCheckReport> Engine::CheckPool(std::string_view name) {
   }
   PoolCheckReport report;
   std::map<uint32_t, std::string> owner;
-  SHALE_RETURN_IF_ERROR(CheckMappings(pool, &owner, &report));
+  // Mapping fragments are about the clusters in use; the bitmap pass walks every cluster.
+  CheckProgress progress(options,
+                         pool.pipeline().committed_bitmap().Count() + pool.cluster_count());
+  progress.Report();
+  SHALE_RETURN_IF_ERROR(CheckMappings(pool, &owner, &report, &progress));
   SHALE_RETURN_IF_ERROR(CheckImageTree(pool, &report));
-  CheckBitmap(pool, owner, &report);
+  SHALE_RETURN_IF_ERROR(CheckBitmap(pool, owner, &report, &progress));
+  progress.Finish();
   return report;
 }
 

@@ -239,5 +239,152 @@ TEST_F(EngineTest, CheckPoolIsCleanAfterWritesDiscardsAndDeletes) {
   EXPECT_EQ(report->referenced_clusters, 48u);
 }
 
+TEST_F(EngineTest, CheckPoolReportsProgressAndCanBeCancelled) {
+  Start();
+  ASSERT_TRUE(engine_->CreateVolume({.name = "a", .size_bytes = 64 * kMiB}).ok());
+  {
+    auto a = engine_->OpenVolume("a");
+    AlignedBuffer buf = AllocateAligned(32 * kMiB);
+    std::memset(buf.get(), 7, 32 * kMiB);
+    ASSERT_TRUE(RunVolumeIo((*a)->volume(), VolumeOp::kWrite, 0, 32 * kMiB, buf.get()).ok());
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> seen;
+  PoolCheckOptions options;
+  options.progress = [&](uint64_t done, uint64_t total) { seen.emplace_back(done, total); };
+  auto report = engine_->CheckPool("default", options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(report->clean());
+  ASSERT_GE(seen.size(), 3u);  // the start, steps, the end
+  EXPECT_EQ(seen.front().first, 0u);
+  EXPECT_EQ(seen.back().first, seen.back().second) << "ends at 100%";
+  for (size_t i = 1; i < seen.size(); ++i) {
+    EXPECT_GE(seen[i].first, seen[i - 1].first);
+    EXPECT_LE(seen[i].first, seen[i].second);
+  }
+  // Stopped at its first chance: Aborted, and the pool is as it was.
+  options.cancelled = [] { return true; };
+  auto cancelled = engine_->CheckPool("default", options);
+  ASSERT_FALSE(cancelled.ok());
+  EXPECT_EQ(cancelled.status().code(), StatusCode::kAborted);
+  EXPECT_NE(cancelled.status().message().find("cancelled"), std::string_view::npos);
+  EXPECT_TRUE(engine_->CheckPool("default")->clean());
+}
+
+TEST_F(EngineTest, ExpandPoolGrowsAFilePoolWhileAVolumeIsInUse) {
+  Start();
+  const std::string file = dir_ + "/small.img";
+  auto created =
+      engine_->CreatePool({.name = "small", .device_path = file, .size_bytes = 33 * kMiB});
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->capacity_bytes, 32 * kMiB);
+  ASSERT_TRUE(engine_->CreateVolume({.name = "v", .size_bytes = 64 * kMiB, .pool = "small"}).ok());
+  auto handle = engine_->OpenVolume("v");
+  ASSERT_TRUE(handle.ok());
+  Volume& v = (*handle)->volume();
+  AlignedBuffer buf = AllocateAligned(1 * kMiB);
+  // Fill the pool: the write after the last free cluster fails with no space.
+  uint64_t off = 0;
+  Status st;
+  for (; off < 64 * kMiB; off += kMiB) {
+    std::memcpy(buf.get(), Pattern(kMiB, static_cast<uint32_t>(off / kMiB)).data(), kMiB);
+    st = RunVolumeIo(v, VolumeOp::kWrite, off, kMiB, buf.get());
+    if (!st.ok()) break;
+  }
+  ASSERT_EQ(st.code(), StatusCode::kNoSpace) << st;
+  EXPECT_EQ(off, 32 * kMiB);
+  // Grow the file online: the same handle keeps writing into the new space.
+  auto grown = engine_->ExpandPool("small", 65 * kMiB);
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  EXPECT_EQ(grown->capacity_bytes, 64 * kMiB);
+  EXPECT_EQ(fs::file_size(file), 65 * kMiB);
+  for (; off < 64 * kMiB; off += kMiB) {
+    std::memcpy(buf.get(), Pattern(kMiB, static_cast<uint32_t>(off / kMiB)).data(), kMiB);
+    ASSERT_TRUE(RunVolumeIo(v, VolumeOp::kWrite, off, kMiB, buf.get()).ok()) << off;
+  }
+  ASSERT_TRUE(RunVolumeIo(v, VolumeOp::kFlush, 0, 0, nullptr).ok());
+  EXPECT_EQ(engine_->GetPool("small")->free_bytes, 0u);
+  // Again without room: a clear refusal.
+  auto again = engine_->ExpandPool("small", 0);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.status().code(), StatusCode::kFailedPrecondition);
+  auto shrink = engine_->ExpandPool("small", 40 * kMiB);
+  ASSERT_FALSE(shrink.ok());
+  EXPECT_NE(shrink.status().message().find("never shrinks"), std::string_view::npos)
+      << shrink.status();
+  handle->reset();
+  // After a restart: the larger pool, every byte intact, a clean check.
+  engine_.reset();
+  Start();
+  EXPECT_EQ(engine_->GetPool("small")->capacity_bytes, 64 * kMiB);
+  auto reopened = engine_->OpenVolume("v");
+  ASSERT_TRUE(reopened.ok());
+  for (off = 0; off < 64 * kMiB; off += kMiB) {
+    const std::vector<uint8_t> want = Pattern(kMiB, static_cast<uint32_t>(off / kMiB));
+    ASSERT_TRUE(RunVolumeIo((*reopened)->volume(), VolumeOp::kRead, off, kMiB, buf.get()).ok());
+    ASSERT_EQ(std::memcmp(buf.get(), want.data(), kMiB), 0) << "at " << off;
+  }
+  reopened->reset();
+  auto report = engine_->CheckPool("small");
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->clean()) << report->problems.front();
+}
+
+TEST_F(EngineTest, VolumeCountsOperationsBytesAndLatency) {
+  Start();
+  ASSERT_TRUE(engine_->CreateVolume({.name = "a", .size_bytes = 16 * kMiB}).ok());
+  auto a = engine_->OpenVolume("a");
+  AlignedBuffer buf = AllocateAligned(64 * kKiB);
+  std::memset(buf.get(), 3, 64 * kKiB);
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(
+        RunVolumeIo((*a)->volume(), VolumeOp::kWrite, i * 64 * kKiB, 64 * kKiB, buf.get()).ok());
+  }
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(RunVolumeIo((*a)->volume(), VolumeOp::kRead, 0, 4 * kKiB, buf.get()).ok());
+  }
+  ASSERT_TRUE(RunVolumeIo((*a)->volume(), VolumeOp::kFlush, 0, 0, nullptr).ok());
+  ASSERT_TRUE(RunVolumeIo((*a)->volume(), VolumeOp::kDiscard, 0, 64 * kKiB, nullptr).ok());
+  // Refused requests are not counted (and get no latency sample).
+  EXPECT_FALSE(RunVolumeIo((*a)->volume(), VolumeOp::kRead, 32 * kMiB, 4 * kKiB, buf.get()).ok());
+  auto info = engine_->GetVolume("a");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->writes, 5u);
+  EXPECT_EQ(info->bytes_written, 5 * 64 * kKiB);
+  EXPECT_EQ(info->reads, 3u);
+  EXPECT_EQ(info->bytes_read, 3 * 4 * kKiB);
+  EXPECT_EQ(info->flushes, 1u);
+  EXPECT_EQ(info->discards, 1u);
+  EXPECT_EQ(info->bytes_discarded, 64 * kKiB);
+  EXPECT_EQ(info->write_latency.count, 5u);
+  EXPECT_EQ(info->read_latency.count, 3u);
+  EXPECT_EQ(info->flush_latency.count, 1u);
+  EXPECT_GT(info->write_latency.sum_ns, 0u);
+  uint64_t in_buckets = 0;
+  for (uint64_t c : info->write_latency.counts) in_buckets += c;
+  EXPECT_EQ(in_buckets, 5u);
+  EXPECT_EQ(info->errors, 1u);
+}
+
+TEST_F(EngineTest, ReactorsReportTheirCpuTime) {
+  Start();
+  const uint64_t before = engine_->reactors()[0]->CpuNanos();
+  // Busy the reactor for 20 ms of its own CPU time (bounded in wall time on a loaded machine).
+  engine_->reactors()[0]->RunSync([] {
+    auto thread_cpu_ns = [] {
+      timespec ts{};
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+      return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
+    };
+    const uint64_t start = thread_cpu_ns();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    volatile uint64_t x = 0;
+    while (thread_cpu_ns() - start < 25'000'000 && std::chrono::steady_clock::now() < deadline) {
+      x = x + 1;
+    }
+  });
+  const uint64_t after = engine_->reactors()[0]->CpuNanos();
+  EXPECT_GE(after - before, 20'000'000u);
+}
+
 }  // namespace
 }  // namespace shale

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "engine/common/log.h"
+#include "engine/common/net_address.h"
 #include "engine/io/reactor.h"
 #include "nbd/connection.h"
 
@@ -41,63 +42,6 @@ uint64_t UnixNanos() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                    std::chrono::system_clock::now().time_since_epoch())
                                    .count());
-}
-
-struct ListenAddress {
-  sockaddr_storage addr{};
-  socklen_t len = 0;
-};
-
-Result<ListenAddress> ParseListenAddress(std::string_view text) {
-  const auto bad = [&](std::string_view why) {
-    return Status::InvalidArgument("NBD listen address '" + std::string(text) +
-                                   "': " + std::string(why) +
-                                   " (expected IPv4:PORT, [IPv6]:PORT or localhost:PORT)");
-  };
-  const size_t colon = text.rfind(':');
-  if (colon == std::string_view::npos || colon == 0) return bad("no port");
-  std::string host(text.substr(0, colon));
-  const std::string_view port_text = text.substr(colon + 1);
-  if (port_text.empty() || port_text.size() > 5) return bad("invalid port");
-  uint32_t port = 0;
-  for (char c : port_text) {
-    if (c < '0' || c > '9') return bad("invalid port");
-    port = port * 10 + static_cast<uint32_t>(c - '0');
-  }
-  if (port > 65535) return bad("port out of range");
-  ListenAddress out;
-  if (host == "localhost") host = "127.0.0.1";
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    auto* a6 = reinterpret_cast<sockaddr_in6*>(&out.addr);
-    a6->sin6_family = AF_INET6;
-    a6->sin6_port = htons(static_cast<uint16_t>(port));
-    if (inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &a6->sin6_addr) != 1) {
-      return bad("invalid IPv6 address");
-    }
-    out.len = sizeof(sockaddr_in6);
-    return out;
-  }
-  auto* a4 = reinterpret_cast<sockaddr_in*>(&out.addr);
-  a4->sin_family = AF_INET;
-  a4->sin_port = htons(static_cast<uint16_t>(port));
-  if (inet_pton(AF_INET, host.c_str(), &a4->sin_addr) != 1) return bad("invalid IPv4 address");
-  out.len = sizeof(sockaddr_in);
-  return out;
-}
-
-std::string FormatAddress(const sockaddr_storage& addr) {
-  char ip[INET6_ADDRSTRLEN] = {};
-  if (addr.ss_family == AF_INET) {
-    const auto* a4 = reinterpret_cast<const sockaddr_in*>(&addr);
-    inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof(ip));
-    return std::string(ip) + ":" + std::to_string(ntohs(a4->sin_port));
-  }
-  if (addr.ss_family == AF_INET6) {
-    const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&addr);
-    inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof(ip));
-    return "[" + std::string(ip) + "]:" + std::to_string(ntohs(a6->sin6_port));
-  }
-  return "unknown";
 }
 
 // Runs blocking work (export lookups, export releases) off the reactors, in posting order.
@@ -352,7 +296,7 @@ Status NbdServer::Core::Start() {
     for (const auto& [fd, tcp] : fds) close(fd);
   };
   if (!options_.tcp_address.empty()) {
-    Result<ListenAddress> addr = ParseListenAddress(options_.tcp_address);
+    Result<ListenAddress> addr = ParseListenAddress(options_.tcp_address, "NBD listen address");
     if (!addr.ok()) return addr.status();
     const int fd = socket(addr->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return Status::FromErrno(errno, "socket");
@@ -622,7 +566,7 @@ Status NbdServer::Core::WithExportClosed(std::string_view name, std::chrono::mil
 }
 
 Status ValidateListenAddress(std::string_view address) {
-  return ParseListenAddress(address).status();
+  return ParseListenAddress(address, "NBD listen address").status();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 #include "daemon/lifecycle/volume_lifecycle.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "engine/common/block.h"
@@ -35,6 +36,13 @@ Status CheckSize(uint64_t size_bytes) {
   if (size_bytes > UINT64_MAX - kBlockSize) {
     return Status::InvalidArgument("volume size " + std::to_string(size_bytes) + " is too large");
   }
+  // The engine's limit (kMaxVolumeSize, engine_internal.h), checked here too so that a size no
+  // volume can have is refused as such, before the overcommit check could name it.
+  constexpr uint64_t kMaxVolumeSize = uint64_t{256} << 40;
+  if (size_bytes > kMaxVolumeSize) {
+    return Status::InvalidArgument("volume size " + FormatSize(size_bytes) +
+                                   " exceeds the maximum of " + FormatSize(kMaxVolumeSize));
+  }
   return Status::Ok();
 }
 
@@ -46,7 +54,16 @@ std::string FrontendRecordKey(uint64_t volume_id, std::string_view frontend) {
 
 VolumeLifecycle::VolumeLifecycle(Engine* engine, snapshot::SnapshotManager* snapshots,
                                  qos::QosManager* qos)
-    : engine_(engine), snapshots_(snapshots), qos_(qos) {}
+    : engine_(engine), snapshots_(snapshots), qos_(qos), capacity_(engine) {}
+
+std::string VolumeLifecycle::ResolvePool(std::string_view pool) const {
+  if (!pool.empty()) return std::string(pool);
+  const std::vector<PoolInfo> pools = engine_->ListPools();
+  for (const PoolInfo& p : pools) {
+    if (p.name == engine_->options().default_pool_name) return p.name;
+  }
+  return pools.size() == 1 ? pools[0].name : std::string();
+}
 
 Status VolumeLifecycle::CheckSpecQos(const std::optional<qos::QosSettings>& settings) const {
   if (!settings) return Status::Ok();
@@ -105,53 +122,117 @@ Status VolumeLifecycle::ExplainBusy(const Status& status, const std::string& kin
                                   : " before you " + action + " it"));
 }
 
-Result<VolumeInfo> VolumeLifecycle::Create(const VolumeSpec& spec) {
+Result<VolumeInfo> VolumeLifecycle::Create(const VolumeSpec& spec,
+                                           std::vector<std::string>* advice) {
   SHALE_RETURN_IF_ERROR(ValidateName("volume", spec.params.name));
   SHALE_RETURN_IF_ERROR(CheckSize(spec.params.size_bytes));
   if (!spec.params.pool.empty()) SHALE_RETURN_IF_ERROR(ValidateName("pool", spec.params.pool));
   SHALE_RETURN_IF_ERROR(ValidateLabels(spec.params.labels));
   SHALE_RETURN_IF_ERROR(CheckSpecQos(spec.qos));
   SHALE_RETURN_IF_ERROR(CheckRecords(spec.records));
+  const uint64_t promised =
+      spec.provisioned_bytes != 0
+          ? spec.provisioned_bytes
+          : (spec.params.read_only ? 0 : RoundUpToBlock(spec.params.size_bytes));
+  const std::string pool = ResolvePool(spec.params.pool);
+  std::lock_guard provision(provision_mu_);
+  if (Result<PoolInfo> info = engine_->GetPool(pool); info.ok() && info->state == "online") {
+    SHALE_RETURN_IF_ERROR(capacity_.CheckProvision(
+        pool, promised,
+        "volume '" + spec.params.name + "' (" + FormatSize(promised) + " provisioned)"));
+  }
   Result<VolumeInfo> volume =
       engine_->CreateVolume(spec.params, [&](uint64_t volume_id, MetaBatch* batch) {
         AddRecords(spec.qos, spec.records, volume_id, spec.params.name, batch);
+        CapacityPolicy::AddPromiseRecord(volume_id, promised, batch);
       });
   if (!volume.ok()) return volume.status();
+  capacity_.AdoptPromise(volume->pool, volume->id, promised);
   AdoptQos(*volume, spec.qos);
+  if (advice != nullptr) *advice = capacity_.Advice(volume->pool, promised);
   return volume;
 }
 
-Result<snapshot::CloneResult> VolumeLifecycle::Clone(const CloneSpec& spec) {
+Result<snapshot::CloneResult> VolumeLifecycle::Clone(const CloneSpec& spec,
+                                                     std::vector<std::string>* advice) {
   SHALE_RETURN_IF_ERROR(ValidateName("volume", spec.name));
   if (spec.size_bytes != 0) SHALE_RETURN_IF_ERROR(CheckSize(spec.size_bytes));
   SHALE_RETURN_IF_ERROR(ValidateLabels(spec.labels));
   SHALE_RETURN_IF_ERROR(CheckSpecQos(spec.qos));
   SHALE_RETURN_IF_ERROR(CheckRecords(spec.records));
+  // The pool and size the clone will have: its source's.
+  std::string pool;
+  uint64_t size = spec.size_bytes;
+  if (Result<snapshot::SnapshotRef> ref = snapshot::ParseSnapshotRef(spec.source); ref.ok()) {
+    Result<std::vector<snapshot::SnapshotInfo>> snaps =
+        snapshots_->List({.volume = ref->volume, .include_implicit = true, .with_space = false});
+    if (snaps.ok()) {
+      for (const snapshot::SnapshotInfo& s : *snaps) {
+        if (s.name != ref->snapshot) continue;
+        pool = s.pool;
+        size = std::max(size, s.size_bytes);
+      }
+    }
+  } else if (Result<VolumeInfo> source = engine_->GetVolume(spec.source); source.ok()) {
+    pool = source->pool;
+    size = std::max(size, source->size_bytes);
+  }
+  const uint64_t promised = spec.provisioned_bytes != 0
+                                ? spec.provisioned_bytes
+                                : (spec.read_only ? 0 : RoundUpToBlock(size));
+  std::lock_guard provision(provision_mu_);
+  if (!pool.empty()) {
+    SHALE_RETURN_IF_ERROR(capacity_.CheckProvision(
+        pool, promised, "clone '" + spec.name + "' (" + FormatSize(promised) + " provisioned)"));
+  }
   snapshot::CloneOptions options;
   options.read_only = spec.read_only;
   options.labels = spec.labels;
   options.size_bytes = spec.size_bytes;
   options.extra = [&](uint64_t volume_id, MetaBatch* batch) {
     AddRecords(spec.qos, spec.records, volume_id, spec.name, batch);
+    CapacityPolicy::AddPromiseRecord(volume_id, promised, batch);
   };
   Result<snapshot::CloneResult> clone = snapshots_->Clone(spec.source, spec.name, options);
   if (!clone.ok()) return clone.status();
+  capacity_.AdoptPromise(clone->volume.pool, clone->volume.id, promised);
   AdoptQos(clone->volume, spec.qos);
+  if (advice != nullptr) *advice = capacity_.Advice(clone->volume.pool, promised);
   return clone;
 }
 
 Result<VolumeInfo> VolumeLifecycle::Resize(std::string_view name, uint64_t size_bytes,
-                                           const std::vector<FrontendRecord>& records) {
+                                           const std::vector<FrontendRecord>& records,
+                                           uint64_t provisioned_bytes,
+                                           std::vector<std::string>* advice) {
   SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
   SHALE_RETURN_IF_ERROR(CheckSize(size_bytes));
   SHALE_RETURN_IF_ERROR(CheckRecords(records));
-  VolumeRecords extra;
-  if (!records.empty()) {
-    extra = [&](uint64_t volume_id, MetaBatch* batch) {
-      AddRecords(std::nullopt, records, volume_id, name, batch);
-    };
+  std::lock_guard provision(provision_mu_);
+  SHALE_ASSIGN_OR_RETURN(VolumeInfo current, engine_->GetVolume(name));
+  const uint64_t before = capacity_.Promised(current);
+  // A shrink is refused by the engine; its promise must not shrink meanwhile either.
+  const uint64_t after =
+      provisioned_bytes != 0
+          ? provisioned_bytes
+          : (current.read_only ? 0 : std::max(current.size_bytes, RoundUpToBlock(size_bytes)));
+  if (after > before) {
+    SHALE_RETURN_IF_ERROR(capacity_.CheckProvision(current.pool, after - before,
+                                                   "volume '" + std::string(name) + "' grown to " +
+                                                       FormatSize(after) + " provisioned (" +
+                                                       FormatSize(after - before) + " more)"));
   }
-  return engine_->ResizeVolume(name, size_bytes, extra);
+  VolumeRecords extra = [&](uint64_t volume_id, MetaBatch* batch) {
+    AddRecords(std::nullopt, records, volume_id, name, batch);
+    CapacityPolicy::AddPromiseRecord(volume_id, after, batch);
+  };
+  Result<VolumeInfo> resized = engine_->ResizeVolume(name, size_bytes, extra);
+  if (!resized.ok()) return resized;
+  capacity_.AdoptPromise(resized->pool, resized->id, after);
+  if (advice != nullptr && after > before) {
+    *advice = capacity_.Advice(resized->pool, after - before);
+  }
+  return resized;
 }
 
 Status VolumeLifecycle::Delete(std::string_view name_view, const DeleteOptions& options) {
@@ -161,6 +242,7 @@ Status VolumeLifecycle::Delete(std::string_view name_view, const DeleteOptions& 
   auto run = [&] {
     return snapshots_->DeleteVolume(name, [&](uint64_t volume_id, MetaBatch* batch) {
       qos::QosManager::DeleteVolumeRecord(volume_id, batch);
+      CapacityPolicy::DeletePromiseRecord(volume_id, batch);
       auto [begin, end] = FrontendRecordRange(volume_id);
       batch->DeleteRange(begin, end);
     });
@@ -181,6 +263,7 @@ Status VolumeLifecycle::Delete(std::string_view name_view, const DeleteOptions& 
   }
   SHALE_RETURN_IF_ERROR(ExplainBusy(deleted, "volume", name, "delete", /*force_hint=*/true));
   if (qos_ != nullptr) qos_->ForgetVolume(name, volume.id);
+  capacity_.ForgetPromise(volume.pool, volume.id);
   return Status::Ok();
 }
 
@@ -195,6 +278,34 @@ Status VolumeLifecycle::DeletePool(std::string_view name, bool force) {
   if (qos_ != nullptr) {
     for (const VolumeInfo& v : volumes) qos_->ForgetVolume(v.name, v.id);
   }
+  capacity_.ForgetPool(std::string(name));
+  return Status::Ok();
+}
+
+Result<PoolInfo> VolumeLifecycle::ExpandPool(std::string_view name, uint64_t size_bytes) {
+  SHALE_RETURN_IF_ERROR(ValidateName("pool", name));
+  SHALE_ASSIGN_OR_RETURN(PoolInfo pool, engine_->ExpandPool(name, size_bytes));
+  capacity_.Evaluate();  // a pool that was above a threshold may be below it now
+  return pool;
+}
+
+Result<CapacitySettings> VolumeLifecycle::SetPoolCapacity(std::string_view name,
+                                                          const CapacitySettingsUpdate& update) {
+  SHALE_RETURN_IF_ERROR(ValidateName("pool", name));
+  SHALE_ASSIGN_OR_RETURN(CapacitySettings settings, capacity_.Update(name, update));
+  capacity_.Evaluate();
+  return settings;
+}
+
+Status VolumeLifecycle::SetProvisioned(const VolumeInfo& volume, uint64_t bytes) {
+  SHALE_ASSIGN_OR_RETURN(VolumeInfo current, engine_->GetVolume(volume.name));
+  if (current.id != volume.id || current.pool != volume.pool) {
+    return Status::NotFound("volume '" + volume.name + "' was deleted meanwhile");
+  }
+  MetaBatch batch;
+  CapacityPolicy::AddPromiseRecord(volume.id, bytes, &batch);
+  SHALE_RETURN_IF_ERROR(engine_->WriteRecords(volume.pool, std::move(batch)));
+  capacity_.AdoptPromise(volume.pool, volume.id, bytes);
   return Status::Ok();
 }
 

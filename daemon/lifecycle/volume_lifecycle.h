@@ -16,12 +16,14 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "backup/backup_manager.h"
+#include "daemon/lifecycle/capacity.h"
 #include "engine/common/labels.h"
 #include "engine/common/result.h"
 #include "engine/engine.h"
@@ -59,6 +61,9 @@ struct VolumeSpec {
   CreateVolumeParams params;
   std::optional<qos::QosSettings> qos;  // none: no QoS record (unlimited, weight 100)
   std::vector<FrontendRecord> records;
+  // What the volume counts toward its pool's overcommit limit (capacity.h); 0: its size, or
+  // nothing for a read-only volume.
+  uint64_t provisioned_bytes = 0;
 };
 
 struct CloneSpec {
@@ -69,6 +74,7 @@ struct CloneSpec {
   uint64_t size_bytes = 0;  // 0: the source's size; larger grows the clone in the same commit
   std::optional<qos::QosSettings> qos;
   std::vector<FrontendRecord> records;
+  uint64_t provisioned_bytes = 0;  // as VolumeSpec's
 };
 
 // A volume restored from a backup (docs/backup.md, "Restoring"): `volume` as for Create, with
@@ -97,13 +103,20 @@ class VolumeLifecycle {
   // The frontend whose exports WithExportClosed closes; null clears it (before it stops).
   void SetExportGate(ExportGate* gate) { gate_.store(gate); }
 
-  // Volumes. Every request field is validated before anything is written.
-  Result<VolumeInfo> Create(const VolumeSpec& spec);
-  Result<snapshot::CloneResult> Clone(const CloneSpec& spec);
+  // Volumes. Every request field is validated before anything is written. Create, Clone and
+  // Resize are refused with NoSpace when the pool's overcommit limit would be exceeded (the
+  // message names the numbers); `advice` (optional) gets lines for people about a request that
+  // passed (the pool is filling up, the volume is larger than the free space).
+  Result<VolumeInfo> Create(const VolumeSpec& spec, std::vector<std::string>* advice = nullptr);
+  Result<snapshot::CloneResult> Clone(const CloneSpec& spec,
+                                      std::vector<std::string>* advice = nullptr);
   // Grows the volume (shrinking is refused) and puts `records` (e.g. a new CSI capacity) in the
-  // same commit; a resize to the current size still writes them.
+  // same commit; a resize to the current size still writes them. `provisioned_bytes`: as
+  // VolumeSpec's.
   Result<VolumeInfo> Resize(std::string_view name, uint64_t size_bytes,
-                            const std::vector<FrontendRecord>& records = {});
+                            const std::vector<FrontendRecord>& records = {},
+                            uint64_t provisioned_bytes = 0,
+                            std::vector<std::string>* advice = nullptr);
   // Deletes the volume with its clone record, QoS record and every frontend record in one
   // commit. Busy while clients hold it (the message names them), unless options.force.
   Status Delete(std::string_view name, const DeleteOptions& options = {});
@@ -123,6 +136,13 @@ class VolumeLifecycle {
 
   // Deletes a pool (with its volumes when force); their records go with the pool's metadata.
   Status DeletePool(std::string_view name, bool force);
+  // Grows a pool online (Engine::ExpandPool) and re-evaluates its fill level.
+  Result<PoolInfo> ExpandPool(std::string_view name, uint64_t size_bytes);
+  // Changes a pool's thresholds and overcommit limit (persisted).
+  Result<CapacitySettings> SetPoolCapacity(std::string_view name,
+                                           const CapacitySettingsUpdate& update);
+  // Records what a live volume counts toward its pool (a frontend upgrading its older volumes).
+  Status SetProvisioned(const VolumeInfo& volume, uint64_t bytes);
 
   // Snapshots.
   Result<snapshot::SnapshotInfo> Snapshot(std::string_view volume, std::string_view name,
@@ -142,6 +162,7 @@ class VolumeLifecycle {
                            std::string_view value);
 
   Engine* engine() const { return engine_; }
+  CapacityPolicy* capacity() { return &capacity_; }
   snapshot::SnapshotManager* snapshots() const { return snapshots_; }
   qos::QosManager* qos() const { return qos_; }
 
@@ -159,11 +180,18 @@ class VolumeLifecycle {
   Status ExplainBusy(const Status& status, const std::string& kind, const std::string& name,
                      const std::string& action, bool force_hint) const;
 
+  // The pool a create without --pool lands in (as the engine chooses it); empty if none fits.
+  std::string ResolvePool(std::string_view pool) const;
+
   Engine* const engine_;
   snapshot::SnapshotManager* const snapshots_;
   qos::QosManager* const qos_;
   std::atomic<ExportGate*> gate_{nullptr};
   std::atomic<backup::BackupManager*> backups_{nullptr};
+  CapacityPolicy capacity_;
+  // Serializes the operations that add provisioned bytes (create, clone, resize) from their
+  // overcommit check to their commit, so two requests cannot both take the last of the limit.
+  std::mutex provision_mu_;
 };
 
 // The frontend record of a volume made by Restore ("restoring" until it completed).

@@ -70,7 +70,8 @@ AioDevice::~AioDevice() {
   }
 }
 
-const DeviceGeometry& AioDevice::geometry() const { return file_->geometry(); }
+DeviceGeometry AioDevice::geometry() const { return file_->geometry(); }
+Result<uint64_t> AioDevice::Grow(uint64_t size_bytes) { return file_->Grow(size_bytes); }
 bool AioDevice::direct() const { return file_->direct(); }
 
 AioDevice::QueueStats AioDevice::queue_stats() const {

@@ -53,7 +53,8 @@ class AioDevice final : public BlockDevice {
   AioDevice(const AioDevice&) = delete;
   AioDevice& operator=(const AioDevice&) = delete;
 
-  const DeviceGeometry& geometry() const override;
+  DeviceGeometry geometry() const override;
+  Result<uint64_t> Grow(uint64_t size_bytes) override;
   std::string kind() const override { return "libaio"; }
   void Submit(IoRequest* req) override;
   Status ReadSync(uint64_t offset, void* buf, uint64_t length) override;

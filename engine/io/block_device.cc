@@ -27,6 +27,10 @@ std::string_view IoOpName(IoOp op) {
   return "unknown";
 }
 
+Result<uint64_t> BlockDevice::Grow(uint64_t /*size_bytes*/) {
+  return Status::NotSupported("a " + kind() + " device cannot grow");
+}
+
 Status ValidateRange(const DeviceGeometry& geometry, uint64_t offset, uint64_t length) {
   const uint64_t lbs = geometry.logical_block_size;
   if (offset % lbs != 0 || length % lbs != 0) {

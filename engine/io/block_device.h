@@ -61,7 +61,8 @@ class BlockDevice {
  public:
   virtual ~BlockDevice() = default;
 
-  virtual const DeviceGeometry& geometry() const = 0;
+  // A copy: the size can change (Grow) while requests are validated on reactors.
+  virtual DeviceGeometry geometry() const = 0;
   // "io_uring", "libaio", "memory", "fault(<inner>)".
   virtual std::string kind() const = 0;
   virtual void Submit(IoRequest* req) = 0;
@@ -70,6 +71,13 @@ class BlockDevice {
   virtual Status WriteSync(uint64_t offset, const void* buf, uint64_t length) = 0;
   virtual Status FlushSync() = 0;
   virtual Status DiscardSync(uint64_t offset, uint64_t length) = 0;
+
+  // Online growth (`shale pool expand`). A regular file is first extended to `size_bytes`
+  // (0: as it is now; never shrunk), a block device is asked for its size again (`size_bytes`
+  // must be 0 or what it reports). Returns the new size; geometry() reports it from then on,
+  // to every thread. FailedPrecondition if the device got smaller, NotSupported where the
+  // backend cannot grow. The caller makes the new size durable (FlushSync) before relying on it.
+  virtual Result<uint64_t> Grow(uint64_t size_bytes);
 };
 
 // Checks an asynchronous request against the geometry (range, alignment, buffer).

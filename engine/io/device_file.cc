@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "engine/common/log.h"
+#include "engine/common/units.h"
 
 namespace shale {
 
@@ -113,7 +114,47 @@ Result<std::unique_ptr<DeviceFile>> DeviceFile::Open(const std::string& path, bo
     return Status::InvalidArgument(path + " is smaller than one block (" +
                                    std::to_string(g.logical_block_size) + " bytes)");
   }
+  file->size_bytes_.store(g.size_bytes, std::memory_order_release);
   return file;
+}
+
+Result<uint64_t> DeviceFile::Grow(uint64_t size_bytes) {
+  const uint64_t current = size_bytes_.load(std::memory_order_acquire);
+  const uint64_t lbs = geometry_.logical_block_size;
+  uint64_t now = 0;
+  if (geometry_.is_block_device) {
+    if (ioctl(fd_, BLKGETSIZE64, &now) != 0)
+      return Status::FromErrno(errno, "BLKGETSIZE64 " + path_);
+    if (size_bytes != 0 && size_bytes != now) {
+      return Status::InvalidArgument("block device " + path_ + " is " + FormatSize(now) +
+                                     "; its size is set by the device, not by --size (grow the "
+                                     "device, then expand without --size)");
+    }
+  } else {
+    if (size_bytes != 0 && size_bytes % lbs != 0) {
+      return Status::InvalidArgument("size " + std::to_string(size_bytes) +
+                                     " is not a multiple of the block size " + std::to_string(lbs));
+    }
+    struct stat st {};
+    if (fstat(fd_, &st) != 0) return Status::FromErrno(errno, "stat " + path_);
+    now = static_cast<uint64_t>(st.st_size);
+    if (size_bytes > now) {
+      if (ftruncate(fd_, static_cast<off_t>(size_bytes)) != 0) {
+        return Status::FromErrno(errno, "extend " + path_ + " to " + FormatSize(size_bytes));
+      }
+      now = size_bytes;
+    } else if (size_bytes != 0 && size_bytes < now) {
+      return Status::InvalidArgument(path_ + " is already " + FormatSize(now) +
+                                     "; a pool never shrinks");
+    }
+  }
+  now -= now % lbs;
+  if (now < current) {
+    return Status::FailedPrecondition(path_ + " shrank from " + FormatSize(current) + " to " +
+                                      FormatSize(now) + "; refusing to use it");
+  }
+  size_bytes_.store(now, std::memory_order_release);
+  return now;
 }
 
 DeviceFile::~DeviceFile() {

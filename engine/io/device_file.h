@@ -41,7 +41,15 @@ class DeviceFile {
 
   int fd() const { return fd_; }
   const std::string& path() const { return path_; }
-  const DeviceGeometry& geometry() const { return geometry_; }
+  // Its size changes only through Grow(); any thread may read it meanwhile.
+  DeviceGeometry geometry() const {
+    DeviceGeometry g = geometry_;
+    g.size_bytes = size_bytes_.load(std::memory_order_acquire);
+    return g;
+  }
+  // BlockDevice::Grow: a regular file is extended to size_bytes (ftruncate; 0: as it is), a
+  // block device's size is read again. Serialized by the caller (one control operation).
+  Result<uint64_t> Grow(uint64_t size_bytes);
   bool direct() const { return direct_; }  // O_DIRECT in effect
 
   // Blocking helpers; the caller has validated the range. They loop over EINTR and short
@@ -73,7 +81,8 @@ class DeviceFile {
   int fd_ = -1;
   std::string path_;
   std::string backend_;
-  DeviceGeometry geometry_;
+  DeviceGeometry geometry_;  // size_bytes: as opened; size_bytes_ is the current size
+  std::atomic<uint64_t> size_bytes_{0};
   bool direct_ = false;
   mutable std::atomic<bool> zero_range_unsupported_{false};
 };

@@ -41,7 +41,10 @@ class FaultDevice final : public BlockDevice {
   explicit FaultDevice(std::shared_ptr<BlockDevice> inner, uint64_t seed = 1);
 
   // inner's geometry: same size and block sizes.
-  const DeviceGeometry& geometry() const override { return inner_->geometry(); }
+  DeviceGeometry geometry() const override { return inner_->geometry(); }
+  // Grows inner at once: a size change is treated as durable (a file's new size is made durable
+  // by the next flush, which pool expand issues before it records the new clusters).
+  Result<uint64_t> Grow(uint64_t size_bytes) override { return inner_->Grow(size_bytes); }
   // "fault(<inner kind>)".
   std::string kind() const override { return "fault(" + inner_->kind() + ")"; }
   // Runs the request now, under the lock; completes it through the current reactor's Defer.

@@ -7,10 +7,27 @@
 
 namespace shale {
 
-MemoryDevice::MemoryDevice(uint64_t size_bytes, uint32_t logical_block_size) {
-  geometry_.size_bytes = size_bytes;
+MemoryDevice::MemoryDevice(uint64_t size_bytes, uint32_t logical_block_size)
+    : size_bytes_(size_bytes) {
   geometry_.logical_block_size = logical_block_size;
   geometry_.physical_block_size = 4096;
+}
+
+DeviceGeometry MemoryDevice::geometry() const {
+  DeviceGeometry g = geometry_;
+  g.size_bytes = size_bytes_.load(std::memory_order_acquire);
+  return g;
+}
+
+Result<uint64_t> MemoryDevice::Grow(uint64_t size_bytes) {
+  std::lock_guard lock(mu_);
+  const uint64_t current = size_bytes_.load(std::memory_order_relaxed);
+  if (size_bytes != 0 && size_bytes % geometry_.logical_block_size != 0) {
+    return Status::InvalidArgument("size " + std::to_string(size_bytes) +
+                                   " is not a multiple of the block size");
+  }
+  if (size_bytes > current) size_bytes_.store(size_bytes, std::memory_order_release);
+  return size_bytes_.load(std::memory_order_relaxed);
 }
 
 void MemoryDevice::ReadLocked(uint64_t offset, uint8_t* out, uint64_t length) const {
@@ -65,7 +82,7 @@ void MemoryDevice::ZeroLocked(uint64_t offset, uint64_t length) {
 void MemoryDevice::Submit(IoRequest* req) {
   Reactor* reactor = Reactor::Current();
   SHALE_CHECK(reactor != nullptr, "BlockDevice::Submit outside a reactor thread");
-  req->status = ValidateIo(geometry_, *req);
+  req->status = ValidateIo(geometry(), *req);
   if (req->status.ok()) {
     std::lock_guard lock(mu_);
     switch (req->op) {
@@ -89,21 +106,21 @@ void MemoryDevice::Submit(IoRequest* req) {
 }
 
 Status MemoryDevice::ReadSync(uint64_t offset, void* buf, uint64_t length) {
-  SHALE_RETURN_IF_ERROR(ValidateRange(geometry_, offset, length));
+  SHALE_RETURN_IF_ERROR(ValidateRange(geometry(), offset, length));
   std::lock_guard lock(mu_);
   ReadLocked(offset, static_cast<uint8_t*>(buf), length);
   return Status::Ok();
 }
 
 Status MemoryDevice::WriteSync(uint64_t offset, const void* buf, uint64_t length) {
-  SHALE_RETURN_IF_ERROR(ValidateRange(geometry_, offset, length));
+  SHALE_RETURN_IF_ERROR(ValidateRange(geometry(), offset, length));
   std::lock_guard lock(mu_);
   WriteLocked(offset, static_cast<const uint8_t*>(buf), length);
   return Status::Ok();
 }
 
 Status MemoryDevice::DiscardSync(uint64_t offset, uint64_t length) {
-  SHALE_RETURN_IF_ERROR(ValidateRange(geometry_, offset, length));
+  SHALE_RETURN_IF_ERROR(ValidateRange(geometry(), offset, length));
   std::lock_guard lock(mu_);
   ZeroLocked(offset, length);
   return Status::Ok();

@@ -2,6 +2,7 @@
 // Used by unit tests and as the durable "platter" under FaultDevice. Thread-safe.
 #pragma once
 
+#include <atomic>
 #include <mutex>
 #include <unordered_map>
 
@@ -13,7 +14,9 @@ class MemoryDevice final : public BlockDevice {
  public:
   explicit MemoryDevice(uint64_t size_bytes, uint32_t logical_block_size = 512);
 
-  const DeviceGeometry& geometry() const override { return geometry_; }
+  DeviceGeometry geometry() const override;
+  // Sparse: growing only moves the end (size_bytes 0: unchanged).
+  Result<uint64_t> Grow(uint64_t size_bytes) override;
   std::string kind() const override { return "memory"; }
   void Submit(IoRequest* req) override;
   Status ReadSync(uint64_t offset, void* buf, uint64_t length) override;
@@ -30,7 +33,8 @@ class MemoryDevice final : public BlockDevice {
   void WriteLocked(uint64_t offset, const uint8_t* in, uint64_t length);
   void ZeroLocked(uint64_t offset, uint64_t length);
 
-  DeviceGeometry geometry_;
+  DeviceGeometry geometry_;  // size_bytes unused: size_bytes_ is the size
+  std::atomic<uint64_t> size_bytes_;
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, std::unique_ptr<uint8_t[]>> pages_;
 };

@@ -70,6 +70,18 @@ Result<std::unique_ptr<Reactor>> Reactor::Start(const Options& options) {
   return r;
 }
 
+uint64_t Reactor::CpuNanos() const {
+  std::lock_guard lock(cpu_mu_);
+  if (has_cpu_clock_) {
+    timespec ts{};
+    if (clock_gettime(cpu_clock_, &ts) == 0) {
+      last_cpu_ns_ =
+          static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
+    }
+  }
+  return last_cpu_ns_;
+}
+
 Reactor::~Reactor() {
   Stop();
   ReleaseId(id_);
@@ -127,10 +139,20 @@ void Reactor::ThreadMain(std::promise<Status>* started) {
   tls_current = this;
   std::string tname = options_.name.substr(0, 15);
   pthread_setname_np(pthread_self(), tname.c_str());
+  clockid_t cpu_clock;
+  if (pthread_getcpuclockid(pthread_self(), &cpu_clock) == 0) {
+    std::lock_guard lock(cpu_mu_);
+    cpu_clock_ = cpu_clock;
+    has_cpu_clock_ = true;
+  }
   Status st = InitRing();
   if (!st.ok()) {
     if (ring_ready_) io_uring_queue_exit(&ring_);
     if (wake_fd_ >= 0) close(wake_fd_);
+    {
+      std::lock_guard lock(cpu_mu_);
+      has_cpu_clock_ = false;
+    }
     tls_current = nullptr;
     started->set_value(st);
     return;
@@ -149,6 +171,12 @@ void Reactor::ThreadMain(std::promise<Status>* started) {
   }
   io_uring_queue_exit(&ring_);
   close(wake_fd_);
+  // The thread's CPU clock dies with it (and its id could name a later thread): keep the total.
+  CpuNanos();
+  {
+    std::lock_guard lock(cpu_mu_);
+    has_cpu_clock_ = false;
+  }
   tls_current = nullptr;
 }
 

@@ -63,7 +63,8 @@ UringDevice::~UringDevice() {
   }
 }
 
-const DeviceGeometry& UringDevice::geometry() const { return file_->geometry(); }
+DeviceGeometry UringDevice::geometry() const { return file_->geometry(); }
+Result<uint64_t> UringDevice::Grow(uint64_t size_bytes) { return file_->Grow(size_bytes); }
 bool UringDevice::direct() const { return file_->direct(); }
 
 UringDevice::QueueStats UringDevice::queue_stats() const {

@@ -55,7 +55,8 @@ class UringDevice final : public BlockDevice {
   UringDevice(const UringDevice&) = delete;
   UringDevice& operator=(const UringDevice&) = delete;
 
-  const DeviceGeometry& geometry() const override;
+  DeviceGeometry geometry() const override;
+  Result<uint64_t> Grow(uint64_t size_bytes) override;
   std::string kind() const override { return "io_uring"; }
   void Submit(IoRequest* req) override;
   Status ReadSync(uint64_t offset, void* buf, uint64_t length) override;

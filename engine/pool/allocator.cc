@@ -13,6 +13,12 @@ uint64_t ClusterBitmap::Count() const {
   return n;
 }
 
+void ClusterBitmap::Grow(uint64_t bits) {
+  if (bits <= bits_) return;
+  bits_ = bits;
+  words_.resize((bits + 63) / 64, 0);  // bits past the old end were kept clear
+}
+
 uint64_t ClusterBitmap::FindClear(uint64_t from) const {
   if (from >= bits_) return bits_;
   uint64_t wi = from >> 6;
@@ -58,6 +64,18 @@ Status ClusterBitmap::DecodeChunk(uint64_t chunk, uint64_t chunk_bits, std::stri
 
 ClusterAllocator::ClusterAllocator(uint64_t cluster_count)
     : cluster_count_(cluster_count), used_(cluster_count) {}
+
+void ClusterAllocator::Grow(uint64_t cluster_count) {
+  std::lock_guard lock(mu_);
+  if (cluster_count <= cluster_count_) return;
+  used_.Grow(cluster_count);
+  cluster_count_ = cluster_count;
+}
+
+uint64_t ClusterAllocator::cluster_count() const {
+  std::lock_guard lock(mu_);
+  return cluster_count_;
+}
 
 bool ClusterAllocator::MarkUsed(uint64_t cluster) {
   std::lock_guard lock(mu_);

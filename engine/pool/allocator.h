@@ -27,6 +27,8 @@ class ClusterBitmap {
   void Set(uint64_t i) { words_[i >> 6] |= (1ull << (i & 63)); }
   void Clear(uint64_t i) { words_[i >> 6] &= ~(1ull << (i & 63)); }
   uint64_t Count() const;
+  // Adds clear bits up to `bits` (never shrinks).
+  void Grow(uint64_t bits);
   // First clear bit in [from, size()), or size() if none.
   uint64_t FindClear(uint64_t from) const;
   // Bytes of chunk c: bits [c*chunk_bits, (c+1)*chunk_bits), chunk_bits a multiple of 64.
@@ -51,14 +53,17 @@ class ClusterAllocator {
   // Returns clusters to the free pool (only after their free is durable).
   void Release(const std::vector<uint32_t>& clusters);
 
-  uint64_t cluster_count() const { return cluster_count_; }
+  // Adds free clusters up to `cluster_count` (pool expand; never shrinks).
+  void Grow(uint64_t cluster_count);
+
+  uint64_t cluster_count() const;
   uint64_t free_count() const;
   bool IsUsed(uint64_t cluster) const;
   ClusterBitmap Snapshot() const;
 
  private:
-  const uint64_t cluster_count_;
   mutable std::mutex mu_;
+  uint64_t cluster_count_;
   ClusterBitmap used_;
   uint64_t used_count_ = 0;
 };

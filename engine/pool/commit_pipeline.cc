@@ -76,6 +76,11 @@ void CommitPipeline::SetBeforeMetadataWriteHook(std::function<void()> hook) {
   before_metadata_write_ = std::move(hook);
 }
 
+void CommitPipeline::GrowBitmap(uint64_t cluster_count) {
+  std::lock_guard lock(mu_);
+  committed_.Grow(cluster_count);
+}
+
 ClusterBitmap CommitPipeline::committed_bitmap() const {
   std::lock_guard lock(mu_);
   return committed_;

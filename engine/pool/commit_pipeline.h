@@ -75,6 +75,9 @@ class CommitPipeline {
   void SetBeforeMetadataWriteHook(std::function<void()> hook);
   // The allocation bitmap as committed (for pool check). Thread-safe snapshot.
   ClusterBitmap committed_bitmap() const;
+  // Pool expand: the committed bitmap covers `cluster_count` clusters from now on (the new ones
+  // free). Thread-safe; call before the allocator hands any of them out.
+  void GrowBitmap(uint64_t cluster_count);
 
  private:
   void ThreadMain();

@@ -1,9 +1,11 @@
 #include "engine/pool/pool.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/common/clock.h"
 #include "engine/common/log.h"
+#include "engine/common/units.h"
 #include "engine/pool/keys.h"
 
 namespace shale {
@@ -23,7 +25,8 @@ Pool::Pool(std::shared_ptr<BlockDevice> device, std::unique_ptr<MetadataStore> m
     : device_(std::move(device)),
       meta_(std::move(meta)),
       superblock_(std::move(superblock)),
-      record_(std::move(record)) {}
+      record_(std::move(record)),
+      cluster_count_(superblock_.cluster_count) {}
 
 Pool::~Pool() { Close(); }
 
@@ -176,6 +179,19 @@ Result<std::unique_ptr<Pool>> Pool::Open(std::shared_ptr<BlockDevice> device,
                                         " ('" + sb.pool_name + "') but the metadata belongs to " +
                                         meta_uuid.ToString() + "; refusing to open");
     }
+    const uint64_t device_size = device->geometry().size_bytes;
+    if (sb.cluster_count < rec.cluster_count() && sb.cluster_size == rec.cluster_size() &&
+        sb.data_offset == rec.data_offset() &&
+        sb.data_offset + rec.cluster_count() * sb.cluster_size <= device_size) {
+      // An expansion committed its record but not both superblocks: finish it (Expand()).
+      SHALE_LOG_WARN("finished an interrupted pool expansion", {"pool", rec.name()},
+                     {"clusters_before", sb.cluster_count}, {"clusters", rec.cluster_count()});
+      sb.cluster_count = rec.cluster_count();
+      sb.device_size = std::max(sb.device_size, device_size);
+      ++sb.generation;
+      SHALE_RETURN_IF_ERROR(WriteSuperblocks(*device, sb).WithContext(who));
+      sb_read->primary_damaged = false;
+    }
     if (sb.cluster_size != rec.cluster_size() || sb.cluster_count != rec.cluster_count() ||
         sb.data_offset != rec.data_offset()) {
       return Status::Corruption(who + ": superblock geometry disagrees with the metadata");
@@ -222,6 +238,51 @@ Status Pool::LoadAllocation(bool discard_freed) {
       superblock_.pool_name, device_.get(), meta_.get(), allocator_.get(), std::move(committed),
       superblock_.cluster_size, superblock_.data_offset, discard_freed);
   return Status::Ok();
+}
+
+Result<uint64_t> Pool::Expand(uint64_t size_bytes) {
+  const std::string who = "pool '" + name() + "'";
+  if (pipeline_->failed()) {
+    return Status::FailedPrecondition(who + " is in error: " + pipeline_->failure().ToString());
+  }
+  Result<uint64_t> grown_to = device_->Grow(size_bytes);
+  if (!grown_to.ok()) return grown_to.status().WithContext(who + ": grow the device");
+  const uint64_t device_size = *grown_to;
+  const uint64_t old_count = cluster_count();
+  const uint64_t usable = device_size > superblock_.data_offset
+                              ? (device_size - superblock_.data_offset) / cluster_size()
+                              : 0;
+  const uint64_t new_count = std::min<uint64_t>(usable, UINT32_MAX - 16);
+  if (new_count <= old_count) {
+    return Status::FailedPrecondition(
+        who + " already uses all of its " + FormatSize(device_size) + " device (" +
+        std::to_string(old_count) + " clusters of " + FormatSize(cluster_size()) +
+        "); grow the device first, or give a larger --size for a file-backed pool");
+  }
+  // 1. The new size is durable before anything refers to it (a file's size is metadata that
+  //    fdatasync makes durable).
+  SHALE_RETURN_IF_ERROR(device_->FlushSync().WithContext(who + ": flush the grown device"));
+  // 2. The record: after this commit the pool is the larger one, whatever happens next.
+  meta::PoolRecord grown = record_;
+  grown.set_cluster_count(new_count);
+  CommitPipeline::Request req;
+  req.batch.Put(keys::Pool(), grown.SerializeAsString());
+  req.flush_device = false;
+  SHALE_RETURN_IF_ERROR(pipeline_->CommitSync(std::move(req)).WithContext(who + ": record"));
+  record_ = grown;
+  if (expand_hook_) SHALE_RETURN_IF_ERROR(expand_hook_());
+  // 3. Both superblock copies (Open() finishes this step after a crash).
+  Superblock sb = superblock_;
+  sb.cluster_count = new_count;
+  sb.device_size = device_size;
+  ++sb.generation;
+  SHALE_RETURN_IF_ERROR(WriteSuperblocks(*device_, sb).WithContext(who + ": write superblock"));
+  superblock_ = sb;
+  // 4. Now the new clusters may be handed out: the pipeline records them first.
+  pipeline_->GrowBitmap(new_count);
+  allocator_->Grow(new_count);
+  cluster_count_.store(new_count, std::memory_order_release);
+  return new_count - old_count;
 }
 
 uint64_t Pool::ReserveVolumeId(MetaBatch* batch) {

@@ -10,6 +10,8 @@
 // (the engine's control mutex).
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -74,7 +76,23 @@ class Pool {
   CommitPipeline& pipeline() { return *pipeline_; }
   const CommitPipeline& pipeline() const { return *pipeline_; }
   uint32_t cluster_size() const { return superblock_.cluster_size; }
-  uint64_t cluster_count() const { return superblock_.cluster_count; }
+  // Grows with Expand(); any thread.
+  uint64_t cluster_count() const { return cluster_count_.load(std::memory_order_acquire); }
+
+  // Grows the pool online into the space its device has (or, for a file, first extends the file
+  // to `size_bytes`; 0: as it is): clusters are added at the end, volumes keep running.
+  // Crash-safe, in this order: the device's new size is made durable (flush); the pool record
+  // with the new cluster count commits; both superblock copies are rewritten; only then do the
+  // allocator and the commit pipeline hand out and record the new clusters. A crash after the
+  // record committed but before the superblocks were written is finished by Open(); before it,
+  // the pool reopens at its old size (docs/format/superblock.md, "Expansion").
+  // FailedPrecondition when the device has no room for another cluster. Must be serialized with
+  // the other users of the pool record (Reserve*Id: the engine's control mutex). Returns the
+  // number of clusters added.
+  Result<uint64_t> Expand(uint64_t size_bytes);
+  // Test seam: runs after the pool record with the new size committed, before the superblocks
+  // are rewritten; an error stops the expansion there (as a crash would).
+  void SetExpandHook(std::function<Status()> hook) { expand_hook_ = std::move(hook); }
 
   // Hands out ids and records the new counter in `batch` (commit it with the new record).
   uint64_t ReserveVolumeId(MetaBatch* batch);
@@ -95,6 +113,8 @@ class Pool {
   meta::PoolRecord record_;
   std::unique_ptr<ClusterAllocator> allocator_;
   std::unique_ptr<CommitPipeline> pipeline_;
+  std::atomic<uint64_t> cluster_count_;  // superblock_.cluster_count, readable from any thread
+  std::function<Status()> expand_hook_;
 };
 
 }  // namespace shale

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 
 #include "engine/io/memory_device.h"
@@ -216,6 +217,123 @@ TEST_F(PoolTest, MetadataIsExclusiveToOneOpener) {
   auto second = Pool::Open(device_, OpenOpts());
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), StatusCode::kBusy);
+}
+
+// --- Expansion (Pool::Expand, docs/format/superblock.md "Expansion") ---
+
+// Allocates every free cluster and commits them; returns how many it got.
+uint64_t FillPool(Pool& pool) {
+  CommitPipeline::Request req;
+  while (true) {
+    Result<uint32_t> c = pool.allocator().Allocate(0);
+    if (!c.ok()) break;
+    req.allocated.push_back(*c);
+  }
+  const uint64_t n = req.allocated.size();
+  EXPECT_TRUE(pool.pipeline().CommitSync(std::move(req)).ok());
+  return n;
+}
+
+TEST_F(PoolTest, ExpandAddsFreeClustersThatSurviveReopen) {
+  device_ = std::make_shared<MemoryDevice>(64 * kMiB);
+  Uuid uuid;
+  const uint64_t old_count = (64 * kMiB - kPoolDataOffset) / (64 * kKiB);
+  const uint64_t new_count = (96 * kMiB - kPoolDataOffset) / (64 * kKiB);
+  {
+    auto pool = Pool::Create(device_, CreateOpts());
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    uuid = (*pool)->uuid();
+    EXPECT_EQ(FillPool(**pool), old_count);
+    EXPECT_EQ((*pool)->allocator().Allocate(0).status().code(), StatusCode::kNoSpace);
+    auto added = (*pool)->Expand(96 * kMiB);
+    ASSERT_TRUE(added.ok()) << added.status();
+    EXPECT_EQ(*added, new_count - old_count);
+    EXPECT_EQ((*pool)->cluster_count(), new_count);
+    EXPECT_EQ(device_->geometry().size_bytes, 96 * kMiB);
+    // The new clusters are handed out and recorded in the committed bitmap.
+    EXPECT_EQ(FillPool(**pool), new_count - old_count);
+    EXPECT_EQ((*pool)->pipeline().committed_bitmap().Count(), new_count);
+  }
+  auto pool = Pool::Open(device_, OpenOpts("tank", uuid));
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ((*pool)->cluster_count(), new_count);
+  EXPECT_EQ((*pool)->superblock().device_size, 96 * kMiB);
+  EXPECT_EQ((*pool)->allocator().free_count(), 0u);
+  auto sb = Pool::ReadSuperblock(*device_);
+  ASSERT_TRUE(sb.ok());
+  EXPECT_FALSE(sb->primary_damaged);
+  EXPECT_EQ(sb->superblock.generation, 2u);
+}
+
+TEST_F(PoolTest, ExpandWithoutRoomIsAClearErrorAndChangesNothing) {
+  auto pool = Pool::Create(device_, CreateOpts());
+  ASSERT_TRUE(pool.ok());
+  const uint64_t count = (*pool)->cluster_count();
+  auto same = (*pool)->Expand(0);
+  ASSERT_FALSE(same.ok());
+  EXPECT_EQ(same.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(same.status().message().find("already uses all of its"), std::string_view::npos)
+      << same.status();
+  // Less than one more cluster of room: nothing to add either.
+  EXPECT_FALSE((*pool)->Expand(256 * kMiB + 32 * kKiB).ok());
+  EXPECT_EQ((*pool)->cluster_count(), count);
+}
+
+TEST_F(PoolTest, ExpandInterruptedAfterTheRecordIsFinishedByOpen) {
+  device_ = std::make_shared<MemoryDevice>(64 * kMiB);
+  Uuid uuid;
+  const uint64_t new_count = (128 * kMiB - kPoolDataOffset) / (64 * kKiB);
+  {
+    auto pool = Pool::Create(device_, CreateOpts());
+    ASSERT_TRUE(pool.ok());
+    uuid = (*pool)->uuid();
+    // A crash between the record's commit and the superblock rewrite.
+    (*pool)->SetExpandHook([] { return Status::IoError("power cut (test)"); });
+    auto added = (*pool)->Expand(128 * kMiB);
+    ASSERT_FALSE(added.ok());
+    // Nothing of the new space was handed out in this run.
+    EXPECT_EQ((*pool)->cluster_count(), (64 * kMiB - kPoolDataOffset) / (64 * kKiB));
+    auto sb = Pool::ReadSuperblock(*device_);
+    ASSERT_TRUE(sb.ok());
+    EXPECT_EQ(sb->superblock.cluster_count, (*pool)->cluster_count()) << "superblock not yet";
+  }
+  auto pool = Pool::Open(device_, OpenOpts("tank", uuid));
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ((*pool)->cluster_count(), new_count);
+  EXPECT_EQ((*pool)->allocator().free_count(), new_count);
+  auto sb = Pool::ReadSuperblock(*device_);
+  ASSERT_TRUE(sb.ok());
+  EXPECT_EQ(sb->superblock.cluster_count, new_count);
+  EXPECT_EQ(sb->superblock.device_size, 128 * kMiB);
+}
+
+TEST_F(PoolTest, ExpandWithAStaleBackupSuperblockStillOpens) {
+  // The primary copy was rewritten, the backup not (a crash between the two writes), and the
+  // primary is damaged later: the backup's older geometry is finished from the record.
+  device_ = std::make_shared<MemoryDevice>(64 * kMiB);
+  Uuid uuid;
+  std::string old_backup(kSuperblockSize, '\0');
+  ASSERT_TRUE(device_->ReadSync(kSuperblockBackupOffset, old_backup.data(), kSuperblockSize).ok());
+  {
+    auto pool = Pool::Create(device_, CreateOpts());
+    ASSERT_TRUE(pool.ok());
+    uuid = (*pool)->uuid();
+    AlignedBuffer buf = AllocateAligned(kSuperblockSize);
+    ASSERT_TRUE(device_->ReadSync(kSuperblockBackupOffset, buf.get(), kSuperblockSize).ok());
+    old_backup.assign(reinterpret_cast<const char*>(buf.get()), kSuperblockSize);
+    ASSERT_TRUE((*pool)->Expand(96 * kMiB).ok());
+  }
+  AlignedBuffer buf = AllocateAligned(kSuperblockSize);
+  std::memcpy(buf.get(), old_backup.data(), kSuperblockSize);
+  ASSERT_TRUE(device_->WriteSync(kSuperblockBackupOffset, buf.get(), kSuperblockSize).ok());
+  std::memset(buf.get(), 0x5a, kSuperblockSize);
+  ASSERT_TRUE(device_->WriteSync(0, buf.get(), kSuperblockSize).ok());
+  auto pool = Pool::Open(device_, OpenOpts("tank", uuid));
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ((*pool)->cluster_count(), (96 * kMiB - kPoolDataOffset) / (64 * kKiB));
+  auto sb = Pool::ReadSuperblock(*device_);
+  ASSERT_TRUE(sb.ok());
+  EXPECT_FALSE(sb->primary_damaged);
 }
 
 }  // namespace

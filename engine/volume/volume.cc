@@ -129,10 +129,28 @@ Status Volume::Validate(const VolumeIo& io) const {
   return Status::Ok();
 }
 
+void Volume::RecordLatency(const VolumeIo& io) {
+  if (io.layer_value[1] == 0) return;
+  const uint64_t now = Clock::Real()->NowNanos();
+  const uint64_t ns = now - std::min(now, io.layer_value[1]);
+  switch (io.op) {
+    case VolumeOp::kRead:
+      return counters_.read_latency.Record(ns);
+    case VolumeOp::kWrite:
+      return counters_.write_latency.Record(ns);
+    case VolumeOp::kFlush:
+      return counters_.flush_latency.Record(ns);
+    case VolumeOp::kDiscard:
+    case VolumeOp::kWriteZeroes:
+      return;
+  }
+}
+
 void Volume::Complete(VolumeIo* io, Status status) {
   bool drained = false;
   if (!(io->flags & kInternal)) {
     if (!status.ok()) counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    RecordLatency(*io);
     --requests_in_flight_;
     if (IsMutating(io->op)) --mutating_in_flight_;
     if (io->op == VolumeOp::kRead) --reads_in_flight_;
@@ -154,6 +172,7 @@ void Volume::CompleteLater(VolumeIo* io, Status status) {
 void Volume::Submit(VolumeIo* io) {
   SHALE_CHECK(reactor_->IsCurrent(), "Volume::Submit off the volume's reactor");
   if (io->flags & kInternal) return Dispatch(io);
+  io->layer_value[1] = 0;  // not counted (refused before the counters) until stamped below
   ++requests_in_flight_;
   // Counted from here so Complete() can uncount them uniformly.
   if (IsMutating(io->op)) ++mutating_in_flight_;
@@ -183,11 +202,15 @@ void Volume::Submit(VolumeIo* io) {
       break;
     case VolumeOp::kDiscard:
       counters_.discards.fetch_add(1, std::memory_order_relaxed);
+      counters_.bytes_discarded.fetch_add(io->length, std::memory_order_relaxed);
       break;
     case VolumeOp::kWriteZeroes:
       counters_.write_zeroes.fetch_add(1, std::memory_order_relaxed);
+      counters_.bytes_zeroed.fetch_add(io->length, std::memory_order_relaxed);
       break;
   }
+  // Counted requests get a latency sample, so a histogram's count matches its op's counter.
+  io->layer_value[1] = Clock::Real()->NowNanos();
   const bool gated =
       write_gate_ && (IsMutating(io->op) || (gate_all_ && io->op == VolumeOp::kRead));
   if (gated) {

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/common/latency_histogram.h"
 #include "engine/io/block_device.h"
 #include "engine/pool/map_entry.h"
 #include "engine/pool/metadata.pb.h"
@@ -36,6 +37,10 @@ class Reactor;
 struct VolumeCounters {
   std::atomic<uint64_t> reads{0}, writes{0}, flushes{0}, discards{0}, write_zeroes{0};
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0}, errors{0}, commits{0};
+  std::atomic<uint64_t> bytes_discarded{0}, bytes_zeroed{0};  // discard / write-zeroes ranges
+  // Client requests from Submit to completion (gate and device time included; QoS waits above
+  // the volume are not): recorded on the volume's reactor, readable from any thread.
+  LatencyHistogram read_latency, write_latency, flush_latency;
   // Bytes this volume wrote to the pool device (data only; metadata goes to RocksDB).
   std::atomic<uint64_t> device_bytes_written{0};
   // Longest time writes were parked by a snapshot/merge/revert gate, and the last one (ns).
@@ -173,6 +178,8 @@ class Volume final : public VolumeLayer {
     return f.image == head_ || (merging_from_ != 0 && f.image == merging_from_);
   }
   void Complete(VolumeIo* io, Status status);
+  // Adds a client request's time since Submit to its op's histogram.
+  void RecordLatency(const VolumeIo& io);
   void CompleteLater(VolumeIo* io, Status status);
   void SubmitRead(VolumeIo* io);
   void SubmitWrite(VolumeIo* io);

@@ -40,6 +40,7 @@ struct VolumeIo {
   Status status;
 
   // Scratch for the layers (each layer documents the slot it uses); no per-I/O allocation.
+  // The core Volume uses layer_value[1] (submit time of a client request, for its latency).
   void* layer_state[4] = {};
   uint64_t layer_value[2] = {};
 };

@@ -7,7 +7,8 @@
 //  - the data disk dies (FailAllAfter) while the metadata keeps working;
 //  - the metadata disk dies (every RocksDB write and sync fails) while the data disk keeps working.
 // A random workload — writes of 512 B..256 KiB (aligned and sector-aligned), FUA writes, flushes,
-// discards, write-zeroes, volume grows, snapshots, clones, reverts, flattens, and create/delete of
+// discards, write-zeroes, volume grows, snapshots, clones, reverts, flattens, online pool
+// expansions (the recovered capacity is checked too), and create/delete of
 // a scratch volume — runs until after the fault; then the engine is torn down with both dead, both
 // lose power (device: unflushed writes dropped, or a random subset kept with torn writes;
 // metadata: names never made durable dropped, and file data written since its last sync dropped or
@@ -104,6 +105,7 @@ struct World {
   std::map<std::string, VolumeModel> models;
   std::map<uint64_t, SnapshotModel> snapshots;  // live frozen images
   std::set<uint64_t> deleted_snapshots;
+  uint64_t capacity_bytes = 0;  // of the pool: grows with expansions
 };
 
 enum class Fault { kPowerCut, kDataDiskDies, kMetadataDiskDies };
@@ -167,7 +169,8 @@ class PoweredDevice final : public BlockDevice {
  public:
   PoweredDevice(std::shared_ptr<FaultDevice> inner, PowerSupply* supply)
       : inner_(std::move(inner)), supply_(supply) {}
-  const DeviceGeometry& geometry() const override { return inner_->geometry(); }
+  DeviceGeometry geometry() const override { return inner_->geometry(); }
+  Result<uint64_t> Grow(uint64_t size_bytes) override { return inner_->Grow(size_bytes); }
   std::string kind() const override { return inner_->kind(); }
   // Without power the FaultDevice is dead already and fails the operation itself.
   void Submit(IoRequest* req) override {
@@ -279,6 +282,12 @@ class Harness {
 
 // Checks the recovered engine against one world; returns what differs (empty: it matches).
 std::string CheckWorld(Engine& engine, Harness& h, const World& w, uint8_t* buf) {
+  auto pool = engine.GetPool("default");
+  if (!pool.ok()) return "pool: " + pool.status().ToString();
+  if (pool->capacity_bytes != w.capacity_bytes) {
+    return "pool capacity " + std::to_string(pool->capacity_bytes) + ", expected " +
+           std::to_string(w.capacity_bytes);
+  }
   auto vols = engine.ListVolumes();
   if (vols.size() != w.models.size()) {
     return std::to_string(vols.size()) + " volumes, expected " + std::to_string(w.models.size());
@@ -381,6 +390,7 @@ void RunSeed(const std::string& dir, uint64_t seed) {
       m.Resize(kVolumeSize);
       world.models[name] = m;
     }
+    world.capacity_bytes = engine->GetPool("default")->capacity_bytes;
     h.ArmFault(fault);
 
     AlignedBuffer buf = AllocateAligned(256 * kKiB);
@@ -550,6 +560,22 @@ void RunSeed(const std::string& dir, uint64_t seed) {
           } else {
             failed(created.status(), apply);
           }
+        }
+      } else if (kind < 98) {  // expand the pool online (the device grows by 1..8 MiB)
+        auto pool = engine->GetPool("default");
+        ASSERT_TRUE(pool.ok());
+        const uint64_t cluster = pool->cluster_size;
+        const uint64_t device = kPoolDataOffset + pool->capacity_bytes +
+                                kMiB * (1 + rng() % 8);  // whole MiB: whole clusters
+        if (device > 4 * kPoolSize) continue;
+        Result<PoolInfo> grown = engine->ExpandPool("default", device);
+        const uint64_t capacity = (device - kPoolDataOffset) / cluster * cluster;
+        auto apply = [capacity](World& w) { w.capacity_bytes = capacity; };
+        if (grown.ok()) {
+          ASSERT_EQ(grown->capacity_bytes, capacity);
+          succeeded(apply);
+        } else {
+          failed(grown.status(), apply);
         }
       } else {  // read back the current state and check it against the latest values
         const uint64_t len = 4096 * (1 + rng() % 32);

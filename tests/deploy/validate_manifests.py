@@ -72,6 +72,10 @@ KINDS = {
     ("batch/v1", "Job"): True,
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"): False,
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"): True,
+    ("v1", "Service"): True,
+    ("v1", "ConfigMap"): True,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): True,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): True,
 }
 WORKLOADS = ("DaemonSet", "Deployment", "Job")
 
@@ -1071,9 +1075,12 @@ class ManifestTest(unittest.TestCase):
             for a in c["args"]:
                 a = ENV_REF.sub(lambda m: values[m.group(1)], a)
                 a = a.replace("unix:///csi/csi.sock", f"unix://{tmp}/csi.sock")
+                if a.startswith("--metrics-listen="):
+                    a = "--metrics-listen=127.0.0.1:0"
                 args.append(a.replace("/var/lib/shale", f"{tmp}/data"))
-            # The DaemonSet's arguments as they are: no NBD TCP listener (shaled's default; the
-            # CSI node attaches through the UNIX socket), so parallel tests cannot collide.
+            # The DaemonSet's arguments as they are (its metrics port made free above: tests run
+            # in parallel): no NBD TCP listener (shaled's default; the CSI node attaches through
+            # the UNIX socket).
             cmd = [ARGS.shaled] + args + ["--default-pool-size=64M"]
             log_path = f"{tmp}/shaled.log"
             with open(log_path, "w") as log:

@@ -349,9 +349,11 @@ TEST_F(CsiConformanceTest, GetCapacityAndTopology) {
   csiv1::GetCapacityRequest req;
   csiv1::GetCapacityResponse resp;
   ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::GetCapacity, req, &resp).ok());
-  EXPECT_GT(resp.available_capacity(), 0);
-  EXPECT_LE(resp.available_capacity(), int64_t{1} << 30) << "the 1 GiB test pool";
-  EXPECT_GT(resp.maximum_volume_size().value(), 0);
+  // What the overcommit limit (300 % of the 1 GiB test pool by default) still allows.
+  EXPECT_GT(resp.available_capacity(), int64_t{2} << 30);
+  EXPECT_LE(resp.available_capacity(), int64_t{3} << 30) << "300 % of the 1 GiB test pool";
+  EXPECT_EQ(resp.maximum_volume_size().value(), resp.available_capacity());
+  const int64_t available = resp.available_capacity();
   (*req.mutable_accessible_topology()->mutable_segments())["topology.csi.shale.io/node"] =
       "other-node";
   ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::GetCapacity, req, &resp).ok());
@@ -372,6 +374,19 @@ TEST_F(CsiConformanceTest, GetCapacityAndTopology) {
         ->mutable_segments())["topology.csi.shale.io/node"] = "test-node";
   EXPECT_EQ(MustCreate(vreq).accessible_topology(0).segments().at("topology.csi.shale.io/node"),
             "test-node");
+
+  // Beyond the overcommit limit: RESOURCE_EXHAUSTED naming the limit; GetCapacity went down by
+  // what was provisioned.
+  req.clear_parameters();
+  ASSERT_TRUE(c_.Call(c_.controller.get(), &csiv1::Controller::Stub::GetCapacity, req, &resp).ok());
+  EXPECT_EQ(resp.available_capacity(), available - 4096);
+  csiv1::CreateVolumeResponse created;
+  grpc::Status over = c_.Call(c_.controller.get(), &csiv1::Controller::Stub::CreateVolume,
+                              CsiClient::VolumeRequest("pvc-too-big", available + kMiB), &created);
+  EXPECT_EQ(over.error_code(), StatusCode::RESOURCE_EXHAUSTED) << over.error_message();
+  EXPECT_NE(over.error_message().find("overcommit limit of 300 %"), std::string::npos)
+      << over.error_message();
+  EXPECT_EQ(CreateCode(CsiClient::VolumeRequest("pvc-fits", available - 4096)), StatusCode::OK);
 }
 
 TEST_F(CsiConformanceTest, SnapshotsAndClones) {

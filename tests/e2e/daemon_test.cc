@@ -62,7 +62,8 @@ TEST(Shaled, ConfigFileIsHonoured) {
                         << "default-pool-size = \"512M\"\n"
                         << "log-file = \"" << h.root() << "/config.log\"\n"
                         << "nbd-listen = \"127.0.0.1:0\"\n"
-                        << "nbd-insecure-tcp = true\n";
+                        << "nbd-insecure-tcp = true\n"
+                        << "metrics-listen = \"127.0.0.1:0\"\n";
   ASSERT_TRUE(h.StartDaemonRaw({"--config", config}, "unix://" + data + "/shaled.sock"));
 
   CommandResult status =
@@ -92,14 +93,16 @@ TEST(Shaled, RefusesToReplaceAFileAtTheSocketPath) {
   Harness h;
   std::filesystem::create_directories(h.data_dir());
   std::ofstream(h.socket_path()) << "not a socket";
-  CommandResult r = RunProcess({ShaledBinary(), "--data-dir", h.data_dir(), "--default-pool-size",
-                                "1G", "--log-file", h.root() + "/refused.log"});
+  CommandResult r =
+      RunProcess({ShaledBinary(), "--data-dir", h.data_dir(), "--default-pool-size", "1G",
+                  "--log-file", h.root() + "/refused.log", "--metrics-listen", "127.0.0.1:0"});
   ExpectOneLineError(r, "exists and is not a socket", "shaled: ");
   EXPECT_EQ(ReadTextFile(h.socket_path()), "not a socket");
   // The failed start released the data dir: a daemon with a free socket path starts on it.
   const std::string other = h.root() + "/other.sock";
-  ASSERT_TRUE(
-      h.StartDaemonRaw({"--data-dir", h.data_dir(), "--control-socket", other}, "unix://" + other));
+  ASSERT_TRUE(h.StartDaemonRaw(
+      {"--data-dir", h.data_dir(), "--control-socket", other, "--metrics-listen", "127.0.0.1:0"},
+      "unix://" + other));
   EXPECT_EQ(h.ShaleRaw({"--endpoint", "unix://" + other, "volume", "list"}).exit_code, 0);
 }
 
@@ -107,7 +110,7 @@ TEST(Shaled, EmbeddedDefaultNeedsNoFlags) {
   // `shaled` and `shale` with no flags from the same directory (only the pool is made smaller
   // to keep the test light). No TCP listener by default: NBD on the UNIX socket only.
   Harness h;
-  ASSERT_TRUE(h.StartDaemonRaw({"--default-pool-size", "1G"},
+  ASSERT_TRUE(h.StartDaemonRaw({"--default-pool-size", "1G", "--metrics-listen", "127.0.0.1:0"},
                                "unix://" + h.root() + "/shale-data/shaled.sock", h.root()));
   CommandResult status = h.ShaleRaw({"status", "-o", "json"}, {.cwd = h.root()});
   ASSERT_EQ(status.exit_code, 0) << status.Describe();

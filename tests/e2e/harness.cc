@@ -1,11 +1,14 @@
 #include "tests/e2e/harness.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -338,8 +341,40 @@ bool Harness::StartDaemon(const std::vector<std::string>& extra) {
   const bool tcp_off =
       listen != extra.end() && listen + 1 != extra.end() && *(listen + 1) == "none";
   if (!tls && !tcp_off && !has("--nbd-insecure-tcp")) args.push_back("--nbd-insecure-tcp");
+  if (std::find(extra.begin(), extra.end(), "--metrics-listen") == extra.end()) {
+    args.insert(args.end(), {"--metrics-listen", "127.0.0.1:0"});
+  }
   args.insert(args.end(), extra.begin(), extra.end());
   return StartDaemonRaw(args, endpoint());
+}
+
+std::string Harness::MetricsAddress() {
+  CommandResult status = Shale({"status", "-o", "json"});
+  if (status.exit_code != 0) {
+    ADD_FAILURE() << "shale status failed: " << status.Describe();
+    return {};
+  }
+  const nlohmann::json metrics = status.Json()["metrics"];
+  if (!metrics.is_object() || metrics["enabled"] != true) {
+    ADD_FAILURE() << "shaled serves no metrics: " << status.out;
+    return {};
+  }
+  return metrics["address"].get<std::string>();
+}
+
+int FreeTcpPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  if (fd >= 0) close(fd);
+  return port;
 }
 
 std::string Harness::NbdAddress() {

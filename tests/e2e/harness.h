@@ -62,6 +62,10 @@ CommandResult RunProcess(const std::vector<std::string>& argv, const RunOptions&
 bool WaitFor(const std::function<bool()>& done,
              std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
+// A TCP port on 127.0.0.1 that was free a moment ago (for servers that cannot bind port 0 and
+// report it; retry on a collision).
+int FreeTcpPort();
+
 // Absolute path of a program found in $PATH (or /usr/sbin, /sbin), or "" if there is none.
 std::string FindProgram(const std::string& name);
 
@@ -127,6 +131,10 @@ class Harness {
   std::string NbdAddress();
   // "nbd://<NbdAddress()>/<export_name>".
   std::string NbdUri(const std::string& export_name);
+  // The metrics endpoint's address as bound ("127.0.0.1:41235"), from `shale status -o json`;
+  // empty (with a test failure) if metrics are off. StartDaemon() picks a free port unless
+  // `extra` names --metrics-listen.
+  std::string MetricsAddress();
   // The NBD UNIX socket of a daemon on data_dir().
   std::string nbd_socket_path() const { return data_dir() + "/nbd.sock"; }
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -73,9 +74,11 @@ TEST(Security, UnprivilegedUserReachesNothingOnTheDefaultConfiguration) {
     if (FindProgram(tool).empty()) GTEST_SKIP() << tool << " is not installed";
   }
   Harness h;
-  // Exactly the defaults (a smaller pool only): no --nbd-listen, no TLS flags.
-  ASSERT_TRUE(
-      h.StartDaemonRaw({"--data-dir", h.data_dir(), "--default-pool-size", "1G"}, h.endpoint()));
+  // The defaults (a smaller pool only): no --nbd-listen, no TLS flags. The metrics endpoint
+  // (read-only counters, on loopback by default) gets a free port: tests run in parallel.
+  ASSERT_TRUE(h.StartDaemonRaw(
+      {"--data-dir", h.data_dir(), "--default-pool-size", "1G", "--metrics-listen", "127.0.0.1:0"},
+      h.endpoint()));
   ASSERT_EQ(h.Shale({"volume", "create", "secret", "--size", "16M"}).exit_code, 0);
   ASSERT_EQ(
       RunProcess({FindProgram("qemu-io"), "-f", "raw",
@@ -91,8 +94,14 @@ TEST(Security, UnprivilegedUserReachesNothingOnTheDefaultConfiguration) {
   EXPECT_EQ(status["nbd"]["tcp_address"], "");
   ASSERT_EQ(status["nbd"]["listeners"].size(), 1u);
   EXPECT_EQ(status["nbd"]["listeners"][0]["transport"], "unix");
-  EXPECT_TRUE(ListeningTcp(SocketInodes(h.daemon_pid())).empty())
-      << "shaled listens on TCP by default";
+  // The only TCP listener is the metrics endpoint (docs/security.md): no NBD over TCP.
+  const std::string metrics = status["metrics"]["address"].get<std::string>();
+  char metrics_port[8];
+  std::snprintf(metrics_port, sizeof(metrics_port), ":%04X",
+                static_cast<unsigned>(std::stoul(metrics.substr(metrics.rfind(':') + 1))));
+  const std::vector<std::string> tcp = ListeningTcp(SocketInodes(h.daemon_pid()));
+  ASSERT_EQ(tcp.size(), 1u) << "shaled listens on TCP beyond its metrics endpoint " << metrics;
+  EXPECT_TRUE(tcp[0].ends_with(metrics_port)) << tcp[0] << " is not the metrics port " << metrics;
   EXPECT_NE(h.DaemonLog().find("msg=\"nbd listener open\" transport=unix"), std::string::npos)
       << h.DaemonLog();
   EXPECT_EQ(h.DaemonLog().find("transport=tcp"), std::string::npos) << h.DaemonLog();

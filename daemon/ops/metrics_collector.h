@@ -1,0 +1,93 @@
+// DaemonMetrics: everything shaled exports on /metrics (docs/operations.md has the table).
+//
+// Scrape() reads the daemon's state at that moment — the engine's pools and volumes (counters
+// and latency histograms kept by the volumes on their reactors, read with relaxed loads), QoS
+// throttling (one short task per open volume on its reactor), the capacity policy, reactor CPU
+// time and the process — and renders it in the text format. It never
+// blocks a reactor: it runs on the metrics server's thread.
+//
+// Two figures are expensive to compute and are cached for CollectorOptions::slow_ttl (30 s):
+// the space a volume's data takes (a walk of its in-memory map on its reactor: owned and shared
+// bytes) and, with a usage label, the usage groups (they read snapshot space). Everything else is
+// read at every scrape. QoS counters are kept monotonic across the QoS layer being recreated (a
+// volume closed and opened again): a drop is taken as a restart of that counter.
+//
+// Labels: node (every shale_ series), pool, volume, and the --metrics-usage-label key on volume
+// series; reactor; replica and state for replicas. Never per request.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "daemon/ops/exposition.h"
+#include "daemon/ops/usage.h"
+#include "engine/engine.h"
+
+namespace shale::daemon {
+class VolumeLifecycle;
+}
+
+namespace shale::daemon::ops {
+
+struct CollectorOptions {
+  std::string node;         // the "node" label (CSI node id / host name)
+  std::string version;      // shale_build_info
+  std::string usage_label;  // --metrics-usage-label; empty: no usage families
+  std::chrono::seconds slow_ttl{30};
+  std::function<uint32_t()> nbd_connections;  // null: no NBD
+};
+
+class DaemonMetrics {
+ public:
+  // `lifecycle` (and its engine, QoS manager and snapshot layer) must outlive the object.
+  DaemonMetrics(VolumeLifecycle* lifecycle, CollectorOptions options);
+  DaemonMetrics(const DaemonMetrics&) = delete;
+  DaemonMetrics& operator=(const DaemonMetrics&) = delete;
+
+  // The whole exposition. Thread-safe (scrapes are serialized).
+  std::string Scrape();
+
+  // Names of every family Scrape() declares (HELP and TYPE), also those without samples yet
+  // (the replica families until replication lands).
+  static std::vector<std::string> FamilyNames();
+
+ private:
+  struct VolumeSpaceCache;
+  struct Monotonic {
+    uint64_t offset = 0;
+    uint64_t last = 0;
+  };
+  using VolumeKey = std::pair<std::string, uint64_t>;  // (pool, volume id): never reused
+  // `value` of counter `counter` of a volume, which may restart (QoS layer recreated), made
+  // monotonic.
+  uint64_t Monotonize(const VolumeKey& volume, int counter, uint64_t value);
+  void ScrapePools(TextExposition& out, const MetricLabels& node);
+  void ScrapeVolumes(TextExposition& out, const MetricLabels& node);
+  void ScrapeUsage(TextExposition& out, const MetricLabels& node);
+  // (owned, shared) data bytes of a volume, cached for slow_ttl.
+  std::pair<uint64_t, uint64_t> VolumeSpace(const VolumeInfo& volume);
+
+  VolumeLifecycle* const lifecycle_;
+  const CollectorOptions options_;
+  std::mutex mu_;
+  std::map<VolumeKey, std::map<int, Monotonic>> monotonic_;
+  // (owned, shared) data bytes, and when they were computed.
+  std::map<VolumeKey,
+           std::pair<std::chrono::steady_clock::time_point, std::pair<uint64_t, uint64_t>>>
+      space_;
+  std::chrono::steady_clock::time_point usage_at_{};
+  std::vector<UsageFigures> usage_;
+  double last_duration_ = 0;  // seconds the previous scrape took
+};
+
+// The label a volume label KEY becomes on metric series: "label_" + KEY with every character
+// outside [a-zA-Z0-9] made '_' (label:team -> label_team), as kube-state-metrics names them.
+std::string UsageLabelName(std::string_view key);
+
+}  // namespace shale::daemon::ops
