@@ -28,6 +28,8 @@
 #include "nbd/export.h"
 #include "nbd/server.h"
 #include "qos/qos_manager.h"
+#include "replication/replica_server.h"
+#include "replication/transport.h"
 #include "snapshot/snapshot_manager.h"
 #include "tls/credentials.h"
 
@@ -235,6 +237,25 @@ class CapacityWatch final : public Frontend {
 
 // Prometheus metrics (--metrics-listen, docs/operations.md): GET /metrics on a thread of its
 // own, which collects from the engine, QoS and the capacity policy (never on a reactor).
+// The replica service (--replica-listen, docs/replication.md): peers' targets place, open and
+// write replicas of their volumes in this node's engine, after the challenge on the cluster
+// secret. Started before the cluster registration, which publishes its bound address.
+class ReplicaEndpoint final : public Frontend {
+ public:
+  ReplicaEndpoint(Engine* engine, replication::ReplicaServerOptions options)
+      : server_(engine, &transport_, std::move(options)) {}
+  std::string_view name() const override { return "replica"; }
+  std::string endpoint() const override { return "tcp://" + server_.address(); }
+  Status Start() override { return server_.Start(); }
+  void Stop() override { server_.Stop(); }
+  // As bound ("127.0.0.1:7480"); empty before Start().
+  std::string address() const { return server_.address(); }
+
+ private:
+  replication::TcpTransport transport_;  // outlives server_ (declared first)
+  replication::ReplicaServer server_;
+};
+
 class MetricsEndpoint final : public Frontend {
  public:
   MetricsEndpoint(VolumeLifecycle* lifecycle, std::string listen, ops::CollectorOptions options)
@@ -378,12 +399,6 @@ Status Daemon::Start() {
 
 Status Daemon::LoadClusterSecret() {
   if (options_.cluster_store.empty()) return Status::Ok();
-  if (!options_.replica_listen.empty()) {
-    // Until then no node may publish an address nobody serves (placement would pick it).
-    return Status::NotSupported(
-        "--replica-listen: the replica service is not wired into this shaled yet (replication/ "
-        "does not build at this commit; docs/replication.md, \"Cluster mode in shaled\")");
-  }
   Result<replication::ClusterSecret> secret =
       replication::ClusterSecret::ReadFile(options_.cluster_secret_file);
   if (!secret.ok()) {
@@ -536,12 +551,24 @@ Status Daemon::AddFrontends() {
   }
   // Cluster mode: the node registers in etcd once its replica listener (when asked) is bound,
   // and leaves (revokes its lease) after the control API stopped.
+  ReplicaEndpoint* replica = nullptr;
+  if (!options_.replica_listen.empty()) {
+    replication::ReplicaServerOptions replica_options;
+    replica_options.listen_address = options_.replica_listen;
+    replica_options.node_name = options_.node_name;
+    replica_options.secret = cluster_secret_;
+    auto endpoint = std::make_unique<ReplicaEndpoint>(engine_.get(), std::move(replica_options));
+    replica = endpoint.get();
+    frontends_.push_back(std::move(endpoint));
+  }
   ClusterNode* cluster = nullptr;
   if (!options_.cluster_store.empty()) {
     ClusterNodeOptions cluster_options;
     cluster_options.cluster_store = options_.cluster_store;
     cluster_options.node_name = options_.node_name;
-    cluster_options.replica_address = [address = options_.replica_listen] { return address; };
+    cluster_options.replica_address = [replica] {
+      return replica == nullptr ? std::string() : replica->address();
+    };
     cluster_options.lease = std::chrono::seconds(options_.node_lease_seconds);
     auto node = std::make_unique<ClusterNode>(engine_.get(), std::move(cluster_options));
     cluster = node.get();

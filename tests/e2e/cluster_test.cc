@@ -13,6 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "engine/common/uuid.h"
+#include "replication/replica_admin.h"
+#include "replication/transport.h"
 #include "tests/cluster/etcd_process.h"
 #include "tests/e2e/harness.h"
 
@@ -205,12 +208,11 @@ TEST_F(ClusterE2eTest, BadClusterFlagsAreRefused) {
   ExpectOneLineError(open, "mode 0600 (it is 0644)", "shaled: ");
   EXPECT_EQ(open.exit_code, 1) << open.Describe();
 
-  // The replica service is not wired in yet: publishing an address nobody serves is refused.
-  CommandResult listen =
-      run({"--cluster-store", etcd_->endpoint(), "--node-name", "n1", "--cluster-secret-file",
-           good_secret, "--replica-listen", "127.0.0.1:0"});
+  // A malformed replica listener address is a usage error naming the flag.
+  CommandResult listen = run({"--cluster-store", etcd_->endpoint(), "--node-name", "n1",
+                              "--cluster-secret-file", good_secret, "--replica-listen", "7480"});
   ExpectOneLineError(listen, "--replica-listen", "shaled: ");
-  EXPECT_EQ(listen.exit_code, 1) << listen.Describe();
+  EXPECT_EQ(listen.exit_code, 2) << listen.Describe();
 
   // etcd unreachable at start: a clear error within the registration deadline (10 s).
   const auto started = std::chrono::steady_clock::now();
@@ -227,6 +229,64 @@ TEST_F(ClusterE2eTest, BadClusterFlagsAreRefused) {
   ExpectOneLineError(nodes, "not in a cluster");
   EXPECT_EQ(nodes.exit_code, 1);
   EXPECT_FALSE(h.Shale({"status", "-o", "json"}).Json().contains("cluster"));
+}
+
+// The replica listener (--replica-listen) publishes its bound address in etcd and serves peers
+// that prove the cluster secret: a replica placed through it is an engine volume of the node; a
+// peer with another secret can neither look at nor delete it.
+TEST_F(ClusterE2eTest, ReplicaListenerServesOnlyPeersWithTheSecret) {
+  Harness a;
+  std::vector<std::string> flags = ClusterFlags(a, *etcd_, "node-a");
+  flags.insert(flags.end(), {"--replica-listen", "127.0.0.1:0"});
+  ASSERT_TRUE(a.StartDaemon(flags));
+  std::string address;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::map<std::string, nlohmann::json> nodes = ListNodes(a);
+        auto it = nodes.find("node-a");
+        if (it == nodes.end()) return false;
+        address = it->second["replica_address"].get<std::string>();
+        return !address.empty();
+      },
+      seconds(10)))
+      << "node-a never published its replica address";
+  EXPECT_EQ(address.rfind("127.0.0.1:", 0), 0u) << address;
+  EXPECT_NE(address, "127.0.0.1:0") << "the bound port is published, not the asked one";
+
+  replication::TcpTransport transport;
+  std::string secret_bytes = kSecret;
+  secret_bytes.pop_back();  // the file's trailing newline is not part of the secret
+  Result<replication::ClusterSecret> secret = replication::ClusterSecret::FromBytes(secret_bytes);
+  Result<replication::ClusterSecret> other =
+      replication::ClusterSecret::FromBytes("another-cluster-secret-0123456789");
+  ASSERT_TRUE(secret.ok() && other.ok());
+  replication::ReplicaAdminOptions good{
+      .address = address, .node_name = "node-b", .secret = *secret, .transport = &transport};
+  replication::ReplicaAdminOptions bad = good;
+  bad.secret = *other;
+  const replication::ReplicaSpec spec{
+      .volume = "rep-vol", .uuid = Uuid::Random(), .size_bytes = 16 << 20, .pool = ""};
+
+  EXPECT_FALSE(replication::CreateReplica(bad, spec, 1).ok()) << "a wrong secret places nothing";
+  EXPECT_EQ(a.Shale({"volume", "show", "rep-vol"}).exit_code, 1) << "no volume was made";
+
+  Result<replication::ReplicaStat> created = replication::CreateReplica(good, spec, 1);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(created->created);
+  EXPECT_EQ(created->size_bytes, uint64_t{16} << 20);
+  CommandResult shown = a.Shale({"volume", "show", "rep-vol", "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_EQ(shown.Json()["size_bytes"], 16 << 20) << shown.Describe();
+
+  EXPECT_FALSE(replication::StatReplica(bad, spec).ok());
+  EXPECT_FALSE(replication::DeleteReplica(bad, spec, 1).ok());
+  EXPECT_EQ(a.Shale({"volume", "show", "rep-vol"}).exit_code, 0)
+      << "a wrong secret deletes nothing";
+  Result<replication::ReplicaStat> stat = replication::StatReplica(good, spec);
+  ASSERT_TRUE(stat.ok()) << stat.status();
+  EXPECT_EQ(stat->epoch, 1u);
+  EXPECT_TRUE(replication::DeleteReplica(good, spec, 1).ok());
+  EXPECT_EQ(a.Shale({"volume", "show", "rep-vol"}).exit_code, 1) << "deleted through the peer";
 }
 
 }  // namespace

@@ -356,7 +356,7 @@ TEST(Metrics, PortInUseIsAClearStartupError) {
   ASSERT_FALSE(taken.empty());
   Harness b;
   CommandResult r = RunProcess({ShaledBinary(), "--data-dir", b.data_dir(), "--default-pool-size",
-                                "1G", "--nbd-listen", "127.0.0.1:0", "--metrics-listen", taken,
+                                "1G", "--nbd-listen", "none", "--metrics-listen", taken,
                                 "--log-file", b.root() + "/log"});
   ExpectOneLineError(r, "bind metrics listener to " + taken, "shaled: ");
 }
