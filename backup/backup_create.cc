@@ -133,7 +133,7 @@ struct BackupManager::Plan {
   Manifest manifest;
   std::optional<Manifest> base;
   std::string full_reason;
-  std::vector<uint64_t> todo;     // chunk indices to read, sorted
+  std::vector<uint64_t> to_read;  // chunk indices to read, sorted
   std::vector<ChunkRef> carried;  // unchanged chunks referenced from the base
   UploadState upload;
 };
@@ -144,9 +144,9 @@ Status BackupManager::PlanBase(Session& s, const SnapshotFacts& snap, bool full,
   auto everything = [&](std::string reason) {
     plan->full_reason = std::move(reason);
     plan->base.reset();
-    plan->todo.clear();
+    plan->to_read.clear();
     plan->carried.clear();
-    for (uint64_t i = 0; i < chunks; ++i) plan->todo.push_back(i);
+    for (uint64_t i = 0; i < chunks; ++i) plan->to_read.push_back(i);
     return Status::Ok();
   };
   if (full) return everything("--full was asked");
@@ -189,7 +189,7 @@ Status BackupManager::PlanBase(Session& s, const SnapshotFacts& snap, bool full,
     if (c.index < chunks && !dirty[c.index]) plan->carried.push_back(c);
   }
   for (uint64_t i = 0; i < chunks; ++i) {
-    if (dirty[i]) plan->todo.push_back(i);
+    if (dirty[i]) plan->to_read.push_back(i);
   }
   plan->manifest.base = base.id;
   plan->base = std::move(base);
@@ -201,7 +201,7 @@ Status BackupManager::RunChunks(Session& s, const std::shared_ptr<VolumeHandle>&
   Manifest& m = plan.manifest;
   snapshot::ByteRanges ranges;
   uint64_t total = 0;
-  for (uint64_t i : plan.todo) {
+  for (uint64_t i : plan.to_read) {
     const uint64_t off = i * m.chunk_size, len = m.ChunkLength(i);
     total += len;
     if (!ranges.empty() && ranges.back().first + ranges.back().second == off) {
@@ -211,13 +211,13 @@ Status BackupManager::RunChunks(Session& s, const std::shared_ptr<VolumeHandle>&
     }
   }
   // A backup that reads everything checks the snapshot's recorded digest on the way.
-  const bool whole = plan.todo.size() == m.ChunkCountOfVolume();
+  const bool whole = plan.to_read.size() == m.ChunkCountOfVolume();
   std::optional<snapshot::DigestBuilder> digest;
   if (whole) digest.emplace(m.size_bytes);
 
   std::deque<std::future<Result<Outcome>>> inflight;
   std::vector<Outcome> outcomes;
-  Progress p{.phase = "uploading", .total_bytes = total, .chunks_total = plan.todo.size()};
+  Progress p{.phase = "uploading", .total_bytes = total, .chunks_total = plan.to_read.size()};
   auto last_lock = std::chrono::steady_clock::now();
   const std::string lock_key = s.loc().Key(std::string(kLocksDir) + "backup-" + m.id + ".lock");
   auto finish_one = [&]() -> Status {

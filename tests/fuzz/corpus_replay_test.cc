@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "nbd/handshake.h"
+#include "tests/fuzz/seed_mutator.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
@@ -107,41 +108,14 @@ TEST(NbdProtocolCorpus, MutatedSeedsRunClean) {
   const auto seeds = LoadSeeds();
   std::vector<std::vector<uint8_t>> pool;
   for (const auto& [name, data] : seeds) pool.push_back(data);
+  // Interesting 32-bit values: big-endian lengths, sizes.
+  static constexpr uint32_t kValues[] = {
+      0, 1, 511, 512, 4095, 4096, 0x7fffffff, 0x80000000, 0xffffffff, 1u << 20, 32u << 20};
   std::mt19937_64 rng(20261121);
   constexpr int kIterations = 200000;
   for (int i = 0; i < kIterations; ++i) {
     std::vector<uint8_t> input = pool[rng() % pool.size()];
-    const int edits = 1 + static_cast<int>(rng() % 4);
-    for (int e = 0; e < edits && !input.empty(); ++e) {
-      const size_t at = rng() % input.size();
-      switch (rng() % 6) {
-        case 0:
-          input[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
-          break;
-        case 1:
-          input[at] = static_cast<uint8_t>(rng());
-          break;
-        case 2:
-          input.erase(input.begin() + static_cast<std::ptrdiff_t>(at));
-          break;
-        case 3:
-          input.insert(input.begin() + static_cast<std::ptrdiff_t>(at),
-                       static_cast<uint8_t>(rng()));
-          break;
-        case 4:
-          input.resize(at);
-          break;
-        case 5: {  // an interesting 32-bit value (lengths, sizes)
-          static constexpr uint32_t kValues[] = {
-              0, 1, 511, 512, 4095, 4096, 0x7fffffff, 0x80000000, 0xffffffff, 1u << 20, 32u << 20};
-          const uint32_t v = kValues[rng() % std::size(kValues)];
-          for (int b = 0; b < 4 && at + static_cast<size_t>(b) < input.size(); ++b) {
-            input[at + static_cast<size_t>(b)] = static_cast<uint8_t>(v >> (24 - 8 * b));
-          }
-          break;
-        }
-      }
-    }
+    fuzz::MutateSeed(input, rng, kValues, fuzz::ByteOrder::kBig);
     ASSERT_EQ(LLVMFuzzerTestOneInput(input.data(), input.size()), 0);
     if (rng() % 8 == 0) pool.push_back(std::move(input));
   }

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/fuzz/seed_mutator.h"
+
 namespace shale::replication {
 size_t RunReplicaFrameInput(const uint8_t* data, size_t size);  // replica_frame_fuzz.cc
 }
@@ -63,41 +65,14 @@ TEST(ReplicaFrameCorpus, MutatedSeedsRunClean) {
   for (const auto& [name, data] : seeds) {
     if (data.size() < 16 * 1024) pool.push_back(data);  // the large ones run once above
   }
+  // Interesting 32-bit values: little-endian lengths, counts, statuses.
+  static constexpr uint32_t kValues[] = {0,    1,     15,         16,         40,         512,
+                                         4096, 65536, 0x7fffffff, 0x80000000, 0xffffffff, 8u << 20};
   std::mt19937_64 rng(20261205);
   constexpr int kIterations = 100000;
   for (int i = 0; i < kIterations; ++i) {
     std::vector<uint8_t> input = pool[rng() % pool.size()];
-    const int edits = 1 + static_cast<int>(rng() % 4);
-    for (int e = 0; e < edits && !input.empty(); ++e) {
-      const size_t at = rng() % input.size();
-      switch (rng() % 6) {
-        case 0:
-          input[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
-          break;
-        case 1:
-          input[at] = static_cast<uint8_t>(rng());
-          break;
-        case 2:
-          input.erase(input.begin() + static_cast<std::ptrdiff_t>(at));
-          break;
-        case 3:
-          input.insert(input.begin() + static_cast<std::ptrdiff_t>(at),
-                       static_cast<uint8_t>(rng()));
-          break;
-        case 4:
-          input.resize(at);
-          break;
-        case 5: {  // an interesting little-endian 32-bit value (lengths, counts, statuses)
-          static constexpr uint32_t kValues[] = {
-              0, 1, 15, 16, 40, 512, 4096, 65536, 0x7fffffff, 0x80000000, 0xffffffff, 8u << 20};
-          const uint32_t v = kValues[rng() % std::size(kValues)];
-          for (int b = 0; b < 4 && at + static_cast<size_t>(b) < input.size(); ++b) {
-            input[at + static_cast<size_t>(b)] = static_cast<uint8_t>(v >> (8 * b));
-          }
-          break;
-        }
-      }
-    }
+    fuzz::MutateSeed(input, rng, kValues, fuzz::ByteOrder::kLittle);
     RunReplicaFrameInput(input.data(), input.size());
     if (rng() % 8 == 0) pool.push_back(std::move(input));
   }
