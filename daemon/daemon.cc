@@ -43,6 +43,11 @@ constexpr int kControlMaxMessageBytes = 4 * 1024 * 1024;
 // How long Stop() lets in-flight control requests finish before cancelling them.
 constexpr auto kControlDrainTimeout = std::chrono::seconds(10);
 
+// How long a socket that still accepts connections may take to go away before it counts as a
+// live daemon's (see PrepareSocketPath), and how often it is probed in that time.
+constexpr auto kStaleSocketGrace = std::chrono::seconds(3);
+constexpr int kStaleSocketProbes = 60;
+
 // Makes `path` free for a new listening socket (`kind`: "control", "NBD"). A socket file nobody
 // accepts on is a leftover of a killed daemon and is removed; a live socket or a file of another
 // kind is never touched.
@@ -66,25 +71,37 @@ Status PrepareSocketPath(const std::string& path, const std::string& kind) {
     return Status::FailedPrecondition(kind + " socket path " + path +
                                       " exists and is not a socket; refusing to replace it");
   }
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Status::FromErrno(errno, "socket");
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);  // length checked above
-  const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  const int err = errno;
-  close(fd);
-  if (rc == 0) {
-    return Status::Busy(kind + " socket " + path +
-                        " is in use by another process (is another shaled running?)");
-  }
-  if (err != ECONNREFUSED) {
-    return Status::FromErrno(err, "probe " + kind + " socket " + path);
+  // A socket someone accepts on belongs to a live daemon, except for a moment after a kill -9:
+  // the kernel tears a dead process's io_uring down asynchronously, and until then the ring's
+  // pending accept keeps the listening socket alive (connect succeeds although the owner is
+  // reaped). So a connectable socket is probed again until the deadline before it counts as live.
+  const auto deadline = std::chrono::steady_clock::now() + kStaleSocketGrace;
+  int waited_probes = 0;
+  for (int attempt = 0;; ++attempt) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Status::FromErrno(errno, "socket");
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);  // length checked above
+    const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    const int err = errno;
+    close(fd);
+    if (rc != 0 && err != ECONNREFUSED) {
+      return Status::FromErrno(err, "probe " + kind + " socket " + path);
+    }
+    if (rc != 0) break;  // nobody accepts: stale
+    waited_probes = attempt + 1;
+    if (attempt >= kStaleSocketProbes || std::chrono::steady_clock::now() >= deadline) {
+      return Status::Busy(kind + " socket " + path +
+                          " is in use by another process (is another shaled running?)");
+    }
+    std::this_thread::sleep_for(kStaleSocketGrace / kStaleSocketProbes);
   }
   if (unlink(path.c_str()) != 0 && errno != ENOENT) {
     return Status::FromErrno(errno, "remove stale " + kind + " socket " + path);
   }
-  SHALE_LOG_INFO("removed stale " + kind + " socket", {"path", path});
+  SHALE_LOG_INFO("removed stale " + kind + " socket", {"path", path},
+                 {"probes_until_refused", std::to_string(waited_probes)});
   return Status::Ok();
 }
 
