@@ -24,6 +24,7 @@
 
 #include "tests/e2e/s3_server.h"
 #include "tests/e2e/snapshot_e2e_util.h"
+#include "tests/e2e/tls_setup.h"
 
 namespace shale::e2e {
 namespace {
@@ -412,6 +413,44 @@ TEST_F(BackupTest, UnreachableMissingBucketAndForbiddenAreOneClearLine) {
   // With --backup-endpoint the command needs no --endpoint.
   CommandResult listed = h_.Shale({"backup", "list", Place("x"), "-o", "json"});
   EXPECT_EQ(listed.exit_code, 0) << listed.Describe();
+}
+
+// An https endpoint is verified: against the CA in --backup-ca-file the backup goes through and
+// verifies; without it (the system CAs do not know this one) every command is one line naming
+// the certificate problem and the fix, and nothing is uploaded.
+TEST_F(BackupTest, HttpsEndpointIsVerifiedAgainstTheCaFile) {
+  if (!tls::testing::HaveTools()) GTEST_SKIP() << "certtool is missing (Debian gnutls-bin)";
+  TlsMaterial tls;
+  ASSERT_TRUE(MakeTlsMaterial(h_.root(), &tls));
+  S3Server https;
+  ASSERT_TRUE(https.Start(h_.root() + "/https", {kBucket}, tls.server_dir() + "/server-cert.pem",
+                          tls.server_dir() + "/server-key.pem"));
+  ASSERT_EQ(https.url().rfind("https://", 0), 0u) << https.url();
+  Ok({"volume", "create", "t", "--size", "16M"});
+  WriteRandom("t", 0, 8 * kMiB, 77);
+  Snapshot("t", "s");
+
+  // The daemon of the fixture knows only the system CAs.
+  CommandResult untrusted =
+      h_.Shale({"backup", "create", "t@s", "--to", Place("tls"), "--endpoint", https.url()});
+  ExpectOneLineError(untrusted, "--backup-ca-file");
+  EXPECT_NE(untrusted.err.find("certificate"), std::string::npos) << untrusted.Describe();
+  ExpectOneLineError(h_.Shale({"backup", "list", Place("tls"), "--endpoint", https.url()}),
+                     "--backup-ca-file");
+
+  ASSERT_EQ(h_.StopDaemon(SIGTERM), 0);
+  ASSERT_TRUE(h_.StartDaemon({"--backup-ca-file", tls.server_dir() + "/ca-cert.pem"}));
+  nlohmann::json made =
+      ShaleJson(h_, {"backup", "create", "t@s", "--to", Place("tls"), "--endpoint", https.url()});
+  const std::string id = made["id"].get<std::string>();
+  EXPECT_EQ(made["digest"], Digest("t@s"));
+  nlohmann::json listed =
+      ShaleJson(h_, {"backup", "list", Place("tls"), "--endpoint", https.url()});
+  ASSERT_EQ(listed["backups"].size(), 1u) << listed.dump();
+  EXPECT_EQ(listed["backups"][0]["id"], id);
+  CommandResult verified =
+      h_.Shale({"backup", "verify", Place("tls") + "/" + id, "--endpoint", https.url()});
+  EXPECT_EQ(verified.exit_code, 0) << verified.Describe();
 }
 
 TEST_F(BackupTest, GarbageCollectionNeverRemovesWhatABackupNeeds) {

@@ -31,11 +31,14 @@ inline std::string S3rverBinary() {
 
 class S3Server {
  public:
-  // Starts s3rver with data under `dir` and the given buckets; false (with a failure) if it
-  // does not come up.
-  [[nodiscard]] bool Start(const std::string& dir, const std::vector<std::string>& buckets) {
+  // Starts s3rver with data under `dir` and the given buckets (over HTTPS when `tls_cert` and
+  // `tls_key` name a PEM certificate and key); false (with a failure) if it does not come up.
+  [[nodiscard]] bool Start(const std::string& dir, const std::vector<std::string>& buckets,
+                           const std::string& tls_cert = "", const std::string& tls_key = "") {
     std::vector<std::string> argv = {S3rverBinary(), "-d", dir + "/s3", "-a",
                                      "127.0.0.1",    "-p", "0",         "--silent"};
+    if (!tls_cert.empty()) argv.insert(argv.end(), {"--cert", tls_cert, "--key", tls_key});
+    https_ = !tls_cert.empty();
     for (const std::string& b : buckets) {
       argv.insert(argv.end(), {"--configure-bucket", b});
     }
@@ -62,7 +65,9 @@ class S3Server {
     return true;
   }
 
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const {
+    return (https_ ? "https://127.0.0.1:" : "http://127.0.0.1:") + std::to_string(port_);
+  }
   int port() const { return port_; }
   bool running() { return proc_ && proc_->running(); }
   void Kill() { proc_.reset(); }
@@ -94,6 +99,7 @@ class S3Server {
   std::string log_;
   std::string cfg_;
   int port_ = 0;
+  bool https_ = false;
 };
 
 }  // namespace shale::e2e
