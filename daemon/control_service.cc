@@ -215,6 +215,7 @@ grpc::Status ControlService::GetStatus(grpc::ServerContext* /*ctx*/,
 
 grpc::Status ControlService::CreatePool(grpc::ServerContext* ctx, const v1::CreatePoolRequest* req,
                                         v1::Pool* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   Status valid = ValidateName("pool", req->name());
   if (valid.ok()) valid = CheckDevicePath(req->device_path());
   if (valid.ok() && req->cluster_size() != 0) valid = ValidateClusterSize(req->cluster_size());

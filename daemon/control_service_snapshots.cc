@@ -167,6 +167,7 @@ grpc::Status ControlService::VerifySnapshot(grpc::ServerContext* ctx,
 grpc::Status ControlService::ExportSnapshot(grpc::ServerContext* ctx,
                                             const v1::ExportSnapshotRequest* req,
                                             v1::ExportSnapshotResponse* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   Status valid = CheckSnapshotRef(req->name());
   if (valid.ok()) valid = CheckStreamPath(req->path());
   if (valid.ok() && !req->base().empty()) valid = CheckSnapshotRef(req->base());
@@ -195,6 +196,7 @@ grpc::Status ControlService::ExportSnapshot(grpc::ServerContext* ctx,
 grpc::Status ControlService::ImportSnapshot(grpc::ServerContext* ctx,
                                             const v1::ImportSnapshotRequest* req,
                                             v1::ImportSnapshotResponse* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   Status valid = CheckStreamPath(req->path());
   if (valid.ok()) valid = ValidateName("volume", req->volume());
   if (valid.ok() && !req->pool().empty()) valid = ValidateName("pool", req->pool());
@@ -267,6 +269,7 @@ grpc::Status ControlService::RevertVolume(grpc::ServerContext* ctx,
 grpc::Status ControlService::FlattenVolume(grpc::ServerContext* ctx,
                                            const v1::FlattenVolumeRequest* req,
                                            grpc::ServerWriter<v1::FlattenVolumeProgress>* writer) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   // The progress callback runs on the volume's reactor and must not block: it only stores.
   std::atomic<uint64_t> done{0}, total{0};
