@@ -172,8 +172,13 @@ grpc::Status ControlService::ExportSnapshot(grpc::ServerContext* ctx,
   if (valid.ok()) valid = CheckStreamPath(req->path());
   if (valid.ok() && !req->base().empty()) valid = CheckSnapshotRef(req->base());
   if (!valid.ok()) return Fail(ctx, valid);
-  Result<snapshot::ExportResult> exported = snapshots_->Export(
-      req->name(), req->path(), {.base = req->base(), .overwrite = req->overwrite()});
+  // A client that goes away (Ctrl-C on `shale snapshot export`) cancels the export: shaled
+  // stops at the next piece and removes the partial file.
+  Result<snapshot::ExportResult> exported =
+      snapshots_->Export(req->name(), req->path(),
+                         {.base = req->base(), .overwrite = req->overwrite(), .cancelled = [ctx] {
+                            return ctx->IsCancelled();
+                          }});
   if (!exported.ok()) {
     Status st = exported.status();
     if (st.code() == StatusCode::kAlreadyExists) {
@@ -201,8 +206,10 @@ grpc::Status ControlService::ImportSnapshot(grpc::ServerContext* ctx,
   if (valid.ok()) valid = ValidateName("volume", req->volume());
   if (valid.ok() && !req->pool().empty()) valid = ValidateName("pool", req->pool());
   if (!valid.ok()) return Fail(ctx, valid);
+  // Likewise for an import: it is undone like any failed import.
   Result<snapshot::ImportResult> imported =
-      snapshots_->Import(req->path(), req->volume(), {.pool = req->pool()});
+      snapshots_->Import(req->path(), req->volume(),
+                         {.pool = req->pool(), .cancelled = [ctx] { return ctx->IsCancelled(); }});
   if (!imported.ok()) return Fail(ctx, imported.status());
   ToProto(imported->snapshot, resp->mutable_snapshot());
   AddExportInfo(resp->mutable_snapshot());
