@@ -85,15 +85,17 @@ void ProgressMeter::Update(uint64_t done, uint64_t total) {
     return;
   }
   last_plain_ = now;
+  printed_done_ = done;
   err_ << what_ << ": " << Describe(/*bar=*/false) << "\n" << std::flush;
 }
 
 void ProgressMeter::Finish() {
   if (!updated_) return;
-  done_ = total_;
   if (terminal_) {
+    done_ = total_;
     err_ << "\r" << what_ << " " << Describe(/*bar=*/true) << "   \n" << std::flush;
-  } else {
+  } else if (printed_done_ != total_ || done_ != total_) {
+    done_ = total_;
     err_ << what_ << ": " << Describe(/*bar=*/false) << "\n" << std::flush;
   }
   drawn_ = false;

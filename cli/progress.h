@@ -34,7 +34,8 @@ class ProgressMeter {
   ProgressMeter& operator=(const ProgressMeter&) = delete;
 
   void Update(uint64_t done, uint64_t total);
-  // The end: the last state once more (plain: always a line), and the terminal line ended.
+  // The end: the bar at 100 % and the terminal line ended; plain: a 100 % line unless the last
+  // line said so already. Nothing if there was no Update().
   void Finish();
   // Ends a terminal line without a final state (before an error message).
   void Abandon();
@@ -56,6 +57,7 @@ class ProgressMeter {
   std::chrono::steady_clock::time_point last_plain_{};
   uint64_t done_ = 0;
   uint64_t total_ = 0;
+  uint64_t printed_done_ = UINT64_MAX;  // `done` of the last plain line
   bool updated_ = false;
   bool drawn_ = false;  // a terminal line is open
 };

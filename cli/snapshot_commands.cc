@@ -322,15 +322,16 @@ int SnapshotCommands::RunFlatten(ControlClient& client, Format format) {
   ProgressMeter meter(err_, err_is_terminal_, "flattening '" + volume_ + "'",
                       ProgressMeter::Unit::kCount, "clusters");
   const InterruptNotice notice(
-      "the flatten goes on in shaled (it cannot stop halfway); 'shale "
-      "volume show " +
-      volume_ + "' shows 'Shared: 0 B' once it is done");
-  const std::string error = client.Stream(&v1::Control::Stub::FlattenVolume, req,
-                                          [&](const v1::FlattenVolumeProgress& p) {
-                                            last = p;
-                                            if (!p.finished())
-                                              meter.Update(p.done_clusters(), p.total_clusters());
-                                          });
+      "the flatten goes on in shaled (it cannot stop halfway); 'shale volume show " + volume_ +
+      "' shows 'Shared: 0 B' once it is done");
+  const std::string error = client.Stream(
+      &v1::Control::Stub::FlattenVolume, req, [&](const v1::FlattenVolumeProgress& p) {
+        last = p;
+        // A short flatten may send only its final message: it is shown too.
+        if (p.total_clusters() > 0) {
+          meter.Update(p.finished() ? p.total_clusters() : p.done_clusters(), p.total_clusters());
+        }
+      });
   if (!error.empty()) {
     meter.Abandon();
     err_ << "shale: " << error << "\n";
