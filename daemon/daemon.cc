@@ -16,6 +16,7 @@
 #include <initializer_list>
 #include <thread>
 
+#include "api/control_api.h"
 #include "backup/backup_manager.h"
 #include "csi/driver.h"
 #include "daemon/cluster_node.h"
@@ -163,6 +164,9 @@ class NbdEndpoint final : public Frontend {
 //
 // shaled accepts the connections itself (ops::UnixAcceptor) and hands each to gRPC, so the audit
 // interceptor knows every caller's uid and pid (SO_PEERCRED) through the PeerRegistry.
+static_assert(ops::kAuditErrorMetadataKey == std::string_view(api::kAuditErrorMetadataKey),
+              "the CLI reads the trailer the audit interceptor sets");
+
 class UnixGrpcServer {
  public:
   // Who audits the server's calls; `log` null: no audit (the interceptor is not installed).

@@ -34,7 +34,8 @@ using VolumeLabelLookup =
     std::function<std::map<std::string, std::string>(const std::string& volume)>;
 
 // Trailing metadata key of a response whose audit record could not be written (value: the
-// error). The action happened; the CLI prints a warning.
+// error). The action happened; the CLI prints a warning. Equal to api::kAuditErrorMetadataKey
+// (daemon.cc asserts it; daemon/ops does not depend on api/).
 inline constexpr std::string_view kAuditErrorMetadataKey = "shale-audit-error";
 
 // What a request is about (see above).
