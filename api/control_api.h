@@ -12,4 +12,8 @@ inline constexpr char kControlSocketName[] = "shaled.sock";
 // message as is) from "the transport failed" (shaled unreachable, timed out, ...).
 inline constexpr char kShaleErrorMetadataKey[] = "shale-error";
 
+// Trailing-metadata key of an answer whose audit record shaled could not write (value: the
+// error; docs/operations.md, "Audit log"). The change was made; the CLI prints a warning.
+inline constexpr char kAuditErrorMetadataKey[] = "shale-audit-error";
+
 }  // namespace shale::api

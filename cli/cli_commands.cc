@@ -65,6 +65,12 @@ void DropGrpcLog(gpr_log_func_args* /*args*/) {}
 
 }  // namespace
 
+std::string ControlClient::AuditError(const grpc::ClientContext& ctx) {
+  const auto& trailers = ctx.GetServerTrailingMetadata();
+  auto it = trailers.find(api::kAuditErrorMetadataKey);
+  return it == trailers.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
 std::string DescribeRpcError(const grpc::Status& status, const grpc::ClientContext& ctx,
                              const std::string& endpoint, unsigned timeout_seconds) {
   const auto& trailers = ctx.GetServerTrailingMetadata();

@@ -47,9 +47,14 @@ class ControlClient {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_seconds_));
     grpc::Status status = ((*stub_).*rpc)(&ctx, request, response);
+    audit_error_ = AuditError(ctx);
     if (status.ok()) return {};
     return DescribeRpcError(status, ctx, endpoint_, timeout_seconds_);
   }
+
+  // The kAuditErrorMetadataKey trailer of the last Call(): shaled made the change but could not
+  // record it in its audit log. Empty normally.
+  const std::string& audit_error() const { return audit_error_; }
 
   // Runs one server-streaming RPC; `on_message(const Response&)` sees every message as it
   // arrives. No deadline: such RPCs (flatten) run as long as the data takes and report progress
@@ -67,8 +72,11 @@ class ControlClient {
   }
 
  private:
+  static std::string AuditError(const grpc::ClientContext& ctx);
+
   const std::string endpoint_;
   const unsigned timeout_seconds_;
+  std::string audit_error_;
   std::unique_ptr<v1::Control::Stub> stub_;
 };
 
@@ -95,6 +103,10 @@ int RunRpc(ControlClient& client, Rpc<Request, Response> rpc, const Request& req
            std::ostream& err, Print print) {
   Response response;
   const std::string error = client.Call(rpc, request, &response);
+  if (!client.audit_error().empty()) {
+    err << "shale: warning: shaled could not write the audit record of this change: "
+        << client.audit_error() << "\n";
+  }
   if (!error.empty()) {
     err << "shale: " << error << "\n";
     return kExitFailure;

@@ -1,6 +1,8 @@
 #include "cli/ops_commands.h"
 
 #include <cctype>
+#include <ctime>
+#include <string_view>
 #include <vector>
 
 #include "cli/output.h"
@@ -59,6 +61,93 @@ std::string UsageTable(const v1::GetUsageResponse& usage) {
   return table.Render();
 }
 
+Result<uint64_t> ParseSince(const std::string& text, std::chrono::system_clock::time_point now) {
+  const auto bad = [&] {
+    return Status::InvalidArgument("--since '" + text +
+                                   "': expected a duration ago (90s, 10m, 2h, 7d) or a UTC time "
+                                   "(2026-12-05, 2026-12-05T22:00:00Z)");
+  };
+  const auto now_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count());
+  if (text.empty()) return bad();
+  if (const char unit = text.back(); std::string_view("smhd").find(unit) != std::string::npos) {
+    const std::string digits = text.substr(0, text.size() - 1);
+    if (digits.empty() || digits.size() > 9 ||
+        digits.find_first_not_of("0123456789") != std::string::npos) {
+      return bad();
+    }
+    const uint64_t seconds = std::stoull(digits) * (unit == 's'   ? 1
+                                                    : unit == 'm' ? 60
+                                                    : unit == 'h' ? 3600
+                                                                  : 86400);
+    const uint64_t ago = seconds * 1'000'000'000;
+    return ago >= now_ns ? 0 : now_ns - ago;
+  }
+  std::tm tm{};
+  int frac_ms = 0;
+  const char* rest = strptime(text.c_str(), "%Y-%m-%d", &tm);
+  if (rest == nullptr) return bad();
+  if (*rest == 'T' || *rest == ' ') {
+    const char* time_rest = strptime(rest + 1, "%H:%M:%S", &tm);
+    if (time_rest == nullptr) time_rest = strptime(rest + 1, "%H:%M", &tm);
+    if (time_rest == nullptr) return bad();
+    rest = time_rest;
+    if (*rest == '.') {
+      int digits = 0;
+      for (++rest; *rest >= '0' && *rest <= '9'; ++rest) {
+        if (digits++ < 3) frac_ms = frac_ms * 10 + (*rest - '0');
+      }
+      for (; digits < 3; ++digits) frac_ms *= 10;
+    }
+  }
+  if (*rest == 'Z') ++rest;
+  if (*rest != '\0') return bad();
+  const time_t secs = timegm(&tm);
+  if (secs < 0) return bad();
+  return static_cast<uint64_t>(secs) * 1'000'000'000 + static_cast<uint64_t>(frac_ms) * 1'000'000;
+}
+
+nlohmann::ordered_json ToJson(const v1::GetAuditResponse& audit) {
+  nlohmann::ordered_json records = nlohmann::ordered_json::array();
+  for (const std::string& line : audit.records()) {
+    nlohmann::ordered_json r = nlohmann::ordered_json::parse(line, nullptr, false);
+    records.push_back(r.is_discarded() ? nlohmann::ordered_json(line) : std::move(r));
+  }
+  return {{"path", audit.path()}, {"truncated", audit.truncated()}, {"records", records}};
+}
+
+std::string AuditTable(const v1::GetAuditResponse& audit) {
+  Table table({"TIME", "SOURCE", "ACTION", "RESULT", "CALLER", "VOLUMES", "DETAIL"});
+  const nlohmann::ordered_json records = ToJson(audit)["records"];
+  for (const nlohmann::ordered_json& r : records) {
+    if (!r.is_object()) continue;
+    const auto text = [&](const char* key) {
+      auto it = r.find(key);
+      return it != r.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    std::string caller = "-";
+    if (auto c = r.find("caller"); c != r.end() && c->is_object()) {
+      caller = "uid " + c->value("uid", nlohmann::ordered_json(0)).dump() + " pid " +
+               c->value("pid", nlohmann::ordered_json(0)).dump();
+      if (const std::string cmd = c->value("command", ""); !cmd.empty()) caller += " " + cmd;
+    }
+    std::string volumes;
+    if (auto v = r.find("volumes"); v != r.end() && v->is_array()) {
+      for (const auto& name : *v) volumes += (volumes.empty() ? "" : ",") + name.get<std::string>();
+    }
+    std::string detail = text("error");
+    if (auto k = r.find("kubernetes"); k != r.end() && k->is_object()) {
+      const std::string pvc = k->value("pvc_namespace", "") + "/" + k->value("pvc_name", "");
+      if (pvc != "/") detail = "pvc " + pvc + (detail.empty() ? "" : "; " + detail);
+    }
+    table.AddRow({text("time"), text("source"), text("action"), text("result"), caller,
+                  volumes.empty() ? "-" : volumes, detail.empty() ? "-" : detail});
+  }
+  std::string out = table.Render();
+  if (audit.truncated()) out += "(older records left out: use --limit or --since)\n";
+  return out;
+}
+
 void OpsCommands::AddCommands(CLI::App& app) {
   CLI::App* usage = app.add_subcommand(
       "usage",
@@ -66,6 +155,38 @@ void OpsCommands::AddCommands(CLI::App& app) {
       "(e.g. --by label:team, --by label:csi.storage.k8s.io/pvc/namespace) or per pool");
   usage->add_option("--by", by_, "label:KEY or pool")->required()->type_name("label:KEY|pool");
   usage->callback(SelectAction(action_, this, &OpsCommands::RunUsage));
+
+  CLI::App* audit = app.add_subcommand(
+      "audit",
+      "Show the audit log: every change made through the control API or CSI, who made it "
+      "(uid, pid) and its result, oldest first");
+  audit->add_option("--since", since_,
+                    "Only records from this time: 90s, 10m, 2h, 7d ago, or "
+                    "a UTC time (2026-12-05, 2026-12-05T22:00:00Z)");
+  audit->add_option("--volume", audit_volume_, "Only records about this volume");
+  audit->add_option("--limit", audit_limit_, "The newest this many records (default 1000)")
+      ->check(CLI::Range(1u, 100000u));
+  audit->callback(SelectAction(action_, this, &OpsCommands::RunAudit));
+}
+
+int OpsCommands::RunAudit(ControlClient& client, Format format) {
+  v1::GetAuditRequest req;
+  if (!since_.empty()) {
+    Result<uint64_t> since = ParseSince(since_, std::chrono::system_clock::now());
+    if (!since.ok()) {
+      err_ << "shale: " << since.status().message() << "\n";
+      return kExitUsage;
+    }
+    req.set_since_unix_ns(*since);
+  }
+  req.set_volume(audit_volume_);
+  req.set_limit(audit_limit_);
+  return RunRpc(client, &v1::Control::Stub::GetAudit, req, err_,
+                [&](const v1::GetAuditResponse& resp) {
+                  format == Format::kJson ? void(out_ << ToJson(resp).dump(2) << "\n")
+                                          : void(out_ << AuditTable(resp));
+                  return kExitOk;
+                });
 }
 
 int OpsCommands::RunUsage(ControlClient& client, Format format) {

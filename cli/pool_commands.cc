@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "cli/output.h"
+#include "cli/progress.h"
 
 namespace shale::cli {
 
@@ -173,6 +174,8 @@ int PoolCommands::RunDelete(ControlClient& client, Format format) {
 int PoolCommands::RunCheck(ControlClient& client, Format format) {
   v1::CheckPoolRequest req;
   req.set_name(name_);
+  const InterruptNotice notice("shaled stops the check of pool '" + name_ +
+                               "' (a check changes nothing)");
   return RunRpc(
       client, &v1::Control::Stub::CheckPool, req, err_, [&](const v1::CheckPoolResponse& resp) {
         format == Format::kJson ? PrintJson(ToJson(name_, resp))

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "cli/output.h"
+#include "cli/progress.h"
 #include "engine/common/units.h"
 
 namespace shale::cli {
@@ -235,6 +236,8 @@ int SnapshotCommands::RunExport(ControlClient& client, Format format) {
   req.set_path(AbsolutePath(file_));
   req.set_base(base_);
   req.set_overwrite(overwrite_);
+  const InterruptNotice notice("shaled cancels the export and removes the partial file " +
+                               req.path());
   return RunRpc(client, &v1::Control::Stub::ExportSnapshot, req, err_,
                 [&](const v1::ExportSnapshotResponse& resp) {
                   if (format == Format::kJson) {
@@ -263,6 +266,8 @@ int SnapshotCommands::RunImport(ControlClient& client, Format format) {
   req.set_path(AbsolutePath(file_));
   req.set_volume(volume_);
   req.set_pool(pool_);
+  const InterruptNotice notice("shaled cancels the import and undoes what it wrote to '" + volume_ +
+                               "'");
   return RunRpc(client, &v1::Control::Stub::ImportSnapshot, req, err_,
                 [&](const v1::ImportSnapshotResponse& resp) {
                   if (format == Format::kJson) {
@@ -314,21 +319,25 @@ int SnapshotCommands::RunFlatten(ControlClient& client, Format format) {
   v1::FlattenVolumeRequest req;
   req.set_name(volume_);
   v1::FlattenVolumeProgress last;
-  bool drew = false;
+  ProgressMeter meter(err_, err_is_terminal_, "flattening '" + volume_ + "'",
+                      ProgressMeter::Unit::kCount, "clusters");
+  const InterruptNotice notice(
+      "the flatten goes on in shaled (it cannot stop halfway); 'shale volume show " + volume_ +
+      "' shows 'Shared: 0 B' once it is done");
   const std::string error = client.Stream(
       &v1::Control::Stub::FlattenVolume, req, [&](const v1::FlattenVolumeProgress& p) {
         last = p;
-        if (!err_is_terminal_ || p.finished() || p.total_clusters() == 0) return;
-        err_ << "\rflattening '" << volume_ << "': " << p.done_clusters() * 100 / p.total_clusters()
-             << "% (" << p.done_clusters() << " of " << p.total_clusters() << " clusters)"
-             << std::flush;
-        drew = true;
+        // A short flatten may send only its final message: it is shown too.
+        if (p.total_clusters() > 0) {
+          meter.Update(p.finished() ? p.total_clusters() : p.done_clusters(), p.total_clusters());
+        }
       });
-  if (drew) err_ << "\n";
   if (!error.empty()) {
+    meter.Abandon();
     err_ << "shale: " << error << "\n";
     return kExitFailure;
   }
+  meter.Finish();
   if (format == Format::kJson) {
     PrintJson({{"name", volume_}, {"flattened", true}, {"clusters", last.total_clusters()}});
   } else {

@@ -215,6 +215,7 @@ grpc::Status ControlService::GetStatus(grpc::ServerContext* /*ctx*/,
 
 grpc::Status ControlService::CreatePool(grpc::ServerContext* ctx, const v1::CreatePoolRequest* req,
                                         v1::Pool* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   Status valid = ValidateName("pool", req->name());
   if (valid.ok()) valid = CheckDevicePath(req->device_path());
   if (valid.ok() && req->cluster_size() != 0) valid = ValidateClusterSize(req->cluster_size());
@@ -268,7 +269,10 @@ grpc::Status ControlService::CheckPool(grpc::ServerContext* ctx, const v1::Check
                                        v1::CheckPoolResponse* resp) {
   Status valid = ValidateName("pool", req->name());
   if (!valid.ok()) return Fail(ctx, valid);
-  Result<PoolCheckReport> report = engine_->CheckPool(req->name());
+  // A client that goes away (Ctrl-C on `shale pool check`) stops the check (it changes nothing).
+  PoolCheckOptions options;
+  options.cancelled = [ctx] { return ctx->IsCancelled(); };
+  Result<PoolCheckReport> report = engine_->CheckPool(req->name(), options);
   if (!report.ok()) return Fail(ctx, report.status());
   resp->set_clean(report->clean());
   resp->set_referenced_clusters(report->referenced_clusters);

@@ -42,6 +42,9 @@ class QosManager;
 }  // namespace shale
 
 namespace shale::daemon {
+namespace ops {
+class AuditLog;
+}
 
 class VolumeLifecycle;
 class ClusterNode;
@@ -58,6 +61,9 @@ class ControlService final : public v1::Control::Service {
     std::string control_endpoint;  // "unix:///..."
     // The metrics endpoint's bound address ("127.0.0.1:9580"); null: metrics are off.
     std::function<std::string()> metrics_address;
+    // The audit log GetAudit reads (must outlive the service); null: GetAudit answers
+    // FAILED_PRECONDITION.
+    ops::AuditLog* audit_log = nullptr;
   };
 
   // `lifecycle` (not null; its engine, snapshot manager and QoS manager are the ones this
@@ -163,6 +169,8 @@ class ControlService final : public v1::Control::Service {
                           v1::Pool* resp) override;
   grpc::Status GetUsage(grpc::ServerContext* ctx, const v1::GetUsageRequest* req,
                         v1::GetUsageResponse* resp) override;
+  grpc::Status GetAudit(grpc::ServerContext* ctx, const v1::GetAuditRequest* req,
+                        v1::GetAuditResponse* resp) override;
 
   // How long `volume delete --force` (and `snapshot delete --force`) waits for NBD clients to
   // let go of the export.

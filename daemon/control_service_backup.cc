@@ -109,6 +109,7 @@ class ProgressStream {
 grpc::Status ControlService::CreateBackup(grpc::ServerContext* ctx,
                                           const v1::CreateBackupRequest* req,
                                           grpc::ServerWriter<v1::BackupProgress>* writer) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   BackupRequest b;
   Status st = snapshot::ParseSnapshotRef(req->snapshot()).status();
   if (st.ok()) st = Resolve(lifecycle_, req->to(), false, &b);
@@ -172,6 +173,7 @@ grpc::Status ControlService::VerifyBackup(grpc::ServerContext* ctx,
 grpc::Status ControlService::DeleteBackup(grpc::ServerContext* ctx,
                                           const v1::DeleteBackupRequest* req,
                                           v1::GcBackupsResponse* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   BackupRequest b;
   if (Status st = Resolve(lifecycle_, req->backup(), true, &b); !st.ok()) return Fail(ctx, st);
   Result<backup::GcResult> r = b.backups->Delete(b.target, b.id);
@@ -183,6 +185,7 @@ grpc::Status ControlService::DeleteBackup(grpc::ServerContext* ctx,
 grpc::Status ControlService::PruneBackups(grpc::ServerContext* ctx,
                                           const v1::PruneBackupsRequest* req,
                                           v1::GcBackupsResponse* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   BackupRequest b;
   if (Status st = Resolve(lifecycle_, req->place(), false, &b); !st.ok()) return Fail(ctx, st);
   Result<backup::GcResult> r = b.backups->Prune(b.target, req->keep(), req->volume());

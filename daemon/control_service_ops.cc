@@ -1,8 +1,9 @@
 // Operability handlers of the ControlService (issue 13, docs/operations.md): a pool's capacity
-// settings and fill level, online pool expansion, usage by label.
+// settings and fill level, online pool expansion, usage by label, the audit log.
 #include "daemon/control_service.h"
 #include "daemon/control_service_internal.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
+#include "daemon/ops/audit_log.h"
 #include "daemon/ops/usage.h"
 
 namespace shale::daemon {
@@ -105,6 +106,32 @@ grpc::Status ControlService::GetUsage(grpc::ServerContext* ctx, const v1::GetUsa
   resp->set_by(report->by.ToString());
   for (const ops::UsageFigures& g : report->groups) ToProto(g, resp->add_groups());
   ToProto(report->total, resp->mutable_total());
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::GetAudit(grpc::ServerContext* ctx, const v1::GetAuditRequest* req,
+                                      v1::GetAuditResponse* resp) {
+  constexpr uint32_t kMaxLimit = 100000;
+  if (info_.audit_log == nullptr) {
+    return Fail(ctx, Status::FailedPrecondition("this shaled keeps no audit log"));
+  }
+  if (req->limit() > kMaxLimit) {
+    return Fail(ctx, Status::InvalidArgument("limit " + std::to_string(req->limit()) +
+                                             " is above " + std::to_string(kMaxLimit)));
+  }
+  if (!req->volume().empty()) {
+    if (Status valid = ValidateName("volume", req->volume()); !valid.ok()) return Fail(ctx, valid);
+  }
+  bool truncated = false;
+  Result<std::vector<std::string>> records =
+      info_.audit_log->Read({.since_unix_ns = req->since_unix_ns(),
+                             .volume = req->volume(),
+                             .limit = req->limit() == 0 ? 1000 : req->limit()},
+                            &truncated);
+  if (!records.ok()) return Fail(ctx, records.status());
+  for (std::string& r : *records) resp->add_records(std::move(r));
+  resp->set_truncated(truncated);
+  resp->set_path(info_.audit_log->path());
   return grpc::Status::OK;
 }
 

@@ -6,6 +6,7 @@
 
 #include "daemon/control_service.h"
 #include "daemon/control_service_internal.h"
+#include "daemon/lifecycle/volume_lifecycle.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 #include "qos/qos_manager.h"
@@ -98,6 +99,7 @@ Status ControlService::AddQosInfo(v1::Volume* volume) {
 
 grpc::Status ControlService::SetVolumeQos(grpc::ServerContext* ctx,
                                           const v1::SetVolumeQosRequest* req, v1::VolumeQos* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   if (qos_ == nullptr) return Fail(ctx, QosDisabled());
   if (Status st = qos_->Set(req->name(), qos::SettingsFromMessage(req->qos())); !st.ok())
@@ -128,6 +130,7 @@ grpc::Status ControlService::GetVolumeStats(grpc::ServerContext* ctx,
 
 grpc::Status ControlService::SetPoolQos(grpc::ServerContext* ctx, const v1::SetPoolQosRequest* req,
                                         v1::PoolQos* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   if (Status valid = ValidateName("pool", req->pool()); !valid.ok()) return Fail(ctx, valid);
   if (qos_ == nullptr) return Fail(ctx, QosDisabled());
   if (Status st = qos_->SetPoolBudget(req->pool(), req->budget()); !st.ok()) return Fail(ctx, st);

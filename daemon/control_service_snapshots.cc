@@ -167,12 +167,18 @@ grpc::Status ControlService::VerifySnapshot(grpc::ServerContext* ctx,
 grpc::Status ControlService::ExportSnapshot(grpc::ServerContext* ctx,
                                             const v1::ExportSnapshotRequest* req,
                                             v1::ExportSnapshotResponse* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   Status valid = CheckSnapshotRef(req->name());
   if (valid.ok()) valid = CheckStreamPath(req->path());
   if (valid.ok() && !req->base().empty()) valid = CheckSnapshotRef(req->base());
   if (!valid.ok()) return Fail(ctx, valid);
-  Result<snapshot::ExportResult> exported = snapshots_->Export(
-      req->name(), req->path(), {.base = req->base(), .overwrite = req->overwrite()});
+  // A client that goes away (Ctrl-C on `shale snapshot export`) cancels the export: shaled
+  // stops at the next piece and removes the partial file.
+  Result<snapshot::ExportResult> exported =
+      snapshots_->Export(req->name(), req->path(),
+                         {.base = req->base(), .overwrite = req->overwrite(), .cancelled = [ctx] {
+                            return ctx->IsCancelled();
+                          }});
   if (!exported.ok()) {
     Status st = exported.status();
     if (st.code() == StatusCode::kAlreadyExists) {
@@ -195,12 +201,15 @@ grpc::Status ControlService::ExportSnapshot(grpc::ServerContext* ctx,
 grpc::Status ControlService::ImportSnapshot(grpc::ServerContext* ctx,
                                             const v1::ImportSnapshotRequest* req,
                                             v1::ImportSnapshotResponse* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   Status valid = CheckStreamPath(req->path());
   if (valid.ok()) valid = ValidateName("volume", req->volume());
   if (valid.ok() && !req->pool().empty()) valid = ValidateName("pool", req->pool());
   if (!valid.ok()) return Fail(ctx, valid);
+  // Likewise for an import: it is undone like any failed import.
   Result<snapshot::ImportResult> imported =
-      snapshots_->Import(req->path(), req->volume(), {.pool = req->pool()});
+      snapshots_->Import(req->path(), req->volume(),
+                         {.pool = req->pool(), .cancelled = [ctx] { return ctx->IsCancelled(); }});
   if (!imported.ok()) return Fail(ctx, imported.status());
   ToProto(imported->snapshot, resp->mutable_snapshot());
   AddExportInfo(resp->mutable_snapshot());
@@ -267,6 +276,7 @@ grpc::Status ControlService::RevertVolume(grpc::ServerContext* ctx,
 grpc::Status ControlService::FlattenVolume(grpc::ServerContext* ctx,
                                            const v1::FlattenVolumeRequest* req,
                                            grpc::ServerWriter<v1::FlattenVolumeProgress>* writer) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   // The progress callback runs on the volume's reactor and must not block: it only stores.
   std::atomic<uint64_t> done{0}, total{0};

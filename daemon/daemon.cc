@@ -2,6 +2,7 @@
 
 #include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/server_posix.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -15,14 +16,18 @@
 #include <initializer_list>
 #include <thread>
 
+#include "api/control_api.h"
 #include "backup/backup_manager.h"
 #include "csi/driver.h"
 #include "daemon/cluster_node.h"
 #include "daemon/control_service.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
 #include "daemon/nbd_export_gate.h"
+#include "daemon/ops/audit_interceptor.h"
+#include "daemon/ops/audit_log.h"
 #include "daemon/ops/http_server.h"
 #include "daemon/ops/metrics_collector.h"
+#include "daemon/ops/peer_acceptor.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 #include "nbd/export.h"
@@ -156,8 +161,22 @@ class NbdEndpoint final : public Frontend {
 // A gRPC server on a UNIX socket only its owner can use (mode 0600): the control API and the
 // CSI driver (whose sidecars and kubelet run as root on the node). The services must outlive
 // it: owners call Stop() in their destructor.
+//
+// shaled accepts the connections itself (ops::UnixAcceptor) and hands each to gRPC, so the audit
+// interceptor knows every caller's uid and pid (SO_PEERCRED) through the PeerRegistry.
+static_assert(ops::kAuditErrorMetadataKey == std::string_view(api::kAuditErrorMetadataKey),
+              "the CLI reads the trailer the audit interceptor sets");
+
 class UnixGrpcServer {
  public:
+  // Who audits the server's calls; `log` null: no audit (the interceptor is not installed).
+  struct Audit {
+    std::string source;  // "control", "csi"
+    ops::AuditLog* log = nullptr;
+    ops::PeerRegistry* peers = nullptr;
+    ops::VolumeLabelLookup labels;
+  };
+
   // `kind` names the server in errors and logs ("control", "CSI").
   UnixGrpcServer(std::string socket_path, std::string kind)
       : socket_path_(std::move(socket_path)), kind_(std::move(kind)) {}
@@ -165,38 +184,47 @@ class UnixGrpcServer {
 
   std::string endpoint() const { return "unix://" + socket_path_; }
 
-  Status Start(std::initializer_list<grpc::Service*> services) {
+  Status Start(std::initializer_list<grpc::Service*> services, const Audit& audit) {
     SHALE_RETURN_IF_ERROR(PrepareSocketPath(socket_path_, kind_));
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort(endpoint(), grpc::InsecureServerCredentials());
+    grpc::ServerBuilder builder;  // no listening port: the acceptor adds each connection
     for (grpc::Service* service : services) builder.RegisterService(service);
     builder.SetMaxReceiveMessageSize(kControlMaxMessageBytes);
     grpc::ResourceQuota quota("shaled-" + kind_);
     quota.SetMaxThreads(kControlMaxThreads);
     builder.SetResourceQuota(quota);
-    // The socket is created inside BuildAndStart: a restrictive umask closes the window in
-    // which it would be reachable with default permissions; chmod below makes sure. (umask is
-    // per process: files other threads create meanwhile only get stricter modes.)
-    const mode_t old_umask = umask(0077);
+    if (audit.log != nullptr) {
+      std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> audits;
+      audits.push_back(std::make_unique<ops::AuditInterceptorFactory>(audit.source, audit.log,
+                                                                      audit.peers, audit.labels));
+      builder.experimental().SetInterceptorCreators(std::move(audits));
+    }
     server_ = builder.BuildAndStart();
-    umask(old_umask);
     if (!server_) {
-      return Status::Unavailable("cannot listen on " + kind_ + " socket " + socket_path_ +
-                                 " (see the log for gRPC's reason)");
+      return Status::Unavailable("cannot start the " + kind_ +
+                                 " gRPC server (see the log for gRPC's reason)");
     }
-    if (chmod(socket_path_.c_str(), 0600) != 0) {
-      const int err = errno;
+    Result<std::unique_ptr<ops::UnixAcceptor>> acceptor =
+        ops::UnixAcceptor::Start(socket_path_, kind_, audit.peers,
+                                 [server = server_.get()](int fd, const ops::PeerCreds& /*creds*/) {
+                                   grpc::AddInsecureChannelFromFd(server, fd);
+                                 });
+    if (!acceptor.ok()) {
       Stop();
-      return Status::FromErrno(err, "chmod 0600 " + kind_ + " socket " + socket_path_);
+      return acceptor.status();
     }
+    acceptor_ = std::move(acceptor).value();
     return Status::Ok();
   }
 
   void Stop() {
-    if (!server_) return;
-    server_->Shutdown(std::chrono::system_clock::now() + kControlDrainTimeout);
-    server_->Wait();
-    server_.reset();
+    if (acceptor_) acceptor_->Stop();  // no new connection reaches a stopping server
+    if (server_) {
+      server_->Shutdown(std::chrono::system_clock::now() + kControlDrainTimeout);
+      server_->Wait();
+      server_.reset();
+    }
+    if (!acceptor_) return;
+    acceptor_.reset();
     // Ours: we bound it and nobody else can have replaced it while we held the path.
     if (unlink(socket_path_.c_str()) != 0 && errno != ENOENT) {
       SHALE_LOG_WARN("could not remove " + kind_ + " socket", {"path", socket_path_},
@@ -208,6 +236,7 @@ class UnixGrpcServer {
   const std::string socket_path_;
   const std::string kind_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<ops::UnixAcceptor> acceptor_;
 };
 
 // Capacity care (docs/operations.md, "Capacity"): re-evaluates every pool's fill level about
@@ -304,18 +333,20 @@ class MetricsEndpoint final : public Frontend {
 class ControlEndpoint final : public Frontend {
  public:
   ControlEndpoint(VolumeLifecycle* lifecycle, std::string socket_path, nbd::NbdServer* nbd,
-                  ClusterNode* cluster, const MetricsEndpoint* metrics)
+                  ClusterNode* cluster, const MetricsEndpoint* metrics, UnixGrpcServer::Audit audit)
       : server_(std::move(socket_path), "control"),
+        audit_(std::move(audit)),
         service_(lifecycle,
                  {.version = SHALE_VERSION,
                   .control_endpoint = server_.endpoint(),
-                  .metrics_address = MetricsAddress(metrics)},
+                  .metrics_address = MetricsAddress(metrics),
+                  .audit_log = audit_.log},
                  nbd, cluster) {}
   ~ControlEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "control"; }
   std::string endpoint() const override { return server_.endpoint(); }
-  Status Start() override { return server_.Start({&service_}); }
+  Status Start() override { return server_.Start({&service_}, audit_); }
   void Stop() override { server_.Stop(); }
 
  private:
@@ -325,6 +356,7 @@ class ControlEndpoint final : public Frontend {
   }
 
   UnixGrpcServer server_;
+  const UnixGrpcServer::Audit audit_;
   ControlService service_;
 };
 
@@ -332,8 +364,10 @@ class ControlEndpoint final : public Frontend {
 // UNIX socket (mode 0600: the sidecars and kubelet run as root on the node).
 class CsiEndpoint final : public Frontend {
  public:
-  CsiEndpoint(csi::DriverOptions options, VolumeLifecycle* lifecycle, std::string socket_path)
+  CsiEndpoint(csi::DriverOptions options, VolumeLifecycle* lifecycle, std::string socket_path,
+              UnixGrpcServer::Audit audit)
       : server_(std::move(socket_path), "CSI"),
+        audit_(std::move(audit)),
         identity_(options),
         controller_(options, lifecycle),
         node_(options, lifecycle->engine()) {}
@@ -344,12 +378,13 @@ class CsiEndpoint final : public Frontend {
   Status Start() override {
     // Records of older versions are upgraded before the first request (docs/lifecycle.md).
     SHALE_RETURN_IF_ERROR(controller_.UpgradeRecords());
-    return server_.Start({&identity_, &controller_, &node_});
+    return server_.Start({&identity_, &controller_, &node_}, audit_);
   }
   void Stop() override { server_.Stop(); }
 
  private:
   UnixGrpcServer server_;
+  const UnixGrpcServer::Audit audit_;
   csi::IdentityService identity_;
   csi::ControllerService controller_;
   csi::NodeService node_;
@@ -387,12 +422,14 @@ Status Daemon::Start() {
                  {"config", options_.config_file});
   Status st = LoadClusterSecret();
   if (st.ok()) st = StartEngine();
+  if (st.ok()) st = OpenAuditLog();
   if (st.ok()) st = StartSnapshots();
   if (st.ok()) st = StartQos();
   if (st.ok()) st = StartBackups();
   if (st.ok()) {
     lifecycle_ = std::make_unique<VolumeLifecycle>(engine_.get(), snapshots_.get(), qos_.get());
     lifecycle_->SetBackups(backups_.get());
+    lifecycle_->SetChangeGate([log = audit_.get()] { return log->CheckWritable(); });
     // A restore cut short by a crash leaves a marked volume: deleted before anyone sees it.
     st = lifecycle_->RecoverRestores().WithContext("recover interrupted restores");
   }
@@ -443,6 +480,26 @@ Status Daemon::StartEngine() {
     return engine.status();
   }
   engine_ = std::move(engine).value();
+  return Status::Ok();
+}
+
+Status Daemon::OpenAuditLog() {
+  // After the engine: its data-dir lock keeps a second shaled from writing the same log.
+  const std::string path = (std::filesystem::path(options_.data_dir) / "audit.log").string();
+  Result<std::unique_ptr<ops::AuditLog>> log = ops::AuditLog::Open({.path = path});
+  if (!log.ok()) return log.status().WithContext("audit log");
+  // The first record proves the log can be written: shaled does not serve changes it cannot
+  // record (fail closed).
+  nlohmann::json record = ops::NewAuditRecord("shaled", "ShaledStart");
+  record["result"] = "ok";
+  record["caller"] = {{"uid", getuid()}, {"pid", getpid()}, {"command", "shaled"}};
+  record["volumes"] = nlohmann::json::array();
+  record["version"] = SHALE_VERSION;
+  if (Status st = (*log)->Append(record); !st.ok()) {
+    return Status::Unavailable("cannot write the audit log " + path + ": " + st.ToString());
+  }
+  audit_ = std::move(log).value();
+  peers_ = std::make_unique<ops::PeerRegistry>();
   return Status::Ok();
 }
 
@@ -608,8 +665,9 @@ Status Daemon::AddFrontends() {
     metrics = endpoint.get();
     frontends_.push_back(std::move(endpoint));
   }
-  frontends_.push_back(std::make_unique<ControlEndpoint>(lifecycle_.get(), options_.control_socket,
-                                                         nbd, cluster, metrics));
+  frontends_.push_back(std::make_unique<ControlEndpoint>(
+      lifecycle_.get(), options_.control_socket, nbd, cluster, metrics,
+      UnixGrpcServer::Audit{.source = "control", .log = audit_.get(), .peers = peers_.get()}));
 
   // CSI last: it attaches volumes through the NBD server and must stop before it.
   if (!options_.csi_endpoint.empty()) {
@@ -618,8 +676,15 @@ Status Daemon::AddFrontends() {
     csi_options.node_id = options_.node_id.empty() ? csi::DefaultNodeId() : options_.node_id;
     csi_options.data_dir = options_.data_dir;
     csi_options.nbd_socket = options_.nbd_socket;
-    frontends_.push_back(std::make_unique<CsiEndpoint>(std::move(csi_options), lifecycle_.get(),
-                                                       options_.csi_endpoint));
+    // CSI calls name volumes by id: their labels (the PVC the driver recorded) fill the record.
+    ops::VolumeLabelLookup labels = [engine = engine_.get()](const std::string& volume) {
+      Result<VolumeInfo> info = engine->GetVolume(volume);
+      return info.ok() ? info->labels : std::map<std::string, std::string>();
+    };
+    frontends_.push_back(std::make_unique<CsiEndpoint>(
+        std::move(csi_options), lifecycle_.get(), options_.csi_endpoint,
+        UnixGrpcServer::Audit{
+            .source = "csi", .log = audit_.get(), .peers = peers_.get(), .labels = labels}));
   }
   return Status::Ok();
 }
@@ -655,6 +720,8 @@ Status Daemon::Stop() {
   frontends_.clear();
   if (lifecycle_) lifecycle_->SetBackups(nullptr);
   lifecycle_.reset();
+  peers_.reset();
+  audit_.reset();  // every frontend and the lifecycle's change gate are gone
   backups_.reset();
   // No frontend calls it any more; its digest worker must let go of image views before the
   // engine closes (a cancelled digest stays pending and restarts at the next start).

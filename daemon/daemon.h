@@ -39,6 +39,10 @@ class BackupManager;
 }  // namespace shale
 
 namespace shale::daemon {
+namespace ops {
+class AuditLog;
+class PeerRegistry;
+}  // namespace ops
 
 class VolumeLifecycle;
 
@@ -94,6 +98,9 @@ class Daemon {
   // Cluster mode: reads --cluster-secret-file (mode 0600, 16..4096 bytes) before anything starts.
   Status LoadClusterSecret();
   Status StartEngine();
+  // <data-dir>/audit.log, with a "ShaledStart" record: a log that cannot be written stops the
+  // start (docs/operations.md, "Audit log").
+  Status OpenAuditLog();
   Status StartSnapshots();
   Status StartQos();
   Status StartBackups();
@@ -109,6 +116,8 @@ class Daemon {
   // open, cleared after the snapshot layer stopped); read by the snapshot layer's threads.
   std::atomic<qos::QosManager*> background_qos_{nullptr};
   std::unique_ptr<backup::BackupManager> backups_;    // after engine_: destroyed first
+  std::unique_ptr<ops::AuditLog> audit_;              // read by frontends: destroyed after them
+  std::unique_ptr<ops::PeerRegistry> peers_;          // likewise
   std::unique_ptr<VolumeLifecycle> lifecycle_;        // after the subsystems it calls
   std::vector<std::unique_ptr<Frontend>> frontends_;  // in start order
 

@@ -138,6 +138,9 @@ struct ExportOptions {
   bool overwrite = false;  // file exports: replace an existing file
   // Bytes of the snapshot scanned so far; runs on the exporting thread.
   std::function<void(uint64_t done, uint64_t total)> progress;
+  // Polled with progress; true stops the export with Aborted (a file export removes its
+  // partial file).
+  std::function<bool()> cancelled;
 };
 
 struct ExportResult {
@@ -153,6 +156,9 @@ struct ExportResult {
 struct ImportOptions {
   std::string pool;  // full imports: pool of the new volume (empty: default, or the only pool)
   std::function<void(uint64_t stream_bytes)> progress;  // stream bytes read; importing thread
+  // Polled with progress; true stops the import with Aborted, and it is undone like any failed
+  // import (a full import's volume is deleted, an incremental one's changes reverted).
+  std::function<bool()> cancelled;
 };
 
 struct ImportResult {

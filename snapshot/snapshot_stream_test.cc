@@ -89,6 +89,27 @@ TEST_F(SnapshotStreamTest, FullRoundTrip) {
   ExpectClean();
 }
 
+TEST_F(SnapshotStreamTest, CancelledExportAndImportLeaveNothingBehind) {
+  MakeSource();
+  int calls = 0;
+  ExportOptions cancel_export;
+  cancel_export.cancelled = [&] { return ++calls >= 2; };
+  auto ex = mgr_->Export("v@s1", File("s1.stream"), cancel_export);
+  ASSERT_FALSE(ex.ok());
+  EXPECT_EQ(ex.status().code(), StatusCode::kAborted) << ex.status();
+  EXPECT_FALSE(std::filesystem::exists(File("s1.stream"))) << "the partial file is removed";
+  EXPECT_EQ(calls, 2);
+  ASSERT_TRUE(mgr_->Export("v@s1", File("s1.stream")).ok());
+  const std::string before = State();
+  ImportOptions cancel_import;
+  cancel_import.cancelled = [] { return true; };
+  auto im = mgr_->Import(File("s1.stream"), "w", cancel_import);
+  ASSERT_FALSE(im.ok());
+  EXPECT_EQ(im.status().code(), StatusCode::kAborted) << im.status();
+  EXPECT_EQ(State(), before) << "the full import's volume is gone again";
+  EXPECT_TRUE(mgr_->Import(File("s1.stream"), "w").ok());
+}
+
 TEST_F(SnapshotStreamTest, IncrementalRoundTripFromChangedRanges) {
   MakeSource();
   ASSERT_TRUE(mgr_->Export("v@s1", File("s1.stream")).ok());

@@ -1,6 +1,7 @@
 // SnapshotManager: export and import of snapshot streams (docs/format/snapshot-stream.md).
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "engine/common/clock.h"
 #include "engine/common/log.h"
@@ -15,6 +16,10 @@ namespace shale::snapshot {
 namespace {
 
 constexpr unsigned kImportDepth = 4;  // writes in flight while importing
+
+Status ExportCancelled() {
+  return Status::Aborted("export cancelled (a file export removes its partial file)");
+}
 
 StreamMeta MetaFor(const SnapshotRecord& rec) {
   StreamMeta meta;
@@ -98,6 +103,7 @@ Result<ExportResult> SnapshotManager::Export(std::string_view ref, StreamSink* s
       builder.AddZeros(p.length);
     }
     if (options.progress) options.progress(p.offset + p.length, size);
+    if (options.cancelled && options.cancelled()) return ExportCancelled();
     return Status::Ok();
   });
   view.reset();
@@ -135,6 +141,49 @@ Result<ExportResult> SnapshotManager::Export(std::string_view ref, StreamSink* s
   SHALE_LOG_INFO("snapshot exported", {"snapshot", target.key}, {"bytes", result.stream_bytes});
   return result;
 }
+
+namespace {
+
+// An incremental export that compares content: writes the blocks of `p` that differ from the
+// base (up to `base_size`; unallocated in the target: the base's data ranges become zeros) and
+// everything of `p` past `base_size`. `base_buf` holds one scan window.
+Status WriteChangedPart(
+    const ScanPiece& p, uint64_t base_size, VolumeHandle& base_view, VolumeLayer* base_io_target,
+    uint8_t* base_buf,
+    const std::function<Status(uint64_t, uint64_t, const uint8_t*)>& write_piece) {
+  const uint64_t end = p.offset + p.length;
+  const uint64_t split = std::clamp(base_size, p.offset, end);
+  if (split > p.offset) {
+    const uint64_t len = split - p.offset;
+    if (p.data != nullptr) {
+      SHALE_RETURN_IF_ERROR(RunIo(base_view, VolumeOp::kRead, p.offset, len, base_buf,
+                                  IoClass::kBackground, 0, base_io_target));
+      uint64_t run = len;  // start of a run of differing blocks; len = none
+      for (uint64_t b = 0; b <= len; b += kDigestBlockSize) {
+        const bool differs =
+            b < len && std::memcmp(p.data + b, base_buf + b,
+                                   std::min<uint64_t>(kDigestBlockSize, len - b)) != 0;
+        if (differs && run == len) run = b;
+        if (!differs && run != len) {
+          SHALE_RETURN_IF_ERROR(write_piece(p.offset + run, std::min(b, len) - run, p.data + run));
+          run = len;
+        }
+      }
+    } else {
+      SHALE_ASSIGN_OR_RETURN(auto base_runs, QueryRuns(base_view, p.offset, len));
+      for (const AllocationRun& br : base_runs) {
+        if (!br.zero) SHALE_RETURN_IF_ERROR(write_piece(br.offset, br.length, nullptr));
+      }
+    }
+  }
+  if (end > split) {
+    SHALE_RETURN_IF_ERROR(
+        write_piece(split, end - split, p.data ? p.data + (split - p.offset) : nullptr));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
 
 Result<ExportResult> SnapshotManager::ExportIncremental(Lock& lock, const Found& target,
                                                         const Found& base, StreamSink* sink,
@@ -187,7 +236,8 @@ Result<ExportResult> SnapshotManager::ExportIncremental(Lock& lock, const Found&
   meta.set_content_compared(compare);
   SHALE_RETURN_IF_ERROR(writer.WriteHeader(info, meta));
 
-  auto write_piece = [&](uint64_t offset, uint64_t length, const uint8_t* data) -> Status {
+  const std::function<Status(uint64_t, uint64_t, const uint8_t*)> write_piece =
+      [&](uint64_t offset, uint64_t length, const uint8_t* data) -> Status {
     if (data != nullptr) return writer.WriteData(offset, data, static_cast<uint32_t>(length));
     return writer.WriteZeros(offset, length);
   };
@@ -200,43 +250,17 @@ Result<ExportResult> SnapshotManager::ExportIncremental(Lock& lock, const Found&
     st = ScanContent(*view, ranges, scan, [&](const ScanPiece& p) -> Status {
       SHALE_RETURN_IF_ERROR(write_piece(p.offset, p.length, p.data));
       if (options.progress) options.progress(p.offset + p.length, size);
+      if (options.cancelled && options.cancelled()) return ExportCancelled();
       return Status::Ok();
     });
   } else {
     // Compare block by block with the base; past the base's end everything is new.
     AlignedBuffer base_buf = AllocateAligned(ScanOptions{}.window);
     st = ScanContent(*view, {{0, size}}, scan, [&](const ScanPiece& p) -> Status {
-      const uint64_t end = p.offset + p.length;
-      const uint64_t split = std::clamp(base_size, p.offset, end);
-      if (split > p.offset) {
-        const uint64_t len = split - p.offset;
-        if (p.data != nullptr) {
-          SHALE_RETURN_IF_ERROR(RunIo(*base_view, VolumeOp::kRead, p.offset, len, base_buf.get(),
-                                      IoClass::kBackground, 0, base_io_target.get()));
-          uint64_t run = len;  // start of a run of differing blocks; len = none
-          for (uint64_t b = 0; b <= len; b += kDigestBlockSize) {
-            const bool differs =
-                b < len && std::memcmp(p.data + b, base_buf.get() + b,
-                                       std::min<uint64_t>(kDigestBlockSize, len - b)) != 0;
-            if (differs && run == len) run = b;
-            if (!differs && run != len) {
-              SHALE_RETURN_IF_ERROR(
-                  write_piece(p.offset + run, std::min(b, len) - run, p.data + run));
-              run = len;
-            }
-          }
-        } else {
-          SHALE_ASSIGN_OR_RETURN(auto base_runs, QueryRuns(*base_view, p.offset, len));
-          for (const AllocationRun& br : base_runs) {
-            if (!br.zero) SHALE_RETURN_IF_ERROR(write_piece(br.offset, br.length, nullptr));
-          }
-        }
-      }
-      if (end > split) {
-        SHALE_RETURN_IF_ERROR(
-            write_piece(split, end - split, p.data ? p.data + (split - p.offset) : nullptr));
-      }
-      if (options.progress) options.progress(end, size);
+      SHALE_RETURN_IF_ERROR(WriteChangedPart(p, base_size, *base_view, base_io_target.get(),
+                                             base_buf.get(), write_piece));
+      if (options.progress) options.progress(p.offset + p.length, size);
+      if (options.cancelled && options.cancelled()) return ExportCancelled();
       return Status::Ok();
     });
   }
@@ -466,6 +490,10 @@ Result<Hash128> SnapshotManager::ApplyImportRecords(const std::shared_ptr<Volume
     }
     if (!st.ok()) break;
     if (options.progress) options.progress(reader.bytes_read());
+    if (options.cancelled && options.cancelled()) {
+      st = Status::Aborted("import cancelled; what it wrote is being undone");
+      break;
+    }
   }
   Status drained = queue.Drain();
   if (st.ok()) st = drained;

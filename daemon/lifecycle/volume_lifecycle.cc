@@ -124,6 +124,7 @@ Status VolumeLifecycle::ExplainBusy(const Status& status, const std::string& kin
 
 Result<VolumeInfo> VolumeLifecycle::Create(const VolumeSpec& spec,
                                            std::vector<std::string>* advice) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   SHALE_RETURN_IF_ERROR(ValidateName("volume", spec.params.name));
   SHALE_RETURN_IF_ERROR(CheckSize(spec.params.size_bytes));
   if (!spec.params.pool.empty()) SHALE_RETURN_IF_ERROR(ValidateName("pool", spec.params.pool));
@@ -155,6 +156,7 @@ Result<VolumeInfo> VolumeLifecycle::Create(const VolumeSpec& spec,
 
 Result<snapshot::CloneResult> VolumeLifecycle::Clone(const CloneSpec& spec,
                                                      std::vector<std::string>* advice) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   SHALE_RETURN_IF_ERROR(ValidateName("volume", spec.name));
   if (spec.size_bytes != 0) SHALE_RETURN_IF_ERROR(CheckSize(spec.size_bytes));
   SHALE_RETURN_IF_ERROR(ValidateLabels(spec.labels));
@@ -205,6 +207,7 @@ Result<VolumeInfo> VolumeLifecycle::Resize(std::string_view name, uint64_t size_
                                            const std::vector<FrontendRecord>& records,
                                            uint64_t provisioned_bytes,
                                            std::vector<std::string>* advice) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
   SHALE_RETURN_IF_ERROR(CheckSize(size_bytes));
   SHALE_RETURN_IF_ERROR(CheckRecords(records));
@@ -236,6 +239,7 @@ Result<VolumeInfo> VolumeLifecycle::Resize(std::string_view name, uint64_t size_
 }
 
 Status VolumeLifecycle::Delete(std::string_view name_view, const DeleteOptions& options) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   SHALE_RETURN_IF_ERROR(ValidateName("volume", name_view));
   const std::string name(name_view);
   SHALE_ASSIGN_OR_RETURN(VolumeInfo volume, engine_->GetVolume(name));
@@ -268,6 +272,7 @@ Status VolumeLifecycle::Delete(std::string_view name_view, const DeleteOptions& 
 }
 
 Status VolumeLifecycle::DeletePool(std::string_view name, bool force) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   SHALE_RETURN_IF_ERROR(ValidateName("pool", name));
   // With force its volumes go too; their records go with the pool's metadata.
   std::vector<VolumeInfo> volumes;
@@ -283,6 +288,7 @@ Status VolumeLifecycle::DeletePool(std::string_view name, bool force) {
 }
 
 Result<PoolInfo> VolumeLifecycle::ExpandPool(std::string_view name, uint64_t size_bytes) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   SHALE_RETURN_IF_ERROR(ValidateName("pool", name));
   SHALE_ASSIGN_OR_RETURN(PoolInfo pool, engine_->ExpandPool(name, size_bytes));
   capacity_.Evaluate();  // a pool that was above a threshold may be below it now
@@ -291,6 +297,7 @@ Result<PoolInfo> VolumeLifecycle::ExpandPool(std::string_view name, uint64_t siz
 
 Result<CapacitySettings> VolumeLifecycle::SetPoolCapacity(std::string_view name,
                                                           const CapacitySettingsUpdate& update) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   SHALE_RETURN_IF_ERROR(ValidateName("pool", name));
   SHALE_ASSIGN_OR_RETURN(CapacitySettings settings, capacity_.Update(name, update));
   capacity_.Evaluate();
@@ -312,11 +319,13 @@ Status VolumeLifecycle::SetProvisioned(const VolumeInfo& volume, uint64_t bytes)
 Result<snapshot::SnapshotInfo> VolumeLifecycle::Snapshot(
     std::string_view volume, std::string_view name,
     const snapshot::CreateSnapshotOptions& options) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   return snapshots_->Create(volume, name, options);
 }
 
 Result<snapshot::DeleteSnapshotResult> VolumeLifecycle::DeleteSnapshot(
     std::string_view ref, const DeleteOptions& options) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   SHALE_ASSIGN_OR_RETURN(snapshot::SnapshotRef parsed, snapshot::ParseSnapshotRef(ref));
   // The canonical spelling is the export name NBD clients used.
   const std::string name = parsed.ToString();
@@ -337,6 +346,7 @@ Result<snapshot::DeleteSnapshotResult> VolumeLifecycle::DeleteSnapshot(
 }
 
 Status VolumeLifecycle::Revert(std::string_view volume, std::string_view snapshot) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   Status reverted = snapshots_->Revert(volume, snapshot);
   return ExplainBusy(reverted, "volume", std::string(volume), "revert", /*force_hint=*/false);
 }

@@ -103,6 +103,13 @@ class VolumeLifecycle {
   // The frontend whose exports WithExportClosed closes; null clears it (before it stops).
   void SetExportGate(ExportGate* gate) { gate_.store(gate); }
 
+  // Asked before every change below (create, clone, resize, delete, restore, snapshot, delete
+  // snapshot, revert, pool delete/expand/capacity) and by frontends before changes that do not
+  // pass here; an error refuses the change as it is. shaled's gate is the audit log's
+  // CheckWritable() (fail closed: no change goes unrecorded). Set before frontends start.
+  void SetChangeGate(std::function<Status()> gate) { change_gate_ = std::move(gate); }
+  Status CheckChangeGate() const { return change_gate_ ? change_gate_() : Status::Ok(); }
+
   // Volumes. Every request field is validated before anything is written. Create, Clone and
   // Resize are refused with NoSpace when the pool's overcommit limit would be exceeded (the
   // message names the numbers); `advice` (optional) gets lines for people about a request that
@@ -188,6 +195,7 @@ class VolumeLifecycle {
   qos::QosManager* const qos_;
   std::atomic<ExportGate*> gate_{nullptr};
   std::atomic<backup::BackupManager*> backups_{nullptr};
+  std::function<Status()> change_gate_;  // set before frontends start, then only read
   CapacityPolicy capacity_;
   // Serializes the operations that add provisioned bytes (create, clone, resize) from their
   // overcommit check to their commit, so two requests cannot both take the last of the limit.

@@ -161,6 +161,32 @@ TEST_F(VolumeLifecycleTest, DeleteRemovesEveryLayersRecords) {
   EXPECT_FALSE(snapshots_->GetCloneInfo("c")->has_value());
 }
 
+// The change gate (shaled: the audit log can be written) refuses every change as it is, and
+// nothing is changed; once it passes again, changes go through.
+TEST_F(VolumeLifecycleTest, AClosedChangeGateRefusesEveryChange) {
+  ASSERT_TRUE(lifecycle_->Create({.params = {.name = "src", .size_bytes = 8 * kMiB}}).ok());
+  ASSERT_TRUE(lifecycle_->Snapshot("src", "s").ok());
+  bool open = false;
+  lifecycle_->SetChangeGate([&] { return open ? Status::Ok() : Status::Unavailable("audit"); });
+  const std::set<std::string> before = ExtensionKeys();
+  auto refused = [](const Status& st) { return st.code() == StatusCode::kUnavailable; };
+  EXPECT_TRUE(refused(lifecycle_->Create({.params = {.name = "v", .size_bytes = kMiB}}).status()));
+  EXPECT_TRUE(refused(lifecycle_->Clone({.source = "src@s", .name = "c"}).status()));
+  EXPECT_TRUE(refused(lifecycle_->Resize("src", 16 * kMiB, {}, 0).status()));
+  EXPECT_TRUE(refused(lifecycle_->Snapshot("src", "t").status()));
+  EXPECT_TRUE(refused(lifecycle_->DeleteSnapshot("src@s").status()));
+  EXPECT_TRUE(refused(lifecycle_->Revert("src", "s")));
+  EXPECT_TRUE(refused(lifecycle_->Delete("src")));
+  EXPECT_TRUE(refused(lifecycle_->SetPoolCapacity("default", {}).status()));
+  EXPECT_TRUE(refused(lifecycle_->ExpandPool("default", 0).status()));
+  EXPECT_TRUE(refused(lifecycle_->DeletePool("default", true)));
+  EXPECT_EQ(ExtensionKeys(), before);
+  EXPECT_EQ(engine_->ListVolumes().size(), 1u);
+  EXPECT_EQ(engine_->GetVolume("src")->size_bytes, 8 * kMiB);
+  open = true;
+  EXPECT_TRUE(lifecycle_->Delete("src").ok());
+}
+
 TEST_F(VolumeLifecycleTest, CloneGrowsInTheSameCommit) {
   ASSERT_TRUE(lifecycle_->Create({.params = {.name = "src", .size_bytes = 8 * kMiB}}).ok());
   CloneSpec spec;

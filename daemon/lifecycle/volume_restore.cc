@@ -21,6 +21,7 @@ std::string RestoreRecord(std::string_view state, const std::string& backup,
 }  // namespace
 
 Result<VolumeInfo> VolumeLifecycle::Restore(const RestoreSpec& spec) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
   backup::BackupManager* backups = backups_.load();
   if (backups == nullptr)
     return Status::FailedPrecondition("backups are not enabled in this shaled");
