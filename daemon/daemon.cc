@@ -34,6 +34,7 @@
 #include "nbd/server.h"
 #include "qos/qos_manager.h"
 #include "replication/replica_server.h"
+#include "replication/tls_transport.h"
 #include "replication/transport.h"
 #include "snapshot/snapshot_manager.h"
 #include "tls/credentials.h"
@@ -286,19 +287,21 @@ class CapacityWatch final : public Frontend {
 // The replica service (--replica-listen, docs/replication.md): peers' targets place, open and
 // write replicas of their volumes in this node's engine, after the challenge on the cluster
 // secret. Started before the cluster registration, which publishes its bound address.
+// Over TCP, or mutual TLS with --cluster-tls-dir (MakeReplicaTransport; `transport` outlives it).
 class ReplicaEndpoint final : public Frontend {
  public:
-  ReplicaEndpoint(Engine* engine, replication::ReplicaServerOptions options)
-      : server_(engine, &transport_, std::move(options)) {}
+  ReplicaEndpoint(Engine* engine, replication::Transport* transport, bool tls,
+                  replication::ReplicaServerOptions options)
+      : scheme_(tls ? "tls://" : "tcp://"), server_(engine, transport, std::move(options)) {}
   std::string_view name() const override { return "replica"; }
-  std::string endpoint() const override { return "tcp://" + server_.address(); }
+  std::string endpoint() const override { return scheme_ + server_.address(); }
   Status Start() override { return server_.Start(); }
   void Stop() override { server_.Stop(); }
   // As bound ("127.0.0.1:7480"); empty before Start().
   std::string address() const { return server_.address(); }
 
  private:
-  replication::TcpTransport transport_;  // outlives server_ (declared first)
+  const std::string scheme_;
   replication::ReplicaServer server_;
 };
 
@@ -411,6 +414,19 @@ void GrpcLogToShaleLog(gpr_log_func_args* args) {
 
 void RouteGrpcLogsToShaleLog() { gpr_set_log_function(GrpcLogToShaleLog); }
 
+Result<std::unique_ptr<replication::Transport>> MakeReplicaTransport(const DaemonOptions& o) {
+  if (o.cluster_tls_dir.empty()) {
+    return std::unique_ptr<replication::Transport>(std::make_unique<replication::TcpTransport>());
+  }
+  Result<std::shared_ptr<const tls::Credentials>> creds =
+      replication::LoadClusterTlsDir(o.cluster_tls_dir);
+  if (!creds.ok()) return creds.status().WithContext("--cluster-tls-dir");
+  SHALE_LOG_INFO("replica connections use TLS with mutual certificates", {"dir", o.cluster_tls_dir},
+                 {"credentials", (*creds)->Describe()});
+  return std::unique_ptr<replication::Transport>(std::make_unique<replication::TlsTransport>(
+      std::make_unique<replication::TcpTransport>(), std::move(creds).value()));
+}
+
 Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {}
 
 Daemon::~Daemon() { Stop().IgnoreError(); }
@@ -464,6 +480,9 @@ Status Daemon::LoadClusterSecret() {
     return s;
   }
   cluster_secret_ = std::move(secret).value();
+  Result<std::unique_ptr<replication::Transport>> transport = MakeReplicaTransport(options_);
+  if (!transport.ok()) return transport.status();
+  replica_transport_ = std::move(transport).value();
   return Status::Ok();
 }
 
@@ -631,7 +650,9 @@ Status Daemon::AddFrontends() {
     replica_options.listen_address = options_.replica_listen;
     replica_options.node_name = options_.node_name;
     replica_options.secret = cluster_secret_;
-    auto endpoint = std::make_unique<ReplicaEndpoint>(engine_.get(), std::move(replica_options));
+    auto endpoint = std::make_unique<ReplicaEndpoint>(engine_.get(), replica_transport_.get(),
+                                                      !options_.cluster_tls_dir.empty(),
+                                                      std::move(replica_options));
     replica = endpoint.get();
     frontends_.push_back(std::move(endpoint));
   }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "daemon/daemon_options.h"
+#include "engine/common/result.h"
 #include "engine/common/status.h"
 #include "replication/auth.h"
 
@@ -35,6 +36,9 @@ class QosManager;
 }
 namespace backup {
 class BackupManager;
+}
+namespace replication {
+class Transport;
 }
 }  // namespace shale
 
@@ -95,7 +99,8 @@ class Daemon {
 
  private:
   // Steps of Start(), in order; each returns what failed (Start() then stops what started).
-  // Cluster mode: reads --cluster-secret-file (mode 0600, 16..4096 bytes) before anything starts.
+  // Cluster mode: reads --cluster-secret-file (mode 0600, 16..4096 bytes) and makes the replica
+  // transport (MakeReplicaTransport: --cluster-tls-dir checked here) before anything starts.
   Status LoadClusterSecret();
   Status StartEngine();
   // <data-dir>/audit.log, with a "ShaledStart" record: a log that cannot be written stops the
@@ -109,6 +114,9 @@ class Daemon {
 
   const DaemonOptions options_;
   replication::ClusterSecret cluster_secret_;  // valid in cluster mode, after Start()
+  // Every replica connection of this node, accepted or dialed; cluster mode, after Start().
+  // Declared before frontends_: outlives the replica server.
+  std::unique_ptr<replication::Transport> replica_transport_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<snapshot::SnapshotManager> snapshots_;  // after engine_: destroyed first
   std::unique_ptr<qos::QosManager> qos_;                  // after engine_: destroyed first
@@ -128,5 +136,10 @@ class Daemon {
 
 // Sends gRPC's own diagnostics to the structured log instead of raw stderr. Call once at start.
 void RouteGrpcLogsToShaleLog();
+
+// The transport of replica connections: TCP, or with --cluster-tls-dir mutual TLS over TCP
+// (docs/security.md, "Replica traffic"), whose directory it loads and checks. Use it for every
+// connection to a peer's replica server, too.
+Result<std::unique_ptr<replication::Transport>> MakeReplicaTransport(const DaemonOptions& o);
 
 }  // namespace shale::daemon

@@ -114,6 +114,7 @@ struct Flags {
   std::string node_name;
   std::string replica_listen;
   std::string cluster_secret_file;
+  std::string cluster_tls_dir;
   unsigned node_lease_seconds = 10;
   std::string backup_endpoint;
   std::string backup_region;
@@ -273,7 +274,7 @@ void AddCsiOptions(CLI::App& app, Flags& f) {
 }
 
 // Cluster mode: --cluster-store, --node-name, --replica-listen, --cluster-secret-file,
-// --node-lease-seconds (docs/replication.md).
+// --cluster-tls-dir, --node-lease-seconds (docs/replication.md, docs/security.md).
 void AddClusterOptions(CLI::App& app, Flags& f) {
   app.add_option("--cluster-store", f.cluster_store,
                  "Join a cluster whose membership lives in etcd (v3 API): register this node "
@@ -291,6 +292,11 @@ void AddClusterOptions(CLI::App& app, Flags& f) {
                  "File holding the secret peers authenticate with (16 to 4096 bytes, mode "
                  "0600); required with --cluster-store")
       ->type_name("FILE");
+  app.add_option("--cluster-tls-dir", f.cluster_tls_dir,
+                 "Run every replica connection (the replica listener's and the ones this node "
+                 "dials) over TLS with mutual certificates: DIR holds ca.crt, tls.crt and tls.key "
+                 "(mode 0600), a Kubernetes TLS Secret with the CA; default: plain TCP")
+      ->type_name("DIR");
   app.add_option("--node-lease-seconds", f.node_lease_seconds,
                  "TTL of this node's etcd lease: the node is listed as down this long after it "
                  "stops renewing it (etcd may raise a TTL below its minimum)")
@@ -332,10 +338,10 @@ void AddBackupOptions(CLI::App& app, Flags& f) {
 Status ResolveCluster(const Flags& f, DaemonOptions& o, bool lease_given) {
   if (f.cluster_store.empty()) {
     if (!f.node_name.empty() || !f.replica_listen.empty() || !f.cluster_secret_file.empty() ||
-        lease_given) {
+        !f.cluster_tls_dir.empty() || lease_given) {
       return Status::InvalidArgument(
-          "--node-name, --replica-listen, --cluster-secret-file and --node-lease-seconds need "
-          "--cluster-store");
+          "--node-name, --replica-listen, --cluster-secret-file, --cluster-tls-dir and "
+          "--node-lease-seconds need --cluster-store");
     }
     return Status::Ok();
   }
@@ -360,6 +366,7 @@ Status ResolveCluster(const Flags& f, DaemonOptions& o, bool lease_given) {
     return Status::InvalidArgument("--cluster-store needs --cluster-secret-file");
   }
   o.cluster_secret_file = Absolute(f.cluster_secret_file);
+  if (!f.cluster_tls_dir.empty()) o.cluster_tls_dir = Absolute(f.cluster_tls_dir);
   o.node_lease_seconds = f.node_lease_seconds;
   return Status::Ok();
 }

@@ -41,10 +41,13 @@ struct DaemonOptions {
   std::string node_id;       // CSI node id and topology value; default: the host name
   // Cluster mode (issue 11, docs/replication.md). Empty cluster_store: the single-node daemon,
   // and the other cluster settings are empty too.
-  std::string cluster_store;         // "etcd://HOST:PORT[,HOST:PORT...]", syntax checked
-  std::string node_name;             // this node's name in etcd (required in cluster mode)
-  std::string replica_listen;        // "ADDR:PORT" of the replica service; empty: off
-  std::string cluster_secret_file;   // absolute (required in cluster mode; mode 0600 at start)
+  std::string cluster_store;        // "etcd://HOST:PORT[,HOST:PORT...]", syntax checked
+  std::string node_name;            // this node's name in etcd (required in cluster mode)
+  std::string replica_listen;       // "ADDR:PORT" of the replica service; empty: off
+  std::string cluster_secret_file;  // absolute (required in cluster mode; mode 0600 at start)
+  // Absolute; empty: replica connections are plain TCP. Otherwise every one, accepted or dialed,
+  // runs TLS with mutual certificates from ca.crt, tls.crt, tls.key (checked at start).
+  std::string cluster_tls_dir;
   unsigned node_lease_seconds = 10;  // TTL of the node's etcd lease
 
   // Backups to S3 (docs/backup.md).

@@ -254,6 +254,13 @@ TEST(DaemonOptions, ClusterMode) {
   ASSERT_TRUE(defaults.run) << defaults.err;
   EXPECT_EQ(defaults.options.node_lease_seconds, 10u);
   EXPECT_EQ(defaults.options.replica_listen, "");
+  EXPECT_EQ(defaults.options.cluster_tls_dir, "") << "replica traffic is plain TCP unless asked";
+
+  // Mutual TLS for replica connections: a directory, made absolute (checked at start).
+  DaemonCommandLine tls = Parse({"--cluster-store", "etcd://127.0.0.1:2379", "--node-name", "n",
+                                 "--cluster-secret-file", "/s", "--cluster-tls-dir", "tls"});
+  ASSERT_TRUE(tls.run) << tls.err;
+  EXPECT_EQ(tls.options.cluster_tls_dir, Cwd() + "/tls");
 
   const std::vector<std::string> ok = {"--node-name", "n", "--cluster-secret-file", "/s"};
   auto with = [&](std::vector<std::string> args) {
@@ -277,6 +284,7 @@ TEST(DaemonOptions, ClusterMode) {
       {{"--replica-listen", "127.0.0.1:7480"}, "need --cluster-store"},
       {{"--cluster-secret-file", "/s"}, "need --cluster-store"},
       {{"--node-lease-seconds", "5"}, "need --cluster-store"},
+      {{"--cluster-tls-dir", "/tls"}, "need --cluster-store"},
   };
   for (const auto& [args, needle] : cases) {
     DaemonCommandLine bad = Parse(args);

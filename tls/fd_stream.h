@@ -1,7 +1,8 @@
 // FdStream: a tls::Session on a connected socket, for code that runs on its own thread and may
-// wait — the replica transport (docs/security.md, "Replica traffic"), command-line helpers and
-// test clients. Every call takes a timeout and waits with poll(), so a silent or slow peer costs
-// at most that long; nothing here is for a reactor thread (reactors drive Session themselves).
+// wait — command-line helpers and test clients. (The replica transport needs one sender and one
+// receiver at once and drives a Session itself: replication/tls_transport.h.) Every call takes a
+// timeout and waits with poll(), so a silent or slow peer costs at most that long; nothing here is
+// for a reactor thread (reactors drive Session themselves).
 //
 // Threading: one thread at a time. The socket is not owned: the caller closes it.
 #pragma once

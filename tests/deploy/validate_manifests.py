@@ -76,6 +76,8 @@ KINDS = {
     ("v1", "ConfigMap"): True,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): True,
     ("monitoring.coreos.com/v1", "PrometheusRule"): True,
+    ("cert-manager.io/v1", "Issuer"): True,
+    ("cert-manager.io/v1", "Certificate"): True,
 }
 WORKLOADS = ("DaemonSet", "Deployment", "Job")
 
@@ -918,6 +920,131 @@ def check_shaled_flags(docs, help_text):
 
 
 # ----------------------------------------------------------------------------------------------
+# Cluster mode (csi/deploy/cluster): shaled's replica traffic over mutual TLS
+
+
+def merge_by(dst, src, key):
+    for item in src:
+        for i, have in enumerate(dst):
+            if have.get(key) == item.get(key):
+                dst[i] = {**have, **item}
+                break
+        else:
+            dst.append(copy.deepcopy(item))
+
+
+def strategic_merge_workload(obj, patch):
+    """`obj` with a strategic-merge patch applied the way kustomize merges the parts of a pod
+    the overlays touch: containers by name, their env by name, ports by containerPort,
+    volumeMounts by mountPath, and volumes by name."""
+    out = copy.deepcopy(obj)
+    spec = get(out, "spec", "template", "spec")
+    pspec = get(patch, "spec", "template", "spec") or {}
+    for pc in pspec.get("containers") or []:
+        c = next((c for c in spec["containers"] if c.get("name") == pc.get("name")), None)
+        if c is None:
+            spec["containers"].append(copy.deepcopy(pc))
+            continue
+        for field, key in (("env", "name"), ("ports", "containerPort"),
+                           ("volumeMounts", "mountPath")):
+            if pc.get(field):
+                merge_by(c.setdefault(field, []), pc[field], key)
+    if pspec.get("volumes"):
+        merge_by(spec.setdefault("volumes", []), pspec["volumes"], "name")
+    return out
+
+
+def apply_json_patch(obj, ops):
+    """RFC 6902 add/replace, as kustomize applies an inline patch."""
+    out = copy.deepcopy(obj)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~")
+                 for p in op["path"].lstrip("/").split("/")]
+        cur = out
+        for p in parts[:-1]:
+            cur = cur[int(p)] if isinstance(cur, list) else cur[p]
+        last = parts[-1]
+        if op["op"] == "add" and isinstance(cur, list):
+            cur.insert(len(cur) if last == "-" else int(last), op["value"])
+        elif op["op"] in ("add", "replace"):
+            cur[int(last) if isinstance(cur, list) else last] = op["value"]
+        else:
+            raise ValueError(f"JSON patch op {op['op']!r} is not supported here")
+    return out
+
+
+def patched_node(t, sub):
+    """The node DaemonSet of base/ with the DaemonSet patches of kustomization `sub` applied."""
+    kdir = os.path.join(deploy_dir(), sub)
+    kust = t.kustomizations[os.path.join(kdir, "kustomization.yaml")]
+    ds = [d for d in t.docs_under("base") if d.kind == "DaemonSet" and d.name == "shale-node"][0]
+    obj = ds.obj
+    for p in kust.get("patches") or []:
+        if p.get("path"):
+            with open(os.path.join(kdir, p["path"]), encoding="utf-8") as fh:
+                patch = yaml.safe_load(fh)
+            if patch.get("kind") == "DaemonSet" and get(patch, "metadata", "name") == ds.name:
+                obj = strategic_merge_workload(obj, patch)
+        elif get(p, "target", "kind") == "DaemonSet" and p.get("patch"):
+            obj = apply_json_patch(obj, yaml.safe_load(p["patch"]))
+    return Doc(os.path.join("csi", "deploy", sub, "kustomization.yaml"), 0, obj)
+
+
+def check_cluster_tls(ds, docs):
+    """shaled in `ds` runs in cluster mode with --cluster-tls-dir, the directory is a mounted
+    kubernetes.io/tls Secret readable by its owner only, and a cert-manager Certificate among
+    `docs` writes that Secret for TLS clients and servers."""
+    errs = []
+    w = ds.where()
+    spec = pod_spec(ds) or {}
+    shaled = [c for c in spec.get("containers") or [] if c.get("name") == "shaled"]
+    if not shaled:
+        return [f"{w}: no shaled container"]
+    c = shaled[0]
+    flags = {}
+    for a in c.get("args") or []:
+        if isinstance(a, str) and a.startswith("--") and "=" in a:
+            k, v = a.split("=", 1)
+            flags[k] = v
+    for need in ("--cluster-store", "--node-name", "--replica-listen", "--cluster-secret-file"):
+        if need not in flags:
+            errs.append(f"{w}: shaled has no {need}=... (cluster mode)")
+    tls_dir = flags.get("--cluster-tls-dir")
+    if not tls_dir:
+        return errs + [f"{w}: shaled has no --cluster-tls-dir=DIR: replica traffic would be "
+                       "plain TCP"]
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    mounts = [m for m in c.get("volumeMounts") or []
+              if os.path.normpath(m.get("mountPath") or "") == os.path.normpath(tls_dir)]
+    if not mounts:
+        return errs + [f"{w}: nothing is mounted at --cluster-tls-dir {tls_dir}"]
+    v = volumes.get(mounts[0].get("name")) or {}
+    secret = get(v, "secret", "secretName")
+    if not secret:
+        return errs + [f"{w}: the volume at {tls_dir} is not a Secret"]
+    mode = get(v, "secret", "defaultMode")
+    if not isinstance(mode, int) or mode & 0o077:
+        errs.append(f"{w}: Secret {secret} at {tls_dir} needs defaultMode 0400 or 0600 "
+                    f"(shaled refuses a tls.key others may read), not {mode!r}")
+    if get(v, "secret", "items"):
+        errs.append(f"{w}: Secret {secret} must be mounted whole (ca.crt, tls.crt, tls.key)")
+    certs = [d for d in docs if d.kind == "Certificate" and d.namespace == ds.namespace and
+             get(d.obj, "spec", "secretName") == secret]
+    if not certs:
+        return errs + [f"{w}: no cert-manager Certificate writes Secret {secret}"]
+    cert = certs[0]
+    usages = set(get(cert.obj, "spec", "usages") or [])
+    for u in ("server auth", "client auth"):
+        if u not in usages:
+            errs.append(f"{cert.where()}: usages lack {u!r} (every node serves and dials)")
+    issuer = get(cert.obj, "spec", "issuerRef", "name")
+    if not any(d.kind == "Issuer" and d.name == issuer and d.namespace == ds.namespace and
+               get(d.obj, "spec", "ca", "secretName") for d in docs):
+        errs.append(f"{cert.where()}: issuerRef {issuer!r} is no CA Issuer of its namespace")
+    return errs
+
+
+# ----------------------------------------------------------------------------------------------
 # The tests
 
 
@@ -1025,6 +1152,20 @@ class ManifestTest(unittest.TestCase):
         names = {d.name for d in vac if d.kind == "VolumeAttributesClass"}
         self.assertEqual({"shale-fast", "shale-capped"}, names)
 
+    def test_cluster_overlay_runs_replica_traffic_over_mutual_tls(self):
+        t = tree()
+        ds = patched_node(t, "cluster")
+        cluster_docs = t.docs_under("cluster")
+        docs = [d for d in t.docs_under("base") + t.docs_under("distributed")
+                if d.kind != "DaemonSet"] + cluster_docs + [ds]
+        errs = validate(docs) + check_cluster_tls(ds, cluster_docs)
+        self.assertEqual([], errs, fmt(errs))
+        if ARGS.shaled and os.access(ARGS.shaled, os.X_OK):
+            r = subprocess.run([ARGS.shaled, "--help"], capture_output=True, text=True,
+                               timeout=30)
+            errs = check_shaled_flags([ds], r.stdout)
+            self.assertEqual([], errs, fmt(errs))
+
     def test_notebook_example(self):
         t = tree()
         docs = t.docs_under("base") + t.docs_under(os.path.join("examples", "notebook"))
@@ -1114,7 +1255,7 @@ class ManifestTest(unittest.TestCase):
         if kubectl is None:
             self.skipTest("kubectl is not on PATH: the kustomizations were checked by file "
                           "references only")
-        roots = ["", "distributed", "volume-attributes-classes"]
+        roots = ["", "distributed", "volume-attributes-classes", "cluster"]
         rendered = {}
         for sub in roots:
             d = os.path.join(deploy_dir(), sub)
@@ -1136,6 +1277,9 @@ class ManifestTest(unittest.TestCase):
         self.assertTrue(all(d.obj.get("allowVolumeExpansion") is False for d in dist
                             if d.kind == "StorageClass"),
                         "no resizer in the distributed model: expansion must be off")
+        cluster = rendered["cluster"]
+        errs = check_cluster_tls([d for d in cluster if d.kind == "DaemonSet"][0], cluster)
+        self.assertEqual([], errs, fmt(errs))
         vac = rendered["volume-attributes-classes"]
         ctrl = [d for d in vac if d.kind == "Deployment"][0]
         gates = {c["name"]: arg_flags(c.get("args")).get("--feature-gates") or ""
@@ -1393,6 +1537,46 @@ class SelfTest(unittest.TestCase):
         errs = check_against_sources(good_docs(), 'kDriver = "csi.shale.io"; "iops"')
         self.assertTrue(any("burstIops" in e for e in errs), errs)
         self.assertTrue(any(TOPOLOGY_KEY in e for e in errs), errs)
+
+    def test_cluster_tls_checks(self):
+        # The real overlay, then each way of losing replica TLS: the flag, the mount, the
+        # Secret volume's mode, the Certificate, its client usage.
+        t = tree()
+        good = patched_node(t, "cluster")
+        docs = t.docs_under("cluster")
+        self.assertEqual([], check_cluster_tls(good, docs))
+
+        def broken(change, want, cluster_docs=None):
+            ds = copy.deepcopy(good)
+            change(pod_spec(ds))
+            errs = check_cluster_tls(ds, docs if cluster_docs is None else cluster_docs)
+            self.assertTrue(any(want in e for e in errs), f"want {want!r} in {errs}")
+
+        def shaled(spec):
+            return [c for c in spec["containers"] if c["name"] == "shaled"][0]
+
+        def drop_flag(spec):
+            shaled(spec)["args"] = [a for a in shaled(spec)["args"]
+                                    if not a.startswith("--cluster-tls-dir")]
+        broken(drop_flag, "no --cluster-tls-dir")
+
+        def drop_mount(spec):
+            shaled(spec)["volumeMounts"] = [m for m in shaled(spec)["volumeMounts"]
+                                            if m["mountPath"] != "/etc/shale/replica-tls"]
+        broken(drop_mount, "nothing is mounted at --cluster-tls-dir")
+
+        def open_mode(spec):
+            for v in spec["volumes"]:
+                if get(v, "secret", "secretName") == "shale-replica-tls":
+                    v["secret"]["defaultMode"] = 0o644
+        broken(open_mode, "defaultMode 0400 or 0600")
+        broken(lambda spec: None, "no cert-manager Certificate writes Secret",
+               [d for d in docs if d.kind != "Certificate"])
+        no_client = copy.deepcopy(docs)
+        for d in no_client:
+            if d.kind == "Certificate" and d.name == "shale-replica-tls":
+                d.obj["spec"]["usages"].remove("client auth")
+        broken(lambda spec: None, "usages lack 'client auth'", no_client)
 
 
 def main():

@@ -1,7 +1,8 @@
 // Cluster mode end to end (issue 11): a real etcd (tests/cluster/etcd_process.h) and several
 // shaled daemons on loopback, each with its own data dir; `shale node list` through any of
 // them; a killed node turns down when its lease expires, a stopped one at once; bad cluster
-// flags are refused. Skipped (with the reason) where etcd is not installed.
+// flags are refused; replica traffic over mutual TLS (--cluster-tls-dir). Skipped (with the
+// reason) where etcd, or for the TLS test certtool, is not installed.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -15,9 +16,11 @@
 
 #include "engine/common/uuid.h"
 #include "replication/replica_admin.h"
+#include "replication/tls_transport.h"
 #include "replication/transport.h"
 #include "tests/cluster/etcd_process.h"
 #include "tests/e2e/harness.h"
+#include "tls/testing.h"
 
 namespace shale::e2e {
 namespace {
@@ -287,6 +290,116 @@ TEST_F(ClusterE2eTest, ReplicaListenerServesOnlyPeersWithTheSecret) {
   EXPECT_EQ(stat->epoch, 1u);
   EXPECT_TRUE(replication::DeleteReplica(good, spec, 1).ok());
   EXPECT_EQ(a.Shale({"volume", "show", "rep-vol"}).exit_code, 1) << "deleted through the peer";
+}
+
+// The address node `name` published for its replica listener (empty if none within 10 s).
+std::string ReplicaAddress(Harness& h, const std::string& name) {
+  std::string address;
+  WaitFor(
+      [&] {
+        std::map<std::string, nlohmann::json> nodes = ListNodes(h);
+        auto it = nodes.find(name);
+        if (it == nodes.end()) return false;
+        address = it->second["replica_address"].get<std::string>();
+        return !address.empty();
+      },
+      seconds(10));
+  return address;
+}
+
+// With --cluster-tls-dir every replica connection runs TLS with mutual certificates: a peer
+// holding the cluster secret but a certificate of another CA (or no TLS at all) can neither
+// place, look at nor delete a replica; a peer of the cluster's CA can. A bad directory stops
+// shaled at start with one line naming the flag.
+TEST_F(ClusterE2eTest, ReplicaTrafficOverMutualTlsNeedsACertificateOfTheClusterCa) {
+  if (!tls::testing::HaveTools()) GTEST_SKIP() << "certtool not installed (gnutls-bin)";
+  Harness a;
+  tls::testing::Pki pki(a.root() + "/pki");
+  ASSERT_TRUE(pki.MakeCa("ca").ok());
+  ASSERT_TRUE(pki.MakeCa("other-ca").ok());
+  ASSERT_TRUE(pki.MakeCert("ca", "node-a", {.cn = "node-a"}).ok());
+  ASSERT_TRUE(pki.MakeCert("ca", "node-b", {.cn = "node-b"}).ok());
+  ASSERT_TRUE(pki.MakeCert("other-ca", "mallory", {.cn = "node-b"}).ok());
+  const std::string dir_a = a.root() + "/tls-a", dir_b = a.root() + "/tls-b",
+                    dir_mallory = a.root() + "/tls-mallory";
+  ASSERT_TRUE(pki.MutualDir("ca", "node-a", dir_a).ok());
+  ASSERT_TRUE(pki.MutualDir("ca", "node-b", dir_b).ok());
+  // Trusts the cluster's CA and holds the secret, but its certificate is from another CA.
+  ASSERT_TRUE(pki.MutualDir("ca", "mallory", dir_mallory).ok());
+
+  // A bad directory: one line naming the flag and what is wrong, exit 1.
+  const std::vector<std::string> cluster = ClusterFlags(a, *etcd_, "node-a");
+  auto run = [&](const std::string& tls_dir) {
+    std::vector<std::string> argv = {ShaledBinary(), "--data-dir",          a.root() + "/bad-data",
+                                     "--log-file",   a.root() + "/bad.log", "--replica-listen",
+                                     "127.0.0.1:0",  "--cluster-tls-dir",   tls_dir};
+    argv.insert(argv.end(), cluster.begin(), cluster.end());
+    RunOptions options;
+    options.timeout = seconds(60);
+    return RunProcess(argv, options);
+  };
+  CommandResult missing = run(a.root() + "/no-such-dir");
+  ExpectOneLineError(missing, "--cluster-tls-dir", "shaled: ");
+  EXPECT_EQ(missing.exit_code, 1) << missing.Describe();
+  const std::string open_dir = a.root() + "/tls-open";
+  ASSERT_TRUE(pki.MutualDir("ca", "node-a", open_dir).ok());
+  ASSERT_EQ(chmod((open_dir + "/tls.key").c_str(), 0644), 0);
+  CommandResult open = run(open_dir);
+  ExpectOneLineError(open, "mode 0600 (it is 0644)", "shaled: ");
+  EXPECT_NE(open.err.find("--cluster-tls-dir"), std::string::npos) << open.Describe();
+  EXPECT_EQ(open.exit_code, 1) << open.Describe();
+  ASSERT_EQ(std::remove((open_dir + "/tls.key").c_str()), 0);
+  CommandResult no_key = run(open_dir);
+  ExpectOneLineError(no_key, "tls.key", "shaled: ");
+  EXPECT_EQ(no_key.exit_code, 1) << no_key.Describe();
+
+  std::vector<std::string> flags = cluster;
+  flags.insert(flags.end(), {"--replica-listen", "127.0.0.1:0", "--cluster-tls-dir", dir_a});
+  ASSERT_TRUE(a.StartDaemon(flags));
+  const std::string address = ReplicaAddress(a, "node-a");
+  ASSERT_FALSE(address.empty()) << "node-a never published its replica address";
+  EXPECT_NE(a.DaemonLog().find("endpoint=tls://" + address), std::string::npos)
+      << "the startup log says the replica listener speaks TLS";
+
+  replication::TcpTransport tcp;
+  Result<std::shared_ptr<const tls::Credentials>> good_creds =
+      replication::LoadClusterTlsDir(dir_b);
+  Result<std::shared_ptr<const tls::Credentials>> mallory_creds =
+      replication::LoadClusterTlsDir(dir_mallory);
+  ASSERT_TRUE(good_creds.ok() && mallory_creds.ok());
+  replication::TlsTransport good_tls(&tcp, *good_creds), mallory_tls(&tcp, *mallory_creds);
+  std::string secret_bytes = kSecret;
+  secret_bytes.pop_back();  // the file's trailing newline is not part of the secret
+  Result<replication::ClusterSecret> secret = replication::ClusterSecret::FromBytes(secret_bytes);
+  ASSERT_TRUE(secret.ok());
+  replication::ReplicaAdminOptions good{
+      .address = address, .node_name = "node-b", .secret = *secret, .transport = &good_tls};
+  replication::ReplicaAdminOptions mallory = good, plain = good;
+  mallory.transport = &mallory_tls;
+  plain.transport = &tcp;
+  const replication::ReplicaSpec spec{
+      .volume = "rep-vol", .uuid = Uuid::Random(), .size_bytes = 16 << 20, .pool = ""};
+
+  EXPECT_FALSE(replication::CreateReplica(mallory, spec, 1).ok()) << "another CA places nothing";
+  EXPECT_FALSE(replication::CreateReplica(plain, spec, 1).ok()) << "plain TCP places nothing";
+  EXPECT_EQ(a.Shale({"volume", "show", "rep-vol"}).exit_code, 1) << "no volume was made";
+
+  Result<replication::ReplicaStat> created = replication::CreateReplica(good, spec, 1);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(created->created);
+  EXPECT_EQ(a.Shale({"volume", "show", "rep-vol"}).exit_code, 0);
+
+  EXPECT_FALSE(replication::StatReplica(mallory, spec).ok());
+  EXPECT_FALSE(replication::DeleteReplica(mallory, spec, 1).ok());
+  EXPECT_FALSE(replication::DeleteReplica(plain, spec, 1).ok());
+  EXPECT_EQ(a.Shale({"volume", "show", "rep-vol"}).exit_code, 0) << "nobody else deleted it";
+  Result<replication::ReplicaStat> stat = replication::StatReplica(good, spec);
+  ASSERT_TRUE(stat.ok()) << stat.status();
+  EXPECT_EQ(stat->epoch, 1u);
+  EXPECT_TRUE(replication::DeleteReplica(good, spec, 1).ok());
+  EXPECT_EQ(a.Shale({"volume", "show", "rep-vol"}).exit_code, 1) << "deleted through the peer";
+  // The refusals are logged by the daemon, which keeps serving.
+  EXPECT_NE(a.DaemonLog().find("TLS handshake"), std::string::npos) << a.DaemonLog();
 }
 
 }  // namespace
