@@ -48,6 +48,9 @@ class VolumeCommands {
   std::vector<std::string> labels_;
   bool read_only_ = false;
   bool force_ = false;
+  uint32_t replicas_ = 0;  // 0: not given (a local volume)
+  std::vector<std::string> replica_nodes_;
+  uint32_t min_in_sync_ = 0;
 };
 
 }  // namespace shale::cli

@@ -11,11 +11,21 @@
 #include "engine/engine.h"
 #include "snapshot/snapshot_manager.h"
 
+namespace shale::daemon {
+class ReplicatedVolumes;
+struct VolumeSpec;
+}  // namespace shale::daemon
+
 namespace shale::daemon::internal {
 
 // Every error leaves the service through here: the one conversion, plus the trailing metadata
 // that marks it as shaled's own.
 grpc::Status Fail(grpc::ServerContext* ctx, const Status& status);
+
+// A volume with --replicas (control_service_cluster.cc); `replicated` null outside cluster mode.
+Result<VolumeInfo> CreateReplicated(ReplicatedVolumes* replicated, const VolumeSpec& spec,
+                                    const v1::CreateVolumeRequest& req,
+                                    std::vector<std::string>* advice);
 
 void ToProto(const PoolInfo& in, v1::Pool* out);
 void ToProto(const VolumeInfo& in, v1::Volume* out);

@@ -23,6 +23,7 @@
 #include "daemon/nbd_export_gate.h"
 #include "daemon/ops/http_server.h"
 #include "daemon/ops/metrics_collector.h"
+#include "daemon/replicated_volumes.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 #include "nbd/export.h"
@@ -304,13 +305,14 @@ class MetricsEndpoint final : public Frontend {
 class ControlEndpoint final : public Frontend {
  public:
   ControlEndpoint(VolumeLifecycle* lifecycle, std::string socket_path, nbd::NbdServer* nbd,
-                  ClusterNode* cluster, const MetricsEndpoint* metrics)
+                  ClusterNode* cluster, ReplicatedVolumes* replicated,
+                  const MetricsEndpoint* metrics)
       : server_(std::move(socket_path), "control"),
         service_(lifecycle,
                  {.version = SHALE_VERSION,
                   .control_endpoint = server_.endpoint(),
                   .metrics_address = MetricsAddress(metrics)},
-                 nbd, cluster) {}
+                 nbd, cluster, replicated) {}
   ~ControlEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "control"; }
@@ -483,6 +485,19 @@ Status Daemon::StartQos() {
       uint64_t{options_.nbd_max_connections} * nbd::NbdServerOptions{}.max_requests_in_flight;
   qos_options.max_queued_per_volume =
       static_cast<uint32_t>(std::clamp<uint64_t>(nbd_bound, qos::kDefaultMaxQueued, UINT32_MAX));
+  // A replicated volume's replication layer goes below its QoS layer (docs/replication.md).
+  if (!options_.cluster_store.empty()) {
+    qos_options.lower_layer = [this](Volume& volume) -> Result<std::shared_ptr<VolumeLayer>> {
+      ReplicatedVolumes* replicated = replicated_.load(std::memory_order_acquire);
+      if (replicated != nullptr) return replicated->LowerLayer(volume);
+      Result<VolumeInfo> info = engine_->GetVolume(volume.name());
+      if (info.ok() && info->labels.contains(replication::kReplicaUuidLabel)) {
+        return Status::Unavailable("replicated volume '" + volume.name() +
+                                   "': its target is not open (shaled is starting or stopping)");
+      }
+      return std::shared_ptr<VolumeLayer>();
+    };
+  }
   Result<std::unique_ptr<qos::QosManager>> qos = qos::QosManager::Open(engine_.get(), qos_options);
   if (!qos.ok()) return qos.status().WithContext("start QoS");
   qos_ = std::move(qos).value();
@@ -591,6 +606,19 @@ Status Daemon::AddFrontends() {
     cluster = node.get();
     frontends_.push_back(std::move(node));
   }
+  // The targets of replicated volumes: after the node registered (they read the store), before
+  // the control API.
+  ReplicatedVolumes* replicated = nullptr;
+  if (cluster != nullptr) {
+    ReplicatedVolumesOptions replicated_options;
+    replicated_options.node_name = options_.node_name;
+    replicated_options.secret = cluster_secret_;
+    auto targets = std::make_unique<ReplicatedVolumes>(lifecycle_.get(), cluster,
+                                                       std::move(replicated_options));
+    replicated = targets.get();
+    replicated_.store(replicated, std::memory_order_release);
+    frontends_.push_back(std::move(targets));
+  }
   // Metrics before the control API, which reports their address.
   MetricsEndpoint* metrics = nullptr;
   if (!options_.metrics_listen.empty()) {
@@ -609,7 +637,7 @@ Status Daemon::AddFrontends() {
     frontends_.push_back(std::move(endpoint));
   }
   frontends_.push_back(std::make_unique<ControlEndpoint>(lifecycle_.get(), options_.control_socket,
-                                                         nbd, cluster, metrics));
+                                                         nbd, cluster, replicated, metrics));
 
   // CSI last: it attaches volumes through the NBD server and must stop before it.
   if (!options_.csi_endpoint.empty()) {
@@ -652,6 +680,7 @@ Status Daemon::Stop() {
   // Backups and restores in flight end with Aborted now, so their requests drain at once.
   if (backups_) backups_->Stop();
   for (auto it = frontends_.rbegin(); it != frontends_.rend(); ++it) (*it)->Stop();
+  replicated_.store(nullptr, std::memory_order_release);
   frontends_.clear();
   if (lifecycle_) lifecycle_->SetBackups(nullptr);
   lifecycle_.reset();

@@ -41,6 +41,7 @@ class BackupManager;
 namespace shale::daemon {
 
 class VolumeLifecycle;
+class ReplicatedVolumes;
 
 // A server the daemon runs on top of the Engine.
 class Frontend {
@@ -108,6 +109,9 @@ class Daemon {
   // qos_ while the snapshot layer may route its background I/O through it (set once QoS is
   // open, cleared after the snapshot layer stopped); read by the snapshot layer's threads.
   std::atomic<qos::QosManager*> background_qos_{nullptr};
+  // The replicated volumes' targets (cluster mode): set before the frontends start, cleared
+  // before they are destroyed; read by QoS when it wraps a volume (lower_layer).
+  std::atomic<ReplicatedVolumes*> replicated_{nullptr};
   std::unique_ptr<backup::BackupManager> backups_;    // after engine_: destroyed first
   std::unique_ptr<VolumeLifecycle> lifecycle_;        // after the subsystems it calls
   std::vector<std::unique_ptr<Frontend>> frontends_;  // in start order
