@@ -242,6 +242,77 @@ TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
   }
 }
 
+// The target itself is killed while a replica is out: it opens the volume again at its restart
+// (from the local replica's label and the membership key) and, once the replica returns, the
+// changed-region record it persisted still makes the rebuild incremental.
+TEST_F(ReplicationE2eTest, TargetRestartKeepsTheRebuildIncremental) {
+  Harness a, b, c;
+  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
+  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
+  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
+  ASSERT_TRUE(WaitFor([&] { return AllPublished(a, 3); }, seconds(20)))
+      << a.Shale({"node", "list", "-o", "json"}).Describe();
+  ASSERT_EQ(a.Shale({"volume", "create", "tv", "--size", "64M", "--replicas", "3"}).exit_code, 0);
+
+  std::mt19937_64 rng(29);
+  std::string oracle(kVolBytes, '\0');
+  for (size_t i = 0; i < (16ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  auto nbd = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(nbd, nullptr);
+  ASSERT_EQ(nbd->Go("tv"), std::optional<uint64_t>(kVolBytes));
+  ASSERT_TRUE(WriteRange(*nbd, oracle, 0, 16ull << 20));
+  ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+
+  c.KillDaemon();
+  uint64_t degraded_bytes = 0;
+  for (uint64_t at : {20ull << 20, 33ull << 20, 60ull << 20}) {
+    for (size_t i = 0; i < kChunk; ++i) oracle[at + i] = static_cast<char>(rng());
+    ASSERT_TRUE(WriteRange(*nbd, oracle, at, kChunk));
+    degraded_bytes += kChunk;
+  }
+  ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  ASSERT_TRUE(
+      WaitFor([&] { return Replicas(a, "tv")["node-c"]["state"] == "faulted"; }, seconds(20)));
+
+  // kill -9 of the target; it serves the volume again after its restart, node-c still out.
+  nbd.reset();
+  a.KillDaemon();
+  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(a, "tv", &list);
+  EXPECT_EQ(replicas["node-b"]["state"], "healthy") << list;
+  EXPECT_EQ(replicas["node-c"]["state"], "faulted") << list;
+  nbd = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(nbd, nullptr);
+  ASSERT_EQ(nbd->Go("tv"), std::optional<uint64_t>(kVolBytes)) << a.DaemonLog();
+  const uint64_t late = 45ull << 20;
+  for (size_t i = 0; i < kChunk; ++i) oracle[late + i] = static_cast<char>(rng());
+  ASSERT_TRUE(WriteRange(*nbd, oracle, late, kChunk));
+  degraded_bytes += kChunk;
+  ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+
+  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
+  CommandResult wait = a.Shale({"replica", "wait", "tv", "--timeout", "90"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << a.DaemonLog();
+  replicas = Replicas(a, "tv", &list);
+  const uint64_t sent = replicas["node-c"]["rebuild_sent_bytes"].get<uint64_t>();
+  std::cout << "after a target restart the rebuild sent " << sent << " bytes for " << degraded_bytes
+            << " bytes written while node-c was out\n";
+  EXPECT_GE(sent, degraded_bytes) << list;
+  EXPECT_LE(sent, degraded_bytes * 11 / 10 + (64 << 10)) << "still incremental: " << list;
+  ExpectContent(*nbd, oracle, "target");
+  nbd.reset();
+
+  // node-c's own copy is the oracle's too.
+  EXPECT_EQ(a.StopDaemon(SIGTERM), 0) << a.DaemonLog();
+  EXPECT_EQ(c.StopDaemon(SIGTERM), 0) << c.DaemonLog();
+  ASSERT_TRUE(c.StartDaemon());
+  auto direct = NbdRawClient::Tcp(c.NbdAddress());
+  ASSERT_NE(direct, nullptr);
+  ASSERT_EQ(direct->Go("tv"), std::optional<uint64_t>(kVolBytes));
+  ExpectContent(*direct, oracle, "node-c");
+}
+
 TEST_F(ReplicationE2eTest, DeleteRemovesEveryReplicaAndTheMembership) {
   Harness a, b;
   ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
