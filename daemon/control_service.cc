@@ -348,6 +348,9 @@ grpc::Status ControlService::GetVolume(grpc::ServerContext* ctx, const v1::GetVo
 
 grpc::Status ControlService::ResizeVolume(grpc::ServerContext* ctx,
                                           const v1::ResizeVolumeRequest* req, v1::Volume* resp) {
+  if (Status st = internal::RefuseIfReplicated(replicated_, req->name(), "resize"); !st.ok()) {
+    return Fail(ctx, st);
+  }
   std::vector<std::string> advice;
   Result<VolumeInfo> volume =
       lifecycle_->Resize(req->name(), req->size_bytes(), {}, /*provisioned_bytes=*/0, &advice);

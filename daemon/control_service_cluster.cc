@@ -72,6 +72,13 @@ Result<VolumeInfo> internal::CreateReplicated(ReplicatedVolumes* replicated, con
   return replicated->Create(r, advice);
 }
 
+Status internal::RefuseIfReplicated(ReplicatedVolumes* replicated, const std::string& volume,
+                                    const std::string& action) {
+  if (replicated == nullptr || !replicated->IsReplicated(volume)) return Status::Ok();
+  return Status::FailedPrecondition("cannot " + action + " replicated volume '" + volume +
+                                    "': its replicas would not follow (not supported yet)");
+}
+
 grpc::Status ControlService::ListReplicas(grpc::ServerContext* ctx,
                                           const v1::ListReplicasRequest* req,
                                           v1::ListReplicasResponse* resp) {

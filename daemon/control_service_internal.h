@@ -26,6 +26,10 @@ grpc::Status Fail(grpc::ServerContext* ctx, const Status& status);
 Result<VolumeInfo> CreateReplicated(ReplicatedVolumes* replicated, const VolumeSpec& spec,
                                     const v1::CreateVolumeRequest& req,
                                     std::vector<std::string>* advice);
+// FailedPrecondition for an operation the replicas of a volume would not follow (resize,
+// revert); OK for a volume that is not replicated (or outside cluster mode).
+Status RefuseIfReplicated(ReplicatedVolumes* replicated, const std::string& volume,
+                          const std::string& action);
 
 void ToProto(const PoolInfo& in, v1::Pool* out);
 void ToProto(const VolumeInfo& in, v1::Volume* out);

@@ -322,6 +322,11 @@ TEST_F(ReplicationE2eTest, DeleteRemovesEveryReplicaAndTheMembership) {
   ASSERT_EQ(a.Shale({"volume", "create", "dv", "--size", "16M", "--replicas", "2"}).exit_code, 0);
   ExpectOneLineError(b.Shale({"volume", "delete", "dv"}), "replica held for node node-a");
   EXPECT_EQ(b.Shale({"volume", "show", "dv"}).exit_code, 0) << "refused: nothing deleted";
+  // Operations the replicas would not follow are refused.
+  ExpectOneLineError(a.Shale({"volume", "resize", "dv", "--size", "32M"}),
+                     "cannot resize replicated volume 'dv'");
+  ExpectOneLineError(a.Shale({"volume", "revert", "dv", "--to", "s1"}),
+                     "cannot revert replicated volume");
 
   CommandResult deleted = a.Shale({"volume", "delete", "dv"});
   ASSERT_EQ(deleted.exit_code, 0) << deleted.Describe() << a.DaemonLog();
