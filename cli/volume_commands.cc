@@ -77,6 +77,16 @@ CLI::App* VolumeCommands::AddCommands(CLI::App& app) {
                 "Disconnect the volume's NBD clients first (their requests in flight "
                 "complete), then delete");
   del->callback(SelectAction(action_, this, &VolumeCommands::RunDelete));
+
+  CLI::App* recover = volume_cmd->add_subcommand(
+      "force-recover",
+      "Serve a replicated volume from NODE's replica when its in-sync replicas are gone; writes "
+      "acknowledged since NODE's generation may be lost (printed and logged)");
+  recover->add_option("NAME", name_, "Volume name")->required();
+  recover->add_option("--from", from_, "The node whose replica becomes the only in-sync one")
+      ->required()
+      ->type_name("NODE");
+  recover->callback(SelectAction(action_, this, &VolumeCommands::RunForceRecover));
   return volume_cmd;
 }
 
@@ -143,6 +153,19 @@ int VolumeCommands::RunDelete(ControlClient& client, Format format) {
                 [&](const v1::DeleteVolumeResponse&) {
                   format == Format::kJson ? PrintJson({{"name", name_}, {"deleted", true}})
                                           : void(out_ << "volume '" << name_ << "' deleted\n");
+                  return kExitOk;
+                });
+}
+
+int VolumeCommands::RunForceRecover(ControlClient& client, Format format) {
+  v1::ForceRecoverVolumeRequest req;
+  req.set_volume(name_);
+  req.set_from_node(from_);
+  return RunRpc(client, &v1::Control::Stub::ForceRecoverVolume, req, err_,
+                [&](const v1::ForceRecoverVolumeResponse& resp) {
+                  format == Format::kJson
+                      ? PrintJson({{"name", name_}, {"from", from_}, {"message", resp.message()}})
+                      : void(out_ << resp.message() << "\n");
                   return kExitOk;
                 });
 }

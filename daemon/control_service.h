@@ -143,6 +143,9 @@ class ControlService final : public v1::Control::Service {
                          v1::ListNodesResponse* resp) override;
   grpc::Status ListReplicas(grpc::ServerContext* ctx, const v1::ListReplicasRequest* req,
                             v1::ListReplicasResponse* resp) override;
+  grpc::Status ForceRecoverVolume(grpc::ServerContext* ctx,
+                                  const v1::ForceRecoverVolumeRequest* req,
+                                  v1::ForceRecoverVolumeResponse* resp) override;
 
   // Backups to S3 (control_service_backup.cc).
   grpc::Status CreateBackup(grpc::ServerContext* ctx, const v1::CreateBackupRequest* req,

@@ -109,4 +109,17 @@ grpc::Status ControlService::ListReplicas(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+grpc::Status ControlService::ForceRecoverVolume(grpc::ServerContext* ctx,
+                                                const v1::ForceRecoverVolumeRequest* req,
+                                                v1::ForceRecoverVolumeResponse* resp) {
+  if (replicated_ == nullptr) {
+    return Fail(ctx, Status::FailedPrecondition(
+                         "this shaled is not in a cluster (start it with --cluster-store)"));
+  }
+  Result<std::string> done = replicated_->ForceRecover(req->volume(), req->from_node());
+  if (!done.ok()) return Fail(ctx, done.status());
+  resp->set_message(*done);
+  return grpc::Status::OK;
+}
+
 }  // namespace shale::daemon

@@ -315,6 +315,16 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
     members.emplace_back(std::make_shared<UnreachableReplica>(r.node, t->reactor),
                          MemberState::kOut);
   }
+  // A stale replica (after force-recover) may hold writes the others never saw, anywhere: every
+  // region is compared with it (hash by hash) before it joins again.
+  for (const cluster::ReplicaMember& r : m.replicas) {
+    if (r.state != cluster::ReplicaState::kStale) continue;
+    std::promise<Status> marked;
+    t->reactor->Post([&, node = r.node] {
+      t->changed->Mark({node}, 0, m.size_bytes, [&](Status st) { marked.set_value(st); });
+    });
+    SHALE_RETURN_IF_ERROR(marked.get_future().get());
+  }
   uint64_t epoch = m.epoch;
   for (const auto& [node, why] : lost) {
     // It may have missed writes in flight when the target stopped: everything allocated is
@@ -566,6 +576,62 @@ Result<ReplicasReport> ReplicatedVolumes::List(const std::string& name) {
     });
   }
   return report;
+}
+
+Result<std::string> ReplicatedVolumes::ForceRecover(const std::string& name,
+                                                    const std::string& from) {
+  SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
+  SHALE_ASSIGN_OR_RETURN(cluster::VolumeRecord record, store_->GetVolume(name));
+  const cluster::Membership& m = record.membership;
+  if (m.target != options_.node_name) {
+    return Status::FailedPrecondition("volume '" + name + "' is served by node " + m.target +
+                                      "; run force-recover there");
+  }
+  if (from != options_.node_name) {
+    return Status::InvalidArgument("--from must name the target's own node (" + options_.node_name +
+                                   "): the target serves from its replica");
+  }
+  const cluster::ReplicaMember* member = m.Find(from);
+  if (member == nullptr) {
+    return Status::InvalidArgument("node " + from + " holds no replica of volume '" + name + "'");
+  }
+  if (m.InSync(from)) {
+    return Status::FailedPrecondition(
+        "node " + from + " is in sync already (in_sync: " + std::to_string(m.in_sync.size()) +
+        " replica(s)); nothing to recover");
+  }
+  const uint64_t generation = GenerationOf(m, *member);
+  std::string others;
+  for (const std::string& n : m.in_sync) others += (others.empty() ? "" : ", ") + n;
+  const std::string lost = "writes acknowledged after epoch " + std::to_string(generation) +
+                           " (up to epoch " + std::to_string(m.epoch) + ", held by " + others +
+                           ") may be lost";
+  Result<cluster::VolumeRecord> recovered =
+      EditMembership(store_.get(), name, [&](cluster::Membership* next) -> Result<bool> {
+        if (next->epoch != m.epoch) {
+          return Status::Aborted("the membership changed meanwhile; look again");
+        }
+        next->epoch += 1;
+        next->in_sync = {from};
+        for (cluster::ReplicaMember& r : next->replicas) {
+          r.state =
+              r.node == from ? cluster::ReplicaState::kHealthy : cluster::ReplicaState::kStale;
+          r.since_epoch = next->epoch;
+        }
+        next->RecordChange("force-recover from " + from + ": " + lost);
+        return true;
+      });
+  if (!recovered.ok()) return recovered.status();
+  SHALE_LOG_WARN("volume force-recovered", {"volume", name}, {"from", from},
+                 {"epoch", recovered->membership.epoch}, {"lost", lost});
+  {
+    std::lock_guard lock(mu_);
+    pending_[name] = "force-recovered: opening";
+  }
+  OpenPending();
+  return "volume '" + name + "' recovered from " + from + " at epoch " +
+         std::to_string(recovered->membership.epoch) + ": " + lost +
+         "; the other replicas are stale until rebuilt from " + from;
 }
 
 void ReplicatedVolumes::RepairLoop() {

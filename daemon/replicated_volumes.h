@@ -96,6 +96,11 @@ class ReplicatedVolumes final : public Frontend {
   bool IsReplicated(const std::string& name);
   Status Delete(const std::string& name, const DeleteOptions& options);
   Result<ReplicasReport> List(const std::string& name);
+  // `shale volume force-recover NAME --from NODE`: the only way on when the target's replica is
+  // not in the recorded in-sync set (cascading failure): in_sync = [NODE] (this node), every
+  // other replica stale (compared region by region when it returns), epoch + 1; logged. Returns
+  // what may be lost, for people.
+  Result<std::string> ForceRecover(const std::string& name, const std::string& from);
 
   // For QoS (QosManagerOptions::lower_layer): the replication layer of a volume this node is the
   // target of; null for a volume that is not replicated; Unavailable for a replica held for

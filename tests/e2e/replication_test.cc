@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "cluster/cluster_store.h"
+#include "cluster/etcd_client.h"
 #include "tests/cluster/etcd_process.h"
 #include "tests/e2e/harness.h"
 #include "tests/e2e/nbd_raw_client.h"
@@ -311,6 +313,88 @@ TEST_F(ReplicationE2eTest, TargetRestartKeepsTheRebuildIncremental) {
   ASSERT_NE(direct, nullptr);
   ASSERT_EQ(direct->Go("tv"), std::optional<uint64_t>(kVolBytes));
   ExpectContent(*direct, oracle, "node-c");
+}
+
+// Cascading failure: the target's replica left the in-sync set and the replicas that stayed in it
+// are gone. The membership record says so (written here into etcd, as the target would have
+// recorded "node-a left, node-b took the writes"); node-b is down. The restarted target refuses
+// to serve until `volume force-recover --from node-a`, which says what may be lost; node-b,
+// stale, is then compared and rebuilt when it returns.
+TEST_F(ReplicationE2eTest, CascadingFailureRefusesUntilForceRecover) {
+  Harness a, b;
+  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
+  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
+  ASSERT_TRUE(WaitFor([&] { return AllPublished(a, 2); }, seconds(20)))
+      << a.Shale({"node", "list", "-o", "json"}).Describe();
+  ASSERT_EQ(a.Shale({"volume", "create", "cv", "--size", "16M", "--replicas", "2"}).exit_code, 0);
+  std::string oracle(16ull << 20, '\0');
+  std::mt19937_64 rng(5);
+  for (size_t i = 0; i < (4ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  {
+    auto nbd = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_NE(nbd, nullptr);
+    ASSERT_TRUE(nbd->Go("cv").has_value());
+    ASSERT_TRUE(WriteRange(*nbd, oracle, 0, 4ull << 20));
+    ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  }
+  EXPECT_EQ(a.StopDaemon(SIGTERM), 0) << a.DaemonLog();
+  b.KillDaemon();
+  {
+    auto client = cluster::EtcdClient::Create(etcd_->endpoint());
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto store = cluster::ClusterStore::Create(std::move(client).value());
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto record = (*store)->GetVolume("cv");
+    ASSERT_TRUE(record.ok()) << record.status();
+    cluster::Membership next = record->membership;
+    next.epoch += 1;
+    next.in_sync = {"node-b"};
+    next.replicas[0].state = cluster::ReplicaState::kFaulted;
+    next.replicas[0].since_epoch = next.epoch;
+    next.RecordChange("node-a left: test");
+    cluster::VolumeRecord current;
+    ASSERT_TRUE((*store)->CompareAndSwapVolume("cv", record->mod_revision, next, &current).ok());
+  }
+
+  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
+  {
+    auto nbd = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_NE(nbd, nullptr);
+    EXPECT_FALSE(nbd->Go("cv").has_value()) << "a replica behind the in-sync set never serves";
+  }
+  EXPECT_EQ(Replicas(a, "cv")["node-a"]["state"], "faulted");
+  ExpectOneLineError(a.Shale({"volume", "force-recover", "cv", "--from", "node-b"}),
+                     "--from must name the target's own node");
+  CommandResult recovered = a.Shale({"volume", "force-recover", "cv", "--from", "node-a"});
+  ASSERT_EQ(recovered.exit_code, 0) << recovered.Describe();
+  EXPECT_NE(recovered.out.find("writes acknowledged after epoch 1 (up to epoch 2, held by "
+                               "node-b) may be lost"),
+            std::string::npos)
+      << recovered.out;
+  EXPECT_NE(a.DaemonLog().find("volume force-recovered"), std::string::npos) << "logged";
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(a, "cv", &list);
+  EXPECT_EQ(replicas["node-a"]["state"], "healthy") << list;
+  EXPECT_EQ(replicas["node-b"]["state"], "stale") << "out until rebuilt: " << list;
+  EXPECT_EQ(list["epoch"], 3) << list;
+  ExpectOneLineError(a.Shale({"volume", "force-recover", "cv", "--from", "node-a"}),
+                     "in sync already");
+
+  std::unique_ptr<NbdRawClient> nbd;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        nbd = NbdRawClient::Tcp(a.NbdAddress());
+        return nbd != nullptr && nbd->Go("cv").has_value();
+      },
+      seconds(20)))
+      << a.DaemonLog();
+  ExpectContent(*nbd, oracle, "target after force-recover");
+
+  // node-b returns: compared region by region and rebuilt from node-a.
+  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
+  CommandResult wait = a.Shale({"replica", "wait", "cv", "--timeout", "90"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << a.DaemonLog();
+  EXPECT_EQ(Replicas(a, "cv")["node-b"]["rebuild_total_bytes"], 16 << 20);
 }
 
 TEST_F(ReplicationE2eTest, DeleteRemovesEveryReplicaAndTheMembership) {
