@@ -10,6 +10,15 @@ namespace shale::daemon {
 
 using internal::Fail;
 
+namespace {
+
+Status NotInCluster() {
+  return Status::FailedPrecondition(
+      "this shaled is not in a cluster (start it with --cluster-store)");
+}
+
+}  // namespace
+
 void ControlService::AddClusterStatus(v1::GetStatusResponse* resp) const {
   if (cluster_ == nullptr) return;
   v1::ClusterStatus* out = resp->mutable_cluster();
@@ -22,10 +31,7 @@ void ControlService::AddClusterStatus(v1::GetStatusResponse* resp) const {
 grpc::Status ControlService::ListNodes(grpc::ServerContext* ctx,
                                        const v1::ListNodesRequest* /*req*/,
                                        v1::ListNodesResponse* resp) {
-  if (cluster_ == nullptr) {
-    return Fail(ctx, Status::FailedPrecondition(
-                         "this shaled is not in a cluster (start it with --cluster-store)"));
-  }
+  if (cluster_ == nullptr) return Fail(ctx, NotInCluster());
   Result<std::vector<cluster::NodeRecord>> nodes = cluster_->ListNodes();
   if (!nodes.ok()) return Fail(ctx, nodes.status());
   for (const cluster::NodeRecord& n : *nodes) {
@@ -82,10 +88,7 @@ Status internal::RefuseIfReplicated(ReplicatedVolumes* replicated, const std::st
 grpc::Status ControlService::ListReplicas(grpc::ServerContext* ctx,
                                           const v1::ListReplicasRequest* req,
                                           v1::ListReplicasResponse* resp) {
-  if (replicated_ == nullptr) {
-    return Fail(ctx, Status::FailedPrecondition(
-                         "this shaled is not in a cluster (start it with --cluster-store)"));
-  }
+  if (replicated_ == nullptr) return Fail(ctx, NotInCluster());
   Result<ReplicasReport> report = replicated_->List(req->volume());
   if (!report.ok()) return Fail(ctx, report.status());
   const cluster::Membership& m = report->membership;
@@ -112,10 +115,7 @@ grpc::Status ControlService::ListReplicas(grpc::ServerContext* ctx,
 grpc::Status ControlService::ForceRecoverVolume(grpc::ServerContext* ctx,
                                                 const v1::ForceRecoverVolumeRequest* req,
                                                 v1::ForceRecoverVolumeResponse* resp) {
-  if (replicated_ == nullptr) {
-    return Fail(ctx, Status::FailedPrecondition(
-                         "this shaled is not in a cluster (start it with --cluster-store)"));
-  }
+  if (replicated_ == nullptr) return Fail(ctx, NotInCluster());
   Result<std::string> done = replicated_->ForceRecover(req->volume(), req->from_node());
   if (!done.ok()) return Fail(ctx, done.status());
   resp->set_message(*done);

@@ -235,6 +235,23 @@ Result<std::shared_ptr<VolumeLayer>> ReplicatedVolumes::LowerLayer(Volume& volum
                              "' is a replica held for another node's target; use the target");
 }
 
+Result<std::unique_ptr<replication::ReplicaClient>> ReplicatedVolumes::Connect(
+    const Target& target, const std::string& address, uint64_t epoch) {
+  replication::ReplicaClientOptions o;
+  o.address = address;
+  o.node_name = options_.node_name;
+  o.secret = options_.secret;
+  o.volume = target.name;
+  o.volume_uuid = target.uuid;
+  o.size_bytes = target.size_bytes;
+  o.epoch = epoch;
+  o.transport = &transport_;
+  o.completion_reactor = target.reactor;
+  o.connect_timeout = options_.connect_timeout;
+  o.request_timeout = options_.replica_timeout;
+  return replication::ReplicaClient::Connect(std::move(o));
+}
+
 Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget(
     const std::string& name) {
   Engine* engine = lifecycle_->engine();
@@ -284,20 +301,8 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
       const cluster::NodeRecord* n = FindNode(nodes, r.node);
       why = n == nullptr || !n->up ? "node is down" : "";
       if (why.empty()) {
-        replication::ReplicaClientOptions o;
-        o.address = n->info.replica_address;
-        o.node_name = options_.node_name;
-        o.secret = options_.secret;
-        o.volume = name;
-        o.volume_uuid = uuid;
-        o.size_bytes = m.size_bytes;
-        o.epoch = m.epoch;
-        o.transport = &transport_;
-        o.completion_reactor = t->reactor;
-        o.connect_timeout = options_.connect_timeout;
-        o.request_timeout = options_.replica_timeout;
         Result<std::unique_ptr<replication::ReplicaClient>> client =
-            replication::ReplicaClient::Connect(std::move(o));
+            Connect(*t, n->info.replica_address, m.epoch);
         if (client.ok()) {
           members.emplace_back(
               std::make_shared<replication::RemoteReplica>(r.node, std::move(client).value()),
@@ -710,20 +715,7 @@ void ReplicatedVolumes::Reconnect(const std::shared_ptr<Target>& target, const s
   };
   uint64_t epoch = 0;
   target->reactor->RunSync([&] { epoch = target->layer->epoch(); });
-  replication::ReplicaClientOptions o;
-  o.address = address;
-  o.node_name = options_.node_name;
-  o.secret = options_.secret;
-  o.volume = target->name;
-  o.volume_uuid = target->uuid;
-  o.size_bytes = target->size_bytes;
-  o.epoch = epoch;
-  o.transport = &transport_;
-  o.completion_reactor = target->reactor;
-  o.connect_timeout = options_.connect_timeout;
-  o.request_timeout = options_.replica_timeout;
-  Result<std::unique_ptr<replication::ReplicaClient>> client =
-      replication::ReplicaClient::Connect(std::move(o));
+  Result<std::unique_ptr<replication::ReplicaClient>> client = Connect(*target, address, epoch);
   if (!client.ok()) return fail(client.status().WithContext("reconnect to " + address));
   // Recorded for `replica list` (in_sync does not change, so neither does the epoch).
   Result<cluster::VolumeRecord> marked =

@@ -38,6 +38,10 @@
 #include "replication/auth.h"
 #include "replication/transport.h"
 
+namespace shale::replication {
+class ReplicaClient;
+}
+
 namespace shale::daemon {
 
 class ClusterNode;
@@ -111,6 +115,10 @@ class ReplicatedVolumes final : public Frontend {
 
  private:
   Result<std::shared_ptr<Target>> OpenTarget(const std::string& name);
+  // A client of `target`'s replica at `address` (connect, authenticate, OPEN at `epoch`).
+  Result<std::unique_ptr<replication::ReplicaClient>> Connect(const Target& target,
+                                                              const std::string& address,
+                                                              uint64_t epoch);
   Status PlaceRemote(const std::string& name, const cluster::Membership& membership,
                      const std::vector<cluster::NodeRecord>& nodes);
   Status DeleteRemote(const std::string& name, const cluster::Membership& membership,

@@ -21,6 +21,7 @@
 #include "cluster/cluster_store.h"
 #include "cluster/etcd_client.h"
 #include "tests/cluster/etcd_process.h"
+#include "tests/e2e/etcd_fixture.h"
 #include "tests/e2e/harness.h"
 #include "tests/e2e/nbd_raw_client.h"
 
@@ -74,6 +75,20 @@ bool AllPublished(Harness& h, size_t count) {
   return ready == count;
 }
 
+// Starts `nodes` as node-a, node-b, ... (by position) and waits until each published its replica
+// address; false (with the failure recorded) otherwise.
+bool StartNodes(const test::EtcdProcess& etcd, std::initializer_list<Harness*> nodes) {
+  char name = 'a';
+  for (Harness* h : nodes) {
+    if (!h->StartDaemon(NodeFlags(*h, etcd, std::string("node-") + name++))) return false;
+  }
+  Harness& first = **nodes.begin();
+  if (WaitFor([&] { return AllPublished(first, nodes.size()); }, seconds(20))) return true;
+  ADD_FAILURE() << "replica addresses not published: "
+                << first.Shale({"node", "list", "-o", "json"}).Describe();
+  return false;
+}
+
 // Writes [offset, offset + length) of `oracle` through `nbd` in kChunk requests; false on the
 // first NBD error (recorded as a test failure).
 bool WriteRange(NbdRawClient& nbd, const std::string& oracle, uint64_t offset, uint64_t length) {
@@ -97,32 +112,11 @@ void ExpectContent(NbdRawClient& nbd, const std::string& oracle, const std::stri
   }
 }
 
-class ReplicationE2eTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (const std::string why = test::EtcdProcess::Unavailable(); !why.empty()) {
-      GTEST_SKIP() << why;
-    }
-    Result<std::unique_ptr<test::EtcdProcess>> etcd = test::EtcdProcess::Start();
-    ASSERT_TRUE(etcd.ok()) << etcd.status();
-    etcd_ = std::move(etcd).value();
-  }
-  void TearDown() override {
-    if (HasFailure() && etcd_ != nullptr) {
-      const std::string log = etcd_->Log();
-      std::cerr << "etcd log (tail):\n" << log.substr(log.size() > 3000 ? log.size() - 3000 : 0);
-    }
-  }
-
-  std::unique_ptr<test::EtcdProcess> etcd_;  // destroyed after the daemons of the test
-};
+using ReplicationE2eTest = EtcdE2eTest;
 
 TEST_F(ReplicationE2eTest, CreateRefusesWhatCannotBePlaced) {
   Harness a, b;
-  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
-  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
-  ASSERT_TRUE(WaitFor([&] { return AllPublished(a, 2); }, seconds(20)))
-      << a.Shale({"node", "list", "-o", "json"}).Describe();
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b}));
 
   // More replicas than nodes: one line naming how many nodes could take one; nothing made.
   CommandResult three = a.Shale({"volume", "create", "v", "--size", "16M", "--replicas", "3"});
@@ -158,11 +152,7 @@ TEST_F(ReplicationE2eTest, CreateRefusesWhatCannotBePlaced) {
 
 TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
   Harness a, b, c;
-  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
-  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
-  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
-  ASSERT_TRUE(WaitFor([&] { return AllPublished(a, 3); }, seconds(20)))
-      << a.Shale({"node", "list", "-o", "json"}).Describe();
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
 
   CommandResult made = a.Shale({"volume", "create", "rv", "--size", "64M", "--replicas", "3"});
   ASSERT_EQ(made.exit_code, 0) << made.Describe() << a.DaemonLog();
@@ -249,11 +239,7 @@ TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
 // changed-region record it persisted still makes the rebuild incremental.
 TEST_F(ReplicationE2eTest, TargetRestartKeepsTheRebuildIncremental) {
   Harness a, b, c;
-  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
-  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
-  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
-  ASSERT_TRUE(WaitFor([&] { return AllPublished(a, 3); }, seconds(20)))
-      << a.Shale({"node", "list", "-o", "json"}).Describe();
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
   ASSERT_EQ(a.Shale({"volume", "create", "tv", "--size", "64M", "--replicas", "3"}).exit_code, 0);
 
   std::mt19937_64 rng(29);
@@ -322,10 +308,7 @@ TEST_F(ReplicationE2eTest, TargetRestartKeepsTheRebuildIncremental) {
 // stale, is then compared and rebuilt when it returns.
 TEST_F(ReplicationE2eTest, CascadingFailureRefusesUntilForceRecover) {
   Harness a, b;
-  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
-  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
-  ASSERT_TRUE(WaitFor([&] { return AllPublished(a, 2); }, seconds(20)))
-      << a.Shale({"node", "list", "-o", "json"}).Describe();
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b}));
   ASSERT_EQ(a.Shale({"volume", "create", "cv", "--size", "16M", "--replicas", "2"}).exit_code, 0);
   std::string oracle(16ull << 20, '\0');
   std::mt19937_64 rng(5);
@@ -399,10 +382,7 @@ TEST_F(ReplicationE2eTest, CascadingFailureRefusesUntilForceRecover) {
 
 TEST_F(ReplicationE2eTest, DeleteRemovesEveryReplicaAndTheMembership) {
   Harness a, b;
-  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
-  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
-  ASSERT_TRUE(WaitFor([&] { return AllPublished(a, 2); }, seconds(20)))
-      << a.Shale({"node", "list", "-o", "json"}).Describe();
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b}));
   ASSERT_EQ(a.Shale({"volume", "create", "dv", "--size", "16M", "--replicas", "2"}).exit_code, 0);
   ExpectOneLineError(b.Shale({"volume", "delete", "dv"}), "replica held for node node-a");
   EXPECT_EQ(b.Shale({"volume", "show", "dv"}).exit_code, 0) << "refused: nothing deleted";
