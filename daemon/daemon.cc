@@ -613,6 +613,9 @@ Status Daemon::AddFrontends() {
     ReplicatedVolumesOptions replicated_options;
     replicated_options.node_name = options_.node_name;
     replicated_options.secret = cluster_secret_;
+    replicated_options.replica_timeout =
+        std::chrono::milliseconds(static_cast<int64_t>(options_.replica_timeout_seconds * 1000));
+    replicated_options.rebuild_bps = options_.rebuild_bps;
     auto targets = std::make_unique<ReplicatedVolumes>(lifecycle_.get(), cluster,
                                                        std::move(replicated_options));
     replicated = targets.get();

@@ -41,11 +41,13 @@ struct DaemonOptions {
   std::string node_id;       // CSI node id and topology value; default: the host name
   // Cluster mode (issue 11, docs/replication.md). Empty cluster_store: the single-node daemon,
   // and the other cluster settings are empty too.
-  std::string cluster_store;         // "etcd://HOST:PORT[,HOST:PORT...]", syntax checked
-  std::string node_name;             // this node's name in etcd (required in cluster mode)
-  std::string replica_listen;        // "ADDR:PORT" of the replica service; empty: off
-  std::string cluster_secret_file;   // absolute (required in cluster mode; mode 0600 at start)
-  unsigned node_lease_seconds = 10;  // TTL of the node's etcd lease
+  std::string cluster_store;           // "etcd://HOST:PORT[,HOST:PORT...]", syntax checked
+  std::string node_name;               // this node's name in etcd (required in cluster mode)
+  std::string replica_listen;          // "ADDR:PORT" of the replica service; empty: off
+  std::string cluster_secret_file;     // absolute (required in cluster mode; mode 0600 at start)
+  unsigned node_lease_seconds = 10;    // TTL of the node's etcd lease
+  double replica_timeout_seconds = 5;  // a replica request older than this fails the replica
+  uint64_t rebuild_bps = 0;            // rebuild copy rate cap (bytes/s); 0: none
 
   // Backups to S3 (docs/backup.md).
   std::string backup_endpoint;          // default S3 endpoint ("" = AWS)
