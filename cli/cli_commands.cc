@@ -24,6 +24,7 @@
 #include "cli/output.h"
 #include "cli/pool_commands.h"
 #include "cli/qos_commands.h"
+#include "cli/replica_commands.h"
 #include "cli/snapshot_commands.h"
 #include "cli/volume_commands.h"
 #include "engine/common/labels.h"
@@ -347,11 +348,14 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
     };
   });
 
-  // `qos ...`, `snapshot ...`, `clone ...`, `node ...` (cluster mode), `backup ...`.
+  // `qos ...`, `snapshot ...`, `clone ...`, `node ...` and `replica ...` (cluster mode),
+  // `backup ...`.
   qos_commands.AddQosCommand(app);
   snapshot_commands.AddCommands(app);
   NodeCommands node_commands(&action, out, err);
   node_commands.AddCommands(app);
+  ReplicaCommands replica_commands(&action, out, err);
+  replica_commands.AddCommands(app);
   BackupCommands backup_commands(&action, out, err,
                                  &err == &std::cerr && isatty(STDERR_FILENO) == 1);
   backup_commands.AddCommands(app);

@@ -35,6 +35,22 @@ CLI::App* VolumeCommands::AddCommands(CLI::App& app) {
   create->add_flag("--read-only", read_only_, "Refuse writes to the volume");
   create->add_option("--label", labels_, "Attach a label; repeatable")->type_name("KEY=VALUE");
   qos_->AddCreateFlags(create);
+  create
+      ->add_option("--replicas", replicas_,
+                   "Replicas on distinct nodes (cluster mode; the local node first, then by free "
+                   "capacity)")
+      ->check(CLI::Range(1, 16))
+      ->type_name("N");
+  create
+      ->add_option("--replica-nodes", replica_nodes_,
+                   "Place the replicas only on these nodes (comma-separated)")
+      ->delimiter(',')
+      ->type_name("a,b,c");
+  create
+      ->add_option("--min-in-sync", min_in_sync_,
+                   "Replicas that must stay in sync for writes to succeed (default 1)")
+      ->check(CLI::Range(1, 16))
+      ->type_name("M");
   create->callback(SelectAction(action_, this, &VolumeCommands::RunCreate));
 
   CLI::App* list = volume_cmd->add_subcommand("list", "List volumes");
@@ -61,6 +77,16 @@ CLI::App* VolumeCommands::AddCommands(CLI::App& app) {
                 "Disconnect the volume's NBD clients first (their requests in flight "
                 "complete), then delete");
   del->callback(SelectAction(action_, this, &VolumeCommands::RunDelete));
+
+  CLI::App* recover = volume_cmd->add_subcommand(
+      "force-recover",
+      "Serve a replicated volume from NODE's replica when its in-sync replicas are gone; writes "
+      "acknowledged since NODE's generation may be lost (printed and logged)");
+  recover->add_option("NAME", name_, "Volume name")->required();
+  recover->add_option("--from", from_, "The node whose replica becomes the only in-sync one")
+      ->required()
+      ->type_name("NODE");
+  recover->callback(SelectAction(action_, this, &VolumeCommands::RunForceRecover));
   return volume_cmd;
 }
 
@@ -77,6 +103,9 @@ int VolumeCommands::RunCreate(ControlClient& client, Format format) {
   req.set_pool(pool_);
   req.set_read_only(read_only_);
   req.mutable_labels()->insert(labels.begin(), labels.end());
+  req.set_replicas(replicas_);
+  for (const std::string& node : replica_nodes_) req.add_replica_nodes(node);
+  req.set_min_in_sync(min_in_sync_);
   if (!qos_->FillCreate(&req, &error)) {
     err_ << "shale: volume create: " << error << "\n";
     return kExitUsage;
@@ -124,6 +153,19 @@ int VolumeCommands::RunDelete(ControlClient& client, Format format) {
                 [&](const v1::DeleteVolumeResponse&) {
                   format == Format::kJson ? PrintJson({{"name", name_}, {"deleted", true}})
                                           : void(out_ << "volume '" << name_ << "' deleted\n");
+                  return kExitOk;
+                });
+}
+
+int VolumeCommands::RunForceRecover(ControlClient& client, Format format) {
+  v1::ForceRecoverVolumeRequest req;
+  req.set_volume(name_);
+  req.set_from_node(from_);
+  return RunRpc(client, &v1::Control::Stub::ForceRecoverVolume, req, err_,
+                [&](const v1::ForceRecoverVolumeResponse& resp) {
+                  format == Format::kJson
+                      ? PrintJson({{"name", name_}, {"from", from_}, {"message", resp.message()}})
+                      : void(out_ << resp.message() << "\n");
                   return kExitOk;
                 });
 }

@@ -35,6 +35,7 @@ class VolumeCommands {
   int RunShow(ControlClient& client, Format format);
   int RunResize(ControlClient& client, Format format);
   int RunDelete(ControlClient& client, Format format);
+  int RunForceRecover(ControlClient& client, Format format);
   // Prints one volume (create, show, resize) and returns the exit code.
   int PrintVolume(Format format, const v1::Volume& volume);
   void PrintJson(const nlohmann::ordered_json& json);
@@ -44,10 +45,13 @@ class VolumeCommands {
   std::ostream& err_;
   QosCommands* const qos_;
   // Parsed arguments (one command runs per invocation).
-  std::string name_, size_, pool_;
+  std::string name_, size_, pool_, from_;
   std::vector<std::string> labels_;
   bool read_only_ = false;
   bool force_ = false;
+  uint32_t replicas_ = 0;  // 0: not given (a local volume)
+  std::vector<std::string> replica_nodes_;
+  uint32_t min_in_sync_ = 0;
 };
 
 }  // namespace shale::cli

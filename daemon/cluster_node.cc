@@ -145,9 +145,9 @@ bool ClusterNode::registered() {
   return store_ != nullptr && store_->registered();
 }
 
-cluster::ClusterStore* ClusterNode::store() {
+std::shared_ptr<cluster::ClusterStore> ClusterNode::store() {
   std::lock_guard<std::mutex> lock(mu_);
-  return store_.get();
+  return store_;
 }
 
 }  // namespace shale::daemon

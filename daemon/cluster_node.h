@@ -71,8 +71,9 @@ class ClusterNode final : public Frontend {
   bool registered();
   // Every node that ever registered (up or down), by name. FailedPrecondition before Start().
   Result<std::vector<cluster::NodeRecord>> ListNodes();
-  // The store, for the lifecycle's volume records; null before Start() and after Stop().
-  cluster::ClusterStore* store();
+  // The store, for the volume records (ReplicatedVolumes); null before Start() and after Stop().
+  // Holders keep it alive past Stop() (its calls then still reach etcd, without the lease).
+  std::shared_ptr<cluster::ClusterStore> store();
 
  private:
   void RefreshLoop();

@@ -10,6 +10,7 @@
 #include "api/grpc_status.h"
 #include "daemon/control_service_internal.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
+#include "daemon/replicated_volumes.h"
 #include "engine/common/assert.h"
 #include "engine/common/log.h"
 #include "engine/common/units.h"
@@ -97,13 +98,14 @@ using internal::Fail;
 using internal::ToProto;
 
 ControlService::ControlService(VolumeLifecycle* lifecycle, DaemonInfo info, nbd::NbdServer* nbd,
-                               ClusterNode* cluster)
+                               ClusterNode* cluster, ReplicatedVolumes* replicated)
     : lifecycle_(lifecycle),
       engine_(lifecycle->engine()),
       snapshots_(lifecycle->snapshots()),
       nbd_(nbd),
       qos_(lifecycle->qos()),
       cluster_(cluster),
+      replicated_(replicated),
       info_(std::move(info)),
       started_(std::chrono::steady_clock::now()) {
   SHALE_CHECK(engine_ != nullptr && snapshots_ != nullptr,
@@ -298,7 +300,12 @@ grpc::Status ControlService::CreateVolume(grpc::ServerContext* ctx,
   spec.params.labels.insert(req->labels().begin(), req->labels().end());
   if (req->has_qos()) spec.qos = qos::SettingsFromMessage(req->qos());
   std::vector<std::string> advice;
-  Result<VolumeInfo> volume = lifecycle_->Create(spec, &advice);
+  Result<VolumeInfo> volume = Status::Internal("not run");
+  if (req->replicas() > 1 || req->replica_nodes_size() > 0 || req->min_in_sync() > 0) {
+    volume = internal::CreateReplicated(replicated_, spec, *req, &advice);
+  } else {
+    volume = lifecycle_->Create(spec, &advice);
+  }
   if (!volume.ok()) return Fail(ctx, volume.status());
   ToProto(*volume, resp);
   for (std::string& line : advice) resp->add_warnings(std::move(line));
@@ -345,6 +352,9 @@ grpc::Status ControlService::GetVolume(grpc::ServerContext* ctx, const v1::GetVo
 
 grpc::Status ControlService::ResizeVolume(grpc::ServerContext* ctx,
                                           const v1::ResizeVolumeRequest* req, v1::Volume* resp) {
+  if (Status st = internal::RefuseIfReplicated(replicated_, req->name(), "resize"); !st.ok()) {
+    return Fail(ctx, st);
+  }
   std::vector<std::string> advice;
   Result<VolumeInfo> volume =
       lifecycle_->Resize(req->name(), req->size_bytes(), {}, /*provisioned_bytes=*/0, &advice);
@@ -360,8 +370,10 @@ grpc::Status ControlService::DeleteVolume(grpc::ServerContext* ctx,
                                           const v1::DeleteVolumeRequest* req,
                                           v1::DeleteVolumeResponse* /*resp*/) {
   // Through the lifecycle, so every layer's records of the volume go with it in one commit.
-  Status deleted = lifecycle_->Delete(
-      req->name(), {.force = req->force(), .disconnect_timeout = kForceDisconnectTimeout});
+  const DeleteOptions options{.force = req->force(), .disconnect_timeout = kForceDisconnectTimeout};
+  Status deleted = replicated_ != nullptr && replicated_->IsReplicated(req->name())
+                       ? replicated_->Delete(req->name(), options)
+                       : lifecycle_->Delete(req->name(), options);
   if (!deleted.ok()) return Fail(ctx, deleted);
   return grpc::Status::OK;
 }

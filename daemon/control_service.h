@@ -48,6 +48,7 @@ class AuditLog;
 
 class VolumeLifecycle;
 class ClusterNode;
+class ReplicatedVolumes;
 
 // Limits on request fields that the engine does not bound itself (labels: engine/common/labels.h).
 inline constexpr size_t kMaxDevicePathLength = 4095;  // PATH_MAX without the NUL
@@ -72,9 +73,10 @@ class ControlService final : public v1::Control::Service {
   // volumes and snapshots show no export and ListExports lists none. Without a QoS manager in
   // the lifecycle, the QoS RPCs answer FAILED_PRECONDITION and volumes carry no QoS settings.
   // `cluster` (the daemon's ClusterNode, in cluster mode only) must outlive the service too;
-  // without it the cluster RPCs answer FAILED_PRECONDITION.
+  // without it the cluster RPCs answer FAILED_PRECONDITION. `replicated` (its replicated
+  // volumes, cluster mode only) likewise; without it `replicas` > 1 is FAILED_PRECONDITION.
   ControlService(VolumeLifecycle* lifecycle, DaemonInfo info, nbd::NbdServer* nbd = nullptr,
-                 ClusterNode* cluster = nullptr);
+                 ClusterNode* cluster = nullptr, ReplicatedVolumes* replicated = nullptr);
   ControlService(const ControlService&) = delete;
   ControlService& operator=(const ControlService&) = delete;
 
@@ -145,6 +147,11 @@ class ControlService final : public v1::Control::Service {
   // Cluster (control_service_cluster.cc; issue 11).
   grpc::Status ListNodes(grpc::ServerContext* ctx, const v1::ListNodesRequest* req,
                          v1::ListNodesResponse* resp) override;
+  grpc::Status ListReplicas(grpc::ServerContext* ctx, const v1::ListReplicasRequest* req,
+                            v1::ListReplicasResponse* resp) override;
+  grpc::Status ForceRecoverVolume(grpc::ServerContext* ctx,
+                                  const v1::ForceRecoverVolumeRequest* req,
+                                  v1::ForceRecoverVolumeResponse* resp) override;
 
   // Backups to S3 (control_service_backup.cc).
   grpc::Status CreateBackup(grpc::ServerContext* ctx, const v1::CreateBackupRequest* req,
@@ -198,6 +205,7 @@ class ControlService final : public v1::Control::Service {
   nbd::NbdServer* const nbd_;
   qos::QosManager* const qos_;
   ClusterNode* const cluster_;
+  ReplicatedVolumes* const replicated_;
   const DaemonInfo info_;
   const std::chrono::steady_clock::time_point started_;
 };

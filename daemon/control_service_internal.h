@@ -11,11 +11,25 @@
 #include "engine/engine.h"
 #include "snapshot/snapshot_manager.h"
 
+namespace shale::daemon {
+class ReplicatedVolumes;
+struct VolumeSpec;
+}  // namespace shale::daemon
+
 namespace shale::daemon::internal {
 
 // Every error leaves the service through here: the one conversion, plus the trailing metadata
 // that marks it as shaled's own.
 grpc::Status Fail(grpc::ServerContext* ctx, const Status& status);
+
+// A volume with --replicas (control_service_cluster.cc); `replicated` null outside cluster mode.
+Result<VolumeInfo> CreateReplicated(ReplicatedVolumes* replicated, const VolumeSpec& spec,
+                                    const v1::CreateVolumeRequest& req,
+                                    std::vector<std::string>* advice);
+// FailedPrecondition for an operation the replicas of a volume would not follow (resize,
+// revert); OK for a volume that is not replicated (or outside cluster mode).
+Status RefuseIfReplicated(ReplicatedVolumes* replicated, const std::string& volume,
+                          const std::string& action);
 
 void ToProto(const PoolInfo& in, v1::Pool* out);
 void ToProto(const VolumeInfo& in, v1::Volume* out);

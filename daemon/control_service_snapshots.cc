@@ -266,6 +266,7 @@ grpc::Status ControlService::RevertVolume(grpc::ServerContext* ctx,
       valid = ValidateName("snapshot", req->snapshot());
     }
   }
+  if (valid.ok()) valid = internal::RefuseIfReplicated(replicated_, req->name(), "revert");
   if (!valid.ok()) return Fail(ctx, valid);
   Status reverted = lifecycle_->Revert(req->name(), req->snapshot());
   if (!reverted.ok()) return Fail(ctx, reverted);

@@ -28,6 +28,7 @@
 #include "daemon/ops/http_server.h"
 #include "daemon/ops/metrics_collector.h"
 #include "daemon/ops/peer_acceptor.h"
+#include "daemon/replicated_volumes.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 #include "nbd/export.h"
@@ -336,7 +337,8 @@ class MetricsEndpoint final : public Frontend {
 class ControlEndpoint final : public Frontend {
  public:
   ControlEndpoint(VolumeLifecycle* lifecycle, std::string socket_path, nbd::NbdServer* nbd,
-                  ClusterNode* cluster, const MetricsEndpoint* metrics, UnixGrpcServer::Audit audit)
+                  ClusterNode* cluster, ReplicatedVolumes* replicated,
+                  const MetricsEndpoint* metrics, UnixGrpcServer::Audit audit)
       : server_(std::move(socket_path), "control"),
         audit_(std::move(audit)),
         service_(lifecycle,
@@ -344,7 +346,7 @@ class ControlEndpoint final : public Frontend {
                   .control_endpoint = server_.endpoint(),
                   .metrics_address = MetricsAddress(metrics),
                   .audit_log = audit_.log},
-                 nbd, cluster) {}
+                 nbd, cluster, replicated) {}
   ~ControlEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "control"; }
@@ -559,6 +561,19 @@ Status Daemon::StartQos() {
       uint64_t{options_.nbd_max_connections} * nbd::NbdServerOptions{}.max_requests_in_flight;
   qos_options.max_queued_per_volume =
       static_cast<uint32_t>(std::clamp<uint64_t>(nbd_bound, qos::kDefaultMaxQueued, UINT32_MAX));
+  // A replicated volume's replication layer goes below its QoS layer (docs/replication.md).
+  if (!options_.cluster_store.empty()) {
+    qos_options.lower_layer = [this](Volume& volume) -> Result<std::shared_ptr<VolumeLayer>> {
+      ReplicatedVolumes* replicated = replicated_.load(std::memory_order_acquire);
+      if (replicated != nullptr) return replicated->LowerLayer(volume);
+      Result<VolumeInfo> info = engine_->GetVolume(volume.name());
+      if (info.ok() && info->labels.contains(replication::kReplicaUuidLabel)) {
+        return Status::Unavailable("replicated volume '" + volume.name() +
+                                   "': its target is not open (shaled is starting or stopping)");
+      }
+      return std::shared_ptr<VolumeLayer>();
+    };
+  }
   Result<std::unique_ptr<qos::QosManager>> qos = qos::QosManager::Open(engine_.get(), qos_options);
   if (!qos.ok()) return qos.status().WithContext("start QoS");
   qos_ = std::move(qos).value();
@@ -669,6 +684,23 @@ Status Daemon::AddFrontends() {
     cluster = node.get();
     frontends_.push_back(std::move(node));
   }
+  // The targets of replicated volumes: after the node registered (they read the store), before
+  // the control API.
+  ReplicatedVolumes* replicated = nullptr;
+  if (cluster != nullptr) {
+    ReplicatedVolumesOptions replicated_options;
+    replicated_options.node_name = options_.node_name;
+    replicated_options.secret = cluster_secret_;
+    replicated_options.replica_timeout =
+        std::chrono::milliseconds(static_cast<int64_t>(options_.replica_timeout_seconds * 1000));
+    replicated_options.rebuild_bps = options_.rebuild_bps;
+    replicated_options.transport = replica_transport_.get();
+    auto targets = std::make_unique<ReplicatedVolumes>(lifecycle_.get(), cluster,
+                                                       std::move(replicated_options));
+    replicated = targets.get();
+    replicated_.store(replicated, std::memory_order_release);
+    frontends_.push_back(std::move(targets));
+  }
   // Metrics before the control API, which reports their address.
   MetricsEndpoint* metrics = nullptr;
   if (!options_.metrics_listen.empty()) {
@@ -687,7 +719,7 @@ Status Daemon::AddFrontends() {
     frontends_.push_back(std::move(endpoint));
   }
   frontends_.push_back(std::make_unique<ControlEndpoint>(
-      lifecycle_.get(), options_.control_socket, nbd, cluster, metrics,
+      lifecycle_.get(), options_.control_socket, nbd, cluster, replicated, metrics,
       UnixGrpcServer::Audit{.source = "control", .log = audit_.get(), .peers = peers_.get()}));
 
   // CSI last: it attaches volumes through the NBD server and must stop before it.
@@ -738,6 +770,7 @@ Status Daemon::Stop() {
   // Backups and restores in flight end with Aborted now, so their requests drain at once.
   if (backups_) backups_->Stop();
   for (auto it = frontends_.rbegin(); it != frontends_.rend(); ++it) (*it)->Stop();
+  replicated_.store(nullptr, std::memory_order_release);
   frontends_.clear();
   if (lifecycle_) lifecycle_->SetBackups(nullptr);
   lifecycle_.reset();

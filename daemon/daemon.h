@@ -49,6 +49,7 @@ class PeerRegistry;
 }  // namespace ops
 
 class VolumeLifecycle;
+class ReplicatedVolumes;
 
 // A server the daemon runs on top of the Engine.
 class Frontend {
@@ -123,6 +124,9 @@ class Daemon {
   // qos_ while the snapshot layer may route its background I/O through it (set once QoS is
   // open, cleared after the snapshot layer stopped); read by the snapshot layer's threads.
   std::atomic<qos::QosManager*> background_qos_{nullptr};
+  // The replicated volumes' targets (cluster mode): set before the frontends start, cleared
+  // before they are destroyed; read by QoS when it wraps a volume (lower_layer).
+  std::atomic<ReplicatedVolumes*> replicated_{nullptr};
   std::unique_ptr<backup::BackupManager> backups_;    // after engine_: destroyed first
   std::unique_ptr<ops::AuditLog> audit_;              // read by frontends: destroyed after them
   std::unique_ptr<ops::PeerRegistry> peers_;          // likewise

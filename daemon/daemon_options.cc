@@ -116,6 +116,8 @@ struct Flags {
   std::string cluster_secret_file;
   std::string cluster_tls_dir;
   unsigned node_lease_seconds = 10;
+  double replica_timeout_seconds = 5;
+  std::string rebuild_bps;
   std::string backup_endpoint;
   std::string backup_region;
   std::string backup_credentials_file;
@@ -303,6 +305,16 @@ void AddClusterOptions(CLI::App& app, Flags& f) {
       ->check(CLI::Range(1u, kMaxNodeLeaseSeconds))
       ->type_name("N")
       ->capture_default_str();
+  app.add_option("--replica-timeout", f.replica_timeout_seconds,
+                 "Seconds a replica may take to answer a request of a replicated volume this "
+                 "node serves before it leaves the in-sync set")
+      ->check(CLI::Range(0.1, 600.0))
+      ->type_name("S")
+      ->capture_default_str();
+  app.add_option("--rebuild-bps", f.rebuild_bps,
+                 "Cap on the bytes per second a replica rebuild copies (K, M, G suffixes); "
+                 "default: none")
+      ->type_name("RATE");
 }
 
 // Backups to S3: --backup-endpoint ... --backup-parallel (docs/backup.md).
@@ -335,15 +347,23 @@ void AddBackupOptions(CLI::App& app, Flags& f) {
 // Fills the cluster settings of `o`; InvalidArgument (a usage error) for a malformed store URL,
 // a bad node name or address, a cluster flag without --cluster-store, or a missing required one.
 // The secret file's content and mode are checked when the daemon starts.
-Status ResolveCluster(const Flags& f, DaemonOptions& o, bool lease_given) {
+Status ResolveCluster(const Flags& f, DaemonOptions& o, bool lease_given, bool timeout_given) {
   if (f.cluster_store.empty()) {
     if (!f.node_name.empty() || !f.replica_listen.empty() || !f.cluster_secret_file.empty() ||
-        !f.cluster_tls_dir.empty() || lease_given) {
+        !f.cluster_tls_dir.empty() || lease_given || timeout_given || !f.rebuild_bps.empty()) {
       return Status::InvalidArgument(
-          "--node-name, --replica-listen, --cluster-secret-file, --cluster-tls-dir and "
-          "--node-lease-seconds need --cluster-store");
+          "--node-name, --replica-listen, --cluster-secret-file, --cluster-tls-dir, "
+          "--node-lease-seconds, --replica-timeout and --rebuild-bps need --cluster-store");
     }
     return Status::Ok();
+  }
+  o.replica_timeout_seconds = f.replica_timeout_seconds;
+  if (!f.rebuild_bps.empty()) {
+    Result<uint64_t> bps = ParseSize(f.rebuild_bps);
+    if (!bps.ok()) {
+      return Status::InvalidArgument("--rebuild-bps: " + std::string(bps.status().message()));
+    }
+    o.rebuild_bps = *bps;
   }
   Result<std::vector<cluster::EtcdEndpoint>> endpoints =
       cluster::ParseEtcdEndpoints(f.cluster_store);
@@ -590,7 +610,8 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   if (valid.ok()) valid = ResolveNbdTls(flags, o);
   if (valid.ok()) valid = ResolveCsi(flags, o);
   if (valid.ok()) {
-    valid = ResolveCluster(flags, o, app.get_option("--node-lease-seconds")->count() > 0);
+    valid = ResolveCluster(flags, o, app.get_option("--node-lease-seconds")->count() > 0,
+                           app.get_option("--replica-timeout")->count() > 0);
   }
   if (valid.ok()) ResolveBackup(flags, o);
   if (!valid.ok()) {

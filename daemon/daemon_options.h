@@ -48,7 +48,9 @@ struct DaemonOptions {
   // Absolute; empty: replica connections are plain TCP. Otherwise every one, accepted or dialed,
   // runs TLS with mutual certificates from ca.crt, tls.crt, tls.key (checked at start).
   std::string cluster_tls_dir;
-  unsigned node_lease_seconds = 10;  // TTL of the node's etcd lease
+  unsigned node_lease_seconds = 10;    // TTL of the node's etcd lease
+  double replica_timeout_seconds = 5;  // a replica request older than this fails the replica
+  uint64_t rebuild_bps = 0;            // rebuild copy rate cap (bytes/s); 0: none
 
   // Backups to S3 (docs/backup.md).
   std::string backup_endpoint;          // default S3 endpoint ("" = AWS)

@@ -239,20 +239,25 @@ TEST(DaemonOptions, ClusterMode) {
   EXPECT_EQ(single.options.cluster_store, "") << "single node unless asked";
   EXPECT_EQ(single.options.replica_listen, "") << "the replica listener is off unless asked";
 
-  DaemonCommandLine cl = Parse({"--cluster-store", "etcd://10.0.0.1:2379,etcd-b:2379",
-                                "--node-name", "node-a", "--replica-listen", "127.0.0.1:7480",
-                                "--cluster-secret-file", "secret", "--node-lease-seconds", "2"});
+  DaemonCommandLine cl =
+      Parse({"--cluster-store", "etcd://10.0.0.1:2379,etcd-b:2379", "--node-name", "node-a",
+             "--replica-listen", "127.0.0.1:7480", "--cluster-secret-file", "secret",
+             "--node-lease-seconds", "2", "--replica-timeout", "0.5", "--rebuild-bps", "64M"});
   ASSERT_TRUE(cl.run) << cl.err;
   EXPECT_EQ(cl.options.cluster_store, "etcd://10.0.0.1:2379,etcd-b:2379");
   EXPECT_EQ(cl.options.node_name, "node-a");
   EXPECT_EQ(cl.options.replica_listen, "127.0.0.1:7480");
   EXPECT_EQ(cl.options.cluster_secret_file, Cwd() + "/secret");
   EXPECT_EQ(cl.options.node_lease_seconds, 2u);
+  EXPECT_EQ(cl.options.replica_timeout_seconds, 0.5);
+  EXPECT_EQ(cl.options.rebuild_bps, uint64_t{64} << 20);
 
   DaemonCommandLine defaults = Parse({"--cluster-store", "etcd://127.0.0.1:2379", "--node-name",
                                       "n", "--cluster-secret-file", "/s"});
   ASSERT_TRUE(defaults.run) << defaults.err;
   EXPECT_EQ(defaults.options.node_lease_seconds, 10u);
+  EXPECT_EQ(defaults.options.replica_timeout_seconds, 5.0);
+  EXPECT_EQ(defaults.options.rebuild_bps, 0u);
   EXPECT_EQ(defaults.options.replica_listen, "");
   EXPECT_EQ(defaults.options.cluster_tls_dir, "") << "replica traffic is plain TCP unless asked";
 
@@ -285,6 +290,10 @@ TEST(DaemonOptions, ClusterMode) {
       {{"--cluster-secret-file", "/s"}, "need --cluster-store"},
       {{"--node-lease-seconds", "5"}, "need --cluster-store"},
       {{"--cluster-tls-dir", "/tls"}, "need --cluster-store"},
+      {{"--replica-timeout", "5"}, "need --cluster-store"},
+      {{"--rebuild-bps", "1M"}, "need --cluster-store"},
+      {with({"--cluster-store", "etcd://a:1", "--replica-timeout", "0"}), "--replica-timeout"},
+      {with({"--cluster-store", "etcd://a:1", "--rebuild-bps", "fast"}), "--rebuild-bps"},
   };
   for (const auto& [args, needle] : cases) {
     DaemonCommandLine bad = Parse(args);

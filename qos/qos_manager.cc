@@ -46,11 +46,13 @@ QosSettings WithoutLimits(const QosSettings& s) {
 
 }  // namespace
 
-QosVolume::QosVolume(std::shared_ptr<VolumeHandle> handle, std::shared_ptr<QosLayer> layer)
-    : layer_(std::move(layer)), handle_(std::move(handle)) {}
+QosVolume::QosVolume(std::shared_ptr<VolumeHandle> handle, std::shared_ptr<QosLayer> layer,
+                     std::shared_ptr<VolumeLayer> lower)
+    : layer_(std::move(layer)), lower_(std::move(lower)), handle_(std::move(handle)) {}
 
 QosVolume::~QosVolume() {
   layer_.reset();  // the shared layer goes (if last) while the volume is still open
+  lower_.reset();  // then what it submitted to
   handle_.reset();
 }
 
@@ -249,22 +251,35 @@ Result<std::shared_ptr<QosVolume>> QosManager::Wrap(std::shared_ptr<VolumeHandle
   Volume& vol = handle->volume();
   const std::string pool = vol.pool()->name();
   std::shared_ptr<QosLayer> layer;
+  std::shared_ptr<VolumeLayer> lower;
   {
     std::lock_guard lock(mu_);
     auto it = live_.find(&vol);
-    if (it != live_.end()) layer = it->second.layer.lock();
-    if (layer == nullptr) {
-      QosLayer::Options lo;
-      lo.clock = clock_;
-      lo.max_queued = options_.max_queued_per_volume;
-      lo.timer_slack_ns = options_.timer_slack_ns;
-      layer = QosLayer::Create(&vol, vol.reactor(), SchedulerLocked(pool),
-                               LiveSettingsLocked(vol.name(), SettingsLocked(vol.name(), vol.id())),
-                               lo);
-      live_[&vol] = Live{layer, vol.name(), pool, vol.id()};
+    if (it != live_.end()) {
+      layer = it->second.layer.lock();
+      lower = it->second.lower.lock();
     }
   }
-  return std::make_shared<QosVolume>(std::move(handle), std::move(layer));
+  if (layer == nullptr && options_.lower_layer) {
+    // Asked without the lock: the answer may block (it opens a replicated volume's target).
+    SHALE_ASSIGN_OR_RETURN(lower, options_.lower_layer(vol));
+  }
+  std::lock_guard lock(mu_);
+  auto it = live_.find(&vol);
+  if (it != live_.end() && (layer = it->second.layer.lock()) != nullptr) {
+    lower = it->second.lower.lock();  // another Wrap made the layer meanwhile
+  } else {
+    QosLayer::Options lo;
+    lo.clock = clock_;
+    lo.max_queued = options_.max_queued_per_volume;
+    lo.timer_slack_ns = options_.timer_slack_ns;
+    VolumeLayer* next = lower != nullptr ? lower.get() : &vol;
+    layer =
+        QosLayer::Create(next, vol.reactor(), SchedulerLocked(pool),
+                         LiveSettingsLocked(vol.name(), SettingsLocked(vol.name(), vol.id())), lo);
+    live_[&vol] = Live{layer, lower, vol.name(), pool, vol.id()};
+  }
+  return std::make_shared<QosVolume>(std::move(handle), std::move(layer), std::move(lower));
 }
 
 Result<std::shared_ptr<BackgroundAdmission>> QosManager::OpenBackgroundAdmission(

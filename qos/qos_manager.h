@@ -16,6 +16,7 @@
 // released before Engine::Shutdown.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -47,6 +48,12 @@ struct QosManagerOptions {
   uint32_t background_weight = kDefaultBackgroundWeight;
   uint32_t max_queued_per_volume = kDefaultMaxQueued;
   uint64_t timer_slack_ns = 1'000'000;  // see QosLayer::Options
+  // The layer below a volume's QosLayer (the daemon's replication layer of a replicated volume,
+  // docs/replication.md), asked when Wrap creates the volume's QosLayer: null means the Volume
+  // itself; an error fails Wrap (a replicated volume whose target is not ready). Every
+  // QosVolume of the volume holds the result, so it outlives the QosLayer above it. Called off
+  // the reactors, without QoS locks held.
+  std::function<Result<std::shared_ptr<VolumeLayer>>(Volume& volume)> lower_layer;
 };
 
 // A volume opened through QoS: submit here (on reactor()) instead of to the Volume. Holds the
@@ -54,7 +61,8 @@ struct QosManagerOptions {
 // BackgroundAdmission it paces the engine's own background work on the volume (flatten).
 class QosVolume final : public VolumeLayer, public BackgroundAdmission {
  public:
-  QosVolume(std::shared_ptr<VolumeHandle> handle, std::shared_ptr<QosLayer> layer);
+  QosVolume(std::shared_ptr<VolumeHandle> handle, std::shared_ptr<QosLayer> layer,
+            std::shared_ptr<VolumeLayer> lower = nullptr);
   ~QosVolume() override;
   QosVolume(const QosVolume&) = delete;
   QosVolume& operator=(const QosVolume&) = delete;
@@ -68,7 +76,8 @@ class QosVolume final : public VolumeLayer, public BackgroundAdmission {
   QosLayer& layer() { return *layer_; }
 
  private:
-  std::shared_ptr<QosLayer> layer_;  // released first: it must not outlive the handle's use
+  std::shared_ptr<QosLayer> layer_;     // released first: it must not outlive the handle's use
+  std::shared_ptr<VolumeLayer> lower_;  // what layer_ submits to, when not the Volume
   std::shared_ptr<VolumeHandle> handle_;
 };
 
@@ -141,6 +150,7 @@ class QosManager {
   };
   struct Live {
     std::weak_ptr<QosLayer> layer;
+    std::weak_ptr<VolumeLayer> lower;  // QosManagerOptions::lower_layer's answer
     std::string name;
     std::string pool;
     uint64_t id = 0;  // 0: a view of a frozen image

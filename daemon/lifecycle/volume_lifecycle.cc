@@ -249,6 +249,7 @@ Status VolumeLifecycle::Delete(std::string_view name_view, const DeleteOptions& 
       CapacityPolicy::DeletePromiseRecord(volume_id, batch);
       auto [begin, end] = FrontendRecordRange(volume_id);
       batch->DeleteRange(begin, end);
+      if (options.extra_records) options.extra_records(volume_id, batch);
     });
   };
   Status deleted;

@@ -90,6 +90,9 @@ struct RestoreSpec {
 struct DeleteOptions {
   bool force = false;  // disconnect the export's clients first (through the ExportGate)
   std::chrono::milliseconds disconnect_timeout{std::chrono::seconds(30)};
+  // More records of the volume to delete in the same commit (a replicated volume's changed-region
+  // records); null: none.
+  VolumeRecords extra_records;
 };
 
 class VolumeLifecycle {

@@ -19,6 +19,7 @@
 #include "replication/tls_transport.h"
 #include "replication/transport.h"
 #include "tests/cluster/etcd_process.h"
+#include "tests/e2e/etcd_fixture.h"
 #include "tests/e2e/harness.h"
 #include "tls/testing.h"
 
@@ -69,26 +70,7 @@ std::string StateOf(Harness& h, const std::string& node) {
   return it == nodes.end() ? "missing" : it->second["state"].get<std::string>();
 }
 
-class ClusterE2eTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (const std::string why = test::EtcdProcess::Unavailable(); !why.empty()) {
-      GTEST_SKIP() << why;
-    }
-    Result<std::unique_ptr<test::EtcdProcess>> etcd = test::EtcdProcess::Start();
-    ASSERT_TRUE(etcd.ok()) << etcd.status();
-    etcd_ = std::move(etcd).value();
-  }
-  void TearDown() override {
-    if (HasFailure() && etcd_ != nullptr) {
-      const std::string log = etcd_->Log();
-      std::cerr << "etcd log (tail):\n" << log.substr(log.size() > 3000 ? log.size() - 3000 : 0);
-    }
-  }
-
-  // Declared first: destroyed after the daemons of the test.
-  std::unique_ptr<test::EtcdProcess> etcd_;
-};
+using ClusterE2eTest = EtcdE2eTest;
 
 TEST_F(ClusterE2eTest, NodesListedUpAndAKilledNodeTurnsDownAfterItsLease) {
   Harness a, b, c;

@@ -1,0 +1,755 @@
+#include "daemon/replicated_volumes.h"
+
+#include <algorithm>
+#include <future>
+
+#include "cluster/placement.h"
+#include "daemon/cluster_node.h"
+#include "daemon/replica_membership.h"
+#include "engine/common/block.h"
+#include "engine/common/log.h"
+#include "engine/common/uuid.h"
+#include "engine/io/reactor.h"
+#include "engine/pool/pool.h"
+#include "replication/changed_regions.h"
+#include "replication/rebuilder.h"
+#include "replication/replica_admin.h"
+#include "replication/replica_client.h"
+#include "replication/replica_server.h"
+#include "replication/replication_layer.h"
+
+namespace shale::daemon {
+
+using replication::MemberState;
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+namespace {
+
+constexpr auto kRepairTick = std::chrono::milliseconds(500);
+constexpr auto kFirstBackoff = std::chrono::milliseconds(500);
+constexpr auto kMaxBackoff = std::chrono::seconds(8);
+// How long a target's teardown waits for a rebuild window in flight to end.
+constexpr auto kRebuildDrain = std::chrono::seconds(30);
+
+std::string ReplicaUuidOf(const VolumeInfo& info) {
+  auto it = info.labels.find(replication::kReplicaUuidLabel);
+  return it == info.labels.end() ? std::string() : it->second;
+}
+
+const cluster::NodeRecord* FindNode(const std::vector<cluster::NodeRecord>& nodes,
+                                    const std::string& name) {
+  for (const cluster::NodeRecord& n : nodes) {
+    if (n.name == name) return &n;
+  }
+  return nullptr;
+}
+
+// The generation a replica holds: the epoch under which it last was a member of in_sync.
+uint64_t GenerationOf(const cluster::Membership& m, const cluster::ReplicaMember& r) {
+  if (m.InSync(r.node)) return m.epoch;
+  for (auto it = m.history.rbegin(); it != m.history.rend(); ++it) {
+    if (std::find(it->in_sync.begin(), it->in_sync.end(), r.node) != it->in_sync.end()) {
+      return it->epoch;
+    }
+  }
+  return r.since_epoch > 0 ? r.since_epoch - 1 : 0;
+}
+
+replication::ChangedRegions::CommitFn PoolCommit(Pool* pool) {
+  return [pool](MetaBatch batch, std::function<void(Status)> done) {
+    CommitPipeline::Request req;
+    req.batch = std::move(batch);
+    req.flush_device = false;
+    req.done = [done = std::move(done)](const Status& st) { done(st); };
+    pool->pipeline().Submit(std::move(req));
+  };
+}
+
+}  // namespace
+
+// Per remote node: the repair thread's bookkeeping (guarded by Target::mu).
+struct NodeRepair {
+  SteadyTime next_try{};
+  std::chrono::milliseconds backoff = kFirstBackoff;
+  replication::Rebuilder::Progress progress;
+  uint32_t rebuilds = 0;
+  std::string last_error;
+};
+
+struct ReplicatedVolumes::Target {
+  std::string name;
+  Uuid uuid;
+  uint64_t size_bytes = 0;
+  std::string local_node;
+  std::shared_ptr<VolumeHandle> handle;
+  Reactor* reactor = nullptr;
+  std::unique_ptr<replication::ChangedRegions> changed;
+  std::unique_ptr<StoreMembership> membership;
+  std::unique_ptr<replication::ReplicationLayer> layer;
+  // The rebuild in progress (on the reactor; at most one per target).
+  std::unique_ptr<replication::Rebuilder> rebuilder;
+  bool rebuild_running = false;  // on the reactor
+  std::string repairing;         // the node being rebuilt or joined; guarded by mu
+  std::mutex mu;
+  std::map<std::string, NodeRepair> repair;  // guarded by mu
+
+  ~Target();
+  void RebuildDone(const std::string& node, Status status);
+};
+
+ReplicatedVolumes::Target::~Target() {
+  // No membership change completes from now on; a rebuild's window in flight ends first (it
+  // holds the layer and the changed regions).
+  if (membership) membership->Stop();
+  if (reactor != nullptr) {
+    reactor->RunSync([this] {
+      if (rebuilder && rebuild_running) rebuilder->Cancel();
+    });
+    const auto deadline = std::chrono::steady_clock::now() + kRebuildDrain;
+    bool running = true;
+    while (running && std::chrono::steady_clock::now() < deadline) {
+      reactor->RunSync([&] { running = rebuild_running; });
+      if (running) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    reactor->RunSync([this] { rebuilder.reset(); });
+  }
+  layer.reset();  // closes the remote clients: here, never on the reactor
+  if (reactor != nullptr) reactor->RunSync([] {});  // completions posted meanwhile ran
+  changed.reset();
+  membership.reset();
+  handle.reset();
+}
+
+// On the reactor.
+void ReplicatedVolumes::Target::RebuildDone(const std::string& node, Status status) {
+  rebuild_running = false;
+  const replication::Rebuilder::Progress progress = rebuilder->progress();
+  auto record = [this, node, progress](const Status& st) {
+    std::lock_guard lock(mu);
+    NodeRepair& r = repair[node];
+    r.progress = progress;
+    repairing.clear();
+    if (st.ok()) {
+      ++r.rebuilds;
+      r.backoff = kFirstBackoff;
+      r.last_error.clear();
+    } else {
+      r.last_error = st.ToString();
+      r.next_try = std::chrono::steady_clock::now() + r.backoff;
+      r.backoff = std::min<std::chrono::milliseconds>(r.backoff * 2, kMaxBackoff);
+    }
+  };
+  if (!status.ok()) {
+    SHALE_LOG_WARN("rebuild failed", {"volume", name}, {"node", node},
+                   {"error", status.ToString()});
+    record(status);
+    return;
+  }
+  SHALE_LOG_INFO("rebuild done, joining", {"volume", name}, {"node", node},
+                 {"bytes_sent", progress.sent_bytes}, {"bytes_total", progress.total_bytes});
+  layer->Join(node, [this, node, record](Status joined) {
+    if (joined.ok()) {
+      SHALE_LOG_INFO("replica in sync again", {"volume", name}, {"node", node});
+    }
+    record(joined);
+  });
+}
+
+ReplicatedVolumes::ReplicatedVolumes(VolumeLifecycle* lifecycle, ClusterNode* cluster,
+                                     ReplicatedVolumesOptions options)
+    : lifecycle_(lifecycle),
+      cluster_(cluster),
+      options_(std::move(options)),
+      transport_(options_.transport) {}
+
+ReplicatedVolumes::~ReplicatedVolumes() { Stop(); }
+
+std::string ReplicatedVolumes::endpoint() const {
+  return "targets of replicated volumes on " + options_.node_name;
+}
+
+Status ReplicatedVolumes::Start() {
+  store_ = cluster_->store();
+  if (store_ == nullptr) return Status::FailedPrecondition("the cluster node is not started");
+  for (const VolumeInfo& v : lifecycle_->engine()->ListVolumes()) {
+    if (ReplicaUuidOf(v).empty()) continue;
+    Result<std::shared_ptr<Target>> target = OpenTarget(v.name);
+    std::lock_guard lock(mu_);
+    if (target.ok()) {
+      targets_[v.name] = std::move(target).value();
+    } else if (!target.status().IsNotFound()) {
+      // Retried by the repair thread; I/O is refused meanwhile.
+      SHALE_LOG_WARN("target of a replicated volume not open yet", {"volume", v.name},
+                     {"error", target.status().ToString()});
+      pending_[v.name] = target.status().ToString();
+    }
+  }
+  repair_ = std::thread([this] { RepairLoop(); });
+  started_.store(true);
+  return Status::Ok();
+}
+
+void ReplicatedVolumes::Stop() {
+  started_.store(false);
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (repair_.joinable()) repair_.join();
+  std::map<std::string, std::shared_ptr<Target>> targets;
+  {
+    std::lock_guard lock(mu_);
+    targets.swap(targets_);
+  }
+  targets.clear();  // those QoS (NBD clients) still holds go with them
+}
+
+std::shared_ptr<ReplicatedVolumes::Target> ReplicatedVolumes::Find(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto it = targets_.find(name);
+  return it == targets_.end() ? nullptr : it->second;
+}
+
+bool ReplicatedVolumes::IsReplicated(const std::string& name) {
+  Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(name);
+  return info.ok() && !ReplicaUuidOf(*info).empty();
+}
+
+Result<std::shared_ptr<VolumeLayer>> ReplicatedVolumes::LowerLayer(Volume& volume) {
+  Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(volume.name());
+  if (!info.ok() || info->id != volume.id() || ReplicaUuidOf(*info).empty()) {
+    return std::shared_ptr<VolumeLayer>();
+  }
+  if (!started_.load()) {
+    return Status::Unavailable("replicated volume '" + volume.name() +
+                               "': its target is not open (shaled is starting or stopping)");
+  }
+  std::lock_guard lock(mu_);
+  if (auto it = targets_.find(volume.name()); it != targets_.end()) {
+    const std::shared_ptr<Target>& t = it->second;
+    return std::shared_ptr<VolumeLayer>(t, t->layer.get());  // keeps the whole target alive
+  }
+  if (auto it = pending_.find(volume.name()); it != pending_.end()) {
+    return Status::Unavailable("replicated volume '" + volume.name() +
+                               "': its target is not open yet: " + it->second);
+  }
+  return Status::Unavailable("volume '" + volume.name() +
+                             "' is a replica held for another node's target; use the target");
+}
+
+Result<std::unique_ptr<replication::ReplicaClient>> ReplicatedVolumes::Connect(
+    const Target& target, const std::string& address, uint64_t epoch) {
+  replication::ReplicaClientOptions o;
+  o.address = address;
+  o.node_name = options_.node_name;
+  o.secret = options_.secret;
+  o.volume = target.name;
+  o.volume_uuid = target.uuid;
+  o.size_bytes = target.size_bytes;
+  o.epoch = epoch;
+  o.transport = transport_;
+  o.completion_reactor = target.reactor;
+  o.connect_timeout = options_.connect_timeout;
+  o.request_timeout = options_.replica_timeout;
+  return replication::ReplicaClient::Connect(std::move(o));
+}
+
+Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget(
+    const std::string& name) {
+  Engine* engine = lifecycle_->engine();
+  SHALE_ASSIGN_OR_RETURN(VolumeInfo info, engine->GetVolume(name));
+  SHALE_ASSIGN_OR_RETURN(Uuid uuid, Uuid::Parse(ReplicaUuidOf(info)));
+  Result<cluster::VolumeRecord> record = store_->GetVolume(name);
+  if (!record.ok()) return record.status().WithContext("membership of volume " + name);
+  const cluster::Membership& m = record->membership;
+  if (m.target != options_.node_name) {
+    return Status::NotFound("volume " + name + " is served by " + m.target);
+  }
+  if (m.uuid != uuid.ToString()) {
+    return Status::FailedPrecondition("the membership of volume " + name + " names uuid " + m.uuid +
+                                      ", the local replica " + uuid.ToString());
+  }
+  if (!m.InSync(options_.node_name)) {
+    return Status::FailedPrecondition("the local replica of volume " + name +
+                                      " is not in the in-sync set (" +
+                                      std::to_string(m.in_sync.size()) +
+                                      " other node(s) are): it refuses to serve until one "
+                                      "of them serves the volume");
+  }
+  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
+  auto t = std::make_shared<Target>();
+  t->name = name;
+  t->uuid = uuid;
+  t->size_bytes = m.size_bytes;
+  t->local_node = options_.node_name;
+  SHALE_ASSIGN_OR_RETURN(t->handle, engine->OpenVolume(name));
+  t->reactor = t->handle->reactor();
+  SHALE_ASSIGN_OR_RETURN(t->changed, replication::ChangedRegions::Load(
+                                         engine, info.pool, info.id, m.size_bytes, t->reactor,
+                                         PoolCommit(t->handle->volume().pool())));
+  t->membership = std::make_unique<StoreMembership>(store_, name, t->reactor);
+
+  std::vector<std::pair<std::shared_ptr<replication::ReplicaTarget>, MemberState>> members;
+  std::vector<std::pair<std::string, std::string>> lost;  // in in_sync, unreachable: node, why
+  for (const cluster::ReplicaMember& r : m.replicas) {
+    if (r.node == options_.node_name) {
+      members.emplace_back(
+          std::make_shared<replication::LocalReplica>(r.node, &t->handle->volume()),
+          MemberState::kInSync);
+      continue;
+    }
+    std::string why = "not in the in-sync set";
+    if (m.InSync(r.node)) {
+      const cluster::NodeRecord* n = FindNode(nodes, r.node);
+      why = n == nullptr || !n->up ? "node is down" : "";
+      if (why.empty()) {
+        Result<std::unique_ptr<replication::ReplicaClient>> client =
+            Connect(*t, n->info.replica_address, m.epoch);
+        if (client.ok()) {
+          members.emplace_back(
+              std::make_shared<replication::RemoteReplica>(r.node, std::move(client).value()),
+              MemberState::kInSync);
+          continue;
+        }
+        if (replication::IsStaleEpoch(client.status())) {
+          return Status::FailedPrecondition("volume " + name + " is fenced: replica on " + r.node +
+                                            " has a newer epoch than " + std::to_string(m.epoch));
+        }
+        why = client.status().ToString();
+      }
+      lost.emplace_back(r.node, why);
+    }
+    members.emplace_back(std::make_shared<UnreachableReplica>(r.node, t->reactor),
+                         MemberState::kOut);
+  }
+  // A stale replica (after force-recover) may hold writes the others never saw, anywhere: every
+  // region is compared with it (hash by hash) before it joins again.
+  for (const cluster::ReplicaMember& r : m.replicas) {
+    if (r.state != cluster::ReplicaState::kStale) continue;
+    std::promise<Status> marked;
+    t->reactor->Post([&, node = r.node] {
+      t->changed->Mark({node}, 0, m.size_bytes, [&](Status st) { marked.set_value(st); });
+    });
+    SHALE_RETURN_IF_ERROR(marked.get_future().get());
+  }
+  uint64_t epoch = m.epoch;
+  for (const auto& [node, why] : lost) {
+    // It may have missed writes in flight when the target stopped: everything allocated is
+    // compared with it (hash by hash) when it returns, and it leaves in_sync before any I/O.
+    std::promise<Status> marked;
+    t->reactor->Post([&, node = node] {
+      replication::Rebuilder::MarkAllocated(&t->handle->volume(), t->changed.get(), node,
+                                            [&](Status st) { marked.set_value(st); });
+    });
+    SHALE_RETURN_IF_ERROR(marked.get_future().get());
+    Result<cluster::VolumeRecord> left = EditMembership(
+        store_.get(), name, ReplicaLeaves(node, "unreachable when the target started: " + why));
+    if (!left.ok()) return left.status();
+    epoch = left->membership.epoch;
+    SHALE_LOG_WARN("replica unreachable at target start; left the in-sync set", {"volume", name},
+                   {"node", node}, {"why", why}, {"epoch", epoch});
+  }
+  replication::ReplicationLayer::Options lo;
+  lo.min_in_sync = m.min_in_sync;
+  lo.epoch = epoch;
+  lo.membership_timeout = options_.replica_timeout;
+  t->layer = std::make_unique<replication::ReplicationLayer>(
+      t->reactor, name, m.size_bytes, t->changed.get(), t->membership.get(), lo);
+  t->reactor->RunSync([&] {
+    for (auto& [target, state] : members) t->layer->SetReplica(target, state);
+  });
+  SHALE_LOG_INFO("target of replicated volume open", {"volume", name}, {"epoch", epoch},
+                 {"replicas", m.replicas.size()}, {"unreachable", lost.size()});
+  return t;
+}
+
+Status ReplicatedVolumes::PlaceRemote(const std::string& name,
+                                      const cluster::Membership& membership,
+                                      const std::vector<cluster::NodeRecord>& nodes) {
+  SHALE_ASSIGN_OR_RETURN(Uuid uuid, Uuid::Parse(membership.uuid));
+  std::vector<const cluster::NodeRecord*> placed;
+  Status failed;
+  for (const cluster::ReplicaMember& r : membership.replicas) {
+    if (r.node == options_.node_name) continue;
+    const cluster::NodeRecord* n = FindNode(nodes, r.node);
+    replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
+                                           options_.secret, transport_, options_.connect_timeout};
+    Result<replication::ReplicaStat> made =
+        replication::CreateReplica(admin, {name, uuid, membership.size_bytes, ""}, 1);
+    if (!made.ok()) {
+      failed = made.status().WithContext("create the replica of " + name + " on node " + r.node +
+                                         " (" + n->info.replica_address + ")");
+      break;
+    }
+    placed.push_back(n);
+  }
+  if (failed.ok()) return Status::Ok();
+  for (const cluster::NodeRecord* n : placed) {  // undo: nothing is left behind
+    replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
+                                           options_.secret, transport_, options_.connect_timeout};
+    Status undone = replication::DeleteReplica(admin, {name, uuid, membership.size_bytes, ""}, 1);
+    if (!undone.ok()) {
+      SHALE_LOG_WARN("could not remove a replica placed by a failed create", {"volume", name},
+                     {"node", n->name}, {"error", undone.ToString()});
+    }
+  }
+  return failed;
+}
+
+Status ReplicatedVolumes::DeleteRemote(const std::string& name,
+                                       const cluster::Membership& membership,
+                                       bool ignore_unreachable) {
+  SHALE_ASSIGN_OR_RETURN(Uuid uuid, Uuid::Parse(membership.uuid));
+  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
+  for (const cluster::ReplicaMember& r : membership.replicas) {
+    if (r.node == options_.node_name) continue;
+    const cluster::NodeRecord* n = FindNode(nodes, r.node);
+    Status st;
+    if (n == nullptr || !n->up) {
+      st = Status::Unavailable("node " + r.node + " is down");
+    } else {
+      replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
+                                             options_.secret, transport_, options_.connect_timeout};
+      st = replication::DeleteReplica(admin, {name, uuid, membership.size_bytes, ""},
+                                      membership.epoch);
+    }
+    if (st.ok()) continue;
+    if (!ignore_unreachable) {
+      return st.WithContext("delete the replica of " + name + " on node " + r.node);
+    }
+    SHALE_LOG_WARN("replica left behind on a node that could not be reached", {"volume", name},
+                   {"node", r.node}, {"error", st.ToString()});
+  }
+  return Status::Ok();
+}
+
+Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
+                                             std::vector<std::string>* advice) {
+  const std::string& name = spec.volume.params.name;
+  SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
+  if (spec.volume.params.read_only) {
+    return Status::InvalidArgument("a replicated volume cannot be read-only");
+  }
+  if (lifecycle_->engine()->GetVolume(name).ok()) {
+    return Status::AlreadyExists("volume '" + name + "' already exists");
+  }
+  if (Result<cluster::VolumeRecord> existing = store_->GetVolume(name); existing.ok()) {
+    return Status::AlreadyExists("volume '" + name + "' already exists in the cluster (target " +
+                                 existing->membership.target + ")");
+  } else if (!existing.status().IsNotFound()) {
+    return existing.status();
+  }
+  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
+  const uint64_t size = RoundUpToBlock(spec.volume.params.size_bytes);
+  cluster::PlacementRequest request{options_.node_name, size, spec.replicas, spec.replica_nodes};
+  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::ReplicaPlacement> placement,
+                         cluster::PlaceReplicas(nodes, request));
+  if (placement.front().node != options_.node_name) {
+    return Status::FailedPrecondition(
+        "this node (" + options_.node_name +
+        ") must hold a replica of the volumes it serves: add it to --replica-nodes");
+  }
+  const Uuid uuid = Uuid::Random();
+  SHALE_ASSIGN_OR_RETURN(cluster::Membership membership,
+                         cluster::NewMembership(uuid.ToString(), size, spec.min_in_sync,
+                                                options_.node_name, placement));
+  SHALE_RETURN_IF_ERROR(PlaceRemote(name, membership, nodes));
+  VolumeSpec local = spec.volume;
+  local.params.size_bytes = size;
+  local.params.labels[replication::kReplicaUuidLabel] = uuid.ToString();
+  if (local.params.pool.empty()) local.params.pool = placement.front().pool;
+  Result<VolumeInfo> volume = lifecycle_->Create(local, advice);
+  if (!volume.ok()) {
+    DeleteRemote(name, membership, /*ignore_unreachable=*/true).IgnoreError();
+    return volume.status();
+  }
+  if (Result<int64_t> made = store_->CreateVolume(name, membership); !made.ok()) {
+    lifecycle_->Delete(name).IgnoreError();
+    DeleteRemote(name, membership, /*ignore_unreachable=*/true).IgnoreError();
+    return made.status().WithContext("record the membership of " + name + " in etcd");
+  }
+  SHALE_LOG_INFO("replicated volume created", {"volume", name}, {"replicas", spec.replicas},
+                 {"uuid", uuid.ToString()});
+  Result<std::shared_ptr<Target>> target = OpenTarget(name);
+  std::lock_guard lock(mu_);
+  if (target.ok()) {
+    targets_[name] = std::move(target).value();
+  } else {
+    pending_[name] = target.status().ToString();
+    if (advice != nullptr) {
+      advice->push_back("the target is not open yet (retried): " + target.status().ToString());
+    }
+  }
+  return volume;
+}
+
+Status ReplicatedVolumes::Delete(const std::string& name, const DeleteOptions& options) {
+  SHALE_ASSIGN_OR_RETURN(VolumeInfo info, lifecycle_->engine()->GetVolume(name));
+  Result<cluster::VolumeRecord> record = store_->GetVolume(name);
+  if (!record.ok() && !record.status().IsNotFound()) return record.status();
+  if (record.ok() && record->membership.target != options_.node_name) {
+    return Status::FailedPrecondition("volume '" + name + "' is a replica held for node " +
+                                      record->membership.target + "; delete it there");
+  }
+  std::shared_ptr<Target> target;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = targets_.find(name); it != targets_.end()) {
+      target = std::move(it->second);
+      targets_.erase(it);
+    }
+    pending_.erase(name);
+  }
+  if (target != nullptr && target.use_count() > 1 && !options.force) {
+    std::lock_guard lock(mu_);
+    targets_[name] = std::move(target);
+    return Status::Busy("volume '" + name +
+                        "' has clients; disconnect them, or use --force to disconnect them "
+                        "and delete");
+  }
+  target.reset();  // its connections to the replicas close (or with the last client)
+  DeleteOptions local = options;
+  local.extra_records = replication::ChangedRegions::ForgetVolume;
+  Status deleted = lifecycle_->Delete(name, local);
+  if (!deleted.ok()) {
+    Result<std::shared_ptr<Target>> reopened = OpenTarget(name);
+    std::lock_guard lock(mu_);
+    if (reopened.ok()) {
+      targets_[name] = std::move(reopened).value();
+    } else {
+      pending_[name] = reopened.status().ToString();
+    }
+    return deleted;
+  }
+  if (!record.ok()) return Status::Ok();
+  SHALE_RETURN_IF_ERROR(DeleteRemote(name, record->membership, /*ignore_unreachable=*/true));
+  Status gone = store_->DeleteVolume(name);
+  if (!gone.ok() && !gone.IsNotFound()) {
+    return gone.WithContext("volume deleted; remove its membership key in etcd");
+  }
+  SHALE_LOG_INFO("replicated volume deleted", {"volume", name}, {"id", info.id});
+  return Status::Ok();
+}
+
+Result<ReplicasReport> ReplicatedVolumes::List(const std::string& name) {
+  SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
+  SHALE_ASSIGN_OR_RETURN(cluster::VolumeRecord record, store_->GetVolume(name));
+  ReplicasReport report;
+  report.membership = record.membership;
+  std::shared_ptr<Target> target = Find(name);
+  std::vector<replication::ReplicaStatus> live;
+  if (target != nullptr) target->reactor->RunSync([&] { live = target->layer->Replicas(); });
+  for (const cluster::ReplicaMember& r : record.membership.replicas) {
+    ReplicaReport out;
+    out.node = r.node;
+    out.state = std::string(cluster::ReplicaStateName(r.state));
+    out.generation = GenerationOf(record.membership, r);
+    out.local = r.node == record.membership.target;
+    for (const replication::ReplicaStatus& s : live) {
+      if (s.node != r.node) continue;
+      if (s.state == MemberState::kRebuilding || s.state == MemberState::kJoining) {
+        out.state = "rebuilding";
+      } else if ((s.state == MemberState::kOut || s.state == MemberState::kLeaving) &&
+                 r.state != cluster::ReplicaState::kStale) {
+        out.state = "faulted";
+      }
+      out.last_error = s.last_error;
+    }
+    if (target != nullptr) {
+      std::lock_guard lock(target->mu);
+      auto it = target->repair.find(r.node);
+      if (it != target->repair.end()) {
+        out.rebuild_done_bytes = it->second.progress.done_bytes;
+        out.rebuild_total_bytes = it->second.progress.total_bytes;
+        out.rebuild_sent_bytes = it->second.progress.sent_bytes;
+        out.rebuilds = it->second.rebuilds;
+        if (!it->second.last_error.empty()) out.last_error = it->second.last_error;
+      }
+    }
+    report.replicas.push_back(std::move(out));
+  }
+  if (target != nullptr) {
+    // The running rebuild's figures, live.
+    target->reactor->RunSync([&] {
+      if (!target->rebuilder || !target->rebuild_running) return;
+      const replication::Rebuilder::Progress p = target->rebuilder->progress();
+      for (ReplicaReport& r : report.replicas) {
+        if (r.node != target->rebuilder->target()) continue;
+        r.rebuild_done_bytes = p.done_bytes;
+        r.rebuild_total_bytes = p.total_bytes;
+        r.rebuild_sent_bytes = p.sent_bytes;
+      }
+    });
+  }
+  return report;
+}
+
+Result<std::string> ReplicatedVolumes::ForceRecover(const std::string& name,
+                                                    const std::string& from) {
+  SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
+  SHALE_ASSIGN_OR_RETURN(cluster::VolumeRecord record, store_->GetVolume(name));
+  const cluster::Membership& m = record.membership;
+  if (m.target != options_.node_name) {
+    return Status::FailedPrecondition("volume '" + name + "' is served by node " + m.target +
+                                      "; run force-recover there");
+  }
+  if (from != options_.node_name) {
+    return Status::InvalidArgument("--from must name the target's own node (" + options_.node_name +
+                                   "): the target serves from its replica");
+  }
+  const cluster::ReplicaMember* member = m.Find(from);
+  if (member == nullptr) {
+    return Status::InvalidArgument("node " + from + " holds no replica of volume '" + name + "'");
+  }
+  if (m.InSync(from)) {
+    return Status::FailedPrecondition(
+        "node " + from + " is in sync already (in_sync: " + std::to_string(m.in_sync.size()) +
+        " replica(s)); nothing to recover");
+  }
+  const uint64_t generation = GenerationOf(m, *member);
+  std::string others;
+  for (const std::string& n : m.in_sync) others += (others.empty() ? "" : ", ") + n;
+  const std::string lost = "writes acknowledged after epoch " + std::to_string(generation) +
+                           " (up to epoch " + std::to_string(m.epoch) + ", held by " + others +
+                           ") may be lost";
+  Result<cluster::VolumeRecord> recovered =
+      EditMembership(store_.get(), name, [&](cluster::Membership* next) -> Result<bool> {
+        if (next->epoch != m.epoch) {
+          return Status::Aborted("the membership changed meanwhile; look again");
+        }
+        next->epoch += 1;
+        next->in_sync = {from};
+        for (cluster::ReplicaMember& r : next->replicas) {
+          r.state =
+              r.node == from ? cluster::ReplicaState::kHealthy : cluster::ReplicaState::kStale;
+          r.since_epoch = next->epoch;
+        }
+        next->RecordChange("force-recover from " + from + ": " + lost);
+        return true;
+      });
+  if (!recovered.ok()) return recovered.status();
+  SHALE_LOG_WARN("volume force-recovered", {"volume", name}, {"from", from},
+                 {"epoch", recovered->membership.epoch}, {"lost", lost});
+  {
+    std::lock_guard lock(mu_);
+    pending_[name] = "force-recovered: opening";
+  }
+  OpenPending();
+  return "volume '" + name + "' recovered from " + from + " at epoch " +
+         std::to_string(recovered->membership.epoch) + ": " + lost +
+         "; the other replicas are stale until rebuilt from " + from;
+}
+
+void ReplicatedVolumes::RepairLoop() {
+  std::unique_lock lock(mu_);
+  while (!cv_.wait_for(lock, kRepairTick, [this] { return stopping_; })) {
+    std::vector<std::shared_ptr<Target>> targets;
+    for (const auto& [name, t] : targets_) targets.push_back(t);
+    const bool pending = !pending_.empty();
+    lock.unlock();
+    if (pending) OpenPending();
+    if (!targets.empty()) {
+      Result<std::vector<cluster::NodeRecord>> nodes = cluster_->ListNodes();
+      if (nodes.ok()) {
+        for (const std::shared_ptr<Target>& t : targets) RepairTarget(t, *nodes);
+      }
+    }
+    targets.clear();  // a target deleted meanwhile goes here, on this thread
+    lock.lock();
+  }
+}
+
+void ReplicatedVolumes::OpenPending() {
+  std::vector<std::string> names;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [name, why] : pending_) names.push_back(name);
+  }
+  for (const std::string& name : names) {
+    Result<std::shared_ptr<Target>> target = OpenTarget(name);
+    std::lock_guard lock(mu_);
+    if (!pending_.contains(name)) continue;  // deleted meanwhile
+    if (target.ok()) {
+      pending_.erase(name);
+      targets_[name] = std::move(target).value();
+    } else if (target.status().IsNotFound()) {
+      pending_.erase(name);
+    } else {
+      pending_[name] = target.status().ToString();
+    }
+  }
+}
+
+void ReplicatedVolumes::RepairTarget(const std::shared_ptr<Target>& target,
+                                     const std::vector<cluster::NodeRecord>& nodes) {
+  std::vector<replication::ReplicaStatus> live;
+  bool fenced = false;
+  target->reactor->RunSync([&] {
+    live = target->layer->Replicas();
+    fenced = target->layer->fenced();
+  });
+  if (fenced) return;  // another target took the volume over
+  for (const replication::ReplicaStatus& s : live) {
+    if (s.local || s.state != MemberState::kOut) continue;
+    const cluster::NodeRecord* n = FindNode(nodes, s.node);
+    if (n == nullptr || !n->up || !n->status.ok() || n->info.replica_address.empty()) continue;
+    {
+      std::lock_guard lock(target->mu);
+      if (!target->repairing.empty()) return;  // one rebuild at a time per volume
+      if (std::chrono::steady_clock::now() < target->repair[s.node].next_try) continue;
+      target->repairing = s.node;
+    }
+    Reconnect(target, s.node, n->info.replica_address);
+    return;
+  }
+}
+
+void ReplicatedVolumes::Reconnect(const std::shared_ptr<Target>& target, const std::string& node,
+                                  const std::string& address) {
+  auto fail = [&](const Status& st) {
+    std::lock_guard lock(target->mu);
+    NodeRepair& r = target->repair[node];
+    r.last_error = st.ToString();
+    r.next_try = std::chrono::steady_clock::now() + r.backoff;
+    r.backoff = std::min<std::chrono::milliseconds>(r.backoff * 2, kMaxBackoff);
+    target->repairing.clear();
+  };
+  uint64_t epoch = 0;
+  target->reactor->RunSync([&] { epoch = target->layer->epoch(); });
+  Result<std::unique_ptr<replication::ReplicaClient>> client = Connect(*target, address, epoch);
+  if (!client.ok()) return fail(client.status().WithContext("reconnect to " + address));
+  // Recorded for `replica list` (in_sync does not change, so neither does the epoch).
+  Result<cluster::VolumeRecord> marked =
+      EditMembership(store_.get(), target->name, ReplicaRebuilding(node));
+  if (!marked.ok()) return fail(marked.status());
+  auto remote = std::make_shared<replication::RemoteReplica>(node, std::move(client).value());
+  std::shared_ptr<replication::ReplicaTarget> old;
+  bool started = false;
+  target->reactor->RunSync([&] {
+    for (const replication::ReplicaStatus& s : target->layer->Replicas()) {
+      if (s.node != node || s.state != MemberState::kOut) continue;
+      old = target->layer->Target(node);
+      target->layer->SetReplica(remote, MemberState::kRebuilding);
+      replication::Rebuilder::Options ro;
+      ro.bps = options_.rebuild_bps;
+      target->rebuilder.reset();
+      target->rebuilder = std::make_unique<replication::Rebuilder>(
+          target->reactor, target->layer.get(), target->changed.get(), target->local_node, node,
+          ro);
+      target->rebuild_running = true;
+      Target* t = target.get();
+      target->rebuilder->Start([t, node](Status st) { t->RebuildDone(node, std::move(st)); });
+      started = true;
+    }
+  });
+  old.reset();  // a replaced RemoteReplica closes here, not on the reactor
+  if (!started) {
+    remote.reset();
+    return fail(Status::Aborted("replica state changed meanwhile"));
+  }
+  SHALE_LOG_INFO("replica reconnected, rebuilding", {"volume", target->name}, {"node", node},
+                 {"epoch", epoch});
+}
+
+}  // namespace shale::daemon

@@ -1,0 +1,152 @@
+// ReplicatedVolumes: the replicated volumes whose target is this shaled (issue 11,
+// docs/replication.md, "Replicated volumes in shaled"). A Frontend of cluster mode, started after
+// the ClusterNode (it needs the store) and stopped before it.
+//
+//   - Create places the replicas (cluster::PlaceReplicas: the local node first, then by free
+//     capacity), creates each remote one (CREATE_REPLICA through replication/replica_admin.h),
+//     the local one as an engine volume labelled with the volume's uuid (kReplicaUuidLabel,
+//     through the VolumeLifecycle), then the membership key volumes/<name> (etcd Txn: epoch 1,
+//     every replica healthy and in sync, target = this node), and opens the target. Any failure
+//     undoes what was made.
+//   - The target of a volume: its I/O path below QoS is a replication::ReplicationLayer with a
+//     LocalReplica and a RemoteReplica per peer (QoS asks LowerLayer() when it wraps the volume),
+//     its MembershipClient a StoreMembership (etcd compare-and-swap). Targets are opened again at
+//     start from the local volumes that carry the label and whose membership names this node.
+//   - A repair thread reconnects replicas that are out once their node is up (backoff 0.5 s
+//     doubling to 8 s), rebuilds them (replication::Rebuilder over ChangedRegions) and joins them.
+//   - Delete closes the target, deletes the remote replicas (DELETE_REPLICA), the local volume and
+//     the membership key.
+//
+// Threading: every public method is blocking and thread-safe; control threads only.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cluster/cluster_store.h"
+#include "daemon/daemon.h"
+#include "daemon/lifecycle/volume_lifecycle.h"
+#include "engine/common/result.h"
+#include "replication/auth.h"
+#include "replication/transport.h"
+
+namespace shale::replication {
+class ReplicaClient;
+}
+
+namespace shale::daemon {
+
+class ClusterNode;
+
+struct ReplicatedVolumesOptions {
+  std::string node_name;
+  replication::ClusterSecret secret;
+  // A replica request older than this fails the replica (--replica-timeout); also how long a
+  // membership change may take before the writes waiting for it fail.
+  std::chrono::milliseconds replica_timeout{5000};
+  std::chrono::milliseconds connect_timeout{3000};  // connect + authenticate + OPEN
+  uint64_t rebuild_bps = 0;                         // 0: no cap
+  // Every connection to a peer's replica service goes through it: the node's replica transport
+  // (TCP, or mutual TLS with --cluster-tls-dir). Required; outlives the ReplicatedVolumes.
+  replication::Transport* transport = nullptr;
+};
+
+struct ReplicatedSpec {
+  VolumeSpec volume;
+  uint32_t replicas = 1;
+  std::vector<std::string> replica_nodes;  // --replica-nodes; empty: any
+  uint32_t min_in_sync = 1;
+};
+
+// One replica as `shale replica list` shows it.
+struct ReplicaReport {
+  std::string node;
+  std::string state;  // healthy, rebuilding, faulted, stale
+  uint64_t generation = 0;
+  bool local = false;
+  uint64_t rebuild_done_bytes = 0, rebuild_total_bytes = 0, rebuild_sent_bytes = 0;
+  uint32_t rebuilds = 0;
+  std::string last_error;
+};
+
+struct ReplicasReport {
+  cluster::Membership membership;
+  std::vector<ReplicaReport> replicas;  // in the membership's order
+};
+
+class ReplicatedVolumes final : public Frontend {
+ public:
+  // `lifecycle` and `cluster` must outlive this object.
+  ReplicatedVolumes(VolumeLifecycle* lifecycle, ClusterNode* cluster,
+                    ReplicatedVolumesOptions options);
+  ~ReplicatedVolumes() override;  // Stop()s
+  ReplicatedVolumes(const ReplicatedVolumes&) = delete;
+  ReplicatedVolumes& operator=(const ReplicatedVolumes&) = delete;
+
+  std::string_view name() const override { return "replication"; }
+  std::string endpoint() const override;
+  // Opens the target of every replicated volume of this node (a target that cannot open now is
+  // retried by the repair thread), starts the repair thread.
+  Status Start() override;
+  void Stop() override;
+
+  Result<VolumeInfo> Create(const ReplicatedSpec& spec, std::vector<std::string>* advice);
+  // Whether `name` is a replicated volume on this node (a target or a replica held for another).
+  bool IsReplicated(const std::string& name);
+  Status Delete(const std::string& name, const DeleteOptions& options);
+  Result<ReplicasReport> List(const std::string& name);
+  // `shale volume force-recover NAME --from NODE`: the only way on when the target's replica is
+  // not in the recorded in-sync set (cascading failure): in_sync = [NODE] (this node), every
+  // other replica stale (compared region by region when it returns), epoch + 1; logged. Returns
+  // what may be lost, for people.
+  Result<std::string> ForceRecover(const std::string& name, const std::string& from);
+
+  // For QoS (QosManagerOptions::lower_layer): the replication layer of a volume this node is the
+  // target of; null for a volume that is not replicated; Unavailable for a replica held for
+  // another target, or a target that is not open (yet).
+  Result<std::shared_ptr<VolumeLayer>> LowerLayer(Volume& volume);
+
+  struct Target;  // one open target (replicated_volumes.cc)
+
+ private:
+  Result<std::shared_ptr<Target>> OpenTarget(const std::string& name);
+  // A client of `target`'s replica at `address` (connect, authenticate, OPEN at `epoch`).
+  Result<std::unique_ptr<replication::ReplicaClient>> Connect(const Target& target,
+                                                              const std::string& address,
+                                                              uint64_t epoch);
+  Status PlaceRemote(const std::string& name, const cluster::Membership& membership,
+                     const std::vector<cluster::NodeRecord>& nodes);
+  Status DeleteRemote(const std::string& name, const cluster::Membership& membership,
+                      bool ignore_unreachable);
+  std::shared_ptr<Target> Find(const std::string& name);
+  void RepairLoop();
+  void RepairTarget(const std::shared_ptr<Target>& target,
+                    const std::vector<cluster::NodeRecord>& nodes);
+  void Reconnect(const std::shared_ptr<Target>& target, const std::string& node,
+                 const std::string& address);
+  void OpenPending();
+
+  VolumeLifecycle* const lifecycle_;
+  ClusterNode* const cluster_;
+  const ReplicatedVolumesOptions options_;
+  replication::Transport* const transport_;       // options_.transport
+  std::shared_ptr<cluster::ClusterStore> store_;  // set by Start
+  std::atomic<bool> started_{false};
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::shared_ptr<Target>> targets_;  // guarded by mu_
+  std::map<std::string, std::string> pending_;  // not open yet: name -> why; guarded by mu_
+  bool stopping_ = false;                       // guarded by mu_
+  std::thread repair_;
+};
+
+}  // namespace shale::daemon

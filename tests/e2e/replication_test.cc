@@ -1,0 +1,405 @@
+// Replicated volumes end to end (issue 11): a real etcd (tests/cluster/etcd_process.h) and three
+// shaled daemons on loopback with replica listeners; `shale volume create --replicas 3` on one
+// of them (the target), data written through its NBD export, a replica daemon killed with -9
+// while writes go on (no client error), `shale replica list` showing it faulted, the daemon
+// restarted, `shale replica wait` returning once the target rebuilt it incrementally, then the
+// data read back through the target and from every replica node (each daemon restarted alone,
+// outside the cluster, so its replica volume can be exported) and compared with an oracle.
+// Skipped (with the reason) where etcd is not installed.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cluster/cluster_store.h"
+#include "cluster/etcd_client.h"
+#include "tests/cluster/etcd_process.h"
+#include "tests/e2e/etcd_fixture.h"
+#include "tests/e2e/harness.h"
+#include "tests/e2e/nbd_raw_client.h"
+
+namespace shale::e2e {
+namespace {
+
+using std::chrono::seconds;
+
+constexpr char kSecret[] = "e2e-replication-secret-0123456789abcdef\n";
+constexpr uint64_t kVolBytes = 64ull << 20;
+constexpr uint32_t kChunk = 256 << 10;
+
+std::string WriteSecret(const std::string& dir) {
+  const std::string path = dir + "/cluster.secret";
+  std::ofstream(path) << kSecret;
+  EXPECT_EQ(chmod(path.c_str(), 0600), 0);
+  return path;
+}
+
+std::vector<std::string> NodeFlags(const Harness& h, const test::EtcdProcess& etcd,
+                                   const std::string& name) {
+  return {"--cluster-store",       etcd.endpoint(),       "--node-name",          name,
+          "--cluster-secret-file", WriteSecret(h.root()), "--node-lease-seconds", "2",
+          "--replica-listen",      "127.0.0.1:0"};
+}
+
+// `shale replica list NAME -o json` through `h`, by node (empty on failure).
+std::map<std::string, nlohmann::json> Replicas(Harness& h, const std::string& volume,
+                                               nlohmann::json* whole = nullptr) {
+  std::map<std::string, nlohmann::json> out;
+  CommandResult r = h.Shale({"replica", "list", volume, "-o", "json"});
+  if (r.exit_code != 0) {
+    ADD_FAILURE() << r.Describe();
+    return out;
+  }
+  const nlohmann::json j = r.Json();
+  if (whole != nullptr) *whole = j;
+  for (const nlohmann::json& n : j["replicas"]) out[n["node"].get<std::string>()] = n;
+  return out;
+}
+
+// Every node up with its replica address published.
+bool AllPublished(Harness& h, size_t count) {
+  CommandResult r = h.Shale({"node", "list", "-o", "json"});
+  if (r.exit_code != 0) return false;
+  size_t ready = 0;
+  const nlohmann::json j = r.Json();
+  for (const nlohmann::json& n : j["nodes"]) {
+    if (n["state"] == "up" && !n["replica_address"].get<std::string>().empty()) ++ready;
+  }
+  return ready == count;
+}
+
+// Starts `nodes` as node-a, node-b, ... (by position) and waits until each published its replica
+// address; false (with the failure recorded) otherwise.
+bool StartNodes(const test::EtcdProcess& etcd, std::initializer_list<Harness*> nodes) {
+  char name = 'a';
+  for (Harness* h : nodes) {
+    if (!h->StartDaemon(NodeFlags(*h, etcd, std::string("node-") + name++))) return false;
+  }
+  Harness& first = **nodes.begin();
+  if (WaitFor([&] { return AllPublished(first, nodes.size()); }, seconds(20))) return true;
+  ADD_FAILURE() << "replica addresses not published: "
+                << first.Shale({"node", "list", "-o", "json"}).Describe();
+  return false;
+}
+
+// Writes [offset, offset + length) of `oracle` through `nbd` in kChunk requests; false on the
+// first NBD error (recorded as a test failure).
+bool WriteRange(NbdRawClient& nbd, const std::string& oracle, uint64_t offset, uint64_t length) {
+  for (uint64_t at = offset; at < offset + length; at += kChunk) {
+    const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(kChunk, offset + length - at));
+    const int64_t err = nbd.Request(NbdRawClient::kCmdWrite, at, n, oracle.substr(at, n));
+    if (err != 0) {
+      ADD_FAILURE() << "NBD write at " << at << " failed: " << err;
+      return false;
+    }
+  }
+  return true;
+}
+
+// Reads the whole volume through `nbd` and compares it with `oracle`.
+void ExpectContent(NbdRawClient& nbd, const std::string& oracle, const std::string& who) {
+  for (uint64_t at = 0; at < oracle.size(); at += kChunk) {
+    std::string data;
+    ASSERT_EQ(nbd.Request(NbdRawClient::kCmdRead, at, kChunk, "", &data), 0) << who << " @" << at;
+    ASSERT_TRUE(data == oracle.substr(at, kChunk)) << who << " differs from the oracle at " << at;
+  }
+}
+
+using ReplicationE2eTest = EtcdE2eTest;
+
+TEST_F(ReplicationE2eTest, CreateRefusesWhatCannotBePlaced) {
+  Harness a, b;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b}));
+
+  // More replicas than nodes: one line naming how many nodes could take one; nothing made.
+  CommandResult three = a.Shale({"volume", "create", "v", "--size", "16M", "--replicas", "3"});
+  ExpectOneLineError(three, "3 replicas need 3 nodes that can take one; 2 can");
+  EXPECT_EQ(a.Shale({"volume", "show", "v"}).exit_code, 1) << "no local volume left behind";
+  EXPECT_EQ(b.Shale({"volume", "show", "v"}).exit_code, 1) << "no remote replica left behind";
+  ExpectOneLineError(a.Shale({"volume", "create", "v", "--size", "16M", "--replicas", "2",
+                              "--replica-nodes", "node-a,node-x"}),
+                     "node-x is not in the cluster");
+  ExpectOneLineError(
+      a.Shale({"volume", "create", "v", "--size", "16M", "--replicas", "2", "--min-in-sync", "3"}),
+      "--min-in-sync 3 is more than --replicas 2");
+
+  // A peer down at create: refused, nothing left behind on either node.
+  b.KillDaemon();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        CommandResult r = a.Shale({"node", "list", "-o", "json"});
+        return r.exit_code == 0 && r.Json()["nodes"][1]["state"] == "down";
+      },
+      seconds(20)));
+  ExpectOneLineError(a.Shale({"volume", "create", "v", "--size", "16M", "--replicas", "2"}),
+                     "2 replicas need 2 nodes");
+  EXPECT_EQ(a.Shale({"volume", "show", "v"}).exit_code, 1);
+
+  // Outside a cluster --replicas is refused with the reason.
+  Harness single;
+  ASSERT_TRUE(single.StartDaemon());
+  ExpectOneLineError(single.Shale({"volume", "create", "v", "--size", "16M", "--replicas", "2"}),
+                     "needs a shaled in a cluster");
+  EXPECT_EQ(single.Shale({"volume", "show", "v"}).exit_code, 1);
+}
+
+TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+
+  CommandResult made = a.Shale({"volume", "create", "rv", "--size", "64M", "--replicas", "3"});
+  ASSERT_EQ(made.exit_code, 0) << made.Describe() << a.DaemonLog();
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(a, "rv", &list);
+  ASSERT_EQ(replicas.size(), 3u) << list;
+  for (const auto& [node, r] : replicas) EXPECT_EQ(r["state"], "healthy") << node << r;
+  EXPECT_EQ(list["epoch"], 1) << list;
+  EXPECT_EQ(list["target"], "node-a") << list;
+  EXPECT_EQ(replicas["node-a"]["local"], true);
+  for (Harness* h : {&b, &c}) {
+    EXPECT_EQ(h->Shale({"volume", "show", "rv"}).exit_code, 0) << "replica placed on the peer";
+  }
+  // A replica node does not serve the volume itself (its writes would bypass the target).
+  {
+    std::unique_ptr<NbdRawClient> direct = NbdRawClient::Tcp(b.NbdAddress());
+    ASSERT_NE(direct, nullptr);
+    EXPECT_FALSE(direct->Go("rv").has_value());
+  }
+
+  std::mt19937_64 rng(11);
+  std::string oracle(kVolBytes, '\0');  // what was never written reads as zeros
+  for (size_t i = 0; i < (32ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  std::unique_ptr<NbdRawClient> nbd = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(nbd, nullptr);
+  ASSERT_EQ(nbd->Go("rv"), std::optional<uint64_t>(kVolBytes));
+  ASSERT_TRUE(WriteRange(*nbd, oracle, 0, 32ull << 20));
+  ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+
+  // kill -9 of a replica daemon; writes go on without a client error.
+  c.KillDaemon();
+  uint64_t degraded_bytes = 0;
+  for (uint64_t at : {40ull << 20, 44ull << 20, 50ull << 20, 63ull << 20}) {
+    std::string fresh(kChunk * 2, '\0');
+    for (char& ch : fresh) ch = static_cast<char>(rng());
+    oracle.replace(at, fresh.size(), fresh);
+    ASSERT_TRUE(WriteRange(*nbd, oracle, at, fresh.size()));
+    degraded_bytes += fresh.size();
+  }
+  ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  ASSERT_TRUE(
+      WaitFor([&] { return Replicas(a, "rv")["node-c"]["state"] == "faulted"; }, seconds(20)))
+      << Replicas(a, "rv")["node-c"];
+  replicas = Replicas(a, "rv", &list);
+  EXPECT_EQ(replicas["node-b"]["state"], "healthy") << list;
+  EXPECT_EQ(list["epoch"], 2) << "the leave was recorded with epoch + 1: " << list;
+  EXPECT_EQ(list["in_sync"].size(), 2u) << list;
+  EXPECT_EQ(replicas["node-c"]["generation"], 1) << list;
+
+  // The replica's daemon returns: the target reconnects and rebuilds what changed.
+  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
+  CommandResult wait = a.Shale({"replica", "wait", "rv", "--timeout", "90"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << a.DaemonLog();
+  replicas = Replicas(a, "rv", &list);
+  for (const auto& [node, r] : replicas) EXPECT_EQ(r["state"], "healthy") << node << r;
+  EXPECT_EQ(list["epoch"], 3) << list;
+  const uint64_t sent = replicas["node-c"]["rebuild_sent_bytes"].get<uint64_t>();
+  std::cout << "rebuild sent " << sent << " bytes for " << degraded_bytes
+            << " bytes written while node-c was out\n";
+  EXPECT_GE(sent, degraded_bytes) << "everything written meanwhile was sent: " << list;
+  EXPECT_LE(sent, degraded_bytes * 11 / 10 + (64 << 10)) << "only what changed: " << list;
+  EXPECT_EQ(replicas["node-c"]["rebuilds"], 1) << list;
+  EXPECT_EQ(replicas["node-c"]["generation"], 3) << list;
+
+  // Everything reads back through the target.
+  ExpectContent(*nbd, oracle, "target");
+  nbd.reset();
+
+  // Every replica holds the same bytes: each node restarted alone (outside the cluster) exports
+  // its replica volume.
+  EXPECT_EQ(a.StopDaemon(SIGTERM), 0) << a.DaemonLog();
+  for (Harness* h : {&b, &c}) {
+    EXPECT_EQ(h->StopDaemon(SIGTERM), 0) << h->DaemonLog();
+    ASSERT_TRUE(h->StartDaemon());
+    std::unique_ptr<NbdRawClient> direct = NbdRawClient::Tcp(h->NbdAddress());
+    ASSERT_NE(direct, nullptr);
+    ASSERT_EQ(direct->Go("rv"), std::optional<uint64_t>(kVolBytes));
+    ExpectContent(*direct, oracle, h == &b ? "node-b" : "node-c");
+  }
+}
+
+// The target itself is killed while a replica is out: it opens the volume again at its restart
+// (from the local replica's label and the membership key) and, once the replica returns, the
+// changed-region record it persisted still makes the rebuild incremental.
+TEST_F(ReplicationE2eTest, TargetRestartKeepsTheRebuildIncremental) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  ASSERT_EQ(a.Shale({"volume", "create", "tv", "--size", "64M", "--replicas", "3"}).exit_code, 0);
+
+  std::mt19937_64 rng(29);
+  std::string oracle(kVolBytes, '\0');
+  for (size_t i = 0; i < (16ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  auto nbd = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(nbd, nullptr);
+  ASSERT_EQ(nbd->Go("tv"), std::optional<uint64_t>(kVolBytes));
+  ASSERT_TRUE(WriteRange(*nbd, oracle, 0, 16ull << 20));
+  ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+
+  c.KillDaemon();
+  uint64_t degraded_bytes = 0;
+  for (uint64_t at : {20ull << 20, 33ull << 20, 60ull << 20}) {
+    for (size_t i = 0; i < kChunk; ++i) oracle[at + i] = static_cast<char>(rng());
+    ASSERT_TRUE(WriteRange(*nbd, oracle, at, kChunk));
+    degraded_bytes += kChunk;
+  }
+  ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  ASSERT_TRUE(
+      WaitFor([&] { return Replicas(a, "tv")["node-c"]["state"] == "faulted"; }, seconds(20)));
+
+  // kill -9 of the target; it serves the volume again after its restart, node-c still out.
+  nbd.reset();
+  a.KillDaemon();
+  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(a, "tv", &list);
+  EXPECT_EQ(replicas["node-b"]["state"], "healthy") << list;
+  EXPECT_EQ(replicas["node-c"]["state"], "faulted") << list;
+  nbd = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(nbd, nullptr);
+  ASSERT_EQ(nbd->Go("tv"), std::optional<uint64_t>(kVolBytes)) << a.DaemonLog();
+  const uint64_t late = 45ull << 20;
+  for (size_t i = 0; i < kChunk; ++i) oracle[late + i] = static_cast<char>(rng());
+  ASSERT_TRUE(WriteRange(*nbd, oracle, late, kChunk));
+  degraded_bytes += kChunk;
+  ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+
+  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
+  CommandResult wait = a.Shale({"replica", "wait", "tv", "--timeout", "90"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << a.DaemonLog();
+  replicas = Replicas(a, "tv", &list);
+  const uint64_t sent = replicas["node-c"]["rebuild_sent_bytes"].get<uint64_t>();
+  std::cout << "after a target restart the rebuild sent " << sent << " bytes for " << degraded_bytes
+            << " bytes written while node-c was out\n";
+  EXPECT_GE(sent, degraded_bytes) << list;
+  EXPECT_LE(sent, degraded_bytes * 11 / 10 + (64 << 10)) << "still incremental: " << list;
+  ExpectContent(*nbd, oracle, "target");
+  nbd.reset();
+
+  // node-c's own copy is the oracle's too.
+  EXPECT_EQ(a.StopDaemon(SIGTERM), 0) << a.DaemonLog();
+  EXPECT_EQ(c.StopDaemon(SIGTERM), 0) << c.DaemonLog();
+  ASSERT_TRUE(c.StartDaemon());
+  auto direct = NbdRawClient::Tcp(c.NbdAddress());
+  ASSERT_NE(direct, nullptr);
+  ASSERT_EQ(direct->Go("tv"), std::optional<uint64_t>(kVolBytes));
+  ExpectContent(*direct, oracle, "node-c");
+}
+
+// Cascading failure: the target's replica left the in-sync set and the replicas that stayed in it
+// are gone. The membership record says so (written here into etcd, as the target would have
+// recorded "node-a left, node-b took the writes"); node-b is down. The restarted target refuses
+// to serve until `volume force-recover --from node-a`, which says what may be lost; node-b,
+// stale, is then compared and rebuilt when it returns.
+TEST_F(ReplicationE2eTest, CascadingFailureRefusesUntilForceRecover) {
+  Harness a, b;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b}));
+  ASSERT_EQ(a.Shale({"volume", "create", "cv", "--size", "16M", "--replicas", "2"}).exit_code, 0);
+  std::string oracle(16ull << 20, '\0');
+  std::mt19937_64 rng(5);
+  for (size_t i = 0; i < (4ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  {
+    auto nbd = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_NE(nbd, nullptr);
+    ASSERT_TRUE(nbd->Go("cv").has_value());
+    ASSERT_TRUE(WriteRange(*nbd, oracle, 0, 4ull << 20));
+    ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  }
+  EXPECT_EQ(a.StopDaemon(SIGTERM), 0) << a.DaemonLog();
+  b.KillDaemon();
+  {
+    auto client = cluster::EtcdClient::Create(etcd_->endpoint());
+    ASSERT_TRUE(client.ok()) << client.status();
+    auto store = cluster::ClusterStore::Create(std::move(client).value());
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto record = (*store)->GetVolume("cv");
+    ASSERT_TRUE(record.ok()) << record.status();
+    cluster::Membership next = record->membership;
+    next.epoch += 1;
+    next.in_sync = {"node-b"};
+    next.replicas[0].state = cluster::ReplicaState::kFaulted;
+    next.replicas[0].since_epoch = next.epoch;
+    next.RecordChange("node-a left: test");
+    cluster::VolumeRecord current;
+    ASSERT_TRUE((*store)->CompareAndSwapVolume("cv", record->mod_revision, next, &current).ok());
+  }
+
+  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
+  {
+    auto nbd = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_NE(nbd, nullptr);
+    EXPECT_FALSE(nbd->Go("cv").has_value()) << "a replica behind the in-sync set never serves";
+  }
+  EXPECT_EQ(Replicas(a, "cv")["node-a"]["state"], "faulted");
+  ExpectOneLineError(a.Shale({"volume", "force-recover", "cv", "--from", "node-b"}),
+                     "--from must name the target's own node");
+  CommandResult recovered = a.Shale({"volume", "force-recover", "cv", "--from", "node-a"});
+  ASSERT_EQ(recovered.exit_code, 0) << recovered.Describe();
+  EXPECT_NE(recovered.out.find("writes acknowledged after epoch 1 (up to epoch 2, held by "
+                               "node-b) may be lost"),
+            std::string::npos)
+      << recovered.out;
+  EXPECT_NE(a.DaemonLog().find("volume force-recovered"), std::string::npos) << "logged";
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(a, "cv", &list);
+  EXPECT_EQ(replicas["node-a"]["state"], "healthy") << list;
+  EXPECT_EQ(replicas["node-b"]["state"], "stale") << "out until rebuilt: " << list;
+  EXPECT_EQ(list["epoch"], 3) << list;
+  ExpectOneLineError(a.Shale({"volume", "force-recover", "cv", "--from", "node-a"}),
+                     "in sync already");
+
+  std::unique_ptr<NbdRawClient> nbd;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        nbd = NbdRawClient::Tcp(a.NbdAddress());
+        return nbd != nullptr && nbd->Go("cv").has_value();
+      },
+      seconds(20)))
+      << a.DaemonLog();
+  ExpectContent(*nbd, oracle, "target after force-recover");
+
+  // node-b returns: compared region by region and rebuilt from node-a.
+  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
+  CommandResult wait = a.Shale({"replica", "wait", "cv", "--timeout", "90"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << a.DaemonLog();
+  EXPECT_EQ(Replicas(a, "cv")["node-b"]["rebuild_total_bytes"], 16 << 20);
+}
+
+TEST_F(ReplicationE2eTest, DeleteRemovesEveryReplicaAndTheMembership) {
+  Harness a, b;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b}));
+  ASSERT_EQ(a.Shale({"volume", "create", "dv", "--size", "16M", "--replicas", "2"}).exit_code, 0);
+  ExpectOneLineError(b.Shale({"volume", "delete", "dv"}), "replica held for node node-a");
+  EXPECT_EQ(b.Shale({"volume", "show", "dv"}).exit_code, 0) << "refused: nothing deleted";
+  // Operations the replicas would not follow are refused.
+  ExpectOneLineError(a.Shale({"volume", "resize", "dv", "--size", "32M"}),
+                     "cannot resize replicated volume 'dv'");
+  ExpectOneLineError(a.Shale({"volume", "revert", "dv", "--to", "s1"}),
+                     "cannot revert replicated volume");
+
+  CommandResult deleted = a.Shale({"volume", "delete", "dv"});
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.Describe() << a.DaemonLog();
+  EXPECT_EQ(a.Shale({"volume", "show", "dv"}).exit_code, 1);
+  EXPECT_EQ(b.Shale({"volume", "show", "dv"}).exit_code, 1) << "remote replica deleted";
+  ExpectOneLineError(a.Shale({"replica", "list", "dv"}), "dv");
+  // The name is free again in the cluster.
+  EXPECT_EQ(a.Shale({"volume", "create", "dv", "--size", "16M", "--replicas", "2"}).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace shale::e2e
