@@ -49,6 +49,7 @@ class FakeConnection final : public Connection {
   Result<size_t> Recv(std::span<uint8_t> buf, Deadline) override {
     if (chunk_ % 2 == 1 && ++calls_ % 3 == 0) return TimedOut("fake");
     const size_t n = std::min({buf.size(), chunk_, data_.size() - pos_});
+    if (n == 0) return size_t{0};  // the end (memcpy must not see an empty input's null data)
     std::memcpy(buf.data(), data_.data() + pos_, n);
     pos_ += n;
     return n;
