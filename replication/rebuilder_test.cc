@@ -43,6 +43,7 @@ class RebuilderTest : public ReplicationCluster {
 TEST_F(RebuilderTest, ChangedRegionsSurviveATargetRestartAndTheRebuildIsIncremental) {
   MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
   ASSERT_TRUE(Write(0, Pattern(16 * kMiB, 1)).ok());  // in sync everywhere
+  ASSERT_TRUE(Flush().ok());                          // and durable: not marked when node-c leaves
   const uint64_t written = DegradeAndWrite(24, 2, 100);
   const auto before = ChangedRanges("node-c");
   uint64_t marked = 0;

@@ -48,6 +48,7 @@ struct ReplicationLayer::Fanout {
   bool write = false;             // write, zeroes, discard or flush
   int read_slot = -1;
   std::vector<bool> read_tried;  // by slot
+  std::set<uint64_t> flushing;   // a flush: the regions written before it (unflushed_ then)
 };
 
 ReplicationLayer::ReplicationLayer(Reactor* reactor, std::string volume, uint64_t size_bytes,
@@ -202,6 +203,7 @@ void ReplicationLayer::DispatchWrite(VolumeIo* io) {
   }
   SHALE_CHECK(f->children.size() == children, "fan-out size");
   f->pending = static_cast<uint32_t>(f->children.size());
+  if (flush) f->flushing.swap(unflushed_);  // what this flush makes durable, if it succeeds
   writes_in_flight_.insert(f);
   for (ChildIo& c : f->children) slots_[c.slot].target->Submit(&c);
 }
@@ -269,6 +271,7 @@ void ReplicationLayer::MaybeComplete(Fanout* f) {
 
 void ReplicationLayer::Complete(Fanout* f, Status status) {
   writes_in_flight_.erase(f);
+  if (f->write) NoteCompleted(f, status);
   VolumeIo* io = f->client;
   delete f;
   io->status = std::move(status);
@@ -390,6 +393,7 @@ void ReplicationLayer::ReplicaFailed(size_t index, const std::string& reason) {
     ++*marks;
     changed_->Mark({node}, f->client->offset, f->client->length, one_done);
   }
+  MarkUnflushed(node, marks, one_done);
   one_done(Status::Ok());
 }
 
@@ -617,6 +621,46 @@ void ReplicationLayer::SubmitTo(const std::string& node, ChildIo* child) {
   SHALE_CHECK(s != nullptr, "SubmitTo an unknown replica");
   child->slot = static_cast<uint32_t>(index);
   s->target->Submit(child);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes not yet flushed
+
+// A replica acknowledges a write before it is durable; killed before the next FLUSH it may have
+// lost it (e2e FioVerifiesThroughAReplicaKillAndTheRebuildIsIncremental: a replica daemon
+// kill -9-ed after unflushed writes came back without them). So the regions of writes completed
+// since the last FLUSH that every replica it went to completed are kept, and marked changed for
+// a replica that leaves, like the writes in flight.
+void ReplicationLayer::NoteCompleted(Fanout* f, const Status& status) {
+  const VolumeIo* io = f->client;
+  if (io->op == VolumeOp::kFlush) {
+    // Durable on every replica it went to only if it succeeded; otherwise still unflushed.
+    if (!status.ok()) unflushed_.merge(f->flushing);
+    return;
+  }
+  if (io->length == 0) return;
+  for (uint64_t r = io->offset / kRegionBytes; r <= (io->offset + io->length - 1) / kRegionBytes;
+       ++r) {
+    unflushed_.insert(r);
+  }
+}
+
+void ReplicationLayer::MarkUnflushed(const std::string& node,
+                                     const std::shared_ptr<uint32_t>& marks,
+                                     const std::function<void(Status)>& one_done) {
+  std::set<uint64_t> regions = unflushed_;
+  for (const Fanout* f : writes_in_flight_) regions.insert(f->flushing.begin(), f->flushing.end());
+  // Runs of adjacent regions, one mark each.
+  for (auto it = regions.begin(); it != regions.end();) {
+    const uint64_t first = *it;
+    uint64_t last = first;
+    for (++it; it != regions.end() && *it == last + 1; ++it) last = *it;
+    const uint64_t offset = first * kRegionBytes;
+    const uint64_t end = std::min(size_bytes_, (last + 1) * kRegionBytes);
+    if (offset >= end) continue;
+    ++*marks;
+    changed_->Mark({node}, offset, end - offset, one_done);
+  }
 }
 
 }  // namespace shale::replication

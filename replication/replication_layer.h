@@ -150,6 +150,11 @@ class ReplicationLayer final : public VolumeLayer {
   void MaybeComplete(Fanout* f);
   void Complete(Fanout* f, Status status);
   void Fail(VolumeIo* io, Status status);
+  void NoteCompleted(Fanout* f, const Status& status);
+  // Marks for `node` (leaving) the regions of writes not known durable on it; each mark adds to
+  // *marks and ends in one_done.
+  void MarkUnflushed(const std::string& node, const std::shared_ptr<uint32_t>& marks,
+                     const std::function<void(Status)>& one_done);
   void ReplicaFailed(size_t slot, const std::string& reason);
   void RecordLeave(size_t slot);
   void Joined(size_t slot, const Status& generation, std::function<void(Status)> done);
@@ -174,7 +179,10 @@ class ReplicationLayer final : public VolumeLayer {
   Status fence_status_;
   std::vector<Slot> slots_;
   std::set<Fanout*> writes_in_flight_;  // dispatched to replicas, not complete
-  std::deque<VolumeIo*> held_;          // writes waiting (a leave, a locked range)
+  // Regions (index = offset / kRegionBytes) of writes completed since the last flush was
+  // dispatched; a flush in flight holds those before it (Fanout::flushing).
+  std::set<uint64_t> unflushed_;
+  std::deque<VolumeIo*> held_;  // writes waiting (a leave, a locked range)
   bool range_locked_ = false;
   uint64_t lock_offset_ = 0, lock_length_ = 0;
   std::function<void()> lock_waiter_;  // LockRange's go, once the range drained

@@ -72,13 +72,31 @@ TEST_F(ReplicationLayerTest, ACutReplicaLeavesInTheStoreBeforeTheWriteIsAcknowle
   // I/O goes on, on the other two; what node-c missed is recorded.
   ASSERT_TRUE(Write(12 * kMiB + 4096, Pattern(8192, 4)).ok());
   ASSERT_TRUE(Flush().ok());
+  // Region 0 too: written before the cut and never flushed, node-c may have lost it.
   const auto changed = ChangedRanges("node-c");
   const std::vector<std::pair<uint64_t, uint64_t>> expect = {
-      {5 * kMiB, kMiB}, {9 * kMiB, kMiB}, {12 * kMiB, kMiB}};
+      {0, kMiB}, {5 * kMiB, kMiB}, {9 * kMiB, kMiB}, {12 * kMiB, kMiB}};
   EXPECT_EQ(changed, expect);
   const std::vector<uint8_t> head(oracle_.begin(), oracle_.begin() + 16 * kMiB);
   ExpectReplicas({"node-a", "node-b"}, 0, head);
   EXPECT_EQ(membership_->calls().size(), 1u);
+}
+
+// A replica acknowledges writes before they are durable: one that dies may lose every write since
+// the last FLUSH it completed, so those regions are marked for it when it leaves (not only the
+// writes in flight); what a completed flush made durable is not.
+TEST_F(ReplicationLayerTest, WritesNotFlushedWhenAReplicaLeavesAreMarkedForIt) {
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+  ASSERT_TRUE(Write(0, Pattern(kMiB, 1)).ok());
+  ASSERT_TRUE(Flush().ok());                                   // durable on every replica
+  ASSERT_TRUE(Write(3 * kMiB + 4096, Pattern(8192, 2)).ok());  // acknowledged, not flushed
+  ASSERT_TRUE(Write(4 * kMiB - 4096, Pattern(8192, 3)).ok());  // two regions
+  fault_.Cut(servers_[2]->address());
+  ASSERT_TRUE(Write(9 * kMiB, Pattern(4096, 4)).ok());
+  EXPECT_EQ(StateOf("node-c"), MemberState::kOut);
+  const std::vector<std::pair<uint64_t, uint64_t>> expect = {{3 * kMiB, 2 * kMiB},
+                                                             {9 * kMiB, kMiB}};
+  EXPECT_EQ(ChangedRanges("node-c"), expect);
 }
 
 TEST_F(ReplicationLayerTest, APartitionedReplicaTimesOutAndLeavesWithoutAClientError) {
