@@ -150,6 +150,9 @@ void ReplicatedVolumes::Target::RebuildDone(const std::string& node, Status stat
   layer->Join(node, [this, node, record](Status joined) {
     if (joined.ok()) {
       SHALE_LOG_INFO("replica in sync again", {"volume", name}, {"node", node});
+    } else {
+      SHALE_LOG_WARN("rebuilt replica not joined; the rebuild is retried", {"volume", name},
+                     {"node", node}, {"error", joined.ToString()});
     }
     record(joined);
   });
@@ -174,14 +177,14 @@ Status ReplicatedVolumes::Start() {
   for (const VolumeInfo& v : lifecycle_->engine()->ListVolumes()) {
     if (ReplicaUuidOf(v).empty()) continue;
     Result<std::shared_ptr<Target>> target = OpenTarget(v.name);
+    if (!target.ok() && !target.status().IsNotFound()) {
+      PendingFailed(v.name, target.status());  // logged; retried by the repair thread
+    }
     std::lock_guard lock(mu_);
     if (target.ok()) {
       targets_[v.name] = std::move(target).value();
     } else if (!target.status().IsNotFound()) {
-      // Retried by the repair thread; I/O is refused meanwhile.
-      SHALE_LOG_WARN("target of a replicated volume not open yet", {"volume", v.name},
-                     {"error", target.status().ToString()});
-      pending_[v.name] = target.status().ToString();
+      pending_[v.name] = target.status().ToString();  // I/O is refused meanwhile
     }
   }
   repair_ = std::thread([this] { RepairLoop(); });
@@ -500,6 +503,7 @@ Status ReplicatedVolumes::Delete(const std::string& name, const DeleteOptions& o
       targets_.erase(it);
     }
     pending_.erase(name);
+    pending_retry_.erase(name);
   }
   if (target != nullptr && target.use_count() > 1 && !options.force) {
     std::lock_guard lock(mu_);
@@ -634,6 +638,7 @@ Result<std::string> ReplicatedVolumes::ForceRecover(const std::string& name,
   {
     std::lock_guard lock(mu_);
     pending_[name] = "force-recovered: opening";
+    pending_retry_.erase(name);  // at once, not after the backoff
   }
   OpenPending();
   return "volume '" + name + "' recovered from " + from + " at epoch " +
@@ -667,9 +672,12 @@ void ReplicatedVolumes::OpenPending() {
     for (const auto& [name, why] : pending_) names.push_back(name);
   }
   for (const std::string& name : names) {
+    if (!PendingDue(name)) continue;
     Result<std::shared_ptr<Target>> target = OpenTarget(name);
+    if (!target.ok() && !target.status().IsNotFound()) PendingFailed(name, target.status());
     std::lock_guard lock(mu_);
     if (!pending_.contains(name)) continue;  // deleted meanwhile
+    if (target.ok() || target.status().IsNotFound()) pending_retry_.erase(name);
     if (target.ok()) {
       pending_.erase(name);
       targets_[name] = std::move(target).value();
@@ -691,6 +699,7 @@ void ReplicatedVolumes::RepairTarget(const std::shared_ptr<Target>& target,
   });
   if (fenced) return;  // another target took the volume over
   for (const replication::ReplicaStatus& s : live) {
+    if (!s.local && s.state == MemberState::kRebuilding && RetryRebuild(target, s.node)) return;
     if (s.local || s.state != MemberState::kOut) continue;
     const cluster::NodeRecord* n = FindNode(nodes, s.node);
     if (n == nullptr || !n->up || !n->status.ok() || n->info.replica_address.empty()) continue;
@@ -731,15 +740,7 @@ void ReplicatedVolumes::Reconnect(const std::shared_ptr<Target>& target, const s
       if (s.node != node || s.state != MemberState::kOut) continue;
       old = target->layer->Target(node);
       target->layer->SetReplica(remote, MemberState::kRebuilding);
-      replication::Rebuilder::Options ro;
-      ro.bps = options_.rebuild_bps;
-      target->rebuilder.reset();
-      target->rebuilder = std::make_unique<replication::Rebuilder>(
-          target->reactor, target->layer.get(), target->changed.get(), target->local_node, node,
-          ro);
-      target->rebuild_running = true;
-      Target* t = target.get();
-      target->rebuilder->Start([t, node](Status st) { t->RebuildDone(node, std::move(st)); });
+      StartRebuilder(*target, node);
       started = true;
     }
   });
@@ -750,6 +751,68 @@ void ReplicatedVolumes::Reconnect(const std::shared_ptr<Target>& target, const s
   }
   SHALE_LOG_INFO("replica reconnected, rebuilding", {"volume", target->name}, {"node", node},
                  {"epoch", epoch});
+}
+
+// On the reactor: a Rebuilder for `node` (kRebuilding in the layer) from the local replica.
+void ReplicatedVolumes::StartRebuilder(Target& target, const std::string& node) {
+  replication::Rebuilder::Options ro;
+  ro.bps = options_.rebuild_bps;
+  target.rebuilder.reset();
+  target.rebuilder = std::make_unique<replication::Rebuilder>(
+      target.reactor, target.layer.get(), target.changed.get(), target.local_node, node, ro);
+  target.rebuild_running = true;
+  Target* t = &target;
+  target.rebuilder->Start([t, node](Status st) { t->RebuildDone(node, std::move(st)); });
+}
+
+// A replica still kRebuilding whose rebuild (or join) failed while the replica did not: no
+// reconnect is needed, the rebuild starts again (after the node's backoff) from what is left
+// marked. Without this it would stay `rebuilding` forever (its connection never fails).
+bool ReplicatedVolumes::RetryRebuild(const std::shared_ptr<Target>& target,
+                                     const std::string& node) {
+  {
+    std::lock_guard lock(target->mu);
+    if (!target->repairing.empty()) return true;  // one rebuild at a time per volume
+    if (std::chrono::steady_clock::now() < target->repair[node].next_try) return false;
+    target->repairing = node;
+  }
+  bool started = false;
+  target->reactor->RunSync([&] {
+    for (const replication::ReplicaStatus& s : target->layer->Replicas()) {
+      if (s.node != node || s.state != MemberState::kRebuilding || target->rebuild_running) {
+        continue;
+      }
+      StartRebuilder(*target, node);
+      started = true;
+    }
+  });
+  if (!started) {
+    std::lock_guard lock(target->mu);
+    target->repairing.clear();
+    return false;
+  }
+  SHALE_LOG_INFO("rebuild retried", {"volume", target->name}, {"node", node});
+  return true;
+}
+
+// The backoff of targets that cannot open (cascading failure, etcd down, a peer refusing): the
+// same per-node doubling as the repair loop, and one log line per change of the reason.
+bool ReplicatedVolumes::PendingDue(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto it = pending_retry_.find(name);
+  return it == pending_retry_.end() || std::chrono::steady_clock::now() >= it->second.next_try;
+}
+
+void ReplicatedVolumes::PendingFailed(const std::string& name, const Status& why) {
+  std::lock_guard lock(mu_);
+  PendingRetry& r = pending_retry_[name];
+  r.next_try = std::chrono::steady_clock::now() + r.backoff;
+  r.backoff = std::min<std::chrono::milliseconds>(r.backoff * 2, kMaxBackoff);
+  const std::string reason = why.ToString();
+  if (reason == r.logged) return;
+  r.logged = reason;
+  SHALE_LOG_WARN("target of a replicated volume not open; retrying with backoff", {"volume", name},
+                 {"error", reason});
 }
 
 }  // namespace shale::daemon

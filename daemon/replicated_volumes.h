@@ -133,6 +133,15 @@ class ReplicatedVolumes final : public Frontend {
   void Reconnect(const std::shared_ptr<Target>& target, const std::string& node,
                  const std::string& address);
   void OpenPending();
+  // On the reactor: starts the Rebuilder of `node` (kRebuilding in the layer).
+  void StartRebuilder(Target& target, const std::string& node);
+  // Restarts the failed rebuild of a replica that is still kRebuilding once its backoff passed;
+  // true when a rebuild of the volume runs (this one or another).
+  bool RetryRebuild(const std::shared_ptr<Target>& target, const std::string& node);
+  // Whether a pending target's next open attempt is due; a failed attempt (backoff, logged once
+  // per reason).
+  bool PendingDue(const std::string& name);
+  void PendingFailed(const std::string& name, const Status& why);
 
   VolumeLifecycle* const lifecycle_;
   ClusterNode* const cluster_;
@@ -145,7 +154,13 @@ class ReplicatedVolumes final : public Frontend {
   std::condition_variable cv_;
   std::map<std::string, std::shared_ptr<Target>> targets_;  // guarded by mu_
   std::map<std::string, std::string> pending_;  // not open yet: name -> why; guarded by mu_
-  bool stopping_ = false;                       // guarded by mu_
+  struct PendingRetry {
+    std::chrono::steady_clock::time_point next_try{};
+    std::chrono::milliseconds backoff{500};  // doubling to 8 s, as the repair loop's
+    std::string logged;                      // the reason last logged
+  };
+  std::map<std::string, PendingRetry> pending_retry_;  // guarded by mu_
+  bool stopping_ = false;                              // guarded by mu_
   std::thread repair_;
 };
 
