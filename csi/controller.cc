@@ -506,7 +506,8 @@ grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
     return ToGrpc(info.status());
   }
   // Through the lifecycle: the volume's QoS settings and CSI record go in the same commit.
-  Status st = lifecycle_->Delete(info->name);
+  Status st =
+      options_.delete_volume ? options_.delete_volume(info->name) : lifecycle_->Delete(info->name);
   if (!st.ok() && !st.IsNotFound()) {
     if (st.code() == StatusCode::kBusy) {
       return Precondition("volume " + info->name +

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -45,6 +46,9 @@ struct DriverOptions {
   std::string data_dir;              // node state lives in <data_dir>/csi/
   std::string nbd_socket;            // the daemon's NBD UNIX socket (nbdfuse connects here)
   int64_t max_volumes_per_node = 0;  // 0: no limit reported
+  // Deletes a volume as `shale volume delete` does (the daemon's: a replicated volume through
+  // its target, with its remote replicas and membership); null: VolumeLifecycle::Delete.
+  std::function<Status(const std::string& name)> delete_volume;
 };
 
 class IdentityService final : public ::csi::v1::Identity::Service {

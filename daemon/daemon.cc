@@ -729,6 +729,12 @@ Status Daemon::AddFrontends() {
     csi_options.node_id = options_.node_id.empty() ? csi::DefaultNodeId() : options_.node_id;
     csi_options.data_dir = options_.data_dir;
     csi_options.nbd_socket = options_.nbd_socket;
+    // DeleteVolume as `shale volume delete`: a replicated volume goes through its target.
+    csi_options.delete_volume = [this](const std::string& name) {
+      ReplicatedVolumes* targets = replicated_.load(std::memory_order_acquire);
+      if (targets != nullptr && targets->IsReplicated(name)) return targets->Delete(name, {});
+      return lifecycle_->Delete(name);
+    };
     // CSI calls name volumes by id: their labels (the PVC the driver recorded) fill the record.
     ops::VolumeLabelLookup labels = [engine = engine_.get()](const std::string& volume) {
       Result<VolumeInfo> info = engine->GetVolume(volume);
