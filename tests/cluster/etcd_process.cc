@@ -136,12 +136,16 @@ Result<std::unique_ptr<EtcdProcess>> EtcdProcess::Start(Options options) {
 
 Status EtcdProcess::Launch() {
   const std::string client = "http://127.0.0.1:" + std::to_string(client_port_);
+  std::string listen_clients = client;
+  for (const std::string& host : options_.extra_client_hosts) {
+    listen_clients += ",http://" + host + ":" + std::to_string(client_port_);
+  }
   const std::string peer = "http://127.0.0.1:" + std::to_string(peer_port_);
   std::vector<std::string> args = {
       Binary(),
       "--name=shale-test",
       "--data-dir=" + data_dir_,
-      "--listen-client-urls=" + client,
+      "--listen-client-urls=" + listen_clients,
       "--advertise-client-urls=" + client,
       "--listen-peer-urls=" + peer,
       "--initial-advertise-peer-urls=" + peer,

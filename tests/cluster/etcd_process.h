@@ -31,6 +31,9 @@ class EtcdProcess {
     int heartbeat_ms = 50;
     int election_ms = 500;
     std::vector<std::string> extra_args;
+    // Addresses etcd listens on for clients besides 127.0.0.1, at the same port (a network
+    // namespace's veth address a test created); each must exist when etcd starts.
+    std::vector<std::string> extra_client_hosts;
   };
 
   // The etcd binary ($SHALE_ETCD_BIN, else /usr/bin/etcd), or "" when there is none.

@@ -402,7 +402,8 @@ bool Harness::StartDaemonRaw(const std::vector<std::string>& args, const std::st
     ADD_FAILURE() << "a shaled started by this harness is still running";
     return false;
   }
-  std::vector<std::string> argv = {ShaledBinary()};
+  std::vector<std::string> argv = prefix_;
+  argv.push_back(ShaledBinary());
   argv.insert(argv.end(), args.begin(), args.end());
   daemon_pid_ = Spawn(argv, cwd.empty() ? root_ : cwd);
   if (daemon_pid_ < 0) return false;

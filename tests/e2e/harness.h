@@ -112,6 +112,9 @@ class Harness {
   // unless `extra` configures TLS (--nbd-tls-*) or turns TCP off (--nbd-listen none). False
   // (with the test failure recorded) if it exits or does not answer in time.
   [[nodiscard]] bool StartDaemon(const std::vector<std::string>& extra = {});
+  // Runs shaled under `prefix` from now on (e.g. {"/usr/sbin/ip", "netns", "exec", NS}: a
+  // program that execs the rest in place, so daemon_pid() stays the daemon's).
+  void set_command_prefix(std::vector<std::string> prefix) { prefix_ = std::move(prefix); }
   // Starts shaled with exactly `args` in `cwd` (default: root) and waits until `shale status`
   // answers on `endpoint`.
   [[nodiscard]] bool StartDaemonRaw(const std::vector<std::string>& args,
@@ -149,6 +152,7 @@ class Harness {
   std::optional<int> ReapDaemon(bool block, std::chrono::milliseconds timeout);
 
   std::string root_;
+  std::vector<std::string> prefix_;  // set_command_prefix
   pid_t daemon_pid_ = -1;
 };
 
