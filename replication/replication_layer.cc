@@ -376,6 +376,7 @@ void ReplicationLayer::ReplicaFailed(size_t index, const std::string& reason) {
                  {"node", s.target->node()}, {"in_sync", was_in_sync ? 1 : 0}, {"error", reason});
   s.state = MemberState::kLeaving;
   s.leaving_since = std::chrono::steady_clock::now();
+  ExpireLeaveLater(index);
   // Every write in flight may have reached the others and not this one: mark their regions
   // for it before anything is acknowledged.
   const std::string node = s.target->node();
@@ -413,23 +414,7 @@ void ReplicationLayer::LeaveRecorded(size_t index, Result<uint64_t> epoch) {
   if (!epoch.ok()) {
     const bool expired =
         std::chrono::steady_clock::now() - s.leaving_since > options_.membership_timeout;
-    if (expired) {
-      // The waiting writes cannot be acknowledged on fewer replicas than the recorded set.
-      std::vector<Fanout*> waiting = std::move(s.waiting);
-      s.waiting.clear();
-      for (Fanout* f : waiting) {
-        if (f->status.ok()) {
-          f->status = Status::IoError(
-              "replica " + s.target->node() +
-              " failed and the cluster store could not record it: " + epoch.status().ToString());
-        }
-        f->waiting_on[index] = false;
-        --f->waits;
-        MaybeComplete(f);
-      }
-      // Held writes fail too (StartWrite sees the expired leave).
-      ResumeHeld();
-    }
+    if (expired) FailWaitingOnLeave(index, epoch.status().ToString());
     SHALE_LOG_WARN("replication: recording a replica's leave failed; retrying", {"volume", volume_},
                    {"node", s.target->node()}, {"error", epoch.status().ToString()});
     reactor_->AddTimer(kMembershipRetryNs, [this, alive = std::weak_ptr<int>(alive_), index] {
@@ -661,6 +646,42 @@ void ReplicationLayer::MarkUnflushed(const std::string& node,
     ++*marks;
     changed_->Mark({node}, offset, end - offset, one_done);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bound on a leave the store does not answer
+
+// The waiting writes cannot be acknowledged on fewer replicas than the recorded set: they fail,
+// and so do held writes (StartWrite sees the expired leave).
+void ReplicationLayer::FailWaitingOnLeave(size_t index, const std::string& why) {
+  Slot& s = slots_[index];
+  std::vector<Fanout*> waiting = std::move(s.waiting);
+  s.waiting.clear();
+  for (Fanout* f : waiting) {
+    if (f->status.ok()) {
+      f->status = Status::IoError("replica " + s.target->node() +
+                                  " failed and the cluster store could not record it: " + why);
+    }
+    f->waiting_on[index] = false;
+    --f->waits;
+    MaybeComplete(f);
+  }
+  ResumeHeld();
+}
+
+// A store call that hangs (etcd stopped: the client waits for its own deadline, ~10 s) must not
+// stretch the bound: when the membership timeout passes and the slot is still leaving from the
+// same failure, the writes waiting on it fail then, not when the call returns.
+void ReplicationLayer::ExpireLeaveLater(size_t index) {
+  const auto since = slots_[index].leaving_since;
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.membership_timeout);
+  reactor_->AddTimer(static_cast<uint64_t>(ns.count()) + 1'000'000,
+                     [this, alive = std::weak_ptr<int>(alive_), index, since] {
+                       if (alive.expired()) return;  // the layer is gone
+                       const Slot& s = slots_[index];
+                       if (s.state != MemberState::kLeaving || s.leaving_since != since) return;
+                       FailWaitingOnLeave(index, "no answer within the membership timeout");
+                     });
 }
 
 }  // namespace shale::replication

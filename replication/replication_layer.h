@@ -151,6 +151,8 @@ class ReplicationLayer final : public VolumeLayer {
   void Complete(Fanout* f, Status status);
   void Fail(VolumeIo* io, Status status);
   void NoteCompleted(Fanout* f, const Status& status);
+  void FailWaitingOnLeave(size_t slot, const std::string& why);
+  void ExpireLeaveLater(size_t slot);
   // Marks for `node` (leaving) the regions of writes not known durable on it; each mark adds to
   // *marks and ends in one_done.
   void MarkUnflushed(const std::string& node, const std::shared_ptr<uint32_t>& marks,

@@ -148,6 +148,25 @@ TEST_F(ReplicationLayerTest, AnUnreachableStoreFailsTheWriteInsteadOfAcknowledgi
   EXPECT_TRUE(Write(kMiB, Pattern(4096, 2)).ok());
 }
 
+// A store that does not answer at all (etcd stopped: the call hangs until the client's deadline)
+// still fails the waiting write once the membership timeout (3 s here) has passed, not later.
+TEST_F(ReplicationLayerTest, AHangingStoreFailsTheWriteAtTheMembershipTimeout) {
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+  membership_->Hold(true);
+  fault_.Cut(servers_[1]->address());
+  const auto t0 = std::chrono::steady_clock::now();
+  const Status st = Write(0, Pattern(4096, 1));
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(st.code(), StatusCode::kIoError) << st;
+  EXPECT_GE(took, 2900ms);
+  EXPECT_LT(took, 6s) << "bounded by the membership timeout, not by the store";
+  EXPECT_EQ(Write(kMiB, Pattern(4096, 2)).code(), StatusCode::kIoError) << "until recorded";
+  membership_->Release();
+  membership_->Hold(false);
+  ASSERT_TRUE(WaitFor([&] { return StateOf("node-b") == MemberState::kOut; }));
+  EXPECT_TRUE(Write(2 * kMiB, Pattern(4096, 3)).ok());
+}
+
 TEST_F(ReplicationLayerTest, AReplicaWithANewerEpochFencesTheOldTarget) {
   MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
   ASSERT_TRUE(Write(0, Pattern(4096, 1)).ok());
