@@ -186,10 +186,12 @@ Status ReplicatedVolumes::Start() {
   }
   repair_ = std::thread([this] { RepairLoop(); });
   started_.store(true);
+  lifecycle_->SetSnapshotReplication(this);
   return Status::Ok();
 }
 
 void ReplicatedVolumes::Stop() {
+  lifecycle_->SetSnapshotReplication(nullptr);
   started_.store(false);
   {
     std::lock_guard lock(mu_);
@@ -539,7 +541,12 @@ Result<ReplicasReport> ReplicatedVolumes::List(const std::string& name) {
   report.membership = record.membership;
   std::shared_ptr<Target> target = Find(name);
   std::vector<replication::ReplicaStatus> live;
-  if (target != nullptr) target->reactor->RunSync([&] { live = target->layer->Replicas(); });
+  if (target != nullptr) {
+    target->reactor->RunSync([&] {
+      live = target->layer->Replicas();
+      report.fenced = target->layer->fenced();
+    });
+  }
   for (const cluster::ReplicaMember& r : record.membership.replicas) {
     ReplicaReport out;
     out.node = r.node;
@@ -751,5 +758,9 @@ void ReplicatedVolumes::Reconnect(const std::shared_ptr<Target>& target, const s
   SHALE_LOG_INFO("replica reconnected, rebuilding", {"volume", target->name}, {"node", node},
                  {"epoch", epoch});
 }
+
+Reactor* ReplicatedVolumes::ReactorOf(const Target& t) { return t.reactor; }
+replication::ReplicationLayer* ReplicatedVolumes::LayerOf(const Target& t) { return t.layer.get(); }
+const Uuid& ReplicatedVolumes::UuidOf(const Target& t) { return t.uuid; }
 
 }  // namespace shale::daemon
