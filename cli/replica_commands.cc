@@ -29,6 +29,11 @@ std::string ReplicaTable(const v1::ListReplicasResponse& replicas) {
                   r.rebuild_sent_bytes() == 0 ? "-" : FormatSize(r.rebuild_sent_bytes()),
                   r.last_error().empty() ? "-" : r.last_error()});
   }
+  if (replicas.fenced()) {
+    return "fenced: another node took this volume over (epoch " + std::to_string(replicas.epoch()) +
+           ", target " + replicas.target() + "); this node serves no more I/O for it\n" +
+           table.Render();
+  }
   return table.Render();
 }
 
@@ -47,9 +52,13 @@ nlohmann::ordered_json ToJson(const v1::ListReplicasResponse& replicas) {
   }
   nlohmann::ordered_json in_sync = nlohmann::ordered_json::array();
   for (const std::string& n : replicas.in_sync()) in_sync.push_back(n);
-  return {{"volume", replicas.volume()}, {"epoch", replicas.epoch()},
-          {"target", replicas.target()}, {"min_in_sync", replicas.min_in_sync()},
-          {"in_sync", in_sync},          {"replicas", list}};
+  return {{"volume", replicas.volume()},
+          {"epoch", replicas.epoch()},
+          {"target", replicas.target()},
+          {"min_in_sync", replicas.min_in_sync()},
+          {"in_sync", in_sync},
+          {"fenced", replicas.fenced()},
+          {"replicas", list}};
 }
 
 void ReplicaCommands::AddCommands(CLI::App& app) {

@@ -218,16 +218,26 @@ int SnapshotCommands::RunDelete(ControlClient& client, Format format) {
 int SnapshotCommands::RunVerify(ControlClient& client, Format format) {
   v1::VerifySnapshotRequest req;
   req.set_name(ref_);
-  return RunRpc(
-      client, &v1::Control::Stub::VerifySnapshot, req, err_,
-      [&](const v1::VerifySnapshotResponse& resp) {
-        if (format == Format::kJson) {
-          PrintJson({{"name", resp.name()}, {"digest", resp.digest()}, {"verified", true}});
-        } else {
-          out_ << "snapshot '" << resp.name() << "' verified: digest " << resp.digest() << "\n";
-        }
-        return kExitOk;
-      });
+  return RunRpc(client, &v1::Control::Stub::VerifySnapshot, req, err_,
+                [&](const v1::VerifySnapshotResponse& resp) {
+                  if (format == Format::kJson) {
+                    nlohmann::ordered_json replicas = nlohmann::ordered_json::array();
+                    for (const v1::ReplicaSnapshotDigest& r : resp.replicas()) {
+                      replicas.push_back({{"node", r.node()}, {"digest", r.digest()}});
+                    }
+                    PrintJson({{"name", resp.name()},
+                               {"digest", resp.digest()},
+                               {"verified", true},
+                               {"replicas", replicas}});
+                  } else {
+                    out_ << "snapshot '" << resp.name() << "' verified: digest " << resp.digest()
+                         << "\n";
+                    for (const v1::ReplicaSnapshotDigest& r : resp.replicas()) {
+                      out_ << "  replica on " << r.node() << ": digest " << r.digest() << "\n";
+                    }
+                  }
+                  return kExitOk;
+                });
 }
 
 int SnapshotCommands::RunExport(ControlClient& client, Format format) {

@@ -87,6 +87,16 @@ CLI::App* VolumeCommands::AddCommands(CLI::App& app) {
       ->required()
       ->type_name("NODE");
   recover->callback(SelectAction(action_, this, &VolumeCommands::RunForceRecover));
+
+  CLI::App* take = volume_cmd->add_subcommand(
+      "take-over",
+      "Make this node (it holds an in-sync replica) the target of a replicated volume: epoch + 1, "
+      "the old target is fenced (refused while the old target's node is up, unless --force)");
+  take->add_option("NAME", name_, "Volume name")->required();
+  take->add_flag("--force", force_,
+                 "Take it although the old target's lease lives (you know that node is dead or "
+                 "cut off); the old target is fenced either way");
+  take->callback(SelectAction(action_, this, &VolumeCommands::RunTakeOver));
   return volume_cmd;
 }
 
@@ -168,6 +178,20 @@ int VolumeCommands::RunForceRecover(ControlClient& client, Format format) {
                       : void(out_ << resp.message() << "\n");
                   return kExitOk;
                 });
+}
+
+int VolumeCommands::RunTakeOver(ControlClient& client, Format format) {
+  v1::TakeOverVolumeRequest req;
+  req.set_volume(name_);
+  req.set_force(force_);
+  return RunRpc(
+      client, &v1::Control::Stub::TakeOverVolume, req, err_,
+      [&](const v1::TakeOverVolumeResponse& resp) {
+        format == Format::kJson
+            ? PrintJson({{"name", name_}, {"epoch", resp.epoch()}, {"message", resp.message()}})
+            : void(out_ << resp.message() << "\n");
+        return kExitOk;
+      });
 }
 
 }  // namespace shale::cli

@@ -36,6 +36,7 @@ class VolumeCommands {
   int RunResize(ControlClient& client, Format format);
   int RunDelete(ControlClient& client, Format format);
   int RunForceRecover(ControlClient& client, Format format);
+  int RunTakeOver(ControlClient& client, Format format);
   // Prints one volume (create, show, resize) and returns the exit code.
   int PrintVolume(Format format, const v1::Volume& volume);
   void PrintJson(const nlohmann::ordered_json& json);

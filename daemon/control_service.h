@@ -152,6 +152,8 @@ class ControlService final : public v1::Control::Service {
   grpc::Status ForceRecoverVolume(grpc::ServerContext* ctx,
                                   const v1::ForceRecoverVolumeRequest* req,
                                   v1::ForceRecoverVolumeResponse* resp) override;
+  grpc::Status TakeOverVolume(grpc::ServerContext* ctx, const v1::TakeOverVolumeRequest* req,
+                              v1::TakeOverVolumeResponse* resp) override;
 
   // Backups to S3 (control_service_backup.cc).
   grpc::Status CreateBackup(grpc::ServerContext* ctx, const v1::CreateBackupRequest* req,

@@ -97,6 +97,7 @@ grpc::Status ControlService::ListReplicas(grpc::ServerContext* ctx,
   resp->set_target(m.target);
   resp->set_min_in_sync(m.min_in_sync);
   for (const std::string& n : m.in_sync) resp->add_in_sync(n);
+  resp->set_fenced(report->fenced);
   for (const ReplicaReport& r : report->replicas) {
     v1::Replica* out = resp->add_replicas();
     out->set_node(r.node);
@@ -119,6 +120,20 @@ grpc::Status ControlService::ForceRecoverVolume(grpc::ServerContext* ctx,
   Result<std::string> done = replicated_->ForceRecover(req->volume(), req->from_node());
   if (!done.ok()) return Fail(ctx, done.status());
   resp->set_message(*done);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::TakeOverVolume(grpc::ServerContext* ctx,
+                                            const v1::TakeOverVolumeRequest* req,
+                                            v1::TakeOverVolumeResponse* resp) {
+  if (replicated_ == nullptr) return Fail(ctx, NotInCluster());
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
+  Result<std::string> done = replicated_->TakeOver(req->volume(), req->force());
+  if (!done.ok()) return Fail(ctx, done.status());
+  resp->set_message(*done);
+  if (Result<ReplicasReport> report = replicated_->List(req->volume()); report.ok()) {
+    resp->set_epoch(report->membership.epoch);
+  }
   return grpc::Status::OK;
 }
 

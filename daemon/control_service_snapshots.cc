@@ -9,6 +9,7 @@
 #include "daemon/control_service.h"
 #include "daemon/control_service_internal.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
+#include "daemon/replicated_volumes.h"
 #include "engine/common/log.h"
 #include "engine/common/units.h"
 #include "snapshot/names.h"
@@ -161,6 +162,25 @@ grpc::Status ControlService::VerifySnapshot(grpc::ServerContext* ctx,
   if (!digest.ok()) return Fail(ctx, digest.status());
   resp->set_name(snapshot::ParseSnapshotRef(req->name())->ToString());
   resp->set_digest(*digest);
+  if (replicated_ == nullptr) return grpc::Status::OK;
+  // A replicated volume's snapshot: every copy its label lists must hash the same.
+  Result<snapshot::SnapshotInfo> snap = snapshots_->Get(req->name());
+  if (!snap.ok()) return Fail(ctx, snap.status());
+  std::string bad;
+  for (const ReplicaDigest& d : replicated_->VerifyReplicas(*snap)) {
+    v1::ReplicaSnapshotDigest* out = resp->add_replicas();
+    out->set_node(d.node);
+    out->set_digest(d.digest);
+    if (!d.status.ok()) out->set_error(d.status.ToString());
+    if (!d.status.ok() || d.digest != *digest) {
+      bad += (bad.empty() ? "" : "; ") + d.node + ": " +
+             (d.status.ok() ? "digest " + d.digest : d.status.ToString());
+    }
+  }
+  if (!bad.empty()) {
+    return Fail(ctx, Status::Corruption("snapshot " + resp->name() + " has digest " + *digest +
+                                        " on this node, but not on every replica: " + bad));
+  }
   return grpc::Status::OK;
 }
 

@@ -300,6 +300,9 @@ class ReplicaEndpoint final : public Frontend {
   void Stop() override { server_.Stop(); }
   // As bound ("127.0.0.1:7480"); empty before Start().
   std::string address() const { return server_.address(); }
+  Status RaiseEpoch(const std::string& volume, uint64_t epoch) {
+    return server_.RaiseEpoch(volume, epoch);
+  }
 
  private:
   const std::string scheme_;
@@ -665,6 +668,13 @@ Status Daemon::AddFrontends() {
     replica_options.listen_address = options_.replica_listen;
     replica_options.node_name = options_.node_name;
     replica_options.secret = cluster_secret_;
+    // Snapshots of the replicas it holds, and fencing a local target a newer one replaced.
+    ReplicatedVolumes::ServeReplicaSnapshots(lifecycle_.get(), &replica_options);
+    replica_options.on_epoch_raised = [this](const std::string& volume, uint64_t epoch) {
+      if (ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire)) {
+        r->FenceLocal(volume, epoch);
+      }
+    };
     auto endpoint = std::make_unique<ReplicaEndpoint>(engine_.get(), replica_transport_.get(),
                                                       !options_.cluster_tls_dir.empty(),
                                                       std::move(replica_options));
@@ -695,6 +705,11 @@ Status Daemon::AddFrontends() {
         std::chrono::milliseconds(static_cast<int64_t>(options_.replica_timeout_seconds * 1000));
     replicated_options.rebuild_bps = options_.rebuild_bps;
     replicated_options.transport = replica_transport_.get();
+    if (replica != nullptr) {
+      replicated_options.raise_local_epoch = [replica](const std::string& volume, uint64_t epoch) {
+        return replica->RaiseEpoch(volume, epoch);
+      };
+    }
     auto targets = std::make_unique<ReplicatedVolumes>(lifecycle_.get(), cluster,
                                                        std::move(replicated_options));
     replicated = targets.get();

@@ -189,10 +189,12 @@ Status ReplicatedVolumes::Start() {
   }
   repair_ = std::thread([this] { RepairLoop(); });
   started_.store(true);
+  lifecycle_->SetSnapshotReplication(this);
   return Status::Ok();
 }
 
 void ReplicatedVolumes::Stop() {
+  lifecycle_->SetSnapshotReplication(nullptr);
   started_.store(false);
   {
     std::lock_guard lock(mu_);
@@ -543,7 +545,12 @@ Result<ReplicasReport> ReplicatedVolumes::List(const std::string& name) {
   report.membership = record.membership;
   std::shared_ptr<Target> target = Find(name);
   std::vector<replication::ReplicaStatus> live;
-  if (target != nullptr) target->reactor->RunSync([&] { live = target->layer->Replicas(); });
+  if (target != nullptr) {
+    target->reactor->RunSync([&] {
+      live = target->layer->Replicas();
+      report.fenced = target->layer->fenced();
+    });
+  }
   for (const cluster::ReplicaMember& r : record.membership.replicas) {
     ReplicaReport out;
     out.node = r.node;
@@ -814,5 +821,8 @@ void ReplicatedVolumes::PendingFailed(const std::string& name, const Status& why
   SHALE_LOG_WARN("target of a replicated volume not open; retrying with backoff", {"volume", name},
                  {"error", reason});
 }
+Reactor* ReplicatedVolumes::ReactorOf(const Target& t) { return t.reactor; }
+replication::ReplicationLayer* ReplicatedVolumes::LayerOf(const Target& t) { return t.layer.get(); }
+const Uuid& ReplicatedVolumes::UuidOf(const Target& t) { return t.uuid; }
 
 }  // namespace shale::daemon

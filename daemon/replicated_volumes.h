@@ -24,9 +24,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -38,9 +40,14 @@
 #include "replication/auth.h"
 #include "replication/transport.h"
 
+namespace shale {
+class Reactor;
+}
 namespace shale::replication {
 class ReplicaClient;
-}
+class ReplicationLayer;
+struct ReplicaServerOptions;
+}  // namespace shale::replication
 
 namespace shale::daemon {
 
@@ -57,6 +64,21 @@ struct ReplicatedVolumesOptions {
   // Every connection to a peer's replica service goes through it: the node's replica transport
   // (TCP, or mutual TLS with --cluster-tls-dir). Required; outlives the ReplicatedVolumes.
   replication::Transport* transport = nullptr;
+  // Raises the persisted epoch of this node's replica of a volume (through its replica server,
+  // ReplicaServer::RaiseEpoch) when this node takes the volume over; null without a replica
+  // listener (then nothing else can reach the local replica).
+  std::function<Status(const std::string& volume, uint64_t epoch)> raise_local_epoch;
+};
+
+// Snapshot labels of a replicated volume's snapshot on its target (docs/replication.md).
+inline constexpr char kSnapshotReplicasLabel[] = "shale.io/snapshot-replicas";  // "a,b,c"
+inline constexpr char kSnapshotVolumeUuidLabel[] = "shale.io/snapshot-volume-uuid";
+
+// One replica's copy of a snapshot, as `snapshot verify` reports it.
+struct ReplicaDigest {
+  std::string node;
+  std::string digest;  // empty when it could not be computed
+  Status status;       // why not
 };
 
 struct ReplicatedSpec {
@@ -80,9 +102,10 @@ struct ReplicaReport {
 struct ReplicasReport {
   cluster::Membership membership;
   std::vector<ReplicaReport> replicas;  // in the membership's order
+  bool fenced = false;                  // this node's target was fenced by a newer one
 };
 
-class ReplicatedVolumes final : public Frontend {
+class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
  public:
   // `lifecycle` and `cluster` must outlive this object.
   ReplicatedVolumes(VolumeLifecycle* lifecycle, ClusterNode* cluster,
@@ -114,9 +137,41 @@ class ReplicatedVolumes final : public Frontend {
   // another target, or a target that is not open (yet).
   Result<std::shared_ptr<VolumeLayer>> LowerLayer(Volume& volume);
 
+  // --- snapshots (replicated_snapshots.cc) ---
+  // SnapshotReplication: on the target, quiesces the volume, takes the snapshot locally and on
+  // every in-sync replica (all or none), resumes. On a replica held for another target:
+  // FailedPrecondition.
+  Result<std::optional<snapshot::SnapshotInfo>> Snapshot(
+      std::string_view volume, std::string_view name,
+      const snapshot::CreateSnapshotOptions& options) override;
+  void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) override;
+  // The digest of every remote copy of a replicated volume's snapshot (the nodes its label
+  // lists); empty for a snapshot that is not one.
+  std::vector<ReplicaDigest> VerifyReplicas(const snapshot::SnapshotInfo& snap);
+  // The replica server's snapshot handlers on this node (SNAPSHOT, SNAPSHOT_DIGEST,
+  // DELETE_SNAPSHOT) through `lifecycle`'s snapshot manager.
+  static void ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
+                                    replication::ReplicaServerOptions* options);
+
+  // --- moving the target (replica_takeover.cc) ---
+  // `shale volume take-over NAME [--force]` on a node that holds an in-sync replica: one
+  // compare-and-swap makes this node the target (epoch + 1), the local replica's epoch is
+  // raised, the target opens (every replica it reaches persists the new epoch, fencing the old
+  // target). Refused while the old target's node is up unless `force`. Returns a line for
+  // people.
+  Result<std::string> TakeOver(const std::string& name, bool force);
+  // The replica server raised the epoch of this node's replica `volume` (a newer target opened
+  // it): a local target of it with an older epoch is fenced.
+  void FenceLocal(const std::string& volume, uint64_t epoch);
+
   struct Target;  // one open target (replicated_volumes.cc)
 
  private:
+  // Raises the local replica's epoch to `epoch` and opens the target (replica_takeover.cc).
+  Result<std::string> FinishTakeOver(const std::string& name, uint64_t epoch, std::string result);
+  static Reactor* ReactorOf(const Target& t);
+  static replication::ReplicationLayer* LayerOf(const Target& t);
+  static const Uuid& UuidOf(const Target& t);
   Result<std::shared_ptr<Target>> OpenTarget(const std::string& name);
   // A client of `target`'s replica at `address` (connect, authenticate, OPEN at `epoch`).
   Result<std::unique_ptr<replication::ReplicaClient>> Connect(const Target& target,
@@ -161,6 +216,7 @@ class ReplicatedVolumes final : public Frontend {
   };
   std::map<std::string, PendingRetry> pending_retry_;  // guarded by mu_
   bool stopping_ = false;                              // guarded by mu_
+  std::mutex snapshot_mu_;                      // serializes snapshots (replicated_snapshots.cc)
   std::thread repair_;
 };
 

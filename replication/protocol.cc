@@ -98,7 +98,9 @@ std::pair<uint32_t, uint32_t> OkReplyBounds(MsgType t) {
     case MsgType::kCreateReplica:
     case MsgType::kStatReplica:
       return {sizeof(WireReplicaStat), sizeof(WireReplicaStat)};
-    default:  // WRITE, WRITE_ZEROES, DISCARD, FLUSH, SNAPSHOT, DELETE_REPLICA
+    case MsgType::kSnapshotDigest:
+      return {sizeof(WireString) + 1, sizeof(WireString) + kMaxDigestLength};
+    default:  // WRITE, WRITE_ZEROES, DISCARD, FLUSH, SNAPSHOT, DELETE_REPLICA, DELETE_SNAPSHOT
       return {0, 0};
   }
 }
@@ -134,6 +136,10 @@ std::pair<uint32_t, uint32_t> RequestBounds(MsgType t) {
     case MsgType::kDeleteReplica:
     case MsgType::kStatReplica:
       return {sizeof(WireReplicaRef) + 1, sizeof(WireReplicaRef) + kMaxVolumeNameLength};
+    case MsgType::kSnapshotDigest:
+    case MsgType::kDeleteSnapshot:
+      return {sizeof(WireSnapshotRef) + 2,
+              sizeof(WireSnapshotRef) + kMaxVolumeNameLength + kMaxSnapshotNameLength};
   }
   return {0, 0};
 }
@@ -193,6 +199,10 @@ std::string_view MsgTypeName(MsgType type) {
       return "DELETE_REPLICA";
     case MsgType::kStatReplica:
       return "STAT_REPLICA";
+    case MsgType::kSnapshotDigest:
+      return "SNAPSHOT_DIGEST";
+    case MsgType::kDeleteSnapshot:
+      return "DELETE_SNAPSHOT";
   }
   return "UNKNOWN";
 }
@@ -704,6 +714,45 @@ Status Decode(std::span<const uint8_t> p, ReplicaRef* m) {
   return TakeString(p, sizeof(WireReplicaRef),
                     GetU16(r + FIELD(WireReplicaRef, volume_name_length)), kMaxVolumeNameLength,
                     false, "replica volume name", &m->volume);
+}
+
+void Encode(const SnapshotRef& m, std::string* out) {
+  uint8_t* w = Tail(out, sizeof(WireSnapshotRef));
+  std::memcpy(w + FIELD(WireSnapshotRef, volume_uuid), m.volume_uuid.data(), 16);
+  PutU16(w + FIELD(WireSnapshotRef, volume_name_length), static_cast<uint16_t>(m.volume.size()));
+  PutU16(w + FIELD(WireSnapshotRef, snapshot_name_length),
+         static_cast<uint16_t>(m.snapshot.size()));
+  out->append(m.volume);
+  out->append(m.snapshot);
+}
+
+Status Decode(std::span<const uint8_t> p, SnapshotRef* m) {
+  if (p.size() < sizeof(WireSnapshotRef)) return Malformed("snapshot reference too short");
+  const uint8_t* r = p.data();
+  SHALE_RETURN_IF_ERROR(
+      ReservedZero(GetU32(r + FIELD(WireSnapshotRef, reserved)), "snapshot reference"));
+  std::memcpy(m->volume_uuid.data(), r + FIELD(WireSnapshotRef, volume_uuid), 16);
+  const uint16_t volume_length = GetU16(r + FIELD(WireSnapshotRef, volume_name_length));
+  const uint16_t snapshot_length = GetU16(r + FIELD(WireSnapshotRef, snapshot_name_length));
+  if (volume_length == 0 || volume_length > kMaxVolumeNameLength || snapshot_length == 0 ||
+      snapshot_length > kMaxSnapshotNameLength) {
+    return Malformed("snapshot reference name lengths out of range");
+  }
+  if (p.size() != sizeof(WireSnapshotRef) + volume_length + snapshot_length) {
+    return Malformed("snapshot reference name lengths do not match the payload");
+  }
+  const auto* names = reinterpret_cast<const char*>(r + sizeof(WireSnapshotRef));
+  m->volume.assign(names, volume_length);
+  m->snapshot.assign(names + volume_length, snapshot_length);
+  return Status::Ok();
+}
+
+void Encode(const SnapshotDigest& m, std::string* out) {
+  AppendString(out, m.digest, kMaxDigestLength);
+}
+
+Status Decode(std::span<const uint8_t> p, SnapshotDigest* m) {
+  return TakeWireString(p, kMaxDigestLength, false, "snapshot digest", &m->digest);
 }
 
 void Encode(const ReplicaStat& m, std::string* out) {

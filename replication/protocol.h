@@ -63,9 +63,13 @@ enum class MsgType : uint8_t {
   kCreateReplica = 13,  // CreateReplicaRequest; reply: ReplicaStat (idempotent by uuid)
   kDeleteReplica = 14,  // ReplicaRef; reply: empty (idempotent: a missing replica is OK)
   kStatReplica = 15,    // ReplicaRef; reply: ReplicaStat
+  // Snapshots of a replica, before OPEN like placement (docs/replication.md, "Snapshots").
+  kSnapshotDigest = 16,  // SnapshotRef; reply: SnapshotDigest (recomputed from the data)
+  kDeleteSnapshot = 17,  // SnapshotRef; reply: empty (idempotent: a missing snapshot is OK)
 };
 inline constexpr uint8_t kReplyBit = 0x80;
-inline constexpr uint8_t kMaxMsgType = 15;
+inline constexpr uint8_t kMaxMsgType = 17;
+inline constexpr size_t kMaxDigestLength = 64;  // a snapshot digest: 32 hex digits today
 std::string_view MsgTypeName(MsgType type);
 
 // Request flags (header.flags). Replies carry none.
@@ -351,6 +355,23 @@ struct WireReplicaRef {  // followed by the volume name
   uint32_t reserved2;
 };
 static_assert(sizeof(WireReplicaRef) == 24);
+// SNAPSHOT_DIGEST and DELETE_SNAPSHOT: snapshot `snapshot` of the replica volume `volume` of
+// `volume_uuid`.
+struct SnapshotRef {
+  std::array<uint8_t, 16> volume_uuid{};
+  std::string volume;
+  std::string snapshot;
+};
+struct WireSnapshotRef {  // followed by the volume name, then the snapshot name
+  uint8_t volume_uuid[16];
+  uint16_t volume_name_length;    // 1..128
+  uint16_t snapshot_name_length;  // 1..128
+  uint32_t reserved;
+};
+static_assert(sizeof(WireSnapshotRef) == 24);
+struct SnapshotDigest {  // SNAPSHOT_DIGEST reply, OK: WireString + the digest (1..64 bytes)
+  std::string digest;
+};
 struct ReplicaStat {  // CREATE_REPLICA and STAT_REPLICA replies, OK
   uint64_t size_bytes = 0;
   uint64_t allocated_bytes = 0;
@@ -395,6 +416,8 @@ void Encode(const SnapshotRequest& m, std::string* out);
 void Encode(const CreateReplicaRequest& m, std::string* out);
 void Encode(const ReplicaRef& m, std::string* out);
 void Encode(const ReplicaStat& m, std::string* out);
+void Encode(const SnapshotRef& m, std::string* out);
+void Encode(const SnapshotDigest& m, std::string* out);
 void Encode(const ErrorReply& m, std::string* out);  // truncates to kMaxErrorMessageLength
 
 Status Decode(std::span<const uint8_t> p, Hello* m);
@@ -416,6 +439,8 @@ Status Decode(std::span<const uint8_t> p, SnapshotRequest* m);
 Status Decode(std::span<const uint8_t> p, CreateReplicaRequest* m);
 Status Decode(std::span<const uint8_t> p, ReplicaRef* m);
 Status Decode(std::span<const uint8_t> p, ReplicaStat* m);
+Status Decode(std::span<const uint8_t> p, SnapshotRef* m);
+Status Decode(std::span<const uint8_t> p, SnapshotDigest* m);
 Status Decode(std::span<const uint8_t> p, ErrorReply* m);
 
 // Semantic checks of decoded requests (the server runs them before any I/O; the reply is

@@ -69,7 +69,7 @@ TEST(ReplicaProtocol, HeaderRejectsEveryBadField) {
   bad = h;
   bad.version = 2;
   EXPECT_FALSE(DecodeOnly(bad).ok());
-  for (uint8_t t : {0, 16, 0x7f, 0x80, 0x90, 0xff, 0x81 /* HELLO reply */}) {
+  for (uint8_t t : {0, 18, 0x7f, 0x80, 0x90, 0xff, 0x81 /* HELLO reply */}) {
     bad = h;
     bad.type = t;
     EXPECT_FALSE(DecodeOnly(bad).ok()) << int{t};
@@ -113,6 +113,9 @@ TEST(ReplicaProtocol, HeaderBoundsEveryLength) {
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica) + 257)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kDeleteReplica, sizeof(WireReplicaRef) + 129)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kStatReplica, sizeof(WireReplicaRef))).ok());
+  EXPECT_FALSE(DecodeOnly(Req(MsgType::kSnapshotDigest, sizeof(WireSnapshotRef) + 1)).ok());
+  EXPECT_TRUE(DecodeOnly(Req(MsgType::kDeleteSnapshot, sizeof(WireSnapshotRef) + 256)).ok());
+  EXPECT_FALSE(DecodeOnly(Req(MsgType::kDeleteSnapshot, sizeof(WireSnapshotRef) + 257)).ok());
   EXPECT_FALSE(DecodeOnly(Rep(MsgType::kDeleteReplica, 1)).ok());
   EXPECT_FALSE(DecodeOnly(Rep(MsgType::kStatReplica, sizeof(WireReplicaStat) - 1)).ok());
   EXPECT_TRUE(DecodeOnly(Rep(MsgType::kCreateReplica, sizeof(WireReplicaStat))).ok());
@@ -266,6 +269,16 @@ TEST(ReplicaProtocol, PayloadRoundTrips) {
   EXPECT_TRUE(s2.created);
   stat.created = false;
   EXPECT_FALSE(RoundTrip(stat).created);
+  SnapshotRef sref;
+  sref.volume_uuid.fill(5);
+  sref.volume = "data";
+  sref.snapshot = "nightly";
+  SnapshotRef sr2 = RoundTrip(sref);
+  EXPECT_EQ(sr2.volume_uuid, sref.volume_uuid);
+  EXPECT_EQ(sr2.volume, "data");
+  EXPECT_EQ(sr2.snapshot, "nightly");
+  EXPECT_EQ(RoundTrip(SnapshotDigest{"00112233445566778899aabbccddeeff"}).digest,
+            "00112233445566778899aabbccddeeff");
 }
 
 TEST(ReplicaProtocol, PayloadDecodersNeverTrustLengths) {
@@ -348,6 +361,19 @@ TEST(ReplicaProtocol, PayloadDecodersNeverTrustLengths) {
   bad = ref;
   bad[offsetof(WireReplicaRef, reserved2)] = 1;
   EXPECT_FALSE(Decode(AsBytes(bad), &ro).ok());
+  std::string sref;
+  Encode(SnapshotRef{{}, "vol", "s"}, &sref);
+  SnapshotRef sro;
+  EXPECT_TRUE(Decode(AsBytes(sref), &sro).ok());
+  bad = sref;
+  bad[offsetof(WireSnapshotRef, snapshot_name_length)] = 0;  // empty snapshot name
+  EXPECT_FALSE(Decode(AsBytes(bad), &sro).ok());
+  bad = sref;
+  bad[offsetof(WireSnapshotRef, snapshot_name_length)] = 2;  // past the end
+  EXPECT_FALSE(Decode(AsBytes(bad), &sro).ok());
+  bad = sref;
+  bad[offsetof(WireSnapshotRef, reserved)] = 1;
+  EXPECT_FALSE(Decode(AsBytes(bad), &sro).ok());
   std::string stat;
   Encode(ReplicaStat{4096, 0, 3, 4, false}, &stat);
   ReplicaStat st;

@@ -130,4 +130,33 @@ Result<ReplicaStat> StatReplica(const ReplicaAdminOptions& options, const Replic
   return stat;
 }
 
+namespace {
+
+Result<std::string> SnapshotCall(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
+                                 const std::string& snapshot, MsgType type, uint64_t epoch) {
+  SHALE_RETURN_IF_ERROR(CheckSpec(spec));
+  if (snapshot.empty() || snapshot.size() > kMaxSnapshotNameLength) {
+    return Status::InvalidArgument("snapshot name must be 1..128 bytes");
+  }
+  std::string payload;
+  Encode(SnapshotRef{spec.uuid.bytes, spec.volume, snapshot}, &payload);
+  return Call(options, type, epoch, payload, spec.volume + "@" + snapshot);
+}
+
+}  // namespace
+
+Result<std::string> SnapshotDigestOf(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
+                                     const std::string& snapshot) {
+  SHALE_ASSIGN_OR_RETURN(const std::string reply,
+                         SnapshotCall(options, spec, snapshot, MsgType::kSnapshotDigest, 0));
+  SnapshotDigest d;
+  SHALE_RETURN_IF_ERROR(Decode(AsBytes(reply), &d));
+  return d.digest;
+}
+
+Status DeleteReplicaSnapshot(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
+                             const std::string& snapshot, uint64_t epoch) {
+  return SnapshotCall(options, spec, snapshot, MsgType::kDeleteSnapshot, epoch).status();
+}
+
 }  // namespace shale::replication

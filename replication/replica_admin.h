@@ -47,6 +47,16 @@ Status DeleteReplica(const ReplicaAdminOptions& options, const ReplicaSpec& spec
 // The replica's size, allocation and persisted epoch and generation; NotFound if missing.
 Result<ReplicaStat> StatReplica(const ReplicaAdminOptions& options, const ReplicaSpec& spec);
 
+// The digest of snapshot `snapshot` of the replica, recomputed from its data (SNAPSHOT_DIGEST;
+// reads only, epoch 0). NotFound if the replica or the snapshot is missing; Corruption when the
+// data no longer hashes to the digest recorded there.
+Result<std::string> SnapshotDigestOf(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
+                                     const std::string& snapshot);
+// Deletes snapshot `snapshot` of the replica (DELETE_SNAPSHOT at `epoch`: STALE_EPOCH from a
+// fenced target). Idempotent: OK when it does not exist.
+Status DeleteReplicaSnapshot(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
+                             const std::string& snapshot, uint64_t epoch);
+
 // The client's side of HELLO and AUTH on a fresh connection (shared with ReplicaClient): reads
 // HELLO, proves the secret, checks the server's proof. Returns the HELLO.
 Result<Hello> AuthenticateToServer(Connection* connection, FrameReader* reader,

@@ -819,8 +819,18 @@ Result<std::shared_ptr<ReplicaServer::VolumeState>> ReplicaServer::StateOf(const
   s->persisted = persisted;
   s->fence.store(persisted.epoch);
   s->generation.store(persisted.generation);
+  s->on_raised = &options_.on_epoch_raised;
   slot = s;
   return s;
+}
+
+Status ReplicaServer::RaiseEpoch(const std::string& volume, uint64_t epoch) {
+  SHALE_ASSIGN_OR_RETURN(VolumeInfo info, engine_->GetVolume(volume));
+  if (!info.labels.contains(kReplicaUuidLabel)) {
+    return Status::InvalidArgument("volume '" + volume + "' is not a replica");
+  }
+  SHALE_ASSIGN_OR_RETURN(std::shared_ptr<VolumeState> state, StateOf(info.pool, info.id));
+  return state->Raise(epoch, volume);
 }
 
 // The receiver thread of a connection, from HELLO to teardown.

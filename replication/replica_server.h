@@ -85,6 +85,17 @@ struct ReplicaServerOptions {
   // replication/). Runs on the connection's receiver thread once every earlier request of the
   // connection has completed; may block. Null: NOT_SUPPORTED.
   std::function<Status(const std::string& volume, const std::string& snapshot)> snapshot;
+  // SNAPSHOT_DIGEST(volume, snapshot): the snapshot's digest recomputed from its data;
+  // DELETE_SNAPSHOT: deletes it (OK when missing). Run on the connection's receiver thread
+  // before OPEN; may block. Null: NOT_SUPPORTED.
+  std::function<Result<std::string>(const std::string& volume, const std::string& snapshot)>
+      snapshot_digest;
+  std::function<Status(const std::string& volume, const std::string& snapshot)> delete_snapshot;
+  // Called after the persisted epoch of replica volume `volume` was raised to `epoch` (a newer
+  // target opened it), on the thread that raised it, before the raising request is answered:
+  // the daemon fences a local target of the volume whose epoch is older (its local writes do
+  // not pass through this server). May block briefly; must not call back into the server.
+  std::function<void(const std::string& volume, uint64_t epoch)> on_epoch_raised;
   // CREATE_REPLICA that names no pool creates the replica volume here ("": the engine's
   // default pool, else its only pool).
   std::string replica_pool;
@@ -115,6 +126,10 @@ class ReplicaServer {
   void Stop();
 
   std::string address() const;  // as bound
+  // Raises the persisted epoch of local replica volume `volume` to `epoch` (no-op if not
+  // higher): a target taking the volume over on this node fences the old target's requests to
+  // this replica before it serves. Blocking (control threads).
+  Status RaiseEpoch(const std::string& volume, uint64_t epoch);
   ReplicaServerStats stats() const;
 
   struct Conn;         // one connection (replica_server.cc)
@@ -142,6 +157,7 @@ class ReplicaServer {
   Refusal DeleteReplica(const ReplicaRef& m, uint64_t epoch);
   Refusal StatReplica(const ReplicaRef& m, ReplicaStat* stat);
   Refusal ExistingReplica(const VolumeInfo& info, uint64_t epoch, ReplicaStat* stat);
+  Refusal SnapshotAdmin(MsgType type, const SnapshotRef& m, uint64_t epoch, std::string* digest);
 
   Engine* const engine_;
   Transport* const transport_;

@@ -40,7 +40,8 @@ ReplicaServer::Refusal ReplicaServer::CheckReplica(const VolumeInfo& info, const
 
 bool ReplicaServer::IsAdmin(MsgType type) {
   return type == MsgType::kCreateReplica || type == MsgType::kDeleteReplica ||
-         type == MsgType::kStatReplica;
+         type == MsgType::kStatReplica || type == MsgType::kSnapshotDigest ||
+         type == MsgType::kDeleteSnapshot;
 }
 
 // One placement request; the reply is sent here. Errors: the frame broke the protocol or the
@@ -54,6 +55,7 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
   Refusal refusal;
   ReplicaStat stat;
   std::string volume;
+  std::string digest;
   switch (f.header.msg()) {
     case MsgType::kCreateReplica: {
       CreateReplicaRequest m;
@@ -71,6 +73,14 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
                                                           : StatReplica(m, &stat);
       break;
     }
+    case MsgType::kSnapshotDigest:
+    case MsgType::kDeleteSnapshot: {
+      SnapshotRef m;
+      SHALE_RETURN_IF_ERROR(Decode(f.payload, &m));
+      volume = m.volume + "@" + m.snapshot;
+      refusal = SnapshotAdmin(f.header.msg(), m, f.header.epoch, &digest);
+      break;
+    }
     default:
       return Status::Corruption("not a placement request");
   }
@@ -82,7 +92,10 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
                    {"status", WireStatusName(refusal.status)}, {"reason", refusal.why});
     rh.status = static_cast<uint32_t>(refusal.status);
     Encode(ErrorReply{refusal.why}, &body);
-  } else if (f.header.msg() != MsgType::kDeleteReplica) {
+  } else if (f.header.msg() == MsgType::kSnapshotDigest) {
+    Encode(SnapshotDigest{digest}, &body);
+  } else if (f.header.msg() != MsgType::kDeleteReplica &&
+             f.header.msg() != MsgType::kDeleteSnapshot) {
     Encode(stat, &body);
   }
   counters_.requests.fetch_add(1);
@@ -198,6 +211,39 @@ ReplicaServer::Refusal ReplicaServer::StatReplica(const ReplicaRef& m, ReplicaSt
   if (!state.ok()) return {WireStatus::kIoError, state.status().ToString()};
   *stat = ReplicaStat{info->size_bytes, info->allocated_bytes, (*state)->fence.load(),
                       (*state)->generation.load(), false};
+  return {};
+}
+
+// SNAPSHOT_DIGEST and DELETE_SNAPSHOT of a snapshot of a replica volume (through the daemon's
+// handlers: snapshot/ is above replication/). A delete is fenced by the epoch.
+ReplicaServer::Refusal ReplicaServer::SnapshotAdmin(MsgType type, const SnapshotRef& m,
+                                                    uint64_t epoch, std::string* digest) {
+  const bool del = type == MsgType::kDeleteSnapshot;
+  if ((del && !options_.delete_snapshot) || (!del && !options_.snapshot_digest)) {
+    return {WireStatus::kNotSupported, "this replica server handles no snapshots"};
+  }
+  Result<VolumeInfo> info = engine_->GetVolume(m.volume);
+  if (!info.ok()) return {WireStatusFromStatus(info.status()), info.status().ToString()};
+  Refusal r = CheckReplica(*info, UuidOf(m.volume_uuid));
+  if (r.status != WireStatus::kOk) return r;
+  if (!del) {
+    Result<std::string> d = options_.snapshot_digest(m.volume, m.snapshot);
+    if (!d.ok()) return {WireStatusFromStatus(d.status()), d.status().ToString()};
+    if (d->empty() || d->size() > kMaxDigestLength) {
+      return {WireStatus::kIoError, "snapshot digest of unexpected length"};
+    }
+    *digest = std::move(d).value();
+    return {};
+  }
+  Result<std::shared_ptr<VolumeState>> state = StateOf(info->pool, info->id);
+  if (!state.ok()) return {WireStatus::kIoError, state.status().ToString()};
+  if (epoch < (*state)->fence.load()) {
+    return {WireStatus::kStaleEpoch, "epoch " + std::to_string(epoch) +
+                                         " is older than the replica's " +
+                                         std::to_string((*state)->fence.load())};
+  }
+  const Status st = options_.delete_snapshot(m.volume, m.snapshot);
+  if (!st.ok()) return {WireStatusFromStatus(st), st.ToString()};
   return {};
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -23,6 +24,12 @@ struct ReplicaServer::VolumeState {
   ReplicaState persisted;          // under mu
   std::atomic<uint64_t> fence{0};  // == persisted.epoch; read on the reactor
   std::atomic<uint64_t> generation{0};
+  // ReplicaServerOptions::on_epoch_raised (may be empty); called after a raise, outside mu.
+  const std::function<void(const std::string&, uint64_t)>* on_raised = nullptr;
+
+  void Raised(const std::string& volume, uint64_t epoch) const {
+    if (on_raised != nullptr && *on_raised) (*on_raised)(volume, epoch);
+  }
 
   // Persists `next` (under mu) and publishes it.
   Status Persist(const ReplicaState& next) {
@@ -36,24 +43,32 @@ struct ReplicaServer::VolumeState {
   }
   // Makes `epoch` durable before anything carrying it is accepted. No-op if not higher.
   Status Raise(uint64_t epoch, const std::string& volume) {
-    std::lock_guard lock(mu);
-    if (epoch <= persisted.epoch) return Status::Ok();
-    ReplicaState next = persisted;
-    next.epoch = epoch;
-    SHALE_RETURN_IF_ERROR(Persist(next));
+    {
+      std::lock_guard lock(mu);
+      if (epoch <= persisted.epoch) return Status::Ok();
+      ReplicaState next = persisted;
+      next.epoch = epoch;
+      SHALE_RETURN_IF_ERROR(Persist(next));
+    }
     SHALE_LOG_INFO("replica epoch raised", {"volume", volume}, {"epoch", epoch});
+    Raised(volume, epoch);
     return Status::Ok();
   }
   Status SetGeneration(uint64_t gen, uint64_t epoch, const std::string& volume) {
-    std::lock_guard lock(mu);
-    if (epoch < persisted.epoch) return Status::FromErrno(ESTALE, "stale epoch");
-    if (gen > epoch) return Status::InvalidArgument("generation above the request's epoch");
-    ReplicaState next = persisted;
-    next.epoch = std::max(next.epoch, epoch);
-    next.generation = gen;
-    SHALE_RETURN_IF_ERROR(Persist(next));
+    bool raised = false;
+    {
+      std::lock_guard lock(mu);
+      if (epoch < persisted.epoch) return Status::FromErrno(ESTALE, "stale epoch");
+      if (gen > epoch) return Status::InvalidArgument("generation above the request's epoch");
+      ReplicaState next = persisted;
+      raised = epoch > next.epoch;
+      next.epoch = std::max(next.epoch, epoch);
+      next.generation = gen;
+      SHALE_RETURN_IF_ERROR(Persist(next));
+    }
     SHALE_LOG_INFO("replica generation set", {"volume", volume}, {"generation", gen},
-                   {"epoch", next.epoch});
+                   {"epoch", epoch});
+    if (raised) Raised(volume, epoch);
     return Status::Ok();
   }
 };

@@ -10,6 +10,10 @@ void ReplicaTarget::SubmitHash(ChildIo*, uint32_t) {
   SHALE_CHECK(false, "SubmitHash on a replica that cannot hash");
 }
 
+void ReplicaTarget::SubmitSnapshot(ChildIo*, const std::string&) {
+  SHALE_CHECK(false, "SubmitSnapshot on a replica that takes no remote snapshot");
+}
+
 void LocalReplica::Submit(ChildIo* child) {
   child->target = this;
   child->fenced = false;
@@ -87,6 +91,13 @@ void RemoteReplica::SubmitSetGeneration(ChildIo* child, uint64_t generation) {
   ReplicaRequest& r = Prepare(child, ReplicaOp::kSetGeneration);
   r.offset = r.length = 0;
   r.generation = generation;
+  client_->Submit(&r);
+}
+
+void RemoteReplica::SubmitSnapshot(ChildIo* child, const std::string& name) {
+  ReplicaRequest& r = Prepare(child, ReplicaOp::kSnapshot);
+  r.offset = r.length = 0;
+  r.snapshot_name = name;
   client_->Submit(&r);
 }
 

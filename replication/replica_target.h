@@ -52,6 +52,9 @@ class ReplicaTarget {
   virtual void SubmitHash(ChildIo* child, uint32_t block);
   // Persists the replica's generation (SET_GENERATION at the target's epoch).
   virtual void SubmitSetGeneration(ChildIo* child, uint64_t generation) = 0;
+  // Takes snapshot `name` of a remote replica (SNAPSHOT at the target's epoch). The local
+  // replica's snapshot is the owner's to take (it blocks): NotSupported here by default.
+  virtual void SubmitSnapshot(ChildIo* child, const std::string& name);
 };
 
 // The replica on this node: the engine volume itself (its handle keeps it open).
@@ -88,6 +91,7 @@ class RemoteReplica final : public ReplicaTarget {
   bool can_hash() const override { return true; }
   void SubmitHash(ChildIo* child, uint32_t block) override;
   void SubmitSetGeneration(ChildIo* child, uint64_t generation) override;
+  void SubmitSnapshot(ChildIo* child, const std::string& name) override;
   ReplicaClient& client() { return *client_; }
 
  private:

@@ -1,6 +1,7 @@
 #include "replication/replication_layer.h"
 
 #include <algorithm>
+#include <cerrno>
 
 #include "engine/common/assert.h"
 #include "engine/common/log.h"
@@ -137,7 +138,7 @@ void ReplicationLayer::StartWrite(VolumeIo* io) {
     held_.push_back(io);
     return;
   }
-  if (Overlaps(io)) {
+  if (Overlaps(io) || (quiesced_ && IsWriteOp(io->op))) {
     held_.push_back(io);
     return;
   }
@@ -289,6 +290,7 @@ void ReplicationLayer::Complete(Fanout* f, Status status) {
       go();
     }
   }
+  MaybeQuiesced();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -682,6 +684,78 @@ void ReplicationLayer::ExpireLeaveLater(size_t index) {
                        if (s.state != MemberState::kLeaving || s.leaving_since != since) return;
                        FailWaitingOnLeave(index, "no answer within the membership timeout");
                      });
+// Snapshots and fencing
+
+void ReplicationLayer::Quiesce(std::function<void()> go) {
+  SHALE_CHECK(!quiesced_, "one quiesce at a time");
+  quiesced_ = true;
+  quiesce_waiter_ = std::move(go);
+  MaybeQuiesced();
+}
+
+void ReplicationLayer::MaybeQuiesced() {
+  if (!quiesce_waiter_) return;
+  for (const Fanout* f : writes_in_flight_) {
+    if (IsWriteOp(f->client->op)) return;
+  }
+  reactor_->Post(std::move(quiesce_waiter_));
+  quiesce_waiter_ = nullptr;
+}
+
+void ReplicationLayer::Resume() {
+  quiesced_ = false;
+  quiesce_waiter_ = nullptr;
+  ResumeHeld();
+}
+
+void ReplicationLayer::SnapshotRemotes(const std::string& name,
+                                       std::function<void(SnapshotResults)> done) {
+  struct Ctx {
+    ReplicationLayer* layer;
+    std::weak_ptr<int> alive;
+    uint32_t pending = 1;
+    SnapshotResults results;
+    std::function<void(SnapshotResults)> done;
+    std::vector<std::unique_ptr<ChildIo>> children;
+    void One() {
+      if (--pending == 0) done(std::move(results));
+    }
+  };
+  auto* ctx = new Ctx{this, alive_, 1, {}, std::move(done), {}};
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    if (s.state != MemberState::kInSync || s.target->local()) continue;
+    auto& child = ctx->children.emplace_back(std::make_unique<ChildIo>());
+    child->owner = ctx;
+    child->slot = static_cast<uint32_t>(ctx->results.size());
+    ctx->results.emplace_back(s.target->node(), Status::Ok());
+    child->done = [](ChildIo* c) {
+      auto* x = static_cast<Ctx*>(c->owner);
+      x->results[c->slot].second = c->io.status;
+      if (c->fenced && !x->alive.expired()) x->layer->Fence(c->io.status);
+      const bool last = x->pending == 1;
+      x->One();
+      if (last) delete x;
+    };
+    ++ctx->pending;
+  }
+  for (size_t i = 0, n = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    if (s.state != MemberState::kInSync || s.target->local()) continue;
+    s.target->SubmitSnapshot(ctx->children[n++].get(), name);
+  }
+  reactor_->Post([ctx] {
+    const bool last = ctx->pending == 1;
+    ctx->One();
+    if (last) delete ctx;
+  });
+}
+
+void ReplicationLayer::FenceAt(uint64_t epoch) {
+  if (epoch <= epoch_ || fenced_) return;
+  Fence(Status::FromErrno(ESTALE, "a replica of this volume on this node persisted epoch " +
+                                      std::to_string(epoch) + ", newer than this target's " +
+                                      std::to_string(epoch_)));
 }
 
 }  // namespace shale::replication

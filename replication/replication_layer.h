@@ -121,6 +121,21 @@ class ReplicationLayer final : public VolumeLayer {
   // Called whenever a replica leaves the in-sync set (after it was recorded).
   void OnReplicaOut(std::function<void(const std::string& node)> fn) { on_out_ = std::move(fn); }
 
+  // --- snapshots and fencing (docs/replication.md, "Snapshots of replicated volumes",
+  // "Moving the target"), on the reactor ---
+  // Holds every new write, write-zeroes and discard (flushes and reads go on); go() runs once
+  // none is in flight, so every replica has the same writes. Resume() releases them.
+  void Quiesce(std::function<void()> go);
+  void Resume();
+  // SNAPSHOT(name) to every in-sync remote replica (at the layer's epoch); done(node, status
+  // per replica) once each answered. A STALE_EPOCH answer fences the layer.
+  using SnapshotResults = std::vector<std::pair<std::string, Status>>;
+  void SnapshotRemotes(const std::string& name, std::function<void(SnapshotResults)> done);
+  // A newer target opened one of this volume's replicas at `epoch` (the daemon hears it from its
+  // replica server when the replica on this node is raised): fenced if `epoch` is newer than
+  // the layer's. Nothing is recorded in the store.
+  void FenceAt(uint64_t epoch);
+
   // --- for the Rebuilder, on the reactor ---
   // Calls go() once no write to [offset, offset+length) is in flight; writes to it submitted
   // from now on wait until UnlockRange.
@@ -188,6 +203,9 @@ class ReplicationLayer final : public VolumeLayer {
   bool range_locked_ = false;
   uint64_t lock_offset_ = 0, lock_length_ = 0;
   std::function<void()> lock_waiter_;  // LockRange's go, once the range drained
+  bool quiesced_ = false;
+  std::function<void()> quiesce_waiter_;  // Quiesce's go, once no write is in flight
+  void MaybeQuiesced();
   size_t next_reader_ = 0;
   std::function<void()> on_fenced_;
   std::function<void(const std::string&)> on_out_;

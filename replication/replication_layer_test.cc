@@ -4,7 +4,7 @@
 // on without a client-visible error (also when a partitioned one times out); below --min-in-sync
 // writes fail with EIO; a membership store that cannot be reached fails the write rather than
 // acknowledging it on fewer replicas; a target whose epoch is older than a replica's is fenced
-// (EIO, no membership change).
+// (EIO, no membership change); snapshots quiesce the writes and reach every in-sync replica.
 #include "replication/replication_test_cluster.h"
 
 namespace shale::replication::testing {
@@ -183,6 +183,47 @@ TEST_F(ReplicationLayerTest, AReplicaWithANewerEpochFencesTheOldTarget) {
   // node-b refuses the fenced target's requests of every kind.
   EXPECT_FALSE(ReadReplica("node-b", 0, 4096).ok());
   newer->Close();
+}
+
+// Snapshots: Quiesce holds new writes until Resume and lets reads through; SNAPSHOT goes to every
+// in-sync remote replica (these servers have no snapshot handler: NOT_SUPPORTED, reported per
+// replica, not a replica failure). FenceAt: a newer epoch seen on the local replica fences.
+TEST_F(ReplicationLayerTest, QuiesceHoldsWritesAndSnapshotsReachEveryInSyncReplica) {
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+  ASSERT_TRUE(Write(0, Pattern(4096, 1)).ok());
+  std::promise<void> quiet;
+  reactor_->RunSync([&] { layer_->Quiesce([&] { quiet.set_value(); }); });
+  ASSERT_EQ(quiet.get_future().wait_for(5s), std::future_status::ready);
+  LayerIo held(VolumeOp::kWrite, kMiB, 4096);
+  held.buf = Pattern(4096, 2);
+  held.io.buf = held.buf.data();
+  Submit(&held);
+  EXPECT_FALSE(held.Done(300ms)) << "a write waits while the volume is quiesced";
+  EXPECT_TRUE(Read(0, 4096).ok()) << "reads go on";
+  std::promise<ReplicationLayer::SnapshotResults> results;
+  reactor_->RunSync([&] {
+    layer_->SnapshotRemotes(
+        "s1", [&](ReplicationLayer::SnapshotResults r) { results.set_value(std::move(r)); });
+  });
+  auto got = results.get_future();
+  ASSERT_EQ(got.wait_for(5s), std::future_status::ready);
+  const ReplicationLayer::SnapshotResults r = got.get();
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[0].first, "node-b");
+  EXPECT_EQ(r[1].first, "node-c");
+  for (const auto& [node, st] : r) EXPECT_EQ(st.code(), StatusCode::kNotSupported) << node << st;
+  EXPECT_FALSE(held.Done());
+  reactor_->RunSync([&] { layer_->Resume(); });
+  ASSERT_TRUE(held.Wait().ok());
+  EXPECT_EQ(StateOf("node-b"), MemberState::kInSync) << "a refused snapshot is no failure";
+  EXPECT_TRUE(membership_->calls().empty());
+
+  reactor_->RunSync([&] { layer_->FenceAt(layer_->epoch()); });
+  EXPECT_FALSE(layer_->fenced()) << "the same epoch does not fence";
+  reactor_->RunSync([&] { layer_->FenceAt(layer_->epoch() + 1); });
+  EXPECT_TRUE(layer_->fenced());
+  EXPECT_EQ(Write(2 * kMiB, Pattern(4096, 3)).code(), StatusCode::kIoError);
+  EXPECT_TRUE(membership_->calls().empty()) << "fencing records nothing";
 }
 
 }  // namespace

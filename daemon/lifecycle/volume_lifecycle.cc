@@ -321,6 +321,11 @@ Result<snapshot::SnapshotInfo> VolumeLifecycle::Snapshot(
     std::string_view volume, std::string_view name,
     const snapshot::CreateSnapshotOptions& options) {
   SHALE_RETURN_IF_ERROR(CheckChangeGate());
+  if (SnapshotReplication* r = snapshot_replication_.load(); r != nullptr) {
+    SHALE_ASSIGN_OR_RETURN(std::optional<snapshot::SnapshotInfo> taken,
+                           r->Snapshot(volume, name, options));
+    if (taken.has_value()) return std::move(taken).value();
+  }
   return snapshots_->Create(volume, name, options);
 }
 
@@ -330,6 +335,11 @@ Result<snapshot::DeleteSnapshotResult> VolumeLifecycle::DeleteSnapshot(
   SHALE_ASSIGN_OR_RETURN(snapshot::SnapshotRef parsed, snapshot::ParseSnapshotRef(ref));
   // The canonical spelling is the export name NBD clients used.
   const std::string name = parsed.ToString();
+  SnapshotReplication* replication = snapshot_replication_.load();
+  std::optional<snapshot::SnapshotInfo> before;
+  if (replication != nullptr) {
+    if (Result<snapshot::SnapshotInfo> got = snapshots_->Get(name); got.ok()) before = *got;
+  }
   Result<snapshot::DeleteSnapshotResult> result = Status::Internal("not run");
   auto run = [&] {
     result = snapshots_->Delete(name);
@@ -343,6 +353,7 @@ Result<snapshot::DeleteSnapshotResult> VolumeLifecycle::DeleteSnapshot(
     deleted = run();
   }
   SHALE_RETURN_IF_ERROR(ExplainBusy(deleted, "snapshot", name, "delete", /*force_hint=*/true));
+  if (before.has_value()) replication->SnapshotDeleted(*before);
   return result;
 }
 

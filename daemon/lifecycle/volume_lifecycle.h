@@ -95,6 +95,20 @@ struct DeleteOptions {
   VolumeRecords extra_records;
 };
 
+// Snapshots of replicated volumes (cluster mode; daemon/replicated_volumes.h implements it,
+// docs/replication.md, "Snapshots of replicated volumes").
+class SnapshotReplication {
+ public:
+  virtual ~SnapshotReplication() = default;
+  // The snapshot of a replicated volume, taken on every in-sync replica at one point of the
+  // write stream; nullopt when `volume` is not replicated (the lifecycle takes it as usual).
+  virtual Result<std::optional<snapshot::SnapshotInfo>> Snapshot(
+      std::string_view volume, std::string_view name,
+      const snapshot::CreateSnapshotOptions& options) = 0;
+  // The local snapshot `deleted` is gone: its copies on the replicas go too (best effort).
+  virtual void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) = 0;
+};
+
 class VolumeLifecycle {
  public:
   // `engine` and `snapshots` (started) are required; `qos` may be null (then QoS settings in a
@@ -102,6 +116,9 @@ class VolumeLifecycle {
   VolumeLifecycle(Engine* engine, snapshot::SnapshotManager* snapshots, qos::QosManager* qos);
   VolumeLifecycle(const VolumeLifecycle&) = delete;
   VolumeLifecycle& operator=(const VolumeLifecycle&) = delete;
+
+  // Snapshots of replicated volumes go through it; null clears it (before it stops).
+  void SetSnapshotReplication(SnapshotReplication* r) { snapshot_replication_.store(r); }
 
   // The frontend whose exports WithExportClosed closes; null clears it (before it stops).
   void SetExportGate(ExportGate* gate) { gate_.store(gate); }
@@ -198,6 +215,7 @@ class VolumeLifecycle {
   qos::QosManager* const qos_;
   std::atomic<ExportGate*> gate_{nullptr};
   std::atomic<backup::BackupManager*> backups_{nullptr};
+  std::atomic<SnapshotReplication*> snapshot_replication_{nullptr};
   std::function<Status()> change_gate_;  // set before frontends start, then only read
   CapacityPolicy capacity_;
   // Serializes the operations that add provisioned bytes (create, clone, resize) from their

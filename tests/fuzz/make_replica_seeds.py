@@ -12,7 +12,8 @@ import struct
 
 MAGIC = 0x50524853
 (HELLO, AUTH, OPEN, READ, WRITE, WRITE_ZEROES, DISCARD, FLUSH, HASH_RANGES, GET_INFO,
- SET_GENERATION, SNAPSHOT, CREATE_REPLICA, DELETE_REPLICA, STAT_REPLICA) = range(1, 16)
+ SET_GENERATION, SNAPSHOT, CREATE_REPLICA, DELETE_REPLICA, STAT_REPLICA, SNAPSHOT_DIGEST,
+ DELETE_SNAPSHOT) = range(1, 18)
 REPLY = 0x80
 FUA, NO_UNMAP = 1, 2
 OK, EIO, ENOSPC, STALE_EPOCH = 0, 1, 2, 3
@@ -46,6 +47,11 @@ def create_replica(vol="vol", pool="", size=1 << 30, rid=3):
 
 def replica_ref(typ, vol="vol", rid=4):
     return frame(typ, bytes(range(16)) + struct.pack("<HHI", len(vol), 0, 0) + vol.encode(), rid=rid)
+
+
+def snapshot_ref(typ, vol="vol", snap="s1", rid=7):
+    return frame(typ, bytes(range(16)) + struct.pack("<HHI", len(vol), len(snap), 0) + vol.encode()
+                 + snap.encode(), rid=rid)
 
 
 def replica_stat(typ, created, rid):
@@ -129,6 +135,16 @@ SEEDS = {
     + frame(CREATE_REPLICA, bytes(16) + struct.pack("<QHHI", 4096, 3, 200, 0) + b"volpool")
     + frame(CREATE_REPLICA, bytes(16) + struct.pack("<QHHI", 0, 3, 0, 0) + b"vol")
     + frame(STAT_REPLICA | REPLY, struct.pack("<QQQQII", 4096, 0, 3, 4, 2, 0)),
+    "snapshots": bytes([FIX | 31]) + auth() + snapshot_ref(SNAPSHOT_DIGEST)
+    + snapshot_ref(DELETE_SNAPSHOT, "vol", "nightly", rid=8) + open_req()
+    + frame(SNAPSHOT, string("s2"), rid=9),
+    "snapshot_replies": bytes([FIX | 63]) + hello() + frame(AUTH | REPLY, bytes(32), rid=0)
+    + frame(SNAPSHOT_DIGEST | REPLY, string("00112233445566778899aabbccddeeff"), rid=7)
+    + frame(DELETE_SNAPSHOT | REPLY, rid=8)
+    + frame(SNAPSHOT_DIGEST | REPLY, string("x" * 65), rid=9),
+    "bad_snapshot_ref": bytes([FIX | 63])
+    + frame(SNAPSHOT_DIGEST, bytes(16) + struct.pack("<HHI", 3, 0, 0) + b"vol")
+    + frame(DELETE_SNAPSHOT, bytes(16) + struct.pack("<HHI", 3, 9, 0) + b"vols1"),
     "bad_names": bytes([FIX | 63])
     + frame(OPEN, bytes(16) + struct.pack("<QHHI", 4096, 200, 0, 0) + b"vol")
     + frame(SNAPSHOT, struct.pack("<II", 0, 0)),

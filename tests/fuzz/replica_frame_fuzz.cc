@@ -151,6 +151,9 @@ void CheckRequest(const FrameHeader& h, std::span<const uint8_t> payload, size_t
     case MsgType::kDeleteReplica:
     case MsgType::kStatReplica:
       return RoundTrip<ReplicaRef>(payload);
+    case MsgType::kSnapshotDigest:
+    case MsgType::kDeleteSnapshot:
+      return RoundTrip<SnapshotRef>(payload);
   }
 }
 
@@ -170,6 +173,8 @@ void CheckReply(const FrameHeader& h, std::span<const uint8_t> payload) {
     case MsgType::kCreateReplica:
     case MsgType::kStatReplica:
       return RoundTrip<ReplicaStat>(payload);
+    case MsgType::kSnapshotDigest:
+      return RoundTrip<SnapshotDigest>(payload);
     case MsgType::kRead:
       FUZZ_CHECK(!payload.empty() && payload.size() <= kMaxIoBytes);
       return;

@@ -1,0 +1,238 @@
+// ReplicatedVolumes: snapshots of replicated volumes (docs/replication.md, "Snapshots of
+// replicated volumes"). The target quiesces the volume (ReplicationLayer::Quiesce: new writes
+// wait, those in flight drain, bounded), takes the snapshot on its local replica and sends
+// SNAPSHOT(name) to every in-sync remote replica on the connections that carry the writes, then
+// resumes. All or none: a replica that fails it undoes the others. The snapshot's labels record
+// the nodes that hold it, for `snapshot verify` (SNAPSHOT_DIGEST) and delete (DELETE_SNAPSHOT).
+#include <future>
+
+#include "daemon/cluster_node.h"
+#include "daemon/replicated_volumes.h"
+#include "engine/common/log.h"
+#include "engine/io/reactor.h"
+#include "replication/replica_admin.h"
+#include "replication/replica_server.h"
+#include "replication/replication_layer.h"
+#include "snapshot/names.h"
+
+namespace shale::daemon {
+
+using replication::MemberState;
+
+namespace {
+
+// A digest is recomputed from every block of the snapshot: generous, a verify may be long.
+constexpr auto kDigestTimeout = std::chrono::minutes(30);
+
+std::vector<std::string> SplitNodes(const std::string& list) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t comma = std::min(list.find(',', start), list.size());
+    if (comma > start) out.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::string JoinNodes(const std::vector<std::string>& nodes) {
+  std::string out;
+  for (const std::string& n : nodes) out += (out.empty() ? "" : ",") + n;
+  return out;
+}
+
+}  // namespace
+
+Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
+    std::string_view volume_view, std::string_view name_view,
+    const snapshot::CreateSnapshotOptions& options) {
+  const std::string volume(volume_view), name(name_view);
+  Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(volume);
+  if (!info.ok() || !info->labels.contains(replication::kReplicaUuidLabel)) {
+    return std::optional<snapshot::SnapshotInfo>();  // not replicated: as usual
+  }
+  std::shared_ptr<Target> target = Find(volume);
+  if (target == nullptr) {
+    std::string owner = "another node";
+    if (Result<cluster::VolumeRecord> r = store_->GetVolume(volume); r.ok()) {
+      owner = "node " + r->membership.target;
+    }
+    return Status::FailedPrecondition("volume '" + volume +
+                                      "' is replicated and its target here is not open (it is "
+                                      "served by " +
+                                      owner + "); take the snapshot on its target");
+  }
+  const std::string ref = volume + "@" + name;
+  if (lifecycle_->snapshots()->Get(ref).ok()) {
+    return Status::AlreadyExists("snapshot '" + ref + "' already exists");
+  }
+  // One snapshot at a time per daemon: a layer has one quiesce at a time.
+  std::lock_guard snapshot_lock(snapshot_mu_);
+  Reactor* reactor = ReactorOf(*target);
+  replication::ReplicationLayer* layer = LayerOf(*target);
+  // Quiesce, bounded: writes in flight end within the replica timeout (or their replica fails).
+  auto quiet = std::make_shared<std::promise<void>>();
+  reactor->RunSync([&] { layer->Quiesce([quiet] { quiet->set_value(); }); });
+  const auto resume = [&] { reactor->RunSync([&] { layer->Resume(); }); };
+  const auto bound = options_.replica_timeout * 2 + std::chrono::seconds(1);
+  if (quiet->get_future().wait_for(bound) != std::future_status::ready) {
+    resume();
+    return Status::Unavailable("snapshot of '" + volume +
+                               "': writes in flight did not drain within " +
+                               std::to_string(bound.count()) + " ms");
+  }
+  std::vector<std::string> holders{options_.node_name};
+  bool fenced = false;
+  reactor->RunSync([&] {
+    fenced = layer->fenced();
+    for (const replication::ReplicaStatus& s : layer->Replicas()) {
+      if (!s.local && s.state == MemberState::kInSync) holders.push_back(s.node);
+    }
+  });
+  if (fenced) {
+    resume();
+    return Status::Unavailable("volume '" + volume + "' was taken over by another target");
+  }
+  snapshot::CreateSnapshotOptions local = options;
+  local.wait_digest = false;  // never while writes wait
+  local.labels[kSnapshotReplicasLabel] = JoinNodes(holders);
+  local.labels[kSnapshotVolumeUuidLabel] = UuidOf(*target).ToString();
+  Result<snapshot::SnapshotInfo> taken = lifecycle_->snapshots()->Create(volume, name, local);
+  if (!taken.ok()) {
+    resume();
+    return taken.status();
+  }
+  std::promise<replication::ReplicationLayer::SnapshotResults> remote;
+  reactor->RunSync([&] {
+    layer->SnapshotRemotes(name, [&](replication::ReplicationLayer::SnapshotResults r) {
+      remote.set_value(std::move(r));
+    });
+  });
+  const replication::ReplicationLayer::SnapshotResults results = remote.get_future().get();
+  resume();
+  Status failed;
+  for (const auto& [node, st] : results) {
+    if (!st.ok() && failed.ok()) failed = st.WithContext("snapshot on replica " + node);
+  }
+  if (!failed.ok()) {
+    // All or none: the copies taken are removed again.
+    lifecycle_->snapshots()->Delete(ref).status().IgnoreError();
+    SnapshotDeleted(*taken);
+    SHALE_LOG_WARN("snapshot of a replicated volume failed on a replica; undone", {"snapshot", ref},
+                   {"error", failed.ToString()});
+    return failed;
+  }
+  SHALE_LOG_INFO("snapshot of a replicated volume taken", {"snapshot", ref},
+                 {"replicas", local.labels[kSnapshotReplicasLabel]});
+  if (options.wait_digest) {
+    SHALE_ASSIGN_OR_RETURN(snapshot::SnapshotInfo waited, lifecycle_->snapshots()->WaitDigest(ref));
+    return std::optional<snapshot::SnapshotInfo>(std::move(waited));
+  }
+  return std::optional<snapshot::SnapshotInfo>(std::move(taken).value());
+}
+
+// For each remote node a snapshot's label lists: `fn(node, admin options, spec)`, or the reason
+// it cannot be reached.
+namespace {
+
+template <typename Fn>
+void ForEachRemoteCopy(const snapshot::SnapshotInfo& snap, const std::string& self,
+                       ClusterNode* cluster, const replication::ReplicaAdminOptions& base, Fn fn) {
+  auto nodes_label = snap.labels.find(kSnapshotReplicasLabel);
+  auto uuid_label = snap.labels.find(kSnapshotVolumeUuidLabel);
+  if (nodes_label == snap.labels.end() || uuid_label == snap.labels.end()) return;
+  Result<Uuid> uuid = Uuid::Parse(uuid_label->second);
+  Result<std::vector<cluster::NodeRecord>> nodes = cluster->ListNodes();
+  for (const std::string& node : SplitNodes(nodes_label->second)) {
+    if (node == self) continue;
+    const cluster::NodeRecord* record = nullptr;
+    if (nodes.ok()) {
+      for (const cluster::NodeRecord& n : *nodes) record = n.name == node ? &n : record;
+    }
+    if (!uuid.ok() || record == nullptr || !record->up || record->info.replica_address.empty()) {
+      fn(node, nullptr, replication::ReplicaSpec{},
+         !uuid.ok()   ? uuid.status()
+         : nodes.ok() ? Status::Unavailable("node " + node + " is down")
+                      : nodes.status());
+      continue;
+    }
+    replication::ReplicaAdminOptions admin = base;
+    admin.address = record->info.replica_address;
+    fn(node, &admin, replication::ReplicaSpec{snap.volume, *uuid, snap.size_bytes, ""},
+       Status::Ok());
+  }
+}
+
+}  // namespace
+
+void ReplicatedVolumes::SnapshotDeleted(const snapshot::SnapshotInfo& deleted) {
+  if (!deleted.labels.contains(kSnapshotReplicasLabel)) return;  // not a replicated one
+  uint64_t epoch = 0;
+  if (Result<cluster::VolumeRecord> r = store_->GetVolume(deleted.volume); r.ok()) {
+    epoch = r->membership.epoch;
+  }
+  const replication::ReplicaAdminOptions base{"", options_.node_name, options_.secret, transport_,
+                                              options_.connect_timeout};
+  ForEachRemoteCopy(deleted, options_.node_name, cluster_, base,
+                    [&](const std::string& node, const replication::ReplicaAdminOptions* admin,
+                        const replication::ReplicaSpec& spec, Status st) {
+                      if (admin != nullptr) {
+                        st = replication::DeleteReplicaSnapshot(*admin, spec, deleted.name, epoch);
+                      }
+                      if (st.ok()) return;
+                      // It stays there; a later snapshot of that name replaces it.
+                      SHALE_LOG_WARN("snapshot copy left on a replica",
+                                     {"snapshot", deleted.full_name()}, {"node", node},
+                                     {"error", st.ToString()});
+                    });
+}
+
+std::vector<ReplicaDigest> ReplicatedVolumes::VerifyReplicas(const snapshot::SnapshotInfo& snap) {
+  std::vector<ReplicaDigest> out;
+  replication::ReplicaAdminOptions base{
+      "", options_.node_name, options_.secret, transport_,
+      std::chrono::duration_cast<std::chrono::milliseconds>(kDigestTimeout)};
+  ForEachRemoteCopy(snap, options_.node_name, cluster_, base,
+                    [&](const std::string& node, const replication::ReplicaAdminOptions* admin,
+                        const replication::ReplicaSpec& spec, const Status& st) {
+                      ReplicaDigest d{node, "", st};
+                      if (admin != nullptr) {
+                        Result<std::string> got =
+                            replication::SnapshotDigestOf(*admin, spec, snap.name);
+                        if (got.ok()) d.digest = *got;
+                        d.status = got.status();
+                      }
+                      out.push_back(std::move(d));
+                    });
+  return out;
+}
+
+void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
+                                              replication::ReplicaServerOptions* options) {
+  options->snapshot = [lifecycle](const std::string& volume, const std::string& name) {
+    SHALE_RETURN_IF_ERROR(lifecycle->CheckChangeGate());
+    snapshot::SnapshotManager* snapshots = lifecycle->snapshots();
+    const std::string ref = volume + "@" + name;
+    if (snapshots->Get(ref).ok()) {
+      // A copy a failed delete left behind: the target's newer snapshot of that name wins.
+      SHALE_LOG_WARN("replica snapshot replaced", {"snapshot", ref});
+      SHALE_RETURN_IF_ERROR(snapshots->Delete(ref).status());
+    }
+    Result<snapshot::SnapshotInfo> taken = snapshots->Create(volume, name);
+    if (taken.ok()) SHALE_LOG_INFO("replica snapshot taken", {"snapshot", ref});
+    return taken.status();
+  };
+  options->snapshot_digest = [lifecycle](const std::string& volume, const std::string& name) {
+    return lifecycle->snapshots()->Verify(volume + "@" + name);
+  };
+  options->delete_snapshot = [lifecycle](const std::string& volume,
+                                         const std::string& name) -> Status {
+    SHALE_RETURN_IF_ERROR(lifecycle->CheckChangeGate());
+    Status st = lifecycle->snapshots()->Delete(volume + "@" + name).status();
+    if (st.IsNotFound()) return Status::Ok();
+    if (st.ok()) SHALE_LOG_INFO("replica snapshot deleted", {"snapshot", volume + "@" + name});
+    return st;
+  };
+}
+
+}  // namespace shale::daemon

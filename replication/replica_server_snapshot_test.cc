@@ -1,0 +1,159 @@
+// The replica server's snapshot administration and fencing hooks (docs/format/replica-protocol.md,
+// "Snapshots"; docs/replication.md, "Moving the target and fencing"): SNAPSHOT_DIGEST and
+// DELETE_SNAPSHOT reach the daemon's handlers for a replica of the right uuid only, a delete
+// is fenced by the epoch, a server without handlers answers NOT_SUPPORTED; on_epoch_raised
+// reports every raise of a replica's persisted epoch (OPEN, RaiseEpoch) and nothing else.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/io/reactor.h"
+#include "replication/replica_admin.h"
+#include "replication/replica_client.h"
+#include "replication/replica_server.h"
+
+namespace shale::replication {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr uint64_t kSize = 16 * kMiB;
+
+ClusterSecret Secret() { return *ClusterSecret::FromBytes("replica-snapshot-test-secret"); }
+
+class ReplicaServerSnapshotTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = "/tmp/shale-replica-snap-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+    uuid_ = Uuid::Random();
+    EngineOptions options;
+    options.data_dir = dir_ + "/data";
+    options.default_pool_size = 128 * kMiB;
+    options.reactors = 1;
+    auto engine = Engine::Open(options);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = std::move(engine).value();
+    ASSERT_TRUE(engine_
+                    ->CreateVolume({.name = "vol",
+                                    .size_bytes = kSize,
+                                    .labels = {{kReplicaUuidLabel, uuid_.ToString()}}})
+                    .ok());
+    auto reactor = Reactor::Start({.name = "target"});
+    ASSERT_TRUE(reactor.ok()) << reactor.status();
+    reactor_ = std::move(reactor).value();
+  }
+  void TearDown() override {
+    if (server_) server_->Stop();
+    server_.reset();
+    if (engine_) {
+      EXPECT_TRUE(engine_->Shutdown().ok());
+    }
+    engine_.reset();
+    reactor_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void Start(ReplicaServerOptions o) {
+    o.listen_address = "127.0.0.1:0";
+    o.node_name = "node-b";
+    o.secret = Secret();
+    server_ = std::make_unique<ReplicaServer>(engine_.get(), &tcp_, std::move(o));
+    ASSERT_TRUE(server_->Start().ok());
+  }
+  ReplicaAdminOptions Admin() { return {server_->address(), "node-a", Secret(), &tcp_}; }
+  ReplicaSpec Spec(Uuid uuid) { return {"vol", uuid, kSize, ""}; }
+
+  std::string dir_;
+  Uuid uuid_;
+  TcpTransport tcp_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<Reactor> reactor_;
+  std::unique_ptr<ReplicaServer> server_;
+};
+
+TEST_F(ReplicaServerSnapshotTest, DigestAndDeleteReachTheHandlersFencedByTheEpoch) {
+  std::mutex mu;
+  std::vector<std::string> calls;
+  ReplicaServerOptions o;
+  o.snapshot_digest = [&](const std::string& volume,
+                          const std::string& snap) -> Result<std::string> {
+    std::lock_guard lock(mu);
+    calls.push_back("digest " + volume + "@" + snap);
+    if (snap == "gone") return Status::NotFound("no snapshot " + snap);
+    return std::string("00112233445566778899aabbccddeeff");
+  };
+  o.delete_snapshot = [&](const std::string& volume, const std::string& snap) {
+    std::lock_guard lock(mu);
+    calls.push_back("delete " + volume + "@" + snap);
+    return Status::Ok();
+  };
+  Start(std::move(o));
+  auto digest = SnapshotDigestOf(Admin(), Spec(uuid_), "s1");
+  ASSERT_TRUE(digest.ok()) << digest.status();
+  EXPECT_EQ(*digest, "00112233445566778899aabbccddeeff");
+  EXPECT_TRUE(SnapshotDigestOf(Admin(), Spec(uuid_), "gone").status().IsNotFound());
+  // Another volume's uuid: refused before any handler runs.
+  EXPECT_EQ(SnapshotDigestOf(Admin(), Spec(Uuid::Random()), "s1").status().code(),
+            StatusCode::kInvalidArgument);
+  ASSERT_TRUE(server_->RaiseEpoch("vol", 4).ok());
+  EXPECT_EQ(DeleteReplicaSnapshot(Admin(), Spec(uuid_), "s1", 3).sys_errno(), ESTALE)
+      << "a fenced target cannot delete";
+  EXPECT_TRUE(DeleteReplicaSnapshot(Admin(), Spec(uuid_), "s1", 4).ok());
+  std::lock_guard lock(mu);
+  const std::vector<std::string> expect = {"digest vol@s1", "digest vol@gone", "delete vol@s1"};
+  EXPECT_EQ(calls, expect);
+}
+
+TEST_F(ReplicaServerSnapshotTest, WithoutHandlersSnapshotsAreNotSupported) {
+  Start({});
+  EXPECT_EQ(SnapshotDigestOf(Admin(), Spec(uuid_), "s1").status().code(),
+            StatusCode::kNotSupported);
+  EXPECT_EQ(DeleteReplicaSnapshot(Admin(), Spec(uuid_), "s1", 1).code(), StatusCode::kNotSupported);
+}
+
+TEST_F(ReplicaServerSnapshotTest, EveryRaiseOfAReplicasEpochIsReported) {
+  std::mutex mu;
+  std::vector<std::pair<std::string, uint64_t>> raised;
+  ReplicaServerOptions o;
+  o.on_epoch_raised = [&](const std::string& volume, uint64_t epoch) {
+    std::lock_guard lock(mu);
+    raised.emplace_back(volume, epoch);
+  };
+  Start(std::move(o));
+  auto open = [&](uint64_t epoch) {
+    ReplicaClientOptions c;
+    c.address = server_->address();
+    c.node_name = "node-a";
+    c.secret = Secret();
+    c.volume = "vol";
+    c.volume_uuid = uuid_;
+    c.size_bytes = kSize;
+    c.epoch = epoch;
+    c.transport = &tcp_;
+    c.completion_reactor = reactor_.get();
+    return ReplicaClient::Connect(std::move(c));
+  };
+  auto first = open(2);
+  ASSERT_TRUE(first.ok()) << first.status();
+  (*first)->Close();
+  auto same = open(2);  // not higher: not reported
+  ASSERT_TRUE(same.ok()) << same.status();
+  (*same)->Close();
+  ASSERT_TRUE(server_->RaiseEpoch("vol", 5).ok());
+  ASSERT_TRUE(server_->RaiseEpoch("vol", 3).ok());  // lower: a no-op
+  EXPECT_TRUE(IsStaleEpoch(open(4).status())) << "the raise is persisted and fences";
+  EXPECT_FALSE(server_->RaiseEpoch("nope", 9).ok());
+  std::lock_guard lock(mu);
+  const std::vector<std::pair<std::string, uint64_t>> expect = {{"vol", 2}, {"vol", 5}};
+  EXPECT_EQ(raised, expect);
+}
+
+}  // namespace
+}  // namespace shale::replication
