@@ -24,70 +24,15 @@
 #include "tests/e2e/etcd_fixture.h"
 #include "tests/e2e/harness.h"
 #include "tests/e2e/nbd_raw_client.h"
+#include "tests/e2e/replication_e2e_util.h"
 
 namespace shale::e2e {
 namespace {
 
 using std::chrono::seconds;
 
-constexpr char kSecret[] = "e2e-replication-secret-0123456789abcdef\n";
 constexpr uint64_t kVolBytes = 64ull << 20;
 constexpr uint32_t kChunk = 256 << 10;
-
-std::string WriteSecret(const std::string& dir) {
-  const std::string path = dir + "/cluster.secret";
-  std::ofstream(path) << kSecret;
-  EXPECT_EQ(chmod(path.c_str(), 0600), 0);
-  return path;
-}
-
-std::vector<std::string> NodeFlags(const Harness& h, const test::EtcdProcess& etcd,
-                                   const std::string& name) {
-  return {"--cluster-store",       etcd.endpoint(),       "--node-name",          name,
-          "--cluster-secret-file", WriteSecret(h.root()), "--node-lease-seconds", "2",
-          "--replica-listen",      "127.0.0.1:0"};
-}
-
-// `shale replica list NAME -o json` through `h`, by node (empty on failure).
-std::map<std::string, nlohmann::json> Replicas(Harness& h, const std::string& volume,
-                                               nlohmann::json* whole = nullptr) {
-  std::map<std::string, nlohmann::json> out;
-  CommandResult r = h.Shale({"replica", "list", volume, "-o", "json"});
-  if (r.exit_code != 0) {
-    ADD_FAILURE() << r.Describe();
-    return out;
-  }
-  const nlohmann::json j = r.Json();
-  if (whole != nullptr) *whole = j;
-  for (const nlohmann::json& n : j["replicas"]) out[n["node"].get<std::string>()] = n;
-  return out;
-}
-
-// Every node up with its replica address published.
-bool AllPublished(Harness& h, size_t count) {
-  CommandResult r = h.Shale({"node", "list", "-o", "json"});
-  if (r.exit_code != 0) return false;
-  size_t ready = 0;
-  const nlohmann::json j = r.Json();
-  for (const nlohmann::json& n : j["nodes"]) {
-    if (n["state"] == "up" && !n["replica_address"].get<std::string>().empty()) ++ready;
-  }
-  return ready == count;
-}
-
-// Starts `nodes` as node-a, node-b, ... (by position) and waits until each published its replica
-// address; false (with the failure recorded) otherwise.
-bool StartNodes(const test::EtcdProcess& etcd, std::initializer_list<Harness*> nodes) {
-  char name = 'a';
-  for (Harness* h : nodes) {
-    if (!h->StartDaemon(NodeFlags(*h, etcd, std::string("node-") + name++))) return false;
-  }
-  Harness& first = **nodes.begin();
-  if (WaitFor([&] { return AllPublished(first, nodes.size()); }, seconds(20))) return true;
-  ADD_FAILURE() << "replica addresses not published: "
-                << first.Shale({"node", "list", "-o", "json"}).Describe();
-  return false;
-}
 
 // Writes [offset, offset + length) of `oracle` through `nbd` in kChunk requests; false on the
 // first NBD error (recorded as a test failure).
