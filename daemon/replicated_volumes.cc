@@ -6,11 +6,13 @@
 #include "cluster/placement.h"
 #include "daemon/cluster_node.h"
 #include "daemon/replica_membership.h"
+#include "daemon/replicated_target.h"
 #include "engine/common/block.h"
 #include "engine/common/log.h"
 #include "engine/common/uuid.h"
 #include "engine/io/reactor.h"
 #include "engine/pool/pool.h"
+#include "replication/activity_log.h"
 #include "replication/changed_regions.h"
 #include "replication/rebuilder.h"
 #include "replication/replica_admin.h"
@@ -67,36 +69,6 @@ replication::ChangedRegions::CommitFn PoolCommit(Pool* pool) {
 
 }  // namespace
 
-// Per remote node: the repair thread's bookkeeping (guarded by Target::mu).
-struct NodeRepair {
-  SteadyTime next_try{};
-  std::chrono::milliseconds backoff = kFirstBackoff;
-  replication::Rebuilder::Progress progress;
-  uint32_t rebuilds = 0;
-  std::string last_error;
-};
-
-struct ReplicatedVolumes::Target {
-  std::string name;
-  Uuid uuid;
-  uint64_t size_bytes = 0;
-  std::string local_node;
-  std::shared_ptr<VolumeHandle> handle;
-  Reactor* reactor = nullptr;
-  std::unique_ptr<replication::ChangedRegions> changed;
-  std::unique_ptr<StoreMembership> membership;
-  std::unique_ptr<replication::ReplicationLayer> layer;
-  // The rebuild in progress (on the reactor; at most one per target).
-  std::unique_ptr<replication::Rebuilder> rebuilder;
-  bool rebuild_running = false;  // on the reactor
-  std::string repairing;         // the node being rebuilt or joined; guarded by mu
-  std::mutex mu;
-  std::map<std::string, NodeRepair> repair;  // guarded by mu
-
-  ~Target();
-  void RebuildDone(const std::string& node, Status status);
-};
-
 ReplicatedVolumes::Target::~Target() {
   // No membership change completes from now on; a rebuild's window in flight ends first (it
   // holds the layer and the changed regions).
@@ -115,6 +87,7 @@ ReplicatedVolumes::Target::~Target() {
   }
   layer.reset();  // closes the remote clients: here, never on the reactor
   if (reactor != nullptr) reactor->RunSync([] {});  // completions posted meanwhile ran
+  DrainActivityLog();
   changed.reset();
   membership.reset();
   handle.reset();
@@ -276,11 +249,11 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
                                       ", the local replica " + uuid.ToString());
   }
   if (!m.InSync(options_.node_name)) {
-    return Status::FailedPrecondition("the local replica of volume " + name +
-                                      " is not in the in-sync set (" +
-                                      std::to_string(m.in_sync.size()) +
-                                      " other node(s) are): it refuses to serve until one "
-                                      "of them serves the volume");
+    return Status::FailedPrecondition(
+        "the local replica of volume " + name + " is not in the in-sync set (" +
+        std::to_string(m.in_sync.size()) + " other node(s) are; it holds generation " +
+        std::to_string(LocalGeneration(name)) + " of epoch " + std::to_string(m.epoch) +
+        "): it refuses to serve until one of them serves the volume");
   }
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
   auto t = std::make_shared<Target>();
@@ -293,6 +266,9 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   SHALE_ASSIGN_OR_RETURN(t->changed, replication::ChangedRegions::Load(
                                          engine, info.pool, info.id, m.size_bytes, t->reactor,
                                          PoolCommit(t->handle->volume().pool())));
+  SHALE_ASSIGN_OR_RETURN(t->activity, replication::ActivityLog::Load(
+                                          engine, info.pool, info.id, m.size_bytes, t->reactor,
+                                          PoolCommit(t->handle->volume().pool())));
   t->membership = std::make_unique<StoreMembership>(store_, name, t->reactor);
 
   std::vector<std::pair<std::shared_ptr<replication::ReplicaTarget>, MemberState>> members;
@@ -329,8 +305,13 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
                          MemberState::kOut);
   }
   // A stale replica (after force-recover) may hold writes the others never saw, anywhere: every
-  // region is compared with it (hash by hash) before it joins again.
+  // region is compared with it (hash by hash) before it joins again. One that was out (or being
+  // rebuilt) when the target stopped may hold writes in flight then: the activity log's regions.
   for (const cluster::ReplicaMember& r : m.replicas) {
+    if (r.node != options_.node_name && !m.InSync(r.node) &&
+        r.state != cluster::ReplicaState::kStale && t->activity->kept_before()) {
+      SHALE_RETURN_IF_ERROR(MarkForResync(*t, r.node));
+    }
     if (r.state != cluster::ReplicaState::kStale) continue;
     std::promise<Status> marked;
     t->reactor->Post([&, node = r.node] {
@@ -340,14 +321,10 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   }
   uint64_t epoch = m.epoch;
   for (const auto& [node, why] : lost) {
-    // It may have missed writes in flight when the target stopped: everything allocated is
-    // compared with it (hash by hash) when it returns, and it leaves in_sync before any I/O.
-    std::promise<Status> marked;
-    t->reactor->Post([&, node = node] {
-      replication::Rebuilder::MarkAllocated(&t->handle->volume(), t->changed.get(), node,
-                                            [&](Status st) { marked.set_value(st); });
-    });
-    SHALE_RETURN_IF_ERROR(marked.get_future().get());
+    // It may have missed writes in flight when the target stopped: the activity log's regions
+    // (everything allocated without a log) are compared with it (hash by hash) when it returns,
+    // and it leaves in_sync before any I/O.
+    SHALE_RETURN_IF_ERROR(MarkForResync(*t, node));
     Result<cluster::VolumeRecord> left = EditMembership(
         store_.get(), name, ReplicaLeaves(node, "unreachable when the target started: " + why));
     if (!left.ok()) return left.status();
@@ -364,6 +341,8 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   t->reactor->RunSync([&] {
     for (auto& [target, state] : members) t->layer->SetReplica(target, state);
   });
+  SHALE_RETURN_IF_ERROR(ResyncAfterRestart(t));
+  SHALE_RETURN_IF_ERROR(PersistLocalGeneration(*t, info));
   SHALE_LOG_INFO("target of replicated volume open", {"volume", name}, {"epoch", epoch},
                  {"replicas", m.replicas.size()}, {"unreachable", lost.size()});
   return t;
@@ -618,7 +597,8 @@ Result<std::string> ReplicatedVolumes::ForceRecover(const std::string& name,
         "node " + from + " is in sync already (in_sync: " + std::to_string(m.in_sync.size()) +
         " replica(s)); nothing to recover");
   }
-  const uint64_t generation = GenerationOf(m, *member);
+  // The history keeps 16 changes; the local replica's persisted generation is exact.
+  const uint64_t generation = std::max(GenerationOf(m, *member), LocalGeneration(name));
   std::string others;
   for (const std::string& n : m.in_sync) others += (others.empty() ? "" : ", ") + n;
   const std::string lost = "writes acknowledged after epoch " + std::to_string(generation) +

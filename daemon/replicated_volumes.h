@@ -197,6 +197,15 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // per reason).
   bool PendingDue(const std::string& name);
   void PendingFailed(const std::string& name, const Status& why);
+  // After a restart of the target (replicated_resync.cc): marks what a replica may have missed
+  // while the target was down (the activity log's regions, or everything allocated when the
+  // volume has no log); compares and copies the activity log's regions to every reachable
+  // in-sync replica before the target serves; persists the local replica's generation.
+  Status MarkForResync(Target& target, const std::string& node);
+  Status ResyncAfterRestart(const std::shared_ptr<Target>& target);
+  Status PersistLocalGeneration(Target& target, const VolumeInfo& info);
+  // The local replica's persisted generation (0 when none was persisted).
+  uint64_t LocalGeneration(const std::string& name);
 
   VolumeLifecycle* const lifecycle_;
   ClusterNode* const cluster_;

@@ -22,8 +22,8 @@ std::string Hex(uint64_t v, int digits) {
   return std::string(buf);
 }
 
-std::string VolumePrefix(uint64_t volume_id) {
-  return keys::Extension(kNamespace, Hex(volume_id, 16) + "/changed/");
+std::string VolumePrefix(uint64_t volume_id, std::string_view kind) {
+  return keys::Extension(kNamespace, Hex(volume_id, 16) + "/" + std::string(kind) + "/");
 }
 
 uint64_t RegionsOf(uint64_t size_bytes) { return (size_bytes + kRegionBytes - 1) / kRegionBytes; }
@@ -35,8 +35,9 @@ bool TestBit(const std::vector<uint8_t>& chunk, uint64_t bit) {
 }  // namespace
 
 ChangedRegions::ChangedRegions(uint64_t volume_id, uint64_t size_bytes, Reactor* reactor,
-                               CommitFn commit)
+                               CommitFn commit, std::string_view kind)
     : volume_id_(volume_id),
+      prefix_(VolumePrefix(volume_id, kind)),
       size_bytes_(size_bytes),
       regions_(RegionsOf(size_bytes)),
       reactor_(reactor),
@@ -45,21 +46,19 @@ ChangedRegions::ChangedRegions(uint64_t volume_id, uint64_t size_bytes, Reactor*
 ChangedRegions::~ChangedRegions() = default;
 
 std::string ChangedRegions::NodePrefix(const std::string& node) const {
-  return VolumePrefix(volume_id_) + node + "/";
+  return prefix_ + node + "/";
 }
 
 std::string ChangedRegions::ChunkKey(const std::string& node, uint64_t chunk) const {
   return NodePrefix(node) + Hex(chunk, 8);
 }
 
-Result<std::unique_ptr<ChangedRegions>> ChangedRegions::Load(Engine* engine,
-                                                             const std::string& pool,
-                                                             uint64_t volume_id,
-                                                             uint64_t size_bytes, Reactor* reactor,
-                                                             CommitFn commit) {
+Result<std::unique_ptr<ChangedRegions>> ChangedRegions::Load(
+    Engine* engine, const std::string& pool, uint64_t volume_id, uint64_t size_bytes,
+    Reactor* reactor, CommitFn commit, std::string_view kind) {
   std::unique_ptr<ChangedRegions> log(
-      new ChangedRegions(volume_id, size_bytes, reactor, std::move(commit)));
-  const std::string prefix = VolumePrefix(volume_id);
+      new ChangedRegions(volume_id, size_bytes, reactor, std::move(commit), kind));
+  const std::string prefix = log->prefix_;
   Status bad;
   SHALE_RETURN_IF_ERROR(
       engine->ScanRecords(pool, prefix, [&](std::string_view key, std::string_view value) {
@@ -91,7 +90,8 @@ Result<std::unique_ptr<ChangedRegions>> ChangedRegions::Load(Engine* engine,
 }
 
 void ChangedRegions::ForgetVolume(uint64_t volume_id, MetaBatch* batch) {
-  const std::string prefix = VolumePrefix(volume_id);
+  // Every kind: the volume's prefix up to its '/'.
+  const std::string prefix = keys::Extension(kNamespace, Hex(volume_id, 16) + "/");
   std::string end = prefix;
   end.back() = static_cast<char>(end.back() + 1);  // the prefix ends in '/': '0' follows it
   batch->DeleteRange(prefix, end);

@@ -25,6 +25,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -46,10 +47,13 @@ class ChangedRegions {
   // Commits a batch durably, then calls done (on any thread).
   using CommitFn = std::function<void(MetaBatch batch, std::function<void(Status)> done)>;
 
-  // Loads the records of volume `volume_id` in `pool` (blocking; a control thread).
+  // Loads the records of volume `volume_id` in `pool` (blocking; a control thread). `kind` names
+  // the record set: "changed" (the changed regions of out replicas) or "activity" (the activity
+  // log, activity_log.h, which keeps its regions under one pseudo-node).
   static Result<std::unique_ptr<ChangedRegions>> Load(Engine* engine, const std::string& pool,
                                                       uint64_t volume_id, uint64_t size_bytes,
-                                                      Reactor* reactor, CommitFn commit);
+                                                      Reactor* reactor, CommitFn commit,
+                                                      std::string_view kind = "changed");
   ~ChangedRegions();
   ChangedRegions(const ChangedRegions&) = delete;
   ChangedRegions& operator=(const ChangedRegions&) = delete;
@@ -78,7 +82,8 @@ class ChangedRegions {
   // The volume grew: regions past the old end exist now (nothing to mark).
   void Grow(uint64_t size_bytes);
 
-  // Deletes every record of a volume, in the batch that deletes the volume.
+  // Deletes every record of a volume (changed regions and activity log), in the batch that
+  // deletes the volume.
   static void ForgetVolume(uint64_t volume_id, MetaBatch* batch);
 
  private:
@@ -87,7 +92,8 @@ class ChangedRegions {
     uint64_t first = 0, last = 0;  // regions [first, last]
     std::function<void(Status)> done;
   };
-  ChangedRegions(uint64_t volume_id, uint64_t size_bytes, Reactor* reactor, CommitFn commit);
+  ChangedRegions(uint64_t volume_id, uint64_t size_bytes, Reactor* reactor, CommitFn commit,
+                 std::string_view kind);
   std::string ChunkKey(const std::string& node, uint64_t chunk) const;
   std::string NodePrefix(const std::string& node) const;
   // Puts the current bitmap chunk of every (node, chunk) in `dirty` into the batch.
@@ -98,6 +104,7 @@ class ChangedRegions {
   bool MarkedInMemory(const std::string& node, uint64_t region) const;
 
   const uint64_t volume_id_;
+  const std::string prefix_;  // of this kind's records of the volume
   uint64_t size_bytes_;
   uint64_t regions_;
   Reactor* const reactor_;

@@ -6,6 +6,7 @@
 #include "engine/common/assert.h"
 #include "engine/common/log.h"
 #include "engine/io/reactor.h"
+#include "replication/activity_log.h"
 #include "replication/changed_regions.h"
 
 namespace shale::replication {
@@ -50,6 +51,7 @@ struct ReplicationLayer::Fanout {
   int read_slot = -1;
   std::vector<bool> read_tried;  // by slot
   std::set<uint64_t> flushing;   // a flush: the regions written before it (unflushed_ then)
+  uint64_t log_token = 0;        // a flush: ActivityLog::FlushStarted's token
 };
 
 ReplicationLayer::ReplicationLayer(Reactor* reactor, std::string volume, uint64_t size_bytes,
@@ -153,7 +155,7 @@ void ReplicationLayer::StartWrite(VolumeIo* io) {
     for (const std::string& n : out)
       covered = covered && changed_->Covered(n, io->offset, io->length);
   }
-  if (covered) return DispatchWrite(io);
+  if (covered) return LogAndDispatch(io);
   // The regions must be durably marked for every out replica before the write goes out.
   changed_->Mark(out, io->offset, io->length, [this, io](Status st) {
     if (!st.ok()) {
@@ -173,8 +175,10 @@ void ReplicationLayer::DispatchWrite(VolumeIo* io) {
   const bool flush = io->op == VolumeOp::kFlush;
   size_t children = 0;
   for (const Slot& s : slots_) {
+    // A rebuilding replica gets flushes too: the activity log frees a region only once every
+    // replica that received its writes made them durable.
     const bool gets = s.state == MemberState::kInSync || s.state == MemberState::kJoining ||
-                      (!flush && s.state == MemberState::kRebuilding);
+                      s.state == MemberState::kRebuilding;
     if (!gets) continue;
     children += s.target->local() || flush
                     ? 1
@@ -183,8 +187,10 @@ void ReplicationLayer::DispatchWrite(VolumeIo* io) {
   f->children.reserve(children);
   for (size_t i = 0; i < slots_.size(); ++i) {
     const Slot& s = slots_[i];
+    // A rebuilding replica gets flushes too: the activity log frees a region only once every
+    // replica that received its writes made them durable.
     const bool gets = s.state == MemberState::kInSync || s.state == MemberState::kJoining ||
-                      (!flush && s.state == MemberState::kRebuilding);
+                      s.state == MemberState::kRebuilding;
     if (!gets) continue;
     const uint64_t piece =
         s.target->local() || flush ? std::max<uint64_t>(io->length, 1) : uint64_t{kMaxIoBytes};
@@ -206,6 +212,7 @@ void ReplicationLayer::DispatchWrite(VolumeIo* io) {
   f->pending = static_cast<uint32_t>(f->children.size());
   if (flush) f->flushing.swap(unflushed_);  // what this flush makes durable, if it succeeds
   writes_in_flight_.insert(f);
+  if (activity_ != nullptr) LogStarted(f);
   for (ChildIo& c : f->children) slots_[c.slot].target->Submit(&c);
 }
 
@@ -273,6 +280,7 @@ void ReplicationLayer::MaybeComplete(Fanout* f) {
 void ReplicationLayer::Complete(Fanout* f, Status status) {
   writes_in_flight_.erase(f);
   if (f->write) NoteCompleted(f, status);
+  if (activity_ != nullptr && f->write) LogCompleted(f, status);
   VolumeIo* io = f->client;
   delete f;
   io->status = std::move(status);
@@ -397,6 +405,14 @@ void ReplicationLayer::ReplicaFailed(size_t index, const std::string& reason) {
     changed_->Mark({node}, f->client->offset, f->client->length, one_done);
   }
   MarkUnflushed(node, marks, one_done);
+  // So may every write not yet flushed everywhere: a replica that crashed lost those (its own
+  // unflushed writes), so the activity log's regions are marked for it too.
+  if (activity_ != nullptr) {
+    for (const auto& [off, len] : activity_->Ranges()) {
+      ++*marks;
+      changed_->Mark({node}, off, len, one_done);
+    }
+  }
   one_done(Status::Ok());
 }
 
@@ -684,6 +700,9 @@ void ReplicationLayer::ExpireLeaveLater(size_t index) {
                        if (s.state != MemberState::kLeaving || s.leaving_since != since) return;
                        FailWaitingOnLeave(index, "no answer within the membership timeout");
                      });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Snapshots and fencing
 
 void ReplicationLayer::Quiesce(std::function<void()> go) {
@@ -756,6 +775,71 @@ void ReplicationLayer::FenceAt(uint64_t epoch) {
   Fence(Status::FromErrno(ESTALE, "a replica of this volume on this node persisted epoch " +
                                       std::to_string(epoch) + ", newer than this target's " +
                                       std::to_string(epoch_)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The activity log (activity_log.h)
+
+void ReplicationLayer::LogAndDispatch(VolumeIo* io) {
+  if (activity_ == nullptr || !IsWriteOp(io->op) || activity_->Covered(io->offset, io->length)) {
+    return DispatchWrite(io);
+  }
+  if (!activity_->HasRoom(io->offset, io->length)) {
+    // The log is full: a flush frees the regions with nothing in flight, then it goes on.
+    log_held_.push_back(io);
+    return StartLogFlush();
+  }
+  // Only the first write to a region outside the log pays this commit.
+  activity_->Add(io->offset, io->length, [this, io](Status st) {
+    if (!st.ok()) {
+      return Fail(io,
+                  Status::IoError("cannot record the write in the activity log: " + st.ToString()));
+    }
+    StartWrite(io);  // checks again: a flush may have freed the region meanwhile
+  });
+}
+
+void ReplicationLayer::StartLogFlush() {
+  if (log_flush_ != nullptr) return;
+  log_flush_ = std::make_unique<VolumeIo>();
+  log_flush_->op = VolumeOp::kFlush;
+  log_flush_->ctx = this;
+  log_flush_->done = [](VolumeIo* io) {
+    static_cast<ReplicationLayer*>(io->ctx)->LogFlushDone(io->status);
+  };
+  StartWrite(log_flush_.get());
+}
+
+void ReplicationLayer::LogFlushDone(const Status& status) {
+  log_flush_.reset();
+  std::deque<VolumeIo*> held;
+  held.swap(log_held_);
+  for (VolumeIo* io : held) {
+    if (!status.ok()) {
+      Fail(io, status.WithContext("flush to make room in the activity log"));
+    } else {
+      StartWrite(io);
+    }
+  }
+}
+
+void ReplicationLayer::LogStarted(Fanout* f) {
+  const VolumeIo* io = f->client;
+  if (io->op == VolumeOp::kFlush) {
+    f->log_token = activity_->FlushStarted();
+  } else if (IsWriteOp(io->op)) {
+    activity_->WriteStarted(io->offset, io->length);
+  }
+}
+
+void ReplicationLayer::LogCompleted(Fanout* f, const Status& status) {
+  const VolumeIo* io = f->client;
+  if (io->op == VolumeOp::kFlush) {
+    // Durable on every replica that received writes (a failed one left first).
+    if (status.ok() && !fenced_) activity_->FlushDone(f->log_token);
+  } else if (IsWriteOp(io->op)) {
+    activity_->WriteDone(io->offset, io->length);
+  }
 }
 
 }  // namespace shale::replication

@@ -45,6 +45,7 @@ class Reactor;
 
 namespace shale::replication {
 
+class ActivityLog;
 class ChangedRegions;
 
 enum class MemberState : uint8_t {
@@ -105,6 +106,10 @@ class ReplicationLayer final : public VolumeLayer {
   // started, or finished and the replica joined the in-sync set at `epoch`).
   void SetState(const std::string& node, MemberState state);
   void SetEpoch(uint64_t epoch);
+  // Keeps `log` (activity_log.h; outlives the layer) from now on: a write to a region outside it
+  // waits for the region's entry to be durable; flushes free regions; a replica that leaves gets
+  // the logged regions marked changed. Set before the first client write (or never).
+  void SetActivityLog(ActivityLog* log) { activity_ = log; }
   // The rebuild of `node` (kRebuilding, nothing left in ChangedRegions) finished: it becomes
   // kJoining (writes wait for it, a failure is a recorded leave, no reads), its join is recorded
   // (MembershipClient::ReplicaRebuilt, epoch + 1), its generation set to that epoch
@@ -160,6 +165,12 @@ class ReplicationLayer final : public VolumeLayer {
   static void OnChildDone(ChildIo* child);
   void StartWrite(VolumeIo* io);
   void DispatchWrite(VolumeIo* io);
+  // The activity log's part of a write about to be dispatched (replication_layer_al.cc).
+  void LogAndDispatch(VolumeIo* io);
+  void StartLogFlush();
+  void LogFlushDone(const Status& status);
+  void LogStarted(Fanout* f);
+  void LogCompleted(Fanout* f, const Status& status);
   void StartRead(VolumeIo* io, Fanout* retry);
   void FinishChild(Fanout* f, ChildIo* child);
   void MaybeComplete(Fanout* f);
@@ -210,6 +221,9 @@ class ReplicationLayer final : public VolumeLayer {
   std::function<void()> on_fenced_;
   std::function<void(const std::string&)> on_out_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // timers hold it weakly
+  ActivityLog* activity_ = nullptr;
+  std::deque<VolumeIo*> log_held_;       // writes waiting for room in the activity log
+  std::unique_ptr<VolumeIo> log_flush_;  // the flush that makes room, while it runs
 };
 
 }  // namespace shale::replication

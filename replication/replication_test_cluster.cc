@@ -29,6 +29,18 @@ struct Child {
   }
 };
 
+// Commits through `pool`'s pipeline, counting the rounds in `count` (if any).
+ChangedRegions::CommitFn PoolCommit(Pool* pool, std::atomic<uint64_t>* count) {
+  return [pool, count](MetaBatch batch, std::function<void(Status)> done) {
+    if (count != nullptr) ++*count;
+    CommitPipeline::Request req;
+    req.batch = std::move(batch);
+    req.flush_device = false;
+    req.done = [done = std::move(done)](const Status& st) { done(st); };
+    pool->pipeline().Submit(std::move(req));
+  };
+}
+
 }  // namespace
 
 void ReplicationCluster::SetUp() {
@@ -84,18 +96,20 @@ void ReplicationCluster::OpenTarget() {
   ASSERT_TRUE(handle.ok()) << handle.status();
   handle_ = std::move(handle).value();
   reactor_ = handle_->reactor();
-  Pool* pool = handle_->volume().pool();
-  ChangedRegions::CommitFn commit = [pool](MetaBatch batch, std::function<void(Status)> done) {
-    CommitPipeline::Request req;
-    req.batch = std::move(batch);
-    req.flush_device = false;
-    req.done = [done = std::move(done)](const Status& st) { done(st); };
-    pool->pipeline().Submit(std::move(req));
-  };
   auto changed = ChangedRegions::Load(engines_[0].get(), info->pool, info->id, kVolSize, reactor_,
-                                      std::move(commit));
+                                      PoolCommit(handle_->volume().pool(), nullptr));
   ASSERT_TRUE(changed.ok()) << changed.status();
   changed_ = std::move(changed).value();
+}
+
+void ReplicationCluster::OpenActivityLog(uint64_t max_regions) {
+  auto info = engines_[0]->GetVolume("vol");
+  ASSERT_TRUE(info.ok()) << info.status();
+  auto log = ActivityLog::Load(engines_[0].get(), info->pool, info->id, kVolSize, reactor_,
+                               PoolCommit(handle_->volume().pool(), &log_commits_), max_regions);
+  ASSERT_TRUE(log.ok()) << log.status();
+  activity_ = std::move(log).value();
+  if (layer_) reactor_->RunSync([&] { layer_->SetActivityLog(activity_.get()); });
 }
 
 void ReplicationCluster::CloseTarget() {
@@ -103,6 +117,14 @@ void ReplicationCluster::CloseTarget() {
   if (reactor_ != nullptr) reactor_->RunSync([] {});
   layer_.reset();  // closes the remote clients (blocking: never on the reactor)
   if (reactor_ != nullptr) reactor_->RunSync([] {});  // completions posted meanwhile ran
+  if (activity_ != nullptr) {
+    EXPECT_TRUE(WaitFor([&] {
+      bool busy = false;
+      reactor_->RunSync([&] { busy = activity_->busy(); });
+      return !busy;
+    }));
+    activity_.reset();
+  }
   changed_.reset();
   handle_.reset();
   reactor_ = nullptr;

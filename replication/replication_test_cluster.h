@@ -24,6 +24,7 @@
 #include "engine/io/reactor.h"
 #include "engine/pool/pool.h"
 #include "engine/volume/volume.h"
+#include "replication/activity_log.h"
 #include "replication/changed_regions.h"
 #include "replication/rebuilder.h"
 #include "replication/replica_admin.h"
@@ -171,6 +172,8 @@ class ReplicationCluster : public ::testing::Test {
   // each in the given state.
   // Without `c`: node-c is not part of the layer (a replica placed later).
   void MakeLayer(uint32_t min_in_sync, bool local, MemberState b, std::optional<MemberState> c);
+  // Loads node-a's activity log (its commits counted in log_commits_) and gives it to the layer.
+  void OpenActivityLog(uint64_t max_regions = kActivityLogMaxRegions);
   // Connects a client for a remote node at `epoch`.
   std::unique_ptr<ReplicaClient> Connect(int node, uint64_t epoch);
   // Replaces node's target in the layer by a fresh connection, in `state`.
@@ -204,6 +207,8 @@ class ReplicationCluster : public ::testing::Test {
   std::shared_ptr<VolumeHandle> handle_;       // node-a's volume
   Reactor* reactor_ = nullptr;
   std::unique_ptr<ChangedRegions> changed_;
+  std::unique_ptr<ActivityLog> activity_;
+  std::atomic<uint64_t> log_commits_{0};
   std::unique_ptr<FakeMembership> membership_;
   std::unique_ptr<ReplicationLayer> layer_;
   std::vector<uint8_t> oracle_;  // what the volume must read as

@@ -253,6 +253,9 @@ TEST_F(ReplicationE2eTest, CascadingFailureRefusesUntilForceRecover) {
     EXPECT_FALSE(nbd->Go("cv").has_value()) << "a replica behind the in-sync set never serves";
   }
   EXPECT_EQ(Replicas(a, "cv")["node-a"]["state"], "faulted");
+  // The local replica's generation was persisted when its target opened at epoch 1.
+  EXPECT_NE(a.DaemonLog().find("it holds generation 1 of epoch 2"), std::string::npos)
+      << a.DaemonLog();
   ExpectOneLineError(a.Shale({"volume", "force-recover", "cv", "--from", "node-b"}),
                      "--from must name the target's own node");
   CommandResult recovered = a.Shale({"volume", "force-recover", "cv", "--from", "node-a"});

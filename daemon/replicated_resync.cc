@@ -1,0 +1,160 @@
+// ReplicatedVolumes after a restart of the target (docs/replication.md, "Changed regions and the
+// activity log" and "Replicated volumes in shaled"): what a replica may have missed while the
+// target was down is marked from the activity log; the log's regions are compared and copied to
+// every reachable in-sync replica before the target serves; the local replica's generation is
+// persisted.
+#include <future>
+
+#include "daemon/replicated_target.h"
+#include "engine/common/log.h"
+#include "engine/engine.h"
+#include "engine/io/reactor.h"
+#include "engine/pool/metadata_store.h"
+#include "replication/replica_server.h"
+
+namespace shale::daemon {
+
+using replication::MemberState;
+
+namespace {
+
+// How long a target's teardown waits for the activity log's record update in flight.
+constexpr auto kLogDrain = std::chrono::seconds(30);
+
+}  // namespace
+
+void ReplicatedVolumes::Target::DrainActivityLog() {
+  if (activity == nullptr || reactor == nullptr) return;
+  const auto deadline = std::chrono::steady_clock::now() + kLogDrain;
+  bool busy = true;
+  while (busy && std::chrono::steady_clock::now() < deadline) {
+    reactor->RunSync([&] { busy = activity->busy(); });
+    if (busy) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  activity.reset();
+}
+
+Status ReplicatedVolumes::MarkForResync(Target& t, const std::string& node) {
+  std::promise<Status> marked;
+  t.reactor->Post([&] {
+    if (!t.activity->kept_before()) {
+      // No log was kept for this volume (its target ran a shaled without one): anything
+      // allocated may differ.
+      replication::Rebuilder::MarkAllocated(&t.handle->volume(), t.changed.get(), node,
+                                            [&](Status st) { marked.set_value(st); });
+      return;
+    }
+    const std::vector<std::pair<uint64_t, uint64_t>> ranges = t.activity->Ranges();
+    auto pending = std::make_shared<size_t>(ranges.size() + 1);
+    auto first = std::make_shared<Status>();
+    auto one = [&marked, pending, first](Status st) {
+      if (!st.ok() && first->ok()) *first = st;
+      if (--*pending == 0) marked.set_value(*first);
+    };
+    for (const auto& [off, len] : ranges) t.changed->Mark({node}, off, len, one);
+    one(Status::Ok());
+  });
+  return marked.get_future().get();
+}
+
+namespace {
+
+// Copies what ChangedRegions marks for `node` from the local replica (a Rebuilder that compares
+// 4 KiB hashes), before any client I/O; blocking.
+Status RunResync(ReplicatedVolumes::Target& t, const std::string& node,
+                 replication::Rebuilder::Progress* progress) {
+  std::promise<Status> done;
+  t.reactor->RunSync([&] {
+    t.rebuilder = std::make_unique<replication::Rebuilder>(t.reactor, t.layer.get(),
+                                                           t.changed.get(), t.local_node, node,
+                                                           replication::Rebuilder::Options{});
+    t.rebuild_running = true;
+    t.rebuilder->Start([&](Status st) {
+      t.rebuild_running = false;
+      *progress = t.rebuilder->progress();
+      done.set_value(st);
+    });
+  });
+  Status st = done.get_future().get();  // bounded: every replica request has its timeout
+  t.reactor->RunSync([&] { t.rebuilder.reset(); });
+  return st;
+}
+
+}  // namespace
+
+Status ReplicatedVolumes::ResyncAfterRestart(const std::shared_ptr<Target>& t) {
+  std::vector<std::string> nodes;
+  uint64_t logged = 0;
+  t->reactor->RunSync([&] {
+    for (const replication::ReplicaStatus& s : t->layer->Replicas()) {
+      if (!s.local && s.state == MemberState::kInSync) nodes.push_back(s.node);
+    }
+    logged = t->activity->RegionCount();
+  });
+  const bool kept = t->activity->kept_before();
+  for (const std::string& node : nodes) {
+    if (kept && logged == 0) break;  // nothing was in flight: the in-sync replicas are equal
+    replication::Rebuilder::Progress progress;
+    Status st = MarkForResync(*t, node);
+    if (st.ok()) st = RunResync(*t, node, &progress);
+    {
+      std::lock_guard lock(t->mu);
+      NodeRepair& r = t->repair[node];
+      r.progress = progress;
+      if (!st.ok()) r.last_error = st.ToString();
+    }
+    if (st.ok()) {
+      SHALE_LOG_INFO("activity-log resync at target start", {"volume", t->name}, {"node", node},
+                     {"log_regions", logged}, {"kept_log", kept ? 1 : 0},
+                     {"compared_bytes", progress.total_bytes}, {"sent_bytes", progress.sent_bytes});
+      continue;
+    }
+    // It stays behind: out of in_sync (its marks are kept), rebuilt when the repair thread
+    // reconnects it.
+    Result<cluster::VolumeRecord> left =
+        EditMembership(store_.get(), t->name,
+                       ReplicaLeaves(node, "resync at target start failed: " + st.ToString()));
+    if (!left.ok()) return left.status().WithContext("record the leave of " + node);
+    t->reactor->RunSync([&] {
+      t->layer->SetState(node, MemberState::kOut);
+      t->layer->SetEpoch(left->membership.epoch);
+    });
+    SHALE_LOG_WARN("resync at target start failed; the replica left the in-sync set",
+                   {"volume", t->name}, {"node", node}, {"error", st.ToString()},
+                   {"epoch", left->membership.epoch});
+  }
+  // The in-sync replicas are equal in every logged region now: the log starts empty.
+  std::promise<Status> reset;
+  t->reactor->Post([&] { t->activity->Reset([&](Status st) { reset.set_value(st); }); });
+  SHALE_RETURN_IF_ERROR(reset.get_future().get());
+  t->reactor->RunSync([&] { t->layer->SetActivityLog(t->activity.get()); });
+  return Status::Ok();
+}
+
+Status ReplicatedVolumes::PersistLocalGeneration(Target& t, const VolumeInfo& info) {
+  uint64_t epoch = 0;
+  t.reactor->RunSync([&] { epoch = t.layer->epoch(); });
+  Engine* engine = lifecycle_->engine();
+  SHALE_ASSIGN_OR_RETURN(replication::ReplicaState prev,
+                         replication::LoadReplicaState(engine, info.pool, info.id));
+  // It serves at `epoch` as a member of in_sync: that is its generation (rule 2), persisted
+  // before the target serves.
+  const replication::ReplicaState next{std::max(prev.epoch, epoch), epoch};
+  if (next.epoch == prev.epoch && next.generation == prev.generation) return Status::Ok();
+  MetaBatch batch;
+  batch.Put(replication::ReplicaStateKey(info.id), replication::EncodeReplicaState(next));
+  SHALE_RETURN_IF_ERROR(engine->WriteRecords(info.pool, std::move(batch)));
+  SHALE_LOG_INFO("local replica generation persisted", {"volume", t.name}, {"generation", epoch});
+  return Status::Ok();
+}
+
+uint64_t ReplicatedVolumes::LocalGeneration(const std::string& name) {
+  Engine* engine = lifecycle_->engine();
+  Result<VolumeInfo> info = engine->GetVolume(name);
+  if (!info.ok()) return 0;
+  Result<replication::ReplicaState> state =
+      replication::LoadReplicaState(engine, info->pool, info->id);
+  return state.ok() ? state->generation : 0;
+}
+
+}  // namespace shale::daemon

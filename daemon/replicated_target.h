@@ -1,0 +1,55 @@
+// ReplicatedVolumes::Target: one open target of a replicated volume and the repair thread's
+// bookkeeping of its replicas (private to replicated_volumes.cc and replicated_resync.cc).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "daemon/replica_membership.h"
+#include "daemon/replicated_volumes.h"
+#include "engine/common/uuid.h"
+#include "replication/activity_log.h"
+#include "replication/changed_regions.h"
+#include "replication/rebuilder.h"
+#include "replication/replication_layer.h"
+
+namespace shale::daemon {
+
+// Per remote node: the repair thread's bookkeeping (guarded by Target::mu).
+struct NodeRepair {
+  std::chrono::steady_clock::time_point next_try{};
+  std::chrono::milliseconds backoff{500};  // kFirstBackoff
+  replication::Rebuilder::Progress progress;
+  uint32_t rebuilds = 0;
+  std::string last_error;
+};
+
+struct ReplicatedVolumes::Target {
+  std::string name;
+  Uuid uuid;
+  uint64_t size_bytes = 0;
+  std::string local_node;
+  std::shared_ptr<VolumeHandle> handle;
+  Reactor* reactor = nullptr;
+  std::unique_ptr<replication::ChangedRegions> changed;
+  std::unique_ptr<replication::ActivityLog> activity;
+  std::unique_ptr<StoreMembership> membership;
+  std::unique_ptr<replication::ReplicationLayer> layer;
+  // The rebuild in progress (on the reactor; at most one per target).
+  std::unique_ptr<replication::Rebuilder> rebuilder;
+  bool rebuild_running = false;  // on the reactor
+  std::string repairing;         // the node being rebuilt or joined; guarded by mu
+  std::mutex mu;
+  std::map<std::string, NodeRepair> repair;  // guarded by mu
+
+  ~Target();
+  void RebuildDone(const std::string& node, Status status);
+  // Waits (bounded) for the activity log's record update in flight, then destroys it.
+  void DrainActivityLog();
+};
+
+}  // namespace shale::daemon
