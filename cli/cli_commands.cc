@@ -72,6 +72,16 @@ std::string ControlClient::AuditError(const grpc::ClientContext& ctx) {
   return it == trailers.end() ? std::string() : std::string(it->second.data(), it->second.size());
 }
 
+bool ReportRpcError(const ControlClient& client, const std::string& error, std::ostream& err) {
+  if (!client.audit_error().empty()) {
+    err << "shale: warning: shaled could not write the audit record of this change: "
+        << client.audit_error() << "\n";
+  }
+  if (error.empty()) return true;
+  err << "shale: " << error << "\n";
+  return false;
+}
+
 std::string DescribeRpcError(const grpc::Status& status, const grpc::ClientContext& ctx,
                              const std::string& endpoint, unsigned timeout_seconds) {
   const auto& trailers = ctx.GetServerTrailingMetadata();
@@ -313,13 +323,13 @@ int RunShale(int argc, const char* const* argv, std::ostream& out, std::ostream&
     };
   });
 
-  // The command groups, each in its own file. Snapshots and clones: flatten draws progress only
-  // on a terminal.
-  PoolCommands pool_commands(&action, out, err);
+  // The command groups, each in its own file. Progress (flatten, export, import, pool check) is
+  // drawn as a bar only on a terminal.
+  const bool err_is_terminal = &err == &std::cerr && isatty(STDERR_FILENO) == 1;
+  PoolCommands pool_commands(&action, out, err, err_is_terminal);
   OpsCommands ops_commands(&action, out, err);
   QosCommands qos_commands(&action, out, err);
-  SnapshotCommands snapshot_commands(&action, out, err,
-                                     &err == &std::cerr && isatty(STDERR_FILENO) == 1);
+  SnapshotCommands snapshot_commands(&action, out, err, err_is_terminal);
   VolumeCommands volume_commands(&action, out, err, &qos_commands);
 
   pool_commands.AddCommands(app);

@@ -18,6 +18,7 @@
 
 #include "api/control.grpc.pb.h"
 #include "cli/cli_commands.h"
+#include "cli/progress.h"
 
 namespace shale::cli {
 
@@ -52,21 +53,26 @@ class ControlClient {
     return DescribeRpcError(status, ctx, endpoint_, timeout_seconds_);
   }
 
-  // The kAuditErrorMetadataKey trailer of the last Call(): shaled made the change but could not
-  // record it in its audit log. Empty normally.
+  // The kAuditErrorMetadataKey trailer of the last Call() or Stream(): shaled made the change but
+  // could not record it in its audit log. Empty normally.
   const std::string& audit_error() const { return audit_error_; }
 
   // Runs one server-streaming RPC; `on_message(const Response&)` sees every message as it
-  // arrives. No deadline: such RPCs (flatten) run as long as the data takes and report progress
-  // all along. Returns "" on success, else the error line.
+  // arrives. No deadline unless `with_deadline`: a flatten runs as long as the data takes and
+  // reports progress all along; an export, import or check keeps --timeout (shaled cancels it
+  // when the CLI gives up). Returns "" on success, else the error line.
   template <typename Request, typename Response, typename OnMessage>
-  std::string Stream(StreamRpc<Request, Response> rpc, const Request& request,
-                     OnMessage on_message) {
+  std::string Stream(StreamRpc<Request, Response> rpc, const Request& request, OnMessage on_message,
+                     bool with_deadline = false) {
     grpc::ClientContext ctx;
+    if (with_deadline) {
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_seconds_));
+    }
     std::unique_ptr<grpc::ClientReader<Response>> reader = ((*stub_).*rpc)(&ctx, request);
     Response message;
     while (reader->Read(&message)) on_message(message);
     grpc::Status status = reader->Finish();
+    audit_error_ = AuditError(ctx);
     if (status.ok()) return {};
     return DescribeRpcError(status, ctx, endpoint_, timeout_seconds_);
   }
@@ -96,6 +102,9 @@ std::function<void()> SelectAction(Action* action, Commands* commands,
   };
 }
 
+// Writes the audit warning of the last call, and `error` when there is one; false on error.
+bool ReportRpcError(const ControlClient& client, const std::string& error, std::ostream& err);
+
 // Runs one RPC: on success `print(response)` writes the result and returns the exit code; on
 // failure the error line goes to `err`.
 template <typename Request, typename Response, typename Print>
@@ -103,15 +112,33 @@ int RunRpc(ControlClient& client, Rpc<Request, Response> rpc, const Request& req
            std::ostream& err, Print print) {
   Response response;
   const std::string error = client.Call(rpc, request, &response);
-  if (!client.audit_error().empty()) {
-    err << "shale: warning: shaled could not write the audit record of this change: "
-        << client.audit_error() << "\n";
-  }
-  if (!error.empty()) {
-    err << "shale: " << error << "\n";
-    return kExitFailure;
-  }
+  if (!ReportRpcError(client, error, err)) return kExitFailure;
   return print(response);
+}
+
+// Runs a long operation's streaming RPC (ExportSnapshot, ImportSnapshot, CheckPool: messages
+// {progress: {done, total}}, the last one with {result} too) with --timeout: progress drives
+// `meter`; on success `print(result)` writes the result and returns the exit code.
+template <typename Request, typename Message, typename Print>
+int RunWithProgress(ControlClient& client, StreamRpc<Request, Message> rpc, const Request& request,
+                    ProgressMeter& meter, std::ostream& err, Print print) {
+  Message last;
+  bool have_result = false;
+  std::string error = client.Stream(
+      rpc, request,
+      [&](const Message& m) {
+        if (m.progress().total() > 0) meter.Update(m.progress().done(), m.progress().total());
+        if (m.has_result()) {
+          last = m;
+          have_result = true;
+        }
+      },
+      /*with_deadline=*/true);
+  if (error.empty() && !have_result) error = "shaled ended the operation without its result";
+  if (!error.empty()) meter.Abandon();
+  if (!ReportRpcError(client, error, err)) return kExitFailure;
+  meter.Finish();
+  return print(last.result());
 }
 
 // Accepts what ParseSize accepts, but not 0 and nothing above `max`.

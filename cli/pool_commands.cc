@@ -176,14 +176,17 @@ int PoolCommands::RunCheck(ControlClient& client, Format format) {
   req.set_name(name_);
   const InterruptNotice notice("shaled stops the check of pool '" + name_ +
                                "' (a check changes nothing)");
-  return RunRpc(
-      client, &v1::Control::Stub::CheckPool, req, err_, [&](const v1::CheckPoolResponse& resp) {
-        format == Format::kJson ? PrintJson(ToJson(name_, resp))
-                                : void(out_ << CheckView(name_, resp));
-        if (resp.clean()) return kExitOk;
-        err_ << "shale: pool '" << name_ << "' has " << resp.problems_size() << " problem(s)\n";
-        return kExitFailure;
-      });
+  ProgressMeter meter(err_, err_is_terminal_, "checking pool '" + name_ + "'",
+                      ProgressMeter::Unit::kCount, "units");
+  return RunWithProgress(client, &v1::Control::Stub::CheckPool, req, meter, err_,
+                         [&](const v1::CheckPoolResponse& resp) {
+                           format == Format::kJson ? PrintJson(ToJson(name_, resp))
+                                                   : void(out_ << CheckView(name_, resp));
+                           if (resp.clean()) return kExitOk;
+                           err_ << "shale: pool '" << name_ << "' has " << resp.problems_size()
+                                << " problem(s)\n";
+                           return kExitFailure;
+                         });
 }
 
 }  // namespace shale::cli

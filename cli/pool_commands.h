@@ -15,8 +15,9 @@ namespace shale::cli {
 class PoolCommands {
  public:
   // A selected command sets `*action`. Everything passed must outlive the object.
-  PoolCommands(Action* action, std::ostream& out, std::ostream& err)
-      : action_(action), out_(out), err_(err) {}
+  // `err_is_terminal`: progress (pool check) is drawn as a bar on `err`.
+  PoolCommands(Action* action, std::ostream& out, std::ostream& err, bool err_is_terminal)
+      : action_(action), out_(out), err_(err), err_is_terminal_(err_is_terminal) {}
   PoolCommands(const PoolCommands&) = delete;
   PoolCommands& operator=(const PoolCommands&) = delete;
 
@@ -40,6 +41,7 @@ class PoolCommands {
   Action* const action_;
   std::ostream& out_;
   std::ostream& err_;
+  const bool err_is_terminal_;
   // Parsed arguments (one command runs per invocation).
   std::string name_, device_, size_, cluster_size_;
   uint32_t warn_ = 0, critical_ = 0;  // 0: unchanged

@@ -2,11 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <thread>
 
 #include "cli/output.h"
+#include "cli/progress.h"
 #include "engine/common/units.h"
 
 namespace shale::cli {
@@ -100,31 +102,48 @@ int ReplicaCommands::RunWait(ControlClient& client, Format format) {
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(timeout_s_ * 1000));
   const bool tty = &err_ == &std::cerr && isatty(STDERR_FILENO) == 1;
+  // Rebuild bytes of the replicas being rebuilt drive the bar (or plain lines); the states of
+  // the others are printed when they change (a faulted replica has no figures to show).
+  ProgressMeter meter(err_, tty, "rebuilding '" + name_ + "'", ProgressMeter::Unit::kBytes);
+  std::string shown_states;
   v1::ListReplicasResponse resp;
   while (true) {
     resp.Clear();
     const std::string error = client.Call(&v1::Control::Stub::ListReplicas, req, &resp);
     if (!error.empty()) {
+      meter.Abandon();
       err_ << "shale: " << error << "\n";
       return kExitFailure;
     }
-    std::string behind;
+    std::string behind, states;
+    uint64_t done = 0, total = 0;
     for (const v1::Replica& r : resp.replicas()) {
       if (r.state() == "healthy") continue;
+      states += (states.empty() ? "" : ", ") + r.node() + " " + r.state();
       behind += (behind.empty() ? "" : ", ") + r.node() + " " + r.state();
       if (r.rebuild_total_bytes() > 0) behind += " " + Progress(r);
+      if (r.state() == "rebuilding") {
+        done += r.rebuild_done_bytes();
+        total += r.rebuild_total_bytes();
+      }
     }
     if (behind.empty()) break;
     if (std::chrono::steady_clock::now() >= deadline) {
-      if (tty) err_ << "\n";
+      meter.Abandon();
       err_ << "shale: replica wait: volume '" << name_ << "' not healthy after " << timeout_s_
            << " s: " << behind << "\n";
       return kExitFailure;
     }
-    if (tty) err_ << "\r" << behind << "   " << std::flush;
+    if (total > 0) {
+      meter.Update(std::min(done, total), total);
+    } else if (states != shown_states) {
+      meter.Abandon();
+      err_ << "waiting for '" << name_ << "': " << states << "\n";
+      shown_states = states;
+    }
     std::this_thread::sleep_for(kWaitPoll);
   }
-  if (tty) err_ << "\n";
+  meter.Finish();
   if (format == Format::kJson) {
     out_ << ToJson(resp).dump(2) << "\n";
   } else {

@@ -248,27 +248,30 @@ int SnapshotCommands::RunExport(ControlClient& client, Format format) {
   req.set_overwrite(overwrite_);
   const InterruptNotice notice("shaled cancels the export and removes the partial file " +
                                req.path());
-  return RunRpc(client, &v1::Control::Stub::ExportSnapshot, req, err_,
-                [&](const v1::ExportSnapshotResponse& resp) {
-                  if (format == Format::kJson) {
-                    PrintJson(ToJson(resp));
-                    return kExitOk;
-                  }
-                  out_ << RenderKeyValues(std::vector<std::pair<std::string, std::string>>{
-                      {"Snapshot", resp.name()},
-                      {"File", resp.path()},
-                      {"Kind", resp.base().empty()
-                                   ? std::string("full")
-                                   : "incremental since " + resp.base() +
-                                         (resp.content_compared() ? " (compared by content)" : "")},
-                      {"Stream", FormatSize(resp.stream_bytes()) + " (" +
-                                     std::to_string(resp.stream_bytes()) + " bytes)"},
-                      {"Data", FormatSize(resp.data_bytes()) + " in " +
-                                   std::to_string(resp.records()) + " records"},
-                      {"Digest", resp.digest()},
-                  });
-                  return kExitOk;
-                });
+  ProgressMeter meter(err_, err_is_terminal_, "exporting '" + ref_ + "'",
+                      ProgressMeter::Unit::kBytes);
+  return RunWithProgress(
+      client, &v1::Control::Stub::ExportSnapshot, req, meter, err_,
+      [&](const v1::ExportSnapshotResponse& resp) {
+        if (format == Format::kJson) {
+          PrintJson(ToJson(resp));
+          return kExitOk;
+        }
+        out_ << RenderKeyValues(std::vector<std::pair<std::string, std::string>>{
+            {"Snapshot", resp.name()},
+            {"File", resp.path()},
+            {"Kind", resp.base().empty()
+                         ? std::string("full")
+                         : "incremental since " + resp.base() +
+                               (resp.content_compared() ? " (compared by content)" : "")},
+            {"Stream", FormatSize(resp.stream_bytes()) + " (" +
+                           std::to_string(resp.stream_bytes()) + " bytes)"},
+            {"Data",
+             FormatSize(resp.data_bytes()) + " in " + std::to_string(resp.records()) + " records"},
+            {"Digest", resp.digest()},
+        });
+        return kExitOk;
+      });
 }
 
 int SnapshotCommands::RunImport(ControlClient& client, Format format) {
@@ -278,19 +281,22 @@ int SnapshotCommands::RunImport(ControlClient& client, Format format) {
   req.set_pool(pool_);
   const InterruptNotice notice("shaled cancels the import and undoes what it wrote to '" + volume_ +
                                "'");
-  return RunRpc(client, &v1::Control::Stub::ImportSnapshot, req, err_,
-                [&](const v1::ImportSnapshotResponse& resp) {
-                  if (format == Format::kJson) {
-                    PrintJson(ToJson(resp));
-                    return kExitOk;
-                  }
-                  out_ << "imported " << (resp.incremental() ? "incremental" : "full")
-                       << " stream (" << FormatSize(resp.stream_bytes()) << ") as "
-                       << resp.snapshot().name() << (resp.created_volume() ? " (new volume)" : "")
-                       << "; digest verified\n"
-                       << SnapshotView(resp.snapshot());
-                  return kExitOk;
-                });
+  ProgressMeter meter(err_, err_is_terminal_, "importing into '" + volume_ + "'",
+                      ProgressMeter::Unit::kBytes);
+  return RunWithProgress(client, &v1::Control::Stub::ImportSnapshot, req, meter, err_,
+                         [&](const v1::ImportSnapshotResponse& resp) {
+                           if (format == Format::kJson) {
+                             PrintJson(ToJson(resp));
+                             return kExitOk;
+                           }
+                           out_ << "imported " << (resp.incremental() ? "incremental" : "full")
+                                << " stream (" << FormatSize(resp.stream_bytes()) << ") as "
+                                << resp.snapshot().name()
+                                << (resp.created_volume() ? " (new volume)" : "")
+                                << "; digest verified\n"
+                                << SnapshotView(resp.snapshot());
+                           return kExitOk;
+                         });
 }
 
 int SnapshotCommands::RunClone(ControlClient& client, Format format) {

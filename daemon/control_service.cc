@@ -268,14 +268,21 @@ grpc::Status ControlService::DeletePool(grpc::ServerContext* ctx, const v1::Dele
 }
 
 grpc::Status ControlService::CheckPool(grpc::ServerContext* ctx, const v1::CheckPoolRequest* req,
-                                       v1::CheckPoolResponse* resp) {
-  Status valid = ValidateName("pool", req->name());
-  if (!valid.ok()) return Fail(ctx, valid);
+                                       grpc::ServerWriter<v1::CheckPoolProgress>* writer) {
+  return internal::StreamWork(this, &ControlService::CheckPoolWork, ctx, req, writer);
+}
+
+Status ControlService::CheckPoolWork(grpc::ServerContext* ctx, const v1::CheckPoolRequest* req,
+                                     v1::CheckPoolResponse* resp, ProgressCounter* progress) {
+  if (Status valid = ValidateName("pool", req->name()); !valid.ok()) return valid;
   // A client that goes away (Ctrl-C on `shale pool check`) stops the check (it changes nothing).
   PoolCheckOptions options;
   options.cancelled = [ctx] { return ctx->IsCancelled(); };
+  if (progress != nullptr) {
+    options.progress = [progress](uint64_t done, uint64_t total) { progress->Set(done, total); };
+  }
   Result<PoolCheckReport> report = engine_->CheckPool(req->name(), options);
-  if (!report.ok()) return Fail(ctx, report.status());
+  if (!report.ok()) return report.status();
   resp->set_clean(report->clean());
   resp->set_referenced_clusters(report->referenced_clusters);
   resp->set_committed_clusters(report->committed_clusters);
@@ -284,7 +291,7 @@ grpc::Status ControlService::CheckPool(grpc::ServerContext* ctx, const v1::Check
     SHALE_LOG_WARN("pool check found problems", {"pool", req->name()},
                    {"problems", report->problems.size()});
   }
-  return grpc::Status::OK;
+  return Status::Ok();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,9 +12,12 @@
 //
 // Threading: the gRPC server calls the handlers from its thread pool, concurrently; the Engine
 // and the SnapshotManager serialize control operations themselves, so the service keeps no
-// mutable state. FlattenVolume runs the copy on a thread of its own and streams its progress
-// from the handler's thread; the handler returns only after the flatten finished, also when
-// the client went away (a flatten cannot be cancelled halfway).
+// mutable state. The long operations (FlattenVolume, ExportSnapshot, ImportSnapshot,
+// CheckPool) run on a thread of their own and stream their progress from the handler's thread
+// (progress_stream.h); the handler returns only after the operation finished. A client that
+// goes away cancels an export, import or check; a flatten runs to its end (it cannot stop
+// halfway). Their work without the stream is public as *Work (`progress` may be null): the
+// streaming handlers and the unit tests call it.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -25,6 +28,7 @@
 
 #include "api/control.grpc.pb.h"
 #include "api/control_api.h"
+#include "daemon/progress_stream.h"
 #include "engine/common/status.h"
 
 namespace shale {
@@ -92,7 +96,9 @@ class ControlService final : public v1::Control::Service {
   grpc::Status DeletePool(grpc::ServerContext* ctx, const v1::DeletePoolRequest* req,
                           v1::DeletePoolResponse* resp) override;
   grpc::Status CheckPool(grpc::ServerContext* ctx, const v1::CheckPoolRequest* req,
-                         v1::CheckPoolResponse* resp) override;
+                         grpc::ServerWriter<v1::CheckPoolProgress>* writer) override;
+  Status CheckPoolWork(grpc::ServerContext* ctx, const v1::CheckPoolRequest* req,
+                       v1::CheckPoolResponse* resp, ProgressCounter* progress);
 
   grpc::Status CreateVolume(grpc::ServerContext* ctx, const v1::CreateVolumeRequest* req,
                             v1::Volume* resp) override;
@@ -120,9 +126,13 @@ class ControlService final : public v1::Control::Service {
   grpc::Status VerifySnapshot(grpc::ServerContext* ctx, const v1::VerifySnapshotRequest* req,
                               v1::VerifySnapshotResponse* resp) override;
   grpc::Status ExportSnapshot(grpc::ServerContext* ctx, const v1::ExportSnapshotRequest* req,
-                              v1::ExportSnapshotResponse* resp) override;
+                              grpc::ServerWriter<v1::ExportSnapshotProgress>* writer) override;
+  Status ExportSnapshotWork(grpc::ServerContext* ctx, const v1::ExportSnapshotRequest* req,
+                            v1::ExportSnapshotResponse* resp, ProgressCounter* progress);
   grpc::Status ImportSnapshot(grpc::ServerContext* ctx, const v1::ImportSnapshotRequest* req,
-                              v1::ImportSnapshotResponse* resp) override;
+                              grpc::ServerWriter<v1::ImportSnapshotProgress>* writer) override;
+  Status ImportSnapshotWork(grpc::ServerContext* ctx, const v1::ImportSnapshotRequest* req,
+                            v1::ImportSnapshotResponse* resp, ProgressCounter* progress);
   grpc::Status CloneVolume(grpc::ServerContext* ctx, const v1::CloneVolumeRequest* req,
                            v1::Volume* resp) override;
   grpc::Status ListClones(grpc::ServerContext* ctx, const v1::ListClonesRequest* req,
@@ -184,8 +194,8 @@ class ControlService final : public v1::Control::Service {
   // How long `volume delete --force` (and `snapshot delete --force`) waits for NBD clients to
   // let go of the export.
   static constexpr std::chrono::seconds kForceDisconnectTimeout{30};
-  // How often FlattenVolume reports progress.
-  static constexpr std::chrono::milliseconds kFlattenProgressInterval{250};
+  // How often the long operations (FlattenVolume, ExportSnapshot, ...) report progress.
+  static constexpr std::chrono::milliseconds kProgressInterval{250};
 
  private:
   void AddExportInfo(v1::Volume* volume) const;

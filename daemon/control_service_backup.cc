@@ -82,7 +82,7 @@ class ProgressStream {
     return [this](const backup::Progress& p) {
       if (ctx_->IsCancelled()) return false;
       const auto now = std::chrono::steady_clock::now();
-      if (sent_ && now - last_ < ControlService::kFlattenProgressInterval) return true;
+      if (sent_ && now - last_ < ControlService::kProgressInterval) return true;
       sent_ = true;
       last_ = now;
       v1::BackupProgress m;

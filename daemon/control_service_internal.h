@@ -6,7 +6,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include "api/control.pb.h"
+#include "daemon/control_service.h"
 #include "daemon/lifecycle/capacity.h"
+#include "daemon/progress_stream.h"
 #include "engine/common/status.h"
 #include "engine/engine.h"
 #include "snapshot/snapshot_manager.h"
@@ -21,6 +23,31 @@ namespace shale::daemon::internal {
 // Every error leaves the service through here: the one conversion, plus the trailing metadata
 // that marks it as shaled's own.
 grpc::Status Fail(grpc::ServerContext* ctx, const Status& status);
+
+// A streaming long operation (progress_stream.h) from its *Work method: progress messages
+// {progress: {done, total}} while it runs, then {progress, result} as the last message; an error
+// becomes the call's status through Fail.
+template <typename Request, typename Response, typename Message>
+grpc::Status StreamWork(ControlService* service,
+                        Status (ControlService::*work)(grpc::ServerContext*, const Request*,
+                                                       Response*, ProgressCounter*),
+                        grpc::ServerContext* ctx, const Request* req,
+                        grpc::ServerWriter<Message>* writer) {
+  const Status st = StreamOperation<Message>(
+      writer, ControlService::kProgressInterval,
+      [&](ProgressCounter& progress, Message* last) {
+        Status done = (service->*work)(ctx, req, last->mutable_result(), &progress);
+        // The last message says where it ended too: a short operation sends no other.
+        last->mutable_progress()->set_done(progress.done());
+        last->mutable_progress()->set_total(progress.total());
+        return done;
+      },
+      [](uint64_t done, uint64_t total, Message* m) {
+        m->mutable_progress()->set_done(done);
+        m->mutable_progress()->set_total(total);
+      });
+  return st.ok() ? grpc::Status::OK : Fail(ctx, st);
+}
 
 // A volume with --replicas (control_service_cluster.cc); `replicated` null outside cluster mode.
 Result<VolumeInfo> CreateReplicated(ReplicatedVolumes* replicated, const VolumeSpec& spec,

@@ -1,10 +1,8 @@
 // ControlService handlers for snapshots and clones: thin, validating wrappers around
 // snapshot::SnapshotManager (docs/snapshots.md, "User-level semantics").
+#include <sys/stat.h>
+
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
 
 #include "daemon/control_service.h"
 #include "daemon/control_service_internal.h"
@@ -184,28 +182,37 @@ grpc::Status ControlService::VerifySnapshot(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status ControlService::ExportSnapshot(grpc::ServerContext* ctx,
-                                            const v1::ExportSnapshotRequest* req,
-                                            v1::ExportSnapshotResponse* resp) {
-  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
+grpc::Status ControlService::ExportSnapshot(
+    grpc::ServerContext* ctx, const v1::ExportSnapshotRequest* req,
+    grpc::ServerWriter<v1::ExportSnapshotProgress>* writer) {
+  return internal::StreamWork(this, &ControlService::ExportSnapshotWork, ctx, req, writer);
+}
+
+Status ControlService::ExportSnapshotWork(grpc::ServerContext* ctx,
+                                          const v1::ExportSnapshotRequest* req,
+                                          v1::ExportSnapshotResponse* resp,
+                                          ProgressCounter* progress) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return gate;
   Status valid = CheckSnapshotRef(req->name());
   if (valid.ok()) valid = CheckStreamPath(req->path());
   if (valid.ok() && !req->base().empty()) valid = CheckSnapshotRef(req->base());
-  if (!valid.ok()) return Fail(ctx, valid);
+  if (!valid.ok()) return valid;
   // A client that goes away (Ctrl-C on `shale snapshot export`) cancels the export: shaled
   // stops at the next piece and removes the partial file.
-  Result<snapshot::ExportResult> exported =
-      snapshots_->Export(req->name(), req->path(),
-                         {.base = req->base(), .overwrite = req->overwrite(), .cancelled = [ctx] {
-                            return ctx->IsCancelled();
-                          }});
+  snapshot::ExportOptions options{.base = req->base(),
+                                  .overwrite = req->overwrite(),
+                                  .cancelled = [ctx] { return ctx->IsCancelled(); }};
+  if (progress != nullptr) {
+    options.progress = [progress](uint64_t done, uint64_t total) { progress->Set(done, total); };
+  }
+  Result<snapshot::ExportResult> exported = snapshots_->Export(req->name(), req->path(), options);
   if (!exported.ok()) {
     Status st = exported.status();
     if (st.code() == StatusCode::kAlreadyExists) {
       st = Status::AlreadyExists(std::string(st.message()) +
                                  "; choose another file or overwrite it (--overwrite)");
     }
-    return Fail(ctx, st);
+    return st;
   }
   resp->set_name(exported->snapshot);
   resp->set_path(req->path());
@@ -215,28 +222,42 @@ grpc::Status ControlService::ExportSnapshot(grpc::ServerContext* ctx,
   resp->set_data_bytes(exported->data_bytes);
   resp->set_records(exported->records);
   resp->set_digest(exported->digest);
-  return grpc::Status::OK;
+  return Status::Ok();
 }
 
-grpc::Status ControlService::ImportSnapshot(grpc::ServerContext* ctx,
-                                            const v1::ImportSnapshotRequest* req,
-                                            v1::ImportSnapshotResponse* resp) {
-  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
+grpc::Status ControlService::ImportSnapshot(
+    grpc::ServerContext* ctx, const v1::ImportSnapshotRequest* req,
+    grpc::ServerWriter<v1::ImportSnapshotProgress>* writer) {
+  return internal::StreamWork(this, &ControlService::ImportSnapshotWork, ctx, req, writer);
+}
+
+Status ControlService::ImportSnapshotWork(grpc::ServerContext* ctx,
+                                          const v1::ImportSnapshotRequest* req,
+                                          v1::ImportSnapshotResponse* resp,
+                                          ProgressCounter* progress) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return gate;
   Status valid = CheckStreamPath(req->path());
   if (valid.ok()) valid = ValidateName("volume", req->volume());
   if (valid.ok() && !req->pool().empty()) valid = ValidateName("pool", req->pool());
-  if (!valid.ok()) return Fail(ctx, valid);
+  if (!valid.ok()) return valid;
   // Likewise for an import: it is undone like any failed import.
-  Result<snapshot::ImportResult> imported =
-      snapshots_->Import(req->path(), req->volume(),
-                         {.pool = req->pool(), .cancelled = [ctx] { return ctx->IsCancelled(); }});
-  if (!imported.ok()) return Fail(ctx, imported.status());
+  snapshot::ImportOptions options{.pool = req->pool(),
+                                  .cancelled = [ctx] { return ctx->IsCancelled(); }};
+  struct stat st {};
+  if (progress != nullptr && stat(req->path().c_str(), &st) == 0 && st.st_size > 0) {
+    const auto size = static_cast<uint64_t>(st.st_size);
+    options.progress = [progress, size](uint64_t read) { progress->Set(read, size); };
+  }
+  Result<snapshot::ImportResult> imported = snapshots_->Import(req->path(), req->volume(), options);
+  if (!imported.ok()) return imported.status();
+  // The importer reports per record; the end of the stream (its trailer) counts too.
+  if (progress != nullptr) progress->Set(imported->stream_bytes, imported->stream_bytes);
   ToProto(imported->snapshot, resp->mutable_snapshot());
   AddExportInfo(resp->mutable_snapshot());
   resp->set_incremental(imported->incremental);
   resp->set_created_volume(imported->created_volume);
   resp->set_stream_bytes(imported->stream_bytes);
-  return grpc::Status::OK;
+  return Status::Ok();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,52 +320,28 @@ grpc::Status ControlService::FlattenVolume(grpc::ServerContext* ctx,
                                            grpc::ServerWriter<v1::FlattenVolumeProgress>* writer) {
   if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
-  // The progress callback runs on the volume's reactor and must not block: it only stores.
-  std::atomic<uint64_t> done{0}, total{0};
-  std::mutex mu;
-  std::condition_variable cv;
-  bool finished = false;
-  Status result;
+  // The progress callback runs on the volume's reactor and must not block: it only stores. A
+  // client that goes away only stops the messages: the flatten runs to its end (it cannot stop
+  // halfway).
   const std::string name = req->name();
-  std::thread worker([&] {
-    Status st = snapshots_->Flatten(name, [&](uint64_t d, uint64_t t) {
-      total.store(t, std::memory_order_relaxed);
-      done.store(d, std::memory_order_relaxed);
-    });
-    std::lock_guard lock(mu);
-    result = std::move(st);
-    finished = true;
-    cv.notify_all();
-  });
-  // Stream progress until the copy ends. A client that went away only stops the messages: the
-  // flatten itself runs to its end (it cannot stop halfway), so the handler always waits.
-  uint64_t sent_done = UINT64_MAX;
-  bool client_gone = false;
-  {
-    std::unique_lock lock(mu);
-    while (!cv.wait_for(lock, kFlattenProgressInterval, [&] { return finished; })) {
-      const uint64_t d = done.load(std::memory_order_relaxed);
-      const uint64_t t = total.load(std::memory_order_relaxed);
-      if (client_gone || t == 0 || d == sent_done) continue;
-      v1::FlattenVolumeProgress progress;
-      progress.set_done_clusters(d);
-      progress.set_total_clusters(t);
-      lock.unlock();
-      client_gone = !writer->Write(progress);
-      lock.lock();
-      sent_done = d;
-    }
-  }
-  worker.join();
-  if (!result.ok()) return Fail(ctx, result);
-  SHALE_LOG_INFO("volume flattened (control API)", {"volume", name},
-                 {"clusters", total.load(std::memory_order_relaxed)});
-  v1::FlattenVolumeProgress last;
-  last.set_done_clusters(total.load(std::memory_order_relaxed));
-  last.set_total_clusters(total.load(std::memory_order_relaxed));
-  last.set_finished(true);
-  writer->Write(last);
-  return grpc::Status::OK;
+  Status st = StreamOperation<v1::FlattenVolumeProgress>(
+      writer, kProgressInterval,
+      [&](ProgressCounter& progress, v1::FlattenVolumeProgress* last) {
+        Status flattened = snapshots_->Flatten(
+            name, [&](uint64_t done, uint64_t total) { progress.Set(done, total); });
+        if (!flattened.ok()) return flattened;
+        SHALE_LOG_INFO("volume flattened (control API)", {"volume", name},
+                       {"clusters", progress.total()});
+        last->set_done_clusters(progress.total());
+        last->set_total_clusters(progress.total());
+        last->set_finished(true);
+        return Status::Ok();
+      },
+      [](uint64_t done, uint64_t total, v1::FlattenVolumeProgress* m) {
+        m->set_done_clusters(done);
+        m->set_total_clusters(total);
+      });
+  return st.ok() ? grpc::Status::OK : Fail(ctx, st);
 }
 
 }  // namespace shale::daemon

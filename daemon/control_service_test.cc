@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "api/grpc_status.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
 #include "daemon/nbd_export_gate.h"
 #include "engine/common/units.h"
@@ -381,8 +382,8 @@ TEST_F(ControlServiceTest, LookupsAndResizeRejectBadFields) {
   check.set_name(std::string(300, 'p'));
   v1::CheckPoolResponse report;
   grpc::ServerContext c4;
-  EXPECT_EQ(service_->CheckPool(&c4, &check, &report).error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(service_->CheckPoolWork(&c4, &check, &report, nullptr).code(),
+            StatusCode::kInvalidArgument);
   v1::DeletePoolRequest del;
   del.set_name("a@b");
   v1::DeletePoolResponse deleted;
@@ -440,7 +441,10 @@ TEST_F(ControlServiceTest, PoolLifecycleAndErrors) {
   check.set_name("p2");
   v1::CheckPoolResponse report;
   grpc::ServerContext cc;
-  ASSERT_TRUE(service_->CheckPool(&cc, &check, &report).ok());
+  ProgressCounter progress;
+  ASSERT_TRUE(service_->CheckPoolWork(&cc, &check, &report, &progress).ok());
+  EXPECT_GT(progress.total(), 0u) << "the check reports its progress";
+  EXPECT_EQ(progress.done(), progress.total());
   EXPECT_TRUE(report.clean());
   EXPECT_EQ(report.problems_size(), 0);
 
@@ -475,6 +479,16 @@ grpc::Status Call(ControlService* service,
                   const Req& req, Resp* resp) {
   grpc::ServerContext ctx;
   return (service->*rpc)(&ctx, &req, resp);
+}
+
+// Calls a long operation's work without its stream (progress_stream.h), as the gRPC status.
+template <typename Req, typename Resp>
+grpc::Status Call(ControlService* service,
+                  Status (ControlService::*work)(grpc::ServerContext*, const Req*, Resp*,
+                                                 ProgressCounter*),
+                  const Req& req, Resp* resp, ProgressCounter* progress = nullptr) {
+  grpc::ServerContext ctx;
+  return api::ToGrpcStatus((service->*work)(&ctx, &req, resp, progress));
 }
 
 class ControlServiceSnapshotTest : public ControlServiceTest {
@@ -564,27 +578,28 @@ TEST_F(ControlServiceSnapshotTest, SnapshotRpcsRejectBadFields) {
   for (const std::string& path : {std::string(), std::string("relative.stream"),
                                   "/" + std::string(5000, 'p'), std::string("/a\0b", 4)}) {
     exp.set_path(path);
-    EXPECT_EQ(Call(service_.get(), &ControlService::ExportSnapshot, exp, &exported).error_code(),
-              grpc::StatusCode::INVALID_ARGUMENT)
+    EXPECT_EQ(
+        Call(service_.get(), &ControlService::ExportSnapshotWork, exp, &exported).error_code(),
+        grpc::StatusCode::INVALID_ARGUMENT)
         << path;
   }
   exp.set_path(dir_ + "/s.stream");
   exp.set_base("no-at");
-  EXPECT_EQ(Call(service_.get(), &ControlService::ExportSnapshot, exp, &exported).error_code(),
+  EXPECT_EQ(Call(service_.get(), &ControlService::ExportSnapshotWork, exp, &exported).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   v1::ImportSnapshotRequest imp;
   v1::ImportSnapshotResponse imported;
   imp.set_path("rel");
   imp.set_volume("w");
-  EXPECT_EQ(Call(service_.get(), &ControlService::ImportSnapshot, imp, &imported).error_code(),
+  EXPECT_EQ(Call(service_.get(), &ControlService::ImportSnapshotWork, imp, &imported).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   imp.set_path(dir_ + "/s.stream");
   imp.set_volume("");
-  EXPECT_EQ(Call(service_.get(), &ControlService::ImportSnapshot, imp, &imported).error_code(),
+  EXPECT_EQ(Call(service_.get(), &ControlService::ImportSnapshotWork, imp, &imported).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   imp.set_volume("w");
   imp.set_pool("bad/pool");
-  EXPECT_EQ(Call(service_.get(), &ControlService::ImportSnapshot, imp, &imported).error_code(),
+  EXPECT_EQ(Call(service_.get(), &ControlService::ImportSnapshotWork, imp, &imported).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
 
   v1::Volume volume;
@@ -638,7 +653,7 @@ TEST_F(ControlServiceSnapshotTest, MissingThingsAreNotFound) {
   imp.set_path(dir_ + "/no-such.stream");
   imp.set_volume("w");
   v1::ImportSnapshotResponse imported;
-  st = Call(service_.get(), &ControlService::ImportSnapshot, imp, &imported);
+  st = Call(service_.get(), &ControlService::ImportSnapshotWork, imp, &imported);
   EXPECT_NE(st.error_code(), grpc::StatusCode::OK);
   EXPECT_NE(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "a valid request";
   ASSERT_TRUE(Snap("v", "s", &snap).ok());
@@ -726,17 +741,28 @@ TEST_F(ControlServiceSnapshotTest, SnapshotsClonesAndProvenance) {
   exp.set_name("data@v1");
   exp.set_path(dir_ + "/v1.stream");
   v1::ExportSnapshotResponse exported;
-  ASSERT_TRUE(Call(service_.get(), &ControlService::ExportSnapshot, exp, &exported).ok());
+  ProgressCounter export_progress;
+  ASSERT_TRUE(
+      Call(service_.get(), &ControlService::ExportSnapshotWork, exp, &exported, &export_progress)
+          .ok());
   EXPECT_EQ(exported.digest(), digest);
+  EXPECT_EQ(export_progress.total(), engine_->GetVolume("data")->size_bytes)
+      << "export progress counts the snapshot's bytes";
+  EXPECT_EQ(export_progress.done(), export_progress.total());
   EXPECT_EQ(exported.data_bytes(), a.size());
-  EXPECT_EQ(Call(service_.get(), &ControlService::ExportSnapshot, exp, &exported).error_code(),
+  EXPECT_EQ(Call(service_.get(), &ControlService::ExportSnapshotWork, exp, &exported).error_code(),
             grpc::StatusCode::ALREADY_EXISTS);
   v1::ImportSnapshotRequest imp;
   imp.set_path(dir_ + "/v1.stream");
   imp.set_volume("copy");
   v1::ImportSnapshotResponse imported;
-  grpc::Status st = Call(service_.get(), &ControlService::ImportSnapshot, imp, &imported);
+  ProgressCounter import_progress;
+  grpc::Status st =
+      Call(service_.get(), &ControlService::ImportSnapshotWork, imp, &imported, &import_progress);
   ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(import_progress.total(), std::filesystem::file_size(dir_ + "/v1.stream"))
+      << "import progress counts the stream file's bytes";
+  EXPECT_EQ(import_progress.done(), imported.stream_bytes());
   EXPECT_TRUE(imported.created_volume());
   EXPECT_EQ(imported.snapshot().name(), "copy@v1");
   EXPECT_EQ(imported.snapshot().digest(), digest);
@@ -777,7 +803,7 @@ TEST_F(ControlServiceSnapshotTest, SnapshotsClonesAndProvenance) {
   v1::CheckPoolRequest check;
   check.set_name("default");
   v1::CheckPoolResponse report;
-  ASSERT_TRUE(Call(service_.get(), &ControlService::CheckPool, check, &report).ok());
+  ASSERT_TRUE(Call(service_.get(), &ControlService::CheckPoolWork, check, &report).ok());
   EXPECT_TRUE(report.clean());
 }
 
@@ -942,7 +968,7 @@ TEST_F(ControlServiceSnapshotTest, PoolCheckReportsImageTreeProblems) {
   v1::CheckPoolRequest check;
   check.set_name("default");
   v1::CheckPoolResponse report;
-  ASSERT_TRUE(Call(service_.get(), &ControlService::CheckPool, check, &report).ok());
+  ASSERT_TRUE(Call(service_.get(), &ControlService::CheckPoolWork, check, &report).ok());
   EXPECT_TRUE(report.clean());
 
   const std::string uuid = engine_->GetPool("default")->uuid;
@@ -974,7 +1000,7 @@ TEST_F(ControlServiceSnapshotTest, PoolCheckReportsImageTreeProblems) {
       lifecycle_.get(), ControlService::DaemonInfo{.version = "9", .control_endpoint = "x"});
 
   report.Clear();
-  ASSERT_TRUE(Call(service_.get(), &ControlService::CheckPool, check, &report).ok());
+  ASSERT_TRUE(Call(service_.get(), &ControlService::CheckPoolWork, check, &report).ok());
   EXPECT_FALSE(report.clean());
   std::string problems;
   for (const std::string& p : report.problems()) problems += p + "\n";

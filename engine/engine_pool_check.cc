@@ -169,6 +169,8 @@ Status CheckBitmap(Pool& pool, const std::map<uint32_t, std::string>& owner,
       if (report->problems.size() > 1000) break;
     }
   }
+  // The clusters after the last full step (all of them in a pool under kStep clusters).
+  progress->Step(pool.cluster_count() % CheckProgress::kStep);
   return Status::Ok();
 }
 

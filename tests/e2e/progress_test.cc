@@ -1,5 +1,6 @@
 // Progress and Ctrl-C of long CLI operations (docs/operations.md, "Progress"): `volume flatten`
-// draws a bar with rate and ETA on a pseudo-terminal (script(1)) and plain lines without one;
+// draws a bar with rate and ETA on a pseudo-terminal (script(1)) and plain lines without one,
+// and so do `snapshot export`, `snapshot import` and `pool check`;
 // SIGINT to `shale snapshot export` cancels the export in shaled, which removes the partial file
 // and keeps serving. Needs qemu-io (qemu-utils) for data and script (bsdutils).
 #include <fcntl.h>
@@ -63,6 +64,32 @@ TEST_F(ProgressTest, FlattenDrawsABarOnATerminalAndPlainLinesOtherwise) {
   // JSON output is unchanged by progress (it goes to stderr).
   CommandResult shown = h_.Shale({"volume", "show", "plain", "-o", "json"});
   EXPECT_EQ(shown.Json()["space"]["shared_bytes"], 0) << shown.out;
+}
+
+// Export, import and pool check stream their progress too: a bar on a terminal, plain lines
+// otherwise, the result (and -o json) on stdout unchanged.
+TEST_F(ProgressTest, ExportImportAndCheckReportProgress) {
+  const std::string script = FindProgram("script");
+  if (script.empty()) GTEST_SKIP() << "script is not installed (bsdutils)";
+  const std::string file = h_.root() + "/src.stream";
+  const std::string command = "'" + ShaleBinary() + "' --endpoint '" + h_.endpoint() +
+                              "' snapshot export src@s '" + file + "'";
+  CommandResult tty = RunProcess({script, "-qfec", command, "/dev/null"});
+  ASSERT_EQ(tty.exit_code, 0) << tty.Describe();
+  EXPECT_NE(tty.out.find("\rexporting 'src@s' ["), std::string::npos) << tty.out;
+  EXPECT_NE(tty.out.find("] 100% (64 MiB of 64 MiB)"), std::string::npos) << tty.out;
+  EXPECT_NE(tty.out.find("Digest:"), std::string::npos) << tty.out;
+
+  CommandResult imported = h_.Shale({"snapshot", "import", file, "copy", "-o", "json"});
+  ASSERT_EQ(imported.exit_code, 0) << imported.Describe();
+  EXPECT_EQ(imported.err.find('\r'), std::string::npos) << imported.err;
+  EXPECT_NE(imported.err.find("importing into 'copy': 100% ("), std::string::npos) << imported.err;
+  EXPECT_EQ(imported.Json()["snapshot"]["name"], "copy@s") << imported.out;
+
+  CommandResult check = h_.Shale({"pool", "check", "default"});
+  ASSERT_EQ(check.exit_code, 0) << check.Describe();
+  EXPECT_NE(check.err.find("checking pool 'default': 100% ("), std::string::npos) << check.err;
+  EXPECT_NE(check.err.find(" units)"), std::string::npos) << check.err;
 }
 
 // The export writes FILE.partial, here a FIFO this test reads slowly: the export cannot finish
