@@ -847,6 +847,7 @@ grpc::Status ControllerService::ControllerModifyVolume(
       !st.ok()) {
     return st;
   }
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return ToGrpc(gate);
   if (qos_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this shaled has no QoS manager");
   }

@@ -72,5 +72,74 @@ TEST(ControllerRecords, LegacyRecordsAreUpgradedOrDropped) {
   std::filesystem::remove_all(dir);
 }
 
+// While the daemon's change gate is closed (the audit log cannot be written), the CSI calls that
+// change something outside the lifecycle service are refused with its status; teardown runs.
+TEST(ChangeGate, ClosedGateRefusesModifyStagePublishAndExpand) {
+  char tmpl[] = "/tmp/shale-csi-gate-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  {
+    EngineOptions o;
+    o.data_dir = dir + "/data";
+    o.default_pool_size = 64 * kMiB;
+    auto engine = Engine::Open(o);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    snapshot::SnapshotManager snapshots(engine->get());
+    ASSERT_TRUE(snapshots.Start().ok());
+    daemon::VolumeLifecycle lifecycle(engine->get(), &snapshots, nullptr);
+    ASSERT_TRUE((*engine)->CreateVolume({.name = "v", .size_bytes = 8 * kMiB}).ok());
+    const auto closed = [] { return Status::Unavailable("the audit log cannot be written"); };
+    lifecycle.SetChangeGate(closed);
+    DriverOptions options{.node_id = "n", .data_dir = dir};
+    options.change_gate = closed;
+    ControllerService controller(options, &lifecycle);
+    NodeService node(options, engine->get());
+
+    grpc::ServerContext c1, c2, c3, c4, c5;
+    ::csi::v1::ControllerModifyVolumeRequest modify;
+    modify.set_volume_id("v");
+    (*modify.mutable_mutable_parameters())["iops"] = "100";
+    ::csi::v1::ControllerModifyVolumeResponse modified;
+    grpc::Status st = controller.ControllerModifyVolume(&c1, &modify, &modified);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+
+    ::csi::v1::NodeStageVolumeRequest stage;
+    stage.set_volume_id("v");
+    stage.set_staging_target_path(dir + "/staging");
+    stage.mutable_volume_capability()->mutable_block();
+    ::csi::v1::NodeStageVolumeResponse staged;
+    st = node.NodeStageVolume(&c2, &stage, &staged);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+    EXPECT_NE(st.error_message().find("audit log"), std::string::npos) << st.error_message();
+
+    ::csi::v1::NodePublishVolumeRequest publish;
+    publish.set_volume_id("v");
+    publish.set_staging_target_path(dir + "/staging");
+    publish.set_target_path(dir + "/target");
+    publish.mutable_volume_capability()->mutable_block();
+    ::csi::v1::NodePublishVolumeResponse published;
+    st = node.NodePublishVolume(&c3, &publish, &published);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+
+    ::csi::v1::NodeExpandVolumeRequest expand;
+    expand.set_volume_id("v");
+    expand.set_volume_path(dir + "/target");
+    ::csi::v1::NodeExpandVolumeResponse expanded;
+    st = node.NodeExpandVolume(&c4, &expand, &expanded);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+
+    // Teardown is not gated: unstaging a volume that was never staged succeeds.
+    ::csi::v1::NodeUnstageVolumeRequest unstage;
+    unstage.set_volume_id("v");
+    unstage.set_staging_target_path(dir + "/staging");
+    ::csi::v1::NodeUnstageVolumeResponse unstaged;
+    st = node.NodeUnstageVolume(&c5, &unstage, &unstaged);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    snapshots.Stop();
+    ASSERT_TRUE((*engine)->Shutdown().ok());
+  }
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace shale::csi

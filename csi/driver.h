@@ -49,6 +49,10 @@ struct DriverOptions {
   // Deletes a volume as `shale volume delete` does (the daemon's: a replicated volume through
   // its target, with its remote replicas and membership); null: VolumeLifecycle::Delete.
   std::function<Status(const std::string& name)> delete_volume;
+  // The daemon's change gate (docs/operations.md, "Audit log"): while it is closed (the audit log
+  // cannot be written) NodeStage, NodePublish and NodeExpand are refused with its status; the
+  // teardown calls (NodeUnstage, NodeUnpublish) still run, so pods can always go. Null: open.
+  std::function<Status()> change_gate;
 };
 
 class IdentityService final : public ::csi::v1::Identity::Service {
@@ -150,6 +154,9 @@ class NodeService final : public ::csi::v1::Node::Service {
                            ::csi::v1::NodeGetInfoResponse* response) override;
 
  private:
+  // OK, or the gRPC status of DriverOptions::change_gate while it is closed.
+  grpc::Status ChangeGate() const;
+
   const DriverOptions options_;
   Engine* const engine_;
   std::mutex mu_;

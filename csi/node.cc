@@ -443,6 +443,10 @@ Status MountStaging(const NodeState& s, const v1::VolumeCapability& cap) {
 
 }  // namespace
 
+grpc::Status NodeService::ChangeGate() const {
+  return options_.change_gate ? ToGrpc(options_.change_gate()) : grpc::Status::OK;
+}
+
 grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
                                           const v1::NodeStageVolumeRequest* request,
                                           v1::NodeStageVolumeResponse*) {
@@ -453,6 +457,7 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
       !st.ok()) {
     return st;
   }
+  if (grpc::Status gate = ChangeGate(); !gate.ok()) return gate;
   auto info = FindVolume(engine_, request->volume_id());
   if (!info.ok()) return ToGrpc(info.status());
   const auto& cap = request->volume_capability();
@@ -567,6 +572,7 @@ grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
       !st.ok()) {
     return st;
   }
+  if (grpc::Status gate = ChangeGate(); !gate.ok()) return gate;
   std::lock_guard lock(mu_);
   std::optional<NodeState> s = LoadStaged(options_, request->volume_id());
   if (!s) {
@@ -724,6 +730,7 @@ grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
       !st.ok()) {
     return st;
   }
+  if (grpc::Status gate = ChangeGate(); !gate.ok()) return gate;
   std::lock_guard lock(mu_);
   std::optional<NodeState> s = LoadStaged(options_, request->volume_id());
   if (!s) return NotStaged(request->volume_id());

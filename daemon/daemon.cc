@@ -750,6 +750,7 @@ Status Daemon::AddFrontends() {
       if (targets != nullptr && targets->IsReplicated(name)) return targets->Delete(name, {});
       return lifecycle_->Delete(name);
     };
+    csi_options.change_gate = [this] { return lifecycle_->CheckChangeGate(); };
     // CSI calls name volumes by id: their labels (the PVC the driver recorded) fill the record.
     ops::VolumeLabelLookup labels = [engine = engine_.get()](const std::string& volume) {
       Result<VolumeInfo> info = engine->GetVolume(volume);

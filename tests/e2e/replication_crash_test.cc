@@ -31,7 +31,7 @@
 #include "tests/e2e/etcd_fixture.h"
 #include "tests/e2e/harness.h"
 #include "tests/e2e/nbd_raw_client.h"
-#include "tests/e2e/replication_e2e_util.h"
+#include "tests/e2e/replication_fixture.h"
 
 namespace shale::e2e {
 namespace {

@@ -65,9 +65,7 @@ std::string ReadVolume(const std::string& address, const std::string& name, uint
 
 // Each replica's copy of `volume`, read from its node restarted alone (outside the cluster, so
 // it exports its replica volume). The daemons must be stopped.
-// TODO(issue 11, snapshots across replicas): compare the replicas' digests of a fresh snapshot
-// (`shale snapshot create` on the target, then `snapshot verify` / the digest of each replica's
-// copy) once snapshots of replicated volumes exist, instead of restarting the nodes alone.
+// (The fio test also compares the replicas' digests of a fresh snapshot: `snapshot verify`.)
 std::map<std::string, std::string> ReplicaCopies(std::initializer_list<Harness*> nodes,
                                                  const std::string& volume, uint64_t size) {
   std::map<std::string, std::string> copies;
@@ -207,7 +205,15 @@ TEST_F(ReplicationFaultsTest, FioVerifiesThroughAReplicaKillAndTheRebuildIsIncre
     EXPECT_EQ(v.exit_code, 0) << name << " verify through the target: " << v.Describe();
   }
 
-  // Every replica holds the same bytes.
+  // Every replica's digest of a fresh snapshot is the same (snapshot verify asks each replica).
+  ASSERT_EQ(a.Shale({"snapshot", "create", "fv@after"}).exit_code, 0) << a.DaemonLog();
+  CommandResult verified = a.Shale({"snapshot", "verify", "fv@after", "-o", "json"});
+  ASSERT_EQ(verified.exit_code, 0) << verified.Describe() << a.DaemonLog();
+  const nlohmann::json v = verified.Json();
+  ASSERT_EQ(v["replicas"].size(), 2u) << v;
+  for (const nlohmann::json& r : v["replicas"]) EXPECT_EQ(r["digest"], v["digest"]) << v;
+
+  // And every replica holds the same bytes (read from each node restarted alone).
   EXPECT_EQ(a.StopDaemon(SIGTERM), 0) << a.DaemonLog();
   EXPECT_EQ(b.StopDaemon(SIGTERM), 0) << b.DaemonLog();
   EXPECT_EQ(c.StopDaemon(SIGTERM), 0) << c.DaemonLog();
