@@ -210,6 +210,16 @@ class SnapshotManager {
   // InvalidArgument (names, labels), FailedPrecondition (chain limit of 127 snapshots; busy).
   Result<SnapshotInfo> Create(std::string_view volume, std::string_view name,
                               const CreateSnapshotOptions& options = {});
+  // Freezes every volume of `volumes` at one instant (Engine::FreezeVolumes) as VOLUME@NAME,
+  // each an ordinary snapshot (labels, digest, clone source). `extra` (optional) adds records to
+  // each pool's commit (the first volume's pool is committed last): the group's provenance.
+  // Errors as Create's, plus InvalidArgument for an empty or repeated volume list; on any error
+  // no member was taken.
+  using GroupRecords = std::function<void(std::string_view pool, MetaBatch* batch)>;
+  Result<std::vector<SnapshotInfo>> CreateGroup(const std::vector<std::string>& volumes,
+                                                std::string_view name,
+                                                const CreateSnapshotOptions& options,
+                                                const GroupRecords& extra = nullptr);
   // Sorted by volume, then creation time.
   Result<std::vector<SnapshotInfo>> List(const ListOptions& options = {});
   // "VOLUME@SNAP"; implicit snapshots too. Includes space usage and digest progress.
