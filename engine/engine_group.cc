@@ -13,6 +13,45 @@ namespace shale {
 namespace {
 constexpr size_t kMaxGroupVolumes = 64;
 
+Result<meta::ImageRecord> CommittedRecord(const std::map<uint64_t, meta::ImageRecord>& images,
+                                          uint64_t id) {
+  auto it = images.find(id);
+  if (it == images.end()) {
+    return Status::FailedPrecondition("image " + std::to_string(id) +
+                                      " has no committed record (restart shaled)");
+  }
+  return it->second;
+}
+
+// Parks every request of every volume and returns once none of them has one in flight.
+void QuiesceAll(const std::vector<Volume*>& volumes) {
+  std::vector<std::promise<void>> drained(volumes.size());
+  for (size_t i = 0; i < volumes.size(); ++i) {
+    Volume* vol = volumes[i];
+    std::promise<void>* p = &drained[i];
+    vol->reactor()->Post([vol, p] { vol->Quiesce([p] { p->set_value(); }); });
+  }
+  for (std::promise<void>& p : drained) p.get_future().wait();
+}
+
+// Captures a quiesced volume into `req` (merged with what is there); *durable is set once the
+// commit carrying it is.
+void CaptureInto(Volume* vol, uint64_t new_head, CommitPipeline::Request* req,
+                 std::vector<std::function<void(const Status&)>>* dones,
+                 std::future<Status>* durable) {
+  auto promise = std::make_shared<std::promise<Status>>();
+  *durable = promise->get_future();
+  CommitPipeline::Request captured;
+  vol->reactor()->RunSync([&] {
+    captured =
+        vol->CaptureFreeze(new_head, [promise](const Status& st) { promise->set_value(st); });
+  });
+  req->batch.Append(captured.batch);
+  req->allocated.insert(req->allocated.end(), captured.allocated.begin(), captured.allocated.end());
+  req->freed.insert(req->freed.end(), captured.freed.begin(), captured.freed.end());
+  dones->push_back(std::move(captured.done));
+}
+
 // Waits for every future; the first error wins.
 Status WaitAll(std::vector<std::future<Status>>& futures) {
   Status first;
@@ -69,14 +108,7 @@ Result<std::vector<uint64_t>> Engine::FreezeVolumes(const std::vector<std::strin
     m.vs = &vs;
     m.old_head = vs.volume->head_image();
     m.new_head = ps.pool->ReserveImageId(&batch);
-    SHALE_ASSIGN_OR_RETURN(m.frozen, [&]() -> Result<meta::ImageRecord> {
-      auto rec = ps.images.find(m.old_head);
-      if (rec == ps.images.end()) {
-        return Status::FailedPrecondition("image " + std::to_string(m.old_head) +
-                                          " has no committed record (restart shaled)");
-      }
-      return rec->second;
-    }());
+    SHALE_ASSIGN_OR_RETURN(m.frozen, CommittedRecord(ps.images, m.old_head));
     m.frozen.set_kind(meta::IMAGE_FROZEN);
     m.frozen.set_size_bytes(vs.volume->size_bytes());
     m.frozen.set_created_unix_ns(now);
@@ -100,31 +132,16 @@ Result<std::vector<uint64_t>> Engine::FreezeVolumes(const std::vector<std::strin
 
   // 1. Quiesce every member: from here until its Resume no request of any member is admitted,
   //    and once all drained nothing is in flight anywhere — that instant is the group's cut.
-  std::vector<std::promise<void>> drained(members.size());
-  for (size_t i = 0; i < members.size(); ++i) {
-    Volume* vol = members[i].vs->volume.get();
-    std::promise<void>* p = &drained[i];
-    vol->reactor()->Post([vol, p] { vol->Quiesce([p] { p->set_value(); }); });
-  }
-  for (std::promise<void>& p : drained) p.get_future().wait();
+  std::vector<Volume*> vols;
+  for (const Member& m : members) vols.push_back(m.vs->volume.get());
+  QuiesceAll(vols);
 
   // 2. Capture every member into its pool's one commit request.
   std::map<PoolSlot*, CommitPipeline::Request> requests;
   std::map<PoolSlot*, std::vector<std::function<void(const Status&)>>> dones;
   for (Member& m : members) {
-    auto promise = std::make_shared<std::promise<Status>>();
-    m.durable = promise->get_future();
-    Volume* vol = m.vs->volume.get();
-    CommitPipeline::Request captured;
-    vol->reactor()->RunSync([&] {
-      captured =
-          vol->CaptureFreeze(m.new_head, [promise](const Status& st) { promise->set_value(st); });
-    });
-    CommitPipeline::Request& req = requests[m.vs->pool];
-    req.batch.Append(captured.batch);
-    req.allocated.insert(req.allocated.end(), captured.allocated.begin(), captured.allocated.end());
-    req.freed.insert(req.freed.end(), captured.freed.begin(), captured.freed.end());
-    dones[m.vs->pool].push_back(std::move(captured.done));
+    CaptureInto(m.vs->volume.get(), m.new_head, &requests[m.vs->pool], &dones[m.vs->pool],
+                &m.durable);
   }
 
   // 3. Submit. Every pool but the primary first, its members resumed once their commit is

@@ -220,6 +220,21 @@ class SnapshotManager {
                                                 std::string_view name,
                                                 const CreateSnapshotOptions& options,
                                                 const GroupRecords& extra = nullptr);
+  // Block metadata of snapshots (CSI SnapshotMetadata; docs/csi.md): (offset, length) ranges,
+  // 4 KiB aligned, sorted, disjoint and merged, with the snapshot's size.
+  struct Ranges {
+    uint64_t size_bytes = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  };
+  // The allocated ranges of "VOLUME@SNAP": blocks holding data as the snapshot reads them
+  // (through its parents too). Never-written, discarded and zeroed blocks are not allocated.
+  Result<Ranges> AllocatedRanges(std::string_view ref);
+  // The ranges whose content may differ between snapshots `base` and `target` of one volume
+  // (the same source volume id): blocks written, discarded or zeroed after base up to target,
+  // and everything past base's size. Size is target's. NotFound (either), InvalidArgument (other
+  // volumes; target older than base), FailedPrecondition (base is not in target's history: the
+  // volume was reverted past it).
+  Result<Ranges> ChangedRanges(std::string_view base, std::string_view target);
   // Sorted by volume, then creation time.
   Result<std::vector<SnapshotInfo>> List(const ListOptions& options = {});
   // "VOLUME@SNAP"; implicit snapshots too. Includes space usage and digest progress.
