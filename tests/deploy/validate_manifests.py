@@ -1298,7 +1298,7 @@ class ManifestTest(unittest.TestCase):
         if kubectl is None:
             self.skipTest("kubectl is not on PATH: the kustomizations were checked by file "
                           "references only")
-        roots = ["", "distributed", "volume-attributes-classes", "cluster"]
+        roots = ["", "distributed", "volume-attributes-classes", "cluster", "data-protection"]
         rendered = {}
         for sub in roots:
             d = os.path.join(deploy_dir(), sub)
@@ -1320,6 +1320,17 @@ class ManifestTest(unittest.TestCase):
         self.assertTrue(all(d.obj.get("allowVolumeExpansion") is False for d in dist
                             if d.kind == "StorageClass"),
                         "no resizer in the distributed model: expansion must be off")
+        # data-protection: group snapshots on in the snapshotter, the metadata sidecar on the
+        # CSI socket, the class and the SnapshotMetadataService of this driver.
+        prot = rendered["data-protection"]
+        ctl = [d for d in prot if d.kind == "Deployment"][0]
+        sidecars = {c["name"]: arg_flags(c.get("args")) for c in pod_spec(ctl)["containers"]}
+        self.assertIn("CSIVolumeGroupSnapshot=true",
+                      sidecars.get("csi-snapshotter", {}).get("--feature-gates") or "")
+        self.assertEqual("/csi/csi.sock",
+                         sidecars.get("csi-snapshot-metadata", {}).get("--csi-address"))
+        self.assertTrue([d for d in prot if d.kind == "VolumeGroupSnapshotClass"])
+        self.assertEqual([DRIVER], [d.name for d in prot if d.kind == "SnapshotMetadataService"])
         cluster = rendered["cluster"]
         errs = check_cluster_tls([d for d in cluster if d.kind == "DaemonSet"][0], cluster)
         self.assertEqual([], errs, fmt(errs))
