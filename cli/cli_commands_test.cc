@@ -86,7 +86,10 @@ TEST(Cli, UsageErrorsAreOneLine) {
       // Snapshots and clones.
       {{"snapshot"},
        "missing command (choose one of: create, list, show, delete, verify, "
-       "export, import)"},
+       "export, import, create-group, list-groups, show-group, delete-group)"},
+      {{"snapshot", "create-group", "g"}, "VOLUMES is required"},
+      {{"snapshot", "create-group", "g", "v", "--label", "x"}, "KEY=VALUE"},
+      {{"snapshot", "show-group"}, "NAME is required"},
       {{"snapshot", "create"}, "VOLUME is required"},
       {{"snapshot", "create", "v"}, "SNAP is required"},
       {{"snapshot", "create", "v", "s", "--label", "novalue"}, "KEY=VALUE"},

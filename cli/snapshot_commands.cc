@@ -95,6 +95,7 @@ void SnapshotCommands::AddSnapshotCommand(CLI::App& app) {
   imp->add_option("--pool", pool_, "Pool of a new volume (default: \"default\", or the only one)")
       ->type_name("POOL");
   imp->callback(SelectAction(action_, this, &SnapshotCommands::RunImport));
+  AddGroupCommands(snapshot_cmd);
 }
 
 void SnapshotCommands::AddCloneCommand(CLI::App& app) {

@@ -1,4 +1,5 @@
 // Snapshot commands of the shale CLI: `snapshot create|list|show|delete|verify|export|import`,
+// `snapshot create-group|list-groups|show-group|delete-group`,
 // `clone create|list`, and `volume flatten|revert`. RunShale() owns one SnapshotCommands for
 // the parse and the run (docs/snapshots.md, "CLI and control API").
 #pragma once
@@ -30,6 +31,12 @@ class SnapshotCommands {
  private:
   void AddSnapshotCommand(CLI::App& app);  // `snapshot create|list|show|delete|verify|...`
   void AddCloneCommand(CLI::App& app);     // `clone create|list`
+  // `snapshot create-group|list-groups|show-group|delete-group` (group_commands.cc).
+  void AddGroupCommands(CLI::App* snapshot_cmd);
+  int RunCreateGroup(ControlClient& client, Format format);
+  int RunListGroups(ControlClient& client, Format format);
+  int RunShowGroup(ControlClient& client, Format format);
+  int RunDeleteGroup(ControlClient& client, Format format);
   int RunCreate(ControlClient& client, Format format);
   int RunList(ControlClient& client, Format format);
   int RunShow(ControlClient& client, Format format);
@@ -48,8 +55,8 @@ class SnapshotCommands {
   std::ostream& err_;
   const bool err_is_terminal_;
   // Parsed arguments (one command runs per invocation).
-  std::string volume_, snapshot_, ref_, file_, base_, pool_, target_;
-  std::vector<std::string> labels_;
+  std::string volume_, snapshot_, ref_, file_, base_, pool_, target_, group_;
+  std::vector<std::string> labels_, volumes_;
   bool wait_digest_ = false;
   bool force_ = false;
   bool all_ = false;

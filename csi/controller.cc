@@ -28,10 +28,6 @@ namespace {
 constexpr std::string_view kLegacyRecordNamespace = "csi";
 constexpr std::string_view kLegacyRecordPrefix = "volume/";
 
-google::protobuf::Timestamp TimestampOf(uint64_t unix_ns) {
-  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(static_cast<int64_t>(unix_ns));
-}
-
 std::optional<uint64_t> ParseU64(const std::string& text) {
   if (text.empty() || text.size() > 20) return std::nullopt;
   uint64_t v = 0;
@@ -154,19 +150,27 @@ struct ControllerService::Impl {
     }
   }
 
-  static uint64_t SnapshotCapacity(const snapshot::SnapshotInfo& s) {
-    return LabelledCapacity(s.labels, s.size_bytes);
-  }
-
   static void FillSnapshot(const snapshot::SnapshotInfo& s, v1::Snapshot* out) {
-    out->set_snapshot_id(s.full_name());
-    out->set_source_volume_id(s.volume);
-    out->set_size_bytes(static_cast<int64_t>(SnapshotCapacity(s)));
-    *out->mutable_creation_time() = TimestampOf(s.created_unix_ns);
-    // Redirect-on-write: a snapshot is complete when Create returns (the digest is extra).
-    out->set_ready_to_use(true);
+    FillCsiSnapshot(s, out);
   }
 };
+
+google::protobuf::Timestamp TimestampOf(uint64_t unix_ns) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(static_cast<int64_t>(unix_ns));
+}
+
+void FillCsiSnapshot(const snapshot::SnapshotInfo& s, v1::Snapshot* out) {
+  out->set_snapshot_id(s.full_name());
+  out->set_source_volume_id(s.volume);
+  out->set_size_bytes(static_cast<int64_t>(LabelledCapacity(s.labels, s.size_bytes)));
+  *out->mutable_creation_time() = TimestampOf(s.created_unix_ns);
+  // Redirect-on-write: a snapshot is complete when Create returns (the digest is extra).
+  out->set_ready_to_use(true);
+  // A member of a group snapshot (docs/csi.md, "GroupController").
+  if (auto g = s.labels.find(std::string(daemon::kGroupLabel)); g != s.labels.end()) {
+    out->set_group_snapshot_id(g->second);
+  }
+}
 
 ControllerService::ControllerService(const DriverOptions& options,
                                      daemon::VolumeLifecycle* lifecycle)

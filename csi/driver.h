@@ -1,6 +1,7 @@
-// The CSI driver `csi.shale.io` (docs/csi.md): the Identity, Controller and Node services of CSI
-// spec v1.10 (csi/csi.proto) on top of the Engine, the SnapshotManager and the QosManager
-// of this shaled. The daemon serves all three on --csi-endpoint (CsiEndpoint in daemon.cc).
+// The CSI driver `csi.shale.io` (docs/csi.md): the Identity, Controller, Node, GroupController
+// and SnapshotMetadata services of CSI spec v1.10 (csi/csi.proto) on top of the Engine, the
+// SnapshotManager and the QosManager of this shaled. The daemon serves all three on --csi-endpoint
+// (CsiEndpoint in daemon.cc).
 //
 // One shaled is both the controller and the node plugin of its node: volumes live in this
 // node's pools, so every volume is accessible from this node only (topology key
@@ -53,6 +54,10 @@ struct DriverOptions {
   // cannot be written) NodeStage, NodePublish and NodeExpand are refused with its status; the
   // teardown calls (NodeUnstage, NodeUnpublish) still run, so pods can always go. Null: open.
   std::function<Status()> change_gate;
+  // Whether the endpoint serves GroupController and SnapshotMetadata (Identity advertises
+  // exactly these).
+  bool group_controller = true;
+  bool snapshot_metadata = true;
 };
 
 class IdentityService final : public ::csi::v1::Identity::Service {
@@ -123,6 +128,44 @@ class ControllerService final : public ::csi::v1::Controller::Service {
   snapshot::SnapshotManager* const snapshots_;
   qos::QosManager* const qos_;  // may be null: QoS parameters are then refused
   std::mutex mu_;
+};
+
+// GroupController (group_controller.cc; docs/csi.md, "GroupController"): group snapshots through
+// the lifecycle service, which takes every member at one instant.
+class GroupControllerService final : public ::csi::v1::GroupController::Service {
+ public:
+  explicit GroupControllerService(daemon::VolumeLifecycle* lifecycle) : lifecycle_(lifecycle) {}
+  grpc::Status GroupControllerGetCapabilities(
+      grpc::ServerContext*, const ::csi::v1::GroupControllerGetCapabilitiesRequest*,
+      ::csi::v1::GroupControllerGetCapabilitiesResponse* response) override;
+  grpc::Status CreateVolumeGroupSnapshot(
+      grpc::ServerContext*, const ::csi::v1::CreateVolumeGroupSnapshotRequest* request,
+      ::csi::v1::CreateVolumeGroupSnapshotResponse* response) override;
+  grpc::Status GetVolumeGroupSnapshot(grpc::ServerContext*,
+                                      const ::csi::v1::GetVolumeGroupSnapshotRequest* request,
+                                      ::csi::v1::GetVolumeGroupSnapshotResponse* response) override;
+  grpc::Status DeleteVolumeGroupSnapshot(
+      grpc::ServerContext*, const ::csi::v1::DeleteVolumeGroupSnapshotRequest* request,
+      ::csi::v1::DeleteVolumeGroupSnapshotResponse* response) override;
+
+ private:
+  daemon::VolumeLifecycle* const lifecycle_;
+};
+
+// SnapshotMetadata (snapshot_metadata.cc; docs/csi.md, "SnapshotMetadata"): allocated and
+// changed ranges of snapshots as VARIABLE_LENGTH extents, 4 KiB aligned. Read-only.
+class SnapshotMetadataService final : public ::csi::v1::SnapshotMetadata::Service {
+ public:
+  explicit SnapshotMetadataService(snapshot::SnapshotManager* snapshots) : snapshots_(snapshots) {}
+  grpc::Status GetMetadataAllocated(
+      grpc::ServerContext* context, const ::csi::v1::GetMetadataAllocatedRequest* request,
+      grpc::ServerWriter<::csi::v1::GetMetadataAllocatedResponse>* writer) override;
+  grpc::Status GetMetadataDelta(
+      grpc::ServerContext* context, const ::csi::v1::GetMetadataDeltaRequest* request,
+      grpc::ServerWriter<::csi::v1::GetMetadataDeltaResponse>* writer) override;
+
+ private:
+  snapshot::SnapshotManager* const snapshots_;
 };
 
 class NodeService final : public ::csi::v1::Node::Service {

@@ -8,6 +8,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "csi/csi.pb.h"
 #include "engine/common/result.h"
@@ -16,6 +18,9 @@
 namespace shale {
 class Engine;
 struct VolumeInfo;
+namespace snapshot {
+struct SnapshotInfo;
+}
 }  // namespace shale
 
 namespace shale::csi {
@@ -43,6 +48,21 @@ bool IsMissingVolume(const Status& status);
 // Volume `id` for an RPC that needs it; NotFound ("<what> ID not found") when IsMissingVolume.
 Result<VolumeInfo> FindVolume(Engine* engine, const std::string& id,
                               std::string_view what = "volume");
+
+// A snapshot as CSI describes it (controller.cc): id "VOLUME@SNAP", capacity, creation time,
+// and the group it belongs to (its shale.io/group label).
+void FillCsiSnapshot(const snapshot::SnapshotInfo& s, ::csi::v1::Snapshot* out);
+google::protobuf::Timestamp TimestampOf(uint64_t unix_ns);
+
+// Block metadata (SnapshotMetadata, snapshot_metadata.cc): (offset, length) byte ranges.
+using ByteRange = std::pair<uint64_t, uint64_t>;
+inline constexpr size_t kDefaultMetadataPage = 1024;  // ranges per message when max_results is 0
+// The ranges (sorted, disjoint) from `starting_offset` on, in pages of at most `max_results`
+// (0: kDefaultMetadataPage): a range containing the offset starts at the offset rounded down
+// to 4 KiB; every range after it is whole. Resuming at the end of the last range received
+// returns each remaining range exactly once.
+std::vector<std::vector<ByteRange>> PageRanges(const std::vector<ByteRange>& ranges,
+                                               uint64_t starting_offset, size_t max_results);
 
 // A Shale status as a gRPC status: the one table of api/grpc_status.h (docs/csi.md, "Errors").
 grpc::Status ToGrpc(const Status& status);

@@ -86,6 +86,15 @@ grpc::Status IdentityService::GetPluginCapabilities(grpc::ServerContext*,
       v1::PluginCapability::Service::VOLUME_ACCESSIBILITY_CONSTRAINTS);
   response->add_capabilities()->mutable_volume_expansion()->set_type(
       v1::PluginCapability::VolumeExpansion::ONLINE);
+  // Exactly the services this endpoint serves (CsiEndpoint registers them from the same flags).
+  if (options_.group_controller) {
+    response->add_capabilities()->mutable_service()->set_type(
+        v1::PluginCapability::Service::GROUP_CONTROLLER_SERVICE);
+  }
+  if (options_.snapshot_metadata) {
+    response->add_capabilities()->mutable_service()->set_type(
+        v1::PluginCapability::Service::SNAPSHOT_METADATA_SERVICE);
+  }
   return grpc::Status::OK;
 }
 

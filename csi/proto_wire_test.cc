@@ -310,6 +310,59 @@ TEST(CsiProtoWire, SnapshotMessages) {
                 });
 }
 
+// GroupController and SnapshotMetadata (spec v1.10): every message Shale serves.
+TEST(CsiProtoWire, GroupControllerAndSnapshotMetadataMessages) {
+  ExpectMessage("GroupControllerGetCapabilitiesRequest", {});
+  ExpectMessage("GroupControllerGetCapabilitiesResponse",
+                {{"capabilities", 1, kMsg, true, "GroupControllerServiceCapability", ""}});
+  ExpectMessage("GroupControllerServiceCapability",
+                {{"rpc", 1, kMsg, false, "GroupControllerServiceCapability.RPC", "type"}});
+  ExpectMessage("GroupControllerServiceCapability.RPC",
+                {{"type", 1, kEnum, false, "GroupControllerServiceCapability.RPC.Type", ""}});
+  ExpectMessage("CreateVolumeGroupSnapshotRequest",
+                {
+                    {"name", 1, kString, false, "", ""},
+                    {"source_volume_ids", 2, kString, true, "", ""},
+                    {"secrets", 3, kMsg, true, "map", ""},
+                    {"parameters", 4, kMsg, true, "map", ""},
+                });
+  ExpectMessage("CreateVolumeGroupSnapshotResponse",
+                {{"group_snapshot", 1, kMsg, false, "VolumeGroupSnapshot", ""}});
+  ExpectMessage("VolumeGroupSnapshot",
+                {
+                    {"group_snapshot_id", 1, kString, false, "", ""},
+                    {"snapshots", 2, kMsg, true, "Snapshot", ""},
+                    {"creation_time", 3, kMsg, false, "google.protobuf.Timestamp", ""},
+                    {"ready_to_use", 4, kBool, false, "", ""},
+                });
+  for (const char* m : {"DeleteVolumeGroupSnapshotRequest", "GetVolumeGroupSnapshotRequest"}) {
+    ExpectMessage(m, {
+                         {"group_snapshot_id", 1, kString, false, "", ""},
+                         {"snapshot_ids", 2, kString, true, "", ""},
+                         {"secrets", 3, kMsg, true, "map", ""},
+                     });
+  }
+  ExpectMessage("DeleteVolumeGroupSnapshotResponse", {});
+  ExpectMessage("GetVolumeGroupSnapshotResponse",
+                {{"group_snapshot", 1, kMsg, false, "VolumeGroupSnapshot", ""}});
+  ExpectMessage("BlockMetadata", {
+                                     {"byte_offset", 1, kInt64, false, "", ""},
+                                     {"size_bytes", 2, kInt64, false, "", ""},
+                                 });
+  ExpectMessage("GetMetadataAllocatedRequest", {
+                                                   {"snapshot_id", 1, kString, false, "", ""},
+                                                   {"starting_offset", 2, kInt64, false, "", ""},
+                                                   {"max_results", 3, kInt32, false, "", ""},
+                                                   {"secrets", 4, kMsg, true, "map", ""},
+                                               });
+  ExpectMessage("GetMetadataDeltaResponse",
+                {
+                    {"block_metadata_type", 1, kEnum, false, "BlockMetadataType", ""},
+                    {"volume_capacity_bytes", 2, kInt64, false, "", ""},
+                    {"block_metadata", 3, kMsg, true, "BlockMetadata", ""},
+                });
+}
+
 TEST(CsiProtoWire, VolumeCapabilityAndNodeMessages) {
   ExpectMessage("VolumeCapability",
                 {

@@ -133,6 +133,17 @@ class ControlService final : public v1::Control::Service {
                               grpc::ServerWriter<v1::ImportSnapshotProgress>* writer) override;
   Status ImportSnapshotWork(grpc::ServerContext* ctx, const v1::ImportSnapshotRequest* req,
                             v1::ImportSnapshotResponse* resp, ProgressCounter* progress);
+  grpc::Status CreateGroupSnapshot(grpc::ServerContext* ctx,
+                                   const v1::CreateGroupSnapshotRequest* req,
+                                   v1::GroupSnapshot* resp) override;
+  grpc::Status ListGroupSnapshots(grpc::ServerContext* ctx,
+                                  const v1::ListGroupSnapshotsRequest* req,
+                                  v1::ListGroupSnapshotsResponse* resp) override;
+  grpc::Status GetGroupSnapshot(grpc::ServerContext* ctx, const v1::GetGroupSnapshotRequest* req,
+                                v1::GroupSnapshot* resp) override;
+  grpc::Status DeleteGroupSnapshot(grpc::ServerContext* ctx,
+                                   const v1::DeleteGroupSnapshotRequest* req,
+                                   v1::DeleteGroupSnapshotResponse* resp) override;
   grpc::Status CloneVolume(grpc::ServerContext* ctx, const v1::CloneVolumeRequest* req,
                            v1::Volume* resp) override;
   grpc::Status ListClones(grpc::ServerContext* ctx, const v1::ListClonesRequest* req,

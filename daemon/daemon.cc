@@ -186,7 +186,7 @@ class UnixGrpcServer {
 
   std::string endpoint() const { return "unix://" + socket_path_; }
 
-  Status Start(std::initializer_list<grpc::Service*> services, const Audit& audit) {
+  Status Start(const std::vector<grpc::Service*>& services, const Audit& audit) {
     SHALE_RETURN_IF_ERROR(PrepareSocketPath(socket_path_, kind_));
     grpc::ServerBuilder builder;  // no listening port: the acceptor adds each connection
     for (grpc::Service* service : services) builder.RegisterService(service);
@@ -376,9 +376,12 @@ class CsiEndpoint final : public Frontend {
               UnixGrpcServer::Audit audit)
       : server_(std::move(socket_path), "CSI"),
         audit_(std::move(audit)),
+        options_(options),
         identity_(options),
         controller_(options, lifecycle),
-        node_(options, lifecycle->engine()) {}
+        node_(options, lifecycle->engine()),
+        group_(lifecycle),
+        metadata_(lifecycle->snapshots()) {}
   ~CsiEndpoint() override { Stop(); }
 
   std::string_view name() const override { return "csi"; }
@@ -386,16 +389,22 @@ class CsiEndpoint final : public Frontend {
   Status Start() override {
     // Records of older versions are upgraded before the first request (docs/lifecycle.md).
     SHALE_RETURN_IF_ERROR(controller_.UpgradeRecords());
-    return server_.Start({&identity_, &controller_, &node_}, audit_);
+    std::vector<grpc::Service*> services = {&identity_, &controller_, &node_};
+    if (options_.group_controller) services.push_back(&group_);
+    if (options_.snapshot_metadata) services.push_back(&metadata_);
+    return server_.Start(services, audit_);
   }
   void Stop() override { server_.Stop(); }
 
  private:
   UnixGrpcServer server_;
   const UnixGrpcServer::Audit audit_;
+  const csi::DriverOptions options_;
   csi::IdentityService identity_;
   csi::ControllerService controller_;
   csi::NodeService node_;
+  csi::GroupControllerService group_;
+  csi::SnapshotMetadataService metadata_;
 };
 
 void GrpcLogToShaleLog(gpr_log_func_args* args) {
@@ -714,6 +723,11 @@ Status Daemon::AddFrontends() {
                                                        std::move(replicated_options));
     replicated = targets.get();
     replicated_.store(replicated, std::memory_order_release);
+    // Group snapshots of replicated volumes wait for snapshots across replicas (docs/csi.md).
+    lifecycle_->SetReplicatedCheck([this](const std::string& volume) {
+      ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+      return r != nullptr && r->IsReplicated(volume);
+    });
     frontends_.push_back(std::move(targets));
   }
   // Metrics before the control API, which reports their address.

@@ -217,6 +217,20 @@ class Engine {
   // new head (redirect-on-write: nothing is copied). Writes acknowledged before the call are in
   // the image, writes issued after it returns are not. Returns the frozen image's id.
   Result<uint64_t> FreezeVolume(std::string_view volume, const ExtraRecords& extra = nullptr);
+  // Freezes every volume in `volumes` at one instant (group snapshots; docs/snapshots.md,
+  // "Group snapshots"). All members are quiesced first (every request parked, those in flight
+  // drained), then each is captured, then resumed: a write acknowledged before the call is in
+  // its member's image, a write admitted after any member was quiesced is in none, and no write
+  // that depends on an excluded one can be included. Members of one pool freeze in ONE metadata
+  // commit; with several pools, one commit per pool, the first member's pool (the primary) last
+  // and only after the others are durable. `extra` (optional) runs once per pool commit with the
+  // pool's name and the frozen image ids of all members (in the order given). Returns those ids.
+  // InvalidArgument (empty, > 64 or repeated names), NotFound, FailedPrecondition (busy,
+  // read-only, chain limit).
+  using GroupRecords = std::function<void(std::string_view pool,
+                                          const std::vector<uint64_t>& images, MetaBatch* batch)>;
+  Result<std::vector<uint64_t>> FreezeVolumes(const std::vector<std::string>& volumes,
+                                              const GroupRecords& extra = nullptr);
   // Creates a volume whose head reads through frozen `image_id` (a clone). params.pool must be
   // empty or the image's pool; the size must be at least the image's. `extra` gets the new
   // volume's id.

@@ -210,6 +210,31 @@ class SnapshotManager {
   // InvalidArgument (names, labels), FailedPrecondition (chain limit of 127 snapshots; busy).
   Result<SnapshotInfo> Create(std::string_view volume, std::string_view name,
                               const CreateSnapshotOptions& options = {});
+  // Freezes every volume of `volumes` at one instant (Engine::FreezeVolumes) as VOLUME@NAME,
+  // each an ordinary snapshot (labels, digest, clone source). `extra` (optional) adds records to
+  // each pool's commit (the first volume's pool is committed last): the group's provenance.
+  // Errors as Create's, plus InvalidArgument for an empty or repeated volume list; on any error
+  // no member was taken.
+  using GroupRecords = std::function<void(std::string_view pool, MetaBatch* batch)>;
+  Result<std::vector<SnapshotInfo>> CreateGroup(const std::vector<std::string>& volumes,
+                                                std::string_view name,
+                                                const CreateSnapshotOptions& options,
+                                                const GroupRecords& extra = nullptr);
+  // Block metadata of snapshots (CSI SnapshotMetadata; docs/csi.md): (offset, length) ranges,
+  // 4 KiB aligned, sorted, disjoint and merged, with the snapshot's size.
+  struct Ranges {
+    uint64_t size_bytes = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  };
+  // The allocated ranges of "VOLUME@SNAP": blocks holding data as the snapshot reads them
+  // (through its parents too). Never-written, discarded and zeroed blocks are not allocated.
+  Result<Ranges> AllocatedRanges(std::string_view ref);
+  // The ranges whose content may differ between snapshots `base` and `target` of one volume
+  // (the same source volume id): blocks written, discarded or zeroed after base up to target,
+  // and everything past base's size. Size is target's. NotFound (either), InvalidArgument (other
+  // volumes; target older than base), FailedPrecondition (base is not in target's history: the
+  // volume was reverted past it).
+  Result<Ranges> ChangedRanges(std::string_view base, std::string_view target);
   // Sorted by volume, then creation time.
   Result<std::vector<SnapshotInfo>> List(const ListOptions& options = {});
   // "VOLUME@SNAP"; implicit snapshots too. Includes space usage and digest progress.

@@ -109,6 +109,29 @@ class SnapshotReplication {
   virtual void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) = 0;
 };
 
+// A group snapshot (docs/lifecycle.md, "Group snapshots"): member snapshots of several volumes
+// taken at one instant, all named like the group ("VOLUME@NAME").
+struct GroupSnapshotSpec {
+  std::string name;                  // the group's name and every member snapshot's name
+  std::vector<std::string> volumes;  // 1..64 distinct volumes
+  Labels labels;                     // the group's labels; every member carries them too
+};
+
+struct GroupSnapshotInfo {
+  std::string name;
+  std::string id;                      // 16 hex digits, unique per group (provenance)
+  std::string pool;                    // where the record lives: the first volume's pool
+  std::vector<std::string> volumes;    // source volumes, in the order given
+  std::vector<uint64_t> volume_ids;    // their ids then (a later volume of the name is not it)
+  std::vector<std::string> snapshots;  // "VOLUME@NAME", in the same order
+  Labels labels;
+  uint64_t created_unix_ns = 0;
+};
+
+// The labels every member snapshot of a group carries (besides the group's own).
+inline constexpr std::string_view kGroupLabel = "shale.io/group";
+inline constexpr std::string_view kGroupIdLabel = "shale.io/group-id";
+
 class VolumeLifecycle {
  public:
   // `engine` and `snapshots` (started) are required; `qos` may be null (then QoS settings in a
@@ -180,6 +203,26 @@ class VolumeLifecycle {
   // the volume (the message names them).
   Status Revert(std::string_view volume, std::string_view snapshot);
 
+  // Group snapshots (group_snapshots.cc). Create freezes every volume at one instant
+  // (SnapshotManager::CreateGroup, Engine::FreezeVolumes) and commits the group record with the
+  // first volume's pool's part of it. Idempotent: the same name with the same volumes (in any
+  // order) returns the existing group (`created` false); the same name with other volumes is
+  // AlreadyExists. FailedPrecondition for a replicated volume (not supported yet).
+  Result<GroupSnapshotInfo> CreateGroupSnapshot(const GroupSnapshotSpec& spec,
+                                                bool* created = nullptr);
+  Result<GroupSnapshotInfo> GetGroupSnapshot(std::string_view name);
+  // Every group of every online pool, sorted by name.
+  Result<std::vector<GroupSnapshotInfo>> ListGroupSnapshots();
+  // Deletes the member snapshots still there (clones made from them keep working: the engine
+  // keeps what they read), then the record. NotFound for an unknown group; Busy (naming the
+  // clients) while a member is exported, unless options.force.
+  Status DeleteGroupSnapshot(std::string_view name, const DeleteOptions& options = {});
+  // Whether a volume is replicated (the daemon's ReplicatedVolumes); null: none is. Set before
+  // frontends start.
+  void SetReplicatedCheck(std::function<bool(const std::string&)> check) {
+    replicated_check_ = std::move(check);
+  }
+
   // The frontend record of a live volume; nullopt when it has none.
   Result<std::optional<std::string>> GetFrontendRecord(const VolumeInfo& volume,
                                                        std::string_view frontend);
@@ -217,6 +260,9 @@ class VolumeLifecycle {
   std::atomic<backup::BackupManager*> backups_{nullptr};
   std::atomic<SnapshotReplication*> snapshot_replication_{nullptr};
   std::function<Status()> change_gate_;  // set before frontends start, then only read
+  std::function<bool(const std::string&)> replicated_check_;  // likewise
+  // Serializes group snapshot creates and deletes (check-then-create must be atomic).
+  std::mutex group_mu_;
   CapacityPolicy capacity_;
   // Serializes the operations that add provisioned bytes (create, clone, resize) from their
   // overcommit check to their commit, so two requests cannot both take the last of the limit.

@@ -644,6 +644,13 @@ void Volume::Commit(std::function<void(const Status&)> done) {
 void Volume::CommitWith(MetaBatch extra, std::vector<uint32_t> extra_freed,
                         std::vector<uint32_t> extra_allocated,
                         std::function<void(const Status&)> done) {
+  pool_->pipeline().Submit(PrepareCommit(std::move(extra), std::move(extra_freed),
+                                         std::move(extra_allocated), std::move(done)));
+}
+
+CommitPipeline::Request Volume::PrepareCommit(MetaBatch extra, std::vector<uint32_t> extra_freed,
+                                              std::vector<uint32_t> extra_allocated,
+                                              std::function<void(const Status&)> done) {
   SHALE_CHECK(reactor_->IsCurrent(), "Volume::Commit off the reactor");
   CommitPipeline::Request req;
   SHALE_CHECK(!options_.view_only || (dirty_list_.empty() && extra.empty()),
@@ -671,7 +678,7 @@ void Volume::CommitWith(MetaBatch extra, std::vector<uint32_t> extra_freed,
     reactor->Post(
         [this, st, done = std::move(done)]() mutable { OnCommitted({}, st, std::move(done)); });
   };
-  pool_->pipeline().Submit(std::move(req));
+  return req;
 }
 
 void Volume::OnCommitted(std::vector<VolumeIo*> /*waiters*/, const Status& st,

@@ -23,6 +23,7 @@
 
 #include "engine/common/latency_histogram.h"
 #include "engine/io/block_device.h"
+#include "engine/pool/commit_pipeline.h"
 #include "engine/pool/map_entry.h"
 #include "engine/pool/metadata.pb.h"
 #include "engine/pool/metadata_store.h"
@@ -93,6 +94,18 @@ class Volume final : public VolumeLayer {
   // the commit completes in the background (pipeline order keeps later commits after it), and
   // done(status) runs when it is durable.
   void Freeze(uint64_t new_head, MetaBatch records, std::function<void(const Status&)> done);
+  // Freezing several volumes in one metadata commit (Engine::FreezeVolumes): Quiesce every
+  // member, CaptureFreeze each once all are drained, submit the captured requests as one, then
+  // Resume. Quiesce parks every new request (reads and flushes too) and runs `drained` on the
+  // reactor once none is in flight.
+  void Quiesce(std::function<void()> drained);
+  // While quiesced: moves the head's dirty mappings and allocated/freed clusters into a commit
+  // request (not submitted: the caller merges it with the other members' and the records that
+  // make the head frozen and new_head the head) and continues on new_head. done(status) runs on
+  // the reactor once the merged commit is durable.
+  CommitPipeline::Request CaptureFreeze(uint64_t new_head, std::function<void(const Status&)> done);
+  // Ends Quiesce: the parked requests run. Call after the captured request was submitted.
+  void Resume();
   // The frozen parent image `from` (direct parent of the head, which is its only child) is
   // merged into the head: its fragments (from_entries: its stored entries) become the
   // head's, clusters of it that nothing shows any more are freed. One commit carries the head's
@@ -167,6 +180,11 @@ class Volume final : public VolumeLayer {
     uint64_t blocks;
   };
 
+  // The commit request Commit/CommitWith submit: the head's dirty mappings, allocated and freed
+  // clusters, `extra`; done(status) runs on the reactor once durable.
+  CommitPipeline::Request PrepareCommit(MetaBatch extra, std::vector<uint32_t> extra_freed,
+                                        std::vector<uint32_t> extra_allocated,
+                                        std::function<void(const Status&)> done);
   Status Validate(const VolumeIo& io) const;
   void Dispatch(VolumeIo* io);
   // Stops admitting mutating requests (and, with all_io, every request); when_drained runs

@@ -116,6 +116,29 @@ void Volume::Freeze(uint64_t new_head, MetaBatch records, std::function<void(con
   });
 }
 
+void Volume::Quiesce(std::function<void()> drained) {
+  SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Quiesce misuse");
+  // Reads and flushes park too: a flush answered between the capture and the submission of
+  // the group's commit would claim durability for mappings that commit has not written yet.
+  GateWrites(std::move(drained), /*all_io=*/true);
+}
+
+CommitPipeline::Request Volume::CaptureFreeze(uint64_t new_head,
+                                              std::function<void(const Status&)> done) {
+  SHALE_CHECK(reactor_->IsCurrent() && write_gate_ && gate_all_, "Volume::CaptureFreeze misuse");
+  SHALE_CHECK(new_head <= UINT32_MAX, "image id too large");
+  CommitPipeline::Request req = PrepareCommit(MetaBatch(), {}, {}, std::move(done));
+  chain_.push_back(new_head);
+  head_ = static_cast<uint32_t>(new_head);
+  owned_clusters_.store(0, std::memory_order_relaxed);
+  return req;
+}
+
+void Volume::Resume() {
+  SHALE_CHECK(reactor_->IsCurrent() && write_gate_, "Volume::Resume misuse");
+  UngateWrites();
+}
+
 void Volume::MergeParentIntoHead(uint64_t from,
                                  std::vector<std::pair<uint64_t, MapEntry>> from_entries,
                                  MetaBatch records, std::function<void(const Status&)> done) {

@@ -78,6 +78,8 @@ KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): True,
     ("cert-manager.io/v1", "Issuer"): True,
     ("cert-manager.io/v1", "Certificate"): True,
+    ("groupsnapshot.storage.k8s.io/v1beta1", "VolumeGroupSnapshotClass"): False,
+    ("cbt.storage.k8s.io/v1alpha1", "SnapshotMetadataService"): False,
 }
 WORKLOADS = ("DaemonSet", "Deployment", "Job")
 
@@ -88,6 +90,7 @@ SIDECAR_IMAGES = {
     "registry.k8s.io/sig-storage/csi-resizer": "v1.",
     "registry.k8s.io/sig-storage/csi-node-driver-registrar": "v2.",
     "registry.k8s.io/sig-storage/livenessprobe": "v2.",
+    "registry.k8s.io/sig-storage/csi-snapshot-metadata": "v0.",
 }
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -340,6 +343,26 @@ def check_snapshotclass(doc):
                         "(letters, digits, . _ - /, starting alphanumeric, <= 128 bytes)")
         if not isinstance(val, str) or len(val) > 1024:
             errs.append(f"{w}: parameter {k} must be a string of at most 1024 bytes")
+    return errs
+
+
+def check_group_snapshotclass(doc):
+    """A VolumeGroupSnapshotClass: like a VolumeSnapshotClass (parameters become labels)."""
+    return check_snapshotclass(doc)
+
+
+def check_snapshot_metadata_service(doc):
+    """The SnapshotMetadataService is named after the driver and says where the sidecar is."""
+    errs = []
+    w = doc.where()
+    spec = doc.obj.get("spec") or {}
+    if doc.name != DRIVER:
+        errs.append(f"{w}: must be named after the driver ({DRIVER})")
+    for field in ("address", "audience", "caCert"):
+        if not isinstance(spec.get(field), str) or not spec.get(field):
+            errs.append(f"{w}: spec.{field} is missing")
+    if not re.fullmatch(r"[a-z0-9.-]+:\d+", str(spec.get("address", ""))):
+        errs.append(f"{w}: spec.address must be HOST:PORT")
     return errs
 
 
@@ -694,6 +717,12 @@ SIDECAR_NEEDS = {
         ("snapshot.storage.k8s.io", "volumesnapshotcontents/status", v)
         for v in ("update", "patch")] + [
         ("", "events", v) for v in ("create", "patch")],
+    "csi-snapshot-metadata": [
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create")] + [
+        ("snapshot.storage.k8s.io", r, v) for r in ("volumesnapshots", "volumesnapshotcontents")
+        for v in ("get", "list")] + [
+        ("cbt.storage.k8s.io", "snapshotmetadataservices", v) for v in ("get", "list")],
     "csi-resizer": [
         ("", "persistentvolumes", v) for v in ("get", "list", "watch", "patch")] + [
         ("", "persistentvolumeclaims", v) for v in ("get", "list", "watch")] + [
@@ -704,6 +733,14 @@ LEASE_NEEDS = [("coordination.k8s.io", "leases", v) for v in ("get", "create", "
 CAPACITY_NEEDS = [("storage.k8s.io", "csistoragecapacities", v)
                   for v in ("get", "list", "watch", "create", "update", "delete")] + [
     ("", "pods", "get")]
+# The csi-snapshotter with --feature-gates=CSIVolumeGroupSnapshot=true (docs/csi.md).
+GROUP_SNAPSHOT_NEEDS = [
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", v)
+    for v in ("get", "list", "watch")] + [
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", v)
+    for v in ("get", "list", "watch", "update", "patch")] + [
+    ("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents/status", v)
+    for v in ("update", "patch")]
 VAC_NEEDS = [("storage.k8s.io", "volumeattributesclasses", v) for v in ("get", "list", "watch")]
 
 
@@ -759,6 +796,8 @@ def check_sidecar_rbac(docs):
                 needs += [(g, r, v, True) for (g, r, v) in CAPACITY_NEEDS]
             if "VolumeAttributesClass=true" in (flags.get("--feature-gates") or ""):
                 needs += [(g, r, v, False) for (g, r, v) in VAC_NEEDS]
+            if "CSIVolumeGroupSnapshot=true" in (flags.get("--feature-gates") or ""):
+                needs += [(g, r, v, False) for (g, r, v) in GROUP_SNAPSHOT_NEEDS]
             missing = sorted({f"{g or 'core'}/{r}:{v}" for (g, r, v, ns) in needs
                               if not has(g, r, v, ns)})
             if missing:
@@ -783,6 +822,10 @@ def validate(docs, strict_paths=lambda path: True):
             errs += check_snapshotclass(d)
         elif d.kind == "VolumeAttributesClass":
             errs += check_vac(d)
+        elif d.kind == "VolumeGroupSnapshotClass":
+            errs += check_group_snapshotclass(d)
+        elif d.kind == "SnapshotMetadataService":
+            errs += check_snapshot_metadata_service(d)
         elif d.kind in ("Role", "ClusterRole"):
             errs += check_rbac_rules(d)
         elif d.kind in WORKLOADS:
@@ -1255,7 +1298,7 @@ class ManifestTest(unittest.TestCase):
         if kubectl is None:
             self.skipTest("kubectl is not on PATH: the kustomizations were checked by file "
                           "references only")
-        roots = ["", "distributed", "volume-attributes-classes", "cluster"]
+        roots = ["", "distributed", "volume-attributes-classes", "cluster", "data-protection"]
         rendered = {}
         for sub in roots:
             d = os.path.join(deploy_dir(), sub)
@@ -1277,6 +1320,17 @@ class ManifestTest(unittest.TestCase):
         self.assertTrue(all(d.obj.get("allowVolumeExpansion") is False for d in dist
                             if d.kind == "StorageClass"),
                         "no resizer in the distributed model: expansion must be off")
+        # data-protection: group snapshots on in the snapshotter, the metadata sidecar on the
+        # CSI socket, the class and the SnapshotMetadataService of this driver.
+        prot = rendered["data-protection"]
+        ctl = [d for d in prot if d.kind == "Deployment"][0]
+        sidecars = {c["name"]: arg_flags(c.get("args")) for c in pod_spec(ctl)["containers"]}
+        self.assertIn("CSIVolumeGroupSnapshot=true",
+                      sidecars.get("csi-snapshotter", {}).get("--feature-gates") or "")
+        self.assertEqual("/csi/csi.sock",
+                         sidecars.get("csi-snapshot-metadata", {}).get("--csi-address"))
+        self.assertTrue([d for d in prot if d.kind == "VolumeGroupSnapshotClass"])
+        self.assertEqual([DRIVER], [d.name for d in prot if d.kind == "SnapshotMetadataService"])
         cluster = rendered["cluster"]
         errs = check_cluster_tls([d for d in cluster if d.kind == "DaemonSet"][0], cluster)
         self.assertEqual([], errs, fmt(errs))

@@ -1,4 +1,5 @@
-// A CSI client for the e2e tests: the three csi.v1 stubs on a shaled started with
+// A CSI client for the e2e tests: the csi.v1 stubs (Identity, Controller, Node, GroupController,
+// SnapshotMetadata) on a shaled started with
 // --csi-endpoint, plus request builders. Header-only; used by csi_*_test.cc.
 #pragma once
 
@@ -51,6 +52,8 @@ class CsiClient {
     identity = csiv1::Identity::NewStub(channel);
     controller = csiv1::Controller::NewStub(channel);
     node = csiv1::Node::NewStub(channel);
+    group = csiv1::GroupController::NewStub(channel);
+    metadata = csiv1::SnapshotMetadata::NewStub(channel);
     return true;
   }
 
@@ -107,6 +110,8 @@ class CsiClient {
   std::unique_ptr<csiv1::Identity::Stub> identity;
   std::unique_ptr<csiv1::Controller::Stub> controller;
   std::unique_ptr<csiv1::Node::Stub> node;
+  std::unique_ptr<csiv1::GroupController::Stub> group;
+  std::unique_ptr<csiv1::SnapshotMetadata::Stub> metadata;
 
  private:
   std::string socket_;

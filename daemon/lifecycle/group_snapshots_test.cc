@@ -1,0 +1,174 @@
+// VolumeLifecycle group snapshots: members taken at one instant as ordinary snapshots, the group
+// record (name, id, members, volumes, labels, time) across restarts, idempotency, refusals,
+// deletes with clones depending on members (docs/lifecycle.md, "Group snapshots").
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "daemon/lifecycle/volume_lifecycle.h"
+#include "engine/common/block.h"
+#include "engine/volume/volume_test_util.h"
+
+namespace shale::daemon {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+class GroupSnapshotTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/shale-group-lifecycle-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    Open();
+  }
+  void TearDown() override {
+    Close();
+    std::filesystem::remove_all(dir_);
+  }
+  void Open() {
+    EngineOptions o;
+    o.data_dir = dir_ + "/data";
+    o.default_pool_size = 256 * kMiB;
+    auto e = Engine::Open(o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    engine_ = std::move(e).value();
+    snapshots_ = std::make_unique<snapshot::SnapshotManager>(engine_.get());
+    ASSERT_TRUE(snapshots_->Start().ok());
+    lifecycle_ = std::make_unique<VolumeLifecycle>(engine_.get(), snapshots_.get(), nullptr);
+  }
+  void Close() {
+    lifecycle_.reset();
+    if (snapshots_) snapshots_->Stop();
+    snapshots_.reset();
+    engine_.reset();
+  }
+  void CreateVolume(const std::string& name) {
+    VolumeSpec spec;
+    spec.params.name = name;
+    spec.params.size_bytes = 4 * kMiB;
+    ASSERT_TRUE(lifecycle_->Create(spec).ok());
+  }
+  void WriteByte(const std::string& volume, uint8_t value) {
+    auto h = engine_->OpenVolume(volume);
+    ASSERT_TRUE(h.ok());
+    AlignedBuffer buf = AllocateAligned(kBlockSize);
+    std::memset(buf.get(), value, kBlockSize);
+    ASSERT_TRUE(
+        testing::RunVolumeIo((*h)->volume(), VolumeOp::kWrite, 0, kBlockSize, buf.get()).ok());
+  }
+  uint8_t ReadByte(const std::string& volume) {
+    auto h = engine_->OpenVolume(volume);
+    EXPECT_TRUE(h.ok());
+    AlignedBuffer buf = AllocateAligned(kBlockSize);
+    EXPECT_TRUE(
+        testing::RunVolumeIo((*h)->volume(), VolumeOp::kRead, 0, kBlockSize, buf.get()).ok());
+    return buf.get()[0];
+  }
+
+  std::string dir_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<snapshot::SnapshotManager> snapshots_;
+  std::unique_ptr<VolumeLifecycle> lifecycle_;
+};
+
+TEST_F(GroupSnapshotTest, MembersAreOrdinarySnapshotsAndTheRecordSurvivesRestart) {
+  for (const char* v : {"data", "features", "model"}) CreateVolume(v);
+  WriteByte("data", 1);
+  WriteByte("features", 2);
+  bool created = false;
+  auto g = lifecycle_->CreateGroupSnapshot(
+      {.name = "exp1", .volumes = {"data", "features", "model"}, .labels = {{"run", "7"}}},
+      &created);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_TRUE(created);
+  EXPECT_EQ(g->snapshots, (std::vector<std::string>{"data@exp1", "features@exp1", "model@exp1"}));
+  EXPECT_EQ(g->id.size(), 16u);
+  for (const std::string& s : g->snapshots) {
+    auto info = snapshots_->Get(s);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->labels.at("run"), "7");
+    EXPECT_EQ(info->labels.at(std::string(kGroupLabel)), "exp1");
+    EXPECT_EQ(info->labels.at(std::string(kGroupIdLabel)), g->id);
+    auto digest = snapshots_->WaitDigest(s);
+    ASSERT_TRUE(digest.ok()) << digest.status();
+    EXPECT_EQ(digest->digest_state, snapshot::DigestState::kReady);
+  }
+  WriteByte("data", 9);  // after the group: not in it
+  CloneSpec clone{.source = "data@exp1", .name = "data-clone"};
+  ASSERT_TRUE(lifecycle_->Clone(clone).ok());
+  EXPECT_EQ(ReadByte("data-clone"), 1);
+
+  Close();
+  Open();
+  auto again = lifecycle_->GetGroupSnapshot("exp1");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->id, g->id);
+  EXPECT_EQ(again->volumes, g->volumes);
+  EXPECT_EQ(again->labels, g->labels);
+  EXPECT_EQ(again->created_unix_ns, g->created_unix_ns);
+  auto list = lifecycle_->ListGroupSnapshots();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ(list->front().name, "exp1");
+}
+
+TEST_F(GroupSnapshotTest, IdempotentByNameAndVolumes) {
+  for (const char* v : {"a", "b", "c"}) CreateVolume(v);
+  auto first = lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {"a", "b"}});
+  ASSERT_TRUE(first.ok()) << first.status();
+  bool created = true;
+  auto same = lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {"b", "a"}}, &created);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_FALSE(created);
+  EXPECT_EQ(same->id, first->id);
+  EXPECT_EQ(lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {"a", "c"}}).status().code(),
+            StatusCode::kAlreadyExists);
+}
+
+TEST_F(GroupSnapshotTest, RefusalsLeaveNothingBehind) {
+  for (const char* v : {"a", "b"}) CreateVolume(v);
+  ASSERT_TRUE(snapshots_->Create("b", "taken").ok());
+  EXPECT_EQ(lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {}}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {"a", "a"}}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(lifecycle_->CreateGroupSnapshot({.name = "bad name", .volumes = {"a"}}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {"a", "nope"}}).status().code(),
+      StatusCode::kNotFound);
+  EXPECT_EQ(
+      lifecycle_->CreateGroupSnapshot({.name = "taken", .volumes = {"a", "b"}}).status().code(),
+      StatusCode::kAlreadyExists);
+  lifecycle_->SetReplicatedCheck([](const std::string& v) { return v == "b"; });
+  auto replicated = lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {"a", "b"}});
+  EXPECT_EQ(replicated.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(replicated.status().message().find("replicated"), std::string::npos);
+  auto snaps = snapshots_->List({.with_space = false});
+  ASSERT_TRUE(snaps.ok());
+  EXPECT_EQ(snaps->size(), 1u);  // only b@taken
+  auto groups = lifecycle_->ListGroupSnapshots();
+  ASSERT_TRUE(groups.ok());
+  EXPECT_TRUE(groups->empty());
+}
+
+TEST_F(GroupSnapshotTest, DeleteKeepsClonesOfMembersWorking) {
+  for (const char* v : {"a", "b"}) CreateVolume(v);
+  WriteByte("a", 5);
+  ASSERT_TRUE(lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {"a", "b"}}).ok());
+  ASSERT_TRUE(lifecycle_->Clone({.source = "a@g", .name = "a-clone"}).ok());
+  WriteByte("a", 6);
+  ASSERT_TRUE(lifecycle_->DeleteGroupSnapshot("g").ok());
+  EXPECT_EQ(lifecycle_->GetGroupSnapshot("g").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(snapshots_->Get("a@g").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(ReadByte("a-clone"), 5);
+  EXPECT_EQ(ReadByte("a"), 6);
+  EXPECT_EQ(lifecycle_->DeleteGroupSnapshot("g").code(), StatusCode::kNotFound);
+  auto check = engine_->CheckPool("default");
+  ASSERT_TRUE(check.ok());
+  EXPECT_TRUE(check->clean());
+}
+
+}  // namespace
+}  // namespace shale::daemon
