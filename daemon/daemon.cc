@@ -752,30 +752,32 @@ Status Daemon::AddFrontends() {
       UnixGrpcServer::Audit{.source = "control", .log = audit_.get(), .peers = peers_.get()}));
 
   // CSI last: it attaches volumes through the NBD server and must stop before it.
-  if (!options_.csi_endpoint.empty()) {
-    csi::DriverOptions csi_options;
-    csi_options.version = SHALE_VERSION;
-    csi_options.node_id = options_.node_id.empty() ? csi::DefaultNodeId() : options_.node_id;
-    csi_options.data_dir = options_.data_dir;
-    csi_options.nbd_socket = options_.nbd_socket;
-    // DeleteVolume as `shale volume delete`: a replicated volume goes through its target.
-    csi_options.delete_volume = [this](const std::string& name) {
-      ReplicatedVolumes* targets = replicated_.load(std::memory_order_acquire);
-      if (targets != nullptr && targets->IsReplicated(name)) return targets->Delete(name, {});
-      return lifecycle_->Delete(name);
-    };
-    csi_options.change_gate = [this] { return lifecycle_->CheckChangeGate(); };
-    // CSI calls name volumes by id: their labels (the PVC the driver recorded) fill the record.
-    ops::VolumeLabelLookup labels = [engine = engine_.get()](const std::string& volume) {
-      Result<VolumeInfo> info = engine->GetVolume(volume);
-      return info.ok() ? info->labels : std::map<std::string, std::string>();
-    };
-    frontends_.push_back(std::make_unique<CsiEndpoint>(
-        std::move(csi_options), lifecycle_.get(), options_.csi_endpoint,
-        UnixGrpcServer::Audit{
-            .source = "csi", .log = audit_.get(), .peers = peers_.get(), .labels = labels}));
-  }
+  if (!options_.csi_endpoint.empty()) AddCsiFrontend();
   return Status::Ok();
+}
+
+void Daemon::AddCsiFrontend() {
+  csi::DriverOptions csi_options;
+  csi_options.version = SHALE_VERSION;
+  csi_options.node_id = options_.node_id.empty() ? csi::DefaultNodeId() : options_.node_id;
+  csi_options.data_dir = options_.data_dir;
+  csi_options.nbd_socket = options_.nbd_socket;
+  // DeleteVolume as `shale volume delete`: a replicated volume goes through its target.
+  csi_options.delete_volume = [this](const std::string& name) {
+    ReplicatedVolumes* targets = replicated_.load(std::memory_order_acquire);
+    if (targets != nullptr && targets->IsReplicated(name)) return targets->Delete(name, {});
+    return lifecycle_->Delete(name);
+  };
+  csi_options.change_gate = [this] { return lifecycle_->CheckChangeGate(); };
+  // CSI calls name volumes by id: their labels (the PVC the driver recorded) fill the record.
+  ops::VolumeLabelLookup labels = [engine = engine_.get()](const std::string& volume) {
+    Result<VolumeInfo> info = engine->GetVolume(volume);
+    return info.ok() ? info->labels : std::map<std::string, std::string>();
+  };
+  frontends_.push_back(std::make_unique<CsiEndpoint>(
+      std::move(csi_options), lifecycle_.get(), options_.csi_endpoint,
+      UnixGrpcServer::Audit{
+          .source = "csi", .log = audit_.get(), .peers = peers_.get(), .labels = labels}));
 }
 
 Status Daemon::StartFrontends() {

@@ -111,6 +111,9 @@ class Daemon {
   Status StartQos();
   Status StartBackups();
   Status AddFrontends();
+  // The CSI endpoint (last of the frontends), wired to the lifecycle, the replicated volumes'
+  // delete and the audit change gate.
+  void AddCsiFrontend();
   Status StartFrontends();
 
   const DaemonOptions options_;

@@ -225,7 +225,7 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   };
   std::map<std::string, PendingRetry> pending_retry_;  // guarded by mu_
   bool stopping_ = false;                              // guarded by mu_
-  std::mutex snapshot_mu_;                      // serializes snapshots (replicated_snapshots.cc)
+  std::mutex snapshot_mu_;  // serializes snapshots (replicated_snapshots.cc)
   std::thread repair_;
 };
 
