@@ -16,129 +16,130 @@ namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
 
-TEST(ControllerRecords, LegacyRecordsAreUpgradedOrDropped) {
-  char tmpl[] = "/tmp/shale-csi-records-XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  {
+// An engine on a 64 MiB file pool, its snapshot manager and the lifecycle service: what the CSI
+// services are built on.
+class CsiServicesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/shale-csi-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir = tmpl;
     EngineOptions o;
     o.data_dir = dir + "/data";
     o.default_pool_size = 64 * kMiB;
-    auto engine = Engine::Open(o);
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    snapshot::SnapshotManager snapshots(engine->get());
-    ASSERT_TRUE(snapshots.Start().ok());
-    daemon::VolumeLifecycle lifecycle(engine->get(), &snapshots, nullptr);
-    // As an older shaled left them: a CSI volume with its record, and the record of a CSI volume
-    // deleted through the CLI next to a volume of the same name made by hand.
-    ASSERT_TRUE((*engine)
-                    ->CreateVolume({.name = "pvc-a",
-                                    .size_bytes = 8 * kMiB,
-                                    .labels = {{std::string(kLabelFingerprint), "f"}}})
-                    .ok());
-    ASSERT_TRUE((*engine)->CreateVolume({.name = "byhand", .size_bytes = 8 * kMiB}).ok());
-    const std::string old_a = EncodeCsiRecord({"pvc-a", 4 * kMiB, ""});
-    MetaBatch legacy;
-    legacy.Put(keys::Extension("csi", "volume/pvc-a"), old_a);
-    legacy.Put(keys::Extension("csi", "volume/byhand"), EncodeCsiRecord({"byhand", kMiB, ""}));
-    legacy.Put(keys::Extension("csi", "volume/gone"), EncodeCsiRecord({"gone", kMiB, ""}));
-    ASSERT_TRUE((*engine)->WriteRecords("default", std::move(legacy)).ok());
-
-    ControllerService controller(DriverOptions{.node_id = "n"}, &lifecycle);
-    ASSERT_TRUE(controller.UpgradeRecords().ok());
-
-    auto a = (*engine)->GetVolume("pvc-a");
-    ASSERT_TRUE(a.ok());
-    EXPECT_EQ(CsiCapacity(engine->get(), *a), 4 * kMiB);
-    auto byhand = (*engine)->GetVolume("byhand");
-    ASSERT_TRUE(byhand.ok());
-    EXPECT_FALSE(ReadCsiRecord(engine->get(), *byhand).has_value());
-    EXPECT_EQ(CsiCapacity(engine->get(), *byhand), 8 * kMiB);
-    size_t left = 0;
-    ASSERT_TRUE((*engine)
-                    ->ScanRecords("default", keys::ExtensionPrefix("csi"),
-                                  [&](std::string_view, std::string_view) {
-                                    ++left;
-                                    return true;
-                                  })
-                    .ok());
-    EXPECT_EQ(left, 0u) << "legacy records left behind";
-    // Idempotent.
-    ASSERT_TRUE(controller.UpgradeRecords().ok());
-    EXPECT_EQ(CsiCapacity(engine->get(), *a), 4 * kMiB);
-    snapshots.Stop();
-    ASSERT_TRUE((*engine)->Shutdown().ok());
+    auto opened = Engine::Open(o);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    engine = std::move(opened).value();
+    snapshots = std::make_unique<snapshot::SnapshotManager>(engine.get());
+    ASSERT_TRUE(snapshots->Start().ok());
+    lifecycle = std::make_unique<daemon::VolumeLifecycle>(engine.get(), snapshots.get(), nullptr);
   }
-  std::filesystem::remove_all(dir);
+  void TearDown() override {
+    lifecycle.reset();
+    if (snapshots != nullptr) snapshots->Stop();
+    if (engine != nullptr) {
+      EXPECT_TRUE(engine->Shutdown().ok());
+    }
+    std::filesystem::remove_all(dir);
+  }
+
+  std::string dir;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<snapshot::SnapshotManager> snapshots;
+  std::unique_ptr<daemon::VolumeLifecycle> lifecycle;
+};
+
+TEST_F(CsiServicesTest, LegacyRecordsAreUpgradedOrDropped) {
+  // As an older shaled left them: a CSI volume with its record, and the record of a CSI volume
+  // deleted through the CLI next to a volume of the same name made by hand.
+  ASSERT_TRUE(engine
+                  ->CreateVolume({.name = "pvc-a",
+                                  .size_bytes = 8 * kMiB,
+                                  .labels = {{std::string(kLabelFingerprint), "f"}}})
+                  .ok());
+  ASSERT_TRUE(engine->CreateVolume({.name = "byhand", .size_bytes = 8 * kMiB}).ok());
+  const std::string old_a = EncodeCsiRecord({"pvc-a", 4 * kMiB, ""});
+  MetaBatch legacy;
+  legacy.Put(keys::Extension("csi", "volume/pvc-a"), old_a);
+  legacy.Put(keys::Extension("csi", "volume/byhand"), EncodeCsiRecord({"byhand", kMiB, ""}));
+  legacy.Put(keys::Extension("csi", "volume/gone"), EncodeCsiRecord({"gone", kMiB, ""}));
+  ASSERT_TRUE(engine->WriteRecords("default", std::move(legacy)).ok());
+
+  ControllerService controller(DriverOptions{.node_id = "n"}, lifecycle.get());
+  ASSERT_TRUE(controller.UpgradeRecords().ok());
+
+  auto a = engine->GetVolume("pvc-a");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(CsiCapacity(engine.get(), *a), 4 * kMiB);
+  auto byhand = engine->GetVolume("byhand");
+  ASSERT_TRUE(byhand.ok());
+  EXPECT_FALSE(ReadCsiRecord(engine.get(), *byhand).has_value());
+  EXPECT_EQ(CsiCapacity(engine.get(), *byhand), 8 * kMiB);
+  size_t left = 0;
+  ASSERT_TRUE(engine
+                  ->ScanRecords("default", keys::ExtensionPrefix("csi"),
+                                [&](std::string_view, std::string_view) {
+                                  ++left;
+                                  return true;
+                                })
+                  .ok());
+  EXPECT_EQ(left, 0u) << "legacy records left behind";
+  // Idempotent.
+  ASSERT_TRUE(controller.UpgradeRecords().ok());
+  EXPECT_EQ(CsiCapacity(engine.get(), *a), 4 * kMiB);
 }
 
 // While the daemon's change gate is closed (the audit log cannot be written), the CSI calls that
 // change something outside the lifecycle service are refused with its status; teardown runs.
-TEST(ChangeGate, ClosedGateRefusesModifyStagePublishAndExpand) {
-  char tmpl[] = "/tmp/shale-csi-gate-XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  {
-    EngineOptions o;
-    o.data_dir = dir + "/data";
-    o.default_pool_size = 64 * kMiB;
-    auto engine = Engine::Open(o);
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    snapshot::SnapshotManager snapshots(engine->get());
-    ASSERT_TRUE(snapshots.Start().ok());
-    daemon::VolumeLifecycle lifecycle(engine->get(), &snapshots, nullptr);
-    ASSERT_TRUE((*engine)->CreateVolume({.name = "v", .size_bytes = 8 * kMiB}).ok());
-    const auto closed = [] { return Status::Unavailable("the audit log cannot be written"); };
-    lifecycle.SetChangeGate(closed);
-    DriverOptions options{.node_id = "n", .data_dir = dir};
-    options.change_gate = closed;
-    ControllerService controller(options, &lifecycle);
-    NodeService node(options, engine->get());
+TEST_F(CsiServicesTest, ClosedChangeGateRefusesModifyStagePublishAndExpand) {
+  ASSERT_TRUE(engine->CreateVolume({.name = "v", .size_bytes = 8 * kMiB}).ok());
+  const auto closed = [] { return Status::Unavailable("the audit log cannot be written"); };
+  lifecycle->SetChangeGate(closed);
+  DriverOptions options{.node_id = "n", .data_dir = dir};
+  options.change_gate = closed;
+  ControllerService controller(options, lifecycle.get());
+  NodeService node(options, engine.get());
 
-    grpc::ServerContext c1, c2, c3, c4, c5;
-    ::csi::v1::ControllerModifyVolumeRequest modify;
-    modify.set_volume_id("v");
-    (*modify.mutable_mutable_parameters())["iops"] = "100";
-    ::csi::v1::ControllerModifyVolumeResponse modified;
-    grpc::Status st = controller.ControllerModifyVolume(&c1, &modify, &modified);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  grpc::ServerContext c1, c2, c3, c4, c5;
+  ::csi::v1::ControllerModifyVolumeRequest modify;
+  modify.set_volume_id("v");
+  (*modify.mutable_mutable_parameters())["iops"] = "100";
+  ::csi::v1::ControllerModifyVolumeResponse modified;
+  grpc::Status st = controller.ControllerModifyVolume(&c1, &modify, &modified);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
 
-    ::csi::v1::NodeStageVolumeRequest stage;
-    stage.set_volume_id("v");
-    stage.set_staging_target_path(dir + "/staging");
-    stage.mutable_volume_capability()->mutable_block();
-    ::csi::v1::NodeStageVolumeResponse staged;
-    st = node.NodeStageVolume(&c2, &stage, &staged);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
-    EXPECT_NE(st.error_message().find("audit log"), std::string::npos) << st.error_message();
+  ::csi::v1::NodeStageVolumeRequest stage;
+  stage.set_volume_id("v");
+  stage.set_staging_target_path(dir + "/staging");
+  stage.mutable_volume_capability()->mutable_block();
+  ::csi::v1::NodeStageVolumeResponse staged;
+  st = node.NodeStageVolume(&c2, &stage, &staged);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  EXPECT_NE(st.error_message().find("audit log"), std::string::npos) << st.error_message();
 
-    ::csi::v1::NodePublishVolumeRequest publish;
-    publish.set_volume_id("v");
-    publish.set_staging_target_path(dir + "/staging");
-    publish.set_target_path(dir + "/target");
-    publish.mutable_volume_capability()->mutable_block();
-    ::csi::v1::NodePublishVolumeResponse published;
-    st = node.NodePublishVolume(&c3, &publish, &published);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  ::csi::v1::NodePublishVolumeRequest publish;
+  publish.set_volume_id("v");
+  publish.set_staging_target_path(dir + "/staging");
+  publish.set_target_path(dir + "/target");
+  publish.mutable_volume_capability()->mutable_block();
+  ::csi::v1::NodePublishVolumeResponse published;
+  st = node.NodePublishVolume(&c3, &publish, &published);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
 
-    ::csi::v1::NodeExpandVolumeRequest expand;
-    expand.set_volume_id("v");
-    expand.set_volume_path(dir + "/target");
-    ::csi::v1::NodeExpandVolumeResponse expanded;
-    st = node.NodeExpandVolume(&c4, &expand, &expanded);
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  ::csi::v1::NodeExpandVolumeRequest expand;
+  expand.set_volume_id("v");
+  expand.set_volume_path(dir + "/target");
+  ::csi::v1::NodeExpandVolumeResponse expanded;
+  st = node.NodeExpandVolume(&c4, &expand, &expanded);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
 
-    // Teardown is not gated: unstaging a volume that was never staged succeeds.
-    ::csi::v1::NodeUnstageVolumeRequest unstage;
-    unstage.set_volume_id("v");
-    unstage.set_staging_target_path(dir + "/staging");
-    ::csi::v1::NodeUnstageVolumeResponse unstaged;
-    st = node.NodeUnstageVolume(&c5, &unstage, &unstaged);
-    EXPECT_TRUE(st.ok()) << st.error_message();
-    snapshots.Stop();
-    ASSERT_TRUE((*engine)->Shutdown().ok());
-  }
-  std::filesystem::remove_all(dir);
+  // Teardown is not gated: unstaging a volume that was never staged succeeds.
+  ::csi::v1::NodeUnstageVolumeRequest unstage;
+  unstage.set_volume_id("v");
+  unstage.set_staging_target_path(dir + "/staging");
+  ::csi::v1::NodeUnstageVolumeResponse unstaged;
+  st = node.NodeUnstageVolume(&c5, &unstage, &unstaged);
+  EXPECT_TRUE(st.ok()) << st.error_message();
 }
 
 }  // namespace
