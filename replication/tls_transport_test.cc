@@ -44,13 +44,16 @@ struct Material {
   std::string skip;  // why the tests cannot run
   Creds a, b, stranger, anonymous;
 
+  // Made once per test program; the directory goes when the program exits.
   static Material& Get() {
-    static Material* m = [] {
-      auto* out = new Material;
-      out->Make();
-      return out;
-    }();
-    return *m;
+    static Material m;
+    static const bool made = (m.Make(), true);
+    (void)made;
+    return m;
+  }
+  ~Material() {
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::remove_all(dir, ec);
   }
   std::string Dir(const std::string& name) const { return dir + "/" + name; }
 
