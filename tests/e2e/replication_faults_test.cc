@@ -498,7 +498,14 @@ TEST_F(ReplicationFaultsTest, CsiDeletesAReplicatedVolume) {
     ASSERT_NE(nbd, nullptr);
     ASSERT_TRUE(nbd->Go("kv").has_value()) << "the target serves";
   }
-  const grpc::Status deleted = csi.DeleteVolume("kv");
+  // The client's close reaches shaled asynchronously: until it did, the volume has a client and
+  // DeleteVolume is refused (FAILED_PRECONDITION, which the external-provisioner retries), so
+  // retry as it does, bounded.
+  grpc::Status deleted;
+  EXPECT_TRUE(WaitFor([&] {
+    deleted = csi.DeleteVolume("kv");
+    return deleted.ok() || deleted.error_code() != grpc::StatusCode::FAILED_PRECONDITION;
+  }));
   ASSERT_TRUE(deleted.ok()) << deleted.error_code() << ": " << deleted.error_message();
   EXPECT_EQ(a.Shale({"volume", "show", "kv"}).exit_code, 1) << "local replica deleted";
   EXPECT_TRUE(WaitFor([&] {
