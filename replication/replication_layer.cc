@@ -810,7 +810,7 @@ void ReplicationLayer::StartLogFlush() {
   StartWrite(log_flush_.get());
 }
 
-void ReplicationLayer::LogFlushDone(const Status& status) {
+void ReplicationLayer::LogFlushDone(Status status) {
   log_flush_.reset();
   std::deque<VolumeIo*> held;
   held.swap(log_held_);

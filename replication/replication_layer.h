@@ -168,7 +168,8 @@ class ReplicationLayer final : public VolumeLayer {
   // The activity log's part of a write about to be dispatched (replication_layer_al.cc).
   void LogAndDispatch(VolumeIo* io);
   void StartLogFlush();
-  void LogFlushDone(const Status& status);
+  // By value: `status` is the flush request's, which this frees first.
+  void LogFlushDone(Status status);
   void LogStarted(Fanout* f);
   void LogCompleted(Fanout* f, const Status& status);
   void StartRead(VolumeIo* io, Fanout* retry);
