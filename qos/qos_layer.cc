@@ -4,6 +4,7 @@
 
 #include "engine/common/assert.h"
 #include "engine/io/reactor.h"
+#include "qos/background_units.h"
 
 namespace shale::qos {
 
@@ -170,51 +171,18 @@ void QosLayer::Apply(const QosSettings& settings) {
   Poll();
 }
 
-struct QosLayer::Admission {
-  VolumeIo io;  // what the scheduler queues: background class, the unit's length
-  std::function<void(Done)> go;
-  std::shared_ptr<QosLayer> self;  // the layer (and its scheduler client) outlives the unit
-};
-
-void QosLayer::AdmissionMarker(VolumeIo*) {
-  SHALE_CHECK(false, "QosLayer: an admission placeholder was completed like a request");
-}
-
 void QosLayer::Admit(uint64_t bytes, std::function<void(Done done)> go) {
-  auto* a = new Admission();
-  a->io.op = VolumeOp::kRead;  // any data op: CostOf charges ceil(length / iops_unit)
-  a->io.length = bytes;
-  a->io.io_class = IoClass::kBackground;
-  a->io.ctx = a;
-  a->io.done = &QosLayer::AdmissionMarker;
-  a->go = std::move(go);
-  a->self = shared_from_this();
-  scheduler_->Submit(client_, &a->io);
-}
-
-void QosLayer::Admitted(VolumeIo* io) {
-  auto* a = static_cast<Admission*>(io->ctx);
-  ++admitted_;
-  // Deferred: DispatchReady may run inside the scheduler's dispatch loop, and the unit's own
-  // done() (which re-enters the scheduler) may come straight from `go`.
-  reactor_->Defer([a] {
-    std::shared_ptr<QosLayer> self = std::move(a->self);
-    std::function<void(Done)> go = std::move(a->go);
-    delete a;
-    auto released = std::make_shared<bool>(false);
-    go([self, released] {
-      SHALE_CHECK(self->reactor_->IsCurrent() && !*released,
-                  "QosLayer: a background admission released twice or off its reactor");
-      *released = true;
-      --self->admitted_;
-      self->scheduler_->Complete(self->client_);
-    });
-  });
+  SubmitBackgroundUnit(scheduler_.get(), client_, bytes, std::move(go), shared_from_this());
 }
 
 void QosLayer::DispatchReady(VolumeIo* io) {
-  if (io->done == &QosLayer::AdmissionMarker) {
-    Admitted(io);
+  if (IsBackgroundUnit(io)) {
+    ++admitted_;
+    // The layer (and its scheduler client) outlives the unit.
+    StartBackgroundUnit(io, reactor_, [self = shared_from_this()] {
+      --self->admitted_;
+      self->scheduler_->Complete(self->client_);
+    });
     return;
   }
   io->layer_state[0] = io->ctx;

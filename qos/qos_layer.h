@@ -102,10 +102,6 @@ class QosLayer final : public VolumeLayer,
   // PoolScheduler::Sink: sends io below with its completion intercepted.
   void DispatchReady(VolumeIo* io) override;
   static void OnDone(VolumeIo* io);
-  // io->done of an admission's placeholder request: never called, it only marks one.
-  struct Admission;
-  static void AdmissionMarker(VolumeIo* io);
-  void Admitted(VolumeIo* io);
   void Reject(VolumeIo* io);
   void Enqueue(VolumeIo* io, uint64_t now);
   void ArmTimer(uint64_t now);

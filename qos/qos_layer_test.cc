@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "engine/volume/volume_test_util.h"
+#include "qos/background_units.h"
 
 namespace shale::qos {
 namespace {
@@ -460,6 +461,47 @@ TEST_F(QosLayerTest, ABackgroundAdmissionWaitsForTheBudgetAndHoldsItsSlotUntilDo
   s = StatsOf(layer);
   EXPECT_EQ(s.in_flight, 0u);
   EXPECT_EQ(s.queue_depth, 0u);
+}
+
+// A PoolAdmission (a replica rebuild's windows) is a scheduler client of its own: its unit
+// waits for the pool's budget like the volumes' requests and holds its slot until done.
+TEST_F(QosLayerTest, APoolAdmissionSharesThePoolBudgetWithTheVolumes) {
+  Holder below;
+  std::shared_ptr<PoolScheduler> sched = Scheduler(1, &clock_, /*solo_bypass=*/false);
+  QosLayer* layer = Make(&below, {}, sched, {.clock = &clock_});
+  std::shared_ptr<PoolAdmission> rebuild = PoolAdmission::Create(sched, reactor_.get());
+  Req first(VolumeOp::kWrite, 0, 4096), next(VolumeOp::kWrite, 4096, 4096);
+  bool admitted = false;
+  BackgroundAdmission::Done release;
+  reactor_->RunSync([&] {
+    layer->Submit(&first.io);  // takes the pool's only slot
+    rebuild->Admit(kMiB, [&](BackgroundAdmission::Done done) {
+      admitted = true;
+      release = std::move(done);
+    });
+  });
+  reactor_->RunSync([] {});
+  reactor_->RunSync([&] { EXPECT_FALSE(admitted) << "the budget is full"; });
+  EXPECT_EQ(sched->GetStats().waiting, 1u);
+  reactor_->RunSync([&] { below.CompleteOldest(); });
+  ASSERT_TRUE(Eventually([&] {
+    bool a = false;
+    reactor_->RunSync([&] { a = admitted; });
+    return a;
+  }));
+  // While the unit runs it holds the slot: the volume's next request waits.
+  reactor_->RunSync([&] { layer->Submit(&next.io); });
+  EXPECT_EQ(sched->GetStats().outstanding, 1u);
+  reactor_->RunSync([&] { EXPECT_TRUE(below.held.empty()); });
+  reactor_->RunSync([&] { release(); });
+  ASSERT_TRUE(Eventually([&] {
+    size_t held = 0;
+    reactor_->RunSync([&] { held = below.held.size(); });
+    return held == 1;
+  })) << "done() freed the slot for the volume's request";
+  reactor_->RunSync([&] { below.CompleteOldest(); });
+  ASSERT_TRUE(Eventually([&] { return next.done.load(); }));
+  EXPECT_EQ(sched->GetStats().outstanding, 0u);
 }
 
 TEST_F(QosLayerTest, BackgroundAdmissionsShareAContendedPoolByWeightAndCost) {

@@ -5,6 +5,7 @@
 #include "engine/common/log.h"
 #include "engine/engine.h"
 #include "engine/pool/keys.h"
+#include "qos/background_units.h"
 #include "qos/qos.pb.h"
 
 namespace shale::qos {
@@ -286,6 +287,16 @@ Result<std::shared_ptr<BackgroundAdmission>> QosManager::OpenBackgroundAdmission
     std::shared_ptr<VolumeHandle> handle) {
   SHALE_ASSIGN_OR_RETURN(std::shared_ptr<QosVolume> wrapped, Wrap(std::move(handle)));
   return std::shared_ptr<BackgroundAdmission>(std::move(wrapped));
+}
+
+std::shared_ptr<BackgroundAdmission> QosManager::OpenPoolAdmission(const std::string& pool,
+                                                                   Reactor* reactor) {
+  std::shared_ptr<PoolScheduler> scheduler;
+  {
+    std::lock_guard lock(mu_);
+    scheduler = SchedulerLocked(pool);
+  }
+  return PoolAdmission::Create(std::move(scheduler), reactor);
 }
 
 Status QosManager::OnVolumeDeleted(std::string_view volume) {

@@ -108,6 +108,10 @@ class QosManager {
   // and lives (with the handle) while the result is held.
   Result<std::shared_ptr<BackgroundAdmission>> OpenBackgroundAdmission(
       std::shared_ptr<VolumeHandle> handle);
+  // A background admission of its own in `pool`'s scheduler, whose units run on `reactor` (a
+  // replica rebuild's copy windows: they read the local replica below QoS, so they are not a
+  // volume's requests). Held while the work runs.
+  std::shared_ptr<BackgroundAdmission> OpenPoolAdmission(const std::string& pool, Reactor* reactor);
   // Forgets a deleted volume's settings (deletes its record). OK if it had none.
   Status OnVolumeDeleted(std::string_view volume);
 
