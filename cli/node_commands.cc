@@ -6,11 +6,16 @@
 namespace shale::cli {
 
 std::string NodeTable(const v1::ListNodesResponse& nodes) {
-  Table table({"NAME", "STATE", "REPLICA ADDRESS", "FREE", "POOLS"});
+  Table table({"NAME", "STATE", "REPLICA ADDRESS", "FREE", "POOLS", "TARGETS", "REPLICAS"});
+  auto names = [](const google::protobuf::RepeatedPtrField<std::string>& list) {
+    std::string out;
+    for (const std::string& v : list) out += (out.empty() ? "" : ",") + v;
+    return out.empty() ? std::string("-") : out;
+  };
   for (const v1::Node& n : nodes.nodes()) {
     const std::string name = n.local() ? n.name() + " (this node)" : n.name();
     if (!n.error().empty()) {
-      table.AddRow({name, n.state(), "-", "-", "malformed record: " + n.error()});
+      table.AddRow({name, n.state(), "-", "-", "malformed record: " + n.error(), "-", "-"});
       continue;
     }
     std::string pools;
@@ -19,7 +24,8 @@ std::string NodeTable(const v1::ListNodesResponse& nodes) {
       pools += p.name() + " " + FormatSize(p.free_bytes()) + "/" + FormatSize(p.capacity_bytes());
     }
     table.AddRow({name, n.state(), n.replica_address().empty() ? "-" : n.replica_address(),
-                  FormatSize(n.free_bytes()), pools.empty() ? "-" : pools});
+                  FormatSize(n.free_bytes()), pools.empty() ? "-" : pools, names(n.targets()),
+                  names(n.replicas())});
   }
   return table.Render();
 }
@@ -33,6 +39,10 @@ nlohmann::ordered_json ToJson(const v1::ListNodesResponse& nodes) {
                        {"free_bytes", p.free_bytes()},
                        {"capacity_bytes", p.capacity_bytes()}});
     }
+    nlohmann::ordered_json targets = nlohmann::ordered_json::array();
+    for (const std::string& v : n.targets()) targets.push_back(v);
+    nlohmann::ordered_json replicas = nlohmann::ordered_json::array();
+    for (const std::string& v : n.replicas()) replicas.push_back(v);
     nlohmann::ordered_json node = {
         {"name", n.name()},
         {"state", n.state()},
@@ -40,6 +50,8 @@ nlohmann::ordered_json ToJson(const v1::ListNodesResponse& nodes) {
         {"free_bytes", n.free_bytes()},
         {"local", n.local()},
         {"pools", pools},
+        {"targets", targets},
+        {"replicas", replicas},
     };
     if (!n.error().empty()) node["error"] = n.error();
     list.push_back(std::move(node));
@@ -54,7 +66,8 @@ void NodeCommands::AddCommands(CLI::App& app) {
   CLI::App* list = node_cmd->add_subcommand(
       "list",
       "List every node registered in etcd: replica address, state (up while its lease "
-      "lives), pools' free bytes");
+      "lives), pools' free bytes, the replicated volumes it serves (targets) and holds "
+      "(replicas)");
   list->callback(SelectAction(action_, this, &NodeCommands::RunList));
 }
 

@@ -277,6 +277,8 @@ nlohmann::ordered_json ToJson(const v1::Volume& v) {
   out["clone"] = v.has_clone() ? ToJson(v.clone()) : nlohmann::ordered_json(nullptr);
   // Only answers about one volume carry its QoS settings (ListVolumes does not look them up).
   if (v.has_qos()) out["qos"] = ToJson(v.qos());
+  // Only GetVolume answers about a replicated volume carry it (cluster mode).
+  if (v.has_replication()) out["replication"] = ToJson(v.replication());
   return out;
 }
 
@@ -440,6 +442,18 @@ std::string VolumeView(const v1::Volume& v) {
     rows.emplace_back("Clone of", "-");
   }
   if (v.has_qos()) rows.emplace_back("QoS", QosSummary(v.qos()));
+  if (v.has_replication()) {
+    const v1::ListReplicasResponse& r = v.replication();
+    rows.emplace_back("Target", (r.detached() ? "detached (last " + r.target() + ")" : r.target()) +
+                                    ", epoch " + std::to_string(r.epoch()) +
+                                    (r.fenced() ? " (this node was fenced)" : ""));
+    std::string replicas;
+    for (const v1::Replica& x : r.replicas()) {
+      replicas += (replicas.empty() ? "" : ", ") + x.node() + " " + x.state();
+    }
+    rows.emplace_back("Replicas",
+                      replicas + " (min in sync " + std::to_string(r.min_in_sync()) + ")");
+  }
   return RenderKeyValues(rows);
 }
 

@@ -42,6 +42,11 @@ std::string FormatLabels(const google::protobuf::Map<std::string, std::string>& 
 nlohmann::ordered_json ToJson(const v1::GetStatusResponse& status);
 nlohmann::ordered_json ToJson(const v1::Pool& pool);
 nlohmann::ordered_json ToJson(const v1::Volume& volume);
+// {"volume", "epoch", "target", "min_in_sync", "in_sync": [...], "fenced", "detached",
+// "replicas": [{"node", "state", "generation", "local", "rebuild_done_bytes",
+// "rebuild_total_bytes", "rebuild_sent_bytes", "rebuilds", "last_error"}]}, exact byte counts
+// (defined in replica_commands.cc).
+nlohmann::ordered_json ToJson(const v1::ListReplicasResponse& replicas);
 nlohmann::ordered_json ToJson(const std::string& pool, const v1::CheckPoolResponse& check);
 nlohmann::ordered_json ToJson(const v1::ListExportsResponse& exports);
 nlohmann::ordered_json ToJson(const v1::Snapshot& snapshot);
@@ -73,11 +78,13 @@ nlohmann::ordered_json ToJson(const v1::QosSettings& qos);
 nlohmann::ordered_json ToJson(const v1::VolumeQos& qos);
 nlohmann::ordered_json ToJson(const v1::VolumeIoStats& stats);
 nlohmann::ordered_json ToJson(const v1::PoolQos& pool);
+nlohmann::ordered_json ToJson(const v1::RebuildQos& rebuild);
 // For people: "iops=2000 burst_iops=5000 burst_seconds=10, weight 100" (the limits set, or
 // "unlimited"; then the weight, and reservation / iops unit when set).
 std::string QosSummary(const v1::QosSettings& qos);
 std::string QosView(const v1::VolumeQos& qos);
 std::string VolumeStatsView(const v1::VolumeIoStats& stats);
 std::string PoolQosView(const v1::PoolQos& pool);
+std::string RebuildQosView(const v1::RebuildQos& rebuild);
 
 }  // namespace shale::cli

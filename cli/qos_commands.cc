@@ -245,6 +245,42 @@ void QosCommands::AddQosCommand(CLI::App& app) {
       return RunRpc(client, &v1::Control::Stub::SetPoolQos, req, err_, print);
     };
   });
+  AddRebuildCommand(qos_cmd);
+}
+
+void QosCommands::AddRebuildCommand(CLI::App* qos_cmd) {
+  Action* action = action_;
+  CLI::App* rebuild = qos_cmd->add_subcommand(
+      "rebuild-bps",
+      "Show or set this node's cap on replica rebuilds (bytes per second each; 0 = none), live "
+      "for the rebuilds running and those to come (cluster mode)");
+  rebuild->add_option("BPS", rebuild_bps_, "New cap, e.g. 64M (0 or none: no cap; omit to show)")
+      ->type_name("RATE");
+  rebuild->callback([this, action] {
+    *action = [this](ControlClient& client, Format format) {
+      auto print = [&](const v1::RebuildQos& resp) {
+        format == Format::kJson ? void(out_ << ToJson(resp).dump(2) << "\n")
+                                : void(out_ << RebuildQosView(resp));
+        return kExitOk;
+      };
+      if (rebuild_bps_.empty()) {
+        return RunRpc(client, &v1::Control::Stub::GetRebuildQos, v1::GetRebuildQosRequest(), err_,
+                      print);
+      }
+      v1::SetRebuildQosRequest req;
+      if (rebuild_bps_ != "none") {
+        Result<uint64_t> bps = ParseSize(rebuild_bps_);
+        if (!bps.ok()) {
+          err_ << "shale: qos rebuild-bps: RATE '" << rebuild_bps_
+               << "': expected bytes per second such as 64M, or 0 / none for no cap ("
+               << bps.status().message() << ")\n";
+          return kExitUsage;
+        }
+        req.set_rebuild_bps(*bps);
+      }
+      return RunRpc(client, &v1::Control::Stub::SetRebuildQos, req, err_, print);
+    };
+  });
 }
 
 void QosCommands::AddVolumeCommands(CLI::App* volume_cmd) {

@@ -48,6 +48,7 @@ class QosCommands {
   // Applies every given flag to `settings`; false with `error` on a bad value.
   static bool Apply(const FlagValues& values, v1::QosSettings* settings, std::string* error);
   static bool AnyGiven(const FlagValues& values);
+  void AddRebuildCommand(CLI::App* qos_cmd);
   int RunSet(ControlClient& client, Format format);
   int RunStats(ControlClient& client, Format format);
 
@@ -61,6 +62,7 @@ class QosCommands {
   std::string interval_ = "1s";
   unsigned count_ = 0;
   std::string budget_;
+  std::string rebuild_bps_;
 };
 
 }  // namespace shale::cli

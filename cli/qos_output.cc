@@ -80,6 +80,13 @@ nlohmann::ordered_json ToJson(const v1::PoolQos& pool) {
   return {{"pool", pool.pool()}, {"budget", pool.budget()}};
 }
 
+nlohmann::ordered_json ToJson(const v1::RebuildQos& rebuild) {
+  nlohmann::ordered_json rebuilding = nlohmann::ordered_json::array();
+  for (const std::string& v : rebuild.rebuilding()) rebuilding.push_back(v);
+  return {
+      {"node", rebuild.node()}, {"rebuild_bps", rebuild.rebuild_bps()}, {"rebuilding", rebuilding}};
+}
+
 nlohmann::ordered_json ToJson(const v1::VolumeIoStats& s) {
   nlohmann::ordered_json buckets = nlohmann::ordered_json::array();
   for (const v1::QosBucket& b : s.buckets()) {
@@ -177,6 +184,19 @@ std::string PoolQosView(const v1::PoolQos& pool) {
                           {"Budget", std::to_string(pool.budget()) +
                                          " requests dispatched at once before the scheduler "
                                          "chooses by reservation and weight"}});
+}
+
+std::string RebuildQosView(const v1::RebuildQos& rebuild) {
+  std::string running;
+  for (const std::string& v : rebuild.rebuilding()) running += (running.empty() ? "" : ", ") + v;
+  return RenderKeyValues(
+      {{"Node", rebuild.node()},
+       {"Rebuild cap",
+        rebuild.rebuild_bps() == 0
+            ? std::string("none (rebuilds take what the pool's background class leaves them)")
+            : FormatSize(rebuild.rebuild_bps()) + "/s per rebuild (until shaled restarts; "
+                                                  "--rebuild-bps sets it at start)"},
+       {"Rebuilding", running.empty() ? std::string("-") : running}});
 }
 
 std::string VolumeStatsView(const v1::VolumeIoStats& s) {

@@ -31,6 +31,11 @@ std::string ReplicaTable(const v1::ListReplicasResponse& replicas) {
                   r.rebuild_sent_bytes() == 0 ? "-" : FormatSize(r.rebuild_sent_bytes()),
                   r.last_error().empty() ? "-" : r.last_error()});
   }
+  if (replicas.detached()) {
+    return "detached (last target " + replicas.target() +
+           "): no node serves this volume; `shale volume attach " + replicas.volume() +
+           "` on a node holding an in-sync replica serves it there\n" + table.Render();
+  }
   if (replicas.fenced()) {
     return "fenced: another node took this volume over (epoch " + std::to_string(replicas.epoch()) +
            ", target " + replicas.target() + "); this node serves no more I/O for it\n" +
@@ -60,6 +65,7 @@ nlohmann::ordered_json ToJson(const v1::ListReplicasResponse& replicas) {
           {"min_in_sync", replicas.min_in_sync()},
           {"in_sync", in_sync},
           {"fenced", replicas.fenced()},
+          {"detached", replicas.detached()},
           {"replicas", list}};
 }
 

@@ -14,10 +14,7 @@ namespace shale::cli {
 
 // `replica list` as a table: NODE, STATE, GENERATION, REBUILD (done/total), SENT, ERROR.
 std::string ReplicaTable(const v1::ListReplicasResponse& replicas);
-// {"volume", "epoch", "target", "min_in_sync", "in_sync": [...], "replicas": [{"node", "state",
-// "generation", "local", "rebuild_done_bytes", "rebuild_total_bytes", "rebuild_sent_bytes",
-// "rebuilds", "last_error"}]}, exact byte counts.
-nlohmann::ordered_json ToJson(const v1::ListReplicasResponse& replicas);
+// ToJson(const v1::ListReplicasResponse&): declared in cli/output.h (`volume show` uses it too).
 
 class ReplicaCommands {
  public:

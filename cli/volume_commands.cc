@@ -97,6 +97,20 @@ CLI::App* VolumeCommands::AddCommands(CLI::App& app) {
                  "Take it although the old target's lease lives (you know that node is dead or "
                  "cut off); the old target is fenced either way");
   take->callback(SelectAction(action_, this, &VolumeCommands::RunTakeOver));
+
+  CLI::App* attach = volume_cmd->add_subcommand(
+      "attach",
+      "Serve a replicated volume on this node (it holds an in-sync replica): refused while "
+      "another node has it attached and that node's lease lives; after a detach there, or once "
+      "that lease expired, the volume moves here (epoch + 1, the old target fenced)");
+  attach->add_option("NAME", name_, "Volume name")->required();
+  attach->callback(SelectAction(action_, this, &VolumeCommands::RunAttach));
+  CLI::App* detach = volume_cmd->add_subcommand(
+      "detach",
+      "Stop serving a replicated volume on this node (refused while it has clients), so any "
+      "node holding an in-sync replica can attach it at once");
+  detach->add_option("NAME", name_, "Volume name")->required();
+  detach->callback(SelectAction(action_, this, &VolumeCommands::RunDetach));
   return volume_cmd;
 }
 
@@ -192,6 +206,30 @@ int VolumeCommands::RunTakeOver(ControlClient& client, Format format) {
             : void(out_ << resp.message() << "\n");
         return kExitOk;
       });
+}
+
+int VolumeCommands::RunAttach(ControlClient& client, Format format) {
+  v1::AttachVolumeRequest req;
+  req.set_volume(name_);
+  return RunRpc(client, &v1::Control::Stub::AttachVolume, req, err_,
+                [&](const v1::VolumeAttachment& resp) { return PrintAttachment(resp, format); });
+}
+
+int VolumeCommands::RunDetach(ControlClient& client, Format format) {
+  v1::DetachVolumeRequest req;
+  req.set_volume(name_);
+  return RunRpc(client, &v1::Control::Stub::DetachVolume, req, err_,
+                [&](const v1::VolumeAttachment& resp) { return PrintAttachment(resp, format); });
+}
+
+int VolumeCommands::PrintAttachment(const v1::VolumeAttachment& resp, Format format) {
+  format == Format::kJson ? PrintJson({{"name", name_},
+                                       {"target", resp.target()},
+                                       {"detached", resp.detached()},
+                                       {"epoch", resp.epoch()},
+                                       {"message", resp.message()}})
+                          : void(out_ << resp.message() << "\n");
+  return kExitOk;
 }
 
 }  // namespace shale::cli

@@ -37,6 +37,9 @@ class VolumeCommands {
   int RunDelete(ControlClient& client, Format format);
   int RunForceRecover(ControlClient& client, Format format);
   int RunTakeOver(ControlClient& client, Format format);
+  int RunAttach(ControlClient& client, Format format);
+  int RunDetach(ControlClient& client, Format format);
+  int PrintAttachment(const v1::VolumeAttachment& resp, Format format);
   // Prints one volume (create, show, resize) and returns the exit code.
   int PrintVolume(Format format, const v1::Volume& volume);
   void PrintJson(const nlohmann::ordered_json& json);

@@ -67,6 +67,16 @@ std::string JsonObject::String(const char* name, bool required) {
   return v->get_ref<const std::string&>();
 }
 
+bool JsonObject::Boolean(const char* name, bool required) {
+  const Json* v = Field(name, required);
+  if (v == nullptr) return false;
+  if (!v->is_boolean()) {
+    Fail(name, "must be true or false");
+    return false;
+  }
+  return v->get<bool>();
+}
+
 const Json* JsonObject::Array(const char* name) {
   const Json* v = Field(name, true);
   if (v == nullptr) return nullptr;

@@ -28,6 +28,7 @@ class JsonObject {
 
   uint64_t Unsigned(const char* name, bool required = true);
   std::string String(const char* name, bool required = true);
+  bool Boolean(const char* name, bool required = true);  // false when absent
   // The array (nullptr, with the error recorded, when missing or of another type).
   const Json* Array(const char* name);
   // Records a problem with a field's value.

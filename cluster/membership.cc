@@ -227,6 +227,7 @@ Result<std::string> EncodeMembership(const Membership& m) {
   j["min_in_sync"] = m.min_in_sync;
   j["epoch"] = m.epoch;
   j["target"] = m.target;
+  if (m.detached) j["detached"] = true;
   Json replicas = Json::array();
   for (const ReplicaMember& r : m.replicas) {
     Json e = Json::object();
@@ -261,6 +262,7 @@ Result<Membership> DecodeMembership(std::string_view json, std::string_view what
   m.min_in_sync = static_cast<uint32_t>(min_in_sync);
   m.epoch = top.Unsigned("epoch");
   m.target = top.String("target");
+  m.detached = top.Boolean("detached", /*required=*/false);
   DecodeReplicas(top, &m);
   m.in_sync = DecodeNodes(top, "in_sync");
   DecodeHistory(top, &m);

@@ -49,11 +49,14 @@ struct Membership {
   static constexpr size_t kMaxReasonLength = 512;
   static constexpr size_t kMaxEncodedBytes = 64 * 1024;
 
-  std::string uuid;                       // the volume's UUID (one per volume, on every replica)
-  uint64_t size_bytes = 0;                // > 0
-  uint32_t min_in_sync = 1;               // 1 <= min_in_sync <= replicas.size()
-  uint64_t epoch = 1;                     // >= 1; +1 with every change of in_sync or target
-  std::string target;                     // the node serving the volume
+  std::string uuid;          // the volume's UUID (one per volume, on every replica)
+  uint64_t size_bytes = 0;   // > 0
+  uint32_t min_in_sync = 1;  // 1 <= min_in_sync <= replicas.size()
+  uint64_t epoch = 1;        // >= 1; +1 with every change of in_sync or target
+  std::string target;        // the node serving the volume (or that last did)
+  // `shale volume detach` (NodeUnstage): no node serves the volume until one attaches it; any
+  // node holding an in-sync replica may then, without waiting for `target`'s lease to expire.
+  bool detached = false;
   std::vector<ReplicaMember> replicas;    // one per node, 1..kMaxReplicas
   std::vector<std::string> in_sync;       // non-empty; exactly the replicas in state healthy
   std::vector<MembershipChange> history;  // oldest first, at most kMaxHistory, epochs increasing

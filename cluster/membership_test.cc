@@ -49,6 +49,16 @@ TEST(Membership, RoundTripsThroughJson) {
   Result<Membership> back = DecodeMembership(json);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, m);
+  EXPECT_EQ(json.find("detached"), std::string::npos) << "absent unless detached: " << json;
+  // A detached volume (`volume detach`) keeps the flag; a record without it is attached.
+  Membership detached = m;
+  detached.detached = true;
+  const std::string djson = Encoded(detached);
+  EXPECT_NE(djson.find("\"detached\":true"), std::string::npos) << djson;
+  back = DecodeMembership(djson);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->detached);
+  EXPECT_EQ(*back, detached);
 }
 
 TEST(Membership, ValidateNamesTheBrokenRule) {
@@ -117,6 +127,8 @@ TEST(Membership, MalformedJsonIsCorruptionNamingTheField) {
       {Edit([](nlohmann::json& j) { j["history"][0]["in_sync"] = nullptr; }),
        "'history[0].in_sync' must be an array"},
       {Edit([](nlohmann::json& j) { j["owner"] = "x"; }), "field 'owner' is unknown"},
+      {Edit([](nlohmann::json& j) { j["detached"] = "yes"; }),
+       "field 'detached' must be true or false"},
       {Edit([](nlohmann::json& j) {
          j["in_sync"] = {"node-a", "node-c"};
        }),

@@ -354,6 +354,7 @@ grpc::Status ControlService::GetVolume(grpc::ServerContext* ctx, const v1::GetVo
   Status valid = ValidateName("volume", req->name());
   if (!valid.ok()) return Fail(ctx, valid);
   if (Status st = DescribeVolume(req->name(), resp); !st.ok()) return Fail(ctx, st);
+  AddReplicationInfo(resp);
   return grpc::Status::OK;
 }
 

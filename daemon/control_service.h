@@ -164,6 +164,11 @@ class ControlService final : public v1::Control::Service {
                           v1::PoolQos* resp) override;
   grpc::Status GetPoolQos(grpc::ServerContext* ctx, const v1::GetPoolQosRequest* req,
                           v1::PoolQos* resp) override;
+  // The rebuild rate cap (control_service_cluster.cc).
+  grpc::Status SetRebuildQos(grpc::ServerContext* ctx, const v1::SetRebuildQosRequest* req,
+                             v1::RebuildQos* resp) override;
+  grpc::Status GetRebuildQos(grpc::ServerContext* ctx, const v1::GetRebuildQosRequest* req,
+                             v1::RebuildQos* resp) override;
 
   // Cluster (control_service_cluster.cc; issue 11).
   grpc::Status ListNodes(grpc::ServerContext* ctx, const v1::ListNodesRequest* req,
@@ -175,6 +180,10 @@ class ControlService final : public v1::Control::Service {
                                   v1::ForceRecoverVolumeResponse* resp) override;
   grpc::Status TakeOverVolume(grpc::ServerContext* ctx, const v1::TakeOverVolumeRequest* req,
                               v1::TakeOverVolumeResponse* resp) override;
+  grpc::Status AttachVolume(grpc::ServerContext* ctx, const v1::AttachVolumeRequest* req,
+                            v1::VolumeAttachment* resp) override;
+  grpc::Status DetachVolume(grpc::ServerContext* ctx, const v1::DetachVolumeRequest* req,
+                            v1::VolumeAttachment* resp) override;
 
   // Backups to S3 (control_service_backup.cc).
   grpc::Status CreateBackup(grpc::ServerContext* ctx, const v1::CreateBackupRequest* req,
@@ -219,6 +228,9 @@ class ControlService final : public v1::Control::Service {
   Status AddQosInfo(v1::Volume* volume);
   // This node's part in the cluster into a status answer (control_service_cluster.cc).
   void AddClusterStatus(v1::GetStatusResponse* resp) const;
+  // A replicated volume's target, epoch and replicas (control_service_cluster.cc; a warning
+  // when etcd cannot be read).
+  void AddReplicationInfo(v1::Volume* volume) const;
   // Thresholds, overcommit limit and fill level into a pool answer (control_service_ops.cc).
   void AddCapacityInfo(v1::Pool* pool);
 

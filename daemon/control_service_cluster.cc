@@ -1,6 +1,11 @@
 // ControlService: the cluster RPCs (issue 11, docs/replication.md): this node's part in the
 // status answer and the node list, read from etcd through the daemon's ClusterNode; replicated
-// volumes (create with --replicas, the replica list) through its ReplicatedVolumes.
+// volumes (create with --replicas, the replica list, the rebuild rate cap) through its
+// ReplicatedVolumes.
+#include <map>
+#include <string>
+#include <vector>
+
 #include "daemon/cluster_node.h"
 #include "daemon/control_service.h"
 #include "daemon/control_service_internal.h"
@@ -34,11 +39,26 @@ grpc::Status ControlService::ListNodes(grpc::ServerContext* ctx,
   if (cluster_ == nullptr) return Fail(ctx, NotInCluster());
   Result<std::vector<cluster::NodeRecord>> nodes = cluster_->ListNodes();
   if (!nodes.ok()) return Fail(ctx, nodes.status());
+  // What each node serves and holds, from the volumes' membership records.
+  std::map<std::string, std::vector<std::string>> targets, replicas;
+  if (std::shared_ptr<cluster::ClusterStore> store = cluster_->store(); store != nullptr) {
+    Result<std::vector<cluster::VolumeRecord>> volumes = store->ListVolumes();
+    if (!volumes.ok()) return Fail(ctx, volumes.status());
+    for (const cluster::VolumeRecord& v : *volumes) {
+      if (!v.status.ok()) continue;
+      if (!v.membership.detached) targets[v.membership.target].push_back(v.name);
+      for (const cluster::ReplicaMember& r : v.membership.replicas) {
+        replicas[r.node].push_back(v.name);
+      }
+    }
+  }
   for (const cluster::NodeRecord& n : *nodes) {
     v1::Node* out = resp->add_nodes();
     out->set_name(n.name);
     out->set_state(n.up ? "up" : "down");
     out->set_local(n.name == cluster_->node_name());
+    for (const std::string& v : targets[n.name]) out->add_targets(v);
+    for (const std::string& v : replicas[n.name]) out->add_replicas(v);
     if (!n.status.ok()) {
       out->set_error(std::string(n.status.message()));
       continue;
@@ -91,14 +111,21 @@ grpc::Status ControlService::ListReplicas(grpc::ServerContext* ctx,
   if (replicated_ == nullptr) return Fail(ctx, NotInCluster());
   Result<ReplicasReport> report = replicated_->List(req->volume());
   if (!report.ok()) return Fail(ctx, report.status());
-  const cluster::Membership& m = report->membership;
-  resp->set_volume(req->volume());
+  internal::ReplicasToProto(req->volume(), *report, resp);
+  return grpc::Status::OK;
+}
+
+void internal::ReplicasToProto(const std::string& volume, const ReplicasReport& report,
+                               v1::ListReplicasResponse* resp) {
+  const cluster::Membership& m = report.membership;
+  resp->set_volume(volume);
   resp->set_epoch(m.epoch);
   resp->set_target(m.target);
   resp->set_min_in_sync(m.min_in_sync);
   for (const std::string& n : m.in_sync) resp->add_in_sync(n);
-  resp->set_fenced(report->fenced);
-  for (const ReplicaReport& r : report->replicas) {
+  resp->set_fenced(report.fenced);
+  resp->set_detached(m.detached);
+  for (const ReplicaReport& r : report.replicas) {
     v1::Replica* out = resp->add_replicas();
     out->set_node(r.node);
     out->set_state(r.state);
@@ -110,7 +137,16 @@ grpc::Status ControlService::ListReplicas(grpc::ServerContext* ctx,
     out->set_rebuilds(r.rebuilds);
     out->set_last_error(r.last_error);
   }
-  return grpc::Status::OK;
+}
+
+void ControlService::AddReplicationInfo(v1::Volume* volume) const {
+  if (replicated_ == nullptr || !replicated_->IsReplicated(volume->name())) return;
+  Result<ReplicasReport> report = replicated_->List(volume->name());
+  if (!report.ok()) {
+    volume->add_warnings("replication state unavailable: " + report.status().ToString());
+    return;
+  }
+  internal::ReplicasToProto(volume->name(), *report, volume->mutable_replication());
 }
 
 grpc::Status ControlService::ForceRecoverVolume(grpc::ServerContext* ctx,
@@ -134,6 +170,63 @@ grpc::Status ControlService::TakeOverVolume(grpc::ServerContext* ctx,
   if (Result<ReplicasReport> report = replicated_->List(req->volume()); report.ok()) {
     resp->set_epoch(report->membership.epoch);
   }
+  return grpc::Status::OK;
+}
+
+namespace {
+
+// The outcome of an attach or detach, with the membership as it is now.
+grpc::Status Attachment(grpc::ServerContext* ctx, ReplicatedVolumes* replicated,
+                        const std::string& volume, const Result<std::string>& done,
+                        v1::VolumeAttachment* resp) {
+  if (!done.ok()) return Fail(ctx, done.status());
+  resp->set_message(*done);
+  if (Result<ReplicasReport> report = replicated->List(volume); report.ok()) {
+    resp->set_epoch(report->membership.epoch);
+    resp->set_target(report->membership.target);
+    resp->set_detached(report->membership.detached);
+  }
+  return grpc::Status::OK;
+}
+
+void ToProto(const RebuildRate& rate, const std::string& node, v1::RebuildQos* out) {
+  out->set_node(node);
+  out->set_rebuild_bps(rate.bps);
+  for (const std::string& v : rate.running) out->add_rebuilding(v);
+}
+
+}  // namespace
+
+grpc::Status ControlService::AttachVolume(grpc::ServerContext* ctx,
+                                          const v1::AttachVolumeRequest* req,
+                                          v1::VolumeAttachment* resp) {
+  if (replicated_ == nullptr) return Fail(ctx, NotInCluster());
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
+  return Attachment(ctx, replicated_, req->volume(), replicated_->Attach(req->volume()), resp);
+}
+
+grpc::Status ControlService::DetachVolume(grpc::ServerContext* ctx,
+                                          const v1::DetachVolumeRequest* req,
+                                          v1::VolumeAttachment* resp) {
+  if (replicated_ == nullptr) return Fail(ctx, NotInCluster());
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
+  return Attachment(ctx, replicated_, req->volume(), replicated_->Detach(req->volume()), resp);
+}
+
+grpc::Status ControlService::SetRebuildQos(grpc::ServerContext* ctx,
+                                           const v1::SetRebuildQosRequest* req,
+                                           v1::RebuildQos* resp) {
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
+  if (replicated_ == nullptr || cluster_ == nullptr) return Fail(ctx, NotInCluster());
+  ToProto(replicated_->SetRebuildRate(req->rebuild_bps()), cluster_->node_name(), resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::GetRebuildQos(grpc::ServerContext* ctx,
+                                           const v1::GetRebuildQosRequest* /*req*/,
+                                           v1::RebuildQos* resp) {
+  if (replicated_ == nullptr || cluster_ == nullptr) return Fail(ctx, NotInCluster());
+  ToProto(replicated_->GetRebuildRate(), cluster_->node_name(), resp);
   return grpc::Status::OK;
 }
 

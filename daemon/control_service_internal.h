@@ -15,6 +15,7 @@
 
 namespace shale::daemon {
 class ReplicatedVolumes;
+struct ReplicasReport;
 struct VolumeSpec;
 }  // namespace shale::daemon
 
@@ -57,6 +58,9 @@ Result<VolumeInfo> CreateReplicated(ReplicatedVolumes* replicated, const VolumeS
 // revert); OK for a volume that is not replicated (or outside cluster mode).
 Status RefuseIfReplicated(ReplicatedVolumes* replicated, const std::string& volume,
                           const std::string& action);
+// `shale replica list`'s answer (also a replicated volume's `replication` in `volume show`).
+void ReplicasToProto(const std::string& volume, const ReplicasReport& report,
+                     v1::ListReplicasResponse* out);
 
 void ToProto(const PoolInfo& in, v1::Pool* out);
 void ToProto(const VolumeInfo& in, v1::Volume* out);

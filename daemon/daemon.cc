@@ -742,6 +742,12 @@ Status Daemon::AddFrontends() {
         return static_cast<uint32_t>(nbd->Clients().size());
       };
     }
+    if (replicated != nullptr) {
+      metrics_options.replicas = [this] {
+        ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+        return r != nullptr ? r->Metrics() : std::vector<ops::ReplicaSample>();
+      };
+    }
     auto endpoint = std::make_unique<MetricsEndpoint>(lifecycle_.get(), options_.metrics_listen,
                                                       std::move(metrics_options));
     metrics = endpoint.get();

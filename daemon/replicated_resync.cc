@@ -100,7 +100,7 @@ Status ReplicatedVolumes::ResyncAfterRestart(const std::shared_ptr<Target>& t) {
     {
       std::lock_guard lock(t->mu);
       NodeRepair& r = t->repair[node];
-      r.progress = progress;
+      r.Ended(progress);
       if (!st.ok()) r.last_error = st.ToString();
     }
     if (st.ok()) {

@@ -21,9 +21,18 @@ namespace shale::daemon {
 
 // Per remote node: the repair thread's bookkeeping (guarded by Target::mu).
 struct NodeRepair {
+  // Records a rebuild or resync that ended (well or not).
+  void Ended(const replication::Rebuilder::Progress& p) {
+    progress = p;
+    done_total += p.done_bytes;
+    sent_total += p.sent_bytes;
+  }
+
   std::chrono::steady_clock::time_point next_try{};
-  std::chrono::milliseconds backoff{500};  // kFirstBackoff
-  replication::Rebuilder::Progress progress;
+  std::chrono::milliseconds backoff{500};     // kFirstBackoff
+  replication::Rebuilder::Progress progress;  // of the last rebuild or resync that ended
+  // Summed over every rebuild and resync that ended since the target opened (the metrics).
+  uint64_t done_total = 0, sent_total = 0;
   uint32_t rebuilds = 0;
   std::string last_error;
 };

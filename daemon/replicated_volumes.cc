@@ -12,6 +12,7 @@
 #include "engine/common/uuid.h"
 #include "engine/io/reactor.h"
 #include "engine/pool/pool.h"
+#include "qos/qos_manager.h"
 #include "replication/activity_log.h"
 #include "replication/changed_regions.h"
 #include "replication/rebuilder.h"
@@ -100,7 +101,7 @@ void ReplicatedVolumes::Target::RebuildDone(const std::string& node, Status stat
   auto record = [this, node, progress](const Status& st) {
     std::lock_guard lock(mu);
     NodeRepair& r = repair[node];
-    r.progress = progress;
+    r.Ended(progress);
     repairing.clear();
     if (st.ok()) {
       ++r.rebuilds;
@@ -136,7 +137,8 @@ ReplicatedVolumes::ReplicatedVolumes(VolumeLifecycle* lifecycle, ClusterNode* cl
     : lifecycle_(lifecycle),
       cluster_(cluster),
       options_(std::move(options)),
-      transport_(options_.transport) {}
+      transport_(options_.transport),
+      rebuild_bps_(options_.rebuild_bps) {}
 
 ReplicatedVolumes::~ReplicatedVolumes() { Stop(); }
 
@@ -212,6 +214,11 @@ Result<std::shared_ptr<VolumeLayer>> ReplicatedVolumes::LowerLayer(Volume& volum
     return Status::Unavailable("replicated volume '" + volume.name() +
                                "': its target is not open yet: " + it->second);
   }
+  if (detached_.contains(volume.name())) {
+    return Status::FailedPrecondition("replicated volume '" + volume.name() +
+                                      "' is detached; `shale volume attach " + volume.name() +
+                                      "` serves it on this node");
+  }
   return Status::Unavailable("volume '" + volume.name() +
                              "' is a replica held for another node's target; use the target");
 }
@@ -243,6 +250,11 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   const cluster::Membership& m = record->membership;
   if (m.target != options_.node_name) {
     return Status::NotFound("volume " + name + " is served by " + m.target);
+  }
+  if (m.detached) {
+    std::lock_guard lock(mu_);
+    detached_.insert(name);
+    return Status::NotFound("volume " + name + " is detached");
   }
   if (m.uuid != uuid.ToString()) {
     return Status::FailedPrecondition("the membership of volume " + name + " names uuid " + m.uuid +
@@ -472,7 +484,8 @@ Status ReplicatedVolumes::Delete(const std::string& name, const DeleteOptions& o
   SHALE_ASSIGN_OR_RETURN(VolumeInfo info, lifecycle_->engine()->GetVolume(name));
   Result<cluster::VolumeRecord> record = store_->GetVolume(name);
   if (!record.ok() && !record.status().IsNotFound()) return record.status();
-  if (record.ok() && record->membership.target != options_.node_name) {
+  if (record.ok() && record->membership.target != options_.node_name &&
+      !record->membership.detached) {
     return Status::FailedPrecondition("volume '" + name + "' is a replica held for node " +
                                       record->membership.target + "; delete it there");
   }
@@ -485,6 +498,7 @@ Status ReplicatedVolumes::Delete(const std::string& name, const DeleteOptions& o
     }
     pending_.erase(name);
     pending_retry_.erase(name);
+    detached_.erase(name);
   }
   if (target != nullptr && target.use_count() > 1 && !options.force) {
     std::lock_guard lock(mu_);
@@ -743,7 +757,12 @@ void ReplicatedVolumes::Reconnect(const std::shared_ptr<Target>& target, const s
 // On the reactor: a Rebuilder for `node` (kRebuilding in the layer) from the local replica.
 void ReplicatedVolumes::StartRebuilder(Target& target, const std::string& node) {
   replication::Rebuilder::Options ro;
-  ro.bps = options_.rebuild_bps;
+  ro.bps = rebuild_bps_.load(std::memory_order_relaxed);
+  // Each copy window is a unit of the pool's background class: under contention the rebuild
+  // gets the background weight's share next to the clients, all of the device when they idle.
+  if (qos::QosManager* qos = lifecycle_->qos(); qos != nullptr) {
+    ro.admission = qos->OpenPoolAdmission(target.handle->volume().pool()->name(), target.reactor);
+  }
   target.rebuilder.reset();
   target.rebuilder = std::make_unique<replication::Rebuilder>(
       target.reactor, target.layer.get(), target.changed.get(), target.local_node, node, ro);

@@ -29,6 +29,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,6 +37,7 @@
 #include "cluster/cluster_store.h"
 #include "daemon/daemon.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
+#include "daemon/ops/metrics_collector.h"
 #include "engine/common/result.h"
 #include "replication/auth.h"
 #include "replication/transport.h"
@@ -88,6 +90,12 @@ struct ReplicatedSpec {
   uint32_t min_in_sync = 1;
 };
 
+// `shale qos rebuild-bps`: the node's rebuild rate cap and the volumes rebuilding now.
+struct RebuildRate {
+  uint64_t bps = 0;  // 0: no cap
+  std::vector<std::string> running;
+};
+
 // One replica as `shale replica list` shows it.
 struct ReplicaReport {
   std::string node;
@@ -126,6 +134,13 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   bool IsReplicated(const std::string& name);
   Status Delete(const std::string& name, const DeleteOptions& options);
   Result<ReplicasReport> List(const std::string& name);
+  // The replicas of every volume this node is the target of, for the metrics: the layer's live
+  // states (no store read: a scrape never waits for etcd) and the rebuild byte counters.
+  std::vector<ops::ReplicaSample> Metrics();
+  // The rebuild rate cap of this node (--rebuild-bps at start): every rebuild that runs or
+  // starts from now on is paced by it (not persisted: the flag sets it at the next start).
+  RebuildRate SetRebuildRate(uint64_t bps);
+  RebuildRate GetRebuildRate();
   // `shale volume force-recover NAME --from NODE`: the only way on when the target's replica is
   // not in the recorded in-sync set (cascading failure): in_sync = [NODE] (this node), every
   // other replica stale (compared region by region when it returns), epoch + 1; logged. Returns
@@ -160,6 +175,16 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // target). Refused while the old target's node is up unless `force`. Returns a line for
   // people.
   Result<std::string> TakeOver(const std::string& name, bool force);
+  // `shale volume attach NAME` (NodeStage of a replicated volume, docs/replication.md "Attach and
+  // detach"): serves the volume on this node. Idempotent where it is attached already. Refused
+  // while another node has it attached and that node's lease lives (naming it); after a detach,
+  // or once that lease expired, the target moves here as with take-over (epoch + 1, fencing the
+  // old one). Needs an in-sync replica on this node. Returns a line for people.
+  Result<std::string> Attach(const std::string& name);
+  // `shale volume detach NAME` (NodeUnstage): closes this node's target (Busy while it has
+  // clients) and records the volume detached, so any node holding an in-sync replica may attach
+  // it at once. Idempotent for a volume detached already.
+  Result<std::string> Detach(const std::string& name);
   // The replica server raised the epoch of this node's replica `volume` (a newer target opened
   // it): a local target of it with an older epoch is fenced.
   void FenceLocal(const std::string& volume, uint64_t epoch);
@@ -167,6 +192,13 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   struct Target;  // one open target (replicated_volumes.cc)
 
  private:
+  // Take-over and attach: the target moves here (epoch + 1) if this node holds an in-sync
+  // replica; `force` skips the check of the current target's lease (replica_takeover.cc).
+  Result<std::string> MoveHere(const std::string& name, const cluster::Membership& m, bool force,
+                               const std::string& verb);
+  // The volume's target is this node already: opens it if it is not open (no epoch change).
+  Result<std::string> AlreadyHere(const std::string& name, const cluster::Membership& m,
+                                  const std::string& verb);
   // Raises the local replica's epoch to `epoch` and opens the target (replica_takeover.cc).
   Result<std::string> FinishTakeOver(const std::string& name, uint64_t epoch, std::string result);
   static Reactor* ReactorOf(const Target& t);
@@ -182,6 +214,7 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Status DeleteRemote(const std::string& name, const cluster::Membership& membership,
                       bool ignore_unreachable);
   std::shared_ptr<Target> Find(const std::string& name);
+  std::vector<std::shared_ptr<Target>> Targets();  // every open target, now
   void RepairLoop();
   void RepairTarget(const std::shared_ptr<Target>& target,
                     const std::vector<cluster::NodeRecord>& nodes);
@@ -213,11 +246,13 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   replication::Transport* const transport_;       // options_.transport
   std::shared_ptr<cluster::ClusterStore> store_;  // set by Start
   std::atomic<bool> started_{false};
+  std::atomic<uint64_t> rebuild_bps_;  // options_.rebuild_bps until SetRebuildRate
 
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::shared_ptr<Target>> targets_;  // guarded by mu_
   std::map<std::string, std::string> pending_;  // not open yet: name -> why; guarded by mu_
+  std::set<std::string> detached_;  // replicated volumes detached from this node; guarded by mu_
   struct PendingRetry {
     std::chrono::steady_clock::time_point next_try{};
     std::chrono::milliseconds backoff{500};  // doubling to 8 s, as the repair loop's

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "engine/common/assert.h"
 #include "engine/common/checksum.h"
@@ -95,6 +96,8 @@ void Rebuilder::Start(std::function<void(Status)> done) {
   range_done_ = 0;
   since_persist_ = 0;
   started_ = std::chrono::steady_clock::now();
+  pace_from_ = started_;
+  pace_bytes_ = 0;
   running_ = true;
   SHALE_LOG_INFO("replication: rebuild started", {"from", source_}, {"to", target_},
                  {"bytes", progress_.total_bytes}, {"ranges", ranges_.size()});
@@ -102,6 +105,12 @@ void Rebuilder::Start(std::function<void(Status)> done) {
 }
 
 void Rebuilder::Cancel() { cancelled_ = true; }
+
+void Rebuilder::SetRate(uint64_t bps) {
+  options_.bps = bps;
+  pace_from_ = std::chrono::steady_clock::now();
+  pace_bytes_ = progress_.done_bytes;
+}
 
 void Rebuilder::Next() {
   if (cancelled_) return Finish(Status::Aborted("rebuild cancelled"));
@@ -112,14 +121,14 @@ void Rebuilder::Next() {
   if (range_index_ == ranges_.size()) {
     return Persist([this] { Finish(Status::Ok()); });
   }
-  // Pacing: not ahead of bps since the start.
+  // Pacing: not ahead of bps since the rate was set.
   if (options_.bps > 0) {
     const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - pace_from_).count();
     const double allowed = elapsed * static_cast<double>(options_.bps);
-    if (static_cast<double>(progress_.done_bytes) > allowed) {
-      const double wait_s =
-          (static_cast<double>(progress_.done_bytes) - allowed) / static_cast<double>(options_.bps);
+    const double done = static_cast<double>(progress_.done_bytes - pace_bytes_);
+    if (done > allowed) {
+      const double wait_s = (done - allowed) / static_cast<double>(options_.bps);
       const uint64_t wait_ns = static_cast<uint64_t>(std::min(wait_s, 1.0) * 1e9);
       reactor_->AddTimer(wait_ns, [this] { Next(); });
       return;
@@ -130,7 +139,11 @@ void Rebuilder::Next() {
   const uint64_t start = off + range_done_;
   const uint64_t length = std::min(window, len - range_done_);
   range_done_ += length;
-  CopyWindow(start, length);
+  if (options_.admission == nullptr) return CopyWindow(start, length);
+  options_.admission->Admit(length, [this, start, length](BackgroundAdmission::Done admitted) {
+    window_admitted_ = std::move(admitted);
+    CopyWindow(start, length);
+  });
 }
 
 void Rebuilder::CopyWindow(uint64_t offset, uint64_t length) {
@@ -236,6 +249,7 @@ void Rebuilder::SendDiff(RegionCopy* rc) {
 
 void Rebuilder::WindowDone(Copy* copy) {
   layer_->UnlockRange();
+  if (window_admitted_) std::exchange(window_admitted_, nullptr)();
   std::unique_ptr<Copy> owned(copy);
   if (!copy->status.ok()) return Finish(copy->status);
   const uint64_t first = copy->offset / kRegionBytes;

@@ -11,7 +11,8 @@
 // not the whole 1 MiB region; a local target gets every block. After each
 // copied window the regions are cleared in ChangedRegions; every `persist_bytes` (and at the end)
 // the target is flushed and the clears committed, so a rebuild resumes where it was after a
-// restart of either end. Copies are paced by `bps` (0: unlimited), changeable while running.
+// restart of either end. Copies are paced by `bps` (0: unlimited), changeable while running, and
+// each window first waits for `admission` (QoS's background class in the pool's scheduler).
 //
 // Threading: everything on the volume's reactor.
 #pragma once
@@ -26,6 +27,7 @@
 
 #include "engine/common/result.h"
 #include "engine/io/block_device.h"
+#include "engine/volume/volume_io.h"
 #include "replication/replica_target.h"
 
 namespace shale {
@@ -47,6 +49,9 @@ class Rebuilder {
     uint64_t bps = 0;             // copy rate cap in bytes/s; 0: none
     uint32_t window_regions = 8;  // regions copied at once
     uint64_t persist_bytes = 64ull << 20;
+    // Each window waits for it before it starts (QoS: one background unit of the window's
+    // bytes in the pool's scheduler) and holds it until it is done; null: none.
+    std::shared_ptr<BackgroundAdmission> admission;
   };
   struct Progress {
     uint64_t done_bytes = 0;   // of the regions to rebuild, copied
@@ -72,7 +77,8 @@ class Rebuilder {
   void Start(std::function<void(Status)> done);
   // Stops after the window in flight; done(Aborted).
   void Cancel();
-  void SetRate(uint64_t bps) { options_.bps = bps; }
+  // Changes the rate cap from now on (0: none); on the reactor.
+  void SetRate(uint64_t bps);
   Progress progress() const { return progress_; }
   const std::string& target() const { return target_; }
 
@@ -98,6 +104,10 @@ class Rebuilder {
   Progress progress_;
   uint64_t since_persist_ = 0;
   std::chrono::steady_clock::time_point started_;
+  // Pacing: no more than options_.bps since pace_from_, when pace_bytes_ were done.
+  std::chrono::steady_clock::time_point pace_from_;
+  uint64_t pace_bytes_ = 0;
+  BackgroundAdmission::Done window_admitted_;  // releases the window's admission
   std::function<void(Status)> done_;
   bool cancelled_ = false;
   bool running_ = false;

@@ -4,7 +4,9 @@
 // blocks that differ cross the network: bytes sent <= 1.1 x bytes written while it was out, plus
 // metadata); it is never read before its rebuild completes; client writes during the rebuild
 // are never overwritten by older data; a rebuild stopped midway resumes after a restart of the
-// target and copies only what was left; a new replica's full rebuild skips unallocated space.
+// target and copies only what was left; each window is admitted (QoS) and the cap changes live;
+// a new replica's full rebuild skips unallocated space.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
@@ -31,6 +33,28 @@ class RebuilderTest : public ReplicationCluster {
     EXPECT_TRUE(Flush().ok());
     fault_.HealAll();
     return written;
+  }
+  // node-c misses `bytes` written from offset 0 in 1 MiB writes (one changed range); then the
+  // layer is made again with node-c rebuilding.
+  void MissThenRebuilding(uint64_t bytes, uint64_t seed) {
+    MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+    fault_.Cut(servers_[2]->address());
+    for (uint64_t off = 0; off < bytes; off += kMiB) {
+      ASSERT_TRUE(Write(off, Pattern(kMiB, seed + off)).ok());
+    }
+    fault_.HealAll();
+    ASSERT_EQ(ChangedRanges("node-c").size(), 1u);
+    MakeLayer(1, true, MemberState::kInSync, MemberState::kRebuilding);
+  }
+  // Starts `rebuilder` on the reactor (its result goes to `result`); true once it copied
+  // `at_least` bytes.
+  bool StartAndWaitFor(Rebuilder& rebuilder, std::promise<Status>& result, uint64_t at_least) {
+    reactor_->Post([&] { rebuilder.Start([&](Status s) { result.set_value(s); }); });
+    return WaitFor([&] {
+      uint64_t done = 0;
+      reactor_->RunSync([&] { done = rebuilder.progress().done_bytes; });
+      return done >= at_least;
+    });
   }
   void ExpectAllReplicasEqualTheOracle(std::vector<std::string> nodes) {
     for (uint64_t off = 0; off < kVolSize; off += 8 * kMiB) {
@@ -148,14 +172,7 @@ TEST_F(RebuilderTest, AReturningReplicaIsNeverReadAndClientWritesDuringItsRebuil
 }
 
 TEST_F(RebuilderTest, AStoppedRebuildResumesAfterATargetRestart) {
-  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
-  fault_.Cut(servers_[2]->address());
-  for (uint64_t off = 0; off < 24 * kMiB; off += kMiB) {
-    ASSERT_TRUE(Write(off, Pattern(kMiB, 50 + off)).ok());
-  }
-  fault_.HealAll();
-  ASSERT_EQ(ChangedRanges("node-c").size(), 1u);
-  MakeLayer(1, true, MemberState::kInSync, MemberState::kRebuilding);
+  ASSERT_NO_FATAL_FAILURE(MissThenRebuilding(24 * kMiB, 50));
   // A slow rebuild that records its progress every region, stopped after a few.
   Rebuilder::Options o;
   o.bps = 4 * kMiB;
@@ -165,12 +182,7 @@ TEST_F(RebuilderTest, AStoppedRebuildResumesAfterATargetRestart) {
     Rebuilder rebuilder(reactor_, layer_.get(), changed_.get(), "node-a", "node-c", o);
     std::promise<Status> p;
     auto f = p.get_future();
-    reactor_->Post([&] { rebuilder.Start([&](Status s) { p.set_value(s); }); });
-    ASSERT_TRUE(WaitFor([&] {
-      uint64_t done = 0;
-      reactor_->RunSync([&] { done = rebuilder.progress().done_bytes; });
-      return done >= 6 * kMiB;
-    }));
+    ASSERT_TRUE(StartAndWaitFor(rebuilder, p, 6 * kMiB));
     reactor_->RunSync([&] { rebuilder.Cancel(); });
     ASSERT_EQ(f.wait_for(kWait), std::future_status::ready);
     EXPECT_EQ(f.get().code(), StatusCode::kAborted);
@@ -185,6 +197,56 @@ TEST_F(RebuilderTest, AStoppedRebuildResumesAfterATargetRestart) {
   Rebuilder::Progress progress;
   ASSERT_TRUE(Rebuild("node-a", "node-c", {}, &progress).ok());
   EXPECT_EQ(progress.total_bytes, left) << "only what was left";
+  ExpectAllReplicasEqualTheOracle({"node-a", "node-c"});
+}
+
+// A BackgroundAdmission that lets every unit start from a later reactor task (as QoS does) and
+// records how many were admitted and how many held their admission at once.
+class CountingAdmission final : public BackgroundAdmission {
+ public:
+  explicit CountingAdmission(Reactor* reactor) : reactor_(reactor) {}
+  void Admit(uint64_t bytes, std::function<void(Done done)> go) override {
+    ++admitted;
+    bytes_admitted += bytes;
+    reactor_->Post([this, go = std::move(go)] {
+      max_held = std::max(max_held, ++held);
+      go([this] { --held; });
+    });
+  }
+  uint32_t admitted = 0, held = 0, max_held = 0;
+  uint64_t bytes_admitted = 0;
+
+ private:
+  Reactor* const reactor_;
+};
+
+// Each copy window waits for the admission (QoS's background class in shaled) and holds it
+// until it is done; the cap changes live: at 64 KiB/s the 8 MiB left would take two minutes,
+// lifted with SetRate(0) the rebuild ends at once.
+TEST_F(RebuilderTest, WindowsAreAdmittedAndTheCapChangesLive) {
+  ASSERT_NO_FATAL_FAILURE(MissThenRebuilding(9 * kMiB, 70));
+  auto admission = std::make_shared<CountingAdmission>(reactor_);
+  Rebuilder::Options o;
+  o.bps = 64 * kKiB;
+  o.window_regions = 1;
+  o.admission = admission;
+  Rebuilder rebuilder(reactor_, layer_.get(), changed_.get(), "node-a", "node-c", o);
+  std::promise<Status> p;
+  auto f = p.get_future();
+  ASSERT_TRUE(StartAndWaitFor(rebuilder, p, kMiB));
+  EXPECT_NE(f.wait_for(std::chrono::seconds(2)), std::future_status::ready) << "capped";
+  reactor_->RunSync([&] { rebuilder.SetRate(0); });
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready) << "lifted";
+  EXPECT_TRUE(f.get().ok());
+  uint64_t total = 0;
+  reactor_->RunSync([&] {
+    total = rebuilder.progress().total_bytes;
+    EXPECT_EQ(admission->admitted, total / kMiB) << "one unit per window";
+    EXPECT_EQ(admission->bytes_admitted, total);
+    EXPECT_EQ(admission->max_held, 1u) << "one window in flight";
+    EXPECT_EQ(admission->held, 0u) << "every admission released";
+  });
+  EXPECT_EQ(total, 9 * kMiB);
   ExpectAllReplicasEqualTheOracle({"node-a", "node-c"});
 }
 

@@ -95,9 +95,12 @@ constexpr FamilySpec kFamilies[] = {
     {"shale_usage_snapshot_bytes", MetricType::kGauge,
      "Data in the snapshots of the volumes per value of the usage label."},
     {"shale_replica_state", MetricType::kGauge,
-     "1 for the state a replica is in (healthy, rebuilding, faulted); replicated volumes only."},
+     "1 for the state a replica is in (healthy, rebuilding, faulted), 0 for the others; on the "
+     "volume's target."},
     {"shale_replica_rebuild_bytes_total", MetricType::kCounter,
-     "Bytes copied to a rebuilding replica."},
+     "Bytes of the regions rebuilt on a replica (compared, copied where they differed)."},
+    {"shale_replica_rebuild_sent_bytes_total", MetricType::kCounter,
+     "Bytes sent to a rebuilding replica because they differed."},
     {"shale_nbd_connections", MetricType::kGauge, "Open NBD client connections."},
     {"shale_metrics_scrape_duration_seconds", MetricType::kGauge,
      "Time the previous scrape took to collect."},
@@ -214,10 +217,7 @@ std::string DaemonMetrics::Scrape() {
   ScrapeVolumes(out, node);
   ScrapeUsage(out, node);
 
-  // Replication is not built yet: its families are declared so dashboards and alerts can name
-  // them; they get samples once replicated volumes exist.
-  Begin(out, "shale_replica_state");
-  Begin(out, "shale_replica_rebuild_bytes_total");
+  ScrapeReplicas(out, node);
   Begin(out, "shale_nbd_connections");
   if (options_.nbd_connections) out.Sample(node, options_.nbd_connections());
   Begin(out, "shale_metrics_scrape_duration_seconds");
@@ -371,6 +371,28 @@ void DaemonMetrics::ScrapeUsage(TextExposition& out, const MetricLabels& node) {
   each(families[1], [](const UsageFigures& g) { return static_cast<double>(g.provisioned_bytes); });
   each(families[2], [](const UsageFigures& g) { return static_cast<double>(g.allocated_bytes); });
   each(families[3], [](const UsageFigures& g) { return static_cast<double>(g.snapshot_bytes); });
+}
+
+void DaemonMetrics::ScrapeReplicas(TextExposition& out, const MetricLabels& node) {
+  std::vector<ReplicaSample> replicas;
+  if (options_.replicas) replicas = options_.replicas();
+  auto labels = [&](const ReplicaSample& r) {
+    return With(With(node, "volume", r.volume), "replica", r.replica);
+  };
+  Begin(out, "shale_replica_state");
+  for (const ReplicaSample& r : replicas) {
+    for (const char* state : kReplicaMetricStates) {
+      out.Sample(With(labels(r), "state", state), r.state == state ? 1 : 0);
+    }
+  }
+  Begin(out, "shale_replica_rebuild_bytes_total");
+  for (const ReplicaSample& r : replicas) {
+    out.Sample(labels(r), static_cast<double>(r.rebuild_bytes));
+  }
+  Begin(out, "shale_replica_rebuild_sent_bytes_total");
+  for (const ReplicaSample& r : replicas) {
+    out.Sample(labels(r), static_cast<double>(r.rebuild_sent_bytes));
+  }
 }
 
 std::string UsageLabelName(std::string_view key) {

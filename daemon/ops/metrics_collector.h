@@ -13,7 +13,7 @@
 // volume closed and opened again): a drop is taken as a restart of that counter.
 //
 // Labels: node (every shale_ series), pool, volume, and the --metrics-usage-label key on volume
-// series; reactor; replica and state for replicas. Never per request.
+// series; reactor; volume, replica (its node) and state for replicas. Never per request.
 #pragma once
 
 #include <chrono>
@@ -35,12 +35,27 @@ class VolumeLifecycle;
 
 namespace shale::daemon::ops {
 
+// One replica of a replicated volume this node is the target of, as the metrics show it.
+struct ReplicaSample {
+  std::string volume;
+  std::string replica;  // its node
+  std::string state;    // healthy, rebuilding or faulted (out of the in-sync set: also stale)
+  // Since the target opened on this node: bytes of the regions rebuilt (compared, and copied
+  // where they differed), and the bytes sent because they differed.
+  uint64_t rebuild_bytes = 0;
+  uint64_t rebuild_sent_bytes = 0;
+};
+
+// The states shale_replica_state has a series for (1 for the replica's, 0 for the others).
+inline constexpr const char* kReplicaMetricStates[] = {"healthy", "rebuilding", "faulted"};
+
 struct CollectorOptions {
   std::string node;         // the "node" label (CSI node id / host name)
   std::string version;      // shale_build_info
   std::string usage_label;  // --metrics-usage-label; empty: no usage families
   std::chrono::seconds slow_ttl{30};
-  std::function<uint32_t()> nbd_connections;  // null: no NBD
+  std::function<uint32_t()> nbd_connections;             // null: no NBD
+  std::function<std::vector<ReplicaSample>()> replicas;  // null: not in cluster mode
 };
 
 class DaemonMetrics {
@@ -53,8 +68,8 @@ class DaemonMetrics {
   // The whole exposition. Thread-safe (scrapes are serialized).
   std::string Scrape();
 
-  // Names of every family Scrape() declares (HELP and TYPE), also those without samples yet
-  // (the replica families until replication lands).
+  // Names of every family Scrape() declares (HELP and TYPE), also those without samples (the
+  // replica families outside cluster mode).
   static std::vector<std::string> FamilyNames();
 
  private:
@@ -70,6 +85,7 @@ class DaemonMetrics {
   void ScrapePools(TextExposition& out, const MetricLabels& node);
   void ScrapeVolumes(TextExposition& out, const MetricLabels& node);
   void ScrapeUsage(TextExposition& out, const MetricLabels& node);
+  void ScrapeReplicas(TextExposition& out, const MetricLabels& node);
   // (owned, shared) data bytes of a volume, cached for slow_ttl.
   std::pair<uint64_t, uint64_t> VolumeSpace(const VolumeInfo& volume);
 

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "tests/e2e/harness.h"
+#include "tests/e2e/metrics_scrape.h"
 
 namespace shale::e2e {
 namespace {
@@ -56,12 +57,7 @@ class CapacityTest : public ::testing::Test {
     ASSERT_EQ(r.out.find("failed"), std::string::npos) << r.Describe();
   }
 
-  std::string MetricsText() {
-    CommandResult r = RunProcess({FindProgram("curl"), "-sS", "--fail", "--max-time", "20",
-                                  "http://" + h_.MetricsAddress() + "/metrics"});
-    EXPECT_EQ(r.exit_code, 0) << r.Describe();
-    return r.out;
-  }
+  std::string MetricsText() { return HttpGet(h_.MetricsAddress(), "/metrics"); }
 
   Harness h_;
   std::string qemu_io_;

@@ -6,7 +6,8 @@
 // --force); the old client's writes and reads fail from then on, node-a's `replica list` says
 // fenced and nothing was recorded as a replica failure; data written through node-b reads back;
 // finally each node is restarted alone and its replica compared with the oracle: no write of
-// the old target landed anywhere. Skipped (with the reason) where etcd is not installed.
+// the old target landed anywhere. Then `volume attach` / `volume detach`. Skipped (with the
+// reason) where etcd is not installed.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -143,6 +144,124 @@ TEST_F(ReplicationFencingE2eTest, TakeOverNeedsAnInSyncReplicaAndTheOldNodeDown)
   EXPECT_FALSE(direct->Go("tv").has_value()) << "the old target never serves it again";
   // And a take-over back needs node-b down or --force.
   ExpectOneLineError(a.Shale({"volume", "take-over", "tv"}), "whose lease lives");
+}
+
+// `volume attach` / `volume detach` (docs/replication.md, "Attach and detach"): never two
+// writers. An attach elsewhere is refused while the attached node's lease lives (naming it) and
+// on a node without a replica; a detach is refused while clients are connected; after a detach
+// another replica's node attaches at once (epoch + 1) and serves the same bytes; after a kill -9
+// of that node the first attaches again once the lease expired; a detached volume stays
+// detached across a restart.
+TEST_F(ReplicationFencingE2eTest, AttachAndDetachMoveTheVolumeWithoutTwoWriters) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  ASSERT_EQ(a.Shale({"volume", "create", "av", "--size", "16M", "--replicas", "2",
+                     "--replica-nodes", "node-a,node-b"})
+                .exit_code,
+            0);
+  std::mt19937_64 rng(17);
+  std::string oracle(kFenceVolBytes, '\0');
+  for (size_t i = 0; i < (2ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  auto client = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Go("av").has_value());
+  ASSERT_TRUE(WriteRange(*client, oracle, 0, 2ull << 20));
+  ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+
+  ExpectOneLineError(b.Shale({"volume", "attach", "av"}), "attached on node node-a, whose lease");
+  ExpectOneLineError(c.Shale({"volume", "attach", "av"}), "holds no replica of volume 'av'");
+  ExpectOneLineError(a.Shale({"volume", "detach", "av"}), "has clients");
+  EXPECT_EQ(a.Shale({"volume", "attach", "av"}).exit_code, 0) << "attached here already";
+  client.reset();
+  // The client's close reaches shaled a moment later: retried while it still counts.
+  CommandResult detached;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        detached = a.Shale({"volume", "detach", "av", "-o", "json"});
+        return detached.exit_code == 0 || detached.err.find("has clients") == std::string::npos;
+      },
+      seconds(10)));
+  ASSERT_EQ(detached.exit_code, 0) << detached.Describe();
+  EXPECT_EQ(detached.Json()["detached"], true) << detached.out;
+  const uint64_t epoch = detached.Json()["epoch"].get<uint64_t>();
+  EXPECT_EQ(a.Shale({"volume", "detach", "av"}).exit_code, 0) << "detached already";
+  nlohmann::json list;
+  Replicas(a, "av", &list);
+  EXPECT_EQ(list["detached"], true) << list;
+  client = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  EXPECT_FALSE(client->Go("av").has_value()) << "a detached volume is served nowhere";
+
+  // node-b attaches at once; node-a may not while node-b's lease lives.
+  CommandResult attached = b.Shale({"volume", "attach", "av", "-o", "json"});
+  ASSERT_EQ(attached.exit_code, 0) << attached.Describe() << b.DaemonLog();
+  EXPECT_EQ(attached.Json()["target"], "node-b") << attached.out;
+  EXPECT_EQ(attached.Json()["epoch"], epoch + 1) << attached.out;
+  EXPECT_EQ(b.Shale({"volume", "attach", "av"}).exit_code, 0) << "idempotent";
+  // The admin view: `volume show` names the target, the epoch and the replicas; `node list`
+  // what each node serves and holds.
+  CommandResult shown = a.Shale({"volume", "show", "av", "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  const nlohmann::json replication = shown.Json()["replication"];
+  EXPECT_EQ(replication["target"], "node-b") << shown.out;
+  EXPECT_EQ(replication["epoch"], epoch + 1) << shown.out;
+  EXPECT_EQ(replication["detached"], false) << shown.out;
+  ASSERT_EQ(replication["replicas"].size(), 2u) << shown.out;
+  EXPECT_NE(a.Shale({"volume", "show", "av"}).out.find("node-b, epoch"), std::string::npos);
+  CommandResult nodes = c.Shale({"node", "list", "-o", "json"});
+  ASSERT_EQ(nodes.exit_code, 0) << nodes.Describe();
+  std::map<std::string, nlohmann::json> by_node;
+  const nlohmann::json listed = nodes.Json();
+  for (const nlohmann::json& n : listed["nodes"]) by_node[n["name"].get<std::string>()] = n;
+  EXPECT_EQ(by_node["node-b"]["targets"], nlohmann::json::array({"av"})) << nodes.out;
+  EXPECT_EQ(by_node["node-a"]["targets"], nlohmann::json::array()) << nodes.out;
+  EXPECT_EQ(by_node["node-a"]["replicas"], nlohmann::json::array({"av"})) << nodes.out;
+  EXPECT_EQ(by_node["node-c"]["replicas"], nlohmann::json::array()) << nodes.out;
+  ExpectOneLineError(a.Shale({"volume", "attach", "av"}), "attached on node node-b, whose lease");
+  client = NbdRawClient::Tcp(b.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Go("av").has_value()) << b.DaemonLog();
+  ExpectContent(*client, oracle, "node-b after the attach");
+  for (size_t i = 4ull << 20; i < (5ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  ASSERT_TRUE(WriteRange(*client, oracle, 4ull << 20, 1ull << 20));
+  ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  client.reset();
+
+  // node-b dies: once its lease expired node-a attaches (a take-over: epoch + 1, node-b's
+  // replica leaves the in-sync set) and serves every acknowledged write.
+  b.KillDaemon();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return a.Shale({"volume", "attach", "av"}).exit_code == 0;
+      },
+      seconds(20)))
+      << a.DaemonLog();
+  Replicas(a, "av", &list);
+  EXPECT_EQ(list["target"], "node-a") << list;
+  EXPECT_EQ(list["detached"], false) << list;
+  client = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Go("av").has_value()) << a.DaemonLog();
+  ExpectContent(*client, oracle, "node-a after node-b died");
+  client.reset();
+
+  // Detached stays detached across a restart; an attach serves it again.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return a.Shale({"volume", "detach", "av"}).exit_code == 0;
+      },
+      seconds(10)))
+      << a.DaemonLog();
+  EXPECT_EQ(a.StopDaemon(SIGTERM), 0) << a.DaemonLog();
+  ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
+  client = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  EXPECT_FALSE(client->Go("av").has_value()) << "not served after the restart";
+  ASSERT_EQ(a.Shale({"volume", "attach", "av"}).exit_code, 0) << a.DaemonLog();
+  client = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Go("av").has_value()) << a.DaemonLog();
+  ExpectContent(*client, oracle, "node-a after a restart and an attach");
 }
 
 }  // namespace

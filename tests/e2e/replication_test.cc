@@ -23,6 +23,7 @@
 #include "tests/cluster/etcd_process.h"
 #include "tests/e2e/etcd_fixture.h"
 #include "tests/e2e/harness.h"
+#include "tests/e2e/metrics_scrape.h"
 #include "tests/e2e/nbd_raw_client.h"
 #include "tests/e2e/replication_fixture.h"
 
@@ -35,6 +36,35 @@ constexpr uint64_t kVolBytes = 64ull << 20;
 constexpr uint32_t kChunk = kReplicationChunk;
 
 using ReplicationE2eTest = EtcdE2eTest;
+
+// shale_replica_state of `replica` of volume `volume` on `h`'s /metrics: the state whose series
+// is 1 ("" when none is, "?" when the series are not all there); checked by promtool when it is
+// installed.
+std::string MetricState(Harness& h, const std::string& volume, const std::string& replica) {
+  const std::string text = HttpGet(h.MetricsAddress(), "/metrics");
+  if (const std::string promtool = FindProgram("promtool"); !promtool.empty()) {
+    EXPECT_EQ(PromtoolCheckMetrics(promtool, h.root() + "/metrics.txt", text), "");
+  }
+  std::string state;
+  for (const char* s : {"healthy", "rebuilding", "faulted"}) {
+    const std::optional<double> v =
+        Sample(text, "shale_replica_state",
+               "volume=\"" + volume + "\",replica=\"" + replica + "\",state=\"" + s + "\"");
+    if (!v) return "?";
+    if (*v == 1) state += s;
+  }
+  return state;
+}
+
+// shale_replica_rebuild_bytes_total (or with `sent`, _sent_bytes_total) of a replica on `h`.
+double MetricRebuildBytes(Harness& h, const std::string& volume, const std::string& replica,
+                          bool sent) {
+  const std::string series =
+      sent ? "shale_replica_rebuild_sent_bytes_total" : "shale_replica_rebuild_bytes_total";
+  return Sample(HttpGet(h.MetricsAddress(), "/metrics"), series,
+                "volume=\"" + volume + "\",replica=\"" + replica + "\"")
+      .value_or(-1);
+}
 
 TEST_F(ReplicationE2eTest, CreateRefusesWhatCannotBePlaced) {
   Harness a, b;
@@ -88,6 +118,12 @@ TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
   for (Harness* h : {&b, &c}) {
     EXPECT_EQ(h->Shale({"volume", "show", "rv"}).exit_code, 0) << "replica placed on the peer";
   }
+  // The target's metrics show every replica healthy; a replica's node has no series of it.
+  for (const char* node : {"node-a", "node-b", "node-c"}) {
+    EXPECT_EQ(MetricState(a, "rv", node), "healthy") << node;
+    EXPECT_EQ(MetricRebuildBytes(a, "rv", node, false), 0) << node;
+  }
+  EXPECT_EQ(MetricState(b, "rv", "node-b"), "?") << "series only on the target";
   // A replica node does not serve the volume itself (its writes would bypass the target).
   {
     std::unique_ptr<NbdRawClient> direct = NbdRawClient::Tcp(b.NbdAddress());
@@ -123,6 +159,8 @@ TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
   EXPECT_EQ(list["epoch"], 2) << "the leave was recorded with epoch + 1: " << list;
   EXPECT_EQ(list["in_sync"].size(), 2u) << list;
   EXPECT_EQ(replicas["node-c"]["generation"], 1) << list;
+  EXPECT_EQ(MetricState(a, "rv", "node-c"), "faulted");
+  EXPECT_EQ(MetricState(a, "rv", "node-b"), "healthy");
 
   // The replica's daemon returns: the target reconnects and rebuilds what changed.
   ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
@@ -138,6 +176,11 @@ TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
   EXPECT_LE(sent, degraded_bytes * 11 / 10 + (64 << 10)) << "only what changed: " << list;
   EXPECT_EQ(replicas["node-c"]["rebuilds"], 1) << list;
   EXPECT_EQ(replicas["node-c"]["generation"], 3) << list;
+  // The metrics count the rebuild's bytes as `replica list` does.
+  EXPECT_EQ(MetricState(a, "rv", "node-c"), "healthy");
+  EXPECT_EQ(MetricRebuildBytes(a, "rv", "node-c", true), static_cast<double>(sent));
+  EXPECT_GE(MetricRebuildBytes(a, "rv", "node-c", false), static_cast<double>(sent));
+  EXPECT_EQ(MetricRebuildBytes(a, "rv", "node-b", false), 0);
 
   // Everything reads back through the target.
   ExpectContent(*nbd, oracle, "target");
@@ -154,6 +197,75 @@ TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
     ASSERT_EQ(direct->Go("rv"), std::optional<uint64_t>(kVolBytes));
     ExpectContent(*direct, oracle, h == &b ? "node-b" : "node-c");
   }
+}
+
+// `shale qos rebuild-bps` changes the cap of a running rebuild: at 256 KiB/s the 16 MiB left
+// would take about a minute; lifted, the rebuild ends within seconds. Outside cluster mode and
+// with a bad rate the command says why.
+TEST_F(ReplicationE2eTest, RebuildCapChangesLive) {
+  Harness a, b;
+  std::vector<std::string> target_flags = NodeFlags(a, *etcd_, "node-a");
+  target_flags.insert(target_flags.end(), {"--rebuild-bps", "256K"});
+  ASSERT_TRUE(a.StartDaemon(target_flags));
+  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
+  ASSERT_TRUE(WaitPublished(a, 2));
+  ASSERT_EQ(a.Shale({"volume", "create", "cv", "--size", "64M", "--replicas", "2"}).exit_code, 0);
+  CommandResult shown = a.Shale({"qos", "rebuild-bps", "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_EQ(shown.Json()["rebuild_bps"], 256 << 10) << shown.out;
+  EXPECT_EQ(shown.Json()["node"], "node-a") << shown.out;
+
+  std::mt19937_64 rng(31);
+  std::string oracle(kVolBytes, '\0');
+  auto nbd = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(nbd, nullptr);
+  ASSERT_EQ(nbd->Go("cv"), std::optional<uint64_t>(kVolBytes));
+  b.KillDaemon();
+  // One write in each of 16 regions 4 MiB apart: 16 MiB of regions to rebuild.
+  for (uint64_t at = 0; at < kVolBytes; at += 4ull << 20) {
+    for (size_t i = 0; i < kChunk; ++i) oracle[at + i] = static_cast<char>(rng());
+    ASSERT_TRUE(WriteRange(*nbd, oracle, at, kChunk));
+  }
+  ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  ASSERT_TRUE(
+      WaitFor([&] { return Replicas(a, "cv")["node-b"]["state"] == "faulted"; }, seconds(20)));
+
+  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::map<std::string, nlohmann::json> r = Replicas(a, "cv", nullptr, /*quiet=*/true);
+        return r["node-b"]["state"] == "rebuilding" &&
+               r["node-b"]["rebuild_done_bytes"].get<uint64_t>() > 0;
+      },
+      seconds(30)))
+      << a.DaemonLog();
+  // Capped: the rebuild cannot end within 10 s (16 MiB at 256 KiB/s).
+  CommandResult capped = a.Shale({"replica", "wait", "cv", "--timeout", "3"});
+  EXPECT_NE(capped.exit_code, 0) << "the cap did not hold: " << capped.Describe();
+  shown = a.Shale({"qos", "rebuild-bps", "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_EQ(shown.Json()["rebuilding"], nlohmann::json::array({"cv"})) << shown.out;
+
+  // Lifted live: the same rebuild ends within seconds.
+  CommandResult lifted = a.Shale({"qos", "rebuild-bps", "none"});
+  ASSERT_EQ(lifted.exit_code, 0) << lifted.Describe();
+  EXPECT_NE(lifted.out.find("none"), std::string::npos) << lifted.out;
+  CommandResult wait = a.Shale({"replica", "wait", "cv", "--timeout", "20"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << a.DaemonLog();
+  EXPECT_EQ(Replicas(a, "cv")["node-b"]["rebuilds"], 1);
+  EXPECT_NE(a.DaemonLog().find("rebuild rate cap changed"), std::string::npos);
+  ExpectContent(*nbd, oracle, "target");
+  nbd.reset();
+
+  // A bad rate is a usage error; a node outside a cluster refuses.
+  CommandResult bad = a.Shale({"qos", "rebuild-bps", "fast"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.Describe();
+  EXPECT_NE(bad.err.find("RATE 'fast'"), std::string::npos) << bad.err;
+  Harness single;
+  ASSERT_TRUE(single.StartDaemon());
+  CommandResult alone = single.Shale({"qos", "rebuild-bps", "64M"});
+  EXPECT_NE(alone.exit_code, 0);
+  EXPECT_NE(alone.err.find("not in a cluster"), std::string::npos) << alone.err;
 }
 
 // The target itself is killed while a replica is out: it opens the volume again at its restart
