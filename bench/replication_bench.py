@@ -15,12 +15,13 @@ loopback. On node-a (the target of every volume): v1 (1 replica), v2 (2 replicas
      every 50 ms through `shale replica list`) against `nbdcopy` of the same bytes from node-a's
      v2 to a plain volume on node-b.
   3. Client p99 during a rebuild: fio 4 KiB random writes at QD 8 on v2 for --probe seconds, with
-     no rebuild, during an uncapped rebuild, and during a rebuild capped by node-a's
-     --rebuild-bps (--cap, default a quarter of the uncapped rebuild's throughput; node-a is
-     restarted with the flag: the cap is not changeable live yet).
+     no rebuild, during an uncapped rebuild, and during a rebuild capped by node-a's rebuild
+     cap (--cap, default a quarter of the uncapped rebuild's throughput; set live with
+     `shale qos rebuild-bps`).
 
     bench/replication_bench.py [--build-dir build] [--size 1G] [--runtime 5] [--reps 3]
-                               [--probe 3] [--cap BYTES/S] [--dir DIR] [--json FILE]
+                               [--probe 3] [--cap BYTES/S] [--only write|rebuild] [--dir DIR]
+                               [--json FILE]
 """
 import argparse
 import json
@@ -254,6 +255,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--probe", type=int, default=3, help="seconds of the latency probe")
     ap.add_argument("--cap", default=None, help="--rebuild-bps of the capped rebuild")
+    ap.add_argument("--only", choices=("write", "rebuild"), default=None,
+                    help="run only the write-path section, or only the rebuild throughput "
+                    "(no latency probe)")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -276,38 +280,10 @@ def main():
             rewrite(cluster, volume, args.size, 1)
         cluster.shale("node-a", ["replica", "wait", "v2", "--timeout", "60"])
         cluster.shale("node-a", ["replica", "wait", "v3", "--timeout", "60"])
-        write_path(cluster, args, samples)
-
-        # Rebuild against nbdcopy of the same bytes between the same two daemons.
-        cluster.shale("node-b", ["volume", "create", "copy", "--size", str(args.size)])
-        t0 = time.monotonic()
-        subprocess.run(["nbdcopy", cluster.uri("node-a", "v2"), cluster.uri("node-b", "copy")],
-                       check=True)
-        nbdcopy_s = time.monotonic() - t0
-        rebuilt, rebuild_s, _ = time_rebuild(cluster, degrade_and_return(cluster, args.size, 2))
-        report["rebuild"] = dict(bytes=rebuilt, seconds=rebuild_s, nbdcopy_seconds=nbdcopy_s,
-                                 rebuild_mib_s=rebuilt / rebuild_s / 2**20,
-                                 nbdcopy_mib_s=args.size / nbdcopy_s / 2**20)
-        print(f"# rebuild {rebuilt} bytes in {rebuild_s:.2f} s; nbdcopy {args.size} bytes in "
-              f"{nbdcopy_s:.2f} s", flush=True)
-
-        # Client p99 with no rebuild, during an uncapped and during a capped rebuild.
-        probe = ["--rw=randwrite", "--bs=4k", "--iodepth=8", f"--size={args.size}",
-                 "--time_based", f"--runtime={args.probe}", "--norandommap", "--randrepeat=0"]
-        idle = fio_with_cpu(cluster, probe, "v2")[0]
-        uncapped = time_rebuild(cluster, degrade_and_return(cluster, args.size, 3), probe)
-        cap = parse_size(args.cap) if args.cap else max(1 << 20, int(rebuilt / rebuild_s / 4))
-        cluster.stop("node-a")
-        cluster.start("node-a", ["--rebuild-bps", str(cap)])
-        cluster.shale("node-a", ["replica", "wait", "v2", "--timeout", "120"])
-        capped = time_rebuild(cluster, degrade_and_return(cluster, args.size, 4), probe)
-        report["latency"] = {
-            name: dict(zip(("iops", "p99_us"), fio_sample(res, "randwrite")),
-                       rebuild_mib_s=(b / s / 2**20) if s else None)
-            for name, res, b, s in (("no rebuild", idle, 0, 0),
-                                    ("uncapped rebuild", uncapped[2][0], uncapped[0], uncapped[1]),
-                                    (f"rebuild capped at {cap} B/s", capped[2][0], capped[0],
-                                     capped[1]))}
+        if args.only != "rebuild":
+            write_path(cluster, args, samples)
+        if args.only != "write":
+            sections(cluster, args, report)
     finally:
         if cluster is not None:
             cluster.close()
@@ -316,7 +292,59 @@ def main():
     print_report(args, samples, report)
 
 
+def sections(cluster, args, report):
+    """The rebuild against nbdcopy, then (unless --only rebuild) the latency probes."""
+    # Rebuild against nbdcopy of the same bytes between the same two daemons.
+    cluster.shale("node-b", ["volume", "create", "copy", "--size", str(args.size)])
+    t0 = time.monotonic()
+    subprocess.run(["nbdcopy", cluster.uri("node-a", "v2"), cluster.uri("node-b", "copy")],
+                   check=True)
+    nbdcopy_s = time.monotonic() - t0
+    rebuilt, rebuild_s, _ = time_rebuild(cluster, degrade_and_return(cluster, args.size, 2))
+    report["rebuild"] = dict(bytes=rebuilt, seconds=rebuild_s, nbdcopy_seconds=nbdcopy_s,
+                             rebuild_mib_s=rebuilt / rebuild_s / 2**20,
+                             nbdcopy_mib_s=args.size / nbdcopy_s / 2**20)
+    print(f"# rebuild {rebuilt} bytes in {rebuild_s:.2f} s; nbdcopy {args.size} bytes in "
+          f"{nbdcopy_s:.2f} s", flush=True)
+
+    if args.only == "rebuild":
+        return
+    # Client p99 with no rebuild, during an uncapped and during a capped rebuild.
+    probe = ["--rw=randwrite", "--bs=4k", "--iodepth=8", f"--size={args.size}",
+             "--time_based", f"--runtime={args.probe}", "--norandommap", "--randrepeat=0"]
+    idle = fio_with_cpu(cluster, probe, "v2")[0]
+    uncapped = time_rebuild(cluster, degrade_and_return(cluster, args.size, 3), probe)
+    cap = parse_size(args.cap) if args.cap else max(1 << 20, int(rebuilt / rebuild_s / 4))
+    cluster.shale("node-a", ["qos", "rebuild-bps", str(cap)])  # live, for the next rebuild
+    capped = time_rebuild(cluster, degrade_and_return(cluster, args.size, 4), probe)
+    report["latency"] = {
+        name: dict(zip(("iops", "p99_us"), fio_sample(res, "randwrite")),
+                   rebuild_mib_s=(b / s / 2**20) if s else None)
+        for name, res, b, s in (("no rebuild", idle, 0, 0),
+                                ("uncapped rebuild", uncapped[2][0], uncapped[0], uncapped[1]),
+                                (f"rebuild capped at {cap} B/s", capped[2][0], capped[0],
+                                 capped[1]))}
+
+
 def print_report(args, samples, report):
+    if args.only != "rebuild":
+        print_write_path(args, samples)
+    if "rebuild" in report:
+        r = report["rebuild"]
+        print(f"\nRebuild of {r['bytes'] / 2**20:.0f} MiB: {r['rebuild_mib_s']:.1f} MiB/s; nbdcopy "
+              f"of the same size between the same daemons: {r['nbdcopy_mib_s']:.1f} MiB/s; "
+              f"rebuild/nbdcopy {r['rebuild_mib_s'] / r['nbdcopy_mib_s']:.2f}x")
+    if "latency" in report:
+        print("\n| client 4k randwrite qd8 on v2 | IOPS | p99 us | rebuild MiB/s |\n|---|---|---|---|")
+        for name, x in report["latency"].items():
+            rate = f"{x['rebuild_mib_s']:.1f}" if x["rebuild_mib_s"] else "-"
+            print(f"| {name} | {x['iops']:.0f} | {x['p99_us']:.0f} | {rate} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"size": args.size, "samples": samples, **report}, f, indent=2)
+
+
+def print_write_path(args, samples):
     def med(values):
         return statistics.median(values) if values else float("nan")
     print("\n| workload | 1 replica IOPS | p99 us | 2 replicas IOPS | p99 us | 3 replicas IOPS |"
@@ -337,17 +365,6 @@ def print_report(args, samples, report):
             procs = samples[w][v][0]["cpu_percent"].keys()
             busy = {p: med([x["cpu_percent"][p] for x in samples[w][v]]) for p in procs}
             print(f"  {spec['label']:<18} {v}: " + ", ".join(f"{p} {c:.0f}" for p, c in busy.items()))
-    r = report["rebuild"]
-    print(f"\nRebuild of {r['bytes'] / 2**20:.0f} MiB: {r['rebuild_mib_s']:.1f} MiB/s; nbdcopy of "
-          f"the same size between the same daemons: {r['nbdcopy_mib_s']:.1f} MiB/s; "
-          f"rebuild/nbdcopy {r['rebuild_mib_s'] / r['nbdcopy_mib_s']:.2f}x")
-    print("\n| client 4k randwrite qd8 on v2 | IOPS | p99 us | rebuild MiB/s |\n|---|---|---|---|")
-    for name, x in report["latency"].items():
-        rate = f"{x['rebuild_mib_s']:.1f}" if x["rebuild_mib_s"] else "-"
-        print(f"| {name} | {x['iops']:.0f} | {x['p99_us']:.0f} | {rate} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"size": args.size, "samples": samples, **report}, f, indent=2)
 
 
 if __name__ == "__main__":
