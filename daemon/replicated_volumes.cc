@@ -215,9 +215,9 @@ Result<std::shared_ptr<VolumeLayer>> ReplicatedVolumes::LowerLayer(Volume& volum
                                "': its target is not open yet: " + it->second);
   }
   if (detached_.contains(volume.name())) {
-    return Status::FailedPrecondition("replicated volume '" + volume.name() +
-                                      "' is detached; `shale volume attach " + volume.name() +
-                                      "` serves it on this node");
+    return Status::FailedPrecondition(
+        "replicated volume '" + volume.name() + "' is not attached on this node (detached here); " +
+        "`shale volume attach " + volume.name() + "` serves it here unless another node has it");
   }
   return Status::Unavailable("volume '" + volume.name() +
                              "' is a replica held for another node's target; use the target");
