@@ -723,11 +723,6 @@ Status Daemon::AddFrontends() {
                                                        std::move(replicated_options));
     replicated = targets.get();
     replicated_.store(replicated, std::memory_order_release);
-    // Group snapshots of replicated volumes wait for snapshots across replicas (docs/csi.md).
-    lifecycle_->SetReplicatedCheck([this](const std::string& volume) {
-      ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
-      return r != nullptr && r->IsReplicated(volume);
-    });
     frontends_.push_back(std::move(targets));
   }
   // Metrics before the control API, which reports their address.

@@ -43,6 +43,83 @@ std::string JoinNodes(const std::vector<std::string>& nodes) {
 
 }  // namespace
 
+Status ReplicatedVolumes::NotServedHere(const std::string& volume) {
+  std::string owner = "another node";
+  if (Result<cluster::VolumeRecord> r = store_->GetVolume(volume); r.ok()) {
+    owner = "node " + r->membership.target;
+  }
+  return Status::FailedPrecondition("volume '" + volume +
+                                    "' is replicated and its target here is not open (it is "
+                                    "served by " +
+                                    owner + "); take the snapshot on its target");
+}
+
+std::shared_future<void> ReplicatedVolumes::StartQuiesce(Target& target) {
+  auto quiet = std::make_shared<std::promise<void>>();
+  std::shared_future<void> done = quiet->get_future().share();
+  replication::ReplicationLayer* layer = LayerOf(target);
+  ReactorOf(target)->RunSync([&] { layer->Quiesce([quiet] { quiet->set_value(); }); });
+  return done;
+}
+
+void ReplicatedVolumes::ResumeTarget(Target& target) {
+  replication::ReplicationLayer* layer = LayerOf(target);
+  ReactorOf(target)->RunSync([&] { layer->Resume(); });
+}
+
+std::chrono::steady_clock::time_point ReplicatedVolumes::QuiesceDeadline() const {
+  return std::chrono::steady_clock::now() + options_.replica_timeout * 2 + std::chrono::seconds(1);
+}
+
+Result<Labels> ReplicatedVolumes::FinishQuiesce(Target& target, const std::string& volume,
+                                                const std::shared_future<void>& quiet,
+                                                std::chrono::steady_clock::time_point deadline) {
+  if (quiet.wait_until(deadline) != std::future_status::ready) {
+    return Status::Unavailable(
+        "snapshot of '" + volume + "': writes in flight did not drain within " +
+        std::to_string((options_.replica_timeout * 2).count() + 1000) + " ms");
+  }
+  std::vector<std::string> holders{options_.node_name};
+  bool fenced = false;
+  replication::ReplicationLayer* layer = LayerOf(target);
+  ReactorOf(target)->RunSync([&] {
+    fenced = layer->fenced();
+    for (const replication::ReplicaStatus& s : layer->Replicas()) {
+      if (!s.local && s.state == MemberState::kInSync) holders.push_back(s.node);
+    }
+  });
+  if (fenced) {
+    return Status::Unavailable("volume '" + volume + "' was taken over by another target");
+  }
+  return Labels{{kSnapshotReplicasLabel, JoinNodes(holders)},
+                {kSnapshotVolumeUuidLabel, UuidOf(target).ToString()}};
+}
+
+std::future<replication::ReplicationLayer::SnapshotResults> ReplicatedVolumes::StartCopies(
+    Target& target, const std::string& name) {
+  auto remote = std::make_shared<std::promise<replication::ReplicationLayer::SnapshotResults>>();
+  auto done = remote->get_future();
+  replication::ReplicationLayer* layer = LayerOf(target);
+  ReactorOf(target)->RunSync([&] {
+    layer->SnapshotRemotes(name, [remote](replication::ReplicationLayer::SnapshotResults r) {
+      remote->set_value(std::move(r));
+    });
+  });
+  return done;
+}
+
+namespace {
+
+// The first failed copy of `results`, naming its replica.
+Status FirstFailure(const replication::ReplicationLayer::SnapshotResults& results) {
+  for (const auto& [node, st] : results) {
+    if (!st.ok()) return st.WithContext("snapshot on replica " + node);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     std::string_view volume_view, std::string_view name_view,
     const snapshot::CreateSnapshotOptions& options) {
@@ -52,68 +129,30 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     return std::optional<snapshot::SnapshotInfo>();  // not replicated: as usual
   }
   std::shared_ptr<Target> target = Find(volume);
-  if (target == nullptr) {
-    std::string owner = "another node";
-    if (Result<cluster::VolumeRecord> r = store_->GetVolume(volume); r.ok()) {
-      owner = "node " + r->membership.target;
-    }
-    return Status::FailedPrecondition("volume '" + volume +
-                                      "' is replicated and its target here is not open (it is "
-                                      "served by " +
-                                      owner + "); take the snapshot on its target");
-  }
+  if (target == nullptr) return NotServedHere(volume);
   const std::string ref = volume + "@" + name;
   if (lifecycle_->snapshots()->Get(ref).ok()) {
     return Status::AlreadyExists("snapshot '" + ref + "' already exists");
   }
   // One snapshot at a time per daemon: a layer has one quiesce at a time.
   std::lock_guard snapshot_lock(snapshot_mu_);
-  Reactor* reactor = ReactorOf(*target);
-  replication::ReplicationLayer* layer = LayerOf(*target);
   // Quiesce, bounded: writes in flight end within the replica timeout (or their replica fails).
-  auto quiet = std::make_shared<std::promise<void>>();
-  reactor->RunSync([&] { layer->Quiesce([quiet] { quiet->set_value(); }); });
-  const auto resume = [&] { reactor->RunSync([&] { layer->Resume(); }); };
-  const auto bound = options_.replica_timeout * 2 + std::chrono::seconds(1);
-  if (quiet->get_future().wait_for(bound) != std::future_status::ready) {
-    resume();
-    return Status::Unavailable("snapshot of '" + volume +
-                               "': writes in flight did not drain within " +
-                               std::to_string(bound.count()) + " ms");
-  }
-  std::vector<std::string> holders{options_.node_name};
-  bool fenced = false;
-  reactor->RunSync([&] {
-    fenced = layer->fenced();
-    for (const replication::ReplicaStatus& s : layer->Replicas()) {
-      if (!s.local && s.state == MemberState::kInSync) holders.push_back(s.node);
-    }
-  });
-  if (fenced) {
-    resume();
-    return Status::Unavailable("volume '" + volume + "' was taken over by another target");
+  std::shared_future<void> quiet = StartQuiesce(*target);
+  Result<Labels> labels = FinishQuiesce(*target, volume, quiet, QuiesceDeadline());
+  if (!labels.ok()) {
+    ResumeTarget(*target);
+    return labels.status();
   }
   snapshot::CreateSnapshotOptions local = options;
   local.wait_digest = false;  // never while writes wait
-  local.labels[kSnapshotReplicasLabel] = JoinNodes(holders);
-  local.labels[kSnapshotVolumeUuidLabel] = UuidOf(*target).ToString();
+  for (const auto& [k, v] : *labels) local.labels[k] = v;
   Result<snapshot::SnapshotInfo> taken = lifecycle_->snapshots()->Create(volume, name, local);
   if (!taken.ok()) {
-    resume();
+    ResumeTarget(*target);
     return taken.status();
   }
-  std::promise<replication::ReplicationLayer::SnapshotResults> remote;
-  reactor->RunSync([&] {
-    layer->SnapshotRemotes(name, [&](replication::ReplicationLayer::SnapshotResults r) {
-      remote.set_value(std::move(r));
-    });
-  });
-  const replication::ReplicationLayer::SnapshotResults results = remote.get_future().get();
-  resume();
-  Status failed;
-  for (const auto& [node, st] : results) {
-    if (!st.ok() && failed.ok()) failed = st.WithContext("snapshot on replica " + node);
-  }
+  const Status failed = FirstFailure(StartCopies(*target, name).get());
+  ResumeTarget(*target);
   if (!failed.ok()) {
     // All or none: the copies taken are removed again.
     lifecycle_->snapshots()->Delete(ref).status().IgnoreError();
@@ -129,6 +168,73 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     return std::optional<snapshot::SnapshotInfo>(std::move(waited));
   }
   return std::optional<snapshot::SnapshotInfo>(std::move(taken).value());
+}
+
+// The replicated members of a group snapshot, quiesced while it lives (docs/replication.md,
+// "Group snapshots of replicated volumes").
+class ReplicatedVolumes::GroupHoldImpl final : public SnapshotReplication::GroupHold {
+ public:
+  GroupHoldImpl(ReplicatedVolumes* owner, std::unique_lock<std::mutex> lock)
+      : owner_(owner), lock_(std::move(lock)) {}
+  ~GroupHoldImpl() override {
+    for (const std::shared_ptr<Target>& t : quiesced_) ResumeTarget(*t);
+  }
+  GroupHoldImpl(const GroupHoldImpl&) = delete;
+  GroupHoldImpl& operator=(const GroupHoldImpl&) = delete;
+
+  // Quiesces every member at once, then waits for all (one deadline).
+  Status Quiesce(const std::vector<std::pair<std::string, std::shared_ptr<Target>>>& members) {
+    std::vector<std::shared_future<void>> quiet;
+    for (const auto& [volume, target] : members) {
+      quiet.push_back(owner_->StartQuiesce(*target));
+      quiesced_.push_back(target);
+    }
+    const auto deadline = owner_->QuiesceDeadline();
+    for (size_t i = 0; i < members.size(); ++i) {
+      SHALE_ASSIGN_OR_RETURN(
+          labels_[members[i].first],
+          owner_->FinishQuiesce(*members[i].second, members[i].first, quiet[i], deadline));
+    }
+    return Status::Ok();
+  }
+  const std::map<std::string, Labels>& MemberLabels() const override { return labels_; }
+  Status SnapshotRemotes(const std::string& name) override {
+    std::vector<std::future<replication::ReplicationLayer::SnapshotResults>> copies;
+    for (const std::shared_ptr<Target>& t : quiesced_)
+      copies.push_back(owner_->StartCopies(*t, name));
+    Status failed;
+    for (auto& c : copies) {
+      const Status st = FirstFailure(c.get());
+      if (failed.ok()) failed = st;
+    }
+    return failed;
+  }
+
+ private:
+  ReplicatedVolumes* const owner_;
+  std::unique_lock<std::mutex> lock_;  // snapshot_mu_: a layer has one quiesce at a time
+  std::vector<std::shared_ptr<Target>> quiesced_;
+  std::map<std::string, Labels> labels_;
+};
+
+Result<std::unique_ptr<SnapshotReplication::GroupHold>> ReplicatedVolumes::HoldGroup(
+    const std::vector<std::string>& volumes) {
+  std::vector<std::pair<std::string, std::shared_ptr<Target>>> members;
+  for (const std::string& volume : volumes) {
+    Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(volume);
+    if (!info.ok() || !info->labels.contains(replication::kReplicaUuidLabel)) continue;
+    std::shared_ptr<Target> target = Find(volume);
+    if (target == nullptr) {
+      return NotServedHere(volume).WithContext(
+          "a group snapshot's replicated volumes are served by the node that takes it (attach "
+          "them on one node)");
+    }
+    members.emplace_back(volume, std::move(target));
+  }
+  if (members.empty()) return std::unique_ptr<SnapshotReplication::GroupHold>();
+  auto hold = std::make_unique<GroupHoldImpl>(this, std::unique_lock(snapshot_mu_));
+  SHALE_RETURN_IF_ERROR(hold->Quiesce(members));  // on error `hold` resumes them all
+  return std::unique_ptr<SnapshotReplication::GroupHold>(std::move(hold));
 }
 
 // For each remote node a snapshot's label lists: `fn(node, admin options, spec)`, or the reason

@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -160,6 +161,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
       std::string_view volume, std::string_view name,
       const snapshot::CreateSnapshotOptions& options) override;
   void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) override;
+  // SnapshotReplication: quiesces the replicated members of a group snapshot (their targets must
+  // be open here), takes their replicas' copies after the local freeze, resumes.
+  Result<std::unique_ptr<GroupHold>> HoldGroup(const std::vector<std::string>& volumes) override;
   // The digest of every remote copy of a replicated volume's snapshot (the nodes its label
   // lists); empty for a snapshot that is not one.
   std::vector<ReplicaDigest> VerifyReplicas(const snapshot::SnapshotInfo& snap);
@@ -201,6 +205,22 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
                                   const std::string& verb);
   // Raises the local replica's epoch to `epoch` and opens the target (replica_takeover.cc).
   Result<std::string> FinishTakeOver(const std::string& name, uint64_t epoch, std::string result);
+  // Snapshots (replicated_snapshots.cc): the refusal for a replicated volume whose target is not
+  // open here (naming the node that serves it); the quiesce of a target in two steps (start: on
+  // its reactor; finish: wait until `deadline`, then the snapshot labels naming the in-sync
+  // holders, Unavailable when it did not drain or is fenced; the caller resumes either way);
+  // the remote copies of snapshot `name` (SNAPSHOT to every in-sync replica).
+  class GroupHoldImpl;
+  Status NotServedHere(const std::string& volume);
+  std::shared_future<void> StartQuiesce(Target& target);
+  std::chrono::steady_clock::time_point QuiesceDeadline() const;
+  Result<Labels> FinishQuiesce(Target& target, const std::string& volume,
+                               const std::shared_future<void>& quiet,
+                               std::chrono::steady_clock::time_point deadline);
+  static void ResumeTarget(Target& target);
+  // (ReplicationLayer::SnapshotResults: node, status per replica)
+  std::future<std::vector<std::pair<std::string, Status>>> StartCopies(Target& target,
+                                                                       const std::string& name);
   static Reactor* ReactorOf(const Target& t);
   static replication::ReplicationLayer* LayerOf(const Target& t);
   static const Uuid& UuidOf(const Target& t);

@@ -10,9 +10,11 @@ namespace shale::snapshot {
 
 Result<std::vector<SnapshotInfo>> SnapshotManager::CreateGroup(
     const std::vector<std::string>& volumes, std::string_view name,
-    const CreateSnapshotOptions& options, const GroupRecords& extra) {
+    const CreateSnapshotOptions& options, const GroupRecords& extra,
+    const std::map<std::string, Labels>& member_labels) {
   SHALE_RETURN_IF_ERROR(ValidateName("snapshot", name));
   SHALE_RETURN_IF_ERROR(ValidateLabels(options.labels));
+  for (const auto& [volume, labels] : member_labels) SHALE_RETURN_IF_ERROR(ValidateLabels(labels));
   if (volumes.empty()) return Status::InvalidArgument("a group snapshot needs a volume");
   Lock lock(mu_);
   std::vector<VolumeInfo> infos;
@@ -33,6 +35,9 @@ Result<std::vector<SnapshotInfo>> SnapshotManager::CreateGroup(
     rec.set_source_volume_id(vol.id);
     rec.set_created_unix_ns(now);
     for (const auto& [k, v] : options.labels) (*rec.mutable_labels())[k] = v;
+    if (auto own = member_labels.find(volume); own != member_labels.end()) {
+      for (const auto& [k, v] : own->second) (*rec.mutable_labels())[k] = v;
+    }
     rec.set_digest_state(DIGEST_PENDING);
     rec.set_digest_version(kDigestVersion);
     infos.push_back(std::move(vol));

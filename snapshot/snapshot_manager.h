@@ -213,13 +213,14 @@ class SnapshotManager {
   // Freezes every volume of `volumes` at one instant (Engine::FreezeVolumes) as VOLUME@NAME,
   // each an ordinary snapshot (labels, digest, clone source). `extra` (optional) adds records to
   // each pool's commit (the first volume's pool is committed last): the group's provenance.
-  // Errors as Create's, plus InvalidArgument for an empty or repeated volume list; on any error
-  // no member was taken.
+  // `member_labels` (optional) adds labels to the member of the volume it names (the
+  // replication's per-member labels). Errors as Create's, plus InvalidArgument for an empty or
+  // repeated volume list; on any error no member was taken.
   using GroupRecords = std::function<void(std::string_view pool, MetaBatch* batch)>;
-  Result<std::vector<SnapshotInfo>> CreateGroup(const std::vector<std::string>& volumes,
-                                                std::string_view name,
-                                                const CreateSnapshotOptions& options,
-                                                const GroupRecords& extra = nullptr);
+  Result<std::vector<SnapshotInfo>> CreateGroup(
+      const std::vector<std::string>& volumes, std::string_view name,
+      const CreateSnapshotOptions& options, const GroupRecords& extra = nullptr,
+      const std::map<std::string, Labels>& member_labels = {});
   // Block metadata of snapshots (CSI SnapshotMetadata; docs/csi.md): (offset, length) ranges,
   // 4 KiB aligned, sorted, disjoint and merged, with the snapshot's size.
   struct Ranges {

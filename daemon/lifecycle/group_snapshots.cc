@@ -6,6 +6,7 @@
 
 #include "daemon/lifecycle/volume_lifecycle.h"
 #include "engine/common/clock.h"
+#include "engine/common/log.h"
 #include "engine/pool/keys.h"
 #include "snapshot/names.h"
 
@@ -129,12 +130,6 @@ Result<GroupSnapshotInfo> VolumeLifecycle::CreateGroupSnapshot(const GroupSnapsh
   g.created_unix_ns = Clock::Real()->WallNanos();
   for (const std::string& v : spec.volumes) {
     SHALE_ASSIGN_OR_RETURN(VolumeInfo info, engine_->GetVolume(v));
-    if (replicated_check_ && replicated_check_(v)) {
-      return Status::FailedPrecondition(
-          "volume '" + v +
-          "' is replicated; group snapshots of replicated volumes are not supported yet "
-          "(docs/csi.md, \"Group snapshots\")");
-    }
     if (info.read_only) {
       return Status::FailedPrecondition("volume '" + v + "' is read-only: snapshot its source");
     }
@@ -147,20 +142,35 @@ Result<GroupSnapshotInfo> VolumeLifecycle::CreateGroupSnapshot(const GroupSnapsh
   options.labels[std::string(kGroupLabel)] = spec.name;
   options.labels[std::string(kGroupIdLabel)] = g.id;
   SHALE_RETURN_IF_ERROR(ValidateLabels(options.labels));
-  auto members = snapshots_->CreateGroup(spec.volumes, spec.name, options,
-                                         [&](std::string_view pool, MetaBatch* batch) {
-                                           if (pool == g.pool)
-                                             batch->Put(GroupKey(g.name), Encode(g));
-                                         });
+  // Replicated members: quiesced until `hold` goes (docs/replication.md).
+  std::unique_ptr<SnapshotReplication::GroupHold> hold;
+  if (SnapshotReplication* r = snapshot_replication_.load(); r != nullptr) {
+    SHALE_ASSIGN_OR_RETURN(hold, r->HoldGroup(spec.volumes));
+  }
+  auto members = snapshots_->CreateGroup(
+      spec.volumes, spec.name, options,
+      [&](std::string_view pool, MetaBatch* batch) {
+        if (pool == g.pool) batch->Put(GroupKey(g.name), Encode(g));
+      },
+      hold != nullptr ? hold->MemberLabels() : std::map<std::string, Labels>());
   if (!members.ok()) return members.status();
+  if (hold != nullptr) {
+    const Status copies = hold->SnapshotRemotes(spec.name);
+    hold.reset();  // resumes the replicated members
+    if (!copies.ok()) {
+      // All or none: the members (and the copies taken) and the record go again.
+      const Status undone = DeleteGroupLocked(g, DeleteOptions{});
+      SHALE_LOG_WARN("group snapshot failed on a replica; undone", {"group", g.name},
+                     {"error", copies.ToString()}, {"undo", undone.ToString()});
+      return copies.WithContext("group snapshot '" + g.name + "'");
+    }
+  }
   if (created != nullptr) *created = true;
   return g;
 }
 
-Status VolumeLifecycle::DeleteGroupSnapshot(std::string_view name, const DeleteOptions& options) {
-  SHALE_RETURN_IF_ERROR(CheckChangeGate());
-  std::lock_guard lock(group_mu_);
-  SHALE_ASSIGN_OR_RETURN(GroupSnapshotInfo g, GetGroupSnapshot(name));
+Status VolumeLifecycle::DeleteGroupLocked(const GroupSnapshotInfo& g,
+                                          const DeleteOptions& options) {
   // Members first, the record last: an interrupted delete is finished by the next one.
   for (const std::string& member : g.snapshots) {
     Result<snapshot::DeleteSnapshotResult> gone = DeleteSnapshot(member, options);
@@ -171,6 +181,13 @@ Status VolumeLifecycle::DeleteGroupSnapshot(std::string_view name, const DeleteO
   MetaBatch batch;
   batch.Delete(GroupKey(g.name));
   return engine_->WriteRecords(g.pool, std::move(batch));
+}
+
+Status VolumeLifecycle::DeleteGroupSnapshot(std::string_view name, const DeleteOptions& options) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
+  std::lock_guard lock(group_mu_);
+  SHALE_ASSIGN_OR_RETURN(GroupSnapshotInfo g, GetGroupSnapshot(name));
+  return DeleteGroupLocked(g, options);
 }
 
 }  // namespace shale::daemon

@@ -14,6 +14,45 @@ namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
 
+// The lifecycle's view of the replication (the daemon's ReplicatedVolumes, tested end to end in
+// e2e_replication_snapshot_test): records the order of the calls the lifecycle makes.
+class RecordingReplication final : public SnapshotReplication {
+ public:
+  class Hold final : public GroupHold {
+   public:
+    explicit Hold(RecordingReplication* owner) : owner_(owner) {}
+    ~Hold() override { owner_->events.push_back("resume"); }
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+    const std::map<std::string, Labels>& MemberLabels() const override { return owner_->labels; }
+    Status SnapshotRemotes(const std::string& name) override {
+      owner_->events.push_back("copies " + name);
+      return owner_->copies;
+    }
+
+   private:
+    RecordingReplication* const owner_;
+  };
+  Result<std::optional<snapshot::SnapshotInfo>> Snapshot(
+      std::string_view, std::string_view, const snapshot::CreateSnapshotOptions&) override {
+    return std::optional<snapshot::SnapshotInfo>();
+  }
+  void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) override {
+    events.push_back("deleted " + deleted.full_name());
+  }
+  Result<std::unique_ptr<GroupHold>> HoldGroup(const std::vector<std::string>& volumes) override {
+    if (!refuse.ok()) return refuse;
+    std::string joined;
+    for (const std::string& v : volumes) joined += (joined.empty() ? "" : ",") + v;
+    events.push_back("hold " + joined);
+    return std::unique_ptr<GroupHold>(std::make_unique<Hold>(this));
+  }
+
+  Status refuse, copies;
+  std::map<std::string, Labels> labels;
+  std::vector<std::string> events;
+};
+
 class GroupSnapshotTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -141,16 +180,50 @@ TEST_F(GroupSnapshotTest, RefusalsLeaveNothingBehind) {
   EXPECT_EQ(
       lifecycle_->CreateGroupSnapshot({.name = "taken", .volumes = {"a", "b"}}).status().code(),
       StatusCode::kAlreadyExists);
-  lifecycle_->SetReplicatedCheck([](const std::string& v) { return v == "b"; });
+  // The replication refusing to hold a member (its target is elsewhere).
+  RecordingReplication replication;
+  replication.refuse = Status::FailedPrecondition("volume 'b' is served by node x");
+  lifecycle_->SetSnapshotReplication(&replication);
   auto replicated = lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {"a", "b"}});
+  lifecycle_->SetSnapshotReplication(nullptr);
   EXPECT_EQ(replicated.status().code(), StatusCode::kFailedPrecondition);
-  EXPECT_NE(replicated.status().message().find("replicated"), std::string::npos);
+  EXPECT_NE(replicated.status().message().find("node x"), std::string::npos);
   auto snaps = snapshots_->List({.with_space = false});
   ASSERT_TRUE(snaps.ok());
   EXPECT_EQ(snaps->size(), 1u);  // only b@taken
   auto groups = lifecycle_->ListGroupSnapshots();
   ASSERT_TRUE(groups.ok());
   EXPECT_TRUE(groups->empty());
+}
+
+TEST_F(GroupSnapshotTest, ReplicatedMembersAreHeldAcrossTheFreezeAndAFailedCopyUndoesAll) {
+  for (const char* v : {"a", "b"}) CreateVolume(v);
+  RecordingReplication replication;
+  replication.labels["b"] = {{"shale.io/snapshot-replicas", "n1,n2"}};
+  lifecycle_->SetSnapshotReplication(&replication);
+  auto made = lifecycle_->CreateGroupSnapshot({.name = "g", .volumes = {"a", "b"}});
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_EQ(replication.events, (std::vector<std::string>{"hold a,b", "copies g", "resume"}));
+  // The hold ends before the create returns; the member of b carries its replication labels.
+  auto b = snapshots_->Get("b@g");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->labels["shale.io/snapshot-replicas"], "n1,n2");
+  EXPECT_EQ(b->labels["shale.io/group"], "g");
+  EXPECT_FALSE(snapshots_->Get("a@g")->labels.contains("shale.io/snapshot-replicas"));
+
+  // A copy that fails: the group, its members and their copies go again.
+  replication.events.clear();
+  replication.copies = Status::Unavailable("node n2 is down");
+  auto failed = lifecycle_->CreateGroupSnapshot({.name = "h", .volumes = {"a", "b"}});
+  lifecycle_->SetSnapshotReplication(nullptr);
+  EXPECT_EQ(failed.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(failed.status().message().find("node n2"), std::string::npos);
+  EXPECT_EQ(replication.events, (std::vector<std::string>{"hold a,b", "copies h", "resume",
+                                                          "deleted a@h", "deleted b@h"}));
+  EXPECT_EQ(lifecycle_->GetGroupSnapshot("h").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(snapshots_->Get("a@h").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(snapshots_->Get("b@h").status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(lifecycle_->GetGroupSnapshot("g").ok()) << "the earlier group stays";
 }
 
 TEST_F(GroupSnapshotTest, DeleteKeepsClonesOfMembersWorking) {

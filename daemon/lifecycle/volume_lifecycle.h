@@ -107,6 +107,23 @@ class SnapshotReplication {
       const snapshot::CreateSnapshotOptions& options) = 0;
   // The local snapshot `deleted` is gone: its copies on the replicas go too (best effort).
   virtual void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) = 0;
+
+  // A group snapshot's hold on its replicated members (docs/replication.md, "Group snapshots of
+  // replicated volumes"): every one is quiesced while the hold lives; destroying it resumes them.
+  class GroupHold {
+   public:
+    virtual ~GroupHold() = default;
+    // The labels each replicated member's local snapshot carries, by volume.
+    virtual const std::map<std::string, Labels>& MemberLabels() const = 0;
+    // Takes snapshot `name` on every in-sync remote replica of every held member (after the
+    // local freeze); the first failure, naming the replica. The copies taken stay: the caller
+    // deletes the members, whose deletes remove them.
+    virtual Status SnapshotRemotes(const std::string& name) = 0;
+  };
+  // Quiesces the replicated volumes among `volumes`; null when none is replicated.
+  // FailedPrecondition for one whose target is not open on this node (naming its node),
+  // Unavailable when one does not drain in time or was fenced (every member resumed).
+  virtual Result<std::unique_ptr<GroupHold>> HoldGroup(const std::vector<std::string>& volumes) = 0;
 };
 
 // A group snapshot (docs/lifecycle.md, "Group snapshots"): member snapshots of several volumes
@@ -207,7 +224,8 @@ class VolumeLifecycle {
   // (SnapshotManager::CreateGroup, Engine::FreezeVolumes) and commits the group record with the
   // first volume's pool's part of it. Idempotent: the same name with the same volumes (in any
   // order) returns the existing group (`created` false); the same name with other volumes is
-  // AlreadyExists. FailedPrecondition for a replicated volume (not supported yet).
+  // AlreadyExists. Replicated members are held by SnapshotReplication::HoldGroup: quiesced
+  // before the freeze, their replicas' copies taken after it (a failed copy deletes the group).
   Result<GroupSnapshotInfo> CreateGroupSnapshot(const GroupSnapshotSpec& spec,
                                                 bool* created = nullptr);
   Result<GroupSnapshotInfo> GetGroupSnapshot(std::string_view name);
@@ -217,11 +235,6 @@ class VolumeLifecycle {
   // keeps what they read), then the record. NotFound for an unknown group; Busy (naming the
   // clients) while a member is exported, unless options.force.
   Status DeleteGroupSnapshot(std::string_view name, const DeleteOptions& options = {});
-  // Whether a volume is replicated (the daemon's ReplicatedVolumes); null: none is. Set before
-  // frontends start.
-  void SetReplicatedCheck(std::function<bool(const std::string&)> check) {
-    replicated_check_ = std::move(check);
-  }
 
   // The frontend record of a live volume; nullopt when it has none.
   Result<std::optional<std::string>> GetFrontendRecord(const VolumeInfo& volume,
@@ -238,6 +251,8 @@ class VolumeLifecycle {
 
  private:
   Status CheckSpecQos(const std::optional<qos::QosSettings>& settings) const;
+  // Deletes a group's members still there, then its record (group_mu_ held).
+  Status DeleteGroupLocked(const GroupSnapshotInfo& g, const DeleteOptions& options);
   static Status CheckRecords(const std::vector<FrontendRecord>& records);
   // Puts the QoS and frontend records of new volume `volume_id` into the batch; QoS settings
   // were validated before (CheckSpecQos).
@@ -260,7 +275,6 @@ class VolumeLifecycle {
   std::atomic<backup::BackupManager*> backups_{nullptr};
   std::atomic<SnapshotReplication*> snapshot_replication_{nullptr};
   std::function<Status()> change_gate_;  // set before frontends start, then only read
-  std::function<bool(const std::string&)> replicated_check_;  // likewise
   // Serializes group snapshot creates and deletes (check-then-create must be atomic).
   std::mutex group_mu_;
   CapacityPolicy capacity_;

@@ -14,6 +14,7 @@
 #include "tests/e2e/csi_client.h"
 #include "tests/e2e/harness.h"
 #include "tests/e2e/nbd_raw_client.h"
+#include "tests/e2e/sequence_writer.h"
 #include "tests/e2e/snapshot_e2e_util.h"
 
 namespace shale::e2e {
@@ -63,9 +64,7 @@ class CsiGroupTest : public ::testing::Test {
     if (client == nullptr || !client->Go(export_name)) return UINT64_MAX;
     std::string data;
     EXPECT_EQ(client->Request(NbdRawClient::kCmdRead, 0, 4096, "", &data), 0);
-    uint64_t v = 0;
-    if (data.size() >= 8) std::memcpy(&v, data.data(), 8);
-    return v;
+    return SequenceWriter::SeqOf(data);
   }
   // Every range the stream returns, and the number of messages; the status in *status.
   template <typename Req, typename Resp>
@@ -160,31 +159,11 @@ TEST_F(CsiGroupTest, GroupOfThreeVolumesUnderConcurrentWritesIsOneInstant) {
     ASSERT_NE(clients.back(), nullptr);
     ASSERT_TRUE(clients.back()->Go(v));
   }
-  std::atomic<bool> stop{false}, failed{false};
-  std::atomic<uint64_t> rounds{0};
-  std::thread writer([&] {
-    std::string block(4096, '\0');
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    for (uint64_t n = 1; !stop.load() && std::chrono::steady_clock::now() < deadline; ++n) {
-      std::memcpy(block.data(), &n, 8);
-      for (auto& c : clients) {
-        if (c->Request(NbdRawClient::kCmdWrite, 0, 4096, block) != 0) {
-          failed.store(true);
-          return;
-        }
-      }
-      rounds.store(n);
-    }
-  });
-  auto wait_rounds = [&](uint64_t target) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (rounds.load() < target && !failed.load() && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  };
+  SequenceWriter writer(std::move(clients));
   std::vector<std::pair<std::string, uint64_t>> groups;  // id, rounds acknowledged before
   for (int g = 0; g < 5; ++g) {
-    wait_rounds(rounds.load() + 20);
-    const uint64_t before = rounds.load();
+    ASSERT_TRUE(writer.WaitMore(20)) << h_.DaemonLog();
+    const uint64_t before = writer.rounds();
     csiv1::CreateVolumeGroupSnapshotResponse resp;
     grpc::Status st = CreateGroup("groupsnapshot-" + std::to_string(g), vols, &resp);
     ASSERT_TRUE(st.ok()) << Describe(st);
@@ -192,9 +171,8 @@ TEST_F(CsiGroupTest, GroupOfThreeVolumesUnderConcurrentWritesIsOneInstant) {
     ASSERT_EQ(resp.group_snapshot().snapshots_size(), 3);
     groups.emplace_back(resp.group_snapshot().group_snapshot_id(), before);
   }
-  stop.store(true);
-  writer.join();
-  ASSERT_FALSE(failed.load()) << h_.DaemonLog();
+  writer.Stop();
+  ASSERT_FALSE(writer.failed()) << h_.DaemonLog();
   for (const auto& [id, before] : groups) {
     csiv1::GetVolumeGroupSnapshotResponse got;
     ASSERT_TRUE(GetGroup(id, &got).ok());

@@ -5,11 +5,16 @@
 // (the target quiesced the write stream: without it the copies would differ). A replica that is
 // out does not get it (the label says who holds it); a snapshot on a replica node is refused;
 // a clone of the snapshot is a local volume on the target with the snapshot's bytes; delete
-// removes every copy. Skipped (with the reason) where etcd is not installed.
+// removes every copy. A group snapshot of two replicated volumes and a local one, taken while a
+// writer puts a sequence number on each in turn, is one cut on the target and on every replica;
+// a group with a volume served by another node is refused and leaves nothing. Skipped (with the
+// reason) where etcd is not installed.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
@@ -20,6 +25,7 @@
 #include "tests/e2e/harness.h"
 #include "tests/e2e/nbd_raw_client.h"
 #include "tests/e2e/replication_fixture.h"
+#include "tests/e2e/sequence_writer.h"
 
 namespace shale::e2e {
 namespace {
@@ -178,6 +184,93 @@ TEST_F(ReplicationSnapshotE2eTest, AReplicaThatIsOutDoesNotHoldTheSnapshot) {
   CommandResult after = a.Shale({"snapshot", "verify", "ov@after", "-o", "json"});
   ASSERT_EQ(after.exit_code, 0) << after.Describe();
   EXPECT_EQ(after.Json()["replicas"].size(), 2u) << after.out;
+}
+
+// Block 0 of `export_name` on `h` as the sequence writer put it there.
+uint64_t ReadSeq(Harness& h, const std::string& export_name) {
+  auto nbd = NbdRawClient::Tcp(h.NbdAddress());
+  std::string data;
+  if (nbd == nullptr || !nbd->Go(export_name).has_value() ||
+      nbd->Request(NbdRawClient::kCmdRead, 0, 4096, "", &data) != 0 || data.size() < 8) {
+    ADD_FAILURE() << "cannot read " << export_name;
+    return UINT64_MAX;
+  }
+  return SequenceWriter::SeqOf(data);
+}
+
+TEST_F(ReplicationSnapshotE2eTest, GroupOfReplicatedAndLocalVolumesIsOneCutOnEveryReplica) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  ASSERT_EQ(a.Shale({"volume", "create", "g-data", "--size", "16M", "--replicas", "3"}).exit_code,
+            0);
+  ASSERT_EQ(a.Shale({"volume", "create", "g-model", "--size", "16M", "--replicas", "2"}).exit_code,
+            0);
+  ASSERT_EQ(a.Shale({"volume", "create", "g-scratch", "--size", "16M"}).exit_code, 0);
+  const std::vector<std::string> vols = {"g-data", "g-model", "g-scratch"};
+  std::vector<std::unique_ptr<NbdRawClient>> clients;
+  for (const std::string& v : vols) {
+    clients.push_back(NbdRawClient::Tcp(a.NbdAddress()));
+    ASSERT_NE(clients.back(), nullptr);
+    ASSERT_TRUE(clients.back()->Go(v).has_value());
+  }
+  SequenceWriter writer(std::move(clients));
+  std::vector<std::pair<std::string, uint64_t>> groups;  // name, rounds acknowledged before
+  for (int g = 0; g < 3; ++g) {
+    ASSERT_TRUE(writer.WaitMore(20)) << a.DaemonLog();
+    const std::string name = "exp-" + std::to_string(g);
+    groups.emplace_back(name, writer.rounds());
+    CommandResult made = a.Shale({"snapshot", "create-group", name, "g-data", "g-model",
+                                  "g-scratch", "--label", "notebook=nb-7", "-o", "json"});
+    ASSERT_EQ(made.exit_code, 0) << made.Describe() << a.DaemonLog();
+  }
+  EXPECT_TRUE(writer.WaitMore(20)) << "writes go on after the groups" << a.DaemonLog();
+  writer.Stop();
+  ASSERT_FALSE(writer.failed()) << "the quiesce is invisible to the writer" << a.DaemonLog();
+
+  for (const auto& [name, acknowledged] : groups) {
+    const std::array<uint64_t, 3> seqs = {ReadSeq(a, vols[0] + "@" + name),
+                                          ReadSeq(a, vols[1] + "@" + name),
+                                          ReadSeq(a, vols[2] + "@" + name)};
+    EXPECT_GE(seqs[2], acknowledged) << name << ": an acknowledged round is missing";
+    EXPECT_GE(seqs[0], seqs[1]) << name;
+    EXPECT_GE(seqs[1], seqs[2]) << name;
+    EXPECT_LE(seqs[0], seqs[2] + 1) << name << ": a gap between members";
+    // Every copy of each replicated member holds the target's bytes: one cut everywhere.
+    for (const std::string v : {"g-data", "g-model"}) {
+      const std::string ref = v + "@" + name;
+      const nlohmann::json shown = ShowSnapshot(a, ref);
+      EXPECT_EQ(shown["labels"]["shale.io/group"], name) << shown;
+      EXPECT_EQ(shown["labels"]["notebook"], "nb-7") << shown;
+      CommandResult verified = a.Shale({"snapshot", "verify", ref, "-o", "json"});
+      ASSERT_EQ(verified.exit_code, 0) << verified.Describe() << a.DaemonLog();
+      const nlohmann::json result = verified.Json();
+      ASSERT_EQ(result["replicas"].size(), v == "g-data" ? 2u : 1u) << result;
+      for (const nlohmann::json& r : result["replicas"]) {
+        EXPECT_EQ(r["digest"], result["digest"]) << ref << ": " << result;
+      }
+    }
+    EXPECT_TRUE(
+        ShowSnapshot(a, "g-scratch@" + name)["labels"]["shale.io/snapshot-replicas"].is_null())
+        << "the local member is an ordinary snapshot";
+  }
+
+  // A replicated volume served by another node cannot join a group taken here; nothing is left.
+  ASSERT_EQ(b.Shale({"volume", "create", "g-elsewhere", "--size", "16M", "--replicas", "2",
+                     "--replica-nodes", "node-b,node-a"})
+                .exit_code,
+            0);
+  CommandResult refused = a.Shale({"snapshot", "create-group", "mixed", "g-data", "g-elsewhere"});
+  ExpectOneLineError(refused, "served by node node-b");
+  EXPECT_TRUE(ShowSnapshot(a, "g-data@mixed").is_null());
+  EXPECT_NE(a.Shale({"snapshot", "show-group", "mixed"}).exit_code, 0);
+
+  // Deleting a group deletes its members' copies on every replica.
+  ASSERT_EQ(a.Shale({"snapshot", "delete-group", "exp-0"}).exit_code, 0);
+  for (Harness* h : {&a, &b, &c}) {
+    EXPECT_TRUE(ShowSnapshot(*h, "g-data@exp-0").is_null());
+    EXPECT_TRUE(ShowSnapshot(*h, "g-model@exp-0").is_null());
+  }
+  EXPECT_FALSE(ShowSnapshot(c, "g-data@exp-1").is_null()) << "the other groups stay";
 }
 
 }  // namespace
