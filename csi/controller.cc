@@ -9,6 +9,7 @@
 #include "csi/driver_internal.h"
 #include "csi/params.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
+#include "engine/common/block.h"
 #include "engine/common/log.h"
 #include "engine/common/units.h"
 #include "engine/engine.h"
@@ -45,42 +46,6 @@ uint64_t LabelledCapacity(const std::map<std::string, std::string>& labels, uint
     if (auto v = ParseU64(it->second)) return std::min(*v, size_bytes);
   }
   return size_bytes;
-}
-
-// Where a ListVolumes/ListSnapshots page starts: after the id in `token` ("" = the start).
-// A token this driver did not issue is ABORTED (spec).
-grpc::Status PageStart(int32_t max_entries, const std::string& token, std::string* after) {
-  if (max_entries < 0) return Invalid("max_entries must not be negative");
-  if (token.empty()) return grpc::Status::OK;
-  std::optional<std::string> parsed = ParseToken(token);
-  if (!parsed) {
-    return grpc::Status(grpc::StatusCode::ABORTED,
-                        "starting_token \"" + token + "\" was not issued by this driver");
-  }
-  *after = *parsed;
-  return grpc::Status::OK;
-}
-
-// One page of `items` sorted by id: those after `after`, at most `max_entries` (0: all), each
-// passed to `add`. Returns the next token, "" after the last page. Ids after the token's: an
-// item deleted between pages does not invalidate the token, one created after it shows up if
-// its id sorts later.
-template <typename T, typename IdOf, typename Add>
-std::string Page(std::vector<T> items, const std::string& after, int32_t max_entries, IdOf id_of,
-                 Add add) {
-  std::sort(items.begin(), items.end(),
-            [&](const T& a, const T& b) { return id_of(a) < id_of(b); });
-  const size_t max = max_entries > 0 ? static_cast<size_t>(max_entries) : items.size();
-  size_t added = 0;
-  std::string last;
-  for (const T& item : items) {
-    if (!after.empty() && id_of(item) <= after) continue;
-    if (added == max) return MakeToken(last);
-    add(item);
-    last = id_of(item);
-    ++added;
-  }
-  return std::string();
 }
 
 }  // namespace
@@ -131,8 +96,14 @@ struct ControllerService::Impl {
     out->set_capacity_bytes(static_cast<int64_t>(CsiCapacity(engine, info)));
     if (info.read_only) (*out->mutable_volume_context())["readOnly"] = "true";
     (*out->mutable_volume_context())["pool"] = info.pool;
-    (*out->mutable_accessible_topology()->Add()->mutable_segments())[std::string(kTopologyKey)] =
-        options.node_id;
+    // A replicated volume is served on any node holding a replica; others on this node.
+    std::vector<std::string> nodes;
+    if (options.replica_nodes) nodes = options.replica_nodes(info.name);
+    if (nodes.empty()) nodes.push_back(options.node_id);
+    for (const std::string& node : nodes) {
+      (*out->mutable_accessible_topology()->Add()->mutable_segments())[std::string(kTopologyKey)] =
+          node;
+    }
   }
 
   static void FillCondition(Engine* engine, const VolumeInfo& info, v1::VolumeCondition* out) {
@@ -148,10 +119,6 @@ struct ControllerService::Impl {
       out->set_abnormal(false);
       out->set_message("volume is healthy");
     }
-  }
-
-  static void FillSnapshot(const snapshot::SnapshotInfo& s, v1::Snapshot* out) {
-    FillCsiSnapshot(s, out);
   }
 };
 
@@ -403,6 +370,49 @@ grpc::Status CreateExisting(Engine* engine, daemon::VolumeLifecycle* lifecycle,
   return grpc::Status::OK;
 }
 
+// A replicated volume (StorageClass replicas > 1) through the cluster (DriverOptions).
+Result<VolumeInfo> CreateReplicated(const DriverOptions& options, Engine* engine,
+                                    const v1::CreateVolumeRequest& request, const CreatePlan& plan,
+                                    uint64_t capacity,
+                                    const std::map<std::string, std::string>& labels,
+                                    const std::vector<daemon::FrontendRecord>& records,
+                                    const std::optional<qos::QosSettings>& qos) {
+  const std::string wanted = "parameter replicas=" + std::to_string(plan.vp.replicas);
+  if (!options.create_replicated) {
+    return Status::InvalidArgument(wanted + " needs shaled in cluster mode (--cluster-store)");
+  }
+  if (plan.has_source) {
+    return Status::InvalidArgument(wanted +
+                                   " with a content source is not supported yet (a clone of a "
+                                   "replicated volume's snapshot is a local volume: replicas=1)");
+  }
+  // Replicas only on the requisite nodes when the CO names some (this node is among them).
+  std::vector<std::string> nodes;
+  if (request.has_accessibility_requirements()) {
+    for (const auto& topo : request.accessibility_requirements().requisite()) {
+      auto it = topo.segments().find(std::string(kTopologyKey));
+      if (it != topo.segments().end()) nodes.push_back(it->second);
+    }
+  }
+  // No expansion headroom: every replica's engine size is the capacity, so each node's NodeStage
+  // sees the same device size without the CSI record (which lives with this node's replica).
+  daemon::VolumeSpec spec{
+      .params = {.name = plan.name,
+                 .size_bytes = (capacity + kBlockSize - 1) / kBlockSize * kBlockSize,
+                 .pool = plan.vp.pool,
+                 .labels = labels},
+      .qos = qos,
+      .records = records,
+      .provisioned_bytes = capacity};
+  Status made = options.create_replicated(spec, plan.vp.replicas, nodes);
+  if (made.code() == StatusCode::kFailedPrecondition) {
+    // Too few nodes qualify (spec: RESOURCE_EXHAUSTED, "unable to provision in topology").
+    return Status::NoSpace(std::string(made.message()));
+  }
+  SHALE_RETURN_IF_ERROR(made);
+  return engine->GetVolume(plan.name);
+}
+
 }  // namespace
 
 grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
@@ -449,7 +459,9 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
   std::optional<qos::QosSettings> qos;
   if (plan.vp.has_qos) qos = plan.vp.qos;
   Result<VolumeInfo> created = Status::Internal("unreachable");
-  if (!plan.has_source) {
+  if (plan.vp.replicas > 1) {
+    created = CreateReplicated(options_, engine_, *request, plan, *capacity, labels, records, qos);
+  } else if (!plan.has_source) {
     // The PVC's capacity, not the engine size (which has expansion headroom), counts toward
     // the pool's overcommit limit.
     created = lifecycle_->Create({.params = {.name = plan.name,
@@ -645,148 +657,6 @@ grpc::Status ControllerService::ControllerGetCapabilities(
   if (qos_ != nullptr) {
     response->add_capabilities()->mutable_rpc()->set_type(Rpc::MODIFY_VOLUME);
   }
-  return grpc::Status::OK;
-}
-
-grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
-                                               const v1::CreateSnapshotRequest* request,
-                                               v1::CreateSnapshotResponse* response) {
-  if (grpc::Status st = RequireFields("CreateSnapshot",
-                                      {{"name", !request->name().empty()},
-                                       {"source_volume_id", !request->source_volume_id().empty()}});
-      !st.ok()) {
-    return st;
-  }
-  snapshot::Labels labels = ToMap(request->parameters());
-  Result<std::optional<backup::Target>> backup_to = TakeBackupParams(&labels);
-  if (!backup_to.ok()) return ToGrpc(backup_to.status());
-  if (*backup_to && lifecycle_->backups() == nullptr) {
-    return Precondition("backupTo given but backups are not enabled in this shaled");
-  }
-  Status valid = snapshot::ValidateLabels(labels);
-  if (!valid.ok()) {
-    return Invalid("snapshot parameters become labels: " + std::string(valid.message()));
-  }
-  const std::string name = ShaleNameFor(request->name());
-  std::lock_guard lock(mu_);
-  snapshot::ListOptions lo;
-  lo.with_space = false;
-  auto all = snapshots_->List(lo);
-  if (!all.ok()) return ToGrpc(all.status());
-  for (const snapshot::SnapshotInfo& s : *all) {
-    if (s.name != name) continue;
-    if (s.volume != request->source_volume_id()) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                          "snapshot name " + request->name() + " is taken by " + s.full_name());
-    }
-    Impl::FillSnapshot(s, response->mutable_snapshot());
-    return BackUp(s.full_name(), *backup_to, response);
-  }
-  auto volume = FindVolume(engine_, request->source_volume_id(), "source volume");
-  if (!volume.ok()) return ToGrpc(volume.status());
-  labels[std::string(kLabelManaged)] = "true";
-  labels[std::string(kLabelCapacity)] = std::to_string(CsiCapacity(engine_, *volume));
-  if (*backup_to) labels[std::string(kLabelBackupTo)] = (*backup_to)->location.ToString();
-  snapshot::CreateSnapshotOptions o;
-  o.labels = labels;
-  auto created = lifecycle_->Snapshot(volume->name, name, o);
-  if (!created.ok()) return ToGrpc(created.status().WithContext("snapshot " + volume->name));
-  Impl::FillSnapshot(*created, response->mutable_snapshot());
-  return BackUp(created->full_name(), *backup_to, response);
-}
-
-grpc::Status ControllerService::BackUp(const std::string& ref,
-                                       const std::optional<backup::Target>& to,
-                                       v1::CreateSnapshotResponse* response) {
-  if (!to) return grpc::Status::OK;
-  // Ready once the upload has finished: the snapshotter calls again until then. A failed
-  // backup is reported once; the next call starts it again.
-  Result<backup::BackupJob> job = lifecycle_->backups()->EnsureBackup(ref, *to);
-  if (!job.ok()) return ToGrpc(job.status().WithContext("back up " + ref));
-  if (job->state == backup::BackupJob::State::kFailed) {
-    return ToGrpc(job->error.WithContext("back up " + ref + " to " + to->location.ToString()));
-  }
-  response->mutable_snapshot()->set_ready_to_use(job->state == backup::BackupJob::State::kDone);
-  return grpc::Status::OK;
-}
-
-grpc::Status ControllerService::DeleteSnapshot(grpc::ServerContext*,
-                                               const v1::DeleteSnapshotRequest* request,
-                                               v1::DeleteSnapshotResponse*) {
-  if (grpc::Status st =
-          RequireFields("DeleteSnapshot", {{"snapshot_id", !request->snapshot_id().empty()}});
-      !st.ok()) {
-    return st;
-  }
-  if (IsBackupHandle(request->snapshot_id())) {
-    // A pre-provisioned backup with deletionPolicy Delete: the backup goes (and its chunks no
-    // other backup uses).
-    Result<backup::BackupRef> ref = backup::ParseBackupRef(request->snapshot_id());
-    if (!ref.ok() || lifecycle_->backups() == nullptr) return grpc::Status::OK;
-    auto gone = lifecycle_->backups()->Delete({ref->location, {}}, ref->id);
-    if (!gone.ok() && !gone.status().IsNotFound()) return ToGrpc(gone.status());
-    return grpc::Status::OK;
-  }
-  if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
-  std::lock_guard lock(mu_);
-  auto deleted = lifecycle_->DeleteSnapshot(request->snapshot_id());
-  if (!deleted.ok() && !deleted.status().IsNotFound()) return ToGrpc(deleted.status());
-  return grpc::Status::OK;
-}
-
-grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
-                                              const v1::ListSnapshotsRequest* request,
-                                              v1::ListSnapshotsResponse* response) {
-  std::string after;
-  if (grpc::Status st = PageStart(request->max_entries(), request->starting_token(), &after);
-      !st.ok()) {
-    return st;
-  }
-  std::vector<snapshot::SnapshotInfo> snaps;
-  if (IsBackupHandle(request->snapshot_id())) {
-    auto m = ReadBackupHandle(lifecycle_->backups(), request->snapshot_id());
-    if (!m.ok()) {
-      if (m.status().IsNotFound() || m.status().code() == StatusCode::kInvalidArgument) {
-        return grpc::Status::OK;
-      }
-      return ToGrpc(m.status());
-    }
-    if (request->source_volume_id().empty() || request->source_volume_id() == m->volume) {
-      FillBackupSnapshot(*m, request->snapshot_id(), response->add_entries()->mutable_snapshot());
-    }
-    return grpc::Status::OK;
-  }
-  if (!request->snapshot_id().empty()) {
-    if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
-    auto s = snapshots_->Get(request->snapshot_id());
-    if (!s.ok()) {
-      if (s.status().IsNotFound()) return grpc::Status::OK;
-      return ToGrpc(s.status());
-    }
-    if (!s->implicit &&
-        (request->source_volume_id().empty() || s->volume == request->source_volume_id())) {
-      snaps.push_back(*s);
-    }
-  } else {
-    snapshot::ListOptions lo;
-    lo.with_space = false;
-    if (!request->source_volume_id().empty()) {
-      if (!ValidateName("volume", request->source_volume_id()).ok()) return grpc::Status::OK;
-      lo.volume = request->source_volume_id();
-    }
-    auto all = snapshots_->List(lo);
-    if (!all.ok()) {
-      if (all.status().IsNotFound()) return grpc::Status::OK;
-      return ToGrpc(all.status());
-    }
-    snaps = std::move(all).value();
-  }
-  response->set_next_token(Page(
-      std::move(snaps), after, request->max_entries(),
-      [](const snapshot::SnapshotInfo& s) { return s.full_name(); },
-      [&](const snapshot::SnapshotInfo& s) {
-        Impl::FillSnapshot(s, response->add_entries()->mutable_snapshot());
-      }));
   return grpc::Status::OK;
 }
 

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "csi/csi.grpc.pb.h"
 #include "engine/common/status.h"
@@ -33,7 +34,8 @@ class QosManager;
 }
 namespace daemon {
 class VolumeLifecycle;
-}
+struct VolumeSpec;
+}  // namespace daemon
 namespace backup {
 struct Target;
 }
@@ -54,6 +56,22 @@ struct DriverOptions {
   // cannot be written) NodeStage, NodePublish and NodeExpand are refused with its status; the
   // teardown calls (NodeUnstage, NodeUnpublish) still run, so pods can always go. Null: open.
   std::function<Status()> change_gate;
+  // The cluster (shaled --cluster-store; docs/kubernetes.md, "Replicated volumes"). Without it
+  // (null) a StorageClass asking for replicas > 1 is INVALID_ARGUMENT.
+  // Creates replicated volume `spec` with `replicas` replicas on distinct nodes, this node's
+  // first, only on `nodes` when not empty, and leaves it detached (any node holding an in-sync
+  // replica may stage it). FailedPrecondition when too few nodes qualify.
+  std::function<Status(const daemon::VolumeSpec& spec, uint32_t replicas,
+                       const std::vector<std::string>& nodes)>
+      create_replicated;
+  // The nodes holding a replica of volume `name` (its accessible topology); empty when it is not
+  // replicated.
+  std::function<std::vector<std::string>(const std::string& name)> replica_nodes;
+  // NodeStage / NodeUnstage of a replicated volume: its target moves to this node (epoch + 1;
+  // FailedPrecondition naming the node that has it while that node's lease lives) / leaves it
+  // (Busy while it has other clients).
+  std::function<Status(const std::string& name)> attach_volume;
+  std::function<Status(const std::string& name)> detach_volume;
   // Whether the endpoint serves GroupController and SnapshotMetadata (Identity advertises
   // exactly these).
   bool group_controller = true;
@@ -197,6 +215,8 @@ class NodeService final : public ::csi::v1::Node::Service {
                            ::csi::v1::NodeGetInfoResponse* response) override;
 
  private:
+  // NodeUnstage of a replicated volume: detach_volume, retried while Busy (bounded).
+  Status DetachReplicated(const std::string& volume);
   // OK, or the gRPC status of DriverOptions::change_gate while it is closed.
   grpc::Status ChangeGate() const;
 

@@ -3,6 +3,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <initializer_list>
 #include <map>
 #include <optional>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "csi/csi.pb.h"
+#include "csi/params.h"
 #include "engine/common/result.h"
 #include "engine/common/status.h"
 
@@ -90,6 +92,42 @@ Status CheckCapability(const ::csi::v1::VolumeCapability& cap, bool read_only);
 inline std::map<std::string, std::string> ToMap(
     const google::protobuf::Map<std::string, std::string>& m) {
   return {m.begin(), m.end()};
+}
+
+// Where a ListVolumes/ListSnapshots page starts: after the id in `token` ("" = the start).
+// A token this driver did not issue is ABORTED (spec).
+inline grpc::Status PageStart(int32_t max_entries, const std::string& token, std::string* after) {
+  if (max_entries < 0) return Invalid("max_entries must not be negative");
+  if (token.empty()) return grpc::Status::OK;
+  std::optional<std::string> parsed = ParseToken(token);
+  if (!parsed) {
+    return grpc::Status(grpc::StatusCode::ABORTED,
+                        "starting_token \"" + token + "\" was not issued by this driver");
+  }
+  *after = *parsed;
+  return grpc::Status::OK;
+}
+
+// One page of `items` sorted by id: those after `after`, at most `max_entries` (0: all), each
+// passed to `add`. Returns the next token, "" after the last page. Ids after the token's: an
+// item deleted between pages does not invalidate the token, one created after it shows up if
+// its id sorts later.
+template <typename T, typename IdOf, typename Add>
+std::string Page(std::vector<T> items, const std::string& after, int32_t max_entries, IdOf id_of,
+                 Add add) {
+  std::sort(items.begin(), items.end(),
+            [&](const T& a, const T& b) { return id_of(a) < id_of(b); });
+  const size_t max = max_entries > 0 ? static_cast<size_t>(max_entries) : items.size();
+  size_t added = 0;
+  std::string last;
+  for (const T& item : items) {
+    if (!after.empty() && id_of(item) <= after) continue;
+    if (added == max) return MakeToken(last);
+    add(item);
+    last = id_of(item);
+    ++added;
+  }
+  return std::string();
 }
 
 }  // namespace shale::csi

@@ -167,10 +167,13 @@ Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, const std::str
   return pid;
 }
 
-void ReapIfExited(pid_t pid) {
-  if (pid <= 0) return;
+bool ReapIfExited(pid_t pid) {
+  if (pid <= 0) return true;
   int status = 0;
-  (void)waitpid(pid, &status, WNOHANG);
+  const pid_t r = waitpid(pid, &status, WNOHANG);
+  if (r == pid) return true;
+  if (r == 0) return false;  // our child, running
+  return kill(pid, 0) != 0;  // not our child (ECHILD): gone unless it still runs
 }
 
 }  // namespace shale::csi

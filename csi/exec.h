@@ -35,7 +35,9 @@ Result<ExecResult> Exec(const std::vector<std::string>& argv,
 // the call (nbdfuse); returns its pid. The caller reaps it (ReapIfExited) once it stops; if the
 // daemon exits first, init adopts it.
 Result<pid_t> SpawnDetached(const std::vector<std::string>& argv, const std::string& log_path);
-// Reaps `pid` if it is our child and has exited (no-op otherwise).
-void ReapIfExited(pid_t pid);
+// Reaps `pid` if it exited. True when it is gone: reaped now, or not a child of this process and
+// not running. A child that runs is found by waitpid, never by reading /proc/PID/cmdline, which
+// is empty for a moment right after posix_spawn returns (the exec is still setting it up).
+bool ReapIfExited(pid_t pid);
 
 }  // namespace shale::csi

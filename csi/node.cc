@@ -365,8 +365,8 @@ Status AttachNbdfuse(const DriverOptions& o, uint64_t size, NodeState& s) {
     if (fs::exists(pidfile, size_ec) && fs::file_size(BackingFile(s), size_ec) == size) {
       return Status::Ok();
     }
-    if (kill(s.pid, 0) != 0 || !ProcessIsNbdfuse(s.pid)) break;
-    ReapIfExited(s.pid);
+    // Exited (waitpid: the child is ours; its cmdline is empty for a moment after the spawn).
+    if (ReapIfExited(s.pid)) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   std::ifstream log(s.attach_dir + ".log");
@@ -443,6 +443,16 @@ Status MountStaging(const NodeState& s, const v1::VolumeCapability& cap) {
 
 }  // namespace
 
+Status NodeService::DetachReplicated(const std::string& volume) {
+  // nbdfuse's disconnect reaches the NBD server asynchronously: Busy until it has (bounded).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    Status st = options_.detach_volume ? options_.detach_volume(volume) : Status::Ok();
+    if (st.code() != StatusCode::kBusy || std::chrono::steady_clock::now() >= deadline) return st;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
 grpc::Status NodeService::ChangeGate() const {
   return options_.change_gate ? ToGrpc(options_.change_gate()) : grpc::Status::OK;
 }
@@ -471,6 +481,13 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
   const std::string capability = CapabilityKey(cap, fs_type);
 
   std::lock_guard lock(mu_);
+  // A replicated volume's target moves here first: the one writer, recorded in etcd (refused
+  // while another live node has it staged).
+  if (options_.attach_volume) {
+    if (Status st = options_.attach_volume(info->name); !st.ok()) {
+      return ToGrpc(st.WithContext("stage " + info->name));
+    }
+  }
   if (std::optional<NodeState> existing = LoadState(options_, info->name)) {
     if (auto done = ResumeStage(options_, info->name, *existing, staging, block, capability))
       return *done;
@@ -542,6 +559,15 @@ grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
     }
   }
   if (Status st = Detach(*s); !st.ok()) return ToGrpc(st.WithContext("unstage " + s->volume));
+  if (options_.replica_nodes && !options_.replica_nodes(s->volume).empty()) {
+    // A replicated volume: its target leaves this node (kept staged on failure: the CO retries).
+    if (Status st = DetachReplicated(s->volume); !st.ok()) {
+      return ToGrpc(st.WithContext("unstage " + s->volume));
+    }
+    RemoveState(options_, s->volume);
+    SHALE_LOG_INFO("csi: volume unstaged", {"volume", s->volume});
+    return grpc::Status::OK;
+  }
   RemoveState(options_, s->volume);
   // The NBD server releases the export asynchronously after nbdfuse disconnects; the CO's next
   // call is often DeleteVolume, which must not find the volume busy. Wait (bounded) for the

@@ -146,11 +146,13 @@ Result<VolumeParams> ParseVolumeParams(const std::map<std::string, std::string>&
     } else if (key == kParamReadOnlyClone) {
       SHALE_ASSIGN_OR_RETURN(out.read_only_clone, ParseBool(key, value));
     } else if (key == kParamReplicas) {
-      if (value != "1") {
-        return Status::InvalidArgument("parameter replicas=\"" + value +
-                                       "\": only 1 is supported (replication is not available "
-                                       "yet)");
+      uint32_t n = 0;
+      const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+      if (ec != std::errc() || end != value.data() + value.size() || n < 1 || n > kMaxCsiReplicas) {
+        return Status::InvalidArgument("parameter replicas=\"" + value + "\": a count from 1 to " +
+                                       std::to_string(kMaxCsiReplicas));
       }
+      out.replicas = n;
     } else if (IsQosKey(key)) {
       qos_params[key] = value;
     } else if (std::string_view(key).starts_with(kSidecarPrefix)) {

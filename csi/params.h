@@ -57,17 +57,20 @@ Result<uint64_t> SizeForRange(int64_t required, int64_t limit, uint64_t minimum)
 // Engine size for CSI capacity `capacity`: capacity plus expansion headroom.
 uint64_t EngineSizeFor(uint64_t capacity);
 
+inline constexpr uint32_t kMaxCsiReplicas = 9;
+
 struct VolumeParams {
   std::string pool;     // "" = the default pool
   std::string fs_type;  // "" = from the capability, else ext4
   bool read_only_clone = false;
+  uint32_t replicas = 1;  // > 1: a replicated volume (cluster mode)
   qos::QosSettings qos;
   bool has_qos = false;
   std::map<std::string, std::string> provenance;  // csi.storage.k8s.io/* keys
 };
 
-// Parses CreateVolume parameters. InvalidArgument naming the key for unknown keys, bad values,
-// and replicas other than 1 (replication is not there yet).
+// Parses CreateVolume parameters. InvalidArgument naming the key for unknown keys and bad values
+// (replicas: 1 to kMaxCsiReplicas).
 Result<VolumeParams> ParseVolumeParams(const std::map<std::string, std::string>& params);
 // Parses QoS keys only (ControllerModifyVolume's mutable_parameters): iops, readIops,
 // writeIops, bps, readBps, writeBps, burstIops, burstSeconds, weight, reservationIops.

@@ -58,7 +58,11 @@ TEST(CsiParams, ParsesKnownKeysAndRejectsOthers) {
   EXPECT_EQ(p->qos.burst_iops, 5000);
   EXPECT_EQ(p->qos.weight, 200);
   EXPECT_EQ(p->provenance.at("csi.storage.k8s.io/pvc/name"), "data");
-  EXPECT_EQ(ParseVolumeParams({{"replicas", "3"}}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseVolumeParams({{"replicas", "3"}})->replicas, 3u);
+  for (const char* bad : {"0", "10", "three", "-1", ""}) {
+    EXPECT_EQ(ParseVolumeParams({{"replicas", bad}}).status().code(), StatusCode::kInvalidArgument)
+        << bad;
+  }
   EXPECT_EQ(ParseVolumeParams({{"fsType", "btrfs"}}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseVolumeParams({{"iops", "-1"}}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseVolumeParams({{"iops", "ten"}}).status().code(), StatusCode::kInvalidArgument);

@@ -757,10 +757,50 @@ Status Daemon::AddFrontends() {
   return Status::Ok();
 }
 
+void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
+  // Replicated volumes through CSI (docs/kubernetes.md, "Replicated volumes"): created through
+  // the cluster and left detached; staged on any node holding a replica (the target moves there).
+  csi_options->create_replicated = [this](const VolumeSpec& spec, uint32_t replicas,
+                                          const std::vector<std::string>& nodes) -> Status {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr) return Status::Unavailable("shaled is starting or stopping");
+    SHALE_RETURN_IF_ERROR(
+        r->Create({.volume = spec, .replicas = replicas, .replica_nodes = nodes}, nullptr)
+            .status());
+    Result<std::string> detached = r->Detach(spec.params.name);
+    if (!detached.ok()) {
+      // It stays attached here: staging elsewhere waits for this node (NodeStage says so).
+      SHALE_LOG_WARN("csi: a new replicated volume stays attached to this node",
+                     {"volume", spec.params.name}, {"error", detached.status().ToString()});
+    }
+    return Status::Ok();
+  };
+  csi_options->replica_nodes = [this](const std::string& name) {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    return r != nullptr ? r->ReplicaNodes(name) : std::vector<std::string>();
+  };
+  csi_options->attach_volume = [this](const std::string& name) -> Status {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr || !r->IsReplicated(name)) return Status::Ok();
+    Result<std::string> attached = r->Attach(name);
+    if (attached.ok()) SHALE_LOG_INFO("csi: replicated volume attached", {"volume", name});
+    return attached.status();
+  };
+  csi_options->detach_volume = [this](const std::string& name) -> Status {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr || !r->IsReplicated(name)) return Status::Ok();
+    return r->Detach(name).status();
+  };
+}
+
 void Daemon::AddCsiFrontend() {
   csi::DriverOptions csi_options;
   csi_options.version = SHALE_VERSION;
-  csi_options.node_id = options_.node_id.empty() ? csi::DefaultNodeId() : options_.node_id;
+  // In cluster mode the CSI node id is the cluster's node name (replicated volumes' topology
+  // names the nodes holding their replicas), unless --node-id says otherwise.
+  csi_options.node_id = !options_.node_id.empty()     ? options_.node_id
+                        : !options_.node_name.empty() ? options_.node_name
+                                                      : csi::DefaultNodeId();
   csi_options.data_dir = options_.data_dir;
   csi_options.nbd_socket = options_.nbd_socket;
   // DeleteVolume as `shale volume delete`: a replicated volume goes through its target.
@@ -770,6 +810,7 @@ void Daemon::AddCsiFrontend() {
     return lifecycle_->Delete(name);
   };
   csi_options.change_gate = [this] { return lifecycle_->CheckChangeGate(); };
+  if (!options_.cluster_store.empty()) AddCsiClusterHooks(&csi_options);
   // CSI calls name volumes by id: their labels (the PVC the driver recorded) fill the record.
   ops::VolumeLabelLookup labels = [engine = engine_.get()](const std::string& volume) {
     Result<VolumeInfo> info = engine->GetVolume(volume);

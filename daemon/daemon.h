@@ -28,6 +28,9 @@
 namespace shale {
 
 class Engine;
+namespace csi {
+struct DriverOptions;
+}
 namespace snapshot {
 class SnapshotManager;
 }
@@ -112,8 +115,10 @@ class Daemon {
   Status StartBackups();
   Status AddFrontends();
   // The CSI endpoint (last of the frontends), wired to the lifecycle, the replicated volumes'
-  // delete and the audit change gate.
+  // delete and the audit change gate; with --cluster-store also to the replicated volumes
+  // (AddCsiClusterHooks: create, topology, NodeStage/NodeUnstage as attach/detach).
   void AddCsiFrontend();
+  void AddCsiClusterHooks(csi::DriverOptions* csi_options);
   Status StartFrontends();
 
   const DaemonOptions options_;

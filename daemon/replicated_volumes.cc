@@ -196,6 +196,15 @@ bool ReplicatedVolumes::IsReplicated(const std::string& name) {
   return info.ok() && !ReplicaUuidOf(*info).empty();
 }
 
+std::vector<std::string> ReplicatedVolumes::ReplicaNodes(const std::string& name) {
+  std::vector<std::string> nodes;
+  if (store_ == nullptr || !IsReplicated(name)) return nodes;
+  if (Result<cluster::VolumeRecord> r = store_->GetVolume(name); r.ok()) {
+    for (const cluster::ReplicaMember& m : r->membership.replicas) nodes.push_back(m.node);
+  }
+  return nodes;
+}
+
 Result<std::shared_ptr<VolumeLayer>> ReplicatedVolumes::LowerLayer(Volume& volume) {
   Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(volume.name());
   if (!info.ok() || info->id != volume.id() || ReplicaUuidOf(*info).empty()) {

@@ -133,6 +133,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Result<VolumeInfo> Create(const ReplicatedSpec& spec, std::vector<std::string>* advice);
   // Whether `name` is a replicated volume on this node (a target or a replica held for another).
   bool IsReplicated(const std::string& name);
+  // The nodes holding a replica of `name` (its membership); empty when it is not replicated or
+  // its membership cannot be read (CSI's accessible topology).
+  std::vector<std::string> ReplicaNodes(const std::string& name);
   Status Delete(const std::string& name, const DeleteOptions& options);
   Result<ReplicasReport> List(const std::string& name);
   // The replicas of every volume this node is the target of, for the metrics: the layer's live

@@ -38,10 +38,12 @@ class CsiClient {
   CsiClient() = default;
 
   // Starts shaled with the CSI endpoint in the harness root; false (with a failure) if not.
-  [[nodiscard]] bool Start(Harness& h, const std::vector<std::string>& extra = {}) {
+  // An empty `node_id` leaves the daemon's default (in cluster mode: the node name).
+  [[nodiscard]] bool Start(Harness& h, const std::vector<std::string>& extra = {},
+                           const std::string& node_id = "test-node") {
     socket_ = h.root() + "/csi.sock";
-    std::vector<std::string> args = {"--csi-endpoint", "unix://" + socket_, "--node-id",
-                                     "test-node"};
+    std::vector<std::string> args = {"--csi-endpoint", "unix://" + socket_};
+    if (!node_id.empty()) args.insert(args.end(), {"--node-id", node_id});
     args.insert(args.end(), extra.begin(), extra.end());
     if (!h.StartDaemon(args)) return false;
     auto channel = grpc::CreateChannel("unix://" + socket_, grpc::InsecureChannelCredentials());
@@ -92,6 +94,23 @@ class CsiClient {
     req.set_snapshot_id(id);
     csiv1::DeleteSnapshotResponse resp;
     return Call(controller.get(), &csiv1::Controller::Stub::DeleteSnapshot, req, &resp);
+  }
+
+  grpc::Status Stage(const std::string& vol, const std::string& staging,
+                     const csiv1::VolumeCapability& cap) {
+    csiv1::NodeStageVolumeRequest req;
+    req.set_volume_id(vol);
+    req.set_staging_target_path(staging);
+    *req.mutable_volume_capability() = cap;
+    csiv1::NodeStageVolumeResponse resp;
+    return Call(node.get(), &csiv1::Node::Stub::NodeStageVolume, req, &resp);
+  }
+  grpc::Status Unstage(const std::string& vol, const std::string& staging) {
+    csiv1::NodeUnstageVolumeRequest req;
+    req.set_volume_id(vol);
+    req.set_staging_target_path(staging);
+    csiv1::NodeUnstageVolumeResponse resp;
+    return Call(node.get(), &csiv1::Node::Stub::NodeUnstageVolume, req, &resp);
   }
 
   // A CreateVolume request for `name` with one mount capability.

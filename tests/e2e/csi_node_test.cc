@@ -27,31 +27,6 @@ namespace {
 constexpr int64_t kMiB = 1 << 20;
 using grpc::StatusCode;
 
-// Mount points under `prefix`, from /proc/self/mountinfo (deepest last).
-std::vector<std::string> MountsUnder(const std::string& prefix) {
-  std::vector<std::string> out;
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
-    std::string id, parent, devno, root, mp;
-    f >> id >> parent >> devno >> root >> mp;
-    if (mp.rfind(prefix, 0) == 0) out.push_back(mp);
-  }
-  return out;
-}
-
-std::string LoopsUsing(const std::string& prefix) {
-  CommandResult r = RunProcess({FindProgram("losetup"), "-a"});
-  std::string out;
-  std::istringstream lines(r.out);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (line.find(prefix) != std::string::npos) out += line + "\n";
-  }
-  return out;
-}
-
 uint64_t FsTotalBytes(const std::string& path) {
   struct statvfs st {};
   if (statvfs(path.c_str(), &st) != 0) return 0;
@@ -96,20 +71,7 @@ class CsiNodeTest : public ::testing::Test {
 
   void TearDown() override {
     if (IsSkipped()) return;
-    // Whatever a failed check left: unmount (deepest first), detach loops, unmount FUSE.
-    std::vector<std::string> mounts = MountsUnder(h_.root());
-    for (auto it = mounts.rbegin(); it != mounts.rend(); ++it) {
-      if (it->find("/csi/attach/") != std::string::npos) continue;
-      RunProcess({FindProgram("umount"), "-l", *it});
-    }
-    std::istringstream loops(LoopsUsing(h_.root()));
-    std::string line;
-    while (std::getline(loops, line)) {
-      RunProcess({FindProgram("losetup"), "-d", line.substr(0, line.find(':'))});
-    }
-    for (const std::string& m : MountsUnder(h_.root())) {
-      RunProcess({FindProgram("fusermount3"), "-uz", m});
-    }
+    CleanUpCsiAttachments(h_.root());
   }
 
   std::string Path(const std::string& name) { return h_.root() + "/" + name; }
@@ -129,19 +91,12 @@ class CsiNodeTest : public ::testing::Test {
 
   grpc::Status Stage(const std::string& vol, const std::string& staging,
                      const csiv1::VolumeCapability& cap) {
-    csiv1::NodeStageVolumeRequest req;
-    req.set_volume_id(vol);
-    req.set_staging_target_path(staging);
-    *req.mutable_volume_capability() = cap;
-    csiv1::NodeStageVolumeResponse resp;
-    return c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeStageVolume, req, &resp);
+    grpc::Status st = c_.Stage(vol, staging, cap);
+    if (!st.ok()) std::cout << "NodeStage " << vol << ": " << Describe(st) << "\n";
+    return st;
   }
   grpc::Status Unstage(const std::string& vol, const std::string& staging) {
-    csiv1::NodeUnstageVolumeRequest req;
-    req.set_volume_id(vol);
-    req.set_staging_target_path(staging);
-    csiv1::NodeUnstageVolumeResponse resp;
-    return c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeUnstageVolume, req, &resp);
+    return c_.Unstage(vol, staging);
   }
   grpc::Status Publish(const std::string& vol, const std::string& staging,
                        const std::string& target, const csiv1::VolumeCapability& cap,

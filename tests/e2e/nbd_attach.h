@@ -1,6 +1,7 @@
 // nbdfuse + loop attachments for end-to-end tests on machines whose kernel has no nbd module
 // (nbd_fs_test.cc, notebook_test.cc), and the checks every test of that kind starts with (also
-// csi_node_test.cc, whose driver attaches the same way).
+// csi_node_test.cc and csi_replicated_test.cc, whose driver attaches the same way, and their
+// clean-up).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -8,8 +9,10 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -125,6 +128,50 @@ inline void ReleaseNbdAttachment(NbdAttachment& a, bool check) {
     }
     a.nbdfuse->Stop(SIGTERM);
     a.nbdfuse.reset();
+  }
+}
+
+// Mount points under `prefix`, from /proc/self/mountinfo (deepest last).
+inline std::vector<std::string> MountsUnder(const std::string& prefix) {
+  std::vector<std::string> out;
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, devno, root, mp;
+    f >> id >> parent >> devno >> root >> mp;
+    if (mp.rfind(prefix, 0) == 0) out.push_back(mp);
+  }
+  return out;
+}
+
+// The `losetup -a` lines of loop devices backed by a file under `prefix`.
+inline std::string LoopsUsing(const std::string& prefix) {
+  CommandResult r = RunProcess({FindProgram("losetup"), "-a"});
+  std::string out;
+  std::istringstream lines(r.out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.find(prefix) != std::string::npos) out += line + "\n";
+  }
+  return out;
+}
+
+// Whatever a failed CSI node test left under `root`: unmounts (deepest first, the driver's
+// FUSE attach dirs last), detaches loop devices, unmounts FUSE.
+inline void CleanUpCsiAttachments(const std::string& root) {
+  std::vector<std::string> mounts = MountsUnder(root);
+  for (auto it = mounts.rbegin(); it != mounts.rend(); ++it) {
+    if (it->find("/csi/attach/") != std::string::npos) continue;
+    RunProcess({FindProgram("umount"), "-l", *it});
+  }
+  std::istringstream loops(LoopsUsing(root));
+  std::string line;
+  while (std::getline(loops, line)) {
+    RunProcess({FindProgram("losetup"), "-d", line.substr(0, line.find(':'))});
+  }
+  for (const std::string& m : MountsUnder(root)) {
+    RunProcess({FindProgram("fusermount3"), "-uz", m});
   }
 }
 
