@@ -23,7 +23,8 @@ std::string NodeTable(const v1::ListNodesResponse& nodes) {
       if (!pools.empty()) pools += ", ";
       pools += p.name() + " " + FormatSize(p.free_bytes()) + "/" + FormatSize(p.capacity_bytes());
     }
-    table.AddRow({name, n.state(), n.replica_address().empty() ? "-" : n.replica_address(),
+    table.AddRow({name, n.cordoned() ? n.state() + ", cordoned" : n.state(),
+                  n.replica_address().empty() ? "-" : n.replica_address(),
                   FormatSize(n.free_bytes()), pools.empty() ? "-" : pools, names(n.targets()),
                   names(n.replicas())});
   }
@@ -46,6 +47,7 @@ nlohmann::ordered_json ToJson(const v1::ListNodesResponse& nodes) {
     nlohmann::ordered_json node = {
         {"name", n.name()},
         {"state", n.state()},
+        {"cordoned", n.cordoned()},
         {"replica_address", n.replica_address()},
         {"free_bytes", n.free_bytes()},
         {"local", n.local()},
@@ -69,6 +71,43 @@ void NodeCommands::AddCommands(CLI::App& app) {
       "lives), pools' free bytes, the replicated volumes it serves (targets) and holds "
       "(replicas)");
   list->callback(SelectAction(action_, this, &NodeCommands::RunList));
+  CLI::App* cordon = node_cmd->add_subcommand(
+      "cordon",
+      "Keep new replicas off a node (placement skips it; the replicas it holds and the volumes "
+      "it serves stay); persisted in etcd until `node uncordon`");
+  cordon->add_option("NAME", name_, "Node name")->required();
+  cordon->callback(SelectAction(action_, this, &NodeCommands::RunCordon));
+  CLI::App* uncordon =
+      node_cmd->add_subcommand("uncordon", "Let new replicas go to a cordoned node again");
+  uncordon->add_option("NAME", name_, "Node name")->required();
+  uncordon->callback(SelectAction(action_, this, &NodeCommands::RunUncordon));
+}
+
+int NodeCommands::RunCordon(ControlClient& client, Format format) {
+  return SetCordon(client, format, true);
+}
+
+int NodeCommands::RunUncordon(ControlClient& client, Format format) {
+  return SetCordon(client, format, false);
+}
+
+int NodeCommands::SetCordon(ControlClient& client, Format format, bool cordoned) {
+  v1::SetNodeCordonRequest req;
+  req.set_node(name_);
+  req.set_cordoned(cordoned);
+  return RunRpc(client, &v1::Control::Stub::SetNodeCordon, req, err_,
+                [&](const v1::SetNodeCordonResponse& resp) {
+                  if (format == Format::kJson) {
+                    out_ << nlohmann::ordered_json{{"node", name_},
+                                                   {"cordoned", cordoned},
+                                                   {"message", resp.message()}}
+                                .dump(2)
+                         << "\n";
+                  } else {
+                    out_ << resp.message() << "\n";
+                  }
+                  return kExitOk;
+                });
 }
 
 int NodeCommands::RunList(ControlClient& client, Format format) {

@@ -30,6 +30,11 @@ class NodeCommands {
 
  private:
   int RunList(ControlClient& client, Format format);
+  int RunCordon(ControlClient& client, Format format);
+  int RunUncordon(ControlClient& client, Format format);
+  int SetCordon(ControlClient& client, Format format, bool cordoned);
+
+  std::string name_;
 
   Action* const action_;
   std::ostream& out_;

@@ -14,6 +14,7 @@ namespace {
 constexpr std::string_view kNodes = "nodes/";
 constexpr std::string_view kNodeInfo = "node-info/";
 constexpr std::string_view kVolumes = "volumes/";
+constexpr std::string_view kCordoned = "cordoned/";
 
 Status CheckVolumeName(std::string_view volume) { return ValidateName("volume", volume); }
 Status CheckNodeName(std::string_view node) { return ValidateName("node", node); }
@@ -58,6 +59,10 @@ std::string ClusterStore::NodeKey(std::string_view node) const {
 }
 std::string ClusterStore::NodeInfoKey(std::string_view node) const {
   return options_.prefix + std::string(kNodeInfo) + std::string(node);
+}
+
+std::string ClusterStore::CordonKey(std::string_view node) const {
+  return options_.prefix + std::string(kCordoned) + std::string(node);
 }
 std::string ClusterStore::VolumeKey(std::string_view volume) const {
   return options_.prefix + std::string(kVolumes) + std::string(volume);
@@ -143,10 +148,31 @@ Result<std::vector<NodeRecord>> ClusterStore::ListNodes(Timeout timeout) {
   };
   for (const KeyValue& kv : known.kvs) add(kv, info_prefix.size(), false);
   for (const KeyValue& kv : live.kvs) add(kv, live_prefix.size(), true);  // fresher, and up
+  const std::string cordon_prefix = options_.prefix + std::string(kCordoned);
+  SHALE_ASSIGN_OR_RETURN(RangeResult cordoned, client_->Range(cordon_prefix, at, timeout));
+  for (const KeyValue& kv : cordoned.kvs) {
+    auto it = nodes.find(kv.key.substr(cordon_prefix.size()));
+    if (it != nodes.end()) it->second.cordoned = true;  // (a forgotten node's key is ignored)
+  }
   std::vector<NodeRecord> out;
   out.reserve(nodes.size());
   for (auto& [name, record] : nodes) out.push_back(std::move(record));
   return out;
+}
+
+Status ClusterStore::SetCordoned(std::string_view node, bool cordoned, Timeout timeout) {
+  SHALE_RETURN_IF_ERROR(CheckNodeName(node));
+  const internal::Deadline deadline =
+      internal::DeadlineAfter(timeout, client_->options().call_timeout);
+  SHALE_ASSIGN_OR_RETURN(std::optional<KeyValue> known,
+                         client_->Get(NodeInfoKey(node), internal::TimeLeft(deadline)));
+  if (!known.has_value()) {
+    return Status::NotFound("node " + std::string(node) + " is not known (see `shale node list`)");
+  }
+  if (cordoned) {
+    return client_->Put(CordonKey(node), "cordoned", 0, internal::TimeLeft(deadline)).status();
+  }
+  return client_->Delete(CordonKey(node), false, internal::TimeLeft(deadline)).status();
 }
 
 Status ClusterStore::ForgetNode(std::string_view node, Timeout timeout) {
@@ -154,6 +180,7 @@ Status ClusterStore::ForgetNode(std::string_view node, Timeout timeout) {
   TxnRequest txn;
   txn.compares.push_back(Compare::Version(NodeKey(node), 0));  // not up
   txn.then_ops.push_back(TxnOp::Delete(NodeInfoKey(node)));
+  txn.then_ops.push_back(TxnOp::Delete(CordonKey(node)));
   SHALE_ASSIGN_OR_RETURN(TxnResult result, client_->Txn(txn, timeout));
   if (!result.succeeded) {
     return Status::FailedPrecondition("node " + std::string(node) +

@@ -43,9 +43,10 @@ struct ClusterStoreOptions {
 
 struct NodeRecord {
   std::string name;
-  NodeInfo info;    // valid when status is OK
-  bool up = false;  // its lease lives (nodes/<node> exists)
-  Status status;    // Corruption when its stored value is malformed
+  NodeInfo info;          // valid when status is OK
+  bool up = false;        // its lease lives (nodes/<node> exists)
+  bool cordoned = false;  // `shale node cordon`: no new replica goes there (cordoned/<node>)
+  Status status;          // Corruption when its stored value is malformed
 };
 
 struct VolumeRecord {
@@ -104,6 +105,11 @@ class ClusterStore {
   // ---- nodes
   // Every node that ever registered and was not forgotten, up or down, by name.
   Result<std::vector<NodeRecord>> ListNodes(Timeout timeout = kDefaultTimeout);
+  // `shale node cordon|uncordon` (docs/replication.md, "Cordon"): placement puts no new replica
+  // on a cordoned node; what it holds and serves stays. A key without a lease
+  // (cordoned/<node>), so it outlives the node's restarts. NotFound for a node that never
+  // registered. Idempotent.
+  Status SetCordoned(std::string_view node, bool cordoned, Timeout timeout = kDefaultTimeout);
   // Removes a down node's last known info. FailedPrecondition while it is up.
   Status ForgetNode(std::string_view node, Timeout timeout = kDefaultTimeout);
   // Up/down changes and info updates of nodes; the first update is a reset (nodes that are up).
@@ -138,6 +144,7 @@ class ClusterStore {
   // The keys, for tools and tests.
   std::string NodeKey(std::string_view node) const;
   std::string NodeInfoKey(std::string_view node) const;
+  std::string CordonKey(std::string_view node) const;
   std::string VolumeKey(std::string_view volume) const;
 
  private:

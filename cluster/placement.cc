@@ -33,6 +33,7 @@ const PoolCapacity* BestPool(const NodeInfo& info) {
 std::string WhyNot(const NodeRecord& n, const PoolCapacity* best, bool local, uint64_t size) {
   if (!n.status.ok()) return "its record in etcd is malformed";
   if (!n.up) return "it is down";
+  if (n.cordoned) return "it is cordoned (shale node uncordon " + n.name + ")";
   if (!local && n.info.replica_address.empty()) return "it runs no replica listener";
   if (best == nullptr) return "it has no pool";
   if (best->free_bytes < size) {

@@ -55,6 +55,19 @@ TEST(Placement, LocalFirstThenByFreeSpaceOnTheBestPool) {
   EXPECT_EQ(Names(PlaceReplicas(tie, r).value()), (std::vector<std::string>{"x", "y"}));
 }
 
+TEST(Placement, ACordonedNodeTakesNoNewReplica) {
+  std::vector<NodeRecord> nodes = Cluster();
+  for (NodeRecord& n : nodes) n.cordoned = n.name == "b";
+  PlacementRequest r{.local_node = "a", .size_bytes = 10 * kGiB, .replicas = 2};
+  EXPECT_EQ(Names(PlaceReplicas(nodes, r).value()), (std::vector<std::string>{"a", "c"}));
+  r.replicas = 3;
+  Result<std::vector<ReplicaPlacement>> p = PlaceReplicas(nodes, r);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("b: it is cordoned (shale node uncordon b)"),
+            std::string::npos)
+      << p.status();
+}
+
 TEST(Placement, TooFewNodesIsAClearError) {
   PlacementRequest r{.local_node = "a", .size_bytes = 40 * kGiB, .replicas = 3};
   Result<std::vector<ReplicaPlacement>> p = PlaceReplicas(Cluster(), r);

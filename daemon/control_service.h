@@ -173,6 +173,8 @@ class ControlService final : public v1::Control::Service {
   // Cluster (control_service_cluster.cc; issue 11).
   grpc::Status ListNodes(grpc::ServerContext* ctx, const v1::ListNodesRequest* req,
                          v1::ListNodesResponse* resp) override;
+  grpc::Status SetNodeCordon(grpc::ServerContext* ctx, const v1::SetNodeCordonRequest* req,
+                             v1::SetNodeCordonResponse* resp) override;
   grpc::Status ListReplicas(grpc::ServerContext* ctx, const v1::ListReplicasRequest* req,
                             v1::ListReplicasResponse* resp) override;
   grpc::Status ForceRecoverVolume(grpc::ServerContext* ctx,

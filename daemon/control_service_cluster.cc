@@ -10,6 +10,7 @@
 #include "daemon/control_service.h"
 #include "daemon/control_service_internal.h"
 #include "daemon/replicated_volumes.h"
+#include "engine/common/log.h"
 
 namespace shale::daemon {
 
@@ -57,6 +58,7 @@ grpc::Status ControlService::ListNodes(grpc::ServerContext* ctx,
     out->set_name(n.name);
     out->set_state(n.up ? "up" : "down");
     out->set_local(n.name == cluster_->node_name());
+    out->set_cordoned(n.cordoned);
     for (const std::string& v : targets[n.name]) out->add_targets(v);
     for (const std::string& v : replicas[n.name]) out->add_replicas(v);
     if (!n.status.ok()) {
@@ -74,6 +76,24 @@ grpc::Status ControlService::ListNodes(grpc::ServerContext* ctx,
     }
     out->set_free_bytes(free_bytes);
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::SetNodeCordon(grpc::ServerContext* ctx,
+                                           const v1::SetNodeCordonRequest* req,
+                                           v1::SetNodeCordonResponse* resp) {
+  if (cluster_ == nullptr) return Fail(ctx, NotInCluster());
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
+  std::shared_ptr<cluster::ClusterStore> store = cluster_->store();
+  if (store == nullptr) return Fail(ctx, Status::Unavailable("shaled is starting or stopping"));
+  if (Status st = store->SetCordoned(req->node(), req->cordoned()); !st.ok()) return Fail(ctx, st);
+  SHALE_LOG_INFO(req->cordoned() ? "node cordoned" : "node uncordoned", {"node", req->node()});
+  resp->set_message(req->cordoned()
+                        ? "node " + req->node() +
+                              " cordoned: no new replica goes there (what it holds and serves "
+                              "stays; `shale node uncordon " +
+                              req->node() + "` undoes it)"
+                        : "node " + req->node() + " uncordoned: new replicas may go there");
   return grpc::Status::OK;
 }
 

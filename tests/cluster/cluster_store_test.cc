@@ -253,6 +253,42 @@ TEST_F(ClusterStoreTest, RegisterListUpdateDeregisterForget) {
   EXPECT_TRUE(NodeUp(*one, "n2"));
 }
 
+TEST_F(ClusterStoreTest, CordonOutlivesTheLeaseAndGoesWithForget) {
+  auto one = MakeStore(client_, prefix_, seconds(5));
+  auto two = MakeStore(Connect(etcd_->endpoint()), prefix_, seconds(5));
+  ASSERT_TRUE(one->RegisterNode("n1", Info("10.0.0.1:7480")).ok());
+  ASSERT_TRUE(two->RegisterNode("n2", Info("10.0.0.2:7480")).ok());
+  EXPECT_TRUE(one->SetCordoned("nope", true).IsNotFound());
+  EXPECT_EQ(one->SetCordoned("bad name", true).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(one->SetCordoned("n2", true).ok());
+  Status again = one->SetCordoned("n2", true);
+  ASSERT_TRUE(again.ok()) << "idempotent: " << again;
+  Result<std::vector<NodeRecord>> nodes = one->ListNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_TRUE(FindNode(*nodes, "n2")->cordoned);
+  EXPECT_FALSE(FindNode(*nodes, "n1")->cordoned);
+  // The node going down and up again keeps it cordoned.
+  ASSERT_TRUE(two->Deregister().ok());
+  ASSERT_TRUE(two->RegisterNode("n2", Info("10.0.0.2:7480")).ok());
+  nodes = one->ListNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_TRUE(FindNode(*nodes, "n2")->cordoned);
+  Status uncordoned = one->SetCordoned("n2", false);
+  ASSERT_TRUE(uncordoned.ok()) << uncordoned;
+  uncordoned = one->SetCordoned("n2", false);
+  ASSERT_TRUE(uncordoned.ok()) << "idempotent: " << uncordoned;
+  nodes = one->ListNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_FALSE(FindNode(*nodes, "n2")->cordoned);
+  // Forgetting a node forgets its cordon.
+  ASSERT_TRUE(one->SetCordoned("n2", true).ok());
+  ASSERT_TRUE(two->Deregister().ok());
+  ASSERT_TRUE(one->ForgetNode("n2").ok());
+  Result<std::optional<KeyValue>> left = client_->Get(one->CordonKey("n2"));
+  ASSERT_TRUE(left.ok());
+  EXPECT_FALSE(left->has_value());
+}
+
 TEST_F(ClusterStoreTest, NodeKeyLivesWhileKeptAliveAndExpiresWhenTheNodeStops) {
   auto watcher_store = MakeStore(client_, prefix_);
   auto node = MakeStore(Connect(etcd_->endpoint()), prefix_, seconds(1));

@@ -82,6 +82,28 @@ TEST_F(ReplicationE2eTest, CreateRefusesWhatCannotBePlaced) {
       a.Shale({"volume", "create", "v", "--size", "16M", "--replicas", "2", "--min-in-sync", "3"}),
       "--min-in-sync 3 is more than --replicas 2");
 
+  // A cordoned node takes no new replica (what it holds stays); uncordon undoes it. The cordon
+  // is in etcd: asked of node-a, it holds on node-b and is listed by both.
+  ASSERT_EQ(a.Shale({"volume", "create", "before", "--size", "16M", "--replicas", "2"}).exit_code,
+            0);
+  CommandResult cordoned = a.Shale({"node", "cordon", "node-b"});
+  ASSERT_EQ(cordoned.exit_code, 0) << cordoned.Describe();
+  EXPECT_NE(cordoned.out.find("node node-b cordoned"), std::string::npos) << cordoned.out;
+  const nlohmann::json listed = b.Shale({"node", "list", "-o", "json"}).Json();
+  EXPECT_EQ(listed["nodes"][1]["name"], "node-b");
+  EXPECT_EQ(listed["nodes"][1]["cordoned"], true) << listed;
+  EXPECT_EQ(listed["nodes"][0]["cordoned"], false) << listed;
+  EXPECT_NE(a.Shale({"node", "list"}).out.find("up, cordoned"), std::string::npos);
+  ExpectOneLineError(a.Shale({"volume", "create", "v", "--size", "16M", "--replicas", "2"}),
+                     "node-b: it is cordoned (shale node uncordon node-b)");
+  EXPECT_EQ(b.Shale({"volume", "show", "v"}).exit_code, 1) << "no remote replica left behind";
+  EXPECT_EQ(Replicas(a, "before").size(), 2u) << "what node-b holds stays";
+  ExpectOneLineError(a.Shale({"node", "cordon", "node-x"}), "node node-x is not known");
+  ASSERT_EQ(b.Shale({"node", "uncordon", "node-b"}).exit_code, 0);
+  ASSERT_EQ(
+      a.Shale({"volume", "create", "uncordoned", "--size", "16M", "--replicas", "2"}).exit_code, 0);
+  EXPECT_EQ(Replicas(a, "uncordoned").size(), 2u);
+
   // A peer down at create: refused, nothing left behind on either node.
   b.KillDaemon();
   ASSERT_TRUE(WaitFor(
