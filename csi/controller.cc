@@ -680,6 +680,11 @@ grpc::Status ControllerService::ControllerExpandVolume(
     if (info->read_only) {
       return Precondition("volume " + info->name + " is a read-only clone and cannot grow");
     }
+    if (options_.replica_nodes && !options_.replica_nodes(info->name).empty()) {
+      // Its replicas would not follow (the control API refuses it too).
+      return Precondition("volume " + info->name +
+                          " is replicated; expanding replicated volumes is not supported yet");
+    }
     // Keep the CSI name and source of the existing record; only the capacity changes, in the
     // same commit as the engine size.
     CsiRecord record = ReadCsiRecord(engine_, *info).value_or(CsiRecord{info->name, 0, ""});

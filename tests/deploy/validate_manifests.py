@@ -306,8 +306,11 @@ def check_storageclass(doc):
             errs.append(f"{w}: {k}={params[k]!r} is not ext4 or xfs")
     if "readOnlyClone" in params and params["readOnlyClone"] not in ("true", "false"):
         errs.append(f"{w}: readOnlyClone must be \"true\" or \"false\"")
-    if "replicas" in params and params["replicas"] != "1":
-        errs.append(f"{w}: replicas must be \"1\" (the only value this release supports)")
+    replicas = params.get("replicas", "1")
+    if not re.fullmatch(r"[1-9]", str(replicas)):
+        errs.append(f"{w}: replicas must be \"1\" to \"9\", not {replicas!r}")
+    elif replicas != "1" and o.get("allowVolumeExpansion"):
+        errs.append(f"{w}: a replicated class cannot allow expansion (not supported yet)")
     if "pool" in params and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
                                              str(params["pool"])):
         errs.append(f"{w}: pool {params['pool']!r} is not a valid pool name")
@@ -1501,7 +1504,11 @@ class SelfTest(unittest.TestCase):
         self.expect(lambda d: sc(d)["parameters"].update(fsType="btrfs"), "both fsType")
         self.expect(lambda d: sc(d)["parameters"].update(
             {"csi.storage.k8s.io/fstype": "btrfs"}), "not ext4 or xfs")
-        self.expect(lambda d: sc(d)["parameters"].update(replicas="3"), "replicas must be")
+        self.expect(lambda d: sc(d)["parameters"].update(replicas="10"), "replicas must be")
+        self.expect(lambda d: sc(d)["parameters"].update(replicas="0"), "replicas must be")
+        self.expect(lambda d: (sc(d)["parameters"].update(replicas="3"),
+                               sc(d).update(allowVolumeExpansion=True)),
+                    "a replicated class cannot allow expansion")
         self.expect(lambda d: sc(d).update(volumeBindingMode="Immediate"),
                     "WaitForFirstConsumer")
 

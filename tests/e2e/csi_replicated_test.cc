@@ -98,6 +98,15 @@ TEST_F(CsiReplicatedTest, PlacementHonoursTheTopologyAndTheNodeCount) {
   EXPECT_EQ(csi_[0].DeleteVolume("pvc-four").error_code(), grpc::StatusCode::OK);
   EXPECT_NE(nodes_[0].Shale({"volume", "show", "pvc-four"}).exit_code, 0) << "nothing was left";
 
+  // Expansion would grow one replica only: refused until it grows them all.
+  csiv1::ControllerExpandVolumeRequest grow;
+  grow.set_volume_id(resp.volume().volume_id());
+  grow.mutable_capacity_range()->set_required_bytes(64 * kMiB);
+  csiv1::ControllerExpandVolumeResponse grown;
+  st = csi_[0].Call(csi_[0].controller.get(), &csiv1::Controller::Stub::ControllerExpandVolume,
+                    grow, &grown);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << Describe(st);
+
   // DeleteVolume removes every replica.
   ASSERT_TRUE(csi_[0].DeleteVolume(resp.volume().volume_id()).ok());
   for (Harness& h : nodes_) {
