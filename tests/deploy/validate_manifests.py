@@ -69,6 +69,7 @@ KINDS = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): True,
     ("apps/v1", "DaemonSet"): True,
     ("apps/v1", "Deployment"): True,
+    ("apps/v1", "StatefulSet"): True,
     ("batch/v1", "Job"): True,
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"): False,
     ("snapshot.storage.k8s.io/v1", "VolumeSnapshot"): True,
@@ -81,7 +82,7 @@ KINDS = {
     ("groupsnapshot.storage.k8s.io/v1beta1", "VolumeGroupSnapshotClass"): False,
     ("cbt.storage.k8s.io/v1alpha1", "SnapshotMetadataService"): False,
 }
-WORKLOADS = ("DaemonSet", "Deployment", "Job")
+WORKLOADS = ("DaemonSet", "Deployment", "StatefulSet", "Job")
 
 # Sidecar image -> accepted major version (the flags used here are those of these releases).
 SIDECAR_IMAGES = {
@@ -457,7 +458,7 @@ def check_workload(doc, strict):
     spec = pod_spec(doc)
     if not isinstance(spec, dict):
         return [f"{w}: spec.template.spec is missing"]
-    if doc.kind in ("DaemonSet", "Deployment"):
+    if doc.kind in ("DaemonSet", "Deployment", "StatefulSet"):
         sel = get(doc.obj, "spec", "selector", "matchLabels") or {}
         labels = get(doc.obj, "spec", "template", "metadata", "labels") or {}
         if not sel:
@@ -473,6 +474,12 @@ def check_workload(doc, strict):
         if v.get("name") in volumes:
             errs.append(f"{w}: two volumes named {v.get('name')!r}")
         volumes[v.get("name")] = v
+    # A StatefulSet's claim templates are volumes of its pods too.
+    for t in get(doc.obj, "spec", "volumeClaimTemplates", default=[]) or []:
+        name = get(t, "metadata", "name")
+        if name in volumes:
+            errs.append(f"{w}: two volumes named {name!r}")
+        volumes[name] = {"persistentVolumeClaim": {"claimName": name}}
     names = [c.get("name") for c in containers + (spec.get("initContainers") or [])]
     if len(names) != len(set(names)):
         errs.append(f"{w}: container names are not unique: {names}")
