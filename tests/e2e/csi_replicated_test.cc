@@ -4,7 +4,9 @@
 // topology, answers RESOURCE_EXHAUSTED when too few nodes qualify and reports every replica's node
 // as accessible. NodeStage on a node starts the volume's target there (ext4 mounted through
 // nbdfuse + loop); a second node's NodeStage is FAILED_PRECONDITION naming the owner; after
-// NodeUnstage the other node stages it and reads the file the first one wrote.
+// NodeUnstage the other node stages it and reads the file the first one wrote; after the
+// staging node's shaled is killed (-9), another node's NodeStage takes the volume over once the
+// dead node's lease expired, with every fsynced byte.
 //
 // Skipped (with the reason) where etcd is not installed; the staging test also where root, FUSE,
 // loop devices or a tool is missing.
@@ -13,6 +15,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <iostream>
 #include <set>
 #include <sstream>
 #include <string>
@@ -66,6 +69,31 @@ class CsiReplicatedTest : public EtcdE2eTest {
     return nodes;
   }
 
+  // Writes `data` to `path` and makes it durable (the file and its directory entry).
+  static void WriteDurably(const std::string& path, const std::string& data) {
+    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0) << path;
+    EXPECT_EQ(write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    EXPECT_EQ(fsync(fd), 0);
+    close(fd);
+    const std::string dir = path.substr(0, path.rfind('/'));
+    const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+    ASSERT_GE(dfd, 0) << dir;
+    EXPECT_EQ(fsync(dfd), 0);
+    close(dfd);
+  }
+  static std::string ReadAll(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream got;
+    got << in.rdbuf();
+    return got.str();
+  }
+  static std::string WhyNoMounts() {
+    return NbdfuseLoopUnavailable(
+        {"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "blkid", "mount", "umount"},
+        "libnbd-bin, fuse3, util-linux, e2fsprogs");
+  }
+
   Harness nodes_[3];
   CsiClient csi_[3];
 };
@@ -115,10 +143,7 @@ TEST_F(CsiReplicatedTest, PlacementHonoursTheTopologyAndTheNodeCount) {
 }
 
 TEST_F(CsiReplicatedTest, StagedWhereThePodRunsOneWriterAndTheDataMovesWithIt) {
-  const std::string why = NbdfuseLoopUnavailable(
-      {"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "blkid", "mount", "umount"},
-      "libnbd-bin, fuse3, util-linux, e2fsprogs");
-  if (!why.empty()) GTEST_SKIP() << why;
+  if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
   csiv1::CreateVolumeResponse resp;
   grpc::Status st = Create("pvc-notebook", "3", &resp);
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
@@ -130,14 +155,7 @@ TEST_F(CsiReplicatedTest, StagedWhereThePodRunsOneWriterAndTheDataMovesWithIt) {
   st = csi_[1].Stage(vol, staging_b, cap);
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[1].DaemonLog();
   const std::string data = "notebook results " + std::string(100000, 'r');
-  {
-    const std::string path = staging_b + "/results.txt";
-    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ASSERT_GE(fd, 0) << path;
-    EXPECT_EQ(write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
-    EXPECT_EQ(fsync(fd), 0);
-    close(fd);
-  }
+  ASSERT_NO_FATAL_FAILURE(WriteDurably(staging_b + "/results.txt", data));
   nlohmann::json whole;
   Replicas(nodes_[0], vol, &whole);
   EXPECT_EQ(whole["target"], "node-b") << whole;
@@ -154,19 +172,56 @@ TEST_F(CsiReplicatedTest, StagedWhereThePodRunsOneWriterAndTheDataMovesWithIt) {
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[1].DaemonLog();
   st = csi_[2].Stage(vol, staging_c, cap);
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
-  {
-    std::ifstream in(staging_c + "/results.txt", std::ios::binary);
-    std::stringstream got;
-    got << in.rdbuf();
-    EXPECT_TRUE(got.str() == data)
-        << "the file written on node-b, read on node-c: " << got.str().size() << " bytes";
-  }
+  const std::string got = ReadAll(staging_c + "/results.txt");
+  EXPECT_TRUE(got == data) << "the file written on node-b, read on node-c: " << got.size()
+                           << " bytes";
   Replicas(nodes_[0], vol, &whole);
   EXPECT_EQ(whole["target"], "node-c") << whole;
   st = csi_[2].Unstage(vol, staging_c);
   ASSERT_TRUE(st.ok()) << Describe(st);
   st = csi_[0].DeleteVolume(vol);
   EXPECT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+}
+
+TEST_F(CsiReplicatedTest, ANodeDeathLetsTheNextNodeStageItWithEveryFsyncedWrite) {
+  if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
+  csiv1::CreateVolumeResponse resp;
+  grpc::Status st = Create("pvc-survivor", "3", &resp);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  const std::string vol = resp.volume().volume_id();
+  const csiv1::VolumeCapability cap = MountCap();
+  const std::string staging_b = nodes_[1].root() + "/staging";
+  st = csi_[1].Stage(vol, staging_b, cap);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[1].DaemonLog();
+  std::string model(300000, '\0');
+  for (size_t i = 0; i < model.size(); ++i) model[i] = static_cast<char>('a' + i * 7 % 26);
+  ASSERT_NO_FATAL_FAILURE(WriteDurably(staging_b + "/model.bin", model));
+
+  // node-b's shaled dies with the volume staged (its mount is left dead; TearDown clears it).
+  // node-c's NodeStage is refused while node-b's lease lives, then takes the volume over.
+  nodes_[1].KillDaemon();
+  const std::string staging_c = nodes_[2].root() + "/staging";
+  int refused = 0;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        st = csi_[2].Stage(vol, staging_c, cap);
+        if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) ++refused;
+        return st.ok();
+      },
+      std::chrono::seconds(30)))
+      << Describe(st) << nodes_[2].DaemonLog();
+  std::cout << "NodeStage on node-c refused " << refused << " times before node-b's lease "
+            << "expired\n";
+  EXPECT_GT(refused, 0) << "refused while node-b's lease lived";
+  const std::string got = ReadAll(staging_c + "/model.bin");
+  EXPECT_TRUE(got == model) << "every fsynced byte written on node-b is on node-c: " << got.size()
+                            << " of " << model.size() << " bytes";
+  nlohmann::json whole;
+  Replicas(nodes_[0], vol, &whole);
+  EXPECT_EQ(whole["target"], "node-c") << whole;
+  EXPECT_EQ(Replicas(nodes_[2], vol)["node-b"]["state"], "faulted") << "node-b is out";
+  st = csi_[2].Unstage(vol, staging_c);
+  EXPECT_TRUE(st.ok()) << Describe(st);
 }
 
 }  // namespace
