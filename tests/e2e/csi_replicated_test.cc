@@ -88,6 +88,15 @@ class CsiReplicatedTest : public EtcdE2eTest {
     got << in.rdbuf();
     return got.str();
   }
+  // A 3-replica ext4 volume created on node-a and staged on node-b at <node-b root>/staging.
+  void CreateAndStageOnNodeB(const std::string& name, std::string* vol) {
+    csiv1::CreateVolumeResponse resp;
+    grpc::Status st = Create(name, "3", &resp);
+    ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+    *vol = resp.volume().volume_id();
+    st = csi_[1].Stage(*vol, nodes_[1].root() + "/staging", MountCap());
+    ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[1].DaemonLog();
+  }
   static std::string WhyNoMounts() {
     return NbdfuseLoopUnavailable(
         {"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "blkid", "mount", "umount"},
@@ -144,16 +153,12 @@ TEST_F(CsiReplicatedTest, PlacementHonoursTheTopologyAndTheNodeCount) {
 
 TEST_F(CsiReplicatedTest, StagedWhereThePodRunsOneWriterAndTheDataMovesWithIt) {
   if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
-  csiv1::CreateVolumeResponse resp;
-  grpc::Status st = Create("pvc-notebook", "3", &resp);
-  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
-  const std::string vol = resp.volume().volume_id();
-  const csiv1::VolumeCapability cap = MountCap();
-
   // The pod runs on node-b: its target moves there; the file written is fsynced.
+  std::string vol;
+  ASSERT_NO_FATAL_FAILURE(CreateAndStageOnNodeB("pvc-notebook", &vol));
+  const csiv1::VolumeCapability cap = MountCap();
   const std::string staging_b = nodes_[1].root() + "/staging";
-  st = csi_[1].Stage(vol, staging_b, cap);
-  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[1].DaemonLog();
+  grpc::Status st;
   const std::string data = "notebook results " + std::string(100000, 'r');
   ASSERT_NO_FATAL_FAILURE(WriteDurably(staging_b + "/results.txt", data));
   nlohmann::json whole;
@@ -185,14 +190,11 @@ TEST_F(CsiReplicatedTest, StagedWhereThePodRunsOneWriterAndTheDataMovesWithIt) {
 
 TEST_F(CsiReplicatedTest, ANodeDeathLetsTheNextNodeStageItWithEveryFsyncedWrite) {
   if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
-  csiv1::CreateVolumeResponse resp;
-  grpc::Status st = Create("pvc-survivor", "3", &resp);
-  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
-  const std::string vol = resp.volume().volume_id();
+  std::string vol;
+  ASSERT_NO_FATAL_FAILURE(CreateAndStageOnNodeB("pvc-survivor", &vol));
   const csiv1::VolumeCapability cap = MountCap();
   const std::string staging_b = nodes_[1].root() + "/staging";
-  st = csi_[1].Stage(vol, staging_b, cap);
-  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[1].DaemonLog();
+  grpc::Status st;
   std::string model(300000, '\0');
   for (size_t i = 0; i < model.size(); ++i) model[i] = static_cast<char>('a' + i * 7 % 26);
   ASSERT_NO_FATAL_FAILURE(WriteDurably(staging_b + "/model.bin", model));
