@@ -252,6 +252,14 @@ TEST_F(ReplicationFaultsTest, EtcdDownDuringAReplicaFaultAcknowledgesNoWrite) {
     EXPECT_LT(took, 2.0 + 4.0) << "bounded by --replica-timeout (2 s), not by etcd's client";
   }
 
+  // `volume show` still answers from the local record, warning that the replication state
+  // (in etcd) is unavailable.
+  CommandResult shown = a.Shale({"volume", "show", "ev", "-o", "json"});
+  EXPECT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_NE(shown.err.find("shale: warning: replication state unavailable"), std::string::npos)
+      << shown.err;
+  EXPECT_EQ(shown.Json()["name"], "ev") << shown.out;
+
   // etcd returns: the leave is recorded (node-c out of in_sync, epoch + 1) and writes succeed.
   ASSERT_TRUE(etcd_->Restart().ok());
   const std::string late = RandomBytes(rng, kReplicationChunk);

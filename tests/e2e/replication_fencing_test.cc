@@ -171,6 +171,8 @@ TEST_F(ReplicationFencingE2eTest, AttachAndDetachMoveTheVolumeWithoutTwoWriters)
   ExpectOneLineError(b.Shale({"volume", "attach", "av"}), "attached on node node-a, whose lease");
   ExpectOneLineError(c.Shale({"volume", "attach", "av"}), "holds no replica of volume 'av'");
   ExpectOneLineError(a.Shale({"volume", "detach", "av"}), "has clients");
+  ExpectOneLineError(b.Shale({"volume", "detach", "av"}),
+                     "attached on node node-a, not on node-b; detach it there");
   EXPECT_EQ(a.Shale({"volume", "attach", "av"}).exit_code, 0) << "attached here already";
   client.reset();
   // The client's close reaches shaled a moment later: retried while it still counts.
