@@ -129,7 +129,23 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     return std::optional<snapshot::SnapshotInfo>();  // not replicated: as usual
   }
   std::shared_ptr<Target> target = Find(volume);
-  if (target == nullptr) return NotServedHere(volume);
+  if (target == nullptr) {
+    // A detached volume (no node serves it; CSI creates them so) is attached here for the
+    // snapshot when this node holds an in-sync replica, then detached again.
+    Result<cluster::VolumeRecord> record = store_->GetVolume(volume);
+    if (!record.ok() || !record->membership.detached ||
+        !record->membership.InSync(options_.node_name)) {
+      return NotServedHere(volume);
+    }
+    SHALE_RETURN_IF_ERROR(Attach(volume).status().WithContext("attach for the snapshot"));
+    Result<std::optional<snapshot::SnapshotInfo>> taken = Snapshot(volume, name, options);
+    Result<std::string> detached = Detach(volume);
+    if (!detached.ok()) {
+      SHALE_LOG_WARN("volume attached for a snapshot stays attached here", {"volume", volume},
+                     {"error", detached.status().ToString()});
+    }
+    return taken;
+  }
   const std::string ref = volume + "@" + name;
   if (lifecycle_->snapshots()->Get(ref).ok()) {
     return Status::AlreadyExists("snapshot '" + ref + "' already exists");

@@ -122,6 +122,21 @@ TEST_F(CsiReplicatedTest, PlacementHonoursTheTopologyAndTheNodeCount) {
   EXPECT_EQ(Replicas(nodes_[1], resp.volume().volume_id(), &whole).size(), 3u);
   EXPECT_EQ(whole["detached"], true) << whole;
 
+  // A snapshot of the detached volume through another node's controller: taken there (the
+  // volume attached for it, on every replica, then detached again).
+  csiv1::CreateSnapshotResponse snap;
+  st = csi_[1].CreateSnapshot(resp.volume().volume_id(), "snapshot-1", &snap);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[1].DaemonLog();
+  EXPECT_TRUE(snap.snapshot().ready_to_use());
+  CommandResult shown =
+      nodes_[1].Shale({"snapshot", "show", snap.snapshot().snapshot_id(), "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_EQ(shown.Json()["labels"]["shale.io/snapshot-replicas"], "node-b,node-a,node-c")
+      << shown.out;
+  Replicas(nodes_[0], resp.volume().volume_id(), &whole);
+  EXPECT_EQ(whole["detached"], true) << "detached again: " << whole;
+  EXPECT_TRUE(csi_[1].DeleteSnapshot(snap.snapshot().snapshot_id()).ok());
+
   csiv1::CreateVolumeResponse two;
   ASSERT_TRUE(Create("pvc-two", "2", &two, {"node-a", "node-c"}).ok());
   EXPECT_EQ(Topology(two), (std::set<std::string>{"node-a", "node-c"}));
