@@ -767,7 +767,14 @@ void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
     SHALE_RETURN_IF_ERROR(
         r->Create({.volume = spec, .replicas = replicas, .replica_nodes = nodes}, nullptr)
             .status());
+    // Busy for a moment while the new target's first resync still holds it (bounded).
     Result<std::string> detached = r->Detach(spec.params.name);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!detached.ok() && detached.status().code() == StatusCode::kBusy &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      detached = r->Detach(spec.params.name);
+    }
     if (!detached.ok()) {
       // It stays attached here: staging elsewhere waits for this node (NodeStage says so).
       SHALE_LOG_WARN("csi: a new replicated volume stays attached to this node",
