@@ -15,6 +15,9 @@ constexpr std::string_view kNodes = "nodes/";
 constexpr std::string_view kNodeInfo = "node-info/";
 constexpr std::string_view kVolumes = "volumes/";
 constexpr std::string_view kCordoned = "cordoned/";
+// The value of cordoned/<node>: cordoned, or draining too.
+constexpr std::string_view kCordonedValue = "cordoned";
+constexpr std::string_view kDrainingValue = "draining";
 
 Status CheckVolumeName(std::string_view volume) { return ValidateName("volume", volume); }
 Status CheckNodeName(std::string_view node) { return ValidateName("node", node); }
@@ -152,7 +155,9 @@ Result<std::vector<NodeRecord>> ClusterStore::ListNodes(Timeout timeout) {
   SHALE_ASSIGN_OR_RETURN(RangeResult cordoned, client_->Range(cordon_prefix, at, timeout));
   for (const KeyValue& kv : cordoned.kvs) {
     auto it = nodes.find(kv.key.substr(cordon_prefix.size()));
-    if (it != nodes.end()) it->second.cordoned = true;  // (a forgotten node's key is ignored)
+    if (it == nodes.end()) continue;  // (a forgotten node's key is ignored)
+    it->second.cordoned = true;
+    it->second.draining = kv.value == kDrainingValue;
   }
   std::vector<NodeRecord> out;
   out.reserve(nodes.size());
@@ -161,6 +166,14 @@ Result<std::vector<NodeRecord>> ClusterStore::ListNodes(Timeout timeout) {
 }
 
 Status ClusterStore::SetCordoned(std::string_view node, bool cordoned, Timeout timeout) {
+  return PutCordon(node, cordoned ? kCordonedValue : std::string_view(), timeout);
+}
+
+Status ClusterStore::SetDraining(std::string_view node, Timeout timeout) {
+  return PutCordon(node, kDrainingValue, timeout);
+}
+
+Status ClusterStore::PutCordon(std::string_view node, std::string_view value, Timeout timeout) {
   SHALE_RETURN_IF_ERROR(CheckNodeName(node));
   const internal::Deadline deadline =
       internal::DeadlineAfter(timeout, client_->options().call_timeout);
@@ -169,8 +182,9 @@ Status ClusterStore::SetCordoned(std::string_view node, bool cordoned, Timeout t
   if (!known.has_value()) {
     return Status::NotFound("node " + std::string(node) + " is not known (see `shale node list`)");
   }
-  if (cordoned) {
-    return client_->Put(CordonKey(node), "cordoned", 0, internal::TimeLeft(deadline)).status();
+  if (!value.empty()) {
+    return client_->Put(CordonKey(node), std::string(value), 0, internal::TimeLeft(deadline))
+        .status();
   }
   return client_->Delete(CordonKey(node), false, internal::TimeLeft(deadline)).status();
 }

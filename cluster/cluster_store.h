@@ -46,6 +46,8 @@ struct NodeRecord {
   NodeInfo info;          // valid when status is OK
   bool up = false;        // its lease lives (nodes/<node> exists)
   bool cordoned = false;  // `shale node cordon`: no new replica goes there (cordoned/<node>)
+  // `shale node drain` (cordoned too): every replica on it is replaced elsewhere, then removed.
+  bool draining = false;
   Status status;          // Corruption when its stored value is malformed
 };
 
@@ -110,6 +112,10 @@ class ClusterStore {
   // (cordoned/<node>), so it outlives the node's restarts. NotFound for a node that never
   // registered. Idempotent.
   Status SetCordoned(std::string_view node, bool cordoned, Timeout timeout = kDefaultTimeout);
+  // `shale node drain` (docs/replication.md, "Drain"): the node is cordoned and draining (the
+  // same key, value "draining"): the target of every volume with a replica there replaces it.
+  // `uncordon` (SetCordoned false) ends the drain. NotFound for an unknown node. Idempotent.
+  Status SetDraining(std::string_view node, Timeout timeout = kDefaultTimeout);
   // Removes a down node's last known info. FailedPrecondition while it is up.
   Status ForgetNode(std::string_view node, Timeout timeout = kDefaultTimeout);
   // Up/down changes and info updates of nodes; the first update is a reset (nodes that are up).
@@ -150,6 +156,8 @@ class ClusterStore {
  private:
   ClusterStore(std::shared_ptr<EtcdClient> client, ClusterStoreOptions options);
   size_t VolumeNameOffset() const;
+  // Writes cordoned/<node> = value, or deletes it for an empty value.
+  Status PutCordon(std::string_view node, std::string_view value, Timeout timeout);
 
   std::shared_ptr<EtcdClient> client_;
   const ClusterStoreOptions options_;

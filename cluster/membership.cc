@@ -38,6 +38,10 @@ Status ValidateReplicas(const Membership& m) {
   std::vector<std::string> nodes;
   for (const ReplicaMember& r : m.replicas) {
     nodes.push_back(r.node);
+    if (!r.replaces.empty() && (r.replaces == r.node || m.Find(r.replaces) == nullptr)) {
+      return Invalid("replica on '" + r.node + "' replaces '" + r.replaces +
+                     "', which is not another replica of the volume");
+    }
     if (r.since_epoch > m.epoch) {
       return Invalid("replica on '" + r.node + "' is in its state since epoch " +
                      std::to_string(r.since_epoch) + ", after the current epoch " +
@@ -135,6 +139,7 @@ void DecodeReplicas(JsonObject& top, Membership* m) {
     member.node = r.String("node");
     const std::string state = r.String("state");
     member.since_epoch = r.Unsigned("since_epoch", /*required=*/false);
+    member.replaces = r.String("replaces", /*required=*/false);
     r.CheckUnknown();
     if (top.failed()) return;
     Result<ReplicaState> parsed = ParseReplicaState(state);
@@ -234,6 +239,7 @@ Result<std::string> EncodeMembership(const Membership& m) {
     e["node"] = r.node;
     e["state"] = std::string(ReplicaStateName(r.state));
     if (r.since_epoch != 0) e["since_epoch"] = r.since_epoch;
+    if (!r.replaces.empty()) e["replaces"] = r.replaces;
     replicas.push_back(std::move(e));
   }
   j["replicas"] = std::move(replicas);

@@ -30,6 +30,10 @@ struct ReplicaMember {
   std::string node;
   ReplicaState state = ReplicaState::kHealthy;
   uint64_t since_epoch = 0;  // the epoch in which it entered `state` (0: not recorded)
+  // A replica placed to take the place of the one on node `replaces` (a dead node's, after
+  // --replica-replace-after, or a drained node's): once this one is in sync, that one is
+  // removed (docs/replication.md, "Replacing a replica"). Empty for every other replica.
+  std::string replaces;
 
   bool operator==(const ReplicaMember&) const = default;
 };

@@ -59,6 +59,16 @@ TEST(Membership, RoundTripsThroughJson) {
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE(back->detached);
   EXPECT_EQ(*back, detached);
+  // A replica placed to replace another names it; the field is absent on every other replica.
+  EXPECT_EQ(json.find("replaces"), std::string::npos) << json;
+  Membership replacing = m;
+  replacing.replicas[2].replaces = "node-b";
+  const std::string rjson = Encoded(replacing);
+  EXPECT_NE(rjson.find("\"replaces\":\"node-b\""), std::string::npos) << rjson;
+  back = DecodeMembership(rjson);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->replicas[2].replaces, "node-b");
+  EXPECT_EQ(*back, replacing);
 }
 
 TEST(Membership, ValidateNamesTheBrokenRule) {
@@ -75,6 +85,8 @@ TEST(Membership, ValidateNamesTheBrokenRule) {
       {[](Membership& m) { m.replicas.clear(); }, "0 replicas"},
       {[](Membership& m) { m.replicas[1].node = "node-a"; }, "names node 'node-a' twice"},
       {[](Membership& m) { m.replicas[1].since_epoch = 8; }, "after the current epoch"},
+      {[](Membership& m) { m.replicas[2].replaces = "node-z"; }, "replaces 'node-z'"},
+      {[](Membership& m) { m.replicas[2].replaces = "node-c"; }, "not another replica"},
       {[](Membership& m) { m.min_in_sync = 0; }, "min_in_sync 0"},
       {[](Membership& m) { m.min_in_sync = 4; }, "min_in_sync 4"},
       {[](Membership& m) { m.in_sync.clear(); }, "in_sync is empty"},

@@ -713,6 +713,8 @@ Status Daemon::AddFrontends() {
     replicated_options.replica_timeout =
         std::chrono::milliseconds(static_cast<int64_t>(options_.replica_timeout_seconds * 1000));
     replicated_options.rebuild_bps = options_.rebuild_bps;
+    replicated_options.replace_after = std::chrono::milliseconds(
+        static_cast<int64_t>(options_.replica_replace_after_seconds * 1000));
     replicated_options.transport = replica_transport_.get();
     if (replica != nullptr) {
       replicated_options.raise_local_epoch = [replica](const std::string& volume, uint64_t epoch) {

@@ -117,6 +117,7 @@ struct Flags {
   std::string cluster_tls_dir;
   unsigned node_lease_seconds = 10;
   double replica_timeout_seconds = 5;
+  double replica_replace_after_seconds = 600;
   std::string rebuild_bps;
   std::string backup_endpoint;
   std::string backup_region;
@@ -311,6 +312,12 @@ void AddClusterOptions(CLI::App& app, Flags& f) {
       ->check(CLI::Range(0.1, 600.0))
       ->type_name("S")
       ->capture_default_str();
+  app.add_option("--replica-replace-after", f.replica_replace_after_seconds,
+                 "Seconds a node may stay down before each replica it holds of a volume this "
+                 "node serves is placed on another node and fully rebuilt there (0: never)")
+      ->check(CLI::Range(0.0, 31536000.0))
+      ->type_name("S")
+      ->capture_default_str();
   app.add_option("--rebuild-bps", f.rebuild_bps,
                  "Cap on the bytes per second a replica rebuild copies (K, M, G suffixes); "
                  "default: none")
@@ -347,17 +354,21 @@ void AddBackupOptions(CLI::App& app, Flags& f) {
 // Fills the cluster settings of `o`; InvalidArgument (a usage error) for a malformed store URL,
 // a bad node name or address, a cluster flag without --cluster-store, or a missing required one.
 // The secret file's content and mode are checked when the daemon starts.
-Status ResolveCluster(const Flags& f, DaemonOptions& o, bool lease_given, bool timeout_given) {
+Status ResolveCluster(const Flags& f, DaemonOptions& o, bool lease_given, bool timeout_given,
+                      bool replace_given) {
   if (f.cluster_store.empty()) {
     if (!f.node_name.empty() || !f.replica_listen.empty() || !f.cluster_secret_file.empty() ||
-        !f.cluster_tls_dir.empty() || lease_given || timeout_given || !f.rebuild_bps.empty()) {
+        !f.cluster_tls_dir.empty() || lease_given || timeout_given || replace_given ||
+        !f.rebuild_bps.empty()) {
       return Status::InvalidArgument(
           "--node-name, --replica-listen, --cluster-secret-file, --cluster-tls-dir, "
-          "--node-lease-seconds, --replica-timeout and --rebuild-bps need --cluster-store");
+          "--node-lease-seconds, --replica-timeout, --replica-replace-after and --rebuild-bps "
+          "need --cluster-store");
     }
     return Status::Ok();
   }
   o.replica_timeout_seconds = f.replica_timeout_seconds;
+  o.replica_replace_after_seconds = f.replica_replace_after_seconds;
   if (!f.rebuild_bps.empty()) {
     Result<uint64_t> bps = ParseSize(f.rebuild_bps);
     if (!bps.ok()) {
@@ -611,7 +622,8 @@ DaemonCommandLine ParseDaemonCommandLine(int argc, const char* const* argv) {
   if (valid.ok()) valid = ResolveCsi(flags, o);
   if (valid.ok()) {
     valid = ResolveCluster(flags, o, app.get_option("--node-lease-seconds")->count() > 0,
-                           app.get_option("--replica-timeout")->count() > 0);
+                           app.get_option("--replica-timeout")->count() > 0,
+                           app.get_option("--replica-replace-after")->count() > 0);
   }
   if (valid.ok()) ResolveBackup(flags, o);
   if (!valid.ok()) {

@@ -242,7 +242,8 @@ TEST(DaemonOptions, ClusterMode) {
   DaemonCommandLine cl =
       Parse({"--cluster-store", "etcd://10.0.0.1:2379,etcd-b:2379", "--node-name", "node-a",
              "--replica-listen", "127.0.0.1:7480", "--cluster-secret-file", "secret",
-             "--node-lease-seconds", "2", "--replica-timeout", "0.5", "--rebuild-bps", "64M"});
+             "--node-lease-seconds", "2", "--replica-timeout", "0.5", "--rebuild-bps", "64M",
+             "--replica-replace-after", "30"});
   ASSERT_TRUE(cl.run) << cl.err;
   EXPECT_EQ(cl.options.cluster_store, "etcd://10.0.0.1:2379,etcd-b:2379");
   EXPECT_EQ(cl.options.node_name, "node-a");
@@ -251,6 +252,7 @@ TEST(DaemonOptions, ClusterMode) {
   EXPECT_EQ(cl.options.node_lease_seconds, 2u);
   EXPECT_EQ(cl.options.replica_timeout_seconds, 0.5);
   EXPECT_EQ(cl.options.rebuild_bps, uint64_t{64} << 20);
+  EXPECT_EQ(cl.options.replica_replace_after_seconds, 30.0);
 
   DaemonCommandLine defaults = Parse({"--cluster-store", "etcd://127.0.0.1:2379", "--node-name",
                                       "n", "--cluster-secret-file", "/s"});
@@ -258,6 +260,7 @@ TEST(DaemonOptions, ClusterMode) {
   EXPECT_EQ(defaults.options.node_lease_seconds, 10u);
   EXPECT_EQ(defaults.options.replica_timeout_seconds, 5.0);
   EXPECT_EQ(defaults.options.rebuild_bps, 0u);
+  EXPECT_EQ(defaults.options.replica_replace_after_seconds, 600.0) << "10 minutes";
   EXPECT_EQ(defaults.options.replica_listen, "");
   EXPECT_EQ(defaults.options.cluster_tls_dir, "") << "replica traffic is plain TCP unless asked";
 
@@ -292,6 +295,9 @@ TEST(DaemonOptions, ClusterMode) {
       {{"--cluster-tls-dir", "/tls"}, "need --cluster-store"},
       {{"--replica-timeout", "5"}, "need --cluster-store"},
       {{"--rebuild-bps", "1M"}, "need --cluster-store"},
+      {{"--replica-replace-after", "60"}, "need --cluster-store"},
+      {with({"--cluster-store", "etcd://a:1", "--replica-replace-after", "-1"}),
+       "--replica-replace-after"},
       {with({"--cluster-store", "etcd://a:1", "--replica-timeout", "0"}), "--replica-timeout"},
       {with({"--cluster-store", "etcd://a:1", "--rebuild-bps", "fast"}), "--rebuild-bps"},
   };

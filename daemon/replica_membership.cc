@@ -45,8 +45,7 @@ MembershipEdit ReplicaLeaves(std::string node, std::string reason) {
   return
       [node = std::move(node), reason = std::move(reason)](cluster::Membership* m) -> Result<bool> {
         cluster::ReplicaMember* r = FindMember(m, node);
-        if (r == nullptr)
-          return Status::NotFound("node " + node + " holds no replica of the volume");
+        if (r == nullptr) return false;  // removed (replaced) meanwhile: not in in_sync
         auto it = std::find(m->in_sync.begin(), m->in_sync.end(), node);
         if (it == m->in_sync.end()) return false;  // already out
         if (m->in_sync.size() == 1) {
@@ -84,6 +83,58 @@ MembershipEdit ReplicaRebuilding(std::string node) {
     r->since_epoch = m->epoch;
     return true;
   };
+}
+
+MembershipEdit ReplicaAdded(std::string node, std::string replaces) {
+  return [node = std::move(node),
+          replaces = std::move(replaces)](cluster::Membership* m) -> Result<bool> {
+    if (FindMember(m, node) != nullptr) {
+      return Status::AlreadyExists("node " + node + " holds a replica of the volume already");
+    }
+    if (FindMember(m, replaces) == nullptr) {
+      return Status::FailedPrecondition("node " + replaces + " holds no replica any more");
+    }
+    for (const cluster::ReplicaMember& r : m->replicas) {
+      if (r.replaces == replaces) {
+        return Status::FailedPrecondition("the replica on " + r.node + " replaces " + replaces +
+                                          " already");
+      }
+    }
+    if (m->replicas.size() >= cluster::Membership::kMaxReplicas) {
+      return Status::FailedPrecondition("the volume has the most replicas a volume may have");
+    }
+    cluster::ReplicaMember added;
+    added.node = node;
+    added.state = cluster::ReplicaState::kRebuilding;
+    added.since_epoch = m->epoch;
+    added.replaces = replaces;
+    m->replicas.push_back(std::move(added));
+    return true;
+  };
+}
+
+MembershipEdit ReplicaRemoved(std::string node, std::string reason) {
+  return
+      [node = std::move(node), reason = std::move(reason)](cluster::Membership* m) -> Result<bool> {
+        auto it = std::find_if(m->replicas.begin(), m->replicas.end(),
+                               [&](const cluster::ReplicaMember& r) { return r.node == node; });
+        if (it == m->replicas.end()) return false;
+        m->replicas.erase(it);
+        for (cluster::ReplicaMember& r : m->replicas) {
+          if (r.replaces == node) r.replaces.clear();
+        }
+        if (auto in = std::find(m->in_sync.begin(), m->in_sync.end(), node);
+            in != m->in_sync.end()) {
+          m->in_sync.erase(in);
+          m->epoch += 1;
+          m->RecordChange(node + " removed: " + reason);
+        }
+        if (m->min_in_sync > m->replicas.size()) {
+          return Status::FailedPrecondition("removing the replica on " + node +
+                                            " would leave fewer replicas than --min-in-sync");
+        }
+        return true;
+      };
 }
 
 StoreMembership::StoreMembership(std::shared_ptr<cluster::ClusterStore> store, std::string volume,

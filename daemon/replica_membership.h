@@ -40,11 +40,20 @@ Result<cluster::VolumeRecord> EditMembership(cluster::ClusterStore* store,
                                              const std::string& volume, const MembershipEdit& edit);
 
 // The edits of the layer's two calls, also used at a target's start: `node` leaves in_sync
-// (state faulted, epoch + 1, a history entry with `reason`), or joins it (healthy, epoch + 1).
+// (state faulted, epoch + 1, a history entry with `reason`; nothing to change when it holds no
+// replica any more: it was removed), or joins it (healthy, epoch + 1).
 MembershipEdit ReplicaLeaves(std::string node, std::string reason);
 MembershipEdit ReplicaJoins(std::string node);
 // `node` is being rebuilt (state rebuilding; epoch unchanged: in_sync does not change).
 MembershipEdit ReplicaRebuilding(std::string node);
+// Replacing a replica (docs/replication.md, "Replacing a replica"): a new replica on `node`,
+// rebuilding, that `replaces` the one on that node (epoch unchanged); FailedPrecondition when
+// `replaces` holds no replica any more or another replica replaces it already, AlreadyExists
+// when `node` holds one. Then, once it is in sync, the replaced one goes: removed from the
+// replicas (and from in_sync, epoch + 1, a history entry with `reason`); the new one no longer
+// names it. Nothing to change when `node` holds no replica.
+MembershipEdit ReplicaAdded(std::string node, std::string replaces);
+MembershipEdit ReplicaRemoved(std::string node, std::string reason);
 
 class StoreMembership final : public replication::MembershipClient {
  public:

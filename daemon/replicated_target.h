@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 
 #include "daemon/replica_membership.h"
@@ -35,6 +36,10 @@ struct NodeRepair {
   uint64_t done_total = 0, sent_total = 0;
   uint32_t rebuilds = 0;
   std::string last_error;
+  // Replacing this node's replica (replica_replace.cc): the next attempt after a failed one.
+  std::chrono::steady_clock::time_point replace_next_try{};
+  std::chrono::milliseconds replace_backoff{0};
+  std::string replace_error;  // the last failure logged
 };
 
 struct ReplicatedVolumes::Target {
@@ -54,6 +59,9 @@ struct ReplicatedVolumes::Target {
   std::string repairing;         // the node being rebuilt or joined; guarded by mu
   std::mutex mu;
   std::map<std::string, NodeRepair> repair;  // guarded by mu
+  // Nodes whose replica another one replaces (the membership's `replaces`): never reconnected
+  // or rebuilt, removed once the new one is in sync; guarded by mu.
+  std::set<std::string> being_replaced;
 
   ~Target();
   void RebuildDone(const std::string& node, Status status);

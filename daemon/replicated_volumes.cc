@@ -667,7 +667,8 @@ void ReplicatedVolumes::RepairLoop() {
     if (!targets.empty()) {
       Result<std::vector<cluster::NodeRecord>> nodes = cluster_->ListNodes();
       if (nodes.ok()) {
-        for (const std::shared_ptr<Target>& t : targets) RepairTarget(t, *nodes);
+        const std::map<std::string, std::string> doomed = DoomedNodes(*nodes);
+        for (const std::shared_ptr<Target>& t : targets) RepairTarget(t, *nodes, doomed);
       }
     }
     targets.clear();  // a target deleted meanwhile goes here, on this thread
@@ -700,7 +701,8 @@ void ReplicatedVolumes::OpenPending() {
 }
 
 void ReplicatedVolumes::RepairTarget(const std::shared_ptr<Target>& target,
-                                     const std::vector<cluster::NodeRecord>& nodes) {
+                                     const std::vector<cluster::NodeRecord>& nodes,
+                                     const std::map<std::string, std::string>& doomed) {
   std::vector<replication::ReplicaStatus> live;
   bool fenced = false;
   target->reactor->RunSync([&] {
@@ -708,9 +710,14 @@ void ReplicatedVolumes::RepairTarget(const std::shared_ptr<Target>& target,
     fenced = target->layer->fenced();
   });
   if (fenced) return;  // another target took the volume over
+  if (ReplaceStep(target, live, doomed, nodes)) return;
   for (const replication::ReplicaStatus& s : live) {
     if (!s.local && s.state == MemberState::kRebuilding && RetryRebuild(target, s.node)) return;
-    if (s.local || s.state != MemberState::kOut) continue;
+    if (s.local || s.state != MemberState::kOut || doomed.contains(s.node)) continue;
+    {
+      std::lock_guard lock(target->mu);
+      if (target->being_replaced.contains(s.node)) continue;
+    }
     const cluster::NodeRecord* n = FindNode(nodes, s.node);
     if (n == nullptr || !n->up || !n->status.ok() || n->info.replica_address.empty()) continue;
     {

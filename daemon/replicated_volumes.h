@@ -50,6 +50,7 @@ namespace shale::replication {
 class ReplicaClient;
 class ReplicationLayer;
 struct ReplicaServerOptions;
+struct ReplicaStatus;
 }  // namespace shale::replication
 
 namespace shale::daemon {
@@ -64,6 +65,10 @@ struct ReplicatedVolumesOptions {
   std::chrono::milliseconds replica_timeout{5000};
   std::chrono::milliseconds connect_timeout{3000};  // connect + authenticate + OPEN
   uint64_t rebuild_bps = 0;                         // 0: no cap
+  // --replica-replace-after: a replica whose node has been down this long (as this node saw it)
+  // is replaced by a new one on another node (docs/replication.md, "Replacing a replica"); 0:
+  // never.
+  std::chrono::milliseconds replace_after{600000};
   // Every connection to a peer's replica service goes through it: the node's replica transport
   // (TCP, or mutual TLS with --cluster-tls-dir). Required; outlives the ReplicatedVolumes.
   replication::Transport* transport = nullptr;
@@ -240,7 +245,26 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   std::vector<std::shared_ptr<Target>> Targets();  // every open target, now
   void RepairLoop();
   void RepairTarget(const std::shared_ptr<Target>& target,
-                    const std::vector<cluster::NodeRecord>& nodes);
+                    const std::vector<cluster::NodeRecord>& nodes,
+                    const std::map<std::string, std::string>& doomed);
+  // --- replacing replicas (replica_replace.cc; docs/replication.md, "Replacing a replica") ---
+  // The nodes whose replicas are to be replaced, with why: draining ones, and those down for
+  // --replica-replace-after (counted from when this repair thread first saw them down).
+  std::map<std::string, std::string> DoomedNodes(const std::vector<cluster::NodeRecord>& nodes);
+  // One step for a target: removes a replaced replica whose replacement is in sync, or starts
+  // replacing one replica of a doomed node. True when it did something.
+  bool ReplaceStep(const std::shared_ptr<Target>& target,
+                   const std::vector<replication::ReplicaStatus>& live,
+                   const std::map<std::string, std::string>& doomed,
+                   const std::vector<cluster::NodeRecord>& nodes);
+  // Places a replica on another node (by free capacity; not cordoned, not holding one), marks
+  // every region for it, records it (`replaces` old) and starts its rebuild.
+  Status StartReplace(const std::shared_ptr<Target>& target, const cluster::Membership& m,
+                      const std::string& old, const std::string& why,
+                      const std::vector<cluster::NodeRecord>& nodes);
+  // The replacement `by` is in sync: `old` leaves the membership, the layer and its node.
+  void FinishReplace(const std::shared_ptr<Target>& target, const std::string& old,
+                     const std::string& by, const std::vector<cluster::NodeRecord>& nodes);
   void Reconnect(const std::shared_ptr<Target>& target, const std::string& node,
                  const std::string& address);
   void OpenPending();
@@ -283,6 +307,7 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   };
   std::map<std::string, PendingRetry> pending_retry_;  // guarded by mu_
   bool stopping_ = false;                              // guarded by mu_
+  std::map<std::string, std::chrono::steady_clock::time_point> down_since_;  // repair thread
   std::mutex snapshot_mu_;  // serializes snapshots (replicated_snapshots.cc)
   std::thread repair_;
 };

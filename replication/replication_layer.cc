@@ -79,7 +79,7 @@ size_t ReplicationLayer::InSyncCount() const {
 std::vector<std::string> ReplicationLayer::OutNodes() const {
   std::vector<std::string> out;
   for (const Slot& s : slots_) {
-    if (s.state == MemberState::kOut || s.state == MemberState::kLeaving) {
+    if (!s.removed && (s.state == MemberState::kOut || s.state == MemberState::kLeaving)) {
       out.push_back(s.target->node());
     }
   }
@@ -88,7 +88,7 @@ std::vector<std::string> ReplicationLayer::OutNodes() const {
 
 ReplicationLayer::Slot* ReplicationLayer::FindSlot(const std::string& node, size_t* index) {
   for (size_t i = 0; i < slots_.size(); ++i) {
-    if (slots_[i].target->node() == node) {
+    if (!slots_[i].removed && slots_[i].target->node() == node) {
       if (index != nullptr) *index = i;
       return &slots_[i];
     }
@@ -571,9 +571,39 @@ void ReplicationLayer::SetEpoch(uint64_t epoch) {
   for (Slot& s : slots_) s.target->SetEpoch(epoch);
 }
 
+void ReplicationLayer::RemoveReplica(const std::string& node, std::function<void(Status)> done) {
+  Slot* s = FindSlot(node);
+  Status refused;
+  if (s == nullptr) {
+    refused = Status::NotFound("replica " + node + " is not a replica of " + volume_);
+  } else if (s->target->local()) {
+    refused = Status::FailedPrecondition("the local replica of " + volume_ + " is not removed");
+  } else if (s->state == MemberState::kInSync &&
+             InSyncCount() <= std::max<size_t>(options_.min_in_sync, 1)) {
+    refused = Status::FailedPrecondition("replica " + node + " is one of the last " +
+                                         std::to_string(InSyncCount()) + " in-sync replicas");
+  } else if (s->state != MemberState::kInSync && s->state != MemberState::kOut) {
+    refused = Status::FailedPrecondition("replica " + node + " is " +
+                                         std::string(MemberStateName(s->state)));
+  }
+  if (!refused.ok()) {
+    return reactor_->Post([done = std::move(done), refused] { done(refused); });
+  }
+  s->state = MemberState::kOut;
+  s->removed = true;
+  SHALE_LOG_INFO("replication: replica removed", {"volume", volume_}, {"node", node},
+                 {"epoch", epoch_});
+  changed_->Drop(node, std::move(done));
+  ResumeHeld();
+}
+
 std::vector<ReplicaStatus> ReplicationLayer::Replicas() const {
   std::vector<ReplicaStatus> out;
-  for (const Slot& s : slots_) {
+  std::vector<int> at(slots_.size(), -1);  // slot -> index in out
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    if (s.removed) continue;
+    at[i] = static_cast<int>(out.size());
     ReplicaStatus r;
     r.node = s.target->node();
     r.state = s.state;
@@ -583,14 +613,16 @@ std::vector<ReplicaStatus> ReplicationLayer::Replicas() const {
     out.push_back(std::move(r));
   }
   for (const Fanout* f : writes_in_flight_) {
-    for (const ChildIo& c : f->children) ++out[c.slot].writes_in_flight;
+    for (const ChildIo& c : f->children) {
+      if (at[c.slot] >= 0) ++out[static_cast<size_t>(at[c.slot])].writes_in_flight;
+    }
   }
   return out;
 }
 
 std::shared_ptr<ReplicaTarget> ReplicationLayer::Target(const std::string& node) const {
   for (const Slot& s : slots_) {
-    if (s.target->node() == node) return s.target;
+    if (!s.removed && s.target->node() == node) return s.target;
   }
   return nullptr;
 }

@@ -106,6 +106,14 @@ class ReplicationLayer final : public VolumeLayer {
   // started, or finished and the replica joined the in-sync set at `epoch`).
   void SetState(const std::string& node, MemberState state);
   void SetEpoch(uint64_t epoch);
+  // Removes the replica of `node` from the volume (docs/replication.md, "Replacing a replica";
+  // the owner recorded its removal in the store first): it gets nothing from now on, is never
+  // read, is no longer marked or listed, and its changed regions are dropped; done(status of the
+  // drop). Only a remote replica that is out, or in sync with enough others left (min_in_sync);
+  // FailedPrecondition otherwise (a rebuilding, joining or leaving one: retry later). Requests in
+  // flight to it still complete; the owner then closes its connection (off the reactor: it holds
+  // a reference from Target(node), taken before) and their failure is ignored.
+  void RemoveReplica(const std::string& node, std::function<void(Status)> done);
   // Keeps `log` (activity_log.h; outlives the layer) from now on: a write to a region outside it
   // waits for the region's entry to be durable; flushes free regions; a replica that leaves gets
   // the logged regions marked changed. Set before the first client write (or never).
@@ -160,6 +168,7 @@ class ReplicationLayer final : public VolumeLayer {
     std::vector<Fanout*> waiting;  // writes whose acknowledgement waits for its removal
     std::chrono::steady_clock::time_point leaving_since;
     bool membership_call_running = false;
+    bool removed = false;  // RemoveReplica: kept (indexes stay valid), state out, never found
   };
 
   static void OnChildDone(ChildIo* child);

@@ -132,6 +132,59 @@ TEST_F(ReplicationLayerTest, BelowMinInSyncWritesFailWithEio) {
   EXPECT_EQ(*got, Pattern(4096, 1));
 }
 
+// Replacing a replica (a drained node's, or a dead node's): a removed replica gets nothing more,
+// is no longer listed or marked, and I/O goes on without a client error while its connection
+// closes under requests in flight. The last min_in_sync in-sync replicas and the local one stay.
+TEST_F(ReplicationLayerTest, ARemovedReplicaGetsNothingMoreAndItsMarksGo) {
+  MakeLayer(2, true, MemberState::kInSync, MemberState::kInSync);
+  ASSERT_TRUE(Write(0, Pattern(kMiB, 1)).ok());
+  auto remove = [&](const std::string& node) {
+    std::promise<Status> done;
+    reactor_->Post([&] { layer_->RemoveReplica(node, [&](Status st) { done.set_value(st); }); });
+    return done.get_future().get();
+  };
+  EXPECT_EQ(remove("node-a").code(), StatusCode::kFailedPrecondition) << "the local replica";
+  EXPECT_TRUE(remove("node-z").IsNotFound());
+  // node-b, in sync, is removed while writes run; its connection closes with them in flight.
+  std::shared_ptr<ReplicaTarget> b;
+  reactor_->RunSync([&] { b = layer_->Target("node-b"); });
+  ASSERT_NE(b, nullptr);
+  std::vector<std::unique_ptr<LayerIo>> writes;
+  for (int i = 0; i < 16; ++i) {
+    auto w = std::make_unique<LayerIo>(VolumeOp::kWrite, (2 + i) * kMiB, 64 * kKiB);
+    w->buf = Pattern(64 * kKiB, 10 + i);
+    w->io.buf = w->buf.data();
+    Submit(w.get());
+    writes.push_back(std::move(w));
+  }
+  ASSERT_TRUE(remove("node-b").ok());
+  static_cast<RemoteReplica*>(b.get())->client().Close();
+  for (auto& w : writes) {
+    ASSERT_TRUE(w->Wait().ok()) << "no client-visible error";
+    std::memcpy(oracle_.data() + w->io.offset, w->buf.data(), w->buf.size());
+  }
+  EXPECT_TRUE(membership_->calls().empty()) << "a removal is no failure";
+  std::vector<ReplicaStatus> listed;
+  reactor_->RunSync([&] { listed = layer_->Replicas(); });
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[0].node, "node-a");
+  EXPECT_EQ(listed[1].node, "node-c");
+  EXPECT_EQ(layer_->Target("node-b"), nullptr);
+  // Now node-a and node-c are the last two of min_in_sync 2.
+  EXPECT_EQ(remove("node-c").code(), StatusCode::kFailedPrecondition);
+  // Writes go on, node-b gets nothing and nothing is marked for it.
+  ASSERT_TRUE(Write(30 * kMiB, Pattern(4096, 40)).ok());
+  ASSERT_TRUE(Flush().ok());
+  EXPECT_TRUE(ChangedRanges("node-b").empty());
+  const std::vector<uint8_t> expect(oracle_.begin(), oracle_.begin() + 32 * kMiB);
+  ExpectReplicas({"node-a", "node-c"}, 0, expect);
+  b.reset();
+  Reconnect(1, MemberState::kOut);  // a fresh connection, only to read what node-b holds
+  auto on_b = ReadReplica("node-b", 30 * kMiB, 4096);
+  ASSERT_TRUE(on_b.ok()) << on_b.status();
+  EXPECT_NE(*on_b, Pattern(4096, 40)) << "node-b got a write after its removal";
+}
+
 TEST_F(ReplicationLayerTest, AnUnreachableStoreFailsTheWriteInsteadOfAcknowledgingIt) {
   MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
   membership_->Fail(true);

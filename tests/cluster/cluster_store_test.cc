@@ -280,6 +280,24 @@ TEST_F(ClusterStoreTest, CordonOutlivesTheLeaseAndGoesWithForget) {
   nodes = one->ListNodes();
   ASSERT_TRUE(nodes.ok()) << nodes.status();
   EXPECT_FALSE(FindNode(*nodes, "n2")->cordoned);
+  // A drain cordons the node too; a cordon alone is no drain; uncordon ends both.
+  EXPECT_TRUE(one->SetDraining("nope").IsNotFound());
+  ASSERT_TRUE(one->SetDraining("n2").ok());
+  nodes = one->ListNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_TRUE(FindNode(*nodes, "n2")->cordoned);
+  EXPECT_TRUE(FindNode(*nodes, "n2")->draining);
+  ASSERT_TRUE(one->SetCordoned("n2", true).ok());
+  nodes = one->ListNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_TRUE(FindNode(*nodes, "n2")->cordoned);
+  EXPECT_FALSE(FindNode(*nodes, "n2")->draining);
+  ASSERT_TRUE(one->SetDraining("n2").ok());
+  ASSERT_TRUE(one->SetCordoned("n2", false).ok());
+  nodes = one->ListNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_FALSE(FindNode(*nodes, "n2")->cordoned);
+  EXPECT_FALSE(FindNode(*nodes, "n2")->draining);
   // Forgetting a node forgets its cordon.
   ASSERT_TRUE(one->SetCordoned("n2", true).ok());
   ASSERT_TRUE(two->Deregister().ok());

@@ -1,0 +1,272 @@
+// Replacing a replica (docs/replication.md, "Replacing a replica"): the repair thread of a
+// volume's target places a new replica on another node in place of one whose node is draining
+// (`shale node drain`) or has been down longer than --replica-replace-after, rebuilds it whole,
+// and once it is in sync removes the replaced one (from the membership first, then from the
+// layer, then from its node when that node is up).
+#include <algorithm>
+#include <future>
+
+#include "cluster/placement.h"
+#include "daemon/cluster_node.h"
+#include "daemon/replica_membership.h"
+#include "daemon/replicated_target.h"
+#include "daemon/replicated_volumes.h"
+#include "engine/common/log.h"
+#include "engine/io/reactor.h"
+#include "replication/replica_admin.h"
+#include "replication/replica_client.h"
+#include "replication/replication_layer.h"
+
+namespace shale::daemon {
+
+using replication::MemberState;
+
+namespace {
+
+constexpr auto kReplaceFirstBackoff = std::chrono::seconds(1);
+constexpr auto kReplaceMaxBackoff = std::chrono::seconds(30);
+// How long the removal from the layer waits for the replaced replica to settle (a leave being
+// recorded) before it is retried at the next tick.
+constexpr auto kRemoveSettle = std::chrono::seconds(10);
+
+const cluster::NodeRecord* FindRecord(const std::vector<cluster::NodeRecord>& nodes,
+                                      const std::string& name) {
+  for (const cluster::NodeRecord& n : nodes) {
+    if (n.name == name) return &n;
+  }
+  return nullptr;
+}
+
+bool IsReplaced(const cluster::Membership& m, const std::string& node) {
+  return std::any_of(m.replicas.begin(), m.replicas.end(),
+                     [&](const cluster::ReplicaMember& r) { return r.replaces == node; });
+}
+
+}  // namespace
+
+std::map<std::string, std::string> ReplicatedVolumes::DoomedNodes(
+    const std::vector<cluster::NodeRecord>& nodes) {
+  const auto now = std::chrono::steady_clock::now();
+  std::map<std::string, std::string> doomed;
+  for (const cluster::NodeRecord& n : nodes) {
+    if (n.draining) doomed[n.name] = "node " + n.name + " is drained";
+    if (n.up) {
+      down_since_.erase(n.name);
+      continue;
+    }
+    const auto since = down_since_.try_emplace(n.name, now).first->second;
+    if (options_.replace_after.count() > 0 && now - since >= options_.replace_after) {
+      const auto secs = std::chrono::duration_cast<std::chrono::seconds>(now - since).count();
+      doomed.try_emplace(n.name, "node " + n.name + " has been down for " + std::to_string(secs) +
+                                     " s (--replica-replace-after)");
+    }
+  }
+  for (auto it = down_since_.begin(); it != down_since_.end();) {  // forgotten nodes
+    it = FindRecord(nodes, it->first) == nullptr ? down_since_.erase(it) : std::next(it);
+  }
+  return doomed;
+}
+
+bool ReplicatedVolumes::ReplaceStep(const std::shared_ptr<Target>& target,
+                                    const std::vector<replication::ReplicaStatus>& live,
+                                    const std::map<std::string, std::string>& doomed,
+                                    const std::vector<cluster::NodeRecord>& nodes) {
+  bool wanted = false;
+  {
+    std::lock_guard lock(target->mu);
+    wanted = !target->being_replaced.empty();
+  }
+  for (const replication::ReplicaStatus& s : live) {
+    wanted = wanted || (!s.local && doomed.contains(s.node));
+  }
+  if (!wanted) return false;
+  Result<cluster::VolumeRecord> record = store_->GetVolume(target->name);
+  if (!record.ok()) return false;  // etcd: the next tick
+  const cluster::Membership& m = record->membership;
+  {
+    std::lock_guard lock(target->mu);
+    target->being_replaced.clear();
+    for (const cluster::ReplicaMember& r : m.replicas) {
+      if (!r.replaces.empty()) target->being_replaced.insert(r.replaces);
+    }
+  }
+  for (const cluster::ReplicaMember& r : m.replicas) {
+    if (!r.replaces.empty() && m.InSync(r.node)) {
+      FinishReplace(target, r.replaces, r.node, nodes);
+      return true;
+    }
+  }
+  {
+    std::lock_guard lock(target->mu);
+    if (!target->repairing.empty()) return false;  // one rebuild at a time per volume
+  }
+  for (const cluster::ReplicaMember& r : m.replicas) {
+    auto why = doomed.find(r.node);
+    if (r.node == options_.node_name || why == doomed.end() || IsReplaced(m, r.node)) continue;
+    {
+      std::lock_guard lock(target->mu);
+      if (std::chrono::steady_clock::now() < target->repair[r.node].replace_next_try) continue;
+    }
+    Status started = StartReplace(target, m, r.node, why->second, nodes);
+    if (started.ok()) return true;
+    std::lock_guard lock(target->mu);
+    NodeRepair& rep = target->repair[r.node];
+    rep.replace_next_try = std::chrono::steady_clock::now() + rep.replace_backoff;
+    rep.replace_backoff = std::min<std::chrono::milliseconds>(
+        std::max<std::chrono::milliseconds>(rep.replace_backoff * 2, kReplaceFirstBackoff),
+        kReplaceMaxBackoff);
+    if (started.ToString() != rep.replace_error) {
+      rep.replace_error = started.ToString();
+      SHALE_LOG_WARN("replica not replaced yet; retrying with backoff", {"volume", target->name},
+                     {"node", r.node}, {"why", why->second}, {"error", rep.replace_error});
+    }
+  }
+  return false;
+}
+
+Status ReplicatedVolumes::StartReplace(const std::shared_ptr<Target>& target,
+                                       const cluster::Membership& m, const std::string& old,
+                                       const std::string& why,
+                                       const std::vector<cluster::NodeRecord>& nodes) {
+  const std::string& name = target->name;
+  std::vector<std::string> candidates;
+  for (const cluster::NodeRecord& n : nodes) {
+    if (n.name != options_.node_name && m.Find(n.name) == nullptr && !n.draining) {
+      candidates.push_back(n.name);
+    }
+  }
+  if (candidates.empty()) {
+    return Status::FailedPrecondition("every other node holds a replica of " + name +
+                                      " already: no node can take one in place of " + old);
+  }
+  cluster::PlacementRequest request;
+  request.local_node = options_.node_name;
+  request.size_bytes = m.size_bytes;
+  request.replicas = 1;
+  request.only_nodes = std::move(candidates);
+  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::ReplicaPlacement> placed,
+                         cluster::PlaceReplicas(nodes, request));
+  const std::string node = placed.front().node;
+  const cluster::NodeRecord* n = FindRecord(nodes, node);
+  replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
+                                         options_.secret, transport_, options_.connect_timeout};
+  const replication::ReplicaSpec spec{name, target->uuid, m.size_bytes, ""};
+  Result<replication::ReplicaStat> made = replication::CreateReplica(admin, spec, m.epoch);
+  if (!made.ok()) return made.status().WithContext("create a replica of " + name + " on " + node);
+  auto undo = [&](const Status& why_not) {
+    std::promise<Status> dropped;
+    target->reactor->Post([&] {
+      target->changed->Drop(node, [&](Status st) { dropped.set_value(st); });
+    });
+    (void)dropped.get_future().get();
+    Status deleted = replication::DeleteReplica(admin, spec, m.epoch);
+    if (!deleted.ok()) {
+      SHALE_LOG_WARN("could not remove a replica placed by a failed replacement",
+                     {"volume", name}, {"node", node}, {"error", deleted.ToString()});
+    }
+    return why_not;
+  };
+  // Every region is marked for it before the store names it: a target restarted meanwhile
+  // rebuilds it whole, never from the activity log alone.
+  std::promise<Status> marked;
+  target->reactor->Post([&] {
+    target->changed->Mark({node}, 0, m.size_bytes, [&](Status st) { marked.set_value(st); });
+  });
+  if (Status st = marked.get_future().get(); !st.ok()) {
+    return undo(st.WithContext("mark the regions of the new replica"));
+  }
+  {
+    std::lock_guard lock(target->mu);
+    if (!target->repairing.empty()) return undo(Status::Aborted("a rebuild started meanwhile"));
+    target->repairing = node;
+  }
+  Result<cluster::VolumeRecord> added = EditMembership(store_.get(), name, ReplicaAdded(node, old));
+  if (!added.ok()) {
+    std::lock_guard lock(target->mu);
+    target->repairing.clear();
+    return undo(added.status());
+  }
+  {
+    std::lock_guard lock(target->mu);
+    target->being_replaced.insert(old);
+  }
+  SHALE_LOG_WARN("replacing a replica", {"volume", name}, {"replaced", old}, {"by", node},
+                 {"why", why});
+  uint64_t epoch = 0;
+  target->reactor->RunSync([&] { epoch = target->layer->epoch(); });
+  Result<std::unique_ptr<replication::ReplicaClient>> client =
+      Connect(*target, n->info.replica_address, epoch);
+  std::shared_ptr<replication::ReplicaTarget> remote;
+  if (client.ok()) {
+    remote = std::make_shared<replication::RemoteReplica>(node, std::move(client).value());
+  } else {
+    remote = std::make_shared<UnreachableReplica>(node, target->reactor);
+  }
+  target->reactor->RunSync([&] {
+    target->layer->SetReplica(remote, client.ok() ? MemberState::kRebuilding : MemberState::kOut);
+    if (client.ok()) StartRebuilder(*target, node);
+  });
+  if (!client.ok()) {  // the repair thread reconnects it like any replica that is out
+    std::lock_guard lock(target->mu);
+    target->repairing.clear();
+    target->repair[node].last_error = client.status().ToString();
+  }
+  return Status::Ok();
+}
+
+void ReplicatedVolumes::FinishReplace(const std::shared_ptr<Target>& target,
+                                      const std::string& old, const std::string& by,
+                                      const std::vector<cluster::NodeRecord>& nodes) {
+  const std::string& name = target->name;
+  Result<cluster::VolumeRecord> removed =
+      EditMembership(store_.get(), name, ReplicaRemoved(old, "replaced by " + by));
+  if (!removed.ok()) {
+    SHALE_LOG_WARN("replaced replica not removed yet", {"volume", name}, {"node", old},
+                   {"error", removed.status().ToString()});
+    return;
+  }
+  const cluster::Membership& m = removed->membership;
+  // Out of the layer (a replica that was in sync keeps getting writes until here: more than
+  // the store asks for, never fewer). One that is leaving settles first.
+  std::shared_ptr<replication::ReplicaTarget> gone;
+  Status out = Status::Unavailable("not tried");
+  const auto deadline = std::chrono::steady_clock::now() + kRemoveSettle;
+  while (!out.ok() && !out.IsNotFound() && std::chrono::steady_clock::now() < deadline) {
+    std::promise<Status> done;
+    target->reactor->RunSync([&] {
+      if (m.epoch > target->layer->epoch()) target->layer->SetEpoch(m.epoch);
+      if (gone == nullptr) gone = target->layer->Target(old);
+      target->layer->RemoveReplica(old, [&](Status st) { done.set_value(st); });
+    });
+    out = done.get_future().get();
+    if (!out.ok() && !out.IsNotFound()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!out.ok() && !out.IsNotFound()) {
+    SHALE_LOG_ERROR("replaced replica still in the target's layer", {"volume", name},
+                    {"node", old}, {"error", out.ToString()});
+  }
+  if (auto* remote = dynamic_cast<replication::RemoteReplica*>(gone.get()); remote != nullptr) {
+    remote->client().Close();  // requests in flight fail; the layer ignores them now
+  }
+  gone.reset();
+  const cluster::NodeRecord* n = FindRecord(nodes, old);
+  if (n != nullptr && n->up && n->status.ok() && !n->info.replica_address.empty()) {
+    replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
+                                           options_.secret, transport_, options_.connect_timeout};
+    Status deleted =
+        replication::DeleteReplica(admin, {name, target->uuid, m.size_bytes, ""}, m.epoch);
+    if (!deleted.ok()) {
+      SHALE_LOG_WARN("replaced replica left on its node (removed at its next start)",
+                     {"volume", name}, {"node", old}, {"error", deleted.ToString()});
+    }
+  }
+  {
+    std::lock_guard lock(target->mu);
+    target->being_replaced.erase(old);
+    target->repair.erase(old);
+  }
+  SHALE_LOG_INFO("replica replaced", {"volume", name}, {"removed", old}, {"by", by},
+                 {"epoch", m.epoch});
+}
+
+}  // namespace shale::daemon
