@@ -1,9 +1,17 @@
 #include "cli/node_commands.h"
 
+#include <chrono>
+#include <map>
+#include <thread>
+
 #include "cli/output.h"
 #include "engine/common/units.h"
 
 namespace shale::cli {
+
+namespace {
+constexpr auto kDrainPoll = std::chrono::milliseconds(500);
+}  // namespace
 
 std::string NodeTable(const v1::ListNodesResponse& nodes) {
   Table table({"NAME", "STATE", "REPLICA ADDRESS", "FREE", "POOLS", "TARGETS", "REPLICAS"});
@@ -23,8 +31,10 @@ std::string NodeTable(const v1::ListNodesResponse& nodes) {
       if (!pools.empty()) pools += ", ";
       pools += p.name() + " " + FormatSize(p.free_bytes()) + "/" + FormatSize(p.capacity_bytes());
     }
-    table.AddRow({name, n.cordoned() ? n.state() + ", cordoned" : n.state(),
-                  n.replica_address().empty() ? "-" : n.replica_address(),
+    const std::string state = n.draining()   ? n.state() + ", draining"
+                              : n.cordoned() ? n.state() + ", cordoned"
+                                             : n.state();
+    table.AddRow({name, state, n.replica_address().empty() ? "-" : n.replica_address(),
                   FormatSize(n.free_bytes()), pools.empty() ? "-" : pools, names(n.targets()),
                   names(n.replicas())});
   }
@@ -48,6 +58,7 @@ nlohmann::ordered_json ToJson(const v1::ListNodesResponse& nodes) {
         {"name", n.name()},
         {"state", n.state()},
         {"cordoned", n.cordoned()},
+        {"draining", n.draining()},
         {"replica_address", n.replica_address()},
         {"free_bytes", n.free_bytes()},
         {"local", n.local()},
@@ -81,6 +92,87 @@ void NodeCommands::AddCommands(CLI::App& app) {
       node_cmd->add_subcommand("uncordon", "Let new replicas go to a cordoned node again");
   uncordon->add_option("NAME", name_, "Node name")->required();
   uncordon->callback(SelectAction(action_, this, &NodeCommands::RunUncordon));
+  CLI::App* drain = node_cmd->add_subcommand(
+      "drain",
+      "Move every replica off a node: it is cordoned, and the target of each volume with a "
+      "replica there places a new one elsewhere, rebuilds it, then removes the old one; waits "
+      "until the node holds none (exit 1 at the timeout; `node uncordon` ends the drain)");
+  drain->add_option("NAME", name_, "Node name")->required();
+  drain->add_option("--timeout", timeout_s_, "Seconds to wait (default 3600)")
+      ->check(CLI::Range(0.0, 604800.0))
+      ->type_name("S");
+  drain->add_flag("--no-wait", no_wait_, "Start the drain and print what is left; do not wait");
+  drain->callback(SelectAction(action_, this, &NodeCommands::RunDrain));
+  CLI::App* forget = node_cmd->add_subcommand(
+      "forget",
+      "Remove a node that is gone for good from the node list (refused while it is up or holds "
+      "replicas)");
+  forget->add_option("NAME", name_, "Node name")->required();
+  forget->callback(SelectAction(action_, this, &NodeCommands::RunForget));
+}
+
+int NodeCommands::RunForget(ControlClient& client, Format format) {
+  v1::ForgetNodeRequest req;
+  req.set_node(name_);
+  return RunRpc(
+      client, &v1::Control::Stub::ForgetNode, req, err_, [&](const v1::ForgetNodeResponse& resp) {
+        format == Format::kJson ? void(out_ << nlohmann::ordered_json{{"node", name_},
+                                                                      {"forgotten", true},
+                                                                      {"message", resp.message()}}
+                                                   .dump(2)
+                                            << "\n")
+                                : void(out_ << resp.message() << "\n");
+        return kExitOk;
+      });
+}
+
+int NodeCommands::RunDrain(ControlClient& client, Format format) {
+  v1::DrainNodeRequest req;
+  req.set_node(name_);
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(timeout_s_ * 1000));
+  std::map<std::string, std::string> shown;  // volume -> why, as last printed
+  v1::DrainNodeResponse resp;
+  while (true) {
+    resp.Clear();
+    const std::string error = client.Call(&v1::Control::Stub::DrainNode, req, &resp);
+    if (!error.empty()) {
+      err_ << "shale: " << error << "\n";
+      return kExitFailure;
+    }
+    if (resp.drained() || no_wait_) break;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      err_ << "shale: node drain: node '" << name_ << "' not drained after " << timeout_s_
+           << " s:\n";
+      for (const v1::DrainRemaining& r : resp.remaining()) {
+        err_ << "  " << r.volume() << ": " << r.why() << "\n";
+      }
+      return kExitFailure;
+    }
+    for (const v1::DrainRemaining& r : resp.remaining()) {  // progress: what changed
+      if (shown[r.volume()] != r.why()) err_ << r.volume() << ": " << r.why() << "\n";
+      shown[r.volume()] = r.why();
+    }
+    std::this_thread::sleep_for(kDrainPoll);
+  }
+  if (format == Format::kJson) {
+    nlohmann::ordered_json left = nlohmann::ordered_json::array();
+    for (const v1::DrainRemaining& r : resp.remaining()) {
+      left.push_back({{"volume", r.volume()}, {"why", r.why()}});
+    }
+    out_ << nlohmann::ordered_json{{"node", name_},
+                                   {"drained", resp.drained()},
+                                   {"remaining", left},
+                                   {"message", resp.message()}}
+                .dump(2)
+         << "\n";
+  } else {
+    out_ << resp.message() << "\n";
+    for (const v1::DrainRemaining& r : resp.remaining()) {
+      out_ << "  " << r.volume() << ": " << r.why() << "\n";
+    }
+  }
+  return kExitOk;
 }
 
 int NodeCommands::RunCordon(ControlClient& client, Format format) {

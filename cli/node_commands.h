@@ -1,5 +1,5 @@
-// Cluster node commands of the shale CLI (issue 11): `node list`. RunShale() owns one
-// NodeCommands for the parse and the run.
+// Cluster node commands of the shale CLI (issues 11, 12): `node list|cordon|uncordon|drain|forget`.
+// RunShale() owns one NodeCommands for the parse and the run.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -33,8 +33,12 @@ class NodeCommands {
   int RunCordon(ControlClient& client, Format format);
   int RunUncordon(ControlClient& client, Format format);
   int SetCordon(ControlClient& client, Format format, bool cordoned);
+  int RunDrain(ControlClient& client, Format format);
+  int RunForget(ControlClient& client, Format format);
 
   std::string name_;
+  double timeout_s_ = 3600;
+  bool no_wait_ = false;
 
   Action* const action_;
   std::ostream& out_;

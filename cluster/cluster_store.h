@@ -48,7 +48,7 @@ struct NodeRecord {
   bool cordoned = false;  // `shale node cordon`: no new replica goes there (cordoned/<node>)
   // `shale node drain` (cordoned too): every replica on it is replaced elsewhere, then removed.
   bool draining = false;
-  Status status;          // Corruption when its stored value is malformed
+  Status status;  // Corruption when its stored value is malformed
 };
 
 struct VolumeRecord {

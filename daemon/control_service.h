@@ -175,6 +175,10 @@ class ControlService final : public v1::Control::Service {
                          v1::ListNodesResponse* resp) override;
   grpc::Status SetNodeCordon(grpc::ServerContext* ctx, const v1::SetNodeCordonRequest* req,
                              v1::SetNodeCordonResponse* resp) override;
+  grpc::Status DrainNode(grpc::ServerContext* ctx, const v1::DrainNodeRequest* req,
+                         v1::DrainNodeResponse* resp) override;
+  grpc::Status ForgetNode(grpc::ServerContext* ctx, const v1::ForgetNodeRequest* req,
+                          v1::ForgetNodeResponse* resp) override;
   grpc::Status ListReplicas(grpc::ServerContext* ctx, const v1::ListReplicasRequest* req,
                             v1::ListReplicasResponse* resp) override;
   grpc::Status ForceRecoverVolume(grpc::ServerContext* ctx,

@@ -2,6 +2,7 @@
 // status answer and the node list, read from etcd through the daemon's ClusterNode; replicated
 // volumes (create with --replicas, the replica list, the rebuild rate cap) through its
 // ReplicatedVolumes.
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -59,6 +60,7 @@ grpc::Status ControlService::ListNodes(grpc::ServerContext* ctx,
     out->set_state(n.up ? "up" : "down");
     out->set_local(n.name == cluster_->node_name());
     out->set_cordoned(n.cordoned);
+    out->set_draining(n.draining);
     for (const std::string& v : targets[n.name]) out->add_targets(v);
     for (const std::string& v : replicas[n.name]) out->add_replicas(v);
     if (!n.status.ok()) {
@@ -94,6 +96,95 @@ grpc::Status ControlService::SetNodeCordon(grpc::ServerContext* ctx,
                               "stays; `shale node uncordon " +
                               req->node() + "` undoes it)"
                         : "node " + req->node() + " uncordoned: new replicas may go there");
+  return grpc::Status::OK;
+}
+
+namespace {
+
+// Why the replica of `v` on the draining `node` is still there (docs/replication.md, "Drain").
+std::string DrainWait(const cluster::Membership& m, const std::string& node,
+                      const std::vector<cluster::NodeRecord>& nodes) {
+  for (const cluster::ReplicaMember& r : m.replicas) {
+    if (r.replaces == node) {
+      return "being replaced by a replica on " + r.node + " (" +
+             std::string(cluster::ReplicaStateName(r.state)) + ")";
+    }
+  }
+  if (m.target == node && !m.detached) {
+    return "served on " + node +
+           " itself: detach it there (or let Kubernetes move its pod) so that another node "
+           "serves it and replaces this replica";
+  }
+  if (m.detached) {
+    return "detached: the first up node of its in-sync set attaches it to replace this replica "
+           "(within seconds; it detaches it again after)";
+  }
+  const bool target_up = std::any_of(nodes.begin(), nodes.end(),
+                                     [&](const auto& n) { return n.name == m.target && n.up; });
+  return target_up ? "its target " + m.target + " has not started replacing it yet"
+                   : "its target " + m.target + " is down";
+}
+
+}  // namespace
+
+grpc::Status ControlService::DrainNode(grpc::ServerContext* ctx, const v1::DrainNodeRequest* req,
+                                       v1::DrainNodeResponse* resp) {
+  if (cluster_ == nullptr) return Fail(ctx, NotInCluster());
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
+  std::shared_ptr<cluster::ClusterStore> store = cluster_->store();
+  if (store == nullptr) return Fail(ctx, Status::Unavailable("shaled is starting or stopping"));
+  const std::string& node = req->node();
+  Result<std::vector<cluster::NodeRecord>> nodes = store->ListNodes();
+  if (!nodes.ok()) return Fail(ctx, nodes.status());
+  const bool was_draining = std::any_of(
+      nodes->begin(), nodes->end(), [&](const auto& n) { return n.name == node && n.draining; });
+  if (Status st = store->SetDraining(node); !st.ok()) return Fail(ctx, st);
+  if (!was_draining) SHALE_LOG_INFO("node draining", {"node", node});
+  Result<std::vector<cluster::VolumeRecord>> volumes = store->ListVolumes();
+  if (!volumes.ok()) return Fail(ctx, volumes.status());
+  for (const cluster::VolumeRecord& v : *volumes) {
+    if (!v.status.ok() || v.membership.Find(node) == nullptr) continue;
+    v1::DrainRemaining* left = resp->add_remaining();
+    left->set_volume(v.name);
+    left->set_why(DrainWait(v.membership, node, *nodes));
+  }
+  resp->set_drained(resp->remaining().empty());
+  resp->set_message(
+      resp->drained() ? "node " + node +
+                            " is drained: it holds no replica (it stays cordoned; `shale node "
+                            "uncordon " +
+                            node + "` lets new replicas go there)"
+                      : "node " + node + " is draining: " + std::to_string(resp->remaining_size()) +
+                            " volume(s) still have a replica there");
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::ForgetNode(grpc::ServerContext* ctx, const v1::ForgetNodeRequest* req,
+                                        v1::ForgetNodeResponse* resp) {
+  if (cluster_ == nullptr) return Fail(ctx, NotInCluster());
+  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
+  std::shared_ptr<cluster::ClusterStore> store = cluster_->store();
+  if (store == nullptr) return Fail(ctx, Status::Unavailable("shaled is starting or stopping"));
+  const std::string& node = req->node();
+  // A forgotten node is never replaced: its replicas must have moved first.
+  Result<std::vector<cluster::VolumeRecord>> volumes = store->ListVolumes();
+  if (!volumes.ok()) return Fail(ctx, volumes.status());
+  std::string held;
+  for (const cluster::VolumeRecord& v : *volumes) {
+    if (v.status.ok() && v.membership.Find(node) != nullptr) {
+      held += (held.empty() ? "" : ", ") + v.name;
+    }
+  }
+  if (!held.empty()) {
+    return Fail(ctx, Status::FailedPrecondition(
+                         "node " + node + " still holds replicas of " + held +
+                         ": wait until they are replaced (--replica-replace-after) or drain it "
+                         "(shale node drain " +
+                         node + ")"));
+  }
+  if (Status st = store->ForgetNode(node); !st.ok()) return Fail(ctx, st);
+  SHALE_LOG_WARN("node forgotten", {"node", node});
+  resp->set_message("node " + node + " forgotten: it is no longer listed");
   return grpc::Status::OK;
 }
 

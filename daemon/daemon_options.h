@@ -52,7 +52,7 @@ struct DaemonOptions {
   double replica_timeout_seconds = 5;  // a replica request older than this fails the replica
   // A node down this long has each replica it holds replaced elsewhere (0: never).
   double replica_replace_after_seconds = 600;
-  uint64_t rebuild_bps = 0;            // rebuild copy rate cap (bytes/s); 0: none
+  uint64_t rebuild_bps = 0;  // rebuild copy rate cap (bytes/s); 0: none
 
   // Backups to S3 (docs/backup.md).
   std::string backup_endpoint;          // default S3 endpoint ("" = AWS)

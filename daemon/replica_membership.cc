@@ -114,27 +114,26 @@ MembershipEdit ReplicaAdded(std::string node, std::string replaces) {
 }
 
 MembershipEdit ReplicaRemoved(std::string node, std::string reason) {
-  return
-      [node = std::move(node), reason = std::move(reason)](cluster::Membership* m) -> Result<bool> {
-        auto it = std::find_if(m->replicas.begin(), m->replicas.end(),
-                               [&](const cluster::ReplicaMember& r) { return r.node == node; });
-        if (it == m->replicas.end()) return false;
-        m->replicas.erase(it);
-        for (cluster::ReplicaMember& r : m->replicas) {
-          if (r.replaces == node) r.replaces.clear();
-        }
-        if (auto in = std::find(m->in_sync.begin(), m->in_sync.end(), node);
-            in != m->in_sync.end()) {
-          m->in_sync.erase(in);
-          m->epoch += 1;
-          m->RecordChange(node + " removed: " + reason);
-        }
-        if (m->min_in_sync > m->replicas.size()) {
-          return Status::FailedPrecondition("removing the replica on " + node +
-                                            " would leave fewer replicas than --min-in-sync");
-        }
-        return true;
-      };
+  return [node = std::move(node),
+          reason = std::move(reason)](cluster::Membership* m) -> Result<bool> {
+    auto it = std::find_if(m->replicas.begin(), m->replicas.end(),
+                           [&](const cluster::ReplicaMember& r) { return r.node == node; });
+    if (it == m->replicas.end()) return false;
+    m->replicas.erase(it);
+    for (cluster::ReplicaMember& r : m->replicas) {
+      if (r.replaces == node) r.replaces.clear();
+    }
+    if (auto in = std::find(m->in_sync.begin(), m->in_sync.end(), node); in != m->in_sync.end()) {
+      m->in_sync.erase(in);
+      m->epoch += 1;
+      m->RecordChange(node + " removed: " + reason);
+    }
+    if (m->min_in_sync > m->replicas.size()) {
+      return Status::FailedPrecondition("removing the replica on " + node +
+                                        " would leave fewer replicas than --min-in-sync");
+    }
+    return true;
+  };
 }
 
 StoreMembership::StoreMembership(std::shared_ptr<cluster::ClusterStore> store, std::string volume,

@@ -2,9 +2,11 @@
 // volume's target places a new replica on another node in place of one whose node is draining
 // (`shale node drain`) or has been down longer than --replica-replace-after, rebuilds it whole,
 // and once it is in sync removes the replaced one (from the membership first, then from the
-// layer, then from its node when that node is up).
+// layer, then from its node when that node is up). Also the caretaker of detached volumes and
+// the removal of orphaned replicas (named by no membership any more).
 #include <algorithm>
 #include <future>
+#include <set>
 
 #include "cluster/placement.h"
 #include "daemon/cluster_node.h"
@@ -13,8 +15,10 @@
 #include "daemon/replicated_volumes.h"
 #include "engine/common/log.h"
 #include "engine/io/reactor.h"
+#include "replication/changed_regions.h"
 #include "replication/replica_admin.h"
 #include "replication/replica_client.h"
+#include "replication/replica_server.h"
 #include "replication/replication_layer.h"
 
 namespace shale::daemon {
@@ -28,6 +32,8 @@ constexpr auto kReplaceMaxBackoff = std::chrono::seconds(30);
 // How long the removal from the layer waits for the replaced replica to settle (a leave being
 // recorded) before it is retried at the next tick.
 constexpr auto kRemoveSettle = std::chrono::seconds(10);
+// How often the repair thread looks for detached volumes with a replica to replace.
+constexpr auto kCarePeriod = std::chrono::seconds(2);
 
 const cluster::NodeRecord* FindRecord(const std::vector<cluster::NodeRecord>& nodes,
                                       const std::string& name) {
@@ -37,6 +43,9 @@ const cluster::NodeRecord* FindRecord(const std::vector<cluster::NodeRecord>& no
   return nullptr;
 }
 
+// A replica younger than this is never an orphan: it may be being placed (its membership is
+// written after every replica exists, seconds later).
+constexpr uint64_t kOrphanMinAgeNs = 10ull * 1000 * 1000 * 1000;
 bool IsReplaced(const cluster::Membership& m, const std::string& node) {
   return std::any_of(m.replicas.begin(), m.replicas.end(),
                      [&](const cluster::ReplicaMember& r) { return r.replaces == node; });
@@ -155,14 +164,13 @@ Status ReplicatedVolumes::StartReplace(const std::shared_ptr<Target>& target,
   if (!made.ok()) return made.status().WithContext("create a replica of " + name + " on " + node);
   auto undo = [&](const Status& why_not) {
     std::promise<Status> dropped;
-    target->reactor->Post([&] {
-      target->changed->Drop(node, [&](Status st) { dropped.set_value(st); });
-    });
+    target->reactor->Post(
+        [&] { target->changed->Drop(node, [&](Status st) { dropped.set_value(st); }); });
     (void)dropped.get_future().get();
     Status deleted = replication::DeleteReplica(admin, spec, m.epoch);
     if (!deleted.ok()) {
-      SHALE_LOG_WARN("could not remove a replica placed by a failed replacement",
-                     {"volume", name}, {"node", node}, {"error", deleted.ToString()});
+      SHALE_LOG_WARN("could not remove a replica placed by a failed replacement", {"volume", name},
+                     {"node", node}, {"error", deleted.ToString()});
     }
     return why_not;
   };
@@ -214,8 +222,8 @@ Status ReplicatedVolumes::StartReplace(const std::shared_ptr<Target>& target,
   return Status::Ok();
 }
 
-void ReplicatedVolumes::FinishReplace(const std::shared_ptr<Target>& target,
-                                      const std::string& old, const std::string& by,
+void ReplicatedVolumes::FinishReplace(const std::shared_ptr<Target>& target, const std::string& old,
+                                      const std::string& by,
                                       const std::vector<cluster::NodeRecord>& nodes) {
   const std::string& name = target->name;
   Result<cluster::VolumeRecord> removed =
@@ -242,8 +250,8 @@ void ReplicatedVolumes::FinishReplace(const std::shared_ptr<Target>& target,
     if (!out.ok() && !out.IsNotFound()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   if (!out.ok() && !out.IsNotFound()) {
-    SHALE_LOG_ERROR("replaced replica still in the target's layer", {"volume", name},
-                    {"node", old}, {"error", out.ToString()});
+    SHALE_LOG_ERROR("replaced replica still in the target's layer", {"volume", name}, {"node", old},
+                    {"error", out.ToString()});
   }
   if (auto* remote = dynamic_cast<replication::RemoteReplica*>(gone.get()); remote != nullptr) {
     remote->client().Close();  // requests in flight fail; the layer ignores them now
@@ -267,6 +275,120 @@ void ReplicatedVolumes::FinishReplace(const std::shared_ptr<Target>& target,
   }
   SHALE_LOG_INFO("replica replaced", {"volume", name}, {"removed", old}, {"by", by},
                  {"epoch", m.epoch});
+}
+
+bool ReplicatedVolumes::RemoveIfOrphan(const VolumeInfo& v,
+                                       const Result<cluster::VolumeRecord>& record) {
+  std::string why;
+  if (!record.ok()) {
+    if (!record.status().IsNotFound()) return false;  // etcd: keep it
+    why = "the volume has no membership any more (deleted while this node was away)";
+  } else if (record->membership.uuid != ReplicaUuidOf(v)) {
+    why = "the volume's membership names another uuid (deleted and created again)";
+  } else if (record->membership.Find(options_.node_name) == nullptr) {
+    why = "the membership no longer names this node (its replica was replaced)";
+  } else {
+    return false;
+  }
+  // A replica being placed right now has no membership yet: only older ones are orphans.
+  const uint64_t now_ns =
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
+  if (now_ns < v.created_unix_ns + kOrphanMinAgeNs) return false;
+  DeleteOptions options;
+  options.extra_records = [](uint64_t volume_id, MetaBatch* batch) {
+    replication::ChangedRegions::ForgetVolume(volume_id, batch);
+    batch->Delete(replication::ReplicaStateKey(volume_id));
+  };
+  Status deleted = lifecycle_->Delete(v.name, options);
+  if (!deleted.ok()) {
+    SHALE_LOG_WARN("orphaned replica not removed", {"volume", v.name}, {"why", why},
+                   {"error", deleted.ToString()});
+    return false;
+  }
+  SHALE_LOG_WARN("orphaned replica removed", {"volume", v.name}, {"why", why});
+  return true;
+}
+
+void ReplicatedVolumes::RemoveOrphans() {
+  std::vector<VolumeInfo> held;
+  for (VolumeInfo& v : lifecycle_->engine()->ListVolumes()) {
+    std::lock_guard lock(mu_);
+    if (!ReplicaUuidOf(v).empty() && !targets_.contains(v.name) && !pending_.contains(v.name)) {
+      held.push_back(std::move(v));
+    }
+  }
+  if (held.empty()) return;
+  Result<std::vector<cluster::VolumeRecord>> records = store_->ListVolumes();  // one Range
+  if (!records.ok()) return;
+  std::map<std::string, const cluster::VolumeRecord*> by_name;
+  for (const cluster::VolumeRecord& r : *records) {
+    if (r.status.ok()) by_name[r.name] = &r;
+  }
+  for (const VolumeInfo& v : held) {
+    auto it = by_name.find(v.name);
+    (void)RemoveIfOrphan(v, it == by_name.end()
+                                ? Result<cluster::VolumeRecord>(Status::NotFound("no record"))
+                                : Result<cluster::VolumeRecord>(*it->second));
+  }
+}
+
+void ReplicatedVolumes::CareForDetached(const std::vector<cluster::NodeRecord>& nodes,
+                                        const std::map<std::string, std::string>& doomed) {
+  std::set<std::string> caring;
+  {
+    std::lock_guard lock(mu_);
+    caring = caretaking_;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if ((doomed.empty() && caring.empty()) || now < next_care_) return;
+  next_care_ = now + kCarePeriod;
+  Result<std::vector<cluster::VolumeRecord>> volumes = store_->ListVolumes();
+  if (!volumes.ok()) return;
+  std::set<std::string> listed;
+  for (const cluster::VolumeRecord& v : *volumes) {
+    if (!v.status.ok()) continue;
+    listed.insert(v.name);
+    const cluster::Membership& m = v.membership;
+    const bool needs = std::any_of(m.replicas.begin(), m.replicas.end(), [&](const auto& r) {
+      return !r.replaces.empty() || (r.node != options_.node_name && doomed.contains(r.node));
+    });
+    if (caring.contains(v.name)) {
+      if (needs) continue;
+      Result<std::string> detached = Detach(v.name);  // (leaves caretaking_ either way)
+      if (detached.ok()) {
+        SHALE_LOG_INFO("replica replaced; the volume is detached again", {"volume", v.name});
+      } else {
+        SHALE_LOG_WARN("volume attached to replace a replica not detached again",
+                       {"volume", v.name}, {"error", detached.status().ToString()});
+      }
+      continue;
+    }
+    if (!needs || !m.detached) continue;
+    // The caretaker: the first node of in_sync that is up and stays.
+    std::string caretaker;
+    for (const std::string& n : m.in_sync) {
+      const cluster::NodeRecord* rec = FindRecord(nodes, n);
+      if (rec != nullptr && rec->up && !doomed.contains(n)) {
+        caretaker = n;
+        break;
+      }
+    }
+    if (caretaker != options_.node_name) continue;
+    Result<std::string> attached = Attach(v.name);
+    if (!attached.ok()) {
+      SHALE_LOG_WARN("detached volume not attached to replace a replica", {"volume", v.name},
+                     {"error", attached.status().ToString()});
+      continue;
+    }
+    std::lock_guard lock(mu_);
+    caretaking_.insert(v.name);
+    SHALE_LOG_INFO("detached volume attached here to replace a replica; detached again after",
+                   {"volume", v.name});
+  }
+  std::lock_guard lock(mu_);
+  std::erase_if(caretaking_, [&](const std::string& name) { return !listed.contains(name); });
 }
 
 }  // namespace shale::daemon

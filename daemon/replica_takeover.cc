@@ -41,6 +41,10 @@ Result<std::string> ReplicatedVolumes::TakeOver(const std::string& name, bool fo
 Result<std::string> ReplicatedVolumes::Attach(const std::string& name) {
   SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
   if (store_ == nullptr) return Status::Unavailable("shaled is starting or stopping");
+  {
+    std::lock_guard lock(mu_);
+    caretaking_.erase(name);  // attached for people now: the repair thread leaves it attached
+  }
   SHALE_ASSIGN_OR_RETURN(cluster::VolumeRecord record, store_->GetVolume(name));
   const cluster::Membership& m = record.membership;
   if (m.target == options_.node_name && !m.detached) {
@@ -148,6 +152,10 @@ Result<std::string> ReplicatedVolumes::MoveHere(const std::string& name,
 Result<std::string> ReplicatedVolumes::Detach(const std::string& name) {
   SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
   if (store_ == nullptr) return Status::Unavailable("shaled is starting or stopping");
+  {
+    std::lock_guard lock(mu_);
+    caretaking_.erase(name);
+  }
   SHALE_ASSIGN_OR_RETURN(cluster::VolumeRecord record, store_->GetVolume(name));
   const cluster::Membership& m = record.membership;
   const std::string& self = options_.node_name;

@@ -16,9 +16,16 @@
 #include "replication/activity_log.h"
 #include "replication/changed_regions.h"
 #include "replication/rebuilder.h"
+#include "replication/replica_server.h"
 #include "replication/replication_layer.h"
 
 namespace shale::daemon {
+
+// The uuid label of a local replica volume ("" for a volume that is no replica).
+inline std::string ReplicaUuidOf(const VolumeInfo& info) {
+  auto it = info.labels.find(replication::kReplicaUuidLabel);
+  return it == info.labels.end() ? std::string() : it->second;
+}
 
 // Per remote node: the repair thread's bookkeeping (guarded by Target::mu).
 struct NodeRepair {

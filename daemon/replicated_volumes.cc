@@ -33,11 +33,9 @@ constexpr auto kFirstBackoff = std::chrono::milliseconds(500);
 constexpr auto kMaxBackoff = std::chrono::seconds(8);
 // How long a target's teardown waits for a rebuild window in flight to end.
 constexpr auto kRebuildDrain = std::chrono::seconds(30);
-
-std::string ReplicaUuidOf(const VolumeInfo& info) {
-  auto it = info.labels.find(replication::kReplicaUuidLabel);
-  return it == info.labels.end() ? std::string() : it->second;
-}
+// How often the repair thread looks for orphaned replicas (after the look at start) and, when
+// this node serves no target, lists the nodes (for detached volumes to replace replicas of).
+constexpr auto kScanPeriod = std::chrono::seconds(10);
 
 const cluster::NodeRecord* FindNode(const std::vector<cluster::NodeRecord>& nodes,
                                     const std::string& name) {
@@ -150,7 +148,7 @@ Status ReplicatedVolumes::Start() {
   store_ = cluster_->store();
   if (store_ == nullptr) return Status::FailedPrecondition("the cluster node is not started");
   for (const VolumeInfo& v : lifecycle_->engine()->ListVolumes()) {
-    if (ReplicaUuidOf(v).empty()) continue;
+    if (ReplicaUuidOf(v).empty() || RemoveIfOrphan(v, store_->GetVolume(v.name))) continue;
     Result<std::shared_ptr<Target>> target = OpenTarget(v.name);
     if (!target.ok() && !target.status().IsNotFound()) {
       PendingFailed(v.name, target.status());  // logged; retried by the repair thread
@@ -664,14 +662,21 @@ void ReplicatedVolumes::RepairLoop() {
     const bool pending = !pending_.empty();
     lock.unlock();
     if (pending) OpenPending();
-    if (!targets.empty()) {
-      Result<std::vector<cluster::NodeRecord>> nodes = cluster_->ListNodes();
-      if (nodes.ok()) {
-        const std::map<std::string, std::string> doomed = DoomedNodes(*nodes);
-        for (const std::shared_ptr<Target>& t : targets) RepairTarget(t, *nodes, doomed);
-      }
+    // The node list every tick while this node serves targets; otherwise only for the slower
+    // scans (etcd load: three Range calls per list).
+    const auto now = std::chrono::steady_clock::now();
+    const bool scan = now >= next_scan_;
+    if (scan) next_scan_ = now + kScanPeriod;
+    Result<std::vector<cluster::NodeRecord>> nodes = Status::Unavailable("not listed in this tick");
+    if (!targets.empty() || scan) nodes = cluster_->ListNodes();
+    std::map<std::string, std::string> doomed;
+    if (nodes.ok()) {
+      doomed = DoomedNodes(*nodes);
+      for (const std::shared_ptr<Target>& t : targets) RepairTarget(t, *nodes, doomed);
     }
     targets.clear();  // a target deleted meanwhile goes here, on this thread
+    if (nodes.ok()) CareForDetached(*nodes, doomed);
+    if (scan) RemoveOrphans();
     lock.lock();
   }
 }

@@ -233,6 +233,13 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   static replication::ReplicationLayer* LayerOf(const Target& t);
   static const Uuid& UuidOf(const Target& t);
   Result<std::shared_ptr<Target>> OpenTarget(const std::string& name);
+  // At start: deletes a local replica no membership names any more (the volume was deleted, or
+  // this replica replaced, while this node was away). True when it was deleted.
+  bool RemoveIfOrphan(const VolumeInfo& v, const Result<cluster::VolumeRecord>& record);
+  // RemoveIfOrphan for every local replica that is not a target here (the repair thread, every
+  // 10 s, one Range of every record: one replaced while its node was up but could not be deleted
+  // then, or one too young at start).
+  void RemoveOrphans();
   // A client of `target`'s replica at `address` (connect, authenticate, OPEN at `epoch`).
   Result<std::unique_ptr<replication::ReplicaClient>> Connect(const Target& target,
                                                               const std::string& address,
@@ -262,6 +269,11 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Status StartReplace(const std::shared_ptr<Target>& target, const cluster::Membership& m,
                       const std::string& old, const std::string& why,
                       const std::vector<cluster::NodeRecord>& nodes);
+  // A detached volume has no target to replace its replicas: the first up node of its in_sync
+  // set that is not doomed attaches it (the repair thread), and detaches it again once no
+  // replica is to be replaced (unless people attached it meanwhile). Every 2 s at most.
+  void CareForDetached(const std::vector<cluster::NodeRecord>& nodes,
+                       const std::map<std::string, std::string>& doomed);
   // The replacement `by` is in sync: `old` leaves the membership, the layer and its node.
   void FinishReplace(const std::shared_ptr<Target>& target, const std::string& old,
                      const std::string& by, const std::vector<cluster::NodeRecord>& nodes);
@@ -305,9 +317,13 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
     std::chrono::milliseconds backoff{500};  // doubling to 8 s, as the repair loop's
     std::string logged;                      // the reason last logged
   };
-  std::map<std::string, PendingRetry> pending_retry_;  // guarded by mu_
-  bool stopping_ = false;                              // guarded by mu_
+  std::map<std::string, PendingRetry> pending_retry_;                        // guarded by mu_
+  bool stopping_ = false;                                                    // guarded by mu_
   std::map<std::string, std::chrono::steady_clock::time_point> down_since_;  // repair thread
+  std::chrono::steady_clock::time_point next_care_{};                        // repair thread
+  std::chrono::steady_clock::time_point next_scan_{};                        // repair thread
+  // Detached volumes the repair thread attached here to replace a replica; guarded by mu_.
+  std::set<std::string> caretaking_;
   std::mutex snapshot_mu_;  // serializes snapshots (replicated_snapshots.cc)
   std::thread repair_;
 };

@@ -550,6 +550,8 @@ TEST_F(ReplicationFaultsTest, RefusedTargetRetriesWithBackoffAndLogsOnce) {
   ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
 
   // Each open attempt reads the membership key (one Range); over 12 s a 500 ms retry makes 24.
+  // The backoff makes about 5; the repair thread's scan every 10 s (the node list: 3 Range
+  // calls) adds up to 6.
   const auto start = Clock::now();
   const int64_t before = EtcdRangeCalls(*etcd_);
   ASSERT_GE(before, 0);
@@ -557,7 +559,7 @@ TEST_F(ReplicationFaultsTest, RefusedTargetRetriesWithBackoffAndLogsOnce) {
   const int64_t ranges = EtcdRangeCalls(*etcd_) - before;
   std::cout << ranges << " etcd Range calls in " << SecondsSince(start)
             << " s while the target refused to open\n";
-  EXPECT_LE(ranges, 8) << "retried with a backoff";
+  EXPECT_LE(ranges, 14) << "retried with a backoff";
   const std::string log = a.DaemonLog();
   size_t lines = 0;
   for (size_t at = log.find("target of a replicated volume not open"); at != std::string::npos;

@@ -1,0 +1,279 @@
+// Replacing replicas end to end (issue 12, point 3; docs/replication.md, "Replacing a replica"
+// and "Drain"). A real etcd and three shaled on loopback.
+//   - A node that stays down past --replica-replace-after (3 s here) has its replica placed on
+//     the third node and fully rebuilt there while the client writes on; `replica list` shows
+//     the count restored; the new replica alone serves every acknowledged write (the target
+//     killed, the volume attached on the new node); the dead node, back, deletes its orphan.
+//   - `shale node drain` moves every replica off a node with a client writing all along and no
+//     client error: an attached volume's target replaces it; a detached volume is attached by a
+//     node of its in-sync set for the replacement and detached again after. Every copy of a
+//     snapshot taken after the drain hashes the same.
+// Skipped (with the reason) where etcd is not installed.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "tests/e2e/etcd_fixture.h"
+#include "tests/e2e/harness.h"
+#include "tests/e2e/nbd_raw_client.h"
+#include "tests/e2e/replication_fixture.h"
+#include "tests/e2e/sequence_writer.h"
+
+namespace shale::e2e {
+namespace {
+
+using std::chrono::seconds;
+using ReplicationReplaceE2eTest = EtcdE2eTest;
+
+constexpr uint64_t kVolBytes = 32ull << 20;
+
+std::set<std::string> NodesOf(const std::map<std::string, nlohmann::json>& replicas) {
+  std::set<std::string> out;
+  for (const auto& [node, r] : replicas) out.insert(node);
+  return out;
+}
+
+bool AllHealthy(const std::map<std::string, nlohmann::json>& replicas) {
+  for (const auto& [node, r] : replicas) {
+    if (r["state"] != "healthy") return false;
+  }
+  return !replicas.empty();
+}
+
+// Starts node-a, node-b, node-c with `extra` flags each; their addresses published.
+bool StartThree(const test::EtcdProcess& etcd, Harness& a, Harness& b, Harness& c,
+                const std::vector<std::string>& extra) {
+  char name = 'a';
+  for (Harness* h : {&a, &b, &c}) {
+    std::vector<std::string> flags = NodeFlags(*h, etcd, std::string("node-") + name++);
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    if (!h->StartDaemon(flags)) return false;
+  }
+  return WaitPublished(a, 3);
+}
+
+bool HasVolume(Harness& h, const std::string& name) {
+  CommandResult r = h.Shale({"volume", "list", "-o", "json"});
+  if (r.exit_code != 0) return true;  // unknown: not gone
+  nlohmann::json listed = r.Json();
+  for (const nlohmann::json& v : listed["volumes"]) {
+    if (v["name"] == name) return true;
+  }
+  return false;
+}
+
+TEST_F(ReplicationReplaceE2eTest, ADeadNodesReplicaIsReplacedAndRebuiltElsewhere) {
+  Harness a, b, c;
+  const std::vector<std::string> replace = {"--replica-replace-after", "3"};
+  ASSERT_TRUE(StartThree(*etcd_, a, b, c, replace));
+  CommandResult made = a.Shale({"volume", "create", "rv", "--size", "32M", "--replicas", "2",
+                                "--replica-nodes", "node-a,node-b"});
+  ASSERT_EQ(made.exit_code, 0) << made.Describe();
+
+  std::mt19937_64 rng(21);
+  std::string oracle(kVolBytes, '\0');
+  for (size_t i = 0; i < (8ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  for (size_t i = 20ull << 20; i < (24ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  auto client = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_EQ(client->Go("rv"), std::optional<uint64_t>(kVolBytes));
+  ASSERT_TRUE(WriteRange(*client, oracle, 0, 8ull << 20));
+  ASSERT_TRUE(WriteRange(*client, oracle, 20ull << 20, 4ull << 20));
+  ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+
+  // node-b dies. The client writes on (node-b leaves the in-sync set), then node-b's replica is
+  // replaced on node-c once node-b has been down for 3 s, and rebuilt whole.
+  b.KillDaemon();
+  ExpectOneLineError(a.Shale({"node", "forget", "node-b"}), "still holds replicas of rv");
+  for (size_t i = 12ull << 20; i < (13ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  ASSERT_TRUE(WriteRange(*client, oracle, 12ull << 20, 1ull << 20));
+  ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  std::map<std::string, nlohmann::json> replicas;
+  nlohmann::json list;
+  const bool replaced = WaitFor(
+      [&] {
+        replicas = Replicas(a, "rv", &list, /*quiet=*/true);
+        return NodesOf(replicas) == std::set<std::string>{"node-a", "node-c"} &&
+               AllHealthy(replicas);
+      },
+      seconds(60));
+  ASSERT_TRUE(replaced) << list << a.DaemonLog();
+  EXPECT_EQ(list["in_sync"].size(), 2u) << "the replica count is restored: " << list;
+  EXPECT_GE(replicas["node-c"]["rebuilds"].get<uint64_t>(), 1u) << list;
+  // The whole volume was compared or copied (a full rebuild), not only what changed.
+  EXPECT_GE(replicas["node-c"]["rebuild_total_bytes"].get<uint64_t>(), kVolBytes) << list;
+  CommandResult nodes = a.Shale({"node", "list", "-o", "json"});
+  ASSERT_EQ(nodes.exit_code, 0) << nodes.Describe();
+  nlohmann::json node_list = nodes.Json();
+  for (const nlohmann::json& n : node_list["nodes"]) {
+    if (n["name"] == "node-b") {
+      EXPECT_TRUE(n["replicas"].empty()) << n;
+    }
+  }
+
+  // node-b returns: its replica is named by no membership any more and goes (a replica younger
+  // than 10 s is never taken for an orphan: it may be being placed).
+  std::vector<std::string> b_flags = NodeFlags(b, *etcd_, "node-b");
+  b_flags.insert(b_flags.end(), replace.begin(), replace.end());
+  ASSERT_TRUE(b.StartDaemon(b_flags));
+  EXPECT_TRUE(WaitFor([&] { return !HasVolume(b, "rv"); }, seconds(30)))
+      << "the orphaned replica is left: " << b.DaemonLog();
+  EXPECT_NE(b.DaemonLog().find("orphaned replica removed"), std::string::npos) << b.DaemonLog();
+
+  // Writes go on to both; then only node-c's copy is left to serve them all.
+  for (size_t i = 16ull << 20; i < (17ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  ASSERT_TRUE(WriteRange(*client, oracle, 16ull << 20, 1ull << 20));
+  ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  client.reset();
+  a.KillDaemon();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return c.Shale({"volume", "attach", "rv"}).exit_code == 0;
+      },
+      seconds(30)))
+      << c.DaemonLog();
+  client = NbdRawClient::Tcp(c.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Go("rv").has_value()) << c.DaemonLog();
+  ExpectContent(*client, oracle, "node-c, the replacement");
+  client.reset();
+  // And node-c, the target now, replaces node-a's replica on node-b in turn.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        replicas = Replicas(c, "rv", &list, /*quiet=*/true);
+        return NodesOf(replicas) == std::set<std::string>{"node-b", "node-c"} &&
+               AllHealthy(replicas);
+      },
+      seconds(60)))
+      << list << c.DaemonLog();
+  // node-a is gone for good: forgotten once it holds nothing.
+  ExpectOneLineError(c.Shale({"node", "forget", "node-b"}), "still holds replicas of rv");
+  CommandResult forgotten = c.Shale({"node", "forget", "node-a"});
+  ASSERT_EQ(forgotten.exit_code, 0) << forgotten.Describe();
+  CommandResult after = c.Shale({"node", "list", "-o", "json"});
+  ASSERT_EQ(after.exit_code, 0) << after.Describe();
+  nlohmann::json left = after.Json();
+  EXPECT_EQ(left["nodes"].size(), 2u) << left;
+}
+
+TEST_F(ReplicationReplaceE2eTest, DrainMovesEveryReplicaOffANodeWithClientIoRunning) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartThree(*etcd_, a, b, c, {}));
+  // dv: served on node-a, a replica on node-b. wv: created on node-c, then detached.
+  ASSERT_EQ(a.Shale({"volume", "create", "dv", "--size", "32M", "--replicas", "2",
+                     "--replica-nodes", "node-a,node-b"})
+                .exit_code,
+            0);
+  ASSERT_EQ(c.Shale({"volume", "create", "wv", "--size", "16M", "--replicas", "2",
+                     "--replica-nodes", "node-c,node-b"})
+                .exit_code,
+            0);
+  std::mt19937_64 rng(22);
+  std::string woracle(16ull << 20, '\0');
+  for (size_t i = 0; i < (2ull << 20); ++i) woracle[i] = static_cast<char>(rng());
+  {
+    auto w = NbdRawClient::Tcp(c.NbdAddress());
+    ASSERT_NE(w, nullptr);
+    ASSERT_TRUE(w->Go("wv").has_value());
+    ASSERT_TRUE(WriteRange(*w, woracle, 0, 2ull << 20));
+    ASSERT_EQ(w->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  }
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return c.Shale({"volume", "detach", "wv"}).exit_code == 0;
+      },
+      seconds(20)))
+      << c.DaemonLog();
+
+  std::string oracle(kVolBytes, '\0');
+  for (size_t i = 1ull << 20; i < (9ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  {
+    auto fill = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_NE(fill, nullptr);
+    ASSERT_TRUE(fill->Go("dv").has_value());
+    ASSERT_TRUE(WriteRange(*fill, oracle, 1ull << 20, 8ull << 20));
+    ASSERT_EQ(fill->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  }
+  std::vector<std::unique_ptr<NbdRawClient>> clients;
+  clients.push_back(NbdRawClient::Tcp(a.NbdAddress()));
+  ASSERT_NE(clients[0], nullptr);
+  ASSERT_TRUE(clients[0]->Go("dv").has_value());
+  SequenceWriter writer(std::move(clients));
+  ASSERT_TRUE(writer.WaitMore(20)) << "the writer runs";
+
+  CommandResult drained = b.Shale({"node", "drain", "node-b", "--timeout", "120"});
+  ASSERT_EQ(drained.exit_code, 0) << drained.Describe() << a.DaemonLog() << c.DaemonLog();
+  EXPECT_NE(drained.out.find("node node-b is drained"), std::string::npos) << drained.out;
+  ASSERT_TRUE(writer.WaitMore(20)) << "the writer goes on after the drain";
+  writer.Stop();
+  EXPECT_FALSE(writer.failed()) << "no client error during the drain";
+
+  CommandResult nodes = a.Shale({"node", "list", "-o", "json"});
+  ASSERT_EQ(nodes.exit_code, 0) << nodes.Describe();
+  nlohmann::json drained_nodes = nodes.Json();
+  for (const nlohmann::json& n : drained_nodes["nodes"]) {
+    if (n["name"] != "node-b") continue;
+    EXPECT_TRUE(n["replicas"].empty()) << n;
+    EXPECT_EQ(n["draining"], true) << n;
+    EXPECT_EQ(n["cordoned"], true) << n;
+  }
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(a, "dv", &list);
+  EXPECT_EQ(NodesOf(replicas), (std::set<std::string>{"node-a", "node-c"})) << list;
+  EXPECT_TRUE(AllHealthy(replicas)) << list;
+  // The detached volume was attached on node-c for its replacement, then detached again.
+  nlohmann::json wlist;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        replicas = Replicas(c, "wv", &wlist, /*quiet=*/true);
+        return wlist.value("detached", false) &&
+               NodesOf(replicas) == std::set<std::string>{"node-a", "node-c"};
+      },
+      seconds(30)))
+      << wlist << c.DaemonLog();
+  EXPECT_NE(c.DaemonLog().find("attached here to replace a replica"), std::string::npos);
+
+  // Every copy holds the same bytes: the snapshot taken on the target and on node-c hashes the
+  // same, and node-a serves the oracle.
+  ASSERT_EQ(a.Shale({"snapshot", "create", "dv@drained"}).exit_code, 0) << a.DaemonLog();
+  CommandResult verified = a.Shale({"snapshot", "verify", "dv@drained", "-o", "json"});
+  ASSERT_EQ(verified.exit_code, 0) << verified.Describe();
+  const nlohmann::json v = verified.Json();
+  ASSERT_EQ(v["replicas"].size(), 1u) << v;
+  EXPECT_EQ(v["replicas"][0]["node"], "node-c") << v;
+  EXPECT_EQ(v["replicas"][0]["digest"], v["digest"]) << v;
+  auto check = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(check, nullptr);
+  ASSERT_TRUE(check->Go("dv").has_value());
+  std::string block;
+  ASSERT_EQ(check->Request(NbdRawClient::kCmdRead, 0, 4096, "", &block), 0);
+  EXPECT_EQ(SequenceWriter::SeqOf(block), writer.rounds()) << "the last acknowledged round";
+  oracle.replace(0, 4096, block);
+  ExpectContent(*check, oracle, "node-a after the drain");
+  check.reset();
+  // wv on node-a (its new replica) serves what was written on node-c.
+  ASSERT_EQ(a.Shale({"volume", "attach", "wv"}).exit_code, 0) << a.DaemonLog();
+  auto w = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(w, nullptr);
+  ASSERT_TRUE(w->Go("wv").has_value()) << a.DaemonLog();
+  ExpectContent(*w, woracle, "wv on node-a");
+
+  // Uncordon ends the drain.
+  ASSERT_EQ(a.Shale({"node", "uncordon", "node-b"}).exit_code, 0);
+  nodes = a.Shale({"node", "list", "-o", "json"});
+  nlohmann::json uncordoned = nodes.Json();
+  for (const nlohmann::json& n : uncordoned["nodes"]) {
+    if (n["name"] == "node-b") {
+      EXPECT_EQ(n["draining"], false) << n;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shale::e2e
