@@ -96,9 +96,20 @@ struct ControllerService::Impl {
     out->set_capacity_bytes(static_cast<int64_t>(CsiCapacity(engine, info)));
     if (info.read_only) (*out->mutable_volume_context())["readOnly"] = "true";
     (*out->mutable_volume_context())["pool"] = info.pool;
-    // A replicated volume is served on any node holding a replica; others on this node.
+    // A replicated volume is served on any node holding a replica, a read-only clone of a
+    // replicated volume's snapshot on any node holding a copy of it; others on this node.
     std::vector<std::string> nodes;
     if (options.replica_nodes) nodes = options.replica_nodes(info.name);
+    auto clone_of = info.labels.find(std::string(kLabelCloneOf));
+    if (auto it = info.labels.find(std::string(kLabelCloneNodes));
+        it != info.labels.end() && clone_of != info.labels.end()) {
+      for (size_t at = 0; at <= it->second.size();) {
+        const size_t comma = std::min(it->second.find(',', at), it->second.size());
+        if (comma > at) nodes.push_back(it->second.substr(at, comma - at));
+        at = comma + 1;
+      }
+      (*out->mutable_volume_context())[std::string(kContextCloneOf)] = clone_of->second;
+    }
     if (nodes.empty()) nodes.push_back(options.node_id);
     for (const std::string& node : nodes) {
       (*out->mutable_accessible_topology()->Add()->mutable_segments())[std::string(kTopologyKey)] =
@@ -207,6 +218,8 @@ struct SourcePlan {
   uint64_t minimum = 0;      // the source's CSI capacity
   uint64_t engine_size = 0;
   std::string pool;
+  std::string copies_on;    // a replicated volume's snapshot: the nodes holding a copy ("a,b,c")
+  std::string snapshot_of;  // a snapshot source: the volume it was taken of
 };
 
 // The content source as recorded ("snapshot:ID" / "volume:ID"); INVALID_ARGUMENT without an id.
@@ -326,6 +339,10 @@ grpc::Status ResolveSource(Engine* engine, snapshot::SnapshotManager* snapshots,
                               " not found: " + std::string(snap.status().message()));
     }
     out->clone_from = snap->full_name();
+    out->snapshot_of = snap->volume;
+    if (auto it = snap->labels.find(daemon::kSnapshotReplicasLabel); it != snap->labels.end()) {
+      out->copies_on = it->second;
+    }
     out->minimum = LabelledCapacity(snap->labels, snap->size_bytes);
     out->engine_size = snap->size_bytes;
     out->pool = snap->pool;
@@ -485,6 +502,22 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
                    .provisioned_bytes = *capacity};
     created = lifecycle_->Restore(spec);
   } else {
+    if (plan.read_only && src.copies_on.empty() && !src.snapshot_of.empty() &&
+        options_.replica_nodes) {
+      // A replica's copy of the snapshot carries no label (only the target's does): the nodes
+      // holding a replica of its volume now (one that was out then has no copy: NodeStage
+      // there is NOT_FOUND, naming the snapshot).
+      std::string nodes;
+      for (const std::string& n : options_.replica_nodes(src.snapshot_of)) {
+        nodes += (nodes.empty() ? "" : ",") + n;
+      }
+      src.copies_on = nodes;
+    }
+    if (plan.read_only && !src.copies_on.empty()) {
+      // Served on every node holding a copy of the snapshot: each stages its own clone of it.
+      labels[std::string(kLabelCloneNodes)] = src.copies_on;
+      labels[std::string(kLabelCloneOf)] = src.clone_from;
+    }
     auto clone = lifecycle_->Clone({.source = src.clone_from,
                                     .name = plan.name,
                                     .read_only = plan.read_only,

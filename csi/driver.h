@@ -72,6 +72,11 @@ struct DriverOptions {
   // (Busy while it has other clients).
   std::function<Status(const std::string& name)> attach_volume;
   std::function<Status(const std::string& name)> detach_volume;
+  // NodeStage of a read-only clone of a replicated volume's snapshot on a node that holds a copy
+  // of the snapshot but not the clone (docs/csi.md, "Read-only clones on many nodes"): makes
+  // this node's own read-only clone `name` of its copy of `snapshot`, labelled kLabelCloneCopy
+  // (NodeUnstage deletes it through delete_volume). Null: NOT_FOUND as for any unknown volume.
+  std::function<Status(const std::string& name, const std::string& snapshot)> create_clone_copy;
   // Whether the endpoint serves GroupController and SnapshotMetadata (Identity advertises
   // exactly these).
   bool group_controller = true;

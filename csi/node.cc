@@ -469,6 +469,22 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
   }
   if (grpc::Status gate = ChangeGate(); !gate.ok()) return gate;
   auto info = FindVolume(engine_, request->volume_id());
+  if (!info.ok() && info.status().IsNotFound()) {
+    // A read-only clone of a replicated volume's snapshot, made on another node: this node
+    // makes its own from its copy of the snapshot (docs/csi.md, "Read-only clones on many
+    // nodes").
+    auto of = request->volume_context().find(std::string(kContextCloneOf));
+    if (of != request->volume_context().end() && options_.create_clone_copy &&
+        ValidateName("volume", request->volume_id()).ok()) {
+      std::lock_guard lock(mu_);
+      Status made = options_.create_clone_copy(request->volume_id(), of->second);
+      if (!made.ok() && made.code() != StatusCode::kAlreadyExists) {
+        return ToGrpc(made.WithContext("make this node's copy of read-only clone " +
+                                       request->volume_id() + " of " + of->second));
+      }
+      info = FindVolume(engine_, request->volume_id());
+    }
+  }
   if (!info.ok()) return ToGrpc(info.status());
   const auto& cap = request->volume_capability();
   if (grpc::Status st = CheckNodeCapability(cap, info->read_only); !st.ok()) return st;
@@ -582,6 +598,15 @@ grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  // This node's own copy of a read-only clone made at NodeStage goes with the staging (the
+  // controller deletes only the clone it made; the next NodeStage here makes a new copy).
+  if (auto info = engine_->GetVolume(s->volume);
+      info.ok() && info->labels.contains(std::string(kLabelCloneCopy)) && options_.delete_volume) {
+    if (Status deleted = options_.delete_volume(s->volume); !deleted.ok()) {
+      SHALE_LOG_WARN("csi: this node's copy of a read-only clone not deleted",
+                     {"volume", s->volume}, {"error", deleted.ToString()});
+    }
   }
   SHALE_LOG_INFO("csi: volume unstaged", {"volume", s->volume});
   return grpc::Status::OK;

@@ -32,6 +32,14 @@ inline constexpr uint64_t kMaxHeadroomBytes = uint64_t{1} << 40;
 inline constexpr std::string_view kLabelFingerprint = "csi.shale.io/fingerprint";
 inline constexpr std::string_view kLabelCapacity = "csi.shale.io/capacity";
 inline constexpr std::string_view kLabelManaged = "csi.shale.io/managed";
+// A read-only clone of a replicated volume's snapshot (docs/csi.md, "Read-only clones on many
+// nodes"): the nodes holding a copy of the snapshot (its accessible topology), the snapshot
+// ("VOLUME@SNAP"), and, on a node's own copy made at NodeStage, "true" (deleted at NodeUnstage).
+inline constexpr std::string_view kLabelCloneNodes = "csi.shale.io/ro-clone-nodes";
+inline constexpr std::string_view kLabelCloneOf = "csi.shale.io/ro-clone-of";
+inline constexpr std::string_view kLabelCloneCopy = "csi.shale.io/ro-clone-copy";
+// The volume context key NodeStage reads it from.
+inline constexpr std::string_view kContextCloneOf = "roCloneOf";
 
 // StorageClass parameter keys.
 inline constexpr std::string_view kParamPool = "pool";

@@ -19,6 +19,7 @@
 #include "api/control_api.h"
 #include "backup/backup_manager.h"
 #include "csi/driver.h"
+#include "csi/params.h"
 #include "daemon/cluster_node.h"
 #include "daemon/control_service.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
@@ -820,6 +821,18 @@ void Daemon::AddCsiFrontend() {
   };
   csi_options.change_gate = [this] { return lifecycle_->CheckChangeGate(); };
   if (!options_.cluster_store.empty()) AddCsiClusterHooks(&csi_options);
+  // A read-only clone of a replicated volume's snapshot staged here, made on another node: this
+  // node's own clone of its copy of the snapshot (docs/csi.md, "Read-only clones on many nodes").
+  csi_options.create_clone_copy = [this](const std::string& name,
+                                         const std::string& snapshot) -> Status {
+    return lifecycle_
+        ->Clone({.source = snapshot,
+                 .name = name,
+                 .read_only = true,
+                 .labels = {{std::string(csi::kLabelCloneCopy), "true"},
+                            {std::string(csi::kLabelCloneOf), snapshot}}})
+        .status();
+  };
   // CSI calls name volumes by id: their labels (the PVC the driver recorded) fill the record.
   ops::VolumeLabelLookup labels = [engine = engine_.get()](const std::string& volume) {
     Result<VolumeInfo> info = engine->GetVolume(volume);

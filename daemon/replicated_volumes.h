@@ -78,10 +78,6 @@ struct ReplicatedVolumesOptions {
   std::function<Status(const std::string& volume, uint64_t epoch)> raise_local_epoch;
 };
 
-// Snapshot labels of a replicated volume's snapshot on its target (docs/replication.md).
-inline constexpr char kSnapshotReplicasLabel[] = "shale.io/snapshot-replicas";  // "a,b,c"
-inline constexpr char kSnapshotVolumeUuidLabel[] = "shale.io/snapshot-volume-uuid";
-
 // One replica's copy of a snapshot, as `snapshot verify` reports it.
 struct ReplicaDigest {
   std::string node;

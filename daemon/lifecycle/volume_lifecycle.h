@@ -95,6 +95,13 @@ struct DeleteOptions {
   VolumeRecords extra_records;
 };
 
+// Snapshot labels of a replicated volume's snapshot, on its target and on every copy
+// (docs/replication.md, "Snapshots of replicated volumes"): the nodes holding a copy ("a,b,c",
+// the target's first) and the volume's uuid. CSI reads the first to serve a read-only clone of
+// the snapshot on each of those nodes (docs/csi.md).
+inline constexpr char kSnapshotReplicasLabel[] = "shale.io/snapshot-replicas";
+inline constexpr char kSnapshotVolumeUuidLabel[] = "shale.io/snapshot-volume-uuid";
+
 // Snapshots of replicated volumes (cluster mode; daemon/replicated_volumes.h implements it,
 // docs/replication.md, "Snapshots of replicated volumes").
 class SnapshotReplication {

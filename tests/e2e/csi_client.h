@@ -96,12 +96,15 @@ class CsiClient {
     return Call(controller.get(), &csiv1::Controller::Stub::DeleteSnapshot, req, &resp);
   }
 
+  // `context`: the volume_context CreateVolume answered (some volumes need it at NodeStage).
   grpc::Status Stage(const std::string& vol, const std::string& staging,
-                     const csiv1::VolumeCapability& cap) {
+                     const csiv1::VolumeCapability& cap,
+                     const google::protobuf::Map<std::string, std::string>& context = {}) {
     csiv1::NodeStageVolumeRequest req;
     req.set_volume_id(vol);
     req.set_staging_target_path(staging);
     *req.mutable_volume_capability() = cap;
+    *req.mutable_volume_context() = context;
     csiv1::NodeStageVolumeResponse resp;
     return Call(node.get(), &csiv1::Node::Stub::NodeStageVolume, req, &resp);
   }
@@ -111,6 +114,26 @@ class CsiClient {
     req.set_staging_target_path(staging);
     csiv1::NodeUnstageVolumeResponse resp;
     return Call(node.get(), &csiv1::Node::Stub::NodeUnstageVolume, req, &resp);
+  }
+
+  grpc::Status Publish(const std::string& vol, const std::string& staging,
+                       const std::string& target, const csiv1::VolumeCapability& cap,
+                       bool readonly) {
+    csiv1::NodePublishVolumeRequest req;
+    req.set_volume_id(vol);
+    req.set_staging_target_path(staging);
+    req.set_target_path(target);
+    *req.mutable_volume_capability() = cap;
+    req.set_readonly(readonly);
+    csiv1::NodePublishVolumeResponse resp;
+    return Call(node.get(), &csiv1::Node::Stub::NodePublishVolume, req, &resp);
+  }
+  grpc::Status Unpublish(const std::string& vol, const std::string& target) {
+    csiv1::NodeUnpublishVolumeRequest req;
+    req.set_volume_id(vol);
+    req.set_target_path(target);
+    csiv1::NodeUnpublishVolumeResponse resp;
+    return Call(node.get(), &csiv1::Node::Stub::NodeUnpublishVolume, req, &resp);
   }
 
   // A CreateVolume request for `name` with one mount capability.

@@ -101,21 +101,10 @@ class CsiNodeTest : public ::testing::Test {
   grpc::Status Publish(const std::string& vol, const std::string& staging,
                        const std::string& target, const csiv1::VolumeCapability& cap,
                        bool readonly) {
-    csiv1::NodePublishVolumeRequest req;
-    req.set_volume_id(vol);
-    req.set_staging_target_path(staging);
-    req.set_target_path(target);
-    *req.mutable_volume_capability() = cap;
-    req.set_readonly(readonly);
-    csiv1::NodePublishVolumeResponse resp;
-    return c_.Call(c_.node.get(), &csiv1::Node::Stub::NodePublishVolume, req, &resp);
+    return c_.Publish(vol, staging, target, cap, readonly);
   }
   grpc::Status Unpublish(const std::string& vol, const std::string& target) {
-    csiv1::NodeUnpublishVolumeRequest req;
-    req.set_volume_id(vol);
-    req.set_target_path(target);
-    csiv1::NodeUnpublishVolumeResponse resp;
-    return c_.Call(c_.node.get(), &csiv1::Node::Stub::NodeUnpublishVolume, req, &resp);
+    return c_.Unpublish(vol, target);
   }
   csiv1::NodeGetVolumeStatsResponse Stats(const std::string& vol, const std::string& path) {
     csiv1::NodeGetVolumeStatsRequest req;

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <set>
@@ -239,6 +240,74 @@ TEST_F(CsiReplicatedTest, ANodeDeathLetsTheNextNodeStageItWithEveryFsyncedWrite)
   EXPECT_EQ(Replicas(nodes_[2], vol)["node-b"]["state"], "faulted") << "node-b is out";
   st = csi_[2].Unstage(vol, staging_c);
   EXPECT_TRUE(st.ok()) << Describe(st);
+}
+
+// A read-only clone of a replicated volume's snapshot (the notebook's dataset): the snapshot has
+// a copy on every replica node, so the clone is accessible on each of them and staged on two
+// nodes at once (each makes its own clone of its copy) with identical files; a node's copy goes
+// with its NodeUnstage, the clone with DeleteVolume.
+TEST_F(CsiReplicatedTest, AReadOnlyCloneOfItsSnapshotIsPublishedOnTwoNodesAtOnce) {
+  if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
+  if (FindProgram("fsfreeze").empty()) GTEST_SKIP() << "fsfreeze is not installed (util-linux)";
+  std::string vol;
+  ASSERT_NO_FATAL_FAILURE(CreateAndStageOnNodeB("pvc-dataset", &vol));
+  const std::string staging_b = nodes_[1].root() + "/staging";
+  std::vector<std::string> files;
+  for (int i = 0; i < 4; ++i) {
+    files.push_back("part" + std::to_string(i) + " " + std::string(50000 * (i + 1), 'a' + i));
+    ASSERT_NO_FATAL_FAILURE(WriteDurably(staging_b + "/part" + std::to_string(i), files.back()));
+  }
+  // The snapshot through the staging node's controller (its target), the filesystem frozen.
+  ASSERT_EQ(RunProcess({FindProgram("fsfreeze"), "-f", staging_b}).exit_code, 0);
+  csiv1::CreateSnapshotResponse snap;
+  grpc::Status st = csi_[1].CreateSnapshot(vol, "snapshot-dataset", &snap);
+  ASSERT_EQ(RunProcess({FindProgram("fsfreeze"), "-u", staging_b}).exit_code, 0);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[1].DaemonLog();
+  ASSERT_NO_FATAL_FAILURE(WriteDurably(staging_b + "/late", "after the snapshot"));
+
+  // The clone, created through node-a's controller, is accessible on all three nodes.
+  const auto ro = MountCap(AccessMode::MULTI_NODE_READER_ONLY);
+  csiv1::CreateVolumeRequest req = CsiClient::VolumeRequest("pvc-dataset-ro");
+  *req.mutable_volume_capabilities(0) = ro;
+  req.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(
+      snap.snapshot().snapshot_id());
+  csiv1::CreateVolumeResponse clone;
+  st = csi_[0].CreateVolume(req, &clone);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  EXPECT_EQ(Topology(clone), (std::set<std::string>{"node-a", "node-b", "node-c"}));
+  const std::string ro_vol = clone.volume().volume_id();
+  const auto& context = clone.volume().volume_context();
+
+  // Staged and published on node-b and node-c at once.
+  for (int n : {1, 2}) {
+    const std::string root = nodes_[n].root();
+    st = csi_[n].Stage(ro_vol, root + "/ro-staging", ro, context);
+    ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[n].DaemonLog();
+    st = csi_[n].Publish(ro_vol, root + "/ro-staging", root + "/pod/data", ro, true);
+    ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[n].DaemonLog();
+  }
+  for (int n : {1, 2}) {
+    const std::string data = nodes_[n].root() + "/pod/data/";
+    for (size_t i = 0; i < files.size(); ++i) {
+      EXPECT_TRUE(ReadAll(data + "part" + std::to_string(i)) == files[i])
+          << "part" << i << " on node " << n;
+    }
+    EXPECT_FALSE(std::filesystem::exists(data + "late")) << "the snapshot's files only";
+    EXPECT_LT(open((data + "x").c_str(), O_CREAT | O_WRONLY, 0644), 0) << "read-only";
+  }
+  // A node's own copy goes with its NodeUnstage; the clone with DeleteVolume.
+  for (int n : {1, 2}) {
+    const std::string root = nodes_[n].root();
+    ASSERT_TRUE(csi_[n].Unpublish(ro_vol, root + "/pod/data").ok());
+    st = csi_[n].Unstage(ro_vol, root + "/ro-staging");
+    ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[n].DaemonLog();
+    EXPECT_NE(nodes_[n].Shale({"volume", "show", ro_vol}).exit_code, 0) << "copy left on " << n;
+  }
+  EXPECT_EQ(nodes_[0].Shale({"volume", "show", ro_vol}).exit_code, 0);
+  st = csi_[0].DeleteVolume(ro_vol);
+  ASSERT_TRUE(st.ok()) << Describe(st);
+  EXPECT_NE(nodes_[0].Shale({"volume", "show", ro_vol}).exit_code, 0);
+  ASSERT_TRUE(csi_[1].Unstage(vol, staging_b).ok());
 }
 
 }  // namespace
