@@ -119,6 +119,10 @@ MembershipEdit ReplicaRemoved(std::string node, std::string reason) {
     auto it = std::find_if(m->replicas.begin(), m->replicas.end(),
                            [&](const cluster::ReplicaMember& r) { return r.node == node; });
     if (it == m->replicas.end()) return false;
+    if (m->replicas.size() - 1 < m->min_in_sync) {
+      return Status::FailedPrecondition("removing the replica on " + node +
+                                        " would leave fewer replicas than --min-in-sync");
+    }
     m->replicas.erase(it);
     for (cluster::ReplicaMember& r : m->replicas) {
       if (r.replaces == node) r.replaces.clear();
@@ -127,10 +131,6 @@ MembershipEdit ReplicaRemoved(std::string node, std::string reason) {
       m->in_sync.erase(in);
       m->epoch += 1;
       m->RecordChange(node + " removed: " + reason);
-    }
-    if (m->min_in_sync > m->replicas.size()) {
-      return Status::FailedPrecondition("removing the replica on " + node +
-                                        " would leave fewer replicas than --min-in-sync");
     }
     return true;
   };

@@ -264,6 +264,20 @@ TEST_F(ReplicationReplaceE2eTest, DrainMovesEveryReplicaOffANodeWithClientIoRunn
   ASSERT_TRUE(w->Go("wv").has_value()) << a.DaemonLog();
   ExpectContent(*w, woracle, "wv on node-a");
 
+  // A drain does not move what a node serves itself: the answer says so (node-a serves dv and
+  // wv now), and an unknown node is refused.
+  CommandResult self = b.Shale({"node", "drain", "node-a", "--no-wait", "-o", "json"});
+  ASSERT_EQ(self.exit_code, 0) << self.Describe();
+  nlohmann::json answer = self.Json();
+  EXPECT_EQ(answer["drained"], false) << answer;
+  ASSERT_EQ(answer["remaining"].size(), 2u) << answer;
+  for (const nlohmann::json& r : answer["remaining"]) {
+    EXPECT_NE(r["why"].get<std::string>().find("served on node-a itself"), std::string::npos)
+        << answer;
+  }
+  ExpectOneLineError(b.Shale({"node", "drain", "node-z", "--no-wait"}), "not known");
+  ASSERT_EQ(b.Shale({"node", "uncordon", "node-a"}).exit_code, 0);
+
   // Uncordon ends the drain.
   ASSERT_EQ(a.Shale({"node", "uncordon", "node-b"}).exit_code, 0);
   nodes = a.Shale({"node", "list", "-o", "json"});
