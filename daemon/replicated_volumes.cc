@@ -326,7 +326,9 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   // A stale replica (after force-recover) may hold writes the others never saw, anywhere: every
   // region is compared with it (hash by hash) before it joins again. One that was out (or being
   // rebuilt) when the target stopped may hold writes in flight then: the activity log's regions.
+  // One being replaced is never reconnected; the repair thread finishes its replacement.
   for (const cluster::ReplicaMember& r : m.replicas) {
+    if (!r.replaces.empty()) t->being_replaced.insert(r.replaces);
     if (r.node != options_.node_name && !m.InSync(r.node) &&
         r.state != cluster::ReplicaState::kStale && t->activity->kept_before()) {
       SHALE_RETURN_IF_ERROR(MarkForResync(*t, r.node));
@@ -717,12 +719,12 @@ void ReplicatedVolumes::RepairTarget(const std::shared_ptr<Target>& target,
   if (fenced) return;  // another target took the volume over
   if (ReplaceStep(target, live, doomed, nodes)) return;
   for (const replication::ReplicaStatus& s : live) {
-    if (!s.local && s.state == MemberState::kRebuilding && RetryRebuild(target, s.node)) return;
-    if (s.local || s.state != MemberState::kOut || doomed.contains(s.node)) continue;
     {
       std::lock_guard lock(target->mu);
       if (target->being_replaced.contains(s.node)) continue;
     }
+    if (!s.local && s.state == MemberState::kRebuilding && RetryRebuild(target, s.node)) return;
+    if (s.local || s.state != MemberState::kOut || doomed.contains(s.node)) continue;
     const cluster::NodeRecord* n = FindNode(nodes, s.node);
     if (n == nullptr || !n->up || !n->status.ok() || n->info.replica_address.empty()) continue;
     {

@@ -10,6 +10,7 @@
 //     snapshot taken after the drain hashes the same.
 // Skipped (with the reason) where etcd is not installed.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <chrono>
 #include <map>
@@ -160,6 +161,69 @@ TEST_F(ReplicationReplaceE2eTest, ADeadNodesReplicaIsReplacedAndRebuiltElsewhere
   ASSERT_EQ(after.exit_code, 0) << after.Describe();
   nlohmann::json left = after.Json();
   EXPECT_EQ(left["nodes"].size(), 2u) << left;
+}
+
+// The target restarts in the middle of a replacement (the rebuild paced at 4 MiB/s) while the
+// replaced node is back up: the target finishes the replacement and never reconnects or
+// rebuilds the replaced replica (the membership's `replaces` says it is going).
+TEST_F(ReplicationReplaceE2eTest, ATargetRestartedMidReplacementFinishesIt) {
+  Harness a, b, c;
+  const std::vector<std::string> replace = {"--replica-replace-after", "2"};
+  ASSERT_TRUE(StartThree(*etcd_, a, b, c, replace));
+  ASSERT_EQ(a.Shale({"volume", "create", "mv", "--size", "32M", "--replicas", "2",
+                     "--replica-nodes", "node-a,node-b"})
+                .exit_code,
+            0);
+  ASSERT_EQ(a.Shale({"qos", "rebuild-bps", "4M"}).exit_code, 0);
+  std::mt19937_64 rng(23);
+  std::string oracle(kVolBytes, '\0');
+  for (size_t i = 0; i < (8ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  {
+    auto client = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_NE(client, nullptr);
+    ASSERT_TRUE(client->Go("mv").has_value());
+    ASSERT_TRUE(WriteRange(*client, oracle, 0, 8ull << 20));
+    ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  }
+  b.KillDaemon();
+  std::map<std::string, nlohmann::json> replicas;
+  nlohmann::json list;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        replicas = Replicas(a, "mv", &list, /*quiet=*/true);
+        return replicas.contains("node-c") && replicas["node-c"]["state"] == "rebuilding";
+      },
+      seconds(30)))
+      << list << a.DaemonLog();
+  // node-b returns and node-a's shaled restarts, the replacement half done.
+  std::vector<std::string> b_flags = NodeFlags(b, *etcd_, "node-b");
+  b_flags.insert(b_flags.end(), replace.begin(), replace.end());
+  ASSERT_TRUE(b.StartDaemon(b_flags));
+  EXPECT_EQ(a.StopDaemon(SIGTERM), 0) << a.DaemonLog();
+  std::vector<std::string> a_flags = NodeFlags(a, *etcd_, "node-a");
+  a_flags.insert(a_flags.end(), replace.begin(), replace.end());
+  ASSERT_TRUE(a.StartDaemon(a_flags));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        replicas = Replicas(a, "mv", &list, /*quiet=*/true);
+        return NodesOf(replicas) == std::set<std::string>{"node-a", "node-c"} &&
+               AllHealthy(replicas);
+      },
+      seconds(60)))
+      << list << a.DaemonLog();
+  const std::string log = a.DaemonLog();
+  const std::string since_restart = log.substr(log.rfind("=== harness: starting shaled ==="));
+  EXPECT_EQ(since_restart.find("reconnected, rebuilding\" volume=mv node=node-b"),
+            std::string::npos)
+      << "the replaced replica was rebuilt: " << since_restart;
+  EXPECT_NE(since_restart.find("replica replaced"), std::string::npos) << since_restart;
+  // node-c's copy is whole: node-a's copy and it hash the same.
+  ASSERT_EQ(a.Shale({"snapshot", "create", "mv@after"}).exit_code, 0) << a.DaemonLog();
+  CommandResult verified = a.Shale({"snapshot", "verify", "mv@after", "-o", "json"});
+  ASSERT_EQ(verified.exit_code, 0) << verified.Describe();
+  const nlohmann::json v = verified.Json();
+  ASSERT_EQ(v["replicas"].size(), 1u) << v;
+  EXPECT_EQ(v["replicas"][0]["digest"], v["digest"]) << v;
 }
 
 TEST_F(ReplicationReplaceE2eTest, DrainMovesEveryReplicaOffANodeWithClientIoRunning) {
