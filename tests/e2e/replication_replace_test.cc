@@ -216,7 +216,15 @@ TEST_F(ReplicationReplaceE2eTest, ATargetRestartedMidReplacementFinishesIt) {
   EXPECT_EQ(since_restart.find("reconnected, rebuilding\" volume=mv node=node-b"),
             std::string::npos)
       << "the replaced replica was rebuilt: " << since_restart;
-  EXPECT_NE(since_restart.find("replica replaced"), std::string::npos) << since_restart;
+  // (Logged after the store and the layer changed: wait for it.)
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const std::string now = a.DaemonLog();
+        return now.find("replica replaced", now.rfind("=== harness: starting shaled ===")) !=
+               std::string::npos;
+      },
+      seconds(10)))
+      << a.DaemonLog();
   // node-c's copy is whole: node-a's copy and it hash the same.
   ASSERT_EQ(a.Shale({"snapshot", "create", "mv@after"}).exit_code, 0) << a.DaemonLog();
   CommandResult verified = a.Shale({"snapshot", "verify", "mv@after", "-o", "json"});
