@@ -5,16 +5,35 @@
 #include <thread>
 
 #include "cli/output.h"
+#include "engine/common/labels.h"
 #include "engine/common/units.h"
 
 namespace shale::cli {
 
 namespace {
 constexpr auto kDrainPoll = std::chrono::milliseconds(500);
+
+// "disk=ssd,zone=b" (sorted by key), "-" when none.
+std::string LabelText(const google::protobuf::Map<std::string, std::string>& labels) {
+  const std::map<std::string, std::string> sorted(labels.begin(), labels.end());
+  std::string out;
+  for (const auto& [key, value] : sorted) out += (out.empty() ? "" : ",") + key + "=" + value;
+  return out.empty() ? std::string("-") : out;
+}
+
+nlohmann::ordered_json LabelJson(const google::protobuf::Map<std::string, std::string>& labels) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  for (const auto& [key, value] :
+       std::map<std::string, std::string>(labels.begin(), labels.end())) {
+    out[key] = value;
+  }
+  return out;
+}
 }  // namespace
 
 std::string NodeTable(const v1::ListNodesResponse& nodes) {
-  Table table({"NAME", "STATE", "REPLICA ADDRESS", "FREE", "POOLS", "TARGETS", "REPLICAS"});
+  Table table(
+      {"NAME", "STATE", "REPLICA ADDRESS", "FREE", "POOLS", "TARGETS", "REPLICAS", "LABELS"});
   auto names = [](const google::protobuf::RepeatedPtrField<std::string>& list) {
     std::string out;
     for (const std::string& v : list) out += (out.empty() ? "" : ",") + v;
@@ -23,7 +42,7 @@ std::string NodeTable(const v1::ListNodesResponse& nodes) {
   for (const v1::Node& n : nodes.nodes()) {
     const std::string name = n.local() ? n.name() + " (this node)" : n.name();
     if (!n.error().empty()) {
-      table.AddRow({name, n.state(), "-", "-", "malformed record: " + n.error(), "-", "-"});
+      table.AddRow({name, n.state(), "-", "-", "malformed record: " + n.error(), "-", "-", "-"});
       continue;
     }
     std::string pools;
@@ -36,7 +55,7 @@ std::string NodeTable(const v1::ListNodesResponse& nodes) {
                                              : n.state();
     table.AddRow({name, state, n.replica_address().empty() ? "-" : n.replica_address(),
                   FormatSize(n.free_bytes()), pools.empty() ? "-" : pools, names(n.targets()),
-                  names(n.replicas())});
+                  names(n.replicas()), LabelText(n.labels())});
   }
   return table.Render();
 }
@@ -65,6 +84,7 @@ nlohmann::ordered_json ToJson(const v1::ListNodesResponse& nodes) {
         {"pools", pools},
         {"targets", targets},
         {"replicas", replicas},
+        {"labels", LabelJson(n.labels())},
     };
     if (!n.error().empty()) node["error"] = n.error();
     list.push_back(std::move(node));
@@ -109,6 +129,49 @@ void NodeCommands::AddCommands(CLI::App& app) {
       "replicas)");
   forget->add_option("NAME", name_, "Node name")->required();
   forget->callback(SelectAction(action_, this, &NodeCommands::RunForget));
+  CLI::App* label = node_cmd->add_subcommand(
+      "label",
+      "Set (KEY=VALUE) or remove (KEY-) labels of a node, which replica node selectors match "
+      "(`volume create --replica-node-selector`, StorageClass replicaNodeSelector); kept in etcd. "
+      "Without changes: prints the node's labels");
+  label->add_option("NAME", name_, "Node name")->required();
+  label->add_option("CHANGES", label_changes_, "KEY=VALUE to set, KEY- to remove")
+      ->type_name("KEY=VALUE|KEY-");
+  label->callback(SelectAction(action_, this, &NodeCommands::RunLabel));
+}
+
+int NodeCommands::RunLabel(ControlClient& client, Format format) {
+  v1::LabelNodeRequest req;
+  req.set_node(name_);
+  for (const std::string& change : label_changes_) {
+    if (change.find('=') == std::string::npos && !change.empty() && change.back() == '-') {
+      const std::string key = change.substr(0, change.size() - 1);
+      if (Status st = ValidateLabel(key, ""); !st.ok()) {
+        err_ << "shale: node label: " << st.message() << "\n";
+        return kExitUsage;
+      }
+      req.add_remove(key);
+      continue;
+    }
+    Result<std::pair<std::string, std::string>> parsed = ParseLabel(change);
+    if (!parsed.ok()) {
+      err_ << "shale: node label: '" << change << "': " << parsed.status().message()
+           << " (KEY=VALUE to set, KEY- to remove)\n";
+      return kExitUsage;
+    }
+    (*req.mutable_set())[parsed->first] = parsed->second;
+  }
+  return RunRpc(
+      client, &v1::Control::Stub::LabelNode, req, err_, [&](const v1::LabelNodeResponse& resp) {
+        if (format == Format::kJson) {
+          out_ << nlohmann::ordered_json{{"node", name_}, {"labels", LabelJson(resp.labels())}}
+                      .dump(2)
+               << "\n";
+        } else {
+          out_ << "node " << name_ << " labels: " << LabelText(resp.labels()) << "\n";
+        }
+        return kExitOk;
+      });
 }
 
 int NodeCommands::RunForget(ControlClient& client, Format format) {

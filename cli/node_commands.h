@@ -1,4 +1,5 @@
-// Cluster node commands of the shale CLI (issues 11, 12): `node list|cordon|uncordon|drain|forget`.
+// Cluster node commands of the shale CLI (issues 11, 12): `node list|cordon|uncordon|drain|
+// forget|label`.
 // RunShale() owns one NodeCommands for the parse and the run.
 #pragma once
 
@@ -6,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "cli/control_client.h"
 
@@ -35,10 +37,12 @@ class NodeCommands {
   int SetCordon(ControlClient& client, Format format, bool cordoned);
   int RunDrain(ControlClient& client, Format format);
   int RunForget(ControlClient& client, Format format);
+  int RunLabel(ControlClient& client, Format format);
 
   std::string name_;
   double timeout_s_ = 3600;
   bool no_wait_ = false;
+  std::vector<std::string> label_changes_;  // KEY=VALUE or KEY-
 
   Action* const action_;
   std::ostream& out_;

@@ -453,6 +453,7 @@ std::string VolumeView(const v1::Volume& v) {
     }
     rows.emplace_back("Replicas",
                       replicas + " (min in sync " + std::to_string(r.min_in_sync()) + ")");
+    if (!r.node_selector().empty()) rows.emplace_back("Replica node selector", r.node_selector());
   }
   return RenderKeyValues(rows);
 }

@@ -66,6 +66,7 @@ nlohmann::ordered_json ToJson(const v1::ListReplicasResponse& replicas) {
           {"in_sync", in_sync},
           {"fenced", replicas.fenced()},
           {"detached", replicas.detached()},
+          {"node_selector", replicas.node_selector()},
           {"replicas", list}};
 }
 

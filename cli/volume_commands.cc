@@ -47,6 +47,12 @@ CLI::App* VolumeCommands::AddCommands(CLI::App& app) {
       ->delimiter(',')
       ->type_name("a,b,c");
   create
+      ->add_option("--replica-node-selector", replica_node_selector_,
+                   "Place the replicas (and those replacing them later) only on nodes whose "
+                   "labels (`shale node label`) meet it: KEY=VALUE, KEY!=VALUE, KEY, !KEY, "
+                   "comma-separated, all must hold")
+      ->type_name("SELECTOR");
+  create
       ->add_option("--min-in-sync", min_in_sync_,
                    "Replicas that must stay in sync for writes to succeed (default 1)")
       ->check(CLI::Range(1, 16))
@@ -130,6 +136,7 @@ int VolumeCommands::RunCreate(ControlClient& client, Format format) {
   req.set_replicas(replicas_);
   for (const std::string& node : replica_nodes_) req.add_replica_nodes(node);
   req.set_min_in_sync(min_in_sync_);
+  req.set_replica_node_selector(replica_node_selector_);
   if (!qos_->FillCreate(&req, &error)) {
     err_ << "shale: volume create: " << error << "\n";
     return kExitUsage;

@@ -56,6 +56,7 @@ class VolumeCommands {
   uint32_t replicas_ = 0;  // 0: not given (a local volume)
   std::vector<std::string> replica_nodes_;
   uint32_t min_in_sync_ = 0;
+  std::string replica_node_selector_;
 };
 
 }  // namespace shale::cli

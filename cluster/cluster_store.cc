@@ -15,6 +15,7 @@ constexpr std::string_view kNodes = "nodes/";
 constexpr std::string_view kNodeInfo = "node-info/";
 constexpr std::string_view kVolumes = "volumes/";
 constexpr std::string_view kCordoned = "cordoned/";
+constexpr std::string_view kNodeLabels = "node-labels/";
 // The value of cordoned/<node>: cordoned, or draining too.
 constexpr std::string_view kCordonedValue = "cordoned";
 constexpr std::string_view kDrainingValue = "draining";
@@ -66,6 +67,9 @@ std::string ClusterStore::NodeInfoKey(std::string_view node) const {
 
 std::string ClusterStore::CordonKey(std::string_view node) const {
   return options_.prefix + std::string(kCordoned) + std::string(node);
+}
+std::string ClusterStore::NodeLabelsKey(std::string_view node) const {
+  return options_.prefix + std::string(kNodeLabels) + std::string(node);
 }
 std::string ClusterStore::VolumeKey(std::string_view volume) const {
   return options_.prefix + std::string(kVolumes) + std::string(volume);
@@ -159,6 +163,18 @@ Result<std::vector<NodeRecord>> ClusterStore::ListNodes(Timeout timeout) {
     it->second.cordoned = true;
     it->second.draining = kv.value == kDrainingValue;
   }
+  const std::string labels_prefix = options_.prefix + std::string(kNodeLabels);
+  SHALE_ASSIGN_OR_RETURN(RangeResult labelled, client_->Range(labels_prefix, at, timeout));
+  for (const KeyValue& kv : labelled.kvs) {
+    auto it = nodes.find(kv.key.substr(labels_prefix.size()));
+    if (it == nodes.end()) continue;
+    Result<Labels> labels = DecodeNodeLabels(kv.value, "labels of node " + it->first);
+    if (labels.ok()) {
+      it->second.labels = std::move(labels).value();
+    } else if (it->second.status.ok()) {
+      it->second.status = labels.status();
+    }
+  }
   std::vector<NodeRecord> out;
   out.reserve(nodes.size());
   for (auto& [name, record] : nodes) out.push_back(std::move(record));
@@ -173,20 +189,58 @@ Status ClusterStore::SetDraining(std::string_view node, Timeout timeout) {
   return PutCordon(node, kDrainingValue, timeout);
 }
 
+Status ClusterStore::CheckNodeKnown(std::string_view node, Timeout timeout) {
+  SHALE_ASSIGN_OR_RETURN(std::optional<KeyValue> known, client_->Get(NodeInfoKey(node), timeout));
+  if (!known.has_value()) {
+    return Status::NotFound("node " + std::string(node) + " is not known (see `shale node list`)");
+  }
+  return Status::Ok();
+}
+
 Status ClusterStore::PutCordon(std::string_view node, std::string_view value, Timeout timeout) {
   SHALE_RETURN_IF_ERROR(CheckNodeName(node));
   const internal::Deadline deadline =
       internal::DeadlineAfter(timeout, client_->options().call_timeout);
-  SHALE_ASSIGN_OR_RETURN(std::optional<KeyValue> known,
-                         client_->Get(NodeInfoKey(node), internal::TimeLeft(deadline)));
-  if (!known.has_value()) {
-    return Status::NotFound("node " + std::string(node) + " is not known (see `shale node list`)");
-  }
+  SHALE_RETURN_IF_ERROR(CheckNodeKnown(node, internal::TimeLeft(deadline)));
   if (!value.empty()) {
     return client_->Put(CordonKey(node), std::string(value), 0, internal::TimeLeft(deadline))
         .status();
   }
   return client_->Delete(CordonKey(node), false, internal::TimeLeft(deadline)).status();
+}
+
+Result<Labels> ClusterStore::UpdateNodeLabels(std::string_view node, const Labels& set,
+                                              const std::vector<std::string>& remove,
+                                              Timeout timeout) {
+  SHALE_RETURN_IF_ERROR(CheckNodeName(node));
+  for (const auto& [key, value] : set) SHALE_RETURN_IF_ERROR(ValidateLabel(key, value));
+  for (const std::string& key : remove) SHALE_RETURN_IF_ERROR(ValidateLabel(key, ""));
+  const internal::Deadline deadline =
+      internal::DeadlineAfter(timeout, client_->options().call_timeout);
+  SHALE_RETURN_IF_ERROR(CheckNodeKnown(node, internal::TimeLeft(deadline)));
+  const std::string key = NodeLabelsKey(node);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    SHALE_ASSIGN_OR_RETURN(std::optional<KeyValue> now,
+                           client_->Get(key, internal::TimeLeft(deadline)));
+    Labels labels;
+    if (now.has_value()) {
+      SHALE_ASSIGN_OR_RETURN(labels, DecodeNodeLabels(now->value, "labels of node " + key));
+    }
+    for (const std::string& k : remove) labels.erase(k);
+    for (const auto& [k, v] : set) labels[k] = v;
+    TxnRequest txn;
+    txn.compares.push_back(Compare::ModRevision(key, now.has_value() ? now->mod_revision : 0));
+    if (labels.empty()) {
+      txn.then_ops.push_back(TxnOp::Delete(key));
+    } else {
+      SHALE_ASSIGN_OR_RETURN(std::string value, EncodeNodeLabels(labels));
+      txn.then_ops.push_back(TxnOp::Put(key, std::move(value)));
+    }
+    SHALE_ASSIGN_OR_RETURN(TxnResult result, client_->Txn(txn, internal::TimeLeft(deadline)));
+    if (result.succeeded) return labels;
+  }
+  return Status::Aborted("the labels of node " + std::string(node) +
+                         " kept changing meanwhile; try again");
 }
 
 Status ClusterStore::ForgetNode(std::string_view node, Timeout timeout) {
@@ -195,6 +249,7 @@ Status ClusterStore::ForgetNode(std::string_view node, Timeout timeout) {
   txn.compares.push_back(Compare::Version(NodeKey(node), 0));  // not up
   txn.then_ops.push_back(TxnOp::Delete(NodeInfoKey(node)));
   txn.then_ops.push_back(TxnOp::Delete(CordonKey(node)));
+  txn.then_ops.push_back(TxnOp::Delete(NodeLabelsKey(node)));
   SHALE_ASSIGN_OR_RETURN(TxnResult result, client_->Txn(txn, timeout));
   if (!result.succeeded) {
     return Status::FailedPrecondition("node " + std::string(node) +

@@ -3,6 +3,8 @@
 //   <prefix>nodes/<node>       NodeInfo JSON under the node's lease: present while the node is up
 //   <prefix>node-info/<node>   the same JSON without a lease: the last known info of a node,
 //                              so a node that is down is still listed (as down)
+//   <prefix>cordoned/<node>    "cordoned" or "draining" (`shale node cordon|drain`)
+//   <prefix>node-labels/<node> the node's labels, a JSON object (`shale node label`)
 //   <prefix>volumes/<volume>   Membership JSON, changed only by compare-and-swap on mod_revision
 //
 // The prefix is "/shale/v1/" (tests use their own). Values read from etcd are decoded strictly: a
@@ -48,7 +50,8 @@ struct NodeRecord {
   bool cordoned = false;  // `shale node cordon`: no new replica goes there (cordoned/<node>)
   // `shale node drain` (cordoned too): every replica on it is replaced elsewhere, then removed.
   bool draining = false;
-  Status status;  // Corruption when its stored value is malformed
+  Labels labels;  // `shale node label`: what replica node selectors match
+  Status status;  // Corruption when its stored value (info or labels) is malformed
 };
 
 struct VolumeRecord {
@@ -116,7 +119,14 @@ class ClusterStore {
   // same key, value "draining"): the target of every volume with a replica there replaces it.
   // `uncordon` (SetCordoned false) ends the drain. NotFound for an unknown node. Idempotent.
   Status SetDraining(std::string_view node, Timeout timeout = kDefaultTimeout);
-  // Removes a down node's last known info. FailedPrecondition while it is up.
+  // `shale node label NODE KEY=VALUE... KEY-...`: sets the labels in `set` and removes the keys
+  // in `remove` (a key missing already is fine), in one compare-and-swap of node-labels/<node>
+  // (retried on a concurrent change); returns the node's labels after the change. NotFound for
+  // an unknown node, InvalidArgument for a bad label or more than kMaxLabels.
+  Result<Labels> UpdateNodeLabels(std::string_view node, const Labels& set,
+                                  const std::vector<std::string>& remove,
+                                  Timeout timeout = kDefaultTimeout);
+  // Removes a down node's last known info, cordon and labels. FailedPrecondition while it is up.
   Status ForgetNode(std::string_view node, Timeout timeout = kDefaultTimeout);
   // Up/down changes and info updates of nodes; the first update is a reset (nodes that are up).
   Result<std::unique_ptr<Watcher>> WatchNodes(std::function<void(const NodeUpdate&)> callback,
@@ -151,11 +161,14 @@ class ClusterStore {
   std::string NodeKey(std::string_view node) const;
   std::string NodeInfoKey(std::string_view node) const;
   std::string CordonKey(std::string_view node) const;
+  std::string NodeLabelsKey(std::string_view node) const;
   std::string VolumeKey(std::string_view volume) const;
 
  private:
   ClusterStore(std::shared_ptr<EtcdClient> client, ClusterStoreOptions options);
   size_t VolumeNameOffset() const;
+  // NotFound unless node-info/<node> exists (the node registered once and was not forgotten).
+  Status CheckNodeKnown(std::string_view node, Timeout timeout);
   // Writes cordoned/<node> = value, or deletes it for an empty value.
   Status PutCordon(std::string_view node, std::string_view value, Timeout timeout);
 

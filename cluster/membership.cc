@@ -4,6 +4,7 @@
 #include <set>
 
 #include "cluster/json_fields.h"
+#include "cluster/node_selector.h"
 #include "engine/common/units.h"
 #include "engine/common/uuid.h"
 
@@ -219,6 +220,14 @@ Status Membership::Validate() const {
   if (size_bytes == 0) return Invalid("size_bytes is 0");
   if (epoch == 0) return Invalid("epoch is 0 (epochs start at 1)");
   SHALE_RETURN_IF_ERROR(ValidateName("node", target).WithContext("volume membership: target"));
+  if (!node_selector.empty()) {
+    Result<NodeSelector> selector = NodeSelector::Parse(node_selector);
+    if (!selector.ok()) return Invalid(std::string(selector.status().message()));
+    if (selector->ToString() != node_selector) {
+      return Invalid("node_selector '" + node_selector + "' is not in its canonical form '" +
+                     selector->ToString() + "'");
+    }
+  }
   SHALE_RETURN_IF_ERROR(ValidateReplicas(*this));
   SHALE_RETURN_IF_ERROR(ValidateInSync(*this));
   return ValidateHistory(*this);
@@ -233,6 +242,7 @@ Result<std::string> EncodeMembership(const Membership& m) {
   j["epoch"] = m.epoch;
   j["target"] = m.target;
   if (m.detached) j["detached"] = true;
+  if (!m.node_selector.empty()) j["node_selector"] = m.node_selector;
   Json replicas = Json::array();
   for (const ReplicaMember& r : m.replicas) {
     Json e = Json::object();
@@ -269,6 +279,7 @@ Result<Membership> DecodeMembership(std::string_view json, std::string_view what
   m.epoch = top.Unsigned("epoch");
   m.target = top.String("target");
   m.detached = top.Boolean("detached", /*required=*/false);
+  m.node_selector = top.String("node_selector", /*required=*/false);
   DecodeReplicas(top, &m);
   m.in_sync = DecodeNodes(top, "in_sync");
   DecodeHistory(top, &m);

@@ -61,6 +61,9 @@ struct Membership {
   // `shale volume detach` (NodeUnstage): no node serves the volume until one attaches it; any
   // node holding an in-sync replica may then, without waiting for `target`'s lease to expire.
   bool detached = false;
+  // --replica-node-selector (node_selector.h, canonical form): where its replicas may go, also
+  // those placed later in place of others. Empty: any node.
+  std::string node_selector;
   std::vector<ReplicaMember> replicas;    // one per node, 1..kMaxReplicas
   std::vector<std::string> in_sync;       // non-empty; exactly the replicas in state healthy
   std::vector<MembershipChange> history;  // oldest first, at most kMaxHistory, epochs increasing

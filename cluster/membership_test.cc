@@ -69,6 +69,15 @@ TEST(Membership, RoundTripsThroughJson) {
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->replicas[2].replaces, "node-b");
   EXPECT_EQ(*back, replacing);
+  // The node selector is kept when set, absent otherwise.
+  EXPECT_EQ(json.find("node_selector"), std::string::npos) << json;
+  Membership selective = m;
+  selective.node_selector = "disk=ssd, !spot";
+  const std::string sjson = Encoded(selective);
+  EXPECT_NE(sjson.find("\"node_selector\":\"disk=ssd, !spot\""), std::string::npos) << sjson;
+  back = DecodeMembership(sjson);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, selective);
 }
 
 TEST(Membership, ValidateNamesTheBrokenRule) {
@@ -95,6 +104,8 @@ TEST(Membership, ValidateNamesTheBrokenRule) {
       {[](Membership& m) { m.in_sync.push_back("node-c"); }, "rebuilding, not healthy"},
       {[](Membership& m) { m.replicas[2].state = ReplicaState::kHealthy; },
        "healthy but not in in_sync"},
+      {[](Membership& m) { m.node_selector = "disk=ssd,"; }, "node selector requirement"},
+      {[](Membership& m) { m.node_selector = "disk=ssd,gpu"; }, "canonical form"},
       {[](Membership& m) { m.history[1].epoch = 6; }, "epochs must increase"},
       {[](Membership& m) { m.history[1].epoch = 8; }, "epochs must increase"},
       {[](Membership& m) { m.history[0].reason = std::string(600, 'x'); }, "reason longer"},

@@ -90,4 +90,26 @@ Result<NodeInfo> DecodeNodeInfo(std::string_view json, std::string_view what) {
   return info;
 }
 
+Result<std::string> EncodeNodeLabels(const Labels& labels) {
+  SHALE_RETURN_IF_ERROR(ValidateLabels(labels).WithContext("node labels"));
+  Json j = Json::object();
+  for (const auto& [key, value] : labels) j[key] = value;
+  return internal::DumpJson(j);
+}
+
+Result<Labels> DecodeNodeLabels(std::string_view json, std::string_view what) {
+  SHALE_ASSIGN_OR_RETURN(Json j, internal::ParseJsonObject(json, what, NodeInfo::kMaxEncodedBytes));
+  Labels labels;
+  for (const auto& [key, value] : j.items()) {
+    if (!value.is_string()) {
+      return Status::Corruption(std::string(what) + ": label " + key + " is not a string");
+    }
+    labels[key] = value.get<std::string>();
+  }
+  if (Status st = ValidateLabels(labels); !st.ok()) {
+    return Status::Corruption(std::string(what) + ": " + std::string(st.message()));
+  }
+  return labels;
+}
+
 }  // namespace shale::cluster

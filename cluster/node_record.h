@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/common/labels.h"
 #include "engine/common/result.h"
 
 namespace shale::cluster {
@@ -42,5 +43,11 @@ struct NodeInfo {
 Result<std::string> EncodeNodeInfo(const NodeInfo& info);
 // Corruption naming `what` and the field for anything but a valid record.
 Result<NodeInfo> DecodeNodeInfo(std::string_view json, std::string_view what = "node record");
+
+// The labels an admin gave a node (`shale node label`), matched by replica node selectors
+// (node_selector.h): the value of /shale/v1/node-labels/<node>, a flat JSON object of strings,
+// at most kMaxLabels valid labels. Decoding is strict (Corruption naming `what`).
+Result<std::string> EncodeNodeLabels(const Labels& labels);
+Result<Labels> DecodeNodeLabels(std::string_view json, std::string_view what = "node labels");
 
 }  // namespace shale::cluster

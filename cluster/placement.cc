@@ -30,10 +30,14 @@ const PoolCapacity* BestPool(const NodeInfo& info) {
 }
 
 // Why `n` cannot take a replica of `size` bytes, or "" when it can.
-std::string WhyNot(const NodeRecord& n, const PoolCapacity* best, bool local, uint64_t size) {
+std::string WhyNot(const NodeRecord& n, const PoolCapacity* best, bool local, uint64_t size,
+                   const NodeSelector& selector) {
   if (!n.status.ok()) return "its record in etcd is malformed";
   if (!n.up) return "it is down";
   if (n.cordoned) return "it is cordoned (shale node uncordon " + n.name + ")";
+  if (!selector.Matches(n.labels)) {
+    return "its labels do not meet the node selector (" + selector.Unmet(n.labels) + ")";
+  }
   if (!local && n.info.replica_address.empty()) return "it runs no replica listener";
   if (best == nullptr) return "it has no pool";
   if (best->free_bytes < size) {
@@ -86,7 +90,7 @@ Result<std::vector<ReplicaPlacement>> PlaceReplicas(const std::vector<NodeRecord
   for (const NodeRecord* n : considered) {
     const bool local = n->name == request.local_node;
     const PoolCapacity* best = n->status.ok() ? BestPool(n->info) : nullptr;
-    const std::string why = WhyNot(*n, best, local, request.size_bytes);
+    const std::string why = WhyNot(*n, best, local, request.size_bytes, request.selector);
     if (why.empty()) {
       able.push_back({n, best, local});
     } else {

@@ -8,7 +8,8 @@
 // provisioning is not counted on). The local node comes first when it can take one, then the
 // others by the free bytes of their best pool (most first; by name on a tie); each replica goes
 // to its node's best pool. --replica-nodes restricts the candidates to the nodes named (each must
-// be known). Fewer candidates than replicas is FailedPrecondition naming, for every node left
+// be known); a node selector (node_selector.h) leaves out the nodes whose labels do not meet it.
+// Fewer candidates than replicas is FailedPrecondition naming, for every node left
 // out, why.
 #pragma once
 
@@ -19,6 +20,7 @@
 
 #include "cluster/cluster_store.h"
 #include "cluster/membership.h"
+#include "cluster/node_selector.h"
 #include "engine/common/result.h"
 
 namespace shale::cluster {
@@ -28,6 +30,7 @@ struct PlacementRequest {
   uint64_t size_bytes = 0;              // > 0
   uint32_t replicas = 1;                // 1..Membership::kMaxReplicas
   std::vector<std::string> only_nodes;  // --replica-nodes; empty: every node
+  NodeSelector selector;                // --replica-node-selector; empty: every node
 };
 
 struct ReplicaPlacement {

@@ -55,6 +55,34 @@ TEST(Placement, LocalFirstThenByFreeSpaceOnTheBestPool) {
   EXPECT_EQ(Names(PlaceReplicas(tie, r).value()), (std::vector<std::string>{"x", "y"}));
 }
 
+TEST(Placement, ANodeSelectorKeepsReplicasOnNodesWhoseLabelsMeetIt) {
+  std::vector<NodeRecord> nodes = Cluster();
+  for (NodeRecord& n : nodes) {
+    if (n.name == "a" || n.name == "c" || n.name == "f") n.labels["disk"] = "ssd";
+    if (n.name == "b") n.labels["disk"] = "hdd";
+  }
+  PlacementRequest r{.local_node = "a", .size_bytes = 4 * kGiB, .replicas = 3};
+  r.selector = NodeSelector::Parse("disk=ssd").value();
+  // b has the most space but the wrong disk; f qualifies by its label and has room for 4 GiB.
+  EXPECT_EQ(Names(PlaceReplicas(nodes, r).value()), (std::vector<std::string>{"a", "c", "f"}));
+  r.selector = NodeSelector::Parse("disk!=hdd").value();  // a node without the label qualifies
+  r.replicas = 3;
+  EXPECT_EQ(Names(PlaceReplicas(nodes, r).value()), (std::vector<std::string>{"a", "c", "f"}));
+  r.selector = NodeSelector::Parse("disk=ssd, !spot").value();
+  for (NodeRecord& n : nodes) {
+    if (n.name == "c") n.labels["spot"] = "true";
+  }
+  Result<std::vector<ReplicaPlacement>> p = PlaceReplicas(nodes, r);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(p.status().message().find("b: its labels do not meet the node selector (disk=ssd)"),
+            std::string::npos)
+      << p.status();
+  EXPECT_NE(p.status().message().find("c: its labels do not meet the node selector (!spot)"),
+            std::string::npos)
+      << p.status();
+}
+
 TEST(Placement, ACordonedNodeTakesNoNewReplica) {
   std::vector<NodeRecord> nodes = Cluster();
   for (NodeRecord& n : nodes) n.cordoned = n.name == "b";

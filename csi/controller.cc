@@ -72,6 +72,11 @@ std::string EncodeCsiRecord(const CsiRecord& record) {
 
 uint64_t CsiCapacity(Engine* engine, const VolumeInfo& info) {
   std::optional<CsiRecord> rec = ReadCsiRecord(engine, info);
+  // A replica of a replicated volume has no headroom: its engine size is the capacity, also
+  // after the volume grew through another node (which does not change this node's record).
+  if (rec && rec->capacity > 0 && info.labels.contains(std::string(kReplicaUuidLabel))) {
+    return std::max(rec->capacity, info.size_bytes);
+  }
   if (rec && rec->capacity > 0) return rec->capacity;
   return LabelledCapacity(info.labels, info.size_bytes);
 }
@@ -421,7 +426,8 @@ Result<VolumeInfo> CreateReplicated(const DriverOptions& options, Engine* engine
       .qos = qos,
       .records = records,
       .provisioned_bytes = capacity};
-  Status made = options.create_replicated(spec, plan.vp.replicas, nodes);
+  Status made =
+      options.create_replicated(spec, plan.vp.replicas, nodes, plan.vp.replica_node_selector);
   if (made.code() == StatusCode::kFailedPrecondition) {
     // Too few nodes qualify (spec: RESOURCE_EXHAUSTED, "unable to provision in topology").
     return Status::NoSpace(std::string(made.message()));
@@ -702,6 +708,23 @@ grpc::Status ControllerService::ControllerExpandVolume(
       !st.ok()) {
     return st;
   }
+  if (options_.expand_replicated) {
+    // A replicated volume grows through the cluster, whichever node answers.
+    Result<uint64_t> size = SizeForRange(request->capacity_range().required_bytes(),
+                                         request->capacity_range().limit_bytes(), 0);
+    if (!size.ok()) return ToGrpc(size.status());
+    Result<uint64_t> grown = options_.expand_replicated(request->volume_id(), *size);
+    if (grown.ok()) {
+      response->set_capacity_bytes(static_cast<int64_t>(*grown));
+      response->set_node_expansion_required(true);  // the filesystem, at the next NodeStage
+      return grpc::Status::OK;
+    }
+    if (!IsMissingVolume(grown.status())) {
+      // Busy (clients on the node serving it) is a precondition for the CO too: it retries.
+      return grown.status().code() == StatusCode::kBusy ? Precondition(grown.status().ToString())
+                                                        : ToGrpc(grown.status());
+    }
+  }
   std::lock_guard lock(mu_);
   auto info = FindVolume(engine_, request->volume_id());
   if (!info.ok()) return ToGrpc(info.status());
@@ -712,11 +735,6 @@ grpc::Status ControllerService::ControllerExpandVolume(
   if (*wanted > current) {
     if (info->read_only) {
       return Precondition("volume " + info->name + " is a read-only clone and cannot grow");
-    }
-    if (options_.replica_nodes && !options_.replica_nodes(info->name).empty()) {
-      // Its replicas would not follow (the control API refuses it too).
-      return Precondition("volume " + info->name +
-                          " is replicated; expanding replicated volumes is not supported yet");
     }
     // Keep the CSI name and source of the existing record; only the capacity changes, in the
     // same commit as the engine size.

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "csi/csi.grpc.pb.h"
+#include "engine/common/result.h"
 #include "engine/common/status.h"
 
 namespace shale {
@@ -59,11 +60,17 @@ struct DriverOptions {
   // The cluster (shaled --cluster-store; docs/kubernetes.md, "Replicated volumes"). Without it
   // (null) a StorageClass asking for replicas > 1 is INVALID_ARGUMENT.
   // Creates replicated volume `spec` with `replicas` replicas on distinct nodes, this node's
-  // first, only on `nodes` when not empty, and leaves it detached (any node holding an in-sync
+  // first, only on `nodes` when not empty and on nodes whose labels meet `node_selector`
+  // (InvalidArgument when malformed), and leaves it detached (any node holding an in-sync
   // replica may stage it). FailedPrecondition when too few nodes qualify.
   std::function<Status(const daemon::VolumeSpec& spec, uint32_t replicas,
-                       const std::vector<std::string>& nodes)>
+                       const std::vector<std::string>& nodes, const std::string& node_selector)>
       create_replicated;
+  // ControllerExpandVolume of a replicated volume, from any node (docs/replication.md, "Growing a
+  // replicated volume"): grows it to at least `size` bytes and returns its size afterwards.
+  // NotFound (or InvalidArgument for a name no volume can have) when `name` is not replicated;
+  // FailedPrecondition while another node serves it, Busy while it has clients here.
+  std::function<Result<uint64_t>(const std::string& name, uint64_t size)> expand_replicated;
   // The nodes holding a replica of volume `name` (its accessible topology); empty when it is not
   // replicated.
   std::function<std::vector<std::string>(const std::string& name)> replica_nodes;

@@ -503,6 +503,8 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
     if (Status st = options_.attach_volume(info->name); !st.ok()) {
       return ToGrpc(st.WithContext("stage " + info->name));
     }
+    info = FindVolume(engine_, request->volume_id());  // a volume grown while detached grew here
+    if (!info.ok()) return ToGrpc(info.status());
   }
   if (std::optional<NodeState> existing = LoadState(options_, info->name)) {
     if (auto done = ResumeStage(options_, info->name, *existing, staging, block, capability))

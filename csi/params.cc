@@ -153,6 +153,8 @@ Result<VolumeParams> ParseVolumeParams(const std::map<std::string, std::string>&
                                        std::to_string(kMaxCsiReplicas));
       }
       out.replicas = n;
+    } else if (key == kParamReplicaNodeSelector) {
+      out.replica_node_selector = value;
     } else if (IsQosKey(key)) {
       qos_params[key] = value;
     } else if (std::string_view(key).starts_with(kSidecarPrefix)) {
@@ -160,9 +162,15 @@ Result<VolumeParams> ParseVolumeParams(const std::map<std::string, std::string>&
     } else {
       return Status::InvalidArgument(
           "unknown parameter \"" + key +
-          "\" (known: pool, fsType, readOnlyClone, replicas, iops, readIops, writeIops, bps, "
-          "readBps, writeBps, burstIops, burstSeconds, weight, reservationIops)");
+          "\" (known: pool, fsType, readOnlyClone, replicas, replicaNodeSelector, iops, "
+          "readIops, writeIops, bps, readBps, writeBps, burstIops, burstSeconds, weight, "
+          "reservationIops)");
     }
+  }
+  if (!out.replica_node_selector.empty() && out.replicas < 2) {
+    return Status::InvalidArgument("parameter replicaNodeSelector=\"" + out.replica_node_selector +
+                                   "\" needs replicas of 2 or more (a 1-replica volume lives on "
+                                   "the node of its first pod)");
   }
   SHALE_RETURN_IF_ERROR(ApplyQosParams(qos_params, &out.qos, &out.has_qos));
   return out;

@@ -41,11 +41,16 @@ inline constexpr std::string_view kLabelCloneCopy = "csi.shale.io/ro-clone-copy"
 // The volume context key NodeStage reads it from.
 inline constexpr std::string_view kContextCloneOf = "roCloneOf";
 
+// The label every replica of a replicated volume carries (replication/replica_server.h; CSI does
+// not link the replication library).
+inline constexpr std::string_view kReplicaUuidLabel = "shale.io/replica-uuid";
+
 // StorageClass parameter keys.
 inline constexpr std::string_view kParamPool = "pool";
 inline constexpr std::string_view kParamFsType = "fsType";
 inline constexpr std::string_view kParamReadOnlyClone = "readOnlyClone";
 inline constexpr std::string_view kParamReplicas = "replicas";
+inline constexpr std::string_view kParamReplicaNodeSelector = "replicaNodeSelector";
 // Prefix of the keys the sidecars add with --extra-create-metadata (pvc/name, pv/name,
 // volumesnapshot/name, ...): recorded as labels for provenance, never interpreted.
 inline constexpr std::string_view kSidecarPrefix = "csi.storage.k8s.io/";
@@ -72,6 +77,9 @@ struct VolumeParams {
   std::string fs_type;  // "" = from the capability, else ext4
   bool read_only_clone = false;
   uint32_t replicas = 1;  // > 1: a replicated volume (cluster mode)
+  // Only nodes whose `shale node label` labels meet it take a replica (cluster/node_selector.h;
+  // checked by the daemon). Needs replicas > 1.
+  std::string replica_node_selector;
   qos::QosSettings qos;
   bool has_qos = false;
   std::map<std::string, std::string> provenance;  // csi.storage.k8s.io/* keys

@@ -63,6 +63,16 @@ TEST(CsiParams, ParsesKnownKeysAndRejectsOthers) {
     EXPECT_EQ(ParseVolumeParams({{"replicas", bad}}).status().code(), StatusCode::kInvalidArgument)
         << bad;
   }
+  Result<VolumeParams> selective =
+      ParseVolumeParams({{"replicas", "3"}, {"replicaNodeSelector", "disk=ssd,!spot"}});
+  ASSERT_TRUE(selective.ok()) << selective.status();
+  EXPECT_EQ(selective->replica_node_selector, "disk=ssd,!spot");
+  // A 1-replica volume lives on its pod's node: a selector there is a mistake, said so.
+  Result<VolumeParams> lone = ParseVolumeParams({{"replicaNodeSelector", "disk=ssd"}});
+  ASSERT_FALSE(lone.ok());
+  EXPECT_EQ(lone.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(lone.status().message().find("needs replicas of 2 or more"), std::string::npos)
+      << lone.status();
   EXPECT_EQ(ParseVolumeParams({{"fsType", "btrfs"}}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseVolumeParams({{"iops", "-1"}}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseVolumeParams({{"iops", "ten"}}).status().code(), StatusCode::kInvalidArgument);

@@ -308,7 +308,8 @@ grpc::Status ControlService::CreateVolume(grpc::ServerContext* ctx,
   if (req->has_qos()) spec.qos = qos::SettingsFromMessage(req->qos());
   std::vector<std::string> advice;
   Result<VolumeInfo> volume = Status::Internal("not run");
-  if (req->replicas() > 1 || req->replica_nodes_size() > 0 || req->min_in_sync() > 0) {
+  if (req->replicas() > 1 || req->replica_nodes_size() > 0 || req->min_in_sync() > 0 ||
+      !req->replica_node_selector().empty()) {
     volume = internal::CreateReplicated(replicated_, spec, *req, &advice);
   } else {
     volume = lifecycle_->Create(spec, &advice);
@@ -360,8 +361,23 @@ grpc::Status ControlService::GetVolume(grpc::ServerContext* ctx, const v1::GetVo
 
 grpc::Status ControlService::ResizeVolume(grpc::ServerContext* ctx,
                                           const v1::ResizeVolumeRequest* req, v1::Volume* resp) {
-  if (Status st = internal::RefuseIfReplicated(replicated_, req->name(), "resize"); !st.ok()) {
-    return Fail(ctx, st);
+  if (replicated_ != nullptr && (replicated_->IsReplicated(req->name()) ||
+                                 !lifecycle_->engine()->GetVolume(req->name()).ok())) {
+    // A replicated volume (also from a node holding no replica of it): its membership's size.
+    Result<uint64_t> grown = replicated_->Resize(req->name(), req->size_bytes());
+    if (grown.ok()) {
+      if (Result<VolumeInfo> local = lifecycle_->engine()->GetVolume(req->name()); local.ok()) {
+        ToProto(*local, resp);
+        AddReplicationInfo(resp);
+      } else {
+        resp->set_name(req->name());
+      }
+      resp->set_size_bytes(*grown);
+      return grpc::Status::OK;
+    }
+    if (!grown.status().IsNotFound() || replicated_->IsReplicated(req->name())) {
+      return Fail(ctx, grown.status());
+    }
   }
   std::vector<std::string> advice;
   Result<VolumeInfo> volume =

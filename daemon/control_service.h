@@ -24,16 +24,21 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "api/control.grpc.pb.h"
 #include "api/control_api.h"
 #include "daemon/progress_stream.h"
+#include "engine/common/result.h"
 #include "engine/common/status.h"
 
 namespace shale {
 
 class Engine;
+namespace cluster {
+class ClusterStore;
+}  // namespace cluster
 namespace nbd {
 class NbdServer;
 }
@@ -179,6 +184,8 @@ class ControlService final : public v1::Control::Service {
                          v1::DrainNodeResponse* resp) override;
   grpc::Status ForgetNode(grpc::ServerContext* ctx, const v1::ForgetNodeRequest* req,
                           v1::ForgetNodeResponse* resp) override;
+  grpc::Status LabelNode(grpc::ServerContext* ctx, const v1::LabelNodeRequest* req,
+                         v1::LabelNodeResponse* resp) override;
   grpc::Status ListReplicas(grpc::ServerContext* ctx, const v1::ListReplicasRequest* req,
                             v1::ListReplicasResponse* resp) override;
   grpc::Status ForceRecoverVolume(grpc::ServerContext* ctx,
@@ -237,6 +244,9 @@ class ControlService final : public v1::Control::Service {
   // A replicated volume's target, epoch and replicas (control_service_cluster.cc; a warning
   // when etcd cannot be read).
   void AddReplicationInfo(v1::Volume* volume) const;
+  // The cluster store for a change of cluster state (cordon, drain, labels, forget): refused
+  // outside a cluster, while the change gate is closed, or while shaled starts or stops.
+  Result<std::shared_ptr<cluster::ClusterStore>> StoreForChange() const;
   // Thresholds, overcommit limit and fill level into a pool answer (control_service_ops.cc).
   void AddCapacityInfo(v1::Pool* pool);
 

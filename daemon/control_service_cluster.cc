@@ -61,6 +61,7 @@ grpc::Status ControlService::ListNodes(grpc::ServerContext* ctx,
     out->set_local(n.name == cluster_->node_name());
     out->set_cordoned(n.cordoned);
     out->set_draining(n.draining);
+    for (const auto& [key, value] : n.labels) (*out->mutable_labels())[key] = value;
     for (const std::string& v : targets[n.name]) out->add_targets(v);
     for (const std::string& v : replicas[n.name]) out->add_replicas(v);
     if (!n.status.ok()) {
@@ -81,13 +82,42 @@ grpc::Status ControlService::ListNodes(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+Result<std::shared_ptr<cluster::ClusterStore>> ControlService::StoreForChange() const {
+  if (cluster_ == nullptr) return NotInCluster();
+  SHALE_RETURN_IF_ERROR(lifecycle_->CheckChangeGate());
+  std::shared_ptr<cluster::ClusterStore> store = cluster_->store();
+  if (store == nullptr) return Status::Unavailable("shaled is starting or stopping");
+  return store;
+}
+
+grpc::Status ControlService::LabelNode(grpc::ServerContext* ctx, const v1::LabelNodeRequest* req,
+                                       v1::LabelNodeResponse* resp) {
+  Result<std::shared_ptr<cluster::ClusterStore>> store = StoreForChange();
+  if (!store.ok()) return Fail(ctx, store.status());
+  const Labels set(req->set().begin(), req->set().end());
+  const std::vector<std::string> remove(req->remove().begin(), req->remove().end());
+  for (const std::string& key : remove) {
+    if (set.contains(key)) {
+      return Fail(ctx, Status::InvalidArgument("label " + key + " is both set and removed"));
+    }
+  }
+  Result<Labels> labels = (*store)->UpdateNodeLabels(req->node(), set, remove);
+  if (!labels.ok()) return Fail(ctx, labels.status());
+  std::string now;
+  for (const auto& [key, value] : *labels) {
+    (*resp->mutable_labels())[key] = value;
+    now += (now.empty() ? "" : ",") + key + "=" + value;
+  }
+  SHALE_LOG_INFO("node labels changed", {"node", req->node()}, {"labels", now});
+  return grpc::Status::OK;
+}
+
 grpc::Status ControlService::SetNodeCordon(grpc::ServerContext* ctx,
                                            const v1::SetNodeCordonRequest* req,
                                            v1::SetNodeCordonResponse* resp) {
-  if (cluster_ == nullptr) return Fail(ctx, NotInCluster());
-  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
-  std::shared_ptr<cluster::ClusterStore> store = cluster_->store();
-  if (store == nullptr) return Fail(ctx, Status::Unavailable("shaled is starting or stopping"));
+  Result<std::shared_ptr<cluster::ClusterStore>> changing = StoreForChange();
+  if (!changing.ok()) return Fail(ctx, changing.status());
+  const std::shared_ptr<cluster::ClusterStore>& store = *changing;
   if (Status st = store->SetCordoned(req->node(), req->cordoned()); !st.ok()) return Fail(ctx, st);
   SHALE_LOG_INFO(req->cordoned() ? "node cordoned" : "node uncordoned", {"node", req->node()});
   resp->set_message(req->cordoned()
@@ -129,10 +159,9 @@ std::string DrainWait(const cluster::Membership& m, const std::string& node,
 
 grpc::Status ControlService::DrainNode(grpc::ServerContext* ctx, const v1::DrainNodeRequest* req,
                                        v1::DrainNodeResponse* resp) {
-  if (cluster_ == nullptr) return Fail(ctx, NotInCluster());
-  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
-  std::shared_ptr<cluster::ClusterStore> store = cluster_->store();
-  if (store == nullptr) return Fail(ctx, Status::Unavailable("shaled is starting or stopping"));
+  Result<std::shared_ptr<cluster::ClusterStore>> changing = StoreForChange();
+  if (!changing.ok()) return Fail(ctx, changing.status());
+  const std::shared_ptr<cluster::ClusterStore>& store = *changing;
   const std::string& node = req->node();
   Result<std::vector<cluster::NodeRecord>> nodes = store->ListNodes();
   if (!nodes.ok()) return Fail(ctx, nodes.status());
@@ -161,10 +190,9 @@ grpc::Status ControlService::DrainNode(grpc::ServerContext* ctx, const v1::Drain
 
 grpc::Status ControlService::ForgetNode(grpc::ServerContext* ctx, const v1::ForgetNodeRequest* req,
                                         v1::ForgetNodeResponse* resp) {
-  if (cluster_ == nullptr) return Fail(ctx, NotInCluster());
-  if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
-  std::shared_ptr<cluster::ClusterStore> store = cluster_->store();
-  if (store == nullptr) return Fail(ctx, Status::Unavailable("shaled is starting or stopping"));
+  Result<std::shared_ptr<cluster::ClusterStore>> changing = StoreForChange();
+  if (!changing.ok()) return Fail(ctx, changing.status());
+  const std::shared_ptr<cluster::ClusterStore>& store = *changing;
   const std::string& node = req->node();
   // A forgotten node is never replaced: its replicas must have moved first.
   Result<std::vector<cluster::VolumeRecord>> volumes = store->ListVolumes();
@@ -202,6 +230,7 @@ Result<VolumeInfo> internal::CreateReplicated(ReplicatedVolumes* replicated, con
   r.replicas = req.replicas() == 0 ? 1 : req.replicas();
   r.replica_nodes.assign(req.replica_nodes().begin(), req.replica_nodes().end());
   r.min_in_sync = req.min_in_sync() == 0 ? 1 : req.min_in_sync();
+  r.node_selector = req.replica_node_selector();
   if (r.min_in_sync > r.replicas) {
     return Status::InvalidArgument("--min-in-sync " + std::to_string(r.min_in_sync) +
                                    " is more than --replicas " + std::to_string(r.replicas));
@@ -236,6 +265,7 @@ void internal::ReplicasToProto(const std::string& volume, const ReplicasReport& 
   for (const std::string& n : m.in_sync) resp->add_in_sync(n);
   resp->set_fenced(report.fenced);
   resp->set_detached(m.detached);
+  resp->set_node_selector(m.node_selector);
   for (const ReplicaReport& r : report.replicas) {
     v1::Replica* out = resp->add_replicas();
     out->set_node(r.node);

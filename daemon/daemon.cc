@@ -760,49 +760,6 @@ Status Daemon::AddFrontends() {
   return Status::Ok();
 }
 
-void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
-  // Replicated volumes through CSI (docs/kubernetes.md, "Replicated volumes"): created through
-  // the cluster and left detached; staged on any node holding a replica (the target moves there).
-  csi_options->create_replicated = [this](const VolumeSpec& spec, uint32_t replicas,
-                                          const std::vector<std::string>& nodes) -> Status {
-    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
-    if (r == nullptr) return Status::Unavailable("shaled is starting or stopping");
-    SHALE_RETURN_IF_ERROR(
-        r->Create({.volume = spec, .replicas = replicas, .replica_nodes = nodes}, nullptr)
-            .status());
-    // Busy for a moment while the new target's first resync still holds it (bounded).
-    Result<std::string> detached = r->Detach(spec.params.name);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!detached.ok() && detached.status().code() == StatusCode::kBusy &&
-           std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      detached = r->Detach(spec.params.name);
-    }
-    if (!detached.ok()) {
-      // It stays attached here: staging elsewhere waits for this node (NodeStage says so).
-      SHALE_LOG_WARN("csi: a new replicated volume stays attached to this node",
-                     {"volume", spec.params.name}, {"error", detached.status().ToString()});
-    }
-    return Status::Ok();
-  };
-  csi_options->replica_nodes = [this](const std::string& name) {
-    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
-    return r != nullptr ? r->ReplicaNodes(name) : std::vector<std::string>();
-  };
-  csi_options->attach_volume = [this](const std::string& name) -> Status {
-    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
-    if (r == nullptr || !r->IsReplicated(name)) return Status::Ok();
-    Result<std::string> attached = r->Attach(name);
-    if (attached.ok()) SHALE_LOG_INFO("csi: replicated volume attached", {"volume", name});
-    return attached.status();
-  };
-  csi_options->detach_volume = [this](const std::string& name) -> Status {
-    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
-    if (r == nullptr || !r->IsReplicated(name)) return Status::Ok();
-    return r->Detach(name).status();
-  };
-}
-
 void Daemon::AddCsiFrontend() {
   csi::DriverOptions csi_options;
   csi_options.version = SHALE_VERSION;

@@ -35,14 +35,6 @@ constexpr auto kRemoveSettle = std::chrono::seconds(10);
 // How often the repair thread looks for detached volumes with a replica to replace.
 constexpr auto kCarePeriod = std::chrono::seconds(2);
 
-const cluster::NodeRecord* FindRecord(const std::vector<cluster::NodeRecord>& nodes,
-                                      const std::string& name) {
-  for (const cluster::NodeRecord& n : nodes) {
-    if (n.name == name) return &n;
-  }
-  return nullptr;
-}
-
 // A replica younger than this is never an orphan: it may be being placed (its membership is
 // written after every replica exists, seconds later).
 constexpr uint64_t kOrphanMinAgeNs = 10ull * 1000 * 1000 * 1000;
@@ -71,7 +63,7 @@ std::map<std::string, std::string> ReplicatedVolumes::DoomedNodes(
     }
   }
   for (auto it = down_since_.begin(); it != down_since_.end();) {  // forgotten nodes
-    it = FindRecord(nodes, it->first) == nullptr ? down_since_.erase(it) : std::next(it);
+    it = FindNode(nodes, it->first) == nullptr ? down_since_.erase(it) : std::next(it);
   }
   return doomed;
 }
@@ -153,10 +145,12 @@ Status ReplicatedVolumes::StartReplace(const std::shared_ptr<Target>& target,
   request.size_bytes = m.size_bytes;
   request.replicas = 1;
   request.only_nodes = std::move(candidates);
+  // The volume's node selector holds for the new replica too (validated with the record).
+  SHALE_ASSIGN_OR_RETURN(request.selector, cluster::NodeSelector::Parse(m.node_selector));
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::ReplicaPlacement> placed,
                          cluster::PlaceReplicas(nodes, request));
   const std::string node = placed.front().node;
-  const cluster::NodeRecord* n = FindRecord(nodes, node);
+  const cluster::NodeRecord* n = FindNode(nodes, node);
   replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
                                          options_.secret, transport_, options_.connect_timeout};
   const replication::ReplicaSpec spec{name, target->uuid, m.size_bytes, ""};
@@ -257,7 +251,7 @@ void ReplicatedVolumes::FinishReplace(const std::shared_ptr<Target>& target, con
     remote->client().Close();  // requests in flight fail; the layer ignores them now
   }
   gone.reset();
-  const cluster::NodeRecord* n = FindRecord(nodes, old);
+  const cluster::NodeRecord* n = FindNode(nodes, old);
   if (n != nullptr && n->up && n->status.ok() && !n->info.replica_address.empty()) {
     replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
                                            options_.secret, transport_, options_.connect_timeout};
@@ -369,7 +363,7 @@ void ReplicatedVolumes::CareForDetached(const std::vector<cluster::NodeRecord>& 
     // The caretaker: the first node of in_sync that is up and stays.
     std::string caretaker;
     for (const std::string& n : m.in_sync) {
-      const cluster::NodeRecord* rec = FindRecord(nodes, n);
+      const cluster::NodeRecord* rec = FindNode(nodes, n);
       if (rec != nullptr && rec->up && !doomed.contains(n)) {
         caretaker = n;
         break;

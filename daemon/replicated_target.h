@@ -9,7 +9,9 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
+#include "cluster/cluster_store.h"
 #include "daemon/replica_membership.h"
 #include "daemon/replicated_volumes.h"
 #include "engine/common/uuid.h"
@@ -25,6 +27,15 @@ namespace shale::daemon {
 inline std::string ReplicaUuidOf(const VolumeInfo& info) {
   auto it = info.labels.find(replication::kReplicaUuidLabel);
   return it == info.labels.end() ? std::string() : it->second;
+}
+
+// The record of node `name` in `nodes`, or nullptr.
+inline const cluster::NodeRecord* FindNode(const std::vector<cluster::NodeRecord>& nodes,
+                                           const std::string& name) {
+  for (const cluster::NodeRecord& n : nodes) {
+    if (n.name == name) return &n;
+  }
+  return nullptr;
 }
 
 // Per remote node: the repair thread's bookkeeping (guarded by Target::mu).

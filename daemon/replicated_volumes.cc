@@ -37,12 +37,18 @@ constexpr auto kRebuildDrain = std::chrono::seconds(30);
 // this node serves no target, lists the nodes (for detached volumes to replace replicas of).
 constexpr auto kScanPeriod = std::chrono::seconds(10);
 
-const cluster::NodeRecord* FindNode(const std::vector<cluster::NodeRecord>& nodes,
-                                    const std::string& name) {
-  for (const cluster::NodeRecord& n : nodes) {
-    if (n.name == name) return &n;
-  }
-  return nullptr;
+// Why `local` cannot take a replica of the volume `request` places (the answer of placing one
+// replica on it alone).
+std::string LocalRefusal(const std::vector<cluster::NodeRecord>& nodes,
+                         cluster::PlacementRequest request) {
+  request.replicas = 1;
+  const bool named =
+      request.only_nodes.empty() || std::find(request.only_nodes.begin(), request.only_nodes.end(),
+                                              request.local_node) != request.only_nodes.end();
+  if (!named) return "it is not among --replica-nodes";
+  request.only_nodes = {request.local_node};
+  Result<std::vector<cluster::ReplicaPlacement>> alone = cluster::PlaceReplicas(nodes, request);
+  return alone.ok() ? "it was not placed" : std::string(alone.status().message());
 }
 
 // The generation a replica holds: the epoch under which it last was a member of in_sync.
@@ -247,14 +253,8 @@ Result<std::unique_ptr<replication::ReplicaClient>> ReplicatedVolumes::Connect(
   return replication::ReplicaClient::Connect(std::move(o));
 }
 
-Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget(
-    const std::string& name) {
-  Engine* engine = lifecycle_->engine();
-  SHALE_ASSIGN_OR_RETURN(VolumeInfo info, engine->GetVolume(name));
-  SHALE_ASSIGN_OR_RETURN(Uuid uuid, Uuid::Parse(ReplicaUuidOf(info)));
-  Result<cluster::VolumeRecord> record = store_->GetVolume(name);
-  if (!record.ok()) return record.status().WithContext("membership of volume " + name);
-  const cluster::Membership& m = record->membership;
+Status ReplicatedVolumes::CheckServesHere(const std::string& name, const Uuid& uuid,
+                                          const cluster::Membership& m) {
   if (m.target != options_.node_name) {
     return Status::NotFound("volume " + name + " is served by " + m.target);
   }
@@ -274,7 +274,20 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
         std::to_string(LocalGeneration(name)) + " of epoch " + std::to_string(m.epoch) +
         "): it refuses to serve until one of them serves the volume");
   }
+  return Status::Ok();
+}
+
+Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget(
+    const std::string& name) {
+  Engine* engine = lifecycle_->engine();
+  SHALE_ASSIGN_OR_RETURN(VolumeInfo info, engine->GetVolume(name));
+  SHALE_ASSIGN_OR_RETURN(Uuid uuid, Uuid::Parse(ReplicaUuidOf(info)));
+  Result<cluster::VolumeRecord> record = store_->GetVolume(name);
+  if (!record.ok()) return record.status().WithContext("membership of volume " + name);
+  const cluster::Membership& m = record->membership;
+  SHALE_RETURN_IF_ERROR(CheckServesHere(name, uuid, m));
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
+  SHALE_RETURN_IF_ERROR(GrowLocalReplica(info, m.size_bytes));
   auto t = std::make_shared<Target>();
   t->name = name;
   t->uuid = uuid;
@@ -436,6 +449,9 @@ Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
   if (spec.volume.params.read_only) {
     return Status::InvalidArgument("a replicated volume cannot be read-only");
   }
+  Result<cluster::NodeSelector> parsed = cluster::NodeSelector::Parse(spec.node_selector);
+  if (!parsed.ok()) return parsed.status().WithContext("--replica-node-selector");
+  const cluster::NodeSelector selector = std::move(parsed).value();
   if (lifecycle_->engine()->GetVolume(name).ok()) {
     return Status::AlreadyExists("volume '" + name + "' already exists");
   }
@@ -447,18 +463,21 @@ Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
   }
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
   const uint64_t size = RoundUpToBlock(spec.volume.params.size_bytes);
-  cluster::PlacementRequest request{options_.node_name, size, spec.replicas, spec.replica_nodes};
+  cluster::PlacementRequest request{options_.node_name, size, spec.replicas, spec.replica_nodes,
+                                    selector};
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::ReplicaPlacement> placement,
                          cluster::PlaceReplicas(nodes, request));
   if (placement.front().node != options_.node_name) {
     return Status::FailedPrecondition(
         "this node (" + options_.node_name +
-        ") must hold a replica of the volumes it serves: add it to --replica-nodes");
+        ") must hold a replica of the volumes it creates and serves, and cannot take one: " +
+        LocalRefusal(nodes, request));
   }
   const Uuid uuid = Uuid::Random();
   SHALE_ASSIGN_OR_RETURN(cluster::Membership membership,
                          cluster::NewMembership(uuid.ToString(), size, spec.min_in_sync,
                                                 options_.node_name, placement));
+  membership.node_selector = request.selector.ToString();
   SHALE_RETURN_IF_ERROR(PlaceRemote(name, membership, nodes));
   VolumeSpec local = spec.volume;
   local.params.size_bytes = size;
@@ -691,6 +710,10 @@ void ReplicatedVolumes::OpenPending() {
   }
   for (const std::string& name : names) {
     if (!PendingDue(name)) continue;
+    {
+      std::lock_guard lock(mu_);
+      if (resizing_.contains(name)) continue;  // Resize opens it again itself
+    }
     Result<std::shared_ptr<Target>> target = OpenTarget(name);
     if (!target.ok() && !target.status().IsNotFound()) PendingFailed(name, target.status());
     std::lock_guard lock(mu_);

@@ -40,6 +40,7 @@
 #include "daemon/lifecycle/volume_lifecycle.h"
 #include "daemon/ops/metrics_collector.h"
 #include "engine/common/result.h"
+#include "engine/common/uuid.h"
 #include "replication/auth.h"
 #include "replication/transport.h"
 
@@ -90,6 +91,7 @@ struct ReplicatedSpec {
   uint32_t replicas = 1;
   std::vector<std::string> replica_nodes;  // --replica-nodes; empty: any
   uint32_t min_in_sync = 1;
+  std::string node_selector;  // --replica-node-selector (cluster/node_selector.h); "": any node
 };
 
 // `shale qos rebuild-bps`: the node's rebuild rate cap and the volumes rebuilding now.
@@ -193,6 +195,14 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // clients) and records the volume detached, so any node holding an in-sync replica may attach
   // it at once. Idempotent for a volume detached already.
   Result<std::string> Detach(const std::string& name);
+  // `shale volume resize` / ControllerExpandVolume of a replicated volume (docs/replication.md,
+  // "Growing a replicated volume"): raises the membership's size (rounded up to 4 KiB); every
+  // replica grows when it is next opened. Allowed while the volume is detached (from any node)
+  // or on the node serving it (Busy while it has clients there); FailedPrecondition naming the
+  // node serving it otherwise. InvalidArgument for a shrink, NotFound for a volume with no
+  // membership (grow_only: a smaller size is no error, the size stays). Returns the volume's
+  // size afterwards (idempotent).
+  Result<uint64_t> Resize(const std::string& name, uint64_t size_bytes, bool grow_only = false);
   // The replica server raised the epoch of this node's replica `volume` (a newer target opened
   // it): a local target of it with an older epoch is fenced.
   void FenceLocal(const std::string& volume, uint64_t epoch);
@@ -229,6 +239,11 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   static replication::ReplicationLayer* LayerOf(const Target& t);
   static const Uuid& UuidOf(const Target& t);
   Result<std::shared_ptr<Target>> OpenTarget(const std::string& name);
+  // OpenTarget: the membership `m` names this node the target of `name`, attached, with the
+  // local replica (of `uuid`) in sync; NotFound when another node serves it or it is detached.
+  Status CheckServesHere(const std::string& name, const Uuid& uuid, const cluster::Membership& m);
+  // OpenTarget: grows the local replica `info` of a volume grown while it was closed to `size`.
+  Status GrowLocalReplica(const VolumeInfo& info, uint64_t size);
   // At start: deletes a local replica no membership names any more (the volume was deleted, or
   // this replica replaced, while this node was away). True when it was deleted.
   bool RemoveIfOrphan(const VolumeInfo& v, const Result<cluster::VolumeRecord>& record);
@@ -307,6 +322,8 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   std::condition_variable cv_;
   std::map<std::string, std::shared_ptr<Target>> targets_;  // guarded by mu_
   std::map<std::string, std::string> pending_;  // not open yet: name -> why; guarded by mu_
+  // Closed by Resize while their size changes: OpenPending leaves them alone; guarded by mu_.
+  std::set<std::string> resizing_;
   std::set<std::string> detached_;  // replicated volumes detached from this node; guarded by mu_
   struct PendingRetry {
     std::chrono::steady_clock::time_point next_try{};

@@ -768,7 +768,10 @@ Result<bool> ReplicaServer::Open(Conn* c, FrameReader* reader, Deadline deadline
     return refuse(WireStatus::kInvalid, "volume '" + m.volume + "' is a replica of " +
                                             label->second + ", not of " + want.ToString());
   }
-  if (info->size_bytes != m.size_bytes) {
+  // A larger volume is a replicated volume grown while this replica was closed
+  // (docs/replication.md, "Growing a replicated volume"): it grows once the epoch is checked. A
+  // smaller one never is.
+  if (info->size_bytes > m.size_bytes || m.size_bytes % 4096 != 0) {
     return refuse(WireStatus::kInvalid, "replica size " + std::to_string(info->size_bytes) +
                                             " differs from the volume's " +
                                             std::to_string(m.size_bytes));
@@ -784,6 +787,12 @@ Result<bool> ReplicaServer::Open(Conn* c, FrameReader* reader, Deadline deadline
   }
   if (Status st = c->state->Raise(f.header.epoch, m.volume); !st.ok()) {
     return refuse(WireStatus::kIoError, st.ToString());
+  }
+  if (info->size_bytes < m.size_bytes) {
+    Result<VolumeInfo> grown = engine_->ResizeVolume(m.volume, m.size_bytes);
+    if (!grown.ok()) return refuse(WireStatusFromStatus(grown.status()), grown.status().ToString());
+    SHALE_LOG_INFO("replica grown", {"volume", m.volume}, {"from", info->size_bytes},
+                   {"to", m.size_bytes}, {"node", c->client_node});
   }
   Result<std::shared_ptr<VolumeHandle>> handle = engine_->OpenVolume(m.volume);
   if (!handle.ok())

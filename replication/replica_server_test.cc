@@ -435,9 +435,34 @@ TEST_F(ReplicaServiceTest, OpenChecksTheVolume) {
   EXPECT_TRUE(fails([](auto& o) { o.volume = "plain"; }).IsNotFound());  // not a replica
   EXPECT_EQ(fails([](auto& o) { o.volume_uuid = Uuid::Random(); }).code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(fails([](auto& o) { o.size_bytes = kVolSize * 2; }).code(),
+  EXPECT_EQ(fails([](auto& o) { o.size_bytes = kVolSize / 2; }).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(fails([](auto& o) { o.size_bytes = kVolSize + 100; }).code(),
             StatusCode::kInvalidArgument);
   ExpectServing();
+}
+
+TEST_F(ReplicaServiceTest, OpenWithALargerSizeGrowsTheReplicaOnlyUnderAValidEpoch) {
+  {
+    auto first = Connect(5);
+    ASSERT_NE(first, nullptr);
+  }
+  // An older epoch is refused before anything changes.
+  ReplicaClientOptions stale = ClientOptions(4);
+  stale.size_bytes = kVolSize * 2;
+  auto refused = ReplicaClient::Connect(stale);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(IsStaleEpoch(refused.status())) << refused.status();
+  EXPECT_EQ(engine_->GetVolume("vol").value().size_bytes, kVolSize);
+  // The volume grew while the replica was closed: the target's OPEN grows it.
+  ReplicaClientOptions grown = ClientOptions(6);
+  grown.size_bytes = kVolSize * 2;
+  auto c = ReplicaClient::Connect(grown);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->opened().size_bytes, kVolSize * 2);
+  EXPECT_EQ(engine_->GetVolume("vol").value().size_bytes, kVolSize * 2);
+  // The new end reads as zeros.
+  EXPECT_EQ(ReadAt(c->get(), kVolSize * 2 - 4096, 4096), std::vector<uint8_t>(4096, 0));
 }
 
 // --- bad peers ----------------------------------------------------------------------------------

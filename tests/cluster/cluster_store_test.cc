@@ -307,6 +307,49 @@ TEST_F(ClusterStoreTest, CordonOutlivesTheLeaseAndGoesWithForget) {
   EXPECT_FALSE(left->has_value());
 }
 
+TEST_F(ClusterStoreTest, NodeLabelsAreEditedInPlaceOutliveTheLeaseAndGoWithForget) {
+  auto one = MakeStore(client_, prefix_, seconds(5));
+  auto two = MakeStore(Connect(etcd_->endpoint()), prefix_, seconds(5));
+  ASSERT_TRUE(one->RegisterNode("n1", Info("10.0.0.1:7480")).ok());
+  ASSERT_TRUE(two->RegisterNode("n2", Info("10.0.0.2:7480")).ok());
+  EXPECT_TRUE(one->UpdateNodeLabels("nope", {{"disk", "ssd"}}, {}).status().IsNotFound());
+  EXPECT_EQ(one->UpdateNodeLabels("n2", {{"-bad", "x"}}, {}).status().code(),
+            StatusCode::kInvalidArgument);
+  Result<Labels> labels = one->UpdateNodeLabels("n2", {{"disk", "ssd"}, {"zone", "a"}}, {});
+  ASSERT_TRUE(labels.ok()) << labels.status();
+  EXPECT_EQ(*labels, (Labels{{"disk", "ssd"}, {"zone", "a"}}));
+  // Set one, remove one (and one never set), keep the rest.
+  labels = two->UpdateNodeLabels("n2", {{"zone", "b"}}, {"disk", "never-set"});
+  ASSERT_TRUE(labels.ok()) << labels.status();
+  EXPECT_EQ(*labels, (Labels{{"zone", "b"}}));
+  // Down and up again: the labels stay; other nodes have none.
+  ASSERT_TRUE(two->Deregister().ok());
+  ASSERT_TRUE(two->RegisterNode("n2", Info("10.0.0.2:7480")).ok());
+  Result<std::vector<NodeRecord>> nodes = one->ListNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_EQ(FindNode(*nodes, "n2")->labels, (Labels{{"zone", "b"}}));
+  EXPECT_TRUE(FindNode(*nodes, "n1")->labels.empty());
+  // A malformed value in etcd marks that node's record, nothing else.
+  ASSERT_TRUE(client_->Put(one->NodeLabelsKey("n1"), "{\"disk\": 7}").ok());
+  nodes = one->ListNodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  EXPECT_EQ(FindNode(*nodes, "n1")->status.code(), StatusCode::kCorruption);
+  EXPECT_TRUE(FindNode(*nodes, "n2")->status.ok());
+  // Removing the last label removes the key; forgetting a node forgets its labels.
+  labels = one->UpdateNodeLabels("n2", {}, {"zone"});
+  ASSERT_TRUE(labels.ok()) << labels.status();
+  EXPECT_TRUE(labels->empty());
+  Result<std::optional<KeyValue>> left = client_->Get(one->NodeLabelsKey("n2"));
+  ASSERT_TRUE(left.ok());
+  EXPECT_FALSE(left->has_value());
+  ASSERT_TRUE(one->UpdateNodeLabels("n2", {{"disk", "hdd"}}, {}).ok());
+  ASSERT_TRUE(two->Deregister().ok());
+  ASSERT_TRUE(one->ForgetNode("n2").ok());
+  left = client_->Get(one->NodeLabelsKey("n2"));
+  ASSERT_TRUE(left.ok());
+  EXPECT_FALSE(left->has_value());
+}
+
 TEST_F(ClusterStoreTest, NodeKeyLivesWhileKeptAliveAndExpiresWhenTheNodeStops) {
   auto watcher_store = MakeStore(client_, prefix_);
   auto node = MakeStore(Connect(etcd_->endpoint()), prefix_, seconds(1));

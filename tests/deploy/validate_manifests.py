@@ -45,7 +45,11 @@ REGISTRATION_DIR = "/var/lib/kubelet/plugins_registry"
 
 QOS_KEYS = ["iops", "readIops", "writeIops", "bps", "readBps", "writeBps", "burstIops",
             "burstSeconds", "weight", "reservationIops"]
-SC_KEYS = ["pool", "fsType", "readOnlyClone", "replicas"] + QOS_KEYS
+SC_KEYS = ["pool", "fsType", "readOnlyClone", "replicas", "replicaNodeSelector"] + QOS_KEYS
+# One requirement of a replica node selector (cluster/node_selector.h): KEY=VALUE, KEY==VALUE,
+# KEY!=VALUE, KEY or !KEY.
+SELECTOR_KEY = r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}"
+SELECTOR_TERM = re.compile(rf"\s*(!?{SELECTOR_KEY}|{SELECTOR_KEY}\s*(==|!=|=)[^,]*)\s*")
 # Keys the external-provisioner consumes itself (never passed to the driver) that we use.
 SC_SIDECAR_KEYS = ["csi.storage.k8s.io/fstype"]
 
@@ -310,8 +314,14 @@ def check_storageclass(doc):
     replicas = params.get("replicas", "1")
     if not re.fullmatch(r"[1-9]", str(replicas)):
         errs.append(f"{w}: replicas must be \"1\" to \"9\", not {replicas!r}")
-    elif replicas != "1" and o.get("allowVolumeExpansion"):
-        errs.append(f"{w}: a replicated class cannot allow expansion (not supported yet)")
+    selector = params.get("replicaNodeSelector")
+    if selector is not None:
+        if replicas == "1":
+            errs.append(f"{w}: replicaNodeSelector needs replicas of 2 or more")
+        bad = [t for t in str(selector).split(",") if not SELECTOR_TERM.fullmatch(t)]
+        if bad:
+            errs.append(f"{w}: replicaNodeSelector requirement {bad[0]!r} is not KEY=VALUE, "
+                        "KEY!=VALUE, KEY or !KEY")
     if "pool" in params and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
                                              str(params["pool"])):
         errs.append(f"{w}: pool {params['pool']!r} is not a valid pool name")
@@ -575,6 +585,10 @@ def check_csi_pod(doc, spec, volumes):
                                                  "csi-resizer"):
             if not flag_on(flags, "--leader-election"):
                 errs.append(f"{cw}: a controller Deployment's sidecar needs --leader-election")
+        if doc.kind == "DaemonSet" and kind == "csi-resizer" and not flag_on(
+                flags, "--leader-election"):
+            errs.append(f"{cw}: a resizer on every node needs --leader-election (it has no "
+                        "node-deployment mode: each would act on every PVC)")
     return errs
 
 
@@ -1342,8 +1356,21 @@ class ManifestTest(unittest.TestCase):
         self.assertTrue([d for d in prot if d.kind == "VolumeGroupSnapshotClass"])
         self.assertEqual([DRIVER], [d.name for d in prot if d.kind == "SnapshotMetadataService"])
         cluster = rendered["cluster"]
-        errs = check_cluster_tls([d for d in cluster if d.kind == "DaemonSet"][0], cluster)
+        cluster_ds = [d for d in cluster if d.kind == "DaemonSet"][0]
+        errs = check_cluster_tls(cluster_ds, cluster)
         self.assertEqual([], errs, fmt(errs))
+        # Replicated volumes grow through any node: one resizer (leader election) per node,
+        # waiting while a PVC is in use (offline growth), with the resizer's RBAC bound.
+        sidecars = {c["name"]: arg_flags(c.get("args")) for c in pod_spec(cluster_ds)["containers"]}
+        resizer = sidecars.get("csi-resizer", {})
+        self.assertTrue(flag_on(resizer, "--leader-election"), resizer)
+        self.assertTrue(flag_on(resizer, "--handle-volume-inuse-error"), resizer)
+        replicated = [d for d in cluster if d.kind == "StorageClass" and d.name == "shale-replicated"]
+        self.assertEqual(True, replicated[0].obj.get("allowVolumeExpansion"))
+        bound = {(d.obj.get("roleRef") or {}).get("name") for d in cluster
+                 if d.kind in ("ClusterRoleBinding", "RoleBinding")
+                 and any(s.get("name") == "shale-node" for s in d.obj.get("subjects") or [])}
+        self.assertLessEqual({"shale-resizer", "shale-resizer-cfg"}, bound)
         vac = rendered["volume-attributes-classes"]
         ctrl = [d for d in vac if d.kind == "Deployment"][0]
         gates = {c["name"]: arg_flags(c.get("args")).get("--feature-gates") or ""
@@ -1513,9 +1540,11 @@ class SelfTest(unittest.TestCase):
             {"csi.storage.k8s.io/fstype": "btrfs"}), "not ext4 or xfs")
         self.expect(lambda d: sc(d)["parameters"].update(replicas="10"), "replicas must be")
         self.expect(lambda d: sc(d)["parameters"].update(replicas="0"), "replicas must be")
-        self.expect(lambda d: (sc(d)["parameters"].update(replicas="3"),
-                               sc(d).update(allowVolumeExpansion=True)),
-                    "a replicated class cannot allow expansion")
+        self.expect(lambda d: sc(d)["parameters"].update(replicaNodeSelector="disk=ssd"),
+                    "replicaNodeSelector needs replicas")
+        self.expect(lambda d: sc(d)["parameters"].update(replicas="3",
+                                                         replicaNodeSelector="disk=ssd,,x"),
+                    "replicaNodeSelector requirement")
         self.expect(lambda d: sc(d).update(volumeBindingMode="Immediate"),
                     "WaitForFirstConsumer")
 
@@ -1552,6 +1581,11 @@ class SelfTest(unittest.TestCase):
         self.expect(lambda d: spec(d)["containers"][1]["args"].append("--leader-election"),
                     "leader election cannot be on")
         self.expect(lambda d: spec(d)["containers"][1].pop("env"), "needs NODE_NAME")
+        self.expect(lambda d: spec(d)["containers"].append(
+            {"name": "csi-resizer", "image": "registry.k8s.io/sig-storage/csi-resizer:v1.13.2",
+             "args": ["--csi-address=/csi/csi.sock"],
+             "volumeMounts": spec(d)["containers"][1]["volumeMounts"]}),
+            "a resizer on every node needs")
         self.expect(lambda d: spec(d)["containers"][1].update(
             image="registry.k8s.io/sig-storage/csi-provisioner:v3.0.0"), "the flags here are")
         self.expect(lambda d: spec(d)["volumes"][0]["hostPath"].update(path="/tmp/x"),

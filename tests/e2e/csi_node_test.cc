@@ -46,18 +46,6 @@ std::string Contents(int i) {
   return s;
 }
 
-// Effective capabilities include CAP_SYS_RESOURCE (bit 24), which online ext4 resize needs.
-bool HasCapSysResource() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("CapEff:", 0) == 0) {
-      return (std::stoull(line.substr(7), nullptr, 16) >> 24) & 1;
-    }
-  }
-  return false;
-}
-
 class CsiNodeTest : public ::testing::Test {
  protected:
   void SetUp() override {

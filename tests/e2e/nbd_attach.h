@@ -20,6 +20,18 @@
 
 namespace shale::e2e {
 
+// Effective capabilities include CAP_SYS_RESOURCE (bit 24), which online ext4 resize needs.
+inline bool HasCapSysResource() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("CapEff:", 0) == 0) {
+      return (std::stoull(line.substr(7), nullptr, 16) >> 24) & 1;
+    }
+  }
+  return false;
+}
+
 inline std::string TrimOutput(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
@@ -28,6 +40,14 @@ inline std::string TrimOutput(std::string s) {
 // Why this machine cannot run a test of nbdfuse + loop devices, "" when it can: root, /dev/fuse,
 // loop devices with a free one, and every program in `tools` (their paths go to *found).
 // `packages` names what scripts/deps installs for them, for the skip message.
+// The size in bytes of the block device mounted at `mountpoint` (0 when unknown).
+inline uint64_t MountedDeviceBytes(const std::string& mountpoint) {
+  CommandResult src = RunProcess({FindProgram("findmnt"), "-n", "-o", "SOURCE", mountpoint});
+  if (src.exit_code != 0) return 0;
+  CommandResult size = RunProcess({FindProgram("blockdev"), "--getsize64", TrimOutput(src.out)});
+  return size.exit_code == 0 ? std::stoull(TrimOutput(size.out)) : 0;
+}
+
 inline std::string NbdfuseLoopUnavailable(const std::vector<std::string>& tools,
                                           const std::string& packages,
                                           std::map<std::string, std::string>* found = nullptr) {

@@ -8,6 +8,9 @@
 //     client error: an attached volume's target replaces it; a detached volume is attached by a
 //     node of its in-sync set for the replacement and detached again after. Every copy of a
 //     snapshot taken after the drain hashes the same.
+//   - Node labels and a replica node selector: replicas go only to nodes whose labels meet it,
+//     and so does the replica placed in place of a drained one (the drain waits until a node
+//     qualifies).
 // Skipped (with the reason) where etcd is not installed.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -359,6 +362,80 @@ TEST_F(ReplicationReplaceE2eTest, DrainMovesEveryReplicaOffANodeWithClientIoRunn
       EXPECT_EQ(n["draining"], false) << n;
     }
   }
+}
+
+TEST_F(ReplicationReplaceE2eTest, ANodeSelectorKeepsReplicasAndTheirReplacementsOnLabelledNodes) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartThree(*etcd_, a, b, c, {}));
+  // Labels: set, changed and removed from any node; bad ones refused before anything changes.
+  ASSERT_EQ(a.Shale({"node", "label", "node-a", "disk=ssd"}).exit_code, 0);
+  CommandResult labelled = c.Shale({"node", "label", "node-b", "disk=ssd", "zone=x"});
+  ASSERT_EQ(labelled.exit_code, 0) << labelled.Describe();
+  labelled = a.Shale({"node", "label", "node-b", "zone-", "-o", "json"});
+  ASSERT_EQ(labelled.exit_code, 0) << labelled.Describe();
+  EXPECT_EQ(labelled.Json()["labels"], (nlohmann::json{{"disk", "ssd"}})) << labelled.out;
+  EXPECT_EQ(a.Shale({"node", "label", "node-b", "-bad=x"}).exit_code, 2);
+  ExpectOneLineError(a.Shale({"node", "label", "node-z", "disk=ssd"}), "not known");
+  CommandResult nodes = b.Shale({"node", "list", "-o", "json"});
+  ASSERT_EQ(nodes.exit_code, 0) << nodes.Describe();
+  nlohmann::json listed = nodes.Json();
+  for (const nlohmann::json& n : listed["nodes"]) {
+    const nlohmann::json want =
+        n["name"] == "node-c" ? nlohmann::json::object() : nlohmann::json{{"disk", "ssd"}};
+    EXPECT_EQ(n["labels"], want) << n;
+  }
+
+  // Three replicas on ssd nodes: only two qualify, and the error says why not node-c.
+  ExpectOneLineError(a.Shale({"volume", "create", "sv", "--size", "32M", "--replicas", "3",
+                              "--replica-node-selector", "disk=ssd"}),
+                     "node-c: its labels do not meet the node selector (disk=ssd)");
+  ExpectOneLineError(a.Shale({"volume", "create", "sv", "--size", "32M", "--replicas", "2",
+                              "--replica-node-selector", "disk=ssd,"}),
+                     "node selector requirement");
+  CommandResult made = a.Shale({"volume", "create", "sv", "--size", "32M", "--replicas", "2",
+                                "--replica-node-selector", "disk=ssd"});
+  ASSERT_EQ(made.exit_code, 0) << made.Describe();
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(a, "sv", &list);
+  EXPECT_EQ(NodesOf(replicas), (std::set<std::string>{"node-a", "node-b"})) << list;
+  EXPECT_EQ(list["node_selector"], "disk=ssd") << list;
+
+  std::mt19937_64 rng(23);
+  std::string oracle(kVolBytes, '\0');
+  for (size_t i = 0; i < (4ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  auto client = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Go("sv").has_value());
+  ASSERT_TRUE(WriteRange(*client, oracle, 0, 4ull << 20));
+  ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+
+  // Draining node-b: node-c has no ssd label, so no replacement is placed; the target says why.
+  ASSERT_EQ(b.Shale({"node", "drain", "node-b", "--no-wait"}).exit_code, 0);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return a.DaemonLog().find("node-c: its labels do not meet the node selector") !=
+               std::string::npos;
+      },
+      seconds(20)))
+      << a.DaemonLog();
+  replicas = Replicas(a, "sv", &list);
+  EXPECT_EQ(NodesOf(replicas), (std::set<std::string>{"node-a", "node-b"})) << list;
+  // Labelled, node-c qualifies: the drain completes there, the data follows.
+  ASSERT_EQ(c.Shale({"node", "label", "node-c", "disk=ssd"}).exit_code, 0);
+  CommandResult drained = b.Shale({"node", "drain", "node-b", "--timeout", "90"});
+  ASSERT_EQ(drained.exit_code, 0) << drained.Describe() << a.DaemonLog();
+  replicas = Replicas(a, "sv", &list);
+  EXPECT_EQ(NodesOf(replicas), (std::set<std::string>{"node-a", "node-c"})) << list;
+  EXPECT_TRUE(AllHealthy(replicas)) << list;
+  EXPECT_EQ(list["node_selector"], "disk=ssd") << "kept by the replacement: " << list;
+  ASSERT_EQ(a.Shale({"snapshot", "create", "sv@moved"}).exit_code, 0) << a.DaemonLog();
+  CommandResult verified = a.Shale({"snapshot", "verify", "sv@moved", "-o", "json"});
+  ASSERT_EQ(verified.exit_code, 0) << verified.Describe();
+  const nlohmann::json v = verified.Json();
+  ASSERT_EQ(v["replicas"].size(), 1u) << v;
+  EXPECT_EQ(v["replicas"][0]["node"], "node-c") << v;
+  EXPECT_EQ(v["replicas"][0]["digest"], v["digest"]) << v;
+  ExpectContent(*client, oracle, "node-a after the drain");
 }
 
 }  // namespace

@@ -430,9 +430,23 @@ TEST_F(ReplicationE2eTest, DeleteRemovesEveryReplicaAndTheMembership) {
   ASSERT_EQ(a.Shale({"volume", "create", "dv", "--size", "16M", "--replicas", "2"}).exit_code, 0);
   ExpectOneLineError(b.Shale({"volume", "delete", "dv"}), "replica held for node node-a");
   EXPECT_EQ(b.Shale({"volume", "show", "dv"}).exit_code, 0) << "refused: nothing deleted";
+  // Growing on the node serving it (no clients): the target opens again with the new size and
+  // the remote replica grows at its OPEN. A shrink is refused; from a node that does not serve
+  // it, refused naming the node that does.
+  CommandResult grown = a.Shale({"volume", "resize", "dv", "--size", "32M", "-o", "json"});
+  ASSERT_EQ(grown.exit_code, 0) << grown.Describe() << a.DaemonLog();
+  EXPECT_EQ(grown.Json()["size_bytes"], 32 << 20) << grown.out;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        CommandResult shown = b.Shale({"volume", "show", "dv", "-o", "json"});
+        return shown.exit_code == 0 && shown.Json()["size_bytes"] == 32 << 20;
+      },
+      seconds(20)))
+      << b.DaemonLog();
+  ExpectOneLineError(a.Shale({"volume", "resize", "dv", "--size", "16M"}), "shrinking");
+  ExpectOneLineError(b.Shale({"volume", "resize", "dv", "--size", "48M"}),
+                     "attached on node node-a");
   // Operations the replicas would not follow are refused.
-  ExpectOneLineError(a.Shale({"volume", "resize", "dv", "--size", "32M"}),
-                     "cannot resize replicated volume 'dv'");
   ExpectOneLineError(a.Shale({"volume", "revert", "dv", "--to", "s1"}),
                      "cannot revert replicated volume");
 

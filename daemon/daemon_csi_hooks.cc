@@ -1,0 +1,66 @@
+// Daemon::AddCsiClusterHooks: how the CSI driver reaches the cluster (replicated volumes through
+// CSI; docs/kubernetes.md, "Replicated volumes").
+#include <chrono>
+#include <thread>
+
+#include "csi/driver.h"
+#include "daemon/daemon.h"
+#include "daemon/replicated_volumes.h"
+#include "engine/common/log.h"
+
+namespace shale::daemon {
+
+void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
+  // Replicated volumes through CSI (docs/kubernetes.md, "Replicated volumes"): created through
+  // the cluster and left detached; staged on any node holding a replica (the target moves there).
+  csi_options->create_replicated = [this](const VolumeSpec& spec, uint32_t replicas,
+                                          const std::vector<std::string>& nodes,
+                                          const std::string& node_selector) -> Status {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr) return Status::Unavailable("shaled is starting or stopping");
+    SHALE_RETURN_IF_ERROR(r->Create({.volume = spec,
+                                     .replicas = replicas,
+                                     .replica_nodes = nodes,
+                                     .node_selector = node_selector},
+                                    nullptr)
+                              .status());
+    // Busy for a moment while the new target's first resync still holds it (bounded).
+    Result<std::string> detached = r->Detach(spec.params.name);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!detached.ok() && detached.status().code() == StatusCode::kBusy &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      detached = r->Detach(spec.params.name);
+    }
+    if (!detached.ok()) {
+      // It stays attached here: staging elsewhere waits for this node (NodeStage says so).
+      SHALE_LOG_WARN("csi: a new replicated volume stays attached to this node",
+                     {"volume", spec.params.name}, {"error", detached.status().ToString()});
+    }
+    return Status::Ok();
+  };
+  csi_options->expand_replicated = [this](const std::string& name,
+                                          uint64_t size) -> Result<uint64_t> {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr) return Status::Unavailable("shaled is starting or stopping");
+    return r->Resize(name, size, /*grow_only=*/true);
+  };
+  csi_options->replica_nodes = [this](const std::string& name) {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    return r != nullptr ? r->ReplicaNodes(name) : std::vector<std::string>();
+  };
+  csi_options->attach_volume = [this](const std::string& name) -> Status {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr || !r->IsReplicated(name)) return Status::Ok();
+    Result<std::string> attached = r->Attach(name);
+    if (attached.ok()) SHALE_LOG_INFO("csi: replicated volume attached", {"volume", name});
+    return attached.status();
+  };
+  csi_options->detach_volume = [this](const std::string& name) -> Status {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr || !r->IsReplicated(name)) return Status::Ok();
+    return r->Detach(name).status();
+  };
+}
+
+}  // namespace shale::daemon
