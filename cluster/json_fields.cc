@@ -87,6 +87,16 @@ const Json* JsonObject::Array(const char* name) {
   return v;
 }
 
+const Json* JsonObject::Object(const char* name, bool required) {
+  const Json* v = Field(name, required);
+  if (v == nullptr) return nullptr;
+  if (!v->is_object()) {
+    Fail(name, "must be an object");
+    return nullptr;
+  }
+  return v;
+}
+
 Status JsonObject::Finish(std::string_view what) {
   CheckUnknown();
   if (error_.empty()) return Status::Ok();

@@ -31,6 +31,9 @@ class JsonObject {
   bool Boolean(const char* name, bool required = true);  // false when absent
   // The array (nullptr, with the error recorded, when missing or of another type).
   const Json* Array(const char* name);
+  // The object (nullptr when absent and not required, or with the error recorded when of
+  // another type).
+  const Json* Object(const char* name, bool required = true);
   // Records a problem with a field's value.
   void Fail(const std::string& field, const std::string& problem);
   // The path of a field or element: "replicas[1]", "replicas[1].state".

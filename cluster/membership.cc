@@ -228,6 +228,17 @@ Status Membership::Validate() const {
                      selector->ToString() + "'");
     }
   }
+  if (qos.size() > kMaxQosFields) {
+    return Invalid("qos has " + std::to_string(qos.size()) + " fields; at most " +
+                   std::to_string(kMaxQosFields));
+  }
+  for (const auto& [field, value] : qos) {
+    if (field.empty() || field.size() > 32 ||
+        field.find_first_not_of("abcdefghijklmnopqrstuvwxyz_") != std::string::npos) {
+      return Invalid("qos field '" + field + "' is not a field name");
+    }
+    if (value > kMaxQosValue) return Invalid("qos field '" + field + "' is too large");
+  }
   SHALE_RETURN_IF_ERROR(ValidateReplicas(*this));
   SHALE_RETURN_IF_ERROR(ValidateInSync(*this));
   return ValidateHistory(*this);
@@ -243,6 +254,11 @@ Result<std::string> EncodeMembership(const Membership& m) {
   j["target"] = m.target;
   if (m.detached) j["detached"] = true;
   if (!m.node_selector.empty()) j["node_selector"] = m.node_selector;
+  if (!m.qos.empty()) {
+    Json qos = Json::object();
+    for (const auto& [field, value] : m.qos) qos[field] = value;
+    j["qos"] = std::move(qos);
+  }
   Json replicas = Json::array();
   for (const ReplicaMember& r : m.replicas) {
     Json e = Json::object();
@@ -280,6 +296,15 @@ Result<Membership> DecodeMembership(std::string_view json, std::string_view what
   m.target = top.String("target");
   m.detached = top.Boolean("detached", /*required=*/false);
   m.node_selector = top.String("node_selector", /*required=*/false);
+  if (const Json* qos = top.Object("qos", /*required=*/false); qos != nullptr) {
+    for (const auto& [field, value] : qos->items()) {
+      if (!value.is_number_unsigned()) {
+        top.Fail("qos." + field, "must be a non-negative integer");
+        break;
+      }
+      m.qos[field] = value.get<uint64_t>();
+    }
+  }
   DecodeReplicas(top, &m);
   m.in_sync = DecodeNodes(top, "in_sync");
   DecodeHistory(top, &m);

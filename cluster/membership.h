@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +53,8 @@ struct Membership {
   static constexpr size_t kMaxHistory = 16;
   static constexpr size_t kMaxReasonLength = 512;
   static constexpr size_t kMaxEncodedBytes = 64 * 1024;
+  static constexpr size_t kMaxQosFields = 32;
+  static constexpr uint64_t kMaxQosValue = uint64_t{1} << 62;
 
   std::string uuid;          // the volume's UUID (one per volume, on every replica)
   uint64_t size_bytes = 0;   // > 0
@@ -64,6 +67,9 @@ struct Membership {
   // --replica-node-selector (node_selector.h, canonical form): where its replicas may go, also
   // those placed later in place of others. Empty: any node.
   std::string node_selector;
+  // The volume's QoS settings (docs/qos.md), by field name ("iops", "weight", ...; only those
+  // set), applied by whichever node serves it. Names: [a-z_], 1..32 bytes; at most kMaxQosFields.
+  std::map<std::string, uint64_t> qos;
   std::vector<ReplicaMember> replicas;    // one per node, 1..kMaxReplicas
   std::vector<std::string> in_sync;       // non-empty; exactly the replicas in state healthy
   std::vector<MembershipChange> history;  // oldest first, at most kMaxHistory, epochs increasing

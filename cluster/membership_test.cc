@@ -78,6 +78,15 @@ TEST(Membership, RoundTripsThroughJson) {
   back = DecodeMembership(sjson);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, selective);
+  // QoS: the fields set, absent when none.
+  EXPECT_EQ(json.find("qos"), std::string::npos) << json;
+  Membership limited = m;
+  limited.qos = {{"iops", 500}, {"weight", 200}};
+  const std::string qjson = Encoded(limited);
+  EXPECT_NE(qjson.find("\"qos\":{\"iops\":500,\"weight\":200}"), std::string::npos) << qjson;
+  back = DecodeMembership(qjson);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, limited);
 }
 
 TEST(Membership, ValidateNamesTheBrokenRule) {
@@ -106,6 +115,8 @@ TEST(Membership, ValidateNamesTheBrokenRule) {
        "healthy but not in in_sync"},
       {[](Membership& m) { m.node_selector = "disk=ssd,"; }, "node selector requirement"},
       {[](Membership& m) { m.node_selector = "disk=ssd,gpu"; }, "canonical form"},
+      {[](Membership& m) { m.qos["Bad"] = 1; }, "qos field 'Bad'"},
+      {[](Membership& m) { m.qos["iops"] = Membership::kMaxQosValue + 1; }, "too large"},
       {[](Membership& m) { m.history[1].epoch = 6; }, "epochs must increase"},
       {[](Membership& m) { m.history[1].epoch = 8; }, "epochs must increase"},
       {[](Membership& m) { m.history[0].reason = std::string(600, 'x'); }, "reason longer"},
@@ -147,6 +158,15 @@ TEST(Membership, MalformedJsonIsCorruptionNamingTheField) {
       {Edit([](nlohmann::json& j) { j["replicas"][1]["weight"] = 2; }),
        "'replicas[1].weight' is unknown"},
       {Edit([](nlohmann::json& j) { j["in_sync"][0] = 1; }), "'in_sync[0]' must be a string"},
+      {Edit([](nlohmann::json& j) { j["qos"] = 5; }), "field 'qos' must be an object"},
+      {Edit([](nlohmann::json& j) {
+         j["qos"] = {{"iops", -1}};
+       }),
+       "'qos.iops' must be a non"},
+      {Edit([](nlohmann::json& j) {
+         j["qos"] = {{"Iops!", 1}};
+       }),
+       "is not a field name"},
       {Edit([](nlohmann::json& j) { j["history"][0]["in_sync"] = nullptr; }),
        "'history[0].in_sync' must be an array"},
       {Edit([](nlohmann::json& j) { j["owner"] = "x"; }), "field 'owner' is unknown"},

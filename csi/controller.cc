@@ -781,6 +781,18 @@ grpc::Status ControllerService::ControllerModifyVolume(
   if (qos_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this shaled has no QoS manager");
   }
+  if (options_.replicated_qos && options_.set_replicated_qos) {
+    // A replicated volume's QoS lives in the cluster, whichever node answers.
+    Result<qos::QosSettings> replicated = options_.replicated_qos(request->volume_id());
+    if (replicated.ok()) {
+      qos::QosSettings settings = *replicated;
+      bool any = false;
+      Status st = ApplyQosParams(ToMap(request->mutable_parameters()), &settings, &any);
+      if (!st.ok()) return ToGrpc(st);
+      return ToGrpc(options_.set_replicated_qos(request->volume_id(), settings));
+    }
+    if (!IsMissingVolume(replicated.status())) return ToGrpc(replicated.status());
+  }
   std::lock_guard lock(mu_);
   auto current = qos_->Get(request->volume_id());
   if (!current.ok()) {

@@ -24,6 +24,7 @@
 #include "csi/csi.grpc.pb.h"
 #include "engine/common/result.h"
 #include "engine/common/status.h"
+#include "qos/settings.h"
 
 namespace shale {
 class Engine;
@@ -71,6 +72,12 @@ struct DriverOptions {
   // NotFound (or InvalidArgument for a name no volume can have) when `name` is not replicated;
   // FailedPrecondition while another node serves it, Busy while it has clients here.
   std::function<Result<uint64_t>(const std::string& name, uint64_t size)> expand_replicated;
+  // ControllerModifyVolume of a replicated volume, from any node: its QoS settings as its
+  // membership holds them, and their change (applied by the node serving it). NotFound (or
+  // InvalidArgument for a name no volume can have) when `name` is not replicated.
+  std::function<Result<qos::QosSettings>(const std::string& name)> replicated_qos;
+  std::function<Status(const std::string& name, const qos::QosSettings& settings)>
+      set_replicated_qos;
   // The nodes holding a replica of volume `name` (its accessible topology); empty when it is not
   // replicated.
   std::function<std::vector<std::string>(const std::string& name)> replica_nodes;

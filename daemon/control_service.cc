@@ -359,10 +359,14 @@ grpc::Status ControlService::GetVolume(grpc::ServerContext* ctx, const v1::GetVo
   return grpc::Status::OK;
 }
 
+bool ControlService::MaybeReplicated(const std::string& name) const {
+  return replicated_ != nullptr &&
+         (replicated_->IsReplicated(name) || !lifecycle_->engine()->GetVolume(name).ok());
+}
+
 grpc::Status ControlService::ResizeVolume(grpc::ServerContext* ctx,
                                           const v1::ResizeVolumeRequest* req, v1::Volume* resp) {
-  if (replicated_ != nullptr && (replicated_->IsReplicated(req->name()) ||
-                                 !lifecycle_->engine()->GetVolume(req->name()).ok())) {
+  if (MaybeReplicated(req->name())) {
     // A replicated volume (also from a node holding no replica of it): its membership's size.
     Result<uint64_t> grown = replicated_->Resize(req->name(), req->size_bytes());
     if (grown.ok()) {

@@ -247,6 +247,12 @@ class ControlService final : public v1::Control::Service {
   // The cluster store for a change of cluster state (cordon, drain, labels, forget): refused
   // outside a cluster, while the change gate is closed, or while shaled starts or stops.
   Result<std::shared_ptr<cluster::ClusterStore>> StoreForChange() const;
+  // `name` may be a replicated volume: a local replica of one, or no local volume at all (in
+  // cluster mode), so the cluster is asked first (NotFound there: it is not).
+  bool MaybeReplicated(const std::string& name) const;
+  // The answer to qos get/set of a replicated volume: its membership's settings.
+  grpc::Status ReplicatedQos(grpc::ServerContext* ctx, const std::string& name,
+                             v1::VolumeQos* resp);
   // Thresholds, overcommit limit and fill level into a pool answer (control_service_ops.cc).
   void AddCapacityInfo(v1::Pool* pool);
 

@@ -7,6 +7,7 @@
 #include "daemon/control_service.h"
 #include "daemon/control_service_internal.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
+#include "daemon/replicated_volumes.h"
 #include "engine/common/log.h"
 #include "engine/engine.h"
 #include "qos/qos_manager.h"
@@ -102,6 +103,12 @@ grpc::Status ControlService::SetVolumeQos(grpc::ServerContext* ctx,
   if (Status gate = lifecycle_->CheckChangeGate(); !gate.ok()) return Fail(ctx, gate);
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   if (qos_ == nullptr) return Fail(ctx, QosDisabled());
+  if (MaybeReplicated(req->name())) {
+    // A replicated volume's QoS lives in its membership and follows it to the node serving it.
+    Status st = replicated_->SetQos(req->name(), qos::SettingsFromMessage(req->qos()));
+    if (st.ok()) return ReplicatedQos(ctx, req->name(), resp);
+    if (!st.IsNotFound() || replicated_->IsReplicated(req->name())) return Fail(ctx, st);
+  }
   if (Status st = qos_->Set(req->name(), qos::SettingsFromMessage(req->qos())); !st.ok())
     return Fail(ctx, st);
   if (Status st = DescribeQos(engine_, qos_, req->name(), resp); !st.ok()) return Fail(ctx, st);
@@ -112,7 +119,20 @@ grpc::Status ControlService::GetVolumeQos(grpc::ServerContext* ctx,
                                           const v1::GetVolumeQosRequest* req, v1::VolumeQos* resp) {
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   if (qos_ == nullptr) return Fail(ctx, QosDisabled());
+  if (MaybeReplicated(req->name()) && replicated_->GetQos(req->name()).ok()) {
+    return ReplicatedQos(ctx, req->name(), resp);
+  }
   if (Status st = DescribeQos(engine_, qos_, req->name(), resp); !st.ok()) return Fail(ctx, st);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::ReplicatedQos(grpc::ServerContext* ctx, const std::string& name,
+                                           v1::VolumeQos* resp) {
+  Result<qos::QosSettings> settings = replicated_->GetQos(name);
+  if (!settings.ok()) return Fail(ctx, settings.status());
+  resp->set_name(name);
+  if (Result<VolumeInfo> local = engine_->GetVolume(name); local.ok()) resp->set_pool(local->pool);
+  qos::SettingsToMessage(*settings, resp->mutable_qos());
   return grpc::Status::OK;
 }
 

@@ -45,6 +45,17 @@ void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
     if (r == nullptr) return Status::Unavailable("shaled is starting or stopping");
     return r->Resize(name, size, /*grow_only=*/true);
   };
+  csi_options->replicated_qos = [this](const std::string& name) -> Result<qos::QosSettings> {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr) return Status::Unavailable("shaled is starting or stopping");
+    return r->GetQos(name);
+  };
+  csi_options->set_replicated_qos = [this](const std::string& name,
+                                           const qos::QosSettings& settings) -> Status {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr) return Status::Unavailable("shaled is starting or stopping");
+    return r->SetQos(name, settings);
+  };
   csi_options->replica_nodes = [this](const std::string& name) {
     ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
     return r != nullptr ? r->ReplicaNodes(name) : std::vector<std::string>();

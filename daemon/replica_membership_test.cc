@@ -1,9 +1,15 @@
 // The membership edits of replacing a replica (daemon/replica_membership.h; docs/replication.md,
 // "Replacing a replica"): each is a pure function of the record, checked here against the
 // record's invariants (Membership::Validate) and the epoch rules (CheckMembershipTransition).
+// Also the membership form of a replicated volume's QoS (replicated_qos.cc).
 #include "daemon/replica_membership.h"
 
 #include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+
+#include "daemon/replicated_volumes.h"
 
 namespace shale::daemon {
 namespace {
@@ -94,6 +100,29 @@ TEST(ReplicaMembershipEdits, AReplicaRemovedMeanwhileHasNothingToLeave) {
   Result<bool> left = Apply(ReplicaLeaves("node-b", "connection lost"), &m);
   ASSERT_TRUE(left.ok()) << left.status();
   EXPECT_FALSE(*left);
+}
+
+TEST(ReplicatedQos, SettingsRoundTripThroughTheMembershipForm) {
+  qos::QosSettings s;
+  s.iops = 1000;
+  s.burst_iops = 5000;
+  s.burst_seconds = 10;
+  s.weight = 300;
+  s.read_bps = 1 << 20;
+  const std::map<std::string, uint64_t> fields = QosToMembership(s);
+  EXPECT_EQ(fields, (std::map<std::string, uint64_t>{{"burst_iops", 5000},
+                                                     {"burst_seconds", 10},
+                                                     {"iops", 1000},
+                                                     {"read_bps", 1 << 20},
+                                                     {"weight", 300}}));
+  Result<qos::QosSettings> back = QosFromMembership(fields);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, s);
+  EXPECT_TRUE(QosToMembership(qos::QosSettings{}).empty()) << "no limits: no fields";
+  // Unknown fields and invalid settings (a burst below its limit) are refused.
+  EXPECT_EQ(QosFromMembership({{"colour", 1}}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(QosFromMembership({{"iops", 100}, {"burst_iops", 50}}).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 }  // namespace

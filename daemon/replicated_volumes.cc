@@ -166,6 +166,7 @@ Status ReplicatedVolumes::Start() {
       pending_[v.name] = target.status().ToString();  // I/O is refused meanwhile
     }
   }
+  WatchQos();
   repair_ = std::thread([this] { RepairLoop(); });
   started_.store(true);
   lifecycle_->SetSnapshotReplication(this);
@@ -181,6 +182,12 @@ void ReplicatedVolumes::Stop() {
   }
   cv_.notify_all();
   if (repair_.joinable()) repair_.join();
+  std::unique_ptr<cluster::Watcher> watch;
+  {
+    std::lock_guard lock(mu_);
+    watch.swap(qos_watch_);
+  }
+  watch.reset();  // its callback takes mu_
   std::map<std::string, std::shared_ptr<Target>> targets;
   {
     std::lock_guard lock(mu_);
@@ -287,7 +294,7 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   const cluster::Membership& m = record->membership;
   SHALE_RETURN_IF_ERROR(CheckServesHere(name, uuid, m));
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
-  SHALE_RETURN_IF_ERROR(GrowLocalReplica(info, m.size_bytes));
+  SHALE_RETURN_IF_ERROR(PrepareLocalReplica(info, m));
   auto t = std::make_shared<Target>();
   t->name = name;
   t->uuid = uuid;
@@ -478,6 +485,7 @@ Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
                          cluster::NewMembership(uuid.ToString(), size, spec.min_in_sync,
                                                 options_.node_name, placement));
   membership.node_selector = request.selector.ToString();
+  if (spec.volume.qos.has_value()) membership.qos = QosToMembership(spec.volume.qos->Normalized());
   SHALE_RETURN_IF_ERROR(PlaceRemote(name, membership, nodes));
   VolumeSpec local = spec.volume;
   local.params.size_bytes = size;
@@ -698,6 +706,8 @@ void ReplicatedVolumes::RepairLoop() {
     targets.clear();  // a target deleted meanwhile goes here, on this thread
     if (nodes.ok()) CareForDetached(*nodes, doomed);
     if (scan) RemoveOrphans();
+    if (scan) WatchQos();  // when it could not start before
+    ApplyDueQos();
     lock.lock();
   }
 }

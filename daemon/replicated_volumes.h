@@ -41,6 +41,7 @@
 #include "daemon/ops/metrics_collector.h"
 #include "engine/common/result.h"
 #include "engine/common/uuid.h"
+#include "qos/settings.h"
 #include "replication/auth.h"
 #include "replication/transport.h"
 
@@ -85,6 +86,11 @@ struct ReplicaDigest {
   std::string digest;  // empty when it could not be computed
   Status status;       // why not
 };
+
+// The membership form of QoS settings (replicated_qos.cc): set fields by name, and back
+// (InvalidArgument for an unknown field or invalid settings).
+std::map<std::string, uint64_t> QosToMembership(const qos::QosSettings& settings);
+Result<qos::QosSettings> QosFromMembership(const std::map<std::string, uint64_t>& fields);
 
 struct ReplicatedSpec {
   VolumeSpec volume;
@@ -203,6 +209,13 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // membership (grow_only: a smaller size is no error, the size stays). Returns the volume's
   // size afterwards (idempotent).
   Result<uint64_t> Resize(const std::string& name, uint64_t size_bytes, bool grow_only = false);
+  // `shale qos set` / CSI ControllerModifyVolume of a replicated volume, from any node
+  // (docs/replication.md, "QoS of a replicated volume"): the membership's QoS, applied by the node
+  // serving it (at once when that is this node, else within a repair tick of the watch telling
+  // it). InvalidArgument for invalid settings, NotFound for a volume with no membership.
+  Status SetQos(const std::string& name, const qos::QosSettings& settings);
+  // The membership's QoS settings, normalized.
+  Result<qos::QosSettings> GetQos(const std::string& name);
   // The replica server raised the epoch of this node's replica `volume` (a newer target opened
   // it): a local target of it with an older epoch is fenced.
   void FenceLocal(const std::string& volume, uint64_t epoch);
@@ -244,6 +257,14 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Status CheckServesHere(const std::string& name, const Uuid& uuid, const cluster::Membership& m);
   // OpenTarget: grows the local replica `info` of a volume grown while it was closed to `size`.
   Status GrowLocalReplica(const VolumeInfo& info, uint64_t size);
+  // OpenTarget: the local replica takes the membership's size and QoS.
+  Status PrepareLocalReplica(const VolumeInfo& info, const cluster::Membership& m);
+  // replicated_qos.cc: applies QoS `fields` (membership form) to the local volume if they differ.
+  void ApplyQos(const std::string& name, const std::map<std::string, uint64_t>& fields);
+  // Starts the watch of volume records that tells this node of QoS changes (retried on scans).
+  void WatchQos();
+  // On the repair thread: applies the QoS changes the watch saw for targets served here.
+  void ApplyDueQos();
   // At start: deletes a local replica no membership names any more (the volume was deleted, or
   // this replica replaced, while this node was away). True when it was deleted.
   bool RemoveIfOrphan(const VolumeInfo& v, const Result<cluster::VolumeRecord>& record);
@@ -324,6 +345,10 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   std::map<std::string, std::string> pending_;  // not open yet: name -> why; guarded by mu_
   // Closed by Resize while their size changes: OpenPending leaves them alone; guarded by mu_.
   std::set<std::string> resizing_;
+  // The watch of volume records (replicated_qos.cc) and the QoS it saw change for targets here,
+  // applied by the repair thread; guarded by mu_.
+  std::unique_ptr<cluster::Watcher> qos_watch_;
+  std::map<std::string, std::map<std::string, uint64_t>> qos_due_;
   std::set<std::string> detached_;  // replicated volumes detached from this node; guarded by mu_
   struct PendingRetry {
     std::chrono::steady_clock::time_point next_try{};

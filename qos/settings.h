@@ -57,6 +57,31 @@ struct QosSettings {
 // Copies every field to and from a protobuf message with the same field names: qos.proto's
 // pb::Settings (records) and control.proto's shale.v1.QosSettings (the API). Values stay signed
 // both ways, so a negative value from a client reaches Validate() unchanged and is refused there.
+// Every field of QosSettings by its name in the control API's QosSettings message (and in a
+// replicated volume's membership record).
+struct SettingsField {
+  const char* name;
+  int64_t QosSettings::*field;
+};
+inline constexpr SettingsField kSettingsFields[] = {
+    {"iops", &QosSettings::iops},
+    {"read_iops", &QosSettings::read_iops},
+    {"write_iops", &QosSettings::write_iops},
+    {"bps", &QosSettings::bps},
+    {"read_bps", &QosSettings::read_bps},
+    {"write_bps", &QosSettings::write_bps},
+    {"burst_iops", &QosSettings::burst_iops},
+    {"burst_read_iops", &QosSettings::burst_read_iops},
+    {"burst_write_iops", &QosSettings::burst_write_iops},
+    {"burst_bps", &QosSettings::burst_bps},
+    {"burst_read_bps", &QosSettings::burst_read_bps},
+    {"burst_write_bps", &QosSettings::burst_write_bps},
+    {"burst_seconds", &QosSettings::burst_seconds},
+    {"iops_unit", &QosSettings::iops_unit},
+    {"weight", &QosSettings::weight},
+    {"reservation_iops", &QosSettings::reservation_iops},
+};
+
 template <typename Message>
 void SettingsToMessage(const QosSettings& s, Message* out) {
   out->set_iops(s.iops);

@@ -200,6 +200,22 @@ TEST_F(CsiReplicatedTest, PlacementHonoursTheTopologyAndTheNodeCount) {
   ASSERT_EQ(grown_b.exit_code, 0) << grown_b.Describe();
   EXPECT_EQ(grown_b.Json()["size_bytes"], 64 * kMiB) << grown_b.out;
   EXPECT_EQ(Expand(csi_[2], resp.volume().volume_id(), 48 * kMiB), 64 * kMiB);
+  // ModifyVolume (a VolumeAttributesClass) through any node: the QoS in the membership, which
+  // the node serving the volume applies.
+  csiv1::ControllerModifyVolumeRequest modify;
+  modify.set_volume_id(resp.volume().volume_id());
+  (*modify.mutable_mutable_parameters())["iops"] = "500";
+  csiv1::ControllerModifyVolumeResponse modified;
+  st = csi_[2].Call(csi_[2].controller.get(), &csiv1::Controller::Stub::ControllerModifyVolume,
+                    modify, &modified);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  CommandResult qos = nodes_[0].Shale({"qos", "show", resp.volume().volume_id(), "-o", "json"});
+  ASSERT_EQ(qos.exit_code, 0) << qos.Describe();
+  EXPECT_EQ(qos.Json()["qos"]["iops"], 500) << qos.out;
+  (*modify.mutable_mutable_parameters())["iops"] = "-5";
+  st = csi_[1].Call(csi_[1].controller.get(), &csiv1::Controller::Stub::ControllerModifyVolume,
+                    modify, &modified);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(st);
 
   // DeleteVolume removes every replica.
   ASSERT_TRUE(csi_[0].DeleteVolume(resp.volume().volume_id()).ok());

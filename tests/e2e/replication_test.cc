@@ -459,5 +459,39 @@ TEST_F(ReplicationE2eTest, DeleteRemovesEveryReplicaAndTheMembership) {
   EXPECT_EQ(a.Shale({"volume", "create", "dv", "--size", "16M", "--replicas", "2"}).exit_code, 0);
 }
 
+TEST_F(ReplicationE2eTest, QosFollowsTheVolumeToTheNodeServingIt) {
+  Harness a, b;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b}));
+  ASSERT_EQ(a.Shale({"volume", "create", "qv", "--size", "16M", "--replicas", "2", "--iops", "100"})
+                .exit_code,
+            0);
+  // The settings in force on a node (its QoS manager's, not the membership's).
+  auto in_force = [](Harness& h) -> int64_t {
+    CommandResult r = h.Shale({"volume", "stats", "qv", "-o", "json"});
+    return r.exit_code == 0 ? r.Json()["qos"]["iops"].get<int64_t>() : -1;
+  };
+  EXPECT_EQ(in_force(a), 100);
+  // Changed through node-b, which does not serve it: node-a (the target) applies it.
+  CommandResult set = b.Shale({"qos", "set", "qv", "--iops", "250", "-o", "json"});
+  ASSERT_EQ(set.exit_code, 0) << set.Describe();
+  EXPECT_EQ(set.Json()["qos"]["iops"], 250) << set.out;
+  EXPECT_TRUE(WaitFor([&] { return in_force(a) == 250; }, seconds(10))) << a.DaemonLog();
+  CommandResult shown = a.Shale({"qos", "show", "qv", "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_EQ(shown.Json()["qos"]["iops"], 250) << shown.out;
+  // Invalid settings are refused and change nothing.
+  ExpectOneLineError(b.Shale({"qos", "set", "qv", "--weight", "20000"}), "weight");
+  // Served on node-b now: its replica takes the volume's settings as its target opens.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return a.Shale({"volume", "detach", "qv"}).exit_code == 0;
+      },
+      seconds(10)))
+      << a.DaemonLog();
+  CommandResult attached = b.Shale({"volume", "attach", "qv"});
+  ASSERT_EQ(attached.exit_code, 0) << attached.Describe() << b.DaemonLog();
+  EXPECT_EQ(in_force(b), 250) << b.DaemonLog();
+}
+
 }  // namespace
 }  // namespace shale::e2e
