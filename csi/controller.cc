@@ -395,7 +395,7 @@ grpc::Status CreateExisting(Engine* engine, daemon::VolumeLifecycle* lifecycle,
 // A replicated volume (StorageClass replicas > 1) through the cluster (DriverOptions).
 Result<VolumeInfo> CreateReplicated(const DriverOptions& options, Engine* engine,
                                     const v1::CreateVolumeRequest& request, const CreatePlan& plan,
-                                    uint64_t capacity,
+                                    const SourcePlan& src, uint64_t capacity,
                                     const std::map<std::string, std::string>& labels,
                                     const std::vector<daemon::FrontendRecord>& records,
                                     const std::optional<qos::QosSettings>& qos) {
@@ -403,10 +403,12 @@ Result<VolumeInfo> CreateReplicated(const DriverOptions& options, Engine* engine
   if (!options.create_replicated) {
     return Status::InvalidArgument(wanted + " needs shaled in cluster mode (--cluster-store)");
   }
-  if (plan.has_source) {
-    return Status::InvalidArgument(wanted +
-                                   " with a content source is not supported yet (a clone of a "
-                                   "replicated volume's snapshot is a local volume: replicas=1)");
+  if (plan.has_source &&
+      (!src.restore_from.empty() || src.clone_from.find('@') == std::string::npos)) {
+    return Status::InvalidArgument(
+        wanted +
+        " from a backup or from a volume is not supported yet (from a VolumeSnapshot of a "
+        "replicated volume it is; replicas=1 makes a local volume)");
   }
   // Replicas only on the requisite nodes when the CO names some (this node is among them).
   std::vector<std::string> nodes;
@@ -426,8 +428,11 @@ Result<VolumeInfo> CreateReplicated(const DriverOptions& options, Engine* engine
       .qos = qos,
       .records = records,
       .provisioned_bytes = capacity};
-  Status made =
-      options.create_replicated(spec, plan.vp.replicas, nodes, plan.vp.replica_node_selector);
+  Status made = options.create_replicated({.spec = spec,
+                                           .replicas = plan.vp.replicas,
+                                           .nodes = nodes,
+                                           .node_selector = plan.vp.replica_node_selector,
+                                           .source = plan.has_source ? src.clone_from : ""});
   if (made.code() == StatusCode::kFailedPrecondition) {
     // Too few nodes qualify (spec: RESOURCE_EXHAUSTED, "unable to provision in topology").
     return Status::NoSpace(std::string(made.message()));
@@ -483,7 +488,8 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
   if (plan.vp.has_qos) qos = plan.vp.qos;
   Result<VolumeInfo> created = Status::Internal("unreachable");
   if (plan.vp.replicas > 1) {
-    created = CreateReplicated(options_, engine_, *request, plan, *capacity, labels, records, qos);
+    created =
+        CreateReplicated(options_, engine_, *request, plan, src, *capacity, labels, records, qos);
   } else if (!plan.has_source) {
     // The PVC's capacity, not the engine size (which has expansion headroom), counts toward
     // the pool's overcommit limit.

@@ -62,11 +62,17 @@ struct DriverOptions {
   // (null) a StorageClass asking for replicas > 1 is INVALID_ARGUMENT.
   // Creates replicated volume `spec` with `replicas` replicas on distinct nodes, this node's
   // first, only on `nodes` when not empty and on nodes whose labels meet `node_selector`
-  // (InvalidArgument when malformed), and leaves it detached (any node holding an in-sync
-  // replica may stage it). FailedPrecondition when too few nodes qualify.
-  std::function<Status(const daemon::VolumeSpec& spec, uint32_t replicas,
-                       const std::vector<std::string>& nodes, const std::string& node_selector)>
-      create_replicated;
+  // (InvalidArgument when malformed), from snapshot `source` ("VOLUME@SNAP" of a replicated
+  // volume, of which this node holds a copy) when not empty, and leaves it detached (any node
+  // holding an in-sync replica may stage it). FailedPrecondition when too few nodes qualify.
+  struct ReplicatedCreate {
+    const daemon::VolumeSpec& spec;
+    uint32_t replicas = 1;
+    std::vector<std::string> nodes;
+    std::string node_selector;
+    std::string source;
+  };
+  std::function<Status(const ReplicatedCreate& create)> create_replicated;
   // ControllerExpandVolume of a replicated volume, from any node (docs/replication.md, "Growing a
   // replicated volume"): grows it to at least `size` bytes and returns its size afterwards.
   // NotFound (or InvalidArgument for a name no volume can have) when `name` is not replicated;

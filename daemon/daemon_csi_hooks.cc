@@ -13,15 +13,15 @@ namespace shale::daemon {
 void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
   // Replicated volumes through CSI (docs/kubernetes.md, "Replicated volumes"): created through
   // the cluster and left detached; staged on any node holding a replica (the target moves there).
-  csi_options->create_replicated = [this](const VolumeSpec& spec, uint32_t replicas,
-                                          const std::vector<std::string>& nodes,
-                                          const std::string& node_selector) -> Status {
+  csi_options->create_replicated = [this](const csi::DriverOptions::ReplicatedCreate& c) -> Status {
     ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
     if (r == nullptr) return Status::Unavailable("shaled is starting or stopping");
+    const VolumeSpec& spec = c.spec;
     SHALE_RETURN_IF_ERROR(r->Create({.volume = spec,
-                                     .replicas = replicas,
-                                     .replica_nodes = nodes,
-                                     .node_selector = node_selector},
+                                     .replicas = c.replicas,
+                                     .replica_nodes = c.nodes,
+                                     .node_selector = c.node_selector,
+                                     .source = c.source},
                                     nullptr)
                               .status());
     // Busy for a moment while the new target's first resync still holds it (bounded).

@@ -355,6 +355,16 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
     if (st.ok()) SHALE_LOG_INFO("replica snapshot deleted", {"snapshot", volume + "@" + name});
     return st;
   };
+  // A replica of a replicated clone: this node's clone of its copy of the snapshot.
+  options->clone_snapshot = [lifecycle](const std::string& source, const std::string& volume,
+                                        const Labels& labels) -> Result<VolumeInfo> {
+    CloneSpec spec;
+    spec.source = source;
+    spec.name = volume;
+    spec.labels = labels;
+    SHALE_ASSIGN_OR_RETURN(snapshot::CloneResult made, lifecycle->Clone(spec));
+    return made.volume;
+  };
 }
 
 }  // namespace shale::daemon

@@ -37,20 +37,6 @@ constexpr auto kRebuildDrain = std::chrono::seconds(30);
 // this node serves no target, lists the nodes (for detached volumes to replace replicas of).
 constexpr auto kScanPeriod = std::chrono::seconds(10);
 
-// Why `local` cannot take a replica of the volume `request` places (the answer of placing one
-// replica on it alone).
-std::string LocalRefusal(const std::vector<cluster::NodeRecord>& nodes,
-                         cluster::PlacementRequest request) {
-  request.replicas = 1;
-  const bool named =
-      request.only_nodes.empty() || std::find(request.only_nodes.begin(), request.only_nodes.end(),
-                                              request.local_node) != request.only_nodes.end();
-  if (!named) return "it is not among --replica-nodes";
-  request.only_nodes = {request.local_node};
-  Result<std::vector<cluster::ReplicaPlacement>> alone = cluster::PlaceReplicas(nodes, request);
-  return alone.ok() ? "it was not placed" : std::string(alone.status().message());
-}
-
 // The generation a replica holds: the epoch under which it last was a member of in_sync.
 uint64_t GenerationOf(const cluster::Membership& m, const cluster::ReplicaMember& r) {
   if (m.InSync(r.node)) return m.epoch;
@@ -389,39 +375,6 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   return t;
 }
 
-Status ReplicatedVolumes::PlaceRemote(const std::string& name,
-                                      const cluster::Membership& membership,
-                                      const std::vector<cluster::NodeRecord>& nodes) {
-  SHALE_ASSIGN_OR_RETURN(Uuid uuid, Uuid::Parse(membership.uuid));
-  std::vector<const cluster::NodeRecord*> placed;
-  Status failed;
-  for (const cluster::ReplicaMember& r : membership.replicas) {
-    if (r.node == options_.node_name) continue;
-    const cluster::NodeRecord* n = FindNode(nodes, r.node);
-    replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
-                                           options_.secret, transport_, options_.connect_timeout};
-    Result<replication::ReplicaStat> made =
-        replication::CreateReplica(admin, {name, uuid, membership.size_bytes, ""}, 1);
-    if (!made.ok()) {
-      failed = made.status().WithContext("create the replica of " + name + " on node " + r.node +
-                                         " (" + n->info.replica_address + ")");
-      break;
-    }
-    placed.push_back(n);
-  }
-  if (failed.ok()) return Status::Ok();
-  for (const cluster::NodeRecord* n : placed) {  // undo: nothing is left behind
-    replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
-                                           options_.secret, transport_, options_.connect_timeout};
-    Status undone = replication::DeleteReplica(admin, {name, uuid, membership.size_bytes, ""}, 1);
-    if (!undone.ok()) {
-      SHALE_LOG_WARN("could not remove a replica placed by a failed create", {"volume", name},
-                     {"node", n->name}, {"error", undone.ToString()});
-    }
-  }
-  return failed;
-}
-
 Status ReplicatedVolumes::DeleteRemote(const std::string& name,
                                        const cluster::Membership& membership,
                                        bool ignore_unreachable) {
@@ -447,73 +400,6 @@ Status ReplicatedVolumes::DeleteRemote(const std::string& name,
                    {"node", r.node}, {"error", st.ToString()});
   }
   return Status::Ok();
-}
-
-Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
-                                             std::vector<std::string>* advice) {
-  const std::string& name = spec.volume.params.name;
-  SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
-  if (spec.volume.params.read_only) {
-    return Status::InvalidArgument("a replicated volume cannot be read-only");
-  }
-  Result<cluster::NodeSelector> parsed = cluster::NodeSelector::Parse(spec.node_selector);
-  if (!parsed.ok()) return parsed.status().WithContext("--replica-node-selector");
-  const cluster::NodeSelector selector = std::move(parsed).value();
-  if (lifecycle_->engine()->GetVolume(name).ok()) {
-    return Status::AlreadyExists("volume '" + name + "' already exists");
-  }
-  if (Result<cluster::VolumeRecord> existing = store_->GetVolume(name); existing.ok()) {
-    return Status::AlreadyExists("volume '" + name + "' already exists in the cluster (target " +
-                                 existing->membership.target + ")");
-  } else if (!existing.status().IsNotFound()) {
-    return existing.status();
-  }
-  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
-  const uint64_t size = RoundUpToBlock(spec.volume.params.size_bytes);
-  cluster::PlacementRequest request{options_.node_name, size, spec.replicas, spec.replica_nodes,
-                                    selector};
-  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::ReplicaPlacement> placement,
-                         cluster::PlaceReplicas(nodes, request));
-  if (placement.front().node != options_.node_name) {
-    return Status::FailedPrecondition(
-        "this node (" + options_.node_name +
-        ") must hold a replica of the volumes it creates and serves, and cannot take one: " +
-        LocalRefusal(nodes, request));
-  }
-  const Uuid uuid = Uuid::Random();
-  SHALE_ASSIGN_OR_RETURN(cluster::Membership membership,
-                         cluster::NewMembership(uuid.ToString(), size, spec.min_in_sync,
-                                                options_.node_name, placement));
-  membership.node_selector = request.selector.ToString();
-  if (spec.volume.qos.has_value()) membership.qos = QosToMembership(spec.volume.qos->Normalized());
-  SHALE_RETURN_IF_ERROR(PlaceRemote(name, membership, nodes));
-  VolumeSpec local = spec.volume;
-  local.params.size_bytes = size;
-  local.params.labels[replication::kReplicaUuidLabel] = uuid.ToString();
-  if (local.params.pool.empty()) local.params.pool = placement.front().pool;
-  Result<VolumeInfo> volume = lifecycle_->Create(local, advice);
-  if (!volume.ok()) {
-    DeleteRemote(name, membership, /*ignore_unreachable=*/true).IgnoreError();
-    return volume.status();
-  }
-  if (Result<int64_t> made = store_->CreateVolume(name, membership); !made.ok()) {
-    lifecycle_->Delete(name).IgnoreError();
-    DeleteRemote(name, membership, /*ignore_unreachable=*/true).IgnoreError();
-    return made.status().WithContext("record the membership of " + name + " in etcd");
-  }
-  SHALE_LOG_INFO("replicated volume created", {"volume", name}, {"replicas", spec.replicas},
-                 {"uuid", uuid.ToString()});
-  Result<std::shared_ptr<Target>> target = OpenTarget(name);
-  std::lock_guard lock(mu_);
-  if (target.ok()) {
-    targets_[name] = std::move(target).value();
-  } else {
-    pending_[name] = target.status().ToString();
-    if (advice != nullptr) {
-      advice->push_back("the target is not open yet (retried): " + target.status().ToString());
-    }
-  }
-  return volume;
 }
 
 Status ReplicatedVolumes::Delete(const std::string& name, const DeleteOptions& options) {

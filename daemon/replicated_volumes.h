@@ -98,6 +98,9 @@ struct ReplicatedSpec {
   std::vector<std::string> replica_nodes;  // --replica-nodes; empty: any
   uint32_t min_in_sync = 1;
   std::string node_selector;  // --replica-node-selector (cluster/node_selector.h); "": any node
+  // "VOLUME@SNAP": a replicated clone of that snapshot of a replicated volume, which this node
+  // must hold a copy of; "": an empty volume.
+  std::string source;
 };
 
 // `shale qos rebuild-bps`: the node's rebuild rate cap and the volumes rebuilding now.
@@ -276,8 +279,15 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Result<std::unique_ptr<replication::ReplicaClient>> Connect(const Target& target,
                                                               const std::string& address,
                                                               uint64_t epoch);
+  // replicated_create.cc: the membership of a clone of `source` (only the local replica in sync).
+  void StartFromLocalCopy(const std::string& source, cluster::Membership* m);
+  // The local replica of a new volume: created empty, or cloned from spec.source.
+  Result<VolumeInfo> CreateLocalReplica(const ReplicatedSpec& spec, const Uuid& uuid, uint64_t size,
+                                        const std::string& pool, std::vector<std::string>* advice);
+  // Creates the remote replicas (from `source` where a node holds a copy of it); undoes them on
+  // a failure.
   Status PlaceRemote(const std::string& name, const cluster::Membership& membership,
-                     const std::vector<cluster::NodeRecord>& nodes);
+                     const std::vector<cluster::NodeRecord>& nodes, const std::string& source = "");
   Status DeleteRemote(const std::string& name, const cluster::Membership& membership,
                       bool ignore_unreachable);
   std::shared_ptr<Target> Find(const std::string& name);

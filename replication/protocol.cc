@@ -131,8 +131,8 @@ std::pair<uint32_t, uint32_t> RequestBounds(MsgType t) {
     case MsgType::kSnapshot:
       return {sizeof(WireString) + 1, sizeof(WireString) + kMaxSnapshotNameLength};
     case MsgType::kCreateReplica:
-      return {sizeof(WireCreateReplica) + 1,
-              sizeof(WireCreateReplica) + kMaxVolumeNameLength + kMaxPoolNameLength};
+      return {sizeof(WireCreateReplica) + 1, sizeof(WireCreateReplica) + kMaxVolumeNameLength +
+                                                 kMaxPoolNameLength + kMaxSourceLength};
     case MsgType::kDeleteReplica:
     case MsgType::kStatReplica:
       return {sizeof(WireReplicaRef) + 1, sizeof(WireReplicaRef) + kMaxVolumeNameLength};
@@ -671,29 +671,37 @@ void Encode(const CreateReplicaRequest& m, std::string* out) {
   PutU64(w + FIELD(WireCreateReplica, size_bytes), m.size_bytes);
   PutU16(w + FIELD(WireCreateReplica, volume_name_length), static_cast<uint16_t>(m.volume.size()));
   PutU16(w + FIELD(WireCreateReplica, pool_name_length), static_cast<uint16_t>(m.pool.size()));
+  PutU16(w + FIELD(WireCreateReplica, source_length), static_cast<uint16_t>(m.source.size()));
   out->append(m.volume);
   out->append(m.pool);
+  out->append(m.source);
 }
 
 Status Decode(std::span<const uint8_t> p, CreateReplicaRequest* m) {
   if (p.size() < sizeof(WireCreateReplica)) return Malformed("CREATE_REPLICA payload too short");
   const uint8_t* r = p.data();
   SHALE_RETURN_IF_ERROR(
-      ReservedZero(GetU32(r + FIELD(WireCreateReplica, reserved)), "CREATE_REPLICA"));
+      ReservedZero(GetU16(r + FIELD(WireCreateReplica, reserved)), "CREATE_REPLICA"));
   std::memcpy(m->volume_uuid.data(), r + FIELD(WireCreateReplica, volume_uuid), 16);
   m->size_bytes = GetU64(r + FIELD(WireCreateReplica, size_bytes));
   const uint16_t name_length = GetU16(r + FIELD(WireCreateReplica, volume_name_length));
   const uint16_t pool_length = GetU16(r + FIELD(WireCreateReplica, pool_name_length));
-  if (name_length == 0 || name_length > kMaxVolumeNameLength || pool_length > kMaxPoolNameLength) {
+  const uint16_t source_length = GetU16(r + FIELD(WireCreateReplica, source_length));
+  if (name_length == 0 || name_length > kMaxVolumeNameLength || pool_length > kMaxPoolNameLength ||
+      source_length > kMaxSourceLength || (source_length > 0 && source_length < 3)) {
     return Malformed("CREATE_REPLICA name lengths out of range");
   }
-  if (p.size() != sizeof(WireCreateReplica) + name_length + pool_length) {
+  if (p.size() != sizeof(WireCreateReplica) + name_length + pool_length + source_length) {
     return Malformed("CREATE_REPLICA name lengths do not match the payload");
   }
   if (m->size_bytes == 0) return Malformed("CREATE_REPLICA of size 0");
   const auto* names = reinterpret_cast<const char*>(r + sizeof(WireCreateReplica));
   m->volume.assign(names, name_length);
   m->pool.assign(names + name_length, pool_length);
+  m->source.assign(names + name_length + pool_length, source_length);
+  if (!m->source.empty() && m->source.find('@') == std::string::npos) {
+    return Malformed("CREATE_REPLICA source is not VOLUME@SNAP");
+  }
   return Status::Ok();
 }
 

@@ -38,6 +38,8 @@ inline constexpr size_t kMaxNodeNameLength = 128;
 inline constexpr size_t kMaxVolumeNameLength = 128;
 inline constexpr size_t kMaxPoolNameLength = 128;
 inline constexpr size_t kMaxSnapshotNameLength = 128;
+// "VOLUME@SNAP" of CREATE_REPLICA's source.
+inline constexpr size_t kMaxSourceLength = kMaxVolumeNameLength + 1 + kMaxSnapshotNameLength;
 inline constexpr size_t kMaxErrorMessageLength = 1024;
 inline constexpr uint32_t kMaxHashRegions = 1024;         // per HASH_RANGES request
 inline constexpr uint32_t kMinHashRegionSize = 4 * kKiB;  // and a multiple of it
@@ -334,13 +336,16 @@ struct CreateReplicaRequest {
   uint64_t size_bytes = 0;
   std::string volume;
   std::string pool;
+  // "VOLUME@SNAP": the replica is a clone of that local snapshot (a replicated clone), else empty.
+  std::string source;
 };
-struct WireCreateReplica {  // followed by the volume name, then the pool name
+struct WireCreateReplica {  // followed by the volume name, the pool name, then the source
   uint8_t volume_uuid[16];
   uint64_t size_bytes;
   uint16_t volume_name_length;  // 1..128
   uint16_t pool_name_length;    // 0..128
-  uint32_t reserved;
+  uint16_t source_length;       // 0, or 3..257 ("VOLUME@SNAP")
+  uint16_t reserved;
 };
 static_assert(sizeof(WireCreateReplica) == 32);
 // DELETE_REPLICA and STAT_REPLICA: the replica volume `volume` of `volume_uuid`.

@@ -109,8 +109,9 @@ TEST(ReplicaProtocol, HeaderBoundsEveryLength) {
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kOpen, sizeof(WireOpenRequest) + 129)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kAuth, sizeof(WireAuthRequest) + 129)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica))).ok());
-  EXPECT_TRUE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica) + 256)).ok());
-  EXPECT_FALSE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica) + 257)).ok());
+  // Volume and pool names, and a source VOLUME@SNAP: 128 + 128 + 257 bytes at most.
+  EXPECT_TRUE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica) + 513)).ok());
+  EXPECT_FALSE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica) + 514)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kDeleteReplica, sizeof(WireReplicaRef) + 129)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kStatReplica, sizeof(WireReplicaRef))).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kSnapshotDigest, sizeof(WireSnapshotRef) + 1)).ok());
@@ -257,6 +258,11 @@ TEST(ReplicaProtocol, PayloadRoundTrips) {
   EXPECT_EQ(c2.pool, "fast");
   create.pool.clear();
   EXPECT_EQ(RoundTrip(create).pool, "");
+  EXPECT_EQ(RoundTrip(create).source, "");
+  create.source = "data@snap-1";
+  c2 = RoundTrip(create);
+  EXPECT_EQ(c2.source, "data@snap-1");
+  EXPECT_EQ(c2.volume, "data");
   ReplicaRef ref;
   ref.volume_uuid.fill(4);
   ref.volume = "data";
@@ -352,6 +358,18 @@ TEST(ReplicaProtocol, PayloadDecodersNeverTrustLengths) {
   std::string sizeless;
   Encode(CreateReplicaRequest{{}, 0, "vol", ""}, &sizeless);
   EXPECT_FALSE(Decode(AsBytes(sizeless), &co).ok());
+  // A source must be VOLUME@SNAP (3 bytes at least) and its length must match the payload.
+  for (const char* source : {"ab", "volsnap"}) {
+    std::string sourced;
+    Encode(CreateReplicaRequest{{}, 4096, "vol", "", source}, &sourced);
+    EXPECT_FALSE(Decode(AsBytes(sourced), &co).ok()) << source;
+  }
+  std::string sourced;
+  Encode(CreateReplicaRequest{{}, 4096, "vol", "", "a@b"}, &sourced);
+  ASSERT_TRUE(Decode(AsBytes(sourced), &co).ok());
+  bad = sourced;
+  bad[offsetof(WireCreateReplica, source_length)] = 4;
+  EXPECT_FALSE(Decode(AsBytes(bad), &co).ok());
   std::string ref;
   Encode(ReplicaRef{{}, "vol"}, &ref);
   ReplicaRef ro;

@@ -102,6 +102,7 @@ Result<ReplicaStat> CreateReplica(const ReplicaAdminOptions& options, const Repl
   m.size_bytes = spec.size_bytes;
   m.volume = spec.volume;
   m.pool = spec.pool;
+  m.source = spec.source;
   std::string payload;
   Encode(m, &payload);
   SHALE_ASSIGN_OR_RETURN(const std::string reply,

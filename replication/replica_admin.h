@@ -34,6 +34,9 @@ struct ReplicaSpec {
   Uuid uuid;
   uint64_t size_bytes = 0;  // a multiple of 4096
   std::string pool;
+  // "VOLUME@SNAP": CREATE_REPLICA makes the replica a clone of that snapshot on the node (a
+  // replicated clone of a replicated volume's snapshot); empty: an empty replica.
+  std::string source;
 };
 
 // Creates the replica volume (epoch persisted with it, generation 0). Idempotent: an existing

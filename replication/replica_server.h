@@ -91,6 +91,12 @@ struct ReplicaServerOptions {
   std::function<Result<std::string>(const std::string& volume, const std::string& snapshot)>
       snapshot_digest;
   std::function<Status(const std::string& volume, const std::string& snapshot)> delete_snapshot;
+  // CREATE_REPLICA with a source: makes `volume` a writable clone of local snapshot `source`
+  // ("VOLUME@SNAP") labelled with `labels`; the daemon supplies it (snapshot/ is above
+  // replication/). May block. Null: NOT_SUPPORTED for such a request.
+  std::function<Result<VolumeInfo>(const std::string& source, const std::string& volume,
+                                   const std::map<std::string, std::string>& labels)>
+      clone_snapshot;
   // Called after the persisted epoch of replica volume `volume` was raised to `epoch` (a newer
   // target opened it), on the thread that raised it, before the raising request is answered:
   // the daemon fences a local target of the volume whose epoch is older (its local writes do
@@ -154,6 +160,9 @@ class ReplicaServer {
   Status Admin(Connection* conn, const std::string& peer, const std::string& client_node,
                const FrameReader::Frame& f, Deadline deadline);
   Refusal CreateReplica(const CreateReplicaRequest& m, uint64_t epoch, ReplicaStat* stat);
+  // CreateReplica with a source: the clone of the local snapshot, grown to the size, fenced.
+  Refusal CloneReplica(const CreateReplicaRequest& m, const Uuid& uuid, uint64_t epoch,
+                       ReplicaStat* stat);
   Refusal DeleteReplica(const ReplicaRef& m, uint64_t epoch);
   Refusal StatReplica(const ReplicaRef& m, ReplicaStat* stat);
   Refusal ExistingReplica(const VolumeInfo& info, uint64_t epoch, ReplicaStat* stat);

@@ -153,6 +153,11 @@ ReplicaServer::Refusal ReplicaServer::CreateReplica(const CreateReplicaRequest& 
     if (info.status().code() != StatusCode::kNotFound) {
       return {WireStatusFromStatus(info.status()), info.status().ToString()};
     }
+    if (!m.source.empty()) {
+      Refusal cloned = CloneReplica(m, uuid, epoch, stat);
+      if (cloned.status == WireStatus::kUnavailable) continue;  // lost the race to the name
+      return cloned;
+    }
     CreateVolumeParams params;
     params.name = m.volume;
     params.size_bytes = m.size_bytes;
@@ -174,6 +179,36 @@ ReplicaServer::Refusal ReplicaServer::CreateReplica(const CreateReplicaRequest& 
     }
   }
   return {WireStatus::kUnavailable, "replica '" + m.volume + "' is being created and deleted"};
+}
+
+ReplicaServer::Refusal ReplicaServer::CloneReplica(const CreateReplicaRequest& m, const Uuid& uuid,
+                                                   uint64_t epoch, ReplicaStat* stat) {
+  if (!options_.clone_snapshot) {
+    return {WireStatus::kNotSupported, "this node cannot make replicas from snapshots"};
+  }
+  Result<VolumeInfo> made =
+      options_.clone_snapshot(m.source, m.volume, {{kReplicaUuidLabel, uuid.ToString()}});
+  if (!made.ok()) {
+    if (made.status().code() == StatusCode::kAlreadyExists) {
+      return {WireStatus::kUnavailable, "replica '" + m.volume + "' appeared meanwhile"};
+    }
+    return {WireStatusFromStatus(made.status()), made.status().ToString()};
+  }
+  if (made->size_bytes > m.size_bytes) {
+    return {WireStatus::kInvalid, "snapshot " + m.source + " is larger than the replica's size " +
+                                      std::to_string(m.size_bytes)};
+  }
+  if (made->size_bytes < m.size_bytes) {
+    made = engine_->ResizeVolume(m.volume, m.size_bytes);
+    if (!made.ok()) return {WireStatusFromStatus(made.status()), made.status().ToString()};
+  }
+  Refusal r = ExistingReplica(*made, epoch, stat);  // a fresh clone: its epoch raised to E
+  if (r.status != WireStatus::kOk) return r;
+  stat->created = true;
+  SHALE_LOG_INFO("replica created from a snapshot", {"volume", m.volume}, {"source", m.source},
+                 {"pool", made->pool}, {"uuid", uuid.ToString()}, {"size", m.size_bytes},
+                 {"epoch", epoch});
+  return {};
 }
 
 ReplicaServer::Refusal ReplicaServer::DeleteReplica(const ReplicaRef& m, uint64_t epoch) {

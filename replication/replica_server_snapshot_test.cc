@@ -78,6 +78,37 @@ class ReplicaServerSnapshotTest : public ::testing::Test {
   std::unique_ptr<ReplicaServer> server_;
 };
 
+TEST_F(ReplicaServerSnapshotTest, CreateFromASnapshotClonesItGrowsItAndFencesIt) {
+  std::vector<std::string> calls;
+  ReplicaServerOptions o;
+  o.clone_snapshot = [&](const std::string& source, const std::string& volume,
+                         const std::map<std::string, std::string>& labels) -> Result<VolumeInfo> {
+    calls.push_back(source + " -> " + volume + " " + labels.at(kReplicaUuidLabel));
+    if (source == "vol@gone") return Status::NotFound("no snapshot " + source);
+    // Stands in for the snapshot layer's clone: a volume of the snapshot's (smaller) size.
+    return engine_->CreateVolume({.name = volume, .size_bytes = kSize / 2, .labels = labels});
+  };
+  Start(std::move(o));
+  const Uuid clone_uuid = Uuid::Random();
+  ReplicaSpec spec{"clone", clone_uuid, kSize, "", "vol@s1"};
+  Result<ReplicaStat> made = CreateReplica(Admin(), spec, 3);
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_TRUE(made->created);
+  EXPECT_EQ(made->epoch, 3u);
+  EXPECT_EQ(made->size_bytes, kSize) << "grown to the replicated volume's size";
+  EXPECT_EQ(engine_->GetVolume("clone").value().size_bytes, kSize);
+  // Again: the replica is found (no second clone).
+  made = CreateReplica(Admin(), spec, 3);
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_FALSE(made->created);
+  // A snapshot this node does not hold: NOT_FOUND (the creator then places an empty replica).
+  ReplicaSpec missing{"clone2", Uuid::Random(), kSize, "", "vol@gone"};
+  EXPECT_TRUE(CreateReplica(Admin(), missing, 3).status().IsNotFound());
+  EXPECT_FALSE(engine_->GetVolume("clone2").ok());
+  EXPECT_EQ(calls, (std::vector<std::string>{"vol@s1 -> clone " + clone_uuid.ToString(),
+                                             "vol@gone -> clone2 " + missing.uuid.ToString()}));
+}
+
 TEST_F(ReplicaServerSnapshotTest, DigestAndDeleteReachTheHandlersFencedByTheEpoch) {
   std::mutex mu;
   std::vector<std::string> calls;

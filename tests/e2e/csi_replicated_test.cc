@@ -6,7 +6,8 @@
 // nbdfuse + loop); a second node's NodeStage is FAILED_PRECONDITION naming the owner; after
 // NodeUnstage the other node stages it and reads the file the first one wrote; after the
 // staging node's shaled is killed (-9), another node's NodeStage takes the volume over once the
-// dead node's lease expired, with every fsynced byte.
+// dead node's lease expired, with every fsynced byte. A VolumeSnapshot of a replicated volume is
+// cloned read-only on several nodes at once, and writable as a replicated volume of its own.
 //
 // Skipped (with the reason) where etcd is not installed; the staging test also where root, FUSE,
 // loop devices or a tool is missing.
@@ -14,9 +15,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -338,7 +341,7 @@ TEST_F(CsiReplicatedTest, ANodeDeathLetsTheNextNodeStageItWithEveryFsyncedWrite)
 // a copy on every replica node, so the clone is accessible on each of them and staged on two
 // nodes at once (each makes its own clone of its copy) with identical files; a node's copy goes
 // with its NodeUnstage, the clone with DeleteVolume.
-TEST_F(CsiReplicatedTest, AReadOnlyCloneOfItsSnapshotIsPublishedOnTwoNodesAtOnce) {
+TEST_F(CsiReplicatedTest, ItsSnapshotIsClonedReadOnlyOnTwoNodesAndWritableWithReplicas) {
   if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
   if (FindProgram("fsfreeze").empty()) GTEST_SKIP() << "fsfreeze is not installed (util-linux)";
   std::string vol;
@@ -399,6 +402,67 @@ TEST_F(CsiReplicatedTest, AReadOnlyCloneOfItsSnapshotIsPublishedOnTwoNodesAtOnce
   st = csi_[0].DeleteVolume(ro_vol);
   ASSERT_TRUE(st.ok()) << Describe(st);
   EXPECT_NE(nodes_[0].Shale({"volume", "show", ro_vol}).exit_code, 0);
+
+  // A writable replicated clone of the snapshot (a PVC from the VolumeSnapshot in a class with
+  // replicas "3"), created through node-a: node-a's clone of its copy is in sync, the others
+  // (clones of their copies) are compared with it at the first attach.
+  csiv1::CreateVolumeRequest rw = CsiClient::VolumeRequest("pvc-dataset-rw", 32 * kMiB);
+  (*rw.mutable_parameters())["replicas"] = "3";
+  rw.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(
+      snap.snapshot().snapshot_id());
+  csiv1::CreateVolumeResponse rw_clone;
+  st = csi_[0].CreateVolume(rw, &rw_clone);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  EXPECT_EQ(Topology(rw_clone), (std::set<std::string>{"node-a", "node-b", "node-c"}));
+  const std::string rw_vol = rw_clone.volume().volume_id();
+  std::map<std::string, nlohmann::json> rw_replicas = Replicas(nodes_[0], rw_vol);
+  EXPECT_EQ(rw_replicas["node-a"]["state"], "healthy");
+  EXPECT_EQ(rw_replicas["node-c"]["state"], "stale");
+  EXPECT_NE(nodes_[2].DaemonLog().find("replica created from a snapshot"), std::string::npos)
+      << "node-c's replica is a clone of its copy (nothing copied over the network)";
+  // The first pod runs on node-a (WaitForFirstConsumer created it there): the stale replicas
+  // are compared and join while it serves.
+  const csiv1::VolumeCapability cap = MountCap();
+  const std::string rw_a = nodes_[0].root() + "/rw-staging";
+  st = csi_[0].Stage(rw_vol, rw_a, cap);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  EXPECT_TRUE(ReadAll(rw_a + "/part3") == files[3]);
+  ASSERT_NO_FATAL_FAILURE(WriteDurably(rw_a + "/notebook-output", "written to the clone"));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        rw_replicas = Replicas(nodes_[0], rw_vol, nullptr, /*quiet=*/true);
+        return rw_replicas.size() == 3 &&
+               std::all_of(rw_replicas.begin(), rw_replicas.end(),
+                           [](const auto& r) { return r.second["state"] == "healthy"; });
+      },
+      std::chrono::seconds(30)))
+      << nodes_[0].DaemonLog();
+  // The pod moves to node-c: its own replica serves the snapshot's files and the new one; the
+  // source volume (still staged on node-b) never saw the clone's write.
+  ASSERT_TRUE(csi_[0].Unstage(rw_vol, rw_a).ok());
+  const std::string rw_c = nodes_[2].root() + "/rw-staging";
+  st = csi_[2].Stage(rw_vol, rw_c, cap);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  for (size_t i = 0; i < files.size(); ++i) {
+    EXPECT_TRUE(ReadAll(rw_c + "/part" + std::to_string(i)) == files[i]) << "part" << i;
+  }
+  EXPECT_EQ(ReadAll(rw_c + "/notebook-output"), "written to the clone");
+  EXPECT_FALSE(std::filesystem::exists(staging_b + "/notebook-output"));
+  ASSERT_TRUE(csi_[2].Unstage(rw_vol, rw_c).ok());
+  // More replicas than nodes, or a replicated clone of a volume: refused, nothing left.
+  (*rw.mutable_parameters())["replicas"] = "4";
+  rw.set_name("pvc-dataset-rw4");
+  csiv1::CreateVolumeResponse refused;
+  st = csi_[0].CreateVolume(rw, &refused);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(st);
+  (*rw.mutable_parameters())["replicas"] = "3";
+  rw.set_name("pvc-volume-clone");
+  rw.mutable_volume_content_source()->mutable_volume()->set_volume_id(vol);
+  st = csi_[1].CreateVolume(rw, &refused);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(st);
+  st = csi_[0].DeleteVolume(rw_vol);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  for (Harness& h : nodes_) EXPECT_NE(h.Shale({"volume", "show", rw_vol}).exit_code, 0);
   ASSERT_TRUE(csi_[1].Unstage(vol, staging_b).ok());
 }
 

@@ -40,9 +40,10 @@ def open_req(vol="vol", size=1 << 30):
     return frame(OPEN, bytes(16) + struct.pack("<QHHI", size, len(vol), 0, 0) + vol.encode(), rid=2)
 
 
-def create_replica(vol="vol", pool="", size=1 << 30, rid=3):
-    return frame(CREATE_REPLICA, bytes(range(16)) + struct.pack("<QHHI", size, len(vol), len(pool), 0)
-                 + vol.encode() + pool.encode(), rid=rid)
+def create_replica(vol="vol", pool="", size=1 << 30, rid=3, source=""):
+    return frame(CREATE_REPLICA, bytes(range(16))
+                 + struct.pack("<QHHHH", size, len(vol), len(pool), len(source), 0)
+                 + vol.encode() + pool.encode() + source.encode(), rid=rid)
 
 
 def replica_ref(typ, vol="vol", rid=4):
@@ -125,6 +126,7 @@ SEEDS = {
     "truncated": bytes([FIX | 63]) + frame(WRITE, io(0, 4096) + bytes(4096))[:3000],
     "garbage": bytes([FIX | 63]) + b"GET / HTTP/1.1\r\nHost: replica\r\n\r\n" + bytes(range(256)),
     "placement": bytes([FIX | 31]) + auth() + create_replica() + create_replica("vol", "fast", rid=5)
+    + create_replica("clone", "", rid=8, source="vol@s1")
     + replica_ref(STAT_REPLICA) + replica_ref(DELETE_REPLICA, rid=6) + open_req(),
     "placement_replies": bytes([FIX | 63]) + hello() + frame(AUTH | REPLY, bytes(32), rid=0)
     + replica_stat(CREATE_REPLICA, 1, 3) + replica_stat(STAT_REPLICA, 0, 4)

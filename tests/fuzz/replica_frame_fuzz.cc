@@ -145,6 +145,8 @@ void CheckRequest(const FrameHeader& h, std::span<const uint8_t> payload, size_t
       if (Decode(payload, &r).ok()) {
         FUZZ_CHECK(!r.volume.empty() && r.volume.size() <= kMaxVolumeNameLength);
         FUZZ_CHECK(r.pool.size() <= kMaxPoolNameLength && r.size_bytes > 0);
+        FUZZ_CHECK(r.source.empty() || (r.source.size() <= kMaxSourceLength &&
+                                        r.source.find('@') != std::string::npos));
       }
       return RoundTrip<CreateReplicaRequest>(payload);
     }
