@@ -62,6 +62,10 @@ class SnapshotCommands {
   bool all_ = false;
   bool overwrite_ = false;
   bool read_only_ = false;
+  // clone create: a replicated clone (cluster mode).
+  uint32_t replicas_ = 0, min_in_sync_ = 0;
+  std::vector<std::string> replica_nodes_;
+  std::string replica_node_selector_;
 };
 
 }  // namespace shale::cli

@@ -51,9 +51,11 @@ grpc::Status StreamWork(ControlService* service,
 }
 
 // A volume with --replicas (control_service_cluster.cc); `replicated` null outside cluster mode.
+// With `source` ("VOLUME@SNAP"): a replicated clone of that snapshot (`clone create --replicas`).
 Result<VolumeInfo> CreateReplicated(ReplicatedVolumes* replicated, const VolumeSpec& spec,
                                     const v1::CreateVolumeRequest& req,
-                                    std::vector<std::string>* advice);
+                                    std::vector<std::string>* advice,
+                                    const std::string& source = "");
 // FailedPrecondition for an operation the replicas of a volume would not follow (resize,
 // revert); OK for a volume that is not replicated (or outside cluster mode).
 Status RefuseIfReplicated(ReplicatedVolumes* replicated, const std::string& volume,

@@ -269,14 +269,38 @@ grpc::Status ControlService::CloneVolume(grpc::ServerContext* ctx,
                      ? CheckSnapshotRef(req->source())
                      : ValidateName("source volume", req->source());
   if (!valid.ok()) return Fail(ctx, valid);
-  CloneSpec spec;
-  spec.source = req->source();
-  spec.name = req->name();
-  spec.read_only = req->read_only();
-  spec.labels.insert(req->labels().begin(), req->labels().end());
   std::vector<std::string> advice;
-  Result<snapshot::CloneResult> clone = lifecycle_->Clone(spec, &advice);
-  if (!clone.ok()) return Fail(ctx, clone.status());
+  if (req->replicas() > 1 || req->replica_nodes_size() > 0 || req->min_in_sync() > 0 ||
+      !req->replica_node_selector().empty()) {
+    // A replicated clone of a replicated volume's snapshot (docs/replication.md).
+    if (req->source().find('@') == std::string::npos) {
+      return Fail(ctx, Status::InvalidArgument(
+                           "--replicas needs a snapshot as the source (VOLUME@SNAP of a "
+                           "replicated volume); clone a live volume with replicas=1"));
+    }
+    if (req->read_only()) {
+      return Fail(ctx, Status::InvalidArgument("a replicated clone cannot be --read-only"));
+    }
+    VolumeSpec volume;
+    volume.params.name = req->name();
+    volume.params.labels.insert(req->labels().begin(), req->labels().end());
+    v1::CreateVolumeRequest as_create;
+    as_create.set_replicas(req->replicas());
+    as_create.mutable_replica_nodes()->CopyFrom(req->replica_nodes());
+    as_create.set_min_in_sync(req->min_in_sync());
+    as_create.set_replica_node_selector(req->replica_node_selector());
+    Result<VolumeInfo> made =
+        internal::CreateReplicated(replicated_, volume, as_create, &advice, req->source());
+    if (!made.ok()) return Fail(ctx, made.status());
+  } else {
+    CloneSpec spec;
+    spec.source = req->source();
+    spec.name = req->name();
+    spec.read_only = req->read_only();
+    spec.labels.insert(req->labels().begin(), req->labels().end());
+    Result<snapshot::CloneResult> clone = lifecycle_->Clone(spec, &advice);
+    if (!clone.ok()) return Fail(ctx, clone.status());
+  }
   if (Status st = DescribeVolume(req->name(), resp); !st.ok()) return Fail(ctx, st);
   for (std::string& line : advice) resp->add_warnings(std::move(line));
   return grpc::Status::OK;

@@ -4,11 +4,12 @@
 // snapshot exists on every replica and `shale snapshot verify` reports the same digest from each
 // (the target quiesced the write stream: without it the copies would differ). A replica that is
 // out does not get it (the label says who holds it); a snapshot on a replica node is refused;
-// a clone of the snapshot is a local volume on the target with the snapshot's bytes; delete
-// removes every copy. A group snapshot of two replicated volumes and a local one, taken while a
-// writer puts a sequence number on each in turn, is one cut on the target and on every replica;
-// a group with a volume served by another node is refused and leaves nothing. Skipped (with the
-// reason) where etcd is not installed.
+// a clone of the snapshot is a local volume on the target with the snapshot's bytes, and with
+// `--replicas 3` (made on another node) a replicated clone whose replicas join after the
+// comparison and which serves the same bytes; delete removes every copy. A group snapshot of two
+// replicated volumes and a local one, taken while a writer puts a sequence number on each in turn,
+// is one cut on the target and on every replica; a group with a volume served by another node is
+// refused and leaves nothing. Skipped (with the reason) where etcd is not installed.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -76,6 +77,21 @@ nlohmann::json ShowSnapshot(Harness& h, const std::string& ref) {
   return r.exit_code == 0 ? r.Json() : nlohmann::json();
 }
 
+// Reads export `x` on `hx` and `y` on `hy` (kSnapVolBytes each) and compares them chunk by chunk.
+void ExpectSameBytes(Harness& hx, const std::string& x, Harness& hy, const std::string& y) {
+  auto cx = NbdRawClient::Tcp(hx.NbdAddress());
+  auto cy = NbdRawClient::Tcp(hy.NbdAddress());
+  ASSERT_TRUE(cx != nullptr && cy != nullptr);
+  ASSERT_EQ(cx->Go(x), std::optional<uint64_t>(kSnapVolBytes));
+  ASSERT_EQ(cy->Go(y), std::optional<uint64_t>(kSnapVolBytes));
+  for (uint64_t at = 0; at < kSnapVolBytes; at += kReplicationChunk) {
+    std::string bx, by;
+    ASSERT_EQ(cx->Request(NbdRawClient::kCmdRead, at, kReplicationChunk, "", &bx), 0);
+    ASSERT_EQ(cy->Request(NbdRawClient::kCmdRead, at, kReplicationChunk, "", &by), 0);
+    ASSERT_TRUE(bx == by) << y << " differs from " << x << " at " << at;
+  }
+}
+
 TEST_F(ReplicationSnapshotE2eTest, SnapshotIsTakenOnEveryReplicaAtOnePointOfTheWriteStream) {
   Harness a, b, c;
   ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
@@ -124,20 +140,28 @@ TEST_F(ReplicationSnapshotE2eTest, SnapshotIsTakenOnEveryReplicaAtOnePointOfTheW
   // A clone of a replicated snapshot: a local volume on the target with the snapshot's bytes.
   CommandResult cloned = a.Shale({"clone", "create", "sv@s2", "cl"});
   ASSERT_EQ(cloned.exit_code, 0) << cloned.Describe();
-  {
-    auto snap = NbdRawClient::Tcp(a.NbdAddress());
-    auto clone = NbdRawClient::Tcp(a.NbdAddress());
-    ASSERT_TRUE(snap != nullptr && clone != nullptr);
-    ASSERT_EQ(snap->Go("sv@s2"), std::optional<uint64_t>(kSnapVolBytes));
-    ASSERT_EQ(clone->Go("cl"), std::optional<uint64_t>(kSnapVolBytes));
-    for (uint64_t at = 0; at < kSnapVolBytes; at += kReplicationChunk) {
-      std::string x, y;
-      ASSERT_EQ(snap->Request(NbdRawClient::kCmdRead, at, kReplicationChunk, "", &x), 0);
-      ASSERT_EQ(clone->Request(NbdRawClient::kCmdRead, at, kReplicationChunk, "", &y), 0);
-      ASSERT_TRUE(x == y) << "the clone differs from its snapshot at " << at;
-    }
-  }
+  ExpectSameBytes(a, "sv@s2", a, "cl");
   EXPECT_EQ(b.Shale({"volume", "show", "cl"}).exit_code, 1) << "the clone is local";
+
+  // A replicated clone, made through node-b (which holds a copy): its own replica in sync, the
+  // others clones of their node's copies, compared by its target (node-b) and joined; it serves
+  // the snapshot's bytes. A live volume as the source is refused.
+  CommandResult rcloned =
+      b.Shale({"clone", "create", "sv@s2", "rcl", "--replicas", "3", "-o", "json"});
+  ASSERT_EQ(rcloned.exit_code, 0) << rcloned.Describe() << b.DaemonLog();
+  nlohmann::json rlist;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        std::map<std::string, nlohmann::json> r = Replicas(b, "rcl", &rlist, /*quiet=*/true);
+        return r.size() == 3 && rlist["in_sync"].size() == 3;
+      },
+      seconds(30)))
+      << rlist << b.DaemonLog();
+  EXPECT_NE(c.DaemonLog().find("replica created from a snapshot"), std::string::npos);
+  ExpectSameBytes(a, "sv@s2", b, "rcl");
+  ExpectOneLineError(b.Shale({"clone", "create", "sv", "rcl2", "--replicas", "2"}),
+                     "needs a snapshot as the source");
+  ASSERT_EQ(b.Shale({"volume", "delete", "rcl"}).exit_code, 0) << b.DaemonLog();
 
   // Delete removes every copy.
   CommandResult deleted = a.Shale({"snapshot", "delete", "sv@s1"});
