@@ -4,9 +4,11 @@
 // SNAPSHOT(name) to every in-sync remote replica on the connections that carry the writes, then
 // resumes. All or none: a replica that fails it undoes the others. The snapshot's labels record
 // the nodes that hold it, for `snapshot verify` (SNAPSHOT_DIGEST) and delete (DELETE_SNAPSHOT).
+#include <chrono>
 #include <future>
 
 #include "daemon/cluster_node.h"
+#include "daemon/replicated_target.h"
 #include "daemon/replicated_volumes.h"
 #include "engine/common/log.h"
 #include "engine/io/reactor.h"
@@ -20,6 +22,9 @@ namespace shale::daemon {
 using replication::MemberState;
 
 namespace {
+
+// TAKE_SNAPSHOT: the node serving the volume quiesces it and snapshots every in-sync replica.
+constexpr auto kTakeSnapshotTimeout = std::chrono::seconds(60);
 
 // A digest is recomputed from every block of the snapshot: generous, a verify may be long.
 constexpr auto kDigestTimeout = std::chrono::minutes(30);
@@ -44,14 +49,23 @@ std::string JoinNodes(const std::vector<std::string>& nodes) {
 }  // namespace
 
 Status ReplicatedVolumes::NotServedHere(const std::string& volume) {
-  std::string owner = "another node";
+  std::string where = "it is served by another node; take the snapshot on its target";
   if (Result<cluster::VolumeRecord> r = store_->GetVolume(volume); r.ok()) {
-    owner = "node " + r->membership.target;
+    const cluster::Membership& m = r->membership;
+    if (!m.detached) {
+      where = "it is served by node " + m.target + "; take the snapshot on its target";
+    } else {
+      // Detached, and this node holds no in-sync replica (else it would attach it itself).
+      std::string holders;
+      for (const std::string& n : m.in_sync) holders += (holders.empty() ? "" : ", ") + n;
+      where =
+          "it is detached and this node holds no in-sync replica; take the snapshot on a "
+          "node that does (" +
+          holders + ")";
+    }
   }
   return Status::FailedPrecondition("volume '" + volume +
-                                    "' is replicated and its target here is not open (it is "
-                                    "served by " +
-                                    owner + "); take the snapshot on its target");
+                                    "' is replicated and its target here is not open: " + where);
 }
 
 std::shared_future<void> ReplicatedVolumes::StartQuiesce(Target& target) {
@@ -120,6 +134,32 @@ Status FirstFailure(const replication::ReplicationLayer::SnapshotResults& result
 
 }  // namespace
 
+Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotOnTarget(
+    const VolumeInfo& local, const cluster::Membership& m, const std::string& name) {
+  const std::string ref = local.name + "@" + name;
+  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
+  const cluster::NodeRecord* n = FindNode(nodes, m.target);
+  if (n == nullptr || !n->up || n->info.replica_address.empty()) {
+    return Status::Unavailable("volume '" + local.name + "' is served by node " + m.target +
+                               ", which cannot be reached now; take the snapshot there");
+  }
+  SHALE_ASSIGN_OR_RETURN(Uuid uuid, Uuid::Parse(ReplicaUuidOf(local)));
+  replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
+                                         options_.secret, transport_, kTakeSnapshotTimeout};
+  Status taken =
+      replication::TakeSnapshotOnTarget(admin, {local.name, uuid, m.size_bytes, ""}, name);
+  if (!taken.ok()) return taken.WithContext("snapshot " + ref + " taken by node " + m.target);
+  Result<snapshot::SnapshotInfo> copy = lifecycle_->snapshots()->Get(ref);
+  if (!copy.ok()) {
+    return Status::FailedPrecondition("snapshot " + ref + " was taken by node " + m.target +
+                                      ", which serves the volume, but this node holds no copy "
+                                      "(its replica is not in sync); look it up there");
+  }
+  SHALE_LOG_INFO("snapshot taken by the node serving the volume", {"snapshot", ref},
+                 {"target", m.target});
+  return std::optional<snapshot::SnapshotInfo>(std::move(copy).value());
+}
+
 Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     std::string_view volume_view, std::string_view name_view,
     const snapshot::CreateSnapshotOptions& options) {
@@ -133,6 +173,12 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     // A detached volume (no node serves it; CSI creates them so) is attached here for the
     // snapshot when this node holds an in-sync replica, then detached again.
     Result<cluster::VolumeRecord> record = store_->GetVolume(volume);
+    if (record.ok() && !record->membership.detached &&
+        record->membership.target != options_.node_name) {
+      // Served by another node: it takes the snapshot (on every in-sync replica, this node's
+      // copy included when it is one of them).
+      return SnapshotOnTarget(*info, record->membership, name);
+    }
     if (!record.ok() || !record->membership.detached ||
         !record->membership.InSync(options_.node_name)) {
       return NotServedHere(volume);
@@ -354,6 +400,12 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
     if (st.IsNotFound()) return Status::Ok();
     if (st.ok()) SHALE_LOG_INFO("replica snapshot deleted", {"snapshot", volume + "@" + name});
     return st;
+  };
+  // TAKE_SNAPSHOT from another node: the snapshot as `shale snapshot create` here would take
+  // it, which goes through this node's target (refused when it does not serve the volume).
+  options->take_snapshot = [lifecycle](const std::string& volume,
+                                       const std::string& name) -> Status {
+    return lifecycle->Snapshot(volume, name).status();
   };
   // A replica of a replicated clone: this node's clone of its copy of the snapshot.
   options->clone_snapshot = [lifecycle](const std::string& source, const std::string& volume,

@@ -100,7 +100,8 @@ std::pair<uint32_t, uint32_t> OkReplyBounds(MsgType t) {
       return {sizeof(WireReplicaStat), sizeof(WireReplicaStat)};
     case MsgType::kSnapshotDigest:
       return {sizeof(WireString) + 1, sizeof(WireString) + kMaxDigestLength};
-    default:  // WRITE, WRITE_ZEROES, DISCARD, FLUSH, SNAPSHOT, DELETE_REPLICA, DELETE_SNAPSHOT
+    default:  // WRITE, WRITE_ZEROES, DISCARD, FLUSH, SNAPSHOT, DELETE_REPLICA, DELETE_SNAPSHOT,
+              // TAKE_SNAPSHOT
       return {0, 0};
   }
 }
@@ -138,6 +139,7 @@ std::pair<uint32_t, uint32_t> RequestBounds(MsgType t) {
       return {sizeof(WireReplicaRef) + 1, sizeof(WireReplicaRef) + kMaxVolumeNameLength};
     case MsgType::kSnapshotDigest:
     case MsgType::kDeleteSnapshot:
+    case MsgType::kTakeSnapshot:
       return {sizeof(WireSnapshotRef) + 2,
               sizeof(WireSnapshotRef) + kMaxVolumeNameLength + kMaxSnapshotNameLength};
   }
@@ -203,6 +205,8 @@ std::string_view MsgTypeName(MsgType type) {
       return "SNAPSHOT_DIGEST";
     case MsgType::kDeleteSnapshot:
       return "DELETE_SNAPSHOT";
+    case MsgType::kTakeSnapshot:
+      return "TAKE_SNAPSHOT";
   }
   return "UNKNOWN";
 }

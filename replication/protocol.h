@@ -68,9 +68,12 @@ enum class MsgType : uint8_t {
   // Snapshots of a replica, before OPEN like placement (docs/replication.md, "Snapshots").
   kSnapshotDigest = 16,  // SnapshotRef; reply: SnapshotDigest (recomputed from the data)
   kDeleteSnapshot = 17,  // SnapshotRef; reply: empty (idempotent: a missing snapshot is OK)
+  // Asks the node serving the volume (its target) to take snapshot `snapshot` of it, as
+  // `shale snapshot create` there would (docs/replication.md, "Snapshots through any node").
+  kTakeSnapshot = 18,  // SnapshotRef; reply: empty
 };
 inline constexpr uint8_t kReplyBit = 0x80;
-inline constexpr uint8_t kMaxMsgType = 17;
+inline constexpr uint8_t kMaxMsgType = 18;
 inline constexpr size_t kMaxDigestLength = 64;  // a snapshot digest: 32 hex digits today
 std::string_view MsgTypeName(MsgType type);
 

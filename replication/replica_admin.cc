@@ -160,4 +160,9 @@ Status DeleteReplicaSnapshot(const ReplicaAdminOptions& options, const ReplicaSp
   return SnapshotCall(options, spec, snapshot, MsgType::kDeleteSnapshot, epoch).status();
 }
 
+Status TakeSnapshotOnTarget(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
+                            const std::string& snapshot) {
+  return SnapshotCall(options, spec, snapshot, MsgType::kTakeSnapshot, 0).status();
+}
+
 }  // namespace shale::replication

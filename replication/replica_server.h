@@ -91,6 +91,10 @@ struct ReplicaServerOptions {
   std::function<Result<std::string>(const std::string& volume, const std::string& snapshot)>
       snapshot_digest;
   std::function<Status(const std::string& volume, const std::string& snapshot)> delete_snapshot;
+  // TAKE_SNAPSHOT(volume, snapshot): a snapshot of replicated volume `volume` taken by this node
+  // as its target (`shale snapshot create` through another node); refused (FailedPrecondition)
+  // when this node does not serve it. May block. Null: NOT_SUPPORTED.
+  std::function<Status(const std::string& volume, const std::string& snapshot)> take_snapshot;
   // CREATE_REPLICA with a source: makes `volume` a writable clone of local snapshot `source`
   // ("VOLUME@SNAP") labelled with `labels`; the daemon supplies it (snapshot/ is above
   // replication/). May block. Null: NOT_SUPPORTED for such a request.

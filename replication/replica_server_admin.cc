@@ -41,7 +41,7 @@ ReplicaServer::Refusal ReplicaServer::CheckReplica(const VolumeInfo& info, const
 bool ReplicaServer::IsAdmin(MsgType type) {
   return type == MsgType::kCreateReplica || type == MsgType::kDeleteReplica ||
          type == MsgType::kStatReplica || type == MsgType::kSnapshotDigest ||
-         type == MsgType::kDeleteSnapshot;
+         type == MsgType::kDeleteSnapshot || type == MsgType::kTakeSnapshot;
 }
 
 // One placement request; the reply is sent here. Errors: the frame broke the protocol or the
@@ -74,7 +74,8 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
       break;
     }
     case MsgType::kSnapshotDigest:
-    case MsgType::kDeleteSnapshot: {
+    case MsgType::kDeleteSnapshot:
+    case MsgType::kTakeSnapshot: {
       SnapshotRef m;
       SHALE_RETURN_IF_ERROR(Decode(f.payload, &m));
       volume = m.volume + "@" + m.snapshot;
@@ -95,7 +96,8 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
   } else if (f.header.msg() == MsgType::kSnapshotDigest) {
     Encode(SnapshotDigest{digest}, &body);
   } else if (f.header.msg() != MsgType::kDeleteReplica &&
-             f.header.msg() != MsgType::kDeleteSnapshot) {
+             f.header.msg() != MsgType::kDeleteSnapshot &&
+             f.header.msg() != MsgType::kTakeSnapshot) {
     Encode(stat, &body);
   }
   counters_.requests.fetch_add(1);
@@ -249,18 +251,26 @@ ReplicaServer::Refusal ReplicaServer::StatReplica(const ReplicaRef& m, ReplicaSt
   return {};
 }
 
-// SNAPSHOT_DIGEST and DELETE_SNAPSHOT of a snapshot of a replica volume (through the daemon's
-// handlers: snapshot/ is above replication/). A delete is fenced by the epoch.
+// SNAPSHOT_DIGEST, DELETE_SNAPSHOT and TAKE_SNAPSHOT of a snapshot of a replica volume (through
+// the daemon's handlers: snapshot/ is above replication/). A delete is fenced by the epoch.
 ReplicaServer::Refusal ReplicaServer::SnapshotAdmin(MsgType type, const SnapshotRef& m,
                                                     uint64_t epoch, std::string* digest) {
   const bool del = type == MsgType::kDeleteSnapshot;
-  if ((del && !options_.delete_snapshot) || (!del && !options_.snapshot_digest)) {
+  const bool take = type == MsgType::kTakeSnapshot;
+  if ((del && !options_.delete_snapshot) || (take && !options_.take_snapshot) ||
+      (!del && !take && !options_.snapshot_digest)) {
     return {WireStatus::kNotSupported, "this replica server handles no snapshots"};
   }
   Result<VolumeInfo> info = engine_->GetVolume(m.volume);
   if (!info.ok()) return {WireStatusFromStatus(info.status()), info.status().ToString()};
   Refusal r = CheckReplica(*info, UuidOf(m.volume_uuid));
   if (r.status != WireStatus::kOk) return r;
+  if (take) {
+    // The daemon takes it only if it serves the volume (its target decides, not the epoch).
+    const Status st = options_.take_snapshot(m.volume, m.snapshot);
+    if (!st.ok()) return {WireStatusFromStatus(st), st.ToString()};
+    return {};
+  }
   if (!del) {
     Result<std::string> d = options_.snapshot_digest(m.volume, m.snapshot);
     if (!d.ok()) return {WireStatusFromStatus(d.status()), d.status().ToString()};

@@ -125,7 +125,20 @@ TEST_F(ReplicaServerSnapshotTest, DigestAndDeleteReachTheHandlersFencedByTheEpoc
     calls.push_back("delete " + volume + "@" + snap);
     return Status::Ok();
   };
+  o.take_snapshot = [&](const std::string& volume, const std::string& snap) {
+    std::lock_guard lock(mu);
+    calls.push_back("take " + volume + "@" + snap);
+    return snap == "elsewhere" ? Status::FailedPrecondition("not served here") : Status::Ok();
+  };
   Start(std::move(o));
+  // TAKE_SNAPSHOT reaches the daemon's handler (which decides whether it serves the volume).
+  EXPECT_TRUE(TakeSnapshotOnTarget(Admin(), Spec(uuid_), "s0").ok());
+  // The wire has no "precondition" status: the refusal arrives as INVALID with its message.
+  const Status elsewhere = TakeSnapshotOnTarget(Admin(), Spec(uuid_), "elsewhere");
+  EXPECT_FALSE(elsewhere.ok());
+  EXPECT_NE(elsewhere.ToString().find("not served here"), std::string::npos) << elsewhere;
+  EXPECT_EQ(TakeSnapshotOnTarget(Admin(), Spec(Uuid::Random()), "s0").code(),
+            StatusCode::kInvalidArgument);
   auto digest = SnapshotDigestOf(Admin(), Spec(uuid_), "s1");
   ASSERT_TRUE(digest.ok()) << digest.status();
   EXPECT_EQ(*digest, "00112233445566778899aabbccddeeff");
@@ -138,7 +151,8 @@ TEST_F(ReplicaServerSnapshotTest, DigestAndDeleteReachTheHandlersFencedByTheEpoc
       << "a fenced target cannot delete";
   EXPECT_TRUE(DeleteReplicaSnapshot(Admin(), Spec(uuid_), "s1", 4).ok());
   std::lock_guard lock(mu);
-  const std::vector<std::string> expect = {"digest vol@s1", "digest vol@gone", "delete vol@s1"};
+  const std::vector<std::string> expect = {"take vol@s0", "take vol@elsewhere", "digest vol@s1",
+                                           "digest vol@gone", "delete vol@s1"};
   EXPECT_EQ(calls, expect);
 }
 

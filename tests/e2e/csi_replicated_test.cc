@@ -248,6 +248,13 @@ TEST_F(CsiReplicatedTest, StagedWhereThePodRunsOneWriterAndTheDataMovesWithIt) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << Describe(st);
   EXPECT_NE(st.error_message().find("node-b"), std::string::npos) << st.error_message();
 
+  // A VolumeSnapshot through another node's controller: node-b, which serves it, takes it.
+  csiv1::CreateSnapshotResponse snap;
+  st = csi_[0].CreateSnapshot(vol, "snapshot-in-use", &snap);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog() << nodes_[1].DaemonLog();
+  EXPECT_TRUE(snap.snapshot().ready_to_use());
+  EXPECT_TRUE(csi_[0].DeleteSnapshot(snap.snapshot().snapshot_id()).ok());
+
   // Expansion waits while a node serves it with clients (the resizer retries), elsewhere and there.
   std::string why;
   Expand(csi_[0], vol, 96 * kMiB, grpc::StatusCode::FAILED_PRECONDITION, &why);

@@ -3,7 +3,8 @@
 // through its target's NBD export *while* `shale snapshot create` runs on the target; the
 // snapshot exists on every replica and `shale snapshot verify` reports the same digest from each
 // (the target quiesced the write stream: without it the copies would differ). A replica that is
-// out does not get it (the label says who holds it); a snapshot on a replica node is refused;
+// out does not get it (the label says who holds it); a snapshot asked of a replica node is taken
+// by the target;
 // a clone of the snapshot is a local volume on the target with the snapshot's bytes, and with
 // `--replicas 3` (made on another node) a replicated clone whose replicas join after the
 // comparison and which serves the same bytes; delete removes every copy. A group snapshot of two
@@ -133,7 +134,14 @@ TEST_F(ReplicationSnapshotE2eTest, SnapshotIsTakenOnEveryReplicaAtOnePointOfTheW
   }
 
   // Only the target takes snapshots; revert stays refused.
-  ExpectOneLineError(b.Shale({"snapshot", "create", "sv@x"}), "take the snapshot on its target");
+  // A snapshot asked of a replica node is taken by the target (one cut, every copy).
+  CommandResult forwarded = b.Shale({"snapshot", "create", "sv@x", "-o", "json"});
+  ASSERT_EQ(forwarded.exit_code, 0) << forwarded.Describe() << b.DaemonLog();
+  EXPECT_EQ(forwarded.Json()["volume"], "sv") << forwarded.out;
+  EXPECT_EQ(ShowSnapshot(a, "sv@x")["labels"]["shale.io/snapshot-replicas"],
+            "node-a,node-b,node-c");
+  EXPECT_NE(b.DaemonLog().find("snapshot taken by the node serving the volume"), std::string::npos);
+  ASSERT_EQ(a.Shale({"snapshot", "delete", "sv@x"}).exit_code, 0);
   ExpectOneLineError(a.Shale({"volume", "revert", "sv", "--to", "s1"}),
                      "cannot revert replicated volume");
 

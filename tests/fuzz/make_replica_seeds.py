@@ -13,7 +13,7 @@ import struct
 MAGIC = 0x50524853
 (HELLO, AUTH, OPEN, READ, WRITE, WRITE_ZEROES, DISCARD, FLUSH, HASH_RANGES, GET_INFO,
  SET_GENERATION, SNAPSHOT, CREATE_REPLICA, DELETE_REPLICA, STAT_REPLICA, SNAPSHOT_DIGEST,
- DELETE_SNAPSHOT) = range(1, 18)
+ DELETE_SNAPSHOT, TAKE_SNAPSHOT) = range(1, 19)
 REPLY = 0x80
 FUA, NO_UNMAP = 1, 2
 OK, EIO, ENOSPC, STALE_EPOCH = 0, 1, 2, 3
@@ -138,7 +138,8 @@ SEEDS = {
     + frame(CREATE_REPLICA, bytes(16) + struct.pack("<QHHI", 0, 3, 0, 0) + b"vol")
     + frame(STAT_REPLICA | REPLY, struct.pack("<QQQQII", 4096, 0, 3, 4, 2, 0)),
     "snapshots": bytes([FIX | 31]) + auth() + snapshot_ref(SNAPSHOT_DIGEST)
-    + snapshot_ref(DELETE_SNAPSHOT, "vol", "nightly", rid=8) + open_req()
+    + snapshot_ref(DELETE_SNAPSHOT, "vol", "nightly", rid=8)
+    + snapshot_ref(TAKE_SNAPSHOT, "vol", "hourly", rid=10) + open_req()
     + frame(SNAPSHOT, string("s2"), rid=9),
     "snapshot_replies": bytes([FIX | 63]) + hello() + frame(AUTH | REPLY, bytes(32), rid=0)
     + frame(SNAPSHOT_DIGEST | REPLY, string("00112233445566778899aabbccddeeff"), rid=7)

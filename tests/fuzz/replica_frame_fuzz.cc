@@ -155,6 +155,7 @@ void CheckRequest(const FrameHeader& h, std::span<const uint8_t> payload, size_t
       return RoundTrip<ReplicaRef>(payload);
     case MsgType::kSnapshotDigest:
     case MsgType::kDeleteSnapshot:
+    case MsgType::kTakeSnapshot:
       return RoundTrip<SnapshotRef>(payload);
   }
 }
