@@ -1371,6 +1371,11 @@ class ManifestTest(unittest.TestCase):
                  if d.kind in ("ClusterRoleBinding", "RoleBinding")
                  and any(s.get("name") == "shale-node" for s in d.obj.get("subjects") or [])}
         self.assertLessEqual({"shale-resizer", "shale-resizer-cfg"}, bound)
+        # The notebook example runs unchanged on the cluster overlay: its objects validate
+        # together with the rendered cluster model (its classes, CSIDriver, snapshot class).
+        example = tree().docs_under(os.path.join("examples", "notebook"))
+        errs = validate(cluster + example, strict_paths=lambda p: not is_example(p))
+        self.assertEqual([], errs, fmt(errs))
         vac = rendered["volume-attributes-classes"]
         ctrl = [d for d in vac if d.kind == "Deployment"][0]
         gates = {c["name"]: arg_flags(c.get("args")).get("--feature-gates") or ""
