@@ -250,9 +250,9 @@ class ControlService final : public v1::Control::Service {
   // `name` may be a replicated volume: a local replica of one, or no local volume at all (in
   // cluster mode), so the cluster is asked first (NotFound there: it is not).
   bool MaybeReplicated(const std::string& name) const;
-  // The answer to qos get/set of a replicated volume: its membership's settings.
-  grpc::Status ReplicatedQos(grpc::ServerContext* ctx, const std::string& name,
-                             v1::VolumeQos* resp);
+  // The answer to qos get/set of a replicated volume: its membership's settings (NotFound: no
+  // membership, so not replicated).
+  Status ReplicatedQos(const std::string& name, v1::VolumeQos* resp);
   // Thresholds, overcommit limit and fill level into a pool answer (control_service_ops.cc).
   void AddCapacityInfo(v1::Pool* pool);
 

@@ -106,7 +106,8 @@ grpc::Status ControlService::SetVolumeQos(grpc::ServerContext* ctx,
   if (MaybeReplicated(req->name())) {
     // A replicated volume's QoS lives in its membership and follows it to the node serving it.
     Status st = replicated_->SetQos(req->name(), qos::SettingsFromMessage(req->qos()));
-    if (st.ok()) return ReplicatedQos(ctx, req->name(), resp);
+    if (st.ok()) st = ReplicatedQos(req->name(), resp);
+    if (st.ok()) return grpc::Status::OK;
     if (!st.IsNotFound() || replicated_->IsReplicated(req->name())) return Fail(ctx, st);
   }
   if (Status st = qos_->Set(req->name(), qos::SettingsFromMessage(req->qos())); !st.ok())
@@ -119,21 +120,23 @@ grpc::Status ControlService::GetVolumeQos(grpc::ServerContext* ctx,
                                           const v1::GetVolumeQosRequest* req, v1::VolumeQos* resp) {
   if (Status valid = ValidateName("volume", req->name()); !valid.ok()) return Fail(ctx, valid);
   if (qos_ == nullptr) return Fail(ctx, QosDisabled());
-  if (MaybeReplicated(req->name()) && replicated_->GetQos(req->name()).ok()) {
-    return ReplicatedQos(ctx, req->name(), resp);
+  if (MaybeReplicated(req->name())) {
+    // A replicated volume's settings are its membership's (an unreachable etcd is an error, not
+    // this node's possibly stale copy); NotFound: not replicated after all.
+    Status st = ReplicatedQos(req->name(), resp);
+    if (st.ok()) return grpc::Status::OK;
+    if (!st.IsNotFound() || replicated_->IsReplicated(req->name())) return Fail(ctx, st);
   }
   if (Status st = DescribeQos(engine_, qos_, req->name(), resp); !st.ok()) return Fail(ctx, st);
   return grpc::Status::OK;
 }
 
-grpc::Status ControlService::ReplicatedQos(grpc::ServerContext* ctx, const std::string& name,
-                                           v1::VolumeQos* resp) {
-  Result<qos::QosSettings> settings = replicated_->GetQos(name);
-  if (!settings.ok()) return Fail(ctx, settings.status());
+Status ControlService::ReplicatedQos(const std::string& name, v1::VolumeQos* resp) {
+  SHALE_ASSIGN_OR_RETURN(qos::QosSettings settings, replicated_->GetQos(name));
   resp->set_name(name);
   if (Result<VolumeInfo> local = engine_->GetVolume(name); local.ok()) resp->set_pool(local->pool);
-  qos::SettingsToMessage(*settings, resp->mutable_qos());
-  return grpc::Status::OK;
+  qos::SettingsToMessage(settings, resp->mutable_qos());
+  return Status::Ok();
 }
 
 grpc::Status ControlService::GetVolumeStats(grpc::ServerContext* ctx,
