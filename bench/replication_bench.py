@@ -20,7 +20,8 @@ loopback. On node-a (the target of every volume): v1 (1 replica), v2 (2 replicas
      `shale qos rebuild-bps`).
 
     bench/replication_bench.py [--build-dir build] [--size 1G] [--runtime 5] [--reps 3]
-                               [--probe 3] [--cap BYTES/S] [--only write|rebuild] [--dir DIR]
+                               [--probe 3] [--cap BYTES/S] [--only write|rebuild|rebuild-latency]
+                               [--dir DIR]
                                [--json FILE]
 """
 import argparse
@@ -255,9 +256,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--probe", type=int, default=3, help="seconds of the latency probe")
     ap.add_argument("--cap", default=None, help="--rebuild-bps of the capped rebuild")
-    ap.add_argument("--only", choices=("write", "rebuild"), default=None,
-                    help="run only the write-path section, or only the rebuild throughput "
-                    "(no latency probe)")
+    ap.add_argument("--only", choices=("write", "rebuild", "rebuild-latency"), default=None,
+                    help="run only the write-path section, only the rebuild throughput (no "
+                    "latency probe), or the rebuild throughput and the latency probes")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -280,7 +281,7 @@ def main():
             rewrite(cluster, volume, args.size, 1)
         cluster.shale("node-a", ["replica", "wait", "v2", "--timeout", "60"])
         cluster.shale("node-a", ["replica", "wait", "v3", "--timeout", "60"])
-        if args.only != "rebuild":
+        if args.only in (None, "write"):
             write_path(cluster, args, samples)
         if args.only != "write":
             sections(cluster, args, report)
@@ -327,7 +328,7 @@ def sections(cluster, args, report):
 
 
 def print_report(args, samples, report):
-    if args.only != "rebuild":
+    if args.only in (None, "write"):
         print_write_path(args, samples)
     if "rebuild" in report:
         r = report["rebuild"]

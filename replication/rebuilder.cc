@@ -14,8 +14,8 @@
 
 namespace shale::replication {
 
-// One region of the window in flight: a read of the source and (remote target) the target's
-// block hashes, then writes of the blocks that differ.
+// One region of a window: a read of the source and (remote target, compared) the target's block
+// hashes, then writes of the blocks that differ.
 struct Rebuilder::RegionCopy {
   Copy* copy = nullptr;
   ChildIo read;
@@ -30,9 +30,12 @@ struct Rebuilder::Copy {
   Rebuilder* owner = nullptr;
   uint64_t offset = 0;
   uint64_t length = 0;
+  uint64_t lock = 0;                   // the layer's range lock
+  BackgroundAdmission::Done admitted;  // releases the window's admission
   AlignedBuffer buf;
   std::vector<RegionCopy> regions;
   uint32_t pending = 0;  // regions not done
+  uint64_t compared_blocks = 0, differing_blocks = 0;
   Status status;
 };
 
@@ -95,6 +98,11 @@ void Rebuilder::Start(std::function<void(Status)> done) {
   range_index_ = 0;
   range_done_ = 0;
   since_persist_ = 0;
+  started_bytes_ = 0;
+  in_flight_ = 0;
+  persisting_ = false;
+  compare_all_ = true;
+  failed_ = Status::Ok();
   started_ = std::chrono::steady_clock::now();
   pace_from_ = started_;
   pace_bytes_ = 0;
@@ -109,58 +117,87 @@ void Rebuilder::Cancel() { cancelled_ = true; }
 void Rebuilder::SetRate(uint64_t bps) {
   options_.bps = bps;
   pace_from_ = std::chrono::steady_clock::now();
-  pace_bytes_ = progress_.done_bytes;
+  pace_bytes_ = started_bytes_;
 }
 
+bool Rebuilder::Paced() {
+  if (options_.bps == 0) return false;
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - pace_from_).count();
+  const double allowed = elapsed * static_cast<double>(options_.bps);
+  const double started = static_cast<double>(started_bytes_ - pace_bytes_);
+  if (started <= allowed) return false;
+  const double wait_s = (started - allowed) / static_cast<double>(options_.bps);
+  timer_armed_ = true;
+  reactor_->AddTimer(static_cast<uint64_t>(std::min(wait_s, 1.0) * 1e9), [this] {
+    timer_armed_ = false;
+    Next();
+  });
+  return true;
+}
+
+// Starts windows while fewer than windows_in_flight are, the cap allows and no persist is due;
+// ends the rebuild once the last window is done (or, after an error or Cancel, the windows in
+// flight are).
 void Rebuilder::Next() {
-  if (cancelled_) return Finish(Status::Aborted("rebuild cancelled"));
-  while (range_index_ < ranges_.size() && range_done_ >= ranges_[range_index_].second) {
-    ++range_index_;
-    range_done_ = 0;
-  }
-  if (range_index_ == ranges_.size()) {
-    return Persist([this] { Finish(Status::Ok()); });
-  }
-  // Pacing: not ahead of bps since the rate was set.
-  if (options_.bps > 0) {
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - pace_from_).count();
-    const double allowed = elapsed * static_cast<double>(options_.bps);
-    const double done = static_cast<double>(progress_.done_bytes - pace_bytes_);
-    if (done > allowed) {
-      const double wait_s = (done - allowed) / static_cast<double>(options_.bps);
-      const uint64_t wait_ns = static_cast<uint64_t>(std::min(wait_s, 1.0) * 1e9);
-      reactor_->AddTimer(wait_ns, [this] { Next(); });
+  if (!running_ || timer_armed_ || persisting_) return;  // the timer or the persist calls again
+  if (cancelled_ && failed_.ok()) failed_ = Status::Aborted("rebuild cancelled");
+  for (;;) {
+    if (!failed_.ok()) {
+      if (in_flight_ == 0) Finish(failed_);
       return;
     }
+    while (range_index_ < ranges_.size() && range_done_ >= ranges_[range_index_].second) {
+      ++range_index_;
+      range_done_ = 0;
+    }
+    const bool all_started = range_index_ == ranges_.size();
+    if (all_started || since_persist_ >= options_.persist_bytes) {
+      // The windows started must be done before the flush that makes their clears true.
+      if (in_flight_ > 0) return;
+      persisting_ = true;
+      since_persist_ = 0;
+      return Persist([this, all_started] {
+        persisting_ = false;
+        if (all_started) return Finish(Status::Ok());
+        Next();
+      });
+    }
+    if (in_flight_ >= std::max<uint32_t>(options_.windows_in_flight, 1) || Paced()) return;
+    const auto& [off, len] = ranges_[range_index_];
+    auto* copy = new Copy();
+    copy->owner = this;
+    copy->offset = off + range_done_;
+    copy->length = std::min(uint64_t{options_.window_regions} * kRegionBytes, len - range_done_);
+    range_done_ += copy->length;
+    since_persist_ += copy->length;
+    started_bytes_ += copy->length;
+    ++in_flight_;
+    if (options_.admission == nullptr) {
+      CopyWindow(copy);
+      continue;
+    }
+    options_.admission->Admit(copy->length, [this, copy](BackgroundAdmission::Done admitted) {
+      copy->admitted = std::move(admitted);
+      CopyWindow(copy);
+    });
   }
-  const auto& [off, len] = ranges_[range_index_];
-  const uint64_t window = uint64_t{options_.window_regions} * kRegionBytes;
-  const uint64_t start = off + range_done_;
-  const uint64_t length = std::min(window, len - range_done_);
-  range_done_ += length;
-  if (options_.admission == nullptr) return CopyWindow(start, length);
-  options_.admission->Admit(length, [this, start, length](BackgroundAdmission::Done admitted) {
-    window_admitted_ = std::move(admitted);
-    CopyWindow(start, length);
-  });
 }
 
-void Rebuilder::CopyWindow(uint64_t offset, uint64_t length) {
-  auto* copy = new Copy();
-  copy->owner = this;
-  copy->offset = offset;
-  copy->length = length;
-  copy->buf = AllocateAligned(length);
-  copy->regions = std::vector<RegionCopy>((length + kRegionBytes - 1) / kRegionBytes);
-  layer_->LockRange(offset, length, [this, copy] {
+void Rebuilder::CopyWindow(Copy* copy) {
+  copy->buf = AllocateAligned(copy->length);
+  copy->regions = std::vector<RegionCopy>((copy->length + kRegionBytes - 1) / kRegionBytes);
+  copy->lock = layer_->LockRange(copy->offset, copy->length, [this, copy] {
     std::shared_ptr<ReplicaTarget> target = layer_->Target(target_);
-    const bool hash = target != nullptr && target->can_hash();
+    const bool can_hash = target != nullptr && target->can_hash();
+    // Whole windows (compare_all_ false) still hash their first region: the probe that tells
+    // when the target's copy stops differing everywhere.
+    const bool probe_only = !compare_all_;
     copy->pending = static_cast<uint32_t>(copy->regions.size());
     for (size_t i = 0; i < copy->regions.size(); ++i) {
       RegionCopy& rc = copy->regions[i];
       rc.copy = copy;
-      rc.pending = hash ? 2 : 1;
+      rc.pending = can_hash && (i == 0 || !probe_only) ? 2 : 1;
       rc.read.io.op = VolumeOp::kRead;
       rc.read.io.offset = copy->offset + i * kRegionBytes;
       rc.read.io.length = std::min<uint64_t>(kRegionBytes, copy->length - i * kRegionBytes);
@@ -175,7 +212,7 @@ void Rebuilder::CopyWindow(uint64_t offset, uint64_t length) {
     }
     // Submitted after every region is set up: a completion may finish the window.
     for (RegionCopy& rc : copy->regions) {
-      if (hash) target->SubmitHash(&rc.hash, kRebuildBlockBytes);
+      if (rc.pending == 2) target->SubmitHash(&rc.hash, kRebuildBlockBytes);
       layer_->SubmitTo(source_, &rc.read);
     }
   });
@@ -208,12 +245,19 @@ void Rebuilder::SendDiff(RegionCopy* rc) {
   const uint64_t blocks = (read.length + kRebuildBlockBytes - 1) / kRebuildBlockBytes;
   const std::vector<Hash128>& theirs = rc->hash.remote.hashes;
   const bool compare = rc->hash.target != nullptr && theirs.size() == blocks;
-  const auto differs = [&](uint64_t b) {
-    if (!compare) return true;
-    const uint64_t at = b * kRebuildBlockBytes;
-    return !(HashContent128(read.buf + at,
-                            std::min<uint64_t>(kRebuildBlockBytes, read.length - at)) == theirs[b]);
-  };
+  std::vector<bool> differ(blocks, true);
+  if (compare) {
+    for (uint64_t b = 0; b < blocks; ++b) {
+      const uint64_t at = b * kRebuildBlockBytes;
+      differ[b] =
+          !(HashContent128(read.buf + at,
+                           std::min<uint64_t>(kRebuildBlockBytes, read.length - at)) == theirs[b]);
+      rc->copy->differing_blocks += differ[b] ? 1 : 0;
+    }
+    rc->copy->compared_blocks += blocks;
+    progress_.compared_bytes += read.length;
+  }
+  const auto differs = [&](uint64_t b) { return bool(differ[b]); };
   const auto zero = [&](uint64_t from, uint64_t len) {
     for (uint64_t k = 0; k + 8 <= len; k += 8) {
       uint64_t w;
@@ -248,18 +292,22 @@ void Rebuilder::SendDiff(RegionCopy* rc) {
 }
 
 void Rebuilder::WindowDone(Copy* copy) {
-  layer_->UnlockRange();
-  if (window_admitted_) std::exchange(window_admitted_, nullptr)();
   std::unique_ptr<Copy> owned(copy);
-  if (!copy->status.ok()) return Finish(copy->status);
+  layer_->UnlockRange(copy->lock);
+  if (copy->admitted) std::exchange(copy->admitted, nullptr)();
+  --in_flight_;
+  if (!copy->status.ok()) {
+    if (failed_.ok()) failed_ = copy->status;
+    return Next();
+  }
   const uint64_t first = copy->offset / kRegionBytes;
   const uint64_t last = (copy->offset + copy->length - 1) / kRegionBytes;
   for (uint64_t r = first; r <= last; ++r) changed_->Clear(target_, r);
   progress_.done_bytes += copy->length;
-  since_persist_ += copy->length;
-  if (since_persist_ >= options_.persist_bytes) {
-    since_persist_ = 0;
-    return Persist([this] { Next(); });
+  if (copy->compared_blocks > 0) {
+    compare_all_ = options_.whole_above <= 0 ||
+                   static_cast<double>(copy->differing_blocks) <
+                       options_.whole_above * static_cast<double>(copy->compared_blocks);
   }
   Next();
 }
@@ -293,7 +341,8 @@ void Rebuilder::Finish(Status status) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   if (status.ok()) {
     SHALE_LOG_INFO("replication: rebuild finished", {"from", source_}, {"to", target_},
-                   {"bytes", progress_.done_bytes}, {"seconds", secs});
+                   {"bytes", progress_.done_bytes}, {"sent", progress_.sent_bytes},
+                   {"compared", progress_.compared_bytes}, {"seconds", secs});
   } else {
     SHALE_LOG_WARN("replication: rebuild stopped", {"from", source_}, {"to", target_},
                    {"bytes", progress_.done_bytes}, {"error", status.ToString()});

@@ -97,8 +97,33 @@ ReplicationLayer::Slot* ReplicationLayer::FindSlot(const std::string& node, size
 }
 
 bool ReplicationLayer::Overlaps(const VolumeIo* io) const {
-  if (!range_locked_ || io->op == VolumeOp::kFlush) return false;
-  return io->offset < lock_offset_ + lock_length_ && lock_offset_ < io->offset + io->length;
+  if (io->op == VolumeOp::kFlush) return false;
+  for (const RangeLock& l : range_locks_) {
+    if (io->offset < l.offset + l.length && l.offset < io->offset + io->length) return true;
+  }
+  return false;
+}
+
+bool ReplicationLayer::WriteInFlightTo(uint64_t offset, uint64_t length) const {
+  for (const Fanout* f : writes_in_flight_) {
+    const VolumeIo* c = f->client;
+    if (IsWriteOp(c->op) && c->offset < offset + length && offset < c->offset + c->length) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Runs the go() of every lock whose range no longer has a write in flight.
+void ReplicationLayer::GrantDrainedLocks() {
+  std::vector<std::function<void()>> ready;
+  for (RangeLock& l : range_locks_) {
+    if (l.waiter && !WriteInFlightTo(l.offset, l.length)) {
+      ready.push_back(std::move(l.waiter));
+      l.waiter = nullptr;
+    }
+  }
+  for (auto& go : ready) go();  // may lock or unlock ranges
 }
 
 bool ReplicationLayer::WritesBlocked() const {
@@ -285,19 +310,7 @@ void ReplicationLayer::Complete(Fanout* f, Status status) {
   delete f;
   io->status = std::move(status);
   io->done(io);
-  if (lock_waiter_) {
-    bool busy = false;
-    for (Fanout* w : writes_in_flight_) {
-      const VolumeIo* c = w->client;
-      busy = busy || (IsWriteOp(c->op) && c->offset < lock_offset_ + lock_length_ &&
-                      lock_offset_ < c->offset + c->length);
-    }
-    if (!busy) {
-      auto go = std::move(lock_waiter_);
-      lock_waiter_ = nullptr;
-      go();
-    }
-  }
+  GrantDrainedLocks();
   MaybeQuiesced();
 }
 
@@ -627,26 +640,29 @@ std::shared_ptr<ReplicaTarget> ReplicationLayer::Target(const std::string& node)
   return nullptr;
 }
 
-void ReplicationLayer::LockRange(uint64_t offset, uint64_t length, std::function<void()> go) {
-  SHALE_CHECK(!range_locked_, "one range lock at a time");
-  range_locked_ = true;
-  lock_offset_ = offset;
-  lock_length_ = length;
-  bool busy = false;
-  for (Fanout* f : writes_in_flight_) {
-    const VolumeIo* c = f->client;
-    busy =
-        busy || (IsWriteOp(c->op) && c->offset < offset + length && offset < c->offset + c->length);
+uint64_t ReplicationLayer::LockRange(uint64_t offset, uint64_t length, std::function<void()> go) {
+  for (const RangeLock& l : range_locks_) {
+    SHALE_CHECK(offset >= l.offset + l.length || l.offset >= offset + length,
+                "overlapping range locks");
   }
-  if (!busy) {
+  RangeLock lock;
+  lock.id = next_lock_id_++;
+  lock.offset = offset;
+  lock.length = length;
+  if (!WriteInFlightTo(offset, length)) {
     reactor_->Post(std::move(go));
   } else {
-    lock_waiter_ = std::move(go);
+    lock.waiter = std::move(go);
   }
+  range_locks_.push_back(std::move(lock));
+  return range_locks_.back().id;
 }
 
-void ReplicationLayer::UnlockRange() {
-  range_locked_ = false;
+void ReplicationLayer::UnlockRange(uint64_t id) {
+  const auto it = std::find_if(range_locks_.begin(), range_locks_.end(),
+                               [id](const RangeLock& l) { return l.id == id; });
+  SHALE_CHECK(it != range_locks_.end() && !it->waiter, "UnlockRange of a range not locked");
+  range_locks_.erase(it);
   ResumeHeld();
 }
 

@@ -151,9 +151,10 @@ class ReplicationLayer final : public VolumeLayer {
 
   // --- for the Rebuilder, on the reactor ---
   // Calls go() once no write to [offset, offset+length) is in flight; writes to it submitted
-  // from now on wait until UnlockRange.
-  void LockRange(uint64_t offset, uint64_t length, std::function<void()> go);
-  void UnlockRange();
+  // from now on wait until UnlockRange(the id returned). Several ranges may be locked at once
+  // (the rebuild's windows in flight); they must not overlap.
+  uint64_t LockRange(uint64_t offset, uint64_t length, std::function<void()> go);
+  void UnlockRange(uint64_t id);
   // Submits one request straight to a replica (the rebuild's reads and writes), outside the
   // fan-out; `done` runs on the reactor.
   void SubmitTo(const std::string& node, ChildIo* child);
@@ -221,9 +222,14 @@ class ReplicationLayer final : public VolumeLayer {
   // dispatched; a flush in flight holds those before it (Fanout::flushing).
   std::set<uint64_t> unflushed_;
   std::deque<VolumeIo*> held_;  // writes waiting (a leave, a locked range)
-  bool range_locked_ = false;
-  uint64_t lock_offset_ = 0, lock_length_ = 0;
-  std::function<void()> lock_waiter_;  // LockRange's go, once the range drained
+  struct RangeLock {
+    uint64_t id = 0, offset = 0, length = 0;
+    std::function<void()> waiter;  // LockRange's go, until no write to the range is in flight
+  };
+  std::vector<RangeLock> range_locks_;
+  uint64_t next_lock_id_ = 1;
+  bool WriteInFlightTo(uint64_t offset, uint64_t length) const;
+  void GrantDrainedLocks();
   bool quiesced_ = false;
   std::function<void()> quiesce_waiter_;  // Quiesce's go, once no write is in flight
   void MaybeQuiesced();
