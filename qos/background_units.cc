@@ -71,6 +71,8 @@ void PoolAdmission::Admit(uint64_t bytes, std::function<void(Done done)> go) {
   SubmitBackgroundUnit(scheduler_.get(), client_, bytes, std::move(go), shared_from_this());
 }
 
+bool PoolAdmission::ForegroundBusy() const { return scheduler_->ActiveOthers(client_) > 0; }
+
 void PoolAdmission::DispatchReady(VolumeIo* io) {
   SHALE_CHECK(IsBackgroundUnit(io), "PoolAdmission: dispatched something that is not a unit");
   StartBackgroundUnit(io, reactor_,

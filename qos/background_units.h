@@ -50,8 +50,10 @@ class PoolAdmission final : public BackgroundAdmission,
   PoolAdmission(const PoolAdmission&) = delete;
   PoolAdmission& operator=(const PoolAdmission&) = delete;
 
-  // BackgroundAdmission: on the reactor.
+  // BackgroundAdmission: on the reactor. Busy while another client of the pool (a volume's
+  // I/O, another background job) has requests outstanding.
   void Admit(uint64_t bytes, std::function<void(Done done)> go) override;
+  bool ForegroundBusy() const override;
   // PoolScheduler::Sink.
   void DispatchReady(VolumeIo* io) override;
 

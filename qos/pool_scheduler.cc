@@ -136,6 +136,12 @@ PoolScheduler::ClientStats PoolScheduler::GetClientStats(const Client* c) const 
 
 uint32_t PoolScheduler::pending(const Client* c) const { return c->pending; }
 
+uint32_t PoolScheduler::ActiveOthers(const Client* c) const {
+  const uint32_t active = active_.load(std::memory_order_seq_cst);
+  const uint32_t self = c->outstanding != 0 ? 1 : 0;
+  return active > self ? active - self : 0;
+}
+
 bool PoolScheduler::TryAcquire() {
   uint32_t cur = outstanding_.load(std::memory_order_seq_cst);
   while (cur < budget_.load(std::memory_order_relaxed)) {

@@ -108,6 +108,8 @@ class PoolScheduler {
   void Complete(Client* client);
   // Requests of this client queued or picked but not yet handed to its sink.
   uint32_t pending(const Client* client) const;
+  // Clients other than `client` with requests outstanding (dispatched, not completed).
+  uint32_t ActiveOthers(const Client* client) const;
 
  private:
   bool TryAcquire();

@@ -159,6 +159,34 @@ TEST(PoolSchedulerTest, AVolumeAloneIsNotHeldByTheBudgetUntilASecondOneComes) {
   EXPECT_EQ(sched.GetStats().active, 0u);
 }
 
+// A background job asks whether anyone else keeps the device busy (ActiveOthers): its own
+// requests do not count, every other client with a request outstanding does.
+TEST(PoolSchedulerTest, ActiveOthersCountsTheOtherClientsWithRequestsOutstanding) {
+  auto reactor = StartReactor("ps-test");
+  PoolScheduler sched({.budget = 8});
+  auto a = std::make_shared<Driver>(&sched, reactor.get());
+  auto b = std::make_shared<Driver>(&sched, reactor.get());
+  a->auto_complete = b->auto_complete = false;
+  a->Register(a, 100);
+  b->Register(b, 100);
+  std::vector<VolumeIo> aios(2), bios(1);
+  reactor->RunSync([&] {
+    EXPECT_EQ(sched.ActiveOthers(a->client), 0u);
+    sched.Submit(a->client, &aios[0]);
+    sched.Submit(a->client, &aios[1]);
+    EXPECT_EQ(sched.ActiveOthers(a->client), 0u) << "its own requests do not count";
+    EXPECT_EQ(sched.ActiveOthers(b->client), 1u);
+    sched.Submit(b->client, &bios[0]);
+    EXPECT_EQ(sched.ActiveOthers(a->client), 1u);
+    EXPECT_EQ(sched.ActiveOthers(b->client), 1u);
+    sched.Complete(a->client);
+    sched.Complete(a->client);
+    EXPECT_EQ(sched.ActiveOthers(b->client), 0u) << "a is idle again";
+    sched.Complete(b->client);
+    EXPECT_EQ(sched.ActiveOthers(a->client), 0u);
+  });
+}
+
 TEST(PoolSchedulerTest, AtTheBudgetRequestsWaitAndFollowCompletionsInOrder) {
   auto reactor = StartReactor("ps-test");
   PoolScheduler sched({.budget = 2, .solo_bypass = false});

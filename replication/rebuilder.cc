@@ -102,6 +102,7 @@ void Rebuilder::Start(std::function<void(Status)> done) {
   in_flight_ = 0;
   persisting_ = false;
   compare_all_ = true;
+  probe_countdown_ = 0;
   failed_ = Status::Ok();
   started_ = std::chrono::steady_clock::now();
   pace_from_ = started_;
@@ -163,12 +164,19 @@ void Rebuilder::Next() {
         Next();
       });
     }
-    if (in_flight_ >= std::max<uint32_t>(options_.windows_in_flight, 1) || Paced()) return;
+    // Clients busy on the device: one small window at a time, so they wait behind little.
+    const bool busy = options_.admission != nullptr && options_.admission->ForegroundBusy();
+    const uint32_t max_windows = busy ? 1 : std::max<uint32_t>(options_.windows_in_flight, 1);
+    const uint32_t regions =
+        std::max<uint32_t>(1, busy ? std::min(options_.busy_window_regions, options_.window_regions)
+                                   : options_.window_regions);
+    if (in_flight_ >= max_windows || Paced()) return;
+    if (busy) ++progress_.busy_windows;
     const auto& [off, len] = ranges_[range_index_];
     auto* copy = new Copy();
     copy->owner = this;
     copy->offset = off + range_done_;
-    copy->length = std::min(uint64_t{options_.window_regions} * kRegionBytes, len - range_done_);
+    copy->length = std::min(uint64_t{regions} * kRegionBytes, len - range_done_);
     range_done_ += copy->length;
     since_persist_ += copy->length;
     started_bytes_ += copy->length;
@@ -190,14 +198,17 @@ void Rebuilder::CopyWindow(Copy* copy) {
   copy->lock = layer_->LockRange(copy->offset, copy->length, [this, copy] {
     std::shared_ptr<ReplicaTarget> target = layer_->Target(target_);
     const bool can_hash = target != nullptr && target->can_hash();
-    // Whole windows (compare_all_ false) still hash their first region: the probe that tells
-    // when the target's copy stops differing everywhere.
-    const bool probe_only = !compare_all_;
     copy->pending = static_cast<uint32_t>(copy->regions.size());
     for (size_t i = 0; i < copy->regions.size(); ++i) {
       RegionCopy& rc = copy->regions[i];
       rc.copy = copy;
-      rc.pending = can_hash && (i == 0 || !probe_only) ? 2 : 1;
+      // Sending whole (compare_all_ false), one region in window_regions is still compared:
+      // the probe that tells when the target's copy stops differing everywhere.
+      const bool compare = compare_all_ || probe_countdown_ == 0;
+      probe_countdown_ =
+          compare ? std::max<uint32_t>(options_.window_regions, 1) - 1 : probe_countdown_ - 1;
+      if (compare_all_) probe_countdown_ = 0;
+      rc.pending = can_hash && compare ? 2 : 1;
       rc.read.io.op = VolumeOp::kRead;
       rc.read.io.offset = copy->offset + i * kRegionBytes;
       rc.read.io.length = std::min<uint64_t>(kRegionBytes, copy->length - i * kRegionBytes);
@@ -342,7 +353,8 @@ void Rebuilder::Finish(Status status) {
   if (status.ok()) {
     SHALE_LOG_INFO("replication: rebuild finished", {"from", source_}, {"to", target_},
                    {"bytes", progress_.done_bytes}, {"sent", progress_.sent_bytes},
-                   {"compared", progress_.compared_bytes}, {"seconds", secs});
+                   {"compared", progress_.compared_bytes},
+                   {"small_windows", progress_.busy_windows}, {"seconds", secs});
   } else {
     SHALE_LOG_WARN("replication: rebuild stopped", {"from", source_}, {"to", target_},
                    {"bytes", progress_.done_bytes}, {"error", status.ToString()});

@@ -11,12 +11,13 @@
 // few 4 KiB writes in a region receives those blocks, not the whole 1 MiB region; a local target
 // gets every block. Hashing costs a read of the target's copy: when a window finds nearly every
 // block different (`whole_above` of them: a new replica, regions rewritten end to end while it
-// was out), the windows after it hash only their first region (a probe) and send the others
-// whole, until a probe finds less differing. After each copied window its regions are cleared in
+// was out), the regions after it are sent whole but one in `window_regions` (a probe), until a
+// probe finds less differing. After each copied window its regions are cleared in
 // ChangedRegions; every `persist_bytes` (and at the end) the windows in flight drain, the target
 // is flushed and the clears committed, so a rebuild resumes where it was after a restart of
 // either end. Copies are paced by `bps` (0: unlimited), changeable while running, and each
-// window first waits for `admission` (QoS's background class in the pool's scheduler).
+// window first waits for `admission` (QoS's background class in the pool's scheduler); while
+// the admission reports clients busy, windows shrink to `busy_window_regions`, one at a time.
 //
 // Threading: everything on the volume's reactor.
 #pragma once
@@ -53,8 +54,11 @@ class Rebuilder {
     uint64_t bps = 0;                // copy rate cap in bytes/s; 0: none
     uint32_t window_regions = 8;     // regions per window
     uint32_t windows_in_flight = 2;  // windows copied at once
-    // A window whose compared blocks differ in at least this share sends the next windows
-    // whole (bar a probe region each); 0: always compare.
+    // While the admission says the device is busy with other work (clients), windows of at
+    // most this many regions, one at a time: the rebuild keeps little in the device's queue.
+    uint32_t busy_window_regions = 1;
+    // A window whose compared blocks differ in at least this share sends the regions after it
+    // whole but one in window_regions (the probe); 0: always compare.
     double whole_above = 0.95;
     uint64_t persist_bytes = 64ull << 20;
     // Each window waits for it before it starts (QoS: one background unit of the window's
@@ -66,6 +70,7 @@ class Rebuilder {
     uint64_t total_bytes = 0;     // the regions to rebuild
     uint64_t sent_bytes = 0;      // data written to the target (blocks that differed)
     uint64_t compared_bytes = 0;  // of done_bytes, compared by hash with the target's copy
+    uint64_t busy_windows = 0;    // windows started small because clients were busy
   };
 
   // Copies the regions ChangedRegions has marked for `target` at Start().
@@ -118,8 +123,9 @@ class Rebuilder {
   uint32_t in_flight_ = 0;      // windows started (admission included), not done
   bool persisting_ = false;
   bool timer_armed_ = false;
-  bool compare_all_ = true;  // false: windows hash only their first region (see whole_above)
-  Status failed_;            // the first window's error: no more windows start
+  bool compare_all_ = true;  // false: one region in window_regions is compared (see whole_above)
+  uint32_t probe_countdown_ = 0;  // regions sent whole before the next probe
+  Status failed_;                 // the first window's error: no more windows start
   std::chrono::steady_clock::time_point started_;
   // Pacing: no more than options_.bps since pace_from_, when pace_bytes_ were started.
   std::chrono::steady_clock::time_point pace_from_;

@@ -208,13 +208,16 @@ class CountingAdmission final : public BackgroundAdmission {
   void Admit(uint64_t bytes, std::function<void(Done done)> go) override {
     ++admitted;
     bytes_admitted += bytes;
+    max_unit = std::max(max_unit, bytes);
     reactor_->Post([this, go = std::move(go)] {
       max_held = std::max(max_held, ++held);
       go([this] { --held; });
     });
   }
+  bool ForegroundBusy() const override { return busy; }
   uint32_t admitted = 0, held = 0, max_held = 0;
-  uint64_t bytes_admitted = 0;
+  uint64_t bytes_admitted = 0, max_unit = 0;
+  bool busy = false;
 
  private:
   Reactor* const reactor_;
@@ -248,6 +251,38 @@ TEST_F(RebuilderTest, WindowsAreAdmittedAndTheCapChangesLive) {
     EXPECT_EQ(admission->held, 0u) << "every admission released";
   });
   EXPECT_EQ(total, 9 * kMiB);
+  ExpectAllReplicasEqualTheOracle({"node-a", "node-c"});
+}
+
+// While the admission says clients keep the device busy, the rebuild keeps one 1 MiB region in
+// flight (a client request waits behind little); idle, it copies 8-region windows, two at once.
+TEST_F(RebuilderTest, WhileClientsAreBusyTheRebuildCopiesOneRegionAtATime) {
+  ASSERT_NO_FATAL_FAILURE(MissThenRebuilding(24 * kMiB, 80));
+  auto admission = std::make_shared<CountingAdmission>(reactor_);
+  admission->busy = true;
+  Rebuilder::Options o;
+  o.admission = admission;
+  Rebuilder::Progress progress;
+  ASSERT_TRUE(Rebuild("node-a", "node-c", o, &progress).ok());
+  reactor_->RunSync([&] {
+    EXPECT_EQ(admission->admitted, 24u) << "one unit per region";
+    EXPECT_EQ(admission->max_unit, kMiB);
+    EXPECT_EQ(admission->max_held, 1u) << "one window at a time";
+  });
+  EXPECT_EQ(progress.busy_windows, 24u);
+  ExpectAllReplicasEqualTheOracle({"node-a", "node-c"});
+
+  // The same rebuild with the device idle: three 8-region windows, up to two at once.
+  ASSERT_NO_FATAL_FAILURE(MissThenRebuilding(24 * kMiB, 81));
+  admission = std::make_shared<CountingAdmission>(reactor_);
+  o.admission = admission;
+  ASSERT_TRUE(Rebuild("node-a", "node-c", o, &progress).ok());
+  reactor_->RunSync([&] {
+    EXPECT_EQ(admission->admitted, 3u);
+    EXPECT_EQ(admission->max_unit, 8 * kMiB);
+    EXPECT_LE(admission->max_held, 2u);
+  });
+  EXPECT_EQ(progress.busy_windows, 0u);
   ExpectAllReplicasEqualTheOracle({"node-a", "node-c"});
 }
 

@@ -66,6 +66,9 @@ class BackgroundAdmission {
   // never inside Admit, once the unit may start; the engine calls `done()` exactly once, on that
   // reactor, when the unit's I/O has completed (so the unit counts as in flight until then).
   virtual void Admit(uint64_t bytes, std::function<void(Done done)> go) = 0;
+  // On the same reactor: whether other work of the device (clients) is outstanding now, so a
+  // background job that can choose its unit size keeps less in flight. Default: never.
+  virtual bool ForegroundBusy() const { return false; }
 };
 
 }  // namespace shale
