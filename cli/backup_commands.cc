@@ -163,6 +163,9 @@ void BackupCommands::AddCommands(CLI::App& app) {
       ->required();
   restore->add_option("NEW-VOLUME", volume_, "The volume to create")->required();
   restore->add_option("--pool", pool_, "Pool of the new volume")->type_name("P");
+  replica_flags_.Add(restore,
+                     "A replicated volume (cluster mode): this node restores its replica, the "
+                     "others on distinct nodes are filled from it");
   AddS3Options(restore);
   restore->callback(SelectAction(action_, this, &BackupCommands::RunRestore));
 }
@@ -285,6 +288,7 @@ int BackupCommands::RunRestore(ControlClient& client, Format format) {
   *req.mutable_backup() = Target(url_);
   req.set_volume(volume_);
   req.set_pool(pool_);
+  replica_flags_.Fill(&req);
   v1::BackupProgress last;
   if (!Stream(client, &v1::Control::Stub::RestoreBackup, req, "restoring " + volume_, &last)) {
     return kExitFailure;

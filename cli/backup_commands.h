@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cli/control_client.h"
+#include "cli/replica_flags.h"
 
 namespace shale::cli {
 
@@ -60,6 +61,7 @@ class BackupCommands {
   bool drew_ = false;
   // Parsed arguments (one command runs per invocation).
   std::string snapshot_, url_, volume_, pool_, s3_endpoint_, region_;
+  ReplicaFlags replica_flags_;  // restore
   unsigned keep_ = 0;
   bool full_ = false;
 };

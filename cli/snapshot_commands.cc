@@ -112,22 +112,10 @@ void SnapshotCommands::AddCloneCommand(CLI::App& app) {
                          "exact content and digest");
   clone_create->add_option("--label", labels_, "Attach a label to the new volume; repeatable")
       ->type_name("KEY=VALUE");
-  clone_create
-      ->add_option("--replicas", replicas_,
-                   "A replicated clone of a replicated volume's snapshot: replicas on distinct "
-                   "nodes (cluster mode; each a clone of its node's copy where it holds one)")
-      ->check(CLI::Range(1, 16))
-      ->type_name("N");
-  clone_create->add_option("--replica-nodes", replica_nodes_, "With --replicas: only these nodes")
-      ->delimiter(',')
-      ->type_name("a,b,c");
-  clone_create
-      ->add_option("--replica-node-selector", replica_node_selector_,
-                   "With --replicas: only nodes whose labels meet it (as volume create's)")
-      ->type_name("SELECTOR");
-  clone_create->add_option("--min-in-sync", min_in_sync_, "With --replicas: as volume create's")
-      ->check(CLI::Range(1, 16))
-      ->type_name("M");
+  replica_flags_.Add(clone_create,
+                     "A replicated clone (cluster mode): replicas on distinct nodes, each a "
+                     "clone of its node's copy of the snapshot where it holds one; of a live "
+                     "VOLUME, only when it is this node's own (not replicated)");
   clone_create->callback(SelectAction(action_, this, &SnapshotCommands::RunClone));
 
   CLI::App* clone_list =
@@ -328,10 +316,7 @@ int SnapshotCommands::RunClone(ControlClient& client, Format format) {
   req.set_name(target_);
   req.set_read_only(read_only_);
   req.mutable_labels()->insert(labels.begin(), labels.end());
-  req.set_replicas(replicas_);
-  for (const std::string& node : replica_nodes_) req.add_replica_nodes(node);
-  req.set_min_in_sync(min_in_sync_);
-  req.set_replica_node_selector(replica_node_selector_);
+  replica_flags_.Fill(&req);
   return RunRpc(client, &v1::Control::Stub::CloneVolume, req, err_, [&](const v1::Volume& v) {
     format == Format::kJson ? PrintJson(ToJson(v)) : void(out_ << VolumeView(v));
     return kExitOk;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli/control_client.h"
+#include "cli/replica_flags.h"
 
 namespace shale::cli {
 
@@ -63,9 +64,7 @@ class SnapshotCommands {
   bool overwrite_ = false;
   bool read_only_ = false;
   // clone create: a replicated clone (cluster mode).
-  uint32_t replicas_ = 0, min_in_sync_ = 0;
-  std::vector<std::string> replica_nodes_;
-  std::string replica_node_selector_;
+  ReplicaFlags replica_flags_;
 };
 
 }  // namespace shale::cli

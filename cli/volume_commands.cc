@@ -35,28 +35,9 @@ CLI::App* VolumeCommands::AddCommands(CLI::App& app) {
   create->add_flag("--read-only", read_only_, "Refuse writes to the volume");
   create->add_option("--label", labels_, "Attach a label; repeatable")->type_name("KEY=VALUE");
   qos_->AddCreateFlags(create);
-  create
-      ->add_option("--replicas", replicas_,
-                   "Replicas on distinct nodes (cluster mode; the local node first, then by free "
-                   "capacity)")
-      ->check(CLI::Range(1, 16))
-      ->type_name("N");
-  create
-      ->add_option("--replica-nodes", replica_nodes_,
-                   "Place the replicas only on these nodes (comma-separated)")
-      ->delimiter(',')
-      ->type_name("a,b,c");
-  create
-      ->add_option("--replica-node-selector", replica_node_selector_,
-                   "Place the replicas (and those replacing them later) only on nodes whose "
-                   "labels (`shale node label`) meet it: KEY=VALUE, KEY!=VALUE, KEY, !KEY, "
-                   "comma-separated, all must hold")
-      ->type_name("SELECTOR");
-  create
-      ->add_option("--min-in-sync", min_in_sync_,
-                   "Replicas that must stay in sync for writes to succeed (default 1)")
-      ->check(CLI::Range(1, 16))
-      ->type_name("M");
+  replica_flags_.Add(create,
+                     "Replicas on distinct nodes (cluster mode; the local node first, then by "
+                     "free capacity)");
   create->callback(SelectAction(action_, this, &VolumeCommands::RunCreate));
 
   CLI::App* list = volume_cmd->add_subcommand("list", "List volumes");
@@ -133,10 +114,7 @@ int VolumeCommands::RunCreate(ControlClient& client, Format format) {
   req.set_pool(pool_);
   req.set_read_only(read_only_);
   req.mutable_labels()->insert(labels.begin(), labels.end());
-  req.set_replicas(replicas_);
-  for (const std::string& node : replica_nodes_) req.add_replica_nodes(node);
-  req.set_min_in_sync(min_in_sync_);
-  req.set_replica_node_selector(replica_node_selector_);
+  replica_flags_.Fill(&req);
   if (!qos_->FillCreate(&req, &error)) {
     err_ << "shale: volume create: " << error << "\n";
     return kExitUsage;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli/control_client.h"
+#include "cli/replica_flags.h"
 
 namespace shale::cli {
 
@@ -53,10 +54,7 @@ class VolumeCommands {
   std::vector<std::string> labels_;
   bool read_only_ = false;
   bool force_ = false;
-  uint32_t replicas_ = 0;  // 0: not given (a local volume)
-  std::vector<std::string> replica_nodes_;
-  uint32_t min_in_sync_ = 0;
-  std::string replica_node_selector_;
+  ReplicaFlags replica_flags_;
 };
 
 }  // namespace shale::cli

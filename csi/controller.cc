@@ -403,13 +403,6 @@ Result<VolumeInfo> CreateReplicated(const DriverOptions& options, Engine* engine
   if (!options.create_replicated) {
     return Status::InvalidArgument(wanted + " needs shaled in cluster mode (--cluster-store)");
   }
-  if (plan.has_source &&
-      (!src.restore_from.empty() || src.clone_from.find('@') == std::string::npos)) {
-    return Status::InvalidArgument(
-        wanted +
-        " from a backup or from a volume is not supported yet (from a VolumeSnapshot of a "
-        "replicated volume it is; replicas=1 makes a local volume)");
-  }
   // Replicas only on the requisite nodes when the CO names some (this node is among them).
   std::vector<std::string> nodes;
   if (request.has_accessibility_requirements()) {
@@ -432,7 +425,8 @@ Result<VolumeInfo> CreateReplicated(const DriverOptions& options, Engine* engine
                                            .replicas = plan.vp.replicas,
                                            .nodes = nodes,
                                            .node_selector = plan.vp.replica_node_selector,
-                                           .source = plan.has_source ? src.clone_from : ""});
+                                           .source = plan.has_source ? src.clone_from : "",
+                                           .backup = src.restore_from});
   if (made.code() == StatusCode::kFailedPrecondition) {
     // Too few nodes qualify (spec: RESOURCE_EXHAUSTED, "unable to provision in topology").
     return Status::NoSpace(std::string(made.message()));

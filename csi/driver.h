@@ -70,7 +70,8 @@ struct DriverOptions {
     uint32_t replicas = 1;
     std::vector<std::string> nodes;
     std::string node_selector;
-    std::string source;
+    std::string source;  // "VOLUME@SNAP" or this node's volume "VOLUME"; "": none
+    std::string backup;  // a backup handle "s3://BUCKET/PREFIX/ID" to restore; "": none
   };
   std::function<Status(const ReplicatedCreate& create)> create_replicated;
   // ControllerExpandVolume of a replicated volume, from any node (docs/replication.md, "Growing a

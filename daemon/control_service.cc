@@ -308,8 +308,7 @@ grpc::Status ControlService::CreateVolume(grpc::ServerContext* ctx,
   if (req->has_qos()) spec.qos = qos::SettingsFromMessage(req->qos());
   std::vector<std::string> advice;
   Result<VolumeInfo> volume = Status::Internal("not run");
-  if (req->replicas() > 1 || req->replica_nodes_size() > 0 || req->min_in_sync() > 0 ||
-      !req->replica_node_selector().empty()) {
+  if (internal::WantsReplicas(*req)) {
     volume = internal::CreateReplicated(replicated_, spec, *req, &advice);
   } else {
     volume = lifecycle_->Create(spec, &advice);

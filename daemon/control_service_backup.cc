@@ -209,7 +209,15 @@ grpc::Status ControlService::RestoreBackup(grpc::ServerContext* ctx,
   spec.volume.params.name = req->volume();
   spec.volume.params.pool = req->pool();
   spec.progress = progress.Fn();
-  Result<VolumeInfo> restored = lifecycle_->Restore(spec);
+  Result<VolumeInfo> restored = [&]() -> Result<VolumeInfo> {
+    if (!internal::WantsReplicas(*req)) return lifecycle_->Restore(spec);
+    ReplicatedSpec from;
+    from.backup = spec.backup;
+    from.backup_endpoint = spec.endpoint;
+    from.restore_progress = spec.progress;
+    return internal::CreateReplicated(replicated_, spec.volume, internal::ReplicaFieldsOf(*req),
+                                      nullptr, std::move(from));
+  }();
   if (!restored.ok()) return Fail(ctx, restored.status());
   v1::BackupProgress last;
   last.set_phase("done");

@@ -219,20 +219,19 @@ grpc::Status ControlService::ForgetNode(grpc::ServerContext* ctx, const v1::Forg
 Result<VolumeInfo> internal::CreateReplicated(ReplicatedVolumes* replicated, const VolumeSpec& spec,
                                               const v1::CreateVolumeRequest& req,
                                               std::vector<std::string>* advice,
-                                              const std::string& source) {
+                                              ReplicatedSpec from) {
   if (replicated == nullptr) {
     return Status::FailedPrecondition(
         "--replicas " + std::to_string(req.replicas()) +
         " needs a shaled in a cluster (start it with --cluster-store, --node-name and "
         "--cluster-secret-file)");
   }
-  ReplicatedSpec r;
+  ReplicatedSpec r = std::move(from);
   r.volume = spec;
   r.replicas = req.replicas() == 0 ? 1 : req.replicas();
   r.replica_nodes.assign(req.replica_nodes().begin(), req.replica_nodes().end());
   r.min_in_sync = req.min_in_sync() == 0 ? 1 : req.min_in_sync();
   r.node_selector = req.replica_node_selector();
-  r.source = source;
   if (r.min_in_sync > r.replicas) {
     return Status::InvalidArgument("--min-in-sync " + std::to_string(r.min_in_sync) +
                                    " is more than --replicas " + std::to_string(r.replicas));

@@ -9,6 +9,7 @@
 #include "daemon/control_service.h"
 #include "daemon/lifecycle/capacity.h"
 #include "daemon/progress_stream.h"
+#include "daemon/replicated_volumes.h"
 #include "engine/common/status.h"
 #include "engine/engine.h"
 #include "snapshot/snapshot_manager.h"
@@ -50,12 +51,31 @@ grpc::Status StreamWork(ControlService* service,
   return st.ok() ? grpc::Status::OK : Fail(ctx, st);
 }
 
+// Whether a request that makes a volume (CreateVolume, CloneVolume, RestoreBackup) asks for a
+// replicated one: any of its replica fields set.
+template <typename Request>
+bool WantsReplicas(const Request& req) {
+  return req.replicas() > 1 || req.replica_nodes_size() > 0 || req.min_in_sync() > 0 ||
+         !req.replica_node_selector().empty();
+}
+// The replica fields of such a request, as the CreateVolumeRequest CreateReplicated takes.
+template <typename Request>
+v1::CreateVolumeRequest ReplicaFieldsOf(const Request& req) {
+  v1::CreateVolumeRequest out;
+  out.set_replicas(req.replicas());
+  out.mutable_replica_nodes()->CopyFrom(req.replica_nodes());
+  out.set_min_in_sync(req.min_in_sync());
+  out.set_replica_node_selector(req.replica_node_selector());
+  return out;
+}
+
 // A volume with --replicas (control_service_cluster.cc); `replicated` null outside cluster mode.
-// With `source` ("VOLUME@SNAP"): a replicated clone of that snapshot (`clone create --replicas`).
+// `from`: where its data comes from (ReplicatedSpec's source, backup and their options; the
+// rest is filled from `spec` and `req`): a clone (`clone create --replicas`), a restore
+// (`backup restore --replicas`).
 Result<VolumeInfo> CreateReplicated(ReplicatedVolumes* replicated, const VolumeSpec& spec,
                                     const v1::CreateVolumeRequest& req,
-                                    std::vector<std::string>* advice,
-                                    const std::string& source = "");
+                                    std::vector<std::string>* advice, ReplicatedSpec from = {});
 // FailedPrecondition for an operation the replicas of a volume would not follow (resize,
 // revert); OK for a volume that is not replicated (or outside cluster mode).
 Status RefuseIfReplicated(ReplicatedVolumes* replicated, const std::string& volume,

@@ -270,27 +270,19 @@ grpc::Status ControlService::CloneVolume(grpc::ServerContext* ctx,
                      : ValidateName("source volume", req->source());
   if (!valid.ok()) return Fail(ctx, valid);
   std::vector<std::string> advice;
-  if (req->replicas() > 1 || req->replica_nodes_size() > 0 || req->min_in_sync() > 0 ||
-      !req->replica_node_selector().empty()) {
-    // A replicated clone of a replicated volume's snapshot (docs/replication.md).
-    if (req->source().find('@') == std::string::npos) {
-      return Fail(ctx, Status::InvalidArgument(
-                           "--replicas needs a snapshot as the source (VOLUME@SNAP of a "
-                           "replicated volume); clone a live volume with replicas=1"));
-    }
+  if (internal::WantsReplicas(*req)) {
+    // A replicated clone of a snapshot, or of this node's volume (docs/replication.md,
+    // "Replicated clones and restores").
     if (req->read_only()) {
       return Fail(ctx, Status::InvalidArgument("a replicated clone cannot be --read-only"));
     }
     VolumeSpec volume;
     volume.params.name = req->name();
     volume.params.labels.insert(req->labels().begin(), req->labels().end());
-    v1::CreateVolumeRequest as_create;
-    as_create.set_replicas(req->replicas());
-    as_create.mutable_replica_nodes()->CopyFrom(req->replica_nodes());
-    as_create.set_min_in_sync(req->min_in_sync());
-    as_create.set_replica_node_selector(req->replica_node_selector());
-    Result<VolumeInfo> made =
-        internal::CreateReplicated(replicated_, volume, as_create, &advice, req->source());
+    ReplicatedSpec from;
+    from.source = req->source();
+    Result<VolumeInfo> made = internal::CreateReplicated(
+        replicated_, volume, internal::ReplicaFieldsOf(*req), &advice, std::move(from));
     if (!made.ok()) return Fail(ctx, made.status());
   } else {
     CloneSpec spec;

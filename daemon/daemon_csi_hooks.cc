@@ -21,7 +21,8 @@ void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
                                      .replicas = c.replicas,
                                      .replica_nodes = c.nodes,
                                      .node_selector = c.node_selector,
-                                     .source = c.source},
+                                     .source = c.source,
+                                     .backup = c.backup},
                                     nullptr)
                               .status());
     // Busy for a moment while the new target's first resync still holds it (bounded).

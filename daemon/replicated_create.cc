@@ -1,7 +1,9 @@
-// ReplicatedVolumes::Create: a new replicated volume, empty or a clone of a replicated volume's
-// snapshot (docs/replication.md, "Creating a replicated volume" and "Replicated clones").
+// ReplicatedVolumes::Create: a new replicated volume, empty, a clone of a snapshot or of this
+// node's volume, or a restore of a backup (docs/replication.md, "Creating a replicated volume"
+// and "Replicated clones and restores").
 #include <algorithm>
 
+#include "backup/backup_manager.h"
 #include "cluster/placement.h"
 #include "daemon/cluster_node.h"
 #include "daemon/replicated_target.h"
@@ -71,10 +73,10 @@ Status ReplicatedVolumes::PlaceRemote(const std::string& name,
   return failed;
 }
 
-void ReplicatedVolumes::StartFromLocalCopy(const std::string& source, cluster::Membership* m) {
-  // Only the local clone is known to hold the snapshot's data: the others (clones of their
-  // node's copy, or empty) are stale, so the first target compares every region with them (hash
-  // by hash, sending what differs) before they join.
+void ReplicatedVolumes::StartFromLocalCopy(const std::string& what, cluster::Membership* m) {
+  // Only the local replica is known to hold the data (a clone, a restore): the others (clones of
+  // their node's copy of the snapshot, or empty) are stale, so the first target compares every
+  // region with them (hash by hash, sending what differs) before they join.
   for (cluster::ReplicaMember& r : m->replicas) {
     if (r.node == options_.node_name) continue;
     r.state = cluster::ReplicaState::kStale;
@@ -82,8 +84,56 @@ void ReplicatedVolumes::StartFromLocalCopy(const std::string& source, cluster::M
   }
   m->in_sync = {options_.node_name};
   m->history.clear();
-  m->RecordChange("created from snapshot " + source + " (the other replicas are compared with " +
+  m->RecordChange("created from " + what + " (the other replicas are compared with " +
                   options_.node_name + "'s at the first attach)");
+}
+
+Result<uint64_t> ReplicatedVolumes::SourceSize(const ReplicatedSpec& spec) {
+  if (!spec.source.empty() && !spec.backup.empty()) {
+    return Status::InvalidArgument("a volume comes from a snapshot, a volume or a backup, not " +
+                                   spec.source + " and " + spec.backup);
+  }
+  if (!spec.backup.empty()) {
+    backup::BackupManager* backups = lifecycle_->backups();
+    if (backups == nullptr)
+      return Status::FailedPrecondition("backups are not enabled in this shaled");
+    SHALE_ASSIGN_OR_RETURN(backup::BackupRef ref, backup::ParseBackupRef(spec.backup));
+    SHALE_ASSIGN_OR_RETURN(backup::Manifest manifest,
+                           backups->Get({ref.location, spec.backup_endpoint}, ref.id));
+    return manifest.size_bytes;
+  }
+  if (spec.source.empty()) return uint64_t{0};
+  if (spec.source.find('@') != std::string::npos) {
+    // A replicated clone starts from this node's copy of the snapshot (docs/replication.md,
+    // "Replicated clones and restores").
+    Result<snapshot::SnapshotInfo> snap = lifecycle_->snapshots()->Get(spec.source);
+    if (!snap.ok()) {
+      return snap.status().IsNotFound()
+                 ? Status::FailedPrecondition("node " + options_.node_name +
+                                              " holds no copy of snapshot " + spec.source +
+                                              ": create the clone on a node that holds one")
+                 : snap.status();
+    }
+    return snap->size_bytes;
+  }
+  // A live volume: this node's own, not a replica (one of a replicated volume may be behind its
+  // others, and its target may be writing it from another node right now).
+  if (Result<cluster::VolumeRecord> r = store_->GetVolume(spec.source); r.ok()) {
+    return Status::InvalidArgument("volume " + spec.source +
+                                   " is replicated: clone one of its snapshots instead (shale "
+                                   "snapshot create " +
+                                   spec.source + "@SNAP, then clone " + spec.source + "@SNAP)");
+  } else if (!r.status().IsNotFound()) {
+    return r.status();
+  }
+  Result<VolumeInfo> vol = lifecycle_->engine()->GetVolume(spec.source);
+  if (!vol.ok()) {
+    return vol.status().IsNotFound()
+               ? Status::FailedPrecondition("node " + options_.node_name + " holds no volume " +
+                                            spec.source + ": create the clone on its node")
+               : vol.status();
+  }
+  return vol->size_bytes;
 }
 
 Result<VolumeInfo> ReplicatedVolumes::CreateLocalReplica(const ReplicatedSpec& spec,
@@ -95,7 +145,13 @@ Result<VolumeInfo> ReplicatedVolumes::CreateLocalReplica(const ReplicatedSpec& s
     local.params.size_bytes = size;
     local.params.labels[replication::kReplicaUuidLabel] = uuid.ToString();
     if (local.params.pool.empty()) local.params.pool = pool;
-    return lifecycle_->Create(local, advice);
+    if (spec.backup.empty()) return lifecycle_->Create(local, advice);
+    // A restore takes as long as the data does; interrupted by a crash, the half-restored
+    // replica is deleted at the next start (VolumeLifecycle::RecoverRestores).
+    return lifecycle_->Restore({.backup = spec.backup,
+                                .endpoint = spec.backup_endpoint,
+                                .volume = std::move(local),
+                                .progress = spec.restore_progress});
   }
   CloneSpec clone;
   clone.source = spec.source;
@@ -129,20 +185,9 @@ Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
   } else if (!existing.status().IsNotFound()) {
     return existing.status();
   }
-  uint64_t size = RoundUpToBlock(spec.volume.params.size_bytes);
-  if (!spec.source.empty()) {
-    // A replicated clone starts from this node's copy of the snapshot (docs/replication.md,
-    // "Replicated clones").
-    Result<snapshot::SnapshotInfo> snap = lifecycle_->snapshots()->Get(spec.source);
-    if (!snap.ok()) {
-      return snap.status().IsNotFound()
-                 ? Status::FailedPrecondition("node " + options_.node_name +
-                                              " holds no copy of snapshot " + spec.source +
-                                              ": create the clone on a node that holds one")
-                 : snap.status();
-    }
-    size = std::max(size, snap->size_bytes);
-  }
+  SHALE_ASSIGN_OR_RETURN(const uint64_t source_size, SourceSize(spec));
+  const uint64_t size =
+      std::max(RoundUpToBlock(spec.volume.params.size_bytes), RoundUpToBlock(source_size));
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
   cluster::PlacementRequest request{options_.node_name, size, spec.replicas, spec.replica_nodes,
                                     selector};
@@ -160,8 +205,15 @@ Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
                                                 options_.node_name, placement));
   membership.node_selector = request.selector.ToString();
   if (spec.volume.qos.has_value()) membership.qos = QosToMembership(spec.volume.qos->Normalized());
-  if (!spec.source.empty()) StartFromLocalCopy(spec.source, &membership);
-  SHALE_RETURN_IF_ERROR(PlaceRemote(name, membership, nodes, spec.source));
+  const bool from_snapshot = spec.source.find('@') != std::string::npos;
+  if (!spec.backup.empty()) {
+    StartFromLocalCopy("backup " + spec.backup, &membership);
+  } else if (!spec.source.empty()) {
+    StartFromLocalCopy((from_snapshot ? "snapshot " : "volume ") + spec.source, &membership);
+  }
+  // Other nodes may hold a copy of a snapshot, never this node's volume or the backup: their
+  // replicas of those start empty.
+  SHALE_RETURN_IF_ERROR(PlaceRemote(name, membership, nodes, from_snapshot ? spec.source : ""));
   Result<VolumeInfo> volume = CreateLocalReplica(spec, uuid, size, placement.front().pool, advice);
   if (!volume.ok()) {
     DeleteRemote(name, membership, /*ignore_unreachable=*/true).IgnoreError();
@@ -173,7 +225,7 @@ Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
     return made.status().WithContext("record the membership of " + name + " in etcd");
   }
   SHALE_LOG_INFO("replicated volume created", {"volume", name}, {"replicas", spec.replicas},
-                 {"uuid", uuid.ToString()}, {"source", spec.source});
+                 {"uuid", uuid.ToString()}, {"source", spec.source}, {"backup", spec.backup});
   Result<std::shared_ptr<Target>> target = OpenTarget(name);
   std::lock_guard lock(mu_);
   if (target.ok()) {

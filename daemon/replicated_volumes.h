@@ -98,9 +98,16 @@ struct ReplicatedSpec {
   std::vector<std::string> replica_nodes;  // --replica-nodes; empty: any
   uint32_t min_in_sync = 1;
   std::string node_selector;  // --replica-node-selector (cluster/node_selector.h); "": any node
-  // "VOLUME@SNAP": a replicated clone of that snapshot of a replicated volume, which this node
-  // must hold a copy of; "": an empty volume.
+  // Where the data comes from (docs/replication.md, "Replicated clones and restores"); at most
+  // one of source and backup. "VOLUME@SNAP": a replicated clone of that snapshot, which this
+  // node must hold a copy of; "VOLUME": a clone of this node's (not replicated) volume as it is
+  // now; "": an empty volume.
   std::string source;
+  // "s3://BUCKET/PREFIX/ID": this node restores the backup into its replica (VolumeLifecycle::
+  // Restore: digest checked), the others start empty and are filled by the first target.
+  std::string backup;
+  backup::Endpoint backup_endpoint;  // empty fields: shaled's defaults
+  backup::ProgressFn restore_progress;
 };
 
 // `shale qos rebuild-bps`: the node's rebuild rate cap and the volumes rebuilding now.
@@ -285,7 +292,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
                                                               const std::string& address,
                                                               uint64_t epoch);
   // replicated_create.cc: the membership of a clone of `source` (only the local replica in sync).
-  void StartFromLocalCopy(const std::string& source, cluster::Membership* m);
+  void StartFromLocalCopy(const std::string& what, cluster::Membership* m);
+  // The size a replicated volume from spec's source or backup needs at least (0: none).
+  Result<uint64_t> SourceSize(const ReplicatedSpec& spec);
   // The local replica of a new volume: created empty, or cloned from spec.source.
   Result<VolumeInfo> CreateLocalReplica(const ReplicatedSpec& spec, const Uuid& uuid, uint64_t size,
                                         const std::string& pool, std::vector<std::string>* advice);

@@ -7,7 +7,8 @@
 // NodeUnstage the other node stages it and reads the file the first one wrote; after the
 // staging node's shaled is killed (-9), another node's NodeStage takes the volume over once the
 // dead node's lease expired, with every fsynced byte. A VolumeSnapshot of a replicated volume is
-// cloned read-only on several nodes at once, and writable as a replicated volume of its own.
+// cloned read-only on several nodes at once, and writable as a replicated volume of its own; a
+// 1-replica PVC of the controller's node is cloned as a replicated one.
 //
 // Skipped (with the reason) where etcd is not installed; the staging test also where root, FUSE,
 // loop devices or a tool is missing.
@@ -471,6 +472,25 @@ TEST_F(CsiReplicatedTest, ItsSnapshotIsClonedReadOnlyOnTwoNodesAndWritableWithRe
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
   for (Harness& h : nodes_) EXPECT_NE(h.Shale({"volume", "show", rw_vol}).exit_code, 0);
   ASSERT_TRUE(csi_[1].Unstage(vol, staging_b).ok());
+
+  // A replicated PVC from a 1-replica PVC of the controller's node: its replica there is a clone
+  // of it, the others start empty and stale (filled from it at the first NodeStage, as above).
+  csiv1::CreateVolumeResponse local;
+  st = Create("pvc-local", "1", &local);
+  ASSERT_TRUE(st.ok()) << Describe(st);
+  EXPECT_EQ(Topology(local), (std::set<std::string>{"node-a"}));
+  rw.set_name("pvc-local-clone");
+  rw.mutable_volume_content_source()->mutable_volume()->set_volume_id(local.volume().volume_id());
+  csiv1::CreateVolumeResponse from_local;
+  st = csi_[0].CreateVolume(rw, &from_local);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  EXPECT_EQ(Topology(from_local), (std::set<std::string>{"node-a", "node-b", "node-c"}));
+  rw_replicas = Replicas(nodes_[0], from_local.volume().volume_id());
+  EXPECT_EQ(rw_replicas["node-a"]["state"], "healthy");
+  EXPECT_EQ(rw_replicas["node-b"]["state"], "stale");
+  EXPECT_EQ(rw_replicas["node-c"]["state"], "stale");
+  ASSERT_TRUE(csi_[0].DeleteVolume(from_local.volume().volume_id()).ok());
+  ASSERT_TRUE(csi_[0].DeleteVolume(local.volume().volume_id()).ok());
 }
 
 }  // namespace

@@ -7,11 +7,15 @@
 // by the target;
 // a clone of the snapshot is a local volume on the target with the snapshot's bytes, and with
 // `--replicas 3` (made on another node) a replicated clone whose replicas join after the
-// comparison and which serves the same bytes; delete removes every copy. A group snapshot of two
+// comparison and which serves the same bytes; delete removes every copy. A node's own volume
+// and a backup (a real S3 server, s3rver) become replicated volumes too: the local replica holds
+// the data, the others start empty and join after the comparison, and another node's replica
+// then serves the same bytes. A group snapshot of two
 // replicated volumes and a local one, taken while a writer puts a sequence number on each in turn,
 // is one cut on the target and on every replica; a group with a volume served by another node is
 // refused and leaves nothing. Skipped (with the reason) where etcd is not installed.
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include <array>
 #include <atomic>
@@ -27,6 +31,7 @@
 #include "tests/e2e/harness.h"
 #include "tests/e2e/nbd_raw_client.h"
 #include "tests/e2e/replication_fixture.h"
+#include "tests/e2e/s3_server.h"
 #include "tests/e2e/sequence_writer.h"
 
 namespace shale::e2e {
@@ -168,7 +173,7 @@ TEST_F(ReplicationSnapshotE2eTest, SnapshotIsTakenOnEveryReplicaAtOnePointOfTheW
   EXPECT_NE(c.DaemonLog().find("replica created from a snapshot"), std::string::npos);
   ExpectSameBytes(a, "sv@s2", b, "rcl");
   ExpectOneLineError(b.Shale({"clone", "create", "sv", "rcl2", "--replicas", "2"}),
-                     "needs a snapshot as the source");
+                     "is replicated: clone one of its snapshots");
   ASSERT_EQ(b.Shale({"volume", "delete", "rcl"}).exit_code, 0) << b.DaemonLog();
 
   // Delete removes every copy.
@@ -176,6 +181,88 @@ TEST_F(ReplicationSnapshotE2eTest, SnapshotIsTakenOnEveryReplicaAtOnePointOfTheW
   ASSERT_EQ(deleted.exit_code, 0) << deleted.Describe();
   for (Harness* h : {&a, &b, &c}) EXPECT_TRUE(ShowSnapshot(*h, "sv@s1").is_null());
   EXPECT_FALSE(ShowSnapshot(b, "sv@s3").is_null()) << "the other snapshots stay";
+}
+
+// Waits until every replica of `volume` (as `h` sees it) is in sync; false after 60 s.
+bool AllInSync(Harness& h, const std::string& volume, size_t replicas) {
+  nlohmann::json whole;
+  const bool ok = WaitFor(
+      [&] {
+        const std::map<std::string, nlohmann::json> r = Replicas(h, volume, &whole, true);
+        return r.size() == replicas && whole["in_sync"].size() == replicas;
+      },
+      seconds(60));
+  if (!ok) ADD_FAILURE() << volume << ": " << whole << h.DaemonLog();
+  return ok;
+}
+
+// Moves the target of `volume` from `from` to `to` (detach, attach).
+void MoveTarget(Harness& from, Harness& to, const std::string& volume) {
+  CommandResult detached = from.Shale({"volume", "detach", volume});
+  ASSERT_EQ(detached.exit_code, 0) << detached.Describe();
+  CommandResult attached = to.Shale({"volume", "attach", volume});
+  ASSERT_EQ(attached.exit_code, 0) << attached.Describe() << to.DaemonLog();
+}
+
+TEST_F(ReplicationSnapshotE2eTest, ANodesOwnVolumeAndABackupBecomeReplicatedVolumes) {
+  if (S3rverBinary().empty()) {
+    GTEST_SKIP() << "s3rver is not installed (scripts/deps installs it into tests/tools with npm)";
+  }
+  Harness a, b, c;
+  S3Server s3;
+  ASSERT_TRUE(s3.Start(a.root(), {"backups"}));
+  setenv("AWS_ACCESS_KEY_ID", kS3AccessKey, 1);  // the daemons inherit the credentials
+  setenv("AWS_SECRET_ACCESS_KEY", kS3SecretKey, 1);
+  std::vector<std::string> flags = NodeFlags(a, *etcd_, "node-a");
+  flags.insert(flags.end(), {"--backup-endpoint", s3.url()});
+  ASSERT_TRUE(a.StartDaemon(flags));
+  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
+  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
+  ASSERT_TRUE(WaitPublished(a, 3));
+
+  // node-a's own volume: 24 MiB of data, then a hole.
+  ASSERT_EQ(a.Shale({"volume", "create", "data", "--size", "32M"}).exit_code, 0);
+  std::string oracle(24 << 20, '\0');
+  std::mt19937_64 rng(11);
+  for (char& ch : oracle) ch = static_cast<char>(rng());
+  {
+    auto nbd = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_TRUE(nbd != nullptr && nbd->Go("data").has_value());
+    ASSERT_TRUE(WriteRange(*nbd, oracle, 0, oracle.size()));
+    ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  }
+
+  // A replicated clone of it as it is now, made on node-a: only node-a's replica holds the data
+  // at first; node-c's, filled by the comparison, serves it once the target moves there.
+  CommandResult cloned = a.Shale({"clone", "create", "data", "data-r", "--replicas", "3"});
+  ASSERT_EQ(cloned.exit_code, 0) << cloned.Describe() << a.DaemonLog();
+  ASSERT_TRUE(AllInSync(a, "data-r", 3));
+  ASSERT_NO_FATAL_FAILURE(MoveTarget(a, c, "data-r"));
+  ExpectSameBytes(a, "data", c, "data-r");
+  // A replicated volume as the live source is refused: its replica on a node may be behind.
+  ExpectOneLineError(c.Shale({"clone", "create", "data-r", "x", "--replicas", "2"}),
+                     "is replicated: clone one of its snapshots");
+
+  // A backup of the volume, restored as a 3-replica volume through node-b (which has no default
+  // endpoint: the CLI names it): node-b restores its replica (digest checked), the others are
+  // filled from it; node-a's replica then serves the snapshot's bytes.
+  ASSERT_EQ(a.Shale({"snapshot", "create", "data@b1"}).exit_code, 0);
+  CommandResult backed =
+      a.Shale({"backup", "create", "data@b1", "--to", "s3://backups/p", "-o", "json"});
+  ASSERT_EQ(backed.exit_code, 0) << backed.Describe() << a.DaemonLog();
+  const std::string url = backed.Json()["url"];
+  CommandResult restored = b.Shale({"backup", "restore", url, "data-b", "--endpoint", s3.url(),
+                                    "--replicas", "3", "-o", "json"});
+  ASSERT_EQ(restored.exit_code, 0) << restored.Describe() << b.DaemonLog();
+  EXPECT_EQ(restored.Json()["digest"], backed.Json()["digest"]) << restored.out;
+  ASSERT_TRUE(AllInSync(b, "data-b", 3));
+  ASSERT_NO_FATAL_FAILURE(MoveTarget(b, a, "data-b"));
+  ExpectSameBytes(a, "data@b1", a, "data-b");
+  ASSERT_EQ(c.Shale({"volume", "delete", "data-r"}).exit_code, 0) << c.DaemonLog();
+  ASSERT_EQ(a.Shale({"volume", "delete", "data-b"}).exit_code, 0) << a.DaemonLog();
+  for (Harness* h : {&a, &b, &c}) {
+    EXPECT_NE(h->Shale({"volume", "show", "data-b"}).exit_code, 0) << "every replica deleted";
+  }
 }
 
 TEST_F(ReplicationSnapshotE2eTest, AReplicaThatIsOutDoesNotHoldTheSnapshot) {
