@@ -233,6 +233,8 @@ std::string_view WireStatusName(WireStatus status) {
       return "AUTH_FAILED";
     case WireStatus::kUnavailable:
       return "UNAVAILABLE";
+    case WireStatus::kPrecondition:
+      return "PRECONDITION";
   }
   return "UNKNOWN";
 }
@@ -252,6 +254,8 @@ WireStatus WireStatusFromStatus(const Status& status) {
       return WireStatus::kReadOnly;
     case StatusCode::kNotSupported:
       return WireStatus::kNotSupported;
+    case StatusCode::kFailedPrecondition:
+      return WireStatus::kPrecondition;
     case StatusCode::kUnavailable:
     case StatusCode::kAborted:
     case StatusCode::kBusy:  // e.g. DELETE_REPLICA of a volume that is open
@@ -283,6 +287,8 @@ Status StatusFromWire(WireStatus status, std::string_view message) {
       return Status::PermissionDenied(msg);
     case WireStatus::kUnavailable:
       return Status::Unavailable(msg);
+    case WireStatus::kPrecondition:
+      return Status::FailedPrecondition(msg);
     case WireStatus::kIoError:
       break;
   }

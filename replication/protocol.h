@@ -93,8 +93,10 @@ enum class WireStatus : uint32_t {
   kNotSupported = 7,  // not available here (e.g. SNAPSHOT without a snapshot handler)
   kAuthFailed = 8,    // the peer did not prove the cluster secret
   kUnavailable = 9,   // the server is shutting down or the volume is closing
+  kPrecondition = 10,  // refused in the replica's present state (e.g. TAKE_SNAPSHOT of a volume
+                       // this node does not serve)
 };
-inline constexpr uint32_t kMaxWireStatus = 9;
+inline constexpr uint32_t kMaxWireStatus = 10;
 std::string_view WireStatusName(WireStatus status);
 // Engine status -> wire status (server side) and back (client side, with the peer's message).
 WireStatus WireStatusFromStatus(const Status& status);

@@ -439,6 +439,9 @@ TEST(ReplicaProtocol, StatusMapping) {
   EXPECT_EQ(WireStatusFromStatus(Status::OutOfRange("x")), WireStatus::kInvalid);
   EXPECT_EQ(WireStatusFromStatus(Status::PermissionDenied("x")), WireStatus::kReadOnly);
   EXPECT_EQ(WireStatusFromStatus(Status::Corruption("x")), WireStatus::kIoError);
+  EXPECT_EQ(WireStatusFromStatus(Status::FailedPrecondition("x")), WireStatus::kPrecondition);
+  EXPECT_EQ(StatusFromWire(WireStatus::kPrecondition, "served elsewhere").code(),
+            StatusCode::kFailedPrecondition);
   EXPECT_TRUE(StatusFromWire(WireStatus::kNoSpace, "full").IsNoSpace());
   EXPECT_EQ(StatusFromWire(WireStatus::kStaleEpoch, "").sys_errno(), ESTALE);
   EXPECT_EQ(StatusFromWire(WireStatus::kIoError, "bad").ToErrno(), EIO);

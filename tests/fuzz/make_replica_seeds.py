@@ -144,6 +144,7 @@ SEEDS = {
     "snapshot_replies": bytes([FIX | 63]) + hello() + frame(AUTH | REPLY, bytes(32), rid=0)
     + frame(SNAPSHOT_DIGEST | REPLY, string("00112233445566778899aabbccddeeff"), rid=7)
     + frame(DELETE_SNAPSHOT | REPLY, rid=8)
+    + frame(TAKE_SNAPSHOT | REPLY, string("volume 'vol' is not served here"), status=10, rid=10)
     + frame(SNAPSHOT_DIGEST | REPLY, string("x" * 65), rid=9),
     "bad_snapshot_ref": bytes([FIX | 63])
     + frame(SNAPSHOT_DIGEST, bytes(16) + struct.pack("<HHI", 3, 0, 0) + b"vol")

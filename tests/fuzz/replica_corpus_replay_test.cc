@@ -50,11 +50,11 @@ TEST(ReplicaFrameCorpus, SeedsParseAsWritten) {
   EXPECT_EQ(Frames(seeds.at("replies_discard")), 12u);
   EXPECT_EQ(Frames(seeds.at("auth_failed")), 2u);
   // SNAPSHOT_DIGEST, DELETE_SNAPSHOT, TAKE_SNAPSHOT before OPEN, then SNAPSHOT after it; their
-  // replies, the last
-  // a digest longer than 64 bytes (refused by the length bounds); snapshot references with an
-  // empty snapshot name and with names past the payload: framed, refused by their decoder.
+  // replies (a TAKE_SNAPSHOT refused with PRECONDITION among them), the last a digest longer than
+  // 64 bytes (refused by the length bounds); snapshot references with an empty snapshot name and
+  // with names past the payload: framed, refused by their decoder.
   EXPECT_EQ(Frames(seeds.at("snapshots")), 6u);
-  EXPECT_EQ(Frames(seeds.at("snapshot_replies")), 4u);
+  EXPECT_EQ(Frames(seeds.at("snapshot_replies")), 5u);
   EXPECT_EQ(Frames(seeds.at("bad_snapshot_ref")), 2u);
   // A well-framed OPEN whose name length runs past its payload (its decoder refuses it), then a
   // SNAPSHOT too short for its header: the reader stops there.
