@@ -135,7 +135,8 @@ Status FirstFailure(const replication::ReplicationLayer::SnapshotResults& result
 }  // namespace
 
 Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotOnTarget(
-    const VolumeInfo& local, const cluster::Membership& m, const std::string& name) {
+    const VolumeInfo& local, const cluster::Membership& m, const std::string& name,
+    const Labels& labels) {
   const std::string ref = local.name + "@" + name;
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
   const cluster::NodeRecord* n = FindNode(nodes, m.target);
@@ -147,7 +148,7 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotOnTarge
   replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
                                          options_.secret, transport_, kTakeSnapshotTimeout};
   Status taken =
-      replication::TakeSnapshotOnTarget(admin, {local.name, uuid, m.size_bytes, ""}, name);
+      replication::TakeSnapshotOnTarget(admin, {local.name, uuid, m.size_bytes, ""}, name, labels);
   if (!taken.ok()) return taken.WithContext("snapshot " + ref + " taken by node " + m.target);
   Result<snapshot::SnapshotInfo> copy = lifecycle_->snapshots()->Get(ref);
   if (!copy.ok()) {
@@ -177,7 +178,7 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
         record->membership.target != options_.node_name) {
       // Served by another node: it takes the snapshot (on every in-sync replica, this node's
       // copy included when it is one of them).
-      return SnapshotOnTarget(*info, record->membership, name);
+      return SnapshotOnTarget(*info, record->membership, name, options.labels);
     }
     if (!record.ok() || !record->membership.detached ||
         !record->membership.InSync(options_.node_name)) {
@@ -403,9 +404,9 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
   };
   // TAKE_SNAPSHOT from another node: the snapshot as `shale snapshot create` here would take
   // it, which goes through this node's target (refused when it does not serve the volume).
-  options->take_snapshot = [lifecycle](const std::string& volume,
-                                       const std::string& name) -> Status {
-    return lifecycle->Snapshot(volume, name).status();
+  options->take_snapshot = [lifecycle](const std::string& volume, const std::string& name,
+                                       const Labels& labels) -> Status {
+    return lifecycle->Snapshot(volume, name, {.labels = labels}).status();
   };
   // A replica of a replicated clone: this node's clone of its copy of the snapshot.
   options->clone_snapshot = [lifecycle](const std::string& source, const std::string& volume,

@@ -265,11 +265,12 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // OpenTarget: the membership `m` names this node the target of `name`, attached, with the
   // local replica (of `uuid`) in sync; NotFound when another node serves it or it is detached.
   Status CheckServesHere(const std::string& name, const Uuid& uuid, const cluster::Membership& m);
-  // Snapshot() of a volume another node serves: TAKE_SNAPSHOT there; this node's copy (it holds
-  // one when its replica is in sync) is the answer.
+  // Snapshot() of a volume another node serves: TAKE_SNAPSHOT there (with `labels`); this node's
+  // copy (it holds one when its replica is in sync) is the answer.
   Result<std::optional<snapshot::SnapshotInfo>> SnapshotOnTarget(const VolumeInfo& local,
                                                                  const cluster::Membership& m,
-                                                                 const std::string& name);
+                                                                 const std::string& name,
+                                                                 const Labels& labels);
   // OpenTarget: grows the local replica `info` of a volume grown while it was closed to `size`.
   Status GrowLocalReplica(const VolumeInfo& info, uint64_t size);
   // OpenTarget: the local replica takes the membership's size and QoS.

@@ -139,9 +139,11 @@ std::pair<uint32_t, uint32_t> RequestBounds(MsgType t) {
       return {sizeof(WireReplicaRef) + 1, sizeof(WireReplicaRef) + kMaxVolumeNameLength};
     case MsgType::kSnapshotDigest:
     case MsgType::kDeleteSnapshot:
-    case MsgType::kTakeSnapshot:
       return {sizeof(WireSnapshotRef) + 2,
               sizeof(WireSnapshotRef) + kMaxVolumeNameLength + kMaxSnapshotNameLength};
+    case MsgType::kTakeSnapshot:
+      return {sizeof(WireSnapshotRef) + 2, sizeof(WireSnapshotRef) + kMaxVolumeNameLength +
+                                               kMaxSnapshotNameLength + kMaxSnapshotLabelsLength};
   }
   return {0, 0};
 }
@@ -740,28 +742,44 @@ void Encode(const SnapshotRef& m, std::string* out) {
   PutU16(w + FIELD(WireSnapshotRef, volume_name_length), static_cast<uint16_t>(m.volume.size()));
   PutU16(w + FIELD(WireSnapshotRef, snapshot_name_length),
          static_cast<uint16_t>(m.snapshot.size()));
+  std::string labels;
+  for (const auto& [k, v] : m.labels) labels += k + "=" + v + "\n";
+  PutU32(w + FIELD(WireSnapshotRef, labels_length), static_cast<uint32_t>(labels.size()));
   out->append(m.volume);
   out->append(m.snapshot);
+  out->append(labels);
 }
 
 Status Decode(std::span<const uint8_t> p, SnapshotRef* m) {
   if (p.size() < sizeof(WireSnapshotRef)) return Malformed("snapshot reference too short");
   const uint8_t* r = p.data();
-  SHALE_RETURN_IF_ERROR(
-      ReservedZero(GetU32(r + FIELD(WireSnapshotRef, reserved)), "snapshot reference"));
   std::memcpy(m->volume_uuid.data(), r + FIELD(WireSnapshotRef, volume_uuid), 16);
   const uint16_t volume_length = GetU16(r + FIELD(WireSnapshotRef, volume_name_length));
   const uint16_t snapshot_length = GetU16(r + FIELD(WireSnapshotRef, snapshot_name_length));
+  const uint32_t labels_length = GetU32(r + FIELD(WireSnapshotRef, labels_length));
   if (volume_length == 0 || volume_length > kMaxVolumeNameLength || snapshot_length == 0 ||
-      snapshot_length > kMaxSnapshotNameLength) {
-    return Malformed("snapshot reference name lengths out of range");
+      snapshot_length > kMaxSnapshotNameLength || labels_length > kMaxSnapshotLabelsLength) {
+    return Malformed("snapshot reference lengths out of range");
   }
-  if (p.size() != sizeof(WireSnapshotRef) + volume_length + snapshot_length) {
-    return Malformed("snapshot reference name lengths do not match the payload");
+  if (p.size() != sizeof(WireSnapshotRef) + volume_length + snapshot_length + labels_length) {
+    return Malformed("snapshot reference lengths do not match the payload");
   }
   const auto* names = reinterpret_cast<const char*>(r + sizeof(WireSnapshotRef));
   m->volume.assign(names, volume_length);
   m->snapshot.assign(names + volume_length, snapshot_length);
+  m->labels.clear();
+  std::string_view labels(names + volume_length + snapshot_length, labels_length);
+  while (!labels.empty()) {
+    const size_t end = labels.find('\n');
+    if (end == std::string_view::npos) return Malformed("snapshot labels: a line without its end");
+    Result<std::pair<std::string, std::string>> label = ParseLabel(labels.substr(0, end));
+    if (!label.ok()) return Malformed("snapshot labels: " + label.status().ToString());
+    if (!m->labels.insert(std::move(label).value()).second) {
+      return Malformed("snapshot labels: a key given twice");
+    }
+    labels.remove_prefix(end + 1);
+  }
+  if (m->labels.size() > kMaxLabels) return Malformed("snapshot labels: too many");
   return Status::Ok();
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "engine/common/checksum.h"
+#include "engine/common/labels.h"
 #include "engine/common/result.h"
 #include "engine/common/units.h"
 
@@ -40,6 +41,9 @@ inline constexpr size_t kMaxPoolNameLength = 128;
 inline constexpr size_t kMaxSnapshotNameLength = 128;
 // "VOLUME@SNAP" of CREATE_REPLICA's source.
 inline constexpr size_t kMaxSourceLength = kMaxVolumeNameLength + 1 + kMaxSnapshotNameLength;
+// TAKE_SNAPSHOT's labels: "KEY=VALUE\n" per label, at most kMaxLabels of the longest.
+inline constexpr size_t kMaxSnapshotLabelsLength =
+    kMaxLabels * (kMaxLabelKeyLength + 1 + kMaxLabelValueLength + 1);
 inline constexpr size_t kMaxErrorMessageLength = 1024;
 inline constexpr uint32_t kMaxHashRegions = 1024;         // per HASH_RANGES request
 inline constexpr uint32_t kMinHashRegionSize = 4 * kKiB;  // and a multiple of it
@@ -84,15 +88,15 @@ inline constexpr uint16_t kFlagNoUnmap = 1u << 1;  // WRITE_ZEROES: keep the blo
 // Status of a reply (header.status; always 0 in requests).
 enum class WireStatus : uint32_t {
   kOk = 0,
-  kIoError = 1,       // EIO: the replica's device or pool failed
-  kNoSpace = 2,       // ENOSPC
-  kStaleEpoch = 3,    // the request's epoch is older than the replica's persisted epoch
-  kNotFound = 4,      // no such volume (OPEN)
-  kInvalid = 5,       // bad arguments (range, alignment, uuid or size mismatch at OPEN)
-  kReadOnly = 6,      // write to a read-only volume
-  kNotSupported = 7,  // not available here (e.g. SNAPSHOT without a snapshot handler)
-  kAuthFailed = 8,    // the peer did not prove the cluster secret
-  kUnavailable = 9,   // the server is shutting down or the volume is closing
+  kIoError = 1,        // EIO: the replica's device or pool failed
+  kNoSpace = 2,        // ENOSPC
+  kStaleEpoch = 3,     // the request's epoch is older than the replica's persisted epoch
+  kNotFound = 4,       // no such volume (OPEN)
+  kInvalid = 5,        // bad arguments (range, alignment, uuid or size mismatch at OPEN)
+  kReadOnly = 6,       // write to a read-only volume
+  kNotSupported = 7,   // not available here (e.g. SNAPSHOT without a snapshot handler)
+  kAuthFailed = 8,     // the peer did not prove the cluster secret
+  kUnavailable = 9,    // the server is shutting down or the volume is closing
   kPrecondition = 10,  // refused in the replica's present state (e.g. TAKE_SNAPSHOT of a volume
                        // this node does not serve)
 };
@@ -371,12 +375,13 @@ struct SnapshotRef {
   std::array<uint8_t, 16> volume_uuid{};
   std::string volume;
   std::string snapshot;
+  Labels labels;  // TAKE_SNAPSHOT only (the others' payload bounds leave no room for them)
 };
-struct WireSnapshotRef {  // followed by the volume name, then the snapshot name
+struct WireSnapshotRef {  // followed by the volume name, the snapshot name, then the labels
   uint8_t volume_uuid[16];
   uint16_t volume_name_length;    // 1..128
   uint16_t snapshot_name_length;  // 1..128
-  uint32_t reserved;
+  uint32_t labels_length;         // 0..kMaxSnapshotLabelsLength: "KEY=VALUE\n" per label
 };
 static_assert(sizeof(WireSnapshotRef) == 24);
 struct SnapshotDigest {  // SNAPSHOT_DIGEST reply, OK: WireString + the digest (1..64 bytes)

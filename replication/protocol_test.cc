@@ -390,8 +390,20 @@ TEST(ReplicaProtocol, PayloadDecodersNeverTrustLengths) {
   bad[offsetof(WireSnapshotRef, snapshot_name_length)] = 2;  // past the end
   EXPECT_FALSE(Decode(AsBytes(bad), &sro).ok());
   bad = sref;
-  bad[offsetof(WireSnapshotRef, reserved)] = 1;
+  bad[offsetof(WireSnapshotRef, labels_length)] = 1;  // labels past the end
   EXPECT_FALSE(Decode(AsBytes(bad), &sro).ok());
+  // TAKE_SNAPSHOT's labels: "KEY=VALUE\n" lines, each checked like any label.
+  std::string labelled;
+  Encode(SnapshotRef{{}, "vol", "s", {{"team", "nb"}, {"url", "s3://b/p?a=b"}}}, &labelled);
+  ASSERT_TRUE(Decode(AsBytes(labelled), &sro).ok());
+  EXPECT_EQ(sro.labels, (Labels{{"team", "nb"}, {"url", "s3://b/p?a=b"}}));
+  for (const std::string& text : {std::string("team=nb"), std::string("bad key=v\n"),
+                                  std::string("a=1\na=2\n"), std::string("=v\n")}) {
+    bad = sref;
+    bad[offsetof(WireSnapshotRef, labels_length)] = static_cast<char>(text.size());
+    bad += text;
+    EXPECT_FALSE(Decode(AsBytes(bad), &sro).ok()) << text;
+  }
   std::string stat;
   Encode(ReplicaStat{4096, 0, 3, 4, false}, &stat);
   ReplicaStat st;

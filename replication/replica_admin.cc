@@ -134,13 +134,15 @@ Result<ReplicaStat> StatReplica(const ReplicaAdminOptions& options, const Replic
 namespace {
 
 Result<std::string> SnapshotCall(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
-                                 const std::string& snapshot, MsgType type, uint64_t epoch) {
+                                 const std::string& snapshot, MsgType type, uint64_t epoch,
+                                 const Labels& labels = {}) {
   SHALE_RETURN_IF_ERROR(CheckSpec(spec));
   if (snapshot.empty() || snapshot.size() > kMaxSnapshotNameLength) {
     return Status::InvalidArgument("snapshot name must be 1..128 bytes");
   }
+  SHALE_RETURN_IF_ERROR(ValidateLabels(labels));
   std::string payload;
-  Encode(SnapshotRef{spec.uuid.bytes, spec.volume, snapshot}, &payload);
+  Encode(SnapshotRef{spec.uuid.bytes, spec.volume, snapshot, labels}, &payload);
   return Call(options, type, epoch, payload, spec.volume + "@" + snapshot);
 }
 
@@ -161,8 +163,8 @@ Status DeleteReplicaSnapshot(const ReplicaAdminOptions& options, const ReplicaSp
 }
 
 Status TakeSnapshotOnTarget(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
-                            const std::string& snapshot) {
-  return SnapshotCall(options, spec, snapshot, MsgType::kTakeSnapshot, 0).status();
+                            const std::string& snapshot, const Labels& labels) {
+  return SnapshotCall(options, spec, snapshot, MsgType::kTakeSnapshot, 0, labels).status();
 }
 
 }  // namespace shale::replication

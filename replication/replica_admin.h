@@ -61,10 +61,10 @@ Status DeleteReplicaSnapshot(const ReplicaAdminOptions& options, const ReplicaSp
                              const std::string& snapshot, uint64_t epoch);
 
 // Asks the node at options.address, which serves replicated volume spec.volume, to take snapshot
-// `snapshot` of it (TAKE_SNAPSHOT): on every in-sync replica, as there. FailedPrecondition when
-// that node does not serve it.
+// `snapshot` of it (TAKE_SNAPSHOT), with `labels`: on every in-sync replica, as there.
+// FailedPrecondition when that node does not serve it.
 Status TakeSnapshotOnTarget(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
-                            const std::string& snapshot);
+                            const std::string& snapshot, const Labels& labels = {});
 
 // The client's side of HELLO and AUTH on a fresh connection (shared with ReplicaClient): reads
 // HELLO, proves the secret, checks the server's proof. Returns the HELLO.

@@ -94,7 +94,9 @@ struct ReplicaServerOptions {
   // TAKE_SNAPSHOT(volume, snapshot): a snapshot of replicated volume `volume` taken by this node
   // as its target (`shale snapshot create` through another node); refused (FailedPrecondition)
   // when this node does not serve it. May block. Null: NOT_SUPPORTED.
-  std::function<Status(const std::string& volume, const std::string& snapshot)> take_snapshot;
+  std::function<Status(const std::string& volume, const std::string& snapshot,
+                       const Labels& labels)>
+      take_snapshot;
   // CREATE_REPLICA with a source: makes `volume` a writable clone of local snapshot `source`
   // ("VOLUME@SNAP") labelled with `labels`; the daemon supplies it (snapshot/ is above
   // replication/). May block. Null: NOT_SUPPORTED for such a request.

@@ -267,7 +267,7 @@ ReplicaServer::Refusal ReplicaServer::SnapshotAdmin(MsgType type, const Snapshot
   if (r.status != WireStatus::kOk) return r;
   if (take) {
     // The daemon takes it only if it serves the volume (its target decides, not the epoch).
-    const Status st = options_.take_snapshot(m.volume, m.snapshot);
+    const Status st = options_.take_snapshot(m.volume, m.snapshot, m.labels);
     if (!st.ok()) return {WireStatusFromStatus(st), st.ToString()};
     return {};
   }

@@ -125,18 +125,26 @@ TEST_F(ReplicaServerSnapshotTest, DigestAndDeleteReachTheHandlersFencedByTheEpoc
     calls.push_back("delete " + volume + "@" + snap);
     return Status::Ok();
   };
-  o.take_snapshot = [&](const std::string& volume, const std::string& snap) {
+  o.take_snapshot = [&](const std::string& volume, const std::string& snap, const Labels& labels) {
     std::lock_guard lock(mu);
-    calls.push_back("take " + volume + "@" + snap);
+    std::string with;
+    for (const auto& [k, v] : labels) with += " " + k + "=" + v;
+    calls.push_back("take " + volume + "@" + snap + with);
     return snap == "elsewhere" ? Status::FailedPrecondition("not served here") : Status::Ok();
   };
   Start(std::move(o));
-  // TAKE_SNAPSHOT reaches the daemon's handler (which decides whether it serves the volume).
+  // TAKE_SNAPSHOT reaches the daemon's handler (which decides whether it serves the volume), with
+  // its labels; its refusal arrives as FailedPrecondition (status PRECONDITION) with its message.
   EXPECT_TRUE(TakeSnapshotOnTarget(Admin(), Spec(uuid_), "s0").ok());
-  // The wire has no "precondition" status: the refusal arrives as INVALID with its message.
+  EXPECT_TRUE(
+      TakeSnapshotOnTarget(Admin(), Spec(uuid_), "s9", {{"team", "nb"}, {"source", "s3://b/p?x=1"}})
+          .ok());
   const Status elsewhere = TakeSnapshotOnTarget(Admin(), Spec(uuid_), "elsewhere");
-  EXPECT_FALSE(elsewhere.ok());
+  EXPECT_EQ(elsewhere.code(), StatusCode::kFailedPrecondition) << elsewhere;
   EXPECT_NE(elsewhere.ToString().find("not served here"), std::string::npos) << elsewhere;
+  EXPECT_EQ(TakeSnapshotOnTarget(Admin(), Spec(uuid_), "s8", {{"bad key", "v"}}).code(),
+            StatusCode::kInvalidArgument)
+      << "labels are checked before they go";
   EXPECT_EQ(TakeSnapshotOnTarget(Admin(), Spec(Uuid::Random()), "s0").code(),
             StatusCode::kInvalidArgument);
   auto digest = SnapshotDigestOf(Admin(), Spec(uuid_), "s1");
@@ -151,8 +159,10 @@ TEST_F(ReplicaServerSnapshotTest, DigestAndDeleteReachTheHandlersFencedByTheEpoc
       << "a fenced target cannot delete";
   EXPECT_TRUE(DeleteReplicaSnapshot(Admin(), Spec(uuid_), "s1", 4).ok());
   std::lock_guard lock(mu);
-  const std::vector<std::string> expect = {"take vol@s0", "take vol@elsewhere", "digest vol@s1",
-                                           "digest vol@gone", "delete vol@s1"};
+  const std::vector<std::string> expect = {
+      "take vol@s0",        "take vol@s9 source=s3://b/p?x=1 team=nb",
+      "take vol@elsewhere", "digest vol@s1",
+      "digest vol@gone",    "delete vol@s1"};
   EXPECT_EQ(calls, expect);
 }
 

@@ -140,11 +140,13 @@ TEST_F(ReplicationSnapshotE2eTest, SnapshotIsTakenOnEveryReplicaAtOnePointOfTheW
 
   // Only the target takes snapshots; revert stays refused.
   // A snapshot asked of a replica node is taken by the target (one cut, every copy).
-  CommandResult forwarded = b.Shale({"snapshot", "create", "sv@x", "-o", "json"});
+  CommandResult forwarded =
+      b.Shale({"snapshot", "create", "sv@x", "--label", "team=nb", "-o", "json"});
   ASSERT_EQ(forwarded.exit_code, 0) << forwarded.Describe() << b.DaemonLog();
   EXPECT_EQ(forwarded.Json()["volume"], "sv") << forwarded.out;
   EXPECT_EQ(ShowSnapshot(a, "sv@x")["labels"]["shale.io/snapshot-replicas"],
             "node-a,node-b,node-c");
+  EXPECT_EQ(ShowSnapshot(a, "sv@x")["labels"]["team"], "nb") << "the labels went along";
   EXPECT_NE(b.DaemonLog().find("snapshot taken by the node serving the volume"), std::string::npos);
   ASSERT_EQ(a.Shale({"snapshot", "delete", "sv@x"}).exit_code, 0);
   ExpectOneLineError(a.Shale({"volume", "revert", "sv", "--to", "s1"}),

@@ -50,9 +50,9 @@ def replica_ref(typ, vol="vol", rid=4):
     return frame(typ, bytes(range(16)) + struct.pack("<HHI", len(vol), 0, 0) + vol.encode(), rid=rid)
 
 
-def snapshot_ref(typ, vol="vol", snap="s1", rid=7):
-    return frame(typ, bytes(range(16)) + struct.pack("<HHI", len(vol), len(snap), 0) + vol.encode()
-                 + snap.encode(), rid=rid)
+def snapshot_ref(typ, vol="vol", snap="s1", rid=7, labels=b""):
+    return frame(typ, bytes(range(16)) + struct.pack("<HHI", len(vol), len(snap), len(labels))
+                 + vol.encode() + snap.encode() + labels, rid=rid)
 
 
 def replica_stat(typ, created, rid):
@@ -139,7 +139,8 @@ SEEDS = {
     + frame(STAT_REPLICA | REPLY, struct.pack("<QQQQII", 4096, 0, 3, 4, 2, 0)),
     "snapshots": bytes([FIX | 31]) + auth() + snapshot_ref(SNAPSHOT_DIGEST)
     + snapshot_ref(DELETE_SNAPSHOT, "vol", "nightly", rid=8)
-    + snapshot_ref(TAKE_SNAPSHOT, "vol", "hourly", rid=10) + open_req()
+    + snapshot_ref(TAKE_SNAPSHOT, "vol", "hourly", rid=10, labels=b"team=nb\nsource=s3://b/p\n")
+    + open_req()
     + frame(SNAPSHOT, string("s2"), rid=9),
     "snapshot_replies": bytes([FIX | 63]) + hello() + frame(AUTH | REPLY, bytes(32), rid=0)
     + frame(SNAPSHOT_DIGEST | REPLY, string("00112233445566778899aabbccddeeff"), rid=7)

@@ -49,7 +49,8 @@ TEST(ReplicaFrameCorpus, SeedsParseAsWritten) {
   EXPECT_EQ(Frames(seeds.at("replies_direct")), 13u);
   EXPECT_EQ(Frames(seeds.at("replies_discard")), 12u);
   EXPECT_EQ(Frames(seeds.at("auth_failed")), 2u);
-  // SNAPSHOT_DIGEST, DELETE_SNAPSHOT, TAKE_SNAPSHOT before OPEN, then SNAPSHOT after it; their
+  // SNAPSHOT_DIGEST, DELETE_SNAPSHOT, TAKE_SNAPSHOT (with labels) before OPEN, then SNAPSHOT
+  // after it; their
   // replies (a TAKE_SNAPSHOT refused with PRECONDITION among them), the last a digest longer than
   // 64 bytes (refused by the length bounds); snapshot references with an empty snapshot name and
   // with names past the payload: framed, refused by their decoder.
