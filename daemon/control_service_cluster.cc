@@ -10,6 +10,7 @@
 #include "daemon/cluster_node.h"
 #include "daemon/control_service.h"
 #include "daemon/control_service_internal.h"
+#include "daemon/replica_membership.h"
 #include "daemon/replicated_volumes.h"
 #include "engine/common/log.h"
 
@@ -132,8 +133,8 @@ grpc::Status ControlService::SetNodeCordon(grpc::ServerContext* ctx,
 namespace {
 
 // Why the replica of `v` on the draining `node` is still there (docs/replication.md, "Drain").
-std::string DrainWait(const cluster::Membership& m, const std::string& node,
-                      const std::vector<cluster::NodeRecord>& nodes) {
+std::string DrainWait(const std::string& volume, const cluster::Membership& m,
+                      const std::string& node, const std::vector<cluster::NodeRecord>& nodes) {
   for (const cluster::ReplicaMember& r : m.replicas) {
     if (r.replaces == node) {
       return "being replaced by a replica on " + r.node + " (" +
@@ -151,8 +152,13 @@ std::string DrainWait(const cluster::Membership& m, const std::string& node,
   }
   const bool target_up = std::any_of(nodes.begin(), nodes.end(),
                                      [&](const auto& n) { return n.name == m.target && n.up; });
-  return target_up ? "its target " + m.target + " has not started replacing it yet"
-                   : "its target " + m.target + " is down";
+  if (!target_up) return "its target " + m.target + " is down";
+  // What the target's next attempt would find (it retries, with a backoff).
+  Result<cluster::ReplicaPlacement> next = PlaceReplacement(nodes, m, m.target, node, volume);
+  if (!next.ok())
+    return "no node can take its replacement: " + std::string(next.status().message());
+  return "its target " + m.target + " has not started replacing it yet (next: a replica on " +
+         next->node + ")";
 }
 
 }  // namespace
@@ -175,7 +181,7 @@ grpc::Status ControlService::DrainNode(grpc::ServerContext* ctx, const v1::Drain
     if (!v.status.ok() || v.membership.Find(node) == nullptr) continue;
     v1::DrainRemaining* left = resp->add_remaining();
     left->set_volume(v.name);
-    left->set_why(DrainWait(v.membership, node, *nodes));
+    left->set_why(DrainWait(v.name, v.membership, node, *nodes));
   }
   resp->set_drained(resp->remaining().empty());
   resp->set_message(

@@ -7,6 +7,35 @@
 #include "engine/io/reactor.h"
 
 namespace shale::daemon {
+
+Result<cluster::ReplicaPlacement> PlaceReplacement(const std::vector<cluster::NodeRecord>& nodes,
+                                                   const cluster::Membership& m,
+                                                   const std::string& target_node,
+                                                   const std::string& old,
+                                                   const std::string& volume) {
+  std::vector<std::string> candidates;
+  for (const cluster::NodeRecord& n : nodes) {
+    if (n.name != target_node && m.Find(n.name) == nullptr && !n.draining) {
+      candidates.push_back(n.name);
+    }
+  }
+  if (candidates.empty()) {
+    return Status::FailedPrecondition("every other node holds a replica of " + volume +
+                                      " already or is draining: no node can take one in place "
+                                      "of " +
+                                      old);
+  }
+  cluster::PlacementRequest request;
+  request.local_node = target_node;
+  request.size_bytes = m.size_bytes;
+  request.replicas = 1;
+  request.only_nodes = std::move(candidates);
+  // The volume's node selector holds for the new replica too (validated with the record).
+  SHALE_ASSIGN_OR_RETURN(request.selector, cluster::NodeSelector::Parse(m.node_selector));
+  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::ReplicaPlacement> placed,
+                         cluster::PlaceReplicas(nodes, request));
+  return placed.front();
+}
 namespace {
 
 // A lost compare-and-swap is retried from the record etcd returned, at most this often (each

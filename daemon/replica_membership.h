@@ -20,6 +20,7 @@
 
 #include "cluster/cluster_store.h"
 #include "cluster/membership.h"
+#include "cluster/placement.h"
 #include "engine/common/result.h"
 #include "replication/replication_layer.h"
 
@@ -32,6 +33,16 @@ namespace shale::daemon {
 // One change of a membership record; returns false when nothing is to change (the record already
 // says so).
 using MembershipEdit = std::function<Result<bool>(cluster::Membership* membership)>;
+
+// Where a replica taking the place of `old` in `m` goes (docs/replication.md, "Replacing a
+// replica"): a node served by the target `target_node` that holds no replica of the volume, is
+// not draining and meets the volume's node selector, by free capacity. FailedPrecondition saying
+// why when none qualifies.
+Result<cluster::ReplicaPlacement> PlaceReplacement(const std::vector<cluster::NodeRecord>& nodes,
+                                                   const cluster::Membership& m,
+                                                   const std::string& target_node,
+                                                   const std::string& old,
+                                                   const std::string& volume);
 
 // Reads the volume's record, applies `edit`, and swaps it in (epoch rules checked), retrying a
 // lost race a bounded number of times. Returns the record as it is in etcd afterwards. Blocking

@@ -130,26 +130,9 @@ Status ReplicatedVolumes::StartReplace(const std::shared_ptr<Target>& target,
                                        const std::string& why,
                                        const std::vector<cluster::NodeRecord>& nodes) {
   const std::string& name = target->name;
-  std::vector<std::string> candidates;
-  for (const cluster::NodeRecord& n : nodes) {
-    if (n.name != options_.node_name && m.Find(n.name) == nullptr && !n.draining) {
-      candidates.push_back(n.name);
-    }
-  }
-  if (candidates.empty()) {
-    return Status::FailedPrecondition("every other node holds a replica of " + name +
-                                      " already: no node can take one in place of " + old);
-  }
-  cluster::PlacementRequest request;
-  request.local_node = options_.node_name;
-  request.size_bytes = m.size_bytes;
-  request.replicas = 1;
-  request.only_nodes = std::move(candidates);
-  // The volume's node selector holds for the new replica too (validated with the record).
-  SHALE_ASSIGN_OR_RETURN(request.selector, cluster::NodeSelector::Parse(m.node_selector));
-  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::ReplicaPlacement> placed,
-                         cluster::PlaceReplicas(nodes, request));
-  const std::string node = placed.front().node;
+  SHALE_ASSIGN_OR_RETURN(cluster::ReplicaPlacement placed,
+                         PlaceReplacement(nodes, m, options_.node_name, old, name));
+  const std::string node = placed.node;
   const cluster::NodeRecord* n = FindNode(nodes, node);
   replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
                                          options_.secret, transport_, options_.connect_timeout};

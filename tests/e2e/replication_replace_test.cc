@@ -409,8 +409,17 @@ TEST_F(ReplicationReplaceE2eTest, ANodeSelectorKeepsReplicasAndTheirReplacements
   ASSERT_TRUE(WriteRange(*client, oracle, 0, 4ull << 20));
   ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
 
-  // Draining node-b: node-c has no ssd label, so no replacement is placed; the target says why.
-  ASSERT_EQ(b.Shale({"node", "drain", "node-b", "--no-wait"}).exit_code, 0);
+  // Draining node-b: node-c has no ssd label, so no replacement is placed; the target's log and
+  // the drain's answer (through any node) say why.
+  CommandResult waiting = b.Shale({"node", "drain", "node-b", "--no-wait", "-o", "json"});
+  ASSERT_EQ(waiting.exit_code, 0) << waiting.Describe();
+  const nlohmann::json answer = waiting.Json();
+  ASSERT_EQ(answer["remaining"].size(), 1u) << answer;
+  EXPECT_NE(answer["remaining"][0]["why"].get<std::string>().find(
+                "no node can take its replacement: 1 replicas need 1 nodes that can take one; 0 "
+                "can; not node-c: its labels do not meet the node selector (disk=ssd)"),
+            std::string::npos)
+      << answer;
   ASSERT_TRUE(WaitFor(
       [&] {
         return a.DaemonLog().find("node-c: its labels do not meet the node selector") !=
