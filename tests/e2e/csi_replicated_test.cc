@@ -8,12 +8,14 @@
 // staging node's shaled is killed (-9), another node's NodeStage takes the volume over once the
 // dead node's lease expired, with every fsynced byte. A VolumeSnapshot of a replicated volume is
 // cloned read-only on several nodes at once, and writable as a replicated volume of its own; a
-// 1-replica PVC of the controller's node is cloned as a replicated one.
+// 1-replica PVC of the controller's node is cloned as a replicated one, and a backup handle (a
+// real S3 server, s3rver) restored as one.
 //
 // Skipped (with the reason) where etcd is not installed; the staging test also where root, FUSE,
 // loop devices or a tool is missing.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,6 +32,7 @@
 #include "tests/e2e/harness.h"
 #include "tests/e2e/nbd_attach.h"
 #include "tests/e2e/replication_fixture.h"
+#include "tests/e2e/s3_server.h"
 
 namespace shale::e2e {
 namespace {
@@ -41,10 +44,24 @@ class CsiReplicatedTest : public EtcdE2eTest {
   void SetUp() override {
     EtcdE2eTest::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
+    // A test named ...Backup... gets a real S3 server (s3rver) as node-a's backup endpoint.
+    const std::string test = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::vector<std::string> backups;
+    if (test.find("Backup") != std::string::npos) {
+      if (S3rverBinary().empty()) {
+        GTEST_SKIP() << "s3rver is not installed (scripts/deps installs it into tests/tools)";
+      }
+      ASSERT_TRUE(s3_.Start(nodes_[0].root(), {"backups"}));
+      setenv("AWS_ACCESS_KEY_ID", kS3AccessKey, 1);  // the daemons inherit the credentials
+      setenv("AWS_SECRET_ACCESS_KEY", kS3SecretKey, 1);
+      backups = {"--backup-endpoint", s3_.url()};
+    }
     const char* names[] = {"node-a", "node-b", "node-c"};
     for (int i = 0; i < 3; ++i) {
       // No --node-id: in cluster mode the CSI node id is the node name.
-      ASSERT_TRUE(csi_[i].Start(nodes_[i], NodeFlags(nodes_[i], *etcd_, names[i]), ""));
+      std::vector<std::string> flags = NodeFlags(nodes_[i], *etcd_, names[i]);
+      if (i == 0) flags.insert(flags.end(), backups.begin(), backups.end());
+      ASSERT_TRUE(csi_[i].Start(nodes_[i], flags, ""));
     }
     ASSERT_TRUE(WaitPublished(nodes_[0], 3));
   }
@@ -128,6 +145,7 @@ class CsiReplicatedTest : public EtcdE2eTest {
 
   Harness nodes_[3];
   CsiClient csi_[3];
+  S3Server s3_;
 };
 
 TEST_F(CsiReplicatedTest, PlacementHonoursTheTopologyAndTheNodeCount) {
@@ -491,6 +509,63 @@ TEST_F(CsiReplicatedTest, ItsSnapshotIsClonedReadOnlyOnTwoNodesAndWritableWithRe
   EXPECT_EQ(rw_replicas["node-c"]["state"], "stale");
   ASSERT_TRUE(csi_[0].DeleteVolume(from_local.volume().volume_id()).ok());
   ASSERT_TRUE(csi_[0].DeleteVolume(local.volume().volume_id()).ok());
+}
+
+// A PVC from a backup in a class with replicas "3": node-a (the provisioning node) restores its
+// replica from S3 (the digest checked), the other two start empty and are filled at the first
+// NodeStage, after which node-c's replica serves the backup's bytes.
+TEST_F(CsiReplicatedTest, ABackupHandleIsRestoredIntoAReplicatedVolume) {
+  ASSERT_EQ(nodes_[0].Shale({"volume", "create", "src", "--size", "16M"}).exit_code, 0);
+  std::string data(6 << 20, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 7919) >> 12);
+  {
+    auto nbd = NbdRawClient::Tcp(nodes_[0].NbdAddress());
+    ASSERT_TRUE(nbd != nullptr && nbd->Go("src").has_value());
+    ASSERT_TRUE(WriteRange(*nbd, data, 0, data.size()));
+    ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  }
+  ASSERT_EQ(nodes_[0].Shale({"snapshot", "create", "src@b"}).exit_code, 0);
+  CommandResult backed =
+      nodes_[0].Shale({"backup", "create", "src@b", "--to", "s3://backups/k8s", "-o", "json"});
+  ASSERT_EQ(backed.exit_code, 0) << backed.Describe() << nodes_[0].DaemonLog();
+  const nlohmann::json backup = backed.Json();
+
+  csiv1::CreateVolumeRequest req = CsiClient::VolumeRequest("pvc-restored", 16 * kMiB);
+  (*req.mutable_parameters())["replicas"] = "3";
+  req.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(
+      backup["url"].get<std::string>());
+  csiv1::CreateVolumeResponse made;
+  grpc::Status st = csi_[0].CreateVolume(req, &made);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  const std::string vol = made.volume().volume_id();
+  EXPECT_EQ(Topology(made), (std::set<std::string>{"node-a", "node-b", "node-c"}));
+  std::map<std::string, nlohmann::json> replicas = Replicas(nodes_[0], vol);
+  EXPECT_EQ(replicas["node-a"]["state"], "healthy");
+  EXPECT_EQ(replicas["node-c"]["state"], "stale");
+  CommandResult shown = nodes_[0].Shale({"volume", "show", vol, "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_EQ(shown.Json()["labels"]["backup.shale.io/digest"], backup["digest"]) << shown.out;
+
+  // The first attach (here through the CLI, as NodeStage does) fills the others; then node-c
+  // serves the restored bytes from its own replica.
+  ASSERT_EQ(nodes_[0].Shale({"volume", "attach", vol}).exit_code, 0) << nodes_[0].DaemonLog();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        replicas = Replicas(nodes_[0], vol, nullptr, true);
+        return replicas.size() == 3 &&
+               std::all_of(replicas.begin(), replicas.end(),
+                           [](const auto& r) { return r.second["state"] == "healthy"; });
+      },
+      std::chrono::seconds(30)))
+      << nodes_[0].DaemonLog();
+  ASSERT_EQ(nodes_[0].Shale({"volume", "detach", vol}).exit_code, 0);
+  ASSERT_EQ(nodes_[2].Shale({"volume", "attach", vol}).exit_code, 0) << nodes_[2].DaemonLog();
+  auto nbd = NbdRawClient::Tcp(nodes_[2].NbdAddress());
+  ASSERT_TRUE(nbd != nullptr && nbd->Go(vol).has_value());
+  ExpectContent(*nbd, data, "node-c's replica of the restored volume");
+  nbd.reset();
+  ASSERT_EQ(nodes_[2].Shale({"volume", "detach", vol}).exit_code, 0);
+  ASSERT_TRUE(csi_[0].DeleteVolume(vol).ok());
 }
 
 }  // namespace
