@@ -34,7 +34,7 @@ using json = nlohmann::json;
 
 struct Workload {
   std::string name;
-  std::string rw;  // fio --rw
+  std::string rw;  // fio --rw, or "stride": block 0 of every 64 KiB (one write per cluster)
   uint64_t bs;
   unsigned iodepth;
 };
@@ -83,6 +83,9 @@ class Generator {
     lat_ns_.reserve(4'000'000);
   }
 
+  // Sequential and stride workloads start at `offset` instead of 0.
+  void SkipTo(uint64_t offset) { cursor_ = offset; }
+
   Sample Run() {
     std::promise<void> done;
     done_ = &done;
@@ -126,6 +129,9 @@ class Generator {
     s.io.buf = s.buf;
     if (w_.rw == "randread" || w_.rw == "randwrite") {
       s.io.offset = (rng_() % (span_ / w_.bs)) * w_.bs;
+    } else if (w_.rw == "stride") {
+      s.io.offset = cursor_;
+      cursor_ = (cursor_ + 64 * kKiB) % span_;
     } else {
       s.io.offset = cursor_;
       cursor_ = (cursor_ + w_.bs) % span_;
@@ -607,6 +613,107 @@ int EngineVsFio(const std::string& dir, uint64_t vsize, uint64_t csize, IoBacken
   return 0;
 }
 
+// VmRSS of this process, in bytes (0 if /proc cannot say).
+uint64_t RssBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10) * 1024;
+  }
+  return 0;
+}
+
+// The memory study (issue 17; docs/performance.md, "Memory per TiB mapped"): the engine's
+// resident memory with one volume mapped at big/4 and at big (one 4 KiB write per 64 KiB cluster:
+// what the maps hold depends on mapped clusters, not on bytes), the slope per TiB between the two
+// (fixed costs such as RocksDB's memtables cancel), the cluster map's own bytes, and the time to
+// open the engine and the volume again (the map loaded from the metadata) with its memory then.
+int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  EngineOptions o;
+  o.data_dir = dir + "/data";
+  o.create_default_pool = false;
+  o.device.backend = backend;
+  auto engine = std::move(Engine::Open(o)).value();
+  if (!engine
+           ->CreatePool(
+               {.name = "p", .device_path = dir + "/pool.img", .size_bytes = big + 8 * kGiB})
+           .ok() ||
+      !engine->CreateVolume({.name = "m", .size_bytes = big, .pool = "p"}).ok()) {
+    std::fprintf(stderr, "memory study: cannot create the pool or volume in %s\n", dir.c_str());
+    return 1;
+  }
+  auto h = std::move(engine->OpenVolume("m")).value();
+  struct Point {
+    uint64_t mapped, rss, map_bytes;
+  };
+  std::vector<Point> points;
+  uint64_t done = 0;
+  for (const uint64_t span : {big / 4, big}) {
+    // Clusters [done, span) get their first write; then a commit (steady state, nothing dirty).
+    Generator g(h->volume(), {"map", "stride", 4096, 32}, span, 0, 0, (span - done) / (64 * kKiB));
+    g.SkipTo(done);
+    g.Run();
+    done = span;
+    std::promise<Status> flushed;
+    h->reactor()->Post(
+        [&] { h->volume().Commit([&](const Status& st) { flushed.set_value(st); }); });
+    if (!flushed.get_future().get().ok()) return 1;
+    uint64_t map_bytes = 0;
+    h->reactor()->RunSync([&] { map_bytes = h->volume().map().memory_bytes(); });
+    points.push_back({span, RssBytes(), map_bytes});
+  }
+  h.reset();
+  engine.reset();
+  const double per_tib = static_cast<double>(points[1].rss - points[0].rss) /
+                         static_cast<double>(points[1].mapped - points[0].mapped) *
+                         static_cast<double>(kTiB);
+  const double map_per_tib = static_cast<double>(points[1].map_bytes) /
+                             static_cast<double>(points[1].mapped) * static_cast<double>(kTiB);
+  std::printf("| mapped | RSS | cluster map |\n|---|---|---|\n");
+  for (const Point& p : points) {
+    std::printf("| %.0f GiB | %.1f MiB | %.1f MiB |\n", static_cast<double>(p.mapped) / kGiB,
+                static_cast<double>(p.rss) / kMiB, static_cast<double>(p.map_bytes) / kMiB);
+  }
+  std::printf("\nslope: %.0f MiB of RSS per TiB mapped (cluster map alone: %.0f MiB per TiB)\n",
+              per_tib / kMiB, map_per_tib / kMiB);
+  std::fflush(stdout);
+  // The restart in a process of its own (this one's heap keeps what the first engine freed).
+  const std::string cmd = "/proc/" + std::to_string(getpid()) +
+                          "/exe --study memory-reopen --dir " + dir + " --io-backend " +
+                          std::string(IoBackendName(backend));
+  const int rc = std::system(cmd.c_str());
+  fs::remove_all(dir);
+  return rc == 0 ? 0 : 1;
+}
+
+// The second half of the memory study: opens the engine in `dir` and volume "m" (its map loaded)
+// and says how long that took and the process's memory then.
+int MemoryReopen(const std::string& dir, IoBackend backend) {
+  EngineOptions o;
+  o.data_dir = dir + "/data";
+  o.create_default_pool = false;
+  o.device.backend = backend;
+  const uint64_t rss_before = RssBytes();
+  const uint64_t t0 = NowNs();
+  auto engine = Engine::Open(o);
+  if (!engine.ok()) return 1;
+  auto h = (*engine)->OpenVolume("m");
+  const uint64_t t1 = NowNs();
+  if (!h.ok()) return 1;
+  uint64_t mapped = 0;
+  (*h)->reactor()->RunSync([&] {
+    (*h)->volume().map().ForEach([&](uint64_t, std::span<const Fragment>) { mapped += 64 * kKiB; });
+  });
+  std::printf(
+      "restart (Engine::Open + OpenVolume in a new process, %.0f GiB mapped): %.2f s; RSS "
+      "%.1f MiB (%.1f MiB before the open)\n",
+      static_cast<double>(mapped) / kGiB, static_cast<double>(t1 - t0) / 1e9,
+      static_cast<double>(RssBytes()) / kMiB, static_cast<double>(rss_before) / kMiB);
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"Shale engine benchmark: volume API vs fio io_uring on the same pool file"};
   std::string dir = "/var/tmp/shale-engine-bench";
@@ -624,7 +731,9 @@ int Main(int argc, char** argv) {
   std::string study;
   bool preallocate = false;
   app.add_flag("--preallocate", preallocate, "snapshot study: preallocate the pool file");
-  app.add_option("--study", study, "run a study instead: cluster-size | snapshots");
+  app.add_option("--study", study, "run a study instead: cluster-size | snapshots | memory");
+  std::string mapped_s = "256G";
+  app.add_option("--mapped", mapped_s, "memory study: the larger mapped size (the smaller: 1/4)");
   CLI11_PARSE(app, argc, argv);
 
   auto vsize = ParseSize(volume_size_s);
@@ -637,6 +746,15 @@ int Main(int argc, char** argv) {
   log::Init("warn");
   if (study == "cluster-size") return ClusterStudy(dir, *vsize, runtime, *be);
   if (study == "snapshots") return SnapshotStudy(dir, runtime, *be, preallocate);
+  if (study == "memory-reopen") return MemoryReopen(dir, *be);
+  if (study == "memory") {
+    auto mapped = ParseSize(mapped_s);
+    if (!mapped.ok() || *mapped < kGiB) {
+      std::fprintf(stderr, "bad --mapped\n");
+      return 2;
+    }
+    return MemoryStudy(dir, *be, *mapped);
+  }
   if (!study.empty()) {
     std::fprintf(stderr, "unknown study %s\n", study.c_str());
     return 2;
