@@ -774,9 +774,11 @@ Status Decode(std::span<const uint8_t> p, SnapshotRef* m) {
     if (end == std::string_view::npos) return Malformed("snapshot labels: a line without its end");
     Result<std::pair<std::string, std::string>> label = ParseLabel(labels.substr(0, end));
     if (!label.ok()) return Malformed("snapshot labels: " + label.status().ToString());
-    if (!m->labels.insert(std::move(label).value()).second) {
-      return Malformed("snapshot labels: a key given twice");
+    // Keys in increasing order (how Encode writes them): one encoding per set of labels.
+    if (!m->labels.empty() && !(m->labels.rbegin()->first < label->first)) {
+      return Malformed("snapshot labels: keys repeated or out of order");
     }
+    m->labels.insert(m->labels.end(), std::move(label).value());
     labels.remove_prefix(end + 1);
   }
   if (m->labels.size() > kMaxLabels) return Malformed("snapshot labels: too many");

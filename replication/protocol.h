@@ -381,7 +381,7 @@ struct WireSnapshotRef {  // followed by the volume name, the snapshot name, the
   uint8_t volume_uuid[16];
   uint16_t volume_name_length;    // 1..128
   uint16_t snapshot_name_length;  // 1..128
-  uint32_t labels_length;         // 0..kMaxSnapshotLabelsLength: "KEY=VALUE\n" per label
+  uint32_t labels_length;  // 0..kMaxSnapshotLabelsLength: "KEY=VALUE\n" per label, keys ascending
 };
 static_assert(sizeof(WireSnapshotRef) == 24);
 struct SnapshotDigest {  // SNAPSHOT_DIGEST reply, OK: WireString + the digest (1..64 bytes)

@@ -397,8 +397,9 @@ TEST(ReplicaProtocol, PayloadDecodersNeverTrustLengths) {
   Encode(SnapshotRef{{}, "vol", "s", {{"team", "nb"}, {"url", "s3://b/p?a=b"}}}, &labelled);
   ASSERT_TRUE(Decode(AsBytes(labelled), &sro).ok());
   EXPECT_EQ(sro.labels, (Labels{{"team", "nb"}, {"url", "s3://b/p?a=b"}}));
-  for (const std::string& text : {std::string("team=nb"), std::string("bad key=v\n"),
-                                  std::string("a=1\na=2\n"), std::string("=v\n")}) {
+  for (const std::string& text :
+       {std::string("team=nb"), std::string("bad key=v\n"), std::string("a=1\na=2\n"),
+        std::string("b=1\na=2\n"), std::string("=v\n")}) {
     bad = sref;
     bad[offsetof(WireSnapshotRef, labels_length)] = static_cast<char>(text.size());
     bad += text;

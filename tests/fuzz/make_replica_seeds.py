@@ -139,7 +139,7 @@ SEEDS = {
     + frame(STAT_REPLICA | REPLY, struct.pack("<QQQQII", 4096, 0, 3, 4, 2, 0)),
     "snapshots": bytes([FIX | 31]) + auth() + snapshot_ref(SNAPSHOT_DIGEST)
     + snapshot_ref(DELETE_SNAPSHOT, "vol", "nightly", rid=8)
-    + snapshot_ref(TAKE_SNAPSHOT, "vol", "hourly", rid=10, labels=b"team=nb\nsource=s3://b/p\n")
+    + snapshot_ref(TAKE_SNAPSHOT, "vol", "hourly", rid=10, labels=b"source=s3://b/p\nteam=nb\n")
     + open_req()
     + frame(SNAPSHOT, string("s2"), rid=9),
     "snapshot_replies": bytes([FIX | 63]) + hello() + frame(AUTH | REPLY, bytes(32), rid=0)
