@@ -231,6 +231,15 @@ uint64_t DirBytes(const std::string& dir) {
   return total;
 }
 
+// The engine options of every study: metadata under `dir`/data, no default pool.
+EngineOptions BenchEngineOptions(const std::string& dir, IoBackend backend) {
+  EngineOptions o;
+  o.data_dir = dir + "/data";
+  o.create_default_pool = false;
+  o.device.backend = backend;
+  return o;
+}
+
 // For each cluster size: first-write sequential throughput, first-touch random 4 KiB writes
 // with a flush every 256 writes, space amplification of those random writes, and the metadata
 // cost (in-memory map, RocksDB) of a fully written volume.
@@ -242,10 +251,7 @@ int ClusterStudy(const std::string& dir, uint64_t vsize, unsigned runtime, IoBac
   for (uint64_t cs : {16 * kKiB, 64 * kKiB, 256 * kKiB}) {
     fs::remove_all(dir);
     fs::create_directories(dir);
-    EngineOptions o;
-    o.data_dir = dir + "/data";
-    o.create_default_pool = false;
-    o.device.backend = backend;
+    const EngineOptions o = BenchEngineOptions(dir, backend);
     auto engine = std::move(Engine::Open(o)).value();
     const uint64_t sparse_size = 16 * kGiB, sparse_writes = 32768;  // 128 MiB spread over 16 GiB
     const uint64_t pool_size = vsize + sparse_writes * cs + 64 * kMiB;
@@ -302,10 +308,7 @@ std::unique_ptr<Engine> OpenSnapshotPool(const std::string& dir, IoBackend backe
                                          bool preallocate) {
   fs::remove_all(dir);
   fs::create_directories(dir);
-  EngineOptions o;
-  o.data_dir = dir + "/data";
-  o.create_default_pool = false;
-  o.device.backend = backend;
+  const EngineOptions o = BenchEngineOptions(dir, backend);
   auto engine = std::move(Engine::Open(o)).value();
   const uint64_t pool_size = preallocate ? 8 * kGiB : 72 * kGiB;
   if (preallocate) {
@@ -566,10 +569,7 @@ int EngineVsFio(const std::string& dir, uint64_t vsize, uint64_t csize, IoBacken
   fs::remove_all(dir);
   fs::create_directories(dir);
   const std::string pool_file = dir + "/pool.img";
-  EngineOptions o;
-  o.data_dir = dir + "/data";
-  o.create_default_pool = false;
-  o.device.backend = backend;
+  const EngineOptions o = BenchEngineOptions(dir, backend);
   auto engine_or = Engine::Open(o);
   if (!engine_or.ok()) {
     std::fprintf(stderr, "%s\n", engine_or.status().ToString().c_str());
@@ -631,10 +631,7 @@ uint64_t RssBytes() {
 int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big) {
   fs::remove_all(dir);
   fs::create_directories(dir);
-  EngineOptions o;
-  o.data_dir = dir + "/data";
-  o.create_default_pool = false;
-  o.device.backend = backend;
+  const EngineOptions o = BenchEngineOptions(dir, backend);
   auto engine = std::move(Engine::Open(o)).value();
   if (!engine
            ->CreatePool(
@@ -691,10 +688,7 @@ int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big) {
 // The second half of the memory study: opens the engine in `dir` and volume "m" (its map loaded)
 // and says how long that took and the process's memory then.
 int MemoryReopen(const std::string& dir, IoBackend backend) {
-  EngineOptions o;
-  o.data_dir = dir + "/data";
-  o.create_default_pool = false;
-  o.device.backend = backend;
+  const EngineOptions o = BenchEngineOptions(dir, backend);
   const uint64_t rss_before = RssBytes();
   const uint64_t t0 = NowNs();
   auto engine = Engine::Open(o);
