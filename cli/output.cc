@@ -611,6 +611,7 @@ nlohmann::ordered_json ToJson(const v1::Snapshot& s) {
       {"clones", clones},
       {"export_uri", s.export_uri()},
       {"nbd_clients", s.nbd_clients()},
+      {"durable", !s.commit_pending()},
   };
 }
 
@@ -647,11 +648,19 @@ std::string SnapshotView(const v1::Snapshot& s) {
       {"Labels", FormatLabels(s.labels())},
       {"Digest", DigestText(s)},
       {"Digest state", DigestStateName(s.digest_state()) + " (XXH3-128 Merkle root of its blocks)"},
-      {"Data", SizeWithBytes(s.data_bytes()) + " (stored in its own clusters)"},
-      {"Owned", SizeWithBytes(s.exclusive_bytes()) + " (only it holds this: deleting it frees it)"},
-      {"Shared",
-       SizeWithBytes(s.shared_bytes()) + " (also read by the volume, later snapshots or clones)"},
+      {"Durable", !s.commit_pending() ? "yes"
+                                      : "not yet: its commit is in flight (a crash now loses the "
+                                        "snapshot; 'snapshot show' waits for the commit)"},
   };
+  if (!s.commit_pending()) {
+    rows.emplace_back("Data", SizeWithBytes(s.data_bytes()) + " (stored in its own clusters)");
+    rows.emplace_back("Owned", SizeWithBytes(s.exclusive_bytes()) +
+                                   " (only it holds this: deleting it frees it)");
+    rows.emplace_back("Shared", SizeWithBytes(s.shared_bytes()) +
+                                    " (also read by the volume, later snapshots or clones)");
+  } else {
+    rows.emplace_back("Space", "known once durable ('snapshot show')");
+  }
   std::string clones;
   for (const std::string& c : s.clones()) clones += (clones.empty() ? "" : ", ") + c;
   rows.emplace_back("Clones", clones.empty() ? "-" : clones);

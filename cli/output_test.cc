@@ -279,6 +279,14 @@ TEST(Views, SnapshotShowsProvenanceSpaceAndClones) {
   s.set_volume_exists(false);
   view = SnapshotView(s);
   EXPECT_NE(view.find("data (deleted since)"), std::string::npos) << view;
+  EXPECT_NE(view.find("Durable:       yes\n"), std::string::npos) << view;
+  // Answered at the cut: no space figures (they would need the commit), and it says so.
+  s.set_commit_pending(true);
+  view = SnapshotView(s);
+  EXPECT_NE(view.find("Durable:       not yet: its commit is in flight"), std::string::npos)
+      << view;
+  EXPECT_EQ(view.find("Owned:"), std::string::npos) << view;
+  EXPECT_FALSE(ToJson(s)["durable"].get<bool>());
 
   const nlohmann::ordered_json j = ToJson(SampleSnapshot());
   EXPECT_EQ(j["name"], "data@v1");

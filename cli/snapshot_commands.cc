@@ -51,6 +51,9 @@ void SnapshotCommands::AddSnapshotCommand(CLI::App& app) {
   create->add_flag("--wait-digest", wait_digest_,
                    "Answer once the content digest is computed (it reads the whole snapshot; "
                    "raise --timeout for large volumes)");
+  create->add_flag("--wait-durable", wait_durable_,
+                   "Answer once the snapshot survives a crash (by default it answers at the cut, "
+                   "while its commit may still be in flight: Durable says which)");
   create->callback(SelectAction(action_, this, &SnapshotCommands::RunCreate));
 
   CLI::App* list = snapshot_cmd->add_subcommand("list", "List snapshots (of one volume, or all)");
@@ -167,6 +170,7 @@ int SnapshotCommands::RunCreate(ControlClient& client, Format format) {
   req.set_name(name);
   req.mutable_labels()->insert(labels.begin(), labels.end());
   req.set_wait_digest(wait_digest_);
+  req.set_wait_durable(wait_durable_);
   return RunRpc(client, &v1::Control::Stub::CreateSnapshot, req, err_, [&](const v1::Snapshot& s) {
     format == Format::kJson ? PrintJson(ToJson(s)) : void(out_ << SnapshotView(s));
     return kExitOk;

@@ -59,6 +59,7 @@ class SnapshotCommands {
   std::string volume_, snapshot_, ref_, file_, base_, pool_, target_, group_;
   std::vector<std::string> labels_, volumes_;
   bool wait_digest_ = false;
+  bool wait_durable_ = false;
   bool force_ = false;
   bool all_ = false;
   bool overwrite_ = false;

@@ -147,8 +147,10 @@ void FillCsiSnapshot(const snapshot::SnapshotInfo& s, v1::Snapshot* out) {
   out->set_source_volume_id(s.volume);
   out->set_size_bytes(static_cast<int64_t>(LabelledCapacity(s.labels, s.size_bytes)));
   *out->mutable_creation_time() = TimestampOf(s.created_unix_ns);
-  // Redirect-on-write: a snapshot is complete when Create returns (the digest is extra).
-  out->set_ready_to_use(true);
+  // Redirect-on-write: a snapshot is complete at its cut once its commit is durable (Create may
+  // answer before that; the snapshotter calls again: docs/snapshots.md, "Freeze latency"). The
+  // digest is extra.
+  out->set_ready_to_use(s.durable);
   // A member of a group snapshot (docs/csi.md, "GroupController").
   if (auto g = s.labels.find(std::string(daemon::kGroupLabel)); g != s.labels.end()) {
     out->set_group_snapshot_id(g->second);

@@ -90,6 +90,7 @@ void ToProto(const snapshot::SnapshotInfo& in, v1::Snapshot* out) {
   out->set_exclusive_bytes(in.exclusive_bytes);
   out->set_shared_bytes(in.shared_bytes);
   for (const std::string& clone : in.clones) out->add_clones(clone);
+  out->set_commit_pending(!in.durable);
 }
 
 }  // namespace internal
@@ -104,8 +105,10 @@ grpc::Status ControlService::CreateSnapshot(grpc::ServerContext* ctx,
   Status valid = ValidateName("volume", req->volume());
   if (valid.ok()) valid = ValidateName("snapshot", req->name());
   if (!valid.ok()) return Fail(ctx, valid);
-  Result<snapshot::SnapshotInfo> snap = lifecycle_->Snapshot(
-      req->volume(), req->name(), {.labels = std::move(labels), .wait_digest = req->wait_digest()});
+  Result<snapshot::SnapshotInfo> snap = lifecycle_->Snapshot(req->volume(), req->name(),
+                                                             {.labels = std::move(labels),
+                                                              .wait_digest = req->wait_digest(),
+                                                              .wait_durable = req->wait_durable()});
   if (!snap.ok()) return Fail(ctx, snap.status());
   ToProto(*snap, resp);
   AddExportInfo(resp);

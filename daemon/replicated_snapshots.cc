@@ -208,6 +208,9 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
   }
   snapshot::CreateSnapshotOptions local = options;
   local.wait_digest = false;  // never while writes wait
+  // Durable before the copies start: a replicated snapshot is acknowledged only once every
+  // replica holds it durably.
+  local.wait_durable = true;
   for (const auto& [k, v] : *labels) local.labels[k] = v;
   Result<snapshot::SnapshotInfo> taken = lifecycle_->snapshots()->Create(volume, name, local);
   if (!taken.ok()) {

@@ -434,6 +434,9 @@ Status Engine::DeletePool(std::string_view name, bool force) {
   auto it = pools_.find(name);
   if (it == pools_.end()) return Status::NotFound("pool '" + std::string(name) + "' not found");
   PoolSlot* slot = it->second.get();
+  if (slot->map_loads > 0) {
+    return Status::Busy("pool '" + std::string(name) + "' is in use (a snapshot is being opened)");
+  }
   std::vector<VolumeSlot*> vols;
   std::string names;
   for (auto& [n, vs] : volumes_) {
@@ -713,7 +716,8 @@ void Engine::ReleaseHandle(Volume* volume) {
 // Records of upper layers (keys::Extension)
 
 Result<std::optional<std::string>> Engine::GetRecord(std::string_view pool_name,
-                                                     std::string_view key) {
+                                                     std::string_view key, bool committed_only) {
+  if (!committed_only) SHALE_RETURN_IF_ERROR(AwaitFreezes(pool_name));
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
   return slot->pool->meta().Get(key);
@@ -722,6 +726,7 @@ Result<std::optional<std::string>> Engine::GetRecord(std::string_view pool_name,
 Status Engine::ScanRecords(
     std::string_view pool_name, std::string_view prefix,
     const std::function<bool(std::string_view key, std::string_view value)>& fn) {
+  SHALE_RETURN_IF_ERROR(AwaitFreezes(pool_name));
   Pool* pool = nullptr;
   {
     std::lock_guard lock(mu_);

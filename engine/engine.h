@@ -11,6 +11,7 @@
 #pragma once
 
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -216,7 +217,15 @@ class Engine {
   // Freezes the volume's current content as an immutable image and continues the volume on a
   // new head (redirect-on-write: nothing is copied). Writes acknowledged before the call are in
   // the image, writes issued after it returns are not. Returns the frozen image's id.
-  Result<uint64_t> FreezeVolume(std::string_view volume, const ExtraRecords& extra = nullptr);
+  // Without `durable` it returns once the freeze's commit (with `extra`) is durable. With it,
+  // it returns at the cut (the drain of writes in flight; docs/snapshots.md, "Freeze latency")
+  // and durable(status) runs later on another thread, once the commit is durable or failed; it
+  // must not call into the engine. Until then every engine call that reads this pool's stored
+  // state (records, image entries) first waits for that commit, so nothing reads a half-made
+  // image; a crash before it leaves no trace of the freeze.
+  using FreezeDurable = std::function<void(const Status&)>;
+  Result<uint64_t> FreezeVolume(std::string_view volume, const ExtraRecords& extra = nullptr,
+                                FreezeDurable durable = nullptr);
   // Freezes every volume in `volumes` at one instant (group snapshots; docs/snapshots.md,
   // "Group snapshots"). All members are quiesced first (every request parked, those in flight
   // drained), then each is captured, then resumed: a write acknowledged before the call is in
@@ -265,7 +274,10 @@ class Engine {
   Result<uint64_t> VolumeHeadImage(std::string_view volume);
 
   // Records of upper layers in a pool's metadata (keys::Extension). Writes commit durably.
-  Result<std::optional<std::string>> GetRecord(std::string_view pool, std::string_view key);
+  // Reads wait for freezes in flight (FreezeVolume's `durable`) unless `committed_only`: then
+  // a record a freeze in flight carries is not seen yet (the caller tracks those itself).
+  Result<std::optional<std::string>> GetRecord(std::string_view pool, std::string_view key,
+                                               bool committed_only = false);
   Status ScanRecords(std::string_view pool, std::string_view prefix,
                      const std::function<bool(std::string_view key, std::string_view value)>& fn);
   Status WriteRecords(std::string_view pool, MetaBatch batch);
@@ -292,6 +304,14 @@ class Engine {
   std::vector<uint64_t> ChainOf(const PoolSlot& slot, uint64_t image) const;
   VolumeSlot* VolumeWithHead(const PoolSlot& slot, uint64_t image);
   Result<std::vector<std::pair<uint64_t, MapEntry>>> ReadImageEntries(Pool& pool, uint64_t image);
+  // Freezes that returned at their cut (FreezeVolume's `durable`): readers of a pool's stored
+  // state (records, image entries) first wait until every such freeze submitted before them is
+  // durable. AwaitFreezes waits without holding mu_ (every pool when `pool` is empty);
+  // SettleFreezesLocked under it (only where a caller already holds it);
+  // FreezesSettledLocked submits the wait (ready at once when none is in flight).
+  Status AwaitFreezes(std::string_view pool = {});
+  Status SettleFreezesLocked(PoolSlot& slot);
+  std::future<Status> FreezesSettledLocked(PoolSlot& slot);
   Status FreeImageLocked(PoolSlot& slot, uint64_t image, const ExtraRecords& extra);
   Status MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child,
                           const ExtraRecords& extra);

@@ -5,9 +5,13 @@
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
+#include <future>
+#include <mutex>
 #include <random>
 
 #include "engine/engine.h"
+#include "engine/io/memory_device.h"
+#include "engine/pool/keys.h"
 #include "engine/volume/volume_test_util.h"
 
 namespace shale {
@@ -570,6 +574,115 @@ TEST_F(EngineImageTest, ImagesSurviveRestart) {
   auto v = Open("v");
   EXPECT_EQ(Read(v->volume(), 0, 4096), Pattern(4096, 2));
   ExpectClean();
+}
+
+// A device whose flushes wait while the gate is closed: holds a commit in flight.
+class GatedFlushDevice final : public BlockDevice {
+ public:
+  explicit GatedFlushDevice(uint64_t size) : inner_(std::make_shared<MemoryDevice>(size)) {}
+  DeviceGeometry geometry() const override { return inner_->geometry(); }
+  std::string kind() const override { return inner_->kind(); }
+  void Submit(IoRequest* req) override { inner_->Submit(req); }
+  Status ReadSync(uint64_t o, void* b, uint64_t l) override { return inner_->ReadSync(o, b, l); }
+  Status WriteSync(uint64_t o, const void* b, uint64_t l) override {
+    return inner_->WriteSync(o, b, l);
+  }
+  Status DiscardSync(uint64_t o, uint64_t l) override { return inner_->DiscardSync(o, l); }
+  Status FlushSync() override {
+    std::unique_lock lock(mu_);
+    ++flushes_waiting_;
+    cv_.notify_all();
+    // Bounded: a test that forgets to open the gate fails instead of hanging.
+    cv_.wait_for(lock, std::chrono::seconds(30), [&] { return open_; });
+    --flushes_waiting_;
+    return inner_->FlushSync();
+  }
+  void SetOpen(bool open) {
+    std::lock_guard lock(mu_);
+    open_ = open;
+    cv_.notify_all();
+  }
+  bool WaitForBlockedFlush() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return flushes_waiting_ > 0; });
+  }
+
+ private:
+  std::shared_ptr<MemoryDevice> inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true;
+  int flushes_waiting_ = 0;
+};
+
+// FreezeVolume with a durable callback answers at the cut while its commit is still in flight;
+// I/O goes on meanwhile, every reader of stored state waits for the commit, and the frozen
+// image holds exactly what was written before the call.
+TEST(EngineFreezeAtTheCut, AnswersBeforeTheCommitAndReadersWaitForIt) {
+  char tmpl[] = "/tmp/shale-freeze-cut-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  auto device = std::make_shared<GatedFlushDevice>(256 * kMiB);
+  EngineOptions o;
+  o.data_dir = dir + "/data";
+  o.default_pool_size = 256 * kMiB;
+  o.commit_interval_ms = 0;
+  o.device_factory = [device](const std::string&) -> Result<std::shared_ptr<BlockDevice>> {
+    return std::shared_ptr<BlockDevice>(device);
+  };
+  {
+    auto e = Engine::Open(o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    std::unique_ptr<Engine> engine = std::move(e).value();
+    ASSERT_TRUE(engine->CreateVolume({.name = "v", .size_bytes = 16 * kMiB}).ok());
+    auto h = engine->OpenVolume("v");
+    ASSERT_TRUE(h.ok());
+    Volume& vol = (*h)->volume();
+    AlignedBuffer buf = AllocateAligned(kMiB);
+    std::memset(buf.get(), 0xA1, kMiB);
+    ASSERT_TRUE(RunVolumeIo(vol, VolumeOp::kWrite, 0, kMiB, buf.get()).ok());
+
+    device->SetOpen(false);
+    std::promise<Status> durable;
+    const std::string key = keys::Extension("test", "snap");
+    auto image = engine->FreezeVolume(
+        "v", [&](uint64_t, MetaBatch* batch) { batch->Put(key, "record"); },
+        [&durable](const Status& st) { durable.set_value(st); });
+    ASSERT_TRUE(image.ok()) << image.status();
+    ASSERT_TRUE(device->WaitForBlockedFlush()) << "the freeze's commit never reached the device";
+    auto durable_future = durable.get_future();
+    EXPECT_EQ(durable_future.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout)
+        << "the freeze waited for its commit";
+
+    // Writes after the cut go on while the commit waits, and are not in the image.
+    std::memset(buf.get(), 0xB2, kMiB);
+    ASSERT_TRUE(RunVolumeIo(vol, VolumeOp::kWrite, 0, kMiB, buf.get()).ok());
+    // A reader of stored state waits for the commit rather than seeing it half made.
+    auto record = std::async(std::launch::async, [&] { return engine->GetRecord("default", key); });
+    EXPECT_EQ(record.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout)
+        << "a record read did not wait for the freeze's commit";
+
+    device->SetOpen(true);
+    ASSERT_EQ(durable_future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+    EXPECT_TRUE(durable_future.get().ok());
+    auto got = record.get();
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(got->has_value());
+    EXPECT_EQ(**got, "record");
+    auto view = engine->OpenImage("default", *image);
+    ASSERT_TRUE(view.ok()) << view.status();
+    ASSERT_TRUE(RunVolumeIo((*view)->volume(), VolumeOp::kRead, 0, kMiB, buf.get()).ok());
+    EXPECT_EQ(buf.get()[0], 0xA1);
+    EXPECT_EQ(buf.get()[kMiB - 1], 0xA1);
+    ASSERT_TRUE(RunVolumeIo(vol, VolumeOp::kRead, 0, kMiB, buf.get()).ok());
+    EXPECT_EQ(buf.get()[0], 0xB2);
+    view->reset();
+    h->reset();
+    auto check = engine->CheckPool("default");
+    ASSERT_TRUE(check.ok()) << check.status();
+    EXPECT_TRUE(check->clean()) << check->problems.front();
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -65,6 +65,46 @@ Status Engine::RunOnVolume(Volume& volume,
   return done.get_future().get();
 }
 
+std::future<Status> Engine::FreezesSettledLocked(PoolSlot& slot) {
+  auto settled = std::make_shared<std::promise<Status>>();
+  std::future<Status> out = settled->get_future();
+  Status failure;
+  if (slot.pool) {
+    std::lock_guard lock(slot.cut_freezes->mu);
+    failure = slot.cut_freezes->failure;
+  }
+  if (!slot.pool || !failure.ok() ||
+      slot.cut_freezes->in_flight.load(std::memory_order_acquire) == 0) {
+    settled->set_value(failure);
+    return out;
+  }
+  // The pipeline is FIFO: once an empty request submitted now is done, so is every freeze
+  // submitted before it.
+  CommitPipeline::Request barrier;
+  barrier.flush_device = false;
+  barrier.done = [settled](const Status& st) { settled->set_value(st); };
+  slot.pool->pipeline().Submit(std::move(barrier));
+  return out;
+}
+
+Status Engine::SettleFreezesLocked(PoolSlot& slot) {
+  return FreezesSettledLocked(slot).get().WithContext("wait for a snapshot's commit");
+}
+
+Status Engine::AwaitFreezes(std::string_view pool_name) {
+  std::vector<std::future<Status>> settled;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [name, slot] : pools_) {
+      if (pool_name.empty() || name == pool_name) settled.push_back(FreezesSettledLocked(*slot));
+    }
+  }
+  for (auto& f : settled) {
+    SHALE_RETURN_IF_ERROR(f.get().WithContext("wait for a snapshot's commit"));
+  }
+  return Status::Ok();
+}
+
 Result<std::vector<std::pair<uint64_t, MapEntry>>> Engine::ReadImageEntries(Pool& pool,
                                                                             uint64_t image) {
   std::vector<std::pair<uint64_t, MapEntry>> out;
@@ -104,7 +144,8 @@ ImageInfo Engine::DescribeImage(const PoolSlot& slot, uint64_t image) const {
   return info;
 }
 
-Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecords& extra) {
+Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecords& extra,
+                                      FreezeDurable durable) {
   std::lock_guard lock(mu_);
   auto it = volumes_.find(volume);
   if (it == volumes_.end())
@@ -141,9 +182,27 @@ Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecord
   batch.Put(keys::Volume(rec.id()), rec.SerializeAsString());
   if (extra) extra(old_head, &batch);
   auto shared = std::make_shared<MetaBatch>(std::move(batch));
-  Status st = RunOnVolume(vol, [&](std::function<void(const Status&)> done) {
-    vol.Freeze(new_head, std::move(*shared), std::move(done));
-  });
+  Status st;
+  if (!durable) {
+    st = RunOnVolume(vol, [&](std::function<void(const Status&)> done) {
+      vol.Freeze(new_head, std::move(*shared), nullptr, std::move(done));
+    });
+  } else {
+    auto cut_freezes = ps.cut_freezes;
+    cut_freezes->in_flight.fetch_add(1, std::memory_order_acq_rel);
+    st = RunOnVolume(vol, [&](std::function<void(const Status&)> cut) {
+      vol.Freeze(
+          new_head, std::move(*shared), [cut] { cut(Status::Ok()); },
+          [cut_freezes, durable = std::move(durable)](const Status& s) {
+            if (!s.ok()) {
+              std::lock_guard failure_lock(cut_freezes->mu);
+              if (cut_freezes->failure.ok()) cut_freezes->failure = s;
+            }
+            cut_freezes->in_flight.fetch_sub(1, std::memory_order_acq_rel);
+            durable(s);
+          });
+    });
+  }
   if (!st.ok()) return st.WithContext("freeze volume '" + std::string(volume) + "'");
   ps.images[old_head] = frozen;
   ps.images[new_head] = head;
@@ -153,6 +212,7 @@ Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecord
 
 Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& params,
                                                  uint64_t image_id, const VolumeRecords& extra) {
+  SHALE_RETURN_IF_ERROR(AwaitFreezes(params.pool));
   std::lock_guard lock(mu_);
   if (shut_down_) return Status::Unavailable("engine is shut down");
   SHALE_RETURN_IF_ERROR(ValidateName("volume", params.name));
@@ -207,43 +267,68 @@ Result<VolumeInfo> Engine::CreateVolumeFromImage(const CreateVolumeParams& param
 
 Result<std::shared_ptr<VolumeHandle>> Engine::OpenImage(std::string_view pool_name,
                                                         uint64_t image_id) {
-  std::lock_guard lock(mu_);
-  SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-  auto it = slot->images.find(image_id);
-  if (it == slot->images.end() || it->second.deleted()) {
-    return Status::NotFound("image " + std::to_string(image_id) + " not found");
+  SHALE_RETURN_IF_ERROR(AwaitFreezes(pool_name));
+  // Loading a big image's map takes long (O(its chain's entries)): it runs without mu_, so that
+  // snapshots and everything else go on meanwhile, and is redone if the stored entries of the
+  // pool's frozen images changed under it (a merge or free bumps entries_generation). The pool
+  // stays (map_loads pins it); the last attempt holds mu_ throughout.
+  constexpr int kUnlockedAttempts = 2;
+  for (int attempt = 0;; ++attempt) {
+    std::unique_lock lock(mu_);
+    SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
+    auto it = slot->images.find(image_id);
+    if (it == slot->images.end() || it->second.deleted()) {
+      return Status::NotFound("image " + std::to_string(image_id) + " not found");
+    }
+    if (it->second.kind() != meta::IMAGE_FROZEN) {
+      return Status::FailedPrecondition("image " + std::to_string(image_id) +
+                                        " is a volume's head, not frozen");
+    }
+    auto key = std::make_pair(std::string(pool_name), image_id);
+    if (views_.find(key) == views_.end()) {
+      const std::vector<uint64_t> chain = ChainOf(*slot, image_id);
+      const meta::ImageRecord image = it->second;
+      Result<ClusterMap> map = Status::Internal("not loaded");
+      if (attempt < kUnlockedAttempts) {
+        const uint64_t generation = slot->entries_generation;
+        ++slot->map_loads;
+        lock.unlock();
+        map = Volume::LoadMap(*slot->pool, chain, image.size_bytes(), nullptr);
+        lock.lock();
+        --slot->map_loads;
+        if (slot->entries_generation != generation) continue;
+        if (views_.count(key)) continue;  // another caller opened it meanwhile
+        auto again = slot->images.find(image_id);
+        if (again == slot->images.end() || again->second.deleted()) continue;
+      } else {
+        map = Volume::LoadMap(*slot->pool, chain, image.size_bytes(), nullptr);
+      }
+      SHALE_RETURN_IF_ERROR(map.status());
+      meta::VolumeRecord rec;
+      rec.set_name("image-" + std::to_string(image_id));
+      rec.set_size_bytes(image.size_bytes());
+      rec.set_head_image(image_id);
+      rec.set_read_only(true);
+      rec.set_created_unix_ns(image.created_unix_ns());
+      auto view = std::make_shared<Volume>(
+          slot->pool.get(), PickReactor(image_id), rec, chain, std::move(map).value(),
+          Volume::Options{.commit_interval_ns = 0, .view_only = true});
+      auto is = std::make_unique<ImageSlot>();
+      is->pool = slot;
+      is->image = image_id;
+      is->view = std::move(view);
+      views_.emplace(key, std::move(is));
+    }
+    ImageSlot& is = *views_.at(key);
+    ++is.open_count;
+    return std::shared_ptr<VolumeHandle>(new VolumeHandle(this, is.view));
   }
-  if (it->second.kind() != meta::IMAGE_FROZEN) {
-    return Status::FailedPrecondition("image " + std::to_string(image_id) +
-                                      " is a volume's head, not frozen");
-  }
-  auto key = std::make_pair(std::string(pool_name), image_id);
-  auto vit = views_.find(key);
-  if (vit == views_.end()) {
-    std::vector<uint64_t> chain = ChainOf(*slot, image_id);
-    SHALE_ASSIGN_OR_RETURN(ClusterMap map,
-                           Volume::LoadMap(*slot->pool, chain, it->second.size_bytes(), nullptr));
-    meta::VolumeRecord rec;
-    rec.set_name("image-" + std::to_string(image_id));
-    rec.set_size_bytes(it->second.size_bytes());
-    rec.set_head_image(image_id);
-    rec.set_read_only(true);
-    rec.set_created_unix_ns(it->second.created_unix_ns());
-    auto view = std::make_shared<Volume>(
-        slot->pool.get(), PickReactor(image_id), rec, chain, std::move(map),
-        Volume::Options{.commit_interval_ns = 0, .view_only = true});
-    auto is = std::make_unique<ImageSlot>();
-    is->pool = slot;
-    is->image = image_id;
-    is->view = std::move(view);
-    vit = views_.emplace(key, std::move(is)).first;
-  }
-  ++vit->second->open_count;
-  return std::shared_ptr<VolumeHandle>(new VolumeHandle(this, vit->second->view));
 }
 
 Status Engine::FreeImageLocked(PoolSlot& slot, uint64_t image, const ExtraRecords& extra) {
   Pool& pool = *slot.pool;
+  SHALE_RETURN_IF_ERROR(SettleFreezesLocked(slot));
+  ++slot.entries_generation;  // OpenImage's unlocked loads start over
   SHALE_ASSIGN_OR_RETURN(auto entries, ReadImageEntries(pool, image));
   CommitPipeline::Request req;
   for (const auto& [v, e] : entries) {
@@ -264,6 +349,8 @@ Status Engine::FreeImageLocked(PoolSlot& slot, uint64_t image, const ExtraRecord
 Status Engine::MergeImageLocked(PoolSlot& slot, uint64_t image, uint64_t child,
                                 const ExtraRecords& extra) {
   Pool& pool = *slot.pool;
+  SHALE_RETURN_IF_ERROR(SettleFreezesLocked(slot));
+  ++slot.entries_generation;  // OpenImage's unlocked loads start over
   SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord parent_rec, ImageRecordOf(slot.images, image));
   SHALE_ASSIGN_OR_RETURN(meta::ImageRecord child_rec, ImageRecordOf(slot.images, child));
   child_rec.set_parent(parent_rec.parent());
@@ -365,6 +452,7 @@ Status Engine::CollectImagesLocked(PoolSlot& slot) {
 
 Status Engine::DeleteImage(std::string_view pool_name, uint64_t image_id,
                            const ExtraRecords& extra) {
+  SHALE_RETURN_IF_ERROR(AwaitFreezes(pool_name));
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
   auto it = slot->images.find(image_id);
@@ -406,6 +494,7 @@ Status Engine::DeleteImage(std::string_view pool_name, uint64_t image_id,
 }
 
 Status Engine::RevertVolume(std::string_view volume, uint64_t image_id, const ExtraRecords& extra) {
+  SHALE_RETURN_IF_ERROR(AwaitFreezes());
   std::lock_guard lock(mu_);
   auto it = volumes_.find(volume);
   if (it == volumes_.end())
@@ -510,6 +599,7 @@ Status Engine::FlattenVolume(std::string_view volume,
 Result<std::vector<std::pair<uint64_t, uint64_t>>> Engine::ChangedRanges(std::string_view pool_name,
                                                                          uint64_t older,
                                                                          uint64_t newer) {
+  SHALE_RETURN_IF_ERROR(AwaitFreezes(pool_name));
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
   SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord old_rec, ImageRecordOf(slot->images, older));
@@ -573,6 +663,7 @@ Result<ImageInfo> Engine::GetImage(std::string_view pool_name, uint64_t image_id
 }
 
 Result<ImageUsage> Engine::GetImageUsage(std::string_view pool_name, uint64_t image_id) {
+  SHALE_RETURN_IF_ERROR(AwaitFreezes(pool_name));
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
   if (!slot->images.count(image_id))

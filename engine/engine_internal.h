@@ -4,9 +4,11 @@
 // includes it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "engine/common/units.h"
@@ -25,7 +27,20 @@ struct Engine::PoolSlot {
   meta::PoolRegistration reg;
   std::unique_ptr<Pool> pool;  // null when the pool failed to open
   std::string error;
-  std::map<uint64_t, meta::ImageRecord> images;  // as committed
+  std::map<uint64_t, meta::ImageRecord> images;  // as committed, or being committed by a freeze
+  // Freezes that returned at their cut (Engine::SettleFreezesLocked): how many are not durable
+  // yet, and the first one's commit failure (the pool is in error from then on; its in-memory
+  // images include one that never committed).
+  struct CutFreezes {
+    std::atomic<uint32_t> in_flight{0};
+    std::mutex mu;
+    Status failure;  // guarded by mu
+  };
+  std::shared_ptr<CutFreezes> cut_freezes = std::make_shared<CutFreezes>();
+  // Bumped whenever stored entries of a frozen image change (merge, free); OpenImage loads maps
+  // without the lock and starts over when it moved.
+  uint64_t entries_generation = 0;
+  uint32_t map_loads = 0;  // OpenImage loads without the lock: the pool must stay
 };
 
 // One live volume.

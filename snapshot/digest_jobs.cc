@@ -116,22 +116,30 @@ void SnapshotManager::WorkerMain() {
     }
     std::shared_ptr<DigestJob> job = std::move(jobs_.front());
     jobs_.pop_front();
-    auto rec = ReadRecordLocked(job->pool, job->key);
-    if (!rec.ok() || !*rec || (*rec)->image_id() != job->image_id ||
-        (*rec)->digest_state() != DIGEST_PENDING) {
-      continue;  // deleted, or computed by someone else meanwhile
-    }
-    auto view = engine_->OpenImage(job->pool, job->image_id);
-    if (!view.ok()) {
-      SHALE_LOG_ERROR("snapshot digest: cannot open the snapshot", {"snapshot", job->key},
-                      {"error", view.status().ToString()});
-      StoreDigestFailureLocked(job->pool, job->key, job->image_id, view.status()).IgnoreError();
-      cv_.notify_all();
+    // Reading the record (which waits for the snapshot's commit) and opening the image (which
+    // loads its map) run without our lock, so that snapshot creates never wait for them;
+    // current_ lets a delete cancel the job meanwhile (CancelDigestLocked).
+    current_ = job;
+    lock.unlock();
+    auto rec = ReadRecordLocked(job->pool, job->key);  // needs no lock of ours
+    const bool wanted = rec.ok() && *rec && (*rec)->image_id() == job->image_id &&
+                        (*rec)->digest_state() == DIGEST_PENDING &&
+                        !job->cancel.load(std::memory_order_acquire);
+    Result<std::shared_ptr<VolumeHandle>> view = Status::Aborted("not wanted");
+    if (wanted) view = engine_->OpenImage(job->pool, job->image_id);
+    if (!wanted || !view.ok() || job->cancel.load(std::memory_order_acquire)) {
+      if (view.ok()) view->reset();  // before anyone waiting for the cancel deletes the image
+      lock.lock();
+      current_.reset();
+      if (wanted && !view.ok() && !job->cancel.load(std::memory_order_acquire)) {
+        SHALE_LOG_ERROR("snapshot digest: cannot open the snapshot", {"snapshot", job->key},
+                        {"error", view.status().ToString()});
+        StoreDigestFailureLocked(job->pool, job->key, job->image_id, view.status()).IgnoreError();
+      }
+      cv_.notify_all();  // deleted, cancelled, or computed by someone else meanwhile
       continue;
     }
     std::shared_ptr<VolumeHandle> handle = std::move(view).value();
-    current_ = job;
-    lock.unlock();
     auto digest = ComputeDigest(handle, &job->cancel, job.get());
     handle.reset();  // before anyone waiting for the cancel deletes the image
     lock.lock();

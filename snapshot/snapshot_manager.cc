@@ -1,8 +1,10 @@
 #include "snapshot/snapshot_manager.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <set>
 #include <tuple>
 
@@ -62,8 +64,9 @@ std::vector<std::string> SnapshotManager::OnlinePools() {
 }
 
 Result<std::optional<SnapshotRecord>> SnapshotManager::ReadRecordLocked(const std::string& pool,
-                                                                        const std::string& key) {
-  SHALE_ASSIGN_OR_RETURN(auto value, engine_->GetRecord(pool, SnapshotKey(key)));
+                                                                        const std::string& key,
+                                                                        bool committed_only) {
+  SHALE_ASSIGN_OR_RETURN(auto value, engine_->GetRecord(pool, SnapshotKey(key), committed_only));
   if (!value) return std::optional<SnapshotRecord>();
   SnapshotRecord rec;
   if (!rec.ParseFromString(*value)) {
@@ -72,11 +75,11 @@ Result<std::optional<SnapshotRecord>> SnapshotManager::ReadRecordLocked(const st
   return std::optional<SnapshotRecord>(std::move(rec));
 }
 
-Result<std::optional<SnapshotManager::Found>> SnapshotManager::LookupLocked(
-    const SnapshotRef& ref) {
+Result<std::optional<SnapshotManager::Found>> SnapshotManager::LookupLocked(const SnapshotRef& ref,
+                                                                            bool committed_only) {
   const std::string key = ref.ToString();
   for (const std::string& pool : OnlinePools()) {
-    SHALE_ASSIGN_OR_RETURN(auto rec, ReadRecordLocked(pool, key));
+    SHALE_ASSIGN_OR_RETURN(auto rec, ReadRecordLocked(pool, key, committed_only));
     if (rec) return std::optional<Found>(Found{pool, key, std::move(*rec)});
   }
   return std::optional<Found>();
@@ -221,10 +224,19 @@ Result<SnapshotManager::Found> SnapshotManager::CreateLocked(const VolumeInfo& v
                                                              std::string_view name,
                                                              const Labels& labels, bool implicit,
                                                              std::string_view implicit_for,
-                                                             bool enqueue_digest) {
+                                                             bool enqueue_digest, bool* durable,
+                                                             std::optional<TimePoint> since) {
   const SnapshotRef ref{volume.name, std::string(name)};
   const std::string key = ref.ToString();
-  SHALE_ASSIGN_OR_RETURN(auto existing, LookupLocked(ref));
+  // A name taken by a snapshot whose commit is in flight is taken too; checking those here
+  // lets this create go on without waiting for their commits.
+  bool pending = false;
+  {
+    std::lock_guard pending_lock(pending_->mu);
+    pending = pending_->keys.count(key) != 0;
+  }
+  if (pending) return Status::AlreadyExists("snapshot '" + key + "' already exists");
+  SHALE_ASSIGN_OR_RETURN(auto existing, LookupLocked(ref, durable != nullptr));
   if (existing) {
     const bool earlier =
         existing->rec.source_volume_id() != volume.id || existing->pool != volume.pool;
@@ -234,7 +246,7 @@ Result<SnapshotManager::Found> SnapshotManager::CreateLocked(const VolumeInfo& v
                    "snapshot names stay taken while such snapshots exist)"
                  : ""));
   }
-  const auto started = std::chrono::steady_clock::now();
+  const TimePoint started = since.value_or(std::chrono::steady_clock::now());
   SnapshotRecord rec;
   rec.set_volume(volume.name);
   rec.set_name(std::string(name));
@@ -246,37 +258,80 @@ Result<SnapshotManager::Found> SnapshotManager::CreateLocked(const VolumeInfo& v
   rec.set_digest_state(DIGEST_PENDING);
   rec.set_digest_version(kDigestVersion);
   // The record commits with the freeze: a crash leaves either both or neither.
-  auto image = engine_->FreezeVolume(volume.name, [&](uint64_t image_id, MetaBatch* batch) {
+  const ExtraRecords records = [&](uint64_t image_id, MetaBatch* batch) {
     rec.set_image_id(image_id);
     batch->Put(SnapshotKey(key), rec.SerializeAsString());
-  });
-  if (!image.ok()) return image.status().WithContext("snapshot '" + key + "'");
+  };
+  Engine::FreezeDurable on_durable;
+  auto committed = std::make_shared<std::atomic<bool>>(false);
+  if (durable != nullptr) {
+    {
+      std::lock_guard pending_lock(pending_->mu);
+      pending_->keys.insert(key);
+    }
+    // Runs on the volume's reactor: no lock but pending_'s, no engine call.
+    on_durable = [committed, key, started, pending = pending_](const Status& st) {
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
+              .count();
+      {
+        std::lock_guard pending_lock(pending->mu);
+        pending->keys.erase(key);
+      }
+      if (!st.ok()) {
+        SHALE_LOG_ERROR("snapshot commit failed; the snapshot is lost", {"snapshot", key},
+                        {"error", st.ToString()});
+        return;
+      }
+      committed->store(true, std::memory_order_release);
+      SHALE_LOG_INFO("snapshot durable", {"snapshot", key}, {"durable_ms", ms});
+    };
+  }
+  auto image = engine_->FreezeVolume(volume.name, records, std::move(on_durable));
+  if (!image.ok()) {
+    if (durable != nullptr) {
+      std::lock_guard pending_lock(pending_->mu);
+      pending_->keys.erase(key);
+    }
+    return image.status().WithContext("snapshot '" + key + "'");
+  }
+  if (durable != nullptr) *durable = committed->load(std::memory_order_acquire);
   SHALE_CHECK(rec.image_id() == *image, "freeze reported image ", *image, " but recorded ",
               rec.image_id());
   Found found{volume.pool, key, std::move(rec)};
   if (enqueue_digest) EnqueueDigestLocked(found);
-  // freeze_ms: the freeze and its durable commit (bench/snapshot_bench.py reads it).
+  // freeze_ms: from the request (Create's start) to the cut, or to the durable commit when
+  // waiting for it (bench/snapshot_bench.py reads it, and durable_ms of "snapshot durable").
   const double freeze_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   SHALE_LOG_INFO("snapshot created", {"snapshot", key}, {"image", *image},
-                 {"implicit", implicit ? 1 : 0}, {"freeze_ms", freeze_ms});
+                 {"implicit", implicit ? 1 : 0}, {"freeze_ms", freeze_ms},
+                 {"durable", durable == nullptr || *durable ? 1 : 0});
   return found;
 }
 
 Result<SnapshotInfo> SnapshotManager::Create(std::string_view volume, std::string_view name,
                                              const CreateSnapshotOptions& options) {
+  const TimePoint started = std::chrono::steady_clock::now();
   SHALE_RETURN_IF_ERROR(ValidateName("volume", volume));
   SHALE_RETURN_IF_ERROR(ValidateName("snapshot", name));
   SHALE_RETURN_IF_ERROR(ValidateLabels(options.labels));
   Lock lock(mu_);
   SHALE_RETURN_IF_ERROR(CheckNotBusyLocked(volume));
   SHALE_ASSIGN_OR_RETURN(VolumeInfo vol, engine_->GetVolume(volume));
-  SHALE_ASSIGN_OR_RETURN(Found found, CreateLocked(vol, name, options.labels, false, "", true));
+  const bool at_cut = !options.wait_durable && !options.wait_digest;
+  bool durable = true;
+  SHALE_ASSIGN_OR_RETURN(Found found, CreateLocked(vol, name, options.labels, false, "", true,
+                                                   at_cut ? &durable : nullptr, started));
   if (options.wait_digest) {
     lock.unlock();
     return WaitDigest(found.key);
   }
-  return DescribeLocked(found, true, {});
+  // Space needs the stored image entries, which would wait for the commit: filled only once
+  // durable (snapshot show).
+  SHALE_ASSIGN_OR_RETURN(SnapshotInfo info, DescribeLocked(found, durable, {}));
+  info.durable = durable;
+  return info;
 }
 
 Result<std::vector<SnapshotInfo>> SnapshotManager::List(const ListOptions& options) {

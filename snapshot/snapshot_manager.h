@@ -19,6 +19,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -27,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -73,6 +75,9 @@ struct SnapshotInfo {
   uint64_t exclusive_bytes = 0;
   uint64_t shared_bytes = 0;
   std::vector<std::string> clones;  // live clones made from it (not flattened)
+  // Its creation is durable. Only Create's answer can say false (its commit still in flight;
+  // the space fields are then not filled): every later read waits for that commit.
+  bool durable = true;
 };
 
 struct CloneInfo {
@@ -111,6 +116,10 @@ struct VolumeSpace {
 struct CreateSnapshotOptions {
   Labels labels;
   bool wait_digest = false;  // return after the digest is computed (or failed)
+  // Return once the snapshot is durable (survives a crash). Otherwise Create returns at the cut
+  // (writes acknowledged before the call are in it, later ones are not) with durable = false
+  // when its commit is still in flight; a crash before that commit leaves no snapshot.
+  bool wait_durable = false;
 };
 
 struct ListOptions {
@@ -319,8 +328,10 @@ class SnapshotManager {
   // re-read whatever state they need afterwards.
   std::vector<std::string> OnlinePools();
   Result<std::optional<SnapshotRecord>> ReadRecordLocked(const std::string& pool,
-                                                         const std::string& key);
-  Result<std::optional<Found>> LookupLocked(const SnapshotRef& ref);
+                                                         const std::string& key,
+                                                         bool committed_only = false);
+  // committed_only: does not wait for snapshots created at their cut (see pending_).
+  Result<std::optional<Found>> LookupLocked(const SnapshotRef& ref, bool committed_only = false);
   Result<Found> FindLocked(const SnapshotRef& ref);
   Result<std::vector<Found>> ScanSnapshotsLocked(std::string_view volume);
   Result<std::vector<CloneEntry>> ScanClonesLocked();
@@ -329,8 +340,12 @@ class SnapshotManager {
                                       const std::vector<CloneEntry>& clones);
   CloneInfo DescribeCloneLocked(const CloneEntry& clone);
   Status CheckNotBusyLocked(std::string_view volume);
+  // With `durable` set, returns at the freeze's cut and *durable says whether its commit is
+  // already durable; without, returns once it is. `since`: when the request began (for the log).
+  using TimePoint = std::chrono::steady_clock::time_point;
   Result<Found> CreateLocked(const VolumeInfo& volume, std::string_view name, const Labels& labels,
-                             bool implicit, std::string_view implicit_for, bool enqueue_digest);
+                             bool implicit, std::string_view implicit_for, bool enqueue_digest,
+                             bool* durable = nullptr, std::optional<TimePoint> since = {});
   Status DeleteSnapshotLocked(Lock& lock, const Found& found);
   std::string ImplicitNameLocked(const std::string& volume, std::string_view clone);
   // Drops clone records of volumes that are gone, fills missing clone volume ids, deletes
@@ -400,6 +415,14 @@ class SnapshotManager {
   Engine* const engine_;
   const Options options_;
   std::mutex mu_;  // serializes control operations; guards everything below
+  // Snapshots created at their cut whose commit is in flight ("VOLUME@SNAP"): so that a create
+  // can check a name without waiting for those commits. Own mutex: the commit's callback
+  // (on a reactor) removes its name and must never wait for mu_.
+  struct PendingCreates {
+    std::mutex mu;
+    std::set<std::string> keys;
+  };
+  const std::shared_ptr<PendingCreates> pending_ = std::make_shared<PendingCreates>();
   std::map<std::string, std::string, std::less<>> busy_;  // volume -> long operation on it
   std::condition_variable cv_;  // digest jobs finished, the worker stopped
   std::deque<std::shared_ptr<DigestJob>> jobs_;

@@ -58,6 +58,11 @@ class Volume final : public VolumeLayer {
 
   // Longest image chain (head included) a volume may have; 127 snapshots deep.
   static constexpr size_t kMaxChainDepth = 128;
+  // Dirty (uncommitted) mappings at which a request's completion submits a commit without
+  // waiting for it: bounds what a flush or a freeze must make durable and what a freeze must
+  // capture on the reactor (2048 clusters = 128 MiB of newly mapped data at 64 KiB clusters;
+  // encoding that many costs ~0.5 ms: docs/performance.md, "Snapshots under load").
+  static constexpr size_t kDirtyCommitThreshold = 2048;
 
   // `chain` lists image ids root first, head last; `map` is their merged view (see Loader).
   Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vector<uint64_t> chain,
@@ -91,9 +96,13 @@ class Volume final : public VolumeLayer {
   // dirty mappings together with `records` (which must make the head a frozen image and
   // new_head the volume's head) and continues on new_head. Writes acknowledged before the call
   // are in the frozen image; writes admitted after it are not. The pause lasts only the drain:
-  // the commit completes in the background (pipeline order keeps later commits after it), and
-  // done(status) runs when it is durable.
-  void Freeze(uint64_t new_head, MetaBatch records, std::function<void(const Status&)> done);
+  // the commit completes in the background (pipeline order keeps later commits after it).
+  // cut() (optional) runs on the reactor once the head has switched and writes resume (the
+  // instant the frozen image's content is fixed); durable(status) runs on the reactor once the
+  // freeze's commit is durable (or failed). Many dirty mappings are committed first, without
+  // waiting, so that the capture inside the pause stays small.
+  void Freeze(uint64_t new_head, MetaBatch records, std::function<void()> cut,
+              std::function<void(const Status&)> durable);
   // Freezing several volumes in one metadata commit (Engine::FreezeVolumes): Quiesce every
   // member, CaptureFreeze each once all are drained, submit the captured requests as one, then
   // Resume. Quiesce parks every new request (reads and flushes too) and runs `drained` on the

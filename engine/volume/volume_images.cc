@@ -92,27 +92,23 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
 // ---------------------------------------------------------------------------------------------
 // Image mechanics
 
-void Volume::Freeze(uint64_t new_head, MetaBatch records, std::function<void(const Status&)> done) {
+void Volume::Freeze(uint64_t new_head, MetaBatch records, std::function<void()> cut,
+                    std::function<void(const Status&)> durable) {
   SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Freeze misuse");
   SHALE_CHECK(new_head <= UINT32_MAX, "image id too large");
+  // Much is dirty: submit it first without parking writes (and without waiting for it: the
+  // pipeline keeps the freeze's commit after it), so the capture inside the gate stays small.
+  if (dirty_list_.size() > kFreezePrecommitThreshold) Commit(nullptr);
   auto batch = std::make_shared<MetaBatch>(std::move(records));
-  if (dirty_list_.size() > kFreezePrecommitThreshold) {
-    // Much is dirty: commit it first without parking writes, so the capture inside the gate
-    // (which the pause waits for) stays small.
-    auto d = std::make_shared<std::function<void(const Status&)>>(std::move(done));
-    return Commit([this, new_head, batch, d](const Status& st) {
-      if (!st.ok()) return (*d)(st);
-      Freeze(new_head, std::move(*batch), std::move(*d));
-    });
-  }
-  GateWrites([this, new_head, batch, done = std::move(done)]() mutable {
+  GateWrites([this, new_head, batch, cut = std::move(cut), durable = std::move(durable)]() mutable {
     // Every write admitted before the gate has completed: the head's dirty mappings are the
     // frozen image's final state. Capture them with the records, then switch heads.
-    CommitWith(std::move(*batch), {}, {}, std::move(done));
+    CommitWith(std::move(*batch), {}, {}, std::move(durable));
     chain_.push_back(new_head);
     head_ = static_cast<uint32_t>(new_head);
     owned_clusters_.store(0, std::memory_order_relaxed);
     UngateWrites();
+    if (cut) cut();
   });
 }
 

@@ -27,6 +27,8 @@
 #include <rocksdb/file_system.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <future>
 #include <mutex>
@@ -271,6 +273,33 @@ class Harness {
     return p.get_future().get();
   }
 
+  // One request submitted without waiting (its buffer and promise live here).
+  struct AsyncIo {
+    VolumeIo io;
+    std::promise<Status> done;
+    AlignedBuffer buf;
+    uint64_t tag = 0;
+  };
+  std::unique_ptr<AsyncIo> WriteAsync(Volume& v, uint64_t off, uint64_t len, uint64_t tag,
+                                      uint64_t key) {
+    auto a = std::make_unique<AsyncIo>();
+    a->buf = AllocateAligned(len);
+    a->tag = tag;
+    for (uint64_t s = 0; s < len / kSector; ++s)
+      FillSector(a->buf.get() + s * kSector, tag, key, off / kSector + s);
+    a->io.op = VolumeOp::kWrite;
+    a->io.offset = off;
+    a->io.length = len;
+    a->io.buf = a->buf.get();
+    a->io.ctx = &a->done;
+    a->io.done = [](VolumeIo* d) {
+      static_cast<std::promise<Status>*>(d->ctx)->set_value(d->status);
+    };
+    VolumeIo* io = &a->io;
+    v.reactor()->Post([&v, io] { v.Submit(io); });
+    return a;
+  }
+
   std::string dir_;
   std::mt19937_64 rng_;
   std::shared_ptr<MemoryDevice> inner_;
@@ -344,6 +373,117 @@ std::string CheckWorld(Engine& engine, Harness& h, const World& w, uint8_t* buf)
       return "deleted snapshot image " + std::to_string(id) + " came back";
   }
   return "";
+}
+
+// A snapshot taken at its cut under load (FreezeVolume with a durable callback, as `shale
+// snapshot create` does): writes in flight at the call may or may not be in it, writes issued
+// after it returns must not be, and writes acknowledged before it must be. The writes use
+// disjoint 64 KiB slots so that their order never matters. Reading the image back (which waits
+// for its commit) resolves what it holds; once read, it must survive the crash exactly so.
+struct LoadedSnapshot {
+  Status status;                  // freeze, commit or read-back failure
+  bool chain_limit = false;       // refused: nothing happened
+  std::optional<uint64_t> image;  // known and read back
+  std::vector<uint64_t> content;
+};
+
+LoadedSnapshot SnapshotUnderLoad(Harness& h, Engine& engine, Volume& vol, VolumeModel& m,
+                                 uint64_t& next_tag, bool& write_failed) {
+  LoadedSnapshot out;
+  auto& rng = h.rng_;
+  const uint64_t slot = 64 * kKiB;
+  std::vector<uint64_t> slots(m.size / slot);
+  for (uint64_t i = 0; i < slots.size(); ++i) slots[i] = i;
+  std::shuffle(slots.begin(), slots.end(), rng);
+  const size_t before_n = 1 + rng() % 4, after_n = 1 + rng() % 3;
+  const std::vector<uint64_t> acked = m.Latest();
+  std::vector<uint64_t> in_flight_tag(acked.size(), 0);  // per sector, 0: none
+  std::vector<std::unique_ptr<Harness::AsyncIo>> writes;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (size_t i = 0; i < before_n + after_n; ++i) {
+    const uint64_t len = 4096 * (1 + rng() % 16);
+    ranges.emplace_back(slots[i] * slot + (rng() % (slot / 4096 - len / 4096 + 1)) * 4096, len);
+  }
+  auto submit = [&](size_t i) {
+    writes.push_back(h.WriteAsync(vol, ranges[i].first, ranges[i].second, next_tag++, m.key));
+  };
+  for (size_t i = 0; i < before_n; ++i) {
+    submit(i);
+    for (uint64_t s = ranges[i].first / kSector; s < (ranges[i].first + ranges[i].second) / kSector;
+         ++s)
+      in_flight_tag[s] = writes.back()->tag;
+  }
+  std::promise<Status> durable;
+  auto id =
+      engine.FreezeVolume(m.name, nullptr, [&durable](const Status& st) { durable.set_value(st); });
+  for (size_t i = before_n; i < ranges.size(); ++i) submit(i);
+  for (size_t i = 0; i < writes.size(); ++i) {
+    Status st = writes[i]->done.get_future().get();
+    m.Wrote(ranges[i].first, ranges[i].second, writes[i]->tag);
+    if (!st.ok()) {
+      EXPECT_TRUE(st.code() == StatusCode::kIoError || st.code() == StatusCode::kNoSpace) << st;
+      write_failed = true;
+    }
+  }
+  if (!id.ok()) {
+    out.chain_limit = id.status().code() == StatusCode::kFailedPrecondition;
+    out.status = id.status();
+    return out;
+  }
+  auto view = engine.OpenImage("default", *id);  // waits for the commit
+  auto durable_future = durable.get_future();
+  if (durable_future.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+    ADD_FAILURE() << "the freeze's durable callback never ran";
+    return out;
+  }
+  const Status committed = durable_future.get();
+  if (!committed.ok()) {
+    EXPECT_FALSE(view.ok()) << "a snapshot whose commit failed was opened";
+    out.status = committed;
+    return out;
+  }
+  if (!view.ok()) {
+    out.status = view.status();
+    return out;
+  }
+  AlignedBuffer buf = AllocateAligned(acked.size() * kSector);
+  Status st = h.Io((*view)->volume(), VolumeOp::kRead, 0, acked.size() * kSector, buf.get(), 0);
+  if (!st.ok()) {
+    out.status = st;
+    return out;
+  }
+  uint8_t expect[kSector];
+  for (uint64_t s = 0; s < acked.size(); ++s) {
+    uint64_t found = UINT64_MAX;
+    std::vector<uint64_t> candidates{acked[s]};
+    if (in_flight_tag[s] != 0) candidates.push_back(in_flight_tag[s]);
+    for (uint64_t tag : candidates) {
+      FillSector(expect, tag, m.key, s);
+      if (std::memcmp(expect, buf.get() + s * kSector, kSector) == 0) found = tag;
+    }
+    if (found == UINT64_MAX) {
+      ADD_FAILURE() << "snapshot taken under load holds at sector " << s
+                    << " neither the acknowledged value nor a write in flight at the cut";
+      return out;
+    }
+    out.content.push_back(found);
+  }
+  out.image = *id;
+  // What the volume holds durably now: the snapshot's content, except where a write that
+  // landed after the cut (issued after it, or in flight and left out of it) may have.
+  std::vector<uint64_t> later_tag(acked.size(), 0);
+  for (size_t i = before_n; i < ranges.size(); ++i) {
+    for (uint64_t s = ranges[i].first / kSector; s < (ranges[i].first + ranges[i].second) / kSector;
+         ++s)
+      later_tag[s] = writes[i]->tag;
+  }
+  for (uint64_t s = 0; s < acked.size(); ++s) {
+    if (in_flight_tag[s] != 0 && out.content[s] != in_flight_tag[s])
+      later_tag[s] = in_flight_tag[s];
+    m.sectors[s] = {out.content[s]};
+    if (later_tag[s] != 0) m.sectors[s].push_back(later_tag[s]);
+  }
+  return out;
 }
 
 void RunSeed(const std::string& dir, uint64_t seed) {
@@ -460,6 +600,21 @@ void RunSeed(const std::string& dir, uint64_t seed) {
           succeeded(apply);
         } else {
           failed(r.status(), apply);
+        }
+      } else if (kind < 76) {  // snapshot at its cut, under load
+        bool write_failed = false;
+        const bool dead_before = device_dead;
+        LoadedSnapshot snap = SnapshotUnderLoad(h, *engine, vol, m, next_tag, write_failed);
+        if (write_failed) device_dead = true;
+        if (snap.chain_limit) continue;
+        if (snap.image) {
+          ASSERT_FALSE(dead_before) << "a snapshot's commit succeeded after the device died";
+          succeeded([id = *snap.image, s = SnapshotModel{name, snap.content}](World& w) {
+            w.snapshots[id] = s;
+          });
+        } else if (!snap.status.ok()) {
+          // If it committed, an image we do not know of exists: nothing checked changes.
+          failed(snap.status, nullptr);
         }
       } else if (kind < 82) {  // snapshot: freeze the volume (also makes its writes durable)
         handle->reset();

@@ -407,10 +407,12 @@ TEST_F(CsiConformanceTest, SnapshotsAndClones) {
   EXPECT_EQ(snap.snapshot().snapshot_id(), "pvc-src@snap-a");
   EXPECT_EQ(snap.snapshot().source_volume_id(), "pvc-src");
   EXPECT_EQ(snap.snapshot().size_bytes(), 8 * kMiB);
-  EXPECT_TRUE(snap.snapshot().ready_to_use());
+  // The answer comes at the cut; ready_to_use may still be false while the snapshot's commit is
+  // in flight (the snapshotter then calls again, as below).
   EXPECT_GT(snap.snapshot().creation_time().seconds(), 1'600'000'000);
   csiv1::CreateSnapshotResponse again;
   ASSERT_TRUE(c_.CreateSnapshot("pvc-src", "snap-a", &again, params).ok()) << "idempotent";
+  EXPECT_TRUE(again.snapshot().ready_to_use()) << "a repeated call answers once it is durable";
   EXPECT_EQ(again.snapshot().snapshot_id(), snap.snapshot().snapshot_id());
   EXPECT_EQ(again.snapshot().creation_time().seconds(), snap.snapshot().creation_time().seconds());
   EXPECT_EQ(c_.CreateSnapshot("pvc-other", "snap-a", &again).error_code(),
