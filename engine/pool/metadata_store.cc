@@ -146,6 +146,17 @@ Status MetadataStore::Scan(
   return FromRocks(it->status(), "metadata scan");
 }
 
+MetadataStore::MemoryUsage MetadataStore::memory_usage() const {
+  MemoryUsage m;
+  auto get = [&](const std::string& property, uint64_t* out) {
+    if (!db_->GetIntProperty(property, out)) *out = 0;
+  };
+  get(rocksdb::DB::Properties::kCurSizeAllMemTables, &m.memtables);
+  get(rocksdb::DB::Properties::kEstimateTableReadersMem, &m.table_readers);
+  get(rocksdb::DB::Properties::kBlockCacheUsage, &m.block_cache);
+  return m;
+}
+
 Status DestroyMetadataStore(const std::string& dir) {
   return FromRocks(rocksdb::DestroyDB(dir, rocksdb::Options()), "destroy metadata " + dir);
 }

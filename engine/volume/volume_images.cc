@@ -414,7 +414,8 @@ void Volume::DetachFromParents(MetaBatch records, std::function<void(const Statu
         // Parents' data is all hidden after Flatten; empty leftovers with I/O in flight are
         // reaped when it completes.
         map_.RemoveIf(v, [&](const Fragment& f) {
-          return f.is_zero() || (f.image != head_ && f.blocks == 0 && f.inflight == 0);
+          return f.is_zero() ||
+                 (f.image != head_ && f.blocks == 0 && inflight_.Get(f.pcluster) == 0);
         });
       }
       chain_ = {chain_.back()};
