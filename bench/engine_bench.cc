@@ -7,6 +7,7 @@
 //
 // The generator runs on the volume's reactor thread itself (like fio's single job on one core),
 // keeping `iodepth` requests in flight; every completion resubmits until the deadline.
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -613,8 +614,11 @@ int EngineVsFio(const std::string& dir, uint64_t vsize, uint64_t csize, IoBacken
   return 0;
 }
 
-// VmRSS of this process, in bytes (0 if /proc cannot say).
+// VmRSS of this process, in bytes (0 if /proc cannot say), after malloc_trim: memory the heap
+// holds free (RocksDB frees each flushed memtable to it) is given back first, so that the figure
+// is what is in use rather than what the heap happened to keep.
 uint64_t RssBytes() {
+  malloc_trim(0);
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line)) {
@@ -623,35 +627,79 @@ uint64_t RssBytes() {
   return 0;
 }
 
+// One 4 KiB write at `first` and every 64 KiB after it, `count` of them (QD 32), in `span` bytes.
+// The generator (whose latency log grows 8 bytes per write) is gone before the caller measures
+// memory: it would add 128 MiB per TiB mapped to the slopes.
+void MapStride(Volume& vol, uint64_t span, uint64_t first, uint64_t count) {
+  Generator g(vol, {"map", "stride", 4096, 32}, span, 0, 0, count);
+  g.SkipTo(first);
+  g.Run();
+}
+
+struct MemoryPoint {
+  uint64_t mapped, rss, map_bytes;
+  MetadataStore::MemoryUsage rocks;
+};
+
+// The memory study's table and slopes between its two points. RocksDB's memtables and block
+// cache are bounded by their configured sizes (fixed costs, however much is mapped), but how full
+// they happen to be at each point moves the RSS slope by up to ~30 MiB / 96 GiB = 300 MiB per TiB
+// at the default size: the second slope takes them out. Table readers (index blocks of the SST
+// files) grow with the data and stay in.
+void PrintMemoryPoints(const std::vector<MemoryPoint>& p) {
+  auto mib = [](uint64_t b) { return static_cast<double>(b) / kMiB; };
+  std::printf(
+      "| mapped | RSS | cluster map | RocksDB memtables | table readers | block cache "
+      "|\n|---|---|---|---|---|---|\n");
+  for (const MemoryPoint& m : p) {
+    std::printf("| %.0f GiB | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB |\n",
+                static_cast<double>(m.mapped) / kGiB, mib(m.rss), mib(m.map_bytes),
+                mib(m.rocks.memtables), mib(m.rocks.table_readers), mib(m.rocks.block_cache));
+  }
+  auto bounded = [](const MemoryPoint& m) {
+    return static_cast<double>(m.rocks.memtables + m.rocks.block_cache);
+  };
+  const double span = static_cast<double>(p[1].mapped - p[0].mapped);
+  const double tib = static_cast<double>(kTiB);
+  const double rss = static_cast<double>(p[1].rss) - static_cast<double>(p[0].rss);
+  const double net = rss - (bounded(p[1]) - bounded(p[0]));
+  const double map = static_cast<double>(p[1].map_bytes) / static_cast<double>(p[1].mapped);
+  std::printf(
+      "\nslope: %.0f MiB of RSS per TiB mapped; %.0f MiB without the memtables and block cache "
+      "(cluster map alone: %.0f MiB per TiB)\n",
+      rss / span * tib / kMiB, net / span * tib / kMiB, map * tib / kMiB);
+  std::fflush(stdout);
+}
+
 // The memory study (issue 17; docs/performance.md, "Memory per TiB mapped"): the engine's
 // resident memory with one volume mapped at big/4 and at big (one 4 KiB write per 64 KiB cluster:
 // what the maps hold depends on mapped clusters, not on bytes), the slope per TiB between the two
 // (fixed costs such as RocksDB's memtables cancel), the cluster map's own bytes, and the time to
-// open the engine and the volume again (the map loaded from the metadata) with its memory then.
-int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big) {
+// open the engine and the volume again (the map loaded from the metadata) with its memory then;
+// then the snapshot phase (SnapshotMemory). With `keep`, the work directory stays as the restart
+// found it (no snapshot phase), to profile `--study memory-reopen --dir DIR` on it.
+int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big, bool keep) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const EngineOptions o = BenchEngineOptions(dir, backend);
   auto engine = std::move(Engine::Open(o)).value();
   if (!engine
            ->CreatePool(
-               {.name = "p", .device_path = dir + "/pool.img", .size_bytes = big + 8 * kGiB})
+               // Room for the snapshot phase's copies of a quarter's clusters.
+               {.name = "p",
+                .device_path = dir + "/pool.img",
+                .size_bytes = big + big / 4 + 8 * kGiB})
            .ok() ||
       !engine->CreateVolume({.name = "m", .size_bytes = big, .pool = "p"}).ok()) {
     std::fprintf(stderr, "memory study: cannot create the pool or volume in %s\n", dir.c_str());
     return 1;
   }
   auto h = std::move(engine->OpenVolume("m")).value();
-  struct Point {
-    uint64_t mapped, rss, map_bytes;
-  };
-  std::vector<Point> points;
+  std::vector<MemoryPoint> points;
   uint64_t done = 0;
   for (const uint64_t span : {big / 4, big}) {
     // Clusters [done, span) get their first write; then a commit (steady state, nothing dirty).
-    Generator g(h->volume(), {"map", "stride", 4096, 32}, span, 0, 0, (span - done) / (64 * kKiB));
-    g.SkipTo(done);
-    g.Run();
+    MapStride(h->volume(), span, done, (span - done) / (64 * kKiB));
     done = span;
     std::promise<Status> flushed;
     h->reactor()->Post(
@@ -659,30 +707,64 @@ int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big) {
     if (!flushed.get_future().get().ok()) return 1;
     uint64_t map_bytes = 0;
     h->reactor()->RunSync([&] { map_bytes = h->volume().map().memory_bytes(); });
-    points.push_back({span, RssBytes(), map_bytes});
+    points.push_back({span, RssBytes(), map_bytes, h->volume().pool()->meta().memory_usage()});
   }
   h.reset();
   engine.reset();
-  const double per_tib = static_cast<double>(points[1].rss - points[0].rss) /
-                         static_cast<double>(points[1].mapped - points[0].mapped) *
-                         static_cast<double>(kTiB);
-  const double map_per_tib = static_cast<double>(points[1].map_bytes) /
-                             static_cast<double>(points[1].mapped) * static_cast<double>(kTiB);
-  std::printf("| mapped | RSS | cluster map |\n|---|---|---|\n");
-  for (const Point& p : points) {
-    std::printf("| %.0f GiB | %.1f MiB | %.1f MiB |\n", static_cast<double>(p.mapped) / kGiB,
-                static_cast<double>(p.rss) / kMiB, static_cast<double>(p.map_bytes) / kMiB);
-  }
-  std::printf("\nslope: %.0f MiB of RSS per TiB mapped (cluster map alone: %.0f MiB per TiB)\n",
-              per_tib / kMiB, map_per_tib / kMiB);
-  std::fflush(stdout);
-  // The restart in a process of its own (this one's heap keeps what the first engine freed).
-  const std::string cmd = "/proc/" + std::to_string(getpid()) +
-                          "/exe --study memory-reopen --dir " + dir + " --io-backend " +
-                          std::string(IoBackendName(backend));
-  const int rc = std::system(cmd.c_str());
+  PrintMemoryPoints(points);
+  // The restart and the snapshot phase in processes of their own (this one's heap keeps what the
+  // first engine freed).
+  const std::string cmd = "/proc/" + std::to_string(getpid()) + "/exe --dir " + dir +
+                          " --io-backend " + std::string(IoBackendName(backend)) + " --study ";
+  int rc = std::system((cmd + "memory-reopen").c_str());
+  if (keep) return rc == 0 ? 0 : 1;
+  if (rc == 0) rc = std::system((cmd + "memory-snapshot").c_str());
   fs::remove_all(dir);
   return rc == 0 ? 0 : 1;
+}
+
+// The memory study's worst case for random 4 KiB writes after a snapshot: a snapshot of volume
+// "m" (`mapped` bytes, one fragment per cluster), then one 4 KiB write into every cluster of the
+// first quarter, beside the block each holds. Each such cluster then has two fragments (the
+// snapshot's and the head's): the map's multi-fragment form, the most a cluster can have after one
+// snapshot however many random writes hit it. Reports the growth of RSS and of the map per TiB of
+// clusters so written (in a process of its own, which opens the engine in `dir`). 1 on failure.
+int SnapshotMemory(const std::string& dir, IoBackend backend) {
+  auto opened = Engine::Open(BenchEngineOptions(dir, backend));
+  if (!opened.ok()) return 1;
+  Engine& engine = **opened;
+  auto handle = engine.OpenVolume("m");
+  if (!handle.ok()) return 1;
+  VolumeHandle& h = **handle;
+  const MetadataStore& meta = h.volume().pool()->meta();
+  const uint64_t rss_open = RssBytes(), memtables_open = meta.memory_usage().memtables;
+  uint64_t map0 = 0, map1 = 0, mapped = 0;
+  h.reactor()->RunSync([&] {
+    map0 = h.volume().map().memory_bytes();
+    h.volume().map().ForEach([&](uint64_t, std::span<const Fragment>) { mapped += 64 * kKiB; });
+  });
+  if (!engine.FreezeVolume("m").ok()) return 1;
+  const uint64_t quarter = mapped / 4;
+  MapStride(h.volume(), mapped, 4096, quarter / (64 * kKiB));
+  std::promise<Status> committed;
+  h.reactor()->Post([&] { h.volume().Commit([&](const Status& st) { committed.set_value(st); }); });
+  if (!committed.get_future().get().ok()) return 1;
+  uint64_t multi = 0;
+  h.reactor()->RunSync([&] {
+    map1 = h.volume().map().memory_bytes();
+    multi = h.volume().map().multi_fragment_clusters();
+  });
+  const double per_tib = static_cast<double>(kTiB) / static_cast<double>(quarter) / kMiB;
+  const double rss = static_cast<double>(RssBytes()) - static_cast<double>(rss_open);
+  const double memtables =
+      static_cast<double>(meta.memory_usage().memtables) - static_cast<double>(memtables_open);
+  std::printf(
+      "after a snapshot, one 4 KiB write into each cluster of %.0f GiB (%llu clusters with two "
+      "fragments): RSS %+.0f MiB per TiB so written, %+.0f MiB without the memtables; cluster map "
+      "%+.0f MiB per TiB\n",
+      static_cast<double>(quarter) / kGiB, static_cast<unsigned long long>(multi), rss * per_tib,
+      (rss - memtables) * per_tib, static_cast<double>(map1 - map0) * per_tib);
+  return 0;
 }
 
 // The second half of the memory study: opens the engine in `dir` and volume "m" (its map loaded)
@@ -692,6 +774,7 @@ int MemoryReopen(const std::string& dir, IoBackend backend) {
   const uint64_t rss_before = RssBytes();
   const uint64_t t0 = NowNs();
   auto engine = Engine::Open(o);
+  const uint64_t t_engine = NowNs();
   if (!engine.ok()) return 1;
   auto h = (*engine)->OpenVolume("m");
   const uint64_t t1 = NowNs();
@@ -701,9 +784,10 @@ int MemoryReopen(const std::string& dir, IoBackend backend) {
     (*h)->volume().map().ForEach([&](uint64_t, std::span<const Fragment>) { mapped += 64 * kKiB; });
   });
   std::printf(
-      "restart (Engine::Open + OpenVolume in a new process, %.0f GiB mapped): %.2f s; RSS "
-      "%.1f MiB (%.1f MiB before the open)\n",
+      "restart (Engine::Open + OpenVolume in a new process, %.0f GiB mapped): %.2f s (%.2f + "
+      "%.2f); RSS %.1f MiB (%.1f MiB before the open)\n",
       static_cast<double>(mapped) / kGiB, static_cast<double>(t1 - t0) / 1e9,
+      static_cast<double>(t_engine - t0) / 1e9, static_cast<double>(t1 - t_engine) / 1e9,
       static_cast<double>(RssBytes()) / kMiB, static_cast<double>(rss_before) / kMiB);
   return 0;
 }
@@ -728,6 +812,10 @@ int Main(int argc, char** argv) {
   app.add_option("--study", study, "run a study instead: cluster-size | snapshots | memory");
   std::string mapped_s = "256G";
   app.add_option("--mapped", mapped_s, "memory study: the larger mapped size (the smaller: 1/4)");
+  bool keep = false;
+  app.add_flag("--keep", keep,
+               "memory study: keep --dir after the restart (no snapshot phase), to profile "
+               "--study memory-reopen on it");
   CLI11_PARSE(app, argc, argv);
 
   auto vsize = ParseSize(volume_size_s);
@@ -741,13 +829,14 @@ int Main(int argc, char** argv) {
   if (study == "cluster-size") return ClusterStudy(dir, *vsize, runtime, *be);
   if (study == "snapshots") return SnapshotStudy(dir, runtime, *be, preallocate);
   if (study == "memory-reopen") return MemoryReopen(dir, *be);
+  if (study == "memory-snapshot") return SnapshotMemory(dir, *be);
   if (study == "memory") {
     auto mapped = ParseSize(mapped_s);
     if (!mapped.ok() || *mapped < kGiB) {
       std::fprintf(stderr, "bad --mapped\n");
       return 2;
     }
-    return MemoryStudy(dir, *be, *mapped);
+    return MemoryStudy(dir, *be, *mapped, keep);
   }
   if (!study.empty()) {
     std::fprintf(stderr, "unknown study %s\n", study.c_str());

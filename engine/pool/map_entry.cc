@@ -40,6 +40,12 @@ std::string MapEntry::Encode() const {
 }
 
 Result<MapEntry> MapEntry::Decode(std::string_view bytes) {
+  MapEntry e;
+  SHALE_RETURN_IF_ERROR(DecodeInto(bytes, &e));
+  return e;
+}
+
+Status MapEntry::DecodeInto(std::string_view bytes, MapEntry* out) {
   if (bytes.size() < kHeader) return Status::Corruption("map entry truncated");
   if (static_cast<uint8_t>(bytes[0]) != kMapEntryVersion) {
     return Status::Corruption("map entry has unknown version " +
@@ -47,18 +53,18 @@ Result<MapEntry> MapEntry::Decode(std::string_view bytes) {
   }
   size_t n = static_cast<uint8_t>(bytes[1]);
   if (bytes.size() != kHeader + n * kFragment) return Status::Corruption("map entry size mismatch");
-  MapEntry e;
-  e.zero_blocks = Get<uint64_t>(bytes.data() + 2);
-  uint64_t seen = e.zero_blocks;
-  e.fragments.resize(n);
+  out->zero_blocks = Get<uint64_t>(bytes.data() + 2);
+  uint64_t seen = out->zero_blocks;
+  out->fragments.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const char* p = bytes.data() + kHeader + i * kFragment;
-    e.fragments[i].pcluster = Get<uint32_t>(p);
-    e.fragments[i].blocks = Get<uint64_t>(p + 4);
-    if (e.fragments[i].blocks & seen) return Status::Corruption("map entry fragments overlap");
-    seen |= e.fragments[i].blocks;
+    StoredFragment& f = out->fragments[i];
+    f.pcluster = Get<uint32_t>(p);
+    f.blocks = Get<uint64_t>(p + 4);
+    if (f.blocks & seen) return Status::Corruption("map entry fragments overlap");
+    seen |= f.blocks;
   }
-  return e;
+  return Status::Ok();
 }
 
 }  // namespace shale

@@ -32,6 +32,9 @@ struct MapEntry {
   bool empty() const { return fragments.empty() && zero_blocks == 0; }
   std::string Encode() const;
   static Result<MapEntry> Decode(std::string_view bytes);
+  // The same into *out, reusing its fragments' capacity: loops over many entries (loading a map)
+  // allocate nothing once it is large enough. *out is unspecified after an error.
+  static Status DecodeInto(std::string_view bytes, MapEntry* out);
   bool operator==(const MapEntry&) const = default;
 };
 

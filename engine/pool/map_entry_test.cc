@@ -33,6 +33,26 @@ TEST(MapEntryTest, RejectsDamagedEncodings) {
   EXPECT_EQ(MapEntry::Decode(overlap.Encode()).status().code(), StatusCode::kCorruption);
 }
 
+TEST(MapEntryTest, DecodeIntoReusesTheEntry) {
+  MapEntry two;
+  two.zero_blocks = 0x10;
+  two.fragments.push_back({7, 0x1});
+  two.fragments.push_back({9, 0x2});
+  MapEntry one;
+  one.fragments.push_back({5, 0xff00});
+  MapEntry out;
+  ASSERT_TRUE(MapEntry::DecodeInto(two.Encode(), &out).ok());
+  EXPECT_EQ(out, two);
+  const StoredFragment* storage = out.fragments.data();
+  // A smaller entry decodes into the same storage and leaves nothing of the previous one.
+  ASSERT_TRUE(MapEntry::DecodeInto(one.Encode(), &out).ok());
+  EXPECT_EQ(out, one);
+  EXPECT_EQ(out.fragments.data(), storage);
+  ASSERT_TRUE(MapEntry::DecodeInto(MapEntry{}.Encode(), &out).ok());
+  EXPECT_EQ(out, MapEntry{});
+  EXPECT_EQ(MapEntry::DecodeInto("x", &out).code(), StatusCode::kCorruption);
+}
+
 TEST(KeysTest, SortNumericallyAndDecode) {
   EXPECT_LT(keys::Map(1, 255), keys::Map(1, 256));
   EXPECT_LT(keys::Map(1, UINT64_MAX), keys::Map(2, 0));

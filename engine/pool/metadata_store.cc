@@ -136,7 +136,21 @@ Status MetadataStore::Put(std::string_view key, std::string_view value) {
 Status MetadataStore::Scan(
     std::string_view prefix,
     const std::function<bool(std::string_view key, std::string_view value)>& fn) const {
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  // A scan reads each record once (loading a volume's map reads millions): its blocks are not
+  // worth the block cache's bookkeeping nor its memory, and sequential reads get readahead. The
+  // upper bound (the prefix's successor) keeps the iterator from reading past the prefix.
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  ro.readahead_size = 2 << 20;
+  std::string upper(prefix);
+  while (!upper.empty() && static_cast<uint8_t>(upper.back()) == 0xff) upper.pop_back();
+  rocksdb::Slice upper_slice;
+  if (!upper.empty()) {
+    upper.back() = static_cast<char>(static_cast<uint8_t>(upper.back()) + 1);
+    upper_slice = rocksdb::Slice(upper);
+    ro.iterate_upper_bound = &upper_slice;
+  }
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
   for (it->Seek(rocksdb::Slice(prefix.data(), prefix.size())); it->Valid(); it->Next()) {
     rocksdb::Slice k = it->key();
     if (!k.starts_with(rocksdb::Slice(prefix.data(), prefix.size()))) break;
@@ -144,6 +158,17 @@ Status MetadataStore::Scan(
     if (!fn(std::string_view(k.data(), k.size()), std::string_view(v.data(), v.size()))) break;
   }
   return FromRocks(it->status(), "metadata scan");
+}
+
+MetadataStore::MemoryUsage MetadataStore::memory_usage() const {
+  MemoryUsage m;
+  auto get = [&](const std::string& property, uint64_t* out) {
+    if (!db_->GetIntProperty(property, out)) *out = 0;
+  };
+  get(rocksdb::DB::Properties::kCurSizeAllMemTables, &m.memtables);
+  get(rocksdb::DB::Properties::kEstimateTableReadersMem, &m.table_readers);
+  get(rocksdb::DB::Properties::kBlockCacheUsage, &m.block_cache);
+  return m;
 }
 
 Status DestroyMetadataStore(const std::string& dir) {

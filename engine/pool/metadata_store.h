@@ -73,6 +73,13 @@ class MetadataStore {
   // Calls fn(key, value) for every key starting with prefix, in key order, until fn returns false.
   Status Scan(std::string_view prefix,
               const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+  // RocksDB's own memory: memtables (bounded by the write buffers), table readers (index and
+  // filter blocks of open SST files: they grow with the data) and the block cache (bounded by
+  // its capacity). From RocksDB's estimates; 0 where it has none. Any thread.
+  struct MemoryUsage {
+    uint64_t memtables = 0, table_readers = 0, block_cache = 0;
+  };
+  MemoryUsage memory_usage() const;
   // Number of successful Write() calls (for tests of group commit).
   uint64_t write_count() const { return write_count_; }
   const std::string& dir() const { return dir_; }

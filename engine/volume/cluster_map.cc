@@ -105,6 +105,7 @@ size_t ClusterMap::memory_bytes() const {
   for (const auto& p : pages_) {
     if (p) bytes += kPageSlots * sizeof(Fragment);
   }
+  bytes += multi_.capacity() * sizeof(multi_[0]) + multi_free_.capacity() * sizeof(uint32_t);
   for (const auto& m : multi_) bytes += m.capacity() * sizeof(Fragment);
   return bytes;
 }

@@ -10,8 +10,9 @@
 //  - blocks in no fragment read as zeros.
 // Fragments whose image is the volume's head image are "owned": writable in place.
 //
-// Memory: one 24-byte slot per virtual cluster in lazily allocated pages; virtual clusters with
-// more than one fragment (only after snapshots/clones) keep a small side vector.
+// Memory: one 16-byte slot per virtual cluster in lazily allocated pages; virtual clusters with
+// more than one fragment (only after snapshots/clones) keep a small side vector. I/Os in flight
+// per fragment are counted outside the map (Volume's InflightTable).
 // Not thread-safe: a volume's map is touched only on the volume's reactor.
 #pragma once
 
@@ -30,11 +31,9 @@ struct Fragment {
   uint64_t blocks = 0;             // blocks of the virtual cluster whose data is here
   uint32_t pcluster = kNoCluster;  // physical cluster, or kZeroCluster
   uint32_t image = 0;              // image owning the physical cluster / the zero marks
-  uint32_t inflight = 0;           // device I/Os in flight on pcluster for this volume
-  uint32_t reserved = 0;
   bool is_zero() const { return pcluster == kZeroCluster; }
 };
-static_assert(sizeof(Fragment) == 24);
+static_assert(sizeof(Fragment) == 16);
 
 class ClusterMap {
  public:
@@ -57,10 +56,11 @@ class ClusterMap {
   void ForEach(const std::function<void(uint64_t v, std::span<const Fragment>)>& fn) const;
 
   uint64_t multi_fragment_clusters() const { return multi_.size() - multi_free_.size(); }
+  // Bytes the map holds: pages, side vectors and their headers (not the allocator's overhead).
   size_t memory_bytes() const;
 
  private:
-  static constexpr uint64_t kPageShift = 9;  // 512 slots (12 KiB) per page
+  static constexpr uint64_t kPageShift = 9;  // 512 slots (8 KiB) per page
   static constexpr uint64_t kPageSlots = 1ull << kPageShift;
   static constexpr uint32_t kMulti = UINT32_MAX - 2;  // slot.pcluster: fragments in multi_
 

@@ -56,6 +56,15 @@ TEST(ClusterMapTest, ForEachVisitsMappedInOrderAndGrowKeepsData) {
   EXPECT_EQ(m.Fragments(4999)[0].pcluster, 9u);
 }
 
+// The map's budget (docs/performance.md, "Memory per TiB mapped"): 16 bytes per mapped virtual
+// cluster with one fragment, plus a pointer per 512 clusters.
+TEST(ClusterMapTest, SingleFragmentClustersCostSixteenBytesEach) {
+  const uint64_t n = 64 * 512;
+  ClusterMap m(n);
+  for (uint64_t v = 0; v < n; ++v) m.Add(v, Data(static_cast<uint32_t>(v), ~0ull));
+  EXPECT_EQ(m.memory_bytes(), n * 16 + (n / 512) * sizeof(void*));
+}
+
 TEST(ClusterMapDeathTest, OutOfRangeIsABug) {
   ClusterMap m(4);
   EXPECT_DEATH((void)m.Fragments(4), "beyond map size");

@@ -363,7 +363,7 @@ Fragment* Volume::FindFragment(uint64_t v, uint32_t pcluster) {
 void Volume::HoldSeg(Request* r, uint64_t v, uint32_t pcluster, uint64_t blocks) {
   Fragment* f = FindFragment(v, pcluster);
   SHALE_CHECK(f != nullptr, "segment without fragment");
-  ++f->inflight;
+  inflight_.Increment(pcluster);
   r->segs.push_back(Seg{v, pcluster, blocks});
 }
 
@@ -380,7 +380,7 @@ void Volume::MarkDirty(uint64_t v) {
 void Volume::ReapEmpty(uint64_t v) {
   bool owned_freed = false;
   map_.RemoveIf(v, [&](const Fragment& f) {
-    if (f.blocks != 0 || f.inflight != 0) return false;
+    if (f.blocks != 0 || (!f.is_zero() && inflight_.Get(f.pcluster) != 0)) return false;
     if (StoredOwned(f) && !f.is_zero()) {
       freed_.push_back(f.pcluster);
       if (f.image == head_) owned_clusters_.fetch_sub(1, std::memory_order_relaxed);
@@ -398,8 +398,8 @@ void Volume::FinishRequest(Request* r) {
   const bool ok = r->status.ok();
   for (const Seg& s : r->segs) {
     Fragment* f = FindFragment(s.v, s.pcluster);
-    SHALE_CHECK(f != nullptr && f->inflight > 0, "fragment vanished while I/O was in flight");
-    --f->inflight;
+    const uint32_t held = inflight_.Decrement(s.pcluster);
+    SHALE_CHECK(f != nullptr && held > 0, "fragment vanished while I/O was in flight");
     if (r->is_write && ok) {
       bool changed = (s.blocks & ~f->blocks) != 0;
       f->blocks |= s.blocks;
@@ -411,7 +411,7 @@ void Volume::FinishRequest(Request* r) {
       }
       if (changed) MarkDirty(s.v);
       ReapEmpty(s.v);  // other fragments may have become empty
-    } else if (f->blocks == 0 && f->inflight == 0) {
+    } else if (f->blocks == 0 && inflight_.Get(f->pcluster) == 0) {
       ReapEmpty(s.v);
     }
   }
@@ -512,9 +512,9 @@ void Volume::SubmitWrite(VolumeIo* io) {
         if (!c.ok()) {
           // Out of space: undo this request's effects; nothing was submitted yet.
           for (const Seg& s : r->segs) {
-            Fragment* f = FindFragment(s.v, s.pcluster);
-            SHALE_CHECK(f != nullptr, "held fragment vanished");
-            --f->inflight;
+            const uint32_t held = inflight_.Decrement(s.pcluster);
+            SHALE_CHECK(FindFragment(s.v, s.pcluster) != nullptr && held > 0,
+                        "held fragment vanished");
           }
           for (auto& [vv, pc] : new_fragments) {
             map_.RemoveIf(vv, [pc = pc](const Fragment& f) { return f.pcluster == pc; });

@@ -28,6 +28,7 @@
 #include "engine/pool/metadata.pb.h"
 #include "engine/pool/metadata_store.h"
 #include "engine/volume/cluster_map.h"
+#include "engine/volume/inflight_table.h"
 #include "engine/volume/volume_io.h"
 
 namespace shale {
@@ -254,6 +255,7 @@ class Volume final : public VolumeLayer {
   VolumeCounters counters_;
 
   ClusterMap map_;
+  InflightTable inflight_;  // device I/Os in flight per physical cluster of map_'s fragments
   std::vector<uint64_t> dirty_bits_;
   std::vector<uint64_t> dirty_list_;
   std::vector<uint32_t> allocated_;  // since the last commit capture

@@ -34,6 +34,7 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
   const uint64_t vclusters = (size_bytes + cs - 1) / cs;
   ClusterMap map(vclusters);
   uint64_t owned = 0;
+  MapEntry entry;  // reused: decoding allocates nothing per record
   // Top (head) first: an image's blocks are visible where no image above it already claimed them.
   for (size_t level = chain.size(); level-- > 0;) {
     const uint64_t image = chain[level];
@@ -45,10 +46,10 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
             return false;
           }
           uint64_t vc = keys::DecodeU64At(k, 9);
-          auto entry = MapEntry::Decode(v);
-          if (!entry.ok()) {
-            err = entry.status().WithContext("image " + std::to_string(image) + " cluster " +
-                                             std::to_string(vc));
+          Status decoded = MapEntry::DecodeInto(v, &entry);
+          if (!decoded.ok()) {
+            err = decoded.WithContext("image " + std::to_string(image) + " cluster " +
+                                      std::to_string(vc));
             return false;
           }
           if (vc >= vclusters) {
@@ -59,7 +60,7 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
           }
           uint64_t covered = 0;
           for (const auto& f : map.Fragments(vc)) covered |= f.blocks;
-          for (const auto& sf : entry->fragments) {
+          for (const auto& sf : entry.fragments) {
             if (sf.pcluster >= pool.cluster_count()) {
               err = Status::Corruption("mapping references cluster " + std::to_string(sf.pcluster) +
                                        " beyond the pool");
@@ -73,7 +74,7 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
             if (f.blocks != 0 || level + 1 == chain.size()) map.Add(vc, f);
             if (level + 1 == chain.size()) ++owned;
           }
-          uint64_t zeros = entry->zero_blocks & ~covered;
+          uint64_t zeros = entry.zero_blocks & ~covered;
           if (zeros != 0) {
             Fragment z;
             z.pcluster = kZeroCluster;
@@ -410,7 +411,8 @@ void Volume::DetachFromParents(MetaBatch records, std::function<void(const Statu
         // Parents' data is all hidden after Flatten; empty leftovers with I/O in flight are
         // reaped when it completes.
         map_.RemoveIf(v, [&](const Fragment& f) {
-          return f.is_zero() || (f.image != head_ && f.blocks == 0 && f.inflight == 0);
+          return f.is_zero() ||
+                 (f.image != head_ && f.blocks == 0 && inflight_.Get(f.pcluster) == 0);
         });
       }
       chain_ = {chain_.back()};

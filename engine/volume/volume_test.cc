@@ -5,6 +5,7 @@
 #include <atomic>
 
 #include "engine/io/fault_device.h"
+#include "engine/io/memory_device.h"
 #include "engine/volume/volume_test_util.h"
 
 namespace shale {
@@ -319,6 +320,82 @@ TEST_F(SmallPoolVolumeTest, ReusedClustersNeverShowTheirOldData) {
     uint8_t expect = (i % (64 * kKiB)) < 4096 ? 0xbb : 0x00;
     ASSERT_EQ(all[i], expect) << "byte " << i;
   }
+}
+
+// A memory device that can hold reads back (not executed, not completed) until Release().
+class HoldingDevice final : public BlockDevice {
+ public:
+  explicit HoldingDevice(uint64_t size) : inner_(std::make_shared<MemoryDevice>(size)) {}
+  DeviceGeometry geometry() const override { return inner_->geometry(); }
+  std::string kind() const override { return "holding(memory)"; }
+  void Submit(IoRequest* req) override {
+    if (hold_reads && req->op == IoOp::kRead) return held_.push_back(req);
+    inner_->Submit(req);
+  }
+  Status ReadSync(uint64_t o, void* b, uint64_t l) override { return inner_->ReadSync(o, b, l); }
+  Status WriteSync(uint64_t o, const void* b, uint64_t l) override {
+    return inner_->WriteSync(o, b, l);
+  }
+  Status FlushSync() override { return inner_->FlushSync(); }
+  Status DiscardSync(uint64_t o, uint64_t l) override { return inner_->DiscardSync(o, l); }
+  // On the reactor: stops holding and submits the held reads.
+  void Release() {
+    hold_reads = false;
+    for (IoRequest* r : held_) inner_->Submit(r);
+    held_.clear();
+  }
+  std::atomic<bool> hold_reads{false};
+
+ private:
+  std::shared_ptr<MemoryDevice> inner_;
+  std::vector<IoRequest*> held_;  // reactor only
+};
+
+class HeldReadVolumeTest : public testing::VolumeFixture {
+ protected:
+  std::shared_ptr<BlockDevice> MakeDevice() override {
+    dev_ = std::make_shared<HoldingDevice>(pool_size_);
+    return dev_;
+  }
+  std::shared_ptr<HoldingDevice> dev_;
+};
+
+// The volume counts device I/Os in flight per physical cluster (InflightTable): a cluster whose
+// data a read is still fetching is neither dropped from the map nor freed (and so never reused
+// by another volume under the read) until that read completes.
+TEST_F(HeldReadVolumeTest, AClusterUnderAReadInFlightIsFreedOnlyAfterTheRead) {
+  Volume* a = CreateVolume("a", 4 * kMiB);
+  const auto old = Pattern(64 * kKiB, 1);
+  ASSERT_TRUE(Write(a, 0, old).ok());
+  ASSERT_TRUE(Write(a, 64 * kKiB, old).ok());
+  ASSERT_TRUE(Flush(a).ok());
+  const uint64_t free_before = pool_->allocator().free_count();
+  dev_->hold_reads = true;
+  AlignedBuffer buf = AllocateAligned(128 * kKiB);
+  std::promise<Status> read_done;
+  VolumeIo io;
+  io.op = VolumeOp::kRead;
+  io.length = 128 * kKiB;
+  io.buf = buf.get();
+  io.ctx = &read_done;
+  io.done = [](VolumeIo* d) { static_cast<std::promise<Status>*>(d->ctx)->set_value(d->status); };
+  reactor_->Post([&] { a->Submit(&io); });
+  // Both clusters lose every block while the read waits at the device; the commit frees nothing.
+  ASSERT_TRUE(RunVolumeIo(*a, VolumeOp::kDiscard, 0, 128 * kKiB, nullptr).ok());
+  ASSERT_TRUE(Flush(a).ok());
+  EXPECT_EQ(pool_->allocator().free_count(), free_before);
+  reactor_->RunSync([&] {
+    EXPECT_EQ(a->map().Fragments(0).size(), 1u);
+    EXPECT_EQ(a->map().Fragments(1).size(), 1u);
+    dev_->Release();
+  });
+  ASSERT_TRUE(read_done.get_future().get().ok());
+  EXPECT_EQ(std::vector<uint8_t>(buf.get(), buf.get() + 64 * kKiB), old);
+  // The read is over: both empty fragments are gone and their clusters free once committed.
+  ASSERT_TRUE(Flush(a).ok());
+  EXPECT_EQ(pool_->allocator().free_count(), free_before + 2);
+  reactor_->RunSync([&] { EXPECT_TRUE(a->map().Fragments(0).empty()); });
+  EXPECT_EQ(Read(a, 0, 128 * kKiB), std::vector<uint8_t>(128 * kKiB, 0));
 }
 
 }  // namespace
