@@ -130,9 +130,9 @@ class Generator {
     s.io.buf = s.buf;
     if (w_.rw == "randread" || w_.rw == "randwrite") {
       s.io.offset = (rng_() % (span_ / w_.bs)) * w_.bs;
-    } else if (w_.rw == "stride") {
+    } else if (w_.rw == "stride" || w_.rw == "stride2") {
       s.io.offset = cursor_;
-      cursor_ = (cursor_ + 64 * kKiB) % span_;
+      cursor_ = (cursor_ + (w_.rw == "stride" ? 64 : 128) * kKiB) % span_;
     } else {
       s.io.offset = cursor_;
       cursor_ = (cursor_ + w_.bs) % span_;
@@ -630,8 +630,10 @@ uint64_t RssBytes() {
 // One 4 KiB write at `first` and every 64 KiB after it, `count` of them (QD 32), in `span` bytes.
 // The generator (whose latency log grows 8 bytes per write) is gone before the caller measures
 // memory: it would add 128 MiB per TiB mapped to the slopes.
-void MapStride(Volume& vol, uint64_t span, uint64_t first, uint64_t count) {
-  Generator g(vol, {"map", "stride", 4096, 32}, span, 0, 0, count);
+// With every_other, every other cluster (128 KiB apart).
+void MapStride(Volume& vol, uint64_t span, uint64_t first, uint64_t count,
+               bool every_other = false) {
+  Generator g(vol, {"map", every_other ? "stride2" : "stride", 4096, 32}, span, 0, 0, count);
   g.SkipTo(first);
   g.Run();
 }
@@ -678,7 +680,8 @@ void PrintMemoryPoints(const std::vector<MemoryPoint>& p) {
 // open the engine and the volume again (the map loaded from the metadata) with its memory then;
 // then the snapshot phase (SnapshotMemory). With `keep`, the work directory stays as the restart
 // found it (no snapshot phase), to profile `--study memory-reopen --dir DIR` on it.
-int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big, bool keep) {
+int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big, bool keep,
+                bool interleave) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const EngineOptions o = BenchEngineOptions(dir, backend);
@@ -699,7 +702,15 @@ int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big, bool ke
   uint64_t done = 0;
   for (const uint64_t span : {big / 4, big}) {
     // Clusters [done, span) get their first write; then a commit (steady state, nothing dirty).
-    MapStride(h->volume(), span, done, (span - done) / (64 * kKiB));
+    const uint64_t n = (span - done) / (64 * kKiB);
+    if (interleave) {
+      // Even clusters, then odd ones: no two neighbours in neighbouring physical clusters, so
+      // the map checkpoint holds one record per cluster (its worst case: no runs).
+      MapStride(h->volume(), span, done, (n + 1) / 2, true);
+      MapStride(h->volume(), span, done + 64 * kKiB, n / 2, true);
+    } else {
+      MapStride(h->volume(), span, done, n);
+    }
     done = span;
     std::promise<Status> flushed;
     h->reactor()->Post(
@@ -716,7 +727,10 @@ int MemoryStudy(const std::string& dir, IoBackend backend, uint64_t big, bool ke
   // first engine freed).
   const std::string cmd = "/proc/" + std::to_string(getpid()) + "/exe --dir " + dir +
                           " --io-backend " + std::string(IoBackendName(backend)) + " --study ";
+  // The first restart reads the map checkpoint the shutdown above wrote; the second scans (what
+  // a restart after a crash does).
   int rc = std::system((cmd + "memory-reopen").c_str());
+  if (rc == 0) rc = std::system((cmd + "memory-reopen-scan").c_str());
   if (keep) return rc == 0 ? 0 : 1;
   if (rc == 0) rc = std::system((cmd + "memory-snapshot").c_str());
   fs::remove_all(dir);
@@ -769,8 +783,9 @@ int SnapshotMemory(const std::string& dir, IoBackend backend) {
 
 // The second half of the memory study: opens the engine in `dir` and volume "m" (its map loaded)
 // and says how long that took and the process's memory then.
-int MemoryReopen(const std::string& dir, IoBackend backend) {
-  const EngineOptions o = BenchEngineOptions(dir, backend);
+int MemoryReopen(const std::string& dir, IoBackend backend, bool scan) {
+  EngineOptions o = BenchEngineOptions(dir, backend);
+  o.map_checkpoints = !scan;
   const uint64_t rss_before = RssBytes();
   const uint64_t t0 = NowNs();
   auto engine = Engine::Open(o);
@@ -784,8 +799,9 @@ int MemoryReopen(const std::string& dir, IoBackend backend) {
     (*h)->volume().map().ForEach([&](uint64_t, std::span<const Fragment>) { mapped += 64 * kKiB; });
   });
   std::printf(
-      "restart (Engine::Open + OpenVolume in a new process, %.0f GiB mapped): %.2f s (%.2f + "
-      "%.2f); RSS %.1f MiB (%.1f MiB before the open)\n",
+      "restart, %s (Engine::Open + OpenVolume in a new process, %.0f GiB mapped): %.2f s (%.2f "
+      "+ %.2f); RSS %.1f MiB (%.1f MiB before the open)\n",
+      scan ? "the map scanned (as after a crash)" : "from the map checkpoint (clean shutdown)",
       static_cast<double>(mapped) / kGiB, static_cast<double>(t1 - t0) / 1e9,
       static_cast<double>(t_engine - t0) / 1e9, static_cast<double>(t1 - t_engine) / 1e9,
       static_cast<double>(RssBytes()) / kMiB, static_cast<double>(rss_before) / kMiB);
@@ -816,6 +832,9 @@ int Main(int argc, char** argv) {
   app.add_flag("--keep", keep,
                "memory study: keep --dir after the restart (no snapshot phase), to profile "
                "--study memory-reopen on it");
+  bool interleave = false;
+  app.add_flag("--interleave", interleave,
+               "memory study: map even clusters, then odd ones (no runs in the map checkpoint)");
   CLI11_PARSE(app, argc, argv);
 
   auto vsize = ParseSize(volume_size_s);
@@ -828,7 +847,9 @@ int Main(int argc, char** argv) {
   log::Init("warn");
   if (study == "cluster-size") return ClusterStudy(dir, *vsize, runtime, *be);
   if (study == "snapshots") return SnapshotStudy(dir, runtime, *be, preallocate);
-  if (study == "memory-reopen") return MemoryReopen(dir, *be);
+  if (study == "memory-reopen" || study == "memory-reopen-scan") {
+    return MemoryReopen(dir, *be, study == "memory-reopen-scan");
+  }
   if (study == "memory-snapshot") return SnapshotMemory(dir, *be);
   if (study == "memory") {
     auto mapped = ParseSize(mapped_s);
@@ -836,7 +857,7 @@ int Main(int argc, char** argv) {
       std::fprintf(stderr, "bad --mapped\n");
       return 2;
     }
-    return MemoryStudy(dir, *be, *mapped, keep);
+    return MemoryStudy(dir, *be, *mapped, keep, interleave);
   }
   if (!study.empty()) {
     std::fprintf(stderr, "unknown study %s\n", study.c_str());

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -184,6 +185,14 @@ Status Engine::LoadVolumes(PoolSlot& slot) {
       }));
   SHALE_RETURN_IF_ERROR(parse);
 
+  struct Loaded {
+    meta::VolumeRecord rec;
+    std::vector<uint64_t> chain;
+    ClusterMap map;
+  };
+  std::vector<Loaded> loaded;
+  const LoadStats stats_before = load_stats_;
+  const auto maps_started = std::chrono::steady_clock::now();
   for (auto& rec : records) {
     if (volumes_.count(rec.name())) {
       return Status::Corruption("volume name '" + rec.name() + "' exists in two pools");
@@ -203,9 +212,21 @@ Status Engine::LoadVolumes(PoolSlot& slot) {
       }
       img = it->second.parent();
     }
-    SHALE_ASSIGN_OR_RETURN(ClusterMap map, Volume::LoadMap(pool, chain, rec.size_bytes(), nullptr));
-    AddVolume(slot, rec, std::move(chain), std::move(map));
+    SHALE_ASSIGN_OR_RETURN(ClusterMap map, LoadVolumeMap(slot, rec, chain));
+    loaded.push_back({std::move(rec), std::move(chain), std::move(map)});
   }
+  // Before anything can change the pool's metadata: a checkpoint is used at most once.
+  SHALE_RETURN_IF_ERROR(ConsumeMapCheckpoints(slot));
+  if (!loaded.empty()) {
+    SHALE_LOG_INFO("volume maps loaded", {"pool", slot.reg.name()},
+                   {"from_checkpoints",
+                    load_stats_.maps_from_checkpoints - stats_before.maps_from_checkpoints},
+                   {"scanned", load_stats_.maps_scanned - stats_before.maps_scanned},
+                   {"ms", std::chrono::duration<double, std::milli>(
+                              std::chrono::steady_clock::now() - maps_started)
+                              .count()});
+  }
+  for (Loaded& l : loaded) AddVolume(slot, l.rec, std::move(l.chain), std::move(l.map));
   // A crash between a commit that took a child from a deleted image (revert, volume delete) and
   // the collection that follows it left that image with fewer than two children: collect it now
   // (found by e2e_snapshot_crash_test, kill -9 during a revert). Not fatal: it is only space.
@@ -231,13 +252,17 @@ Status Engine::Shutdown() {
   if (shut_down_) return Status::Ok();
   shut_down_ = true;
   Status first;
+  std::vector<VolumeSlot*> closed;
   for (auto& [name, slot] : volumes_) {
     Status st = CloseVolume(*slot->volume);
     if (!st.ok()) {
       SHALE_LOG_ERROR("volume did not close cleanly", {"volume", name}, {"error", st.ToString()});
       if (first.ok()) first = st;
+    } else {
+      closed.push_back(slot.get());
     }
   }
+  if (options_.map_checkpoints) WriteMapCheckpointsLocked(closed);
   volumes_.clear();
   for (auto& [name, slot] : pools_) {
     if (slot->pool) slot->pool->Close();

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,6 +49,11 @@ struct EngineOptions {
   std::string default_pool_name = "default";
   uint64_t default_pool_size = 8 * kGiB;
   uint32_t default_cluster_size = kDefaultClusterSize;
+  // A clean shutdown writes every volume's cluster map to a file that the next open reads
+  // instead of scanning its records (docs/format/map-checkpoint.md). With verify, the open scans
+  // too and fails if the two maps differ (tests).
+  bool map_checkpoints = true;
+  bool verify_map_checkpoints = false;
   DeviceFactory device_factory;
   MetadataFsFactory metadata_fs_factory;
 };
@@ -283,6 +289,12 @@ class Engine {
   Status WriteRecords(std::string_view pool, MetaBatch batch);
 
   const EngineOptions& options() const { return options_; }
+  // How the open built its volumes' maps: from map checkpoints or by scanning their records.
+  struct LoadStats {
+    uint32_t maps_from_checkpoints = 0;
+    uint32_t maps_scanned = 0;
+  };
+  LoadStats load_stats() const { return load_stats_; }
   const std::vector<std::unique_ptr<Reactor>>& reactors() const { return reactors_; }
 
  private:
@@ -293,6 +305,14 @@ class Engine {
   Status OpenRegisteredPools();
   Status CreateDefaultPool();
   Status LoadVolumes(PoolSlot& slot);
+  // Map checkpoints (engine_map_checkpoint.cc).
+  Status WriteMapCheckpoint(VolumeSlot& vs);
+  void WriteMapCheckpointsLocked(const std::vector<VolumeSlot*>& closed);
+  std::optional<ClusterMap> ReadMapCheckpoint(PoolSlot& slot, const meta::VolumeRecord& rec,
+                                              const std::vector<uint64_t>& chain);
+  Status ConsumeMapCheckpoints(PoolSlot& slot);
+  Result<ClusterMap> LoadVolumeMap(PoolSlot& slot, const meta::VolumeRecord& rec,
+                                   const std::vector<uint64_t>& chain);
   Result<PoolInfo> CreatePoolLocked(const CreatePoolParams& params, bool mark_created_file);
   PoolInfo DescribePool(const PoolSlot& slot) const;
   VolumeInfo DescribeVolume(const VolumeSlot& slot) const;
@@ -340,6 +360,7 @@ class Engine {
   // Open read-only views of frozen images, by (pool, image).
   std::map<std::pair<std::string, uint64_t>, std::unique_ptr<ImageSlot>> views_;
   bool shut_down_ = false;
+  LoadStats load_stats_;  // set by the open only
   friend class VolumeHandle;
 };
 

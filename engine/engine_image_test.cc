@@ -31,6 +31,7 @@ class EngineImageTest : public ::testing::Test {
     o.data_dir = dir_ + "/data";
     o.default_pool_size = 1 * kGiB;
     o.commit_interval_ms = 0;
+    o.verify_map_checkpoints = true;
     auto e = Engine::Open(o);
     ASSERT_TRUE(e.ok()) << e.status();
     engine_ = std::move(e).value();

@@ -41,6 +41,12 @@ std::string Map(uint64_t image_id, uint64_t vcluster) {
   AppendU64(k, vcluster);
   return k;
 }
+std::string MapCheckpointPrefix() { return "C"; }
+std::string MapCheckpoint(uint64_t volume_id) {
+  std::string k = "C";
+  AppendU64(k, volume_id);
+  return k;
+}
 std::string BitmapPrefix() { return "A"; }
 std::string Bitmap(uint64_t chunk) {
   std::string k = "A";

@@ -4,6 +4,7 @@
 //   "N" name                         u64 volume_id (name index)
 //   "I" u64 image_id                 ImageRecord
 //   "M" u64 image_id u64 vcluster    MapEntry (map_entry.h)
+//   "C" u64 volume_id                MapCheckpointRecord (docs/format/map-checkpoint.md)
 //   "A" u64 chunk                    allocation bitmap of clusters [chunk*32768, +32768)
 //   "X" namespace '\0' key           records of upper layers (snapshot, qos, ...)
 // See docs/format/metadata.md.
@@ -26,6 +27,8 @@ std::string ImagePrefix();
 std::string Map(uint64_t image_id, uint64_t vcluster);
 std::string MapImagePrefix(uint64_t image_id);
 std::string MapPrefix();
+std::string MapCheckpoint(uint64_t volume_id);
+std::string MapCheckpointPrefix();
 std::string Bitmap(uint64_t chunk);
 std::string BitmapPrefix();
 std::string Extension(std::string_view ns, std::string_view key);

@@ -218,6 +218,7 @@ class Harness {
     o.data_dir = dir_ + "/data";
     o.default_pool_size = kPoolSize;
     o.commit_interval_ms = 0;
+    o.verify_map_checkpoints = true;
     o.default_cluster_size = rng_() % 2 ? 64 * kKiB : 16 * kKiB;
     o.device_factory = [dev = device_](const std::string&) -> Result<std::shared_ptr<BlockDevice>> {
       return std::shared_ptr<BlockDevice>(dev);

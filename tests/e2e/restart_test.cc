@@ -56,6 +56,9 @@ TEST(Restart, KillNineKeepsEveryVolume) {
   ASSERT_EQ(list.exit_code, 0) << list.Describe();
   EXPECT_EQ(Durable(list.Json()["volumes"]), Durable(before));
   EXPECT_NE(h.DaemonLog().find("removed stale control socket"), std::string::npos);
+  // No clean shutdown wrote map checkpoints: the maps were scanned from the records.
+  EXPECT_NE(h.DaemonLog().find("pool=default from_checkpoints=0 scanned=3"), std::string::npos)
+      << h.DaemonLog();
 
   // The recovered daemon is fully usable and its pool consistent.
   EXPECT_EQ(h.Shale({"volume", "create", "d", "--size", "1M"}).exit_code, 0);
@@ -95,6 +98,11 @@ TEST(Restart, SigtermIsCleanAndRestartFindsEverything) {
   EXPECT_EQ(e["pool"], "extra");
   EXPECT_EQ(e["size_bytes"], 1024 * 1024);
   EXPECT_EQ(h.Shale({"pool", "list", "-o", "json"}).Json()["pools"], pools_before);
+  // The clean stop wrote every volume's map checkpoint and this start read them
+  // (docs/format/map-checkpoint.md).
+  const std::string log = h.DaemonLog();
+  EXPECT_NE(log.find("pool=default from_checkpoints=3 scanned=0"), std::string::npos) << log;
+  EXPECT_NE(log.find("pool=extra from_checkpoints=1 scanned=0"), std::string::npos) << log;
 
   // SIGINT (Ctrl-C in a terminal) is just as clean.
   EXPECT_EQ(h.StopDaemon(SIGINT), 0) << h.DaemonLog();
