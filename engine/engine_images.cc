@@ -29,6 +29,21 @@ Result<meta::ImageRecord> ImageRecordOf(const std::map<uint64_t, meta::ImageReco
   }
   return it->second;
 }
+
+// A frozen image that was not deleted: NotFound for an unknown or deleted one, and
+// FailedPrecondition for a volume's head.
+Result<const meta::ImageRecord*> FrozenImage(const std::map<uint64_t, meta::ImageRecord>& images,
+                                             uint64_t id) {
+  auto it = images.find(id);
+  if (it == images.end() || it->second.deleted()) {
+    return Status::NotFound("image " + std::to_string(id) + " not found");
+  }
+  if (it->second.kind() != meta::IMAGE_FROZEN) {
+    return Status::FailedPrecondition("image " + std::to_string(id) +
+                                      " is a volume's head, not frozen");
+  }
+  return &it->second;
+}
 }  // namespace
 
 std::vector<uint64_t> Engine::ChildrenOf(const PoolSlot& slot, uint64_t image) const {
@@ -276,18 +291,11 @@ Result<std::shared_ptr<VolumeHandle>> Engine::OpenImage(std::string_view pool_na
   for (int attempt = 0;; ++attempt) {
     std::unique_lock lock(mu_);
     SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-    auto it = slot->images.find(image_id);
-    if (it == slot->images.end() || it->second.deleted()) {
-      return Status::NotFound("image " + std::to_string(image_id) + " not found");
-    }
-    if (it->second.kind() != meta::IMAGE_FROZEN) {
-      return Status::FailedPrecondition("image " + std::to_string(image_id) +
-                                        " is a volume's head, not frozen");
-    }
+    SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord* frozen, FrozenImage(slot->images, image_id));
     auto key = std::make_pair(std::string(pool_name), image_id);
     if (views_.find(key) == views_.end()) {
       const std::vector<uint64_t> chain = ChainOf(*slot, image_id);
-      const meta::ImageRecord image = it->second;
+      const meta::ImageRecord image = *frozen;
       Result<ClusterMap> map = Status::Internal("not loaded");
       if (attempt < kUnlockedAttempts) {
         const uint64_t generation = slot->entries_generation;
@@ -455,13 +463,7 @@ Status Engine::DeleteImage(std::string_view pool_name, uint64_t image_id,
   SHALE_RETURN_IF_ERROR(AwaitFreezes(pool_name));
   std::lock_guard lock(mu_);
   SHALE_ASSIGN_OR_RETURN(PoolSlot * slot, OnlinePool(pool_name));
-  auto it = slot->images.find(image_id);
-  if (it == slot->images.end() || it->second.deleted()) {
-    return Status::NotFound("image " + std::to_string(image_id) + " not found");
-  }
-  if (it->second.kind() != meta::IMAGE_FROZEN) {
-    return Status::FailedPrecondition("image " + std::to_string(image_id) + " is a volume's head");
-  }
+  SHALE_ASSIGN_OR_RETURN(const meta::ImageRecord* frozen, FrozenImage(slot->images, image_id));
   if (views_.count({std::string(pool_name), image_id})) {
     return Status::Busy("image " + std::to_string(image_id) +
                         " is open (exported); disconnect its clients first");
@@ -479,7 +481,7 @@ Status Engine::DeleteImage(std::string_view pool_name, uint64_t image_id,
     SHALE_RETURN_IF_ERROR(MergeImageLocked(*slot, image_id, children[0], extra));
   } else {
     // Several children read through it: keep its data, hide it, collect it when they go.
-    meta::ImageRecord rec = it->second;
+    meta::ImageRecord rec = *frozen;
     rec.set_deleted(true);
     CommitPipeline::Request req;
     req.batch.Put(keys::Image(image_id), rec.SerializeAsString());
