@@ -101,10 +101,12 @@ struct ControllerService::Impl {
     out->set_capacity_bytes(static_cast<int64_t>(CsiCapacity(engine, info)));
     if (info.read_only) (*out->mutable_volume_context())["readOnly"] = "true";
     (*out->mutable_volume_context())["pool"] = info.pool;
-    // A replicated volume is served on any node holding a replica, a read-only clone of a
-    // replicated volume's snapshot on any node holding a copy of it; others on this node.
+    // A replicated volume is served on any node of the cluster (its target runs where the pod
+    // does, from the replicas wherever they are): no accessible topology, which CSI reads as
+    // "equally accessible from every node". A read-only clone of a replicated volume's snapshot
+    // is served on any node holding a copy of it; others on this node.
     std::vector<std::string> nodes;
-    if (options.replica_nodes) nodes = options.replica_nodes(info.name);
+    const bool replicated = options.replica_nodes && !options.replica_nodes(info.name).empty();
     auto clone_of = info.labels.find(std::string(kLabelCloneOf));
     if (auto it = info.labels.find(std::string(kLabelCloneNodes));
         it != info.labels.end() && clone_of != info.labels.end()) {
@@ -115,6 +117,7 @@ struct ControllerService::Impl {
       }
       (*out->mutable_volume_context())[std::string(kContextCloneOf)] = clone_of->second;
     }
+    if (replicated) return;
     if (nodes.empty()) nodes.push_back(options.node_id);
     for (const std::string& node : nodes) {
       (*out->mutable_accessible_topology()->Add()->mutable_segments())[std::string(kTopologyKey)] =

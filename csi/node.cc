@@ -485,6 +485,16 @@ grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
       info = FindVolume(engine_, request->volume_id());
     }
   }
+  if (!info.ok() && info.status().IsNotFound() && options_.attach_volume &&
+      ValidateName("volume", request->volume_id()).ok()) {
+    // A replicated volume with no replica on this node: attaching it here makes its target
+    // (served from the replicas elsewhere); a name that is no replicated volume stays NotFound.
+    std::lock_guard lock(mu_);
+    if (Status st = options_.attach_volume(request->volume_id()); !st.ok()) {
+      return ToGrpc(st.WithContext("stage " + request->volume_id()));
+    }
+    info = FindVolume(engine_, request->volume_id());
+  }
   if (!info.ok()) return ToGrpc(info.status());
   const auto& cap = request->volume_capability();
   if (grpc::Status st = CheckNodeCapability(cap, info->read_only); !st.ok()) return st;

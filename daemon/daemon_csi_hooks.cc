@@ -63,7 +63,8 @@ void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
   };
   csi_options->attach_volume = [this](const std::string& name) -> Status {
     ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
-    if (r == nullptr || !r->IsReplicated(name)) return Status::Ok();
+    // (A replicated volume this node holds no replica of is served from the replicas elsewhere.)
+    if (r == nullptr || !(r->IsReplicated(name) || r->IsElsewhere(name))) return Status::Ok();
     Result<std::string> attached = r->Attach(name);
     if (attached.ok()) SHALE_LOG_INFO("csi: replicated volume attached", {"volume", name});
     return attached.status();

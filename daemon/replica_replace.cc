@@ -262,6 +262,15 @@ bool ReplicatedVolumes::RemoveIfOrphan(const VolumeInfo& v,
     why = "the volume has no membership any more (deleted while this node was away)";
   } else if (record->membership.uuid != ReplicaUuidOf(v)) {
     why = "the volume's membership names another uuid (deleted and created again)";
+  } else if (IsTargetOnly(v)) {
+    // A target-only anchor lives while this node serves the volume.
+    if (record->membership.target == options_.node_name && !record->membership.detached) {
+      return false;
+    }
+    why = record->membership.detached
+              ? "a target-only anchor of a volume detached since"
+              : "a target-only anchor of a volume served by " + record->membership.target +
+                    " since (taken over while this node was away)";
   } else if (record->membership.Find(options_.node_name) == nullptr) {
     why = "the membership no longer names this node (its replica was replaced)";
   } else {

@@ -12,9 +12,11 @@
 //             is fenced by the first STALE_EPOCH a replica answers.
 #include "daemon/cluster_node.h"
 #include "daemon/replica_membership.h"
+#include "daemon/replicated_target.h"
 #include "daemon/replicated_volumes.h"
 #include "engine/common/log.h"
 #include "engine/io/reactor.h"
+#include "replication/changed_regions.h"
 #include "replication/replica_server.h"
 #include "replication/replication_layer.h"
 
@@ -80,21 +82,16 @@ Result<std::string> ReplicatedVolumes::MoveHere(const std::string& name,
                                                 const cluster::Membership& m, bool force,
                                                 const std::string& verb) {
   const std::string& self = options_.node_name;
-  if (m.Find(self) == nullptr) {
-    std::string holders;
-    for (const std::string& n : m.in_sync) holders += (holders.empty() ? "" : ", ") + n;
-    return Status::FailedPrecondition("node " + self + " holds no replica of volume '" + name +
-                                      "'; " + verb + " on a node holding an in-sync replica (" +
-                                      holders +
-                                      "); a target on a node without a replica is not built yet");
-  }
-  if (!m.InSync(self)) {
+  // A node without a replica serves the volume from the replicas elsewhere, through a
+  // target-only anchor (docs/replication.md, "Targets on nodes without a replica").
+  const bool diskless = m.Find(self) == nullptr;
+  if (!diskless && !m.InSync(self)) {
     return Status::FailedPrecondition(
         "the replica of volume '" + name + "' on " + self +
         " is not in the in-sync set: it may miss acknowledged writes and cannot serve");
   }
   Result<VolumeInfo> local = lifecycle_->engine()->GetVolume(name);
-  if (!local.ok() || !local->labels.contains(replication::kReplicaUuidLabel)) {
+  if (!diskless && (!local.ok() || !local->labels.contains(replication::kReplicaUuidLabel))) {
     return Status::FailedPrecondition("node " + self + " has no local replica of volume '" + name +
                                       "'");
   }
@@ -110,13 +107,18 @@ Result<std::string> ReplicatedVolumes::MoveHere(const std::string& name,
       }
     }
   }
+  bool anchor_made = false;
+  if (diskless) {
+    SHALE_ASSIGN_OR_RETURN(anchor_made, MakeAnchor(name, m));
+  }
   const std::string old_target = m.target;
   const bool was_detached = m.detached;
   Result<cluster::VolumeRecord> moved =
       EditMembership(store_.get(), name, [&](cluster::Membership* next) -> Result<bool> {
-        if (!next->InSync(self)) {
-          return Status::FailedPrecondition("the replica on " + self +
-                                            " left the in-sync set meanwhile");
+        if (diskless ? next->Find(self) != nullptr : !next->InSync(self)) {
+          return Status::FailedPrecondition(
+              diskless ? "a replica of " + name + " was placed on " + self + " meanwhile"
+                       : "the replica on " + self + " left the in-sync set meanwhile");
         }
         if (next->target != m.target || next->detached != was_detached) {
           return Status::Aborted("the target of " + name + " changed meanwhile (now " +
@@ -132,7 +134,10 @@ Result<std::string> ReplicatedVolumes::MoveHere(const std::string& name,
                            (force ? " (forced)" : ""));
         return true;
       });
-  if (!moved.ok()) return moved.status().WithContext("record the new target of " + name);
+  if (!moved.ok()) {
+    if (anchor_made) RemoveAnchor(name, "the attach was not recorded");
+    return moved.status().WithContext("record the new target of " + name);
+  }
   const uint64_t epoch = moved->membership.epoch;
   {
     std::lock_guard lock(mu_);
@@ -178,6 +183,7 @@ Result<std::string> ReplicatedVolumes::Detach(const std::string& name) {
     return Status::Busy("volume '" + name + "' has clients on " + self +
                         "; disconnect them (unmount, detach the NBD device) first");
   }
+  const bool anchor = target != nullptr && !target->local_replica;
   target.reset();  // closes the target here: no writer on this node from now on
   Result<cluster::VolumeRecord> done =
       EditMembership(store_.get(), name, [&](cluster::Membership* next) -> Result<bool> {
@@ -188,27 +194,34 @@ Result<std::string> ReplicatedVolumes::Detach(const std::string& name) {
         next->detached = true;  // no change of target or in_sync: the epoch stays
         return true;
       });
-  std::lock_guard lock(mu_);
-  if (!done.ok()) {
-    pending_[name] = "detach not recorded: " + done.status().ToString();  // reopened (retried)
-    return done.status().WithContext("record the detach of " + name +
-                                     " (the target opens here again)");
+  {
+    std::lock_guard lock(mu_);
+    if (!done.ok()) {
+      pending_[name] = "detach not recorded: " + done.status().ToString();  // reopened (retried)
+      return done.status().WithContext("record the detach of " + name +
+                                       " (the target opens here again)");
+    }
+    pending_.erase(name);
+    pending_retry_.erase(name);
+    if (!anchor) detached_.insert(name);
   }
-  pending_.erase(name);
-  pending_retry_.erase(name);
-  detached_.insert(name);
   SHALE_LOG_INFO("volume detached", {"volume", name}, {"epoch", done->membership.epoch});
+  // Nothing of the volume stays on a node without a replica (its changed regions go with the
+  // anchor: the next target compares what it needs).
+  if (anchor) RemoveAnchor(name, "detached");
   std::string holders;
   for (const std::string& n : done->membership.in_sync) {
     holders += (holders.empty() ? "" : ", ") + n;
   }
   return "volume '" + name + "' detached from " + self + "; `shale volume attach " + name +
-         "` serves it on any node holding an in-sync replica (" + holders + ")";
+         "` serves it on any node of the cluster (its in-sync replicas: " + holders + ")";
 }
 
 Result<std::string> ReplicatedVolumes::FinishTakeOver(const std::string& name, uint64_t epoch,
                                                       std::string result) {
-  if (options_.raise_local_epoch) {
+  Result<VolumeInfo> local = lifecycle_->engine()->GetVolume(name);
+  const bool has_replica = local.ok() && !IsTargetOnly(*local);
+  if (options_.raise_local_epoch && has_replica) {
     // Before the target opens: the old target could still write to the local replica.
     if (Status st = options_.raise_local_epoch(name, epoch); !st.ok()) {
       return st.WithContext("volume " + name + " moved to " + options_.node_name + " at epoch " +
@@ -226,6 +239,48 @@ Result<std::string> ReplicatedVolumes::FinishTakeOver(const std::string& name, u
     result += "; the target is not open yet (retried): " + target.status().ToString();
   }
   return result;
+}
+
+}  // namespace shale::daemon
+
+namespace shale::daemon {
+
+Result<bool> ReplicatedVolumes::MakeAnchor(const std::string& name, const cluster::Membership& m) {
+  Result<VolumeInfo> local = lifecycle_->engine()->GetVolume(name);
+  if (local.ok()) {
+    if (IsTargetOnly(*local) && ReplicaUuidOf(*local) == m.uuid) return false;  // kept
+    return Status::FailedPrecondition("node " + options_.node_name + " has a volume named '" +
+                                      name +
+                                      "' that is not this replicated volume's: delete or "
+                                      "rename it to serve the replicated one here");
+  }
+  if (!local.status().IsNotFound()) return local.status();
+  VolumeSpec spec;
+  spec.params.name = name;
+  spec.params.size_bytes = m.size_bytes;
+  spec.params.labels[replication::kReplicaUuidLabel] = m.uuid;
+  spec.params.labels[replication::kTargetOnlyLabel] = "true";
+  spec.provisioned_bytes = 4096;  // it holds none of the data: it promises the pool nothing
+  std::vector<std::string> advice;
+  Result<VolumeInfo> made = lifecycle_->Create(spec, &advice);
+  if (!made.ok()) return made.status().WithContext("create the target-only anchor of " + name);
+  SHALE_LOG_INFO("target-only anchor created (this node holds no replica)", {"volume", name},
+                 {"pool", made->pool});
+  return true;
+}
+
+void ReplicatedVolumes::RemoveAnchor(const std::string& name, const std::string& why) {
+  Result<VolumeInfo> local = lifecycle_->engine()->GetVolume(name);
+  if (!local.ok() || !IsTargetOnly(*local)) return;
+  DeleteOptions options;
+  options.extra_records = replication::ChangedRegions::ForgetVolume;
+  if (Status st = lifecycle_->Delete(name, options); !st.ok()) {
+    // RemoveOrphans tries again.
+    SHALE_LOG_WARN("target-only anchor not removed", {"volume", name}, {"why", why},
+                   {"error", st.ToString()});
+    return;
+  }
+  SHALE_LOG_INFO("target-only anchor removed", {"volume", name}, {"why", why});
 }
 
 }  // namespace shale::daemon

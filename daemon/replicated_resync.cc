@@ -3,6 +3,7 @@
 // target was down is marked from the activity log; the log's regions are compared and copied to
 // every reachable in-sync replica before the target serves; the local replica's generation is
 // persisted.
+#include <algorithm>
 #include <future>
 
 #include "daemon/replicated_target.h"
@@ -10,7 +11,9 @@
 #include "engine/engine.h"
 #include "engine/io/reactor.h"
 #include "engine/pool/metadata_store.h"
+#include "replication/replica_client.h"
 #include "replication/replica_server.h"
+#include "replication/replica_target.h"
 
 namespace shale::daemon {
 
@@ -20,8 +23,86 @@ namespace {
 
 // How long a target's teardown waits for the activity log's record update in flight.
 constexpr auto kLogDrain = std::chrono::seconds(30);
+// GET_INFO pages asked of one replica for its allocation, at most (each reports up to
+// kMaxInfoExtents ranges and must move forward).
+constexpr uint32_t kMaxInfoPages = 1u << 20;
+
+// On the reactor: marks `ranges` changed for `node`; `marked` gets the first failure (or OK)
+// once every mark is durable.
+void MarkRanges(ReplicatedVolumes::Target& t, const std::string& node,
+                const std::vector<std::pair<uint64_t, uint64_t>>& ranges,
+                std::promise<Status>* marked) {
+  auto pending = std::make_shared<size_t>(ranges.size() + 1);
+  auto first = std::make_shared<Status>();
+  auto one = [marked, pending, first](Status st) {
+    if (!st.ok() && first->ok()) *first = st;
+    if (--*pending == 0) marked->set_value(*first);
+  };
+  for (const auto& [off, len] : ranges) t.changed->Mark({node}, off, len, one);
+  one(Status::Ok());
+}
+
+// The allocated ranges of `node`'s replica (GET_INFO, page by page), rounded out to whole
+// changed regions and merged; blocking (a control thread).
+Result<std::vector<std::pair<uint64_t, uint64_t>>> RemoteAllocation(ReplicatedVolumes::Target& t,
+                                                                    const std::string& node) {
+  std::shared_ptr<replication::ReplicaTarget> target;
+  t.reactor->RunSync([&] { target = t.layer->Target(node); });
+  auto* remote = dynamic_cast<replication::RemoteReplica*>(target.get());
+  if (remote == nullptr)
+    return Status::FailedPrecondition("no connection to the replica on " + node);
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  uint64_t at = 0;
+  for (uint32_t page = 0; at < t.size_bytes; ++page) {
+    if (page == kMaxInfoPages) return Status::Internal("GET_INFO of " + node + " never ended");
+    replication::ReplicaRequest req;
+    req.op = replication::ReplicaOp::kGetInfo;
+    req.offset = at;
+    req.length = t.size_bytes - at;
+    std::promise<void> answered;
+    req.ctx = &answered;
+    req.done = [](replication::ReplicaRequest* r) {
+      static_cast<std::promise<void>*>(r->ctx)->set_value();
+    };
+    remote->client().Submit(&req);
+    answered.get_future().wait();  // bounded: every request has the replica timeout
+    if (req.outcome != replication::ReplicaOutcome::kOk) {
+      return req.status.WithContext("allocation of the replica on " + node);
+    }
+    for (const auto& [off, len] : req.info.allocated) {
+      const uint64_t begin = off / replication::kRegionBytes * replication::kRegionBytes;
+      const uint64_t end =
+          std::min(t.size_bytes, (off + len + replication::kRegionBytes - 1) /
+                                     replication::kRegionBytes * replication::kRegionBytes);
+      if (end <= begin) continue;
+      if (!out.empty() && out.back().first + out.back().second >= begin) {
+        out.back().second = std::max(out.back().first + out.back().second, end) - out.back().first;
+      } else {
+        out.emplace_back(begin, end - begin);
+      }
+    }
+    if (req.info.next_offset <= at) {
+      return Status::Corruption("GET_INFO of " + node + " did not move forward");
+    }
+    at = req.info.next_offset;
+  }
+  return out;
+}
 
 }  // namespace
+
+Status ReplicatedVolumes::MarkRemoteAllocated(Target& t, const std::vector<std::string>& holders,
+                                              const std::string& node) {
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (const std::string& holder : holders) {
+    using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+    SHALE_ASSIGN_OR_RETURN(Ranges some, RemoteAllocation(t, holder));
+    ranges.insert(ranges.end(), some.begin(), some.end());
+  }
+  std::promise<Status> marked;
+  t.reactor->Post([&] { MarkRanges(t, node, ranges, &marked); });
+  return marked.get_future().get();
+}
 
 void ReplicatedVolumes::Target::DrainActivityLog() {
   if (activity == nullptr || reactor == nullptr) return;
@@ -38,36 +119,32 @@ Status ReplicatedVolumes::MarkForResync(Target& t, const std::string& node) {
   std::promise<Status> marked;
   t.reactor->Post([&] {
     if (!t.activity->kept_before()) {
-      // No log was kept for this volume (its target ran a shaled without one): anything
-      // allocated may differ.
+      // No log was kept for this volume here (its target ran a shaled without one, or this is a
+      // new target-only anchor): anything allocated may differ — without a local replica to
+      // tell what is allocated, every region.
+      if (!t.local_replica) {
+        t.changed->Mark({node}, 0, t.size_bytes, [&](Status st) { marked.set_value(st); });
+        return;
+      }
       replication::Rebuilder::MarkAllocated(&t.handle->volume(), t.changed.get(), node,
                                             [&](Status st) { marked.set_value(st); });
       return;
     }
-    const std::vector<std::pair<uint64_t, uint64_t>> ranges = t.activity->Ranges();
-    auto pending = std::make_shared<size_t>(ranges.size() + 1);
-    auto first = std::make_shared<Status>();
-    auto one = [&marked, pending, first](Status st) {
-      if (!st.ok() && first->ok()) *first = st;
-      if (--*pending == 0) marked.set_value(*first);
-    };
-    for (const auto& [off, len] : ranges) t.changed->Mark({node}, off, len, one);
-    one(Status::Ok());
+    MarkRanges(t, node, t.activity->Ranges(), &marked);
   });
   return marked.get_future().get();
 }
 
 namespace {
 
-// Copies what ChangedRegions marks for `node` from the local replica (a Rebuilder that compares
-// 4 KiB hashes), before any client I/O; blocking.
-Status RunResync(ReplicatedVolumes::Target& t, const std::string& node,
+// Copies what ChangedRegions marks for `node` from `source` (a Rebuilder that compares 4 KiB
+// hashes), before any client I/O; blocking.
+Status RunResync(ReplicatedVolumes::Target& t, const std::string& source, const std::string& node,
                  replication::Rebuilder::Progress* progress) {
   std::promise<Status> done;
   t.reactor->RunSync([&] {
-    t.rebuilder = std::make_unique<replication::Rebuilder>(t.reactor, t.layer.get(),
-                                                           t.changed.get(), t.local_node, node,
-                                                           replication::Rebuilder::Options{});
+    t.rebuilder = std::make_unique<replication::Rebuilder>(
+        t.reactor, t.layer.get(), t.changed.get(), source, node, replication::Rebuilder::Options{});
     t.rebuild_running = true;
     t.rebuilder->Start([&](Status st) {
       t.rebuild_running = false;
@@ -83,11 +160,15 @@ Status RunResync(ReplicatedVolumes::Target& t, const std::string& node,
 }  // namespace
 
 Status ReplicatedVolumes::ResyncAfterRestart(const std::shared_ptr<Target>& t) {
+  // The source: the local replica (the one the target reads), or without one the first in-sync
+  // remote replica; every other in-sync replica is made equal to it in the logged regions.
   std::vector<std::string> nodes;
   uint64_t logged = 0;
+  std::string source;
   t->reactor->RunSync([&] {
+    source = t->SourceFor("");
     for (const replication::ReplicaStatus& s : t->layer->Replicas()) {
-      if (!s.local && s.state == MemberState::kInSync) nodes.push_back(s.node);
+      if (!s.local && s.state == MemberState::kInSync && s.node != source) nodes.push_back(s.node);
     }
     logged = t->activity->RegionCount();
   });
@@ -95,8 +176,12 @@ Status ReplicatedVolumes::ResyncAfterRestart(const std::shared_ptr<Target>& t) {
   for (const std::string& node : nodes) {
     if (kept && logged == 0) break;  // nothing was in flight: the in-sync replicas are equal
     replication::Rebuilder::Progress progress;
-    Status st = MarkForResync(*t, node);
-    if (st.ok()) st = RunResync(*t, node, &progress);
+    // A new target-only anchor has no log of the previous target's writes: what either replica
+    // holds is compared (their allocations), as a new target on a replica node compares what its
+    // own replica holds.
+    Status st = !kept && !t->local_replica ? MarkRemoteAllocated(*t, {source, node}, node)
+                                           : MarkForResync(*t, node);
+    if (st.ok()) st = RunResync(*t, source, node, &progress);
     {
       std::lock_guard lock(t->mu);
       NodeRepair& r = t->repair[node];

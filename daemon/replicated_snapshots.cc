@@ -161,6 +161,13 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotOnTarge
   return std::optional<snapshot::SnapshotInfo>(std::move(copy).value());
 }
 
+Status ReplicatedVolumes::NoLocalReplica(const std::string& volume) {
+  return Status::FailedPrecondition(
+      "volume '" + volume + "' is served on " + options_.node_name +
+      ", which holds no replica of it: snapshots are taken where a replica is (detach it here "
+      "and attach it on a replica node for the snapshot); not built yet for such targets");
+}
+
 Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     std::string_view volume_view, std::string_view name_view,
     const snapshot::CreateSnapshotOptions& options) {
@@ -193,6 +200,7 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     }
     return taken;
   }
+  if (!target->local_replica) return NoLocalReplica(volume);
   const std::string ref = volume + "@" + name;
   if (lifecycle_->snapshots()->Get(ref).ok()) {
     return Status::AlreadyExists("snapshot '" + ref + "' already exists");
@@ -295,6 +303,7 @@ Result<std::unique_ptr<SnapshotReplication::GroupHold>> ReplicatedVolumes::HoldG
           "a group snapshot's replicated volumes are served by the node that takes it (attach "
           "them on one node)");
     }
+    if (!target->local_replica) return NoLocalReplica(volume);
     members.emplace_back(volume, std::move(target));
   }
   if (members.empty()) return std::unique_ptr<SnapshotReplication::GroupHold>();

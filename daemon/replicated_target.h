@@ -9,12 +9,14 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cluster/cluster_store.h"
 #include "daemon/replica_membership.h"
 #include "daemon/replicated_volumes.h"
 #include "engine/common/uuid.h"
+#include "nbd/export.h"
 #include "replication/activity_log.h"
 #include "replication/changed_regions.h"
 #include "replication/rebuilder.h"
@@ -27,6 +29,13 @@ namespace shale::daemon {
 inline std::string ReplicaUuidOf(const VolumeInfo& info) {
   auto it = info.labels.find(replication::kReplicaUuidLabel);
   return it == info.labels.end() ? std::string() : it->second;
+}
+
+// Whether a local volume carrying the uuid label is only the anchor of a target on a node
+// without a replica (docs/replication.md, "Targets on nodes without a replica").
+static_assert(std::string_view(replication::kTargetOnlyLabel) == nbd::kTargetOnlyLabel);
+inline bool IsTargetOnly(const VolumeInfo& info) {
+  return info.labels.contains(replication::kTargetOnlyLabel);
 }
 
 // The record of node `name` in `nodes`, or nullptr.
@@ -65,6 +74,10 @@ struct ReplicatedVolumes::Target {
   Uuid uuid;
   uint64_t size_bytes = 0;
   std::string local_node;
+  // False for a target on a node without a replica: `handle` is then the target-only anchor
+  // (kTargetOnlyLabel; it holds no data), every member is remote, and rebuilds, resyncs and
+  // reads use an in-sync remote replica.
+  bool local_replica = true;
   std::shared_ptr<VolumeHandle> handle;
   Reactor* reactor = nullptr;
   std::unique_ptr<replication::ChangedRegions> changed;
@@ -82,6 +95,9 @@ struct ReplicatedVolumes::Target {
   std::set<std::string> being_replaced;
 
   ~Target();
+  // On the reactor: the replica a rebuild or resync of `node` copies from — the local one, or
+  // (without one) the first in-sync remote other than `node`; "" when there is none.
+  std::string SourceFor(const std::string& node) const;
   void RebuildDone(const std::string& node, Status status);
   // Waits (bounded) for the activity log's record update in flight, then destroys it.
   void DrainActivityLog();

@@ -122,6 +122,14 @@ void ReplicatedVolumes::Target::RebuildDone(const std::string& node, Status stat
   });
 }
 
+std::string ReplicatedVolumes::Target::SourceFor(const std::string& node) const {
+  if (local_replica) return local_node;
+  for (const replication::ReplicaStatus& s : layer->Replicas()) {
+    if (s.node != node && s.state == MemberState::kInSync) return s.node;
+  }
+  return "";
+}
+
 ReplicatedVolumes::ReplicatedVolumes(VolumeLifecycle* lifecycle, ClusterNode* cluster,
                                      ReplicatedVolumesOptions options)
     : lifecycle_(lifecycle),
@@ -193,6 +201,13 @@ bool ReplicatedVolumes::IsReplicated(const std::string& name) {
   return info.ok() && !ReplicaUuidOf(*info).empty();
 }
 
+bool ReplicatedVolumes::IsElsewhere(const std::string& name) {
+  if (store_ == nullptr) return false;
+  Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(name);
+  if (info.ok() || !info.status().IsNotFound()) return false;
+  return store_->GetVolume(name).ok();
+}
+
 std::vector<std::string> ReplicatedVolumes::ReplicaNodes(const std::string& name) {
   std::vector<std::string> nodes;
   if (store_ == nullptr || !IsReplicated(name)) return nodes;
@@ -247,7 +262,7 @@ Result<std::unique_ptr<replication::ReplicaClient>> ReplicatedVolumes::Connect(
 }
 
 Status ReplicatedVolumes::CheckServesHere(const std::string& name, const Uuid& uuid,
-                                          const cluster::Membership& m) {
+                                          const cluster::Membership& m, bool local_replica) {
   if (m.target != options_.node_name) {
     return Status::NotFound("volume " + name + " is served by " + m.target);
   }
@@ -259,6 +274,17 @@ Status ReplicatedVolumes::CheckServesHere(const std::string& name, const Uuid& u
   if (m.uuid != uuid.ToString()) {
     return Status::FailedPrecondition("the membership of volume " + name + " names uuid " + m.uuid +
                                       ", the local replica " + uuid.ToString());
+  }
+  if (!local_replica) {
+    // A target without a replica here serves from the in-sync replicas elsewhere (ownership
+    // alone lets it serve: rule 6 governs the sources, and there is always one in in_sync).
+    if (m.Find(options_.node_name) != nullptr) {
+      return Status::FailedPrecondition("volume " + name + " has a replica on " +
+                                        options_.node_name +
+                                        " now, but this node's volume is "
+                                        "a target-only anchor");
+    }
+    return Status::Ok();
   }
   if (!m.InSync(options_.node_name)) {
     return Status::FailedPrecondition(
@@ -278,7 +304,8 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   Result<cluster::VolumeRecord> record = store_->GetVolume(name);
   if (!record.ok()) return record.status().WithContext("membership of volume " + name);
   const cluster::Membership& m = record->membership;
-  SHALE_RETURN_IF_ERROR(CheckServesHere(name, uuid, m));
+  const bool local_replica = !IsTargetOnly(info);
+  SHALE_RETURN_IF_ERROR(CheckServesHere(name, uuid, m, local_replica));
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
   SHALE_RETURN_IF_ERROR(PrepareLocalReplica(info, m));
   auto t = std::make_shared<Target>();
@@ -286,6 +313,7 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   t->uuid = uuid;
   t->size_bytes = m.size_bytes;
   t->local_node = options_.node_name;
+  t->local_replica = local_replica;
   SHALE_ASSIGN_OR_RETURN(t->handle, engine->OpenVolume(name));
   t->reactor = t->handle->reactor();
   SHALE_ASSIGN_OR_RETURN(t->changed, replication::ChangedRegions::Load(
@@ -335,8 +363,11 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   // One being replaced is never reconnected; the repair thread finishes its replacement.
   for (const cluster::ReplicaMember& r : m.replicas) {
     if (!r.replaces.empty()) t->being_replaced.insert(r.replaces);
+    // (A target-only anchor opened for the first time knows nothing of what the previous target
+    // changed: everything is compared.)
     if (r.node != options_.node_name && !m.InSync(r.node) &&
-        r.state != cluster::ReplicaState::kStale && t->activity->kept_before()) {
+        r.state != cluster::ReplicaState::kStale &&
+        (t->activity->kept_before() || !local_replica)) {
       SHALE_RETURN_IF_ERROR(MarkForResync(*t, r.node));
     }
     if (r.state != cluster::ReplicaState::kStale) continue;
@@ -369,9 +400,10 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
     for (auto& [target, state] : members) t->layer->SetReplica(target, state);
   });
   SHALE_RETURN_IF_ERROR(ResyncAfterRestart(t));
-  SHALE_RETURN_IF_ERROR(PersistLocalGeneration(*t, info));
+  if (local_replica) SHALE_RETURN_IF_ERROR(PersistLocalGeneration(*t, info));
   SHALE_LOG_INFO("target of replicated volume open", {"volume", name}, {"epoch", epoch},
-                 {"replicas", m.replicas.size()}, {"unreachable", lost.size()});
+                 {"replicas", m.replicas.size()}, {"unreachable", lost.size()},
+                 {"local_replica", local_replica ? 1 : 0});
   return t;
 }
 
@@ -696,18 +728,31 @@ void ReplicatedVolumes::Reconnect(const std::shared_ptr<Target>& target, const s
                  {"epoch", epoch});
 }
 
-// On the reactor: a Rebuilder for `node` (kRebuilding in the layer) from the local replica.
+// On the reactor: a Rebuilder for `node` (kRebuilding in the layer) from the local replica (or,
+// on a node without one, from an in-sync remote replica).
 void ReplicatedVolumes::StartRebuilder(Target& target, const std::string& node) {
   replication::Rebuilder::Options ro;
   ro.bps = rebuild_bps_.load(std::memory_order_relaxed);
   // Each copy window is a unit of the pool's background class: under contention the rebuild
   // gets the background weight's share next to the clients, all of the device when they idle.
-  if (qos::QosManager* qos = lifecycle_->qos(); qos != nullptr) {
+  // (Without a local replica the copy touches no device of this node: no admission.)
+  if (qos::QosManager* qos = lifecycle_->qos(); qos != nullptr && target.local_replica) {
     ro.admission = qos->OpenPoolAdmission(target.handle->volume().pool()->name(), target.reactor);
+  }
+  const std::string source = target.SourceFor(node);
+  if (source.empty()) {
+    // Retried after the node's backoff (RetryRebuild), once some replica is in sync again.
+    std::lock_guard lock(target.mu);
+    NodeRepair& r = target.repair[node];
+    r.last_error = "no in-sync replica to rebuild from";
+    r.next_try = std::chrono::steady_clock::now() + r.backoff;
+    r.backoff = std::min<std::chrono::milliseconds>(r.backoff * 2, kMaxBackoff);
+    target.repairing.clear();
+    return;
   }
   target.rebuilder.reset();
   target.rebuilder = std::make_unique<replication::Rebuilder>(
-      target.reactor, target.layer.get(), target.changed.get(), target.local_node, node, ro);
+      target.reactor, target.layer.get(), target.changed.get(), source, node, ro);
   target.rebuild_running = true;
   Target* t = &target;
   target.rebuilder->Start([t, node](Status st) { t->RebuildDone(node, std::move(st)); });

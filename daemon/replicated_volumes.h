@@ -152,6 +152,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Result<VolumeInfo> Create(const ReplicatedSpec& spec, std::vector<std::string>* advice);
   // Whether `name` is a replicated volume on this node (a target or a replica held for another).
   bool IsReplicated(const std::string& name);
+  // Whether `name` is a replicated volume of the cluster this node holds nothing of (no local
+  // volume by that name, a membership in etcd): one it may attach (a target without a replica).
+  bool IsElsewhere(const std::string& name);
   // The nodes holding a replica of `name` (its membership); empty when it is not replicated or
   // its membership cannot be read (CSI's accessible topology).
   std::vector<std::string> ReplicaNodes(const std::string& name);
@@ -240,6 +243,15 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // The volume's target is this node already: opens it if it is not open (no epoch change).
   Result<std::string> AlreadyHere(const std::string& name, const cluster::Membership& m,
                                   const std::string& verb);
+  // The target-only anchor of `name` on this node, which holds no replica of it (docs/
+  // replication.md, "Targets on nodes without a replica"): an engine volume of the membership's
+  // size labelled with its uuid and kTargetOnlyLabel, holding no data — the target's reactor,
+  // its changed-region and activity-log records, its QoS and its NBD export. True when it was
+  // made now (false: it was there). FailedPrecondition when another volume has the name.
+  Result<bool> MakeAnchor(const std::string& name, const cluster::Membership& m);
+  // Deletes the anchor of `name` (if there is one), logged; a failure is logged and left to
+  // RemoveOrphans.
+  void RemoveAnchor(const std::string& name, const std::string& why);
   // Raises the local replica's epoch to `epoch` and opens the target (replica_takeover.cc).
   Result<std::string> FinishTakeOver(const std::string& name, uint64_t epoch, std::string result);
   // Snapshots (replicated_snapshots.cc): the refusal for a replicated volume whose target is not
@@ -249,6 +261,8 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // the remote copies of snapshot `name` (SNAPSHOT to every in-sync replica).
   class GroupHoldImpl;
   Status NotServedHere(const std::string& volume);
+  // The refusal of a snapshot of a volume whose target here has no local replica.
+  Status NoLocalReplica(const std::string& volume);
   std::shared_future<void> StartQuiesce(Target& target);
   std::chrono::steady_clock::time_point QuiesceDeadline() const;
   Result<Labels> FinishQuiesce(Target& target, const std::string& volume,
@@ -264,7 +278,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Result<std::shared_ptr<Target>> OpenTarget(const std::string& name);
   // OpenTarget: the membership `m` names this node the target of `name`, attached, with the
   // local replica (of `uuid`) in sync; NotFound when another node serves it or it is detached.
-  Status CheckServesHere(const std::string& name, const Uuid& uuid, const cluster::Membership& m);
+  // A target-only anchor (`local_replica` false) needs only the ownership.
+  Status CheckServesHere(const std::string& name, const Uuid& uuid, const cluster::Membership& m,
+                         bool local_replica);
   // Snapshot() of a volume another node serves: TAKE_SNAPSHOT there (with `labels`); this node's
   // copy (it holds one when its replica is in sync) is the answer.
   Result<std::optional<snapshot::SnapshotInfo>> SnapshotOnTarget(const VolumeInfo& local,
@@ -352,6 +368,10 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // in-sync replica before the target serves; persists the local replica's generation.
   Status MarkForResync(Target& target, const std::string& node);
   Status ResyncAfterRestart(const std::shared_ptr<Target>& target);
+  // A target without a local replica: marks for `node` every region the connected replicas of
+  // `holders` have allocated (GET_INFO); blocking.
+  Status MarkRemoteAllocated(Target& target, const std::vector<std::string>& holders,
+                             const std::string& node);
   Status PersistLocalGeneration(Target& target, const VolumeInfo& info);
   // The local replica's persisted generation (0 when none was persisted).
   uint64_t LocalGeneration(const std::string& name);

@@ -17,14 +17,15 @@ namespace {
 class VolumeExport final : public Export {
  public:
   VolumeExport(std::shared_ptr<VolumeHandle> handle, std::shared_ptr<qos::QosVolume> qos,
-               std::string name, bool force_read_only, std::string description)
+               std::string name, bool force_read_only, std::string description, bool all_data)
       : handle_(std::move(handle)),
         qos_(std::move(qos)),
         volume_(handle_->volume()),
         submit_to_(qos_ != nullptr ? static_cast<VolumeLayer*>(qos_.get()) : &volume_),
         name_(std::move(name)),
         force_read_only_(force_read_only),
-        description_(std::move(description)) {}
+        description_(std::move(description)),
+        all_data_(all_data) {}
 
   const std::string& name() const override { return name_; }
   uint64_t size_bytes() const override { return volume_.size_bytes(); }
@@ -34,6 +35,7 @@ class VolumeExport final : public Export {
   void Submit(VolumeIo* io) override { submit_to_->Submit(io); }
   std::vector<Volume::Extent> QueryAllocation(uint64_t offset, uint64_t length,
                                               size_t max_extents) const override {
+    if (all_data_) return {Volume::Extent{length, /*zero=*/false}};
     return volume_.QueryAllocation(offset, length, max_extents);
   }
 
@@ -48,6 +50,7 @@ class VolumeExport final : public Export {
   const std::string name_;
   const bool force_read_only_;
   const std::string description_;
+  const bool all_data_;  // kTargetOnlyLabel: the local volume holds none of the data
 };
 
 }  // namespace
@@ -63,21 +66,27 @@ Result<std::unique_ptr<Export>> EngineExportResolver::Open(std::string_view name
   if (!info.ok()) return info.status();
   Result<std::shared_ptr<VolumeHandle>> handle = engine_->OpenVolume(name);
   if (!handle.ok()) return handle.status();
+  if (info->labels.contains(kTargetOnlyLabel)) {
+    return MakeExport(std::move(handle).value(), info->name, /*force_read_only=*/false,
+                      "Shale replicated volume (served from replicas on other nodes)",
+                      /*all_data=*/true);
+  }
   return MakeExport(std::move(handle).value(), info->name, /*force_read_only=*/false,
                     "Shale volume in pool " + info->pool);
 }
 
 Result<std::unique_ptr<Export>> EngineExportResolver::MakeExport(
     std::shared_ptr<VolumeHandle> handle, std::string name, bool force_read_only,
-    std::string description) {
+    std::string description, bool all_data) {
   std::shared_ptr<qos::QosVolume> qos;
   if (qos_ != nullptr) {
     Result<std::shared_ptr<qos::QosVolume>> wrapped = qos_->Wrap(handle);
     if (!wrapped.ok()) return wrapped.status();
     qos = std::move(wrapped).value();
   }
-  return std::unique_ptr<Export>(new VolumeExport(
-      std::move(handle), std::move(qos), std::move(name), force_read_only, std::move(description)));
+  return std::unique_ptr<Export>(new VolumeExport(std::move(handle), std::move(qos),
+                                                  std::move(name), force_read_only,
+                                                  std::move(description), all_data));
 }
 
 Result<std::unique_ptr<Export>> EngineExportResolver::OpenSnapshot(std::string_view name) {

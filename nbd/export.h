@@ -30,6 +30,13 @@ class QosManager;
 
 namespace shale::nbd {
 
+// Label (value "true") of a volume whose data is not in the local engine volume: the target of a
+// replicated volume on a node that holds no replica of it (docs/replication.md). Its I/O goes
+// through QoS to the replication layer below; its export reports every block as data, since the
+// local volume's (empty) allocation says nothing about the replicas'. The same string as
+// replication::kTargetOnlyLabel.
+inline constexpr char kTargetOnlyLabel[] = "shale.io/target-only";
+
 // An opened export. Created and destroyed off the reactors (opening and releasing may take the
 // engine's control lock); used on reactor().
 class Export {
@@ -86,7 +93,8 @@ class EngineExportResolver final : public ExportResolver {
   Result<std::unique_ptr<Export>> OpenSnapshot(std::string_view name);
   // The Export of an open handle: through QoS when the resolver has a QosManager.
   Result<std::unique_ptr<Export>> MakeExport(std::shared_ptr<VolumeHandle> handle, std::string name,
-                                             bool force_read_only, std::string description);
+                                             bool force_read_only, std::string description,
+                                             bool all_data = false);
 
   Engine* const engine_;
   snapshot::SnapshotManager* const snapshots_;

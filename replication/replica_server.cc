@@ -763,6 +763,11 @@ Result<bool> ReplicaServer::Open(Conn* c, FrameReader* reader, Deadline deadline
     return refuse(WireStatus::kNotFound, "volume '" + m.volume + "' is not a replica (no label " +
                                              kReplicaUuidLabel + ")");
   }
+  if (info->labels.contains(kTargetOnlyLabel)) {
+    return refuse(WireStatus::kNotFound, "volume '" + m.volume +
+                                             "' holds no replica here: this node serves it "
+                                             "from the replicas on other nodes");
+  }
   const Result<Uuid> have = Uuid::Parse(label->second);
   if (!have.ok() || !(*have == want)) {
     return refuse(WireStatus::kInvalid, "volume '" + m.volume + "' is a replica of " +
@@ -835,7 +840,7 @@ Result<std::shared_ptr<ReplicaServer::VolumeState>> ReplicaServer::StateOf(const
 
 Status ReplicaServer::RaiseEpoch(const std::string& volume, uint64_t epoch) {
   SHALE_ASSIGN_OR_RETURN(VolumeInfo info, engine_->GetVolume(volume));
-  if (!info.labels.contains(kReplicaUuidLabel)) {
+  if (!info.labels.contains(kReplicaUuidLabel) || info.labels.contains(kTargetOnlyLabel)) {
     return Status::InvalidArgument("volume '" + volume + "' is not a replica");
   }
   SHALE_ASSIGN_OR_RETURN(std::shared_ptr<VolumeState> state, StateOf(info.pool, info.id));

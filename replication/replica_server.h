@@ -49,6 +49,10 @@ namespace shale::replication {
 
 // Volume label that makes a local volume a replica: the replicated volume's uuid.
 inline constexpr char kReplicaUuidLabel[] = "shale.io/replica-uuid";
+// Label (value "true") of a volume that carries kReplicaUuidLabel but holds no replica: the
+// anchor of a target on a node without a replica (docs/replication.md, "Targets on nodes without
+// a replica"). The replica service never serves it (OPEN, STAT, CREATE and DELETE refuse it).
+inline constexpr char kTargetOnlyLabel[] = "shale.io/target-only";
 // keys::Extension namespace of the persisted replica state.
 inline constexpr char kReplicaStateNamespace[] = "replica";
 
@@ -162,7 +166,8 @@ class ReplicaServer {
     std::string why;
   };
   static bool IsAdmin(MsgType type);
-  static Refusal CheckReplica(const VolumeInfo& info, const Uuid& uuid);
+  // (`anchor_too`: a target-only anchor of the uuid passes too.)
+  static Refusal CheckReplica(const VolumeInfo& info, const Uuid& uuid, bool anchor_too = false);
   Status Admin(Connection* conn, const std::string& peer, const std::string& client_node,
                const FrameReader::Frame& f, Deadline deadline);
   Refusal CreateReplica(const CreateReplicaRequest& m, uint64_t epoch, ReplicaStat* stat);

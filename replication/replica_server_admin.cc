@@ -23,12 +23,18 @@ Uuid UuidOf(const std::array<uint8_t, 16>& bytes) {
 }  // namespace
 
 // Whether `info` is a replica volume of `uuid`; the refusal otherwise.
-ReplicaServer::Refusal ReplicaServer::CheckReplica(const VolumeInfo& info, const Uuid& uuid) {
+ReplicaServer::Refusal ReplicaServer::CheckReplica(const VolumeInfo& info, const Uuid& uuid,
+                                                   bool anchor_too) {
   const auto label = info.labels.find(kReplicaUuidLabel);
   if (label == info.labels.end()) {
     return {WireStatus::kInvalid, "volume '" + info.name +
                                       "' exists and is not a replica (no label " +
                                       kReplicaUuidLabel + ")"};
+  }
+  if (!anchor_too && info.labels.contains(kTargetOnlyLabel)) {
+    return {WireStatus::kInvalid, "volume '" + info.name +
+                                      "' exists and holds no replica: this node serves it from "
+                                      "the replicas on other nodes"};
   }
   const Result<Uuid> have = Uuid::Parse(label->second);
   if (!have.ok() || !(*have == uuid)) {
@@ -263,7 +269,8 @@ ReplicaServer::Refusal ReplicaServer::SnapshotAdmin(MsgType type, const Snapshot
   }
   Result<VolumeInfo> info = engine_->GetVolume(m.volume);
   if (!info.ok()) return {WireStatusFromStatus(info.status()), info.status().ToString()};
-  Refusal r = CheckReplica(*info, UuidOf(m.volume_uuid));
+  // TAKE_SNAPSHOT goes to the node serving the volume, which may hold only its anchor.
+  Refusal r = CheckReplica(*info, UuidOf(m.volume_uuid), /*anchor_too=*/take);
   if (r.status != WireStatus::kOk) return r;
   if (take) {
     // The daemon takes it only if it serves the volume (its target decides, not the epoch).

@@ -442,6 +442,30 @@ TEST_F(ReplicaServiceTest, OpenChecksTheVolume) {
   ExpectServing();
 }
 
+// A target-only anchor (a target on a node without a replica) carries the uuid label but is no
+// replica: no target may open it, place it, delete it or raise its epoch through the service.
+TEST_F(ReplicaServiceTest, ATargetOnlyAnchorIsNeverServedAsAReplica) {
+  const Uuid uuid = Uuid::Random();
+  ASSERT_TRUE(engine_
+                  ->CreateVolume({.name = "anchor",
+                                  .size_bytes = kVolSize,
+                                  .labels = {{kReplicaUuidLabel, uuid.ToString()},
+                                             {kTargetOnlyLabel, "true"}}})
+                  .ok());
+  const ReplicaSpec spec{"anchor", uuid, kVolSize, ""};
+  auto open = ReplicaClient::Connect(SpecOptions(spec, 1));
+  ASSERT_FALSE(open.ok());
+  EXPECT_TRUE(open.status().IsNotFound()) << open.status();
+  EXPECT_NE(open.status().ToString().find("holds no replica here"), std::string::npos)
+      << open.status();
+  const ReplicaAdminOptions admin{server_->address(), "node-a", Secret(), &tcp_};
+  EXPECT_EQ(CreateReplica(admin, spec, 1).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(DeleteReplica(admin, spec, 1).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(server_->RaiseEpoch("anchor", 5).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(engine_->GetVolume("anchor").ok()) << "left as it was";
+  ExpectServing();
+}
+
 TEST_F(ReplicaServiceTest, OpenWithALargerSizeGrowsTheReplicaOnlyUnderAValidEpoch) {
   {
     auto first = Connect(5);

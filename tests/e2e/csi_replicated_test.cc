@@ -83,6 +83,14 @@ class CsiReplicatedTest : public EtcdE2eTest {
     }
     return csi_[0].CreateVolume(req, resp);
   }
+  // The nodes holding a replica of `vol` (its membership, through node-a).
+  std::set<std::string> ReplicaNodeSet(const std::string& vol) {
+    std::set<std::string> out;
+    for (const auto& [node, r] : Replicas(nodes_[0], vol)) out.insert(node);
+    return out;
+  }
+  // The accessible topology's nodes; empty for a replicated volume (every node: its target runs
+  // where the pod does).
   static std::set<std::string> Topology(const csiv1::CreateVolumeResponse& resp) {
     std::set<std::string> nodes;
     for (const auto& t : resp.volume().accessible_topology()) {
@@ -152,7 +160,9 @@ TEST_F(CsiReplicatedTest, PlacementHonoursTheTopologyAndTheNodeCount) {
   csiv1::CreateVolumeResponse resp;
   grpc::Status st = Create("pvc-three", "3", &resp);
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
-  EXPECT_EQ(Topology(resp), (std::set<std::string>{"node-a", "node-b", "node-c"}));
+  EXPECT_TRUE(Topology(resp).empty()) << "a replicated volume is accessible from every node";
+  EXPECT_EQ(ReplicaNodeSet(resp.volume().volume_id()),
+            (std::set<std::string>{"node-a", "node-b", "node-c"}));
   EXPECT_EQ(resp.volume().capacity_bytes(), 32 * kMiB);
   // The same request again: the same volume (idempotent).
   csiv1::CreateVolumeResponse again;
@@ -180,7 +190,8 @@ TEST_F(CsiReplicatedTest, PlacementHonoursTheTopologyAndTheNodeCount) {
 
   csiv1::CreateVolumeResponse two;
   ASSERT_TRUE(Create("pvc-two", "2", &two, {"node-a", "node-c"}).ok());
-  EXPECT_EQ(Topology(two), (std::set<std::string>{"node-a", "node-c"}));
+  EXPECT_TRUE(Topology(two).empty());
+  EXPECT_EQ(ReplicaNodeSet(two.volume().volume_id()), (std::set<std::string>{"node-a", "node-c"}));
 
   csiv1::CreateVolumeResponse none;
   st = Create("pvc-four", "4", &none);
@@ -204,7 +215,7 @@ TEST_F(CsiReplicatedTest, PlacementHonoursTheTopologyAndTheNodeCount) {
   csiv1::CreateVolumeResponse fast;
   st = selective("pvc-fast", "2", "tier=fast", &fast);
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
-  EXPECT_EQ(Topology(fast), (std::set<std::string>{"node-a", "node-b"}));
+  EXPECT_EQ(ReplicaNodeSet(fast.volume().volume_id()), (std::set<std::string>{"node-a", "node-b"}));
   st = selective("pvc-fast3", "3", "tier=fast", &none);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(st);
   EXPECT_NE(st.error_message().find("node-c: its labels do not meet the node selector (tier=fast)"),
@@ -325,6 +336,52 @@ TEST_F(CsiReplicatedTest, StagedWhereThePodRunsOneWriterAndTheDataMovesWithIt) {
   EXPECT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
 }
 
+// A replicated volume is accessible from every node: its pod on node-c, which holds no replica,
+// is served there from node-a's and node-b's (docs/replication.md, "Targets on nodes without a
+// replica").
+TEST_F(CsiReplicatedTest, APodOnANodeWithoutAReplicaIsServedFromTheOthers) {
+  if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
+  csiv1::CreateVolumeResponse resp;
+  grpc::Status st = Create("pvc-elsewhere", "2", &resp, {"node-a", "node-b"});
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  const std::string vol = resp.volume().volume_id();
+  EXPECT_TRUE(Topology(resp).empty()) << "accessible from every node";
+  ASSERT_EQ(ReplicaNodeSet(vol), (std::set<std::string>{"node-a", "node-b"}));
+  EXPECT_NE(nodes_[2].Shale({"volume", "show", vol}).exit_code, 0) << "nothing of it on node-c";
+
+  const csiv1::VolumeCapability cap = MountCap();
+  const std::string staging_c = nodes_[2].root() + "/staging";
+  st = csi_[2].Stage(vol, staging_c, cap);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  const std::string data = "trained on node-c " + std::string(200000, 'c');
+  ASSERT_NO_FATAL_FAILURE(WriteDurably(staging_c + "/model.bin", data));
+  nlohmann::json whole;
+  std::map<std::string, nlohmann::json> replicas = Replicas(nodes_[2], vol, &whole);
+  EXPECT_EQ(whole["target"], "node-c") << whole;
+  EXPECT_FALSE(replicas.contains("node-c")) << whole;
+  for (const auto& [node, r] : replicas) EXPECT_EQ(r["state"], "healthy") << node << whole;
+
+  // Snapshots are taken where a replica is: refused, clearly, while node-c serves it.
+  csiv1::CreateSnapshotResponse snap;
+  st = csi_[0].CreateSnapshot(vol, "snapshot-elsewhere", &snap);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << Describe(st);
+  EXPECT_NE(st.error_message().find("holds no replica"), std::string::npos) << st.error_message();
+
+  // The pod moves to node-a: unstaged on node-c (nothing of the volume stays there), staged on
+  // node-a with the file.
+  st = csi_[2].Unstage(vol, staging_c);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  EXPECT_NE(nodes_[2].Shale({"volume", "show", vol}).exit_code, 0) << "the anchor went";
+  const std::string staging_a = nodes_[0].root() + "/staging";
+  st = csi_[0].Stage(vol, staging_a, cap);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  EXPECT_TRUE(ReadAll(staging_a + "/model.bin") == data) << "written on node-c, read on node-a";
+  st = csi_[0].Unstage(vol, staging_a);
+  ASSERT_TRUE(st.ok()) << Describe(st);
+  st = csi_[0].DeleteVolume(vol);
+  EXPECT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+}
+
 TEST_F(CsiReplicatedTest, ANodeDeathLetsTheNextNodeStageItWithEveryFsyncedWrite) {
   if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
   std::string vol;
@@ -439,7 +496,7 @@ TEST_F(CsiReplicatedTest, ItsSnapshotIsClonedReadOnlyOnTwoNodesAndWritableWithRe
   csiv1::CreateVolumeResponse rw_clone;
   st = csi_[0].CreateVolume(rw, &rw_clone);
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
-  EXPECT_EQ(Topology(rw_clone), (std::set<std::string>{"node-a", "node-b", "node-c"}));
+  EXPECT_TRUE(Topology(rw_clone).empty());
   const std::string rw_vol = rw_clone.volume().volume_id();
   std::map<std::string, nlohmann::json> rw_replicas = Replicas(nodes_[0], rw_vol);
   EXPECT_EQ(rw_replicas["node-a"]["state"], "healthy");
@@ -502,7 +559,7 @@ TEST_F(CsiReplicatedTest, ItsSnapshotIsClonedReadOnlyOnTwoNodesAndWritableWithRe
   csiv1::CreateVolumeResponse from_local;
   st = csi_[0].CreateVolume(rw, &from_local);
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
-  EXPECT_EQ(Topology(from_local), (std::set<std::string>{"node-a", "node-b", "node-c"}));
+  EXPECT_TRUE(Topology(from_local).empty());
   rw_replicas = Replicas(nodes_[0], from_local.volume().volume_id());
   EXPECT_EQ(rw_replicas["node-a"]["state"], "healthy");
   EXPECT_EQ(rw_replicas["node-b"]["state"], "stale");
@@ -538,7 +595,7 @@ TEST_F(CsiReplicatedTest, ABackupHandleIsRestoredIntoAReplicatedVolume) {
   grpc::Status st = csi_[0].CreateVolume(req, &made);
   ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
   const std::string vol = made.volume().volume_id();
-  EXPECT_EQ(Topology(made), (std::set<std::string>{"node-a", "node-b", "node-c"}));
+  EXPECT_TRUE(Topology(made).empty());
   std::map<std::string, nlohmann::json> replicas = Replicas(nodes_[0], vol);
   EXPECT_EQ(replicas["node-a"]["state"], "healthy");
   EXPECT_EQ(replicas["node-c"]["state"], "stale");

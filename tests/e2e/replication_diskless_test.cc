@@ -1,0 +1,235 @@
+// A replicated volume served on a node that holds no replica of it (issue 12, point 1: "a
+// replicated volume is accessible from every node of the cluster (its target can run
+// anywhere)"; docs/replication.md, "Targets on nodes without a replica"). A real etcd and three
+// shaled on loopback; a 2-replica volume on node-a and node-b is attached on node-c, which serves
+// it over its own NBD export from the two remote replicas:
+//   - every byte written through node-a reads back through node-c, and what node-c writes reads
+//     back through node-a after the volume moved back; block status reports data (the anchor's
+//     empty allocation says nothing about the replicas');
+//   - a replica killed with -9 while node-c's client writes: no client error, it is rebuilt from
+//     the other (remote) replica with only what it missed;
+//   - node-c killed with -9: attaching elsewhere is refused while its lease lives and succeeds
+//     after, with every flushed write; node-c restarted serves nothing and its anchor goes.
+// Skipped (with the reason) where etcd is not installed.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "tests/e2e/etcd_fixture.h"
+#include "tests/e2e/harness.h"
+#include "tests/e2e/nbd_raw_client.h"
+#include "tests/e2e/replication_fixture.h"
+
+namespace shale::e2e {
+namespace {
+
+using std::chrono::seconds;
+using ReplicationDisklessE2eTest = EtcdE2eTest;
+
+constexpr uint64_t kVolBytes = 16ull << 20;
+constexpr uint64_t kMiB = 1ull << 20;
+
+// Whether `h` lists a local volume named `name` (the anchor on a node without a replica).
+bool HasLocalVolume(Harness& h, const std::string& name) {
+  CommandResult r = h.Shale({"volume", "list", "-o", "json"});
+  if (r.exit_code != 0) {
+    ADD_FAILURE() << r.Describe();
+    return false;
+  }
+  const nlohmann::json listed = r.Json();  // (a temporary's member would dangle in the loop)
+  for (const nlohmann::json& v : listed["volumes"]) {
+    if (v["name"] == name) return true;
+  }
+  return false;
+}
+
+// Detaches `volume` on `h`, retried while a client's close has not reached shaled yet.
+void Detach(Harness& h, const std::string& volume) {
+  CommandResult detached;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        detached = h.Shale({"volume", "detach", volume});
+        return detached.exit_code == 0 || detached.err.find("has clients") == std::string::npos;
+      },
+      seconds(10)));
+  ASSERT_EQ(detached.exit_code, 0) << detached.Describe() << h.DaemonLog();
+}
+
+void Fill(std::string* oracle, uint64_t offset, uint64_t length, std::mt19937_64* rng) {
+  for (uint64_t i = offset; i < offset + length; ++i) (*oracle)[i] = static_cast<char>((*rng)());
+}
+
+TEST_F(ReplicationDisklessE2eTest, ANodeWithoutAReplicaServesTheVolumeFromTheOthers) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  ASSERT_EQ(a.Shale({"volume", "create", "dv", "--size", "16M", "--replicas", "2",
+                     "--replica-nodes", "node-a,node-b"})
+                .exit_code,
+            0);
+  std::mt19937_64 rng(23);
+  std::string oracle(kVolBytes, '\0');
+  Fill(&oracle, 0, 2 * kMiB, &rng);
+  {
+    auto client = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_NE(client, nullptr);
+    ASSERT_TRUE(client->Go("dv").has_value()) << a.DaemonLog();
+    ASSERT_TRUE(WriteRange(*client, oracle, 0, 2 * kMiB));
+    ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  }
+  Detach(a, "dv");
+  EXPECT_FALSE(HasLocalVolume(c, "dv")) << "node-c holds nothing of it yet";
+
+  // node-c attaches: it becomes the target (epoch + 1), with no replica of its own.
+  CommandResult attached = c.Shale({"volume", "attach", "dv", "-o", "json"});
+  ASSERT_EQ(attached.exit_code, 0) << attached.Describe() << c.DaemonLog();
+  EXPECT_EQ(attached.Json()["target"], "node-c") << attached.out;
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(c, "dv", &list);
+  EXPECT_EQ(list["target"], "node-c") << list;
+  ASSERT_EQ(replicas.size(), 2u) << list;
+  EXPECT_FALSE(replicas.contains("node-c")) << list;
+  for (const auto& [node, r] : replicas) {
+    EXPECT_EQ(r["state"], "healthy") << node << r;
+    EXPECT_EQ(r["local"], false) << node << r;
+  }
+  EXPECT_TRUE(HasLocalVolume(c, "dv")) << "the target's anchor";
+  // Before serving, the new target compared the in-sync replicas where either holds data (the
+  // 2 MiB written), not the whole volume: it has no log of node-a's writes.
+  EXPECT_EQ(replicas["node-b"]["rebuild_total_bytes"], 2 * kMiB) << list;
+  EXPECT_EQ(replicas["node-b"]["rebuild_sent_bytes"], 0u) << "they were equal: " << list;
+  ExpectOneLineError(a.Shale({"volume", "attach", "dv"}), "attached on node node-c, whose lease");
+
+  // Reads and writes through node-c's own export, from and to the replicas on node-a and node-b.
+  auto client = NbdRawClient::Tcp(c.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_EQ(client->Go("dv"), std::optional<uint64_t>(kVolBytes)) << c.DaemonLog();
+  ExpectContent(*client, oracle, "node-c, before it wrote");
+  Fill(&oracle, 4 * kMiB, 2 * kMiB, &rng);
+  ASSERT_TRUE(WriteRange(*client, oracle, 4 * kMiB, 2 * kMiB));
+  ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  ExpectContent(*client, oracle, "node-c");
+
+  // Block status: every block is data (the anchor's allocation is empty and says nothing).
+  if (const std::string qemu_img = FindProgram("qemu-img"); !qemu_img.empty()) {
+    CommandResult map = RunProcess({qemu_img, "map", "-f", "raw", "--output=json", c.NbdUri("dv")},
+                                   {.timeout = seconds(60)});
+    ASSERT_EQ(map.exit_code, 0) << map.Describe();
+    uint64_t data_bytes = 0;
+    for (const auto& extent : map.Json()) {
+      if (extent["data"] == true) data_bytes += extent["length"].get<uint64_t>();
+    }
+    EXPECT_EQ(data_bytes, kVolBytes) << map.out;
+  } else {
+    ADD_FAILURE() << "qemu-img is not installed (scripts/deps installs qemu-utils)";
+  }
+
+  // node-b is killed while node-c's client writes: no client error; node-b leaves the in-sync
+  // set and, back, is rebuilt from node-a (a remote source) with only what it missed.
+  b.KillDaemon();
+  Fill(&oracle, 8 * kMiB, 1 * kMiB, &rng);
+  ASSERT_TRUE(WriteRange(*client, oracle, 8 * kMiB, 1 * kMiB)) << c.DaemonLog();
+  ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0) << c.DaemonLog();
+  replicas = Replicas(c, "dv", &list);
+  EXPECT_EQ(replicas["node-b"]["state"], "faulted") << list;
+  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
+  CommandResult wait = c.Shale({"replica", "wait", "dv", "--timeout", "60"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << c.DaemonLog();
+  replicas = Replicas(c, "dv", &list);
+  EXPECT_EQ(replicas["node-b"]["state"], "healthy") << list;
+  EXPECT_GE(replicas["node-b"]["rebuild_total_bytes"].get<uint64_t>(), 1 * kMiB) << list;
+  EXPECT_LE(replicas["node-b"]["rebuild_sent_bytes"].get<uint64_t>(), 1 * kMiB + 64 * 1024)
+      << "only what it missed: " << list;
+  EXPECT_NE(c.DaemonLog().find("replica in sync again"), std::string::npos);
+  ExpectContent(*client, oracle, "node-c after the rebuild");
+  client.reset();
+
+  // Detached on node-c: nothing of the volume stays there; node-a serves every byte again.
+  Detach(c, "dv");
+  EXPECT_FALSE(HasLocalVolume(c, "dv")) << "the anchor went with the detach";
+  ASSERT_EQ(a.Shale({"volume", "attach", "dv"}).exit_code, 0) << a.DaemonLog();
+  client = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Go("dv").has_value()) << a.DaemonLog();
+  ExpectContent(*client, oracle, "node-a after node-c detached");
+  client.reset();
+
+  // Each replica alone holds the same bytes (the rebuild made node-b equal).
+  for (Harness* h : {&a, &b, &c}) EXPECT_EQ(h->StopDaemon(SIGTERM), 0) << h->DaemonLog();
+  for (Harness* h : {&a, &b}) {
+    ASSERT_TRUE(h->StartDaemon());
+    auto direct = NbdRawClient::Tcp(h->NbdAddress());
+    ASSERT_NE(direct, nullptr);
+    ASSERT_EQ(direct->Go("dv"), std::optional<uint64_t>(kVolBytes));
+    ExpectContent(*direct, oracle, h == &a ? "node-a alone" : "node-b alone");
+    EXPECT_EQ(h->StopDaemon(SIGTERM), 0);
+  }
+}
+
+TEST_F(ReplicationDisklessE2eTest, ADeadTargetWithoutAReplicaIsTakenOverAndItsAnchorGoes) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  ASSERT_EQ(a.Shale({"volume", "create", "kv", "--size", "16M", "--replicas", "2",
+                     "--replica-nodes", "node-a,node-b"})
+                .exit_code,
+            0);
+  Detach(a, "kv");
+  ASSERT_EQ(c.Shale({"volume", "attach", "kv"}).exit_code, 0) << c.DaemonLog();
+  std::mt19937_64 rng(29);
+  std::string oracle(kVolBytes, '\0');
+  Fill(&oracle, 0, 3 * kMiB, &rng);
+  {
+    auto client = NbdRawClient::Tcp(c.NbdAddress());
+    ASSERT_NE(client, nullptr);
+    ASSERT_TRUE(client->Go("kv").has_value()) << c.DaemonLog();
+    ASSERT_TRUE(WriteRange(*client, oracle, 0, 3 * kMiB));
+    ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+    // Written, not flushed: may or may not survive, and must not break anything.
+    std::string unflushed(kReplicationChunk, 'u');
+    ASSERT_EQ(client->Request(NbdRawClient::kCmdWrite, 12 * kMiB, kReplicationChunk, unflushed), 0);
+    c.KillDaemon();
+  }
+
+  // No second writer while node-c's lease lives; node-a takes it over after, with every flushed
+  // write.
+  ExpectOneLineError(a.Shale({"volume", "attach", "kv"}), "attached on node node-c, whose lease");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return a.Shale({"volume", "attach", "kv"}).exit_code == 0;
+      },
+      seconds(20)))
+      << a.DaemonLog();
+  nlohmann::json list;
+  Replicas(a, "kv", &list);
+  EXPECT_EQ(list["target"], "node-a") << list;
+  auto client = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Go("kv").has_value()) << a.DaemonLog();
+  for (uint64_t at = 0; at < 3 * kMiB; at += kReplicationChunk) {
+    std::string data;
+    ASSERT_EQ(client->Request(NbdRawClient::kCmdRead, at, kReplicationChunk, "", &data), 0);
+    ASSERT_TRUE(data == oracle.substr(at, kReplicationChunk)) << "flushed write lost at " << at;
+  }
+  client.reset();
+
+  // node-c back: it serves nothing (the membership names node-a) and its anchor is removed.
+  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
+  auto stale = NbdRawClient::Tcp(c.NbdAddress());
+  ASSERT_NE(stale, nullptr);
+  EXPECT_FALSE(stale->Go("kv").has_value()) << "the old target never serves it again";
+  stale.reset();
+  EXPECT_TRUE(WaitFor([&] { return !HasLocalVolume(c, "kv"); }, seconds(40)))
+      << "the anchor of a volume taken over is removed: " << c.DaemonLog();
+  EXPECT_NE(c.DaemonLog().find("target-only anchor"), std::string::npos) << c.DaemonLog();
+  Replicas(a, "kv", &list);
+  EXPECT_EQ(list["target"], "node-a") << list;
+  EXPECT_EQ(list["in_sync"].size(), 2u) << "node-c's return changed no replica: " << list;
+}
+
+}  // namespace
+}  // namespace shale::e2e
