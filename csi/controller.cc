@@ -515,7 +515,8 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
   } else {
     if (plan.read_only && src.copies_on.empty() && !src.snapshot_of.empty() &&
         options_.replica_nodes) {
-      // A replica's copy of the snapshot carries no label (only the target's does): the nodes
+      // A replica's copy of the snapshot may carry no label (a target's own copy does; so do the
+      // copies a target without a replica takes): the nodes
       // holding a replica of its volume now (one that was out then has no copy: NodeStage
       // there is NOT_FOUND, naming the snapshot).
       std::string nodes;

@@ -93,7 +93,8 @@ Result<Labels> ReplicatedVolumes::FinishQuiesce(Target& target, const std::strin
         "snapshot of '" + volume + "': writes in flight did not drain within " +
         std::to_string((options_.replica_timeout * 2).count() + 1000) + " ms");
   }
-  std::vector<std::string> holders{options_.node_name};
+  std::vector<std::string> holders;
+  if (target.local_replica) holders.push_back(options_.node_name);
   bool fenced = false;
   replication::ReplicationLayer* layer = LayerOf(target);
   ReactorOf(target)->RunSync([&] {
@@ -110,14 +111,15 @@ Result<Labels> ReplicatedVolumes::FinishQuiesce(Target& target, const std::strin
 }
 
 std::future<replication::ReplicationLayer::SnapshotResults> ReplicatedVolumes::StartCopies(
-    Target& target, const std::string& name) {
+    Target& target, const std::string& name, const Labels& labels) {
   auto remote = std::make_shared<std::promise<replication::ReplicationLayer::SnapshotResults>>();
   auto done = remote->get_future();
   replication::ReplicationLayer* layer = LayerOf(target);
   ReactorOf(target)->RunSync([&] {
-    layer->SnapshotRemotes(name, [remote](replication::ReplicationLayer::SnapshotResults r) {
-      remote->set_value(std::move(r));
-    });
+    layer->SnapshotRemotes(name, labels,
+                           [remote](replication::ReplicationLayer::SnapshotResults r) {
+                             remote->set_value(std::move(r));
+                           });
   });
   return done;
 }
@@ -164,8 +166,8 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotOnTarge
 Status ReplicatedVolumes::NoLocalReplica(const std::string& volume) {
   return Status::FailedPrecondition(
       "volume '" + volume + "' is served on " + options_.node_name +
-      ", which holds no replica of it: snapshots are taken where a replica is (detach it here "
-      "and attach it on a replica node for the snapshot); not built yet for such targets");
+      ", which holds no replica of it: group snapshots of it are not built there (a snapshot of "
+      "the volume alone is; or attach it on a replica node for the group)");
 }
 
 Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
@@ -200,7 +202,10 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     }
     return taken;
   }
-  if (!target->local_replica) return NoLocalReplica(volume);
+  if (!target->local_replica) {
+    std::lock_guard snapshot_lock(snapshot_mu_);
+    return SnapshotFromRemotes(*target, volume, name, options);
+  }
   const std::string ref = volume + "@" + name;
   if (lifecycle_->snapshots()->Get(ref).ok()) {
     return Status::AlreadyExists("snapshot '" + ref + "' already exists");
@@ -390,7 +395,8 @@ std::vector<ReplicaDigest> ReplicatedVolumes::VerifyReplicas(const snapshot::Sna
 
 void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
                                               replication::ReplicaServerOptions* options) {
-  options->snapshot = [lifecycle](const std::string& volume, const std::string& name) {
+  options->snapshot = [lifecycle](const std::string& volume, const std::string& name,
+                                  const Labels& labels) {
     SHALE_RETURN_IF_ERROR(lifecycle->CheckChangeGate());
     snapshot::SnapshotManager* snapshots = lifecycle->snapshots();
     const std::string ref = volume + "@" + name;
@@ -399,7 +405,10 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
       SHALE_LOG_WARN("replica snapshot replaced", {"snapshot", ref});
       SHALE_RETURN_IF_ERROR(snapshots->Delete(ref).status());
     }
-    Result<snapshot::SnapshotInfo> taken = snapshots->Create(volume, name);
+    // Durable before the answer: the target acknowledges a replicated snapshot once every copy
+    // survives a crash.
+    Result<snapshot::SnapshotInfo> taken =
+        snapshots->Create(volume, name, {.labels = labels, .wait_durable = true});
     if (taken.ok()) SHALE_LOG_INFO("replica snapshot taken", {"snapshot", ref});
     return taken.status();
   };
@@ -430,6 +439,101 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
     SHALE_ASSIGN_OR_RETURN(snapshot::CloneResult made, lifecycle->Clone(spec));
     return made.volume;
   };
+}
+
+// A target without a local replica (docs/replication.md, "Targets on nodes without a replica"):
+// the copies on the in-sync replicas are the snapshot, each carrying its labels (no copy here
+// does). Caller holds snapshot_mu_.
+Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotFromRemotes(
+    Target& target, const std::string& volume, const std::string& name,
+    const snapshot::CreateSnapshotOptions& options) {
+  const std::string ref = volume + "@" + name;
+  snapshot::SnapshotInfo info;
+  info.volume = volume;
+  info.name = name;
+  info.size_bytes = target.size_bytes;
+  info.source_volume_live = true;
+  std::vector<std::string> in_sync;
+  ReactorOf(target)->RunSync([&] {
+    for (const replication::ReplicaStatus& s : LayerOf(target)->Replicas()) {
+      if (s.state == MemberState::kInSync) in_sync.push_back(s.node);
+    }
+  });
+  info.labels = {{kSnapshotReplicasLabel, JoinNodes(in_sync)},
+                 {kSnapshotVolumeUuidLabel, UuidOf(target).ToString()}};
+  // A snapshot of that name exists when a replica holds a copy (the first one reachable says).
+  const replication::ReplicaAdminOptions probe{
+      "", options_.node_name, options_.secret, transport_,
+      std::chrono::duration_cast<std::chrono::milliseconds>(kDigestTimeout)};
+  bool probed = false;
+  Status exists;
+  ForEachRemoteCopy(info, options_.node_name, cluster_, probe,
+                    [&](const std::string&, const replication::ReplicaAdminOptions* admin,
+                        const replication::ReplicaSpec& spec, const Status&) {
+                      if (admin == nullptr || probed) return;
+                      probed = true;
+                      exists = replication::SnapshotDigestOf(*admin, spec, name).status();
+                    });
+  if (probed && exists.ok()) return Status::AlreadyExists("snapshot '" + ref + "' already exists");
+  if (probed && !exists.IsNotFound()) return exists.WithContext("look for snapshot " + ref);
+
+  std::shared_future<void> quiet = StartQuiesce(target);
+  Result<Labels> labels = FinishQuiesce(target, volume, quiet, QuiesceDeadline());
+  if (!labels.ok()) {
+    ResumeTarget(target);
+    return labels.status();
+  }
+  for (const auto& [k, v] : options.labels) info.labels[k] = v;
+  for (const auto& [k, v] : *labels) info.labels[k] = v;
+  info.created_unix_ns =
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
+  const Status failed = FirstFailure(StartCopies(target, name, info.labels).get());
+  ResumeTarget(target);
+  if (!failed.ok()) {
+    SnapshotDeleted(info);  // all or none: the copies taken go again
+    SHALE_LOG_WARN("snapshot of a replicated volume failed on a replica; undone", {"snapshot", ref},
+                   {"error", failed.ToString()});
+    return failed;
+  }
+  SHALE_LOG_INFO("snapshot of a replicated volume taken on its replicas (no local copy)",
+                 {"snapshot", ref}, {"replicas", info.labels[kSnapshotReplicasLabel]});
+  if (options.wait_digest) {
+    for (const ReplicaDigest& d : VerifyReplicas(info)) {
+      if (d.status.ok() && !d.digest.empty()) {
+        info.digest = d.digest;
+        info.digest_state = snapshot::DigestState::kReady;
+        break;
+      }
+    }
+  }
+  return std::optional<snapshot::SnapshotInfo>(std::move(info));
+}
+
+Result<bool> ReplicatedVolumes::DeleteCopiesElsewhere(const std::string& volume,
+                                                      const std::string& name) {
+  if (store_ == nullptr) return false;
+  // Only where this node holds no replica (its own copy would have been found).
+  if (Result<VolumeInfo> local = lifecycle_->engine()->GetVolume(volume);
+      local.ok() && !IsTargetOnly(*local)) {
+    return false;
+  }
+  Result<cluster::VolumeRecord> record = store_->GetVolume(volume);
+  if (!record.ok()) return record.status().IsNotFound() ? Result<bool>(false) : record.status();
+  const cluster::Membership& m = record->membership;
+  std::vector<std::string> holders;
+  for (const cluster::ReplicaMember& r : m.replicas) holders.push_back(r.node);
+  snapshot::SnapshotInfo copies;
+  copies.volume = volume;
+  copies.name = name;
+  copies.size_bytes = m.size_bytes;
+  copies.labels = {{kSnapshotReplicasLabel, JoinNodes(holders)},
+                   {kSnapshotVolumeUuidLabel, m.uuid}};
+  SnapshotDeleted(copies);  // DELETE_SNAPSHOT is idempotent: a replica without a copy is fine
+  SHALE_LOG_INFO("snapshot of a replicated volume deleted on its replicas",
+                 {"snapshot", volume + "@" + name}, {"replicas", JoinNodes(holders)});
+  return true;
 }
 
 }  // namespace shale::daemon

@@ -186,6 +186,10 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
       std::string_view volume, std::string_view name,
       const snapshot::CreateSnapshotOptions& options) override;
   void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) override;
+  // SnapshotReplication: on a node holding no replica of `volume` (none, or only its target's
+  // anchor), deletes the copies of snapshot `name` on its replicas; false when `volume` is not a
+  // replicated volume of the cluster, or this node holds a replica of it.
+  Result<bool> DeleteCopiesElsewhere(const std::string& volume, const std::string& name) override;
   // SnapshotReplication: quiesces the replicated members of a group snapshot (their targets must
   // be open here), takes their replicas' copies after the local freeze, resumes.
   Result<std::unique_ptr<GroupHold>> HoldGroup(const std::vector<std::string>& volumes) override;
@@ -271,7 +275,14 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   static void ResumeTarget(Target& target);
   // (ReplicationLayer::SnapshotResults: node, status per replica)
   std::future<std::vector<std::pair<std::string, Status>>> StartCopies(Target& target,
-                                                                       const std::string& name);
+                                                                       const std::string& name,
+                                                                       const Labels& labels = {});
+  // Snapshot() on a target without a local replica: the copies on the in-sync replicas, each
+  // with the labels, are the snapshot (AlreadyExists when a replica holds one of that name); the
+  // answer is built from them. Caller holds snapshot_mu_.
+  Result<std::optional<snapshot::SnapshotInfo>> SnapshotFromRemotes(
+      Target& target, const std::string& volume, const std::string& name,
+      const snapshot::CreateSnapshotOptions& options);
   static Reactor* ReactorOf(const Target& t);
   static replication::ReplicationLayer* LayerOf(const Target& t);
   static const Uuid& UuidOf(const Target& t);

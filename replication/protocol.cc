@@ -43,6 +43,31 @@ Status TakeString(std::span<const uint8_t> p, size_t fixed, uint32_t length, siz
 }
 
 void AppendZeros(std::string* out, size_t n) { out->append(n, '\0'); }
+
+// Snapshot labels on the wire: "KEY=VALUE\n" per label, keys in increasing order (a Labels map's
+// order: one encoding per set of labels).
+std::string LabelLines(const Labels& labels) {
+  std::string out;
+  for (const auto& [k, v] : labels) out += k + "=" + v + "\n";
+  return out;
+}
+
+Status ParseLabelLines(std::string_view lines, Labels* out) {
+  out->clear();
+  while (!lines.empty()) {
+    const size_t end = lines.find('\n');
+    if (end == std::string_view::npos) return Malformed("snapshot labels: a line without its end");
+    Result<std::pair<std::string, std::string>> label = ParseLabel(lines.substr(0, end));
+    if (!label.ok()) return Malformed("snapshot labels: " + label.status().ToString());
+    if (!out->empty() && !(out->rbegin()->first < label->first)) {
+      return Malformed("snapshot labels: keys repeated or out of order");
+    }
+    out->insert(out->end(), std::move(label).value());
+    lines.remove_prefix(end + 1);
+  }
+  if (out->size() > kMaxLabels) return Malformed("snapshot labels: too many");
+  return Status::Ok();
+}
 uint8_t* Tail(std::string* out, size_t n) {
   const size_t at = out->size();
   AppendZeros(out, n);
@@ -130,7 +155,8 @@ std::pair<uint32_t, uint32_t> RequestBounds(MsgType t) {
     case MsgType::kSetGeneration:
       return {sizeof(WireSetGeneration), sizeof(WireSetGeneration)};
     case MsgType::kSnapshot:
-      return {sizeof(WireString) + 1, sizeof(WireString) + kMaxSnapshotNameLength};
+      return {sizeof(WireString) + 1,
+              sizeof(WireString) + kMaxSnapshotNameLength + kMaxSnapshotLabelsLength};
     case MsgType::kCreateReplica:
       return {sizeof(WireCreateReplica) + 1, sizeof(WireCreateReplica) + kMaxVolumeNameLength +
                                                  kMaxPoolNameLength + kMaxSourceLength};
@@ -670,11 +696,28 @@ Status Decode(std::span<const uint8_t> p, StateReply* m) {
 }
 
 void Encode(const SnapshotRequest& m, std::string* out) {
-  AppendString(out, m.name, kMaxSnapshotNameLength);
+  const std::string labels = LabelLines(m.labels);
+  uint8_t* w = Tail(out, sizeof(WireString));
+  PutU32(w + FIELD(WireString, length), static_cast<uint32_t>(m.name.size()));
+  PutU32(w + FIELD(WireString, reserved), static_cast<uint32_t>(labels.size()));
+  out->append(m.name);
+  out->append(labels);
 }
 
 Status Decode(std::span<const uint8_t> p, SnapshotRequest* m) {
-  return TakeWireString(p, kMaxSnapshotNameLength, false, "SNAPSHOT name", &m->name);
+  if (p.size() < sizeof(WireString)) return Malformed("SNAPSHOT payload too short");
+  const uint32_t name_length = GetU32(p.data() + FIELD(WireString, length));
+  const uint32_t labels_length = GetU32(p.data() + FIELD(WireString, reserved));
+  if (name_length == 0 || name_length > kMaxSnapshotNameLength ||
+      labels_length > kMaxSnapshotLabelsLength) {
+    return Malformed("SNAPSHOT lengths out of range");
+  }
+  if (p.size() != sizeof(WireString) + name_length + labels_length) {
+    return Malformed("SNAPSHOT lengths do not match the payload");
+  }
+  const auto* text = reinterpret_cast<const char*>(p.data() + sizeof(WireString));
+  m->name.assign(text, name_length);
+  return ParseLabelLines(std::string_view(text + name_length, labels_length), &m->labels);
 }
 
 void Encode(const CreateReplicaRequest& m, std::string* out) {
@@ -742,8 +785,7 @@ void Encode(const SnapshotRef& m, std::string* out) {
   PutU16(w + FIELD(WireSnapshotRef, volume_name_length), static_cast<uint16_t>(m.volume.size()));
   PutU16(w + FIELD(WireSnapshotRef, snapshot_name_length),
          static_cast<uint16_t>(m.snapshot.size()));
-  std::string labels;
-  for (const auto& [k, v] : m.labels) labels += k + "=" + v + "\n";
+  const std::string labels = LabelLines(m.labels);
   PutU32(w + FIELD(WireSnapshotRef, labels_length), static_cast<uint32_t>(labels.size()));
   out->append(m.volume);
   out->append(m.snapshot);
@@ -767,22 +809,8 @@ Status Decode(std::span<const uint8_t> p, SnapshotRef* m) {
   const auto* names = reinterpret_cast<const char*>(r + sizeof(WireSnapshotRef));
   m->volume.assign(names, volume_length);
   m->snapshot.assign(names + volume_length, snapshot_length);
-  m->labels.clear();
-  std::string_view labels(names + volume_length + snapshot_length, labels_length);
-  while (!labels.empty()) {
-    const size_t end = labels.find('\n');
-    if (end == std::string_view::npos) return Malformed("snapshot labels: a line without its end");
-    Result<std::pair<std::string, std::string>> label = ParseLabel(labels.substr(0, end));
-    if (!label.ok()) return Malformed("snapshot labels: " + label.status().ToString());
-    // Keys in increasing order (how Encode writes them): one encoding per set of labels.
-    if (!m->labels.empty() && !(m->labels.rbegin()->first < label->first)) {
-      return Malformed("snapshot labels: keys repeated or out of order");
-    }
-    m->labels.insert(m->labels.end(), std::move(label).value());
-    labels.remove_prefix(end + 1);
-  }
-  if (m->labels.size() > kMaxLabels) return Malformed("snapshot labels: too many");
-  return Status::Ok();
+  return ParseLabelLines(std::string_view(names + volume_length + snapshot_length, labels_length),
+                         &m->labels);
 }
 
 void Encode(const SnapshotDigest& m, std::string* out) {

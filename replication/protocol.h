@@ -41,7 +41,8 @@ inline constexpr size_t kMaxPoolNameLength = 128;
 inline constexpr size_t kMaxSnapshotNameLength = 128;
 // "VOLUME@SNAP" of CREATE_REPLICA's source.
 inline constexpr size_t kMaxSourceLength = kMaxVolumeNameLength + 1 + kMaxSnapshotNameLength;
-// TAKE_SNAPSHOT's labels: "KEY=VALUE\n" per label, at most kMaxLabels of the longest.
+// TAKE_SNAPSHOT's and SNAPSHOT's labels: "KEY=VALUE\n" per label, at most kMaxLabels of the
+// longest.
 inline constexpr size_t kMaxSnapshotLabelsLength =
     kMaxLabels * (kMaxLabelKeyLength + 1 + kMaxLabelValueLength + 1);
 inline constexpr size_t kMaxErrorMessageLength = 1024;
@@ -334,8 +335,9 @@ struct WireStateReply {
 };
 static_assert(sizeof(WireStateReply) == 16);
 
-struct SnapshotRequest {  // kSnapshot
+struct SnapshotRequest {  // kSnapshot: WireString (length = the name's, reserved = the labels')
   std::string name;
+  Labels labels;  // the copy's labels (a target without a replica sends them; else none)
 };
 // CREATE_REPLICA: makes volume `volume` in `pool` (empty: the server's replica pool) of
 // `size_bytes`, labelled as a replica of `volume_uuid`, with the header's epoch persisted.

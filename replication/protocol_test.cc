@@ -405,6 +405,29 @@ TEST(ReplicaProtocol, PayloadDecodersNeverTrustLengths) {
     bad += text;
     EXPECT_FALSE(Decode(AsBytes(bad), &sro).ok()) << text;
   }
+  // SNAPSHOT's labels (a target without a replica sends them): the WireString's second word is
+  // their length; the same lines, checked the same way.
+  std::string snap;
+  Encode(SnapshotRequest{"s1", {{"shale.io/snapshot-replicas", "node-a,node-b"}}}, &snap);
+  SnapshotRequest snapped;
+  ASSERT_TRUE(Decode(AsBytes(snap), &snapped).ok());
+  EXPECT_EQ(snapped.name, "s1");
+  EXPECT_EQ(snapped.labels, (Labels{{"shale.io/snapshot-replicas", "node-a,node-b"}}));
+  for (const std::string& text : {std::string("a=1"), std::string("a=1\na=1\n")}) {
+    std::string bad_snap;
+    Encode(SnapshotRequest{"s1", {}}, &bad_snap);
+    bad_snap[offsetof(WireString, reserved)] = static_cast<char>(text.size());
+    bad_snap += text;
+    EXPECT_FALSE(Decode(AsBytes(bad_snap), &snapped).ok()) << text;
+  }
+  std::string short_snap;
+  Encode(SnapshotRequest{"s1", {}}, &short_snap);
+  short_snap[offsetof(WireString, reserved)] = 1;  // labels past the end
+  EXPECT_FALSE(Decode(AsBytes(short_snap), &snapped).ok());
+  short_snap[offsetof(WireString, reserved)] = 0;
+  short_snap[offsetof(WireString, length)] = 0;  // an empty name
+  EXPECT_FALSE(Decode(AsBytes(short_snap), &snapped).ok());
+
   std::string stat;
   Encode(ReplicaStat{4096, 0, 3, 4, false}, &stat);
   ReplicaStat st;

@@ -295,7 +295,7 @@ size_t ReplicaClient::Encode(ReplicaRequest* r, ConstBuffer* iov) {
       break;
     case ReplicaOp::kSnapshot:
       in.payload.clear();
-      replication::Encode(SnapshotRequest{r->snapshot_name}, &in.payload);
+      replication::Encode(SnapshotRequest{r->snapshot_name, r->snapshot_labels}, &in.payload);
       tail = AsBytes(in.payload);
       break;
     case ReplicaOp::kFlush:

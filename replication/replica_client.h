@@ -86,6 +86,7 @@ struct ReplicaRequest {
   uint32_t region_size = 0;   // HASH_RANGES
   uint64_t generation = 0;    // SET_GENERATION
   std::string snapshot_name;  // SNAPSHOT
+  Labels snapshot_labels;     // SNAPSHOT: the copy's labels
   void (*done)(ReplicaRequest* r) = nullptr;  // runs on the completion reactor, exactly once
   void* ctx = nullptr;
 

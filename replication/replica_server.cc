@@ -425,7 +425,7 @@ Status ReplicaServer::Conn::HandleControl(const FrameReader::Frame& f,
           std::unique_lock lock(mu);
           room_cv.wait(lock, [&] { return in_flight == 1 || send_failed; });
         }
-        const Status st = server->options_.snapshot(volume_name, m.name);
+        const Status st = server->options_.snapshot(volume_name, m.name, m.labels);
         ReplyStatus(r, st);
       }
       return Status::Ok();

@@ -88,7 +88,10 @@ struct ReplicaServerOptions {
   // SNAPSHOT(name) of a replica volume: the daemon supplies it (snapshot/ is above
   // replication/). Runs on the connection's receiver thread once every earlier request of the
   // connection has completed; may block. Null: NOT_SUPPORTED.
-  std::function<Status(const std::string& volume, const std::string& snapshot)> snapshot;
+  // `labels`: what the SNAPSHOT carried (usually none).
+  std::function<Status(const std::string& volume, const std::string& snapshot,
+                       const Labels& labels)>
+      snapshot;
   // SNAPSHOT_DIGEST(volume, snapshot): the snapshot's digest recomputed from its data;
   // DELETE_SNAPSHOT: deletes it (OK when missing). Run on the connection's receiver thread
   // before OPEN; may block. Null: NOT_SUPPORTED.

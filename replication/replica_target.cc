@@ -10,7 +10,7 @@ void ReplicaTarget::SubmitHash(ChildIo*, uint32_t) {
   SHALE_CHECK(false, "SubmitHash on a replica that cannot hash");
 }
 
-void ReplicaTarget::SubmitSnapshot(ChildIo*, const std::string&) {
+void ReplicaTarget::SubmitSnapshot(ChildIo*, const std::string&, const Labels&) {
   SHALE_CHECK(false, "SubmitSnapshot on a replica that takes no remote snapshot");
 }
 
@@ -94,10 +94,11 @@ void RemoteReplica::SubmitSetGeneration(ChildIo* child, uint64_t generation) {
   client_->Submit(&r);
 }
 
-void RemoteReplica::SubmitSnapshot(ChildIo* child, const std::string& name) {
+void RemoteReplica::SubmitSnapshot(ChildIo* child, const std::string& name, const Labels& labels) {
   ReplicaRequest& r = Prepare(child, ReplicaOp::kSnapshot);
   r.offset = r.length = 0;
   r.snapshot_name = name;
+  r.snapshot_labels = labels;
   client_->Submit(&r);
 }
 

@@ -54,7 +54,7 @@ class ReplicaTarget {
   virtual void SubmitSetGeneration(ChildIo* child, uint64_t generation) = 0;
   // Takes snapshot `name` of a remote replica (SNAPSHOT at the target's epoch). The local
   // replica's snapshot is the owner's to take (it blocks): NotSupported here by default.
-  virtual void SubmitSnapshot(ChildIo* child, const std::string& name);
+  virtual void SubmitSnapshot(ChildIo* child, const std::string& name, const Labels& labels);
 };
 
 // The replica on this node: the engine volume itself (its handle keeps it open).
@@ -91,7 +91,7 @@ class RemoteReplica final : public ReplicaTarget {
   bool can_hash() const override { return true; }
   void SubmitHash(ChildIo* child, uint32_t block) override;
   void SubmitSetGeneration(ChildIo* child, uint64_t generation) override;
-  void SubmitSnapshot(ChildIo* child, const std::string& name) override;
+  void SubmitSnapshot(ChildIo* child, const std::string& name, const Labels& labels) override;
   ReplicaClient& client() { return *client_; }
 
  private:

@@ -775,7 +775,7 @@ void ReplicationLayer::Resume() {
   ResumeHeld();
 }
 
-void ReplicationLayer::SnapshotRemotes(const std::string& name,
+void ReplicationLayer::SnapshotRemotes(const std::string& name, const Labels& labels,
                                        std::function<void(SnapshotResults)> done) {
   struct Ctx {
     ReplicationLayer* layer;
@@ -809,7 +809,7 @@ void ReplicationLayer::SnapshotRemotes(const std::string& name,
   for (size_t i = 0, n = 0; i < slots_.size(); ++i) {
     const Slot& s = slots_[i];
     if (s.state != MemberState::kInSync || s.target->local()) continue;
-    s.target->SubmitSnapshot(ctx->children[n++].get(), name);
+    s.target->SubmitSnapshot(ctx->children[n++].get(), name, labels);
   }
   reactor_->Post([ctx] {
     const bool last = ctx->pending == 1;

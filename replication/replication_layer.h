@@ -143,7 +143,10 @@ class ReplicationLayer final : public VolumeLayer {
   // SNAPSHOT(name) to every in-sync remote replica (at the layer's epoch); done(node, status
   // per replica) once each answered. A STALE_EPOCH answer fences the layer.
   using SnapshotResults = std::vector<std::pair<std::string, Status>>;
-  void SnapshotRemotes(const std::string& name, std::function<void(SnapshotResults)> done);
+  // `labels`: the copies' labels (a target without a replica sends them: no copy of its own
+  // carries them; otherwise none).
+  void SnapshotRemotes(const std::string& name, const Labels& labels,
+                       std::function<void(SnapshotResults)> done);
   // A newer target opened one of this volume's replicas at `epoch` (the daemon hears it from its
   // replica server when the replica on this node is raised): fenced if `epoch` is newer than
   // the layer's. Nothing is recorded in the store.

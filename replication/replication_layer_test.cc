@@ -256,7 +256,7 @@ TEST_F(ReplicationLayerTest, QuiesceHoldsWritesAndSnapshotsReachEveryInSyncRepli
   std::promise<ReplicationLayer::SnapshotResults> results;
   reactor_->RunSync([&] {
     layer_->SnapshotRemotes(
-        "s1", [&](ReplicationLayer::SnapshotResults r) { results.set_value(std::move(r)); });
+        "s1", {}, [&](ReplicationLayer::SnapshotResults r) { results.set_value(std::move(r)); });
   });
   auto got = results.get_future();
   ASSERT_EQ(got.wait_for(5s), std::future_status::ready);

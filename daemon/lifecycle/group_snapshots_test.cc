@@ -37,6 +37,9 @@ class RecordingReplication final : public SnapshotReplication {
       std::string_view, std::string_view, const snapshot::CreateSnapshotOptions&) override {
     return std::optional<snapshot::SnapshotInfo>();
   }
+  Result<bool> DeleteCopiesElsewhere(const std::string&, const std::string&) override {
+    return false;
+  }
   void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) override {
     events.push_back("deleted " + deleted.full_name());
   }

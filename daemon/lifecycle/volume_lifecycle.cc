@@ -352,6 +352,12 @@ Result<snapshot::DeleteSnapshotResult> VolumeLifecycle::DeleteSnapshot(
   } else {
     deleted = run();
   }
+  if (deleted.IsNotFound() && replication != nullptr) {
+    // A replicated volume's snapshot asked of a node without a replica: the copies are elsewhere.
+    SHALE_ASSIGN_OR_RETURN(bool elsewhere,
+                           replication->DeleteCopiesElsewhere(parsed.volume, parsed.snapshot));
+    if (elsewhere) return snapshot::DeleteSnapshotResult{};
+  }
   SHALE_RETURN_IF_ERROR(ExplainBusy(deleted, "snapshot", name, "delete", /*force_hint=*/true));
   if (before.has_value()) replication->SnapshotDeleted(*before);
   return result;

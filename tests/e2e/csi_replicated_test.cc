@@ -361,11 +361,19 @@ TEST_F(CsiReplicatedTest, APodOnANodeWithoutAReplicaIsServedFromTheOthers) {
   EXPECT_FALSE(replicas.contains("node-c")) << whole;
   for (const auto& [node, r] : replicas) EXPECT_EQ(r["state"], "healthy") << node << whole;
 
-  // Snapshots are taken where a replica is: refused, clearly, while node-c serves it.
+  // A VolumeSnapshot through node-a's controller: node-c, which serves it, takes it on the two
+  // replicas (their copies are the snapshot); deleted through node-a, both copies go.
   csiv1::CreateSnapshotResponse snap;
   st = csi_[0].CreateSnapshot(vol, "snapshot-elsewhere", &snap);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << Describe(st);
-  EXPECT_NE(st.error_message().find("holds no replica"), std::string::npos) << st.error_message();
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  EXPECT_TRUE(snap.snapshot().ready_to_use());
+  CommandResult shown =
+      nodes_[1].Shale({"snapshot", "show", snap.snapshot().snapshot_id(), "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_EQ(shown.Json()["labels"]["shale.io/snapshot-replicas"], "node-a,node-b") << shown.out;
+  EXPECT_TRUE(csi_[0].DeleteSnapshot(snap.snapshot().snapshot_id()).ok());
+  EXPECT_NE(nodes_[1].Shale({"snapshot", "show", snap.snapshot().snapshot_id()}).exit_code, 0)
+      << "node-b's copy went with it";
 
   // The pod moves to node-a: unstaged on node-c (nothing of the volume stays there), staged on
   // node-a with the file.

@@ -5,7 +5,8 @@
 // it over its own NBD export from the two remote replicas:
 //   - every byte written through node-a reads back through node-c, and what node-c writes reads
 //     back through node-a after the volume moved back; block status reports data (the anchor's
-//     empty allocation says nothing about the replicas');
+//     empty allocation says nothing about the replicas'); a snapshot taken on node-c is its
+//     copies on node-a and node-b, readable there, deleted through node-c;
 //   - a replica killed with -9 while node-c's client writes: no client error, it is rebuilt from
 //     the other (remote) replica with only what it missed;
 //   - node-c killed with -9: attaching elsewhere is refused while its lease lives and succeeds
@@ -115,6 +116,23 @@ TEST_F(ReplicationDisklessE2eTest, ANodeWithoutAReplicaServesTheVolumeFromTheOth
   ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
   ExpectContent(*client, oracle, "node-c");
 
+  // A snapshot taken on node-c: its copies on node-a and node-b are the snapshot, each labelled
+  // with the holders; the same name again is refused; every copy has the same digest.
+  const std::string oracle_at_snapshot = oracle;
+  CommandResult snap = c.Shale({"snapshot", "create", "dv@s1", "-o", "json"});
+  ASSERT_EQ(snap.exit_code, 0) << snap.Describe() << c.DaemonLog();
+  EXPECT_EQ(snap.Json()["labels"]["shale.io/snapshot-replicas"], "node-a,node-b") << snap.out;
+  ExpectOneLineError(c.Shale({"snapshot", "create", "dv@s1"}), "already exists");
+  for (Harness* h : {&a, &b}) {
+    CommandResult shown = h->Shale({"snapshot", "show", "dv@s1", "-o", "json"});
+    ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+    EXPECT_EQ(shown.Json()["labels"]["shale.io/snapshot-replicas"], "node-a,node-b") << shown.out;
+  }
+  CommandResult verified = a.Shale({"snapshot", "verify", "dv@s1", "-o", "json"});
+  ASSERT_EQ(verified.exit_code, 0) << verified.Describe() << a.DaemonLog();
+  ASSERT_EQ(verified.Json()["replicas"].size(), 1u) << verified.out;
+  EXPECT_EQ(verified.Json()["replicas"][0]["digest"], verified.Json()["digest"]) << verified.out;
+
   // Block status: every block is data (the anchor's allocation is empty and says nothing).
   if (const std::string qemu_img = FindProgram("qemu-img"); !qemu_img.empty()) {
     CommandResult map = RunProcess({qemu_img, "map", "-f", "raw", "--output=json", c.NbdUri("dv")},
@@ -158,6 +176,22 @@ TEST_F(ReplicationDisklessE2eTest, ANodeWithoutAReplicaServesTheVolumeFromTheOth
   ASSERT_TRUE(client->Go("dv").has_value()) << a.DaemonLog();
   ExpectContent(*client, oracle, "node-a after node-c detached");
   client.reset();
+  auto snapshot = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(snapshot, nullptr);
+  ASSERT_TRUE(snapshot->Go("dv@s1").has_value()) << a.DaemonLog();
+  ExpectContent(*snapshot, oracle_at_snapshot, "snapshot dv@s1 on node-a");
+  snapshot.reset();
+  // Deleted through node-c, which holds nothing of the volume now: every copy goes.
+  CommandResult deleted = c.Shale({"snapshot", "delete", "dv@s1"});
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.Describe() << c.DaemonLog();
+  for (Harness* h : {&a, &b}) {
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          return h->Shale({"snapshot", "show", "dv@s1"}).exit_code != 0;
+        },
+        seconds(10)))
+        << "the copy is deleted";
+  }
 
   // Each replica alone holds the same bytes (the rebuild made node-b equal).
   for (Harness* h : {&a, &b, &c}) EXPECT_EQ(h->StopDaemon(SIGTERM), 0) << h->DaemonLog();

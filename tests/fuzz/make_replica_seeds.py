@@ -141,7 +141,11 @@ SEEDS = {
     + snapshot_ref(DELETE_SNAPSHOT, "vol", "nightly", rid=8)
     + snapshot_ref(TAKE_SNAPSHOT, "vol", "hourly", rid=10, labels=b"source=s3://b/p\nteam=nb\n")
     + open_req()
-    + frame(SNAPSHOT, string("s2"), rid=9),
+    + frame(SNAPSHOT, string("s2"), rid=9)
+    # From a target without a replica: the copy's labels after the name (their length in the
+    # WireString's second word).
+    + frame(SNAPSHOT, struct.pack("<II", 2, 34) + b"s3" + b"shale.io/snapshot-replicas=node-a\n",
+            rid=11),
     "snapshot_replies": bytes([FIX | 63]) + hello() + frame(AUTH | REPLY, bytes(32), rid=0)
     + frame(SNAPSHOT_DIGEST | REPLY, string("00112233445566778899aabbccddeeff"), rid=7)
     + frame(DELETE_SNAPSHOT | REPLY, rid=8)

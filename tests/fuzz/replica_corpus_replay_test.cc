@@ -50,11 +50,11 @@ TEST(ReplicaFrameCorpus, SeedsParseAsWritten) {
   EXPECT_EQ(Frames(seeds.at("replies_discard")), 12u);
   EXPECT_EQ(Frames(seeds.at("auth_failed")), 2u);
   // SNAPSHOT_DIGEST, DELETE_SNAPSHOT, TAKE_SNAPSHOT (with labels) before OPEN, then SNAPSHOT
-  // after it; their
+  // after it, without labels and with them (a target without a replica sends them); their
   // replies (a TAKE_SNAPSHOT refused with PRECONDITION among them), the last a digest longer than
   // 64 bytes (refused by the length bounds); snapshot references with an empty snapshot name and
   // with names past the payload: framed, refused by their decoder.
-  EXPECT_EQ(Frames(seeds.at("snapshots")), 6u);
+  EXPECT_EQ(Frames(seeds.at("snapshots")), 7u);
   EXPECT_EQ(Frames(seeds.at("snapshot_replies")), 5u);
   EXPECT_EQ(Frames(seeds.at("bad_snapshot_ref")), 2u);
   // A well-framed OPEN whose name length runs past its payload (its decoder refuses it), then a
