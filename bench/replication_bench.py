@@ -14,6 +14,10 @@ loopback. On node-a (the target of every volume): v1 (1 replica), v2 (2 replicas
      throughput (bytes rebuilt / time from the first progress seen to the rebuild's end, polled
      every 50 ms through `shale replica list`) against `nbdcopy` of the same bytes from node-a's
      v2 to a plain volume on node-b.
+  4. (--only diskless) A target on a node without a replica (issue 12): v2 (replicas on node-a
+     and node-b) served by node-a (its local replica) and by node-c (no replica: every read and
+     write crosses loopback), attached back and forth; 4 KiB random reads and writes at QD 32,
+     1 MiB sequential reads and writes at QD 8, --reps times; the median ratio node-c/node-a.
   3. Client p99 during a rebuild: fio 4 KiB random writes at QD 8 on v2 for --probe seconds (at
      most 60 % of the idle rebuild's time, so the probe ends before the rebuild does), with
      no rebuild, during an uncapped rebuild, and during a rebuild capped by node-a's rebuild
@@ -21,7 +25,8 @@ loopback. On node-a (the target of every volume): v1 (1 replica), v2 (2 replicas
      `shale qos rebuild-bps`).
 
     bench/replication_bench.py [--build-dir build] [--size 1G] [--runtime 5] [--reps 3]
-                               [--probe 3] [--cap BYTES/S] [--only write|rebuild|rebuild-latency]
+                               [--probe 3] [--cap BYTES/S]
+                               [--only write|rebuild|rebuild-latency|diskless]
                                [--dir DIR]
                                [--json FILE]
 """
@@ -155,8 +160,8 @@ class Cluster:
     def uri(self, node, volume):
         return f"nbd+unix:///{volume}?socket={self.work}/{node}/nbd.sock"
 
-    def target(self, volume):
-        return ["--ioengine=nbd", f"--uri={self.uri('node-a', volume)}"]
+    def target(self, volume, node="node-a"):
+        return ["--ioengine=nbd", f"--uri={self.uri(node, volume)}"]
 
     def pids(self):
         return {node: p.pid for node, p in self.procs.items()}
@@ -170,11 +175,12 @@ class Cluster:
             self.etcd.wait(30)
 
 
-def fio_with_cpu(cluster, args, volume):
-    """Runs fio on `volume`; returns (fio result, {process: CPU seconds}, wall seconds)."""
+def fio_with_cpu(cluster, args, volume, node="node-a"):
+    """Runs fio on `volume` through `node`'s NBD socket; returns (fio result, {process: CPU
+    seconds}, wall seconds)."""
     before = {n: cpu_seconds(pid) for n, pid in cluster.pids().items()}
     t0 = time.monotonic()
-    cmd = ["fio", "--output-format=json", "--name=bench"] + args + cluster.target(volume)
+    cmd = ["fio", "--output-format=json", "--name=bench"] + args + cluster.target(volume, node)
     p = subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     fio_cpu = 0.0
     while p.poll() is None:  # fio's own CPU, sampled until it exits (bounded by its runtime)
@@ -257,9 +263,11 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--probe", type=int, default=3, help="seconds of the latency probe")
     ap.add_argument("--cap", default=None, help="--rebuild-bps of the capped rebuild")
-    ap.add_argument("--only", choices=("write", "rebuild", "rebuild-latency"), default=None,
+    ap.add_argument("--only", choices=("write", "rebuild", "rebuild-latency", "diskless"),
+                    default=None,
                     help="run only the write-path section, only the rebuild throughput (no "
-                    "latency probe), or the rebuild throughput and the latency probes")
+                    "latency probe), the rebuild throughput and the latency probes, or the target "
+                    "on a node without a replica")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -284,7 +292,9 @@ def main():
         cluster.shale("node-a", ["replica", "wait", "v3", "--timeout", "60"])
         if args.only in (None, "write"):
             write_path(cluster, args, samples)
-        if args.only != "write":
+        if args.only == "diskless":
+            diskless(cluster, args, report)
+        elif args.only != "write":
             sections(cluster, args, report)
     finally:
         if cluster is not None:
@@ -334,9 +344,61 @@ def sections(cluster, args, report):
                                  capped[1]))}
 
 
+DISKLESS_WORKLOADS = {
+    "randread": dict(label="randread 4k qd32", rw="randread", bs="4k", iodepth=32),
+    "randwrite": WORKLOADS["randwrite"],
+    "read": dict(label="read 1M qd8", rw="read", bs="1M", iodepth=8),
+    "write": WORKLOADS["write"],
+}
+
+
+def attach(cluster, node, volume):
+    """Moves `volume`'s target to `node` (detach where it is, retried while clients linger)."""
+    where = cluster.json(node, ["replica", "list", volume])["target"]
+    if where != node:
+        wait_for(lambda: cluster.shale(where, ["volume", "detach", volume], check=False)
+                 .returncode == 0, f"detach of {volume} on {where}", 30)
+    cluster.shale(node, ["volume", "attach", volume])
+
+
+def diskless(cluster, args, report):
+    """v2 served by node-a (a replica there) and by node-c (none), alternately."""
+    runs = {w: {"node-a": [], "node-c": []} for w in DISKLESS_WORKLOADS}
+    for rep in range(args.reps):
+        for node in ("node-a", "node-c"):
+            attach(cluster, node, "v2")
+            line = []
+            for w, spec in DISKLESS_WORKLOADS.items():
+                result, _, _ = fio_with_cpu(cluster, [
+                    f"--rw={spec['rw']}", f"--bs={spec['bs']}", f"--iodepth={spec['iodepth']}",
+                    f"--size={args.size}", "--time_based", f"--runtime={args.runtime}",
+                    "--ramp_time=1", "--norandommap", "--randrepeat=0"], "v2", node)
+                iops, p99 = fio_sample(result, spec["rw"])
+                runs[w][node].append({"iops": iops, "p99_us": p99})
+                line.append(f"{spec['label']} {iops:.0f} IOPS p99 {p99:.0f} us")
+            print(f"# rep {rep + 1} v2 served by {node}: " + " | ".join(line), flush=True)
+    attach(cluster, "node-a", "v2")
+    report["diskless"] = runs
+
+
+def print_diskless(report):
+    def med(values):
+        return statistics.median(values) if values else float("nan")
+    print("\n| v2 (replicas on node-a, node-b) | served by node-a IOPS | p99 us | served by node-c "
+          "(no replica) IOPS | p99 us | node-c/node-a |\n|---|---|---|---|---|---|")
+    for w, spec in DISKLESS_WORKLOADS.items():
+        a, c = report["diskless"][w]["node-a"], report["diskless"][w]["node-c"]
+        ratio = med([y["iops"] / x["iops"] for x, y in zip(a, c)])
+        print(f"| {spec['label']} | {med([x['iops'] for x in a]):.0f} | "
+              f"{med([x['p99_us'] for x in a]):.0f} | {med([x['iops'] for x in c]):.0f} | "
+              f"{med([x['p99_us'] for x in c]):.0f} | {ratio:.2f}x |")
+
+
 def print_report(args, samples, report):
     if args.only in (None, "write"):
         print_write_path(args, samples)
+    if "diskless" in report:
+        print_diskless(report)
     if "rebuild" in report:
         r = report["rebuild"]
         print(f"\nRebuild of {r['bytes'] / 2**20:.0f} MiB: {r['rebuild_mib_s']:.1f} MiB/s; nbdcopy "

@@ -575,7 +575,20 @@ Status Daemon::StartQos() {
   qos_options.max_queued_per_volume =
       static_cast<uint32_t>(std::clamp<uint64_t>(nbd_bound, qos::kDefaultMaxQueued, UINT32_MAX));
   // A replicated volume's replication layer goes below its QoS layer (docs/replication.md).
-  if (!options_.cluster_store.empty()) {
+  if (options_.cluster_store.empty()) {
+    // Outside a cluster a replica is an ordinary volume (its data is there), but a target-only
+    // anchor holds none of its volume's data: never served as if it were the volume.
+    qos_options.lower_layer = [this](Volume& volume) -> Result<std::shared_ptr<VolumeLayer>> {
+      Result<VolumeInfo> info = engine_->GetVolume(volume.name());
+      if (info.ok() && info->labels.contains(replication::kTargetOnlyLabel)) {
+        return Status::FailedPrecondition(
+            "volume '" + volume.name() +
+            "' is the anchor of a replicated volume's target on this node and holds none of "
+            "its data: start shaled in its cluster (--cluster-store) to serve it");
+      }
+      return std::shared_ptr<VolumeLayer>();
+    };
+  } else {
     qos_options.lower_layer = [this](Volume& volume) -> Result<std::shared_ptr<VolumeLayer>> {
       ReplicatedVolumes* replicated = replicated_.load(std::memory_order_acquire);
       if (replicated != nullptr) return replicated->LowerLayer(volume);

@@ -1,5 +1,6 @@
 // A kill -9 loop over the target and the replicas of a replicated volume, with an oracle (issue
-// 11): a real etcd, three shaled on loopback, a 3-replica volume served by node-a. Each round a
+// 11): a real etcd, three shaled on loopback, a 3-replica volume served by node-a (and, issue
+// 12, a 2-replica volume served by node-c, which holds no replica of it). Each round a
 // writer writes versioned 4 KiB blocks through the target's NBD export and flushes now and then,
 // recording what was acknowledged and what was acknowledged-and-flushed; at a random moment
 // (after a random number of acknowledged writes) the target's daemon or a replica's daemon is
@@ -209,17 +210,14 @@ uint64_t Seed() {
 
 using ReplicationCrashTest = EtcdE2eTest;
 
-TEST_F(ReplicationCrashTest, KillNineLoopKeepsFlushedWritesAndReplicasConverge) {
-  const uint64_t seed = Seed();
-  std::cout << "replication crash loop: SHALE_CRASH_SEED=" << seed << "\n";
-  std::mt19937_64 rng(seed);
-  Harness a, b, c;
-  Harness* nodes[3] = {&a, &b, &c};
+// The kill -9 loop: `nodes` are node-a, node-b, node-c (by position), all started; "kv" is
+// served by nodes[target] and has a replica on each of `replicas` (the target's own node among
+// them, or not: a target without a replica). Each round kills the target (round 0) or any node.
+void KillLoop(const test::EtcdProcess& etcd, Harness* const (&nodes)[3], int target,
+              const std::vector<int>& replicas, uint64_t seed) {
   const char* names[3] = {"node-a", "node-b", "node-c"};
-  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
-  CommandResult made = a.Shale({"volume", "create", "kv", "--size", "32M", "--replicas", "3"});
-  ASSERT_EQ(made.exit_code, 0) << made.Describe() << a.DaemonLog();
-
+  std::mt19937_64 rng(seed);
+  Harness& t = *nodes[target];
   Oracle oracle;
   std::vector<uint64_t> previous_regions;
   int target_kills = 0;
@@ -231,9 +229,10 @@ TEST_F(ReplicationCrashTest, KillNineLoopKeepsFlushedWritesAndReplicasConverge) 
     while (chosen.size() < 6) chosen.insert(rng() % (kVolBytes / kRegion));
     writer.regions.assign(chosen.begin(), std::next(chosen.begin(), 3));
     writer.regions_after.assign(std::next(chosen.begin(), 3), chosen.end());
-    const int victim = round == 0 ? 0 : static_cast<int>(rng() % 3);  // the target at least once
+    // The target at least once.
+    const int victim = round == 0 ? target : static_cast<int>(rng() % 3);
     const uint64_t kill_after = 20 + rng() % 300;
-    writer.Start(a.NbdAddress());
+    writer.Start(t.NbdAddress());
     const bool written =
         WaitFor([&] { return writer.acked_writes.load() >= kill_after || writer.failed.load(); },
                 seconds(30));
@@ -243,61 +242,89 @@ TEST_F(ReplicationCrashTest, KillNineLoopKeepsFlushedWritesAndReplicasConverge) 
     }
     std::cout << "round " << round << ": kill -9 " << names[victim] << " after "
               << writer.acked_writes.load() << " acknowledged writes\n";
-    if (victim != 0) writer.moved.store(true);
+    if (victim != target) writer.moved.store(true);
     nodes[victim]->KillDaemon();
-    if (victim == 0) {
-      writer.Join();  // its connection went with the target
-      ++target_kills;
-      ASSERT_TRUE(a.StartDaemon(NodeFlags(a, *etcd_, "node-a")));
-    } else {
-      ASSERT_TRUE(nodes[victim]->StartDaemon(NodeFlags(*nodes[victim], *etcd_, names[victim])));
-    }
-    CommandResult wait = a.Shale({"replica", "wait", "kv", "--timeout", "60"});
-    ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << a.DaemonLog();
+    if (victim == target) writer.Join();  // its connection went with the target
+    if (victim == target) ++target_kills;
+    ASSERT_TRUE(nodes[victim]->StartDaemon(NodeFlags(*nodes[victim], etcd, names[victim])));
+    CommandResult wait = t.Shale({"replica", "wait", "kv", "--timeout", "60"});
+    ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << t.DaemonLog();
     writer.Join();
-    if (victim != 0) {
-      EXPECT_EQ(writer.error, "") << "a replica's kill -9 is invisible to the client";
+    if (victim != target) {
+      EXPECT_EQ(writer.error, "") << "a replica's (or another node's) kill -9 is invisible to "
+                                     "the client";
     }
-    if (victim == 0) {
+    if (victim == target) {
       // Only the activity log's regions were compared: those this round (or the one before,
       // whose frees may not have been persisted yet) wrote, not the volume.
       std::set<uint64_t> touched(writer.regions.begin(), writer.regions.end());
       touched.insert(previous_regions.begin(), previous_regions.end());
       nlohmann::json list;
-      std::map<std::string, nlohmann::json> replicas = Replicas(a, "kv", &list);
-      for (const char* n : {"node-b", "node-c"}) {
-        const uint64_t compared = replicas[n]["rebuild_total_bytes"].get<uint64_t>();
-        const uint64_t sent = replicas[n]["rebuild_sent_bytes"].get<uint64_t>();
-        std::cout << "  resync of " << n << ": compared " << compared << " bytes, sent " << sent
-                  << " (log bound " << touched.size() * kRegion << ")\n";
+      std::map<std::string, nlohmann::json> listed = Replicas(t, "kv", &list);
+      for (int r : replicas) {
+        if (r == target) continue;
+        const uint64_t compared = listed[names[r]]["rebuild_total_bytes"].get<uint64_t>();
+        const uint64_t sent = listed[names[r]]["rebuild_sent_bytes"].get<uint64_t>();
+        std::cout << "  resync of " << names[r] << ": compared " << compared << " bytes, sent "
+                  << sent << " (log bound " << touched.size() * kRegion << ")\n";
         EXPECT_LE(compared, touched.size() * kRegion) << "only logged regions: " << list;
         EXPECT_LE(sent, compared) << list;
       }
     }
-    const std::string volume = ReadVolume(a.NbdAddress());
+    const std::string volume = ReadVolume(t.NbdAddress());
     ASSERT_EQ(volume.size(), kVolBytes);
     ASSERT_EQ(CheckOracle(oracle, volume, "round " + std::to_string(round)), 0)
         << "seed " << seed << ", round " << round;
     Settle(oracle, volume);
     previous_regions = writer.regions;
-    if (victim != 0) {
+    if (victim != target) {
       previous_regions.insert(previous_regions.end(), writer.regions_after.begin(),
                               writer.regions_after.end());
     }
   }
   EXPECT_GE(target_kills, 1);
 
-  // Converged: the target's view, then every node alone.
-  const std::string target_view = ReadVolume(a.NbdAddress());
+  // Converged: the target's view, then every replica's node alone.
+  const std::string target_view = ReadVolume(t.NbdAddress());
   ASSERT_EQ(CheckOracle(oracle, target_view, "end"), 0);
-  EXPECT_EQ(a.StopDaemon(SIGTERM), 0) << a.DaemonLog();
-  for (int i = 1; i < 3; ++i) {
-    EXPECT_EQ(nodes[i]->StopDaemon(SIGTERM), 0) << nodes[i]->DaemonLog();
-    ASSERT_TRUE(nodes[i]->StartDaemon());
-    const std::string replica = ReadVolume(nodes[i]->NbdAddress());
-    ASSERT_EQ(replica.size(), kVolBytes) << names[i];
-    EXPECT_TRUE(replica == target_view) << names[i] << " differs from the target's replica";
+  for (Harness* h : nodes) EXPECT_EQ(h->StopDaemon(SIGTERM), 0) << h->DaemonLog();
+  for (int r : replicas) {
+    ASSERT_TRUE(nodes[r]->StartDaemon());
+    const std::string replica = ReadVolume(nodes[r]->NbdAddress());
+    ASSERT_EQ(replica.size(), kVolBytes) << names[r];
+    EXPECT_TRUE(replica == target_view) << names[r] << " differs from the target's view";
+    EXPECT_EQ(nodes[r]->StopDaemon(SIGTERM), 0);
   }
+}
+
+TEST_F(ReplicationCrashTest, KillNineLoopKeepsFlushedWritesAndReplicasConverge) {
+  const uint64_t seed = Seed();
+  std::cout << "replication crash loop: SHALE_CRASH_SEED=" << seed << "\n";
+  Harness a, b, c;
+  Harness* const nodes[3] = {&a, &b, &c};
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  CommandResult made = a.Shale({"volume", "create", "kv", "--size", "32M", "--replicas", "3"});
+  ASSERT_EQ(made.exit_code, 0) << made.Describe() << a.DaemonLog();
+  KillLoop(*etcd_, nodes, 0, {0, 1, 2}, seed);
+}
+
+// The same loop with the volume served by node-c, which holds no replica (docs/replication.md,
+// "Targets on nodes without a replica"): its restarts reopen the target from its anchor (the
+// activity log kept there), the replicas on node-a and node-b are compared with each other.
+TEST_F(ReplicationCrashTest, KillNineLoopWithATargetWithoutAReplica) {
+  const uint64_t seed = Seed();
+  std::cout << "replication crash loop (target without a replica): SHALE_CRASH_SEED=" << seed
+            << "\n";
+  Harness a, b, c;
+  Harness* const nodes[3] = {&a, &b, &c};
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  CommandResult made = a.Shale({"volume", "create", "kv", "--size", "32M", "--replicas", "2",
+                                "--replica-nodes", "node-a,node-b"});
+  ASSERT_EQ(made.exit_code, 0) << made.Describe() << a.DaemonLog();
+  ASSERT_EQ(a.Shale({"volume", "detach", "kv"}).exit_code, 0) << a.DaemonLog();
+  CommandResult attached = c.Shale({"volume", "attach", "kv"});
+  ASSERT_EQ(attached.exit_code, 0) << attached.Describe() << c.DaemonLog();
+  KillLoop(*etcd_, nodes, 2, {0, 1}, seed);
 }
 
 // The target killed right after unflushed writes to two regions (after flushed ones to eight

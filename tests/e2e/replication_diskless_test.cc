@@ -195,6 +195,7 @@ TEST_F(ReplicationDisklessE2eTest, ANodeWithoutAReplicaServesTheVolumeFromTheOth
 
   // Each replica alone holds the same bytes (the rebuild made node-b equal).
   for (Harness* h : {&a, &b, &c}) EXPECT_EQ(h->StopDaemon(SIGTERM), 0) << h->DaemonLog();
+  // (node-c holds nothing of it; were it attached there, its anchor alone would not be served.)
   for (Harness* h : {&a, &b}) {
     ASSERT_TRUE(h->StartDaemon());
     auto direct = NbdRawClient::Tcp(h->NbdAddress());
@@ -250,6 +251,17 @@ TEST_F(ReplicationDisklessE2eTest, ADeadTargetWithoutAReplicaIsTakenOverAndItsAn
     ASSERT_TRUE(data == oracle.substr(at, kReplicationChunk)) << "flushed write lost at " << at;
   }
   client.reset();
+
+  // node-c started alone (outside the cluster): its anchor holds none of the data and is never
+  // served as if it were the volume.
+  ASSERT_TRUE(c.StartDaemon());
+  EXPECT_TRUE(HasLocalVolume(c, "kv")) << "the anchor is still there";
+  {
+    auto alone = NbdRawClient::Tcp(c.NbdAddress());
+    ASSERT_NE(alone, nullptr);
+    EXPECT_FALSE(alone->Go("kv").has_value()) << "an anchor served as the volume";
+  }
+  EXPECT_EQ(c.StopDaemon(SIGTERM), 0) << c.DaemonLog();
 
   // node-c back: it serves nothing (the membership names node-a) and its anchor is removed.
   ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
