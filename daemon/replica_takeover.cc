@@ -111,6 +111,12 @@ Result<std::string> ReplicatedVolumes::MoveHere(const std::string& name,
   if (diskless) {
     SHALE_ASSIGN_OR_RETURN(anchor_made, MakeAnchor(name, m));
   }
+  // A new term as the target begins here: until the target opened, this node's records of what
+  // the replicas that are out missed count as unknown (the previous target holds them).
+  if (Status st = RecordTermStart(name, kTermUnknown); !st.ok()) {
+    if (anchor_made) RemoveAnchor(name, "the attach could not start");
+    return st.WithContext("record the start of a term of " + name + " here");
+  }
   const std::string old_target = m.target;
   const bool was_detached = m.detached;
   Result<cluster::VolumeRecord> moved =

@@ -4,6 +4,7 @@
 // every reachable in-sync replica before the target serves; the local replica's generation is
 // persisted.
 #include <algorithm>
+#include <cstring>
 #include <future>
 
 #include "daemon/replicated_target.h"
@@ -91,6 +92,41 @@ Result<std::vector<std::pair<uint64_t, uint64_t>>> RemoteAllocation(ReplicatedVo
 
 }  // namespace
 
+Status ReplicatedVolumes::RecordTermStart(const std::string& name, uint64_t epoch) {
+  Engine* engine = lifecycle_->engine();
+  SHALE_ASSIGN_OR_RETURN(VolumeInfo info, engine->GetVolume(name));
+  std::string value(sizeof(epoch), '\0');
+  std::memcpy(value.data(), &epoch, sizeof(epoch));
+  MetaBatch batch;
+  batch.Put(replication::ChangedRegions::TermKey(info.id), value);
+  return engine->WriteRecords(info.pool, std::move(batch));
+}
+
+Result<uint64_t> ReplicatedVolumes::TermStart(const VolumeInfo& info) {
+  SHALE_ASSIGN_OR_RETURN(
+      std::optional<std::string> rec,
+      lifecycle_->engine()->GetRecord(info.pool, replication::ChangedRegions::TermKey(info.id)));
+  if (!rec) return uint64_t{0};  // none: this node has served it since it was created here
+  if (rec->size() != sizeof(uint64_t))
+    return Status::Corruption("target term record of " + info.name);
+  uint64_t epoch = 0;
+  std::memcpy(&epoch, rec->data(), sizeof(epoch));
+  return epoch;
+}
+
+Status ReplicatedVolumes::MarkAllFor(Target& t, const std::string& node) {
+  std::promise<Status> marked;
+  t.reactor->Post([&] {
+    if (!t.local_replica) {
+      t.changed->Mark({node}, 0, t.size_bytes, [&](Status st) { marked.set_value(st); });
+      return;
+    }
+    replication::Rebuilder::MarkAllocated(&t.handle->volume(), t.changed.get(), node,
+                                          [&](Status st) { marked.set_value(st); });
+  });
+  return marked.get_future().get();
+}
+
 Status ReplicatedVolumes::MarkRemoteAllocated(Target& t, const std::vector<std::string>& holders,
                                               const std::string& node) {
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
@@ -116,22 +152,12 @@ void ReplicatedVolumes::Target::DrainActivityLog() {
 }
 
 Status ReplicatedVolumes::MarkForResync(Target& t, const std::string& node) {
+  // No log was kept for this volume here (its target ran a shaled without one, or this is a new
+  // target-only anchor): anything allocated may differ — without a local replica to tell what
+  // is allocated, every region.
+  if (!t.activity->kept_before()) return MarkAllFor(t, node);
   std::promise<Status> marked;
-  t.reactor->Post([&] {
-    if (!t.activity->kept_before()) {
-      // No log was kept for this volume here (its target ran a shaled without one, or this is a
-      // new target-only anchor): anything allocated may differ — without a local replica to
-      // tell what is allocated, every region.
-      if (!t.local_replica) {
-        t.changed->Mark({node}, 0, t.size_bytes, [&](Status st) { marked.set_value(st); });
-        return;
-      }
-      replication::Rebuilder::MarkAllocated(&t.handle->volume(), t.changed.get(), node,
-                                            [&](Status st) { marked.set_value(st); });
-      return;
-    }
-    MarkRanges(t, node, t.activity->Ranges(), &marked);
-  });
+  t.reactor->Post([&] { MarkRanges(t, node, t.activity->Ranges(), &marked); });
   return marked.get_future().get();
 }
 

@@ -361,13 +361,19 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   // region is compared with it (hash by hash) before it joins again. One that was out (or being
   // rebuilt) when the target stopped may hold writes in flight then: the activity log's regions.
   // One being replaced is never reconnected; the repair thread finishes its replacement.
+  // What a replica that is out missed is recorded by the target it left under: this node's
+  // records are complete for one that left during this node's term as the target; one that left
+  // before (under another node) gets everything compared.
+  SHALE_ASSIGN_OR_RETURN(const uint64_t term, TermStart(info));
   for (const cluster::ReplicaMember& r : m.replicas) {
     if (!r.replaces.empty()) t->being_replaced.insert(r.replaces);
-    // (A target-only anchor opened for the first time knows nothing of what the previous target
-    // changed: everything is compared.)
-    if (r.node != options_.node_name && !m.InSync(r.node) &&
-        r.state != cluster::ReplicaState::kStale &&
-        (t->activity->kept_before() || !local_replica)) {
+    const bool out = r.node != options_.node_name && !m.InSync(r.node) &&
+                     r.state != cluster::ReplicaState::kStale;
+    if (out && (term == kTermUnknown || r.since_epoch <= term)) {
+      SHALE_RETURN_IF_ERROR(MarkAllFor(*t, r.node));
+    } else if (out && (t->activity->kept_before() || !local_replica)) {
+      // (A target-only anchor opened for the first time knows nothing of what the previous
+      // target changed: everything is compared.)
       SHALE_RETURN_IF_ERROR(MarkForResync(*t, r.node));
     }
     if (r.state != cluster::ReplicaState::kStale) continue;
@@ -377,6 +383,7 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
     });
     SHALE_RETURN_IF_ERROR(marked.get_future().get());
   }
+  if (term == kTermUnknown) SHALE_RETURN_IF_ERROR(RecordTermStart(name, m.epoch));
   uint64_t epoch = m.epoch;
   for (const auto& [node, why] : lost) {
     // It may have missed writes in flight when the target stopped: the activity log's regions
@@ -552,7 +559,11 @@ Result<std::string> ReplicatedVolumes::ForceRecover(const std::string& name,
     return Status::FailedPrecondition("volume '" + name + "' is served by node " + m.target +
                                       "; run force-recover there");
   }
-  if (from != options_.node_name) {
+  // A target with a replica serves from it: the recovery starts from it. One without (a
+  // target-only anchor here) serves from whichever replica is recovered.
+  Result<VolumeInfo> local = lifecycle_->engine()->GetVolume(name);
+  const bool anchor = local.ok() && IsTargetOnly(*local);
+  if (from != options_.node_name && !anchor) {
     return Status::InvalidArgument("--from must name the target's own node (" + options_.node_name +
                                    "): the target serves from its replica");
   }
@@ -566,7 +577,8 @@ Result<std::string> ReplicatedVolumes::ForceRecover(const std::string& name,
         " replica(s)); nothing to recover");
   }
   // The history keeps 16 changes; the local replica's persisted generation is exact.
-  const uint64_t generation = std::max(GenerationOf(m, *member), LocalGeneration(name));
+  const uint64_t generation =
+      anchor ? GenerationOf(m, *member) : std::max(GenerationOf(m, *member), LocalGeneration(name));
   std::string others;
   for (const std::string& n : m.in_sync) others += (others.empty() ? "" : ", ") + n;
   const std::string lost = "writes acknowledged after epoch " + std::to_string(generation) +

@@ -168,9 +168,10 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   RebuildRate SetRebuildRate(uint64_t bps);
   RebuildRate GetRebuildRate();
   // `shale volume force-recover NAME --from NODE`: the only way on when the target's replica is
-  // not in the recorded in-sync set (cascading failure): in_sync = [NODE] (this node), every
-  // other replica stale (compared region by region when it returns), epoch + 1; logged. Returns
-  // what may be lost, for people.
+  // not in the recorded in-sync set (cascading failure): in_sync = [NODE] (this node; any
+  // replica's node when this node serves the volume without a replica), every other replica
+  // stale (compared region by region when it returns), epoch + 1; logged. Returns what may be
+  // lost, for people.
   Result<std::string> ForceRecover(const std::string& name, const std::string& from);
 
   // For QoS (QosManagerOptions::lower_layer): the replication layer of a volume this node is the
@@ -378,6 +379,16 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // volume has no log); compares and copies the activity log's regions to every reachable
   // in-sync replica before the target serves; persists the local replica's generation.
   Status MarkForResync(Target& target, const std::string& node);
+  // Marks for `node` everything the target's replicas may hold: every allocated region of the
+  // local replica, or every region without one.
+  Status MarkAllFor(Target& target, const std::string& node);
+  // The epoch at which this node's current term as the target of `info`'s volume began (0: no
+  // record, the node created it and served it since; kTermUnknown: a move here not finished),
+  // and recording it (replicated_resync.cc). A replica that left the in-sync set at or before
+  // that epoch left under another target, whose node holds the record of what it missed.
+  static constexpr uint64_t kTermUnknown = UINT64_MAX;
+  Result<uint64_t> TermStart(const VolumeInfo& info);
+  Status RecordTermStart(const std::string& name, uint64_t epoch);
   Status ResyncAfterRestart(const std::shared_ptr<Target>& target);
   // A target without a local replica: marks for `node` every region the connected replicas of
   // `holders` have allocated (GET_INFO); blocking.

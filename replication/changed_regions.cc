@@ -89,6 +89,10 @@ Result<std::unique_ptr<ChangedRegions>> ChangedRegions::Load(
   return log;
 }
 
+std::string ChangedRegions::TermKey(uint64_t volume_id) {
+  return keys::Extension(kNamespace, Hex(volume_id, 16) + "/term");
+}
+
 void ChangedRegions::ForgetVolume(uint64_t volume_id, MetaBatch* batch) {
   // Every kind: the volume's prefix up to its '/'.
   const std::string prefix = keys::Extension(kNamespace, Hex(volume_id, 16) + "/");

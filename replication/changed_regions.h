@@ -85,6 +85,10 @@ class ChangedRegions {
   // Deletes every record of a volume (changed regions and activity log), in the batch that
   // deletes the volume.
   static void ForgetVolume(uint64_t volume_id, MetaBatch* batch);
+  // The key of the epoch at which this node's current term as the volume's target began
+  // (docs/replication.md, "Changed regions and the activity log"): Extension("replication",
+  // hex16(volume_id) "/term") -> u64 little-endian; gone with ForgetVolume.
+  static std::string TermKey(uint64_t volume_id);
 
  private:
   struct Pending {

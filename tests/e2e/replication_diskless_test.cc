@@ -66,6 +66,26 @@ void Fill(std::string* oracle, uint64_t offset, uint64_t length, std::mt19937_64
   for (uint64_t i = offset; i < offset + length; ++i) (*oracle)[i] = static_cast<char>((*rng)());
 }
 
+// A 2-replica volume on node-a and node-b, served by node-c (no replica), with `length` bytes of
+// the oracle (seeded by `seed`) written through node-c and flushed; `client` stays connected.
+void ServedByNodeC(Harness& a, Harness& c, const std::string& volume, uint64_t seed,
+                   uint64_t length, std::string* oracle, std::unique_ptr<NbdRawClient>* client) {
+  ASSERT_EQ(a.Shale({"volume", "create", volume, "--size", "16M", "--replicas", "2",
+                     "--replica-nodes", "node-a,node-b"})
+                .exit_code,
+            0);
+  Detach(a, volume);
+  ASSERT_EQ(c.Shale({"volume", "attach", volume}).exit_code, 0) << c.DaemonLog();
+  std::mt19937_64 rng(seed);
+  oracle->assign(kVolBytes, '\0');
+  Fill(oracle, 0, length, &rng);
+  *client = NbdRawClient::Tcp(c.NbdAddress());
+  ASSERT_NE(*client, nullptr);
+  ASSERT_TRUE((*client)->Go(volume).has_value()) << c.DaemonLog();
+  ASSERT_TRUE(WriteRange(**client, *oracle, 0, length));
+  ASSERT_EQ((*client)->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+}
+
 TEST_F(ReplicationDisklessE2eTest, ANodeWithoutAReplicaServesTheVolumeFromTheOthers) {
   Harness a, b, c;
   ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
@@ -209,21 +229,10 @@ TEST_F(ReplicationDisklessE2eTest, ANodeWithoutAReplicaServesTheVolumeFromTheOth
 TEST_F(ReplicationDisklessE2eTest, ADeadTargetWithoutAReplicaIsTakenOverAndItsAnchorGoes) {
   Harness a, b, c;
   ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
-  ASSERT_EQ(a.Shale({"volume", "create", "kv", "--size", "16M", "--replicas", "2",
-                     "--replica-nodes", "node-a,node-b"})
-                .exit_code,
-            0);
-  Detach(a, "kv");
-  ASSERT_EQ(c.Shale({"volume", "attach", "kv"}).exit_code, 0) << c.DaemonLog();
-  std::mt19937_64 rng(29);
-  std::string oracle(kVolBytes, '\0');
-  Fill(&oracle, 0, 3 * kMiB, &rng);
+  std::string oracle;
   {
-    auto client = NbdRawClient::Tcp(c.NbdAddress());
-    ASSERT_NE(client, nullptr);
-    ASSERT_TRUE(client->Go("kv").has_value()) << c.DaemonLog();
-    ASSERT_TRUE(WriteRange(*client, oracle, 0, 3 * kMiB));
-    ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+    std::unique_ptr<NbdRawClient> client;
+    ASSERT_NO_FATAL_FAILURE(ServedByNodeC(a, c, "kv", 29, 3 * kMiB, &oracle, &client));
     // Written, not flushed: may or may not survive, and must not break anything.
     std::string unflushed(kReplicationChunk, 'u');
     ASSERT_EQ(client->Request(NbdRawClient::kCmdWrite, 12 * kMiB, kReplicationChunk, unflushed), 0);
@@ -275,6 +284,56 @@ TEST_F(ReplicationDisklessE2eTest, ADeadTargetWithoutAReplicaIsTakenOverAndItsAn
   Replicas(a, "kv", &list);
   EXPECT_EQ(list["target"], "node-a") << list;
   EXPECT_EQ(list["in_sync"].size(), 2u) << "node-c's return changed no replica: " << list;
+}
+
+// A cascading failure under a target without a replica: the only in-sync replica (node-b) is
+// gone and node-a's is behind. node-c refuses to serve until `force-recover --from node-a` (any
+// replica's node: node-c has none of its own), then serves node-a's data; node-b, stale, is
+// compared and rebuilt when it returns.
+TEST_F(ReplicationDisklessE2eTest, ACascadeIsRecoveredFromAnyReplicaByTheTargetWithoutOne) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  std::string oracle;
+  {
+    std::unique_ptr<NbdRawClient> client;
+    ASSERT_NO_FATAL_FAILURE(ServedByNodeC(a, c, "cv", 31, 4 * kMiB, &oracle, &client));
+  }
+  // The record node-c would have left: node-a left, node-b took the writes; node-b is gone.
+  EXPECT_EQ(c.StopDaemon(SIGTERM), 0) << c.DaemonLog();
+  b.KillDaemon();
+  ASSERT_NO_FATAL_FAILURE(RecordCascade(*etcd_, "cv"));
+
+  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
+  {
+    auto nbd = NbdRawClient::Tcp(c.NbdAddress());
+    ASSERT_NE(nbd, nullptr);
+    EXPECT_FALSE(nbd->Go("cv").has_value()) << "no in-sync replica is reachable: nothing served";
+  }
+  ExpectOneLineError(c.Shale({"volume", "force-recover", "cv", "--from", "node-c"}),
+                     "holds no replica");
+  CommandResult recovered = c.Shale({"volume", "force-recover", "cv", "--from", "node-a"});
+  ASSERT_EQ(recovered.exit_code, 0) << recovered.Describe() << c.DaemonLog();
+  EXPECT_NE(recovered.out.find("held by node-b) may be lost"), std::string::npos) << recovered.out;
+  std::unique_ptr<NbdRawClient> nbd;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        nbd = NbdRawClient::Tcp(c.NbdAddress());
+        return nbd != nullptr && nbd->Go("cv").has_value();
+      },
+      seconds(20)))
+      << c.DaemonLog();
+  ExpectContent(*nbd, oracle, "node-c after force-recover from node-a");
+  nbd.reset();
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(c, "cv", &list);
+  EXPECT_EQ(replicas["node-a"]["state"], "healthy") << list;
+  EXPECT_EQ(replicas["node-b"]["state"], "stale") << list;
+
+  ASSERT_TRUE(b.StartDaemon(NodeFlags(b, *etcd_, "node-b")));
+  CommandResult wait = c.Shale({"replica", "wait", "cv", "--timeout", "90"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << c.DaemonLog();
+  EXPECT_EQ(Replicas(c, "cv")["node-b"]["rebuild_total_bytes"], kVolBytes)
+      << "a stale replica is compared everywhere";
 }
 
 }  // namespace

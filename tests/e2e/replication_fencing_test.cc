@@ -268,5 +268,61 @@ TEST_F(ReplicationFencingE2eTest, AttachAndDetachMoveTheVolumeWithoutTwoWriters)
   ExpectContent(*client, oracle, "node-a after a restart and an attach");
 }
 
+// A replica that left under one target and returns under another: what it missed is recorded on
+// the first target's node (its changed regions), not on the second's. The second, whose term
+// began after the leave, compares everything its replica holds with it, so it comes back whole
+// (docs/replication.md, "Changed regions and the activity log": the term).
+TEST_F(ReplicationFencingE2eTest, AReplicaThatLeftUnderAnotherTargetIsComparedWhole) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  ASSERT_EQ(a.Shale({"volume", "create", "ov", "--size", "16M", "--replicas", "3"}).exit_code, 0);
+  std::mt19937_64 rng(41);
+  std::string oracle(kFenceVolBytes, '\0');
+  for (size_t i = 0; i < (2ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  auto write = [&](Harness& h, uint64_t offset, uint64_t length) {
+    auto client = NbdRawClient::Tcp(h.NbdAddress());
+    ASSERT_NE(client, nullptr);
+    ASSERT_TRUE(client->Go("ov").has_value()) << h.DaemonLog();
+    ASSERT_TRUE(WriteRange(*client, oracle, offset, length));
+    ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  };
+  auto detach = [&](Harness& h) {
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          return h.Shale({"volume", "detach", "ov"}).exit_code == 0;
+        },
+        seconds(10)))
+        << h.DaemonLog();
+  };
+  ASSERT_NO_FATAL_FAILURE(write(a, 0, 2ull << 20));
+  ASSERT_NO_FATAL_FAILURE(detach(a));
+  ASSERT_EQ(b.Shale({"volume", "attach", "ov"}).exit_code, 0) << b.DaemonLog();
+  // node-c goes while node-b serves: node-b records what it misses.
+  c.KillDaemon();
+  for (size_t i = 4ull << 20; i < (6ull << 20); ++i) oracle[i] = static_cast<char>(rng());
+  ASSERT_NO_FATAL_FAILURE(write(b, 4ull << 20, 2ull << 20));
+  ASSERT_EQ(Replicas(b, "ov")["node-c"]["state"], "faulted");
+  ASSERT_NO_FATAL_FAILURE(detach(b));
+  // node-a serves it again (its log kept from its first term) when node-c returns.
+  ASSERT_EQ(a.Shale({"volume", "attach", "ov"}).exit_code, 0) << a.DaemonLog();
+  ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
+  CommandResult wait = a.Shale({"replica", "wait", "ov", "--timeout", "60"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << a.DaemonLog();
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(a, "ov", &list);
+  EXPECT_GE(replicas["node-c"]["rebuild_sent_bytes"].get<uint64_t>(), 2ull << 20)
+      << "the 2 MiB node-b wrote while node-c was out: " << list;
+  EXPECT_GE(replicas["node-c"]["rebuild_total_bytes"].get<uint64_t>(), 4ull << 20)
+      << "everything node-a's replica holds was compared: " << list;
+
+  // node-c alone holds every byte.
+  for (Harness* h : {&a, &b, &c}) EXPECT_EQ(h->StopDaemon(SIGTERM), 0) << h->DaemonLog();
+  ASSERT_TRUE(c.StartDaemon());
+  auto direct = NbdRawClient::Tcp(c.NbdAddress());
+  ASSERT_NE(direct, nullptr);
+  ASSERT_EQ(direct->Go("ov"), std::optional<uint64_t>(kFenceVolBytes));
+  ExpectContent(*direct, oracle, "node-c alone");
+}
+
 }  // namespace
 }  // namespace shale::e2e
