@@ -446,7 +446,15 @@ Status ReplicaServer::Conn::HandleFrame(const FrameReader::Frame& f, uint8_t* da
                               (h.is_reply() ? " reply" : "") + " after OPEN");
   }
   if (h.epoch > state->fence.load(std::memory_order_acquire)) {
-    Flush(batch);  // what came before does not wait for the persist
+    Flush(batch);
+    // This connection's earlier requests carry the older epoch and are checked on the reactor
+    // when they run: they must run before the fence rises, or this target's own writes would be
+    // refused as if another target had taken the volume over (seen under ASan: a target fenced
+    // itself right after a replica's leave or join raised its epoch). Epoch changes are rare.
+    {
+      std::unique_lock lock(mu);
+      room_cv.wait(lock, [&] { return in_flight == 0 || send_failed; });
+    }
     if (Status st = state->Raise(h.epoch, volume_name); !st.ok()) {
       SHALE_LOG_ERROR("replica: persisting an epoch failed", {"volume", volume_name},
                       {"error", st.ToString()});

@@ -5,7 +5,8 @@
 //
 // Fencing (docs/replication.md, rules 2 and 3): per replica volume the server persists, in its
 // pool's metadata (ReplicaStateKey), the highest epoch it has seen and the replica's generation.
-// A request carrying a higher epoch is accepted only after that epoch is durable; a request
+// A request carrying a higher epoch is accepted only after its connection's earlier requests
+// completed (they carry the older epoch) and that epoch is durable; a request
 // carrying a lower one is answered STALE_EPOCH. The comparison happens on the volume's reactor
 // at submission, so a request admitted before a newer target's OPEN returned is older than
 // everything that target sends.

@@ -375,6 +375,47 @@ TEST_F(ReplicaServiceTest, ManyInFlightCompleteOutOfOrder) {
 
 // --- epochs -------------------------------------------------------------------------------------
 
+// A target's own requests sent before one that raises its epoch (after a replica's leave or join
+// the target's next requests carry the new epoch) are never refused as stale: only another
+// connection's older requests are. Writes at epoch 1 wait on the volume's reactor (held by the
+// test) while writes at epoch 2 arrive behind them; the epoch must not rise before the first
+// ones ran (before the fix it did: they were refused, and the target fenced itself). The reactor
+// is released once epoch 2 is persisted, or after 1 s.
+TEST_F(ReplicaServiceTest, ARaiseOnTheSameConnectionNeverRefusesTheRequestsBeforeIt) {
+  auto c = Connect(1);
+  ASSERT_NE(c, nullptr);
+  auto vol = engine_->OpenVolume("vol");
+  ASSERT_TRUE(vol.ok()) << vol.status();
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  (*vol)->reactor()->Post([released] { released.wait(); });
+  std::vector<std::unique_ptr<Op>> ops;
+  for (int i = 0; i < 64; ++i) {
+    ops.push_back(std::make_unique<Op>(ReplicaOp::kWrite, uint64_t(i) * 4096, 4096));
+    ops.back()->buf = Pattern(4096, i);
+    ops.back()->r.buf = ops.back()->buf.data();
+  }
+  reactor_->Post([&] {
+    for (int i = 0; i < 64; ++i) {
+      if (i == 32) c->SetEpoch(2);
+      c->Submit(&ops[static_cast<size_t>(i)]->r);
+    }
+  });
+  bool raised_early = false;
+  for (const auto until = std::chrono::steady_clock::now() + 1000ms;
+       !raised_early && std::chrono::steady_clock::now() < until;) {
+    raised_early = CurrentEpoch() == 2;
+    if (!raised_early) std::this_thread::sleep_for(5ms);  // polling, bounded by `until`
+  }
+  release.set_value();
+  EXPECT_FALSE(raised_early) << "epoch 2 persisted while epoch-1 requests were still waiting";
+  for (auto& op : ops) {
+    ASSERT_TRUE(op->Wait());
+    EXPECT_EQ(op->r.outcome, ReplicaOutcome::kOk) << op->r.status;
+  }
+  EXPECT_EQ(CurrentEpoch(), 2u);
+}
+
 TEST_F(ReplicaServiceTest, OlderEpochIsFencedAndTheFenceSurvivesRestarts) {
   auto old_target = Connect(5);
   ASSERT_NE(old_target, nullptr);
