@@ -296,6 +296,42 @@ Status ReplicatedVolumes::CheckServesHere(const std::string& name, const Uuid& u
   return Status::Ok();
 }
 
+// OpenTarget: what each replica that is not in sync must have compared when it returns.
+Status ReplicatedVolumes::MarkReturning(Target& target, const VolumeInfo& info,
+                                        const cluster::Membership& m) {
+  Target* const t = &target;
+  const bool local_replica = t->local_replica;
+  const std::string& name = t->name;
+  // A stale replica (after force-recover) may hold writes the others never saw, anywhere: every
+  // region is compared with it (hash by hash) before it joins again. One that was out (or being
+  // rebuilt) when the target stopped may hold writes in flight then: the activity log's regions.
+  // One being replaced is never reconnected; the repair thread finishes its replacement.
+  // What a replica that is out missed is recorded by the target it left under: this node's
+  // records are complete for one that left during this node's term as the target; one that left
+  // before (under another node) gets everything compared.
+  SHALE_ASSIGN_OR_RETURN(const uint64_t term, TermStart(info));
+  for (const cluster::ReplicaMember& r : m.replicas) {
+    if (!r.replaces.empty()) t->being_replaced.insert(r.replaces);
+    const bool out = r.node != options_.node_name && !m.InSync(r.node) &&
+                     r.state != cluster::ReplicaState::kStale;
+    if (out && (term == kTermUnknown || r.since_epoch <= term)) {
+      SHALE_RETURN_IF_ERROR(MarkAllFor(*t, r.node));
+    } else if (out && (t->activity->kept_before() || !local_replica)) {
+      // (A target-only anchor opened for the first time knows nothing of what the previous
+      // target changed: everything is compared.)
+      SHALE_RETURN_IF_ERROR(MarkForResync(*t, r.node));
+    }
+    if (r.state != cluster::ReplicaState::kStale) continue;
+    std::promise<Status> marked;
+    t->reactor->Post([&, node = r.node] {
+      t->changed->Mark({node}, 0, m.size_bytes, [&](Status st) { marked.set_value(st); });
+    });
+    SHALE_RETURN_IF_ERROR(marked.get_future().get());
+  }
+  if (term == kTermUnknown) SHALE_RETURN_IF_ERROR(RecordTermStart(name, m.epoch));
+  return Status::Ok();
+}
+
 Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget(
     const std::string& name) {
   Engine* engine = lifecycle_->engine();
@@ -357,33 +393,15 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
     members.emplace_back(std::make_shared<UnreachableReplica>(r.node, t->reactor),
                          MemberState::kOut);
   }
-  // A stale replica (after force-recover) may hold writes the others never saw, anywhere: every
-  // region is compared with it (hash by hash) before it joins again. One that was out (or being
-  // rebuilt) when the target stopped may hold writes in flight then: the activity log's regions.
-  // One being replaced is never reconnected; the repair thread finishes its replacement.
-  // What a replica that is out missed is recorded by the target it left under: this node's
-  // records are complete for one that left during this node's term as the target; one that left
-  // before (under another node) gets everything compared.
-  SHALE_ASSIGN_OR_RETURN(const uint64_t term, TermStart(info));
-  for (const cluster::ReplicaMember& r : m.replicas) {
-    if (!r.replaces.empty()) t->being_replaced.insert(r.replaces);
-    const bool out = r.node != options_.node_name && !m.InSync(r.node) &&
-                     r.state != cluster::ReplicaState::kStale;
-    if (out && (term == kTermUnknown || r.since_epoch <= term)) {
-      SHALE_RETURN_IF_ERROR(MarkAllFor(*t, r.node));
-    } else if (out && (t->activity->kept_before() || !local_replica)) {
-      // (A target-only anchor opened for the first time knows nothing of what the previous
-      // target changed: everything is compared.)
-      SHALE_RETURN_IF_ERROR(MarkForResync(*t, r.node));
-    }
-    if (r.state != cluster::ReplicaState::kStale) continue;
-    std::promise<Status> marked;
-    t->reactor->Post([&, node = r.node] {
-      t->changed->Mark({node}, 0, m.size_bytes, [&](Status st) { marked.set_value(st); });
-    });
-    SHALE_RETURN_IF_ERROR(marked.get_future().get());
+  // A target without a replica serves only from an in-sync replica it reached (the membership it
+  // read may be older than a force-recover that ran meanwhile: the next attempt reads it again).
+  if (!local_replica && std::none_of(members.begin(), members.end(), [](const auto& member) {
+        return member.second == MemberState::kInSync;
+      })) {
+    return Status::FailedPrecondition("volume " + name +
+                                      ": no in-sync replica reachable (this node holds none)");
   }
-  if (term == kTermUnknown) SHALE_RETURN_IF_ERROR(RecordTermStart(name, m.epoch));
+  SHALE_RETURN_IF_ERROR(MarkReturning(*t, info, m));
   uint64_t epoch = m.epoch;
   for (const auto& [node, why] : lost) {
     // It may have missed writes in flight when the target stopped: the activity log's regions
@@ -653,10 +671,14 @@ void ReplicatedVolumes::OpenPending() {
     {
       std::lock_guard lock(mu_);
       if (resizing_.contains(name)) continue;  // Resize opens it again itself
+      // One open at a time per volume (force-recover opens at once while the repair thread may
+      // be retrying with the membership it read before).
+      if (!opening_.insert(name).second) continue;
     }
     Result<std::shared_ptr<Target>> target = OpenTarget(name);
     if (!target.ok() && !target.status().IsNotFound()) PendingFailed(name, target.status());
     std::lock_guard lock(mu_);
+    opening_.erase(name);
     if (!pending_.contains(name)) continue;  // deleted meanwhile
     if (target.ok() || target.status().IsNotFound()) pending_retry_.erase(name);
     if (target.ok()) {

@@ -290,6 +290,10 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Result<std::shared_ptr<Target>> OpenTarget(const std::string& name);
   // OpenTarget: the membership `m` names this node the target of `name`, attached, with the
   // local replica (of `uuid`) in sync; NotFound when another node serves it or it is detached.
+  // OpenTarget: marks what each replica that is not in sync must have compared when it returns
+  // (a stale one: everything; one out since before this node's term: everything it may hold; one
+  // out during it: its records and the activity log's regions); records the term's start.
+  Status MarkReturning(Target& target, const VolumeInfo& info, const cluster::Membership& m);
   // A target-only anchor (`local_replica` false) needs only the ownership.
   Status CheckServesHere(const std::string& name, const Uuid& uuid, const cluster::Membership& m,
                          bool local_replica);
@@ -412,6 +416,7 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   std::map<std::string, std::string> pending_;  // not open yet: name -> why; guarded by mu_
   // Closed by Resize while their size changes: OpenPending leaves them alone; guarded by mu_.
   std::set<std::string> resizing_;
+  std::set<std::string> opening_;  // OpenPending is opening them now; guarded by mu_
   // The watch of volume records (replicated_qos.cc) and the QoS it saw change for targets here,
   // applied by the repair thread; guarded by mu_.
   std::unique_ptr<cluster::Watcher> qos_watch_;
