@@ -139,6 +139,21 @@ grpc::Status ControlService::GetSnapshot(grpc::ServerContext* ctx,
                                          const v1::GetSnapshotRequest* req, v1::Snapshot* resp) {
   if (Status valid = CheckSnapshotRef(req->name()); !valid.ok()) return Fail(ctx, valid);
   Result<snapshot::SnapshotInfo> snap = snapshots_->Get(req->name());
+  if (!snap.ok() && snap.status().IsNotFound() && replicated_ != nullptr) {
+    // A replicated volume this node holds no replica of: its snapshots are on the replicas.
+    const std::string volume = req->name().substr(0, req->name().find('@'));
+    std::string holders;
+    for (const std::string& n : replicated_->HoldersElsewhere(volume)) {
+      holders += (holders.empty() ? "" : ", ") + n;
+    }
+    if (!holders.empty()) {
+      return Fail(ctx, Status::NotFound("snapshot '" + req->name() +
+                                        "' is not on this node, which holds no replica of "
+                                        "replicated volume '" +
+                                        volume + "': its snapshots' copies are on " + holders +
+                                        " (look there)"));
+    }
+  }
   if (!snap.ok()) return Fail(ctx, snap.status());
   ToProto(*snap, resp);
   AddExportInfo(resp);

@@ -208,6 +208,17 @@ bool ReplicatedVolumes::IsElsewhere(const std::string& name) {
   return store_->GetVolume(name).ok();
 }
 
+std::vector<std::string> ReplicatedVolumes::HoldersElsewhere(const std::string& name) {
+  std::vector<std::string> nodes;
+  if (store_ == nullptr) return nodes;
+  Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(name);
+  if (info.ok() ? !IsTargetOnly(*info) : !info.status().IsNotFound()) return nodes;
+  if (Result<cluster::VolumeRecord> r = store_->GetVolume(name); r.ok()) {
+    for (const cluster::ReplicaMember& m : r->membership.replicas) nodes.push_back(m.node);
+  }
+  return nodes;
+}
+
 std::vector<std::string> ReplicatedVolumes::ReplicaNodes(const std::string& name) {
   std::vector<std::string> nodes;
   if (store_ == nullptr || !IsReplicated(name)) return nodes;

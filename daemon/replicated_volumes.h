@@ -155,6 +155,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // Whether `name` is a replicated volume of the cluster this node holds nothing of (no local
   // volume by that name, a membership in etcd): one it may attach (a target without a replica).
   bool IsElsewhere(const std::string& name);
+  // The nodes holding a replica of `name` when this node holds none (no local volume of that
+  // name, or only a target's anchor): where its snapshots' copies are. Empty otherwise.
+  std::vector<std::string> HoldersElsewhere(const std::string& name);
   // The nodes holding a replica of `name` (its membership); empty when it is not replicated or
   // its membership cannot be read (CSI's accessible topology).
   std::vector<std::string> ReplicaNodes(const std::string& name);

@@ -143,6 +143,7 @@ TEST_F(ReplicationDisklessE2eTest, ANodeWithoutAReplicaServesTheVolumeFromTheOth
   ASSERT_EQ(snap.exit_code, 0) << snap.Describe() << c.DaemonLog();
   EXPECT_EQ(snap.Json()["labels"]["shale.io/snapshot-replicas"], "node-a,node-b") << snap.out;
   ExpectOneLineError(c.Shale({"snapshot", "create", "dv@s1"}), "already exists");
+  ExpectOneLineError(c.Shale({"snapshot", "show", "dv@s1"}), "copies are on node-a, node-b");
   for (Harness* h : {&a, &b}) {
     CommandResult shown = h->Shale({"snapshot", "show", "dv@s1", "-o", "json"});
     ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
