@@ -115,8 +115,9 @@ void NodeCommands::AddCommands(CLI::App& app) {
   CLI::App* drain = node_cmd->add_subcommand(
       "drain",
       "Move every replica off a node: it is cordoned, and the target of each volume with a "
-      "replica there places a new one elsewhere, rebuilds it, then removes the old one; waits "
-      "until the node holds none (exit 1 at the timeout; `node uncordon` ends the drain)");
+      "replica there places a new one elsewhere, rebuilds it, then removes the old one (a volume "
+      "served on the node goes on being served there, from the other replicas); waits until the "
+      "node holds none (exit 1 at the timeout; `node uncordon` ends the drain)");
   drain->add_option("NAME", name_, "Node name")->required();
   drain->add_option("--timeout", timeout_s_, "Seconds to wait (default 3600)")
       ->check(CLI::Range(0.0, 604800.0))

@@ -141,11 +141,6 @@ std::string DrainWait(const std::string& volume, const cluster::Membership& m,
              std::string(cluster::ReplicaStateName(r.state)) + ")";
     }
   }
-  if (m.target == node && !m.detached) {
-    return "served on " + node +
-           " itself: detach it there (or let Kubernetes move its pod) so that another node "
-           "serves it and replaces this replica";
-  }
   if (m.detached) {
     return "detached: the first up node of its in-sync set attaches it to replace this replica "
            "(within seconds; it detaches it again after)";

@@ -77,8 +77,11 @@ bool ReplicatedVolumes::ReplaceStep(const std::shared_ptr<Target>& target,
     std::lock_guard lock(target->mu);
     wanted = !target->being_replaced.empty();
   }
+  // The target's own replica goes only when its node drains (it is up: it serves).
+  const cluster::NodeRecord* self = FindNode(nodes, options_.node_name);
+  const bool self_draining = self != nullptr && self->draining;
   for (const replication::ReplicaStatus& s : live) {
-    wanted = wanted || (!s.local && doomed.contains(s.node));
+    wanted = wanted || (s.local ? self_draining : doomed.contains(s.node));
   }
   if (!wanted) return false;
   Result<cluster::VolumeRecord> record = store_->GetVolume(target->name);
@@ -103,7 +106,11 @@ bool ReplicatedVolumes::ReplaceStep(const std::shared_ptr<Target>& target,
   }
   for (const cluster::ReplicaMember& r : m.replicas) {
     auto why = doomed.find(r.node);
-    if (r.node == options_.node_name || why == doomed.end() || IsReplaced(m, r.node)) continue;
+    const bool own = r.node == options_.node_name;
+    if ((own && (!self_draining || !target->local_replica)) || why == doomed.end() ||
+        IsReplaced(m, r.node)) {
+      continue;
+    }
     {
       std::lock_guard lock(target->mu);
       if (std::chrono::steady_clock::now() < target->repair[r.node].replace_next_try) continue;
@@ -199,6 +206,23 @@ Status ReplicatedVolumes::StartReplace(const std::shared_ptr<Target>& target,
   return Status::Ok();
 }
 
+Status ReplicatedVolumes::RemoveFromLayer(Target& target, const std::string& node, uint64_t epoch,
+                                          std::shared_ptr<replication::ReplicaTarget>* gone) {
+  Status out = Status::Unavailable("not tried");
+  const auto deadline = std::chrono::steady_clock::now() + kRemoveSettle;
+  while (!out.ok() && !out.IsNotFound() && std::chrono::steady_clock::now() < deadline) {
+    std::promise<Status> done;
+    target.reactor->RunSync([&] {
+      if (epoch > target.layer->epoch()) target.layer->SetEpoch(epoch);
+      if (gone != nullptr && *gone == nullptr) *gone = target.layer->Target(node);
+      target.layer->RemoveReplica(node, [&](Status st) { done.set_value(st); });
+    });
+    out = done.get_future().get();
+    if (!out.ok() && !out.IsNotFound()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return out;
+}
+
 void ReplicatedVolumes::FinishReplace(const std::shared_ptr<Target>& target, const std::string& old,
                                       const std::string& by,
                                       const std::vector<cluster::NodeRecord>& nodes) {
@@ -211,21 +235,14 @@ void ReplicatedVolumes::FinishReplace(const std::shared_ptr<Target>& target, con
     return;
   }
   const cluster::Membership& m = removed->membership;
+  if (old == options_.node_name) {
+    FinishLocalReplace(*target, m, by);
+    return;
+  }
   // Out of the layer (a replica that was in sync keeps getting writes until here: more than
   // the store asks for, never fewer). One that is leaving settles first.
   std::shared_ptr<replication::ReplicaTarget> gone;
-  Status out = Status::Unavailable("not tried");
-  const auto deadline = std::chrono::steady_clock::now() + kRemoveSettle;
-  while (!out.ok() && !out.IsNotFound() && std::chrono::steady_clock::now() < deadline) {
-    std::promise<Status> done;
-    target->reactor->RunSync([&] {
-      if (m.epoch > target->layer->epoch()) target->layer->SetEpoch(m.epoch);
-      if (gone == nullptr) gone = target->layer->Target(old);
-      target->layer->RemoveReplica(old, [&](Status st) { done.set_value(st); });
-    });
-    out = done.get_future().get();
-    if (!out.ok() && !out.IsNotFound()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  const Status out = RemoveFromLayer(*target, old, m.epoch, &gone);
   if (!out.ok() && !out.IsNotFound()) {
     SHALE_LOG_ERROR("replaced replica still in the target's layer", {"volume", name}, {"node", old},
                     {"error", out.ToString()});
@@ -254,6 +271,42 @@ void ReplicatedVolumes::FinishReplace(const std::shared_ptr<Target>& target, con
                  {"epoch", m.epoch});
 }
 
+void ReplicatedVolumes::FinishLocalReplace(Target& target, const cluster::Membership& m,
+                                           const std::string& by) {
+  const std::string& name = target.name;
+  const std::string& self = options_.node_name;
+  // Out of the layer first (the store no longer names it: the others have every write), so that
+  // nothing reads or writes it once it is an anchor.
+  const Status out = RemoveFromLayer(target, self, m.epoch, nullptr);
+  if (!out.ok() && !out.IsNotFound()) {
+    // It stays in the layer (it gets every write: more than the store asks for); the target's
+    // next open makes it the anchor (OpenTarget).
+    SHALE_LOG_ERROR("replaced local replica still in the target's layer", {"volume", name},
+                    {"error", out.ToString()});
+    return;
+  }
+  target.reactor->RunSync([&] { target.local_replica = false; });
+  target.handle->volume().set_data_elsewhere(true);
+  {
+    std::lock_guard lock(target.mu);
+    target.being_replaced.erase(self);
+  }
+  SHALE_LOG_INFO("replica replaced", {"volume", name}, {"removed", self}, {"by", by},
+                 {"epoch", m.epoch});
+  // A failure here leaves a replica-labelled volume the membership does not name: the target's
+  // next open finishes the change, as after a crash.
+  Result<VolumeInfo> relabelled = RelabelAsAnchor(name);
+  if (!relabelled.ok()) {
+    SHALE_LOG_ERROR("replaced local replica not made the anchor yet (done at the next open)",
+                    {"volume", name}, {"error", relabelled.status().ToString()});
+    return;
+  }
+  if (Status st = ReleaseAnchorData(target); !st.ok()) {
+    SHALE_LOG_WARN("anchor keeps the data of the replica it was (released at the next open)",
+                   {"volume", name}, {"error", st.ToString()});
+  }
+}
+
 bool ReplicatedVolumes::RemoveIfOrphan(const VolumeInfo& v,
                                        const Result<cluster::VolumeRecord>& record) {
   std::string why;
@@ -271,6 +324,10 @@ bool ReplicatedVolumes::RemoveIfOrphan(const VolumeInfo& v,
               ? "a target-only anchor of a volume detached since"
               : "a target-only anchor of a volume served by " + record->membership.target +
                     " since (taken over while this node was away)";
+  } else if (record->membership.target == options_.node_name && !record->membership.detached) {
+    // The volume this node serves: a replica a drain replaced becomes the target's anchor at its
+    // open (OpenTarget), never an orphan.
+    return false;
   } else if (record->membership.Find(options_.node_name) == nullptr) {
     why = "the membership no longer names this node (its replica was replaced)";
   } else {

@@ -289,4 +289,41 @@ void ReplicatedVolumes::RemoveAnchor(const std::string& name, const std::string&
   SHALE_LOG_INFO("target-only anchor removed", {"volume", name}, {"why", why});
 }
 
+Result<VolumeInfo> ReplicatedVolumes::RelabelAsAnchor(const std::string& name) {
+  Result<VolumeInfo> relabelled =
+      lifecycle_->SetLabels(name, {{replication::kTargetOnlyLabel, "true"}},
+                            /*provisioned_bytes=*/4096, [](uint64_t volume_id, MetaBatch* batch) {
+                              batch->Delete(replication::ReplicaStateKey(volume_id));
+                            });
+  if (!relabelled.ok()) {
+    return relabelled.status().WithContext("make the local volume of " + name +
+                                           " its target's anchor");
+  }
+  SHALE_LOG_WARN("local replica became the target-only anchor (this node holds no replica now)",
+                 {"volume", name});
+  return relabelled;
+}
+
+Status ReplicatedVolumes::ReleaseAnchorData(Target& target) {
+  Volume& volume = target.handle->volume();
+  volume.set_data_elsewhere(true);
+  Result<Volume::SpaceUsage> usage = lifecycle_->engine()->GetVolumeUsage(target.name);
+  if (!usage.ok() || usage->owned_bytes == 0) return usage.status();
+  constexpr uint64_t kStep = 1ull << 30;
+  for (uint64_t off = 0; off < target.size_bytes; off += kStep) {
+    std::promise<Status> done;
+    VolumeIo io;
+    io.op = VolumeOp::kDiscard;
+    io.offset = off;
+    io.length = std::min(kStep, target.size_bytes - off);
+    io.ctx = &done;
+    io.done = [](VolumeIo* d) { static_cast<std::promise<Status>*>(d->ctx)->set_value(d->status); };
+    target.reactor->Post([&] { volume.Submit(&io); });
+    SHALE_RETURN_IF_ERROR(done.get_future().get().WithContext("release the anchor's data"));
+  }
+  SHALE_LOG_INFO("anchor released the data of the replica it was", {"volume", target.name},
+                 {"bytes", usage->owned_bytes});
+  return Status::Ok();
+}
+
 }  // namespace shale::daemon

@@ -2,6 +2,7 @@
 // bookkeeping of its replicas (private to replicated_volumes.cc and replicated_resync.cc).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -76,8 +77,9 @@ struct ReplicatedVolumes::Target {
   std::string local_node;
   // False for a target on a node without a replica: `handle` is then the target-only anchor
   // (kTargetOnlyLabel; it holds no data), every member is remote, and rebuilds, resyncs and
-  // reads use an in-sync remote replica.
-  bool local_replica = true;
+  // reads use an in-sync remote replica. Turns false while the target runs when its own replica
+  // is replaced (a drain of this node: FinishLocalReplace), never back.
+  std::atomic<bool> local_replica{true};
   std::shared_ptr<VolumeHandle> handle;
   Reactor* reactor = nullptr;
   std::unique_ptr<replication::ChangedRegions> changed;

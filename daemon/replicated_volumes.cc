@@ -351,7 +351,14 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   Result<cluster::VolumeRecord> record = store_->GetVolume(name);
   if (!record.ok()) return record.status().WithContext("membership of volume " + name);
   const cluster::Membership& m = record->membership;
-  const bool local_replica = !IsTargetOnly(info);
+  bool local_replica = !IsTargetOnly(info);
+  if (local_replica && m.target == options_.node_name && !m.detached && m.uuid == uuid.ToString() &&
+      m.Find(options_.node_name) == nullptr) {
+    // This node's replica was replaced while it served the volume (a drain), and the target
+    // stopped before its volume became the anchor: that change is finished now.
+    SHALE_ASSIGN_OR_RETURN(info, RelabelAsAnchor(name));
+    local_replica = false;
+  }
   SHALE_RETURN_IF_ERROR(CheckServesHere(name, uuid, m, local_replica));
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
   SHALE_RETURN_IF_ERROR(PrepareLocalReplica(info, m));
@@ -437,6 +444,8 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   });
   SHALE_RETURN_IF_ERROR(ResyncAfterRestart(t));
   if (local_replica) SHALE_RETURN_IF_ERROR(PersistLocalGeneration(*t, info));
+  // An anchor that was this node's replica (a drain) may still hold its data: released here.
+  if (!local_replica) SHALE_RETURN_IF_ERROR(ReleaseAnchorData(*t));
   SHALE_LOG_INFO("target of replicated volume open", {"volume", name}, {"epoch", epoch},
                  {"replicas", m.replicas.size()}, {"unreachable", lost.size()},
                  {"local_replica", local_replica ? 1 : 0});

@@ -51,6 +51,7 @@ class Reactor;
 namespace shale::replication {
 class ReplicaClient;
 class ReplicationLayer;
+class ReplicaTarget;
 struct ReplicaServerOptions;
 struct ReplicaStatus;
 }  // namespace shale::replication
@@ -260,6 +261,19 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // Deletes the anchor of `name` (if there is one), logged; a failure is logged and left to
   // RemoveOrphans.
   void RemoveAnchor(const std::string& name, const std::string& why);
+  // The local replica of `name` becomes its target's anchor (its node was drained while it
+  // served the volume; the membership no longer names it): labelled kTargetOnlyLabel, promising
+  // its pool 4 KiB, its persisted generation gone, in one commit.
+  Result<VolumeInfo> RelabelAsAnchor(const std::string& name);
+  // Discards every block an anchor still holds (a former replica's data), so its pool gets the
+  // space back; logged. Clients are never served from it (data_elsewhere).
+  Status ReleaseAnchorData(Target& target);
+  // Drops `node`'s replica from the target's layer at `epoch` (or newer), retried while it
+  // settles (bounded); *gone (optional) gets its ReplicaTarget first.
+  Status RemoveFromLayer(Target& target, const std::string& node, uint64_t epoch,
+                         std::shared_ptr<replication::ReplicaTarget>* gone);
+  // FinishReplace of the target's own replica: out of the layer, then the anchor (above).
+  void FinishLocalReplace(Target& target, const cluster::Membership& m, const std::string& by);
   // Raises the local replica's epoch to `epoch` and opens the target (replica_takeover.cc).
   Result<std::string> FinishTakeOver(const std::string& name, uint64_t epoch, std::string result);
   // Snapshots (replicated_snapshots.cc): the refusal for a replicated volume whose target is not

@@ -658,15 +658,34 @@ Result<VolumeInfo> Engine::ResizeVolume(std::string_view name, uint64_t new_size
   if (size == current && !extra) return DescribeVolume(vs);
   meta::VolumeRecord rec = vs.record;
   rec.set_size_bytes(size);
+  SHALE_RETURN_IF_ERROR(CommitVolumeRecord(vs, std::move(rec), extra));
+  if (size != current) vs.volume->reactor()->RunSync([&] { vs.volume->Grow(size); });
+  SHALE_LOG_INFO("volume resized", {"volume", std::string(name)}, {"size", size});
+  return DescribeVolume(vs);
+}
+
+Result<VolumeInfo> Engine::SetVolumeLabels(std::string_view name,
+                                           const std::map<std::string, std::string>& labels,
+                                           const VolumeRecords& extra) {
+  std::lock_guard lock(mu_);
+  auto it = volumes_.find(name);
+  if (it == volumes_.end()) return Status::NotFound("volume '" + std::string(name) + "' not found");
+  VolumeSlot& vs = *it->second;
+  meta::VolumeRecord rec = vs.record;
+  for (const auto& [k, v] : labels) (*rec.mutable_labels())[k] = v;
+  SHALE_RETURN_IF_ERROR(CommitVolumeRecord(vs, std::move(rec), extra));
+  return DescribeVolume(vs);
+}
+
+Status Engine::CommitVolumeRecord(VolumeSlot& vs, meta::VolumeRecord rec,
+                                  const VolumeRecords& extra) {
   CommitPipeline::Request req;
   req.batch.Put(keys::Volume(rec.id()), rec.SerializeAsString());
   if (extra) extra(rec.id(), &req.batch);
   req.flush_device = false;
   SHALE_RETURN_IF_ERROR(vs.pool->pool->pipeline().CommitSync(std::move(req)));
-  vs.record = rec;
-  if (size != current) vs.volume->reactor()->RunSync([&] { vs.volume->Grow(size); });
-  SHALE_LOG_INFO("volume resized", {"volume", std::string(name)}, {"size", size});
-  return DescribeVolume(vs);
+  vs.record = std::move(rec);
+  return Status::Ok();
 }
 
 Status Engine::DeleteVolume(std::string_view name, const VolumeRecords& extra) {

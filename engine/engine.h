@@ -210,6 +210,11 @@ class Engine {
   // `extra` (optional) commits with the new size, also when the size does not change.
   Result<VolumeInfo> ResizeVolume(std::string_view name, uint64_t new_size_bytes,
                                   const VolumeRecords& extra = nullptr);
+  // Sets (adds or replaces) labels of a volume, durably, with `extra` (optional) in the same
+  // commit. Labels are names for the layers above; the engine gives them no meaning.
+  Result<VolumeInfo> SetVolumeLabels(std::string_view name,
+                                     const std::map<std::string, std::string>& labels,
+                                     const VolumeRecords& extra = nullptr);
   // Busy while the volume is open; space returns to the pool once the delete is durable.
   // `extra` (optional) commits with the removal of the volume's records (it deletes the upper
   // layers' records of the volume).
@@ -317,6 +322,8 @@ class Engine {
   PoolInfo DescribePool(const PoolSlot& slot) const;
   VolumeInfo DescribeVolume(const VolumeSlot& slot) const;
   Status DeleteVolumeLocked(VolumeSlot& slot, const VolumeRecords& extra = nullptr);
+  // Writes `rec` as the volume's record (with `extra`), durably, then adopts it. Holds mu_.
+  Status CommitVolumeRecord(VolumeSlot& vs, meta::VolumeRecord rec, const VolumeRecords& extra);
   struct ImageSlot;
   PoolSlot* FindPool(std::string_view name);
   Result<PoolSlot*> OnlinePool(std::string_view name);

@@ -76,6 +76,10 @@ TEST_F(EngineTest, VolumesSurviveRestartWithTheirData) {
     EXPECT_EQ(engine_->DeleteVolume("a").code(), StatusCode::kBusy);
   }
   ASSERT_TRUE(engine_->ResizeVolume("a", 128 * kMiB).ok());
+  auto relabelled = engine_->SetVolumeLabels("b", {{"k", "w"}, {"n", "1"}});
+  ASSERT_TRUE(relabelled.ok()) << relabelled.status();
+  EXPECT_EQ(relabelled->labels.at("k"), "w");
+  EXPECT_EQ(engine_->SetVolumeLabels("zz", {{"k", "v"}}).status().code(), StatusCode::kNotFound);
   ASSERT_TRUE(engine_->Shutdown().ok());
   engine_.reset();
   Start();
@@ -85,12 +89,22 @@ TEST_F(EngineTest, VolumesSurviveRestartWithTheirData) {
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(a->size_bytes, 128 * kMiB);
   EXPECT_EQ(a->allocated_bytes, 1 * kMiB);
-  EXPECT_EQ(engine_->GetVolume("b")->labels.at("k"), "v");
+  EXPECT_EQ(engine_->GetVolume("b")->labels.at("k"), "w") << "labels set are durable";
+  EXPECT_EQ(engine_->GetVolume("b")->labels.at("n"), "1");
   auto h = engine_->OpenVolume("a");
   ASSERT_TRUE(h.ok());
   AlignedBuffer buf = AllocateAligned(p.size());
   ASSERT_TRUE(RunVolumeIo((*h)->volume(), VolumeOp::kRead, 4 * kMiB, p.size(), buf.get()).ok());
   EXPECT_EQ(std::vector<uint8_t>(buf.get(), buf.get() + p.size()), p);
+  // A volume whose data a layer above serves from elsewhere reports one data run.
+  (*h)->reactor()->RunSync([&] {
+    EXPECT_EQ((*h)->volume().QueryAllocation(0, 8 * kMiB, 16).size(), 3u);
+    (*h)->volume().set_data_elsewhere(true);
+    auto all = (*h)->volume().QueryAllocation(0, 8 * kMiB, 16);
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(all[0].length, 8 * kMiB);
+    EXPECT_FALSE(all[0].zero);
+  });
 }
 
 TEST_F(EngineTest, ControlOperationsRejectBadInput) {

@@ -589,8 +589,6 @@ void ReplicationLayer::RemoveReplica(const std::string& node, std::function<void
   Status refused;
   if (s == nullptr) {
     refused = Status::NotFound("replica " + node + " is not a replica of " + volume_);
-  } else if (s->target->local()) {
-    refused = Status::FailedPrecondition("the local replica of " + volume_ + " is not removed");
   } else if (s->state == MemberState::kInSync &&
              InSyncCount() <= std::max<size_t>(options_.min_in_sync, 1)) {
     refused = Status::FailedPrecondition("replica " + node + " is one of the last " +

@@ -109,10 +109,11 @@ class ReplicationLayer final : public VolumeLayer {
   // Removes the replica of `node` from the volume (docs/replication.md, "Replacing a replica";
   // the owner recorded its removal in the store first): it gets nothing from now on, is never
   // read, is no longer marked or listed, and its changed regions are dropped; done(status of the
-  // drop). Only a remote replica that is out, or in sync with enough others left (min_in_sync);
+  // drop). Only a replica that is out, or in sync with enough others left (min_in_sync);
   // FailedPrecondition otherwise (a rebuilding, joining or leaving one: retry later). Requests in
   // flight to it still complete; the owner then closes its connection (off the reactor: it holds
-  // a reference from Target(node), taken before) and their failure is ignored.
+  // a reference from Target(node), taken before) and their failure is ignored. The local replica
+  // too (its node is drained while it serves the volume): reads go to the others from then on.
   void RemoveReplica(const std::string& node, std::function<void(Status)> done);
   // Keeps `log` (activity_log.h; outlives the layer) from now on: a write to a region outside it
   // waits for the region's entry to be durable; flushes free regions; a replica that leaves gets

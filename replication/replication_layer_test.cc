@@ -5,6 +5,7 @@
 // writes fail with EIO; a membership store that cannot be reached fails the write rather than
 // acknowledging it on fewer replicas; a target whose epoch is older than a replica's is fenced
 // (EIO, no membership change); snapshots quiesce the writes and reach every in-sync replica.
+#include "engine/volume/volume_test_util.h"
 #include "replication/replication_test_cluster.h"
 
 namespace shale::replication::testing {
@@ -134,7 +135,7 @@ TEST_F(ReplicationLayerTest, BelowMinInSyncWritesFailWithEio) {
 
 // Replacing a replica (a drained node's, or a dead node's): a removed replica gets nothing more,
 // is no longer listed or marked, and I/O goes on without a client error while its connection
-// closes under requests in flight. The last min_in_sync in-sync replicas and the local one stay.
+// closes under requests in flight. The last min_in_sync in-sync replicas stay.
 TEST_F(ReplicationLayerTest, ARemovedReplicaGetsNothingMoreAndItsMarksGo) {
   MakeLayer(2, true, MemberState::kInSync, MemberState::kInSync);
   ASSERT_TRUE(Write(0, Pattern(kMiB, 1)).ok());
@@ -143,7 +144,6 @@ TEST_F(ReplicationLayerTest, ARemovedReplicaGetsNothingMoreAndItsMarksGo) {
     reactor_->Post([&] { layer_->RemoveReplica(node, [&](Status st) { done.set_value(st); }); });
     return done.get_future().get();
   };
-  EXPECT_EQ(remove("node-a").code(), StatusCode::kFailedPrecondition) << "the local replica";
   EXPECT_TRUE(remove("node-z").IsNotFound());
   // node-b, in sync, is removed while writes run; its connection closes with them in flight.
   std::shared_ptr<ReplicaTarget> b;
@@ -172,6 +172,7 @@ TEST_F(ReplicationLayerTest, ARemovedReplicaGetsNothingMoreAndItsMarksGo) {
   EXPECT_EQ(layer_->Target("node-b"), nullptr);
   // Now node-a and node-c are the last two of min_in_sync 2.
   EXPECT_EQ(remove("node-c").code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(remove("node-a").code(), StatusCode::kFailedPrecondition) << "nor the local one";
   // Writes go on, node-b gets nothing and nothing is marked for it.
   ASSERT_TRUE(Write(30 * kMiB, Pattern(4096, 40)).ok());
   ASSERT_TRUE(Flush().ok());
@@ -183,6 +184,36 @@ TEST_F(ReplicationLayerTest, ARemovedReplicaGetsNothingMoreAndItsMarksGo) {
   auto on_b = ReadReplica("node-b", 30 * kMiB, 4096);
   ASSERT_TRUE(on_b.ok()) << on_b.status();
   EXPECT_NE(*on_b, Pattern(4096, 40)) << "node-b got a write after its removal";
+}
+
+// A drain of the node that serves the volume: its local replica is removed once the others
+// suffice; reads are served by the remote in-sync replicas and the local volume gets nothing more.
+TEST_F(ReplicationLayerTest, TheLocalReplicaIsRemovedAndReadsGoToTheOthers) {
+  MakeLayer(1, true, MemberState::kInSync, MemberState::kInSync);
+  ASSERT_TRUE(Write(0, Pattern(kMiB, 1)).ok());
+  std::promise<Status> removed;
+  reactor_->Post(
+      [&] { layer_->RemoveReplica("node-a", [&](Status st) { removed.set_value(st); }); });
+  ASSERT_TRUE(removed.get_future().get().ok());
+  ASSERT_TRUE(Write(2 * kMiB, Pattern(kMiB, 2)).ok());
+  ASSERT_TRUE(Flush().ok());
+  const std::vector<uint8_t> expect(oracle_.begin(), oracle_.begin() + 4 * kMiB);
+  for (int i = 0; i < 4; ++i) {  // round-robin: both remote replicas serve reads
+    auto got = Read(0, 4 * kMiB);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(*got == expect) << "read " << i;
+  }
+  ExpectReplicas({"node-b", "node-c"}, 0, expect);
+  std::vector<ReplicaStatus> listed;
+  reactor_->RunSync([&] { listed = layer_->Replicas(); });
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_FALSE(listed[0].local);
+  AlignedBuffer local = AllocateAligned(kMiB);
+  ASSERT_TRUE(
+      shale::testing::RunVolumeIo(handle_->volume(), VolumeOp::kRead, 2 * kMiB, kMiB, local.get())
+          .ok());
+  EXPECT_NE(std::vector<uint8_t>(local.get(), local.get() + kMiB), Pattern(kMiB, 2))
+      << "the removed local replica got a write";
 }
 
 TEST_F(ReplicationLayerTest, AnUnreachableStoreFailsTheWriteInsteadOfAcknowledgingIt) {

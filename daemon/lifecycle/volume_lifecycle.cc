@@ -238,6 +238,30 @@ Result<VolumeInfo> VolumeLifecycle::Resize(std::string_view name, uint64_t size_
   return resized;
 }
 
+Result<VolumeInfo> VolumeLifecycle::SetLabels(std::string_view name,
+                                              const std::map<std::string, std::string>& labels,
+                                              uint64_t provisioned_bytes,
+                                              const VolumeRecords& extra) {
+  SHALE_RETURN_IF_ERROR(CheckChangeGate());
+  SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
+  std::lock_guard provision(provision_mu_);
+  SHALE_ASSIGN_OR_RETURN(VolumeInfo current, engine_->GetVolume(name));
+  const uint64_t before = capacity_.Promised(current);
+  const uint64_t after = provisioned_bytes != 0 ? provisioned_bytes : before;
+  if (after > before) {
+    SHALE_RETURN_IF_ERROR(capacity_.CheckProvision(
+        current.pool, after - before,
+        "volume '" + std::string(name) + "' promised " + FormatSize(after)));
+  }
+  Result<VolumeInfo> set =
+      engine_->SetVolumeLabels(name, labels, [&](uint64_t volume_id, MetaBatch* batch) {
+        CapacityPolicy::AddPromiseRecord(volume_id, after, batch);
+        if (extra) extra(volume_id, batch);
+      });
+  if (set.ok()) capacity_.AdoptPromise(set->pool, set->id, after);
+  return set;
+}
+
 Status VolumeLifecycle::Delete(std::string_view name_view, const DeleteOptions& options) {
   SHALE_RETURN_IF_ERROR(CheckChangeGate());
   SHALE_RETURN_IF_ERROR(ValidateName("volume", name_view));

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -195,6 +196,12 @@ class VolumeLifecycle {
                             const std::vector<FrontendRecord>& records = {},
                             uint64_t provisioned_bytes = 0,
                             std::vector<std::string>* advice = nullptr);
+  // Sets (adds or replaces) labels of a volume and, when provisioned_bytes != 0, what it
+  // promises its pool (a shrinking promise always passes), with `extra` records of other layers
+  // in the same commit. For a replica that becomes its target's anchor (docs/replication.md).
+  Result<VolumeInfo> SetLabels(std::string_view name,
+                               const std::map<std::string, std::string>& labels,
+                               uint64_t provisioned_bytes, const VolumeRecords& extra = nullptr);
   // Deletes the volume with its clone record, QoS record and every frontend record in one
   // commit. Busy while clients hold it (the message names them), unless options.force.
   Status Delete(std::string_view name, const DeleteOptions& options = {});

@@ -795,6 +795,7 @@ std::vector<Volume::Extent> Volume::QueryAllocation(uint64_t offset, uint64_t le
   const uint64_t size = size_bytes();
   if (offset >= size || length == 0 || max_extents == 0) return out;
   const uint64_t end = std::min(size, offset + length);
+  if (data_elsewhere()) return {Extent{end - offset, /*zero=*/false}};
   uint64_t pos = offset;
   while (pos < end) {
     const uint64_t v = pos >> cluster_shift_;

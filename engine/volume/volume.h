@@ -157,7 +157,11 @@ class Volume final : public VolumeLayer {
     uint64_t length;
     bool zero;
   };
+  // A volume whose data a layer above serves from elsewhere (it holds none of it) answers one
+  // data run for any range: its own map says nothing of what the clients read.
   std::vector<Extent> QueryAllocation(uint64_t offset, uint64_t length, size_t max_extents) const;
+  void set_data_elsewhere(bool elsewhere) { data_elsewhere_.store(elsewhere); }
+  bool data_elsewhere() const { return data_elsewhere_.load(); }
 
   void Start();  // arms the periodic commit
   // Commits every dirty mapping; done(status) runs on the reactor once it is durable.
@@ -252,6 +256,7 @@ class Volume final : public VolumeLayer {
   uint32_t head_;                // chain_.back(), narrowed for fragment comparisons
   std::atomic<uint64_t> size_bytes_;
   std::atomic<uint64_t> owned_clusters_{0};
+  std::atomic<bool> data_elsewhere_{false};
   VolumeCounters counters_;
 
   ClusterMap map_;
