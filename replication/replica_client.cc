@@ -120,7 +120,13 @@ bool IsConnectionLost(const Status& s) { return !s.ok() && s.sys_errno() == ECON
 ReplicaClient::ReplicaClient(ReplicaClientOptions options)
     : options_(std::move(options)), epoch_(options_.epoch) {}
 
-ReplicaClient::~ReplicaClient() { Close(); }
+ReplicaClient::~ReplicaClient() {
+  {
+    std::lock_guard gate(flusher_->mu);  // waits for a flush running on the reactor
+    flusher_->client = nullptr;          // later ones do nothing
+  }
+  Close();
+}
 
 Result<std::unique_ptr<ReplicaClient>> ReplicaClient::Connect(ReplicaClientOptions options) {
   if (options.transport == nullptr || options.completion_reactor == nullptr) {
@@ -143,6 +149,8 @@ Result<std::unique_ptr<ReplicaClient>> ReplicaClient::Connect(ReplicaClientOptio
     c->conn_->Shutdown();
     return st.WithContext(context);
   }
+  c->direct_ = c->conn_->can_try_send();
+  c->flusher_->client = c.get();
   c->sender_ = std::thread([p = c.get()] { p->SenderLoop(); });
   c->receiver_ = std::thread([p = c.get()] { p->ReceiverLoop(); });
   return c;
@@ -200,6 +208,8 @@ ReplicaClientStats ReplicaClient::stats() const {
   s.sends = counters_.sends.load();
   s.bytes_sent = counters_.bytes_sent.load();
   s.posts = counters_.posts.load();
+  s.direct_sends = counters_.direct_sends.load();
+  s.tails = counters_.tails.load();
   return s;
 }
 
@@ -247,7 +257,18 @@ void ReplicaClient::Submit(ReplicaRequest* r) {
                                                                                   : 0;
       queue_.push_back(r);
       live_.emplace(in.id, r);
-      if (sender_idle_) send_cv_.notify_one();
+      if (direct_ && options_.completion_reactor->IsCurrent()) {
+        // Sent by the reactor itself at the end of this completion batch (FlushFromReactor).
+        if (!flush_deferred_) {
+          flush_deferred_ = true;
+          options_.completion_reactor->Defer([f = flusher_] {
+            std::lock_guard gate(f->mu);
+            if (f->client != nullptr) f->client->FlushFromReactor();
+          });
+        }
+      } else if (sender_idle_) {
+        send_cv_.notify_one();
+      }
     }
   }
   Post(std::move(done));
@@ -322,44 +343,119 @@ void ReplicaClient::SenderLoop() {
   while (true) {
     sender_idle_ = true;
     send_cv_.wait(lock, [&] {
-      return closing_ || failed_ || (!queue_.empty() && WindowOpenLocked(queue_.front()));
+      return closing_ || failed_ || !tail_.empty() ||
+             (!direct_sending_ && !queue_.empty() && WindowOpenLocked(queue_.front()));
     });
     sender_idle_ = false;
     if (closing_ || failed_) break;
     std::vector<ReplicaRequest*> batch;
-    uint64_t bytes = 0;
-    while (!queue_.empty() && WindowOpenLocked(queue_.front()) &&
-           batch.size() < kSendBatchRequests && bytes < kSendBatchBytes) {
-      ReplicaRequest* r = queue_.front();
-      queue_.pop_front();
-      r->internal.phase = kSending;
-      ++in_flight_;
-      bytes_in_flight_ += r->internal.window_bytes;
-      bytes += r->internal.window_bytes;
-      batch.push_back(r);
+    std::vector<ConstBuffer> iov;
+    if (!tail_.empty()) {  // the rest of the reactor's send comes first
+      batch = std::move(tail_batch_);
+      iov = std::move(tail_);
+      tail_batch_.clear();
+      tail_.clear();
+      lock.unlock();
+    } else {
+      TakeBatchLocked(&batch);
+      lock.unlock();
+      iov = EncodeBatch(batch);
     }
-    lock.unlock();
-    std::vector<ConstBuffer> iov(2 * batch.size());
-    size_t n = 0;
-    for (ReplicaRequest* r : batch) n += Encode(r, &iov[n]);
-    iov.resize(n);
     Status st = conn_->Send(iov, DeadlineIn(options_.request_timeout));
     counters_.sends.fetch_add(1, std::memory_order_relaxed);
     for (const ConstBuffer& b : iov) counters_.bytes_sent.fetch_add(b.size());
     lock.lock();
     std::vector<ReplicaRequest*> done;
-    for (ReplicaRequest* r : batch) {
-      if (r->internal.deferred) {
-        done.push_back(r);
-      } else if (r->internal.phase == kSending) {
-        r->internal.phase = kSent;
-      }
-    }
+    SentLocked(batch, &done);
     if (!st.ok() && !closing_) FailLocked(ReplicaOutcome::kConnectionLost, st, &done);
     lock.unlock();
     Post(std::move(done));
     lock.lock();
   }
+  // A tail left by the reactor is never sent now: its requests failed with the connection.
+  std::vector<ReplicaRequest*> done;
+  SentLocked(tail_batch_, &done);
+  tail_batch_.clear();
+  tail_.clear();
+  lock.unlock();
+  Post(std::move(done));
+}
+
+void ReplicaClient::TakeBatchLocked(std::vector<ReplicaRequest*>* batch) {
+  uint64_t bytes = 0;
+  while (!queue_.empty() && WindowOpenLocked(queue_.front()) &&
+         batch->size() < kSendBatchRequests && bytes < kSendBatchBytes) {
+    ReplicaRequest* r = queue_.front();
+    queue_.pop_front();
+    r->internal.phase = kSending;
+    ++in_flight_;
+    bytes_in_flight_ += r->internal.window_bytes;
+    bytes += r->internal.window_bytes;
+    batch->push_back(r);
+  }
+}
+
+std::vector<ConstBuffer> ReplicaClient::EncodeBatch(const std::vector<ReplicaRequest*>& batch) {
+  std::vector<ConstBuffer> iov(2 * batch.size());
+  size_t n = 0;
+  for (ReplicaRequest* r : batch) n += Encode(r, &iov[n]);
+  iov.resize(n);
+  return iov;
+}
+
+// The sender no longer references the buffers of `batch`: requests finished meanwhile go to
+// `done`, the others wait for their replies.
+void ReplicaClient::SentLocked(const std::vector<ReplicaRequest*>& batch,
+                               std::vector<ReplicaRequest*>* done) {
+  for (ReplicaRequest* r : batch) {
+    if (r->internal.deferred) {
+      done->push_back(r);
+    } else if (r->internal.phase == kSending) {
+      r->internal.phase = kSent;
+    }
+  }
+}
+
+// On the completion reactor, at the end of the completion batch whose Submits queued requests:
+// sends them with one non-blocking writev when no other send is under way, so a request needs
+// no wake-up of the sender thread; what the socket does not take at once goes to the sender
+// thread, which sends it before anything else.
+void ReplicaClient::FlushFromReactor() {
+  std::vector<ReplicaRequest*> batch;
+  {
+    std::lock_guard lock(mu_);
+    flush_deferred_ = false;
+    if (closing_ || failed_) return;
+    if (!sender_idle_ || !tail_.empty()) return;  // the sender thread sends them after its own
+    TakeBatchLocked(&batch);
+    if (batch.empty()) return;  // the window is full: the sender thread sends them as it opens
+    direct_sending_ = true;
+  }
+  const std::vector<ConstBuffer> iov = EncodeBatch(batch);
+  size_t total = 0;
+  for (const ConstBuffer& b : iov) total += b.size();
+  const Result<size_t> sent = conn_->TrySend(iov);
+  counters_.sends.fetch_add(1, std::memory_order_relaxed);
+  counters_.direct_sends.fetch_add(1, std::memory_order_relaxed);
+  counters_.bytes_sent.fetch_add(sent.ok() ? *sent : 0, std::memory_order_relaxed);
+  std::vector<ReplicaRequest*> done;
+  {
+    std::lock_guard lock(mu_);
+    direct_sending_ = false;
+    if (sent.ok() && *sent < total && !closing_ && !failed_) {
+      counters_.tails.fetch_add(1, std::memory_order_relaxed);
+      tail_batch_ = std::move(batch);
+      tail_ = BytesAfter(iov, *sent);
+    } else {
+      SentLocked(batch, &done);
+      if (!sent.ok() && !closing_)
+        FailLocked(ReplicaOutcome::kConnectionLost, sent.status(), &done);
+    }
+    if (!tail_.empty() || (!queue_.empty() && WindowOpenLocked(queue_.front()))) {
+      send_cv_.notify_one();
+    }
+  }
+  Post(std::move(done));
 }
 
 // Removes the request from the bookkeeping; nobody else finishes it afterwards.

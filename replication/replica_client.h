@@ -132,7 +132,9 @@ struct ReplicaClientStats {
   uint64_t late_replies = 0;  // replies to requests that had timed out
   uint64_t sends = 0;         // writev calls
   uint64_t bytes_sent = 0;
-  uint64_t posts = 0;  // Reactor::Post calls carrying completions
+  uint64_t posts = 0;         // Reactor::Post calls carrying completions
+  uint64_t direct_sends = 0;  // of `sends`: by the completion reactor itself
+  uint64_t tails = 0;         // ... of which the socket took only a part at once
 };
 
 class ReplicaClient {
@@ -167,6 +169,10 @@ class ReplicaClient {
   explicit ReplicaClient(ReplicaClientOptions options);
   Status Handshake(Deadline deadline);
   void SenderLoop();
+  void TakeBatchLocked(std::vector<ReplicaRequest*>* batch);
+  std::vector<ConstBuffer> EncodeBatch(const std::vector<ReplicaRequest*>& batch);
+  void SentLocked(const std::vector<ReplicaRequest*>& batch, std::vector<ReplicaRequest*>* done);
+  void FlushFromReactor();
   void ReceiverLoop();
   size_t Encode(ReplicaRequest* r, ConstBuffer* iov);
   Status HandleReply(const FrameReader::Frame& f, ReplicaRequest* claimed,
@@ -195,12 +201,28 @@ class ReplicaClient {
   uint32_t in_flight_ = 0;        // handed to the sender and unfinished
   uint64_t bytes_in_flight_ = 0;  // their window bytes
   bool sender_idle_ = false;
+  // Sends by the completion reactor itself (FlushFromReactor) on a connection that can send
+  // without waiting: one writer at a time (the reactor only while the sender thread is idle and
+  // no tail is left); the bytes the socket did not take (`tail_`, of `tail_batch_`) go first.
+  bool direct_ = false;  // conn_->can_try_send(); set before the threads start
+  bool flush_deferred_ = false;
+  bool direct_sending_ = false;
+  std::vector<ReplicaRequest*> tail_batch_;
+  std::vector<ConstBuffer> tail_;
+  // Lets a Defer'd flush outlive the client: the destructor clears `client` under `mu` (waiting
+  // for a flush that runs) before anything goes.
+  struct Flusher {
+    std::mutex mu;
+    ReplicaClient* client = nullptr;
+  };
+  std::shared_ptr<Flusher> flusher_ = std::make_shared<Flusher>();
   bool closing_ = false;
   bool failed_ = false;
   Status failure_;
 
   struct Counters {
-    std::atomic<uint64_t> requests{0}, timeouts{0}, late{0}, sends{0}, bytes_sent{0}, posts{0};
+    std::atomic<uint64_t> requests{0}, timeouts{0}, late{0}, sends{0}, bytes_sent{0}, posts{0},
+        direct_sends{0}, tails{0};
   };
   Counters counters_;
 };

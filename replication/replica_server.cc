@@ -12,62 +12,17 @@
 #include "engine/common/uuid.h"
 #include "engine/engine.h"
 #include "engine/pool/keys.h"
+#include "replication/replica_server_conn.h"
 #include "replication/replica_state.h"
 
 namespace shale::replication {
 
+using replica_server_internal::NameThread;
+
 namespace {
 
-constexpr size_t kBatchRequests = 64;            // requests per Reactor::Post
-constexpr size_t kRepliesPerSend = 256;          // replies per writev (2 iovecs each)
-constexpr size_t kBufferCacheBytes = 32 * kMiB;  // idle data buffers kept per connection
-constexpr uint64_t kHashChunkBytes = 1 * kMiB;   // HASH_RANGES reads this much at a time
-
-void NameThread(const char* name) { pthread_setname_np(pthread_self(), name); }
-
-// 4 KiB-aligned data buffers by power-of-two size class, shared by a connection's receiver
-// (takes) and sender (returns).
-class BufferCache {
- public:
-  ~BufferCache() {
-    for (auto& [size, list] : free_) {
-      for (uint8_t* p : list) std::free(p);
-    }
-  }
-  static size_t ClassOf(size_t size) { return std::bit_ceil(std::max<size_t>(size, 4096)); }
-  uint8_t* Get(size_t size) {
-    const size_t cls = ClassOf(size);
-    {
-      std::lock_guard lock(mu_);
-      auto& list = free_[cls];
-      if (!list.empty()) {
-        uint8_t* p = list.back();
-        list.pop_back();
-        cached_ -= cls;
-        return p;
-      }
-    }
-    void* p = std::aligned_alloc(4096, cls);
-    SHALE_CHECK(p != nullptr, "out of memory for a ", cls, "-byte replica buffer");
-    return static_cast<uint8_t*>(p);
-  }
-  void Put(uint8_t* p, size_t size) {
-    if (p == nullptr) return;
-    const size_t cls = ClassOf(size);
-    std::lock_guard lock(mu_);
-    if (cached_ + cls > kBufferCacheBytes) {
-      std::free(p);
-      return;
-    }
-    free_[cls].push_back(p);
-    cached_ += cls;
-  }
-
- private:
-  std::mutex mu_;
-  std::map<size_t, std::vector<uint8_t*>> free_;
-  size_t cached_ = 0;
-};
+constexpr size_t kBatchRequests = 64;           // requests per Reactor::Post
+constexpr uint64_t kHashChunkBytes = 1 * kMiB;  // HASH_RANGES reads this much at a time
 
 uint32_t VolumeFlags(uint16_t wire_flags) {
   uint32_t f = 0;
@@ -118,98 +73,7 @@ Result<ReplicaState> LoadReplicaState(Engine* engine, std::string_view pool, uin
 
 // --- a connection --------------------------------------------------------------------------------
 
-namespace {
-
-struct Request {
-  ReplicaServer::Conn* conn = nullptr;
-  FrameHeader hdr;  // the request's
-  VolumeIo io;
-  uint8_t* data = nullptr;  // READ result, WRITE data, HASH_RANGES scratch (from the cache)
-  size_t data_size = 0;
-  HashRangesRequest hash;
-  uint32_t hash_index = 0;
-  HashRangesReply hashes;
-  InfoRequest info;
-  // The reply.
-  WireStatus status = WireStatus::kOk;
-  std::string payload;      // small payloads and error messages
-  bool reply_data = false;  // the reply's payload is `data` (an OK READ)
-  HeaderBytes reply_header{};
-};
-
-}  // namespace
-
-struct ReplicaServer::Conn {
-  ReplicaServer* server = nullptr;
-  std::unique_ptr<Connection> connection;
-  std::string peer;
-  std::string client_node;
-  std::string volume_name;
-  std::thread receiver;
-  std::thread sender;
-  std::atomic<bool> finished{false};
-  // After OPEN.
-  std::shared_ptr<VolumeHandle> handle;
-  Volume* volume = nullptr;
-  Reactor* reactor = nullptr;
-  std::shared_ptr<VolumeState> state;
-  BufferCache buffers;
-  // Requests between receipt and the end of their reply's send, under mu.
-  std::mutex mu;
-  std::condition_variable room_cv;  // receiver: in-flight bounds; teardown: drained
-  std::condition_variable send_cv;  // sender: replies queued or stop
-  std::vector<Request*> replies;
-  uint32_t in_flight = 0;
-  uint64_t bytes_in_flight = 0;
-  bool sender_stop = false;
-  bool send_failed = false;
-
-  // Any thread (the reactor, the receiver): hands a finished request to the sender.
-  void QueueReply(Request* r) {
-    std::lock_guard lock(mu);
-    replies.push_back(r);
-    if (replies.size() == 1) send_cv.notify_one();
-  }
-  void Reply(Request* r, WireStatus status, std::string_view message) {
-    r->status = status;
-    r->reply_data = false;
-    r->payload.clear();
-    if (status != WireStatus::kOk) Encode(ErrorReply{std::string(message)}, &r->payload);
-    QueueReply(r);
-  }
-  void ReplyStatus(Request* r, const Status& st) {
-    Reply(r, WireStatusFromStatus(st), st.message());
-  }
-  Request* NewRequest(const FrameHeader& h, size_t data_size) {
-    auto* r = new Request;
-    r->conn = this;
-    r->hdr = h;
-    r->data_size = data_size;
-    if (data_size > 0) r->data = buffers.Get(data_size);
-    std::lock_guard lock(mu);
-    ++in_flight;
-    bytes_in_flight += data_size;
-    return r;
-  }
-  void FreeRequest(Request* r) {
-    buffers.Put(r->data, r->data_size);
-    std::lock_guard lock(mu);
-    --in_flight;
-    bytes_in_flight -= r->data_size;
-    room_cv.notify_all();
-    delete r;
-  }
-
-  void SenderLoop();
-  void SendReplies(std::vector<Request*>& batch);
-  void Dispatch(Request* r);
-  void HashStep(Request* r);
-  void GetInfo(Request* r);
-  Status HandleFrame(const FrameReader::Frame& f, uint8_t* data, std::vector<Request*>* batch);
-  Status HandleControl(const FrameReader::Frame& f, std::vector<Request*>* batch);
-  void Flush(std::vector<Request*>* batch);
-  void ServeRequests(FrameReader* reader);
-};
+using replica_server_internal::Request;
 
 namespace {
 
@@ -235,55 +99,6 @@ void OnHashRead(VolumeIo* io) {
 }
 
 }  // namespace
-
-void ReplicaServer::Conn::SenderLoop() {
-  NameThread("repl-send");
-  std::unique_lock lock(mu);
-  while (true) {
-    send_cv.wait(lock, [&] { return !replies.empty() || sender_stop; });
-    if (replies.empty()) break;
-    std::vector<Request*> batch;
-    batch.swap(replies);
-    lock.unlock();
-    for (size_t i = 0; i < batch.size(); i += kRepliesPerSend) {
-      std::vector<Request*> part(
-          batch.begin() + static_cast<std::ptrdiff_t>(i),
-          batch.begin() + static_cast<std::ptrdiff_t>(std::min(batch.size(), i + kRepliesPerSend)));
-      SendReplies(part);
-    }
-    lock.lock();
-  }
-}
-
-// Seals and sends replies (unless the send side failed), then frees them.
-void ReplicaServer::Conn::SendReplies(std::vector<Request*>& batch) {
-  if (!send_failed) {
-    std::vector<ConstBuffer> iov;
-    iov.reserve(2 * batch.size());
-    const uint64_t epoch = state ? state->fence.load(std::memory_order_acquire) : 0;
-    for (Request* r : batch) {
-      FrameHeader h;
-      h.type = r->hdr.type | kReplyBit;
-      h.status = static_cast<uint32_t>(r->status);
-      h.request_id = r->hdr.request_id;
-      h.epoch = epoch;
-      const ConstBuffer body =
-          r->reply_data ? ConstBuffer(r->data, r->io.length) : AsBytes(r->payload);
-      r->reply_header = SealFrame(h, {body});
-      iov.push_back(r->reply_header);
-      iov.push_back(body);
-    }
-    const Status st = connection->Send(iov, DeadlineIn(server->options_.send_timeout));
-    if (!st.ok()) {
-      send_failed = true;
-      SHALE_LOG_WARN("replica connection: sending replies failed", {"peer", peer},
-                     {"volume", volume_name}, {"error", st.ToString()});
-      connection->Shutdown();
-    }
-  }
-  server->counters_.requests.fetch_add(batch.size(), std::memory_order_relaxed);
-  for (Request* r : batch) FreeRequest(r);
-}
 
 // On the volume's reactor.
 void ReplicaServer::Conn::Dispatch(Request* r) {
@@ -649,6 +464,8 @@ ReplicaServerStats ReplicaServer::stats() const {
   s.protocol_errors = counters_.protocol_errors.load();
   s.requests = counters_.requests.load();
   s.stale_epoch_replies = counters_.stale.load();
+  s.direct_reply_sends = counters_.direct_sends.load();
+  s.reply_tails = counters_.tails.load();
   std::lock_guard lock(mu_);
   for (const auto& c : conns_) s.connections_active += !c->finished.load();
   return s;
@@ -868,6 +685,7 @@ void ReplicaServer::Serve(Conn* c) {
     SHALE_LOG_WARN(protocol ? "replica connection closed: bad frame" : "replica handshake failed",
                    {"peer", c->peer}, {"error", ready.status().ToString()});
   } else if (*ready) {
+    c->direct_replies = c->connection->can_try_send();
     c->sender = std::thread([c] { c->SenderLoop(); });
     c->ServeRequests(&reader);
   }

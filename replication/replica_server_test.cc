@@ -373,6 +373,48 @@ TEST_F(ReplicaServiceTest, ManyInFlightCompleteOutOfOrder) {
   EXPECT_EQ(ops.front()->r.hashes.size(), 1024u);
 }
 
+// Over plain TCP the reactors send themselves (no sender-thread hop): requests queued in one
+// completion batch go out with one non-blocking writev at its end, replies likewise. Batches far
+// larger than the socket takes at once leave a tail that the sender thread finishes before
+// anything else: the streams stay intact both ways (every write lands, every read returns its
+// data, in any order of completion).
+TEST_F(ReplicaServiceTest, TheReactorsSendThemselvesAndTheSenderThreadsFinishTheirTails) {
+  ReplicaClientOptions o = ClientOptions(1);
+  o.transport = &tcp_;  // (the fault-injecting transport never sends without waiting)
+  auto connected = ReplicaClient::Connect(std::move(o));
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  std::unique_ptr<ReplicaClient> c = std::move(connected).value();
+  constexpr int kOps = 6;
+  constexpr uint64_t kLen = kMaxIoBytes;  // 8 MiB
+  auto run = [&](ReplicaOp op) {
+    std::vector<std::unique_ptr<Op>> ops;
+    for (int i = 0; i < kOps; ++i) {
+      ops.push_back(std::make_unique<Op>(op, uint64_t(i) * kLen, kLen));
+      if (op == ReplicaOp::kWrite) ops.back()->buf = Pattern(kLen, 900 + i);
+      ops.back()->r.buf = ops.back()->buf.data();
+    }
+    reactor_->Post([&] {
+      for (auto& x : ops) c->Submit(&x->r);
+    });
+    for (auto& x : ops) {
+      EXPECT_TRUE(x->Wait());
+      EXPECT_EQ(x->r.outcome, ReplicaOutcome::kOk) << x->r.status;
+    }
+    return ops;
+  };
+  (void)run(ReplicaOp::kWrite);
+  const std::vector<std::unique_ptr<Op>> reads = run(ReplicaOp::kRead);
+  for (int i = 0; i < kOps; ++i) {
+    EXPECT_TRUE(reads[static_cast<size_t>(i)]->buf == Pattern(kLen, 900 + i)) << "read " << i;
+  }
+  const ReplicaClientStats cs = c->stats();
+  EXPECT_GT(cs.direct_sends, 0u);
+  EXPECT_GT(cs.tails, 0u) << "48 MiB in one batch: the socket took a part";
+  const ReplicaServerStats ss = server_->stats();
+  EXPECT_GT(ss.direct_reply_sends, 0u);
+  EXPECT_GT(ss.reply_tails, 0u) << "8 MiB read replies: the socket took a part";
+}
+
 // --- epochs -------------------------------------------------------------------------------------
 
 // A target's own requests sent before one that raises its epoch (after a replica's leave or join

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <climits>
@@ -99,10 +100,62 @@ void Tune(int fd, const TcpOptions& o) {
   setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
 }
 
+}  // namespace
+
+Result<size_t> Connection::TrySend(std::span<const ConstBuffer>) {
+  return Status::NotSupported("this connection cannot send without waiting");
+}
+
+std::vector<ConstBuffer> BytesAfter(std::span<const ConstBuffer> buffers, size_t sent) {
+  std::vector<ConstBuffer> out;
+  for (const ConstBuffer& b : buffers) {
+    if (sent >= b.size()) {
+      sent -= b.size();
+      continue;
+    }
+    out.push_back(b.subspan(sent));
+    sent = 0;
+  }
+  return out;
+}
+
+namespace {
+
 class TcpConnection final : public Connection {
  public:
   TcpConnection(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)) {}
   ~TcpConnection() override { ::close(fd_); }
+
+  bool can_try_send() const override { return true; }
+  Result<size_t> TrySend(std::span<const ConstBuffer> buffers) override {
+    std::array<iovec, IOV_MAX> iov;
+    size_t sent = 0;
+    size_t next = 0;  // the first buffer not yet in a sendmsg
+    while (next < buffers.size()) {
+      size_t count = 0;
+      size_t want = 0;
+      for (; next < buffers.size() && count < iov.size(); ++next) {
+        if (buffers[next].empty()) continue;
+        iov[count++] = {const_cast<uint8_t*>(buffers[next].data()), buffers[next].size()};
+        want += buffers[next].size();
+      }
+      if (count == 0) break;
+      msghdr msg{};
+      msg.msg_iov = iov.data();
+      msg.msg_iovlen = count;
+      ssize_t n = -1;
+      do {
+        n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      } while (n < 0 && errno == EINTR);
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return sent;
+        return Status::FromErrno(errno, "send to " + peer_);
+      }
+      sent += static_cast<size_t>(n);
+      if (static_cast<size_t>(n) < want) return sent;
+    }
+    return sent;
+  }
 
   Status Send(std::span<const ConstBuffer> buffers, Deadline deadline) override {
     std::vector<iovec> iov;

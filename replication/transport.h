@@ -47,6 +47,12 @@ class Connection {
   // Sends every byte of `buffers`, in order, by `deadline`. An error (a timeout included: part
   // of the bytes may have left) means the stream is broken; the caller shuts it down.
   virtual Status Send(std::span<const ConstBuffer> buffers, Deadline deadline) = 0;
+  // Whether TrySend works on this connection (plain TCP: yes; TLS and fault injection: no).
+  virtual bool can_try_send() const { return false; }
+  // Sends what the socket takes now, without waiting, from the start of `buffers`: the bytes
+  // sent (0 when it would block). Only where can_try_send(); an error breaks the stream as
+  // Send's does. Never concurrently with Send (the caller orders its writers).
+  virtual Result<size_t> TrySend(std::span<const ConstBuffer> buffers);
   // Receives 1..buf.size() bytes; 0 means the peer ended the stream. IsTimedOut() when nothing
   // arrived by `deadline` (the connection stays usable); any other error breaks it.
   virtual Result<size_t> Recv(std::span<uint8_t> buf, Deadline deadline) = 0;
@@ -56,6 +62,9 @@ class Connection {
   // "ADDRESS:PORT" of the peer, for logs.
   virtual const std::string& peer() const = 0;
 };
+
+// The part of `buffers` after its first `sent` bytes (views into the same memory).
+std::vector<ConstBuffer> BytesAfter(std::span<const ConstBuffer> buffers, size_t sent);
 
 class Listener {
  public:
