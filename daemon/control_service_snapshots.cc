@@ -3,6 +3,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <set>
+#include <string_view>
+#include <utility>
 
 #include "daemon/control_service.h"
 #include "daemon/control_service_internal.h"
@@ -131,6 +134,25 @@ grpc::Status ControlService::ListSnapshots(grpc::ServerContext* ctx,
     v1::Snapshot* out = resp->add_snapshots();
     ToProto(snap, out);
     AddExportInfo(out);
+  }
+  // Volumes this node serves without a replica: their snapshots are their replicas' copies
+  // (a copy this node kept from when it held a replica is listed once, as the local one).
+  if (replicated_ != nullptr) {
+    std::set<std::string> local;
+    for (const snapshot::SnapshotInfo& snap : *snaps) local.insert(snap.full_name());
+    bool added = false;
+    for (const snapshot::SnapshotInfo& snap : replicated_->RemoteSnapshots(req->volume())) {
+      if (local.contains(snap.full_name())) continue;
+      ToProto(snap, resp->add_snapshots());  // (not exported here: no local copy)
+      added = true;
+    }
+    if (added) {
+      std::stable_sort(resp->mutable_snapshots()->begin(), resp->mutable_snapshots()->end(),
+                       [](const v1::Snapshot& x, const v1::Snapshot& y) {
+                         return std::make_pair(std::string_view(x.volume()), x.created_unix_ns()) <
+                                std::make_pair(std::string_view(y.volume()), y.created_unix_ns());
+                       });
+    }
   }
   return grpc::Status::OK;
 }

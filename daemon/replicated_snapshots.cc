@@ -412,6 +412,18 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
     if (taken.ok()) SHALE_LOG_INFO("replica snapshot taken", {"snapshot", ref});
     return taken.status();
   };
+  options->list_snapshots =
+      [lifecycle](const std::string& volume) -> Result<std::vector<replication::SnapshotEntry>> {
+    SHALE_ASSIGN_OR_RETURN(std::vector<snapshot::SnapshotInfo> listed,
+                           lifecycle->snapshots()->List({.volume = volume, .with_space = false}));
+    std::vector<replication::SnapshotEntry> out;
+    for (snapshot::SnapshotInfo& s : listed) {
+      out.push_back({s.name, s.created_unix_ns, s.size_bytes,
+                     s.digest_state == snapshot::DigestState::kReady ? s.digest : "",
+                     std::move(s.labels)});
+    }
+    return out;
+  };
   options->snapshot_digest = [lifecycle](const std::string& volume, const std::string& name) {
     return lifecycle->snapshots()->Verify(volume + "@" + name);
   };
@@ -534,6 +546,54 @@ Result<bool> ReplicatedVolumes::DeleteCopiesElsewhere(const std::string& volume,
   SHALE_LOG_INFO("snapshot of a replicated volume deleted on its replicas",
                  {"snapshot", volume + "@" + name}, {"replicas", JoinNodes(holders)});
   return true;
+}
+
+std::vector<snapshot::SnapshotInfo> ReplicatedVolumes::RemoteSnapshots(const std::string& volume) {
+  std::vector<snapshot::SnapshotInfo> out;
+  std::vector<std::shared_ptr<Target>> served;
+  for (std::shared_ptr<Target>& t : Targets()) {
+    if (!t->local_replica && (volume.empty() || t->name == volume)) served.push_back(std::move(t));
+  }
+  if (served.empty()) return out;
+  Result<std::vector<cluster::NodeRecord>> nodes = cluster_->ListNodes();
+  if (!nodes.ok()) return out;
+  for (const std::shared_ptr<Target>& t : served) {
+    std::vector<replication::ReplicaStatus> live;
+    t->reactor->RunSync([&] { live = t->layer->Replicas(); });
+    Status last = Status::Unavailable("no in-sync replica is up");
+    for (const replication::ReplicaStatus& r : live) {
+      const cluster::NodeRecord* n = FindNode(*nodes, r.node);
+      if (r.state != MemberState::kInSync || n == nullptr || !n->up) continue;
+      replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
+                                             options_.secret, transport_, options_.connect_timeout};
+      Result<replication::SnapshotList> listed =
+          replication::ListReplicaSnapshots(admin, {t->name, t->uuid, t->size_bytes, ""});
+      if (!listed.ok()) {
+        last = listed.status().WithContext("node " + r.node);
+        continue;
+      }
+      for (replication::SnapshotEntry& e : listed->snapshots) {
+        snapshot::SnapshotInfo info;
+        info.volume = t->name;
+        info.name = std::move(e.name);
+        info.source_volume_live = true;
+        info.size_bytes = e.size_bytes;
+        info.created_unix_ns = e.created_unix_ns;
+        info.labels = std::move(e.labels);
+        info.digest_state =
+            e.digest.empty() ? snapshot::DigestState::kPending : snapshot::DigestState::kReady;
+        info.digest = std::move(e.digest);
+        out.push_back(std::move(info));
+      }
+      last = Status::Ok();
+      break;
+    }
+    if (!last.ok()) {
+      SHALE_LOG_WARN("snapshots of a volume served without a replica not listed",
+                     {"volume", t->name}, {"error", last.ToString()});
+    }
+  }
+  return out;
 }
 
 }  // namespace shale::daemon

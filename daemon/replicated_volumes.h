@@ -159,6 +159,11 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // The nodes holding a replica of `name` when this node holds none (no local volume of that
   // name, or only a target's anchor): where its snapshots' copies are. Empty otherwise.
   std::vector<std::string> HoldersElsewhere(const std::string& name);
+  // The snapshots of the volumes this node serves without a replica of its own (`volume`: that
+  // one only; "": every one), read from an in-sync replica of each (LIST_SNAPSHOTS): what
+  // `snapshot list` shows for them here. A volume none of whose replicas answers is left out
+  // (logged).
+  std::vector<snapshot::SnapshotInfo> RemoteSnapshots(const std::string& volume);
   // The nodes holding a replica of `name` (its membership); empty when it is not replicated or
   // its membership cannot be read (CSI's accessible topology).
   std::vector<std::string> ReplicaNodes(const std::string& name);

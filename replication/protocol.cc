@@ -7,87 +7,13 @@
 #include <cstddef>
 #include <cstring>
 
+#include "replication/protocol_codec.h"
+
 namespace shale::replication {
+
+using namespace protocol_codec;  // NOLINT: the codec helpers
+
 namespace {
-
-#define FIELD(wire, field) offsetof(wire, field)
-
-Status Malformed(std::string_view what) {
-  return Status::Corruption("replica protocol: " + std::string(what));
-}
-
-// The payload must be exactly `size` bytes.
-Status Exactly(std::span<const uint8_t> p, size_t size, std::string_view what) {
-  if (p.size() != size) {
-    return Malformed(std::string(what) + " payload of " + std::to_string(p.size()) +
-                     " bytes, expected " + std::to_string(size));
-  }
-  return Status::Ok();
-}
-
-Status ReservedZero(uint64_t v, std::string_view what) {
-  return v == 0 ? Status::Ok() : Malformed(std::string(what) + ": reserved field is not zero");
-}
-
-// A string of at most `max` bytes after a fixed part at `p[fixed..]`, exactly filling the rest.
-Status TakeString(std::span<const uint8_t> p, size_t fixed, uint32_t length, size_t max,
-                  bool allow_empty, std::string_view what, std::string* out) {
-  if (length > max) return Malformed(std::string(what) + " longer than " + std::to_string(max));
-  if (length == 0 && !allow_empty) return Malformed(std::string(what) + " is empty");
-  if (p.size() - fixed != length) {
-    return Malformed(std::string(what) + " length " + std::to_string(length) +
-                     " does not match the payload");
-  }
-  out->assign(reinterpret_cast<const char*>(p.data() + fixed), length);
-  return Status::Ok();
-}
-
-void AppendZeros(std::string* out, size_t n) { out->append(n, '\0'); }
-
-// Snapshot labels on the wire: "KEY=VALUE\n" per label, keys in increasing order (a Labels map's
-// order: one encoding per set of labels).
-std::string LabelLines(const Labels& labels) {
-  std::string out;
-  for (const auto& [k, v] : labels) out += k + "=" + v + "\n";
-  return out;
-}
-
-Status ParseLabelLines(std::string_view lines, Labels* out) {
-  out->clear();
-  while (!lines.empty()) {
-    const size_t end = lines.find('\n');
-    if (end == std::string_view::npos) return Malformed("snapshot labels: a line without its end");
-    Result<std::pair<std::string, std::string>> label = ParseLabel(lines.substr(0, end));
-    if (!label.ok()) return Malformed("snapshot labels: " + label.status().ToString());
-    if (!out->empty() && !(out->rbegin()->first < label->first)) {
-      return Malformed("snapshot labels: keys repeated or out of order");
-    }
-    out->insert(out->end(), std::move(label).value());
-    lines.remove_prefix(end + 1);
-  }
-  if (out->size() > kMaxLabels) return Malformed("snapshot labels: too many");
-  return Status::Ok();
-}
-uint8_t* Tail(std::string* out, size_t n) {
-  const size_t at = out->size();
-  AppendZeros(out, n);
-  return reinterpret_cast<uint8_t*>(out->data() + at);
-}
-
-void AppendString(std::string* out, std::string_view s, size_t max) {
-  s = s.substr(0, max);
-  uint8_t* w = Tail(out, sizeof(WireString));
-  PutU32(w + FIELD(WireString, length), static_cast<uint32_t>(s.size()));
-  out->append(s);
-}
-
-Status TakeWireString(std::span<const uint8_t> p, size_t max, bool allow_empty,
-                      std::string_view what, std::string* out) {
-  if (p.size() < sizeof(WireString)) return Malformed(std::string(what) + ": payload too short");
-  SHALE_RETURN_IF_ERROR(ReservedZero(GetU32(p.data() + FIELD(WireString, reserved)), what));
-  return TakeString(p, sizeof(WireString), GetU32(p.data() + FIELD(WireString, length)), max,
-                    allow_empty, what, out);
-}
 
 bool IsKnownType(uint8_t t) { return t >= 1 && t <= kMaxMsgType; }
 
@@ -125,6 +51,8 @@ std::pair<uint32_t, uint32_t> OkReplyBounds(MsgType t) {
       return {sizeof(WireReplicaStat), sizeof(WireReplicaStat)};
     case MsgType::kSnapshotDigest:
       return {sizeof(WireString) + 1, sizeof(WireString) + kMaxDigestLength};
+    case MsgType::kListSnapshots:
+      return {sizeof(WireCount), kMaxSnapshotListBytes};
     default:  // WRITE, WRITE_ZEROES, DISCARD, FLUSH, SNAPSHOT, DELETE_REPLICA, DELETE_SNAPSHOT,
               // TAKE_SNAPSHOT
       return {0, 0};
@@ -162,6 +90,7 @@ std::pair<uint32_t, uint32_t> RequestBounds(MsgType t) {
                                                  kMaxPoolNameLength + kMaxSourceLength};
     case MsgType::kDeleteReplica:
     case MsgType::kStatReplica:
+    case MsgType::kListSnapshots:
       return {sizeof(WireReplicaRef) + 1, sizeof(WireReplicaRef) + kMaxVolumeNameLength};
     case MsgType::kSnapshotDigest:
     case MsgType::kDeleteSnapshot:
@@ -235,6 +164,8 @@ std::string_view MsgTypeName(MsgType type) {
       return "DELETE_SNAPSHOT";
     case MsgType::kTakeSnapshot:
       return "TAKE_SNAPSHOT";
+    case MsgType::kListSnapshots:
+      return "LIST_SNAPSHOTS";
   }
   return "UNKNOWN";
 }
@@ -718,131 +649,6 @@ Status Decode(std::span<const uint8_t> p, SnapshotRequest* m) {
   const auto* text = reinterpret_cast<const char*>(p.data() + sizeof(WireString));
   m->name.assign(text, name_length);
   return ParseLabelLines(std::string_view(text + name_length, labels_length), &m->labels);
-}
-
-void Encode(const CreateReplicaRequest& m, std::string* out) {
-  uint8_t* w = Tail(out, sizeof(WireCreateReplica));
-  std::memcpy(w + FIELD(WireCreateReplica, volume_uuid), m.volume_uuid.data(), 16);
-  PutU64(w + FIELD(WireCreateReplica, size_bytes), m.size_bytes);
-  PutU16(w + FIELD(WireCreateReplica, volume_name_length), static_cast<uint16_t>(m.volume.size()));
-  PutU16(w + FIELD(WireCreateReplica, pool_name_length), static_cast<uint16_t>(m.pool.size()));
-  PutU16(w + FIELD(WireCreateReplica, source_length), static_cast<uint16_t>(m.source.size()));
-  out->append(m.volume);
-  out->append(m.pool);
-  out->append(m.source);
-}
-
-Status Decode(std::span<const uint8_t> p, CreateReplicaRequest* m) {
-  if (p.size() < sizeof(WireCreateReplica)) return Malformed("CREATE_REPLICA payload too short");
-  const uint8_t* r = p.data();
-  SHALE_RETURN_IF_ERROR(
-      ReservedZero(GetU16(r + FIELD(WireCreateReplica, reserved)), "CREATE_REPLICA"));
-  std::memcpy(m->volume_uuid.data(), r + FIELD(WireCreateReplica, volume_uuid), 16);
-  m->size_bytes = GetU64(r + FIELD(WireCreateReplica, size_bytes));
-  const uint16_t name_length = GetU16(r + FIELD(WireCreateReplica, volume_name_length));
-  const uint16_t pool_length = GetU16(r + FIELD(WireCreateReplica, pool_name_length));
-  const uint16_t source_length = GetU16(r + FIELD(WireCreateReplica, source_length));
-  if (name_length == 0 || name_length > kMaxVolumeNameLength || pool_length > kMaxPoolNameLength ||
-      source_length > kMaxSourceLength || (source_length > 0 && source_length < 3)) {
-    return Malformed("CREATE_REPLICA name lengths out of range");
-  }
-  if (p.size() != sizeof(WireCreateReplica) + name_length + pool_length + source_length) {
-    return Malformed("CREATE_REPLICA name lengths do not match the payload");
-  }
-  if (m->size_bytes == 0) return Malformed("CREATE_REPLICA of size 0");
-  const auto* names = reinterpret_cast<const char*>(r + sizeof(WireCreateReplica));
-  m->volume.assign(names, name_length);
-  m->pool.assign(names + name_length, pool_length);
-  m->source.assign(names + name_length + pool_length, source_length);
-  if (!m->source.empty() && m->source.find('@') == std::string::npos) {
-    return Malformed("CREATE_REPLICA source is not VOLUME@SNAP");
-  }
-  return Status::Ok();
-}
-
-void Encode(const ReplicaRef& m, std::string* out) {
-  uint8_t* w = Tail(out, sizeof(WireReplicaRef));
-  std::memcpy(w + FIELD(WireReplicaRef, volume_uuid), m.volume_uuid.data(), 16);
-  PutU16(w + FIELD(WireReplicaRef, volume_name_length), static_cast<uint16_t>(m.volume.size()));
-  out->append(m.volume);
-}
-
-Status Decode(std::span<const uint8_t> p, ReplicaRef* m) {
-  if (p.size() < sizeof(WireReplicaRef)) return Malformed("replica reference too short");
-  const uint8_t* r = p.data();
-  SHALE_RETURN_IF_ERROR(ReservedZero(
-      GetU16(r + FIELD(WireReplicaRef, reserved)) | GetU32(r + FIELD(WireReplicaRef, reserved2)),
-      "replica reference"));
-  std::memcpy(m->volume_uuid.data(), r + FIELD(WireReplicaRef, volume_uuid), 16);
-  return TakeString(p, sizeof(WireReplicaRef),
-                    GetU16(r + FIELD(WireReplicaRef, volume_name_length)), kMaxVolumeNameLength,
-                    false, "replica volume name", &m->volume);
-}
-
-void Encode(const SnapshotRef& m, std::string* out) {
-  uint8_t* w = Tail(out, sizeof(WireSnapshotRef));
-  std::memcpy(w + FIELD(WireSnapshotRef, volume_uuid), m.volume_uuid.data(), 16);
-  PutU16(w + FIELD(WireSnapshotRef, volume_name_length), static_cast<uint16_t>(m.volume.size()));
-  PutU16(w + FIELD(WireSnapshotRef, snapshot_name_length),
-         static_cast<uint16_t>(m.snapshot.size()));
-  const std::string labels = LabelLines(m.labels);
-  PutU32(w + FIELD(WireSnapshotRef, labels_length), static_cast<uint32_t>(labels.size()));
-  out->append(m.volume);
-  out->append(m.snapshot);
-  out->append(labels);
-}
-
-Status Decode(std::span<const uint8_t> p, SnapshotRef* m) {
-  if (p.size() < sizeof(WireSnapshotRef)) return Malformed("snapshot reference too short");
-  const uint8_t* r = p.data();
-  std::memcpy(m->volume_uuid.data(), r + FIELD(WireSnapshotRef, volume_uuid), 16);
-  const uint16_t volume_length = GetU16(r + FIELD(WireSnapshotRef, volume_name_length));
-  const uint16_t snapshot_length = GetU16(r + FIELD(WireSnapshotRef, snapshot_name_length));
-  const uint32_t labels_length = GetU32(r + FIELD(WireSnapshotRef, labels_length));
-  if (volume_length == 0 || volume_length > kMaxVolumeNameLength || snapshot_length == 0 ||
-      snapshot_length > kMaxSnapshotNameLength || labels_length > kMaxSnapshotLabelsLength) {
-    return Malformed("snapshot reference lengths out of range");
-  }
-  if (p.size() != sizeof(WireSnapshotRef) + volume_length + snapshot_length + labels_length) {
-    return Malformed("snapshot reference lengths do not match the payload");
-  }
-  const auto* names = reinterpret_cast<const char*>(r + sizeof(WireSnapshotRef));
-  m->volume.assign(names, volume_length);
-  m->snapshot.assign(names + volume_length, snapshot_length);
-  return ParseLabelLines(std::string_view(names + volume_length + snapshot_length, labels_length),
-                         &m->labels);
-}
-
-void Encode(const SnapshotDigest& m, std::string* out) {
-  AppendString(out, m.digest, kMaxDigestLength);
-}
-
-Status Decode(std::span<const uint8_t> p, SnapshotDigest* m) {
-  return TakeWireString(p, kMaxDigestLength, false, "snapshot digest", &m->digest);
-}
-
-void Encode(const ReplicaStat& m, std::string* out) {
-  uint8_t* w = Tail(out, sizeof(WireReplicaStat));
-  PutU64(w + FIELD(WireReplicaStat, size_bytes), m.size_bytes);
-  PutU64(w + FIELD(WireReplicaStat, allocated_bytes), m.allocated_bytes);
-  PutU64(w + FIELD(WireReplicaStat, epoch), m.epoch);
-  PutU64(w + FIELD(WireReplicaStat, generation), m.generation);
-  PutU32(w + FIELD(WireReplicaStat, flags), m.created ? kStatCreated : 0);
-}
-
-Status Decode(std::span<const uint8_t> p, ReplicaStat* m) {
-  SHALE_RETURN_IF_ERROR(Exactly(p, sizeof(WireReplicaStat), "replica stat"));
-  const uint8_t* r = p.data();
-  SHALE_RETURN_IF_ERROR(ReservedZero(GetU32(r + FIELD(WireReplicaStat, reserved)), "replica stat"));
-  const uint32_t flags = GetU32(r + FIELD(WireReplicaStat, flags));
-  if ((flags & ~kStatCreated) != 0) return Malformed("replica stat: unknown flags");
-  m->size_bytes = GetU64(r + FIELD(WireReplicaStat, size_bytes));
-  m->allocated_bytes = GetU64(r + FIELD(WireReplicaStat, allocated_bytes));
-  m->epoch = GetU64(r + FIELD(WireReplicaStat, epoch));
-  m->generation = GetU64(r + FIELD(WireReplicaStat, generation));
-  m->created = (flags & kStatCreated) != 0;
-  if (m->generation > m->epoch) return Malformed("replica stat: generation above the epoch");
-  return Status::Ok();
 }
 
 void Encode(const ErrorReply& m, std::string* out) {

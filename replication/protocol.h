@@ -76,9 +76,12 @@ enum class MsgType : uint8_t {
   // Asks the node serving the volume (its target) to take snapshot `snapshot` of it, as
   // `shale snapshot create` there would (docs/replication.md, "Snapshots through any node").
   kTakeSnapshot = 18,  // SnapshotRef; reply: empty
+  // The snapshots a replica volume holds (before OPEN, like placement): what a target on a node
+  // without a replica lists as the volume's snapshots.
+  kListSnapshots = 19,  // ReplicaRef; reply: SnapshotList
 };
 inline constexpr uint8_t kReplyBit = 0x80;
-inline constexpr uint8_t kMaxMsgType = 18;
+inline constexpr uint8_t kMaxMsgType = 19;
 inline constexpr size_t kMaxDigestLength = 64;  // a snapshot digest: 32 hex digits today
 std::string_view MsgTypeName(MsgType type);
 
@@ -389,6 +392,31 @@ static_assert(sizeof(WireSnapshotRef) == 24);
 struct SnapshotDigest {  // SNAPSHOT_DIGEST reply, OK: WireString + the digest (1..64 bytes)
   std::string digest;
 };
+// LIST_SNAPSHOTS reply, OK: WireCount {count, flags} then per snapshot a WireSnapshotEntry, its
+// name, its digest and its labels ("KEY=VALUE\n" lines, as SNAPSHOT's). Entries that would take
+// the reply past kMaxSnapshotListBytes (a frame the reader holds whole) are left out and flag
+// kListTruncated says so.
+struct SnapshotEntry {
+  std::string name;  // the part after '@'
+  uint64_t created_unix_ns = 0;
+  uint64_t size_bytes = 0;
+  std::string digest;  // "" while the replica has not computed it
+  Labels labels;
+};
+struct SnapshotList {
+  std::vector<SnapshotEntry> snapshots;
+  bool truncated = false;
+};
+inline constexpr uint32_t kListTruncated = 1;
+inline constexpr uint32_t kMaxSnapshotListBytes = 192 * 1024;
+struct WireSnapshotEntry {
+  uint64_t created_unix_ns;
+  uint64_t size_bytes;
+  uint16_t name_length;    // 1..128
+  uint16_t digest_length;  // 0..kMaxDigestLength
+  uint32_t labels_length;  // 0..kMaxSnapshotLabelsLength
+};
+static_assert(sizeof(WireSnapshotEntry) == 24);
 struct ReplicaStat {  // CREATE_REPLICA and STAT_REPLICA replies, OK
   uint64_t size_bytes = 0;
   uint64_t allocated_bytes = 0;
@@ -435,6 +463,7 @@ void Encode(const ReplicaRef& m, std::string* out);
 void Encode(const ReplicaStat& m, std::string* out);
 void Encode(const SnapshotRef& m, std::string* out);
 void Encode(const SnapshotDigest& m, std::string* out);
+void Encode(const SnapshotList& m, std::string* out);
 void Encode(const ErrorReply& m, std::string* out);  // truncates to kMaxErrorMessageLength
 
 Status Decode(std::span<const uint8_t> p, Hello* m);
@@ -456,6 +485,7 @@ Status Decode(std::span<const uint8_t> p, SnapshotRequest* m);
 Status Decode(std::span<const uint8_t> p, CreateReplicaRequest* m);
 Status Decode(std::span<const uint8_t> p, ReplicaRef* m);
 Status Decode(std::span<const uint8_t> p, ReplicaStat* m);
+Status Decode(std::span<const uint8_t> p, SnapshotList* m);
 Status Decode(std::span<const uint8_t> p, SnapshotRef* m);
 Status Decode(std::span<const uint8_t> p, SnapshotDigest* m);
 Status Decode(std::span<const uint8_t> p, ErrorReply* m);

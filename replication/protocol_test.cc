@@ -114,6 +114,9 @@ TEST(ReplicaProtocol, HeaderBoundsEveryLength) {
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kCreateReplica, sizeof(WireCreateReplica) + 514)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kDeleteReplica, sizeof(WireReplicaRef) + 129)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kStatReplica, sizeof(WireReplicaRef))).ok());
+  EXPECT_TRUE(DecodeOnly(Req(MsgType::kListSnapshots, sizeof(WireReplicaRef) + 128)).ok());
+  EXPECT_FALSE(DecodeOnly(Req(MsgType::kListSnapshots, sizeof(WireReplicaRef) + 129)).ok());
+  EXPECT_FALSE(DecodeOnly(Rep(MsgType::kListSnapshots, sizeof(WireCount) - 1)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kSnapshotDigest, sizeof(WireSnapshotRef) + 1)).ok());
   EXPECT_TRUE(DecodeOnly(Req(MsgType::kDeleteSnapshot, sizeof(WireSnapshotRef) + 256)).ok());
   EXPECT_FALSE(DecodeOnly(Req(MsgType::kDeleteSnapshot, sizeof(WireSnapshotRef) + 257)).ok());
@@ -427,6 +430,51 @@ TEST(ReplicaProtocol, PayloadDecodersNeverTrustLengths) {
   short_snap[offsetof(WireString, reserved)] = 0;
   short_snap[offsetof(WireString, length)] = 0;  // an empty name
   EXPECT_FALSE(Decode(AsBytes(short_snap), &snapped).ok());
+
+  // LIST_SNAPSHOTS: entries with names, digests and labels; every length and flag checked.
+  SnapshotList listed;
+  listed.snapshots.push_back({"s1", 7, 8192, "0123abcd", {{"shale.io/snapshot-replicas", "b,c"}}});
+  listed.snapshots.push_back({"s2", 9, 4096, "", {}});
+  std::string list;
+  Encode(listed, &list);
+  SnapshotList got;
+  ASSERT_TRUE(Decode(AsBytes(list), &got).ok());
+  ASSERT_EQ(got.snapshots.size(), 2u);
+  EXPECT_EQ(got.snapshots[0].name, "s1");
+  EXPECT_EQ(got.snapshots[0].created_unix_ns, 7u);
+  EXPECT_EQ(got.snapshots[0].size_bytes, 8192u);
+  EXPECT_EQ(got.snapshots[0].digest, "0123abcd");
+  EXPECT_EQ(got.snapshots[0].labels, (Labels{{"shale.io/snapshot-replicas", "b,c"}}));
+  EXPECT_EQ(got.snapshots[1].digest, "");
+  EXPECT_FALSE(got.truncated);
+  EXPECT_FALSE(Decode(AsBytes(list + "x"), &got).ok()) << "bytes after the last entry";
+  EXPECT_FALSE(Decode(AsBytes(list.substr(0, list.size() - 1)), &got).ok()) << "cut short";
+  std::string bad_list = list;
+  bad_list[offsetof(WireCount, count)] = 3;  // more entries than there are
+  EXPECT_FALSE(Decode(AsBytes(bad_list), &got).ok());
+  bad_list = list;
+  bad_list[offsetof(WireCount, reserved)] = 2;  // unknown flag
+  EXPECT_FALSE(Decode(AsBytes(bad_list), &got).ok());
+  bad_list = list;
+  bad_list[sizeof(WireCount) + offsetof(WireSnapshotEntry, name_length)] = 0;
+  bad_list[sizeof(WireCount) + offsetof(WireSnapshotEntry, name_length) + 1] = 0;
+  EXPECT_FALSE(Decode(AsBytes(bad_list), &got).ok()) << "an empty name";
+  bad_list = list;
+  bad_list[sizeof(WireCount) + offsetof(WireSnapshotEntry, digest_length)] = 65;
+  EXPECT_FALSE(Decode(AsBytes(bad_list), &got).ok()) << "a digest over 64 bytes";
+  // A list that would not fit one frame is cut, and says so.
+  SnapshotList many;
+  const std::string value(1000, 'v');
+  Labels big;
+  for (int i = 0; i < 60; ++i) big["k" + std::to_string(100 + i)] = value;
+  for (int i = 0; i < 200; ++i) many.snapshots.push_back({"s" + std::to_string(i), 1, 1, "", big});
+  std::string cut;
+  Encode(many, &cut);
+  EXPECT_LE(cut.size(), kMaxSnapshotListBytes);
+  ASSERT_TRUE(Decode(AsBytes(cut), &got).ok());
+  EXPECT_TRUE(got.truncated);
+  EXPECT_LT(got.snapshots.size(), 200u);
+  EXPECT_GT(got.snapshots.size(), 0u);
 
   std::string stat;
   Encode(ReplicaStat{4096, 0, 3, 4, false}, &stat);

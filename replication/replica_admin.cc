@@ -131,6 +131,18 @@ Result<ReplicaStat> StatReplica(const ReplicaAdminOptions& options, const Replic
   return stat;
 }
 
+Result<SnapshotList> ListReplicaSnapshots(const ReplicaAdminOptions& options,
+                                          const ReplicaSpec& spec) {
+  SHALE_RETURN_IF_ERROR(CheckSpec(spec));
+  std::string payload;
+  Encode(RefOf(spec), &payload);
+  SHALE_ASSIGN_OR_RETURN(const std::string reply,
+                         Call(options, MsgType::kListSnapshots, 0, payload, spec.volume));
+  SnapshotList list;
+  SHALE_RETURN_IF_ERROR(Decode(AsBytes(reply), &list));
+  return list;
+}
+
 namespace {
 
 Result<std::string> SnapshotCall(const ReplicaAdminOptions& options, const ReplicaSpec& spec,

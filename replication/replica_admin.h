@@ -55,6 +55,10 @@ Result<ReplicaStat> StatReplica(const ReplicaAdminOptions& options, const Replic
 // data no longer hashes to the digest recorded there.
 Result<std::string> SnapshotDigestOf(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
                                      const std::string& snapshot);
+// The snapshots the replica holds (LIST_SNAPSHOTS; reads only, epoch 0). NotFound if the
+// replica is missing.
+Result<SnapshotList> ListReplicaSnapshots(const ReplicaAdminOptions& options,
+                                          const ReplicaSpec& spec);
 // Deletes snapshot `snapshot` of the replica (DELETE_SNAPSHOT at `epoch`: STALE_EPOCH from a
 // fenced target). Idempotent: OK when it does not exist.
 Status DeleteReplicaSnapshot(const ReplicaAdminOptions& options, const ReplicaSpec& spec,

@@ -99,6 +99,9 @@ struct ReplicaServerOptions {
   std::function<Result<std::string>(const std::string& volume, const std::string& snapshot)>
       snapshot_digest;
   std::function<Status(const std::string& volume, const std::string& snapshot)> delete_snapshot;
+  // LIST_SNAPSHOTS(volume): the snapshots of the replica volume (names after '@'). Run on the
+  // connection's receiver thread before OPEN; may block. Null: NOT_SUPPORTED.
+  std::function<Result<std::vector<SnapshotEntry>>(const std::string& volume)> list_snapshots;
   // TAKE_SNAPSHOT(volume, snapshot): a snapshot of replicated volume `volume` taken by this node
   // as its target (`shale snapshot create` through another node); refused (FailedPrecondition)
   // when this node does not serve it. May block. Null: NOT_SUPPORTED.
@@ -182,6 +185,7 @@ class ReplicaServer {
                        ReplicaStat* stat);
   Refusal DeleteReplica(const ReplicaRef& m, uint64_t epoch);
   Refusal StatReplica(const ReplicaRef& m, ReplicaStat* stat);
+  Refusal ListSnapshots(const ReplicaRef& m, SnapshotList* list);
   Refusal ExistingReplica(const VolumeInfo& info, uint64_t epoch, ReplicaStat* stat);
   Refusal SnapshotAdmin(MsgType type, const SnapshotRef& m, uint64_t epoch, std::string* digest);
 

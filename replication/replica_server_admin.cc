@@ -47,7 +47,8 @@ ReplicaServer::Refusal ReplicaServer::CheckReplica(const VolumeInfo& info, const
 bool ReplicaServer::IsAdmin(MsgType type) {
   return type == MsgType::kCreateReplica || type == MsgType::kDeleteReplica ||
          type == MsgType::kStatReplica || type == MsgType::kSnapshotDigest ||
-         type == MsgType::kDeleteSnapshot || type == MsgType::kTakeSnapshot;
+         type == MsgType::kDeleteSnapshot || type == MsgType::kTakeSnapshot ||
+         type == MsgType::kListSnapshots;
 }
 
 // One placement request; the reply is sent here. Errors: the frame broke the protocol or the
@@ -62,6 +63,7 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
   ReplicaStat stat;
   std::string volume;
   std::string digest;
+  SnapshotList list;
   switch (f.header.msg()) {
     case MsgType::kCreateReplica: {
       CreateReplicaRequest m;
@@ -77,6 +79,13 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
       volume = m.volume;
       refusal = f.header.msg() == MsgType::kDeleteReplica ? DeleteReplica(m, f.header.epoch)
                                                           : StatReplica(m, &stat);
+      break;
+    }
+    case MsgType::kListSnapshots: {
+      ReplicaRef m;
+      SHALE_RETURN_IF_ERROR(Decode(f.payload, &m));
+      volume = m.volume;
+      refusal = ListSnapshots(m, &list);
       break;
     }
     case MsgType::kSnapshotDigest:
@@ -101,6 +110,8 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
     Encode(ErrorReply{refusal.why}, &body);
   } else if (f.header.msg() == MsgType::kSnapshotDigest) {
     Encode(SnapshotDigest{digest}, &body);
+  } else if (f.header.msg() == MsgType::kListSnapshots) {
+    Encode(list, &body);
   } else if (f.header.msg() != MsgType::kDeleteReplica &&
              f.header.msg() != MsgType::kDeleteSnapshot &&
              f.header.msg() != MsgType::kTakeSnapshot) {
@@ -254,6 +265,20 @@ ReplicaServer::Refusal ReplicaServer::StatReplica(const ReplicaRef& m, ReplicaSt
   if (!state.ok()) return {WireStatus::kIoError, state.status().ToString()};
   *stat = ReplicaStat{info->size_bytes, info->allocated_bytes, (*state)->fence.load(),
                       (*state)->generation.load(), false};
+  return {};
+}
+
+ReplicaServer::Refusal ReplicaServer::ListSnapshots(const ReplicaRef& m, SnapshotList* list) {
+  if (!options_.list_snapshots) {
+    return {WireStatus::kNotSupported, "this replica server handles no snapshots"};
+  }
+  Result<VolumeInfo> info = engine_->GetVolume(m.volume);
+  if (!info.ok()) return {WireStatusFromStatus(info.status()), info.status().ToString()};
+  Refusal r = CheckReplica(*info, UuidOf(m.volume_uuid));
+  if (r.status != WireStatus::kOk) return r;
+  Result<std::vector<SnapshotEntry>> listed = options_.list_snapshots(m.volume);
+  if (!listed.ok()) return {WireStatusFromStatus(listed.status()), listed.status().ToString()};
+  list->snapshots = std::move(listed).value();
   return {};
 }
 

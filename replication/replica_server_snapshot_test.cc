@@ -166,11 +166,46 @@ TEST_F(ReplicaServerSnapshotTest, DigestAndDeleteReachTheHandlersFencedByTheEpoc
   EXPECT_EQ(calls, expect);
 }
 
+// LIST_SNAPSHOTS: what the daemon's handler lists for the replica, with digests and labels; a
+// replica of another uuid and a target-only anchor are refused before the handler runs.
+TEST_F(ReplicaServerSnapshotTest, ListReachesTheHandlerForAReplicaOnly) {
+  std::vector<std::string> asked;
+  ReplicaServerOptions o;
+  o.list_snapshots = [&](const std::string& volume) -> Result<std::vector<SnapshotEntry>> {
+    asked.push_back(volume);
+    return std::vector<SnapshotEntry>{
+        {"s1", 5, kSize, "00112233445566778899aabbccddeeff", {{"team", "nb"}}},
+        {"s2", 6, kSize, "", {}}};
+  };
+  Start(std::move(o));
+  Result<SnapshotList> listed = ListReplicaSnapshots(Admin(), Spec(uuid_));
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->snapshots.size(), 2u);
+  EXPECT_EQ(listed->snapshots[0].name, "s1");
+  EXPECT_EQ(listed->snapshots[0].digest, "00112233445566778899aabbccddeeff");
+  EXPECT_EQ(listed->snapshots[0].labels, (Labels{{"team", "nb"}}));
+  EXPECT_EQ(listed->snapshots[1].created_unix_ns, 6u);
+  EXPECT_EQ(ListReplicaSnapshots(Admin(), Spec(Uuid::Random())).status().code(),
+            StatusCode::kInvalidArgument);
+  ASSERT_TRUE(engine_
+                  ->CreateVolume({.name = "anchor",
+                                  .size_bytes = kSize,
+                                  .labels = {{kReplicaUuidLabel, uuid_.ToString()},
+                                             {kTargetOnlyLabel, "true"}}})
+                  .ok());
+  EXPECT_EQ(ListReplicaSnapshots(Admin(), {"anchor", uuid_, kSize, ""}).status().code(),
+            StatusCode::kInvalidArgument)
+      << "an anchor holds no snapshots of the volume";
+  EXPECT_TRUE(ListReplicaSnapshots(Admin(), {"nope", uuid_, kSize, ""}).status().IsNotFound());
+  EXPECT_EQ(asked, std::vector<std::string>{"vol"});
+}
+
 TEST_F(ReplicaServerSnapshotTest, WithoutHandlersSnapshotsAreNotSupported) {
   Start({});
   EXPECT_EQ(SnapshotDigestOf(Admin(), Spec(uuid_), "s1").status().code(),
             StatusCode::kNotSupported);
   EXPECT_EQ(DeleteReplicaSnapshot(Admin(), Spec(uuid_), "s1", 1).code(), StatusCode::kNotSupported);
+  EXPECT_EQ(ListReplicaSnapshots(Admin(), Spec(uuid_)).status().code(), StatusCode::kNotSupported);
 }
 
 TEST_F(ReplicaServerSnapshotTest, EveryRaiseOfAReplicasEpochIsReported) {

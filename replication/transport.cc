@@ -354,6 +354,9 @@ Result<std::unique_ptr<Connection>> TcpTransport::Connect(const std::string& add
 
 // --- FrameReader ---------------------------------------------------------------------------------
 
+// Frames that are never received direct must fit the buffer whole.
+static_assert(kFrameHeaderSize + kMaxSnapshotListBytes <= FrameReader::kBufferBytes);
+
 FrameReader::FrameReader(Connection* connection) : connection_(connection), buf_(kBufferBytes) {}
 
 Status FrameReader::Fill(size_t need, Deadline deadline) {

@@ -153,6 +153,19 @@ TEST_F(ReplicationDisklessE2eTest, ANodeWithoutAReplicaServesTheVolumeFromTheOth
   ASSERT_EQ(verified.exit_code, 0) << verified.Describe() << a.DaemonLog();
   ASSERT_EQ(verified.Json()["replicas"].size(), 1u) << verified.out;
   EXPECT_EQ(verified.Json()["replicas"][0]["digest"], verified.Json()["digest"]) << verified.out;
+  // node-c lists it (read from a replica's list: LIST_SNAPSHOTS), with its holders; a
+  // volume filter that names another volume lists none of it.
+  CommandResult listed = c.Shale({"snapshot", "list", "dv", "-o", "json"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.Describe();
+  const nlohmann::json snaps = listed.Json();
+  ASSERT_EQ(snaps["snapshots"].size(), 1u) << snaps;
+  EXPECT_EQ(snaps["snapshots"][0]["name"], "dv@s1") << snaps;
+  EXPECT_EQ(snaps["snapshots"][0]["size_bytes"], kVolBytes) << snaps;
+  EXPECT_EQ(snaps["snapshots"][0]["labels"]["shale.io/snapshot-replicas"], "node-a,node-b")
+      << snaps;
+  CommandResult other = c.Shale({"snapshot", "list", "nothere", "-o", "json"});
+  ASSERT_EQ(other.exit_code, 0) << other.Describe();
+  EXPECT_TRUE(other.Json()["snapshots"].empty()) << other.out;
 
   // Block status: every block is data (the anchor's allocation is empty and says nothing).
   if (const std::string qemu_img = FindProgram("qemu-img"); !qemu_img.empty()) {

@@ -478,6 +478,17 @@ TEST_F(ReplicationReplaceE2eTest, DrainOfTheServingNodeMovesItsReplicaWhileItSer
   ASSERT_EQ(v["replicas"].size(), 1u) << v;
   EXPECT_EQ(v["replicas"][0]["node"], "node-c") << v;
   EXPECT_EQ(v["replicas"][0]["digest"], v["digest"]) << v;
+  // node-a lists it (its copies' list, read from a replica: LIST_SNAPSHOTS), once.
+  CommandResult listed = a.Shale({"snapshot", "list", "-o", "json"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.Describe();
+  const nlohmann::json snaps = listed.Json();
+  int seen = 0;
+  for (const nlohmann::json& snap : snaps["snapshots"]) {
+    if (snap["name"] != "sv@drained") continue;
+    ++seen;
+    EXPECT_EQ(snap["labels"]["shale.io/snapshot-replicas"], "node-b,node-c") << snap;
+  }
+  EXPECT_EQ(seen, 1) << snaps;
 
   // kill -9 and back: node-a serves the volume as a target without a replica, every write kept.
   a.KillDaemon();

@@ -13,7 +13,7 @@ import struct
 MAGIC = 0x50524853
 (HELLO, AUTH, OPEN, READ, WRITE, WRITE_ZEROES, DISCARD, FLUSH, HASH_RANGES, GET_INFO,
  SET_GENERATION, SNAPSHOT, CREATE_REPLICA, DELETE_REPLICA, STAT_REPLICA, SNAPSHOT_DIGEST,
- DELETE_SNAPSHOT, TAKE_SNAPSHOT) = range(1, 19)
+ DELETE_SNAPSHOT, TAKE_SNAPSHOT, LIST_SNAPSHOTS) = range(1, 20)
 REPLY = 0x80
 FUA, NO_UNMAP = 1, 2
 OK, EIO, ENOSPC, STALE_EPOCH = 0, 1, 2, 3
@@ -53,6 +53,10 @@ def replica_ref(typ, vol="vol", rid=4):
 def snapshot_ref(typ, vol="vol", snap="s1", rid=7, labels=b""):
     return frame(typ, bytes(range(16)) + struct.pack("<HHI", len(vol), len(snap), len(labels))
                  + vol.encode() + snap.encode() + labels, rid=rid)
+
+
+def snapshot_entry(name, created, size, digest=b"", labels=b""):
+    return struct.pack("<QQHHI", created, size, len(name), len(digest), len(labels)) + name + digest + labels
 
 
 def replica_stat(typ, created, rid):
@@ -154,6 +158,16 @@ SEEDS = {
     "bad_snapshot_ref": bytes([FIX | 63])
     + frame(SNAPSHOT_DIGEST, bytes(16) + struct.pack("<HHI", 3, 0, 0) + b"vol")
     + frame(DELETE_SNAPSHOT, bytes(16) + struct.pack("<HHI", 3, 9, 0) + b"vols1"),
+    # LIST_SNAPSHOTS (what a target without a replica lists) and its replies: two entries (one
+    # with a digest and labels), an empty list, a list whose count runs past its entries.
+    "snapshot_lists": bytes([FIX | 31]) + auth() + replica_ref(LIST_SNAPSHOTS, rid=12) + open_req(),
+    "snapshot_list_replies": bytes([FIX | 63]) + hello() + frame(AUTH | REPLY, bytes(32), rid=0)
+    + frame(LIST_SNAPSHOTS | REPLY, struct.pack("<II", 2, 0)
+            + snapshot_entry(b"s1", 7, 8192, b"00112233445566778899aabbccddeeff",
+                             b"shale.io/snapshot-replicas=node-b,node-c\n")
+            + snapshot_entry(b"s2", 9, 4096), rid=12)
+    + frame(LIST_SNAPSHOTS | REPLY, struct.pack("<II", 0, 1), rid=13)
+    + frame(LIST_SNAPSHOTS | REPLY, struct.pack("<II", 3, 0) + snapshot_entry(b"s1", 1, 1), rid=14),
     "bad_names": bytes([FIX | 63])
     + frame(OPEN, bytes(16) + struct.pack("<QHHI", 4096, 200, 0, 0) + b"vol")
     + frame(SNAPSHOT, struct.pack("<II", 0, 0)),

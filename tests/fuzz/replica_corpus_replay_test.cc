@@ -57,6 +57,10 @@ TEST(ReplicaFrameCorpus, SeedsParseAsWritten) {
   EXPECT_EQ(Frames(seeds.at("snapshots")), 7u);
   EXPECT_EQ(Frames(seeds.at("snapshot_replies")), 5u);
   EXPECT_EQ(Frames(seeds.at("bad_snapshot_ref")), 2u);
+  // LIST_SNAPSHOTS before OPEN; its replies: two entries, an empty list marked truncated, and a
+  // count past the entries (framed; refused by its decoder).
+  EXPECT_EQ(Frames(seeds.at("snapshot_lists")), 3u);
+  EXPECT_EQ(Frames(seeds.at("snapshot_list_replies")), 5u);
   // A well-framed OPEN whose name length runs past its payload (its decoder refuses it), then a
   // SNAPSHOT too short for its header: the reader stops there.
   EXPECT_EQ(Frames(seeds.at("bad_names")), 1u);

@@ -152,6 +152,7 @@ void CheckRequest(const FrameHeader& h, std::span<const uint8_t> payload, size_t
     }
     case MsgType::kDeleteReplica:
     case MsgType::kStatReplica:
+    case MsgType::kListSnapshots:
       return RoundTrip<ReplicaRef>(payload);
     case MsgType::kSnapshotDigest:
     case MsgType::kDeleteSnapshot:
@@ -178,6 +179,8 @@ void CheckReply(const FrameHeader& h, std::span<const uint8_t> payload) {
       return RoundTrip<ReplicaStat>(payload);
     case MsgType::kSnapshotDigest:
       return RoundTrip<SnapshotDigest>(payload);
+    case MsgType::kListSnapshots:
+      return RoundTrip<SnapshotList>(payload);
     case MsgType::kRead:
       FUZZ_CHECK(!payload.empty() && payload.size() <= kMaxIoBytes);
       return;
