@@ -164,6 +164,11 @@ grpc::Status ControlService::GetSnapshot(grpc::ServerContext* ctx,
   if (!snap.ok() && snap.status().IsNotFound() && replicated_ != nullptr) {
     // A replicated volume this node holds no replica of: its snapshots are on the replicas.
     const std::string volume = req->name().substr(0, req->name().find('@'));
+    for (const snapshot::SnapshotInfo& remote : replicated_->RemoteSnapshots(volume)) {
+      if (remote.full_name() != req->name()) continue;
+      ToProto(remote, resp);  // as an in-sync replica holds it (not exported here)
+      return grpc::Status::OK;
+    }
     std::string holders;
     for (const std::string& n : replicated_->HoldersElsewhere(volume)) {
       holders += (holders.empty() ? "" : ", ") + n;

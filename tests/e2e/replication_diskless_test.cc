@@ -143,8 +143,8 @@ TEST_F(ReplicationDisklessE2eTest, ANodeWithoutAReplicaServesTheVolumeFromTheOth
   ASSERT_EQ(snap.exit_code, 0) << snap.Describe() << c.DaemonLog();
   EXPECT_EQ(snap.Json()["labels"]["shale.io/snapshot-replicas"], "node-a,node-b") << snap.out;
   ExpectOneLineError(c.Shale({"snapshot", "create", "dv@s1"}), "already exists");
-  ExpectOneLineError(c.Shale({"snapshot", "show", "dv@s1"}), "copies are on node-a, node-b");
-  for (Harness* h : {&a, &b}) {
+  ExpectOneLineError(c.Shale({"snapshot", "show", "dv@s2"}), "copies are on node-a, node-b");
+  for (Harness* h : {&a, &b, &c}) {  // node-c: as a replica holds it (LIST_SNAPSHOTS)
     CommandResult shown = h->Shale({"snapshot", "show", "dv@s1", "-o", "json"});
     ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
     EXPECT_EQ(shown.Json()["labels"]["shale.io/snapshot-replicas"], "node-a,node-b") << shown.out;
