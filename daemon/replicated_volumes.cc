@@ -444,8 +444,14 @@ Result<std::shared_ptr<ReplicatedVolumes::Target>> ReplicatedVolumes::OpenTarget
   });
   SHALE_RETURN_IF_ERROR(ResyncAfterRestart(t));
   if (local_replica) SHALE_RETURN_IF_ERROR(PersistLocalGeneration(*t, info));
-  // An anchor that was this node's replica (a drain) may still hold its data: released here.
-  if (!local_replica) SHALE_RETURN_IF_ERROR(ReleaseAnchorData(*t));
+  // An anchor that was this node's replica (a drain) may still hold its data: released here
+  // (only space: a failure is logged and the target serves all the same).
+  if (!local_replica) {
+    if (Status st = ReleaseAnchorData(*t); !st.ok()) {
+      SHALE_LOG_WARN("anchor keeps the data of the replica it was (retried at the next open)",
+                     {"volume", name}, {"error", st.ToString()});
+    }
+  }
   SHALE_LOG_INFO("target of replicated volume open", {"volume", name}, {"epoch", epoch},
                  {"replicas", m.replicas.size()}, {"unreachable", lost.size()},
                  {"local_replica", local_replica ? 1 : 0});

@@ -112,35 +112,42 @@ Result<ReplicaStat> CreateReplica(const ReplicaAdminOptions& options, const Repl
   return stat;
 }
 
-Status DeleteReplica(const ReplicaAdminOptions& options, const ReplicaSpec& spec, uint64_t epoch) {
+namespace {
+
+// A request whose payload is the replica's reference (DELETE_REPLICA, STAT_REPLICA,
+// LIST_SNAPSHOTS); its reply payload.
+Result<std::string> RefCall(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
+                            MsgType type, uint64_t epoch) {
   SHALE_RETURN_IF_ERROR(CheckSpec(spec));
   std::string payload;
   Encode(RefOf(spec), &payload);
-  return Call(options, MsgType::kDeleteReplica, epoch, payload, spec.volume).status();
+  return Call(options, type, epoch, payload, spec.volume);
+}
+
+template <typename Reply>
+Result<Reply> DecodeReply(const std::string& bytes) {
+  Reply reply;
+  SHALE_RETURN_IF_ERROR(Decode(AsBytes(bytes), &reply));
+  return reply;
+}
+
+}  // namespace
+
+Status DeleteReplica(const ReplicaAdminOptions& options, const ReplicaSpec& spec, uint64_t epoch) {
+  return RefCall(options, spec, MsgType::kDeleteReplica, epoch).status();
 }
 
 Result<ReplicaStat> StatReplica(const ReplicaAdminOptions& options, const ReplicaSpec& spec) {
-  SHALE_RETURN_IF_ERROR(CheckSpec(spec));
-  std::string payload;
-  Encode(RefOf(spec), &payload);
   // STAT raises no epoch: it carries 0 and reads only.
-  SHALE_ASSIGN_OR_RETURN(const std::string reply,
-                         Call(options, MsgType::kStatReplica, 0, payload, spec.volume));
-  ReplicaStat stat;
-  SHALE_RETURN_IF_ERROR(Decode(AsBytes(reply), &stat));
-  return stat;
+  SHALE_ASSIGN_OR_RETURN(const std::string reply, RefCall(options, spec, MsgType::kStatReplica, 0));
+  return DecodeReply<ReplicaStat>(reply);
 }
 
 Result<SnapshotList> ListReplicaSnapshots(const ReplicaAdminOptions& options,
                                           const ReplicaSpec& spec) {
-  SHALE_RETURN_IF_ERROR(CheckSpec(spec));
-  std::string payload;
-  Encode(RefOf(spec), &payload);
   SHALE_ASSIGN_OR_RETURN(const std::string reply,
-                         Call(options, MsgType::kListSnapshots, 0, payload, spec.volume));
-  SnapshotList list;
-  SHALE_RETURN_IF_ERROR(Decode(AsBytes(reply), &list));
-  return list;
+                         RefCall(options, spec, MsgType::kListSnapshots, 0));
+  return DecodeReply<SnapshotList>(reply);
 }
 
 namespace {

@@ -95,6 +95,25 @@ void ExpectWriterAndOracle(Harness& h, const std::string& volume, const Sequence
   ExpectContent(*check, *oracle, volume + " after the drain");
 }
 
+// A SequenceWriter writing to `volume` through `h`'s NBD, seen to write.
+void StartWriter(Harness& h, const std::string& volume, std::unique_ptr<SequenceWriter>* writer) {
+  std::vector<std::unique_ptr<NbdRawClient>> clients;
+  clients.push_back(NbdRawClient::Tcp(h.NbdAddress()));
+  ASSERT_NE(clients[0], nullptr);
+  ASSERT_TRUE(clients[0]->Go(volume).has_value());
+  *writer = std::make_unique<SequenceWriter>(std::move(clients));
+  ASSERT_TRUE((*writer)->WaitMore(20)) << "the writer runs";
+}
+
+// `shale node drain NODE` through `via` ends with the node drained (logs of `logs` on failure).
+void ExpectDrained(Harness& via, const std::string& node, const std::vector<Harness*>& logs) {
+  CommandResult drained = via.Shale({"node", "drain", node, "--timeout", "120"});
+  std::string why = drained.Describe();
+  for (Harness* h : logs) why += h->DaemonLog();
+  ASSERT_EQ(drained.exit_code, 0) << why;
+  EXPECT_NE(drained.out.find("node " + node + " is drained"), std::string::npos) << drained.out;
+}
+
 bool HasVolume(Harness& h, const std::string& name) {
   CommandResult r = h.Shale({"volume", "list", "-o", "json"});
   if (r.exit_code != 0) return true;  // unknown: not gone
@@ -300,19 +319,12 @@ TEST_F(ReplicationReplaceE2eTest, DrainMovesEveryReplicaOffANodeWithClientIoRunn
     ASSERT_TRUE(WriteRange(*fill, oracle, 1ull << 20, 8ull << 20));
     ASSERT_EQ(fill->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
   }
-  std::vector<std::unique_ptr<NbdRawClient>> clients;
-  clients.push_back(NbdRawClient::Tcp(a.NbdAddress()));
-  ASSERT_NE(clients[0], nullptr);
-  ASSERT_TRUE(clients[0]->Go("dv").has_value());
-  SequenceWriter writer(std::move(clients));
-  ASSERT_TRUE(writer.WaitMore(20)) << "the writer runs";
-
-  CommandResult drained = b.Shale({"node", "drain", "node-b", "--timeout", "120"});
-  ASSERT_EQ(drained.exit_code, 0) << drained.Describe() << a.DaemonLog() << c.DaemonLog();
-  EXPECT_NE(drained.out.find("node node-b is drained"), std::string::npos) << drained.out;
-  ASSERT_TRUE(writer.WaitMore(20)) << "the writer goes on after the drain";
-  writer.Stop();
-  EXPECT_FALSE(writer.failed()) << "no client error during the drain";
+  std::unique_ptr<SequenceWriter> writer;
+  ASSERT_NO_FATAL_FAILURE(StartWriter(a, "dv", &writer));
+  ASSERT_NO_FATAL_FAILURE(ExpectDrained(b, "node-b", {&a, &c}));
+  ASSERT_TRUE(writer->WaitMore(20)) << "the writer goes on after the drain";
+  writer->Stop();
+  EXPECT_FALSE(writer->failed()) << "no client error during the drain";
 
   CommandResult nodes = a.Shale({"node", "list", "-o", "json"});
   ASSERT_EQ(nodes.exit_code, 0) << nodes.Describe();
@@ -348,7 +360,7 @@ TEST_F(ReplicationReplaceE2eTest, DrainMovesEveryReplicaOffANodeWithClientIoRunn
   ASSERT_EQ(v["replicas"].size(), 1u) << v;
   EXPECT_EQ(v["replicas"][0]["node"], "node-c") << v;
   EXPECT_EQ(v["replicas"][0]["digest"], v["digest"]) << v;
-  ASSERT_NO_FATAL_FAILURE(ExpectWriterAndOracle(a, "dv", writer, &oracle));
+  ASSERT_NO_FATAL_FAILURE(ExpectWriterAndOracle(a, "dv", *writer, &oracle));
   // wv on node-a (its new replica) serves what was written on node-c.
   ASSERT_EQ(a.Shale({"volume", "attach", "wv"}).exit_code, 0) << a.DaemonLog();
   auto w = NbdRawClient::Tcp(a.NbdAddress());
@@ -425,19 +437,12 @@ TEST_F(ReplicationReplaceE2eTest, DrainOfTheServingNodeMovesItsReplicaWhileItSer
   ASSERT_NO_FATAL_FAILURE(FillAndFlush(a, "sv", 24, 1ull << 20, 8ull << 20, &oracle));
   const nlohmann::json before = LocalVolume(a, "sv");
   ASSERT_GE(before.value("allocated_bytes", uint64_t{0}), 8ull << 20) << before;
-  std::vector<std::unique_ptr<NbdRawClient>> clients;
-  clients.push_back(NbdRawClient::Tcp(a.NbdAddress()));
-  ASSERT_NE(clients[0], nullptr);
-  ASSERT_TRUE(clients[0]->Go("sv").has_value());
-  SequenceWriter writer(std::move(clients));
-  ASSERT_TRUE(writer.WaitMore(20)) << "the writer runs";
-
-  CommandResult drained = b.Shale({"node", "drain", "node-a", "--timeout", "120"});
-  ASSERT_EQ(drained.exit_code, 0) << drained.Describe() << a.DaemonLog();
-  EXPECT_NE(drained.out.find("node node-a is drained"), std::string::npos) << drained.out;
-  ASSERT_TRUE(writer.WaitMore(20)) << "the writer goes on after the drain";
-  writer.Stop();
-  EXPECT_FALSE(writer.failed()) << "no client error during the drain";
+  std::unique_ptr<SequenceWriter> writer;
+  ASSERT_NO_FATAL_FAILURE(StartWriter(a, "sv", &writer));
+  ASSERT_NO_FATAL_FAILURE(ExpectDrained(b, "node-a", {&a}));
+  ASSERT_TRUE(writer->WaitMore(20)) << "the writer goes on after the drain";
+  writer->Stop();
+  EXPECT_FALSE(writer->failed()) << "no client error during the drain";
 
   nlohmann::json list;
   std::map<std::string, nlohmann::json> replicas = Replicas(a, "sv", &list);
@@ -456,7 +461,7 @@ TEST_F(ReplicationReplaceE2eTest, DrainOfTheServingNodeMovesItsReplicaWhileItSer
 
   // Every acknowledged write is there, served from node-b and node-c; block status says data
   // (the anchor's own map is empty).
-  ASSERT_NO_FATAL_FAILURE(ExpectWriterAndOracle(a, "sv", writer, &oracle));
+  ASSERT_NO_FATAL_FAILURE(ExpectWriterAndOracle(a, "sv", *writer, &oracle));
   if (const std::string qemu_img = FindProgram("qemu-img"); !qemu_img.empty()) {
     CommandResult map = RunProcess({qemu_img, "map", "-f", "raw", "--output=json", a.NbdUri("sv")},
                                    {.timeout = seconds(60)});
