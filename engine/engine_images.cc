@@ -80,26 +80,50 @@ Status Engine::RunOnVolume(Volume& volume,
   return done.get_future().get();
 }
 
-std::future<Status> Engine::FreezesSettledLocked(PoolSlot& slot) {
+uint64_t Engine::PoolSlot::CutFreezes::Begin() {
+  std::lock_guard lock(mu);
+  const uint64_t seq = next_seq++;
+  pending.insert(seq);
+  return seq;
+}
+
+void Engine::PoolSlot::CutFreezes::End(uint64_t seq, const Status& status) {
+  std::vector<std::shared_ptr<std::promise<Status>>> ready;
+  Status result;
+  {
+    std::lock_guard lock(mu);
+    if (!status.ok() && failure.ok()) failure = status;
+    pending.erase(seq);
+    const uint64_t oldest = pending.empty() ? UINT64_MAX : *pending.begin();
+    std::erase_if(waiters, [&](auto& w) {
+      if (w.first >= oldest && failure.ok()) return false;
+      ready.push_back(std::move(w.second));
+      return true;
+    });
+    result = failure;
+  }
+  for (auto& p : ready) p->set_value(result);
+}
+
+std::future<Status> Engine::PoolSlot::CutFreezes::Settled() {
   auto settled = std::make_shared<std::promise<Status>>();
   std::future<Status> out = settled->get_future();
-  Status failure;
-  if (slot.pool) {
-    std::lock_guard lock(slot.cut_freezes->mu);
-    failure = slot.cut_freezes->failure;
-  }
-  if (!slot.pool || !failure.ok() ||
-      slot.cut_freezes->in_flight.load(std::memory_order_acquire) == 0) {
+  std::lock_guard lock(mu);
+  if (!failure.ok() || pending.empty()) {
     settled->set_value(failure);
-    return out;
+  } else {
+    waiters.emplace_back(next_seq - 1, std::move(settled));
   }
-  // The pipeline is FIFO: once an empty request submitted now is done, so is every freeze
-  // submitted before it.
-  CommitPipeline::Request barrier;
-  barrier.flush_device = false;
-  barrier.done = [settled](const Status& st) { settled->set_value(st); };
-  slot.pool->pipeline().Submit(std::move(barrier));
   return out;
+}
+
+std::future<Status> Engine::FreezesSettledLocked(PoolSlot& slot) {
+  if (!slot.pool) {
+    std::promise<Status> none;
+    none.set_value(Status::Ok());
+    return none.get_future();
+  }
+  return slot.cut_freezes->Settled();
 }
 
 Status Engine::SettleFreezesLocked(PoolSlot& slot) {
@@ -204,16 +228,12 @@ Result<uint64_t> Engine::FreezeVolume(std::string_view volume, const ExtraRecord
     });
   } else {
     auto cut_freezes = ps.cut_freezes;
-    cut_freezes->in_flight.fetch_add(1, std::memory_order_acq_rel);
+    const uint64_t seq = cut_freezes->Begin();
     st = RunOnVolume(vol, [&](std::function<void(const Status&)> cut) {
       vol.Freeze(
           new_head, std::move(*shared), [cut] { cut(Status::Ok()); },
-          [cut_freezes, durable = std::move(durable)](const Status& s) {
-            if (!s.ok()) {
-              std::lock_guard failure_lock(cut_freezes->mu);
-              if (cut_freezes->failure.ok()) cut_freezes->failure = s;
-            }
-            cut_freezes->in_flight.fetch_sub(1, std::memory_order_acq_rel);
+          [cut_freezes, seq, durable = std::move(durable)](const Status& s) {
+            cut_freezes->End(seq, s);
             durable(s);
           });
     });

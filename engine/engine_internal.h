@@ -6,10 +6,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/common/units.h"
 #include "engine/engine.h"
@@ -28,13 +32,22 @@ struct Engine::PoolSlot {
   std::unique_ptr<Pool> pool;  // null when the pool failed to open
   std::string error;
   std::map<uint64_t, meta::ImageRecord> images;  // as committed, or being committed by a freeze
-  // Freezes that returned at their cut (Engine::SettleFreezesLocked): how many are not durable
-  // yet, and the first one's commit failure (the pool is in error from then on; its in-memory
-  // images include one that never committed).
+  // Freezes that returned at their cut (Engine::SettleFreezesLocked): the ones not durable yet,
+  // the waiters for them, and the first one's commit failure (the pool is in error from then
+  // on; its in-memory images include one that never committed). A freeze is durable only once
+  // the writes in flight at its cut completed and their commit landed, so waiters wait for its
+  // durable callback, not for the commit pipeline.
   struct CutFreezes {
-    std::atomic<uint32_t> in_flight{0};
     std::mutex mu;
+    uint64_t next_seq = 1;       // guarded by mu
+    std::set<uint64_t> pending;  // guarded by mu: freezes not durable yet
+    // Guarded by mu: promises set once every freeze up to .first is durable.
+    std::vector<std::pair<uint64_t, std::shared_ptr<std::promise<Status>>>> waiters;
     Status failure;  // guarded by mu
+    uint64_t Begin();
+    void End(uint64_t seq, const Status& status);
+    // Ready once every freeze begun so far is durable (or one failed: its status).
+    std::future<Status> Settled();
   };
   std::shared_ptr<CutFreezes> cut_freezes = std::make_shared<CutFreezes>();
   // Bumped whenever stored entries of a frozen image change (merge, free); OpenImage loads maps

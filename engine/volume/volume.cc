@@ -44,18 +44,6 @@ std::string_view VolumeOpName(VolumeOp op) {
   return "unknown";
 }
 
-// Per-request state of the core layer, recycled through a free list.
-struct Volume::Request {
-  Volume* vol = nullptr;
-  VolumeIo* io = nullptr;
-  bool is_write = false;
-  uint32_t pending = 0;
-  Status status;
-  std::vector<Seg> segs;
-  std::vector<IoRequest> ops;
-  Request* next_free = nullptr;
-};
-
 Volume::Volume(Pool* pool, Reactor* reactor, meta::VolumeRecord record, std::vector<uint64_t> chain,
                ClusterMap map, const Options& options)
     : pool_(pool),
@@ -296,6 +284,8 @@ Volume::Request* Volume::NewRequest(VolumeIo* io) {
   }
   r->io = io;
   r->is_write = false;
+  r->precut = false;
+  r->live_prev = r->live_next = nullptr;
   r->pending = 0;
   r->status = Status::Ok();
   r->segs.clear();
@@ -347,6 +337,23 @@ void Volume::SubmitDeviceOps(Request* r) {
   for (IoRequest& d : r->ops) dev.Submit(&d);
 }
 
+void Volume::LinkLiveWrite(Request* r) {
+  r->live_prev = nullptr;
+  r->live_next = live_writes_;
+  if (live_writes_ != nullptr) live_writes_->live_prev = r;
+  live_writes_ = r;
+}
+
+void Volume::UnlinkLiveWrite(Request* r) {
+  if (r->live_prev != nullptr) {
+    r->live_prev->live_next = r->live_next;
+  } else {
+    live_writes_ = r->live_next;
+  }
+  if (r->live_next != nullptr) r->live_next->live_prev = r->live_prev;
+  r->live_prev = r->live_next = nullptr;
+}
+
 void Volume::OnDeviceDone(IoRequest* op) {
   auto* r = static_cast<Request*>(op->ctx);
   if (!op->status.ok() && r->status.ok()) r->status = op->status;
@@ -396,11 +403,14 @@ void Volume::ReapEmpty(uint64_t v) {
 void Volume::FinishRequest(Request* r) {
   VolumeIo* io = r->io;
   const bool ok = r->status.ok();
+  if (r->is_write) UnlinkLiveWrite(r);
   for (const Seg& s : r->segs) {
     Fragment* f = FindFragment(s.v, s.pcluster);
     const uint32_t held = inflight_.Decrement(s.pcluster);
     SHALE_CHECK(f != nullptr && held > 0, "fragment vanished while I/O was in flight");
-    if (r->is_write && ok) {
+    if (r->precut && ok) {
+      FinishPrecutSeg(s, f);
+    } else if (r->is_write && ok) {
       bool changed = (s.blocks & ~f->blocks) != 0;
       f->blocks |= s.blocks;
       // The written blocks now live here only: hide them everywhere else in the view.
@@ -418,6 +428,7 @@ void Volume::FinishRequest(Request* r) {
   // Bounded dirty set: what a later flush or freeze has to commit stays small whatever the
   // writer does between flushes (docs/snapshots.md, "Freeze latency").
   if (dirty_list_.size() >= kDirtyCommitThreshold && !closing_ && !failed_) Commit(nullptr);
+  if (r->precut) FinishedPrecutWrite();
   Status st = std::move(r->status);
   const bool fua = r->is_write && (io->flags & kVolumeFua);
   FreeRequest(r);
@@ -572,6 +583,7 @@ void Volume::SubmitWrite(VolumeIo* io) {
     }
     pos = cluster_end;
   }
+  LinkLiveWrite(r);
   SubmitDeviceOps(r);
 }
 
@@ -698,6 +710,9 @@ void Volume::OnCommitted(std::vector<VolumeIo*> /*waiters*/, const Status& st,
 }
 
 void Volume::FlushAfter(VolumeIo* io, Status /*write_status*/) {
+  // Writes acknowledged since a cut may have mapped blocks only the freeze's second commit
+  // carries: this flush commits after that one.
+  if (ParkFlushBehindFreeze(io)) return;
   // Fast path: nothing to commit and no earlier commit pending -> a plain device flush.
   if (dirty_list_.empty() && allocated_.empty() && freed_.empty() && commits_in_flight_ == 0) {
     Request* r = NewRequest(io);

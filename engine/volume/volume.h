@@ -93,15 +93,15 @@ class Volume final : public VolumeLayer {
 
   // --- reactor thread: image (snapshot) mechanics, driven by the Engine ---
 
-  // Freezes the head: parks new writes, waits for writes in flight, then commits the head's
-  // dirty mappings together with `records` (which must make the head a frozen image and
-  // new_head the volume's head) and continues on new_head. Writes acknowledged before the call
-  // are in the frozen image; writes admitted after it are not. The pause lasts only the drain:
-  // the commit completes in the background (pipeline order keeps later commits after it).
-  // cut() (optional) runs on the reactor once the head has switched and writes resume (the
-  // instant the frozen image's content is fixed); durable(status) runs on the reactor once the
-  // freeze's commit is durable (or failed). Many dirty mappings are committed first, without
-  // waiting, so that the capture inside the pause stays small.
+  // Freezes the head at once, without draining: commits the head's dirty mappings together
+  // with `records` (which must make the head a frozen image and new_head the volume's head) and
+  // continues on new_head. Writes acknowledged before the call are in the frozen image; writes
+  // admitted after it are not; writes in flight at the cut (admitted, not acknowledged) finish
+  // into the frozen image, and a second commit carries their mappings once the last of them
+  // has completed (flushes wait for it to be submitted). Nothing is parked. cut() (optional)
+  // runs before Freeze returns, once the head has switched; durable(status) runs on the reactor
+  // once both commits are durable (or one failed). Many dirty mappings are committed first,
+  // so that the capture at the cut stays small. (docs/snapshots.md, "Freeze latency".)
   void Freeze(uint64_t new_head, MetaBatch records, std::function<void()> cut,
               std::function<void(const Status&)> durable);
   // Freezing several volumes in one metadata commit (Engine::FreezeVolumes): Quiesce every
@@ -193,6 +193,20 @@ class Volume final : public VolumeLayer {
     uint32_t pcluster;
     uint64_t blocks;
   };
+  struct PendingFreeze;
+  // The cut of Freeze (no other gate or freeze in the way).
+  void CutFreeze(uint64_t new_head, MetaBatch records, std::function<void()> cut,
+                 std::function<void(const Status&)> durable);
+  // A write admitted before the cut completed after it: its blocks go to the frozen image.
+  void FinishPrecutSeg(const Seg& s, Fragment* f);
+  // A write admitted before the cut completed; after the last one, commits the frozen image's
+  // final entries and lets the parked flushes go.
+  void FinishedPrecutWrite();
+  // While a cut's writes are in flight: parks a flush until the freeze's second commit is
+  // submitted (true), else false.
+  bool ParkFlushBehindFreeze(VolumeIo* io);
+  void LinkLiveWrite(Request* r);
+  void UnlinkLiveWrite(Request* r);
 
   // The commit request Commit/CommitWith submit: the head's dirty mappings, allocated and freed
   // clusters, `extra`; done(status) runs on the reactor once durable.
@@ -271,6 +285,8 @@ class Volume final : public VolumeLayer {
   Status failure_;
 
   Request* free_requests_ = nullptr;
+  Request* live_writes_ = nullptr;         // write requests with device I/O in flight
+  std::unique_ptr<PendingFreeze> freeze_;  // a cut whose writes in flight are not all done
   uint64_t requests_in_flight_ = 0;
   uint64_t timer_id_ = 0;
   bool closing_ = false;

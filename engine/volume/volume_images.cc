@@ -97,20 +97,102 @@ void Volume::Freeze(uint64_t new_head, MetaBatch records, std::function<void()> 
                     std::function<void(const Status&)> durable) {
   SHALE_CHECK(reactor_->IsCurrent() && !options_.view_only, "Volume::Freeze misuse");
   SHALE_CHECK(new_head <= UINT32_MAX, "image id too large");
-  // Much is dirty: submit it first without parking writes (and without waiting for it: the
-  // pipeline keeps the freeze's commit after it), so the capture inside the gate stays small.
+  // Much is dirty: submit it first without waiting for it (the pipeline keeps the freeze's
+  // commit after it), so the capture at the cut stays small.
   if (dirty_list_.size() > kFreezePrecommitThreshold) Commit(nullptr);
+  if (!write_gate_ && freeze_ == nullptr) {
+    return CutFreeze(new_head, std::move(records), std::move(cut), std::move(durable));
+  }
+  // Another gate is up, or an earlier cut's writes are still in flight: cut once drained.
   auto batch = std::make_shared<MetaBatch>(std::move(records));
   GateWrites([this, new_head, batch, cut = std::move(cut), durable = std::move(durable)]() mutable {
-    // Every write admitted before the gate has completed: the head's dirty mappings are the
-    // frozen image's final state. Capture them with the records, then switch heads.
-    CommitWith(std::move(*batch), {}, {}, std::move(durable));
-    chain_.push_back(new_head);
-    head_ = static_cast<uint32_t>(new_head);
-    owned_clusters_.store(0, std::memory_order_relaxed);
+    CutFreeze(new_head, std::move(*batch), nullptr, std::move(durable));
     UngateWrites();
     if (cut) cut();
   });
+}
+
+void Volume::CutFreeze(uint64_t new_head, MetaBatch records, std::function<void()> cut,
+                       std::function<void(const Status&)> durable) {
+  // Writes in flight were admitted before the cut: they finish into the frozen image. Keep its
+  // stored entries of the clusters they touch, as they stand now, to complete them later.
+  std::unique_ptr<PendingFreeze> pending;
+  for (Request* r = live_writes_; r != nullptr; r = r->live_next) {
+    if (pending == nullptr) {
+      pending = std::make_unique<PendingFreeze>();
+      pending->image = head_;
+      pending->first_commit = std::make_shared<Status>();
+      pending->durable = std::move(durable);
+    }
+    r->precut = true;
+    ++pending->writes;
+    for (const Seg& sg : r->segs) {
+      if (!pending->entries.contains(sg.v)) pending->entries.emplace(sg.v, StoredEntry(sg.v));
+    }
+  }
+  std::function<void(const Status&)> first_done = std::move(durable);
+  if (pending != nullptr) {
+    first_done = [first = pending->first_commit](const Status& st) { *first = st; };
+  }
+  CommitWith(std::move(records), {}, {}, std::move(first_done));
+  chain_.push_back(new_head);
+  head_ = static_cast<uint32_t>(new_head);
+  owned_clusters_.store(0, std::memory_order_relaxed);
+  counters_.last_write_pause_ns.store(0, std::memory_order_relaxed);
+  freeze_ = std::move(pending);
+  if (cut) cut();
+}
+
+void Volume::FinishPrecutSeg(const Seg& s, Fragment* f) {
+  // The frozen image's stored entry: the written blocks now live in this fragment only.
+  MapEntry& e = freeze_->entries[s.v];
+  bool found = false;
+  for (StoredFragment& sf : e.fragments) {
+    if (sf.pcluster == s.pcluster) {
+      sf.blocks |= s.blocks;
+      found = true;
+    } else {
+      sf.blocks &= ~s.blocks;
+    }
+  }
+  if (!found) e.fragments.push_back(StoredFragment{s.pcluster, s.blocks});
+  e.zero_blocks &= ~s.blocks;
+  // The view: blocks the head has written or zeroed since the cut stay the head's.
+  uint64_t covered = 0;
+  for (const Fragment& g : map_.Fragments(s.v)) {
+    if (g.image == head_) covered |= g.blocks;
+  }
+  const uint64_t shown = s.blocks & ~covered;
+  f->blocks |= shown;
+  for (Fragment& g : map_.Fragments(s.v)) {
+    if (&g != f && g.image != head_) g.blocks &= ~shown;
+  }
+  ReapEmpty(s.v);
+}
+
+void Volume::FinishedPrecutWrite() {
+  SHALE_CHECK(freeze_ != nullptr && freeze_->writes > 0, "precut write without a freeze");
+  if (--freeze_->writes != 0) return;
+  std::unique_ptr<PendingFreeze> p = std::move(freeze_);
+  MetaBatch batch;
+  for (const auto& [v, e] : p->entries) {
+    if (e.empty()) {
+      batch.Delete(keys::Map(p->image, v));
+    } else {
+      batch.Put(keys::Map(p->image, v), e.Encode());
+    }
+  }
+  CommitWith(std::move(batch), {}, {},
+             [first = p->first_commit, durable = std::move(p->durable)](const Status& st) {
+               if (durable) durable(first->ok() ? st : *first);
+             });
+  for (VolumeIo* io : p->flushes) FlushAfter(io, Status::Ok());
+}
+
+bool Volume::ParkFlushBehindFreeze(VolumeIo* io) {
+  if (freeze_ == nullptr) return false;
+  freeze_->flushes.push_back(io);
+  return true;
 }
 
 void Volume::Quiesce(std::function<void()> drained) {
