@@ -152,7 +152,7 @@ Result<std::unique_ptr<ReplicaClient>> ReplicaClient::Connect(ReplicaClientOptio
   c->direct_ = c->conn_->can_try_send();
   c->flusher_->client = c.get();
   c->sender_ = std::thread([p = c.get()] { p->SenderLoop(); });
-  c->receiver_ = std::thread([p = c.get()] { p->ReceiverLoop(); });
+  if (!c->StartRingReceiver()) c->receiver_ = std::thread([p = c.get()] { p->ReceiverLoop(); });
   return c;
 }
 
@@ -210,6 +210,7 @@ ReplicaClientStats ReplicaClient::stats() const {
   s.posts = counters_.posts.load();
   s.direct_sends = counters_.direct_sends.load();
   s.tails = counters_.tails.load();
+  s.ring_receives = counters_.ring_receives.load();
   return s;
 }
 
@@ -660,6 +661,7 @@ void ReplicaClient::Close() {
   if (conn_) conn_->Shutdown();
   if (sender_.joinable()) sender_.join();
   if (receiver_.joinable()) receiver_.join();
+  DetachRingReceiver();
   std::vector<ReplicaRequest*> done;
   {
     std::lock_guard lock(mu_);

@@ -132,9 +132,10 @@ struct ReplicaClientStats {
   uint64_t late_replies = 0;  // replies to requests that had timed out
   uint64_t sends = 0;         // writev calls
   uint64_t bytes_sent = 0;
-  uint64_t posts = 0;         // Reactor::Post calls carrying completions
-  uint64_t direct_sends = 0;  // of `sends`: by the completion reactor itself
-  uint64_t tails = 0;         // ... of which the socket took only a part at once
+  uint64_t posts = 0;          // Reactor::Post calls carrying completions
+  uint64_t direct_sends = 0;   // of `sends`: by the completion reactor itself
+  uint64_t tails = 0;          // ... of which the socket took only a part at once
+  uint64_t ring_receives = 0;  // receives completed on the completion reactor's ring
 };
 
 class ReplicaClient {
@@ -174,6 +175,14 @@ class ReplicaClient {
   void SentLocked(const std::vector<ReplicaRequest*>& batch, std::vector<ReplicaRequest*>* done);
   void FlushFromReactor();
   void ReceiverLoop();
+  // Replies received on the completion reactor's ring (replica_client_ring.cc).
+  class RingReceiver;
+  bool StartRingReceiver();
+  // Close(): after it, the ring receiver never touches this client again.
+  void DetachRingReceiver();
+  // The ring receive broke the connection (`why`): fails every unfinished request.
+  void RingFailed(const Status& why, std::vector<ReplicaRequest*>* done);
+  void RingExpire(std::vector<ReplicaRequest*>* done);
   size_t Encode(ReplicaRequest* r, ConstBuffer* iov);
   Status HandleReply(const FrameReader::Frame& f, ReplicaRequest* claimed,
                      std::vector<ReplicaRequest*>* done);
@@ -216,13 +225,16 @@ class ReplicaClient {
     ReplicaClient* client = nullptr;
   };
   std::shared_ptr<Flusher> flusher_ = std::make_shared<Flusher>();
+  // On plain TCP the completion reactor receives the replies on its own ring (no receiver
+  // thread, no Post): docs/format/replica-protocol.md, "Reactor receives".
+  std::shared_ptr<RingReceiver> ring_;
   bool closing_ = false;
   bool failed_ = false;
   Status failure_;
 
   struct Counters {
     std::atomic<uint64_t> requests{0}, timeouts{0}, late{0}, sends{0}, bytes_sent{0}, posts{0},
-        direct_sends{0}, tails{0};
+        direct_sends{0}, tails{0}, ring_receives{0};
   };
   Counters counters_;
 };

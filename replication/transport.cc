@@ -127,6 +127,7 @@ class TcpConnection final : public Connection {
   ~TcpConnection() override { ::close(fd_); }
 
   bool can_try_send() const override { return true; }
+  int native_fd() const override { return fd_; }
   Result<size_t> TrySend(std::span<const ConstBuffer> buffers) override {
     std::array<iovec, IOV_MAX> iov;
     size_t sent = 0;

@@ -61,6 +61,9 @@ class Connection {
   virtual void Shutdown() = 0;
   // "ADDRESS:PORT" of the peer, for logs.
   virtual const std::string& peer() const = 0;
+  // The socket, for receiving on a reactor's ring (plain TCP only; -1 elsewhere: TLS and fault
+  // injection must see every byte). Owned by the connection.
+  virtual int native_fd() const { return -1; }
 };
 
 // The part of `buffers` after its first `sent` bytes (views into the same memory).
