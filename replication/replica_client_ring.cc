@@ -23,20 +23,15 @@
 #include "engine/common/log.h"
 #include "engine/io/reactor.h"
 #include "replication/replica_client.h"
+#include "replication/ring_frames.h"
 
 namespace shale::replication {
-
-namespace {
-constexpr size_t kRingBufferBytes = FrameReader::kBufferBytes;  // grows for a larger frame
-constexpr size_t kMinReceiveBytes = 16 * kKiB;  // less room than this at the end: compact first
-}  // namespace
 
 class ReplicaClient::RingReceiver final : public CompletionHandler,
                                           public std::enable_shared_from_this<RingReceiver> {
  public:
   RingReceiver(ReplicaClient* client, Reactor* reactor, int fd, std::string peer)
       : client_(client), reactor_(reactor), fd_(fd), peer_(std::move(peer)) {
-    buf_.resize(kRingBufferBytes);
     const auto timeout =
         std::chrono::duration_cast<std::chrono::nanoseconds>(client->options_.request_timeout);
     // Requests time out within an eighth of the timeout after their deadline.
@@ -74,15 +69,9 @@ class ReplicaClient::RingReceiver final : public CompletionHandler,
 
  private:
   void Arm() {
-    if (end_ == begin_) {
-      begin_ = end_ = 0;
-    } else if (buf_.size() - end_ < kMinReceiveBytes) {
-      std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
-      end_ -= begin_;
-      begin_ = 0;
-    }
+    const std::span<uint8_t> space = frames_.Space();
     io_uring_sqe* sqe = reactor_->PrepareSqe(this);
-    io_uring_prep_recv(sqe, fd_, buf_.data() + end_, buf_.size() - end_, 0);
+    io_uring_prep_recv(sqe, fd_, space.data(), space.size(), 0);
     self_ = shared_from_this();
   }
 
@@ -105,42 +94,26 @@ class ReplicaClient::RingReceiver final : public CompletionHandler,
   bool Received(int32_t res, std::vector<ReplicaRequest*>* done) {
     if (res == -EAGAIN || res == -EINTR) return true;
     if (res <= 0) {
-      client_->RingFailed(
-          res == 0 ? Status::Unavailable("the replica " + peer_ + " ended the connection")
-                   : Status::FromErrno(-res, "receive from " + peer_),
-          done);
+      Status why = Status::Unavailable("the replica " + peer_ + " ended the connection");
+      if (res < 0) {
+        why = Status::FromErrno(-res, "receive from " + peer_);
+      } else if (frames_.partial()) {
+        why = Status::Corruption("replica protocol: truncated frame (the stream ended inside it)");
+      }
+      client_->RingFailed(why, done);
       return false;
     }
     client_->counters_.ring_receives.fetch_add(1, std::memory_order_relaxed);
-    end_ += static_cast<size_t>(res);
-    while (end_ - begin_ >= kFrameHeaderSize) {
-      const std::span<const uint8_t, kFrameHeaderSize> hb(buf_.data() + begin_, kFrameHeaderSize);
-      FrameHeader h;
-      Status st = DecodeHeader(hb, &h);
-      const size_t need = kFrameHeaderSize + h.payload_length;
-      if (st.ok() && end_ - begin_ < need) {
-        if (buf_.size() - begin_ < need) {  // make room for the whole frame
-          std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
-          end_ -= begin_;
-          begin_ = 0;
-          if (buf_.size() < need) buf_.resize(need);
-        }
-        break;
-      }
-      FrameReader::Frame f;
-      f.header = h;
-      f.payload = std::span<const uint8_t>(buf_.data() + begin_ + kFrameHeaderSize,
-                                           st.ok() ? h.payload_length : 0);
-      if (st.ok() && FrameChecksum(hb, {f.payload}) != h.checksum) {
-        st = Status::Corruption("replica protocol: checksum mismatch in a " +
-                                std::string(MsgTypeName(h.msg())) + " frame");
-      }
-      if (st.ok()) st = client_->HandleReply(f, nullptr, done);
+    frames_.Received(static_cast<size_t>(res));
+    while (true) {
+      Result<std::optional<RingFrames::Parsed>> next = frames_.Next();
+      Status st = next.ok() ? Status::Ok() : next.status();
+      if (st.ok() && !next->has_value()) break;
+      if (st.ok()) st = client_->HandleReply((*next)->frame, nullptr, done);
       if (!st.ok()) {
         client_->RingFailed(st, done);
         return false;
       }
-      begin_ += need;
     }
     client_->RingExpire(done);
     return true;
@@ -152,8 +125,7 @@ class ReplicaClient::RingReceiver final : public CompletionHandler,
   const int fd_;  // a dup of the connection's socket: valid until the last completion
   const std::string peer_;
   uint64_t expire_period_ns_ = 0;
-  std::vector<uint8_t> buf_;
-  size_t begin_ = 0, end_ = 0;
+  RingFrames frames_;
   std::shared_ptr<RingReceiver> self_;  // set while a receive is in flight
 };
 

@@ -687,7 +687,11 @@ void ReplicaServer::Serve(Conn* c) {
   } else if (*ready) {
     c->direct_replies = c->connection->can_try_send();
     c->sender = std::thread([c] { c->SenderLoop(); });
-    c->ServeRequests(&reader);
+    if (c->StartRing(reader)) {
+      c->ServeRing();
+    } else {
+      c->ServeRequests(&reader);
+    }
   }
   c->connection->Shutdown();
   if (c->sender.joinable()) {

@@ -9,6 +9,7 @@
 #include <bit>
 #include <condition_variable>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -182,12 +183,40 @@ struct ReplicaServer::Conn {
   // nullptr: releases the hold of a FlushReplies.
   void FreeRequest(Request* r) {
     if (r != nullptr) buffers.Put(r->data, r->data_size);
-    std::lock_guard lock(mu);
-    --in_flight;
-    if (r != nullptr) bytes_in_flight -= r->data_size;
-    room_cv.notify_all();
+    bool resume = false;
+    {
+      std::lock_guard lock(mu);
+      --in_flight;
+      if (r != nullptr) bytes_in_flight -= r->data_size;
+      room_cv.notify_all();
+      if (ring_waiting_room && HasRoomLocked()) {
+        ring_waiting_room = false;
+        resume = true;
+      }
+    }
     delete r;
+    if (resume) ResumeRing();
   }
+  bool HasRoomLocked() const {
+    return in_flight < server->options_.max_requests_in_flight &&
+           bytes_in_flight < server->options_.max_bytes_in_flight;
+  }
+
+  // Requests received on the volume's reactor's own ring (plain TCP; replica_server_ring.cc,
+  // docs/format/replica-protocol.md "Reactor receives"): the receiver thread then runs only what
+  // may block — epoch raises, SET_GENERATION, SNAPSHOT — handed over as whole frames in
+  // `control` while the ring waits, and then waits for the ring's end.
+  class RingReceiver;
+  std::shared_ptr<RingReceiver> ring;
+  std::deque<std::string> control;     // under mu
+  std::condition_variable control_cv;  // the receiver thread: control frames or the ring's end
+  bool ring_ended = false;             // under mu
+  bool ring_waiting_room = false;      // under mu: the ring stopped receiving at the bounds
+  // Starts the ring receiver if the connection allows it (false: serve on this thread).
+  bool StartRing(const FrameReader& reader);
+  // The receiver thread in ring mode: control frames until the ring ends.
+  void ServeRing();
+  void ResumeRing();  // any thread: the ring goes on receiving (on the reactor)
 
   void SenderLoop();
   void SendFailed(const Status& st);
