@@ -9,8 +9,10 @@
 // straight into the request's buffer), matches them by request id (they may come in any order)
 // and posts every reply it parsed from one receive to the completion reactor with one
 // Reactor::Post. Per request that is one mutex round trip on the reactor plus, at low queue depth,
-// one futex wake and one Post; at high queue depth both are shared by a batch. Checksums and
-// copies stay off the reactor.
+// one futex wake and one Post; at high queue depth both are shared by a batch. On plain TCP the
+// completion reactor does both ends itself instead: it sends the requests queued in one batch
+// (FlushFromReactor) and receives the replies on its own ring (replica_client_ring.cc); the
+// threads then only finish what the socket did not take at once.
 //
 // Failure reporting, each a distinct ReplicaOutcome:
 //   kStaleEpoch      the replica has persisted a newer epoch: this target is fenced. Not a

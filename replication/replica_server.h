@@ -13,7 +13,10 @@
 //
 // Threads: one accept thread; per connection a receiver thread (handshake, OPEN, parsing and
 // checking frames, persisting epochs, submitting batches of requests to the volume's reactor with
-// one Reactor::Post each) and a sender thread (replies, many per writev, checksummed there).
+// one Reactor::Post each) and a sender thread (replies, many per writev, checksummed there). On
+// plain TCP the volume's reactor receives and dispatches the requests on its own ring and sends
+// the replies itself (replica_server_ring.cc, replica_server_send.cc); the threads then run what
+// may block (epoch raises, SET_GENERATION, SNAPSHOT) and what the socket did not take at once.
 // Requests run on the volume's reactor and complete out of order; nothing blocks a reactor.
 // A connection holds at most max_requests_in_flight requests and max_bytes_in_flight (plus one
 // request) of data buffers; at the bound it stops reading (the peer sees TCP backpressure).
