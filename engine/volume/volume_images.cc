@@ -318,7 +318,7 @@ void Volume::ReplaceHead(std::vector<uint64_t> chain, ClusterMap map, uint64_t n
 }
 
 struct Volume::FlattenJob {
-  std::vector<uint64_t> todo;  // virtual clusters that read blocks through parents
+  std::vector<uint64_t> to_copy;  // virtual clusters that read blocks through parents
   size_t next = 0;
   std::function<void(uint64_t, uint64_t)> progress;
   std::function<void(const Status&)> done;
@@ -350,7 +350,7 @@ void Volume::Flatten(std::function<void(uint64_t, uint64_t)> progress,
   map_.ForEach([&](uint64_t v, std::span<const Fragment> frags) {
     for (const Fragment& f : frags) {
       if (f.image != head_ && !f.is_zero() && f.blocks != 0) {
-        job->todo.push_back(v);
+        job->to_copy.push_back(v);
         return;
       }
     }
@@ -359,8 +359,8 @@ void Volume::Flatten(std::function<void(uint64_t, uint64_t)> progress,
 }
 
 void Volume::FlattenNextBatch(std::shared_ptr<FlattenJob> job) {
-  if (job->progress) job->progress(job->next, job->todo.size());
-  if (!job->status.ok() || job->next >= job->todo.size()) {
+  if (job->progress) job->progress(job->next, job->to_copy.size());
+  if (!job->status.ok() || job->next >= job->to_copy.size()) {
     if (!job->status.ok()) return job->done(job->status);
     // Make the copies durable before the caller detaches the volume from its parents.
     return Commit([job](const Status& st) { job->done(st); });
@@ -377,10 +377,10 @@ void Volume::FlattenNextBatch(std::shared_ptr<FlattenJob> job) {
 
 uint64_t Volume::FlattenBatchBytes(const FlattenJob& job) const {
   uint64_t blocks = 0;
-  const size_t end = std::min(job.next + kFlattenBatchClusters, job.todo.size());
+  const size_t end = std::min(job.next + kFlattenBatchClusters, job.to_copy.size());
   for (size_t i = job.next; i < end; ++i) {
     uint64_t parent_blocks = 0;
-    for (const Fragment& f : map_.Fragments(job.todo[i])) {
+    for (const Fragment& f : map_.Fragments(job.to_copy[i])) {
       if (f.image != head_ && !f.is_zero()) parent_blocks |= f.blocks;
     }
     blocks += static_cast<uint64_t>(std::popcount(parent_blocks));
@@ -402,9 +402,9 @@ void Volume::FlattenCopyBatch(std::shared_ptr<FlattenJob> job) {
   GateWrites([this, job]() {
     // No client write is in flight: copy up to 32 clusters' parent blocks.
     job->copies.clear();
-    const size_t end = std::min(job->next + kFlattenBatchClusters, job->todo.size());
+    const size_t end = std::min(job->next + kFlattenBatchClusters, job->to_copy.size());
     for (; job->next < end; ++job->next) {
-      const uint64_t v = job->todo[job->next];
+      const uint64_t v = job->to_copy[job->next];
       uint64_t parent_blocks = 0;
       for (const Fragment& f : map_.Fragments(v)) {
         if (f.image != head_ && !f.is_zero()) parent_blocks |= f.blocks;
