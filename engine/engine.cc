@@ -108,10 +108,13 @@ Status Engine::OpenRegisteredPools() {
                              {.name = reg.name(),
                               .metadata_dir = reg.metadata_dir(),
                               .expected_uuid = uuid,
+                              .defer_compactions = true,
                               .metadata_fs = MetadataFs(options_, reg.metadata_dir())});
       if (pool.ok()) {
         slot->pool = std::move(pool).value();
         st = LoadVolumes(*slot);
+        // The maps are in memory (scanned on every core after a crash): compact from here.
+        if (st.ok()) st = slot->pool->meta().ResumeCompactions();
         if (!st.ok()) {
           // Volumes loaded so far would reference a half-loaded pool: drop them.
           for (auto it = volumes_.begin(); it != volumes_.end();) {

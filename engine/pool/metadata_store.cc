@@ -94,6 +94,7 @@ Result<std::unique_ptr<MetadataStore>> MetadataStore::Open(const std::string& di
   ro.keep_log_file_num = 3;
   ro.write_buffer_size = 16 << 20;
   ro.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  ro.disable_auto_compactions = options.defer_compactions;
   std::unique_ptr<rocksdb::Env> env;
   if (options.file_system) {
     env = rocksdb::NewCompositeEnv(options.file_system);
@@ -133,27 +134,37 @@ Status MetadataStore::Put(std::string_view key, std::string_view value) {
   return Write(b);
 }
 
+Status MetadataStore::ResumeCompactions() {
+  return FromRocks(db_->EnableAutoCompaction({db_->DefaultColumnFamily()}),
+                   "resume metadata compactions");
+}
+
 Status MetadataStore::Scan(
     std::string_view prefix,
     const std::function<bool(std::string_view key, std::string_view value)>& fn) const {
+  // The prefix's successor bounds the scan (none when the prefix is all 0xff bytes).
+  std::string upper(prefix);
+  while (!upper.empty() && static_cast<uint8_t>(upper.back()) == 0xff) upper.pop_back();
+  if (!upper.empty()) upper.back() = static_cast<char>(static_cast<uint8_t>(upper.back()) + 1);
+  return ScanRange(prefix, upper, [&](std::string_view k, std::string_view v) {
+    return k.starts_with(prefix) && fn(k, v);
+  });
+}
+
+Status MetadataStore::ScanRange(
+    std::string_view begin, std::string_view end,
+    const std::function<bool(std::string_view key, std::string_view value)>& fn) const {
   // A scan reads each record once (loading a volume's map reads millions): its blocks are not
   // worth the block cache's bookkeeping nor its memory, and sequential reads get readahead. The
-  // upper bound (the prefix's successor) keeps the iterator from reading past the prefix.
+  // upper bound keeps the iterator from reading past the range.
   rocksdb::ReadOptions ro;
   ro.fill_cache = false;
   ro.readahead_size = 2 << 20;
-  std::string upper(prefix);
-  while (!upper.empty() && static_cast<uint8_t>(upper.back()) == 0xff) upper.pop_back();
-  rocksdb::Slice upper_slice;
-  if (!upper.empty()) {
-    upper.back() = static_cast<char>(static_cast<uint8_t>(upper.back()) + 1);
-    upper_slice = rocksdb::Slice(upper);
-    ro.iterate_upper_bound = &upper_slice;
-  }
+  const rocksdb::Slice upper_slice(end.data(), end.size());
+  if (!end.empty()) ro.iterate_upper_bound = &upper_slice;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
-  for (it->Seek(rocksdb::Slice(prefix.data(), prefix.size())); it->Valid(); it->Next()) {
+  for (it->Seek(rocksdb::Slice(begin.data(), begin.size())); it->Valid(); it->Next()) {
     rocksdb::Slice k = it->key();
-    if (!k.starts_with(rocksdb::Slice(prefix.data(), prefix.size()))) break;
     rocksdb::Slice v = it->value();
     if (!fn(std::string_view(k.data(), k.size()), std::string_view(v.data(), v.size()))) break;
   }

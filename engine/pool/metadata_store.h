@@ -57,6 +57,10 @@ class MetadataStore {
     // The file system RocksDB runs on; null = the default (local files). Tests pass a
     // FaultInjectingFs (fault_fs.h) here. Shared: it must outlive the store.
     std::shared_ptr<rocksdb::FileSystem> file_system;
+    // Opens with automatic compactions off until ResumeCompactions(): an engine loading its
+    // volume maps scans millions of records, and a compaction the open triggers (the replayed
+    // WAL's flush adds an L0 file) would take the core the scan's second thread needs.
+    bool defer_compactions = false;
   };
   // Busy when another process holds the database; NotFound when it does not exist and
   // create_if_missing is false.
@@ -70,9 +74,16 @@ class MetadataStore {
   // Atomic and durable (synced) when it returns OK.
   Status Write(const MetaBatch& batch);
   Status Put(std::string_view key, std::string_view value);
+  // After Options::defer_compactions: compactions run again (any owed start now).
+  Status ResumeCompactions();
   // Calls fn(key, value) for every key starting with prefix, in key order, until fn returns false.
   Status Scan(std::string_view prefix,
               const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+  // The same for every key in [begin, end) (end empty: no upper bound). Iterators are
+  // independent: several threads may scan disjoint ranges at once (Volume::LoadMap does).
+  Status ScanRange(
+      std::string_view begin, std::string_view end,
+      const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
   // RocksDB's own memory: memtables (bounded by the write buffers), table readers (index and
   // filter blocks of open SST files: they grow with the data) and the block cache (bounded by
   // its capacity). From RocksDB's estimates; 0 where it has none. Any thread.

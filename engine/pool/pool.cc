@@ -128,7 +128,9 @@ Result<std::unique_ptr<Pool>> Pool::Create(std::shared_ptr<BlockDevice> device,
 Result<std::unique_ptr<Pool>> Pool::Open(std::shared_ptr<BlockDevice> device,
                                          const PoolOpenOptions& options) {
   const std::string who = "pool '" + options.name + "'";
-  auto meta_or = MetadataStore::Open(options.metadata_dir, {.file_system = options.metadata_fs});
+  auto meta_or = MetadataStore::Open(
+      options.metadata_dir,
+      {.file_system = options.metadata_fs, .defer_compactions = options.defer_compactions});
   if (!meta_or.ok()) {
     if (meta_or.status().IsNotFound()) {
       return Status::FailedPrecondition(who + ": its metadata is missing at " +

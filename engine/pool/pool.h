@@ -39,6 +39,8 @@ struct PoolOpenOptions {
   std::string metadata_dir;
   Uuid expected_uuid;  // from the registry; nil = accept the metadata's
   bool discard_freed = true;
+  // MetadataStore::Options::defer_compactions: the opener calls meta().ResumeCompactions().
+  bool defer_compactions = false;
   // File system of the metadata store; null = the default (MetadataStore::Options::file_system).
   std::shared_ptr<rocksdb::FileSystem> metadata_fs;
 };

@@ -88,6 +88,29 @@ void ClusterMap::RemoveIf(uint64_t v, const std::function<bool(const Fragment&)>
   }
 }
 
+void ClusterMap::Adopt(ClusterMap&& part, uint64_t begin, uint64_t end) {
+  SHALE_CHECK(part.vclusters_ == vclusters_ && begin <= end && end <= vclusters_ &&
+                  begin % kPageSlots == 0 && (end % kPageSlots == 0 || end == vclusters_),
+              "ClusterMap::Adopt: a range of whole pages of a map of the same size");
+  // The part's side vectors follow ours: its multi-fragment slots index them from `base`.
+  const auto base = static_cast<uint32_t>(multi_.size());
+  for (uint64_t p = begin >> kPageShift; p < (end + kPageSlots - 1) >> kPageShift; ++p) {
+    std::unique_ptr<Fragment[]>& page = part.pages_[p];
+    if (!page) continue;
+    SHALE_CHECK(!pages_[p], "ClusterMap::Adopt: the range is not empty here");
+    if (base != 0 && !part.multi_.empty()) {
+      for (uint64_t i = 0; i < kPageSlots; ++i) {
+        if (page[i].pcluster == kMulti) page[i].image += base;
+      }
+    }
+    pages_[p] = std::move(page);
+  }
+  multi_.reserve(multi_.size() + part.multi_.size());
+  for (auto& m : part.multi_) multi_.push_back(std::move(m));
+  for (uint32_t f : part.multi_free_) multi_free_.push_back(base + f);
+  part = ClusterMap();
+}
+
 void ClusterMap::ForEach(const std::function<void(uint64_t, std::span<const Fragment>)>& fn) const {
   for (uint64_t p = 0; p < pages_.size(); ++p) {
     if (!pages_[p]) continue;

@@ -55,6 +55,12 @@ class ClusterMap {
   // Calls fn(v, fragments) for every virtual cluster with at least one fragment, in order.
   void ForEach(const std::function<void(uint64_t v, std::span<const Fragment>)>& fn) const;
 
+  // Loading in parallel (Volume::LoadMap): `part`, a map of the same size holding nothing
+  // outside [begin, end), moves its clusters into this map, which holds nothing inside it.
+  // begin is a multiple of kRangeAlign; end too, or the map's size.
+  static constexpr uint64_t kRangeAlign = 512;  // slots per page
+  void Adopt(ClusterMap&& part, uint64_t begin, uint64_t end);
+
   uint64_t multi_fragment_clusters() const { return multi_.size() - multi_free_.size(); }
   // Bytes the map holds: pages, side vectors and their headers (not the allocator's overhead).
   size_t memory_bytes() const;
@@ -62,6 +68,7 @@ class ClusterMap {
  private:
   static constexpr uint64_t kPageShift = 9;  // 512 slots (8 KiB) per page
   static constexpr uint64_t kPageSlots = 1ull << kPageShift;
+  static_assert(kPageSlots == kRangeAlign);
   static constexpr uint32_t kMulti = UINT32_MAX - 2;  // slot.pcluster: fragments in multi_
 
   Fragment* SlotFor(uint64_t v, bool create);

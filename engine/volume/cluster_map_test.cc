@@ -65,6 +65,47 @@ TEST(ClusterMapTest, SingleFragmentClustersCostSixteenBytesEach) {
   EXPECT_EQ(m.memory_bytes(), n * 16 + (n / 512) * sizeof(void*));
 }
 
+// Parallel loading (Volume::LoadMap): parts built apart, then adopted, equal the map built in one.
+TEST(ClusterMapTest, AdoptedPartsEqualTheWholeMap) {
+  const uint64_t n = 3 * ClusterMap::kRangeAlign + 100;  // the last range ends mid-page
+  const uint64_t cuts[] = {0, ClusterMap::kRangeAlign, 3 * ClusterMap::kRangeAlign, n};
+  ClusterMap whole(n);
+  ClusterMap parts[3] = {ClusterMap(n), ClusterMap(n), ClusterMap(n)};
+  auto add = [&](uint64_t v, const Fragment& f) {
+    whole.Add(v, f);
+    for (int i = 0; i < 3; ++i) {
+      if (v >= cuts[i] && v < cuts[i + 1]) parts[i].Add(v, f);
+    }
+  };
+  // Multi-fragment clusters in every part (their side vectors are renumbered), one freed again.
+  for (uint64_t v : {uint64_t{3}, uint64_t{511}, uint64_t{512}, uint64_t{1600}, n - 1}) {
+    add(v, Data(static_cast<uint32_t>(v), 0x1, 1));
+    add(v, Data(static_cast<uint32_t>(v + 1), 0x2, 2));
+  }
+  add(700, Data(70, 0xff));
+  add(1535, Data(71, 0xff, 2));
+  add(1535, Data(kZeroCluster, 0x100, 2));
+  auto not_first = [](const Fragment& f) { return f.pcluster != 1535; };
+  whole.RemoveIf(1535, not_first);
+  parts[1].RemoveIf(1535, not_first);
+  ClusterMap merged(n);
+  for (int i = 0; i < 3; ++i) merged.Adopt(std::move(parts[i]), cuts[i], cuts[i + 1]);
+  EXPECT_EQ(merged.multi_fragment_clusters(), whole.multi_fragment_clusters());
+  for (uint64_t v = 0; v < n; ++v) {
+    auto a = merged.Fragments(v), b = whole.Fragments(v);
+    ASSERT_EQ(a.size(), b.size()) << v;
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].pcluster, b[i].pcluster) << v;
+      EXPECT_EQ(a[i].image, b[i].image) << v;
+      EXPECT_EQ(a[i].blocks, b[i].blocks) << v;
+    }
+  }
+  // The freed side vector of a part is reused after the merge.
+  merged.Add(900, Data(90, 1));
+  merged.Add(900, Data(91, 2));
+  EXPECT_EQ(merged.multi_fragment_clusters(), whole.multi_fragment_clusters() + 1);
+}
+
 TEST(ClusterMapDeathTest, OutOfRangeIsABug) {
   ClusterMap m(4);
   EXPECT_DEATH((void)m.Fragments(4), "beyond map size");

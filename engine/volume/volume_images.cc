@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <bit>
 #include <memory>
+#include <thread>
 #include <tuple>
 
 #include "engine/common/block.h"
@@ -28,19 +29,29 @@ constexpr size_t kFlattenBatchClusters = 32;
 // ---------------------------------------------------------------------------------------------
 // Loading
 
-Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chain,
-                                   uint64_t size_bytes, uint64_t* owned_clusters) {
-  const uint64_t cs = pool.cluster_size();
-  const uint64_t vclusters = (size_bytes + cs - 1) / cs;
-  ClusterMap map(vclusters);
-  uint64_t owned = 0;
-  MapEntry entry;  // reused: decoding allocates nothing per record
+namespace {
+
+// A large map loads in parallel: the virtual clusters are split into ranges, one thread and one
+// RocksDB iterator each (after a crash, an open scans every record: docs/performance.md).
+constexpr uint64_t kParallelLoadClusters = 1ull << 18;  // 16 GiB of 64 KiB clusters
+constexpr unsigned kMaxLoadThreads = 4;
+
+// Loads the mappings of virtual clusters [lo, hi) of every image of `chain` into `map`. The
+// range that ends at the volume's end also reads what lies beyond it (an error).
+Status LoadMapRange(Pool& pool, const std::vector<uint64_t>& chain, uint64_t vclusters, uint64_t lo,
+                    uint64_t hi, ClusterMap* map, uint64_t* owned_out) {
+  MapEntry entry;      // reused: decoding allocates nothing per record
+  uint64_t owned = 0;  // counted here: the threads' results share a cache line
   // Top (head) first: an image's blocks are visible where no image above it already claimed them.
   for (size_t level = chain.size(); level-- > 0;) {
     const uint64_t image = chain[level];
+    const std::string begin = lo == 0 ? keys::MapImagePrefix(image) : keys::Map(image, lo);
+    // Image ids are 32-bit: the next image's prefix is this prefix's successor.
+    const std::string end =
+        hi >= vclusters ? keys::MapImagePrefix(image + 1) : keys::Map(image, hi);
     Status err;
     SHALE_RETURN_IF_ERROR(
-        pool.meta().Scan(keys::MapImagePrefix(image), [&](std::string_view k, std::string_view v) {
+        pool.meta().ScanRange(begin, end, [&](std::string_view k, std::string_view v) {
           if (k.size() != 17) {
             err = Status::Corruption("malformed mapping key");
             return false;
@@ -59,7 +70,7 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
             return false;
           }
           uint64_t covered = 0;
-          for (const auto& f : map.Fragments(vc)) covered |= f.blocks;
+          for (const auto& f : map->Fragments(vc)) covered |= f.blocks;
           for (const auto& sf : entry.fragments) {
             if (sf.pcluster >= pool.cluster_count()) {
               err = Status::Corruption("mapping references cluster " + std::to_string(sf.pcluster) +
@@ -71,7 +82,7 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
             f.image = static_cast<uint32_t>(image);
             f.blocks = sf.blocks & ~covered;
             // The head keeps its fragments even when empty: they hold an allocated cluster.
-            if (f.blocks != 0 || level + 1 == chain.size()) map.Add(vc, f);
+            if (f.blocks != 0 || level + 1 == chain.size()) map->Add(vc, f);
             if (level + 1 == chain.size()) ++owned;
           }
           uint64_t zeros = entry.zero_blocks & ~covered;
@@ -80,13 +91,56 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
             z.pcluster = kZeroCluster;
             z.image = static_cast<uint32_t>(image);
             z.blocks = zeros;
-            map.Add(vc, z);
+            map->Add(vc, z);
           }
           return true;
         }));
     SHALE_RETURN_IF_ERROR(err);
   }
-  if (owned_clusters) *owned_clusters = owned;
+  *owned_out = owned;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chain,
+                                   uint64_t size_bytes, uint64_t* owned_clusters) {
+  const uint64_t cs = pool.cluster_size();
+  const uint64_t vclusters = (size_bytes + cs - 1) / cs;
+  ClusterMap map(vclusters);
+  const unsigned parts =
+      vclusters < kParallelLoadClusters
+          ? 1
+          : std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, kMaxLoadThreads);
+  std::vector<uint64_t> owned(parts, 0);
+  if (parts == 1) {
+    SHALE_RETURN_IF_ERROR(LoadMapRange(pool, chain, vclusters, 0, vclusters, &map, &owned[0]));
+  } else {
+    const uint64_t align = ClusterMap::kRangeAlign;
+    const uint64_t step = ((vclusters + parts - 1) / parts + align - 1) / align * align;
+    std::vector<ClusterMap> maps;
+    std::vector<Status> results(parts);
+    for (unsigned i = 0; i < parts; ++i) maps.emplace_back(vclusters);
+    auto run = [&](unsigned i) {
+      const uint64_t lo = std::min(vclusters, i * step);
+      const uint64_t hi = i + 1 == parts ? vclusters : std::min(vclusters, lo + step);
+      results[i] = LoadMapRange(pool, chain, vclusters, lo, hi, &maps[i], &owned[i]);
+    };
+    std::vector<std::thread> threads;
+    for (unsigned i = 1; i < parts; ++i) threads.emplace_back(run, i);
+    run(0);
+    for (auto& t : threads) t.join();
+    for (unsigned i = 0; i < parts; ++i) {
+      SHALE_RETURN_IF_ERROR(results[i]);
+      const uint64_t lo = std::min(vclusters, i * step);
+      const uint64_t hi = i + 1 == parts ? vclusters : std::min(vclusters, lo + step);
+      map.Adopt(std::move(maps[i]), lo, hi);
+    }
+  }
+  if (owned_clusters) {
+    *owned_clusters = 0;
+    for (uint64_t n : owned) *owned_clusters += n;
+  }
   return map;
 }
 
