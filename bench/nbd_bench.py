@@ -15,13 +15,19 @@ nbds://127.0.0.1:PORT/bench?tls-verify-peer=false URIs. Neither server asks for 
 certificate and fio does not check the server's: fio's nbd engine may not read local files
 (tls-certificates=), and libnbd running as root looks only in /etc/pki/libnbd. The record layer,
 which is what the figures measure, is the same as with mutual certificates.
-Workloads: 4 KiB randread/randwrite at iodepth 32, 1 MiB sequential read/write at iodepth 8.
-Each is repeated --reps times (servers in turn within a repetition); the table shows the median
-IOPS and p99 latency per server and the median of the per-repetition ratios shaled/qemu-nbd and
-shaled/raw (absolute figures are noisy on shared machines; ratios are what to compare).
+Workloads: 4 KiB randread/randwrite at iodepth 32, 1 MiB sequential read/write at iodepth 8
+(BENCH.md's four), then the same writes with a FLUSH every 32 (4 KiB) or 8 (1 MiB) writes, as a
+filesystem's journal asks for (randwrite-flush, write-flush), and 1 MiB reads of the whole
+file or volume once after `echo 3 > /proc/sys/vm/drop_caches` (read-cold; root). nbdkit's file
+plugin writes through the page cache and reads from it: the variants show what that buys it.
+The CPU of each server process (all its threads, from /proc) and of the client (fio's usr+sys)
+over each run is printed too: on 2 cores, what ran out first. Each is repeated --reps times (servers in turn within a repetition); the table shows the median
+IOPS and p99 latency per server and the median of the per-repetition ratios shaled/qemu-nbd,
+shaled/best peer (the faster of qemu-nbd and nbdkit in that repetition) and shaled/raw (absolute
+figures are noisy on shared machines; ratios are what to compare).
 
     bench/nbd_bench.py [--build-dir build] [--size 2G] [--runtime 5] [--reps 3] [--warmup 2]
-                       [--workloads randread,randwrite,read,write]
+                       [--workloads randread,randwrite,read,write,randwrite-flush,...]
                        [--servers raw,qemu-nbd,nbdkit,shaled[,threaded]] [--dir DIR] [--json FILE]
     bench/nbd_bench.py --tls     (servers shaled,shaled-tls,qemu-nbd-tls)
 """
@@ -42,7 +48,19 @@ WORKLOADS = {
     "randwrite": dict(label="randwrite 4k qd32", rw="randwrite", bs="4k", iodepth=32),
     "read": dict(label="read 1M qd8", rw="read", bs="1M", iodepth=8),
     "write": dict(label="write 1M qd8", rw="write", bs="1M", iodepth=8),
+    # What a filesystem on the volume asks for: its journal commits flush the device. A server
+    # that acknowledges writes from the page cache pays for them at the flush.
+    "randwrite-flush": dict(label="randwrite 4k qd32 flush/32", rw="randwrite", bs="4k",
+                            iodepth=32, fsync=32),
+    "write-flush": dict(label="write 1M qd8 flush/8", rw="write", bs="1M", iodepth=8, fsync=8),
+    # Every byte read once after the page cache was dropped: what the disk serves, not RAM.
+    "read-cold": dict(label="read 1M qd8 cold", rw="read", bs="1M", iodepth=8, cold=True),
 }
+# The four workloads of BENCH.md, then the durable and cold variants that tell caching from
+# serving (docs/performance.md, "NBD exports").
+DEFAULT_WORKLOADS = ["randread", "randwrite", "read", "write", "randwrite-flush", "write-flush",
+                     "read-cold"]
+PEERS = ["qemu-nbd", "nbdkit"]
 SERVERS = ["raw", "qemu-nbd", "nbdkit", "shaled"]
 # Also available: "threaded", the thread-per-connection experiment (bench/nbd_threaded_experiment.cc)
 # that docs/nbd.md compares with shaled's reactor data path.
@@ -101,6 +119,28 @@ def fio_sample(result, rw):
     return side["iops"], p99
 
 
+def fio_cpu(result):
+    """The client's CPU, in % of one core over its run (fio's own accounting, libnbd included)."""
+    job = result["jobs"][0]
+    return job.get("usr_cpu", 0.0) + job.get("sys_cpu", 0.0)
+
+
+def cpu_seconds(pid):
+    """User + system CPU of a process and all its threads so far (io_uring workers included)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drop_page_cache():
+    """Writes back and drops the page cache, so that the next read comes from the disk."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
 def make_pki(work):
     """A CA and a server certificate for 127.0.0.1 (certtool) in two server directories: qemu-nbd's
     (qemu wants ca-cert.pem; verify-peer=off) and shaled's (without ca-cert.pem, so shaled asks no
@@ -147,6 +187,7 @@ class Servers:
         self.work = work
         self.procs = []
         self.targets = {}
+        self.pids = {}  # server name -> pid, for its CPU time
 
     def start_shaled(self, name, size, listen_args):
         a = self.args
@@ -162,6 +203,7 @@ class Servers:
                               "--reactors", str(a.reactors)] + listen_args,
                              stdout=log, stderr=log)
         self.procs.append(p)
+        self.pids[name] = p.pid
         wait_port(port, p, name)
         endpoint = f"unix://{data}/shaled.sock"
         deadline = time.monotonic() + 30
@@ -183,6 +225,7 @@ class Servers:
                               "-b", "127.0.0.1", "-p", str(port), "-x", "bench", raw_file],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(p)
+        self.pids["qemu-nbd"] = p.pid
         wait_port(port, p, "qemu-nbd")
         self.targets["qemu-nbd"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/bench"]
 
@@ -190,6 +233,7 @@ class Servers:
         p = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "file",
                               raw_file], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(p)
+        self.pids["nbdkit"] = p.pid
         wait_port(port, p, "nbdkit")
         self.targets["nbdkit"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/"]
 
@@ -216,6 +260,7 @@ class Servers:
                                   "-b", "127.0.0.1", "-p", str(port), "-x", "bench", tls_file],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.procs.append(p)
+            self.pids["qemu-nbd-tls"] = p.pid
             wait_port(port, p, "qemu-nbd (TLS)")
             self.targets["qemu-nbd-tls"] = ["--ioengine=nbd",
                                             f"--uri=nbds://127.0.0.1:{port}/bench{query}"]
@@ -227,6 +272,7 @@ class Servers:
                                   "--size", str(size), "--port", str(port)],
                                  stdout=log, stderr=log)
             self.procs.append(p)
+            self.pids["threaded"] = p.pid
             wait_port(port, p, "the threaded experiment")
             self.targets["threaded"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/bench"]
 
@@ -252,7 +298,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2,
                     help="seconds per workload and server of an untimed first pass")
     ap.add_argument("--reactors", type=int, default=1, help="shaled --reactors")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                    help=f"choose from {','.join(WORKLOADS)}")
     ap.add_argument("--servers", default=None,
                     help=f"default {','.join(SERVERS)}; with --tls {','.join(TLS_SERVERS)}")
     ap.add_argument("--tls", action="store_true",
@@ -273,6 +320,9 @@ def main():
     for w in workloads:
         if w not in WORKLOADS:
             sys.exit(f"nbd_bench: unknown workload {w} (choose from {', '.join(WORKLOADS)})")
+    if any(WORKLOADS[w].get("cold") for w in workloads) and os.geteuid() != 0:
+        sys.exit("nbd_bench: read-cold drops the page cache, which needs root (or leave it out "
+                 "of --workloads)")
     for tool in ["fio", "qemu-nbd", "nbdkit", "certtool"]:
         if shutil.which(tool) is None:
             sys.exit(f"nbd_bench: {tool} is missing (scripts/deps installs it)")
@@ -296,24 +346,41 @@ def main():
                 fio(["--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}"],
                     servers_proc.targets[s])
         def workload_args(spec, runtime):
-            return [f"--rw={spec['rw']}", f"--bs={spec['bs']}", f"--iodepth={spec['iodepth']}",
-                    f"--size={size}", "--time_based", f"--runtime={runtime}", "--ramp_time=1",
-                    "--norandommap", "--randrepeat=0"]
+            args = [f"--rw={spec['rw']}", f"--bs={spec['bs']}", f"--iodepth={spec['iodepth']}",
+                    f"--size={size}", "--norandommap", "--randrepeat=0"]
+            if spec.get("fsync"):
+                args.append(f"--fsync={spec['fsync']}")
+            if not spec.get("cold"):
+                args += ["--time_based", f"--runtime={runtime}", "--ramp_time=1"]
+            return args
+
+        def sample(spec, common, s):
+            if spec.get("cold"):
+                drop_page_cache()
+            pid = servers_proc.pids.get(s)
+            cpu0, t0 = cpu_seconds(pid), time.monotonic()
+            result = fio(common, servers_proc.targets[s])
+            server_cpu = 100.0 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+            iops, p99 = fio_sample(result, spec["rw"])
+            return {"iops": iops, "p99_us": p99, "server_cpu": server_cpu,
+                    "client_cpu": fio_cpu(result)}
 
         if a.warmup > 0:
             print("# warm-up pass (not measured)", flush=True)
             for w in workloads:
                 for s in servers:
-                    fio(workload_args(WORKLOADS[w], a.warmup), servers_proc.targets[s])
+                    if not WORKLOADS[w].get("cold"):
+                        fio(workload_args(WORKLOADS[w], a.warmup), servers_proc.targets[s])
         for rep in range(a.reps):
             for w in workloads:
                 spec = WORKLOADS[w]
                 common = workload_args(spec, a.runtime)
                 line = []
                 for s in servers:
-                    iops, p99 = fio_sample(fio(common, servers_proc.targets[s]), spec["rw"])
-                    samples[w][s].append({"iops": iops, "p99_us": p99})
-                    line.append(f"{s} {iops:9.0f} IOPS p99 {p99:8.1f} us")
+                    x = sample(spec, common, s)
+                    samples[w][s].append(x)
+                    line.append(f"{s} {x['iops']:9.0f} IOPS p99 {x['p99_us']:8.1f} us "
+                                f"cpu {x['server_cpu']:3.0f}/{x['client_cpu']:3.0f}%")
                 print(f"# rep {rep + 1} {spec['label']:<18} | " + " | ".join(line), flush=True)
     finally:
         servers_proc.stop()
@@ -328,21 +395,39 @@ def main():
                                           ("shaled", "threaded"), ("shaled-tls", "shaled"),
                                           ("shaled-tls", "qemu-nbd-tls"))
               if num in servers and den in servers]
+    peers = [p for p in PEERS if p in servers]
+    if peers:
+        head += " shaled/best peer |"
     head += "".join(f" {n}/{d} |" for n, d in ratios)
     print()
     print(head)
-    print("|---" * (1 + 2 * len(servers) + len(ratios)) + "|")
+    print("|---" * (1 + 2 * len(servers) + len(ratios) + (1 if peers else 0)) + "|")
     for w in workloads:
         row = f"| {WORKLOADS[w]['label']} |"
         for s in servers:
             row += f" {med([x['iops'] for x in samples[w][s]]):.0f} |"
             row += f" {med([x['p99_us'] for x in samples[w][s]]):.0f} |"
+        if peers:
+            best = [max(samples[w][p][i]["iops"] for p in peers) for i in range(a.reps)]
+            per_rep = [x["iops"] / b for x, b in zip(samples[w]["shaled"], best) if b > 0]
+            row += f" **{med(per_rep):.2f}x** |"
         for n, d in ratios:
             per_rep = [x["iops"] / y["iops"] for x, y in zip(samples[w][n], samples[w][d])
                        if y["iops"] > 0]
             row += f" {med(per_rep):.2f}x |"
         print(row)
     print(f"\n(median of {a.reps} repetitions; ratios are medians of per-repetition ratios)")
+    # Which resource ran out: on 2 cores, a server and a client near 100% each leave nothing.
+    print("\nCPU, % of one core over each run (median): server process (all threads) / client "
+          "(fio with libnbd; for raw, fio alone)")
+    print("| workload |" + "".join(f" {s} |" for s in servers))
+    print("|---" * (1 + len(servers)) + "|")
+    for w in workloads:
+        row = f"| {WORKLOADS[w]['label']} |"
+        for s in servers:
+            row += (f" {med([x['server_cpu'] for x in samples[w][s]]):.0f} / "
+                    f"{med([x['client_cpu'] for x in samples[w][s]]):.0f} |")
+        print(row)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"size": size, "runtime": a.runtime, "reps": a.reps, "samples": samples},
