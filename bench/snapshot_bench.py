@@ -264,6 +264,8 @@ def main():
     ap.add_argument("--dir", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if not 1 <= args.snapshots <= 126:
+        ap.error("--snapshots: 1 to 126 (a volume's chain holds at most 127 snapshots)")
     if shutil.which("fio") is None:
         die("fio is missing: run scripts/deps")
     args.sparse_from = parse_size(args.sparse_from)

@@ -37,15 +37,24 @@ class ReplicaServer::Conn::RingReceiver final : public CompletionHandler,
   // On the reactor: parses what is buffered (unless paused again), then receives.
   void Resume() {
     if (ended_ || armed_) return;  // (armed: that receive's completion parses)
+    if (stopped_) return End();
     paused_ = false;
     if (!Parse()) return End();
     if (!paused_) Arm();
+  }
+
+  // On the reactor: the receiver thread refused a frame handed to it. Nothing buffered after it
+  // runs (the thread's own receiver would not have read it either): the stream ends here.
+  void Stop() {
+    stopped_ = true;
+    if (!ended_ && !armed_) End();
   }
 
   void OnCompletion(int32_t res, uint32_t /*cqe_flags*/) override {
     std::shared_ptr<RingReceiver> keep = std::move(self_);  // this lives through the call
     armed_ = false;
     if (ended_) return;
+    if (stopped_) return End();
     if (res == -EAGAIN || res == -EINTR) return Arm();
     if (res == 0 && frames_.partial()) {
       BadFrame(
@@ -139,6 +148,7 @@ class ReplicaServer::Conn::RingReceiver final : public CompletionHandler,
   bool paused_ = false;  // waiting for the receiver thread or for room
   bool armed_ = false;   // a receive is in flight
   bool ended_ = false;
+  bool stopped_ = false;                // Stop(): end at the next chance
   std::shared_ptr<RingReceiver> self_;  // set while a receive is in flight
 };
 
@@ -179,9 +189,11 @@ void ReplicaServer::Conn::ServeRing() {
       }
       SHALE_LOG_WARN("replica connection closed: bad frame", {"peer", peer},
                      {"volume", volume_name}, {"error", st.ToString()});
-      connection->Shutdown();  // the ring's next receive ends it
+      connection->Shutdown();
+      reactor->Post([r = ring] { r->Stop(); });  // what the ring buffered after it never runs
+    } else {
+      ResumeRing();
     }
-    ResumeRing();
     lock.lock();
   }
 }

@@ -232,6 +232,30 @@ class ReplicaServiceTest : public ::testing::Test {
   }
 
   // A connection that completed HELLO/AUTH/OPEN by hand, for sending frames by hand.
+  // The payload of an OPEN of the test's volume.
+  std::string OpenPayload() const {
+    OpenRequest open;
+    open.volume_uuid = uuid_.bytes;
+    open.size_bytes = kVolSize;
+    open.volume = "vol";
+    std::string body;
+    Encode(open, &body);
+    return body;
+  }
+  // A WRITE of 4 KiB of `fill` at `offset`, at the current epoch: its header and payload.
+  FrameHeader WriteHeader(uint64_t id) {
+    FrameHeader h;
+    h.type = static_cast<uint8_t>(MsgType::kWrite);
+    h.request_id = id;
+    h.epoch = CurrentEpoch();
+    return h;
+  }
+  static std::string WritePayload(uint64_t offset, char fill) {
+    std::string body;
+    Encode(IoRange{offset, 4096}, &body);
+    body.append(4096, fill);
+    return body;
+  }
   std::unique_ptr<Connection> RawOpened() {
     auto conn = std::move(tcp_.Connect(server_->address(), DeadlineIn(5s))).value();
     FrameReader reader(conn.get());
@@ -243,16 +267,10 @@ class ReplicaServiceTest : public ::testing::Test {
     EXPECT_TRUE(Send(conn.get(), auth).ok());
     auto reply = reader.Next(DeadlineIn(5s));
     EXPECT_TRUE(hs.OnAuthReply(reply->header, reply->payload).ok());
-    OpenRequest open;
-    open.volume_uuid = uuid_.bytes;
-    open.size_bytes = kVolSize;
-    open.volume = "vol";
-    std::string body;
-    Encode(open, &body);
     FrameHeader h;
     h.type = static_cast<uint8_t>(MsgType::kOpen);
     h.epoch = CurrentEpoch();
-    EXPECT_TRUE(Send(conn.get(), EncodeFrame(h, body)).ok());
+    EXPECT_TRUE(Send(conn.get(), EncodeFrame(h, OpenPayload())).ok());
     auto opened = reader.Next(DeadlineIn(5s));
     EXPECT_TRUE(opened.ok() && opened->header.status == 0);
     return conn;
@@ -658,13 +676,8 @@ TEST_F(ReplicaServiceTest, WrongSecretIsRefusedLoggedAndNeverLeaked) {
 TEST_F(ReplicaServiceTest, BadFramesCloseOnlyTheirConnection) {
   auto good = Connect();
   ASSERT_NE(good, nullptr);
-  std::string write;
-  Encode(IoRange{0, 4096}, &write);
-  write.append(4096, 'w');
-  FrameHeader wh;
-  wh.type = static_cast<uint8_t>(MsgType::kWrite);
-  wh.request_id = 1;
-  wh.epoch = CurrentEpoch();
+  const std::string write = WritePayload(0, 'w');
+  const FrameHeader wh = WriteHeader(1);
   const std::string frame = EncodeFrame(wh, write);
   std::string bad_checksum = frame;
   bad_checksum[100] ^= 0x01;
@@ -708,6 +721,34 @@ TEST_F(ReplicaServiceTest, BadFramesCloseOnlyTheirConnection) {
   // Through all of it the good connection kept working, and new ones are served.
   WriteAt(good.get(), 4096, Pattern(4096, 9));
   EXPECT_EQ(ReadAt(good.get(), 4096, 4096), Pattern(4096, 9));
+  ExpectServing();
+}
+
+// The volume's reactor receives on its ring and hands a frame that may block (here one that
+// raises the epoch) to the connection's thread. When the thread refuses it (an OPEN after OPEN),
+// nothing the ring buffered after it runs: a WRITE sent in the same segment never lands, as with
+// the thread's own receiver.
+TEST_F(ReplicaServiceTest, NothingAfterARefusedHandedOverFrameRuns) {
+  auto good = Connect();
+  ASSERT_NE(good, nullptr);
+  FrameHeader oh;
+  oh.type = static_cast<uint8_t>(MsgType::kOpen);
+  oh.epoch = CurrentEpoch() + 1;  // above the fence: handed to the thread
+  const uint64_t errors = server_->stats().protocol_errors;
+  auto raw = RawOpened();
+  ASSERT_TRUE(Send(raw.get(), EncodeFrame(oh, OpenPayload()) +
+                                  EncodeFrame(WriteHeader(2), WritePayload(8192, 'x')))
+                  .ok());
+  EXPECT_TRUE(ClosedByServer(raw.get()));
+  for (int i = 0; i < 200 && server_->stats().protocol_errors <= errors; ++i) {
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(server_->stats().protocol_errors, errors + 1);
+  // The WRITE would land within microseconds of the refusal; watch the block for a while.
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(ReadAt(good.get(), 8192, 4096), std::vector<uint8_t>(4096, 0)) << "round " << i;
+    std::this_thread::sleep_for(10ms);
+  }
   ExpectServing();
 }
 

@@ -12,6 +12,12 @@ constexpr size_t kMinReceiveBytes = 16 * kKiB;  // less room than this at the en
 std::span<uint8_t> RingFrames::Space() {
   if (end_ == begin_) {
     begin_ = end_ = 0;
+    // A buffer grown for a frame larger than kRetainedBytes goes back to the default size once
+    // that frame is consumed: a connection does not hold up to kMaxPayload for good.
+    if (buf_.size() > kRetainedBytes) {
+      buf_.resize(FrameReader::kBufferBytes);
+      buf_.shrink_to_fit();
+    }
   } else if (buf_.size() - end_ < kMinReceiveBytes) {
     std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
     end_ -= begin_;

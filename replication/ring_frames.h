@@ -18,6 +18,10 @@ namespace shale::replication {
 
 class RingFrames {
  public:
+  // A buffer grown for a larger frame than this is released once the frame is consumed; up to it
+  // (1 MiB writes and their replies) it is kept, as they come in streams.
+  static constexpr size_t kRetainedBytes = 2 * kMiB;
+
   RingFrames() : buf_(FrameReader::kBufferBytes) {}
 
   // Where the next receive goes: never empty (the buffer is compacted when little room is left
@@ -35,6 +39,7 @@ class RingFrames {
   Result<std::optional<Parsed>> Next();
   // Bytes of a frame that has not all arrived: the stream must not end here.
   bool partial() const { return end_ != begin_; }
+  size_t buffer_bytes() const { return buf_.size(); }
 
  private:
   std::vector<uint8_t> buf_;

@@ -193,6 +193,24 @@ TEST(ReplicaTransport, RingFramesInPiecesAndBadChecksums) {
   }
   EXPECT_EQ(ids, (std::vector<uint64_t>{1, 2, 3, 4}));
   EXPECT_FALSE(frames.partial());
+  (void)frames.Space();
+  EXPECT_GT(frames.buffer_bytes(), size_t{1} << 20) << "a 1 MiB frame's buffer is kept";
+
+  // An 8 MiB frame grows the buffer; once it is consumed, the buffer goes back.
+  const std::string big = WriteFrame(6, kMaxIoBytes, 'd');
+  for (size_t at = 0; at < big.size();) {
+    std::span<uint8_t> space = frames.Space();
+    const size_t n = std::min(big.size() - at, space.size());
+    std::memcpy(space.data(), big.data() + at, n);
+    frames.Received(n);
+    at += n;
+    auto next = frames.Next();
+    ASSERT_TRUE(next.ok()) << next.status();
+    EXPECT_EQ(next->has_value(), at == big.size());
+  }
+  EXPECT_GE(frames.buffer_bytes(), big.size());
+  (void)frames.Space();
+  EXPECT_EQ(frames.buffer_bytes(), FrameReader::kBufferBytes);
 
   std::string bad = WriteFrame(5, 4096, 'c');
   const std::string half = bad.substr(0, 100);

@@ -139,6 +139,10 @@ Status MetadataStore::ResumeCompactions() {
                    "resume metadata compactions");
 }
 
+bool MetadataStore::compactions_deferred() const {
+  return db_->GetOptions().disable_auto_compactions;
+}
+
 Status MetadataStore::Scan(
     std::string_view prefix,
     const std::function<bool(std::string_view key, std::string_view value)>& fn) const {

@@ -76,6 +76,7 @@ class MetadataStore {
   Status Put(std::string_view key, std::string_view value);
   // After Options::defer_compactions: compactions run again (any owed start now).
   Status ResumeCompactions();
+  bool compactions_deferred() const;
   // Calls fn(key, value) for every key starting with prefix, in key order, until fn returns false.
   Status Scan(std::string_view prefix,
               const std::function<bool(std::string_view key, std::string_view value)>& fn) const;

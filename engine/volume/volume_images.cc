@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <bit>
 #include <memory>
+#include <system_error>
 #include <thread>
 #include <tuple>
 
@@ -127,7 +128,13 @@ Result<ClusterMap> Volume::LoadMap(Pool& pool, const std::vector<uint64_t>& chai
       results[i] = LoadMapRange(pool, chain, vclusters, lo, hi, &maps[i], &owned[i]);
     };
     std::vector<std::thread> threads;
-    for (unsigned i = 1; i < parts; ++i) threads.emplace_back(run, i);
+    for (unsigned i = 1; i < parts; ++i) {
+      try {
+        threads.emplace_back(run, i);
+      } catch (const std::system_error&) {
+        run(i);  // no thread to be had (a limit): this range on this one
+      }
+    }
     run(0);
     for (auto& t : threads) t.join();
     for (unsigned i = 0; i < parts; ++i) {
