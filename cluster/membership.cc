@@ -239,6 +239,16 @@ Status Membership::Validate() const {
     }
     if (value > kMaxQosValue) return Invalid("qos field '" + field + "' is too large");
   }
+  if (labels.size() > kMaxLabels) {
+    return Invalid("labels has " + std::to_string(labels.size()) + " entries; at most " +
+                   std::to_string(kMaxLabels));
+  }
+  for (const auto& [key, value] : labels) {
+    if (key.empty() || key.size() > kMaxLabelKey) {
+      return Invalid("label key '" + key.substr(0, 64) + "' is empty or too long");
+    }
+    if (value.size() > kMaxLabelValue) return Invalid("label '" + key + "' is too long");
+  }
   SHALE_RETURN_IF_ERROR(ValidateReplicas(*this));
   SHALE_RETURN_IF_ERROR(ValidateInSync(*this));
   return ValidateHistory(*this);
@@ -258,6 +268,11 @@ Result<std::string> EncodeMembership(const Membership& m) {
     Json qos = Json::object();
     for (const auto& [field, value] : m.qos) qos[field] = value;
     j["qos"] = std::move(qos);
+  }
+  if (!m.labels.empty()) {
+    Json labels = Json::object();
+    for (const auto& [key, value] : m.labels) labels[key] = value;
+    j["labels"] = std::move(labels);
   }
   Json replicas = Json::array();
   for (const ReplicaMember& r : m.replicas) {
@@ -303,6 +318,15 @@ Result<Membership> DecodeMembership(std::string_view json, std::string_view what
         break;
       }
       m.qos[field] = value.get<uint64_t>();
+    }
+  }
+  if (const Json* labels = top.Object("labels", /*required=*/false); labels != nullptr) {
+    for (const auto& [key, value] : labels->items()) {
+      if (!value.is_string()) {
+        top.Fail("labels." + key, "must be a string");
+        break;
+      }
+      m.labels[key] = value.get<std::string>();
     }
   }
   DecodeReplicas(top, &m);

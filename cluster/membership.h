@@ -55,6 +55,9 @@ struct Membership {
   static constexpr size_t kMaxEncodedBytes = 64 * 1024;
   static constexpr size_t kMaxQosFields = 32;
   static constexpr uint64_t kMaxQosValue = uint64_t{1} << 62;
+  static constexpr size_t kMaxLabels = 64;
+  static constexpr size_t kMaxLabelKey = 253;
+  static constexpr size_t kMaxLabelValue = 1024;
 
   std::string uuid;          // the volume's UUID (one per volume, on every replica)
   uint64_t size_bytes = 0;   // > 0
@@ -70,6 +73,10 @@ struct Membership {
   // The volume's QoS settings (docs/qos.md), by field name ("iops", "weight", ...; only those
   // set), applied by whichever node serves it. Names: [a-z_], 1..32 bytes; at most kMaxQosFields.
   std::map<std::string, uint64_t> qos;
+  // The volume's labels at its creation (the caller's, CSI's fingerprint and capacity), so that
+  // a node holding none of its replicas knows them too (CSI's idempotent CreateVolume there).
+  // At most kMaxLabels; keys 1..kMaxLabelKey bytes, values at most kMaxLabelValue.
+  std::map<std::string, std::string> labels;
   std::vector<ReplicaMember> replicas;    // one per node, 1..kMaxReplicas
   std::vector<std::string> in_sync;       // non-empty; exactly the replicas in state healthy
   std::vector<MembershipChange> history;  // oldest first, at most kMaxHistory, epochs increasing

@@ -87,6 +87,17 @@ TEST(Membership, RoundTripsThroughJson) {
   back = DecodeMembership(qjson);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, limited);
+  // Labels: kept when set, absent otherwise.
+  EXPECT_EQ(json.find("labels"), std::string::npos) << json;
+  Membership labelled = m;
+  labelled.labels = {{"csi.shale.io/fingerprint", "ab12"}, {"team", ""}};
+  const std::string ljson = Encoded(labelled);
+  EXPECT_NE(ljson.find("\"labels\":{\"csi.shale.io/fingerprint\":\"ab12\",\"team\":\"\"}"),
+            std::string::npos)
+      << ljson;
+  back = DecodeMembership(ljson);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, labelled);
 }
 
 TEST(Membership, ValidateNamesTheBrokenRule) {
@@ -117,6 +128,12 @@ TEST(Membership, ValidateNamesTheBrokenRule) {
       {[](Membership& m) { m.node_selector = "disk=ssd,gpu"; }, "canonical form"},
       {[](Membership& m) { m.qos["Bad"] = 1; }, "qos field 'Bad'"},
       {[](Membership& m) { m.qos["iops"] = Membership::kMaxQosValue + 1; }, "too large"},
+      {[](Membership& m) { m.labels[""] = "x"; }, "label key '' is empty"},
+      {[](Membership& m) { m.labels["k"] = std::string(1025, 'v'); }, "label 'k' is too long"},
+      {[](Membership& m) {
+         for (int i = 0; i < 65; ++i) m.labels["k" + std::to_string(i)] = "";
+       },
+       "labels has 65 entries"},
       {[](Membership& m) { m.history[1].epoch = 6; }, "epochs must increase"},
       {[](Membership& m) { m.history[1].epoch = 8; }, "epochs must increase"},
       {[](Membership& m) { m.history[0].reason = std::string(600, 'x'); }, "reason longer"},
@@ -169,6 +186,11 @@ TEST(Membership, MalformedJsonIsCorruptionNamingTheField) {
        "is not a field name"},
       {Edit([](nlohmann::json& j) { j["history"][0]["in_sync"] = nullptr; }),
        "'history[0].in_sync' must be an array"},
+      {Edit([](nlohmann::json& j) { j["labels"] = "a=b"; }), "field 'labels' must be an object"},
+      {Edit([](nlohmann::json& j) {
+         j["labels"] = {{"a", 1}};
+       }),
+       "'labels.a' must be a string"},
       {Edit([](nlohmann::json& j) { j["owner"] = "x"; }), "field 'owner' is unknown"},
       {Edit([](nlohmann::json& j) { j["detached"] = "yes"; }),
        "field 'detached' must be true or false"},

@@ -118,6 +118,20 @@ Result<std::vector<ReplicaPlacement>> PlaceReplicas(const std::vector<NodeRecord
   return out;
 }
 
+std::string WhyNotPlaced(const std::vector<NodeRecord>& nodes, const PlacementRequest& request,
+                         std::string_view node) {
+  if (!request.only_nodes.empty() && std::find(request.only_nodes.begin(), request.only_nodes.end(),
+                                               node) == request.only_nodes.end()) {
+    return "it is not among --replica-nodes";
+  }
+  for (const NodeRecord& n : nodes) {
+    if (n.name != node) continue;
+    const PoolCapacity* best = n.status.ok() ? BestPool(n.info) : nullptr;
+    return WhyNot(n, best, n.name == request.local_node, request.size_bytes, request.selector);
+  }
+  return "it is not in the cluster";
+}
+
 Result<Membership> NewMembership(std::string uuid, uint64_t size_bytes, uint32_t min_in_sync,
                                  std::string target,
                                  const std::vector<ReplicaPlacement>& placement) {

@@ -47,6 +47,11 @@ struct ReplicaPlacement {
 Result<std::vector<ReplicaPlacement>> PlaceReplicas(const std::vector<NodeRecord>& nodes,
                                                     const PlacementRequest& request);
 
+// Why `node` cannot take a replica of the volume `request` places ("it is cordoned (…)", "it is
+// not among --replica-nodes", …), or "" when it can (whether or not it would be chosen).
+std::string WhyNotPlaced(const std::vector<NodeRecord>& nodes, const PlacementRequest& request,
+                         std::string_view node);
+
 // The first membership record of a new volume placed on `placement`, served by `target` (the
 // node where it was created; it need not hold a replica): epoch 1, every replica healthy and in
 // sync (a new volume has no data to copy), history holding the creation. InvalidArgument when

@@ -55,6 +55,20 @@ TEST(Placement, LocalFirstThenByFreeSpaceOnTheBestPool) {
   EXPECT_EQ(Names(PlaceReplicas(tie, r).value()), (std::vector<std::string>{"x", "y"}));
 }
 
+TEST(Placement, WhyNotPlacedNamesWhatANodeLacks) {
+  PlacementRequest r{.local_node = "a", .size_bytes = 10 * kGiB, .replicas = 2};
+  const std::vector<NodeRecord> nodes = Cluster();
+  EXPECT_EQ(WhyNotPlaced(nodes, r, "a"), "") << "the local node needs no listener";
+  EXPECT_EQ(WhyNotPlaced(nodes, r, "b"), "");
+  EXPECT_EQ(WhyNotPlaced(nodes, r, "d"), "it is down");
+  EXPECT_EQ(WhyNotPlaced(nodes, r, "e"), "it runs no replica listener");
+  EXPECT_NE(WhyNotPlaced(nodes, r, "f").find("its largest free space is"), std::string::npos);
+  EXPECT_EQ(WhyNotPlaced(nodes, r, "zz"), "it is not in the cluster");
+  r.only_nodes = {"b", "c"};
+  EXPECT_EQ(WhyNotPlaced(nodes, r, "a"), "it is not among --replica-nodes");
+  EXPECT_EQ(WhyNotPlaced(nodes, r, "c"), "");
+}
+
 TEST(Placement, ANodeSelectorKeepsReplicasOnNodesWhoseLabelsMeetIt) {
   std::vector<NodeRecord> nodes = Cluster();
   for (NodeRecord& n : nodes) {

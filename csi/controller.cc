@@ -100,7 +100,7 @@ struct ControllerService::Impl {
     out->set_volume_id(info.name);
     out->set_capacity_bytes(static_cast<int64_t>(CsiCapacity(engine, info)));
     if (info.read_only) (*out->mutable_volume_context())["readOnly"] = "true";
-    (*out->mutable_volume_context())["pool"] = info.pool;
+    if (!info.pool.empty()) (*out->mutable_volume_context())["pool"] = info.pool;
     // A replicated volume is served on any node of the cluster (its target runs where the pod
     // does, from the replicas wherever they are): no accessible topology, which CSI reads as
     // "equally accessible from every node". A read-only clone of a replicated volume's snapshot
@@ -125,7 +125,19 @@ struct ControllerService::Impl {
     }
   }
 
-  static void FillCondition(Engine* engine, const VolumeInfo& info, v1::VolumeCondition* out) {
+  static void FillCondition(const DriverOptions& options, Engine* engine, const VolumeInfo& info,
+                            v1::VolumeCondition* out) {
+    if (info.pool.empty() && options.cluster_volume) {
+      // Held by other nodes: the condition is its replicas' as the cluster records them.
+      Result<DriverOptions::ClusterVolume> c = options.cluster_volume(info.name);
+      out->set_abnormal(!c.ok() || c->in_sync < c->replicas);
+      out->set_message(
+          !c.ok() ? "the cluster's record cannot be read: " + c.status().ToString()
+                  : std::to_string(c->in_sync) + " of " + std::to_string(c->replicas) +
+                        " replicas in sync" +
+                        (c->served_by.empty() ? ", detached" : ", served by " + c->served_by));
+      return;
+    }
     auto pool = engine->GetPool(info.pool);
     if (!pool.ok() || pool->state != "online") {
       out->set_abnormal(true);
@@ -375,7 +387,7 @@ grpc::Status ResolveSource(Engine* engine, snapshot::SnapshotManager* snapshots,
 // capacity fit (completing a record an upgraded volume lost), ALREADY_EXISTS otherwise.
 grpc::Status CreateExisting(Engine* engine, daemon::VolumeLifecycle* lifecycle,
                             const v1::CreateVolumeRequest& request, const CreatePlan& plan,
-                            const VolumeInfo& existing) {
+                            const VolumeInfo& existing, bool local = true) {
   auto it = existing.labels.find(std::string(kLabelFingerprint));
   if (it == existing.labels.end() || it->second != plan.fingerprint) {
     return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
@@ -388,7 +400,7 @@ grpc::Status CreateExisting(Engine* engine, daemon::VolumeLifecycle* lifecycle,
                         "volume " + plan.name + " exists with capacity " +
                             std::to_string(capacity) + " outside the requested range");
   }
-  if (!ReadCsiRecord(engine, existing)) {
+  if (local && !ReadCsiRecord(engine, existing)) {
     lifecycle
         ->PutFrontendRecord(existing, kCsiRecordFrontend,
                             EncodeCsiRecord({request.name(), capacity, plan.source}))
@@ -398,17 +410,17 @@ grpc::Status CreateExisting(Engine* engine, daemon::VolumeLifecycle* lifecycle,
 }
 
 // A replicated volume (StorageClass replicas > 1) through the cluster (DriverOptions).
-Result<VolumeInfo> CreateReplicated(const DriverOptions& options, Engine* engine,
-                                    const v1::CreateVolumeRequest& request, const CreatePlan& plan,
-                                    const SourcePlan& src, uint64_t capacity,
-                                    const std::map<std::string, std::string>& labels,
-                                    const std::vector<daemon::FrontendRecord>& records,
-                                    const std::optional<qos::QosSettings>& qos) {
+Status CreateReplicated(const DriverOptions& options, const v1::CreateVolumeRequest& request,
+                        const CreatePlan& plan, const SourcePlan& src, uint64_t capacity,
+                        const std::map<std::string, std::string>& labels,
+                        const std::vector<daemon::FrontendRecord>& records,
+                        const std::optional<qos::QosSettings>& qos) {
   const std::string wanted = "parameter replicas=" + std::to_string(plan.vp.replicas);
   if (!options.create_replicated) {
     return Status::InvalidArgument(wanted + " needs shaled in cluster mode (--cluster-store)");
   }
-  // Replicas only on the requisite nodes when the CO names some (this node is among them).
+  // Replicas only on the requisite nodes when the CO names some (this node is among them; it
+  // need not take one: it then holds none of the volume, which is created detached).
   std::vector<std::string> nodes;
   if (request.has_accessibility_requirements()) {
     for (const auto& topo : request.accessibility_requirements().requisite()) {
@@ -436,11 +448,27 @@ Result<VolumeInfo> CreateReplicated(const DriverOptions& options, Engine* engine
     // Too few nodes qualify (spec: RESOURCE_EXHAUSTED, "unable to provision in topology").
     return Status::NoSpace(std::string(made.message()));
   }
-  SHALE_RETURN_IF_ERROR(made);
-  return engine->GetVolume(plan.name);
+  return made;
 }
 
 }  // namespace
+
+Result<VolumeInfo> ControllerService::FindAnywhere(const std::string& id, std::string_view what) {
+  Result<VolumeInfo> info = FindVolume(engine_, id, what);
+  if (info.ok() || !info.status().IsNotFound() || !options_.cluster_volume ||
+      !ValidateName("volume", id).ok()) {
+    return info;
+  }
+  Result<DriverOptions::ClusterVolume> c = options_.cluster_volume(id);
+  if (!c.ok()) return c.status().IsNotFound() ? info.status() : c.status();
+  VolumeInfo out;
+  out.name = id;
+  out.size_bytes = c->size_bytes;
+  out.labels = std::move(c->labels);
+  // A replicated volume has no expansion headroom: its size is its capacity, also after it grew.
+  out.labels[std::string(kLabelCapacity)] = std::to_string(c->size_bytes);
+  return out;
+}
 
 grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
                                              const v1::CreateVolumeRequest* request,
@@ -463,6 +491,10 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
     return st.ok() ? respond(*existing) : st;
   } else if (!existing.status().IsNotFound()) {
     return ToGrpc(existing.status());
+  } else if (Result<VolumeInfo> elsewhere = FindAnywhere(plan.name); elsewhere.ok()) {
+    // A replicated volume this node holds none of (created here without a replica, a retry).
+    grpc::Status st = CreateExisting(engine_, lifecycle_, *request, plan, *elsewhere, false);
+    return st.ok() ? respond(*elsewhere) : st;
   }
   SourcePlan src;
   if (plan.has_source) {
@@ -487,8 +519,8 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
   if (plan.vp.has_qos) qos = plan.vp.qos;
   Result<VolumeInfo> created = Status::Internal("unreachable");
   if (plan.vp.replicas > 1) {
-    created =
-        CreateReplicated(options_, engine_, *request, plan, src, *capacity, labels, records, qos);
+    Status made = CreateReplicated(options_, *request, plan, src, *capacity, labels, records, qos);
+    created = made.ok() ? FindAnywhere(plan.name) : Result<VolumeInfo>(made);
   } else if (!plan.has_source) {
     // The PVC's capacity, not the engine size (which has expansion headroom), counts toward
     // the pool's overcommit limit.
@@ -560,7 +592,8 @@ grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
     return st;
   }
   std::lock_guard lock(mu_);
-  auto info = engine_->GetVolume(request->volume_id());
+  // (A replicated volume this node holds none of is deleted through the cluster.)
+  auto info = FindAnywhere(request->volume_id());
   if (!info.ok()) {
     // Gone already (or never a valid id): deleting is idempotent.
     if (IsMissingVolume(info.status())) return grpc::Status::OK;
@@ -589,7 +622,7 @@ grpc::Status ControllerService::ValidateVolumeCapabilities(
       !st.ok()) {
     return st;
   }
-  auto info = FindVolume(engine_, request->volume_id());
+  auto info = FindAnywhere(request->volume_id());
   if (!info.ok()) return ToGrpc(info.status());
   for (const auto& cap : request->volume_capabilities()) {
     Status st = CheckCapability(cap, info->read_only);
@@ -627,7 +660,8 @@ grpc::Status ControllerService::ListVolumes(grpc::ServerContext*,
       [&](const VolumeInfo& v) {
         auto* entry = response->add_entries();
         Impl::FillVolume(options_, engine_, v, entry->mutable_volume());
-        Impl::FillCondition(engine_, v, entry->mutable_status()->mutable_volume_condition());
+        Impl::FillCondition(options_, engine_, v,
+                            entry->mutable_status()->mutable_volume_condition());
       }));
   return grpc::Status::OK;
 }
@@ -766,10 +800,11 @@ grpc::Status ControllerService::ControllerGetVolume(grpc::ServerContext*,
       !st.ok()) {
     return st;
   }
-  auto info = FindVolume(engine_, request->volume_id());
+  auto info = FindAnywhere(request->volume_id());
   if (!info.ok()) return ToGrpc(info.status());
   Impl::FillVolume(options_, engine_, *info, response->mutable_volume());
-  Impl::FillCondition(engine_, *info, response->mutable_status()->mutable_volume_condition());
+  Impl::FillCondition(options_, engine_, *info,
+                      response->mutable_status()->mutable_volume_condition());
   return grpc::Status::OK;
 }
 

@@ -47,8 +47,16 @@ grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
     FillCsiSnapshot(s, response->mutable_snapshot());
     return BackUp(s.full_name(), *backup_to, response);
   }
-  auto volume = FindVolume(engine_, request->source_volume_id(), "source volume");
+  auto volume = FindAnywhere(request->source_volume_id(), "source volume");
   if (!volume.ok()) return ToGrpc(volume.status());
+  if (volume->pool.empty() && options_.remote_snapshots) {
+    // A replicated volume this node holds none of: its snapshots are the copies on its replicas.
+    for (const snapshot::SnapshotInfo& s : options_.remote_snapshots(volume->name)) {
+      if (s.name != name) continue;
+      FillCsiSnapshot(s, response->mutable_snapshot());
+      return BackUp(s.full_name(), *backup_to, response);
+    }
+  }
   labels[std::string(kLabelManaged)] = "true";
   labels[std::string(kLabelCapacity)] = std::to_string(CsiCapacity(engine_, *volume));
   if (*backup_to) labels[std::string(kLabelBackupTo)] = (*backup_to)->location.ToString();

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -28,9 +29,11 @@
 
 namespace shale {
 class Engine;
+struct VolumeInfo;
 namespace snapshot {
 class SnapshotManager;
-}
+struct SnapshotInfo;
+}  // namespace snapshot
 namespace qos {
 class QosManager;
 }
@@ -88,6 +91,19 @@ struct DriverOptions {
   // The nodes holding a replica of volume `name` (its accessible topology); empty when it is not
   // replicated.
   std::function<std::vector<std::string>(const std::string& name)> replica_nodes;
+  // A replicated volume as the cluster records it, for a controller on a node holding none of it
+  // (docs/kubernetes.md, "Replicated volumes": any node's controller serves any replicated
+  // volume). NotFound when the cluster has no volume `name`.
+  struct ClusterVolume {
+    uint64_t size_bytes = 0;
+    std::map<std::string, std::string> labels;  // at its creation (CSI's fingerprint, capacity)
+    size_t replicas = 0, in_sync = 0;
+    std::string served_by;  // the node serving it; "" when detached
+  };
+  std::function<Result<ClusterVolume>(const std::string& name)> cluster_volume;
+  // The snapshots of such a volume as its in-sync replicas hold them (CSI's idempotent
+  // CreateSnapshot on a node holding none of it); empty when there are none or none answers.
+  std::function<std::vector<snapshot::SnapshotInfo>(const std::string& volume)> remote_snapshots;
   // NodeStage / NodeUnstage of a replicated volume: its target moves to this node (epoch + 1;
   // FailedPrecondition naming the node that has it while that node's lease lives) / leaves it
   // (Busy while it has other clients).
@@ -166,6 +182,10 @@ class ControllerService final : public ::csi::v1::Controller::Service {
   // to whether it has finished (controller.cc).
   grpc::Status BackUp(const std::string& ref, const std::optional<backup::Target>& to,
                       ::csi::v1::CreateSnapshotResponse* response);
+  // Volume `id` of this node's engine, else a replicated volume this node holds none of as the
+  // cluster records it (name, size and labels; no pool, id 0): NotFound ("<what> <id> not
+  // found") when neither knows it.
+  Result<VolumeInfo> FindAnywhere(const std::string& id, std::string_view what = "volume");
   const DriverOptions options_;
   daemon::VolumeLifecycle* const lifecycle_;
   Engine* const engine_;

@@ -398,9 +398,11 @@ grpc::Status ControlService::DeleteVolume(grpc::ServerContext* ctx,
                                           v1::DeleteVolumeResponse* /*resp*/) {
   // Through the lifecycle, so every layer's records of the volume go with it in one commit.
   const DeleteOptions options{.force = req->force(), .disconnect_timeout = kForceDisconnectTimeout};
-  Status deleted = replicated_ != nullptr && replicated_->IsReplicated(req->name())
-                       ? replicated_->Delete(req->name(), options)
-                       : lifecycle_->Delete(req->name(), options);
+  // (A replicated volume this node holds nothing of is deleted through the cluster.)
+  const bool replicated = replicated_ != nullptr && (replicated_->IsReplicated(req->name()) ||
+                                                     replicated_->IsElsewhere(req->name()));
+  Status deleted = replicated ? replicated_->Delete(req->name(), options)
+                              : lifecycle_->Delete(req->name(), options);
   if (!deleted.ok()) return Fail(ctx, deleted);
   return grpc::Status::OK;
 }

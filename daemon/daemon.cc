@@ -786,7 +786,9 @@ void Daemon::AddCsiFrontend() {
   // DeleteVolume as `shale volume delete`: a replicated volume goes through its target.
   csi_options.delete_volume = [this](const std::string& name) {
     ReplicatedVolumes* targets = replicated_.load(std::memory_order_acquire);
-    if (targets != nullptr && targets->IsReplicated(name)) return targets->Delete(name, {});
+    if (targets != nullptr && (targets->IsReplicated(name) || targets->IsElsewhere(name))) {
+      return targets->Delete(name, {});
+    }
     return lifecycle_->Delete(name);
   };
   csi_options.change_gate = [this] { return lifecycle_->CheckChangeGate(); };

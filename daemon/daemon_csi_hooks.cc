@@ -1,7 +1,6 @@
 // Daemon::AddCsiClusterHooks: how the CSI driver reaches the cluster (replicated volumes through
 // CSI; docs/kubernetes.md, "Replicated volumes").
 #include <chrono>
-#include <thread>
 
 #include "csi/driver.h"
 #include "daemon/daemon.h"
@@ -26,13 +25,7 @@ void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
                                     nullptr)
                               .status());
     // Busy for a moment while the new target's first resync still holds it (bounded).
-    Result<std::string> detached = r->Detach(spec.params.name);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!detached.ok() && detached.status().code() == StatusCode::kBusy &&
-           std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      detached = r->Detach(spec.params.name);
-    }
+    Result<std::string> detached = r->DetachWhenIdle(spec.params.name, std::chrono::seconds(10));
     if (!detached.ok()) {
       // It stays attached here: staging elsewhere waits for this node (NodeStage says so).
       SHALE_LOG_WARN("csi: a new replicated volume stays attached to this node",
@@ -60,6 +53,21 @@ void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
   csi_options->replica_nodes = [this](const std::string& name) {
     ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
     return r != nullptr ? r->ReplicaNodes(name) : std::vector<std::string>();
+  };
+  csi_options->cluster_volume =
+      [this](const std::string& name) -> Result<csi::DriverOptions::ClusterVolume> {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    if (r == nullptr) return Status::Unavailable("shaled is starting or stopping");
+    SHALE_ASSIGN_OR_RETURN(cluster::Membership m, r->MembershipOf(name));
+    return csi::DriverOptions::ClusterVolume{.size_bytes = m.size_bytes,
+                                             .labels = std::move(m.labels),
+                                             .replicas = m.replicas.size(),
+                                             .in_sync = m.in_sync.size(),
+                                             .served_by = m.detached ? "" : m.target};
+  };
+  csi_options->remote_snapshots = [this](const std::string& volume) {
+    ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+    return r != nullptr ? r->RemoteSnapshots(volume) : std::vector<snapshot::SnapshotInfo>();
   };
   csi_options->attach_volume = [this](const std::string& name) -> Status {
     ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);

@@ -251,7 +251,8 @@ Result<std::string> ReplicatedVolumes::FinishTakeOver(const std::string& name, u
 
 namespace shale::daemon {
 
-Result<bool> ReplicatedVolumes::MakeAnchor(const std::string& name, const cluster::Membership& m) {
+Result<bool> ReplicatedVolumes::MakeAnchor(const std::string& name, const cluster::Membership& m,
+                                           const VolumeSpec* like) {
   Result<VolumeInfo> local = lifecycle_->engine()->GetVolume(name);
   if (local.ok()) {
     if (IsTargetOnly(*local) && ReplicaUuidOf(*local) == m.uuid) return false;  // kept
@@ -262,6 +263,11 @@ Result<bool> ReplicatedVolumes::MakeAnchor(const std::string& name, const cluste
   }
   if (!local.status().IsNotFound()) return local.status();
   VolumeSpec spec;
+  if (like != nullptr) {  // the caller's labels, QoS and frontend records; not its pool
+    spec.params.labels = like->params.labels;
+    spec.qos = like->qos;
+    spec.records = like->records;
+  }
   spec.params.name = name;
   spec.params.size_bytes = m.size_bytes;
   spec.params.labels[replication::kReplicaUuidLabel] = m.uuid;
@@ -273,6 +279,18 @@ Result<bool> ReplicatedVolumes::MakeAnchor(const std::string& name, const cluste
   SHALE_LOG_INFO("target-only anchor created (this node holds no replica)", {"volume", name},
                  {"pool", made->pool});
   return true;
+}
+
+Result<VolumeInfo> ReplicatedVolumes::CreateAnchor(const VolumeSpec& like,
+                                                   const cluster::Membership& m) {
+  const std::string& name = like.params.name;
+  SHALE_ASSIGN_OR_RETURN(const bool made, MakeAnchor(name, m, &like));
+  if (!made) {
+    return Status::AlreadyExists("volume '" + name + "' already exists (a target-only anchor)");
+  }
+  Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(name);
+  if (!info.ok()) RemoveAnchor(name, "it could not be read back");
+  return info;
 }
 
 void ReplicatedVolumes::RemoveAnchor(const std::string& name, const std::string& why) {

@@ -18,18 +18,11 @@ namespace shale::daemon {
 
 namespace {
 
-// Why `local` cannot take a replica of the volume `request` places (the answer of placing one
-// replica on it alone).
+// Why this node cannot take a replica of the volume `request` places.
 std::string LocalRefusal(const std::vector<cluster::NodeRecord>& nodes,
-                         cluster::PlacementRequest request) {
-  request.replicas = 1;
-  const bool named =
-      request.only_nodes.empty() || std::find(request.only_nodes.begin(), request.only_nodes.end(),
-                                              request.local_node) != request.only_nodes.end();
-  if (!named) return "it is not among --replica-nodes";
-  request.only_nodes = {request.local_node};
-  Result<std::vector<cluster::ReplicaPlacement>> alone = cluster::PlaceReplicas(nodes, request);
-  return alone.ok() ? "it was not placed" : std::string(alone.status().message());
+                         const cluster::PlacementRequest& request) {
+  std::string why = cluster::WhyNotPlaced(nodes, request, request.local_node);
+  return why.empty() ? "it was not placed" : why;
 }
 
 }  // namespace
@@ -193,17 +186,24 @@ Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
                                     selector};
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::ReplicaPlacement> placement,
                          cluster::PlaceReplicas(nodes, request));
-  if (placement.front().node != options_.node_name) {
+  // A node that cannot take a replica (cordoned, full, not meeting the selector, not among
+  // --replica-nodes) still creates an empty volume: every replica goes elsewhere and this node
+  // serves it through a target-only anchor (docs/replication.md, "Creating a volume on a node
+  // without a replica"). A clone or a restore starts from this node's copy: it needs a replica.
+  const bool local_replica = placement.front().node == options_.node_name;
+  if (!local_replica && (!spec.source.empty() || !spec.backup.empty())) {
     return Status::FailedPrecondition(
-        "this node (" + options_.node_name +
-        ") must hold a replica of the volumes it creates and serves, and cannot take one: " +
-        LocalRefusal(nodes, request));
+        "this node (" + options_.node_name + ") cannot take a replica (" +
+        LocalRefusal(nodes, request) + "), and a replicated " +
+        (spec.backup.empty() ? "clone" : "restore") +
+        " starts from this node's copy: create it on a node that can take one");
   }
   const Uuid uuid = Uuid::Random();
   SHALE_ASSIGN_OR_RETURN(cluster::Membership membership,
                          cluster::NewMembership(uuid.ToString(), size, spec.min_in_sync,
                                                 options_.node_name, placement));
   membership.node_selector = request.selector.ToString();
+  membership.labels = spec.volume.params.labels;
   if (spec.volume.qos.has_value()) membership.qos = QosToMembership(spec.volume.qos->Normalized());
   const bool from_snapshot = spec.source.find('@') != std::string::npos;
   if (!spec.backup.empty()) {
@@ -214,18 +214,35 @@ Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
   // Other nodes may hold a copy of a snapshot, never this node's volume or the backup: their
   // replicas of those start empty.
   SHALE_RETURN_IF_ERROR(PlaceRemote(name, membership, nodes, from_snapshot ? spec.source : ""));
-  Result<VolumeInfo> volume = CreateLocalReplica(spec, uuid, size, placement.front().pool, advice);
+  Result<VolumeInfo> volume =
+      local_replica ? CreateLocalReplica(spec, uuid, size, placement.front().pool, advice)
+                    : CreateAnchor(spec.volume, membership);
   if (!volume.ok()) {
     DeleteRemote(name, membership, /*ignore_unreachable=*/true).IgnoreError();
     return volume.status();
   }
   if (Result<int64_t> made = store_->CreateVolume(name, membership); !made.ok()) {
-    lifecycle_->Delete(name).IgnoreError();
+    if (local_replica) {
+      lifecycle_->Delete(name).IgnoreError();
+    } else {
+      RemoveAnchor(name, "the membership was not recorded");
+    }
     DeleteRemote(name, membership, /*ignore_unreachable=*/true).IgnoreError();
     return made.status().WithContext("record the membership of " + name + " in etcd");
   }
   SHALE_LOG_INFO("replicated volume created", {"volume", name}, {"replicas", spec.replicas},
-                 {"uuid", uuid.ToString()}, {"source", spec.source}, {"backup", spec.backup});
+                 {"uuid", uuid.ToString()}, {"source", spec.source}, {"backup", spec.backup},
+                 {"local_replica", local_replica ? 1 : 0});
+  if (!local_replica && advice != nullptr) {
+    std::string holders;
+    for (const cluster::ReplicaPlacement& p : placement) {
+      holders += (holders.empty() ? "" : ", ") + p.node;
+    }
+    advice->push_back("node " + options_.node_name + " holds no replica (" +
+                      LocalRefusal(nodes, request) +
+                      "): it serves the volume from the replicas on " + holders +
+                      ", and every read crosses the network");
+  }
   Result<std::shared_ptr<Target>> target = OpenTarget(name);
   std::lock_guard lock(mu_);
   if (target.ok()) {

@@ -153,6 +153,16 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotOnTarge
       replication::TakeSnapshotOnTarget(admin, {local.name, uuid, m.size_bytes, ""}, name, labels);
   if (!taken.ok()) return taken.WithContext("snapshot " + ref + " taken by node " + m.target);
   Result<snapshot::SnapshotInfo> copy = lifecycle_->snapshots()->Get(ref);
+  if (!copy.ok() && m.Find(options_.node_name) == nullptr) {
+    // This node holds no replica: the answer is an in-sync replica's copy.
+    Result<std::vector<snapshot::SnapshotInfo>> copies =
+        ListCopies(local.name, uuid, m.size_bytes, m.in_sync);
+    if (copies.ok()) {
+      for (snapshot::SnapshotInfo& c : *copies) {
+        if (c.name == name) return std::optional<snapshot::SnapshotInfo>(std::move(c));
+      }
+    }
+  }
   if (!copy.ok()) {
     return Status::FailedPrecondition("snapshot " + ref + " was taken by node " + m.target +
                                       ", which serves the volume, but this node holds no copy "
@@ -175,6 +185,12 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     const snapshot::CreateSnapshotOptions& options) {
   const std::string volume(volume_view), name(name_view);
   Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(volume);
+  if (!info.ok() && info.status().IsNotFound() && store_ != nullptr) {
+    // Maybe a replicated volume this node holds none of.
+    Result<cluster::VolumeRecord> record = store_->GetVolume(volume);
+    if (record.ok()) return SnapshotHeldElsewhere(volume, record->membership, name, options);
+    if (!record.status().IsNotFound()) return record.status();
+  }
   if (!info.ok() || !info->labels.contains(replication::kReplicaUuidLabel)) {
     return std::optional<snapshot::SnapshotInfo>();  // not replicated: as usual
   }
@@ -550,49 +566,36 @@ Result<bool> ReplicatedVolumes::DeleteCopiesElsewhere(const std::string& volume,
 
 std::vector<snapshot::SnapshotInfo> ReplicatedVolumes::RemoteSnapshots(const std::string& volume) {
   std::vector<snapshot::SnapshotInfo> out;
-  std::vector<std::shared_ptr<Target>> served;
-  for (std::shared_ptr<Target>& t : Targets()) {
-    if (!t->local_replica && (volume.empty() || t->name == volume)) served.push_back(std::move(t));
-  }
-  if (served.empty()) return out;
-  Result<std::vector<cluster::NodeRecord>> nodes = cluster_->ListNodes();
-  if (!nodes.ok()) return out;
-  for (const std::shared_ptr<Target>& t : served) {
-    std::vector<replication::ReplicaStatus> live;
-    t->reactor->RunSync([&] { live = t->layer->Replicas(); });
-    Status last = Status::Unavailable("no in-sync replica is up");
-    for (const replication::ReplicaStatus& r : live) {
-      const cluster::NodeRecord* n = FindNode(*nodes, r.node);
-      if (r.state != MemberState::kInSync || n == nullptr || !n->up) continue;
-      replication::ReplicaAdminOptions admin{n->info.replica_address, options_.node_name,
-                                             options_.secret, transport_, options_.connect_timeout};
-      Result<replication::SnapshotList> listed =
-          replication::ListReplicaSnapshots(admin, {t->name, t->uuid, t->size_bytes, ""});
-      if (!listed.ok()) {
-        last = listed.status().WithContext("node " + r.node);
-        continue;
-      }
-      for (replication::SnapshotEntry& e : listed->snapshots) {
-        snapshot::SnapshotInfo info;
-        info.volume = t->name;
-        info.name = std::move(e.name);
-        info.source_volume_live = true;
-        info.size_bytes = e.size_bytes;
-        info.created_unix_ns = e.created_unix_ns;
-        info.labels = std::move(e.labels);
-        info.digest_state =
-            e.digest.empty() ? snapshot::DigestState::kPending : snapshot::DigestState::kReady;
-        info.digest = std::move(e.digest);
-        out.push_back(std::move(info));
-      }
-      last = Status::Ok();
-      break;
+  auto add = [&](const std::string& name, const Result<std::vector<snapshot::SnapshotInfo>>& got) {
+    if (!got.ok()) {
+      SHALE_LOG_WARN("snapshots of a volume held elsewhere not listed", {"volume", name},
+                     {"error", got.status().ToString()});
+      return;
     }
-    if (!last.ok()) {
-      SHALE_LOG_WARN("snapshots of a volume served without a replica not listed",
-                     {"volume", t->name}, {"error", last.ToString()});
-    }
+    out.insert(out.end(), got->begin(), got->end());
+  };
+  bool served = false;
+  for (const std::shared_ptr<Target>& t : Targets()) {
+    if (t->local_replica || !(volume.empty() || t->name == volume)) continue;
+    served = true;
+    std::vector<std::string> in_sync;
+    t->reactor->RunSync([&] {
+      for (const replication::ReplicaStatus& r : t->layer->Replicas()) {
+        if (r.state == MemberState::kInSync) in_sync.push_back(r.node);
+      }
+    });
+    add(t->name, ListCopies(t->name, t->uuid, t->size_bytes, in_sync));
   }
+  // A volume named here that this node holds none of (not even an anchor): its in-sync replicas.
+  if (served || volume.empty() || store_ == nullptr ||
+      !lifecycle_->engine()->GetVolume(volume).status().IsNotFound()) {
+    return out;
+  }
+  Result<cluster::VolumeRecord> record = store_->GetVolume(volume);
+  if (!record.ok()) return out;
+  const cluster::Membership& m = record->membership;
+  Result<Uuid> uuid = Uuid::Parse(m.uuid);
+  if (uuid.ok()) add(volume, ListCopies(volume, *uuid, m.size_bytes, m.in_sync));
   return out;
 }
 

@@ -221,7 +221,10 @@ std::vector<std::string> ReplicatedVolumes::HoldersElsewhere(const std::string& 
 
 std::vector<std::string> ReplicatedVolumes::ReplicaNodes(const std::string& name) {
   std::vector<std::string> nodes;
-  if (store_ == nullptr || !IsReplicated(name)) return nodes;
+  if (store_ == nullptr) return nodes;
+  // A local volume of that name must be a replica (or an anchor); none: the cluster's, if any.
+  Result<VolumeInfo> info = lifecycle_->engine()->GetVolume(name);
+  if (info.ok() ? ReplicaUuidOf(*info).empty() : !info.status().IsNotFound()) return nodes;
   if (Result<cluster::VolumeRecord> r = store_->GetVolume(name); r.ok()) {
     for (const cluster::ReplicaMember& m : r->membership.replicas) nodes.push_back(m.node);
   }
@@ -486,7 +489,11 @@ Status ReplicatedVolumes::DeleteRemote(const std::string& name,
 }
 
 Status ReplicatedVolumes::Delete(const std::string& name, const DeleteOptions& options) {
-  SHALE_ASSIGN_OR_RETURN(VolumeInfo info, lifecycle_->engine()->GetVolume(name));
+  Result<VolumeInfo> found = lifecycle_->engine()->GetVolume(name);
+  if (!found.ok() && found.status().IsNotFound() && store_ != nullptr) {
+    return DeleteElsewhere(name);  // (NotFound when the cluster has no such volume either)
+  }
+  SHALE_ASSIGN_OR_RETURN(VolumeInfo info, std::move(found));
   Result<cluster::VolumeRecord> record = store_->GetVolume(name);
   if (!record.ok() && !record.status().IsNotFound()) return record.status();
   if (record.ok() && record->membership.target != options_.node_name &&

@@ -161,12 +161,22 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   std::vector<std::string> HoldersElsewhere(const std::string& name);
   // The snapshots of the volumes this node serves without a replica of its own (`volume`: that
   // one only; "": every one), read from an in-sync replica of each (LIST_SNAPSHOTS): what
-  // `snapshot list` shows for them here. A volume none of whose replicas answers is left out
-  // (logged).
+  // `snapshot list` shows for them here. A `volume` named that this node holds none of (not even
+  // an anchor): its snapshots as its in-sync replicas hold them. A volume none of whose replicas
+  // answers is left out (logged).
   std::vector<snapshot::SnapshotInfo> RemoteSnapshots(const std::string& volume);
-  // The nodes holding a replica of `name` (its membership); empty when it is not replicated or
-  // its membership cannot be read (CSI's accessible topology).
+  // The nodes holding a replica of `name` (its membership); empty when it is not replicated
+  // (this node has a volume of that name that is no replica, or the cluster has none) or its
+  // membership cannot be read (CSI's accessible topology).
   std::vector<std::string> ReplicaNodes(const std::string& name);
+  // The membership of replicated volume `name` as etcd holds it, for callers on a node that may
+  // hold none of it (CSI's controller); NotFound when the cluster has no such volume.
+  Result<cluster::Membership> MembershipOf(const std::string& name);
+  // Deletes replicated volume `name`: on its target (or a node of a detached one's replicas) its
+  // local volume, then the remote replicas and the membership. On a node holding nothing of it
+  // (DeleteElsewhere): while it is detached, or attached on a node whose lease expired, its
+  // membership (compare-and-swap), then its replicas; FailedPrecondition while its target's
+  // lease lives. NotFound when neither this node nor the cluster knows it.
   Status Delete(const std::string& name, const DeleteOptions& options);
   Result<ReplicasReport> List(const std::string& name);
   // The replicas of every volume this node is the target of, for the metrics: the layer's live
@@ -228,6 +238,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // clients) and records the volume detached, so any node holding an in-sync replica may attach
   // it at once. Idempotent for a volume detached already.
   Result<std::string> Detach(const std::string& name);
+  // Detach, retried while it is Busy (a resync or a client's close still holds the target) for
+  // at most `timeout`.
+  Result<std::string> DetachWhenIdle(const std::string& name, std::chrono::milliseconds timeout);
   // `shale volume resize` / ControllerExpandVolume of a replicated volume (docs/replication.md,
   // "Growing a replicated volume"): raises the membership's size (rounded up to 4 KiB); every
   // replica grows when it is next opened. Allowed while the volume is detached (from any node)
@@ -262,7 +275,24 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // size labelled with its uuid and kTargetOnlyLabel, holding no data — the target's reactor,
   // its changed-region and activity-log records, its QoS and its NBD export. True when it was
   // made now (false: it was there). FailedPrecondition when another volume has the name.
-  Result<bool> MakeAnchor(const std::string& name, const cluster::Membership& m);
+  // `like` (optional): the labels, QoS and frontend records it gets (a volume created here).
+  Result<bool> MakeAnchor(const std::string& name, const cluster::Membership& m,
+                          const VolumeSpec* like = nullptr);
+  // The anchor of a new volume `like` (membership `m`) created on a node that takes no replica
+  // of it (replicated_create.cc); AlreadyExists when one was there.
+  Result<VolumeInfo> CreateAnchor(const VolumeSpec& like, const cluster::Membership& m);
+  // replicated_elsewhere.cc: a volume this node holds none of (no replica, no anchor).
+  Status DeleteElsewhere(const std::string& name);
+  // Snapshot() of it: TAKE_SNAPSHOT on its target; detached, attached here for the snapshot
+  // (taken on every in-sync replica) and detached again.
+  Result<std::optional<snapshot::SnapshotInfo>> SnapshotHeldElsewhere(
+      const std::string& volume, const cluster::Membership& m, const std::string& name,
+      const snapshot::CreateSnapshotOptions& options);
+  // The snapshots of `volume` as the first of `in_sync` that answers holds them (LIST_SNAPSHOTS);
+  // Unavailable when none does.
+  Result<std::vector<snapshot::SnapshotInfo>> ListCopies(const std::string& volume,
+                                                         const Uuid& uuid, uint64_t size,
+                                                         const std::vector<std::string>& in_sync);
   // Deletes the anchor of `name` (if there is one), logged; a failure is logged and left to
   // RemoveOrphans.
   void RemoveAnchor(const std::string& name, const std::string& why);

@@ -390,6 +390,114 @@ TEST_F(CsiReplicatedTest, APodOnANodeWithoutAReplicaIsServedFromTheOthers) {
   EXPECT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
 }
 
+// The pod's node cannot hold a replica (the class's replicaNodeSelector leaves it out; so would
+// a cordon or a full pool): its controller still provisions the volume, with every replica on
+// other nodes and none of it on this node; answers for it (idempotent CreateVolume, GetVolume,
+// ValidateVolumeCapabilities, DeleteVolume) from the cluster's record; and its node plugin
+// serves it from the replicas.
+TEST_F(CsiReplicatedTest, AControllerOnANodeWithoutAReplicaProvisionsItAndDeletesIt) {
+  if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
+  ASSERT_EQ(nodes_[0].Shale({"node", "label", "node-a", "disk=ssd"}).exit_code, 0);
+  ASSERT_EQ(nodes_[0].Shale({"node", "label", "node-b", "disk=ssd"}).exit_code, 0);
+  auto request = [](int64_t bytes) {
+    csiv1::CreateVolumeRequest req = CsiClient::VolumeRequest("pvc-ssd", bytes);
+    (*req.mutable_parameters())["replicas"] = "2";
+    (*req.mutable_parameters())["replicaNodeSelector"] = "disk=ssd";
+    return req;
+  };
+  csiv1::CreateVolumeResponse resp;
+  grpc::Status st = csi_[2].CreateVolume(request(32 * kMiB), &resp);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  const std::string vol = resp.volume().volume_id();
+  EXPECT_EQ(resp.volume().capacity_bytes(), 32 * kMiB);
+  EXPECT_TRUE(Topology(resp).empty()) << "accessible from every node";
+  EXPECT_EQ(ReplicaNodeSet(vol), (std::set<std::string>{"node-a", "node-b"}));
+  nlohmann::json whole;
+  Replicas(nodes_[2], vol, &whole);
+  EXPECT_EQ(whole["detached"], true) << whole;
+  CommandResult listed = nodes_[2].Shale({"volume", "list", "-o", "json"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.Describe();
+  EXPECT_EQ(listed.out.find(vol), std::string::npos) << "nothing of it on node-c: " << listed.out;
+
+  // The same request again through node-c: the same volume (its labels are in the cluster's
+  // record); another capacity under that name: ALREADY_EXISTS.
+  csiv1::CreateVolumeResponse again;
+  st = csi_[2].CreateVolume(request(32 * kMiB), &again);
+  ASSERT_TRUE(st.ok()) << Describe(st);
+  EXPECT_EQ(again.volume().volume_id(), vol);
+  EXPECT_EQ(again.volume().capacity_bytes(), 32 * kMiB);
+  st = csi_[2].CreateVolume(request(64 * kMiB), &again);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS) << Describe(st);
+
+  // GetVolume and ValidateVolumeCapabilities through node-c: from the cluster's record.
+  csiv1::ControllerGetVolumeRequest get;
+  get.set_volume_id(vol);
+  csiv1::ControllerGetVolumeResponse got;
+  st = csi_[2].Call(csi_[2].controller.get(), &csiv1::Controller::Stub::ControllerGetVolume, get,
+                    &got);
+  ASSERT_TRUE(st.ok()) << Describe(st);
+  EXPECT_EQ(got.volume().capacity_bytes(), 32 * kMiB);
+  EXPECT_FALSE(got.status().volume_condition().abnormal()) << got.DebugString();
+  EXPECT_EQ(got.status().volume_condition().message(), "2 of 2 replicas in sync, detached");
+  csiv1::ValidateVolumeCapabilitiesRequest validate;
+  validate.set_volume_id(vol);
+  *validate.add_volume_capabilities() = MountCap();
+  csiv1::ValidateVolumeCapabilitiesResponse validated;
+  st = csi_[2].Call(csi_[2].controller.get(), &csiv1::Controller::Stub::ValidateVolumeCapabilities,
+                    validate, &validated);
+  ASSERT_TRUE(st.ok()) << Describe(st);
+  EXPECT_TRUE(validated.has_confirmed()) << validated.DebugString();
+
+  // The pod on node-c: served from the replicas on node-a and node-b.
+  const std::string staging = nodes_[2].root() + "/staging";
+  st = csi_[2].Stage(vol, staging, MountCap());
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  const std::string data = "features " + std::string(100000, 'f');
+  ASSERT_NO_FATAL_FAILURE(WriteDurably(staging + "/features.bin", data));
+  // Not deleted while node-c serves it (its lease lives).
+  st = csi_[0].DeleteVolume(vol);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << Describe(st);
+  st = csi_[2].Unstage(vol, staging);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  st = csi_[0].Stage(vol, nodes_[0].root() + "/staging", MountCap());
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[0].DaemonLog();
+  EXPECT_TRUE(ReadAll(nodes_[0].root() + "/staging/features.bin") == data)
+      << "written on node-c, read on node-a";
+  st = csi_[0].Unstage(vol, nodes_[0].root() + "/staging");
+  ASSERT_TRUE(st.ok()) << Describe(st);
+
+  // A VolumeSnapshot through node-c's controller while no node serves it: node-c attaches it for
+  // the snapshot (taken on both replicas) and detaches it; the same request again answers the
+  // same snapshot (read from a replica); deleted through node-c, both copies go.
+  csiv1::CreateSnapshotResponse snap, snap_again;
+  st = csi_[2].CreateSnapshot(vol, "snapshot-ssd", &snap);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  EXPECT_TRUE(snap.snapshot().ready_to_use());
+  EXPECT_EQ(snap.snapshot().source_volume_id(), vol);
+  st = csi_[2].CreateSnapshot(vol, "snapshot-ssd", &snap_again);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  EXPECT_EQ(snap_again.snapshot().snapshot_id(), snap.snapshot().snapshot_id());
+  EXPECT_TRUE(snap_again.snapshot().ready_to_use());
+  CommandResult shown =
+      nodes_[1].Shale({"snapshot", "show", snap.snapshot().snapshot_id(), "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_EQ(shown.Json()["labels"]["shale.io/snapshot-replicas"], "node-a,node-b") << shown.out;
+  Replicas(nodes_[2], vol, &whole);
+  EXPECT_EQ(whole["detached"], true) << "detached again after the snapshot: " << whole;
+  EXPECT_TRUE(csi_[2].DeleteSnapshot(snap.snapshot().snapshot_id()).ok());
+  EXPECT_NE(nodes_[1].Shale({"snapshot", "show", snap.snapshot().snapshot_id()}).exit_code, 0)
+      << "node-b's copy went with it";
+
+  // DeleteVolume through node-c, which holds none of it: the membership and both replicas go.
+  st = csi_[2].DeleteVolume(vol);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  EXPECT_NE(nodes_[0].Shale({"replica", "list", vol}).exit_code, 0) << "its membership is gone";
+  for (int i : {0, 1}) {
+    EXPECT_NE(nodes_[i].Shale({"volume", "show", vol}).exit_code, 0) << nodes_[i].DaemonLog();
+  }
+  EXPECT_TRUE(csi_[2].DeleteVolume(vol).ok()) << "deleting is idempotent";
+}
+
 TEST_F(CsiReplicatedTest, ANodeDeathLetsTheNextNodeStageItWithEveryFsyncedWrite) {
   if (const std::string why = WhyNoMounts(); !why.empty()) GTEST_SKIP() << why;
   std::string vol;

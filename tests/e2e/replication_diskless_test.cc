@@ -10,7 +10,10 @@
 //   - a replica killed with -9 while node-c's client writes: no client error, it is rebuilt from
 //     the other (remote) replica with only what it missed;
 //   - node-c killed with -9: attaching elsewhere is refused while its lease lives and succeeds
-//     after, with every flushed write; node-c restarted serves nothing and its anchor goes.
+//     after, with every flushed write; node-c restarted serves nothing and its anchor goes;
+//   - created on a node that cannot take a replica (cordoned): the replicas go elsewhere and it
+//     serves the volume; snapshots and deletion asked of a node holding nothing of it (a
+//     delete is refused while another node serves it).
 // Skipped (with the reason) where etcd is not installed.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -348,6 +351,96 @@ TEST_F(ReplicationDisklessE2eTest, ACascadeIsRecoveredFromAnyReplicaByTheTargetW
   ASSERT_EQ(wait.exit_code, 0) << wait.Describe() << c.DaemonLog();
   EXPECT_EQ(Replicas(c, "cv")["node-b"]["rebuild_total_bytes"], kVolBytes)
       << "a stale replica is compared everywhere";
+}
+
+// Created on a node that cannot take a replica (cordoned here; also a full pool, a node selector
+// it does not meet, or --replica-nodes without it): every replica goes elsewhere and the node
+// serves the volume through its anchor. Deleted from a node holding nothing of it: refused while
+// another node's target lives, then the membership and every replica go.
+TEST_F(ReplicationDisklessE2eTest, ACordonedNodeCreatesAVolumeItHoldsNoReplicaOf) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  ASSERT_EQ(c.Shale({"node", "cordon", "node-c"}).exit_code, 0);
+  ExpectOneLineError(c.Shale({"volume", "create", "nv", "--size", "16M", "--replicas", "3"}),
+                     "node-c: it is cordoned");
+  CommandResult made = c.Shale({"volume", "create", "nv", "--size", "16M", "--replicas", "2"});
+  ASSERT_EQ(made.exit_code, 0) << made.Describe() << c.DaemonLog();
+  EXPECT_NE((made.out + made.err).find("holds no replica (it is cordoned"), std::string::npos)
+      << made.Describe();
+  nlohmann::json list;
+  std::map<std::string, nlohmann::json> replicas = Replicas(c, "nv", &list);
+  EXPECT_EQ(list["target"], "node-c") << list;
+  EXPECT_EQ(list["detached"], false) << list;
+  ASSERT_EQ(replicas.size(), 2u) << list;
+  EXPECT_TRUE(replicas.contains("node-a") && replicas.contains("node-b")) << list;
+  EXPECT_TRUE(HasLocalVolume(c, "nv")) << "the target's anchor";
+  CommandResult shown = c.Shale({"volume", "show", "nv", "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  EXPECT_EQ(shown.Json()["labels"]["shale.io/target-only"], "true") << shown.out;
+
+  // Served by node-c from the replicas on node-a and node-b.
+  std::mt19937_64 rng(31);
+  std::string oracle(kVolBytes, '\0');
+  Fill(&oracle, kMiB, 3 * kMiB, &rng);
+  {
+    auto client = NbdRawClient::Tcp(c.NbdAddress());
+    ASSERT_NE(client, nullptr);
+    ASSERT_EQ(client->Go("nv"), std::optional<uint64_t>(kVolBytes)) << c.DaemonLog();
+    ASSERT_TRUE(WriteRange(*client, oracle, kMiB, 3 * kMiB));
+    ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+    ExpectContent(*client, oracle, "node-c");
+  }
+  Detach(c, "nv");
+  EXPECT_FALSE(HasLocalVolume(c, "nv")) << "nothing of it stays on node-c";
+
+  // A snapshot asked of node-c, which holds nothing of it now: attached there for the snapshot
+  // (taken on both replicas), then detached again.
+  CommandResult snap = c.Shale({"snapshot", "create", "nv@detached", "-o", "json"});
+  ASSERT_EQ(snap.exit_code, 0) << snap.Describe() << c.DaemonLog();
+  EXPECT_EQ(snap.Json()["labels"]["shale.io/snapshot-replicas"], "node-a,node-b") << snap.out;
+  EXPECT_FALSE(HasLocalVolume(c, "nv")) << "detached again after the snapshot";
+  Replicas(c, "nv", &list);
+  EXPECT_EQ(list["detached"], true) << list;
+  ExpectOneLineError(c.Shale({"snapshot", "create", "nv@detached"}), "already exists");
+
+  // The data is on the replicas: node-a serves it.
+  ASSERT_EQ(a.Shale({"volume", "attach", "nv"}).exit_code, 0) << a.DaemonLog();
+  {
+    auto client = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_NE(client, nullptr);
+    ASSERT_TRUE(client->Go("nv").has_value()) << a.DaemonLog();
+    ExpectContent(*client, oracle, "node-a");
+  }
+  // While node-a serves it: node-a takes the snapshot asked of node-c (TAKE_SNAPSHOT); node-c
+  // answers with a replica's copy, and lists both.
+  snap = c.Shale({"snapshot", "create", "nv@served", "-o", "json"});
+  ASSERT_EQ(snap.exit_code, 0) << snap.Describe() << c.DaemonLog();
+  EXPECT_EQ(snap.Json()["name"], "nv@served") << snap.out;
+  CommandResult listed = c.Shale({"snapshot", "list", "nv", "-o", "json"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.Describe();
+  const nlohmann::json snaps = listed.Json();
+  ASSERT_EQ(snaps["snapshots"].size(), 2u) << snaps;
+  for (const char* ref : {"nv@detached", "nv@served"}) {
+    ASSERT_EQ(c.Shale({"snapshot", "delete", ref}).exit_code, 0) << ref << c.DaemonLog();
+    EXPECT_NE(b.Shale({"snapshot", "show", ref}).exit_code, 0) << "node-b's copy went: " << ref;
+  }
+  // Deleted from node-c, which holds nothing of it: not while node-a serves it.
+  ExpectOneLineError(c.Shale({"volume", "delete", "nv"}), "attached on node node-a, whose lease");
+  EXPECT_EQ(Replicas(c, "nv").size(), 2u) << "nothing was deleted";
+  Detach(a, "nv");
+  CommandResult deleted = c.Shale({"volume", "delete", "nv"});
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.Describe() << c.DaemonLog();
+  EXPECT_NE(c.Shale({"replica", "list", "nv"}).exit_code, 0) << "its membership is gone";
+  EXPECT_FALSE(HasLocalVolume(a, "nv")) << a.DaemonLog();
+  EXPECT_FALSE(HasLocalVolume(b, "nv")) << b.DaemonLog();
+  ExpectOneLineError(c.Shale({"volume", "delete", "nv"}), "not found");
+
+  // A clone starts from this node's copy: a node that cannot take a replica refuses it.
+  ASSERT_EQ(c.Shale({"node", "uncordon", "node-c"}).exit_code, 0);
+  ASSERT_EQ(c.Shale({"volume", "create", "src", "--size", "16M"}).exit_code, 0);
+  ExpectOneLineError(c.Shale({"clone", "create", "src", "cl", "--replicas", "2", "--replica-nodes",
+                              "node-a,node-b"}),
+                     "starts from this node's copy");
 }
 
 }  // namespace
