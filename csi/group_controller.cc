@@ -16,13 +16,14 @@ namespace v1 = ::csi::v1;
 namespace {
 
 // The group as CSI describes it; ready once every member exists.
-void FillGroup(snapshot::SnapshotManager* snapshots, const daemon::GroupSnapshotInfo& g,
+void FillGroup(daemon::VolumeLifecycle* lifecycle, const daemon::GroupSnapshotInfo& g,
                v1::VolumeGroupSnapshot* out) {
   out->set_group_snapshot_id(g.name);
   *out->mutable_creation_time() = TimestampOf(g.created_unix_ns);
   bool ready = true;
   for (const std::string& member : g.snapshots) {
-    Result<snapshot::SnapshotInfo> s = snapshots->Get(member);
+    // (A member of a volume served here without a replica: as its replicas hold it.)
+    Result<snapshot::SnapshotInfo> s = lifecycle->FindSnapshot(member);
     if (!s.ok()) {
       ready = false;
       continue;
@@ -83,7 +84,7 @@ grpc::Status GroupControllerService::CreateVolumeGroupSnapshot(
     }
     return ToGrpc(g.status().WithContext("group snapshot " + request->name()));
   }
-  FillGroup(lifecycle_->snapshots(), *g, response->mutable_group_snapshot());
+  FillGroup(lifecycle_, *g, response->mutable_group_snapshot());
   return grpc::Status::OK;
 }
 
@@ -105,7 +106,7 @@ grpc::Status GroupControllerService::GetVolumeGroupSnapshot(
     return ToGrpc(g.status());
   }
   if (grpc::Status st = CheckMembers(*g, request->snapshot_ids()); !st.ok()) return st;
-  FillGroup(lifecycle_->snapshots(), *g, response->mutable_group_snapshot());
+  FillGroup(lifecycle_, *g, response->mutable_group_snapshot());
   return grpc::Status::OK;
 }
 

@@ -10,15 +10,14 @@ using internal::Fail;
 namespace {
 
 // The group with the members that are gone since (deleted on their own) listed as missing.
-void ToProto(const GroupSnapshotInfo& g, snapshot::SnapshotManager* snapshots,
-             v1::GroupSnapshot* out) {
+void ToProto(const GroupSnapshotInfo& g, VolumeLifecycle* lifecycle, v1::GroupSnapshot* out) {
   out->set_name(g.name);
   out->set_id(g.id);
   out->set_pool(g.pool);
   for (const std::string& v : g.volumes) out->add_volumes(v);
   for (const std::string& s : g.snapshots) {
     out->add_snapshots(s);
-    if (snapshots->Get(s).status().IsNotFound()) out->add_missing(s);
+    if (lifecycle->FindSnapshot(s).status().IsNotFound()) out->add_missing(s);
   }
   out->mutable_labels()->insert(g.labels.begin(), g.labels.end());
   out->set_created_unix_ns(g.created_unix_ns);
@@ -35,7 +34,7 @@ grpc::Status ControlService::CreateGroupSnapshot(grpc::ServerContext* ctx,
   spec.labels = Labels(req->labels().begin(), req->labels().end());
   Result<GroupSnapshotInfo> g = lifecycle_->CreateGroupSnapshot(spec);
   if (!g.ok()) return Fail(ctx, g.status());
-  ToProto(*g, snapshots_, resp);
+  ToProto(*g, lifecycle_, resp);
   return grpc::Status::OK;
 }
 
@@ -44,7 +43,7 @@ grpc::Status ControlService::ListGroupSnapshots(grpc::ServerContext* ctx,
                                                 v1::ListGroupSnapshotsResponse* resp) {
   Result<std::vector<GroupSnapshotInfo>> groups = lifecycle_->ListGroupSnapshots();
   if (!groups.ok()) return Fail(ctx, groups.status());
-  for (const GroupSnapshotInfo& g : *groups) ToProto(g, snapshots_, resp->add_groups());
+  for (const GroupSnapshotInfo& g : *groups) ToProto(g, lifecycle_, resp->add_groups());
   return grpc::Status::OK;
 }
 
@@ -53,7 +52,7 @@ grpc::Status ControlService::GetGroupSnapshot(grpc::ServerContext* ctx,
                                               v1::GroupSnapshot* resp) {
   Result<GroupSnapshotInfo> g = lifecycle_->GetGroupSnapshot(req->name());
   if (!g.ok()) return Fail(ctx, g.status());
-  ToProto(*g, snapshots_, resp);
+  ToProto(*g, lifecycle_, resp);
   return grpc::Status::OK;
 }
 

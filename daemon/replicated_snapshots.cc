@@ -173,13 +173,6 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotOnTarge
   return std::optional<snapshot::SnapshotInfo>(std::move(copy).value());
 }
 
-Status ReplicatedVolumes::NoLocalReplica(const std::string& volume) {
-  return Status::FailedPrecondition(
-      "volume '" + volume + "' is served on " + options_.node_name +
-      ", which holds no replica of it: group snapshots of it are not built there (a snapshot of "
-      "the volume alone is; or attach it on a replica node for the group)");
-}
-
 Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     std::string_view volume_view, std::string_view name_view,
     const snapshot::CreateSnapshotOptions& options) {
@@ -283,6 +276,7 @@ class ReplicatedVolumes::GroupHoldImpl final : public SnapshotReplication::Group
     for (const auto& [volume, target] : members) {
       quiet.push_back(owner_->StartQuiesce(*target));
       quiesced_.push_back(target);
+      if (!target->local_replica) remote_only_.insert(volume);
     }
     const auto deadline = owner_->QuiesceDeadline();
     for (size_t i = 0; i < members.size(); ++i) {
@@ -293,10 +287,19 @@ class ReplicatedVolumes::GroupHoldImpl final : public SnapshotReplication::Group
     return Status::Ok();
   }
   const std::map<std::string, Labels>& MemberLabels() const override { return labels_; }
-  Status SnapshotRemotes(const std::string& name) override {
+  const std::set<std::string>& RemoteOnly() const override { return remote_only_; }
+  Status SnapshotRemotes(const std::string& name, const Labels& labels) override {
     std::vector<std::future<replication::ReplicationLayer::SnapshotResults>> copies;
-    for (const std::shared_ptr<Target>& t : quiesced_)
-      copies.push_back(owner_->StartCopies(*t, name));
+    for (const std::shared_ptr<Target>& t : quiesced_) {
+      if (t->local_replica) {
+        copies.push_back(owner_->StartCopies(*t, name));
+        continue;
+      }
+      // No local member: the copies carry what its snapshot would (as SnapshotFromRemotes).
+      Labels member = labels;
+      for (const auto& [k, v] : labels_[t->name]) member[k] = v;
+      copies.push_back(owner_->StartCopies(*t, name, member));
+    }
     Status failed;
     for (auto& c : copies) {
       const Status st = FirstFailure(c.get());
@@ -310,6 +313,7 @@ class ReplicatedVolumes::GroupHoldImpl final : public SnapshotReplication::Group
   std::unique_lock<std::mutex> lock_;  // snapshot_mu_: a layer has one quiesce at a time
   std::vector<std::shared_ptr<Target>> quiesced_;
   std::map<std::string, Labels> labels_;
+  std::set<std::string> remote_only_;
 };
 
 Result<std::unique_ptr<SnapshotReplication::GroupHold>> ReplicatedVolumes::HoldGroup(
@@ -324,7 +328,6 @@ Result<std::unique_ptr<SnapshotReplication::GroupHold>> ReplicatedVolumes::HoldG
           "a group snapshot's replicated volumes are served by the node that takes it (attach "
           "them on one node)");
     }
-    if (!target->local_replica) return NoLocalReplica(volume);
     members.emplace_back(volume, std::move(target));
   }
   if (members.empty()) return std::unique_ptr<SnapshotReplication::GroupHold>();
@@ -562,6 +565,14 @@ Result<bool> ReplicatedVolumes::DeleteCopiesElsewhere(const std::string& volume,
   SHALE_LOG_INFO("snapshot of a replicated volume deleted on its replicas",
                  {"snapshot", volume + "@" + name}, {"replicas", JoinNodes(holders)});
   return true;
+}
+
+Result<snapshot::SnapshotInfo> ReplicatedVolumes::RemoteSnapshot(const std::string& volume,
+                                                                 const std::string& name) {
+  for (snapshot::SnapshotInfo& s : RemoteSnapshots(volume)) {
+    if (s.volume == volume && s.name == name) return std::move(s);
+  }
+  return Status::NotFound("snapshot '" + volume + "@" + name + "' not found");
 }
 
 std::vector<snapshot::SnapshotInfo> ReplicatedVolumes::RemoteSnapshots(const std::string& volume) {

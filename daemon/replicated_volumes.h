@@ -213,6 +213,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // SnapshotReplication: quiesces the replicated members of a group snapshot (their targets must
   // be open here), takes their replicas' copies after the local freeze, resumes.
   Result<std::unique_ptr<GroupHold>> HoldGroup(const std::vector<std::string>& volumes) override;
+  // SnapshotReplication: from RemoteSnapshots(volume).
+  Result<snapshot::SnapshotInfo> RemoteSnapshot(const std::string& volume,
+                                                const std::string& name) override;
   // The digest of every remote copy of a replicated volume's snapshot (the nodes its label
   // lists); empty for a snapshot that is not one.
   std::vector<ReplicaDigest> VerifyReplicas(const snapshot::SnapshotInfo& snap);
@@ -318,8 +321,6 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // the remote copies of snapshot `name` (SNAPSHOT to every in-sync replica).
   class GroupHoldImpl;
   Status NotServedHere(const std::string& volume);
-  // The refusal of a snapshot of a volume whose target here has no local replica.
-  Status NoLocalReplica(const std::string& volume);
   std::shared_future<void> StartQuiesce(Target& target);
   std::chrono::steady_clock::time_point QuiesceDeadline() const;
   Result<Labels> FinishQuiesce(Target& target, const std::string& volume,

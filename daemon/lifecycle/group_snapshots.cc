@@ -128,12 +128,13 @@ Result<GroupSnapshotInfo> VolumeLifecycle::CreateGroupSnapshot(const GroupSnapsh
   g.volumes = spec.volumes;
   g.labels = spec.labels;
   g.created_unix_ns = Clock::Real()->WallNanos();
+  std::map<std::string, std::string> pools;  // by volume
   for (const std::string& v : spec.volumes) {
     SHALE_ASSIGN_OR_RETURN(VolumeInfo info, engine_->GetVolume(v));
     if (info.read_only) {
       return Status::FailedPrecondition("volume '" + v + "' is read-only: snapshot its source");
     }
-    if (g.pool.empty()) g.pool = info.pool;
+    pools[v] = info.pool;
     g.volume_ids.push_back(info.id);
     g.snapshots.push_back(v + "@" + spec.name);
   }
@@ -147,16 +148,29 @@ Result<GroupSnapshotInfo> VolumeLifecycle::CreateGroupSnapshot(const GroupSnapsh
   if (SnapshotReplication* r = snapshot_replication_.load(); r != nullptr) {
     SHALE_ASSIGN_OR_RETURN(hold, r->HoldGroup(spec.volumes));
   }
-  auto members = snapshots_->CreateGroup(
-      spec.volumes, spec.name, options,
-      [&](std::string_view pool, MetaBatch* batch) {
-        if (pool == g.pool) batch->Put(GroupKey(g.name), Encode(g));
-      },
-      hold != nullptr ? hold->MemberLabels() : std::map<std::string, Labels>());
-  if (!members.ok()) return members.status();
+  // Members served here without a replica are not frozen here: their copies are their members.
+  std::vector<std::string> local;
+  for (const std::string& v : spec.volumes) {
+    if (hold == nullptr || !hold->RemoteOnly().contains(v)) local.push_back(v);
+  }
+  g.pool = pools[local.empty() ? spec.volumes.front() : local.front()];
+  if (!local.empty()) {
+    auto members = snapshots_->CreateGroup(
+        local, spec.name, options,
+        [&](std::string_view pool, MetaBatch* batch) {
+          if (pool == g.pool) batch->Put(GroupKey(g.name), Encode(g));
+        },
+        hold != nullptr ? hold->MemberLabels() : std::map<std::string, Labels>());
+    if (!members.ok()) return members.status();
+  }
   if (hold != nullptr) {
-    const Status copies = hold->SnapshotRemotes(spec.name);
+    Status copies = hold->SnapshotRemotes(spec.name, options.labels);
     hold.reset();  // resumes the replicated members
+    if (copies.ok() && local.empty()) {
+      MetaBatch batch;  // the record alone: no member of this node's pools was frozen
+      batch.Put(GroupKey(g.name), Encode(g));
+      copies = engine_->WriteRecords(g.pool, std::move(batch));
+    }
     if (!copies.ok()) {
       // All or none: the members (and the copies taken) and the record go again.
       const Status undone = DeleteGroupLocked(g, DeleteOptions{});

@@ -25,8 +25,10 @@ class RecordingReplication final : public SnapshotReplication {
     Hold(const Hold&) = delete;
     Hold& operator=(const Hold&) = delete;
     const std::map<std::string, Labels>& MemberLabels() const override { return owner_->labels; }
-    Status SnapshotRemotes(const std::string& name) override {
+    const std::set<std::string>& RemoteOnly() const override { return owner_->remote_only; }
+    Status SnapshotRemotes(const std::string& name, const Labels& labels) override {
       owner_->events.push_back("copies " + name);
+      owner_->copy_labels = labels;
       return owner_->copies;
     }
 
@@ -51,8 +53,15 @@ class RecordingReplication final : public SnapshotReplication {
     return std::unique_ptr<GroupHold>(std::make_unique<Hold>(this));
   }
 
+  Result<snapshot::SnapshotInfo> RemoteSnapshot(const std::string& volume,
+                                                const std::string& name) override {
+    return Status::NotFound("no copy of " + volume + "@" + name);
+  }
+
   Status refuse, copies;
   std::map<std::string, Labels> labels;
+  std::set<std::string> remote_only;
+  Labels copy_labels;  // what the last SnapshotRemotes was given
   std::vector<std::string> events;
 };
 
@@ -227,6 +236,38 @@ TEST_F(GroupSnapshotTest, ReplicatedMembersAreHeldAcrossTheFreezeAndAFailedCopyU
   EXPECT_EQ(snapshots_->Get("a@h").status().code(), StatusCode::kNotFound);
   EXPECT_EQ(snapshots_->Get("b@h").status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(lifecycle_->GetGroupSnapshot("g").ok()) << "the earlier group stays";
+}
+
+TEST_F(GroupSnapshotTest, AMemberServedWithoutAReplicaIsNotFrozenHere) {
+  for (const char* v : {"a", "b"}) CreateVolume(v);
+  RecordingReplication replication;
+  replication.remote_only = {"b"};
+  lifecycle_->SetSnapshotReplication(&replication);
+  auto made = lifecycle_->CreateGroupSnapshot(
+      {.name = "g", .volumes = {"b", "a"}, .labels = {{"team", "nlp"}}});
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_EQ(replication.events, (std::vector<std::string>{"hold b,a", "copies g", "resume"}));
+  EXPECT_EQ(replication.copy_labels["shale.io/group"], "g") << "the copies are group members";
+  EXPECT_EQ(replication.copy_labels["team"], "nlp");
+  EXPECT_TRUE(snapshots_->Get("a@g").ok());
+  EXPECT_EQ(snapshots_->Get("b@g").status().code(), StatusCode::kNotFound) << "no local copy";
+  auto got = lifecycle_->GetGroupSnapshot("g");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->snapshots, (std::vector<std::string>{"b@g", "a@g"}));
+  EXPECT_EQ(got->pool, snapshots_->Get("a@g")->pool) << "the record goes with a's freeze";
+
+  // Only such members: no freeze here; the record is committed alone, after the copies; a copy
+  // that fails leaves no record.
+  replication.events.clear();
+  auto alone = lifecycle_->CreateGroupSnapshot({.name = "solo", .volumes = {"b"}});
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_EQ(replication.events, (std::vector<std::string>{"hold b", "copies solo", "resume"}));
+  EXPECT_TRUE(lifecycle_->GetGroupSnapshot("solo").ok());
+  replication.copies = Status::Unavailable("node n2 is down");
+  auto failed = lifecycle_->CreateGroupSnapshot({.name = "lost", .volumes = {"b"}});
+  EXPECT_EQ(failed.status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(lifecycle_->GetGroupSnapshot("lost").status().code(), StatusCode::kNotFound);
+  lifecycle_->SetSnapshotReplication(nullptr);
 }
 
 TEST_F(GroupSnapshotTest, DeleteKeepsClonesOfMembersWorking) {

@@ -353,6 +353,16 @@ Result<snapshot::SnapshotInfo> VolumeLifecycle::Snapshot(
   return snapshots_->Create(volume, name, options);
 }
 
+Result<snapshot::SnapshotInfo> VolumeLifecycle::FindSnapshot(std::string_view ref) {
+  Result<snapshot::SnapshotInfo> local = snapshots_->Get(ref);
+  SnapshotReplication* r = snapshot_replication_.load();
+  if (local.ok() || !local.status().IsNotFound() || r == nullptr) return local;
+  Result<snapshot::SnapshotRef> parsed = snapshot::ParseSnapshotRef(ref);
+  if (!parsed.ok()) return local;
+  Result<snapshot::SnapshotInfo> remote = r->RemoteSnapshot(parsed->volume, parsed->snapshot);
+  return remote.ok() || !remote.status().IsNotFound() ? remote : local;
+}
+
 Result<snapshot::DeleteSnapshotResult> VolumeLifecycle::DeleteSnapshot(
     std::string_view ref, const DeleteOptions& options) {
   SHALE_RETURN_IF_ERROR(CheckChangeGate());

@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -127,15 +128,25 @@ class SnapshotReplication {
     virtual ~GroupHold() = default;
     // The labels each replicated member's local snapshot carries, by volume.
     virtual const std::map<std::string, Labels>& MemberLabels() const = 0;
+    // The held members this node serves without a replica of its own (through a target-only
+    // anchor): they get no local member snapshot; the copies SnapshotRemotes takes on their
+    // replicas are their member snapshots.
+    virtual const std::set<std::string>& RemoteOnly() const = 0;
     // Takes snapshot `name` on every in-sync remote replica of every held member (after the
-    // local freeze); the first failure, naming the replica. The copies taken stay: the caller
-    // deletes the members, whose deletes remove them.
-    virtual Status SnapshotRemotes(const std::string& name) = 0;
+    // local freeze; the copies of a RemoteOnly member carry `labels` and its MemberLabels); the
+    // first failure, naming the replica. The copies taken stay: the caller deletes the members,
+    // whose deletes remove them.
+    virtual Status SnapshotRemotes(const std::string& name, const Labels& labels) = 0;
   };
   // Quiesces the replicated volumes among `volumes`; null when none is replicated.
   // FailedPrecondition for one whose target is not open on this node (naming its node),
   // Unavailable when one does not drain in time or was fenced (every member resumed).
   virtual Result<std::unique_ptr<GroupHold>> HoldGroup(const std::vector<std::string>& volumes) = 0;
+  // Snapshot `volume@name` of a replicated volume this node holds no copy of, as an in-sync
+  // replica holds it (a member of a group taken here of a volume served without a replica);
+  // NotFound when there is none.
+  virtual Result<snapshot::SnapshotInfo> RemoteSnapshot(const std::string& volume,
+                                                        const std::string& name) = 0;
 };
 
 // A group snapshot (docs/lifecycle.md, "Group snapshots"): member snapshots of several volumes
@@ -234,16 +245,22 @@ class VolumeLifecycle {
                                           const snapshot::CreateSnapshotOptions& options = {});
   Result<snapshot::DeleteSnapshotResult> DeleteSnapshot(std::string_view ref,
                                                         const DeleteOptions& options = {});
+  // Snapshot `ref` ("VOLUME@SNAP") on this node, else as the replicas of a replicated volume
+  // served here without a replica hold it (SnapshotReplication::RemoteSnapshot).
+  Result<snapshot::SnapshotInfo> FindSnapshot(std::string_view ref);
   // Rolls the volume back to its snapshot ("SNAP" or "VOLUME@SNAP"). Busy while clients hold
   // the volume (the message names them).
   Status Revert(std::string_view volume, std::string_view snapshot);
 
   // Group snapshots (group_snapshots.cc). Create freezes every volume at one instant
   // (SnapshotManager::CreateGroup, Engine::FreezeVolumes) and commits the group record with the
-  // first volume's pool's part of it. Idempotent: the same name with the same volumes (in any
-  // order) returns the existing group (`created` false); the same name with other volumes is
+  // first local member's pool's part of it. Idempotent: the same name with the same volumes (in
+  // any order) returns the existing group (`created` false); the same name with other volumes is
   // AlreadyExists. Replicated members are held by SnapshotReplication::HoldGroup: quiesced
   // before the freeze, their replicas' copies taken after it (a failed copy deletes the group).
+  // A member served here without a replica (GroupHold::RemoteOnly) is not frozen here: its
+  // replicas' copies are its member snapshot; a group of only such members commits its record
+  // alone, after the copies.
   Result<GroupSnapshotInfo> CreateGroupSnapshot(const GroupSnapshotSpec& spec,
                                                 bool* created = nullptr);
   Result<GroupSnapshotInfo> GetGroupSnapshot(std::string_view name);

@@ -375,6 +375,31 @@ TEST_F(CsiReplicatedTest, APodOnANodeWithoutAReplicaIsServedFromTheOthers) {
   EXPECT_NE(nodes_[1].Shale({"snapshot", "show", snap.snapshot().snapshot_id()}).exit_code, 0)
       << "node-b's copy went with it";
 
+  // A VolumeGroupSnapshot through node-c, which serves the volume without a replica: its member
+  // is the copies on the replicas, reported ready; deleted with the group.
+  csiv1::CreateVolumeGroupSnapshotRequest group;
+  group.set_name("groupsnapshot-elsewhere");
+  group.add_source_volume_ids(vol);
+  csiv1::CreateVolumeGroupSnapshotResponse grouped;
+  st = csi_[2].Call(csi_[2].group.get(), &csiv1::GroupController::Stub::CreateVolumeGroupSnapshot,
+                    group, &grouped);
+  ASSERT_TRUE(st.ok()) << Describe(st) << nodes_[2].DaemonLog();
+  EXPECT_TRUE(grouped.group_snapshot().ready_to_use()) << grouped.DebugString();
+  ASSERT_EQ(grouped.group_snapshot().snapshots_size(), 1) << grouped.DebugString();
+  const std::string member = grouped.group_snapshot().snapshots(0).snapshot_id();
+  CommandResult member_b = nodes_[1].Shale({"snapshot", "show", member, "-o", "json"});
+  ASSERT_EQ(member_b.exit_code, 0) << member_b.Describe();
+  EXPECT_EQ(member_b.Json()["labels"]["shale.io/group"],
+            grouped.group_snapshot().group_snapshot_id())
+      << member_b.out;
+  csiv1::DeleteVolumeGroupSnapshotRequest ungroup;
+  ungroup.set_group_snapshot_id(grouped.group_snapshot().group_snapshot_id());
+  csiv1::DeleteVolumeGroupSnapshotResponse ungrouped;
+  st = csi_[2].Call(csi_[2].group.get(), &csiv1::GroupController::Stub::DeleteVolumeGroupSnapshot,
+                    ungroup, &ungrouped);
+  ASSERT_TRUE(st.ok()) << Describe(st);
+  EXPECT_NE(nodes_[1].Shale({"snapshot", "show", member}).exit_code, 0) << "the copy went";
+
   // The pod moves to node-a: unstaged on node-c (nothing of the volume stays there), staged on
   // node-a with the file.
   st = csi_[2].Unstage(vol, staging_c);

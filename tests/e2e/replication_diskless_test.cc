@@ -11,6 +11,7 @@
 //     the other (remote) replica with only what it missed;
 //   - node-c killed with -9: attaching elsewhere is refused while its lease lives and succeeds
 //     after, with every flushed write; node-c restarted serves nothing and its anchor goes;
+//   - a group snapshot on node-c of a volume it serves without a replica and a local one: one cut;
 //   - created on a node that cannot take a replica (cordoned): the replicas go elsewhere and it
 //     serves the volume; snapshots and deletion asked of a node holding nothing of it (a
 //     delete is refused while another node serves it).
@@ -63,6 +64,16 @@ void Detach(Harness& h, const std::string& volume) {
       },
       seconds(10)));
   ASSERT_EQ(detached.exit_code, 0) << detached.Describe() << h.DaemonLog();
+}
+
+// `snapshot show REF -o json` on `h` (null on failure, recorded).
+nlohmann::json ShowOnNode(Harness& h, const std::string& ref) {
+  CommandResult r = h.Shale({"snapshot", "show", ref, "-o", "json"});
+  if (r.exit_code != 0) {
+    ADD_FAILURE() << r.Describe();
+    return nullptr;
+  }
+  return r.Json();
 }
 
 void Fill(std::string* oracle, uint64_t offset, uint64_t length, std::mt19937_64* rng) {
@@ -441,6 +452,70 @@ TEST_F(ReplicationDisklessE2eTest, ACordonedNodeCreatesAVolumeItHoldsNoReplicaOf
   ExpectOneLineError(c.Shale({"clone", "create", "src", "cl", "--replicas", "2", "--replica-nodes",
                               "node-a,node-b"}),
                      "starts from this node's copy");
+}
+
+// A group snapshot on a node that serves one member without a replica: that member's copies on
+// its replicas are its member snapshot, cut at the same instant as the local member's freeze;
+// shown as part of the group, deleted with it.
+TEST_F(ReplicationDisklessE2eTest, AGroupSnapshotTakesAVolumeServedWithoutAReplica) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b, &c}));
+  std::string oracle;
+  std::unique_ptr<NbdRawClient> client;
+  ASSERT_NO_FATAL_FAILURE(ServedByNodeC(a, c, "gd", 37, 2 * kMiB, &oracle, &client));
+  ASSERT_EQ(c.Shale({"volume", "create", "gl", "--size", "16M"}).exit_code, 0);
+  std::string local_oracle(kVolBytes, '\0');
+  std::mt19937_64 rng(41);
+  Fill(&local_oracle, 0, kMiB, &rng);
+  auto local = NbdRawClient::Tcp(c.NbdAddress());
+  ASSERT_NE(local, nullptr);
+  ASSERT_TRUE(local->Go("gl").has_value());
+  ASSERT_TRUE(WriteRange(*local, local_oracle, 0, kMiB));
+
+  CommandResult made = c.Shale(
+      {"snapshot", "create-group", "exp", "gd", "gl", "--label", "notebook=nb-3", "-o", "json"});
+  ASSERT_EQ(made.exit_code, 0) << made.Describe() << c.DaemonLog();
+  const std::string gd_at_group = oracle, gl_at_group = local_oracle;
+  // Written after the cut: in neither member.
+  Fill(&oracle, 0, kMiB, &rng);
+  ASSERT_TRUE(WriteRange(*client, oracle, 0, kMiB));
+  Fill(&local_oracle, 0, kMiB, &rng);
+  ASSERT_TRUE(WriteRange(*local, local_oracle, 0, kMiB));
+  ASSERT_EQ(client->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+
+  CommandResult shown = c.Shale({"snapshot", "show-group", "exp", "-o", "json"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.Describe();
+  const nlohmann::json group = shown.Json();
+  EXPECT_EQ(group["snapshots"], nlohmann::json::array({"gd@exp", "gl@exp"})) << group;
+  EXPECT_TRUE(group["missing"].is_null() || group["missing"].empty()) << group;
+  for (Harness* h : {&a, &b}) {
+    CommandResult copy = h->Shale({"snapshot", "show", "gd@exp", "-o", "json"});
+    ASSERT_EQ(copy.exit_code, 0) << copy.Describe();
+    const nlohmann::json labels = copy.Json()["labels"];
+    EXPECT_EQ(labels["shale.io/group"], "exp") << copy.out;
+    EXPECT_EQ(labels["notebook"], "nb-3") << copy.out;
+    EXPECT_EQ(labels["shale.io/snapshot-replicas"], "node-a,node-b") << copy.out;
+  }
+  EXPECT_EQ(ShowOnNode(c, "gl@exp")["labels"]["shale.io/group"], "exp");
+  {
+    auto snap = NbdRawClient::Tcp(a.NbdAddress());
+    ASSERT_NE(snap, nullptr);
+    ASSERT_TRUE(snap->Go("gd@exp").has_value()) << a.DaemonLog();
+    ExpectContent(*snap, gd_at_group, "gd@exp on node-a");
+    auto mine = NbdRawClient::Tcp(c.NbdAddress());
+    ASSERT_NE(mine, nullptr);
+    ASSERT_TRUE(mine->Go("gl@exp").has_value()) << c.DaemonLog();
+    ExpectContent(*mine, gl_at_group, "gl@exp on node-c");
+  }
+
+  // Deleted with the group: node-c's member and both copies on the replicas.
+  CommandResult deleted = c.Shale({"snapshot", "delete-group", "exp"});
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.Describe() << c.DaemonLog();
+  for (Harness* h : {&a, &b}) {
+    EXPECT_NE(h->Shale({"snapshot", "show", "gd@exp"}).exit_code, 0) << "the copy went";
+  }
+  EXPECT_NE(c.Shale({"snapshot", "show", "gl@exp"}).exit_code, 0);
+  EXPECT_NE(c.Shale({"snapshot", "show-group", "exp"}).exit_code, 0);
 }
 
 }  // namespace
