@@ -64,7 +64,9 @@ PEERS = ["qemu-nbd", "nbdkit"]
 SERVERS = ["raw", "qemu-nbd", "nbdkit", "shaled"]
 # Also available: "threaded", the thread-per-connection experiment (bench/nbd_threaded_experiment.cc)
 # that docs/nbd.md compares with shaled's reactor data path.
-ALL_SERVERS = SERVERS + ["threaded", "shaled-tls", "qemu-nbd-tls"]
+# "shaled-cached": shaled --read-cache page (reads through the kernel's page cache, as nbdkit's
+# are; writes stay O_DIRECT).
+ALL_SERVERS = SERVERS + ["shaled-cached", "threaded", "shaled-tls", "qemu-nbd-tls"]
 TLS_SERVERS = ["shaled", "shaled-tls", "qemu-nbd-tls"]
 # qemu-nbd gets shaled's GnuTLS priorities (tls/credentials.cc) so both negotiate the same cipher:
 # GnuTLS's defaults pick ChaCha20-Poly1305 on some VMs with AES-NI.
@@ -240,6 +242,12 @@ class Servers:
         port, log = self.start_shaled("shaled", size, ["--nbd-insecure-tcp"])
         self.targets["shaled"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/bench"]
 
+        if "shaled-cached" in servers:
+            port, _ = self.start_shaled("shaled-cached", size,
+                                        ["--nbd-insecure-tcp", "--read-cache", "page"])
+            self.targets["shaled-cached"] = ["--ioengine=nbd",
+                                             f"--uri=nbd://127.0.0.1:{port}/bench"]
+
         if "shaled-tls" in servers or "qemu-nbd-tls" in servers:
             qemu_dir, shaled_dir = make_pki(self.work)
             query = "?tls-verify-peer=false"
@@ -339,7 +347,7 @@ def main():
         fio(["--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}", "--end_fsync=1"],
             ["--ioengine=io_uring", "--direct=1", f"--filename={raw_file}"])
         servers_proc.start(raw_file, size)
-        for s in ("shaled", "threaded", "shaled-tls"):
+        for s in ("shaled", "shaled-cached", "threaded", "shaled-tls"):
             if s in servers:
                 print(f"# preconditioning the {s} volume (written end to end through NBD)",
                       flush=True)
@@ -392,24 +400,25 @@ def main():
 
     head = "| workload |" + "".join(f" {s} IOPS | p99 us |" for s in servers)
     ratios = [(num, den) for num, den in (("shaled", "qemu-nbd"), ("shaled", "raw"),
+                                          ("shaled-cached", "raw"), ("shaled-cached", "shaled"),
                                           ("shaled", "threaded"), ("shaled-tls", "shaled"),
                                           ("shaled-tls", "qemu-nbd-tls"))
               if num in servers and den in servers]
     peers = [p for p in PEERS if p in servers]
-    if peers:
-        head += " shaled/best peer |"
+    against_peers = [s for s in ("shaled", "shaled-cached") if s in servers] if peers else []
+    head += "".join(f" {s}/best peer |" for s in against_peers)
     head += "".join(f" {n}/{d} |" for n, d in ratios)
     print()
     print(head)
-    print("|---" * (1 + 2 * len(servers) + len(ratios) + (1 if peers else 0)) + "|")
+    print("|---" * (1 + 2 * len(servers) + len(ratios) + len(against_peers)) + "|")
     for w in workloads:
         row = f"| {WORKLOADS[w]['label']} |"
         for s in servers:
             row += f" {med([x['iops'] for x in samples[w][s]]):.0f} |"
             row += f" {med([x['p99_us'] for x in samples[w][s]]):.0f} |"
-        if peers:
+        for ours in against_peers:
             best = [max(samples[w][p][i]["iops"] for p in peers) for i in range(a.reps)]
-            per_rep = [x["iops"] / b for x, b in zip(samples[w]["shaled"], best) if b > 0]
+            per_rep = [x["iops"] / b for x, b in zip(samples[w][ours], best) if b > 0]
             row += f" **{med(per_rep):.2f}x** |"
         for n, d in ratios:
             per_rep = [x["iops"] / y["iops"] for x, y in zip(samples[w][n], samples[w][d])

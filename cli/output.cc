@@ -167,6 +167,7 @@ nlohmann::ordered_json ToJson(const v1::GetStatusResponse& s) {
       {"uptime_seconds", s.uptime_seconds()},
       {"reactors", s.reactors()},
       {"io_backend", s.io_backend()},
+      {"read_cache", s.read_cache()},
       {"pool_count", s.pool_count()},
       {"volume_count", s.volume_count()},
       {"nbd",
@@ -303,6 +304,7 @@ std::string StatusView(const v1::GetStatusResponse& s) {
       {"Uptime", FormatDuration(s.uptime_seconds())},
       {"Reactors", std::to_string(s.reactors())},
       {"I/O backend", s.io_backend()},
+      {"Read cache", s.read_cache()},
       {"Pools", std::to_string(s.pool_count())},
       {"Volumes", std::to_string(s.volume_count())},
   };

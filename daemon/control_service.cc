@@ -177,6 +177,7 @@ grpc::Status ControlService::GetStatus(grpc::ServerContext* /*ctx*/,
           .count()));
   resp->set_reactors(static_cast<uint32_t>(engine_->reactors().size()));
   resp->set_io_backend(std::string(IoBackendName(options.device.backend)));
+  resp->set_read_cache(options.device.cached_reads ? "page" : "none");
   resp->set_pool_count(static_cast<uint32_t>(engine_->ListPools().size()));
   resp->set_volume_count(static_cast<uint32_t>(engine_->ListVolumes().size()));
   resp->set_control_endpoint(info_.control_endpoint);

@@ -96,6 +96,7 @@ struct Flags {
   bool no_default_pool = false;
   unsigned reactors = 0;
   std::string io_backend;
+  std::string read_cache = "none";
   uint64_t commit_interval_ms = 0;
   std::string log_level = "info";
   std::string log_file;
@@ -190,6 +191,13 @@ void AddStorageOptions(CLI::App& app, Flags& f) {
   app.add_option("--io-backend", f.io_backend, "I/O backend for pool devices")
       ->check(CLI::IsMember({"io_uring", "libaio"}))
       ->type_name("BACKEND")
+      ->capture_default_str();
+  app.add_option("--read-cache", f.read_cache,
+                 "Where pool reads may be served from: none (every read from the device, "
+                 "O_DIRECT) or page (the kernel's page cache; writes stay O_DIRECT, so "
+                 "durability is unchanged; io_uring only)")
+      ->check(CLI::IsMember({"none", "page"}))
+      ->type_name("MODE")
       ->capture_default_str();
   app.add_option("--commit-interval-ms", f.commit_interval_ms,
                  "Period of the background commit of volume mapping changes not yet made "
@@ -449,6 +457,7 @@ Status ResolveStorage(const Flags& f, DaemonOptions& o) {
   o.default_cluster_size = static_cast<uint32_t>(ParseSize(f.default_cluster_size).value());
   o.reactors = f.reactors;
   o.io_backend = ParseIoBackend(f.io_backend).value();
+  o.cached_reads = f.read_cache == "page";
   o.commit_interval_ms = f.commit_interval_ms;
   o.log_level = f.log_level;
   o.log_file = f.log_file.empty() ? std::string() : Absolute(f.log_file);
@@ -569,6 +578,7 @@ EngineOptions DaemonOptions::ToEngineOptions() const {
   e.data_dir = data_dir;
   e.reactors = reactors;
   e.device.backend = io_backend;
+  e.device.cached_reads = cached_reads;
   e.commit_interval_ms = commit_interval_ms;
   e.create_default_pool = create_default_pool;
   e.default_pool_size = default_pool_size;

@@ -19,6 +19,7 @@ struct DaemonOptions {
   uint32_t default_cluster_size = 0;
   unsigned reactors = 0;
   IoBackend io_backend = IoBackend::kIoUring;
+  bool cached_reads = false;  // --read-cache page (DeviceOptions::cached_reads)
   uint64_t commit_interval_ms = 0;
   std::string log_level;       // debug | info | warn | error
   std::string log_file;        // empty: log to stderr

@@ -45,6 +45,7 @@ TEST(DaemonOptions, DefaultsAreTheEmbeddedDefault) {
   EXPECT_EQ(o.default_cluster_size, 64 * kKiB);
   EXPECT_EQ(o.reactors, 1u);
   EXPECT_EQ(o.io_backend, IoBackend::kIoUring);
+  EXPECT_FALSE(o.cached_reads) << "every read from the device unless asked";
   EXPECT_EQ(o.commit_interval_ms, 5000u);
   EXPECT_EQ(o.log_level, "info");
   EXPECT_TRUE(o.log_file.empty());
@@ -62,11 +63,27 @@ TEST(DaemonOptions, DefaultsAreTheEmbeddedDefault) {
 }
 
 TEST(DaemonOptions, FlagsOverrideDefaults) {
-  DaemonCommandLine cl =
-      Parse({"--data-dir", "/srv/shale/", "--default-pool-size", "1G", "--default-cluster-size",
-             "4K", "--no-default-pool", "--reactors", "2", "--io-backend", "libaio",
-             "--commit-interval-ms", "250", "--log-level", "debug", "--log-file",
-             "/var/log/shaled.log", "--control-socket", "unix:///run/shaled.sock"});
+  DaemonCommandLine cl = Parse({"--data-dir",
+                                "/srv/shale/",
+                                "--default-pool-size",
+                                "1G",
+                                "--default-cluster-size",
+                                "4K",
+                                "--no-default-pool",
+                                "--reactors",
+                                "2",
+                                "--io-backend",
+                                "libaio",
+                                "--read-cache",
+                                "page",
+                                "--commit-interval-ms",
+                                "250",
+                                "--log-level",
+                                "debug",
+                                "--log-file",
+                                "/var/log/shaled.log",
+                                "--control-socket",
+                                "unix:///run/shaled.sock"});
   ASSERT_TRUE(cl.run) << cl.err;
   const DaemonOptions& o = cl.options;
   EXPECT_EQ(o.data_dir, "/srv/shale");
@@ -75,6 +92,8 @@ TEST(DaemonOptions, FlagsOverrideDefaults) {
   EXPECT_FALSE(o.create_default_pool);
   EXPECT_EQ(o.reactors, 2u);
   EXPECT_EQ(o.io_backend, IoBackend::kLibaio);
+  EXPECT_TRUE(o.cached_reads);
+  EXPECT_TRUE(o.ToEngineOptions().device.cached_reads);
   EXPECT_EQ(o.commit_interval_ms, 250u);
   EXPECT_EQ(o.log_level, "debug");
   EXPECT_EQ(o.log_file, "/var/log/shaled.log");
@@ -198,6 +217,7 @@ TEST(DaemonOptions, BadInputIsOneLineUsageError) {
       {{"--io-backend", "spdk"}, "spdk"},
       {{"--log-level", "loud"}, "loud"},
       {{"--commit-interval-ms", "0"}, "--commit-interval-ms"},
+      {{"--read-cache", "writeback"}, "writeback"},
       {{"--data-dir", ""}, "--data-dir"},
       {{"--control-socket", "/" + std::string(200, 's')}, "107"},
       {{"--config", "/nonexistent/shaled.toml"}, "shaled.toml"},

@@ -45,6 +45,10 @@ Result<std::unique_ptr<AioDevice>> AioDevice::Open(const std::string& path,
   }
   SHALE_ASSIGN_OR_RETURN(std::unique_ptr<DeviceFile> file,
                          DeviceFile::Open(path, options.direct, "libaio"));
+  if (options.cached_reads) {
+    SHALE_LOG_WARN("cached reads need the io_uring backend; libaio reads stay direct",
+                   {"path", path});
+  }
   std::unique_ptr<AioDevice> dev(new AioDevice(std::move(file), options));
   dev->worker_ = std::thread([d = dev.get()] { d->WorkerMain(); });
   return dev;

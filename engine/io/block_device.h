@@ -90,7 +90,12 @@ std::string_view IoBackendName(IoBackend backend);
 
 struct DeviceOptions {
   IoBackend backend = IoBackend::kIoUring;
-  bool direct = true;            // O_DIRECT; falls back to buffered I/O where unsupported
+  bool direct = true;  // O_DIRECT; falls back to buffered I/O where unsupported
+  // With `direct`: reads go through the kernel's page cache (a second, buffered read-only
+  // descriptor) while writes, discards and flushes stay on the O_DIRECT one, so durability is
+  // unchanged and the kernel keeps the two coherent (a direct write or a hole punched drops the
+  // cached pages it covers). io_uring only; the libaio backend ignores it (logged).
+  bool cached_reads = false;
   unsigned max_in_flight = 128;  // per device and reactor; further requests wait in a FIFO
 };
 

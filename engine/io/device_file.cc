@@ -46,7 +46,7 @@ const uint8_t* ZeroChunk() {
 }
 
 Result<std::unique_ptr<DeviceFile>> DeviceFile::Open(const std::string& path, bool direct,
-                                                     std::string_view backend) {
+                                                     std::string_view backend, bool cached_reads) {
   std::unique_ptr<DeviceFile> file(new DeviceFile());
   file->path_ = path;
   file->backend_ = std::string(backend);
@@ -67,6 +67,14 @@ Result<std::unique_ptr<DeviceFile>> DeviceFile::Open(const std::string& path, bo
   }
   file->fd_ = fd;
   file->direct_ = is_direct;
+  if (cached_reads && is_direct) {
+    // Reads through the page cache; the kernel drops cached pages that a direct write or a
+    // punched hole on fd_ covers, so the two stay coherent (writes never go through this one).
+    file->read_fd_ = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (file->read_fd_ < 0) return Status::FromErrno(errno, "open " + path + " for cached reads");
+    // Volumes map clusters all over the device: read exactly what is asked (no readahead).
+    (void)posix_fadvise(file->read_fd_, 0, 0, POSIX_FADV_RANDOM);
+  }
 
   struct stat st {};
   if (fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat " + path);
@@ -159,6 +167,7 @@ Result<uint64_t> DeviceFile::Grow(uint64_t size_bytes) {
 
 DeviceFile::~DeviceFile() {
   if (fd_ >= 0) close(fd_);
+  if (read_fd_ >= 0) close(read_fd_);
 }
 
 std::string DeviceFile::Context(std::string_view op, uint64_t offset, uint64_t length) const {

@@ -33,13 +33,19 @@ class DeviceFile {
   // the filesystem refuses it (EINVAL) the file is reopened buffered and a warning is logged.
   // backend names the caller ("io_uring", "libaio") in messages. Refuses directories, empty
   // files and anything that is neither a regular file nor a block device.
+  // cached_reads (with an O_DIRECT descriptor): also opens a buffered read-only descriptor,
+  // read_fd(), for reads through the page cache (DeviceOptions::cached_reads).
   static Result<std::unique_ptr<DeviceFile>> Open(const std::string& path, bool direct,
-                                                  std::string_view backend);
+                                                  std::string_view backend,
+                                                  bool cached_reads = false);
   ~DeviceFile();  // closes the descriptor
   DeviceFile(const DeviceFile&) = delete;
   DeviceFile& operator=(const DeviceFile&) = delete;
 
   int fd() const { return fd_; }
+  // The descriptor reads use: the buffered one when reads are cached, else fd().
+  int read_fd() const { return read_fd_ >= 0 ? read_fd_ : fd_; }
+  bool cached_reads() const { return read_fd_ >= 0; }
   const std::string& path() const { return path_; }
   // Its size changes only through Grow(); any thread may read it meanwhile.
   DeviceGeometry geometry() const {
@@ -79,6 +85,7 @@ class DeviceFile {
   Status WriteZeroChunks(uint64_t offset, uint64_t length) const;
 
   int fd_ = -1;
+  int read_fd_ = -1;  // buffered, read-only: DeviceOptions::cached_reads
   std::string path_;
   std::string backend_;
   DeviceGeometry geometry_;  // size_bytes: as opened; size_bytes_ is the current size

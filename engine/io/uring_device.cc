@@ -44,7 +44,7 @@ Result<std::unique_ptr<UringDevice>> UringDevice::Open(const std::string& path,
         "--io-backend=libaio");
   }
   SHALE_ASSIGN_OR_RETURN(std::unique_ptr<DeviceFile> file,
-                         DeviceFile::Open(path, options.direct, "io_uring"));
+                         DeviceFile::Open(path, options.direct, "io_uring", options.cached_reads));
   std::unique_ptr<UringDevice> dev(new UringDevice(std::move(file), options));
   dev->fallocate_supported_ = has_fallocate;
   return dev;
@@ -145,7 +145,7 @@ void UringDevice::Issue(Queue& q, Slot* slot) {
   const uint64_t remaining = req->length - done;
   switch (slot->stage) {
     case Stage::kRead:
-      io_uring_prep_read(sqe, fd, static_cast<uint8_t*>(req->buf) + done,
+      io_uring_prep_read(sqe, file_->read_fd(), static_cast<uint8_t*>(req->buf) + done,
                          static_cast<unsigned>(std::min(remaining, max_transfer_)),
                          req->offset + done);
       break;

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <random>
 
 #include "engine/io/testing.h"
 
@@ -313,6 +315,76 @@ TEST_F(UringDeviceTest, FallsBackToBufferedIoWhereODirectIsRefused) {
   ASSERT_TRUE(testutil::ReadAt(*reactor_, *dev, 4 * kKiB, {back.get(), 64 * kKiB}).ok());
   EXPECT_EQ(FindPatternMismatch({back.get(), 64 * kKiB}, 9), -1);
   dev.reset();
+}
+
+// How many of the pages of [offset, offset + length) of `path` are in the page cache (mincore).
+size_t CachedPages(const std::string& path, uint64_t offset, uint64_t length) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  void* map = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+  close(fd);
+  if (map == MAP_FAILED) return 0;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((length + page - 1) / page);
+  size_t cached = 0;
+  if (mincore(map, length, resident.data()) == 0) {
+    for (unsigned char r : resident) cached += r & 1;
+  }
+  munmap(map, length);
+  return cached;
+}
+
+TEST_F(UringDeviceTest, CachedReadsComeFromThePageCacheAndStayCoherentWithDirectWrites) {
+  const std::string path = dir_.SparseFile("dev", 8 * kMiB);
+  DeviceOptions options;
+  options.cached_reads = true;
+  auto dev = OpenUring(path, options);
+  if (!dev->direct()) GTEST_SKIP() << "this filesystem refuses O_DIRECT: reads are buffered anyway";
+  constexpr uint64_t kLen = 64 * kKiB;
+  AlignedBuffer data = AllocateAligned(kLen), back = AllocateAligned(kLen);
+  FillPattern({data.get(), kLen}, 1);
+  ASSERT_TRUE(testutil::WriteAt(*reactor_, *dev, kMiB, {data.get(), kLen}).ok());
+  EXPECT_EQ(CachedPages(path, kMiB, kLen), 0u) << "a direct write caches nothing";
+  ASSERT_TRUE(testutil::ReadAt(*reactor_, *dev, kMiB, {back.get(), kLen}).ok());
+  EXPECT_EQ(FindPatternMismatch({back.get(), kLen}, 1), -1);
+  EXPECT_EQ(CachedPages(path, kMiB, kLen), kLen / 4096) << "the read went through the page cache";
+
+  // A direct write over cached pages: the next read has the new bytes.
+  FillPattern({data.get(), kLen}, 2);
+  ASSERT_TRUE(testutil::WriteAt(*reactor_, *dev, kMiB, {data.get(), kLen}).ok());
+  ASSERT_TRUE(testutil::ReadAt(*reactor_, *dev, kMiB, {back.get(), kLen}).ok());
+  EXPECT_EQ(FindPatternMismatch({back.get(), kLen}, 2), -1) << "a stale cached page was read";
+  // A punched hole and zeroed range over cached pages read as zeros.
+  if (dev->fallocate_supported()) {
+    ASSERT_TRUE(testutil::Discard(*reactor_, *dev, kMiB, kLen).ok());
+    ASSERT_TRUE(testutil::ReadAt(*reactor_, *dev, kMiB, {back.get(), kLen}).ok());
+    EXPECT_TRUE(IsAllZero({back.get(), kLen})) << "the discarded range read stale bytes";
+    ASSERT_TRUE(testutil::WriteAt(*reactor_, *dev, kMiB, {data.get(), kLen}).ok());
+    ASSERT_TRUE(testutil::ReadAt(*reactor_, *dev, kMiB, {back.get(), kLen}).ok());
+    ASSERT_TRUE(testutil::WriteZeroes(*reactor_, *dev, kMiB, kLen).ok());
+    ASSERT_TRUE(testutil::ReadAt(*reactor_, *dev, kMiB, {back.get(), kLen}).ok());
+    EXPECT_TRUE(IsAllZero({back.get(), kLen})) << "the zeroed range read stale bytes";
+  }
+
+  // Overlapping writes and reads of random 4 KiB-aligned ranges against an oracle.
+  constexpr uint64_t kSpan = 1 * kMiB;
+  std::vector<uint8_t> oracle(kSpan, 0);
+  ASSERT_TRUE(testutil::WriteZeroes(*reactor_, *dev, 0, kSpan).ok());
+  std::mt19937_64 rng(7);
+  AlignedBuffer buf = AllocateAligned(kLen);
+  for (int i = 0; i < 400; ++i) {
+    const uint64_t len = 4 * kKiB * (1 + rng() % 16);
+    const uint64_t off = 4 * kKiB * (rng() % ((kSpan - len) / (4 * kKiB) + 1));
+    if (rng() % 2 == 0) {
+      for (uint64_t b = 0; b < len; ++b) buf.get()[b] = static_cast<uint8_t>(rng());
+      ASSERT_TRUE(testutil::WriteAt(*reactor_, *dev, off, {buf.get(), len}).ok());
+      std::memcpy(oracle.data() + off, buf.get(), len);
+    } else {
+      ASSERT_TRUE(testutil::ReadAt(*reactor_, *dev, off, {buf.get(), len}).ok());
+      ASSERT_EQ(std::memcmp(buf.get(), oracle.data() + off, len), 0)
+          << "step " << i << ": a stale read at " << off;
+    }
+  }
 }
 
 TEST_F(UringDeviceTest, WriteZeroesUsesZeroRangeOrFallsBackToWritingZeros) {
