@@ -56,13 +56,7 @@ bool HasLocalVolume(Harness& h, const std::string& name) {
 
 // Detaches `volume` on `h`, retried while a client's close has not reached shaled yet.
 void Detach(Harness& h, const std::string& volume) {
-  CommandResult detached;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        detached = h.Shale({"volume", "detach", volume});
-        return detached.exit_code == 0 || detached.err.find("has clients") == std::string::npos;
-      },
-      seconds(10)));
+  CommandResult detached = ShaleWhenClientsGone(h, {"volume", "detach", volume});
   ASSERT_EQ(detached.exit_code, 0) << detached.Describe() << h.DaemonLog();
 }
 

@@ -177,14 +177,7 @@ TEST_F(ReplicationFencingE2eTest, AttachAndDetachMoveTheVolumeWithoutTwoWriters)
                      "attached on node node-a, not on node-b; detach it there");
   EXPECT_EQ(a.Shale({"volume", "attach", "av"}).exit_code, 0) << "attached here already";
   client.reset();
-  // The client's close reaches shaled a moment later: retried while it still counts.
-  CommandResult detached;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        detached = a.Shale({"volume", "detach", "av", "-o", "json"});
-        return detached.exit_code == 0 || detached.err.find("has clients") == std::string::npos;
-      },
-      seconds(10)));
+  CommandResult detached = ShaleWhenClientsGone(a, {"volume", "detach", "av", "-o", "json"});
   ASSERT_EQ(detached.exit_code, 0) << detached.Describe();
   EXPECT_EQ(detached.Json()["detached"], true) << detached.out;
   const uint64_t epoch = detached.Json()["epoch"].get<uint64_t>();

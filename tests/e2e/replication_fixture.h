@@ -65,6 +65,19 @@ inline std::map<std::string, nlohmann::json> Replicas(Harness& h, const std::str
   return out;
 }
 
+// `shale ARGS` through `h` (a delete, a detach), retried for up to 10 s while it is refused for
+// NBD clients: a client's close reaches shaled a moment after the client returned.
+inline CommandResult ShaleWhenClientsGone(Harness& h, const std::vector<std::string>& args) {
+  CommandResult r;
+  WaitFor(
+      [&] {
+        r = h.Shale(args);
+        return r.exit_code == 0 || r.err.find("has clients") == std::string::npos;
+      },
+      std::chrono::seconds(10));
+  return r;
+}
+
 // Every node up with its replica address published.
 inline bool AllPublished(Harness& h, size_t count) {
   CommandResult r = h.Shale({"node", "list", "-o", "json"});

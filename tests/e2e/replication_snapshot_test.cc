@@ -176,14 +176,7 @@ TEST_F(ReplicationSnapshotE2eTest, SnapshotIsTakenOnEveryReplicaAtOnePointOfTheW
   ExpectSameBytes(a, "sv@s2", b, "rcl");
   ExpectOneLineError(b.Shale({"clone", "create", "sv", "rcl2", "--replicas", "2"}),
                      "is replicated: clone one of its snapshots");
-  // (The NBD clients' close reaches shaled a moment later: retried while they still count.)
-  CommandResult rdeleted;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        rdeleted = b.Shale({"volume", "delete", "rcl"});
-        return rdeleted.exit_code == 0 || rdeleted.err.find("has clients") == std::string::npos;
-      },
-      seconds(10)));
+  CommandResult rdeleted = ShaleWhenClientsGone(b, {"volume", "delete", "rcl"});
   ASSERT_EQ(rdeleted.exit_code, 0) << rdeleted.Describe() << b.DaemonLog();
 
   // Delete removes every copy.
@@ -268,8 +261,11 @@ TEST_F(ReplicationSnapshotE2eTest, ANodesOwnVolumeAndABackupBecomeReplicatedVolu
   ASSERT_TRUE(AllInSync(b, "data-b", 3));
   ASSERT_NO_FATAL_FAILURE(MoveTarget(b, a, "data-b"));
   ExpectSameBytes(a, "data@b1", a, "data-b");
-  ASSERT_EQ(c.Shale({"volume", "delete", "data-r"}).exit_code, 0) << c.DaemonLog();
-  ASSERT_EQ(a.Shale({"volume", "delete", "data-b"}).exit_code, 0) << a.DaemonLog();
+  // (ExpectSameBytes's NBD clients have just closed.)
+  CommandResult gone = ShaleWhenClientsGone(c, {"volume", "delete", "data-r"});
+  ASSERT_EQ(gone.exit_code, 0) << gone.Describe() << c.DaemonLog();
+  gone = ShaleWhenClientsGone(a, {"volume", "delete", "data-b"});
+  ASSERT_EQ(gone.exit_code, 0) << gone.Describe() << a.DaemonLog();
   for (Harness* h : {&a, &b, &c}) {
     EXPECT_NE(h->Shale({"volume", "show", "data-b"}).exit_code, 0) << "every replica deleted";
   }
