@@ -80,7 +80,20 @@ void Daemon::AddCsiClusterHooks(csi::DriverOptions* csi_options) {
   csi_options->detach_volume = [this](const std::string& name) -> Status {
     ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
     if (r == nullptr || !r->IsReplicated(name)) return Status::Ok();
-    return r->Detach(name).status();
+    Result<std::string> detached = r->Detach(name);
+    if (detached.ok() || detached.status().code() != StatusCode::kFailedPrecondition) {
+      return detached.status();
+    }
+    // NodeUnstage on a node the volume was taken from (it died, another node staged it since):
+    // nothing of it is served here any more, so there is nothing to release; the unstage of
+    // this node's mount and state must not wait for a node that will never give it back.
+    Result<cluster::Membership> m = r->MembershipOf(name);
+    if (m.ok() && (m->detached || m->target != options_.node_name)) {
+      SHALE_LOG_INFO("csi: unstaged a replicated volume another node took over", {"volume", name},
+                     {"target", m->detached ? "" : m->target});
+      return Status::Ok();
+    }
+    return detached.status();
   };
 }
 

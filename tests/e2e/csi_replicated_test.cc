@@ -6,7 +6,8 @@
 // nbdfuse + loop); a second node's NodeStage is FAILED_PRECONDITION naming the owner; after
 // NodeUnstage the other node stages it and reads the file the first one wrote; after the
 // staging node's shaled is killed (-9), another node's NodeStage takes the volume over once the
-// dead node's lease expired, with every fsynced byte. A VolumeSnapshot of a replicated volume is
+// dead node's lease expired, with every fsynced byte; the dead node, restarted, never serves it
+// again and its NodeUnstage cleans its stage up. A VolumeSnapshot of a replicated volume is
 // cloned read-only on several nodes at once, and writable as a replicated volume of its own; a
 // 1-replica PVC of the controller's node is cloned as a replicated one, and a backup handle (a
 // real S3 server, s3rver) restored as one.
@@ -557,6 +558,24 @@ TEST_F(CsiReplicatedTest, ANodeDeathLetsTheNextNodeStageItWithEveryFsyncedWrite)
   Replicas(nodes_[0], vol, &whole);
   EXPECT_EQ(whole["target"], "node-c") << whole;
   EXPECT_EQ(Replicas(nodes_[2], vol)["node-b"]["state"], "faulted") << "node-b is out";
+
+  // node-b restarted (its lease expired long ago): it never serves the volume again (node-c's
+  // epoch fences it), and kubelet's NodeUnstage of its dead stage cleans it up.
+  ASSERT_TRUE(csi_[1].Start(nodes_[1], NodeFlags(nodes_[1], *etcd_, "node-b"), ""));
+  {
+    auto direct = NbdRawClient::Unix(nodes_[1].root() + "/data/nbd.sock");
+    ASSERT_NE(direct, nullptr);
+    EXPECT_FALSE(direct->Go(vol).has_value()) << "the old target serves it again";
+  }
+  EXPECT_TRUE(std::filesystem::exists(nodes_[1].root() + "/data/csi/node/" + vol + ".json"));
+  st = csi_[1].Unstage(vol, staging_b);
+  EXPECT_TRUE(st.ok()) << Describe(st) << nodes_[1].DaemonLog();
+  EXPECT_FALSE(std::filesystem::exists(nodes_[1].root() + "/data/csi/node/" + vol + ".json"))
+      << "node-b's stage state is gone";
+  Replicas(nodes_[0], vol, &whole);
+  EXPECT_EQ(whole["target"], "node-c") << "node-b's unstage moved nothing: " << whole;
+  EXPECT_EQ(ReadAll(staging_c + "/model.bin"), model) << "node-c still serves it";
+
   st = csi_[2].Unstage(vol, staging_c);
   EXPECT_TRUE(st.ok()) << Describe(st);
 }
