@@ -188,8 +188,8 @@ Result<VolumeInfo> ReplicatedVolumes::Create(const ReplicatedSpec& spec,
                          cluster::PlaceReplicas(nodes, request));
   // A node that cannot take a replica (cordoned, full, not meeting the selector, not among
   // --replica-nodes) still creates an empty volume: every replica goes elsewhere and this node
-  // serves it through a target-only anchor (docs/replication.md, "Creating a volume on a node
-  // without a replica"). A clone or a restore starts from this node's copy: it needs a replica.
+  // serves it through a target-only anchor (docs/replication.md, "Volumes held elsewhere"). A clone
+  // or a restore starts from this node's copy: it needs a replica.
   const bool local_replica = placement.front().node == options_.node_name;
   if (!local_replica && (!spec.source.empty() || !spec.backup.empty())) {
     return Status::FailedPrecondition(

@@ -446,6 +446,28 @@ TEST_F(ReplicationDisklessE2eTest, ACordonedNodeCreatesAVolumeItHoldsNoReplicaOf
   ExpectOneLineError(c.Shale({"clone", "create", "src", "cl", "--replicas", "2", "--replica-nodes",
                               "node-a,node-b"}),
                      "starts from this node's copy");
+
+  // --replica-nodes without this node: served through an anchor too. Its target (node-a) dies
+  // with it attached: node-c, holding nothing, may delete it once node-a's lease expired.
+  ASSERT_EQ(c.Shale({"volume", "create", "dv2", "--size", "16M", "--replicas", "2",
+                     "--replica-nodes", "node-a,node-b"})
+                .exit_code,
+            0);
+  EXPECT_TRUE(HasLocalVolume(c, "dv2")) << "the target's anchor";
+  Detach(c, "dv2");
+  ASSERT_EQ(a.Shale({"volume", "attach", "dv2"}).exit_code, 0) << a.DaemonLog();
+  a.KillDaemon();
+  ExpectOneLineError(c.Shale({"volume", "delete", "dv2"}), "whose lease lives");
+  CommandResult dead;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        dead = c.Shale({"volume", "delete", "dv2"});
+        return dead.exit_code == 0;
+      },
+      seconds(20)))
+      << dead.Describe() << c.DaemonLog();
+  EXPECT_NE(c.Shale({"replica", "list", "dv2"}).exit_code, 0) << "its membership is gone";
+  EXPECT_FALSE(HasLocalVolume(b, "dv2")) << "node-b's replica went: " << b.DaemonLog();
 }
 
 // A group snapshot on a node that serves one member without a replica: that member's copies on
