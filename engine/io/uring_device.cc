@@ -148,6 +148,7 @@ void UringDevice::Issue(Queue& q, Slot* slot) {
       io_uring_prep_read(sqe, file_->read_fd(), static_cast<uint8_t*>(req->buf) + done,
                          static_cast<unsigned>(std::min(remaining, max_transfer_)),
                          req->offset + done);
+      if (file_->read_fd() != fd && remaining >= kAsyncCachedReadBytes) sqe->flags |= IOSQE_ASYNC;
       break;
     case Stage::kWrite:
       io_uring_prep_write(sqe, fd, static_cast<const uint8_t*>(req->buf) + done,

@@ -44,6 +44,10 @@ class UringDevice final : public BlockDevice {
  public:
   // EAGAIN/EINTR resubmissions allowed per request before it fails with EIO.
   static constexpr uint32_t kMaxRetries = 1000;
+  // Reads through the page cache (DeviceOptions::cached_reads) of at least this many bytes go
+  // to io_uring's workers: their copy out of the page cache then overlaps with the reactor's
+  // other work instead of running inline in io_uring_enter (docs/performance.md, "Read cache").
+  static constexpr uint64_t kAsyncCachedReadBytes = 64 * 1024;
   // Upper bound accepted for DeviceOptions::max_in_flight.
   static constexpr unsigned kMaxInFlightLimit = 4096;
 
