@@ -222,10 +222,11 @@ void AddSocketOptions(CLI::App& app, Flags& f) {
   app.add_option("--control-socket", f.control_socket,
                  "UNIX socket of the control API (mode 0600); default: <data-dir>/shaled.sock")
       ->type_name("PATH");
-  app.add_option("--nbd-listen", f.nbd_listen,
-                 "Serve NBD on this TCP address too: IPv4:PORT, [IPv6]:PORT or localhost:PORT "
-                 "(port 0 picks a free port; `shale status` shows it); needs --nbd-tls-x509-dir, "
-                 "--nbd-tls-psk-file or --nbd-insecure-tcp; default: off (UNIX socket only)")
+  app.add_option(
+         "--nbd-listen", f.nbd_listen,
+         "Serve NBD on this TCP address too: IPv4:PORT, [IPv6]:PORT or localhost:PORT "
+         "(port 0 picks a free port; `shale status` shows it); needs --nbd-tls-x509-dir, "
+         "--nbd-tls-psk-file or --nbd-insecure-tcp; default (or `none`): off (UNIX socket only)")
       ->check(CLI::Validator(
           [](std::string& text) -> std::string {
             if (text == "none") return {};

@@ -104,6 +104,50 @@ class NbdTlsTest : public ::testing::Test {
   std::string address_;
 };
 
+// Bad TLS settings stop shaled at start with one line naming the flag (nothing is served
+// half-configured); a good start logs what each NBD listener requires, and plain TCP
+// (--nbd-insecure-tcp) logs a warning.
+TEST_F(NbdTlsTest, BadTlsSettingsStopShaledAndTheLogSaysWhatEachListenerRequires) {
+  auto run = [&](const std::vector<std::string>& flags) {
+    return Tool(Cat({ShaledBinary(), "--data-dir", h_.root() + "/bad-data", "--log-file",
+                     h_.root() + "/bad.log", "--nbd-listen", "127.0.0.1:0"},
+                    flags),
+                60);
+  };
+  CommandResult no_dir = run({"--nbd-tls-x509-dir", h_.root() + "/no-such-dir"});
+  ExpectOneLineError(no_dir, "--nbd-tls-x509-dir", "shaled: ");
+  EXPECT_EQ(no_dir.exit_code, 1) << no_dir.Describe();
+  CommandResult no_psk = run({"--nbd-tls-psk-file", h_.root() + "/no-such.psk"});
+  ExpectOneLineError(no_psk, "--nbd-tls-psk-file", "shaled: ");
+  EXPECT_EQ(no_psk.exit_code, 1) << no_psk.Describe();
+  // Per-export authorization names clients by certificate: without a CA to verify them, refused.
+  const std::string no_ca = h_.root() + "/server-no-ca";
+  std::filesystem::copy(tls_.server_dir(), no_ca);
+  std::filesystem::remove(no_ca + "/ca-cert.pem");
+  const std::string authz = h_.root() + "/authz.json";
+  std::ofstream(authz) << "cn:alice data\n";
+  CommandResult no_client_ca = run({"--nbd-tls-x509-dir", no_ca, "--nbd-tls-authz", authz});
+  ExpectOneLineError(no_client_ca, "--nbd-tls-authz needs client certificates", "shaled: ");
+  EXPECT_EQ(no_client_ca.exit_code, 1) << no_client_ca.Describe();
+  CommandResult plain = run({});
+  ExpectOneLineError(plain, "--nbd-insecure-tcp", "shaled: ");
+
+  StartX509();
+  const std::string log = h_.DaemonLog();
+  EXPECT_NE(log.find("msg=\"nbd listener open\" transport=tcp"), std::string::npos) << log;
+  EXPECT_NE(log.find("access=\"TLS required: "), std::string::npos) << log;
+  EXPECT_EQ(log.find("--nbd-insecure-tcp"), std::string::npos) << "no warning with TLS: " << log;
+
+  Harness insecure;
+  ASSERT_TRUE(insecure.StartDaemon({"--nbd-listen", "127.0.0.1:0", "--nbd-insecure-tcp"}));
+  const std::string plain_log = insecure.DaemonLog();
+  EXPECT_NE(plain_log.find("level=warning"), std::string::npos) << plain_log;
+  EXPECT_NE(plain_log.find("NBD TCP listener without TLS (--nbd-insecure-tcp)"), std::string::npos)
+      << plain_log;
+  EXPECT_NE(plain_log.find("access=\"no TLS: open to anyone who can connect\""), std::string::npos)
+      << plain_log;
+}
+
 TEST_F(NbdTlsTest, PskWithQemuIoNbdinfoAndNbdcopy) {
   StartPsk();
   const nlohmann::json status = h_.Shale({"status", "-o", "json"}).Json();
