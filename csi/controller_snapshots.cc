@@ -131,7 +131,9 @@ grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
   }
   if (!request->snapshot_id().empty()) {
     if (!snapshot::ParseSnapshotRef(request->snapshot_id()).ok()) return grpc::Status::OK;
-    auto s = snapshots_->Get(request->snapshot_id());
+    // (A snapshot of a replicated volume this node holds no replica of: as its replicas hold it;
+    // the snapshotter asks whichever node its VolumeSnapshotContent names, also after a drain.)
+    auto s = lifecycle_->FindSnapshot(request->snapshot_id());
     if (!s.ok()) {
       if (s.status().IsNotFound()) return grpc::Status::OK;
       return ToGrpc(s.status());
@@ -148,11 +150,12 @@ grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
       lo.volume = request->source_volume_id();
     }
     auto all = snapshots_->List(lo);
-    if (!all.ok()) {
-      if (all.status().IsNotFound()) return grpc::Status::OK;
-      return ToGrpc(all.status());
+    if (!all.ok() && !all.status().IsNotFound()) return ToGrpc(all.status());
+    if (all.ok()) snaps = std::move(all).value();
+    // Of one replicated volume this node holds no replica of: its replicas' copies.
+    if (snaps.empty() && !lo.volume.empty() && options_.remote_snapshots) {
+      snaps = options_.remote_snapshots(lo.volume);
     }
-    snaps = std::move(all).value();
   }
   response->set_next_token(Page(
       std::move(snaps), after, request->max_entries(),

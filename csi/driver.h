@@ -102,7 +102,8 @@ struct DriverOptions {
   };
   std::function<Result<ClusterVolume>(const std::string& name)> cluster_volume;
   // The snapshots of such a volume as its in-sync replicas hold them (CSI's idempotent
-  // CreateSnapshot on a node holding none of it); empty when there are none or none answers.
+  // CreateSnapshot and ListSnapshots on a node holding none of it); empty when there are none
+  // or none answers.
   std::function<std::vector<snapshot::SnapshotInfo>(const std::string& volume)> remote_snapshots;
   // NodeStage / NodeUnstage of a replicated volume: its target moves to this node (epoch + 1;
   // FailedPrecondition naming the node that has it while that node's lease lives) / leaves it

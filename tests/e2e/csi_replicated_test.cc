@@ -510,7 +510,29 @@ TEST_F(CsiReplicatedTest, AControllerOnANodeWithoutAReplicaProvisionsItAndDelete
   EXPECT_EQ(shown.Json()["labels"]["shale.io/snapshot-replicas"], "node-a,node-b") << shown.out;
   Replicas(nodes_[2], vol, &whole);
   EXPECT_EQ(whole["detached"], true) << "detached again after the snapshot: " << whole;
+  // ListSnapshots through node-c (the snapshotter's readiness check, by id or by volume): from
+  // the replicas.
+  auto list_snapshots = [&](const std::string& id, const std::string& source) {
+    csiv1::ListSnapshotsRequest req;
+    req.set_snapshot_id(id);
+    req.set_source_volume_id(source);
+    csiv1::ListSnapshotsResponse page;
+    grpc::Status listed_st =
+        csi_[2].Call(csi_[2].controller.get(), &csiv1::Controller::Stub::ListSnapshots, req, &page);
+    EXPECT_TRUE(listed_st.ok()) << Describe(listed_st);
+    std::vector<std::string> ids;
+    for (const auto& e : page.entries()) {
+      EXPECT_TRUE(e.snapshot().ready_to_use()) << e.DebugString();
+      EXPECT_EQ(e.snapshot().source_volume_id(), vol) << e.DebugString();
+      ids.push_back(e.snapshot().snapshot_id());
+    }
+    return ids;
+  };
+  const std::vector<std::string> just_it = {snap.snapshot().snapshot_id()};
+  EXPECT_EQ(list_snapshots(snap.snapshot().snapshot_id(), ""), just_it);
+  EXPECT_EQ(list_snapshots("", vol), just_it);
   EXPECT_TRUE(csi_[2].DeleteSnapshot(snap.snapshot().snapshot_id()).ok());
+  EXPECT_TRUE(list_snapshots(snap.snapshot().snapshot_id(), "").empty()) << "gone everywhere";
   EXPECT_NE(nodes_[1].Shale({"snapshot", "show", snap.snapshot().snapshot_id()}).exit_code, 0)
       << "node-b's copy went with it";
 
