@@ -243,11 +243,17 @@ Status Membership::Validate() const {
     return Invalid("labels has " + std::to_string(labels.size()) + " entries; at most " +
                    std::to_string(kMaxLabels));
   }
+  size_t label_bytes = 0;
   for (const auto& [key, value] : labels) {
     if (key.empty() || key.size() > kMaxLabelKey) {
       return Invalid("label key '" + key.substr(0, 64) + "' is empty or too long");
     }
     if (value.size() > kMaxLabelValue) return Invalid("label '" + key + "' is too long");
+    label_bytes += key.size() + value.size();
+  }
+  if (label_bytes > kMaxLabelBytes) {
+    return Invalid("labels take " + std::to_string(label_bytes) + " bytes; at most " +
+                   std::to_string(kMaxLabelBytes));
   }
   SHALE_RETURN_IF_ERROR(ValidateReplicas(*this));
   SHALE_RETURN_IF_ERROR(ValidateInSync(*this));
@@ -294,7 +300,14 @@ Result<std::string> EncodeMembership(const Membership& m) {
     history.push_back(std::move(e));
   }
   j["history"] = std::move(history);
-  return internal::DumpJson(j);
+  std::string encoded = internal::DumpJson(j);
+  // Never write what no node could read back (DecodeMembership's bound).
+  if (encoded.size() > Membership::kMaxEncodedBytes) {
+    return Status::InvalidArgument("membership record of " + std::to_string(encoded.size()) +
+                                   " bytes; at most " +
+                                   std::to_string(Membership::kMaxEncodedBytes));
+  }
+  return encoded;
 }
 
 Result<Membership> DecodeMembership(std::string_view json, std::string_view what) {

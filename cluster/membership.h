@@ -58,6 +58,9 @@ struct Membership {
   static constexpr size_t kMaxLabels = 64;
   static constexpr size_t kMaxLabelKey = 253;
   static constexpr size_t kMaxLabelValue = 1024;
+  // The labels' keys and values together: what the record may spend on them and still encode
+  // within kMaxEncodedBytes with the largest replicas, history and escaping.
+  static constexpr size_t kMaxLabelBytes = 16 * 1024;
 
   std::string uuid;          // the volume's UUID (one per volume, on every replica)
   uint64_t size_bytes = 0;   // > 0
@@ -75,7 +78,8 @@ struct Membership {
   std::map<std::string, uint64_t> qos;
   // The volume's labels at its creation (the caller's, CSI's fingerprint and capacity), so that
   // a node holding none of its replicas knows them too (CSI's idempotent CreateVolume there).
-  // At most kMaxLabels; keys 1..kMaxLabelKey bytes, values at most kMaxLabelValue.
+  // At most kMaxLabels; keys 1..kMaxLabelKey bytes, values at most kMaxLabelValue, all of them
+  // at most kMaxLabelBytes.
   std::map<std::string, std::string> labels;
   std::vector<ReplicaMember> replicas;    // one per node, 1..kMaxReplicas
   std::vector<std::string> in_sync;       // non-empty; exactly the replicas in state healthy

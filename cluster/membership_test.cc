@@ -134,11 +134,23 @@ TEST(Membership, ValidateNamesTheBrokenRule) {
          for (int i = 0; i < 65; ++i) m.labels["k" + std::to_string(i)] = "";
        },
        "labels has 65 entries"},
+      {[](Membership& m) {
+         for (int i = 0; i < 17; ++i) m.labels["k" + std::to_string(i)] = std::string(1000, 'v');
+       },
+       "labels take 17"},
       {[](Membership& m) { m.history[1].epoch = 6; }, "epochs must increase"},
       {[](Membership& m) { m.history[1].epoch = 8; }, "epochs must increase"},
       {[](Membership& m) { m.history[0].reason = std::string(600, 'x'); }, "reason longer"},
       {[](Membership& m) { m.history.resize(17); }, "17 entries"},
   };
+  // Valid, but escaped beyond what any node would decode: refused rather than written.
+  Membership escaped = Example();
+  for (int i = 0; i < 15; ++i) escaped.labels["k" + std::to_string(i)] = std::string(1000, '\x01');
+  ASSERT_TRUE(escaped.Validate().ok());
+  Result<std::string> too_big = EncodeMembership(escaped);
+  ASSERT_FALSE(too_big.ok());
+  EXPECT_NE(too_big.status().message().find("bytes; at most 65536"), std::string_view::npos)
+      << too_big.status();
   for (const auto& c : cases) {
     Membership m = Example();
     c.edit(m);

@@ -495,6 +495,11 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
     // A replicated volume this node holds none of (created here without a replica, a retry).
     grpc::Status st = CreateExisting(engine_, lifecycle_, *request, plan, *elsewhere, false);
     return st.ok() ? respond(*elsewhere) : st;
+  } else if (!elsewhere.status().IsNotFound() && plan.vp.replicas > 1) {
+    // The cluster's record of a replicated volume cannot be read now (etcd unreachable): a
+    // retry that would find its volume must not be answered ALREADY_EXISTS; the provisioner
+    // asks again. (A local volume does not need the cluster.)
+    return ToGrpc(elsewhere.status());
   }
   SourcePlan src;
   if (plan.has_source) {

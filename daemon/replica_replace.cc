@@ -366,10 +366,18 @@ void ReplicatedVolumes::RemoveOrphans() {
   Result<std::vector<cluster::VolumeRecord>> records = store_->ListVolumes();  // one Range
   if (!records.ok()) return;
   std::map<std::string, const cluster::VolumeRecord*> by_name;
+  std::set<std::string> unreadable;
   for (const cluster::VolumeRecord& r : *records) {
-    if (r.status.ok()) by_name[r.name] = &r;
+    if (r.status.ok()) {
+      by_name[r.name] = &r;
+    } else {
+      unreadable.insert(r.name);
+    }
   }
   for (const VolumeInfo& v : held) {
+    // A record this node cannot read (written by a newer shaled during an upgrade, or damaged)
+    // says nothing about whether the replica is needed: it stays.
+    if (unreadable.contains(v.name)) continue;
     auto it = by_name.find(v.name);
     (void)RemoveIfOrphan(v, it == by_name.end()
                                 ? Result<cluster::VolumeRecord>(Status::NotFound("no record"))

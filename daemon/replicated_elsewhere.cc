@@ -3,6 +3,7 @@
 // "Volumes held elsewhere"). CSI's controller runs on whichever node Kubernetes picks, which need
 // not hold a replica of the volume it is asked about.
 #include <chrono>
+#include <map>
 #include <thread>
 
 #include "daemon/cluster_node.h"
@@ -59,6 +60,10 @@ Result<std::vector<snapshot::SnapshotInfo>> ReplicatedVolumes::ListCopies(
     const std::vector<std::string>& in_sync) {
   SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
   Status last = Status::Unavailable("no in-sync replica of " + volume + " is up");
+  // Every up in-sync replica's list, merged by name: a replica rebuilt or placed after a
+  // snapshot was taken does not hold that snapshot (docs/replication.md), the others do.
+  std::map<std::string, snapshot::SnapshotInfo> merged;
+  bool answered = false;
   for (const std::string& node : in_sync) {
     const cluster::NodeRecord* n = FindNode(nodes, node);
     if (n == nullptr || !n->up || n->info.replica_address.empty()) continue;
@@ -70,8 +75,9 @@ Result<std::vector<snapshot::SnapshotInfo>> ReplicatedVolumes::ListCopies(
       last = listed.status().WithContext("node " + node);
       continue;
     }
-    std::vector<snapshot::SnapshotInfo> out;
+    answered = true;
     for (replication::SnapshotEntry& e : listed->snapshots) {
+      if (merged.contains(e.name)) continue;
       snapshot::SnapshotInfo info;
       info.volume = volume;
       info.name = std::move(e.name);
@@ -82,11 +88,13 @@ Result<std::vector<snapshot::SnapshotInfo>> ReplicatedVolumes::ListCopies(
       info.digest_state =
           e.digest.empty() ? snapshot::DigestState::kPending : snapshot::DigestState::kReady;
       info.digest = std::move(e.digest);
-      out.push_back(std::move(info));
+      merged.emplace(info.name, std::move(info));
     }
-    return out;
   }
-  return last;
+  if (!answered) return last;
+  std::vector<snapshot::SnapshotInfo> out;
+  for (auto& [name, info] : merged) out.push_back(std::move(info));
+  return out;
 }
 
 Result<std::string> ReplicatedVolumes::DetachWhenIdle(const std::string& name,

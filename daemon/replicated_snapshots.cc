@@ -239,7 +239,9 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     ResumeTarget(*target);
     return taken.status();
   }
-  const Status failed = FirstFailure(StartCopies(*target, name).get());
+  // The copies carry the replication labels too (the holders, the volume's uuid): deleted
+  // through any of their nodes, the others go as well, also once the volume itself is gone.
+  const Status failed = FirstFailure(StartCopies(*target, name, *labels).get());
   ResumeTarget(*target);
   if (!failed.ok()) {
     // All or none: the copies taken are removed again.
@@ -452,6 +454,25 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
     Status st = lifecycle->snapshots()->Delete(volume + "@" + name).status();
     if (st.IsNotFound()) return Status::Ok();
     if (st.ok()) SHALE_LOG_INFO("replica snapshot deleted", {"snapshot", volume + "@" + name});
+    return st;
+  };
+  options->delete_snapshot_of_deleted =
+      [lifecycle](const std::string& volume, const std::string& name, const Uuid& uuid) -> Status {
+    SHALE_RETURN_IF_ERROR(lifecycle->CheckChangeGate());
+    const std::string ref = volume + "@" + name;
+    Result<snapshot::SnapshotInfo> copy = lifecycle->snapshots()->Get(ref);
+    if (copy.status().IsNotFound()) return Status::Ok();
+    SHALE_RETURN_IF_ERROR(copy.status());
+    auto of = copy->labels.find(kSnapshotVolumeUuidLabel);
+    if (of == copy->labels.end() || of->second != uuid.ToString()) {
+      return Status::FailedPrecondition("snapshot '" + ref + "' is not known as a copy of volume " +
+                                        uuid.ToString());
+    }
+    Status st = lifecycle->snapshots()->Delete(ref).status();
+    if (st.IsNotFound()) return Status::Ok();
+    if (st.ok()) {
+      SHALE_LOG_INFO("replica snapshot of a deleted volume deleted", {"snapshot", ref});
+    }
     return st;
   };
   // TAKE_SNAPSHOT from another node: the snapshot as `shale snapshot create` here would take

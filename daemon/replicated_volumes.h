@@ -291,8 +291,8 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Result<std::optional<snapshot::SnapshotInfo>> SnapshotHeldElsewhere(
       const std::string& volume, const cluster::Membership& m, const std::string& name,
       const snapshot::CreateSnapshotOptions& options);
-  // The snapshots of `volume` as the first of `in_sync` that answers holds them (LIST_SNAPSHOTS);
-  // Unavailable when none does.
+  // The snapshots of `volume` as the replicas of `in_sync` that answer hold them (LIST_SNAPSHOTS,
+  // merged by name: a replica rebuilt after a snapshot lacks it); Unavailable when none answers.
   Result<std::vector<snapshot::SnapshotInfo>> ListCopies(const std::string& volume,
                                                          const Uuid& uuid, uint64_t size,
                                                          const std::vector<std::string>& in_sync);

@@ -102,6 +102,11 @@ struct ReplicaServerOptions {
   std::function<Result<std::string>(const std::string& volume, const std::string& snapshot)>
       snapshot_digest;
   std::function<Status(const std::string& volume, const std::string& snapshot)> delete_snapshot;
+  // DELETE_SNAPSHOT of a copy whose replica volume is gone (deleted after the snapshot, which
+  // outlives it): deletes `volume@snapshot` if it is a copy of the volume with that uuid (its
+  // labels say so), OK when missing. Null: the request is refused (NOT_FOUND), as without it.
+  std::function<Status(const std::string& volume, const std::string& snapshot, const Uuid& uuid)>
+      delete_snapshot_of_deleted;
   // LIST_SNAPSHOTS(volume): the snapshots of the replica volume (names after '@'). Run on the
   // connection's receiver thread before OPEN; may block. Null: NOT_SUPPORTED.
   std::function<Result<std::vector<SnapshotEntry>>(const std::string& volume)> list_snapshots;

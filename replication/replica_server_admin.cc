@@ -293,6 +293,14 @@ ReplicaServer::Refusal ReplicaServer::SnapshotAdmin(MsgType type, const Snapshot
     return {WireStatus::kNotSupported, "this replica server handles no snapshots"};
   }
   Result<VolumeInfo> info = engine_->GetVolume(m.volume);
+  if (!info.ok() && del && info.status().IsNotFound() && options_.delete_snapshot_of_deleted) {
+    // The replica volume was deleted and its snapshot copies outlive it: no epoch fences them
+    // any more (a volume made again under that name has another uuid), the uuid decides.
+    const Status st =
+        options_.delete_snapshot_of_deleted(m.volume, m.snapshot, UuidOf(m.volume_uuid));
+    if (!st.ok()) return {WireStatusFromStatus(st), st.ToString()};
+    return {};
+  }
   if (!info.ok()) return {WireStatusFromStatus(info.status()), info.status().ToString()};
   // TAKE_SNAPSHOT goes to the node serving the volume, which may hold only its anchor.
   Refusal r = CheckReplica(*info, UuidOf(m.volume_uuid), /*anchor_too=*/take);

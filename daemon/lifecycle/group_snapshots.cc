@@ -138,6 +138,16 @@ Result<GroupSnapshotInfo> VolumeLifecycle::CreateGroupSnapshot(const GroupSnapsh
     g.volume_ids.push_back(info.id);
     g.snapshots.push_back(v + "@" + spec.name);
   }
+  // A member whose snapshots live only on its replicas (served here without one): a snapshot of
+  // that name there would be replaced by the group's copies, so it is refused here, as the
+  // engine refuses it for local members.
+  for (const std::string& ref : g.snapshots) {
+    Result<snapshot::SnapshotInfo> taken = FindSnapshot(ref);
+    if (taken.ok()) {
+      return Status::AlreadyExists("snapshot '" + ref + "' already exists (group snapshot '" +
+                                   spec.name + "' would take it)");
+    }
+  }
   snapshot::CreateSnapshotOptions options;
   options.labels = spec.labels;
   options.labels[std::string(kGroupLabel)] = spec.name;

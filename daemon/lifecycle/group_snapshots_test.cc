@@ -55,13 +55,20 @@ class RecordingReplication final : public SnapshotReplication {
 
   Result<snapshot::SnapshotInfo> RemoteSnapshot(const std::string& volume,
                                                 const std::string& name) override {
+    if (remote_snapshots.contains(volume + "@" + name)) {
+      snapshot::SnapshotInfo info;
+      info.volume = volume;
+      info.name = name;
+      return info;
+    }
     return Status::NotFound("no copy of " + volume + "@" + name);
   }
 
   Status refuse, copies;
   std::map<std::string, Labels> labels;
   std::set<std::string> remote_only;
-  Labels copy_labels;  // what the last SnapshotRemotes was given
+  std::set<std::string> remote_snapshots;  // "VOL@SNAP" the replicas hold
+  Labels copy_labels;                      // what the last SnapshotRemotes was given
   std::vector<std::string> events;
 };
 
@@ -267,6 +274,16 @@ TEST_F(GroupSnapshotTest, AMemberServedWithoutAReplicaIsNotFrozenHere) {
   auto failed = lifecycle_->CreateGroupSnapshot({.name = "lost", .volumes = {"b"}});
   EXPECT_EQ(failed.status().code(), StatusCode::kUnavailable);
   EXPECT_EQ(lifecycle_->GetGroupSnapshot("lost").status().code(), StatusCode::kNotFound);
+
+  // A snapshot of that name on the replicas: the group would replace it; refused before any hold.
+  replication.copies = Status::Ok();
+  replication.remote_snapshots = {"b@daily"};
+  replication.events.clear();
+  auto taken = lifecycle_->CreateGroupSnapshot({.name = "daily", .volumes = {"a", "b"}});
+  EXPECT_EQ(taken.status().code(), StatusCode::kAlreadyExists) << taken.status();
+  EXPECT_NE(taken.status().message().find("b@daily"), std::string_view::npos) << taken.status();
+  EXPECT_TRUE(replication.events.empty()) << "nothing quiesced, nothing copied";
+  EXPECT_EQ(snapshots_->Get("a@daily").status().code(), StatusCode::kNotFound);
   lifecycle_->SetSnapshotReplication(nullptr);
 }
 

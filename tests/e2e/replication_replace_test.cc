@@ -552,6 +552,38 @@ TEST_F(ReplicationReplaceE2eTest, AStopBeforeTheServingReplicaBecameTheAnchorIsF
   EXPECT_EQ(list["target"], "node-a") << list;
 }
 
+// A membership record a node cannot decode (one a newer shaled wrote during a rolling upgrade,
+// with a field this version does not know, or a damaged one) says nothing about whether its
+// replica is needed: the orphan scan keeps the replica (it used to delete it as having no record).
+TEST_F(ReplicationReplaceE2eTest, AReplicaWhoseRecordCannotBeReadIsNotAnOrphan) {
+  Harness a, b;
+  ASSERT_TRUE(StartNodes(*etcd_, {&a, &b}));
+  CommandResult made = a.Shale({"volume", "create", "uv", "--size", "16M", "--replicas", "2"});
+  ASSERT_EQ(made.exit_code, 0) << made.Describe();
+  ASSERT_TRUE(HasVolume(b, "uv"));
+
+  Result<std::unique_ptr<cluster::EtcdClient>> raw = cluster::EtcdClient::Create(etcd_->endpoint());
+  Result<std::unique_ptr<cluster::EtcdClient>> for_store =
+      cluster::EtcdClient::Create(etcd_->endpoint());
+  ASSERT_TRUE(raw.ok() && for_store.ok());
+  Result<std::unique_ptr<cluster::ClusterStore>> store =
+      cluster::ClusterStore::Create(std::move(for_store).value(), {});
+  ASSERT_TRUE(store.ok()) << store.status();
+  const std::string key = (*store)->VolumeKey("uv");
+  Result<std::optional<cluster::KeyValue>> kv = (*raw)->Get(key);
+  ASSERT_TRUE(kv.ok() && kv->has_value()) << kv.status();
+  nlohmann::json newer = nlohmann::json::parse((*kv)->value);
+  newer["a_field_of_a_newer_version"] = 1;
+  ASSERT_TRUE((*raw)->Put(key, newer.dump()).ok());
+  EXPECT_EQ((*store)->GetVolume("uv").status().code(), StatusCode::kCorruption);
+
+  // node-b scans every 10 s and takes a replica older than 10 s without a record for an orphan:
+  // within 25 s it would have been deleted.
+  EXPECT_FALSE(WaitFor([&] { return !HasVolume(b, "uv"); }, seconds(25)))
+      << "the replica was deleted: " << b.DaemonLog();
+  EXPECT_EQ(b.DaemonLog().find("orphaned replica removed"), std::string::npos) << b.DaemonLog();
+}
+
 TEST_F(ReplicationReplaceE2eTest, ANodeSelectorKeepsReplicasAndTheirReplacementsOnLabelledNodes) {
   Harness a, b, c;
   ASSERT_TRUE(StartThree(*etcd_, a, b, c, {}));

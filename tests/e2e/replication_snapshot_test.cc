@@ -184,6 +184,24 @@ TEST_F(ReplicationSnapshotE2eTest, SnapshotIsTakenOnEveryReplicaAtOnePointOfTheW
   ASSERT_EQ(deleted.exit_code, 0) << deleted.Describe();
   for (Harness* h : {&a, &b, &c}) EXPECT_TRUE(ShowSnapshot(*h, "sv@s1").is_null());
   EXPECT_FALSE(ShowSnapshot(b, "sv@s3").is_null()) << "the other snapshots stay";
+
+  // Every copy knows its holders and its volume's uuid, so a delete through a replica node (the
+  // distributed snapshotter asks the node its VolumeSnapshotContent names) removes them all.
+  const nlohmann::json copy = ShowSnapshot(c, "sv@s2");
+  EXPECT_EQ(copy["labels"]["shale.io/snapshot-replicas"], "node-a,node-b,node-c") << copy;
+  CommandResult via_replica = c.Shale({"snapshot", "delete", "sv@s2"});
+  ASSERT_EQ(via_replica.exit_code, 0) << via_replica.Describe() << c.DaemonLog();
+  for (Harness* h : {&a, &b, &c}) EXPECT_TRUE(ShowSnapshot(*h, "sv@s2").is_null());
+  // The volume deleted, its snapshots stay on every node that held them (as a local volume's
+  // do); deleted through one of them, the other copies go too.
+  CommandResult gone = a.Shale({"volume", "delete", "sv", "--force"});  // the writer's connection
+  ASSERT_EQ(gone.exit_code, 0) << gone.Describe() << a.DaemonLog();
+  for (Harness* h : {&a, &b, &c}) EXPECT_FALSE(ShowSnapshot(*h, "sv@s3").is_null());
+  CommandResult after = b.Shale({"snapshot", "delete", "sv@s3"});
+  ASSERT_EQ(after.exit_code, 0) << after.Describe() << b.DaemonLog();
+  for (Harness* h : {&a, &b, &c}) {
+    EXPECT_TRUE(ShowSnapshot(*h, "sv@s3").is_null()) << h->DaemonLog();
+  }
 }
 
 // Waits until every replica of `volume` (as `h` sees it) is in sync; false after 60 s.
