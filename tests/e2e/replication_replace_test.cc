@@ -561,6 +561,9 @@ TEST_F(ReplicationReplaceE2eTest, AReplicaWhoseRecordCannotBeReadIsNotAnOrphan) 
   CommandResult made = a.Shale({"volume", "create", "uv", "--size", "16M", "--replicas", "2"});
   ASSERT_EQ(made.exit_code, 0) << made.Describe();
   ASSERT_TRUE(HasVolume(b, "uv"));
+  // Detached (as CSI leaves a volume no pod uses): no target holds node-b's replica open.
+  CommandResult detached = a.Shale({"volume", "detach", "uv"});
+  ASSERT_EQ(detached.exit_code, 0) << detached.Describe();
 
   Result<std::unique_ptr<cluster::EtcdClient>> raw = cluster::EtcdClient::Create(etcd_->endpoint());
   Result<std::unique_ptr<cluster::EtcdClient>> for_store =
