@@ -27,8 +27,14 @@ loopback. On node-a (the target of every volume): v1 (1 replica), v2 (2 replicas
     bench/replication_bench.py [--build-dir build] [--size 1G] [--runtime 5] [--reps 3]
                                [--probe 3] [--cap BYTES/S]
                                [--only write|rebuild|rebuild-latency|diskless]
-                               [--dir DIR]
+                               [--dir DIR] [--replica-pools-in-memory]
                                [--json FILE]
+
+--replica-pools-in-memory puts node-b's and node-c's pools on /dev/shm (tmpfs, which takes
+O_DIRECT on Linux 6.6+) while node-a's (the target, and the 1-replica baseline) stays on the disk:
+a model of a disk per node in which the replicas' disks cost nothing, so that the ratios show what
+the replication path itself costs, without the one shared disk taking every byte N times. A
+model, not a deployment: the real figure lies between it and the shared-disk one.
 """
 import argparse
 import json
@@ -92,9 +98,12 @@ class Cluster:
         os.chmod(secret, 0o600)
         self.start_etcd()
         pool = args.size * 5 + (1 << 30)
+        self.roots = {}  # node -> the directory holding its data directory
         for node in NODES:
+            root = args.shm if args.shm is not None and node != "node-a" else work
+            self.roots[node] = root
             self.flags[node] = [
-                "--data-dir", f"{work}/{node}", "--default-pool-size", str(pool),
+                "--data-dir", f"{root}/{node}", "--default-pool-size", str(pool),
                 "--metrics-listen", "none", "--log-file", f"{work}/{node}.log",
                 "--cluster-store", f"etcd://127.0.0.1:{self.etcd_port}", "--node-name", node,
                 "--cluster-secret-file", secret, "--node-lease-seconds", "3",
@@ -141,7 +150,7 @@ class Cluster:
             self.procs[node].wait()
 
     def shale(self, node, args, check=True, timeout=600):
-        argv = [f"{self.bin}/shale", "--endpoint", f"unix://{self.work}/{node}/shaled.sock"] + args
+        argv = [f"{self.bin}/shale", "--endpoint", f"unix://{self.roots[node]}/{node}/shaled.sock"] + args
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         if check and p.returncode != 0:
             die(f"shale {' '.join(args)} on {node} failed: {p.stderr.strip()}")
@@ -158,7 +167,7 @@ class Cluster:
         return sum(n["state"] == "up" and bool(n["replica_address"]) for n in nodes) == len(NODES)
 
     def uri(self, node, volume):
-        return f"nbd+unix:///{volume}?socket={self.work}/{node}/nbd.sock"
+        return f"nbd+unix:///{volume}?socket={self.roots[node]}/{node}/nbd.sock"
 
     def target(self, volume, node="node-a"):
         return ["--ioengine=nbd", f"--uri={self.uri(node, volume)}"]
@@ -269,6 +278,8 @@ def main():
                     "latency probe), the rebuild throughput and the latency probes, or the target "
                     "on a node without a replica")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--replica-pools-in-memory", action="store_true",
+                    help="node-b's and node-c's pools on /dev/shm (see above)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     args.size = parse_size(args.size)
@@ -278,6 +289,9 @@ def main():
     if shutil.which("etcd") is None and not os.access("/usr/bin/etcd", os.X_OK):
         die("etcd is missing (Debian etcd-server): run scripts/deps")
     work = tempfile.mkdtemp(prefix="shale-repl-bench-", dir=args.dir)
+    args.shm = None
+    if args.replica_pools_in_memory:
+        args.shm = tempfile.mkdtemp(prefix="shale-repl-bench-", dir="/dev/shm")
     cluster = None
     samples = {w: {v: [] for v in ("v1", "v2", "v3")} for w in WORKLOADS}
     report = {}
@@ -299,6 +313,8 @@ def main():
     finally:
         if cluster is not None:
             cluster.close()
+        if args.shm is not None:
+            shutil.rmtree(args.shm, ignore_errors=True)
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
     print_report(args, samples, report)
