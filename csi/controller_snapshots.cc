@@ -1,5 +1,7 @@
 // ControllerService: snapshots (CreateSnapshot, also backups to S3 through the class's
 // parameters; DeleteSnapshot; ListSnapshots with paging). docs/csi.md.
+#include <set>
+
 #include "csi/backup_params.h"
 #include "csi/driver.h"
 #include "csi/driver_internal.h"
@@ -152,9 +154,15 @@ grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
     auto all = snapshots_->List(lo);
     if (!all.ok() && !all.status().IsNotFound()) return ToGrpc(all.status());
     if (all.ok()) snaps = std::move(all).value();
-    // Of one replicated volume this node holds no replica of: its replicas' copies.
-    if (snaps.empty() && !lo.volume.empty() && options_.remote_snapshots) {
-      snaps = options_.remote_snapshots(lo.volume);
+    // Of one replicated volume this node holds no replica of (none made here, or a drain moved
+    // it away and left the older copies here): its replicas' copies too, the local ones first.
+    if (!lo.volume.empty() && options_.remote_snapshots &&
+        (snaps.empty() || engine_->GetVolume(lo.volume).status().IsNotFound())) {
+      std::set<std::string> here;
+      for (const snapshot::SnapshotInfo& s : snaps) here.insert(s.name);
+      for (snapshot::SnapshotInfo& s : options_.remote_snapshots(lo.volume)) {
+        if (!here.contains(s.name)) snaps.push_back(std::move(s));
+      }
     }
   }
   response->set_next_token(Page(

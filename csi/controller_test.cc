@@ -142,5 +142,48 @@ TEST_F(CsiServicesTest, ClosedChangeGateRefusesModifyStagePublishAndExpand) {
   EXPECT_TRUE(st.ok()) << st.error_message();
 }
 
+// ListSnapshots by source volume on a node that holds no copy of a replicated volume any more
+// (a drain moved its replica away and left its older snapshot copies here): the replicas'
+// snapshots are listed with the local ones, the local copy first for a name both have; a volume
+// this node holds lists only its own.
+TEST_F(CsiServicesTest, ListSnapshotsOfAVolumeHeldElsewhereAddsItsReplicasSnapshots) {
+  ASSERT_TRUE(engine->CreateVolume({.name = "moved", .size_bytes = 8 * kMiB}).ok());
+  ASSERT_TRUE(engine->CreateVolume({.name = "here", .size_bytes = 8 * kMiB}).ok());
+  ASSERT_TRUE(lifecycle->Snapshot("moved", "old").ok());
+  ASSERT_TRUE(lifecycle->Snapshot("here", "mine").ok());
+  ASSERT_TRUE(lifecycle->Delete("moved").ok());  // its snapshot stays, as snapshots do
+  DriverOptions options{.node_id = "n", .data_dir = dir};
+  std::vector<std::string> asked;
+  options.remote_snapshots = [&](const std::string& volume) {
+    asked.push_back(volume);
+    std::vector<snapshot::SnapshotInfo> out;
+    for (const char* name : {"old", "new"}) {
+      snapshot::SnapshotInfo s;
+      s.volume = volume;
+      s.name = name;
+      s.size_bytes = 8 * kMiB;
+      s.labels["from"] = "replica";
+      out.push_back(std::move(s));
+    }
+    return out;
+  };
+  ControllerService controller(options, lifecycle.get());
+  auto list = [&](const std::string& volume) {
+    grpc::ServerContext ctx;
+    ::csi::v1::ListSnapshotsRequest req;
+    req.set_source_volume_id(volume);
+    ::csi::v1::ListSnapshotsResponse resp;
+    const grpc::Status st = controller.ListSnapshots(&ctx, &req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    std::vector<std::string> ids;
+    for (const auto& e : resp.entries()) ids.push_back(e.snapshot().snapshot_id());
+    return ids;
+  };
+  EXPECT_EQ(list("moved"), (std::vector<std::string>{"moved@new", "moved@old"}));
+  EXPECT_EQ(asked, std::vector<std::string>{"moved"});
+  EXPECT_EQ(list("here"), std::vector<std::string>{"here@mine"}) << "its own list only";
+  EXPECT_EQ(asked.size(), 1u) << "a volume held here is not asked of the replicas";
+}
+
 }  // namespace
 }  // namespace shale::csi
