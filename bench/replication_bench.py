@@ -96,6 +96,13 @@ class Cluster:
         with open(secret, "w") as f:
             f.write("replication-bench-secret-0123456789abcdef\n")
         os.chmod(secret, 0o600)
+        try:
+            self.start_all(args, work, secret)
+        except BaseException:
+            self.close()  # what started before the failure stops too (die() raises SystemExit)
+            raise
+
+    def start_all(self, args, work, secret):
         self.start_etcd()
         pool = args.size * 5 + (1 << 30)
         self.roots = {}  # node -> the directory holding its data directory
