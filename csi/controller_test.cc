@@ -185,5 +185,41 @@ TEST_F(CsiServicesTest, ListSnapshotsOfAVolumeHeldElsewhereAddsItsReplicasSnapsh
   EXPECT_EQ(asked.size(), 1u) << "a volume held here is not asked of the replicas";
 }
 
+// CreateVolume of a replicated volume while the cluster's records cannot be read (etcd down):
+// UNAVAILABLE, so that the provisioner retries, never ALREADY_EXISTS or a second volume; a local
+// volume does not need the cluster.
+TEST_F(CsiServicesTest, CreateVolumeOfAReplicatedVolumeWaitsForTheCluster) {
+  DriverOptions options{.node_id = "n", .data_dir = dir};
+  int created = 0;
+  options.cluster_volume = [](const std::string&) -> Result<DriverOptions::ClusterVolume> {
+    return Status::Unavailable("etcd://127.0.0.1:1 cannot be reached");
+  };
+  options.create_replicated = [&](const DriverOptions::ReplicatedCreate&) {
+    ++created;
+    return Status::Ok();
+  };
+  ControllerService controller(options, lifecycle.get());
+  auto create = [&](const std::string& name, const std::string& replicas) {
+    grpc::ServerContext ctx;
+    ::csi::v1::CreateVolumeRequest req;
+    req.set_name(name);
+    req.mutable_capacity_range()->set_required_bytes(8 * kMiB);
+    auto* cap = req.add_volume_capabilities();
+    cap->mutable_block();
+    cap->mutable_access_mode()->set_mode(
+        ::csi::v1::VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
+    if (!replicas.empty()) (*req.mutable_parameters())["replicas"] = replicas;
+    ::csi::v1::CreateVolumeResponse resp;
+    return controller.CreateVolume(&ctx, &req, &resp);
+  };
+  const grpc::Status replicated = create("pvc-r", "2");
+  EXPECT_EQ(replicated.error_code(), grpc::StatusCode::UNAVAILABLE) << replicated.error_message();
+  EXPECT_NE(replicated.error_message().find("cannot be reached"), std::string::npos);
+  EXPECT_EQ(created, 0) << "nothing was created";
+  const grpc::Status local = create("pvc-l", "");
+  EXPECT_TRUE(local.ok()) << local.error_message();
+  EXPECT_TRUE(engine->GetVolume("pvc-l").ok());
+}
+
 }  // namespace
 }  // namespace shale::csi

@@ -448,17 +448,20 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
   options->snapshot_digest = [lifecycle](const std::string& volume, const std::string& name) {
     return lifecycle->snapshots()->Verify(volume + "@" + name);
   };
-  options->delete_snapshot = [lifecycle](const std::string& volume,
-                                         const std::string& name) -> Status {
+  // DELETE_SNAPSHOT's deletion of this node's copy (missing: OK), logged.
+  auto delete_copy = [lifecycle](const std::string& ref) -> Status {
     SHALE_RETURN_IF_ERROR(lifecycle->CheckChangeGate());
-    Status st = lifecycle->snapshots()->Delete(volume + "@" + name).status();
+    Status st = lifecycle->snapshots()->Delete(ref).status();
     if (st.IsNotFound()) return Status::Ok();
-    if (st.ok()) SHALE_LOG_INFO("replica snapshot deleted", {"snapshot", volume + "@" + name});
+    if (st.ok()) SHALE_LOG_INFO("replica snapshot deleted", {"snapshot", ref});
     return st;
   };
-  options->delete_snapshot_of_deleted =
-      [lifecycle](const std::string& volume, const std::string& name, const Uuid& uuid) -> Status {
-    SHALE_RETURN_IF_ERROR(lifecycle->CheckChangeGate());
+  options->delete_snapshot = [delete_copy](const std::string& volume, const std::string& name) {
+    return delete_copy(volume + "@" + name);
+  };
+  options->delete_snapshot_of_deleted = [lifecycle, delete_copy](const std::string& volume,
+                                                                 const std::string& name,
+                                                                 const Uuid& uuid) -> Status {
     const std::string ref = volume + "@" + name;
     Result<snapshot::SnapshotInfo> copy = lifecycle->snapshots()->Get(ref);
     if (copy.status().IsNotFound()) return Status::Ok();
@@ -468,12 +471,7 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
       return Status::FailedPrecondition("snapshot '" + ref + "' is not known as a copy of volume " +
                                         uuid.ToString());
     }
-    Status st = lifecycle->snapshots()->Delete(ref).status();
-    if (st.IsNotFound()) return Status::Ok();
-    if (st.ok()) {
-      SHALE_LOG_INFO("replica snapshot of a deleted volume deleted", {"snapshot", ref});
-    }
-    return st;
+    return delete_copy(ref);
   };
   // TAKE_SNAPSHOT from another node: the snapshot as `shale snapshot create` here would take
   // it, which goes through this node's target (refused when it does not serve the volume).
