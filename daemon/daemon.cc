@@ -692,7 +692,12 @@ Status Daemon::AddFrontends() {
     replica_options.node_name = options_.node_name;
     replica_options.secret = cluster_secret_;
     // Snapshots of the replicas it holds, and fencing a local target a newer one replaced.
-    ReplicatedVolumes::ServeReplicaSnapshots(lifecycle_.get(), &replica_options);
+    auto recorded = [this](const std::string& volume) -> Result<std::optional<std::string>> {
+      ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire);
+      if (r == nullptr) return Status::Unavailable("this node's cluster part is not started yet");
+      return r->RecordedUuid(volume);
+    };
+    ReplicatedVolumes::ServeReplicaSnapshots(lifecycle_.get(), recorded, &replica_options);
     replica_options.on_epoch_raised = [this](const std::string& volume, uint64_t epoch) {
       if (ReplicatedVolumes* r = replicated_.load(std::memory_order_acquire)) {
         r->FenceLocal(volume, epoch);

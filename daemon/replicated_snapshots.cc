@@ -414,7 +414,7 @@ std::vector<ReplicaDigest> ReplicatedVolumes::VerifyReplicas(const snapshot::Sna
   return out;
 }
 
-void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
+void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle, RecordedUuidFn recorded,
                                               replication::ReplicaServerOptions* options) {
   options->snapshot = [lifecycle](const std::string& volume, const std::string& name,
                                   const Labels& labels) {
@@ -459,17 +459,34 @@ void ReplicatedVolumes::ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
   options->delete_snapshot = [delete_copy](const std::string& volume, const std::string& name) {
     return delete_copy(volume + "@" + name);
   };
-  options->delete_snapshot_of_deleted = [lifecycle, delete_copy](const std::string& volume,
-                                                                 const std::string& name,
-                                                                 const Uuid& uuid) -> Status {
+  // A nil uuid: the sender knows the volume only by name (its record is gone, with the holders
+  // it named); the copy goes only if no volume of its uuid is left in the cluster.
+  options->delete_snapshot_of_deleted = [lifecycle, delete_copy, recorded](
+                                            const std::string& volume, const std::string& name,
+                                            const Uuid& uuid) -> Status {
     const std::string ref = volume + "@" + name;
     Result<snapshot::SnapshotInfo> copy = lifecycle->snapshots()->Get(ref);
-    if (copy.status().IsNotFound()) return Status::Ok();
+    if (copy.status().IsNotFound()) {
+      return uuid.IsNil() ? Status::NotFound("no copy of snapshot '" + ref + "' here")
+                          : Status::Ok();
+    }
     SHALE_RETURN_IF_ERROR(copy.status());
     auto of = copy->labels.find(kSnapshotVolumeUuidLabel);
-    if (of == copy->labels.end() || of->second != uuid.ToString()) {
+    if (of == copy->labels.end()) {
+      return Status::FailedPrecondition("snapshot '" + ref +
+                                        "' is not a copy of a replicated volume's snapshot");
+    }
+    if (!uuid.IsNil() && of->second != uuid.ToString()) {
       return Status::FailedPrecondition("snapshot '" + ref + "' is not known as a copy of volume " +
                                         uuid.ToString());
+    }
+    if (uuid.IsNil()) {
+      Result<std::optional<std::string>> live = recorded(volume);
+      if (!live.ok()) return live.status().WithContext("read the volume record of " + volume);
+      if (*live == of->second) {
+        return Status::FailedPrecondition("snapshot '" + ref + "' is a copy of volume " +
+                                          of->second + ", which still exists");
+      }
     }
     return delete_copy(ref);
   };
@@ -570,7 +587,8 @@ Result<bool> ReplicatedVolumes::DeleteCopiesElsewhere(const std::string& volume,
     return false;
   }
   Result<cluster::VolumeRecord> record = store_->GetVolume(volume);
-  if (!record.ok()) return record.status().IsNotFound() ? Result<bool>(false) : record.status();
+  if (record.status().IsNotFound()) return DeleteCopiesOfDeletedVolume(volume, name);
+  SHALE_RETURN_IF_ERROR(record.status());
   const cluster::Membership& m = record->membership;
   std::vector<std::string> holders;
   for (const cluster::ReplicaMember& r : m.replicas) holders.push_back(r.node);
@@ -583,6 +601,43 @@ Result<bool> ReplicatedVolumes::DeleteCopiesElsewhere(const std::string& volume,
   SnapshotDeleted(copies);  // DELETE_SNAPSHOT is idempotent: a replica without a copy is fine
   SHALE_LOG_INFO("snapshot of a replicated volume deleted on its replicas",
                  {"snapshot", volume + "@" + name}, {"replicas", JoinNodes(holders)});
+  return true;
+}
+
+Result<std::optional<std::string>> ReplicatedVolumes::RecordedUuid(const std::string& volume) {
+  if (store_ == nullptr) return std::optional<std::string>();
+  Result<cluster::VolumeRecord> record = store_->GetVolume(volume);
+  if (record.status().IsNotFound()) return std::optional<std::string>();
+  SHALE_RETURN_IF_ERROR(record.status());
+  return std::optional<std::string>(record->membership.uuid);
+}
+
+Result<bool> ReplicatedVolumes::DeleteCopiesOfDeletedVolume(const std::string& volume,
+                                                            const std::string& name) {
+  // The volume's record, and with it the list of its replicas, went with the volume; its
+  // snapshots' copies did not. Every node is asked; each deletes only a copy of a volume the
+  // cluster no longer has (DELETE_SNAPSHOT with a nil uuid, docs/format/replica-protocol.md).
+  SHALE_ASSIGN_OR_RETURN(std::vector<cluster::NodeRecord> nodes, cluster_->ListNodes());
+  std::vector<std::string> deleted;
+  for (const cluster::NodeRecord& n : nodes) {
+    if (n.name == options_.node_name) continue;
+    Status st = Status::Unavailable("node " + n.name + " is down");
+    if (n.up && !n.info.replica_address.empty()) {
+      const replication::ReplicaAdminOptions admin{n.info.replica_address, options_.node_name,
+                                                   options_.secret, transport_,
+                                                   options_.connect_timeout};
+      st = replication::DeleteCopyOfDeletedVolume(admin, volume, name);
+    }
+    if (st.ok()) {
+      deleted.push_back(n.name);
+    } else if (!st.IsNotFound()) {
+      SHALE_LOG_WARN("a copy of a deleted volume's snapshot may be left on a node",
+                     {"snapshot", volume + "@" + name}, {"node", n.name}, {"error", st.ToString()});
+    }
+  }
+  if (deleted.empty()) return false;
+  SHALE_LOG_INFO("snapshot of a deleted replicated volume deleted on the nodes holding it",
+                 {"snapshot", volume + "@" + name}, {"nodes", JoinNodes(deleted)});
   return true;
 }
 

@@ -207,8 +207,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
       const snapshot::CreateSnapshotOptions& options) override;
   void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) override;
   // SnapshotReplication: on a node holding no replica of `volume` (none, or only its target's
-  // anchor), deletes the copies of snapshot `name` on its replicas; false when `volume` is not a
-  // replicated volume of the cluster, or this node holds a replica of it.
+  // anchor), deletes the copies of snapshot `name` on its replicas, or, `volume` deleted, on
+  // every node holding a copy of it (DeleteCopiesOfDeletedVolume); false when no node held one,
+  // or this node holds a replica of `volume`.
   Result<bool> DeleteCopiesElsewhere(const std::string& volume, const std::string& name) override;
   // SnapshotReplication: quiesces the replicated members of a group snapshot (their targets must
   // be open here), takes their replicas' copies after the local freeze, resumes.
@@ -219,9 +220,13 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // The digest of every remote copy of a replicated volume's snapshot (the nodes its label
   // lists); empty for a snapshot that is not one.
   std::vector<ReplicaDigest> VerifyReplicas(const snapshot::SnapshotInfo& snap);
+  // The uuid of the cluster's volume named `volume` (none when it has no record).
+  Result<std::optional<std::string>> RecordedUuid(const std::string& volume);
+  using RecordedUuidFn = std::function<Result<std::optional<std::string>>(const std::string&)>;
   // The replica server's snapshot handlers on this node (SNAPSHOT, SNAPSHOT_DIGEST,
-  // DELETE_SNAPSHOT) through `lifecycle`'s snapshot manager.
-  static void ServeReplicaSnapshots(VolumeLifecycle* lifecycle,
+  // DELETE_SNAPSHOT) through `lifecycle`'s snapshot manager; `recorded` is RecordedUuid (a copy
+  // of a deleted volume's snapshot goes only if no record of its uuid is left).
+  static void ServeReplicaSnapshots(VolumeLifecycle* lifecycle, RecordedUuidFn recorded,
                                     replication::ReplicaServerOptions* options);
 
   // --- moving the target (replica_takeover.cc) ---
@@ -286,6 +291,9 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Result<VolumeInfo> CreateAnchor(const VolumeSpec& like, const cluster::Membership& m);
   // replicated_elsewhere.cc: a volume this node holds none of (no replica, no anchor).
   Status DeleteElsewhere(const std::string& name);
+  // Asks every other node to delete its copy of `volume`@`name`, a snapshot of a replicated
+  // volume the cluster no longer has (no record names its holders any more); true when one did.
+  Result<bool> DeleteCopiesOfDeletedVolume(const std::string& volume, const std::string& name);
   // Snapshot() of it: TAKE_SNAPSHOT on its target; detached, attached here for the snapshot
   // (taken on every in-sync replica) and detached again.
   Result<std::optional<snapshot::SnapshotInfo>> SnapshotHeldElsewhere(

@@ -181,6 +181,17 @@ Status DeleteReplicaSnapshot(const ReplicaAdminOptions& options, const ReplicaSp
   return SnapshotCall(options, spec, snapshot, MsgType::kDeleteSnapshot, epoch).status();
 }
 
+Status DeleteCopyOfDeletedVolume(const ReplicaAdminOptions& options, const std::string& volume,
+                                 const std::string& snapshot) {
+  if (volume.empty() || volume.size() > kMaxVolumeNameLength || snapshot.empty() ||
+      snapshot.size() > kMaxSnapshotNameLength) {
+    return Status::InvalidArgument("volume and snapshot names must be 1..128 bytes");
+  }
+  std::string payload;
+  Encode(SnapshotRef{Uuid{}.bytes, volume, snapshot, {}}, &payload);
+  return Call(options, MsgType::kDeleteSnapshot, 0, payload, volume + "@" + snapshot).status();
+}
+
 Status TakeSnapshotOnTarget(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
                             const std::string& snapshot, const Labels& labels) {
   return SnapshotCall(options, spec, snapshot, MsgType::kTakeSnapshot, 0, labels).status();

@@ -63,6 +63,13 @@ Result<SnapshotList> ListReplicaSnapshots(const ReplicaAdminOptions& options,
 // fenced target). Idempotent: OK when it does not exist.
 Status DeleteReplicaSnapshot(const ReplicaAdminOptions& options, const ReplicaSpec& spec,
                              const std::string& snapshot, uint64_t epoch);
+// Deletes the node's copy of snapshot `volume`@`snapshot` of a replicated volume the cluster no
+// longer has, whatever its uuid (DELETE_SNAPSHOT with a nil uuid, epoch 0): the node deletes it
+// only if it holds no volume of that name, the copy is a replicated volume's and no volume record
+// of that uuid exists. NotFound when the node holds no such copy; FAILED_PRECONDITION when it
+// holds one it must keep.
+Status DeleteCopyOfDeletedVolume(const ReplicaAdminOptions& options, const std::string& volume,
+                                 const std::string& snapshot);
 
 // Asks the node at options.address, which serves replicated volume spec.volume, to take snapshot
 // `snapshot` of it (TAKE_SNAPSHOT), with `labels`: on every in-sync replica, as there.

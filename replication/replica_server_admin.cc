@@ -103,9 +103,13 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
   std::string body;
   if (refusal.status != WireStatus::kOk) {
     if (refusal.status == WireStatus::kStaleEpoch) counters_.stale.fetch_add(1);
-    SHALE_LOG_WARN("replica placement refused", {"peer", peer}, {"node", client_node},
-                   {"request", MsgTypeName(f.header.msg())}, {"volume", volume},
-                   {"status", WireStatusName(refusal.status)}, {"reason", refusal.why});
+    // (A delete of a deleted volume's snapshot asks every node: most have no copy.)
+    const bool quiet =
+        refusal.status == WireStatus::kNotFound && f.header.msg() == MsgType::kDeleteSnapshot;
+    if (!quiet)
+      SHALE_LOG_WARN("replica placement refused", {"peer", peer}, {"node", client_node},
+                     {"request", MsgTypeName(f.header.msg())}, {"volume", volume},
+                     {"status", WireStatusName(refusal.status)}, {"reason", refusal.why});
     rh.status = static_cast<uint32_t>(refusal.status);
     Encode(ErrorReply{refusal.why}, &body);
   } else if (f.header.msg() == MsgType::kSnapshotDigest) {

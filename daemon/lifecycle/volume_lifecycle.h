@@ -116,8 +116,9 @@ class SnapshotReplication {
       const snapshot::CreateSnapshotOptions& options) = 0;
   // The local snapshot `deleted` is gone: its copies on the replicas go too (best effort).
   virtual void SnapshotDeleted(const snapshot::SnapshotInfo& deleted) = 0;
-  // No local snapshot `volume@name`: if `volume` is replicated and this node holds no replica of
-  // it, its copies on the replicas are deleted (true); false otherwise (the NotFound stands).
+  // No local snapshot `volume@name`: if `volume` is (or was) replicated and this node holds no
+  // replica of it, its copies on other nodes are deleted (true); false otherwise (the NotFound
+  // stands).
   virtual Result<bool> DeleteCopiesElsewhere(const std::string& volume,
                                              const std::string& name) = 0;
 

@@ -425,10 +425,8 @@ TEST_F(ReplicationDisklessE2eTest, ACordonedNodeCreatesAVolumeItHoldsNoReplicaOf
   ASSERT_EQ(listed.exit_code, 0) << listed.Describe();
   const nlohmann::json snaps = listed.Json();
   ASSERT_EQ(snaps["snapshots"].size(), 2u) << snaps;
-  for (const char* ref : {"nv@detached", "nv@served"}) {
-    ASSERT_EQ(c.Shale({"snapshot", "delete", ref}).exit_code, 0) << ref << c.DaemonLog();
-    EXPECT_NE(b.Shale({"snapshot", "show", ref}).exit_code, 0) << "node-b's copy went: " << ref;
-  }
+  ASSERT_EQ(c.Shale({"snapshot", "delete", "nv@detached"}).exit_code, 0) << c.DaemonLog();
+  EXPECT_NE(b.Shale({"snapshot", "show", "nv@detached"}).exit_code, 0) << "node-b's copy went";
   // Deleted from node-c, which holds nothing of it: not while node-a serves it.
   ExpectOneLineError(c.Shale({"volume", "delete", "nv"}), "attached on node node-a, whose lease");
   EXPECT_EQ(Replicas(c, "nv").size(), 2u) << "nothing was deleted";
@@ -439,6 +437,25 @@ TEST_F(ReplicationDisklessE2eTest, ACordonedNodeCreatesAVolumeItHoldsNoReplicaOf
   EXPECT_FALSE(HasLocalVolume(a, "nv")) << a.DaemonLog();
   EXPECT_FALSE(HasLocalVolume(b, "nv")) << b.DaemonLog();
   ExpectOneLineError(c.Shale({"volume", "delete", "nv"}), "not found");
+  // Its snapshot outlives it on node-a and node-b. Deleted through node-c (which names it in a
+  // VolumeSnapshotContent: it took it), whose volume record with the holders is gone: every
+  // node is asked, and the copies go.
+  for (Harness* h : {&a, &b}) {
+    EXPECT_EQ(h->Shale({"snapshot", "show", "nv@served"}).exit_code, 0) << "kept after the volume";
+  }
+  CommandResult after = c.Shale({"snapshot", "delete", "nv@served"});
+  ASSERT_EQ(after.exit_code, 0) << after.Describe() << c.DaemonLog();
+  for (Harness* h : {&a, &b}) {
+    EXPECT_NE(h->Shale({"snapshot", "show", "nv@served"}).exit_code, 0) << h->DaemonLog();
+  }
+  ExpectOneLineError(c.Shale({"snapshot", "delete", "nv@served"}), "not found");
+  // A local volume's snapshot outliving it on node-a is no replicated copy: asked of node-c, it
+  // stays.
+  ASSERT_EQ(a.Shale({"volume", "create", "lv", "--size", "16M"}).exit_code, 0);
+  ASSERT_EQ(a.Shale({"snapshot", "create", "lv@s"}).exit_code, 0);
+  ASSERT_EQ(a.Shale({"volume", "delete", "lv"}).exit_code, 0) << a.DaemonLog();
+  ExpectOneLineError(c.Shale({"snapshot", "delete", "lv@s"}), "not found");
+  EXPECT_EQ(a.Shale({"snapshot", "show", "lv@s"}).exit_code, 0) << a.DaemonLog();
 
   // A clone starts from this node's copy: a node that cannot take a replica refuses it.
   ASSERT_EQ(c.Shale({"node", "uncordon", "node-c"}).exit_code, 0);
