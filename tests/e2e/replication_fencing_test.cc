@@ -90,6 +90,21 @@ TEST_F(ReplicationFencingE2eTest, ANewTargetTakesOverAndTheOldOneIsFencedEverywh
   ExpectContent(*client, oracle, "new target");
   client.reset();
 
+  // Moved back to node-a, still running with its fenced target: node-a serves it again, with
+  // what node-b wrote.
+  CommandResult detached = ShaleWhenClientsGone(b, {"volume", "detach", "fv"});
+  ASSERT_EQ(detached.exit_code, 0) << detached.Describe() << b.DaemonLog();
+  CommandResult back = a.Shale({"volume", "attach", "fv", "-o", "json"});
+  ASSERT_EQ(back.exit_code, 0) << back.Describe() << a.DaemonLog();
+  EXPECT_EQ(Replicas(a, "fv", &list).size(), 3u) << list;
+  EXPECT_EQ(list["target"], "node-a") << list;
+  EXPECT_EQ(list["fenced"], false) << list;
+  auto again = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(again, nullptr);
+  ASSERT_EQ(again->Go("fv"), std::optional<uint64_t>(kFenceVolBytes)) << a.DaemonLog();
+  ExpectContent(*again, oracle, "node-a again");
+  again.reset();
+
   // No write of the old target landed on any replica: each node alone exports its copy.
   for (Harness* h : {&b, &a, &c}) EXPECT_EQ(h->StopDaemon(SIGTERM), 0) << h->DaemonLog();
   for (Harness* h : {&a, &b, &c}) {
