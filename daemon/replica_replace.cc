@@ -409,10 +409,11 @@ void ReplicatedVolumes::CareForDetached(const std::vector<cluster::NodeRecord>& 
       if (needs) continue;
       Result<std::string> detached = Detach(v.name);  // (leaves caretaking_ either way)
       if (detached.ok()) {
-        SHALE_LOG_INFO("replica replaced; the volume is detached again", {"volume", v.name});
+        SHALE_LOG_INFO("the volume is detached again", {"volume", v.name});
+        std::lock_guard lock(mu_);
+        detach_retries_.erase(v.name);
       } else {
-        SHALE_LOG_WARN("volume attached to replace a replica not detached again",
-                       {"volume", v.name}, {"error", detached.status().ToString()});
+        DetachLater(v.name, "attached to replace a replica", detached.status());
       }
       continue;
     }
@@ -440,6 +441,8 @@ void ReplicatedVolumes::CareForDetached(const std::vector<cluster::NodeRecord>& 
   }
   std::lock_guard lock(mu_);
   std::erase_if(caretaking_, [&](const std::string& name) { return !listed.contains(name); });
+  std::erase_if(detach_retries_,
+                [&](const std::string& name) { return !caretaking_.contains(name); });
 }
 
 }  // namespace shale::daemon

@@ -131,10 +131,24 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotHeldEls
   Result<std::optional<snapshot::SnapshotInfo>> taken = Snapshot(volume, name, options);
   if (Result<std::string> detached = DetachWhenIdle(volume, std::chrono::seconds(10));
       !detached.ok()) {
-    SHALE_LOG_WARN("volume attached for a snapshot stays attached here", {"volume", volume},
-                   {"error", detached.status().ToString()});
+    DetachLater(volume, "attached for a snapshot", detached.status());
   }
   return taken;
+}
+
+void ReplicatedVolumes::DetachLater(const std::string& volume, const std::string& why,
+                                    const Status& failed) {
+  // Moved or deleted meanwhile: nothing of it is this node's to detach any more.
+  if (failed.code() == StatusCode::kFailedPrecondition || failed.IsNotFound()) {
+    SHALE_LOG_WARN("volume not detached again: it is no longer attached here", {"volume", volume},
+                   {"why", why}, {"error", failed.ToString()});
+    return;
+  }
+  std::lock_guard lock(mu_);
+  caretaking_.insert(volume);
+  if (!detach_retries_.insert(volume).second) return;  // logged at the first failure
+  SHALE_LOG_WARN("volume not detached yet; the repair thread retries every 2 s", {"volume", volume},
+                 {"why", why}, {"error", failed.ToString()});
 }
 
 }  // namespace shale::daemon

@@ -204,11 +204,8 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::Snapshot(
     }
     SHALE_RETURN_IF_ERROR(Attach(volume).status().WithContext("attach for the snapshot"));
     Result<std::optional<snapshot::SnapshotInfo>> taken = Snapshot(volume, name, options);
-    Result<std::string> detached = Detach(volume);
-    if (!detached.ok()) {
-      SHALE_LOG_WARN("volume attached for a snapshot stays attached here", {"volume", volume},
-                     {"error", detached.status().ToString()});
-    }
+    Result<std::string> detached = DetachWhenIdle(volume, std::chrono::seconds(10));
+    if (!detached.ok()) DetachLater(volume, "attached for a snapshot", detached.status());
     return taken;
   }
   if (!target->local_replica) {

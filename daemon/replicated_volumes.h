@@ -249,6 +249,10 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // Detach, retried while it is Busy (a resync or a client's close still holds the target) for
   // at most `timeout`.
   Result<std::string> DetachWhenIdle(const std::string& name, std::chrono::milliseconds timeout);
+  // A detach of `volume`, attached here by this node itself (`why`: for a snapshot, to replace a
+  // replica), failed with `failed`: unless it moved or went meanwhile, the repair thread retries
+  // (CareForDetached) until it succeeds or people attach it here.
+  void DetachLater(const std::string& volume, const std::string& why, const Status& failed);
   // `shale volume resize` / ControllerExpandVolume of a replicated volume (docs/replication.md,
   // "Growing a replicated volume"): raises the membership's size (rounded up to 4 KiB); every
   // replica grows when it is next opened. Allowed while the volume is detached (from any node)
@@ -495,6 +499,8 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   std::chrono::steady_clock::time_point next_scan_{};                        // repair thread
   // Detached volumes the repair thread attached here to replace a replica; guarded by mu_.
   std::set<std::string> caretaking_;
+  // Those of caretaking_ whose detach failed once (DetachLater: logged once); guarded by mu_.
+  std::set<std::string> detach_retries_;
   std::mutex snapshot_mu_;  // serializes snapshots (replicated_snapshots.cc)
   std::thread repair_;
 };

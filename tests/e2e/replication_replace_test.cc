@@ -426,6 +426,73 @@ void ExpectServedOnceOpen(Harness& h, const std::string& volume, const std::stri
 // then drops its own replica and serves on from the others (its volume becomes a target-only
 // anchor and its pool gets the space back), with a client writing all along and no client error.
 // Restarted (kill -9), the node serves the volume as a target without a replica.
+// A detached volume attached on node-c to replace a replica gets an NBD client there meanwhile:
+// the detach after the replacement is refused while the client is connected, and retried by the
+// repair thread until it succeeds once the client left (it used to stay attached for good, and
+// no other node could attach it while node-c's lease lived).
+TEST_F(ReplicationReplaceE2eTest, AVolumeAttachedForARepairIsDetachedOnceItsClientLeft) {
+  Harness a, b, c;
+  ASSERT_TRUE(StartThree(*etcd_, a, b, c, {}));
+  ASSERT_EQ(c.Shale({"volume", "create", "wv", "--size", "32M", "--replicas", "2",
+                     "--replica-nodes", "node-c,node-b"})
+                .exit_code,
+            0);
+  std::string oracle;
+  ASSERT_NO_FATAL_FAILURE(FillAndFlush(c, "wv", 41, 0, 4ull << 20, &oracle));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return c.Shale({"volume", "detach", "wv"}).exit_code == 0;
+      },
+      seconds(20)))
+      << c.DaemonLog();
+  // A slow rebuild (4 MiB at 1 MiB/s) leaves the time to connect while node-c repairs.
+  ASSERT_EQ(c.Shale({"qos", "rebuild-bps", "1M"}).exit_code, 0);
+  CommandResult drain = a.Shale({"node", "drain", "node-b", "--no-wait"});
+  ASSERT_EQ(drain.exit_code, 0) << drain.Describe();
+  nlohmann::json wlist;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        Replicas(c, "wv", &wlist, /*quiet=*/true);
+        return wlist.contains("detached") && wlist["detached"] == false &&
+               wlist["target"] == "node-c";
+      },
+      seconds(30)))
+      << wlist << c.DaemonLog();
+  auto client = NbdRawClient::Tcp(c.NbdAddress());
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Go("wv").has_value()) << c.DaemonLog();
+  std::map<std::string, nlohmann::json> replicas;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        replicas = Replicas(c, "wv", &wlist, /*quiet=*/true);
+        return NodesOf(replicas) == std::set<std::string>{"node-a", "node-c"} &&
+               AllHealthy(replicas);
+      },
+      seconds(60)))
+      << wlist << c.DaemonLog();
+  // Replaced: the detach is refused while the client is there, and will be retried.
+  ASSERT_TRUE(
+      WaitFor([&] { return c.DaemonLog().find("volume not detached yet") != std::string::npos; },
+              seconds(15)))
+      << c.DaemonLog();
+  Replicas(c, "wv", &wlist);
+  EXPECT_EQ(wlist["detached"], false) << wlist;
+  ExpectContent(*client, oracle, "wv through node-c while it is held there");
+  client.reset();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        Replicas(c, "wv", &wlist, /*quiet=*/true);
+        return wlist.contains("detached") && wlist["detached"] == true;
+      },
+      seconds(20)))
+      << "detached again once its client left: " << wlist << c.DaemonLog();
+  ASSERT_EQ(a.Shale({"volume", "attach", "wv"}).exit_code, 0) << a.DaemonLog();
+  auto on_a = NbdRawClient::Tcp(a.NbdAddress());
+  ASSERT_NE(on_a, nullptr);
+  ASSERT_TRUE(on_a->Go("wv").has_value()) << a.DaemonLog();
+  ExpectContent(*on_a, oracle, "wv through node-a");
+}
+
 TEST_F(ReplicationReplaceE2eTest, DrainOfTheServingNodeMovesItsReplicaWhileItServesOn) {
   Harness a, b, c;
   ASSERT_TRUE(StartThree(*etcd_, a, b, c, {}));
