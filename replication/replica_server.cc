@@ -466,6 +466,7 @@ ReplicaServerStats ReplicaServer::stats() const {
   s.stale_epoch_replies = counters_.stale.load();
   s.direct_reply_sends = counters_.direct_sends.load();
   s.reply_tails = counters_.tails.load();
+  s.writes_received_in_place = counters_.writes_in_place.load();
   std::lock_guard lock(mu_);
   for (const auto& c : conns_) s.connections_active += !c->finished.load();
   return s;

@@ -140,8 +140,9 @@ struct ReplicaServerStats {
   uint64_t protocol_errors = 0;  // connections closed for a bad frame
   uint64_t requests = 0;         // requests answered
   uint64_t stale_epoch_replies = 0;
-  uint64_t direct_reply_sends = 0;  // reply batches the volumes' reactors sent themselves
-  uint64_t reply_tails = 0;         // ... of which the socket took only a part at once
+  uint64_t direct_reply_sends = 0;        // reply batches the volumes' reactors sent themselves
+  uint64_t reply_tails = 0;               // ... of which the socket took only a part at once
+  uint64_t writes_received_in_place = 0;  // large WRITEs the reactors received into their buffer
 };
 
 class ReplicaServer {
@@ -212,7 +213,7 @@ class ReplicaServer {
 
   struct Counters {
     std::atomic<uint64_t> accepted{0}, refused{0}, auth_failures{0}, protocol_errors{0},
-        requests{0}, stale{0}, direct_sends{0}, tails{0};
+        requests{0}, stale{0}, direct_sends{0}, tails{0}, writes_in_place{0};
   };
   Counters counters_;
   friend struct Conn;

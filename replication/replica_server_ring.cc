@@ -4,8 +4,9 @@
 // them to the volume's reactor: two thread wake-ups per batch. Here the reactor keeps one
 // IORING_OP_RECV armed on (a dup of) the socket; its completion parses every whole request in the
 // buffer and dispatches it to the volume right there, in stream order
-// (docs/format/replica-protocol.md, "Reactor receives"). A WRITE's data is copied from the buffer
-// into a request buffer (the thread receives large data in place).
+// (docs/format/replica-protocol.md, "Reactor receives"). A small WRITE's data is copied from the
+// buffer into a request buffer; a large one's (64 KiB or more) rest is received straight into its
+// request buffer once its prefix arrived (RingFrames' sink), as the thread does.
 //
 // What may block stays on the receiver thread: a frame that raises the epoch (it waits for the
 // connection's requests in flight, then persists the epoch), SET_GENERATION and SNAPSHOT. The
@@ -31,7 +32,7 @@ namespace shale::replication {
 class ReplicaServer::Conn::RingReceiver final : public CompletionHandler,
                                                 public std::enable_shared_from_this<RingReceiver> {
  public:
-  RingReceiver(Conn* c, int fd) : c_(c), fd_(fd) {}
+  RingReceiver(Conn* c, int fd) : c_(c), fd_(fd), frames_(DataSink(c)) {}
   ~RingReceiver() { ::close(fd_); }
 
   // On the reactor: parses what is buffered (unless paused again), then receives.
@@ -84,8 +85,22 @@ class ReplicaServer::Conn::RingReceiver final : public CompletionHandler,
     self_ = shared_from_this();
   }
 
+  // A large WRITE's data goes straight into its request buffer, unless the frame raises the
+  // epoch (the receiver thread runs those, from the frame's bytes).
+  static FrameReader::DataSink DataSink(Conn* c) {
+    return [c](const FrameHeader& h, std::span<const uint8_t> prefix) -> uint8_t* {
+      if (h.is_reply() || h.msg() != MsgType::kWrite ||
+          h.epoch > c->state->fence.load(std::memory_order_acquire)) {
+        return nullptr;
+      }
+      return c->buffers.Get(h.payload_length - prefix.size());
+    };
+  }
+
   // The stream is over: from here on the connection is never touched.
   void End() {
+    const auto [data, size] = frames_.Abandon();  // (no receive is in flight into it)
+    c_->buffers.Put(data, size);
     ended_ = true;
     c_->connection->Shutdown();
     std::lock_guard lock(c_->mu);
@@ -111,8 +126,14 @@ class ReplicaServer::Conn::RingReceiver final : public CompletionHandler,
       const FrameReader::Frame& f = (*next)->frame;
       const FrameHeader& h = f.header;
       const MsgType t = h.msg();
-      if (!h.is_reply() && (t == MsgType::kSetGeneration || t == MsgType::kSnapshot ||
-                            h.epoch > c_->state->fence.load(std::memory_order_acquire))) {
+      if (f.direct && h.epoch > c_->state->fence.load(std::memory_order_acquire)) {
+        // (The sink took none such, and a fence never falls.)
+        c_->buffers.Put(f.data.data(), f.data.size());
+        return BadFrame(Status::Internal("a received-in-place frame raises the epoch"));
+      }
+      if (!f.direct && !h.is_reply() &&
+          (t == MsgType::kSetGeneration || t == MsgType::kSnapshot ||
+           h.epoch > c_->state->fence.load(std::memory_order_acquire))) {
         // May block: the receiver thread runs it; parsing waits for its Resume.
         const std::span<const uint8_t> bytes = (*next)->bytes;
         std::lock_guard lock(c_->mu);
@@ -121,7 +142,8 @@ class ReplicaServer::Conn::RingReceiver final : public CompletionHandler,
         paused_ = true;
         break;
       }
-      Status st = c_->HandleFrame(f, nullptr, &batch);
+      if (f.direct) c_->server->counters_.writes_in_place.fetch_add(1, std::memory_order_relaxed);
+      Status st = c_->HandleFrame(f, f.direct ? f.data.data() : nullptr, &batch);
       // One at a time, in stream order (HandleFrame may have answered it already).
       for (Request* r : batch) c_->Dispatch(r);
       batch.clear();

@@ -724,6 +724,64 @@ TEST_F(ReplicaServiceTest, BadFramesCloseOnlyTheirConnection) {
   ExpectServing();
 }
 
+// A large WRITE arriving in pieces is received in place (its data straight into the request's
+// buffer once its prefix arrived): whole, it lands; with a bad checksum, or cut off inside its
+// data, it closes only its connection (and, under ASan, leaks nothing).
+TEST_F(ReplicaServiceTest, ALargeWriteArrivingInPiecesIsReceivedInPlaceAndChecked) {
+  auto Big = [&](uint64_t id, uint64_t offset, char fill) {
+    std::string body;
+    Encode(IoRange{offset, 1 * kMiB}, &body);
+    body.append(1 * kMiB, fill);
+    return EncodeFrame(WriteHeader(id), body);
+  };
+  // Pieces: the header alone, then the prefix and some data, then the rest in two sends (the
+  // receive completes in between whatever it got).
+  auto SendInPieces = [&](Connection* c, const std::string& frame) {
+    for (auto [at, len] : {std::pair<size_t, size_t>{0, kFrameHeaderSize},
+                           {kFrameHeaderSize, 40000},
+                           {kFrameHeaderSize + 40000, 300000},
+                           {kFrameHeaderSize + 340000, std::string::npos}}) {
+      if (at >= frame.size()) break;
+      if (!Send(c, std::string_view(frame).substr(at, len)).ok()) return false;
+      std::this_thread::sleep_for(2ms);
+    }
+    return true;
+  };
+  {
+    auto raw = RawOpened();
+    const std::string frame = Big(7, 2 * kMiB, 'q');
+    ASSERT_TRUE(SendInPieces(raw.get(), frame));
+    FrameReader reader(raw.get());
+    auto reply = reader.Next(DeadlineIn(5s));
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_EQ(reply->header.request_id, 7u);
+    EXPECT_EQ(reply->header.status, 0u);
+    EXPECT_EQ(server_->stats().writes_received_in_place, 1u);
+  }
+  auto good = Connect();
+  ASSERT_NE(good, nullptr);
+  EXPECT_EQ(ReadAt(good.get(), 2 * kMiB, 1 * kMiB), std::vector<uint8_t>(1 * kMiB, 'q'));
+
+  uint64_t errors = server_->stats().protocol_errors;
+  std::string corrupt = Big(8, 4 * kMiB, 'z');
+  corrupt[kFrameHeaderSize + 700000] ^= 0x01;  // inside the data received in place
+  std::string cut = Big(9, 4 * kMiB, 'z').substr(0, kFrameHeaderSize + 500000);
+  for (const std::string& bytes : {corrupt, cut}) {
+    auto raw = RawOpened();
+    ASSERT_TRUE(SendInPieces(raw.get(), bytes));
+    if (bytes.size() == cut.size()) raw->Shutdown();
+    EXPECT_TRUE(ClosedByServer(raw.get()));
+    ++errors;
+    for (int i = 0; i < 200 && server_->stats().protocol_errors < errors; ++i) {
+      std::this_thread::sleep_for(5ms);
+    }
+    EXPECT_EQ(server_->stats().protocol_errors, errors);
+  }
+  EXPECT_EQ(ReadAt(good.get(), 4 * kMiB, 1 * kMiB), std::vector<uint8_t>(1 * kMiB, 0))
+      << "neither landed";
+  ExpectServing();
+}
+
 // The volume's reactor receives on its ring and hands a frame that may block (here one that
 // raises the epoch) to the connection's thread. When the thread refuses it (an OPEN after OPEN),
 // nothing the ring buffered after it runs: a WRITE sent in the same segment never lands, as with

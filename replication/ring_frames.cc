@@ -10,6 +10,7 @@ constexpr size_t kMinReceiveBytes = 16 * kKiB;  // less room than this at the en
 }  // namespace
 
 std::span<uint8_t> RingFrames::Space() {
+  if (in_direct_) return {dst_ + data_got_, data_length_ - data_got_};
   if (end_ == begin_) {
     begin_ = end_ = 0;
     // A buffer grown for a frame larger than kRetainedBytes goes back to the default size once
@@ -26,7 +27,53 @@ std::span<uint8_t> RingFrames::Space() {
   return {buf_.data() + end_, buf_.size() - end_};
 }
 
+void RingFrames::MaybeGoDirect(const FrameHeader& h) {
+  const std::optional<size_t> data_at = DataOffset(h);
+  if (!sink_ || !data_at || h.payload_length - *data_at < FrameReader::kDirectDataBytes ||
+      end_ - begin_ < kFrameHeaderSize + *data_at) {
+    return;
+  }
+  const uint8_t* at = buf_.data() + begin_;
+  prefix_.assign(at + kFrameHeaderSize, at + kFrameHeaderSize + *data_at);
+  uint8_t* dst = sink_(h, prefix_);
+  if (dst == nullptr) return;
+  std::memcpy(header_bytes_.data(), at, kFrameHeaderSize);
+  header_ = h;
+  dst_ = dst;
+  data_length_ = h.payload_length - *data_at;
+  begin_ += kFrameHeaderSize + *data_at;
+  // What of the data is buffered already (less than all of it: the frame is incomplete).
+  data_got_ = end_ - begin_;
+  std::memcpy(dst_, buf_.data() + begin_, data_got_);
+  begin_ = end_ = 0;
+  in_direct_ = true;
+}
+
+Result<std::optional<RingFrames::Parsed>> RingFrames::FinishDirect() {
+  if (data_got_ < data_length_) return std::optional<Parsed>();
+  const std::span<const uint8_t> data(dst_, data_length_);
+  if (FrameChecksum(header_bytes_, {prefix_, data}) != header_.checksum) {
+    return Status::Corruption("replica protocol: checksum mismatch in a " +
+                              std::string(MsgTypeName(header_.msg())) + " frame");
+  }
+  in_direct_ = false;
+  Parsed p;
+  p.frame.header = header_;
+  p.frame.payload = prefix_;
+  p.frame.data = std::span<uint8_t>(dst_, data_length_);
+  p.frame.direct = true;
+  dst_ = nullptr;
+  return std::optional<Parsed>(p);
+}
+
+std::pair<uint8_t*, size_t> RingFrames::Abandon() {
+  if (!in_direct_) return {nullptr, 0};
+  in_direct_ = false;
+  return {std::exchange(dst_, nullptr), data_length_};
+}
+
 Result<std::optional<RingFrames::Parsed>> RingFrames::Next() {
+  if (in_direct_) return FinishDirect();
   if (end_ - begin_ < kFrameHeaderSize) return std::optional<Parsed>();
   const std::span<const uint8_t, kFrameHeaderSize> hb(buf_.data() + begin_, kFrameHeaderSize);
   Parsed p;
@@ -34,6 +81,8 @@ Result<std::optional<RingFrames::Parsed>> RingFrames::Next() {
   const FrameHeader& h = p.frame.header;
   const size_t need = kFrameHeaderSize + h.payload_length;
   if (end_ - begin_ < need) {
+    MaybeGoDirect(h);
+    if (in_direct_) return FinishDirect();
     if (buf_.size() - begin_ < need) {  // make room for the whole frame
       std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
       end_ -= begin_;
