@@ -407,11 +407,9 @@ void ReplicatedVolumes::CareForDetached(const std::vector<cluster::NodeRecord>& 
     });
     if (caring.contains(v.name)) {
       if (needs) continue;
-      Result<std::string> detached = Detach(v.name);  // (leaves caretaking_ either way)
+      Result<std::string> detached = Detach(v.name, DetachFor::kItself);
       if (detached.ok()) {
         SHALE_LOG_INFO("the volume is detached again", {"volume", v.name});
-        std::lock_guard lock(mu_);
-        detach_retries_.erase(v.name);
       } else {
         DetachLater(v.name, "attached to replace a replica", detached.status());
       }
@@ -428,21 +426,19 @@ void ReplicatedVolumes::CareForDetached(const std::vector<cluster::NodeRecord>& 
       }
     }
     if (caretaker != options_.node_name) continue;
-    Result<std::string> attached = Attach(v.name);
-    if (!attached.ok()) {
+    if (Status attached = AttachForItself(v.name); !attached.ok()) {
       SHALE_LOG_WARN("detached volume not attached to replace a replica", {"volume", v.name},
-                     {"error", attached.status().ToString()});
+                     {"error", attached.ToString()});
       continue;
     }
-    std::lock_guard lock(mu_);
-    caretaking_.insert(v.name);
     SHALE_LOG_INFO("detached volume attached here to replace a replica; detached again after",
                    {"volume", v.name});
   }
   std::lock_guard lock(mu_);
-  std::erase_if(caretaking_, [&](const std::string& name) { return !listed.contains(name); });
-  std::erase_if(detach_retries_,
-                [&](const std::string& name) { return !caretaking_.contains(name); });
+  // Volumes gone from the cluster (not those added since the list was read).
+  for (const std::string& name : caring) {
+    if (!listed.contains(name)) ForgetSelfAttachLocked(name);
+  }
 }
 
 }  // namespace shale::daemon

@@ -45,7 +45,7 @@ Result<std::string> ReplicatedVolumes::Attach(const std::string& name) {
   if (store_ == nullptr) return Status::Unavailable("shaled is starting or stopping");
   {
     std::lock_guard lock(mu_);
-    caretaking_.erase(name);  // attached for people now: the repair thread leaves it attached
+    ForgetSelfAttachLocked(name);  // attached for people now: the repair thread leaves it attached
   }
   SHALE_ASSIGN_OR_RETURN(cluster::VolumeRecord record, store_->GetVolume(name));
   const cluster::Membership& m = record.membership;
@@ -160,34 +160,42 @@ Result<std::string> ReplicatedVolumes::MoveHere(const std::string& name,
                             " at epoch " + std::to_string(epoch));
 }
 
-Result<std::string> ReplicatedVolumes::Detach(const std::string& name) {
+Result<std::string> ReplicatedVolumes::Detach(const std::string& name, DetachFor by) {
   SHALE_RETURN_IF_ERROR(ValidateName("volume", name));
   if (store_ == nullptr) return Status::Unavailable("shaled is starting or stopping");
-  {
+  const bool itself = by == DetachFor::kItself;
+  if (!itself) {
     std::lock_guard lock(mu_);
-    caretaking_.erase(name);
+    ForgetSelfAttachLocked(name);  // people's detach: nothing is left for the repair thread
   }
   SHALE_ASSIGN_OR_RETURN(cluster::VolumeRecord record, store_->GetVolume(name));
   const cluster::Membership& m = record.membership;
   const std::string& self = options_.node_name;
-  if (m.detached) return "volume '" + name + "' is detached already";
-  if (m.target != self) {
+  if (m.detached || m.target != self) {
+    if (itself) {
+      std::lock_guard lock(mu_);
+      ForgetSelfAttachLocked(name);
+    }
+    if (m.detached) return "volume '" + name + "' is detached already";
     return Status::FailedPrecondition("volume '" + name + "' is attached on node " + m.target +
                                       ", not on " + self + "; detach it there");
   }
   std::shared_ptr<Target> target;
   {
+    // One critical section: no NBD open or attach sees the target gone while it stays.
     std::lock_guard lock(mu_);
+    if (itself && !caretaking_.contains(name)) {
+      return Status::FailedPrecondition("volume '" + name + "' was attached on " + self +
+                                        " by people meanwhile; it stays attached");
+    }
     if (auto it = targets_.find(name); it != targets_.end()) {
+      if (it->second.use_count() > 1) {
+        return Status::Busy("volume '" + name + "' has clients on " + self +
+                            "; disconnect them (unmount, detach the NBD device) first");
+      }
       target = std::move(it->second);
       targets_.erase(it);
     }
-  }
-  if (target != nullptr && target.use_count() > 1) {
-    std::lock_guard lock(mu_);
-    targets_[name] = std::move(target);
-    return Status::Busy("volume '" + name + "' has clients on " + self +
-                        "; disconnect them (unmount, detach the NBD device) first");
   }
   const bool anchor = target != nullptr && !target->local_replica;
   target.reset();  // closes the target here: no writer on this node from now on
@@ -210,6 +218,7 @@ Result<std::string> ReplicatedVolumes::Detach(const std::string& name) {
     pending_.erase(name);
     pending_retry_.erase(name);
     if (!anchor) detached_.insert(name);
+    ForgetSelfAttachLocked(name);
   }
   SHALE_LOG_INFO("volume detached", {"volume", name}, {"epoch", done->membership.epoch});
   // Nothing of the volume stays on a node without a replica (its changed regions go with the
@@ -221,6 +230,11 @@ Result<std::string> ReplicatedVolumes::Detach(const std::string& name) {
   }
   return "volume '" + name + "' detached from " + self + "; `shale volume attach " + name +
          "` serves it on any node of the cluster (its in-sync replicas: " + holders + ")";
+}
+
+void ReplicatedVolumes::ForgetSelfAttachLocked(const std::string& name) {
+  caretaking_.erase(name);
+  detach_retries_.erase(name);
 }
 
 Result<std::string> ReplicatedVolumes::FinishTakeOver(const std::string& name, uint64_t epoch,

@@ -127,25 +127,43 @@ Result<std::optional<snapshot::SnapshotInfo>> ReplicatedVolumes::SnapshotHeldEls
   }
   // Detached: served here for the snapshot (from the replicas, through an anchor), which is
   // taken on every in-sync replica, then detached again: nothing of it stays on this node.
-  SHALE_RETURN_IF_ERROR(Attach(volume).status().WithContext("attach for the snapshot"));
+  SHALE_RETURN_IF_ERROR(AttachForItself(volume).WithContext("attach for the snapshot"));
   Result<std::optional<snapshot::SnapshotInfo>> taken = Snapshot(volume, name, options);
-  if (Result<std::string> detached = DetachWhenIdle(volume, std::chrono::seconds(10));
-      !detached.ok()) {
-    DetachLater(volume, "attached for a snapshot", detached.status());
-  }
+  DetachItself(volume, "attached for a snapshot");
   return taken;
+}
+
+Status ReplicatedVolumes::AttachForItself(const std::string& volume) {
+  SHALE_RETURN_IF_ERROR(Attach(volume).status());
+  std::lock_guard lock(mu_);
+  caretaking_.insert(volume);
+  return Status::Ok();
+}
+
+void ReplicatedVolumes::DetachItself(const std::string& volume, const std::string& why) {
+  // Busy for a moment while the target's first resync still holds it.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  Result<std::string> detached = Detach(volume, DetachFor::kItself);
+  while (!detached.ok() && detached.status().code() == StatusCode::kBusy &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    detached = Detach(volume, DetachFor::kItself);
+  }
+  if (!detached.ok()) DetachLater(volume, why, detached.status());
 }
 
 void ReplicatedVolumes::DetachLater(const std::string& volume, const std::string& why,
                                     const Status& failed) {
-  // Moved or deleted meanwhile: nothing of it is this node's to detach any more.
-  if (failed.code() == StatusCode::kFailedPrecondition || failed.IsNotFound()) {
-    SHALE_LOG_WARN("volume not detached again: it is no longer attached here", {"volume", volume},
-                   {"why", why}, {"error", failed.ToString()});
+  std::lock_guard lock(mu_);
+  // Moved, deleted or attached by people meanwhile: nothing is this node's to detach any more.
+  if (failed.code() == StatusCode::kFailedPrecondition || failed.IsNotFound() ||
+      !caretaking_.contains(volume)) {
+    ForgetSelfAttachLocked(volume);
+    SHALE_LOG_INFO("volume not detached again: it is no longer this node's to detach",
+                   {"volume", volume}, {"why", why}, {"reason", failed.ToString()});
     return;
   }
-  std::lock_guard lock(mu_);
-  caretaking_.insert(volume);
+  // Still in caretaking_ (Detach leaves it there when it fails): the repair thread retries.
   if (!detach_retries_.insert(volume).second) return;  // logged at the first failure
   SHALE_LOG_WARN("volume not detached yet; the repair thread retries every 2 s", {"volume", volume},
                  {"why", why}, {"error", failed.ToString()});

@@ -245,14 +245,25 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   // `shale volume detach NAME` (NodeUnstage): closes this node's target (Busy while it has
   // clients) and records the volume detached, so any node holding an in-sync replica may attach
   // it at once. Idempotent for a volume detached already.
-  Result<std::string> Detach(const std::string& name);
+  // Who detaches: people (`shale volume detach`, NodeUnstage), or this node itself, which
+  // attached the volume for its own ends (a snapshot, a replica's replacement: `caretaking_`) and
+  // must not detach it once people attached it (FailedPrecondition then); a failure leaves it in
+  // caretaking_ for the repair thread.
+  enum class DetachFor { kPeople, kItself };
+  Result<std::string> Detach(const std::string& name, DetachFor by = DetachFor::kPeople);
   // Detach, retried while it is Busy (a resync or a client's close still holds the target) for
   // at most `timeout`.
   Result<std::string> DetachWhenIdle(const std::string& name, std::chrono::milliseconds timeout);
-  // A detach of `volume`, attached here by this node itself (`why`: for a snapshot, to replace a
-  // replica), failed with `failed`: unless it moved or went meanwhile, the repair thread retries
-  // (CareForDetached) until it succeeds or people attach it here.
+  // Attaches `volume` here for this node's own ends (recorded in caretaking_).
+  Status AttachForItself(const std::string& volume);
+  // Detaches `volume`, attached by AttachForItself (`why`, for the log), retried for 10 s while
+  // Busy, then left to the repair thread (DetachLater).
+  void DetachItself(const std::string& volume, const std::string& why);
+  // A detach of `volume` by this node itself failed with `failed`: unless it moved, went or
+  // people attached it meanwhile, the repair thread retries (CareForDetached) until it succeeds.
   void DetachLater(const std::string& volume, const std::string& why, const Status& failed);
+  // Forgets that this node attached `name` for itself. Caller holds mu_.
+  void ForgetSelfAttachLocked(const std::string& name);
   // `shale volume resize` / ControllerExpandVolume of a replicated volume (docs/replication.md,
   // "Growing a replicated volume"): raises the membership's size (rounded up to 4 KiB); every
   // replica grows when it is next opened. Allowed while the volume is detached (from any node)

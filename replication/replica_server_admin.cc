@@ -104,8 +104,10 @@ Status ReplicaServer::Admin(Connection* conn, const std::string& peer,
   if (refusal.status != WireStatus::kOk) {
     if (refusal.status == WireStatus::kStaleEpoch) counters_.stale.fetch_add(1);
     // (A delete of a deleted volume's snapshot asks every node: most have no copy.)
+    // (The sender logs what it did not expect.)
     const bool quiet =
-        refusal.status == WireStatus::kNotFound && f.header.msg() == MsgType::kDeleteSnapshot;
+        f.header.msg() == MsgType::kDeleteSnapshot &&
+        (refusal.status == WireStatus::kNotFound || refusal.status == WireStatus::kPrecondition);
     if (!quiet)
       SHALE_LOG_WARN("replica placement refused", {"peer", peer}, {"node", client_node},
                      {"request", MsgTypeName(f.header.msg())}, {"volume", volume},
@@ -297,9 +299,13 @@ ReplicaServer::Refusal ReplicaServer::SnapshotAdmin(MsgType type, const Snapshot
     return {WireStatus::kNotSupported, "this replica server handles no snapshots"};
   }
   Result<VolumeInfo> info = engine_->GetVolume(m.volume);
-  if (!info.ok() && del && info.status().IsNotFound() && options_.delete_snapshot_of_deleted) {
+  const bool any_uuid = UuidOf(m.volume_uuid).IsNil();
+  if (del && options_.delete_snapshot_of_deleted &&
+      (any_uuid || (!info.ok() && info.status().IsNotFound()))) {
     // The replica volume was deleted and its snapshot copies outlive it: no epoch fences them
-    // any more (a volume made again under that name has another uuid), the uuid decides.
+    // any more (a volume made again under that name has another uuid), the uuid decides. A nil
+    // uuid (the sender no longer knows it) goes there whatever volume of that name is here (an
+    // orphan replica of the deleted volume, a new volume's): the copy's own uuid decides.
     const Status st =
         options_.delete_snapshot_of_deleted(m.volume, m.snapshot, UuidOf(m.volume_uuid));
     if (!st.ok()) return {WireStatusFromStatus(st), st.ToString()};

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <future>
 
+#include "daemon/lifecycle/lifecycle_test_fixture.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
 #include "engine/common/units.h"
 #include "qos/qos_manager.h"
@@ -48,35 +49,12 @@ TEST(CapacitySettingsTest, ValidateNamesTheBadField) {
 
 constexpr uint64_t kMiB = 1 << 20;
 
-class CapacityTest : public ::testing::Test {
+class CapacityTest : public LifecycleTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/shale-capacity-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    Open();
-  }
-  void TearDown() override {
-    Close();
-    std::filesystem::remove_all(dir_);
-  }
-  void Open() {
-    EngineOptions o;
-    o.data_dir = dir_ + "/data";
-    o.default_pool_size = 65 * kMiB;  // 64 MiB of clusters
-    o.commit_interval_ms = 0;
-    auto e = Engine::Open(o);
-    ASSERT_TRUE(e.ok()) << e.status();
-    engine_ = std::move(e).value();
-    snapshots_ = std::make_unique<snapshot::SnapshotManager>(engine_.get());
-    ASSERT_TRUE(snapshots_->Start().ok());
-    lifecycle_ = std::make_unique<VolumeLifecycle>(engine_.get(), snapshots_.get(), nullptr);
-  }
-  void Close() {
-    lifecycle_.reset();
-    if (snapshots_) snapshots_->Stop();
-    snapshots_.reset();
-    engine_.reset();
+  CapacityTest() : LifecycleTest("shale-capacity-test") {}
+  void Tune(EngineOptions* o) override {
+    o->default_pool_size = 65 * kMiB;  // 64 MiB of clusters
+    o->commit_interval_ms = 0;
   }
   Result<VolumeInfo> Create(const std::string& name, uint64_t size, bool read_only = false) {
     return lifecycle_->Create(
@@ -109,11 +87,6 @@ class CapacityTest : public ::testing::Test {
       ASSERT_TRUE(done.get_future().get().ok());
     }
   }
-
-  std::string dir_;
-  std::unique_ptr<Engine> engine_;
-  std::unique_ptr<snapshot::SnapshotManager> snapshots_;
-  std::unique_ptr<VolumeLifecycle> lifecycle_;
 };
 
 TEST_F(CapacityTest, CreateBeyondTheOvercommitLimitIsRefusedWithTheNumbers) {

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "daemon/lifecycle/lifecycle_test_fixture.h"
 #include "daemon/lifecycle/volume_lifecycle.h"
 #include "engine/common/block.h"
 #include "engine/volume/volume_test_util.h"
@@ -72,35 +73,9 @@ class RecordingReplication final : public SnapshotReplication {
   std::vector<std::string> events;
 };
 
-class GroupSnapshotTest : public ::testing::Test {
+class GroupSnapshotTest : public LifecycleTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/shale-group-lifecycle-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    Open();
-  }
-  void TearDown() override {
-    Close();
-    std::filesystem::remove_all(dir_);
-  }
-  void Open() {
-    EngineOptions o;
-    o.data_dir = dir_ + "/data";
-    o.default_pool_size = 256 * kMiB;
-    auto e = Engine::Open(o);
-    ASSERT_TRUE(e.ok()) << e.status();
-    engine_ = std::move(e).value();
-    snapshots_ = std::make_unique<snapshot::SnapshotManager>(engine_.get());
-    ASSERT_TRUE(snapshots_->Start().ok());
-    lifecycle_ = std::make_unique<VolumeLifecycle>(engine_.get(), snapshots_.get(), nullptr);
-  }
-  void Close() {
-    lifecycle_.reset();
-    if (snapshots_) snapshots_->Stop();
-    snapshots_.reset();
-    engine_.reset();
-  }
+  GroupSnapshotTest() : LifecycleTest("shale-group-lifecycle") {}
   void CreateVolume(const std::string& name) {
     VolumeSpec spec;
     spec.params.name = name;
@@ -123,11 +98,6 @@ class GroupSnapshotTest : public ::testing::Test {
         testing::RunVolumeIo((*h)->volume(), VolumeOp::kRead, 0, kBlockSize, buf.get()).ok());
     return buf.get()[0];
   }
-
-  std::string dir_;
-  std::unique_ptr<Engine> engine_;
-  std::unique_ptr<snapshot::SnapshotManager> snapshots_;
-  std::unique_ptr<VolumeLifecycle> lifecycle_;
 };
 
 TEST_F(GroupSnapshotTest, MembersAreOrdinarySnapshotsAndTheRecordSurvivesRestart) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <set>
 
+#include "daemon/lifecycle/lifecycle_test_fixture.h"
 #include "engine/pool/keys.h"
 #include "engine/pool/metadata_store.h"
 #include "qos/qos_manager.h"
@@ -31,39 +32,9 @@ class RecordingGate final : public ExportGate {
   std::string clients_of;
 };
 
-class VolumeLifecycleTest : public ::testing::Test {
+class VolumeLifecycleTest : public LifecycleTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/shale-lifecycle-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    Open();
-  }
-  void TearDown() override {
-    Close();
-    std::filesystem::remove_all(dir_);
-  }
-  void Open() {
-    EngineOptions o;
-    o.data_dir = dir_ + "/data";
-    o.default_pool_size = 256 * kMiB;
-    auto e = Engine::Open(o);
-    ASSERT_TRUE(e.ok()) << e.status();
-    engine_ = std::move(e).value();
-    snapshots_ = std::make_unique<snapshot::SnapshotManager>(engine_.get());
-    ASSERT_TRUE(snapshots_->Start().ok());
-    auto q = qos::QosManager::Open(engine_.get(), {});
-    ASSERT_TRUE(q.ok()) << q.status();
-    qos_ = std::move(q).value();
-    lifecycle_ = std::make_unique<VolumeLifecycle>(engine_.get(), snapshots_.get(), qos_.get());
-  }
-  void Close() {
-    lifecycle_.reset();
-    qos_.reset();
-    if (snapshots_) snapshots_->Stop();
-    snapshots_.reset();
-    engine_.reset();
-  }
+  VolumeLifecycleTest() : LifecycleTest("shale-lifecycle-test", /*with_qos=*/true) {}
 
   // Every extension record of the default pool: key without the "X" prefix byte.
   std::set<std::string> ExtensionKeys() {
@@ -83,12 +54,6 @@ class VolumeLifecycleTest : public ::testing::Test {
     s.iops = 500;
     return s;
   }
-
-  std::string dir_;
-  std::unique_ptr<Engine> engine_;
-  std::unique_ptr<snapshot::SnapshotManager> snapshots_;
-  std::unique_ptr<qos::QosManager> qos_;
-  std::unique_ptr<VolumeLifecycle> lifecycle_;
 };
 
 TEST_F(VolumeLifecycleTest, CreateCommitsQosAndFrontendRecordsWithTheVolume) {

@@ -422,10 +422,6 @@ void ExpectServedOnceOpen(Harness& h, const std::string& volume, const std::stri
   ExpectContent(*client, oracle, who);
 }
 
-// A drain of the node that serves a volume: its target places a replica elsewhere, rebuilds it,
-// then drops its own replica and serves on from the others (its volume becomes a target-only
-// anchor and its pool gets the space back), with a client writing all along and no client error.
-// Restarted (kill -9), the node serves the volume as a target without a replica.
 // A detached volume attached on node-c to replace a replica gets an NBD client there meanwhile:
 // the detach after the replacement is refused while the client is connected, and retried by the
 // repair thread until it succeeds once the client left (it used to stay attached for good, and
@@ -493,6 +489,10 @@ TEST_F(ReplicationReplaceE2eTest, AVolumeAttachedForARepairIsDetachedOnceItsClie
   ExpectContent(*on_a, oracle, "wv through node-a");
 }
 
+// A drain of the node that serves a volume: its target places a replica elsewhere, rebuilds it,
+// then drops its own replica and serves on from the others (its volume becomes a target-only
+// anchor and its pool gets the space back), with a client writing all along and no client error.
+// Restarted (kill -9), the node serves the volume as a target without a replica.
 TEST_F(ReplicationReplaceE2eTest, DrainOfTheServingNodeMovesItsReplicaWhileItServesOn) {
   Harness a, b, c;
   ASSERT_TRUE(StartThree(*etcd_, a, b, c, {}));
