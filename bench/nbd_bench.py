@@ -70,7 +70,7 @@ ALL_SERVERS = SERVERS + ["shaled-cached", "threaded", "shaled-tls", "qemu-nbd-tl
 TLS_SERVERS = ["shaled", "shaled-tls", "qemu-nbd-tls"]
 # qemu-nbd gets shaled's GnuTLS priorities (tls/credentials.cc) so both negotiate the same cipher:
 # GnuTLS's defaults pick ChaCha20-Poly1305 on some VMs with AES-NI.
-TLS_PRIORITY = ("NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"
+TLS_PRIORITY = ("NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"
                 "+CHACHA20-POLY1305:+AES-256-CCM:+AES-128-CCM:%SERVER_PRECEDENCE")
 
 
