@@ -98,14 +98,15 @@ Result<std::vector<snapshot::SnapshotInfo>> ReplicatedVolumes::ListCopies(
 }
 
 Result<std::string> ReplicatedVolumes::DetachWhenIdle(const std::string& name,
-                                                      std::chrono::milliseconds timeout) {
+                                                      std::chrono::milliseconds timeout,
+                                                      DetachFor by) {
   // Busy for a moment while the target's first resync (or a client's close) still holds it.
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  Result<std::string> detached = Detach(name);
+  Result<std::string> detached = Detach(name, by);
   while (!detached.ok() && detached.status().code() == StatusCode::kBusy &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    detached = Detach(name);
+    detached = Detach(name, by);
   }
   return detached;
 }
@@ -141,14 +142,8 @@ Status ReplicatedVolumes::AttachForItself(const std::string& volume) {
 }
 
 void ReplicatedVolumes::DetachItself(const std::string& volume, const std::string& why) {
-  // Busy for a moment while the target's first resync still holds it.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  Result<std::string> detached = Detach(volume, DetachFor::kItself);
-  while (!detached.ok() && detached.status().code() == StatusCode::kBusy &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    detached = Detach(volume, DetachFor::kItself);
-  }
+  Result<std::string> detached =
+      DetachWhenIdle(volume, std::chrono::seconds(10), DetachFor::kItself);
   if (!detached.ok()) DetachLater(volume, why, detached.status());
 }
 

@@ -253,7 +253,8 @@ class ReplicatedVolumes final : public Frontend, public SnapshotReplication {
   Result<std::string> Detach(const std::string& name, DetachFor by = DetachFor::kPeople);
   // Detach, retried while it is Busy (a resync or a client's close still holds the target) for
   // at most `timeout`.
-  Result<std::string> DetachWhenIdle(const std::string& name, std::chrono::milliseconds timeout);
+  Result<std::string> DetachWhenIdle(const std::string& name, std::chrono::milliseconds timeout,
+                                     DetachFor by = DetachFor::kPeople);
   // Attaches `volume` here for this node's own ends (recorded in caretaking_).
   Status AttachForItself(const std::string& volume);
   // Detaches `volume`, attached by AttachForItself (`why`, for the log), retried for 10 s while

@@ -51,18 +51,13 @@ void RingFrames::MaybeGoDirect(const FrameHeader& h) {
 
 Result<std::optional<RingFrames::Parsed>> RingFrames::FinishDirect() {
   if (data_got_ < data_length_) return std::optional<Parsed>();
-  const std::span<const uint8_t> data(dst_, data_length_);
-  if (FrameChecksum(header_bytes_, {prefix_, data}) != header_.checksum) {
-    return Status::Corruption("replica protocol: checksum mismatch in a " +
-                              std::string(MsgTypeName(header_.msg())) + " frame");
-  }
+  // (On a mismatch the frame stays in progress: Abandon() hands the buffer back.)
+  SHALE_ASSIGN_OR_RETURN(FrameReader::Frame f, DirectFrame(header_bytes_, header_, prefix_,
+                                                           std::span<uint8_t>(dst_, data_length_)));
   in_direct_ = false;
-  Parsed p;
-  p.frame.header = header_;
-  p.frame.payload = prefix_;
-  p.frame.data = std::span<uint8_t>(dst_, data_length_);
-  p.frame.direct = true;
   dst_ = nullptr;
+  Parsed p;
+  p.frame = f;
   return std::optional<Parsed>(p);
 }
 

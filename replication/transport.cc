@@ -440,16 +440,23 @@ Result<FrameReader::Frame> FrameReader::FinishDirect(Deadline deadline) {
     data_got_ += *n;
   }
   in_direct_ = false;
-  const std::span<const uint8_t> data(dst, data_length_);
-  if (FrameChecksum(header_bytes_, {prefix_, data}) != header_.checksum) {
+  SHALE_ASSIGN_OR_RETURN(
+      Frame f, DirectFrame(header_bytes_, header_, prefix_, std::span<uint8_t>(dst, data_length_)));
+  if (dst_ == nullptr) f.data = {};  // discarded
+  return f;
+}
+
+Result<FrameReader::Frame> DirectFrame(const HeaderBytes& header_bytes, const FrameHeader& header,
+                                       std::span<const uint8_t> prefix, std::span<uint8_t> data) {
+  if (FrameChecksum(header_bytes, {prefix, data}) != header.checksum) {
     return Status::Corruption("replica protocol: checksum mismatch in a " +
-                              std::string(MsgTypeName(header_.msg())) + " frame");
+                              std::string(MsgTypeName(header.msg())) + " frame");
   }
-  Frame f;
-  f.header = header_;
-  f.payload = prefix_;
+  FrameReader::Frame f;
+  f.header = header;
+  f.payload = prefix;
+  f.data = data;
   f.direct = true;
-  if (dst_ != nullptr) f.data = std::span<uint8_t>(dst_, data_length_);
   return f;
 }
 

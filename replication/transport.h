@@ -166,6 +166,11 @@ class FrameReader {
 // Which way frames travel on a link, seen from the dialing side (the replica client).
 enum class Direction : uint8_t { kToServer = 1, kToClient = 2, kBoth = 3 };
 
+// A large data frame received in place (FrameReader, RingFrames): the frame, its checksum over
+// the header (as received), the prefix and the data verified; Corruption on a mismatch.
+Result<FrameReader::Frame> DirectFrame(const HeaderBytes& header_bytes, const FrameHeader& header,
+                                       std::span<const uint8_t> prefix, std::span<uint8_t> data);
+
 // Wraps a transport and applies faults to the links dialed to an address. Faults act on whole
 // frames (the stream stays framed, so a dropped request is simply never seen) and are applied at
 // the dialing end for both directions (every replica link has exactly one dialer); Listen is

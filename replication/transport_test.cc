@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <thread>
 
 #include "replication/ring_frames.h"
@@ -167,11 +168,10 @@ TEST(ReplicaTransport, FrameReaderFramesInPiecesAndLargeDataInPlace) {
 
 // The ring receivers' parser: frames fed in odd pieces come out whole and in order (a 1 MiB one
 // grows the buffer), a frame not all here is reported as partial, a bad checksum is refused.
-TEST(ReplicaTransport, RingFramesInPiecesAndBadChecksums) {
-  const std::string stream =
-      FlushFrame(1) + WriteFrame(2, 4096, 'a') + WriteFrame(3, 1 << 20, 'b') + FlushFrame(4);
-  RingFrames frames;
-  std::vector<uint64_t> ids;
+// Feeds `stream` to `frames` in pieces of varying sizes (as receives complete) and calls
+// `on_frame` with each whole frame; a parse error fails the test.
+void FeedInPieces(RingFrames& frames, const std::string& stream,
+                  const std::function<void(const RingFrames::Parsed&)>& on_frame) {
   for (size_t at = 0; at < stream.size();) {
     std::span<uint8_t> space = frames.Space();
     ASSERT_FALSE(space.empty());
@@ -183,15 +183,25 @@ TEST(ReplicaTransport, RingFramesInPiecesAndBadChecksums) {
       auto next = frames.Next();
       ASSERT_TRUE(next.ok()) << next.status();
       if (!next->has_value()) break;
-      const FrameReader::Frame& f = (*next)->frame;
-      ids.push_back(f.header.request_id);
-      EXPECT_EQ((*next)->bytes.size(), kFrameHeaderSize + f.header.payload_length);
-      if (f.header.request_id == 3) {
-        EXPECT_EQ(f.payload.size(), 16u + (1 << 20));
-        EXPECT_EQ(f.payload[16 + 12345], 'b');
-      }
+      on_frame(**next);
     }
   }
+}
+
+TEST(ReplicaTransport, RingFramesInPiecesAndBadChecksums) {
+  const std::string stream =
+      FlushFrame(1) + WriteFrame(2, 4096, 'a') + WriteFrame(3, 1 << 20, 'b') + FlushFrame(4);
+  RingFrames frames;
+  std::vector<uint64_t> ids;
+  FeedInPieces(frames, stream, [&](const RingFrames::Parsed& p) {
+    const FrameReader::Frame& f = p.frame;
+    ids.push_back(f.header.request_id);
+    EXPECT_EQ(p.bytes.size(), kFrameHeaderSize + f.header.payload_length);
+    if (f.header.request_id == 3) {
+      EXPECT_EQ(f.payload.size(), 16u + (1 << 20));
+      EXPECT_EQ(f.payload[16 + 12345], 'b');
+    }
+  });
   EXPECT_EQ(ids, (std::vector<uint64_t>{1, 2, 3, 4}));
   EXPECT_FALSE(frames.partial());
   (void)frames.Space();
@@ -244,28 +254,17 @@ TEST(ReplicaTransport, RingFramesReceiveLargeDataInPlace) {
   const std::string stream = WriteFrame(2, 4096, 'a') + WriteFrame(3, 1 << 20, 'b') +
                              WriteFrame(4, 1 << 20, 'c') + FlushFrame(5);
   std::vector<uint64_t> ids, direct;
-  for (size_t at = 0; at < stream.size();) {
-    std::span<uint8_t> space = frames.Space();
-    ASSERT_FALSE(space.empty());
-    const size_t n = std::min({stream.size() - at, space.size(), 1 + (at * 7919) % 70000});
-    std::memcpy(space.data(), stream.data() + at, n);
-    frames.Received(n);
-    at += n;
-    while (true) {
-      auto next = frames.Next();
-      ASSERT_TRUE(next.ok()) << next.status();
-      if (!next->has_value()) break;
-      const FrameReader::Frame& f = (*next)->frame;
-      ids.push_back(f.header.request_id);
-      if (!f.direct) continue;
-      direct.push_back(f.header.request_id);
-      EXPECT_EQ(f.payload.size(), 16u);
-      ASSERT_EQ(f.data.size(), size_t{1} << 20);
-      EXPECT_EQ(f.data.data(), given.back().data()) << "the sink's buffer";
-      EXPECT_EQ(std::count(f.data.begin(), f.data.end(), 'b'), 1 << 20);
-      EXPECT_TRUE((*next)->bytes.empty());
-    }
-  }
+  FeedInPieces(frames, stream, [&](const RingFrames::Parsed& p) {
+    const FrameReader::Frame& f = p.frame;
+    ids.push_back(f.header.request_id);
+    if (!f.direct) return;
+    direct.push_back(f.header.request_id);
+    EXPECT_EQ(f.payload.size(), 16u);
+    ASSERT_EQ(f.data.size(), size_t{1} << 20);
+    EXPECT_EQ(f.data.data(), given.back().data()) << "the sink's buffer";
+    EXPECT_EQ(std::count(f.data.begin(), f.data.end(), 'b'), 1 << 20);
+    EXPECT_TRUE(p.bytes.empty());
+  });
   EXPECT_EQ(ids, (std::vector<uint64_t>{2, 3, 4, 5}));
   EXPECT_EQ(direct, (std::vector<uint64_t>{3}));
   EXPECT_FALSE(frames.partial());
