@@ -18,6 +18,7 @@
 #include "engine/common/log.h"
 #include "engine/io/block_device.h"
 #include "engine/io/reactor.h"
+#include "engine/io/receive_low_water.h"
 #include "nbd/connection_parts.h"
 #include "nbd/handshake.h"
 #include "nbd/protocol.h"
@@ -411,13 +412,15 @@ class ConnectionImpl final : public Connection {
     SHALE_CHECK(rend_ < kRecvBufferSize, "receive buffer full without a complete unit");
     recv_direct_ = false;
     if (tls_ != nullptr && tls_->ready) return PostTlsRecv();
+    low_water_.Reset(fd_);
     io_uring_sqe* sqe = reactor_->PrepareSqe(&recv_handler_);
     io_uring_prep_recv(sqe, fd_, rbuf_.get() + rend_, kRecvBufferSize - rend_, 0);
     recv_in_flight_ = true;
     recv_direct_ = false;
   }
 
-  // Receives the rest of a write payload straight into the request's buffer.
+  // Receives the rest of a write payload straight into the request's buffer, completing once it
+  // is all there (or with what was there already), not at each segment: docs/nbd.md, "Receive".
   void PostDirectRecv() {
     SHALE_CHECK(!recv_in_flight_ && rpos_ == rend_, "direct receive with data pending");
     rpos_ = rend_ = 0;
@@ -426,9 +429,9 @@ class ConnectionImpl final : public Connection {
       return PostTlsRecv();
     }
     Request* r = payload_req_;
+    const uint64_t rest = r->h.length - payload_got_;
     io_uring_sqe* sqe = reactor_->PrepareSqe(&recv_handler_);
-    io_uring_prep_recv(sqe, fd_, r->buf.get() + payload_got_, r->h.length - payload_got_,
-                       MSG_WAITALL);
+    io_uring_prep_recv(sqe, fd_, r->buf.get() + payload_got_, rest, low_water_.ForRest(fd_, rest));
     sqe->flags |= IOSQE_ASYNC;  // a large copy: off the reactor thread, like large sends
     recv_in_flight_ = true;
     recv_direct_ = true;
@@ -716,6 +719,9 @@ class ConnectionImpl final : public Connection {
   // Receives ciphertext into the session's input buffer.
   void PostCipherRecv() {
     const std::span<uint8_t> space = tls_->session().InputSpace();
+    // A write's payload: wait for the rest of its records (up to the room), not each segment.
+    const uint64_t left = recv_direct_ ? payload_req_->h.length - payload_got_ : 0;
+    low_water_.Set(fd_, std::min(tls_->session().CiphertextStillToCome(left), space.size()));
     io_uring_sqe* sqe = reactor_->PrepareSqe(&recv_handler_);
     io_uring_prep_recv(sqe, fd_, space.data(), space.size(), 0);
     recv_in_flight_ = true;
@@ -844,10 +850,10 @@ class ConnectionImpl final : public Connection {
   // Receive buffer: [rpos_, rend_) holds bytes not yet consumed.
   AlignedBuffer rbuf_;
   size_t rpos_ = 0, rend_ = 0;
-  bool recv_in_flight_ = false;
-  bool recv_direct_ = false;
-  bool read_closed_ = false;  // no more requests will be read
-  bool send_failed_ = false;  // nothing more can be sent
+  bool recv_in_flight_ = false, recv_direct_ = false;
+  ReceiveLowWater low_water_;  // the rest of a large write's payload while it arrives, else 1
+  bool read_closed_ = false;   // no more requests will be read
+  bool send_failed_ = false;   // nothing more can be sent
   bool finish_scheduled_ = false;
 
   // Handshake.
@@ -855,8 +861,7 @@ class ConnectionImpl final : public Connection {
   std::string hs_out_;
   size_t hs_sent_ = 0;
   uint64_t timer_ = 0;
-  bool lookup_pending_ = false;
-  bool moving_ = false;
+  bool lookup_pending_ = false, moving_ = false;
 
   // Transmission.
   std::unique_ptr<Export> export_;
@@ -864,8 +869,7 @@ class ConnectionImpl final : public Connection {
   bool structured_ = false;
   RecvState recv_state_ = RecvState::kHeader;
   Request* payload_req_ = nullptr;  // the write whose payload is being received
-  uint64_t payload_got_ = 0;
-  uint64_t skip_left_ = 0;
+  uint64_t payload_got_ = 0, skip_left_ = 0;
   uint32_t in_flight_ = 0;        // requests received and not yet fully replied to
   uint64_t in_flight_bytes_ = 0;  // their data buffers
   uint32_t volume_ios_ = 0;       // submitted to the export, not yet done
@@ -876,8 +880,7 @@ class ConnectionImpl final : public Connection {
   // Replies in order; the first head_sent_ bytes of the front one are already sent.
   std::deque<Request*> replies_;
   size_t head_sent_ = 0;
-  bool send_in_flight_ = false;
-  bool flush_scheduled_ = false;
+  bool send_in_flight_ = false, flush_scheduled_ = false;
   iovec iov_[kMaxIov];
   msghdr msg_{};
 

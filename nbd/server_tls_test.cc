@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "engine/engine.h"
+#include "engine/io/socket_testing.h"
 #include "nbd/server.h"
 #include "nbd/wire_testing.h"
 #include "tls/fd_stream.h"
@@ -295,6 +296,27 @@ TEST_F(NbdServerTlsTest, PskClientReadsAndWritesThroughTls) {
     std::string back;
     ASSERT_EQ(c->Request(kCmdRead, 16 * kMiB, len, "", &back), 0) << len;
     EXPECT_TRUE(back == big) << len;
+  }
+  // A large write whose records arrive in pieces that split records (the server waits for the
+  // rest of the payload with SO_RCVLOWAT, less what it and GnuTLS hold) is received whole.
+  for (const size_t piece : {size_t{50000}, size_t{300000}}) {
+    const std::string big = Pattern(1 << 20, piece);
+    const std::string msg = Req(kCmdWrite, 5, 40 * kMiB, 1 << 20) + big;
+    tls::Session& session = c->stream()->session();
+    ASSERT_TRUE(session.Write({reinterpret_cast<const uint8_t*>(msg.data()), msg.size()}).ok());
+    const std::span<const uint8_t> records = session.output();
+    const std::string wire(reinterpret_cast<const char*>(records.data()), records.size());
+    session.OutputSent(records.size());
+    for (size_t at = 0; at < wire.size(); at += piece) {
+      ASSERT_TRUE(wire_testing::SendAll(c->fd(), wire.substr(at, piece)));
+      ASSERT_TRUE(testutil::WaitDelivered(c->fd())) << piece;
+    }
+    auto r = c->Read(kSimpleReplySize);
+    ASSERT_TRUE(r.has_value()) << "no reply to a write sent in pieces of " << piece;
+    EXPECT_EQ(GetU32s(*r, 4), 0u);
+    std::string back;
+    ASSERT_EQ(c->Request(kCmdRead, 40 * kMiB, 1 << 20, "", &back), 0);
+    EXPECT_TRUE(back == big) << piece;
   }
   EXPECT_EQ(c->Request(kCmdFlush, 0, 0), 0);
   // NBD_CMD_DISC: the server ends the TLS session with close_notify, then closes.

@@ -24,6 +24,7 @@
 
 #include <cstring>
 
+#include "engine/io/receive_low_water.h"
 #include "replication/replica_server_conn.h"
 #include "replication/ring_frames.h"
 
@@ -79,6 +80,7 @@ class ReplicaServer::Conn::RingReceiver final : public CompletionHandler,
  private:
   void Arm() {
     const std::span<uint8_t> space = frames_.Space();
+    low_water_.Set(fd_, frames_.in_direct() ? space.size() : 1);
     io_uring_sqe* sqe = c_->reactor->PrepareSqe(this);
     io_uring_prep_recv(sqe, fd_, space.data(), space.size(), 0);
     armed_ = true;
@@ -170,6 +172,7 @@ class ReplicaServer::Conn::RingReceiver final : public CompletionHandler,
   bool paused_ = false;  // waiting for the receiver thread or for room
   bool armed_ = false;   // a receive is in flight
   bool ended_ = false;
+  ReceiveLowWater low_water_;           // the rest of a large WRITE's data, else 1
   bool stopped_ = false;                // Stop(): end at the next chance
   std::shared_ptr<RingReceiver> self_;  // set while a receive is in flight
 };

@@ -21,6 +21,7 @@
 
 #include "engine/engine.h"
 #include "engine/io/reactor.h"
+#include "engine/io/socket_testing.h"
 #include "engine/volume/volume_io.h"
 #include "replication/replica_admin.h"
 #include "replication/replica_client.h"
@@ -734,8 +735,9 @@ TEST_F(ReplicaServiceTest, ALargeWriteArrivingInPiecesIsReceivedInPlaceAndChecke
     body.append(1 * kMiB, fill);
     return EncodeFrame(WriteHeader(id), body);
   };
-  // Pieces: the header alone, then the prefix and some data, then the rest in two sends (the
-  // receive completes in between whatever it got).
+  // Pieces: the header alone, then the prefix and some data, then the rest in two sends, each
+  // delivered before the next (the receive completes in between with whatever it got, and then
+  // waits for the rest of the data: SO_RCVLOWAT).
   auto SendInPieces = [&](Connection* c, const std::string& frame) {
     for (auto [at, len] : {std::pair<size_t, size_t>{0, kFrameHeaderSize},
                            {kFrameHeaderSize, 40000},
@@ -743,7 +745,7 @@ TEST_F(ReplicaServiceTest, ALargeWriteArrivingInPiecesIsReceivedInPlaceAndChecke
                            {kFrameHeaderSize + 340000, std::string::npos}}) {
       if (at >= frame.size()) break;
       if (!Send(c, std::string_view(frame).substr(at, len)).ok()) return false;
-      std::this_thread::sleep_for(2ms);
+      if (!testutil::WaitDelivered(c->native_fd())) return false;
     }
     return true;
   };

@@ -47,6 +47,8 @@ class RingFrames {
   Result<std::optional<Parsed>> Next();
   // Bytes of a frame that has not all arrived: the stream must not end here.
   bool partial() const { return in_direct_ || end_ != begin_; }
+  // Receiving a large frame's data in place: Space() is exactly the rest of that data.
+  bool in_direct() const { return in_direct_; }
   size_t buffer_bytes() const { return buf_.size(); }
   // The sink's buffer of a direct frame that will not be finished (the stream ended, or its
   // checksum failed), with its size, for the caller to release; {nullptr, 0} if none.

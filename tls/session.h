@@ -60,6 +60,18 @@ class Session {
   // Writable space at the end of the input buffer (at least 1 byte; the buffer is compacted).
   std::span<uint8_t> InputSpace();
   void InputReceived(size_t n);
+  // Ciphertext received and not yet pulled by GnuTLS (which may hold up to one more record).
+  size_t InputBuffered() const { return in_end_ - in_pos_; }
+  // The most ciphertext GnuTLS holds of a record it has not finished (TLS 1.3: 2^14 bytes of
+  // plaintext, 256 of expansion, a 5-byte header).
+  static constexpr size_t kMaxRecordBytes = 16384 + 256 + 5;
+  // At least this much ciphertext must still arrive before `plaintext` more bytes of application
+  // data can be read (records are never smaller than their plaintext), given what is buffered
+  // here and what GnuTLS may hold; 0 when they may all be here.
+  size_t CiphertextStillToCome(uint64_t plaintext) const {
+    const uint64_t held = InputBuffered() + kMaxRecordBytes;
+    return plaintext > held ? static_cast<size_t>(plaintext - held) : 0;
+  }
   void AppendInput(std::span<const uint8_t> bytes);
   // The peer closed its side: Read() reports the end of the stream once input is used up.
   void InputClosed() { input_closed_ = true; }
