@@ -12,9 +12,12 @@
 #include <sys/resource.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <future>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -185,9 +188,11 @@ class ReplicaServiceTest : public ::testing::Test {
   }
   // One op per size, the i-th at offset i * stride, all submitted in one reactor turn, waited
   // for and expected to succeed; WRITEs carry Pattern(size, seed + i).
+  // `sent` (optional) runs once the batch is submitted, before the wait.
   std::vector<std::unique_ptr<Op>> RunBatch(ReplicaClient* c, ReplicaOp op,
                                             const std::vector<uint64_t>& sizes, uint64_t stride,
-                                            uint64_t seed) {
+                                            uint64_t seed,
+                                            const std::function<void()>& sent = nullptr) {
     std::vector<std::unique_ptr<Op>> ops;
     for (size_t i = 0; i < sizes.size(); ++i) {
       ops.push_back(std::make_unique<Op>(op, i * stride, sizes[i]));
@@ -197,6 +202,7 @@ class ReplicaServiceTest : public ::testing::Test {
     reactor_->Post([&] {
       for (auto& x : ops) c->Submit(&x->r);
     });
+    if (sent) sent();
     for (auto& x : ops) {
       EXPECT_TRUE(x->Wait());
       EXPECT_EQ(x->r.outcome, ReplicaOutcome::kOk) << x->r.status;
@@ -425,7 +431,35 @@ TEST_F(ReplicaServiceTest, TheReactorsSendThemselvesAndTheSenderThreadsFinishThe
   std::unique_ptr<ReplicaClient> c = std::move(connected).value();
   constexpr uint64_t kLen = kMaxIoBytes;  // 8 MiB
   const std::vector<uint64_t> sizes(6, kLen);
-  (void)RunBatch(c.get(), ReplicaOp::kWrite, sizes, kLen, 900);
+  // The replica's reactors are held while the writes go out, so that the socket takes no more
+  // than its buffers hold (a replica reading as fast as the batch is written, on a busy machine,
+  // could take it all) and the sender thread must finish the batch.
+  std::mutex mu;
+  std::condition_variable cv;
+  int held = 0;
+  bool release = false;
+  for (const auto& r : engine_->reactors()) {
+    r->Post([&] {
+      std::unique_lock lock(mu);
+      ++held;
+      cv.notify_all();
+      cv.wait(lock, [&] { return release; });
+    });
+  }
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 20s,
+                            [&] { return held == static_cast<int>(engine_->reactors().size()); }));
+  }
+  (void)RunBatch(c.get(), ReplicaOp::kWrite, sizes, kLen, 900, [&] {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (c->stats().tails == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(5ms);
+    }
+    std::lock_guard lock(mu);
+    release = true;
+    cv.notify_all();
+  });
   const std::vector<std::unique_ptr<Op>> reads =
       RunBatch(c.get(), ReplicaOp::kRead, sizes, kLen, 900);
   for (size_t i = 0; i < sizes.size(); ++i) {
