@@ -58,7 +58,10 @@ std::vector<ops::ReplicaSample> ReplicatedVolumes::Metrics() {
     });
     std::lock_guard lock(t->mu);
     for (const replication::ReplicaStatus& s : live) {
-      ops::ReplicaSample r{.volume = t->name, .replica = s.node, .state = "faulted"};
+      ops::ReplicaSample r{.volume = t->name,
+                           .replica = s.node,
+                           .state = "faulted",
+                           .write_latency = s.write_latency};
       if (s.state == MemberState::kInSync) r.state = "healthy";
       if (s.state == MemberState::kRebuilding || s.state == MemberState::kJoining) {
         r.state = "rebuilding";

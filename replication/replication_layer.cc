@@ -52,6 +52,7 @@ struct ReplicationLayer::Fanout {
   std::vector<bool> read_tried;  // by slot
   std::set<uint64_t> flushing;   // a flush: the regions written before it (unflushed_ then)
   uint64_t log_token = 0;        // a flush: ActivityLog::FlushStarted's token
+  std::chrono::steady_clock::time_point sent;  // a write: when its children were submitted
 };
 
 ReplicationLayer::ReplicationLayer(Reactor* reactor, std::string volume, uint64_t size_bytes,
@@ -238,6 +239,7 @@ void ReplicationLayer::DispatchWrite(VolumeIo* io) {
   if (flush) f->flushing.swap(unflushed_);  // what this flush makes durable, if it succeeds
   writes_in_flight_.insert(f);
   if (activity_ != nullptr) LogStarted(f);
+  f->sent = std::chrono::steady_clock::now();
   for (ChildIo& c : f->children) slots_[c.slot].target->Submit(&c);
 }
 
@@ -264,7 +266,11 @@ void ReplicationLayer::FinishChild(Fanout* f, ChildIo* child) {
     }
     return Complete(f, fenced_ ? fence_status_ : Status::Ok());
   }
-  if (!child->io.status.ok()) {
+  if (child->io.status.ok() && child->io.op == VolumeOp::kWrite) {
+    const auto took = std::chrono::steady_clock::now() - f->sent;
+    slots_[child->slot].write_latency->Record(
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(took).count()));
+  } else if (!child->io.status.ok()) {
     if (child->fenced) {
       Fence(child->io.status);
     } else {
@@ -621,6 +627,7 @@ std::vector<ReplicaStatus> ReplicationLayer::Replicas() const {
     r.local = s.target->local();
     r.errors = s.errors;
     r.last_error = s.last_error;
+    r.write_latency = s.write_latency->Take();
     out.push_back(std::move(r));
   }
   for (const Fanout* f : writes_in_flight_) {

@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/common/latency_histogram.h"
 #include "engine/common/result.h"
 #include "engine/volume/volume_io.h"
 #include "replication/replica_target.h"
@@ -77,6 +78,9 @@ struct ReplicaStatus {
   uint64_t writes_in_flight = 0;
   uint64_t errors = 0;
   std::string last_error;
+  // Its successful data writes (a remote one per piece of at most kMaxIoBytes): from the fan-out
+  // to this replica's done, since the layer was made.
+  LatencyHistogram::Snapshot write_latency;
 };
 
 class ReplicationLayer final : public VolumeLayer {
@@ -174,6 +178,7 @@ class ReplicationLayer final : public VolumeLayer {
     std::chrono::steady_clock::time_point leaving_since;
     bool membership_call_running = false;
     bool removed = false;  // RemoveReplica: kept (indexes stay valid), state out, never found
+    std::shared_ptr<LatencyHistogram> write_latency = std::make_shared<LatencyHistogram>();
   };
 
   static void OnChildDone(ChildIo* child);

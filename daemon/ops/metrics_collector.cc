@@ -101,6 +101,9 @@ constexpr FamilySpec kFamilies[] = {
      "Bytes of the regions rebuilt on a replica (compared, copied where they differed)."},
     {"shale_replica_rebuild_sent_bytes_total", MetricType::kCounter,
      "Bytes sent to a rebuilding replica because they differed."},
+    {"shale_replica_write_latency_seconds", MetricType::kHistogram,
+     "Latency of the volume's data writes on a replica, from the target's fan-out to the "
+     "replica's done (a remote replica: the round trip); on the volume's target."},
     {"shale_nbd_connections", MetricType::kGauge, "Open NBD client connections."},
     {"shale_metrics_scrape_duration_seconds", MetricType::kGauge,
      "Time the previous scrape took to collect."},
@@ -393,6 +396,8 @@ void DaemonMetrics::ScrapeReplicas(TextExposition& out, const MetricLabels& node
   for (const ReplicaSample& r : replicas) {
     out.Sample(labels(r), static_cast<double>(r.rebuild_sent_bytes));
   }
+  Begin(out, "shale_replica_write_latency_seconds");
+  for (const ReplicaSample& r : replicas) Latency(out, labels(r), r.write_latency);
 }
 
 std::string UsageLabelName(std::string_view key) {

@@ -27,6 +27,7 @@
 
 #include "daemon/ops/exposition.h"
 #include "daemon/ops/usage.h"
+#include "engine/common/latency_histogram.h"
 #include "engine/engine.h"
 
 namespace shale::daemon {
@@ -44,6 +45,8 @@ struct ReplicaSample {
   // where they differed), and the bytes sent because they differed.
   uint64_t rebuild_bytes = 0;
   uint64_t rebuild_sent_bytes = 0;
+  // Its successful data writes, from the target's fan-out to the replica's done.
+  LatencyHistogram::Snapshot write_latency;
 };
 
 // The states shale_replica_state has a series for (1 for the replica's, 0 for the others).

@@ -58,14 +58,25 @@ std::string MetricState(Harness& h, const std::string& volume, const std::string
   return state;
 }
 
-// shale_replica_rebuild_bytes_total (or with `sent`, _sent_bytes_total) of a replica on `h`.
-double MetricRebuildBytes(Harness& h, const std::string& volume, const std::string& replica,
-                          bool sent) {
-  const std::string series =
-      sent ? "shale_replica_rebuild_sent_bytes_total" : "shale_replica_rebuild_bytes_total";
+// The sample of `series` for a replica of `volume` on `h`'s /metrics (-1 when absent).
+double MetricOfReplica(Harness& h, const std::string& series, const std::string& volume,
+                       const std::string& replica) {
   return Sample(HttpGet(h.MetricsAddress(), "/metrics"), series,
                 "volume=\"" + volume + "\",replica=\"" + replica + "\"")
       .value_or(-1);
+}
+
+// shale_replica_rebuild_bytes_total (or with `sent`, _sent_bytes_total) of a replica on `h`.
+double MetricRebuildBytes(Harness& h, const std::string& volume, const std::string& replica,
+                          bool sent) {
+  return MetricOfReplica(
+      h, sent ? "shale_replica_rebuild_sent_bytes_total" : "shale_replica_rebuild_bytes_total",
+      volume, replica);
+}
+
+// How many of a replica's data writes shale_replica_write_latency_seconds counted on `h`.
+double MetricWritesTimed(Harness& h, const std::string& volume, const std::string& replica) {
+  return MetricOfReplica(h, "shale_replica_write_latency_seconds_count", volume, replica);
 }
 
 TEST_F(ReplicationE2eTest, CreateRefusesWhatCannotBePlaced) {
@@ -182,6 +193,12 @@ TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
   ASSERT_EQ(nbd->Go("rv"), std::optional<uint64_t>(kVolBytes));
   ASSERT_TRUE(WriteRange(*nbd, oracle, 0, 32ull << 20));
   ASSERT_EQ(nbd->Request(NbdRawClient::kCmdFlush, 0, 0), 0);
+  // The target times every replica's data writes (a remote replica's: the round trip).
+  std::map<std::string, double> timed;
+  for (const char* node : {"node-a", "node-b", "node-c"}) {
+    timed[node] = MetricWritesTimed(a, "rv", node);
+    EXPECT_GT(timed[node], 0) << node;
+  }
 
   // kill -9 of a replica daemon; writes go on without a client error.
   c.KillDaemon();
@@ -198,6 +215,8 @@ TEST_F(ReplicationE2eTest, KilledReplicaIsRebuiltIncrementallyWhileWritesGoOn) {
   EXPECT_EQ(replicas["node-c"]["generation"], 1) << list;
   EXPECT_EQ(MetricState(a, "rv", "node-c"), "faulted");
   EXPECT_EQ(MetricState(a, "rv", "node-b"), "healthy");
+  EXPECT_GT(MetricWritesTimed(a, "rv", "node-b"), timed["node-b"]) << "the writes went on";
+  EXPECT_EQ(MetricWritesTimed(a, "rv", "node-c"), timed["node-c"]) << "none reached node-c";
 
   // The replica's daemon returns: the target reconnects and rebuilds what changed.
   ASSERT_TRUE(c.StartDaemon(NodeFlags(c, *etcd_, "node-c")));
