@@ -8,7 +8,10 @@ loopback. On node-a (the target of every volume): v1 (1 replica), v2 (2 replicas
   1. Write path: fio (--ioengine=nbd over node-a's NBD UNIX socket) runs 4 KiB random writes at
      QD 32 and 1 MiB sequential writes at QD 8 on v1, v2, v3 in turn, --reps times; IOPS, p99 and
      the median of the per-repetition ratios v2/v1 and v3/v1. The CPU each process used during
-     the runs (shaled a, b, c and fio, from /proc/PID/stat) says which ran out first.
+     the runs (shaled a, b, c from /proc/PID/stat; fio's job from its own report) says which ran
+     out first, and the mean latency of each replica's writes (node-a's
+     shale_replica_write_latency_seconds: the local engine write, a remote round trip) which
+     replica the writes waited for.
   2. Rebuild vs nbdcopy: node-b is killed (-9), all of v2 is rewritten with fresh data while it
      is out, node-b is restarted and node-a rebuilds its replica (every 4 KiB block differs). Its
      throughput (bytes rebuilt / time from the first progress seen to the rebuild's end, polled
@@ -39,6 +42,7 @@ model, not a deployment: the real figure lies between it and the shared-disk one
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -106,12 +110,14 @@ class Cluster:
         self.start_etcd()
         pool = args.size * 5 + (1 << 30)
         self.roots = {}  # node -> the directory holding its data directory
+        self.metrics = f"127.0.0.1:{free_port()}"  # node-a's, the target's
         for node in NODES:
             root = args.shm if args.shm is not None and node != "node-a" else work
             self.roots[node] = root
             self.flags[node] = [
                 "--data-dir", f"{root}/{node}", "--default-pool-size", str(pool),
-                "--metrics-listen", "none", "--log-file", f"{work}/{node}.log",
+                "--metrics-listen", self.metrics if node == "node-a" else "none",
+                "--log-file", f"{work}/{node}.log",
                 "--cluster-store", f"etcd://127.0.0.1:{self.etcd_port}", "--node-name", node,
                 "--cluster-secret-file", secret, "--node-lease-seconds", "3",
                 "--replica-listen", "127.0.0.1:0"]
@@ -210,6 +216,38 @@ def fio_with_cpu(cluster, args, volume, node="node-a"):
     return result, cpu, wall
 
 
+def replica_write_latency(cluster, volume):
+    """{replica node: (writes, seconds)} of shale_replica_write_latency_seconds for `volume` on
+    node-a (its target): each replica's data writes from the fan-out to its done."""
+    with urllib.request.urlopen(f"http://{cluster.metrics}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'shale_replica_write_latency_seconds_(count|sum)\{([^}]*)\} (\S+)$', line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        if labels.get("volume") != volume:
+            continue
+        count, total = out.get(labels["replica"], (0.0, 0.0))
+        if m.group(1) == "count":
+            count = float(m.group(3))
+        else:
+            total = float(m.group(3))
+        out[labels["replica"]] = (count, total)
+    return out
+
+
+def mean_latency_ms(before, after):
+    """{replica: mean ms of its writes between the two samples of replica_write_latency}."""
+    out = {}
+    for node, (count, total) in after.items():
+        c0, t0 = before.get(node, (0.0, 0.0))
+        if count > c0:
+            out[node] = round(1000 * (total - t0) / (count - c0), 2)
+    return out
+
+
 def rewrite(cluster, volume, size, seed):
     """Writes all of `volume` with fresh data (every 4 KiB block differs from before)."""
     fio(["--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}", "--refill_buffers",
@@ -258,14 +296,18 @@ def write_path(cluster, args, samples):
         for w, spec in WORKLOADS.items():
             line = []
             for volume in ("v1", "v2", "v3"):
+                timed = replica_write_latency(cluster, volume)
                 result, cpu, wall = fio_with_cpu(cluster, [
                     f"--rw={spec['rw']}", f"--bs={spec['bs']}", f"--iodepth={spec['iodepth']}",
                     f"--size={size}", "--time_based", f"--runtime={args.runtime}",
                     "--ramp_time=1", "--norandommap", "--randrepeat=0"], volume)
                 iops, p99 = fio_sample(result, spec["rw"])
                 busy = {n: round(100 * s / wall) for n, s in cpu.items()}
-                samples[w][volume].append({"iops": iops, "p99_us": p99, "cpu_percent": busy})
-                line.append(f"{volume} {iops:8.0f} IOPS p99 {p99:8.1f} us cpu% {busy}")
+                lat = mean_latency_ms(timed, replica_write_latency(cluster, volume))
+                samples[w][volume].append(
+                    {"iops": iops, "p99_us": p99, "cpu_percent": busy, "replica_write_ms": lat})
+                line.append(f"{volume} {iops:8.0f} IOPS p99 {p99:8.1f} us cpu% {busy} "
+                            f"replica write ms {lat}")
             print(f"# rep {rep + 1} {spec['label']:<18} | " + " | ".join(line), flush=True)
 
 
@@ -457,6 +499,14 @@ def print_write_path(args, samples):
             procs = samples[w][v][0]["cpu_percent"].keys()
             busy = {p: med([x["cpu_percent"][p] for x in samples[w][v]]) for p in procs}
             print(f"  {spec['label']:<18} {v}: " + ", ".join(f"{p} {c:.0f}" for p, c in busy.items()))
+    print("\nMean latency of each replica's writes on the target (ms, median; from the fan-out to "
+          "the replica's done: the local engine write, a remote replica's round trip):")
+    for w, spec in WORKLOADS.items():
+        for v in ("v1", "v2", "v3"):
+            nodes = sorted({n for x in samples[w][v] for n in x["replica_write_ms"]})
+            lat = {n: med([x["replica_write_ms"][n] for x in samples[w][v]
+                           if n in x["replica_write_ms"]]) for n in nodes}
+            print(f"  {spec['label']:<18} {v}: " + ", ".join(f"{n} {m:.2f}" for n, m in lat.items()))
 
 
 if __name__ == "__main__":
