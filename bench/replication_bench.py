@@ -506,7 +506,8 @@ def print_write_path(args, samples):
             nodes = sorted({n for x in samples[w][v] for n in x["replica_write_ms"]})
             lat = {n: med([x["replica_write_ms"][n] for x in samples[w][v]
                            if n in x["replica_write_ms"]]) for n in nodes}
-            print(f"  {spec['label']:<18} {v}: " + ", ".join(f"{n} {m:.2f}" for n, m in lat.items()))
+            print(f"  {spec['label']:<18} {v}: " +
+                  (", ".join(f"{n} {m:.2f}" for n, m in lat.items()) or "- (no replication)"))
 
 
 if __name__ == "__main__":
