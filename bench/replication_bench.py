@@ -210,7 +210,8 @@ def fio_with_cpu(cluster, args, volume, node="node-a"):
     cpu = {n: cpu_seconds(pid) - before[n] for n, pid in cluster.pids().items()}
     result = json.loads(p.stdout[p.stdout.index("{"):])
     # The client's CPU: fio's job runs in a forked process, whose usr+sys fio reports (percent of
-    # the job's runtime) — the parent's /proc entry would show almost nothing.
+    # the job's runtime) — the parent's /proc entry would show almost nothing. Scaled to `wall`
+    # so that it prints as that percentage, like the daemons' figures.
     job = result["jobs"][0]
     cpu["fio"] = (job.get("usr_cpu", 0.0) + job.get("sys_cpu", 0.0)) / 100 * wall
     return result, cpu, wall

@@ -59,7 +59,8 @@ class ConnectionImpl final : public Connection {
         check_authz_(tcp && options_.authz != nullptr),
         reactor_(reactor),
         stats_(std::move(stats)),
-        rbuf_(AllocateAligned(kRecvBufferSize)) {}
+        rbuf_(AllocateAligned(kRecvBufferSize)),
+        low_water_(tcp) {}
 
   // On the accept reactor.
   void Start() override {

@@ -172,9 +172,9 @@ class ReplicaServer::Conn::RingReceiver final : public CompletionHandler,
   bool paused_ = false;  // waiting for the receiver thread or for room
   bool armed_ = false;   // a receive is in flight
   bool ended_ = false;
-  ReceiveLowWater low_water_;           // the rest of a large WRITE's data, else 1
-  bool stopped_ = false;                // Stop(): end at the next chance
-  std::shared_ptr<RingReceiver> self_;  // set while a receive is in flight
+  ReceiveLowWater low_water_{/*tcp=*/true};  // the rest of a large WRITE's data, else 1
+  bool stopped_ = false;                     // Stop(): end at the next chance
+  std::shared_ptr<RingReceiver> self_;       // set while a receive is in flight
 };
 
 bool ReplicaServer::Conn::StartRing(const FrameReader& reader) {

@@ -8,10 +8,10 @@
 // receiving headers. Only ever raise it to bytes the peer must still send: the receive then
 // still ends at the stream's end (EOF and errors wake it regardless).
 //
-// UNIX stream sockets accept the option but signal readable at every send: harmless there.
+// For a UNIX stream socket, which signals readable at every send whatever the mark, it leaves the
+// mark alone, and a payload's receive takes MSG_WAITALL instead (ForRest).
 #pragma once
 
-#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -24,36 +24,32 @@ class ReceiveLowWater {
   // TCP caps the mark at half the largest receive buffer (tcp_rmem[2] / 2, 3 MiB by default).
   static constexpr size_t kMaxBytes = size_t{1} << 20;
 
-  // Sets the mark to `bytes` (clamped to [1, kMaxBytes]); a failed setsockopt only loses the
-  // optimisation, and is not retried for the same value.
+  // `tcp`: the socket is TCP. On other sockets (UNIX: every send signals the socket readable
+  // whatever the mark, so it saves nothing) Set does nothing.
+  explicit ReceiveLowWater(bool tcp) : tcp_(tcp) {}
+
+  // Sets the mark to `bytes` (clamped to [1, kMaxBytes]). A failed setsockopt only loses the
+  // optimisation; it is tried again at the next call.
   void Set(int fd, size_t bytes) {
     const int want = static_cast<int>(std::clamp<size_t>(bytes, 1, kMaxBytes));
-    if (want == current_) return;
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want));
-    current_ = want;
+    if (!tcp_ || want == current_) return;
+    if (::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0) current_ = want;
   }
   void Reset(int fd) { Set(fd, 1); }
 
   // The flags for a receive of `rest` bytes that must all arrive before anything else is read
   // (a payload): on TCP the mark is set to `rest` and the flags are 0 — never MSG_WAITALL with a
   // mark, as io_uring would go on waiting after a partial receive with the mark at more than is
-  // left to come; on other sockets (UNIX: every send signals readable, so the mark saves
-  // nothing) MSG_WAITALL, with which io_uring retries partial receives itself.
+  // left to come; on other sockets MSG_WAITALL, with which io_uring retries partial receives.
   int ForRest(int fd, size_t rest) {
-    if (tcp_ < 0) {
-      int protocol = 0;
-      socklen_t len = sizeof(protocol);
-      tcp_ =
-          getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) == 0 && protocol == IPPROTO_TCP;
-    }
-    if (tcp_ == 0) return MSG_WAITALL;
+    if (!tcp_) return MSG_WAITALL;
     Set(fd, rest);
     return 0;
   }
 
  private:
+  const bool tcp_;
   int current_ = 1;
-  int tcp_ = -1;  // unknown until ForRest
 };
 
 }  // namespace shale
