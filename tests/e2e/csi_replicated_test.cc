@@ -744,8 +744,12 @@ TEST_F(CsiReplicatedTest, ItsSnapshotIsClonedReadOnlyOnTwoNodesAndWritableWithRe
   EXPECT_TRUE(Topology(from_local).empty());
   rw_replicas = Replicas(nodes_[0], from_local.volume().volume_id());
   EXPECT_EQ(rw_replicas["node-a"]["state"], "healthy");
-  EXPECT_EQ(rw_replicas["node-b"]["state"], "stale");
-  EXPECT_EQ(rw_replicas["node-c"]["state"], "stale");
+  // The others are not in sync: stale, or rebuilding when the create's short-lived target had
+  // begun to fill them before it detached (the next attach goes on with it).
+  for (const char* node : {"node-b", "node-c"}) {
+    const std::string state = rw_replicas[node]["state"];
+    EXPECT_TRUE(state == "stale" || state == "rebuilding") << node << ": " << state;
+  }
   ASSERT_TRUE(csi_[0].DeleteVolume(from_local.volume().volume_id()).ok());
   ASSERT_TRUE(csi_[0].DeleteVolume(local.volume().volume_id()).ok());
 }
