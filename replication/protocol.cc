@@ -1,12 +1,10 @@
 #include "replication/protocol.h"
 
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
-#include <xxhash.h>
-
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
 
+#include "engine/common/checksum.h"
 #include "replication/protocol_codec.h"
 
 namespace shale::replication {
@@ -317,13 +315,12 @@ uint64_t FrameChecksum(std::span<const uint8_t, kFrameHeaderSize> header,
   HeaderBytes zeroed;
   std::memcpy(zeroed.data(), header.data(), kFrameHeaderSize);
   std::memset(zeroed.data() + FIELD(WireFrameHeader, checksum), 0, sizeof(uint64_t));
-  XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  XXH3_64bits_update(&state, zeroed.data(), zeroed.size());
+  Hash64Stream hash;
+  hash.Update(zeroed.data(), zeroed.size());
   for (const auto& piece : payload) {
-    if (!piece.empty()) XXH3_64bits_update(&state, piece.data(), piece.size());
+    if (!piece.empty()) hash.Update(piece.data(), piece.size());
   }
-  return XXH3_64bits_digest(&state);
+  return hash.Digest();
 }
 
 HeaderBytes SealFrame(FrameHeader h, std::initializer_list<std::span<const uint8_t>> payload) {

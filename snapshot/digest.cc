@@ -1,11 +1,9 @@
 #include "snapshot/digest.h"
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include <cstring>
 
 #include "engine/common/assert.h"
+#include "engine/common/checksum.h"
 
 namespace shale::snapshot {
 
@@ -13,11 +11,6 @@ namespace {
 
 constexpr char kRootTag[16] = {'S', 'H', 'A', 'L', 'E', '-', 'D', 'I',
                                'G', 'E', 'S', 'T', '-', 'V', '1', '\0'};
-
-Hash128 Xxh128(const void* data, size_t len) {
-  XXH128_hash_t h = XXH3_128bits(data, len);
-  return Hash128{h.low64, h.high64};
-}
 
 void PutLe(uint8_t* out, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -27,12 +20,12 @@ struct ZeroTable {
   std::array<Hash128, kDigestMaxLevels> level;
   ZeroTable() {
     std::vector<uint8_t> buf(kDigestBlockSize, 0);
-    level[0] = Xxh128(buf.data(), buf.size());
+    level[0] = HashContent128(buf.data(), buf.size());
     buf.resize(static_cast<size_t>(kDigestFanout) * 16);
     for (int k = 1; k < kDigestMaxLevels; ++k) {
       const auto c = CanonicalHash(level[k - 1]);
       for (uint32_t i = 0; i < kDigestFanout; ++i) std::memcpy(buf.data() + i * 16, c.data(), 16);
-      level[k] = Xxh128(buf.data(), buf.size());
+      level[k] = HashContent128(buf.data(), buf.size());
     }
   }
 };
@@ -109,7 +102,7 @@ void DigestBuilder::Push(int level, const Hash128& h) {
   const auto c = CanonicalHash(h);
   p.insert(p.end(), c.begin(), c.end());
   if (p.size() == static_cast<size_t>(kDigestFanout) * 16) {
-    const Hash128 node = Xxh128(p.data(), p.size());
+    const Hash128 node = HashContent128(p.data(), p.size());
     p.clear();
     Push(level + 1, node);
   }
@@ -119,14 +112,14 @@ void DigestBuilder::AddData(const uint8_t* data, uint64_t len) {
   CheckAdd(len);
   uint64_t off = 0;
   while (len - off >= kDigestBlockSize) {
-    Push(0, Xxh128(data + off, kDigestBlockSize));
+    Push(0, HashContent128(data + off, kDigestBlockSize));
     off += kDigestBlockSize;
     ++blocks_;
   }
   if (off < len) {  // the final partial block, zero-padded
     uint8_t block[kDigestBlockSize] = {};
     std::memcpy(block, data + off, len - off);
-    Push(0, Xxh128(block, kDigestBlockSize));
+    Push(0, HashContent128(block, kDigestBlockSize));
     ++blocks_;
   }
   position_ += len;
@@ -158,7 +151,7 @@ Hash128 DigestBuilder::Finish() {
   finished_ = true;
   Hash128 top;
   if (blocks_ == 0) {
-    top = Xxh128(nullptr, 0);
+    top = HashContent128(nullptr, 0);
   } else {
     // Level k has n nodes in all; the last partial group of each level becomes one more node
     // of the level above, until a level has exactly one node.
@@ -172,7 +165,7 @@ Hash128 DigestBuilder::Finish() {
         break;
       }
       if (!p.empty()) {
-        const Hash128 node = Xxh128(p.data(), p.size());
+        const Hash128 node = HashContent128(p.data(), p.size());
         p.clear();
         Push(level + 1, node);
       }
@@ -186,7 +179,7 @@ Hash128 DigestBuilder::Finish() {
   PutLe(root + 28, kDigestFanout, 4);
   const auto c = CanonicalHash(top);
   std::memcpy(root + 32, c.data(), 16);
-  return Xxh128(root, sizeof(root));
+  return HashContent128(root, sizeof(root));
 }
 
 Hash128 DigestOf(const uint8_t* data, uint64_t len) {
