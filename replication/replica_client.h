@@ -134,10 +134,11 @@ struct ReplicaClientStats {
   uint64_t late_replies = 0;  // replies to requests that had timed out
   uint64_t sends = 0;         // writev calls
   uint64_t bytes_sent = 0;
-  uint64_t posts = 0;          // Reactor::Post calls carrying completions
-  uint64_t direct_sends = 0;   // of `sends`: by the completion reactor itself
-  uint64_t tails = 0;          // ... of which the socket took only a part at once
-  uint64_t ring_receives = 0;  // receives completed on the completion reactor's ring
+  uint64_t posts = 0;           // Reactor::Post calls carrying completions
+  uint64_t direct_sends = 0;    // of `sends`: by the completion reactor itself
+  uint64_t tails = 0;           // ... of which the socket took only a part at once
+  uint64_t ring_receives = 0;   // receives completed on the completion reactor's ring
+  uint64_t sender_wakeups = 0;  // the sender thread woken from its wait (work or not)
 };
 
 class ReplicaClient {
@@ -176,6 +177,7 @@ class ReplicaClient {
   std::vector<ConstBuffer> EncodeBatch(const std::vector<ReplicaRequest*>& batch);
   void SentLocked(const std::vector<ReplicaRequest*>& batch, std::vector<ReplicaRequest*>* done);
   void FlushFromReactor();
+  void SendSoonLocked();
   void ReceiverLoop();
   // Replies received on the completion reactor's ring (replica_client_ring.cc).
   class RingReceiver;
@@ -211,7 +213,7 @@ class ReplicaClient {
   uint64_t next_id_ = 1;
   uint32_t in_flight_ = 0;        // handed to the sender and unfinished
   uint64_t bytes_in_flight_ = 0;  // their window bytes
-  bool sender_idle_ = false;
+  bool sender_idle_ = true;  // the sender thread sends nothing now (also before its first wait)
   // Sends by the completion reactor itself (FlushFromReactor) on a connection that can send
   // without waiting: one writer at a time (the reactor only while the sender thread is idle and
   // no tail is left); the bytes the socket did not take (`tail_`, of `tail_batch_`) go first.
@@ -236,7 +238,7 @@ class ReplicaClient {
 
   struct Counters {
     std::atomic<uint64_t> requests{0}, timeouts{0}, late{0}, sends{0}, bytes_sent{0}, posts{0},
-        direct_sends{0}, tails{0}, ring_receives{0};
+        direct_sends{0}, tails{0}, ring_receives{0}, sender_wakeups{0};
   };
   Counters counters_;
 };
