@@ -201,6 +201,14 @@ class ReplicaServiceTest : public ::testing::Test {
     o.completion_reactor = reactor_.get();
     return o;
   }
+  // A client over plain TCP, where the reactors send and receive themselves (the fault-injecting
+  // transport never sends without waiting and keeps the receiver thread).
+  std::unique_ptr<ReplicaClient> ConnectPlainTcp(ReplicaClientOptions o) {
+    o.transport = &tcp_;
+    auto connected = ReplicaClient::Connect(std::move(o));
+    EXPECT_TRUE(connected.ok()) << connected.status();
+    return connected.ok() ? std::move(connected).value() : nullptr;
+  }
   // Client options for a replica placed with `spec`.
   ReplicaClientOptions SpecOptions(const ReplicaSpec& spec, uint64_t epoch) {
     ReplicaClientOptions o = ClientOptions(epoch);
@@ -460,11 +468,8 @@ TEST_F(ReplicaServiceTest, ManyInFlightCompleteOutOfOrder) {
 // anything else: the streams stay intact both ways (every write lands, every read returns its
 // data, in any order of completion).
 TEST_F(ReplicaServiceTest, TheReactorsSendThemselvesAndTheSenderThreadsFinishTheirTails) {
-  ReplicaClientOptions o = ClientOptions(1);
-  o.transport = &tcp_;  // (the fault-injecting transport never sends without waiting)
-  auto connected = ReplicaClient::Connect(std::move(o));
-  ASSERT_TRUE(connected.ok()) << connected.status();
-  std::unique_ptr<ReplicaClient> c = std::move(connected).value();
+  std::unique_ptr<ReplicaClient> c = ConnectPlainTcp(ClientOptions(1));
+  ASSERT_NE(c, nullptr);
   constexpr uint64_t kLen = kMaxIoBytes;  // 8 MiB
   const std::vector<uint64_t> sizes(6, kLen);
   // The replica's reactors are held while the writes go out, so that the socket takes no more
@@ -497,11 +502,8 @@ TEST_F(ReplicaServiceTest, TheReactorsSendThemselvesAndTheSenderThreadsFinishThe
 // woke it to look at the window: ~15 % of a core in futex wake-ups and lock hand-offs on the target
 // at 30k replicated 4 KiB writes/s, and the woken thread raced the reactor to send.)
 TEST_F(ReplicaServiceTest, ASteadyStreamOfSmallWritesNeverWakesTheSenderThread) {
-  ReplicaClientOptions o = ClientOptions(1);
-  o.transport = &tcp_;  // (the fault-injecting transport never sends without waiting)
-  auto connected = ReplicaClient::Connect(std::move(o));
-  ASSERT_TRUE(connected.ok()) << connected.status();
-  std::unique_ptr<ReplicaClient> c = std::move(connected).value();
+  std::unique_ptr<ReplicaClient> c = ConnectPlainTcp(ClientOptions(1));
+  ASSERT_NE(c, nullptr);
   constexpr size_t kDepth = 8;
   constexpr size_t kTotal = 3000;
   struct Stream {
@@ -538,9 +540,12 @@ TEST_F(ReplicaServiceTest, ASteadyStreamOfSmallWritesNeverWakesTheSenderThread) 
       << stream.finished.load() << " of " << kTotal << " finished";
   EXPECT_EQ(stream.failed.load(), 0u);
   const ReplicaClientStats cs = c->stats();
-  EXPECT_EQ(cs.sends, cs.direct_sends) << "the sender thread sent some of them";
+  // The sender thread may legitimately find work a few times: its first look at the queue can
+  // come late (a loaded machine starts it after the first Submits), and a futex wait may return
+  // spuriously between a Submit and the reactor's deferred flush. A wake-up per reply is kTotal
+  // wake-ups and (measured with the per-reply notify put back) ~70 thread sends.
+  EXPECT_LT(cs.sends - cs.direct_sends, kTotal / 300) << "the sender thread raced the reactor";
   EXPECT_EQ(cs.tails, 0u);
-  // A futex wait may return spuriously now and then; a wake-up per reply is kTotal.
   EXPECT_LT(cs.sender_wakeups, kTotal / 100) << "the sender thread was woken for nothing";
 }
 
@@ -550,11 +555,9 @@ TEST_F(ReplicaServiceTest, ASteadyStreamOfSmallWritesNeverWakesTheSenderThread) 
 // server that goes away fails the client.
 TEST_F(ReplicaServiceTest, TheReactorReceivesTheRepliesItself) {
   ReplicaClientOptions o = ClientOptions(1);
-  o.transport = &tcp_;  // (the fault-injecting transport keeps the receiver thread)
   o.request_timeout = 500ms;
-  auto connected = ReplicaClient::Connect(std::move(o));
-  ASSERT_TRUE(connected.ok()) << connected.status();
-  std::unique_ptr<ReplicaClient> c = std::move(connected).value();
+  std::unique_ptr<ReplicaClient> c = ConnectPlainTcp(std::move(o));
+  ASSERT_NE(c, nullptr);
   const std::vector<uint64_t> sizes = {4096, kMiB, 65536, 512, 3 * kMiB, 8192};
   (void)RunBatch(c.get(), ReplicaOp::kWrite, sizes, 4 * kMiB, 70);
   const std::vector<std::unique_ptr<Op>> reads =

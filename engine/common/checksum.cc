@@ -14,11 +14,8 @@ namespace shale {
 
 namespace {
 
-static_assert(sizeof(XXH3_state_t) <= sizeof(std::array<unsigned char, 576>) &&
-                  alignof(XXH3_state_t) <= 64,
-              "Hash64Stream's storage must hold an XXH3_state_t");
-
 #if defined(__x86_64__)
+// (A hash taken by another file's static initializer before this one ran only misses the clear.)
 const bool kCpuHasAvx = [] {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx") != 0;
@@ -33,11 +30,13 @@ inline void ClearUpperVectorState() {
 #endif
 }
 
-XXH3_state_t* State(std::array<unsigned char, 576>& storage) {
-  return reinterpret_cast<XXH3_state_t*>(storage.data());
-}
-
 }  // namespace
+
+XXH3_state_t* Hash64Stream::State() {
+  static_assert(sizeof(XXH3_state_t) <= kStateBytes && alignof(XXH3_state_t) <= 64,
+                "Hash64Stream's storage must hold an XXH3_state_t");
+  return reinterpret_cast<XXH3_state_t*>(state_.data());
+}
 
 uint64_t Hash64(const void* data, size_t len, uint64_t seed) {
   const uint64_t h = XXH3_64bits_withSeed(data, len, seed);
@@ -51,10 +50,10 @@ Hash128 HashContent128(const void* data, size_t len) {
   return Hash128{h.low64, h.high64};
 }
 
-Hash64Stream::Hash64Stream() { XXH3_64bits_reset(State(state_)); }
+Hash64Stream::Hash64Stream() { XXH3_64bits_reset(State()); }
 
 void Hash64Stream::Update(const void* data, size_t len) {
-  XXH3_64bits_update(State(state_), data, len);
+  XXH3_64bits_update(State(), data, len);
   ClearUpperVectorState();
 }
 

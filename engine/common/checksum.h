@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <string>
 
+struct XXH3_state_s;  // libxxhash's XXH3_state_t
+
 namespace shale {
 
 uint64_t Hash64(const void* data, size_t len, uint64_t seed = 0);
@@ -32,7 +34,9 @@ class Hash64Stream {
   uint64_t Digest() const;
 
  private:
-  alignas(64) std::array<unsigned char, 576> state_;  // an XXH3_state_t (checked in checksum.cc)
+  XXH3_state_s* State();
+  static constexpr size_t kStateBytes = 576;  // sizeof(XXH3_state_t) (checked in checksum.cc)
+  alignas(64) std::array<unsigned char, kStateBytes> state_;
 };
 
 }  // namespace shale
