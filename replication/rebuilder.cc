@@ -193,7 +193,13 @@ void Rebuilder::Next() {
 }
 
 void Rebuilder::CopyWindow(Copy* copy) {
-  copy->buf = AllocateAligned(copy->length);
+  if (spare_buffers_.empty()) {
+    copy->buf = AllocateAligned(std::max<uint64_t>(options_.window_regions, 1) * kRegionBytes);
+    ++progress_.window_buffers;
+  } else {
+    copy->buf = std::move(spare_buffers_.back());
+    spare_buffers_.pop_back();
+  }
   copy->regions = std::vector<RegionCopy>((copy->length + kRegionBytes - 1) / kRegionBytes);
   copy->lock = layer_->LockRange(copy->offset, copy->length, [this, copy] {
     std::shared_ptr<ReplicaTarget> target = layer_->Target(target_);
@@ -306,6 +312,7 @@ void Rebuilder::WindowDone(Copy* copy) {
   std::unique_ptr<Copy> owned(copy);
   layer_->UnlockRange(copy->lock);
   if (copy->admitted) std::exchange(copy->admitted, nullptr)();
+  if (copy->buf != nullptr) spare_buffers_.push_back(std::move(copy->buf));
   --in_flight_;
   if (!copy->status.ok()) {
     if (failed_.ok()) failed_ = copy->status;
@@ -348,6 +355,7 @@ void Rebuilder::Persist(std::function<void()> then) {
 void Rebuilder::Finish(Status status) {
   if (!running_) return;
   running_ = false;
+  spare_buffers_.clear();
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   if (status.ok()) {

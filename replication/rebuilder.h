@@ -71,6 +71,7 @@ class Rebuilder {
     uint64_t sent_bytes = 0;      // data written to the target (blocks that differed)
     uint64_t compared_bytes = 0;  // of done_bytes, compared by hash with the target's copy
     uint64_t busy_windows = 0;    // windows started small because clients were busy
+    uint64_t window_buffers = 0;  // allocated for windows; reused, at most windows_in_flight
   };
 
   // Copies the regions ChangedRegions has marked for `target` at Start().
@@ -130,6 +131,10 @@ class Rebuilder {
   // Pacing: no more than options_.bps since pace_from_, when pace_bytes_ were started.
   std::chrono::steady_clock::time_point pace_from_;
   uint64_t pace_bytes_ = 0;
+  // Window buffers (window_regions regions each) kept for the whole rebuild: a buffer allocated
+  // per window was a fresh mmap of 8 MiB each time, paid in page faults, page zeroing and
+  // munmap's TLB shootdowns on every window.
+  std::vector<AlignedBuffer> spare_buffers_;
   std::function<void(Status)> done_;
   bool cancelled_ = false;
   bool running_ = false;
