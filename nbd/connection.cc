@@ -876,7 +876,7 @@ class ConnectionImpl final : public Connection {
   uint32_t volume_ios_ = 0;       // submitted to the export, not yet done
   bool backpressured_ = false;
   std::vector<Request*> free_requests_;
-  BufferCache cache_;
+  BufferCache cache_{kMaxCachedBufferBytes};
 
   // Replies in order; the first head_sent_ bytes of the front one are already sent.
   std::deque<Request*> replies_;

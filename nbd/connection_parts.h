@@ -1,12 +1,11 @@
 // Small pieces of the connection state machine (connection.cc), internal to the NBD server:
-// its limits, the completion-handler adapter and the per-connection buffer cache.
+// its limits and the completion-handler adapter.
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 #include "engine/common/units.h"
-#include "engine/io/block_device.h"
+#include "engine/io/buffer_cache.h"
 #include "engine/io/reactor.h"
 
 namespace shale::nbd {
@@ -22,9 +21,8 @@ inline constexpr size_t kMaxIov = 512;
 // clients ask again from where the reply ended (the protocol allows short replies).
 inline constexpr uint64_t kMaxBlockStatusSpan = 1 * kGiB;
 inline constexpr size_t kMaxBlockStatusExtents = 2048;
-// Buffers a connection keeps for reuse (power-of-two size classes, 4 KiB .. 32 MiB).
+// Buffers a connection keeps for reuse (BufferCache: size classes of 4 KiB .. 32 MiB).
 inline constexpr uint64_t kMaxCachedBufferBytes = 32 * kMiB;
-inline constexpr int kBufferClasses = 14;
 
 // Calls a member of `Owner` for one kind of SQE completion.
 template <typename Owner>
@@ -37,39 +35,6 @@ class MemberHandler final : public CompletionHandler {
  private:
   Owner* owner_;
   Fn fn_;
-};
-
-// Aligned I/O buffers of one connection, recycled by power-of-two size class.
-class BufferCache {
- public:
-  // A buffer of at least `len` bytes (4 KiB-aligned); *cap receives its real size.
-  AlignedBuffer Get(uint64_t len, uint64_t* cap) {
-    const int c = ClassOf(len);
-    *cap = ClassSize(c);
-    if (!free_[c].empty()) {
-      AlignedBuffer b = std::move(free_[c].back());
-      free_[c].pop_back();
-      cached_ -= *cap;
-      return b;
-    }
-    return AllocateAligned(*cap);
-  }
-  void Put(AlignedBuffer buf, uint64_t cap) {
-    if (!buf || cached_ + cap > kMaxCachedBufferBytes) return;  // freed
-    free_[ClassOf(cap)].push_back(std::move(buf));
-    cached_ += cap;
-  }
-
- private:
-  static int ClassOf(uint64_t len) {
-    int c = 0;
-    while (c + 1 < kBufferClasses && ClassSize(c) < len) ++c;
-    return c;
-  }
-  static uint64_t ClassSize(int c) { return (4 * kKiB) << c; }
-
-  std::vector<AlignedBuffer> free_[kBufferClasses];
-  uint64_t cached_ = 0;
 };
 
 }  // namespace shale::nbd

@@ -33,11 +33,18 @@ struct Rebuilder::Copy {
   uint64_t lock = 0;                   // the layer's range lock
   BackgroundAdmission::Done admitted;  // releases the window's admission
   AlignedBuffer buf;
+  uint64_t buf_cap = 0;  // the buffer's size (BufferCache)
   std::vector<RegionCopy> regions;
   uint32_t pending = 0;  // regions not done
   uint64_t compared_blocks = 0, differing_blocks = 0;
   Status status;
 };
+
+namespace {
+uint64_t WindowBytes(const Rebuilder::Options& o) {
+  return std::max<uint64_t>(o.window_regions, 1) * kRegionBytes;
+}
+}  // namespace
 
 Rebuilder::Rebuilder(Reactor* reactor, ReplicationLayer* layer, ChangedRegions* changed,
                      std::string source, std::string target, Options options)
@@ -46,7 +53,8 @@ Rebuilder::Rebuilder(Reactor* reactor, ReplicationLayer* layer, ChangedRegions* 
       changed_(changed),
       source_(std::move(source)),
       target_(std::move(target)),
-      options_(options) {}
+      options_(options),
+      buffers_(std::max<uint64_t>(options.windows_in_flight, 1) * WindowBytes(options)) {}
 
 Rebuilder::~Rebuilder() { SHALE_CHECK(!running_, "Rebuilder destroyed while copying"); }
 
@@ -193,13 +201,9 @@ void Rebuilder::Next() {
 }
 
 void Rebuilder::CopyWindow(Copy* copy) {
-  if (spare_buffers_.empty()) {
-    copy->buf = AllocateAligned(std::max<uint64_t>(options_.window_regions, 1) * kRegionBytes);
-    ++progress_.window_buffers;
-  } else {
-    copy->buf = std::move(spare_buffers_.back());
-    spare_buffers_.pop_back();
-  }
+  // Always a whole window's buffer, so that the small windows of a busy device reuse it too.
+  copy->buf = buffers_.Get(WindowBytes(options_), &copy->buf_cap);
+  progress_.window_buffers = buffers_.allocations();
   copy->regions = std::vector<RegionCopy>((copy->length + kRegionBytes - 1) / kRegionBytes);
   copy->lock = layer_->LockRange(copy->offset, copy->length, [this, copy] {
     std::shared_ptr<ReplicaTarget> target = layer_->Target(target_);
@@ -312,7 +316,7 @@ void Rebuilder::WindowDone(Copy* copy) {
   std::unique_ptr<Copy> owned(copy);
   layer_->UnlockRange(copy->lock);
   if (copy->admitted) std::exchange(copy->admitted, nullptr)();
-  if (copy->buf != nullptr) spare_buffers_.push_back(std::move(copy->buf));
+  buffers_.Put(std::move(copy->buf), copy->buf_cap);
   --in_flight_;
   if (!copy->status.ok()) {
     if (failed_.ok()) failed_ = copy->status;
@@ -355,7 +359,7 @@ void Rebuilder::Persist(std::function<void()> then) {
 void Rebuilder::Finish(Status status) {
   if (!running_) return;
   running_ = false;
-  spare_buffers_.clear();
+  buffers_.Clear();
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   if (status.ok()) {

@@ -32,6 +32,7 @@
 
 #include "engine/common/result.h"
 #include "engine/io/block_device.h"
+#include "engine/io/buffer_cache.h"
 #include "engine/volume/volume_io.h"
 #include "replication/replica_target.h"
 
@@ -131,10 +132,9 @@ class Rebuilder {
   // Pacing: no more than options_.bps since pace_from_, when pace_bytes_ were started.
   std::chrono::steady_clock::time_point pace_from_;
   uint64_t pace_bytes_ = 0;
-  // Window buffers (window_regions regions each) kept for the whole rebuild: a buffer allocated
-  // per window was a fresh mmap of 8 MiB each time, paid in page faults, page zeroing and
-  // munmap's TLB shootdowns on every window.
-  std::vector<AlignedBuffer> spare_buffers_;
+  // Window buffers (window_regions regions each), kept for the whole rebuild: at most
+  // windows_in_flight of them.
+  BufferCache buffers_;
   std::function<void(Status)> done_;
   bool cancelled_ = false;
   bool running_ = false;
