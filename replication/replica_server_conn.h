@@ -6,11 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <condition_variable>
-#include <cstdlib>
 #include <deque>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -19,6 +16,7 @@
 
 #include "engine/common/log.h"
 #include "engine/engine.h"
+#include "engine/io/buffer_cache.h"
 #include "engine/io/reactor.h"
 #include "engine/volume/volume.h"
 #include "replication/protocol.h"
@@ -35,48 +33,26 @@ inline constexpr size_t kBufferCacheBytes = 32 * kMiB;  // idle data buffers kep
 
 inline void NameThread(const char* name) { pthread_setname_np(pthread_self(), name); }
 
-// 4 KiB-aligned data buffers by power-of-two size class, shared by a connection's receiver
-// (takes) and sender (returns).
-class BufferCache {
+// A connection's data buffers: engine/io's BufferCache behind a mutex, as raw pointers (a Request
+// holds its buffer until its reply is sent). The receiver takes buffers, the sender returns them.
+class SharedBufferCache {
  public:
-  ~BufferCache() {
-    for (auto& [size, list] : free_) {
-      for (uint8_t* p : list) std::free(p);
-    }
-  }
-  static size_t ClassOf(size_t size) { return std::bit_ceil(std::max<size_t>(size, 4096)); }
   uint8_t* Get(size_t size) {
-    const size_t cls = ClassOf(size);
-    {
-      std::lock_guard lock(mu_);
-      auto& list = free_[cls];
-      if (!list.empty()) {
-        uint8_t* p = list.back();
-        list.pop_back();
-        cached_ -= cls;
-        return p;
-      }
-    }
-    void* p = std::aligned_alloc(4096, cls);
-    SHALE_CHECK(p != nullptr, "out of memory for a ", cls, "-byte replica buffer");
-    return static_cast<uint8_t*>(p);
+    uint64_t cap = 0;
+    std::lock_guard lock(mu_);
+    return cache_.Get(size, &cap).release();
   }
+  // `size` is what Get was asked for.
   void Put(uint8_t* p, size_t size) {
     if (p == nullptr) return;
-    const size_t cls = ClassOf(size);
+    AlignedBuffer buf(p);
     std::lock_guard lock(mu_);
-    if (cached_ + cls > kBufferCacheBytes) {
-      std::free(p);
-      return;
-    }
-    free_[cls].push_back(p);
-    cached_ += cls;
+    cache_.Put(std::move(buf), BufferCache::CapacityFor(size));
   }
 
  private:
   std::mutex mu_;
-  std::map<size_t, std::vector<uint8_t*>> free_;
-  size_t cached_ = 0;
+  BufferCache cache_{kBufferCacheBytes};
 };
 
 struct Request {
@@ -114,7 +90,7 @@ struct ReplicaServer::Conn {
   Volume* volume = nullptr;
   Reactor* reactor = nullptr;
   std::shared_ptr<VolumeState> state;
-  replica_server_internal::BufferCache buffers;
+  replica_server_internal::SharedBufferCache buffers;
   // Requests between receipt and the end of their reply's send, under mu.
   std::mutex mu;
   std::condition_variable room_cv;  // receiver: in-flight bounds; teardown: drained

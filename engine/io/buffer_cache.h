@@ -50,6 +50,10 @@ class BufferCache {
     for (auto& list : free_) list.clear();
     cached_ = 0;
   }
+  // The real size of the buffer Get(len) returns.
+  static uint64_t CapacityFor(uint64_t len) {
+    return len > kLargestClass ? len : ClassSize(ClassOf(len));
+  }
   uint64_t allocations() const { return allocations_; }  // Gets that allocated
   uint64_t cached_bytes() const { return cached_; }
 

@@ -14,6 +14,8 @@ TEST(BufferCacheTest, ABufferPutBackIsTheNextOneOfItsClassWithoutAnAllocation) {
   uint64_t cap = 0;
   AlignedBuffer a = cache.Get(5000, &cap);
   EXPECT_EQ(cap, 8 * kKiB) << "the power-of-two class above the length";
+  EXPECT_EQ(BufferCache::CapacityFor(5000), cap);
+  EXPECT_EQ(BufferCache::CapacityFor(1), 4 * kKiB);
   EXPECT_TRUE(Aligned(a));
   const uint8_t* first = a.get();
   cache.Put(std::move(a), cap);
@@ -55,6 +57,7 @@ TEST(BufferCacheTest, ALengthAboveTheLargestClassGetsItsOwnSizeAndIsNeverKept) {
   uint64_t cap = 0;
   AlignedBuffer a = cache.Get(len, &cap);
   EXPECT_EQ(cap, len);
+  EXPECT_EQ(BufferCache::CapacityFor(len), len);
   EXPECT_TRUE(Aligned(a));
   a[len - 1] = 1;  // the whole length is there (ASan checks it)
   cache.Put(std::move(a), cap);
