@@ -6,6 +6,10 @@ In one run and in turn, on files of the same size on the same filesystem, with t
   qemu-nbd  qemu-nbd -f raw -t --cache=none --aio=io_uring on that file
   nbdkit    nbdkit file on that file
   shaled    shaled's NBD export of a preconditioned volume of the same size
+  ceiling   nbdkit memory SIZE: an NBD server without a disk (RAM, written end to end first) --
+            how fast this client gets through any NBD server on this machine; shaled/raw cannot
+            exceed ceiling/raw, so the ceiling tells the client's and the loopback's share of a
+            gap to raw from the server's
 The client of every NBD server is fio --ioengine=nbd --uri=nbd://127.0.0.1:PORT/EXPORT.
 With --tls (docs/security.md): shaled plain (--nbd-insecure-tcp) vs shaled over TLS
 (--nbd-tls-x509-dir) vs qemu-nbd over TLS (--object tls-creds-x509, with shaled's TLS
@@ -28,7 +32,7 @@ figures are noisy on shared machines; ratios are what to compare).
 
     bench/nbd_bench.py [--build-dir build] [--size 2G] [--runtime 5] [--reps 3] [--warmup 2]
                        [--workloads randread,randwrite,read,write,randwrite-flush,...]
-                       [--servers raw,qemu-nbd,nbdkit,shaled[,threaded]] [--dir DIR] [--json FILE]
+                       [--servers raw,qemu-nbd,nbdkit,shaled,ceiling[,threaded]] [--dir DIR] [--json FILE]
     bench/nbd_bench.py --tls     (servers shaled,shaled-tls,qemu-nbd-tls)
 """
 import argparse
@@ -61,7 +65,7 @@ WORKLOADS = {
 DEFAULT_WORKLOADS = ["randread", "randwrite", "read", "write", "randwrite-flush", "write-flush",
                      "read-cold"]
 PEERS = ["qemu-nbd", "nbdkit"]
-SERVERS = ["raw", "qemu-nbd", "nbdkit", "shaled"]
+SERVERS = ["raw", "qemu-nbd", "nbdkit", "shaled", "ceiling"]
 # Also available: "threaded", the thread-per-connection experiment (bench/nbd_threaded_experiment.cc)
 # that docs/nbd.md compares with shaled's reactor data path.
 # "shaled-cached": shaled --read-cache page (reads through the kernel's page cache, as nbdkit's
@@ -239,6 +243,15 @@ class Servers:
         wait_port(port, p, "nbdkit")
         self.targets["nbdkit"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/"]
 
+        if "ceiling" in servers:
+            port = free_port()
+            p = subprocess.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "memory",
+                                  str(size)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.append(p)
+            self.pids["ceiling"] = p.pid
+            wait_port(port, p, "nbdkit memory")
+            self.targets["ceiling"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/"]
+
         port, log = self.start_shaled("shaled", size, ["--nbd-insecure-tcp"])
         self.targets["shaled"] = ["--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/bench"]
 
@@ -347,7 +360,7 @@ def main():
         fio(["--rw=write", "--bs=1M", "--iodepth=8", f"--size={size}", "--end_fsync=1"],
             ["--ioengine=io_uring", "--direct=1", f"--filename={raw_file}"])
         servers_proc.start(raw_file, size)
-        for s in ("shaled", "shaled-cached", "threaded", "shaled-tls"):
+        for s in ("shaled", "shaled-cached", "threaded", "shaled-tls", "ceiling"):
             if s in servers:
                 print(f"# preconditioning the {s} volume (written end to end through NBD)",
                       flush=True)
@@ -400,6 +413,7 @@ def main():
 
     head = "| workload |" + "".join(f" {s} IOPS | p99 us |" for s in servers)
     ratios = [(num, den) for num, den in (("shaled", "qemu-nbd"), ("shaled", "raw"),
+                                          ("ceiling", "raw"), ("shaled", "ceiling"),
                                           ("shaled-cached", "raw"), ("shaled-cached", "shaled"),
                                           ("shaled", "threaded"), ("shaled-tls", "shaled"),
                                           ("shaled-tls", "qemu-nbd-tls"))
