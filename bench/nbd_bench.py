@@ -27,8 +27,9 @@ plugin writes through the page cache and reads from it: the variants show what t
 The CPU of each server process (all its threads, from /proc) and of the client (fio's usr+sys)
 over each run is printed too: on 2 cores, what ran out first. Each is repeated --reps times (servers in turn within a repetition); the table shows the median
 IOPS and p99 latency per server and the median of the per-repetition ratios shaled/qemu-nbd,
-shaled/best peer (the faster of qemu-nbd and nbdkit in that repetition) and shaled/raw (absolute
-figures are noisy on shared machines; ratios are what to compare).
+shaled/best peer (the faster of qemu-nbd and nbdkit in that repetition; the ceiling is not a
+peer), shaled/raw, ceiling/raw and shaled/ceiling (absolute figures are noisy on shared machines;
+ratios are what to compare).
 
     bench/nbd_bench.py [--build-dir build] [--size 2G] [--runtime 5] [--reps 3] [--warmup 2]
                        [--workloads randread,randwrite,read,write,randwrite-flush,...]

@@ -1,8 +1,9 @@
-// BufferCache: aligned I/O buffers kept for reuse by one owner (an NBD connection, a rebuild), in
-// power-of-two size classes from 4 KiB to 32 MiB. A buffer freed and allocated again per request
-// costs, from 1 MiB up, a fresh mmap each time: page faults, zeroing and an munmap with its TLB
-// shootdown (docs/performance.md, "Replicated volumes": more than half a rebuild's speed).
-// Not thread-safe: one thread (a reactor) owns it.
+// BufferCache: aligned I/O buffers kept for reuse by one owner (an NBD connection, a rebuild, a
+// replica server connection), in power-of-two size classes from 4 KiB to 32 MiB. A buffer freed
+// and allocated again per request costs, from 1 MiB up, a fresh mmap each time: page faults,
+// zeroing and an munmap with its TLB shootdown (docs/performance.md, "Replicated volumes": more
+// than half a rebuild's speed). Not thread-safe: an owner used by two threads locks around it
+// (replication/replica_server_conn.h, SharedBufferCache).
 #pragma once
 
 #include <cstdint>
